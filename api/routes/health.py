@@ -1,0 +1,25 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import HolderDep
+from api.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, summary="Readiness: index and models loaded",
+            responses={503: {"model": Health}})
+def readyz(holder: HolderDep) -> Health | JSONResponse:
+    if holder.ready.is_set() and holder.error is None:
+        return Health(status="ready")
+    detail = holder.error or "loading index and models"
+    return JSONResponse(status_code=503, content=Health(status="not_ready", detail=detail).model_dump())

@@ -1,0 +1,58 @@
+"""Helpers shared by the benchmark scripts: timing summaries, memory, hardware line."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import psutil
+
+
+def hardware() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        text = open("/proc/cpuinfo").read()
+        names = set(text.split())
+        found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if f in names]
+        flags = f" [{', '.join(found)}]" if found else ""
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()} cores {platform.machine()} {cpu}{flags}, {mem:.0f} GiB RAM"
+
+
+def percentiles(seconds: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {f"p{p}": round(float(np.percentile(ms, p)), 2) for p in (50, 95, 99)} | {
+        "mean": round(float(ms.mean()), 2)}
+
+
+def time_each(items: Sequence, fn: Callable, warmup: int = 10) -> list[float]:
+    for item in items[:warmup]:
+        fn(item)
+    out = []
+    for item in items:
+        started = time.perf_counter()
+        fn(item)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def rss_gib() -> float:
+    return round(psutil.Process().memory_info().rss / 2**30, 2)
+
+
+def peak_rss_gib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)

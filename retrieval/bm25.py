@@ -1,0 +1,150 @@
+"""BM25 retriever on tantivy (Robertson and Zaragoza 2009; k1=1.2, b=0.75, Lucene IDF).
+
+Chosen over bm25s by measurement on the Home Depot dev split (54,667 titles,
+2-core CPU): tantivy Recall@100 0.750 vs 0.735, build 0.7 s vs 1.8 s, query
+p50 2.1 ms vs 2.9 ms (``benchmarks/bm25_backends.py``), and it updates in place:
+an upsert or delete touches only the changed documents, never the whole index.
+
+Each document stores the product's row (``doc``) as a fast field; queries are
+analysed by the same analyser as the titles (lowercase + English stemmer) and
+run as a disjunction of term queries, so no query syntax can fail to parse.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import tantivy
+
+import numpy as np
+
+from retrieval.types import Hits
+
+logger = logging.getLogger(__name__)
+
+ANALYZER = "shoprank_en"
+_HEAP_BYTES = 64 * 1024 * 1024
+
+
+def _analyzer() -> tantivy.TextAnalyzer:
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+        .filter(tantivy.Filter.remove_long(40))
+        .filter(tantivy.Filter.lowercase())
+        .filter(tantivy.Filter.stemmer("english"))
+        .build()
+    )
+
+
+def _schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    builder.add_unsigned_field("doc", stored=False, indexed=True, fast=True)
+    builder.add_text_field("title", stored=False, tokenizer_name=ANALYZER)
+    builder.add_text_field("description", stored=False, tokenizer_name=ANALYZER)
+    return builder.build()
+
+
+class BM25Index:
+    """A tantivy index over product titles and descriptions.
+
+    Args:
+        path: Folder holding the index (created if absent).
+        title_boost: Weight of a title match relative to a description match.
+    """
+
+    def __init__(self, path: Path, title_boost: float = 2.0) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.title_boost = title_boost
+        self.schema = _schema()
+        self.index = tantivy.Index(self.schema, path=str(path))
+        self.analyzer = _analyzer()
+        self.index.register_tokenizer(ANALYZER, _analyzer())
+        self.index.reload()
+        self._searcher = self.index.searcher()
+
+    @classmethod
+    def build(cls, path: Path, docs: Iterable[tuple[int, str, str]], title_boost: float = 2.0) -> BM25Index:
+        """A fresh index at ``path`` from ``(doc, title, description)`` triples."""
+        if path.exists():
+            shutil.rmtree(path)
+        index = cls(path, title_boost)
+        index.upsert(docs)
+        return index
+
+    # -- writes ---------------------------------------------------------------
+    def upsert(self, docs: Iterable[tuple[int, str, str]], replace: Sequence[int] = ()) -> None:
+        """Add ``(doc, title, description)`` triples and delete the rows in ``replace``."""
+        writer = self.index.writer(heap_size=_HEAP_BYTES, num_threads=1)
+        if len(replace):
+            # by query: delete_documents_by_term mistypes u64 terms and deletes nothing
+            rows = tantivy.Query.term_set_query(self.schema, "doc", [int(d) for d in replace])
+            writer.delete_documents_by_query(rows)
+        for doc, title, description in docs:
+            document = tantivy.Document()
+            document.add_unsigned("doc", int(doc))
+            document.add_text("title", title)
+            if description:
+                document.add_text("description", description)
+            writer.add_document(document)
+        writer.commit()
+        writer.wait_merging_threads()
+        self._refresh()
+
+    def delete(self, docs: Sequence[int]) -> None:
+        self.upsert((), replace=docs)
+
+    def _refresh(self) -> None:
+        self.index.reload()
+        self._searcher = self.index.searcher()
+
+    # -- reads ----------------------------------------------------------------
+    @property
+    def num_docs(self) -> int:
+        return int(self._searcher.num_docs)
+
+    def terms(self, text: str) -> list[str]:
+        """Distinct analysed terms of a text, in first-seen order."""
+        return list(dict.fromkeys(self.analyzer.analyze(text)))
+
+    def _text_query(self, text: str) -> tantivy.Query | None:
+        clauses = []
+        for term in self.terms(text):
+            for field, boost in (("title", self.title_boost), ("description", 1.0)):
+                query = tantivy.Query.term_query(self.schema, field, term)
+                if boost != 1.0:
+                    query = tantivy.Query.boost_query(query, boost)
+                clauses.append((tantivy.Occur.Should, query))
+        return tantivy.Query.boolean_query(clauses) if clauses else None
+
+    def _run(self, query: tantivy.Query, limit: int) -> Hits:
+        searcher = self._searcher
+        result = searcher.search(query, limit, count=False)
+        if not result.hits:
+            return Hits.empty()
+        docs = searcher.fast_field_values("doc", [address for _, address in result.hits])
+        return Hits.of(docs, [score for score, _ in result.hits])
+
+    def search(self, query: str, k: int) -> Hits:
+        """Top-``k`` products by BM25; empty when no query term is indexed."""
+        text_query = self._text_query(query)
+        return self._run(text_query, k) if text_query is not None and k > 0 else Hits.empty()
+
+    def batch_search(self, queries: Sequence[str], k: int) -> list[Hits]:
+        return [self.search(query, k) for query in queries]
+
+    def score(self, query: str, docs: Sequence[int] | np.ndarray) -> np.ndarray:
+        """BM25 score of each of ``docs`` for ``query`` (0.0 where no term matches)."""
+        docs = np.asarray(docs, dtype=np.int64)
+        text_query = self._text_query(query)
+        if text_query is None or not len(docs):
+            return np.zeros(len(docs), dtype=np.float32)
+        only = tantivy.Query.const_score_query(
+            tantivy.Query.term_set_query(self.schema, "doc", docs.tolist()), 0.0
+        )
+        query = tantivy.Query.boolean_query([(tantivy.Occur.Must, only), (tantivy.Occur.Should, text_query)])
+        scores, _ = self._run(query, len(docs)).lookup(docs)
+        return np.nan_to_num(scores, nan=0.0)

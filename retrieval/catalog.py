@@ -1,0 +1,264 @@
+"""Read and validate a store's product catalog (CSV, Parquet or JSONL).
+
+Required columns: ``product_id`` and ``title``; ``description`` is optional; every
+other column is kept as a product attribute. A few attribute names have a type
+that later stages rely on (:data:`TYPED_COLUMNS`). A bad row (missing id or
+title, duplicate id, wrong type) raises :class:`~shoprank.errors.CatalogError`
+naming the file, row and column, unless the caller asks to skip bad rows, in
+which case they are dropped and counted in the :class:`CatalogReport`.
+
+Rows are numbered from 1, the first product after any header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shoprank.errors import CatalogError
+
+logger = logging.getLogger(__name__)
+
+REQUIRED = ("product_id", "title")
+TEXT_COLUMNS = ("product_id", "title", "description")
+FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet", ".jsonl": "JSONL", ".ndjson": "JSONL"}
+
+
+@dataclass(frozen=True, slots=True)
+class RowProblem:
+    """One bad value in a catalog file."""
+
+    file: str
+    row: int
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file} row {self.row}, column {self.column!r}: {self.message}"
+
+
+@dataclass
+class CatalogReport:
+    """What reading a catalog found: rows read and kept, problems skipped."""
+
+    file: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+
+    @property
+    def rows_skipped(self) -> int:
+        return self.rows_read - self.rows_kept
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _check_id(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return f"{value!r} is a {type(value).__name__}; product_id must be a string or integer"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value!r} is not an integer; product_id must be a string or integer"
+    return None
+
+
+def _check_text(column: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str):
+            return f"{value!r} is a {type(value).__name__}; {column} must be text"
+        return None
+
+    return check
+
+
+def _check_number(integer: bool) -> Callable[[Any], str | None]:
+    kind = "a non-negative integer" if integer else "a non-negative number"
+
+    def check(value: Any) -> str | None:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return f"{value!r} is not a number; expected {kind}"
+        if isinstance(value, bool) or math.isnan(number) or number < 0:
+            return f"{value!r} is not {kind}"
+        if integer and not number.is_integer():
+            return f"{value!r} is not {kind}"
+        return None
+
+    return check
+
+
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def _check_bool(value: Any) -> str | None:
+    if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+        return None
+    if isinstance(value, str) and value.strip().lower() in _BOOLS:
+        return None
+    return f"{value!r} is not a boolean; use true/false, yes/no or 1/0"
+
+
+#: Attribute columns with a fixed type: name -> (checker, pandas converter).
+TYPED_COLUMNS: dict[str, Callable[[Any], str | None]] = {
+    "price": _check_number(integer=False),
+    "quantity": _check_number(integer=True),
+    "in_stock": _check_bool,
+    "category": _check_text("category"),
+    "brand": _check_text("brand"),
+}
+
+
+def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        allowed = ", ".join(sorted(FORMATS))
+        raise CatalogError(f"{path}: unknown catalog format {suffix!r}; use one of {allowed}")
+    if not path.is_file():
+        raise CatalogError(f"catalog {path} does not exist; pass the path of a CSV/Parquet/JSONL file")
+    if FORMATS[suffix] == "CSV":
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    elif FORMATS[suffix] == "Parquet":
+        frame = pd.read_parquet(path)
+    else:
+        records = []
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise CatalogError(f"{path} row {number}: invalid JSON ({err.msg})") from err
+                if not isinstance(record, dict):
+                    raise CatalogError(f"{path} row {number}: expected a JSON object per line")
+                records.append(record)
+        frame = pd.DataFrame.from_records(records)
+    return frame.astype(object).reset_index(drop=True), FORMATS[suffix]
+
+
+def _problems(frame: pd.DataFrame, file: str) -> list[RowProblem]:
+    problems: list[RowProblem] = []
+    checks: dict[str, Callable[[Any], str | None]] = {
+        "product_id": _check_id,
+        "title": _check_text("title"),
+        "description": _check_text("description"),
+        **TYPED_COLUMNS,
+    }
+    for column, check in checks.items():
+        if column not in frame.columns:
+            continue
+        for position, value in enumerate(frame[column].tolist()):
+            if _is_missing(value):
+                if column in REQUIRED:
+                    problems.append(RowProblem(file, position + 1, column, "missing; every product needs one"))
+                continue
+            message = check(value)
+            if message:
+                problems.append(RowProblem(file, position + 1, column, message))
+    return problems
+
+
+def _normalise_ids(frame: pd.DataFrame) -> pd.Series:
+    def as_text(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value).strip() if not _is_missing(value) else None
+
+    return frame["product_id"].map(as_text)
+
+
+def read_catalog(path: str | Path, skip_bad_rows: bool = False) -> tuple[pd.DataFrame, CatalogReport]:
+    """Read a catalog file into a frame of valid products.
+
+    Args:
+        path: A ``.csv``, ``.parquet`` or ``.jsonl`` file.
+        skip_bad_rows: Drop bad rows (counted in the report) instead of raising.
+
+    Returns:
+        The products (``product_id`` and ``title`` as text, ``description`` text
+        or empty, typed attribute columns converted) and a report.
+
+    Raises:
+        CatalogError: A required column is missing, or a row is bad and
+            ``skip_bad_rows`` is false. The message names file, row and column.
+    """
+    file = Path(path)
+    frame, _ = _load_frame(file)
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise CatalogError(
+            f"{file}: missing column(s) {missing}; found {list(frame.columns)}. "
+            "A catalog needs product_id and title (description and attributes are optional)"
+        )
+    report = CatalogReport(file=str(file), rows_read=len(frame))
+    problems = _problems(frame, str(file))
+    frame["product_id"] = _normalise_ids(frame)
+    bad_rows = {p.row - 1 for p in problems}
+    first_row: dict[str, int] = {}
+    for position, pid in enumerate(frame["product_id"].tolist()):
+        if position in bad_rows or pid is None:
+            continue
+        if pid in first_row:
+            problems.append(
+                RowProblem(str(file), position + 1, "product_id",
+                           f"{pid!r} duplicates row {first_row[pid] + 1}; product ids must be unique")
+            )
+            bad_rows.add(position)
+        else:
+            first_row[pid] = position
+    problems.sort(key=lambda p: (p.row, p.column))
+    if problems and not skip_bad_rows:
+        more = f" ({len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise CatalogError(f"{problems[0]}{more}; fix the file or pass --skip-bad-rows to skip bad rows")
+    if bad_rows:
+        frame = frame.drop(index=sorted(bad_rows))
+        logger.warning("%s: skipped %d bad row(s); first: %s", file, len(bad_rows), problems[0])
+    report.problems = problems
+    report.rows_kept = len(frame)
+    return _convert(frame.reset_index(drop=True)), report
+
+
+def _convert(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["title"] = frame["title"].map(lambda v: str(v).strip())
+    if "description" not in frame.columns:
+        frame["description"] = ""
+    frame["description"] = frame["description"].map(lambda v: "" if _is_missing(v) else str(v).strip())
+    for column in ("price", "quantity"):
+        if column in frame.columns:
+            frame[column] = pd.to_numeric(frame[column].map(lambda v: None if _is_missing(v) else v))
+    if "in_stock" in frame.columns:
+        frame["in_stock"] = frame["in_stock"].map(
+            lambda v: None if _is_missing(v) else _BOOLS.get(str(v).strip().lower(), bool(v))
+        )
+    for column in frame.columns:
+        if frame[column].dtype == object and column not in ("in_stock", *TEXT_COLUMNS):
+            frame[column] = frame[column].map(lambda v: None if _is_missing(v) else str(v))
+    return frame
+
+
+def catalog_hash(frame: pd.DataFrame) -> str:
+    """SHA-256 of the searchable content (id, title, description), order-independent."""
+    digest = hashlib.sha256()
+    rows = frame[list(TEXT_COLUMNS)].sort_values("product_id")
+    for pid, title, description in rows.itertuples(index=False, name=None):
+        digest.update(f"{pid}\x1f{title}\x1f{description}\x1e".encode())
+    return digest.hexdigest()
+
+
+def product_text(title: str, description: str) -> str:
+    """The text a bi-encoder embeds for a product."""
+    return f"{title}. {description}" if description else title

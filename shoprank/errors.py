@@ -1,0 +1,46 @@
+"""One root error for the service; each subclass carries its HTTP status.
+
+``api/errors.py`` maps every :class:`ShopRankError` to a JSON response with that
+status, and the CLI prints the message and exits non-zero. Messages say what was
+wrong, the actual value, what is allowed and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class ShopRankError(Exception):
+    """Root of all errors ShopRank raises on purpose."""
+
+    http_status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ShopRankError):
+    """The caller passed a value outside what is allowed (HTTP 422)."""
+
+    http_status = 422
+
+
+class CatalogError(InvalidInput):
+    """A catalog file has a bad row; the message names the file, row and column."""
+
+
+class NotFound(ShopRankError):
+    """A named thing (index, product, model version) does not exist (HTTP 404)."""
+
+    http_status = 404
+
+
+class Conflict(ShopRankError):
+    """Two things that must match do not, e.g. an index and the encoder serving it (HTTP 409)."""
+
+    http_status = 409
+
+
+class NotReady(ShopRankError):
+    """A model or index is not loaded yet (HTTP 503)."""
+
+    http_status = 503

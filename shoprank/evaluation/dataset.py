@@ -1,0 +1,99 @@
+"""Load a judged dataset folder: products.csv, queries.csv, judgments.csv.
+
+- ``products.csv``: product_id, title, optional description (a catalog; see
+  :mod:`retrieval.catalog`).
+- ``queries.csv``: query_id, query, optional split.
+- ``judgments.csv``: query_id, product_id, grade (non-negative integer); other
+  columns are ignored.
+
+Any folder in this format works; nothing here is specific to one dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from retrieval.catalog import read_catalog
+from shoprank.errors import InvalidInput, NotFound
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalDataset:
+    path: Path
+    products: pd.DataFrame
+    queries: pd.DataFrame
+    qrels: dict[str, dict[str, int]]
+    max_grade: int
+    dropped_judgments: int = 0
+    splits: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    def select(self, split: str | None) -> list[tuple[str, str]]:
+        """(query_id, query) pairs of ``split`` (all queries when None)."""
+        queries = self.queries
+        if split is not None:
+            if split not in self.splits:
+                raise InvalidInput(f"split {split!r} is not in {self.path}/queries.csv; splits there: {self.splits}")
+            queries = queries[queries["split"] == split]
+        return list(zip(queries["query_id"], queries["query"]))
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        raise NotFound(f"{path} does not exist; a dataset folder needs products.csv, queries.csv and judgments.csv")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise InvalidInput(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    return frame
+
+
+def _grades(frame: pd.DataFrame, path: Path) -> pd.Series:
+    numeric = pd.to_numeric(frame["grade"], errors="coerce")
+    bad = numeric.isna() | (numeric < 0) | (numeric % 1 != 0)
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise InvalidInput(
+            f"{path} row {row + 1}, column 'grade': {frame['grade'].iat[row]!r} is not a non-negative integer"
+        )
+    return numeric.astype(int)
+
+
+def load_dataset(path: str | Path) -> EvalDataset:
+    """Read and check a dataset folder.
+
+    Judgments naming an unknown query or product are dropped and counted.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise NotFound(f"dataset folder {folder} does not exist")
+    products, _ = read_catalog(folder / "products.csv")
+    queries = _read_csv(folder / "queries.csv", ("query_id", "query"))
+    if "split" not in queries.columns:
+        queries["split"] = ""
+    judgments = _read_csv(folder / "judgments.csv", ("query_id", "product_id", "grade"))
+    judgments["grade"] = _grades(judgments, folder / "judgments.csv")
+    known = judgments["query_id"].isin(set(queries["query_id"])) & judgments["product_id"].isin(
+        set(products["product_id"])
+    )
+    dropped = int((~known).sum())
+    if dropped:
+        logger.warning("%s: dropped %d judgment(s) naming an unknown query or product", folder, dropped)
+    judgments = judgments[known]
+    qrels: dict[str, dict[str, int]] = {}
+    for qid, pid, grade in zip(judgments["query_id"], judgments["product_id"], judgments["grade"]):
+        qrels.setdefault(qid, {})[pid] = int(grade)
+    max_grade = int(judgments["grade"].max()) if len(judgments) else 0
+    if max_grade <= 0:
+        raise InvalidInput(f"{folder}/judgments.csv has no grade above 0; nothing can be evaluated")
+    splits = sorted(s for s in queries["split"].unique() if s)
+    return EvalDataset(folder, products, queries, qrels, max_grade, dropped, splits)

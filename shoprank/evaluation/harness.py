@@ -1,0 +1,122 @@
+"""Run a pipeline over a judged split and average the metrics.
+
+Two modes (see ``README.md``, *Evaluation*):
+
+- ``rerank``: each query's judged products are the candidates; the pipeline
+  only orders them. Queries with fewer than 2 judged products or a single
+  distinct grade carry no signal and are skipped (counted).
+- ``retrieval``: the pipeline searches the whole catalog, ``depth`` (1,000)
+  deep. Recall@100/@1000 count products with grade >= ceil(0.6 * max grade);
+  NDCG@10 and MRR@10 are computed on the condensed top-100 list (unjudged
+  results dropped before the cut; Sakai 2007). Queries whose judgments are all
+  grade 0 are skipped (their ideal DCG is 0).
+
+MRR@10 counts a hit at grade >= ceil(0.75 * max grade). Latency is the wall
+time of each pipeline call, one query at a time.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from retrieval.hybrid import Retriever
+from retrieval.index import ProductIndex
+from shoprank.evaluation.dataset import EvalDataset
+from shoprank.evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
+from shoprank.errors import InvalidInput
+
+Mode = Literal["rerank", "retrieval"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    recall: float = 0.6
+    mrr: float = 0.75
+
+
+@dataclass
+class EvalResult:
+    dataset: str
+    mode: str
+    pipeline: str
+    split: str | None
+    queries: int
+    skipped: int
+    metrics: dict[str, float]
+    latency_ms: dict[str, float]
+    details: dict[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("metrics", "details")}
+        return {**out, **self.metrics, "latency_ms": self.latency_ms, **self.details}
+
+
+def _mean(values: list[float]) -> float:
+    return round(statistics.fmean(values), 4) if values else float("nan")
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {"p50": float("nan"), "p95": float("nan")}
+    ms = np.asarray(seconds) * 1e3
+    return {"p50": round(float(np.percentile(ms, 50)), 2), "p95": round(float(np.percentile(ms, 95)), 2)}
+
+
+def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pipeline_name: str,
+             mode: Mode, split: str | None = None, thresholds: Thresholds = Thresholds(),
+             depth: int = 1000, limit: int | None = None, progress: bool = True) -> EvalResult:
+    """Evaluate ``pipeline`` on ``split`` of ``dataset``.
+
+    Args:
+        index: The index the pipeline searches; must hold the dataset's products.
+        depth: Results requested per query in retrieval mode.
+        limit: Evaluate only the first ``limit`` queries of the split (smoke runs).
+    """
+    if mode not in ("rerank", "retrieval"):
+        raise InvalidInput(f"mode {mode!r} is not one of 'rerank', 'retrieval'")
+    hit_grade = grade_threshold(thresholds.mrr, dataset.max_grade)
+    relevant_grade = grade_threshold(thresholds.recall, dataset.max_grade)
+    selected = dataset.select(split)[:limit]
+    ndcg, mrr, latency = [], [], []
+    recall: dict[int, list[float]] = {100: [], 1000: []}
+    skipped = 0
+    for qid, query in tqdm(selected, disable=not progress, desc=f"{pipeline_name}/{mode}", unit="q"):
+        grades = dataset.qrels.get(qid, {})
+        if mode == "rerank":
+            if len(grades) < 2 or len(set(grades.values())) < 2:
+                skipped += 1
+                continue
+            docs = sorted(d for d in (index.doc_of(p) for p in grades) if d is not None)
+            started = time.perf_counter()
+            ranked = pipeline.rank(query, docs).product_ids
+            latency.append(time.perf_counter() - started)
+            ndcg.append(ndcg_at_k(ranked, grades, 10))
+            mrr.append(mrr_at_k(ranked, grades, 10, hit_grade))
+            continue
+        if not any(grades.values()):
+            skipped += 1
+            continue
+        started = time.perf_counter()
+        ranked = pipeline.search(query, depth).product_ids
+        latency.append(time.perf_counter() - started)
+        condensed = condense(ranked, grades, 100)
+        ndcg.append(ndcg_at_k(condensed, grades, 10))
+        mrr.append(mrr_at_k(condensed, grades, 10, hit_grade))
+        for k, values in recall.items():
+            value = recall_at_k(ranked, grades, k, relevant_grade)
+            if value is not None:
+                values.append(value)
+    metrics = {"ndcg@10": _mean(ndcg), "mrr@10": _mean(mrr)}
+    details: dict[str, object] = {"max_grade": dataset.max_grade, "mrr_min_grade": hit_grade}
+    if mode == "retrieval":
+        metrics |= {"recall@100": _mean(recall[100]), "recall@1000": _mean(recall[1000])}
+        details |= {"recall_min_grade": relevant_grade, "recall_queries": len(recall[100]), "depth": depth}
+    return EvalResult(dataset=dataset.name, mode=mode, pipeline=pipeline_name, split=split,
+                      queries=len(ndcg), skipped=skipped, metrics=metrics,
+                      latency_ms=_percentiles(latency), details=details)

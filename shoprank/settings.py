@@ -1,0 +1,120 @@
+"""Typed settings for the ShopRank deployables (api, indexer, evaluator).
+
+Values come, in rising priority, from defaults, an optional YAML file (path in
+``SHOPRANK_CONFIG``; unknown keys are an error so a typo fails loudly) and
+environment variables ``SHOPRANK_<FIELD>`` with ``__`` for nesting, e.g.
+``SHOPRANK_RETRIEVAL__RRF_K=30``. Get them through :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from shoprank.errors import InvalidInput
+
+
+class RetrievalSettings(BaseModel):
+    """First-stage retrieval: BM25 + dense (FAISS) fused by reciprocal rank fusion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dense_index: Literal["auto", "flat", "hnsw", "ivfpq"] = Field(
+        "auto", description="auto: exact (flat) up to flat_max_products, HNSW above."
+    )
+    flat_max_products: int = Field(200_000, ge=1)
+    hnsw_m: int = Field(32, ge=4, le=128)
+    hnsw_ef_construction: int = Field(128, ge=8)
+    hnsw_ef_search: int = Field(128, ge=8)
+    ivf_nlist: int | None = Field(None, ge=1, description="None: 4*sqrt(n) rounded")
+    ivf_nprobe: int = Field(32, ge=1)
+    pq_m: int = Field(48, ge=1, description="PQ sub-quantizers; must divide the dimension")
+    compact_ratio: float = Field(
+        0.2, gt=0, le=1, description="Rebuild the ANN index when this share is deleted."
+    )
+    rrf_k: int = Field(60, ge=1, description="RRF constant k (Cormack et al. 2009).")
+    depth: int = Field(1000, ge=1, le=10_000, description="Results taken from each source.")
+    query_encoder: Literal["onnx", "torch"] = Field(
+        "onnx", description="Backend for query embeddings (ONNX measured faster)."
+    )
+    encode_batch_size: int = Field(128, ge=1)
+
+
+class ApiSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_k: int = Field(100, ge=1, le=1000)
+
+
+class Settings(BaseSettings):
+    """Settings shared by every ShopRank process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHOPRANK_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    home: Path = Field(Path("artifacts"), description="Git-ignored folder for all artifacts.")
+    catalog: Path | None = Field(
+        None, description="Catalog served by `shoprank serve`; None builds the demo catalog."
+    )
+    index_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    encoder: str = Field(
+        "minilm",
+        description="Bi-encoder: 'minilm' (the bundled all-MiniLM-L6-v2) or a model folder.",
+    )
+    progress: bool = Field(True, description="Show tqdm progress bars in long jobs.")
+    log_level: str = "INFO"
+    retrieval: RetrievalSettings = RetrievalSettings()
+    api: ApiSettings = ApiSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.home / "indexes"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by ``SHOPRANK_CONFIG`` (lowest priority after defaults)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("SHOPRANK_CONFIG")
+        if not path:
+            return {}
+        file = Path(path)
+        if not file.is_file():
+            raise InvalidInput(f"SHOPRANK_CONFIG={path!r} is not a file; point it at a YAML file")
+        data = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(data, dict):
+            raise InvalidInput(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        return data
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests override them with ``get_settings.cache_clear()``."""
+    return Settings()

@@ -1,0 +1,91 @@
+"""The HTTP API in-process (TestClient) over the real demo index and encoder."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from shoprank.engine import SearchEngine
+from shoprank.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
+    app = create_app(settings, loader=lambda s: SearchEngine(real_index, real_encoder, s))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield client
+
+
+def test_search_returns_hybrid_results_with_request_id(client: TestClient) -> None:
+    response = client.post("/v1/search", json={"query": "  cordless drill ", "k": 5, "user_id": "u1"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["query"] == "cordless drill" and body["k"] == 5 and len(body["items"]) == 5
+    assert len(body["request_id"]) == 32 and response.headers["x-request-id"] == body["request_id"]
+    top = body["items"][0]
+    assert "drill" in top["title"].lower()
+    assert set(top["scores"]) >= {"rrf"} and top["ranks"]["rrf"] == 1
+    assert [i["rank"] for i in body["items"]] == [1, 2, 3, 4, 5]
+    assert body["index"]["products"] == 300
+
+
+def test_get_search_and_given_request_id(client: TestClient) -> None:
+    response = client.get("/v1/search", params={"q": "garden hose", "k": 3}, headers={"x-request-id": "abc-1"})
+    assert response.status_code == 200
+    assert response.json()["request_id"] == "abc-1"
+    assert any("hose" in i["title"].lower() for i in response.json()["items"])
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "allowed"),
+    [
+        ({"query": "drill", "k": 0}, "k", "greater than or equal to 1"),
+        ({"query": "drill", "k": 101}, "k", "less than or equal to 100"),
+        ({"query": "drill", "k": "ten"}, "k", "valid integer"),
+        ({"query": "   ", "k": 5}, "query", "1..256 characters after trimming"),
+        ({"query": "x" * 257}, "query", "1..256 characters"),
+        ({"k": 5}, "query", "Field required"),
+        ({"query": "drill", "color": "red"}, "color", "Extra inputs are not permitted"),
+        ({"query": "drill", "user_id": ""}, "user_id", "at least 1 character"),
+    ],
+)
+def test_invalid_input_is_422_naming_field_and_range(client: TestClient, payload: dict, field: str,
+                                                     allowed: str) -> None:
+    response = client.post("/v1/search", json=payload)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "invalid_request"
+    assert body["message"].startswith(f"{field}:") and allowed in body["message"]
+
+
+def test_get_validation_names_the_parameter(client: TestClient) -> None:
+    response = client.get("/v1/search", params={"q": "drill", "k": 1000})
+    assert response.status_code == 422 and response.json()["message"].startswith("k:")
+
+
+def test_probes_and_openapi(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "detail": None}
+    assert client.get("/readyz").json()["status"] == "ready"
+    spec = client.get("/openapi.json").json()
+    assert "/v1/search" in spec["paths"]
+
+
+def test_not_ready_is_503_with_reason(settings: Settings) -> None:
+    def broken(_: Settings) -> SearchEngine:
+        raise RuntimeError("index folder is empty")
+
+    with TestClient(create_app(settings, loader=broken)) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").json()["detail"] == "loading index and models" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "index folder is empty" in ready.json()["detail"]
+        search = client.post("/v1/search", json={"query": "drill"})
+        assert search.status_code == 503 and search.json()["error"] == "not_ready"
+        assert "index folder is empty" in search.json()["message"]

@@ -1,0 +1,69 @@
+"""Shared fixtures: settings in a temporary home, the generated demo store, indexes.
+
+Nothing here reads ../shared: tests run on data the project generates.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from retrieval.catalog import read_catalog  # noqa: E402
+from retrieval.embedding_cache import EmbeddingCache  # noqa: E402
+from retrieval.index import ProductIndex  # noqa: E402
+from shoprank.demo import write_demo  # noqa: E402
+from shoprank.settings import Settings  # noqa: E402
+from tests.fakes import HashingEncoder  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One artifacts home for the session, so the real encoder is exported once."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="session")
+def settings(session_home: Path) -> Settings:
+    return Settings(home=session_home, progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated demo store: 300 products, 60 judged queries."""
+    return write_demo(tmp_path_factory.mktemp("demo"), n_products=300, n_queries=60)
+
+
+@pytest.fixture(scope="session")
+def demo_products(demo_dir: Path) -> pd.DataFrame:
+    products, _ = read_catalog(demo_dir / "products.csv")
+    return products
+
+
+@pytest.fixture()
+def fake_index(tmp_path: Path, demo_products: pd.DataFrame, settings: Settings) -> ProductIndex:
+    """A demo index built with the hashing encoder (fast; for index logic)."""
+    encoder = HashingEncoder()
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim)
+    return ProductIndex.build(tmp_path / "index", demo_products, encoder, settings.retrieval, cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def real_encoder(settings: Settings):  # type: ignore[no-untyped-def]
+    """The bundled MiniLM bi-encoder on ONNX Runtime (what `shoprank serve` uses)."""
+    from shoprank import artifacts
+
+    return artifacts.open_encoder(settings)
+
+
+@pytest.fixture(scope="session")
+def real_index(settings: Settings, demo_products: pd.DataFrame, real_encoder) -> ProductIndex:  # type: ignore[no-untyped-def]
+    from shoprank import artifacts
+
+    return artifacts.ensure_index(settings, demo_products, artifacts.index_path(settings, "demo"), real_encoder)

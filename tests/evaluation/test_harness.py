@@ -1,0 +1,120 @@
+"""The harness on a tiny hand-made dataset with a scripted pipeline: known answers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from retrieval.index import ProductIndex
+from retrieval.types import Candidates, Hits
+from shoprank.evaluation.dataset import load_dataset
+from shoprank.evaluation.harness import Thresholds, evaluate
+from shoprank.errors import InvalidInput
+
+
+def write_dataset(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"product_id": [f"p{i}" for i in range(6)], "title": [f"t{i}" for i in range(6)]}).to_csv(
+        folder / "products.csv", index=False)
+    pd.DataFrame({"query_id": ["q1", "q2", "q3", "q4"], "query": ["a", "b", "c", "d"],
+                  "split": ["dev", "dev", "dev", "train"]}).to_csv(folder / "queries.csv", index=False)
+    rows = [("q1", "p0", 8), ("q1", "p1", 4), ("q1", "p2", 0),  # usable
+            ("q2", "p3", 6),                                    # one judged: skipped in rerank
+            ("q3", "p4", 0), ("q3", "p5", 0),                   # single grade (all 0): skipped in both
+            ("q4", "p0", 2), ("q4", "p9", 8)]                   # p9 unknown: dropped
+    pd.DataFrame(rows, columns=["query_id", "product_id", "grade"]).assign(extra="x").to_csv(
+        folder / "judgments.csv", index=False)
+    return folder
+
+
+class Scripted:
+    """A pipeline returning fixed product lists per query text."""
+
+    name = "scripted"
+
+    def __init__(self, index: ProductIndex, lists: dict[str, list[str]]) -> None:
+        self.index = index
+        self.lists = lists
+
+    def _cands(self, pids: Sequence[str]) -> Candidates:
+        hits = Hits.of([self.index.doc_of(p) for p in pids], [-i for i in range(len(pids))])
+        return Candidates.from_hits(hits, self.name, list(pids))
+
+    def search(self, query: str, k: int) -> Candidates:
+        return self._cands(self.lists[query][:k])
+
+    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
+        return [self.search(q, k) for q in queries]
+
+    def rank(self, query: str, docs: Sequence[int]) -> Candidates:
+        given = {self.index.product_id(d) for d in docs}
+        return self._cands([p for p in self.lists[query] if p in given])
+
+
+class FakeIndex:
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+
+    def doc_of(self, pid: str) -> int | None:
+        return self.ids.index(pid) if pid in self.ids else None
+
+    def product_id(self, doc: int) -> str:
+        return self.ids[doc]
+
+
+@pytest.fixture()
+def dataset(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return load_dataset(write_dataset(tmp_path / "ds"))
+
+
+def test_dataset_loading(dataset) -> None:  # type: ignore[no-untyped-def]
+    assert dataset.max_grade == 8 and dataset.dropped_judgments == 1
+    assert dataset.splits == ["dev", "train"]
+    assert [q for q, _ in dataset.select("dev")] == ["q1", "q2", "q3"]
+    assert len(dataset.select(None)) == 4
+    with pytest.raises(InvalidInput, match="split 'test' is not in"):
+        dataset.select("test")
+
+
+def test_rerank_mode_skips_queries_without_signal(dataset) -> None:  # type: ignore[no-untyped-def]
+    index = FakeIndex([f"p{i}" for i in range(6)])
+    pipe = Scripted(index, {"a": ["p2", "p1", "p0"], "b": ["p3"], "c": ["p4", "p5"]})  # type: ignore[arg-type]
+    result = evaluate(dataset, index, pipe, "scripted", "rerank", split="dev", progress=False)  # type: ignore[arg-type]
+    assert (result.queries, result.skipped) == (1, 2)
+    idcg = 8 + 4 / math.log2(3)
+    assert result.metrics["ndcg@10"] == pytest.approx(round((4 / math.log2(3) + 8 / 2) / idcg, 4))
+    assert result.metrics["mrr@10"] == pytest.approx(round(1 / 3, 4))  # p0 (8 >= 6) at rank 3
+
+
+def test_retrieval_mode_condensed_ndcg_and_recall(dataset) -> None:  # type: ignore[no-untyped-def]
+    index = FakeIndex([f"p{i}" for i in range(6)])
+    lists = {"a": ["p5", "p1", "p4", "p0"], "b": ["p0", "p1", "p2"], "c": ["p4"]}
+    result = evaluate(dataset, index, Scripted(index, lists), "scripted", "retrieval", split="dev",  # type: ignore[arg-type]
+                      thresholds=Thresholds(recall=0.6, mrr=0.75), progress=False)
+    assert (result.queries, result.skipped) == (2, 1)  # q3 has only grade 0
+    # q1 condensed: [p1 (4), p0 (8)]; q2: p3 never retrieved -> ndcg 0
+    q1 = (4 + 8 / math.log2(3)) / (8 + 4 / math.log2(3))
+    assert result.metrics["ndcg@10"] == pytest.approx(round(q1 / 2, 4))
+    assert result.metrics["mrr@10"] == pytest.approx(round((1 / 2 + 0) / 2, 4))
+    # relevant = grade >= 5: q1 {p0} found, q2 {p3} not found
+    assert result.metrics["recall@100"] == pytest.approx(0.5)
+    assert result.details["recall_queries"] == 2
+    payload = result.to_json()
+    for key in ("dataset", "mode", "pipeline", "split", "queries", "skipped", "ndcg@10", "mrr@10",
+                "recall@100", "recall@1000", "latency_ms"):
+        assert key in payload
+    assert set(payload["latency_ms"]) == {"p50", "p95"}  # type: ignore[arg-type]
+
+
+def test_bad_grades_are_named(tmp_path: Path) -> None:
+    folder = write_dataset(tmp_path / "ds")
+    (folder / "judgments.csv").write_text("query_id,product_id,grade\nq1,p0,8\nq1,p1,-1\n")
+    with pytest.raises(InvalidInput, match=r"judgments.csv row 2, column 'grade': '-1' is not a non-negative integer"):
+        load_dataset(folder)
+    (folder / "judgments.csv").write_text("query_id,product_id,grade\nq1,p0,2.5\n")
+    with pytest.raises(InvalidInput, match=r"'2.5' is not a non-negative integer"):
+        load_dataset(folder)

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import bm25s
+import numpy as np
+import pytest
+
+from retrieval.bm25 import BM25Index
+
+TITLES = [
+    "DeWalt 20-volt cordless drill kit",
+    "Behr interior paint white satin",
+    "Cordless impact driver with drill bits",
+    "Garden hose 50 ft rubber",
+    "Milwaukee cordless hammer drill",
+    "White ceiling fan with light kit",
+]
+
+
+@pytest.fixture()
+def bm25(tmp_path: Path) -> BM25Index:
+    return BM25Index.build(tmp_path / "bm25", [(i, t, "") for i, t in enumerate(TITLES)])
+
+
+def test_search_ranks_matching_titles(bm25: BM25Index) -> None:
+    hits = bm25.search("cordless drills", 10)
+    assert set(hits.docs.tolist()) == {0, 2, 4}
+    assert (np.diff(hits.scores) <= 0).all()
+    assert len(bm25.search("", 5)) == 0 and len(bm25.search("AND OR ( : ^", 5)) == 0
+    assert len(bm25.search("zzzz", 5)) == 0
+
+
+def test_scores_match_bm25s_lucene_formula(bm25: BM25Index) -> None:
+    """Parity with bm25s (method='lucene', k1=1.2, b=0.75) on the same analysed tokens."""
+    corpus = [bm25.terms(t) for t in TITLES]
+    reference = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
+    reference.index(corpus, show_progress=False)
+    for query in ("cordless drill", "white paint", "hose", "drill kit light"):
+        expected = reference.get_scores(bm25.terms(query))
+        ours = np.array(bm25.score(query, list(range(len(TITLES)))))
+        # tantivy keeps the classic (k1 + 1) numerator that Lucene 8 dropped, and weights
+        # title matches by title_boost: both are constant factors, so rankings are identical
+        np.testing.assert_allclose(ours / bm25.title_boost / 2.2, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_score_given_docs_only(bm25: BM25Index) -> None:
+    scores = bm25.score("cordless drill", [3, 2, 4])  # 4 is the shorter title: higher BM25
+    assert scores[0] == 0.0 and scores[1] > 0 and scores[2] > scores[1]
+    assert bm25.score("zzzz", [1, 2]).tolist() == [0.0, 0.0]
+
+
+def test_upsert_and_delete_in_place(bm25: BM25Index, tmp_path: Path) -> None:
+    bm25.upsert([(6, "Makita cordless drill driver", "")], replace=[0])
+    docs = set(bm25.search("cordless drill", 10).docs.tolist())
+    assert 0 not in docs and 6 in docs
+    bm25.delete([6, 2])
+    assert bm25.search("cordless drill", 10).docs.tolist() == [4]
+    assert bm25.num_docs == len(TITLES) - 2
+    reopened = BM25Index(tmp_path / "bm25")
+    assert reopened.search("cordless drill", 10).docs.tolist() == [4]
+
+
+def test_description_matches_count_less_than_title(tmp_path: Path) -> None:
+    index = BM25Index.build(tmp_path / "b", [(0, "Hammer", "with a drill holder"), (1, "Drill", "")])
+    assert index.search("drill", 5).docs.tolist() == [1, 0]

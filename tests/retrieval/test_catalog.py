@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from retrieval.catalog import catalog_hash, read_catalog
+from shoprank.errors import CatalogError
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_csv_keeps_attributes_and_types(tmp_path: Path) -> None:
+    file = write_csv(tmp_path / "c.csv", "product_id,title,price,in_stock,color\n1,Drill,19.5,yes,red\n2,Saw,,0,\n")
+    products, report = read_catalog(file)
+    assert report.rows_read == 2 and report.rows_kept == 2
+    assert products["product_id"].tolist() == ["1", "2"]
+    assert products["description"].tolist() == ["", ""]
+    assert products["price"].iloc[0] == 19.5 and pd.isna(products["price"].iloc[1])
+    assert products["in_stock"].tolist() == [True, False]
+    assert products["color"].tolist() == ["red", None]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("product_id,title\n1,Drill\n,Saw\n", r"c\.csv row 2, column 'product_id': missing"),
+        ("product_id,title\n1,Drill\n2,  \n", r"c\.csv row 2, column 'title': missing"),
+        ("product_id,title\n1,Drill\n1,Saw\n", r"row 2, column 'product_id': '1' duplicates row 1"),
+        ("product_id,title,price\n1,Drill,cheap\n", r"row 1, column 'price': 'cheap' is not a number"),
+        ("product_id,title,price\n1,Drill,-3\n", r"row 1, column 'price': '-3' is not a non-negative number"),
+        ("product_id,title,quantity\n1,Drill,2.5\n", r"column 'quantity': '2.5' is not a non-negative integer"),
+        ("product_id,title,in_stock\n1,Drill,maybe\n", r"column 'in_stock': 'maybe' is not a boolean"),
+    ],
+)
+def test_bad_rows_name_file_row_and_column(tmp_path: Path, body: str, expected: str) -> None:
+    with pytest.raises(CatalogError, match=expected):
+        read_catalog(write_csv(tmp_path / "c.csv", body))
+
+
+def test_skip_bad_rows_counts_them(tmp_path: Path) -> None:
+    file = write_csv(tmp_path / "c.csv", "product_id,title,price\n1,Drill,1\n,NoId,1\n1,Dup,1\n3,Bad,x\n4,Ok,2\n")
+    products, report = read_catalog(file, skip_bad_rows=True)
+    assert products["product_id"].tolist() == ["1", "4"]
+    assert report.rows_skipped == 3
+    assert [p.row for p in report.problems] == [2, 3, 4]
+
+
+def test_missing_required_column_is_an_error_even_when_skipping(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match=r"missing column\(s\) \['title'\]"):
+        read_catalog(write_csv(tmp_path / "c.csv", "product_id,name\n1,x\n"), skip_bad_rows=True)
+
+
+def test_jsonl_wrong_types_and_bad_json(tmp_path: Path) -> None:
+    good = [{"product_id": 7, "title": "Hammer", "brand": "Husky", "tags": ["a"]}]
+    file = tmp_path / "c.jsonl"
+    file.write_text("\n".join(json.dumps(r) for r in good) + "\n")
+    products, _ = read_catalog(file)
+    assert products["product_id"].tolist() == ["7"]
+    assert products["tags"].tolist() == ["['a']"]
+    file.write_text(json.dumps({"product_id": 1, "title": ["x"]}) + "\n")
+    with pytest.raises(CatalogError, match=r"row 1, column 'title': \['x'\] is a list; title must be text"):
+        read_catalog(file)
+    file.write_text('{"product_id": 1, "title": "ok"}\n{"product_id": 2,\n')
+    with pytest.raises(CatalogError, match=r"c\.jsonl row 2: invalid JSON"):
+        read_catalog(file)
+
+
+def test_parquet_and_unknown_format(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"product_id": [1, 2], "title": ["Drill", "Saw"], "price": [9.0, None]})
+    frame.to_parquet(tmp_path / "c.parquet")
+    products, _ = read_catalog(tmp_path / "c.parquet")
+    assert products["product_id"].tolist() == ["1", "2"]
+    with pytest.raises(CatalogError, match=r"unknown catalog format '\.xlsx'"):
+        read_catalog(tmp_path / "c.xlsx")
+    with pytest.raises(CatalogError, match="does not exist"):
+        read_catalog(tmp_path / "missing.csv")
+
+
+def test_catalog_hash_ignores_order_and_attributes() -> None:
+    a = pd.DataFrame({"product_id": ["1", "2"], "title": ["A", "B"], "description": ["", ""], "price": [1, 2]})
+    b = a.iloc[::-1].assign(price=[5, 6])
+    assert catalog_hash(a) == catalog_hash(b)
+    assert catalog_hash(a) != catalog_hash(a.assign(title=["A", "C"]))

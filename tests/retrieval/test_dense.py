@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.dense import DenseIndex, choose_kind
+from shoprank.errors import InvalidInput
+from shoprank.settings import RetrievalSettings
+
+
+def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+SETTINGS = RetrievalSettings(pq_m=8, ivf_nlist=16, ivf_nprobe=16, hnsw_ef_search=64)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_search_finds_itself_and_skips_deleted_rows(tmp_path: Path, kind: str) -> None:
+    vectors = unit_vectors(4000, 32)
+    dense = DenseIndex.build(tmp_path, vectors, SETTINGS, kind=kind)
+    top = [int(dense.search(vectors[i], 1).docs[0]) for i in range(0, 4000, 400)]
+    assert top == list(range(0, 4000, 400))
+    dense.remove([0, 400])
+    for i in (0, 400):
+        hits = dense.search(vectors[i], 5)
+        assert i not in hits.docs and len(hits) == 5
+    new = dense.add(vectors[:1])
+    assert list(new) == [4000]
+    assert dense.search(vectors[0], 1).docs[0] == 4000
+    dense.save()
+    again = DenseIndex.load(tmp_path, SETTINGS)
+    assert again.kind == kind and again.search(vectors[0], 1).docs[0] == 4000
+    assert 0 not in again.search(vectors[0], 10).docs
+    np.testing.assert_allclose(again.score(vectors[5], [5, 6]), [1.0, float(vectors[5] @ vectors[6])], rtol=1e-5)
+
+
+def test_hnsw_recall_against_exact(tmp_path: Path) -> None:
+    vectors = unit_vectors(5000, 32, seed=1)
+    queries = unit_vectors(50, 32, seed=2)
+    exact = DenseIndex.build(tmp_path / "f", vectors, SETTINGS, kind="flat").batch_search(queries, 10)
+    approx = DenseIndex.build(tmp_path / "h", vectors, SETTINGS, kind="hnsw").batch_search(queries, 10)
+    recall = np.mean([len(set(a.docs) & set(e.docs)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.9
+
+
+def test_flat_is_exact_and_ordered(tmp_path: Path) -> None:
+    vectors = unit_vectors(500, 16, seed=3)
+    hits = DenseIndex.build(tmp_path, vectors, SETTINGS, kind="flat").search(vectors[7], 500)
+    expected = np.argsort(-(vectors @ vectors[7]), kind="stable")
+    assert hits.docs.tolist() == expected.tolist()
+    np.testing.assert_allclose(hits.scores, (vectors @ vectors[7])[expected], rtol=1e-5)
+
+
+def test_auto_kind_and_ivfpq_limits(tmp_path: Path) -> None:
+    assert choose_kind(10, RetrievalSettings()) == "flat"
+    assert choose_kind(10**6, RetrievalSettings()) == "hnsw"
+    assert choose_kind(10, RetrievalSettings(dense_index="ivfpq")) == "ivfpq"
+    with pytest.raises(InvalidInput, match="ivfpq needs at least"):
+        DenseIndex.build(tmp_path, unit_vectors(100, 32), SETTINGS, kind="ivfpq")
+    with pytest.raises(InvalidInput, match="pq_m=7 does not divide"):
+        DenseIndex.build(tmp_path, unit_vectors(5000, 32), RetrievalSettings(pq_m=7), kind="ivfpq")

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from retrieval.embedding_cache import EmbeddingCache
+from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
+from retrieval.index import ProductIndex
+from shoprank.errors import Conflict
+from shoprank.settings import Settings
+from tests.fakes import HashingEncoder
+
+
+def catalog(rows: list[tuple[str, str]]) -> pd.DataFrame:
+    return pd.DataFrame({"product_id": [r[0] for r in rows], "title": [r[1] for r in rows],
+                         "description": [""] * len(rows), "price": [1.0] * len(rows)})
+
+
+def build(tmp_path: Path, settings: Settings, rows: list[tuple[str, str]]) -> tuple[ProductIndex, HashingEncoder, EmbeddingCache]:
+    encoder = HashingEncoder()
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim)
+    index = ProductIndex.build(tmp_path / "idx", catalog(rows), encoder, settings.retrieval, cache, progress=False)
+    return index, encoder, cache
+
+
+ROWS = [("a", "cordless drill"), ("b", "interior paint"), ("c", "garden hose"), ("d", "drill bits")]
+
+
+def test_build_search_and_reload(tmp_path: Path, settings: Settings) -> None:
+    index, encoder, _ = build(tmp_path, settings, ROWS)
+    assert index.count == 4 and index.manifest.dense_kind == "flat"
+    hybrid = HybridRetriever(BM25Retriever(index), DenseRetriever(index, encoder), depth=10)
+    top = list(hybrid.search("drill", 3))
+    assert {c.product_id for c in top[:2]} == {"a", "d"}
+    assert set(top[0].scores) >= {"bm25", "dense", "rrf"} and top[0].ranks["rrf"] == 1
+    again = ProductIndex.load(tmp_path / "idx", settings.retrieval)
+    assert again.manifest == index.manifest and again.doc_of("c") == index.doc_of("c")
+
+
+def test_embedding_cache_makes_reindexing_unchanged_products_free(tmp_path: Path, settings: Settings) -> None:
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    assert len(encoder.encoded) == 4
+    ProductIndex.build(tmp_path / "idx2", catalog(ROWS), encoder, settings.retrieval, cache, progress=False)
+    assert len(encoder.encoded) == 4  # nothing re-encoded
+    ProductIndex.build(tmp_path / "idx3", catalog([*ROWS, ("e", "ceiling fan")]), encoder, settings.retrieval,
+                       cache, progress=False)
+    assert encoder.encoded[4:] == ["ceiling fan"]
+
+
+def test_upsert_updates_in_place_and_delete(tmp_path: Path, settings: Settings) -> None:
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    before = index.manifest.catalog_hash
+    changes = catalog([("a", "cordless drill"), ("b", "exterior stain"), ("z", "ceiling fan")])
+    changes.loc[0, "price"] = 9.0
+    report = index.upsert(changes, encoder, cache)
+    assert (report.added, report.updated_text, report.updated_attributes, report.unchanged) == (1, 1, 1, 0)
+    assert index.count == 5 and index.manifest.rows == 6 and index.manifest.catalog_hash != before
+    bm25 = BM25Retriever(index)
+    assert bm25.search("stain", 5).product_ids == ["b"]
+    assert len(bm25.search("interior", 5)) == 0
+    assert index.products.loc[index.doc_of("a"), "price"] == 9.0
+    assert DenseRetriever(index, encoder).search("ceiling fan", 1).product_ids == ["z"]
+    deleted, unknown = index.delete(["z", "nope"])
+    assert (deleted, unknown) == (1, ["nope"])
+    assert "z" not in DenseRetriever(index, encoder).search("ceiling fan", 10).product_ids
+    reloaded = ProductIndex.load(tmp_path / "idx", settings.retrieval)
+    assert reloaded.count == 4 and reloaded.doc_of("z") is None
+
+
+def test_compaction_drops_dead_rows_without_reencoding(tmp_path: Path, settings: Settings) -> None:
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    index.delete(["b", "c"])
+    assert index.needs_compaction()
+    calls = len(encoder.encoded)
+    compacted = index.compact(encoder, cache)
+    assert len(encoder.encoded) == calls
+    assert compacted.manifest.rows == 2 and compacted.count == 2
+    assert set(BM25Retriever(compacted).search("drill", 5).product_ids) == {"a", "d"}
+
+
+def test_upsert_with_another_encoder_is_refused(tmp_path: Path, settings: Settings) -> None:
+    index, _, cache = build(tmp_path, settings, ROWS)
+    other = HashingEncoder()
+    other.fingerprint = "different0000000"
+    with pytest.raises(Conflict, match="was built with encoder"):
+        index.upsert(catalog([("q", "new")]), other, cache)
+
+
+def test_rank_orders_given_docs(fake_index: ProductIndex) -> None:
+    encoder = HashingEncoder()
+    hybrid = HybridRetriever(BM25Retriever(fake_index), DenseRetriever(fake_index, encoder))
+    docs = list(range(0, 40))
+    ranked = hybrid.rank("cordless drill", docs)
+    assert sorted(ranked.docs.tolist()) == docs
+    assert ranked.ranks["rrf"].tolist() == list(range(1, 41))
+    assert ranked.ranks["bm25"].min() >= 1  # rank mode scores every given doc in every source

@@ -1,0 +1,72 @@
+"""The `shoprank` commands end to end on the generated demo store (real encoder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shoprank.cli import main
+from shoprank.settings import Settings, get_settings
+
+
+@pytest.fixture()
+def env_home(monkeypatch: pytest.MonkeyPatch, settings: Settings, real_encoder) -> Path:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SHOPRANK_HOME", str(settings.home))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    yield settings.home
+    get_settings.cache_clear()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_index_upsert_delete(env_home: Path, demo_dir: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "index", "--catalog", str(demo_dir / "products.csv"), "--name", "cli")
+    assert code == 0 and json.loads(out)["products"] == 300
+    extra = tmp_path / "more.jsonl"
+    extra.write_text('{"product_id": "NEW1", "title": "Solar garden fountain pump"}\n'
+                     '{"product_id": "P100000", "title": "Renamed toilet"}\n')
+    code, out, _ = run(capsys, "index", "--catalog", str(extra), "--name", "cli", "--upsert")
+    summary = json.loads(out)
+    assert code == 0 and summary["products"] == 301
+    assert summary["upsert"] == {"added": 1, "updated_text": 1, "updated_attributes": 0, "unchanged": 0}
+    code, out, _ = run(capsys, "delete", "--name", "cli", "NEW1", "missing-id")
+    assert code == 0 and json.loads(out) == {"deleted": 1, "not_found": ["missing-id"], "products": 300}
+
+
+def test_bad_catalog_exits_nonzero_naming_row_and_column(env_home: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("product_id,title\n1,Drill\n2,\n3,Saw\n")
+    code, _, err = run(capsys, "index", "--catalog", str(bad), "--name", "bad")
+    assert code == 2
+    assert "bad.csv row 2, column 'title': missing" in err and "--skip-bad-rows" in err
+    code, out, _ = run(capsys, "index", "--catalog", str(bad), "--name", "bad", "--skip-bad-rows")
+    assert code == 0 and json.loads(out)["rows_skipped"] == 1 and json.loads(out)["products"] == 2
+
+
+def test_evaluate_json_on_demo_store(env_home: Path, demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = {}
+    for pipeline in ("bm25", "hybrid"):
+        code, out, _ = run(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "retrieval",
+                           "--pipeline", pipeline, "--json")
+        assert code == 0
+        results[pipeline] = json.loads(out)
+    hybrid = results["hybrid"]
+    assert hybrid["dataset"] == demo_dir.name and hybrid["mode"] == "retrieval" and hybrid["split"] is None
+    assert hybrid["queries"] + hybrid["skipped"] == 60
+    # loose bar on the generated store: word-matching queries are easy for both
+    assert hybrid["ndcg@10"] > 0.8 and hybrid["recall@100"] > 0.9
+    code, out, _ = run(capsys, "evaluate", "--dataset", str(demo_dir), "--split", "dev", "--mode", "rerank",
+                       "--pipeline", "dense", "--json")
+    payload = json.loads(out)
+    assert code == 0 and payload["split"] == "dev" and "recall@100" not in payload
+    code, _, err = run(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "rerank", "--pipeline", "nope")
+    assert code == 2 and "pipeline 'nope' is not one of" in err

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from shoprank.settings import Settings
+
+
+def test_env_nesting_and_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "shoprank.yaml"
+    config.write_text("retrieval:\n  rrf_k: 30\n  dense_index: hnsw\nindex_name: shop1\n")
+    monkeypatch.setenv("SHOPRANK_CONFIG", str(config))
+    monkeypatch.setenv("SHOPRANK_RETRIEVAL__RRF_K", "10")
+    settings = Settings()
+    assert settings.retrieval.rrf_k == 10  # env beats the file
+    assert settings.retrieval.dense_index == "hnsw" and settings.index_name == "shop1"
+
+
+def test_unknown_keys_fail_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "shoprank.yaml"
+    config.write_text("retrieval:\n  rrf_kk: 30\n")
+    monkeypatch.setenv("SHOPRANK_CONFIG", str(config))
+    with pytest.raises(ValidationError, match="rrf_kk"):
+        Settings()
+
+
+def test_ranges_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPRANK_RETRIEVAL__RRF_K", "0")
+    with pytest.raises(ValidationError, match="rrf_k"):
+        Settings()
