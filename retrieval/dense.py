@@ -8,8 +8,10 @@ Three index kinds, chosen by ``retrieval.dense_index``:
   (``benchmarks/dense_kinds.py``), so exact search needs no FAISS structure.
 - ``hnsw``: FAISS ``IndexHNSWFlat`` graph search (Malkov and Yashunin 2018);
   near-exact recall, for catalogs past ``flat_max_products``.
-- ``ivfpq``: FAISS ``IndexIVFPQ`` (Jegou et al. 2011); ~48 bytes per product,
-  for catalogs of millions where memory matters.
+- ``ivfpq``: FAISS ``IndexIVFPQ`` (Jegou et al. 2011); ~48 bytes per product
+  in memory, for catalogs of millions where memory matters. PQ distances are
+  coarse, so ``ivfpq_refine`` x k candidates are re-scored exactly from the
+  memory-mapped vectors (FAISS ``IndexRefine`` does the same with the vectors in RAM).
 
 Rows are append-only and equal the product rows of the owning
 :class:`~retrieval.index.ProductIndex`. A delete marks the row dead; FAISS
@@ -99,16 +101,20 @@ class DenseIndex:
     # -- construction and persistence ------------------------------------------
     @classmethod
     def build(cls, path: Path, vectors: np.ndarray, settings: RetrievalSettings,
-              kind: str | None = None, batch: int = 50_000) -> DenseIndex:
+              kind: str | None = None, batch: int = 50_000, progress: bool = False) -> DenseIndex:
         """A new index at ``path`` over ``vectors`` (rows 0..n-1, all live)."""
+        from tqdm.auto import tqdm
+
         path.mkdir(parents=True, exist_ok=True)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         kind = kind or choose_kind(len(vectors), settings)
         index = None
         if kind != "flat":
             index = _new_faiss_index(kind, vectors.shape[1], vectors, settings)
-            for start in range(0, len(vectors), batch):
-                index.add(vectors[start : start + batch])
+            with tqdm(total=len(vectors), disable=not progress, desc=f"{kind} add", unit="vec") as bar:
+                for start in range(0, len(vectors), batch):
+                    index.add(vectors[start : start + batch])
+                    bar.update(min(batch, len(vectors) - start))
         (path / VECTORS).unlink(missing_ok=True)
         dense = cls(path, kind, vectors.shape[1], np.ones(len(vectors), dtype=bool), settings, index)
         dense._append_vectors(vectors)
@@ -200,8 +206,18 @@ class DenseIndex:
         if self.index is None:
             return self._flat(queries, k)
         k = min(k, len(self.live))
-        scores, docs = self.index.search(queries, k, params=self._params(k))
-        return [Hits.of(d[d >= 0], s[d >= 0]) for s, d in zip(scores, docs)]
+        refine = self.settings.ivfpq_refine if self.kind == "ivfpq" else 1
+        fetch = min(k * refine, len(self.live))
+        scores, docs = self.index.search(queries, fetch, params=self._params(fetch))
+        if refine == 1:
+            return [Hits.of(d[d >= 0], s[d >= 0]) for s, d in zip(scores, docs)]
+        out = []
+        for query, row in zip(queries, docs):
+            found = np.sort(row[row >= 0])  # sorted rows read the memory-mapped file in order
+            exact = self.vectors[found] @ query
+            top = _top_k(exact, k)
+            out.append(Hits.of(found[top], exact[top]))
+        return out
 
     def search(self, query: np.ndarray, k: int) -> Hits:
         return self.batch_search(query, k)[0]

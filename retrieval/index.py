@@ -117,7 +117,7 @@ class ProductIndex:
         if vectors is None:
             logger.info("encoding %d products with %s", len(products), encoder.name)
             vectors = encode_cached(encoder, _texts(products), cache, settings.encode_batch_size, progress)
-        dense = DenseIndex.build(staging, vectors, settings)
+        dense = DenseIndex.build(staging, vectors, settings, progress=progress)
         bm25 = BM25Index.build(staging / "bm25", zip(range(len(products)), products["title"], products["description"]))
         manifest = Manifest(
             encoder=encoder.name, encoder_fingerprint=encoder.fingerprint, dim=int(vectors.shape[1]),

@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mrr-threshold", type=float, default=0.75, help="MRR hit: grade >= ceil(F*max)")
     p.set_defaults(func=cmd_evaluate)
 
+    from shoprank.commands import train
+
+    train.add_parsers(sub)
+
     p = sub.add_parser("demo", help="write the synthetic demo store (catalog + judged queries)")
     p.add_argument("--out", required=True)
     p.add_argument("--products", type=int, default=2000)
@@ -171,8 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = args.log_level or get_settings().log_level
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if hasattr(args, "handler"):
+            return int(args.handler(args, _settings(args)))
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except ShopRankError as err:
         print(f"error: {err.message}", file=sys.stderr)

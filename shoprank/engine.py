@@ -12,6 +12,7 @@ the ranking stages land.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from retrieval.encoder import Encoder
@@ -50,7 +51,8 @@ class SearchEngine:
         rs = settings.retrieval
         bm25 = BM25Retriever(index)
         dense = DenseRetriever(index, encoder)
-        hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth)
+        self.executor = ThreadPoolExecutor(max_workers=rs.bm25_threads, thread_name_prefix="bm25")
+        hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=self.executor)
         self._pipelines: dict[str, Retriever] = {"bm25": bm25, "dense": dense, "hybrid": hybrid, "full": hybrid}
 
     def pipeline(self, name: str) -> Retriever:

@@ -1,0 +1,214 @@
+"""Train the teacher cross-encoder: ``shoprank train reranker``.
+
+Initialised from the bundled all-MiniLM-L6-v2 weights with a fresh one-output
+head, trained on each train query's group (graded judgments + mined hard
+negatives, see :mod:`ranking.training.data`) with a grade-weighted pairwise
+RankNet loss plus a small pointwise term that anchors scores to grade / max.
+Seeded; checkpoints every ``checkpoint_every`` steps and resumes from the last
+checkpoint; evaluates rerank-mode NDCG@10 / MRR@10 on a fixed dev sample after
+each epoch and keeps the best epoch (model selection on dev).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ranking.training.data import Group
+from ranking.training.losses import pairwise_loss
+from shoprank.evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RerankerConfig:
+    base_model: str
+    layers: int = 6
+    epochs: int = 3
+    lr: float = 3e-5
+    batch_groups: int = 8
+    max_length: int = 40
+    negatives: int = 4
+    pointwise_weight: float = 0.2
+    mined_weight: float = 0.5
+    warmup: float = 0.05
+    seed: int = 13
+    checkpoint_every: int = 200
+    max_grade: int = 8
+    threads: int = 0
+
+
+def load_model(base: str, layers: int):  # type: ignore[no-untyped-def]
+    """A one-output sequence classifier from ``base``, keeping its first ``layers`` layers."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    encoder = model.base_model.encoder
+    if layers < len(encoder.layer):
+        encoder.layer = encoder.layer[:layers]
+        model.config.num_hidden_layers = layers
+    return model
+
+
+def _pairs(group: Group, relevant: int, mined_weight: float, max_grade: int) -> tuple[list[str], list[int], list[tuple[int, int, float]]]:
+    items = list(group.judged) + group.mined
+    grades = [group.judged[p] for p in group.judged] + [-1] * len(group.mined)
+    pairs = []
+    for i, gi in enumerate(grades):
+        for j, gj in enumerate(grades):
+            if gi < 0 or gi <= gj:
+                continue
+            if gj < 0:
+                if gi >= relevant:
+                    pairs.append((i, j, mined_weight * gi / max_grade))
+            else:
+                pairs.append((i, j, (gi - gj) / max_grade))
+    return items, grades, pairs
+
+
+class _Batcher:
+    def __init__(self, tokenizer, titles: dict[str, str], max_length: int) -> None:  # type: ignore[no-untyped-def]
+        self.tokenizer = tokenizer
+        self.titles = titles
+        self.max_length = max_length
+
+    def __call__(self, queries: Sequence[str], products: Sequence[str]):  # type: ignore[no-untyped-def]
+        return self.tokenizer(list(queries), [self.titles[p] for p in products], padding=True, truncation=True,
+                              max_length=self.max_length, return_tensors="pt")
+
+
+def evaluate_groups(model, batcher: _Batcher, groups: Sequence[Group], max_grade: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Rerank-mode NDCG@10 / MRR@10 of ``model`` over judged products of ``groups``."""
+    import torch
+
+    hit = grade_threshold(0.75, max_grade)
+    ndcg, mrr = [], []
+    model.eval()
+    with torch.inference_mode():
+        for group in groups:
+            products = list(group.judged)
+            scores = model(**batcher([group.query] * len(products), products)).logits[:, 0].numpy()
+            ranked = [products[i] for i in np.argsort(-scores, kind="stable")]
+            ndcg.append(ndcg_at_k(ranked, group.judged, 10))
+            mrr.append(mrr_at_k(ranked, group.judged, 10, hit))
+    model.train()
+    return {"ndcg@10": round(float(np.mean(ndcg)), 4), "mrr@10": round(float(np.mean(mrr)), 4)}
+
+
+def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence[Group], titles: dict[str, str],
+                   out: Path, progress: bool = True) -> dict[str, object]:
+    """Train, checkpointing into ``out/checkpoint`` and saving the best epoch to ``out/best``.
+
+    Returns:
+        Training summary: best epoch, its dev metrics, per-epoch history, seconds.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    model = load_model(config.base_model, config.layers)
+    batcher = _Batcher(tokenizer, titles, config.max_length)
+    relevant = grade_threshold(0.6, config.max_grade)
+    steps_per_epoch = (len(train) + config.batch_groups - 1) // config.batch_groups
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    total = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
+    state = {"epoch": 0, "step": 0, "best": None, "history": [], "seconds": 0.0}
+    checkpoint = out / "checkpoint" / "state.pt"
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved["config"] == asdict(config):
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            state = saved["state"]
+            logger.info("resuming from epoch %d step %d", state["epoch"], state["step"])
+        else:
+            logger.warning("ignoring checkpoint with a different config at %s", checkpoint)
+
+    def save_checkpoint() -> None:
+        checkpoint.parent.mkdir(exist_ok=True)
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save({"config": asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "state": state}, tmp)
+        tmp.replace(checkpoint)
+
+    model.train()
+    started = time.perf_counter() - state["seconds"]
+    while state["epoch"] < config.epochs:
+        order = list(range(len(train)))
+        random.Random(config.seed + state["epoch"]).shuffle(order)
+        bar = tqdm(range(state["step"], steps_per_epoch), disable=not progress,
+                   desc=f"epoch {state['epoch'] + 1}/{config.epochs}", unit="step")
+        for step in bar:
+            batch = [train[i] for i in order[step * config.batch_groups : (step + 1) * config.batch_groups]]
+            loss = _batch_loss(model, batcher, batch, relevant, config)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            state["step"] = step + 1
+            if state["step"] % config.checkpoint_every == 0:
+                state["seconds"] = time.perf_counter() - started
+                save_checkpoint()
+        metrics = evaluate_groups(model, batcher, dev, config.max_grade)
+        state["history"].append({"epoch": state["epoch"] + 1, **metrics,
+                                 "seconds": round(time.perf_counter() - started, 1)})
+        logger.info("epoch %d dev %s", state["epoch"] + 1, metrics)
+        score = metrics["ndcg@10"] + metrics["mrr@10"]
+        if state["best"] is None or score > state["best"]["score"]:
+            state["best"] = {"epoch": state["epoch"] + 1, "score": score, **metrics}
+            model.save_pretrained(out / "best")
+            tokenizer.save_pretrained(out / "best")
+        state["epoch"] += 1
+        state["step"] = 0
+        state["seconds"] = time.perf_counter() - started
+        save_checkpoint()
+    summary = {"best": state["best"], "history": state["history"], "seconds": round(state["seconds"], 1),
+               "train_groups": len(train), "dev_groups": len(dev)}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _batch_loss(model, batcher: _Batcher, batch: Sequence[Group], relevant: int, config: RerankerConfig):  # type: ignore[no-untyped-def]
+    import torch
+
+    queries, products, spans, all_pairs, point_rows, point_targets = [], [], [], [], [], []
+    for group in batch:
+        items, grades, pairs = _pairs(group, relevant, config.mined_weight, config.max_grade)
+        offset = len(products)
+        queries += [group.query] * len(items)
+        products += items
+        spans.append((offset, len(items)))
+        all_pairs += [(offset + i, offset + j, w) for i, j, w in pairs]
+        for i, grade in enumerate(grades):
+            if grade >= 0:
+                point_rows.append(offset + i)
+                point_targets.append(grade / config.max_grade)
+    scores = model(**batcher(queries, products)).logits[:, 0]
+    better = torch.tensor([p[0] for p in all_pairs], dtype=torch.long)
+    worse = torch.tensor([p[1] for p in all_pairs], dtype=torch.long)
+    weights = torch.tensor([p[2] for p in all_pairs], dtype=torch.float32)
+    loss = pairwise_loss(scores, better, worse, weights)
+    if config.pointwise_weight and point_rows:
+        rows = torch.tensor(point_rows, dtype=torch.long)
+        targets = torch.tensor(point_targets, dtype=torch.float32)
+        loss = loss + config.pointwise_weight * torch.nn.functional.binary_cross_entropy_with_logits(scores[rows], targets)
+    return loss

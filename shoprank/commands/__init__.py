@@ -1,0 +1,1 @@
+"""Handlers of the longer CLI commands (``shoprank train ...``), one module per group."""

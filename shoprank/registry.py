@@ -1,0 +1,163 @@
+"""Model registry: every trained model is a version with a manifest; one is active per role.
+
+Layout under ``<home>/models``::
+
+    <role>/<version>/manifest.json   role, version, created, base model, parent,
+                                     training-data hash, parameters, dev metrics
+    <role>/<version>/...             the model's files (HF folder, ONNX, ...)
+    <role>/active.json               {"version": ..., "history": [...]}
+
+Roles: ``biencoder``, ``reranker`` (the teacher cross-encoder), ``student``,
+``ltr``. Versions are ``v1``, ``v2``, ... per role. Activation is an atomic file
+replace, so readers always see a whole state; ``rollback`` re-activates the
+previously active version. Serving (hot swap) and the learning loop (promotion)
+use this API.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from shoprank.errors import InvalidInput, NotFound
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("biencoder", "reranker", "student", "ltr")
+
+
+@dataclass
+class ModelVersion:
+    """A registered model and what it was made from."""
+
+    role: str
+    version: str
+    created: str
+    base_model: str
+    parent: str | None = None
+    training_data: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+    path: Path | None = field(default=None, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("path")
+        return out
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise InvalidInput(f"model role {role!r} is not one of {list(ROLES)}")
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class ModelRegistry:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @contextmanager
+    def _lock(self, role: str) -> Iterator[None]:
+        folder = self.root / role
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / ".lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _next_version(self, role: str) -> str:
+        numbers = [int(p.name[1:]) for p in (self.root / role).glob("v*") if p.name[1:].isdigit()]
+        return f"v{max(numbers, default=0) + 1}"
+
+    def register(self, role: str, source: Path, base_model: str, *, parent: str | None = None,
+                 training_data: str | None = None, params: dict[str, Any] | None = None,
+                 metrics: dict[str, Any] | None = None, notes: str = "", activate: bool = False,
+                 move: bool = True) -> ModelVersion:
+        """Store the model folder ``source`` as the next version of ``role``."""
+        _check_role(role)
+        if not source.is_dir():
+            raise NotFound(f"model folder {source} does not exist")
+        with self._lock(role):
+            version = self._next_version(role)
+            target = self.root / role / version
+            if move:
+                shutil.move(str(source), str(target))
+            else:
+                shutil.copytree(source, target)
+            entry = ModelVersion(role=role, version=version, created=datetime.now(UTC).isoformat(timespec="seconds"),
+                                 base_model=base_model, parent=parent, training_data=training_data,
+                                 params=params or {}, metrics=metrics or {}, notes=notes, path=target)
+            _write_json(target / "manifest.json", entry.to_json())
+        logger.info("registered %s %s at %s", role, version, target)
+        if activate:
+            self.activate(role, version)
+        return entry
+
+    def update_metrics(self, role: str, version: str, metrics: dict[str, Any]) -> ModelVersion:
+        entry = self.get(role, version)
+        entry.metrics = {**entry.metrics, **metrics}
+        assert entry.path is not None
+        _write_json(entry.path / "manifest.json", entry.to_json())
+        return entry
+
+    def versions(self, role: str) -> list[ModelVersion]:
+        _check_role(role)
+        found = []
+        for manifest in (self.root / role).glob("v*/manifest.json"):
+            found.append(ModelVersion(**json.loads(manifest.read_text()), path=manifest.parent))
+        return sorted(found, key=lambda v: int(v.version[1:]))
+
+    def get(self, role: str, version: str) -> ModelVersion:
+        _check_role(role)
+        manifest = self.root / role / version / "manifest.json"
+        if not manifest.is_file():
+            known = [v.version for v in self.versions(role)]
+            raise NotFound(f"{role} version {version!r} is not registered; registered: {known or 'none'}")
+        return ModelVersion(**json.loads(manifest.read_text()), path=manifest.parent)
+
+    def _state(self, role: str) -> dict[str, Any]:
+        file = self.root / role / "active.json"
+        return json.loads(file.read_text()) if file.is_file() else {"version": None, "history": []}
+
+    def active(self, role: str) -> ModelVersion | None:
+        version = self._state(role)["version"]
+        return self.get(role, version) if version else None
+
+    def activate(self, role: str, version: str) -> ModelVersion:
+        """Make ``version`` the active one of ``role`` (atomic)."""
+        entry = self.get(role, version)
+        with self._lock(role):
+            state = self._state(role)
+            if state["version"] != version:
+                history = [*state["history"], state["version"]] if state["version"] else state["history"]
+                _write_json(self.root / role / "active.json", {"version": version, "history": history[-50:]})
+        logger.info("activated %s %s", role, version)
+        return entry
+
+    def rollback(self, role: str) -> ModelVersion:
+        """Re-activate the version that was active before the current one."""
+        with self._lock(role):
+            state = self._state(role)
+            if not state["history"]:
+                raise InvalidInput(f"{role} has no earlier active version to roll back to")
+            previous = state["history"][-1]
+            _write_json(self.root / role / "active.json", {"version": previous, "history": state["history"][:-1]})
+        logger.info("rolled %s back to %s", role, previous)
+        return self.get(role, previous)
