@@ -30,7 +30,7 @@ def load_engine(settings: Settings) -> SearchEngine:
 
     encoder = artifacts.open_encoder(settings)
     index = artifacts.ensure_served_index(settings, encoder)
-    engine = SearchEngine(index, encoder, settings)
+    engine = SearchEngine.open(index, encoder, settings)
     logger.info("serving index %s: %d products", index.path, index.count)
     return engine
 

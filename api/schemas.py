@@ -51,6 +51,8 @@ class SearchResponse(BaseModel):
     k: int
     pipeline: str
     took_ms: float
+    stages_ms: dict[str, float] = Field(default_factory=dict, description="Milliseconds per stage.")
+    versions: dict[str, str] = Field(default_factory=dict, description="Encoder and model versions served.")
     index: IndexInfo
     items: list[SearchItem]
 

@@ -31,27 +31,17 @@ VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 def export(model_dir: Path, quantize: bool = True) -> dict[str, Path]:
     """Export the model in ``model_dir`` to ONNX (and int8); returns the files."""
     import torch
-    from transformers import AutoModelForSequenceClassification
+
+    from ranking.model import PairScorer
 
     out = model_dir / "onnx"
     out.mkdir(exist_ok=True)
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
-
-    class _Score(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                token_type_ids=token_type_ids).logits
-            return logits[:, 0]
-
+    model = PairScorer.load(model_dir).eval()
     dummy = torch.ones((2, 16), dtype=torch.long)
     fp32 = out / VARIANTS["fp32"]
     with torch.no_grad():
         torch.onnx.export(
-            _Score().eval(), (dummy, dummy, torch.zeros_like(dummy)), str(fp32),
+            model, (dummy, dummy, torch.zeros_like(dummy)), str(fp32),
             input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["score"],
             dynamic_axes={n: {0: "batch", 1: "seq"} for n in ("input_ids", "attention_mask", "token_type_ids")}
             | {"score": {0: "batch"}},
@@ -149,10 +139,11 @@ class TorchCrossEncoder:
 
     def __init__(self, model_dir: Path, max_length: int = 48, batch_size: int = 64) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification
+
+        from ranking.model import PairScorer
 
         self.torch = torch
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+        self.model = PairScorer.load(model_dir).eval()
         self.tokenizer = _PairTokenizer(model_dir, max_length)
         self.batch_size = batch_size
 
@@ -161,7 +152,7 @@ class TorchCrossEncoder:
         with self.torch.inference_mode():
             for rows, feeds in _batches(self.tokenizer.encode(queries, texts), self.batch_size):
                 tensors = {k: self.torch.from_numpy(v) for k, v in feeds.items()}
-                scores[rows] = self.model(**tensors).logits[:, 0].float().numpy()
+                scores[rows] = self.model(**tensors).float().numpy()
         return scores
 
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:

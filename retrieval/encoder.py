@@ -186,10 +186,8 @@ class OnnxEncoder:
         return result
 
 
-def load_encoder(name: str, backend: str, cache_dir: Path) -> Encoder:
-    """Load a bi-encoder by name (``minilm`` or a folder) on ``backend`` (onnx|torch)."""
-    model_dir = resolve_model_dir(name)
-    label = name if name == BUNDLED else model_dir.name
+def load_encoder(model_dir: Path, backend: str, cache_dir: Path, label: str | None = None) -> Encoder:
+    """Load the bi-encoder in ``model_dir`` on ``backend`` (onnx|torch)."""
     if backend == "onnx":
         return OnnxEncoder(model_dir, cache_dir, name=label)
     if backend == "torch":

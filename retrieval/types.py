@@ -118,6 +118,22 @@ class Candidates:
     def top(self, k: int) -> Candidates:
         return self.take(slice(0, k))
 
+    def then(self, tail: Candidates) -> Candidates:
+        """These rows followed by ``tail``'s; a column missing on one side is NaN / 0 there."""
+        names = dict.fromkeys([*self.scores, *tail.scores])
+
+        def column(side: Candidates, name: str, table: str) -> np.ndarray:
+            values = getattr(side, table)
+            if name in values:
+                return values[name]
+            return np.full(len(side), np.nan, np.float32) if table == "scores" else np.zeros(len(side), np.int32)
+
+        return Candidates(
+            np.concatenate([self.docs, tail.docs]), self.product_ids + tail.product_ids, self.stage,
+            {n: np.concatenate([column(self, n, "scores"), column(tail, n, "scores")]) for n in names},
+            {n: np.concatenate([column(self, n, "ranks"), column(tail, n, "ranks")]) for n in names},
+        )
+
     def reorder(self, stage: str, scores: np.ndarray) -> Candidates:
         """Re-rank by ``scores`` under the name ``stage`` (stable: ties keep current order)."""
         scores = np.asarray(scores, dtype=np.float32)

@@ -39,7 +39,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     settings = _settings(args)
     products, report = read_catalog(args.catalog, skip_bad_rows=args.skip_bad_rows)
     encoder = artifacts.open_encoder(settings)
-    path = artifacts.index_path(settings, args.name)
+    path = artifacts.index_path(settings, encoder, args.name)
     summary: dict[str, object] = {"catalog": str(args.catalog), "rows_read": report.rows_read,
                                   "rows_skipped": report.rows_skipped, "index": str(path)}
     if args.upsert and (path / "manifest.json").is_file():
@@ -66,7 +66,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
     ids = list(args.product_ids)
     if args.from_file:
         ids += [line.strip() for line in Path(args.from_file).read_text().splitlines() if line.strip()]
-    index = ProductIndex.load(artifacts.index_path(settings, args.name), settings.retrieval)
+    encoder = artifacts.open_encoder(settings)
+    index = ProductIndex.load(artifacts.index_path(settings, encoder, args.name), settings.retrieval)
     deleted, unknown = index.delete(ids)
     print(json.dumps({"deleted": deleted, "not_found": unknown, "products": index.count}))
     return 0
@@ -99,10 +100,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     index = artifacts.ensure_index(
         settings, dataset.products, artifacts.eval_index_path(settings, dataset.products, encoder), encoder
     )
-    engine = SearchEngine(index, encoder, settings)
+    engine = SearchEngine.open(index, encoder, settings)
     result = evaluate(dataset, index, engine.pipeline(args.pipeline), args.pipeline, args.mode, args.split,
                       Thresholds(recall=args.recall_threshold, mrr=args.mrr_threshold),
                       depth=args.depth, limit=args.limit, progress=settings.progress)
+    result.details["versions"] = engine.versions
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -149,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, type=Path, help="folder with products/queries/judgments.csv")
     p.add_argument("--split", default=None, help="query split (default: all queries)")
     p.add_argument("--mode", choices=("rerank", "retrieval"), required=True)
-    p.add_argument("--pipeline", default="full", help="bm25, dense, hybrid or full (default)")
+    p.add_argument("--pipeline", default="full", help="bm25, dense, hybrid, rerank, cascade or full (default)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--depth", type=int, default=1000, help="results per query in retrieval mode")
     p.add_argument("--limit", type=int, default=None, help="only the first N queries")
@@ -157,9 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mrr-threshold", type=float, default=0.75, help="MRR hit: grade >= ceil(F*max)")
     p.set_defaults(func=cmd_evaluate)
 
-    from shoprank.commands import train
+    from shoprank.commands import models, train
 
     train.add_parsers(sub)
+    models.add_parsers(sub)
 
     p = sub.add_parser("demo", help="write the synthetic demo store (catalog + judged queries)")
     p.add_argument("--out", required=True)

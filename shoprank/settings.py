@@ -48,6 +48,23 @@ class RetrievalSettings(BaseModel):
     bm25_threads: int = Field(4, ge=1, le=64, description="Threads running BM25 beside the dense search.")
 
 
+class RankingSettings(BaseModel):
+    """Re-ranking cascade: first stage (k1) -> student (student_depth) -> teacher (teacher_depth)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k1: int = Field(1000, ge=1, le=10_000, description="First-stage candidates.")
+    student_depth: int = Field(1000, ge=0, le=10_000, description="Candidates the student scores (0: skip).")
+    teacher_depth: int = Field(100, ge=0, le=1000, description="Candidates the teacher scores (0: skip).")
+    rerank_depth: int = Field(100, ge=1, le=1000, description="Candidates the `rerank` pipeline scores.")
+    reranker: str = Field("active", description="Teacher version: 'active', 'vN' or 'none'.")
+    student: str = Field("active", description="Student version: 'active', 'vN' or 'none'.")
+    variant: Literal["int8", "fp32"] = Field("int8", description="ONNX model variant served.")
+    max_length: int = Field(40, ge=8, le=512, description="Token cap of a (query, title) pair.")
+    batch_size: int = Field(32, ge=1, le=1024)
+    threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads (0: one per core).")
+
+
 class ApiSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -69,12 +86,14 @@ class Settings(BaseSettings):
     )
     index_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     encoder: str = Field(
-        "minilm",
-        description="Bi-encoder: 'minilm' (the bundled all-MiniLM-L6-v2) or a model folder.",
+        "active",
+        description="Bi-encoder: 'active' (registry's active biencoder, else bundled MiniLM), "
+        "'minilm', 'biencoder:vN' or a model folder.",
     )
     progress: bool = Field(True, description="Show tqdm progress bars in long jobs.")
     log_level: str = "INFO"
     retrieval: RetrievalSettings = RetrievalSettings()
+    ranking: RankingSettings = RankingSettings()
     api: ApiSettings = ApiSettings()
 
     @classmethod

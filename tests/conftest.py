@@ -66,4 +66,4 @@ def real_encoder(settings: Settings):  # type: ignore[no-untyped-def]
 def real_index(settings: Settings, demo_products: pd.DataFrame, real_encoder) -> ProductIndex:  # type: ignore[no-untyped-def]
     from shoprank import artifacts
 
-    return artifacts.ensure_index(settings, demo_products, artifacts.index_path(settings, "demo"), real_encoder)
+    return artifacts.ensure_index(settings, demo_products, artifacts.index_path(settings, real_encoder, "demo"), real_encoder)

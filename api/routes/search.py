@@ -29,6 +29,8 @@ def _respond(engine: SearchEngine, body: SearchRequest, request_id: str) -> Sear
     return SearchResponse(
         request_id=request_id, query=body.query, k=body.k, pipeline=result.pipeline,
         took_ms=round((time.perf_counter() - started) * 1e3, 2),
+        stages_ms={name: round(seconds * 1e3, 2) for name, seconds in result.timings.items()},
+        versions=engine.versions,
         index=IndexInfo(name=index.path.name, products=index.count, catalog_hash=manifest.catalog_hash,
                         encoder=manifest.encoder, dense_index=manifest.dense_kind),
         items=items,

@@ -1,7 +1,7 @@
 """Train the teacher cross-encoder: ``shoprank train reranker``.
 
-Initialised from the bundled all-MiniLM-L6-v2 weights with a fresh one-output
-head, trained on each train query's group (graded judgments + mined hard
+Initialised from the bundled all-MiniLM-L6-v2 weights with a fresh mean-pooled
+score head (:mod:`ranking.model`), trained on each train query's group (graded judgments + mined hard
 negatives, see :mod:`ranking.training.data`) with a grade-weighted pairwise
 RankNet loss plus a small pointwise term that anchors scores to grade / max.
 Seeded; checkpoints every ``checkpoint_every`` steps and resumes from the last
@@ -47,15 +47,10 @@ class RerankerConfig:
 
 
 def load_model(base: str, layers: int):  # type: ignore[no-untyped-def]
-    """A one-output sequence classifier from ``base``, keeping its first ``layers`` layers."""
-    from transformers import AutoModelForSequenceClassification
+    """A :class:`~ranking.model.PairScorer` on ``base``, keeping its first ``layers`` layers."""
+    from ranking.model import PairScorer
 
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
-    encoder = model.base_model.encoder
-    if layers < len(encoder.layer):
-        encoder.layer = encoder.layer[:layers]
-        model.config.num_hidden_layers = layers
-    return model
+    return PairScorer.from_base(base, layers)
 
 
 def _pairs(group: Group, relevant: int, mined_weight: float, max_grade: int) -> tuple[list[str], list[int], list[tuple[int, int, float]]]:
@@ -95,7 +90,7 @@ def evaluate_groups(model, batcher: _Batcher, groups: Sequence[Group], max_grade
     with torch.inference_mode():
         for group in groups:
             products = list(group.judged)
-            scores = model(**batcher([group.query] * len(products), products)).logits[:, 0].numpy()
+            scores = model(**batcher([group.query] * len(products), products)).numpy()
             ranked = [products[i] for i in np.argsort(-scores, kind="stable")]
             ndcg.append(ndcg_at_k(ranked, group.judged, 10))
             mrr.append(mrr_at_k(ranked, group.judged, 10, hit))
@@ -175,7 +170,7 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
         score = metrics["ndcg@10"] + metrics["mrr@10"]
         if state["best"] is None or score > state["best"]["score"]:
             state["best"] = {"epoch": state["epoch"] + 1, "score": score, **metrics}
-            model.save_pretrained(out / "best")
+            model.save(out / "best")
             tokenizer.save_pretrained(out / "best")
         state["epoch"] += 1
         state["step"] = 0
@@ -202,7 +197,7 @@ def _batch_loss(model, batcher: _Batcher, batch: Sequence[Group], relevant: int,
             if grade >= 0:
                 point_rows.append(offset + i)
                 point_targets.append(grade / config.max_grade)
-    scores = model(**batcher(queries, products)).logits[:, 0]
+    scores = model(**batcher(queries, products))
     better = torch.tensor([p[0] for p in all_pairs], dtype=torch.long)
     worse = torch.tensor([p[1] for p in all_pairs], dtype=torch.long)
     weights = torch.tensor([p[2] for p in all_pairs], dtype=torch.float32)

@@ -21,6 +21,7 @@ from shoprank import artifacts
 from shoprank.engine import SearchEngine
 from shoprank.evaluation.dataset import EvalDataset, load_dataset
 from shoprank.registry import ModelRegistry
+from shoprank.errors import NotFound
 from shoprank.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,65 @@ def cmd_train_reranker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
+    from ranking.training.data import data_hash, groups_from
+    from ranking.training.student import StudentConfig, teacher_pool, train_student
+
+    dataset = load_dataset(args.dataset)
+    registry = ModelRegistry(settings.models_dir)
+    teacher = registry.get("reranker", args.teacher) if args.teacher != "active" else registry.active("reranker")
+    if teacher is None or teacher.path is None:
+        raise NotFound("no active reranker to distil from; train one with `shoprank train reranker`")
+    config = StudentConfig(teacher=str(teacher.path), layers=args.layers, epochs=args.epochs, lr=args.lr,
+                           batch_groups=args.batch_groups, max_length=args.max_length, pool_depth=args.pool_depth,
+                           seed=args.seed, max_grade=dataset.max_grade)
+    train = groups_from(dataset, args.split, 1)[: args.limit]
+    engine = first_stage(settings, dataset)
+    hybrid = engine.pipeline("hybrid")
+    candidates = {g.qid: hybrid.search(g.query, args.pool_depth).product_ids for g in train}
+    titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))
+    pool_dir = settings.home / "training" / f"pool-{teacher.role}-{teacher.version}-{args.split}-d{args.pool_depth}"
+    pool = teacher_pool(train, candidates, teacher.path, titles, pool_dir, progress=settings.progress)
+    work = settings.home / "training" / f"student-L{args.layers}-{args.run_name}"
+    dev = dev_sample(dataset, args.dev_split, args.dev_queries)
+    summary = train_student(config, train, pool, dev, titles, work, progress=settings.progress)
+    folder = work / "registered"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(work / "best", folder)
+    metrics = {f"dev_sample_{k}": v for k, v in summary["best"].items() if k != "score"}
+    metrics |= {"train_seconds": summary["seconds"], "pool_pairs": summary["pool_pairs"]}
+    entry = _register(settings, "student", folder, f"reranker:{teacher.version}", data_hash(train),
+                      asdict(config) | {"split": args.split}, metrics, args.activate,
+                      parent=f"reranker:{teacher.version}")
+    print(json.dumps({"registered": entry, "history": summary["history"]}, indent=2))
+    return 0
+
+
+def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
+    from ranking.training.data import data_hash, groups_from, mine_negatives
+    from retrieval.encoder import resolve_model_dir
+    from retrieval.training import BiEncoderConfig, product_texts, train_biencoder
+
+    dataset = load_dataset(args.dataset)
+    base = str(resolve_model_dir(args.base)) if args.base == "minilm" else args.base
+    config = BiEncoderConfig(base_model=base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                             hard_negatives=not args.no_hard_negatives, seed=args.seed, max_grade=dataset.max_grade)
+    train = groups_from(dataset, args.split, 1)[: args.limit]
+    if config.hard_negatives:
+        engine = first_stage(settings, dataset)
+        mine_negatives(train, engine.pipeline("hybrid"), engine.index, 1, seed=args.seed, progress=settings.progress)
+    work = settings.home / "training" / f"biencoder-{args.run_name}"
+    shutil.rmtree(work, ignore_errors=True)
+    summary = train_biencoder(config, train, product_texts(dataset.products), work, progress=settings.progress)
+    registry = ModelRegistry(settings.models_dir)
+    entry = registry.register("biencoder", work, base_model=args.base, training_data=data_hash(train),
+                              params=asdict(config) | {"split": args.split}, metrics={"train": summary})
+    if args.activate or registry.active("biencoder") is None:
+        registry.activate("biencoder", entry.version)
+    print(json.dumps({"registered": entry.to_json()}, indent=2))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a model and register it")
     kinds = train.add_subparsers(dest="kind", required=True)
@@ -106,3 +166,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", default=None)
     p.add_argument("--activate", action="store_true")
     p.set_defaults(handler=cmd_train_reranker)
+
+    p = kinds.add_parser("student", help="distil a small cross-encoder from the active reranker")
+    p.add_argument("--dataset", required=True, type=Path)
+    p.add_argument("--split", default="train")
+    p.add_argument("--dev-split", default="dev")
+    p.add_argument("--dev-queries", type=int, default=400)
+    p.add_argument("--teacher", default="active", help="reranker version (default: the active one)")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-groups", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=40)
+    p.add_argument("--pool-depth", type=int, default=10, help="first-stage candidates per query in the pool")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--run-name", default="run")
+    p.add_argument("--activate", action="store_true")
+    p.set_defaults(handler=cmd_train_student)
+
+    p = kinds.add_parser("biencoder", help="fine-tune the bi-encoder (MNRL + hard negatives)")
+    p.add_argument("--dataset", required=True, type=Path)
+    p.add_argument("--split", default="train")
+    p.add_argument("--base", default="minilm")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-hard-negatives", action="store_true", help="in-batch negatives only")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--run-name", default="run")
+    p.add_argument("--activate", action="store_true")
+    p.set_defaults(handler=cmd_train_biencoder)

@@ -1,0 +1,130 @@
+"""Fine-tune the bi-encoder: ``shoprank train biencoder``.
+
+Contrastive training with the multiple-negatives ranking loss (Henderson et al.
+2017; sentence-transformers' MNRL): for a batch of (query, relevant product)
+pairs, each query must score its own product above every other product in the
+batch, and above one *hard negative* of its own when ``hard_negatives`` is on.
+
+Why hard negatives matter: in-batch negatives are random products (a drill vs a
+garden hose), which the zero-shot model already separates; the mistakes that
+cost recall are near misses (a 1/2 in. vs a 3/4 in. fitting, the wrong brand's
+battery). Hard negatives supply exactly those. They come from the query's own
+judged products with a low grade when it has any (judged non-relevant: clean),
+else from the first stage's top 30, excluding judged products and duplicates of
+their titles (unjudged top results are often relevant: false negatives).
+The README shows Recall@100 with and without them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ranking.training.data import Group
+from retrieval.catalog import product_text
+from shoprank.evaluation.metrics import grade_threshold
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BiEncoderConfig:
+    base_model: str
+    epochs: int = 1
+    lr: float = 2e-5
+    batch_size: int = 64
+    max_length: int = 48
+    hard_negatives: bool = True
+    scale: float = 20.0
+    warmup: float = 0.1
+    seed: int = 13
+    max_grade: int = 8
+
+
+@dataclass(frozen=True)
+class Triple:
+    query: str
+    positive: str
+    negative: str | None
+
+
+def triples(groups: Sequence[Group], texts: dict[str, str], config: BiEncoderConfig, seed: int) -> list[Triple]:
+    """One (query, relevant product, hard negative) per query with a relevant product."""
+    rng = random.Random(seed)
+    relevant = grade_threshold(0.6, config.max_grade)
+    low = grade_threshold(0.25, config.max_grade)
+    out = []
+    for group in groups:
+        positives = [p for p, g in group.judged.items() if g >= relevant]
+        if not positives:
+            continue
+        negative = None
+        if config.hard_negatives:
+            judged_low = [p for p, g in group.judged.items() if g < low]
+            pool = judged_low or group.mined
+            negative = texts[rng.choice(pool)] if pool else None
+        out.append(Triple(group.query, texts[rng.choice(positives)], negative))
+    return out
+
+
+def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict[str, str], out: Path,
+                    progress: bool = True) -> dict[str, object]:
+    """Fine-tune ``config.base_model`` and save it (sentence-transformers folder) to ``out``."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = SentenceTransformer(config.base_model, device="cpu")
+    model.max_seq_length = config.max_length
+    model.train()
+    per_epoch = [triples(train, texts, config, config.seed + e) for e in range(config.epochs)]
+    steps = sum((len(t) + config.batch_size - 1) // config.batch_size for t in per_epoch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * steps), steps)
+    started = time.perf_counter()
+
+    def embed(batch_texts: list[str]) -> torch.Tensor:
+        features = model.tokenize(batch_texts)
+        return torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=-1)
+
+    losses = []
+    with tqdm(total=steps, disable=not progress, desc="biencoder", unit="step") as bar:
+        for epoch, examples in enumerate(per_epoch):
+            random.Random(config.seed + 100 + epoch).shuffle(examples)
+            for start in range(0, len(examples), config.batch_size):
+                batch = examples[start : start + config.batch_size]
+                queries = embed([t.query for t in batch])
+                documents = [t.positive for t in batch] + [t.negative for t in batch if t.negative]
+                docs = embed(documents)
+                logits = config.scale * queries @ docs.T
+                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch)))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out))
+    summary = {"steps": steps, "examples": sum(len(t) for t in per_epoch), "final_loss": float(np.mean(losses[-50:])),
+               "seconds": round(time.perf_counter() - started, 1)}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def product_texts(products) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """product_id -> the text the bi-encoder embeds."""
+    return {p: product_text(t, d) for p, t, d in zip(products["product_id"], products["title"], products["description"])}

@@ -1,0 +1,60 @@
+"""Cascade stages as pure functions of candidates: depth, order, tail, timings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ranking.cascade import Cascade, ScoreStage
+from retrieval.types import Candidates, Hits
+
+
+def candidates(n: int) -> Candidates:
+    hits = Hits.of(np.arange(n), np.linspace(1.0, 0.0, n))
+    return Candidates.from_hits(hits, "rrf", [f"p{i}" for i in range(n)])
+
+
+def reverse_score(query: str, docs: np.ndarray) -> np.ndarray:
+    return docs.astype(np.float32)  # higher doc number = better: reverses the order
+
+
+class ListRetriever:
+    name = "first"
+
+    def search(self, query: str, k: int) -> Candidates:
+        return candidates(min(k, 20))
+
+    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
+        return [self.search(q, k) for q in queries]
+
+    def rank(self, query: str, docs: Sequence[int]) -> Candidates:
+        return Candidates.from_hits(Hits.of(docs, np.zeros(len(docs))), "rrf", [f"p{d}" for d in docs])
+
+
+def test_stage_reranks_only_its_depth_and_keeps_the_tail() -> None:
+    out = ScoreStage("teacher", reverse_score, depth=3)("q", candidates(6))
+    assert out.product_ids == ["p2", "p1", "p0", "p3", "p4", "p5"]
+    assert out.stage == "teacher"
+    assert out.ranks["teacher"].tolist() == [1, 2, 3, 0, 0, 0]
+    assert np.isnan(out.scores["teacher"][3:]).all()
+    assert out.ranks["rrf"].tolist() == [3, 2, 1, 4, 5, 6]
+
+
+def test_stage_deeper_than_list_and_zero_depth() -> None:
+    assert ScoreStage("t", reverse_score, depth=50)("q", candidates(4)).product_ids == ["p3", "p2", "p1", "p0"]
+    assert ScoreStage("t", reverse_score, depth=0)("q", candidates(4)).product_ids == ["p0", "p1", "p2", "p3"]
+
+
+def test_cascade_chains_stages_and_times_them() -> None:
+    student = ScoreStage("student", reverse_score, depth=10)        # p9..p0, then p10..p19
+    teacher = ScoreStage("teacher", lambda q, d: -d.astype(np.float32), depth=3)  # lowest doc first among top 3
+    cascade = Cascade("cascade", ListRetriever(), [student, teacher], k1=20)
+    ranked = cascade.run("q", 5)
+    assert ranked.candidates.product_ids[:4] == ["p7", "p8", "p9", "p6"]
+    assert len(ranked.candidates) == 20
+    assert set(ranked.timings) == {"first_stage", "student", "teacher"}
+    rows = list(ranked.candidates.top(1))
+    assert rows[0].ranks == {"rrf": 8, "student": 3, "teacher": 1}
+    ranked_given = cascade.rank("q", [5, 1, 3])
+    assert ranked_given.product_ids == ["p1", "p3", "p5"]

@@ -1,0 +1,70 @@
+"""Fast training tests on the generated demo store (loose bars), and ONNX parity.
+
+A 2-layer cross-encoder from the bundled MiniLM weights is trained for one short
+epoch; it must beat its own untrained start on the dev queries, and its ONNX
+exports must agree with torch: fp32 to 1e-4, int8 in ranking (Kendall tau).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import kendalltau
+
+from ranking.cross_encoder import CrossEncoderScorer, TorchCrossEncoder, export
+from ranking.training.data import groups_from
+from ranking.training.reranker import RerankerConfig, _Batcher, evaluate_groups, load_model, train_reranker
+from retrieval.encoder import resolve_model_dir
+from shoprank.evaluation.dataset import load_dataset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    dataset = load_dataset(demo_dir)
+    train = groups_from(dataset, "train", 1)
+    dev = [g for g in groups_from(dataset, "dev", 2) if len(set(g.judged.values())) > 1]
+    titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))
+    config = RerankerConfig(base_model=str(resolve_model_dir("minilm")), layers=2, epochs=2, lr=1e-4,
+                            batch_groups=4, negatives=0, max_grade=dataset.max_grade)
+    out = tmp_path_factory.mktemp("reranker")
+    summary = train_reranker(config, train, dev, titles, out, progress=False)
+    return out, summary, dev, titles, config
+
+
+def test_training_beats_the_untrained_start(trained) -> None:  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    out, summary, dev, titles, config = trained
+    untrained = load_model(config.base_model, config.layers)
+    batcher = _Batcher(AutoTokenizer.from_pretrained(config.base_model), titles, config.max_length)
+    before = evaluate_groups(untrained, batcher, dev, config.max_grade)
+    after = summary["best"]
+    assert after["ndcg@10"] >= before["ndcg@10"] + 0.02, (before, after)
+    assert after["mrr@10"] > before["mrr@10"], (before, after)
+    assert (out / "best" / "config.json").is_file() and (out / "train_summary.json").is_file()
+
+
+def test_training_resumes_from_its_checkpoint(trained, demo_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    out, summary, dev, titles, config = trained
+    dataset = load_dataset(demo_dir)
+    again = train_reranker(config, groups_from(dataset, "train", 1), dev, titles, out, progress=False)
+    assert again["history"] == summary["history"]  # every epoch was done: nothing re-trained
+
+
+def test_onnx_exports_match_torch(trained) -> None:  # type: ignore[no-untyped-def]
+    out, _, dev, titles, _ = trained
+    model_dir = out / "best"
+    export(model_dir)
+    queries = [g.query for g in dev for _ in g.judged]
+    texts = [titles[p] for g in dev for p in g.judged]
+    reference = TorchCrossEncoder(model_dir, max_length=40).score_pairs(queries, texts)
+    fp32 = CrossEncoderScorer(model_dir, "fp32", max_length=40).score_pairs(queries, texts)
+    int8 = CrossEncoderScorer(model_dir, "int8", max_length=40).score_pairs(queries, texts)
+    assert np.abs(fp32 - reference).max() < 1e-4
+    tau = kendalltau(int8, reference).statistic
+    assert tau > 0.9, f"int8 ranking agreement too low: tau={tau:.3f}"
+    assert np.abs(int8 - reference).max() < 0.5
