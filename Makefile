@@ -10,7 +10,11 @@ export SHOPRANK_HOME ?= $(CURDIR)/artifacts
 export HF_HUB_OFFLINE := 1
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-.PHONY: install run test test-fast lint bench clean-artifacts
+# Debian packages the test suite starts for real: Redis (Feast online store)
+APT_PACKAGES ?= redis-server
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system-deps run test test-fast lint bench clean-artifacts
 
 $(BIN)/activate:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"ShopRank needs Python 3.11, found {sys.version.split()[0]}; set PYTHON=python3.11"'
@@ -29,7 +33,15 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/shoprank serve $(if $(CATALOG),--catalog $(CATALOG)) $(if $(PORT),--port $(PORT))
 
-test: install
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q $$missing; }; \
+	fi
+
+test: install system-deps
 	$(BIN)/python -m pytest -m "" tests
 
 test-fast: install

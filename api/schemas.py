@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_QUERY_CHARS = 256
+
+
+class SearchFilters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: str | None = Field(None, min_length=1, max_length=200, description="Only this category.")
+    min_price: float | None = Field(None, ge=0, description="Lowest price, >= 0.")
+    max_price: float | None = Field(None, ge=0, description="Highest price, >= 0.")
+    in_stock: bool | None = Field(None, description="true: only products in stock.")
+
+    @model_validator(mode="after")
+    def _range(self) -> SearchFilters:
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise ValueError(f"min_price={self.min_price} is above max_price={self.max_price}; pass min_price <= max_price")
+        return self
 
 
 class SearchRequest(BaseModel):
@@ -15,7 +30,11 @@ class SearchRequest(BaseModel):
 
     query: str = Field(..., description=f"Search text, 1..{MAX_QUERY_CHARS} characters after trimming.")
     k: int = Field(10, ge=1, le=100, description="Number of results, 1..100.")
+    offset: int = Field(0, ge=0, le=900, description="Results to skip (paging), 0..900.")
     user_id: str | None = Field(None, min_length=1, max_length=128, description="Shopper id (optional).")
+    session_id: str | None = Field(None, min_length=1, max_length=128, description="Session id (optional).")
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+    explain: bool = Field(False, description="Return per-result feature contributions and rule notes.")
 
     @field_validator("query")
     @classmethod
@@ -28,13 +47,19 @@ class SearchRequest(BaseModel):
         return text
 
 
+class Explanation(BaseModel):
+    features: dict[str, float] | None = Field(None, description="LambdaMART contribution per feature (+ bias).")
+    rules: list[str] = Field(default_factory=list, description="Business rules applied to this result.")
+
+
 class SearchItem(BaseModel):
     product_id: str
     title: str
-    score: float = Field(..., description="Score of the last stage that ordered the list.")
-    rank: int
+    score: float | None = Field(..., description="Score of the last stage that ordered the list.")
+    rank: int = Field(..., description="1-based position in the full result list (offset included).")
     scores: dict[str, float] = Field(default_factory=dict, description="Score per stage (bm25, dense, rrf, ...).")
     ranks: dict[str, int] = Field(default_factory=dict, description="1-based rank per stage.")
+    explanation: Explanation | None = None
 
 
 class IndexInfo(BaseModel):

@@ -19,27 +19,42 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from retrieval.hybrid import Retriever
+from ranking.rules import Filters
 from retrieval.types import Candidates
 
-Stage = Callable[[str, Candidates], Candidates]
+@dataclass(frozen=True)
+class Query:
+    """What a stage may know about the request: the text and who asks."""
+
+    text: str
+    user_id: str | None = None
+    filters: Filters = field(default_factory=Filters)
+
+
+Stage = Callable[[Query, Candidates], Candidates]
+
+
+def rerank_head(candidates: Candidates, depth: int, stage: str, scores: np.ndarray) -> Candidates:
+    """Re-order the first ``depth`` rows by ``scores``; the rest follow unchanged."""
+    reordered = candidates.top(depth).reorder(stage, scores)
+    if len(candidates) <= depth:
+        return reordered
+    return reordered.then(candidates.take(slice(depth, None)))
 
 
 @dataclass(frozen=True)
 class ScoreStage:
-    """Re-rank the top ``depth`` candidates by ``score(query, docs)``."""
+    """Re-rank the top ``depth`` candidates by ``score(query text, docs)``."""
 
     name: str
     score: Callable[[str, np.ndarray], np.ndarray]
     depth: int
 
-    def __call__(self, query: str, candidates: Candidates) -> Candidates:
+    def __call__(self, query: Query, candidates: Candidates) -> Candidates:
         if self.depth <= 0 or not len(candidates):
             return candidates
         head = candidates.top(self.depth)
-        reordered = head.reorder(self.name, self.score(query, head.docs))
-        if len(candidates) <= self.depth:
-            return reordered
-        return reordered.then(candidates.take(slice(self.depth, None)))
+        return rerank_head(candidates, self.depth, self.name, self.score(query.text, head.docs))
 
 
 def cross_encoder_stage(name: str, scorer, titles: Callable[[np.ndarray], list[str]], depth: int) -> ScoreStage:  # type: ignore[no-untyped-def]
@@ -71,17 +86,18 @@ class Cascade:
     stages: Sequence[Stage]
     k1: int = 1000
 
-    def _apply(self, query: str, candidates: Candidates, timings: dict[str, float]) -> Ranked:
+    def _apply(self, query: Query, candidates: Candidates, timings: dict[str, float]) -> Ranked:
         for stage in self.stages:
             started = time.perf_counter()
             candidates = stage(query, candidates)
             timings[getattr(stage, "name", "stage")] = time.perf_counter() - started
         return Ranked(candidates, timings)
 
-    def run(self, query: str, k: int) -> Ranked:
+    def run(self, query: Query | str, k: int) -> Ranked:
         """Search and re-rank, with per-stage timings."""
+        query = query if isinstance(query, Query) else Query(query)
         started = time.perf_counter()
-        candidates = self.first.search(query, max(k, self.k1))
+        candidates = self.first.search(query.text, max(k, self.k1))
         return self._apply(query, candidates, {"first_stage": time.perf_counter() - started})
 
     def search(self, query: str, k: int) -> Candidates:
@@ -93,4 +109,4 @@ class Cascade:
     def rank(self, query: str, docs: Sequence[int]) -> Candidates:
         started = time.perf_counter()
         candidates = self.first.rank(query, docs)
-        return self._apply(query, candidates, {"first_stage": time.perf_counter() - started}).candidates
+        return self._apply(Query(query), candidates, {"first_stage": time.perf_counter() - started}).candidates

@@ -57,12 +57,26 @@ class RankingSettings(BaseModel):
     student_depth: int = Field(1000, ge=0, le=10_000, description="Candidates the student scores (0: skip).")
     teacher_depth: int = Field(100, ge=0, le=1000, description="Candidates the teacher scores (0: skip).")
     rerank_depth: int = Field(100, ge=1, le=1000, description="Candidates the `rerank` pipeline scores.")
+    ltr_depth: int = Field(100, ge=0, le=1000, description="Candidates LambdaMART re-ranks (0: skip).")
+    ltr: str = Field("active", description="LambdaMART version: 'active', 'vN' or 'none'.")
+    rules_file: Path | None = Field(None, description="YAML business rules (see ranking/rules.py).")
+    query_cache_size: int = Field(10_000, ge=0, description="Query vectors kept in memory (LRU).")
     reranker: str = Field("active", description="Teacher version: 'active', 'vN' or 'none'.")
     student: str = Field("active", description="Student version: 'active', 'vN' or 'none'.")
     variant: Literal["int8", "fp32"] = Field("int8", description="ONNX model variant served.")
     max_length: int = Field(40, ge=8, le=512, description="Token cap of a (query, title) pair.")
     batch_size: int = Field(32, ge=1, le=1024)
     threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads (0: one per core).")
+
+
+class FeatureSettings(BaseModel):
+    """Feature store (Feast repo in feature_repo/): online store and feature service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store.")
+    redis_url: str = Field("127.0.0.1:6379", description="Redis connection string (host:port[,db=N]).")
+    service: str = Field("ranker_v1", description="Feast FeatureService the ranker reads.")
 
 
 class ApiSettings(BaseModel):
@@ -94,6 +108,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     retrieval: RetrievalSettings = RetrievalSettings()
     ranking: RankingSettings = RankingSettings()
+    features: FeatureSettings = FeatureSettings()
     api: ApiSettings = ApiSettings()
 
     @classmethod

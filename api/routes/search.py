@@ -8,7 +8,17 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from api.deps import EngineDep
-from api.schemas import MAX_QUERY_CHARS, ErrorBody, IndexInfo, SearchItem, SearchRequest, SearchResponse
+from api.schemas import (
+    MAX_QUERY_CHARS,
+    ErrorBody,
+    Explanation,
+    IndexInfo,
+    SearchItem,
+    SearchRequest,
+    SearchResponse,
+)
+from ranking.cascade import Query as SearchQuery
+from ranking.rules import Filters
 from shoprank.engine import SearchEngine
 
 router = APIRouter(prefix="/v1", tags=["search"])
@@ -18,13 +28,20 @@ ERRORS = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 
 def _respond(engine: SearchEngine, body: SearchRequest, request_id: str) -> SearchResponse:
     started = time.perf_counter()
-    result = engine.search(body.query, body.k)
+    query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()))
+    result = engine.search(query, body.k, offset=body.offset)
     index = engine.index
-    items = [
-        SearchItem(product_id=c.product_id, title=index.title(c.doc), score=c.score, rank=c.rank,
-                   scores=c.scores, ranks=c.ranks)
-        for c in result.candidates
-    ]  # Candidates iterate as one Candidate view per row
+    contributions = engine.explain(query, result.candidates) if body.explain else None
+    items = []
+    for i, c in enumerate(result.candidates):  # one Candidate view per row
+        explanation = None
+        if body.explain:
+            explanation = Explanation(features=contributions[i] if contributions else None,
+                                      rules=result.notes.get(c.product_id, []))
+        score = c.score if c.score == c.score else None  # NaN: the ordering stage did not score it
+        items.append(SearchItem(product_id=c.product_id, title=index.title(c.doc), score=score,
+                                rank=body.offset + c.rank, scores={k: v for k, v in c.scores.items() if v == v},
+                                ranks=c.ranks, explanation=explanation))
     manifest = index.manifest
     return SearchResponse(
         request_id=request_id, query=body.query, k=body.k, pipeline=result.pipeline,

@@ -144,6 +144,57 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
+    import pandas as pd
+
+    from ranking.lambdamart import LambdaMART, LambdaMARTConfig
+    from ranking.training.data import data_hash, groups_from
+    from ranking.training.ltr_data import assign_users, entity_rows, historical_features, ranking_data
+    from shoprank import feature_store
+    from shoprank.commands.features import world_dir
+    from shoprank.world import StoreWorld
+
+    dataset = load_dataset(args.dataset)
+    encoder = artifacts.open_encoder(settings)
+    index = artifacts.ensure_index(settings, dataset.products,
+                                   artifacts.eval_index_path(settings, dataset.products, encoder), encoder)
+    engine = SearchEngine.open(index, encoder, settings)
+    store_names: list[str] = []
+    store = None
+    users: dict[str, str] = {}
+    train = groups_from(dataset, args.split, 2)[: args.limit]
+    dev = groups_from(dataset, args.dev_split, 2)
+    if not args.no_store_features:
+        store = feature_store.open_store(settings)
+        service = store.get_feature_service(settings.features.service)
+        store_names = [f.name for p in service.feature_view_projections for f in p.features]
+        world = StoreWorld.load(world_dir(settings))
+        users = assign_users(train + dev, world.users["user_id"].tolist(), args.seed)
+    featurizer = engine.featurizer(store_names)
+    when = pd.Timestamp(StoreWorld.load(world_dir(settings)).config.now) if store else None
+    parts = {}
+    for name, groups in (("train", train), ("dev", dev)):
+        frame = historical_features(store, settings.features.service, entity_rows(groups, index, users, when)) if store else None
+        parts[name] = ranking_data(groups, featurizer, index, engine.hybrid, frame, users, settings.progress)
+    config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed)
+    model = LambdaMART.fit(parts["train"], parts["dev"], config)
+    work = settings.home / "training" / f"ltr-{args.run_name}"
+    shutil.rmtree(work, ignore_errors=True)
+    model.save(work)
+    registry = ModelRegistry(settings.models_dir)
+    entry = registry.register(
+        "ltr", work, base_model="lightgbm-lambdarank", parent=f"reranker:{engine.teacher.version}" if engine.teacher else None,
+        training_data=data_hash(train), params={**asdict(config), "features": model.names, "split": args.split,
+                                                 "feature_service": settings.features.service if store else None,
+                                                 "served_models": engine.versions},
+        metrics={"dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"], "best_iteration": model.history["best_iteration"],
+                 "importance": model.importance()})
+    if args.activate or registry.active("ltr") is None:
+        registry.activate("ltr", entry.version)
+    print(json.dumps({"registered": entry.to_json()}, indent=2))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a model and register it")
     kinds = train.add_subparsers(dest="kind", required=True)
@@ -198,3 +249,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-name", default="run")
     p.add_argument("--activate", action="store_true")
     p.set_defaults(handler=cmd_train_biencoder)
+
+    p = kinds.add_parser("ltr", help="LambdaMART (LightGBM) over model scores and store features")
+    p.add_argument("--dataset", required=True, type=Path)
+    p.add_argument("--split", default="train")
+    p.add_argument("--dev-split", default="dev", help="early stopping on this split's NDCG@10")
+    p.add_argument("--no-store-features", action="store_true", help="first-stage and model scores only")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--run-name", default="run")
+    p.add_argument("--activate", action="store_true")
+    p.set_defaults(handler=cmd_train_ltr)

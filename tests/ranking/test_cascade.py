@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ranking.cascade import Cascade, ScoreStage
+from ranking.cascade import Cascade, Query, ScoreStage
 from retrieval.types import Candidates, Hits
 
 
@@ -33,7 +33,7 @@ class ListRetriever:
 
 
 def test_stage_reranks_only_its_depth_and_keeps_the_tail() -> None:
-    out = ScoreStage("teacher", reverse_score, depth=3)("q", candidates(6))
+    out = ScoreStage("teacher", reverse_score, depth=3)(Query("q"), candidates(6))
     assert out.product_ids == ["p2", "p1", "p0", "p3", "p4", "p5"]
     assert out.stage == "teacher"
     assert out.ranks["teacher"].tolist() == [1, 2, 3, 0, 0, 0]
@@ -42,8 +42,8 @@ def test_stage_reranks_only_its_depth_and_keeps_the_tail() -> None:
 
 
 def test_stage_deeper_than_list_and_zero_depth() -> None:
-    assert ScoreStage("t", reverse_score, depth=50)("q", candidates(4)).product_ids == ["p3", "p2", "p1", "p0"]
-    assert ScoreStage("t", reverse_score, depth=0)("q", candidates(4)).product_ids == ["p0", "p1", "p2", "p3"]
+    assert ScoreStage("t", reverse_score, depth=50)(Query("q"), candidates(4)).product_ids == ["p3", "p2", "p1", "p0"]
+    assert ScoreStage("t", reverse_score, depth=0)(Query("q"), candidates(4)).product_ids == ["p0", "p1", "p2", "p3"]
 
 
 def test_cascade_chains_stages_and_times_them() -> None:

@@ -1,0 +1,80 @@
+"""Re-ranking latency on the real catalog: each registered cross-encoder, and the cascade.
+
+For every registered reranker / student version (or ``--models DIR ...``) and
+ONNX variant, prints p50/p95/p99 of scoring the top 100 hybrid candidates of
+real dev queries (tokenisation and batching included); then end-to-end latency
+of the served pipelines (``rerank``, ``cascade``, ``ltr``, ``full``) with their
+configured depths, and peak memory. One query at a time, 2-core CPU.
+
+    python benchmarks/rerank_latency.py [--queries 100] [--candidates 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
+from ranking.cross_encoder import CrossEncoderScorer  # noqa: E402
+from shoprank import artifacts  # noqa: E402
+from shoprank.engine import SearchEngine  # noqa: E402
+from shoprank.evaluation.dataset import load_dataset  # noqa: E402
+from shoprank.registry import ModelRegistry  # noqa: E402
+from shoprank.settings import Settings  # noqa: E402
+
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=DEFAULT)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--variants", nargs="+", default=["int8", "fp32"])
+    parser.add_argument("--pipelines", nargs="+", default=["hybrid", "rerank", "cascade", "ltr", "full"])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    settings = Settings(progress=False)
+    dataset = load_dataset(args.dataset)
+    encoder = artifacts.open_encoder(settings)
+    index = artifacts.ensure_index(settings, dataset.products,
+                                   artifacts.eval_index_path(settings, dataset.products, encoder), encoder)
+    engine = SearchEngine.open(index, encoder, settings)
+    queries = [q for _, q in dataset.select("dev")][: args.queries]
+    lists = {q: [index.title(int(d)) for d in engine.hybrid.search(q, args.candidates).docs] for q in queries}
+    registry = ModelRegistry(settings.models_dir)
+    models = {}
+    for role in ("student", "reranker"):
+        for entry in registry.versions(role):
+            layers = entry.params.get("layers", "?")
+            for variant in args.variants:
+                scorer = CrossEncoderScorer(Path(entry.path), variant, max_length=settings.ranking.max_length,
+                                            batch_size=settings.ranking.batch_size)
+                seconds = time_each(queries, lambda q, s=scorer: s.score(q, lists[q]))
+                models[f"{role}:{entry.version} ({layers} layers, {variant})"] = percentiles(seconds)
+    pipelines = {}
+    for name in args.pipelines:
+        try:
+            engine.pipeline(name)
+        except Exception as err:  # noqa: BLE001 - a pipeline without its model is reported, not fatal
+            pipelines[name] = f"unavailable: {err}"
+            continue
+        pipelines[name] = percentiles(time_each(queries, lambda q, n=name: engine.search(q, 10, pipeline=n)))
+    report = {
+        "benchmark": "rerank_latency", "hardware": hardware(), "products": index.count,
+        "candidates_per_query": args.candidates, "queries": len(queries),
+        "settings": settings.ranking.model_dump(mode="json"),
+        "cross_encoder_ms_per_query": models, "pipeline_ms_top10": pipelines,
+        "rss_gib": rss_gib(), "peak_rss_gib": peak_rss_gib(),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""User features: the profile learned from a shopper's history, and request-time
+personalization computed against each candidate product."""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from feast import FeatureView, Field, FileSource, PushSource
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Array, Float32, Float64, Int64, String
+
+from entities import user
+from products import product_attributes
+
+DATA = Path(os.environ.get("SHOPRANK_FEATURES_DIR", "../artifacts/features"))
+
+user_activity_push = PushSource(
+    name="user_activity_push",
+    batch_source=FileSource(name="user_profile_source", path=str(DATA / "user_profile.parquet"),
+                            timestamp_field="event_timestamp"),
+)
+
+user_profile = FeatureView(
+    name="user_profile",
+    entities=[user],
+    ttl=timedelta(days=3650),
+    schema=[
+        Field(name="top_categories", dtype=Array(Int64)),
+        Field(name="category_affinity", dtype=Array(Float32)),
+        Field(name="median_price", dtype=Float32),
+        Field(name="purchases", dtype=Int64),
+        Field(name="recent_items", dtype=Array(String)),
+    ],
+    source=user_activity_push,
+    description="Category affinities (share of past purchases), usual price, recent items.",
+)
+
+
+@on_demand_feature_view(
+    sources=[product_attributes, user_profile],
+    schema=[
+        Field(name="user_category_affinity", dtype=Float64),
+        Field(name="price_vs_user", dtype=Float64),
+    ],
+    mode="python",  # python floats infer as Float64
+    description="Affinity of the user for the candidate's category; candidate price / user's median price.",
+)
+def personalization(inputs: dict[str, Any]) -> dict[str, Any]:
+    affinities, ratios = [], []
+    for category, price, tops, weights, median in zip(
+        inputs["category_id"], inputs["price"], inputs["top_categories"], inputs["category_affinity"],
+        inputs["median_price"],
+    ):
+        share = dict(zip(tops or [], weights or []))
+        affinities.append(float(share.get(category, 0.0)))
+        ratios.append(float(price / median) if price and median else 1.0)
+    return {"user_category_affinity": affinities, "price_vs_user": ratios}

@@ -1,0 +1,122 @@
+"""Business rules applied after the model; every rule that touches a result says so.
+
+In order:
+
+1. **Filters** from the request (category, price range, in stock only) drop rows.
+2. **Out of stock**: ``hide`` drops, ``demote`` moves below every in-stock row,
+   ``none`` leaves it.
+3. **Promotion boost**: a promoted product's score rises by
+   ``promo_boost x (score spread)`` with the spread = standard deviation of the
+   scores in the list, so the boost is bounded relative to how sure the model
+   is, and never more than ``max_promo_positions`` positions in effect.
+4. **Pins and buries** per query (normalised text): pinned products go to their
+   positions, buried ones to the end.
+
+:func:`apply_rules` returns the new order and, per row, the list of rule notes
+shown in search explanations.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from shoprank.errors import InvalidInput
+
+
+class QueryRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pin: list[str] = Field(default_factory=list, description="Product ids, shown first in this order.")
+    bury: list[str] = Field(default_factory=list, description="Product ids moved to the end.")
+
+
+class RulesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    out_of_stock: Literal["hide", "demote", "none"] = "demote"
+    promo_boost: float = Field(0.5, ge=0, le=5, description="Boost in units of the score spread.")
+    max_promo_positions: int = Field(3, ge=0, le=100, description="Most positions a promotion can gain.")
+    queries: dict[str, QueryRule] = Field(default_factory=dict, description="Pins and buries by query.")
+
+    @classmethod
+    def from_file(cls, path: Path) -> RulesConfig:
+        if not path.is_file():
+            raise InvalidInput(f"rules file {path} does not exist")
+        config = cls.model_validate(yaml.safe_load(path.read_text()) or {})
+        return config.model_copy(update={"queries": {normalise(q): r for q, r in config.queries.items()}})
+
+
+@dataclass(frozen=True)
+class Filters:
+    category: str | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+    in_stock: bool | None = None
+
+    def active(self) -> bool:
+        return any(v is not None for v in (self.category, self.min_price, self.max_price, self.in_stock))
+
+
+@dataclass
+class RuleResult:
+    order: np.ndarray  # positions into the input list, new order
+    notes: list[list[str]] = field(default_factory=list)  # per output row
+
+
+def normalise(query: str) -> str:
+    return re.sub(r"\s+", " ", query.strip().lower())
+
+
+def apply_rules(query: str, product_ids: list[str], scores: np.ndarray, in_stock: np.ndarray,
+                promoted: np.ndarray, categories: list[str | None], prices: np.ndarray,
+                config: RulesConfig, filters: Filters = Filters()) -> RuleResult:
+    """Apply filters and rules to a scored list (best first)."""
+    n = len(product_ids)
+    notes: list[list[str]] = [[] for _ in range(n)]
+    keep = np.ones(n, dtype=bool)
+    if filters.category is not None:
+        keep &= np.array([c == filters.category for c in categories], dtype=bool)
+    if filters.min_price is not None:
+        keep &= np.nan_to_num(prices, nan=-1.0) >= filters.min_price
+    if filters.max_price is not None:
+        keep &= np.nan_to_num(prices, nan=np.inf) <= filters.max_price
+    stocked = np.nan_to_num(in_stock, nan=1.0) > 0
+    if filters.in_stock or config.out_of_stock == "hide":
+        for i in np.flatnonzero(keep & ~stocked):
+            notes[i].append("out_of_stock_hidden")
+        keep &= stocked
+    adjusted = np.asarray(scores, dtype=np.float64).copy()
+    spread = float(np.nanstd(adjusted[keep])) if keep.sum() > 1 else 0.0
+    boosted = keep & (np.nan_to_num(promoted) > 0)
+    if config.promo_boost and spread > 0 and boosted.any():
+        ordered = np.sort(adjusted[keep])[::-1]
+        for i in np.flatnonzero(boosted):
+            rank = int((ordered > adjusted[i]).sum())
+            ceiling = ordered[max(0, rank - config.max_promo_positions)]
+            bonus = min(config.promo_boost * spread, max(0.0, ceiling - adjusted[i]) + 1e-9)
+            adjusted[i] += bonus
+            notes[i].append(f"promotion_boost(+{bonus:.4f})")
+    demoted = keep & ~stocked if config.out_of_stock == "demote" else np.zeros(n, dtype=bool)
+    for i in np.flatnonzero(demoted):
+        notes[i].append("out_of_stock_demoted")
+    rows = np.flatnonzero(keep)
+    rows = rows[np.lexsort((rows, -adjusted[rows], demoted[rows]))]
+    rule = config.queries.get(normalise(query))
+    if rule:
+        position = {pid: i for i, pid in enumerate(product_ids)}
+        pinned = [position[p] for p in rule.pin if p in position and keep[position[p]]]
+        buried = {position[p] for p in rule.bury if p in position}
+        for slot, i in enumerate(pinned):
+            notes[i].append(f"pinned({slot + 1})")
+        for i in buried:
+            notes[i].append("buried")
+        middle = [i for i in rows if i not in set(pinned) and i not in buried]
+        rows = np.array(pinned + middle + [i for i in rows if i in buried and i not in set(pinned)], dtype=np.int64)
+    return RuleResult(order=rows, notes=[notes[i] for i in rows])

@@ -1,0 +1,82 @@
+"""``shoprank features build|apply|materialize``: the feature store from the shell.
+
+``build`` simulates the store world for a catalog (SIMULATED prices, stock,
+promotions, users and histories; see :mod:`shoprank.world`) and writes the
+offline Parquet tables; ``apply`` registers the Feast definitions in
+``feature_repo/``; ``materialize`` loads the online store (sqlite or Redis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from shoprank import artifacts, feature_store
+from shoprank.settings import Settings
+
+
+def _index_for(args: argparse.Namespace, settings: Settings):  # type: ignore[no-untyped-def]
+    encoder = artifacts.open_encoder(settings)
+    if args.dataset:
+        from shoprank.evaluation.dataset import load_dataset
+
+        products = load_dataset(args.dataset).products
+        return artifacts.ensure_index(settings, products, artifacts.eval_index_path(settings, products, encoder), encoder)
+    return artifacts.ensure_served_index(settings, encoder)
+
+
+def world_dir(settings: Settings) -> Path:
+    return settings.home / "world"
+
+
+def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    from shoprank.feature_data import write_feature_tables
+    from shoprank.world import WorldConfig, build_world
+
+    index = _index_for(args, settings)
+    live = index.products["live"].to_numpy()
+    world = build_world(index.live_products(), index.dense.vectors[live],
+                        WorldConfig(seed=args.seed, users=args.users, categories=args.categories))
+    world.save(world_dir(settings))
+    counts = write_feature_tables(world, feature_store.features_dir(settings))
+    print(json.dumps({"world": str(world_dir(settings)), "tables": counts, "categories": len(world.category_names),
+                      "note": "SIMULATED store signals"}, indent=2))
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
+    settings = _with_store(args, settings)
+    names = feature_store.apply(settings)
+    print(json.dumps({"applied": names, "online_store": settings.features.online_store}))
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
+    settings = _with_store(args, settings)
+    feature_store.materialize(settings)
+    print(json.dumps({"materialized": True, "online_store": settings.features.online_store}))
+    return 0
+
+
+def _with_store(args: argparse.Namespace, settings: Settings) -> Settings:
+    if not getattr(args, "online_store", None):
+        return settings
+    features = settings.features.model_copy(update={"online_store": args.online_store})
+    return settings.model_copy(update={"features": features})
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    features = sub.add_parser("features", help="build, apply and materialize the feature store")
+    verbs = features.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("build", help="simulate the store world and write offline feature tables")
+    p.add_argument("--dataset", type=Path, help="a dataset folder (default: the served catalog)")
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--categories", type=int, default=48)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(handler=cmd_build)
+    for verb, handler, text in (("apply", cmd_apply, "register feature_repo/ definitions (feast apply)"),
+                                ("materialize", cmd_materialize, "load the online store (feast materialize)")):
+        p = verbs.add_parser(verb, help=text)
+        p.add_argument("--online-store", choices=("sqlite", "redis"), default=None)
+        p.set_defaults(handler=handler)

@@ -1,0 +1,130 @@
+"""The Feast repo with real online stores (sqlite; Redis started by the test).
+
+Hand-made feature rows with known timestamps check point-in-time joins, that
+no entity row is dropped or reordered, the on-demand personalization features,
+and that the online reader returns the latest values from both stores.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ranking.features import OnlineFeatureReader
+from ranking.training.ltr_data import historical_features
+from shoprank import feature_store
+from shoprank.settings import FeatureSettings, Settings
+
+pytestmark = pytest.mark.integration
+
+T = pd.Timestamp("2026-10-01", tz="UTC")
+
+
+def day(n: int) -> pd.Timestamp:
+    return T + pd.Timedelta(days=n)
+
+
+def write_tables(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"product_id": ["P1", "P1", "P2"], "price": np.float32([10, 12, 5]), "category_id": [1, 1, 2],
+                  "department_id": [0, 0, 0], "category": ["drills", "drills", "paint"], "brand": ["A", "A", "B"],
+                  "event_timestamp": [day(0), day(2), day(1)]}).to_parquet(folder / "product_attributes.parquet")
+    pd.DataFrame({"product_id": ["P1", "P2"], "in_stock": [1, 0], "quantity": [3, 0],
+                  "event_timestamp": [day(0), day(1)]}).to_parquet(folder / "inventory.parquet")
+    pd.DataFrame({"product_id": ["P1", "P2"], "promoted": [0, 1], "discount": np.float32([0, 0.2]),
+                  "campaign_start": [0, 0], "campaign_end": [0, 0],
+                  "event_timestamp": [day(0), day(1)]}).to_parquet(folder / "promotions.parquet")
+    counts = {f"{kind}_{w}d": [1, 5] for kind in ("impressions", "clicks", "purchases") for w in (7, 30)}
+    pd.DataFrame({"product_id": ["P1", "P1"], **counts, "ctr_7d": np.float32([0.1, 0.3]),
+                  "ctr_30d": np.float32([0.1, 0.3]), "event_timestamp": [day(0), day(3)]}).to_parquet(
+        folder / "popularity.parquet")
+    pd.DataFrame({"user_id": ["u1", "u1"], "top_categories": [[1], [2, 1]], "category_affinity": [[1.0], [0.6, 0.4]],
+                  "median_price": np.float32([20, 10]), "purchases": [1, 2], "recent_items": [["P1"], ["P2", "P1"]],
+                  "event_timestamp": [day(0), day(2)]}).to_parquet(folder / "user_profile.parquet")
+
+
+@pytest.fixture(scope="module")
+def sqlite_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = Settings(home=tmp_path_factory.mktemp("feast"), progress=False)
+    write_tables(feature_store.features_dir(settings))
+    feature_store.apply(settings)
+    return settings
+
+
+def test_point_in_time_join_keeps_every_row_in_order(sqlite_settings: Settings) -> None:
+    store = feature_store.open_store(sqlite_settings)
+    entities = pd.DataFrame({
+        "product_id": ["P1", "P2", "P1", "P3", "P2"],
+        "user_id": ["u1", "u1", "u1", "u1", "nobody"],
+        "event_timestamp": [day(1), day(0), day(3), day(3), day(2)],
+    })
+    out = historical_features(store, "ranker_v1", entities)
+    assert len(out) == 5
+    assert out["price"].iloc[0] == pytest.approx(10)      # P1 at day 1: the day-0 row
+    assert np.isnan(out["price"].iloc[1])                  # P2 before its first row: missing, not dropped
+    assert out["price"].iloc[2] == pytest.approx(12)      # P1 at day 3: the day-2 row
+    assert np.isnan(out["price"].iloc[3])                  # unknown product: missing, in place
+    assert out["price"].iloc[4] == pytest.approx(5)
+    assert out["ctr_7d"].iloc[0] == pytest.approx(0.1) and out["ctr_7d"].iloc[2] == pytest.approx(0.3)
+    # personalization: u1's profile at day 1 is {category 1: 1.0}, median price 20
+    assert out["user_category_affinity"].iloc[0] == pytest.approx(1.0)
+    assert out["price_vs_user"].iloc[0] == pytest.approx(10 / 20)
+    # at day 3 the profile is {2: 0.6, 1: 0.4}, median 10
+    assert out["user_category_affinity"].iloc[2] == pytest.approx(0.4)
+    assert out["price_vs_user"].iloc[2] == pytest.approx(12 / 10)
+
+
+def read_online(settings: Settings) -> dict[str, np.ndarray]:
+    feature_store.materialize(settings, end=day(10).to_pydatetime())
+    reader = OnlineFeatureReader(feature_store.open_store(settings), "ranker_v1")
+    batch = reader.fetch(["P1", "P2", "P3"], "u1")
+    again = reader.fetch(["P1", "P2", "P3"], None)
+    assert reader.hits == 3 and reader.misses == 3  # the second read came from the product cache
+    return batch.columns
+
+
+def check_latest(columns: dict[str, np.ndarray]) -> None:
+    assert columns["price"][:2].tolist() == pytest.approx([12, 5]) and np.isnan(columns["price"][2])
+    assert columns["in_stock"][:2].tolist() == [1, 0]
+    assert columns["ctr_7d"][0] == pytest.approx(0.3) and np.isnan(columns["ctr_7d"][1])
+    assert columns["user_category_affinity"][:2].tolist() == pytest.approx([0.4, 0.6])
+    assert columns["price_vs_user"][:2].tolist() == pytest.approx([1.2, 0.5])
+
+
+def test_sqlite_online_store(sqlite_settings: Settings) -> None:
+    check_latest(read_online(sqlite_settings))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (make test installs it)")
+def test_redis_online_store(sqlite_settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        settings = sqlite_settings.model_copy(update={
+            "features": FeatureSettings(online_store="redis", redis_url=f"127.0.0.1:{port}")})
+        feature_store.apply(settings)
+        check_latest(read_online(settings))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

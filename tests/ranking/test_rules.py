@@ -1,0 +1,47 @@
+"""Business rules on a hand-made list with known outcomes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ranking.rules import Filters, QueryRule, RulesConfig, apply_rules
+
+IDS = ["a", "b", "c", "d", "e"]
+SCORES = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+STOCK = np.array([1, 0, 1, 1, 1], dtype=float)
+PROMO = np.zeros(5)
+CATS = ["tools", "tools", "paint", "tools", "paint"]
+PRICES = np.array([10.0, 20.0, 30.0, 40.0, np.nan])
+
+
+def run(config: RulesConfig, query: str = "drill", promoted: np.ndarray = PROMO, filters: Filters = Filters()):  # type: ignore[no-untyped-def]
+    result = apply_rules(query, IDS, SCORES, STOCK, promoted, CATS, PRICES, config, filters)
+    return [IDS[i] for i in result.order], result.notes
+
+
+def test_out_of_stock_modes() -> None:
+    assert run(RulesConfig(out_of_stock="none", promo_boost=0))[0] == ["a", "b", "c", "d", "e"]
+    order, notes = run(RulesConfig(out_of_stock="demote", promo_boost=0))
+    assert order == ["a", "c", "d", "e", "b"] and notes[-1] == ["out_of_stock_demoted"]
+    assert run(RulesConfig(out_of_stock="hide", promo_boost=0))[0] == ["a", "c", "d", "e"]
+
+
+def test_promotion_boost_is_bounded_in_positions() -> None:
+    promoted = np.array([0, 0, 0, 0, 1], dtype=float)
+    order, notes = run(RulesConfig(out_of_stock="none", promo_boost=5.0, max_promo_positions=2), promoted=promoted)
+    assert order.index("e") == 2  # gained exactly 2 positions despite a huge boost
+    assert notes[2][0].startswith("promotion_boost(+")
+    order, _ = run(RulesConfig(out_of_stock="none", promo_boost=0.0), promoted=promoted)
+    assert order[-1] == "e"
+
+
+def test_pins_buries_and_filters() -> None:
+    config = RulesConfig(out_of_stock="none", promo_boost=0,
+                         queries={"drill": QueryRule(pin=["d", "zz"], bury=["a"])})
+    order, notes = run(config, query="  Drill ")
+    assert order == ["d", "b", "c", "e", "a"]
+    assert notes[0] == ["pinned(1)"] and notes[-1] == ["buried"]
+    order, _ = run(RulesConfig(out_of_stock="none"), filters=Filters(category="tools", max_price=25))
+    assert order == ["a", "b"]
+    order, notes = run(RulesConfig(out_of_stock="none"), filters=Filters(in_stock=True, min_price=15))
+    assert order == ["c", "d"]  # b is out of stock, e has no price
