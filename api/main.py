@@ -1,37 +1,48 @@
-"""The FastAPI app: ``create_app(settings)``; the engine loads in the lifespan."""
+"""The FastAPI app: ``create_app(settings)``; the engine loads in the lifespan.
+
+Also here: the request-id middleware (``X-Request-ID`` in and out), request
+timing into Prometheus, one structured (JSON) access-log line per request, and
+the event log that every search's impression and every interaction goes to.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from api import errors
-from api.routes import health, search
+from api.metrics import Metrics
+from api.routes import admin, events, health, search
 from api.state import EngineHolder
+from online_learning.event_log import EventLog, KafkaSettings
 from shoprank import __version__
 from shoprank.engine import SearchEngine
 from shoprank.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
+access = logging.getLogger("shoprank.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def load_engine(settings: Settings) -> SearchEngine:
-    """Load (building on first run) the served index and the query encoder."""
+    """Load (building on first run) the served index, the query encoder and the models."""
     from shoprank import artifacts
 
     encoder = artifacts.open_encoder(settings)
     index = artifacts.ensure_served_index(settings, encoder)
     engine = SearchEngine.open(index, encoder, settings)
-    logger.info("serving index %s: %d products", index.path, index.count)
+    logger.info("serving index %s: %d products, models %s", index.path, index.count, engine.versions)
     return engine
 
 
@@ -39,28 +50,40 @@ def create_app(settings: Settings | None = None,
                loader: Callable[[Settings], SearchEngine] = load_engine) -> FastAPI:
     """The API app; ``loader`` builds the engine in the background at start-up."""
     settings = settings or get_settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         holder = EngineHolder(lambda: loader(settings))
+        kafka = KafkaSettings(settings.events.kafka_bootstrap) if settings.events.kafka_bootstrap else None
+        event_log = EventLog(settings.events_dir, kafka)
         app.state.engine = holder
+        app.state.event_log = event_log
+        metrics.watch(lambda: _live_state(holder, event_log))
         holder.start()
-        yield
+        try:
+            yield
+        finally:
+            event_log.close()
 
-    app = FastAPI(
-        title="ShopRank",
-        version=__version__,
-        summary="Learning-to-rank product search for online stores.",
-        lifespan=lifespan,
-    )
+    app = FastAPI(title="ShopRank", version=__version__, lifespan=lifespan,
+                  summary="Learning-to-rank product search for online stores.")
     app.state.settings = settings
+    app.state.metrics = metrics
 
     @app.middleware("http")
-    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         given = request.headers.get("x-request-id", "")
         request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        started = time.perf_counter()
         response = await call_next(request)
+        seconds = time.perf_counter() - started
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(path, str(response.status_code)).observe(seconds)
         response.headers["x-request-id"] = request.state.request_id
+        access.info(json.dumps({"request_id": request.state.request_id, "method": request.method, "path": path,
+                                "status": response.status_code, "ms": round(seconds * 1e3, 2)}))
         return response
 
     errors.install(app)
@@ -71,6 +94,19 @@ def create_app(settings: Settings | None = None,
         return await app.exception_handlers[RequestValidationError](
             request, RequestValidationError(exc.errors(include_url=False)))
 
-    app.include_router(health.router)
-    app.include_router(search.router)
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    for router in (health.router, search.router, events.router, admin.router):
+        app.include_router(router)
     return app
+
+
+def _live_state(holder: EngineHolder, event_log: EventLog) -> dict:
+    state = {"spool_pending": event_log.pending(), "shipped": event_log.shipped, "ready": False}
+    try:
+        engine = holder.get()
+    except Exception:  # noqa: BLE001 - not loaded yet
+        return state
+    return state | {"ready": True, "caches": engine.cache_stats(), "versions": engine.versions}

@@ -78,6 +78,10 @@ class SearchResponse(BaseModel):
     took_ms: float
     stages_ms: dict[str, float] = Field(default_factory=dict, description="Milliseconds per stage.")
     versions: dict[str, str] = Field(default_factory=dict, description="Encoder and model versions served.")
+    experiment: str | None = Field(None, description="Experiment this search took part in, if any.")
+    arm: str | None = Field(None, description="Experiment arm (or 'interleaved') that served it.")
+    degraded: list[str] = Field(default_factory=list, description="Stages skipped and why (timeout, error).")
+    cached: bool = Field(False, description="Served from the results cache.")
     index: IndexInfo
     items: list[SearchItem]
 

@@ -12,26 +12,34 @@ and ``teacher_depth``; see README for what they cost on a 2-core CPU.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from retrieval.hybrid import Retriever
+from ranking.cross_encoder import StageTimeout
 from ranking.rules import Filters
 from retrieval.types import Candidates
 
 @dataclass(frozen=True)
 class Query:
-    """What a stage may know about the request: the text and who asks."""
+    """What a stage may know about the request: the text, who asks, by when.
+
+    ``deadline`` is a ``time.monotonic()`` value; stages that can be cancelled
+    (the cross-encoders) stop there and raise :class:`StageTimeout`.
+    """
 
     text: str
     user_id: str | None = None
     filters: Filters = field(default_factory=Filters)
+    deadline: float | None = None
 
 
 Stage = Callable[[Query, Candidates], Candidates]
+logger = logging.getLogger(__name__)
 
 
 def rerank_head(candidates: Candidates, depth: int, stage: str, scores: np.ndarray) -> Candidates:
@@ -47,27 +55,29 @@ class ScoreStage:
     """Re-rank the top ``depth`` candidates by ``score(query text, docs)``."""
 
     name: str
-    score: Callable[[str, np.ndarray], np.ndarray]
+    score: Callable[[str, np.ndarray, float | None], np.ndarray]
     depth: int
 
     def __call__(self, query: Query, candidates: Candidates) -> Candidates:
         if self.depth <= 0 or not len(candidates):
             return candidates
         head = candidates.top(self.depth)
-        return rerank_head(candidates, self.depth, self.name, self.score(query.text, head.docs))
+        return rerank_head(candidates, self.depth, self.name, self.score(query.text, head.docs, query.deadline))
 
 
 def cross_encoder_stage(name: str, scorer, titles: Callable[[np.ndarray], list[str]], depth: int) -> ScoreStage:  # type: ignore[no-untyped-def]
     """A stage scoring (query, product title) pairs with a cross-encoder."""
-    return ScoreStage(name=name, score=lambda query, docs: scorer.score(query, titles(docs)), depth=depth)
+    return ScoreStage(name=name, depth=depth,
+                      score=lambda query, docs, deadline: scorer.score(query, titles(docs), deadline))
 
 
 @dataclass(frozen=True)
 class Ranked:
-    """A cascade's output and the seconds each stage took."""
+    """A cascade's output, the seconds each stage took, and stages skipped (why)."""
 
     candidates: Candidates
     timings: dict[str, float] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -85,13 +95,29 @@ class Cascade:
     first: Retriever
     stages: Sequence[Stage]
     k1: int = 1000
+    budgets: dict[str, float] = field(default_factory=dict)
 
     def _apply(self, query: Query, candidates: Candidates, timings: dict[str, float]) -> Ranked:
+        """Run the stages; a stage that times out or fails is skipped (the previous
+        order stands) and named in ``degraded``; never an exception for a slow model."""
+        degraded: list[str] = []
         for stage in self.stages:
+            name = getattr(stage, "name", "stage")
+            now = time.monotonic()
+            if query.deadline is not None and now >= query.deadline:
+                degraded.append(f"{name}: skipped, request budget spent")
+                continue
+            limits = [d for d in (query.deadline, now + self.budgets[name] if name in self.budgets else None) if d]
             started = time.perf_counter()
-            candidates = stage(query, candidates)
-            timings[getattr(stage, "name", "stage")] = time.perf_counter() - started
-        return Ranked(candidates, timings)
+            try:
+                candidates = stage(replace(query, deadline=min(limits) if limits else None), candidates)
+            except StageTimeout:
+                degraded.append(f"{name}: timeout")
+            except Exception as err:  # noqa: BLE001 - serve the previous order, say why
+                logger.exception("stage %s failed", name)
+                degraded.append(f"{name}: error {type(err).__name__}")
+            timings[name] = time.perf_counter() - started
+        return Ranked(candidates, timings, degraded)
 
     def run(self, query: Query | str, k: int) -> Ranked:
         """Search and re-rank, with per-stage timings."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +28,10 @@ logger = logging.getLogger(__name__)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+class StageTimeout(TimeoutError):
+    """A stage ran out of its time budget (its result is not used)."""
 
 
 def export(model_dir: Path, quantize: bool = True) -> dict[str, Path]:
@@ -120,18 +126,46 @@ class CrossEncoderScorer:
         self.variant = variant
         self.batch_size = batch_size
 
-    def score_pairs(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-        """Score of each (queries[i], texts[i]) pair."""
+    def score_pairs(self, queries: Sequence[str], texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
+        """Score of each (queries[i], texts[i]) pair.
+
+        Args:
+            deadline: ``time.monotonic()`` value by which to finish; past it the
+                running ONNX call is cancelled (``RunOptions.terminate``) and
+                :class:`StageTimeout` raised.
+        """
+        import onnxruntime as ort
+
         scores = np.zeros(len(texts), dtype=np.float32)
         if not len(texts):
             return scores
-        for rows, feeds in _batches(self.tokenizer.encode(queries, texts), self.batch_size):
-            scores[rows] = self.session.run(None, feeds)[0].reshape(-1)
+        options = ort.RunOptions()
+        timer = None
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StageTimeout("no time left before the deadline")
+            timer = threading.Timer(remaining, lambda: setattr(options, "terminate", True))
+            timer.daemon = True
+            timer.start()
+        try:
+            for rows, feeds in _batches(self.tokenizer.encode(queries, texts), self.batch_size):
+                if options.terminate:
+                    raise StageTimeout("deadline passed between batches")
+                try:
+                    scores[rows] = self.session.run(None, feeds, options)[0].reshape(-1)
+                except Exception as err:
+                    if options.terminate:
+                        raise StageTimeout("cancelled at the deadline") from err
+                    raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         return scores
 
-    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+    def score(self, query: str, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
         """Score of each text for one query."""
-        return self.score_pairs([query] * len(texts), texts)
+        return self.score_pairs([query] * len(texts), texts, deadline)
 
 
 class TorchCrossEncoder:

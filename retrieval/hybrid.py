@@ -10,8 +10,6 @@ reciprocal rank fusion and keeps each source's score and rank as columns.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Protocol
@@ -22,6 +20,7 @@ from retrieval.encoder import Encoder
 from retrieval.index import ProductIndex
 from retrieval.rrf import fuse
 from retrieval.types import Candidates, Hits
+from shoprank.cache import LRUCache
 
 
 class Retriever(Protocol):
@@ -50,42 +49,10 @@ class BM25Retriever:
         return self.index.candidates(Hits.ranked(docs, self.index.bm25.score(query, docs)), self.name)
 
 
-class QueryVectorCache:
-    """LRU cache of query vectors (thread-safe), with hit and miss counts."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, text: str) -> np.ndarray | None:
-        with self._lock:
-            vector = self._items.get(text)
-            if vector is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(text)
-            self.hits += 1
-            return vector
-
-    def put(self, text: str, vector: np.ndarray) -> None:
-        with self._lock:
-            self._items[text] = vector
-            self._items.move_to_end(text)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
 class DenseRetriever:
     name = "dense"
 
-    def __init__(self, index: ProductIndex, encoder: Encoder, cache: QueryVectorCache | None = None) -> None:
+    def __init__(self, index: ProductIndex, encoder: Encoder, cache: LRUCache | None = None) -> None:
         self.index = index
         self.encoder = encoder
         self.cache = cache

@@ -22,20 +22,23 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from ranking.cascade import Cascade, Query, Ranked, Stage, cross_encoder_stage
+from ranking.batching import MicroBatcher
+from ranking.cache import CachedScorer
+from ranking.cascade import Cascade, Query, Ranked, ScoreStage, Stage
 from ranking.features import OnlineFeatureReader
 from ranking.lambdamart import BASE_FEATURES, LambdaMART
 from ranking.ltr import LtrFeaturizer, LtrStage, RulesStage, catalog_facts
 from ranking.rules import RulesConfig
 from retrieval.encoder import Encoder
-from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever, QueryVectorCache, Retriever
+from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever, Retriever
 from retrieval.index import ProductIndex
 from retrieval.types import Candidates
+from shoprank.cache import LRUCache
 from shoprank.errors import Conflict, InvalidInput, NotReady
 from shoprank.registry import ModelRegistry, ModelVersion
 from shoprank.settings import Settings
@@ -53,6 +56,8 @@ class SearchResult:
     total_candidates: int
     timings: dict[str, float] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+    cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,12 +126,17 @@ class SearchEngine:
         self.teacher, self.student, self.ltr, self.features = teacher, student, ltr, features
         rs = settings.retrieval
         self.executor = ThreadPoolExecutor(max_workers=rs.bm25_threads, thread_name_prefix="bm25")
-        self.query_cache = QueryVectorCache(settings.ranking.query_cache_size) if settings.ranking.query_cache_size else None
+        self.query_cache = LRUCache(settings.ranking.query_cache_size) if settings.ranking.query_cache_size else None
         bm25 = BM25Retriever(index)
         self.dense = DenseRetriever(index, encoder, self.query_cache)
         self.hybrid = HybridRetriever(bm25, self.dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=self.executor)
         self.rules = RulesStage(RulesConfig.from_file(settings.ranking.rules_file) if settings.ranking.rules_file
                                 else RulesConfig(), catalog_facts(index, features))
+        sv = settings.serving
+        self.score_caches = {role: LRUCache(sv.score_cache_size) for role in ("student", "reranker")}
+        self.results_cache = LRUCache(sv.results_cache_size, ttl=sv.results_ttl_s)
+        self.batchers: dict[str, MicroBatcher] = {}
+        self.budgets = {name: ms / 1000 for name, ms in sv.stage_budgets_ms.items()}
         self._pipelines: dict[str, Retriever] = {"bm25": bm25, "dense": self.dense, "hybrid": self.hybrid}
         self._pipelines |= self._ranking_pipelines()
 
@@ -146,27 +156,44 @@ class SearchEngine:
                              self.student.model if self.student else None,
                              self.teacher.model if self.teacher else None)
 
+    def _cross_encoder_stage(self, stage: str, served: ServedModel, depth: int) -> ScoreStage:
+        """A cross-encoder stage: micro-batched across requests and with a score cache."""
+        scorer = served.model
+        if self.settings.serving.micro_batch:
+            sv = self.settings.serving
+            scorer = self.batchers.setdefault(served.role, MicroBatcher(scorer, sv.micro_batch_pairs,
+                                                                        sv.micro_batch_wait_ms / 1000))
+        cached = CachedScorer(scorer, self.score_caches[served.role])
+
+        def score(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
+            ids = [self.index.product_id(int(d)) for d in docs]
+            return cached.score_products(query, ids, self.titles(docs), deadline)
+
+        return ScoreStage(stage, score, depth)
+
     def _ranking_pipelines(self) -> dict[str, Retriever]:
         rk = self.settings.ranking
         out: dict[str, Retriever] = {}
         stages: list[Stage] = []
         if self.student and rk.student_depth:
-            stages.append(cross_encoder_stage("student", self.student.model, self.titles, rk.student_depth))
+            stages.append(self._cross_encoder_stage("student", self.student, rk.student_depth))
         if self.teacher:
             out["rerank"] = Cascade("rerank", self.hybrid, [
-                cross_encoder_stage("teacher", self.teacher.model, self.titles, rk.rerank_depth)], k1=rk.rerank_depth)
+                self._cross_encoder_stage("teacher", self.teacher, rk.rerank_depth)], k1=rk.rerank_depth,
+                budgets=self.budgets)
             if rk.teacher_depth:
-                stages.append(cross_encoder_stage("teacher", self.teacher.model, self.titles, rk.teacher_depth))
+                stages.append(self._cross_encoder_stage("teacher", self.teacher, rk.teacher_depth))
         if stages:
-            out["cascade"] = Cascade("cascade", self.hybrid, list(stages), k1=rk.k1)
+            out["cascade"] = Cascade("cascade", self.hybrid, list(stages), k1=rk.k1, budgets=self.budgets)
         if self.ltr and rk.ltr_depth:
             model: LambdaMART = self.ltr.model  # type: ignore[assignment]
             self.ltr_stage = LtrStage(model, self.featurizer(model.names[len(BASE_FEATURES):]), rk.ltr_depth)
             stages.append(self.ltr_stage)
-            out["ltr"] = Cascade("ltr", self.hybrid, list(stages), k1=rk.k1)
+            out["ltr"] = Cascade("ltr", self.hybrid, list(stages), k1=rk.k1, budgets=self.budgets)
         depth = rk.k1 if stages else rk.rerank_depth
-        self.models_cascade = Cascade("full", self.hybrid, list(stages), k1=depth)  # /v1/search adds rules itself
-        out["full"] = Cascade("full", self.hybrid, [*stages, self.rules], k1=depth)
+        # /v1/search runs the models and then the rules itself, to record the rule notes
+        self.models_cascade = Cascade("full", self.hybrid, list(stages), k1=depth, budgets=self.budgets)
+        out["full"] = Cascade("full", self.hybrid, [*stages, self.rules], k1=depth, budgets=self.budgets)
         return out
 
     @property
@@ -187,22 +214,59 @@ class SearchEngine:
             )
         raise InvalidInput(f"pipeline {name!r} is not one of {list(PIPELINES)}")
 
-    def search(self, query: Query | str, k: int, pipeline: str = DEFAULT, offset: int = 0) -> SearchResult:
-        """Rows ``offset .. offset + k`` of ``pipeline``'s ranking; ``full`` records rule notes."""
+    def search(self, query: Query | str, k: int, pipeline: str = DEFAULT, offset: int = 0,
+               use_cache: bool = False) -> SearchResult:
+        """Rows ``offset .. offset + k`` of ``pipeline``'s ranking; ``full`` records rule notes.
+
+        With ``use_cache``, an identical request within ``serving.results_ttl_s``
+        is answered from the results cache (only complete, non-degraded results
+        are cached).
+        """
         query = query if isinstance(query, Query) else Query(query)
+        key = (pipeline, query.text, query.user_id, query.filters, k, offset)
+        if use_cache:
+            hit = self.results_cache.get(key)
+            if hit is not None:
+                return replace(hit, cached=True, timings={})
         notes: dict[str, list[str]] = {}
         if pipeline == "full":
             ranked = self.models_cascade.run(query, k + offset)
             started = time.perf_counter()
-            candidates, notes = self.rules.apply(query, ranked.candidates)
-            ranked = Ranked(candidates, {**ranked.timings, "rules": time.perf_counter() - started})
+            try:
+                candidates, notes = self.rules.apply(query, ranked.candidates)
+                ranked = Ranked(candidates, {**ranked.timings, "rules": time.perf_counter() - started},
+                                ranked.degraded)
+            except Exception as err:  # noqa: BLE001 - serve the model order, say why
+                logger.exception("rules failed")
+                ranked = Ranked(ranked.candidates, ranked.timings, [*ranked.degraded, f"rules: error {type(err).__name__}"])
         else:
             chosen = self.pipeline(pipeline)
             ranked = chosen.run(query, k + offset) if isinstance(chosen, Cascade) else Ranked(
                 chosen.search(query.text, k + offset))
         page = ranked.candidates.take(slice(offset, offset + k))
-        return SearchResult(candidates=page, pipeline=pipeline, total_candidates=len(ranked.candidates),
-                            timings=ranked.timings, notes={p: notes[p] for p in page.product_ids if p in notes})
+        result = SearchResult(candidates=page, pipeline=pipeline, total_candidates=len(ranked.candidates),
+                              timings=ranked.timings, notes={p: notes[p] for p in page.product_ids if p in notes},
+                              degraded=ranked.degraded)
+        if use_cache and not result.degraded:
+            self.results_cache.put(key, result)
+        return result
+
+    def cache_stats(self) -> dict[str, LRUCache]:
+        caches = {"results": self.results_cache, **{f"{r}_scores": c for r, c in self.score_caches.items()}}
+        if self.query_cache is not None:
+            caches["query_vectors"] = self.query_cache
+        return caches
+
+    def clear_caches(self) -> None:
+        """After a catalog change: forget results and scores (vectors of queries stay valid)."""
+        self.results_cache.clear()
+        for cache in self.score_caches.values():
+            cache.clear()
+
+    def close(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.close()
+        self.executor.shutdown(wait=False)
 
     def explain(self, query: Query, candidates: Candidates) -> list[dict[str, float]] | None:
         """LambdaMART feature contributions per row, when an LTR model is served."""

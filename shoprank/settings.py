@@ -79,12 +79,40 @@ class FeatureSettings(BaseModel):
     service: str = Field("ranker_v1", description="Feast FeatureService the ranker reads.")
 
 
+class ServingSettings(BaseModel):
+    """Deadlines, batching and caches of /v1/search."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget_ms: float = Field(1500, gt=0, description="Time for the ranking stages of one search.")
+    stage_budgets_ms: dict[str, float] = Field(
+        default_factory=lambda: {"student": 600.0, "teacher": 900.0, "ltr": 200.0, "rules": 100.0},
+        description="Per-stage deadline; a stage past it is skipped (degraded).")
+    micro_batch: bool = Field(True, description="Batch cross-encoder work across concurrent requests.")
+    micro_batch_wait_ms: float = Field(2.0, ge=0, le=100)
+    micro_batch_pairs: int = Field(256, ge=1, le=10_000)
+    score_cache_size: int = Field(200_000, ge=0, description="(query, product) cross-encoder scores kept.")
+    results_cache_size: int = Field(10_000, ge=0)
+    results_ttl_s: float = Field(60.0, ge=0, description="How long a cached result list is served.")
+
+
+class EventSettings(BaseModel):
+    """Where events go: a durable local log, shipped to Kafka when configured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kafka_bootstrap: str | None = Field(None, description="host:port[,host:port]; None = log on disk only.")
+    log_impressions: bool = Field(True, description="Log a ranking event for every search.")
+
+
 class ApiSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_k: int = Field(100, ge=1, le=1000)
+    admin_token: str | None = Field(None, description="Bearer token of /v1/admin (unset: admin disabled).")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
 
 
 class Settings(BaseSettings):
@@ -109,6 +137,8 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     ranking: RankingSettings = RankingSettings()
     features: FeatureSettings = FeatureSettings()
+    serving: ServingSettings = ServingSettings()
+    events: EventSettings = EventSettings()
     api: ApiSettings = ApiSettings()
 
     @classmethod
@@ -133,6 +163,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.home / "events"
 
 
 class _YamlSource(PydanticBaseSettingsSource):

@@ -17,6 +17,7 @@ from api.schemas import (
     SearchRequest,
     SearchResponse,
 )
+from online_learning.events import RankingEvent, ShownItem
 from ranking.cascade import Query as SearchQuery
 from ranking.rules import Filters
 from shoprank.engine import SearchEngine
@@ -26,10 +27,18 @@ router = APIRouter(prefix="/v1", tags=["search"])
 ERRORS = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 
 
-def _respond(engine: SearchEngine, body: SearchRequest, request_id: str) -> SearchResponse:
+def _respond(engine: SearchEngine, body: SearchRequest, request: Request) -> SearchResponse:
     started = time.perf_counter()
-    query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()))
-    result = engine.search(query, body.k, offset=body.offset)
+    settings = request.app.state.settings
+    deadline = time.monotonic() + settings.serving.budget_ms / 1000
+    query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()), deadline)
+    result = engine.search(query, body.k, offset=body.offset, use_cache=not body.explain)
+    metrics = request.app.state.metrics
+    for stage, seconds in result.timings.items():
+        metrics.stages.labels(stage).observe(seconds)
+    for reason in result.degraded:
+        stage, _, why = reason.partition(": ")
+        metrics.degraded.labels(stage, why.split(" ")[0]).inc()
     index = engine.index
     contributions = engine.explain(query, result.candidates) if body.explain else None
     items = []
@@ -43,21 +52,37 @@ def _respond(engine: SearchEngine, body: SearchRequest, request_id: str) -> Sear
                                 rank=body.offset + c.rank, scores={k: v for k, v in c.scores.items() if v == v},
                                 ranks=c.ranks, explanation=explanation))
     manifest = index.manifest
-    return SearchResponse(
-        request_id=request_id, query=body.query, k=body.k, pipeline=result.pipeline,
+    response = SearchResponse(
+        request_id=request.state.request_id, query=body.query, k=body.k, pipeline=result.pipeline,
         took_ms=round((time.perf_counter() - started) * 1e3, 2),
         stages_ms={name: round(seconds * 1e3, 2) for name, seconds in result.timings.items()},
-        versions=engine.versions,
-        index=IndexInfo(name=index.path.name, products=index.count, catalog_hash=manifest.catalog_hash,
+        versions=engine.versions, degraded=result.degraded, cached=result.cached,
+        index=IndexInfo(name=index.path.parent.name, products=index.count, catalog_hash=manifest.catalog_hash,
                         encoder=manifest.encoder, dense_index=manifest.dense_kind),
         items=items,
     )
+    if settings.events.log_impressions:
+        _log_impression(request, body, response)
+    return response
+
+
+def _log_impression(request: Request, body: SearchRequest, response: SearchResponse) -> None:
+    """Every search's impression goes to the event log (not fsynced per search)."""
+    event = RankingEvent(
+        event_id=response.request_id, request_id=response.request_id, user_id=body.user_id,
+        session_id=body.session_id, query=body.query, pipeline=response.pipeline, models=response.versions,
+        experiment=response.experiment, arm=response.arm, degraded=response.degraded, latency_ms=response.took_ms,
+        items=[ShownItem(product_id=i.product_id, position=i.rank, score=i.score, scores=i.scores)
+               for i in response.items],
+    )
+    request.app.state.event_log.append([event], durable=False)
+    request.app.state.metrics.events.labels("ranking").inc()
 
 
 @router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="Search products")
 def search(body: SearchRequest, engine: EngineDep, request: Request) -> SearchResponse:
     """Hybrid retrieval (BM25 + bi-encoder, fused by RRF) over the served catalog."""
-    return _respond(engine, body, request.state.request_id)
+    return _respond(engine, body, request)
 
 
 @router.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search products (quick tries)")
@@ -69,4 +94,4 @@ def search_get(
     user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
 ) -> SearchResponse:
     body = SearchRequest.model_validate({"query": q, "k": k, "user_id": user_id})
-    return _respond(engine, body, request.state.request_id)
+    return _respond(engine, body, request)

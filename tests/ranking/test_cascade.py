@@ -15,7 +15,7 @@ def candidates(n: int) -> Candidates:
     return Candidates.from_hits(hits, "rrf", [f"p{i}" for i in range(n)])
 
 
-def reverse_score(query: str, docs: np.ndarray) -> np.ndarray:
+def reverse_score(query: str, docs: np.ndarray, deadline: float | None = None) -> np.ndarray:
     return docs.astype(np.float32)  # higher doc number = better: reverses the order
 
 
@@ -48,7 +48,7 @@ def test_stage_deeper_than_list_and_zero_depth() -> None:
 
 def test_cascade_chains_stages_and_times_them() -> None:
     student = ScoreStage("student", reverse_score, depth=10)        # p9..p0, then p10..p19
-    teacher = ScoreStage("teacher", lambda q, d: -d.astype(np.float32), depth=3)  # lowest doc first among top 3
+    teacher = ScoreStage("teacher", lambda q, d, t: -d.astype(np.float32), depth=3)  # lowest doc first among top 3
     cascade = Cascade("cascade", ListRetriever(), [student, teacher], k1=20)
     ranked = cascade.run("q", 5)
     assert ranked.candidates.product_ids[:4] == ["p7", "p8", "p9", "p6"]
@@ -58,3 +58,25 @@ def test_cascade_chains_stages_and_times_them() -> None:
     assert rows[0].ranks == {"rrf": 8, "student": 3, "teacher": 1}
     ranked_given = cascade.rank("q", [5, 1, 3])
     assert ranked_given.product_ids == ["p1", "p3", "p5"]
+
+
+def test_slow_or_failing_stages_are_skipped_and_named() -> None:
+    import time
+
+    from ranking.cross_encoder import StageTimeout
+
+    def slow(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
+        assert deadline is not None and deadline - time.monotonic() <= 0.05 + 1e-3
+        raise StageTimeout("too slow")
+
+    def broken(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
+        raise RuntimeError("model file vanished")
+
+    stages = [ScoreStage("student", reverse_score, 10), ScoreStage("teacher", slow, 3), ScoreStage("ltr", broken, 3)]
+    cascade = Cascade("c", ListRetriever(), stages, k1=20, budgets={"teacher": 0.05})
+    ranked = cascade.run(Query("q", deadline=time.monotonic() + 5), 5)
+    assert ranked.candidates.product_ids[:3] == ["p9", "p8", "p7"]  # the student's order stands
+    assert ranked.degraded == ["teacher: timeout", "ltr: error RuntimeError"]
+    spent = cascade.run(Query("q", deadline=time.monotonic() - 1), 5)
+    assert spent.degraded == [f"{s}: skipped, request budget spent" for s in ("student", "teacher", "ltr")]
+    assert spent.candidates.product_ids[:3] == ["p0", "p1", "p2"]

@@ -1,0 +1,63 @@
+"""Prometheus metrics of the API (served on ``/metrics``).
+
+One registry per app (tests build many apps). Request and stage latencies are
+histograms; cache hit rates, event-log size and served model versions are read
+at scrape time from the live engine and event log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Histogram("shoprank_request_seconds", "HTTP request latency", ["route", "status"],
+                                  buckets=BUCKETS, registry=self.registry)
+        self.stages = Histogram("shoprank_stage_seconds", "Latency per search stage", ["stage"],
+                                buckets=BUCKETS, registry=self.registry)
+        self.degraded = Counter("shoprank_degraded_total", "Search stages skipped (timeout, error, budget)",
+                                ["stage", "reason"], registry=self.registry)
+        self.events = Counter("shoprank_events_total", "Events accepted", ["type"], registry=self.registry)
+        self.swaps = Counter("shoprank_model_swaps_total", "Model activations and rollbacks", ["role", "action"],
+                             registry=self.registry)
+
+    def watch(self, state: Callable[[], dict[str, Any]]) -> None:
+        """Export gauges read from ``state()`` at scrape time."""
+        self.registry.register(_LiveCollector(state))
+
+
+class _LiveCollector(Collector):
+    def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self.state()
+        hit_rate = GaugeMetricFamily("shoprank_cache_hit_rate", "Hit rate per cache", labels=["cache"])
+        size = GaugeMetricFamily("shoprank_cache_entries", "Entries per cache", labels=["cache"])
+        for name, cache in state.get("caches", {}).items():
+            hit_rate.add_metric([name], cache.hit_rate)
+            size.add_metric([name], len(cache))
+        yield hit_rate
+        yield size
+        spool = GaugeMetricFamily("shoprank_event_spool_pending", "Events accepted but not yet shipped to Kafka")
+        spool.add_metric([], state.get("spool_pending", 0))
+        yield spool
+        shipped = GaugeMetricFamily("shoprank_events_shipped", "Events shipped to Kafka since start")
+        shipped.add_metric([], state.get("shipped", 0))
+        yield shipped
+        models = GaugeMetricFamily("shoprank_model_info", "Served model versions (value 1)", labels=["role", "version"])
+        for role, version in state.get("versions", {}).items():
+            models.add_metric([role, version], 1)
+        yield models
+        ready = GaugeMetricFamily("shoprank_ready", "1 when index and models are loaded")
+        ready.add_metric([], 1 if state.get("ready") else 0)
+        yield ready

@@ -1,0 +1,102 @@
+"""``/v1/admin``: model versions and hot swaps, behind a bearer token."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request
+from pydantic import BaseModel, Field
+
+from api.deps import HolderDep, SettingsDep
+from api.schemas import ErrorBody
+from shoprank.engine import SearchEngine
+from shoprank.errors import InvalidInput, ShopRankError
+from shoprank.registry import ModelRegistry
+from shoprank.settings import Settings
+
+
+class Unauthorized(ShopRankError):
+    http_status = 401
+
+
+class Forbidden(ShopRankError):
+    http_status = 403
+
+
+def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    token = settings.api.admin_token
+    if not token:
+        raise Forbidden("the admin API is disabled; set SHOPRANK_API__ADMIN_TOKEN to enable it")
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Unauthorized("missing 'Authorization: Bearer <token>' header")
+    if authorization.removeprefix("Bearer ").strip() != token:
+        raise Forbidden("wrong admin token")
+
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}})
+
+SWAPPABLE = ("reranker", "student", "ltr")
+
+
+class Activate(BaseModel):
+    version: str = Field(..., pattern=r"^v[0-9]{1,6}$", description="Registered version, e.g. v3.")
+
+
+class Served(BaseModel):
+    served: dict[str, str]
+    registered: dict[str, list[str]] = Field(default_factory=dict)
+    active: dict[str, str | None] = Field(default_factory=dict)
+
+
+def _describe(settings: Settings, engine: SearchEngine) -> Served:
+    registry = ModelRegistry(settings.models_dir)
+    registered = {role: [v.version for v in registry.versions(role)] for role in (*SWAPPABLE, "biencoder")}
+    active = {role: (a.version if (a := registry.active(role)) else None) for role in registered}
+    return Served(served=engine.versions, registered=registered, active=active)
+
+
+def _check_role(role: str) -> None:
+    if role not in SWAPPABLE:
+        raise InvalidInput(
+            f"role {role!r} cannot be hot-swapped; allowed: {list(SWAPPABLE)} (a new bi-encoder needs "
+            "`shoprank index` with it, then a restart)"
+        )
+
+
+async def _swap(request: Request, holder, settings: Settings) -> SearchEngine:  # type: ignore[no-untyped-def]
+    metrics = request.app.state.metrics
+
+    def build(old: SearchEngine) -> SearchEngine:
+        return SearchEngine.open(old.index, old.encoder, settings)  # same index and encoder: nothing rebuilt
+
+    engine = await asyncio.to_thread(holder.rebuild, build)
+    metrics.swaps.labels("engine", "rebuild").inc()
+    return engine
+
+
+@router.get("/models", response_model=Served, summary="Served and registered model versions")
+def models(holder: HolderDep, settings: SettingsDep) -> Served:
+    return _describe(settings, holder.get())
+
+
+@router.post("/models/{role}/activate", response_model=Served, summary="Activate a version and hot-swap to it")
+async def activate(role: str, body: Activate, request: Request, holder: HolderDep, settings: SettingsDep) -> Served:
+    _check_role(role)
+    ModelRegistry(settings.models_dir).activate(role, body.version)
+    request.app.state.metrics.swaps.labels(role, "activate").inc()
+    return _describe(settings, await _swap(request, holder, settings))
+
+
+@router.post("/models/{role}/rollback", response_model=Served, summary="Re-activate the previous version")
+async def rollback(role: str, request: Request, holder: HolderDep, settings: SettingsDep) -> Served:
+    _check_role(role)
+    ModelRegistry(settings.models_dir).rollback(role)
+    request.app.state.metrics.swaps.labels(role, "rollback").inc()
+    return _describe(settings, await _swap(request, holder, settings))
+
+
+@router.post("/reload", response_model=Served, summary="Reload the active models from the registry")
+async def reload(request: Request, holder: HolderDep, settings: SettingsDep) -> Served:
+    return _describe(settings, await _swap(request, holder, settings))

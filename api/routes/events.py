@@ -1,0 +1,37 @@
+"""``/v1/events``: clicks, add-to-cart and purchases from the storefront."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Request
+from pydantic import BaseModel, Field
+
+from api.schemas import ErrorBody
+from online_learning.events import InteractionEvent
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+MAX_BATCH = 1000
+
+
+class Accepted(BaseModel):
+    accepted: int = Field(..., description="Events durably stored (on disk, then shipped to Kafka).")
+
+
+@router.post("/events", status_code=202, response_model=Accepted, summary="Log interactions",
+             responses={422: {"model": ErrorBody}})
+def post_events(
+    request: Request,
+    events: Annotated[list[InteractionEvent], Body(min_length=1, max_length=MAX_BATCH,
+                                                   description=f"1..{MAX_BATCH} interaction events")],
+) -> Accepted:
+    """Accept interactions; answers 202 only once they are fsynced to the local event log.
+
+    Each event needs a client ``event_id``: sending the same event again (a retry)
+    is safe, consumers keep one per id.
+    """
+    request.app.state.event_log.append(events, durable=True)
+    for event in events:
+        request.app.state.metrics.events.labels(event.type).inc()
+    return Accepted(accepted=len(events))

@@ -1,0 +1,253 @@
+"""Every accepted event is written to a local log first, then shipped to Kafka in order.
+
+- **Append** (:meth:`EventLog.append`): events are appended to the current
+  segment file (JSON lines) and flushed; with ``durable=True`` the call returns
+  only after an ``fsync`` that covers them (group commit: concurrent callers
+  share one fsync). ``/v1/events`` answers 202 only then, so an accepted event
+  survives a crash of the process or the machine. Impressions from searches
+  use ``durable=False`` (flushed at once, fsynced within ``sync_interval``).
+- **Ship**: a background thread sends the log to Kafka in append order
+  (``acks=all``, idempotent producer) and records how far it got only after
+  the broker acknowledged. A broker outage leaves the events in the log (the
+  durable spool) and the shipper retries with back-off; they go out in order
+  when the broker is back. After a crash the shipper resumes from its last
+  recorded position, so an event may be sent twice, never lost: consumers
+  de-duplicate by ``event_id``.
+- **No Kafka configured** (the embedded default): the segments are the event
+  log on disk; nothing is shipped or deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from online_learning.events import InteractionEvent, RankingEvent, key_of, topic_of
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    client_id: str = "shoprank-api"
+    send_timeout: float = 10.0
+
+
+class EventLog:
+    """Durable local event log with an in-order Kafka shipper.
+
+    Args:
+        folder: Where segments and the shipped position live.
+        kafka: Broker to ship to, or None to keep the log on disk only.
+        sync_interval: Seconds between background fsyncs of non-durable appends.
+    """
+
+    def __init__(self, folder: Path, kafka: KafkaSettings | None = None, sync_interval: float = 0.1,
+                 batch: int = 500) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.kafka = kafka
+        self.batch = batch
+        self.sync_interval = sync_interval
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._new_data = threading.Condition(threading.Lock())
+        self._stop = threading.Event()
+        segments = self._segments()
+        self._segment = segments[-1] if segments else 1
+        self._file = open(self._path(self._segment), "ab")  # noqa: SIM115 - held open for appends
+        self._written = 0
+        self._synced = 0
+        self.appended = 0
+        self.shipped = 0
+        self.ship_failures = 0
+        self._producer = None
+        self._threads = [threading.Thread(target=self._sync_loop, name="event-log-sync", daemon=True)]
+        if kafka is not None:
+            self._threads.append(threading.Thread(target=self._ship_loop, name="event-log-ship", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    # -- files ------------------------------------------------------------------
+    def _path(self, segment: int) -> Path:
+        return self.folder / f"segment-{segment:08d}.jsonl"
+
+    def _segments(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("segment-*.jsonl"))
+
+    def _position(self) -> tuple[int, int]:
+        file = self.folder / "shipped.json"
+        if file.is_file():
+            data = json.loads(file.read_text())
+            return int(data["segment"]), int(data["offset"])
+        segments = self._segments()
+        return (segments[0] if segments else 1), 0
+
+    def _save_position(self, segment: int, offset: int) -> None:
+        tmp = self.folder / "shipped.json.tmp"
+        tmp.write_text(json.dumps({"segment": segment, "offset": offset}))
+        os.replace(tmp, self.folder / "shipped.json")
+
+    # -- append -----------------------------------------------------------------
+    def append(self, events: Iterable[RankingEvent | InteractionEvent], durable: bool = True) -> None:
+        """Append events; with ``durable`` return after they are fsynced."""
+        lines = [json.dumps({"topic": topic_of(e), "key": key_of(e), "event_id": e.event_id,
+                             "value": e.model_dump(mode="json")}, separators=(",", ":")).encode() + b"\n"
+                 for e in events]
+        if not lines:
+            return
+        with self._lock:
+            if self._file.tell() > SEGMENT_BYTES:
+                self._rotate()
+            self._file.write(b"".join(lines))
+            self._file.flush()
+            self._written += len(lines)
+            self.appended += len(lines)
+            target = self._written
+        if durable:
+            self._sync(target)
+        with self._new_data:
+            self._new_data.notify_all()
+
+    def _rotate(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._segment += 1
+        self._file = open(self._path(self._segment), "ab")  # noqa: SIM115
+
+    def _sync(self, target: int) -> None:
+        with self._sync_lock:
+            if self._synced >= target:
+                return  # another caller's fsync covered these lines
+            with self._lock:
+                written = self._written
+                fd = self._file.fileno()
+            os.fsync(fd)
+            self._synced = written
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(self.sync_interval):
+            if self._synced < self._written:
+                try:
+                    self._sync(self._written)
+                except (OSError, ValueError):  # file rotated or closed meanwhile
+                    pass
+
+    # -- ship -------------------------------------------------------------------
+    def pending(self) -> int:
+        """Events appended but not yet acknowledged by the broker (0 without Kafka)."""
+        if self.kafka is None:
+            return 0
+        segment, offset = self._position()
+        count = 0
+        for s in self._segments():
+            if s < segment:
+                continue
+            with open(self._path(s), "rb") as handle:
+                if s == segment:
+                    handle.seek(offset)
+                count += sum(1 for _ in handle)
+        return count
+
+    def _connect(self):  # type: ignore[no-untyped-def]
+        from kafka import KafkaProducer
+
+        assert self.kafka is not None
+        return KafkaProducer(bootstrap_servers=self.kafka.bootstrap_servers, client_id=self.kafka.client_id,
+                             acks="all", enable_idempotence=True, linger_ms=5, retries=5,
+                             request_timeout_ms=int(self.kafka.send_timeout * 1000),
+                             max_block_ms=int(self.kafka.send_timeout * 1000))
+
+    def _read_batch(self, segment: int, offset: int) -> tuple[list[dict], int, int]:
+        """Up to ``batch`` records from the position, and the position after them."""
+        records: list[dict] = []
+        while len(records) < self.batch:
+            path = self._path(segment)
+            if not path.is_file():
+                break
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                for line in handle:
+                    if not line.endswith(b"\n"):
+                        break  # a write in progress
+                    records.append(json.loads(line))
+                    offset += len(line)
+                    if len(records) >= self.batch:
+                        break
+            if len(records) >= self.batch or segment >= self._segment:
+                break
+            segment, offset = segment + 1, 0
+        return records, segment, offset
+
+    def _ship_once(self) -> int:
+        segment, offset = self._position()
+        records, next_segment, next_offset = self._read_batch(segment, offset)
+        if not records:
+            return 0
+        if self._producer is None:
+            self._producer = self._connect()
+        futures = [self._producer.send(r["topic"], key=r["key"].encode(), value=json.dumps(r["value"]).encode())
+                   for r in records]
+        self._producer.flush(timeout=self.kafka.send_timeout if self.kafka else 10)
+        for future in futures:
+            future.get(timeout=0)  # raises if any send failed: position not advanced
+        self._save_position(next_segment, next_offset)
+        self.shipped += len(records)
+        for s in self._segments():
+            if s < next_segment:
+                self._path(s).unlink(missing_ok=True)
+        return len(records)
+
+    def _ship_loop(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                sent = self._ship_once()
+                backoff = 0.1
+            except Exception as err:  # noqa: BLE001 - any broker failure: keep the spool, retry later
+                self.ship_failures += 1
+                logger.warning("shipping events to Kafka failed (%s); retrying in %.1fs", err, backoff)
+                if self._producer is not None:
+                    try:
+                        self._producer.close(timeout=0)
+                    except Exception:  # noqa: BLE001
+                        pass
+                    self._producer = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if not sent:
+                with self._new_data:
+                    self._new_data.wait(0.05)
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every appended event is shipped (True) or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pending() == 0:
+                return True
+            time.sleep(0.05)
+        return self.pending() == 0
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._new_data:
+            self._new_data.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        with self._lock:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        if self._producer is not None:
+            self._producer.close(timeout=5)

@@ -1,0 +1,96 @@
+"""Event schema, version 1 (pydantic): what ShopRank logs and what it accepts.
+
+A ranking/interaction split (as in Metarank): a :class:`RankingEvent` per
+search, listing every shown item with its position and scores, the model
+versions and the experiment arm; and :class:`InteractionEvent` s (click,
+add_to_cart, purchase) pointing back at the ranking by ``request_id``.
+Impressions are logged, not only clicks, so position bias can be estimated.
+
+Every event has an ``event_id`` used to de-duplicate (a ranking's is its
+request id; interactions carry the client's id, so retries are safe).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+RANKINGS_TOPIC = "shoprank.rankings"
+INTERACTIONS_TOPIC = "shoprank.interactions"
+
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ShownItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: str = Field(..., min_length=1, max_length=128)
+    position: int = Field(..., ge=1, le=1000, description="1-based position shown.")
+    score: float | None = None
+    scores: dict[str, float] = Field(default_factory=dict, description="Per-stage scores.")
+
+
+class RankingEvent(BaseModel):
+    """One search as served: what was shown, where, by which models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["ranking"] = "ranking"
+    event_id: Id
+    request_id: Id
+    timestamp: datetime = Field(default_factory=_now)
+    user_id: str | None = Field(None, max_length=128)
+    session_id: str | None = Field(None, max_length=128)
+    query: str = Field(..., max_length=256)
+    pipeline: str
+    items: list[ShownItem]
+    models: dict[str, str] = Field(default_factory=dict, description="Role -> version served.")
+    experiment: str | None = None
+    arm: str | None = None
+    degraded: list[str] = Field(default_factory=list)
+    latency_ms: float | None = None
+
+
+class InteractionEvent(BaseModel):
+    """A shopper's action on a shown product."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "event_id": "e-123", "request_id": "5f0c...", "type": "click", "product_id": "100001",
+        "position": 3, "user_id": "u42"}]})
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["click", "add_to_cart", "purchase"]
+    event_id: Id = Field(..., description="Client id of this event; retries with the same id are de-duplicated.")
+    request_id: Id = Field(..., description="request_id of the search that showed the product.")
+    timestamp: datetime = Field(default_factory=_now)
+    user_id: str | None = Field(None, max_length=128)
+    session_id: str | None = Field(None, max_length=128)
+    product_id: str = Field(..., min_length=1, max_length=128)
+    position: int | None = Field(None, ge=1, le=1000)
+    quantity: int = Field(1, ge=1, le=10_000)
+    revenue: float | None = Field(None, ge=0, le=10_000_000, description="Purchase value (purchases only).")
+
+
+Event = Annotated[RankingEvent | InteractionEvent, Field(discriminator="type")]
+EVENT = TypeAdapter(Event)
+
+
+def topic_of(event: RankingEvent | InteractionEvent) -> str:
+    return RANKINGS_TOPIC if isinstance(event, RankingEvent) else INTERACTIONS_TOPIC
+
+
+def key_of(event: RankingEvent | InteractionEvent) -> str:
+    """Partition key: the user (a user's events stay in order), else the request."""
+    return event.user_id or event.request_id
+
+
+def parse(raw: bytes | str) -> RankingEvent | InteractionEvent:
+    return EVENT.validate_json(raw)

@@ -1,0 +1,97 @@
+"""Micro-batching: one ONNX run for the cross-encoder work of concurrent requests.
+
+Requests put their (query, texts) on a queue and wait; a worker takes what
+arrived within ``max_wait`` seconds (up to ``max_pairs`` pairs), scores it in
+one call (the scorer sorts pairs by length, so mixing requests does not add
+padding) and hands each request its scores. Under concurrency this trades up
+to ``max_wait`` of latency for larger, more efficient matrix products; alone,
+a request waits at most ``max_wait``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from ranking.cross_encoder import StageTimeout
+
+
+@dataclass
+class _Job:
+    query: str
+    texts: Sequence[str]
+    future: Future
+
+
+class MicroBatcher:
+    """Wraps a scorer with ``score_pairs(queries, texts)``; same ``score`` API."""
+
+    def __init__(self, scorer, max_pairs: int = 256, max_wait: float = 0.002) -> None:  # type: ignore[no-untyped-def]
+        self.scorer = scorer
+        self.max_pairs = max_pairs
+        self.max_wait = max_wait
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self.batches = 0
+        self.jobs = 0
+        self._worker = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
+        self._worker.start()
+
+    def score(self, query: str, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
+        if not len(texts):
+            return np.zeros(0, dtype=np.float32)
+        job = _Job(query, texts, Future())
+        self._queue.put(job)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return job.future.result(timeout=timeout)
+        except TimeoutError as err:
+            job.future.cancel()
+            raise StageTimeout("micro-batch did not finish before the deadline") from err
+
+    def _collect(self, first: _Job) -> list[_Job]:
+        jobs, pairs = [first], len(first.texts)
+        until = time.monotonic() + self.max_wait
+        while pairs < self.max_pairs:
+            try:
+                job = self._queue.get(timeout=max(0.0, until - time.monotonic()))
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)
+                break
+            jobs.append(job)
+            pairs += len(job.texts)
+        return [j for j in jobs if j.future.set_running_or_notify_cancel()]
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs = self._collect(first)
+            if not jobs:
+                continue
+            queries = [j.query for j in jobs for _ in j.texts]
+            texts = [t for j in jobs for t in j.texts]
+            try:
+                scores = self.scorer.score_pairs(queries, texts)
+            except Exception as err:  # noqa: BLE001 - handed to every waiting request
+                for job in jobs:
+                    job.future.set_exception(err)
+                continue
+            self.batches += 1
+            self.jobs += len(jobs)
+            start = 0
+            for job in jobs:
+                job.future.set_result(scores[start : start + len(job.texts)])
+                start += len(job.texts)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._worker.join(timeout=5)

@@ -1,0 +1,58 @@
+"""A small thread-safe LRU cache with optional TTL and hit/miss counts.
+
+The engine keeps one of each per loaded engine: query vectors, cross-encoder
+scores keyed by (query, product) for one model version, and search results.
+A model swap builds a new engine, so its caches start empty; a catalog change
+clears them. Hit rates are exported on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+
+class LRUCache:
+    def __init__(self, size: int, ttl: float | None = None) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._items: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is None or (self.ttl is not None and time.monotonic() - entry[0] > self.ttl):
+                self.misses += 1
+                if entry is not None:
+                    del self._items[key]
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return entry[1]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._items[key] = (time.monotonic(), value)
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0

@@ -1,0 +1,127 @@
+"""Events intake, impressions, metrics, and admin hot swaps without failed requests."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from ranking.cross_encoder import export
+from ranking.model import PairScorer
+from retrieval.encoder import resolve_model_dir
+from shoprank.engine import SearchEngine
+from shoprank.registry import ModelRegistry
+from shoprank.settings import ApiSettings, Settings
+
+
+def tiny_reranker(folder: Path, seed: int) -> Path:
+    """A 1-layer MiniLM scorer with a random head: cheap stand-in for a trained version."""
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(seed)
+    base = resolve_model_dir("minilm")
+    PairScorer.from_base(base, layers=1).save(folder)
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
+    export(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ops_settings(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Settings:
+    home = tmp_path_factory.mktemp("ops")
+    (home / "cache").symlink_to(settings.cache_dir.resolve(), target_is_directory=True)
+    ops = settings.model_copy(update={"home": home, "api": ApiSettings(admin_token="s3cret")})
+    registry = ModelRegistry(ops.models_dir)
+    for seed in (1, 2):
+        registry.register("reranker", tiny_reranker(home / f"m{seed}", seed), base_model="minilm", activate=True)
+    registry.activate("reranker", "v1")
+    return ops
+
+
+@pytest.fixture(scope="module")
+def client(ops_settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
+    app = create_app(ops_settings, loader=lambda s: SearchEngine.open(real_index, real_encoder, s))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield client
+
+
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+def test_events_are_accepted_durably_and_validated(client: TestClient, ops_settings: Settings) -> None:
+    search = client.post("/v1/search", json={"query": "garden hose", "k": 3, "user_id": "u7"}).json()
+    assert search["versions"]["reranker"] == "v1"
+    event = {"event_id": "click-1", "request_id": search["request_id"], "type": "click",
+             "product_id": search["items"][0]["product_id"], "position": 1, "user_id": "u7"}
+    response = client.post("/v1/events", json=[event, {**event, "event_id": "buy-1", "type": "purchase", "revenue": 19.9}])
+    assert response.status_code == 202 and response.json() == {"accepted": 2}
+    logged = [json.loads(line) for p in sorted(ops_settings.events_dir.glob("segment-*.jsonl"))
+              for line in p.read_text().splitlines()]
+    ids = [r["event_id"] for r in logged]
+    assert search["request_id"] in ids and ids[-2:] == ["click-1", "buy-1"]
+    impression = next(r for r in logged if r["event_id"] == search["request_id"])["value"]
+    assert impression["type"] == "ranking" and [i["position"] for i in impression["items"]] == [1, 2, 3]
+    bad = client.post("/v1/events", json=[{**event, "type": "like"}])
+    assert bad.status_code == 422 and "type" in bad.json()["message"] and "click" in bad.json()["message"]
+    assert client.post("/v1/events", json=[{**event, "position": 0}]).status_code == 422
+    assert client.post("/v1/events", json=[]).status_code == 422
+
+
+def test_metrics_export_latency_caches_and_models(client: TestClient) -> None:
+    client.post("/v1/search", json={"query": "garden hose", "k": 3})
+    client.post("/v1/search", json={"query": "garden hose", "k": 3})
+    text = client.get("/metrics").text
+    assert 'shoprank_request_seconds_count{route="/v1/search",status="200"}' in text
+    assert 'shoprank_stage_seconds_count{stage="teacher"}' in text
+    assert 'shoprank_cache_hit_rate{cache="results"}' in text
+    assert 'shoprank_model_info{role="reranker",version="v1"} 1.0' in text
+    assert "shoprank_event_spool_pending 0.0" in text
+
+
+def test_admin_needs_the_token(client: TestClient) -> None:
+    assert client.get("/v1/admin/models").status_code == 401
+    assert client.get("/v1/admin/models", headers={"Authorization": "Bearer nope"}).status_code == 403
+    listing = client.get("/v1/admin/models", headers=AUTH).json()
+    assert listing["registered"]["reranker"] == ["v1", "v2"] and listing["served"]["reranker"] == "v1"
+    wrong = client.post("/v1/admin/models/biencoder/activate", json={"version": "v1"}, headers=AUTH)
+    assert wrong.status_code == 422 and "cannot be hot-swapped" in wrong.json()["message"]
+    missing = client.post("/v1/admin/models/reranker/activate", json={"version": "v9"}, headers=AUTH)
+    assert missing.status_code == 404
+
+
+def test_hot_swap_under_load_fails_no_request(client: TestClient) -> None:
+    statuses: list[int] = []
+    versions: set[str] = set()
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            response = client.post("/v1/search", json={"query": "ceiling fan", "k": 5})
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                versions.add(response.json()["versions"]["reranker"])
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        swapped = client.post("/v1/admin/models/reranker/activate", json={"version": "v2"}, headers=AUTH)
+        assert swapped.status_code == 200 and swapped.json()["served"]["reranker"] == "v2"
+        back = client.post("/v1/admin/models/reranker/rollback", headers=AUTH)
+        assert back.status_code == 200 and back.json()["served"]["reranker"] == "v1"
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert statuses and set(statuses) == {200}
+    assert "v1" in versions
