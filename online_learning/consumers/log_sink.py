@@ -1,0 +1,133 @@
+"""Log sink: the event topics -> partitioned Parquet, the offline event log.
+
+Layout: ``<root>/<kind>/date=YYYY-MM-DD/hour=HH/<topic>-p<partition>-<first>-<last>.parquet``
+with ``kind`` = rankings | interactions. Rankings are stored one row per shown
+item (request, position, product, scores), interactions one row per event.
+
+Exactly-once after de-duplication, across crashes:
+
+1. drop events whose id is already in the sink's state (sqlite);
+2. write each file to a temporary name and fsync it;
+3. in one sqlite transaction, record the event ids and the file;
+4. rename the file into place and fsync the folder;
+5. only then does the loop commit the Kafka offsets.
+
+A crash before (3) leaves an orphan temporary file (removed at start) and the
+batch is re-delivered; after (3) the ids are known, so re-delivered events are
+dropped, and a file recorded but not yet renamed is renamed at start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from online_learning.consumers.base import Delivered
+from online_learning.events import InteractionEvent, RankingEvent
+
+logger = logging.getLogger(__name__)
+
+
+class ParquetLogSink:
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.db = sqlite3.connect(root / "_sink_state.sqlite", check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, tmp TEXT NOT NULL)")
+        self.written = 0
+        self.duplicates = 0
+        self._recover()
+
+    def _recover(self) -> None:
+        for path, tmp in self.db.execute("SELECT path, tmp FROM files").fetchall():
+            if not Path(path).exists() and Path(tmp).exists():
+                os.replace(tmp, path)
+                logger.info("recovered %s", path)
+        for tmp in self.root.rglob("*.parquet.tmp"):
+            tmp.unlink()
+
+    def _new(self, batch: list[Delivered]) -> list[Delivered]:
+        ids = list({d.event.event_id for d in batch})
+        known: set[str] = set()
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            known |= {r[0] for r in self.db.execute(f"SELECT event_id FROM seen WHERE event_id IN ({marks})", chunk)}
+        fresh, taken = [], set()
+        for delivered in batch:
+            event_id = delivered.event.event_id
+            if event_id in known or event_id in taken:
+                self.duplicates += 1
+                continue
+            taken.add(event_id)
+            fresh.append(delivered)
+        return fresh
+
+    @staticmethod
+    def _rows(delivered: Delivered) -> list[dict]:
+        event = delivered.event
+        if isinstance(event, RankingEvent):
+            base = {"event_id": event.event_id, "request_id": event.request_id, "timestamp": event.timestamp,
+                    "user_id": event.user_id, "session_id": event.session_id, "query": event.query,
+                    "pipeline": event.pipeline, "models": json.dumps(event.models), "experiment": event.experiment,
+                    "arm": event.arm, "degraded": json.dumps(event.degraded), "latency_ms": event.latency_ms,
+                    "shown": len(event.items)}
+            return [{**base, "product_id": i.product_id, "position": i.position, "score": i.score,
+                     "scores": json.dumps(i.scores)} for i in event.items] or [{**base, "product_id": None, "position": None,
+                                                                                  "score": None, "scores": "{}"}]
+        assert isinstance(event, InteractionEvent)
+        return [event.model_dump(mode="python")]
+
+    def __call__(self, batch: list[Delivered]) -> None:
+        fresh = self._new(batch)
+        if not fresh:
+            return
+        groups: dict[Path, list[dict]] = defaultdict(list)
+        spans: dict[Path, list[int]] = defaultdict(list)
+        for delivered in fresh:
+            event = delivered.event
+            kind = "rankings" if isinstance(event, RankingEvent) else "interactions"
+            when = pd.Timestamp(event.timestamp).tz_convert("UTC")
+            folder = self.root / kind / f"date={when:%Y-%m-%d}" / f"hour={when:%H}"
+            key = folder / f"{delivered.topic}-p{delivered.partition}"
+            groups[key].extend(self._rows(delivered))
+            spans[key].append(delivered.offset)
+        staged = []
+        for key, rows in groups.items():
+            path = key.parent / f"{key.name}-{min(spans[key]):012d}-{max(spans[key]):012d}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".parquet.tmp")
+            pd.DataFrame(rows).to_parquet(tmp, index=False)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            staged.append((path, tmp))
+        with self.db:
+            self.db.executemany("INSERT OR IGNORE INTO seen VALUES (?)", [(d.event.event_id,) for d in fresh])
+            self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", [(str(p), str(t)) for p, t in staged])
+        for path, tmp in staged:
+            os.replace(tmp, path)
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.written += len(fresh)
+
+
+def read_log(root: Path, kind: str) -> pd.DataFrame:
+    """Every row of ``kind`` (rankings | interactions), de-duplicated by event id (and position)."""
+    files = sorted((root / kind).rglob("*.parquet"))
+    if not files:
+        return pd.DataFrame()
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    keys = ["event_id", "position"] if kind == "rankings" else ["event_id"]
+    return frame.drop_duplicates(keys, ignore_index=True)
