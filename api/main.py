@@ -25,6 +25,7 @@ from api.metrics import Metrics
 from api.routes import admin, events, health, search
 from api.state import EngineHolder
 from online_learning.event_log import EventLog, KafkaSettings
+from online_learning.router import load_router
 from shoprank import __version__
 from shoprank.engine import SearchEngine
 from shoprank.settings import Settings, get_settings
@@ -36,12 +37,13 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def load_engine(settings: Settings) -> SearchEngine:
-    """Load (building on first run) the served index, the query encoder and the models."""
+    """Load (building on first run) the served index, the query encoder and the models
+    (including the LambdaMART versions the current experiment or shadow needs)."""
     from shoprank import artifacts
 
     encoder = artifacts.open_encoder(settings)
     index = artifacts.ensure_served_index(settings, encoder)
-    engine = SearchEngine.open(index, encoder, settings)
+    engine = SearchEngine.open(index, encoder, settings, load_router(settings.home).ltr_versions)
     logger.info("serving index %s: %d products, models %s", index.path, index.count, engine.versions)
     return engine
 
@@ -59,11 +61,13 @@ def create_app(settings: Settings | None = None,
         event_log = EventLog(settings.events_dir, kafka)
         app.state.engine = holder
         app.state.event_log = event_log
+        app.state.router = load_router(settings.home)
         metrics.watch(lambda: _live_state(holder, event_log))
         holder.start()
         try:
             yield
         finally:
+            app.state.router.close()
             event_log.close()
 
     app = FastAPI(title="ShopRank", version=__version__, lifespan=lifespan,

@@ -35,6 +35,7 @@ class ShownItem(BaseModel):
     position: int = Field(..., ge=1, le=1000, description="1-based position shown.")
     score: float | None = None
     scores: dict[str, float] = Field(default_factory=dict, description="Per-stage scores.")
+    team: str | None = Field(None, description="Interleaving: the arm that placed this item.")
 
 
 class RankingEvent(BaseModel):

@@ -65,6 +65,8 @@ class LambdaMART:
     names: list[str]
     config: LambdaMARTConfig
     history: dict[str, object] = field(default_factory=dict)
+    sign: float = 1.0  # -1 serves the reversed order (only for tests of the promotion policy)
+    parent: LambdaMART | None = None  # warm start: scores = parent's + this booster's
 
     @classmethod
     def fit(cls, train: RankingData, dev: RankingData, config: LambdaMARTConfig = LambdaMARTConfig()) -> LambdaMART:
@@ -92,12 +94,62 @@ class LambdaMART:
         logger.info("LambdaMART: %s", history)
         return cls(booster, list(train.names), config, history)
 
+    @classmethod
+    def fit_unbiased(cls, train: RankingData, valid: RankingData, train_ips: np.ndarray, valid_ips: np.ndarray,
+                     config: LambdaMARTConfig = LambdaMARTConfig(), parent: LambdaMART | None = None) -> LambdaMART:
+        """Train on logged engagement (labels 0..3) with IPS-weighted lambdas
+        (:mod:`ranking.unbiased`); early stopping on the validation IPS-DCG@10.
+
+        With ``parent``, boosting starts from the parent's scores (LightGBM
+        ``init_score``) and the new trees only correct them: what the parent
+        learnt from judged data is kept, the logs add what shoppers show (taste,
+        price, popularity). Without it, a model trained only on the ten shown
+        products of each search mis-ranks the other candidates.
+        """
+        import lightgbm as lgb
+
+        from ranking.unbiased import ips_dcg, ips_lambdarank_objective
+
+        params = {
+            "objective": ips_lambdarank_objective(train.groups, train.labels, train_ips),
+            "learning_rate": config.learning_rate, "num_leaves": config.num_leaves,
+            "min_data_in_leaf": config.min_data_in_leaf, "feature_fraction": config.feature_fraction,
+            "bagging_fraction": config.bagging_fraction, "bagging_freq": config.bagging_freq,
+            "lambda_l2": config.lambda_l2, "seed": config.seed, "num_threads": config.threads, "verbose": -1,
+            "deterministic": True,
+        }
+        init_train = parent.predict(train.features) if parent else None
+        init_valid = parent.predict(valid.features) if parent else None
+        train_set = lgb.Dataset(train.features, train.labels, group=train.groups, feature_name=train.names,
+                                init_score=init_train)
+        valid_set = lgb.Dataset(valid.features, valid.labels, group=valid.groups, feature_name=valid.names,
+                                reference=train_set, init_score=init_valid)
+
+        def metric(preds: np.ndarray, data: object) -> tuple[str, float, bool]:
+            return "ips_dcg@10", ips_dcg(valid.groups, valid.labels, valid_ips, preds), True
+
+        record: dict[str, dict[str, list[float]]] = {}
+        booster = lgb.train(params, train_set, num_boost_round=config.max_rounds, valid_sets=[valid_set],
+                            valid_names=["valid"], feval=metric,
+                            callbacks=[lgb.early_stopping(config.early_stopping, verbose=False),
+                                       lgb.record_evaluation(record)])
+        curve = record["valid"]["ips_dcg@10"]
+        history = {"best_iteration": booster.best_iteration, "valid_ips_dcg@10": round(float(max(curve)), 4),
+                   "rounds": len(curve), "objective": "ips-lambdarank", "warm_start": parent is not None}
+        return cls(booster, list(train.names), config, history, parent=parent)
+
     def predict(self, features: np.ndarray) -> np.ndarray:
-        return self.booster.predict(features, num_iteration=self.booster.best_iteration).astype(np.float32)  # type: ignore[attr-defined]
+        scores = self.booster.predict(features, num_iteration=self.booster.best_iteration)  # type: ignore[attr-defined]
+        if self.parent is not None:
+            scores = scores + self.parent.predict(features)
+        return (self.sign * scores).astype(np.float32)
 
     def explain(self, features: np.ndarray) -> np.ndarray:
-        """Per-row contribution of each feature (last column: the bias)."""
-        return self.booster.predict(features, num_iteration=self.booster.best_iteration, pred_contrib=True)  # type: ignore[attr-defined]
+        """Per-row contribution of each feature (last column: the bias), parent included."""
+        contributions = self.booster.predict(features, num_iteration=self.booster.best_iteration, pred_contrib=True)  # type: ignore[attr-defined]
+        if self.parent is not None:
+            contributions = contributions + self.parent.explain(features)
+        return self.sign * contributions
 
     def importance(self) -> dict[str, float]:
         gains = self.booster.feature_importance(importance_type="gain")  # type: ignore[attr-defined]
@@ -108,8 +160,10 @@ class LambdaMART:
         folder.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(folder / MODEL_FILE), num_iteration=self.booster.best_iteration)  # type: ignore[attr-defined]
         meta = {"names": self.names, "config": asdict(self.config), "history": self.history,
-                "importance": self.importance()}
+                "importance": self.importance(), "sign": self.sign, "parent": "parent" if self.parent else None}
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+        if self.parent is not None:
+            self.parent.save(folder / "parent")  # self-contained: the folder serves without the registry
 
     @classmethod
     def load(cls, folder: Path) -> LambdaMART:
@@ -117,7 +171,9 @@ class LambdaMART:
 
         meta = json.loads((folder / META_FILE).read_text())
         booster = lgb.Booster(model_file=str(folder / MODEL_FILE))
-        return cls(booster, meta["names"], LambdaMARTConfig(**meta["config"]), meta["history"])
+        parent = cls.load(folder / meta["parent"]) if meta.get("parent") else None
+        return cls(booster, meta["names"], LambdaMARTConfig(**meta["config"]), meta["history"], meta.get("sign", 1.0),
+                   parent)
 
 
 def stack(parts: Sequence[RankingData]) -> RankingData:

@@ -90,8 +90,8 @@ def load_cross_encoder(settings: Settings, role: str) -> ServedModel | None:
     return ServedModel(role, entry.version, scorer)
 
 
-def load_ltr(settings: Settings) -> ServedModel | None:
-    entry = _entry(settings, "ltr", settings.ranking.ltr)
+def load_ltr(settings: Settings, spec: str | None = None) -> ServedModel | None:
+    entry = _entry(settings, "ltr", spec or settings.ranking.ltr)
     if entry is None or entry.path is None:
         return None
     return ServedModel("ltr", entry.version, LambdaMART.load(Path(entry.path)))
@@ -115,7 +115,8 @@ class SearchEngine:
 
     def __init__(self, index: ProductIndex, encoder: Encoder, settings: Settings,
                  teacher: ServedModel | None = None, student: ServedModel | None = None,
-                 ltr: ServedModel | None = None, features: OnlineFeatureReader | None = None) -> None:
+                 ltr: ServedModel | None = None, features: OnlineFeatureReader | None = None,
+                 ltr_variants: list[ServedModel] | None = None) -> None:
         if index.manifest.encoder_fingerprint != encoder.fingerprint:
             raise Conflict(
                 f"index {index.path} was built with encoder {index.manifest.encoder} "
@@ -124,6 +125,7 @@ class SearchEngine:
             )
         self.index, self.encoder, self.settings = index, encoder, settings
         self.teacher, self.student, self.ltr, self.features = teacher, student, ltr, features
+        self.ltr_variants = {m.version: m for m in ltr_variants or []}
         rs = settings.retrieval
         self.executor = ThreadPoolExecutor(max_workers=rs.bm25_threads, thread_name_prefix="bm25")
         self.query_cache = LRUCache(settings.ranking.query_cache_size) if settings.ranking.query_cache_size else None
@@ -141,10 +143,17 @@ class SearchEngine:
         self._pipelines |= self._ranking_pipelines()
 
     @classmethod
-    def open(cls, index: ProductIndex, encoder: Encoder, settings: Settings) -> SearchEngine:
-        """An engine with the configured models from the registry and the feature store, if any."""
+    def open(cls, index: ProductIndex, encoder: Encoder, settings: Settings,
+             ltr_versions: list[str] | None = None) -> SearchEngine:
+        """An engine with the configured models from the registry and the feature store, if any.
+
+        ``ltr_versions`` are extra LambdaMART versions to serve beside the active
+        one (experiment arms, shadow candidates); pick one per search with ``ltr=``.
+        """
+        variants = [m for v in ltr_versions or [] if (m := load_ltr(settings, v)) is not None]
         return cls(index, encoder, settings, load_cross_encoder(settings, "reranker"),
-                   load_cross_encoder(settings, "student"), load_ltr(settings), open_feature_reader(settings))
+                   load_cross_encoder(settings, "student"), load_ltr(settings), open_feature_reader(settings),
+                   variants)
 
     def titles(self, docs: np.ndarray) -> list[str]:
         return [self.index.title(int(d)) for d in docs]
@@ -185,15 +194,27 @@ class SearchEngine:
                 stages.append(self._cross_encoder_stage("teacher", self.teacher, rk.teacher_depth))
         if stages:
             out["cascade"] = Cascade("cascade", self.hybrid, list(stages), k1=rk.k1, budgets=self.budgets)
-        if self.ltr and rk.ltr_depth:
-            model: LambdaMART = self.ltr.model  # type: ignore[assignment]
-            self.ltr_stage = LtrStage(model, self.featurizer(model.names[len(BASE_FEATURES):]), rk.ltr_depth)
-            stages.append(self.ltr_stage)
-            out["ltr"] = Cascade("ltr", self.hybrid, list(stages), k1=rk.k1, budgets=self.budgets)
         depth = rk.k1 if stages else rk.rerank_depth
-        # /v1/search runs the models and then the rules itself, to record the rule notes
-        self.models_cascade = Cascade("full", self.hybrid, list(stages), k1=depth, budgets=self.budgets)
-        out["full"] = Cascade("full", self.hybrid, [*stages, self.rules], k1=depth, budgets=self.budgets)
+        # per LambdaMART version: the model cascade (/v1/search adds the rules itself, to record
+        # their notes); the same student and teacher stages (and score caches) are shared
+        self.variants: dict[str | None, Cascade] = {None: Cascade("full", self.hybrid, list(stages), k1=depth,
+                                                                  budgets=self.budgets)}
+        self.ltr_stages: dict[str | None, LtrStage] = {}
+        for served in ([self.ltr] if self.ltr else []) + list(self.ltr_variants.values()):
+            if not rk.ltr_depth:
+                break
+            model: LambdaMART = served.model  # type: ignore[assignment]
+            stage = LtrStage(model, self.featurizer(model.names[len(BASE_FEATURES):]), rk.ltr_depth)
+            self.ltr_stages[served.version] = stage
+            self.variants[served.version] = Cascade("ltr", self.hybrid, [*stages, stage], k1=rk.k1,
+                                                    budgets=self.budgets)
+        if self.ltr and self.ltr.version in self.variants:
+            self.variants[None] = self.variants[self.ltr.version]
+            self.ltr_stages[None] = self.ltr_stages[self.ltr.version]
+            out["ltr"] = self.variants[None]
+        self.models_cascade = self.variants[None]
+        out["full"] = Cascade("full", self.hybrid, [*self.models_cascade.stages, self.rules],
+                              k1=self.models_cascade.k1, budgets=self.budgets)
         return out
 
     @property
@@ -203,6 +224,10 @@ class SearchEngine:
             if model:
                 out[model.role] = model.version
         return out
+
+    def versions_for(self, ltr: str | None) -> dict[str, str]:
+        """Versions serving a search that used LambdaMART ``ltr`` (None: the active one)."""
+        return self.versions | ({"ltr": ltr} if ltr else {})
 
     def pipeline(self, name: str) -> Retriever:
         if name in self._pipelines:
@@ -215,7 +240,7 @@ class SearchEngine:
         raise InvalidInput(f"pipeline {name!r} is not one of {list(PIPELINES)}")
 
     def search(self, query: Query | str, k: int, pipeline: str = DEFAULT, offset: int = 0,
-               use_cache: bool = False) -> SearchResult:
+               use_cache: bool = False, ltr: str | None = None) -> SearchResult:
         """Rows ``offset .. offset + k`` of ``pipeline``'s ranking; ``full`` records rule notes.
 
         With ``use_cache``, an identical request within ``serving.results_ttl_s``
@@ -223,14 +248,16 @@ class SearchEngine:
         are cached).
         """
         query = query if isinstance(query, Query) else Query(query)
-        key = (pipeline, query.text, query.user_id, query.filters, k, offset)
+        key = (pipeline, ltr, query.text, query.user_id, query.filters, k, offset)
         if use_cache:
             hit = self.results_cache.get(key)
             if hit is not None:
                 return replace(hit, cached=True, timings={})
         notes: dict[str, list[str]] = {}
+        if ltr is not None and ltr not in self.variants:
+            raise NotReady(f"LambdaMART {ltr} is not loaded; loaded: {sorted(v for v in self.variants if v)}")
         if pipeline == "full":
-            ranked = self.models_cascade.run(query, k + offset)
+            ranked = self.variants[ltr].run(query, k + offset)
             started = time.perf_counter()
             try:
                 candidates, notes = self.rules.apply(query, ranked.candidates)
@@ -268,7 +295,7 @@ class SearchEngine:
             batcher.close()
         self.executor.shutdown(wait=False)
 
-    def explain(self, query: Query, candidates: Candidates) -> list[dict[str, float]] | None:
+    def explain(self, query: Query, candidates: Candidates, ltr: str | None = None) -> list[dict[str, float]] | None:
         """LambdaMART feature contributions per row, when an LTR model is served."""
-        stage = getattr(self, "ltr_stage", None)
+        stage = self.ltr_stages.get(ltr)
         return stage.explain(query, candidates) if stage is not None and len(candidates) else None

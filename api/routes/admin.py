@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field
 
 from api.deps import HolderDep, SettingsDep
 from api.schemas import ErrorBody
+from online_learning.experiments import Experiment
+from online_learning.router import ExperimentRouter, save_router_config
 from shoprank.engine import SearchEngine
 from shoprank.errors import InvalidInput, ShopRankError
 from shoprank.registry import ModelRegistry
@@ -65,13 +67,19 @@ def _check_role(role: str) -> None:
         )
 
 
-async def _swap(request: Request, holder, settings: Settings) -> SearchEngine:  # type: ignore[no-untyped-def]
+async def _swap(request: Request, holder, settings: Settings, router=None) -> SearchEngine:  # type: ignore[no-untyped-def]
+    """Rebuild the engine on the same index and encoder (nothing re-indexed) and swap it in;
+    with ``router``, the experiment router is swapped right after."""
     metrics = request.app.state.metrics
+    router = router or request.app.state.router
 
     def build(old: SearchEngine) -> SearchEngine:
-        return SearchEngine.open(old.index, old.encoder, settings)  # same index and encoder: nothing rebuilt
+        return SearchEngine.open(old.index, old.encoder, settings, router.ltr_versions)
 
     engine = await asyncio.to_thread(holder.rebuild, build)
+    if router is not request.app.state.router:
+        previous, request.app.state.router = request.app.state.router, router
+        previous.close()
     metrics.swaps.labels("engine", "rebuild").inc()
     return engine
 
@@ -100,3 +108,33 @@ async def rollback(role: str, request: Request, holder: HolderDep, settings: Set
 @router.post("/reload", response_model=Served, summary="Reload the active models from the registry")
 async def reload(request: Request, holder: HolderDep, settings: SettingsDep) -> Served:
     return _describe(settings, await _swap(request, holder, settings))
+
+
+class ExperimentConfig(BaseModel):
+    experiment: Experiment | None = Field(None, description="A/B or interleaving experiment (null: none).")
+    shadow: str | None = Field(None, pattern=r"^v[0-9]{1,6}$", description="LambdaMART version to shadow.")
+
+
+class ExperimentState(ExperimentConfig):
+    shadow_scored: int = 0
+    shadow_dropped: int = 0
+
+
+@router.get("/experiment", response_model=ExperimentState, summary="The running experiment and shadow")
+def get_experiment(request: Request) -> ExperimentState:
+    current = request.app.state.router
+    return ExperimentState(experiment=current.experiment, shadow=current.shadow,
+                           shadow_scored=current.shadow_done, shadow_dropped=current.shadow_dropped)
+
+
+@router.put("/experiment", response_model=ExperimentState, summary="Start, change or stop an experiment / shadow")
+async def put_experiment(body: ExperimentConfig, request: Request, holder: HolderDep,
+                         settings: SettingsDep) -> ExperimentState:
+    registry = ModelRegistry(settings.models_dir)
+    wanted = [a.ltr for a in body.experiment.arms.values()] if body.experiment else []
+    for version in wanted + ([body.shadow] if body.shadow else []):
+        registry.get("ltr", version)  # 404 naming what is registered
+    new_router = ExperimentRouter(body.experiment, body.shadow, settings.home / "shadow")
+    await _swap(request, holder, settings, new_router)
+    save_router_config(settings.home, body.experiment, body.shadow)
+    return get_experiment(request)

@@ -32,7 +32,9 @@ def _respond(engine: SearchEngine, body: SearchRequest, request: Request) -> Sea
     settings = request.app.state.settings
     deadline = time.monotonic() + settings.serving.budget_ms / 1000
     query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()), deadline)
-    result = engine.search(query, body.k, offset=body.offset, use_cache=not body.explain)
+    unit = body.user_id or body.session_id or request.state.request_id
+    routed = request.app.state.router.search(engine, query, body.k, body.offset, unit, use_cache=not body.explain)
+    result = routed.result
     metrics = request.app.state.metrics
     for stage, seconds in result.timings.items():
         metrics.stages.labels(stage).observe(seconds)
@@ -40,7 +42,7 @@ def _respond(engine: SearchEngine, body: SearchRequest, request: Request) -> Sea
         stage, _, why = reason.partition(": ")
         metrics.degraded.labels(stage, why.split(" ")[0]).inc()
     index = engine.index
-    contributions = engine.explain(query, result.candidates) if body.explain else None
+    contributions = engine.explain(query, result.candidates, routed.ltr) if body.explain else None
     items = []
     for i, c in enumerate(result.candidates):  # one Candidate view per row
         explanation = None
@@ -56,24 +58,25 @@ def _respond(engine: SearchEngine, body: SearchRequest, request: Request) -> Sea
         request_id=request.state.request_id, query=body.query, k=body.k, pipeline=result.pipeline,
         took_ms=round((time.perf_counter() - started) * 1e3, 2),
         stages_ms={name: round(seconds * 1e3, 2) for name, seconds in result.timings.items()},
-        versions=engine.versions, degraded=result.degraded, cached=result.cached,
+        versions=engine.versions_for(routed.ltr), degraded=result.degraded, cached=result.cached,
+        experiment=routed.experiment, arm=routed.arm,
         index=IndexInfo(name=index.path.parent.name, products=index.count, catalog_hash=manifest.catalog_hash,
                         encoder=manifest.encoder, dense_index=manifest.dense_kind),
         items=items,
     )
     if settings.events.log_impressions:
-        _log_impression(request, body, response)
+        _log_impression(request, body, response, routed.teams)
     return response
 
 
-def _log_impression(request: Request, body: SearchRequest, response: SearchResponse) -> None:
+def _log_impression(request: Request, body: SearchRequest, response: SearchResponse, teams: dict[str, str]) -> None:
     """Every search's impression goes to the event log (not fsynced per search)."""
     event = RankingEvent(
         event_id=response.request_id, request_id=response.request_id, user_id=body.user_id,
         session_id=body.session_id, query=body.query, pipeline=response.pipeline, models=response.versions,
         experiment=response.experiment, arm=response.arm, degraded=response.degraded, latency_ms=response.took_ms,
-        items=[ShownItem(product_id=i.product_id, position=i.rank, score=i.score, scores=i.scores)
-               for i in response.items],
+        items=[ShownItem(product_id=i.product_id, position=i.rank, score=i.score, scores=i.scores,
+                         team=teams.get(i.product_id)) for i in response.items],
     )
     request.app.state.event_log.append([event], durable=False)
     request.app.state.metrics.events.labels("ranking").inc()

@@ -82,8 +82,8 @@ class ParquetLogSink:
                     "arm": event.arm, "degraded": json.dumps(event.degraded), "latency_ms": event.latency_ms,
                     "shown": len(event.items)}
             return [{**base, "product_id": i.product_id, "position": i.position, "score": i.score,
-                     "scores": json.dumps(i.scores)} for i in event.items] or [{**base, "product_id": None, "position": None,
-                                                                                  "score": None, "scores": "{}"}]
+                     "scores": json.dumps(i.scores), "team": i.team} for i in event.items] or [
+                {**base, "product_id": None, "position": None, "score": None, "scores": "{}", "team": None}]
         assert isinstance(event, InteractionEvent)
         return [event.model_dump(mode="python")]
 

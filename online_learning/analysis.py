@@ -1,0 +1,113 @@
+"""Experiment analysis from the offline event log: one row per search, per-arm results.
+
+:func:`searches` joins ranking events with their interactions into one row per
+search (arm, latency, clicked / added / bought, revenue, zero results,
+degraded). :func:`compare_arms` tests every metric of the treatment against
+the control (:mod:`online_learning.stats`); :func:`interleaving` scores
+team-draft interleaving by clicks per team. Used by the promotion policy, the
+HTML report and the analyst notebook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from online_learning.consumers.log_sink import read_log
+from online_learning.stats import Comparison, bootstrap_means, min_sample_size, sign_test, two_proportions
+
+RATES = (("ctr", "clicked"), ("add_to_cart_rate", "carted"), ("purchase_rate", "bought"),
+         ("zero_result_rate", "zero_results"), ("degraded_rate", "is_degraded"))
+
+
+def searches(log_root: Path, experiment: str | None = None) -> pd.DataFrame:
+    """One row per search of ``experiment`` (all searches when None)."""
+    rankings = read_log(log_root, "rankings")
+    if rankings.empty:
+        return pd.DataFrame()
+    if experiment is not None:
+        rankings = rankings[rankings["experiment"] == experiment]
+    per_search = rankings.groupby("request_id").agg(
+        timestamp=("timestamp", "first"), user_id=("user_id", "first"), query=("query", "first"),
+        arm=("arm", "first"), latency_ms=("latency_ms", "first"), shown=("shown", "first"),
+        degraded=("degraded", "first"), models=("models", "first")).reset_index()
+    interactions = read_log(log_root, "interactions")
+    for kind, column in (("click", "clicked"), ("add_to_cart", "carted"), ("purchase", "bought")):
+        hits = interactions[interactions["type"] == kind].groupby("request_id").size() if not interactions.empty else pd.Series(dtype=int)
+        per_search[column] = per_search["request_id"].map(hits).fillna(0).astype(int).clip(upper=1)
+    revenue = (interactions[interactions["type"] == "purchase"].groupby("request_id")["revenue"].sum()
+               if not interactions.empty else pd.Series(dtype=float))
+    per_search["revenue"] = per_search["request_id"].map(revenue).fillna(0.0)
+    per_search["zero_results"] = (per_search["shown"] == 0).astype(int)
+    per_search["is_degraded"] = (per_search["degraded"].fillna("[]") != "[]").astype(int)
+    per_search["timestamp"] = pd.to_datetime(per_search["timestamp"], utc=True)
+    return per_search.sort_values("timestamp", ignore_index=True)
+
+
+@dataclass(frozen=True)
+class ArmReport:
+    control: str
+    treatment: str
+    comparisons: list[Comparison]
+    sizes: dict[str, int]
+    needed_per_arm: int
+
+    def by_metric(self) -> dict[str, Comparison]:
+        return {c.metric: c for c in self.comparisons}
+
+
+def compare_arms(table: pd.DataFrame, control: str, treatment: str, min_lift: float = 0.1) -> ArmReport:
+    """Treatment vs control on every rate (z-test), revenue and latency (bootstrap)."""
+    a, b = table[table["arm"] == control], table[table["arm"] == treatment]
+    comparisons = [two_proportions(name, int(a[col].sum()), len(a), int(b[col].sum()), len(b)) for name, col in RATES]
+    comparisons.append(bootstrap_means("revenue_per_search", a["revenue"].to_numpy(), b["revenue"].to_numpy()))
+    comparisons.append(bootstrap_means("latency_ms", a["latency_ms"].fillna(0).to_numpy(),
+                                       b["latency_ms"].fillna(0).to_numpy()))
+    base = a["bought"].mean() if len(a) else 0.0
+    return ArmReport(control, treatment, comparisons, {control: len(a), treatment: len(b)},
+                     min_sample_size(float(base), min_lift))
+
+
+@dataclass(frozen=True)
+class InterleavingResult:
+    wins: dict[str, int]
+    ties: int
+    preference: float  # (treatment wins - control wins) / queries with clicks
+    p_value: float
+
+
+def interleaving(log_root: Path, experiment: str, control: str, treatment: str) -> InterleavingResult:
+    """Clicks credited to the team that placed the clicked product, per search."""
+    rankings = read_log(log_root, "rankings")
+    rankings = rankings[(rankings["experiment"] == experiment) & rankings["team"].notna()]
+    interactions = read_log(log_root, "interactions")
+    clicks = interactions[interactions["type"] == "click"][["request_id", "product_id"]] if not interactions.empty else pd.DataFrame(columns=["request_id", "product_id"])
+    credited = clicks.merge(rankings[["request_id", "product_id", "team"]], on=["request_id", "product_id"])
+    per_search = credited.groupby(["request_id", "team"]).size().unstack(fill_value=0)
+    for team in (control, treatment):
+        if team not in per_search.columns:
+            per_search[team] = 0
+    wins_t = int((per_search[treatment] > per_search[control]).sum())
+    wins_c = int((per_search[control] > per_search[treatment]).sum())
+    ties = int((per_search[treatment] == per_search[control]).sum())
+    total = wins_t + wins_c + ties
+    return InterleavingResult({control: wins_c, treatment: wins_t}, ties,
+                              (wins_t - wins_c) / total if total else 0.0, sign_test(wins_t, wins_c))
+
+
+def over_time(table: pd.DataFrame, column: str, freq: str = "1h") -> pd.DataFrame:
+    """Per arm and time bucket: mean of ``column`` and a normal-approximation 95% band (cumulative)."""
+    rows = []
+    for arm, part in table.groupby("arm"):
+        part = part.set_index("timestamp").sort_index()
+        values = part[column].astype(float)
+        cumulative = values.expanding()
+        mean, std, n = cumulative.mean(), cumulative.std().fillna(0), cumulative.count()
+        frame = pd.DataFrame({"mean": mean, "low": mean - 1.96 * std / np.sqrt(n), "high": mean + 1.96 * std / np.sqrt(n)})
+        frame = frame.resample(freq).last().dropna()
+        frame["arm"] = arm
+        rows.append(frame.reset_index())
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()

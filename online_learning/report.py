@@ -1,0 +1,90 @@
+"""The analysts' A/B report: one self-contained HTML file with plots.
+
+``shoprank report ab --experiment NAME --out report.html``: per-arm metrics
+with 95% intervals and p-values, the minimum sample size, metric over time
+with confidence bands, lift per metric, and the interleaving preference when
+the experiment interleaved. Plots are PNGs embedded in the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from online_learning.analysis import ArmReport, InterleavingResult, over_time  # noqa: E402
+
+
+def _png(figure: plt.Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def plot_over_time(table: pd.DataFrame, column: str, title: str) -> str:
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    for arm, part in over_time(table, column).groupby("arm"):
+        axis.plot(part["timestamp"], part["mean"], label=str(arm))
+        axis.fill_between(part["timestamp"], part["low"], part["high"], alpha=0.2)
+    axis.set_title(f"{title} (cumulative, 95% band)")
+    axis.legend()
+    figure.autofmt_xdate()
+    return _png(figure)
+
+
+def plot_lifts(report: ArmReport) -> str:
+    rows = [c for c in report.comparisons if c.metric != "latency_ms"]
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    names = [c.metric for c in rows]
+    diffs = [c.treatment - c.control for c in rows]
+    errors = [[d - c.ci_low for d, c in zip(diffs, rows)], [c.ci_high - d for d, c in zip(diffs, rows)]]
+    axis.errorbar(diffs, names, xerr=errors, fmt="o", capsize=4)
+    axis.axvline(0, color="grey", lw=1)
+    axis.set_title(f"{report.treatment} - {report.control}: difference with 95% interval")
+    return _png(figure)
+
+
+def plot_interleaving(result: InterleavingResult) -> str:
+    figure, axis = plt.subplots(figsize=(5, 2.6))
+    labels = [*result.wins, "tie"]
+    axis.bar(labels, [*result.wins.values(), result.ties], color=["#4c72b0", "#dd8452", "#999999"])
+    axis.set_title(f"Interleaving wins (preference {result.preference:+.3f}, p={result.p_value:.3g})")
+    return _png(figure)
+
+
+def render(experiment: str, table: pd.DataFrame, report: ArmReport | None,
+           interleaved: InterleavingResult | None, out: Path) -> Path:
+    parts = [f"<h1>Experiment {html.escape(experiment)}</h1>",
+             f"<p>{len(table)} searches from {table['timestamp'].min()} to {table['timestamp'].max()}.</p>"]
+    if report is not None:
+        rows = "".join(
+            f"<tr><td>{c.metric}</td><td>{c.control:.4f}</td><td>{c.treatment:.4f}</td><td>{c.lift:+.2%}</td>"
+            f"<td>[{c.ci_low:+.4f}, {c.ci_high:+.4f}]</td><td>{c.p_value:.3g}</td>"
+            f"<td>{'yes' if c.significant else 'no'}</td></tr>" for c in report.comparisons)
+        parts += [
+            f"<h2>{html.escape(report.treatment)} vs {html.escape(report.control)}</h2>",
+            f"<p>Searches per arm: {report.sizes}. To detect a 10% relative lift in purchase rate "
+            f"(alpha 0.05, power 0.8) each arm needs about <b>{report.needed_per_arm}</b> searches.</p>",
+            "<table border=1 cellpadding=4><tr><th>metric</th><th>control</th><th>treatment</th><th>lift</th>"
+            f"<th>95% CI of difference</th><th>p</th><th>significant</th></tr>{rows}</table>",
+            plot_lifts(report),
+            plot_over_time(table, "bought", "Purchase rate"),
+            plot_over_time(table, "clicked", "Click-through rate"),
+        ]
+    if interleaved is not None:
+        parts += ["<h2>Team-draft interleaving</h2>", plot_interleaving(interleaved)]
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>ShopRank experiment "
+            f"{html.escape(experiment)}</title></head><body style='font-family:sans-serif;max-width:900px'>"
+            + "\n".join(parts) + "<p><small>Computed by shoprank report ab from the offline event log.</small></p>"
+            "</body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    return out

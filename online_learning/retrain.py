@@ -1,0 +1,205 @@
+"""Nightly retraining from logged traffic: ``shoprank retrain`` (cron-able).
+
+1. Read the offline event log (Parquet, from the log sink) for the window
+   since the last retrain (or ``--since``); nothing new: exit "up to date".
+2. Join impressions with interactions: each shown product of each search gets
+   its engagement (0 none, 1 click, 2 add to cart, 3 purchase).
+3. Estimate position bias by EM on the position-based model
+   (:mod:`online_learning.propensity`) and weight each preference pair by the
+   inverse propensity of the engaged product's position.
+4. Features: the same :class:`~ranking.ltr.LtrFeaturizer` as serving, with the
+   cross-encoder scores that were logged with the impression and store
+   features joined point-in-time from Feast at the search's own timestamp.
+5. Train an unbiased LambdaMART candidate on the earlier 80% of searches,
+   early-stopped on the IPS-DCG@10 of the later 20%; compare it with the
+   active model on those held-out searches (and on the judged dev split when a
+   dataset is given); register it with lineage (data window, feature service,
+   parent model, propensities, metrics). Registering never activates: the
+   experiment and the promotion policy decide.
+
+One run at a time (a file lock); a crash before registration leaves nothing
+behind, and the next run redoes the window.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from online_learning.consumers.log_sink import read_log
+from online_learning.propensity import fit_position_model
+from ranking.cascade import Query
+from ranking.features import FeatureBatch
+from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
+from ranking.ltr import LtrFeaturizer
+from retrieval.types import Candidates, Hits
+from shoprank.engine import SearchEngine
+from shoprank.registry import ModelRegistry
+from shoprank.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LEVEL = {"click": 1, "add_to_cart": 2, "purchase": 3}
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    since: str | None = None
+    until: str | None = None
+    min_searches: int = 200
+    valid_share: float = 0.2
+    max_position: int = 10
+    seed: int = 13
+
+
+def log_root(settings: Settings) -> Path:
+    return settings.home / "event_log"
+
+
+def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | None) -> pd.DataFrame:
+    """Shown products with engagement labels, one row per (search, position)."""
+    rankings = read_log(root, "rankings")
+    if rankings.empty:
+        return rankings
+    rankings = rankings[rankings["product_id"].notna()].copy()
+    rankings["timestamp"] = pd.to_datetime(rankings["timestamp"], utc=True)
+    if since is not None:
+        rankings = rankings[rankings["timestamp"] > since]
+    if until is not None:
+        rankings = rankings[rankings["timestamp"] <= until]
+    interactions = read_log(root, "interactions")
+    if interactions.empty:
+        rankings["engagement"] = 0
+    else:
+        interactions["level"] = interactions["type"].map(LEVEL)
+        best = interactions.groupby(["request_id", "product_id"])["level"].max()
+        keys = pd.MultiIndex.from_frame(rankings[["request_id", "product_id"]])
+        rankings["engagement"] = best.reindex(keys).fillna(0).astype(int).to_numpy()
+    rankings["clicked"] = (rankings["engagement"] > 0).astype(int)
+    return rankings.sort_values(["timestamp", "request_id", "position"], ignore_index=True)
+
+
+def _candidates(engine: SearchEngine, rows: pd.DataFrame) -> Candidates:
+    docs = [engine.index.doc_of(p) for p in rows["product_id"]]
+    keep = np.array([d is not None for d in docs])
+    rows = rows[keep]
+    hits = Hits.of([d for d in docs if d is not None], -rows["position"].to_numpy(dtype=float))
+    base = Candidates.from_hits(hits, "logged", rows["product_id"].tolist())
+    logged = [json.loads(s) if isinstance(s, str) else {} for s in rows["scores"]]
+    scores = dict(base.scores)
+    for stage in ("student", "teacher"):
+        scores[stage] = np.array([entry.get(stage, np.nan) for entry in logged], dtype=np.float32)
+    return Candidates(base.docs, base.product_ids, base.stage, scores, base.ranks)
+
+
+def logged_ranking_data(engine: SearchEngine, featurizer: LtrFeaturizer, shown: pd.DataFrame,
+                        store_frame: pd.DataFrame | None) -> tuple[RankingData, np.ndarray]:
+    """Feature rows per logged search and each row's position (searches with one known product are skipped)."""
+    rows, labels, sizes, qids, positions = [], [], [], [], []
+    names = featurizer.store_names
+    offset = 0
+    for request_id, group in shown.groupby("request_id", sort=False):
+        part = store_frame.iloc[offset : offset + len(group)] if store_frame is not None else None
+        offset += len(group)
+        candidates = _candidates(engine, group)
+        if len(candidates) < 2:
+            continue
+        known = group[group["product_id"].isin(set(candidates.product_ids))]
+        store = None
+        if part is not None:
+            part = part[group["product_id"].isin(set(candidates.product_ids)).to_numpy()]
+            store = FeatureBatch(candidates.product_ids, {n: part[n].to_numpy(dtype=np.float32) for n in names})
+        local = LtrFeaturizer(featurizer.index, featurizer.embed, (lambda q, p, s=store: s) if store else None,
+                              names, None, None)
+        rows.append(local(Query(group["query"].iat[0], group["user_id"].iat[0]), candidates))
+        labels.append(known["engagement"].to_numpy())
+        positions.append(known["position"].to_numpy())
+        sizes.append(len(known))
+        qids.append(str(request_id))
+    if not rows:
+        return RankingData(np.zeros((0, len(featurizer.names)), np.float32), np.zeros(0, np.int32), [], featurizer.names), np.zeros(0)
+    data = RankingData(np.vstack(rows).astype(np.float32), np.concatenate(labels).astype(np.int32), sizes,
+                       featurizer.names, qids)
+    return data, np.concatenate(positions)
+
+
+def _split(data: RankingData, positions: np.ndarray, share: float) -> tuple[tuple, tuple]:
+    cut_group = int(len(data.groups) * (1 - share))
+    cut_row = int(sum(data.groups[:cut_group]))
+    first = RankingData(data.features[:cut_row], data.labels[:cut_row], data.groups[:cut_group], data.names,
+                        data.query_ids[:cut_group])
+    second = RankingData(data.features[cut_row:], data.labels[cut_row:], data.groups[cut_group:], data.names,
+                         data.query_ids[cut_group:])
+    return (first, positions[:cut_row]), (second, positions[cut_row:])
+
+
+def retrain(settings: Settings, engine: SearchEngine, config: RetrainConfig = RetrainConfig()) -> dict:
+    """Train and register a candidate from the logs (see module docstring)."""
+    from ranking.unbiased import ips_dcg
+    from shoprank import feature_store
+    from ranking.training.ltr_data import historical_features
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with open(settings.home / "retrain.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return {"status": "skipped", "reason": "another retrain is running"}
+        registry = ModelRegistry(settings.models_dir)
+        since = pd.Timestamp(config.since) if config.since else None
+        if since is None:
+            windows = [v.params.get("data_window", {}).get("until") for v in registry.versions("ltr")]
+            windows = [pd.Timestamp(w) for w in windows if w]
+            since = max(windows) if windows else None
+        until = pd.Timestamp(config.until) if config.until else None
+        shown = impressions(log_root(settings), since, until)
+        searches = shown["request_id"].nunique() if not shown.empty else 0
+        if searches < config.min_searches:
+            return {"status": "up to date", "new_searches": int(searches), "since": str(since)}
+        started = time.perf_counter()
+        model = fit_position_model(shown[["query", "product_id", "position", "clicked"]], config.max_position)
+        active = engine.ltr
+        names = active.model.names[4:] if active else []  # type: ignore[attr-defined]
+        featurizer = engine.featurizer(list(names))
+        store_frame = None
+        if names:
+            store = feature_store.open_store(settings)
+            entities = shown[["product_id", "user_id", "timestamp"]].rename(columns={"timestamp": "event_timestamp"})
+            entities["user_id"] = entities["user_id"].fillna("anonymous")
+            store_frame = historical_features(store, settings.features.service, entities)
+        data, positions = logged_ranking_data(engine, featurizer, shown, store_frame)
+        (train, train_pos), (valid, valid_pos) = _split(data, positions, config.valid_share)
+        train_ips, valid_ips = 1 / model.propensity(train_pos), 1 / model.propensity(valid_pos)
+        lgb_config = LambdaMARTConfig(seed=config.seed, max_grade=3, min_data_in_leaf=50, num_leaves=15,
+                                      learning_rate=0.03)
+        parent_model = active.model if active else None
+        candidate = LambdaMART.fit_unbiased(train, valid, train_ips, valid_ips, lgb_config, parent=parent_model)  # type: ignore[arg-type]
+        metrics = {"valid_ips_dcg@10": round(ips_dcg(valid.groups, valid.labels, valid_ips,
+                                                     candidate.predict(valid.features)), 4),
+                   "valid_searches": len(valid.groups), "train_searches": len(train.groups)}
+        if active is not None:
+            metrics["active_valid_ips_dcg@10"] = round(ips_dcg(valid.groups, valid.labels, valid_ips,
+                                                               active.model.predict(valid.features)), 4)  # type: ignore[attr-defined]
+        window = {"since": str(since) if since is not None else None, "until": str(shown["timestamp"].max())}
+        work = settings.home / "training" / f"retrain-{hashlib.sha1(str(window).encode()).hexdigest()[:10]}"
+        shutil.rmtree(work, ignore_errors=True)
+        candidate.save(work)
+        entry = registry.register(
+            "ltr", work, base_model="lightgbm-ips-lambdarank", parent=active.version if active else None,
+            training_data=hashlib.sha256(",".join(data.query_ids).encode()).hexdigest()[:16],
+            params={"data_window": window, "feature_service": settings.features.service if names else None,
+                    "features": candidate.names, "propensities": [round(float(t), 4) for t in model.theta],
+                    "config": asdict(config), "lightgbm": asdict(lgb_config)},
+            metrics=metrics | {"clicks": int(shown["clicked"].sum()), "searches": int(searches),
+                               "seconds": round(time.perf_counter() - started, 1)})
+        return {"status": "registered", "version": entry.version, "parent": entry.parent,
+                "window": window, "metrics": entry.metrics, "propensities": entry.params["propensities"]}

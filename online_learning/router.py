@@ -1,0 +1,173 @@
+"""Serving side of experiments: which ranker answers a search, and shadow scoring.
+
+The :class:`ExperimentRouter` sits between ``/v1/search`` and the engine:
+
+- no experiment: the active models answer;
+- **A/B**: the user's arm (stable hash, :func:`~online_learning.experiments.assign`)
+  picks the LambdaMART version;
+- **interleave**: both arms rank the query (the cross-encoder scores are cached,
+  so the second ranking costs little) and the lists are team-draft merged;
+  every shown product carries its team in the ranking event;
+- **shadow**: a candidate version re-ranks the same query on a background
+  thread after the response is sent; top-10 overlap, Kendall tau and latency
+  go to ``<home>/shadow/<version>.jsonl``. A full shadow queue drops work
+  (counted) rather than slow serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import kendalltau
+
+from online_learning.experiments import Experiment, assign, team_draft
+from ranking.cascade import Query
+from retrieval.types import Candidates
+from shoprank.engine import SearchEngine, SearchResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Routed:
+    result: SearchResult
+    experiment: str | None = None
+    arm: str | None = None
+    ltr: str | None = None
+    teams: dict[str, str] = field(default_factory=dict)
+
+
+def _merge(first: Candidates, second: Candidates, products: list[str], teams: list[str], names: tuple[str, str]) -> Candidates:
+    rows = None
+    for product, team in zip(products, teams):
+        side = first if team == names[0] else second
+        row = side.take(np.array([side.product_ids.index(product)]))
+        rows = row if rows is None else rows.then(row)
+    return rows if rows is not None else first.top(0)
+
+
+class ExperimentRouter:
+    def __init__(self, experiment: Experiment | None = None, shadow: str | None = None,
+                 shadow_dir: Path | None = None, shadow_queue: int = 64) -> None:
+        self.experiment = experiment
+        self.shadow = shadow
+        self.shadow_dir = shadow_dir
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shadow") if shadow else None
+        self._pending = 0
+        self._lock = threading.Lock()
+        self.shadow_dropped = 0
+        self.shadow_done = 0
+
+    @property
+    def ltr_versions(self) -> list[str]:
+        """LambdaMART versions the engine must load for this router."""
+        versions = [arm.ltr for arm in self.experiment.arms.values()] if self.experiment else []
+        return sorted(set(versions + ([self.shadow] if self.shadow else [])))
+
+    def search(self, engine: SearchEngine, query: Query, k: int, offset: int, unit: str, use_cache: bool) -> Routed:
+        experiment = self.experiment
+        if experiment is None:
+            routed = Routed(engine.search(query, k, offset=offset, use_cache=use_cache))
+        elif experiment.mode == "ab":
+            arm = assign(experiment, unit)
+            version = experiment.arms[arm].ltr
+            routed = Routed(engine.search(query, k, offset=offset, use_cache=use_cache, ltr=version),
+                            experiment.name, arm, version)
+        else:
+            routed = self._interleave(engine, experiment, query, k, offset, unit)
+        if self.shadow and self.shadow != routed.ltr:
+            self._submit_shadow(engine, query, k, routed)
+        return routed
+
+    def _interleave(self, engine: SearchEngine, experiment: Experiment, query: Query, k: int, offset: int,
+                    unit: str) -> Routed:
+        names = (experiment.control, experiment.treatment)
+        depth = k + offset
+        a = engine.search(query, depth, ltr=experiment.arms[names[0]].ltr)
+        b = engine.search(query, depth, ltr=experiment.arms[names[1]].ltr)
+        rng = random.Random(f"{experiment.name}:{unit}:{query.text}")
+        products, teams = team_draft(a.candidates.product_ids, b.candidates.product_ids, depth, rng, names)
+        merged = _merge(a.candidates, b.candidates, products, teams, names).take(slice(offset, offset + k))
+        team_of = dict(zip(products, teams))
+        timings = {f"{names[0]}:{s}": t for s, t in a.timings.items()} | {f"{names[1]}:{s}": t for s, t in b.timings.items()}
+        result = replace(a, candidates=merged, timings=timings, degraded=a.degraded + b.degraded,
+                         notes={**b.notes, **a.notes}, cached=False)
+        return Routed(result, experiment.name, "interleaved", None,
+                      {p: team_of[p] for p in merged.product_ids})
+
+    def _submit_shadow(self, engine: SearchEngine, query: Query, k: int, served: Routed) -> None:
+        assert self._pool is not None
+        with self._lock:
+            if self._pending >= 64:
+                self.shadow_dropped += 1
+                return
+            self._pending += 1
+        self._pool.submit(self._run_shadow, engine, replace(query, deadline=None), k, served)
+
+    def _run_shadow(self, engine: SearchEngine, query: Query, k: int, served: Routed) -> None:
+        try:
+            started = time.perf_counter()
+            shadow = engine.search(query, k, ltr=self.shadow)
+            seconds = time.perf_counter() - started
+            a, b = served.result.candidates.product_ids[:10], shadow.candidates.product_ids[:10]
+            common = [p for p in a if p in b]
+            tau = float(kendalltau([a.index(p) for p in common], [b.index(p) for p in common]).statistic) \
+                if len(common) > 2 else float("nan")
+            record = {"time": time.time(), "query": query.text, "user_id": query.user_id,
+                      "served_ltr": served.ltr or engine.versions.get("ltr"), "shadow_ltr": self.shadow,
+                      "overlap@10": len(common) / max(1, min(10, len(a))), "kendall_tau@10": tau,
+                      "served_ms": round(sum(served.result.timings.values()) * 1e3, 2),
+                      "shadow_ms": round(seconds * 1e3, 2), "shadow_top10": b, "served_top10": a}
+            if self.shadow_dir is not None:
+                self.shadow_dir.mkdir(parents=True, exist_ok=True)
+                with (self.shadow_dir / f"{self.shadow}.jsonl").open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            self.shadow_done += 1
+        except Exception:  # noqa: BLE001 - shadow never affects serving
+            logger.exception("shadow scoring failed")
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    def drain(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+CONFIG = "current.json"
+
+
+def router_config_path(home: Path) -> Path:
+    return home / "experiments" / CONFIG
+
+
+def load_router(home: Path) -> ExperimentRouter:
+    """The router described by ``<home>/experiments/current.json`` (none: active models only)."""
+    path = router_config_path(home)
+    if not path.is_file():
+        return ExperimentRouter(shadow_dir=home / "shadow")
+    data = json.loads(path.read_text())
+    experiment = Experiment.model_validate(data["experiment"]) if data.get("experiment") else None
+    return ExperimentRouter(experiment, data.get("shadow"), home / "shadow")
+
+
+def save_router_config(home: Path, experiment: Experiment | None, shadow: str | None) -> None:
+    path = router_config_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"experiment": experiment.model_dump() if experiment else None, "shadow": shadow},
+                              indent=2))
+    tmp.replace(path)

@@ -1,0 +1,171 @@
+"""Traffic simulator: simulated shoppers search the real HTTP API and act on results.
+
+``shoprank simulate`` runs it. Shoppers are the store world's users
+(SIMULATED, :mod:`shoprank.world`); each picks a real query of the judged
+dataset (train/dev splits only), leaning to queries about categories it likes,
+searches ``POST /v1/search``, then clicks, adds to cart and buys under the
+position-biased :class:`~online_learning.click_model.ClickModel`, posting the
+interactions to ``POST /v1/events``. Out-of-stock products are never bought.
+
+Because it knows the truth (grades and hidden tastes), it reports the true
+NDCG@10 of what was served, besides CTR, purchase rate and revenue, overall and
+per experiment arm.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+from online_learning.click_model import ClickModel, ndcg
+from shoprank.errors import InvalidInput
+from shoprank.evaluation.dataset import EvalDataset
+from shoprank.world import StoreWorld, purchase_propensity
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ArmStats:
+    searches: int = 0
+    clicks: int = 0
+    carts: int = 0
+    purchases: int = 0
+    revenue: float = 0.0
+    true_ndcg: list[float] = field(default_factory=list)
+    judged_ndcg: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        n = max(1, self.searches)
+        lat = np.asarray(self.latency_ms or [np.nan])
+        return {"searches": self.searches, "ctr": round(self.clicks / n, 4), "cart_rate": round(self.carts / n, 4),
+                "purchase_rate": round(self.purchases / n, 4), "revenue": round(self.revenue, 2),
+                "true_ndcg@10": round(float(np.mean(self.true_ndcg or [np.nan])), 4),
+                "judged_ndcg@10": round(float(np.mean(self.judged_ndcg or [np.nan])), 4),
+                "latency_p50_ms": round(float(np.nanpercentile(lat, 50)), 1),
+                "latency_p95_ms": round(float(np.nanpercentile(lat, 95)), 1)}
+
+
+class TrafficSimulator:
+    def __init__(self, base_url: str, world: StoreWorld, dataset: EvalDataset, split: str,
+                 click_model: ClickModel = ClickModel(), seed: int = 0, k: int = 10) -> None:
+        if split not in ("train", "dev"):
+            raise InvalidInput(f"split {split!r}: the simulator only uses 'train' or 'dev' queries")
+        self.base_url = base_url.rstrip("/")
+        self.world = world
+        self.dataset = dataset
+        self.click_model = click_model
+        self.seed = seed
+        self.k = k
+        self.row_of = {p: i for i, p in enumerate(world.products["product_id"])}
+        self.prices = world.products["price"].to_numpy()
+        self.in_stock = world.products["in_stock"].to_numpy()
+        categories = world.products["category_id"].to_numpy()
+        self.queries_by_category: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        for qid, text in dataset.select(split):
+            judged = [self.row_of[p] for p in dataset.qrels.get(qid, {}) if p in self.row_of]
+            if judged and any(dataset.qrels[qid].values()):
+                main = Counter(categories[judged]).most_common(1)[0][0]
+                self.queries_by_category[int(main)].append((qid, text))
+        if not self.queries_by_category:
+            raise InvalidInput(f"no judged queries of split {split!r} match the world's catalog")
+        self.stats: dict[str, ArmStats] = defaultdict(ArmStats)
+        self.errors: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def _pick(self, rng: random.Random) -> tuple[int, str, str]:
+        users = self.world.users
+        u = rng.randrange(len(users))
+        prefs = self.world.preferences()[u]
+        categories = list(self.queries_by_category)
+        weights = [prefs[c] + 0.02 for c in categories]
+        category = rng.choices(categories, weights=weights)[0]
+        qid, text = rng.choice(self.queries_by_category[category])
+        return u, qid, text
+
+    def session(self, client: httpx.Client, number: int) -> None:
+        rng = random.Random(self.seed * 1_000_003 + number)
+        u, qid, text = self._pick(rng)
+        user_id = self.world.users["user_id"].iat[u]
+        started = time.perf_counter()
+        try:
+            response = client.post(f"{self.base_url}/v1/search", json={
+                "query": text, "k": self.k, "user_id": user_id, "session_id": f"s{self.seed}-{number}"})
+        except httpx.HTTPError as err:
+            with self._lock:
+                self.errors[type(err).__name__] += 1
+            return
+        latency = (time.perf_counter() - started) * 1e3
+        if response.status_code != 200:
+            with self._lock:
+                self.errors[f"search {response.status_code}"] += 1
+            return
+        body = response.json()
+        shown = [i["product_id"] for i in body["items"]]
+        rows = np.array([self.row_of.get(p, -1) for p in shown])
+        known = rows >= 0
+        grades_map = self.dataset.qrels.get(qid, {})
+        grades = np.array([grades_map.get(p, 0) for p in shown], dtype=float)
+        propensity = np.zeros(len(shown))
+        if known.any():
+            propensity[known] = purchase_propensity(self.world, np.full(known.sum(), u), rows[known])
+        stock = np.where(known, self.in_stock[np.maximum(rows, 0)], False)
+        actions = self.click_model.simulate(np.random.default_rng(rng.randrange(2**32)), grades, propensity, stock)
+        events = []
+        for position, kind in actions:
+            event = {"event_id": f"{body['request_id']}-{position + 1}-{kind}", "request_id": body["request_id"],
+                     "type": kind, "product_id": shown[position], "position": position + 1, "user_id": user_id}
+            if kind == "purchase":
+                event["revenue"] = float(self.prices[rows[position]])
+            events.append(event)
+        if events:
+            posted = client.post(f"{self.base_url}/v1/events", json=events)
+            if posted.status_code != 202:
+                with self._lock:
+                    self.errors[f"events {posted.status_code}"] += 1
+        judged_products = [p for p in grades_map if p in self.row_of]
+        all_rows = np.array([self.row_of[p] for p in judged_products])
+        all_grades = np.array([grades_map[p] for p in judged_products], dtype=float)
+        all_prop = purchase_propensity(self.world, np.full(len(all_rows), u), all_rows) if len(all_rows) else np.zeros(0)
+        true_served = self.click_model.true_gains(grades, propensity)
+        true_all = self.click_model.true_gains(all_grades, all_prop)
+        arm = body.get("arm") or "all"
+        with self._lock:
+            stats = self.stats[arm]
+            stats.searches += 1
+            stats.clicks += sum(1 for _, kind in actions if kind == "click")
+            stats.carts += sum(1 for _, kind in actions if kind == "add_to_cart")
+            stats.purchases += sum(1 for _, kind in actions if kind == "purchase")
+            stats.revenue += sum(float(self.prices[rows[p]]) for p, kind in actions if kind == "purchase")
+            stats.true_ndcg.append(ndcg(true_served, true_all))
+            stats.judged_ndcg.append(ndcg(grades, all_grades))
+            stats.latency_ms.append(latency)
+
+    def run(self, sessions: int, concurrency: int = 4, start: int = 0, progress: bool = True) -> dict:
+        from tqdm.auto import tqdm
+
+        started = time.perf_counter()
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        with httpx.Client(timeout=30.0, limits=limits) as client, ThreadPoolExecutor(concurrency) as pool:
+            futures = [pool.submit(self.session, client, start + i) for i in range(sessions)]
+            for future in tqdm(futures, disable=not progress, desc="simulated sessions", unit="s"):
+                future.result()
+        total = ArmStats()
+        for stats in self.stats.values():
+            for name in ("searches", "clicks", "carts", "purchases", "revenue"):
+                setattr(total, name, getattr(total, name) + getattr(stats, name))
+            total.true_ndcg += stats.true_ndcg
+            total.judged_ndcg += stats.judged_ndcg
+            total.latency_ms += stats.latency_ms
+        return {"sessions": sessions, "seconds": round(time.perf_counter() - started, 1),
+                "overall": total.summary(), "arms": {a: s.summary() for a, s in sorted(self.stats.items())},
+                "errors": dict(self.errors), "note": "SIMULATED shoppers (shoprank.world)"}

@@ -1,0 +1,189 @@
+"""The learning loop from the shell: consume, simulate, retrain, promote, guard, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from shoprank.errors import InvalidInput
+from shoprank.settings import Settings
+
+
+def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
+    bootstrap = args.bootstrap or settings.events.kafka_bootstrap
+    if not bootstrap:
+        raise InvalidInput("no Kafka to consume from: pass --bootstrap HOST:PORT or set SHOPRANK_EVENTS__KAFKA_BOOTSTRAP")
+    return bootstrap
+
+
+def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    from online_learning.consumers.base import ConsumerLoop
+    from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC
+    from online_learning.retrain import log_root
+
+    topics = [RANKINGS_TOPIC, INTERACTIONS_TOPIC]
+    if args.kind == "sink":
+        from online_learning.consumers.log_sink import ParquetLogSink
+
+        handle = ParquetLogSink(log_root(settings))
+    else:
+        from online_learning.consumers.streaming_features import StreamingFeatures, feast_push
+        from shoprank import feature_store
+        from shoprank.commands.features import world_dir
+        from shoprank.world import StoreWorld
+
+        world = StoreWorld.load(world_dir(settings))
+        products = {p: (int(c), float(x)) for p, c, x in
+                    zip(world.products["product_id"], world.products["category_id"], world.products["price"])}
+        handle = StreamingFeatures(settings.home / "streaming" / "state.sqlite", products,
+                                   feast_push(feature_store.open_store(settings)))
+    loop = ConsumerLoop(_bootstrap(args, settings), args.group or f"shoprank-{args.kind}", topics, handle,
+                        settings.home / "dead_letters" / f"{args.kind}.jsonl")
+    loop.run(idle_exit=args.idle_exit)
+    print(json.dumps({"consumed": loop.consumed, "invalid": loop.invalid}))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from online_learning.simulator import TrafficSimulator
+    from shoprank.commands.features import world_dir
+    from shoprank.evaluation.dataset import load_dataset
+    from shoprank.world import StoreWorld
+
+    simulator = TrafficSimulator(args.base_url, StoreWorld.load(world_dir(settings)), load_dataset(args.dataset),
+                                 args.split, seed=args.seed)
+    report = simulator.run(args.sessions, args.concurrency, start=args.start, progress=settings.progress)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def _served_engine(settings: Settings):  # type: ignore[no-untyped-def]
+    from shoprank import artifacts
+    from shoprank.engine import SearchEngine
+
+    encoder = artifacts.open_encoder(settings)
+    return SearchEngine.open(artifacts.ensure_served_index(settings, encoder), encoder, settings)
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from online_learning.retrain import RetrainConfig, retrain
+
+    config = RetrainConfig(since=args.since, until=args.until, min_searches=args.min_searches)
+    print(json.dumps(retrain(settings, _served_engine(settings), config), indent=2, default=str))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from online_learning.analysis import interleaving, searches
+    from online_learning.promotion import decide_ab, decide_interleaving
+    from online_learning.retrain import log_root
+    from online_learning.router import load_router
+    from shoprank.registry import ModelRegistry
+
+    experiment = load_router(settings.home).experiment
+    if experiment is None or experiment.name != args.experiment:
+        raise InvalidInput(f"experiment {args.experiment!r} is not the running one "
+                           f"({experiment.name if experiment else 'none running'})")
+    control, treatment = experiment.control, experiment.treatment
+    if experiment.mode == "ab":
+        decision = decide_ab(searches(log_root(settings), experiment.name), control, treatment)
+    else:
+        decision = decide_interleaving(interleaving(log_root(settings), experiment.name, control, treatment),
+                                       control, treatment)
+    out = {"experiment": experiment.name, "decision": decision.action, "reasons": decision.reasons,
+           "details": decision.details}
+    if args.apply and decision.action == "promote":
+        ModelRegistry(settings.models_dir).activate("ltr", experiment.arms[treatment].ltr)
+        out["activated"] = {"ltr": experiment.arms[treatment].ltr}
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
+    from online_learning.analysis import searches
+    from online_learning.promotion import check_regression
+    from online_learning.retrain import log_root
+    from shoprank.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.models_dir)
+    active = registry.active("ltr")
+    history = json.loads((settings.models_dir / "ltr" / "active.json").read_text())["history"] if active else []
+    if active is None or not history:
+        print(json.dumps({"decision": "keep", "reasons": ["no earlier active version to compare with"]}))
+        return 0
+    decision = check_regression(searches(log_root(settings)), active.version, history[-1])
+    out = {"active": active.version, "previous": history[-1], "decision": decision.action, "reasons": decision.reasons}
+    if args.apply and decision.action == "rollback":
+        out["rolled_back_to"] = registry.rollback("ltr").version
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from online_learning.analysis import compare_arms, interleaving, searches
+    from online_learning.report import render
+    from online_learning.retrain import log_root
+    from online_learning.router import load_router
+
+    root = log_root(settings)
+    table = searches(root, args.experiment)
+    if table.empty:
+        raise InvalidInput(f"no logged searches of experiment {args.experiment!r} in {root}")
+    arms = sorted(a for a in table["arm"].dropna().unique() if a != "interleaved")
+    running = load_router(settings.home).experiment
+    control = args.control or (running.control if running and running.name == args.experiment else arms[0] if arms else "control")
+    others = [a for a in arms if a != control]
+    report = compare_arms(table, control, others[0]) if others else None
+    treatment = args.treatment or (others[0] if others else "treatment")
+    interleaved = interleaving(root, args.experiment, control, treatment) if (table["arm"] == "interleaved").any() else None
+    path = render(args.experiment, table, report, interleaved, Path(args.out))
+    print(json.dumps({"report": str(path), "searches": len(table)}))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("consume", help="run a Kafka consumer: the Parquet log sink or streaming features")
+    p.add_argument("kind", choices=("sink", "features"))
+    p.add_argument("--bootstrap", default=None)
+    p.add_argument("--group", default=None)
+    p.add_argument("--idle-exit", type=float, default=None, help="stop after N idle seconds (default: run forever)")
+    p.set_defaults(handler=cmd_consume)
+
+    p = sub.add_parser("simulate", help="simulated shoppers search the HTTP API and click/buy (SIMULATED)")
+    p.add_argument("--base-url", default="http://127.0.0.1:8000")
+    p.add_argument("--dataset", required=True, type=Path)
+    p.add_argument("--split", default="train", choices=("train", "dev"))
+    p.add_argument("--sessions", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", type=int, default=0, help="first session number (continue a run)")
+    p.add_argument("--out", default=None)
+    p.set_defaults(handler=cmd_simulate)
+
+    p = sub.add_parser("retrain", help="train and register a LambdaMART candidate from logged traffic")
+    p.add_argument("--since", default=None)
+    p.add_argument("--until", default=None)
+    p.add_argument("--min-searches", type=int, default=200)
+    p.set_defaults(handler=cmd_retrain)
+
+    p = sub.add_parser("promote", help="apply the promotion policy to the running experiment")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--apply", action="store_true", help="activate the winner in the registry")
+    p.set_defaults(handler=cmd_promote)
+
+    p = sub.add_parser("guard", help="roll back the active LambdaMART if it regressed")
+    p.add_argument("--apply", action="store_true")
+    p.set_defaults(handler=cmd_guard)
+
+    report = sub.add_parser("report", help="analyst reports")
+    kinds = report.add_subparsers(dest="kind", required=True)
+    p = kinds.add_parser("ab", help="HTML A/B (and interleaving) report with plots")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--control", default=None)
+    p.add_argument("--treatment", default=None)
+    p.set_defaults(handler=cmd_report)

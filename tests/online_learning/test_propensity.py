@@ -1,0 +1,26 @@
+"""EM on the position-based model recovers the examination curve of simulated clicks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from online_learning.propensity import fit_position_model
+
+
+def test_em_recovers_true_position_bias() -> None:
+    rng = np.random.default_rng(0)
+    true_theta = 1.0 / np.arange(1, 11)
+    rows = []
+    attractiveness = {f"d{i}": rng.uniform(0.05, 0.9) for i in range(60)}
+    for request in range(6000):
+        query = f"q{request % 6}"
+        shown = rng.choice(60, size=10, replace=False)  # the same products appear at every position
+        for position, d in enumerate(shown, start=1):
+            p = true_theta[position - 1] * attractiveness[f"d{d}"]
+            rows.append((query, f"d{d}", position, int(rng.random() < p)))
+    frame = pd.DataFrame(rows, columns=["query", "product_id", "position", "clicked"])
+    model = fit_position_model(frame, prior=(0.1, 0.1))
+    assert model.theta[0] == 1.0
+    np.testing.assert_allclose(model.theta, true_theta, atol=0.05)
+    assert model.propensity(np.array([1, 3, 20])).tolist() == [1.0, model.theta[2], model.theta[9]]

@@ -1,0 +1,76 @@
+"""Experiment routing (A/B arms, team-draft interleaving, shadow) with a fake engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from online_learning.experiments import Arm, Experiment, assign
+from online_learning.router import ExperimentRouter, load_router, save_router_config
+from ranking.cascade import Query
+from retrieval.types import Candidates, Hits
+from shoprank.engine import SearchResult
+
+
+class FakeEngine:
+    """Each LambdaMART version returns a fixed product order (unit test double)."""
+
+    orders = {None: ["a", "b", "c", "d", "e"], "v1": ["a", "b", "c", "d", "e"], "v2": ["e", "d", "c", "b", "a"]}
+    versions = {"ltr": "v1"}
+
+    def __init__(self) -> None:
+        self.calls: list[str | None] = []
+
+    def search(self, query: Query, k: int, pipeline: str = "full", offset: int = 0, use_cache: bool = False,
+               ltr: str | None = None) -> SearchResult:
+        self.calls.append(ltr)
+        order = self.orders[ltr][offset : offset + k]
+        hits = Hits.of(np.arange(len(order)), -np.arange(len(order), dtype=float))
+        return SearchResult(Candidates.from_hits(hits, "ltr", list(order)), pipeline, len(order), {"ltr": 0.001})
+
+
+EXP = Experiment(name="e1", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v2")})
+
+
+def test_ab_routes_each_user_to_its_arm() -> None:
+    engine = FakeEngine()
+    router = ExperimentRouter(EXP)
+    for user in ("u1", "u2", "u3", "u4"):
+        routed = router.search(engine, Query("drill", user), 3, 0, user, False)  # type: ignore[arg-type]
+        arm = assign(EXP, user)
+        assert routed.arm == arm and routed.ltr == EXP.arms[arm].ltr
+        assert routed.result.candidates.product_ids == FakeEngine.orders[routed.ltr][:3]
+    assert router.ltr_versions == ["v1", "v2"]
+
+
+def test_interleaving_merges_both_arms_with_teams() -> None:
+    engine = FakeEngine()
+    router = ExperimentRouter(EXP.model_copy(update={"mode": "interleave"}))
+    routed = router.search(engine, Query("drill", "u1"), 4, 0, "u1", False)  # type: ignore[arg-type]
+    assert routed.arm == "interleaved" and sorted(engine.calls) == ["v1", "v2"]
+    products = routed.result.candidates.product_ids
+    assert len(products) == 4 and len(set(products)) == 4
+    assert set(routed.teams.values()) == {"control", "treatment"}
+    first = products[0]
+    assert first == ("a" if routed.teams[first] == "control" else "e")
+
+
+def test_shadow_logs_a_diff_without_touching_the_response(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    router = ExperimentRouter(None, shadow="v2", shadow_dir=tmp_path)
+    routed = router.search(engine, Query("drill", "u1"), 5, 0, "u1", False)  # type: ignore[arg-type]
+    assert routed.result.candidates.product_ids == ["a", "b", "c", "d", "e"]
+    router.drain()
+    router.close()
+    record = json.loads((tmp_path / "v2.jsonl").read_text().splitlines()[0])
+    assert record["overlap@10"] == 1.0 and abs(record["kendall_tau@10"] + 1.0) < 1e-9 and record["shadow_ltr"] == "v2"
+
+
+def test_router_config_round_trip(tmp_path: Path) -> None:
+    save_router_config(tmp_path, EXP, "v3")
+    router = load_router(tmp_path)
+    assert router.experiment == EXP and router.shadow == "v3" and router.ltr_versions == ["v1", "v2", "v3"]
+    router.close()
+    assert load_router(tmp_path / "none").experiment is None
