@@ -1,0 +1,89 @@
+"""Retraining from logged traffic: registers once, idempotent, one run at a time, crash-safe."""
+
+from __future__ import annotations
+
+import fcntl
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from online_learning.consumers.base import Delivered
+from online_learning.consumers.log_sink import ParquetLogSink
+from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem
+from online_learning.retrain import RetrainConfig, log_root, retrain
+from ranking.lambdamart import LambdaMART
+from shoprank.engine import SearchEngine
+from shoprank.registry import ModelRegistry
+from shoprank.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+def traffic(engine: SearchEngine, root: Path, searches: int = 300) -> None:
+    """Logged searches of the demo store; shoppers click products whose title shares the query's last word."""
+    rng = random.Random(1)
+    queries = ["cordless drill", "garden hose", "ceiling fan", "interior paint", "toilet seat", "led light bulb"]
+    batch = []
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    for i in range(searches):
+        query = rng.choice(queries)
+        shown = engine.hybrid.search(query, 30).product_ids
+        rng.shuffle(shown)
+        shown = shown[:10]
+        request = f"r{i}"
+        when = start + timedelta(minutes=i)
+        batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
+            event_id=request, request_id=request, timestamp=when, user_id=f"u{i % 20}", query=query, pipeline="full",
+            items=[ShownItem(product_id=p, position=j + 1) for j, p in enumerate(shown)])))
+        for j, product in enumerate(shown):
+            relevant = query.split()[-1] in engine.index.title(engine.index.doc_of(product)).lower()
+            if relevant and rng.random() < 1.0 / (j + 1):
+                batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+                    type="click", event_id=f"c{i}-{j}", request_id=request, timestamp=when, product_id=product,
+                    position=j + 1)))
+    ParquetLogSink(root)(batch)
+
+
+@pytest.fixture()
+def setup(tmp_path: Path, settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
+    home_settings = settings.model_copy(update={"home": tmp_path})
+    engine = SearchEngine(real_index, real_encoder, home_settings)
+    traffic(engine, log_root(home_settings))
+    return home_settings, engine
+
+
+def test_retrain_registers_once_then_is_up_to_date(setup) -> None:  # type: ignore[no-untyped-def]
+    settings, engine = setup
+    first = retrain(settings, engine, RetrainConfig(min_searches=100))
+    assert first["status"] == "registered" and first["version"] == "v1"
+    assert first["propensities"][0] == 1.0 and len(first["propensities"]) == 10
+    entry = ModelRegistry(settings.models_dir).get("ltr", "v1")
+    assert entry.params["data_window"]["until"] and entry.metrics["searches"] == 300
+    assert entry.metrics["valid_ips_dcg@10"] > 0
+    assert retrain(settings, engine, RetrainConfig(min_searches=100))["status"] == "up to date"
+    assert [v.version for v in ModelRegistry(settings.models_dir).versions("ltr")] == ["v1"]
+
+
+def test_a_crash_registers_nothing_and_the_rerun_completes(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    settings, engine = setup
+    real_fit = LambdaMART.fit_unbiased
+
+    def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise MemoryError("killed mid-training")
+
+    monkeypatch.setattr(LambdaMART, "fit_unbiased", crash)
+    with pytest.raises(MemoryError):
+        retrain(settings, engine, RetrainConfig(min_searches=100))
+    assert ModelRegistry(settings.models_dir).versions("ltr") == []
+    monkeypatch.setattr(LambdaMART, "fit_unbiased", real_fit)
+    assert retrain(settings, engine, RetrainConfig(min_searches=100))["version"] == "v1"
+
+
+def test_one_run_at_a_time(setup) -> None:  # type: ignore[no-untyped-def]
+    settings, engine = setup
+    with open(settings.home / "retrain.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = retrain(settings, engine, RetrainConfig(min_searches=100))
+    assert result == {"status": "skipped", "reason": "another retrain is running"}

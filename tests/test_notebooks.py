@@ -1,0 +1,55 @@
+"""The analyst notebook runs top to bottom on a generated experiment log (slow)."""
+
+from __future__ import annotations
+
+import os
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from online_learning.consumers.base import Delivered
+from online_learning.consumers.log_sink import ParquetLogSink
+from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def write_experiment_log(root: Path, searches: int = 800) -> None:
+    rng = random.Random(0)
+    sink = ParquetLogSink(root)
+    batch = []
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    for i in range(searches):
+        arm = "treatment" if i % 2 else "control"
+        when = start + timedelta(minutes=i)
+        request = f"r{i}"
+        batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
+            event_id=request, request_id=request, timestamp=when, user_id=f"u{i % 50}", query="drill",
+            pipeline="full", experiment="nb-test", arm=arm, latency_ms=rng.uniform(20, 40),
+            models={"ltr": "v2" if arm == "treatment" else "v1"},
+            items=[ShownItem(product_id=f"p{j}", position=j + 1) for j in range(5)])))
+        if rng.random() < (0.3 if arm == "treatment" else 0.2):
+            batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+                type="click", event_id=f"c{i}", request_id=request, timestamp=when, product_id="p0", position=1)))
+            if rng.random() < 0.4:
+                batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+                    type="purchase", event_id=f"b{i}", request_id=request, timestamp=when, product_id="p0",
+                    position=1, revenue=20.0)))
+    sink(batch)
+
+
+def test_ab_review_notebook_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_experiment_log(tmp_path / "log")
+    monkeypatch.setenv("SHOPRANK_LOG_ROOT", str(tmp_path / "log"))
+    monkeypatch.setenv("SHOPRANK_EXPERIMENT", "nb-test")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    notebook = nbformat.read(ROOT / "notebooks" / "ab_review.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "800 searches" in outputs
+    assert any(word in outputs for word in ("promote", "continue", "reject"))
