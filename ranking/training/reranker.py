@@ -44,6 +44,8 @@ class RerankerConfig:
     checkpoint_every: int = 200
     max_grade: int = 8
     threads: int = 0
+    loss: str = "pairwise"  # pairwise (RankNet, grade-weighted) | listnet (softmax over each judged list)
+    temperature: float = 2.0  # listnet: target = softmax(grade / temperature)
 
 
 def load_model(base: str, layers: int):  # type: ignore[no-untyped-def]
@@ -198,6 +200,8 @@ def _batch_loss(model, batcher: _Batcher, batch: Sequence[Group], relevant: int,
                 point_rows.append(offset + i)
                 point_targets.append(grade / config.max_grade)
     scores = model(**batcher(queries, products))
+    if config.loss == "listnet":
+        return _listnet(scores, spans, batch, config)
     better = torch.tensor([p[0] for p in all_pairs], dtype=torch.long)
     worse = torch.tensor([p[1] for p in all_pairs], dtype=torch.long)
     weights = torch.tensor([p[2] for p in all_pairs], dtype=torch.float32)
@@ -207,3 +211,19 @@ def _batch_loss(model, batcher: _Batcher, batch: Sequence[Group], relevant: int,
         targets = torch.tensor(point_targets, dtype=torch.float32)
         loss = loss + config.pointwise_weight * torch.nn.functional.binary_cross_entropy_with_logits(scores[rows], targets)
     return loss
+
+
+def _listnet(scores, spans: list[tuple[int, int]], batch: Sequence[Group], config: RerankerConfig):  # type: ignore[no-untyped-def]
+    """ListNet (Cao et al. 2007): cross-entropy between softmax(grade / T) and softmax(scores) per judged list."""
+    import torch
+
+    losses = []
+    for (offset, size), group in zip(spans, batch):
+        judged = len(group.judged)
+        if judged < 2:
+            continue
+        grades = torch.tensor(list(group.judged.values()), dtype=torch.float32)
+        target = torch.softmax(grades / config.temperature, dim=0)
+        log_probs = torch.log_softmax(scores[offset : offset + judged], dim=0)
+        losses.append(-(target * log_probs).sum())
+    return torch.stack(losses).mean() if losses else scores.sum() * 0.0

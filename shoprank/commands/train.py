@@ -64,7 +64,7 @@ def cmd_train_reranker(args: argparse.Namespace, settings: Settings) -> int:
     base = str(resolve_model_dir(args.base)) if args.base == "minilm" else args.base
     config = RerankerConfig(base_model=base, layers=args.layers, epochs=args.epochs, lr=args.lr,
                             batch_groups=args.batch_groups, max_length=args.max_length,
-                            negatives=args.negatives, seed=args.seed, max_grade=dataset.max_grade)
+                            negatives=args.negatives, seed=args.seed, max_grade=dataset.max_grade, loss=args.loss)
     train = groups_from(dataset, args.split, 1)[: args.limit]
     if config.negatives:
         engine = first_stage(settings, dataset)
@@ -211,6 +211,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-groups", type=int, default=8, help="queries per step")
     p.add_argument("--max-length", type=int, default=40)
     p.add_argument("--negatives", type=int, default=4, help="mined hard negatives per query")
+    p.add_argument("--loss", choices=("pairwise", "listnet"), default="pairwise")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None, help="only the first N training queries")
     p.add_argument("--run-name", default="run", help="work folder name (resumes if it exists)")
