@@ -33,7 +33,13 @@ pytestmark = [
 def test_pinned_figures(run: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     argv = shlex.split(run["command"].replace("../shared/data/homedepot", str(SHARED_DATA)))
     assert argv[0] == "shoprank"
-    monkeypatch.setenv("SHOPRANK_HOME", os.environ.get("SHOPRANK_HOME", str(ROOT / "artifacts")))
+    home = Path(os.environ.get("SHOPRANK_HOME", str(ROOT / "artifacts")))
+    missing = [m for m in run.get("requires", []) if not _registered(home, m)]
+    if missing:
+        pytest.skip(f"needs trained model(s) {missing} in {home}/models (built by `shoprank train ...`, see README)")
+    monkeypatch.setenv("SHOPRANK_HOME", str(home))
+    for name, value in run.get("env", {}).items():
+        monkeypatch.setenv(name, str(value))
     monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
     get_settings.cache_clear()
     try:
@@ -46,3 +52,9 @@ def test_pinned_figures(run: dict, monkeypatch: pytest.MonkeyPatch, capsys: pyte
         assert result[metric] == pytest.approx(expected, abs=tolerance), f"{metric}: {result[metric]} vs pinned {expected}"
     for metric, target in run.get("targets", {}).items():
         assert result[metric] >= target, f"{metric}={result[metric]} misses the target {target}"
+
+
+def _registered(home: Path, model: str) -> bool:
+    """``role:version`` (e.g. ``reranker:v1``) is in the model registry under ``home``."""
+    role, _, version = model.partition(":")
+    return (home / "models" / role / version / "manifest.json").is_file()

@@ -11,7 +11,7 @@ nothing.
 Judged data has no shoppers: each query is given a simulated user of the store
 world (seeded), at the world's "now"; personalization features are then noise
 for judged labels, and their gain is measured on simulated purchases instead
-(``benchmarks/personalization.py``).
+(the learning loop, ``benchmarks/learning_loop.py``).
 """
 
 from __future__ import annotations
