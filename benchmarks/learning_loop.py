@@ -9,7 +9,8 @@
 2. Day 1: simulated shoppers (train-split queries) search and click / buy.
 3. ``shoprank retrain`` builds v2 from the logs (IPS, EM propensities).
 4. Shadow: v2 scores live traffic in the background; the diff is summarised.
-5. A/B v1 vs v2, then ``shoprank promote`` decides (and activates the winner).
+5. A/B v1 vs v2, then ``shoprank promote`` decides (and activates the winner);
+   when the A/B is not significant yet, team-draft interleaving decides.
 6. The same simulated traffic (same seeds) is replayed against v1 and against
    the promoted model: true NDCG@10 and purchase rate, with significance.
 7. A deliberately worse candidate (v2 with its scores reversed) is A/B tested
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=DATA, help="judged dataset whose catalog is served")
     parser.add_argument("--sessions", type=int, default=3000, help="simulated searches on day 1")
     parser.add_argument("--ab-sessions", type=int, default=8000)
+    parser.add_argument("--interleave-sessions", type=int, default=3000,
+                        help="team-draft interleaving when the A/B is not yet significant (0: skip)")
     parser.add_argument("--eval-sessions", type=int, default=3000)
     parser.add_argument("--worse-sessions", type=int, default=3000)
     parser.add_argument("--shadow-sessions", type=int, default=500)
@@ -193,6 +196,17 @@ def main() -> None:
         steps["promote"] = shoprank(env, "promote", "--experiment", experiment["name"], "--apply")
         steps["report"] = shoprank(env, "report", "ab", "--experiment", experiment["name"], "--out",
                                    str(args.home / "reports" / "ab.html"))
+        if steps["promote"].get("decision") == "continue" and args.interleave_sessions:
+            # A/B on purchases is underpowered at this traffic: team-draft interleaving compares both
+            # rankings within each search, so far fewer searches decide (Chapelle et al. 2012)
+            experiment = {"name": "ltr-v1-vs-candidate-interleaved", "mode": "interleave", "control": "control",
+                          "arms": {"control": {"ltr": "v1"}, "treatment": {"ltr": candidate}}}
+            admin(base, "PUT", "/v1/admin/experiment", {"experiment": experiment, "shadow": None})
+            steps["interleave_traffic"] = simulate("interleave", args.interleave_sessions, seed=4)
+            settle()
+            steps["promote_interleaving"] = shoprank(env, "promote", "--experiment", experiment["name"], "--apply")
+            steps["report_interleaving"] = shoprank(env, "report", "ab", "--experiment", experiment["name"],
+                                                    "--out", str(args.home / "reports" / "interleaving.html"))
         admin(base, "PUT", "/v1/admin/experiment", {"experiment": None, "shadow": None})
         active = admin(base, "POST", "/v1/admin/reload")["served"].get("ltr")
         steps["served_after_promotion"] = active
