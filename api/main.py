@@ -7,13 +7,15 @@ the event log that every search's impression and every interaction goes to.
 
 from __future__ import annotations
 
+
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -73,6 +75,8 @@ def create_app(settings: Settings | None = None,
     app = FastAPI(title="ShopRank", version=__version__, lifespan=lifespan,
                   summary="Learning-to-rank product search for online stores.")
     app.state.settings = settings
+    limit = settings.serving.max_in_flight
+    app.state.admission = threading.BoundedSemaphore(limit) if limit else nullcontext()
     app.state.metrics = metrics
 
     @app.middleware("http")

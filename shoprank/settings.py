@@ -97,6 +97,8 @@ class ServingSettings(BaseModel):
     score_cache_size: int = Field(200_000, ge=0, description="(query, product) cross-encoder scores kept.")
     results_cache_size: int = Field(10_000, ge=0)
     results_ttl_s: float = Field(60.0, ge=0, description="How long a cached result list is served.")
+    max_in_flight: int = Field(0, ge=0, le=1024, description="Searches ranked at once per worker; more wait "
+                               "(their deadline keeps running). 0: no limit.")
 
 
 class EventSettings(BaseModel):

@@ -33,7 +33,8 @@ def _respond(engine: SearchEngine, body: SearchRequest, request: Request) -> Sea
     deadline = time.monotonic() + settings.serving.budget_ms / 1000
     query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()), deadline)
     unit = body.user_id or body.session_id or request.state.request_id
-    routed = request.app.state.router.search(engine, query, body.k, body.offset, unit, use_cache=not body.explain)
+    with request.app.state.admission:  # max_in_flight: queue here rather than oversubscribe the cores
+        routed = request.app.state.router.search(engine, query, body.k, body.offset, unit, use_cache=not body.explain)
     result = routed.result
     metrics = request.app.state.metrics
     for stage, seconds in result.timings.items():

@@ -4,13 +4,16 @@ Load (searches, which log impressions, and click batches on ``/v1/events``) runs
 from two threads the whole time. The consumer (the Parquet log sink, a real
 Kafka consumer group) drains what was sent before the stop, since Tansu keeps
 messages in memory only and forgets them on a restart; production Kafka keeps
-them. While the broker is down the API keeps answering 202 (events land in the
-durable local spool); after the restart the spool is replayed in order and the
-sink, de-duplicating by event id, ends with exactly the accepted set.
+them; for the same reason the sink consumer is restarted with the broker (an
+empty Tansu starts offsets from 0 again). While the broker is down the API keeps
+answering 202 (events land in the durable local spool); after the restart the
+spool is replayed in order and the sink, de-duplicating by event id, ends with
+exactly the accepted set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -41,6 +44,7 @@ class Load:
         self.running = threading.Event()
         self.stopped = threading.Event()
         self.lock = threading.Lock()
+        self.busy = 0  # requests in flight
         self.threads = [threading.Thread(target=self._clicks, daemon=True),
                         threading.Thread(target=self._searches, daemon=True)]
 
@@ -58,9 +62,11 @@ class Load:
             ids = [f"c{i}-{j}" for j in range(5)]
             body = [{"type": "click", "event_id": e, "request_id": f"r{i}", "product_id": "P100001", "position": 1,
                      "user_id": f"u{i % 13}"} for e in ids]
-            response = self.client.post("/v1/events", json=body)
-            with self.lock:
-                (self.clicks.extend(ids) if response.status_code == 202 else self.failures.append(response.status_code))
+            with self._request():
+                response = self.client.post("/v1/events", json=body)
+                with self.lock:
+                    (self.clicks.extend(ids) if response.status_code == 202
+                     else self.failures.append(response.status_code))
             i += 1
             time.sleep(0.01)
 
@@ -70,12 +76,32 @@ class Load:
         while not self.stopped.is_set():
             if not self.running.wait(0.05):
                 continue
-            response = self.client.post("/v1/search", json={"query": queries[i % len(queries)], "k": 5,
-                                                             "user_id": f"u{i % 13}"})
-            with self.lock:
-                (self.searches.append(response.json()["request_id"]) if response.status_code == 200
-                 else self.failures.append(response.status_code))
+            with self._request():
+                response = self.client.post("/v1/search", json={"query": queries[i % len(queries)], "k": 5,
+                                                                 "user_id": f"u{i % 13}"})
+                with self.lock:
+                    (self.searches.append(response.json()["request_id"]) if response.status_code == 200
+                     else self.failures.append(response.status_code))
             i += 1
+
+    @contextlib.contextmanager
+    def _request(self):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.busy += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.busy -= 1
+
+    def pause(self) -> None:
+        """Stop sending and wait for the requests in flight to be answered."""
+        self.running.clear()
+        wait_for(lambda: self.busy == 0, 60, "requests in flight")
+
+    def accepted(self) -> tuple[set[str], set[str]]:
+        with self.lock:
+            return set(self.clicks), set(self.searches)
 
     def counts(self) -> tuple[int, int]:
         with self.lock:
@@ -110,10 +136,15 @@ def test_broker_stops_mid_load_and_nothing_accepted_is_lost(tmp_path: Path, sett
     broker = LocalBroker(log=tmp_path / "tansu.log").start()
     create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
     sink_root = tmp_path / "offline-log"
-    loop = ConsumerLoop(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC], ParquetLogSink(sink_root),
-                        dead_letters=tmp_path / "dead.jsonl")
-    consumer = threading.Thread(target=loop.run, daemon=True)
-    consumer.start()
+
+    def start_consumer() -> tuple[ConsumerLoop, threading.Thread]:
+        loop = ConsumerLoop(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC],
+                            ParquetLogSink(sink_root), dead_letters=tmp_path / "dead.jsonl")
+        thread = threading.Thread(target=loop.run, daemon=True)
+        thread.start()
+        return loop, thread
+
+    loop, consumer = start_consumer()
     served = settings.model_copy(update={"home": tmp_path / "home",
                                          "events": EventSettings(kafka_bootstrap=broker.bootstrap)})
     (tmp_path / "home").mkdir()
@@ -125,11 +156,17 @@ def test_broker_stops_mid_load_and_nothing_accepted_is_lost(tmp_path: Path, sett
             load = Load(client).start()
             wait_for(lambda: load.counts()[0] >= 100, 60, "load before the outage")
             # let the consumer drain, then stop the broker while the load resumes
-            load.running.clear()
-            time.sleep(0.3)
+            load.pause()
             before = load.counts()
+            clicks_before, searches_before = load.accepted()
             wait_for(lambda: app.state.event_log.pending() == 0, 60, "the shipper to catch up")
-            wait_for(lambda: len(set(sunk(sink_root)[0])) >= before[0], 90, "the sink to drain")
+            wait_for(lambda: set(sunk(sink_root)[0]) >= clicks_before and set(sunk(sink_root)[1]) >= searches_before,
+                     90, "the sink to drain")
+            # Tansu restarts empty, with offsets from 0 again; a real cluster keeps its log and offsets.
+            # A consumer that outlives such a restart would fetch from its old (now meaningless) offsets,
+            # so the sink is restarted with the broker, as a process restarted with it would be.
+            loop.stop()
+            consumer.join(timeout=30)
             broker.stop()
             load.running.set()
             wait_for(lambda: load.counts()[0] >= before[0] + 150, 60, "load while the broker is down")
@@ -137,6 +174,7 @@ def test_broker_stops_mid_load_and_nothing_accepted_is_lost(tmp_path: Path, sett
             assert app.state.event_log.pending() > 0, "events accepted during the outage must wait in the spool"
             broker.start()  # same port, empty (memory storage)
             create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
+            loop, consumer = start_consumer()
             wait_for(lambda: load.counts()[0] >= during[0] + 100, 60, "load after the restart")
             load.stop()
             wait_for(lambda: app.state.event_log.pending() == 0, 90, "the spool to be replayed")
