@@ -24,6 +24,7 @@ EXPECTED = yaml.safe_load((ROOT / "benchmarks" / "expected.yaml").read_text())
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(2400),  # the first run encodes the whole catalog (5-7 min alone, far more when shared)
     pytest.mark.shared_data,
     pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data/homedepot is absent"),
 ]
