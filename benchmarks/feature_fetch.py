@@ -35,18 +35,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, percentiles, time_each  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from online_learning.local_broker import free_port  # noqa: E402
 
 
 def _start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server; `make system-deps`)")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                                "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 10

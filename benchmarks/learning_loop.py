@@ -188,25 +188,25 @@ def main() -> None:
                 "mean_kendall_tau@10": round(sum(r["kendall_tau@10"] for r in records if r["kendall_tau@10"] == r["kendall_tau@10"]) / max(1, sum(1 for r in records if r["kendall_tau@10"] == r["kendall_tau@10"])), 3),
                 "served_ms_mean": round(sum(r["served_ms"] for r in records) / len(records), 1),
                 "shadow_ms_mean": round(sum(r["shadow_ms"] for r in records) / len(records), 1)}
-        experiment = {"name": "ltr-v1-vs-candidate", "mode": "ab", "control": "control",
-                      "arms": {"control": {"ltr": "v1"}, "treatment": {"ltr": candidate}}}
-        admin(base, "PUT", "/v1/admin/experiment", {"experiment": experiment, "shadow": None})
-        steps["ab_traffic"] = simulate("ab", args.ab_sessions, seed=3)
-        settle()
-        steps["promote"] = shoprank(env, "promote", "--experiment", experiment["name"], "--apply")
-        steps["report"] = shoprank(env, "report", "ab", "--experiment", experiment["name"], "--out",
-                                   str(args.home / "reports" / "ab.html"))
+        def experiment_round(name: str, mode: str, sessions: int, seed: int, report: str) -> tuple[dict, dict, dict]:
+            """Run one v1-vs-candidate experiment: traffic, the promotion decision (applied), the report."""
+            experiment = {"name": name, "mode": mode, "control": "control",
+                          "arms": {"control": {"ltr": "v1"}, "treatment": {"ltr": candidate}}}
+            admin(base, "PUT", "/v1/admin/experiment", {"experiment": experiment, "shadow": None})
+            traffic = simulate(mode, sessions, seed=seed)
+            settle()
+            decision = shoprank(env, "promote", "--experiment", name, "--apply")
+            written = shoprank(env, "report", "ab", "--experiment", name, "--out",
+                               str(args.home / "reports" / report))
+            return traffic, decision, written
+
+        steps["ab_traffic"], steps["promote"], steps["report"] = experiment_round(
+            "ltr-v1-vs-candidate", "ab", args.ab_sessions, 3, "ab.html")
         if steps["promote"].get("decision") == "continue" and args.interleave_sessions:
             # A/B on purchases is underpowered at this traffic: team-draft interleaving compares both
             # rankings within each search, so far fewer searches decide (Chapelle et al. 2012)
-            experiment = {"name": "ltr-v1-vs-candidate-interleaved", "mode": "interleave", "control": "control",
-                          "arms": {"control": {"ltr": "v1"}, "treatment": {"ltr": candidate}}}
-            admin(base, "PUT", "/v1/admin/experiment", {"experiment": experiment, "shadow": None})
-            steps["interleave_traffic"] = simulate("interleave", args.interleave_sessions, seed=4)
-            settle()
-            steps["promote_interleaving"] = shoprank(env, "promote", "--experiment", experiment["name"], "--apply")
-            steps["report_interleaving"] = shoprank(env, "report", "ab", "--experiment", experiment["name"],
-                                                    "--out", str(args.home / "reports" / "interleaving.html"))
+            steps["interleave_traffic"], steps["promote_interleaving"], steps["report_interleaving"] = experiment_round(
+                "ltr-v1-vs-candidate-interleaved", "interleave", args.interleave_sessions, 4, "interleaving.html")
         admin(base, "PUT", "/v1/admin/experiment", {"experiment": None, "shadow": None})
         active = admin(base, "POST", "/v1/admin/reload")["served"].get("ltr")
         steps["served_after_promotion"] = active
