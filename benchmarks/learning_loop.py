@@ -12,7 +12,8 @@
 5. A/B v1 vs v2, then ``shoprank promote`` decides (and activates the winner);
    when the A/B is not significant yet, team-draft interleaving decides.
 6. The same simulated traffic (same seeds) is replayed against v1 and against
-   the promoted model: true NDCG@10 and purchase rate, with significance.
+   the promoted model: true NDCG@10 and purchase rate, with significance
+   (paired t-test over the same sessions).
 7. A deliberately worse candidate (v2 with its scores reversed) is A/B tested
    and must be rejected, then activated on purpose and caught by ``guard``.
 8. ``shoprank report ab`` writes the analyst report.
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import hardware  # noqa: E402
 from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC  # noqa: E402
 from online_learning.local_broker import LocalBroker, create_topics, free_port  # noqa: E402
+from online_learning.simulator import compare_replays  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "homedepot"
 TOKEN = "loop-admin"
@@ -138,6 +140,7 @@ def main() -> None:
            "SHOPRANK_EVENTS__KAFKA_BOOTSTRAP": broker.bootstrap, "SHOPRANK_API__ADMIN_TOKEN": TOKEN,
            "SHOPRANK_PROGRESS": "false", "PYTHONPATH": str(ROOT)}
     processes: list[Process] = []
+    sessions_detail: dict[str, dict] = {}
     try:
         steps["features_build"] = shoprank(env, "features", "build", "--dataset", str(data))
         steps["features_apply"] = shoprank(env, "features", "apply")
@@ -163,6 +166,7 @@ def main() -> None:
                     p.sample()
                 time.sleep(1)
             report = json.loads((logs / f"{name}.json").read_text())
+            sessions_detail[name] = report.pop("sessions_detail")  # per session, for paired replays
             cpu = sum(p.ps.cpu_times().user + p.ps.cpu_times().system for p in processes) - cpu_start
             report["wall_seconds"] = round(time.perf_counter() - started, 1)
             report["server_cpu_seconds"] = round(cpu, 1)
@@ -215,6 +219,8 @@ def main() -> None:
         steps["replay_v1"] = simulate("replay_v1", args.eval_sessions, seed=11, split="dev")
         admin(base, "POST", "/v1/admin/models/ltr/activate", {"version": active})
         steps["replay_promoted"] = simulate("replay_promoted", args.eval_sessions, seed=11, split="dev")
+        steps["replay_paired"] = compare_replays({"sessions_detail": sessions_detail["replay_v1"]},
+                                                 {"sessions_detail": sessions_detail["replay_promoted"]})
         steps["worse_candidate"] = worse_candidate(env, base, active, simulate, settle, args.worse_sessions)
     finally:
         for p in processes:

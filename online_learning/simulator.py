@@ -9,7 +9,9 @@ interactions to ``POST /v1/events``. Out-of-stock products are never bought.
 
 Because it knows the truth (grades and hidden tastes), it reports the true
 NDCG@10 of what was served, besides CTR, purchase rate and revenue, overall and
-per experiment arm.
+per experiment arm. Session ``n`` of seed ``s`` is always the same shopper,
+query and click randomness, so two runs with the same seed against two models
+are a paired replay (:func:`compare_replays`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class TrafficSimulator:
             raise InvalidInput(f"no judged queries of split {split!r} match the world's catalog")
         self.stats: dict[str, ArmStats] = defaultdict(ArmStats)
         self.errors: Counter[str] = Counter()
+        self.sessions: dict[int, dict] = {}  # per session: what a paired replay comparison needs
         self._lock = threading.Lock()
 
     def _pick(self, rng: random.Random) -> tuple[int, str, str]:
@@ -149,6 +152,9 @@ class TrafficSimulator:
             stats.true_ndcg.append(ndcg(true_served, true_all))
             stats.judged_ndcg.append(ndcg(grades, all_grades))
             stats.latency_ms.append(latency)
+            self.sessions[number] = {"arm": arm, "true_ndcg@10": float(stats.true_ndcg[-1]),
+                                     "purchased": int(any(kind == "purchase" for _, kind in actions)),
+                                     "clicked": int(any(kind == "click" for _, kind in actions))}
 
     def run(self, sessions: int, concurrency: int = 4, start: int = 0, progress: bool = True) -> dict:
         from tqdm.auto import tqdm
@@ -168,4 +174,25 @@ class TrafficSimulator:
             total.latency_ms += stats.latency_ms
         return {"sessions": sessions, "seconds": round(time.perf_counter() - started, 1),
                 "overall": total.summary(), "arms": {a: s.summary() for a, s in sorted(self.stats.items())},
-                "errors": dict(self.errors), "note": "SIMULATED shoppers (shoprank.world)"}
+                "errors": dict(self.errors), "note": "SIMULATED shoppers (shoprank.world)",
+                "sessions_detail": {str(n): r for n, r in sorted(self.sessions.items())}}
+
+
+def compare_replays(first: dict, second: dict) -> dict:
+    """Paired comparison of two :meth:`TrafficSimulator.run` reports of the same sessions (same seed).
+
+    Each session is the same user, query and click-model randomness in both
+    runs; only the served ranking differs, so the per-session differences
+    are tested (paired t-test), which needs far fewer sessions than an A/B.
+    """
+    from online_learning.stats import paired_means
+
+    a, b = first["sessions_detail"], second["sessions_detail"]
+    common = sorted(set(a) & set(b), key=int)
+    if len(common) < 2:
+        raise InvalidInput(f"the two replays share {len(common)} sessions; run both with the same --seed and --start")
+    out = {"paired_sessions": len(common)}
+    for metric in ("true_ndcg@10", "purchased", "clicked"):
+        out[metric] = paired_means(metric, np.array([a[n][metric] for n in common]),
+                                   np.array([b[n][metric] for n in common])).to_json()
+    return out

@@ -5,6 +5,8 @@
 - Means (revenue per search, latency): bootstrap 95% interval of the
   difference (percentile method, seeded).
 - Interleaving: sign test (exact binomial) on the queries with a winner.
+- Replays (the same simulated sessions served by two models): paired t-test
+  on the per-session differences, t-based 95% interval of the mean difference.
 - Minimum sample size per arm to detect a relative lift on a rate at
   alpha = 0.05 (two-sided) with 80% power.
 """
@@ -62,6 +64,23 @@ def bootstrap_means(metric: str, a: np.ndarray, b: np.ndarray, rounds: int = 200
     lift = (b.mean() - a.mean()) / a.mean() if a.mean() else float("nan")
     return Comparison(metric, float(a.mean()), float(b.mean()), float(lift), float(low), float(high), p_value,
                       len(a), len(b))
+
+
+def paired_means(metric: str, a: np.ndarray, b: np.ndarray) -> Comparison:
+    """``b`` vs ``a`` measured on the same units (``a[i]`` and ``b[i]`` are one session served twice)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"paired samples need the same length >= 2, got {a.size} and {b.size}")
+    diff = b - a
+    se = float(diff.std(ddof=1) / math.sqrt(diff.size))
+    if se == 0:
+        p_value = 1.0 if diff.mean() == 0 else 0.0
+    else:
+        p_value = float(sps.ttest_rel(b, a).pvalue)
+    half = float(sps.t.ppf(0.975, diff.size - 1) * se)
+    lift = (b.mean() - a.mean()) / a.mean() if a.mean() else float("nan")
+    return Comparison(metric, float(a.mean()), float(b.mean()), float(lift), float(diff.mean() - half),
+                      float(diff.mean() + half), p_value, a.size, b.size)
 
 
 def sign_test(wins_treatment: int, wins_control: int) -> float:

@@ -54,10 +54,9 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     simulator = TrafficSimulator(args.base_url, StoreWorld.load(world_dir(settings)), load_dataset(args.dataset),
                                  args.split, seed=args.seed)
     report = simulator.run(args.sessions, args.concurrency, start=args.start, progress=settings.progress)
-    text = json.dumps(report, indent=2)
     if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k != "sessions_detail"}, indent=2))
     return 0
 
 

@@ -1,0 +1,101 @@
+"""Automatic rollback: `shoprank guard` compares the active LambdaMART's searches with the previous one's."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from online_learning.analysis import searches
+from online_learning.consumers.base import Delivered
+from online_learning.consumers.log_sink import ParquetLogSink
+from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem
+from online_learning.promotion import Policy, check_regression
+from online_learning.simulator import compare_replays
+from shoprank.cli import main
+from shoprank.registry import ModelRegistry
+from shoprank.settings import get_settings
+
+
+def served_log(root: Path, rates: dict[str, float], per_version: int) -> None:
+    """``per_version`` logged searches served by each LambdaMART version, bought with the given rate."""
+    rng = random.Random(0)
+    batch = []
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    for v, (version, rate) in enumerate(rates.items()):
+        for i in range(per_version):
+            request = f"{version}-{i}"
+            when = start + timedelta(days=v, minutes=i)
+            batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
+                event_id=request, request_id=request, timestamp=when, user_id=f"u{i % 40}", query="drill",
+                pipeline="full", latency_ms=30.0, models={"ltr": version},
+                items=[ShownItem(product_id=f"p{j}", position=j + 1) for j in range(5)])))
+            if rng.random() < rate:
+                batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+                    type="purchase", event_id=f"b-{request}", request_id=request, timestamp=when,
+                    product_id="p0", position=1, revenue=10.0)))
+    ParquetLogSink(root)(batch)
+
+
+def test_check_regression_needs_a_significant_drop(tmp_path: Path) -> None:
+    served_log(tmp_path / "worse", {"v1": 0.10, "v2": 0.03}, per_version=600)
+    decision = check_regression(searches(tmp_path / "worse"), active="v2", previous="v1")
+    assert decision.action == "rollback" and "purchase_rate of v2" in decision.reasons[0]
+    served_log(tmp_path / "same", {"v1": 0.08, "v2": 0.08}, per_version=600)
+    assert check_regression(searches(tmp_path / "same"), active="v2", previous="v1").action == "keep"
+    # too little traffic on the new version to judge: keep it, and say so
+    few = check_regression(searches(tmp_path / "worse"), "v2", "v1", Policy(min_searches=1000))
+    assert few.action == "keep" and "too few searches" in few.reasons[0]
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    registry = ModelRegistry(tmp_path / "models")
+    for name in ("a", "b"):
+        folder = tmp_path / "trained" / name
+        folder.mkdir(parents=True)
+        (folder / "model.txt").write_text(name)
+        registry.register("ltr", folder, base_model="lightgbm", activate=True)  # v1, then v2 (history: v1)
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def test_guard_rolls_back_a_regressed_model(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    served_log(home / "event_log", {"v1": 0.10, "v2": 0.02}, per_version=500)
+    assert main(["guard"]) == 0  # without --apply: reports, changes nothing
+    report = json.loads(capsys.readouterr().out)
+    assert report["decision"] == "rollback" and ModelRegistry(home / "models").active("ltr").version == "v2"
+    assert main(["guard", "--apply"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rolled_back_to"] == "v1" and ModelRegistry(home / "models").active("ltr").version == "v1"
+
+
+def test_guard_keeps_a_model_that_holds_up(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    served_log(home / "event_log", {"v1": 0.06, "v2": 0.07}, per_version=500)
+    assert main(["guard", "--apply"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["decision"] == "keep" and ModelRegistry(home / "models").active("ltr").version == "v2"
+
+
+def replay(values: dict[int, float], bought: dict[int, int]) -> dict:
+    return {"sessions_detail": {str(n): {"arm": "all", "true_ndcg@10": v, "purchased": bought[n], "clicked": 1}
+                                for n, v in values.items()}}
+
+
+def test_paired_replay_comparison() -> None:
+    rng = random.Random(3)
+    base = {n: rng.random() for n in range(400)}
+    bought = {n: int(rng.random() < 0.1) for n in range(400)}
+    better = {n: min(1.0, v + 0.03 + rng.gauss(0, 0.05)) for n, v in base.items()}
+    result = compare_replays(replay(base, bought), replay(better, bought))
+    ndcg = result["true_ndcg@10"]
+    assert result["paired_sessions"] == 400 and ndcg["significant"] and 0 < ndcg["ci_low"] < 0.03 < ndcg["ci_high"]
+    assert not result["purchased"]["significant"] and result["purchased"]["p_value"] == 1.0  # identical purchases
+    # sessions are matched by number, not by order; unmatched ones are left out
+    shuffled = dict(list(reversed(list(better.items())))[:300])
+    assert compare_replays(replay(base, bought), replay(shuffled, bought))["paired_sessions"] == 300
