@@ -126,7 +126,9 @@ def main() -> None:
     args.home.mkdir(parents=True, exist_ok=True)
     cache = args.home / "cache"
     if not cache.exists():  # reuse exported encoders and embeddings of the main artifacts
-        cache.symlink_to((ROOT / "artifacts" / "cache").resolve(), target_is_directory=True)
+        shared = (ROOT / "artifacts" / "cache").resolve()
+        shared.mkdir(parents=True, exist_ok=True)  # a fresh clone has no artifacts yet
+        cache.symlink_to(shared, target_is_directory=True)
     logs = args.home / "logs"
     logs.mkdir(exist_ok=True)
     steps: dict[str, object] = {"hardware": hardware()}
