@@ -56,3 +56,18 @@ def rss_gib() -> float:
 
 def peak_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def wait_ready(base: str, timeout: float = 900) -> None:
+    """Wait until the API at ``base`` answers /readyz with 200 (a cold start encodes the catalog)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"the API at {base} did not become ready in {timeout:.0f} s")

@@ -40,7 +40,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware  # noqa: E402
+from benchmarks.common import hardware, wait_ready  # noqa: E402
 from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC  # noqa: E402
 from online_learning.local_broker import LocalBroker, create_topics, free_port  # noqa: E402
 from online_learning.simulator import compare_replays  # noqa: E402
@@ -86,18 +86,6 @@ class Process:
         except subprocess.TimeoutExpired:
             self.popen.kill()
         self.handle.close()
-
-
-def wait_ready(base: str, timeout: float = 900) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError("the API did not become ready")
 
 
 def admin(base: str, method: str, path: str, body: dict | None = None) -> dict:

@@ -33,7 +33,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware  # noqa: E402
+from benchmarks.common import hardware, wait_ready  # noqa: E402
 from online_learning.local_broker import free_port  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "homedepot"
@@ -85,14 +85,7 @@ def main() -> None:
                               stdout=open(work / "server.log", "wb"), stderr=subprocess.STDOUT)
     results: dict[str, object] = {"hardware": hardware(), "levels": {}}
     try:
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_ready(base)
         results["served"] = httpx.get(f"{base}/v1/admin/models", headers={"Authorization": f"Bearer {TOKEN}"}).json()["served"]
         subprocess.run(["wrk", "-t1", "-c1", f"-d{args.warmup}s", "-s", str(work / "search.lua"), base],
                        capture_output=True)
