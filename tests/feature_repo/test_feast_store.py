@@ -87,6 +87,7 @@ def read_online(settings: Settings) -> dict[str, np.ndarray]:
     batch = reader.fetch(["P1", "P2", "P3"], "u1")
     again = reader.fetch(["P1", "P2", "P3"], None)
     assert reader.hits == 3 and reader.misses == 3  # the second read came from the product cache
+    assert np.array_equal(again.columns["price"], batch.columns["price"], equal_nan=True)
     return batch.columns
 
 

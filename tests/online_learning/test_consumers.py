@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
