@@ -1,7 +1,9 @@
 """Log sink: the event topics -> partitioned Parquet, the offline event log.
 
-Layout: ``<root>/<kind>/date=YYYY-MM-DD/hour=HH/<topic>-p<partition>-<first>-<last>.parquet``
-with ``kind`` = rankings | interactions. Rankings are stored one row per shown
+Layout: ``<root>/<kind>/date=YYYY-MM-DD/hour=HH/<topic>-p<partition>-<first>-<last>-<digest>.parquet``
+with ``kind`` = rankings | interactions. ``digest`` hashes the file's event ids:
+offsets alone do not name a file uniquely, since they start again at 0 when a
+topic is recreated or a broker without durable storage restarts. Rankings are stored one row per shown
 item (request, position, product, scores), interactions one row per event.
 
 Exactly-once after de-duplication, across crashes:
@@ -19,6 +21,7 @@ dropped, and a file recorded but not yet renamed is renamed at start.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -93,6 +96,7 @@ class ParquetLogSink:
             return
         groups: dict[Path, list[dict]] = defaultdict(list)
         spans: dict[Path, list[int]] = defaultdict(list)
+        ids: dict[Path, list[str]] = defaultdict(list)
         for delivered in fresh:
             event = delivered.event
             kind = "rankings" if isinstance(event, RankingEvent) else "interactions"
@@ -101,9 +105,11 @@ class ParquetLogSink:
             key = folder / f"{delivered.topic}-p{delivered.partition}"
             groups[key].extend(self._rows(delivered))
             spans[key].append(delivered.offset)
+            ids[key].append(event.event_id)
         staged = []
         for key, rows in groups.items():
-            path = key.parent / f"{key.name}-{min(spans[key]):012d}-{max(spans[key]):012d}.parquet"
+            digest = hashlib.sha1("\n".join(sorted(ids[key])).encode()).hexdigest()[:12]
+            path = key.parent / f"{key.name}-{min(spans[key]):012d}-{max(spans[key]):012d}-{digest}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".parquet.tmp")
             pd.DataFrame(rows).to_parquet(tmp, index=False)

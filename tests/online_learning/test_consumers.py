@@ -145,3 +145,41 @@ def test_streaming_features_count_once_across_a_crash(broker: LocalBroker, tmp_p
     assert {source for source, _ in pushes} == {"popularity_push", "user_activity_push"}
     last = [f for s, f in pushes if s == "popularity_push"][-1].set_index("product_id")
     assert last.loc["p0", "impressions_7d"] == 40  # the online store got the final absolute count
+
+
+def test_log_sink_keeps_everything_across_a_broker_restart(tmp_path: Path) -> None:
+    """The broker restarts under a live consumer (Tansu in memory: offsets start again at 0)."""
+    import threading
+    import time
+
+    batch = events(60)
+    first, second = batch[: len(batch) // 2], batch[len(batch) // 2 :]
+    sink_root = tmp_path / "log"
+    broker = LocalBroker(log=tmp_path / "tansu.log").start()
+    loop = ConsumerLoop(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC], ParquetLogSink(sink_root),
+                        tmp_path / "dead.jsonl")
+    thread = threading.Thread(target=loop.run, daemon=True)
+    try:
+        create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
+        publish(broker, tmp_path / "spool", first)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while loop.consumed < len(first) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert loop.consumed == len(first)
+        broker.stop()
+        broker.start()
+        create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
+        publish(broker, tmp_path / "spool2", second)
+        deadline = time.monotonic() + 90
+        while loop.consumed < len(batch) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        loop.stop()
+        thread.join(15)
+        broker.stop()
+    rankings = read_log(sink_root, "rankings")
+    assert sorted(rankings["event_id"].unique()) == sorted(f"r{i}" for i in range(60))
+    assert len(rankings) == 60 * 3  # files written after the restart did not replace earlier ones
+    expected = {e.event_id for e in batch if isinstance(e, InteractionEvent)}
+    assert set(read_log(sink_root, "interactions")["event_id"]) == expected
