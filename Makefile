@@ -42,7 +42,7 @@ system-deps:
 	fi
 
 test: install system-deps
-	$(BIN)/python -m pytest -m "" tests
+	$(BIN)/python -m pytest -m "" --durations=15 tests
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not integration" tests

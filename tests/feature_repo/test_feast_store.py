@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from online_learning.local_broker import free_port
 from ranking.features import OnlineFeatureReader
 from ranking.training.ltr_data import historical_features
 from shoprank import feature_store
@@ -101,12 +102,6 @@ def check_latest(columns: dict[str, np.ndarray]) -> None:
 
 def test_sqlite_online_store(sqlite_settings: Settings) -> None:
     check_latest(read_online(sqlite_settings))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (make test installs it)")
