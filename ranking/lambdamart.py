@@ -46,6 +46,9 @@ class LambdaMARTConfig:
     seed: int = 13
     max_grade: int = 8
     threads: int = 2
+    # features whose score may only raise the rank (LightGBM monotone constraints); relevance
+    # scores belong here when training lists hold mined negatives that look relevant to the query
+    monotone: tuple[str, ...] = ()
 
 
 @dataclass
@@ -82,6 +85,11 @@ class LambdaMART:
             "lambdarank_truncation_level": config.truncation_level, "seed": config.seed,
             "num_threads": config.threads, "verbose": -1, "deterministic": True,
         }
+        unknown = sorted(set(config.monotone) - set(train.names))
+        if unknown:
+            raise ValueError(f"monotone features {unknown} are not features of this model ({train.names})")
+        if config.monotone:
+            params["monotone_constraints"] = [int(name in config.monotone) for name in train.names]
         train_set = lgb.Dataset(train.features, train.labels, group=train.groups, feature_name=train.names)
         dev_set = lgb.Dataset(dev.features, dev.labels, group=dev.groups, feature_name=dev.names, reference=train_set)
         record: dict[str, dict[str, list[float]]] = {}

@@ -8,6 +8,16 @@ order. Each row therefore carries a row id; the result is merged back onto the
 input by it, so every input row comes back, in order, with NaN where Feast had
 nothing.
 
+Judged lists hold only products an earlier engine showed, so a model trained
+on them alone never sees the typical unjudged first-stage candidate and may
+promote it at serving time (measured: `benchmarks/replay_profiles.py`).
+``shoprank train ltr --negatives N`` therefore adds N unjudged products mined
+from the first-stage top 30 (never a duplicate title of a judged product) to
+each list with grade 0, the grade of a judged "irrelevant" product: LambdaMART
+then learns to rank them below every judged product of grade > 0. Unjudged is
+not proof of irrelevance; the count is kept small and the README reports the
+effect on the judged metrics and on simulated shoppers.
+
 Judged data has no shoppers: each query is given a simulated user of the store
 world (seeded), at the world's "now"; personalization features are then noise
 for judged labels, and their gain is measured on simulated purchases instead
@@ -56,14 +66,22 @@ def assign_users(groups: Sequence[Group], users: Sequence[str], seed: int) -> di
     return {g.qid: rng.choice(list(users)) for g in groups}
 
 
+def listed_products(group: Group, index) -> list[str]:  # type: ignore[no-untyped-def]
+    """The products of a training list: judged ones, then mined negatives, those the index knows."""
+    return [p for p in [*group.judged, *group.mined] if index.doc_of(p) is not None]
+
+
 def ranking_data(groups: Sequence[Group], featurizer: LtrFeaturizer, index, first_stage,  # type: ignore[no-untyped-def]
                  store_frame: pd.DataFrame | None, users: dict[str, str], progress: bool = True) -> RankingData:
-    """Feature rows for every judged product of ``groups`` (queries with one judged product are skipped)."""
+    """Feature rows for every listed product of ``groups``; mined negatives get grade 0.
+
+    Lists of fewer than two products are skipped.
+    """
     names = featurizer.names
     rows, labels, sizes, qids = [], [], [], []
     offset = 0
     for group in tqdm(groups, disable=not progress, desc="ltr features", unit="q"):
-        products = [p for p in group.judged if index.doc_of(p) is not None]
+        products = listed_products(group, index)
         if len(products) < 2:
             offset += len(products)
             continue
@@ -77,7 +95,7 @@ def ranking_data(groups: Sequence[Group], featurizer: LtrFeaturizer, index, firs
         local = LtrFeaturizer(featurizer.index, featurizer.embed, (lambda q, p, s=store: s) if store else None,
                               featurizer.store_names, featurizer.student, featurizer.teacher)
         rows.append(local(Query(group.query, users.get(group.qid)), candidates))
-        labels.append([group.judged[p] for p in candidates.product_ids])
+        labels.append([group.judged.get(p, 0) for p in candidates.product_ids])
         sizes.append(len(products))
         qids.append(group.qid)
         offset += len(products)
@@ -85,6 +103,6 @@ def ranking_data(groups: Sequence[Group], featurizer: LtrFeaturizer, index, firs
 
 
 def entity_rows(groups: Sequence[Group], index, users: dict[str, str], when: pd.Timestamp) -> pd.DataFrame:  # type: ignore[no-untyped-def]
-    """One entity row per judged product known to the index, in ``ranking_data`` order."""
-    records = [(p, users[g.qid], when) for g in groups for p in g.judged if index.doc_of(p) is not None]
+    """One entity row per listed product (see :func:`listed_products`), in ``ranking_data`` order."""
+    records = [(p, users[g.qid], when) for g in groups for p in listed_products(g, index)]
     return pd.DataFrame(records, columns=["product_id", "user_id", "event_timestamp"])

@@ -144,6 +144,25 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_report_replay(args: argparse.Namespace, settings: Settings) -> int:
+    """Paired comparison of two ``shoprank simulate --out`` files of the same sessions (same --seed)."""
+    from online_learning.simulator import compare_replays
+
+    reports = []
+    for path in (args.first, args.second):
+        try:
+            report = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise InvalidInput(f"cannot read simulation report {path}: {err}") from err
+        if not isinstance(report, dict) or "sessions_detail" not in report:
+            raise InvalidInput(f"{path} has no 'sessions_detail': write it with `shoprank simulate ... --out FILE`")
+        reports.append(report)
+    out = compare_replays(*reports)
+    out["first"], out["second"] = str(args.first), str(args.second)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("consume", help="run a Kafka consumer: the Parquet log sink or streaming features")
     p.add_argument("kind", choices=("sink", "features"))
@@ -186,3 +205,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--control", default=None)
     p.add_argument("--treatment", default=None)
     p.set_defaults(handler=cmd_report)
+    p = kinds.add_parser("replay", help="paired comparison of two `simulate --out` files of the same sessions")
+    p.add_argument("first", type=Path, help="simulation report of the baseline")
+    p.add_argument("second", type=Path, help="simulation report of the same sessions against the candidate")
+    p.set_defaults(handler=cmd_report_replay)

@@ -148,7 +148,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
 
     from ranking.lambdamart import LambdaMART, LambdaMARTConfig
-    from ranking.training.data import data_hash, groups_from
+    from ranking.training.data import data_hash, groups_from, mine_negatives
     from ranking.training.ltr_data import assign_users, entity_rows, historical_features, ranking_data
     from shoprank import feature_store
     from shoprank.commands.features import world_dir
@@ -164,6 +164,10 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     users: dict[str, str] = {}
     train = groups_from(dataset, args.split, 2)[: args.limit]
     dev = groups_from(dataset, args.dev_split, 2)
+    if args.negatives:  # unjudged first-stage candidates as grade 0, in train and dev (see ltr_data)
+        for groups in (train, dev):
+            mine_negatives(groups, engine.pipeline("hybrid"), index, args.negatives, seed=args.seed,
+                           progress=settings.progress)
     if not args.no_store_features:
         store = feature_store.open_store(settings)
         service = store.get_feature_service(settings.features.service)
@@ -176,7 +180,8 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     for name, groups in (("train", train), ("dev", dev)):
         frame = historical_features(store, settings.features.service, entity_rows(groups, index, users, when)) if store else None
         parts[name] = ranking_data(groups, featurizer, index, engine.hybrid, frame, users, settings.progress)
-    config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed)
+    monotone = tuple(n for n in ("bm25", "dense", "student", "teacher") if n in featurizer.names) if args.monotone else ()
+    config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone)
     model = LambdaMART.fit(parts["train"], parts["dev"], config)
     work = settings.home / "training" / f"ltr-{args.run_name}"
     shutil.rmtree(work, ignore_errors=True)
@@ -185,6 +190,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     entry = registry.register(
         "ltr", work, base_model="lightgbm-lambdarank", parent=f"reranker:{engine.teacher.version}" if engine.teacher else None,
         training_data=data_hash(train), params={**asdict(config), "features": model.names, "split": args.split,
+                                                 "negatives": args.negatives, "monotone": list(monotone),
                                                  "feature_service": settings.features.service if store else None,
                                                  "served_models": engine.versions},
         metrics={"dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"], "best_iteration": model.history["best_iteration"],
@@ -256,6 +262,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--dev-split", default="dev", help="early stopping on this split's NDCG@10")
     p.add_argument("--no-store-features", action="store_true", help="first-stage and model scores only")
+    p.add_argument("--negatives", type=int, default=10,
+                   help="unjudged first-stage candidates per query added with grade 0 (train and dev lists); "
+                        "0 = judged products only")
+    p.add_argument("--monotone", action=argparse.BooleanOptionalAction, default=True,
+                   help="BM25, dense and cross-encoder scores may only raise a product's rank (default: on)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

@@ -9,7 +9,10 @@ Two modes (see ``README.md``, *Evaluation*):
   deep. Recall@100/@1000 count products with grade >= ceil(0.6 * max grade);
   NDCG@10 and MRR@10 are computed on the condensed top-100 list (unjudged
   results dropped before the cut; Sakai 2007). Queries whose judgments are all
-  grade 0 are skipped (their ideal DCG is 0).
+  grade 0 are skipped (their ideal DCG is 0). Condensing hides a ranker that
+  lifts unjudged products into the top 10, so two more figures are reported:
+  ``ndcg@10_unjudged_as_0`` (the uncondensed list, unjudged = grade 0) and
+  ``judged@10`` (the share of the top 10 that is judged).
 
 MRR@10 counts a hit at grade >= ceil(0.75 * max grade). Latency is the wall
 time of each pipeline call, one query at a time.
@@ -84,6 +87,7 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
     relevant_grade = grade_threshold(thresholds.recall, dataset.max_grade)
     selected = dataset.select(split)[:limit]
     ndcg, mrr, latency = [], [], []
+    uncondensed, judged = [], []
     recall: dict[int, list[float]] = {100: [], 1000: []}
     skipped = 0
     for qid, query in tqdm(selected, disable=not progress, desc=f"{pipeline_name}/{mode}", unit="q"):
@@ -108,6 +112,8 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
         condensed = condense(ranked, grades, 100)
         ndcg.append(ndcg_at_k(condensed, grades, 10))
         mrr.append(mrr_at_k(condensed, grades, 10, hit_grade))
+        uncondensed.append(ndcg_at_k(ranked, grades, 10))
+        judged.append(sum(p in grades for p in ranked[:10]) / max(1, min(10, len(ranked))))
         for k, values in recall.items():
             value = recall_at_k(ranked, grades, k, relevant_grade)
             if value is not None:
@@ -115,7 +121,8 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
     metrics = {"ndcg@10": _mean(ndcg), "mrr@10": _mean(mrr)}
     details: dict[str, object] = {"max_grade": dataset.max_grade, "mrr_min_grade": hit_grade}
     if mode == "retrieval":
-        metrics |= {"recall@100": _mean(recall[100]), "recall@1000": _mean(recall[1000])}
+        metrics |= {"recall@100": _mean(recall[100]), "recall@1000": _mean(recall[1000]),
+                    "ndcg@10_unjudged_as_0": _mean(uncondensed), "judged@10": _mean(judged)}
         details |= {"recall_min_grade": relevant_grade, "recall_queries": len(recall[100]), "depth": depth}
     return EvalResult(dataset=dataset.name, mode=mode, pipeline=pipeline_name, split=split,
                       queries=len(ndcg), skipped=skipped, metrics=metrics,

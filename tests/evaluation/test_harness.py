@@ -103,6 +103,10 @@ def test_retrieval_mode_condensed_ndcg_and_recall(dataset) -> None:  # type: ign
     # relevant = grade >= 5: q1 {p0} found, q2 {p3} not found
     assert result.metrics["recall@100"] == pytest.approx(0.5)
     assert result.details["recall_queries"] == 2
+    # uncondensed, p5 and p4 (unjudged) count as grade 0: q1 [p5, p1, p4, p0] -> gains 0, 4, 0, 8
+    q1_raw = (4 / math.log2(3) + 8 / math.log2(5)) / (8 + 4 / math.log2(3))
+    assert result.metrics["ndcg@10_unjudged_as_0"] == pytest.approx(round(q1_raw / 2, 4))
+    assert result.metrics["judged@10"] == pytest.approx(round((2 / 4 + 0 / 3) / 2, 4))  # q2: p0-p2 are not judged for it
     payload = result.to_json()
     for key in ("dataset", "mode", "pipeline", "split", "queries", "skipped", "ndcg@10", "mrr@10",
                 "recall@100", "recall@1000", "latency_ms"):

@@ -99,3 +99,19 @@ def test_paired_replay_comparison() -> None:
     # sessions are matched by number, not by order; unmatched ones are left out
     shuffled = dict(list(reversed(list(better.items())))[:300])
     assert compare_replays(replay(base, bought), replay(shuffled, bought))["paired_sessions"] == 300
+
+
+def test_report_replay_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = random.Random(5)
+    base = {n: rng.random() for n in range(200)}
+    bought = {n: int(rng.random() < 0.1) for n in range(200)}
+    first, second, bad = tmp_path / "v1.json", tmp_path / "v2.json", tmp_path / "summary.json"
+    first.write_text(json.dumps(replay(base, bought)))
+    second.write_text(json.dumps(replay({n: min(1.0, v + 0.05) for n, v in base.items()}, bought)))
+    bad.write_text(json.dumps({"overall": {}}))  # the printed summary, not the --out file
+    assert main(["report", "replay", str(first), str(second)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["paired_sessions"] == 200 and out["true_ndcg@10"]["significant"]
+    assert out["true_ndcg@10"]["treatment"] > out["true_ndcg@10"]["control"]
+    assert main(["report", "replay", str(first), str(bad)]) == 2
+    assert "sessions_detail" in capsys.readouterr().err

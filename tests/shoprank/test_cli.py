@@ -70,3 +70,31 @@ def test_evaluate_json_on_demo_store(env_home: Path, demo_dir: Path, capsys: pyt
     assert code == 0 and payload["split"] == "dev" and "recall@100" not in payload
     code, _, err = run(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "rerank", "--pipeline", "nope")
     assert code == 2 and "pipeline 'nope' is not one of" in err
+
+
+def test_train_ltr_mines_negatives_and_registers(monkeypatch: pytest.MonkeyPatch, settings: Settings, real_encoder,  # type: ignore[no-untyped-def]
+                                                 demo_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").symlink_to(settings.cache_dir.resolve(), target_is_directory=True)  # reuse the exported encoder
+    monkeypatch.setenv("SHOPRANK_HOME", str(home))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    try:
+        code, out, err = run(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
+                             "--negatives", "5")
+        assert code == 0, err
+        entry = json.loads(out)["registered"]
+        assert entry["version"] == "v1" and entry["params"]["negatives"] == 5
+        assert entry["params"]["monotone"] == ["bm25", "dense", "student", "teacher"]
+        code, out, err = run(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "retrieval",
+                             "--pipeline", "ltr", "--json")
+        assert code == 0, err
+        result = json.loads(out)
+        assert 0 < result["ndcg@10_unjudged_as_0"] <= result["ndcg@10"] and 0 < result["judged@10"] <= 1
+        code, _, err = run(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
+                           "--negatives", "0", "--no-monotone")
+        assert code == 0, err
+    finally:
+        get_settings.cache_clear()
