@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -71,3 +74,30 @@ def wait_ready(base: str, timeout: float = 900) -> None:
             pass
         time.sleep(1)
     raise TimeoutError(f"the API at {base} did not become ready in {timeout:.0f} s")
+
+
+class ShoprankProcess:
+    """A ``shoprank`` CLI command run as a child process (a server or a consumer), its output in ``log``;
+    ``sample()`` tracks its peak RSS."""
+
+    def __init__(self, name: str, args: list[str], env: dict, log: Path) -> None:
+        self.name = name
+        self.handle = open(log, "ab")  # noqa: SIM115
+        self.popen = subprocess.Popen([sys.executable, "-m", "shoprank.cli", "--no-progress", *args], env=env,
+                                      stdout=self.handle, stderr=subprocess.STDOUT)
+        self.ps = psutil.Process(self.popen.pid)
+        self.peak_rss = 0
+
+    def sample(self) -> None:
+        try:
+            self.peak_rss = max(self.peak_rss, self.ps.memory_info().rss)
+        except psutil.Error:
+            pass
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+        self.handle.close()

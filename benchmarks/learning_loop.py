@@ -35,12 +35,11 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware, wait_ready  # noqa: E402
+from benchmarks.common import ShoprankProcess, hardware, wait_ready  # noqa: E402
 from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC  # noqa: E402
 from online_learning.local_broker import LocalBroker, create_topics, free_port  # noqa: E402
 from online_learning.simulator import compare_replays  # noqa: E402
@@ -62,30 +61,6 @@ def shoprank(env: dict, *args: str, check: bool = True) -> dict:
         payload = {"raw": out[-2000:]}
     payload["_seconds"] = round(time.perf_counter() - started, 1)
     return payload
-
-
-class Process:
-    def __init__(self, name: str, args: list[str], env: dict, log: Path) -> None:
-        self.name = name
-        self.handle = open(log, "ab")  # noqa: SIM115
-        self.popen = subprocess.Popen([sys.executable, "-m", "shoprank.cli", "--no-progress", *args], env=env,
-                                      stdout=self.handle, stderr=subprocess.STDOUT)
-        self.ps = psutil.Process(self.popen.pid)
-        self.peak_rss = 0
-
-    def sample(self) -> None:
-        try:
-            self.peak_rss = max(self.peak_rss, self.ps.memory_info().rss)
-        except psutil.Error:
-            pass
-
-    def stop(self) -> None:
-        self.popen.terminate()
-        try:
-            self.popen.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-        self.handle.close()
 
 
 def admin(base: str, method: str, path: str, body: dict | None = None) -> dict:
@@ -129,7 +104,7 @@ def main() -> None:
            "SHOPRANK_RANKING__RERANKER": "none", "SHOPRANK_RANKING__STUDENT": "none",
            "SHOPRANK_EVENTS__KAFKA_BOOTSTRAP": broker.bootstrap, "SHOPRANK_API__ADMIN_TOKEN": TOKEN,
            "SHOPRANK_PROGRESS": "false", "PYTHONPATH": str(ROOT)}
-    processes: list[Process] = []
+    processes: list[ShoprankProcess] = []
     sessions_detail: dict[str, dict] = {}
     try:
         steps["features_build"] = shoprank(env, "features", "build", "--dataset", str(data))
@@ -137,9 +112,9 @@ def main() -> None:
         steps["features_materialize"] = shoprank(env, "features", "materialize")
         if not (args.home / "models" / "ltr" / "active.json").exists():
             steps["train_ltr_v1"] = shoprank(env, "train", "ltr", "--dataset", str(data), "--run-name", "v1")
-        api = Process("api", ["serve", "--port", str(port)], env, logs / "api.log")
-        sink = Process("sink", ["consume", "sink"], env, logs / "sink.log")
-        features = Process("features", ["consume", "features"], env, logs / "features.log")
+        api = ShoprankProcess("api", ["serve", "--port", str(port)], env, logs / "api.log")
+        sink = ShoprankProcess("sink", ["consume", "sink"], env, logs / "sink.log")
+        features = ShoprankProcess("features", ["consume", "features"], env, logs / "features.log")
         processes += [api, sink, features]
         wait_ready(base)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware, wait_ready  # noqa: E402
+from benchmarks.common import ShoprankProcess, hardware, wait_ready  # noqa: E402
 from online_learning.local_broker import free_port  # noqa: E402
 from online_learning.simulator import compare_replays  # noqa: E402
 
@@ -63,9 +63,8 @@ def replay(name: str, assignments: list[str], args: argparse.Namespace, work: Pa
         env[key] = value
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log = open(work / f"{name}.serve.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen([sys.executable, "-m", "shoprank.cli", "--no-progress", "serve", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = ShoprankProcess(name, ["serve", "--host", "127.0.0.1", "--port", str(port)], env,
+                             work / f"{name}.serve.log")
     try:
         wait_ready(base)
         out = work / f"{name}.json"
@@ -80,12 +79,7 @@ def replay(name: str, assignments: list[str], args: argparse.Namespace, work: Pa
         report["profile"] = assignments
         return report
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        server.stop()
 
 
 def main() -> None:

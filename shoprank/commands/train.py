@@ -147,7 +147,7 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
 
-    from ranking.lambdamart import LambdaMART, LambdaMARTConfig
+    from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig
     from ranking.training.data import data_hash, groups_from, mine_negatives
     from ranking.training.ltr_data import assign_users, entity_rows, historical_features, ranking_data
     from shoprank import feature_store
@@ -162,6 +162,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     store_names: list[str] = []
     store = None
     users: dict[str, str] = {}
+    when = None
     train = groups_from(dataset, args.split, 2)[: args.limit]
     dev = groups_from(dataset, args.dev_split, 2)
     if args.negatives:  # unjudged first-stage candidates as grade 0, in train and dev (see ltr_data)
@@ -174,13 +175,13 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
         store_names = [f.name for p in service.feature_view_projections for f in p.features]
         world = StoreWorld.load(world_dir(settings))
         users = assign_users(train + dev, world.users["user_id"].tolist(), args.seed)
+        when = pd.Timestamp(world.config.now)  # every judged row sees the store as of the world's "now"
     featurizer = engine.featurizer(store_names)
-    when = pd.Timestamp(StoreWorld.load(world_dir(settings)).config.now) if store else None
     parts = {}
     for name, groups in (("train", train), ("dev", dev)):
         frame = historical_features(store, settings.features.service, entity_rows(groups, index, users, when)) if store else None
         parts[name] = ranking_data(groups, featurizer, index, engine.hybrid, frame, users, settings.progress)
-    monotone = tuple(n for n in ("bm25", "dense", "student", "teacher") if n in featurizer.names) if args.monotone else ()
+    monotone = tuple(n for n in BASE_FEATURES if n in featurizer.names) if args.monotone else ()
     config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone)
     model = LambdaMART.fit(parts["train"], parts["dev"], config)
     work = settings.home / "training" / f"ltr-{args.run_name}"
