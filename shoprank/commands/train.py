@@ -263,7 +263,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--dev-split", default="dev", help="early stopping on this split's NDCG@10")
     p.add_argument("--no-store-features", action="store_true", help="first-stage and model scores only")
-    p.add_argument("--negatives", type=int, default=10,
+    p.add_argument("--negatives", type=int, default=3,
                    help="unjudged first-stage candidates per query added with grade 0 (train and dev lists); "
                         "0 = judged products only")
     p.add_argument("--monotone", action=argparse.BooleanOptionalAction, default=True,
