@@ -191,7 +191,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     entry = registry.register(
         "ltr", work, base_model="lightgbm-lambdarank", parent=f"reranker:{engine.teacher.version}" if engine.teacher else None,
         training_data=data_hash(train), params={**asdict(config), "features": model.names, "split": args.split,
-                                                 "negatives": args.negatives, "monotone": list(monotone),
+                                                 "negatives": args.negatives,
                                                  "feature_service": settings.features.service if store else None,
                                                  "served_models": engine.versions},
         metrics={"dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"], "best_iteration": model.history["best_iteration"],
@@ -200,6 +200,17 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
         registry.activate("ltr", entry.version)
     print(json.dumps({"registered": entry.to_json()}, indent=2))
     return 0
+
+
+def count(text: str) -> int:
+    """argparse type for a number of items: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -217,7 +228,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--batch-groups", type=int, default=8, help="queries per step")
     p.add_argument("--max-length", type=int, default=40)
-    p.add_argument("--negatives", type=int, default=4, help="mined hard negatives per query")
+    p.add_argument("--negatives", type=count, default=4, help="mined hard negatives per query")
     p.add_argument("--loss", choices=("pairwise", "listnet"), default="pairwise")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None, help="only the first N training queries")
@@ -263,7 +274,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--dev-split", default="dev", help="early stopping on this split's NDCG@10")
     p.add_argument("--no-store-features", action="store_true", help="first-stage and model scores only")
-    p.add_argument("--negatives", type=int, default=3,
+    p.add_argument("--negatives", type=count, default=3,
                    help="unjudged first-stage candidates per query added with grade 0 (train and dev lists); "
                         "0 = judged products only")
     p.add_argument("--monotone", action=argparse.BooleanOptionalAction, default=True,

@@ -96,5 +96,9 @@ def test_train_ltr_mines_negatives_and_registers(monkeypatch: pytest.MonkeyPatch
         code, _, err = run(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
                            "--negatives", "0", "--no-monotone")
         assert code == 0, err
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "ltr", "--dataset", str(demo_dir), "--negatives", "-1"])
+        assert exit_info.value.code == 2
+        assert "--negatives: '-1' is not a whole number >= 0" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
