@@ -6,23 +6,23 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.state import EngineHolder
-from shoprank.engine import SearchEngine
-from shoprank.settings import Settings
+from api.state import ServedHolder
+from core.settings import Settings
+from serving.loading import Served
 
 
 def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_holder(request: Request) -> EngineHolder:
-    return request.app.state.engine
+def get_holder(request: Request) -> ServedHolder:
+    return request.app.state.served
 
 
-def get_engine(request: Request) -> SearchEngine:
+def get_served(request: Request) -> Served:
     return get_holder(request).get()
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-HolderDep = Annotated[EngineHolder, Depends(get_holder)]
-EngineDep = Annotated[SearchEngine, Depends(get_engine)]
+HolderDep = Annotated[ServedHolder, Depends(get_holder)]
+ServedDep = Annotated[Served, Depends(get_served)]

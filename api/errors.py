@@ -1,6 +1,6 @@
 """One place that turns errors into JSON responses.
 
-:class:`~shoprank.errors.ShopRankError` subclasses carry their HTTP status;
+:class:`~core.errors.ShopRankError` subclasses carry their HTTP status;
 request validation errors become 422 with a message naming each bad field,
 the value sent and what is allowed.
 """
@@ -15,7 +15,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from shoprank.errors import ShopRankError
+from core.errors import ShopRankError
 
 logger = logging.getLogger(__name__)
 

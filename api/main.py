@@ -1,4 +1,4 @@
-"""The FastAPI app: ``create_app(settings)``; the engine loads in the lifespan.
+"""The FastAPI app: ``create_app(settings)``; the engine and router load in the lifespan.
 
 Also here: the request-id middleware (``X-Request-ID`` in and out), request
 timing into Prometheus, one structured (JSON) access-log line per request, and
@@ -6,7 +6,6 @@ the event log that every search's impression and every interaction goes to.
 """
 
 from __future__ import annotations
-
 
 import json
 import logging
@@ -25,12 +24,11 @@ from pydantic import ValidationError
 from api import errors
 from api.metrics import Metrics
 from api.routes import admin, events, health, search
-from api.state import EngineHolder
-from online_learning.event_log import EventLog, KafkaSettings
-from online_learning.router import load_router
-from shoprank import __version__
-from shoprank.engine import SearchEngine
-from shoprank.settings import Settings, get_settings
+from api.state import ServedHolder
+from core import __version__
+from core.settings import Settings, get_settings
+from online_learning.event_log import EventLog, KafkaSettings, claim_spool
+from serving.loading import Served, generation, open_served
 
 logger = logging.getLogger(__name__)
 access = logging.getLogger("shoprank.access")
@@ -38,39 +36,34 @@ access = logging.getLogger("shoprank.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
-def load_engine(settings: Settings) -> SearchEngine:
-    """Load (building on first run) the served index, the query encoder and the models
-    (including the LambdaMART versions the current experiment or shadow needs)."""
-    from shoprank import artifacts
-
-    encoder = artifacts.open_encoder(settings)
-    index = artifacts.ensure_served_index(settings, encoder)
-    engine = SearchEngine.open(index, encoder, settings, load_router(settings.home).ltr_versions)
-    logger.info("serving index %s: %d products, models %s", index.path, index.count, engine.versions)
-    return engine
+Loader = Callable[[Settings, Served | None], Served]
 
 
-def create_app(settings: Settings | None = None,
-               loader: Callable[[Settings], SearchEngine] = load_engine) -> FastAPI:
-    """The API app; ``loader`` builds the engine in the background at start-up."""
+def create_app(settings: Settings | None = None, loader: Loader = open_served) -> FastAPI:
+    """The API app; ``loader(settings, previous)`` builds the served unit (engine + experiment
+    router) in the background at start-up, and again for every hot swap."""
     settings = settings or get_settings()
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        holder = EngineHolder(lambda: loader(settings))
+        holder = ServedHolder(lambda previous: loader(settings, previous), lambda: generation(settings),
+                              settings.serving.reload_poll_s)
         kafka = KafkaSettings(settings.events.kafka_bootstrap) if settings.events.kafka_bootstrap else None
-        event_log = EventLog(settings.events_dir, kafka)
-        app.state.engine = holder
+        spool, spool_lock = claim_spool(settings.paths.event_spool)
+        event_log = EventLog(spool, kafka)
+        app.state.served = holder
         app.state.event_log = event_log
-        app.state.router = load_router(settings.home)
         metrics.watch(lambda: _live_state(holder, event_log))
         holder.start()
         try:
             yield
         finally:
-            app.state.router.close()
+            holder.stop()
+            if holder.ready.is_set() and holder.error is None:
+                holder.get().router.close()
             event_log.close()
+            spool_lock.close()  # type: ignore[attr-defined]
 
     app = FastAPI(title="ShopRank", version=__version__, lifespan=lifespan,
                   summary="Learning-to-rank product search for online stores.")
@@ -111,10 +104,15 @@ def create_app(settings: Settings | None = None,
     return app
 
 
-def _live_state(holder: EngineHolder, event_log: EventLog) -> dict:
+def _live_state(holder: ServedHolder, event_log: EventLog) -> dict:
     state = {"spool_pending": event_log.pending(), "shipped": event_log.shipped, "ready": False}
     try:
-        engine = holder.get()
+        engine = holder.get().engine
     except Exception:  # noqa: BLE001 - not loaded yet
         return state
     return state | {"ready": True, "caches": engine.cache_stats(), "versions": engine.versions}
+
+
+def app_from_env() -> FastAPI:
+    """The app of one server process when ``shoprank serve`` runs several (settings from the environment)."""
+    return create_app(get_settings())

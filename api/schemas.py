@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_QUERY_CHARS = 256
+MAX_K = 100  # results per page; the rules stage orders the first 100 (ranking.rules.RulesStage.depth)
 
 
 class SearchFilters(BaseModel):
@@ -29,7 +30,7 @@ class SearchRequest(BaseModel):
         "examples": [{"query": "cordless drill", "k": 10, "user_id": "u123"}]})
 
     query: str = Field(..., description=f"Search text, 1..{MAX_QUERY_CHARS} characters after trimming.")
-    k: int = Field(10, ge=1, le=100, description="Number of results, 1..100.")
+    k: int = Field(10, ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}.")
     offset: int = Field(0, ge=0, le=900, description="Results to skip (paging), 0..900.")
     user_id: str | None = Field(None, min_length=1, max_length=128, description="Shopper id (optional).")
     session_id: str | None = Field(None, min_length=1, max_length=128, description="Session id (optional).")

@@ -1,4 +1,4 @@
-"""What the app holds at run time: the engine (swappable) and why it may not be ready."""
+"""What the app holds at run time: the served unit (engine + router), swappable, and why it may not be ready."""
 
 from __future__ import annotations
 
@@ -6,55 +6,94 @@ import logging
 import threading
 from collections.abc import Callable
 
-from shoprank.engine import SearchEngine
-from shoprank.errors import NotReady
+from core.errors import NotReady
+from serving.loading import Served
 
 logger = logging.getLogger(__name__)
 
 
-class EngineHolder:
-    """Loads the :class:`SearchEngine` in a background thread and swaps it atomically.
+class ServedHolder:
+    """Loads the :class:`~serving.loading.Served` unit in a background thread and swaps it atomically.
 
     Liveness (``/healthz``) answers at once; readiness (``/readyz``) and
     searches wait for the first load and report its error if it failed. A swap
     replaces the reference in one assignment: requests that already hold the old
-    engine finish on it; new requests get the new one.
+    unit finish on it; new requests get the new one.
+
+    With ``stamp`` and ``poll_s``, a watcher thread compares ``stamp()`` (the
+    shared state's fingerprint, :func:`serving.loading.generation`) with the
+    loaded unit's every ``poll_s`` seconds and reloads on a change, so a swap
+    made by another server process (or ``shoprank models activate``) reaches
+    this one. A reload that fails leaves the old unit serving.
     """
 
-    def __init__(self, load: Callable[[], SearchEngine]) -> None:
+    def __init__(self, load: Callable[[Served | None], Served], stamp: Callable[[], str] | None = None,
+                 poll_s: float = 0.0) -> None:
         self._load = load
-        self._engine: SearchEngine | None = None
+        self._stamp = stamp
+        self._poll_s = poll_s
+        self._served: Served | None = None
         self.error: str | None = None
+        self.reload_error: str | None = None
+        self.reloads = 0
         self.ready = threading.Event()
+        self._stop = threading.Event()
         self._swap_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="engine-loader", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="served-loader", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def stop(self) -> None:
+        self._stop.set()
+
     def _run(self) -> None:
         try:
-            self._engine = self._load()
+            self._served = self._load(None)
         except Exception as err:  # noqa: BLE001 - reported by /readyz and every search
             logger.exception("loading the search engine failed")
             self.error = f"{type(err).__name__}: {err}"
+            return
         finally:
             self.ready.set()
+        if self._stamp is not None and self._poll_s > 0:
+            self._watch()
 
-    def get(self) -> SearchEngine:
-        engine = self._engine
-        if engine is not None:
-            return engine
+    def _watch(self) -> None:
+        failed = None
+        while not self._stop.wait(self._poll_s):
+            try:
+                stamp = self._stamp()  # type: ignore[misc]
+                if stamp in (self.get().generation, failed):
+                    continue
+                logger.info("shared serving state changed (%s); reloading", stamp)
+                self.reload()
+                failed = None
+            except Exception as err:  # noqa: BLE001 - keep serving the loaded unit
+                logger.exception("reloading after a shared state change failed; the loaded models keep serving")
+                self.reload_error = f"{type(err).__name__}: {err}"
+                failed = stamp
+
+    def get(self) -> Served:
+        served = self._served
+        if served is not None:
+            return served
         if self.error:
             raise NotReady(f"the search engine failed to load: {self.error}")
         raise NotReady("the search engine is still loading (index and models); retry shortly")
 
-    def rebuild(self, build: Callable[[SearchEngine], SearchEngine]) -> SearchEngine:
-        """Build a new engine from the current one (e.g. new models, same index) and swap it in."""
+    def reload(self) -> Served:
+        """Load the unit again from the shared state (same index and encoder) and swap it in."""
+        served = self.swap(self._load)
+        self.reloads += 1
+        return served
+
+    def swap(self, build: Callable[[Served], Served]) -> Served:
+        """Build a new unit from the current one (e.g. new models, same index) and swap it in."""
         with self._swap_lock:
             old = self.get()
             new = build(old)
-            self._engine = new
-        logger.info("swapped engine: %s -> %s", old.versions, new.versions)
-        threading.Timer(30.0, old.close).start()  # in-flight requests finish on the old engine first
+            self._served = new
+        logger.info("swapped engine: %s -> %s", old.engine.versions, new.engine.versions)
+        threading.Timer(30.0, old.close).start()  # in-flight requests finish on the old unit first
         return new

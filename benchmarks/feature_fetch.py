@@ -57,8 +57,8 @@ def _start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
 
 
 def measure_store(settings, requests: list[tuple[list[str], str]]) -> dict:  # type: ignore[no-untyped-def]
-    from ranking.features import OnlineFeatureReader
-    from shoprank import feature_store
+    from core.feature_store import OnlineFeatureReader
+    from core import feature_store
 
     store = feature_store.open_store(settings)
     service = store.get_feature_service(settings.features.service)
@@ -89,9 +89,9 @@ def measure_store(settings, requests: list[tuple[list[str], str]]) -> dict:  # t
 
 def measure_lambdamart(settings, queries: int) -> dict:  # type: ignore[no-untyped-def]
     from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
-    from shoprank.registry import ModelRegistry
+    from core.registry import ModelRegistry
 
-    active = ModelRegistry(settings.models_dir).active("ltr")
+    active = ModelRegistry(settings.paths.models).active("ltr")
     rng = np.random.default_rng(0)
     if active is not None and active.path is not None:
         model, source = LambdaMART.load(active.path), f"ltr:{active.version}"
@@ -107,8 +107,8 @@ def measure_lambdamart(settings, queries: int) -> dict:  # type: ignore[no-untyp
 
 
 def main() -> None:
-    from shoprank.settings import FeatureSettings, Settings
-    from shoprank.world import StoreWorld
+    from core.settings import FeatureSettings, Settings
+    from simulation.world import StoreWorld
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=Path(__file__).resolve().parents[1] / "artifacts")
@@ -126,7 +126,7 @@ def main() -> None:
                     "candidates": args.candidates, "queries": args.queries,
                     "sqlite": measure_store(settings, requests)}
     if not args.no_redis:
-        from shoprank import feature_store
+        from core import feature_store
 
         with tempfile.TemporaryDirectory() as folder:
             server, port = _start_redis(Path(folder))

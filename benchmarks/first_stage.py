@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
-from shoprank import artifacts  # noqa: E402
-from shoprank.engine import SearchEngine  # noqa: E402
-from shoprank.evaluation.dataset import load_dataset  # noqa: E402
-from shoprank.settings import Settings  # noqa: E402
+from serving import loading as artifacts  # noqa: E402
+from serving.engine import SearchEngine  # noqa: E402
+from evaluation.dataset import load_dataset  # noqa: E402
+from core.settings import Settings  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 

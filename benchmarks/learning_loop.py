@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import ShoprankProcess, hardware, wait_ready  # noqa: E402
 from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC  # noqa: E402
 from online_learning.local_broker import LocalBroker, create_topics, free_port  # noqa: E402
-from online_learning.simulator import compare_replays  # noqa: E402
+from simulation.simulator import compare_replays  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "homedepot"
 TOKEN = "loop-admin"
@@ -196,20 +197,27 @@ def main() -> None:
     (args.home / "reports" / "learning_loop.json").write_text(json.dumps(steps, indent=2, default=str))
 
 
+def negate_leaves(folder: Path) -> None:
+    """Negate every leaf value of the LightGBM model files under ``folder`` (warm-start parents too)."""
+    for path in folder.rglob("model.txt"):
+        text = path.read_text()
+        text = re.sub(r"^leaf_value=(.*)$", lambda m: "leaf_value=" + " ".join(
+            repr(-float(v)) for v in m.group(1).split()), text, flags=re.M)
+        path.write_text(text)
+
+
 def worse_candidate(env: dict, base: str, active: str, simulate, settle, sessions: int) -> dict:  # type: ignore[no-untyped-def]
     """Register ``active`` with its scores reversed, A/B it (must be rejected), then force it live (guard rolls back)."""
-    from ranking.lambdamart import LambdaMART
-    from shoprank.registry import ModelRegistry
-    from shoprank.settings import Settings
+    from core.paths import Home
+    from core.registry import ModelRegistry
 
-    home = Path(env["SHOPRANK_HOME"])
-    registry = ModelRegistry(Settings(home=home).models_dir)
+    home = Home(Path(env["SHOPRANK_HOME"]))
+    registry = ModelRegistry(home.models)
     source = registry.get("ltr", active)
-    model = LambdaMART.load(Path(source.path))
-    model.sign = -1.0  # the same trees, order reversed: a deliberately bad candidate
-    folder = home / "training" / "worse"
+    folder = home.training("worse")
     shutil.rmtree(folder, ignore_errors=True)
-    model.save(folder)
+    shutil.copytree(Path(source.path), folder)
+    negate_leaves(folder)  # the same trees, order reversed: a deliberately bad candidate
     worse = registry.register("ltr", folder, base_model="deliberately reversed", parent=active,
                               notes="scores negated on purpose: the policy must reject it").version
     experiment = {"name": "worse-candidate", "mode": "ab", "control": "control",

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import ShoprankProcess, hardware, wait_ready  # noqa: E402
 from online_learning.local_broker import free_port  # noqa: E402
-from online_learning.simulator import compare_replays  # noqa: E402
+from simulation.simulator import compare_replays  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "homedepot"
 SHARED = ("models", "indexes", "world", "cache")  # read by the server: linked, not copied
@@ -103,7 +103,7 @@ def main() -> None:
     reports = {name: replay(name, assignments, args, work) for name, *assignments in args.profile}
     baseline, *others = reports
     result: dict[str, object] = {"hardware": hardware(), "sessions": args.sessions, "split": args.split,
-                                 "seed": args.seed, "note": "SIMULATED shoppers (shoprank.world)"}
+                                 "seed": args.seed, "note": "SIMULATED shoppers (simulation.world)"}
     result["profiles"] = {name: {"settings": r["profile"], "wall_seconds": r["wall_seconds"], **r["overall"]}
                           for name, r in reports.items()}
     result["paired_vs_" + baseline] = {name: compare_replays(reports[baseline], reports[name]) for name in others}

@@ -1,7 +1,7 @@
 """Re-ranking latency on the real catalog: each registered cross-encoder, and the cascade.
 
 For every registered reranker / student version (or ``--models DIR ...``) and
-ONNX variant, prints p50/p95/p99 of scoring the top 100 hybrid candidates of
+ONNX precision, prints p50/p95/p99 of scoring the top 100 hybrid candidates of
 real dev queries (tokenisation and batching included); then end-to-end latency
 of the served pipelines (``rerank``, ``cascade``, ``ltr``, ``full``) with their
 configured depths, and peak memory. One query at a time, 2-core CPU.
@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
 from ranking.cross_encoder import CrossEncoderScorer  # noqa: E402
-from shoprank import artifacts  # noqa: E402
-from shoprank.engine import SearchEngine  # noqa: E402
-from shoprank.evaluation.dataset import load_dataset  # noqa: E402
-from shoprank.registry import ModelRegistry  # noqa: E402
-from shoprank.settings import Settings  # noqa: E402
+from serving import loading as artifacts  # noqa: E402
+from serving.engine import SearchEngine  # noqa: E402
+from evaluation.dataset import load_dataset  # noqa: E402
+from core.registry import ModelRegistry  # noqa: E402
+from core.settings import Settings  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=DEFAULT)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--candidates", type=int, default=100)
-    parser.add_argument("--variants", nargs="+", default=["int8", "fp32"])
+    parser.add_argument("--precisions", nargs="+", default=["int8", "fp32"])
     parser.add_argument("--pipelines", nargs="+", default=["hybrid", "rerank", "cascade", "ltr", "full"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -62,16 +62,16 @@ def main() -> None:
     engine = SearchEngine.open(index, encoder, settings)
     queries = [q for _, q in dataset.select("dev")][: args.queries]
     lists = {q: [index.title(int(d)) for d in engine.hybrid.search(q, args.candidates).docs] for q in queries}
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(settings.paths.models)
     models = {}
     for role in ("student", "reranker"):
         for entry in registry.versions(role):
             layers = entry.params.get("layers", "?")
-            for variant in args.variants:
-                scorer = CrossEncoderScorer(Path(entry.path), variant, max_length=settings.ranking.max_length,
+            for precision in args.precisions:
+                scorer = CrossEncoderScorer(Path(entry.path), precision, max_length=settings.ranking.max_length,
                                             batch_size=settings.ranking.batch_size)
                 seconds = time_each(queries, lambda q, s=scorer: s.score(q, lists[q]))
-                models[f"{role}:{entry.version} ({layers} layers, {variant})"] = percentiles(seconds)
+                models[f"{role}:{entry.version} ({layers} layers, {precision})"] = percentiles(seconds)
     pipelines = {}
     for name in args.pipelines:
         try:

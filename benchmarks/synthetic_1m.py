@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
 from retrieval.embedding_cache import EmbeddingCache  # noqa: E402
 from retrieval.index import ProductIndex  # noqa: E402
-from shoprank import artifacts  # noqa: E402
-from shoprank.engine import SearchEngine  # noqa: E402
-from shoprank.evaluation.dataset import load_dataset  # noqa: E402
-from shoprank.settings import Settings  # noqa: E402
+from serving import loading as artifacts  # noqa: E402
+from serving.engine import SearchEngine  # noqa: E402
+from evaluation.dataset import load_dataset  # noqa: E402
+from core.settings import Settings  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 
@@ -103,10 +103,10 @@ def main() -> None:
     products, vectors = synthetic_catalog(real.products["title"][real_live].tolist(),
                                           np.asarray(real.dense.vectors[real_live]), args.products)
     del real
-    path = settings.indexes_dir / f"synthetic-{args.products}-{args.kind}"
+    path = settings.paths.indexes / f"synthetic-{args.products}-{args.kind}"
     reuse = args.keep and (path / "manifest.json").is_file()
     started = time.perf_counter()
-    cache = EmbeddingCache(settings.cache_dir / "unused.sqlite", encoder.dim)
+    cache = EmbeddingCache(settings.paths.cache / "unused.sqlite", encoder.dim)
     if reuse:
         index = ProductIndex.load(path, settings.retrieval)
     else:

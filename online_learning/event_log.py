@@ -15,10 +15,15 @@
   de-duplicate by ``event_id``.
 - **No Kafka configured** (the embedded default): the segments are the event
   log on disk; nothing is shipped or deleted.
+- **Several server processes**: each claims its own spool folder
+  (:func:`claim_spool`, ``slot-0``, ``slot-1``, ... under the spool root, held by
+  a file lock), so no two processes append to or ship from the same segments;
+  a restarted server takes a free slot back and ships what it left there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -28,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import Conflict
 from online_learning.events import InteractionEvent, RankingEvent, key_of, topic_of
 
 logger = logging.getLogger(__name__)
@@ -40,6 +46,25 @@ class KafkaSettings:
     bootstrap_servers: str
     client_id: str = "shoprank-api"
     send_timeout: float = 10.0
+
+
+def claim_spool(root: Path, slots: int = 64) -> tuple[Path, object]:
+    """The first spool folder under ``root`` that no other live process holds, and its lock.
+
+    Keep the returned lock object open as long as the folder is used; the lock is
+    released when the process ends, however it ends.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for slot in range(slots):
+        handle = open(root / f"slot-{slot}.lock", "w")  # noqa: SIM115 - held for the process's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return root / f"slot-{slot}", handle
+    raise Conflict(f"all {slots} event spool slots under {root} are held by live processes; "
+                   "run fewer server processes (SHOPRANK_API__WORKERS) on this home")
 
 
 class EventLog:

@@ -23,7 +23,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shoprank.errors import InvalidInput
+from core.errors import InvalidInput
 
 
 class Arm(BaseModel):

@@ -29,7 +29,7 @@ import hashlib
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +37,14 @@ import pandas as pd
 
 from online_learning.consumers.log_sink import read_log
 from online_learning.propensity import fit_position_model
-from ranking.cascade import Query
-from ranking.features import FeatureBatch
-from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
-from ranking.ltr import LtrFeaturizer
+from core.feature_store import FeatureBatch
+from core.query import Query
+from core.registry import ModelRegistry, ServedModel
+from core.settings import Settings
+from ranking.features import LtrFeaturizer
+from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig, RankingData
+from retrieval.index import ProductIndex
 from retrieval.types import Candidates, Hits
-from shoprank.engine import SearchEngine
-from shoprank.registry import ModelRegistry
-from shoprank.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ class RetrainConfig:
     valid_share: float = 0.2
     max_position: int = 10
     seed: int = 13
-
-
-def log_root(settings: Settings) -> Path:
-    return settings.home / "event_log"
 
 
 def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | None) -> pd.DataFrame:
@@ -88,8 +84,8 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
     return rankings.sort_values(["timestamp", "request_id", "position"], ignore_index=True)
 
 
-def _candidates(engine: SearchEngine, rows: pd.DataFrame) -> Candidates:
-    docs = [engine.index.doc_of(p) for p in rows["product_id"]]
+def _candidates(index: ProductIndex, rows: pd.DataFrame) -> Candidates:
+    docs = [index.doc_of(p) for p in rows["product_id"]]
     keep = np.array([d is not None for d in docs])
     rows = rows[keep]
     hits = Hits.of([d for d in docs if d is not None], -rows["position"].to_numpy(dtype=float))
@@ -101,7 +97,7 @@ def _candidates(engine: SearchEngine, rows: pd.DataFrame) -> Candidates:
     return Candidates(base.docs, base.product_ids, base.stage, scores, base.ranks)
 
 
-def logged_ranking_data(engine: SearchEngine, featurizer: LtrFeaturizer, shown: pd.DataFrame,
+def logged_ranking_data(featurizer: LtrFeaturizer, shown: pd.DataFrame,
                         store_frame: pd.DataFrame | None) -> tuple[RankingData, np.ndarray]:
     """Feature rows per logged search and each row's position (searches with one known product are skipped)."""
     rows, labels, sizes, qids, positions = [], [], [], [], []
@@ -110,7 +106,7 @@ def logged_ranking_data(engine: SearchEngine, featurizer: LtrFeaturizer, shown: 
     for request_id, group in shown.groupby("request_id", sort=False):
         part = store_frame.iloc[offset : offset + len(group)] if store_frame is not None else None
         offset += len(group)
-        candidates = _candidates(engine, group)
+        candidates = _candidates(featurizer.index, group)
         if len(candidates) < 2:
             continue
         known = group[group["product_id"].isin(set(candidates.product_ids))]
@@ -142,41 +138,48 @@ def _split(data: RankingData, positions: np.ndarray, share: float) -> tuple[tupl
     return (first, positions[:cut_row]), (second, positions[cut_row:])
 
 
-def retrain(settings: Settings, engine: SearchEngine, config: RetrainConfig = RetrainConfig()) -> dict:
-    """Train and register a candidate from the logs (see module docstring)."""
+def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel | None,
+            config: RetrainConfig = RetrainConfig()) -> dict:
+    """Train and register a candidate from the logs (see module docstring).
+
+    Args:
+        settings: Where the logs, the registry and the feature store are.
+        featurizer: The served featurizer (index and query encoder); the store
+            features it reads are the active model's.
+        active: The active LambdaMART (warm start, and the comparison), or None.
+    """
     from ranking.unbiased import ips_dcg
-    from shoprank import feature_store
+    from core import feature_store
     from ranking.training.ltr_data import historical_features
 
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with open(settings.home / "retrain.lock", "w") as lock:
+    settings.paths.retrain_lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(settings.paths.retrain_lock, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return {"status": "skipped", "reason": "another retrain is running"}
-        registry = ModelRegistry(settings.models_dir)
+        registry = ModelRegistry(settings.paths.models)
         since = pd.Timestamp(config.since) if config.since else None
         if since is None:
             windows = [v.params.get("data_window", {}).get("until") for v in registry.versions("ltr")]
             windows = [pd.Timestamp(w) for w in windows if w]
             since = max(windows) if windows else None
         until = pd.Timestamp(config.until) if config.until else None
-        shown = impressions(log_root(settings), since, until)
+        shown = impressions(settings.paths.event_log, since, until)
         searches = shown["request_id"].nunique() if not shown.empty else 0
         if searches < config.min_searches:
             return {"status": "up to date", "new_searches": int(searches), "since": str(since)}
         started = time.perf_counter()
         model = fit_position_model(shown[["query", "product_id", "position", "clicked"]], config.max_position)
-        active = engine.ltr
-        names = active.model.names[4:] if active else []  # type: ignore[attr-defined]
-        featurizer = engine.featurizer(list(names))
+        names = active.model.names[len(BASE_FEATURES):] if active else []  # type: ignore[attr-defined]
+        featurizer = replace(featurizer, store_names=list(names))
         store_frame = None
         if names:
             store = feature_store.open_store(settings)
             entities = shown[["product_id", "user_id", "timestamp"]].rename(columns={"timestamp": "event_timestamp"})
             entities["user_id"] = entities["user_id"].fillna("anonymous")
             store_frame = historical_features(store, settings.features.service, entities)
-        data, positions = logged_ranking_data(engine, featurizer, shown, store_frame)
+        data, positions = logged_ranking_data(featurizer, shown, store_frame)
         (train, train_pos), (valid, valid_pos) = _split(data, positions, config.valid_share)
         train_ips, valid_ips = 1 / model.propensity(train_pos), 1 / model.propensity(valid_pos)
         lgb_config = LambdaMARTConfig(seed=config.seed, max_grade=3, min_data_in_leaf=50, num_leaves=15,
@@ -190,7 +193,7 @@ def retrain(settings: Settings, engine: SearchEngine, config: RetrainConfig = Re
             metrics["active_valid_ips_dcg@10"] = round(ips_dcg(valid.groups, valid.labels, valid_ips,
                                                                active.model.predict(valid.features)), 4)  # type: ignore[attr-defined]
         window = {"since": str(since) if since is not None else None, "until": str(shown["timestamp"].max())}
-        work = settings.home / "training" / f"retrain-{hashlib.sha1(str(window).encode()).hexdigest()[:10]}"
+        work = settings.paths.training(f"retrain-{hashlib.sha1(str(window).encode()).hexdigest()[:10]}")
         shutil.rmtree(work, ignore_errors=True)
         candidate.save(work)
         entry = registry.register(

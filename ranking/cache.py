@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from shoprank.cache import LRUCache
+from core.cache import LRUCache
 
 
 class CachedScorer:

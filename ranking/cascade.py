@@ -6,39 +6,36 @@ score (recorded as its own column), and leaves the rest behind them in the
 order they came. So any stage can be timed, skipped or replaced, and a list is
 always complete (retrieval-mode evaluation reads 1,000 deep).
 
-Default depths follow the settings ``ranking.k1`` (first stage), ``student_depth``
-and ``teacher_depth``; see README for what they cost on a 2-core CPU.
+Default depths follow the settings ``ranking.first_stage_depth``, ``student_depth``,
+``teacher_depth`` and ``ltr_depth``; ``benchmarks/RESULTS.md`` says what they cost
+on a 2-core CPU. The last stage of a served pipeline is the rules stage
+(:class:`ranking.rules.RulesStage`), whose notes travel in :class:`Ranked`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from retrieval.hybrid import Retriever
+from core.query import Query
 from ranking.cross_encoder import StageTimeout
-from ranking.rules import Filters
+from retrieval.hybrid import Retriever
 from retrieval.types import Candidates
 
+
 @dataclass(frozen=True)
-class Query:
-    """What a stage may know about the request: the text, who asks, by when.
+class Noted:
+    """A stage's output with notes per product id (the rules stage says what each rule did)."""
 
-    ``deadline`` is a ``time.monotonic()`` value; stages that can be cancelled
-    (the cross-encoders) stop there and raise :class:`StageTimeout`.
-    """
-
-    text: str
-    user_id: str | None = None
-    filters: Filters = field(default_factory=Filters)
-    deadline: float | None = None
+    candidates: Candidates
+    notes: Mapping[str, list[str]]
 
 
-Stage = Callable[[Query, Candidates], Candidates]
+Stage = Callable[[Query, Candidates], "Candidates | Noted"]
 logger = logging.getLogger(__name__)
 
 
@@ -65,19 +62,14 @@ class ScoreStage:
         return rerank_head(candidates, self.depth, self.name, self.score(query.text, head.docs, query.deadline))
 
 
-def cross_encoder_stage(name: str, scorer, titles: Callable[[np.ndarray], list[str]], depth: int) -> ScoreStage:  # type: ignore[no-untyped-def]
-    """A stage scoring (query, product title) pairs with a cross-encoder."""
-    return ScoreStage(name=name, depth=depth,
-                      score=lambda query, docs, deadline: scorer.score(query, titles(docs), deadline))
-
-
 @dataclass(frozen=True)
 class Ranked:
-    """A cascade's output, the seconds each stage took, and stages skipped (why)."""
+    """A cascade's output, the seconds each stage took, stages skipped (why) and notes per product."""
 
     candidates: Candidates
     timings: dict[str, float] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
+    notes: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,43 +79,52 @@ class Cascade:
     Attributes:
         name: Pipeline name (``rerank``, ``cascade``, ...).
         first: The first-stage retriever.
-        stages: Re-ranking stages, applied in order.
-        k1: Candidates requested from the first stage.
+        stages: Re-ranking stages, applied in order. A stage with ``skippable =
+            False`` (the rules: filters and business rules) runs even when the
+            request's budget is spent.
+        first_stage_depth: Candidates requested from the first stage.
+        budgets: Seconds each named stage may take at most.
     """
 
     name: str
     first: Retriever
     stages: Sequence[Stage]
-    k1: int = 1000
+    first_stage_depth: int = 1000
     budgets: dict[str, float] = field(default_factory=dict)
 
     def _apply(self, query: Query, candidates: Candidates, timings: dict[str, float]) -> Ranked:
         """Run the stages; a stage that times out or fails is skipped (the previous
         order stands) and named in ``degraded``; never an exception for a slow model."""
         degraded: list[str] = []
+        notes: dict[str, list[str]] = {}
         for stage in self.stages:
             name = getattr(stage, "name", "stage")
             now = time.monotonic()
-            if query.deadline is not None and now >= query.deadline:
+            skippable = getattr(stage, "skippable", True)
+            if skippable and query.deadline is not None and now >= query.deadline:
                 degraded.append(f"{name}: skipped, request budget spent")
                 continue
             limits = [d for d in (query.deadline, now + self.budgets[name] if name in self.budgets else None) if d]
             started = time.perf_counter()
             try:
-                candidates = stage(replace(query, deadline=min(limits) if limits else None), candidates)
+                out = stage(replace(query, deadline=min(limits) if limits and skippable else None), candidates)
+                if isinstance(out, Noted):
+                    candidates, notes = out.candidates, {**notes, **out.notes}
+                else:
+                    candidates = out
             except StageTimeout:
                 degraded.append(f"{name}: timeout")
             except Exception as err:  # noqa: BLE001 - serve the previous order, say why
                 logger.exception("stage %s failed", name)
                 degraded.append(f"{name}: error {type(err).__name__}")
             timings[name] = time.perf_counter() - started
-        return Ranked(candidates, timings, degraded)
+        return Ranked(candidates, timings, degraded, notes)
 
     def run(self, query: Query | str, k: int) -> Ranked:
         """Search and re-rank, with per-stage timings."""
         query = query if isinstance(query, Query) else Query(query)
         started = time.perf_counter()
-        candidates = self.first.search(query.text, max(k, self.k1))
+        candidates = self.first.search(query.text, max(k, self.first_stage_depth))
         return self._apply(query, candidates, {"first_stage": time.perf_counter() - started})
 
     def search(self, query: str, k: int) -> Candidates:

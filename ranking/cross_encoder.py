@@ -1,6 +1,6 @@
 """Cross-encoder scoring: (query, product text) -> relevance score.
 
-A model folder (registered in :mod:`shoprank.registry`) holds the Hugging Face
+A model folder (registered in :mod:`core.registry`) holds the Hugging Face
 weights (``config.json``, ``model.safetensors``, tokenizer) and, after
 :func:`export`, ``onnx/model.onnx`` (fp32) and ``onnx/model.int8.onnx``
 (dynamic int8 quantisation). :class:`CrossEncoderScorer` runs either on ONNX
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shoprank.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+PRECISIONS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
 
 class StageTimeout(TimeoutError):
@@ -38,13 +38,13 @@ def export(model_dir: Path, quantize: bool = True) -> dict[str, Path]:
     """Export the model in ``model_dir`` to ONNX (and int8); returns the files."""
     import torch
 
-    from ranking.model import PairScorer
+    from ranking.cross_encoder_net import PairScorer
 
     out = model_dir / "onnx"
     out.mkdir(exist_ok=True)
     model = PairScorer.load(model_dir).eval()
     dummy = torch.ones((2, 16), dtype=torch.long)
-    fp32 = out / VARIANTS["fp32"]
+    fp32 = out / PRECISIONS["fp32"]
     with torch.no_grad():
         torch.onnx.export(
             model, (dummy, dummy, torch.zeros_like(dummy)), str(fp32),
@@ -57,7 +57,7 @@ def export(model_dir: Path, quantize: bool = True) -> dict[str, Path]:
     if quantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        int8 = out / VARIANTS["int8"]
+        int8 = out / PRECISIONS["int8"]
         quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
         files["int8"] = int8
     logger.info("exported %s to %s", model_dir, out)
@@ -98,7 +98,7 @@ def _batches(encodings: list, batch_size: int) -> list[tuple[np.ndarray, dict[st
 
 
 class CrossEncoderScorer:
-    """A cross-encoder on ONNX Runtime (``variant`` fp32 or int8).
+    """A cross-encoder on ONNX Runtime (``precision`` fp32 or int8).
 
     Args:
         model_dir: A model folder with ``onnx/`` exported (see :func:`export`).
@@ -107,15 +107,15 @@ class CrossEncoderScorer:
         threads: ONNX Runtime intra-op threads (0 = one per core).
     """
 
-    def __init__(self, model_dir: Path, variant: str = "int8", max_length: int = 48,
+    def __init__(self, model_dir: Path, precision: str = "int8", max_length: int = 48,
                  batch_size: int = 32, threads: int = 0) -> None:
         import onnxruntime as ort
 
-        if variant not in VARIANTS:
-            raise InvalidInput(f"cross-encoder variant {variant!r} is not one of {list(VARIANTS)}")
-        path = model_dir / "onnx" / VARIANTS[variant]
+        if precision not in PRECISIONS:
+            raise InvalidInput(f"cross-encoder precision {precision!r} is not one of {list(PRECISIONS)}")
+        path = model_dir / "onnx" / PRECISIONS[precision]
         if not path.is_file():
-            export(model_dir, quantize=variant == "int8")
+            export(model_dir, quantize=precision == "int8")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -123,7 +123,7 @@ class CrossEncoderScorer:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.tokenizer = _PairTokenizer(model_dir, max_length)
         self.model_dir = model_dir
-        self.variant = variant
+        self.precision = precision
         self.batch_size = batch_size
 
     def score_pairs(self, queries: Sequence[str], texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
@@ -174,7 +174,7 @@ class TorchCrossEncoder:
     def __init__(self, model_dir: Path, max_length: int = 48, batch_size: int = 64) -> None:
         import torch
 
-        from ranking.model import PairScorer
+        from ranking.cross_encoder_net import PairScorer
 
         self.torch = torch
         self.model = PairScorer.load(model_dir).eval()

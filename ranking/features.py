@@ -1,151 +1,75 @@
-"""Store features for candidates at request time, from Feast's online store.
+"""The ranking features of a candidate list: one featurizer for training and serving.
 
-:class:`OnlineFeatureReader` reads the features of a Feast ``FeatureService``
-(``ranker_v1``) for one user and a list of candidate products through Feast's
-``OnlineStore.online_read`` (the interface every online store implements,
-sqlite and Redis alike), and computes the service's on-demand features with the
-repo's own transformation. Product rows are cached in-process for
-``product_ttl`` seconds (read-through), because Feast's full
-``get_online_features`` took ~47 ms for 100 products + 1 user on this machine
-(``benchmarks/feature_fetch.py``) against a 5 ms budget; users are always read
-fresh.
-
-Missing values (a product with no popularity yet, an anonymous user) are NaN,
-which LightGBM treats as missing.
+:class:`LtrFeaturizer` builds the feature matrix of (query, user, candidates):
+the exact BM25 score and dense cosine of each candidate, the cross-encoder
+scores (from the cascade's columns, or computed for rows a stage did not
+score), then the feature store's features in model order. It is the one place
+features are made, for training rows and for live requests alike; the names
+are ``ranking.lambdamart.BASE_FEATURES`` followed by the store features.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from feast import FeatureStore
+from core.feature_store import FeatureBatch
+from core.query import Query
+from ranking.lambdamart import BASE_FEATURES
+from retrieval.index import ProductIndex
+from retrieval.types import Candidates
 
 logger = logging.getLogger(__name__)
 
-
-def _value(proto: Any) -> Any:
-    from feast.type_map import feast_value_type_to_python_type
-
-    return feast_value_type_to_python_type(proto)
+StoreFeatures = Callable[[Query, Sequence[str]], FeatureBatch]
 
 
-@dataclass(frozen=True)
-class FeatureBatch:
-    """Numeric features for candidates, one float32 column per name (NaN = missing)."""
+@dataclass
+class LtrFeaturizer:
+    """Feature rows for (query, user, candidate) triples.
 
-    product_ids: list[str]
-    columns: dict[str, np.ndarray]
+    Args:
+        index: The product index (exact BM25 and cosine per candidate).
+        embed: Query text -> query vector.
+        store: Store features for (query, product ids), or None (all NaN).
+        store_names: Store feature names, in model order.
+        student, teacher: ``score(query, titles)`` of the served cross-encoders;
+            used only for rows a cascade stage did not score already.
+    """
 
-    def matrix(self, names: Sequence[str]) -> np.ndarray:
-        return np.column_stack([self.columns[n] for n in names]).astype(np.float32) if names else np.zeros((len(self.product_ids), 0), np.float32)
-
-
-class OnlineFeatureReader:
-    """Reads a feature service's features for (user, candidates) from the online store."""
-
-    def __init__(self, store: FeatureStore, service: str, product_ttl: float = 30.0) -> None:
-        self.store = store
-        self.provider = store._get_provider()  # the OnlineStore behind get_online_features
-        self.service = store.get_feature_service(service)
-        self.product_ttl = product_ttl
-        self._views: dict[str, tuple[Any, list[str], str]] = {}  # view name -> (view, features, join key)
-        self._odfvs = []
-        needed: dict[str, set[str]] = {}
-        for projection in self.service.feature_view_projections:
-            features = [f.name for f in projection.features]
-            try:
-                odfv = store.get_on_demand_feature_view(projection.name)
-            except Exception:  # noqa: BLE001 - not an on-demand view: a stored one
-                odfv = None
-            if odfv is not None:
-                self._odfvs.append((odfv, features))
-                for source in odfv.source_feature_view_projections.values():
-                    needed.setdefault(source.name, set()).update(f.name for f in source.features)
-                continue
-            needed.setdefault(projection.name, set()).update(features)
-        for name, features in needed.items():
-            view = store.get_feature_view(name)
-            self._views[name] = (view, sorted(features), view.entity_columns[0].name)
-        self.names = [f.name for p in self.service.feature_view_projections for f in p.features]
-        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def _read(self, view_name: str, keys: Sequence[str]) -> list[dict[str, Any]]:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        view, features, join_key = self._views[view_name]
-        entity_keys = [EntityKey(join_keys=[join_key], entity_values=[Value(string_val=k)]) for k in keys]
-        rows = self.provider.online_read(config=self.store.config, table=view, entity_keys=entity_keys,
-                                         requested_features=features)
-        return [{f: _value(values[f]) for f in features if f in values} if values else {} for _, values in rows]
-
-    def _products(self, product_ids: Sequence[str]) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        with self._lock:
-            cached = {p: self._cache.get(p) for p in product_ids}
-        missing = [p for p, entry in cached.items() if entry is None or now - entry[0] > self.product_ttl]
-        self.hits += len(product_ids) - len(missing)
-        self.misses += len(missing)
-        if missing:
-            merged: dict[str, dict[str, Any]] = {p: {} for p in missing}
-            for name, (_, _, join_key) in self._views.items():
-                if join_key != "product_id":
-                    continue
-                for p, row in zip(missing, self._read(name, missing)):
-                    merged[p].update(row)
-            with self._lock:
-                for p, row in merged.items():
-                    self._cache[p] = (now, row)
-                    cached[p] = (now, row)
-        return [cached[p][1] for p in product_ids]  # type: ignore[index]
-
-    def _user(self, user_id: str | None) -> dict[str, Any]:
-        row: dict[str, Any] = {}
-        if user_id is None:
-            return row
-        for name, (_, _, join_key) in self._views.items():
-            if join_key == "user_id":
-                row.update(self._read(name, [user_id])[0])
-        return row
-
-    def fetch(self, product_ids: Sequence[str], user_id: str | None) -> FeatureBatch:
-        """Features of every product for ``user_id`` (None: anonymous)."""
-        products = self._products(product_ids)
-        user = self._user(user_id)
-        rows = [{**user, **p} for p in products]
-        columns: dict[str, np.ndarray] = {}
-        for odfv, features in self._odfvs:
-            inputs = {name: [r.get(name) for r in rows] for name in _odfv_inputs(odfv)}
-            output = odfv.feature_transformation.udf(inputs)
-            for feature in features:
-                columns[feature] = np.asarray(output[feature], dtype=np.float32)
-        for name in self.names:
-            if name not in columns:
-                columns[name] = np.asarray([_number(r.get(name)) for r in rows], dtype=np.float32)
-        return FeatureBatch(list(product_ids), columns)
+    index: ProductIndex
+    embed: Callable[[str], np.ndarray]
+    store: StoreFeatures | None
+    store_names: Sequence[str]
+    student: object | None = None
+    teacher: object | None = None
 
     @property
-    def hit_rate(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
+    def names(self) -> list[str]:
+        return [*BASE_FEATURES, *self.store_names]
 
+    def _model_scores(self, stage: str, scorer: object | None, query: str, candidates: Candidates) -> np.ndarray:
+        scores = np.asarray(candidates.scores.get(stage, np.full(len(candidates), np.nan)), dtype=np.float32).copy()
+        missing = np.isnan(scores)
+        if scorer is not None and missing.any():
+            titles = [self.index.title(int(d)) for d in candidates.docs[missing]]
+            scores[missing] = scorer.score(query, titles)  # type: ignore[attr-defined]
+        return scores
 
-def _odfv_inputs(odfv: Any) -> list[str]:
-    return [f.name for source in odfv.source_feature_view_projections.values() for f in source.features]
-
-
-def _number(value: Any) -> float:
-    if value is None or isinstance(value, (list, str)):
-        return float("nan")
-    return float(value)
+    def __call__(self, query: Query, candidates: Candidates) -> np.ndarray:
+        docs = candidates.docs
+        columns = [
+            self.index.bm25.score(query.text, docs),
+            self.index.dense.score(self.embed(query.text), docs),
+            self._model_scores("student", self.student, query.text, candidates),
+            self._model_scores("teacher", self.teacher, query.text, candidates),
+        ]
+        base = np.column_stack(columns).astype(np.float32)
+        if not self.store_names:
+            return base
+        if self.store is None:
+            return np.hstack([base, np.full((len(docs), len(self.store_names)), np.nan, np.float32)])
+        return np.hstack([base, self.store(query, candidates.product_ids).matrix(self.store_names)])

@@ -68,7 +68,6 @@ class LambdaMART:
     names: list[str]
     config: LambdaMARTConfig
     history: dict[str, object] = field(default_factory=dict)
-    sign: float = 1.0  # -1 serves the reversed order (only for tests of the promotion policy)
     parent: LambdaMART | None = None  # warm start: scores = parent's + this booster's
 
     @classmethod
@@ -150,14 +149,14 @@ class LambdaMART:
         scores = self.booster.predict(features, num_iteration=self.booster.best_iteration)  # type: ignore[attr-defined]
         if self.parent is not None:
             scores = scores + self.parent.predict(features)
-        return (self.sign * scores).astype(np.float32)
+        return np.asarray(scores, dtype=np.float32)
 
     def explain(self, features: np.ndarray) -> np.ndarray:
         """Per-row contribution of each feature (last column: the bias), parent included."""
         contributions = self.booster.predict(features, num_iteration=self.booster.best_iteration, pred_contrib=True)  # type: ignore[attr-defined]
         if self.parent is not None:
             contributions = contributions + self.parent.explain(features)
-        return self.sign * contributions
+        return contributions
 
     def importance(self) -> dict[str, float]:
         gains = self.booster.feature_importance(importance_type="gain")  # type: ignore[attr-defined]
@@ -168,7 +167,7 @@ class LambdaMART:
         folder.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(folder / MODEL_FILE), num_iteration=self.booster.best_iteration)  # type: ignore[attr-defined]
         meta = {"names": self.names, "config": asdict(self.config), "history": self.history,
-                "importance": self.importance(), "sign": self.sign, "parent": "parent" if self.parent else None}
+                "importance": self.importance(), "parent": "parent" if self.parent else None}
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
         if self.parent is not None:
             self.parent.save(folder / "parent")  # self-contained: the folder serves without the registry
@@ -180,11 +179,5 @@ class LambdaMART:
         meta = json.loads((folder / META_FILE).read_text())
         booster = lgb.Booster(model_file=str(folder / MODEL_FILE))
         parent = cls.load(folder / meta["parent"]) if meta.get("parent") else None
-        return cls(booster, meta["names"], LambdaMARTConfig(**meta["config"]), meta["history"], meta.get("sign", 1.0),
-                   parent)
+        return cls(booster, meta["names"], LambdaMARTConfig(**meta["config"]), meta["history"], parent)
 
-
-def stack(parts: Sequence[RankingData]) -> RankingData:
-    return RankingData(np.vstack([p.features for p in parts]), np.concatenate([p.labels for p in parts]),
-                       [g for p in parts for g in p.groups], parts[0].names,
-                       [q for p in parts for q in p.query_ids])

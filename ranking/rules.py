@@ -13,12 +13,15 @@ In order:
    positions, buried ones to the end.
 
 :func:`apply_rules` returns the new order and, per row, the list of rule notes
-shown in search explanations.
+shown in search explanations. :class:`RulesStage` is the last stage of a served
+cascade: it reads each product's stock, promotion, category and price (from the
+feature store when there is one, else from catalog columns) and applies them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,7 +30,12 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from shoprank.errors import InvalidInput
+from core.errors import InvalidInput
+from core.feature_store import OnlineFeatureReader
+from core.query import Filters, Query
+from ranking.cascade import Noted
+from retrieval.index import ProductIndex
+from retrieval.types import Candidates
 
 
 class QueryRule(BaseModel):
@@ -51,17 +59,6 @@ class RulesConfig(BaseModel):
             raise InvalidInput(f"rules file {path} does not exist")
         config = cls.model_validate(yaml.safe_load(path.read_text()) or {})
         return config.model_copy(update={"queries": {normalise(q): r for q, r in config.queries.items()}})
-
-
-@dataclass(frozen=True)
-class Filters:
-    category: str | None = None
-    min_price: float | None = None
-    max_price: float | None = None
-    in_stock: bool | None = None
-
-    def active(self) -> bool:
-        return any(v is not None for v in (self.category, self.min_price, self.max_price, self.in_stock))
 
 
 @dataclass
@@ -120,3 +117,64 @@ def apply_rules(query: str, product_ids: list[str], scores: np.ndarray, in_stock
         middle = [i for i in rows if i not in set(pinned) and i not in buried]
         rows = np.array(pinned + middle + [i for i in rows if i in buried and i not in set(pinned)], dtype=np.int64)
     return RuleResult(order=rows, notes=[notes[i] for i in rows])
+
+
+@dataclass(frozen=True)
+class ProductFacts:
+    """What rules need per product: stock, promotion, category, price."""
+
+    in_stock: np.ndarray
+    promoted: np.ndarray
+    category: list[str | None]
+    price: np.ndarray
+
+
+def catalog_facts(index: ProductIndex, reader: OnlineFeatureReader | None) -> Callable[[Candidates], ProductFacts]:
+    """Facts from the feature store when there is one, else from catalog columns."""
+    products = index.products
+
+    def column(name: str, docs: np.ndarray, default: float) -> np.ndarray:
+        if name not in products.columns:
+            return np.full(len(docs), default, dtype=np.float64)
+        values = products[name].to_numpy()[docs]
+        return np.array([default if v is None or v != v else float(v) for v in values], dtype=np.float64)
+
+    def facts(candidates: Candidates) -> ProductFacts:
+        docs = candidates.docs
+        categories = (products["category"].to_numpy()[docs].tolist() if "category" in products.columns
+                      else [None] * len(docs))
+        in_stock, promoted, price = column("in_stock", docs, 1.0), column("promoted", docs, 0.0), column("price", docs, np.nan)
+        if reader is not None:
+            batch = reader.fetch(candidates.product_ids, None)
+            for name, target in (("in_stock", in_stock), ("promoted", promoted), ("price", price)):
+                if name in batch.columns:
+                    fresh = batch.columns[name]
+                    target[~np.isnan(fresh)] = fresh[~np.isnan(fresh)]
+        return ProductFacts(in_stock, promoted, categories, price)
+
+    return facts
+
+
+@dataclass(frozen=True)
+class RulesStage:
+    """Business rules after the model (:mod:`ranking.rules`); records notes per product."""
+
+    config: RulesConfig
+    facts: Callable[[Candidates], ProductFacts]
+    depth: int = 100
+    name: str = "rules"
+    skippable: bool = False  # filters and business rules run even when the request's budget is spent
+
+    def __call__(self, query: Query, candidates: Candidates) -> Noted:
+        """Rules over the first ``depth`` rows (responses never show more); the rest
+        follow unchanged, so offline evaluation still sees a full-depth list."""
+        head = candidates.top(self.depth)
+        facts = self.facts(head)
+        score = np.nan_to_num(head.score, nan=float(np.nanmin(head.score)) if np.isfinite(head.score).any() else 0.0)
+        result = apply_rules(query.text, head.product_ids, score, facts.in_stock, facts.promoted, facts.category,
+                             facts.price, self.config, query.filters)
+        reordered = head.take(result.order)
+        notes = {pid: n for pid, n in zip(reordered.product_ids, result.notes) if n}
+        if len(candidates) > self.depth:
+            reordered = reordered.then(candidates.take(slice(self.depth, None)))
+        return Noted(reordered, notes)

@@ -3,7 +3,7 @@
 Required columns: ``product_id`` and ``title``; ``description`` is optional; every
 other column is kept as a product attribute. A few attribute names have a type
 that later stages rely on (:data:`TYPED_COLUMNS`). A bad row (missing id or
-title, duplicate id, wrong type) raises :class:`~shoprank.errors.CatalogError`
+title, duplicate id, wrong type) raises :class:`~core.errors.CatalogError`
 naming the file, row and column, unless the caller asks to skip bad rows, in
 which case they are dropped and counted in the :class:`CatalogReport`.
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from shoprank.errors import CatalogError
+from core.errors import CatalogError
 
 logger = logging.getLogger(__name__)
 

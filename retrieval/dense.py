@@ -33,8 +33,8 @@ import faiss
 import numpy as np
 
 from retrieval.types import Hits
-from shoprank.errors import InvalidInput
-from shoprank.settings import RetrievalSettings
+from core.errors import InvalidInput
+from core.settings import RetrievalSettings
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from shoprank.errors import NotFound
+from core.errors import NotFound
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from retrieval.encoder import Encoder
 from retrieval.index import ProductIndex
 from retrieval.rrf import fuse
 from retrieval.types import Candidates, Hits
-from shoprank.cache import LRUCache
+from core.cache import LRUCache
 
 
 class Retriever(Protocol):

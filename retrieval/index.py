@@ -33,9 +33,9 @@ from retrieval.dense import DenseIndex
 from retrieval.embedding_cache import EmbeddingCache, encode_cached
 from retrieval.encoder import Encoder
 from retrieval.types import Candidates, Hits
-from shoprank import __version__
-from shoprank.errors import Conflict, NotFound
-from shoprank.settings import RetrievalSettings
+from core import __version__
+from core.errors import Conflict, NotFound
+from core.settings import RetrievalSettings
 
 logger = logging.getLogger(__name__)
 

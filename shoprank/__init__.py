@@ -1,9 +1,8 @@
-"""ShopRank: learning-to-rank product search for online stores.
+"""The ``shoprank`` command line: the top floor, beside ``api/``.
 
-The request path is traced folder by folder: ``api/`` receives a search,
-``retrieval/`` finds candidates (BM25 + bi-encoder, fused by RRF), ``ranking/``
-orders them. This package holds what every stage shares: settings, errors,
-the CLI, the demo data generator and the evaluation harness.
+``cli.py`` parses the common flags and the small commands (index, delete,
+serve, evaluate, demo); ``commands/`` holds the larger groups (train, models,
+features, the learning loop). Commands open what they need through
+:func:`serving.loading.open_engine` and the stage packages; nothing below
+imports this package.
 """
-
-__version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The ``shoprank`` command line: index, delete, serve, evaluate, demo.
+"""The ``shoprank`` command line: index, delete, serve, evaluate, demo, and the command groups.
 
 Every command reads settings from the environment / ``SHOPRANK_CONFIG`` and
 flags override them. A failing command prints one ``error:`` line naming the
@@ -15,8 +15,8 @@ from dataclasses import asdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shoprank.errors import ShopRankError
-from shoprank.settings import Settings, get_settings
+from core.errors import InvalidInput, ShopRankError
+from core.settings import Settings, get_settings
 
 logger = logging.getLogger("shoprank")
 
@@ -34,24 +34,24 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_index(args: argparse.Namespace) -> int:
     from retrieval.catalog import read_catalog
     from retrieval.index import ProductIndex
-    from shoprank import artifacts
+    from serving import loading
 
     settings = _settings(args)
     products, report = read_catalog(args.catalog, skip_bad_rows=args.skip_bad_rows)
-    encoder = artifacts.open_encoder(settings)
-    path = artifacts.index_path(settings, encoder, args.name)
+    encoder = loading.open_encoder(settings)
+    path = loading.index_path(settings, encoder, args.name)
     summary: dict[str, object] = {"catalog": str(args.catalog), "rows_read": report.rows_read,
                                   "rows_skipped": report.rows_skipped, "index": str(path)}
     if args.upsert and (path / "manifest.json").is_file():
         index = ProductIndex.load(path, settings.retrieval)
-        cache = artifacts.embedding_cache(settings, encoder)
+        cache = loading.embedding_cache(settings, encoder)
         upserted = index.upsert(products, encoder, cache, progress=settings.progress)
         if index.needs_compaction():
             index = index.compact(encoder, cache)
             summary["compacted"] = True
         summary["upsert"] = asdict(upserted)
     else:
-        index = artifacts.build_index(settings, products, path, encoder)
+        index = loading.build_index(settings, products, path, encoder)
     summary |= {"products": index.count, "dense_index": index.manifest.dense_kind,
                 "catalog_hash": index.manifest.catalog_hash, "build_seconds": index.manifest.build_seconds}
     print(json.dumps(summary, indent=2))
@@ -60,48 +60,66 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     from retrieval.index import ProductIndex
-    from shoprank import artifacts
+    from serving import loading
 
     settings = _settings(args)
     ids = list(args.product_ids)
     if args.from_file:
         ids += [line.strip() for line in Path(args.from_file).read_text().splitlines() if line.strip()]
-    encoder = artifacts.open_encoder(settings)
-    index = ProductIndex.load(artifacts.index_path(settings, encoder, args.name), settings.retrieval)
+    encoder = loading.open_encoder(settings)
+    index = ProductIndex.load(loading.index_path(settings, encoder, args.name), settings.retrieval)
     deleted, unknown = index.delete(ids)
     print(json.dumps({"deleted": deleted, "not_found": unknown, "products": index.count}))
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """One server process, or ``api.workers`` of them sharing the port (each loads its own engine)."""
+    import os
+
     import uvicorn
 
     settings = _settings(args)
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        raise InvalidInput(f"--workers {args.workers} is out of range; pass 1..64 server processes")
     updates = {}
     if args.catalog:
         updates["catalog"] = Path(args.catalog)
-    api = settings.api.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port)) if v})
+    api = settings.api.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port),
+                                                            ("workers", args.workers)) if v})
     settings = settings.model_copy(update=updates | {"api": api})
-    from api.main import create_app
+    level = settings.log_level.lower()
+    if api.workers == 1:
+        from api.main import create_app
 
-    uvicorn.run(create_app(settings), host=api.host, port=api.port, log_level=settings.log_level.lower())
+        uvicorn.run(create_app(settings), host=api.host, port=api.port, log_level=level)
+        return 0
+    # worker processes build their app from the environment: pass the flags on through it
+    os.environ["SHOPRANK_HOME"] = str(settings.home.resolve())
+    os.environ["SHOPRANK_PROGRESS"] = "true" if settings.progress else "false"
+    if settings.catalog:
+        os.environ["SHOPRANK_CATALOG"] = str(Path(settings.catalog).resolve())
+    _build_served_index(settings)  # once, before the workers start, so they only load it
+    uvicorn.run("api.main:app_from_env", factory=True, host=api.host, port=api.port, workers=api.workers,
+                log_level=level)
     return 0
 
 
+def _build_served_index(settings: Settings) -> None:
+    from serving import loading
+
+    loading.open_index(settings, loading.open_encoder(settings))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from shoprank import artifacts
-    from shoprank.engine import SearchEngine
-    from shoprank.evaluation.dataset import load_dataset
-    from shoprank.evaluation.harness import Thresholds, evaluate
+    from evaluation.dataset import load_dataset
+    from evaluation.harness import Thresholds, evaluate
+    from serving.loading import open_engine
 
     settings = _settings(args)
     dataset = load_dataset(args.dataset)
-    encoder = artifacts.open_encoder(settings)
-    index = artifacts.ensure_index(
-        settings, dataset.products, artifacts.eval_index_path(settings, dataset.products, encoder), encoder
-    )
-    engine = SearchEngine.open(index, encoder, settings)
-    result = evaluate(dataset, index, engine.pipeline(args.pipeline), args.pipeline, args.mode, args.split,
+    engine = open_engine(settings, dataset.products)
+    result = evaluate(dataset, engine.index, engine.pipeline(args.pipeline), args.pipeline, args.mode, args.split,
                       Thresholds(recall=args.recall_threshold, mrr=args.mrr_threshold),
                       depth=args.depth, limit=args.limit, progress=settings.progress)
     result.details["versions"] = engine.versions
@@ -114,7 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from shoprank.demo import write_demo
+    from simulation.demo import write_demo
 
     out = write_demo(Path(args.out), n_products=args.products, n_queries=args.queries, seed=args.seed)
     print(json.dumps({"out": str(out), "products": args.products, "queries": args.queries}))
@@ -145,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--catalog", default=None, help="catalog to index if no index exists (default: demo store)")
+    p.add_argument("--workers", type=int, default=None, help="server processes (default: api.workers)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("evaluate", help="evaluate a pipeline on a judged dataset folder")

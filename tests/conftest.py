@@ -16,8 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from retrieval.catalog import read_catalog  # noqa: E402
 from retrieval.embedding_cache import EmbeddingCache  # noqa: E402
 from retrieval.index import ProductIndex  # noqa: E402
-from shoprank.demo import write_demo  # noqa: E402
-from shoprank.settings import Settings  # noqa: E402
+from simulation.demo import write_demo  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from tests.fakes import HashingEncoder  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
@@ -57,13 +57,13 @@ def fake_index(tmp_path: Path, demo_products: pd.DataFrame, settings: Settings) 
 @pytest.fixture(scope="session")
 def real_encoder(settings: Settings):  # type: ignore[no-untyped-def]
     """The bundled MiniLM bi-encoder on ONNX Runtime (what `shoprank serve` uses)."""
-    from shoprank import artifacts
+    from serving import loading
 
-    return artifacts.open_encoder(settings)
+    return loading.open_encoder(settings)
 
 
 @pytest.fixture(scope="session")
 def real_index(settings: Settings, demo_products: pd.DataFrame, real_encoder) -> ProductIndex:  # type: ignore[no-untyped-def]
-    from shoprank import artifacts
+    from serving import loading
 
-    return artifacts.ensure_index(settings, demo_products, artifacts.index_path(settings, real_encoder, "demo"), real_encoder)
+    return loading.ensure_index(settings, demo_products, loading.index_path(settings, real_encoder, "demo"), real_encoder)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from shoprank.cli import main
-from shoprank.settings import get_settings
+from core.settings import get_settings
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]

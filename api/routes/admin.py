@@ -10,12 +10,14 @@ from pydantic import BaseModel, Field
 
 from api.deps import HolderDep, SettingsDep
 from api.schemas import ErrorBody
+from api.state import ServedHolder
+from core.errors import InvalidInput, ShopRankError
+from core.registry import ModelRegistry
+from core.settings import Settings
 from online_learning.experiments import Experiment
-from online_learning.router import ExperimentRouter, save_router_config
-from shoprank.engine import SearchEngine
-from shoprank.errors import InvalidInput, ShopRankError
-from shoprank.registry import ModelRegistry
-from shoprank.settings import Settings
+from serving.engine import SearchEngine
+from serving.loading import SWAPPABLE
+from serving.router import save_router_config
 
 
 class Unauthorized(ShopRankError):
@@ -39,24 +41,21 @@ def require_admin(settings: SettingsDep, authorization: Annotated[str | None, He
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}})
 
-SWAPPABLE = ("reranker", "student", "ltr")
-
-
 class Activate(BaseModel):
     version: str = Field(..., pattern=r"^v[0-9]{1,6}$", description="Registered version, e.g. v3.")
 
 
-class Served(BaseModel):
+class ModelsState(BaseModel):
     served: dict[str, str]
     registered: dict[str, list[str]] = Field(default_factory=dict)
     active: dict[str, str | None] = Field(default_factory=dict)
 
 
-def _describe(settings: Settings, engine: SearchEngine) -> Served:
-    registry = ModelRegistry(settings.models_dir)
+def _describe(settings: Settings, engine: SearchEngine) -> ModelsState:
+    registry = ModelRegistry(settings.paths.models)
     registered = {role: [v.version for v in registry.versions(role)] for role in (*SWAPPABLE, "biencoder")}
     active = {role: (a.version if (a := registry.active(role)) else None) for role in registered}
-    return Served(served=engine.versions, registered=registered, active=active)
+    return ModelsState(served=engine.versions, registered=registered, active=active)
 
 
 def _check_role(role: str) -> None:
@@ -67,47 +66,39 @@ def _check_role(role: str) -> None:
         )
 
 
-async def _swap(request: Request, holder, settings: Settings, router=None) -> SearchEngine:  # type: ignore[no-untyped-def]
-    """Rebuild the engine on the same index and encoder (nothing re-indexed) and swap it in;
-    with ``router``, the experiment router is swapped right after."""
-    metrics = request.app.state.metrics
-    router = router or request.app.state.router
-
-    def build(old: SearchEngine) -> SearchEngine:
-        return SearchEngine.open(old.index, old.encoder, settings, router.ltr_versions)
-
-    engine = await asyncio.to_thread(holder.rebuild, build)
-    if router is not request.app.state.router:
-        previous, request.app.state.router = request.app.state.router, router
-        previous.close()
-    metrics.swaps.labels("engine", "rebuild").inc()
-    return engine
+async def _swap(request: Request, holder: ServedHolder) -> SearchEngine:
+    """Reload the served unit (engine + router) from the shared state on the same index and
+    encoder (nothing re-indexed) and swap it in. Other server processes see the same change
+    within ``serving.reload_poll_s``."""
+    served = await asyncio.to_thread(holder.reload)
+    request.app.state.metrics.swaps.labels("engine", "rebuild").inc()
+    return served.engine
 
 
-@router.get("/models", response_model=Served, summary="Served and registered model versions")
-def models(holder: HolderDep, settings: SettingsDep) -> Served:
-    return _describe(settings, holder.get())
+@router.get("/models", response_model=ModelsState, summary="Served and registered model versions")
+def models(holder: HolderDep, settings: SettingsDep) -> ModelsState:
+    return _describe(settings, holder.get().engine)
 
 
-@router.post("/models/{role}/activate", response_model=Served, summary="Activate a version and hot-swap to it")
-async def activate(role: str, body: Activate, request: Request, holder: HolderDep, settings: SettingsDep) -> Served:
+@router.post("/models/{role}/activate", response_model=ModelsState, summary="Activate a version and hot-swap to it")
+async def activate(role: str, body: Activate, request: Request, holder: HolderDep, settings: SettingsDep) -> ModelsState:
     _check_role(role)
-    ModelRegistry(settings.models_dir).activate(role, body.version)
+    ModelRegistry(settings.paths.models).activate(role, body.version)
     request.app.state.metrics.swaps.labels(role, "activate").inc()
-    return _describe(settings, await _swap(request, holder, settings))
+    return _describe(settings, await _swap(request, holder))
 
 
-@router.post("/models/{role}/rollback", response_model=Served, summary="Re-activate the previous version")
-async def rollback(role: str, request: Request, holder: HolderDep, settings: SettingsDep) -> Served:
+@router.post("/models/{role}/rollback", response_model=ModelsState, summary="Re-activate the previous version")
+async def rollback(role: str, request: Request, holder: HolderDep, settings: SettingsDep) -> ModelsState:
     _check_role(role)
-    ModelRegistry(settings.models_dir).rollback(role)
+    ModelRegistry(settings.paths.models).rollback(role)
     request.app.state.metrics.swaps.labels(role, "rollback").inc()
-    return _describe(settings, await _swap(request, holder, settings))
+    return _describe(settings, await _swap(request, holder))
 
 
-@router.post("/reload", response_model=Served, summary="Reload the active models from the registry")
-async def reload(request: Request, holder: HolderDep, settings: SettingsDep) -> Served:
-    return _describe(settings, await _swap(request, holder, settings))
+@router.post("/reload", response_model=ModelsState, summary="Reload the active models from the registry")
+async def reload(request: Request, holder: HolderDep, settings: SettingsDep) -> ModelsState:
+    return _describe(settings, await _swap(request, holder))
 
 
 class ExperimentConfig(BaseModel):
@@ -121,8 +112,8 @@ class ExperimentState(ExperimentConfig):
 
 
 @router.get("/experiment", response_model=ExperimentState, summary="The running experiment and shadow")
-def get_experiment(request: Request) -> ExperimentState:
-    current = request.app.state.router
+def get_experiment(holder: HolderDep) -> ExperimentState:
+    current = holder.get().router
     return ExperimentState(experiment=current.experiment, shadow=current.shadow,
                            shadow_scored=current.shadow_done, shadow_dropped=current.shadow_dropped)
 
@@ -130,11 +121,10 @@ def get_experiment(request: Request) -> ExperimentState:
 @router.put("/experiment", response_model=ExperimentState, summary="Start, change or stop an experiment / shadow")
 async def put_experiment(body: ExperimentConfig, request: Request, holder: HolderDep,
                          settings: SettingsDep) -> ExperimentState:
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(settings.paths.models)
     wanted = [a.ltr for a in body.experiment.arms.values()] if body.experiment else []
     for version in wanted + ([body.shadow] if body.shadow else []):
         registry.get("ltr", version)  # 404 naming what is registered
-    new_router = ExperimentRouter(body.experiment, body.shadow, settings.home / "shadow")
-    await _swap(request, holder, settings, new_router)
-    save_router_config(settings.home, body.experiment, body.shadow)
-    return get_experiment(request)
+    save_router_config(settings.paths, body.experiment, body.shadow)
+    await _swap(request, holder)
+    return get_experiment(holder)

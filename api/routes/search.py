@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import EngineDep
+from api.deps import ServedDep
 from api.schemas import (
+    MAX_K,
     MAX_QUERY_CHARS,
     ErrorBody,
     Explanation,
@@ -18,23 +19,24 @@ from api.schemas import (
     SearchResponse,
 )
 from online_learning.events import RankingEvent, ShownItem
-from ranking.cascade import Query as SearchQuery
-from ranking.rules import Filters
-from shoprank.engine import SearchEngine
+from core.query import Filters
+from core.query import Query as SearchQuery
+from serving.loading import Served
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
 ERRORS = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 
 
-def _respond(engine: SearchEngine, body: SearchRequest, request: Request) -> SearchResponse:
+def _respond(served: Served, body: SearchRequest, request: Request) -> SearchResponse:
     started = time.perf_counter()
     settings = request.app.state.settings
     deadline = time.monotonic() + settings.serving.budget_ms / 1000
     query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()), deadline)
     unit = body.user_id or body.session_id or request.state.request_id
     with request.app.state.admission:  # max_in_flight: queue here rather than oversubscribe the cores
-        routed = request.app.state.router.search(engine, query, body.k, body.offset, unit, use_cache=not body.explain)
+        routed = served.router.search(served.engine, query, body.k, body.offset, unit, use_cache=not body.explain)
+    engine = served.engine
     result = routed.result
     metrics = request.app.state.metrics
     for stage, seconds in result.timings.items():
@@ -84,18 +86,18 @@ def _log_impression(request: Request, body: SearchRequest, response: SearchRespo
 
 
 @router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="Search products")
-def search(body: SearchRequest, engine: EngineDep, request: Request) -> SearchResponse:
-    """Hybrid retrieval (BM25 + bi-encoder, fused by RRF) over the served catalog."""
-    return _respond(engine, body, request)
+def search(body: SearchRequest, served: ServedDep, request: Request) -> SearchResponse:
+    """Hybrid retrieval (BM25 + bi-encoder, fused by RRF), the re-ranking cascade and the rules."""
+    return _respond(served, body, request)
 
 
 @router.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search products (quick tries)")
 def search_get(
-    engine: EngineDep,
+    served: ServedDep,
     request: Request,
     q: Annotated[str, Query(description=f"Search text, 1..{MAX_QUERY_CHARS} characters")],
-    k: Annotated[int, Query(ge=1, le=100, description="Number of results, 1..100")] = 10,
+    k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}")] = 10,
     user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
 ) -> SearchResponse:
     body = SearchRequest.model_validate({"query": q, "k": k, "user_id": user_id})
-    return _respond(engine, body, request)
+    return _respond(served, body, request)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from retrieval.hybrid import Retriever
 from retrieval.index import ProductIndex
-from shoprank.evaluation.dataset import EvalDataset
+from evaluation.dataset import EvalDataset
 
 
 @dataclass

@@ -35,10 +35,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ranking.cascade import Query
-from ranking.features import FeatureBatch
+from core.query import Query
+from core.feature_store import FeatureBatch
 from ranking.lambdamart import RankingData
-from ranking.ltr import LtrFeaturizer
+from ranking.features import LtrFeaturizer
 from ranking.training.data import Group
 
 if TYPE_CHECKING:

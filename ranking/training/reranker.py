@@ -1,7 +1,7 @@
 """Train the teacher cross-encoder: ``shoprank train reranker``.
 
 Initialised from the bundled all-MiniLM-L6-v2 weights with a fresh mean-pooled
-score head (:mod:`ranking.model`), trained on each train query's group (graded judgments + mined hard
+score head (:mod:`ranking.cross_encoder_net`), trained on each train query's group (graded judgments + mined hard
 negatives, see :mod:`ranking.training.data`) with a grade-weighted pairwise
 RankNet loss plus a small pointwise term that anchors scores to grade / max.
 Seeded; checkpoints every ``checkpoint_every`` steps and resumes from the last
@@ -23,7 +23,7 @@ import numpy as np
 
 from ranking.training.data import Group
 from ranking.training.losses import pairwise_loss
-from shoprank.evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
+from evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class RerankerConfig:
 
 
 def load_model(base: str, layers: int):  # type: ignore[no-untyped-def]
-    """A :class:`~ranking.model.PairScorer` on ``base``, keeping its first ``layers`` layers."""
-    from ranking.model import PairScorer
+    """A :class:`~ranking.cross_encoder_net.PairScorer` on ``base``, keeping its first ``layers`` layers."""
+    from ranking.cross_encoder_net import PairScorer
 
     return PairScorer.from_base(base, layers)
 

@@ -56,7 +56,7 @@ def teacher_pool(groups: Sequence[Group], candidates: dict[str, list[str]], teac
         part = parts_dir / f"{start:07d}.parquet"
         if part.is_file():
             continue
-        scorer = scorer or CrossEncoderScorer(teacher_dir, variant="fp32")
+        scorer = scorer or CrossEncoderScorer(teacher_dir, precision="fp32")
         rows = []
         for group in groups[start : start + chunk]:
             products = list(dict.fromkeys([*group.judged, *candidates.get(group.qid, [])]))

@@ -1,7 +1,7 @@
 """``shoprank features build|apply|materialize``: the feature store from the shell.
 
 ``build`` simulates the store world for a catalog (SIMULATED prices, stock,
-promotions, users and histories; see :mod:`shoprank.world`) and writes the
+promotions, users and histories; see :mod:`simulation.world`) and writes the
 offline Parquet tables; ``apply`` registers the Feast definitions in
 ``feature_repo/``; ``materialize`` loads the online store (sqlite or Redis).
 """
@@ -12,35 +12,31 @@ import argparse
 import json
 from pathlib import Path
 
-from shoprank import artifacts, feature_store
-from shoprank.settings import Settings
+from core import feature_store
+from core.settings import Settings
+from serving import loading
 
 
 def _index_for(args: argparse.Namespace, settings: Settings):  # type: ignore[no-untyped-def]
-    encoder = artifacts.open_encoder(settings)
+    products = None
     if args.dataset:
-        from shoprank.evaluation.dataset import load_dataset
+        from evaluation.dataset import load_dataset
 
         products = load_dataset(args.dataset).products
-        return artifacts.ensure_index(settings, products, artifacts.eval_index_path(settings, products, encoder), encoder)
-    return artifacts.ensure_served_index(settings, encoder)
-
-
-def world_dir(settings: Settings) -> Path:
-    return settings.home / "world"
+    return loading.open_index(settings, loading.open_encoder(settings), products)
 
 
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
-    from shoprank.feature_data import write_feature_tables
-    from shoprank.world import WorldConfig, build_world
+    from simulation.feature_data import write_feature_tables
+    from simulation.world import WorldConfig, build_world
 
     index = _index_for(args, settings)
     live = index.products["live"].to_numpy()
     world = build_world(index.live_products(), index.dense.vectors[live],
                         WorldConfig(seed=args.seed, users=args.users, categories=args.categories))
-    world.save(world_dir(settings))
+    world.save(settings.paths.world)
     counts = write_feature_tables(world, feature_store.features_dir(settings))
-    print(json.dumps({"world": str(world_dir(settings)), "tables": counts, "categories": len(world.category_names),
+    print(json.dumps({"world": str(settings.paths.world), "tables": counts, "categories": len(world.category_names),
                       "note": "SIMULATED store signals"}, indent=2))
     return 0
 

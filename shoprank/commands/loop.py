@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from shoprank.errors import InvalidInput
-from shoprank.settings import Settings
+from core.errors import InvalidInput
+from core.settings import Settings
 
 
 def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
@@ -20,38 +20,34 @@ def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from online_learning.consumers.base import ConsumerLoop
     from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC
-    from online_learning.retrain import log_root
-
     topics = [RANKINGS_TOPIC, INTERACTIONS_TOPIC]
     if args.kind == "sink":
         from online_learning.consumers.log_sink import ParquetLogSink
 
-        handle = ParquetLogSink(log_root(settings))
+        handle = ParquetLogSink(settings.paths.event_log)
     else:
         from online_learning.consumers.streaming_features import StreamingFeatures, feast_push
-        from shoprank import feature_store
-        from shoprank.commands.features import world_dir
-        from shoprank.world import StoreWorld
+        from core import feature_store
+        from simulation.world import StoreWorld
 
-        world = StoreWorld.load(world_dir(settings))
+        world = StoreWorld.load(settings.paths.world)
         products = {p: (int(c), float(x)) for p, c, x in
                     zip(world.products["product_id"], world.products["category_id"], world.products["price"])}
-        handle = StreamingFeatures(settings.home / "streaming" / "state.sqlite", products,
+        handle = StreamingFeatures(settings.paths.streaming_state, products,
                                    feast_push(feature_store.open_store(settings)))
     loop = ConsumerLoop(_bootstrap(args, settings), args.group or f"shoprank-{args.kind}", topics, handle,
-                        settings.home / "dead_letters" / f"{args.kind}.jsonl")
+                        settings.paths.dead_letters(args.kind))
     loop.run(idle_exit=args.idle_exit)
     print(json.dumps({"consumed": loop.consumed, "invalid": loop.invalid}))
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from online_learning.simulator import TrafficSimulator
-    from shoprank.commands.features import world_dir
-    from shoprank.evaluation.dataset import load_dataset
-    from shoprank.world import StoreWorld
+    from simulation.simulator import TrafficSimulator
+    from evaluation.dataset import load_dataset
+    from simulation.world import StoreWorld
 
-    simulator = TrafficSimulator(args.base_url, StoreWorld.load(world_dir(settings)), load_dataset(args.dataset),
+    simulator = TrafficSimulator(args.base_url, StoreWorld.load(settings.paths.world), load_dataset(args.dataset),
                                  args.split, seed=args.seed)
     report = simulator.run(args.sessions, args.concurrency, start=args.start, progress=settings.progress)
     if args.out:
@@ -60,43 +56,36 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _served_engine(settings: Settings):  # type: ignore[no-untyped-def]
-    from shoprank import artifacts
-    from shoprank.engine import SearchEngine
-
-    encoder = artifacts.open_encoder(settings)
-    return SearchEngine.open(artifacts.ensure_served_index(settings, encoder), encoder, settings)
-
-
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from online_learning.retrain import RetrainConfig, retrain
+    from serving.loading import open_engine
 
     config = RetrainConfig(since=args.since, until=args.until, min_searches=args.min_searches)
-    print(json.dumps(retrain(settings, _served_engine(settings), config), indent=2, default=str))
+    engine = open_engine(settings)  # the served index and query encoder, the active models
+    print(json.dumps(retrain(settings, engine.featurizer([]), engine.ltr, config), indent=2, default=str))
     return 0
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     from online_learning.analysis import interleaving, searches
     from online_learning.promotion import decide_ab, decide_interleaving
-    from online_learning.retrain import log_root
-    from online_learning.router import load_router
-    from shoprank.registry import ModelRegistry
+    from serving.router import load_router
+    from core.registry import ModelRegistry
 
-    experiment = load_router(settings.home).experiment
+    experiment = load_router(settings.paths).experiment
     if experiment is None or experiment.name != args.experiment:
         raise InvalidInput(f"experiment {args.experiment!r} is not the running one "
                            f"({experiment.name if experiment else 'none running'})")
     control, treatment = experiment.control, experiment.treatment
     if experiment.mode == "ab":
-        decision = decide_ab(searches(log_root(settings), experiment.name), control, treatment)
+        decision = decide_ab(searches(settings.paths.event_log, experiment.name), control, treatment)
     else:
-        decision = decide_interleaving(interleaving(log_root(settings), experiment.name, control, treatment),
+        decision = decide_interleaving(interleaving(settings.paths.event_log, experiment.name, control, treatment),
                                        control, treatment)
     out = {"experiment": experiment.name, "decision": decision.action, "reasons": decision.reasons,
            "details": decision.details}
     if args.apply and decision.action == "promote":
-        ModelRegistry(settings.models_dir).activate("ltr", experiment.arms[treatment].ltr)
+        ModelRegistry(settings.paths.models).activate("ltr", experiment.arms[treatment].ltr)
         out["activated"] = {"ltr": experiment.arms[treatment].ltr}
     print(json.dumps(out, indent=2, default=str))
     return 0
@@ -105,16 +94,15 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
     from online_learning.analysis import searches
     from online_learning.promotion import check_regression
-    from online_learning.retrain import log_root
-    from shoprank.registry import ModelRegistry
+    from core.registry import ModelRegistry
 
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(settings.paths.models)
     active = registry.active("ltr")
-    history = json.loads((settings.models_dir / "ltr" / "active.json").read_text())["history"] if active else []
+    history = registry.history("ltr") if active else []
     if active is None or not history:
         print(json.dumps({"decision": "keep", "reasons": ["no earlier active version to compare with"]}))
         return 0
-    decision = check_regression(searches(log_root(settings)), active.version, history[-1])
+    decision = check_regression(searches(settings.paths.event_log), active.version, history[-1])
     out = {"active": active.version, "previous": history[-1], "decision": decision.action, "reasons": decision.reasons}
     if args.apply and decision.action == "rollback":
         out["rolled_back_to"] = registry.rollback("ltr").version
@@ -125,15 +113,14 @@ def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from online_learning.analysis import compare_arms, interleaving, searches
     from online_learning.report import render
-    from online_learning.retrain import log_root
-    from online_learning.router import load_router
+    from serving.router import load_router
 
-    root = log_root(settings)
+    root = settings.paths.event_log
     table = searches(root, args.experiment)
     if table.empty:
         raise InvalidInput(f"no logged searches of experiment {args.experiment!r} in {root}")
     arms = sorted(a for a in table["arm"].dropna().unique() if a != "interleaved")
-    running = load_router(settings.home).experiment
+    running = load_router(settings.paths).experiment
     control = args.control or (running.control if running and running.name == args.experiment else arms[0] if arms else "control")
     others = [a for a in arms if a != control]
     report = compare_arms(table, control, others[0]) if others else None
@@ -146,7 +133,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_report_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Paired comparison of two ``shoprank simulate --out`` files of the same sessions (same --seed)."""
-    from online_learning.simulator import compare_replays
+    from simulation.simulator import compare_replays
 
     reports = []
     for path in (args.first, args.second):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from shoprank.registry import ROLES, ModelRegistry
-from shoprank.settings import Settings
+from core.registry import ROLES, ModelRegistry
+from core.settings import Settings
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(settings.paths.models)
     out = {}
     for role in [args.role] if args.role else ROLES:
         active = registry.active(role)
@@ -21,18 +21,18 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    print(json.dumps(ModelRegistry(settings.models_dir).get(args.role, args.version).to_json(), indent=2))
+    print(json.dumps(ModelRegistry(settings.paths.models).get(args.role, args.version).to_json(), indent=2))
     return 0
 
 
 def cmd_activate(args: argparse.Namespace, settings: Settings) -> int:
-    entry = ModelRegistry(settings.models_dir).activate(args.role, args.version)
+    entry = ModelRegistry(settings.paths.models).activate(args.role, args.version)
     print(json.dumps({"role": args.role, "active": entry.version}))
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    entry = ModelRegistry(settings.models_dir).rollback(args.role)
+    entry = ModelRegistry(settings.paths.models).rollback(args.role)
     print(json.dumps({"role": args.role, "active": entry.version}))
     return 0
 

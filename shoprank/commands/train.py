@@ -17,12 +17,12 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from shoprank import artifacts
-from shoprank.engine import SearchEngine
-from shoprank.evaluation.dataset import EvalDataset, load_dataset
-from shoprank.registry import ModelRegistry
-from shoprank.errors import NotFound
-from shoprank.settings import Settings
+from core.errors import NotFound
+from core.registry import ModelRegistry
+from core.settings import Settings
+from evaluation.dataset import EvalDataset, load_dataset
+from serving.engine import SearchEngine
+from serving.loading import open_engine
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +37,8 @@ def dev_sample(dataset: EvalDataset, split: str, size: int, seed: int = 0):  # t
 
 
 def first_stage(settings: Settings, dataset: EvalDataset) -> SearchEngine:
-    encoder = artifacts.open_encoder(settings)
-    path = artifacts.eval_index_path(settings, dataset.products, encoder)
-    return SearchEngine(artifacts.ensure_index(settings, dataset.products, path, encoder), encoder, settings)
+    """An engine over the dataset's catalog without the registered models (mining negatives)."""
+    return open_engine(settings, dataset.products, models=False)
 
 
 def _register(settings: Settings, role: str, folder: Path, base: str, data_hash: str, params: dict,
@@ -47,7 +46,7 @@ def _register(settings: Settings, role: str, folder: Path, base: str, data_hash:
     from ranking.cross_encoder import export
 
     export(folder)
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(settings.paths.models)
     entry = registry.register(role, folder, base_model=base, parent=parent, training_data=data_hash,
                               params=params, metrics=metrics)
     if activate or registry.active(role) is None:
@@ -72,7 +71,7 @@ def cmd_train_reranker(args: argparse.Namespace, settings: Settings) -> int:
                        progress=settings.progress)
     dev = dev_sample(dataset, args.dev_split, args.dev_queries)
     titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))
-    work = Path(args.work_dir) if args.work_dir else settings.home / "training" / f"reranker-{args.run_name}"
+    work = Path(args.work_dir) if args.work_dir else settings.paths.training(f"reranker-{args.run_name}")
     summary = train_reranker(config, train, dev, titles, work, progress=settings.progress)
     folder = work / "registered"
     shutil.rmtree(folder, ignore_errors=True)
@@ -90,7 +89,7 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
     from ranking.training.student import StudentConfig, teacher_pool, train_student
 
     dataset = load_dataset(args.dataset)
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(settings.paths.models)
     teacher = registry.get("reranker", args.teacher) if args.teacher != "active" else registry.active("reranker")
     if teacher is None or teacher.path is None:
         raise NotFound("no active reranker to distil from; train one with `shoprank train reranker`")
@@ -102,9 +101,9 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
     hybrid = engine.pipeline("hybrid")
     candidates = {g.qid: hybrid.search(g.query, args.pool_depth).product_ids for g in train}
     titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))
-    pool_dir = settings.home / "training" / f"pool-{teacher.role}-{teacher.version}-{args.split}-d{args.pool_depth}"
+    pool_dir = settings.paths.training(f"pool-{teacher.role}-{teacher.version}-{args.split}-d{args.pool_depth}")
     pool = teacher_pool(train, candidates, teacher.path, titles, pool_dir, progress=settings.progress)
-    work = settings.home / "training" / f"student-L{args.layers}-{args.run_name}"
+    work = settings.paths.training(f"student-L{args.layers}-{args.run_name}")
     dev = dev_sample(dataset, args.dev_split, args.dev_queries)
     summary = train_student(config, train, pool, dev, titles, work, progress=settings.progress)
     folder = work / "registered"
@@ -122,7 +121,7 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     from ranking.training.data import data_hash, groups_from, mine_negatives
     from retrieval.encoder import resolve_model_dir
-    from retrieval.training import BiEncoderConfig, product_texts, train_biencoder
+    from ranking.training.biencoder import BiEncoderConfig, product_texts, train_biencoder
 
     dataset = load_dataset(args.dataset)
     base = str(resolve_model_dir(args.base)) if args.base == "minilm" else args.base
@@ -132,10 +131,10 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     if config.hard_negatives:
         engine = first_stage(settings, dataset)
         mine_negatives(train, engine.pipeline("hybrid"), engine.index, 1, seed=args.seed, progress=settings.progress)
-    work = settings.home / "training" / f"biencoder-{args.run_name}"
+    work = settings.paths.training(f"biencoder-{args.run_name}")
     shutil.rmtree(work, ignore_errors=True)
     summary = train_biencoder(config, train, product_texts(dataset.products), work, progress=settings.progress)
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(settings.paths.models)
     entry = registry.register("biencoder", work, base_model=args.base, training_data=data_hash(train),
                               params=asdict(config) | {"split": args.split}, metrics={"train": summary})
     if args.activate or registry.active("biencoder") is None:
@@ -150,15 +149,12 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig
     from ranking.training.data import data_hash, groups_from, mine_negatives
     from ranking.training.ltr_data import assign_users, entity_rows, historical_features, ranking_data
-    from shoprank import feature_store
-    from shoprank.commands.features import world_dir
-    from shoprank.world import StoreWorld
+    from core import feature_store
+    from simulation.world import StoreWorld
 
     dataset = load_dataset(args.dataset)
-    encoder = artifacts.open_encoder(settings)
-    index = artifacts.ensure_index(settings, dataset.products,
-                                   artifacts.eval_index_path(settings, dataset.products, encoder), encoder)
-    engine = SearchEngine.open(index, encoder, settings)
+    engine = open_engine(settings, dataset.products)
+    index = engine.index
     store_names: list[str] = []
     store = None
     users: dict[str, str] = {}
@@ -173,7 +169,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
         store = feature_store.open_store(settings)
         service = store.get_feature_service(settings.features.service)
         store_names = [f.name for p in service.feature_view_projections for f in p.features]
-        world = StoreWorld.load(world_dir(settings))
+        world = StoreWorld.load(settings.paths.world)
         users = assign_users(train + dev, world.users["user_id"].tolist(), args.seed)
         when = pd.Timestamp(world.config.now)  # every judged row sees the store as of the world's "now"
     featurizer = engine.featurizer(store_names)
@@ -184,10 +180,10 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     monotone = tuple(n for n in BASE_FEATURES if n in featurizer.names) if args.monotone else ()
     config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone)
     model = LambdaMART.fit(parts["train"], parts["dev"], config)
-    work = settings.home / "training" / f"ltr-{args.run_name}"
+    work = settings.paths.training(f"ltr-{args.run_name}")
     shutil.rmtree(work, ignore_errors=True)
     model.save(work)
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(settings.paths.models)
     entry = registry.register(
         "ltr", work, base_model="lightgbm-lambdarank", parent=f"reranker:{engine.teacher.version}" if engine.teacher else None,
         training_data=data_hash(train), params={**asdict(config), "features": model.names, "split": args.split,

@@ -27,8 +27,8 @@ from online_learning.consumers.base import ConsumerLoop
 from online_learning.consumers.log_sink import ParquetLogSink, read_log
 from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC
 from online_learning.local_broker import LocalBroker, create_topics
-from shoprank.engine import SearchEngine
-from shoprank.settings import EventSettings, Settings
+from serving.loading import open_served
+from core.settings import EventSettings, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -148,8 +148,8 @@ def test_broker_stops_mid_load_and_nothing_accepted_is_lost(tmp_path: Path, sett
     served = settings.model_copy(update={"home": tmp_path / "home",
                                          "events": EventSettings(kafka_bootstrap=broker.bootstrap)})
     (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "cache").symlink_to(settings.cache_dir.resolve(), target_is_directory=True)
-    app = create_app(served, loader=lambda s: SearchEngine.open(real_index, real_encoder, s))
+    (tmp_path / "home" / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
+    app = create_app(served, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
     try:
         with TestClient(app) as client:
             wait_for(lambda: client.get("/readyz").status_code == 200, 60, "readiness")

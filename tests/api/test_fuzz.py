@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
 from api.main import create_app
-from shoprank.engine import SearchEngine
-from shoprank.settings import ApiSettings, Settings
+from serving.loading import open_served
+from core.settings import ApiSettings, Settings
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +21,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def fuzz_client(tmp_path_factory: pytest.TempPathFactory, settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
     home = tmp_path_factory.mktemp("fuzz")
-    (home / "cache").symlink_to(settings.cache_dir.resolve(), target_is_directory=True)
+    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
     fuzz_settings = settings.model_copy(update={"home": home, "api": ApiSettings(admin_token="t")})
-    app = create_app(fuzz_settings, loader=lambda s: SearchEngine(real_index, real_encoder, s))
+    app = create_app(fuzz_settings, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
     with TestClient(app, raise_server_exceptions=False) as client:
         deadline = time.monotonic() + 60
         while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:

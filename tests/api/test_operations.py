@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from ranking.cross_encoder import export
-from ranking.model import PairScorer
+from ranking.cross_encoder_net import PairScorer
 from retrieval.encoder import resolve_model_dir
-from shoprank.engine import SearchEngine
-from shoprank.registry import ModelRegistry
-from shoprank.settings import ApiSettings, Settings
+from serving.loading import open_served
+from core.registry import ModelRegistry
+from core.settings import ApiSettings, Settings
 
 
 def tiny_reranker(folder: Path, seed: int) -> Path:
@@ -35,9 +35,9 @@ def tiny_reranker(folder: Path, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def ops_settings(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Settings:
     home = tmp_path_factory.mktemp("ops")
-    (home / "cache").symlink_to(settings.cache_dir.resolve(), target_is_directory=True)
+    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
     ops = settings.model_copy(update={"home": home, "api": ApiSettings(admin_token="s3cret")})
-    registry = ModelRegistry(ops.models_dir)
+    registry = ModelRegistry(ops.paths.models)
     for seed in (1, 2):
         registry.register("reranker", tiny_reranker(home / f"m{seed}", seed), base_model="minilm", activate=True)
     registry.activate("reranker", "v1")
@@ -46,7 +46,7 @@ def ops_settings(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -
 
 @pytest.fixture(scope="module")
 def client(ops_settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
-    app = create_app(ops_settings, loader=lambda s: SearchEngine.open(real_index, real_encoder, s))
+    app = create_app(ops_settings, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
     with TestClient(app) as client:
         deadline = time.monotonic() + 60
         while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
@@ -64,7 +64,7 @@ def test_events_are_accepted_durably_and_validated(client: TestClient, ops_setti
              "product_id": search["items"][0]["product_id"], "position": 1, "user_id": "u7"}
     response = client.post("/v1/events", json=[event, {**event, "event_id": "buy-1", "type": "purchase", "revenue": 19.9}])
     assert response.status_code == 202 and response.json() == {"accepted": 2}
-    logged = [json.loads(line) for p in sorted(ops_settings.events_dir.glob("segment-*.jsonl"))
+    logged = [json.loads(line) for p in sorted(ops_settings.paths.event_spool.rglob("segment-*.jsonl"))
               for line in p.read_text().splitlines()]
     ids = [r["event_id"] for r in logged]
     assert search["request_id"] in ids and ids[-2:] == ["click-1", "buy-1"]

@@ -8,13 +8,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from shoprank.engine import SearchEngine
-from shoprank.settings import Settings
+from serving.loading import Served, open_served
+from core.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def client(settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
-    app = create_app(settings, loader=lambda s: SearchEngine(real_index, real_encoder, s))
+    app = create_app(settings, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
     with TestClient(app) as client:
         deadline = time.monotonic() + 60
         while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
@@ -77,7 +77,7 @@ def test_probes_and_openapi(client: TestClient) -> None:
 
 
 def test_not_ready_is_503_with_reason(settings: Settings) -> None:
-    def broken(_: Settings) -> SearchEngine:
+    def broken(_: Settings, previous: Served | None) -> Served:
         raise RuntimeError("index folder is empty")
 
     with TestClient(create_app(settings, loader=broken)) as client:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from online_learning.local_broker import free_port
-from shoprank.settings import Settings
+from core.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ def test_serve_builds_the_demo_index_and_answers(tmp_path: Path, settings: Setti
     home = tmp_path / "home"
     home.mkdir()
     # share the session's exported ONNX encoder and embedding cache; the demo index is built fresh
-    (home / "cache").symlink_to(settings.cache_dir.resolve(), target_is_directory=True)
+    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
     env = {**os.environ, "SHOPRANK_HOME": str(home), "SHOPRANK_PROGRESS": "false"}
     process = subprocess.Popen(
         [sys.executable, "-m", "shoprank.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],

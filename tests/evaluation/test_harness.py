@@ -11,9 +11,9 @@ import pytest
 
 from retrieval.index import ProductIndex
 from retrieval.types import Candidates, Hits
-from shoprank.evaluation.dataset import load_dataset
-from shoprank.evaluation.harness import Thresholds, evaluate
-from shoprank.errors import InvalidInput
+from evaluation.dataset import load_dataset
+from evaluation.harness import Thresholds, evaluate
+from core.errors import InvalidInput
 
 
 def write_dataset(folder: Path) -> Path:

@@ -7,7 +7,7 @@ import math
 import pytest
 from ranx import Qrels, Run, evaluate
 
-from shoprank.evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
+from evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
 
 # 3 queries x 5 docs, grades 0..8
 QRELS = {

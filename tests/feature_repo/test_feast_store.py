@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 
 from online_learning.local_broker import free_port
-from ranking.features import OnlineFeatureReader
+from core.feature_store import OnlineFeatureReader
 from ranking.training.ltr_data import historical_features
-from shoprank import feature_store
-from shoprank.settings import FeatureSettings, Settings
+from core import feature_store
+from core.settings import FeatureSettings, Settings
 
 pytestmark = pytest.mark.integration
 

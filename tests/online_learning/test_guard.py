@@ -14,10 +14,10 @@ from online_learning.consumers.base import Delivered
 from online_learning.consumers.log_sink import ParquetLogSink
 from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem
 from online_learning.promotion import Policy, check_regression
-from online_learning.simulator import compare_replays
+from simulation.simulator import compare_replays
 from shoprank.cli import main
-from shoprank.registry import ModelRegistry
-from shoprank.settings import get_settings
+from core.registry import ModelRegistry
+from core.settings import get_settings
 
 
 def served_log(root: Path, rates: dict[str, float], per_version: int) -> None:

@@ -12,11 +12,11 @@ import pytest
 from online_learning.consumers.base import Delivered
 from online_learning.consumers.log_sink import ParquetLogSink
 from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem
-from online_learning.retrain import RetrainConfig, log_root, retrain
+from online_learning.retrain import RetrainConfig, retrain
 from ranking.lambdamart import LambdaMART
-from shoprank.engine import SearchEngine
-from shoprank.registry import ModelRegistry
-from shoprank.settings import Settings
+from serving.engine import SearchEngine, assemble
+from core.registry import ModelRegistry
+from core.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -49,21 +49,21 @@ def traffic(engine: SearchEngine, root: Path, searches: int = 300) -> None:
 @pytest.fixture()
 def setup(tmp_path: Path, settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
     home_settings = settings.model_copy(update={"home": tmp_path})
-    engine = SearchEngine(real_index, real_encoder, home_settings)
-    traffic(engine, log_root(home_settings))
+    engine = assemble(real_index, real_encoder, home_settings)
+    traffic(engine, home_settings.paths.event_log)
     return home_settings, engine
 
 
 def test_retrain_registers_once_then_is_up_to_date(setup) -> None:  # type: ignore[no-untyped-def]
     settings, engine = setup
-    first = retrain(settings, engine, RetrainConfig(min_searches=100))
+    first = retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))
     assert first["status"] == "registered" and first["version"] == "v1"
     assert first["propensities"][0] == 1.0 and len(first["propensities"]) == 10
-    entry = ModelRegistry(settings.models_dir).get("ltr", "v1")
+    entry = ModelRegistry(settings.paths.models).get("ltr", "v1")
     assert entry.params["data_window"]["until"] and entry.metrics["searches"] == 300
     assert entry.metrics["valid_ips_dcg@10"] > 0
-    assert retrain(settings, engine, RetrainConfig(min_searches=100))["status"] == "up to date"
-    assert [v.version for v in ModelRegistry(settings.models_dir).versions("ltr")] == ["v1"]
+    assert retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))["status"] == "up to date"
+    assert [v.version for v in ModelRegistry(settings.paths.models).versions("ltr")] == ["v1"]
 
 
 def test_a_crash_registers_nothing_and_the_rerun_completes(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
@@ -75,15 +75,15 @@ def test_a_crash_registers_nothing_and_the_rerun_completes(setup, monkeypatch: p
 
     monkeypatch.setattr(LambdaMART, "fit_unbiased", crash)
     with pytest.raises(MemoryError):
-        retrain(settings, engine, RetrainConfig(min_searches=100))
-    assert ModelRegistry(settings.models_dir).versions("ltr") == []
+        retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))
+    assert ModelRegistry(settings.paths.models).versions("ltr") == []
     monkeypatch.setattr(LambdaMART, "fit_unbiased", real_fit)
-    assert retrain(settings, engine, RetrainConfig(min_searches=100))["version"] == "v1"
+    assert retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))["version"] == "v1"
 
 
 def test_one_run_at_a_time(setup) -> None:  # type: ignore[no-untyped-def]
     settings, engine = setup
     with open(settings.home / "retrain.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        result = retrain(settings, engine, RetrainConfig(min_searches=100))
+        result = retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))
     assert result == {"status": "skipped", "reason": "another retrain is running"}

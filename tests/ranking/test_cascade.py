@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ranking.cascade import Cascade, Query, ScoreStage
+from core.query import Query
+from ranking.cascade import Cascade, ScoreStage
 from retrieval.types import Candidates, Hits
 
 
@@ -49,7 +50,7 @@ def test_stage_deeper_than_list_and_zero_depth() -> None:
 def test_cascade_chains_stages_and_times_them() -> None:
     student = ScoreStage("student", reverse_score, depth=10)        # p9..p0, then p10..p19
     teacher = ScoreStage("teacher", lambda q, d, t: -d.astype(np.float32), depth=3)  # lowest doc first among top 3
-    cascade = Cascade("cascade", ListRetriever(), [student, teacher], k1=20)
+    cascade = Cascade("cascade", ListRetriever(), [student, teacher], first_stage_depth=20)
     ranked = cascade.run("q", 5)
     assert ranked.candidates.product_ids[:4] == ["p7", "p8", "p9", "p6"]
     assert len(ranked.candidates) == 20
@@ -73,7 +74,7 @@ def test_slow_or_failing_stages_are_skipped_and_named() -> None:
         raise RuntimeError("model file vanished")
 
     stages = [ScoreStage("student", reverse_score, 10), ScoreStage("teacher", slow, 3), ScoreStage("ltr", broken, 3)]
-    cascade = Cascade("c", ListRetriever(), stages, k1=20, budgets={"teacher": 0.05})
+    cascade = Cascade("c", ListRetriever(), stages, first_stage_depth=20, budgets={"teacher": 0.05})
     ranked = cascade.run(Query("q", deadline=time.monotonic() + 5), 5)
     assert ranked.candidates.product_ids[:3] == ["p9", "p8", "p7"]  # the student's order stands
     assert ranked.degraded == ["teacher: timeout", "ltr: error RuntimeError"]

@@ -6,12 +6,12 @@ import pandas as pd
 
 from ranking.training.data import Group
 from ranking.training.ltr_data import entity_rows, listed_products, ranking_data
-from shoprank.engine import SearchEngine
-from shoprank.settings import Settings
+from serving.engine import assemble
+from core.settings import Settings
 
 
 def test_mined_negatives_join_the_list_with_grade_zero(settings: Settings, real_index, real_encoder) -> None:  # type: ignore[no-untyped-def]
-    engine = SearchEngine(real_index, real_encoder, settings)
+    engine = assemble(real_index, real_encoder, settings)
     hits = engine.hybrid.search("cordless drill", 10).product_ids
     judged = {hits[0]: 3, hits[1]: 1}
     group = Group("q1", "cordless drill", judged, mined=[hits[5], "not-in-the-catalog"])

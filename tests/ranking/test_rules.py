@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ranking.rules import Filters, QueryRule, RulesConfig, apply_rules
+from core.query import Filters
+from ranking.rules import QueryRule, RulesConfig, apply_rules
 
 IDS = ["a", "b", "c", "d", "e"]
 SCORES = np.array([5.0, 4.0, 3.0, 2.0, 1.0])

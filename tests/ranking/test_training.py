@@ -17,7 +17,7 @@ from ranking.cross_encoder import CrossEncoderScorer, TorchCrossEncoder, export
 from ranking.training.data import groups_from
 from ranking.training.reranker import RerankerConfig, _Batcher, evaluate_groups, load_model, train_reranker
 from retrieval.encoder import resolve_model_dir
-from shoprank.evaluation.dataset import load_dataset
+from evaluation.dataset import load_dataset
 
 pytestmark = pytest.mark.slow
 

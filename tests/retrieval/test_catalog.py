@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from retrieval.catalog import catalog_hash, read_catalog
-from shoprank.errors import CatalogError
+from core.errors import CatalogError
 
 
 def write_csv(path: Path, text: str) -> Path:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from retrieval.dense import DenseIndex, choose_kind
-from shoprank.errors import InvalidInput
-from shoprank.settings import RetrievalSettings
+from core.errors import InvalidInput
+from core.settings import RetrievalSettings
 
 
 def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -8,8 +8,8 @@ import pytest
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
 from retrieval.index import ProductIndex
-from shoprank.errors import Conflict
-from shoprank.settings import Settings
+from core.errors import Conflict
+from core.settings import Settings
 from tests.fakes import HashingEncoder
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shoprank.cli import main
-from shoprank.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 
 @pytest.fixture()
@@ -77,7 +77,7 @@ def test_train_ltr_mines_negatives_and_registers(monkeypatch: pytest.MonkeyPatch
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    (home / "cache").symlink_to(settings.cache_dir.resolve(), target_is_directory=True)  # reuse the exported encoder
+    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)  # reuse the exported encoder
     monkeypatch.setenv("SHOPRANK_HOME", str(home))
     monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
     get_settings.cache_clear()

@@ -17,7 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from shoprank.errors import InvalidInput
+from core.errors import InvalidInput
+from core.paths import Home
 
 
 class RetrievalSettings(BaseModel):
@@ -49,11 +50,12 @@ class RetrievalSettings(BaseModel):
 
 
 class RankingSettings(BaseModel):
-    """Re-ranking cascade: first stage (k1) -> student (student_depth) -> teacher (teacher_depth)."""
+    """Re-ranking cascade: first stage (first_stage_depth) -> student (student_depth) -> teacher (teacher_depth)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    k1: int = Field(1000, ge=1, le=10_000, description="First-stage candidates.")
+    first_stage_depth: int = Field(1000, ge=1, le=10_000, description="Candidates taken from the first stage "
+                                   "into the cascade.")
     # Defaults measured on a 2-core AVX2 CPU (README, "Tiered cascade"): the teacher on the top 20 and
     # LambdaMART on the same 20 beat student(100) -> teacher(20) in quality and cost half the time.
     student_depth: int = Field(0, ge=0, le=10_000, description="Candidates the student stage scores (0: skip).")
@@ -66,7 +68,7 @@ class RankingSettings(BaseModel):
     query_cache_size: int = Field(10_000, ge=0, description="Query vectors kept in memory (LRU).")
     reranker: str = Field("active", description="Teacher version: 'active', 'vN' or 'none'.")
     student: str = Field("active", description="Student version: 'active', 'vN' or 'none'.")
-    variant: Literal["int8", "fp32"] = Field("int8", description="ONNX model variant served.")
+    precision: Literal["int8", "fp32"] = Field("int8", description="ONNX weights served for the cross-encoders.")
     max_length: int = Field(40, ge=8, le=512, description="Token cap of a (query, title) pair.")
     batch_size: int = Field(32, ge=1, le=1024)
     threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads (0: one per core).")
@@ -97,6 +99,11 @@ class ServingSettings(BaseModel):
     score_cache_size: int = Field(200_000, ge=0, description="(query, product) cross-encoder scores kept.")
     results_cache_size: int = Field(10_000, ge=0)
     results_ttl_s: float = Field(60.0, ge=0, description="How long a cached result list is served.")
+    reload_poll_s: float = Field(2.0, ge=0, le=3600, description="Seconds between checks of the shared state "
+                                 "(active model versions, experiment); a change made by another server process "
+                                 "or the CLI is loaded within this time. 0: never check.")
+    shadow_queue: int = Field(64, ge=1, le=10_000, description="Shadow searches waiting at most; more are "
+                              "dropped (counted) so shadow scoring never slows serving.")
     max_in_flight: int = Field(0, ge=0, le=1024, description="Searches ranked at once per worker; more wait "
                                "(their deadline keeps running). 0: no limit.")
 
@@ -115,9 +122,9 @@ class ApiSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    max_k: int = Field(100, ge=1, le=1000)
     admin_token: str | None = Field(None, description="Bearer token of /v1/admin (unset: admin disabled).")
-    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
+    workers: int = Field(1, ge=1, le=64, description="Server processes of `shoprank serve`; each loads its own "
+                         "engine (index and models) and they share the artifact home.")
 
 
 class Settings(BaseSettings):
@@ -158,20 +165,9 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
     @property
-    def indexes_dir(self) -> Path:
-        return self.home / "indexes"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.home / "cache"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.home / "models"
-
-    @property
-    def events_dir(self) -> Path:
-        return self.home / "events"
+    def paths(self) -> Home:
+        """The artifact home's layout (:class:`core.paths.Home`)."""
+        return Home(self.home)
 
 
 class _YamlSource(PydanticBaseSettingsSource):

@@ -29,7 +29,7 @@ import numpy as np
 
 from ranking.training.data import Group
 from retrieval.catalog import product_text
-from shoprank.evaluation.metrics import grade_threshold
+from evaluation.metrics import grade_threshold
 
 logger = logging.getLogger(__name__)
 

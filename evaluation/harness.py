@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 
 from retrieval.hybrid import Retriever
 from retrieval.index import ProductIndex
-from shoprank.evaluation.dataset import EvalDataset
-from shoprank.evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
-from shoprank.errors import InvalidInput
+from evaluation.dataset import EvalDataset
+from evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
+from core.errors import InvalidInput
 
 Mode = Literal["rerank", "retrieval"]
 

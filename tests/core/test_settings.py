@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from shoprank.settings import Settings
+from core.settings import Settings
 
 
 def test_env_nesting_and_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from core.paths import Home
 from online_learning.experiments import Arm, Experiment, assign
-from online_learning.router import ExperimentRouter, load_router, save_router_config
-from ranking.cascade import Query
+from serving.router import ExperimentRouter, load_router, save_router_config
+from core.query import Query
 from retrieval.types import Candidates, Hits
-from shoprank.engine import SearchResult
+from serving.engine import SearchResult
 
 
 class FakeEngine:
@@ -69,8 +70,8 @@ def test_shadow_logs_a_diff_without_touching_the_response(tmp_path: Path) -> Non
 
 
 def test_router_config_round_trip(tmp_path: Path) -> None:
-    save_router_config(tmp_path, EXP, "v3")
-    router = load_router(tmp_path)
+    save_router_config(Home(tmp_path), EXP, "v3")
+    router = load_router(Home(tmp_path))
     assert router.experiment == EXP and router.shadow == "v3" and router.ltr_versions == ["v1", "v2", "v3"]
     router.close()
-    assert load_router(tmp_path / "none").experiment is None
+    assert load_router(Home(tmp_path / "none")).experiment is None

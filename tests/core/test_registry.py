@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from shoprank.errors import InvalidInput, NotFound
-from shoprank.registry import ModelRegistry
+from core.errors import InvalidInput, NotFound
+from core.registry import ModelRegistry
 
 
 def model_folder(tmp_path: Path, name: str) -> Path:

@@ -10,8 +10,8 @@ The :class:`ExperimentRouter` sits between ``/v1/search`` and the engine:
   every shown product carries its team in the ranking event;
 - **shadow**: a candidate version re-ranks the same query on a background
   thread after the response is sent; top-10 overlap, Kendall tau and latency
-  go to ``<home>/shadow/<version>.jsonl``. A full shadow queue drops work
-  (counted) rather than slow serving.
+  go to ``<home>/shadow/<version>.jsonl``. A full shadow queue
+  (``serving.shadow_queue``) drops work (counted) rather than slow serving.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau
 
+from core.paths import Home
+from core.query import Query
 from online_learning.experiments import Experiment, assign, team_draft
-from ranking.cascade import Query
 from retrieval.types import Candidates
-from shoprank.engine import SearchEngine, SearchResult
+from serving.engine import SearchEngine, SearchResult
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class ExperimentRouter:
         self.experiment = experiment
         self.shadow = shadow
         self.shadow_dir = shadow_dir
+        self.shadow_queue = shadow_queue
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="shadow") if shadow else None
         self._pending = 0
         self._lock = threading.Lock()
@@ -106,7 +108,7 @@ class ExperimentRouter:
     def _submit_shadow(self, engine: SearchEngine, query: Query, k: int, served: Routed) -> None:
         assert self._pool is not None
         with self._lock:
-            if self._pending >= 64:
+            if self._pending >= self.shadow_queue:
                 self.shadow_dropped += 1
                 return
             self._pending += 1
@@ -147,25 +149,18 @@ class ExperimentRouter:
             self._pool.shutdown(wait=True)
 
 
-CONFIG = "current.json"
-
-
-def router_config_path(home: Path) -> Path:
-    return home / "experiments" / CONFIG
-
-
-def load_router(home: Path) -> ExperimentRouter:
+def load_router(paths: Home, shadow_queue: int = 64) -> ExperimentRouter:
     """The router described by ``<home>/experiments/current.json`` (none: active models only)."""
-    path = router_config_path(home)
+    path = paths.experiment_config
     if not path.is_file():
-        return ExperimentRouter(shadow_dir=home / "shadow")
+        return ExperimentRouter(shadow_dir=paths.shadow, shadow_queue=shadow_queue)
     data = json.loads(path.read_text())
     experiment = Experiment.model_validate(data["experiment"]) if data.get("experiment") else None
-    return ExperimentRouter(experiment, data.get("shadow"), home / "shadow")
+    return ExperimentRouter(experiment, data.get("shadow"), paths.shadow, shadow_queue)
 
 
-def save_router_config(home: Path, experiment: Experiment | None, shadow: str | None) -> None:
-    path = router_config_path(home)
+def save_router_config(paths: Home, experiment: Experiment | None, shadow: str | None) -> None:
+    path = paths.experiment_config
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"experiment": experiment.model_dump() if experiment else None, "shadow": shadow},

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from retrieval.catalog import read_catalog
-from shoprank.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 

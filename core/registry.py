@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shoprank.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,15 @@ class ModelVersion:
         out = asdict(self)
         out.pop("path")
         return out
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A registered model loaded for use: its role, version and the loaded object."""
+
+    role: str
+    version: str
+    model: object
 
 
 def _check_role(role: str) -> None:
@@ -135,6 +144,14 @@ class ModelRegistry:
     def _state(self, role: str) -> dict[str, Any]:
         file = self.root / role / "active.json"
         return json.loads(file.read_text()) if file.is_file() else {"version": None, "history": []}
+
+    def active_version(self, role: str) -> str | None:
+        """The active version's name, without reading its manifest (cheap enough to poll)."""
+        return self._state(role)["version"]
+
+    def history(self, role: str) -> list[str]:
+        """Versions that were active before the current one, oldest first."""
+        return list(self._state(role)["history"])
 
     def active(self, role: str) -> ModelVersion | None:
         version = self._state(role)["version"]

@@ -1,10 +1,10 @@
 """Traffic simulator: simulated shoppers search the real HTTP API and act on results.
 
 ``shoprank simulate`` runs it. Shoppers are the store world's users
-(SIMULATED, :mod:`shoprank.world`); each picks a real query of the judged
+(SIMULATED, :mod:`simulation.world`); each picks a real query of the judged
 dataset (train/dev splits only), leaning to queries about categories it likes,
 searches ``POST /v1/search``, then clicks, adds to cart and buys under the
-position-biased :class:`~online_learning.click_model.ClickModel`, posting the
+position-biased :class:`~simulation.click_model.ClickModel`, posting the
 interactions to ``POST /v1/events``. Out-of-stock products are never bought.
 
 Because it knows the truth (grades and hidden tastes), it reports the true
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from online_learning.click_model import ClickModel, ndcg
-from shoprank.errors import InvalidInput
-from shoprank.evaluation.dataset import EvalDataset
-from shoprank.world import StoreWorld, purchase_propensity
+from simulation.click_model import ClickModel, ndcg
+from core.errors import InvalidInput
+from evaluation.dataset import EvalDataset
+from simulation.world import StoreWorld, purchase_propensity
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class TrafficSimulator:
             total.latency_ms += stats.latency_ms
         return {"sessions": sessions, "seconds": round(time.perf_counter() - started, 1),
                 "overall": total.summary(), "arms": {a: s.summary() for a, s in sorted(self.stats.items())},
-                "errors": dict(self.errors), "note": "SIMULATED shoppers (shoprank.world)",
+                "errors": dict(self.errors), "note": "SIMULATED shoppers (simulation.world)",
                 "sessions_detail": {str(n): r for n, r in sorted(self.sessions.items())}}
 
 

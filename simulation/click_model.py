@@ -2,7 +2,7 @@
 
 Used by the traffic simulator, which knows what real logs never show: the
 judged grade of each (query, product) and each user's hidden preferences
-(:mod:`shoprank.world`). For a shown list:
+(:mod:`simulation.world`). For a shown list:
 
 - examination at position ``p`` (1-based): ``(1 / p) ** eta`` (position bias,
   the position-based model of Craswell et al. 2008 / Joachims et al. 2017);

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shoprank.world import SIMULATED, StoreWorld
+from simulation.world import SIMULATED, StoreWorld
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,105 @@
+"""The artifact home's layout: the one place that names folders under it.
+
+Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
+``artifacts/`` by default)::
+
+    <home>/
+      indexes/<name>/<encoder fingerprint>/   product indexes (one per encoder version)
+      indexes/eval-<catalog hash>/<fp>/       indexes of evaluation datasets
+      cache/embeddings/<fp>.sqlite            product vectors, so nothing is encoded twice
+      cache/onnx/                             the bi-encoder exported to ONNX
+      models/<role>/vN/                       the model registry (see core.registry)
+      features/                               Feast: offline Parquet, registry, sqlite online store
+      world/                                  the SIMULATED store world behind the features
+      demo/                                   the generated demo store (served when no catalog is set)
+      event_spool/                            the API's durable event spool (shipped to Kafka)
+      event_log/                              the offline event log (Parquet, written by the log sink)
+      experiments/current.json                the running experiment and shadow
+      shadow/<version>.jsonl                  shadow-scoring records
+      streaming/state.sqlite                  the streaming feature consumer's state
+      dead_letters/<consumer>.jsonl           events a consumer could not read
+      training/<run>/                         work folders of training runs
+      reports/                                reports written by benchmarks and jobs
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Home:
+    """Paths under one artifact home; nothing else joins path strings under it."""
+
+    root: Path
+
+    @property
+    def indexes(self) -> Path:
+        return self.root / "indexes"
+
+    def index(self, name: str, encoder_fingerprint: str) -> Path:
+        """``indexes/<name>/<encoder fingerprint>``: re-indexing with a new bi-encoder
+        leaves the old index usable."""
+        return self.indexes / name / encoder_fingerprint
+
+    def eval_index(self, catalog_hash: str, encoder_fingerprint: str) -> Path:
+        """The index of an evaluation dataset, keyed by its catalog hash and encoder."""
+        return self.indexes / f"eval-{catalog_hash[:16]}" / encoder_fingerprint
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def embeddings(self, encoder_fingerprint: str) -> Path:
+        return self.cache / "embeddings" / f"{encoder_fingerprint}.sqlite"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def features(self) -> Path:
+        return (self.root / "features").resolve()
+
+    @property
+    def world(self) -> Path:
+        return self.root / "world"
+
+    @property
+    def demo(self) -> Path:
+        return self.root / "demo"
+
+    @property
+    def event_spool(self) -> Path:
+        return self.root / "event_spool"
+
+    @property
+    def event_log(self) -> Path:
+        return self.root / "event_log"
+
+    @property
+    def experiment_config(self) -> Path:
+        return self.root / "experiments" / "current.json"
+
+    @property
+    def shadow(self) -> Path:
+        return self.root / "shadow"
+
+    @property
+    def streaming_state(self) -> Path:
+        return self.root / "streaming" / "state.sqlite"
+
+    def dead_letters(self, consumer: str) -> Path:
+        return self.root / "dead_letters" / f"{consumer}.jsonl"
+
+    def training(self, run: str) -> Path:
+        return self.root / "training" / run
+
+    @property
+    def retrain_lock(self) -> Path:
+        return self.root / "retrain.lock"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"

@@ -1,0 +1,294 @@
+"""The search engine: the loaded parts, the pipelines built on them, one search.
+
+:func:`assemble` makes a :class:`SearchEngine` from an index, a query encoder
+and the loaded :class:`Models`: it creates the run-time resources (the BM25
+thread pool, the caches, the micro-batchers) and hands them to
+:func:`build_pipelines`, a pure function from those parts to the pipelines.
+``/v1/search`` serves the ``full`` pipeline, and ``shoprank evaluate --pipeline
+NAME`` evaluates the same objects, so what is measured is what is served.
+
+Pipelines:
+
+- ``bm25``, ``dense``, ``hybrid``: the first stage alone.
+- ``rerank``: hybrid top ``ranking.rerank_depth`` re-ranked by the teacher.
+- ``cascade``: hybrid top ``ranking.first_stage_depth`` -> student
+  (``student_depth``) -> teacher (``teacher_depth``).
+- ``ltr``: cascade -> LambdaMART (``ltr_depth``) with store features.
+- ``full``: what ``/v1/search`` serves: the deepest of ltr / cascade / hybrid
+  that the registered models allow, then the rules stage (filters, stock,
+  promotions, pins) as its last stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from core.cache import LRUCache
+from core.errors import Conflict, InvalidInput, NotReady
+from core.feature_store import OnlineFeatureReader
+from core.query import Query
+from core.registry import ServedModel
+from core.settings import Settings
+from ranking.batching import MicroBatcher
+from ranking.cache import CachedScorer
+from ranking.cascade import Cascade, Ranked, ScoreStage, Stage
+from ranking.features import LtrFeaturizer
+from ranking.lambdamart import BASE_FEATURES, LambdaMART
+from ranking.ltr import LtrStage
+from ranking.rules import RulesConfig, RulesStage, catalog_facts
+from retrieval.encoder import Encoder
+from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever, Retriever
+from retrieval.index import ProductIndex
+from retrieval.types import Candidates
+
+logger = logging.getLogger(__name__)
+
+PIPELINES = ("bm25", "dense", "hybrid", "rerank", "cascade", "ltr", "full")
+DEFAULT = "full"
+CROSS_ENCODER_ROLES = ("student", "reranker")
+
+
+@dataclass(frozen=True)
+class Models:
+    """The registered models an engine serves (each None when not registered or turned off).
+
+    ``ltr_versions`` are extra LambdaMART versions served beside the active one
+    (experiment arms, shadow candidates); a search picks one with ``ltr=``.
+    """
+
+    teacher: ServedModel | None = None
+    student: ServedModel | None = None
+    ltr: ServedModel | None = None
+    ltr_versions: tuple[ServedModel, ...] = ()
+    features: OnlineFeatureReader | None = None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    candidates: Candidates
+    pipeline: str
+    total_candidates: int
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class Pipelines:
+    """Every pipeline by name, and the served one per LambdaMART version (None: the active one)."""
+
+    named: dict[str, Retriever]
+    full: dict[str | None, Cascade]
+    ltr_stages: dict[str | None, LtrStage]
+
+
+def featurizer_for(index: ProductIndex, dense: DenseRetriever, models: Models,
+                   store_names: list[str]) -> LtrFeaturizer:
+    """The LambdaMART featurizer over this index, query encoder, store and cross-encoders."""
+    reader = models.features
+    store = (lambda query, pids: reader.fetch(pids, query.user_id)) if reader else None
+    return LtrFeaturizer(index, lambda text: dense.embed([text])[0], store, store_names,
+                         models.student.model if models.student else None,
+                         models.teacher.model if models.teacher else None)
+
+
+def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: HybridRetriever, models: Models,
+                    rules: RulesStage, settings: Settings,
+                    cross_encoder_stage: Callable[[str, ServedModel, int], ScoreStage]) -> Pipelines:
+    """The pipelines these parts allow (see the module docstring); builds nothing stateful."""
+    rk = settings.ranking
+    budgets = {name: ms / 1000 for name, ms in settings.serving.stage_budgets_ms.items()}
+    named: dict[str, Retriever] = {"bm25": bm25, "dense": dense, "hybrid": hybrid}
+    stages: list[Stage] = []
+    if models.student and rk.student_depth:
+        stages.append(cross_encoder_stage("student", models.student, rk.student_depth))
+    if models.teacher:
+        named["rerank"] = Cascade("rerank", hybrid, [cross_encoder_stage("teacher", models.teacher, rk.rerank_depth)],
+                                  first_stage_depth=rk.rerank_depth, budgets=budgets)
+        if rk.teacher_depth:
+            stages.append(cross_encoder_stage("teacher", models.teacher, rk.teacher_depth))
+    if stages:
+        named["cascade"] = Cascade("cascade", hybrid, list(stages), first_stage_depth=rk.first_stage_depth,
+                                   budgets=budgets)
+    depth = rk.first_stage_depth if stages else rk.rerank_depth
+    full: dict[str | None, Cascade] = {None: Cascade("full", hybrid, [*stages, rules], first_stage_depth=depth,
+                                                     budgets=budgets)}
+    ltr_stages: dict[str | None, LtrStage] = {}
+    for served in ([models.ltr] if models.ltr else []) + list(models.ltr_versions):
+        if not rk.ltr_depth:
+            break
+        model: LambdaMART = served.model  # type: ignore[assignment]
+        stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names[len(BASE_FEATURES):]),
+                         rk.ltr_depth)
+        ltr_stages[served.version] = stage
+        full[served.version] = Cascade("full", hybrid, [*stages, stage, rules],
+                                       first_stage_depth=rk.first_stage_depth, budgets=budgets)
+    if models.ltr and models.ltr.version in ltr_stages:
+        ltr_stages[None] = ltr_stages[models.ltr.version]
+        full[None] = full[models.ltr.version]
+        named["ltr"] = Cascade("ltr", hybrid, [*stages, ltr_stages[None]], first_stage_depth=rk.first_stage_depth,
+                               budgets=budgets)
+    named["full"] = full[None]
+    return Pipelines(named, full, ltr_stages)
+
+
+@dataclass(frozen=True)
+class Caches:
+    """What an engine keeps between searches; each is an :class:`~core.cache.LRUCache`."""
+
+    results: LRUCache
+    scores: dict[str, LRUCache]  # per cross-encoder role
+    query_vectors: LRUCache | None
+
+    def stats(self) -> dict[str, LRUCache]:
+        out = {"results": self.results, **{f"{role}_scores": c for role, c in self.scores.items()}}
+        return out | ({"query_vectors": self.query_vectors} if self.query_vectors is not None else {})
+
+
+@dataclass
+class SearchEngine:
+    """An index, its query encoder, the served models and the pipelines built on them.
+
+    Make one with :func:`assemble` (or :func:`serving.loading.open_engine`, which
+    also loads the index and the registered models).
+    """
+
+    index: ProductIndex
+    encoder: Encoder
+    settings: Settings
+    models: Models
+    pipelines: Pipelines
+    caches: Caches
+    hybrid: HybridRetriever
+    dense: DenseRetriever
+    executor: ThreadPoolExecutor
+    batchers: dict[str, MicroBatcher]
+
+    @property
+    def teacher(self) -> ServedModel | None:
+        return self.models.teacher
+
+    @property
+    def student(self) -> ServedModel | None:
+        return self.models.student
+
+    @property
+    def ltr(self) -> ServedModel | None:
+        return self.models.ltr
+
+    @property
+    def versions(self) -> dict[str, str]:
+        out = {"encoder": self.index.manifest.encoder}
+        for model in (self.student, self.teacher, self.ltr):
+            if model:
+                out[model.role] = model.version
+        return out
+
+    def versions_for(self, ltr: str | None) -> dict[str, str]:
+        """Versions serving a search that used LambdaMART ``ltr`` (None: the active one)."""
+        return self.versions | ({"ltr": ltr} if ltr else {})
+
+    def featurizer(self, store_names: list[str]) -> LtrFeaturizer:
+        return featurizer_for(self.index, self.dense, self.models, store_names)
+
+    def pipeline(self, name: str) -> Retriever:
+        if name in self.pipelines.named:
+            return self.pipelines.named[name]
+        if name in PIPELINES:
+            raise NotReady(
+                f"pipeline {name!r} needs a trained model that is not registered; train it with "
+                "`shoprank train reranker|student|ltr --dataset DIR`"
+            )
+        raise InvalidInput(f"pipeline {name!r} is not one of {list(PIPELINES)}")
+
+    def _chosen(self, pipeline: str, ltr: str | None) -> Retriever:
+        if pipeline != "full":
+            return self.pipeline(pipeline)
+        if ltr not in self.pipelines.full:
+            raise NotReady(f"LambdaMART {ltr} is not loaded; loaded: {sorted(v for v in self.pipelines.full if v)}")
+        return self.pipelines.full[ltr]
+
+    def search(self, query: Query | str, k: int, pipeline: str = DEFAULT, offset: int = 0,
+               use_cache: bool = False, ltr: str | None = None) -> SearchResult:
+        """Rows ``offset .. offset + k`` of ``pipeline``'s ranking (``ltr``: a loaded LambdaMART version).
+
+        With ``use_cache``, an identical request within ``serving.results_ttl_s``
+        is answered from the results cache (only complete, non-degraded results
+        are cached).
+        """
+        query = query if isinstance(query, Query) else Query(query)
+        key = (pipeline, ltr, query.text, query.user_id, query.filters, k, offset)
+        if use_cache and (hit := self.caches.results.get(key)) is not None:
+            return replace(hit, cached=True, timings={})
+        chosen = self._chosen(pipeline, ltr)
+        ranked = chosen.run(query, k + offset) if isinstance(chosen, Cascade) else Ranked(
+            chosen.search(query.text, k + offset))
+        page = ranked.candidates.take(slice(offset, offset + k))
+        result = SearchResult(page, pipeline, len(ranked.candidates), ranked.timings,
+                              {p: ranked.notes[p] for p in page.product_ids if p in ranked.notes}, ranked.degraded)
+        if use_cache and not result.degraded:
+            self.caches.results.put(key, result)
+        return result
+
+    def explain(self, query: Query, candidates: Candidates, ltr: str | None = None) -> list[dict[str, float]] | None:
+        """LambdaMART feature contributions per row, when an LTR model is served."""
+        stage = self.pipelines.ltr_stages.get(ltr)
+        return stage.explain(query, candidates) if stage is not None and len(candidates) else None
+
+    def cache_stats(self) -> dict[str, LRUCache]:
+        return self.caches.stats()
+
+    def clear_caches(self) -> None:
+        """After a catalog change: forget results and scores (vectors of queries stay valid)."""
+        self.caches.results.clear()
+        for cache in self.caches.scores.values():
+            cache.clear()
+
+    def close(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.close()
+        self.executor.shutdown(wait=False)
+
+
+def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: Models = Models()) -> SearchEngine:
+    """An engine over ``index`` with ``models``: run-time resources, then :func:`build_pipelines`."""
+    if index.manifest.encoder_fingerprint != encoder.fingerprint:
+        raise Conflict(
+            f"index {index.path} was built with encoder {index.manifest.encoder} "
+            f"({index.manifest.encoder_fingerprint}) but the query encoder is {encoder.name} "
+            f"({encoder.fingerprint}); rebuild the index or set SHOPRANK_ENCODER to the matching model"
+        )
+    rs, rk, sv = settings.retrieval, settings.ranking, settings.serving
+    executor = ThreadPoolExecutor(max_workers=rs.bm25_threads, thread_name_prefix="bm25")
+    caches = Caches(results=LRUCache(sv.results_cache_size, ttl=sv.results_ttl_s),
+                    scores={role: LRUCache(sv.score_cache_size) for role in CROSS_ENCODER_ROLES},
+                    query_vectors=LRUCache(rk.query_cache_size) if rk.query_cache_size else None)
+    bm25 = BM25Retriever(index)
+    dense = DenseRetriever(index, encoder, caches.query_vectors)
+    hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=executor)
+    rules = RulesStage(RulesConfig.from_file(rk.rules_file) if rk.rules_file else RulesConfig(),
+                       catalog_facts(index, models.features))
+    batchers: dict[str, MicroBatcher] = {}
+
+    def cross_encoder_stage(stage: str, served: ServedModel, depth: int) -> ScoreStage:
+        """Micro-batched across requests (when on) and with a score cache per role."""
+        scorer = served.model
+        if sv.micro_batch:
+            scorer = batchers.setdefault(served.role, MicroBatcher(scorer, sv.micro_batch_pairs,
+                                                                   sv.micro_batch_wait_ms / 1000))
+        cached = CachedScorer(scorer, caches.scores[served.role])
+
+        def score(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
+            ids = [index.product_id(int(d)) for d in docs]
+            return cached.score_products(query, ids, [index.title(int(d)) for d in docs], deadline)
+
+        return ScoreStage(stage, score, depth)
+
+    pipelines = build_pipelines(bm25, dense, hybrid, models, rules, settings, cross_encoder_stage)
+    return SearchEngine(index, encoder, settings, models, pipelines, caches, hybrid, dense, executor, batchers)

@@ -1,0 +1,227 @@
+"""Opening what serves: the encoder, the index, the registered models, the engine.
+
+:func:`open_engine` is the one front door: the API, the CLI, training and the
+benchmarks all open an engine through it. It opens the configured bi-encoder,
+loads (or builds, on first use) the index, loads the registered models and
+assembles the engine. :func:`open_served` adds the experiment router, so an
+engine and its router are loaded, and swapped, as one :class:`Served` unit.
+
+Builders are idempotent: an index whose manifest matches the catalog hash and
+encoder is loaded, never rebuilt. Paths come from :class:`core.paths.Home`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from core.feature_store import OnlineFeatureReader
+from core.registry import ModelRegistry, ModelVersion, ServedModel
+from core.settings import Settings
+from retrieval.catalog import catalog_hash, read_catalog
+from retrieval.embedding_cache import EmbeddingCache
+from retrieval.encoder import BUNDLED, Encoder, load_encoder, resolve_model_dir
+from retrieval.index import Manifest, ProductIndex
+from serving.engine import Models, SearchEngine, assemble
+from serving.router import ExperimentRouter, load_router
+from simulation.demo import write_demo
+
+logger = logging.getLogger(__name__)
+
+SWAPPABLE = ("reranker", "student", "ltr")
+
+
+# -- the bi-encoder and the index ------------------------------------------------------------
+
+def encoder_source(settings: Settings) -> tuple[Path, str]:
+    """Folder and label of the configured bi-encoder.
+
+    ``settings.encoder``: ``active`` (the registry's active ``biencoder``, else the
+    bundled MiniLM), ``minilm`` (bundled), ``biencoder:vN`` (a registered
+    version) or a model folder.
+    """
+    spec = settings.encoder
+    registry = ModelRegistry(settings.paths.models)
+    if spec == "active":
+        entry = registry.active("biencoder")
+        spec = f"biencoder:{entry.version}" if entry else BUNDLED
+    if spec.startswith("biencoder:"):
+        entry = registry.get("biencoder", spec.split(":", 1)[1])
+        assert entry.path is not None  # registry entries always carry their folder
+        return entry.path, spec
+    if spec == BUNDLED:
+        return resolve_model_dir(BUNDLED), BUNDLED
+    return resolve_model_dir(spec), Path(spec).name
+
+
+def open_encoder(settings: Settings, backend: str | None = None) -> Encoder:
+    model_dir, label = encoder_source(settings)
+    return load_encoder(model_dir, backend or settings.retrieval.query_encoder, settings.paths.cache, label)
+
+
+def embedding_cache(settings: Settings, encoder: Encoder) -> EmbeddingCache:
+    return EmbeddingCache(settings.paths.embeddings(encoder.fingerprint), encoder.dim)
+
+
+def demo_catalog(settings: Settings) -> Path:
+    """The demo store's catalog file, generated on first use."""
+    folder = settings.paths.demo
+    if not (folder / "products.csv").is_file():
+        logger.info("generating the synthetic demo store in %s", folder)
+        write_demo(folder)
+    return folder / "products.csv"
+
+
+def index_path(settings: Settings, encoder: Encoder, name: str | None = None) -> Path:
+    """The served index of ``name`` (default ``settings.index_name``) for this encoder."""
+    return settings.paths.index(name or settings.index_name, encoder.fingerprint)
+
+
+def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:
+    cache = embedding_cache(settings, encoder)
+    try:
+        return ProductIndex.build(path, products, encoder, settings.retrieval, cache, progress=settings.progress)
+    finally:
+        cache.close()
+
+
+def ensure_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:
+    """Load the index at ``path`` if it holds exactly ``products`` with ``encoder``; else build it."""
+    if (path / "manifest.json").is_file():
+        manifest = Manifest.read(path)
+        if manifest.encoder_fingerprint == encoder.fingerprint and manifest.catalog_hash == catalog_hash(products):
+            return ProductIndex.load(path, settings.retrieval)
+        logger.info("index %s is stale (catalog or encoder changed); rebuilding", path)
+    return build_index(settings, products, path, encoder)
+
+
+def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | None = None) -> ProductIndex:
+    """With ``products`` (an evaluation or training dataset): that catalog's index, built when
+    missing or stale. Without: the served index, as it is (upserts and deletes included); built
+    only when missing, from ``settings.catalog`` or the generated demo catalog."""
+    if products is not None:
+        return ensure_index(settings, products, settings.paths.eval_index(catalog_hash(products),
+                                                                          encoder.fingerprint), encoder)
+    path = index_path(settings, encoder)
+    if (path / "manifest.json").is_file():
+        return ProductIndex.load(path, settings.retrieval)
+    served, _ = read_catalog(settings.catalog or demo_catalog(settings))
+    return build_index(settings, served, path, encoder)
+
+
+# -- the registered models -------------------------------------------------------------------
+
+def _entry(settings: Settings, role: str, spec: str) -> ModelVersion | None:
+    if spec == "none":
+        return None
+    registry = ModelRegistry(settings.paths.models)
+    return registry.active(role) if spec == "active" else registry.get(role, spec)
+
+
+def load_cross_encoder(settings: Settings, role: str) -> ServedModel | None:
+    """The configured version of ``role`` (reranker|student), on ONNX Runtime."""
+    from ranking.cross_encoder import CrossEncoderScorer
+
+    rk = settings.ranking
+    entry = _entry(settings, role, rk.reranker if role == "reranker" else rk.student)
+    if entry is None or entry.path is None:
+        return None
+    scorer = CrossEncoderScorer(Path(entry.path), rk.precision, max_length=rk.max_length,
+                                batch_size=rk.batch_size, threads=rk.threads)
+    logger.info("loaded %s %s (%s)", role, entry.version, rk.precision)
+    return ServedModel(role, entry.version, scorer)
+
+
+def load_ltr(settings: Settings, spec: str | None = None) -> ServedModel | None:
+    from ranking.lambdamart import LambdaMART
+
+    entry = _entry(settings, "ltr", spec or settings.ranking.ltr)
+    if entry is None or entry.path is None:
+        return None
+    return ServedModel("ltr", entry.version, LambdaMART.load(Path(entry.path)))
+
+
+def open_feature_reader(settings: Settings) -> OnlineFeatureReader | None:
+    """The online feature reader, when the feature store has been applied."""
+    from core import feature_store
+
+    if not (settings.paths.features / "registry.db").is_file():
+        return None
+    try:
+        return OnlineFeatureReader(feature_store.open_store(settings), settings.features.service)
+    except Exception as err:  # noqa: BLE001 - serving goes on without store features
+        logger.warning("feature store unavailable (%s); ranking without store features", err)
+        return None
+
+
+def load_models(settings: Settings, ltr_versions: Sequence[str] = ()) -> Models:
+    """The configured models from the registry and the feature store, if any.
+
+    ``ltr_versions``: LambdaMART versions to serve beside the active one.
+    """
+    extra = tuple(m for v in ltr_versions if (m := load_ltr(settings, v)) is not None)
+    return Models(teacher=load_cross_encoder(settings, "reranker"), student=load_cross_encoder(settings, "student"),
+                  ltr=load_ltr(settings), ltr_versions=extra, features=open_feature_reader(settings))
+
+
+# -- engines ---------------------------------------------------------------------------------
+
+def open_engine(settings: Settings, products: pd.DataFrame | None = None, models: bool = True,
+                ltr_versions: Sequence[str] = (), encoder: Encoder | None = None,
+                index: ProductIndex | None = None) -> SearchEngine:
+    """The engine for ``settings``: encoder -> index (see :func:`open_index`) -> models -> pipelines.
+
+    Args:
+        products: An evaluation/training catalog to index instead of the served one.
+        models: Load the registered models (False: the first stage only).
+        ltr_versions: Extra LambdaMART versions to serve (experiment arms, shadow).
+        encoder, index: Already open ones to reuse (a hot swap keeps both).
+    """
+    encoder = encoder or open_encoder(settings)
+    index = index or open_index(settings, encoder, products)
+    return assemble(index, encoder, settings, load_models(settings, ltr_versions) if models else Models())
+
+
+@dataclass(frozen=True)
+class Served:
+    """What answers searches: an engine and the experiment router, swapped as one unit.
+
+    ``generation`` fingerprints the shared state it was loaded from (active model
+    versions, experiment configuration); see :func:`generation`.
+    """
+
+    engine: SearchEngine
+    router: ExperimentRouter
+    generation: str = ""
+
+    def close(self) -> None:
+        self.router.close()
+        self.engine.close()
+
+
+def generation(settings: Settings) -> str:
+    """A fingerprint of the shared serving state: the active versions of the swappable models
+    and the experiment configuration. Server processes compare it to find changes made by others."""
+    registry = ModelRegistry(settings.paths.models)
+    parts = [registry.active_version(role) or "" for role in SWAPPABLE]
+    config = settings.paths.experiment_config
+    parts.append(config.read_text() if config.is_file() else "")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def open_served(settings: Settings, previous: Served | None = None, encoder: Encoder | None = None,
+                index: ProductIndex | None = None) -> Served:
+    """Engine + router from the shared state; with ``previous``, its index and encoder are reused
+    (a hot swap re-indexes nothing); ``encoder`` and ``index`` pass already open ones."""
+    stamp = generation(settings)
+    router = load_router(settings.paths, settings.serving.shadow_queue)
+    if previous is not None:
+        encoder, index = previous.engine.encoder, previous.engine.index
+    engine = open_engine(settings, ltr_versions=router.ltr_versions, encoder=encoder, index=index)
+    logger.info("serving index %s: %d products, models %s", engine.index.path, engine.index.count, engine.versions)
+    return Served(engine, router, stamp)
