@@ -90,6 +90,8 @@ class SearchResponse(BaseModel):
 class Health(BaseModel):
     status: str
     detail: str | None = None
+    pid: int | None = Field(None, description="The answering server process (several run with api.workers > 1).")
+    versions: dict[str, str] | None = Field(None, description="Model versions this process serves (readiness).")
 
 
 class ErrorBody(BaseModel):

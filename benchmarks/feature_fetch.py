@@ -57,8 +57,8 @@ def _start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
 
 
 def measure_store(settings, requests: list[tuple[list[str], str]]) -> dict:  # type: ignore[no-untyped-def]
-    from core.feature_store import OnlineFeatureReader
     from core import feature_store
+    from core.feature_store import OnlineFeatureReader
 
     store = feature_store.open_store(settings)
     service = store.get_feature_service(settings.features.service)
@@ -88,8 +88,8 @@ def measure_store(settings, requests: list[tuple[list[str], str]]) -> dict:  # t
 
 
 def measure_lambdamart(settings, queries: int) -> dict:  # type: ignore[no-untyped-def]
-    from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
     from core.registry import ModelRegistry
+    from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
 
     active = ModelRegistry(settings.paths.models).active("ltr")
     rng = np.random.default_rng(0)
@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = Settings(home=args.home, progress=False)
-    world = StoreWorld.load(settings.home / "world")
+    world = StoreWorld.load(settings.paths.world)
     rng = random.Random(0)
     products, users = world.products["product_id"].tolist(), world.users["user_id"].tolist()
     requests = [(rng.sample(products, args.candidates), rng.choice(users)) for _ in range(args.queries)]

@@ -23,10 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
-from serving import loading as artifacts  # noqa: E402
-from serving.engine import SearchEngine  # noqa: E402
-from evaluation.dataset import load_dataset  # noqa: E402
 from core.settings import Settings  # noqa: E402
+from evaluation.dataset import load_dataset  # noqa: E402
+from serving.loading import open_encoder, open_engine, open_index  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 
@@ -45,12 +44,11 @@ def main() -> None:
     if args.cold:
         settings = settings.model_copy(update={"home": Path(tempfile.mkdtemp(prefix="shoprank-bench-"))})
     dataset = load_dataset(args.dataset)
-    encoder = artifacts.open_encoder(settings)
-    path = artifacts.eval_index_path(settings, dataset.products, encoder)
+    encoder = open_encoder(settings)
     started = time.perf_counter()
-    index = artifacts.ensure_index(settings, dataset.products, path, encoder)
+    index = open_index(settings, encoder, dataset.products)
     load_or_build = time.perf_counter() - started
-    engine = SearchEngine(index, encoder, settings)
+    engine = open_engine(settings, models=False, encoder=encoder, index=index)
     queries = [q for _, q in dataset.select(args.split)][: args.queries]
     vectors = encoder.encode(queries)
     by_query = dict(zip(queries, vectors))

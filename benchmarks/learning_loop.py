@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import ShoprankProcess, hardware, wait_ready  # noqa: E402
+from core.paths import Home  # noqa: E402
+from core.registry import ModelRegistry  # noqa: E402
 from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC  # noqa: E402
 from online_learning.local_broker import LocalBroker, create_topics, free_port  # noqa: E402
 from simulation.simulator import compare_replays  # noqa: E402
@@ -88,12 +90,13 @@ def main() -> None:
     if args.fresh:
         shutil.rmtree(args.home, ignore_errors=True)
     args.home.mkdir(parents=True, exist_ok=True)
-    cache = args.home / "cache"
+    home = Home(args.home)
+    cache = home.cache
     if not cache.exists():  # reuse exported encoders and embeddings of the main artifacts
-        shared = (ROOT / "artifacts" / "cache").resolve()
+        shared = Home(ROOT / "artifacts").cache.resolve()
         shared.mkdir(parents=True, exist_ok=True)  # a fresh clone has no artifacts yet
         cache.symlink_to(shared, target_is_directory=True)
-    logs = args.home / "logs"
+    logs = home.logs
     logs.mkdir(exist_ok=True)
     steps: dict[str, object] = {"hardware": hardware()}
     broker = LocalBroker(log=logs / "tansu.log").start()
@@ -111,7 +114,7 @@ def main() -> None:
         steps["features_build"] = shoprank(env, "features", "build", "--dataset", str(data))
         steps["features_apply"] = shoprank(env, "features", "apply")
         steps["features_materialize"] = shoprank(env, "features", "materialize")
-        if not (args.home / "models" / "ltr" / "active.json").exists():
+        if ModelRegistry(home.models).active_version("ltr") is None:
             steps["train_ltr_v1"] = shoprank(env, "train", "ltr", "--dataset", str(data), "--run-name", "v1")
         api = ShoprankProcess("api", ["serve", "--port", str(port)], env, logs / "api.log")
         sink = ShoprankProcess("sink", ["consume", "sink"], env, logs / "sink.log")
@@ -149,7 +152,7 @@ def main() -> None:
         admin(base, "PUT", "/v1/admin/experiment", {"experiment": None, "shadow": candidate})
         steps["shadow_traffic"] = simulate("shadow", args.shadow_sessions, seed=2)
         steps["shadow"] = admin(base, "GET", "/v1/admin/experiment")
-        shadow_file = args.home / "shadow" / f"{candidate}.jsonl"
+        shadow_file = home.shadow / f"{candidate}.jsonl"
         if shadow_file.exists():
             records = [json.loads(line) for line in shadow_file.read_text().splitlines()]
             steps["shadow_diff"] = {
@@ -167,7 +170,7 @@ def main() -> None:
             settle()
             decision = shoprank(env, "promote", "--experiment", name, "--apply")
             written = shoprank(env, "report", "ab", "--experiment", name, "--out",
-                               str(args.home / "reports" / report))
+                               str(home.reports / report))
             return traffic, decision, written
 
         steps["ab_traffic"], steps["promote"], steps["report"] = experiment_round(
@@ -193,14 +196,14 @@ def main() -> None:
             p.stop()
         broker.stop()
     print(json.dumps(steps, indent=2, default=str))
-    (args.home / "reports").mkdir(exist_ok=True)
-    (args.home / "reports" / "learning_loop.json").write_text(json.dumps(steps, indent=2, default=str))
+    home.reports.mkdir(exist_ok=True)
+    (home.reports / "learning_loop.json").write_text(json.dumps(steps, indent=2, default=str))
 
 
 def negate_leaves(folder: Path) -> None:
     """Negate every leaf value of the LightGBM model files under ``folder`` (warm-start parents too)."""
     for path in folder.rglob("model.txt"):
-        text = path.read_text()
+        text = re.sub(r"^tree_sizes=.*\n", "", path.read_text(), flags=re.M)  # sizes change; parsed without
         text = re.sub(r"^leaf_value=(.*)$", lambda m: "leaf_value=" + " ".join(
             repr(-float(v)) for v in m.group(1).split()), text, flags=re.M)
         path.write_text(text)
@@ -208,9 +211,6 @@ def negate_leaves(folder: Path) -> None:
 
 def worse_candidate(env: dict, base: str, active: str, simulate, settle, sessions: int) -> dict:  # type: ignore[no-untyped-def]
     """Register ``active`` with its scores reversed, A/B it (must be rejected), then force it live (guard rolls back)."""
-    from core.paths import Home
-    from core.registry import ModelRegistry
-
     home = Home(Path(env["SHOPRANK_HOME"]))
     registry = ModelRegistry(home.models)
     source = registry.get("ltr", active)

@@ -21,12 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
-from ranking.cross_encoder import CrossEncoderScorer  # noqa: E402
-from serving import loading as artifacts  # noqa: E402
-from serving.engine import SearchEngine  # noqa: E402
-from evaluation.dataset import load_dataset  # noqa: E402
 from core.registry import ModelRegistry  # noqa: E402
 from core.settings import Settings  # noqa: E402
+from evaluation.dataset import load_dataset  # noqa: E402
+from ranking.cross_encoder import CrossEncoderScorer  # noqa: E402
+from serving.loading import open_engine  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 
@@ -56,10 +55,8 @@ def main() -> None:
 
     settings = Settings(progress=False)
     dataset = load_dataset(args.dataset)
-    encoder = artifacts.open_encoder(settings)
-    index = artifacts.ensure_index(settings, dataset.products,
-                                   artifacts.eval_index_path(settings, dataset.products, encoder), encoder)
-    engine = SearchEngine.open(index, encoder, settings)
+    engine = open_engine(settings, dataset.products)
+    index = engine.index
     queries = [q for _, q in dataset.select("dev")][: args.queries]
     lists = {q: [index.title(int(d)) for d in engine.hybrid.search(q, args.candidates).docs] for q in queries}
     registry = ModelRegistry(settings.paths.models)

@@ -32,12 +32,11 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from evaluation.dataset import load_dataset  # noqa: E402
 from retrieval.embedding_cache import EmbeddingCache  # noqa: E402
 from retrieval.index import ProductIndex  # noqa: E402
-from serving import loading as artifacts  # noqa: E402
-from serving.engine import SearchEngine  # noqa: E402
-from evaluation.dataset import load_dataset  # noqa: E402
-from core.settings import Settings  # noqa: E402
+from serving.loading import open_encoder, open_engine, open_index  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 
@@ -97,23 +96,23 @@ def main() -> None:
         updates["ivf_nprobe"] = args.nprobe
     settings = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update=updates)})
     dataset = load_dataset(args.dataset)
-    encoder = artifacts.open_encoder(settings)
-    real = artifacts.ensure_index(settings, dataset.products, artifacts.eval_index_path(settings, dataset.products, encoder), encoder)
+    encoder = open_encoder(settings)
+    real = open_index(settings, encoder, dataset.products)
     real_live = real.products["live"].to_numpy()
     products, vectors = synthetic_catalog(real.products["title"][real_live].tolist(),
                                           np.asarray(real.dense.vectors[real_live]), args.products)
     del real
-    path = settings.paths.indexes / f"synthetic-{args.products}-{args.kind}"
+    path = settings.paths.index(f"synthetic-{args.products}-{args.kind}", encoder.fingerprint)
     reuse = args.keep and (path / "manifest.json").is_file()
     started = time.perf_counter()
-    cache = EmbeddingCache(settings.paths.cache / "unused.sqlite", encoder.dim)
+    cache = EmbeddingCache(settings.paths.embeddings("unused"), encoder.dim)
     if reuse:
         index = ProductIndex.load(path, settings.retrieval)
     else:
         index = ProductIndex.build(path, products, encoder, settings.retrieval, cache, progress=False, vectors=vectors)
     build_seconds = time.perf_counter() - started
     disk_gib = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**30
-    engine = SearchEngine(index, encoder, settings)
+    engine = open_engine(settings, models=False, encoder=encoder, index=index)
     queries = [q for _, q in dataset.select("dev")][: args.queries]
     qvecs = encoder.encode(queries)
     by_query = dict(zip(queries, qvecs))

@@ -20,6 +20,7 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
       dead_letters/<consumer>.jsonl           events a consumer could not read
       training/<run>/                         work folders of training runs
       reports/                                reports written by benchmarks and jobs
+      logs/                                   logs of processes a benchmark starts
 """
 
 from __future__ import annotations
@@ -103,3 +104,7 @@ class Home:
     @property
     def reports(self) -> Path:
         return self.root / "reports"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"

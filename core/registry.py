@@ -119,13 +119,6 @@ class ModelRegistry:
             self.activate(role, version)
         return entry
 
-    def update_metrics(self, role: str, version: str, metrics: dict[str, Any]) -> ModelVersion:
-        entry = self.get(role, version)
-        entry.metrics = {**entry.metrics, **metrics}
-        assert entry.path is not None
-        _write_json(entry.path / "manifest.json", entry.to_json())
-        return entry
-
     def versions(self, role: str) -> list[ModelVersion]:
         _check_role(role)
         found = []

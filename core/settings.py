@@ -29,12 +29,12 @@ class RetrievalSettings(BaseModel):
     dense_index: Literal["auto", "flat", "hnsw", "ivfpq"] = Field(
         "auto", description="auto: exact (flat) up to flat_max_products, HNSW above."
     )
-    flat_max_products: int = Field(200_000, ge=1)
-    hnsw_m: int = Field(32, ge=4, le=128)
-    hnsw_ef_construction: int = Field(128, ge=8)
-    hnsw_ef_search: int = Field(128, ge=8)
+    flat_max_products: int = Field(200_000, ge=1, description="Largest catalog served by exact search when dense_index is auto.")
+    hnsw_m: int = Field(32, ge=4, le=128, description="HNSW links per node (memory vs recall).")
+    hnsw_ef_construction: int = Field(128, ge=8, description="HNSW candidate list while building.")
+    hnsw_ef_search: int = Field(128, ge=8, description="HNSW candidate list per query (recall vs latency).")
     ivf_nlist: int | None = Field(None, ge=1, description="None: 4*sqrt(n) rounded")
-    ivf_nprobe: int = Field(64, ge=1)
+    ivf_nprobe: int = Field(64, ge=1, description="IVF lists searched per query.")
     pq_m: int = Field(48, ge=1, description="PQ sub-quantizers; must divide the dimension")
     ivfpq_refine: int = Field(4, ge=1, le=32, description="Re-score refine*k IVF-PQ hits exactly.")
     compact_ratio: float = Field(
@@ -70,7 +70,7 @@ class RankingSettings(BaseModel):
     student: str = Field("active", description="Student version: 'active', 'vN' or 'none'.")
     precision: Literal["int8", "fp32"] = Field("int8", description="ONNX weights served for the cross-encoders.")
     max_length: int = Field(40, ge=8, le=512, description="Token cap of a (query, title) pair.")
-    batch_size: int = Field(32, ge=1, le=1024)
+    batch_size: int = Field(32, ge=1, le=1024, description="Pairs per ONNX Runtime call of a cross-encoder.")
     threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads (0: one per core).")
 
 
@@ -94,10 +94,10 @@ class ServingSettings(BaseModel):
         default_factory=lambda: {"student": 600.0, "teacher": 900.0, "ltr": 200.0, "rules": 100.0},
         description="Per-stage deadline; a stage past it is skipped (degraded).")
     micro_batch: bool = Field(True, description="Batch cross-encoder work across concurrent requests.")
-    micro_batch_wait_ms: float = Field(2.0, ge=0, le=100)
-    micro_batch_pairs: int = Field(256, ge=1, le=10_000)
+    micro_batch_wait_ms: float = Field(2.0, ge=0, le=100, description="Longest wait for other requests' pairs.")
+    micro_batch_pairs: int = Field(256, ge=1, le=10_000, description="Most pairs in one micro-batch.")
     score_cache_size: int = Field(200_000, ge=0, description="(query, product) cross-encoder scores kept.")
-    results_cache_size: int = Field(10_000, ge=0)
+    results_cache_size: int = Field(10_000, ge=0, description="Result pages kept (LRU; 0: no results cache).")
     results_ttl_s: float = Field(60.0, ge=0, description="How long a cached result list is served.")
     reload_poll_s: float = Field(2.0, ge=0, le=3600, description="Seconds between checks of the shared state "
                                  "(active model versions, experiment); a change made by another server process "
@@ -118,10 +118,12 @@ class EventSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
+    """The HTTP server: address, admin token, server processes."""
+
     model_config = ConfigDict(extra="forbid")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     admin_token: str | None = Field(None, description="Bearer token of /v1/admin (unset: admin disabled).")
     workers: int = Field(1, ge=1, le=64, description="Server processes of `shoprank serve`; each loads its own "
                          "engine (index and models) and they share the artifact home.")
@@ -138,14 +140,15 @@ class Settings(BaseSettings):
     catalog: Path | None = Field(
         None, description="Catalog served by `shoprank serve`; None builds the demo catalog."
     )
-    index_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    index_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Name of the served index "
+                            "(`shoprank index --name`).")
     encoder: str = Field(
         "active",
         description="Bi-encoder: 'active' (registry's active biencoder, else bundled MiniLM), "
         "'minilm', 'biencoder:vN' or a model folder.",
     )
     progress: bool = Field(True, description="Show tqdm progress bars in long jobs.")
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="Logging level of every process: DEBUG, INFO, WARNING, ERROR.")
     retrieval: RetrievalSettings = RetrievalSettings()
     ranking: RankingSettings = RankingSettings()
     features: FeatureSettings = FeatureSettings()

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from retrieval.catalog import read_catalog
 from core.errors import InvalidInput, NotFound
+from retrieval.catalog import read_catalog
 
 logger = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from retrieval.hybrid import Retriever
-from retrieval.index import ProductIndex
+from core.errors import InvalidInput
 from evaluation.dataset import EvalDataset
 from evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
-from core.errors import InvalidInput
+from retrieval.hybrid import Retriever
+from retrieval.index import ProductIndex
 
 Mode = Literal["rerank", "retrieval"]
 

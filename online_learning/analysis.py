@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 
 from online_learning.consumers.log_sink import read_log
-from online_learning.stats import Comparison, bootstrap_means, min_sample_size, sign_test, two_proportions
+from online_learning.stats import (
+    Comparison,
+    bootstrap_means,
+    min_sample_size,
+    sign_test,
+    two_proportions,
+)
 
 RATES = (("ctr", "clicked"), ("add_to_cart_rate", "carted"), ("purchase_rate", "bought"),
          ("zero_result_rate", "zero_results"), ("degraded_rate", "is_degraded"))

@@ -24,8 +24,8 @@ behind, and the next run redoes the window.
 from __future__ import annotations
 
 import fcntl
-import json
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from online_learning.consumers.log_sink import read_log
-from online_learning.propensity import fit_position_model
 from core.feature_store import FeatureBatch
 from core.query import Query
 from core.registry import ModelRegistry, ServedModel
 from core.settings import Settings
+from online_learning.consumers.log_sink import read_log
+from online_learning.propensity import fit_position_model
 from ranking.features import LtrFeaturizer
 from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig, RankingData
 from retrieval.index import ProductIndex
@@ -148,9 +148,9 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             features it reads are the active model's.
         active: The active LambdaMART (warm start, and the comparison), or None.
     """
-    from ranking.unbiased import ips_dcg
     from core import feature_store
     from ranking.training.ltr_data import historical_features
+    from ranking.unbiased import ips_dcg
 
     settings.paths.retrain_lock.parent.mkdir(parents=True, exist_ok=True)
     with open(settings.paths.retrain_lock, "w") as lock:

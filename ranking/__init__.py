@@ -1,8 +1,13 @@
 """Second stage of a search: order the first stage's candidates.
 
-``cross_encoder.py`` scores (query, product) pairs with our own trained
-cross-encoders on ONNX Runtime; ``cascade.py`` chains a small distilled student
-and the teacher in tiers (1,000 -> 100 -> k), each stage a pure function of
-:class:`~retrieval.types.Candidates`; ``training/`` trains the models
-(``shoprank train reranker|student|biencoder``).
+``cascade.py`` chains the stages, each a pure function of
+:class:`~retrieval.types.Candidates` with its own budget; ``cross_encoder.py``
+scores (query, product) pairs with our own cross-encoders on ONNX Runtime
+(``cross_encoder_net.py`` is the network, ``batching.py`` micro-batches
+concurrent requests, ``cache.py`` keeps their scores); ``features.py`` builds
+the LambdaMART features, ``lambdamart.py`` is the model and ``ltr.py`` its
+stage; ``rules.py`` holds the business rules and the rules stage, the last
+stage of a served cascade; ``unbiased.py`` is the inverse-propensity objective
+of retraining from clicks. ``training/`` trains the models (``shoprank train
+biencoder|reranker|student|ltr``).
 """

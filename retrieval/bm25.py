@@ -17,9 +17,8 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import tantivy
-
 import numpy as np
+import tantivy
 
 from retrieval.types import Hits
 

@@ -32,9 +32,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval.types import Hits
 from core.errors import InvalidInput
 from core.settings import RetrievalSettings
+from retrieval.types import Hits
 
 logger = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from typing import Protocol
 
 import numpy as np
 
+from core.cache import LRUCache
 from retrieval.encoder import Encoder
 from retrieval.index import ProductIndex
 from retrieval.rrf import fuse
 from retrieval.types import Candidates, Hits
-from core.cache import LRUCache
 
 
 class Retriever(Protocol):

@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core import __version__
+from core.errors import Conflict, NotFound
+from core.settings import RetrievalSettings
 from retrieval.bm25 import BM25Index
 from retrieval.catalog import catalog_hash, product_text
 from retrieval.dense import DenseIndex
 from retrieval.embedding_cache import EmbeddingCache, encode_cached
 from retrieval.encoder import Encoder
 from retrieval.types import Candidates, Hits
-from core import __version__
-from core.errors import Conflict, NotFound
-from core.settings import RetrievalSettings
 
 logger = logging.getLogger(__name__)
 

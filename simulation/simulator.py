@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from simulation.click_model import ClickModel, ndcg
 from core.errors import InvalidInput
 from evaluation.dataset import EvalDataset
+from simulation.click_model import ClickModel, ndcg
 from simulation.world import StoreWorld, purchase_propensity
 
 logger = logging.getLogger(__name__)

@@ -13,11 +13,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from core.settings import Settings  # noqa: E402
 from retrieval.catalog import read_catalog  # noqa: E402
 from retrieval.embedding_cache import EmbeddingCache  # noqa: E402
 from retrieval.index import ProductIndex  # noqa: E402
 from simulation.demo import write_demo  # noqa: E402
-from core.settings import Settings  # noqa: E402
 from tests.fakes import HashingEncoder  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shoprank.cli import main
 from core.settings import get_settings
+from shoprank.cli import main
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,13 @@ from nbclient import NotebookClient
 
 from online_learning.consumers.base import Delivered
 from online_learning.consumers.log_sink import ParquetLogSink
-from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem
+from online_learning.events import (
+    INTERACTIONS_TOPIC,
+    RANKINGS_TOPIC,
+    InteractionEvent,
+    RankingEvent,
+    ShownItem,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

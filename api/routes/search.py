@@ -18,9 +18,9 @@ from api.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from online_learning.events import RankingEvent, ShownItem
 from core.query import Filters
 from core.query import Query as SearchQuery
+from online_learning.events import RankingEvent, ShownItem
 from serving.loading import Served
 
 router = APIRouter(prefix="/v1", tags=["search"])

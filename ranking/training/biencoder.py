@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.metrics import grade_threshold
 from ranking.training.data import Group
 from retrieval.catalog import product_text
-from evaluation.metrics import grade_threshold
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
+from evaluation.dataset import EvalDataset
 from retrieval.hybrid import Retriever
 from retrieval.index import ProductIndex
-from evaluation.dataset import EvalDataset
 
 
 @dataclass

@@ -35,10 +35,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from core.query import Query
 from core.feature_store import FeatureBatch
-from ranking.lambdamart import RankingData
+from core.query import Query
 from ranking.features import LtrFeaturizer
+from ranking.lambdamart import RankingData
 from ranking.training.data import Group
 
 if TYPE_CHECKING:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
 from ranking.training.data import Group
 from ranking.training.losses import pairwise_loss
-from evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
         handle = ParquetLogSink(settings.paths.event_log)
     else:
-        from online_learning.consumers.streaming_features import StreamingFeatures, feast_push
         from core import feature_store
+        from online_learning.consumers.streaming_features import StreamingFeatures, feast_push
         from simulation.world import StoreWorld
 
         world = StoreWorld.load(settings.paths.world)
@@ -43,8 +43,8 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from simulation.simulator import TrafficSimulator
     from evaluation.dataset import load_dataset
+    from simulation.simulator import TrafficSimulator
     from simulation.world import StoreWorld
 
     simulator = TrafficSimulator(args.base_url, StoreWorld.load(settings.paths.world), load_dataset(args.dataset),
@@ -67,10 +67,10 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from core.registry import ModelRegistry
     from online_learning.analysis import interleaving, searches
     from online_learning.promotion import decide_ab, decide_interleaving
     from serving.router import load_router
-    from core.registry import ModelRegistry
 
     experiment = load_router(settings.paths).experiment
     if experiment is None or experiment.name != args.experiment:
@@ -92,9 +92,9 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
+    from core.registry import ModelRegistry
     from online_learning.analysis import searches
     from online_learning.promotion import check_regression
-    from core.registry import ModelRegistry
 
     registry = ModelRegistry(settings.paths.models)
     active = registry.active("ltr")

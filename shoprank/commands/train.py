@@ -119,9 +119,9 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
+    from ranking.training.biencoder import BiEncoderConfig, product_texts, train_biencoder
     from ranking.training.data import data_hash, groups_from, mine_negatives
     from retrieval.encoder import resolve_model_dir
-    from ranking.training.biencoder import BiEncoderConfig, product_texts, train_biencoder
 
     dataset = load_dataset(args.dataset)
     base = str(resolve_model_dir(args.base)) if args.base == "minilm" else args.base
@@ -146,10 +146,15 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
 
+    from core import feature_store
     from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig
     from ranking.training.data import data_hash, groups_from, mine_negatives
-    from ranking.training.ltr_data import assign_users, entity_rows, historical_features, ranking_data
-    from core import feature_store
+    from ranking.training.ltr_data import (
+        assign_users,
+        entity_rows,
+        historical_features,
+        ranking_data,
+    )
     from simulation.world import StoreWorld
 
     dataset = load_dataset(args.dataset)

@@ -23,12 +23,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from core.settings import EventSettings, Settings
 from online_learning.consumers.base import ConsumerLoop
 from online_learning.consumers.log_sink import ParquetLogSink, read_log
 from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC
 from online_learning.local_broker import LocalBroker, create_topics
 from serving.loading import open_served
-from core.settings import EventSettings, Settings
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
 from api.main import create_app
-from serving.loading import open_served
 from core.settings import ApiSettings, Settings
+from serving.loading import open_served
 
 pytestmark = pytest.mark.slow
 

@@ -11,12 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from core.registry import ModelRegistry
+from core.settings import ApiSettings, Settings
 from ranking.cross_encoder import export
 from ranking.cross_encoder_net import PairScorer
 from retrieval.encoder import resolve_model_dir
 from serving.loading import open_served
-from core.registry import ModelRegistry
-from core.settings import ApiSettings, Settings
 
 
 def tiny_reranker(folder: Path, seed: int) -> Path:

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from serving.loading import Served, open_served
 from core.settings import Settings
+from serving.loading import Served, open_served
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from online_learning.local_broker import free_port
 from core.settings import Settings
+from online_learning.local_broker import free_port
 
 pytestmark = pytest.mark.integration
 

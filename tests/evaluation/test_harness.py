@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from retrieval.index import ProductIndex
-from retrieval.types import Candidates, Hits
+from core.errors import InvalidInput
 from evaluation.dataset import load_dataset
 from evaluation.harness import Thresholds, evaluate
-from core.errors import InvalidInput
+from retrieval.index import ProductIndex
+from retrieval.types import Candidates, Hits
 
 
 def write_dataset(folder: Path) -> Path:

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from online_learning.local_broker import free_port
-from core.feature_store import OnlineFeatureReader
-from ranking.training.ltr_data import historical_features
 from core import feature_store
+from core.feature_store import OnlineFeatureReader
 from core.settings import FeatureSettings, Settings
+from online_learning.local_broker import free_port
+from ranking.training.ltr_data import historical_features
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from online_learning.event_log import EventLog, KafkaSettings
-from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem, parse
+from online_learning.events import (
+    INTERACTIONS_TOPIC,
+    RANKINGS_TOPIC,
+    InteractionEvent,
+    RankingEvent,
+    ShownItem,
+    parse,
+)
 from online_learning.local_broker import LocalBroker, create_topics
 
 

@@ -9,15 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from core.registry import ModelRegistry
+from core.settings import get_settings
 from online_learning.analysis import searches
 from online_learning.consumers.base import Delivered
 from online_learning.consumers.log_sink import ParquetLogSink
-from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem
+from online_learning.events import (
+    INTERACTIONS_TOPIC,
+    RANKINGS_TOPIC,
+    InteractionEvent,
+    RankingEvent,
+    ShownItem,
+)
 from online_learning.promotion import Policy, check_regression
-from simulation.simulator import compare_replays
 from shoprank.cli import main
-from core.registry import ModelRegistry
-from core.settings import get_settings
+from simulation.simulator import compare_replays
 
 
 def served_log(root: Path, rates: dict[str, float], per_version: int) -> None:

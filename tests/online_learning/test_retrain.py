@@ -9,14 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from core.registry import ModelRegistry
+from core.settings import Settings
 from online_learning.consumers.base import Delivered
 from online_learning.consumers.log_sink import ParquetLogSink
-from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem
+from online_learning.events import (
+    INTERACTIONS_TOPIC,
+    RANKINGS_TOPIC,
+    InteractionEvent,
+    RankingEvent,
+    ShownItem,
+)
 from online_learning.retrain import RetrainConfig, retrain
 from ranking.lambdamart import LambdaMART
 from serving.engine import SearchEngine, assemble
-from core.registry import ModelRegistry
-from core.settings import Settings
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from core.settings import Settings
 from ranking.training.data import Group
 from ranking.training.ltr_data import entity_rows, listed_products, ranking_data
 from serving.engine import assemble
-from core.settings import Settings
 
 
 def test_mined_negatives_join_the_list_with_grade_zero(settings: Settings, real_index, real_encoder) -> None:  # type: ignore[no-untyped-def]

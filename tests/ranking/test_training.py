@@ -13,11 +13,17 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
+from evaluation.dataset import load_dataset
 from ranking.cross_encoder import CrossEncoderScorer, TorchCrossEncoder, export
 from ranking.training.data import groups_from
-from ranking.training.reranker import RerankerConfig, _Batcher, evaluate_groups, load_model, train_reranker
+from ranking.training.reranker import (
+    RerankerConfig,
+    _Batcher,
+    evaluate_groups,
+    load_model,
+    train_reranker,
+)
 from retrieval.encoder import resolve_model_dir
-from evaluation.dataset import load_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from retrieval.catalog import catalog_hash, read_catalog
 from core.errors import CatalogError
+from retrieval.catalog import catalog_hash, read_catalog
 
 
 def write_csv(path: Path, text: str) -> Path:

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.dense import DenseIndex, choose_kind
 from core.errors import InvalidInput
 from core.settings import RetrievalSettings
+from retrieval.dense import DenseIndex, choose_kind
 
 
 def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -5,11 +5,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from core.errors import Conflict
+from core.settings import Settings
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
 from retrieval.index import ProductIndex
-from core.errors import Conflict
-from core.settings import Settings
 from tests.fakes import HashingEncoder
 
 

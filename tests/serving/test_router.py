@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from core.paths import Home
-from online_learning.experiments import Arm, Experiment, assign
-from serving.router import ExperimentRouter, load_router, save_router_config
 from core.query import Query
+from online_learning.experiments import Arm, Experiment, assign
 from retrieval.types import Candidates, Hits
 from serving.engine import SearchResult
+from serving.router import ExperimentRouter, load_router, save_router_config
 
 
 class FakeEngine:

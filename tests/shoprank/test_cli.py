@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shoprank.cli import main
 from core.settings import Settings, get_settings
+from shoprank.cli import main
 
 
 @pytest.fixture()

@@ -1,0 +1,78 @@
+"""Several server processes (`shoprank serve --workers 2`): a swap through one reaches every one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.registry import ModelRegistry
+from core.settings import Settings
+from online_learning.local_broker import free_port
+from tests.api.test_operations import tiny_reranker
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TOKEN = "w0rkers"
+
+
+def ready_states(base: str, wanted: int, seconds: float) -> dict[int, dict[str, str]]:
+    """Served versions per process id, read through /readyz until ``wanted`` processes answered."""
+    seen: dict[int, dict[str, str]] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and len(seen) < wanted:
+        try:
+            response = httpx.get(f"{base}/readyz", timeout=5)  # a new connection each time
+        except httpx.TransportError:
+            time.sleep(0.2)
+            continue
+        if response.status_code == 200:
+            body = response.json()
+            seen[body["pid"]] = body["versions"]
+        else:
+            time.sleep(0.2)
+    return seen
+
+
+def test_a_swap_through_one_process_reaches_every_process(tmp_path: Path, settings: Settings, real_index) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
+    registry = ModelRegistry(home / "models")
+    for seed in (1, 2):
+        registry.register("reranker", tiny_reranker(tmp_path / f"m{seed}", seed), base_model="minilm")
+    registry.activate("reranker", "v1")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "SHOPRANK_HOME": str(home), "SHOPRANK_PROGRESS": "false",
+           "SHOPRANK_API__ADMIN_TOKEN": TOKEN, "SHOPRANK_SERVING__RELOAD_POLL_S": "0.5"}
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "shoprank.cli", "serve", "--host", "127.0.0.1",
+                                "--port", str(port), "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        before = ready_states(base, 2, 240)
+        assert len(before) == 2, f"expected 2 server processes, saw {before}; log: {tmp_path / 'serve.log'}"
+        assert all(v.get("reranker") == "v1" for v in before.values())
+        swapped = httpx.post(f"{base}/v1/admin/models/reranker/activate", json={"version": "v2"},
+                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert swapped.status_code == 200 and swapped.json()["served"]["reranker"] == "v2"
+        started = time.monotonic()
+        while time.monotonic() - started < 10:
+            after = ready_states(base, 2, 5)
+            if len(after) == 2 and all(v.get("reranker") == "v2" for v in after.values()):
+                break
+            time.sleep(0.2)
+        assert len(after) == 2 and all(v.get("reranker") == "v2" for v in after.values()), after
+        searched = httpx.get(f"{base}/v1/search", params={"q": "cordless drill", "k": 5}, timeout=30)
+        assert searched.status_code == 200 and searched.json()["versions"]["reranker"] == "v2"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    spools = sorted(p.name for p in (home / "event_spool").iterdir() if p.is_dir())
+    assert spools == ["slot-0", "slot-1"]  # one spool folder per process
