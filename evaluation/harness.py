@@ -1,6 +1,6 @@
 """Run a pipeline over a judged split and average the metrics.
 
-Two modes (see ``README.md``, *Evaluation*):
+Two modes (see ``docs/models.md``, *Evaluation*):
 
 - ``rerank``: each query's judged products are the candidates; the pipeline
   only orders them. Queries with fewer than 2 judged products or a single
@@ -16,13 +16,18 @@ Two modes (see ``README.md``, *Evaluation*):
 
 MRR@10 counts a hit at grade >= ceil(0.75 * max grade). Latency is the wall
 time of each pipeline call, one query at a time.
+
+``subset`` restricts the split to a named query subset (``evaluation.subsets``:
+``all``, ``misspelled``, ``correct``) before ``limit`` applies. Every result also
+keeps each metric's per-query values (``EvalResult.per_query``, not printed) so
+two pipelines can be compared query by query (``evaluation.compare``).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -31,6 +36,7 @@ from tqdm.auto import tqdm
 from core.errors import InvalidInput
 from evaluation.dataset import EvalDataset
 from evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
+from evaluation.subsets import subset_ids
 from retrieval.hybrid import Retriever
 from retrieval.index import ProductIndex
 
@@ -54,10 +60,14 @@ class EvalResult:
     metrics: dict[str, float]
     latency_ms: dict[str, float]
     details: dict[str, object] = field(default_factory=dict)
+    subset: str = "all"
+    # metric -> query id -> unrounded value, for the queries the metric averages (not printed)
+    per_query: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, object]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("metrics", "details")}
-        return {**out, **self.metrics, "latency_ms": self.latency_ms, **self.details}
+        out = {"dataset": self.dataset, "mode": self.mode, "pipeline": self.pipeline, "split": self.split,
+               "subset": self.subset, "queries": self.queries, "skipped": self.skipped}
+        return {**out, **self.metrics, "latency_ms": dict(self.latency_ms), **self.details}
 
 
 def _mean(values: list[float]) -> float:
@@ -73,22 +83,32 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
 
 def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pipeline_name: str,
              mode: Mode, split: str | None = None, thresholds: Thresholds = Thresholds(),
-             depth: int = 1000, limit: int | None = None, progress: bool = True) -> EvalResult:
+             depth: int = 1000, limit: int | None = None, progress: bool = True,
+             subset: str = "all") -> EvalResult:
     """Evaluate ``pipeline`` on ``split`` of ``dataset``.
 
     Args:
         index: The index the pipeline searches; must hold the dataset's products.
         depth: Results requested per query in retrieval mode.
         limit: Evaluate only the first ``limit`` queries of the split (smoke runs).
+        subset: A query subset of :data:`evaluation.subsets.SUBSETS`; ``limit`` counts within it.
     """
     if mode not in ("rerank", "retrieval"):
         raise InvalidInput(f"mode {mode!r} is not one of 'rerank', 'retrieval'")
     hit_grade = grade_threshold(thresholds.mrr, dataset.max_grade)
     relevant_grade = grade_threshold(thresholds.recall, dataset.max_grade)
-    selected = dataset.select(split)[:limit]
+    selected = dataset.select(split)
+    if subset != "all" or limit is not None:
+        members = subset_ids(dataset, selected, subset)
+        selected = [(qid, query) for qid, query in selected if qid in members][:limit]
     ndcg, mrr, latency = [], [], []
     uncondensed, judged = [], []
     recall: dict[int, list[float]] = {100: [], 1000: []}
+    per_query: dict[str, dict[str, float]] = {}
+
+    def keep(metric: str, values: list[float], qid: str, value: float) -> None:
+        values.append(value)
+        per_query.setdefault(metric, {})[qid] = value
     skipped = 0
     for qid, query in tqdm(selected, disable=not progress, desc=f"{pipeline_name}/{mode}", unit="q"):
         grades = dataset.qrels.get(qid, {})
@@ -100,8 +120,8 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
             started = time.perf_counter()
             ranked = pipeline.rank(query, docs).product_ids
             latency.append(time.perf_counter() - started)
-            ndcg.append(ndcg_at_k(ranked, grades, 10))
-            mrr.append(mrr_at_k(ranked, grades, 10, hit_grade))
+            keep("ndcg@10", ndcg, qid, ndcg_at_k(ranked, grades, 10))
+            keep("mrr@10", mrr, qid, mrr_at_k(ranked, grades, 10, hit_grade))
             continue
         if not any(grades.values()):
             skipped += 1
@@ -110,20 +130,23 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
         ranked = pipeline.search(query, depth).product_ids
         latency.append(time.perf_counter() - started)
         condensed = condense(ranked, grades, 100)
-        ndcg.append(ndcg_at_k(condensed, grades, 10))
-        mrr.append(mrr_at_k(condensed, grades, 10, hit_grade))
-        uncondensed.append(ndcg_at_k(ranked, grades, 10))
-        judged.append(sum(p in grades for p in ranked[:10]) / max(1, min(10, len(ranked))))
+        keep("ndcg@10", ndcg, qid, ndcg_at_k(condensed, grades, 10))
+        keep("mrr@10", mrr, qid, mrr_at_k(condensed, grades, 10, hit_grade))
+        keep("ndcg@10_unjudged_as_0", uncondensed, qid, ndcg_at_k(ranked, grades, 10))
+        keep("judged@10", judged, qid, sum(p in grades for p in ranked[:10]) / max(1, min(10, len(ranked))))
         for k, values in recall.items():
             value = recall_at_k(ranked, grades, k, relevant_grade)
             if value is not None:
-                values.append(value)
+                keep(f"recall@{k}", values, qid, value)
     metrics = {"ndcg@10": _mean(ndcg), "mrr@10": _mean(mrr)}
+    order = ["ndcg@10", "mrr@10"]
     details: dict[str, object] = {"max_grade": dataset.max_grade, "mrr_min_grade": hit_grade}
     if mode == "retrieval":
         metrics |= {"recall@100": _mean(recall[100]), "recall@1000": _mean(recall[1000]),
                     "ndcg@10_unjudged_as_0": _mean(uncondensed), "judged@10": _mean(judged)}
+        order += ["recall@100", "recall@1000", "ndcg@10_unjudged_as_0", "judged@10"]
         details |= {"recall_min_grade": relevant_grade, "recall_queries": len(recall[100]), "depth": depth}
     return EvalResult(dataset=dataset.name, mode=mode, pipeline=pipeline_name, split=split,
                       queries=len(ndcg), skipped=skipped, metrics=metrics,
-                      latency_ms=_percentiles(latency), details=details)
+                      latency_ms=_percentiles(latency), details=details, subset=subset,
+                      per_query={m: per_query.get(m, {}) for m in order})

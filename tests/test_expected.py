@@ -37,7 +37,7 @@ def test_pinned_figures(run: dict, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     home = Path(os.environ.get("SHOPRANK_HOME", str(ROOT / "artifacts")))
     missing = [m for m in run.get("requires", []) if not _registered(home, m)]
     if missing:
-        pytest.skip(f"needs trained model(s) {missing} in {home}/models (built by `shoprank train ...`, see README)")
+        pytest.skip(f"needs trained model(s) {missing} in {home}/models (built by `shoprank train ...`, see docs/models.md)")
     monkeypatch.setenv("SHOPRANK_HOME", str(home))
     for name, value in run.get("env", {}).items():
         monkeypatch.setenv(name, str(value))

@@ -12,7 +12,7 @@ battery). Hard negatives supply exactly those. They come from the query's own
 judged products with a low grade when it has any (judged non-relevant: clean),
 else from the first stage's top 30, excluding judged products and duplicates of
 their titles (unjudged top results are often relevant: false negatives).
-The README shows Recall@100 with and without them.
+benchmarks/RESULTS.md shows Recall@100 with and without them.
 """
 
 from __future__ import annotations

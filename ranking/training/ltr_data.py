@@ -15,7 +15,7 @@ promote it at serving time (measured: `benchmarks/replay_profiles.py`).
 from the first-stage top 30 (never a duplicate title of a judged product) to
 each list with grade 0, the grade of a judged "irrelevant" product: LambdaMART
 then learns to rank them below every judged product of grade > 0. Unjudged is
-not proof of irrelevance; the count is kept small and the README reports the
+not proof of irrelevance; the count is kept small and benchmarks/RESULTS.md reports the
 effect on the judged metrics and on simulated shoppers.
 
 Judged data has no shoppers: each query is given a simulated user of the store

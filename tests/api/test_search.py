@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import time
 
 import pytest
@@ -70,8 +72,9 @@ def test_get_validation_names_the_parameter(client: TestClient) -> None:
 
 
 def test_probes_and_openapi(client: TestClient) -> None:
-    assert client.get("/healthz").json() == {"status": "ok", "detail": None}
-    assert client.get("/readyz").json()["status"] == "ready"
+    assert client.get("/healthz").json() == {"status": "ok", "detail": None, "pid": os.getpid(), "versions": None}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["pid"] == os.getpid() and ready["versions"]["encoder"]
     spec = client.get("/openapi.json").json()
     assert "/v1/search" in spec["paths"]
 
