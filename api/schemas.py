@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from retrieval.analyzer import tokenize
+
 MAX_QUERY_CHARS = 256
 MAX_K = 100  # results per page; the rules stage orders the first 100 (ranking.rules.RulesStage.depth)
 
@@ -36,6 +38,8 @@ class SearchRequest(BaseModel):
     session_id: str | None = Field(None, min_length=1, max_length=128, description="Session id (optional).")
     filters: SearchFilters = Field(default_factory=SearchFilters)
     explain: bool = Field(False, description="Return per-result feature contributions and rule notes.")
+    rewrite: bool = Field(True, description="Correct misspelled and run-together words against the catalog "
+                          "(false: search the words as typed; normalization of units and case still applies).")
 
     @field_validator("query")
     @classmethod
@@ -45,6 +49,8 @@ class SearchRequest(BaseModel):
             raise ValueError(
                 f"query must be 1..{MAX_QUERY_CHARS} characters after trimming whitespace, got {len(text)}"
             )
+        if not tokenize(text):
+            raise ValueError(f"query {text!r} has no letter or digit to search for; send at least one word")
         return text
 
 
@@ -61,6 +67,22 @@ class SearchItem(BaseModel):
     scores: dict[str, float] = Field(default_factory=dict, description="Score per stage (bm25, dense, rrf, ...).")
     ranks: dict[str, int] = Field(default_factory=dict, description="1-based rank per stage.")
     explanation: Explanation | None = None
+
+
+class RewriteItem(BaseModel):
+    original: str = Field(..., description="The word as typed (normalized).")
+    replacement: str = Field(..., description="What was searched instead.")
+    reason: str = Field(..., description="spelling (not in the catalog; corrected) or split (run-together words).")
+
+
+class QueryRewrite(BaseModel):
+    """What the query analyzer made of the text."""
+
+    text: str = Field(..., description="The text that was searched: normalized (case, units) and corrected.")
+    rewrites: list[RewriteItem] = Field(default_factory=list, description="Words corrected or split.")
+    brand: list[str] = Field(default_factory=list, description="Query words that name a brand of the catalog.")
+    product_type: list[str] = Field(default_factory=list, description="Query words that name a product type.")
+    numbers: list[str] = Field(default_factory=list, description="Numbers with their units, e.g. '1/2 in'.")
 
 
 class IndexInfo(BaseModel):
@@ -83,6 +105,7 @@ class SearchResponse(BaseModel):
     arm: str | None = Field(None, description="Experiment arm (or 'interleaved') that served it.")
     degraded: list[str] = Field(default_factory=list, description="Stages skipped and why (timeout, error).")
     cached: bool = Field(False, description="Served from the results cache.")
+    query_rewrite: QueryRewrite | None = Field(None, description="What the query analyzer searched for.")
     index: IndexInfo
     items: list[SearchItem]
 

@@ -1,4 +1,5 @@
-"""What a search asks: the text, who asks, the request's filters and its deadline."""
+"""What a search asks: the text, who asks, the request's filters and its deadline,
+and what the query analyzer made of the text (:class:`Analysis`)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,51 @@ class Filters:
 
 
 @dataclass(frozen=True)
+class Rewrite:
+    """One change the analyzer made: ``original`` became ``replacement`` because of ``reason``
+    (``spelling``: a word outside the catalog's vocabulary corrected to one in it; ``split``:
+    a run-together word split into catalog words)."""
+
+    original: str
+    replacement: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The analyzed query (``retrieval.analyzer``), shared by retrieval, features and logs.
+
+    Attributes:
+        original: The text as the shopper typed it.
+        text: The normalized and corrected text every stage searches with.
+        tokens: ``text``'s words, in order.
+        rewrites: What was corrected or split (empty: the text was only normalized).
+        brand: Query words that name a brand of the catalog.
+        product_type: Query words that name a product type of the catalog.
+        numbers: Numbers with their unit (``"1/2 in"``, ``"18 volt"``) or alone.
+    """
+
+    original: str
+    text: str
+    tokens: tuple[str, ...] = ()
+    rewrites: tuple[Rewrite, ...] = ()
+    brand: tuple[str, ...] = ()
+    product_type: tuple[str, ...] = ()
+    numbers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Query:
     """What a stage may know about the request: the text, who asks, by when.
 
     ``deadline`` is a ``time.monotonic()`` value; stages that can be cancelled
-    (the cross-encoders) stop there and raise ``StageTimeout``.
+    (the cross-encoders) stop there and raise ``StageTimeout``. The cascade sets
+    ``analysis`` before the first stage runs and ``text`` to the analyzed text.
     """
 
     text: str
     user_id: str | None = None
     filters: Filters = field(default_factory=Filters)
     deadline: float | None = None
+    rewrite: bool = True  # False: search the text as typed (only normalized), no spelling correction
+    analysis: Analysis | None = None  # set by the first stage

@@ -40,6 +40,8 @@ class RetrievalSettings(BaseModel):
     compact_ratio: float = Field(
         0.2, gt=0, le=1, description="Rebuild the ANN index when this share is deleted."
     )
+    spelling: bool = Field(True, description="Correct query words the catalog does not contain (spelling, "
+                           "run-together words); a request can turn it off with rewrite=false.")
     rrf_k: int = Field(60, ge=1, description="RRF constant k (Cormack et al. 2009).")
     depth: int = Field(1000, ge=1, le=10_000, description="Results taken from each source.")
     query_encoder: Literal["onnx", "torch"] = Field(
@@ -56,7 +58,7 @@ class RankingSettings(BaseModel):
 
     first_stage_depth: int = Field(1000, ge=1, le=10_000, description="Candidates taken from the first stage "
                                    "into the cascade.")
-    # Defaults measured on a 2-core AVX2 CPU (README, "Tiered cascade"): the teacher on the top 20 and
+    # Defaults measured on a 2-core AVX2 CPU (benchmarks/RESULTS.md, "Tiered cascade depths"): the teacher on the top 20 and
     # LambdaMART on the same 20 beat student(100) -> teacher(20) in quality and cost half the time.
     student_depth: int = Field(0, ge=0, le=10_000, description="Candidates the student stage scores (0: skip).")
     teacher_depth: int = Field(20, ge=0, le=1000, description="Candidates the teacher scores (0: skip).")

@@ -101,8 +101,11 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
     if subset != "all" or limit is not None:
         members = subset_ids(dataset, selected, subset)
         selected = [(qid, query) for qid, query in selected if qid in members][:limit]
-    ndcg, mrr, latency = [], [], []
-    uncondensed, judged = [], []
+    ndcg: list[float] = []
+    mrr: list[float] = []
+    latency: list[float] = []
+    uncondensed: list[float] = []
+    judged: list[float] = []
     recall: dict[int, list[float]] = {100: [], 1000: []}
     per_query: dict[str, dict[str, float]] = {}
 

@@ -51,6 +51,8 @@ class RankingEvent(BaseModel):
     user_id: str | None = Field(None, max_length=128)
     session_id: str | None = Field(None, max_length=128)
     query: str = Field(..., max_length=256)
+    searched: str | None = Field(None, max_length=1024, description="The analyzed text that was searched "
+                                 "(normalized, spelling corrected); None: as typed.")
     pipeline: str
     items: list[ShownItem]
     models: dict[str, str] = Field(default_factory=dict, description="Role -> version served.")

@@ -114,8 +114,7 @@ def logged_ranking_data(featurizer: LtrFeaturizer, shown: pd.DataFrame,
         if part is not None:
             part = part[group["product_id"].isin(set(candidates.product_ids)).to_numpy()]
             store = FeatureBatch(candidates.product_ids, {n: part[n].to_numpy(dtype=np.float32) for n in names})
-        local = LtrFeaturizer(featurizer.index, featurizer.embed, (lambda q, p, s=store: s) if store else None,
-                              names, None, None)
+        local = replace(featurizer, store=(lambda q, p, s=store: s) if store else None, student=None, teacher=None)
         rows.append(local(Query(group["query"].iat[0], group["user_id"].iat[0]), candidates))
         labels.append(known["engagement"].to_numpy())
         positions.append(known["position"].to_numpy())
@@ -171,8 +170,8 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             return {"status": "up to date", "new_searches": int(searches), "since": str(since)}
         started = time.perf_counter()
         model = fit_position_model(shown[["query", "product_id", "position", "clicked"]], config.max_position)
-        names = active.model.names[len(BASE_FEATURES):] if active else []  # type: ignore[attr-defined]
-        featurizer = replace(featurizer, store_names=list(names))
+        featurizer = replace(featurizer, names=list(active.model.names) if active else list(BASE_FEATURES))  # type: ignore[attr-defined]
+        names = featurizer.store_names
         store_frame = None
         if names:
             store = feature_store.open_store(settings)

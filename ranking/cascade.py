@@ -21,8 +21,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from core.query import Query
+from core.query import Analysis, Query
 from ranking.cross_encoder import StageTimeout
+from retrieval.analyzer import Analyzer
 from retrieval.hybrid import Retriever
 from retrieval.types import Candidates
 
@@ -70,6 +71,7 @@ class Ranked:
     timings: dict[str, float] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)
+    analysis: Analysis | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,11 @@ class Cascade:
             request's budget is spent.
         first_stage_depth: Candidates requested from the first stage.
         budgets: Seconds each named stage may take at most.
+        analyzer: The index's query analyzer (``retrieval.analyzer``): the query is
+            analyzed once, before the first stage, and every stage sees the
+            analyzed text (``query.text``) and the analysis (``query.analysis``).
+        spelling: Correct spelling (a request may still turn it off); normalization
+            always applies, as the index holds normalized text.
     """
 
     name: str
@@ -91,6 +98,15 @@ class Cascade:
     stages: Sequence[Stage]
     first_stage_depth: int = 1000
     budgets: dict[str, float] = field(default_factory=dict)
+    analyzer: Analyzer | None = None
+    spelling: bool = True
+
+    def analyze(self, query: Query) -> Query:
+        """``query`` with its analysis and the analyzed text (the text as given when it has no word)."""
+        if self.analyzer is None or query.analysis is not None:
+            return query
+        analysis = self.analyzer.analyze(query.text, rewrite=self.spelling and query.rewrite)
+        return replace(query, text=analysis.text or query.text, analysis=analysis)
 
     def _apply(self, query: Query, candidates: Candidates, timings: dict[str, float]) -> Ranked:
         """Run the stages; a stage that times out or fails is skipped (the previous
@@ -121,11 +137,12 @@ class Cascade:
         return Ranked(candidates, timings, degraded, notes)
 
     def run(self, query: Query | str, k: int) -> Ranked:
-        """Search and re-rank, with per-stage timings."""
-        query = query if isinstance(query, Query) else Query(query)
+        """Analyze, search and re-rank, with per-stage timings."""
         started = time.perf_counter()
+        query = self.analyze(query if isinstance(query, Query) else Query(query))
         candidates = self.first.search(query.text, max(k, self.first_stage_depth))
-        return self._apply(query, candidates, {"first_stage": time.perf_counter() - started})
+        ranked = self._apply(query, candidates, {"first_stage": time.perf_counter() - started})
+        return replace(ranked, analysis=query.analysis)
 
     def search(self, query: str, k: int) -> Candidates:
         return self.run(query, k).candidates
@@ -135,5 +152,6 @@ class Cascade:
 
     def rank(self, query: str, docs: Sequence[int]) -> Candidates:
         started = time.perf_counter()
-        candidates = self.first.rank(query, docs)
-        return self._apply(Query(query), candidates, {"first_stage": time.perf_counter() - started}).candidates
+        analyzed = self.analyze(Query(query))
+        candidates = self.first.rank(analyzed.text, docs)
+        return self._apply(analyzed, candidates, {"first_stage": time.perf_counter() - started}).candidates

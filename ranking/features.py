@@ -1,16 +1,25 @@
 """The ranking features of a candidate list: one featurizer for training and serving.
 
-:class:`LtrFeaturizer` builds the feature matrix of (query, user, candidates):
-the exact BM25 score and dense cosine of each candidate, the cross-encoder
-scores (from the cascade's columns, or computed for rows a stage did not
-score), then the feature store's features in model order. It is the one place
-features are made, for training rows and for live requests alike; the names
-are ``ranking.lambdamart.BASE_FEATURES`` followed by the store features.
+:class:`LtrFeaturizer` builds the feature matrix of (query, user, candidates)
+in a model's feature order. Features come in groups (:data:`GROUPS`):
+
+- ``base``: the exact BM25 score and dense cosine of each candidate, and the
+  cross-encoder scores (from the cascade's columns, or computed for rows a stage
+  did not score);
+- ``ranks``: the candidate's rank in the served list's BM25, dense and fused
+  (RRF) runs, as the first stage produced them (NaN: not retrieved by that run);
+- ``relevance``: cheap query-product text features from the analyzed query
+  (:mod:`ranking.relevance`: coverage, phrase, brand, type, numbers, ...);
+- any other name is a store feature, read from the feature store.
+
+It is the one place features are made, for training rows and for live requests
+alike, so a model trained on these features is served with the same values.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,23 +28,51 @@ import numpy as np
 from core.feature_store import FeatureBatch
 from core.query import Query
 from ranking.lambdamart import BASE_FEATURES
+from ranking.relevance import RELEVANCE_FEATURES, CatalogText, relevance_features
 from retrieval.index import ProductIndex
 from retrieval.types import Candidates
 
 logger = logging.getLogger(__name__)
 
 StoreFeatures = Callable[[Query, Sequence[str]], FeatureBatch]
+RANK_FEATURES = ("rank_bm25", "rank_dense", "rank_rrf")
+GROUPS: dict[str, tuple[str, ...]] = {"base": BASE_FEATURES, "ranks": RANK_FEATURES, "relevance": RELEVANCE_FEATURES}
+KNOWN = frozenset(name for names in GROUPS.values() for name in names)
+
+_catalogs: dict[tuple[int, str, int], CatalogText] = {}
+_catalogs_lock = threading.Lock()
+
+
+def catalog_text(index: ProductIndex) -> CatalogText:
+    """The index's :class:`~ranking.relevance.CatalogText`, made once per index state."""
+    key = (id(index), index.manifest.updated, len(index.products))
+    with _catalogs_lock:
+        found = _catalogs.get(key)
+        if found is None:
+            for old in [k for k in _catalogs if k[0] == key[0]]:
+                del _catalogs[old]
+            found = _catalogs[key] = CatalogText.from_index(index)
+    return found
+
+
+def feature_names(groups: Sequence[str], store_names: Sequence[str] = ()) -> list[str]:
+    """The feature order of a model with these groups (``base``, ``ranks``, ``relevance``, ``store``)."""
+    unknown = sorted(set(groups) - {*GROUPS, "store"})
+    if unknown:
+        raise ValueError(f"feature groups {unknown} are not among {[*GROUPS, 'store']}")
+    names = [n for group in GROUPS if group in groups for n in GROUPS[group]]
+    return names + (list(store_names) if "store" in groups else [])
 
 
 @dataclass
 class LtrFeaturizer:
-    """Feature rows for (query, user, candidate) triples.
+    """Feature rows for (query, user, candidate) triples, in ``names`` order.
 
     Args:
-        index: The product index (exact BM25 and cosine per candidate).
+        index: The product index (exact BM25 and cosine per candidate, the catalog text).
         embed: Query text -> query vector.
         store: Store features for (query, product ids), or None (all NaN).
-        store_names: Store feature names, in model order.
+        names: The model's features (see the module docstring for the groups).
         student, teacher: ``score(query, titles)`` of the served cross-encoders;
             used only for rows a cascade stage did not score already.
     """
@@ -43,13 +80,13 @@ class LtrFeaturizer:
     index: ProductIndex
     embed: Callable[[str], np.ndarray]
     store: StoreFeatures | None
-    store_names: Sequence[str]
+    names: Sequence[str]
     student: object | None = None
     teacher: object | None = None
 
     @property
-    def names(self) -> list[str]:
-        return [*BASE_FEATURES, *self.store_names]
+    def store_names(self) -> list[str]:
+        return [n for n in self.names if n not in KNOWN]
 
     def _model_scores(self, stage: str, scorer: object | None, query: str, candidates: Candidates) -> np.ndarray:
         scores = np.asarray(candidates.scores.get(stage, np.full(len(candidates), np.nan)), dtype=np.float32).copy()
@@ -59,17 +96,42 @@ class LtrFeaturizer:
             scores[missing] = scorer.score(query, titles)  # type: ignore[attr-defined]
         return scores
 
-    def __call__(self, query: Query, candidates: Candidates) -> np.ndarray:
+    def _base(self, query: Query, candidates: Candidates) -> dict[str, np.ndarray]:
         docs = candidates.docs
-        columns = [
-            self.index.bm25.score(query.text, docs),
-            self.index.dense.score(self.embed(query.text), docs),
-            self._model_scores("student", self.student, query.text, candidates),
-            self._model_scores("teacher", self.teacher, query.text, candidates),
-        ]
-        base = np.column_stack(columns).astype(np.float32)
-        if not self.store_names:
-            return base
-        if self.store is None:
-            return np.hstack([base, np.full((len(docs), len(self.store_names)), np.nan, np.float32)])
-        return np.hstack([base, self.store(query, candidates.product_ids).matrix(self.store_names)])
+        return {"bm25": self.index.bm25.score(query.text, docs),
+                "dense": self.index.dense.score(self.embed(query.text), docs),
+                "student": self._model_scores("student", self.student, query.text, candidates),
+                "teacher": self._model_scores("teacher", self.teacher, query.text, candidates)}
+
+    @staticmethod
+    def _ranks(candidates: Candidates) -> dict[str, np.ndarray]:
+        out = {}
+        for name, run in zip(RANK_FEATURES, ("bm25", "dense", "rrf")):
+            ranks = np.asarray(candidates.ranks.get(run, np.zeros(len(candidates))), dtype=np.float32)
+            out[name] = np.where(ranks > 0, ranks, np.nan)
+        return out
+
+    def _relevance(self, query: Query, candidates: Candidates) -> dict[str, np.ndarray]:
+        analysis = query.analysis or self.index.analyzer.analyze(query.text)
+        matrix = relevance_features(analysis, candidates.docs, catalog_text(self.index))
+        return dict(zip(RELEVANCE_FEATURES, matrix.T))
+
+    def __call__(self, query: Query, candidates: Candidates) -> np.ndarray:
+        wanted = set(self.names)
+        columns: dict[str, np.ndarray] = {}
+        if wanted & set(BASE_FEATURES):
+            columns |= self._base(query, candidates)
+        if wanted & set(RANK_FEATURES):
+            columns |= self._ranks(candidates)
+        if wanted & set(RELEVANCE_FEATURES):
+            columns |= self._relevance(query, candidates)
+        store_names = self.store_names
+        if store_names:
+            if self.store is None:
+                columns |= {n: np.full(len(candidates), np.nan, np.float32) for n in store_names}
+            else:
+                batch = self.store(query, candidates.product_ids)
+                columns |= dict(zip(store_names, batch.matrix(store_names).T))
+        if not self.names:
+            return np.zeros((len(candidates), 0), np.float32)
+        return np.column_stack([columns[n] for n in self.names]).astype(np.float32)

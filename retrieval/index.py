@@ -19,7 +19,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,8 @@ import pandas as pd
 from core import __version__
 from core.errors import Conflict, NotFound
 from core.settings import RetrievalSettings
+from retrieval.analyzer import VERSION as ANALYZER_VERSION
+from retrieval.analyzer import Analyzer, Vocabulary, normalize
 from retrieval.bm25 import BM25Index
 from retrieval.catalog import catalog_hash, product_text
 from retrieval.dense import DenseIndex
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PRODUCTS = "products.parquet"
+VOCABULARY = "vocabulary.json"
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Manifest:
     bm25: str = "tantivy"
     shoprank: str = __version__
     build_seconds: float = 0.0
+    analyzer: int = 0  # retrieval.analyzer.VERSION of the normalized text in the BM25 index (0: not normalized)
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
@@ -84,11 +88,23 @@ def _texts(products: pd.DataFrame) -> list[str]:
     return [product_text(t, d) for t, d in zip(products["title"], products["description"])]
 
 
+def _bm25_docs(docs: Sequence[int], products: pd.DataFrame) -> Iterable[tuple[int, str, str]]:
+    """(doc, title, description) with the analyzer's normalization, as the BM25 index holds them."""
+    return zip(docs, map(normalize, products["title"]), map(normalize, products["description"]))
+
+
+def _vocabulary(products: pd.DataFrame) -> Vocabulary:
+    live = products[products["live"]] if "live" in products.columns else products
+    column = lambda name: live[name].tolist() if name in live.columns else None  # noqa: E731
+    return Vocabulary.build(live["title"].tolist(), live["description"].tolist(), column("brand"),
+                            column("category"), docs=live.index.tolist())
+
+
 class ProductIndex:
     """The searchable catalog of one store."""
 
     def __init__(self, path: Path, manifest: Manifest, products: pd.DataFrame,
-                 bm25: BM25Index, dense: DenseIndex) -> None:
+                 bm25: BM25Index, dense: DenseIndex, vocabulary: Vocabulary | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self.products = products
@@ -97,6 +113,8 @@ class ProductIndex:
         self._titles: list[str] = products["title"].tolist()
         self._ids: list[str] = products["product_id"].tolist()
         self._row_of = {pid: row for row, pid in enumerate(self._ids) if products["live"].iat[row]}
+        self.vocabulary = vocabulary if vocabulary is not None else _vocabulary(products)
+        self.analyzer = Analyzer(self.vocabulary)
 
     # -- build / load / save ---------------------------------------------------
     @classmethod
@@ -118,11 +136,11 @@ class ProductIndex:
             logger.info("encoding %d products with %s", len(products), encoder.name)
             vectors = encode_cached(encoder, _texts(products), cache, settings.encode_batch_size, progress)
         dense = DenseIndex.build(staging, vectors, settings, progress=progress)
-        bm25 = BM25Index.build(staging / "bm25", zip(range(len(products)), products["title"], products["description"]))
+        bm25 = BM25Index.build(staging / "bm25", _bm25_docs(range(len(products)), products))
         manifest = Manifest(
             encoder=encoder.name, encoder_fingerprint=encoder.fingerprint, dim=int(vectors.shape[1]),
             count=len(products), rows=len(products), catalog_hash=catalog_hash(products),
-            dense_kind=dense.kind, created=_now(), updated=_now(),
+            dense_kind=dense.kind, created=_now(), updated=_now(), analyzer=ANALYZER_VERSION,
         )
         index = cls(staging, manifest, products, bm25, dense)
         index.manifest.build_seconds = round(time.perf_counter() - started, 2)
@@ -138,13 +156,19 @@ class ProductIndex:
     def load(cls, path: Path, settings: RetrievalSettings) -> ProductIndex:
         manifest = Manifest.read(path)
         products = pd.read_parquet(path / PRODUCTS)
-        return cls(path, manifest, products, BM25Index(path / "bm25"), DenseIndex.load(path, settings))
+        if manifest.analyzer != ANALYZER_VERSION:
+            logger.warning("index %s holds text of query analyzer %s, not %s: queries may match it less well; "
+                           "rebuild it with `shoprank index --catalog FILE`", path, manifest.analyzer,
+                           ANALYZER_VERSION)
+        vocabulary = Vocabulary.load(path / VOCABULARY) if (path / VOCABULARY).is_file() else None
+        return cls(path, manifest, products, BM25Index(path / "bm25"), DenseIndex.load(path, settings), vocabulary)
 
     def save(self) -> None:
         self.dense.save()
         tmp = self.path / (PRODUCTS + ".tmp")
         self.products.to_parquet(tmp, index=False)
         tmp.replace(self.path / PRODUCTS)
+        self.vocabulary.save(self.path / VOCABULARY)
         (self.path / MANIFEST).write_text(json.dumps(asdict(self.manifest), indent=2))
 
     # -- reads ------------------------------------------------------------------
@@ -198,7 +222,7 @@ class ProductIndex:
             self.products.loc[dead, "live"] = False
             self.dense.remove(dead)
         docs = self.dense.add(vectors)
-        self.bm25.upsert(zip(docs, added["title"], added["description"]), replace=dead)
+        self.bm25.upsert(_bm25_docs(docs, added), replace=dead)
         self.products = pd.concat([self.products, added], ignore_index=True)
         self._after_write()
         return UpsertReport(added=len(new_rows) - len(dead), updated_text=len(dead),
@@ -224,6 +248,8 @@ class ProductIndex:
         self.manifest.rows = len(self.products)
         self.manifest.catalog_hash = catalog_hash(self.live_products())
         self.manifest.updated = _now()
+        self.vocabulary = _vocabulary(self.products)  # the analyzer follows the catalog
+        self.analyzer = Analyzer(self.vocabulary)
         self.save()
 
     def needs_compaction(self) -> bool:

@@ -22,7 +22,7 @@ Pipelines:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -31,14 +31,14 @@ import numpy as np
 from core.cache import LRUCache
 from core.errors import Conflict, InvalidInput, NotReady
 from core.feature_store import OnlineFeatureReader
-from core.query import Query
+from core.query import Analysis, Query
 from core.registry import ServedModel
 from core.settings import Settings
 from ranking.batching import MicroBatcher
 from ranking.cache import CachedScorer
-from ranking.cascade import Cascade, Ranked, ScoreStage, Stage
+from ranking.cascade import Cascade, ScoreStage, Stage
 from ranking.features import LtrFeaturizer
-from ranking.lambdamart import BASE_FEATURES, LambdaMART
+from ranking.lambdamart import LambdaMART
 from ranking.ltr import LtrStage
 from ranking.rules import RulesConfig, RulesStage, catalog_facts
 from retrieval.encoder import Encoder
@@ -77,6 +77,7 @@ class SearchResult:
     notes: dict[str, list[str]] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
     cached: bool = False
+    analysis: Analysis | None = None
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,12 @@ class Pipelines:
 
 
 def featurizer_for(index: ProductIndex, dense: DenseRetriever, models: Models,
-                   store_names: list[str]) -> LtrFeaturizer:
-    """The LambdaMART featurizer over this index, query encoder, store and cross-encoders."""
+                   names: Sequence[str]) -> LtrFeaturizer:
+    """The LambdaMART featurizer of features ``names`` over this index, query encoder, store and
+    cross-encoders."""
     reader = models.features
     store = (lambda query, pids: reader.fetch(pids, query.user_id)) if reader else None
-    return LtrFeaturizer(index, lambda text: dense.embed([text])[0], store, store_names,
+    return LtrFeaturizer(index, lambda text: dense.embed([text])[0], store, list(names),
                          models.student.model if models.student else None,
                          models.teacher.model if models.teacher else None)
 
@@ -104,36 +106,37 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: HybridRe
     """The pipelines these parts allow (see the module docstring); builds nothing stateful."""
     rk = settings.ranking
     budgets = {name: ms / 1000 for name, ms in settings.serving.stage_budgets_ms.items()}
-    named: dict[str, Retriever] = {"bm25": bm25, "dense": dense, "hybrid": hybrid}
+
+    def cascade(name: str, stages: list[Stage], depth: int, first: Retriever = hybrid) -> Cascade:
+        return Cascade(name, first, stages, first_stage_depth=depth, budgets=budgets,
+                       analyzer=bm25.index.analyzer, spelling=settings.retrieval.spelling)
+
+    named: dict[str, Retriever] = {name: cascade(name, [], 0, first)
+                                   for name, first in (("bm25", bm25), ("dense", dense), ("hybrid", hybrid))}
     stages: list[Stage] = []
     if models.student and rk.student_depth:
         stages.append(cross_encoder_stage("student", models.student, rk.student_depth))
     if models.teacher:
-        named["rerank"] = Cascade("rerank", hybrid, [cross_encoder_stage("teacher", models.teacher, rk.rerank_depth)],
-                                  first_stage_depth=rk.rerank_depth, budgets=budgets)
+        named["rerank"] = cascade("rerank", [cross_encoder_stage("teacher", models.teacher, rk.rerank_depth)],
+                                  rk.rerank_depth)
         if rk.teacher_depth:
             stages.append(cross_encoder_stage("teacher", models.teacher, rk.teacher_depth))
     if stages:
-        named["cascade"] = Cascade("cascade", hybrid, list(stages), first_stage_depth=rk.first_stage_depth,
-                                   budgets=budgets)
+        named["cascade"] = cascade("cascade", list(stages), rk.first_stage_depth)
     depth = rk.first_stage_depth if stages else rk.rerank_depth
-    full: dict[str | None, Cascade] = {None: Cascade("full", hybrid, [*stages, rules], first_stage_depth=depth,
-                                                     budgets=budgets)}
+    full: dict[str | None, Cascade] = {None: cascade("full", [*stages, rules], depth)}
     ltr_stages: dict[str | None, LtrStage] = {}
     for served in ([models.ltr] if models.ltr else []) + list(models.ltr_versions):
         if not rk.ltr_depth:
             break
         model: LambdaMART = served.model  # type: ignore[assignment]
-        stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names[len(BASE_FEATURES):]),
-                         rk.ltr_depth)
+        stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names), rk.ltr_depth)
         ltr_stages[served.version] = stage
-        full[served.version] = Cascade("full", hybrid, [*stages, stage, rules],
-                                       first_stage_depth=rk.first_stage_depth, budgets=budgets)
+        full[served.version] = cascade("full", [*stages, stage, rules], rk.first_stage_depth)
     if models.ltr and models.ltr.version in ltr_stages:
         ltr_stages[None] = ltr_stages[models.ltr.version]
         full[None] = full[models.ltr.version]
-        named["ltr"] = Cascade("ltr", hybrid, [*stages, ltr_stages[None]], first_stage_depth=rk.first_stage_depth,
-                               budgets=budgets)
+        named["ltr"] = cascade("ltr", [*stages, ltr_stages[None]], rk.first_stage_depth)
     named["full"] = full[None]
     return Pipelines(named, full, ltr_stages)
 
@@ -194,8 +197,9 @@ class SearchEngine:
         """Versions serving a search that used LambdaMART ``ltr`` (None: the active one)."""
         return self.versions | ({"ltr": ltr} if ltr else {})
 
-    def featurizer(self, store_names: list[str]) -> LtrFeaturizer:
-        return featurizer_for(self.index, self.dense, self.models, store_names)
+    def featurizer(self, names: Sequence[str]) -> LtrFeaturizer:
+        """A featurizer of features ``names`` (:func:`ranking.features.feature_names`)."""
+        return featurizer_for(self.index, self.dense, self.models, names)
 
     def pipeline(self, name: str) -> Retriever:
         if name in self.pipelines.named:
@@ -207,9 +211,9 @@ class SearchEngine:
             )
         raise InvalidInput(f"pipeline {name!r} is not one of {list(PIPELINES)}")
 
-    def _chosen(self, pipeline: str, ltr: str | None) -> Retriever:
+    def _chosen(self, pipeline: str, ltr: str | None) -> Cascade:
         if pipeline != "full":
-            return self.pipeline(pipeline)
+            return self.pipeline(pipeline)  # type: ignore[return-value]  # every pipeline is a Cascade
         if ltr not in self.pipelines.full:
             raise NotReady(f"LambdaMART {ltr} is not loaded; loaded: {sorted(v for v in self.pipelines.full if v)}")
         return self.pipelines.full[ltr]
@@ -223,15 +227,14 @@ class SearchEngine:
         are cached).
         """
         query = query if isinstance(query, Query) else Query(query)
-        key = (pipeline, ltr, query.text, query.user_id, query.filters, k, offset)
+        key = (pipeline, ltr, query.text, query.rewrite, query.user_id, query.filters, k, offset)
         if use_cache and (hit := self.caches.results.get(key)) is not None:
             return replace(hit, cached=True, timings={})
-        chosen = self._chosen(pipeline, ltr)
-        ranked = chosen.run(query, k + offset) if isinstance(chosen, Cascade) else Ranked(
-            chosen.search(query.text, k + offset))
+        ranked = self._chosen(pipeline, ltr).run(query, k + offset)
         page = ranked.candidates.take(slice(offset, offset + k))
         result = SearchResult(page, pipeline, len(ranked.candidates), ranked.timings,
-                              {p: ranked.notes[p] for p in page.product_ids if p in ranked.notes}, ranked.degraded)
+                              {p: ranked.notes[p] for p in page.product_ids if p in ranked.notes}, ranked.degraded,
+                              analysis=ranked.analysis)
         if use_cache and not result.degraded:
             self.caches.results.put(key, result)
         return result

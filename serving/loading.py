@@ -12,9 +12,11 @@ encoder is loaded, never rebuilt. Paths come from :class:`core.paths.Home`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import pandas as pd
 from core.feature_store import OnlineFeatureReader
 from core.registry import ModelRegistry, ModelVersion, ServedModel
 from core.settings import Settings
+from retrieval.analyzer import VERSION as ANALYZER_VERSION
 from retrieval.catalog import catalog_hash, read_catalog
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoder import BUNDLED, Encoder, load_encoder, resolve_model_dir
@@ -90,14 +93,36 @@ def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder:
         cache.close()
 
 
+@contextmanager
+def _building(path: Path) -> Iterator[None]:
+    """One process builds an index folder at a time (server processes and jobs share the home)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _current(path: Path, products: pd.DataFrame, encoder: Encoder) -> bool:
+    if not (path / "manifest.json").is_file():
+        return False
+    manifest = Manifest.read(path)
+    return (manifest.encoder_fingerprint == encoder.fingerprint and manifest.catalog_hash == catalog_hash(products)
+            and manifest.analyzer == ANALYZER_VERSION)
+
+
 def ensure_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:
-    """Load the index at ``path`` if it holds exactly ``products`` with ``encoder``; else build it."""
-    if (path / "manifest.json").is_file():
-        manifest = Manifest.read(path)
-        if manifest.encoder_fingerprint == encoder.fingerprint and manifest.catalog_hash == catalog_hash(products):
-            return ProductIndex.load(path, settings.retrieval)
-        logger.info("index %s is stale (catalog or encoder changed); rebuilding", path)
-    return build_index(settings, products, path, encoder)
+    """Load the index at ``path`` if it holds exactly ``products`` with ``encoder`` and the current
+    query analyzer; else build it (one process at a time; a process that waited loads the result)."""
+    if not _current(path, products, encoder):
+        with _building(path):
+            if not _current(path, products, encoder):
+                if (path / "manifest.json").is_file():
+                    logger.info("index %s is stale (catalog, encoder or query analyzer changed); rebuilding", path)
+                return build_index(settings, products, path, encoder)
+    return ProductIndex.load(path, settings.retrieval)
 
 
 def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | None = None) -> ProductIndex:
@@ -108,10 +133,12 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
         return ensure_index(settings, products, settings.paths.eval_index(catalog_hash(products),
                                                                           encoder.fingerprint), encoder)
     path = index_path(settings, encoder)
-    if (path / "manifest.json").is_file():
-        return ProductIndex.load(path, settings.retrieval)
-    served, _ = read_catalog(settings.catalog or demo_catalog(settings))
-    return build_index(settings, served, path, encoder)
+    if not (path / "manifest.json").is_file():
+        with _building(path):
+            if not (path / "manifest.json").is_file():
+                served, _ = read_catalog(settings.catalog or demo_catalog(settings))
+                return build_index(settings, served, path, encoder)
+    return ProductIndex.load(path, settings.retrieval)
 
 
 # -- the registered models -------------------------------------------------------------------

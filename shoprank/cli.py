@@ -112,22 +112,57 @@ def _build_served_index(settings: Settings) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """One pipeline's metrics; with ``--compare B`` also B's, and B - A per metric, paired over queries."""
+    from evaluation.compare import LEVEL, RESAMPLES, check_pair, compare_results
     from evaluation.dataset import load_dataset
     from evaluation.harness import Thresholds, evaluate
+    from evaluation.subsets import check_subset
     from serving.loading import open_engine
 
     settings = _settings(args)
+    check_subset(args.subset)
+    names = [args.pipeline]
+    if args.compare is not None:
+        check_pair(args.pipeline, args.compare)
+        names.append(args.compare)
     dataset = load_dataset(args.dataset)
     engine = open_engine(settings, dataset.products)
-    result = evaluate(dataset, engine.index, engine.pipeline(args.pipeline), args.pipeline, args.mode, args.split,
-                      Thresholds(recall=args.recall_threshold, mrr=args.mrr_threshold),
-                      depth=args.depth, limit=args.limit, progress=settings.progress)
-    result.details["versions"] = engine.versions
+    pipelines = [engine.pipeline(name) for name in names]  # an unknown name fails before any evaluation
+    results = []
+    for name, pipeline in zip(names, pipelines):
+        result = evaluate(dataset, engine.index, pipeline, name, args.mode, args.split,
+                          Thresholds(recall=args.recall_threshold, mrr=args.mrr_threshold),
+                          depth=args.depth, limit=args.limit, progress=settings.progress, subset=args.subset)
+        result.details["versions"] = engine.versions
+        results.append(result)
+    if len(results) == 1:
+        if args.json:
+            print(json.dumps(results[0].to_json()))
+        else:
+            for key, value in results[0].to_json().items():
+                print(f"{key:>16}: {value}")
+        return 0
+    first, second = results
+    comparison = compare_results(first, second)
+    paired = comparison["ndcg@10"].n if "ndcg@10" in comparison else first.queries
     if args.json:
-        print(json.dumps(result.to_json()))
-    else:
+        print(json.dumps({"first": first.to_json(), "second": second.to_json(),
+                          "comparison": {metric: c.to_json() for metric, c in comparison.items()},
+                          "subset": args.subset, "queries": paired}))
+        return 0
+    for label, result in (("first", first), ("second", second)):
+        print(f"{label}: {result.pipeline}")
         for key, value in result.to_json().items():
             print(f"{key:>16}: {value}")
+    print(f"comparison: {second.pipeline} - {first.pipeline} on {paired} paired queries (subset {args.subset}); "
+          f"{LEVEL:.0%} CI: paired bootstrap, {RESAMPLES} resamples; p: paired t-test")
+    print(f"{'metric':<22}{first.pipeline:>9}{second.pipeline:>9}{'diff':>9}  {'CI':<19}{'p':>9}"
+          f"{'better':>8}{'worse':>7}{'ties':>7}")
+    for metric, c in comparison.items():
+        figures = c.to_json()
+        ci = f"[{figures['ci_low']:+.4f}, {figures['ci_high']:+.4f}]"
+        print(f"{metric:<22}{figures['mean_a']:>9.4f}{figures['mean_b']:>9.4f}{figures['diff']:>+9.4f}  {ci:<19}"
+              f"{figures['p_value']:>9.3g}{c.better:>8}{c.worse:>7}{c.ties:>7}")
     return 0
 
 
@@ -171,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="query split (default: all queries)")
     p.add_argument("--mode", choices=("rerank", "retrieval"), required=True)
     p.add_argument("--pipeline", default="full", help="bm25, dense, hybrid, rerank, cascade or full (default)")
+    p.add_argument("--compare", default=None, metavar="PIPELINE",
+                   help="also evaluate this pipeline on the same queries and report its difference to --pipeline "
+                        "per metric (paired bootstrap 95%% CI, paired t-test p, queries better/worse/tied)")
+    from evaluation.subsets import SUBSETS
+
+    p.add_argument("--subset", choices=SUBSETS, default="all",
+                   help="query subset: misspelled (a word outside the catalog vocabulary), correct, all (default)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--depth", type=int, default=1000, help="results per query in retrieval mode")
     p.add_argument("--limit", type=int, default=None, help="only the first N queries")

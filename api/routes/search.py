@@ -14,11 +14,13 @@ from api.schemas import (
     ErrorBody,
     Explanation,
     IndexInfo,
+    QueryRewrite,
+    RewriteItem,
     SearchItem,
     SearchRequest,
     SearchResponse,
 )
-from core.query import Filters
+from core.query import Analysis, Filters
 from core.query import Query as SearchQuery
 from online_learning.events import RankingEvent, ShownItem
 from serving.loading import Served
@@ -32,7 +34,7 @@ def _respond(served: Served, body: SearchRequest, request: Request) -> SearchRes
     started = time.perf_counter()
     settings = request.app.state.settings
     deadline = time.monotonic() + settings.serving.budget_ms / 1000
-    query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()), deadline)
+    query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()), deadline, body.rewrite)
     unit = body.user_id or body.session_id or request.state.request_id
     with request.app.state.admission:  # max_in_flight: queue here rather than oversubscribe the cores
         routed = served.router.search(served.engine, query, body.k, body.offset, unit, use_cache=not body.explain)
@@ -62,7 +64,7 @@ def _respond(served: Served, body: SearchRequest, request: Request) -> SearchRes
         took_ms=round((time.perf_counter() - started) * 1e3, 2),
         stages_ms={name: round(seconds * 1e3, 2) for name, seconds in result.timings.items()},
         versions=engine.versions_for(routed.ltr), degraded=result.degraded, cached=result.cached,
-        experiment=routed.experiment, arm=routed.arm,
+        experiment=routed.experiment, arm=routed.arm, query_rewrite=_rewrite(result.analysis),
         index=IndexInfo(name=index.path.parent.name, products=index.count, catalog_hash=manifest.catalog_hash,
                         encoder=manifest.encoder, dense_index=manifest.dense_kind),
         items=items,
@@ -72,11 +74,21 @@ def _respond(served: Served, body: SearchRequest, request: Request) -> SearchRes
     return response
 
 
+def _rewrite(analysis: Analysis | None) -> QueryRewrite | None:
+    if analysis is None:
+        return None
+    return QueryRewrite(text=analysis.text, rewrites=[RewriteItem(original=r.original, replacement=r.replacement,
+                                                                  reason=r.reason) for r in analysis.rewrites],
+                        brand=list(analysis.brand), product_type=list(analysis.product_type),
+                        numbers=list(analysis.numbers))
+
+
 def _log_impression(request: Request, body: SearchRequest, response: SearchResponse, teams: dict[str, str]) -> None:
     """Every search's impression goes to the event log (not fsynced per search)."""
     event = RankingEvent(
         event_id=response.request_id, request_id=response.request_id, user_id=body.user_id,
-        session_id=body.session_id, query=body.query, pipeline=response.pipeline, models=response.versions,
+        session_id=body.session_id, query=body.query, pipeline=response.pipeline,
+        searched=response.query_rewrite.text if response.query_rewrite else None, models=response.versions,
         experiment=response.experiment, arm=response.arm, degraded=response.degraded, latency_ms=response.took_ms,
         items=[ShownItem(product_id=i.product_id, position=i.rank, score=i.score, scores=i.scores,
                          team=teams.get(i.product_id)) for i in response.items],
@@ -98,6 +110,7 @@ def search_get(
     q: Annotated[str, Query(description=f"Search text, 1..{MAX_QUERY_CHARS} characters")],
     k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}")] = 10,
     user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    rewrite: Annotated[bool, Query(description="Correct misspelled words (false: as typed)")] = True,
 ) -> SearchResponse:
-    body = SearchRequest.model_validate({"query": q, "k": k, "user_id": user_id})
+    body = SearchRequest.model_validate({"query": q, "k": k, "user_id": user_id, "rewrite": rewrite})
     return _respond(served, body, request)

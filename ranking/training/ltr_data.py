@@ -1,4 +1,9 @@
-"""Training rows for LambdaMART: judged (query, product) pairs with their features.
+"""Training rows for LambdaMART: lists of (query, product) pairs with grades and features.
+
+Two kinds of list (``shoprank train ltr --lists``): ``served`` (the default) takes
+each training query's first-stage top-K as the engine serves it, so the rank and
+text features mean the same in training and serving; ``judged`` takes the judged
+products (plus mined negatives) ranked among themselves.
 
 Store features are joined point-in-time with Feast's
 ``get_historical_features``: each row sees the feature values as of its own
@@ -29,6 +34,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,9 +43,11 @@ from tqdm.auto import tqdm
 
 from core.feature_store import FeatureBatch
 from core.query import Query
+from ranking.cascade import Cascade
 from ranking.features import LtrFeaturizer
 from ranking.lambdamart import RankingData
 from ranking.training.data import Group
+from retrieval.types import Candidates
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -66,43 +74,88 @@ def assign_users(groups: Sequence[Group], users: Sequence[str], seed: int) -> di
     return {g.qid: rng.choice(list(users)) for g in groups}
 
 
-def listed_products(group: Group, index) -> list[str]:  # type: ignore[no-untyped-def]
-    """The products of a training list: judged ones, then mined negatives, those the index knows."""
-    return [p for p in [*group.judged, *group.mined] if index.doc_of(p) is not None]
+@dataclass(frozen=True)
+class TrainingList:
+    """One query's training list: the analyzed query, its candidates (in first-stage order,
+    with the first stage's score and rank columns) and a grade per candidate."""
+
+    qid: str
+    query: Query
+    candidates: Candidates
+    labels: np.ndarray
 
 
-def ranking_data(groups: Sequence[Group], featurizer: LtrFeaturizer, index, first_stage,  # type: ignore[no-untyped-def]
-                 store_frame: pd.DataFrame | None, users: dict[str, str], progress: bool = True) -> RankingData:
-    """Feature rows for every listed product of ``groups``; mined negatives get grade 0.
+def judged_lists(groups: Sequence[Group], first_stage: Cascade, index) -> list[TrainingList]:  # type: ignore[no-untyped-def]
+    """Each query's judged products plus its mined negatives (grade 0), ranked by the first stage
+    among themselves (``shoprank train ltr --lists judged``). Lists of fewer than two are skipped."""
+    out = []
+    for group in groups:
+        products = [p for p in [*group.judged, *group.mined] if index.doc_of(p) is not None]
+        if len(products) < 2:
+            continue
+        query = first_stage.analyze(Query(group.query))
+        candidates = first_stage.first.rank(query.text, [index.doc_of(p) for p in products])
+        out.append(TrainingList(group.qid, query, candidates,
+                                np.array([group.judged.get(p, 0) for p in candidates.product_ids], np.int32)))
+    return out
 
-    Lists of fewer than two products are skipped.
+
+def served_lists(groups: Sequence[Group], first_stage: Cascade, index, depth: int,  # type: ignore[no-untyped-def]
+                 negatives: int | None, seed: int = 13, progress: bool = True,
+                 pool: int = 1000) -> list[TrainingList]:
+    """The lists LambdaMART will serve (``shoprank train ltr --lists served``).
+
+    For each query: the first stage's top ``depth`` as it is served (analyzed query,
+    the served BM25, dense and fused ranks), with judged grades; judged products the
+    first stage retrieved below ``depth`` (within its top ``pool``) join the list, so each
+    judged product it can rank is learnt from; of the unjudged products in the top
+    ``depth``, ``negatives`` (seeded sample; None: all) stay with grade 0, the rest
+    leave the list. Lists of fewer than two products or without a judged one are skipped.
     """
-    names = featurizer.names
+    rng = random.Random(seed)
+    out = []
+    for group in tqdm(groups, disable=not progress, desc="served lists", unit="q"):
+        ranked = first_stage.run(Query(group.query), max(depth, pool))
+        full = ranked.candidates
+        judged = [i for i, p in enumerate(full.product_ids) if p in group.judged]
+        unjudged = [i for i in range(min(depth, len(full))) if full.product_ids[i] not in group.judged]
+        if negatives is not None:
+            unjudged = sorted(rng.sample(unjudged, k=min(negatives, len(unjudged))))
+        rows = sorted({*judged, *unjudged})
+        if len(rows) < 2 or not judged:
+            continue
+        candidates = full.take(np.array(rows))
+        query = replace(Query(group.query), text=ranked.analysis.text or group.query, analysis=ranked.analysis) \
+            if ranked.analysis else Query(group.query)
+        out.append(TrainingList(group.qid, query, candidates,
+                                np.array([group.judged.get(p, 0) for p in candidates.product_ids], np.int32)))
+    return out
+
+
+def ranking_data(lists: Sequence[TrainingList], featurizer: LtrFeaturizer, store_frame: pd.DataFrame | None,
+                 users: dict[str, str], progress: bool = True) -> RankingData:
+    """Feature rows of every list (``store_frame``: point-in-time store features, rows in
+    :func:`entity_rows` order)."""
     rows, labels, sizes, qids = [], [], [], []
     offset = 0
-    for group in tqdm(groups, disable=not progress, desc="ltr features", unit="q"):
-        products = listed_products(group, index)
-        if len(products) < 2:
-            offset += len(products)
-            continue
-        candidates = first_stage.rank(group.query, [index.doc_of(p) for p in products])
+    for item in tqdm(lists, disable=not progress, desc="ltr features", unit="q"):
+        n = len(item.candidates)
         store = None
         if store_frame is not None:
-            part = store_frame.iloc[offset : offset + len(products)]
-            order = [products.index(p) for p in candidates.product_ids]
-            store = FeatureBatch(candidates.product_ids, {n: part[n].to_numpy(dtype=np.float32)[order]
-                                                          for n in featurizer.store_names})
-        local = LtrFeaturizer(featurizer.index, featurizer.embed, (lambda q, p, s=store: s) if store else None,
-                              featurizer.store_names, featurizer.student, featurizer.teacher)
-        rows.append(local(Query(group.query, users.get(group.qid)), candidates))
-        labels.append([group.judged.get(p, 0) for p in candidates.product_ids])
-        sizes.append(len(products))
-        qids.append(group.qid)
-        offset += len(products)
-    return RankingData(np.vstack(rows).astype(np.float32), np.concatenate(labels).astype(np.int32), sizes, names, qids)
+            part = store_frame.iloc[offset : offset + n]
+            store = FeatureBatch(item.candidates.product_ids, {name: part[name].to_numpy(dtype=np.float32)
+                                                               for name in featurizer.store_names})
+        local = replace(featurizer, store=(lambda q, p, s=store: s) if store else None)
+        rows.append(local(replace(item.query, user_id=users.get(item.qid)), item.candidates))
+        labels.append(item.labels)
+        sizes.append(n)
+        qids.append(item.qid)
+        offset += n
+    return RankingData(np.vstack(rows).astype(np.float32), np.concatenate(labels).astype(np.int32), sizes,
+                       list(featurizer.names), qids)
 
 
-def entity_rows(groups: Sequence[Group], index, users: dict[str, str], when: pd.Timestamp) -> pd.DataFrame:  # type: ignore[no-untyped-def]
-    """One entity row per listed product (see :func:`listed_products`), in ``ranking_data`` order."""
-    records = [(p, users[g.qid], when) for g in groups for p in listed_products(g, index)]
+def entity_rows(lists: Sequence[TrainingList], users: dict[str, str], when: pd.Timestamp) -> pd.DataFrame:
+    """One Feast entity row per listed product, in :func:`ranking_data` order."""
+    records = [(p, users[item.qid], when) for item in lists for p in item.candidates.product_ids]
     return pd.DataFrame(records, columns=["product_id", "user_id", "event_timestamp"])

@@ -17,7 +17,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from core.errors import NotFound
+from core.errors import InvalidInput, NotFound
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
@@ -147,41 +147,56 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
 
     from core import feature_store
+    from ranking.features import feature_names
     from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig
     from ranking.training.data import data_hash, groups_from, mine_negatives
     from ranking.training.ltr_data import (
         assign_users,
         entity_rows,
         historical_features,
+        judged_lists,
         ranking_data,
+        served_lists,
     )
     from simulation.world import StoreWorld
 
+    if args.lists == "judged" and args.negatives is None:
+        raise InvalidInput("--negatives all needs --lists served; with --lists judged pass a number of negatives")
+    groups_wanted = [g for g in args.features.split(",") if g]
+    if args.no_store_features:
+        groups_wanted = [g for g in groups_wanted if g != "store"]
     dataset = load_dataset(args.dataset)
     engine = open_engine(settings, dataset.products)
-    index = engine.index
+    first_stage = engine.pipeline("hybrid")  # the served first stage (query analyzer included)
     store_names: list[str] = []
     store = None
     users: dict[str, str] = {}
     when = None
     train = groups_from(dataset, args.split, 2)[: args.limit]
     dev = groups_from(dataset, args.dev_split, 2)
-    if args.negatives:  # unjudged first-stage candidates as grade 0, in train and dev (see ltr_data)
-        for groups in (train, dev):
-            mine_negatives(groups, engine.pipeline("hybrid"), index, args.negatives, seed=args.seed,
-                           progress=settings.progress)
-    if not args.no_store_features:
+    if "store" in groups_wanted:
         store = feature_store.open_store(settings)
         service = store.get_feature_service(settings.features.service)
         store_names = [f.name for p in service.feature_view_projections for f in p.features]
         world = StoreWorld.load(settings.paths.world)
         users = assign_users(train + dev, world.users["user_id"].tolist(), args.seed)
         when = pd.Timestamp(world.config.now)  # every judged row sees the store as of the world's "now"
-    featurizer = engine.featurizer(store_names)
-    parts = {}
+    depth = args.depth or settings.ranking.ltr_depth
+    lists = {}
     for name, groups in (("train", train), ("dev", dev)):
-        frame = historical_features(store, settings.features.service, entity_rows(groups, index, users, when)) if store else None
-        parts[name] = ranking_data(groups, featurizer, index, engine.hybrid, frame, users, settings.progress)
+        if args.lists == "served":
+            lists[name] = served_lists(groups, first_stage, engine.index, depth, args.negatives, args.seed,
+                                       settings.progress)
+        else:
+            if args.negatives:  # unjudged first-stage candidates as grade 0 (see ranking/training/ltr_data.py)
+                mine_negatives(groups, first_stage, engine.index, args.negatives, seed=args.seed,
+                               progress=settings.progress)
+            lists[name] = judged_lists(groups, first_stage, engine.index)  # type: ignore[arg-type]
+    featurizer = engine.featurizer(feature_names(groups_wanted, store_names))
+    parts = {}
+    for name, items in lists.items():
+        frame = historical_features(store, settings.features.service, entity_rows(items, users, when)) if store else None
+        parts[name] = ranking_data(items, featurizer, frame, users, settings.progress)
     monotone = tuple(n for n in BASE_FEATURES if n in featurizer.names) if args.monotone else ()
     config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone)
     model = LambdaMART.fit(parts["train"], parts["dev"], config)
@@ -192,15 +207,21 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     entry = registry.register(
         "ltr", work, base_model="lightgbm-lambdarank", parent=f"reranker:{engine.teacher.version}" if engine.teacher else None,
         training_data=data_hash(train), params={**asdict(config), "features": model.names, "split": args.split,
-                                                 "negatives": args.negatives,
+                                                 "lists": args.lists, "depth": depth, "negatives": args.negatives,
+                                                 "feature_groups": groups_wanted,
                                                  "feature_service": settings.features.service if store else None,
                                                  "served_models": engine.versions},
         metrics={"dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"], "best_iteration": model.history["best_iteration"],
-                 "importance": model.importance()})
+                 "train_rows": int(len(parts["train"].labels)), "importance": model.importance()})
     if args.activate or registry.active("ltr") is None:
         registry.activate("ltr", entry.version)
     print(json.dumps({"registered": entry.to_json()}, indent=2))
     return 0
+
+
+def negatives_count(text: str) -> int | None:
+    """argparse type of ``--negatives``: a whole number >= 0, or ``all``."""
+    return None if text == "all" else count(text)
 
 
 def count(text: str) -> int:
@@ -274,9 +295,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, type=Path)
     p.add_argument("--split", default="train")
     p.add_argument("--dev-split", default="dev", help="early stopping on this split's NDCG@10")
-    p.add_argument("--no-store-features", action="store_true", help="first-stage and model scores only")
-    p.add_argument("--negatives", type=count, default=3,
-                   help="unjudged first-stage candidates per query added with grade 0 (train and dev lists); "
+    p.add_argument("--no-store-features", action="store_true", help="leave the store features out")
+    p.add_argument("--features", default="base,ranks,relevance,store",
+                   help="feature groups, comma-separated: base (BM25, dense, cross-encoder scores), ranks (served "
+                        "ranks), relevance (query-product text features), store (feature store)")
+    p.add_argument("--lists", choices=("served", "judged"), default="served",
+                   help="served: each query's first-stage top --depth as served, with judged grades; judged: the "
+                        "judged products ranked among themselves")
+    p.add_argument("--depth", type=count, default=None, help="served list depth (default: ranking.ltr_depth)")
+    p.add_argument("--negatives", type=negatives_count, default=3,
+                   help="unjudged first-stage candidates per query kept with grade 0 ('all' with --lists served); "
                         "0 = judged products only")
     p.add_argument("--monotone", action=argparse.BooleanOptionalAction, default=True,
                    help="BM25, dense and cross-encoder scores may only raise a product's rank (default: on)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 import time
 
 import pytest
@@ -55,6 +54,7 @@ def test_get_search_and_given_request_id(client: TestClient) -> None:
         ({"k": 5}, "query", "Field required"),
         ({"query": "drill", "color": "red"}, "color", "Extra inputs are not permitted"),
         ({"query": "drill", "user_id": ""}, "user_id", "at least 1 character"),
+        ({"query": "?!/ $"}, "query", "'?!/ $' has no letter or digit"),
     ],
 )
 def test_invalid_input_is_422_naming_field_and_range(client: TestClient, payload: dict, field: str,
@@ -92,3 +92,13 @@ def test_not_ready_is_503_with_reason(settings: Settings) -> None:
         search = client.post("/v1/search", json={"query": "drill"})
         assert search.status_code == 503 and search.json()["error"] == "not_ready"
         assert "index folder is empty" in search.json()["message"]
+
+
+def test_the_response_says_what_the_analyzer_searched(client: TestClient) -> None:
+    typed = client.post("/v1/search", json={"query": "cordles Drills 18V", "k": 3}).json()
+    rewrite = typed["query_rewrite"]
+    assert rewrite["text"] == "cordless drills 18 volt" and rewrite["numbers"] == ["18 volt"]
+    assert rewrite["rewrites"] == [{"original": "cordles", "replacement": "cordless", "reason": "spelling"}]
+    assert any("drill" in i["title"].lower() for i in typed["items"])
+    as_typed = client.get("/v1/search", params={"q": "cordles Drills 18V", "k": 3, "rewrite": "false"}).json()
+    assert as_typed["query_rewrite"]["text"] == "cordles drills 18 volt" and as_typed["query_rewrite"]["rewrites"] == []

@@ -5,28 +5,48 @@ from __future__ import annotations
 import pandas as pd
 
 from core.settings import Settings
+from ranking.features import RANK_FEATURES, feature_names
+from ranking.relevance import RELEVANCE_FEATURES
 from ranking.training.data import Group
-from ranking.training.ltr_data import entity_rows, listed_products, ranking_data
+from ranking.training.ltr_data import entity_rows, judged_lists, ranking_data, served_lists
 from serving.engine import assemble
 
 
-def test_mined_negatives_join_the_list_with_grade_zero(settings: Settings, real_index, real_encoder) -> None:  # type: ignore[no-untyped-def]
+def test_judged_lists_hold_judged_products_and_mined_negatives(settings: Settings, real_index, real_encoder) -> None:  # type: ignore[no-untyped-def]
     engine = assemble(real_index, real_encoder, settings)
-    hits = engine.hybrid.search("cordless drill", 10).product_ids
+    first = engine.pipeline("hybrid")
+    hits = first.search("cordless drill", 10).product_ids
     judged = {hits[0]: 3, hits[1]: 1}
     group = Group("q1", "cordless drill", judged, mined=[hits[5], "not-in-the-catalog"])
-    assert listed_products(group, real_index) == [hits[0], hits[1], hits[5]]
-
-    data = ranking_data([group], engine.featurizer([]), real_index, engine.hybrid, None, {}, progress=False)
-    assert data.groups == [3] and data.features.shape[0] == 3
+    lists = judged_lists([group], first, real_index)
+    assert sorted(lists[0].candidates.product_ids) == sorted([hits[0], hits[1], hits[5]])
+    data = ranking_data(lists, engine.featurizer(feature_names(["base"])), None, {}, progress=False)
+    assert data.groups == [3] and data.features.shape == (3, 4)
     assert sorted(data.labels.tolist()) == [0, 1, 3]
-    without = ranking_data([Group("q1", "cordless drill", judged)], engine.featurizer([]), real_index, engine.hybrid,
-                           None, {}, progress=False)
-    assert without.groups == [2] and sorted(without.labels.tolist()) == [1, 3]
+    # the Feast entity rows follow the same lists, so the point-in-time join lines up row for row
+    rows = entity_rows(lists, {"q1": "u1"}, pd.Timestamp("2026-11-01", tz="UTC"))
+    assert rows["product_id"].tolist() == lists[0].candidates.product_ids
 
-    # the Feast entity rows follow the same list, so the point-in-time join lines up row for row
-    rows = entity_rows([group], real_index, {"q1": "u1"}, pd.Timestamp("2026-11-01", tz="UTC"))
-    assert rows["product_id"].tolist() == [hits[0], hits[1], hits[5]]
+
+def test_served_lists_are_the_first_stage_top_with_served_ranks(settings: Settings, real_index, real_encoder) -> None:  # type: ignore[no-untyped-def]
+    engine = assemble(real_index, real_encoder, settings)
+    first = engine.pipeline("hybrid")
+    served = first.search("cordles drill", 50)  # misspelled: the list is of the analyzed query
+    judged = {served.product_ids[2]: 3, served.product_ids[30]: 2, "not-retrieved": 1}
+    group = Group("q1", "cordles drill", judged)
+    every = served_lists([group], first, real_index, depth=10, negatives=None, progress=False)[0]
+    assert every.query.text == "cordless drill" and every.query.analysis.rewrites
+    assert every.candidates.product_ids[:10] == served.product_ids[:10]  # the top 10 as served ...
+    assert every.candidates.product_ids[10:] == [served.product_ids[30]]  # ... then judged ones below it
+    assert every.labels.tolist()[2] == 3 and every.labels.tolist()[10] == 2 and every.labels.sum() == 5
+    some = served_lists([group], first, real_index, depth=10, negatives=3, progress=False)[0]
+    assert len(some.candidates) == 5 and sorted(some.labels.tolist()) == [0, 0, 0, 2, 3]
+    names = feature_names(["base", "ranks", "relevance"])
+    data = ranking_data([every], engine.featurizer(names), None, {}, progress=False)
+    assert data.names == names and data.features.shape == (11, len(names))
+    ranks = data.features[:, names.index("rank_rrf")]
+    assert ranks[:10].tolist() == list(range(1, 11)) and ranks[10] == 31  # served fused ranks
+    assert len(RANK_FEATURES) == 3 and set(RELEVANCE_FEATURES) <= set(names)
 
 
 def test_monotone_features_only_raise_the_score() -> None:

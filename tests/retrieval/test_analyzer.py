@@ -1,0 +1,113 @@
+"""The query analyzer: normalization, corrections against the catalog, brand and type words."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from retrieval.analyzer import Analyzer, Vocabulary, normalize, numbers, tokenize
+from retrieval.index import ProductIndex
+from tests.fakes import HashingEncoder
+
+TITLES = [
+    "DEWALT 20-Volt Max Cordless Drill", "DEWALT 12-Volt Cordless Impact Driver", "Ryobi 18-Volt Cordless Drill",
+    "Ryobi 18-Volt Lithium Battery", "Husky 1/2 in. Drive Socket Set", "Charlotte Pipe 1/2 in. PVC Pipe",
+    "Charlotte Pipe 3/4 in. PVC Elbow", "Melnor Brass Garden Hose Nozzle", "Melnor Metal Hose Nozzle",
+    "Frigidaire 12,000 BTU Window Air Conditioner", "LG 8,000 BTU Window Air Conditioner",
+    "Feit Candelabra LED Light Bulb", "Feit Candelabra Base Bulb", "Diablo 7 in. Diamond Blade",
+    "Diablo 10 in. Diamond Blade", "Everbilt 3/8 in. Threaded Rod", "Halex 1/2 in. Conduit Connector",
+    "Halex 3/4 in. Conduit Strap", "DEWALT DW088K Laser Level",
+] * 2
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    return Analyzer(Vocabulary.build(TITLES))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('1/2" PVC', "1/2 in pvc"), ("1/2 inch pvc", "1/2 in pvc"), ("1/2 in. pvc", "1/2 in pvc"),
+    ("12v drill", "12 volt drill"), ("DEWALT 20-Volt", "dewalt 20 volt"), ("½ in. pipe", "1/2 in pipe"),
+    ("2x4 stud", "2 x 4 stud"), ("1-1/2 in. pipe", "1 1/2 in pipe"), ("50 lbs. sand", "50 lb sand"),
+    ("5 gallons paint", "5 gal paint"), ("100 sq. ft. tile", "100 sq ft tile"), ("Black & Decker", "black and decker"),
+    ("DW088K", "dw088k"), ("  $ hole saw!! ", "hole saw"),
+])
+def test_normalize_units_fractions_symbols(text: str, expected: str) -> None:
+    assert normalize(text) == expected
+
+
+def test_tokens_keep_fractions_and_numbers_keep_units() -> None:
+    assert tokenize('3/4" pipe 2.5 gal') == ["3/4", "in", "pipe", "2.5", "gal"]
+    assert numbers(normalize('3/4" pipe, 18v, 2 pack')) == ["3/4 in", "18 volt", "2"]
+
+
+@pytest.mark.parametrize("typed, searched, reason", [
+    ("nozzzle", "nozzle", "spelling"), ("dimond blade", "diamond blade", "spelling"),
+    ("candlebra bulb", "candelabra bulb", "spelling"), ("conduet strap", "conduit strap", "spelling"),
+    ("windowair conditioner", "window air conditioner", "split"),
+])
+def test_corrects_words_outside_the_catalog(analyzer: Analyzer, typed: str, searched: str, reason: str) -> None:
+    analysis = analyzer.analyze(typed)
+    assert analysis.text == searched
+    assert [r.reason for r in analysis.rewrites] == [reason]
+    assert analysis.original == typed
+
+
+@pytest.mark.parametrize("text", ["dewalt dw088k", "ryobi drills", "melnor hose", "zzz", "ab", "xqzvw"])
+def test_never_corrects_catalog_words_model_numbers_or_unknowable_words(analyzer: Analyzer, text: str) -> None:
+    analysis = analyzer.analyze(text)
+    assert analysis.rewrites == () and analysis.text == normalize(text)
+
+
+def test_rewrite_off_only_normalizes(analyzer: Analyzer) -> None:
+    analysis = analyzer.analyze("Nozzzle 1/2 Inch", rewrite=False)
+    assert analysis.text == "nozzzle 1/2 in" and analysis.rewrites == ()
+
+
+def test_brand_type_and_numbers_detected_from_the_catalog(analyzer: Analyzer) -> None:
+    analysis = analyzer.analyze("ryobi 18v cordless drill")
+    assert analysis.brand == ("ryobi",)
+    assert "drill" in analysis.product_type
+    assert analysis.numbers == ("18 volt",)
+
+
+def test_brand_and_category_columns_win_over_title_positions() -> None:
+    vocabulary = Vocabulary.build(["Acme Super Hammer"] * 3, brands=["Acme"] * 3, categories=["Hand Tools"] * 3)
+    assert vocabulary.brands == {"acme"} and vocabulary.types == {"hand", "tools"}
+
+
+def test_a_symbol_only_query_analyzes_to_nothing_and_is_never_emptied_by_corrections(analyzer: Analyzer) -> None:
+    assert analyzer.analyze("!!! ???").text == ""
+    assert analyzer.analyze("qwxzv").text == "qwxzv"  # no suggestion: kept, not dropped
+
+
+def test_the_index_rebuilds_its_vocabulary_when_the_catalog_changes(tmp_path, settings) -> None:  # type: ignore[no-untyped-def]
+    from retrieval.embedding_cache import EmbeddingCache
+
+    encoder = HashingEncoder()
+    products = pd.DataFrame({"product_id": ["a", "b"], "title": ["Garden Hose", "Hose Nozzle"],
+                             "description": ["", ""]})
+    index = ProductIndex.build(tmp_path / "index", products, encoder, settings.retrieval,
+                               EmbeddingCache(tmp_path / "c.sqlite", encoder.dim), progress=False)
+    assert not index.vocabulary.knows("sprinkler")
+    extra = pd.DataFrame({"product_id": ["c"], "title": ["Oscillating Sprinkler"], "description": [""]})
+    index.upsert(extra, encoder, EmbeddingCache(tmp_path / "c.sqlite", encoder.dim))
+    assert index.vocabulary.knows("sprinkler")
+    reloaded = ProductIndex.load(tmp_path / "index", settings.retrieval)
+    assert reloaded.vocabulary.knows("sprinkler") and reloaded.manifest.analyzer >= 1
+    assert reloaded.analyzer.analyze("sprinklr").text == "sprinkler"
+
+
+def test_context_picks_the_correction_found_with_the_other_words(tmp_path, settings) -> None:  # type: ignore[no-untyped-def]
+    from retrieval.embedding_cache import EmbeddingCache
+
+    encoder = HashingEncoder()
+    titles = ["Skil Circular Saw", "Skil Worm Drive Saw"] + [f"Window Sill Plate {i}" for i in range(6)]
+    products = pd.DataFrame({"product_id": [str(i) for i in range(len(titles))], "title": titles,
+                             "description": [""] * len(titles)})
+    index = ProductIndex.build(tmp_path / "index", products, encoder, settings.retrieval,
+                               EmbeddingCache(tmp_path / "c.sqlite", encoder.dim), progress=False)
+    assert index.vocabulary.together(["skil", "saws"]) == 2 and index.vocabulary.together(["sill", "saw"]) == 0
+    assert index.vocabulary.together(["plate"], any_of=["saw", "window"]) == 6
+    assert index.analyzer.analyze("skill saw").text == "skil saw"  # "sill" is more frequent, not with "saw"
+    assert Analyzer(index.vocabulary, context=False).analyze("skill saw").text == "sill saw"  # by frequency
