@@ -72,7 +72,7 @@ def test_evaluate_json_on_demo_store(env_home: Path, demo_dir: Path, capsys: pyt
     assert code == 2 and "pipeline 'nope' is not one of" in err
 
 
-def test_train_ltr_mines_negatives_and_registers(monkeypatch: pytest.MonkeyPatch, settings: Settings, real_encoder,  # type: ignore[no-untyped-def]
+def test_train_ltr_on_served_and_judged_lists_registers(monkeypatch: pytest.MonkeyPatch, settings: Settings, real_encoder,  # type: ignore[no-untyped-def]
                                                  demo_dir: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     home = tmp_path / "home"
@@ -86,16 +86,23 @@ def test_train_ltr_mines_negatives_and_registers(monkeypatch: pytest.MonkeyPatch
                              "--negatives", "5")
         assert code == 0, err
         entry = json.loads(out)["registered"]
-        assert entry["version"] == "v1" and entry["params"]["negatives"] == 5
-        assert entry["params"]["monotone"] == ["bm25", "dense", "student", "teacher"]
+        params = entry["params"]
+        assert entry["version"] == "v1" and params["negatives"] == 5 and params["lists"] == "served"
+        assert params["monotone"] == ["bm25", "dense", "student", "teacher"]
+        assert params["feature_groups"] == ["base", "ranks", "relevance"] and "rank_rrf" in params["features"]
+        assert "title_coverage" in params["features"]
         code, out, err = run(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "retrieval",
                              "--pipeline", "ltr", "--json")
         assert code == 0, err
         result = json.loads(out)
         assert 0 < result["ndcg@10_unjudged_as_0"] <= result["ndcg@10"] and 0 < result["judged@10"] <= 1
-        code, _, err = run(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
-                           "--negatives", "0", "--no-monotone")
+        code, out, err = run(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
+                             "--lists", "judged", "--features", "base", "--negatives", "0", "--no-monotone")
         assert code == 0, err
+        assert json.loads(out)["registered"]["params"]["features"] == ["bm25", "dense", "student", "teacher"]
+        code, _, err = run(capsys, "train", "ltr", "--dataset", str(demo_dir), "--lists", "judged",
+                           "--negatives", "all")
+        assert code == 2 and "--negatives all needs --lists served" in err
         with pytest.raises(SystemExit) as exit_info:
             main(["train", "ltr", "--dataset", str(demo_dir), "--negatives", "-1"])
         assert exit_info.value.code == 2
