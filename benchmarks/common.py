@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -14,26 +12,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from core.hardware import describe
+
 
 def hardware() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = ""
-    try:
-        text = open("/proc/cpuinfo").read()
-        names = set(text.split())
-        found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if f in names]
-        flags = f" [{', '.join(found)}]" if found else ""
-    except OSError:
-        pass
+    """CPU (model, cores, fast-path flags, int8 path) and memory, for every benchmark's output."""
     mem = psutil.virtual_memory().total / 2**30
-    return f"{os.cpu_count()} cores {platform.machine()} {cpu}{flags}, {mem:.0f} GiB RAM"
+    return f"{describe()}, {mem:.0f} GiB RAM"
 
 
 def percentiles(seconds: Sequence[float]) -> dict[str, float]:

@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, percentiles  # noqa: E402
-from evaluation.dataset import load_dataset  # noqa: E402
 from core.settings import Settings  # noqa: E402
+from evaluation.dataset import load_dataset  # noqa: E402
 from retrieval.analyzer import Analyzer, Vocabulary  # noqa: E402
 from serving.loading import open_encoder, open_index  # noqa: E402
 

@@ -9,13 +9,14 @@ from fastapi.responses import JSONResponse
 
 from api.deps import HolderDep
 from api.schemas import Health
+from core.hardware import cpu
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
 def healthz() -> Health:
-    return Health(status="ok", pid=os.getpid())
+    return Health(status="ok", pid=os.getpid(), cpu=cpu().as_dict())
 
 
 @router.get("/readyz", response_model=Health, summary="Readiness: index and models loaded",

@@ -1,0 +1,67 @@
+"""What CPU this process runs on, and which fast paths it offers (read once from /proc/cpuinfo).
+
+Machines differ: some have AVX-512 VNNI (fast int8 dot products) or AMX, others
+only AVX2. The serving layer reports the choice it made in ``/healthz``, and
+every benchmark prints :func:`describe` with its figures.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class Cpu:
+    model: str
+    cores: int
+    machine: str
+    flags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def int8_path(self) -> str:
+        """The int8 kernel family ONNX Runtime can use here (best first)."""
+        if "amx_int8" in self.flags:
+            return "amx"
+        if "avx512_vnni" in self.flags or "avx_vnni" in self.flags:
+            return "vnni"
+        return "avx2" if "avx2" in self.flags else "generic"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"model": self.model, "cores": self.cores, "machine": self.machine, "flags": list(self.flags),
+                "int8_path": self.int8_path}
+
+
+def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:
+    """(model name, the :data:`FLAGS` present) from the text of /proc/cpuinfo."""
+    model, flags = "unknown CPU", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model == "unknown CPU":
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return model, tuple(f for f in FLAGS if f in flags)
+
+
+@lru_cache(maxsize=1)
+def cpu() -> Cpu:
+    """This machine's CPU (model, cores, fast-path flags)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model, flags = parse_cpuinfo(handle.read())
+    except OSError:
+        model, flags = platform.processor() or "unknown CPU", ()
+    return Cpu(model=model, cores=os.cpu_count() or 1, machine=platform.machine(), flags=flags)
+
+
+def describe() -> str:
+    """One line for benchmark output: cores, architecture, model, flags."""
+    c = cpu()
+    flags = f" [{', '.join(c.flags)}]" if c.flags else ""
+    return f"{c.cores} cores {c.machine} {c.model}{flags}; int8 path: {c.int8_path}"
