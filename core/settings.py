@@ -58,13 +58,15 @@ class RankingSettings(BaseModel):
 
     first_stage_depth: int = Field(1000, ge=1, le=10_000, description="Candidates taken from the first stage "
                                    "into the cascade.")
-    # Defaults measured on a 2-core AVX2 CPU (benchmarks/RESULTS.md, "Tiered cascade depths"): the teacher on the top 20 and
-    # LambdaMART on the same 20 beat student(100) -> teacher(20) in quality and cost half the time.
+    # Defaults measured on a 2-core AVX2 CPU (benchmarks/RESULTS.md, "Tiered cascade depths"): the teacher on
+    # the top 20 beats student(100) -> teacher(20) in quality and costs half the time.
     student_depth: int = Field(0, ge=0, le=10_000, description="Candidates the student stage scores (0: skip).")
     teacher_depth: int = Field(20, ge=0, le=1000, description="Candidates the teacher scores (0: skip).")
     rerank_depth: int = Field(100, ge=1, le=1000, description="Candidates the `rerank` pipeline scores.")
-    ltr_depth: int = Field(20, ge=0, le=1000, description="Candidates LambdaMART re-ranks (0: skip); it needs "
-                           "model scores for each, so keep it <= teacher_depth to keep the teacher's cost.")
+    # LambdaMART's features are cheap (cross-encoder scores only where those stages ran): reordering the top
+    # 200 lifts relevant products from below the top 20 (benchmarks/RESULTS.md, "LambdaMART depth").
+    ltr_depth: int = Field(200, ge=0, le=1000, description="Candidates LambdaMART re-ranks (0: skip); rows "
+                           "below the cross-encoders' depths have no cross-encoder score (missing).")
     ltr: str = Field("active", description="LambdaMART version: 'active', 'vN' or 'none'.")
     rules_file: Path | None = Field(None, description="YAML business rules (see ranking/rules.py).")
     query_cache_size: int = Field(10_000, ge=0, description="Query vectors kept in memory (LRU).")

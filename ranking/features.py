@@ -74,7 +74,9 @@ class LtrFeaturizer:
         store: Store features for (query, product ids), or None (all NaN).
         names: The model's features (see the module docstring for the groups).
         student, teacher: ``score(query, titles)`` of the served cross-encoders;
-            used only for rows a cascade stage did not score already.
+            used only for rows a cascade stage did not score already, among the
+            first ``student_depth`` / ``teacher_depth`` rows (the depth each serves
+            at; rows below it are NaN, as LambdaMART sees them in serving).
     """
 
     index: ProductIndex
@@ -83,14 +85,19 @@ class LtrFeaturizer:
     names: Sequence[str]
     student: object | None = None
     teacher: object | None = None
+    student_depth: int | None = None
+    teacher_depth: int | None = None
 
     @property
     def store_names(self) -> list[str]:
         return [n for n in self.names if n not in KNOWN]
 
-    def _model_scores(self, stage: str, scorer: object | None, query: str, candidates: Candidates) -> np.ndarray:
+    def _model_scores(self, stage: str, scorer: object | None, query: str, candidates: Candidates,
+                      depth: int | None) -> np.ndarray:
         scores = np.asarray(candidates.scores.get(stage, np.full(len(candidates), np.nan)), dtype=np.float32).copy()
         missing = np.isnan(scores)
+        if depth is not None:
+            missing[depth:] = False
         if scorer is not None and missing.any():
             titles = [self.index.title(int(d)) for d in candidates.docs[missing]]
             scores[missing] = scorer.score(query, titles)  # type: ignore[attr-defined]
@@ -100,8 +107,8 @@ class LtrFeaturizer:
         docs = candidates.docs
         return {"bm25": self.index.bm25.score(query.text, docs),
                 "dense": self.index.dense.score(self.embed(query.text), docs),
-                "student": self._model_scores("student", self.student, query.text, candidates),
-                "teacher": self._model_scores("teacher", self.teacher, query.text, candidates)}
+                "student": self._model_scores("student", self.student, query.text, candidates, self.student_depth),
+                "teacher": self._model_scores("teacher", self.teacher, query.text, candidates, self.teacher_depth)}
 
     @staticmethod
     def _ranks(candidates: Candidates) -> dict[str, np.ndarray]:

@@ -33,7 +33,7 @@ from core.errors import Conflict, InvalidInput, NotReady
 from core.feature_store import OnlineFeatureReader
 from core.query import Analysis, Query
 from core.registry import ServedModel
-from core.settings import Settings
+from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
 from ranking.cache import CachedScorer
 from ranking.cascade import Cascade, ScoreStage, Stage
@@ -89,15 +89,16 @@ class Pipelines:
     ltr_stages: dict[str | None, LtrStage]
 
 
-def featurizer_for(index: ProductIndex, dense: DenseRetriever, models: Models,
-                   names: Sequence[str]) -> LtrFeaturizer:
+def featurizer_for(index: ProductIndex, dense: DenseRetriever, models: Models, names: Sequence[str],
+                   ranking: RankingSettings) -> LtrFeaturizer:
     """The LambdaMART featurizer of features ``names`` over this index, query encoder, store and
     cross-encoders."""
     reader = models.features
     store = (lambda query, pids: reader.fetch(pids, query.user_id)) if reader else None
     return LtrFeaturizer(index, lambda text: dense.embed([text])[0], store, list(names),
                          models.student.model if models.student else None,
-                         models.teacher.model if models.teacher else None)
+                         models.teacher.model if models.teacher else None,
+                         student_depth=ranking.student_depth, teacher_depth=ranking.teacher_depth)
 
 
 def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: HybridRetriever, models: Models,
@@ -130,7 +131,7 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: HybridRe
         if not rk.ltr_depth:
             break
         model: LambdaMART = served.model  # type: ignore[assignment]
-        stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names), rk.ltr_depth)
+        stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names, rk), rk.ltr_depth)
         ltr_stages[served.version] = stage
         full[served.version] = cascade("full", [*stages, stage, rules], rk.first_stage_depth)
     if models.ltr and models.ltr.version in ltr_stages:
@@ -199,7 +200,7 @@ class SearchEngine:
 
     def featurizer(self, names: Sequence[str]) -> LtrFeaturizer:
         """A featurizer of features ``names`` (:func:`ranking.features.feature_names`)."""
-        return featurizer_for(self.index, self.dense, self.models, names)
+        return featurizer_for(self.index, self.dense, self.models, names, self.settings.ranking)
 
     def pipeline(self, name: str) -> Retriever:
         if name in self.pipelines.named:
