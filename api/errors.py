@@ -8,6 +8,7 @@ the value sent and what is allowed.
 from __future__ import annotations
 
 import logging
+import math
 import re
 
 from fastapi import FastAPI, Request
@@ -45,10 +46,12 @@ def install(app: FastAPI) -> None:
     async def _service_error(request: Request, exc: ShopRankError) -> JSONResponse:
         if exc.http_status >= 500:
             logger.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc.message)
+        retry_after = getattr(exc, "retry_after", None)
         return JSONResponse(
             status_code=exc.http_status,
             content={"error": _snake(type(exc).__name__), "message": exc.message,
                      "request_id": getattr(request.state, "request_id", None)},
+            headers={"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None,
         )
 
     @app.exception_handler(RequestValidationError)

@@ -22,10 +22,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from api import errors
+from api.auth import RateLimiter
 from api.metrics import Metrics
 from api.routes import admin, events, health, search
 from api.state import ServedHolder
 from core import __version__
+from core.keys import KeyStore
 from core.settings import Settings, get_settings
 from online_learning.event_log import EventLog, KafkaSettings, claim_spool
 from serving.loading import Served, generation, open_served
@@ -68,6 +70,8 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     app = FastAPI(title="ShopRank", version=__version__, lifespan=lifespan,
                   summary="Learning-to-rank product search for online stores.")
     app.state.settings = settings
+    app.state.keys = KeyStore(settings.paths.keys)
+    app.state.limiter = RateLimiter(settings.api.rate_limit_per_s, settings.api.rate_burst)
     limit = settings.serving.max_in_flight
     app.state.admission = threading.BoundedSemaphore(limit) if limit else nullcontext()
     app.state.metrics = metrics

@@ -44,3 +44,25 @@ class NotReady(ShopRankError):
     """A model or index is not loaded yet (HTTP 503)."""
 
     http_status = 503
+
+
+class Unauthorized(ShopRankError):
+    """No credentials, or credentials that are unknown or revoked (HTTP 401)."""
+
+    http_status = 401
+
+
+class Forbidden(ShopRankError):
+    """Valid credentials without the right to this store or scope (HTTP 403)."""
+
+    http_status = 403
+
+
+class TooManyRequests(ShopRankError):
+    """A client is over its request rate (HTTP 429, with ``Retry-After`` seconds)."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

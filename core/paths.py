@@ -19,6 +19,7 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
       streaming/state.sqlite                  the streaming feature consumer's state
       dead_letters/<consumer>.jsonl           events a consumer could not read
       training/<run>/                         work folders of training runs
+      keys.json                               API keys (hashed; shoprank keys create|list|revoke)
       reports/                                reports written by benchmarks and jobs
       logs/                                   logs of processes a benchmark starts
 """
@@ -108,3 +109,7 @@ class Home:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys.json"

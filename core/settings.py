@@ -128,7 +128,14 @@ class ApiSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
-    admin_token: str | None = Field(None, description="Bearer token of /v1/admin (unset: admin disabled).")
+    admin_token: str | None = Field(None, description="Bearer token of /v1/admin (unset: admin disabled unless "
+                                    "keys are required and an admin-scope key is sent).")
+    keys_required: bool = Field(False, description="Require an API key (`shoprank keys create`) on search, events "
+                                "and admin: 401 without one, 403 for another store or scope. Off for local runs; "
+                                "on in production (docs/operations.md).")
+    rate_limit_per_s: float = Field(0.0, ge=0, le=100_000, description="Requests per second each key may make "
+                                    "(token bucket, per server process); over it: 429 with Retry-After. 0: no limit.")
+    rate_burst: int = Field(20, ge=1, le=100_000, description="Requests a key may make at once above its rate.")
     workers: int = Field(1, ge=1, le=64, description="Server processes of `shoprank serve`; each loads its own "
                          "engine (index and models) and they share the artifact home.")
 

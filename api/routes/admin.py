@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, Field
 
+from api.auth import check_key, presented_key
 from api.deps import HolderDep, SettingsDep
 from api.schemas import ErrorBody
 from api.state import ServedHolder
-from core.errors import InvalidInput, ShopRankError
+from core.errors import Forbidden, InvalidInput, Unauthorized
 from core.registry import ModelRegistry
 from core.settings import Settings
 from online_learning.experiments import Experiment
@@ -20,22 +22,21 @@ from serving.loading import SWAPPABLE
 from serving.router import save_router_config
 
 
-class Unauthorized(ShopRankError):
-    http_status = 401
-
-
-class Forbidden(ShopRankError):
-    http_status = 403
-
-
-def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+def require_admin(request: Request, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None,
+                  x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """The admin token (``api.admin_token``), or with ``api.keys_required`` an admin-scope key."""
     token = settings.api.admin_token
+    sent = presented_key(authorization, x_api_key)
+    if token and sent and hmac.compare_digest(sent.encode(), token.encode()):
+        return
+    if settings.api.keys_required:
+        check_key(request, settings, "admin", sent)
+        return
     if not token:
         raise Forbidden("the admin API is disabled; set SHOPRANK_API__ADMIN_TOKEN to enable it")
-    if not authorization or not authorization.startswith("Bearer "):
+    if not sent:
         raise Unauthorized("missing 'Authorization: Bearer <token>' header")
-    if authorization.removeprefix("Bearer ").strip() != token:
-        raise Forbidden("wrong admin token")
+    raise Forbidden("wrong admin token")
 
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],

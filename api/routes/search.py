@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
+from api.auth import require
 from api.deps import ServedDep
 from api.schemas import (
     MAX_K,
@@ -25,9 +26,9 @@ from core.query import Query as SearchQuery
 from online_learning.events import RankingEvent, ShownItem
 from serving.loading import Served
 
-router = APIRouter(prefix="/v1", tags=["search"])
-
-ERRORS = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody},
+          429: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require("search"))])
 
 
 def _respond(served: Served, body: SearchRequest, request: Request) -> SearchResponse:

@@ -12,19 +12,27 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
 from api.main import create_app
+from core.keys import KeyStore
 from core.settings import ApiSettings, Settings
 from serving.loading import open_served
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def fuzz_client(tmp_path_factory: pytest.TempPathFactory, settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=[False, True], ids=["open", "keys-required"])
+def fuzz_client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, settings: Settings,  # type: ignore[no-untyped-def]
+                real_index, real_encoder):
+    """The API as `make run` serves it, and with API keys required (a valid key sent unless a
+    fuzzed case sends its own credentials)."""
     home = tmp_path_factory.mktemp("fuzz")
     (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
-    fuzz_settings = settings.model_copy(update={"home": home, "api": ApiSettings(admin_token="t")})
+    fuzz_settings = settings.model_copy(update={"home": home, "api": ApiSettings(admin_token="t",
+                                                                                 keys_required=request.param)})
+    headers = {}
+    if request.param:
+        headers["X-API-Key"] = KeyStore(fuzz_settings.paths.keys).create("default", ["search", "events", "admin"])[1]
     app = create_app(fuzz_settings, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, headers=headers) as client:
         deadline = time.monotonic() + 60
         while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)

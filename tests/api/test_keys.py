@@ -1,0 +1,105 @@
+"""API keys: stored hashed, scopes and stores enforced, revocation, per-key rate limits (429)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.auth import RateLimiter
+from api.main import create_app
+from core.errors import TooManyRequests
+from core.keys import KeyStore
+from core.settings import ApiSettings, Settings
+from serving.loading import open_served
+from shoprank.cli import main
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory, settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
+    home = tmp_path_factory.mktemp("keyed")
+    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
+    keyed = settings.model_copy(update={"home": home, "api": ApiSettings(keys_required=True, rate_limit_per_s=1.0,
+                                                                         rate_burst=3)})
+    store = KeyStore(keyed.paths.keys)
+    keys = {"search": store.create("default", ["search"], "storefront")[1],
+            "events": store.create("default", ["events"])[1],
+            "admin": store.create("default", ["admin"])[1],
+            "other": store.create("other-store", ["search", "events"])[1]}
+    app = create_app(keyed, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield client, keys, store
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_keys_are_stored_hashed(keyed) -> None:  # type: ignore[no-untyped-def]
+    _, keys, store = keyed
+    text = store.path.read_text()
+    assert all(key not in text for key in keys.values()) and store.path.stat().st_mode & 0o077 == 0
+    assert len(store.keys()) == 4 and all(len(k.digest) == 64 for k in store.keys())
+
+
+def test_missing_unknown_wrong_scope_other_store(keyed) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = keyed
+    body = {"query": "drill", "k": 2}
+    missing = client.post("/v1/search", json=body)
+    assert missing.status_code == 401 and "needs a key" in missing.json()["message"]
+    forged = client.post("/v1/search", json=body, headers=auth(keys["search"][:-4] + "AAAA"))
+    assert forged.status_code == 401 and "unknown or revoked" in forged.json()["message"]
+    wrong_scope = client.post("/v1/search", json=body, headers=auth(keys["events"]))
+    assert wrong_scope.status_code == 403 and "needs 'search'" in wrong_scope.json()["message"]
+    other = client.post("/v1/search", json=body, headers={"X-API-Key": keys["other"]})
+    assert other.status_code == 403 and "'other-store', not 'default'" in other.json()["message"]
+    assert client.post("/v1/search", json=body, headers={"X-API-Key": keys["search"]}).status_code == 200
+    admin = client.get("/v1/admin/models", headers=auth(keys["admin"]))
+    assert admin.status_code == 200 and client.get("/v1/admin/models", headers=auth(keys["search"])).status_code == 403
+    assert client.get("/healthz").status_code == 200 and client.get("/metrics").status_code == 200
+
+
+def test_events_over_the_limit_are_refused_with_retry_after_and_revoked_keys_stop(keyed) -> None:  # type: ignore[no-untyped-def]
+    client, keys, store = keyed
+    event = {"type": "click", "event_id": "k-1", "request_id": "r-1", "product_id": "P1", "position": 1}
+    answers = [client.post("/v1/events", json=[{**event, "event_id": f"k-{i}"}], headers=auth(keys["events"]))
+               for i in range(6)]
+    codes = [a.status_code for a in answers]
+    assert codes[:3] == [202, 202, 202] and 429 in codes[3:]  # burst 3, then 1 per second
+    refused = answers[codes.index(429)]
+    assert int(refused.headers["Retry-After"]) >= 1 and "over its limit" in refused.json()["message"]
+    key_id = next(k.id for k in store.keys() if k.name == "storefront")
+    assert main(["--home", str(store.path.parent), "keys", "revoke", key_id]) == 0
+    revoked = client.post("/v1/search", json={"query": "drill"}, headers=auth(keys["search"]))
+    assert revoked.status_code == 401
+
+
+def test_rate_limiter_refills_at_its_rate() -> None:
+    limiter = RateLimiter(rate=2.0, burst=2)
+    limiter.take("a", now=0.0)
+    limiter.take("a", now=0.0)
+    with pytest.raises(TooManyRequests) as refused:
+        limiter.take("a", now=0.1)
+    assert refused.value.retry_after == pytest.approx(0.4)  # 0.2 tokens saved: 0.8 more at 2/s
+    limiter.take("a", now=0.6)  # 0.2 + 0.5 s x 2/s = 1.2 tokens
+    limiter.take("b", now=0.6)  # buckets are per key
+
+
+def test_cli_creates_lists_and_validates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--home", str(tmp_path), "keys", "create", "--scope", "search", "--scope", "events",
+                 "--name", "web"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["key"].startswith("sr_") and created["scopes"] == ["search", "events"]
+    assert KeyStore(tmp_path / "keys.json").verify(created["key"]).name == "web"
+    assert main(["--home", str(tmp_path), "keys", "list"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [k["id"] for k in listed] == [created["id"]] and "digest" not in listed[0] and "key" not in listed[0]
+    assert main(["--home", str(tmp_path), "keys", "create", "--scope", "search", "--store", "no spaces"]) == 2
+    assert "is not a valid store name" in capsys.readouterr().err
+    assert main(["--home", str(tmp_path), "keys", "revoke", "nope"]) == 2
