@@ -24,23 +24,30 @@ from online_learning.stats import (
     sign_test,
     two_proportions,
 )
+from online_learning.traffic_filter import FilterConfig, clean
 
 RATES = (("ctr", "clicked"), ("add_to_cart_rate", "carted"), ("purchase_rate", "bought"),
          ("zero_result_rate", "zero_results"), ("degraded_rate", "is_degraded"))
 
 
-def searches(log_root: Path, experiment: str | None = None) -> pd.DataFrame:
-    """One row per search of ``experiment`` (all searches when None)."""
+def searches(log_root: Path, experiment: str | None = None, filters: FilterConfig | None = FilterConfig()
+             ) -> pd.DataFrame:
+    """One row per search of ``experiment`` (all searches when None), after the traffic filters
+    (:mod:`online_learning.traffic_filter`; None: every logged event counts), so the promotion
+    policy and the guard cannot be steered by the traffic the retrain job ignores."""
     rankings = read_log(log_root, "rankings")
     if rankings.empty:
         return pd.DataFrame()
     if experiment is not None:
         rankings = rankings[rankings["experiment"] == experiment]
+    interactions = read_log(log_root, "interactions")
+    if filters is not None and not rankings.empty:
+        cleaned = clean(rankings, interactions, filters)
+        rankings, interactions = cleaned.rankings, cleaned.interactions
     per_search = rankings.groupby("request_id").agg(
         timestamp=("timestamp", "first"), user_id=("user_id", "first"), query=("query", "first"),
         arm=("arm", "first"), latency_ms=("latency_ms", "first"), shown=("shown", "first"),
         degraded=("degraded", "first"), models=("models", "first")).reset_index()
-    interactions = read_log(log_root, "interactions")
     for kind, column in (("click", "clicked"), ("add_to_cart", "carted"), ("purchase", "bought")):
         hits = interactions[interactions["type"] == kind].groupby("request_id").size() if not interactions.empty else pd.Series(dtype=int)
         per_search[column] = per_search["request_id"].map(hits).fillna(0).astype(int).clip(upper=1)

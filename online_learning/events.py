@@ -60,6 +60,7 @@ class RankingEvent(BaseModel):
     arm: str | None = None
     degraded: list[str] = Field(default_factory=list)
     latency_ms: float | None = None
+    key_id: str | None = Field(None, max_length=64, description="Set by the server: the API key of the search.")
 
 
 class InteractionEvent(BaseModel):
@@ -80,6 +81,8 @@ class InteractionEvent(BaseModel):
     position: int | None = Field(None, ge=1, le=1000)
     quantity: int = Field(1, ge=1, le=10_000)
     revenue: float | None = Field(None, ge=0, le=10_000_000, description="Purchase value (purchases only).")
+    key_id: str | None = Field(None, max_length=64, description="Set by the server (a value sent is replaced): "
+                               "the API key that sent the event, when keys are required.")
 
 
 Event = Annotated[RankingEvent | InteractionEvent, Field(discriminator="type")]

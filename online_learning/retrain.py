@@ -10,7 +10,9 @@
 4. Features: the same :class:`~ranking.ltr.LtrFeaturizer` as serving, with the
    cross-encoder scores that were logged with the impression and store
    features joined point-in-time from Feast at the search's own timestamp.
-5. Train an unbiased LambdaMART candidate on the earlier 80% of searches,
+5. Before anything is learnt, the traffic filters (:mod:`online_learning.traffic_filter`)
+   drop clicks without an impression, repeats and anomalous shoppers, counted by reason.
+6. Train an unbiased LambdaMART candidate on the earlier 80% of searches,
    early-stopped on the IPS-DCG@10 of the later 20%; compare it with the
    active model on those held-out searches (and on the judged dev split when a
    dataset is given); register it with lineage (data window, feature service,
@@ -41,6 +43,7 @@ from core.registry import ModelRegistry, ServedModel
 from core.settings import Settings
 from online_learning.consumers.log_sink import read_log
 from online_learning.propensity import fit_position_model
+from online_learning.traffic_filter import FilterConfig, clean, engagement
 from ranking.features import LtrFeaturizer
 from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig, RankingData
 from retrieval.index import ProductIndex
@@ -59,13 +62,16 @@ class RetrainConfig:
     valid_share: float = 0.2
     max_position: int = 10
     seed: int = 13
+    filter_traffic: bool = True  # online_learning.traffic_filter before anything is learnt
 
 
-def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | None) -> pd.DataFrame:
-    """Shown products with engagement labels, one row per (search, position)."""
+def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | None,
+                filters: FilterConfig | None = FilterConfig()) -> tuple[pd.DataFrame, dict]:
+    """Shown products with engagement labels, one row per (search, position), and what the
+    traffic filters excluded (``filters`` None: nothing is filtered)."""
     rankings = read_log(root, "rankings")
     if rankings.empty:
-        return rankings
+        return rankings, {}
     rankings = rankings[rankings["product_id"].notna()].copy()
     rankings["timestamp"] = pd.to_datetime(rankings["timestamp"], utc=True)
     if since is not None:
@@ -73,15 +79,13 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
     if until is not None:
         rankings = rankings[rankings["timestamp"] <= until]
     interactions = read_log(root, "interactions")
-    if interactions.empty:
-        rankings["engagement"] = 0
-    else:
-        interactions["level"] = interactions["type"].map(LEVEL)
-        best = interactions.groupby(["request_id", "product_id"])["level"].max()
-        keys = pd.MultiIndex.from_frame(rankings[["request_id", "product_id"]])
-        rankings["engagement"] = best.reindex(keys).fillna(0).astype(int).to_numpy()
+    report: dict = {}
+    if filters is not None and not rankings.empty:
+        cleaned = clean(rankings, interactions, filters)
+        rankings, interactions, report = cleaned.rankings.copy(), cleaned.interactions, cleaned.report()
+    rankings["engagement"] = engagement(rankings, interactions, LEVEL)
     rankings["clicked"] = (rankings["engagement"] > 0).astype(int)
-    return rankings.sort_values(["timestamp", "request_id", "position"], ignore_index=True)
+    return rankings.sort_values(["timestamp", "request_id", "position"], ignore_index=True), report
 
 
 def _candidates(index: ProductIndex, rows: pd.DataFrame) -> Candidates:
@@ -164,7 +168,8 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             windows = [pd.Timestamp(w) for w in windows if w]
             since = max(windows) if windows else None
         until = pd.Timestamp(config.until) if config.until else None
-        shown = impressions(settings.paths.event_log, since, until)
+        shown, filtered = impressions(settings.paths.event_log, since, until,
+                                      FilterConfig() if config.filter_traffic else None)
         searches = shown["request_id"].nunique() if not shown.empty else 0
         if searches < config.min_searches:
             return {"status": "up to date", "new_searches": int(searches), "since": str(since)}
@@ -202,6 +207,7 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
                     "features": candidate.names, "propensities": [round(float(t), 4) for t in model.theta],
                     "config": asdict(config), "lightgbm": asdict(lgb_config)},
             metrics=metrics | {"clicks": int(shown["clicked"].sum()), "searches": int(searches),
-                               "seconds": round(time.perf_counter() - started, 1)})
+                               "seconds": round(time.perf_counter() - started, 1), "filtered": filtered})
         return {"status": "registered", "version": entry.version, "parent": entry.parent,
-                "window": window, "metrics": entry.metrics, "propensities": entry.params["propensities"]}
+                "window": window, "metrics": entry.metrics, "propensities": entry.params["propensities"],
+                "filtered": filtered}

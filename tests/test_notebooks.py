@@ -35,7 +35,7 @@ def write_experiment_log(root: Path, searches: int = 800) -> None:
         when = start + timedelta(minutes=i)
         request = f"r{i}"
         batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
-            event_id=request, request_id=request, timestamp=when, user_id=f"u{i % 50}", query="drill",
+            event_id=request, request_id=request, timestamp=when, user_id=f"u{i}", query="drill",
             pipeline="full", experiment="nb-test", arm=arm, latency_ms=rng.uniform(20, 40),
             models={"ltr": "v2" if arm == "treatment" else "v1"},
             items=[ShownItem(product_id=f"p{j}", position=j + 1) for j in range(5)])))

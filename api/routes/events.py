@@ -9,9 +9,10 @@ from pydantic import BaseModel, Field
 
 from api.auth import require
 from api.schemas import ErrorBody
+from core.keys import ApiKey
 from online_learning.events import InteractionEvent
 
-router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(require("events"))],
+router = APIRouter(prefix="/v1", tags=["events"],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 429: {"model": ErrorBody}})
 
 MAX_BATCH = 1000
@@ -25,6 +26,7 @@ class Accepted(BaseModel):
              responses={422: {"model": ErrorBody}})
 def post_events(
     request: Request,
+    key: Annotated[ApiKey | None, Depends(require("events"))],
     events: Annotated[list[InteractionEvent], Body(min_length=1, max_length=MAX_BATCH,
                                                    description=f"1..{MAX_BATCH} interaction events")],
 ) -> Accepted:
@@ -33,6 +35,7 @@ def post_events(
     Each event needs a client ``event_id``: sending the same event again (a retry)
     is safe, consumers keep one per id.
     """
+    events = [e.model_copy(update={"key_id": key.id if key else None}) for e in events]
     request.app.state.event_log.append(events, durable=True)
     for event in events:
         request.app.state.metrics.events.labels(event.type).inc()

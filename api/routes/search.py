@@ -21,6 +21,7 @@ from api.schemas import (
     SearchRequest,
     SearchResponse,
 )
+from core.keys import ApiKey
 from core.query import Analysis, Filters
 from core.query import Query as SearchQuery
 from online_learning.events import RankingEvent, ShownItem
@@ -28,10 +29,11 @@ from serving.loading import Served
 
 ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody},
           429: {"model": ErrorBody}, 503: {"model": ErrorBody}}
-router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require("search"))])
+router = APIRouter(prefix="/v1", tags=["search"])
+KeyDep = Annotated[ApiKey | None, Depends(require("search"))]
 
 
-def _respond(served: Served, body: SearchRequest, request: Request) -> SearchResponse:
+def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey | None) -> SearchResponse:
     started = time.perf_counter()
     settings = request.app.state.settings
     deadline = time.monotonic() + settings.serving.budget_ms / 1000
@@ -71,7 +73,7 @@ def _respond(served: Served, body: SearchRequest, request: Request) -> SearchRes
         items=items,
     )
     if settings.events.log_impressions:
-        _log_impression(request, body, response, routed.teams)
+        _log_impression(request, body, response, routed.teams, key)
     return response
 
 
@@ -84,12 +86,13 @@ def _rewrite(analysis: Analysis | None) -> QueryRewrite | None:
                         numbers=list(analysis.numbers))
 
 
-def _log_impression(request: Request, body: SearchRequest, response: SearchResponse, teams: dict[str, str]) -> None:
+def _log_impression(request: Request, body: SearchRequest, response: SearchResponse, teams: dict[str, str],
+                    key: ApiKey | None) -> None:
     """Every search's impression goes to the event log (not fsynced per search)."""
     event = RankingEvent(
         event_id=response.request_id, request_id=response.request_id, user_id=body.user_id,
         session_id=body.session_id, query=body.query, pipeline=response.pipeline,
-        searched=response.query_rewrite.text if response.query_rewrite else None, models=response.versions,
+        searched=response.query_rewrite.text if response.query_rewrite else None, key_id=key.id if key else None, models=response.versions,
         experiment=response.experiment, arm=response.arm, degraded=response.degraded, latency_ms=response.took_ms,
         items=[ShownItem(product_id=i.product_id, position=i.rank, score=i.score, scores=i.scores,
                          team=teams.get(i.product_id)) for i in response.items],
@@ -99,19 +102,20 @@ def _log_impression(request: Request, body: SearchRequest, response: SearchRespo
 
 
 @router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="Search products")
-def search(body: SearchRequest, served: ServedDep, request: Request) -> SearchResponse:
+def search(body: SearchRequest, served: ServedDep, request: Request, key: KeyDep) -> SearchResponse:
     """Hybrid retrieval (BM25 + bi-encoder, fused by RRF), the re-ranking cascade and the rules."""
-    return _respond(served, body, request)
+    return _respond(served, body, request, key)
 
 
 @router.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search products (quick tries)")
 def search_get(
     served: ServedDep,
     request: Request,
+    key: KeyDep,
     q: Annotated[str, Query(description=f"Search text, 1..{MAX_QUERY_CHARS} characters")],
     k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}")] = 10,
     user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     rewrite: Annotated[bool, Query(description="Correct misspelled words (false: as typed)")] = True,
 ) -> SearchResponse:
     body = SearchRequest.model_validate({"query": q, "k": k, "user_id": user_id, "rewrite": rewrite})
-    return _respond(served, body, request)
+    return _respond(served, body, request, key)

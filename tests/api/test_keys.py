@@ -103,3 +103,17 @@ def test_cli_creates_lists_and_validates(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["--home", str(tmp_path), "keys", "create", "--scope", "search", "--store", "no spaces"]) == 2
     assert "is not a valid store name" in capsys.readouterr().err
     assert main(["--home", str(tmp_path), "keys", "revoke", "nope"]) == 2
+
+
+def test_events_and_impressions_carry_the_key_that_sent_them(keyed) -> None:  # type: ignore[no-untyped-def]
+    client, keys, store = keyed
+    time.sleep(1.1)  # refill the events key's bucket
+    forged = {"type": "click", "event_id": "kid-1", "request_id": "r-1", "product_id": "P1", "key_id": "someone"}
+    assert client.post("/v1/events", json=[forged], headers=auth(keys["events"])).status_code == 202
+    events_id = next(k.id for k in store.keys() if k.scopes == ("events",))
+    home = store.path.parent
+    logged = [json.loads(line)["value"] for p in sorted((home / "event_spool").rglob("segment-*.jsonl"))
+              for line in p.read_text().splitlines()]
+    mine = [e for e in logged if e.get("event_id") == "kid-1"]
+    assert mine and all(e["key_id"] == events_id for e in mine)  # the sent value is replaced
+    assert any(e.get("type") == "ranking" and e.get("key_id") for e in logged)

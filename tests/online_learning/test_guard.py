@@ -36,7 +36,7 @@ def served_log(root: Path, rates: dict[str, float], per_version: int) -> None:
             request = f"{version}-{i}"
             when = start + timedelta(days=v, minutes=i)
             batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
-                event_id=request, request_id=request, timestamp=when, user_id=f"u{i % 40}", query="drill",
+                event_id=request, request_id=request, timestamp=when, user_id=f"{version}-u{i}", query="drill",
                 pipeline="full", latency_ms=30.0, models={"ltr": version},
                 items=[ShownItem(product_id=f"p{j}", position=j + 1) for j in range(5)])))
             if rng.random() < rate:

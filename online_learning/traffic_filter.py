@@ -1,0 +1,145 @@
+"""Learn only from real shoppers: interactions checked before any training set or decision.
+
+Logged clicks steer the nightly model, so anyone who can post events could steer
+it (1,000 fake clicks on one product for one query). Before the retrain job
+builds a training set, and before the promotion policy or the guard compare
+arms, :func:`clean` drops, and counts by reason:
+
+1. ``no_impression``: an interaction that refers to no logged impression of that
+   product in that search (the product was never shown there);
+2. ``other_shopper``: an interaction whose user or session differs from the one
+   the search was served to;
+3. ``repeat``: repeated interactions beyond ``max_repeats`` of one type by one
+   shopper on one product for one query (the first ones are kept; an interaction
+   sent without user or session belongs to the shopper its search was served to);
+4. ``anomalous:<why>``: every interaction, and every search, of a shopper (user,
+   else session) or API key whose behaviour is anomalous: ``volume`` (more
+   searches than ``max_searches``), ``click_rate`` (click-through over
+   ``ctr_ratio`` times the population's, with at least ``min_searches``), or
+   ``no_conversion`` (``min_clicks`` clicks or more and not one add to cart or
+   purchase).
+
+The thresholds are chosen so honest traffic loses nothing measurable (see
+benchmarks/RESULTS.md); every exclusion is reported by reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    max_repeats: int = 3
+    max_searches: int = 2000
+    ctr_ratio: float = 3.0
+    min_searches: int = 20
+    min_clicks: int = 200
+
+
+@dataclass
+class Cleaned:
+    """The logs an honest-traffic consumer may use, and what was dropped."""
+
+    rankings: pd.DataFrame
+    interactions: pd.DataFrame
+    excluded: Counter = field(default_factory=Counter)
+    anomalous: dict[str, str] = field(default_factory=dict)  # shopper or key -> why
+
+    def report(self) -> dict[str, object]:
+        return {"excluded_interactions": dict(self.excluded), "excluded_shoppers": len(self.anomalous),
+                "anomalous": dict(sorted(self.anomalous.items())[:20])}
+
+
+def _shopper(frame: pd.DataFrame) -> pd.Series:
+    user = frame["user_id"] if "user_id" in frame else pd.Series(None, index=frame.index)
+    session = frame["session_id"] if "session_id" in frame else pd.Series(None, index=frame.index)
+    return user.fillna(session).fillna("anonymous").astype(str)
+
+
+def _anomalous(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConfig) -> dict[str, str]:
+    searches = rankings.drop_duplicates("request_id")
+    per_search = searches.groupby("who").size()
+    clicks = interactions[interactions["type"] == "click"].groupby("who")["request_id"].nunique()
+    converts = interactions[interactions["type"] != "click"].groupby("who").size()
+    found: dict[str, str] = {}
+    for who, n in per_search[per_search > config.max_searches].items():
+        found[who] = "volume"
+    ctr = (clicks.reindex(per_search.index).fillna(0) / per_search).astype(float)
+    population = float(clicks.sum() / max(1, per_search.sum()))
+    high = ctr[(per_search >= config.min_searches) & (ctr > config.ctr_ratio * population) & (ctr > 0.5)]
+    for who in high.index:
+        found.setdefault(who, "click_rate")
+    total_clicks = interactions[interactions["type"] == "click"].groupby("who").size()
+    for who, n in total_clicks[total_clicks >= config.min_clicks].items():
+        if converts.get(who, 0) == 0:
+            found.setdefault(who, "no_conversion")
+    if "key_id" in rankings:
+        keys = searches.dropna(subset=["key_id"]).groupby("key_id")["who"].agg(lambda w: set(w))
+        for key, shoppers in keys.items():  # a key whose every shopper is anomalous is itself anomalous
+            if shoppers and all(s in found for s in shoppers):
+                found[f"key:{key}"] = "all_shoppers_anomalous"
+    return found
+
+
+def clean(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConfig = FilterConfig()) -> Cleaned:
+    """Drop what is not a real shopper's reaction to a real impression (see the module docstring).
+
+    Args:
+        rankings: Logged impressions, one row per shown product (``request_id``,
+            ``product_id``, ``user_id``, ``session_id``, ``query``).
+        interactions: Logged interactions (``request_id``, ``product_id``, ``type``,
+            ``user_id``, ``session_id``, ``timestamp``).
+    """
+    if rankings.empty or interactions.empty:
+        return Cleaned(rankings, interactions)
+    rankings = rankings.assign(who=_shopper(rankings))
+    interactions = interactions.assign(who=_shopper(interactions))
+    excluded: Counter = Counter()
+    shown = rankings.drop_duplicates(["request_id", "product_id"]).set_index(["request_id", "product_id"])
+    keys = pd.MultiIndex.from_frame(interactions[["request_id", "product_id"]])
+    served_to = shown["who"].reindex(keys).to_numpy()
+    no_impression = pd.isna(served_to)
+    anonymous = (interactions["who"] == "anonymous").to_numpy()
+    other = ~no_impression & (served_to != interactions["who"].to_numpy()) & ~anonymous
+    excluded["no_impression"] += int(no_impression.sum())
+    excluded["other_shopper"] += int(other.sum())
+    # an interaction sent without user or session belongs to the shopper its search was served to
+    interactions = interactions.assign(who=np.where(anonymous & ~no_impression, served_to, interactions["who"]))
+    interactions = interactions[~(no_impression | other)]
+    query = rankings.drop_duplicates("request_id").set_index("request_id")["query"]
+    interactions = interactions.assign(query=interactions["request_id"].map(query).str.lower().str.strip())
+    order = interactions.sort_values("timestamp") if "timestamp" in interactions else interactions
+    rank = order.groupby(["who", "query", "product_id", "type"]).cumcount()
+    repeat = (rank >= config.max_repeats).reindex(interactions.index).to_numpy()
+    excluded["repeat"] += int(repeat.sum())
+    interactions = interactions[~repeat]
+    anomalous = _anomalous(rankings, interactions, config)
+    if anomalous:
+        bad_keys = {k.removeprefix("key:") for k in anomalous if k.startswith("key:")}
+        bad = rankings["who"].isin(anomalous)
+        if "key_id" in rankings and bad_keys:
+            bad |= rankings["key_id"].isin(bad_keys)
+        bad_requests = set(rankings.loc[bad, "request_id"])
+        dropped = interactions["who"].isin(anomalous) | interactions["request_id"].isin(bad_requests)
+        for who, why in anomalous.items():
+            n = int((interactions["who"] == who).sum())
+            if n:
+                excluded[f"anomalous:{why}"] += n
+        rankings = rankings[~bad]
+        interactions = interactions[~dropped]
+    counted = Counter({reason: n for reason, n in excluded.items() if n})
+    return Cleaned(rankings.drop(columns="who"), interactions.drop(columns=["who", "query"]), counted, anomalous)
+
+
+def engagement(rankings: pd.DataFrame, interactions: pd.DataFrame, levels: dict[str, int]) -> np.ndarray:
+    """Each impression row's best interaction level (0: none)."""
+    if interactions.empty:
+        return np.zeros(len(rankings), dtype=int)
+    best = interactions.assign(level=interactions["type"].map(levels)).groupby(["request_id", "product_id"])["level"].max()
+    keys = pd.MultiIndex.from_frame(rankings[["request_id", "product_id"]])
+    return best.reindex(keys).fillna(0).astype(int).to_numpy()

@@ -1,0 +1,67 @@
+"""The traffic filters on hand-made logs: each reason, counted; honest traffic untouched."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from online_learning.traffic_filter import FilterConfig, clean, engagement
+
+
+def searches(rows: list[tuple[str, str, str, list[str]]]) -> pd.DataFrame:
+    """(request, user, query, shown products) -> one impression row per shown product."""
+    return pd.DataFrame([{"request_id": r, "user_id": u, "session_id": None, "query": q, "product_id": p,
+                          "position": i + 1} for r, u, q, shown in rows for i, p in enumerate(shown)])
+
+
+def actions(rows: list[tuple[str, str | None, str, str]]) -> pd.DataFrame:
+    """(request, user, product, type) -> interaction rows in time order."""
+    return pd.DataFrame([{"event_id": f"e{i}", "request_id": r, "user_id": u, "session_id": None, "product_id": p,
+                          "type": t, "timestamp": pd.Timestamp("2026-11-01", tz="UTC") + pd.Timedelta(seconds=i)}
+                         for i, (r, u, p, t) in enumerate(rows)])
+
+
+def test_honest_traffic_passes_untouched() -> None:
+    ranks = searches([(f"r{i}", f"u{i}", "drill", ["a", "b", "c"]) for i in range(30)])
+    acts = actions([(f"r{i}", f"u{i}", "a", "click") for i in range(0, 30, 3)] + [("r0", None, "a", "purchase")])
+    out = clean(ranks, acts)
+    assert sum(out.excluded.values()) == 0 and out.anomalous == {} and len(out.interactions) == len(acts)
+    assert engagement(out.rankings, out.interactions, {"click": 1, "purchase": 3}).tolist()[:3] == [3, 0, 0]
+
+
+def test_clicks_need_an_impression_of_that_product_for_that_shopper() -> None:
+    ranks = searches([("r1", "u1", "drill", ["a", "b"])])
+    acts = actions([("r1", "u1", "z", "click"), ("r9", "u1", "a", "click"), ("r1", "u2", "a", "click"),
+                    ("r1", None, "b", "click")])
+    out = clean(ranks, acts)
+    assert out.excluded == {"no_impression": 2, "other_shopper": 1}
+    assert out.interactions["product_id"].tolist() == ["b"]  # anonymous: the search's own shopper
+
+
+def test_repeats_are_capped_per_shopper_query_product() -> None:
+    ranks = searches([(f"r{i}", "u1", "Drill ", ["a", "b"]) for i in range(6)])
+    acts = actions([(f"r{i}", "u1", "a", "click") for i in range(6)] + [("r0", "u1", "b", "click")])
+    out = clean(ranks, acts, FilterConfig(max_repeats=2, min_searches=100))
+    assert out.excluded["repeat"] == 4 and len(out.interactions) == 3
+
+
+def test_anomalous_shoppers_lose_every_search_and_interaction() -> None:
+    honest = [(f"h{i}", f"u{i}", "hose", ["a", "b"]) for i in range(200)]
+    bot = [(f"b{i}", "bot", f"hose {i}", ["a", "x"]) for i in range(30)]
+    ranks = searches(honest + bot)
+    acts = actions([(f"h{i}", f"u{i}", "a", "click") for i in range(0, 200, 10)]
+                   + [(f"b{i}", "bot", "x", "click") for i in range(30)])
+    out = clean(ranks, acts, FilterConfig(min_searches=20, ctr_ratio=3.0))
+    assert out.anomalous == {"bot": "click_rate"} and out.excluded == {"anomalous:click_rate": 30}
+    assert "bot" not in set(out.rankings["user_id"]) and len(out.interactions) == 20
+    volume = clean(ranks, acts, FilterConfig(max_searches=25))
+    assert volume.anomalous == {"bot": "volume"}
+    chatty = clean(ranks, acts, FilterConfig(min_clicks=30, min_searches=1000))
+    assert chatty.anomalous == {"bot": "no_conversion"}
+
+
+def test_a_key_whose_shoppers_are_all_anomalous_is_excluded() -> None:
+    ranks = searches([("r1", "bot1", "hose", ["x"]), ("r2", "bot2", "hose", ["x"]), ("r3", "u1", "hose", ["x"])])
+    ranks["key_id"] = ranks["request_id"].map({"r1": "k-bad", "r2": "k-bad", "r3": "k-good"})
+    acts = actions([("r1", "bot1", "x", "click"), ("r2", "bot2", "x", "click")])
+    out = clean(ranks, acts, FilterConfig(max_searches=0))  # every shopper over the volume limit
+    assert out.anomalous["key:k-bad"] == "all_shoppers_anomalous"
