@@ -12,11 +12,13 @@ Store features for candidates at request time, from Feast's online store.
 (``ranker_v1``) for one user and a list of candidate products through Feast's
 ``OnlineStore.online_read`` (the interface every online store implements,
 sqlite and Redis alike), and computes the service's on-demand features with the
-repo's own transformation. Product rows are cached in-process for
-``product_ttl`` seconds (read-through), because Feast's full
-``get_online_features`` took ~47 ms for 100 products + 1 user on this machine
-(``benchmarks/feature_fetch.py``) against a 5 ms budget; users are always read
-fresh.
+repo's own transformation. Product rows are cached in-process, because Feast's
+full ``get_online_features`` took ~47 ms for 100 products + 1 user on this
+machine (``benchmarks/feature_fetch.py``) against a 5 ms budget: a server warms
+the cache with every product in the background at start (:meth:`warm`), a row
+older than ``product_ttl`` seconds is served while it is re-read in the
+background (stale-while-revalidate), so a search never waits for a product read
+once the cache is warm; users are always read fresh.
 
 Missing values (a product with no popularity yet, an anonymous user) are NaN,
 which LightGBM treats as missing.
@@ -29,6 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,6 +151,8 @@ class OnlineFeatureReader:
         self.names = [f.name for p in self.service.feature_view_projections for f in p.features]
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        self._refreshing: set[str] = set()
+        self._refresher = ThreadPoolExecutor(1, thread_name_prefix="feature-refresh")
         self.hits = 0
         self.misses = 0
 
@@ -161,24 +166,51 @@ class OnlineFeatureReader:
                                          requested_features=features)
         return [{f: _value(values[f]) for f in features if f in values} if values else {} for _, values in rows]
 
+    def _read_products(self, product_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        merged: dict[str, dict[str, Any]] = {p: {} for p in product_ids}
+        for name, (_, _, join_key) in self._views.items():
+            if join_key == "product_id":
+                for p, row in zip(product_ids, self._read(name, list(product_ids))):
+                    merged[p].update(row)
+        return merged
+
+    def _store(self, rows: dict[str, dict[str, Any]], when: float) -> None:
+        with self._lock:
+            for p, row in rows.items():
+                self._cache[p] = (when, row)
+            self._refreshing.difference_update(rows)
+
+    def _refresh(self, product_ids: list[str]) -> None:
+        try:
+            self._store(self._read_products(product_ids), time.monotonic())
+        except Exception:  # noqa: BLE001 - the stale rows keep serving; the next access retries
+            logger.exception("refreshing %d products' store features failed", len(product_ids))
+            with self._lock:
+                self._refreshing.difference_update(product_ids)
+
+    def warm(self, product_ids: Sequence[str], batch: int = 2000) -> None:
+        """Read every product's rows into the cache (a server does this once, in the background)."""
+        for start in range(0, len(product_ids), batch):
+            self._refresh(list(product_ids[start : start + batch]))
+
     def _products(self, product_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Cached rows: a product never read is read now; a row older than ``product_ttl`` is
+        served as it is and re-read in the background (stale-while-revalidate)."""
         now = time.monotonic()
         with self._lock:
             cached = {p: self._cache.get(p) for p in product_ids}
-        missing = [p for p, entry in cached.items() if entry is None or now - entry[0] > self.product_ttl]
+            stale = [p for p, e in cached.items() if e is not None and now - e[0] > self.product_ttl
+                     and p not in self._refreshing]
+            self._refreshing.update(stale)
+        missing = [p for p, entry in cached.items() if entry is None]
         self.hits += len(product_ids) - len(missing)
         self.misses += len(missing)
+        if stale:
+            self._refresher.submit(self._refresh, stale)
         if missing:
-            merged: dict[str, dict[str, Any]] = {p: {} for p in missing}
-            for name, (_, _, join_key) in self._views.items():
-                if join_key != "product_id":
-                    continue
-                for p, row in zip(missing, self._read(name, missing)):
-                    merged[p].update(row)
-            with self._lock:
-                for p, row in merged.items():
-                    self._cache[p] = (now, row)
-                    cached[p] = (now, row)
+            fresh = self._read_products(missing)
+            self._store(fresh, now)
+            cached.update({p: (now, row) for p, row in fresh.items()})
         return [cached[p][1] for p in product_ids]  # type: ignore[index]
 
     def _user(self, user_id: str | None) -> dict[str, Any]:

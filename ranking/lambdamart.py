@@ -145,7 +145,9 @@ class LambdaMART:
         return cls(booster, list(train.names), config, history, parent=parent)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        scores = self.booster.predict(features, num_iteration=self.booster.best_iteration)  # type: ignore[attr-defined]
+        # one thread: a request's few hundred rows score faster than threads start (and serving has its own)
+        scores = self.booster.predict(features, num_iteration=self.booster.best_iteration,  # type: ignore[attr-defined]
+                                      num_threads=1)
         if self.parent is not None:
             scores = scores + self.parent.predict(features)
         return np.asarray(scores, dtype=np.float32)

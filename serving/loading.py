@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -200,7 +201,7 @@ def load_models(settings: Settings, ltr_versions: Sequence[str] = ()) -> Models:
 
 def open_engine(settings: Settings, products: pd.DataFrame | None = None, models: bool = True,
                 ltr_versions: Sequence[str] = (), encoder: Encoder | None = None,
-                index: ProductIndex | None = None) -> SearchEngine:
+                index: ProductIndex | None = None, warm_features: bool = True) -> SearchEngine:
     """The engine for ``settings``: encoder -> index (see :func:`open_index`) -> models -> pipelines.
 
     Args:
@@ -208,10 +209,16 @@ def open_engine(settings: Settings, products: pd.DataFrame | None = None, models
         models: Load the registered models (False: the first stage only).
         ltr_versions: Extra LambdaMART versions to serve (experiment arms, shadow).
         encoder, index: Already open ones to reuse (a hot swap keeps both).
+        warm_features: Read every product's store features into memory in the background.
     """
     encoder = encoder or open_encoder(settings)
     index = index or open_index(settings, encoder, products)
-    return assemble(index, encoder, settings, load_models(settings, ltr_versions) if models else Models())
+    loaded = load_models(settings, ltr_versions) if models else Models()
+    if warm_features and loaded.features is not None and loaded.ltr is not None:
+        # LambdaMART reads the store rows of every candidate: have them all in memory soon after start
+        live = index.products.loc[index.products["live"], "product_id"].tolist()
+        threading.Thread(target=loaded.features.warm, args=(live,), name="feature-warm", daemon=True).start()
+    return assemble(index, encoder, settings, loaded)
 
 
 @dataclass(frozen=True)

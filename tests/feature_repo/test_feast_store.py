@@ -104,6 +104,17 @@ def test_sqlite_online_store(sqlite_settings: Settings) -> None:
     check_latest(read_online(sqlite_settings))
 
 
+def test_warm_cache_and_stale_rows_refreshed_in_the_background(sqlite_settings: Settings) -> None:
+    feature_store.materialize(sqlite_settings, end=day(10).to_pydatetime())
+    reader = OnlineFeatureReader(feature_store.open_store(sqlite_settings), "ranker_v1", product_ttl=0.0)
+    reader.warm(["P1", "P2", "P3"])
+    first = reader.fetch(["P1", "P2"], None)
+    assert reader.misses == 0 and reader.hits == 2  # warmed: nothing read on the search path
+    reader._refresher.submit(lambda: None).result()  # the stale rows' refresh has run
+    assert first.columns["price"].tolist() == pytest.approx([12, 5])
+    assert reader.fetch(["P1"], None).columns["price"].tolist() == pytest.approx([12])
+
+
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (make test installs it)")
 def test_redis_online_store(sqlite_settings: Settings, tmp_path: Path) -> None:
     port = free_port()
