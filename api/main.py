@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from api import errors
+from api.admission import Admission
 from api.auth import RateLimiter
 from api.metrics import Metrics
 from api.routes import admin, events, health, search
@@ -73,7 +74,7 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     app.state.keys = KeyStore(settings.paths.keys)
     app.state.limiter = RateLimiter(settings.api.rate_limit_per_s, settings.api.rate_burst)
     limit = settings.serving.max_in_flight
-    app.state.admission = threading.BoundedSemaphore(limit) if limit else nullcontext()
+    app.state.admission = Admission(limit, settings.serving.shed_in_flight or 2 * (os.cpu_count() or 1))
     app.state.metrics = metrics
 
     @app.middleware("http")

@@ -67,4 +67,5 @@ class Query:
     filters: Filters = field(default_factory=Filters)
     deadline: float | None = None
     rewrite: bool = True  # False: search the text as typed (only normalized), no spelling correction
+    shed: bool = False  # the server is overloaded: skip the costly stages (cross-encoders), say so
     analysis: Analysis | None = None  # set by the first stage

@@ -108,6 +108,9 @@ class ServingSettings(BaseModel):
                                  "or the CLI is loaded within this time. 0: never check.")
     shadow_queue: int = Field(64, ge=1, le=10_000, description="Shadow searches waiting at most; more are "
                               "dropped (counted) so shadow scoring never slows serving.")
+    shed_in_flight: int = Field(0, ge=0, le=1024, description="Searches in flight per server process above "
+                                "which new ones skip the cross-encoders (served in LambdaMART / first-stage "
+                                "order, marked degraded) instead of queueing behind them. 0: one per core x 2.")
     max_in_flight: int = Field(0, ge=0, le=1024, description="Searches ranked at once per worker; more wait "
                                "(their deadline keeps running). 0: no limit.")
 

@@ -55,6 +55,7 @@ class ScoreStage:
     name: str
     score: Callable[[str, np.ndarray, float | None], np.ndarray]
     depth: int
+    costly: bool = True  # a model stage: shed first under overload (query.shed)
 
     def __call__(self, query: Query, candidates: Candidates) -> Candidates:
         if self.depth <= 0 or not len(candidates):
@@ -119,6 +120,9 @@ class Cascade:
             skippable = getattr(stage, "skippable", True)
             if skippable and query.deadline is not None and now >= query.deadline:
                 degraded.append(f"{name}: skipped, request budget spent")
+                continue
+            if query.shed and getattr(stage, "costly", False):
+                degraded.append(f"{name}: shed, overload")
                 continue
             limits = [d for d in (query.deadline, now + self.budgets[name] if name in self.budgets else None) if d]
             started = time.perf_counter()

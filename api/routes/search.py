@@ -37,10 +37,12 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
     started = time.perf_counter()
     settings = request.app.state.settings
     deadline = time.monotonic() + settings.serving.budget_ms / 1000
-    query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()), deadline, body.rewrite)
     unit = body.user_id or body.session_id or request.state.request_id
-    with request.app.state.admission:  # max_in_flight: queue here rather than oversubscribe the cores
+    with request.app.state.admission.enter() as shed:  # overload: shed the cross-encoders, then queue
+        query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()), deadline, body.rewrite,
+                            shed=shed)
         routed = served.router.search(served.engine, query, body.k, body.offset, unit, use_cache=not body.explain)
+    request.app.state.metrics.searches.labels("true" if shed else "false").inc()
     engine = served.engine
     result = routed.result
     metrics = request.app.state.metrics

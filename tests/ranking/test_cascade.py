@@ -81,3 +81,37 @@ def test_slow_or_failing_stages_are_skipped_and_named() -> None:
     spent = cascade.run(Query("q", deadline=time.monotonic() - 1), 5)
     assert spent.degraded == [f"{s}: skipped, request budget spent" for s in ("student", "teacher", "ltr")]
     assert spent.candidates.product_ids[:3] == ["p0", "p1", "p2"]
+
+
+def test_an_overloaded_search_sheds_the_model_stages_but_keeps_cheap_ones_and_rules() -> None:
+    from ranking.cascade import Noted
+
+    def rules(query: Query, c: Candidates) -> Noted:
+        return Noted(c, {c.product_ids[0]: ["pinned(1)"]})
+
+    rules.name, rules.skippable = "rules", False  # type: ignore[attr-defined]
+    cheap = ScoreStage("ltr", reverse_score, depth=5, costly=False)
+    cascade = Cascade("c", ListRetriever(), [ScoreStage("teacher", reverse_score, depth=5), cheap, rules],
+                      first_stage_depth=20)
+    shed = cascade.run(Query("q", shed=True), 5)
+    assert shed.degraded == ["teacher: shed, overload"] and "teacher" not in shed.candidates.scores
+    assert shed.candidates.stage == "ltr" and shed.notes == {shed.candidates.product_ids[0]: ["pinned(1)"]}
+    assert cascade.run(Query("q"), 5).degraded == []
+
+
+def test_admission_sheds_above_its_threshold_and_caps_in_flight() -> None:
+    import threading
+
+    from api.admission import Admission
+
+    admission = Admission(max_in_flight=0, shed_at=2)
+    with admission.enter() as a, admission.enter() as b, admission.enter() as c:
+        assert (a, b, c) == (False, False, True) and admission.in_flight == 3
+    assert admission.in_flight == 0
+    capped = Admission(max_in_flight=1, shed_at=10)
+    entered = threading.Event()
+    with capped.enter():
+        waiter = threading.Thread(target=lambda: capped.enter().__enter__() and None or entered.set())
+        waiter.start()
+        assert not entered.wait(0.1)  # the second search waits for the slot
+    assert entered.wait(2)

@@ -1,0 +1,42 @@
+"""Admission of searches into one server process: shed the costly stages before queueing.
+
+Two limits per process. Above ``shed_at`` searches in flight, a new search is
+still served but skips the cross-encoder stages (``Query.shed``: the LambdaMART /
+first-stage order, marked ``degraded``), so p95 stays near the cheap path's
+instead of climbing behind the model. At ``max_in_flight`` (when set) a new
+search waits for a slot; its deadline keeps running, so it degrades further
+rather than timing out. The share of shed searches is a metric
+(``shoprank_searches_total{shed="true"}``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Admission:
+    """Counts searches in flight; says whether the next one must shed its costly stages."""
+
+    def __init__(self, max_in_flight: int, shed_at: int) -> None:
+        self.shed_at = shed_at
+        self._slots = threading.BoundedSemaphore(max_in_flight) if max_in_flight else None
+        self._lock = threading.Lock()
+        self.in_flight = 0
+
+    @contextmanager
+    def enter(self) -> Iterator[bool]:
+        """Hold a slot for one search; yields True when it should shed the costly stages."""
+        if self._slots is not None:
+            self._slots.acquire()
+        with self._lock:
+            shed = self.in_flight >= self.shed_at
+            self.in_flight += 1
+        try:
+            yield shed
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+            if self._slots is not None:
+                self._slots.release()
