@@ -67,7 +67,7 @@ def _anomalous(rankings: pd.DataFrame, interactions: pd.DataFrame, config: Filte
     clicks = interactions[interactions["type"] == "click"].groupby("who")["request_id"].nunique()
     converts = interactions[interactions["type"] != "click"].groupby("who").size()
     found: dict[str, str] = {}
-    for who, n in per_search[per_search > config.max_searches].items():
+    for who in per_search[per_search > config.max_searches].index:
         found[who] = "volume"
     ctr = (clicks.reindex(per_search.index).fillna(0) / per_search).astype(float)
     population = float(clicks.sum() / max(1, per_search.sum()))
@@ -75,7 +75,7 @@ def _anomalous(rankings: pd.DataFrame, interactions: pd.DataFrame, config: Filte
     for who in high.index:
         found.setdefault(who, "click_rate")
     total_clicks = interactions[interactions["type"] == "click"].groupby("who").size()
-    for who, n in total_clicks[total_clicks >= config.min_clicks].items():
+    for who in total_clicks[total_clicks >= config.min_clicks].index:
         if converts.get(who, 0) == 0:
             found.setdefault(who, "no_conversion")
     if "key_id" in rankings:
