@@ -17,7 +17,13 @@ arms, :func:`clean` drops, and counts by reason:
    searches than ``max_searches``), ``click_rate`` (click-through over
    ``ctr_ratio`` times the population's, with at least ``min_searches``), or
    ``no_conversion`` (``min_clicks`` clicks or more and not one add to cart or
-   purchase).
+   purchase);
+5. ``anomalous:pair``: the clicks on one product for one query when a swarm of
+   shoppers, none very active alone, clicks it far more than its positions earn
+   (``pair_min_clicks`` clicks or more, a click on at least ``pair_min_ctr`` of its
+   impressions, over ``pair_ratio`` times the clicks every other product earned at
+   the same positions) and not one of them adds it to a cart
+   or buys it.
 
 The thresholds are chosen so honest traffic loses nothing measurable (see
 benchmarks/RESULTS.md); every exclusion is reported by reason.
@@ -39,6 +45,9 @@ class FilterConfig:
     ctr_ratio: float = 3.0
     min_searches: int = 20
     min_clicks: int = 200
+    pair_min_clicks: int = 20
+    pair_ratio: float = 6.0
+    pair_min_ctr: float = 0.5
 
 
 @dataclass
@@ -86,6 +95,28 @@ def _anomalous(rankings: pd.DataFrame, interactions: pd.DataFrame, config: Filte
     return found
 
 
+def _swarmed_pairs(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConfig) -> set[tuple]:
+    """(query, product) pairs clicked far above their positions' rate by shoppers who never convert."""
+    shown = rankings.assign(query=rankings["query"].str.lower().str.strip())
+    clicked = interactions[interactions["type"] == "click"].drop_duplicates(["request_id", "product_id"])
+    shown = shown.merge(clicked[["request_id", "product_id"]].assign(click=1), how="left",
+                        on=["request_id", "product_id"])
+    shown["click"] = shown["click"].fillna(0)
+    by_position = shown.groupby("position")["click"].agg(["sum", "size"])
+    cells = shown.groupby(["query", "product_id", "position"])["click"].agg(["sum", "size"]).reset_index()
+    # the rate every other product earned at the same position (the pair's own rows left out)
+    rest = by_position.reindex(cells["position"]).to_numpy() - cells[["sum", "size"]].to_numpy()
+    cells["expected"] = np.where(rest[:, 1] > 0, cells["size"] * rest[:, 0] / np.maximum(rest[:, 1], 1), np.nan)
+    pairs = cells.groupby(["query", "product_id"])[["sum", "size", "expected"]].sum(min_count=1)
+    pairs = pairs[(pairs["sum"] >= config.pair_min_clicks) & (pairs["sum"] > config.pair_ratio * pairs["expected"])
+                  & (pairs["sum"] >= config.pair_min_ctr * pairs["size"])]
+    if pairs.empty:
+        return set()
+    converted = set(zip(interactions.loc[interactions["type"] != "click", "query"],
+                        interactions.loc[interactions["type"] != "click", "product_id"]))
+    return {pair for pair in pairs.index if pair not in converted}
+
+
 def clean(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConfig = FilterConfig()) -> Cleaned:
     """Drop what is not a real shopper's reaction to a real impression (see the module docstring).
 
@@ -118,6 +149,12 @@ def clean(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConf
     repeat = (rank >= config.max_repeats).reindex(interactions.index).to_numpy()
     excluded["repeat"] += int(repeat.sum())
     interactions = interactions[~repeat]
+    swarmed = _swarmed_pairs(rankings, interactions, config)
+    if swarmed:
+        pair = pd.Series(list(zip(interactions["query"], interactions["product_id"])), index=interactions.index)
+        hit = pair.isin(swarmed) & (interactions["type"] == "click")
+        excluded["anomalous:pair"] += int(hit.sum())
+        interactions = interactions[~hit]
     anomalous = _anomalous(rankings, interactions, config)
     if anomalous:
         bad_keys = {k.removeprefix("key:") for k in anomalous if k.startswith("key:")}

@@ -65,3 +65,15 @@ def test_a_key_whose_shoppers_are_all_anomalous_is_excluded() -> None:
     acts = actions([("r1", "bot1", "x", "click"), ("r2", "bot2", "x", "click")])
     out = clean(ranks, acts, FilterConfig(max_searches=0))  # every shopper over the volume limit
     assert out.anomalous["key:k-bad"] == "all_shoppers_anomalous"
+
+
+def test_a_swarm_clicking_one_product_for_one_query_is_excluded_unless_it_converts() -> None:
+    honest = [(f"h{i}", f"u{i}", "hose", ["a", "b", "c"]) for i in range(300)]
+    swarm = [(f"s{i}", f"bot{i % 50}", "hose", ["a", "b", "x"]) for i in range(100)]
+    ranks = searches(honest + swarm)
+    clicks = ([(f"h{i}", f"u{i}", "a", "click") for i in range(0, 300, 3)]
+              + [(f"s{i}", f"bot{i % 50}", "x", "click") for i in range(100)])
+    out = clean(ranks, actions(clicks))
+    assert out.excluded == {"anomalous:pair": 100} and set(out.interactions["product_id"]) == {"a"}
+    bought = clean(ranks, actions([*clicks, ("s0", "bot0", "x", "purchase")]))
+    assert "anomalous:pair" not in bought.excluded  # a pair that sells is a popular product, not a swarm
