@@ -29,6 +29,7 @@ import numpy as np
 
 from core.errors import InvalidInput
 from evaluation.dataset import EvalDataset
+from simulation.attack import ClickAttack
 from simulation.click_model import ClickModel, ndcg
 from simulation.world import StoreWorld, purchase_propensity
 
@@ -156,13 +157,17 @@ class TrafficSimulator:
                                      "purchased": int(any(kind == "purchase" for _, kind in actions)),
                                      "clicked": int(any(kind == "click" for _, kind in actions))}
 
-    def run(self, sessions: int, concurrency: int = 4, start: int = 0, progress: bool = True) -> dict:
+    def run(self, sessions: int, concurrency: int = 4, start: int = 0, progress: bool = True,
+            attack: ClickAttack | None = None) -> dict:
+        """``sessions`` honest sessions (and, with ``attack``, its bot searches spread among them)."""
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         with httpx.Client(timeout=30.0, limits=limits) as client, ThreadPoolExecutor(concurrency) as pool:
             futures = [pool.submit(self.session, client, start + i) for i in range(sessions)]
+            if attack is not None:
+                futures += [pool.submit(attack.search, client, self.base_url, n) for n in range(attack.searches)]
             for future in tqdm(futures, disable=not progress, desc="simulated sessions", unit="s"):
                 future.result()
         total = ArmStats()
@@ -175,6 +180,7 @@ class TrafficSimulator:
         return {"sessions": sessions, "seconds": round(time.perf_counter() - started, 1),
                 "overall": total.summary(), "arms": {a: s.summary() for a, s in sorted(self.stats.items())},
                 "errors": dict(self.errors), "note": "SIMULATED shoppers (simulation.world)",
+                **({"attack": attack.report()} if attack is not None else {}),
                 "sessions_detail": {str(n): r for n, r in sorted(self.sessions.items())}}
 
 

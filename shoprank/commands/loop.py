@@ -49,7 +49,15 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
     simulator = TrafficSimulator(args.base_url, StoreWorld.load(settings.paths.world), load_dataset(args.dataset),
                                  args.split, seed=args.seed)
-    report = simulator.run(args.sessions, args.concurrency, start=args.start, progress=settings.progress)
+    attack = None
+    if args.attack_product:
+        from simulation.attack import ClickAttack
+
+        if not args.attack_query:
+            raise InvalidInput("--attack-product needs at least one --attack-query")
+        attack = ClickAttack(args.attack_product, args.attack_query, args.attack_bots, args.attack_searches)
+    report = simulator.run(args.sessions, args.concurrency, start=args.start, progress=settings.progress,
+                           attack=attack)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "sessions_detail"}, indent=2))
@@ -60,7 +68,8 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from online_learning.retrain import RetrainConfig, retrain
     from serving.loading import open_engine
 
-    config = RetrainConfig(since=args.since, until=args.until, min_searches=args.min_searches)
+    config = RetrainConfig(since=args.since, until=args.until, min_searches=args.min_searches,
+                           filter_traffic=not args.no_filter)
     engine = open_engine(settings)  # the served index and query encoder, the active models
     print(json.dumps(retrain(settings, engine.featurizer([]), engine.ltr, config), indent=2, default=str))
     return 0
@@ -167,12 +176,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start", type=int, default=0, help="first session number (continue a run)")
     p.add_argument("--out", default=None)
+    p.add_argument("--attack-product", default=None, help="SIMULATED attack: bots click this product id ...")
+    p.add_argument("--attack-query", action="append", default=[], help="... for this query (repeat for several)")
+    p.add_argument("--attack-bots", type=int, default=1, help="bot users sharing the attack (1, or a swarm)")
+    p.add_argument("--attack-searches", type=int, default=300, help="attack searches in all")
     p.set_defaults(handler=cmd_simulate)
 
     p = sub.add_parser("retrain", help="train and register a LambdaMART candidate from logged traffic")
     p.add_argument("--since", default=None)
     p.add_argument("--until", default=None)
     p.add_argument("--min-searches", type=int, default=200)
+    p.add_argument("--no-filter", action="store_true",
+                   help="learn from every logged event (no traffic filters): only to measure what they do")
     p.set_defaults(handler=cmd_retrain)
 
     p = sub.add_parser("promote", help="apply the promotion policy to the running experiment")

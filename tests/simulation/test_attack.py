@@ -1,0 +1,35 @@
+"""The SIMULATED click attack through the real API (in-process): bots search, page and click."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from core.settings import Settings
+from serving.loading import open_served
+from simulation.attack import ClickAttack
+
+
+def test_bots_click_the_product_where_it_shows(tmp_path, settings: Settings, real_index, real_encoder) -> None:  # type: ignore[no-untyped-def]
+    home = settings.model_copy(update={"home": tmp_path})
+    (tmp_path / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
+    app = create_app(home, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        listed = client.post("/v1/search", json={"query": "garden hose", "k": 100}).json()["items"]
+        target = listed[40]["product_id"]
+        attack = ClickAttack(target, ["garden hose"], bots=2, searches=6)
+        for number in range(attack.searches):
+            attack.search(client, "http://testserver", number)
+    report = attack.report()
+    assert report["searches"] == 6 and report["shown_share"] == 1.0 and report["median_rank_when_shown"] == 41
+    logged = [json.loads(line)["value"] for p in (tmp_path / "event_spool").rglob("segment-*.jsonl")
+              for line in p.read_text().splitlines()]
+    clicks = [e for e in logged if e.get("type") == "click"]
+    assert len(clicks) == 6 and {c["user_id"] for c in clicks} == {"bot-0", "bot-1"}
+    assert all(c["product_id"] == target and c["position"] == 41 for c in clicks)
