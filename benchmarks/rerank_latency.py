@@ -55,8 +55,10 @@ def main() -> None:
 
     settings = Settings(progress=False)
     dataset = load_dataset(args.dataset)
-    engine = open_engine(settings, dataset.products)
+    engine = open_engine(settings, dataset.products, warm_features=False)
     index = engine.index
+    if engine.models.features is not None:  # warm the store-feature cache first, as a server does at start
+        engine.models.features.warm(index.products.loc[index.products["live"], "product_id"].tolist())
     queries = [q for _, q in dataset.select("dev")][: args.queries]
     lists = {q: [index.title(int(d)) for d in engine.hybrid.search(q, args.candidates).docs] for q in queries}
     registry = ModelRegistry(settings.paths.models)
