@@ -102,13 +102,14 @@ def judged_lists(groups: Sequence[Group], first_stage: Cascade, index) -> list[T
 
 def served_lists(groups: Sequence[Group], first_stage: Cascade, index, depth: int,  # type: ignore[no-untyped-def]
                  negatives: int | None, seed: int = 13, progress: bool = True,
-                 pool: int = 1000) -> list[TrainingList]:
+                 pool: int = 1000, below: bool = False) -> list[TrainingList]:
     """The lists LambdaMART will serve (``shoprank train ltr --lists served``).
 
     For each query: the first stage's top ``depth`` as it is served (analyzed query,
-    the served BM25, dense and fused ranks), with judged grades; judged products the
-    first stage retrieved below ``depth`` (within its top ``pool``) join the list, so each
-    judged product it can rank is learnt from; of the unjudged products in the top
+    the served BM25, dense and fused ranks), with judged grades; with ``below``, judged
+    products the first stage retrieved below ``depth`` (within its top ``pool``) join the
+    list too (then only judged products hold deep ranks, and a model served deeper than
+    ``depth`` promotes deep rows: measured, NDCG@10 -0.22 at 500); of the unjudged products in the top
     ``depth``, ``negatives`` (seeded sample; None: all) stay with grade 0, the rest
     leave the list. Lists of fewer than two products or without a judged one are skipped.
     """
@@ -117,7 +118,7 @@ def served_lists(groups: Sequence[Group], first_stage: Cascade, index, depth: in
     for group in tqdm(groups, disable=not progress, desc="served lists", unit="q"):
         ranked = first_stage.run(Query(group.query), max(depth, pool))
         full = ranked.candidates
-        judged = [i for i, p in enumerate(full.product_ids) if p in group.judged]
+        judged = [i for i, p in enumerate(full.product_ids[: None if below else depth]) if p in group.judged]
         unjudged = [i for i in range(min(depth, len(full))) if full.product_ids[i] not in group.judged]
         if negatives is not None:
             unjudged = sorted(rng.sample(unjudged, k=min(negatives, len(unjudged))))

@@ -186,7 +186,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     for name, groups in (("train", train), ("dev", dev)):
         if args.lists == "served":
             lists[name] = served_lists(groups, first_stage, engine.index, depth, args.negatives, args.seed,
-                                       settings.progress)
+                                       settings.progress, below=args.below_depth)
         else:
             if args.negatives:  # unjudged first-stage candidates as grade 0 (see ranking/training/ltr_data.py)
                 mine_negatives(groups, first_stage, engine.index, args.negatives, seed=args.seed,
@@ -207,7 +207,8 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     entry = registry.register(
         "ltr", work, base_model="lightgbm-lambdarank", parent=f"reranker:{engine.teacher.version}" if engine.teacher else None,
         training_data=data_hash(train), params={**asdict(config), "features": model.names, "split": args.split,
-                                                 "lists": args.lists, "depth": depth, "negatives": args.negatives,
+                                                 "lists": args.lists, "depth": depth, "below_depth": args.below_depth,
+                                                 "negatives": args.negatives,
                                                  "feature_groups": groups_wanted,
                                                  "feature_service": settings.features.service if store else None,
                                                  "served_models": engine.versions},
@@ -303,6 +304,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="served: each query's first-stage top --depth as served, with judged grades; judged: the "
                         "judged products ranked among themselves")
     p.add_argument("--depth", type=count, default=None, help="served list depth (default: ranking.ltr_depth)")
+    p.add_argument("--below-depth", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --lists served: also learn from the judged products retrieved below --depth (default: "
+                        "off; on, the model learns that deep ranks hold judged products and must never serve deeper)")
     p.add_argument("--negatives", type=negatives_count, default=3,
                    help="unjudged first-stage candidates per query kept with grade 0 ('all' with --lists served); "
                         "0 = judged products only")

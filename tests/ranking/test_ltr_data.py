@@ -34,12 +34,14 @@ def test_served_lists_are_the_first_stage_top_with_served_ranks(settings: Settin
     served = first.search("cordles drill", 50)  # misspelled: the list is of the analyzed query
     judged = {served.product_ids[2]: 3, served.product_ids[30]: 2, "not-retrieved": 1}
     group = Group("q1", "cordles drill", judged)
-    every = served_lists([group], first, real_index, depth=10, negatives=None, progress=False)[0]
-    assert every.query.text == "cordless drill" and every.query.analysis.rewrites
+    top = served_lists([group], first, real_index, depth=10, negatives=None, progress=False)[0]
+    assert top.query.text == "cordless drill" and top.query.analysis.rewrites
+    assert top.candidates.product_ids == served.product_ids[:10] and top.labels.sum() == 3  # the top 10 as served
+    every = served_lists([group], first, real_index, depth=10, negatives=None, progress=False, below=True)[0]
     assert every.candidates.product_ids[:10] == served.product_ids[:10]  # the top 10 as served ...
     assert every.candidates.product_ids[10:] == [served.product_ids[30]]  # ... then judged ones below it
     assert every.labels.tolist()[2] == 3 and every.labels.tolist()[10] == 2 and every.labels.sum() == 5
-    some = served_lists([group], first, real_index, depth=10, negatives=3, progress=False)[0]
+    some = served_lists([group], first, real_index, depth=10, negatives=3, progress=False, below=True)[0]
     assert len(some.candidates) == 5 and sorted(some.labels.tolist()) == [0, 0, 0, 2, 3]
     names = feature_names(["base", "ranks", "relevance"])
     data = ranking_data([every], engine.featurizer(names), None, {}, progress=False)
