@@ -25,7 +25,7 @@ from core.query import Query  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from retrieval.analyzer import Analyzer  # noqa: E402
-from serving.loading import open_engine  # noqa: E402
+from serving.loading import open_engine, warm_store_features  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     warm_seconds = None
     if engine.models.features is not None:  # as a server does at start (in the background there)
         started = time.perf_counter()
-        engine.models.features.warm(engine.index.products.loc[engine.index.products["live"], "product_id"].tolist())
+        warm_store_features(engine)
         warm_seconds = round(time.perf_counter() - started, 1)
     model = engine.ltr.model
     featurizer = engine.featurizer(model.names)  # type: ignore[attr-defined]

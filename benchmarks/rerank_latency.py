@@ -25,7 +25,7 @@ from core.registry import ModelRegistry  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from ranking.cross_encoder import CrossEncoderScorer  # noqa: E402
-from serving.loading import open_engine  # noqa: E402
+from serving.loading import open_engine, warm_store_features  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 
@@ -57,8 +57,7 @@ def main() -> None:
     dataset = load_dataset(args.dataset)
     engine = open_engine(settings, dataset.products, warm_features=False)
     index = engine.index
-    if engine.models.features is not None:  # warm the store-feature cache first, as a server does at start
-        engine.models.features.warm(index.products.loc[index.products["live"], "product_id"].tolist())
+    warm_store_features(engine)  # as a server does at start, before anything is timed
     queries = [q for _, q in dataset.select("dev")][: args.queries]
     lists = {q: [index.title(int(d)) for d in engine.hybrid.search(q, args.candidates).docs] for q in queries}
     registry = ModelRegistry(settings.paths.models)

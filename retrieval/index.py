@@ -114,7 +114,7 @@ class ProductIndex:
         self._ids: list[str] = products["product_id"].tolist()
         self._row_of = {pid: row for row, pid in enumerate(self._ids) if products["live"].iat[row]}
         self.vocabulary = vocabulary if vocabulary is not None else _vocabulary(products)
-        self.analyzer = Analyzer(self.vocabulary)
+        self._analyzer: Analyzer | None = None
 
     # -- build / load / save ---------------------------------------------------
     @classmethod
@@ -173,6 +173,14 @@ class ProductIndex:
 
     # -- reads ------------------------------------------------------------------
     @property
+    def analyzer(self) -> Analyzer:
+        """The query analyzer of this catalog, made on first use (its spelling dictionary takes
+        a second or two for a large catalog; the serving layer asks for it when it loads)."""
+        if self._analyzer is None:
+            self._analyzer = Analyzer(self.vocabulary)
+        return self._analyzer
+
+    @property
     def count(self) -> int:
         return len(self._row_of)
 
@@ -191,6 +199,9 @@ class ProductIndex:
 
     def live_products(self) -> pd.DataFrame:
         return self.products[self.products["live"]].drop(columns="live")
+
+    def live_product_ids(self) -> list[str]:
+        return self.products.loc[self.products["live"], "product_id"].tolist()
 
     # -- writes -----------------------------------------------------------------
     def upsert(self, incoming: pd.DataFrame, encoder: Encoder, cache: EmbeddingCache,
@@ -249,7 +260,7 @@ class ProductIndex:
         self.manifest.catalog_hash = catalog_hash(self.live_products())
         self.manifest.updated = _now()
         self.vocabulary = _vocabulary(self.products)  # the analyzer follows the catalog
-        self.analyzer = Analyzer(self.vocabulary)
+        self._analyzer = None
         self.save()
 
     def needs_compaction(self) -> bool:

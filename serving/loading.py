@@ -214,11 +214,17 @@ def open_engine(settings: Settings, products: pd.DataFrame | None = None, models
     encoder = encoder or open_encoder(settings)
     index = index or open_index(settings, encoder, products)
     loaded = load_models(settings, ltr_versions) if models else Models()
-    if warm_features and loaded.features is not None and loaded.ltr is not None:
-        # LambdaMART reads the store rows of every candidate: have them all in memory soon after start
-        live = index.products.loc[index.products["live"], "product_id"].tolist()
-        threading.Thread(target=loaded.features.warm, args=(live,), name="feature-warm", daemon=True).start()
-    return assemble(index, encoder, settings, loaded)
+    engine = assemble(index, encoder, settings, loaded)
+    if warm_features and loaded.ltr is not None:  # LambdaMART reads the store rows of every candidate
+        threading.Thread(target=warm_store_features, args=(engine,), name="feature-warm", daemon=True).start()
+    return engine
+
+
+def warm_store_features(engine: SearchEngine) -> None:
+    """Read every live product's store features into the reader's cache (a server does this once,
+    in the background, after it loads)."""
+    if engine.models.features is not None:
+        engine.models.features.warm(engine.index.live_product_ids())
 
 
 @dataclass(frozen=True)

@@ -116,8 +116,8 @@ def served_lists(groups: Sequence[Group], first_stage: Cascade, index, depth: in
     rng = random.Random(seed)
     out = []
     for group in tqdm(groups, disable=not progress, desc="served lists", unit="q"):
-        ranked = first_stage.run(Query(group.query), max(depth, pool))
-        full = ranked.candidates
+        query = first_stage.analyze(Query(group.query))
+        full = first_stage.run(query, max(depth, pool)).candidates
         judged = [i for i, p in enumerate(full.product_ids[: None if below else depth]) if p in group.judged]
         unjudged = [i for i in range(min(depth, len(full))) if full.product_ids[i] not in group.judged]
         if negatives is not None:
@@ -126,8 +126,6 @@ def served_lists(groups: Sequence[Group], first_stage: Cascade, index, depth: in
         if len(rows) < 2 or not judged:
             continue
         candidates = full.take(np.array(rows))
-        query = replace(Query(group.query), text=ranked.analysis.text or group.query, analysis=ranked.analysis) \
-            if ranked.analysis else Query(group.query)
         out.append(TrainingList(group.qid, query, candidates,
                                 np.array([group.judged.get(p, 0) for p in candidates.product_ids], np.int32)))
     return out
