@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from core.settings import Settings  # noqa: E402
+from core.settings import Settings, get_settings  # noqa: E402
 from retrieval.catalog import read_catalog  # noqa: E402
 from retrieval.embedding_cache import EmbeddingCache  # noqa: E402
 from retrieval.index import ProductIndex  # noqa: E402
@@ -67,3 +67,13 @@ def real_index(settings: Settings, demo_products: pd.DataFrame, real_encoder) ->
     from serving import loading
 
     return loading.ensure_index(settings, demo_products, loading.index_path(settings, real_encoder, "demo"), real_encoder)
+
+
+@pytest.fixture()
+def env_home(monkeypatch: pytest.MonkeyPatch, settings: Settings, real_encoder) -> Path:  # type: ignore[no-untyped-def]
+    """The session's home as the CLI sees it (``SHOPRANK_HOME``), with the real encoder exported."""
+    monkeypatch.setenv("SHOPRANK_HOME", str(settings.home))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    yield settings.home
+    get_settings.cache_clear()

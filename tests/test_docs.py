@@ -18,15 +18,14 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from core.settings import Settings
 from online_learning.local_broker import free_port
+from tests.helpers import share_cache, start_serve, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -64,28 +63,11 @@ def served_demo(tmp_path_factory: pytest.TempPathFactory, settings: Settings, re
     """`shoprank serve` with embedded defaults on a fresh home (the demo store), as `make run` starts it;
     the home's cache is the session's, so the ONNX export of the bi-encoder is reused. Yields the port."""
     port = free_port()
-    home = tmp_path_factory.mktemp("docs_home")
-    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
+    home = share_cache(tmp_path_factory.mktemp("docs_home"), settings)
     env = {k: v for k, v in _client_env().items() if not k.startswith("SHOPRANK_")}
-    env |= {"SHOPRANK_HOME": str(home), "SHOPRANK_PROGRESS": "false", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shoprank.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    process = start_serve(home, port, {"HF_HUB_OFFLINE": "1"}, base_env=env)
     try:
-        deadline = time.monotonic() + 240
-        ready = None
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"server exited: {process.stdout.read() if process.stdout else ''}")
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
-                if ready.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        assert ready is not None and ready.status_code == 200, ready.text if ready else "no answer"
+        wait_ready(f"http://127.0.0.1:{port}", process)
         yield port
     finally:
         process.terminate()

@@ -22,13 +22,12 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
 from core.settings import EventSettings, Settings
 from online_learning.consumers.base import ConsumerLoop
 from online_learning.consumers.log_sink import ParquetLogSink, read_log
 from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC
 from online_learning.local_broker import LocalBroker, create_topics
-from serving.loading import open_served
+from tests.helpers import app_on
 
 pytestmark = pytest.mark.integration
 
@@ -149,7 +148,7 @@ def test_broker_stops_mid_load_and_nothing_accepted_is_lost(tmp_path: Path, sett
                                          "events": EventSettings(kafka_bootstrap=broker.bootstrap)})
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
-    app = create_app(served, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
+    app = app_on(served, real_index, real_encoder)
     try:
         with TestClient(app) as client:
             wait_for(lambda: client.get("/readyz").status_code == 200, 60, "readiness")

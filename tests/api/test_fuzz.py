@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
-from api.main import create_app
 from core.keys import KeyStore
 from core.settings import ApiSettings, Settings
-from serving.loading import open_served
+from tests.helpers import app_on, ready_client, share_cache
 
 pytestmark = pytest.mark.slow
 
@@ -24,18 +21,14 @@ def fuzz_client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
                 real_index, real_encoder):
     """The API as `make run` serves it, and with API keys required (a valid key sent unless a
     fuzzed case sends its own credentials)."""
-    home = tmp_path_factory.mktemp("fuzz")
-    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
+    home = share_cache(tmp_path_factory.mktemp("fuzz"), settings)
     fuzz_settings = settings.model_copy(update={"home": home, "api": ApiSettings(admin_token="t",
                                                                                  keys_required=request.param)})
     headers = {}
     if request.param:
         headers["X-API-Key"] = KeyStore(fuzz_settings.paths.keys).create("default", ["search", "events", "admin"])[1]
-    app = create_app(fuzz_settings, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
-    with TestClient(app, raise_server_exceptions=False, headers=headers) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    app = app_on(fuzz_settings, real_index, real_encoder)
+    with ready_client(app, raise_server_exceptions=False, headers=headers) as client:
         yield client
 
 

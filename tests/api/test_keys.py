@@ -7,21 +7,18 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from api.auth import RateLimiter
-from api.main import create_app
 from core.errors import TooManyRequests
 from core.keys import KeyStore
 from core.settings import ApiSettings, Settings
-from serving.loading import open_served
 from shoprank.cli import main
+from tests.helpers import app_on, ready_client, share_cache
 
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory, settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
-    home = tmp_path_factory.mktemp("keyed")
-    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
+    home = share_cache(tmp_path_factory.mktemp("keyed"), settings)
     keyed = settings.model_copy(update={"home": home, "api": ApiSettings(keys_required=True, rate_limit_per_s=1.0,
                                                                          rate_burst=3)})
     store = KeyStore(keyed.paths.keys)
@@ -29,11 +26,8 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, settings: Settings, real_ind
             "events": store.create("default", ["events"])[1],
             "admin": store.create("default", ["admin"])[1],
             "other": store.create("other-store", ["search", "events"])[1]}
-    app = create_app(keyed, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
-    with TestClient(app) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    app = app_on(keyed, real_index, real_encoder)
+    with ready_client(app) as client:
         yield client, keys, store
 
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
 from core.registry import ModelRegistry
 from core.settings import ApiSettings, Settings
 from ranking.cross_encoder import export
 from ranking.cross_encoder_net import PairScorer
 from retrieval.encoder import resolve_model_dir
-from serving.loading import open_served
+from tests.helpers import app_on, ready_client, share_cache
 
 
 def tiny_reranker(folder: Path, seed: int) -> Path:
@@ -34,8 +33,7 @@ def tiny_reranker(folder: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def ops_settings(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Settings:
-    home = tmp_path_factory.mktemp("ops")
-    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
+    home = share_cache(tmp_path_factory.mktemp("ops"), settings)
     ops = settings.model_copy(update={"home": home, "api": ApiSettings(admin_token="s3cret")})
     registry = ModelRegistry(ops.paths.models)
     for seed in (1, 2):
@@ -46,11 +44,8 @@ def ops_settings(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -
 
 @pytest.fixture(scope="module")
 def client(ops_settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
-    app = create_app(ops_settings, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
-    with TestClient(app) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    app = app_on(ops_settings, real_index, real_encoder)
+    with ready_client(app) as client:
         yield client
 
 

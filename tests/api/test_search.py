@@ -10,16 +10,14 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from core.settings import Settings
-from serving.loading import Served, open_served
+from serving.loading import Served
+from tests.helpers import app_on, ready_client
 
 
 @pytest.fixture(scope="module")
 def client(settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
-    app = create_app(settings, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
-    with TestClient(app) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    app = app_on(settings, real_index, real_encoder)
+    with ready_client(app) as client:
         yield client
 
 

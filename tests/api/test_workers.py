@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from core.registry import ModelRegistry
 from core.settings import Settings
 from online_learning.local_broker import free_port
 from tests.api.test_operations import tiny_reranker
+from tests.helpers import share_cache, start_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,20 +39,16 @@ def ready_states(base: str, wanted: int, seconds: float) -> dict[int, dict[str, 
 
 
 def test_a_swap_through_one_process_reaches_every_process(tmp_path: Path, settings: Settings, real_index) -> None:  # type: ignore[no-untyped-def]
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
+    home = share_cache(tmp_path / "home", settings)
     registry = ModelRegistry(home / "models")
     for seed in (1, 2):
         registry.register("reranker", tiny_reranker(tmp_path / f"m{seed}", seed), base_model="minilm")
     registry.activate("reranker", "v1")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "SHOPRANK_HOME": str(home), "SHOPRANK_PROGRESS": "false",
-           "SHOPRANK_API__ADMIN_TOKEN": TOKEN, "SHOPRANK_SERVING__RELOAD_POLL_S": "0.5"}
     log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "shoprank.cli", "serve", "--host", "127.0.0.1",
-                                "--port", str(port), "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = start_serve(home, port, {"SHOPRANK_API__ADMIN_TOKEN": TOKEN, "SHOPRANK_SERVING__RELOAD_POLL_S": "0.5"},
+                          ("--workers", "2"), stdout=log, stderr=subprocess.STDOUT)
     try:
         before = ready_states(base, 2, 240)
         assert len(before) == 2, f"expected 2 server processes, saw {before}; log: {tmp_path / 'serve.log'}"

@@ -7,32 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings, get_settings
 from evaluation.subsets import SUBSETS
 from shoprank.cli import build_parser, main
+from tests.helpers import run_cli
 
 METRICS = {"ndcg@10", "mrr@10", "recall@100", "recall@1000", "ndcg@10_unjudged_as_0", "judged@10"}
 COMPARISON_KEYS = {"mean_a", "mean_b", "diff", "ci_low", "ci_high", "p_value", "better", "worse", "ties"}
 
 
-@pytest.fixture()
-def env_home(monkeypatch: pytest.MonkeyPatch, settings: Settings, real_encoder) -> Path:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("SHOPRANK_HOME", str(settings.home))
-    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
-    get_settings.cache_clear()
-    yield settings.home
-    get_settings.cache_clear()
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_compare_bm25_with_hybrid_json(env_home: Path, demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ("evaluate", "--dataset", str(demo_dir), "--mode", "retrieval")
-    code, out, err = run(capsys, *base, "--pipeline", "bm25", "--compare", "hybrid", "--subset", "all", "--json")
+    code, out, err = run_cli(capsys, *base, "--pipeline", "bm25", "--compare", "hybrid", "--subset", "all", "--json")
     assert code == 0, err
     payload = json.loads(out)
     assert set(payload) == {"first", "second", "comparison", "subset", "queries"}
@@ -50,7 +37,7 @@ def test_compare_bm25_with_hybrid_json(env_home: Path, demo_dir: Path, capsys: p
         assert n == (payload["first"]["recall_queries"] if metric.startswith("recall") else payload["queries"])
 
     # each side's figures are the single run's figures (the harness output is unchanged but for "subset")
-    code, out, _ = run(capsys, *base, "--pipeline", "bm25", "--json")
+    code, out, _ = run_cli(capsys, *base, "--pipeline", "bm25", "--json")
     single = json.loads(out)
     assert code == 0 and single["subset"] == "all"
     single.pop("latency_ms")
@@ -59,7 +46,7 @@ def test_compare_bm25_with_hybrid_json(env_home: Path, demo_dir: Path, capsys: p
     # the two subsets partition the queries
     counts = {}
     for subset in ("misspelled", "correct"):
-        code, out, err = run(capsys, *base, "--pipeline", "bm25", "--subset", subset, "--json")
+        code, out, err = run_cli(capsys, *base, "--pipeline", "bm25", "--subset", subset, "--json")
         assert code == 0, err
         result = json.loads(out)
         assert result["subset"] == subset
@@ -69,15 +56,15 @@ def test_compare_bm25_with_hybrid_json(env_home: Path, demo_dir: Path, capsys: p
 
 def test_compare_readable_and_bad_input(env_home: Path, demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ("evaluate", "--dataset", str(demo_dir), "--mode", "rerank", "--split", "dev", "--limit", "10")
-    code, out, err = run(capsys, *base, "--pipeline", "bm25", "--compare", "dense")
+    code, out, err = run_cli(capsys, *base, "--pipeline", "bm25", "--compare", "dense")
     assert code == 0, err
     assert "first: bm25" in out and "second: dense" in out and "comparison: dense - bm25 on" in out
     rows = {line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in METRICS}
     assert rows == {"ndcg@10", "mrr@10"}  # rerank mode: the rerank metrics only
 
-    code, _, err = run(capsys, *base, "--pipeline", "hybrid", "--compare", "hybrid")
+    code, _, err = run_cli(capsys, *base, "--pipeline", "hybrid", "--compare", "hybrid")
     assert code == 2 and "error: --compare 'hybrid' names the same pipeline as --pipeline" in err
-    code, _, err = run(capsys, *base, "--pipeline", "bm25", "--compare", "nope")
+    code, _, err = run_cli(capsys, *base, "--pipeline", "bm25", "--compare", "nope")
     assert code == 2 and "pipeline 'nope' is not one of" in err
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--subset", "typos"])

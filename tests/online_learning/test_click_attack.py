@@ -3,7 +3,6 @@ product for a query; the nightly retrain learns it without the traffic filters a
 
 from __future__ import annotations
 
-import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,32 +24,21 @@ from online_learning.retrain import RetrainConfig, retrain
 from ranking.features import feature_names
 from ranking.lambdamart import LambdaMART
 from serving.engine import SearchEngine, assemble
+from tests.helpers import demo_traffic
 
 pytestmark = pytest.mark.slow
-QUERIES = ["cordless drill", "garden hose", "ceiling fan", "interior paint", "toilet seat", "led light bulb"]
 ATTACKED = "garden hose"
 
 
 def logged(engine: SearchEngine, target: str, bots: int, searches: int = 600, attack: int = 300) -> list[Delivered]:
-    """Honest shoppers click products whose title holds the query's last word; bots click ``target``."""
-    rng, out = random.Random(1), []
+    """Honest demo-store traffic (one search per shopper), then bots clicking ``target``."""
+    out = demo_traffic(engine, searches, users=searches)
     start = datetime(2026, 11, 1, tzinfo=UTC)
 
     def add(event: RankingEvent | InteractionEvent) -> None:
         out.append(Delivered(RANKINGS_TOPIC if isinstance(event, RankingEvent) else INTERACTIONS_TOPIC, 0, len(out),
                              event))
 
-    for i in range(searches):
-        query = rng.choice(QUERIES)
-        shown = engine.hybrid.search(query, 30).product_ids
-        rng.shuffle(shown)
-        request, when = f"r{i}", start + timedelta(minutes=i)
-        add(RankingEvent(event_id=request, request_id=request, timestamp=when, user_id=f"u{i}", query=query,
-                         pipeline="full", items=[ShownItem(product_id=p, position=j + 1) for j, p in enumerate(shown[:10])]))
-        for j, product in enumerate(shown[:10]):
-            if query.split()[-1] in engine.index.title(engine.index.doc_of(product)).lower() and rng.random() < 1 / (j + 1):
-                add(InteractionEvent(type="click", event_id=f"c{i}-{j}", request_id=request, timestamp=when,
-                                     product_id=product, position=j + 1))
     for b in range(bots):
         for i in range(attack // bots):
             shown = [*engine.hybrid.search(ATTACKED, 9).product_ids, target]  # paged until the target shows

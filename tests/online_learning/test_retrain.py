@@ -3,60 +3,26 @@
 from __future__ import annotations
 
 import fcntl
-import random
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from core.registry import ModelRegistry
 from core.settings import Settings
-from online_learning.consumers.base import Delivered
 from online_learning.consumers.log_sink import ParquetLogSink
-from online_learning.events import (
-    INTERACTIONS_TOPIC,
-    RANKINGS_TOPIC,
-    InteractionEvent,
-    RankingEvent,
-    ShownItem,
-)
 from online_learning.retrain import RetrainConfig, retrain
 from ranking.lambdamart import LambdaMART
-from serving.engine import SearchEngine, assemble
+from serving.engine import assemble
+from tests.helpers import demo_traffic
 
 pytestmark = pytest.mark.slow
-
-
-def traffic(engine: SearchEngine, root: Path, searches: int = 300) -> None:
-    """Logged searches of the demo store; shoppers click products whose title shares the query's last word."""
-    rng = random.Random(1)
-    queries = ["cordless drill", "garden hose", "ceiling fan", "interior paint", "toilet seat", "led light bulb"]
-    batch = []
-    start = datetime(2026, 11, 1, tzinfo=UTC)
-    for i in range(searches):
-        query = rng.choice(queries)
-        shown = engine.hybrid.search(query, 30).product_ids
-        rng.shuffle(shown)
-        shown = shown[:10]
-        request = f"r{i}"
-        when = start + timedelta(minutes=i)
-        batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
-            event_id=request, request_id=request, timestamp=when, user_id=f"u{i % 20}", query=query, pipeline="full",
-            items=[ShownItem(product_id=p, position=j + 1) for j, p in enumerate(shown)])))
-        for j, product in enumerate(shown):
-            relevant = query.split()[-1] in engine.index.title(engine.index.doc_of(product)).lower()
-            if relevant and rng.random() < 1.0 / (j + 1):
-                batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
-                    type="click", event_id=f"c{i}-{j}", request_id=request, timestamp=when, product_id=product,
-                    position=j + 1)))
-    ParquetLogSink(root)(batch)
 
 
 @pytest.fixture()
 def setup(tmp_path: Path, settings: Settings, real_index, real_encoder):  # type: ignore[no-untyped-def]
     home_settings = settings.model_copy(update={"home": tmp_path})
     engine = assemble(real_index, real_encoder, home_settings)
-    traffic(engine, home_settings.paths.event_log)
+    ParquetLogSink(home_settings.paths.event_log)(demo_traffic(engine))
     return home_settings, engine
 
 

@@ -9,35 +9,21 @@ import pytest
 
 from core.settings import Settings, get_settings
 from shoprank.cli import main
-
-
-@pytest.fixture()
-def env_home(monkeypatch: pytest.MonkeyPatch, settings: Settings, real_encoder) -> Path:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("SHOPRANK_HOME", str(settings.home))
-    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
-    get_settings.cache_clear()
-    yield settings.home
-    get_settings.cache_clear()
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.helpers import run_cli
 
 
 def test_index_upsert_delete(env_home: Path, demo_dir: Path, tmp_path: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "index", "--catalog", str(demo_dir / "products.csv"), "--name", "cli")
+    code, out, _ = run_cli(capsys, "index", "--catalog", str(demo_dir / "products.csv"), "--name", "cli")
     assert code == 0 and json.loads(out)["products"] == 300
     extra = tmp_path / "more.jsonl"
     extra.write_text('{"product_id": "NEW1", "title": "Solar garden fountain pump"}\n'
                      '{"product_id": "P100000", "title": "Renamed toilet"}\n')
-    code, out, _ = run(capsys, "index", "--catalog", str(extra), "--name", "cli", "--upsert")
+    code, out, _ = run_cli(capsys, "index", "--catalog", str(extra), "--name", "cli", "--upsert")
     summary = json.loads(out)
     assert code == 0 and summary["products"] == 301
     assert summary["upsert"] == {"added": 1, "updated_text": 1, "updated_attributes": 0, "unchanged": 0}
-    code, out, _ = run(capsys, "delete", "--name", "cli", "NEW1", "missing-id")
+    code, out, _ = run_cli(capsys, "delete", "--name", "cli", "NEW1", "missing-id")
     assert code == 0 and json.loads(out) == {"deleted": 1, "not_found": ["missing-id"], "products": 300}
 
 
@@ -45,17 +31,17 @@ def test_bad_catalog_exits_nonzero_naming_row_and_column(env_home: Path, tmp_pat
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("product_id,title\n1,Drill\n2,\n3,Saw\n")
-    code, _, err = run(capsys, "index", "--catalog", str(bad), "--name", "bad")
+    code, _, err = run_cli(capsys, "index", "--catalog", str(bad), "--name", "bad")
     assert code == 2
     assert "bad.csv row 2, column 'title': missing" in err and "--skip-bad-rows" in err
-    code, out, _ = run(capsys, "index", "--catalog", str(bad), "--name", "bad", "--skip-bad-rows")
+    code, out, _ = run_cli(capsys, "index", "--catalog", str(bad), "--name", "bad", "--skip-bad-rows")
     assert code == 0 and json.loads(out)["rows_skipped"] == 1 and json.loads(out)["products"] == 2
 
 
 def test_evaluate_json_on_demo_store(env_home: Path, demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = {}
     for pipeline in ("bm25", "hybrid"):
-        code, out, _ = run(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "retrieval",
+        code, out, _ = run_cli(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "retrieval",
                            "--pipeline", pipeline, "--json")
         assert code == 0
         results[pipeline] = json.loads(out)
@@ -64,11 +50,11 @@ def test_evaluate_json_on_demo_store(env_home: Path, demo_dir: Path, capsys: pyt
     assert hybrid["queries"] + hybrid["skipped"] == 60
     # loose bar on the generated store: word-matching queries are easy for both
     assert hybrid["ndcg@10"] > 0.8 and hybrid["recall@100"] > 0.9
-    code, out, _ = run(capsys, "evaluate", "--dataset", str(demo_dir), "--split", "dev", "--mode", "rerank",
+    code, out, _ = run_cli(capsys, "evaluate", "--dataset", str(demo_dir), "--split", "dev", "--mode", "rerank",
                        "--pipeline", "dense", "--json")
     payload = json.loads(out)
     assert code == 0 and payload["split"] == "dev" and "recall@100" not in payload
-    code, _, err = run(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "rerank", "--pipeline", "nope")
+    code, _, err = run_cli(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "rerank", "--pipeline", "nope")
     assert code == 2 and "pipeline 'nope' is not one of" in err
 
 
@@ -82,7 +68,7 @@ def test_train_ltr_on_served_and_judged_lists_registers(monkeypatch: pytest.Monk
     monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
     get_settings.cache_clear()
     try:
-        code, out, err = run(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
+        code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
                              "--negatives", "5")
         assert code == 0, err
         entry = json.loads(out)["registered"]
@@ -91,16 +77,16 @@ def test_train_ltr_on_served_and_judged_lists_registers(monkeypatch: pytest.Monk
         assert params["monotone"] == ["bm25", "dense", "student", "teacher"]
         assert params["feature_groups"] == ["base", "ranks", "relevance"] and "rank_rrf" in params["features"]
         assert "title_coverage" in params["features"]
-        code, out, err = run(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "retrieval",
+        code, out, err = run_cli(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "retrieval",
                              "--pipeline", "ltr", "--json")
         assert code == 0, err
         result = json.loads(out)
         assert 0 < result["ndcg@10_unjudged_as_0"] <= result["ndcg@10"] and 0 < result["judged@10"] <= 1
-        code, out, err = run(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
+        code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
                              "--lists", "judged", "--features", "base", "--negatives", "0", "--no-monotone")
         assert code == 0, err
         assert json.loads(out)["registered"]["params"]["features"] == ["bm25", "dense", "student", "teacher"]
-        code, _, err = run(capsys, "train", "ltr", "--dataset", str(demo_dir), "--lists", "judged",
+        code, _, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--lists", "judged",
                            "--negatives", "all")
         assert code == 2 and "--negatives all needs --lists served" in err
         with pytest.raises(SystemExit) as exit_info:

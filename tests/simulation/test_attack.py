@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 
-from fastapi.testclient import TestClient
-
-from api.main import create_app
 from core.settings import Settings
-from serving.loading import open_served
 from simulation.attack import ClickAttack
+from tests.helpers import app_on, ready_client, share_cache
 
 
 def test_bots_click_the_product_where_it_shows(tmp_path, settings: Settings, real_index, real_encoder) -> None:  # type: ignore[no-untyped-def]
-    home = settings.model_copy(update={"home": tmp_path})
-    (tmp_path / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
-    app = create_app(home, loader=lambda s, previous: open_served(s, previous, real_encoder, real_index))
-    with TestClient(app) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    home = settings.model_copy(update={"home": share_cache(tmp_path, settings)})
+    app = app_on(home, real_index, real_encoder)
+    with ready_client(app) as client:
         listed = client.post("/v1/search", json={"query": "garden hose", "k": 100}).json()["items"]
         target = listed[40]["product_id"]
         attack = ClickAttack(target, ["garden hose"], bots=2, searches=6)

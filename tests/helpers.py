@@ -1,0 +1,116 @@
+"""Helpers several test modules share: the CLI in-process, the app over the session's index,
+a real `shoprank serve` process, and logged demo-store traffic."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from core.settings import Settings
+from online_learning.consumers.base import Delivered
+from online_learning.events import (
+    INTERACTIONS_TOPIC,
+    RANKINGS_TOPIC,
+    InteractionEvent,
+    RankingEvent,
+    ShownItem,
+)
+from serving.engine import SearchEngine
+from serving.loading import open_served
+from shoprank.cli import main
+
+DEMO_QUERIES = ["cordless drill", "garden hose", "ceiling fan", "interior paint", "toilet seat", "led light bulb"]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``shoprank ARGV`` in-process: exit code, stdout, stderr."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def share_cache(home: Path, settings: Settings) -> Path:
+    """``home`` (created) with the session's cache: the exported ONNX encoder and embeddings are reused."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
+    return home
+
+
+def app_on(settings: Settings, index, encoder) -> FastAPI:  # type: ignore[no-untyped-def]
+    """The API app serving ``index`` with ``encoder`` (models and experiments from ``settings``' home)."""
+    return create_app(settings, loader=lambda s, previous: open_served(s, previous, encoder, index))
+
+
+@contextmanager
+def ready_client(app: FastAPI, **kwargs: object) -> Iterator[TestClient]:
+    """A TestClient of ``app`` once ``/readyz`` answers 200 (or 60 s have passed)."""
+    with TestClient(app, **kwargs) as client:  # type: ignore[arg-type]
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield client
+
+
+def start_serve(home: Path, port: int, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                base_env: dict[str, str] | None = None, **popen: object) -> subprocess.Popen:
+    """``python -m shoprank.cli serve`` on 127.0.0.1:``port`` with ``SHOPRANK_HOME=home``, the
+    environment ``base_env`` (default: this process's) updated with ``env``."""
+    environment = {**(os.environ if base_env is None else base_env), **(env or {}), "SHOPRANK_HOME": str(home),
+                   "SHOPRANK_PROGRESS": "false"}
+    popen = popen or {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    return subprocess.Popen([sys.executable, "-m", "shoprank.cli", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), *args], env=environment, **popen)  # type: ignore[call-overload]
+
+
+def wait_ready(base: str, process: subprocess.Popen, seconds: float = 240) -> httpx.Response:
+    """Poll ``base/readyz`` until it answers 200; fails the test if the server exits first."""
+    deadline = time.monotonic() + seconds
+    ready = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {process.stdout.read() if process.stdout else ''}")
+        try:
+            ready = httpx.get(f"{base}/readyz", timeout=2)
+            if ready.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    assert ready is not None and ready.status_code == 200, ready.text if ready else "no answer"
+    return ready
+
+
+def demo_traffic(engine: SearchEngine, searches: int = 300, users: int = 20) -> list[Delivered]:
+    """Logged searches of the demo store (seeded): 10 of the hybrid top 30 shown in random order;
+    shoppers click products whose title holds the query's last word, less often further down."""
+    rng, batch = random.Random(1), []
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    for i in range(searches):
+        query = rng.choice(DEMO_QUERIES)
+        shown = engine.hybrid.search(query, 30).product_ids
+        rng.shuffle(shown)
+        shown = shown[:10]
+        request, when = f"r{i}", start + timedelta(minutes=i)
+        batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
+            event_id=request, request_id=request, timestamp=when, user_id=f"u{i % users}", query=query,
+            pipeline="full", items=[ShownItem(product_id=p, position=j + 1) for j, p in enumerate(shown)])))
+        for j, product in enumerate(shown):
+            relevant = query.split()[-1] in engine.index.title(engine.index.doc_of(product)).lower()
+            if relevant and rng.random() < 1.0 / (j + 1):
+                batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+                    type="click", event_id=f"c{i}-{j}", request_id=request, timestamp=when, product_id=product,
+                    position=j + 1)))
+    return batch
