@@ -8,6 +8,7 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
       indexes/eval-<catalog hash>/<fp>/       indexes of evaluation datasets
       cache/embeddings/<fp>.sqlite            product vectors, so nothing is encoded twice
       cache/onnx/                             the bi-encoder exported to ONNX
+      scores/cross_encoder.sqlite             the local cross-encoder score store (serving.score_store)
       models/<role>/vN/                       the model registry (see core.registry)
       features/                               Feast: offline Parquet, registry, sqlite online store
       world/                                  the SIMULATED store world behind the features
@@ -19,6 +20,7 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
       streaming/state.sqlite                  the streaming feature consumer's state
       dead_letters/<consumer>.jsonl           events a consumer could not read
       training/<run>/                         work folders of training runs
+      work/encode/<run>/                      vector shards of a catalog encoded on Dask (removed when done)
       keys.json                               API keys (hashed; shoprank keys create|list|revoke)
       reports/                                reports written by benchmarks and jobs
       logs/                                   logs of processes a benchmark starts
@@ -55,6 +57,12 @@ class Home:
 
     def embeddings(self, encoder_fingerprint: str) -> Path:
         return self.cache / "embeddings" / f"{encoder_fingerprint}.sqlite"
+
+    @property
+    def score_store(self) -> Path:
+        """The local cross-encoder score store; not under ``cache/``, which tests share between homes
+        whose registries reuse version names for other weights."""
+        return self.root / "scores" / "cross_encoder.sqlite"
 
     @property
     def models(self) -> Path:
@@ -97,6 +105,10 @@ class Home:
 
     def training(self, run: str) -> Path:
         return self.root / "training" / run
+
+    def encoding(self, run: str) -> Path:
+        """``work/encode/<run>``: the ``.npy`` shards Dask workers write (retrieval.dask_encoding)."""
+        return self.root / "work" / "encode" / run
 
     @property
     def retrain_lock(self) -> Path:

@@ -101,6 +101,22 @@ class ServingSettings(BaseModel):
     micro_batch_wait_ms: float = Field(2.0, ge=0, le=100, description="Longest wait for other requests' pairs.")
     micro_batch_pairs: int = Field(256, ge=1, le=10_000, description="Most pairs in one micro-batch.")
     score_cache_size: int = Field(200_000, ge=0, description="(query, product) cross-encoder scores kept.")
+    score_store: Literal["memory", "local", "redis"] = Field(
+        "local", description="Shared tier behind the in-memory score cache, kept across restarts: 'local' (a "
+        "sqlite file under the artifact home, shared by the server processes of one machine), 'redis' "
+        "(score_store_url, shared by replicas) or 'memory' (none: each process keeps its own scores).")
+    score_store_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://",
+                                 description="Redis of the score store when score_store is 'redis' "
+                                 "(redis://HOST:PORT/DB).")
+    score_store_timeout_ms: float = Field(50.0, gt=0, le=10_000, description="Longest wait for one read of the "
+                                          "score store; past it the search scores the pairs itself.")
+    score_store_retry_s: float = Field(30.0, ge=0, le=3600, description="After a score store error, seconds "
+                                       "it is left alone (searches score the pairs) before it is tried again; "
+                                       "errors are logged at most once per this interval.")
+    score_store_queue: int = Field(10_000, ge=1, le=1_000_000, description="Scores waiting to be written to "
+                                   "the store at most (in the background); more are dropped (counted).")
+    score_store_ttl_days: float = Field(30.0, ge=0, le=3650, description="Days a stored score is kept (Redis: "
+                                        "key expiry; local: pruned by `shoprank warm-scores`). 0: forever.")
     results_cache_size: int = Field(10_000, ge=0, description="Result pages kept (LRU; 0: no results cache).")
     results_ttl_s: float = Field(60.0, ge=0, description="How long a cached result list is served.")
     reload_poll_s: float = Field(2.0, ge=0, le=3600, description="Seconds between checks of the shared state "
@@ -143,6 +159,19 @@ class ApiSettings(BaseModel):
                          "engine (index and models) and they share the artifact home.")
 
 
+class ComputeSettings(BaseModel):
+    """Where the batch jobs run (catalog encoding, LambdaMART training, reading the event log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheduler: str | None = Field(None, description="None: in this process, no Dask. 'local': a Dask cluster of "
+                                  "processes on this machine, started by the job. 'tcp://HOST:8786': the running "
+                                  "dask.distributed scheduler at that address.")
+    workers: int = Field(0, ge=0, le=256, description="Worker processes of a 'local' cluster (0: one per core).")
+    partitions: int = Field(0, ge=0, le=100_000, description="Partitions a job splits its input into (0: 2 per "
+                            "worker).")
+
+
 class Settings(BaseSettings):
     """Settings shared by every ShopRank process."""
 
@@ -169,6 +198,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     events: EventSettings = EventSettings()
     api: ApiSettings = ApiSettings()
+    compute: ComputeSettings = ComputeSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -33,10 +33,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from core.compute import dask_client
 from core.feature_store import FeatureBatch
 from core.query import Query
 from core.registry import ModelRegistry, ServedModel
@@ -49,9 +51,15 @@ from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig, Rank
 from retrieval.index import ProductIndex
 from retrieval.types import Candidates, Hits
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 logger = logging.getLogger(__name__)
 
 LEVEL = {"click": 1, "add_to_cart": 2, "purchase": 3}
+# what the filters, the labels and the features read of a logged ranking (not its models, latency, ...)
+RANKING_COLUMNS = ("event_id", "request_id", "timestamp", "user_id", "session_id", "key_id", "query", "product_id",
+                   "position", "scores")
 
 
 @dataclass(frozen=True)
@@ -66,10 +74,11 @@ class RetrainConfig:
 
 
 def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | None,
-                filters: FilterConfig | None = FilterConfig()) -> tuple[pd.DataFrame, dict]:
+                filters: FilterConfig | None = FilterConfig(), client: Client | None = None) -> tuple[pd.DataFrame, dict]:
     """Shown products with engagement labels, one row per (search, position), and what the
-    traffic filters excluded (``filters`` None: nothing is filtered)."""
-    rankings = read_log(root, "rankings")
+    traffic filters excluded (``filters`` None: nothing is filtered). With ``client``, the log's
+    Parquet files are read on its Dask workers."""
+    rankings = read_log(root, "rankings", RANKING_COLUMNS, since, until, client)
     if rankings.empty:
         return rankings, {}
     rankings = rankings[rankings["product_id"].notna()].copy()
@@ -78,7 +87,7 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
         rankings = rankings[rankings["timestamp"] > since]
     if until is not None:
         rankings = rankings[rankings["timestamp"] <= until]
-    interactions = read_log(root, "interactions")
+    interactions = read_log(root, "interactions", client=client)
     report: dict = {}
     if filters is not None and not rankings.empty:
         cleaned = clean(rankings, interactions, filters)
@@ -168,8 +177,9 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             windows = [pd.Timestamp(w) for w in windows if w]
             since = max(windows) if windows else None
         until = pd.Timestamp(config.until) if config.until else None
-        shown, filtered = impressions(settings.paths.event_log, since, until,
-                                      FilterConfig() if config.filter_traffic else None)
+        with dask_client(settings.compute) as client:  # None (in this process) unless compute.scheduler is set
+            shown, filtered = impressions(settings.paths.event_log, since, until,
+                                          FilterConfig() if config.filter_traffic else None, client)
         searches = shown["request_id"].nunique() if not shown.empty else 0
         if searches < config.min_searches:
             return {"status": "up to date", "new_searches": int(searches), "since": str(since)}

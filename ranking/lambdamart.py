@@ -20,8 +20,12 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 logger = logging.getLogger(__name__)
 
@@ -70,24 +74,23 @@ class LambdaMART:
     parent: LambdaMART | None = None  # warm start: scores = parent's + this booster's
 
     @classmethod
-    def fit(cls, train: RankingData, dev: RankingData, config: LambdaMARTConfig = LambdaMARTConfig()) -> LambdaMART:
-        """Train with early stopping on dev NDCG@10."""
+    def fit(cls, train: RankingData, dev: RankingData, config: LambdaMARTConfig = LambdaMARTConfig(),
+            client: Client | None = None) -> LambdaMART:
+        """Train with early stopping on dev NDCG@10.
+
+        Args:
+            client: A ``distributed.Client``: train on its workers with ``lightgbm.dask``
+                (same parameters; early stopping applied to the dev curve after training,
+                see :mod:`ranking.dask_lambdamart`). None: in this process.
+        """
         import lightgbm as lgb
 
-        params = {
-            "objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10],
-            "label_gain": list(range(config.max_grade + 1)), "learning_rate": config.learning_rate,
-            "num_leaves": config.num_leaves, "min_data_in_leaf": config.min_data_in_leaf,
-            "feature_fraction": config.feature_fraction, "bagging_fraction": config.bagging_fraction,
-            "bagging_freq": config.bagging_freq, "lambda_l2": config.lambda_l2,
-            "lambdarank_truncation_level": config.truncation_level, "seed": config.seed,
-            "num_threads": config.threads, "verbose": -1, "deterministic": True,
-        }
-        unknown = sorted(set(config.monotone) - set(train.names))
-        if unknown:
-            raise ValueError(f"monotone features {unknown} are not features of this model ({train.names})")
-        if config.monotone:
-            params["monotone_constraints"] = [int(name in config.monotone) for name in train.names]
+        params = _params(config, train.names)
+        if client is not None:
+            from ranking.dask_lambdamart import train_on_dask
+
+            booster, history = train_on_dask(client, train, dev, params, config.max_rounds, config.early_stopping)
+            return cls(booster, list(train.names), config, history)
         train_set = lgb.Dataset(train.features, train.labels, group=train.groups, feature_name=train.names)
         dev_set = lgb.Dataset(dev.features, dev.labels, group=dev.groups, feature_name=dev.names, reference=train_set)
         record: dict[str, dict[str, list[float]]] = {}
@@ -182,3 +185,21 @@ class LambdaMART:
         parent = cls.load(folder / meta["parent"]) if meta.get("parent") else None
         return cls(booster, meta["names"], LambdaMARTConfig(**meta["config"]), meta["history"], parent)
 
+
+def _params(config: LambdaMARTConfig, names: list[str]) -> dict[str, object]:
+    """LightGBM parameters of :meth:`LambdaMART.fit` (lambdarank, linear gains, dev NDCG@10)."""
+    params: dict[str, object] = {
+        "objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10],
+        "label_gain": list(range(config.max_grade + 1)), "learning_rate": config.learning_rate,
+        "num_leaves": config.num_leaves, "min_data_in_leaf": config.min_data_in_leaf,
+        "feature_fraction": config.feature_fraction, "bagging_fraction": config.bagging_fraction,
+        "bagging_freq": config.bagging_freq, "lambda_l2": config.lambda_l2,
+        "lambdarank_truncation_level": config.truncation_level, "seed": config.seed,
+        "num_threads": config.threads, "verbose": -1, "deterministic": True,
+    }
+    unknown = sorted(set(config.monotone) - set(names))
+    if unknown:
+        raise ValueError(f"monotone features {unknown} are not features of this model ({names})")
+    if config.monotone:
+        params["monotone_constraints"] = [int(name in config.monotone) for name in names]
+    return params

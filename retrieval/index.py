@@ -84,7 +84,8 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _texts(products: pd.DataFrame) -> list[str]:
+def product_texts(products: pd.DataFrame) -> list[str]:
+    """The text the bi-encoder embeds for each product, in row order."""
     return [product_text(t, d) for t, d in zip(products["title"], products["description"])]
 
 
@@ -134,7 +135,7 @@ class ProductIndex:
         products["live"] = True
         if vectors is None:
             logger.info("encoding %d products with %s", len(products), encoder.name)
-            vectors = encode_cached(encoder, _texts(products), cache, settings.encode_batch_size, progress)
+            vectors = encode_cached(encoder, product_texts(products), cache, settings.encode_batch_size, progress)
         dense = DenseIndex.build(staging, vectors, settings, progress=progress)
         bm25 = BM25Index.build(staging / "bm25", _bm25_docs(range(len(products)), products))
         manifest = Manifest(
@@ -228,7 +229,7 @@ class ProductIndex:
             new_rows.append(position)
         added = incoming.iloc[new_rows].copy()
         added["live"] = True
-        vectors = encode_cached(encoder, _texts(added), cache, progress=progress)
+        vectors = encode_cached(encoder, product_texts(added), cache, progress=progress)
         if dead:
             self.products.loc[dead, "live"] = False
             self.dense.remove(dead)

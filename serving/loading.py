@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.errors import Conflict
 from core.feature_store import OnlineFeatureReader
 from core.registry import ModelRegistry, ModelVersion, ServedModel
 from core.settings import Settings
@@ -89,6 +90,10 @@ def index_path(settings: Settings, encoder: Encoder, name: str | None = None) ->
 def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:
     cache = embedding_cache(settings, encoder)
     try:
+        if settings.compute.scheduler is not None:  # Dask workers fill the cache; the build then encodes nothing
+            from retrieval.dask_encoding import encode_catalog
+
+            encode_catalog(settings, products, encoder, cache)
         return ProductIndex.build(path, products, encoder, settings.retrieval, cache, progress=settings.progress)
     finally:
         cache.close()
@@ -151,12 +156,12 @@ def _entry(settings: Settings, role: str, spec: str) -> ModelVersion | None:
     return registry.active(role) if spec == "active" else registry.get(role, spec)
 
 
-def load_cross_encoder(settings: Settings, role: str) -> ServedModel | None:
-    """The configured version of ``role`` (reranker|student), on ONNX Runtime."""
+def load_cross_encoder(settings: Settings, role: str, spec: str | None = None) -> ServedModel | None:
+    """The configured version (or ``spec``) of ``role`` (reranker|student), on ONNX Runtime."""
     from ranking.cross_encoder import CrossEncoderScorer
 
     rk = settings.ranking
-    entry = _entry(settings, role, rk.reranker if role == "reranker" else rk.student)
+    entry = _entry(settings, role, spec or (rk.reranker if role == "reranker" else rk.student))
     if entry is None or entry.path is None:
         return None
     scorer = CrossEncoderScorer(Path(entry.path), rk.precision, max_length=rk.max_length,
@@ -172,6 +177,20 @@ def load_ltr(settings: Settings, spec: str | None = None) -> ServedModel | None:
     if entry is None or entry.path is None:
         return None
     return ServedModel("ltr", entry.version, LambdaMART.load(Path(entry.path)))
+
+
+def check_loads(settings: Settings, role: str, version: str) -> None:
+    """Refuse (:class:`~core.errors.Conflict`) a version whose files are damaged or do not load,
+    before anything points at it: the served version keeps serving."""
+    ModelRegistry(settings.paths.models).verify(role, version)
+    try:
+        if role == "ltr":
+            load_ltr(settings, version)
+        else:
+            load_cross_encoder(settings, role, version)
+    except Exception as err:  # noqa: BLE001 - any load failure refuses the version
+        raise Conflict(f"{role} {version} does not load ({type(err).__name__}: {str(err)[:200]}); "
+                       "the active version keeps serving") from err
 
 
 def open_feature_reader(settings: Settings) -> OnlineFeatureReader | None:

@@ -37,6 +37,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     from serving import loading
 
     settings = _settings(args)
+    if args.scheduler:  # encode the catalog on Dask (see docs/batch_jobs.md)
+        settings = settings.model_copy(update={"compute": settings.compute.model_copy(
+            update={"scheduler": args.scheduler})})
     products, report = read_catalog(args.catalog, skip_bad_rows=args.skip_bad_rows)
     encoder = loading.open_encoder(settings)
     path = loading.index_path(settings, encoder, args.name)
@@ -99,15 +102,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["SHOPRANK_PROGRESS"] = "true" if settings.progress else "false"
     if settings.catalog:
         os.environ["SHOPRANK_CATALOG"] = str(Path(settings.catalog).resolve())
-    _build_served_index(settings)  # once, before the workers start, so they only load it
+    build_served_index(settings)  # once, before the workers start, so they only load it
     uvicorn.run("api.main:app_from_env", factory=True, host=api.host, port=api.port, workers=api.workers,
                 log_level=level)
     return 0
 
 
-def _build_served_index(settings: Settings) -> None:
+def build_served_index(settings: Settings | None = None) -> None:
+    """Build the served index if it is missing (server processes and replicas then only load it)."""
     from serving import loading
 
+    settings = settings or get_settings()
     loading.open_index(settings, loading.open_encoder(settings))
 
 
@@ -186,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="index name (default: settings.index_name)")
     p.add_argument("--upsert", action="store_true", help="add/update these products in the existing index")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip bad rows (counted) instead of failing")
+    p.add_argument("--scheduler", default=None, help="encode on Dask: 'local' or 'tcp://HOST:PORT' (default: "
+                   "settings.compute.scheduler; unset: in this process)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("delete", help="delete products from an index by id")
@@ -220,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mrr-threshold", type=float, default=0.75, help="MRR hit: grade >= ceil(F*max)")
     p.set_defaults(func=cmd_evaluate)
 
-    from shoprank.commands import config, features, keys, loop, models, train
+    from shoprank.commands import cluster, config, features, keys, loop, models, train
 
     train.add_parsers(sub)
     models.add_parsers(sub)
@@ -228,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_parsers(sub)
     config.add_parsers(sub)
     keys.add_parsers(sub)
+    cluster.add_parsers(sub)
 
     p = sub.add_parser("demo", help="write the synthetic demo store (catalog + judged queries)")
     p.add_argument("--out", required=True)

@@ -77,3 +77,13 @@ def env_home(monkeypatch: pytest.MonkeyPatch, settings: Settings, real_encoder) 
     get_settings.cache_clear()
     yield settings.home
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def dask_local_client():  # type: ignore[no-untyped-def]
+    """A local Dask cluster of 2 worker processes (127.0.0.1, no dashboard), one per test module."""
+    from core.compute import dask_client
+    from core.settings import ComputeSettings
+
+    with dask_client(ComputeSettings(scheduler="local", workers=2)) as client:
+        yield client

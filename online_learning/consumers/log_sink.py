@@ -27,12 +27,17 @@ import logging
 import os
 import sqlite3
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from online_learning.consumers.base import Delivered
 from online_learning.events import InteractionEvent, RankingEvent
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 logger = logging.getLogger(__name__)
 
@@ -130,11 +135,55 @@ class ParquetLogSink:
         self.written += len(fresh)
 
 
-def read_log(root: Path, kind: str) -> pd.DataFrame:
-    """Every row of ``kind`` (rankings | interactions), de-duplicated by event id (and position)."""
-    files = sorted((root / kind).rglob("*.parquet"))
+def read_log(root: Path, kind: str, columns: Sequence[str] | None = None, since: pd.Timestamp | None = None,
+             until: pd.Timestamp | None = None, client: Client | None = None) -> pd.DataFrame:
+    """Rows of ``kind`` (rankings | interactions), de-duplicated by event id (and position).
+
+    Args:
+        columns: Only these columns (the de-duplication keys are always read).
+        since, until: Skip the ``date=`` folders wholly outside this window (UTC days): rows of
+            the boundary days outside it are still returned, so filter the timestamps after.
+        client: A ``distributed.Client``: the files are read as the partitions of a Dask
+            dataframe on its workers (they must see ``root`` at the same path). Each file is
+            read as in this process, with its own schema: ``dask.dataframe.read_parquet`` reads
+            one schema for all, and a column that is all None in one file (Parquet type null)
+            fails to cast to the type it has in the others.
+    """
+    files = log_files(root, kind, since, until)
     if not files:
         return pd.DataFrame()
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     keys = ["event_id", "position"] if kind == "rankings" else ["event_id"]
+    wanted = None if columns is None else list(dict.fromkeys([*keys, *columns]))
+    if client is None:
+        frame = pd.concat([pd.read_parquet(f, columns=wanted) for f in files], ignore_index=True)
+    else:
+        import dask
+        import dask.dataframe as dd
+
+        with dask.config.set({"dataframe.convert-string": False}):  # keep pandas' dtypes (object strings)
+            parts = dd.from_map(pd.read_parquet, [str(f) for f in files], columns=wanted, enforce_metadata=False)
+            frame = client.compute(parts).result().reset_index(drop=True)
     return frame.drop_duplicates(keys, ignore_index=True)
+
+
+def log_files(root: Path, kind: str, since: pd.Timestamp | None = None,
+              until: pd.Timestamp | None = None) -> list[Path]:
+    """The Parquet files of ``kind``, in path order, without the days wholly outside ``(since, until]``."""
+    if kind not in ("rankings", "interactions"):
+        raise ValueError(f"log kind {kind!r} is not one of 'rankings', 'interactions'")
+    first = _utc_day(since)
+    last = _utc_day(until)
+    files = []
+    for file in sorted((root / kind).rglob("*.parquet")):
+        day = next((p.removeprefix("date=") for p in file.parts if p.startswith("date=")), None)
+        if day is not None and ((first and day < first) or (last and day > last)):
+            continue
+        files.append(file)
+    return files
+
+
+def _utc_day(when: pd.Timestamp | None) -> str | None:
+    if when is None:
+        return None
+    when = pd.Timestamp(when)
+    return f"{(when.tz_localize('UTC') if when.tzinfo is None else when.tz_convert('UTC')):%Y-%m-%d}"

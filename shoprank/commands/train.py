@@ -17,6 +17,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from core.compute import dask_client
 from core.errors import InvalidInput, NotFound
 from core.registry import ModelRegistry
 from core.settings import Settings
@@ -199,7 +200,8 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
         parts[name] = ranking_data(items, featurizer, frame, users, settings.progress)
     monotone = tuple(n for n in BASE_FEATURES if n in featurizer.names) if args.monotone else ()
     config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone)
-    model = LambdaMART.fit(parts["train"], parts["dev"], config)
+    with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set
+        model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
     work = settings.paths.training(f"ltr-{args.run_name}")
     shutil.rmtree(work, ignore_errors=True)
     model.save(work)

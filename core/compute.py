@@ -1,0 +1,75 @@
+"""Where batch jobs run: this process, a local Dask cluster, or a running Dask scheduler.
+
+``settings.compute.scheduler`` chooses: ``None`` runs a job in this process (no Dask
+at all, the default); ``"local"`` starts a ``dask.distributed.LocalCluster`` of worker
+processes on this machine for the job's length (dashboard off, 127.0.0.1 only);
+``"tcp://host:8786"`` connects to a scheduler that is already running (a cluster the
+operator runs; the job's code must be importable on its workers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from core.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from core.settings import ComputeSettings
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_ENV = "SHOPRANK_LOOPBACK_NETNS"
+
+
+def worker_count(compute: ComputeSettings) -> int:
+    """Worker processes of a local cluster."""
+    return compute.workers or os.cpu_count() or 1
+
+
+def partition_count(compute: ComputeSettings, workers: int) -> int:
+    """How many parts a job splits its input into."""
+    return compute.partitions or 2 * max(1, workers)
+
+
+@contextmanager
+def dask_client(compute: ComputeSettings) -> Iterator[Client | None]:
+    """A Dask client for the job (None: run in this process); a local cluster is closed on exit."""
+    scheduler = compute.scheduler
+    if scheduler is None:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler == "local":
+        workers = worker_count(compute)
+        logger.info("starting a local Dask cluster of %d worker processes", workers)
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+        return
+    if not scheduler.startswith(("tcp://", "tls://")):
+        raise InvalidInput(f"compute.scheduler={scheduler!r}: use 'local' or a scheduler address 'tcp://HOST:PORT'")
+    logger.info("connecting to the Dask scheduler at %s", scheduler)
+    with Client(scheduler, timeout="30s") as client:
+        yield client
+
+
+def loopback_command(argv: list[str]) -> list[str] | None:
+    """``argv`` wrapped to run in a new network namespace whose only interface is loopback, or
+    None (already inside one, or ``unshare``/``ip`` missing).
+
+    Dask binds to 127.0.0.1 as told, but LightGBM's distributed training (``lightgbm.dask``)
+    listens on every interface and has no setting for the address; a local benchmark or test
+    runs inside such a namespace so that nothing it starts is reachable from outside the
+    machine. Set ``SHOPRANK_LOOPBACK_NETNS=1`` in the child's environment.
+    """
+    if os.environ.get(LOOPBACK_ENV) or not (shutil.which("unshare") and shutil.which("ip")):
+        return None
+    return ["unshare", "--net", "--map-root-user", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
