@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
@@ -41,15 +41,30 @@ class _LiveCollector(Collector):
     def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
         self.state = state
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         state = self.state()
         hit_rate = GaugeMetricFamily("shoprank_cache_hit_rate", "Hit rate per cache", labels=["cache"])
         size = GaugeMetricFamily("shoprank_cache_entries", "Entries per cache", labels=["cache"])
+        lookups = CounterMetricFamily("shoprank_cache_lookups", "Lookups per cache (and tier: "
+                                      "<role>_scores in memory, <role>_scores_store in the score store) by result",
+                                      labels=["cache", "result"])
+        store = CounterMetricFamily("shoprank_score_store_events", "Score store: read/write errors, reads "
+                                    "skipped while it is left alone after an error, scores written and dropped",
+                                    labels=["event"])
         for name, cache in state.get("caches", {}).items():
-            hit_rate.add_metric([name], cache.hit_rate)
-            size.add_metric([name], len(cache))
+            if hasattr(cache, "hit_rate"):
+                hit_rate.add_metric([name], cache.hit_rate)
+                lookups.add_metric([name, "hit"], cache.hits)
+                lookups.add_metric([name, "miss"], cache.misses)
+            if hasattr(cache, "__len__"):
+                size.add_metric([name], len(cache))
+            if name == "score_store":
+                for event in ("errors", "skipped", "written", "dropped"):
+                    store.add_metric([event], getattr(cache, event))
         yield hit_rate
         yield size
+        yield lookups
+        yield store
         spool = GaugeMetricFamily("shoprank_event_spool_pending", "Events accepted but not yet shipped to Kafka")
         spool.add_metric([], state.get("spool_pending", 0))
         yield spool

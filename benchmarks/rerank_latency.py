@@ -54,6 +54,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     settings = Settings(progress=False)
+    # cold means cold: no shared score store behind the caches clear_caches() empties
+    settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"score_store": "memory"})})
     dataset = load_dataset(args.dataset)
     engine = open_engine(settings, dataset.products, warm_features=False)
     index = engine.index

@@ -60,6 +60,29 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
     return per_search.sort_values("timestamp", ignore_index=True)
 
 
+def head_queries(log_root: Path, n: int) -> list[tuple[str, int]]:
+    """The ``n`` most searched queries of the log, most frequent first, with their search counts.
+
+    Searches are counted by the text that was searched (``searched``: the analyzer's output, so
+    ``Cordless Drill`` and ``cordless drill`` are one query; the query as typed where a log
+    predates that column), and each is returned as its most frequent typed form, which the
+    analyzer turns back into that text. Ties are broken by the text, so the list is stable.
+    """
+    rankings = read_log(log_root, "rankings")
+    if rankings.empty:
+        return []
+    per_search = rankings.drop_duplicates("event_id")
+    typed = per_search["query"].astype(str)
+    searched = per_search["searched"].fillna(typed) if "searched" in per_search else typed
+    frame = pd.DataFrame({"typed": typed.to_numpy(), "searched": searched.astype(str).to_numpy()})
+    frame = frame[frame["searched"].str.strip() != ""]
+    counts = frame.groupby("searched").size().rename("searches").reset_index()
+    forms = frame.groupby(["searched", "typed"]).size().rename("n").reset_index()
+    forms = forms.sort_values(["searched", "n", "typed"], ascending=[True, False, True]).drop_duplicates("searched")
+    top = counts.merge(forms, on="searched").sort_values(["searches", "searched"], ascending=[False, True]).head(n)
+    return [(str(t), int(c)) for t, c in zip(top["typed"], top["searches"])]
+
+
 @dataclass(frozen=True)
 class ArmReport:
     control: str

@@ -1,35 +1,118 @@
-"""Cross-encoder scores cached by (query, product) for one model version."""
+"""Cross-encoder scores cached in two tiers: this process's LRU, then the shared score store.
+
+A pair's score is looked up in the engine's in-memory LRU (one per cross-encoder
+role; a model swap builds a new engine, so it starts empty), then, for the pairs
+it lacks, in one batched read of the shared :class:`ranking.score_store.ScoreStore`
+(sqlite or Redis), and only the pairs neither holds are scored; those go to both
+tiers (the store's write is queued, never waited for). The store is keyed by
+:func:`model_tag`, so it is used only for registered models, whose version and
+registration stamp say which weights produced a score.
+"""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.cache import LRUCache
+from ranking.score_store import ScoreStore, score_key, text_hash
+
+
+class TierCounts:
+    """Hits and misses of one cache tier (exported on ``/metrics`` like an LRU's)."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+
+    def add(self, hits: int, misses: int) -> None:
+        with self._lock:
+            self.hits += hits
+            self.misses += misses
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+def model_tag(role: str, version: str, model_dir: Path | None, precision: str, max_length: int) -> str | None:
+    """What names a served cross-encoder's scores in the shared store: role, registry version,
+    precision, token cap and a hash of the version's registration stamp (a registry rebuilt
+    from scratch reuses ``v1`` for other weights). None when ``model_dir`` holds no registry
+    manifest: an unregistered model's scores are not shared."""
+    manifest = model_dir / "manifest.json" if model_dir is not None else None
+    if manifest is None or not manifest.is_file():
+        return None
+    try:
+        created = json.loads(manifest.read_text())["created"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return f"{role}:{version}:{precision}:{max_length}:{text_hash(str(created))[:8]}"
 
 
 class CachedScorer:
-    """A cross-encoder whose (query, product) scores are cached (one model version)."""
+    """A cross-encoder whose scores are cached by (query, product, product text) in two tiers.
 
-    def __init__(self, scorer: Any, cache: LRUCache) -> None:
+    Args:
+        scorer: Anything with ``score(query, texts, deadline)``.
+        cache: The in-memory tier (one model version).
+        store: The shared tier (None: memory only).
+        model: The model's :func:`model_tag` (None: memory only).
+        store_counts: Hits and misses of the shared tier.
+        block_writes: Wait for room in the store's write queue instead of dropping (batch jobs).
+    """
+
+    def __init__(self, scorer: Any, cache: LRUCache, store: ScoreStore | None = None, model: str | None = None,
+                 store_counts: TierCounts | None = None, block_writes: bool = False) -> None:
         self.scorer = scorer
         self.cache = cache
+        self.store = store if model is not None else None
+        self.model = model
+        self.store_counts = store_counts or TierCounts()
+        self.block_writes = block_writes
 
     def score_products(self, query: str, product_ids: Sequence[str], titles: Sequence[str],
                        deadline: float | None = None) -> np.ndarray:
+        """Score of each product's title for ``query`` (the analyzed text the model sees)."""
+        return self.score_counted(query, product_ids, titles, deadline)[0]
+
+    def score_counted(self, query: str, product_ids: Sequence[str], titles: Sequence[str],
+                      deadline: float | None = None) -> tuple[np.ndarray, int]:
+        """The scores and how many pairs were scored here (in neither tier)."""
+        hashes = [text_hash(t) for t in titles]
         scores = np.empty(len(product_ids), dtype=np.float32)
         missing = []
-        for i, pid in enumerate(product_ids):
-            value = self.cache.get((query, pid))
+        for i, (pid, th) in enumerate(zip(product_ids, hashes)):
+            value = self.cache.get((query, pid, th))
             if value is None:
                 missing.append(i)
             else:
                 scores[i] = value
+        keys: dict[int, str] = {}
+        if missing and self.store is not None and self.model is not None:
+            keys = {i: score_key(self.model, query, product_ids[i], hashes[i]) for i in missing}
+            stored = self.store.get_many([keys[i] for i in missing])
+            still = []
+            for i, value in zip(missing, stored):
+                if value is None:
+                    still.append(i)
+                else:
+                    scores[i] = value
+                    self.cache.put((query, product_ids[i], hashes[i]), float(value))
+            self.store_counts.add(len(missing) - len(still), len(still))
+            missing = still
         if missing:
             fresh = self.scorer.score(query, [titles[i] for i in missing], deadline)
             for i, value in zip(missing, fresh):
                 scores[i] = value
-                self.cache.put((query, product_ids[i]), float(value))
-        return scores
+                self.cache.put((query, product_ids[i], hashes[i]), float(value))
+            if self.store is not None:
+                self.store.put_many([(keys[i], float(scores[i])) for i in missing], block=self.block_writes)
+        return scores, len(missing)

@@ -35,12 +35,13 @@ from core.query import Analysis, Query
 from core.registry import ServedModel
 from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
-from ranking.cache import CachedScorer
+from ranking.cache import CachedScorer, TierCounts, model_tag
 from ranking.cascade import Cascade, ScoreStage, Stage
 from ranking.features import LtrFeaturizer
 from ranking.lambdamart import LambdaMART
 from ranking.ltr import LtrStage
 from ranking.rules import RulesConfig, RulesStage, catalog_facts
+from ranking.score_store import ScoreStore, open_score_store
 from retrieval.encoder import Encoder
 from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever, Retriever
 from retrieval.index import ProductIndex
@@ -144,15 +145,28 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: HybridRe
 
 @dataclass(frozen=True)
 class Caches:
-    """What an engine keeps between searches; each is an :class:`~core.cache.LRUCache`."""
+    """What an engine keeps between searches: :class:`~core.cache.LRUCache` s in memory, and the
+    shared cross-encoder score store behind the score caches (``serving.score_store``)."""
 
     results: LRUCache
     scores: dict[str, LRUCache]  # per cross-encoder role
     query_vectors: LRUCache | None
+    store: ScoreStore | None = None
+    store_tiers: dict[str, TierCounts] = field(default_factory=dict)  # the store's hits per role
 
-    def stats(self) -> dict[str, LRUCache]:
-        out = {"results": self.results, **{f"{role}_scores": c for role, c in self.scores.items()}}
+    def stats(self) -> dict[str, object]:
+        """Every cache by name (``/metrics``): each has hits, misses and a hit rate; the LRUs a size,
+        the score store (``score_store``) its errors and dropped writes."""
+        out: dict[str, object] = {"results": self.results, **{f"{role}_scores": c for role, c in self.scores.items()}}
+        if self.store is not None:
+            out |= {f"{role}_scores_store": c for role, c in self.store_tiers.items()} | {"score_store": self.store}
         return out | ({"query_vectors": self.query_vectors} if self.query_vectors is not None else {})
+
+
+def served_tag(served: ServedModel, ranking: RankingSettings) -> str | None:
+    """The score-store name of a served cross-encoder (None: not registered, memory tier only)."""
+    return model_tag(served.role, served.version, getattr(served.model, "model_dir", None), ranking.precision,
+                     ranking.max_length)
 
 
 @dataclass
@@ -245,11 +259,12 @@ class SearchEngine:
         stage = self.pipelines.ltr_stages.get(ltr)
         return stage.explain(query, candidates) if stage is not None and len(candidates) else None
 
-    def cache_stats(self) -> dict[str, LRUCache]:
+    def cache_stats(self) -> dict[str, object]:
         return self.caches.stats()
 
     def clear_caches(self) -> None:
-        """After a catalog change: forget results and scores (vectors of queries stay valid)."""
+        """After a catalog change: forget results and scores in memory (vectors of queries stay valid;
+        the score store is keyed by product text, so a changed product reads other keys)."""
         self.caches.results.clear()
         for cache in self.caches.scores.values():
             cache.clear()
@@ -258,6 +273,8 @@ class SearchEngine:
         for batcher in self.batchers.values():
             batcher.close()
         self.executor.shutdown(wait=False)
+        if self.caches.store is not None:
+            self.caches.store.close()
 
 
 def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: Models = Models()) -> SearchEngine:
@@ -272,7 +289,9 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
     executor = ThreadPoolExecutor(max_workers=rs.bm25_threads, thread_name_prefix="bm25")
     caches = Caches(results=LRUCache(sv.results_cache_size, ttl=sv.results_ttl_s),
                     scores={role: LRUCache(sv.score_cache_size) for role in CROSS_ENCODER_ROLES},
-                    query_vectors=LRUCache(rk.query_cache_size) if rk.query_cache_size else None)
+                    query_vectors=LRUCache(rk.query_cache_size) if rk.query_cache_size else None,
+                    store=open_score_store(settings) if models.teacher or models.student else None,
+                    store_tiers={role: TierCounts() for role in CROSS_ENCODER_ROLES})
     bm25 = BM25Retriever(index)
     dense = DenseRetriever(index, encoder, caches.query_vectors)
     hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=executor)
@@ -281,12 +300,13 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
     batchers: dict[str, MicroBatcher] = {}
 
     def cross_encoder_stage(stage: str, served: ServedModel, depth: int) -> ScoreStage:
-        """Micro-batched across requests (when on) and with a score cache per role."""
+        """Micro-batched across requests (when on) and with a two-tier score cache per role."""
         scorer = served.model
         if sv.micro_batch:
             scorer = batchers.setdefault(served.role, MicroBatcher(scorer, sv.micro_batch_pairs,
                                                                    sv.micro_batch_wait_ms / 1000))
-        cached = CachedScorer(scorer, caches.scores[served.role])
+        cached = CachedScorer(scorer, caches.scores[served.role], caches.store, served_tag(served, rk),
+                              caches.store_tiers[served.role])
 
         def score(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
             ids = [index.product_id(int(d)) for d in docs]

@@ -1,4 +1,4 @@
-"""The learning loop from the shell: consume, simulate, retrain, promote, guard, report."""
+"""The learning loop from the shell: consume, simulate, retrain, warm the score store, promote, guard, report."""
 
 from __future__ import annotations
 
@@ -73,6 +73,31 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     engine = open_engine(settings)  # the served index and query encoder, the active models
     print(json.dumps(retrain(settings, engine.featurizer([]), engine.ltr, config), indent=2, default=str))
     return 0
+
+
+def cmd_warm_scores(args: argparse.Namespace, settings: Settings) -> int:
+    """Score the head queries' first-stage top K with the served cross-encoders into the score store."""
+    from dataclasses import asdict
+
+    from online_learning.analysis import head_queries
+    from serving.loading import open_engine
+    from serving.warm import warm_scores
+
+    if args.queries < 1 or args.depth < 1:
+        raise InvalidInput(f"--queries {args.queries} and --depth {args.depth} must both be at least 1")
+    head = head_queries(settings.paths.event_log, args.queries)
+    if not head:
+        raise InvalidInput(f"no logged searches in {settings.paths.event_log}: run `shoprank consume sink` "
+                           "to fill the event log first")
+    engine = open_engine(settings, warm_features=False)  # the served index, analyzer and active models
+    try:
+        report = warm_scores(engine, [q for q, _ in head], args.depth, progress=settings.progress)
+        ttl = settings.serving.score_store_ttl_days
+        pruned = engine.caches.store.prune(ttl * 86400) if ttl and engine.caches.store else 0
+    finally:
+        engine.close()
+    print(json.dumps(asdict(report) | {"pruned": pruned, "head_searches": sum(c for _, c in head)}, indent=2))
+    return 1 if report.unwritten else 0
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
@@ -189,6 +214,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-filter", action="store_true",
                    help="learn from every logged event (no traffic filters): only to measure what they do")
     p.set_defaults(handler=cmd_retrain)
+
+    p = sub.add_parser("warm-scores", help="nightly, after retrain: score the most searched queries' top K "
+                       "with the served cross-encoders into the shared score store")
+    p.add_argument("--queries", type=int, default=1000, help="head queries of the event log (N most searched)")
+    p.add_argument("--depth", type=int, default=20, help="first-stage candidates scored per query (K; "
+                   "ranking.teacher_depth is what a search scores)")
+    p.set_defaults(handler=cmd_warm_scores)
 
     p = sub.add_parser("promote", help="apply the promotion policy to the running experiment")
     p.add_argument("--experiment", required=True)

@@ -1,0 +1,300 @@
+"""The shared tier of the cross-encoder score cache: sqlite on this machine, or Redis.
+
+Several server processes (and replicas) score the same (query, product) pairs,
+and a restart forgets its in-memory cache; a :class:`ScoreStore` keeps the
+scores where all of them read them and a restart finds them. Behind the
+per-process LRU (:class:`ranking.cache.CachedScorer`), per search:
+
+- **reads** are one batch (sqlite ``IN (...)``, Redis ``MGET``), bounded by
+  ``serving.score_store_timeout_ms``;
+- **writes** go to a bounded queue that a background thread drains in batches,
+  so a search never waits for one; a full queue drops the scores (counted);
+- **failures** never fail a search: a read or write error is counted and logged
+  at most once per ``serving.score_store_retry_s``; after 3 in a row the store is
+  left alone for that long (the pairs are scored instead).
+
+A key names the model (role, registry version, precision, token cap, registration
+stamp), the analyzed query, the product id and a hash of the product text that
+was scored: a model swap or a changed title reads other keys, never a stale score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 500  # scores per background write
+_TRIP_AFTER = 3  # consecutive errors before the store is left alone (one slow read on a busy host is not an outage)
+_IN_LIMIT = 900  # sqlite host parameters per statement stay under the 999 of old builds
+
+
+def text_hash(text: str) -> str:
+    """A short hash of the product text a model scored."""
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def score_key(model: str, query: str, product_id: str, text: str) -> str:
+    """The store key of one pair: ``<model>:<digest of query, product id, text hash>`` (bounded length)."""
+    digest = hashlib.blake2b(f"{query}\x1f{product_id}\x1f{text}".encode(), digest_size=16).hexdigest()
+    return f"{model}:{digest}"
+
+
+class ScoreStore:
+    """A shared key -> score store with guarded batched reads and background batched writes.
+
+    Subclasses implement :meth:`_read` and :meth:`_write`; this class counts, guards
+    and queues. Counters (read at scrape time for ``/metrics``): ``errors``, ``skipped``
+    (reads not tried while the store is left alone), ``dropped`` (scores not written:
+    full queue or failed write) and ``written``.
+
+    Args:
+        retry_s: Seconds the store is left alone after 3 errors in a row.
+        queue_size: Scores waiting to be written at most.
+    """
+
+    name = "store"
+
+    def __init__(self, retry_s: float = 30.0, queue_size: int = 10_000) -> None:
+        self.retry_s = retry_s
+        self.errors = self.skipped = self.dropped = self.written = 0
+        self._down_until = 0.0
+        self._in_a_row = 0
+        self._logged_at = -float("inf")
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[str, float] | None] = queue.Queue(maxsize=queue_size)
+        self._writer = threading.Thread(target=self._drain, name=f"score-store-{self.name}", daemon=True)
+        self._writer.start()
+
+    # -- what a backend implements --------------------------------------------------------------
+
+    def _read(self, keys: Sequence[str]) -> list[float | None]:
+        raise NotImplementedError
+
+    def _write(self, items: Sequence[tuple[str, float]]) -> None:
+        raise NotImplementedError
+
+    # -- guarded API ----------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """False while the store is left alone after errors."""
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, action: str, err: Exception) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.errors += 1
+            self._in_a_row += 1
+            if self._in_a_row >= _TRIP_AFTER:
+                self._down_until = now + self.retry_s
+                self._in_a_row = 0
+            log = now - self._logged_at >= self.retry_s
+            if log:
+                self._logged_at = now
+        if log:
+            logger.warning("score store (%s) %s failed: %s; searches score their pairs for the next %.0f s "
+                           "(%d errors so far)", self.name, action, err, self.retry_s, self.errors)
+
+    def get_many(self, keys: Sequence[str]) -> list[float | None]:
+        """The stored score of each key (None: not stored, or the store is unavailable)."""
+        if not keys:
+            return []
+        if not self.available:
+            with self._lock:
+                self.skipped += 1
+            return [None] * len(keys)
+        try:
+            found = self._read(keys)
+            self._in_a_row = 0
+            return found
+        except Exception as err:  # noqa: BLE001 - a store outage must never fail a search
+            self._failed("read", err)
+            return [None] * len(keys)
+
+    def put_many(self, items: Sequence[tuple[str, float]], block: bool = False) -> int:
+        """Queue scores for the background writer; returns how many were dropped (queue full, or
+        the store unavailable). ``block``: wait for room instead (batch jobs)."""
+        if not self.available and not block:
+            with self._lock:
+                self.dropped += len(items)
+            return len(items)
+        dropped = 0
+        for item in items:
+            try:
+                self._queue.put(item, block=block)
+            except queue.Full:
+                dropped += 1
+        if dropped:
+            with self._lock:
+                self.dropped += dropped
+        return dropped
+
+    def _drain(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            batch = [item] if item is not None else []
+            stop = item is None
+            while not stop and len(batch) < _BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                stop = more is None
+                if more is not None:
+                    batch.append(more)
+            try:
+                if batch:
+                    self._write(batch)
+                    with self._lock:
+                        self.written += len(batch)
+            except Exception as err:  # noqa: BLE001 - the writer thread must outlive an outage
+                with self._lock:
+                    self.dropped += len(batch)
+                self._failed("write", err)
+            finally:
+                for _ in range(len(batch) + stop):
+                    self._queue.task_done()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued score is written (or dropped); False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def prune(self, older_than_s: float) -> int:
+        """Delete scores written more than ``older_than_s`` ago (stores without expiry); returns how many."""
+        return 0
+
+    def close(self) -> None:
+        """Write what is queued (a few seconds at most), stop the writer, close connections."""
+        self.flush(timeout=5.0)
+        try:
+            self._queue.put(None, timeout=1.0)
+        except queue.Full:
+            pass
+        self._writer.join(timeout=2.0)
+        self._close()
+
+    def _close(self) -> None:
+        pass
+
+
+class SqliteScoreStore(ScoreStore):
+    """Scores in a sqlite file (WAL mode: the server processes of a machine read it at once)."""
+
+    name = "local"
+
+    def __init__(self, path: Path, timeout_s: float = 0.05, retry_s: float = 30.0, queue_size: int = 10_000) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        with sqlite3.connect(path, timeout=10.0) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL NOT NULL, "
+                       "written REAL NOT NULL) WITHOUT ROWID")
+        db.close()
+        super().__init__(retry_s, queue_size)
+
+    def _connection(self, timeout: float) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+            with self._connections_lock:
+                self._connections.append(db)
+        return db
+
+    def _read(self, keys: Sequence[str]) -> list[float | None]:
+        db = self._connection(self.timeout_s)
+        found: dict[str, float] = {}
+        for start in range(0, len(keys), _IN_LIMIT):
+            chunk = list(keys[start : start + _IN_LIMIT])
+            marks = ",".join("?" * len(chunk))
+            found.update(db.execute(f"SELECT key, score FROM scores WHERE key IN ({marks})", chunk).fetchall())
+        return [found.get(k) for k in keys]
+
+    def _write(self, items: Sequence[tuple[str, float]]) -> None:
+        db = self._connection(5.0)  # the writer thread's own connection: it may wait for other writers
+        now = time.time()
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", [(k, v, now) for k, v in items])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def prune(self, older_than_s: float) -> int:
+        with sqlite3.connect(self.path, timeout=10.0) as db:
+            deleted = db.execute("DELETE FROM scores WHERE written < ?", (time.time() - older_than_s,)).rowcount
+        db.close()
+        return deleted
+
+    def _close(self) -> None:
+        with self._connections_lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+
+
+class RedisScoreStore(ScoreStore):
+    """Scores in Redis (``MGET`` per search; written with ``SET ... EX ttl`` in pipelines)."""
+
+    name = "redis"
+    prefix = "shoprank:ce:"
+
+    def __init__(self, url: str, timeout_s: float = 0.05, ttl_s: float = 0.0, retry_s: float = 30.0,
+                 queue_size: int = 10_000) -> None:
+        import redis
+
+        self.url = url
+        self.ttl = int(ttl_s) or None
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        # the writer waits longer than a search would; an outage still fails it within seconds
+        self.writer = redis.Redis.from_url(url, socket_timeout=max(timeout_s, 2.0),
+                                           socket_connect_timeout=max(timeout_s, 2.0))
+        super().__init__(retry_s, queue_size)
+
+    def _read(self, keys: Sequence[str]) -> list[float | None]:
+        values = self.client.mget([self.prefix + k for k in keys])
+        return [None if v is None else float(v) for v in values]
+
+    def _write(self, items: Sequence[tuple[str, float]]) -> None:
+        pipe = self.writer.pipeline(transaction=False)
+        for key, value in items:
+            pipe.set(self.prefix + key, repr(float(value)), ex=self.ttl)
+        pipe.execute()
+
+    def _close(self) -> None:
+        self.client.close()
+        self.writer.close()
+
+
+def open_score_store(settings: Settings) -> ScoreStore | None:
+    """The store ``serving.score_store`` names (None for 'memory'). Opening never fails on an
+    unreachable Redis: the first read finds out, and searches go on scoring."""
+    sv = settings.serving
+    timeout, retry, size = sv.score_store_timeout_ms / 1000, sv.score_store_retry_s, sv.score_store_queue
+    if sv.score_store == "memory":
+        return None
+    if sv.score_store == "redis":
+        return RedisScoreStore(sv.score_store_url, timeout, sv.score_store_ttl_days * 86400, retry, size)
+    return SqliteScoreStore(settings.paths.score_store, timeout, retry, size)

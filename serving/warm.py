@@ -1,0 +1,93 @@
+"""Warming the shared cross-encoder score store with the head queries of logged traffic.
+
+Nightly, after retraining (``shoprank warm-scores``; docs/learning_loop.md): the most
+searched queries of the event log (:func:`online_learning.analysis.head_queries`)
+go through the served pipeline's query analyzer and first stage, and the top
+``depth`` candidates of each are scored by every served, registered cross-encoder
+and written to the score store (``serving.score_store``). Pairs the store already
+holds are read, not scored again, so a second run costs little.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from core.cache import LRUCache
+from core.errors import InvalidInput, NotReady
+from core.query import Query
+from ranking.cache import CachedScorer
+from ranking.cascade import Cascade
+from serving.engine import SearchEngine, served_tag
+
+
+@dataclass(frozen=True)
+class WarmReport:
+    """What a warm run did: ``pairs`` = queries x depth x models, of which ``scored`` were scored
+    now and ``cached`` were already in the store; ``dropped``: scores the store did not take."""
+
+    queries: int
+    depth: int
+    models: list[str]
+    pairs: int
+    scored: int
+    cached: int
+    dropped: int
+    seconds: float
+    store: str
+    unwritten: bool = False
+    skipped: list[str] = field(default_factory=list)
+
+
+def warm_scores(engine: SearchEngine, queries: Sequence[str], depth: int, progress: bool = True,
+                flush_timeout: float = 600.0) -> WarmReport:
+    """Score the first-stage top ``depth`` of each query with the served cross-encoders into the store.
+
+    Raises:
+        InvalidInput: ``depth`` < 1, or the engine has no shared store (``serving.score_store`` 'memory').
+        NotReady: No registered cross-encoder is served (nothing would be stored).
+    """
+    if depth < 1:
+        raise InvalidInput(f"depth={depth} must be at least 1 (candidates scored per query)")
+    store = engine.caches.store
+    if store is None:
+        raise InvalidInput("serving.score_store is 'memory', or no cross-encoder is served: there is no shared "
+                           "store to warm; set SHOPRANK_SERVING__SCORE_STORE=local or redis")
+    rk = engine.settings.ranking
+    scorers: list[tuple[str, CachedScorer]] = []
+    skipped: list[str] = []
+    for served in (engine.student, engine.teacher):
+        if served is None:
+            continue
+        tag = served_tag(served, rk)
+        if tag is None:
+            skipped.append(f"{served.role}:{served.version} (not a registered model folder)")
+            continue
+        # no micro-batcher and no in-memory tier: the store is what is warmed; blocking writes never drop
+        scorers.append((f"{served.role}:{served.version}",
+                        CachedScorer(served.model, LRUCache(0), store, tag, block_writes=True)))
+    if not scorers:
+        raise NotReady("no registered cross-encoder is served, so no score would be stored; train one with "
+                       "`shoprank train reranker|student --dataset DIR`")
+    cascade: Cascade = engine.pipeline("full")  # type: ignore[assignment]  # every pipeline is a Cascade
+    started = time.perf_counter()
+    dropped_before = store.dropped
+    pairs = scored = 0
+    index = engine.index
+    for text in tqdm(queries, desc="warm scores", unit="query", disable=not progress):
+        query = cascade.analyze(Query(text))
+        head = cascade.first.search(query.text, max(depth, cascade.first_stage_depth)).top(depth)
+        ids = [index.product_id(int(d)) for d in head.docs]
+        titles = [index.title(int(d)) for d in head.docs]
+        for _, scorer in scorers:
+            _, fresh = scorer.score_counted(query.text, ids, titles)
+            pairs += len(ids)
+            scored += fresh
+    written = store.flush(timeout=flush_timeout)
+    return WarmReport(queries=len(queries), depth=depth, models=[name for name, _ in scorers], pairs=pairs,
+                      scored=scored, cached=pairs - scored, dropped=store.dropped - dropped_before,
+                      seconds=round(time.perf_counter() - started, 2), store=store.name, unwritten=not written,
+                      skipped=skipped)

@@ -1,0 +1,236 @@
+"""The two-tier cross-encoder score cache (LRU, then the shared store) and the local sqlite store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.cache import LRUCache
+from ranking.cache import CachedScorer, TierCounts, model_tag
+from ranking.score_store import ScoreStore, SqliteScoreStore, score_key, text_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class CountingScorer:
+    """Score = len(text) + offset; records every text it scored."""
+
+    def __init__(self, offset: float = 0.0) -> None:
+        self.offset = offset
+        self.seen: list[str] = []
+
+    def score(self, query: str, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
+        self.seen += list(texts)
+        return np.array([len(t) + self.offset for t in texts], dtype=np.float32)
+
+
+class FakeStore(ScoreStore):
+    """The store logic (guard, counters, background writes) over a dict; ``down`` makes it fail."""
+
+    name = "fake"
+
+    def __init__(self, retry_s: float = 60.0, queue_size: int = 100) -> None:
+        self.data: dict[str, float] = {}
+        self.down = False
+        self.reads: list[int] = []
+        super().__init__(retry_s, queue_size)
+
+    def _read(self, keys: Sequence[str]) -> list[float | None]:
+        if self.down:
+            raise ConnectionError("store is down")
+        self.reads.append(len(keys))
+        return [self.data.get(k) for k in keys]
+
+    def _write(self, items: Sequence[tuple[str, float]]) -> None:
+        if self.down:
+            raise ConnectionError("store is down")
+        self.data.update(items)
+
+
+IDS = ["P1", "P2", "P3"]
+TITLES = ["drill", "hammer drill", "garden hose"]
+
+
+def cached(store: ScoreStore | None, scorer: CountingScorer, model: str | None = "reranker:v1:int8:40:aa",
+           size: int = 100) -> CachedScorer:
+    return CachedScorer(scorer, LRUCache(size), store, model, TierCounts())
+
+
+def test_lru_then_store_then_model() -> None:
+    store = FakeStore()
+    scorer = CountingScorer()
+    first = cached(store, scorer)
+    assert first.score_products("drill", IDS, TITLES).tolist() == [5, 12, 11]
+    assert scorer.seen == TITLES and first.store_counts.misses == 3 and first.store_counts.hits == 0
+    assert store.flush(5) and len(store.data) == 3 and store.written == 3
+    # the same process again: the LRU answers, the store is not read
+    reads = len(store.reads)
+    assert first.score_products("drill", IDS, TITLES).tolist() == [5, 12, 11]
+    assert first.cache.hits == 3 and len(store.reads) == reads and len(scorer.seen) == 3
+    # another process (empty LRU) reads the store in one batch and scores nothing
+    other_scorer = CountingScorer(offset=100)  # would give other values if it scored
+    other = cached(store, other_scorer)
+    assert other.score_products("drill", IDS, TITLES).tolist() == [5, 12, 11]
+    assert other_scorer.seen == [] and other.store_counts.hits == 3 and store.reads[-1] == 3
+    # one new product: only its pair is scored
+    mixed = other.score_products("drill", [*IDS, "P4"], [*TITLES, "saw"])
+    assert mixed.tolist() == [5, 12, 11, 103] and other_scorer.seen == ["saw"]
+
+
+def test_model_version_and_product_text_change_read_other_keys() -> None:
+    store = FakeStore()
+    cached(store, CountingScorer()).score_products("drill", IDS, TITLES)
+    store.flush(5)
+    swapped = CountingScorer(offset=100)
+    v2 = cached(store, swapped, model="reranker:v2:int8:40:bb")
+    assert v2.score_products("drill", IDS, TITLES).tolist() == [105, 112, 111] and swapped.seen == TITLES
+    renamed = CountingScorer(offset=100)
+    v1 = cached(store, renamed)
+    # P2's title changed: its old score is not served, the others are
+    assert v1.score_products("drill", IDS, ["drill", "hammer drill 20v", "garden hose"]).tolist() == [5, 116, 11]
+    assert renamed.seen == ["hammer drill 20v"]
+    # the in-memory tier is keyed by the text too
+    assert v1.score_products("drill", ["P2"], ["hammer drill"]).tolist() == [12]
+    assert score_key("m", "q", "P1", text_hash("a")) != score_key("m", "q", "P1", text_hash("b"))
+
+
+def test_store_failure_still_scores_counts_and_backs_off(caplog: pytest.LogCaptureFixture) -> None:
+    store = FakeStore(retry_s=0.3)
+    store.down = True
+    scorer = CountingScorer()
+    first = cached(store, scorer, size=0)
+    with caplog.at_level("WARNING", logger="ranking.score_store"):
+        for _ in range(5):
+            assert first.score_products("drill", IDS, TITLES).tolist() == [5, 12, 11]
+    assert store.flush(5)
+    # reads and the writer's writes fail; after 3 errors in a row the store is left alone
+    assert store.errors >= 3 and store.skipped >= 1 and store.errors + store.skipped <= 5 + 5
+    assert store.dropped == 15 and store.data == {}  # nothing written while it is down (counted)
+    assert len([r for r in caplog.records if "score store" in r.message]) == 1  # logged once per interval
+    time.sleep(0.35)
+    store.down = False
+    first.score_products("drill", IDS, TITLES)  # tried again after retry_s
+    assert store.flush(5) and len(store.data) == 3
+
+
+def test_one_failed_read_does_not_leave_the_store_alone() -> None:
+    store = FakeStore()
+    store.down = True
+    assert store.get_many(["a"]) == [None]
+    store.down = False
+    store.data["a"] = 1.0
+    assert store.get_many(["a"]) == [1.0] and store.errors == 1 and store.skipped == 0
+
+
+def test_write_failure_is_counted_and_the_writer_survives() -> None:
+    store = FakeStore(retry_s=60.0)
+    store.down = True
+    store.put_many([("a", 1.0), ("b", 2.0)])
+    assert store.flush(5) and store.dropped == 2 and store.errors == 1
+    store.down = False
+    store.put_many([("c", 3.0)])
+    assert store.flush(5) and store.data == {"c": 3.0}
+
+
+class BlockedStore(FakeStore):
+    """A store whose writes wait for ``release`` (a slow disk or network)."""
+
+    def __init__(self, queue_size: int) -> None:
+        self.writing, self.release = threading.Event(), threading.Event()
+        super().__init__(queue_size=queue_size)
+
+    def _write(self, items: Sequence[tuple[str, float]]) -> None:
+        self.writing.set()
+        self.release.wait(10)
+        super()._write(items)
+
+
+def test_full_write_queue_drops_instead_of_blocking() -> None:
+    store = BlockedStore(queue_size=2)
+    store.put_many([("first", 0.0)])
+    assert store.writing.wait(5)  # the writer holds "first" and waits
+    started = time.monotonic()
+    assert store.put_many([(f"k{i}", float(i)) for i in range(5)]) == 3  # 2 fit in the queue
+    assert time.monotonic() - started < 0.5 and store.dropped == 3
+    store.release.set()
+    assert store.flush(5) and sorted(store.data) == ["first", "k0", "k1"]
+
+
+def test_unregistered_model_uses_memory_only(tmp_path: Path) -> None:
+    assert model_tag("reranker", "v1", None, "int8", 40) is None
+    assert model_tag("reranker", "v1", tmp_path, "int8", 40) is None
+    (tmp_path / "manifest.json").write_text(json.dumps({"created": "2026-01-01T00:00:00+00:00"}))
+    tag = model_tag("reranker", "v1", tmp_path, "int8", 40)
+    assert tag is not None and tag.startswith("reranker:v1:int8:40:")
+    assert model_tag("reranker", "v1", tmp_path, "fp32", 40) != tag
+    store = FakeStore()
+    plain = cached(store, CountingScorer(), model=None)
+    plain.score_products("drill", IDS, TITLES)
+    assert store.flush(5) and store.data == {} and store.reads == []
+
+
+def test_sqlite_store_is_shared_and_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "scores.sqlite"
+    a, b = SqliteScoreStore(path), SqliteScoreStore(path)
+    a.put_many([("k1", 1.5), ("k2", -2.0)])
+    assert a.flush(5)
+    assert b.get_many(["k1", "k2", "k3"]) == [1.5, -2.0, None]
+    a.close()
+    b.close()
+    restarted = SqliteScoreStore(path)
+    assert restarted.get_many(["k2", "k1"]) == [-2.0, 1.5]
+    assert restarted.prune(3600) == 0 and restarted.prune(0) == 2 and restarted.get_many(["k1"]) == [None]
+    restarted.close()
+    import sqlite3
+
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_sqlite_store_reads_many_keys_in_chunks(tmp_path: Path) -> None:
+    store = SqliteScoreStore(tmp_path / "scores.sqlite")
+    store.put_many([(f"k{i}", float(i)) for i in range(2000)], block=True)
+    assert store.flush(10) and store.written == 2000
+    assert store.get_many([f"k{i}" for i in range(1999, -1, -1)]) == [float(i) for i in range(1999, -1, -1)]
+    store.close()
+
+
+@pytest.mark.integration
+def test_sqlite_store_shared_by_two_processes(tmp_path: Path) -> None:
+    path = tmp_path / "scores.sqlite"
+    writer = ("import sys; from pathlib import Path; from ranking.score_store import SqliteScoreStore; "
+              "s = SqliteScoreStore(Path(sys.argv[1])); s.put_many([(f'{sys.argv[2]}{i}', float(i)) "
+              "for i in range(300)], block=True); s.close()")
+    procs = [subprocess.Popen([sys.executable, "-c", writer, str(path), name], cwd=ROOT) for name in ("a", "b")]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    reader = SqliteScoreStore(path)
+    assert reader.get_many(["a0", "a299", "b150", "c1"]) == [0.0, 299.0, 150.0, None]
+    assert reader.errors == 0
+    reader.close()
+
+
+def test_each_tier_is_exported_on_metrics() -> None:
+    from prometheus_client import generate_latest
+
+    from api.metrics import Metrics
+
+    store = FakeStore()
+    scorer = cached(store, CountingScorer())
+    scorer.score_products("drill", IDS, TITLES)
+    scorer.score_products("drill", IDS, TITLES)
+    store.flush(5)
+    metrics = Metrics()
+    metrics.watch(lambda: {"caches": {"reranker_scores": scorer.cache, "reranker_scores_store": scorer.store_counts,
+                                      "score_store": store}})
+    text = generate_latest(metrics.registry).decode()
+    assert 'shoprank_cache_lookups_total{cache="reranker_scores",result="hit"} 3.0' in text
+    assert 'shoprank_cache_lookups_total{cache="reranker_scores_store",result="miss"} 3.0' in text
+    assert 'shoprank_score_store_events_total{event="written"} 3.0' in text
+    assert 'shoprank_cache_entries{cache="reranker_scores"} 3.0' in text

@@ -1,0 +1,78 @@
+"""`shoprank warm-scores` end to end: logged demo traffic -> head queries -> the score store -> searches."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from core.registry import ModelRegistry
+from core.settings import Settings, get_settings
+from online_learning.analysis import head_queries
+from online_learning.consumers.log_sink import ParquetLogSink, read_log
+from serving.engine import assemble
+from serving.loading import open_engine
+from tests.api.test_operations import tiny_reranker
+from tests.helpers import demo_traffic, run_cli, share_cache
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def warm_home(tmp_path: Path, settings: Settings, demo_dir: Path, real_index, real_encoder,  # type: ignore[no-untyped-def]
+              monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A home serving the small demo catalog with a registered tiny reranker and 300 logged searches."""
+    home = share_cache(tmp_path / "home", settings)
+    ParquetLogSink(home / "event_log")(demo_traffic(assemble(real_index, real_encoder, settings)))
+    ModelRegistry(home / "models").register("reranker", tiny_reranker(tmp_path / "m", 3), base_model="minilm",
+                                            activate=True)
+    monkeypatch.setenv("SHOPRANK_HOME", str(home))
+    monkeypatch.setenv("SHOPRANK_CATALOG", str(demo_dir / "products.csv"))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_head_queries_are_the_most_searched(warm_home: Settings) -> None:
+    rankings = read_log(warm_home.paths.event_log, "rankings").drop_duplicates("event_id")
+    expected = Counter(rankings["query"]).most_common()
+    head = head_queries(warm_home.paths.event_log, 3)
+    assert head == sorted(expected, key=lambda qc: (-qc[1], qc[0]))[:3]
+    assert sum(c for _, c in head_queries(warm_home.paths.event_log, 100)) == 300
+
+
+def test_warm_scores_fills_the_store_that_searches_read(warm_home: Settings,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "warm-scores", "--queries", "3", "--depth", "5")
+    assert code == 0, err
+    first = json.loads(out)
+    assert (first["queries"], first["depth"], first["models"]) == (3, 5, ["reranker:v1"])
+    assert (first["pairs"], first["scored"], first["cached"], first["dropped"]) == (15, 15, 0, 0)
+    assert first["store"] == "local" and warm_home.paths.score_store.is_file()
+    again = json.loads(run_cli(capsys, "warm-scores", "--queries", "3", "--depth", "5")[1])
+    assert (again["scored"], again["cached"]) == (0, 15)  # a second run reads what the first wrote
+
+    # a server process started now reads the warmed pairs: the head query's first-stage top 5
+    engine = open_engine(warm_home, warm_features=False)
+    try:
+        top_query = head_queries(warm_home.paths.event_log, 1)[0][0]
+        result = engine.search(top_query, 10)
+        assert not result.degraded
+        tier = engine.cache_stats()["reranker_scores_store"]
+        teacher_depth = warm_home.ranking.teacher_depth
+        assert (tier.hits, tier.misses) == (5, teacher_depth - 5)  # type: ignore[attr-defined]
+    finally:
+        engine.close()
+
+
+def test_warm_scores_explains_bad_input(warm_home: Settings, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run_cli(capsys, "warm-scores", "--queries", "0")
+    assert code != 0 and "--queries 0" in err
+    monkeypatch.setenv("SHOPRANK_SERVING__SCORE_STORE", "memory")
+    get_settings.cache_clear()
+    code, _, err = run_cli(capsys, "warm-scores", "--queries", "3")
+    assert code != 0 and "SHOPRANK_SERVING__SCORE_STORE" in err
