@@ -1,6 +1,7 @@
 """The FastAPI app: ``create_app(settings)``; the engine and router load in the lifespan.
 
-Also here: the request-id middleware (``X-Request-ID`` in and out), request
+Also here: the request-id middleware (``X-Request-ID`` in and out; ``X-Served-By`` names the
+host, port and process that answered), request
 timing into Prometheus, one structured (JSON) access-log line per request, and
 the event log that every search's impression and every interaction goes to.
 """
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -77,6 +79,8 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     app.state.admission = Admission(limit, settings.serving.shed_in_flight or 2 * (os.cpu_count() or 1))
     app.state.metrics = metrics
 
+    served_by = f"{socket.gethostname()}:{settings.api.port}:{os.getpid()}"  # which replica and process answered
+
     @app.middleware("http")
     async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         given = request.headers.get("x-request-id", "")
@@ -88,6 +92,7 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
         path = getattr(route, "path", "unmatched")
         metrics.requests.labels(path, str(response.status_code)).observe(seconds)
         response.headers["x-request-id"] = request.state.request_id
+        response.headers["x-served-by"] = served_by
         access.info(json.dumps({"request_id": request.state.request_id, "method": request.method, "path": path,
                                 "status": response.status_code, "ms": round(seconds * 1e3, 2)}))
         return response

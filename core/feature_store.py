@@ -22,6 +22,13 @@ once the cache is warm; users are always read fresh.
 
 Missing values (a product with no popularity yet, an anonymous user) are NaN,
 which LightGBM treats as missing.
+
+An online store that is down or slow never stalls a search: every read waits at
+most ``read_timeout`` seconds; a failed or late read opens a breaker for
+``retry_after`` seconds during which reads are not tried at all. Meanwhile
+products keep their cached rows, unread rows and the user's row are missing
+(NaN), and :attr:`FeatureBatch.unavailable` says why, so the search reports it
+in ``degraded``.
 """
 
 from __future__ import annotations
@@ -60,12 +67,19 @@ def render_config(settings: Settings) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     fs = settings.features
     online = ({"type": "sqlite", "path": str(folder / "online_store.db")} if fs.online_store == "sqlite"
-              else {"type": "redis", "connection_string": fs.redis_url})
+              else {"type": "redis", "connection_string": _with_timeouts(fs.redis_url)})
     config = {"project": "shoprank", "provider": "local", "registry": str(folder / "registry.db"),
               "online_store": online, "offline_store": {"type": "file"}, "entity_key_serialization_version": 3}
     path = folder / f"feature_store.{fs.online_store}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def _with_timeouts(url: str) -> str:
+    """Redis connection string with socket timeouts (1 s) unless it sets its own: a stopped or
+    unreachable Redis fails a read instead of hanging it."""
+    extra = [f"{k}=1" for k in ("socket_connect_timeout", "socket_timeout") if f"{k}=" not in url]
+    return ",".join([url, *extra])
 
 
 def open_store(settings: Settings) -> FeatureStore:
@@ -113,19 +127,32 @@ def _value(proto: Any) -> Any:
 
 @dataclass(frozen=True)
 class FeatureBatch:
-    """Numeric features for candidates, one float32 column per name (NaN = missing)."""
+    """Numeric features for candidates, one float32 column per name (NaN = missing);
+    ``unavailable``: why some rows could not be read (the online store is down), else None."""
 
     product_ids: list[str]
     columns: dict[str, np.ndarray]
+    unavailable: str | None = None
 
     def matrix(self, names: Sequence[str]) -> np.ndarray:
         return np.column_stack([self.columns[n] for n in names]).astype(np.float32) if names else np.zeros((len(self.product_ids), 0), np.float32)
 
 
+class StoreUnavailable(RuntimeError):
+    """The online store did not answer in time (or is resting after it failed)."""
+
+
 class OnlineFeatureReader:
     """Reads a feature service's features for (user, candidates) from the online store."""
 
-    def __init__(self, store: FeatureStore, service: str, product_ttl: float = 30.0) -> None:
+    def __init__(self, store: FeatureStore, service: str, product_ttl: float = 30.0, read_timeout: float = 0.25,
+                 retry_after: float = 2.0) -> None:
+        self.read_timeout = read_timeout
+        self.retry_after = retry_after
+        self._down_until = 0.0
+        self._down_reason = ""
+        self._io = ThreadPoolExecutor(4, thread_name_prefix="feature-read")
+        self.failures = 0
         self.store = store
         self.provider = store._get_provider()  # the OnlineStore behind get_online_features
         self.service = store.get_feature_service(service)
@@ -156,7 +183,30 @@ class OnlineFeatureReader:
         self.hits = 0
         self.misses = 0
 
-    def _read(self, view_name: str, keys: Sequence[str]) -> list[dict[str, Any]]:
+    def _read(self, view_name: str, keys: Sequence[str], timeout: float | None = None) -> list[dict[str, Any]]:
+        """One view's rows for ``keys``, waiting at most ``timeout`` (default ``read_timeout``) seconds;
+        raises :class:`StoreUnavailable` when the store fails, is late, or failed less than
+        ``retry_after`` seconds ago."""
+        now = time.monotonic()
+        if now < self._down_until:
+            raise StoreUnavailable(self._down_reason)
+        future = self._io.submit(self._read_now, view_name, keys)
+        try:
+            return future.result(timeout=self.read_timeout if timeout is None else timeout)
+        except Exception as err:
+            reason = ("online store read timed out" if isinstance(err, TimeoutError)
+                      else f"online store error {type(err).__name__}")
+            with self._lock:
+                first = now >= self._down_until
+                self._down_until = time.monotonic() + self.retry_after
+                self._down_reason = reason
+                self.failures += 1
+            if first:
+                logger.warning("%s; store features are missing for %.1fs before the next try", reason,
+                               self.retry_after)
+            raise StoreUnavailable(reason) from err
+
+    def _read_now(self, view_name: str, keys: Sequence[str]) -> list[dict[str, Any]]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
@@ -166,11 +216,11 @@ class OnlineFeatureReader:
                                          requested_features=features)
         return [{f: _value(values[f]) for f in features if f in values} if values else {} for _, values in rows]
 
-    def _read_products(self, product_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def _read_products(self, product_ids: Sequence[str], timeout: float | None = None) -> dict[str, dict[str, Any]]:
         merged: dict[str, dict[str, Any]] = {p: {} for p in product_ids}
         for name, (_, _, join_key) in self._views.items():
             if join_key == "product_id":
-                for p, row in zip(product_ids, self._read(name, list(product_ids))):
+                for p, row in zip(product_ids, self._read(name, list(product_ids), timeout)):
                     merged[p].update(row)
         return merged
 
@@ -180,10 +230,13 @@ class OnlineFeatureReader:
                 self._cache[p] = (when, row)
             self._refreshing.difference_update(rows)
 
-    def _refresh(self, product_ids: list[str]) -> None:
+    def _refresh(self, product_ids: list[str], timeout: float | None = None) -> None:
         try:
-            self._store(self._read_products(product_ids), time.monotonic())
-        except Exception:  # noqa: BLE001 - the stale rows keep serving; the next access retries
+            self._store(self._read_products(product_ids, timeout), time.monotonic())
+        except StoreUnavailable:  # the stale rows keep serving; the next access retries
+            with self._lock:
+                self._refreshing.difference_update(product_ids)
+        except Exception:
             logger.exception("refreshing %d products' store features failed", len(product_ids))
             with self._lock:
                 self._refreshing.difference_update(product_ids)
@@ -191,11 +244,12 @@ class OnlineFeatureReader:
     def warm(self, product_ids: Sequence[str], batch: int = 2000) -> None:
         """Read every product's rows into the cache (a server does this once, in the background)."""
         for start in range(0, len(product_ids), batch):
-            self._refresh(list(product_ids[start : start + batch]))
+            self._refresh(list(product_ids[start : start + batch]), timeout=60.0)
 
     def _products(self, product_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Cached rows: a product never read is read now; a row older than ``product_ttl`` is
-        served as it is and re-read in the background (stale-while-revalidate)."""
+        served as it is and re-read in the background (stale-while-revalidate). Rows that cannot
+        be read now (the store is unavailable) are empty: missing features."""
         now = time.monotonic()
         with self._lock:
             cached = {p: self._cache.get(p) for p in product_ids}
@@ -208,10 +262,14 @@ class OnlineFeatureReader:
         if stale:
             self._refresher.submit(self._refresh, stale)
         if missing:
-            fresh = self._read_products(missing)
+            fresh = self._read_products(missing)  # StoreUnavailable: the caller serves what is cached
             self._store(fresh, now)
             cached.update({p: (now, row) for p, row in fresh.items()})
         return [cached[p][1] for p in product_ids]  # type: ignore[index]
+
+    def _cached_products(self, product_ids: Sequence[str]) -> list[dict[str, Any]]:
+        with self._lock:
+            return [entry[1] if (entry := self._cache.get(p)) else {} for p in product_ids]
 
     def _user(self, user_id: str | None) -> dict[str, Any]:
         row: dict[str, Any] = {}
@@ -223,9 +281,17 @@ class OnlineFeatureReader:
         return row
 
     def fetch(self, product_ids: Sequence[str], user_id: str | None) -> FeatureBatch:
-        """Features of every product for ``user_id`` (None: anonymous)."""
-        products = self._products(product_ids)
-        user = self._user(user_id)
+        """Features of every product for ``user_id`` (None: anonymous); what the store cannot
+        give now is missing, and the batch says why (``unavailable``)."""
+        unavailable = None
+        try:
+            products = self._products(product_ids)
+        except StoreUnavailable as err:
+            products, unavailable = self._cached_products(product_ids), str(err)
+        try:
+            user = self._user(user_id)
+        except StoreUnavailable as err:
+            user, unavailable = {}, str(err)
         rows = [{**user, **p} for p in products]
         columns: dict[str, np.ndarray] = {}
         for odfv, features in self._odfvs:
@@ -236,7 +302,7 @@ class OnlineFeatureReader:
         for name in self.names:
             if name not in columns:
                 columns[name] = np.asarray([_number(r.get(name)) for r in rows], dtype=np.float32)
-        return FeatureBatch(list(product_ids), columns)
+        return FeatureBatch(list(product_ids), columns, unavailable)
 
     @property
     def hit_rate(self) -> float:

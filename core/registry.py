@@ -17,6 +17,7 @@ use this API.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.errors import InvalidInput, NotFound
+from core.errors import Conflict, InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class ModelVersion:
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256, written at registration
     path: Path | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -68,6 +70,20 @@ class ServedModel:
 def _check_role(role: str) -> None:
     if role not in ROLES:
         raise InvalidInput(f"model role {role!r} is not one of {list(ROLES)}")
+
+
+def _digest(file: Path) -> str:
+    sha = hashlib.sha256()
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under a model folder (its manifest aside), by relative path."""
+    return {str(f.relative_to(folder)): _digest(f) for f in sorted(folder.rglob("*"))
+            if f.is_file() and f.name != "manifest.json"}
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -112,7 +128,8 @@ class ModelRegistry:
                 shutil.copytree(source, target)
             entry = ModelVersion(role=role, version=version, created=datetime.now(UTC).isoformat(timespec="seconds"),
                                  base_model=base_model, parent=parent, training_data=training_data,
-                                 params=params or {}, metrics=metrics or {}, notes=notes, path=target)
+                                 params=params or {}, metrics=metrics or {}, notes=notes,
+                                 files=checksums(target), path=target)
             _write_json(target / "manifest.json", entry.to_json())
         logger.info("registered %s %s at %s", role, version, target)
         if activate:
@@ -150,9 +167,25 @@ class ModelRegistry:
         version = self._state(role)["version"]
         return self.get(role, version) if version else None
 
-    def activate(self, role: str, version: str) -> ModelVersion:
-        """Make ``version`` the active one of ``role`` (atomic)."""
+    def verify(self, role: str, version: str) -> ModelVersion:
+        """The version, if its files are those registered (same sha256); a missing, truncated or
+        altered file raises :class:`~core.errors.Conflict` naming it. Versions registered before
+        checksums were recorded pass unchecked."""
         entry = self.get(role, version)
+        folder = Path(entry.path)  # type: ignore[arg-type]
+        for name, digest in entry.files.items():
+            file = folder / name
+            if not file.is_file():
+                raise Conflict(f"{role} {version} is damaged: {name} is missing from {folder}; "
+                               "the active version keeps serving")
+            if _digest(file) != digest:
+                raise Conflict(f"{role} {version} is damaged: {name} differs from the registered file "
+                               f"(sha256 mismatch, {file.stat().st_size} bytes); the active version keeps serving")
+        return entry
+
+    def activate(self, role: str, version: str) -> ModelVersion:
+        """Make ``version`` the active one of ``role`` (atomic), if its files are intact (:meth:`verify`)."""
+        entry = self.verify(role, version)
         with self._lock(role):
             state = self._state(role)
             if state["version"] != version:
@@ -168,6 +201,7 @@ class ModelRegistry:
             if not state["history"]:
                 raise InvalidInput(f"{role} has no earlier active version to roll back to")
             previous = state["history"][-1]
+            self.verify(role, previous)
             _write_json(self.root / role / "active.json", {"version": previous, "history": state["history"][:-1]})
         logger.info("rolled %s back to %s", role, previous)
         return self.get(role, previous)

@@ -30,10 +30,12 @@ from retrieval.types import Candidates
 
 @dataclass(frozen=True)
 class Noted:
-    """A stage's output with notes per product id (the rules stage says what each rule did)."""
+    """A stage's output with notes per product id (the rules stage says what each rule did), and
+    what the stage could not do fully (``degraded``, e.g. store features missing)."""
 
     candidates: Candidates
     notes: Mapping[str, list[str]]
+    degraded: tuple[str, ...] = ()
 
 
 Stage = Callable[[Query, Candidates], "Candidates | Noted"]
@@ -130,11 +132,12 @@ class Cascade:
                 out = stage(replace(query, deadline=min(limits) if limits and skippable else None), candidates)
                 if isinstance(out, Noted):
                     candidates, notes = out.candidates, {**notes, **out.notes}
+                    degraded.extend(out.degraded)
                 else:
                     candidates = out
             except StageTimeout:
                 degraded.append(f"{name}: timeout")
-            except Exception as err:  # noqa: BLE001 - serve the previous order, say why
+            except Exception as err:
                 logger.exception("stage %s failed", name)
                 degraded.append(f"{name}: error {type(err).__name__}")
             timings[name] = time.perf_counter() - started

@@ -124,7 +124,12 @@ class LtrFeaturizer:
         return dict(zip(RELEVANCE_FEATURES, matrix.T))
 
     def __call__(self, query: Query, candidates: Candidates) -> np.ndarray:
+        return self.features(query, candidates)[0]
+
+    def features(self, query: Query, candidates: Candidates) -> tuple[np.ndarray, str | None]:
+        """The feature rows, and why store features are missing (the store is unavailable) or None."""
         wanted = set(self.names)
+        unavailable = None
         columns: dict[str, np.ndarray] = {}
         if wanted & set(BASE_FEATURES):
             columns |= self._base(query, candidates)
@@ -139,6 +144,7 @@ class LtrFeaturizer:
             else:
                 batch = self.store(query, candidates.product_ids)
                 columns |= dict(zip(store_names, batch.matrix(store_names).T))
+                unavailable = batch.unavailable
         if not self.names:
-            return np.zeros((len(candidates), 0), np.float32)
-        return np.column_stack([columns[n] for n in self.names]).astype(np.float32)
+            return np.zeros((len(candidates), 0), np.float32), unavailable
+        return np.column_stack([columns[n] for n in self.names]).astype(np.float32), unavailable

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.query import Query
-from ranking.cascade import rerank_head
+from ranking.cascade import Noted, rerank_head
 from ranking.features import LtrFeaturizer
 from ranking.lambdamart import LambdaMART
 from retrieval.types import Candidates
@@ -20,11 +20,15 @@ class LtrStage:
     depth: int
     name: str = "ltr"
 
-    def __call__(self, query: Query, candidates: Candidates) -> Candidates:
+    def __call__(self, query: Query, candidates: Candidates) -> Candidates | Noted:
         if self.depth <= 0 or not len(candidates):
             return candidates
         head = candidates.top(self.depth)
-        return rerank_head(candidates, self.depth, self.name, self.model.predict(self.featurizer(query, head)))
+        rows, unavailable = self.featurizer.features(query, head)
+        ranked = rerank_head(candidates, self.depth, self.name, self.model.predict(rows))
+        if unavailable:  # ranked without (some) store features: say so
+            return Noted(ranked, {}, (f"{self.name}: store features missing ({unavailable})",))
+        return ranked
 
     def explain(self, query: Query, candidates: Candidates) -> list[dict[str, float]]:
         """Per-row feature contributions (and the model's bias) for ``candidates``."""

@@ -18,7 +18,7 @@ from core.registry import ModelRegistry
 from core.settings import Settings
 from online_learning.experiments import Experiment
 from serving.engine import SearchEngine
-from serving.loading import SWAPPABLE
+from serving.loading import SWAPPABLE, check_loads
 from serving.router import save_router_config
 
 
@@ -84,6 +84,7 @@ def models(holder: HolderDep, settings: SettingsDep) -> ModelsState:
 @router.post("/models/{role}/activate", response_model=ModelsState, summary="Activate a version and hot-swap to it")
 async def activate(role: str, body: Activate, request: Request, holder: HolderDep, settings: SettingsDep) -> ModelsState:
     _check_role(role)
+    await asyncio.to_thread(check_loads, settings, role, body.version)  # 409 for a damaged version
     ModelRegistry(settings.paths.models).activate(role, body.version)
     request.app.state.metrics.swaps.labels(role, "activate").inc()
     return _describe(settings, await _swap(request, holder))

@@ -26,6 +26,10 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_activate(args: argparse.Namespace, settings: Settings) -> int:
+    if args.role != "biencoder":  # a served role: refuse a version that is damaged or does not load
+        from serving.loading import check_loads
+
+        check_loads(settings, args.role, args.version)
     entry = ModelRegistry(settings.paths.models).activate(args.role, args.version)
     print(json.dumps({"role": args.role, "active": entry.version}))
     return 0

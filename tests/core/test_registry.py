@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from core.errors import InvalidInput, NotFound
+from core.errors import Conflict, InvalidInput, NotFound
 from core.registry import ModelRegistry
 
 
@@ -42,3 +43,35 @@ def test_errors_name_what_exists(tmp_path: Path) -> None:
     registry.register("ltr", model_folder(tmp_path, "m"), base_model="lightgbm", activate=True)
     with pytest.raises(InvalidInput, match="no earlier active version"):
         registry.rollback("ltr")
+
+
+def test_a_damaged_version_is_refused_and_the_active_one_stays(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    for i in (1, 2):
+        source = tmp_path / f"m{i}"
+        (source / "weights").mkdir(parents=True)
+        (source / "weights" / "model.onnx").write_bytes(bytes(range(200)) * (i + 1))
+        registry.register("reranker", source, base_model="minilm")
+    assert set(registry.get("reranker", "v2").files) == {"weights/model.onnx"}
+    registry.activate("reranker", "v1")
+    weights = tmp_path / "models" / "reranker" / "v2" / "weights" / "model.onnx"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated after registration
+    with pytest.raises(Conflict, match=r"reranker v2 is damaged: weights/model.onnx differs"):
+        registry.activate("reranker", "v2")
+    weights.unlink()
+    with pytest.raises(Conflict, match=r"weights/model.onnx is missing"):
+        registry.activate("reranker", "v2")
+    assert registry.active_version("reranker") == "v1"
+
+
+def test_versions_registered_without_checksums_still_activate(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    source = tmp_path / "m"
+    source.mkdir()
+    (source / "model.txt").write_text("tree")
+    entry = registry.register("ltr", source, base_model="lightgbm")
+    manifest = Path(entry.path) / "manifest.json"  # type: ignore[arg-type]
+    data = json.loads(manifest.read_text())
+    del data["files"]  # a manifest written before checksums were recorded
+    manifest.write_text(json.dumps(data))
+    assert registry.activate("ltr", "v1").files == {}

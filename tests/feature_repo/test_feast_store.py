@@ -132,6 +132,18 @@ def test_redis_online_store(sqlite_settings: Settings, tmp_path: Path) -> None:
             "features": FeatureSettings(online_store="redis", redis_url=f"127.0.0.1:{port}")})
         feature_store.apply(settings)
         check_latest(read_online(settings))
-    finally:
+        # Redis stops: reads fail fast (bounded wait, then a rest), cached rows still serve, the rest is missing
+        reader = OnlineFeatureReader(feature_store.open_store(settings), "ranker_v1", read_timeout=0.5,
+                                     retry_after=60)
+        reader.warm(["P1"])
         server.terminate()
         server.wait(timeout=10)
+        batch = reader.fetch(["P1", "P2"], "U1")
+        assert batch.unavailable and "online store" in batch.unavailable
+        assert batch.columns["price"][0] == pytest.approx(12) and np.isnan(batch.columns["price"][1])
+        again = reader.fetch(["P2"], "U1")  # resting: not tried again
+        assert again.unavailable == batch.unavailable and reader.failures == 1
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=10)

@@ -1,0 +1,411 @@
+"""A local multi-replica topology: HAProxy in front of N ``shoprank serve`` replicas, one
+Redis, the Kafka-protocol broker and the event consumers, all on 127.0.0.1.
+
+``shoprank cluster up`` starts it and returns once every piece answers;
+``shoprank cluster down`` stops it; ``shoprank cluster status`` says what runs.
+The pieces map one to one onto a production deployment (docs/deploy.md):
+
+=====================  ===============================  ===============================
+piece                  here                             Kubernetes
+=====================  ===============================  ===============================
+load balancer          HAProxy, checks ``/readyz``      Service / Ingress
+API replicas           ``shoprank serve --port P``      Deployment (replicas: N)
+shared online state    one ``redis-server``             Redis (managed or StatefulSet)
+events                 Tansu (Kafka protocol)           your Kafka cluster
+event log + features   ``shoprank consume``        Deployment per consumer group
+artifacts              the artifact home (one folder)   a shared volume (ReadWriteMany)
+=====================  ===============================  ===============================
+
+Every replica reads the same artifact home: the index (built once here, before
+any replica starts, so replicas only load it), the model registry's active
+pointers and the experiment file, which each replica polls every
+``serving.reload_poll_s``; a swap through any replica reaches all of them.
+Each replica claims its own event spool slot, so no accepted event is shared
+or lost when one dies. The state of a running topology (process ids, ports)
+is kept in ``<home>/cluster/state.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from core.errors import Conflict, InvalidInput, NotReady
+from core.settings import Settings
+from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC
+from online_learning.local_broker import create_topics, free_port, tansu_binary
+
+logger = logging.getLogger(__name__)
+
+MAX_REPLICAS = 16
+
+
+@dataclass
+class Piece:
+    """One process of the topology."""
+
+    name: str
+    argv: list[str]
+    port: int | None = None
+    pid: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Layout:
+    """Ports and the pieces of one topology (what ``state.json`` holds)."""
+
+    port: int
+    replicas: list[int]
+    redis_port: int
+    broker_port: int
+    pieces: dict[str, Piece] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"127.0.0.1:{self.redis_port}"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.broker_port}"
+
+    def replica_url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.replicas[i]}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"port": self.port, "replicas": self.replicas, "redis_port": self.redis_port,
+                "broker_port": self.broker_port, "pieces": {k: asdict(v) for k, v in self.pieces.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Layout:  # type: ignore[type-arg]
+        layout = cls(data["port"], list(data["replicas"]), data["redis_port"], data["broker_port"])
+        layout.pieces = {k: Piece(**v) for k, v in data["pieces"].items()}
+        return layout
+
+
+def haproxy_config(layout: Layout, check_interval_ms: int = 1000) -> str:
+    """HAProxy in front of the replicas: health checks on ``/readyz`` (a loading or dead
+    replica gets no traffic), least-connections balancing, and a failed connection or an
+    empty answer from a dying replica retried on another one (searches are safe to repeat;
+    events carry ids that the log de-duplicates)."""
+    servers = "\n".join(f"    server replica{i} 127.0.0.1:{port} check inter {check_interval_ms} fall 2 rise 2"
+                        for i, port in enumerate(layout.replicas))
+    return f"""# written by `shoprank cluster up`; regenerated on every start
+global
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout 503
+
+frontend shoprank
+    bind 127.0.0.1:{layout.port}
+    default_backend replicas
+
+backend replicas
+    balance leastconn
+    option httpchk GET /readyz
+    http-check expect status 200
+{servers}
+"""
+
+
+def _wait_port(port: int, process: subprocess.Popen | None, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise NotReady(f"{what} exited with code {process.returncode} before listening on 127.0.0.1:{port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise NotReady(f"{what} did not listen on 127.0.0.1:{port} within {seconds:.0f}s")
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (exited, not yet reaped by its parent) counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+class Topology:
+    """Start, inspect, break and stop the local topology of one artifact home."""
+
+    def __init__(self, settings: Settings, replicas: int = 2, port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise InvalidInput(f"replicas={replicas} is out of range; pass 1..{MAX_REPLICAS}")
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self.folder = self.home / "cluster"
+        self.extra_env = dict(env or {})
+        self.layout = Layout(port or settings.api.port, [free_port() for _ in range(replicas)], free_port(),
+                             free_port())
+        self._processes: dict[str, subprocess.Popen] = {}
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.folder / "state.json"
+
+    @classmethod
+    def attach(cls, settings: Settings) -> Topology:
+        """The running topology of ``settings.home`` (from its state file)."""
+        state = settings.home.resolve() / "cluster" / "state.json"
+        if not state.is_file():
+            raise NotReady(f"no topology runs from {settings.home}: start one with `shoprank cluster up`")
+        topology = cls.__new__(cls)
+        topology.settings = settings
+        topology.home = settings.home.resolve()
+        topology.folder = topology.home / "cluster"
+        topology.extra_env = {}
+        topology.layout = Layout.from_json(json.loads(state.read_text()))
+        topology._processes = {}
+        return topology
+
+    def _save(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.layout.to_json(), indent=2))
+        os.replace(tmp, self.state_file)
+
+    def env(self) -> dict[str, str]:
+        """The environment every ShopRank process of the topology gets."""
+        env = {**os.environ, "SHOPRANK_HOME": str(self.home), "SHOPRANK_PROGRESS": "false",
+               "SHOPRANK_EVENTS__KAFKA_BOOTSTRAP": self.layout.bootstrap,
+               "SHOPRANK_FEATURES__REDIS_URL": self.layout.redis_url, "HF_HUB_OFFLINE": "1"}
+        if self.features_ready():
+            env["SHOPRANK_FEATURES__ONLINE_STORE"] = "redis"
+        return {**env, **self.extra_env}
+
+    def features_ready(self) -> bool:
+        """Feature tables were built (`shoprank features build`): the cluster serves them from Redis."""
+        return any(self.settings.paths.features.glob("*.parquet"))
+
+    # -- pieces -----------------------------------------------------------------------------
+
+    def _spawn(self, piece: Piece) -> subprocess.Popen:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = (self.folder / f"{piece.name}.log").open("ab")
+        process = subprocess.Popen(piece.argv, env={**self.env(), **piece.env}, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        piece.pid = process.pid
+        self.layout.pieces[piece.name] = piece
+        self._processes[piece.name] = process
+        self._save()
+        logger.info("started %s (pid %d%s)", piece.name, process.pid, f", port {piece.port}" if piece.port else "")
+        return process
+
+    def start_redis(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise NotReady("redis-server is not installed (Debian: apt-get install redis-server; `make test` does it)")
+        port = self.layout.redis_port
+        data = self.folder / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        # append-only file: a restarted Redis comes back with the features and scores it held
+        process = self._spawn(Piece("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                              "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data),
+                                              "--protected-mode", "yes"], port))
+        _wait_port(port, process, 20, "redis-server")
+
+    def start_broker(self) -> None:
+        port = self.layout.broker_port
+        url = f"tcp://127.0.0.1:{port}"
+        process = self._spawn(Piece("broker", [str(tansu_binary()), "broker", "--listener-url", url,
+                                               "--advertised-listener-url", url, "--storage-engine",
+                                               "memory://tansu/"], port))
+        _wait_port(port, process, 20, "the Kafka-protocol broker (tansu)")
+        create_topics(self.layout.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
+
+    def start_consumer(self, kind: str) -> None:
+        self._spawn(Piece(f"consumer-{kind}", [sys.executable, "-m", "shoprank.cli", "consume",
+                                               kind, "--bootstrap", self.layout.bootstrap]))
+
+    def start_replica(self, i: int, wait: bool = True) -> None:
+        port = self.layout.replicas[i]
+        process = self._spawn(Piece(f"replica-{i}", [sys.executable, "-m", "shoprank.cli", "serve", "--host",
+                                                     "127.0.0.1", "--port", str(port)], port))
+        if wait:
+            self.wait_replica(i, process)
+
+    def wait_replica(self, i: int, process: subprocess.Popen | None = None, seconds: float = 300) -> None:
+        url = f"{self.layout.replica_url(i)}/readyz"
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise NotReady(f"replica {i} exited with code {process.returncode}; see "
+                               f"{self.folder / f'replica-{i}.log'}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise NotReady(f"replica {i} was not ready within {seconds:.0f}s; see {self.folder / f'replica-{i}.log'}")
+
+    def start_haproxy(self) -> None:
+        binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").is_file() else None)
+        if binary is None:
+            raise NotReady("haproxy is not installed (Debian: apt-get install haproxy; `make test` does it)")
+        config = self.folder / "haproxy.cfg"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config.write_text(haproxy_config(self.layout))
+        check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            raise Conflict(f"haproxy rejected {config}: {check.stdout}{check.stderr}")
+        process = self._spawn(Piece("haproxy", [binary, "-db", "-f", str(config)], self.layout.port))
+        _wait_port(self.layout.port, process, 20, "haproxy")
+
+    # -- the whole topology -------------------------------------------------------------------
+
+    def up(self) -> dict[str, object]:
+        """Start every piece (Redis, broker, consumers, the index once, replicas, HAProxy)."""
+        if self.state_file.is_file() and any(_alive(p.pid) for p in Topology.attach(self.settings).layout.pieces.values()):
+            raise Conflict(f"a topology already runs from {self.home}; `shoprank cluster down` first")
+        started = time.monotonic()
+        try:
+            self.start_redis()
+            self.start_broker()
+            if self.features_ready():
+                self._load_features()
+            self.start_consumer("sink")
+            if self.settings.paths.world.is_dir():
+                self.start_consumer("features")
+            self._build_index()
+            for i in range(len(self.layout.replicas)):
+                self.start_replica(i, wait=False)
+            for i in range(len(self.layout.replicas)):
+                self.wait_replica(i, self._processes[f"replica-{i}"])
+            self.start_haproxy()
+            self.wait_balanced()
+        except BaseException:
+            self.down()
+            raise
+        return {**self.status(), "seconds": round(time.monotonic() - started, 1)}
+
+    def _load_features(self) -> None:
+        """Register the feature definitions against Redis and load it (feast apply + materialize)."""
+        for verb in ("apply", "materialize"):
+            subprocess.run([sys.executable, "-m", "shoprank.cli", "features", verb, "--online-store", "redis"],
+                           env=self.env(), check=True, stdout=subprocess.DEVNULL)
+
+    def _build_index(self) -> None:
+        """Build the served index once, so replicas only load it."""
+        subprocess.run([sys.executable, "-c", "from shoprank.cli import build_served_index; build_served_index()"],
+                       env=self.env(), check=True)
+
+    def wait_balanced(self, seconds: float = 30) -> None:
+        """Until HAProxy answers ``/readyz`` (at least one replica passed its health check)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.layout.base_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise NotReady(f"haproxy on {self.layout.base_url} had no ready replica within {seconds:.0f}s")
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, seconds: float = 20) -> None:
+        """Stop one piece (``sig``: SIGTERM for a clean stop, SIGKILL for a crash)."""
+        piece = self.layout.pieces.get(name)
+        if piece is None or not _alive(piece.pid):
+            return
+        try:
+            os.killpg(piece.pid, sig)  # type: ignore[arg-type]
+        except ProcessLookupError:
+            return
+        process = self._processes.get(name)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                break
+            if process is None and not _alive(piece.pid):
+                break
+            time.sleep(0.05)
+        else:
+            os.killpg(piece.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            if process is not None:
+                process.wait(5)
+        logger.info("stopped %s (pid %s)", name, piece.pid)
+
+    def restart(self, name: str, wait: bool = True) -> None:
+        """Start a stopped piece again, same command and port (a crashed replica rejoins)."""
+        piece = self.layout.pieces.get(name)
+        if piece is None:
+            raise InvalidInput(f"no piece {name!r}; pieces: {sorted(self.layout.pieces)}")
+        if _alive(piece.pid):
+            raise Conflict(f"{name} still runs (pid {piece.pid}); stop it first")
+        process = self._spawn(Piece(piece.name, piece.argv, piece.port, env=piece.env))
+        if wait and name.startswith("replica-"):
+            self.wait_replica(int(name.split("-")[1]), process)
+        elif wait and piece.port:
+            _wait_port(piece.port, process, 20, name)
+
+    def down(self) -> dict[str, object]:
+        """Stop every piece, the load balancer first and the stores last."""
+        order = ["haproxy", *sorted(n for n in self.layout.pieces if n.startswith("replica-")),
+                 *sorted(n for n in self.layout.pieces if n.startswith("consumer-")), "broker", "redis"]
+        stopped = []
+        for name in order:
+            if name in self.layout.pieces:
+                was_alive = _alive(self.layout.pieces[name].pid)
+                self.stop(name)
+                if was_alive:
+                    stopped.append(name)
+        if self.state_file.is_file():
+            self.state_file.unlink()
+        return {"stopped": stopped}
+
+    def status(self) -> dict[str, object]:
+        """Each piece: pid, port, alive; each replica: ready and its served versions."""
+        pieces: dict[str, object] = {}
+        for name, piece in self.layout.pieces.items():
+            entry: dict[str, object] = {"pid": piece.pid, "port": piece.port, "alive": _alive(piece.pid)}
+            if name.startswith("replica-") and entry["alive"]:
+                try:
+                    ready = httpx.get(f"http://127.0.0.1:{piece.port}/readyz", timeout=2)
+                    entry["ready"] = ready.status_code == 200
+                    entry["versions"] = ready.json().get("versions")
+                except httpx.HTTPError as err:
+                    entry["ready"] = False
+                    entry["error"] = type(err).__name__
+            pieces[name] = entry
+        return {"url": self.layout.base_url, "redis": self.layout.redis_url, "kafka": self.layout.bootstrap,
+                "home": str(self.home), "pieces": pieces}
