@@ -10,8 +10,9 @@ export SHOPRANK_HOME ?= $(CURDIR)/artifacts
 export HF_HUB_OFFLINE := 1
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-# Debian packages the test suite starts for real: Redis (Feast online store)
-APT_PACKAGES ?= redis-server
+# Debian packages the test suite uses for real: Redis (Feast online store, score store), HAProxy (the
+# local topology), iproute2 (a loopback-only network namespace for LightGBM on Dask)
+APT_PACKAGES ?= redis-server haproxy iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-deps run test test-fast lint bench clean-artifacts

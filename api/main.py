@@ -33,7 +33,7 @@ from core import __version__
 from core.keys import KeyStore
 from core.settings import Settings, get_settings
 from online_learning.event_log import EventLog, KafkaSettings, claim_spool
-from serving.loading import Served, generation, open_served
+from serving.loading import Served, generation, open_served, pull_artifacts
 
 logger = logging.getLogger(__name__)
 access = logging.getLogger("shoprank.access")
@@ -52,8 +52,16 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        holder = ServedHolder(lambda previous: loader(settings, previous), lambda: generation(settings),
-                              settings.serving.reload_poll_s)
+        def load(previous: Served | None) -> Served:
+            if previous is None:
+                pull_artifacts(settings)  # a replica builds nothing: it serves what the store holds
+            return loader(settings, previous)
+
+        def stamp() -> str:
+            pull_artifacts(settings)  # swaps and experiments published by other replicas or the CLI
+            return generation(settings)
+
+        holder = ServedHolder(load, stamp, settings.serving.reload_poll_s)
         kafka = KafkaSettings(settings.events.kafka_bootstrap) if settings.events.kafka_bootstrap else None
         spool, spool_lock = claim_spool(settings.paths.event_spool)
         event_log = EventLog(spool, kafka)

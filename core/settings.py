@@ -183,6 +183,11 @@ class Settings(BaseSettings):
     catalog: Path | None = Field(
         None, description="Catalog served by `shoprank serve`; None builds the demo catalog."
     )
+    artifacts_url: str | None = Field(None, description="Artifact store shared by replicas that share no volume: "
+                                      "any fsspec URL (s3://bucket/shoprank, file:///mnt/shared/shoprank). A server "
+                                      "pulls the indexes, models, experiment and keys from it at start and on every "
+                                      "serving.reload_poll_s, and pushes the admin API's swaps; `shoprank artifacts "
+                                      "push` publishes what a build or training made. None: the home is the store.")
     index_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Name of the served index "
                             "(`shoprank index --name`).")
     encoder: str = Field(

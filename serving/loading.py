@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.artifacts import ArtifactStore
 from core.errors import Conflict
 from core.feature_store import OnlineFeatureReader
 from core.registry import ModelRegistry, ModelVersion, ServedModel
@@ -261,6 +262,26 @@ class Served:
     def close(self) -> None:
         self.router.close()
         self.engine.close()
+
+
+def artifact_store(settings: Settings) -> ArtifactStore | None:
+    """The shared artifact store (``settings.artifacts_url``) mirrored into this home, or None."""
+    if not settings.artifacts_url:
+        return None
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return ArtifactStore(settings.artifacts_url, settings.home)
+
+
+def pull_artifacts(settings: Settings) -> None:
+    """Bring this home up to date with the artifact store, if one is configured."""
+    if (store := artifact_store(settings)) is not None:
+        store.pull()
+
+
+def push_state(settings: Settings) -> None:
+    """Publish the active pointers and the experiment to the artifact store, if one is configured."""
+    if (store := artifact_store(settings)) is not None:
+        store.push_state()
 
 
 def generation(settings: Settings) -> str:

@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mrr-threshold", type=float, default=0.75, help="MRR hit: grade >= ceil(F*max)")
     p.set_defaults(func=cmd_evaluate)
 
-    from shoprank.commands import cluster, config, features, keys, loop, models, train
+    from shoprank.commands import artifacts, cluster, config, features, keys, loop, models, train
 
     train.add_parsers(sub)
     models.add_parsers(sub)
@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_parsers(sub)
     keys.add_parsers(sub)
     cluster.add_parsers(sub)
+    artifacts.add_parsers(sub)
 
     p = sub.add_parser("demo", help="write the synthetic demo store (catalog + judged queries)")
     p.add_argument("--out", required=True)

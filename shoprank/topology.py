@@ -5,16 +5,15 @@ Redis, the Kafka-protocol broker and the event consumers, all on 127.0.0.1.
 ``shoprank cluster down`` stops it; ``shoprank cluster status`` says what runs.
 The pieces map one to one onto a production deployment (docs/deploy.md):
 
-=====================  ===============================  ===============================
-piece                  here                             Kubernetes
-=====================  ===============================  ===============================
-load balancer          HAProxy, checks ``/readyz``      Service / Ingress
-API replicas           ``shoprank serve --port P``      Deployment (replicas: N)
-shared online state    one ``redis-server``             Redis (managed or StatefulSet)
-events                 Tansu (Kafka protocol)           your Kafka cluster
-event log + features   ``shoprank consume``        Deployment per consumer group
-artifacts              the artifact home (one folder)   a shared volume (ReadWriteMany)
-=====================  ===============================  ===============================
+- load balancer: HAProxy, checking ``/readyz`` (Kubernetes: a Service or Ingress);
+- API replicas: ``shoprank serve --port P`` (a Deployment with N replicas);
+- shared online state: one ``redis-server`` holding the features and the cross-encoder
+  scores (a managed Redis or a StatefulSet);
+- events: Tansu, a Kafka-protocol broker (your Kafka cluster);
+- event log and streaming features: ``shoprank consume sink|features`` (a Deployment
+  per consumer group);
+- artifacts: the artifact home, one folder (a ReadWriteMany volume, or an artifact
+  store URL, see :mod:`core.artifacts`).
 
 Every replica reads the same artifact home: the index (built once here, before
 any replica starts, so replicas only load it), the model registry's active
@@ -207,7 +206,10 @@ class Topology:
         """The environment every ShopRank process of the topology gets."""
         env = {**os.environ, "SHOPRANK_HOME": str(self.home), "SHOPRANK_PROGRESS": "false",
                "SHOPRANK_EVENTS__KAFKA_BOOTSTRAP": self.layout.bootstrap,
-               "SHOPRANK_FEATURES__REDIS_URL": self.layout.redis_url, "HF_HUB_OFFLINE": "1"}
+               "SHOPRANK_FEATURES__REDIS_URL": self.layout.redis_url, "HF_HUB_OFFLINE": "1",
+               # cross-encoder scores shared by every replica (database 1; Feast's features in 0)
+               "SHOPRANK_SERVING__SCORE_STORE": "redis",
+               "SHOPRANK_SERVING__SCORE_STORE_URL": f"redis://{self.layout.redis_url}/1"}
         if self.features_ready():
             env["SHOPRANK_FEATURES__ONLINE_STORE"] = "redis"
         return {**env, **self.extra_env}

@@ -18,7 +18,7 @@ from core.registry import ModelRegistry
 from core.settings import Settings
 from online_learning.experiments import Experiment
 from serving.engine import SearchEngine
-from serving.loading import SWAPPABLE, check_loads
+from serving.loading import SWAPPABLE, check_loads, push_state
 from serving.router import save_router_config
 
 
@@ -86,6 +86,7 @@ async def activate(role: str, body: Activate, request: Request, holder: HolderDe
     _check_role(role)
     await asyncio.to_thread(check_loads, settings, role, body.version)  # 409 for a damaged version
     ModelRegistry(settings.paths.models).activate(role, body.version)
+    await asyncio.to_thread(push_state, settings)  # other replicas pull it on their next poll
     request.app.state.metrics.swaps.labels(role, "activate").inc()
     return _describe(settings, await _swap(request, holder))
 
@@ -94,6 +95,7 @@ async def activate(role: str, body: Activate, request: Request, holder: HolderDe
 async def rollback(role: str, request: Request, holder: HolderDep, settings: SettingsDep) -> ModelsState:
     _check_role(role)
     ModelRegistry(settings.paths.models).rollback(role)
+    await asyncio.to_thread(push_state, settings)
     request.app.state.metrics.swaps.labels(role, "rollback").inc()
     return _describe(settings, await _swap(request, holder))
 
@@ -128,5 +130,6 @@ async def put_experiment(body: ExperimentConfig, request: Request, holder: Holde
     for version in wanted + ([body.shadow] if body.shadow else []):
         registry.get("ltr", version)  # 404 naming what is registered
     save_router_config(settings.paths, body.experiment, body.shadow)
+    await asyncio.to_thread(push_state, settings)
     await _swap(request, holder)
     return get_experiment(holder)

@@ -1,0 +1,176 @@
+"""Artifact storage shared by replicas: the serving part of an artifact home, mirrored to a URL.
+
+Replicas that do not share a volume share an artifact store instead: any URL
+fsspec opens (``s3://bucket/shoprank``, ``gs://...``, ``file:///mnt/shared/shoprank``).
+What is shared is what a replica serves from: the product indexes, the model
+registry (versions and active pointers), the experiment file, the Feast registry
+and the API keys. Caches, event spools and logs stay on each machine.
+
+The store holds the files at their home-relative paths and one ``MANIFEST.json``
+(path -> sha256). :meth:`ArtifactStore.push` uploads the files whose digest the
+manifest does not have yet, then writes the manifest; :meth:`ArtifactStore.pull`
+downloads the files whose digest differs from the last pull (each into a temporary
+file, then renamed, so a reader never sees half a file). Model folders are
+immutable once registered, so a pull after a swap moves the small ``active.json``
+and any new version. Replicas pull at start and on every ``serving.reload_poll_s``
+tick; admin changes made through a replica are pushed at once (``push_state``).
+Two writers pushing the manifest at the same instant: the last one wins; changes
+made through the admin API or the CLI one at a time, as operators do, are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.json"
+SHARED = ("indexes", "models", "experiments", "features/registry.db", "keys.json")
+STATE = ("models/*/active.json", "experiments/current.json")  # what a swap or an experiment change writes
+LOCAL = ".artifacts.json"  # digests of the files this home last pushed or pulled
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What one push or pull moved."""
+
+    files: int
+    bytes: int
+    unchanged: int
+    kept: int = 0  # pull: files changed here since the last transfer, left as they are
+
+    def to_json(self) -> dict[str, int]:
+        return {"files": self.files, "bytes": self.bytes, "unchanged": self.unchanged, "kept": self.kept}
+
+
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _dirty(path: Path, recorded: dict[str, Any] | None) -> bool:
+    """True when ``path`` is not the copy the last push or pull left (or was never transferred)."""
+    stat = path.stat()
+    return recorded is None or recorded["size"] != stat.st_size or recorded["mtime_ns"] != stat.st_mtime_ns
+
+
+class ArtifactStore:
+    """The artifact store at ``url`` and the local home it mirrors."""
+
+    def __init__(self, url: str, home: Path) -> None:
+        import fsspec
+
+        self.url = url
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.home = home
+
+    # -- manifests ---------------------------------------------------------------------------
+
+    def remote_manifest(self) -> dict[str, str]:
+        path = f"{self.root}/{MANIFEST}"
+        if not self.fs.exists(path):
+            return {}
+        return dict(json.loads(self.fs.cat_file(path)))
+
+    def _local_state(self) -> dict[str, Any]:
+        file = self.home / LOCAL
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    def _save_local_state(self, state: dict[str, Any]) -> None:
+        tmp = self.home / f"{LOCAL}.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.home / LOCAL)
+
+    def _local_files(self, patterns: Iterable[str]) -> list[Path]:
+        files: set[Path] = set()
+        for pattern in patterns:
+            for match in self.home.glob(pattern):
+                if match.is_file():
+                    files.add(match)
+                elif match.is_dir():
+                    files.update(p for p in match.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".lock")))
+        return sorted(files)
+
+    def _digest(self, path: Path, state: dict[str, Any]) -> str:
+        """sha256 of a local file, reused from the last transfer while its size and mtime hold."""
+        rel = str(path.relative_to(self.home))
+        stat = path.stat()
+        known = state.get(rel)
+        if known and known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
+            return str(known["sha256"])
+        digest = _sha256(path)
+        state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+        return digest
+
+    # -- transfers -----------------------------------------------------------------------------
+
+    def push(self, patterns: Iterable[str] = SHARED) -> Transfer:
+        """Upload the home's shared files that the store lacks or holds in another version."""
+        state = self._local_state()
+        remote = self.remote_manifest()
+        moved = size = same = 0
+        for path in self._local_files(patterns):
+            rel = str(path.relative_to(self.home))
+            digest = self._digest(path, state)
+            if remote.get(rel) == digest:
+                same += 1
+                continue
+            self.fs.makedirs(f"{self.root}/{Path(rel).parent}", exist_ok=True)
+            self.fs.put_file(str(path), f"{self.root}/{rel}")
+            remote[rel] = digest
+            moved += 1
+            size += path.stat().st_size
+        if moved:
+            self.fs.pipe_file(f"{self.root}/{MANIFEST}", json.dumps(remote, indent=0, sort_keys=True).encode())
+        self._save_local_state(state)
+        logger.info("pushed %d files (%d bytes) to %s; %d unchanged", moved, size, self.url, same)
+        return Transfer(moved, size, same)
+
+    def pull(self) -> Transfer:
+        """Download the files whose digest in the store differs from this home's copy. A file
+        changed here since the last transfer (a swap made here and not yet pushed, a model
+        built here) is kept: a pull never overwrites local work."""
+        state = self._local_state()
+        recorded = dict(state)  # as the last transfer left them (digests below may add entries)
+        remote = self.remote_manifest()
+        moved = size = same = kept = 0
+        for rel, digest in sorted(remote.items()):
+            target = self.home / rel
+            if target.is_file():
+                if self._digest(target, state) == digest:
+                    same += 1
+                    continue
+                if _dirty(target, recorded.get(rel)):  # changed here since the last transfer: not ours to clobber
+                    kept += 1
+                    continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.pull")
+            self.fs.get_file(f"{self.root}/{rel}", str(tmp))
+            if _sha256(tmp) != digest:
+                tmp.unlink()
+                raise OSError(f"{self.url}/{rel} changed while it was read (sha256 differs from {MANIFEST}); "
+                              "pull again")
+            os.replace(tmp, target)
+            stat = target.stat()
+            state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+            moved += 1
+            size += stat.st_size
+        self._save_local_state(state)
+        if moved or kept:
+            logger.info("pulled %d files (%d bytes) from %s; %d unchanged, %d changed here and kept", moved, size,
+                        self.url, same, kept)
+        return Transfer(moved, size, same, kept)
+
+    def push_state(self) -> Transfer:
+        """Upload only the active pointers and the experiment file (after a swap or an experiment change)."""
+        return self.push(STATE)

@@ -1,0 +1,85 @@
+"""The artifact store replicas share (fsspec URL): push, pull, state only, local work kept."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from core.artifacts import MANIFEST, ArtifactStore
+
+
+def make_home(root: Path) -> Path:
+    (root / "indexes" / "default" / "fp").mkdir(parents=True)
+    (root / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x01" * 5000)
+    (root / "models" / "ltr" / "v1").mkdir(parents=True)
+    (root / "models" / "ltr" / "v1" / "model.txt").write_text("trees")
+    (root / "models" / "ltr" / "active.json").write_text('{"version": "v1", "history": []}')
+    (root / "cache").mkdir()
+    (root / "cache" / "big.sqlite").write_bytes(b"local only")
+    return root
+
+
+def test_push_then_pull_copies_the_shared_files_only(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    writer = ArtifactStore(url, make_home(tmp_path / "a"))
+    pushed = writer.push()
+    assert pushed.files == 3 and pushed.bytes == 5000 + 5 + len('{"version": "v1", "history": []}')
+    manifest = json.loads((tmp_path / "store" / MANIFEST).read_text())
+    assert sorted(manifest) == ["indexes/default/fp/vectors.npy", "models/ltr/active.json", "models/ltr/v1/model.txt"]
+    reader_home = tmp_path / "b"
+    reader_home.mkdir()
+    reader = ArtifactStore(url, reader_home)
+    assert reader.pull().files == 3
+    assert (reader_home / "models" / "ltr" / "v1" / "model.txt").read_text() == "trees"
+    assert not (reader_home / "cache").exists()  # caches stay on each machine
+    assert reader.pull().files == 0 and writer.push().files == 0  # nothing changed, nothing moves
+
+
+def test_a_swap_moves_only_the_pointer(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    home = make_home(tmp_path / "a")
+    writer = ArtifactStore(url, home)
+    writer.push()
+    reader = ArtifactStore(url, tmp_path / "b")
+    (tmp_path / "b").mkdir()
+    reader.pull()
+    (home / "models" / "ltr" / "v2").mkdir()
+    (home / "models" / "ltr" / "v2" / "model.txt").write_text("more trees")
+    assert writer.push_state().files == 0  # a new version is published by a full push, not by state
+    (home / "models" / "ltr" / "active.json").write_text('{"version": "v2", "history": ["v1"]}')
+    assert writer.push_state().files == 1
+    assert writer.push().files == 1  # the new version folder
+    pulled = reader.pull()
+    assert pulled.files == 2 and pulled.unchanged == 2  # the index and v1 stay as they are
+    assert json.loads((tmp_path / "b" / "models" / "ltr" / "active.json").read_text())["version"] == "v2"
+
+
+def test_a_pull_never_overwrites_work_done_here(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    writer = ArtifactStore(url, make_home(tmp_path / "a"))
+    writer.push()
+    home = tmp_path / "b"
+    home.mkdir()
+    reader = ArtifactStore(url, home)
+    reader.pull()
+    pointer = home / "models" / "ltr" / "active.json"
+    pointer.write_text('{"version": "v9", "history": ["v1"]}')  # a swap made here, not yet pushed
+    stat = pointer.stat()
+    os.utime(pointer, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    (tmp_path / "a" / "models" / "ltr" / "active.json").write_text('{"version": "v1", "history": ["v0"]}')
+    writer.push_state()
+    pulled = reader.pull()
+    assert pulled.kept == 1 and json.loads(pointer.read_text())["version"] == "v9"
+
+
+def test_a_file_changed_in_the_store_during_a_pull_is_refused(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    ArtifactStore(url, make_home(tmp_path / "a")).push()
+    (tmp_path / "store" / "models" / "ltr" / "v1" / "model.txt").write_text("half written")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(OSError, match=r"models/ltr/v1/model.txt changed while it was read"):
+        ArtifactStore(url, tmp_path / "b").pull()
+    assert not (tmp_path / "b" / "models" / "ltr" / "v1" / "model.txt").exists()
