@@ -127,6 +127,10 @@ class ServingSettings(BaseModel):
     shed_in_flight: int = Field(0, ge=0, le=1024, description="Searches in flight per server process above "
                                 "which new ones skip the cross-encoders (served in LambdaMART / first-stage "
                                 "order, marked degraded) instead of queueing behind them. 0: one per core x 2.")
+    math_threads: int = Field(1, ge=0, le=64, description="Threads of the math libraries in a server process "
+                              "(OpenMP in FAISS, OpenBLAS in NumPy). Searches run side by side, so one each: more "
+                              "spin and oversubscribe the cores (benchmarks/RESULTS.md, 'Replicas'). 0: the "
+                              "libraries' default (one per core). OMP_NUM_THREADS in the environment wins.")
     max_in_flight: int = Field(0, ge=0, le=1024, description="Searches ranked at once per worker; more wait "
                                "(their deadline keeps running). 0: no limit.")
 

@@ -92,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                                             ("workers", args.workers)) if v})
     settings = settings.model_copy(update=updates | {"api": api})
     level = settings.log_level.lower()
+    _limit_math_threads(settings.serving.math_threads)
     if api.workers == 1:
         from api.main import create_app
 
@@ -106,6 +107,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run("api.main:app_from_env", factory=True, host=api.host, port=api.port, workers=api.workers,
                 log_level=level)
     return 0
+
+
+def _limit_math_threads(threads: int) -> None:
+    """One math thread per search in a server: OpenMP (FAISS, loaded later, reads the variable)
+    and the OpenBLAS NumPy already loaded (set now); their worker processes inherit both."""
+    import os
+
+    if not threads or "OMP_NUM_THREADS" in os.environ:
+        return
+    from threadpoolctl import threadpool_limits
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    threadpool_limits(limits=threads)
 
 
 def build_served_index(settings: Settings | None = None) -> None:

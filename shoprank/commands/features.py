@@ -14,7 +14,6 @@ from pathlib import Path
 
 from core import feature_store
 from core.settings import Settings
-from serving import loading
 
 
 def _index_for(args: argparse.Namespace, settings: Settings):  # type: ignore[no-untyped-def]
@@ -23,6 +22,8 @@ def _index_for(args: argparse.Namespace, settings: Settings):  # type: ignore[no
         from evaluation.dataset import load_dataset
 
         products = load_dataset(args.dataset).products
+    from serving import loading  # here, not at the top: `shoprank serve` sets OpenMP threads before FAISS loads
+
     return loading.open_index(settings, loading.open_encoder(settings), products)
 
 

@@ -16,14 +16,16 @@ import random
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.compute import dask_client
 from core.errors import InvalidInput, NotFound
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
-from serving.engine import SearchEngine
-from serving.loading import open_engine
+
+if TYPE_CHECKING:  # serving loads FAISS: imported where used, after `shoprank serve` set its OpenMP threads
+    from serving.engine import SearchEngine
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ def dev_sample(dataset: EvalDataset, split: str, size: int, seed: int = 0):  # t
 
 def first_stage(settings: Settings, dataset: EvalDataset) -> SearchEngine:
     """An engine over the dataset's catalog without the registered models (mining negatives)."""
+    from serving.loading import open_engine
+
     return open_engine(settings, dataset.products, models=False)
 
 
@@ -167,6 +171,8 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     if args.no_store_features:
         groups_wanted = [g for g in groups_wanted if g != "store"]
     dataset = load_dataset(args.dataset)
+    from serving.loading import open_engine
+
     engine = open_engine(settings, dataset.products)
     first_stage = engine.pipeline("hybrid")  # the served first stage (query analyzer included)
     store_names: list[str] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import json
 from pathlib import Path
 
@@ -95,3 +97,11 @@ def test_train_ltr_on_served_and_judged_lists_registers(monkeypatch: pytest.Monk
         assert "--negatives: '-1' is not a whole number >= 0" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
+
+
+def test_the_parser_loads_no_faiss() -> None:
+    """`shoprank serve` sets OMP_NUM_THREADS (serving.math_threads) after parsing; FAISS reads it when it
+    loads, so no command module may load it at import time."""
+    code = "import sys; from shoprank.cli import build_parser; build_parser(); print('faiss' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
