@@ -18,6 +18,7 @@ from typing import Annotated
 
 from fastapi import Header, Request
 
+from api.stores import current
 from core.errors import Forbidden, TooManyRequests, Unauthorized
 from core.keys import ApiKey
 from core.settings import Settings
@@ -62,7 +63,7 @@ def check_key(request: Request, settings: Settings, scope: str, key: str | None)
     record = request.app.state.keys.verify(key)
     if record is None:
         raise Unauthorized("the API key is unknown or revoked; ask for a new one (`shoprank keys create`)")
-    store = settings.index_name
+    store = settings.store_name
     if record.store != store:
         raise Forbidden(f"key {record.id} is for store {record.store!r}, not {store!r}")
     if scope not in record.scopes:
@@ -76,7 +77,7 @@ def require(scope: str) -> Callable[..., ApiKey | None]:
 
     def dependency(request: Request, authorization: Annotated[str | None, Header()] = None,
                    x_api_key: Annotated[str | None, Header()] = None) -> ApiKey | None:
-        settings: Settings = request.app.state.settings
+        settings: Settings = current(request).settings  # the store the route serves
         if not settings.api.keys_required:
             return None
         return check_key(request, settings, scope, presented_key(authorization, x_api_key))

@@ -7,16 +7,19 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.state import ServedHolder
+from api.stores import current
 from core.settings import Settings
 from serving.loading import Served
 
 
 def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    """The settings of the request's store (its paths: index, models, experiment)."""
+    return current(request).settings
 
 
 def get_holder(request: Request) -> ServedHolder:
-    return request.app.state.served
+    """The served unit of the request's store."""
+    return current(request).holder
 
 
 def get_served(request: Request) -> Served:

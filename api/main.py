@@ -8,6 +8,7 @@ the event log that every search's impression and every interaction goes to.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -29,6 +30,7 @@ from api.auth import RateLimiter
 from api.metrics import Metrics
 from api.routes import admin, events, health, search
 from api.state import ServedHolder
+from api.stores import StoreRuntime, in_store, other_stores
 from core import __version__
 from core.keys import KeyStore
 from core.settings import Settings, get_settings
@@ -50,33 +52,41 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     settings = settings or get_settings()
     metrics = Metrics()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    def open_store(store: str | None) -> StoreRuntime:
+        """One store's served unit (loaded in the background), event spool and event log."""
+        store_settings = settings.for_store(store)
+
         def load(previous: Served | None) -> Served:
-            if previous is None:
-                pull_artifacts(settings)  # a replica builds nothing: it serves what the store holds
-            return loader(settings, previous)
+            return loader(store_settings, previous)
 
         def stamp() -> str:
-            pull_artifacts(settings)  # swaps and experiments published by other replicas or the CLI
-            return generation(settings)
+            if store is None:
+                pull_artifacts(settings)  # swaps and experiments published by other replicas or the CLI
+            return generation(store_settings)
 
         holder = ServedHolder(load, stamp, settings.serving.reload_poll_s)
         kafka = KafkaSettings(settings.events.kafka_bootstrap) if settings.events.kafka_bootstrap else None
-        spool, spool_lock = claim_spool(settings.paths.event_spool)
-        event_log = EventLog(spool, kafka)
-        app.state.served = holder
-        app.state.event_log = event_log
-        metrics.watch(lambda: _live_state(holder, event_log))
-        holder.start()
+        spool, spool_lock = claim_spool(store_settings.paths.event_spool)
+        return StoreRuntime(store_settings.store_name, store_settings, holder, EventLog(spool, kafka, store=store),
+                            spool_lock)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # a replica builds nothing: it serves what the artifact store holds (when one is configured)
+        await asyncio.to_thread(pull_artifacts, settings)
+        runtimes = [open_store(None), *(open_store(name) for name in other_stores(settings))]
+        app.state.stores = {r.name: r for r in runtimes}
+        app.state.default_store = runtimes[0].name
+        app.state.served = runtimes[0].holder  # the default store's, as the routes without a store use
+        app.state.event_log = runtimes[0].event_log
+        metrics.watch(lambda: _live_state(runtimes))
+        for runtime in runtimes:
+            runtime.holder.start()
         try:
             yield
         finally:
-            holder.stop()
-            if holder.ready.is_set() and holder.error is None:
-                holder.get().router.close()
-            event_log.close()
-            spool_lock.close()  # type: ignore[attr-defined]
+            for runtime in runtimes:
+                runtime.close()
 
     app = FastAPI(title="ShopRank", version=__version__, lifespan=lifespan,
                   summary="Learning-to-rank product search for online stores.")
@@ -96,8 +106,7 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
         started = time.perf_counter()
         response = await call_next(request)
         seconds = time.perf_counter() - started
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
+        path = _route_template(request)
         metrics.requests.labels(path, str(response.status_code)).observe(seconds)
         response.headers["x-request-id"] = request.state.request_id
         response.headers["x-served-by"] = served_by
@@ -117,15 +126,27 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    for router in (health.router, search.router, events.router, admin.router):
-        app.include_router(router)
+    app.include_router(health.router)
+    for router in (search.router, events.router, admin.router):
+        app.include_router(router, prefix="/v1")  # the default store
+        app.include_router(router, prefix="/v1/stores/{store}", dependencies=[Depends(in_store)])
     return app
 
 
-def _live_state(holder: ServedHolder, event_log: EventLog) -> dict:
-    state = {"spool_pending": event_log.pending(), "shipped": event_log.shipped, "ready": False}
+def _route_template(request: Request) -> str:
+    """The matched route's path template (``/v1/stores/{store}/search``), for metric labels: FastAPI
+    keeps the prefix a router was included with in its effective route context."""
+    context = (request.scope.get("fastapi") or {}).get("effective_route_context")
+    path = getattr(context, "path", None) or getattr(request.scope.get("route"), "path", None)
+    return str(path) if path else "unmatched"
+
+
+def _live_state(runtimes: list[StoreRuntime]) -> dict:
+    """Event spool figures of every store; caches and versions of the default store."""
+    state = {"spool_pending": sum(r.event_log.pending() for r in runtimes),
+             "shipped": sum(r.event_log.shipped for r in runtimes), "ready": False}
     try:
-        engine = holder.get().engine
+        engine = runtimes[0].holder.get().engine
     except Exception:  # noqa: BLE001 - not loaded yet
         return state
     return state | {"ready": True, "caches": engine.cache_stats(), "versions": engine.versions}

@@ -115,6 +115,8 @@ class Health(BaseModel):
     detail: str | None = None
     pid: int | None = Field(None, description="The answering server process (several run with api.workers > 1).")
     versions: dict[str, str] | None = Field(None, description="Model versions this process serves (readiness).")
+    stores: dict[str, str] | None = Field(None, description="Every served store: 'ready', 'loading' or the error "
+                                          "that stopped it (readiness; one failed store does not stop the others).")
     cpu: dict[str, object] | None = Field(None, description="CPU model, fast-path flags (AVX2, AVX-512 VNNI, AMX) "
                                           "and the int8 kernel path ONNX Runtime can use (liveness).")
 

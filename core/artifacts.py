@@ -32,8 +32,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
-SHARED = ("indexes", "models", "experiments", "features/registry.db", "keys.json")
-STATE = ("models/*/active.json", "experiments/current.json")  # what a swap or an experiment change writes
+_STORE_PARTS = ("indexes", "models", "experiments", "features/registry.db")
+# the default store's parts, every other store's (stores/<name>/...), and the keys of all
+SHARED = (*_STORE_PARTS, *(f"stores/*/{part}" for part in _STORE_PARTS), "keys.json")
+# what a swap or an experiment change writes
+STATE = ("models/*/active.json", "experiments/current.json", "stores/*/models/*/active.json",
+         "stores/*/experiments/current.json")
 LOCAL = ".artifacts.json"  # digests of the files this home last pushed or pulled
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -68,7 +69,9 @@ def render_config(settings: Settings) -> Path:
     fs = settings.features
     online = ({"type": "sqlite", "path": str(folder / "online_store.db")} if fs.online_store == "sqlite"
               else {"type": "redis", "connection_string": _with_timeouts(fs.redis_url)})
-    config = {"project": "shoprank", "provider": "local", "registry": str(folder / "registry.db"),
+    # one Feast project per store: stores sharing one Redis keep their rows apart
+    project = "shoprank" if not settings.store else "shoprank_" + re.sub(r"[^A-Za-z0-9_]", "_", settings.store)
+    config = {"project": project, "provider": "local", "registry": str(folder / "registry.db"),
               "online_store": online, "offline_store": {"type": "file"}, "entity_key_serialization_version": 3}
     path = folder / f"feature_store.{fs.online_store}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

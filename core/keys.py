@@ -31,6 +31,14 @@ _KEY = re.compile(r"^sr_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})$")
 _STORE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+def check_store_name(store: str) -> str:
+    """``store`` if it is a valid store name; else a clear error."""
+    if not _STORE.match(store) or store.startswith("."):
+        raise InvalidInput(f"store {store!r} is not a valid store name; use 1-64 letters, digits, '_', '.', '-', "
+                           "not starting with '.'")
+    return store
+
+
 @dataclass(frozen=True)
 class ApiKey:
     """A key's record (never its secret)."""
@@ -94,8 +102,7 @@ class KeyStore:
 
     def create(self, store: str, scopes: list[str], name: str = "") -> tuple[ApiKey, str]:
         """A new key for ``store`` with ``scopes``; returns its record and the key (shown once)."""
-        if not _STORE.match(store):
-            raise InvalidInput(f"store {store!r} is not a valid store name; use 1-64 letters, digits, '_', '.', '-'")
+        check_store_name(store)
         unknown = sorted(set(scopes) - set(SCOPES))
         if unknown or not scopes:
             raise InvalidInput(f"scopes {unknown or scopes} are not allowed; choose one or more of {list(SCOPES)}")

@@ -24,6 +24,9 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
       keys.json                               API keys (hashed; shoprank keys create|list|revoke)
       reports/                                reports written by benchmarks and jobs
       logs/                                   logs of processes a benchmark starts
+      stores/<name>/                          another store's own indexes, models, features, world,
+                                              demo, events, experiments, shadow and scores (the same
+                                              layout as above); caches, keys, reports and logs are shared
 """
 
 from __future__ import annotations
@@ -34,13 +37,29 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Home:
-    """Paths under one artifact home; nothing else joins path strings under it."""
+    """Paths under one artifact home; nothing else joins path strings under it.
+
+    With ``store``, the paths of one store's own data (index, models, features,
+    events, experiments) are under ``stores/<store>/``; the caches, keys, reports
+    and logs stay shared at the root. Without, the home is the default store.
+    """
 
     root: Path
+    store: str | None = None
+
+    @property
+    def base(self) -> Path:
+        """Where this store's own data lives: ``stores/<store>/``, or the root for the default store."""
+        return self.root / "stores" / self.store if self.store else self.root
+
+    @property
+    def stores(self) -> Path:
+        """``stores/``: one folder per store beside the default one (``shoprank --store NAME ...``)."""
+        return self.root / "stores"
 
     @property
     def indexes(self) -> Path:
-        return self.root / "indexes"
+        return self.base / "indexes"
 
     def index(self, name: str, encoder_fingerprint: str) -> Path:
         """``indexes/<name>/<encoder fingerprint>``: re-indexing with a new bi-encoder
@@ -49,7 +68,7 @@ class Home:
 
     def eval_index(self, catalog_hash: str, encoder_fingerprint: str) -> Path:
         """The index of an evaluation dataset, keyed by its catalog hash and encoder."""
-        return self.indexes / f"eval-{catalog_hash[:16]}" / encoder_fingerprint
+        return self.root / "indexes" / f"eval-{catalog_hash[:16]}" / encoder_fingerprint  # shared by stores
 
     @property
     def cache(self) -> Path:
@@ -62,49 +81,49 @@ class Home:
     def score_store(self) -> Path:
         """The local cross-encoder score store; not under ``cache/``, which tests share between homes
         whose registries reuse version names for other weights."""
-        return self.root / "scores" / "cross_encoder.sqlite"
+        return self.base / "scores" / "cross_encoder.sqlite"
 
     @property
     def models(self) -> Path:
-        return self.root / "models"
+        return self.base / "models"
 
     @property
     def features(self) -> Path:
-        return (self.root / "features").resolve()
+        return (self.base / "features").resolve()
 
     @property
     def world(self) -> Path:
-        return self.root / "world"
+        return self.base / "world"
 
     @property
     def demo(self) -> Path:
-        return self.root / "demo"
+        return self.base / "demo"
 
     @property
     def event_spool(self) -> Path:
-        return self.root / "event_spool"
+        return self.base / "event_spool"
 
     @property
     def event_log(self) -> Path:
-        return self.root / "event_log"
+        return self.base / "event_log"
 
     @property
     def experiment_config(self) -> Path:
-        return self.root / "experiments" / "current.json"
+        return self.base / "experiments" / "current.json"
 
     @property
     def shadow(self) -> Path:
-        return self.root / "shadow"
+        return self.base / "shadow"
 
     @property
     def streaming_state(self) -> Path:
-        return self.root / "streaming" / "state.sqlite"
+        return self.base / "streaming" / "state.sqlite"
 
     def dead_letters(self, consumer: str) -> Path:
-        return self.root / "dead_letters" / f"{consumer}.jsonl"
+        return self.base / "dead_letters" / f"{consumer}.jsonl"
 
     def training(self, run: str) -> Path:
-        return self.root / "training" / run
+        return self.base / "training" / run
 
     def encoding(self, run: str) -> Path:
         """``work/encode/<run>``: the ``.npy`` shards Dask workers write (retrieval.dask_encoding)."""
@@ -112,7 +131,7 @@ class Home:
 
     @property
     def retrain_lock(self) -> Path:
-        return self.root / "retrain.lock"
+        return self.base / "retrain.lock"
 
     @property
     def reports(self) -> Path:

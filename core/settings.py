@@ -192,6 +192,10 @@ class Settings(BaseSettings):
                                       "pulls the indexes, models, experiment and keys from it at start and on every "
                                       "serving.reload_poll_s, and pushes the admin API's swaps; `shoprank artifacts "
                                       "push` publishes what a build or training made. None: the home is the store.")
+    store: str | None = Field(None, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$", description="The store a command works on "
+                              "(`shoprank --store NAME ...`): its index, models, features, events and experiments "
+                              "live in <home>/stores/NAME/. None: the default store (the home itself). "
+                              "`shoprank serve` serves the default store and every store under <home>/stores/.")
     index_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Name of the served index "
                             "(`shoprank index --name`).")
     encoder: str = Field(
@@ -222,8 +226,17 @@ class Settings(BaseSettings):
 
     @property
     def paths(self) -> Home:
-        """The artifact home's layout (:class:`core.paths.Home`)."""
-        return Home(self.home)
+        """The artifact home's layout (:class:`core.paths.Home`), for this store."""
+        return Home(self.home, self.store)
+
+    @property
+    def store_name(self) -> str:
+        """The name API keys and routes use for this store: ``store``, or ``index_name`` for the default one."""
+        return self.store or self.index_name
+
+    def for_store(self, store: str | None) -> Settings:
+        """The same settings for another store (None: the default store)."""
+        return self.model_copy(update={"store": store})
 
 
 class _YamlSource(PydanticBaseSettingsSource):

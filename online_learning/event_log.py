@@ -73,13 +73,15 @@ class EventLog:
     Args:
         folder: Where segments and the shipped position live.
         kafka: Broker to ship to, or None to keep the log on disk only.
+        store: The store whose events these are (its own topics); None: the default store.
         sync_interval: Seconds between background fsyncs of non-durable appends.
     """
 
     def __init__(self, folder: Path, kafka: KafkaSettings | None = None, sync_interval: float = 0.1,
-                 batch: int = 500) -> None:
+                 batch: int = 500, store: str | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
+        self.store = store
         self.kafka = kafka
         self.batch = batch
         self.sync_interval = sync_interval
@@ -125,7 +127,7 @@ class EventLog:
     # -- append -----------------------------------------------------------------
     def append(self, events: Iterable[RankingEvent | InteractionEvent], durable: bool = True) -> None:
         """Append events; with ``durable`` return after they are fsynced."""
-        lines = [json.dumps({"topic": topic_of(e), "key": key_of(e), "event_id": e.event_id,
+        lines = [json.dumps({"topic": topic_of(e, self.store), "key": key_of(e), "event_id": e.event_id,
                              "value": e.model_dump(mode="json")}, separators=(",", ":")).encode() + b"\n"
                  for e in events]
         if not lines:

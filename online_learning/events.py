@@ -89,8 +89,17 @@ Event = Annotated[RankingEvent | InteractionEvent, Field(discriminator="type")]
 EVENT = TypeAdapter(Event)
 
 
-def topic_of(event: RankingEvent | InteractionEvent) -> str:
-    return RANKINGS_TOPIC if isinstance(event, RankingEvent) else INTERACTIONS_TOPIC
+def topics(store: str | None = None) -> tuple[str, str]:
+    """The (rankings, interactions) topics of a store: ``shoprank.rankings`` and
+    ``shoprank.interactions`` for the default store, ``shoprank.<store>.rankings`` ... for another."""
+    if not store:
+        return RANKINGS_TOPIC, INTERACTIONS_TOPIC
+    return f"shoprank.{store}.rankings", f"shoprank.{store}.interactions"
+
+
+def topic_of(event: RankingEvent | InteractionEvent, store: str | None = None) -> str:
+    rankings, interactions = topics(store)
+    return rankings if isinstance(event, RankingEvent) else interactions
 
 
 def key_of(event: RankingEvent | InteractionEvent) -> str:

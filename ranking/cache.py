@@ -44,17 +44,21 @@ class TierCounts:
 
 def model_tag(role: str, version: str, model_dir: Path | None, precision: str, max_length: int) -> str | None:
     """What names a served cross-encoder's scores in the shared store: role, registry version,
-    precision, token cap and a hash of the version's registration stamp (a registry rebuilt
-    from scratch reuses ``v1`` for other weights). None when ``model_dir`` holds no registry
-    manifest: an unregistered model's scores are not shared."""
+    precision, token cap and a hash of the weights' registered checksums (else of the
+    registration stamp): a registry rebuilt from scratch, or another store, reuses ``v1`` for
+    other weights. None when ``model_dir`` holds no registry manifest: an unregistered model's
+    scores are not shared."""
     manifest = model_dir / "manifest.json" if model_dir is not None else None
     if manifest is None or not manifest.is_file():
         return None
     try:
-        created = json.loads(manifest.read_text())["created"]
+        entry = json.loads(manifest.read_text())
+        # the weights' checksums where the registry recorded them (the same weights in two stores share
+        # scores, other weights never do), else the registration stamp
+        stamp = json.dumps(entry["files"], sort_keys=True) if entry.get("files") else str(entry["created"])
     except (OSError, ValueError, KeyError):
         return None
-    return f"{role}:{version}:{precision}:{max_length}:{text_hash(str(created))[:8]}"
+    return f"{role}:{version}:{precision}:{max_length}:{text_hash(stamp)[:8]}"
 
 
 class CachedScorer:

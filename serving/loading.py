@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.artifacts import ArtifactStore
-from core.errors import Conflict
+from core.errors import Conflict, NotReady
 from core.feature_store import OnlineFeatureReader
 from core.registry import ModelRegistry, ModelVersion, ServedModel
 from core.settings import Settings
@@ -68,6 +68,20 @@ def encoder_source(settings: Settings) -> tuple[Path, str]:
 def open_encoder(settings: Settings, backend: str | None = None) -> Encoder:
     model_dir, label = encoder_source(settings)
     return load_encoder(model_dir, backend or settings.retrieval.query_encoder, settings.paths.cache, label)
+
+
+_served_encoders: dict[tuple[str, str, str], Encoder] = {}
+_served_encoders_lock = threading.Lock()
+
+
+def served_encoder(settings: Settings) -> Encoder:
+    """The query encoder of a server: one per model in the process, shared by the stores that use it."""
+    model_dir, label = encoder_source(settings)
+    key = (str(model_dir), settings.retrieval.query_encoder, label)
+    with _served_encoders_lock:
+        if key not in _served_encoders:
+            _served_encoders[key] = open_encoder(settings)
+        return _served_encoders[key]
 
 
 def embedding_cache(settings: Settings, encoder: Encoder) -> EmbeddingCache:
@@ -140,6 +154,9 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
         return ensure_index(settings, products, settings.paths.eval_index(catalog_hash(products),
                                                                           encoder.fingerprint), encoder)
     path = index_path(settings, encoder)
+    if not (path / "manifest.json").is_file() and settings.store and not settings.catalog:
+        raise NotReady(f"store {settings.store!r} has no index for encoder {encoder.name}: build it with "
+                       f"`shoprank --store {settings.store} index --catalog FILE`")
     if not (path / "manifest.json").is_file():
         with _building(path):
             if not (path / "manifest.json").is_file():
@@ -302,6 +319,7 @@ def open_served(settings: Settings, previous: Served | None = None, encoder: Enc
     router = load_router(settings.paths, settings.serving.shadow_queue)
     if previous is not None:
         encoder, index = previous.engine.encoder, previous.engine.index
+    encoder = encoder or served_encoder(settings)
     engine = open_engine(settings, ltr_versions=router.ltr_versions, encoder=encoder, index=index)
     logger.info("serving index %s: %d products, models %s", engine.index.path, engine.index.count, engine.versions)
     return Served(engine, router, stamp)

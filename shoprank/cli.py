@@ -28,7 +28,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         updates["home"] = Path(args.home)
     if getattr(args, "no_progress", False):
         updates["progress"] = False
-    return settings.model_copy(update=updates) if updates else settings
+    settings = settings.model_copy(update=updates) if updates else settings
+    if getattr(args, "global_store", None):
+        from core.keys import check_store_name
+
+        settings = settings.for_store(check_store_name(args.global_store))
+    return settings
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -197,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoprank", description="Learning-to-rank product search.")
     parser.add_argument("--home", help="artifacts folder (default: $SHOPRANK_HOME or ./artifacts)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--store", dest="global_store", default=None, metavar="NAME",
+                        help="work on this store's index, models, features and events (<home>/stores/NAME/; "
+                             "default: the default store)")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ...")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -40,9 +40,10 @@ from pathlib import Path
 
 import httpx
 
+from api.stores import other_stores
 from core.errors import Conflict, InvalidInput, NotReady
 from core.settings import Settings
-from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC
+from online_learning.events import topics
 from online_learning.local_broker import create_topics, free_port, tansu_binary
 
 logger = logging.getLogger(__name__)
@@ -253,11 +254,16 @@ class Topology:
                                                "--advertised-listener-url", url, "--storage-engine",
                                                "memory://tansu/"], port))
         _wait_port(port, process, 20, "the Kafka-protocol broker (tansu)")
-        create_topics(self.layout.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
+        create_topics(self.layout.bootstrap, [t for store in self.stores() for t in topics(store)])
 
-    def start_consumer(self, kind: str) -> None:
-        self._spawn(Piece(f"consumer-{kind}", [sys.executable, "-m", "shoprank.cli", "consume",
-                                               kind, "--bootstrap", self.layout.bootstrap]))
+    def stores(self) -> list[str | None]:
+        """The default store (None) and every other store of the home: each has its topics and log sink."""
+        return [None, *other_stores(self.settings)]
+
+    def start_consumer(self, kind: str, store: str | None = None) -> None:
+        name, scope = (f"consumer-{kind}", []) if store is None else (f"consumer-{kind}-{store}", ["--store", store])
+        self._spawn(Piece(name, [sys.executable, "-m", "shoprank.cli", *scope, "consume", kind, "--bootstrap",
+                                 self.layout.bootstrap]))
 
     def start_replica(self, i: int, wait: bool = True) -> None:
         port = self.layout.replicas[i]
@@ -306,7 +312,8 @@ class Topology:
             self.start_broker()
             if self.features_ready():
                 self._load_features()
-            self.start_consumer("sink")
+            for store in self.stores():
+                self.start_consumer("sink", store)
             if self.settings.paths.world.is_dir():
                 self.start_consumer("features")
             self._build_index()

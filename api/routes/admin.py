@@ -39,7 +39,8 @@ def require_admin(request: Request, settings: SettingsDep, authorization: Annota
     raise Forbidden("wrong admin token")
 
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+# mounted at /v1 (the default store) and /v1/stores/{store}
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}})
 
 class Activate(BaseModel):

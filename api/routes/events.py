@@ -9,10 +9,11 @@ from pydantic import BaseModel, Field
 
 from api.auth import require
 from api.schemas import ErrorBody
+from api.stores import current
 from core.keys import ApiKey
 from online_learning.events import InteractionEvent
 
-router = APIRouter(prefix="/v1", tags=["events"],
+router = APIRouter(tags=["events"],  # mounted at /v1 and /v1/stores/{store}
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 429: {"model": ErrorBody}})
 
 MAX_BATCH = 1000
@@ -36,7 +37,7 @@ def post_events(
     is safe, consumers keep one per id.
     """
     events = [e.model_copy(update={"key_id": key.id if key else None}) for e in events]
-    request.app.state.event_log.append(events, durable=True)
+    current(request).event_log.append(events, durable=True)
     for event in events:
         request.app.state.metrics.events.labels(event.type).inc()
     return Accepted(accepted=len(events))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import HolderDep
 from api.schemas import Health
+from api.state import ServedHolder
 from core.hardware import cpu
 
 router = APIRouter(tags=["health"])
@@ -19,10 +20,20 @@ def healthz() -> Health:
     return Health(status="ok", pid=os.getpid(), cpu=cpu().as_dict())
 
 
+def _state(holder: ServedHolder) -> str:
+    if not holder.ready.is_set():
+        return "loading"
+    return f"failed: {holder.error}" if holder.error else "ready"
+
+
 @router.get("/readyz", response_model=Health, summary="Readiness: index and models loaded",
             responses={503: {"model": Health}})
-def readyz(holder: HolderDep) -> Health | JSONResponse:
-    if holder.ready.is_set() and holder.error is None:
-        return Health(status="ready", pid=os.getpid(), versions=holder.get().engine.versions)
+def readyz(request: Request, holder: HolderDep) -> Health | JSONResponse:
+    """Ready when the default store is loaded and every other store finished loading (a store
+    that failed is named in ``stores`` and answers 503 itself; the others serve)."""
+    stores = {name: _state(runtime.holder) for name, runtime in request.app.state.stores.items()}
+    if holder.ready.is_set() and holder.error is None and "loading" not in stores.values():
+        return Health(status="ready", pid=os.getpid(), versions=holder.get().engine.versions, stores=stores)
     detail = holder.error or "loading index and models"
-    return JSONResponse(status_code=503, content=Health(status="not_ready", detail=detail, pid=os.getpid()).model_dump())
+    return JSONResponse(status_code=503, content=Health(status="not_ready", detail=detail, pid=os.getpid(),
+                                                        stores=stores).model_dump())

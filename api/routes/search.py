@@ -21,6 +21,7 @@ from api.schemas import (
     SearchRequest,
     SearchResponse,
 )
+from api.stores import current
 from core.keys import ApiKey
 from core.query import Analysis, Filters
 from core.query import Query as SearchQuery
@@ -29,13 +30,13 @@ from serving.loading import Served
 
 ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody},
           429: {"model": ErrorBody}, 503: {"model": ErrorBody}}
-router = APIRouter(prefix="/v1", tags=["search"])
+router = APIRouter(tags=["search"])  # mounted at /v1 and /v1/stores/{store}
 KeyDep = Annotated[ApiKey | None, Depends(require("search"))]
 
 
 def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey | None) -> SearchResponse:
     started = time.perf_counter()
-    settings = request.app.state.settings
+    settings = current(request).settings
     deadline = time.monotonic() + settings.serving.budget_ms / 1000
     unit = body.user_id or body.session_id or request.state.request_id
     with request.app.state.admission.enter() as shed:  # overload: shed the cross-encoders, then queue
@@ -99,7 +100,7 @@ def _log_impression(request: Request, body: SearchRequest, response: SearchRespo
         items=[ShownItem(product_id=i.product_id, position=i.rank, score=i.score, scores=i.scores,
                          team=teams.get(i.product_id)) for i in response.items],
     )
-    request.app.state.event_log.append([event], durable=False)
+    current(request).event_log.append([event], durable=False)
     request.app.state.metrics.events.labels("ranking").inc()
 
 

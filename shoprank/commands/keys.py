@@ -10,7 +10,7 @@ from core.settings import Settings
 
 
 def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
-    record, key = KeyStore(settings.paths.keys).create(args.store or settings.index_name, args.scope, args.name)
+    record, key = KeyStore(settings.paths.keys).create(args.store or settings.store_name, args.scope, args.name)
     print(json.dumps({"key": key, **record.public(),
                       "note": "shown once: store it now; only its hash is kept"}, indent=2))
     return 0
@@ -32,7 +32,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("create", help="a new key; prints it once")
     p.add_argument("--scope", action="append", choices=SCOPES, required=True,
                    help="what the key may call: search, events, admin (repeat for several)")
-    p.add_argument("--store", default=None, help="the store it is for (default: settings.index_name)")
+    p.add_argument("--store", default=None, help="the store it is for (default: the --store given to shoprank, else the default store)")
     p.add_argument("--name", default="", help="who or what uses it, for `keys list`")
     p.set_defaults(handler=cmd_create)
     verbs.add_parser("list", help="every key without its secret").set_defaults(handler=cmd_list)

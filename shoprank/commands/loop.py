@@ -19,8 +19,9 @@ def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
 
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from online_learning.consumers.base import ConsumerLoop
-    from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC
-    topics = [RANKINGS_TOPIC, INTERACTIONS_TOPIC]
+    from online_learning.events import topics as store_topics
+
+    topics = list(store_topics(settings.store))
     if args.kind == "sink":
         from online_learning.consumers.log_sink import ParquetLogSink
 
@@ -35,7 +36,8 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
                     zip(world.products["product_id"], world.products["category_id"], world.products["price"])}
         handle = StreamingFeatures(settings.paths.streaming_state, products,
                                    feast_push(feature_store.open_store(settings)))
-    loop = ConsumerLoop(_bootstrap(args, settings), args.group or f"shoprank-{args.kind}", topics, handle,
+    group = args.group or (f"shoprank-{args.kind}" + (f"-{settings.store}" if settings.store else ""))
+    loop = ConsumerLoop(_bootstrap(args, settings), group, topics, handle,
                         settings.paths.dead_letters(args.kind))
     loop.run(idle_exit=args.idle_exit)
     print(json.dumps({"consumed": loop.consumed, "invalid": loop.invalid}))

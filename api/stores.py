@@ -1,0 +1,74 @@
+"""The stores one server serves, each with its own engine, experiment, event spool and topics.
+
+The default store is the artifact home itself (routes ``/v1/search``, ``/v1/events``,
+``/v1/admin``); every folder under ``<home>/stores/`` is another store (the same routes
+under ``/v1/stores/{store}/``), made by ``shoprank --store NAME index --catalog FILE``.
+A store's index, models, features, rules, experiments and events are its own: a search
+of one store never reaches another's engine, and a swap or re-index of one reloads only
+its own unit. The bi-encoder is shared when the stores use the same one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Path, Request
+
+from api.state import ServedHolder
+from core.errors import NotFound
+from core.keys import check_store_name
+from core.settings import Settings
+from online_learning.event_log import EventLog
+
+logger = logging.getLogger(__name__)
+
+@dataclass
+class StoreRuntime:
+    """What the server holds for one store."""
+
+    name: str
+    settings: Settings
+    holder: ServedHolder
+    event_log: EventLog
+    spool_lock: Any
+
+    def close(self) -> None:
+        self.holder.stop()
+        if self.holder.ready.is_set() and self.holder.error is None:
+            self.holder.get().router.close()
+        self.event_log.close()
+        self.spool_lock.close()
+
+
+def other_stores(settings: Settings) -> list[str]:
+    """Stores besides the default one: the valid folder names under ``<home>/stores/``."""
+    folder = settings.paths.stores
+    if not folder.is_dir():
+        return []
+    names = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_dir():
+            continue
+        try:
+            names.append(check_store_name(path.name))
+        except Exception:  # noqa: BLE001 - a stray folder is not a store
+            logger.warning("ignoring %s: not a valid store name", path)
+    return names
+
+
+def current(request: Request) -> StoreRuntime:
+    """The store of this request: the one named in the path, else the default store."""
+    runtime = getattr(request.state, "store", None)
+    return runtime if runtime is not None else request.app.state.stores[request.app.state.default_store]
+
+
+def in_store(request: Request, store: Annotated[str, Path(max_length=64, description="The store's name "
+                                                          "(`shoprank --store NAME index ...`).")]) -> None:
+    """Route dependency of ``/v1/stores/{store}/...``: the named store, or 404 naming the served ones
+    (a malformed name is no served store either: it runs before the key check, which needs the store)."""
+    runtime = request.app.state.stores.get(store)
+    if runtime is None:
+        raise NotFound(f"store {store!r} is not served here; served stores: {sorted(request.app.state.stores)}")
+    request.state.store = runtime
