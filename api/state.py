@@ -50,7 +50,7 @@ class ServedHolder:
     def _run(self) -> None:
         try:
             self._served = self._load(None)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - reported by /readyz and every search
             logger.exception("loading the search engine failed")
             self.error = f"{type(err).__name__}: {err}"
             return
@@ -69,7 +69,7 @@ class ServedHolder:
                 logger.info("shared serving state changed (%s); reloading", stamp)
                 self.reload()
                 failed = None
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - keep serving the loaded unit
                 logger.exception("reloading after a shared state change failed; the loaded models keep serving")
                 self.reload_error = f"{type(err).__name__}: {err}"
                 failed = stamp

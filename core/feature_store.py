@@ -196,7 +196,7 @@ class OnlineFeatureReader:
         future = self._io.submit(self._read_now, view_name, keys)
         try:
             return future.result(timeout=self.read_timeout if timeout is None else timeout)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any store failure: rest, then try again
             reason = ("online store read timed out" if isinstance(err, TimeoutError)
                       else f"online store error {type(err).__name__}")
             with self._lock:
@@ -239,7 +239,7 @@ class OnlineFeatureReader:
         except StoreUnavailable:  # the stale rows keep serving; the next access retries
             with self._lock:
                 self._refreshing.difference_update(product_ids)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the stale rows keep serving; the next access retries
             logger.exception("refreshing %d products' store features failed", len(product_ids))
             with self._lock:
                 self._refreshing.difference_update(product_ids)

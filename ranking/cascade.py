@@ -137,7 +137,7 @@ class Cascade:
                     candidates = out
             except StageTimeout:
                 degraded.append(f"{name}: timeout")
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - serve the previous order, say why
                 logger.exception("stage %s failed", name)
                 degraded.append(f"{name}: error {type(err).__name__}")
             timings[name] = time.perf_counter() - started
