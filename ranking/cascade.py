@@ -52,18 +52,48 @@ def rerank_head(candidates: Candidates, depth: int, stage: str, scores: np.ndarr
 
 @dataclass(frozen=True)
 class ScoreStage:
-    """Re-rank the top ``depth`` candidates by ``score(query text, docs)``."""
+    """Re-rank the top ``depth`` candidates by ``score(query text, docs)`` (with ``adaptive``: a
+    shallower depth for searches whose first stage is confident)."""
 
     name: str
     score: Callable[[str, np.ndarray, float | None], np.ndarray]
     depth: int
     costly: bool = True  # a model stage: shed first under overload (query.shed)
+    adaptive: AdaptiveDepth | None = None
 
     def __call__(self, query: Query, candidates: Candidates) -> Candidates:
-        if self.depth <= 0 or not len(candidates):
+        depth = self.adaptive(candidates, self.depth) if self.adaptive is not None else self.depth
+        if depth <= 0 or not len(candidates):
             return candidates
-        head = candidates.top(self.depth)
-        return rerank_head(candidates, self.depth, self.name, self.score(query.text, head.docs, query.deadline))
+        head = candidates.top(depth)
+        return rerank_head(candidates, depth, self.name, self.score(query.text, head.docs, query.deadline))
+
+
+def first_stage_agreement(candidates: Candidates, window: int = 10) -> float:
+    """Share of the fused top ``window`` that BM25 and the dense search both rank within their own
+    top ``window`` (0 when the candidates carry no per-source ranks)."""
+    bm25, dense = candidates.ranks.get("bm25"), candidates.ranks.get("dense")
+    n = min(window, len(candidates))
+    if bm25 is None or dense is None or n == 0:
+        return 0.0
+    b, d = np.asarray(bm25[:n]), np.asarray(dense[:n])
+    return float(((b > 0) & (b <= window) & (d > 0) & (d <= window)).sum() / n)
+
+
+@dataclass(frozen=True)
+class AdaptiveDepth:
+    """Query-adaptive cross-encoder depth: ``confident`` candidates when BM25 and the dense search
+    agree on at least ``threshold`` of the fused top ``window`` (the first stage is sure of its
+    head), the stage's full depth otherwise."""
+
+    confident: int
+    threshold: float
+    window: int = 10
+
+    def __call__(self, candidates: Candidates, depth: int) -> int:
+        if first_stage_agreement(candidates, self.window) >= self.threshold:
+            return min(depth, self.confident)
+        return depth
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from core.registry import ServedModel
 from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
 from ranking.cache import CachedScorer, TierCounts, model_tag
-from ranking.cascade import Cascade, ScoreStage, Stage
+from ranking.cascade import AdaptiveDepth, Cascade, ScoreStage, Stage
 from ranking.features import LtrFeaturizer
 from ranking.lambdamart import LambdaMART
 from ranking.ltr import LtrStage
@@ -91,14 +91,17 @@ class Pipelines:
 
 
 def featurizer_for(index: ProductIndex, dense: DenseRetriever, models: Models, names: Sequence[str],
-                   ranking: RankingSettings) -> LtrFeaturizer:
+                   ranking: RankingSettings, score_missing: bool = True) -> LtrFeaturizer:
     """The LambdaMART featurizer of features ``names`` over this index, query encoder, store and
-    cross-encoders."""
+    cross-encoders. ``score_missing``: the cross-encoders score the rows within their depths that
+    no stage scored (training lists); off in served pipelines, where the cross-encoder stages ran
+    first and a row they left unscored (shed under overload, a timeout, a shallower adaptive
+    depth) stays missing, as LambdaMART learnt rows below the depth."""
     reader = models.features
     store = (lambda query, pids: reader.fetch(pids, query.user_id)) if reader else None
+    scorer = (lambda served: served.model if served and score_missing else None)
     return LtrFeaturizer(index, lambda text: dense.embed([text])[0], store, list(names),
-                         models.student.model if models.student else None,
-                         models.teacher.model if models.teacher else None,
+                         scorer(models.student), scorer(models.teacher),
                          student_depth=ranking.student_depth, teacher_depth=ranking.teacher_depth)
 
 
@@ -122,7 +125,10 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: HybridRe
         named["rerank"] = cascade("rerank", [cross_encoder_stage("teacher", models.teacher, rk.rerank_depth)],
                                   rk.rerank_depth)
         if rk.teacher_depth:
-            stages.append(cross_encoder_stage("teacher", models.teacher, rk.teacher_depth))
+            teacher = cross_encoder_stage("teacher", models.teacher, rk.teacher_depth)
+            if rk.teacher_depth_confident:
+                teacher = replace(teacher, adaptive=AdaptiveDepth(rk.teacher_depth_confident, rk.confident_agreement))
+            stages.append(teacher)
     if stages:
         named["cascade"] = cascade("cascade", list(stages), rk.first_stage_depth)
     depth = rk.first_stage_depth if stages else rk.rerank_depth
@@ -132,7 +138,8 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: HybridRe
         if not rk.ltr_depth:
             break
         model: LambdaMART = served.model  # type: ignore[assignment]
-        stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names, rk), rk.ltr_depth)
+        stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names, rk, score_missing=False),
+                         rk.ltr_depth)
         ltr_stages[served.version] = stage
         full[served.version] = cascade("full", [*stages, stage, rules], rk.first_stage_depth)
     if models.ltr and models.ltr.version in ltr_stages:

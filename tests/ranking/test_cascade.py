@@ -115,3 +115,23 @@ def test_admission_sheds_above_its_threshold_and_caps_in_flight() -> None:
         waiter.start()
         assert not entered.wait(0.1)  # the second search waits for the slot
     assert entered.wait(2)
+
+
+def test_adaptive_depth_scores_less_where_the_first_stage_agrees() -> None:
+    from ranking.cascade import AdaptiveDepth, first_stage_agreement
+
+    docs = np.arange(20)
+    agree = Candidates(docs, [f"P{i}" for i in docs], "rrf", {"rrf": np.linspace(1, 0, 20)},
+                       {"rrf": np.arange(1, 21), "bm25": np.arange(1, 21), "dense": np.arange(1, 21)})
+    dense_far = np.r_[np.arange(11, 21), np.arange(1, 11)]  # dense puts the fused top 10 at 11..20
+    differ = Candidates(docs, agree.product_ids, "rrf", agree.scores,
+                        {"rrf": np.arange(1, 21), "bm25": np.arange(1, 21), "dense": dense_far})
+    assert first_stage_agreement(agree) == 1.0 and first_stage_agreement(differ) == 0.0
+    rule = AdaptiveDepth(confident=5, threshold=0.7)
+    assert rule(agree, 20) == 5 and rule(differ, 20) == 20 and rule(agree, 3) == 3
+    seen = []
+    stage = ScoreStage("teacher", lambda q, d, deadline: (seen.append(len(d)), -np.arange(len(d)))[1], 20,
+                       adaptive=rule)
+    stage(Query("drill"), agree)
+    stage(Query("drill"), differ)
+    assert seen == [5, 20]

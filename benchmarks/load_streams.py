@@ -1,0 +1,200 @@
+"""The served pipeline under two query streams, with the cross-encoder on: uniform and head-heavy.
+
+Streams over the train + dev queries of the dataset (seeded):
+
+- **uniform**: every query once, shuffled (no repeats: nothing to cache);
+- **head-heavy**: queries drawn from a Zipf law (s = ``--zipf``, default 1) over a seeded
+  ranking of the queries. Day 1 (seed ``--seed``) is the traffic the nightly job warms from:
+  its ``--warm-queries`` most frequent queries get their first-stage top ``--warm-depth``
+  scored into the shared score store (:func:`serving.warm.warm_scores`, what
+  ``shoprank warm-scores`` does with the logged head queries); day 2 (seed + 1), a
+  different sample of the same law, is the measured load.
+
+For each stream and concurrency level, wrk posts the stream's queries to ``shoprank serve``
+on 127.0.0.1 for ``--seconds`` and prints searches/s, p50/p95/p99, failed requests, the share
+of searches served degraded, and the share whose top 10 a cross-encoder scored (the teacher
+stage ran and was not skipped, or the answer came from the results cache, which keeps only
+complete answers).
+
+    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/load_streams.py [--levels 1 8 32] [--seconds 30]
+
+The server runs on the home's active models (``SHOPRANK_*`` settings apply); it prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import hardware, wait_ready
+from core.settings import get_settings
+from online_learning.local_broker import free_port
+
+DATA = ROOT.parent / "shared" / "data" / "homedepot"
+TOKEN = "streams-admin"
+
+LUA = r"""
+local queries = {}
+for line in io.lines("%(queries)s") do queries[#queries + 1] = line end
+local threads = {}
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
+function init(args)
+  counter = 0
+  responses = 0
+  degraded = 0
+  scored = 0
+  bad = 0
+end
+request = function()
+  -- each connection thread walks its own stride of the stream, in order
+  local i = (counter * %(threads)d + id) %% #queries + 1
+  counter = counter + 1
+  local body = '{"query": ' .. queries[i] .. ', "k": 10}'
+  return wrk.format("POST", "/v1/search", {["Content-Type"] = "application/json"}, body)
+end
+response = function(status, headers, body)
+  if status ~= 200 then bad = bad + 1 return end
+  responses = responses + 1
+  if not string.find(body, '"degraded":[]', 1, true) then degraded = degraded + 1 end
+  local cached = string.find(body, '"cached":true', 1, true)
+  local ran = string.find(body, '"teacher":', 1, true) and not string.find(body, '"teacher: ', 1, true)
+  if cached or ran then scored = scored + 1 end
+end
+done = function(summary, latency, requests)
+  local r, d, s = 0, 0, 0
+  for _, t in ipairs(threads) do
+    r = r + t:get("responses")
+    d = d + t:get("degraded")
+    s = s + t:get("scored")
+  end
+  io.write(string.format("RESULT requests=%%d seconds=%%.3f p50=%%.3f p95=%%.3f p99=%%.3f errors=%%d non2xx=%%d " ..
+    "answered=%%d degraded=%%d scored=%%d timeouts=%%d\n", summary.requests, summary.duration / 1e6,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status, r, d, s, summary.errors.timeout))
+end
+"""
+RESULT = re.compile(r"RESULT requests=(\d+) seconds=([\d.]+) p50=([\d.]+) p95=([\d.]+) p99=([\d.]+) errors=(\d+) "
+                    r"non2xx=(\d+) answered=(\d+) degraded=(\d+) scored=(\d+) timeouts=(\d+)")
+
+
+def zipf_stream(queries: list[str], size: int, s: float, seed: int) -> list[str]:
+    """``size`` draws from a Zipf law over a seeded ranking of ``queries`` (the same ranking every day)."""
+    ranking = np.random.default_rng(12345).permutation(len(queries))
+    weights = 1.0 / np.arange(1, len(queries) + 1) ** s
+    draws = np.random.default_rng(seed).choice(len(queries), size=size, p=weights / weights.sum())
+    return [queries[ranking[d]] for d in draws]
+
+
+def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, name: str) -> dict[str, object]:
+    threads = min(level, 2)
+    queries = work / f"{name}.txt"
+    queries.write_text("\n".join(json.dumps(q) for q in stream))
+    script = work / f"{name}-{threads}.lua"
+    script.write_text(LUA % {"queries": queries, "threads": threads})
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{level}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
+                          base], capture_output=True, text=True, check=False).stdout
+    match = RESULT.search(out)
+    if not match:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    n, took, p50, p95, p99, errors, non2xx, answered, degraded, scored, timeouts = match.groups()
+    answered_n = max(1, int(answered))
+    return {"searches_per_s": round(int(n) / float(took), 1), "p50_ms": float(p50), "p95_ms": float(p95),
+            "p99_ms": float(p99), "requests": int(n), "failed": int(errors) + int(non2xx), "timeouts": int(timeouts),
+            "degraded_share": round(int(degraded) / answered_n, 4),
+            "cross_encoder_top10_share": round(int(scored) / answered_n, 4)}
+
+
+def warm(settings, stream: list[str], n: int, depth: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Score day 1's head queries into the shared store, as the nightly job does."""
+    from serving.loading import open_engine
+    from serving.warm import warm_scores
+
+    heads = [q for q, _ in Counter(stream).most_common(n)]
+    engine = open_engine(settings, warm_features=False)
+    started = time.monotonic()
+    report = warm_scores(engine, heads, depth)
+    engine.close()
+    covered = sum(c for q, c in Counter(stream).items() if q in set(heads)) / len(stream)
+    return {**asdict(report), "seconds": round(time.monotonic() - started, 1),
+            "day1_searches_covered": round(covered, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=DATA)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--zipf", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--day-size", type=int, default=20_000, help="searches in a day of the head-heavy stream")
+    parser.add_argument("--warm-queries", type=int, default=1000)
+    parser.add_argument("--warm-depth", type=int, default=20)
+    parser.add_argument("--streams", nargs="+", default=["uniform", "head-heavy"])
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    settings = get_settings()
+    frame = pd.read_csv(args.dataset / "queries.csv", dtype=str)
+    queries = frame[frame["split"].isin(["train", "dev"])]["query"].drop_duplicates().tolist()
+    work = Path(tempfile.mkdtemp(prefix="shoprank-streams-"))
+    result: dict[str, object] = {"benchmark": "load_streams", "hardware": hardware(), "command": " ".join(sys.argv),
+                                 "home": str(settings.home), "queries": len(queries), "streams": {}}
+    uniform = list(np.random.default_rng(args.seed).permutation(queries))
+    day1 = zipf_stream(queries, args.day_size, args.zipf, args.seed)
+    day2 = zipf_stream(queries, args.day_size, args.zipf, args.seed + 1)
+    result["head_heavy"] = {"zipf_s": args.zipf, "day_size": args.day_size,
+                            "distinct_in_day2": len(set(day2)),
+                            "day2_searches_of_day1_heads": round(sum(
+                                q in set(q for q, _ in Counter(day1).most_common(args.warm_queries)) for q in day2)
+                                / len(day2), 3)}
+    if "head-heavy" in args.streams:
+        result["warm"] = warm(settings, day1, args.warm_queries, args.warm_depth)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "SHOPRANK_API__ADMIN_TOKEN": TOKEN, "SHOPRANK_PROGRESS": "false",
+           "SHOPRANK_EVENTS__LOG_IMPRESSIONS": os.environ.get("SHOPRANK_EVENTS__LOG_IMPRESSIONS", "true")}
+    server = subprocess.Popen([sys.executable, "-m", "shoprank.cli", "serve", "--port", str(port)], env=env,
+                              stdout=(work / "server.log").open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_ready(base)
+        result["served"] = httpx.get(f"{base}/v1/admin/models", headers={"Authorization": f"Bearer {TOKEN}"}
+                                     ).json()["served"]
+        for name in args.streams:
+            stream = uniform if name == "uniform" else day2
+            levels, cursor = {}, 0
+            for level in args.levels:
+                # each level goes on where the last stopped: the uniform stream never repeats a query
+                rotated = stream[cursor % len(stream):] + stream[:cursor % len(stream)]
+                levels[level] = run_wrk(base, work, rotated, level, args.seconds, name)
+                cursor += int(levels[level]["requests"])  # type: ignore[call-overload]
+                print(json.dumps({name: {level: levels[level]}}), file=sys.stderr)
+            result["streams"][name] = levels  # type: ignore[index]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
