@@ -43,7 +43,7 @@ from core.settings import Settings
 from evaluation.dataset import load_dataset
 from ranking.score_store import score_key, text_hash
 from serving.engine import SearchEngine, served_tag
-from serving.loading import open_engine
+from serving.loading import open_engine, served_precision
 from simulation.demo import write_demo
 
 
@@ -183,7 +183,7 @@ def main() -> None:
     result = {
         "benchmark": "score_cache", "hardware": hardware(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "model": model, "precision": settings.ranking.precision, "queries": len(queries),
+        "model": model, "precision": served_precision(settings), "queries": len(queries),
         "pairs_per_search": depth, "micro_batch": settings.serving.micro_batch,
         "teacher_stage_ms_per_search": {"cold (model scores 20 pairs)": percentiles(cold),
                                         "local sqlite store": percentiles(local),

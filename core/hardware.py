@@ -31,9 +31,15 @@ class Cpu:
             return "vnni"
         return "avx2" if "avx2" in self.flags else "generic"
 
+    @property
+    def cross_encoder_precision(self) -> str:
+        """What ``ranking.precision: auto`` serves here: int8 wherever ONNX Runtime has int8 kernels
+        for this CPU (AMX, VNNI, AVX2: measured fastest on AVX2 and VNNI), fp32 elsewhere."""
+        return "int8" if self.int8_path in ("amx", "vnni", "avx2") else "fp32"
+
     def as_dict(self) -> dict[str, object]:
         return {"model": self.model, "cores": self.cores, "machine": self.machine, "flags": list(self.flags),
-                "int8_path": self.int8_path}
+                "int8_path": self.int8_path, "cross_encoder_precision": self.cross_encoder_precision}
 
 
 def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:

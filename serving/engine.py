@@ -172,7 +172,8 @@ class Caches:
 
 def served_tag(served: ServedModel, ranking: RankingSettings) -> str | None:
     """The score-store name of a served cross-encoder (None: not registered, memory tier only)."""
-    return model_tag(served.role, served.version, getattr(served.model, "model_dir", None), ranking.precision,
+    precision = getattr(served.model, "precision", ranking.precision)  # resolved (ranking.precision may be auto)
+    return model_tag(served.role, served.version, getattr(served.model, "model_dir", None), precision,
                      ranking.max_length)
 
 

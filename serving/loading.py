@@ -174,6 +174,13 @@ def _entry(settings: Settings, role: str, spec: str) -> ModelVersion | None:
     return registry.active(role) if spec == "active" else registry.get(role, spec)
 
 
+def served_precision(settings: Settings) -> str:
+    """The cross-encoders' precision: ``ranking.precision``, with ``auto`` resolved for this CPU."""
+    from core.hardware import cpu
+
+    return cpu().cross_encoder_precision if settings.ranking.precision == "auto" else settings.ranking.precision
+
+
 def load_cross_encoder(settings: Settings, role: str, spec: str | None = None) -> ServedModel | None:
     """The configured version (or ``spec``) of ``role`` (reranker|student), on ONNX Runtime."""
     from ranking.cross_encoder import CrossEncoderScorer
@@ -182,9 +189,9 @@ def load_cross_encoder(settings: Settings, role: str, spec: str | None = None) -
     entry = _entry(settings, role, spec or (rk.reranker if role == "reranker" else rk.student))
     if entry is None or entry.path is None:
         return None
-    scorer = CrossEncoderScorer(Path(entry.path), rk.precision, max_length=rk.max_length,
+    scorer = CrossEncoderScorer(Path(entry.path), served_precision(settings), max_length=rk.max_length,
                                 batch_size=rk.batch_size, threads=rk.threads)
-    logger.info("loaded %s %s (%s)", role, entry.version, rk.precision)
+    logger.info("loaded %s %s (%s)", role, entry.version, scorer.precision)
     return ServedModel(role, entry.version, scorer)
 
 

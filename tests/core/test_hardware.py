@@ -26,3 +26,12 @@ def test_this_machine_is_read() -> None:
     here = cpu()
     assert here.cores >= 1 and here.model and set(here.flags) <= {"avx2", "avx512f", "avx512_vnni", "avx_vnni",
                                                                    "avx512_bf16", "amx_int8", "amx_bf16"}
+
+
+def test_auto_precision_follows_the_int8_kernels() -> None:
+    from core.hardware import Cpu
+
+    assert Cpu("x", 2, "x86_64", ("avx2", "avx512_vnni")).cross_encoder_precision == "int8"
+    assert Cpu("x", 2, "x86_64", ("avx2",)).cross_encoder_precision == "int8"
+    assert Cpu("x", 2, "aarch64", ()).cross_encoder_precision == "fp32"
+    assert "cross_encoder_precision" in Cpu("x", 2, "x86_64", ("amx_int8",)).as_dict()
