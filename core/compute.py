@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -63,7 +64,7 @@ def dask_client(compute: ComputeSettings) -> Iterator[Client | None]:
 
 def loopback_command(argv: list[str]) -> list[str] | None:
     """``argv`` wrapped to run in a new network namespace whose only interface is loopback, or
-    None (already inside one, or ``unshare``/``ip`` missing).
+    None (already inside one, ``unshare``/``ip`` missing, or namespaces not allowed here).
 
     Dask binds to 127.0.0.1 as told, but LightGBM's distributed training (``lightgbm.dask``)
     listens on every interface and has no setting for the address; a local benchmark or test
@@ -72,4 +73,7 @@ def loopback_command(argv: list[str]) -> list[str] | None:
     """
     if os.environ.get(LOOPBACK_ENV) or not (shutil.which("unshare") and shutil.which("ip")):
         return None
-    return ["unshare", "--net", "--map-root-user", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+    wrapper = ["unshare", "--net", "--map-root-user", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+    if subprocess.run([*wrapper, "true"], capture_output=True, check=False).returncode != 0:
+        return None  # no network namespaces here (e.g. a container without the privilege)
+    return [*wrapper, *argv]

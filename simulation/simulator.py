@@ -165,9 +165,9 @@ class TrafficSimulator:
         started = time.perf_counter()
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         with httpx.Client(timeout=30.0, limits=limits) as client, ThreadPoolExecutor(concurrency) as pool:
-            futures = [pool.submit(self.session, client, start + i) for i in range(sessions)]
-            if attack is not None:
-                futures += [pool.submit(attack.search, client, self.base_url, n) for n in range(attack.searches)]
+            futures = [pool.submit(self.session, client, start + i) if kind == "session"
+                       else pool.submit(attack.search, client, self.base_url, i)  # type: ignore[union-attr]
+                       for kind, i in interleave(sessions, attack.searches if attack is not None else 0)]
             for future in tqdm(futures, disable=not progress, desc="simulated sessions", unit="s"):
                 future.result()
         total = ArmStats()
@@ -182,6 +182,17 @@ class TrafficSimulator:
                 "errors": dict(self.errors), "note": "SIMULATED shoppers (simulation.world)",
                 **({"attack": attack.report()} if attack is not None else {}),
                 "sessions_detail": {str(n): r for n, r in sorted(self.sessions.items())}}
+
+
+def interleave(sessions: int, attacks: int) -> list[tuple[str, int]]:
+    """The order of a run's work: ``attacks`` attack searches spread evenly among ``sessions`` honest ones.
+
+    Each job sits at the middle of its share of the run ((i + 0.5) / n), so the bots
+    search all day long, not after the shoppers (a retrain splits its logs by time).
+    """
+    jobs = [((i + 0.5) / sessions, 0, "session", i) for i in range(sessions)]
+    jobs += [((n + 0.5) / attacks, 1, "attack", n) for n in range(attacks)]
+    return [(kind, i) for _, _, kind, i in sorted(jobs)]
 
 
 def compare_replays(first: dict, second: dict) -> dict:
