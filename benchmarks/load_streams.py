@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--warm-queries", type=int, default=1000)
     parser.add_argument("--warm-depth", type=int, default=20)
     parser.add_argument("--streams", nargs="+", default=["uniform", "head-heavy"])
+    parser.add_argument("--warmup", type=int, default=20, help="seconds of warm-up load before measuring")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -180,6 +181,8 @@ def main() -> None:
         wait_ready(base)
         result["served"] = httpx.get(f"{base}/v1/admin/models", headers={"Authorization": f"Bearer {TOKEN}"}
                                      ).json()["served"]
+        # warm-up on queries no level reaches (the uniform stream's tail): ONNX sessions, the store features
+        run_wrk(base, work, uniform[-400:], 2, args.warmup, "warmup")
         for name in args.streams:
             stream = uniform if name == "uniform" else day2
             levels, cursor = {}, 0
