@@ -17,7 +17,7 @@ arms, :func:`clean` drops, and counts by reason:
    searches than ``max_searches``), ``click_rate`` (click-through over
    ``ctr_ratio`` times the population's, with at least ``min_searches``), or
    ``no_conversion`` (``min_clicks`` clicks or more and not one add to cart or
-   purchase);
+   purchase), judged on all it did (its repeats too, before the repeat cap);
 5. ``anomalous:pair``: the clicks on one product for one query when a swarm of
    shoppers, none very active alone, clicks it far more than its positions earn
    (``pair_min_clicks`` clicks or more, a click on at least ``pair_min_ctr`` of its
@@ -148,6 +148,8 @@ def clean(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConf
     rank = order.groupby(["who", "query", "product_id", "type"]).cumcount()
     repeat = (rank >= config.max_repeats).reindex(interactions.index).to_numpy()
     excluded["repeat"] += int(repeat.sum())
+    # a shopper is judged on everything it did: capping its repeats first would hide a bot's click rate
+    anomalous = _anomalous(rankings, interactions, config)
     interactions = interactions[~repeat]
     swarmed = _swarmed_pairs(rankings, interactions, config)
     if swarmed:
@@ -155,7 +157,6 @@ def clean(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConf
         hit = pair.isin(swarmed) & (interactions["type"] == "click")
         excluded["anomalous:pair"] += int(hit.sum())
         interactions = interactions[~hit]
-    anomalous = _anomalous(rankings, interactions, config)
     if anomalous:
         bad_keys = {k.removeprefix("key:") for k in anomalous if k.startswith("key:")}
         bad = rankings["who"].isin(anomalous)

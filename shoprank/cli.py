@@ -42,6 +42,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     from serving import loading
 
     settings = _settings(args)
+    if args.store:  # `shoprank index --store NAME` = `shoprank --store NAME index`
+        from core.keys import check_store_name
+
+        settings = settings.for_store(check_store_name(args.store))
     if args.scheduler:  # encode the catalog on Dask (see docs/batch_jobs.md)
         settings = settings.model_copy(update={"compute": settings.compute.model_copy(
             update={"scheduler": args.scheduler})})
@@ -213,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="index name (default: settings.index_name)")
     p.add_argument("--upsert", action="store_true", help="add/update these products in the existing index")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip bad rows (counted) instead of failing")
+    p.add_argument("--store", default=None, metavar="NAME", help="index another store's catalog (<home>/stores/NAME/; "
+                   "`shoprank serve` then serves it under /v1/stores/NAME/)")
     p.add_argument("--scheduler", default=None, help="encode on Dask: 'local' or 'tcp://HOST:PORT' (default: "
                    "settings.compute.scheduler; unset: in this process)")
     p.set_defaults(func=cmd_index)

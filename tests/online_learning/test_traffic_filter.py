@@ -59,6 +59,17 @@ def test_anomalous_shoppers_lose_every_search_and_interaction() -> None:
     assert chatty.anomalous == {"bot": "no_conversion"}
 
 
+def test_a_bot_repeating_one_query_is_judged_on_all_its_clicks_not_the_capped_ones() -> None:
+    honest = [(f"h{i}", f"u{i}", "hose", ["a", "b"]) for i in range(200)]
+    bot = [(f"b{i}", "bot", "hose", ["a", "x"]) for i in range(30)]  # one query: 27 of its clicks are repeats
+    acts = actions([(f"h{i}", f"u{i}", "a", "click") for i in range(0, 200, 10)]
+                   + [(f"b{i}", "bot", "x", "click") for i in range(30)])
+    out = clean(searches(honest + bot), acts, FilterConfig(min_searches=20, ctr_ratio=3.0))
+    assert out.anomalous == {"bot": "click_rate"}  # click rate 30/30, not the 3/30 left after the cap
+    assert out.excluded == {"repeat": 27, "anomalous:click_rate": 3}
+    assert "bot" not in set(out.rankings["user_id"]) and set(out.interactions["product_id"]) == {"a"}
+
+
 def test_a_key_whose_shoppers_are_all_anomalous_is_excluded() -> None:
     ranks = searches([("r1", "bot1", "hose", ["x"]), ("r2", "bot2", "hose", ["x"]), ("r3", "u1", "hose", ["x"])])
     ranks["key_id"] = ranks["request_id"].map({"r1": "k-bad", "r2": "k-bad", "r3": "k-good"})
