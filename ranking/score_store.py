@@ -20,6 +20,7 @@ was scored: a model swap or a changed title reads other keys, never a stale scor
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import queue
@@ -205,11 +206,15 @@ class SqliteScoreStore(ScoreStore):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
-        with sqlite3.connect(path, timeout=10.0) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL NOT NULL, "
-                       "written REAL NOT NULL) WITHOUT ROWID")
-        db.close()
+        # several processes open the file at once (server workers, replicas): switching to WAL does not wait
+        # on a busy database, so the set-up is serialized by a lock file beside it
+        with path.with_name(path.name + ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            with sqlite3.connect(path, timeout=10.0) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL NOT NULL, "
+                           "written REAL NOT NULL) WITHOUT ROWID")
+            db.close()
         super().__init__(retry_s, queue_size)
 
     def _connection(self, timeout: float) -> sqlite3.Connection:
