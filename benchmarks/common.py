@@ -48,17 +48,9 @@ def peak_rss_gib() -> float:
 
 def wait_ready(base: str, timeout: float = 900) -> None:
     """Wait until the API at ``base`` answers /readyz with 200 (a cold start encodes the catalog)."""
-    import httpx
+    from shoprank.topology import wait_ready as until_ready
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"the API at {base} did not become ready in {timeout:.0f} s")
+    until_ready(base, timeout, what=f"the API at {base}", poll=1.0)
 
 
 class ShoprankProcess:

@@ -20,7 +20,6 @@ made through the admin API or the CLI one at a time, as operators do, are kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from core.registry import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +53,6 @@ class Transfer:
 
     def to_json(self) -> dict[str, int]:
         return {"files": self.files, "bytes": self.bytes, "unchanged": self.unchanged, "kept": self.kept}
-
-
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def _dirty(path: Path, recorded: dict[str, Any] | None) -> bool:
@@ -112,7 +105,7 @@ class ArtifactStore:
         known = state.get(rel)
         if known and known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
             return str(known["sha256"])
-        digest = _sha256(path)
+        digest = file_digest(path)
         state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
         return digest
 
@@ -160,7 +153,7 @@ class ArtifactStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.pull")
             self.fs.get_file(f"{self.root}/{rel}", str(tmp))
-            if _sha256(tmp) != digest:
+            if file_digest(tmp) != digest:
                 tmp.unlink()
                 raise OSError(f"{self.url}/{rel} changed while it was read (sha256 differs from {MANIFEST}); "
                               "pull again")

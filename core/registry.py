@@ -72,7 +72,8 @@ def _check_role(role: str) -> None:
         raise InvalidInput(f"model role {role!r} is not one of {list(ROLES)}")
 
 
-def _digest(file: Path) -> str:
+def file_digest(file: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
     sha = hashlib.sha256()
     with file.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -82,7 +83,7 @@ def _digest(file: Path) -> str:
 
 def checksums(folder: Path) -> dict[str, str]:
     """sha256 of every file under a model folder (its manifest aside), by relative path."""
-    return {str(f.relative_to(folder)): _digest(f) for f in sorted(folder.rglob("*"))
+    return {str(f.relative_to(folder)): file_digest(f) for f in sorted(folder.rglob("*"))
             if f.is_file() and f.name != "manifest.json"}
 
 
@@ -178,7 +179,7 @@ class ModelRegistry:
             if not file.is_file():
                 raise Conflict(f"{role} {version} is damaged: {name} is missing from {folder}; "
                                "the active version keeps serving")
-            if _digest(file) != digest:
+            if file_digest(file) != digest:
                 raise Conflict(f"{role} {version} is damaged: {name} differs from the registered file "
                                f"(sha256 mismatch, {file.stat().st_size} bytes); the active version keeps serving")
         return entry

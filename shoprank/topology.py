@@ -144,6 +144,23 @@ def _wait_port(port: int, process: subprocess.Popen | None, seconds: float, what
     raise NotReady(f"{what} did not listen on 127.0.0.1:{port} within {seconds:.0f}s")
 
 
+def wait_ready(base: str, seconds: float, process: subprocess.Popen | None = None, what: str = "the API",
+               poll: float = 0.3) -> None:
+    """Until ``base/readyz`` answers 200; :class:`NotReady` naming ``what`` if ``process`` exits first
+    or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise NotReady(f"{what} exited with code {process.returncode}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll)
+    raise NotReady(f"{what} was not ready within {seconds:.0f}s")
+
+
 def _alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -273,19 +290,8 @@ class Topology:
             self.wait_replica(i, process)
 
     def wait_replica(self, i: int, process: subprocess.Popen | None = None, seconds: float = 300) -> None:
-        url = f"{self.layout.replica_url(i)}/readyz"
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                raise NotReady(f"replica {i} exited with code {process.returncode}; see "
-                               f"{self.folder / f'replica-{i}.log'}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise NotReady(f"replica {i} was not ready within {seconds:.0f}s; see {self.folder / f'replica-{i}.log'}")
+        wait_ready(self.layout.replica_url(i), seconds, process,
+                   f"replica {i} (log: {self.folder / f'replica-{i}.log'})")
 
     def start_haproxy(self) -> None:
         binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").is_file() else None)
@@ -341,15 +347,8 @@ class Topology:
 
     def wait_balanced(self, seconds: float = 30) -> None:
         """Until HAProxy answers ``/readyz`` (at least one replica passed its health check)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.layout.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise NotReady(f"haproxy on {self.layout.base_url} had no ready replica within {seconds:.0f}s")
+        wait_ready(self.layout.base_url, seconds, what=f"haproxy on {self.layout.base_url} (a ready replica)",
+                   poll=0.2)
 
     def stop(self, name: str, sig: int = signal.SIGTERM, seconds: float = 20) -> None:
         """Stop one piece (``sig``: SIGTERM for a clean stop, SIGKILL for a crash)."""

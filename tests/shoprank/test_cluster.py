@@ -77,19 +77,24 @@ class Load:
             if response.status_code >= 400:
                 self.failures.append(f"{response.status_code} {response.text[:200]}")
 
+    def _send(self, client: httpx.Client, what: str, method: str, path: str, **kwargs: object) -> httpx.Response | None:
+        """One request, its outcome recorded; None when it got no answer."""
+        try:
+            response = client.request(method, f"{self.base}{path}", **kwargs)  # type: ignore[arg-type]
+        except httpx.HTTPError as err:
+            self._record(None, f"{what} at {time.time():.2f}: {type(err).__name__}: {err}")
+            return None
+        self._record(response)
+        return response
+
     def _search(self, worker: int) -> None:
         with httpx.Client(timeout=30) as client:
             for i in itertools.count():
                 if self.stopped.is_set():
                     return
                 params = {"q": DEMO_QUERIES[(i + worker) % len(DEMO_QUERIES)], "k": 10, "user_id": f"u{i % 50}"}
-                try:
-                    response = client.get(f"{self.base}/v1/search", params=params)
-                except httpx.HTTPError as err:
-                    self._record(None, f"search at {time.time():.2f}: {type(err).__name__}: {err}")
-                    continue
-                self._record(response)
-                if response.status_code == 200:
+                response = self._send(client, "search", "GET", "/v1/search", params=params)
+                if response is not None and response.status_code == 200:
                     body = response.json()
                     with self.lock:
                         self.served_by[response.headers["x-served-by"]] += 1
@@ -103,13 +108,8 @@ class Load:
                 ids = [f"{self.prefix}-{n}-{j}" for j in range(5)]
                 body = [{"type": "click", "event_id": e, "request_id": f"r{n}", "product_id": "P100001",
                          "position": 1, "user_id": f"u{n % 50}"} for e in ids]
-                try:
-                    response = client.post(f"{self.base}/v1/events", json=body)
-                except httpx.HTTPError as err:
-                    self._record(None, f"events at {time.time():.2f}: {type(err).__name__}: {err}")
-                    continue
-                self._record(response)
-                if response.status_code == 202:
+                response = self._send(client, "events", "POST", "/v1/events", json=body)
+                if response is not None and response.status_code == 202:
                     with self.lock:
                         self.accepted.update(ids)
                 time.sleep(0.02)
