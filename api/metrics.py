@@ -26,8 +26,8 @@ class Metrics:
                                 buckets=BUCKETS, registry=self.registry)
         self.degraded = Counter("shoprank_degraded_total", "Search stages skipped (timeout, error, budget)",
                                 ["stage", "reason"], registry=self.registry)
-        self.searches = Counter("shoprank_searches_total", "Searches served; shed=true: the cross-encoders were "
-                                "skipped under overload", ["shed"], registry=self.registry)
+        self.searches = Counter("shoprank_searches_total", "Searches served; shed=true: admitted over the "
+                                "shed limit (cross-encoders from cached scores only, else skipped)", ["shed"], registry=self.registry)
         self.events = Counter("shoprank_events_total", "Events accepted", ["type"], registry=self.registry)
         self.swaps = Counter("shoprank_model_swaps_total", "Model activations and rollbacks", ["role", "action"],
                              registry=self.registry)

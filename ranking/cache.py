@@ -91,6 +91,25 @@ class CachedScorer:
                       deadline: float | None = None) -> tuple[np.ndarray, int]:
         """The scores and how many pairs were scored here (in neither tier)."""
         hashes = [text_hash(t) for t in titles]
+        scores, missing, keys = self._known(query, product_ids, hashes)
+        if missing:
+            fresh = self.scorer.score(query, [titles[i] for i in missing], deadline)
+            for i, value in zip(missing, fresh):
+                scores[i] = value
+                self.cache.put((query, product_ids[i], hashes[i]), float(value))
+            if self.store is not None:
+                self.store.put_many([(keys[i], float(scores[i])) for i in missing], block=self.block_writes)
+        return scores, len(missing)
+
+    def cached_only(self, query: str, product_ids: Sequence[str], titles: Sequence[str]) -> np.ndarray | None:
+        """The scores when both tiers hold every pair, else None; never runs the model (overload)."""
+        scores, missing, _ = self._known(query, product_ids, [text_hash(t) for t in titles])
+        return None if missing else scores
+
+    def _known(self, query: str, product_ids: Sequence[str],
+               hashes: Sequence[str]) -> tuple[np.ndarray, list[int], dict[int, str]]:
+        """Scores found in the memory tier, then (one batched read) the shared tier; the positions
+        found in neither, and their shared-tier keys."""
         scores = np.empty(len(product_ids), dtype=np.float32)
         missing = []
         for i, (pid, th) in enumerate(zip(product_ids, hashes)):
@@ -112,11 +131,4 @@ class CachedScorer:
                     self.cache.put((query, product_ids[i], hashes[i]), float(value))
             self.store_counts.add(len(missing) - len(still), len(still))
             missing = still
-        if missing:
-            fresh = self.scorer.score(query, [titles[i] for i in missing], deadline)
-            for i, value in zip(missing, fresh):
-                scores[i] = value
-                self.cache.put((query, product_ids[i], hashes[i]), float(value))
-            if self.store is not None:
-                self.store.put_many([(keys[i], float(scores[i])) for i in missing], block=self.block_writes)
-        return scores, len(missing)
+        return scores, missing, keys

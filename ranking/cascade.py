@@ -53,20 +53,37 @@ def rerank_head(candidates: Candidates, depth: int, stage: str, scores: np.ndarr
 @dataclass(frozen=True)
 class ScoreStage:
     """Re-rank the top ``depth`` candidates by ``score(query text, docs)`` (with ``adaptive``: a
-    shallower depth for searches whose first stage is confident)."""
+    shallower depth for searches whose first stage is confident). ``cached(query text, docs)``
+    returns the scores only when a cache holds all of them (None otherwise): under overload the
+    stage still runs from it, at no model cost, and is shed only when it would need the model."""
 
     name: str
     score: Callable[[str, np.ndarray, float | None], np.ndarray]
     depth: int
     costly: bool = True  # a model stage: shed first under overload (query.shed)
     adaptive: AdaptiveDepth | None = None
+    cached: Callable[[str, np.ndarray], np.ndarray | None] | None = None
+
+    def _depth(self, candidates: Candidates) -> int:
+        depth = self.adaptive(candidates, self.depth) if self.adaptive is not None else self.depth
+        return min(depth, len(candidates))
 
     def __call__(self, query: Query, candidates: Candidates) -> Candidates:
-        depth = self.adaptive(candidates, self.depth) if self.adaptive is not None else self.depth
-        if depth <= 0 or not len(candidates):
+        depth = self._depth(candidates)
+        if depth <= 0:
             return candidates
         head = candidates.top(depth)
         return rerank_head(candidates, depth, self.name, self.score(query.text, head.docs, query.deadline))
+
+    def from_cache(self, query: Query, candidates: Candidates) -> Candidates | None:
+        """The stage's output when every score it needs is cached, else None (it would run the model)."""
+        depth = self._depth(candidates)
+        if depth <= 0:
+            return candidates
+        if self.cached is None:
+            return None
+        scores = self.cached(query.text, candidates.top(depth).docs)
+        return None if scores is None else rerank_head(candidates, depth, self.name, scores)
 
 
 def first_stage_agreement(candidates: Candidates, window: int = 10) -> float:
@@ -154,7 +171,12 @@ class Cascade:
                 degraded.append(f"{name}: skipped, request budget spent")
                 continue
             if query.shed and getattr(stage, "costly", False):
-                degraded.append(f"{name}: shed, overload")
+                started = time.perf_counter()
+                served = stage.from_cache(query, candidates) if hasattr(stage, "from_cache") else None
+                if served is None:
+                    degraded.append(f"{name}: shed, overload")
+                    continue
+                candidates, timings[name] = served, time.perf_counter() - started
                 continue
             limits = [d for d in (query.deadline, now + self.budgets[name] if name in self.budgets else None) if d]
             started = time.perf_counter()

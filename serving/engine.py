@@ -316,11 +316,16 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
         cached = CachedScorer(scorer, caches.scores[served.role], caches.store, served_tag(served, rk),
                               caches.store_tiers[served.role])
 
-        def score(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
-            ids = [index.product_id(int(d)) for d in docs]
-            return cached.score_products(query, ids, [index.title(int(d)) for d in docs], deadline)
+        def products(docs: np.ndarray) -> tuple[list[str], list[str]]:
+            return [index.product_id(int(d)) for d in docs], [index.title(int(d)) for d in docs]
 
-        return ScoreStage(stage, score, depth)
+        def score(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
+            return cached.score_products(query, *products(docs), deadline)
+
+        def from_cache(query: str, docs: np.ndarray) -> np.ndarray | None:
+            return cached.cached_only(query, *products(docs))
+
+        return ScoreStage(stage, score, depth, cached=from_cache)
 
     pipelines = build_pipelines(bm25, dense, hybrid, models, rules, settings, cross_encoder_stage)
     return SearchEngine(index, encoder, settings, models, pipelines, caches, hybrid, dense, executor, batchers)

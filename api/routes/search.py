@@ -51,7 +51,7 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
         metrics.stages.labels(stage).observe(seconds)
     for reason in result.degraded:
         stage, _, why = reason.partition(": ")
-        metrics.degraded.labels(stage, why.split(" ")[0]).inc()
+        metrics.degraded.labels(stage, why.split(" ")[0].rstrip(",")).inc()
     index = engine.index
     contributions = engine.explain(query, result.candidates, routed.ltr) if body.explain else None
     items = []

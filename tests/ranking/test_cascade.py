@@ -99,6 +99,38 @@ def test_an_overloaded_search_sheds_the_model_stages_but_keeps_cheap_ones_and_ru
     assert cascade.run(Query("q"), 5).degraded == []
 
 
+def test_an_overloaded_search_still_uses_cached_scores_and_never_the_model() -> None:
+    from core.cache import LRUCache
+    from ranking.cache import CachedScorer
+
+    calls: list[int] = []
+
+    class Model:
+        def score(self, query: str, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
+            calls.append(len(texts))
+            return np.array([float(t[1:]) for t in texts], dtype=np.float32)  # reverses the order
+
+    scorer = CachedScorer(Model(), LRUCache(100))
+
+    def score(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
+        return scorer.score_products(query, [f"p{d}" for d in docs], [f"t{d}" for d in docs], deadline)
+
+    def cached(query: str, docs: np.ndarray) -> np.ndarray | None:
+        return scorer.cached_only(query, [f"p{d}" for d in docs], [f"t{d}" for d in docs])
+
+    cascade = Cascade("c", ListRetriever(), [ScoreStage("teacher", score, depth=5, cached=cached)],
+                      first_stage_depth=20)
+    cold = cascade.run(Query("q", shed=True), 5)  # nothing cached: shed, the model never runs
+    assert cold.degraded == ["teacher: shed, overload"] and calls == []
+    full = cascade.run(Query("q"), 5)
+    assert full.degraded == [] and calls == [5] and full.candidates.product_ids[:5] == ["p4", "p3", "p2", "p1", "p0"]
+    warm = cascade.run(Query("q", shed=True), 5)  # all five pairs cached: the full ranking, no model call
+    assert warm.degraded == [] and calls == [5] and warm.candidates.product_ids == full.candidates.product_ids
+    assert "teacher" in warm.timings
+    other = cascade.run(Query("another query", shed=True), 5)  # another query's pairs are not cached
+    assert other.degraded == ["teacher: shed, overload"] and calls == [5]
+
+
 def test_admission_sheds_above_its_threshold_and_caps_in_flight() -> None:
     import threading
 
