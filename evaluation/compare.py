@@ -185,9 +185,11 @@ def compare_per_query(first: Mapping[str, Mapping[str, float]], second: Mapping[
 
 
 def compare_results(first: EvalResult, second: EvalResult, resamples: int = RESAMPLES, seed: int = SEED,
-                    level: float = LEVEL) -> dict[str, Comparison]:
-    """Compare ``second`` (B) against ``first`` (A): two pipelines evaluated on the same queries."""
-    check_pair(first.pipeline, second.pipeline)
+                    level: float = LEVEL, saved: bool = False) -> dict[str, Comparison]:
+    """Compare ``second`` (B) against ``first`` (A): two pipelines evaluated on the same queries
+    (``saved``: two saved runs, which may be one pipeline under two settings or models)."""
+    if not saved:
+        check_pair(first.pipeline, second.pipeline)
     same = ("dataset", "mode", "split", "subset")
     if any(getattr(first, k) != getattr(second, k) for k in same):
         raise InvalidInput("a paired comparison needs both results on the same queries; got "

@@ -25,9 +25,11 @@ two pipelines can be compared query by query (``evaluation.compare``).
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -68,6 +70,26 @@ class EvalResult:
         out = {"dataset": self.dataset, "mode": self.mode, "pipeline": self.pipeline, "split": self.split,
                "subset": self.subset, "queries": self.queries, "skipped": self.skipped}
         return {**out, **self.metrics, "latency_ms": dict(self.latency_ms), **self.details}
+
+    def save(self, path: Path, label: str | None = None) -> None:
+        """Write the result with its per-query values (``shoprank evaluate --save``), for a later
+        paired comparison with another run (``shoprank compare``): another encoder, setting or model."""
+        payload = {"result": self.to_json(), "per_query": self.per_query, "label": label or self.pipeline}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload))
+
+    @classmethod
+    def load(cls, path: Path) -> EvalResult:
+        """A result written by :meth:`save`; :class:`InvalidInput` naming the file when it is not one."""
+        try:
+            payload = json.loads(path.read_text())
+            data, per_query = dict(payload["result"]), payload["per_query"]
+            fixed = {k: data.pop(k) for k in ("dataset", "mode", "pipeline", "split", "subset", "queries", "skipped")}
+            latency = data.pop("latency_ms")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InvalidInput(f"{path} is not a result saved by 'shoprank evaluate --save' ({err})") from err
+        metrics = {k: data.pop(k) for k in list(data) if k in per_query}
+        return cls(**fixed, metrics=metrics, latency_ms=latency, details=data, per_query=per_query)
 
 
 def _mean(values: list[float]) -> float:

@@ -141,7 +141,7 @@ def build_served_index(settings: Settings | None = None) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """One pipeline's metrics; with ``--compare B`` also B's, and B - A per metric, paired over queries."""
-    from evaluation.compare import LEVEL, RESAMPLES, check_pair, compare_results
+    from evaluation.compare import check_pair, compare_results
     from evaluation.dataset import load_dataset
     from evaluation.harness import Thresholds, evaluate
     from evaluation.subsets import check_subset
@@ -163,6 +163,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           depth=args.depth, limit=args.limit, progress=settings.progress, subset=args.subset)
         result.details["versions"] = engine.versions
         results.append(result)
+    if args.save is not None:
+        results[0].save(args.save)
     if len(results) == 1:
         if args.json:
             print(json.dumps(results[0].to_json()))
@@ -171,27 +173,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 print(f"{key:>16}: {value}")
         return 0
     first, second = results
-    comparison = compare_results(first, second)
+    print_comparison(first, second, compare_results(first, second), args.json)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """B - A per metric, paired over queries, for two runs saved by ``shoprank evaluate --save``."""
+    from evaluation.compare import compare_results
+    from evaluation.harness import EvalResult
+
+    first, second = EvalResult.load(args.first), EvalResult.load(args.second)
+    first.pipeline, second.pipeline = args.first.stem, args.second.stem
+    print_comparison(first, second, compare_results(first, second, saved=True), args.json)
+    return 0
+
+
+def print_comparison(first, second, comparison, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    from evaluation.compare import LEVEL, RESAMPLES
+
     paired = comparison["ndcg@10"].n if "ndcg@10" in comparison else first.queries
-    if args.json:
+    if as_json:
         print(json.dumps({"first": first.to_json(), "second": second.to_json(),
                           "comparison": {metric: c.to_json() for metric, c in comparison.items()},
-                          "subset": args.subset, "queries": paired}))
-        return 0
+                          "subset": first.subset, "queries": paired}))
+        return
     for label, result in (("first", first), ("second", second)):
         print(f"{label}: {result.pipeline}")
         for key, value in result.to_json().items():
             print(f"{key:>16}: {value}")
-    print(f"comparison: {second.pipeline} - {first.pipeline} on {paired} paired queries (subset {args.subset}); "
+    width = max(9, len(first.pipeline) + 1, len(second.pipeline) + 1)
+    print(f"comparison: {second.pipeline} - {first.pipeline} on {paired} paired queries (subset {first.subset}); "
           f"{LEVEL:.0%} CI: paired bootstrap, {RESAMPLES} resamples; p: paired t-test")
-    print(f"{'metric':<22}{first.pipeline:>9}{second.pipeline:>9}{'diff':>9}  {'CI':<19}{'p':>9}"
+    print(f"{'metric':<22}{first.pipeline:>{width}}{second.pipeline:>{width}}{'diff':>9}  {'CI':<19}{'p':>9}"
           f"{'better':>8}{'worse':>7}{'ties':>7}")
     for metric, c in comparison.items():
         figures = c.to_json()
         ci = f"[{figures['ci_low']:+.4f}, {figures['ci_high']:+.4f}]"
-        print(f"{metric:<22}{figures['mean_a']:>9.4f}{figures['mean_b']:>9.4f}{figures['diff']:>+9.4f}  {ci:<19}"
-              f"{figures['p_value']:>9.3g}{c.better:>8}{c.worse:>7}{c.ties:>7}")
-    return 0
+        print(f"{metric:<22}{figures['mean_a']:>{width}.4f}{figures['mean_b']:>{width}.4f}{figures['diff']:>+9.4f}  "
+              f"{ci:<19}{figures['p_value']:>9.3g}{c.better:>8}{c.worse:>7}{c.ties:>7}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -249,11 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", choices=SUBSETS, default="all",
                    help="query subset: misspelled (a word outside the catalog vocabulary), correct, all (default)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--save", type=Path, default=None, metavar="FILE",
+                   help="write the --pipeline result with its per-query values to FILE, for 'shoprank compare'")
     p.add_argument("--depth", type=int, default=1000, help="results per query in retrieval mode")
     p.add_argument("--limit", type=int, default=None, help="only the first N queries")
     p.add_argument("--recall-threshold", type=float, default=0.6, help="relevant: grade >= ceil(F*max)")
     p.add_argument("--mrr-threshold", type=float, default=0.75, help="MRR hit: grade >= ceil(F*max)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="paired comparison of two saved evaluations (evaluate --save): two "
+                                       "encoders, settings or models on the same queries")
+    p.add_argument("first", type=Path, help="A: a file written by 'shoprank evaluate --save'")
+    p.add_argument("second", type=Path, help="B: another, on the same dataset, split, mode and subset")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_compare)
 
     from shoprank.commands import artifacts, cluster, config, features, keys, loop, models, train
 

@@ -76,3 +76,31 @@ def test_subset_choices_are_the_harness_subsets() -> None:
     evaluate = build_parser()._subparsers._group_actions[0].choices["evaluate"]  # type: ignore[union-attr]
     subset = next(a for a in evaluate._actions if a.dest == "subset")
     assert tuple(subset.choices) == SUBSETS and subset.default == "all"
+
+
+def test_saved_runs_compare_like_compare(env_home: Path, demo_dir: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Two runs saved with --save (here two pipelines; in use, one pipeline under two settings or
+    encoders) compare to the same figures as --compare."""
+    base = ("evaluate", "--dataset", str(demo_dir), "--mode", "retrieval", "--json")
+    code, out, err = run_cli(capsys, *base, "--pipeline", "bm25", "--compare", "hybrid")
+    assert code == 0, err
+    together = json.loads(out)
+    for name in ("bm25", "hybrid"):
+        code, _, err = run_cli(capsys, *base, "--pipeline", name, "--save", str(tmp_path / f"{name}.json"))
+        assert code == 0, err
+    code, out, err = run_cli(capsys, "compare", str(tmp_path / "bm25.json"), str(tmp_path / "hybrid.json"), "--json")
+    assert code == 0, err
+    apart = json.loads(out)
+    assert apart["comparison"] == together["comparison"] and apart["queries"] == together["queries"]
+
+    code, out, err = run_cli(capsys, "compare", str(tmp_path / "bm25.json"), str(tmp_path / "hybrid.json"))
+    assert code == 0 and "comparison: hybrid - bm25 on" in out
+    (tmp_path / "broken.json").write_text("{}")
+    code, _, err = run_cli(capsys, "compare", str(tmp_path / "bm25.json"), str(tmp_path / "broken.json"))
+    assert code == 2 and "broken.json is not a result saved by 'shoprank evaluate --save'" in err
+    code, _, err = run_cli(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "rerank", "--pipeline", "bm25",
+                           "--save", str(tmp_path / "rerank.json"))
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "compare", str(tmp_path / "bm25.json"), str(tmp_path / "rerank.json"))
+    assert code == 2 and "a paired comparison needs both results on the same queries" in err
