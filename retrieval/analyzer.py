@@ -12,9 +12,12 @@ into an :class:`~core.query.Analysis`:
 2. **Correct** each word the catalog does not contain (neither the word nor its
    stem is in the :class:`Vocabulary`): to the most frequent catalog word one
    edit away (SymSpell, Garbe 2012; ``nozzzle`` -> ``nozzle``, ``dimond`` ->
-   ``diamond``), else as a run-together word split into two catalog words
-   (``windowair`` -> ``window air``), else to the most frequent catalog word two
-   edits away (words over 5 letters; ``candlebra`` -> ``candelabra``). Words the
+   ``diamond``), else, for a plural, one edit from a catalog word's plural
+   (``sruds`` -> ``studs`` where titles say ``stud``), else as a run-together word
+   split into two catalog words, plurals included (``windowair`` -> ``window air``,
+   ``flatbraces`` -> ``flat braces``), else to the most frequent catalog word two
+   edits away (words over 5 letters; ``candlebra`` -> ``candelabra``; plurals
+   over 6 letters too, ``medialons`` -> ``medallions``). Words the
    catalog contains (brands, model numbers), words with digits and words of
    fewer than 4 letters are never changed, and a word with no suggestion is kept:
    a correction never turns a query into nothing.
@@ -62,7 +65,7 @@ _UNITS = [  # (pattern after a number, canonical unit)
 ]
 UNITS = tuple(dict.fromkeys(unit for _, unit in _UNITS))
 _NUMBER = r"(\d+(?:\.\d+)?(?: \d+/\d+|/\d+)?)"
-_UNIT_RES = [(re.compile(_NUMBER + r"\s*-?\s*" + pattern, re.I), unit) for pattern, unit in _UNITS]
+_UNIT_RES = [(re.compile(_NUMBER + r"\s*-?\s*" + pattern, re.IGNORECASE), unit) for pattern, unit in _UNITS]
 _NUMBER_WITH_UNIT = re.compile(_NUMBER + r"(?: (" + "|".join(re.escape(u) for u in UNITS) + r")\b)?")
 _EMPTY = np.zeros(0, dtype=np.int32)
 MAX_SUGGESTIONS = 8  # candidates per misspelled word weighed by context
@@ -217,7 +220,10 @@ class Analyzer:
         return self._symspell
 
     def _count(self, word: str) -> int:
-        return self.vocabulary.counts.get(word, 0)
+        """How often the catalog holds ``word``; for a form it holds only by stem (``braces`` where
+        titles say ``brace``), the number of products holding the stem."""
+        count = self.vocabulary.counts.get(word, 0)
+        return count or len(self.vocabulary._docs(word))
 
     def _split(self, word: str) -> tuple[str, str] | None:
         best, score = None, 0
@@ -250,12 +256,34 @@ class Analyzer:
         close = [s for s in suggestions if s.distance <= 1]
         if close:  # one edit away: a typo
             return self._best(close, context), "spelling"
+        plural = self._plural(word, context, 1)
+        if plural is not None:  # a plural the catalog holds only in the singular (sruds -> studs)
+            return plural, "spelling"
         split = self._split(word)
         if split is not None:  # two catalog words run together
             return " ".join(split), "split"
         if suggestions:
             return self._best(suggestions, context), "spelling"
+        if len(word) > 6:
+            plural = self._plural(word, context, 2)  # medialons -> medallions
+            if plural is not None:
+                return plural, "spelling"
         return None
+
+    def _plural(self, word: str, context: Sequence[str], distance: int) -> str | None:
+        """A misspelled plural ``distance`` edits from a catalog word's plural: the dictionary holds
+        the catalog's surface words, and a word used only in the singular has no plural entry."""
+        if not word.endswith("s") or word.endswith("ss") or len(word) < 5:
+            return None
+        from symspellpy import Verbosity
+
+        singular = word[:-1]
+        found = [s for s in self._speller().lookup(singular, Verbosity.ALL, max_edit_distance=distance)
+                 if s.distance <= distance]
+        if not found:
+            return None
+        best = self._best(sorted(found, key=lambda s: -s.count)[:MAX_SUGGESTIONS], context)
+        return best + "s" if self.vocabulary.knows(best + "s") else best
 
     def analyze(self, text: str, rewrite: bool = True) -> Analysis:
         """The analyzed query; with ``rewrite=False`` only normalized (nothing corrected)."""
