@@ -1,0 +1,105 @@
+"""How the first stage fuses BM25 and the dense search: RRF constants and weights, score fusion.
+
+Runs BM25 and the dense search once per judged query of ``--split`` (analyzed as served,
+``--depth`` deep each), then fuses the two runs offline under each variant:
+
+- ``rrf k w``: reciprocal rank fusion, ``1 / (k + rank_bm25) + w / (k + rank_dense)``
+  (the served fusion is k = ``retrieval.rrf_k``, w = 1);
+- ``score w``: min-max normalized scores, ``(1 - w) * bm25 + w * dense``.
+
+and prints condensed NDCG@10, MRR@10 (grade >= 0.75 of the maximum, as ``shoprank
+evaluate``), Recall@100 / @200, and Recall@100 on the misspelled subset and the rest.
+
+    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import hardware
+from core.query import Query
+from core.settings import get_settings
+from evaluation.dataset import load_dataset
+from evaluation.harness import Thresholds
+from evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
+from evaluation.subsets import subset_ids
+from retrieval.types import Hits
+from serving.loading import open_engine
+
+DATA = ROOT.parent / "shared" / "data" / "homedepot"
+
+
+def fuse(bm25: Hits, dense: Hits, kind: str, k: float, weight: float) -> np.ndarray:
+    """Fused doc rows, best first."""
+    if kind == "rrf":
+        weights = [1.0 / (k + np.arange(1, len(bm25) + 1)), weight / (k + np.arange(1, len(dense) + 1))]
+    else:
+        def scaled(hits: Hits) -> np.ndarray:
+            return (hits.scores - hits.scores.min()) / (np.ptp(hits.scores) + 1e-9) if len(hits) else hits.scores
+        weights = [(1 - weight) * scaled(bm25), weight * scaled(dense)]
+    docs = np.concatenate([bm25.docs, dense.docs])
+    unique, inverse = np.unique(docs, return_inverse=True)
+    fused = np.bincount(inverse, weights=np.concatenate(weights))
+    return unique[np.lexsort((unique, -fused))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", type=Path, default=DATA)
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--depth", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fusion_grid.json")
+    args = parser.parse_args()
+    settings = get_settings()
+    dataset = load_dataset(args.dataset)
+    engine = open_engine(settings, dataset.products, models=False)
+    index, hybrid = engine.index, engine.pipeline("hybrid")
+    selected = [(q, t) for q, t in dataset.select(args.split) if any(dataset.qrels.get(q, {}).values())]
+    misspelled = subset_ids(dataset, selected, "misspelled")
+    texts = [hybrid.analyze(Query(t)).text for _, t in selected]
+    started = time.perf_counter()
+    dense_runs = index.dense.batch_search(engine.hybrid.dense.embed(texts), args.depth)
+    bm25_runs = index.bm25.batch_search(texts, args.depth)
+    print(f"CPU: {hardware()}\n{len(selected)} queries, runs in {time.perf_counter() - started:.0f} s; "
+          f"served: rrf k={settings.retrieval.rrf_k} w=1", flush=True)
+    relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
+    hit = grade_threshold(Thresholds().mrr, dataset.max_grade)
+    ids = np.array([index.product_id(d) for d in range(index.count())]) if index.count() else np.array([])
+
+    variants = [("rrf", k, w) for k in (10, 30, 60, 120) for w in (0.7, 1.0, 1.5, 2.0)]
+    variants += [("score", 0, w) for w in (0.3, 0.5, 0.6, 0.7)]
+    rows = []
+    for kind, k, w in variants:
+        values: dict[str, list[float]] = {m: [] for m in ("ndcg@10", "mrr@10", "recall@100", "recall@200",
+                                                          "recall@100 misspelled", "recall@100 correct")}
+        for (qid, _), bm25, dense in zip(selected, bm25_runs, dense_runs):
+            grades = dataset.qrels[qid]
+            ranked = list(ids[fuse(bm25, dense, kind, k, w)[: args.depth]])
+            condensed = condense(ranked, grades, 100)
+            values["ndcg@10"].append(ndcg_at_k(condensed, grades, 10))
+            values["mrr@10"].append(mrr_at_k(condensed, grades, 10, hit))
+            recall = recall_at_k(ranked, grades, 100, relevant)
+            if recall is not None:
+                values["recall@100"].append(recall)
+                values["recall@200"].append(recall_at_k(ranked, grades, 200, relevant) or 0.0)
+                values["recall@100 misspelled" if qid in misspelled else "recall@100 correct"].append(recall)
+        row = {"fusion": f"{kind} k={k} w={w}" if kind == "rrf" else f"score w={w}"}
+        row |= {m: round(float(np.mean(v)), 4) for m, v in values.items()}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    args.out.write_text(json.dumps({"cpu": hardware(), "command": " ".join(sys.argv), "home": str(settings.home),
+                                    "queries": len(selected), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
