@@ -96,6 +96,11 @@ class FeatureSettings(BaseModel):
     online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store.")
     redis_url: str = Field("127.0.0.1:6379", description="Redis connection string (host:port[,db=N]).")
     service: str = Field("ranker_v1", description="Feast FeatureService the ranker reads.")
+    read_timeout_ms: float = Field(250.0, gt=0, le=60_000, description="Longest wait of a search for one online "
+                                   "store read; a late or failed read serves the search without store features "
+                                   "(degraded). Batch jobs (evaluate, train, retrain) always wait.")
+    retry_after_s: float = Field(2.0, ge=0, le=600, description="After a late or failed read, searches skip the "
+                                 "online store this long before the next try.")
 
 
 class ServingSettings(BaseModel):

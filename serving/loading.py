@@ -218,34 +218,43 @@ def check_loads(settings: Settings, role: str, version: str) -> None:
                        "the active version keeps serving") from err
 
 
-def open_feature_reader(settings: Settings) -> OnlineFeatureReader | None:
-    """The online feature reader, when the feature store has been applied."""
+BATCH_READ_TIMEOUT_S = 120.0  # batch jobs wait for the online store: their figures must not depend on load
+
+
+def open_feature_reader(settings: Settings, batch: bool = False) -> OnlineFeatureReader | None:
+    """The online feature reader, when the feature store has been applied. A server's reads are
+    bounded (``features.read_timeout_ms``, then skipped for ``features.retry_after_s``); a batch
+    job's (``batch``: evaluation, training) wait, so that no row loses its features to a busy CPU."""
     from core import feature_store
 
     if not (settings.paths.features / "registry.db").is_file():
         return None
+    fs = settings.features
+    timeout, retry = (BATCH_READ_TIMEOUT_S, 0.0) if batch else (fs.read_timeout_ms / 1000, fs.retry_after_s)
     try:
-        return OnlineFeatureReader(feature_store.open_store(settings), settings.features.service)
+        return OnlineFeatureReader(feature_store.open_store(settings), fs.service, read_timeout=timeout,
+                                   retry_after=retry)
     except Exception as err:  # noqa: BLE001 - serving goes on without store features
         logger.warning("feature store unavailable (%s); ranking without store features", err)
         return None
 
 
-def load_models(settings: Settings, ltr_versions: Sequence[str] = ()) -> Models:
+def load_models(settings: Settings, ltr_versions: Sequence[str] = (), batch: bool = False) -> Models:
     """The configured models from the registry and the feature store, if any.
 
-    ``ltr_versions``: LambdaMART versions to serve beside the active one.
+    ``ltr_versions``: LambdaMART versions to serve beside the active one; ``batch``: see
+    :func:`open_feature_reader`.
     """
     extra = tuple(m for v in ltr_versions if (m := load_ltr(settings, v)) is not None)
     return Models(teacher=load_cross_encoder(settings, "reranker"), student=load_cross_encoder(settings, "student"),
-                  ltr=load_ltr(settings), ltr_versions=extra, features=open_feature_reader(settings))
+                  ltr=load_ltr(settings), ltr_versions=extra, features=open_feature_reader(settings, batch))
 
 
 # -- engines ---------------------------------------------------------------------------------
 
 def open_engine(settings: Settings, products: pd.DataFrame | None = None, models: bool = True,
                 ltr_versions: Sequence[str] = (), encoder: Encoder | None = None,
-                index: ProductIndex | None = None, warm_features: bool = True) -> SearchEngine:
+                index: ProductIndex | None = None, warm_features: bool = True, batch: bool = False) -> SearchEngine:
     """The engine for ``settings``: encoder -> index (see :func:`open_index`) -> models -> pipelines.
 
     Args:
@@ -254,10 +263,12 @@ def open_engine(settings: Settings, products: pd.DataFrame | None = None, models
         ltr_versions: Extra LambdaMART versions to serve (experiment arms, shadow).
         encoder, index: Already open ones to reuse (a hot swap keeps both).
         warm_features: Read every product's store features into memory in the background.
+        batch: A batch job (evaluation, training, retraining): store reads wait instead of
+            degrading (:func:`open_feature_reader`).
     """
     encoder = encoder or open_encoder(settings)
     index = index or open_index(settings, encoder, products)
-    loaded = load_models(settings, ltr_versions) if models else Models()
+    loaded = load_models(settings, ltr_versions, batch) if models else Models()
     engine = assemble(index, encoder, settings, loaded)
     if warm_features and loaded.ltr is not None:  # LambdaMART reads the store rows of every candidate
         threading.Thread(target=warm_store_features, args=(engine,), name="feature-warm", daemon=True).start()

@@ -154,7 +154,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_pair(args.pipeline, args.compare)
         names.append(args.compare)
     dataset = load_dataset(args.dataset)
-    engine = open_engine(settings, dataset.products)
+    engine = open_engine(settings, dataset.products, batch=True)
     pipelines = [engine.pipeline(name) for name in names]  # an unknown name fails before any evaluation
     results = []
     for name, pipeline in zip(names, pipelines):

@@ -72,7 +72,7 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
     config = RetrainConfig(since=args.since, until=args.until, min_searches=args.min_searches,
                            filter_traffic=not args.no_filter)
-    engine = open_engine(settings)  # the served index and query encoder, the active models
+    engine = open_engine(settings, batch=True)  # the served index and query encoder, the active models
     print(json.dumps(retrain(settings, engine.featurizer([]), engine.ltr, config), indent=2, default=str))
     return 0
 

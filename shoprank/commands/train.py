@@ -173,7 +173,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     dataset = load_dataset(args.dataset)
     from serving.loading import open_engine
 
-    engine = open_engine(settings, dataset.products)
+    engine = open_engine(settings, dataset.products, batch=True)
     first_stage = engine.pipeline("hybrid")  # the served first stage (query analyzer included)
     store_names: list[str] = []
     store = None

@@ -104,6 +104,16 @@ def test_sqlite_online_store(sqlite_settings: Settings) -> None:
     check_latest(read_online(sqlite_settings))
 
 
+def test_servers_bound_their_store_reads_and_batch_jobs_wait(sqlite_settings: Settings) -> None:
+    from serving.loading import BATCH_READ_TIMEOUT_S, open_feature_reader
+
+    settings = sqlite_settings.model_copy(update={"features": FeatureSettings(read_timeout_ms=80, retry_after_s=5)})
+    served, batch = open_feature_reader(settings), open_feature_reader(settings, batch=True)
+    assert served is not None and batch is not None
+    assert (served.read_timeout, served.retry_after) == (0.08, 5)
+    assert (batch.read_timeout, batch.retry_after) == (BATCH_READ_TIMEOUT_S, 0.0)
+
+
 def test_warm_cache_and_stale_rows_refreshed_in_the_background(sqlite_settings: Settings) -> None:
     feature_store.materialize(sqlite_settings, end=day(10).to_pydatetime())
     reader = OnlineFeatureReader(feature_store.open_store(sqlite_settings), "ranker_v1", product_ttl=0.0)
