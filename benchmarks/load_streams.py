@@ -2,7 +2,8 @@
 
 Streams over the train + dev queries of the dataset (seeded):
 
-- **uniform**: every query once, shuffled (no repeats: nothing to cache);
+- **uniform**: every query once, shuffled, but for the head queries the nightly warm-up scores
+  (no repeats and nothing warmed: nothing to cache);
 - **head-heavy**: queries drawn from a Zipf law (s = ``--zipf``, default 1) over a seeded
   ranking of the queries. Day 1 (seed ``--seed``) is the traffic the nightly job warms from:
   its ``--warm-queries`` most frequent queries get their first-stage top ``--warm-depth``
@@ -10,11 +11,17 @@ Streams over the train + dev queries of the dataset (seeded):
   ``shoprank warm-scores`` does with the logged head queries); day 2 (seed + 1), a
   different sample of the same law, is the measured load.
 
-For each stream and concurrency level, wrk posts the stream's queries to ``shoprank serve``
+For each stream and concurrency level, wrk posts (closed loop: each connection sends its next
+search when the last is answered, so the server runs saturated) the stream's queries to ``shoprank serve``
 on 127.0.0.1 for ``--seconds`` and prints searches/s, p50/p95/p99, failed requests, the share
 of searches served degraded, and the share whose top 10 a cross-encoder scored (the teacher
 stage ran and was not skipped, or the answer came from the results cache, which keeps only
 complete answers).
+
+Then, for each ``--open-loop STREAM:CONNECTIONS:RATE`` (default ``uniform:8:25 head-heavy:8:50``),
+an open loop: searches arrive at RATE per second (Poisson) over at most CONNECTIONS connections,
+as a storefront's steady traffic does, and the same figures are printed, each search's latency
+counted from its arrival (waiting for a free connection included).
 
     HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/load_streams.py [--levels 1 8 32] [--seconds 30]
 
@@ -125,6 +132,72 @@ def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, 
             "cross_encoder_top10_share": round(int(scored) / answered_n, 4)}
 
 
+def run_open(base: str, stream: list[str], connections: int, rate: float, seconds: int, seed: int
+             ) -> dict[str, object]:
+    """Open loop: searches arrive at ``rate`` per second (Poisson, seeded) whether or not the earlier ones were
+    answered, over at most ``connections`` connections; a search's latency runs from its arrival, so time spent
+    waiting for a free connection counts (no coordinated omission)."""
+    import asyncio
+
+    arrivals = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, size=int(rate * seconds * 1.5) + 10))
+    arrivals = arrivals[arrivals < seconds]
+
+    async def drive() -> tuple[list[float], Counter]:
+        counts: Counter = Counter()
+        latencies: list[float] = []
+        slots = asyncio.Semaphore(connections)
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10.0) as client:
+            start = time.perf_counter()
+
+            async def one(at: float, query: str) -> None:
+                await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+                async with slots:
+                    try:
+                        response = await client.post("/v1/search", json={"query": query, "k": 10})
+                    except httpx.TimeoutException:
+                        counts["timeouts"] += 1
+                        return
+                    except httpx.HTTPError:
+                        counts["failed"] += 1
+                        return
+                latencies.append(time.perf_counter() - start - at)
+                if response.status_code != 200:
+                    counts["failed"] += 1
+                    return
+                body = response.json()
+                counts["answered"] += 1
+                shed = any(d.startswith("teacher") for d in body["degraded"])
+                counts["degraded"] += bool(body["degraded"])
+                counts["scored"] += bool(body["cached"] or ("teacher" in body["stages_ms"] and not shed))
+
+            await asyncio.gather(*(one(float(at), stream[i % len(stream)]) for i, at in enumerate(arrivals)))
+            counts["wall_ms"] = int((time.perf_counter() - start) * 1000)
+        return latencies, counts
+
+    latencies, counts = asyncio.run(drive())
+    answered = max(1, counts["answered"])
+    ms = np.asarray(latencies) * 1e3 if latencies else np.zeros(1)
+    return {"offered_per_s": rate, "connections": connections, "requests": len(arrivals),
+            "searches_per_s": round(counts["answered"] / (counts["wall_ms"] / 1000), 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1), "failed": counts["failed"] + counts["timeouts"],
+            "timeouts": counts["timeouts"], "degraded_share": round(counts["degraded"] / answered, 4),
+            "cross_encoder_top10_share": round(counts["scored"] / answered, 4)}
+
+
+def served_models(base: str, timeout: float = 300) -> dict[str, str]:
+    """The model versions served; with several server processes each must be ready, so ask until one answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = httpx.get(f"{base}/v1/admin/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        if answer.status_code == 200 and "served" in answer.json():
+            return answer.json()["served"]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"/v1/admin/models answered {answer.status_code}: {answer.text[:300]}")
+        time.sleep(2)
+
+
 def warm(settings, stream: list[str], n: int, depth: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Score day 1's head queries into the shared store, as the nightly job does."""
     from serving.loading import open_engine
@@ -152,6 +225,11 @@ def main() -> None:
     parser.add_argument("--warm-depth", type=int, default=20)
     parser.add_argument("--streams", nargs="+", default=["uniform", "head-heavy"])
     parser.add_argument("--warmup", type=int, default=20, help="seconds of warm-up load before measuring")
+    parser.add_argument("--keep-scores", action="store_true", help="keep the home's local score store (default: "
+                        "emptied first, so that only the nightly warm-up and this run's searches fill it)")
+    parser.add_argument("--open-loop", nargs="*", default=["uniform:8:25", "head-heavy:8:50"],
+                        metavar="STREAM:CONNECTIONS:RATE", help="after the closed-loop levels, searches arriving "
+                        "at RATE per second over CONNECTIONS connections (a storefront's steady load)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -160,15 +238,23 @@ def main() -> None:
     queries = frame[frame["split"].isin(["train", "dev"])]["query"].drop_duplicates().tolist()
     work = Path(tempfile.mkdtemp(prefix="shoprank-streams-"))
     result: dict[str, object] = {"benchmark": "load_streams", "hardware": hardware(), "command": " ".join(sys.argv),
-                                 "home": str(settings.home), "queries": len(queries), "streams": {}}
-    uniform = list(np.random.default_rng(args.seed).permutation(queries))
+                                 "home": str(settings.home), "queries": len(queries), "streams": {},
+                                 "environment": {k: v for k, v in sorted(os.environ.items())
+                                                 if k.startswith("SHOPRANK_") and "TOKEN" not in k}}
     day1 = zipf_stream(queries, args.day_size, args.zipf, args.seed)
     day2 = zipf_stream(queries, args.day_size, args.zipf, args.seed + 1)
+    heads = {q for q, _ in Counter(day1).most_common(args.warm_queries)}
+    # the uniform stream leaves out the queries the nightly warm-up scores: nothing in it is cached
+    uniform = [q for q in np.random.default_rng(args.seed).permutation(queries) if q not in heads]
+    if settings.serving.score_store == "local" and not args.keep_scores:
+        store = settings.paths.score_store
+        result["emptied_score_store"] = {"path": str(store), "bytes": store.stat().st_size if store.exists() else 0}
+        for stale in store.parent.glob(store.name + "*"):
+            stale.unlink()
     result["head_heavy"] = {"zipf_s": args.zipf, "day_size": args.day_size,
                             "distinct_in_day2": len(set(day2)),
-                            "day2_searches_of_day1_heads": round(sum(
-                                q in set(q for q, _ in Counter(day1).most_common(args.warm_queries)) for q in day2)
-                                / len(day2), 3)}
+                            "day2_searches_of_day1_heads": round(sum(q in heads for q in day2) / len(day2), 3)}
+    result["uniform"] = {"queries": len(uniform), "left_out_warmed_heads": len(queries) - len(uniform)}
     if "head-heavy" in args.streams:
         result["warm"] = warm(settings, day1, args.warm_queries, args.warm_depth)
     port = free_port()
@@ -179,10 +265,11 @@ def main() -> None:
                               stdout=(work / "server.log").open("wb"), stderr=subprocess.STDOUT)
     try:
         wait_ready(base)
-        result["served"] = httpx.get(f"{base}/v1/admin/models", headers={"Authorization": f"Bearer {TOKEN}"}
-                                     ).json()["served"]
+        result["served"] = served_models(base)
         # warm-up on queries no level reaches (the uniform stream's tail): ONNX sessions, the store features
         run_wrk(base, work, uniform[-400:], 2, args.warmup, "warmup")
+        cursors: dict[str, int] = {}
+        result["open_loop"] = {}
         for name in args.streams:
             stream = uniform if name == "uniform" else day2
             levels, cursor = {}, 0
@@ -193,6 +280,16 @@ def main() -> None:
                 cursor += int(levels[level]["requests"])  # type: ignore[call-overload]
                 print(json.dumps({name: {level: levels[level]}}), file=sys.stderr)
             result["streams"][name] = levels  # type: ignore[index]
+            cursors[name] = cursor
+        for spec in args.open_loop:
+            name, connections, rate = spec.split(":")
+            stream = uniform if name == "uniform" else day2
+            cursor = cursors.get(name, 0)
+            rotated = stream[cursor % len(stream):] + stream[:cursor % len(stream)]
+            row = run_open(base, rotated, int(connections), float(rate), args.seconds, args.seed)
+            cursors[name] = cursor + int(row["requests"])  # type: ignore[call-overload]
+            print(json.dumps({"open_loop": {spec: row}}), file=sys.stderr)
+            result["open_loop"][spec] = row  # type: ignore[index]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -62,11 +62,13 @@ class RankingSettings(BaseModel):
     # the top 20 beats student(100) -> teacher(20) in quality and costs half the time.
     student_depth: int = Field(0, ge=0, le=10_000, description="Candidates the student stage scores (0: skip).")
     teacher_depth: int = Field(20, ge=0, le=1000, description="Candidates the teacher scores (0: skip).")
-    teacher_depth_confident: int = Field(0, ge=0, le=1000, description="Query-adaptive depth: the teacher scores "
+    # Fitted on the Home Depot dev split against a 50-deep teacher (benchmarks/adaptive_depth.py, RESULTS.md
+    # "Query-adaptive teacher depth"): 13 pairs a search instead of 20 at NDCG@10 -0.0004 [-0.0011, 0.0003].
+    teacher_depth_confident: int = Field(5, ge=0, le=1000, description="Query-adaptive depth: the teacher scores "
                                          "only this many candidates when the first stage is confident (BM25 and "
                                          "dense agree on confident_agreement of the fused top 10); 0: always "
                                          "teacher_depth.")
-    confident_agreement: float = Field(0.7, ge=0, le=1, description="Share of the fused top 10 that BM25 and the "
+    confident_agreement: float = Field(0.5, ge=0, le=1, description="Share of the fused top 10 that BM25 and the "
                                        "dense search must both rank in their own top 10 for the first stage to "
                                        "count as confident (teacher_depth_confident).")
     rerank_depth: int = Field(100, ge=1, le=1000, description="Candidates the `rerank` pipeline scores.")
