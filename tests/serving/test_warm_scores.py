@@ -31,6 +31,8 @@ def warm_home(tmp_path: Path, settings: Settings, demo_dir: Path, real_index, re
     monkeypatch.setenv("SHOPRANK_HOME", str(home))
     monkeypatch.setenv("SHOPRANK_CATALOG", str(demo_dir / "products.csv"))
     monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    # every search at the full teacher depth: the test counts the pairs a search reads
+    monkeypatch.setenv("SHOPRANK_RANKING__TEACHER_DEPTH_CONFIDENT", "0")
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
