@@ -16,7 +16,7 @@ repo's own transformation. Product rows are cached in-process, because Feast's
 full ``get_online_features`` took ~47 ms for 100 products + 1 user on this
 machine (``benchmarks/feature_fetch.py``) against a 5 ms budget: a server warms
 the cache with every product in the background at start (:meth:`warm`), a row
-older than ``product_ttl`` seconds is served while it is re-read in the
+older than ``product_ttl`` seconds (``features.product_ttl_s``) is served while it is re-read in the
 background (stale-while-revalidate), so a search never waits for a product read
 once the cache is warm; users are always read fresh.
 

@@ -103,6 +103,13 @@ class FeatureSettings(BaseModel):
                                    "(degraded). Batch jobs (evaluate, train, retrain) always wait.")
     retry_after_s: float = Field(2.0, ge=0, le=600, description="After a late or failed read, searches skip the "
                                  "online store this long before the next try.")
+    # Every product row a search touches is re-read once older than this, in the background: at 30 s the
+    # re-reads of a busy server's candidates took ~12% of its profile samples, and 300 s served the head-heavy
+    # stream at 76 instead of 61 searches/s (benchmarks/RESULTS.md, "The full pipeline under two query streams").
+    product_ttl_s: float = Field(300.0, ge=0, le=86_400, description="A server's cached product row older than "
+                                 "this is re-read from the online store in the background (served meanwhile), so "
+                                 "store updates (stock, streaming popularity) reach searches within about this "
+                                 "time. 0: re-read on every use.")
 
 
 class ServingSettings(BaseModel):

@@ -233,7 +233,7 @@ def open_feature_reader(settings: Settings, batch: bool = False) -> OnlineFeatur
     timeout, retry = (BATCH_READ_TIMEOUT_S, 0.0) if batch else (fs.read_timeout_ms / 1000, fs.retry_after_s)
     try:
         return OnlineFeatureReader(feature_store.open_store(settings), fs.service, read_timeout=timeout,
-                                   retry_after=retry)
+                                   retry_after=retry, product_ttl=fs.product_ttl_s)
     except Exception as err:  # noqa: BLE001 - serving goes on without store features
         logger.warning("feature store unavailable (%s); ranking without store features", err)
         return None

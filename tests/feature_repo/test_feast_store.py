@@ -107,10 +107,11 @@ def test_sqlite_online_store(sqlite_settings: Settings) -> None:
 def test_servers_bound_their_store_reads_and_batch_jobs_wait(sqlite_settings: Settings) -> None:
     from serving.loading import BATCH_READ_TIMEOUT_S, open_feature_reader
 
-    settings = sqlite_settings.model_copy(update={"features": FeatureSettings(read_timeout_ms=80, retry_after_s=5)})
+    settings = sqlite_settings.model_copy(update={"features": FeatureSettings(read_timeout_ms=80, retry_after_s=5,
+                                                                                 product_ttl_s=45)})
     served, batch = open_feature_reader(settings), open_feature_reader(settings, batch=True)
     assert served is not None and batch is not None
-    assert (served.read_timeout, served.retry_after) == (0.08, 5)
+    assert (served.read_timeout, served.retry_after, served.product_ttl) == (0.08, 5, 45)
     assert (batch.read_timeout, batch.retry_after) == (BATCH_READ_TIMEOUT_S, 0.0)
 
 
