@@ -21,7 +21,8 @@ complete answers).
 Then, for each ``--open-loop STREAM:CONNECTIONS:RATE`` (default ``uniform:8:25 head-heavy:8:50``),
 an open loop: searches arrive at RATE per second (Poisson) over at most CONNECTIONS connections,
 as a storefront's steady traffic does, and the same figures are printed, each search's latency
-counted from its arrival (waiting for a free connection included).
+counted from its arrival (waiting for a free connection included), with the degraded searches'
+reasons (``teacher: shed, overload``, a stage past its deadline, store features missing).
 
     HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/load_streams.py [--levels 1 8 32] [--seconds 30]
 
@@ -142,6 +143,8 @@ def run_open(base: str, stream: list[str], connections: int, rate: float, second
     arrivals = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, size=int(rate * seconds * 1.5) + 10))
     arrivals = arrivals[arrivals < seconds]
 
+    reasons: Counter = Counter()
+
     async def drive() -> tuple[list[float], Counter]:
         counts: Counter = Counter()
         latencies: list[float] = []
@@ -169,6 +172,8 @@ def run_open(base: str, stream: list[str], connections: int, rate: float, second
                 counts["answered"] += 1
                 shed = any(d.startswith("teacher") for d in body["degraded"])
                 counts["degraded"] += bool(body["degraded"])
+                for reason in body["degraded"]:
+                    reasons[reason[:80]] += 1
                 counts["scored"] += bool(body["cached"] or ("teacher" in body["stages_ms"] and not shed))
 
             await asyncio.gather(*(one(float(at), stream[i % len(stream)]) for i, at in enumerate(arrivals)))
@@ -183,7 +188,8 @@ def run_open(base: str, stream: list[str], connections: int, rate: float, second
             "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1), "failed": counts["failed"] + counts["timeouts"],
             "timeouts": counts["timeouts"], "degraded_share": round(counts["degraded"] / answered, 4),
-            "cross_encoder_top10_share": round(counts["scored"] / answered, 4)}
+            "cross_encoder_top10_share": round(counts["scored"] / answered, 4),
+            "degraded_reasons": dict(reasons.most_common())}
 
 
 def served_models(base: str, timeout: float = 300) -> dict[str, str]:

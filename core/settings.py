@@ -104,8 +104,9 @@ class FeatureSettings(BaseModel):
     retry_after_s: float = Field(2.0, ge=0, le=600, description="After a late or failed read, searches skip the "
                                  "online store this long before the next try.")
     # Every product row a search touches is re-read once older than this, in the background: at 30 s the
-    # re-reads of a busy server's candidates took ~12% of its profile samples, and 300 s served the head-heavy
-    # stream at 76 instead of 61 searches/s (benchmarks/RESULTS.md, "The full pipeline under two query streams").
+    # re-reads of a busy server's candidates took ~12% of its profile samples; at 300 s the head-heavy stream's
+    # open-loop p95 at 50 searches/s fell from 611-678 to 352-365 ms in two pairs of runs (closed-loop
+    # throughput: within noise). benchmarks/RESULTS.md, "The full pipeline under two query streams".
     product_ttl_s: float = Field(300.0, ge=0, le=86_400, description="A server's cached product row older than "
                                  "this is re-read from the online store in the background (served meanwhile), so "
                                  "store updates (stock, streaming popularity) reach searches within about this "
