@@ -149,7 +149,8 @@ def _live_state(runtimes: list[StoreRuntime]) -> dict:
         engine = runtimes[0].holder.get().engine
     except Exception:  # noqa: BLE001 - not loaded yet
         return state
-    return state | {"ready": True, "caches": engine.cache_stats(), "versions": engine.versions}
+    return state | {"ready": True, "caches": engine.cache_stats(), "versions": engine.versions,
+                    "batchers": engine.batchers}
 
 
 def app_from_env() -> FastAPI:

@@ -71,6 +71,19 @@ class _LiveCollector(Collector):
         shipped = GaugeMetricFamily("shoprank_events_shipped", "Events shipped to Kafka since start")
         shipped.add_metric([], state.get("shipped", 0))
         yield shipped
+        backlog = GaugeMetricFamily("shoprank_cross_encoder_backlog_pairs", "Cross-encoder pairs queued or being "
+                                    "scored, per role", labels=["role"])
+        rate = GaugeMetricFamily("shoprank_cross_encoder_pairs_per_second", "Cross-encoder pairs a second over "
+                                 "recent micro-batches, per role", labels=["role"])
+        refused = CounterMetricFamily("shoprank_cross_encoder_shed", "Searches whose cross-encoder pairs were "
+                                      "refused for the backlog (serving.shed_wait_ms), per role", labels=["role"])
+        for role, batcher in state.get("batchers", {}).items():
+            backlog.add_metric([role], batcher.pending)
+            rate.add_metric([role], batcher.rate)
+            refused.add_metric([role], batcher.shed)
+        yield backlog
+        yield rate
+        yield refused
         models = GaugeMetricFamily("shoprank_model_info", "Served model versions (value 1)", labels=["role", "version"])
         for role, version in state.get("versions", {}).items():
             models.add_metric([role, version], 1)

@@ -152,6 +152,10 @@ class ServingSettings(BaseModel):
     shed_in_flight: int = Field(0, ge=0, le=1024, description="Searches in flight per server process above "
                                 "which new ones skip the cross-encoders (served in LambdaMART / first-stage "
                                 "order, marked degraded) instead of queueing behind them. 0: one per core x 2.")
+    shed_wait_ms: float = Field(0.0, ge=0, le=60_000, description="A search whose cross-encoder pairs would wait "
+                                "longer than this behind the pairs already queued (at the model's recent pairs a "
+                                "second) skips that stage (served in LambdaMART / first-stage order, marked "
+                                "degraded 'shed, queue'); needs micro_batch. 0: off.")
     math_threads: int = Field(1, ge=0, le=64, description="Threads of the math libraries in a server process "
                               "(OpenMP in FAISS, OpenBLAS in NumPy). Searches run side by side, so one each: more "
                               "spin and oversubscribe the cores (benchmarks/RESULTS.md, 'Replicas'). 0: the "

@@ -6,6 +6,14 @@ one call (the scorer sorts pairs by length, so mixing requests does not add
 padding) and hands each request its scores. Under concurrency this trades up
 to ``max_wait`` of latency for larger, more efficient matrix products; alone,
 a request waits at most ``max_wait``.
+
+The batcher also knows its backlog: the pairs queued or being scored, and the
+pairs a second it has been scoring lately (an average over recent batches, so
+it slows when other work takes the cores). With ``shed_wait`` set, a request
+whose pairs would wait longer than that behind the backlog is refused at once
+(:class:`StageShed`): the caller serves the previous order instead of queueing,
+so overload costs quality on the searches that need the model, not latency on
+every search.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ranking.cross_encoder import StageTimeout
+from ranking.cross_encoder import StageShed, StageTimeout
 
 
 @dataclass
@@ -32,10 +40,16 @@ class _Job:
 class MicroBatcher:
     """Wraps a scorer with ``score_pairs(queries, texts)``; same ``score`` API."""
 
-    def __init__(self, scorer, max_pairs: int = 256, max_wait: float = 0.002) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, scorer, max_pairs: int = 256, max_wait: float = 0.002,  # type: ignore[no-untyped-def]
+                 shed_wait: float | None = None) -> None:
         self.scorer = scorer
         self.max_pairs = max_pairs
         self.max_wait = max_wait
+        self.shed_wait = shed_wait
+        self.pending = 0  # pairs queued or being scored
+        self.rate = 0.0  # pairs a second, averaged over recent batches (0: none scored yet)
+        self.shed = 0  # requests refused for the backlog
+        self._lock = threading.Lock()
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self.batches = 0
         self.jobs = 0
@@ -45,14 +59,36 @@ class MicroBatcher:
     def score(self, query: str, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
         if not len(texts):
             return np.zeros(0, dtype=np.float32)
+        with self._lock:
+            wait = self.expected_wait(len(texts))
+            if self.shed_wait is not None and wait > self.shed_wait:
+                self.shed += 1
+                raise StageShed(f"{self.pending} pairs ahead, ~{wait * 1e3:.0f} ms to wait")
+            self.pending += len(texts)
         job = _Job(query, texts, Future())
         self._queue.put(job)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return job.future.result(timeout=timeout)
         except TimeoutError as err:
-            job.future.cancel()
+            if job.future.cancel():  # never started: its pairs leave the backlog here
+                self._done(len(texts))
             raise StageTimeout("micro-batch did not finish before the deadline") from err
+
+    def expected_wait(self, pairs: int) -> float:
+        """Seconds until ``pairs`` more would be scored behind the backlog (0 before the first batch)."""
+        return (self.pending + pairs) / self.rate if self.rate > 0 else 0.0
+
+    def _done(self, pairs: int) -> None:
+        with self._lock:
+            self.pending = max(0, self.pending - pairs)
+
+    def _observe(self, pairs: int, seconds: float, weight: float = 0.2) -> None:
+        """Fold one batch's pairs a second into the running average."""
+        if seconds <= 0:
+            return
+        rate = pairs / seconds
+        self.rate = rate if self.rate == 0 else (1 - weight) * self.rate + weight * rate
 
     def _collect(self, first: _Job) -> list[_Job]:
         jobs, pairs = [first], len(first.texts)
@@ -79,12 +115,16 @@ class MicroBatcher:
                 continue
             queries = [j.query for j in jobs for _ in j.texts]
             texts = [t for j in jobs for t in j.texts]
+            started = time.perf_counter()
             try:
                 scores = self.scorer.score_pairs(queries, texts)
             except Exception as err:  # noqa: BLE001 - handed to every waiting request
+                self._done(len(texts))
                 for job in jobs:
                     job.future.set_exception(err)
                 continue
+            self._observe(len(texts), time.perf_counter() - started)
+            self._done(len(texts))
             self.batches += 1
             self.jobs += len(jobs)
             start = 0

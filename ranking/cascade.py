@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from core.query import Analysis, Query
-from ranking.cross_encoder import StageTimeout
+from ranking.cross_encoder import StageShed, StageTimeout
 from retrieval.analyzer import Analyzer
 from retrieval.hybrid import Retriever
 from retrieval.types import Candidates
@@ -189,6 +189,8 @@ class Cascade:
                     candidates = out
             except StageTimeout:
                 degraded.append(f"{name}: timeout")
+            except StageShed:
+                degraded.append(f"{name}: shed, queue")
             except Exception as err:  # noqa: BLE001 - serve the previous order, say why
                 logger.exception("stage %s failed", name)
                 degraded.append(f"{name}: error {type(err).__name__}")

@@ -34,6 +34,10 @@ class StageTimeout(TimeoutError):
     """A stage ran out of its time budget (its result is not used)."""
 
 
+class StageShed(RuntimeError):
+    """A model stage refused at once: its work would wait too long behind the model's backlog."""
+
+
 def export(model_dir: Path, quantize: bool = True) -> dict[str, Path]:
     """Export the model in ``model_dir`` to ONNX (and int8); returns the files."""
     import torch

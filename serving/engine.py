@@ -312,7 +312,8 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
         scorer = served.model
         if sv.micro_batch:
             scorer = batchers.setdefault(served.role, MicroBatcher(scorer, sv.micro_batch_pairs,
-                                                                   sv.micro_batch_wait_ms / 1000))
+                                                                   sv.micro_batch_wait_ms / 1000,
+                                                                   sv.shed_wait_ms / 1000 or None))
         cached = CachedScorer(scorer, caches.scores[served.role], caches.store, served_tag(served, rk),
                               caches.store_tiers[served.role])
 

@@ -80,6 +80,8 @@ def test_metrics_export_latency_caches_and_models(client: TestClient) -> None:
     assert 'shoprank_cache_hit_rate{cache="results"}' in text
     assert 'shoprank_model_info{role="reranker",version="v1"} 1.0' in text
     assert "shoprank_event_spool_pending 0.0" in text
+    assert 'shoprank_cross_encoder_backlog_pairs{role="reranker"} 0.0' in text  # both searches answered
+    assert 'shoprank_cross_encoder_shed_total{role="reranker"} 0.0' in text
 
 
 def test_admin_needs_the_token(client: TestClient) -> None:
