@@ -3,7 +3,8 @@
 :class:`LtrFeaturizer` builds the feature matrix of (query, user, candidates)
 in a model's feature order. Features come in groups (:data:`GROUPS`):
 
-- ``base``: the exact BM25 score and dense cosine of each candidate, and the
+- ``base``: the exact BM25 score (the first stage's where its BM25 run holds the
+  row) and dense cosine of each candidate, and the
   cross-encoder scores (from the cascade's columns, or computed for rows a stage
   did not score);
 - ``ranks``: the candidate's rank in the served list's BM25, dense and fused
@@ -103,9 +104,21 @@ class LtrFeaturizer:
             scores[missing] = scorer.score(query, titles)  # type: ignore[attr-defined]
         return scores
 
+    def _bm25(self, query: Query, candidates: Candidates) -> np.ndarray:
+        """Each candidate's BM25 score: the first stage's where its BM25 run holds the row (the
+        same tantivy score for the same analyzed text), computed only for the other rows."""
+        known = candidates.scores.get("bm25")
+        if known is None:
+            return self.index.bm25.score(query.text, candidates.docs)
+        scores = np.asarray(known, dtype=np.float32).copy()
+        missing = np.isnan(scores)
+        if missing.any():
+            scores[missing] = self.index.bm25.score(query.text, candidates.docs[missing])
+        return scores
+
     def _base(self, query: Query, candidates: Candidates) -> dict[str, np.ndarray]:
         docs = candidates.docs
-        return {"bm25": self.index.bm25.score(query.text, docs),
+        return {"bm25": self._bm25(query, candidates),
                 "dense": self.index.dense.score(self.embed(query.text), docs),
                 "student": self._model_scores("student", self.student, query.text, candidates, self.student_depth),
                 "teacher": self._model_scores("teacher", self.teacher, query.text, candidates, self.teacher_depth)}

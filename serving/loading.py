@@ -28,6 +28,8 @@ from core.errors import Conflict, NotReady
 from core.feature_store import OnlineFeatureReader
 from core.registry import ModelRegistry, ModelVersion, ServedModel
 from core.settings import Settings
+from ranking.features import catalog_text
+from ranking.relevance import RELEVANCE_FEATURES
 from retrieval.analyzer import VERSION as ANALYZER_VERSION
 from retrieval.catalog import catalog_hash, read_catalog
 from retrieval.embedding_cache import EmbeddingCache
@@ -270,6 +272,9 @@ def open_engine(settings: Settings, products: pd.DataFrame | None = None, models
     index = index or open_index(settings, encoder, products)
     loaded = load_models(settings, ltr_versions, batch) if models else Models()
     engine = assemble(index, encoder, settings, loaded)
+    served_ltr = [m for m in (loaded.ltr, *loaded.ltr_versions) if m is not None]
+    if any(set(RELEVANCE_FEATURES) & set(m.model.names) for m in served_ltr):
+        catalog_text(index)  # the catalog's words for the relevance features, before the first search
     if warm_features and loaded.ltr is not None:  # LambdaMART reads the store rows of every candidate
         threading.Thread(target=warm_store_features, args=(engine,), name="feature-warm", daemon=True).start()
     return engine

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
+from core.query import Query
 from core.settings import Settings
 from ranking.features import RANK_FEATURES, feature_names
 from ranking.relevance import RELEVANCE_FEATURES
@@ -73,3 +75,15 @@ def test_monotone_features_only_raise_the_score() -> None:
     assert np.all(np.diff(bound.predict(grid)) >= -1e-9)
     with pytest.raises(ValueError, match="teacher"):
         LambdaMART.fit(train, dev, LambdaMARTConfig(max_grade=4, monotone=("teacher",)))
+
+
+def test_bm25_feature_is_the_exact_score_whether_reused_or_computed(settings: Settings, real_index, real_encoder) -> None:  # type: ignore[no-untyped-def]
+    engine = assemble(real_index, real_encoder, settings)
+    served = engine.pipeline("hybrid").search("cordless drill bit set", 300)
+    known = served.scores["bm25"]
+    assert np.isnan(known).any() and (~np.isnan(known)).any()  # rows from both runs and the dense run only
+    featurizer = engine.featurizer(["bm25"])
+    reused = featurizer(Query("cordless drill bit set"), served)[:, 0]
+    exact = real_index.bm25.score("cordless drill bit set", served.docs)
+    np.testing.assert_allclose(reused, exact, rtol=1e-6)
+    assert (reused[np.isnan(known)] == 0).any()  # rows BM25 did not retrieve: no query word
