@@ -6,6 +6,10 @@ Three index kinds, chosen by ``retrieval.dense_index``:
   vectors + ``argpartition``. On the 54,667-product catalog (2-core CPU) it
   takes 4.2 ms for the top 1,000 vs 9.1 ms for FAISS ``IndexFlatIP``
   (``benchmarks/dense_kinds.py``), so exact search needs no FAISS structure.
+  The scan reads every vector, so it is bound by memory bandwidth: with
+  ``flat_scan: fp16`` it reads a half-precision copy (FAISS
+  ``IndexScalarQuantizer``, QT_fp16) and re-scores its top ``flat_refine`` x k
+  from the float32 vectors, so the scores returned are the exact ones.
 - ``hnsw``: FAISS ``IndexHNSWFlat`` graph search (Malkov and Yashunin 2018);
   near-exact recall, for catalogs past ``flat_max_products``.
 - ``ivfpq``: FAISS ``IndexIVFPQ`` (Jegou et al. 2011); ~48 bytes per product
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,6 +100,8 @@ class DenseIndex:
         self.live = live
         self.settings = settings
         self._vectors: np.ndarray | None = None
+        self._half: faiss.IndexScalarQuantizer | None = None  # flat_scan fp16: the half-precision copy
+        self._half_lock = threading.Lock()
         self._selector: tuple[faiss.IDSelector, np.ndarray] | None = None
         self._refresh_selector()
 
@@ -131,7 +138,10 @@ class DenseIndex:
     def load(cls, path: Path, settings: RetrievalSettings) -> DenseIndex:
         meta = json.loads((path / "dense.json").read_text())
         index = faiss.read_index(str(path / "faiss.index")) if meta["kind"] != "flat" else None
-        return cls(path, meta["kind"], int(meta["dim"]), np.load(path / "live.npy"), settings, index)
+        dense = cls(path, meta["kind"], int(meta["dim"]), np.load(path / "live.npy"), settings, index)
+        if dense.kind == "flat" and settings.flat_scan == "fp16":
+            dense._half_copy()  # before the first search
+        return dense
 
     # -- writes -----------------------------------------------------------------
     def _append_vectors(self, vectors: np.ndarray) -> None:
@@ -187,7 +197,36 @@ class DenseIndex:
             return faiss.SearchParametersHNSW(efSearch=max(self.settings.hnsw_ef_search, k), sel=selector)
         return faiss.SearchParametersIVF(nprobe=self.settings.ivf_nprobe, sel=selector)
 
+    def _half_copy(self) -> faiss.IndexScalarQuantizer:
+        """The vectors in half precision, made anew (and swapped in whole) when rows were appended."""
+        half = self._half
+        if half is not None and half.ntotal == len(self.live):
+            return half
+        with self._half_lock:
+            if self._half is None or self._half.ntotal != len(self.live):
+                fresh = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16,
+                                                   faiss.METRIC_INNER_PRODUCT)
+                fresh.add(np.ascontiguousarray(self.vectors))
+                self._half = fresh
+            return self._half
+
+    def _flat_half(self, queries: np.ndarray, k: int) -> list[Hits]:
+        """Scan the half-precision copy, re-score its top ``flat_refine`` x k exactly."""
+        half = self._half_copy()
+        fetch = min(int(math.ceil(k * self.settings.flat_refine)), int(self.live.sum()))
+        selector = self._selector[0] if self._selector else None
+        _, docs = half.search(queries, fetch, params=faiss.SearchParameters(sel=selector))
+        out = []
+        for query, row in zip(queries, docs):
+            found = np.sort(row[row >= 0])
+            exact = self.vectors[found] @ query
+            top = _top_k(exact, min(k, len(found)))
+            out.append(Hits.of(found[top], exact[top]))
+        return out
+
     def _flat(self, queries: np.ndarray, k: int) -> list[Hits]:
+        if self.settings.flat_scan == "fp16":
+            return self._flat_half(queries, k)
         scores = queries @ self.vectors.T
         if self._selector is not None:
             scores[:, ~self.live] = -np.inf

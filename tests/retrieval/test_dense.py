@@ -18,10 +18,12 @@ def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
 SETTINGS = RetrievalSettings(pq_m=8, ivf_nlist=16, ivf_nprobe=16, hnsw_ef_search=64)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "flat-fp16", "hnsw", "ivfpq"])
 def test_search_finds_itself_and_skips_deleted_rows(tmp_path: Path, kind: str) -> None:
     vectors = unit_vectors(4000, 32)
-    dense = DenseIndex.build(tmp_path, vectors, SETTINGS, kind=kind)
+    settings = SETTINGS.model_copy(update={"flat_scan": "fp16"}) if kind == "flat-fp16" else SETTINGS
+    kind = kind.split("-")[0]
+    dense = DenseIndex.build(tmp_path, vectors, settings, kind=kind)
     top = [int(dense.search(vectors[i], 1).docs[0]) for i in range(0, 4000, 400)]
     assert top == list(range(0, 4000, 400))
     dense.remove([0, 400])
@@ -32,7 +34,7 @@ def test_search_finds_itself_and_skips_deleted_rows(tmp_path: Path, kind: str) -
     assert list(new) == [4000]
     assert dense.search(vectors[0], 1).docs[0] == 4000
     dense.save()
-    again = DenseIndex.load(tmp_path, SETTINGS)
+    again = DenseIndex.load(tmp_path, settings)
     assert again.kind == kind and again.search(vectors[0], 1).docs[0] == 4000
     assert 0 not in again.search(vectors[0], 10).docs
     np.testing.assert_allclose(again.score(vectors[5], [5, 6]), [1.0, float(vectors[5] @ vectors[6])], rtol=1e-5)
@@ -53,6 +55,18 @@ def test_flat_is_exact_and_ordered(tmp_path: Path) -> None:
     expected = np.argsort(-(vectors @ vectors[7]), kind="stable")
     assert hits.docs.tolist() == expected.tolist()
     np.testing.assert_allclose(hits.scores, (vectors @ vectors[7])[expected], rtol=1e-5)
+
+
+def test_flat_fp16_scan_returns_the_exact_top_with_exact_scores(tmp_path: Path) -> None:
+    vectors = unit_vectors(5000, 32, seed=4)
+    queries = unit_vectors(20, 32, seed=5)
+    exact = DenseIndex.build(tmp_path / "f", vectors, SETTINGS, kind="flat").batch_search(queries, 100)
+    half = DenseIndex.build(tmp_path / "h", vectors, SETTINGS.model_copy(update={"flat_scan": "fp16"}),
+                            kind="flat").batch_search(queries, 100)
+    for query, e, h in zip(queries, exact, half):
+        assert set(h.docs.tolist()) == set(e.docs.tolist())  # the half-precision scan lost no row ...
+        np.testing.assert_allclose(h.scores, vectors[h.docs] @ query, rtol=1e-6)  # ... scores are float32's
+        assert (np.diff(h.scores) <= 0).all()
 
 
 def test_auto_kind_and_ivfpq_limits(tmp_path: Path) -> None:
