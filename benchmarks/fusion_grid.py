@@ -74,7 +74,7 @@ def main() -> None:
           f"served: rrf k={settings.retrieval.rrf_k} w=1", flush=True)
     relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
     hit = grade_threshold(Thresholds().mrr, dataset.max_grade)
-    ids = np.array([index.product_id(d) for d in range(index.count())]) if index.count() else np.array([])
+    ids = np.array([index.product_id(d) for d in range(len(index.products))])
 
     variants = [("rrf", k, w) for k in (10, 30, 60, 120) for w in (0.7, 1.0, 1.5, 2.0)]
     variants += [("score", 0, w) for w in (0.3, 0.5, 0.6, 0.7)]
