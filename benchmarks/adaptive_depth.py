@@ -98,9 +98,13 @@ def main() -> None:
 
     variants: list[tuple[str, dict[str, str], float]] = []  # name, settings, mean pairs per search
     shares = {t: float(np.mean([a >= t for a in agree.values()])) for t in args.agreement}
-    variants.append((f"depth {args.reference_depth}", {"SHOPRANK_RANKING__TEACHER_DEPTH": str(args.reference_depth)},
+    # the fixed depths turn the adaptive depth off (it is on by default)
+    variants.append((f"depth {args.reference_depth}", {"SHOPRANK_RANKING__TEACHER_DEPTH": str(args.reference_depth),
+                                                      "SHOPRANK_RANKING__TEACHER_DEPTH_CONFIDENT": "0"},
                      float(args.reference_depth)))
-    variants.append((f"depth {depth}", {"SHOPRANK_RANKING__TEACHER_DEPTH": str(depth)}, float(depth)))
+    if depth != args.reference_depth:
+        variants.append((f"depth {depth}", {"SHOPRANK_RANKING__TEACHER_DEPTH": str(depth),
+                                            "SHOPRANK_RANKING__TEACHER_DEPTH_CONFIDENT": "0"}, float(depth)))
     for c in args.confident:
         for t in args.agreement:
             env = {"SHOPRANK_RANKING__TEACHER_DEPTH": str(depth), "SHOPRANK_RANKING__TEACHER_DEPTH_CONFIDENT": str(c),
