@@ -155,8 +155,16 @@ class ServingSettings(BaseModel):
     shadow_queue: int = Field(64, ge=1, le=10_000, description="Shadow searches waiting at most; more are "
                               "dropped (counted) so shadow scoring never slows serving.")
     shed_in_flight: int = Field(0, ge=0, le=1024, description="Searches in flight per server process above "
-                                "which new ones skip the cross-encoders (served in LambdaMART / first-stage "
-                                "order, marked degraded) instead of queueing behind them. 0: one per core x 2.")
+                                "which new ones are shed: their cross-encoders re-rank from cached scores, or "
+                                "only their top shed_depth (0: skipped, served in LambdaMART / first-stage "
+                                "order, marked degraded), instead of queueing behind the model. 0: one per "
+                                "core x 2.")
+    # Measured on the Home Depot catalog (benchmarks/RESULTS.md, "The full pipeline under two query streams" and
+    # "What an overloaded search loses"): at 5, no search was degraded at 8 or 32 connections where 0 skipped
+    # the teacher on 12-95% of them, at similar p95; a top-5 teacher keeps two thirds of what the teacher adds.
+    shed_depth: int = Field(5, ge=0, le=1000, description="A search admitted over shed_in_flight whose "
+                            "cross-encoder scores are not all cached still has its top shed_depth scored by "
+                            "each cross-encoder stage (0: the stage is skipped, marked degraded).")
     shed_wait_ms: float = Field(0.0, ge=0, le=60_000, description="A search whose cross-encoder pairs would wait "
                                 "longer than this behind the pairs already queued (at the model's recent pairs a "
                                 "second) skips that stage (served in LambdaMART / first-stage order, marked "

@@ -55,7 +55,8 @@ class ScoreStage:
     """Re-rank the top ``depth`` candidates by ``score(query text, docs)`` (with ``adaptive``: a
     shallower depth for searches whose first stage is confident). ``cached(query text, docs)``
     returns the scores only when a cache holds all of them (None otherwise): under overload the
-    stage still runs from it, at no model cost, and is shed only when it would need the model."""
+    stage still runs from it, at no model cost; when it would need the model it scores only its
+    top ``shed_depth`` (:meth:`under_load`), or is shed (0)."""
 
     name: str
     score: Callable[[str, np.ndarray, float | None], np.ndarray]
@@ -63,6 +64,14 @@ class ScoreStage:
     costly: bool = True  # a model stage: shed first under overload (query.shed)
     adaptive: AdaptiveDepth | None = None
     cached: Callable[[str, np.ndarray], np.ndarray | None] | None = None
+    shed_depth: int = 0  # under overload, when not all cached: score this many (0: skip the stage)
+
+    def under_load(self) -> ScoreStage | None:
+        """The stage a shed search runs when its scores are not all cached: the top ``shed_depth``
+        only, or None (skip it)."""
+        if self.shed_depth <= 0:
+            return None
+        return replace(self, depth=min(self.depth, self.shed_depth), adaptive=None, shed_depth=0)
 
     def _depth(self, candidates: Candidates) -> int:
         depth = self.adaptive(candidates, self.depth) if self.adaptive is not None else self.depth
@@ -173,11 +182,14 @@ class Cascade:
             if query.shed and getattr(stage, "costly", False):
                 started = time.perf_counter()
                 served = stage.from_cache(query, candidates) if hasattr(stage, "from_cache") else None
-                if served is None:
+                if served is not None:
+                    candidates, timings[name] = served, time.perf_counter() - started
+                    continue
+                shallow = stage.under_load() if hasattr(stage, "under_load") else None
+                if shallow is None:
                     degraded.append(f"{name}: shed, overload")
                     continue
-                candidates, timings[name] = served, time.perf_counter() - started
-                continue
+                stage = shallow  # runs below like any stage: budgets, deadline, the queue gate
             limits = [d for d in (query.deadline, now + self.budgets[name] if name in self.budgets else None) if d]
             started = time.perf_counter()
             try:

@@ -326,7 +326,7 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
         def from_cache(query: str, docs: np.ndarray) -> np.ndarray | None:
             return cached.cached_only(query, *products(docs))
 
-        return ScoreStage(stage, score, depth, cached=from_cache)
+        return ScoreStage(stage, score, depth, cached=from_cache, shed_depth=sv.shed_depth)
 
     pipelines = build_pipelines(bm25, dense, hybrid, models, rules, settings, cross_encoder_stage)
     return SearchEngine(index, encoder, settings, models, pipelines, caches, hybrid, dense, executor, batchers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -129,6 +130,26 @@ def test_an_overloaded_search_still_uses_cached_scores_and_never_the_model() -> 
     assert "teacher" in warm.timings
     other = cascade.run(Query("another query", shed=True), 5)  # another query's pairs are not cached
     assert other.degraded == ["teacher: shed, overload"] and calls == [5]
+
+
+def test_an_overloaded_search_scores_only_the_shed_depth_when_not_all_cached() -> None:
+    calls: list[int] = []
+
+    def score(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
+        calls.append(len(docs))
+        return docs.astype(np.float32)  # reverses the order
+
+    def nothing_cached(query: str, docs: np.ndarray) -> np.ndarray | None:
+        return None
+
+    stage = ScoreStage("teacher", score, depth=5, cached=nothing_cached, shed_depth=2)
+    cascade = Cascade("c", ListRetriever(), [stage], first_stage_depth=20)
+    shed = cascade.run(Query("q", shed=True), 5)
+    assert calls == [2] and shed.degraded == []  # the top 2 scored by the model, not skipped
+    assert shed.candidates.product_ids[:3] == ["p1", "p0", "p2"] and "teacher" in shed.timings
+    assert cascade.run(Query("q"), 5).candidates.product_ids[:5] == ["p4", "p3", "p2", "p1", "p0"]  # not shed
+    assert calls == [2, 5]
+    assert stage.under_load() is not None and replace(stage, shed_depth=0).under_load() is None
 
 
 def test_admission_sheds_above_its_threshold_and_caps_in_flight() -> None:
