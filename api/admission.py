@@ -1,12 +1,13 @@
 """Admission of searches into one server process: shed the costly stages before queueing.
 
 Two limits per process. Above ``shed_at`` searches in flight, a new search is
-still served but never runs a cross-encoder (``Query.shed``): a cross-encoder stage
-whose scores are all cached re-ranks from them; one that would need the model is
-skipped (the LambdaMART / first-stage order, marked ``degraded``), so p95 stays
-near the cheap path's instead of climbing behind the model. At ``max_in_flight`` (when set) a new
-search waits for a slot; its deadline keeps running, so it degrades further
-rather than timing out. The share of searches over the limit is a metric
+still served but shed (``Query.shed``): a cross-encoder stage whose scores are all
+cached re-ranks from them at its full depth; one that would need the model re-ranks
+only its top ``serving.shed_depth`` (or, at 0, is skipped: the LambdaMART /
+first-stage order, marked ``degraded``), so p95 stays near the cheap path's instead
+of climbing behind the model. At ``max_in_flight`` (when set) a new search waits for
+a slot; its deadline keeps running, so it degrades further rather than timing out.
+The share of searches over the limit is a metric
 (``shoprank_searches_total{shed="true"}``), and each skipped stage another
 (``shoprank_degraded_total``).
 """

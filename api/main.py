@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     app.state.keys = KeyStore(settings.paths.keys)
     app.state.limiter = RateLimiter(settings.api.rate_limit_per_s, settings.api.rate_burst)
     limit = settings.serving.max_in_flight
-    app.state.admission = Admission(limit, settings.serving.shed_in_flight or 2 * (os.cpu_count() or 1))
+    app.state.admission = Admission(limit, settings.serving.shed_in_flight or max(1, (os.cpu_count() or 1) // 2))
     app.state.metrics = metrics
 
     served_by = f"{socket.gethostname()}:{settings.api.port}:{os.getpid()}"  # which replica and process answered

@@ -154,11 +154,14 @@ class ServingSettings(BaseModel):
                                  "or the CLI is loaded within this time. 0: never check.")
     shadow_queue: int = Field(64, ge=1, le=10_000, description="Shadow searches waiting at most; more are "
                               "dropped (counted) so shadow scoring never slows serving.")
+    # One per two cores (was two per core): a full-depth teacher batch already uses every core. On 2 cores, with
+    # shed_depth 5, the head-heavy stream's p95 at 8 connections was 186-192 ms at 4, 152-163 at 2 and 140-145 at 1,
+    # no search degraded (benchmarks/RESULTS.md, "The full pipeline under two query streams").
     shed_in_flight: int = Field(0, ge=0, le=1024, description="Searches in flight per server process above "
                                 "which new ones are shed: their cross-encoders re-rank from cached scores, or "
                                 "only their top shed_depth (0: skipped, served in LambdaMART / first-stage "
                                 "order, marked degraded), instead of queueing behind the model. 0: one per "
-                                "core x 2.")
+                                "two cores (at least one).")
     # Measured on the Home Depot catalog (benchmarks/RESULTS.md, "The full pipeline under two query streams" and
     # "What an overloaded search loses"): at 5, no search was degraded at 8 or 32 connections where 0 skipped
     # the teacher on 12-95% of them, at similar p95; a top-5 teacher keeps two thirds of what the teacher adds.
