@@ -216,11 +216,15 @@ class DenseIndex:
         fetch = min(int(math.ceil(k * self.settings.flat_refine)), int(self.live.sum()))
         selector = self._selector[0] if self._selector else None
         _, docs = half.search(queries, fetch, params=faiss.SearchParameters(sel=selector))
+        return self._rescore(queries, docs, k)
+
+    def _rescore(self, queries: np.ndarray, docs: np.ndarray, k: int) -> list[Hits]:
+        """The top ``k`` of each query's candidate rows (-1: none) by exact cosine from the float32 vectors."""
         out = []
         for query, row in zip(queries, docs):
-            found = np.sort(row[row >= 0])
+            found = np.sort(row[row >= 0])  # sorted rows read the memory-mapped file in order
             exact = self.vectors[found] @ query
-            top = _top_k(exact, min(k, len(found)))
+            top = _top_k(exact, k)
             out.append(Hits.of(found[top], exact[top]))
         return out
 
@@ -250,13 +254,7 @@ class DenseIndex:
         scores, docs = self.index.search(queries, fetch, params=self._params(fetch))
         if refine == 1:
             return [Hits.of(d[d >= 0], s[d >= 0]) for s, d in zip(scores, docs)]
-        out = []
-        for query, row in zip(queries, docs):
-            found = np.sort(row[row >= 0])  # sorted rows read the memory-mapped file in order
-            exact = self.vectors[found] @ query
-            top = _top_k(exact, k)
-            out.append(Hits.of(found[top], exact[top]))
-        return out
+        return self._rescore(queries, docs, k)
 
     def search(self, query: np.ndarray, k: int) -> Hits:
         return self.batch_search(query, k)[0]
