@@ -163,8 +163,9 @@ class ServingSettings(BaseModel):
                                 "order, marked degraded), instead of queueing behind the model. 0: one per "
                                 "two cores (at least one).")
     # Measured on the Home Depot catalog (benchmarks/RESULTS.md, "The full pipeline under two query streams" and
-    # "What an overloaded search loses"): at 5, no search was degraded at 8 or 32 connections where 0 skipped
-    # the teacher on 12-95% of them, at similar p95; a top-5 teacher keeps two thirds of what the teacher adds.
+    # "What an overloaded search loses"): at 5 (in-flight limit 4), no search was degraded at 8 or 32 connections
+    # where 0 skipped the teacher on 12-95% of them, at similar p95; a top-5 teacher keeps two thirds of what the
+    # teacher adds.
     shed_depth: int = Field(5, ge=0, le=1000, description="A search admitted over shed_in_flight whose "
                             "cross-encoder scores are not all cached still has its top shed_depth scored by "
                             "each cross-encoder stage (0: the stage is skipped, marked degraded).")

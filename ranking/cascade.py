@@ -67,11 +67,11 @@ class ScoreStage:
     shed_depth: int = 0  # under overload, when not all cached: score this many (0: skip the stage)
 
     def under_load(self) -> ScoreStage | None:
-        """The stage a shed search runs when its scores are not all cached: the top ``shed_depth``
-        only, or None (skip it)."""
+        """The stage a shed search runs when its scores are not all cached: at most the top
+        ``shed_depth`` (a shallower adaptive depth still applies), or None (skip it)."""
         if self.shed_depth <= 0:
             return None
-        return replace(self, depth=min(self.depth, self.shed_depth), adaptive=None, shed_depth=0)
+        return replace(self, depth=min(self.depth, self.shed_depth), shed_depth=0)
 
     def _depth(self, candidates: Candidates) -> int:
         depth = self.adaptive(candidates, self.depth) if self.adaptive is not None else self.depth

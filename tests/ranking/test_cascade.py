@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from core.query import Query
-from ranking.cascade import Cascade, ScoreStage
+from ranking.cascade import AdaptiveDepth, Cascade, ScoreStage
 from retrieval.types import Candidates, Hits
 
 
@@ -150,6 +150,9 @@ def test_an_overloaded_search_scores_only_the_shed_depth_when_not_all_cached() -
     assert cascade.run(Query("q"), 5).candidates.product_ids[:5] == ["p4", "p3", "p2", "p1", "p0"]  # not shed
     assert calls == [2, 5]
     assert stage.under_load() is not None and replace(stage, shed_depth=0).under_load() is None
+    confident = replace(stage, adaptive=AdaptiveDepth(confident=1, threshold=0.0))  # always confident: top 1
+    Cascade("c", ListRetriever(), [confident], first_stage_depth=20).run(Query("q", shed=True), 5)
+    assert calls[-1] == 1  # a shed search never scores deeper than its adaptive depth
 
 
 def test_admission_sheds_above_its_threshold_and_caps_in_flight() -> None:
