@@ -4,10 +4,15 @@
    judged products plus the first stage's top ``pool_depth`` products, scored by
    the teacher (ONNX fp32) and cached to ``pool.parquet`` in chunks, so an
    interrupted run resumes.
-2. The student starts from the teacher's first ``layers`` layers (and its head)
-   and learns the teacher's score differences within each query with the
+2. Optionally (``ensemble`` > 0) the served LambdaMART scores the same pairs
+   (:func:`ensemble_pool`) and the target becomes a blend of the two
+   (:func:`distillation_targets`): the student then learns the teacher-and-
+   LambdaMART ensemble, which also sees BM25, the dense score and the text
+   features.
+3. The student starts from the teacher's first ``layers`` layers (and its head)
+   and learns the target's score differences within each query with the
    Margin-MSE loss (Hofstatter et al. 2020).
-3. Model selection on a fixed dev sample (rerank NDCG@10 + MRR@10) per epoch.
+4. Model selection on a fixed dev sample (rerank NDCG@10 + MRR@10) per epoch.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ranking.training.data import Group
@@ -40,6 +46,7 @@ class StudentConfig:
     pool_depth: int = 10
     seed: int = 13
     max_grade: int = 8
+    ensemble: float = 0.0  # weight of LambdaMART in the target (0: the teacher alone)
 
 
 def teacher_pool(groups: Sequence[Group], candidates: dict[str, list[str]], teacher_dir: Path,
@@ -66,6 +73,42 @@ def teacher_pool(groups: Sequence[Group], candidates: dict[str, list[str]], teac
     return pd.concat([pd.read_parquet(p) for p in sorted(parts_dir.glob("*.parquet"))], ignore_index=True)
 
 
+def ensemble_pool(pool: pd.DataFrame, queries: dict[str, str],
+                  rank: Callable[[str, list[str]], dict[str, float]], progress: bool = True) -> pd.DataFrame:
+    """``pool`` with an ``ltr`` column: ``rank(query, product_ids)`` -> LambdaMART score per product
+    (a product it did not score is dropped from its query's group)."""
+    from tqdm.auto import tqdm
+
+    parts = []
+    for qid, frame in tqdm(pool.groupby("query_id", sort=True), disable=not progress, desc="LambdaMART pool",
+                           unit="q"):
+        if qid not in queries:
+            continue
+        scores = rank(queries[qid], frame["product_id"].tolist())
+        parts.append(frame.assign(ltr=frame["product_id"].map(scores)).dropna(subset=["ltr"]))
+    return pd.concat(parts, ignore_index=True) if parts else pool.assign(ltr=pd.Series(dtype=float))
+
+
+def distillation_targets(pool: pd.DataFrame, ensemble: float) -> pd.Series:
+    """Each pair's target: the teacher's score, or with ``ensemble`` = w > 0 the blend
+    ``(1 - w) * teacher + w * c * ltr``, where ``c`` puts LambdaMART's within-query spread on the
+    teacher's (pooled standard deviations of the scores minus their query means), so the weight
+    means the same whatever the two models' scales."""
+    if not 0.0 <= ensemble <= 1.0:
+        raise ValueError(f"ensemble weight {ensemble!r} is not within [0, 1]")
+    if ensemble == 0.0:
+        return pool["teacher"]
+    if "ltr" not in pool:
+        raise ValueError("an ensemble target needs the pool's LambdaMART scores (ensemble_pool)")
+
+    def spread(column: str) -> float:
+        centred = pool[column] - pool.groupby("query_id")[column].transform("mean")
+        return float(np.sqrt((centred**2).mean()))
+
+    scale = spread("teacher") / max(spread("ltr"), 1e-9)
+    return (1.0 - ensemble) * pool["teacher"] + ensemble * scale * pool["ltr"]
+
+
 def train_student(config: StudentConfig, groups: Sequence[Group], pool: pd.DataFrame, dev: Sequence[Group],
                   titles: dict[str, str], out: Path, progress: bool = True) -> dict[str, object]:
     """Train the student on ``pool``; the best epoch is saved to ``out/best``."""
@@ -79,7 +122,8 @@ def train_student(config: StudentConfig, groups: Sequence[Group], pool: pd.DataF
     model = load_model(config.teacher, config.layers)
     batcher = _Batcher(tokenizer, titles, config.max_length)
     queries = {g.qid: g.query for g in groups}
-    by_query = [(qid, frame["product_id"].tolist(), torch.tensor(frame["teacher"].to_numpy(), dtype=torch.float32))
+    pool = pool.assign(target=distillation_targets(pool, config.ensemble))
+    by_query = [(qid, frame["product_id"].tolist(), torch.tensor(frame["target"].to_numpy(), dtype=torch.float32))
                 for qid, frame in pool.groupby("query_id", sort=True) if qid in queries and len(frame) > 1]
     steps_per_epoch = (len(by_query) + config.batch_groups - 1) // config.batch_groups
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
@@ -97,8 +141,8 @@ def train_student(config: StudentConfig, groups: Sequence[Group], pool: pd.DataF
             products = [p for _, ps, _ in batch for p in ps]
             scores = model(**batcher(texts_q, products))
             loss, offset = scores.sum() * 0.0, 0
-            for _, ps, teacher in batch:
-                loss = loss + margin_mse(scores[offset : offset + len(ps)], teacher)
+            for _, ps, target in batch:
+                loss = loss + margin_mse(scores[offset : offset + len(ps)], target)
                 offset += len(ps)
             loss = loss / len(batch)
             loss.backward()

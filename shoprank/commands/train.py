@@ -91,7 +91,7 @@ def cmd_train_reranker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
     from ranking.training.data import data_hash, groups_from
-    from ranking.training.student import StudentConfig, teacher_pool, train_student
+    from ranking.training.student import StudentConfig, ensemble_pool, teacher_pool, train_student
 
     dataset = load_dataset(args.dataset)
     registry = ModelRegistry(settings.paths.models)
@@ -100,7 +100,9 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
         raise NotFound("no active reranker to distil from; train one with `shoprank train reranker`")
     config = StudentConfig(teacher=str(teacher.path), layers=args.layers, epochs=args.epochs, lr=args.lr,
                            batch_groups=args.batch_groups, max_length=args.max_length, pool_depth=args.pool_depth,
-                           seed=args.seed, max_grade=dataset.max_grade)
+                           seed=args.seed, max_grade=dataset.max_grade, ensemble=args.ensemble)
+    if not 0.0 <= args.ensemble <= 1.0:
+        raise InvalidInput(f"--ensemble {args.ensemble} is not a weight within [0, 1]")
     train = groups_from(dataset, args.split, 1)[: args.limit]
     engine = first_stage(settings, dataset)
     hybrid = engine.pipeline("hybrid")
@@ -108,6 +110,20 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
     titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))
     pool_dir = settings.paths.training(f"pool-{teacher.role}-{teacher.version}-{args.split}-d{args.pool_depth}")
     pool = teacher_pool(train, candidates, teacher.path, titles, pool_dir, progress=settings.progress)
+    ltr = None
+    if args.ensemble:
+        ltr = registry.active("ltr")
+        if ltr is None:
+            raise NotFound("--ensemble needs an active LambdaMART; train one with `shoprank train ltr`")
+        cached = pool_dir / f"ltr-{ltr.version}.parquet"
+        if not cached.is_file():
+            rank = _ltr_scores(settings, dataset, engine, int(pool.groupby("query_id").size().max()))
+            ensemble_pool(pool, {g.qid: g.query for g in train}, rank, settings.progress).to_parquet(cached)
+        import pandas as pd
+
+        pool = pd.read_parquet(cached)
+        logger.info("ensemble target: teacher %s + LambdaMART %s (weight %.2f), %d pairs",
+                    teacher.version, ltr.version, args.ensemble, len(pool))
     work = settings.paths.training(f"student-L{args.layers}-{args.run_name}")
     dev = dev_sample(dataset, args.dev_split, args.dev_queries)
     summary = train_student(config, train, pool, dev, titles, work, progress=settings.progress)
@@ -117,10 +133,32 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
     metrics = {f"dev_sample_{k}": v for k, v in summary["best"].items() if k != "score"}
     metrics |= {"train_seconds": summary["seconds"], "pool_pairs": summary["pool_pairs"]}
     entry = _register(settings, "student", folder, f"reranker:{teacher.version}", data_hash(train),
-                      asdict(config) | {"split": args.split}, metrics, args.activate,
-                      parent=f"reranker:{teacher.version}")
+                      asdict(config) | {"split": args.split} | ({"ensemble_ltr": ltr.version} if ltr else {}),
+                      metrics, args.activate, parent=f"reranker:{teacher.version}")
     print(json.dumps({"registered": entry, "history": summary["history"]}, indent=2))
     return 0
+
+
+def _ltr_scores(settings: Settings, dataset: EvalDataset, first: SearchEngine, depth: int):  # type: ignore[no-untyped-def]
+    """``rank(query, product_ids) -> {product_id: LambdaMART score}``: the served ``ltr`` pipeline
+    (teacher, then the active LambdaMART) over those products, the teacher scoring every one
+    (adaptive depth off, depth at least ``depth``); {} when LambdaMART did not run (a timeout)."""
+    from serving.loading import open_engine
+
+    ranking = settings.ranking.model_copy(update={"teacher_depth_confident": 0,
+                                                  "teacher_depth": max(depth, settings.ranking.teacher_depth)})
+    engine = open_engine(settings.model_copy(update={"ranking": ranking}), dataset.products, index=first.index,
+                         encoder=first.encoder, batch=True)
+    pipeline = engine.pipeline("ltr")
+
+    def rank(query: str, product_ids: list[str]) -> dict[str, float]:
+        docs = [d for d in (engine.index.doc_of(p) for p in product_ids) if d is not None]
+        ranked = pipeline.rank(query, docs)
+        if "ltr" not in ranked.scores:
+            return {}
+        return {p: float(s) for p, s in zip(ranked.product_ids, ranked.scores["ltr"])}
+
+    return rank
 
 
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
@@ -280,6 +318,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-groups", type=int, default=8)
     p.add_argument("--max-length", type=int, default=40)
     p.add_argument("--pool-depth", type=int, default=10, help="first-stage candidates per query in the pool")
+    p.add_argument("--ensemble", type=float, default=0.0,
+                   help="weight of the active LambdaMART in the distillation target, 0-1 (0: the teacher alone)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

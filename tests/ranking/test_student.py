@@ -1,0 +1,52 @@
+"""The student's distillation target: the teacher alone, or its blend with LambdaMART."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ranking.training.student import distillation_targets, ensemble_pool
+
+
+def _pool() -> pd.DataFrame:
+    return pd.DataFrame({"query_id": ["a", "a", "a", "b", "b"], "product_id": ["1", "2", "3", "1", "4"],
+                         "teacher": [4.0, 0.0, -4.0, 2.0, -2.0]})
+
+
+def test_weight_zero_is_the_teacher_and_needs_no_lambdamart() -> None:
+    pool = _pool()
+    assert distillation_targets(pool, 0.0).tolist() == pool["teacher"].tolist()
+
+
+def test_the_blend_puts_lambdamart_on_the_teachers_spread() -> None:
+    # LambdaMART orders query a the other way round, on a scale 100x smaller
+    pool = _pool().assign(ltr=[-0.04, 0.0, 0.04, 0.02, -0.02])
+    full = distillation_targets(pool, 1.0)
+    assert np.allclose(full.to_numpy(), [-4.0, 0.0, 4.0, 2.0, -2.0])  # rescaled, not 100x smaller
+    half = distillation_targets(pool, 0.5)
+    assert np.allclose(half[:3].to_numpy(), 0.0)  # the two disagree on query a: a tie
+    assert np.allclose(half[3:].to_numpy(), [2.0, -2.0])  # and agree on query b
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5])
+def test_a_weight_outside_zero_one_is_refused_by_value(weight: float) -> None:
+    with pytest.raises(ValueError, match=str(weight)):
+        distillation_targets(_pool().assign(ltr=0.0), weight)
+
+
+def test_a_blend_without_lambdamart_scores_is_refused() -> None:
+    with pytest.raises(ValueError, match="ensemble_pool"):
+        distillation_targets(_pool(), 0.5)
+
+
+def test_ensemble_pool_adds_lambdamarts_scores_and_drops_what_it_did_not_score() -> None:
+    calls = []
+
+    def rank(query: str, product_ids: list[str]) -> dict[str, float]:
+        calls.append((query, product_ids))
+        return {} if query == "timed out" else {p: float(i) for i, p in enumerate(product_ids) if p != "3"}
+
+    out = ensemble_pool(_pool(), {"a": "drill", "b": "timed out"}, rank, progress=False)
+    assert calls == [("drill", ["1", "2", "3"]), ("timed out", ["1", "4"])]
+    assert out[["query_id", "product_id", "ltr"]].values.tolist() == [["a", "1", 0.0], ["a", "2", 1.0]]
