@@ -7,10 +7,14 @@ Runs BM25 and the dense search once per judged query of ``--split`` (analyzed as
   (the served fusion is k = ``retrieval.rrf_k``, w = 1);
 - ``score w``: min-max normalized scores, ``(1 - w) * bm25 + w * dense``.
 
+and, with ``--feedback``, the served RRF over the dense run moved by pseudo-relevance
+feedback (``retrieval.feedback_docs`` m, ``feedback_weight`` b; the served code), each
+against the plain served fusion with a paired bootstrap CI of the Recall@100 difference;
+
 and prints condensed NDCG@10, MRR@10 (grade >= 0.75 of the maximum, as ``shoprank
 evaluate``), Recall@100 / @200, and Recall@100 on the misspelled subset and the rest.
 
-    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev]
+    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback]
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from evaluation.dataset import load_dataset
 from evaluation.harness import Thresholds
 from evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
 from evaluation.subsets import subset_ids
+from evaluation.compare import paired_bootstrap
+from retrieval.hybrid import BM25Retriever, HybridRetriever
 from retrieval.types import Hits
 from serving.loading import open_engine
 
@@ -58,6 +64,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=DATA)
     parser.add_argument("--split", default="dev")
     parser.add_argument("--depth", type=int, default=1000)
+    parser.add_argument("--feedback", action="store_true", help="also the dense feedback grid")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fusion_grid.json")
     args = parser.parse_args()
     settings = get_settings()
@@ -68,7 +75,8 @@ def main() -> None:
     misspelled = subset_ids(dataset, selected, "misspelled")
     texts = [hybrid.analyze(Query(t)).text for _, t in selected]
     started = time.perf_counter()
-    dense_runs = index.dense.batch_search(engine.hybrid.dense.embed(texts), args.depth)
+    vectors = engine.hybrid.dense.embed(texts)
+    dense_runs = index.dense.batch_search(vectors, args.depth)
     bm25_runs = index.bm25.batch_search(texts, args.depth)
     print(f"CPU: {hardware()}\n{len(selected)} queries, runs in {time.perf_counter() - started:.0f} s; "
           f"served: rrf k={settings.retrieval.rrf_k} w=1", flush=True)
@@ -76,13 +84,22 @@ def main() -> None:
     hit = grade_threshold(Thresholds().mrr, dataset.max_grade)
     ids = np.array([index.product_id(d) for d in range(len(index.products))])
 
-    variants = [("rrf", k, w) for k in (10, 30, 60, 120) for w in (0.7, 1.0, 1.5, 2.0)]
-    variants += [("score", 0, w) for w in (0.3, 0.5, 0.6, 0.7)]
-    rows = []
-    for kind, k, w in variants:
-        values: dict[str, list[float]] = {m: [] for m in ("ndcg@10", "mrr@10", "recall@100", "recall@200",
+    variants = [("rrf", k, w, 0, 0.0) for k in (10, 30, 60, 120) for w in (0.7, 1.0, 1.5, 2.0)]
+    variants += [("score", 0, w, 0, 0.0) for w in (0.3, 0.5, 0.6, 0.7)]
+    if args.feedback:
+        variants += [("rrf", settings.retrieval.rrf_k, 1.0, m, b) for m in (3, 5, 10, 20) for b in (0.1, 0.2, 0.3, 0.6)]
+    rows: list[dict[str, object]] = []
+    served_recall: dict[str, float] | None = None
+    for kind, k, w, m, b in variants:
+        values: dict[str, list[float]] = {name: [] for name in ("ndcg@10", "mrr@10", "recall@100", "recall@200",
                                                           "recall@100 misspelled", "recall@100 correct")}
-        for (qid, _), bm25, dense in zip(selected, bm25_runs, dense_runs):
+        runs = dense_runs
+        if m:
+            moved = HybridRetriever(BM25Retriever(index), engine.hybrid.dense, rrf_k=k, depth=args.depth,
+                                    feedback_docs=m, feedback_weight=b)
+            runs = moved._feedback(vectors, bm25_runs, dense_runs, args.depth)
+        per_query: dict[str, float] = {}
+        for (qid, _), bm25, dense in zip(selected, bm25_runs, runs):
             grades = dataset.qrels[qid]
             ranked = list(ids[fuse(bm25, dense, kind, k, w)[: args.depth]])
             condensed = condense(ranked, grades, 100)
@@ -90,11 +107,21 @@ def main() -> None:
             values["mrr@10"].append(mrr_at_k(condensed, grades, 10, hit))
             recall = recall_at_k(ranked, grades, 100, relevant)
             if recall is not None:
+                per_query[qid] = recall
                 values["recall@100"].append(recall)
                 values["recall@200"].append(recall_at_k(ranked, grades, 200, relevant) or 0.0)
                 values["recall@100 misspelled" if qid in misspelled else "recall@100 correct"].append(recall)
         row = {"fusion": f"{kind} k={k} w={w}" if kind == "rrf" else f"score w={w}"}
-        row |= {m: round(float(np.mean(v)), 4) for m, v in values.items()}
+        row["fusion"] += f" feedback m={m} b={b}" if m else ""
+        row |= {name: round(float(np.mean(v)), 4) for name, v in values.items()}
+        if kind == "rrf" and k == settings.retrieval.rrf_k and w == 1.0 and not m:
+            served_recall = per_query
+        elif m and served_recall:
+            qids = sorted(served_recall)
+            a, b_ = np.array([served_recall[q] for q in qids]), np.array([per_query[q] for q in qids])
+            interval = paired_bootstrap(a, b_)
+            row["recall@100 vs served"] = [round(float(np.mean(b_ - a)), 4), round(interval.low, 4),
+                                           round(interval.high, 4)]
         rows.append(row)
         print(json.dumps(row), flush=True)
     args.out.write_text(json.dumps({"cpu": hardware(), "command": " ".join(sys.argv), "home": str(settings.home),

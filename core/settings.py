@@ -48,6 +48,10 @@ class RetrievalSettings(BaseModel):
     spelling: bool = Field(True, description="Correct query words the catalog does not contain (spelling, "
                            "run-together words); a request can turn it off with rewrite=false.")
     rrf_k: int = Field(60, ge=1, description="RRF constant k (Cormack et al. 2009).")
+    feedback_docs: int = Field(0, ge=0, le=100, description="Dense pseudo-relevance feedback: the query vector moves "
+                               "towards the mean of the fused top N and searches again (0: off; one more vector "
+                               "search per query; retrain LambdaMART after changing it).")
+    feedback_weight: float = Field(0.3, gt=0, le=2, description="Weight of the feedback documents' mean vector.")
     depth: int = Field(1000, ge=1, le=10_000, description="Results taken from each source.")
     query_encoder: Literal["onnx", "torch"] = Field(
         "onnx", description="Backend for query embeddings (ONNX measured faster)."

@@ -88,17 +88,26 @@ class HybridRetriever:
     With an ``executor``, BM25 runs on it while this thread encodes the query and
     searches the vectors (tantivy, ONNX Runtime and FAISS release the GIL): at
     1M products this cut the first stage's p95 from 22 ms to 17 ms on 2 cores.
+
+    With ``feedback_docs`` = m > 0 the dense search runs twice (pseudo-relevance
+    feedback, Rocchio 1971): the query vector plus ``feedback_weight`` times the mean
+    vector of the fused top m, normalized, searches again, and that run is fused with
+    BM25. It pulls in products worded like the first results but unlike the query
+    (misspellings the analyzer left, other names for the product); it costs one more
+    vector search per query.
     """
 
     name = "hybrid"
 
     def __init__(self, bm25: BM25Retriever, dense: DenseRetriever, rrf_k: int = 60, depth: int = 1000,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, feedback_docs: int = 0, feedback_weight: float = 0.3) -> None:
         self.index = bm25.index
         self.dense = dense
         self.rrf_k = rrf_k
         self.depth = depth
         self.executor = executor
+        self.feedback_docs = feedback_docs
+        self.feedback_weight = feedback_weight
 
     def search(self, query: str, k: int) -> Candidates:
         return self.batch_search([query], k)[0]
@@ -107,9 +116,23 @@ class HybridRetriever:
         depth = max(k, self.depth)
         bm25 = self.index.bm25
         pending = self.executor.submit(bm25.batch_search, queries, depth) if self.executor else None
-        dense_runs = self.index.dense.batch_search(self.dense.embed(queries), depth)
+        vectors = self.dense.embed(queries)
+        dense_runs = self.index.dense.batch_search(vectors, depth)
         bm25_runs = pending.result() if pending else bm25.batch_search(queries, depth)
+        if self.feedback_docs:
+            dense_runs = self._feedback(vectors, bm25_runs, dense_runs, depth)
         return [self._fuse(b, d, k) for b, d in zip(bm25_runs, dense_runs)]
+
+    def _feedback(self, vectors: np.ndarray, bm25_runs: Sequence[Hits], dense_runs: Sequence[Hits],
+                  depth: int) -> list[Hits]:
+        """The dense runs of the query vectors moved towards their fused top ``feedback_docs``."""
+        stored = self.index.dense.vectors
+        moved = []
+        for vector, bm25, dense in zip(vectors, bm25_runs, dense_runs):
+            top = fuse({"bm25": bm25, "dense": dense}, self.rrf_k, limit=self.feedback_docs).docs
+            shifted = vector + self.feedback_weight * stored[np.sort(top)].mean(axis=0) if len(top) else vector
+            moved.append(shifted / max(float(np.linalg.norm(shifted)), 1e-12))
+        return self.index.dense.batch_search(np.stack(moved).astype(np.float32), depth)
 
     def rank(self, query: str, docs: Sequence[int]) -> Candidates:
         bm25 = Hits.ranked(docs, self.index.bm25.score(query, docs))

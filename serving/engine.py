@@ -302,7 +302,8 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
                     store_tiers={role: TierCounts() for role in CROSS_ENCODER_ROLES})
     bm25 = BM25Retriever(index)
     dense = DenseRetriever(index, encoder, caches.query_vectors)
-    hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=executor)
+    hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=executor,
+                             feedback_docs=rs.feedback_docs, feedback_weight=rs.feedback_weight)
     rules = RulesStage(RulesConfig.from_file(rk.rules_file) if rk.rules_file else RulesConfig(),
                        catalog_facts(index, models.features))
     batchers: dict[str, MicroBatcher] = {}

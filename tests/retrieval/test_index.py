@@ -96,3 +96,20 @@ def test_rank_orders_given_docs(fake_index: ProductIndex) -> None:
     assert sorted(ranked.docs.tolist()) == docs
     assert ranked.ranks["rrf"].tolist() == list(range(1, 41))
     assert ranked.ranks["bm25"].min() >= 1  # rank mode scores every given doc in every source
+
+
+def test_dense_feedback_reaches_products_worded_like_the_first_results(tmp_path: Path, settings: Settings) -> None:
+    rows = [("a", "cordless drill"), ("b", "cordless drill lithium battery pack"), ("c", "lithium battery pack"),
+            ("d", "garden hose")]
+    index, encoder, _ = build(tmp_path, settings, rows)
+    bm25, dense = BM25Retriever(index), DenseRetriever(index, encoder)
+
+    def dense_scores(feedback_docs: int) -> dict[str, float]:
+        hybrid = HybridRetriever(bm25, dense, depth=10, feedback_docs=feedback_docs, feedback_weight=0.5)
+        top = hybrid.search("cordless drill", 4)
+        return dict(zip(top.product_ids, top.scores["dense"].tolist()))
+
+    plain, moved = dense_scores(0), dense_scores(2)
+    assert plain["c"] == pytest.approx(0.0) and plain["d"] == pytest.approx(0.0)  # no word of the query
+    assert moved["c"] > 0.1 and moved["d"] == pytest.approx(0.0)  # the charger shares the top two's words
+    assert moved["a"] > moved["c"] and moved["b"] > moved["c"]
