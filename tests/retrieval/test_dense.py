@@ -21,7 +21,7 @@ SETTINGS = RetrievalSettings(pq_m=8, ivf_nlist=16, ivf_nprobe=16, hnsw_ef_search
 @pytest.mark.parametrize("kind", ["flat", "flat-fp16", "hnsw", "ivfpq"])
 def test_search_finds_itself_and_skips_deleted_rows(tmp_path: Path, kind: str) -> None:
     vectors = unit_vectors(4000, 32)
-    settings = SETTINGS.model_copy(update={"flat_scan": "fp16"}) if kind == "flat-fp16" else SETTINGS
+    settings = SETTINGS.model_copy(update={"flat_scan": "fp16" if kind == "flat-fp16" else "f32"})
     kind = kind.split("-")[0]
     dense = DenseIndex.build(tmp_path, vectors, settings, kind=kind)
     top = [int(dense.search(vectors[i], 1).docs[0]) for i in range(0, 4000, 400)]
@@ -60,7 +60,8 @@ def test_flat_is_exact_and_ordered(tmp_path: Path) -> None:
 def test_flat_fp16_scan_returns_the_exact_top_with_exact_scores(tmp_path: Path) -> None:
     vectors = unit_vectors(5000, 32, seed=4)
     queries = unit_vectors(20, 32, seed=5)
-    exact = DenseIndex.build(tmp_path / "f", vectors, SETTINGS, kind="flat").batch_search(queries, 100)
+    exact = DenseIndex.build(tmp_path / "f", vectors, SETTINGS.model_copy(update={"flat_scan": "f32"}),
+                             kind="flat").batch_search(queries, 100)
     half = DenseIndex.build(tmp_path / "h", vectors, SETTINGS.model_copy(update={"flat_scan": "fp16"}),
                             kind="flat").batch_search(queries, 100)
     for query, e, h in zip(queries, exact, half):
