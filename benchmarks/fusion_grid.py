@@ -33,11 +33,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import hardware
 from core.query import Query
 from core.settings import get_settings
+from evaluation.compare import paired_bootstrap
 from evaluation.dataset import load_dataset
 from evaluation.harness import Thresholds
 from evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
 from evaluation.subsets import subset_ids
-from evaluation.compare import paired_bootstrap
 from retrieval.hybrid import BM25Retriever, HybridRetriever
 from retrieval.types import Hits
 from serving.loading import open_engine

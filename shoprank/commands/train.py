@@ -116,12 +116,14 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
         if ltr is None:
             raise NotFound("--ensemble needs an active LambdaMART; train one with `shoprank train ltr`")
         cached = pool_dir / f"ltr-{ltr.version}.parquet"
-        if not cached.is_file():
-            rank = _ltr_scores(settings, dataset, engine, int(pool.groupby("query_id").size().max()))
-            ensemble_pool(pool, {g.qid: g.query for g in train}, rank, settings.progress).to_parquet(cached)
-        import pandas as pd
+        if cached.is_file():
+            import pandas as pd
 
-        pool = pd.read_parquet(cached)
+            pool = pd.read_parquet(cached)
+        else:
+            rank = _ltr_scores(settings, dataset, engine, int(pool.groupby("query_id").size().max()))
+            pool = ensemble_pool(pool, {g.qid: g.query for g in train}, rank, settings.progress)
+            pool.to_parquet(cached)
         logger.info("ensemble target: teacher %s + LambdaMART %s (weight %.2f), %d pairs",
                     teacher.version, ltr.version, args.ensemble, len(pool))
     work = settings.paths.training(f"student-L{args.layers}-{args.run_name}")

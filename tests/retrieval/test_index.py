@@ -111,5 +111,5 @@ def test_dense_feedback_reaches_products_worded_like_the_first_results(tmp_path:
 
     plain, moved = dense_scores(0), dense_scores(2)
     assert plain["c"] == pytest.approx(0.0) and plain["d"] == pytest.approx(0.0)  # no word of the query
-    assert moved["c"] > 0.1 and moved["d"] == pytest.approx(0.0)  # the charger shares the top two's words
+    assert moved["c"] > 0.1 and moved["d"] == pytest.approx(0.0)  # the battery pack shares the top two's words
     assert moved["a"] > moved["c"] and moved["b"] > moved["c"]
