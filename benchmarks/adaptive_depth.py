@@ -3,7 +3,9 @@
 The teacher stage scores the first stage's top ``ranking.teacher_depth`` (20) on every
 search; with ``ranking.teacher_depth_confident = c`` it scores only ``c`` when BM25 and
 the dense search agree on at least ``ranking.confident_agreement = t`` of the fused top
-10 (:class:`ranking.cascade.AdaptiveDepth`). This benchmark evaluates the served pipeline
+10 (:class:`ranking.cascade.AdaptiveDepth`). ``--stage student`` fits the same rule for a
+served student (``ranking.student_depth`` / ``student_depth_confident``; serve it with
+``SHOPRANK_RANKING__RERANKER=none SHOPRANK_RANKING__STUDENT_DEPTH=20`` in the environment). This benchmark evaluates the served pipeline
 (``full``: teacher, LambdaMART, rules) in retrieval mode on ``--split`` under each
 variant, exactly as ``shoprank evaluate --save`` does with the variant's settings,
 and compares each with the deepest variant (``--reference-depth``, the teacher
@@ -18,9 +20,9 @@ CI includes 0). Teacher scores land in the home's score store on the first run, 
 the variants after it cost a first stage and LambdaMART per query.
 
     HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/adaptive_depth.py --dataset D \
-        [--split dev] [--reference-depth 50] [--confident 3 5 10] [--agreement 0.5 0.7 0.9]
+        [--split dev] [--stage teacher] [--reference-depth 50] [--confident 3 5 10] [--agreement 0.5 0.7 0.9]
 
-Writes ``benchmarks/results/adaptive_depth.json``.
+Writes ``benchmarks/results/adaptive_depth.json`` (``adaptive_depth_student.json`` for the student).
 """
 
 from __future__ import annotations
@@ -81,34 +83,40 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=DATA)
     parser.add_argument("--split", default="dev")
     parser.add_argument("--limit", type=int, default=None, help="only the first N queries")
-    parser.add_argument("--depth", type=int, default=None, help="the teacher depth (default: ranking.teacher_depth)")
+    parser.add_argument("--stage", choices=["teacher", "student"], default="teacher", help="the cross-encoder "
+                        "stage whose depth is fitted")
+    parser.add_argument("--depth", type=int, default=None, help="the stage's depth (default: ranking.teacher_depth "
+                        "or ranking.student_depth)")
     parser.add_argument("--reference-depth", type=int, default=50, help="the deep reference the variants are held to")
     parser.add_argument("--confident", type=int, nargs="+", default=[3, 5, 10], help="depths for confident searches")
     parser.add_argument("--agreement", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     parser.add_argument("--tolerance", type=float, default=0.002, help="NDCG@10 the fitted rule may lose")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adaptive_depth.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/adaptive_depth.json "
+                        "(adaptive_depth_student.json with --stage student)")
     args = parser.parse_args()
     settings = get_settings()
-    depth = args.depth or settings.ranking.teacher_depth
+    suffix = "" if args.stage == "teacher" else "_student"
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"adaptive_depth{suffix}.json"
+    depth = args.depth or (settings.ranking.teacher_depth if args.stage == "teacher" else settings.ranking.student_depth)
+    if depth <= 0:
+        sys.exit(f"the {args.stage} stage is off (depth 0); set its depth (SHOPRANK_RANKING__{args.stage.upper()}_DEPTH)")
+    key = f"SHOPRANK_RANKING__{args.stage.upper()}_DEPTH"
     print(f"CPU: {hardware()}")
-    print(f"home {settings.home}, split {args.split}, teacher depth {depth}, reference depth {args.reference_depth}")
+    print(f"home {settings.home}, split {args.split}, {args.stage} depth {depth}, reference depth {args.reference_depth}")
     agree = agreements(args.dataset, args.split, args.limit)
-    work = args.out.parent / "adaptive_depth"
+    work = args.out.parent / f"adaptive_depth{suffix}"
     work.mkdir(parents=True, exist_ok=True)
 
     variants: list[tuple[str, dict[str, str], float]] = []  # name, settings, mean pairs per search
     shares = {t: float(np.mean([a >= t for a in agree.values()])) for t in args.agreement}
     # the fixed depths turn the adaptive depth off (it is on by default)
-    variants.append((f"depth {args.reference_depth}", {"SHOPRANK_RANKING__TEACHER_DEPTH": str(args.reference_depth),
-                                                      "SHOPRANK_RANKING__TEACHER_DEPTH_CONFIDENT": "0"},
+    variants.append((f"depth {args.reference_depth}", {key: str(args.reference_depth), f"{key}_CONFIDENT": "0"},
                      float(args.reference_depth)))
     if depth != args.reference_depth:
-        variants.append((f"depth {depth}", {"SHOPRANK_RANKING__TEACHER_DEPTH": str(depth),
-                                            "SHOPRANK_RANKING__TEACHER_DEPTH_CONFIDENT": "0"}, float(depth)))
+        variants.append((f"depth {depth}", {key: str(depth), f"{key}_CONFIDENT": "0"}, float(depth)))
     for c in args.confident:
         for t in args.agreement:
-            env = {"SHOPRANK_RANKING__TEACHER_DEPTH": str(depth), "SHOPRANK_RANKING__TEACHER_DEPTH_CONFIDENT": str(c),
-                   "SHOPRANK_RANKING__CONFIDENT_AGREEMENT": str(t)}
+            env = {key: str(depth), f"{key}_CONFIDENT": str(c), "SHOPRANK_RANKING__CONFIDENT_AGREEMENT": str(t)}
             variants.append((f"{c} if agree >= {t}", env, shares[t] * c + (1 - shares[t]) * depth))
 
     results = {}
@@ -140,7 +148,8 @@ def main() -> None:
               f"{m['mrr@10']:>8.4f}{text[1]}{m['recall@100']:>8.4f}{text[2]}{m['ndcg@10_unjudged_as_0']:>8.4f}")
     print("fitted rule:", json.dumps(fitted["settings"]) if fitted else "none within the tolerance",
           f"({fitted['pairs_per_search']:.1f} pairs per search)" if fitted else "")
-    args.out.write_text(json.dumps({"cpu": hardware(), "command": " ".join(sys.argv), "split": args.split,
+    args.out.write_text(json.dumps({"cpu": hardware(), "command": " ".join(sys.argv), "stage": args.stage,
+                                    "split": args.split,
                                     "queries": reference.queries, "agreement_share": shares, "rows": rows,
                                     "fitted": fitted}, indent=2))
 

@@ -78,6 +78,12 @@ class RankingSettings(BaseModel):
                                          "only this many candidates when the first stage is confident (BM25 and "
                                          "dense agree on confident_agreement of the fused top 10); 0: always "
                                          "teacher_depth.")
+    # Fitted the same way for a 2-layer student served in the teacher's place (benchmarks/adaptive_depth.py
+    # --stage student, RESULTS.md "Query-adaptive student depth"): 13.2 pairs a search instead of 20 at NDCG@10
+    # -0.0005 [-0.0019, 0.0007] against a 50-deep student (depth 20: -0.0006).
+    student_depth_confident: int = Field(5, ge=0, le=10_000, description="Query-adaptive depth of the student: "
+                                         "it scores only this many candidates when the first stage is confident "
+                                         "(as teacher_depth_confident); 0: always student_depth.")
     confident_agreement: float = Field(0.5, ge=0, le=1, description="Share of the fused top 10 that BM25 and the "
                                        "dense search must both rank in their own top 10 for the first stage to "
                                        "count as confident (teacher_depth_confident).")

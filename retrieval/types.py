@@ -109,9 +109,14 @@ class Candidates:
 
     def take(self, rows: np.ndarray | slice) -> Candidates:
         """The rows at ``rows`` (positions), keeping every column."""
-        picked = np.arange(len(self))[rows]
+        if isinstance(rows, slice):  # a head or a tail: views of the columns, a slice of the ids
+            picked: np.ndarray | slice = rows
+            ids = self.product_ids[rows]
+        else:
+            picked = np.asarray(rows, dtype=np.int64)
+            ids = [self.product_ids[i] for i in picked.tolist()]
         return Candidates(
-            self.docs[picked], [self.product_ids[i] for i in picked], self.stage,
+            self.docs[picked], ids, self.stage,
             {k: v[picked] for k, v in self.scores.items()}, {k: v[picked] for k, v in self.ranks.items()},
         )
 
@@ -120,7 +125,6 @@ class Candidates:
 
     def then(self, tail: Candidates) -> Candidates:
         """These rows followed by ``tail``'s; a column missing on one side is NaN / 0 there."""
-        names = dict.fromkeys([*self.scores, *tail.scores])
 
         def column(side: Candidates, name: str, table: str) -> np.ndarray:
             values = getattr(side, table)
@@ -128,11 +132,12 @@ class Candidates:
                 return values[name]
             return np.full(len(side), np.nan, np.float32) if table == "scores" else np.zeros(len(side), np.int32)
 
-        return Candidates(
-            np.concatenate([self.docs, tail.docs]), self.product_ids + tail.product_ids, self.stage,
-            {n: np.concatenate([column(self, n, "scores"), column(tail, n, "scores")]) for n in names},
-            {n: np.concatenate([column(self, n, "ranks"), column(tail, n, "ranks")]) for n in names},
-        )
+        def joined(table: str) -> dict[str, np.ndarray]:
+            names = dict.fromkeys([*getattr(self, table), *getattr(tail, table)])
+            return {n: np.concatenate([column(self, n, table), column(tail, n, table)]) for n in names}
+
+        return Candidates(np.concatenate([self.docs, tail.docs]), list(self.product_ids) + list(tail.product_ids),
+                          self.stage, joined("scores"), joined("ranks"))
 
     def reorder(self, stage: str, scores: np.ndarray) -> Candidates:
         """Re-rank by ``scores`` under the name ``stage`` (stable: ties keep current order)."""

@@ -120,7 +120,10 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: HybridRe
                                    for name, first in (("bm25", bm25), ("dense", dense), ("hybrid", hybrid))}
     stages: list[Stage] = []
     if models.student and rk.student_depth:
-        stages.append(cross_encoder_stage("student", models.student, rk.student_depth))
+        student = cross_encoder_stage("student", models.student, rk.student_depth)
+        if rk.student_depth_confident:
+            student = replace(student, adaptive=AdaptiveDepth(rk.student_depth_confident, rk.confident_agreement))
+        stages.append(student)
     if models.teacher:
         named["rerank"] = cascade("rerank", [cross_encoder_stage("teacher", models.teacher, rk.rerank_depth)],
                                   rk.rerank_depth)

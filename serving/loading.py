@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -284,7 +285,11 @@ def warm_store_features(engine: SearchEngine) -> None:
     """Read every live product's store features into the reader's cache (a server does this once,
     in the background, after it loads)."""
     if engine.models.features is not None:
-        engine.models.features.warm(engine.index.live_product_ids())
+        started = time.perf_counter()
+        products = engine.index.live_product_ids()
+        engine.models.features.warm(products)
+        logger.info("store features of %d products read into memory in %.1f s", len(products),
+                    time.perf_counter() - started)
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if api.workers == 1:
         from api.main import create_app
 
-        uvicorn.run(create_app(settings), host=api.host, port=api.port, log_level=level)
+        # access_log off: the app logs every request itself (shoprank.access: request id, status, ms)
+        uvicorn.run(create_app(settings), host=api.host, port=api.port, log_level=level, access_log=False)
         return 0
     # worker processes build their app from the environment: pass the flags on through it
     os.environ["SHOPRANK_HOME"] = str(settings.home.resolve())
@@ -114,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["SHOPRANK_CATALOG"] = str(Path(settings.catalog).resolve())
     build_served_index(settings)  # once, before the workers start, so they only load it
     uvicorn.run("api.main:app_from_env", factory=True, host=api.host, port=api.port, workers=api.workers,
-                log_level=level)
+                log_level=level, access_log=False)
     return 0
 
 

@@ -1,0 +1,63 @@
+"""The pipelines the engine builds from the settings: which stages, at which depths."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import SimpleNamespace
+
+import numpy as np
+
+from core.query import Query
+from core.registry import ServedModel
+from core.settings import Settings
+from ranking.cascade import ScoreStage
+from ranking.rules import RulesConfig, RulesStage
+from retrieval.types import Candidates
+from serving.engine import Models, build_pipelines
+
+
+class AgreeingRetriever:
+    """20 candidates whose BM25 and dense ranks agree (confident) or not, as set."""
+
+    name = "hybrid"
+
+    def __init__(self) -> None:
+        self.agree = True
+
+    def search(self, query: str, k: int) -> Candidates:
+        docs = np.arange(20)
+        dense = np.arange(1, 21) if self.agree else np.r_[np.arange(11, 21), np.arange(1, 11)]
+        return Candidates(docs, [f"P{i}" for i in docs], "rrf", {"rrf": np.linspace(1, 0, 20, dtype=np.float32)},
+                          {"rrf": np.arange(1, 21), "bm25": np.arange(1, 21), "dense": dense})
+
+    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
+        return [self.search(q, k) for q in queries]
+
+
+def test_student_and_teacher_each_take_their_own_adaptive_depth() -> None:
+    first = AgreeingRetriever()
+    scored: dict[str, list[int]] = {"student": [], "teacher": []}
+
+    def stage(name: str, served: ServedModel, depth: int) -> ScoreStage:
+        def score(query: str, docs: np.ndarray, deadline: float | None = None) -> np.ndarray:
+            scored[name].append(len(docs))
+            return -np.arange(len(docs), dtype=np.float32)
+        return ScoreStage(name, score, depth)
+
+    models = Models(teacher=ServedModel("reranker", "v1", None), student=ServedModel("student", "v1", None))
+    rules = RulesStage(RulesConfig(), lambda c: None, depth=0)  # type: ignore[arg-type, return-value]
+    bm25 = SimpleNamespace(index=SimpleNamespace(analyzer=None))
+
+    def run(**ranking: int) -> dict[str, list[int]]:
+        settings = Settings(ranking={"student_depth": 20, "teacher_depth": 10, **ranking})
+        pipelines = build_pipelines(bm25, first, first, models, rules, settings, stage)  # type: ignore[arg-type]
+        for name in scored:
+            scored[name].clear()
+        for agree in (True, False):
+            first.agree = agree
+            pipelines.named["cascade"].run(Query("drill"), 10)
+        return {name: list(sizes) for name, sizes in scored.items()}
+
+    # confident first stage (BM25 and dense agree): each stage scores its confident depth; else its full depth
+    assert run(student_depth_confident=5, teacher_depth_confident=3) == {"student": [5, 20], "teacher": [3, 10]}
+    assert run(student_depth_confident=0, teacher_depth_confident=0) == {"student": [20, 20], "teacher": [10, 10]}
