@@ -11,12 +11,13 @@ Streams over the train + dev queries of the dataset (seeded):
   ``shoprank warm-scores`` does with the logged head queries); day 2 (seed + 1), a
   different sample of the same law, is the measured load.
 
-For each stream and concurrency level, wrk posts (closed loop: each connection sends its next
+Once the server is ready and has read every product's store features into memory (it logs
+when), a warm-up load of ``--warmup`` seconds; then, for each stream and concurrency level, wrk posts (closed loop: each connection sends its next
 search when the last is answered, so the server runs saturated) the stream's queries to ``shoprank serve``
 on 127.0.0.1 for ``--seconds`` and prints searches/s, p50/p95/p99, failed requests, the share
 of searches served degraded, and the share whose top 10 a cross-encoder scored (the teacher
-stage ran and was not skipped, or the answer came from the results cache, which keeps only
-complete answers).
+or student stage ran and was not skipped, at its full or query-adaptive depth, or the answer
+came from the results cache, which keeps only complete answers).
 
 Then, for each ``--open-loop STREAM:CONNECTIONS:RATE`` (default ``uniform:8:25 head-heavy:8:50``),
 an open loop: searches arrive at RATE per second (Poisson) over at most CONNECTIONS connections,
@@ -85,7 +86,10 @@ response = function(status, headers, body)
   responses = responses + 1
   if not string.find(body, '"degraded":[]', 1, true) then degraded = degraded + 1 end
   local cached = string.find(body, '"cached":true', 1, true)
-  local ran = string.find(body, '"teacher":', 1, true) and not string.find(body, '"teacher: ', 1, true)
+  -- a cross-encoder stage (teacher or student) ran: timed in stages_ms and not named in degraded
+  local stages = string.match(body, '"stages_ms":(%%b{})') or ""
+  local ran = (string.find(stages, '"teacher":', 1, true) and not string.find(body, '"teacher: ', 1, true))
+    or (string.find(stages, '"student":', 1, true) and not string.find(body, '"student: ', 1, true))
   if cached or ran then scored = scored + 1 end
 end
 done = function(summary, latency, requests)
@@ -170,11 +174,12 @@ def run_open(base: str, stream: list[str], connections: int, rate: float, second
                     return
                 body = response.json()
                 counts["answered"] += 1
-                shed = any(d.startswith("teacher") for d in body["degraded"])
                 counts["degraded"] += bool(body["degraded"])
                 for reason in body["degraded"]:
                     reasons[reason[:80]] += 1
-                counts["scored"] += bool(body["cached"] or ("teacher" in body["stages_ms"] and not shed))
+                ran = any(stage in body["stages_ms"] and not any(d.startswith(f"{stage}:") for d in body["degraded"])
+                          for stage in ("teacher", "student"))
+                counts["scored"] += bool(body["cached"] or ran)
 
             await asyncio.gather(*(one(float(at), stream[i % len(stream)]) for i, at in enumerate(arrivals)))
             counts["wall_ms"] = int((time.perf_counter() - start) * 1000)
@@ -202,6 +207,22 @@ def served_models(base: str, timeout: float = 300) -> dict[str, str]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"/v1/admin/models answered {answer.status_code}: {answer.text[:300]}")
         time.sleep(2)
+
+
+def store_features_read(log: Path, expected: bool, timeout: float = 600) -> float | None:
+    """Wait until the server has read every product's store features into memory (it logs that,
+    :func:`serving.loading.warm_store_features`): until then searches read rows themselves and
+    compete with that read for the CPU, so a level measured during it measures the start-up.
+    Returns the seconds waited (None: no store features to read, or not read within ``timeout``)."""
+    if not expected:
+        return None
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if "store features of" in log.read_text(errors="replace"):
+            return round(time.monotonic() - started, 1)
+        time.sleep(1)
+    print(f"the server did not read its store features within {timeout:.0f} s; measuring anyway", file=sys.stderr)
+    return None
 
 
 def warm(settings, stream: list[str], n: int, depth: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
@@ -272,6 +293,8 @@ def main() -> None:
     try:
         wait_ready(base)
         result["served"] = served_models(base)
+        has_store = (settings.paths.features / "registry.db").is_file() and "ltr" in result["served"]
+        result["store_features_read_s"] = store_features_read(work / "server.log", has_store)
         # warm-up on queries no level reaches (the uniform stream's tail): ONNX sessions, the store features
         run_wrk(base, work, uniform[-400:], 2, args.warmup, "warmup")
         cursors: dict[str, int] = {}

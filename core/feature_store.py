@@ -15,7 +15,8 @@ sqlite and Redis alike), and computes the service's on-demand features with the
 repo's own transformation. Product rows are cached in-process, because Feast's
 full ``get_online_features`` took ~47 ms for 100 products + 1 user on this
 machine (``benchmarks/feature_fetch.py``) against a 5 ms budget: a server warms
-the cache with every product in the background at start (:meth:`warm`), a row
+the cache with every product in the background at start (:meth:`warm`; it is ready
+once that is done, or after ``features.warm_wait_s``), a row
 older than ``product_ttl`` seconds (``features.product_ttl_s``) is served while it is re-read in the
 background (stale-while-revalidate), so a search never waits for a product read
 once the cache is warm; users are always read fresh.
@@ -183,6 +184,7 @@ class OnlineFeatureReader:
         self._lock = threading.Lock()
         self._refreshing: set[str] = set()
         self._refresher = ThreadPoolExecutor(1, thread_name_prefix="feature-refresh")
+        self.warming: threading.Thread | None = None  # a server's background read of every product (:meth:`warm`)
         self.hits = 0
         self.misses = 0
 

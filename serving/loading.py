@@ -276,9 +276,28 @@ def open_engine(settings: Settings, products: pd.DataFrame | None = None, models
     served_ltr = [m for m in (loaded.ltr, *loaded.ltr_versions) if m is not None]
     if any(set(RELEVANCE_FEATURES) & set(m.model.names) for m in served_ltr):
         catalog_text(index)  # the catalog's words for the relevance features, before the first search
-    if warm_features and loaded.ltr is not None:  # LambdaMART reads the store rows of every candidate
-        threading.Thread(target=warm_store_features, args=(engine,), name="feature-warm", daemon=True).start()
+    if warm_features and loaded.ltr is not None and loaded.features is not None:
+        # LambdaMART reads the store rows of every candidate: read them all now, in the background
+        loaded.features.warming = threading.Thread(target=warm_store_features, args=(engine,), name="feature-warm",
+                                                   daemon=True)
+        loaded.features.warming.start()
     return engine
+
+
+def wait_for_store_features(engine: SearchEngine, seconds: float) -> bool:
+    """Wait at most ``seconds`` for the engine's background read of every product's store features
+    (:func:`open_engine`); True when they are in memory (or there is nothing to read)."""
+    reader = engine.models.features
+    warming = getattr(reader, "warming", None)
+    if warming is None:
+        return True
+    started = time.perf_counter()
+    warming.join(seconds)
+    if warming.is_alive():
+        logger.warning("store features still being read after %.0f s (features.warm_wait_s); serving meanwhile",
+                       time.perf_counter() - started)
+        return False
+    return True
 
 
 def warm_store_features(engine: SearchEngine) -> None:
@@ -349,5 +368,7 @@ def open_served(settings: Settings, previous: Served | None = None, encoder: Enc
         encoder, index = previous.engine.encoder, previous.engine.index
     encoder = encoder or served_encoder(settings)
     engine = open_engine(settings, ltr_versions=router.ltr_versions, encoder=encoder, index=index)
+    # ready (or swapped in) once the product rows are in memory: before that, searches read them themselves
+    wait_for_store_features(engine, settings.features.warm_wait_s)
     logger.info("serving index %s: %d products, models %s", engine.index.path, engine.index.count, engine.versions)
     return Served(engine, router, stamp)

@@ -1,0 +1,28 @@
+"""Loading a served engine: it is ready once its store features are in memory, within a bound."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+from serving.loading import wait_for_store_features
+
+
+def engine_reading(release: threading.Event) -> SimpleNamespace:
+    """An engine whose background read of the store features ends when ``release`` is set."""
+    warming = threading.Thread(target=release.wait, daemon=True)
+    warming.start()
+    return SimpleNamespace(models=SimpleNamespace(features=SimpleNamespace(warming=warming)))
+
+
+def test_ready_once_the_store_features_are_read_or_after_the_bound() -> None:
+    release = threading.Event()
+    engine = engine_reading(release)
+    started = time.perf_counter()
+    assert wait_for_store_features(engine, 0.2) is False  # still reading: served anyway after the bound
+    assert 0.2 <= time.perf_counter() - started < 2
+    threading.Timer(0.1, release.set).start()
+    assert wait_for_store_features(engine, 10) is True  # returns when the read ends, not after the bound
+    assert time.perf_counter() - started < 5
+    assert wait_for_store_features(SimpleNamespace(models=SimpleNamespace(features=None)), 10) is True
