@@ -12,11 +12,14 @@ Streams over the train + dev queries of the dataset (seeded):
   different sample of the same law, is the measured load.
 
 Once the server is ready and has read every product's store features into memory (it logs
-when), a warm-up load of ``--warmup`` seconds; then, for each stream and concurrency level, wrk posts (closed loop: each connection sends its next
-search when the last is answered, so the server runs saturated) the stream's queries to ``shoprank serve``
-on 127.0.0.1 for ``--seconds`` and prints searches/s, p50/p95/p99, failed requests, the share
-of searches served degraded, and the share whose top 10 a cross-encoder scored (the teacher
-or student stage ran and was not skipped, at its full or query-adaptive depth, or the answer
+when), a warm-up load of ``--warmup`` seconds; then, for each stream and concurrency level,
+wrk posts (closed loop: each connection sends its next search when the last is answered, so
+the server runs saturated) the stream's queries to ``shoprank serve`` on 127.0.0.1 for
+``--seconds`` and prints searches/s, p50/p95/p99, failed requests, the share of searches
+served degraded, the server's CPU milliseconds per search (all its threads and worker
+processes: a capacity figure steadier than searches/s on a shared machine), and the share
+whose top 10 a cross-encoder scored (the teacher or student stage ran and was not skipped,
+at its full or query-adaptive depth, or the answer
 came from the results cache, which keeps only complete answers).
 
 Then, for each ``--open-loop STREAM:CONNECTIONS:RATE`` (default ``uniform:8:25 head-heavy:8:50``),
@@ -118,12 +121,33 @@ def zipf_stream(queries: list[str], size: int, s: float, seed: int) -> list[str]
     return [queries[ranking[d]] for d in draws]
 
 
-def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, name: str) -> dict[str, object]:
+def cpu_seconds(pid: int | None) -> float:
+    """CPU seconds (user + system) the server process and its children (workers) have used."""
+    import psutil
+
+    if pid is None:
+        return 0.0
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, name: str,
+            server: int | None = None) -> dict[str, object]:
+    """One closed-loop level; ``server_cpu_ms_per_search`` is the server's CPU per answered search
+    (steadier than searches/s from run to run on a shared machine)."""
     threads = min(level, 2)
     queries = work / f"{name}.txt"
     queries.write_text("\n".join(json.dumps(q) for q in stream))
     script = work / f"{name}-{threads}.lua"
     script.write_text(LUA % {"queries": queries, "threads": threads})
+    cpu = cpu_seconds(server)
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{level}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
                           base], capture_output=True, text=True, check=False).stdout
     match = RESULT.search(out)
@@ -131,10 +155,12 @@ def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, 
         raise RuntimeError(f"wrk printed no result:\n{out}")
     n, took, p50, p95, p99, errors, non2xx, answered, degraded, scored, timeouts = match.groups()
     answered_n = max(1, int(answered))
+    cpu_ms = (cpu_seconds(server) - cpu) * 1000 / answered_n
     return {"searches_per_s": round(int(n) / float(took), 1), "p50_ms": float(p50), "p95_ms": float(p95),
             "p99_ms": float(p99), "requests": int(n), "failed": int(errors) + int(non2xx), "timeouts": int(timeouts),
             "degraded_share": round(int(degraded) / answered_n, 4),
-            "cross_encoder_top10_share": round(int(scored) / answered_n, 4)}
+            "cross_encoder_top10_share": round(int(scored) / answered_n, 4),
+            "server_cpu_ms_per_search": round(cpu_ms, 1) if server is not None else None}
 
 
 def run_open(base: str, stream: list[str], connections: int, rate: float, seconds: int, seed: int
@@ -305,7 +331,7 @@ def main() -> None:
             for level in args.levels:
                 # each level goes on where the last stopped: the uniform stream never repeats a query
                 rotated = stream[cursor % len(stream):] + stream[:cursor % len(stream)]
-                levels[level] = run_wrk(base, work, rotated, level, args.seconds, name)
+                levels[level] = run_wrk(base, work, rotated, level, args.seconds, name, server.pid)
                 cursor += int(levels[level]["requests"])  # type: ignore[call-overload]
                 print(json.dumps({name: {level: levels[level]}}), file=sys.stderr)
             result["streams"][name] = levels  # type: ignore[index]
