@@ -5,8 +5,8 @@ search; with ``ranking.teacher_depth_confident = c`` it scores only ``c`` when B
 the dense search agree on at least ``ranking.confident_agreement = t`` of the fused top
 10 (:class:`ranking.cascade.AdaptiveDepth`). ``--stage student`` fits the same rule for a
 served student (``ranking.student_depth`` / ``student_depth_confident``; serve it with
-``SHOPRANK_RANKING__RERANKER=none SHOPRANK_RANKING__STUDENT_DEPTH=20`` in the environment). This benchmark evaluates the served pipeline
-(``full``: teacher, LambdaMART, rules) in retrieval mode on ``--split`` under each
+``SHOPRANK_RANKING__RERANKER=none SHOPRANK_RANKING__STUDENT_DEPTH=20`` in the environment).
+This benchmark evaluates the served pipeline (``full``: teacher, LambdaMART, rules) in retrieval mode on ``--split`` under each
 variant, exactly as ``shoprank evaluate --save`` does with the variant's settings,
 and compares each with the deepest variant (``--reference-depth``, the teacher
 scoring every candidate up to that depth) query by query (paired bootstrap 95% CI, as

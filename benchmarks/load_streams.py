@@ -11,8 +11,8 @@ Streams over the train + dev queries of the dataset (seeded):
   ``shoprank warm-scores`` does with the logged head queries); day 2 (seed + 1), a
   different sample of the same law, is the measured load.
 
-Once the server is ready and has read every product's store features into memory (it logs
-when), a warm-up load of ``--warmup`` seconds; then, for each stream and concurrency level,
+Once the server is ready (its index and models loaded and every product's store features in
+memory, ``features.warm_wait_s``), a warm-up load of ``--warmup`` seconds; then, for each stream and concurrency level,
 wrk posts (closed loop: each connection sends its next search when the last is answered, so
 the server runs saturated) the stream's queries to ``shoprank serve`` on 127.0.0.1 for
 ``--seconds`` and prints searches/s, p50/p95/p99, failed requests, the share of searches
@@ -235,22 +235,6 @@ def served_models(base: str, timeout: float = 300) -> dict[str, str]:
         time.sleep(2)
 
 
-def store_features_read(log: Path, expected: bool, timeout: float = 600) -> float | None:
-    """Wait until the server has read every product's store features into memory (it logs that,
-    :func:`serving.loading.warm_store_features`): until then searches read rows themselves and
-    compete with that read for the CPU, so a level measured during it measures the start-up.
-    Returns the seconds waited (None: no store features to read, or not read within ``timeout``)."""
-    if not expected:
-        return None
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if "store features of" in log.read_text(errors="replace"):
-            return round(time.monotonic() - started, 1)
-        time.sleep(1)
-    print(f"the server did not read its store features within {timeout:.0f} s; measuring anyway", file=sys.stderr)
-    return None
-
-
 def warm(settings, stream: list[str], n: int, depth: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Score day 1's head queries into the shared store, as the nightly job does."""
     from serving.loading import open_engine
@@ -319,8 +303,6 @@ def main() -> None:
     try:
         wait_ready(base)
         result["served"] = served_models(base)
-        has_store = (settings.paths.features / "registry.db").is_file() and "ltr" in result["served"]
-        result["store_features_read_s"] = store_features_read(work / "server.log", has_store)
         # warm-up on queries no level reaches (the uniform stream's tail): ONNX sessions, the store features
         run_wrk(base, work, uniform[-400:], 2, args.warmup, "warmup")
         cursors: dict[str, int] = {}

@@ -123,9 +123,9 @@ class FeatureSettings(BaseModel):
     # re-reads of a busy server's candidates took ~12% of its profile samples; at 300 s the head-heavy stream's
     # open-loop p95 at 50 searches/s fell from 611-678 to 352-365 ms in two pairs of runs (closed-loop
     # throughput: within noise). benchmarks/RESULTS.md, "The full pipeline under two query streams".
-    # Read through Feast at start, the 54,667 Home Depot products' rows took 9 s on an idle 2-core EPYC and over
-    # a minute under load, while searches that needed unread rows read them themselves, timed out and served
-    # without store features (benchmarks/RESULTS.md, "The same benchmark on a CPU without AMX").
+    # Read through Feast at start, the 54,667 Home Depot products' rows took 9 s on an idle 2-core EPYC; a load
+    # run that started at readiness had store reads timing out a minute later (searches reading unread rows
+    # themselves, served without store features; benchmarks/RESULTS.md, "The same benchmark on a CPU without AMX").
     warm_wait_s: float = Field(120.0, ge=0, le=3600, description="A server reads every product's store features "
                                "into memory when it loads (and after a hot swap); it is ready (/readyz), or "
                                "swaps, once they are read or after this many seconds, whichever comes first "

@@ -136,7 +136,7 @@ class Candidates:
             names = dict.fromkeys([*getattr(self, table), *getattr(tail, table)])
             return {n: np.concatenate([column(self, n, table), column(tail, n, table)]) for n in names}
 
-        return Candidates(np.concatenate([self.docs, tail.docs]), list(self.product_ids) + list(tail.product_ids),
+        return Candidates(np.concatenate([self.docs, tail.docs]), self.product_ids + tail.product_ids,
                           self.stage, joined("scores"), joined("ranks"))
 
     def reorder(self, stage: str, scores: np.ndarray) -> Candidates:

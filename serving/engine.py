@@ -118,20 +118,21 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: HybridRe
 
     named: dict[str, Retriever] = {name: cascade(name, [], 0, first)
                                    for name, first in (("bm25", bm25), ("dense", dense), ("hybrid", hybrid))}
+
+    def adaptive(stage: ScoreStage, confident: int) -> ScoreStage:
+        """``stage`` scoring only ``confident`` candidates when the first stage is confident (0: always its depth)."""
+        return replace(stage, adaptive=AdaptiveDepth(confident, rk.confident_agreement)) if confident else stage
+
     stages: list[Stage] = []
     if models.student and rk.student_depth:
-        student = cross_encoder_stage("student", models.student, rk.student_depth)
-        if rk.student_depth_confident:
-            student = replace(student, adaptive=AdaptiveDepth(rk.student_depth_confident, rk.confident_agreement))
-        stages.append(student)
+        stages.append(adaptive(cross_encoder_stage("student", models.student, rk.student_depth),
+                               rk.student_depth_confident))
     if models.teacher:
         named["rerank"] = cascade("rerank", [cross_encoder_stage("teacher", models.teacher, rk.rerank_depth)],
                                   rk.rerank_depth)
         if rk.teacher_depth:
-            teacher = cross_encoder_stage("teacher", models.teacher, rk.teacher_depth)
-            if rk.teacher_depth_confident:
-                teacher = replace(teacher, adaptive=AdaptiveDepth(rk.teacher_depth_confident, rk.confident_agreement))
-            stages.append(teacher)
+            stages.append(adaptive(cross_encoder_stage("teacher", models.teacher, rk.teacher_depth),
+                                   rk.teacher_depth_confident))
     if stages:
         named["cascade"] = cascade("cascade", list(stages), rk.first_stage_depth)
     depth = rk.first_stage_depth if stages else rk.rerank_depth
