@@ -18,6 +18,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from core.hardware import usable_cores
+
+
+def default_shed_at(processes: int) -> int:
+    """Searches in flight in one of ``processes`` server processes above which new ones are
+    shed: one per two of its share of the cores (a full-depth teacher batch already uses
+    two), at least one."""
+    return max(1, usable_cores() // max(1, processes) // 2)
+
 
 class Admission:
     """Counts searches in flight; says whether the next one must shed its costly stages."""

@@ -21,11 +21,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from api import errors
-from api.admission import Admission
+from api.admission import Admission, default_shed_at
 from api.auth import RateLimiter
 from api.metrics import Metrics
 from api.routes import admin, events, health, search
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     app.state.keys = KeyStore(settings.paths.keys)
     app.state.limiter = RateLimiter(settings.api.rate_limit_per_s, settings.api.rate_burst)
     limit = settings.serving.max_in_flight
-    app.state.admission = Admission(limit, settings.serving.shed_in_flight or max(1, (os.cpu_count() or 1) // 2))
+    app.state.admission = Admission(limit, settings.serving.shed_in_flight or default_shed_at(settings.api.processes()))
     app.state.metrics = metrics
 
     served_by = f"{socket.gethostname()}:{settings.api.port}:{os.getpid()}"  # which replica and process answered
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(health.router)
     for router in (search.router, events.router, admin.router):

@@ -3,17 +3,25 @@
 One registry per app (tests build many apps). Request and stage latencies are
 histograms; cache hit rates, event-log size and served model versions are read
 at scrape time from the live engine and event log.
+
+Several server processes (``api.workers``) share a folder named by
+``PROMETHEUS_MULTIPROC_DIR`` (``shoprank serve`` makes one): each process writes its
+counters and histograms there, and ``/metrics``, whichever process answers, sums every
+process's; the live gauges are the answering process's (its ``pid`` is in ``/healthz``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when it is first imported
 BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
 
 
@@ -27,14 +35,31 @@ class Metrics:
         self.degraded = Counter("shoprank_degraded_total", "Search stages skipped (timeout, error, budget)",
                                 ["stage", "reason"], registry=self.registry)
         self.searches = Counter("shoprank_searches_total", "Searches served; shed=true: admitted over the "
-                                "shed limit (cross-encoders from cached scores only, else skipped)", ["shed"], registry=self.registry)
+                                "shed limit (cross-encoders from cached scores, else their top serving.shed_depth "
+                                "only, or skipped)", ["shed"], registry=self.registry)
         self.events = Counter("shoprank_events_total", "Events accepted", ["type"], registry=self.registry)
         self.swaps = Counter("shoprank_model_swaps_total", "Model activations and rollbacks", ["role", "action"],
                              registry=self.registry)
+        self._live: list[Collector] = []  # read at scrape time, from this process
 
     def watch(self, state: Callable[[], dict[str, Any]]) -> None:
         """Export gauges read from ``state()`` at scrape time."""
-        self.registry.register(_LiveCollector(state))
+        collector = _LiveCollector(state)
+        self.registry.register(collector)
+        self._live.append(collector)
+
+    def exposition(self) -> bytes:
+        """The text ``/metrics`` serves: every server process's counters and histograms summed
+        when several share a ``PROMETHEUS_MULTIPROC_DIR``, else this process's; live gauges
+        from this process."""
+        folder = os.environ.get(MULTIPROCESS_DIR)
+        if not folder:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=folder)
+        for collector in self._live:
+            registry.register(collector)
+        return generate_latest(registry)
 
 
 class _LiveCollector(Collector):

@@ -119,6 +119,9 @@ class Health(BaseModel):
                                           "that stopped it (readiness; one failed store does not stop the others).")
     cpu: dict[str, object] | None = Field(None, description="CPU model, fast-path flags (AVX2, AVX-512 VNNI, AMX) "
                                           "and the int8 kernel path ONNX Runtime can use (liveness).")
+    server: dict[str, int] | None = Field(None, description="Server processes of this server (api.workers), the "
+                                          "cores they may use and each model's ONNX Runtime threads in one "
+                                          "process (liveness).")
 
 
 class ErrorBody(BaseModel):

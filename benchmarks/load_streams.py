@@ -16,8 +16,9 @@ memory, ``features.warm_wait_s``), a warm-up load of ``--warmup`` seconds; then,
 wrk posts (closed loop: each connection sends its next search when the last is answered, so
 the server runs saturated) the stream's queries to ``shoprank serve`` on 127.0.0.1 for
 ``--seconds`` and prints searches/s, p50/p95/p99, failed requests, the share of searches
-served degraded, the server's CPU milliseconds per search (all its threads and worker
-processes: a capacity figure steadier than searches/s on a shared machine), and the share
+served degraded, the share admitted over the shed limit (``shed_share``, from ``/metrics``:
+their cross-encoders scored only the top ``serving.shed_depth`` of the pairs not cached), the server's CPU milliseconds per search (all its threads and worker
+processes, ``api.workers``: a capacity figure steadier than searches/s on a shared machine), and the share
 whose top 10 a cross-encoder scored (the teacher or student stage ran and was not skipped,
 at its full or query-adaptive depth, or the answer
 came from the results cache, which keeps only complete answers).
@@ -27,6 +28,7 @@ an open loop: searches arrive at RATE per second (Poisson) over at most CONNECTI
 as a storefront's steady traffic does, and the same figures are printed, each search's latency
 counted from its arrival (waiting for a free connection included), with the degraded searches'
 reasons (``teacher: shed, overload``, a stage past its deadline, store features missing).
+Last, the memory of each server process (RSS, PSS, USS).
 
     HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/load_streams.py [--levels 1 8 32] [--seconds 30]
 
@@ -138,6 +140,37 @@ def cpu_seconds(pid: int | None) -> float:
     return total
 
 
+def server_memory(pid: int) -> list[dict[str, object]]:
+    """Memory of the server and each worker process in MiB: resident (RSS), proportional
+    (PSS: pages shared with the other processes, such as memory-mapped index files and
+    the loaded libraries, split among them) and unique (USS: freed if the process stops)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    rows = []
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            info = process.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rows.append({"pid": process.pid, "rss_mib": round(info.rss / 2**20), "pss_mib": round(info.pss / 2**20),
+                     "uss_mib": round(info.uss / 2**20)})
+    return rows
+
+
+def searches_counted(base: str) -> tuple[float, float]:
+    """Searches the server counted so far (every worker process's), and those admitted over the
+    shed limit (their cross-encoders scored only the top ``serving.shed_depth`` uncached pairs)."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    total = shed = 0.0
+    for line in text.splitlines():
+        if line.startswith("shoprank_searches_total{"):
+            value = float(line.rsplit(" ", 1)[1])
+            total += value
+            shed += value if 'shed="true"' in line else 0.0
+    return total, shed
+
+
 def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, name: str,
             server: int | None = None) -> dict[str, object]:
     """One closed-loop level; ``server_cpu_ms_per_search`` is the server's CPU per answered search
@@ -148,6 +181,7 @@ def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, 
     script = work / f"{name}-{threads}.lua"
     script.write_text(LUA % {"queries": queries, "threads": threads})
     cpu = cpu_seconds(server)
+    counted = searches_counted(base)
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{level}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
                           base], capture_output=True, text=True, check=False).stdout
     match = RESULT.search(out)
@@ -156,9 +190,10 @@ def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, 
     n, took, p50, p95, p99, errors, non2xx, answered, degraded, scored, timeouts = match.groups()
     answered_n = max(1, int(answered))
     cpu_ms = (cpu_seconds(server) - cpu) * 1000 / answered_n
+    total, shed = (after - before for after, before in zip(searches_counted(base), counted, strict=True))
     return {"searches_per_s": round(int(n) / float(took), 1), "p50_ms": float(p50), "p95_ms": float(p95),
             "p99_ms": float(p99), "requests": int(n), "failed": int(errors) + int(non2xx), "timeouts": int(timeouts),
-            "degraded_share": round(int(degraded) / answered_n, 4),
+            "degraded_share": round(int(degraded) / answered_n, 4), "shed_share": round(shed / max(1.0, total), 4),
             "cross_encoder_top10_share": round(int(scored) / answered_n, 4),
             "server_cpu_ms_per_search": round(cpu_ms, 1) if server is not None else None}
 
@@ -327,6 +362,8 @@ def main() -> None:
             cursors[name] = cursor + int(row["requests"])  # type: ignore[call-overload]
             print(json.dumps({"open_loop": {spec: row}}), file=sys.stderr)
             result["open_loop"][spec] = row  # type: ignore[index]
+        result["server_memory"] = server_memory(server.pid)
+        print(json.dumps({"server_memory": result["server_memory"]}), file=sys.stderr)
     finally:
         server.terminate()
         server.wait(timeout=30)

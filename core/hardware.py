@@ -66,6 +66,15 @@ def cpu() -> Cpu:
     return Cpu(model=model, cores=os.cpu_count() or 1, machine=platform.machine(), flags=flags)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (a container's or taskset's limit),
+    else every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def describe() -> str:
     """One line for benchmark output: cores, architecture, model, flags."""
     c = cpu()

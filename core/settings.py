@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import InvalidInput
+from core.hardware import usable_cores
 from core.paths import Home
 
 
@@ -103,7 +104,13 @@ class RankingSettings(BaseModel):
                                                        "which).")
     max_length: int = Field(40, ge=8, le=512, description="Token cap of a (query, title) pair.")
     batch_size: int = Field(32, ge=1, le=1024, description="Pairs per ONNX Runtime call of a cross-encoder.")
-    threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads (0: one per core).")
+    threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads of each served model (the "
+                         "cross-encoders and the query encoder) in one server process. 0: the usable cores "
+                         "divided among the server processes (api.workers), at least one.")
+
+    def threads_per_process(self, processes: int) -> int:
+        """ONNX Runtime threads a model gets in one of ``processes`` server processes."""
+        return self.threads or max(1, usable_cores() // max(1, processes))
 
 
 class FeatureSettings(BaseModel):
@@ -179,7 +186,7 @@ class ServingSettings(BaseModel):
                                 "which new ones are shed: their cross-encoders re-rank from cached scores, or "
                                 "only their top shed_depth (0: skipped, served in LambdaMART / first-stage "
                                 "order, marked degraded), instead of queueing behind the model. 0: one per "
-                                "two cores (at least one).")
+                                "two of the process's share of the cores (at least one).")
     # Measured on the Home Depot catalog (benchmarks/RESULTS.md, "The full pipeline under two query streams" and
     # "What an overloaded search loses"): at 5 (in-flight limit 4), no search was degraded at 8 or 32 connections
     # where 0 skipped the teacher on 12-95% of them, at similar p95; a top-5 teacher keeps two thirds of what the
@@ -223,8 +230,12 @@ class ApiSettings(BaseModel):
     rate_limit_per_s: float = Field(0.0, ge=0, le=100_000, description="Requests per second each key may make "
                                     "(token bucket, per server process); over it: 429 with Retry-After. 0: no limit.")
     rate_burst: int = Field(20, ge=1, le=100_000, description="Requests a key may make at once above its rate.")
-    workers: int = Field(1, ge=1, le=64, description="Server processes of `shoprank serve`; each loads its own "
-                         "engine (index and models) and they share the artifact home.")
+    workers: int = Field(0, ge=0, le=64, description="Server processes of `shoprank serve`; each loads its own "
+                         "engine (index and models) and they share the artifact home. 0: one per usable core.")
+
+    def processes(self) -> int:
+        """Server processes ``shoprank serve`` runs: ``workers``, or one per usable core."""
+        return self.workers or usable_cores()
 
 
 class ComputeSettings(BaseModel):

@@ -186,10 +186,12 @@ class OnnxEncoder:
         return result
 
 
-def load_encoder(model_dir: Path, backend: str, cache_dir: Path, label: str | None = None) -> Encoder:
-    """Load the bi-encoder in ``model_dir`` on ``backend`` (onnx|torch)."""
+def load_encoder(model_dir: Path, backend: str, cache_dir: Path, label: str | None = None,
+                 threads: int = 0) -> Encoder:
+    """Load the bi-encoder in ``model_dir`` on ``backend`` (onnx|torch); ``threads``: ONNX
+    Runtime's (0: one per core)."""
     if backend == "onnx":
-        return OnnxEncoder(model_dir, cache_dir, name=label)
+        return OnnxEncoder(model_dir, cache_dir, name=label, threads=threads)
     if backend == "torch":
         return TorchEncoder(model_dir, name=label)
     raise ValueError(f"query encoder backend {backend!r} is not one of 'onnx', 'torch'")

@@ -68,9 +68,15 @@ def encoder_source(settings: Settings) -> tuple[Path, str]:
     return resolve_model_dir(spec), Path(spec).name
 
 
-def open_encoder(settings: Settings, backend: str | None = None) -> Encoder:
+def open_encoder(settings: Settings, backend: str | None = None, threads: int = 0) -> Encoder:
     model_dir, label = encoder_source(settings)
-    return load_encoder(model_dir, backend or settings.retrieval.query_encoder, settings.paths.cache, label)
+    return load_encoder(model_dir, backend or settings.retrieval.query_encoder, settings.paths.cache, label, threads)
+
+
+def server_threads(settings: Settings) -> int:
+    """ONNX Runtime threads of each model in one server process: the cores are divided
+    among the processes, so that they do not oversubscribe the CPU."""
+    return settings.ranking.threads_per_process(settings.api.processes())
 
 
 _served_encoders: dict[tuple[str, str, str], Encoder] = {}
@@ -83,7 +89,7 @@ def served_encoder(settings: Settings) -> Encoder:
     key = (str(model_dir), settings.retrieval.query_encoder, label)
     with _served_encoders_lock:
         if key not in _served_encoders:
-            _served_encoders[key] = open_encoder(settings)
+            _served_encoders[key] = open_encoder(settings, threads=server_threads(settings))
         return _served_encoders[key]
 
 
@@ -193,7 +199,7 @@ def load_cross_encoder(settings: Settings, role: str, spec: str | None = None) -
     if entry is None or entry.path is None:
         return None
     scorer = CrossEncoderScorer(Path(entry.path), served_precision(settings), max_length=rk.max_length,
-                                batch_size=rk.batch_size, threads=rk.threads)
+                                batch_size=rk.batch_size, threads=server_threads(settings))
     logger.info("loaded %s %s (%s)", role, entry.version, scorer.precision)
     return ServedModel(role, entry.version, scorer)
 

@@ -285,7 +285,7 @@ class Topology:
     def start_replica(self, i: int, wait: bool = True) -> None:
         port = self.layout.replicas[i]
         process = self._spawn(Piece(f"replica-{i}", [sys.executable, "-m", "shoprank.cli", "serve", "--host",
-                                                     "127.0.0.1", "--port", str(port)], port))
+                                                     "127.0.0.1", "--port", str(port), "--workers", "1"], port))
         if wait:
             self.wait_replica(i, process)
 

@@ -71,8 +71,9 @@ def start_serve(home: Path, port: int, env: dict[str, str] | None = None, args: 
     environment = {**(os.environ if base_env is None else base_env), **(env or {}), "SHOPRANK_HOME": str(home),
                    "SHOPRANK_PROGRESS": "false"}
     popen = popen or {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    workers = () if "--workers" in args else ("--workers", "1")  # one process unless the test asks for more
     return subprocess.Popen([sys.executable, "-m", "shoprank.cli", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), *args], env=environment, **popen)  # type: ignore[call-overload]
+                             "--port", str(port), *workers, *args], env=environment, **popen)  # type: ignore[call-overload]
 
 
 def wait_ready(base: str, process: subprocess.Popen, seconds: float = 240) -> httpx.Response:

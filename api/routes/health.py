@@ -10,14 +10,18 @@ from fastapi.responses import JSONResponse
 from api.deps import HolderDep
 from api.schemas import Health
 from api.state import ServedHolder
-from core.hardware import cpu
+from core.hardware import cpu, usable_cores
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
-def healthz() -> Health:
-    return Health(status="ok", pid=os.getpid(), cpu=cpu().as_dict())
+def healthz(request: Request) -> Health:
+    settings = request.app.state.settings
+    processes = settings.api.processes()
+    return Health(status="ok", pid=os.getpid(), cpu=cpu().as_dict(),
+                  server={"processes": processes, "usable_cores": usable_cores(),
+                          "onnx_threads": settings.ranking.threads_per_process(processes)})
 
 
 def _state(holder: ServedHolder) -> str:

@@ -73,6 +73,8 @@ def test_probes_and_openapi(client: TestClient) -> None:
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["pid"] == os.getpid() and health["cpu"]["cores"] >= 1
     assert health["cpu"]["int8_path"] in ("amx", "vnni", "avx2", "generic")
+    server = health["server"]  # the cores divided among the server processes
+    assert server["processes"] >= 1 and server["onnx_threads"] == max(1, server["usable_cores"] // server["processes"])
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["pid"] == os.getpid() and ready["versions"]["encoder"]
     spec = client.get("/openapi.json").json()

@@ -1,4 +1,5 @@
-"""Several server processes (`shoprank serve --workers 2`): a swap through one reaches every one."""
+"""Several server processes (`shoprank serve --workers 2`): a swap through one reaches every one,
+and /metrics, whichever answers, counts the searches of both."""
 
 from __future__ import annotations
 
@@ -65,6 +66,18 @@ def test_a_swap_through_one_process_reaches_every_process(tmp_path: Path, settin
         assert len(after) == 2 and all(v.get("reranker") == "v2" for v in after.values()), after
         searched = httpx.get(f"{base}/v1/search", params={"q": "cordless drill", "k": 5}, timeout=30)
         assert searched.status_code == 200 and searched.json()["versions"]["reranker"] == "v2"
+        searches, pids = 1, set()
+        while len(pids) < 2 and searches < 60:  # new connections until both processes answered one
+            answer = httpx.get(f"{base}/v1/search", params={"q": "hammer", "k": 5}, timeout=30)
+            assert answer.status_code == 200
+            pids.add(answer.headers["x-served-by"].rsplit(":", 1)[1])
+            searches += 1
+        assert len(pids) == 2, f"every search went to one process: {pids}"
+        for _ in range(3):
+            text = httpx.get(f"{base}/metrics", timeout=10).text
+            counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                          if line.startswith("shoprank_searches_total{"))
+            assert counted == searches, f"/metrics counted {counted} searches of {searches}"
     finally:
         process.terminate()
         process.wait(timeout=30)

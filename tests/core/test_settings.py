@@ -30,3 +30,17 @@ def test_ranges_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOPRANK_RETRIEVAL__RRF_K", "0")
     with pytest.raises(ValidationError, match="rrf_k"):
         Settings()
+
+
+def test_server_processes_and_their_model_threads_divide_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import api.admission
+    import core.settings
+
+    monkeypatch.setattr(core.settings, "usable_cores", lambda: 8)
+    monkeypatch.setattr(api.admission, "usable_cores", lambda: 8)
+    assert core.settings.ApiSettings().processes() == 8  # workers 0: one per core
+    assert core.settings.ApiSettings(workers=3).processes() == 3
+    ranking = core.settings.RankingSettings()
+    assert [ranking.threads_per_process(n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert core.settings.RankingSettings(threads=4).threads_per_process(8) == 4  # set: kept as is
+    assert [api.admission.default_shed_at(n) for n in (1, 2, 4, 8)] == [4, 2, 1, 1]
