@@ -158,3 +158,13 @@ def test_redis_online_store(sqlite_settings: Settings, tmp_path: Path) -> None:
         if server.poll() is None:
             server.terminate()
             server.wait(timeout=10)
+
+
+def test_feast_is_imported_without_torch_and_torch_still_imports_after() -> None:
+    import sys
+
+    script = ("import sys; from core.feature_store import _import_feast; _import_feast(); "
+              "import feast.torch_wrapper as w; print('torch' in sys.modules, w.TORCH_AVAILABLE); "
+              "import torch; print(torch.tensor([1]).sum().item())")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["False", "False", "1"], out.stdout + out.stderr
