@@ -42,6 +42,7 @@ import httpx
 
 from api.stores import other_stores
 from core.errors import Conflict, InvalidInput, NotReady
+from core.hardware import usable_cores
 from core.settings import Settings
 from online_learning.events import topics
 from online_learning.local_broker import create_topics, free_port, tansu_binary
@@ -230,6 +231,8 @@ class Topology:
                "SHOPRANK_SERVING__SCORE_STORE_URL": f"redis://{self.layout.redis_url}/1"}
         if self.features_ready():
             env["SHOPRANK_FEATURES__ONLINE_STORE"] = "redis"
+        # the replicas share this machine's cores, as the workers of one server do (unless set)
+        env.setdefault("SHOPRANK_RANKING__THREADS", str(max(1, usable_cores() // len(self.layout.replicas))))
         return {**env, **self.extra_env}
 
     def features_ready(self) -> bool:

@@ -202,6 +202,17 @@ def test_haproxy_config_checks_readiness_and_retries() -> None:
     assert "server replica1 127.0.0.1:9002 check" in text and "retry-on conn-failure empty-response" in text
 
 
+def test_replicas_on_one_machine_divide_its_cores(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shoprank.topology
+
+    monkeypatch.delenv("SHOPRANK_RANKING__THREADS", raising=False)
+    monkeypatch.setattr(shoprank.topology, "usable_cores", lambda: 8)
+    assert Topology(settings, replicas=2).env()["SHOPRANK_RANKING__THREADS"] == "4"
+    assert Topology(settings, replicas=16).env()["SHOPRANK_RANKING__THREADS"] == "1"
+    monkeypatch.setenv("SHOPRANK_RANKING__THREADS", "3")  # the operator's setting wins
+    assert Topology(settings, replicas=2).env()["SHOPRANK_RANKING__THREADS"] == "3"
+
+
 def test_every_replica_serves_and_reports_what_served(topology: Topology) -> None:
     status = topology.status()
     assert all(p["alive"] for p in status["pieces"].values()), status  # type: ignore[union-attr]
