@@ -18,14 +18,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from core.hardware import usable_cores
+from core.hardware import cores_per_process
 
 
 def default_shed_at(processes: int) -> int:
     """Searches in flight in one of ``processes`` server processes above which new ones are
     shed: one per two of its share of the cores (a full-depth teacher batch already uses
     two), at least one."""
-    return max(1, usable_cores() // max(1, processes) // 2)
+    return max(1, cores_per_process(processes) // 2)
 
 
 class Admission:

@@ -123,15 +123,22 @@ def zipf_stream(queries: list[str], size: int, s: float, seed: int) -> list[str]
     return [queries[ranking[d]] for d in draws]
 
 
+def server_processes(pid: int) -> list:  # type: ignore[type-arg]
+    """The server process and its children (workers), as psutil processes."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
 def cpu_seconds(pid: int | None) -> float:
     """CPU seconds (user + system) the server process and its children (workers) have used."""
     import psutil
 
     if pid is None:
         return 0.0
-    root = psutil.Process(pid)
     total = 0.0
-    for process in [root, *root.children(recursive=True)]:
+    for process in server_processes(pid):
         try:
             times = process.cpu_times()
             total += times.user + times.system
@@ -146,9 +153,8 @@ def server_memory(pid: int) -> list[dict[str, object]]:
     the loaded libraries, split among them) and unique (USS: freed if the process stops)."""
     import psutil
 
-    root = psutil.Process(pid)
     rows = []
-    for process in [root, *root.children(recursive=True)]:
+    for process in server_processes(pid):
         try:
             info = process.memory_full_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):

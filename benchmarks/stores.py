@@ -39,6 +39,7 @@ from benchmarks.common import hardware, wait_ready  # noqa: E402
 from benchmarks.load_test import LUA  # noqa: E402
 from benchmarks.replicas import wrk  # noqa: E402
 from online_learning.local_broker import free_port  # noqa: E402
+from serving.loading import build_index_in_child  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "homedepot"
 TOKEN = "stores-admin"
@@ -101,8 +102,7 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "shoprank.cli", "demo", "--out", str(demo)], check=True,
                    stdout=subprocess.DEVNULL)
     started = time.monotonic()
-    subprocess.run([sys.executable, "-c", "from shoprank.cli import build_served_index; build_served_index()"],
-                   check=True, env={**os.environ, "SHOPRANK_HOME": str(base), "SHOPRANK_CATALOG": str(catalog)})
+    build_index_in_child({**os.environ, "SHOPRANK_HOME": str(base), "SHOPRANK_CATALOG": str(catalog)})
     shoprank(base, "--store", "big", "index", "--catalog", str(catalog))
     shoprank(base, "--store", "small", "index", "--catalog", str(demo / "products.csv"))
     for _ in range(2):

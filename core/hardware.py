@@ -75,6 +75,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cores_per_process(processes: int) -> int:
+    """Each one's share of the usable cores when ``processes`` processes share them, at least one."""
+    return max(1, usable_cores() // max(1, processes))
+
+
 def describe() -> str:
     """One line for benchmark output: cores, architecture, model, flags."""
     c = cpu()

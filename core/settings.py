@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import InvalidInput
-from core.hardware import usable_cores
+from core.hardware import cores_per_process, usable_cores
 from core.paths import Home
 
 
@@ -110,7 +110,7 @@ class RankingSettings(BaseModel):
 
     def threads_per_process(self, processes: int) -> int:
         """ONNX Runtime threads a model gets in one of ``processes`` server processes."""
-        return self.threads or max(1, usable_cores() // max(1, processes))
+        return self.threads or cores_per_process(processes)
 
 
 class FeatureSettings(BaseModel):

@@ -15,9 +15,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from core.artifacts import ArtifactStore
 from core.errors import Conflict, NotReady
 from core.feature_store import OnlineFeatureReader
 from core.registry import ModelRegistry, ModelVersion, ServedModel
-from core.settings import Settings
+from core.settings import Settings, get_settings
 from ranking.features import catalog_text
 from ranking.relevance import RELEVANCE_FEATURES
 from retrieval.analyzer import VERSION as ANALYZER_VERSION
@@ -172,6 +174,19 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
                 served, _ = read_catalog(settings.catalog or demo_catalog(settings))
                 return build_index(settings, served, path, encoder)
     return ProductIndex.load(path, settings.retrieval)
+
+
+def build_served_index(settings: Settings | None = None) -> None:
+    """Build the served index if it is missing (server processes and replicas then only load it)."""
+    settings = settings or get_settings()
+    open_index(settings, open_encoder(settings))
+
+
+def build_index_in_child(env: Mapping[str, str] | None = None, check: bool = True) -> int:
+    """:func:`build_served_index` for the settings of ``env`` (default: this process's), in a
+    child process, so the caller does not keep the index and encoder it loads; its exit status."""
+    return subprocess.run([sys.executable, "-c", "from serving.loading import build_served_index; "
+                           "build_served_index()"], env=env, check=check).returncode
 
 
 # -- the registered models -------------------------------------------------------------------

@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -122,10 +121,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["SHOPRANK_CATALOG"] = str(Path(settings.catalog).resolve())
     # once, before the workers start, so they only load it; in a child process, so that this
     # supervisor does not keep the index and encoder it loaded (~370 MiB on 54,667 products)
-    built = subprocess.run([sys.executable, "-c", "from shoprank.cli import build_served_index; "
-                            "build_served_index()"], check=False)
-    if built.returncode:
-        return built.returncode
+    from serving.loading import build_index_in_child
+
+    built = build_index_in_child(check=False)
+    if built:
+        return built
     # the workers' counters and histograms go to one folder, so that /metrics sums them all
     own_metrics = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     if own_metrics:
@@ -151,14 +151,6 @@ def _limit_math_threads(threads: int) -> None:
 
     os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     threadpool_limits(limits=threads)
-
-
-def build_served_index(settings: Settings | None = None) -> None:
-    """Build the served index if it is missing (server processes and replicas then only load it)."""
-    from serving import loading
-
-    settings = settings or get_settings()
-    loading.open_index(settings, loading.open_encoder(settings))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -42,8 +42,8 @@ import httpx
 
 from api.stores import other_stores
 from core.errors import Conflict, InvalidInput, NotReady
-from core.hardware import usable_cores
 from core.settings import Settings
+from serving.loading import build_index_in_child
 from online_learning.events import topics
 from online_learning.local_broker import create_topics, free_port, tansu_binary
 
@@ -232,7 +232,7 @@ class Topology:
         if self.features_ready():
             env["SHOPRANK_FEATURES__ONLINE_STORE"] = "redis"
         # the replicas share this machine's cores, as the workers of one server do (unless set)
-        env.setdefault("SHOPRANK_RANKING__THREADS", str(max(1, usable_cores() // len(self.layout.replicas))))
+        env.setdefault("SHOPRANK_RANKING__THREADS", str(self.settings.ranking.threads_per_process(len(self.layout.replicas))))
         return {**env, **self.extra_env}
 
     def features_ready(self) -> bool:
@@ -345,8 +345,7 @@ class Topology:
 
     def _build_index(self) -> None:
         """Build the served index once, so replicas only load it."""
-        subprocess.run([sys.executable, "-c", "from shoprank.cli import build_served_index; build_served_index()"],
-                       env=self.env(), check=True)
+        build_index_in_child(self.env())
 
     def wait_balanced(self, seconds: float = 30) -> None:
         """Until HAProxy answers ``/readyz`` (at least one replica passed its health check)."""

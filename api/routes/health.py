@@ -11,6 +11,7 @@ from api.deps import HolderDep
 from api.schemas import Health
 from api.state import ServedHolder
 from core.hardware import cpu, usable_cores
+from serving.loading import server_threads
 
 router = APIRouter(tags=["health"])
 
@@ -18,10 +19,9 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
 def healthz(request: Request) -> Health:
     settings = request.app.state.settings
-    processes = settings.api.processes()
     return Health(status="ok", pid=os.getpid(), cpu=cpu().as_dict(),
-                  server={"processes": processes, "usable_cores": usable_cores(),
-                          "onnx_threads": settings.ranking.threads_per_process(processes)})
+                  server={"processes": settings.api.processes(), "usable_cores": usable_cores(),
+                          "onnx_threads": server_threads(settings)})
 
 
 def _state(holder: ServedHolder) -> str:

@@ -15,6 +15,7 @@ import pytest
 from core.registry import ModelRegistry
 from core.settings import Settings
 from online_learning.local_broker import free_port
+from serving.loading import build_index_in_child
 from tests.api.test_operations import tiny_reranker
 from tests.helpers import share_cache, start_serve, wait_ready
 
@@ -35,8 +36,7 @@ def test_a_replica_serves_from_the_store_and_follows_its_swaps(tmp_path: Path, s
     for seed in (1, 2):
         registry.register("reranker", tiny_reranker(tmp_path / f"m{seed}", seed), base_model="minilm")
     registry.activate("reranker", "v1")
-    subprocess.run([sys.executable, "-c", "from shoprank.cli import build_served_index; build_served_index()"],
-                   env={**os.environ, "SHOPRANK_HOME": str(source), "SHOPRANK_PROGRESS": "false"}, check=True)
+    build_index_in_child({**os.environ, "SHOPRANK_HOME": str(source), "SHOPRANK_PROGRESS": "false"})
     shoprank(source, "artifacts", "push", "--url", url)
     replica = share_cache(tmp_path / "replica", settings)  # the exported encoder only: no index, no models
     port = free_port()

@@ -34,10 +34,11 @@ def test_ranges_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_server_processes_and_their_model_threads_divide_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     import api.admission
+    import core.hardware
     import core.settings
 
+    monkeypatch.setattr(core.hardware, "usable_cores", lambda: 8)
     monkeypatch.setattr(core.settings, "usable_cores", lambda: 8)
-    monkeypatch.setattr(api.admission, "usable_cores", lambda: 8)
     assert core.settings.ApiSettings().processes() == 8  # workers 0: one per core
     assert core.settings.ApiSettings(workers=3).processes() == 3
     ranking = core.settings.RankingSettings()

@@ -203,10 +203,10 @@ def test_haproxy_config_checks_readiness_and_retries() -> None:
 
 
 def test_replicas_on_one_machine_divide_its_cores(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shoprank.topology
+    import core.hardware
 
     monkeypatch.delenv("SHOPRANK_RANKING__THREADS", raising=False)
-    monkeypatch.setattr(shoprank.topology, "usable_cores", lambda: 8)
+    monkeypatch.setattr(core.hardware, "usable_cores", lambda: 8)
     assert Topology(settings, replicas=2).env()["SHOPRANK_RANKING__THREADS"] == "4"
     assert Topology(settings, replicas=16).env()["SHOPRANK_RANKING__THREADS"] == "1"
     monkeypatch.setenv("SHOPRANK_RANKING__THREADS", "3")  # the operator's setting wins
