@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
         try:
             yield
         finally:
+            metrics.close()
             for runtime in runtimes:
                 runtime.close()
 

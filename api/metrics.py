@@ -7,21 +7,34 @@ at scrape time from the live engine and event log.
 Several server processes (``api.workers``) share a folder named by
 ``PROMETHEUS_MULTIPROC_DIR`` (``shoprank serve`` makes one): each process writes its
 counters and histograms there, and ``/metrics``, whichever process answers, sums every
-process's; the live gauges are the answering process's (its ``pid`` is in ``/healthz``).
+process's. The live figures (caches, event spool, cross-encoder backlog, served versions)
+are read from each process's engine: every process also writes them to
+``live-<pid>.json`` in that folder once a second (:data:`LIVE_INTERVAL_S`), and the
+answering process merges its own, read now, with those of the other processes still
+running: counts and sizes are summed, hit rates recomputed from the summed lookups,
+``shoprank_ready`` is 1 only when every process is ready, and
+``shoprank_server_processes`` says how many processes were merged.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+logger = logging.getLogger(__name__)
+
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when it is first imported
+LIVE_INTERVAL_S = 1.0  # how often each process writes its live figures for the others
 BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
 
 
@@ -41,25 +54,155 @@ class Metrics:
         self.swaps = Counter("shoprank_model_swaps_total", "Model activations and rollbacks", ["role", "action"],
                              registry=self.registry)
         self._live: list[Collector] = []  # read at scrape time, from this process
+        self._publisher: _LivePublisher | None = None
 
     def watch(self, state: Callable[[], dict[str, Any]]) -> None:
-        """Export gauges read from ``state()`` at scrape time."""
+        """Export gauges read from ``state()`` at scrape time (and, with several server
+        processes, published for the others once a second)."""
         collector = _LiveCollector(state)
         self.registry.register(collector)
         self._live.append(collector)
+        folder = os.environ.get(MULTIPROCESS_DIR)
+        if folder and self._publisher is None:
+            self._publisher = _LivePublisher(Path(folder), self._live_families)
+            self._publisher.start()
+
+    def close(self) -> None:
+        """Stop publishing this process's live figures and remove them (the process is leaving)."""
+        if self._publisher is not None:
+            self._publisher.stop()
+            self._publisher = None
+
+    def _live_families(self) -> list[Metric]:
+        return [family for collector in self._live for family in collector.collect()]
 
     def exposition(self) -> bytes:
-        """The text ``/metrics`` serves: every server process's counters and histograms summed
-        when several share a ``PROMETHEUS_MULTIPROC_DIR``, else this process's; live gauges
-        from this process."""
+        """The text ``/metrics`` serves: every server process's counters, histograms and live
+        figures merged when several share a ``PROMETHEUS_MULTIPROC_DIR``, else this process's."""
         folder = os.environ.get(MULTIPROCESS_DIR)
         if not folder:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=folder)
-        for collector in self._live:
-            registry.register(collector)
+        others = read_live(Path(folder), exclude=os.getpid())
+        registry.register(_Merged(merge_live([dump_families(self._live_families()), *others])))
         return generate_latest(registry)
+
+
+# -- live figures of several processes -------------------------------------------------------------
+Dumped = list[dict[str, Any]]  # families as JSON: name, type, documentation, samples [name, labels, value]
+
+
+def dump_families(families: Iterable[Metric]) -> Dumped:
+    return [{"name": f.name, "type": f.type, "documentation": f.documentation,
+             "samples": [[s.name, s.labels, s.value] for s in f.samples]} for f in families]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_live(folder: Path, exclude: int | None = None) -> list[Dumped]:
+    """The live figures other running processes last wrote to ``folder`` (files of processes
+    that are gone are skipped; a file being replaced is read whole or not at all)."""
+    out = []
+    for path in sorted(folder.glob("live-*.json")):
+        try:
+            pid = int(path.stem.split("-", 1)[1])
+        except ValueError:
+            continue
+        if pid == exclude or not _alive(pid):
+            continue
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def merge_live(processes: list[Dumped]) -> list[Metric]:
+    """One set of families from each process's: values of the same sample summed, except
+    ``shoprank_ready`` (the least: 1 when every process is ready), ``shoprank_model_info``
+    (1 per version any process serves) and ``shoprank_cache_hit_rate`` (hits over the summed
+    lookups); plus ``shoprank_server_processes``."""
+    families: dict[str, dict[str, Any]] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]] = {}
+    for dumped in processes:
+        for family in dumped:
+            families.setdefault(family["name"], family)
+            seen = values.setdefault(family["name"], {})
+            for name, labels, value in family["samples"]:
+                seen.setdefault((name, tuple(sorted(labels.items()))), []).append(float(value))
+    lookups: dict[str, dict[str, float]] = {}
+    for (_, labels), found in values.get("shoprank_cache_lookups", {}).items():
+        named = dict(labels)
+        lookups.setdefault(named["cache"], {}).setdefault(named["result"], 0.0)
+        lookups[named["cache"]][named["result"]] += sum(found)
+    out = []
+    for name, family in families.items():
+        metric = Metric(name, family["documentation"], family["type"])
+        for (sample, labels), found in values[name].items():
+            if name == "shoprank_ready":
+                value = min(found) if len(found) == len(processes) else 0.0
+            elif name == "shoprank_model_info":
+                value = max(found)
+            elif name == "shoprank_cache_hit_rate" and dict(labels)["cache"] in lookups:
+                counts = lookups[dict(labels)["cache"]]
+                total = counts.get("hit", 0.0) + counts.get("miss", 0.0)
+                value = counts.get("hit", 0.0) / total if total else 0.0
+            else:
+                value = sum(found)
+            metric.add_sample(sample, dict(labels), value)
+        out.append(metric)
+    processes_metric = GaugeMetricFamily("shoprank_server_processes", "Server processes whose live figures "
+                                         "this scrape merged")
+    processes_metric.add_metric([], len(processes))
+    return [*out, processes_metric]
+
+
+class _Merged(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+class _LivePublisher:
+    """Writes this process's live figures to ``live-<pid>.json`` every :data:`LIVE_INTERVAL_S`."""
+
+    def __init__(self, folder: Path, families: Callable[[], list[Metric]]) -> None:
+        self.path = folder / f"live-{os.getpid()}.json"
+        self.families = families
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="live-metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.path.unlink(missing_ok=True)
+
+    def publish(self) -> None:
+        partial = self.path.with_suffix(".tmp")
+        partial.write_text(json.dumps(dump_families(self.families())))
+        partial.replace(self.path)  # readers see the old file or the new one, whole
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.publish()
+            except Exception:  # noqa: BLE001 - metrics never take a server down
+                logger.exception("could not publish live metrics to %s", self.path)
+            self._stop.wait(LIVE_INTERVAL_S)
 
 
 class _LiveCollector(Collector):

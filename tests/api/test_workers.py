@@ -1,5 +1,5 @@
 """Several server processes (`shoprank serve --workers 2`): a swap through one reaches every one,
-and /metrics, whichever answers, counts the searches of both."""
+and /metrics, whichever answers, counts the searches of both and merges their live figures."""
 
 from __future__ import annotations
 
@@ -78,6 +78,19 @@ def test_a_swap_through_one_process_reaches_every_process(tmp_path: Path, settin
             counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                           if line.startswith("shoprank_searches_total{"))
             assert counted == searches, f"/metrics counted {counted} searches of {searches}"
+        deadline, merged = time.monotonic() + 10, {}
+        while time.monotonic() < deadline:  # live figures: each process writes its own once a second
+            lines = [line for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines()
+                     if line and not line.startswith("#")]
+            merged = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
+            lookups = sum(merged.get(f'shoprank_cache_lookups_total{{cache="results",result="{r}"}}', 0)
+                          for r in ("hit", "miss"))
+            if merged.get("shoprank_server_processes") == 2 and lookups == searches:
+                break
+            time.sleep(0.5)
+        assert merged.get("shoprank_server_processes") == 2, merged
+        assert lookups == searches, f"/metrics merged {lookups} results-cache lookups of {searches} searches"
+        assert merged.get("shoprank_ready") == 1
     finally:
         process.terminate()
         process.wait(timeout=30)

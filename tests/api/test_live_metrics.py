@@ -1,0 +1,79 @@
+"""Live figures of several server processes: what each writes, and how /metrics merges them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from api.metrics import _LiveCollector, _LivePublisher, _Merged, dump_families, merge_live, read_live
+from core.cache import LRUCache
+
+
+def process_state(hits: int, misses: int, entries: int, ready: bool, version: str) -> dict:
+    cache = LRUCache(100)
+    for i in range(entries):
+        cache.put(i, i)
+    cache.hits, cache.misses = hits, misses
+    return {"caches": {"results": cache}, "spool_pending": 2, "shipped": 5, "ready": ready,
+            "versions": {"reranker": version}}
+
+
+def families(state: dict):  # type: ignore[no-untyped-def]
+    return dump_families(_LiveCollector(lambda: state).collect())
+
+
+def exposition(dumped: list) -> dict[str, float]:
+    registry = CollectorRegistry()
+    registry.register(_Merged(merge_live(dumped)))
+    out = {}
+    for line in generate_latest(registry).decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_counts_are_summed_and_the_hit_rate_recomputed_over_every_process() -> None:
+    merged = exposition([families(process_state(3, 1, 4, True, "v1")), families(process_state(0, 4, 6, True, "v1"))])
+    assert merged['shoprank_cache_lookups_total{cache="results",result="hit"}'] == 3
+    assert merged['shoprank_cache_lookups_total{cache="results",result="miss"}'] == 5
+    assert merged['shoprank_cache_hit_rate{cache="results"}'] == 3 / 8  # not 0.75 + 0.0
+    assert merged['shoprank_cache_entries{cache="results"}'] == 10
+    assert merged["shoprank_event_spool_pending"] == 4
+    assert merged["shoprank_ready"] == 1
+    assert merged['shoprank_model_info{role="reranker",version="v1"}'] == 1
+    assert merged["shoprank_server_processes"] == 2
+
+
+def test_not_ready_while_one_process_is_not_and_both_versions_show_mid_swap() -> None:
+    merged = exposition([families(process_state(0, 0, 0, True, "v1")), families(process_state(0, 0, 0, False, "v2"))])
+    assert merged["shoprank_ready"] == 0
+    assert merged['shoprank_model_info{role="reranker",version="v1"}'] == 1
+    assert merged['shoprank_model_info{role="reranker",version="v2"}'] == 1
+
+
+def test_a_process_publishes_its_figures_and_removes_them_when_it_stops(tmp_path: Path) -> None:
+    publisher = _LivePublisher(tmp_path, lambda: list(_LiveCollector(lambda: process_state(1, 1, 1, True, "v1"))
+                                                      .collect()))
+    publisher.start()
+    try:
+        path = tmp_path / f"live-{os.getpid()}.json"
+        publisher.publish()
+        assert read_live(tmp_path) == [json.loads(path.read_text())]
+        assert read_live(tmp_path, exclude=os.getpid()) == []  # the answering process reads its own live
+    finally:
+        publisher.stop()
+    assert not path.exists()
+
+
+def test_figures_of_a_process_that_is_gone_are_not_merged(tmp_path: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    (tmp_path / f"live-{gone.stdout.strip()}.json").write_text(json.dumps(families(process_state(1, 0, 1, True, "v1"))))
+    (tmp_path / "live-notapid.json").write_text("{}")
+    assert read_live(tmp_path) == []
