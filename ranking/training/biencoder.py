@@ -46,6 +46,9 @@ class BiEncoderConfig:
     warmup: float = 0.1
     seed: int = 13
     max_grade: int = 8
+    # "one": one random relevant product per query and epoch; "all": every (query, relevant
+    # product) pair is an example (in a batch, a query's other positives are not its negatives)
+    positives: str = "one"
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,8 @@ class Triple:
 
 
 def triples(groups: Sequence[Group], texts: dict[str, str], config: BiEncoderConfig, seed: int) -> list[Triple]:
-    """One (query, relevant product, hard negative) per query with a relevant product."""
+    """(query, relevant product, hard negative): one per query with a relevant product, or with
+    ``config.positives == "all"`` one per relevant product (a hard negative drawn for each)."""
     rng = random.Random(seed)
     relevant = grade_threshold(0.6, config.max_grade)
     low = grade_threshold(0.25, config.max_grade)
@@ -65,13 +69,23 @@ def triples(groups: Sequence[Group], texts: dict[str, str], config: BiEncoderCon
         positives = [p for p, g in group.judged.items() if g >= relevant]
         if not positives:
             continue
-        negative = None
-        if config.hard_negatives:
-            judged_low = [p for p, g in group.judged.items() if g < low]
-            pool = judged_low or group.mined
+        pool = ([p for p, g in group.judged.items() if g < low] or group.mined) if config.hard_negatives else []
+        if config.positives == "all":
+            out += [Triple(group.query, texts[p], texts[rng.choice(pool)] if pool else None) for p in positives]
+        else:
             negative = texts[rng.choice(pool)] if pool else None
-        out.append(Triple(group.query, texts[rng.choice(positives)], negative))
+            out.append(Triple(group.query, texts[rng.choice(positives)], negative))
     return out
+
+
+def false_negatives(batch: Sequence[Triple]) -> np.ndarray:
+    """(batch, batch) mask of in-batch "negatives" that are not: another example's positive that
+    is this example's product, or another positive of this example's query."""
+    queries = np.array([t.query for t in batch], dtype=object)
+    products = np.array([t.positive for t in batch], dtype=object)
+    same = (queries[:, None] == queries[None, :]) | (products[:, None] == products[None, :])
+    np.fill_diagonal(same, False)
+    return same
 
 
 def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict[str, str], out: Path,
@@ -108,6 +122,11 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
                 documents = [t.positive for t in batch] + [t.negative for t in batch if t.negative]
                 docs = embed(documents)
                 logits = config.scale * queries @ docs.T
+                masked = false_negatives(batch)
+                if masked.any():
+                    blocked = torch.zeros_like(logits, dtype=torch.bool)
+                    blocked[:, : len(batch)] = torch.from_numpy(masked)
+                    logits = logits.masked_fill(blocked, float("-inf"))
                 loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch)))
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -171,7 +171,8 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     dataset = load_dataset(args.dataset)
     base = str(resolve_model_dir(args.base)) if args.base == "minilm" else args.base
     config = BiEncoderConfig(base_model=base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                             hard_negatives=not args.no_hard_negatives, seed=args.seed, max_grade=dataset.max_grade)
+                             hard_negatives=not args.no_hard_negatives, seed=args.seed, max_grade=dataset.max_grade,
+                             positives=args.positives)
     train = groups_from(dataset, args.split, 1)[: args.limit]
     if config.hard_negatives:
         engine = first_stage(settings, dataset)
@@ -336,6 +337,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-hard-negatives", action="store_true", help="in-batch negatives only")
+    p.add_argument("--positives", choices=("one", "all"), default="one",
+                   help="one relevant product per query and epoch, or every relevant product")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

@@ -1,0 +1,45 @@
+"""The bi-encoder's training examples: which pairs it learns from, and which in-batch negatives it skips."""
+
+from __future__ import annotations
+
+from ranking.training.biencoder import BiEncoderConfig, Triple, false_negatives, triples
+from ranking.training.data import Group
+
+TEXTS = {p: f"title {p}" for p in ("a", "b", "c", "d", "e")}
+GROUPS = [
+    Group("q1", "drill", {"a": 8, "b": 6, "c": 1}, mined=["e"]),  # two relevant, one judged low
+    Group("q2", "hose", {"d": 7}, mined=["e"]),  # one relevant, no judged low: mined negative
+    Group("q3", "saw", {"e": 2}),  # nothing relevant: no example
+]
+
+
+def config(positives: str, hard_negatives: bool = True) -> BiEncoderConfig:
+    return BiEncoderConfig(base_model="unused", positives=positives, hard_negatives=hard_negatives)
+
+
+def test_one_positive_per_query_by_default() -> None:
+    examples = triples(GROUPS, TEXTS, config("one"), seed=1)
+    assert [t.query for t in examples] == ["drill", "hose"]
+    assert examples[0].positive in ("title a", "title b")
+    assert examples[0].negative == "title c"  # the judged-low product before a mined one
+    assert examples[1].negative == "title e"
+
+
+def test_every_relevant_product_is_an_example_with_all_positives() -> None:
+    examples = triples(GROUPS, TEXTS, config("all"), seed=1)
+    assert sorted((t.query, t.positive) for t in examples) == [
+        ("drill", "title a"), ("drill", "title b"), ("hose", "title d")]
+    assert all(t.negative is not None for t in examples)
+    assert all(t.negative is None for t in triples(GROUPS, TEXTS, config("all", hard_negatives=False), seed=1))
+
+
+def test_a_querys_other_positives_and_repeated_products_are_not_negatives() -> None:
+    batch = [Triple("drill", "title a", None), Triple("drill", "title b", None),
+             Triple("hose", "title d", None), Triple("cordless drill", "title a", None)]
+    mask = false_negatives(batch)
+    assert mask.tolist() == [
+        [False, True, False, True],   # same query (b), same product (a for another query)
+        [True, False, False, False],
+        [False, False, False, False],  # nothing shared: every other product is a negative
+        [True, False, False, False],
+    ]
