@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -136,22 +135,9 @@ class HybridRetriever:
         return self.index.dense.batch_search(np.stack(moved).astype(np.float32), depth)
 
     def rank(self, query: str, docs: Sequence[int]) -> Candidates:
-        """``docs`` in the RRF order of their exact BM25 and dense scores, with each source's rank
-        as a search serves it: the product's position in this query's BM25, dense and fused runs
-        ``depth`` deep (0: not retrieved). A re-ranked list's rank features then mean what they
-        mean in a search (where LambdaMART learnt them), not "n-th of the n given products"."""
-        vectors = self.dense.embed([query])
         bm25 = Hits.ranked(docs, self.index.bm25.score(query, docs))
-        dense = Hits.ranked(docs, self.index.dense.score(vectors[0], docs))
-        ordered = self._fuse(bm25, dense, len(docs))
-        served_bm25 = self.index.bm25.search(query, self.depth)
-        served_dense = self.index.dense.batch_search(vectors, self.depth)[0]
-        if self.feedback_docs:
-            served_dense = self._feedback(vectors, [served_bm25], [served_dense], self.depth)[0]
-        runs = {"bm25": served_bm25, "dense": served_dense}
-        runs["rrf"] = fuse(runs, self.rrf_k, limit=self.depth)
-        return replace(ordered, ranks={**ordered.ranks, **{name: run.lookup(ordered.docs)[1]
-                                                           for name, run in runs.items()}})
+        dense = Hits.ranked(docs, self.index.dense.score(self.dense.embed([query])[0], docs))
+        return self._fuse(bm25, dense, len(docs))
 
     def _fuse(self, bm25: Hits, dense: Hits, k: int) -> Candidates:
         runs = {"bm25": bm25, "dense": dense}

@@ -86,9 +86,8 @@ class TrainingList:
 
 
 def judged_lists(groups: Sequence[Group], first_stage: Cascade, index) -> list[TrainingList]:  # type: ignore[no-untyped-def]
-    """Each query's judged products plus its mined negatives (grade 0), ordered by the first stage
-    among themselves, with the ranks a search gives them (``shoprank train ltr --lists judged``).
-    Lists of fewer than two are skipped."""
+    """Each query's judged products plus its mined negatives (grade 0), ranked by the first stage
+    among themselves (``shoprank train ltr --lists judged``). Lists of fewer than two are skipped."""
     out = []
     for group in groups:
         products = [p for p in [*group.judged, *group.mined] if index.doc_of(p) is not None]
