@@ -4,6 +4,8 @@ Contrastive training with the multiple-negatives ranking loss (Henderson et al.
 2017; sentence-transformers' MNRL): for a batch of (query, relevant product)
 pairs, each query must score its own product above every other product in the
 batch, and above one *hard negative* of its own when ``hard_negatives`` is on.
+Every relevant product of a query makes a pair (``positives``), and a query's
+other relevant products in the batch are masked out of its negatives.
 
 Why hard negatives matter: in-batch negatives are random products (a drill vs a
 garden hose), which the zero-shot model already separates; the mistakes that
@@ -46,9 +48,11 @@ class BiEncoderConfig:
     warmup: float = 0.1
     seed: int = 13
     max_grade: int = 8
-    # "one": one random relevant product per query and epoch; "all": every (query, relevant
-    # product) pair is an example (in a batch, a query's other positives are not its negatives)
-    positives: str = "one"
+    # "all": every (query, relevant product) pair is an example (in a batch, a query's other
+    # positives are not its negatives); "one": one random relevant product per query and epoch.
+    # On Home Depot "all" (32,612 pairs, 4.6x the examples and the time) lifted the first stage's
+    # Recall@100 by +0.0057 [+0.0021, +0.0094] and NDCG@10 by +0.0057 (benchmarks/RESULTS.md).
+    positives: str = "all"
 
 
 @dataclass(frozen=True)

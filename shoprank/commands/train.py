@@ -337,8 +337,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-hard-negatives", action="store_true", help="in-batch negatives only")
-    p.add_argument("--positives", choices=("one", "all"), default="one",
-                   help="one relevant product per query and epoch, or every relevant product")
+    p.add_argument("--positives", choices=("one", "all"), default="all",
+                   help="every relevant product of a query is a training pair (default), or one per query "
+                        "and epoch (4-5x faster on Home Depot, lower recall)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

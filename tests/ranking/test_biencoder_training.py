@@ -17,7 +17,7 @@ def config(positives: str, hard_negatives: bool = True) -> BiEncoderConfig:
     return BiEncoderConfig(base_model="unused", positives=positives, hard_negatives=hard_negatives)
 
 
-def test_one_positive_per_query_by_default() -> None:
+def test_one_positive_per_query_when_asked() -> None:
     examples = triples(GROUPS, TEXTS, config("one"), seed=1)
     assert [t.query for t in examples] == ["drill", "hose"]
     assert examples[0].positive in ("title a", "title b")
@@ -25,7 +25,8 @@ def test_one_positive_per_query_by_default() -> None:
     assert examples[1].negative == "title e"
 
 
-def test_every_relevant_product_is_an_example_with_all_positives() -> None:
+def test_every_relevant_product_is_an_example_by_default() -> None:
+    assert BiEncoderConfig(base_model="unused").positives == "all"
     examples = triples(GROUPS, TEXTS, config("all"), seed=1)
     assert sorted((t.query, t.positive) for t in examples) == [
         ("drill", "title a"), ("drill", "title b"), ("hose", "title d")]
