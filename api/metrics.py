@@ -181,6 +181,7 @@ class _LivePublisher:
         self.path = folder / f"live-{os.getpid()}.json"
         self.families = families
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # one writer of the file at a time
         self._thread = threading.Thread(target=self._run, name="live-metrics", daemon=True)
 
     def start(self) -> None:
@@ -189,12 +190,15 @@ class _LivePublisher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.path.unlink(missing_ok=True)
+        with self._lock:
+            self.path.unlink(missing_ok=True)
 
     def publish(self) -> None:
+        text = json.dumps(dump_families(self.families()))
         partial = self.path.with_suffix(".tmp")
-        partial.write_text(json.dumps(dump_families(self.families())))
-        partial.replace(self.path)  # readers see the old file or the new one, whole
+        with self._lock:
+            partial.write_text(text)
+            partial.replace(self.path)  # readers see the old file or the new one, whole
 
     def _run(self) -> None:
         while not self._stop.is_set():
