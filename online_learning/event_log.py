@@ -98,8 +98,6 @@ class EventLog:
         self.shipped = 0
         self.ship_failures = 0
         self._producer = None
-        self._counted: dict[int, list[int]] = {}  # segment -> lines counted so far (see _lines)
-        self._count_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._sync_loop, name="event-log-sync", daemon=True)]
         if kafka is not None:
             self._threads.append(threading.Thread(target=self._ship_loop, name="event-log-ship", daemon=True))
@@ -178,32 +176,15 @@ class EventLog:
         if self.kafka is None:
             return 0
         segment, offset = self._position()
-        with self._count_lock:
-            segments = [s for s in self._segments() if s >= segment]
-            self._counted = {s: c for s, c in self._counted.items() if s in segments}
-            return sum(self._lines(s, offset if s == segment else 0) for s in segments)
-
-    def _lines(self, segment: int, start: int) -> int:
-        """Complete lines of a segment after byte ``start`` (the shipped position). Both ends are
-        counted incrementally: a read covers only bytes appended or shipped since the last count,
-        so a large backlog is read once, not on every metrics read."""
-        counted = self._counted.setdefault(segment, [0, 0, 0, 0])  # end byte, lines to it; start byte, lines to it
-        try:
-            with open(self._path(segment), "rb") as handle:
-                handle.seek(counted[0])
-                fresh = handle.read()
-                complete = fresh.rfind(b"\n") + 1
-                counted[0] += complete
-                counted[1] += fresh.count(b"\n", 0, complete)
-                if start < counted[2]:  # the position moved back: count from the segment's start
-                    counted[2:] = [0, 0]
-                if start > counted[2]:
-                    handle.seek(counted[2])
-                    counted[3] += handle.read(start - counted[2]).count(b"\n")
-                    counted[2] = start
-        except FileNotFoundError:  # shipped and deleted meanwhile
-            return 0
-        return max(0, counted[1] - counted[3])
+        count = 0
+        for s in self._segments():
+            if s < segment:
+                continue
+            with open(self._path(s), "rb") as handle:
+                if s == segment:
+                    handle.seek(offset)
+                count += sum(1 for _ in handle)
+        return count
 
     def _connect(self):  # type: ignore[no-untyped-def]
         from kafka import KafkaProducer

@@ -85,23 +85,3 @@ def test_broker_outage_spools_then_ships_everything_in_order(tmp_path: Path) -> 
     finally:
         log.close()
         broker.stop()
-
-
-def test_pending_counts_what_is_appended_and_shipped_since_the_last_count(tmp_path: Path) -> None:
-    from online_learning.event_log import EventLog, KafkaSettings
-
-    log = EventLog(tmp_path / "spool", KafkaSettings("127.0.0.1:1"), sync_interval=0.01)  # nothing listens
-    try:
-        segment = log._segments()[-1]
-        path = log._path(segment)
-        path.write_bytes(b'{"a": 1}\n{"a": 2}\n{"a": 3}\n{"a": 4')  # a line still being written
-        assert log.pending() == 3
-        with path.open("ab") as handle:
-            handle.write(b'}\n{"a": 5}\n')
-        assert log.pending() == 5  # only the appended bytes read
-        log._save_position(segment, len(b'{"a": 1}\n{"a": 2}\n'))
-        assert log.pending() == 3  # shipped two
-        log._save_position(segment, 0)
-        assert log.pending() == 5  # a position moved back is counted again
-    finally:
-        log.close()
