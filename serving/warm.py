@@ -3,8 +3,8 @@
 Nightly, after retraining (``shoprank warm-scores``; docs/learning_loop.md): the most
 searched queries of the event log (:func:`online_learning.analysis.head_queries`)
 go through the served pipeline's query analyzer and first stage, and the top
-``depth`` candidates of each are scored by every served, registered cross-encoder
-and written to the score store (``serving.score_store``). Pairs the store already
+``depth`` candidates of each are scored by every registered cross-encoder the served
+cascade runs (the student only with ``ranking.student_depth`` > 0) and written to the score store (``serving.score_store``). Pairs the store already
 holds are read, not scored again, so a second run costs little.
 """
 
@@ -59,8 +59,14 @@ def warm_scores(engine: SearchEngine, queries: Sequence[str], depth: int, progre
     rk = engine.settings.ranking
     scorers: list[tuple[str, CachedScorer]] = []
     skipped: list[str] = []
+    depths = {"student": ("student_depth", rk.student_depth), "reranker": ("teacher_depth", rk.teacher_depth)}
     for served in (engine.student, engine.teacher):
         if served is None:
+            continue
+        setting, served_depth = depths[served.role]
+        if not served_depth:
+            # loaded but no search runs it (its cascade depth is 0): its scores would never be read
+            skipped.append(f"{served.role}:{served.version} (not in the served cascade: ranking.{setting} is 0)")
             continue
         tag = served_tag(served, rk)
         if tag is None:

@@ -70,6 +70,25 @@ def test_warm_scores_fills_the_store_that_searches_read(warm_home: Settings,
         engine.close()
 
 
+def test_warm_scores_warms_only_the_cross_encoders_the_cascade_runs(warm_home: Settings, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    ModelRegistry(warm_home.paths.models).register("student", tiny_reranker(tmp_path / "s", 1), base_model="minilm",
+                                                   activate=True)
+    code, out, err = run_cli(capsys, "warm-scores", "--queries", "2", "--depth", "4")
+    assert code == 0, err
+    report = json.loads(out)
+    # student_depth 0 (the default): no search runs the student, so none of its scores would be read
+    assert report["models"] == ["reranker:v1"] and report["pairs"] == 8
+    assert report["skipped"] == ["student:v1 (not in the served cascade: ranking.student_depth is 0)"]
+
+    monkeypatch.setenv("SHOPRANK_RANKING__STUDENT_DEPTH", "10")
+    get_settings.cache_clear()
+    report = json.loads(run_cli(capsys, "warm-scores", "--queries", "2", "--depth", "4")[1])
+    assert report["models"] == ["student:v1", "reranker:v1"] and report["skipped"] == []
+    assert (report["pairs"], report["scored"], report["cached"]) == (16, 8, 8)  # the teacher's 8 were stored
+
+
 def test_warm_scores_explains_bad_input(warm_home: Settings, capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     code, _, err = run_cli(capsys, "warm-scores", "--queries", "0")
