@@ -299,7 +299,7 @@ def main() -> None:
     parser.add_argument("--zipf", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--day-size", type=int, default=20_000, help="searches in a day of the head-heavy stream")
-    parser.add_argument("--warm-queries", type=int, default=1000)
+    parser.add_argument("--warm-queries", type=int, default=5000)
     parser.add_argument("--warm-depth", type=int, default=20)
     parser.add_argument("--streams", nargs="+", default=["uniform", "head-heavy"])
     parser.add_argument("--warmup", type=int, default=20, help="seconds of warm-up load before measuring")

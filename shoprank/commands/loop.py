@@ -87,7 +87,8 @@ def cmd_warm_scores(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.queries < 1 or args.depth < 1:
         raise InvalidInput(f"--queries {args.queries} and --depth {args.depth} must both be at least 1")
-    head = head_queries(settings.paths.event_log, args.queries)
+    ranked = head_queries(settings.paths.event_log, 2**31 - 1)  # every logged query, most searched first
+    head = ranked[: args.queries]
     if not head:
         raise InvalidInput(f"no logged searches in {settings.paths.event_log}: run `shoprank consume sink` "
                            "to fill the event log first")
@@ -98,7 +99,11 @@ def cmd_warm_scores(args: argparse.Namespace, settings: Settings) -> int:
         pruned = engine.caches.store.prune(ttl * 86400) if ttl and engine.caches.store else 0
     finally:
         engine.close()
-    print(json.dumps(asdict(report) | {"pruned": pruned, "head_searches": sum(c for _, c in head)}, indent=2))
+    searches = sum(c for _, c in ranked)
+    head_searches = sum(c for _, c in head)
+    print(json.dumps(asdict(report) | {"pruned": pruned, "head_searches": head_searches, "logged_searches": searches,
+                                       "logged_queries": len(ranked),
+                                       "searches_covered": round(head_searches / searches, 4)}, indent=2))
     return 1 if report.unwritten else 0
 
 
@@ -219,7 +224,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("warm-scores", help="nightly, after retrain: score the most searched queries' top K "
                        "with the served cross-encoders into the shared score store")
-    p.add_argument("--queries", type=int, default=1000, help="head queries of the event log (N most searched)")
+    p.add_argument("--queries", type=int, default=5000, help="head queries of the event log (N most searched; "
+                   "the report's searches_covered is the share of logged searches they make)")
     p.add_argument("--depth", type=int, default=20, help="first-stage candidates scored per query (K; "
                    "ranking.teacher_depth is what a search scores)")
     p.set_defaults(handler=cmd_warm_scores)

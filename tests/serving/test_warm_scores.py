@@ -54,6 +54,9 @@ def test_warm_scores_fills_the_store_that_searches_read(warm_home: Settings,
     assert (first["queries"], first["depth"], first["models"]) == (3, 5, ["reranker:v1"])
     assert (first["pairs"], first["scored"], first["cached"], first["dropped"]) == (15, 15, 0, 0)
     assert first["store"] == "local" and warm_home.paths.score_store.is_file()
+    top3 = sum(c for _, c in head_queries(warm_home.paths.event_log, 3))
+    assert (first["head_searches"], first["logged_searches"]) == (top3, 300)
+    assert first["searches_covered"] == round(top3 / 300, 4)
     again = json.loads(run_cli(capsys, "warm-scores", "--queries", "3", "--depth", "5")[1])
     assert (again["scored"], again["cached"]) == (0, 15)  # a second run reads what the first wrote
 
