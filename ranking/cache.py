@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from core.cache import LRUCache
-from ranking.score_store import ScoreStore, score_key, text_hash
+from ranking.score_store import ScoreStore, score_key, text_hash, vector_key
 
 
 class TierCounts:
@@ -132,3 +132,36 @@ class CachedScorer:
             self.store_counts.add(len(missing) - len(still), len(still))
             missing = still
         return scores, missing, keys
+
+
+class SharedQueryVectors:
+    """The shared tier of the query-vector cache (:class:`retrieval.hybrid.VectorTier`): the
+    bi-encoder's vectors of analyzed queries in the score store, keyed by the encoder's
+    fingerprint, so the server processes, the replicas on one Redis and a restarted server
+    reuse what any of them (or the nightly ``shoprank warm-scores``) encoded.
+
+    Args:
+        store: The shared score store.
+        fingerprint: The query encoder's fingerprint (another encoder reads other keys).
+        dim: The vectors' dimension (a stored value of another size is ignored).
+        counts: Hits and misses of this tier (``/metrics``).
+        block_writes: Wait for room in the store's write queue instead of dropping (batch jobs).
+    """
+
+    def __init__(self, store: ScoreStore, fingerprint: str, dim: int, counts: TierCounts | None = None,
+                 block_writes: bool = False) -> None:
+        self.store = store
+        self.fingerprint = fingerprint
+        self.dim = dim
+        self.counts = counts or TierCounts()
+        self.block_writes = block_writes
+
+    def get(self, queries: Sequence[str]) -> list[np.ndarray | None]:
+        found = self.store.get_vectors([vector_key(self.fingerprint, q) for q in queries], self.dim)
+        hits = sum(v is not None for v in found)
+        self.counts.add(hits, len(found) - hits)
+        return found
+
+    def put(self, queries: Sequence[str], vectors: np.ndarray) -> None:
+        self.store.put_vectors([(vector_key(self.fingerprint, q), v) for q, v in zip(queries, vectors)],
+                               block=self.block_writes)

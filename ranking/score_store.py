@@ -16,6 +16,10 @@ per-process LRU (:class:`ranking.cache.CachedScorer`), per search:
 A key names the model (role, registry version, precision, token cap, registration
 stamp), the analyzed query, the product id and a hash of the product text that
 was scored: a model swap or a changed title reads other keys, never a stale score.
+
+The same store keeps the bi-encoder's **query vectors** (:meth:`ScoreStore.get_vectors`,
+float32 bytes, keyed by the encoder's fingerprint and the analyzed query), so a head query
+the nightly warm-up or another process encoded is not encoded again.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from core.settings import Settings
 
@@ -50,8 +56,16 @@ def score_key(model: str, query: str, product_id: str, text: str) -> str:
     return f"{model}:{digest}"
 
 
+def vector_key(encoder_fingerprint: str, query: str) -> str:
+    """The store key of one query vector: ``qv:<encoder fingerprint>:<digest of the analyzed query>``."""
+    return f"qv:{encoder_fingerprint}:{hashlib.blake2b(query.encode(), digest_size=16).hexdigest()}"
+
+
+Value = float | bytes  # a score, or a float32 vector's bytes
+
+
 class ScoreStore:
-    """A shared key -> score store with guarded batched reads and background batched writes.
+    """A shared key -> score (or vector) store with guarded batched reads and background batched writes.
 
     Subclasses implement :meth:`_read` and :meth:`_write`; this class counts, guards
     and queues. Counters (read at scrape time for ``/metrics``): ``errors``, ``skipped``
@@ -72,16 +86,17 @@ class ScoreStore:
         self._in_a_row = 0
         self._logged_at = -float("inf")
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[str, float] | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[tuple[str, Value] | None] = queue.Queue(maxsize=queue_size)
         self._writer = threading.Thread(target=self._drain, name=f"score-store-{self.name}", daemon=True)
         self._writer.start()
 
     # -- what a backend implements --------------------------------------------------------------
 
-    def _read(self, keys: Sequence[str]) -> list[float | None]:
+    def _read(self, keys: Sequence[str]) -> list[Value | None]:
+        """The stored values as written (a backend that keeps text returns bytes)."""
         raise NotImplementedError
 
-    def _write(self, items: Sequence[tuple[str, float]]) -> None:
+    def _write(self, items: Sequence[tuple[str, Value]]) -> None:
         raise NotImplementedError
 
     # -- guarded API ----------------------------------------------------------------------------
@@ -106,8 +121,7 @@ class ScoreStore:
             logger.warning("score store (%s) %s failed: %s; searches score their pairs for the next %.0f s "
                            "(%d errors so far)", self.name, action, err, self.retry_s, self.errors)
 
-    def get_many(self, keys: Sequence[str]) -> list[float | None]:
-        """The stored score of each key (None: not stored, or the store is unavailable)."""
+    def _guarded_read(self, keys: Sequence[str]) -> list[Value | None]:
         if not keys:
             return []
         if not self.available:
@@ -122,7 +136,24 @@ class ScoreStore:
             self._failed("read", err)
             return [None] * len(keys)
 
-    def put_many(self, items: Sequence[tuple[str, float]], block: bool = False) -> int:
+    def get_many(self, keys: Sequence[str]) -> list[float | None]:
+        """The stored score of each key (None: not stored, or the store is unavailable)."""
+        return [None if v is None else float(v) for v in self._guarded_read(keys)]
+
+    def get_vectors(self, keys: Sequence[str], dim: int) -> list[np.ndarray | None]:
+        """The stored float32 vector of each key (None: not stored, not a ``dim``-vector, or the
+        store is unavailable)."""
+        out: list[np.ndarray | None] = []
+        for value in self._guarded_read(keys):
+            ok = isinstance(value, bytes) and len(value) == 4 * dim
+            out.append(np.frombuffer(value, dtype=np.float32) if ok else None)  # type: ignore[arg-type]
+        return out
+
+    def put_vectors(self, items: Sequence[tuple[str, np.ndarray]], block: bool = False) -> int:
+        """Queue vectors (stored as float32 bytes) like :meth:`put_many`; returns how many were dropped."""
+        return self.put_many([(k, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items], block)
+
+    def put_many(self, items: Sequence[tuple[str, Value]], block: bool = False) -> int:
         """Queue scores for the background writer; returns how many were dropped (queue full, or
         the store unavailable). ``block``: wait for room instead (batch jobs)."""
         if not self.available and not block:
@@ -212,6 +243,8 @@ class SqliteScoreStore(ScoreStore):
             fcntl.flock(lock, fcntl.LOCK_EX)
             with sqlite3.connect(path, timeout=10.0) as db:
                 db.execute("PRAGMA journal_mode=WAL")
+                # a vector is stored as a BLOB in the same column: sqlite keeps a BLOB as it is whatever the
+                # column's affinity, and a score stays REAL
                 db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL NOT NULL, "
                            "written REAL NOT NULL) WITHOUT ROWID")
             db.close()
@@ -227,16 +260,16 @@ class SqliteScoreStore(ScoreStore):
                 self._connections.append(db)
         return db
 
-    def _read(self, keys: Sequence[str]) -> list[float | None]:
+    def _read(self, keys: Sequence[str]) -> list[Value | None]:
         db = self._connection(self.timeout_s)
-        found: dict[str, float] = {}
+        found: dict[str, Value] = {}
         for start in range(0, len(keys), _IN_LIMIT):
             chunk = list(keys[start : start + _IN_LIMIT])
             marks = ",".join("?" * len(chunk))
             found.update(db.execute(f"SELECT key, score FROM scores WHERE key IN ({marks})", chunk).fetchall())
         return [found.get(k) for k in keys]
 
-    def _write(self, items: Sequence[tuple[str, float]]) -> None:
+    def _write(self, items: Sequence[tuple[str, Value]]) -> None:
         db = self._connection(5.0)  # the writer thread's own connection: it may wait for other writers
         now = time.time()
         db.execute("BEGIN")
@@ -278,14 +311,13 @@ class RedisScoreStore(ScoreStore):
                                            socket_connect_timeout=max(timeout_s, 2.0))
         super().__init__(retry_s, queue_size)
 
-    def _read(self, keys: Sequence[str]) -> list[float | None]:
-        values = self.client.mget([self.prefix + k for k in keys])
-        return [None if v is None else float(v) for v in values]
+    def _read(self, keys: Sequence[str]) -> list[Value | None]:
+        return list(self.client.mget([self.prefix + k for k in keys]))  # bytes: get_many parses the scores
 
-    def _write(self, items: Sequence[tuple[str, float]]) -> None:
+    def _write(self, items: Sequence[tuple[str, Value]]) -> None:
         pipe = self.writer.pipeline(transaction=False)
         for key, value in items:
-            pipe.set(self.prefix + key, repr(float(value)), ex=self.ttl)
+            pipe.set(self.prefix + key, value if isinstance(value, bytes) else repr(float(value)), ex=self.ttl)
         pipe.execute()
 
     def _close(self) -> None:

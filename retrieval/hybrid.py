@@ -33,6 +33,15 @@ class Retriever(Protocol):
     def rank(self, query: str, docs: Sequence[int]) -> Candidates: ...
 
 
+class VectorTier(Protocol):
+    """A query-vector store shared by server processes (and kept across restarts) behind the
+    in-memory LRU: the serving layer's adapter over the cross-encoder score store."""
+
+    def get(self, queries: Sequence[str]) -> list[np.ndarray | None]: ...
+
+    def put(self, queries: Sequence[str], vectors: np.ndarray) -> None: ...
+
+
 class BM25Retriever:
     name = "bm25"
 
@@ -52,22 +61,36 @@ class BM25Retriever:
 class DenseRetriever:
     name = "dense"
 
-    def __init__(self, index: ProductIndex, encoder: Encoder, cache: LRUCache | None = None) -> None:
+    def __init__(self, index: ProductIndex, encoder: Encoder, cache: LRUCache | None = None,
+                 shared: VectorTier | None = None) -> None:
         self.index = index
         self.encoder = encoder
         self.cache = cache
+        self.shared = shared
 
     def embed(self, queries: Sequence[str]) -> np.ndarray:
-        """Query vectors, from the cache where possible."""
-        if self.cache is None:
+        """Query vectors: from the in-memory cache, then the shared tier, else encoded (and then
+        kept in both)."""
+        if self.cache is None and self.shared is None:
             return self.encoder.encode(list(queries), batch_size=64)
-        found = [self.cache.get(q) for q in queries]
+        found: list[np.ndarray | None] = [self.cache.get(q) if self.cache is not None else None for q in queries]
         missing = [i for i, v in enumerate(found) if v is None]
+        if missing and self.shared is not None:
+            for i, vector in zip(missing, self.shared.get([queries[i] for i in missing])):
+                if vector is not None:
+                    found[i] = vector
+                    if self.cache is not None:
+                        self.cache.put(queries[i], vector)
+            missing = [i for i in missing if found[i] is None]
         if missing:
-            fresh = self.encoder.encode([queries[i] for i in missing], batch_size=64)
+            texts = [queries[i] for i in missing]
+            fresh = self.encoder.encode(texts, batch_size=64)
             for i, vector in zip(missing, fresh):
-                self.cache.put(queries[i], vector)
+                if self.cache is not None:
+                    self.cache.put(queries[i], vector)
                 found[i] = vector
+            if self.shared is not None:
+                self.shared.put(texts, fresh)
         return np.stack(found)  # type: ignore[arg-type]
 
     def search(self, query: str, k: int) -> Candidates:

@@ -35,7 +35,7 @@ from core.query import Analysis, Query
 from core.registry import ServedModel
 from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
-from ranking.cache import CachedScorer, TierCounts, model_tag
+from ranking.cache import CachedScorer, SharedQueryVectors, TierCounts, model_tag
 from ranking.cascade import AdaptiveDepth, Cascade, ScoreStage, Stage
 from ranking.features import LtrFeaturizer
 from ranking.lambdamart import LambdaMART
@@ -164,6 +164,7 @@ class Caches:
     query_vectors: LRUCache | None
     store: ScoreStore | None = None
     store_tiers: dict[str, TierCounts] = field(default_factory=dict)  # the store's hits per role
+    query_vectors_store: TierCounts = field(default_factory=TierCounts)  # the store's hits of query vectors
 
     def stats(self) -> dict[str, object]:
         """Every cache by name (``/metrics``): each has hits, misses and a hit rate; the LRUs a size,
@@ -171,6 +172,7 @@ class Caches:
         out: dict[str, object] = {"results": self.results, **{f"{role}_scores": c for role, c in self.scores.items()}}
         if self.store is not None:
             out |= {f"{role}_scores_store": c for role, c in self.store_tiers.items()} | {"score_store": self.store}
+            out |= {"query_vectors_store": self.query_vectors_store}
         return out | ({"query_vectors": self.query_vectors} if self.query_vectors is not None else {})
 
 
@@ -305,7 +307,9 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
                     store=open_score_store(settings) if models.teacher or models.student else None,
                     store_tiers={role: TierCounts() for role in CROSS_ENCODER_ROLES})
     bm25 = BM25Retriever(index)
-    dense = DenseRetriever(index, encoder, caches.query_vectors)
+    shared = (SharedQueryVectors(caches.store, encoder.fingerprint, encoder.dim, caches.query_vectors_store)
+              if caches.store is not None else None)
+    dense = DenseRetriever(index, encoder, caches.query_vectors, shared)
     hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=executor,
                              feedback_docs=rs.feedback_docs, feedback_weight=rs.feedback_weight)
     rules = RulesStage(RulesConfig.from_file(rk.rules_file) if rk.rules_file else RulesConfig(),

@@ -4,7 +4,8 @@ Nightly, after retraining (``shoprank warm-scores``; docs/learning_loop.md): the
 searched queries of the event log (:func:`online_learning.analysis.head_queries`)
 go through the served pipeline's query analyzer and first stage, and the top
 ``depth`` candidates of each are scored by every registered cross-encoder the served
-cascade runs (the student only with ``ranking.student_depth`` > 0) and written to the score store (``serving.score_store``). Pairs the store already
+cascade runs (the student only with ``ranking.student_depth`` > 0) and written to the score store,
+with the query's bi-encoder vector (so a search for a head query encodes nothing either) (``serving.score_store``). Pairs the store already
 holds are read, not scored again, so a second run costs little.
 """
 
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from core.cache import LRUCache
 from core.errors import InvalidInput, NotReady
 from core.query import Query
-from ranking.cache import CachedScorer
+from ranking.cache import CachedScorer, SharedQueryVectors
 from ranking.cascade import Cascade
 from serving.engine import SearchEngine, served_tag
 
@@ -79,6 +80,10 @@ def warm_scores(engine: SearchEngine, queries: Sequence[str], depth: int, progre
         raise NotReady("no registered cross-encoder is served, so no score would be stored; train one with "
                        "`shoprank train reranker|student --dataset DIR`")
     cascade: Cascade = engine.pipeline("full")  # type: ignore[assignment]  # every pipeline is a Cascade
+    shared_vectors = engine.hybrid.dense.shared
+    if isinstance(shared_vectors, SharedQueryVectors):
+        # the first stage below stores each head query's vector too: a batch job waits for room, never drops
+        shared_vectors.block_writes = True
     started = time.perf_counter()
     dropped_before = store.dropped
     pairs = scored = 0

@@ -60,6 +60,11 @@ def test_redis_store_is_shared_and_expires(redis_port: tuple[int, subprocess.Pop
     assert b.get_many(["k2", "k1", "nope"]) == [-3.5, 0.25, None]
     ttl = b.client.ttl(RedisScoreStore.prefix + "k1")
     assert 86000 < ttl <= 86400  # score_store_ttl_days=1
+    vector = np.arange(6, dtype=np.float32) / 7  # query vectors: float32 bytes, exact
+    a.put_vectors([("qv:enc:1", vector)])
+    assert a.flush(5)
+    found = b.get_vectors(["qv:enc:1", "k1", "qv:enc:2"], 6)
+    assert np.array_equal(found[0], vector) and found[1:] == [None, None]
     a.close()
     b.close()
 

@@ -38,18 +38,18 @@ class FakeStore(ScoreStore):
     name = "fake"
 
     def __init__(self, retry_s: float = 60.0, queue_size: int = 100) -> None:
-        self.data: dict[str, float] = {}
+        self.data: dict[str, float | bytes] = {}
         self.down = False
         self.reads: list[int] = []
         super().__init__(retry_s, queue_size)
 
-    def _read(self, keys: Sequence[str]) -> list[float | None]:
+    def _read(self, keys: Sequence[str]) -> list[float | bytes | None]:
         if self.down:
             raise ConnectionError("store is down")
         self.reads.append(len(keys))
         return [self.data.get(k) for k in keys]
 
-    def _write(self, items: Sequence[tuple[str, float]]) -> None:
+    def _write(self, items: Sequence[tuple[str, float | bytes]]) -> None:
         if self.down:
             raise ConnectionError("store is down")
         self.data.update(items)
@@ -234,3 +234,65 @@ def test_each_tier_is_exported_on_metrics() -> None:
     assert 'shoprank_cache_lookups_total{cache="reranker_scores_store",result="miss"} 3.0' in text
     assert 'shoprank_score_store_events_total{event="written"} 3.0' in text
     assert 'shoprank_cache_entries{cache="reranker_scores"} 3.0' in text
+
+
+def test_query_vectors_share_the_store_with_scores(tmp_path: Path) -> None:
+    """Vectors are float32 bytes under their own keys: read back exactly, by another process's
+    store object and after a restart; a score key or a vector of another size reads as None."""
+    from ranking.cache import SharedQueryVectors
+    from ranking.score_store import vector_key
+
+    path = tmp_path / "scores.sqlite"
+    a, b = SqliteScoreStore(path), SqliteScoreStore(path)
+    vectors = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    counts = TierCounts()
+    writer, reader = SharedQueryVectors(a, "enc1", 8), SharedQueryVectors(b, "enc1", 8, counts)
+    writer.put(["cordless drill", "garden hose"], vectors)
+    a.put_many([("k1", 1.5)])
+    assert a.flush(5) and a.written == 3
+    found = reader.get(["garden hose", "cordless drill", "hammer"])
+    assert np.array_equal(found[0], vectors[1]) and np.array_equal(found[1], vectors[0]) and found[2] is None
+    assert (counts.hits, counts.misses) == (2, 1)
+    assert SharedQueryVectors(b, "enc2", 8).get(["garden hose"]) == [None]  # another encoder: other keys
+    assert b.get_vectors([vector_key("enc1", "garden hose")], 16) == [None]  # not a 16-vector
+    assert b.get_vectors(["k1"], 8) == [None] and b.get_many(["k1"]) == [1.5]
+    a.close()
+    b.close()
+    restarted = SqliteScoreStore(path)
+    assert np.array_equal(SharedQueryVectors(restarted, "enc1", 8).get(["cordless drill"])[0], vectors[0])
+    restarted.close()
+
+
+def test_dense_retriever_reads_the_shared_tier_before_encoding() -> None:
+    """A vector in the shared tier is not encoded again (a second process, or after a restart);
+    one encoded here goes to both tiers; a store outage only means encoding."""
+    from ranking.cache import SharedQueryVectors
+    from retrieval.hybrid import DenseRetriever
+
+    class Encoder:
+        dim = 4
+        fingerprint = "enc"
+
+        def __init__(self) -> None:
+            self.encoded: list[str] = []
+
+        def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+            self.encoded += list(texts)
+            return np.array([[len(t), 1.0, 0.0, 0.0] for t in texts], dtype=np.float32)
+
+    store = FakeStore()
+    first, second = Encoder(), Encoder()
+    one = DenseRetriever(None, first, LRUCache(10), SharedQueryVectors(store, "enc", 4))  # type: ignore[arg-type]
+    counts = TierCounts()
+    two = DenseRetriever(None, second, LRUCache(10), SharedQueryVectors(store, "enc", 4, counts))  # type: ignore[arg-type]
+    v1 = one.embed(["drill", "hose"])
+    assert first.encoded == ["drill", "hose"] and store.flush(5)
+    v2 = two.embed(["hose", "rake", "drill"])
+    assert second.encoded == ["rake"]  # drill and hose came from the shared tier
+    assert np.array_equal(v2[0], v1[1]) and np.array_equal(v2[2], v1[0])
+    assert (counts.hits, counts.misses) == (2, 1)
+    two.embed(["drill"])
+    assert (counts.hits, counts.misses) == (2, 1)  # the in-memory LRU answered first
+    store.down = True
+    three = DenseRetriever(None, Encoder(), LRUCache(10), SharedQueryVectors(store, "enc", 4))  # type: ignore[arg-type]
+    assert np.array_equal(three.embed(["drill"])[0], v1[0]) and three.encoder.encoded == ["drill"]  # type: ignore[attr-defined]

@@ -69,6 +69,8 @@ def test_warm_scores_fills_the_store_that_searches_read(warm_home: Settings,
         tier = engine.cache_stats()["reranker_scores_store"]
         teacher_depth = warm_home.ranking.teacher_depth
         assert (tier.hits, tier.misses) == (5, teacher_depth - 5)  # type: ignore[attr-defined]
+        vectors = engine.cache_stats()["query_vectors_store"]
+        assert (vectors.hits, vectors.misses) == (1, 0)  # type: ignore[attr-defined]  # the warm stored its vector
     finally:
         engine.close()
 
