@@ -17,7 +17,8 @@ wrk posts (closed loop: each connection sends its next search when the last is a
 the server runs saturated) the stream's queries to ``shoprank serve`` on 127.0.0.1 for
 ``--seconds`` and prints searches/s, p50/p95/p99, failed requests, the share of searches
 served degraded, the share admitted over the shed limit (``shed_share``, from ``/metrics``:
-their cross-encoders scored only the top ``serving.shed_depth`` of the pairs not cached), the server's CPU milliseconds per search (all its threads and worker
+their cross-encoders scored only the top ``serving.shed_depth`` of the pairs not cached), each cache's lookups
+and hit rate (``caches``: results, query vectors and cross-encoder scores, each tier), the server's CPU milliseconds per search (all its threads and worker
 processes, ``api.workers``: a capacity figure steadier than searches/s on a shared machine), and the share
 whose top 10 a cross-encoder scored (the teacher or student stage ran and was not skipped,
 at its full or query-adaptive depth, or the answer
@@ -164,17 +165,35 @@ def server_memory(pid: int) -> list[dict[str, object]]:
     return rows
 
 
-def searches_counted(base: str) -> tuple[float, float]:
-    """Searches the server counted so far (every worker process's), and those admitted over the
-    shed limit (their cross-encoders scored only the top ``serving.shed_depth`` uncached pairs)."""
+CACHE_LOOKUP = re.compile(r'^shoprank_cache_lookups_total\{cache="([^"]+)",result="(hit|miss)"\} ([0-9.e+]+)$')
+
+
+def searches_counted(base: str) -> tuple[float, float, dict[str, float]]:
+    """Searches the server counted so far (every worker process's), those admitted over the
+    shed limit (their cross-encoders scored only the top ``serving.shed_depth`` uncached pairs),
+    and every cache's lookups (``<cache>:hit`` / ``<cache>:miss``)."""
     text = httpx.get(f"{base}/metrics", timeout=30).text
     total = shed = 0.0
+    lookups: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("shoprank_searches_total{"):
             value = float(line.rsplit(" ", 1)[1])
             total += value
             shed += value if 'shed="true"' in line else 0.0
-    return total, shed
+        elif match := CACHE_LOOKUP.match(line):
+            lookups[f"{match[1]}:{match[2]}"] = lookups.get(f"{match[1]}:{match[2]}", 0.0) + float(match[3])
+    return total, shed, lookups
+
+
+def cache_hits(before: dict[str, float], after: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Each cache's lookups during a level and the share that hit."""
+    out = {}
+    for name in sorted({key.rsplit(":", 1)[0] for key in after}):
+        hits = after.get(f"{name}:hit", 0.0) - before.get(f"{name}:hit", 0.0)
+        misses = after.get(f"{name}:miss", 0.0) - before.get(f"{name}:miss", 0.0)
+        if hits + misses:
+            out[name] = {"lookups": int(hits + misses), "hit_rate": round(hits / (hits + misses), 3)}
+    return out
 
 
 def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, name: str,
@@ -196,12 +215,14 @@ def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, 
     n, took, p50, p95, p99, errors, non2xx, answered, degraded, scored, timeouts = match.groups()
     answered_n = max(1, int(answered))
     cpu_ms = (cpu_seconds(server) - cpu) * 1000 / answered_n
-    total, shed = (after - before for after, before in zip(searches_counted(base), counted, strict=True))
+    after = searches_counted(base)
+    total, shed = after[0] - counted[0], after[1] - counted[1]
     return {"searches_per_s": round(int(n) / float(took), 1), "p50_ms": float(p50), "p95_ms": float(p95),
             "p99_ms": float(p99), "requests": int(n), "failed": int(errors) + int(non2xx), "timeouts": int(timeouts),
             "degraded_share": round(int(degraded) / answered_n, 4), "shed_share": round(shed / max(1.0, total), 4),
             "cross_encoder_top10_share": round(int(scored) / answered_n, 4),
-            "server_cpu_ms_per_search": round(cpu_ms, 1) if server is not None else None}
+            "server_cpu_ms_per_search": round(cpu_ms, 1) if server is not None else None,
+            "caches": cache_hits(counted[2], after[2])}
 
 
 def run_open(base: str, stream: list[str], connections: int, rate: float, seconds: int, seed: int
