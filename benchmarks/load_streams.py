@@ -58,6 +58,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from api.metrics import LIVE_INTERVAL_S
 from benchmarks.common import hardware, wait_ready
 from core.settings import get_settings
 from online_learning.local_broker import free_port
@@ -205,8 +206,11 @@ def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, 
     queries.write_text("\n".join(json.dumps(q) for q in stream))
     script = work / f"{name}-{threads}.lua"
     script.write_text(LUA % {"queries": queries, "threads": threads})
-    cpu = cpu_seconds(server)
+    # every process publishes its cache figures for /metrics once a second (LIVE_INTERVAL_S): wait that long
+    # so that the counts before and after the level hold none of the previous level's lookups
+    time.sleep(1.5 * LIVE_INTERVAL_S)
     counted = searches_counted(base)
+    cpu = cpu_seconds(server)
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{level}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
                           base], capture_output=True, text=True, check=False).stdout
     match = RESULT.search(out)
@@ -215,6 +219,7 @@ def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, 
     n, took, p50, p95, p99, errors, non2xx, answered, degraded, scored, timeouts = match.groups()
     answered_n = max(1, int(answered))
     cpu_ms = (cpu_seconds(server) - cpu) * 1000 / answered_n
+    time.sleep(1.5 * LIVE_INTERVAL_S)
     after = searches_counted(base)
     total, shed = after[0] - counted[0], after[1] - counted[1]
     return {"searches_per_s": round(int(n) / float(took), 1), "p50_ms": float(p50), "p95_ms": float(p95),
