@@ -182,7 +182,8 @@ def searches_counted(base: str) -> tuple[float, float, dict[str, float]]:
             total += value
             shed += value if 'shed="true"' in line else 0.0
         elif match := CACHE_LOOKUP.match(line):
-            lookups[f"{match[1]}:{match[2]}"] = lookups.get(f"{match[1]}:{match[2]}", 0.0) + float(match[3])
+            key = f"{match[1]}:{match[2]}"
+            lookups[key] = lookups.get(key, 0.0) + float(match[3])
     return total, shed, lookups
 
 

@@ -73,21 +73,20 @@ class DenseRetriever:
         kept in both)."""
         if self.cache is None and self.shared is None:
             return self.encoder.encode(list(queries), batch_size=64)
-        found: list[np.ndarray | None] = [self.cache.get(q) if self.cache is not None else None for q in queries]
+        memory = self.cache if self.cache is not None else LRUCache(0)  # size 0: never holds anything
+        found: list[np.ndarray | None] = [memory.get(q) for q in queries]
         missing = [i for i, v in enumerate(found) if v is None]
         if missing and self.shared is not None:
             for i, vector in zip(missing, self.shared.get([queries[i] for i in missing])):
                 if vector is not None:
+                    memory.put(queries[i], vector)
                     found[i] = vector
-                    if self.cache is not None:
-                        self.cache.put(queries[i], vector)
             missing = [i for i in missing if found[i] is None]
         if missing:
             texts = [queries[i] for i in missing]
             fresh = self.encoder.encode(texts, batch_size=64)
             for i, vector in zip(missing, fresh):
-                if self.cache is not None:
-                    self.cache.put(queries[i], vector)
+                memory.put(queries[i], vector)
                 found[i] = vector
             if self.shared is not None:
                 self.shared.put(texts, fresh)

@@ -171,8 +171,8 @@ class Caches:
         the score store (``score_store``) its errors and dropped writes."""
         out: dict[str, object] = {"results": self.results, **{f"{role}_scores": c for role, c in self.scores.items()}}
         if self.store is not None:
-            out |= {f"{role}_scores_store": c for role, c in self.store_tiers.items()} | {"score_store": self.store}
-            out |= {"query_vectors_store": self.query_vectors_store}
+            out |= {f"{role}_scores_store": c for role, c in self.store_tiers.items()} | {
+                "score_store": self.store, "query_vectors_store": self.query_vectors_store}
         return out | ({"query_vectors": self.query_vectors} if self.query_vectors is not None else {})
 
 

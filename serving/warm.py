@@ -4,9 +4,10 @@ Nightly, after retraining (``shoprank warm-scores``; docs/learning_loop.md): the
 searched queries of the event log (:func:`online_learning.analysis.head_queries`)
 go through the served pipeline's query analyzer and first stage, and the top
 ``depth`` candidates of each are scored by every registered cross-encoder the served
-cascade runs (the student only with ``ranking.student_depth`` > 0) and written to the score store,
-with the query's bi-encoder vector (so a search for a head query encodes nothing either) (``serving.score_store``). Pairs the store already
-holds are read, not scored again, so a second run costs little.
+cascade runs (the student only with ``ranking.student_depth`` > 0) and written to the score
+store (``serving.score_store``), with each query's bi-encoder vector, so a search for a head
+query neither scores nor encodes. Pairs the store already holds are read, not scored again,
+so a second run costs little.
 """
 
 from __future__ import annotations
