@@ -10,11 +10,15 @@ Runs BM25 and the dense search once per judged query of ``--split`` (analyzed as
 and, with ``--feedback``, the served RRF over the dense run moved by pseudo-relevance
 feedback (``retrieval.feedback_docs`` m, ``feedback_weight`` b; the served code), each
 against the plain served fusion with a paired bootstrap CI of the Recall@100 difference;
+with ``--int8-query``, the served fusion over a dense run whose query vectors come from the
+bi-encoder quantized to int8 (ONNX Runtime dynamic quantization, per channel; the catalog
+vectors unchanged), compared the same way, with each encoder's time to encode one query
+(one thread);
 
 and prints condensed NDCG@10, MRR@10 (grade >= 0.75 of the maximum, as ``shoprank
 evaluate``), Recall@100 / @200, and Recall@100 on the misspelled subset and the rest.
 
-    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback]
+    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback] [--int8-query]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware
+from benchmarks.common import hardware, percentiles, time_each
 from core.query import Query
 from core.settings import get_settings
 from evaluation.compare import paired_bootstrap
@@ -59,12 +63,36 @@ def fuse(bm25: Hits, dense: Hits, kind: str, k: float, weight: float) -> np.ndar
     return unique[np.lexsort((unique, -fused))]
 
 
+def int8_query_vectors(engine, texts: list[str]) -> tuple[np.ndarray, dict[str, dict[str, float]]]:  # type: ignore[no-untyped-def]
+    """The query vectors of ``texts`` from the served bi-encoder quantized to int8, and the time each
+    encoder (float32, int8; one thread) takes to encode one query."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    encoder = engine.hybrid.dense.encoder
+    fp32 = engine.settings.paths.cache / "onnx" / f"biencoder-{encoder.fingerprint}.onnx"
+    int8 = fp32.with_name(f"biencoder-{encoder.fingerprint}-int8.onnx")  # beside the served export, in the cache
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+    timings, served = {}, encoder.session
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        encoder.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        timings[f"{name} ms per query"] = percentiles(time_each(texts[:400], lambda t: encoder.encode([t])))
+        vectors = encoder.encode(texts, batch_size=64) if name == "int8" else None
+    encoder.session = served
+    return vectors, timings  # type: ignore[return-value]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, default=DATA)
     parser.add_argument("--split", default="dev")
     parser.add_argument("--depth", type=int, default=1000)
     parser.add_argument("--feedback", action="store_true", help="also the dense feedback grid")
+    parser.add_argument("--int8-query", action="store_true", help="also the query encoder quantized to int8")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fusion_grid.json")
     args = parser.parse_args()
     settings = get_settings()
@@ -88,13 +116,19 @@ def main() -> None:
     variants += [("score", 0, w, 0, 0.0) for w in (0.3, 0.5, 0.6, 0.7)]
     if args.feedback:
         variants += [("rrf", settings.retrieval.rrf_k, 1.0, m, b) for m in (3, 5, 10, 20) for b in (0.1, 0.2, 0.3, 0.6)]
+    int8_runs, timings = None, {}
+    if args.int8_query:
+        int8_vectors, timings = int8_query_vectors(engine, texts)
+        int8_runs = index.dense.batch_search(int8_vectors, args.depth)
+        print(json.dumps(timings), flush=True)
+        variants += [("rrf", settings.retrieval.rrf_k, 1.0, -1, 0.0)]  # m = -1: the int8 query vectors' run
     rows: list[dict[str, object]] = []
     served_recall: dict[str, float] | None = None
     for kind, k, w, m, b in variants:
         values: dict[str, list[float]] = {name: [] for name in ("ndcg@10", "mrr@10", "recall@100", "recall@200",
                                                           "recall@100 misspelled", "recall@100 correct")}
-        runs = dense_runs
-        if m:
+        runs = dense_runs if m >= 0 else int8_runs
+        if m > 0:
             moved = HybridRetriever(BM25Retriever(index), engine.hybrid.dense, rrf_k=k, depth=args.depth,
                                     feedback_docs=m, feedback_weight=b)
             runs = moved._feedback(vectors, bm25_runs, dense_runs, args.depth)
@@ -112,7 +146,7 @@ def main() -> None:
                 values["recall@200"].append(recall_at_k(ranked, grades, 200, relevant) or 0.0)
                 values["recall@100 misspelled" if qid in misspelled else "recall@100 correct"].append(recall)
         row = {"fusion": f"{kind} k={k} w={w}" if kind == "rrf" else f"score w={w}"}
-        row["fusion"] += f" feedback m={m} b={b}" if m else ""
+        row["fusion"] += f" feedback m={m} b={b}" if m > 0 else " int8 query encoder" if m < 0 else ""
         row |= {name: round(float(np.mean(v)), 4) for name, v in values.items()}
         if kind == "rrf" and k == settings.retrieval.rrf_k and w == 1.0 and not m:
             served_recall = per_query
@@ -125,7 +159,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     args.out.write_text(json.dumps({"cpu": hardware(), "command": " ".join(sys.argv), "home": str(settings.home),
-                                    "queries": len(selected), "rows": rows}, indent=2))
+                                    "queries": len(selected), "rows": rows} | ({"encode": timings} if timings else {}),
+                                   indent=2))
 
 
 if __name__ == "__main__":
