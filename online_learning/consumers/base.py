@@ -3,6 +3,16 @@
 ``handle`` must be idempotent by event id and durable when it returns; only
 then are the offsets committed. Bad messages (not valid events) are counted
 and written to a dead-letter file, not retried forever.
+
+A topic recreated under a running consumer (deleted and created again, or a
+broker without durable storage restarted) starts its offsets again at 0, while
+the consumer still holds, and may commit, its old positions. A broker is not
+bound to answer a fetch past its new end with "offset out of range" (Tansu in
+memory answers with nothing), and when the new log has already grown past the
+old position, none is due: either way the new events would be skipped. So the
+loop watches each topic's id (every ``topic_check_s`` seconds) and, when it
+changes, reads that topic again from its earliest offset; ``handle`` drops the
+events it already has.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ class ConsumerLoop:
 
     def __init__(self, bootstrap: str, group: str, topics: Sequence[str],
                  handle: Callable[[list[Delivered]], None], dead_letters: Path, max_records: int = 1000,
-                 session_timeout_ms: int = 6000) -> None:
+                 session_timeout_ms: int = 6000, topic_check_s: float = 5.0) -> None:
         self.bootstrap = bootstrap
         self.group = group
         self.topics = list(topics)
@@ -41,9 +51,15 @@ class ConsumerLoop:
         self.dead_letters = dead_letters
         self.max_records = max_records
         self.session_timeout_ms = session_timeout_ms
+        self.topic_check_s = topic_check_s
         self.stop_event = threading.Event()
         self.consumed = 0
         self.invalid = 0
+        self.topic_resets = 0
+        self._topic_ids: dict[str, str] = {}
+        self._rewind: set[str] = set()  # recreated topics not yet read again from the start
+        self._next_check = 0.0
+        self._admin = None
 
     def _consumer(self):  # type: ignore[no-untyped-def]
         from kafka import KafkaConsumer
@@ -61,6 +77,7 @@ class ConsumerLoop:
         while not self.stop_event.is_set():
             try:
                 consumer = consumer or self._consumer()
+                self._rewind_recreated(consumer)
                 polled = consumer.poll(timeout_ms=500)
             except Exception as err:  # noqa: BLE001 - broker gone: reconnect with back-off
                 logger.warning("%s: poll failed (%s); reconnecting", self.group, err)
@@ -93,6 +110,47 @@ class ConsumerLoop:
             elif idle_exit is not None and time.monotonic() - last_message > idle_exit:
                 break
         self._close(consumer)
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
+    def _recreated_topics(self) -> list[str]:
+        """Topics whose id changed since the last look (at most every ``topic_check_s`` seconds)."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return []
+        self._next_check = now + self.topic_check_s
+        try:
+            if self._admin is None:
+                from kafka import KafkaAdminClient
+
+                self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.group}-topic-watch")
+            described = self._admin.describe_topics(self.topics)
+        except Exception as err:  # noqa: BLE001 - broker gone: look again at the next check
+            logger.debug("%s: could not describe %s (%s)", self.group, self.topics, err)
+            return []
+        changed = []
+        for topic in described:
+            name, topic_id = topic.get("name"), topic.get("topic_id")
+            if topic.get("error_code") or not topic_id:
+                continue  # not there (yet): keep the id it had
+            if self._topic_ids.setdefault(name, str(topic_id)) != str(topic_id):
+                self._topic_ids[name] = str(topic_id)
+                changed.append(name)
+        return changed
+
+    def _rewind_recreated(self, consumer) -> None:  # type: ignore[no-untyped-def]
+        """Read a recreated topic again from its earliest offset, once the consumer holds its partitions."""
+        for topic in self._recreated_topics():
+            logger.warning("%s: topic %s was recreated (new topic id); its offsets started again at 0: "
+                           "reading it again from the earliest offset", self.group, topic)
+            self._rewind.add(topic)
+        for topic in sorted(self._rewind):
+            partitions = [tp for tp in consumer.assignment() if tp.topic == topic]
+            if partitions:
+                consumer.seek_to_beginning(*partitions)
+                self._rewind.discard(topic)
+                self.topic_resets += 1
 
     def _dead_letter(self, record, err: Exception) -> None:  # type: ignore[no-untyped-def]
         self.invalid += 1

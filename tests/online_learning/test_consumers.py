@@ -147,50 +147,101 @@ def test_streaming_features_count_once_across_a_crash(broker: LocalBroker, tmp_p
     assert last.loc["p0", "impressions_7d"] == 40  # the online store got the final absolute count
 
 
+def run_in_thread(loop: ConsumerLoop):  # type: ignore[no-untyped-def]
+    import threading
+
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for(condition, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def assert_complete(sink_root: Path, batch: list) -> None:
+    rankings = read_log(sink_root, "rankings")
+    assert sorted(rankings["event_id"].unique()) == sorted(e.event_id for e in batch if isinstance(e, RankingEvent))
+    assert len(rankings) == len(rankings["event_id"].unique()) * 3  # later files did not replace earlier ones
+    expected = {e.event_id for e in batch if isinstance(e, InteractionEvent)}
+    assert set(read_log(sink_root, "interactions")["event_id"]) == expected
+
+
 def test_log_sink_keeps_everything_across_a_broker_restart(tmp_path: Path) -> None:
     """The broker restarts under a live consumer (Tansu in memory: offsets start again at 0).
 
-    The consumer still holds its pre-restart positions; a memory broker that
-    forgets everything can only hand the new events over if its new log ends
-    before those positions (the fetch is then out of range and starts again
-    from the earliest offset). Requests 45..59 are fewer than 0..44 in every
-    partition (keys are users u0..u6), so that holds however the reconnect
-    and the publishing interleave. A real Kafka cluster never reuses offsets.
-    One record per poll: every file is one offset, so the second batch's files
-    carry the first batch's offsets again (the names must still differ).
+    The consumer may keep its pre-restart positions through the rejoin, and
+    even commit them to the new broker; Tansu answers a fetch past its new end
+    with nothing rather than "offset out of range". Requests 45..59 are fewer
+    than 0..44 in every partition (keys are users u0..u6), so the old
+    positions lie past the new ends: only the loop's topic-id watch brings the
+    new events in, whichever way the reconnect goes. One record per poll:
+    every file is one offset, so the second batch's files carry the first
+    batch's offsets again (the names must still differ).
     """
-    import threading
-    import time
-
     batch = events(60)
     first = [e for e in batch if int(e.request_id[1:]) < 45]
     second = [e for e in batch if int(e.request_id[1:]) >= 45]
     sink_root = tmp_path / "log"
+    sink = ParquetLogSink(sink_root)
     broker = LocalBroker(log=tmp_path / "tansu.log").start()
-    loop = ConsumerLoop(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC], ParquetLogSink(sink_root),
-                        tmp_path / "dead.jsonl", max_records=1)
-    thread = threading.Thread(target=loop.run, daemon=True)
+    loop = ConsumerLoop(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC], sink,
+                        tmp_path / "dead.jsonl", max_records=1, topic_check_s=1.0)
+    thread = None
     try:
         create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
         publish(broker, tmp_path / "spool", first)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while loop.consumed < len(first) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert loop.consumed == len(first)
+        thread = run_in_thread(loop)
+        wait_for(lambda: sink.written == len(first), 60)
+        assert sink.written == len(first)
         broker.stop()
         broker.start()
         create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
         publish(broker, tmp_path / "spool2", second)
-        deadline = time.monotonic() + 90
-        while loop.consumed < len(batch) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: sink.written == len(batch), 90)
+    finally:
+        loop.stop()
+        if thread is not None:
+            thread.join(15)
+        broker.stop()
+    assert_complete(sink_root, batch)
+
+
+def test_a_topic_recreated_under_the_consumer_is_read_again_from_its_start(broker: LocalBroker,
+                                                                         tmp_path: Path) -> None:
+    """Topics deleted and created again while the group lives on with committed offsets past their new ends.
+
+    Without the topic-id watch the consumer resumes at those offsets and never
+    sees the new events (Tansu); a Kafka broker would answer "out of range"
+    only while the new log is shorter than the old position.
+    """
+    from kafka import KafkaAdminClient
+
+    batch = events(40)
+    first, second = batch[: len(batch) * 3 // 4], batch[len(batch) * 3 // 4 :]
+    sink_root = tmp_path / "log"
+    sink = ParquetLogSink(sink_root)
+    loop = ConsumerLoop(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC], sink,
+                        tmp_path / "dead.jsonl", topic_check_s=0.5)
+    publish(broker, tmp_path / "spool", first)
+    thread = run_in_thread(loop)
+    try:
+        wait_for(lambda: sink.written == len(first), 60)
+        assert sink.written == len(first)
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        try:
+            admin.delete_topics([RANKINGS_TOPIC, INTERACTIONS_TOPIC])
+        finally:
+            admin.close()
+        create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
+        publish(broker, tmp_path / "spool2", second)
+        wait_for(lambda: sink.written == len(batch), 60)
     finally:
         loop.stop()
         thread.join(15)
-        broker.stop()
-    rankings = read_log(sink_root, "rankings")
-    assert sorted(rankings["event_id"].unique()) == sorted(f"r{i}" for i in range(60))
-    assert len(rankings) == 60 * 3  # files written after the restart did not replace earlier ones
-    expected = {e.event_id for e in batch if isinstance(e, InteractionEvent)}
-    assert set(read_log(sink_root, "interactions")["event_id"]) == expected
+    assert_complete(sink_root, batch)
+    assert loop.topic_resets >= 1
