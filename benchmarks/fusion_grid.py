@@ -14,11 +14,16 @@ with ``--int8-query``, the served fusion over a dense run whose query vectors co
 bi-encoder quantized to int8 (ONNX Runtime dynamic quantization, per channel; the catalog
 vectors unchanged), compared the same way, with each encoder's time to encode one query
 (one thread);
+with ``--char-ngrams``, the served RRF with a third run: TF-IDF over character 3-grams of the
+titles (scikit-learn ``char_wb``, sublinear tf), searched with the query as typed (lowercased),
+at weights 0.3, 0.5 and 1, compared the same way (a fuzzy match for the words the spelling
+corrector leaves unknown);
 
 and prints condensed NDCG@10, MRR@10 (grade >= 0.75 of the maximum, as ``shoprank
-evaluate``), Recall@100 / @200, and Recall@100 on the misspelled subset and the rest.
+evaluate``), Recall@100 / @200, and Recall@100 on the misspelled subset and the rest, the
+misspelled split again by whether the analyzer left a word the catalog does not know.
 
-    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback] [--int8-query]
+    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback] [--int8-query] [--char-ngrams]
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from evaluation.compare import paired_bootstrap
 from evaluation.dataset import load_dataset
 from evaluation.harness import Thresholds
 from evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
-from evaluation.subsets import subset_ids
+from evaluation.subsets import is_misspelled, subset_ids, vocabulary
 from retrieval.hybrid import BM25Retriever, HybridRetriever
 from retrieval.types import Hits
 from serving.loading import open_engine
@@ -49,8 +54,9 @@ from serving.loading import open_engine
 DATA = ROOT.parent / "shared" / "data" / "homedepot"
 
 
-def fuse(bm25: Hits, dense: Hits, kind: str, k: float, weight: float) -> np.ndarray:
-    """Fused doc rows, best first."""
+def fuse(bm25: Hits, dense: Hits, kind: str, k: float, weight: float,
+         third: np.ndarray | None = None, third_weight: float = 0.0) -> np.ndarray:
+    """Fused doc rows, best first (``third``: doc rows of a further run, RRF only)."""
     if kind == "rrf":
         weights = [1.0 / (k + np.arange(1, len(bm25) + 1)), weight / (k + np.arange(1, len(dense) + 1))]
     else:
@@ -58,6 +64,9 @@ def fuse(bm25: Hits, dense: Hits, kind: str, k: float, weight: float) -> np.ndar
             return (hits.scores - hits.scores.min()) / (np.ptp(hits.scores) + 1e-9) if len(hits) else hits.scores
         weights = [(1 - weight) * scaled(bm25), weight * scaled(dense)]
     docs = np.concatenate([bm25.docs, dense.docs])
+    if third is not None:
+        weights.append(third_weight / (k + np.arange(1, len(third) + 1)))
+        docs = np.concatenate([docs, third])
     unique, inverse = np.unique(docs, return_inverse=True)
     fused = np.bincount(inverse, weights=np.concatenate(weights))
     return unique[np.lexsort((unique, -fused))]
@@ -86,6 +95,28 @@ def int8_query_vectors(engine, texts: list[str]) -> tuple[np.ndarray, dict[str, 
     return vectors, timings  # type: ignore[return-value]
 
 
+def char_ngram_runs(titles: list[str], queries: list[str], depth: int) -> tuple[list[np.ndarray], dict]:
+    """Doc rows, best first, of a character 3-gram TF-IDF search of ``queries`` over ``titles``,
+    and what it took (build seconds, ms per query)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    started = time.perf_counter()
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True, min_df=2,
+                                 dtype=np.float32)
+    by_gram = vectorizer.fit_transform([t.lower() for t in titles]).T.tocsr()  # n-grams x products
+    built = time.perf_counter() - started
+    started = time.perf_counter()
+    vectors, runs = vectorizer.transform([q.lower() for q in queries]), []
+    for row in range(vectors.shape[0]):
+        scores = (vectors[row] @ by_gram).toarray().ravel()
+        top = np.argpartition(-scores, min(depth, len(scores) - 1))[:depth]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        runs.append(top[scores[top] > 0])
+    cost = {"build s": round(built, 2), "ms per query": round((time.perf_counter() - started) / len(queries) * 1e3, 2),
+            "n-grams": by_gram.shape[0]}
+    return runs, cost
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, default=DATA)
@@ -93,6 +124,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=1000)
     parser.add_argument("--feedback", action="store_true", help="also the dense feedback grid")
     parser.add_argument("--int8-query", action="store_true", help="also the query encoder quantized to int8")
+    parser.add_argument("--char-ngrams", action="store_true", help="also a character 3-gram run as a third input")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fusion_grid.json")
     args = parser.parse_args()
     settings = get_settings()
@@ -102,6 +134,8 @@ def main() -> None:
     selected = [(q, t) for q, t in dataset.select(args.split) if any(dataset.qrels.get(q, {}).values())]
     misspelled = subset_ids(dataset, selected, "misspelled")
     texts = [hybrid.analyze(Query(t)).text for _, t in selected]
+    vocab = vocabulary(dataset.products)
+    unresolved = {qid for (qid, _), text in zip(selected, texts) if qid in misspelled and is_misspelled(text, vocab)}
     started = time.perf_counter()
     vectors = engine.hybrid.dense.embed(texts)
     dense_runs = index.dense.batch_search(vectors, args.depth)
@@ -122,20 +156,29 @@ def main() -> None:
         int8_runs = index.dense.batch_search(int8_vectors, args.depth)
         print(json.dumps(timings), flush=True)
         variants += [("rrf", settings.retrieval.rrf_k, 1.0, -1, 0.0)]  # m = -1: the int8 query vectors' run
+    char_runs = None
+    if args.char_ngrams:
+        char_runs, timings["char n-grams"] = char_ngram_runs(index.products["title"].fillna("").astype(str).tolist(),
+                                                             [t for _, t in selected], args.depth)
+        print(json.dumps(timings["char n-grams"]), flush=True)
+        variants += [("rrf", settings.retrieval.rrf_k, 1.0, -2, w) for w in (0.3, 0.5, 1.0)]  # m = -2: + char run, weight b
     rows: list[dict[str, object]] = []
     served_recall: dict[str, float] | None = None
     for kind, k, w, m, b in variants:
         values: dict[str, list[float]] = {name: [] for name in ("ndcg@10", "mrr@10", "recall@100", "recall@200",
-                                                          "recall@100 misspelled", "recall@100 correct")}
-        runs = dense_runs if m >= 0 else int8_runs
+                                                          "recall@100 misspelled", "recall@100 correct",
+                                                          "recall@100 misspelled resolved",
+                                                          "recall@100 misspelled unresolved")}
+        runs = int8_runs if m == -1 else dense_runs
         if m > 0:
             moved = HybridRetriever(BM25Retriever(index), engine.hybrid.dense, rrf_k=k, depth=args.depth,
                                     feedback_docs=m, feedback_weight=b)
             runs = moved._feedback(vectors, bm25_runs, dense_runs, args.depth)
         per_query: dict[str, float] = {}
-        for (qid, _), bm25, dense in zip(selected, bm25_runs, runs):
+        for position, ((qid, _), bm25, dense) in enumerate(zip(selected, bm25_runs, runs)):
             grades = dataset.qrels[qid]
-            ranked = list(ids[fuse(bm25, dense, kind, k, w)[: args.depth]])
+            third = char_runs[position] if m == -2 and char_runs is not None else None
+            ranked = list(ids[fuse(bm25, dense, kind, k, w, third, b)[: args.depth]])
             condensed = condense(ranked, grades, 100)
             values["ndcg@10"].append(ndcg_at_k(condensed, grades, 10))
             values["mrr@10"].append(mrr_at_k(condensed, grades, 10, hit))
@@ -145,9 +188,14 @@ def main() -> None:
                 values["recall@100"].append(recall)
                 values["recall@200"].append(recall_at_k(ranked, grades, 200, relevant) or 0.0)
                 values["recall@100 misspelled" if qid in misspelled else "recall@100 correct"].append(recall)
+                if qid in misspelled:
+                    values["recall@100 misspelled " + ("unresolved" if qid in unresolved else "resolved")].append(recall)
         row = {"fusion": f"{kind} k={k} w={w}" if kind == "rrf" else f"score w={w}"}
-        row["fusion"] += f" feedback m={m} b={b}" if m > 0 else " int8 query encoder" if m < 0 else ""
+        row["fusion"] += (f" feedback m={m} b={b}" if m > 0 else " int8 query encoder" if m == -1
+                          else f" + char 3-grams w={b}" if m == -2 else "")
         row |= {name: round(float(np.mean(v)), 4) for name, v in values.items()}
+        row["misspelled resolved / unresolved queries"] = [len(values["recall@100 misspelled resolved"]),
+                                                           len(values["recall@100 misspelled unresolved"])]
         if kind == "rrf" and k == settings.retrieval.rrf_k and w == 1.0 and not m:
             served_recall = per_query
         elif m and served_recall:
