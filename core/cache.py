@@ -36,11 +36,12 @@ class LRUCache:
             self.hits += 1
             return entry[1]
 
-    def put(self, key: Hashable, value: Any) -> None:
+    def put(self, key: Hashable, value: Any, age: float = 0.0) -> None:
+        """Keep ``value`` under ``key``; ``age``: seconds it is old already (it expires that much sooner)."""
         if self.size <= 0:
             return
         with self._lock:
-            self._items[key] = (time.monotonic(), value)
+            self._items[key] = (time.monotonic() - age, value)
             self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)

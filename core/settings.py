@@ -174,6 +174,9 @@ class ServingSettings(BaseModel):
                                         "key expiry; local: pruned by `shoprank warm-scores`). 0: forever.")
     results_cache_size: int = Field(10_000, ge=0, description="Result pages kept (LRU; 0: no results cache).")
     results_ttl_s: float = Field(60.0, ge=0, description="How long a cached result list is served.")
+    shared_results: bool = Field(True, description="Result pages are also kept in the score store "
+                                 "(score_store 'local' or 'redis'), so one ranked by a server process is served "
+                                 "by the others (and replicas) until results_ttl_s after it was ranked.")
     reload_poll_s: float = Field(2.0, ge=0, le=3600, description="Seconds between checks of the shared state "
                                  "(active model versions, experiment); a change made by another server process "
                                  "or the CLI is loaded within this time. 0: never check.")

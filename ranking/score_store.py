@@ -20,6 +20,11 @@ was scored: a model swap or a changed title reads other keys, never a stale scor
 The same store keeps the bi-encoder's **query vectors** (:meth:`ScoreStore.get_vectors`,
 float32 bytes, keyed by the encoder's fingerprint and the analyzed query), so a head query
 the nightly warm-up or another process encoded is not encoded again.
+
+And **result pages** (:meth:`ScoreStore.get_page`: bytes after the time they were
+written; keys ``rp:<digest>`` made by :func:`page_key`), kept ``page_ttl_s``: Redis
+expires them, sqlite deletes expired ones at most once per ``page_ttl_s``
+(``serving.results``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import hashlib
 import logging
 import queue
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -61,6 +67,16 @@ def vector_key(encoder_fingerprint: str, query: str) -> str:
     return f"qv:{encoder_fingerprint}:{hashlib.blake2b(query.encode(), digest_size=16).hexdigest()}"
 
 
+PAGE_PREFIX = "rp:"
+_PAGE_END = "rp;"  # the first key after every page key (';' follows ':')
+_STAMP = struct.Struct("<d")  # a page's value starts with the wall-clock time it was written
+
+
+def page_key(request: str) -> str:
+    """The store key of one result page: ``rp:<digest of the request and everything it depended on>``."""
+    return PAGE_PREFIX + hashlib.blake2b(request.encode(), digest_size=16).hexdigest()
+
+
 Value = float | bytes  # a score, or a float32 vector's bytes
 
 
@@ -75,12 +91,14 @@ class ScoreStore:
     Args:
         retry_s: Seconds the store is left alone after 3 errors in a row.
         queue_size: Scores waiting to be written at most.
+        page_ttl_s: Seconds a result page is kept.
     """
 
     name = "store"
 
-    def __init__(self, retry_s: float = 30.0, queue_size: int = 10_000) -> None:
+    def __init__(self, retry_s: float = 30.0, queue_size: int = 10_000, page_ttl_s: float = 60.0) -> None:
         self.retry_s = retry_s
+        self.page_ttl_s = page_ttl_s
         self.errors = self.skipped = self.dropped = self.written = 0
         self._down_until = 0.0
         self._in_a_row = 0
@@ -152,6 +170,19 @@ class ScoreStore:
     def put_vectors(self, items: Sequence[tuple[str, np.ndarray]], block: bool = False) -> int:
         """Queue vectors (stored as float32 bytes) like :meth:`put_many`; returns how many were dropped."""
         return self.put_many([(k, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items], block)
+
+    def get_page(self, key: str, max_age_s: float) -> tuple[bytes, float] | None:
+        """The result page stored under ``key`` and its age in seconds (None: not stored, older than
+        ``max_age_s``, or the store is unavailable)."""
+        value = self._guarded_read([key])[0]
+        if not isinstance(value, bytes) or len(value) < _STAMP.size:
+            return None
+        age = time.time() - _STAMP.unpack_from(value)[0]
+        return (value[_STAMP.size :], max(0.0, age)) if age <= max_age_s else None
+
+    def put_page(self, key: str, payload: bytes) -> int:
+        """Queue a result page (stamped with the time now) like :meth:`put_many`."""
+        return self.put_many([(key, _STAMP.pack(time.time()) + payload)])
 
     def put_many(self, items: Sequence[tuple[str, Value]], block: bool = False) -> int:
         """Queue scores for the background writer; returns how many were dropped (queue full, or
@@ -230,9 +261,11 @@ class SqliteScoreStore(ScoreStore):
 
     name = "local"
 
-    def __init__(self, path: Path, timeout_s: float = 0.05, retry_s: float = 30.0, queue_size: int = 10_000) -> None:
+    def __init__(self, path: Path, timeout_s: float = 0.05, retry_s: float = 30.0, queue_size: int = 10_000,
+                 page_ttl_s: float = 60.0) -> None:
         self.path = path
         self.timeout_s = timeout_s
+        self._pages_pruned = time.monotonic()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -248,7 +281,7 @@ class SqliteScoreStore(ScoreStore):
                 db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL NOT NULL, "
                            "written REAL NOT NULL) WITHOUT ROWID")
             db.close()
-        super().__init__(retry_s, queue_size)
+        super().__init__(retry_s, queue_size, page_ttl_s)
 
     def _connection(self, timeout: float) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -275,6 +308,11 @@ class SqliteScoreStore(ScoreStore):
         db.execute("BEGIN")
         try:
             db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", [(k, v, now) for k, v in items])
+            # expired pages: one range of the primary key
+            if self.page_ttl_s > 0 and time.monotonic() - self._pages_pruned >= self.page_ttl_s:
+                db.execute("DELETE FROM scores WHERE key >= ? AND key < ? AND written < ?",
+                           (PAGE_PREFIX, _PAGE_END, now - self.page_ttl_s))
+                self._pages_pruned = time.monotonic()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -300,7 +338,7 @@ class RedisScoreStore(ScoreStore):
     prefix = "shoprank:ce:"
 
     def __init__(self, url: str, timeout_s: float = 0.05, ttl_s: float = 0.0, retry_s: float = 30.0,
-                 queue_size: int = 10_000) -> None:
+                 queue_size: int = 10_000, page_ttl_s: float = 60.0) -> None:
         import redis
 
         self.url = url
@@ -309,15 +347,17 @@ class RedisScoreStore(ScoreStore):
         # the writer waits longer than a search would; an outage still fails it within seconds
         self.writer = redis.Redis.from_url(url, socket_timeout=max(timeout_s, 2.0),
                                            socket_connect_timeout=max(timeout_s, 2.0))
-        super().__init__(retry_s, queue_size)
+        super().__init__(retry_s, queue_size, page_ttl_s)
 
     def _read(self, keys: Sequence[str]) -> list[Value | None]:
         return list(self.client.mget([self.prefix + k for k in keys]))  # bytes: get_many parses the scores
 
     def _write(self, items: Sequence[tuple[str, Value]]) -> None:
         pipe = self.writer.pipeline(transaction=False)
+        page_ttl = max(1, int(-(-self.page_ttl_s // 1)))  # whole seconds, rounded up
         for key, value in items:
-            pipe.set(self.prefix + key, value if isinstance(value, bytes) else repr(float(value)), ex=self.ttl)
+            ttl = page_ttl if key.startswith(PAGE_PREFIX) else self.ttl
+            pipe.set(self.prefix + key, value if isinstance(value, bytes) else repr(float(value)), ex=ttl)
         pipe.execute()
 
     def _close(self) -> None:
@@ -333,5 +373,6 @@ def open_score_store(settings: Settings) -> ScoreStore | None:
     if sv.score_store == "memory":
         return None
     if sv.score_store == "redis":
-        return RedisScoreStore(sv.score_store_url, timeout, sv.score_store_ttl_days * 86400, retry, size)
-    return SqliteScoreStore(settings.paths.score_store, timeout, retry, size)
+        return RedisScoreStore(sv.score_store_url, timeout, sv.score_store_ttl_days * 86400, retry, size,
+                               sv.results_ttl_s)
+    return SqliteScoreStore(settings.paths.score_store, timeout, retry, size, sv.results_ttl_s)

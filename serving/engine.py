@@ -31,7 +31,7 @@ import numpy as np
 from core.cache import LRUCache
 from core.errors import Conflict, InvalidInput, NotReady
 from core.feature_store import OnlineFeatureReader
-from core.query import Analysis, Query
+from core.query import Query
 from core.registry import ServedModel
 from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
@@ -46,6 +46,7 @@ from retrieval.encoder import Encoder
 from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever, Retriever
 from retrieval.index import ProductIndex
 from retrieval.types import Candidates
+from serving.results import SearchResult, SharedResults, settings_digest
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +68,6 @@ class Models:
     ltr: ServedModel | None = None
     ltr_versions: tuple[ServedModel, ...] = ()
     features: OnlineFeatureReader | None = None
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    candidates: Candidates
-    pipeline: str
-    total_candidates: int
-    timings: dict[str, float] = field(default_factory=dict)
-    notes: dict[str, list[str]] = field(default_factory=dict)
-    degraded: list[str] = field(default_factory=list)
-    cached: bool = False
-    analysis: Analysis | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +154,7 @@ class Caches:
     store: ScoreStore | None = None
     store_tiers: dict[str, TierCounts] = field(default_factory=dict)  # the store's hits per role
     query_vectors_store: TierCounts = field(default_factory=TierCounts)  # the store's hits of query vectors
+    results_store: TierCounts = field(default_factory=TierCounts)  # the store's hits of result pages
 
     def stats(self) -> dict[str, object]:
         """Every cache by name (``/metrics``): each has hits, misses and a hit rate; the LRUs a size,
@@ -172,7 +162,8 @@ class Caches:
         out: dict[str, object] = {"results": self.results, **{f"{role}_scores": c for role, c in self.scores.items()}}
         if self.store is not None:
             out |= {f"{role}_scores_store": c for role, c in self.store_tiers.items()} | {
-                "score_store": self.store, "query_vectors_store": self.query_vectors_store}
+                "score_store": self.store, "query_vectors_store": self.query_vectors_store,
+                "results_store": self.results_store}
         return out | ({"query_vectors": self.query_vectors} if self.query_vectors is not None else {})
 
 
@@ -201,6 +192,8 @@ class SearchEngine:
     dense: DenseRetriever
     executor: ThreadPoolExecutor
     batchers: dict[str, MicroBatcher]
+    shared_results: SharedResults | None = None  # result pages in the score store, beside the LRU
+    results_scope: str = ""  # what a page depends on beyond the request and the versions: settings
 
     @property
     def teacher(self) -> ServedModel | None:
@@ -252,13 +245,24 @@ class SearchEngine:
         """Rows ``offset .. offset + k`` of ``pipeline``'s ranking (``ltr``: a loaded LambdaMART version).
 
         With ``use_cache``, an identical request within ``serving.results_ttl_s``
-        is answered from the results cache (only complete, non-degraded results
-        are cached).
+        is answered from the results cache: this process's, else the pages other
+        processes ranked (``serving.shared_results``); only complete,
+        non-degraded results are cached.
         """
         query = query if isinstance(query, Query) else Query(query)
         key = (pipeline, ltr, query.text, query.rewrite, query.user_id, query.filters, k, offset)
-        if use_cache and (hit := self.caches.results.get(key)) is not None:
-            return replace(hit, cached=True, timings={})
+        page_key = None
+        if use_cache:
+            if (hit := self.caches.results.get(key)) is not None:
+                return replace(hit, cached=True, timings={})
+            if self.shared_results is not None:
+                manifest = self.index.manifest
+                page_key = self.shared_results.key(
+                    f"{self.index.path}\x1f{manifest.catalog_hash}\x1f{self.results_scope}", self.versions_for(ltr), key)
+                if (found := self.shared_results.get(page_key)) is not None:
+                    page, age = found
+                    self.caches.results.put(key, page, age=age)  # expires when the ranking process's does
+                    return replace(page, cached=True)
         ranked = self._chosen(pipeline, ltr).run(query, k + offset)
         page = ranked.candidates.take(slice(offset, offset + k))
         result = SearchResult(page, pipeline, len(ranked.candidates), ranked.timings,
@@ -266,6 +270,8 @@ class SearchEngine:
                               analysis=ranked.analysis)
         if use_cache and not result.degraded:
             self.caches.results.put(key, result)
+            if page_key is not None and self.shared_results is not None:
+                self.shared_results.put(page_key, result)
         return result
 
     def explain(self, query: Query, candidates: Candidates, ltr: str | None = None) -> list[dict[str, float]] | None:
@@ -338,4 +344,10 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
         return ScoreStage(stage, score, depth, cached=from_cache, shed_depth=sv.shed_depth)
 
     pipelines = build_pipelines(bm25, dense, hybrid, models, rules, settings, cross_encoder_stage)
-    return SearchEngine(index, encoder, settings, models, pipelines, caches, hybrid, dense, executor, batchers)
+    shared_results = (SharedResults(caches.store, sv.results_ttl_s, caches.results_store)
+                      if caches.store is not None and sv.shared_results and sv.results_cache_size > 0
+                      and sv.results_ttl_s > 0 else None)
+    # a page depends on how the stages are set up as well as on the request, the catalog and the versions
+    scope = settings_digest(settings.retrieval, settings.ranking, settings.serving, settings.features)
+    return SearchEngine(index, encoder, settings, models, pipelines, caches, hybrid, dense, executor, batchers,
+                        shared_results, scope)

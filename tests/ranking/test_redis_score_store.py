@@ -16,7 +16,7 @@ from core.cache import LRUCache
 from core.settings import Settings
 from online_learning.local_broker import free_port
 from ranking.cache import CachedScorer, TierCounts
-from ranking.score_store import RedisScoreStore, open_score_store
+from ranking.score_store import RedisScoreStore, open_score_store, page_key
 from tests.ranking.test_score_cache import IDS, TITLES, CountingScorer
 
 pytestmark = [pytest.mark.integration,
@@ -65,6 +65,12 @@ def test_redis_store_is_shared_and_expires(redis_port: tuple[int, subprocess.Pop
     assert a.flush(5)
     found = b.get_vectors(["qv:enc:1", "k1", "qv:enc:2"], 6)
     assert np.array_equal(found[0], vector) and found[1:] == [None, None]
+    a.put_page(page_key("request"), b'{"page": 1}')  # result pages expire after results_ttl_s (60 s)
+    assert a.flush(5)
+    payload, age = b.get_page(page_key("request"), 60)
+    assert payload == b'{"page": 1}' and 0 <= age < 5
+    assert 0 < b.client.ttl(RedisScoreStore.prefix + page_key("request")) <= 60
+    assert b.get_page(page_key("request"), 0.0) is None  # older than a caller's limit
     a.close()
     b.close()
 

@@ -296,3 +296,29 @@ def test_dense_retriever_reads_the_shared_tier_before_encoding() -> None:
     store.down = True
     three = DenseRetriever(None, Encoder(), LRUCache(10), SharedQueryVectors(store, "enc", 4))  # type: ignore[arg-type]
     assert np.array_equal(three.embed(["drill"])[0], v1[0]) and three.encoder.encoded == ["drill"]  # type: ignore[attr-defined]
+
+
+def test_result_pages_age_and_expired_ones_are_deleted(tmp_path: Path) -> None:
+    import sqlite3
+    import time
+
+    from ranking.score_store import page_key
+
+    path = tmp_path / "scores.sqlite"
+    writer, reader = SqliteScoreStore(path, page_ttl_s=0.3), SqliteScoreStore(path, page_ttl_s=0.3)
+    writer.put_page(page_key("a"), b"first")
+    writer.put_many([("reranker:v1:x", 0.5)])
+    assert writer.flush(5)
+    payload, age = reader.get_page(page_key("a"), 0.3)
+    assert payload == b"first" and 0 <= age < 0.3
+    assert reader.get_page(page_key("b"), 0.3) is None
+    time.sleep(0.4)
+    assert reader.get_page(page_key("a"), 0.3) is None  # too old to serve
+    writer.put_page(page_key("b"), b"second")  # this write deletes the expired page, not the scores
+    assert writer.flush(5)
+    with sqlite3.connect(path) as db:
+        keys = {k for (k,) in db.execute("SELECT key FROM scores")}
+    assert keys == {page_key("b"), "reranker:v1:x"}
+    assert reader.get_many(["reranker:v1:x"]) == [0.5]
+    writer.close()
+    reader.close()

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.registry import ModelRegistry
@@ -102,3 +103,39 @@ def test_warm_scores_explains_bad_input(warm_home: Settings, capsys: pytest.Capt
     get_settings.cache_clear()
     code, _, err = run_cli(capsys, "warm-scores", "--queries", "3")
     assert code != 0 and "SHOPRANK_SERVING__SCORE_STORE" in err
+
+
+def test_a_page_ranked_by_one_process_is_served_by_another(warm_home: Settings,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two engines on one home (two server processes): the second serves the first's page from the
+    shared store until results_ttl_s after it was ranked; another request, or the tier off, ranks."""
+    monkeypatch.setenv("SHOPRANK_SERVING__RESULTS_TTL_S", "2")
+    get_settings.cache_clear()
+    settings = get_settings()
+    first, second = open_engine(settings, warm_features=False), open_engine(settings, warm_features=False)
+    try:
+        ranked = first.search("cordless drill", 5, use_cache=True)
+        assert not ranked.cached and not ranked.degraded
+        assert first.caches.store is not None and first.caches.store.flush(5)
+        served = second.search("cordless drill", 5, use_cache=True)
+        assert served.cached
+        assert served.candidates.product_ids == ranked.candidates.product_ids
+        np.testing.assert_array_equal(served.candidates.score, ranked.candidates.score)
+        pages = second.cache_stats()["results_store"]
+        assert (pages.hits, pages.misses) == (1, 0)  # type: ignore[attr-defined]
+        assert second.search("cordless drill", 5, use_cache=True).cached  # now from its own LRU
+        assert not second.search("cordless drill", 6, use_cache=True).cached  # another request
+        import time
+
+        time.sleep(2.2)  # past results_ttl_s since the first engine ranked it: in either tier
+        assert not second.search("cordless drill", 5, use_cache=True).cached
+    finally:
+        first.close()
+        second.close()
+    monkeypatch.setenv("SHOPRANK_SERVING__SHARED_RESULTS", "false")
+    get_settings.cache_clear()
+    alone = open_engine(get_settings(), warm_features=False)
+    try:
+        assert alone.shared_results is None
+    finally:
+        alone.close()
