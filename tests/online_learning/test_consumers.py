@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -147,20 +148,31 @@ def test_streaming_features_count_once_across_a_crash(broker: LocalBroker, tmp_p
     assert last.loc["p0", "impressions_7d"] == 40  # the online store got the final absolute count
 
 
-def run_in_thread(loop: ConsumerLoop):  # type: ignore[no-untyped-def]
+def consume_across(broker: LocalBroker, tmp_path: Path, loop: ConsumerLoop, sink: ParquetLogSink,
+                   first: list, second: list, lose_topics: Callable[[], None], seconds: float) -> None:
+    """Publish ``first``, consume it with ``loop`` (in a thread), ``lose_topics()`` under it, create the
+    topics again, publish ``second`` and wait (at most ``seconds``) until the sink wrote both."""
     import threading
-
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    return thread
-
-
-def wait_for(condition, seconds: float) -> None:  # type: ignore[no-untyped-def]
     import time
 
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    def wait_for(written: int, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while sink.written != written and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    publish(broker, tmp_path / "spool", first)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(len(first), 60)
+        assert sink.written == len(first)
+        lose_topics()
+        create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
+        publish(broker, tmp_path / "spool2", second)
+        wait_for(len(first) + len(second), seconds)
+    finally:
+        loop.stop()
+        thread.join(15)
 
 
 def assert_complete(sink_root: Path, batch: list) -> None:
@@ -191,22 +203,15 @@ def test_log_sink_keeps_everything_across_a_broker_restart(tmp_path: Path) -> No
     broker = LocalBroker(log=tmp_path / "tansu.log").start()
     loop = ConsumerLoop(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC], sink,
                         tmp_path / "dead.jsonl", max_records=1, topic_check_s=1.0)
-    thread = None
-    try:
-        create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
-        publish(broker, tmp_path / "spool", first)
-        thread = run_in_thread(loop)
-        wait_for(lambda: sink.written == len(first), 60)
-        assert sink.written == len(first)
+
+    def restart() -> None:
         broker.stop()
         broker.start()
+
+    try:
         create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
-        publish(broker, tmp_path / "spool2", second)
-        wait_for(lambda: sink.written == len(batch), 90)
+        consume_across(broker, tmp_path, loop, sink, first, second, restart, 90)
     finally:
-        loop.stop()
-        if thread is not None:
-            thread.join(15)
         broker.stop()
     assert_complete(sink_root, batch)
 
@@ -227,21 +232,14 @@ def test_a_topic_recreated_under_the_consumer_is_read_again_from_its_start(broke
     sink = ParquetLogSink(sink_root)
     loop = ConsumerLoop(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC], sink,
                         tmp_path / "dead.jsonl", topic_check_s=0.5)
-    publish(broker, tmp_path / "spool", first)
-    thread = run_in_thread(loop)
-    try:
-        wait_for(lambda: sink.written == len(first), 60)
-        assert sink.written == len(first)
+
+    def delete_topics() -> None:
         admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
         try:
             admin.delete_topics([RANKINGS_TOPIC, INTERACTIONS_TOPIC])
         finally:
             admin.close()
-        create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
-        publish(broker, tmp_path / "spool2", second)
-        wait_for(lambda: sink.written == len(batch), 60)
-    finally:
-        loop.stop()
-        thread.join(15)
+
+    consume_across(broker, tmp_path, loop, sink, first, second, delete_topics, 60)
     assert_complete(sink_root, batch)
     assert loop.topic_resets >= 1
