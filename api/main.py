@@ -27,7 +27,8 @@ from pydantic import ValidationError
 from api import errors
 from api.admission import Admission, default_shed_at
 from api.auth import RateLimiter
-from api.metrics import Metrics
+from api.balance import open_balancer
+from api.metrics import MULTIPROCESS_DIR, Metrics
 from api.routes import admin, events, health, search
 from api.state import ServedHolder
 from api.stores import StoreRuntime, in_store, other_stores
@@ -80,12 +81,16 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
         app.state.served = runtimes[0].holder  # the default store's, as the routes without a store use
         app.state.event_log = runtimes[0].event_log
         metrics.watch(lambda: _live_state(runtimes))
+        # with several server processes on one port: a busier process hands connections back to the kernel
+        app.state.balancer = open_balancer(os.environ.get(MULTIPROCESS_DIR), settings.api.processes(),
+                                           settings.api.rebalance_margin)
         for runtime in runtimes:
             runtime.holder.start()
         try:
             yield
         finally:
             metrics.close()
+            app.state.balancer.close()
             for runtime in runtimes:
                 runtime.close()
 
@@ -97,6 +102,7 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     limit = settings.serving.max_in_flight
     app.state.admission = Admission(limit, settings.serving.shed_in_flight or default_shed_at(settings.api.processes()))
     app.state.metrics = metrics
+    app.state.balancer = open_balancer(None, 1, 0)  # the lifespan opens the processes' shared table
 
     served_by = f"{socket.gethostname()}:{settings.api.port}:{os.getpid()}"  # which replica and process answered
 
@@ -105,8 +111,16 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
         given = request.headers.get("x-request-id", "")
         request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         started = time.perf_counter()
-        response = await call_next(request)
+        balance = request.app.state.balancer
+        balance.enter()
+        try:
+            response = await call_next(request)
+        finally:
+            rebalance = balance.leave()
         seconds = time.perf_counter() - started
+        if rebalance:
+            response.headers["connection"] = "close"
+            metrics.rebalanced.inc()
         path = _route_template(request)
         metrics.requests.labels(path, str(response.status_code)).observe(seconds)
         response.headers["x-request-id"] = request.state.request_id

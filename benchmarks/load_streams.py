@@ -19,7 +19,9 @@ the server runs saturated) the stream's queries to ``shoprank serve`` on 127.0.0
 served degraded, the share admitted over the shed limit (``shed_share``, from ``/metrics``:
 their cross-encoders scored only the top ``serving.shed_depth`` of the pairs not cached), each cache's lookups
 and hit rate (``caches``: results, query vectors and cross-encoder scores, each tier), the server's CPU milliseconds per search (all its threads and worker
-processes, ``api.workers``: a capacity figure steadier than searches/s on a shared machine), and the share
+processes, ``api.workers``: a capacity figure steadier than searches/s on a shared machine), the share of
+the searches each process answered (``answered_by_process``, from ``X-Served-By``) and the
+connections the busier ones handed back (``connections_rebalanced``, ``api.rebalance_margin``), and the share
 whose top 10 a cross-encoder scored (the teacher or student stage ran and was not skipped,
 at its full or query-adaptive depth, or the answer
 came from the results cache, which keeps only complete answers).
@@ -80,6 +82,7 @@ function init(args)
   degraded = 0
   scored = 0
   bad = 0
+  served = {}
 end
 request = function()
   -- each connection thread walks its own stride of the stream, in order
@@ -91,6 +94,8 @@ end
 response = function(status, headers, body)
   if status ~= 200 then bad = bad + 1 return end
   responses = responses + 1
+  local by = headers["x-served-by"] or "?"
+  served[by] = (served[by] or 0) + 1
   if not string.find(body, '"degraded":[]', 1, true) then degraded = degraded + 1 end
   local cached = string.find(body, '"cached":true', 1, true)
   -- a cross-encoder stage (teacher or student) ran: timed in stages_ms and not named in degraded
@@ -100,12 +105,14 @@ response = function(status, headers, body)
   if cached or ran then scored = scored + 1 end
 end
 done = function(summary, latency, requests)
-  local r, d, s = 0, 0, 0
+  local r, d, s, by = 0, 0, 0, {}
   for _, t in ipairs(threads) do
     r = r + t:get("responses")
     d = d + t:get("degraded")
     s = s + t:get("scored")
+    for process, n in pairs(t:get("served")) do by[process] = (by[process] or 0) + n end
   end
+  for process, n in pairs(by) do io.write(string.format("SERVED %%s %%d\n", process, n)) end
   io.write(string.format("RESULT requests=%%d seconds=%%.3f p50=%%.3f p95=%%.3f p99=%%.3f errors=%%d non2xx=%%d " ..
     "answered=%%d degraded=%%d scored=%%d timeouts=%%d\n", summary.requests, summary.duration / 1e6,
     latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000,
@@ -113,6 +120,7 @@ done = function(summary, latency, requests)
     summary.errors.status, r, d, s, summary.errors.timeout))
 end
 """
+SERVED = re.compile(r"^SERVED (\S+) (\d+)$", re.MULTILINE)
 RESULT = re.compile(r"RESULT requests=(\d+) seconds=([\d.]+) p50=([\d.]+) p95=([\d.]+) p99=([\d.]+) errors=(\d+) "
                     r"non2xx=(\d+) answered=(\d+) degraded=(\d+) scored=(\d+) timeouts=(\d+)")
 
@@ -169,22 +177,25 @@ def server_memory(pid: int) -> list[dict[str, object]]:
 CACHE_LOOKUP = re.compile(r'^shoprank_cache_lookups_total\{cache="([^"]+)",result="(hit|miss)"\} ([0-9.e+]+)$')
 
 
-def searches_counted(base: str) -> tuple[float, float, dict[str, float]]:
+def searches_counted(base: str) -> tuple[float, float, float, dict[str, float]]:
     """Searches the server counted so far (every worker process's), those admitted over the
     shed limit (their cross-encoders scored only the top ``serving.shed_depth`` uncached pairs),
-    and every cache's lookups (``<cache>:hit`` / ``<cache>:miss``)."""
+    the connections its busier processes handed back (``api.rebalance_margin``), and every
+    cache's lookups (``<cache>:hit`` / ``<cache>:miss``)."""
     text = httpx.get(f"{base}/metrics", timeout=30).text
-    total = shed = 0.0
+    total = shed = rebalanced = 0.0
     lookups: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("shoprank_searches_total{"):
             value = float(line.rsplit(" ", 1)[1])
             total += value
             shed += value if 'shed="true"' in line else 0.0
+        elif line.startswith("shoprank_connections_rebalanced_total "):
+            rebalanced = float(line.rsplit(" ", 1)[1])
         elif match := CACHE_LOOKUP.match(line):
             key = f"{match[1]}:{match[2]}"
             lookups[key] = lookups.get(key, 0.0) + float(match[3])
-    return total, shed, lookups
+    return total, shed, rebalanced, lookups
 
 
 def cache_hits(before: dict[str, float], after: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -223,12 +234,15 @@ def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, 
     time.sleep(1.5 * LIVE_INTERVAL_S)
     after = searches_counted(base)
     total, shed = after[0] - counted[0], after[1] - counted[1]
+    by_process = sorted((int(n) for _, n in SERVED.findall(out)), reverse=True)
     return {"searches_per_s": round(int(n) / float(took), 1), "p50_ms": float(p50), "p95_ms": float(p95),
             "p99_ms": float(p99), "requests": int(n), "failed": int(errors) + int(non2xx), "timeouts": int(timeouts),
             "degraded_share": round(int(degraded) / answered_n, 4), "shed_share": round(shed / max(1.0, total), 4),
             "cross_encoder_top10_share": round(int(scored) / answered_n, 4),
             "server_cpu_ms_per_search": round(cpu_ms, 1) if server is not None else None,
-            "caches": cache_hits(counted[2], after[2])}
+            "answered_by_process": [round(n / answered_n, 3) for n in by_process],
+            "connections_rebalanced": int(after[2] - counted[2]),
+            "caches": cache_hits(counted[3], after[3])}
 
 
 def run_open(base: str, stream: list[str], connections: int, rate: float, seconds: int, seed: int
