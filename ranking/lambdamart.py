@@ -10,7 +10,7 @@ the feature service's store features:
   personalization (user-category affinity, price relative to the user's usual).
 
 Gains are linear in the grade (``label_gain = [0, 1, ..., max]``) to match the
-harness's NDCG. Early stopping watches dev NDCG@10. Per-result explanations
+harness's NDCG (``gains="exponential"``: 2^g - 1). Early stopping watches dev NDCG@10. Per-result explanations
 are LightGBM's SHAP-style contributions (``pred_contrib=True``).
 """
 
@@ -48,6 +48,9 @@ class LambdaMARTConfig:
     truncation_level: int = 20
     seed: int = 13
     max_grade: int = 8
+    # gain of a grade in the lambdarank objective: "linear" (g, as the harness's NDCG counts it),
+    # "exponential" (2^g - 1: the top grades count for more, as MRR of the best products does)
+    gains: str = "linear"
     threads: int = 2
     # features whose score may only raise the rank (LightGBM monotone constraints); relevance
     # scores belong here when training lists hold mined negatives that look relevant to the query
@@ -186,11 +189,22 @@ class LambdaMART:
         return cls(booster, meta["names"], LambdaMARTConfig(**meta["config"]), meta["history"], parent)
 
 
+GAINS = ("linear", "exponential")
+
+
+def label_gain(config: LambdaMARTConfig) -> list[float]:
+    """The gain of each grade 0..max_grade under ``config.gains``."""
+    if config.gains not in GAINS:
+        raise ValueError(f"gains {config.gains!r} is not one of {', '.join(GAINS)}")
+    grades = range(config.max_grade + 1)
+    return [float(g) if config.gains == "linear" else float(2 ** g - 1) for g in grades]
+
+
 def _params(config: LambdaMARTConfig, names: list[str]) -> dict[str, object]:
     """LightGBM parameters of :meth:`LambdaMART.fit` (lambdarank, linear gains, dev NDCG@10)."""
     params: dict[str, object] = {
         "objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10],
-        "label_gain": list(range(config.max_grade + 1)), "learning_rate": config.learning_rate,
+        "label_gain": label_gain(config), "learning_rate": config.learning_rate,
         "num_leaves": config.num_leaves, "min_data_in_leaf": config.min_data_in_leaf,
         "feature_fraction": config.feature_fraction, "bagging_fraction": config.bagging_fraction,
         "bagging_freq": config.bagging_freq, "lambda_l2": config.lambda_l2,

@@ -246,7 +246,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
         frame = historical_features(store, settings.features.service, entity_rows(items, users, when)) if store else None
         parts[name] = ranking_data(items, featurizer, frame, users, settings.progress)
     monotone = tuple(n for n in BASE_FEATURES if n in featurizer.names) if args.monotone else ()
-    config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone)
+    config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone, gains=args.gains)
     with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set
         model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
     work = settings.paths.training(f"ltr-{args.run_name}")
@@ -366,6 +366,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "0 = judged products only")
     p.add_argument("--monotone", action=argparse.BooleanOptionalAction, default=True,
                    help="BM25, dense and cross-encoder scores may only raise a product's rank (default: on)")
+    p.add_argument("--gains", choices=("linear", "exponential"), default="linear",
+                   help="gain of a grade in the objective: linear (as NDCG is reported, default) or exponential "
+                        "(2^grade - 1: the best grades weigh more)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

@@ -87,3 +87,23 @@ def test_bm25_feature_is_the_exact_score_whether_reused_or_computed(settings: Se
     exact = real_index.bm25.score("cordless drill bit set", served.docs)
     np.testing.assert_allclose(reused, exact, rtol=1e-6)
     assert (reused[np.isnan(known)] == 0).any()  # rows BM25 did not retrieve: no query word
+
+
+def test_exponential_gains_weigh_the_top_grades_and_are_kept_with_the_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    import pytest
+
+    from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData, label_gain
+
+    assert label_gain(LambdaMARTConfig(max_grade=3)) == [0.0, 1.0, 2.0, 3.0]
+    assert label_gain(LambdaMARTConfig(max_grade=3, gains="exponential")) == [0.0, 1.0, 3.0, 7.0]
+    with pytest.raises(ValueError, match="cubic"):
+        label_gain(LambdaMARTConfig(gains="cubic"))
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, 2)).astype(np.float32)
+    labels = np.clip(np.round(1.5 + x[:, 0]), 0, 3).astype(np.int32)
+    data = RankingData(x, labels, [10] * 60, ["bm25", "dense"])
+    model = LambdaMART.fit(data, data, LambdaMARTConfig(max_grade=3, min_data_in_leaf=5, max_rounds=20,
+                                                        gains="exponential"))
+    model.save(tmp_path / "m")
+    assert LambdaMART.load(tmp_path / "m").config.gains == "exponential"
