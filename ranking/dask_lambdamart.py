@@ -66,11 +66,15 @@ def to_dask(data: RankingData, parts: int) -> tuple[Any, Any, Any]:
     return features, labels, groups
 
 
-def ndcg(groups: Sequence[int], labels: np.ndarray, scores: np.ndarray, k: int = 10) -> float:
-    """Mean NDCG@k over query groups as LightGBM computes it: gain = grade (``label_gain`` linear),
-    ``1/log2(rank + 1)`` discounts, ties in input order, a group without a relevant row scores 1."""
+def ndcg(groups: Sequence[int], labels: np.ndarray, scores: np.ndarray, k: int = 10,
+         label_gain: Sequence[float] | None = None) -> float:
+    """Mean NDCG@k over query groups as LightGBM computes it: gain = ``label_gain[grade]`` (the grade
+    itself when not given), ``1/log2(rank + 1)`` discounts, ties in input order, a group without a
+    relevant row scores 1."""
     padded = PaddedGroups(groups)
-    gains = padded.gather(np.asarray(labels, dtype=np.float64))
+    grades = np.asarray(labels, dtype=np.int64 if label_gain is not None else np.float64)
+    gains = padded.gather(np.asarray(label_gain, dtype=np.float64)[grades] if label_gain is not None
+                          else grades)
     order = np.argsort(-padded.gather(np.asarray(scores, dtype=np.float64), fill=-np.inf), axis=1, kind="stable")
     discount = 1.0 / np.log2(np.arange(2, gains.shape[1] + 2))
     discount[k:] = 0.0
@@ -79,13 +83,14 @@ def ndcg(groups: Sequence[int], labels: np.ndarray, scores: np.ndarray, k: int =
     return float(np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 1.0).mean())
 
 
-def ndcg_curve(booster: Any, dev: RankingData, k: int = 10) -> np.ndarray:
+def ndcg_curve(booster: Any, dev: RankingData, k: int = 10, label_gain: Sequence[float] | None = None
+               ) -> np.ndarray:
     """Dev NDCG@k after each boosting iteration (scores summed tree by tree)."""
     scores = np.zeros(len(dev.labels))
     curve = []
     for iteration in range(booster.num_trees()):
         scores += booster.predict(dev.features, start_iteration=iteration, num_iteration=1, raw_score=True)
-        curve.append(ndcg(dev.groups, dev.labels, scores, k))
+        curve.append(ndcg(dev.groups, dev.labels, scores, k, label_gain))
     return np.asarray(curve)
 
 
@@ -115,7 +120,7 @@ def train_on_dask(client: Client, train: RankingData, dev: RankingData, params: 
         warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
         ranker.fit(features, labels, group=groups)
     booster = ranker.booster_
-    curve = ndcg_curve(booster, dev)
+    curve = ndcg_curve(booster, dev, label_gain=params.get("label_gain"))
     booster.best_iteration = stop_at(curve, patience)
     history = {"best_iteration": booster.best_iteration,
                "dev_ndcg@10": round(float(curve[booster.best_iteration - 1]), 4), "rounds": len(curve),

@@ -15,7 +15,7 @@ import pytest
 
 from core.compute import LOOPBACK_ENV, loopback_command
 from ranking.dask_lambdamart import group_partitions, ndcg, ndcg_curve, stop_at, to_dask
-from ranking.lambdamart import LambdaMART, LambdaMARTConfig, _params
+from ranking.lambdamart import LambdaMART, LambdaMARTConfig, _params, label_gain
 from simulation.ranking_data import split_groups, synthetic_ranking_data
 
 
@@ -34,10 +34,11 @@ def test_partitions_end_on_query_boundaries() -> None:
     assert [int(sizes[a:b].sum()) for a, b in pairwise(starts)] == list(rows)
 
 
-def test_dev_curve_and_stopping_rule_match_lightgbm() -> None:
-    """Our NDCG@10 curve and early-stopping rule give LightGBM's own on the same model."""
+@pytest.mark.parametrize("gains", ["linear", "exponential"])
+def test_dev_curve_and_stopping_rule_match_lightgbm(gains: str) -> None:
+    """Our NDCG@10 curve and early-stopping rule give LightGBM's own on the same model, under either gains."""
     train, dev = split_groups(synthetic_ranking_data(120, seed=5), 0.7)
-    config = LambdaMARTConfig(max_grade=4, max_rounds=200, early_stopping=15)
+    config = LambdaMARTConfig(max_grade=4, max_rounds=200, early_stopping=15, gains=gains)
     record: dict = {}
     train_set = lgb.Dataset(train.features, train.labels, group=train.groups)
     booster = lgb.train(_params(config, train.names), train_set, num_boost_round=config.max_rounds,
@@ -46,7 +47,8 @@ def test_dev_curve_and_stopping_rule_match_lightgbm() -> None:
                                                         lgb.record_evaluation(record)])
     recorded = np.asarray(record["dev"]["ndcg@10"])
     assert len(recorded) < config.max_rounds  # it did stop early (and kept the trees up to the best)
-    assert np.allclose(ndcg_curve(booster, dev), recorded[: booster.num_trees()], atol=1e-9)
+    curve = ndcg_curve(booster, dev, label_gain=label_gain(config) if gains != "linear" else None)
+    assert np.allclose(curve, recorded[: booster.num_trees()], atol=1e-9)
     assert stop_at(recorded, config.early_stopping) == booster.best_iteration
 
 
