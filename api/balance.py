@@ -24,19 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.processes import alive
+
 SLOTS = 64
 SLOT_BYTES = 16  # pid, requests in flight: two int64
 LIVENESS_S = 1.0  # how often the peers' processes are checked for being alive
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class LoadTable:
@@ -72,7 +64,7 @@ class LoadTable:
         now = time.monotonic()
         if now - self._checked > LIVENESS_S:
             pids = self._rows[:, 0]
-            self._peers = [s for s in range(SLOTS) if s != self.slot and pids[s] > 0 and _alive(int(pids[s]))]
+            self._peers = [s for s in range(SLOTS) if s != self.slot and pids[s] > 0 and alive(int(pids[s]))]
             self._checked = now
         if not self._peers:
             return None

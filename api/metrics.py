@@ -31,6 +31,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from core.processes import alive
+
 logger = logging.getLogger(__name__)
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when it is first imported
@@ -101,16 +103,6 @@ def dump_families(families: Iterable[Metric]) -> Dumped:
              "samples": [[s.name, s.labels, s.value] for s in f.samples]} for f in families]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_live(folder: Path, exclude: int | None = None) -> list[Dumped]:
     """The live figures other running processes last wrote to ``folder`` (files of processes
     that are gone are skipped; a file being replaced is read whole or not at all)."""
@@ -120,7 +112,7 @@ def read_live(folder: Path, exclude: int | None = None) -> list[Dumped]:
             pid = int(path.stem.split("-", 1)[1])
         except ValueError:
             continue
-        if pid == exclude or not _alive(pid):
+        if pid == exclude or not alive(pid):
             continue
         try:
             out.append(json.loads(path.read_text()))

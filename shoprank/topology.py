@@ -42,6 +42,7 @@ import httpx
 
 from api.stores import other_stores
 from core.errors import Conflict, InvalidInput, NotReady
+from core.processes import alive
 from core.settings import Settings
 from serving.loading import build_index_in_child
 from online_learning.events import topics
@@ -160,23 +161,6 @@ def wait_ready(base: str, seconds: float, process: subprocess.Popen | None = Non
             pass
         time.sleep(poll)
     raise NotReady(f"{what} was not ready within {seconds:.0f}s")
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by its parent) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
 
 
 class Topology:
@@ -313,7 +297,7 @@ class Topology:
 
     def up(self) -> dict[str, object]:
         """Start every piece (Redis, broker, consumers, the index once, replicas, HAProxy)."""
-        if self.state_file.is_file() and any(_alive(p.pid) for p in Topology.attach(self.settings).layout.pieces.values()):
+        if self.state_file.is_file() and any(alive(p.pid) for p in Topology.attach(self.settings).layout.pieces.values()):
             raise Conflict(f"a topology already runs from {self.home}; `shoprank cluster down` first")
         started = time.monotonic()
         try:
@@ -355,7 +339,7 @@ class Topology:
     def stop(self, name: str, sig: int = signal.SIGTERM, seconds: float = 20) -> None:
         """Stop one piece (``sig``: SIGTERM for a clean stop, SIGKILL for a crash)."""
         piece = self.layout.pieces.get(name)
-        if piece is None or not _alive(piece.pid):
+        if piece is None or not alive(piece.pid):
             return
         try:
             os.killpg(piece.pid, sig)  # type: ignore[arg-type]
@@ -366,7 +350,7 @@ class Topology:
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
                 break
-            if process is None and not _alive(piece.pid):
+            if process is None and not alive(piece.pid):
                 break
             time.sleep(0.05)
         else:
@@ -380,7 +364,7 @@ class Topology:
         piece = self.layout.pieces.get(name)
         if piece is None:
             raise InvalidInput(f"no piece {name!r}; pieces: {sorted(self.layout.pieces)}")
-        if _alive(piece.pid):
+        if alive(piece.pid):
             raise Conflict(f"{name} still runs (pid {piece.pid}); stop it first")
         process = self._spawn(Piece(piece.name, piece.argv, piece.port, env=piece.env))
         if wait and name.startswith("replica-"):
@@ -395,7 +379,7 @@ class Topology:
         stopped = []
         for name in order:
             if name in self.layout.pieces:
-                was_alive = _alive(self.layout.pieces[name].pid)
+                was_alive = alive(self.layout.pieces[name].pid)
                 self.stop(name)
                 if was_alive:
                     stopped.append(name)
@@ -407,7 +391,7 @@ class Topology:
         """Each piece: pid, port, alive; each replica: ready and its served versions."""
         pieces: dict[str, object] = {}
         for name, piece in self.layout.pieces.items():
-            entry: dict[str, object] = {"pid": piece.pid, "port": piece.port, "alive": _alive(piece.pid)}
+            entry: dict[str, object] = {"pid": piece.pid, "port": piece.port, "alive": alive(piece.pid)}
             if name.startswith("replica-") and entry["alive"]:
                 try:
                     ready = httpx.get(f"http://127.0.0.1:{piece.port}/readyz", timeout=2)
