@@ -2,12 +2,15 @@
 
 The kernel hands each new connection to one of the processes that accept on the port, and
 a keep-alive connection then stays with it: 8 connections over 2 processes split 5/3 or
-6/2, and the busier process's searches queue while the other has a core to spare. So each
-process keeps its requests in flight in a small table of slots that the processes of one
-server share (a memory-mapped file in their metrics folder), and after answering, a process
-holding at least ``api.rebalance_margin`` more requests in flight than its least busy live
-peer asks the client to close the connection (``Connection: close``). The client opens a new
-one, which goes to the process that accepts it first: the one with time to spare.
+6/2 (or 8/0), and the busier process's searches queue while the other has a core to spare.
+With ``api.rebalance_margin`` > 0 (off by default) each process keeps its requests in flight
+in a small table of slots that the processes of one server share (a memory-mapped file in
+their metrics folder), and after answering, a process holding at least that many more
+requests in flight than its least busy live peer asks the client to close the connection
+(``Connection: close``). The client opens a new one, which goes to the process that accepts
+it first: the one with time to spare. On 2 cores it evened the split without raising
+throughput or lowering p95, and cost CPU at 32 connections (benchmarks/RESULTS.md, server
+processes), hence off.
 
 A slot is claimed with a lock on its bytes, held for the life of the process (a process
 that dies frees it); a slot whose process is gone is skipped.
