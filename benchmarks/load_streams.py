@@ -21,7 +21,10 @@ their cross-encoders scored only the top ``serving.shed_depth`` of the pairs not
 and hit rate (``caches``: results, query vectors and cross-encoder scores, each tier), the server's CPU milliseconds per search (all its threads and worker
 processes, ``api.workers``: a capacity figure steadier than searches/s on a shared machine), the share of
 the searches each process answered (``answered_by_process``, from ``X-Served-By``) and the
-connections the busier ones handed back (``connections_rebalanced``, ``api.rebalance_margin``), and the share
+connections the busier ones handed back (``connections_rebalanced``, ``api.rebalance_margin``), the
+server's own time per search (``server_ms``: over all searches, over those it ranked rather than
+answered from the results cache, and those searches' costly stages; the gap to the client's
+latency is waiting for the process), and the share
 whose top 10 a cross-encoder scored (the teacher or student stage ran and was not skipped,
 at its full or query-adaptive depth, or the answer
 came from the results cache, which keeps only complete answers).
@@ -83,6 +86,7 @@ function init(args)
   scored = 0
   bad = 0
   served = {}
+  took = {}
 end
 request = function()
   -- each connection thread walks its own stride of the stream, in order
@@ -100,6 +104,10 @@ response = function(status, headers, body)
   local cached = string.find(body, '"cached":true', 1, true)
   -- a cross-encoder stage (teacher or student) ran: timed in stages_ms and not named in degraded
   local stages = string.match(body, '"stages_ms":(%%b{})') or ""
+  -- the server's own time for the search (route: analysis to ranked page) and its costly stages
+  local function stage(name) return string.match(stages, '"' .. name .. '":([%%d.]+)') or "0" end
+  took[#took + 1] = (cached and "1 " or "0 ") .. (string.match(body, '"took_ms":([%%d.]+)') or "0") .. " " ..
+    stage("first_stage") .. " " .. stage("student") .. " " .. stage("teacher") .. " " .. stage("ltr")
   local ran = (string.find(stages, '"teacher":', 1, true) and not string.find(body, '"teacher: ', 1, true))
     or (string.find(stages, '"student":', 1, true) and not string.find(body, '"student: ', 1, true))
   if cached or ran then scored = scored + 1 end
@@ -113,6 +121,9 @@ done = function(summary, latency, requests)
     for process, n in pairs(t:get("served")) do by[process] = (by[process] or 0) + n end
   end
   for process, n in pairs(by) do io.write(string.format("SERVED %%s %%d\n", process, n)) end
+  for _, t in ipairs(threads) do
+    for _, line in ipairs(t:get("took")) do io.write("TOOK ", line, "\n") end
+  end
   io.write(string.format("RESULT requests=%%d seconds=%%.3f p50=%%.3f p95=%%.3f p99=%%.3f errors=%%d non2xx=%%d " ..
     "answered=%%d degraded=%%d scored=%%d timeouts=%%d\n", summary.requests, summary.duration / 1e6,
     latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000,
@@ -120,6 +131,7 @@ done = function(summary, latency, requests)
     summary.errors.status, r, d, s, summary.errors.timeout))
 end
 """
+TOOK = re.compile(r"^TOOK ([01]) ([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+)$", re.MULTILINE)
 SERVED = re.compile(r"^SERVED (\S+) (\d+)$", re.MULTILINE)
 RESULT = re.compile(r"RESULT requests=(\d+) seconds=([\d.]+) p50=([\d.]+) p95=([\d.]+) p99=([\d.]+) errors=(\d+) "
                     r"non2xx=(\d+) answered=(\d+) degraded=(\d+) scored=(\d+) timeouts=(\d+)")
@@ -209,6 +221,26 @@ def cache_hits(before: dict[str, float], after: dict[str, float]) -> dict[str, d
     return out
 
 
+def server_times(out: str) -> dict[str, object]:
+    """The server's own milliseconds per search (``took_ms``: from the route's start to the ranked page;
+    the rest of a search's latency is waiting for the process and HTTP) at p50 / p95 / p99, over every
+    search and over those not answered from the results cache; and, for the latter, each costly stage's
+    p50 / p95 (the cross-encoders' time includes waiting for their batcher; a stage whose scores all came
+    from the score store takes under a millisecond)."""
+    rows = np.array([[float(v) for v in row] for row in TOOK.findall(out)]).reshape(-1, 6)
+    if not len(rows):
+        return {}
+
+    def pct(values: np.ndarray, qs: tuple[int, ...] = (50, 95, 99)) -> list[float]:
+        return [round(float(v), 1) for v in np.percentile(values, qs)] if len(values) else []
+
+    ranked = rows[rows[:, 0] == 0]
+    stages = {name: pct(ranked[:, i], (50, 95)) for i, name in
+              ((2, "first_stage"), (3, "student"), (4, "teacher"), (5, "ltr")) if len(ranked) and ranked[:, i].any()}
+    return {"all": pct(rows[:, 1]), "ranked": pct(ranked[:, 1]), "ranked_share": round(len(ranked) / len(rows), 3),
+            "ranked_stages": stages}
+
+
 def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, name: str,
             server: int | None = None) -> dict[str, object]:
     """One closed-loop level; ``server_cpu_ms_per_search`` is the server's CPU per answered search
@@ -241,6 +273,7 @@ def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, 
             "cross_encoder_top10_share": round(int(scored) / answered_n, 4),
             "server_cpu_ms_per_search": round(cpu_ms, 1) if server is not None else None,
             "answered_by_process": [round(n / answered_n, 3) for n in by_process],
+            "server_ms": server_times(out),
             "connections_rebalanced": int(after[2] - counted[2]),
             "caches": cache_hits(counted[3], after[3])}
 
