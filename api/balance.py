@@ -91,17 +91,18 @@ class Balancer:
         self._lock = threading.Lock()
 
     def enter(self) -> None:
+        if self.table is None:  # off: nothing to count on the request path
+            return
         with self._lock:
             self.in_flight += 1
-            if self.table is not None:
-                self.table.publish(self.in_flight)
+            self.table.publish(self.in_flight)
 
     def leave(self) -> bool:
         """One request answered; True when its connection should close (this process is the busier)."""
+        if self.table is None:
+            return False
         with self._lock:
             self.in_flight -= 1
-            if self.table is None:
-                return False
             self.table.publish(self.in_flight)
             peer = self.table.least_busy_peer()
             close = peer is not None and self.in_flight >= peer + self.margin

@@ -55,6 +55,7 @@ import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import numpy as np
@@ -189,7 +190,14 @@ def server_memory(pid: int) -> list[dict[str, object]]:
 CACHE_LOOKUP = re.compile(r'^shoprank_cache_lookups_total\{cache="([^"]+)",result="(hit|miss)"\} ([0-9.e+]+)$')
 
 
-def searches_counted(base: str) -> tuple[float, float, float, dict[str, float]]:
+class Counted(NamedTuple):
+    total: float
+    shed: float
+    rebalanced: float
+    lookups: dict[str, float]
+
+
+def searches_counted(base: str) -> Counted:
     """Searches the server counted so far (every worker process's), those admitted over the
     shed limit (their cross-encoders scored only the top ``serving.shed_depth`` uncached pairs),
     the connections its busier processes handed back (``api.rebalance_margin``), and every
@@ -207,7 +215,7 @@ def searches_counted(base: str) -> tuple[float, float, float, dict[str, float]]:
         elif match := CACHE_LOOKUP.match(line):
             key = f"{match[1]}:{match[2]}"
             lookups[key] = lookups.get(key, 0.0) + float(match[3])
-    return total, shed, rebalanced, lookups
+    return Counted(total, shed, rebalanced, lookups)
 
 
 def cache_hits(before: dict[str, float], after: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -265,7 +273,7 @@ def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, 
     cpu_ms = (cpu_seconds(server) - cpu) * 1000 / answered_n
     time.sleep(1.5 * LIVE_INTERVAL_S)
     after = searches_counted(base)
-    total, shed = after[0] - counted[0], after[1] - counted[1]
+    total, shed = after.total - counted.total, after.shed - counted.shed
     by_process = sorted((int(n) for _, n in SERVED.findall(out)), reverse=True)
     return {"searches_per_s": round(int(n) / float(took), 1), "p50_ms": float(p50), "p95_ms": float(p95),
             "p99_ms": float(p99), "requests": int(n), "failed": int(errors) + int(non2xx), "timeouts": int(timeouts),
@@ -274,8 +282,8 @@ def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, 
             "server_cpu_ms_per_search": round(cpu_ms, 1) if server is not None else None,
             "answered_by_process": [round(n / answered_n, 3) for n in by_process],
             "server_ms": server_times(out),
-            "connections_rebalanced": int(after[2] - counted[2]),
-            "caches": cache_hits(counted[3], after[3])}
+            "connections_rebalanced": int(after.rebalanced - counted.rebalanced),
+            "caches": cache_hits(counted.lookups, after.lookups)}
 
 
 def run_open(base: str, stream: list[str], connections: int, rate: float, seconds: int, seed: int

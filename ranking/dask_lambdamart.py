@@ -72,9 +72,10 @@ def ndcg(groups: Sequence[int], labels: np.ndarray, scores: np.ndarray, k: int =
     itself when not given), ``1/log2(rank + 1)`` discounts, ties in input order, a group without a
     relevant row scores 1."""
     padded = PaddedGroups(groups)
-    grades = np.asarray(labels, dtype=np.int64 if label_gain is not None else np.float64)
-    gains = padded.gather(np.asarray(label_gain, dtype=np.float64)[grades] if label_gain is not None
-                          else grades)
+    gain = np.asarray(labels, dtype=np.float64)
+    if label_gain is not None:
+        gain = np.asarray(label_gain, dtype=np.float64)[gain.astype(np.int64)]
+    gains = padded.gather(gain)
     order = np.argsort(-padded.gather(np.asarray(scores, dtype=np.float64), fill=-np.inf), axis=1, kind="stable")
     discount = 1.0 / np.log2(np.arange(2, gains.shape[1] + 2))
     discount[k:] = 0.0

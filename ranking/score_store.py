@@ -348,15 +348,15 @@ class RedisScoreStore(ScoreStore):
         self.writer = redis.Redis.from_url(url, socket_timeout=max(timeout_s, 2.0),
                                            socket_connect_timeout=max(timeout_s, 2.0))
         super().__init__(retry_s, queue_size, page_ttl_s)
+        self._page_ex = max(1, int(-(-page_ttl_s // 1)))  # a page's expiry in whole seconds, rounded up
 
     def _read(self, keys: Sequence[str]) -> list[Value | None]:
         return list(self.client.mget([self.prefix + k for k in keys]))  # bytes: get_many parses the scores
 
     def _write(self, items: Sequence[tuple[str, Value]]) -> None:
         pipe = self.writer.pipeline(transaction=False)
-        page_ttl = max(1, int(-(-self.page_ttl_s // 1)))  # whole seconds, rounded up
         for key, value in items:
-            ttl = page_ttl if key.startswith(PAGE_PREFIX) else self.ttl
+            ttl = self._page_ex if key.startswith(PAGE_PREFIX) else self.ttl
             pipe.set(self.prefix + key, value if isinstance(value, bytes) else repr(float(value)), ex=ttl)
         pipe.execute()
 

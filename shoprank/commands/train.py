@@ -23,6 +23,7 @@ from core.errors import InvalidInput, NotFound
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
+from ranking.lambdamart import GAINS
 
 if TYPE_CHECKING:  # serving loads FAISS: imported where used, after `shoprank serve` set its OpenMP threads
     from serving.engine import SearchEngine
@@ -366,7 +367,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "0 = judged products only")
     p.add_argument("--monotone", action=argparse.BooleanOptionalAction, default=True,
                    help="BM25, dense and cross-encoder scores may only raise a product's rank (default: on)")
-    p.add_argument("--gains", choices=("linear", "exponential"), default="linear",
+    p.add_argument("--gains", choices=GAINS, default="linear",
                    help="gain of a grade in the objective: linear (as NDCG is reported, default) or exponential "
                         "(2^grade - 1: the best grades weigh more)")
     p.add_argument("--seed", type=int, default=13)
