@@ -18,12 +18,21 @@ with ``--char-ngrams``, the served RRF with a third run: TF-IDF over character 3
 titles (scikit-learn ``char_wb``, sublinear tf), searched with the query as typed (lowercased),
 at weights 0.3, 0.5 and 1, compared the same way (a fuzzy match for the words the spelling
 corrector leaves unknown);
+with ``--query-log SPLIT``, two uses of a query log (SPLIT's judged queries, their relevant
+products as what shoppers chose; here the train split, never the evaluated one): BM25 over each
+title plus the logged queries that chose it (document expansion) in place of the served BM25,
+and the products of the 20 logged queries most like the query as a third RRF run (weights 0.1 to
+1), compared the same way;
+with ``--dense-original``, the served RRF over a dense run of the query as typed (normalized,
+not spell-corrected), over one of the sum of both query vectors, and with the typed query's
+dense run as a third input where the analyzer rewrote the query (weights 0.3, 0.5, 1), compared
+the same way (does a wrong correction cost the dense search what it gains BM25?);
 
 and prints condensed NDCG@10, MRR@10 (grade >= 0.75 of the maximum, as ``shoprank
 evaluate``), Recall@100 / @200, and Recall@100 on the misspelled subset and the rest, the
 misspelled split again by whether the analyzer left a word the catalog does not know.
 
-    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback] [--int8-query] [--char-ngrams]
+    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback] [--int8-query] [--char-ngrams] [--dense-original] [--query-log train]
 """
 
 from __future__ import annotations
@@ -117,6 +126,40 @@ def char_ngram_runs(titles: list[str], queries: list[str], depth: int) -> tuple[
     return runs, cost
 
 
+def query_log_runs(dataset, index, analyze, texts: list[str], split: str,  # type: ignore[no-untyped-def]
+                   depth: int, work: Path) -> tuple[list[Hits], list[np.ndarray], dict]:
+    """Two uses of a query log, here the judged queries of ``split`` (their relevant products as
+    the products shoppers chose): BM25 runs of ``texts`` over titles plus each product's logged
+    queries (document expansion), and runs of the products of the 20 logged queries most like each
+    text (BM25 over the logged queries; a product scores its best query's score x grade / max)."""
+    from retrieval.analyzer import normalize
+    from retrieval.bm25 import BM25Index
+
+    relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
+    logged = [(qid, analyze(text)) for qid, text in dataset.select(split)]
+    expansions: dict[int, list[str]] = {}
+    chosen: list[list[tuple[int, int]]] = []
+    for qid, text in logged:
+        products = [(doc, grade) for pid, grade in dataset.qrels.get(qid, {}).items()
+                    if grade >= relevant and (doc := index.doc_of(pid)) is not None]
+        chosen.append(products)
+        for doc, _ in products:
+            expansions.setdefault(doc, []).append(text)
+    titles = index.products["title"].fillna("").astype(str).tolist()
+    expanded = BM25Index.build(work / "expanded", ((d, normalize(t), " . ".join(expansions.get(d, [])))
+                                                   for d, t in enumerate(titles)))
+    by_query = BM25Index.build(work / "queries", ((i, text, "") for i, (_, text) in enumerate(logged)))
+    bm25_runs = expanded.batch_search(texts, depth)
+    log_runs = []
+    for text in texts:
+        hits, best = by_query.search(text, 20), {}
+        for row, score in zip(hits.docs, hits.scores):
+            for doc, grade in chosen[int(row)]:
+                best[doc] = max(best.get(doc, 0.0), float(score) * grade / dataset.max_grade)
+        log_runs.append(np.array(sorted(best, key=best.get, reverse=True), dtype=np.int64))
+    return bm25_runs, log_runs, {"logged queries": len(logged), "products with logged queries": len(expansions)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, default=DATA)
@@ -125,6 +168,11 @@ def main() -> None:
     parser.add_argument("--feedback", action="store_true", help="also the dense feedback grid")
     parser.add_argument("--int8-query", action="store_true", help="also the query encoder quantized to int8")
     parser.add_argument("--char-ngrams", action="store_true", help="also a character 3-gram run as a third input")
+    parser.add_argument("--query-log", default=None, metavar="SPLIT",
+                        help="also two uses of SPLIT's judged queries as a query log: product text expanded by "
+                             "them, and their products as a third run")
+    parser.add_argument("--dense-original", action="store_true",
+                        help="also dense runs of the query as typed (normalized, not spell-corrected)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fusion_grid.json")
     args = parser.parse_args()
     settings = get_settings()
@@ -162,6 +210,31 @@ def main() -> None:
                                                              [t for _, t in selected], args.depth)
         print(json.dumps(timings["char n-grams"]), flush=True)
         variants += [("rrf", settings.retrieval.rrf_k, 1.0, -2, w) for w in (0.3, 0.5, 1.0)]  # m = -2: + char run, weight b
+    original_runs, mixed_runs, typed = None, None, texts
+    if args.dense_original:
+        typed = [hybrid.analyze(Query(t, rewrite=False)).text for _, t in selected]
+        typed_vectors = engine.hybrid.dense.embed(typed)
+        original_runs = index.dense.batch_search(typed_vectors, args.depth)
+        mixed = vectors + typed_vectors  # equal to vectors (doubled) where nothing was rewritten
+        mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
+        mixed_runs = index.dense.batch_search(mixed.astype(np.float32), args.depth)
+        rewritten = sum(a != b for a, b in zip(texts, typed))
+        print(f"{rewritten} of {len(texts)} queries rewritten", flush=True)
+        variants += [("rrf", settings.retrieval.rrf_k, 1.0, -3, 0.0), ("rrf", settings.retrieval.rrf_k, 1.0, -4, 0.0)]
+        variants += [("rrf", settings.retrieval.rrf_k, 1.0, -5, w) for w in (0.3, 0.5, 1.0)]
+    expanded_runs, log_runs = None, None
+    if args.query_log:
+        import tempfile
+
+        if args.query_log == args.split:
+            parser.error(f"--query-log {args.query_log} is the evaluated split: its judgments would be the answers")
+        with tempfile.TemporaryDirectory() as work:
+            expanded_runs, log_runs, timings["query log"] = query_log_runs(
+                dataset, index, lambda t: hybrid.analyze(Query(t)).text, texts, args.query_log,
+                args.depth, Path(work))
+        print(json.dumps(timings["query log"]), flush=True)
+        variants += [("rrf", settings.retrieval.rrf_k, 1.0, -6, 0.0)]
+        variants += [("rrf", settings.retrieval.rrf_k, 1.0, -7, w) for w in (0.1, 0.3, 0.5, 1.0)]
     rows: list[dict[str, object]] = []
     served_recall: dict[str, float] | None = None
     for kind, k, w, m, b in variants:
@@ -169,15 +242,19 @@ def main() -> None:
                                                           "recall@100 misspelled", "recall@100 correct",
                                                           "recall@100 misspelled resolved",
                                                           "recall@100 misspelled unresolved")}
-        runs = int8_runs if m == -1 else dense_runs
+        runs = {-1: int8_runs, -3: original_runs, -4: mixed_runs}.get(m, dense_runs)
         if m > 0:
             moved = HybridRetriever(BM25Retriever(index), engine.hybrid.dense, rrf_k=k, depth=args.depth,
                                     feedback_docs=m, feedback_weight=b)
             runs = moved._feedback(vectors, bm25_runs, dense_runs, args.depth)
         per_query: dict[str, float] = {}
-        for position, ((qid, _), bm25, dense) in enumerate(zip(selected, bm25_runs, runs)):
+        lexical = expanded_runs if m == -6 and expanded_runs is not None else bm25_runs
+        for position, ((qid, _), bm25, dense) in enumerate(zip(selected, lexical, runs)):
             grades = dataset.qrels[qid]
-            third = char_runs[position] if m == -2 and char_runs is not None else None
+            third = (char_runs[position] if m == -2 and char_runs is not None
+                     else original_runs[position].docs  # a third run only where the analyzer rewrote the query
+                     if m == -5 and original_runs is not None and typed[position] != texts[position]
+                     else log_runs[position] if m == -7 and log_runs is not None else None)
             ranked = list(ids[fuse(bm25, dense, kind, k, w, third, b)[: args.depth]])
             condensed = condense(ranked, grades, 100)
             values["ndcg@10"].append(ndcg_at_k(condensed, grades, 10))
@@ -192,7 +269,11 @@ def main() -> None:
                     values["recall@100 misspelled " + ("unresolved" if qid in unresolved else "resolved")].append(recall)
         row = {"fusion": f"{kind} k={k} w={w}" if kind == "rrf" else f"score w={w}"}
         row["fusion"] += (f" feedback m={m} b={b}" if m > 0 else " int8 query encoder" if m == -1
-                          else f" + char 3-grams w={b}" if m == -2 else "")
+                          else f" + char 3-grams w={b}" if m == -2 else " dense on the query as typed" if m == -3
+                          else " dense on typed + corrected vectors" if m == -4
+                          else f" + dense on the query as typed w={b}" if m == -5
+                          else " BM25 over titles + logged queries" if m == -6
+                          else f" + logged queries' products w={b}" if m == -7 else "")
         row |= {name: round(float(np.mean(v)), 4) for name, v in values.items()}
         row["misspelled resolved / unresolved queries"] = [len(values["recall@100 misspelled resolved"]),
                                                            len(values["recall@100 misspelled unresolved"])]
