@@ -53,6 +53,11 @@ class BiEncoderConfig:
     # On Home Depot "all" (32,612 pairs, 4.6x the examples and the time) lifted the first stage's
     # Recall@100 by +0.0057 [+0.0021, +0.0094] and NDCG@10 by +0.0057 (benchmarks/RESULTS.md).
     positives: str = "all"
+    # "typed": each training query as the dataset spells it; "analyzed": as the server encodes it
+    # (retrieval.analyzer: normalized units, fractions and symbols, spelling corrected). On Home Depot
+    # the two tied on every first-stage metric (Recall@100 -0.0004 [-0.0025, +0.0016], NDCG@10
+    # +0.0007 [-0.0012, +0.0026]; benchmarks/RESULTS.md), so the default stays as it was.
+    queries: str = "typed"
 
 
 @dataclass(frozen=True)

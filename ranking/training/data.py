@@ -15,11 +15,12 @@ import json
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tqdm.auto import tqdm
 
 from evaluation.dataset import EvalDataset
+from retrieval.analyzer import Analyzer
 from retrieval.hybrid import Retriever
 from retrieval.index import ProductIndex
 
@@ -46,6 +47,13 @@ def groups_from(dataset: EvalDataset, split: str | None, min_judged: int = 1) ->
         if len(grades) >= min_judged:
             out.append(Group(qid, query, dict(grades)))
     return out
+
+
+def as_served(groups: Sequence[Group], analyzer: Analyzer) -> list[Group]:
+    """The groups with each query as the served models see it: analyzed (normalized units,
+    fractions and symbols, spelling corrected; the text the cascade hands every stage), or as
+    typed when the analysis leaves no word."""
+    return [replace(g, query=analyzer.analyze(g.query).text or g.query) for g in groups]
 
 
 def mine_negatives(groups: Sequence[Group], retriever: Retriever, index: ProductIndex, negatives: int,

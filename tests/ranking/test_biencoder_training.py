@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ranking.training.biencoder import BiEncoderConfig, Triple, false_negatives, triples
-from ranking.training.data import Group
+from ranking.training.data import Group, as_served
+from retrieval.analyzer import Analyzer, Vocabulary
 
 TEXTS = {p: f"title {p}" for p in ("a", "b", "c", "d", "e")}
 GROUPS = [
@@ -44,3 +45,14 @@ def test_a_querys_other_positives_and_repeated_products_are_not_negatives() -> N
         [False, False, False, False],  # nothing shared: every other product is a negative
         [True, False, False, False],
     ]
+
+
+def test_training_queries_are_analyzed_as_the_server_analyzes_them() -> None:
+    assert BiEncoderConfig(base_model="unused").queries == "typed"
+    analyzer = Analyzer(Vocabulary.build(["Charlotte Pipe 1/2 in. PVC Elbow", "Melnor Brass Garden Hose Nozzle"] * 2))
+    groups = [Group("q1", '1/2" PVC elbw', {"a": 8}, mined=["b"]), Group("q2", "garden nozzel", {"b": 7}),
+              Group("q3", "!!", {"a": 1})]
+    served = as_served(groups, analyzer)
+    assert [g.query for g in served] == ["1/2 in pvc elbow", "garden nozzle", "!!"]  # no word left: as typed
+    assert [(g.qid, g.judged, g.mined) for g in served] == [(g.qid, g.judged, g.mined) for g in groups]
+    assert groups[0].query == '1/2" PVC elbw'  # the dataset's groups are left as they were
