@@ -198,43 +198,52 @@ def main() -> None:
     variants += [("score", 0, w, 0, 0.0) for w in (0.3, 0.5, 0.6, 0.7)]
     if args.feedback:
         variants += [("rrf", settings.retrieval.rrf_k, 1.0, m, b) for m in (3, 5, 10, 20) for b in (0.1, 0.2, 0.3, 0.6)]
-    int8_runs, timings = None, {}
+    # Variants with m < 0 replace a run or add a third one; per code: the dense runs, the BM25 runs,
+    # the third run of each query (None: none for that query) and the label (b: the third run's weight).
+    dense_of: dict[int, list] = {}
+    bm25_of: dict[int, list] = {}
+    third_of: dict[int, list] = {}
+    label_of: dict[int, str] = {}
+    timings: dict = {}
+    served = lambda m, weights=(0.0,): [("rrf", settings.retrieval.rrf_k, 1.0, m, b) for b in weights]  # noqa: E731
     if args.int8_query:
         int8_vectors, timings = int8_query_vectors(engine, texts)
-        int8_runs = index.dense.batch_search(int8_vectors, args.depth)
+        dense_of[-1], label_of[-1] = index.dense.batch_search(int8_vectors, args.depth), " int8 query encoder"
         print(json.dumps(timings), flush=True)
-        variants += [("rrf", settings.retrieval.rrf_k, 1.0, -1, 0.0)]  # m = -1: the int8 query vectors' run
-    char_runs = None
+        variants += served(-1)
     if args.char_ngrams:
-        char_runs, timings["char n-grams"] = char_ngram_runs(index.products["title"].fillna("").astype(str).tolist(),
-                                                             [t for _, t in selected], args.depth)
+        third_of[-2], timings["char n-grams"] = char_ngram_runs(index.products["title"].fillna("").astype(str).tolist(),
+                                                                [t for _, t in selected], args.depth)
+        label_of[-2] = " + char 3-grams w={b}"
         print(json.dumps(timings["char n-grams"]), flush=True)
-        variants += [("rrf", settings.retrieval.rrf_k, 1.0, -2, w) for w in (0.3, 0.5, 1.0)]  # m = -2: + char run, weight b
-    original_runs, mixed_runs, typed = None, None, texts
+        variants += served(-2, (0.3, 0.5, 1.0))
     if args.dense_original:
         typed = [hybrid.analyze(Query(t, rewrite=False)).text for _, t in selected]
         typed_vectors = engine.hybrid.dense.embed(typed)
-        original_runs = index.dense.batch_search(typed_vectors, args.depth)
+        typed_runs = index.dense.batch_search(typed_vectors, args.depth)
         mixed = vectors + typed_vectors  # equal to vectors (doubled) where nothing was rewritten
         mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
-        mixed_runs = index.dense.batch_search(mixed.astype(np.float32), args.depth)
+        dense_of[-3], label_of[-3] = typed_runs, " dense on the query as typed"
+        dense_of[-4] = index.dense.batch_search(mixed.astype(np.float32), args.depth)
+        label_of[-4] = " dense on typed + corrected vectors"
+        # a third run only where the analyzer rewrote the query
+        third_of[-5] = [run.docs if a != b else None for run, a, b in zip(typed_runs, typed, texts)]
+        label_of[-5] = " + dense on the query as typed w={b}"
         rewritten = sum(a != b for a, b in zip(texts, typed))
         print(f"{rewritten} of {len(texts)} queries rewritten", flush=True)
-        variants += [("rrf", settings.retrieval.rrf_k, 1.0, -3, 0.0), ("rrf", settings.retrieval.rrf_k, 1.0, -4, 0.0)]
-        variants += [("rrf", settings.retrieval.rrf_k, 1.0, -5, w) for w in (0.3, 0.5, 1.0)]
-    expanded_runs, log_runs = None, None
+        variants += served(-3) + served(-4) + served(-5, (0.3, 0.5, 1.0))
     if args.query_log:
         import tempfile
 
         if args.query_log == args.split:
             parser.error(f"--query-log {args.query_log} is the evaluated split: its judgments would be the answers")
         with tempfile.TemporaryDirectory() as work:
-            expanded_runs, log_runs, timings["query log"] = query_log_runs(
+            bm25_of[-6], third_of[-7], timings["query log"] = query_log_runs(
                 dataset, index, lambda t: hybrid.analyze(Query(t)).text, texts, args.query_log,
                 args.depth, Path(work))
+        label_of[-6], label_of[-7] = " BM25 over titles + logged queries", " + logged queries' products w={b}"
         print(json.dumps(timings["query log"]), flush=True)
-        variants += [("rrf", settings.retrieval.rrf_k, 1.0, -6, 0.0)]
-        variants += [("rrf", settings.retrieval.rrf_k, 1.0, -7, w) for w in (0.1, 0.3, 0.5, 1.0)]
+        variants += served(-6) + served(-7, (0.1, 0.3, 0.5, 1.0))
     rows: list[dict[str, object]] = []
     served_recall: dict[str, float] | None = None
     for kind, k, w, m, b in variants:
@@ -242,19 +251,15 @@ def main() -> None:
                                                           "recall@100 misspelled", "recall@100 correct",
                                                           "recall@100 misspelled resolved",
                                                           "recall@100 misspelled unresolved")}
-        runs = {-1: int8_runs, -3: original_runs, -4: mixed_runs}.get(m, dense_runs)
+        runs, thirds = dense_of.get(m, dense_runs), third_of.get(m)
         if m > 0:
             moved = HybridRetriever(BM25Retriever(index), engine.hybrid.dense, rrf_k=k, depth=args.depth,
                                     feedback_docs=m, feedback_weight=b)
             runs = moved._feedback(vectors, bm25_runs, dense_runs, args.depth)
         per_query: dict[str, float] = {}
-        lexical = expanded_runs if m == -6 and expanded_runs is not None else bm25_runs
-        for position, ((qid, _), bm25, dense) in enumerate(zip(selected, lexical, runs)):
+        for position, ((qid, _), bm25, dense) in enumerate(zip(selected, bm25_of.get(m, bm25_runs), runs)):
             grades = dataset.qrels[qid]
-            third = (char_runs[position] if m == -2 and char_runs is not None
-                     else original_runs[position].docs  # a third run only where the analyzer rewrote the query
-                     if m == -5 and original_runs is not None and typed[position] != texts[position]
-                     else log_runs[position] if m == -7 and log_runs is not None else None)
+            third = thirds[position] if thirds is not None else None
             ranked = list(ids[fuse(bm25, dense, kind, k, w, third, b)[: args.depth]])
             condensed = condense(ranked, grades, 100)
             values["ndcg@10"].append(ndcg_at_k(condensed, grades, 10))
@@ -268,12 +273,7 @@ def main() -> None:
                 if qid in misspelled:
                     values["recall@100 misspelled " + ("unresolved" if qid in unresolved else "resolved")].append(recall)
         row = {"fusion": f"{kind} k={k} w={w}" if kind == "rrf" else f"score w={w}"}
-        row["fusion"] += (f" feedback m={m} b={b}" if m > 0 else " int8 query encoder" if m == -1
-                          else f" + char 3-grams w={b}" if m == -2 else " dense on the query as typed" if m == -3
-                          else " dense on typed + corrected vectors" if m == -4
-                          else f" + dense on the query as typed w={b}" if m == -5
-                          else " BM25 over titles + logged queries" if m == -6
-                          else f" + logged queries' products w={b}" if m == -7 else "")
+        row["fusion"] += f" feedback m={m} b={b}" if m > 0 else label_of.get(m, "").format(b=b)
         row |= {name: round(float(np.mean(v)), 4) for name, v in values.items()}
         row["misspelled resolved / unresolved queries"] = [len(values["recall@100 misspelled resolved"]),
                                                            len(values["recall@100 misspelled unresolved"])]

@@ -201,7 +201,7 @@ def label_gain(config: LambdaMARTConfig) -> list[float]:
 
 
 def _params(config: LambdaMARTConfig, names: list[str]) -> dict[str, object]:
-    """LightGBM parameters of :meth:`LambdaMART.fit` (lambdarank, linear gains, dev NDCG@10)."""
+    """LightGBM parameters of :meth:`LambdaMART.fit` (lambdarank, gains per ``config.gains``, dev NDCG@10)."""
     params: dict[str, object] = {
         "objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10],
         "label_gain": label_gain(config), "learning_rate": config.learning_rate,

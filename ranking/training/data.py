@@ -16,13 +16,17 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
+from core.query import Query
 from evaluation.dataset import EvalDataset
-from retrieval.analyzer import Analyzer
 from retrieval.hybrid import Retriever
 from retrieval.index import ProductIndex
+
+if TYPE_CHECKING:
+    from ranking.cascade import Cascade
 
 
 @dataclass
@@ -49,11 +53,11 @@ def groups_from(dataset: EvalDataset, split: str | None, min_judged: int = 1) ->
     return out
 
 
-def as_served(groups: Sequence[Group], analyzer: Analyzer) -> list[Group]:
-    """The groups with each query as the served models see it: analyzed (normalized units,
-    fractions and symbols, spelling corrected; the text the cascade hands every stage), or as
-    typed when the analysis leaves no word."""
-    return [replace(g, query=analyzer.analyze(g.query).text or g.query) for g in groups]
+def as_served(groups: Sequence[Group], pipeline: Cascade) -> list[Group]:
+    """The groups with each query as ``pipeline`` hands it to its stages: analyzed (normalized
+    units, fractions and symbols; spelling corrected where the pipeline corrects), or as typed
+    when the analysis leaves no word (:meth:`ranking.cascade.Cascade.analyze`)."""
+    return [replace(g, query=pipeline.analyze(Query(g.query)).text) for g in groups]
 
 
 def mine_negatives(groups: Sequence[Group], retriever: Retriever, index: ProductIndex, negatives: int,

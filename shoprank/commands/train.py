@@ -175,11 +175,13 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
                              hard_negatives=not args.no_hard_negatives, seed=args.seed, max_grade=dataset.max_grade,
                              positives=args.positives, queries=args.queries)
     train = groups_from(dataset, args.split, 1)[: args.limit]
-    engine = first_stage(settings, dataset) if config.hard_negatives or config.queries == "analyzed" else None
-    if engine is not None and config.hard_negatives:
-        mine_negatives(train, engine.pipeline("hybrid"), engine.index, 1, seed=args.seed, progress=settings.progress)
-    if engine is not None and config.queries == "analyzed":  # mined from the same first stage either way
-        train = as_served(train, engine.index.analyzer)
+    if config.hard_negatives or config.queries == "analyzed":
+        engine = first_stage(settings, dataset)
+        if config.hard_negatives:
+            mine_negatives(train, engine.pipeline("hybrid"), engine.index, 1, seed=args.seed,
+                           progress=settings.progress)
+        if config.queries == "analyzed":  # after mining: the first stage analyzes the query itself
+            train = as_served(train, engine.pipeline("hybrid"))
     work = settings.paths.training(f"biencoder-{args.run_name}")
     shutil.rmtree(work, ignore_errors=True)
     summary = train_biencoder(config, train, product_texts(dataset.products), work, progress=settings.progress)

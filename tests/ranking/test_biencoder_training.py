@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ranking.training.biencoder import BiEncoderConfig, Triple, false_negatives, triples
+from ranking.cascade import Cascade
 from ranking.training.data import Group, as_served
 from retrieval.analyzer import Analyzer, Vocabulary
 
@@ -52,7 +53,10 @@ def test_training_queries_are_analyzed_as_the_server_analyzes_them() -> None:
     analyzer = Analyzer(Vocabulary.build(["Charlotte Pipe 1/2 in. PVC Elbow", "Melnor Brass Garden Hose Nozzle"] * 2))
     groups = [Group("q1", '1/2" PVC elbw', {"a": 8}, mined=["b"]), Group("q2", "garden nozzel", {"b": 7}),
               Group("q3", "!!", {"a": 1})]
-    served = as_served(groups, analyzer)
+    served = as_served(groups, Cascade("hybrid", first=None, stages=(), analyzer=analyzer))  # type: ignore[arg-type]
     assert [g.query for g in served] == ["1/2 in pvc elbow", "garden nozzle", "!!"]  # no word left: as typed
     assert [(g.qid, g.judged, g.mined) for g in served] == [(g.qid, g.judged, g.mined) for g in groups]
     assert groups[0].query == '1/2" PVC elbw'  # the dataset's groups are left as they were
+    # a pipeline served without spelling correction trains on normalized, uncorrected queries
+    plain = as_served(groups, Cascade("hybrid", first=None, stages=(), analyzer=analyzer, spelling=False))  # type: ignore[arg-type]
+    assert [g.query for g in plain] == ["1/2 in pvc elbw", "garden nozzel", "!!"]
