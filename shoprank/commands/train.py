@@ -23,7 +23,7 @@ from core.errors import InvalidInput, NotFound
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
-from ranking.lambdamart import GAINS
+from ranking.lambdamart import GAINS, LambdaMARTConfig
 
 if TYPE_CHECKING:  # serving loads FAISS: imported where used, after `shoprank serve` set its OpenMP threads
     from serving.engine import SearchEngine
@@ -251,7 +251,8 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
         frame = historical_features(store, settings.features.service, entity_rows(items, users, when)) if store else None
         parts[name] = ranking_data(items, featurizer, frame, users, settings.progress)
     monotone = tuple(n for n in BASE_FEATURES if n in featurizer.names) if args.monotone else ()
-    config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone, gains=args.gains)
+    config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone, gains=args.gains,
+                              truncation_level=args.truncation)
     with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set
         model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
     work = settings.paths.training(f"ltr-{args.run_name}")
@@ -287,6 +288,14 @@ def count(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def positive(text: str) -> int:
+    """argparse type for a depth: a whole number >= 1."""
+    value = count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return value
 
 
@@ -377,6 +386,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gains", choices=GAINS, default="linear",
                    help="gain of a grade in the objective: linear (as NDCG is reported, default) or exponential "
                         "(2^grade - 1: the best grades weigh more)")
+    p.add_argument("--truncation", type=positive, default=LambdaMARTConfig.truncation_level,
+                   help="the objective weighs a pair of products only when one of them is in the top N of the "
+                        "model's current ranking (LightGBM's lambdarank_truncation_level; default %(default)s)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

@@ -76,7 +76,7 @@ def test_train_ltr_on_served_and_judged_lists_registers(monkeypatch: pytest.Monk
         entry = json.loads(out)["registered"]
         params = entry["params"]
         assert entry["version"] == "v1" and params["negatives"] == 5 and params["lists"] == "served"
-        assert params["monotone"] == ["bm25", "dense", "student", "teacher"]
+        assert params["monotone"] == ["bm25", "dense", "student", "teacher"] and params["truncation_level"] == 20
         assert params["feature_groups"] == ["base", "ranks", "relevance"] and "rank_rrf" in params["features"]
         assert "title_coverage" in params["features"]
         code, out, err = run_cli(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "retrieval",
@@ -85,9 +85,11 @@ def test_train_ltr_on_served_and_judged_lists_registers(monkeypatch: pytest.Monk
         result = json.loads(out)
         assert 0 < result["ndcg@10_unjudged_as_0"] <= result["ndcg@10"] and 0 < result["judged@10"] <= 1
         code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
-                             "--lists", "judged", "--features", "base", "--negatives", "0", "--no-monotone")
+                             "--lists", "judged", "--features", "base", "--negatives", "0", "--no-monotone",
+                             "--truncation", "50")
         assert code == 0, err
-        assert json.loads(out)["registered"]["params"]["features"] == ["bm25", "dense", "student", "teacher"]
+        params = json.loads(out)["registered"]["params"]
+        assert params["features"] == ["bm25", "dense", "student", "teacher"] and params["truncation_level"] == 50
         code, _, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--lists", "judged",
                            "--negatives", "all")
         assert code == 2 and "--negatives all needs --lists served" in err
@@ -95,6 +97,10 @@ def test_train_ltr_on_served_and_judged_lists_registers(monkeypatch: pytest.Monk
             main(["train", "ltr", "--dataset", str(demo_dir), "--negatives", "-1"])
         assert exit_info.value.code == 2
         assert "--negatives: '-1' is not a whole number >= 0" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "ltr", "--dataset", str(demo_dir), "--truncation", "0"])
+        assert exit_info.value.code == 2
+        assert "--truncation: '0' is not a whole number >= 1" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
 
