@@ -7,9 +7,11 @@ products (plus mined negatives) ranked among themselves.
 
 Store features are joined point-in-time with Feast's
 ``get_historical_features``: each row sees the feature values as of its own
-timestamp. Two Feast behaviours are handled here: it may drop entity rows that
-have no feature row at or before their timestamp, and it does not keep row
-order. Each row therefore carries a row id; the result is merged back onto the
+timestamp. Three Feast behaviours are handled here: it may drop entity rows that
+have no feature row at or before their timestamp, it keeps one row per feature
+view key and timestamp (the same product in two lists as of one moment), and it
+does not keep row order. Each distinct row is therefore asked once, at a
+timestamp no other row shares, with a row id; the result is merged back onto the
 input by it, so every input row comes back, in order, with NaN where Feast had
 nothing.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -57,16 +60,32 @@ ROW = "_shoprank_row"
 
 
 def historical_features(store: FeatureStore, service: str, entities: pd.DataFrame) -> pd.DataFrame:
-    """Point-in-time features for ``entities`` (product_id, user_id, event_timestamp), same rows, same order."""
-    frame = entities.reset_index(drop=True).copy()
-    frame[ROW] = np.arange(len(frame))
-    joined = store.get_historical_features(entity_df=frame, features=store.get_feature_service(service)).to_df()
-    joined = joined.drop(columns=[c for c in entities.columns if c in joined.columns])
-    out = frame[[ROW]].merge(joined.drop_duplicates(ROW), on=ROW, how="left").sort_values(ROW)
-    dropped = int(out.drop(columns=[ROW]).isna().all(axis=1).sum())
-    if dropped:
-        logger.info("Feast returned no features for %d of %d rows (kept as missing)", dropped, len(frame))
-    return out.drop(columns=[ROW]).reset_index(drop=True)
+    """Point-in-time features for ``entities`` (product_id, user_id, event_timestamp), same rows, same order.
+
+    Feast's offline join keeps one row per feature view key and timestamp: two entity rows with
+    the same product at the same moment (one product in two queries' training lists, all as of
+    the world's "now") would come back as one, and the other row without any feature. So each
+    distinct (product, user, timestamp) is asked once, rows sharing a timestamp are moved back by
+    distinct nanoseconds (the n-th by n - 1: a feature written in that last instant before the
+    row's time is not seen), and the answer is spread back over every row that asked."""
+    keys = list(entities.columns)
+    frame = entities.reset_index(drop=True)
+    unique = frame.drop_duplicates(keys).reset_index(drop=True)
+    unique[ROW] = np.arange(len(unique))
+    asked = unique.copy()
+    stamps = pd.to_datetime(asked["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")
+    asked["event_timestamp"] = stamps - pd.to_timedelta(asked.groupby(stamps).cumcount(), unit="ns")
+    with warnings.catch_warnings():  # Feast rounds the range it logs to microseconds, and says so
+        warnings.filterwarnings("ignore", message="Discarding nonzero nanoseconds")
+        joined = store.get_historical_features(entity_df=asked, features=store.get_feature_service(service)).to_df()
+    joined = joined.drop(columns=[c for c in keys if c in joined.columns]).drop_duplicates(ROW)
+    answers = unique.merge(joined, on=ROW, how="left").drop(columns=[ROW])
+    out = frame.merge(answers, on=keys, how="left")  # a left merge keeps the rows' order
+    features = out.drop(columns=keys)
+    lost = int(features.isna().all(axis=1).sum())
+    if lost:
+        logger.info("Feast returned no features for %d of %d rows (kept as missing)", lost, len(frame))
+    return features.reset_index(drop=True)
 
 
 def assign_users(groups: Sequence[Group], users: Sequence[str], seed: int) -> dict[str, str]:

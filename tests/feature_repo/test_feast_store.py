@@ -82,6 +82,24 @@ def test_point_in_time_join_keeps_every_row_in_order(sqlite_settings: Settings) 
     assert out["price_vs_user"].iloc[2] == pytest.approx(12 / 10)
 
 
+def test_rows_sharing_a_product_and_a_time_all_get_their_features(sqlite_settings: Settings) -> None:
+    """Feast keeps one row per feature view key and timestamp: the same product in two queries' lists,
+    as of one moment, must still come back twice, each with its own user's features."""
+    store = feature_store.open_store(sqlite_settings)
+    entities = pd.DataFrame({
+        "product_id": ["P1", "P1", "P2", "P1", "P2", "P1"],
+        "user_id": ["u1", "nobody", "u1", "u1", "nobody", None],
+        "event_timestamp": [day(3)] * 6,
+    })
+    out = historical_features(store, "ranker_v1", entities)
+    assert len(out) == 6
+    assert out["price"].tolist() == pytest.approx([12, 12, 5, 12, 5, 12])
+    assert out["in_stock"].tolist() == [1, 1, 0, 1, 0, 1]
+    assert out["user_category_affinity"].iloc[0] == pytest.approx(0.4)  # u1 at day 3
+    assert out["user_category_affinity"].iloc[3] == pytest.approx(0.4)  # the same row asked twice
+    assert np.isnan(out["median_price"].iloc[1]) and np.isnan(out["median_price"].iloc[5])  # no profile
+
+
 def read_online(settings: Settings) -> dict[str, np.ndarray]:
     feature_store.materialize(settings, end=day(10).to_pydatetime())
     reader = OnlineFeatureReader(feature_store.open_store(settings), "ranker_v1")
