@@ -18,12 +18,13 @@ nothing.
 Judged lists hold only products an earlier engine showed, so a model trained
 on them alone never sees the typical unjudged first-stage candidate and may
 promote it at serving time (measured: `benchmarks/replay_profiles.py`).
-``shoprank train ltr --negatives N`` therefore adds N unjudged products mined
-from the first-stage top 30 (never a duplicate title of a judged product) to
-each list with grade 0, the grade of a judged "irrelevant" product: LambdaMART
-then learns to rank them below every judged product of grade > 0. Unjudged is
-not proof of irrelevance; the count is kept small and benchmarks/RESULTS.md reports the
-effect on the judged metrics and on simulated shoppers.
+Unjudged candidates therefore stay in the lists with grade 0, the grade of a
+judged "irrelevant" product: with served lists every one of them by default
+(``shoprank train ltr --negatives all``; ``--negatives N`` keeps a seeded
+sample of N), with judged lists N mined from the first-stage top 30 (never a
+duplicate title of a judged product). Unjudged is not proof of irrelevance;
+benchmarks/RESULTS.md reports the effect of each choice on the judged metrics
+and on simulated shoppers.
 
 Judged data has no shoppers: each query is given a simulated user of the store
 world (seeded), at the world's "now"; personalization features are then noise

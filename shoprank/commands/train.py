@@ -23,7 +23,7 @@ from core.errors import InvalidInput, NotFound
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
-from ranking.lambdamart import GAINS, LambdaMARTConfig
+from ranking.lambdamart import GAINS
 
 if TYPE_CHECKING:  # serving loads FAISS: imported where used, after `shoprank serve` set its OpenMP threads
     from serving.engine import SearchEngine
@@ -211,7 +211,8 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     )
     from simulation.world import StoreWorld
 
-    if args.lists == "judged" and args.negatives is None:
+    negatives = getattr(args, "negatives", None if args.lists == "served" else 3)  # default: all; judged lists 3
+    if args.lists == "judged" and negatives is None:
         raise InvalidInput("--negatives all needs --lists served; with --lists judged pass a number of negatives")
     groups_wanted = [g for g in args.features.split(",") if g]
     if args.no_store_features:
@@ -238,11 +239,11 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     lists = {}
     for name, groups in (("train", train), ("dev", dev)):
         if args.lists == "served":
-            lists[name] = served_lists(groups, first_stage, engine.index, depth, args.negatives, args.seed,
+            lists[name] = served_lists(groups, first_stage, engine.index, depth, negatives, args.seed,
                                        settings.progress, below=args.below_depth)
         else:
-            if args.negatives:  # unjudged first-stage candidates as grade 0 (see ranking/training/ltr_data.py)
-                mine_negatives(groups, first_stage, engine.index, args.negatives, seed=args.seed,
+            if negatives:  # unjudged first-stage candidates as grade 0 (see ranking/training/ltr_data.py)
+                mine_negatives(groups, first_stage, engine.index, negatives, seed=args.seed,
                                progress=settings.progress)
             lists[name] = judged_lists(groups, first_stage, engine.index)  # type: ignore[arg-type]
     featurizer = engine.featurizer(feature_names(groups_wanted, store_names))
@@ -252,7 +253,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
         parts[name] = ranking_data(items, featurizer, frame, users, settings.progress)
     monotone = tuple(n for n in BASE_FEATURES if n in featurizer.names) if args.monotone else ()
     config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone, gains=args.gains,
-                              truncation_level=args.truncation)
+                              truncation_level=args.truncation or depth)
     with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set
         model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
     work = settings.paths.training(f"ltr-{args.run_name}")
@@ -263,7 +264,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
         "ltr", work, base_model="lightgbm-lambdarank", parent=f"reranker:{engine.teacher.version}" if engine.teacher else None,
         training_data=data_hash(train), params={**asdict(config), "features": model.names, "split": args.split,
                                                  "lists": args.lists, "depth": depth, "below_depth": args.below_depth,
-                                                 "negatives": args.negatives,
+                                                 "negatives": negatives,
                                                  "feature_groups": groups_wanted,
                                                  "feature_service": settings.features.service if store else None,
                                                  "served_models": engine.versions},
@@ -378,17 +379,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--below-depth", action=argparse.BooleanOptionalAction, default=False,
                    help="with --lists served: also learn from the judged products retrieved below --depth (default: "
                         "off; on, the model learns that deep ranks hold judged products and must never serve deeper)")
-    p.add_argument("--negatives", type=negatives_count, default=3,
-                   help="unjudged first-stage candidates per query kept with grade 0 ('all' with --lists served); "
-                        "0 = judged products only")
+    p.add_argument("--negatives", type=negatives_count, default=argparse.SUPPRESS,
+                   help="unjudged first-stage candidates per query kept with grade 0: a number, or 'all' (with --lists "
+                        "served); default: all with --lists served, 3 with --lists judged")
     p.add_argument("--monotone", action=argparse.BooleanOptionalAction, default=True,
                    help="BM25, dense and cross-encoder scores may only raise a product's rank (default: on)")
     p.add_argument("--gains", choices=GAINS, default="linear",
                    help="gain of a grade in the objective: linear (as NDCG is reported, default) or exponential "
                         "(2^grade - 1: the best grades weigh more)")
-    p.add_argument("--truncation", type=positive, default=LambdaMARTConfig.truncation_level,
+    p.add_argument("--truncation", type=positive, default=None,
                    help="the objective weighs a pair of products only when one of them is in the top N of the "
-                        "model's current ranking (LightGBM's lambdarank_truncation_level; default %(default)s)")
+                        "model's current ranking (LightGBM's lambdarank_truncation_level); default: the list depth")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

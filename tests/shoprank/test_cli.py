@@ -70,13 +70,13 @@ def test_train_ltr_on_served_and_judged_lists_registers(monkeypatch: pytest.Monk
     monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
     get_settings.cache_clear()
     try:
-        code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
-                             "--negatives", "5")
+        code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features")
         assert code == 0, err
         entry = json.loads(out)["registered"]
-        params = entry["params"]
-        assert entry["version"] == "v1" and params["negatives"] == 5 and params["lists"] == "served"
-        assert params["monotone"] == ["bm25", "dense", "student", "teacher"] and params["truncation_level"] == 20
+        params = entry["params"]  # by default every unjudged candidate of the served list is a negative
+        assert entry["version"] == "v1" and params["negatives"] is None and params["lists"] == "served"
+        assert params["monotone"] == ["bm25", "dense", "student", "teacher"]
+        assert params["truncation_level"] == params["depth"] == 200
         assert params["feature_groups"] == ["base", "ranks", "relevance"] and "rank_rrf" in params["features"]
         assert "title_coverage" in params["features"]
         code, out, err = run_cli(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "retrieval",
