@@ -127,8 +127,13 @@ class LtrFeaturizer:
     def _ranks(candidates: Candidates) -> dict[str, np.ndarray]:
         out = {}
         for name, run in zip(RANK_FEATURES, ("bm25", "dense", "rrf")):
-            ranks = np.asarray(candidates.ranks.get(run, np.zeros(len(candidates))), dtype=np.float32)
-            out[name] = np.where(ranks > 0, ranks, np.nan)
+            column = candidates.ranks.get(run)
+            ranks = np.asarray(column if column is not None else np.zeros(len(candidates)), dtype=np.float32)
+            # rank 0: that run did not retrieve the row. A served list is the fused list, so its fused rank
+            # is never missing in training; a row a caller brings that the fused list lacks (rerank mode)
+            # ranks below all of it (inf), where NaN would reach LightGBM as 0, above the top
+            missing = np.inf if run == "rrf" and column is not None else np.nan
+            out[name] = np.where(ranks > 0, ranks, missing)
         return out
 
     def _relevance(self, query: Query, candidates: Candidates) -> dict[str, np.ndarray]:

@@ -135,7 +135,11 @@ class HybridRetriever:
         return self.batch_search([query], k)[0]
 
     def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
-        depth = max(k, self.depth)
+        bm25_runs, dense_runs = self._runs(queries, max(k, self.depth))
+        return [self._fuse(b, d, k) for b, d in zip(bm25_runs, dense_runs)]
+
+    def _runs(self, queries: Sequence[str], depth: int) -> tuple[list[Hits], list[Hits]]:
+        """The BM25 and dense runs of ``queries`` over the catalog, ``depth`` deep."""
         bm25 = self.index.bm25
         pending = self.executor.submit(bm25.batch_search, queries, depth) if self.executor else None
         vectors = self.dense.embed(queries)
@@ -143,7 +147,7 @@ class HybridRetriever:
         bm25_runs = pending.result() if pending else bm25.batch_search(queries, depth)
         if self.feedback_docs:
             dense_runs = self._feedback(vectors, bm25_runs, dense_runs, depth)
-        return [self._fuse(b, d, k) for b, d in zip(bm25_runs, dense_runs)]
+        return list(bm25_runs), list(dense_runs)
 
     def _feedback(self, vectors: np.ndarray, bm25_runs: Sequence[Hits], dense_runs: Sequence[Hits],
                   depth: int) -> list[Hits]:
@@ -157,9 +161,30 @@ class HybridRetriever:
         return self.index.dense.batch_search(np.stack(moved).astype(np.float32), depth)
 
     def rank(self, query: str, docs: Sequence[int]) -> Candidates:
-        bm25 = Hits.ranked(docs, self.index.bm25.score(query, docs))
-        dense = Hits.ranked(docs, self.index.dense.score(self.dense.embed([query])[0], docs))
-        return self._fuse(bm25, dense, len(docs))
+        """``docs`` as the served first stage sees them: ordered by their rank in the fused list
+        that :meth:`search` serves (``depth`` deep), the ones it does not retrieve after them
+        (fused score 0, ordered by RRF over their own BM25 and dense scores); the ``bm25``,
+        ``dense`` and ``rrf`` rank columns are the served runs' ranks (0: not retrieved there), so
+        rank features and the first stage's agreement mean what they mean in a served list,
+        not a product's place among the given few. Scores are exact for every product."""
+        docs = np.asarray(docs, dtype=np.int64)
+        if not len(docs):
+            return self._fuse(Hits.empty(), Hits.empty(), 0)
+        bm25 = self.index.bm25.score(query, docs)
+        dense = self.index.dense.score(self.dense.embed([query])[0], docs)
+        (bm25_run,), (dense_run,) = self._runs([query], self.depth)
+        served = fuse({"bm25": bm25_run, "dense": dense_run}, self.rrf_k, limit=self.depth)
+        fused, fused_ranks = served.lookup(docs)
+        _, own_ranks = fuse({"bm25": Hits.ranked(docs, bm25), "dense": Hits.ranked(docs, dense)},
+                            self.rrf_k).lookup(docs)
+        retrieved = fused_ranks > 0
+        order = np.lexsort((own_ranks, np.where(retrieved, fused_ranks, np.iinfo(np.int32).max)))
+        ordered = docs[order]
+        scores = {"bm25": np.asarray(bm25, np.float32)[order], "dense": np.asarray(dense, np.float32)[order],
+                  "rrf": np.where(retrieved, fused, 0.0).astype(np.float32)[order]}
+        runs = {"bm25": bm25_run, "dense": dense_run, "rrf": served}
+        return Candidates(ordered, [self.index.product_id(int(d)) for d in ordered.tolist()], "rrf", scores,
+                          {name: run.lookup(ordered)[1] for name, run in runs.items()})
 
     def _fuse(self, bm25: Hits, dense: Hits, k: int) -> Candidates:
         runs = {"bm25": bm25, "dense": dense}

@@ -28,6 +28,26 @@ def test_judged_lists_hold_judged_products_and_mined_negatives(settings: Setting
     # the Feast entity rows follow the same lists, so the point-in-time join lines up row for row
     rows = entity_rows(lists, {"q1": "u1"}, pd.Timestamp("2026-11-01", tz="UTC"))
     assert rows["product_id"].tolist() == lists[0].candidates.product_ids
+    # the rank features are the served list's ranks, as in serving, not places among the three
+    ranks = ranking_data(lists, engine.featurizer(["rank_rrf"]), None, {}, progress=False).features[:, 0]
+    assert lists[0].candidates.product_ids == [hits[0], hits[1], hits[5]] and ranks.tolist() == [1, 2, 6]
+
+
+def test_a_row_the_fused_list_lacks_ranks_below_all_of_it() -> None:
+    """LightGBM reads NaN as 0 where training had no missing value: a fused rank is never missing
+    in a served list, so a given product the fused list lacks is ranked at infinity, not above the top."""
+    from ranking.features import LtrFeaturizer
+    from retrieval.types import Candidates
+
+    def candidates(ranks: dict[str, list[int]]) -> Candidates:
+        scores = {name: np.zeros(2, np.float32) for name in ranks}
+        return Candidates(np.array([4, 7]), ["a", "b"], "rrf", scores,
+                          {name: np.array(r, np.int32) for name, r in ranks.items()})
+
+    got = LtrFeaturizer._ranks(candidates({"bm25": [1, 0], "dense": [3, 0], "rrf": [2, 0]}))
+    assert got["rank_rrf"].tolist() == [2, np.inf]
+    assert got["rank_bm25"][0] == 1 and np.isnan(got["rank_bm25"][1]) and np.isnan(got["rank_dense"][1])
+    assert np.isnan(LtrFeaturizer._ranks(candidates({"bm25": [1, 2]}))["rank_rrf"]).all()  # no fused run at all
 
 
 def test_served_lists_are_the_first_stage_top_with_served_ranks(settings: Settings, real_index, real_encoder) -> None:  # type: ignore[no-untyped-def]

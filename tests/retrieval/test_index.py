@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -88,14 +89,22 @@ def test_upsert_with_another_encoder_is_refused(tmp_path: Path, settings: Settin
         index.upsert(catalog([("q", "new")]), other, cache)
 
 
-def test_rank_orders_given_docs(fake_index: ProductIndex) -> None:
-    encoder = HashingEncoder()
-    hybrid = HybridRetriever(BM25Retriever(fake_index), DenseRetriever(fake_index, encoder))
-    docs = list(range(0, 40))
-    ranked = hybrid.rank("cordless drill", docs)
-    assert sorted(ranked.docs.tolist()) == docs
-    assert ranked.ranks["rrf"].tolist() == list(range(1, 41))
-    assert ranked.ranks["bm25"].min() >= 1  # rank mode scores every given doc in every source
+def test_rank_gives_products_the_ranks_the_served_search_gives_them(fake_index: ProductIndex) -> None:
+    """Rerank mode and callers with their own candidates: a product's rank columns are its ranks
+    in the served runs (what LambdaMART's rank features and the adaptive depth see in a served
+    list), not its place among the few given; one the served search misses comes last, rank 0."""
+    hybrid = HybridRetriever(BM25Retriever(fake_index), DenseRetriever(fake_index, HashingEncoder()), depth=20)
+    served = hybrid.search("cordless drill", 20)
+    missed = next(d for d in range(len(fake_index.products)) if d not in set(served.docs.tolist()))
+    given = [missed, *served.docs[[15, 2, 9]].tolist()]
+    ranked = hybrid.rank("cordless drill", given)
+    assert ranked.docs.tolist() == [*served.docs[[2, 9, 15]].tolist(), missed]
+    for run in ("bm25", "dense", "rrf"):
+        assert ranked.ranks[run][:3].tolist() == served.ranks[run][[2, 9, 15]].tolist()
+    assert ranked.ranks["rrf"].tolist() == [3, 10, 16, 0]
+    assert ranked.scores["rrf"][3] == 0.0 and ranked.scores["rrf"][0] == pytest.approx(served.scores["rrf"][2])
+    assert not np.isnan(ranked.scores["bm25"]).any() and not np.isnan(ranked.scores["dense"]).any()  # exact for all
+    assert len(hybrid.rank("cordless drill", [])) == 0
 
 
 def test_dense_feedback_reaches_products_worded_like_the_first_results(tmp_path: Path, settings: Settings) -> None:
