@@ -211,7 +211,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     )
     from simulation.world import StoreWorld
 
-    negatives = getattr(args, "negatives", None if args.lists == "served" else 3)  # default: all; judged lists 3
+    negatives = getattr(args, "negatives", None if args.lists != "judged" else 3)  # default: all; judged lists 3
     if args.lists == "judged" and negatives is None:
         raise InvalidInput("--negatives all needs --lists served; with --lists judged pass a number of negatives")
     groups_wanted = [g for g in args.features.split(",") if g]
@@ -238,9 +238,11 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     depth = args.depth or settings.ranking.ltr_depth
     lists = {}
     for name, groups in (("train", train), ("dev", dev)):
-        if args.lists == "served":
+        if args.lists != "judged":
             lists[name] = served_lists(groups, first_stage, engine.index, depth, negatives, args.seed,
                                        settings.progress, below=args.below_depth)
+            if args.lists == "served+judged" and name == "train":  # each query's judged products once more,
+                lists[name] += judged_lists(groups, first_stage, engine.index)  # ranked among themselves
         else:
             if negatives:  # unjudged first-stage candidates as grade 0 (see ranking/training/ltr_data.py)
                 mine_negatives(groups, first_stage, engine.index, negatives, seed=args.seed,
@@ -372,9 +374,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", default="base,ranks,relevance,store",
                    help="feature groups, comma-separated: base (BM25, dense, cross-encoder scores), ranks (served "
                         "ranks), relevance (query-product text features), store (feature store)")
-    p.add_argument("--lists", choices=("served", "judged"), default="served",
+    p.add_argument("--lists", choices=("served", "judged", "served+judged"), default="served",
                    help="served: each query's first-stage top --depth as served, with judged grades; judged: the "
-                        "judged products ranked among themselves")
+                        "judged products ranked among themselves; served+judged: both lists of each training query")
     p.add_argument("--depth", type=count, default=None, help="served list depth (default: ranking.ltr_depth)")
     p.add_argument("--below-depth", action=argparse.BooleanOptionalAction, default=False,
                    help="with --lists served: also learn from the judged products retrieved below --depth (default: "

@@ -79,6 +79,13 @@ def test_train_ltr_on_served_and_judged_lists_registers(monkeypatch: pytest.Monk
         assert params["truncation_level"] == params["depth"] == 200
         assert params["feature_groups"] == ["base", "ranks", "relevance"] and "rank_rrf" in params["features"]
         assert "title_coverage" in params["features"]
+        served_rows = entry["metrics"]["train_rows"]
+        code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
+                                 "--lists", "served+judged", "--features", "base")
+        assert code == 0, err
+        both = json.loads(out)["registered"]  # each training query's judged list joins its served list
+        assert both["params"]["lists"] == "served+judged" and both["params"]["negatives"] is None
+        assert both["metrics"]["train_rows"] > served_rows
         code, out, err = run_cli(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "retrieval",
                              "--pipeline", "ltr", "--json")
         assert code == 0, err
