@@ -135,11 +135,11 @@ class HybridRetriever:
         return self.batch_search([query], k)[0]
 
     def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
-        bm25_runs, dense_runs = self._runs(queries, max(k, self.depth))
+        _, bm25_runs, dense_runs = self._runs(queries, max(k, self.depth))
         return [self._fuse(b, d, k) for b, d in zip(bm25_runs, dense_runs)]
 
-    def _runs(self, queries: Sequence[str], depth: int) -> tuple[list[Hits], list[Hits]]:
-        """The BM25 and dense runs of ``queries`` over the catalog, ``depth`` deep."""
+    def _runs(self, queries: Sequence[str], depth: int) -> tuple[np.ndarray, list[Hits], list[Hits]]:
+        """The query vectors, and the BM25 and dense runs of ``queries`` over the catalog, ``depth`` deep."""
         bm25 = self.index.bm25
         pending = self.executor.submit(bm25.batch_search, queries, depth) if self.executor else None
         vectors = self.dense.embed(queries)
@@ -147,7 +147,7 @@ class HybridRetriever:
         bm25_runs = pending.result() if pending else bm25.batch_search(queries, depth)
         if self.feedback_docs:
             dense_runs = self._feedback(vectors, bm25_runs, dense_runs, depth)
-        return list(bm25_runs), list(dense_runs)
+        return vectors, list(bm25_runs), list(dense_runs)
 
     def _feedback(self, vectors: np.ndarray, bm25_runs: Sequence[Hits], dense_runs: Sequence[Hits],
                   depth: int) -> list[Hits]:
@@ -170,9 +170,9 @@ class HybridRetriever:
         docs = np.asarray(docs, dtype=np.int64)
         if not len(docs):
             return self._fuse(Hits.empty(), Hits.empty(), 0)
+        (vector,), (bm25_run,), (dense_run,) = self._runs([query], self.depth)
         bm25 = self.index.bm25.score(query, docs)
-        dense = self.index.dense.score(self.dense.embed([query])[0], docs)
-        (bm25_run,), (dense_run,) = self._runs([query], self.depth)
+        dense = self.index.dense.score(vector, docs)
         served = fuse({"bm25": bm25_run, "dense": dense_run}, self.rrf_k, limit=self.depth)
         fused, fused_ranks = served.lookup(docs)
         _, own_ranks = fuse({"bm25": Hits.ranked(docs, bm25), "dense": Hits.ranked(docs, dense)},
