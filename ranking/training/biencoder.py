@@ -24,13 +24,14 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from evaluation.metrics import grade_threshold
 from ranking.training.data import Group
+from ranking.training.typos import add_typo
 from retrieval.catalog import product_text
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ class BiEncoderConfig:
     # the two tied on every first-stage metric (Recall@100 -0.0004 [-0.0025, +0.0016], NDCG@10
     # +0.0007 [-0.0012, +0.0026]; benchmarks/RESULTS.md), so the default stays as it was.
     queries: str = "typed"
+    # Share of examples (drawn again each epoch) whose query gets one synthetic typing slip
+    # (ranking.training.typos): a dropped, doubled, swapped or neighbouring-key letter, or two
+    # words run together. 0 trains on the queries as they are.
+    typos: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,11 @@ class Triple:
     query: str
     positive: str
     negative: str | None
+    group: str | None = None  # the training query it came from (a slipped query keeps its group)
+
+    @property
+    def key(self) -> str:
+        return self.group if self.group is not None else self.query
 
 
 def triples(groups: Sequence[Group], texts: dict[str, str], config: BiEncoderConfig, seed: int) -> list[Triple]:
@@ -80,17 +90,21 @@ def triples(groups: Sequence[Group], texts: dict[str, str], config: BiEncoderCon
             continue
         pool = ([p for p, g in group.judged.items() if g < low] or group.mined) if config.hard_negatives else []
         if config.positives == "all":
-            out += [Triple(group.query, texts[p], texts[rng.choice(pool)] if pool else None) for p in positives]
+            out += [Triple(group.query, texts[p], texts[rng.choice(pool)] if pool else None, group.qid)
+                    for p in positives]
         else:
             negative = texts[rng.choice(pool)] if pool else None
-            out.append(Triple(group.query, texts[rng.choice(positives)], negative))
+            out.append(Triple(group.query, texts[rng.choice(positives)], negative, group.qid))
+    if config.typos > 0:  # drawn after the pairs, so the pairs are the same with and without slips
+        slips = random.Random(seed + 7919)
+        out = [replace(t, query=add_typo(t.query, slips)) if slips.random() < config.typos else t for t in out]
     return out
 
 
 def false_negatives(batch: Sequence[Triple]) -> np.ndarray:
     """(batch, batch) mask of in-batch "negatives" that are not: another example's positive that
-    is this example's product, or another positive of this example's query."""
-    queries = np.array([t.query for t in batch], dtype=object)
+    is this example's product, or another positive of this example's query (typed or slipped)."""
+    queries = np.array([t.key for t in batch], dtype=object)
     products = np.array([t.positive for t in batch], dtype=object)
     same = (queries[:, None] == queries[None, :]) | (products[:, None] == products[None, :])
     np.fill_diagonal(same, False)

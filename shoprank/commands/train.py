@@ -173,7 +173,7 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     base = str(resolve_model_dir(args.base)) if args.base == "minilm" else args.base
     config = BiEncoderConfig(base_model=base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              hard_negatives=not args.no_hard_negatives, seed=args.seed, max_grade=dataset.max_grade,
-                             positives=args.positives, queries=args.queries)
+                             positives=args.positives, queries=args.queries, typos=args.typos)
     train = groups_from(dataset, args.split, 1)[: args.limit]
     if config.hard_negatives or config.queries == "analyzed":
         engine = first_stage(settings, dataset)
@@ -302,6 +302,17 @@ def positive(text: str) -> int:
     return value
 
 
+def share(text: str) -> float:
+    """argparse type for a share: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a model and register it")
     kinds = train.add_subparsers(dest="kind", required=True)
@@ -360,6 +371,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", choices=("typed", "analyzed"), default="typed",
                    help="train on each query as the dataset spells it (typed, default) or as the server encodes "
                         "it (analyzed: normalized, spelling corrected; tied on Home Depot)")
+    p.add_argument("--typos", type=share, default=0.0, metavar="P",
+                   help="share of training pairs, 0-1, whose query gets one synthetic typing slip (a dropped, "
+                        "doubled, swapped or neighbouring-key letter, or two words run together); default 0")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

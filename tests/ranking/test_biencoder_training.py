@@ -60,3 +60,20 @@ def test_training_queries_are_analyzed_as_the_server_analyzes_them() -> None:
     # a pipeline served without spelling correction trains on normalized, uncorrected queries
     plain = as_served(groups, Cascade("hybrid", first=None, stages=(), analyzer=analyzer, spelling=False))  # type: ignore[arg-type]
     assert [g.query for g in plain] == ["1/2 in pvc elbw", "garden nozzel", "!!"]
+
+
+def test_a_slipped_query_keeps_its_pairs_and_its_group() -> None:
+    clean = triples(GROUPS, TEXTS, config("all"), seed=1)
+    slipped = triples(GROUPS, TEXTS, BiEncoderConfig(base_model="unused", typos=1.0), seed=1)
+    assert [(t.positive, t.negative, t.group) for t in slipped] == [(t.positive, t.negative, t.group) for t in clean]
+    assert all(t.query != c.query for t, c in zip(slipped, clean))  # every query slipped once
+    assert [t.group for t in clean] == ["q1", "q1", "q2"]
+    # another positive of the same query stays out of the negatives, typed or slipped
+    mask = false_negatives([Triple("drll", "title a", None, "q1"), Triple("drill", "title b", None, "q1"),
+                            Triple("dril", "title c", None, "q9")])
+    assert mask.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
+
+
+def test_no_slips_by_default() -> None:
+    assert BiEncoderConfig(base_model="unused").typos == 0.0
+    assert [t.query for t in triples(GROUPS, TEXTS, config("all"), seed=1)] == ["drill", "drill", "hose"]

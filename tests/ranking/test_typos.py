@@ -1,0 +1,57 @@
+"""Synthetic typing slips for training queries: one slip, in a word a slip can hit."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ranking.training.typos import KINDS, NEIGHBOURS, add_typo
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Optimal string alignment distance (a swap of adjacent letters counts once)."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_one_slip_in_one_long_word(seed: int) -> None:
+    query = "dewalt 20v max cordless drill 1/2 in"
+    out = add_typo(query, random.Random(seed))
+    assert out != query
+    before, after = query.split(), out.split()
+    if len(after) == len(before) - 1:  # two words run together
+        i = next(i for i, (a, b) in enumerate(zip(before, after)) if a != b)
+        assert after[i] == before[i] + before[i + 1] and before[i].isalpha() and before[i + 1].isalpha()
+    else:
+        changed = [(a, b) for a, b in zip(before, after) if a != b]
+        assert len(changed) == 1
+        word, slipped = changed[0]
+        assert word in ("dewalt", "cordless", "drill")  # never "20v", "max", "1/2", "in"
+        assert edit_distance(word, slipped) == 1 and slipped[0] == word[0]
+
+
+def test_slips_are_seeded_and_cover_every_kind() -> None:
+    queries = [add_typo("garden hose nozzle", random.Random(s)) for s in range(200)]
+    assert queries == [add_typo("garden hose nozzle", random.Random(s)) for s in range(200)]
+    assert any(q.startswith("gardenhose") or "hosenozzle" in q for q in queries)  # run together
+    assert any(len(q) == len("garden hose nozzle") - 1 for q in queries)  # a letter dropped
+    assert any(len(q) == len("garden hose nozzle") + 1 and " " in q[6:7] for q in queries)  # a letter doubled
+    assert len(KINDS) == 5
+
+
+def test_a_query_with_no_long_word_is_left_alone() -> None:
+    assert add_typo("2x4 8 ft", random.Random(0)) == "2x4 8 ft"
+    assert add_typo("", random.Random(0)) == ""
+
+
+def test_a_neighbouring_key_is_next_to_it_on_the_keyboard() -> None:
+    assert set(NEIGHBOURS["s"]) == set("awedxz")
+    assert set(NEIGHBOURS["p"]) == set("ol") and set(NEIGHBOURS["b"]) == set("vnhg")
+    assert all(k not in v for k, v in NEIGHBOURS.items())
