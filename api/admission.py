@@ -10,6 +10,13 @@ a slot; its deadline keeps running, so it degrades further rather than timing ou
 The share of searches over the limit is a metric
 (``shoprank_searches_total{shed="true"}``), and each skipped stage another
 (``shoprank_degraded_total``).
+
+A degrade budget (``serving.skip_share``, off by default) goes one step further
+for the searches that set the tail: a search that would run a cross-encoder on
+uncached pairs while another search is in flight beside it skips that model
+(degraded "shed, budget") as long as the skipped searches stay within the
+budget's share of all searches admitted (a token bucket: each admitted search
+adds the share, a skip takes one whole token).
 """
 
 from __future__ import annotations
@@ -31,11 +38,24 @@ def default_shed_at(processes: int) -> int:
 class Admission:
     """Counts searches in flight; says whether the next one must shed its costly stages."""
 
-    def __init__(self, max_in_flight: int, shed_at: int) -> None:
+    BURST = 2.0  # tokens kept at most: skips come spread over the load, not saved up while idle
+
+    def __init__(self, max_in_flight: int, shed_at: int, skip_share: float = 0.0) -> None:
         self.shed_at = shed_at
+        self.skip_share = skip_share
         self._slots = threading.BoundedSemaphore(max_in_flight) if max_in_flight else None
         self._lock = threading.Lock()
         self.in_flight = 0
+        self._tokens = 0.0
+
+    def skip_model(self) -> bool:
+        """Whether a search about to run a cross-encoder on uncached pairs skips it instead: only
+        while another search is in flight beside it, and within the budget (takes a token)."""
+        with self._lock:
+            if self.in_flight > 1 and self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+        return False
 
     @contextmanager
     def enter(self) -> Iterator[bool]:
@@ -45,6 +65,8 @@ class Admission:
         with self._lock:
             shed = self.in_flight >= self.shed_at
             self.in_flight += 1
+            if self.skip_share:
+                self._tokens = min(self._tokens + self.skip_share, self.BURST)
         try:
             yield shed
         finally:

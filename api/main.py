@@ -100,7 +100,8 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     app.state.keys = KeyStore(settings.paths.keys)
     app.state.limiter = RateLimiter(settings.api.rate_limit_per_s, settings.api.rate_burst)
     limit = settings.serving.max_in_flight
-    app.state.admission = Admission(limit, settings.serving.shed_in_flight or default_shed_at(settings.api.processes()))
+    app.state.admission = Admission(limit, settings.serving.shed_in_flight or default_shed_at(settings.api.processes()),
+                                    settings.serving.skip_share)
     app.state.metrics = metrics
     app.state.balancer = open_balancer(None, 1, 0)  # the lifespan opens the processes' shared table
 

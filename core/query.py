@@ -3,6 +3,7 @@ and what the query analyzer made of the text (:class:`Analysis`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -68,4 +69,7 @@ class Query:
     deadline: float | None = None
     rewrite: bool = True  # False: search the text as typed (only normalized), no spelling correction
     shed: bool = False  # the server is overloaded: skip the costly stages (cross-encoders), say so
+    # Asked before a costly stage runs its model on pairs it finds uncached; True skips the stage (served in the
+    # previous order, degraded "shed, budget"). Set by a server with a degrade budget (serving.skip_share).
+    skip_model: Callable[[], bool] | None = None
     analysis: Analysis | None = None  # set by the first stage

@@ -197,6 +197,11 @@ class ServingSettings(BaseModel):
     shed_depth: int = Field(5, ge=0, le=1000, description="A search admitted over shed_in_flight whose "
                             "cross-encoder scores are not all cached still has its top shed_depth scored by "
                             "each cross-encoder stage (0: the stage is skipped, marked degraded).")
+    skip_share: float = Field(0.0, ge=0, le=1, description="Degrade budget: the share of searches, at most, "
+                              "that skip a cross-encoder whose scores they find uncached while another search is "
+                              "in flight in the same process (served in LambdaMART / first-stage order, marked "
+                              "degraded 'shed, budget'), so the searches that would run the model under load stop "
+                              "setting the p95. Per server process, counted over every search it admits. 0: off.")
     shed_wait_ms: float = Field(0.0, ge=0, le=60_000, description="A search whose cross-encoder pairs would wait "
                                 "longer than this behind the pairs already queued (at the model's recent pairs a "
                                 "second) skips that stage (served in LambdaMART / first-stage order, marked "

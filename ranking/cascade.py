@@ -179,17 +179,21 @@ class Cascade:
             if skippable and query.deadline is not None and now >= query.deadline:
                 degraded.append(f"{name}: skipped, request budget spent")
                 continue
-            if query.shed and getattr(stage, "costly", False):
+            if (query.shed or query.skip_model is not None) and getattr(stage, "costly", False):
                 started = time.perf_counter()
                 served = stage.from_cache(query, candidates) if hasattr(stage, "from_cache") else None
                 if served is not None:
                     candidates, timings[name] = served, time.perf_counter() - started
                     continue
-                shallow = stage.under_load() if hasattr(stage, "under_load") else None
-                if shallow is None:
-                    degraded.append(f"{name}: shed, overload")
+                if query.skip_model is not None and query.skip_model():  # the server's degrade budget
+                    degraded.append(f"{name}: shed, budget")
                     continue
-                stage = shallow  # runs below like any stage: budgets, deadline, the queue gate
+                if query.shed:
+                    shallow = stage.under_load() if hasattr(stage, "under_load") else None
+                    if shallow is None:
+                        degraded.append(f"{name}: shed, overload")
+                        continue
+                    stage = shallow  # runs below like any stage: budgets, deadline, the queue gate
             limits = [d for d in (query.deadline, now + self.budgets[name] if name in self.budgets else None) if d]
             started = time.perf_counter()
             try:

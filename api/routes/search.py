@@ -40,8 +40,9 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
     deadline = time.monotonic() + settings.serving.budget_ms / 1000
     unit = body.user_id or body.session_id or request.state.request_id
     with request.app.state.admission.enter() as shed:  # overload: shed the cross-encoders, then queue
+        admission = request.app.state.admission
         query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()), deadline, body.rewrite,
-                            shed=shed)
+                            shed=shed, skip_model=admission.skip_model if admission.skip_share else None)
         routed = served.router.search(served.engine, query, body.k, body.offset, unit, use_cache=not body.explain)
     request.app.state.metrics.searches.labels("true" if shed else "false").inc()
     engine = served.engine

@@ -122,3 +122,20 @@ def test_hot_swap_under_load_fails_no_request(client: TestClient) -> None:
             thread.join()
     assert statuses and set(statuses) == {200}
     assert "v1" in versions
+
+
+def test_a_degrade_budget_skips_the_cross_encoder_beside_another_search(ops_settings: Settings, real_index,  # type: ignore[no-untyped-def]
+                                                                        real_encoder) -> None:
+    serving = ops_settings.serving.model_copy(update={"skip_share": 1.0, "shed_in_flight": 1})
+    app = app_on(ops_settings.model_copy(update={"serving": serving}), real_index, real_encoder)
+    with ready_client(app) as client:
+        alone = client.post("/v1/search", json={"query": "cordless drill battery", "k": 3}).json()
+        assert alone["degraded"] == []  # no other search in flight: the model runs, however big the budget
+        with app.state.admission.enter():  # another search in flight beside the next one
+            beside = client.post("/v1/search", json={"query": "brass garden hose nozzle", "k": 3}).json()
+        assert beside["degraded"] and all(r.endswith(": shed, budget") for r in beside["degraded"])
+        assert [i["product_id"] for i in beside["items"]]  # still an answer, in LambdaMART / first-stage order
+        metrics = client.get("/metrics").text
+        shed = [line for line in metrics.splitlines()
+                if line.startswith("shoprank_degraded_total{") and 'reason="shed"' in line]
+        assert shed and sum(float(line.split()[-1]) for line in shed) >= 1

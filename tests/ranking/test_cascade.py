@@ -155,6 +155,63 @@ def test_an_overloaded_search_scores_only_the_shed_depth_when_not_all_cached() -
     assert calls[-1] == 1  # a shed search never scores deeper than its adaptive depth
 
 
+def test_a_degrade_budget_skips_the_model_only_where_it_would_run() -> None:
+    from core.cache import LRUCache
+    from ranking.cache import CachedScorer
+
+    calls: list[int] = []
+    asked: list[bool] = []
+
+    class Model:
+        def score(self, query: str, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
+            calls.append(len(texts))
+            return np.array([float(t[1:]) for t in texts], dtype=np.float32)  # reverses the order
+
+    scorer = CachedScorer(Model(), LRUCache(100))
+
+    def score(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
+        return scorer.score_products(query, [f"p{d}" for d in docs], [f"t{d}" for d in docs], deadline)
+
+    def cached(query: str, docs: np.ndarray) -> np.ndarray | None:
+        return scorer.cached_only(query, [f"p{d}" for d in docs], [f"t{d}" for d in docs])
+
+    def budget(answer: bool):  # type: ignore[no-untyped-def]
+        def skip() -> bool:
+            asked.append(answer)
+            return answer
+        return skip
+
+    stage = ScoreStage("teacher", score, depth=5, cached=cached, shed_depth=2)
+    cascade = Cascade("c", ListRetriever(), [stage], first_stage_depth=20)
+    cold = cascade.run(Query("q", skip_model=budget(True)), 5)  # not shed, but the budget lets it skip
+    assert cold.degraded == ["teacher: shed, budget"] and calls == [] and asked == [True]
+    assert cold.candidates.product_ids[:5] == ["p0", "p1", "p2", "p3", "p4"]  # the previous order
+    full = cascade.run(Query("q", skip_model=budget(False)), 5)  # no token left: the model at full depth
+    assert full.degraded == [] and calls == [5] and full.candidates.product_ids[:5] == ["p4", "p3", "p2", "p1", "p0"]
+    warm = cascade.run(Query("q", skip_model=budget(True)), 5)  # every pair cached: no model to skip
+    assert warm.degraded == [] and calls == [5] and len(asked) == 2 and warm.candidates.product_ids == full.candidates.product_ids
+    shed = cascade.run(Query("other", shed=True, skip_model=budget(False)), 5)  # shed, no token: its top 2
+    assert shed.degraded == [] and calls == [5, 2]
+
+
+def test_the_degrade_budget_skips_at_most_its_share_and_only_beside_another_search() -> None:
+    from api.admission import Admission
+
+    admission = Admission(max_in_flight=0, shed_at=1, skip_share=0.25)
+    for _ in range(20):
+        with admission.enter():  # alone in the process: never skipped, however many tokens
+            assert admission.skip_model() is False
+    skipped = 0
+    with admission.enter():
+        for _ in range(400):
+            with admission.enter():
+                skipped += admission.skip_model()
+    assert 100 <= skipped <= 100 + Admission.BURST  # a quarter of the 400, plus at most the tokens saved before
+    off = Admission(max_in_flight=0, shed_at=1)
+    with off.enter(), off.enter():
+        assert off.skip_model() is False
+
+
 def test_admission_sheds_above_its_threshold_and_caps_in_flight() -> None:
     import threading
 
