@@ -11,7 +11,7 @@ The share of searches over the limit is a metric
 (``shoprank_searches_total{shed="true"}``), and each skipped stage another
 (``shoprank_degraded_total``).
 
-A degrade budget (``serving.skip_share``, off by default) goes one step further
+A degrade budget (``serving.skip_share``, 4% by default) goes one step further
 for the searches that set the tail: a search that would run a cross-encoder on
 uncached pairs while another search is in flight beside it skips that model
 (degraded "shed, budget") as long as the skipped searches stay within the
