@@ -112,7 +112,8 @@ class ExperimentRouter:
                 self.shadow_dropped += 1
                 return
             self._pending += 1
-        self._pool.submit(self._run_shadow, engine, replace(query, deadline=None), k, served)
+        # no deadline, and never a skip from the live searches' degrade budget (it runs in the background)
+        self._pool.submit(self._run_shadow, engine, replace(query, deadline=None, skip_model=None), k, served)
 
     def _run_shadow(self, engine: SearchEngine, query: Query, k: int, served: Routed) -> None:
         try:
