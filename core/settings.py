@@ -200,7 +200,8 @@ class ServingSettings(BaseModel):
     # On 2 cores (EPYC, head-heavy stream, 1,000 warmed heads), three pairs of runs: at 0.04 the 8-connection level
     # served 139-144 searches/s at p95 204-206 ms against 120-125 at 224-233 ms off (runs with the connections split
     # evenly over the processes), 32 connections 165-182 against 140-172 /s, the 50/s open loop's p95 108-117 against
-    # 126-177 ms; 4.0-4.1% degraded (benchmarks/RESULTS.md, "A degrade budget").
+    # 126-177 ms; 4.0-4.1% degraded. With 5,000 warmed heads (fewer searches run the model) it tied
+    # (benchmarks/RESULTS.md, "A degrade budget").
     skip_share: float = Field(0.04, ge=0, le=1, description="Degrade budget: the share of searches, at most, "
                               "that skip a cross-encoder whose scores they find uncached while another search is "
                               "in flight in the same process (served in LambdaMART / first-stage order, marked "
