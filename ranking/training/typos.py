@@ -38,7 +38,7 @@ def _slip(word: str, kind: str, rng: random.Random) -> str:
     if kind == "double":
         return word[:i] + word[i] + word[i:]
     if kind == "neighbour":
-        return word[:i] + rng.choice(NEIGHBOURS.get(word[i], word[i])) + word[i + 1 :]
+        return word[:i] + rng.choice(NEIGHBOURS[word[i]]) + word[i + 1 :]  # a slippable word is a-z only
     i = rng.randrange(1, len(word) - 1)  # swap letters i and i + 1
     return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
 

@@ -100,16 +100,16 @@ def test_an_overloaded_search_sheds_the_model_stages_but_keeps_cheap_ones_and_ru
     assert cascade.run(Query("q"), 5).degraded == []
 
 
-def test_an_overloaded_search_still_uses_cached_scores_and_never_the_model() -> None:
+def cached_model(calls: list[int]):  # type: ignore[no-untyped-def]
+    """A cross-encoder stage's (score, cached) pair over a model behind an LRU (CachedScorer); the
+    model appends how many pairs it scored to ``calls`` and scores product ``pN`` N (reversing the order)."""
     from core.cache import LRUCache
     from ranking.cache import CachedScorer
-
-    calls: list[int] = []
 
     class Model:
         def score(self, query: str, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
             calls.append(len(texts))
-            return np.array([float(t[1:]) for t in texts], dtype=np.float32)  # reverses the order
+            return np.array([float(t[1:]) for t in texts], dtype=np.float32)
 
     scorer = CachedScorer(Model(), LRUCache(100))
 
@@ -118,6 +118,13 @@ def test_an_overloaded_search_still_uses_cached_scores_and_never_the_model() -> 
 
     def cached(query: str, docs: np.ndarray) -> np.ndarray | None:
         return scorer.cached_only(query, [f"p{d}" for d in docs], [f"t{d}" for d in docs])
+
+    return score, cached
+
+
+def test_an_overloaded_search_still_uses_cached_scores_and_never_the_model() -> None:
+    calls: list[int] = []
+    score, cached = cached_model(calls)
 
     cascade = Cascade("c", ListRetriever(), [ScoreStage("teacher", score, depth=5, cached=cached)],
                       first_stage_depth=20)
@@ -156,24 +163,9 @@ def test_an_overloaded_search_scores_only_the_shed_depth_when_not_all_cached() -
 
 
 def test_a_degrade_budget_skips_the_model_only_where_it_would_run() -> None:
-    from core.cache import LRUCache
-    from ranking.cache import CachedScorer
-
     calls: list[int] = []
     asked: list[bool] = []
-
-    class Model:
-        def score(self, query: str, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
-            calls.append(len(texts))
-            return np.array([float(t[1:]) for t in texts], dtype=np.float32)  # reverses the order
-
-    scorer = CachedScorer(Model(), LRUCache(100))
-
-    def score(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
-        return scorer.score_products(query, [f"p{d}" for d in docs], [f"t{d}" for d in docs], deadline)
-
-    def cached(query: str, docs: np.ndarray) -> np.ndarray | None:
-        return scorer.cached_only(query, [f"p{d}" for d in docs], [f"t{d}" for d in docs])
+    score, cached = cached_model(calls)
 
     def budget(answer: bool):  # type: ignore[no-untyped-def]
         def skip() -> bool:

@@ -10,14 +10,11 @@ from ranking.training.typos import KINDS, NEIGHBOURS, add_typo
 
 
 def edit_distance(a: str, b: str) -> int:
-    """Optimal string alignment distance (a swap of adjacent letters counts once)."""
-    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
-    return d[-1][-1]
+    """Optimal string alignment distance (a swap of adjacent letters counts once), as the analyzer's
+    spelling dictionary (symspellpy) measures it; -1 beyond 3."""
+    from symspellpy.editdistance import DistanceAlgorithm, EditDistance
+
+    return int(EditDistance(DistanceAlgorithm.DAMERAU_OSA).compare(a, b, 3))
 
 
 @pytest.mark.parametrize("seed", range(40))
