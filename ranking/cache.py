@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ import numpy as np
 
 from core.cache import LRUCache
 from ranking.score_store import ScoreStore, score_key, text_hash, vector_key
+
+MEMO_S = 1.0  # how long a missed cached_only() lookup stands in for the score_counted() that follows it
 
 
 class TierCounts:
@@ -81,6 +84,7 @@ class CachedScorer:
         self.model = model
         self.store_counts = store_counts or TierCounts()
         self.block_writes = block_writes
+        self._missed = threading.local()  # this thread's last cached_only() that missed (see score_counted)
 
     def score_products(self, query: str, product_ids: Sequence[str], titles: Sequence[str],
                        deadline: float | None = None) -> np.ndarray:
@@ -91,7 +95,12 @@ class CachedScorer:
                       deadline: float | None = None) -> tuple[np.ndarray, int]:
         """The scores and how many pairs were scored here (in neither tier)."""
         hashes = [text_hash(t) for t in titles]
-        scores, missing, keys = self._known(query, product_ids, hashes)
+        last, self._missed.lookup = getattr(self._missed, "lookup", None), None
+        if (last is not None and time.monotonic() - last[1] < MEMO_S
+                and last[0] == (query, tuple(product_ids), tuple(hashes))):
+            scores, missing, keys = last[2].copy(), last[3], last[4]  # just looked up: not read twice
+        else:
+            scores, missing, keys = self._known(query, product_ids, hashes)
         if missing:
             fresh = self.scorer.score(query, [titles[i] for i in missing], deadline)
             for i, value in zip(missing, fresh):
@@ -102,9 +111,18 @@ class CachedScorer:
         return scores, len(missing)
 
     def cached_only(self, query: str, product_ids: Sequence[str], titles: Sequence[str]) -> np.ndarray | None:
-        """The scores when both tiers hold every pair, else None; never runs the model (overload)."""
-        scores, missing, _ = self._known(query, product_ids, [text_hash(t) for t in titles])
-        return None if missing else scores
+        """The scores when both tiers hold every pair, else None; never runs the model (overload).
+
+        After a miss, this thread's next :meth:`score_counted` of the same pairs reuses what this
+        lookup found instead of reading both tiers again (a search that was not shed goes on to score
+        them), so each pair is looked up, and counted, once."""
+        hashes = [text_hash(t) for t in titles]
+        self._missed.lookup = None
+        scores, missing, keys = self._known(query, product_ids, hashes)
+        if not missing:
+            return scores
+        self._missed.lookup = ((query, tuple(product_ids), tuple(hashes)), time.monotonic(), scores, missing, keys)
+        return None
 
     def _known(self, query: str, product_ids: Sequence[str],
                hashes: Sequence[str]) -> tuple[np.ndarray, list[int], dict[int, str]]:

@@ -85,6 +85,31 @@ def test_lru_then_store_then_model() -> None:
     assert mixed.tolist() == [5, 12, 11, 103] and other_scorer.seen == ["saw"]
 
 
+def test_a_missed_cached_only_lookup_is_not_repeated_by_the_scoring_that_follows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FakeStore()
+    cached(store, CountingScorer()).score_products("drill", IDS[:1], TITLES[:1])  # P1 in the store
+    assert store.flush(5)
+    store.reads.clear()
+    scorer = CountingScorer()
+    fresh = cached(store, scorer)
+    assert fresh.cached_only("drill", IDS, TITLES) is None and store.reads == [3]
+    # the search goes on to score: nothing read again, each pair counted once, only the two missing scored
+    assert fresh.score_products("drill", IDS, TITLES).tolist() == [5, 12, 11]
+    assert store.reads == [3] and scorer.seen == TITLES[1:]
+    assert (fresh.store_counts.hits, fresh.store_counts.misses) == (1, 2)
+    assert (fresh.cache.hits, fresh.cache.misses) == (0, 3)
+    # the lookup stands only for the same pairs, once, and briefly
+    other = cached(store, CountingScorer())
+    assert other.cached_only("drill", IDS, TITLES) is None
+    other.score_products("drill", IDS[:2], TITLES[:2])  # other pairs: looked up afresh
+    assert store.reads == [3, 3, 1]
+    assert other.cached_only("hose", IDS, TITLES) is None
+    monkeypatch.setattr("ranking.cache.MEMO_S", 0.0)
+    other.score_products("hose", IDS, TITLES)  # too old: looked up again
+    assert store.reads == [3, 3, 1, 3, 3]
+
+
 def test_model_version_and_product_text_change_read_other_keys() -> None:
     store = FakeStore()
     cached(store, CountingScorer()).score_products("drill", IDS, TITLES)
