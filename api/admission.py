@@ -17,15 +17,42 @@ uncached pairs while another search is in flight beside it skips that model
 (degraded "shed, budget") as long as the skipped searches stay within the
 budget's share of all searches admitted (a token bucket: each admitted search
 adds the share, a skip takes one whole token).
+
+With ``serving.search_nice`` (off by default; Linux) the threads that answer
+searches run at a lower CPU priority than the cross-encoders' micro-batch
+threads: under load the model's work gets the cores first, and the rest of every
+search (first stage, LambdaMART) waits a little longer.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from core.hardware import cores_per_process
+
+logger = logging.getLogger(__name__)
+_THREAD = threading.local()
+
+
+def yield_to_models(steps: int) -> None:
+    """Lower the calling thread's CPU priority by ``steps`` nice levels, once per thread (a search
+    thread keeps it; a thread's priority cannot be raised back without privileges). On Linux
+    each thread has its own nice value; elsewhere this does nothing. Threads a lowered thread
+    starts inherit its priority (the BM25 pool, started by the first search, runs with the
+    searches); the engine and its micro-batchers are loaded in other threads."""
+    if steps <= 0 or getattr(_THREAD, "lowered", False) or not sys.platform.startswith("linux"):
+        return
+    _THREAD.lowered = True
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
+    except OSError as err:  # a sandbox that forbids it: searches run at the default priority
+        logger.warning("could not lower a search thread's CPU priority (serving.search_nice): %s", err)
 
 
 def default_shed_at(processes: int) -> int:

@@ -207,6 +207,15 @@ class ServingSettings(BaseModel):
                               "in flight in the same process (served in LambdaMART / first-stage order, marked "
                               "degraded 'shed, budget'), so the searches that would run the model under load stop "
                               "setting the p95. Per server process, counted over every search it admits. 0: off.")
+    # On 2 cores (EPYC, head-heavy stream, 5,000 warmed heads), three runs at 5 against three at 0, alternated: at
+    # 8 connections the teacher stage's p95 fell from 98-124 to 63-75 ms while first stage and LambdaMART slowed,
+    # so the searches' p95 tied (151-178 against 151-185 ms), as did throughput; the 50/s open loop's p95 was
+    # 13-18 ms lower in each pair (68-82 against 82-95 ms). Off by default: niced searches also yield to any
+    # other job on the machine (benchmarks/RESULTS.md, "Search threads below the model").
+    search_nice: int = Field(0, ge=0, le=19, description="Nice levels by which the threads that answer "
+                             "searches run below the cross-encoders' micro-batch threads (Linux, with "
+                             "micro_batch): under load the model's work gets the cores first; the rest of every "
+                             "search waits a little longer. 0: off.")
     shed_wait_ms: float = Field(0.0, ge=0, le=60_000, description="A search whose cross-encoder pairs would wait "
                                 "longer than this behind the pairs already queued (at the model's recent pairs a "
                                 "second) skips that stage (served in LambdaMART / first-stage order, marked "

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from api.admission import yield_to_models
 from api.auth import require
 from api.deps import ServedDep
 from api.schemas import (
@@ -37,6 +38,8 @@ KeyDep = Annotated[ApiKey | None, Depends(require("search"))]
 def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey | None) -> SearchResponse:
     started = time.perf_counter()
     settings = current(request).settings
+    if settings.serving.micro_batch:  # the models run in the micro-batch threads, which keep their priority
+        yield_to_models(settings.serving.search_nice)
     deadline = time.monotonic() + settings.serving.budget_ms / 1000
     unit = body.user_id or body.session_id or request.state.request_id
     with request.app.state.admission.enter() as shed:  # overload: shed the cross-encoders, then queue

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -122,6 +124,50 @@ def test_hot_swap_under_load_fails_no_request(client: TestClient) -> None:
             thread.join()
     assert statuses and set(statuses) == {200}
     assert "v1" in versions
+
+
+def _nice(tid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, tid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have their own nice value on Linux")
+def test_search_threads_run_below_the_micro_batch_threads(ops_settings: Settings, real_index,  # type: ignore[no-untyped-def]
+                                                        real_encoder) -> None:
+    serving = ops_settings.serving.model_copy(update={"search_nice": 3, "micro_batch": True})
+    app = app_on(ops_settings.model_copy(update={"serving": serving}), real_index, real_encoder)
+    base = _nice(threading.get_native_id())
+    with ready_client(app) as client:
+        for query in ("cordless drill battery", "brass garden hose nozzle"):
+            assert client.post("/v1/search", json={"query": query, "k": 3}).json()["versions"]["reranker"] == "v1"
+        threads = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+        nices = {tid: _nice(tid) for tid in threads}
+        # the thread that answered the searches is 3 levels down, once (not once a search)
+        assert base + 3 in nices.values()
+        lowered = {threads[tid] for tid, n in nices.items() if n == base + 3}
+        assert "AnyIO worker thread" in lowered  # and the pools a search starts (BM25's) inherit it
+        batchers = [tid for tid, name in threads.items() if name == "micro-batcher"]
+        assert batchers and all(nices[tid] == base for tid in batchers)  # the model keeps its priority
+        assert nices[threading.get_native_id()] == base
+
+
+def test_yield_to_models_lowers_a_thread_once() -> None:
+    from api.admission import yield_to_models
+
+    seen: list[int] = []
+
+    def run() -> None:
+        tid = threading.get_native_id()
+        start = _nice(tid)
+        yield_to_models(0)
+        seen.append(_nice(tid) - start)
+        yield_to_models(2)
+        yield_to_models(2)
+        seen.append(_nice(tid) - start)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == ([0, 2] if sys.platform.startswith("linux") else [0, 0])
 
 
 def test_a_degrade_budget_skips_the_cross_encoder_beside_another_search(ops_settings: Settings, real_index,  # type: ignore[no-untyped-def]
