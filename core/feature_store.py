@@ -196,7 +196,16 @@ class OnlineFeatureReader:
             view = store.get_feature_view(name)
             self._views[name] = (view, sorted(features), view.entity_columns[0].name)
         self.names = [f.name for p in self.service.feature_view_projections for f in p.features]
-        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        # the service's product features, kept per product as one float32 vector beside its row, so that a
+        # fetch gathers them for its candidates in one stack, not name by name and row by row in Python;
+        # a name a user view also has is left out (the product's row wins, and the user's value fills it)
+        derived = {f for _, features in self._odfvs for f in features}
+        of_products = {f for view, features, key in self._views.values() if key == "product_id" for f in features}
+        of_users = {f for view, features, key in self._views.values() if key != "product_id" for f in features}
+        self._vectorized = [n for n in self.names if n not in derived and n in of_products and n not in of_users]
+        self._of_products = of_products
+        self._empty = (0.0, {}, np.full(len(self._vectorized), np.nan, np.float32))  # a row never read
+        self._cache: dict[str, tuple[float, dict[str, Any], np.ndarray]] = {}
         self._lock = threading.Lock()
         self._refreshing: set[str] = set()
         self._refresher = ThreadPoolExecutor(1, thread_name_prefix="feature-refresh")
@@ -245,10 +254,13 @@ class OnlineFeatureReader:
                     merged[p].update(row)
         return merged
 
+    def _entry(self, row: dict[str, Any], when: float) -> tuple[float, dict[str, Any], np.ndarray]:
+        return when, row, np.array([_number(row.get(n)) for n in self._vectorized], np.float32)
+
     def _store(self, rows: dict[str, dict[str, Any]], when: float) -> None:
+        entries = {p: self._entry(row, when) for p, row in rows.items()}  # outside the lock
         with self._lock:
-            for p, row in rows.items():
-                self._cache[p] = (when, row)
+            self._cache.update(entries)
             self._refreshing.difference_update(rows)
 
     def _refresh(self, product_ids: list[str], timeout: float | None = None) -> None:
@@ -267,13 +279,13 @@ class OnlineFeatureReader:
         for start in range(0, len(product_ids), batch):
             self._refresh(list(product_ids[start : start + batch]), timeout=60.0)
 
-    def _products(self, product_ids: Sequence[str]) -> list[dict[str, Any]]:
-        """Cached rows: a product never read is read now; a row older than ``product_ttl`` is
-        served as it is and re-read in the background (stale-while-revalidate). Rows that cannot
-        be read now (the store is unavailable) are empty: missing features."""
+    def _products(self, product_ids: Sequence[str]) -> list[tuple[float, dict[str, Any], np.ndarray]]:
+        """Cached entries (read time, row, vector): a product never read is read now; a row older than
+        ``product_ttl`` is served as it is and re-read in the background (stale-while-revalidate)."""
         now = time.monotonic()
         with self._lock:
-            cached = {p: self._cache.get(p) for p in product_ids}
+            get = self._cache.get
+            cached = {p: get(p) for p in product_ids}
             stale = [p for p, e in cached.items() if e is not None and now - e[0] > self.product_ttl
                      and p not in self._refreshing]
             self._refreshing.update(stale)
@@ -285,12 +297,13 @@ class OnlineFeatureReader:
         if missing:
             fresh = self._read_products(missing)  # StoreUnavailable: the caller serves what is cached
             self._store(fresh, now)
-            cached.update({p: (now, row) for p, row in fresh.items()})
-        return [cached[p][1] for p in product_ids]  # type: ignore[index]
+            cached.update({p: self._entry(row, now) for p, row in fresh.items()})
+        return [cached[p] for p in product_ids]  # type: ignore[misc]
 
-    def _cached_products(self, product_ids: Sequence[str]) -> list[dict[str, Any]]:
+    def _cached_products(self, product_ids: Sequence[str]) -> list[tuple[float, dict[str, Any], np.ndarray]]:
+        """What is cached, a never-read product's entry empty (missing features)."""
         with self._lock:
-            return [entry[1] if (entry := self._cache.get(p)) else {} for p in product_ids]
+            return [self._cache.get(p) or self._empty for p in product_ids]
 
     def _user(self, user_id: str | None) -> dict[str, Any]:
         row: dict[str, Any] = {}
@@ -313,16 +326,22 @@ class OnlineFeatureReader:
             user = self._user(user_id)
         except StoreUnavailable as err:
             user, unavailable = {}, str(err)
-        rows = [{**user, **p} for p in products]
+        rows = [entry[1] for entry in products]
         columns: dict[str, np.ndarray] = {}
+        if self._vectorized:
+            stacked = (np.stack([entry[2] for entry in products], axis=1) if products
+                       else np.zeros((len(self._vectorized), 0), np.float32))
+            columns.update(zip(self._vectorized, stacked))  # one contiguous row per name
         for odfv, features in self._odfvs:
-            inputs = {name: [r.get(name) for r in rows] for name in _odfv_inputs(odfv)}
+            # each row as the product's row over the user's ({**user, **row}), without building it
+            inputs = {name: ([r.get(name, given) for r in rows] if name in self._of_products else [given] * len(rows))
+                      for name in _odfv_inputs(odfv) for given in (user.get(name),)}
             output = odfv.feature_transformation.udf(inputs)
             for feature in features:
                 columns[feature] = np.asarray(output[feature], dtype=np.float32)
         for name in self.names:
             if name not in columns:
-                columns[name] = np.asarray([_number(r.get(name)) for r in rows], dtype=np.float32)
+                columns[name] = np.asarray([_number(r.get(name, user.get(name))) for r in rows], dtype=np.float32)
         return FeatureBatch(list(product_ids), columns, unavailable)
 
     @property
