@@ -172,6 +172,16 @@ class ServingSettings(BaseModel):
                                    "the store at most (in the background); more are dropped (counted).")
     score_store_ttl_days: float = Field(30.0, ge=0, le=3650, description="Days a stored score is kept (Redis: "
                                         "key expiry; local: pruned by `shoprank warm-scores`). 0: forever.")
+    first_stage_cache_size: int = Field(500, ge=0, le=1_000_000, description="First-stage lists kept in "
+                                        "memory per server process (LRU; each ~40 KB at the default "
+                                        "ranking.first_stage_depth of 1000): a "
+                                        "query's retrieval depends only on the query, the catalog, the encoder "
+                                        "and the retrieval settings, so it is kept until the catalog changes. "
+                                        "0: none in memory.")
+    shared_first_stage: bool = Field(True, description="First-stage lists are also kept in the score store "
+                                     "(score_store 'local' or 'redis'), where every server process, replica "
+                                     "and restart reads them and the nightly `shoprank warm-scores` writes the "
+                                     "head queries'.")
     results_cache_size: int = Field(10_000, ge=0, description="Result pages kept (LRU; 0: no results cache).")
     results_ttl_s: float = Field(60.0, ge=0, description="How long a cached result list is served.")
     shared_results: bool = Field(True, description="Result pages are also kept in the score store "

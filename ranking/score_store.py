@@ -21,6 +21,10 @@ The same store keeps the bi-encoder's **query vectors** (:meth:`ScoreStore.get_v
 float32 bytes, keyed by the encoder's fingerprint and the analyzed query), so a head query
 the nightly warm-up or another process encoded is not encoded again.
 
+And the first stage's **candidate lists** (:meth:`ScoreStore.get_blobs`, keys ``fs:<digest>``,
+``serving.results.SharedLists``), kept like scores, so a query's retrieval runs once for all
+processes until the catalog changes.
+
 And **result pages** (:meth:`ScoreStore.get_page`: bytes after the time they were
 written; keys ``rp:<digest>`` made by :func:`page_key`), kept ``page_ttl_s``: Redis
 expires them, sqlite deletes expired ones at most once per ``page_ttl_s``
@@ -170,6 +174,10 @@ class ScoreStore:
     def put_vectors(self, items: Sequence[tuple[str, np.ndarray]], block: bool = False) -> int:
         """Queue vectors (stored as float32 bytes) like :meth:`put_many`; returns how many were dropped."""
         return self.put_many([(k, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items], block)
+
+    def get_blobs(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The bytes stored under each key (None: not stored, not bytes, or the store is unavailable)."""
+        return [value if isinstance(value, bytes) else None for value in self._guarded_read(keys)]
 
     def get_page(self, key: str, max_age_s: float) -> tuple[bytes, float] | None:
         """The result page stored under ``key`` and its age in seconds (None: not stored, older than

@@ -9,7 +9,9 @@ NAME`` evaluates the same objects, so what is measured is what is served.
 
 Pipelines:
 
-- ``bm25``, ``dense``, ``hybrid``: the first stage alone.
+- ``bm25``, ``dense``, ``hybrid``: the first stage alone. The hybrid's lists are kept between
+  searches (``serving.first_stage_cache_size``, ``serving.shared_first_stage``;
+  :mod:`retrieval.memo`): every pipeline built on it retrieves a query once per catalog.
 - ``rerank``: hybrid top ``ranking.rerank_depth`` re-ranked by the teacher.
 - ``cascade``: hybrid top ``ranking.first_stage_depth`` -> student
   (``student_depth``) -> teacher (``teacher_depth``).
@@ -45,8 +47,9 @@ from ranking.score_store import ScoreStore, open_score_store
 from retrieval.encoder import Encoder
 from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever, Retriever
 from retrieval.index import ProductIndex
+from retrieval.memo import MemoizedRetriever
 from retrieval.types import Candidates
-from serving.results import SearchResult, SharedResults, settings_digest
+from serving.results import SearchResult, SharedLists, SharedResults, settings_digest
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def featurizer_for(index: ProductIndex, dense: DenseRetriever, models: Models, n
                          student_depth=ranking.student_depth, teacher_depth=ranking.teacher_depth)
 
 
-def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: HybridRetriever, models: Models,
+def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retriever, models: Models,
                     rules: RulesStage, settings: Settings,
                     cross_encoder_stage: Callable[[str, ServedModel, int], ScoreStage]) -> Pipelines:
     """The pipelines these parts allow (see the module docstring); builds nothing stateful."""
@@ -151,19 +154,22 @@ class Caches:
     results: LRUCache
     scores: dict[str, LRUCache]  # per cross-encoder role
     query_vectors: LRUCache | None
+    first_stage: LRUCache = field(default_factory=lambda: LRUCache(0))  # the first stage's lists
     store: ScoreStore | None = None
     store_tiers: dict[str, TierCounts] = field(default_factory=dict)  # the store's hits per role
     query_vectors_store: TierCounts = field(default_factory=TierCounts)  # the store's hits of query vectors
     results_store: TierCounts = field(default_factory=TierCounts)  # the store's hits of result pages
+    first_stage_store: TierCounts = field(default_factory=TierCounts)  # the store's hits of first-stage lists
 
     def stats(self) -> dict[str, object]:
         """Every cache by name (``/metrics``): each has hits, misses and a hit rate; the LRUs a size,
         the score store (``score_store``) its errors and dropped writes."""
-        out: dict[str, object] = {"results": self.results, **{f"{role}_scores": c for role, c in self.scores.items()}}
+        out: dict[str, object] = {"results": self.results, "first_stage": self.first_stage,
+                                  **{f"{role}_scores": c for role, c in self.scores.items()}}
         if self.store is not None:
             out |= {f"{role}_scores_store": c for role, c in self.store_tiers.items()} | {
                 "score_store": self.store, "query_vectors_store": self.query_vectors_store,
-                "results_store": self.results_store}
+                "results_store": self.results_store, "first_stage_store": self.first_stage_store}
         return out | ({"query_vectors": self.query_vectors} if self.query_vectors is not None else {})
 
 
@@ -286,6 +292,7 @@ class SearchEngine:
         """After a catalog change: forget results and scores in memory (vectors of queries stay valid;
         the score store is keyed by product text, so a changed product reads other keys)."""
         self.caches.results.clear()
+        self.caches.first_stage.clear()  # its keys name the catalog too: this only frees the memory
         for cache in self.caches.scores.values():
             cache.clear()
 
@@ -310,6 +317,7 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
     caches = Caches(results=LRUCache(sv.results_cache_size, ttl=sv.results_ttl_s),
                     scores={role: LRUCache(sv.score_cache_size) for role in CROSS_ENCODER_ROLES},
                     query_vectors=LRUCache(rk.query_cache_size) if rk.query_cache_size else None,
+                    first_stage=LRUCache(sv.first_stage_cache_size),
                     store=open_score_store(settings) if models.teacher or models.student else None,
                     store_tiers={role: TierCounts() for role in CROSS_ENCODER_ROLES})
     bm25 = BM25Retriever(index)
@@ -318,6 +326,17 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
     dense = DenseRetriever(index, encoder, caches.query_vectors, shared)
     hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=executor,
                              feedback_docs=rs.feedback_docs, feedback_weight=rs.feedback_weight)
+    first: Retriever = hybrid
+    shared_lists = (SharedLists(caches.store, lambda docs: [index.product_id(d) for d in docs.tolist()],
+                                caches.first_stage_store) if caches.store is not None and sv.shared_first_stage else None)
+    if sv.first_stage_cache_size or shared_lists is not None:
+        retrieval = settings_digest(settings.retrieval)
+
+        def scope() -> str:  # what a first-stage list depends on besides the query and its depth
+            manifest = index.manifest
+            return f"{index.path}\x1f{manifest.catalog_hash}\x1f{manifest.rows}\x1f{encoder.fingerprint}\x1f{retrieval}"
+
+        first = MemoizedRetriever(hybrid, scope, caches.first_stage, shared_lists)
     rules = RulesStage(RulesConfig.from_file(rk.rules_file) if rk.rules_file else RulesConfig(),
                        catalog_facts(index, models.features))
     batchers: dict[str, MicroBatcher] = {}
@@ -343,7 +362,7 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
 
         return ScoreStage(stage, score, depth, cached=from_cache, shed_depth=sv.shed_depth)
 
-    pipelines = build_pipelines(bm25, dense, hybrid, models, rules, settings, cross_encoder_stage)
+    pipelines = build_pipelines(bm25, dense, first, models, rules, settings, cross_encoder_stage)
     shared_results = (SharedResults(caches.store, sv.results_ttl_s, caches.results_store)
                       if caches.store is not None and sv.shared_results and sv.results_cache_size > 0
                       and sv.results_ttl_s > 0 else None)

@@ -15,6 +15,11 @@ ranking, and the request (pipeline, LambdaMART version, analyzed query, rewrite
 flag, user, filters, k, offset). Pages are JSON (no code runs when one is
 read), written in the background like the scores; expired ones are deleted by
 the store (Redis expiry; sqlite at most every ``results_ttl_s``).
+
+The first stage's lists (:class:`SharedLists`, behind :class:`retrieval.memo.MemoizedRetriever`)
+are kept in the same store, as bytes (a JSON header and raw columns), for as long as scores:
+they depend on the catalog, the encoder and the retrieval settings, which their keys name, not
+on the time or the user.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Hashable
+import struct
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +115,76 @@ class SharedResults:
 
     def put(self, key: str, result: SearchResult) -> None:
         self.store.put_page(key, encode(result))
+
+
+LIST_PREFIX = "fs:"
+_HEADER = struct.Struct("<I")  # a list's value starts with the length of its JSON header
+
+
+def list_key(key: Hashable) -> str:
+    """The store key of one first-stage list: ``fs:<digest of (scope, query, k)>``."""
+    return LIST_PREFIX + hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
+
+
+def encode_list(candidates: Candidates) -> bytes:
+    """A first-stage list as bytes: a JSON header (stage, columns, dtypes) and the raw columns.
+    Product ids are not kept: the key names the catalog, whose rows give them back."""
+    columns = [("docs", "", candidates.docs)]
+    columns += [("scores", name, v) for name, v in candidates.scores.items()]
+    columns += [("ranks", name, v) for name, v in candidates.ranks.items()]
+    header = json.dumps({"stage": candidates.stage, "n": len(candidates),
+                         "columns": [[table, name, values.dtype.str] for table, name, values in columns]}).encode()
+    return b"".join([_HEADER.pack(len(header)), header, *(np.ascontiguousarray(v).tobytes() for *_, v in columns)])
+
+
+def decode_list(payload: bytes, product_ids: Callable[[np.ndarray], list[str]]) -> Candidates:
+    (size,) = _HEADER.unpack_from(payload)
+    header = json.loads(payload[_HEADER.size : _HEADER.size + size])
+    n, offset = int(header["n"]), _HEADER.size + size
+    tables: dict[str, dict[str, np.ndarray]] = {"docs": {}, "scores": {}, "ranks": {}}
+    for table, name, dtype in header["columns"]:
+        values = np.frombuffer(payload, dtype=np.dtype(dtype), count=n, offset=offset)
+        offset += values.nbytes
+        tables[table][name] = values
+    if offset != len(payload):
+        raise ValueError(f"a stored list of {len(payload)} bytes holds {offset}")
+    docs = tables["docs"][""]
+    return Candidates(docs, product_ids(docs), header["stage"], tables["scores"], tables["ranks"])
+
+
+class SharedLists:
+    """First-stage lists in the shared store (:class:`retrieval.memo.ListTier`), behind each process's
+    LRU: one process's (or the nightly warm-up's) retrieval of a query serves every other process and
+    replica until the catalog changes (the key's scope names it). Kept like scores
+    (``serving.score_store_ttl_days``).
+
+    Args:
+        store: The shared score store.
+        product_ids: The index's product ids of rows (the key names the catalog they come from).
+        counts: Hits and misses of this tier (``/metrics``).
+        block_writes: Wait for room in the store's write queue instead of dropping (batch jobs).
+    """
+
+    def __init__(self, store: ScoreStore, product_ids: Callable[[np.ndarray], list[str]],
+                 counts: TierCounts | None = None, block_writes: bool = False) -> None:
+        self.store = store
+        self.product_ids = product_ids
+        self.counts = counts or TierCounts()
+        self.block_writes = block_writes
+
+    def get(self, keys: Sequence[Hashable]) -> list[Candidates | None]:
+        out: list[Candidates | None] = []
+        for payload in self.store.get_blobs([list_key(k) for k in keys]):
+            try:
+                out.append(decode_list(payload, self.product_ids) if payload is not None else None)
+            except (ValueError, KeyError, TypeError, IndexError, struct.error):  # another release's: search again
+                out.append(None)
+        hits = sum(c is not None for c in out)
+        self.counts.add(hits, len(out) - hits)
+        return out
+
+    def put(self, items: Sequence[tuple[Hashable, Candidates]]) -> None:
+        self.store.put_many([(list_key(k), encode_list(c)) for k, c in items], block=self.block_writes)
 
 
 def settings_digest(*sections: Any) -> str:

@@ -5,8 +5,9 @@ searched queries of the event log (:func:`online_learning.analysis.head_queries`
 go through the served pipeline's query analyzer and first stage, and the top
 ``depth`` candidates of each are scored by every registered cross-encoder the served
 cascade runs (the student only with ``ranking.student_depth`` > 0) and written to the score
-store (``serving.score_store``), with each query's bi-encoder vector, so a search for a head
-query neither scores nor encodes. Pairs the store already holds are read, not scored again,
+store (``serving.score_store``), with each query's bi-encoder vector and first-stage list
+(``serving.shared_first_stage``), so a search for a head query neither scores, nor encodes,
+nor retrieves. Pairs the store already holds are read, not scored again,
 so a second run costs little.
 """
 
@@ -23,7 +24,9 @@ from core.errors import InvalidInput, NotReady
 from core.query import Query
 from ranking.cache import CachedScorer, SharedQueryVectors
 from ranking.cascade import Cascade
+from retrieval.memo import MemoizedRetriever
 from serving.engine import SearchEngine, served_tag
+from serving.results import SharedLists
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ def warm_scores(engine: SearchEngine, queries: Sequence[str], depth: int, progre
     if isinstance(shared_vectors, SharedQueryVectors):
         # the first stage below stores each head query's vector too: a batch job waits for room, never drops
         shared_vectors.block_writes = True
+    if isinstance(cascade.first, MemoizedRetriever) and isinstance(cascade.first.shared, SharedLists):
+        cascade.first.shared.block_writes = True  # and each head query's first-stage list
     started = time.perf_counter()
     dropped_before = store.dropped
     pairs = scored = 0

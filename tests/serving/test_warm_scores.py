@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.query import Query
 from core.registry import ModelRegistry
 from core.settings import Settings, get_settings
 from online_learning.analysis import head_queries
@@ -70,8 +71,13 @@ def test_warm_scores_fills_the_store_that_searches_read(warm_home: Settings,
         tier = engine.cache_stats()["reranker_scores_store"]
         teacher_depth = warm_home.ranking.teacher_depth
         assert (tier.hits, tier.misses) == (5, teacher_depth - 5)  # type: ignore[attr-defined]
+        # the warm stored its first-stage list (and its vector): the search retrieves nothing, encodes nothing
+        lists = engine.cache_stats()["first_stage_store"]
+        assert (lists.hits, lists.misses) == (1, 0)  # type: ignore[attr-defined]
         vectors = engine.cache_stats()["query_vectors_store"]
-        assert (vectors.hits, vectors.misses) == (1, 0)  # type: ignore[attr-defined]  # the warm stored its vector
+        assert (vectors.hits, vectors.misses) == (0, 0)  # type: ignore[attr-defined]
+        assert engine.search(top_query, 10, pipeline="hybrid").candidates.product_ids == \
+            engine.hybrid.search(engine.pipeline("full").analyze(Query(top_query)).text, 10).product_ids
     finally:
         engine.close()
 

@@ -1,0 +1,86 @@
+"""A retriever's lists kept between searches: the first stage runs once per query, not per search.
+
+A first-stage list depends only on the analyzed query, how deep it goes, the index
+(its catalog and rows), the query encoder and the retrieval settings; not on the user,
+the time or the store features. So unlike a result page (``serving.results_ttl_s``),
+it stays right until the index changes. :class:`MemoizedRetriever` wraps a retriever
+and keeps its ``search`` lists in an in-memory LRU under a key that names all of that
+(``scope``, called per search: a catalog write changes it, and the next search reads
+another key), behind which a shared tier (:class:`ListTier`: the score store, so that
+the server processes, the replicas and a restarted server share them, and the nightly
+``shoprank warm-scores`` fills them for the head queries) is read before the wrapped
+retriever runs. ``rank`` (given products) is never cached.
+
+A list taken from the cache is the same object every time: callers treat
+:class:`~retrieval.types.Candidates` as immutable (every stage makes new columns), and
+the cached arrays are made read-only so that a mistake fails loudly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from core.cache import LRUCache
+from retrieval.hybrid import Retriever
+from retrieval.types import Candidates
+
+
+class ListTier(Protocol):
+    """The shared tier behind the in-memory lists, keyed by ``(scope, query, k)``."""
+
+    def get(self, keys: Sequence[tuple[str, str, int]]) -> list[Candidates | None]: ...
+
+    def put(self, items: Sequence[tuple[tuple[str, str, int], Candidates]]) -> None: ...
+
+
+def frozen(candidates: Candidates) -> Candidates:
+    """``candidates`` with read-only arrays (shared between searches)."""
+    for column in (candidates.docs, *candidates.scores.values(), *candidates.ranks.values()):
+        column.flags.writeable = False
+    return candidates
+
+
+class MemoizedRetriever:
+    """``inner``'s search lists, kept in ``cache`` (an LRU) and ``shared`` under ``(scope(), query, k)``.
+
+    Args:
+        inner: The retriever whose lists are kept (the hybrid first stage).
+        scope: What the lists depend on besides the query and k: index, catalog, encoder, settings.
+        cache: The in-memory tier (size 0: none).
+        shared: The shared tier, or None.
+    """
+
+    def __init__(self, inner: Retriever, scope: Callable[[], str], cache: LRUCache,
+                 shared: ListTier | None = None) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.scope = scope
+        self.cache = cache
+        self.shared = shared
+
+    def search(self, query: str, k: int) -> Candidates:
+        return self.batch_search([query], k)[0]
+
+    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
+        scope = self.scope()
+        keys = [(scope, q, k) for q in queries]
+        found: list[Candidates | None] = [self.cache.get(key) for key in keys]
+        missing = [i for i, c in enumerate(found) if c is None]
+        if missing and self.shared is not None:
+            for i, stored in zip(missing, self.shared.get([keys[i] for i in missing])):
+                if stored is not None:
+                    found[i] = frozen(stored)
+                    self.cache.put(keys[i], found[i])
+            missing = [i for i in missing if found[i] is None]
+        if missing:
+            fresh = self.inner.batch_search([queries[i] for i in missing], k)
+            for i, candidates in zip(missing, fresh):
+                found[i] = frozen(candidates)
+                self.cache.put(keys[i], found[i])
+            if self.shared is not None:
+                self.shared.put([(keys[i], found[i]) for i in missing])  # type: ignore[misc]
+        return found  # type: ignore[return-value]
+
+    def rank(self, query: str, docs: Sequence[int]) -> Candidates:
+        return self.inner.rank(query, docs)

@@ -1,0 +1,71 @@
+"""The first stage's lists kept between searches: in the engine, and in the shared score store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from core.settings import Settings
+from ranking.score_store import SqliteScoreStore
+from retrieval.memo import MemoizedRetriever
+from serving.engine import assemble
+from serving.results import SharedLists, decode_list, encode_list, list_key
+from tests.retrieval.test_index import build, catalog
+
+ROWS = [("a", "cordless drill"), ("b", "interior paint"), ("c", "garden hose"), ("d", "drill bits"),
+        ("e", "paint roller")]
+
+
+def test_a_list_survives_the_store_bit_for_bit(tmp_path: Path, settings: Settings) -> None:
+    index, encoder, _ = build(tmp_path, settings, ROWS)
+    engine = assemble(index, encoder, settings)
+    try:
+        listed = engine.hybrid.search("drill", 4)
+        assert np.isnan(listed.scores["bm25"]).any()  # a product BM25 did not match: NaN and rank 0 survive
+        ids = lambda docs: [index.product_id(d) for d in docs.tolist()]  # noqa: E731
+        back = decode_list(encode_list(listed), ids)
+        assert back.product_ids == listed.product_ids and back.stage == listed.stage
+        assert np.array_equal(back.docs, listed.docs) and back.docs.dtype == listed.docs.dtype
+        for table in ("scores", "ranks"):
+            mine, theirs = getattr(listed, table), getattr(back, table)
+            assert list(mine) == list(theirs)
+            assert all(np.array_equal(mine[n], theirs[n], equal_nan=True) and mine[n].dtype == theirs[n].dtype
+                       for n in mine)
+
+        path = tmp_path / "scores.sqlite"
+        writer, reader = SqliteScoreStore(path), SqliteScoreStore(path)  # two server processes
+        key = ("scope", "drill", 4)
+        SharedLists(writer, ids).put([(key, listed)])
+        assert writer.flush(5)
+        shared = SharedLists(reader, ids)
+        found, missing = shared.get([key, ("scope", "drill", 5)])
+        assert missing is None and found is not None and found.product_ids == listed.product_ids
+        assert (shared.counts.hits, shared.counts.misses) == (1, 1)
+        writer.put_many([(list_key(key), b"\x05\x00\x00\x00{}")])  # another release's value: searched again
+        assert writer.flush(5)
+        assert shared.get([key]) == [None]
+        writer.close()
+        reader.close()
+    finally:
+        engine.close()
+
+
+def test_a_catalog_write_retrieves_again(tmp_path: Path, settings: Settings) -> None:
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    engine = assemble(index, encoder, settings)
+    try:
+        first = engine.pipeline("hybrid").first
+        assert isinstance(first, MemoizedRetriever)
+        before = engine.search("paint", 3, pipeline="hybrid").candidates.product_ids
+        assert engine.search("paint", 3, pipeline="hybrid").candidates.product_ids == before
+        assert (engine.caches.first_stage.hits, engine.caches.first_stage.misses) == (1, 1)
+        assert "first_stage" in engine.cache_stats()
+
+        index.upsert(catalog([("f", "paint sprayer paint")]), encoder, cache)
+        after = engine.search("paint", 3, pipeline="hybrid").candidates.product_ids
+        assert "f" in after and after != before  # not the list kept for the old catalog
+        assert (engine.caches.first_stage.hits, engine.caches.first_stage.misses) == (1, 2)
+        assert after == engine.hybrid.search("paint", 3).product_ids  # what the first stage itself returns
+    finally:
+        engine.close()
