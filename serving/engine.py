@@ -333,8 +333,11 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
         retrieval = settings_digest(settings.retrieval)
 
         def scope() -> str:  # what a first-stage list depends on besides the query and its depth
+            # the index by name and build, not by path: a batch job given a relative home, a server its absolute
+            # one, and replicas on one Redis their own folders, all read the same keys
             manifest = index.manifest
-            return f"{index.path}\x1f{manifest.catalog_hash}\x1f{manifest.rows}\x1f{encoder.fingerprint}\x1f{retrieval}"
+            return (f"{index.path.parent.name}/{index.path.name}\x1f{manifest.catalog_hash}\x1f{manifest.rows}"
+                    f"\x1f{encoder.fingerprint}\x1f{retrieval}")
 
         first = MemoizedRetriever(hybrid, scope, caches.first_stage, shared_lists)
     rules = RulesStage(RulesConfig.from_file(rk.rules_file) if rk.rules_file else RulesConfig(),

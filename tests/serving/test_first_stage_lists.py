@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from core.settings import Settings
 from ranking.score_store import SqliteScoreStore
+from retrieval.index import ProductIndex
 from retrieval.memo import MemoizedRetriever
 from serving.engine import assemble
 from serving.results import SharedLists, decode_list, encode_list, list_key
@@ -69,3 +71,19 @@ def test_a_catalog_write_retrieves_again(tmp_path: Path, settings: Settings) -> 
         assert after == engine.hybrid.search("paint", 3).product_ids  # what the first stage itself returns
     finally:
         engine.close()
+
+
+def test_the_keys_name_the_index_not_its_path(tmp_path: Path, settings: Settings,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nightly job may open the home by a relative path and the server by an absolute one (and replicas
+    on one Redis each by their own): they read the same lists."""
+    index, encoder, _ = build(tmp_path, settings, ROWS)
+    monkeypatch.chdir(tmp_path)
+    relative = ProductIndex.load(Path("..") / tmp_path.name / "idx", settings.retrieval)
+    engines = [assemble(index, encoder, settings), assemble(relative, encoder, settings)]
+    try:
+        scopes = [e.pipeline("hybrid").first.scope() for e in engines]  # type: ignore[attr-defined]
+        assert index.path.is_absolute() and not relative.path.is_absolute() and scopes[0] == scopes[1]
+    finally:
+        for engine in engines:
+            engine.close()
