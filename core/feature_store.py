@@ -257,11 +257,13 @@ class OnlineFeatureReader:
     def _entry(self, row: dict[str, Any], when: float) -> tuple[float, dict[str, Any], np.ndarray]:
         return when, row, np.array([_number(row.get(n)) for n in self._vectorized], np.float32)
 
-    def _store(self, rows: dict[str, dict[str, Any]], when: float) -> None:
+    def _store(self, rows: dict[str, dict[str, Any]], when: float) -> dict[str, tuple[float, dict[str, Any], np.ndarray]]:
+        """Cache ``rows`` read at ``when``; returns their entries."""
         entries = {p: self._entry(row, when) for p, row in rows.items()}  # outside the lock
         with self._lock:
             self._cache.update(entries)
             self._refreshing.difference_update(rows)
+        return entries
 
     def _refresh(self, product_ids: list[str], timeout: float | None = None) -> None:
         try:
@@ -296,8 +298,7 @@ class OnlineFeatureReader:
             self._refresher.submit(self._refresh, stale)
         if missing:
             fresh = self._read_products(missing)  # StoreUnavailable: the caller serves what is cached
-            self._store(fresh, now)
-            cached.update({p: self._entry(row, now) for p, row in fresh.items()})
+            cached.update(self._store(fresh, now))
         return [cached[p] for p in product_ids]  # type: ignore[misc]
 
     def _cached_products(self, product_ids: Sequence[str]) -> list[tuple[float, dict[str, Any], np.ndarray]]:
