@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 
@@ -57,3 +57,28 @@ class LRUCache:
     def hit_rate(self) -> float:
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
+
+
+def read_through(cache: LRUCache, keys: Sequence[Hashable], compute: Callable[[list[int]], Sequence[Any]],
+                 fetch: Callable[[list[int]], Sequence[Any | None]] | None = None,
+                 keep: Callable[[list[int], Sequence[Any]], None] | None = None) -> list[Any]:
+    """Each key's value from ``cache``; the ones it lacks from ``fetch`` (a shared tier: None where it has
+    none; what it has is kept in ``cache``), the rest ``compute``d, kept in ``cache`` and handed to ``keep``
+    (the shared tier's write). ``fetch``, ``compute`` and ``keep`` get the positions (in ``keys``) they are
+    for, in order; ``compute``'s values are handed to ``keep`` as it returned them."""
+    found: list[Any] = [cache.get(key) for key in keys]
+    missing = [i for i, v in enumerate(found) if v is None]
+    if missing and fetch is not None:
+        for i, value in zip(missing, fetch(missing)):
+            if value is not None:
+                cache.put(keys[i], value)
+                found[i] = value
+        missing = [i for i in missing if found[i] is None]
+    if missing:
+        fresh = compute(missing)
+        for i, value in zip(missing, fresh):
+            cache.put(keys[i], value)
+            found[i] = value
+        if keep is not None:
+            keep(missing, fresh)
+    return found

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from core.cache import LRUCache
+from core.cache import LRUCache, read_through
 from retrieval.encoder import Encoder
 from retrieval.index import ProductIndex
 from retrieval.rrf import fuse
@@ -74,22 +74,11 @@ class DenseRetriever:
         if self.cache is None and self.shared is None:
             return self.encoder.encode(list(queries), batch_size=64)
         memory = self.cache if self.cache is not None else LRUCache(0)  # size 0: never holds anything
-        found: list[np.ndarray | None] = [memory.get(q) for q in queries]
-        missing = [i for i, v in enumerate(found) if v is None]
-        if missing and self.shared is not None:
-            for i, vector in zip(missing, self.shared.get([queries[i] for i in missing])):
-                if vector is not None:
-                    memory.put(queries[i], vector)
-                    found[i] = vector
-            missing = [i for i in missing if found[i] is None]
-        if missing:
-            texts = [queries[i] for i in missing]
-            fresh = self.encoder.encode(texts, batch_size=64)
-            for i, vector in zip(missing, fresh):
-                memory.put(queries[i], vector)
-                found[i] = vector
-            if self.shared is not None:
-                self.shared.put(texts, fresh)
+        shared = self.shared
+        found = read_through(
+            memory, queries, lambda rows: self.encoder.encode([queries[i] for i in rows], batch_size=64),
+            fetch=(lambda rows: shared.get([queries[i] for i in rows])) if shared is not None else None,
+            keep=(lambda rows, vectors: shared.put([queries[i] for i in rows], vectors)) if shared is not None else None)
         return np.stack(found)  # type: ignore[arg-type]
 
     def search(self, query: str, k: int) -> Candidates:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from core.cache import LRUCache
+from core.cache import LRUCache, read_through
 from retrieval.hybrid import Retriever
 from retrieval.types import Candidates
 
@@ -63,24 +63,14 @@ class MemoizedRetriever:
         return self.batch_search([query], k)[0]
 
     def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
-        scope = self.scope()
+        scope, shared = self.scope(), self.shared
         keys = [(scope, q, k) for q in queries]
-        found: list[Candidates | None] = [self.cache.get(key) for key in keys]
-        missing = [i for i, c in enumerate(found) if c is None]
-        if missing and self.shared is not None:
-            for i, stored in zip(missing, self.shared.get([keys[i] for i in missing])):
-                if stored is not None:
-                    found[i] = frozen(stored)
-                    self.cache.put(keys[i], found[i])
-            missing = [i for i in missing if found[i] is None]
-        if missing:
-            fresh = self.inner.batch_search([queries[i] for i in missing], k)
-            for i, candidates in zip(missing, fresh):
-                found[i] = frozen(candidates)
-                self.cache.put(keys[i], found[i])
-            if self.shared is not None:
-                self.shared.put([(keys[i], found[i]) for i in missing])  # type: ignore[misc]
-        return found  # type: ignore[return-value]
+        return read_through(
+            self.cache, keys, lambda rows: [frozen(c) for c in self.inner.batch_search([queries[i] for i in rows], k)],
+            fetch=((lambda rows: [c if c is None else frozen(c) for c in shared.get([keys[i] for i in rows])])
+                   if shared is not None else None),
+            keep=((lambda rows, lists: shared.put([(keys[i], c) for i, c in zip(rows, lists)]))
+                  if shared is not None else None))
 
     def rank(self, query: str, docs: Sequence[int]) -> Candidates:
         return self.inner.rank(query, docs)
