@@ -19,20 +19,21 @@ benchmarks/RESULTS.md shows Recall@100 with and without them.
 
 from __future__ import annotations
 
+import argparse
+import gzip
 import json
 import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from evaluation.metrics import grade_threshold
-from ranking.training.data import Group
+from evaluation.metrics import grade_threshold, ndcg_at_k, recall_at_k
+from ranking.training.data import Group, data_hash
 from ranking.training.typos import add_typo
-from retrieval.catalog import product_text
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class BiEncoderConfig:
     # (ranking.training.typos): a dropped, doubled, swapped or neighbouring-key letter, or two
     # words run together. 0 trains on the queries as they are.
     typos: float = 0.0
+    # "auto": a CUDA GPU when torch sees one, else the CPU
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -111,18 +114,64 @@ def false_negatives(batch: Sequence[Triple]) -> np.ndarray:
     return same
 
 
+@dataclass(frozen=True)
+class DevSet:
+    """Held-out queries for a per-epoch check of the dense search alone: exact top 100 over
+    ``texts`` (the whole catalog), Recall@100 at ``relevant_grade`` and NDCG@10."""
+
+    queries: list[tuple[str, str, dict[str, int]]]  # (qid, query, grades)
+    relevant_grade: int
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    return device
+
+
+def dense_dev_metrics(model, texts: dict[str, str], dev: DevSet, batch_size: int = 256) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Recall@100 and NDCG@10 of exact dense search with ``model`` (a SentenceTransformer)."""
+    import torch
+
+    ids = list(texts)
+    with torch.no_grad():
+        docs = model.encode([texts[p] for p in ids], batch_size=batch_size, convert_to_tensor=True,
+                            normalize_embeddings=True, show_progress_bar=False)
+        queries = model.encode([q for _, q, _ in dev.queries], batch_size=batch_size, convert_to_tensor=True,
+                               normalize_embeddings=True, show_progress_bar=False)
+        top = torch.topk(queries @ docs.T, k=min(100, len(ids)), dim=1).indices.cpu().numpy()
+    recall, ndcg = [], []
+    for (_, _, grades), row in zip(dev.queries, top):
+        ranked = [ids[i] for i in row]
+        value = recall_at_k(ranked, grades, 100, dev.relevant_grade)
+        if value is not None:
+            recall.append(value)
+        ndcg.append(ndcg_at_k(ranked, grades, 10))
+    return {"recall@100": round(float(np.mean(recall)), 4), "ndcg@10": round(float(np.mean(ndcg)), 4),
+            "queries": len(dev.queries)}
+
+
 def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict[str, str], out: Path,
-                    progress: bool = True) -> dict[str, object]:
-    """Fine-tune ``config.base_model`` and save it (sentence-transformers folder) to ``out``."""
+                    progress: bool = True, dev: DevSet | None = None) -> dict[str, object]:
+    """Fine-tune ``config.base_model`` and save it (sentence-transformers folder) to ``out``.
+    With ``dev``, the dense search is checked on it after each epoch (``history``)."""
     import torch
     from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import batch_to_device
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
+    device = resolve_device(config.device)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model = SentenceTransformer(config.base_model, device="cpu")
+    model = SentenceTransformer(config.base_model, device=device)
     model.max_seq_length = config.max_length
     model.train()
     per_epoch = [triples(train, texts, config, config.seed + e) for e in range(config.epochs)]
@@ -132,10 +181,10 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
     started = time.perf_counter()
 
     def embed(batch_texts: list[str]) -> torch.Tensor:
-        features = model.tokenize(batch_texts)
+        features = batch_to_device(model.tokenize(batch_texts), device)
         return torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=-1)
 
-    losses = []
+    losses, history = [], []
     with tqdm(total=steps, disable=not progress, desc="biencoder", unit="step") as bar:
         for epoch, examples in enumerate(per_epoch):
             random.Random(config.seed + 100 + epoch).shuffle(examples)
@@ -148,9 +197,9 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
                 masked = false_negatives(batch)
                 if masked.any():
                     blocked = torch.zeros_like(logits, dtype=torch.bool)
-                    blocked[:, : len(batch)] = torch.from_numpy(masked)
+                    blocked[:, : len(batch)] = torch.from_numpy(masked).to(device)
                     logits = logits.masked_fill(blocked, float("-inf"))
-                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch)))
+                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch), device=device))
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -159,14 +208,81 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
                 losses.append(loss.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            if dev is not None:
+                model.eval()
+                history.append({"epoch": epoch + 1, **dense_dev_metrics(model, texts, dev)})
+                model.train()
+                logger.info("epoch %d: dense search on the dev queries %s", epoch + 1, history[-1])
     out.mkdir(parents=True, exist_ok=True)
-    model.save(str(out))
+    model.to("cpu").save(str(out))
     summary = {"steps": steps, "examples": sum(len(t) for t in per_epoch), "final_loss": float(np.mean(losses[-50:])),
-               "seconds": round(time.perf_counter() - started, 1)}
+               "seconds": round(time.perf_counter() - started, 1), "device": device, "history": history,
+               "data_hash": data_hash(train), "config": asdict(config)}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
+# Training away from the catalog: `shoprank train biencoder --export FILE` mines the hard negatives
+# where the first stage runs and writes everything training needs to one file; this module's entry
+# point trains from that file on any machine with torch and sentence-transformers (a GPU box), and
+# `shoprank train biencoder --trained FOLDER` registers the result.
+EXAMPLES_FORMAT = 1
+
+
+def save_examples(path: Path, config: BiEncoderConfig, train: Sequence[Group], texts: dict[str, str],
+                  dev: DevSet | None) -> None:
+    payload = {"format": EXAMPLES_FORMAT, "config": asdict(config),
+               "train": [[g.qid, g.query, g.judged, g.mined] for g in train], "texts": texts,
+               "dev": None if dev is None else {"queries": dev.queries, "relevant_grade": dev.relevant_grade}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        json.dump(payload, f)
+
+
+def load_examples(path: Path) -> tuple[BiEncoderConfig, list[Group], dict[str, str], DevSet | None]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        payload = json.load(f)
+    if payload.get("format") != EXAMPLES_FORMAT:
+        raise ValueError(f"{path}: examples format {payload.get('format')!r}, this version reads {EXAMPLES_FORMAT}")
+    known = {f.name for f in fields(BiEncoderConfig)}
+    config = BiEncoderConfig(**{k: v for k, v in payload["config"].items() if k in known})
+    train = [Group(qid, query, judged, mined) for qid, query, judged, mined in payload["train"]]
+    dev = payload["dev"]
+    dev_set = None if dev is None else DevSet([tuple(q) for q in dev["queries"]], dev["relevant_grade"])
+    return config, train, payload["texts"], dev_set
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ranking.training.biencoder",
+        description="Fine-tune the bi-encoder from a file written by `shoprank train biencoder --export`; "
+                    "register the folder with `shoprank train biencoder --dataset D --trained FOLDER`.")
+    parser.add_argument("examples", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the trained model")
+    parser.add_argument("--base", help="base model folder (default: the one the file names)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--no-dev", action="store_true", help="skip the per-epoch check on the dev queries")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config, train, texts, dev = load_examples(args.examples)
+    changes = {"base_model": args.base, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+               "seed": args.seed, "device": args.device}
+    config = replace(config, **{k: v for k, v in changes.items() if v is not None})
+    summary = train_biencoder(config, train, texts, args.out, dev=None if args.no_dev else dev)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return 0
+
+
 def product_texts(products) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """product_id -> the text the bi-encoder embeds."""
+    from retrieval.catalog import product_text
+
     return {p: product_text(t, d) for p, t, d in zip(products["product_id"], products["title"], products["description"])}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 from tqdm.auto import tqdm
 
 from core.query import Query
-from evaluation.dataset import EvalDataset
-from retrieval.hybrid import Retriever
-from retrieval.index import ProductIndex
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: a GPU box that trains from an exported file has none of these
+    from evaluation.dataset import EvalDataset
     from ranking.cascade import Cascade
+    from retrieval.hybrid import Retriever
+    from retrieval.index import ProductIndex
 
 
 @dataclass

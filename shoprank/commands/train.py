@@ -165,15 +165,35 @@ def _ltr_scores(settings: Settings, dataset: EvalDataset, first: SearchEngine, d
 
 
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
-    from ranking.training.biencoder import BiEncoderConfig, product_texts, train_biencoder
+    from evaluation.harness import Thresholds
+    from evaluation.metrics import grade_threshold
+    from ranking.training.biencoder import BiEncoderConfig, DevSet, product_texts, save_examples, train_biencoder
     from ranking.training.data import as_served, data_hash, groups_from, mine_negatives
     from retrieval.encoder import resolve_model_dir
 
     dataset = load_dataset(args.dataset)
     base = str(resolve_model_dir(args.base)) if args.base == "minilm" else args.base
+    work = settings.paths.training(f"biencoder-{args.run_name}")
+    registry = ModelRegistry(settings.paths.models)
+    if args.trained is not None:  # trained elsewhere from an --export file: register it
+        summary_file = args.trained / "train_summary.json"
+        if not summary_file.is_file():
+            raise InvalidInput(f"--trained {args.trained}: no train_summary.json there; give the folder that "
+                               "`python -m ranking.training.biencoder FILE --out FOLDER` wrote")
+        summary = json.loads(summary_file.read_text())
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(args.trained, work)
+        params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}
+        entry = registry.register("biencoder", work, base_model=args.base, training_data=summary.get("data_hash", ""),
+                                  params=params | {"split": args.split, "trained_on": summary.get("device")},
+                                  metrics={"train": {k: v for k, v in summary.items() if k != "config"}})
+        if args.activate or registry.active("biencoder") is None:
+            registry.activate("biencoder", entry.version)
+        print(json.dumps({"registered": entry.to_json()}, indent=2))
+        return 0
     config = BiEncoderConfig(base_model=base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              hard_negatives=not args.no_hard_negatives, seed=args.seed, max_grade=dataset.max_grade,
-                             positives=args.positives, queries=args.queries, typos=args.typos)
+                             positives=args.positives, queries=args.queries, typos=args.typos, device=args.device)
     train = groups_from(dataset, args.split, 1)[: args.limit]
     if config.hard_negatives or config.queries == "analyzed":
         engine = first_stage(settings, dataset)
@@ -182,10 +202,20 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
                            progress=settings.progress)
         if config.queries == "analyzed":  # after mining: the first stage analyzes the query itself
             train = as_served(train, engine.pipeline("hybrid"))
-    work = settings.paths.training(f"biencoder-{args.run_name}")
+    texts = product_texts(dataset.products)
+    if args.export is not None:
+        dev = None
+        if args.dev_split:
+            relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
+            dev = DevSet([(g.qid, g.query, g.judged) for g in groups_from(dataset, args.dev_split, 1)], relevant)
+        save_examples(args.export, config, train, texts, dev)
+        print(json.dumps({"exported": str(args.export), "train_queries": len(train),
+                          "dev_queries": 0 if dev is None else len(dev.queries), "products": len(texts),
+                          "next": f"python -m ranking.training.biencoder {args.export} --out FOLDER --base MODEL_FOLDER; "
+                                  f"shoprank train biencoder --dataset {args.dataset} --trained FOLDER"}, indent=2))
+        return 0
     shutil.rmtree(work, ignore_errors=True)
-    summary = train_biencoder(config, train, product_texts(dataset.products), work, progress=settings.progress)
-    registry = ModelRegistry(settings.paths.models)
+    summary = train_biencoder(config, train, texts, work, progress=settings.progress)
     entry = registry.register("biencoder", work, base_model=args.base, training_data=data_hash(train),
                               params=asdict(config) | {"split": args.split}, metrics={"train": summary})
     if args.activate or registry.active("biencoder") is None:
@@ -374,6 +404,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--typos", type=share, default=0.0, metavar="P",
                    help="share of training pairs, 0-1, whose query gets one synthetic typing slip (a dropped, "
                         "doubled, swapped or neighbouring-key letter, or two words run together); default 0")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to train: auto (a CUDA GPU when torch sees one, default), cpu or cuda")
+    p.add_argument("--export", type=Path, default=None, metavar="FILE",
+                   help="mine the negatives and write the training examples (and the --dev-split queries) to FILE "
+                        "(gzipped JSON) instead of training: `python -m ranking.training.biencoder FILE --out FOLDER` "
+                        "trains from it on any machine with torch and sentence-transformers (a GPU box)")
+    p.add_argument("--dev-split", default="dev", help="with --export: queries for the per-epoch dense check ('' none)")
+    p.add_argument("--trained", type=Path, default=None, metavar="FOLDER",
+                   help="register FOLDER, trained from an --export file, instead of training here")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

@@ -112,6 +112,49 @@ def test_train_ltr_on_served_and_judged_lists_registers(monkeypatch: pytest.Monk
         get_settings.cache_clear()
 
 
+def test_biencoder_exported_trained_elsewhere_and_registered(monkeypatch: pytest.MonkeyPatch, settings: Settings,  # type: ignore[no-untyped-def]
+                                                               real_encoder, demo_dir: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from ranking.training.biencoder import load_examples
+    from ranking.training.biencoder import main as train_from_file
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
+    monkeypatch.setenv("SHOPRANK_HOME", str(home))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    try:
+        examples = tmp_path / "examples.json.gz"
+        code, out, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--limit", "6",
+                                 "--export", str(examples))
+        assert code == 0, err
+        exported = json.loads(out)
+        assert exported["train_queries"] == 6 and exported["products"] == 300 and exported["dev_queries"] > 0
+        config, train, texts, dev = load_examples(examples)
+        assert len(train) == 6 and all(len(g.mined) == 1 and g.mined[0] not in g.judged for g in train)
+        assert len(texts) == 300 and dev is not None and dev.relevant_grade >= 1
+        assert not (home / "models" / "biencoder").exists()  # exported, not trained
+
+        trained = tmp_path / "trained"
+        assert train_from_file([str(examples), "--out", str(trained), "--device", "cpu", "--batch-size", "4"]) == 0
+        assert json.loads(capsys.readouterr().out)["device"] == "cpu"
+        summary = json.loads((trained / "train_summary.json").read_text())
+        assert summary["device"] == "cpu" and summary["config"]["batch_size"] == 4 and summary["steps"] >= 1
+        [epoch] = summary["history"]  # the dense search checked on the dev queries after the epoch
+        assert epoch["queries"] == len(dev.queries) and 0 < epoch["recall@100"] <= 1 and 0 < epoch["ndcg@10"] <= 1
+
+        code, out, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--trained", str(trained))
+        assert code == 0, err
+        entry = json.loads(out)["registered"]
+        assert entry["version"] == "v1" and entry["training_data"] == summary["data_hash"]
+        assert entry["params"]["trained_on"] == "cpu" and entry["params"]["batch_size"] == 4
+        code, _, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--trained", str(tmp_path))
+        assert code == 2 and "no train_summary.json there" in err
+    finally:
+        get_settings.cache_clear()
+
+
 def test_the_parser_loads_no_faiss() -> None:
     """`shoprank serve` sets OMP_NUM_THREADS (serving.math_threads) after parsing; FAISS reads it when it
     loads, so no command module may load it at import time."""
