@@ -171,7 +171,8 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model = SentenceTransformer(config.base_model, device=device)
+    # trained in float32 whatever the base was saved in (a half-precision base would load as such)
+    model = SentenceTransformer(config.base_model, device=device).float()
     model.max_seq_length = config.max_length
     model.train()
     per_epoch = [triples(train, texts, config, config.seed + e) for e in range(config.epochs)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,7 @@ def test_biencoder_exported_trained_elsewhere_and_registered(monkeypatch: pytest
         assert json.loads(capsys.readouterr().out)["device"] == "cpu"
         summary = json.loads((trained / "train_summary.json").read_text())
         assert summary["device"] == "cpu" and summary["config"]["batch_size"] == 4 and summary["steps"] >= 1
+        assert math.isfinite(summary["final_loss"])
         [epoch] = summary["history"]  # the dense search checked on the dev queries after the epoch
         assert epoch["queries"] == len(dev.queries) and 0 < epoch["recall@100"] <= 1 and 0 < epoch["ndcg@10"] <= 1
 
