@@ -117,6 +117,13 @@ class ProductIndex:
         self.vocabulary = vocabulary if vocabulary is not None else _vocabulary(products)
         self._analyzer: Analyzer | None = None
 
+    @property
+    def key_name(self) -> str:
+        """The index as cache keys name it: its name and build folders, not its path. A batch job given a
+        relative home, a server its absolute one and replicas on one Redis their own folders all read the
+        same keys; the catalog hash beside it tells builds of one name apart."""
+        return f"{self.path.parent.name}/{self.path.name}"
+
     # -- build / load / save ---------------------------------------------------
     @classmethod
     def build(cls, path: Path, products: pd.DataFrame, encoder: Encoder, settings: RetrievalSettings,

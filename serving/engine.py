@@ -262,9 +262,7 @@ class SearchEngine:
             if (hit := self.caches.results.get(key)) is not None:
                 return replace(hit, cached=True, timings={})
             if self.shared_results is not None:
-                manifest = self.index.manifest
-                page_key = self.shared_results.key(
-                    f"{self.index.path}\x1f{manifest.catalog_hash}\x1f{self.results_scope}", self.versions_for(ltr), key)
+                page_key = self.shared_results.key(self.page_scope(), self.versions_for(ltr), key)
                 if (found := self.shared_results.get(page_key)) is not None:
                     page, age = found
                     self.caches.results.put(key, page, age=age)  # expires when the ranking process's does
@@ -279,6 +277,11 @@ class SearchEngine:
             if page_key is not None and self.shared_results is not None:
                 self.shared_results.put(page_key, result)
         return result
+
+    def page_scope(self) -> str:
+        """What a shared result page depends on beyond its request and the model versions: the index by
+        name and build (not path, so every process and replica reads the same keys), its catalog, the settings."""
+        return f"{self.index.key_name}\x1f{self.index.manifest.catalog_hash}\x1f{self.results_scope}"
 
     def explain(self, query: Query, candidates: Candidates, ltr: str | None = None) -> list[dict[str, float]] | None:
         """LambdaMART feature contributions per row, when an LTR model is served."""
@@ -333,10 +336,8 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
         retrieval = settings_digest(settings.retrieval)
 
         def scope() -> str:  # what a first-stage list depends on besides the query and its depth
-            # the index by name and build, not by path: a batch job given a relative home, a server its absolute
-            # one, and replicas on one Redis their own folders, all read the same keys
-            manifest = index.manifest
-            return (f"{index.path.parent.name}/{index.path.name}\x1f{manifest.catalog_hash}\x1f{manifest.rows}"
+            manifest = index.manifest  # the index by name and build, not by path (ProductIndex.key_name)
+            return (f"{index.key_name}\x1f{manifest.catalog_hash}\x1f{manifest.rows}"
                     f"\x1f{encoder.fingerprint}\x1f{retrieval}")
 
         first = MemoizedRetriever(hybrid, scope, caches.first_stage, shared_lists)

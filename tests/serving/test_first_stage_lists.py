@@ -76,7 +76,7 @@ def test_a_catalog_write_retrieves_again(tmp_path: Path, settings: Settings) -> 
 def test_the_keys_name_the_index_not_its_path(tmp_path: Path, settings: Settings,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The nightly job may open the home by a relative path and the server by an absolute one (and replicas
-    on one Redis each by their own): they read the same lists."""
+    on one Redis each by their own): they read the same lists and result pages."""
     index, encoder, _ = build(tmp_path, settings, ROWS)
     monkeypatch.chdir(tmp_path)
     relative = ProductIndex.load(Path("..") / tmp_path.name / "idx", settings.retrieval)
@@ -84,6 +84,8 @@ def test_the_keys_name_the_index_not_its_path(tmp_path: Path, settings: Settings
     try:
         scopes = [e.pipeline("hybrid").first.scope() for e in engines]  # type: ignore[attr-defined]
         assert index.path.is_absolute() and not relative.path.is_absolute() and scopes[0] == scopes[1]
+        pages = [e.page_scope() for e in engines]  # shared result pages too
+        assert pages[0] == pages[1] and str(tmp_path) not in pages[0] and index.manifest.catalog_hash in pages[0]
     finally:
         for engine in engines:
             engine.close()
