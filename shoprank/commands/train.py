@@ -165,32 +165,47 @@ def _ltr_scores(settings: Settings, dataset: EvalDataset, first: SearchEngine, d
 
 
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
+    work = settings.paths.training(f"biencoder-{args.run_name}")
+    if args.trained is not None:  # trained elsewhere from an --export file: register it
+        summary = _copy_trained(args.trained, work)
+        params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}
+        params["trained_on"] = summary.get("device")
+    else:
+        summary = _train_biencoder_here(args, settings, work)
+        if summary is None:  # --export: written, not trained
+            return 0
+        params = dict(summary["config"])
+    registry = ModelRegistry(settings.paths.models)
+    entry = registry.register("biencoder", work, base_model=args.base, training_data=summary.get("data_hash", ""),
+                              params=params | {"split": args.split},
+                              metrics={"train": {k: v for k, v in summary.items() if k != "config"}})
+    if args.activate or registry.active("biencoder") is None:
+        registry.activate("biencoder", entry.version)
+    print(json.dumps({"registered": entry.to_json()}, indent=2))
+    return 0
+
+
+def _copy_trained(folder: Path, work: Path) -> dict:
+    """The summary of a model trained from an --export file, its folder copied to ``work``."""
+    summary_file = folder / "train_summary.json"
+    if not summary_file.is_file():
+        raise InvalidInput(f"--trained {folder}: no train_summary.json there; give the folder that "
+                           "`python -m ranking.training.biencoder FILE --out FOLDER` wrote")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(folder, work)
+    return json.loads(summary_file.read_text())
+
+
+def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Path) -> dict | None:
+    """Mine the negatives, then train into ``work`` (its summary), or with --export write the examples (None)."""
     from evaluation.harness import Thresholds
     from evaluation.metrics import grade_threshold
     from ranking.training.biencoder import BiEncoderConfig, DevSet, product_texts, save_examples, train_biencoder
-    from ranking.training.data import as_served, data_hash, groups_from, mine_negatives
+    from ranking.training.data import as_served, groups_from, mine_negatives
     from retrieval.encoder import resolve_model_dir
 
     dataset = load_dataset(args.dataset)
     base = str(resolve_model_dir(args.base)) if args.base == "minilm" else args.base
-    work = settings.paths.training(f"biencoder-{args.run_name}")
-    registry = ModelRegistry(settings.paths.models)
-    if args.trained is not None:  # trained elsewhere from an --export file: register it
-        summary_file = args.trained / "train_summary.json"
-        if not summary_file.is_file():
-            raise InvalidInput(f"--trained {args.trained}: no train_summary.json there; give the folder that "
-                               "`python -m ranking.training.biencoder FILE --out FOLDER` wrote")
-        summary = json.loads(summary_file.read_text())
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(args.trained, work)
-        params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}
-        entry = registry.register("biencoder", work, base_model=args.base, training_data=summary.get("data_hash", ""),
-                                  params=params | {"split": args.split, "trained_on": summary.get("device")},
-                                  metrics={"train": {k: v for k, v in summary.items() if k != "config"}})
-        if args.activate or registry.active("biencoder") is None:
-            registry.activate("biencoder", entry.version)
-        print(json.dumps({"registered": entry.to_json()}, indent=2))
-        return 0
     config = BiEncoderConfig(base_model=base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              hard_negatives=not args.no_hard_negatives, seed=args.seed, max_grade=dataset.max_grade,
                              positives=args.positives, queries=args.queries, typos=args.typos, device=args.device)
@@ -213,15 +228,9 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
                           "dev_queries": 0 if dev is None else len(dev.queries), "products": len(texts),
                           "next": f"python -m ranking.training.biencoder {args.export} --out FOLDER --base MODEL_FOLDER; "
                                   f"shoprank train biencoder --dataset {args.dataset} --trained FOLDER"}, indent=2))
-        return 0
+        return None
     shutil.rmtree(work, ignore_errors=True)
-    summary = train_biencoder(config, train, texts, work, progress=settings.progress)
-    entry = registry.register("biencoder", work, base_model=args.base, training_data=data_hash(train),
-                              params=asdict(config) | {"split": args.split}, metrics={"train": summary})
-    if args.activate or registry.active("biencoder") is None:
-        registry.activate("biencoder", entry.version)
-    print(json.dumps({"registered": entry.to_json()}, indent=2))
-    return 0
+    return train_biencoder(config, train, texts, work, progress=settings.progress)
 
 
 def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
