@@ -87,3 +87,19 @@ def dask_local_client():  # type: ignore[no-untyped-def]
 
     with dask_client(ComputeSettings(scheduler="local", workers=2)) as client:
         yield client
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the selected pinned real-data runs in the background (tests/pinned_runs.py)."""
+    from tests import pinned_runs
+
+    if session.config.option.collectonly:
+        return
+    pinned_runs.start(item.callspec.params["run"] for item in session.items
+                      if item.nodeid.startswith(pinned_runs.TEST_FILE) and hasattr(item, "callspec"))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests import pinned_runs
+
+    pinned_runs.stop()
