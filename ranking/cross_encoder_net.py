@@ -63,4 +63,4 @@ class PairScorer(torch.nn.Module):
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(folder)
-        torch.save(self.head.state_dict(), folder / HEAD)
+        torch.save({k: v.cpu() for k, v in self.head.state_dict().items()}, folder / HEAD)

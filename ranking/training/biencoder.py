@@ -20,7 +20,6 @@ benchmarks/RESULTS.md shows Recall@100 with and without them.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import random
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.metrics import grade_threshold, ndcg_at_k, recall_at_k
-from ranking.training.data import Group, data_hash
+from ranking.training.data import Group, data_hash, read_examples, resolve_device, write_examples
 from ranking.training.typos import add_typo
 
 logger = logging.getLogger(__name__)
@@ -123,18 +122,6 @@ class DevSet:
     relevant_grade: int
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    return device
-
-
 def dense_dev_metrics(model, texts: dict[str, str], dev: DevSet, batch_size: int = 256) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Recall@100 and NDCG@10 of exact dense search with ``model`` (a SentenceTransformer)."""
     import torch
@@ -223,34 +210,21 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
     return summary
 
 
-# Training away from the catalog: `shoprank train biencoder --export FILE` mines the hard negatives
-# where the first stage runs and writes everything training needs to one file; this module's entry
-# point trains from that file on any machine with torch and sentence-transformers (a GPU box), and
-# `shoprank train biencoder --trained FOLDER` registers the result.
-EXAMPLES_FORMAT = 1
-
-
 def save_examples(path: Path, config: BiEncoderConfig, train: Sequence[Group], texts: dict[str, str],
                   dev: DevSet | None) -> None:
-    payload = {"format": EXAMPLES_FORMAT, "config": asdict(config),
-               "train": [[g.qid, g.query, g.judged, g.mined] for g in train], "texts": texts,
-               "dev": None if dev is None else {"queries": dev.queries, "relevant_grade": dev.relevant_grade}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        json.dump(payload, f)
+    """Everything training needs, for :func:`main` on another machine (``--export``)."""
+    write_examples(path, "biencoder", {
+        "config": asdict(config), "train": train, "texts": texts,
+        "dev": None if dev is None else {"queries": dev.queries, "relevant_grade": dev.relevant_grade}})
 
 
 def load_examples(path: Path) -> tuple[BiEncoderConfig, list[Group], dict[str, str], DevSet | None]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        payload = json.load(f)
-    if payload.get("format") != EXAMPLES_FORMAT:
-        raise ValueError(f"{path}: examples format {payload.get('format')!r}, this version reads {EXAMPLES_FORMAT}")
+    payload = read_examples(path, "biencoder")
     known = {f.name for f in fields(BiEncoderConfig)}
     config = BiEncoderConfig(**{k: v for k, v in payload["config"].items() if k in known})
-    train = [Group(qid, query, judged, mined) for qid, query, judged, mined in payload["train"]]
     dev = payload["dev"]
     dev_set = None if dev is None else DevSet([tuple(q) for q in dev["queries"]], dev["relevant_grade"])
-    return config, train, payload["texts"], dev_set
+    return config, payload["train"], payload["texts"], dev_set
 
 
 def main(argv: Sequence[str] | None = None) -> int:

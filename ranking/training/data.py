@@ -10,13 +10,15 @@ ones, and products whose normalised title equals a judged product's title
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -78,3 +80,45 @@ def data_hash(groups: Sequence[Group]) -> str:
     for g in groups:
         digest.update(json.dumps([g.qid, g.query, sorted(g.judged.items()), g.mined]).encode())
     return digest.hexdigest()[:16]
+
+
+# Training away from the catalog: `shoprank train biencoder|reranker --export FILE` mines the hard
+# negatives where the first stage runs and writes everything training needs to one gzipped JSON
+# file; `python -m ranking.training.biencoder|reranker FILE --out FOLDER` trains from it on any
+# machine with torch and transformers (a GPU box); `--trained FOLDER` registers the result.
+EXAMPLES_FORMAT = 1
+
+
+def write_examples(path: Path, kind: str, payload: dict[str, Any]) -> None:
+    """Write a ``kind`` (biencoder, reranker) examples file; ``payload["train"]`` holds Groups."""
+    body = dict(payload, format=EXAMPLES_FORMAT, kind=kind,
+                train=[[g.qid, g.query, g.judged, g.mined] for g in payload["train"]])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        json.dump(body, f)
+
+
+def read_examples(path: Path, kind: str) -> dict[str, Any]:
+    """The payload of a ``kind`` examples file, its ``train`` as Groups."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        payload = json.load(f)
+    if payload.get("format") != EXAMPLES_FORMAT:
+        raise ValueError(f"{path}: examples format {payload.get('format')!r}, this version reads {EXAMPLES_FORMAT}")
+    if payload.get("kind", "biencoder") != kind:
+        raise ValueError(f"{path} holds {payload.get('kind')} examples, not {kind} ones: export it with "
+                         f"`shoprank train {kind} --export FILE`")
+    payload["train"] = [Group(qid, query, judged, mined) for qid, query, judged, mined in payload["train"]]
+    return payload
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` (a CUDA GPU when torch sees one, else the CPU), ``cpu`` or ``cuda``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    return device

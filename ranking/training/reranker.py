@@ -6,23 +6,26 @@ negatives, see :mod:`ranking.training.data`) with a grade-weighted pairwise
 RankNet loss plus a small pointwise term that anchors scores to grade / max.
 Seeded; checkpoints every ``checkpoint_every`` steps and resumes from the last
 checkpoint; evaluates rerank-mode NDCG@10 / MRR@10 on a fixed dev sample after
-each epoch and keeps the best epoch (model selection on dev).
+each epoch and keeps the best epoch (model selection on dev). Trains on a CUDA GPU when
+torch sees one (``device``); ``shoprank train reranker --export FILE`` writes the examples for
+:func:`main` to train from on another machine (a GPU box).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
-from ranking.training.data import Group
+from ranking.training.data import Group, data_hash, read_examples, resolve_device, write_examples
 from ranking.training.losses import pairwise_loss
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class RerankerConfig:
     threads: int = 0
     loss: str = "pairwise"  # pairwise (RankNet, grade-weighted) | listnet (softmax over each judged list)
     temperature: float = 2.0  # listnet: target = softmax(grade / temperature)
+    device: str = "auto"  # auto: a CUDA GPU when torch sees one, else the CPU
 
 
 def load_model(base: str, layers: int):  # type: ignore[no-untyped-def]
@@ -72,14 +76,15 @@ def _pairs(group: Group, relevant: int, mined_weight: float, max_grade: int) -> 
 
 
 class _Batcher:
-    def __init__(self, tokenizer, titles: dict[str, str], max_length: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, tokenizer, titles: dict[str, str], max_length: int, device: str = "cpu") -> None:  # type: ignore[no-untyped-def]
         self.tokenizer = tokenizer
         self.titles = titles
         self.max_length = max_length
+        self.device = device
 
     def __call__(self, queries: Sequence[str], products: Sequence[str]):  # type: ignore[no-untyped-def]
         return self.tokenizer(list(queries), [self.titles[p] for p in products], padding=True, truncation=True,
-                              max_length=self.max_length, return_tensors="pt")
+                              max_length=self.max_length, return_tensors="pt").to(self.device)
 
 
 def evaluate_groups(model, batcher: _Batcher, groups: Sequence[Group], max_grade: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -92,7 +97,7 @@ def evaluate_groups(model, batcher: _Batcher, groups: Sequence[Group], max_grade
     with torch.inference_mode():
         for group in groups:
             products = list(group.judged)
-            scores = model(**batcher([group.query] * len(products), products)).numpy()
+            scores = model(**batcher([group.query] * len(products), products)).float().cpu().numpy()
             ranked = [products[i] for i in np.argsort(-scores, kind="stable")]
             ndcg.append(ndcg_at_k(ranked, group.judged, 10))
             mrr.append(mrr_at_k(ranked, group.judged, 10, hit))
@@ -113,13 +118,15 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-    model = load_model(config.base_model, config.layers)
-    batcher = _Batcher(tokenizer, titles, config.max_length)
+    # in float32 whatever the base was saved in (a half-precision base would load as such)
+    model = load_model(config.base_model, config.layers).float().to(device)
+    batcher = _Batcher(tokenizer, titles, config.max_length, device)
     relevant = grade_threshold(0.6, config.max_grade)
     steps_per_epoch = (len(train) + config.batch_groups - 1) // config.batch_groups
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
@@ -128,7 +135,7 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
     state = {"epoch": 0, "step": 0, "best": None, "history": [], "seconds": 0.0}
     checkpoint = out / "checkpoint" / "state.pt"
     if checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = torch.load(checkpoint, weights_only=False, map_location=device)
         if saved["config"] == asdict(config):
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -179,7 +186,8 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
         state["seconds"] = time.perf_counter() - started
         save_checkpoint()
     summary = {"best": state["best"], "history": state["history"], "seconds": round(state["seconds"], 1),
-               "train_groups": len(train), "dev_groups": len(dev)}
+               "train_groups": len(train), "dev_groups": len(dev), "device": device, "data_hash": data_hash(train),
+               "config": asdict(config)}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -202,13 +210,14 @@ def _batch_loss(model, batcher: _Batcher, batch: Sequence[Group], relevant: int,
     scores = model(**batcher(queries, products))
     if config.loss == "listnet":
         return _listnet(scores, spans, batch, config)
-    better = torch.tensor([p[0] for p in all_pairs], dtype=torch.long)
-    worse = torch.tensor([p[1] for p in all_pairs], dtype=torch.long)
-    weights = torch.tensor([p[2] for p in all_pairs], dtype=torch.float32)
+    device = scores.device
+    better = torch.tensor([p[0] for p in all_pairs], dtype=torch.long, device=device)
+    worse = torch.tensor([p[1] for p in all_pairs], dtype=torch.long, device=device)
+    weights = torch.tensor([p[2] for p in all_pairs], dtype=torch.float32, device=device)
     loss = pairwise_loss(scores, better, worse, weights)
     if config.pointwise_weight and point_rows:
-        rows = torch.tensor(point_rows, dtype=torch.long)
-        targets = torch.tensor(point_targets, dtype=torch.float32)
+        rows = torch.tensor(point_rows, dtype=torch.long, device=device)
+        targets = torch.tensor(point_targets, dtype=torch.float32, device=device)
         loss = loss + config.pointwise_weight * torch.nn.functional.binary_cross_entropy_with_logits(scores[rows], targets)
     return loss
 
@@ -222,8 +231,51 @@ def _listnet(scores, spans: list[tuple[int, int]], batch: Sequence[Group], confi
         judged = len(group.judged)
         if judged < 2:
             continue
-        grades = torch.tensor(list(group.judged.values()), dtype=torch.float32)
+        grades = torch.tensor(list(group.judged.values()), dtype=torch.float32, device=scores.device)
         target = torch.softmax(grades / config.temperature, dim=0)
         log_probs = torch.log_softmax(scores[offset : offset + judged], dim=0)
         losses.append(-(target * log_probs).sum())
     return torch.stack(losses).mean() if losses else scores.sum() * 0.0
+
+
+def save_examples(path: Path, config: RerankerConfig, train: Sequence[Group], dev: Sequence[Group],
+                  titles: dict[str, str]) -> None:
+    """Everything training needs, for :func:`main` on another machine (``--export``)."""
+    write_examples(path, "reranker", {"config": asdict(config), "train": train, "titles": titles,
+                                      "dev": [[g.qid, g.query, g.judged] for g in dev]})
+
+
+def load_examples(path: Path) -> tuple[RerankerConfig, list[Group], list[Group], dict[str, str]]:
+    payload = read_examples(path, "reranker")
+    known = {f.name for f in fields(RerankerConfig)}
+    config = RerankerConfig(**{k: v for k, v in payload["config"].items() if k in known})
+    dev = [Group(qid, query, judged) for qid, query, judged in payload["dev"]]
+    return config, payload["train"], dev, payload["titles"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ranking.training.reranker",
+        description="Train the cross-encoder from a file written by `shoprank train reranker --export`; "
+                    "register the folder with `shoprank train reranker --dataset D --trained FOLDER`.")
+    parser.add_argument("examples", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the training run (best/ is the model)")
+    parser.add_argument("--base", help="base model folder (default: the one the file names)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-groups", type=int, help="queries per step")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config, train, dev, titles = load_examples(args.examples)
+    changes = {"base_model": args.base, "epochs": args.epochs, "batch_groups": args.batch_groups, "lr": args.lr,
+               "seed": args.seed, "device": args.device}
+    config = replace(config, **{k: v for k, v in changes.items() if v is not None})
+    summary = train_reranker(config, train, dev, titles, args.out)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -24,6 +24,7 @@ from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
 from ranking.lambdamart import GAINS
+from retrieval.encoder import BUNDLED
 
 if TYPE_CHECKING:  # serving loads FAISS: imported where used, after `shoprank serve` set its OpenMP threads
     from serving.engine import SearchEngine
@@ -61,15 +62,39 @@ def _register(settings: Settings, role: str, folder: Path, base: str, data_hash:
 
 
 def cmd_train_reranker(args: argparse.Namespace, settings: Settings) -> int:
-    from ranking.training.data import data_hash, groups_from, mine_negatives
-    from ranking.training.reranker import RerankerConfig, train_reranker
+    work = Path(args.work_dir) if args.work_dir else settings.paths.training(f"reranker-{args.run_name}")
+    if args.trained is not None:  # trained elsewhere from an --export file: register it
+        summary = _copy_trained(args.trained, work, "reranker")
+        params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}
+        params["trained_on"] = summary.get("device")
+    else:
+        summary = _train_reranker_here(args, settings, work)
+        if summary is None:  # --export: written, not trained
+            return 0
+        params = dict(summary["config"])
+    folder = work / "registered"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(work / "best", folder)
+    metrics = {f"dev_sample_{k}": v for k, v in summary["best"].items() if k != "score"}
+    metrics |= {"train_seconds": summary["seconds"], "dev_sample_queries": summary["dev_groups"]}
+    entry = _register(settings, args.role, folder, _base_label(args, summary), summary.get("data_hash", ""),
+                      params | {"split": args.split}, metrics, args.activate)
+    print(json.dumps({"registered": entry, "history": summary["history"]}, indent=2))
+    return 0
+
+
+def _train_reranker_here(args: argparse.Namespace, settings: Settings, work: Path) -> dict | None:
+    """Mine the negatives, then train into ``work`` (its summary), or with --export write the examples (None)."""
+    from ranking.training.data import groups_from, mine_negatives
+    from ranking.training.reranker import RerankerConfig, save_examples, train_reranker
     from retrieval.encoder import resolve_model_dir
 
     dataset = load_dataset(args.dataset)
-    base = str(resolve_model_dir(args.base)) if args.base == "minilm" else args.base
+    base = str(resolve_model_dir(BUNDLED)) if args.base in (None, BUNDLED) else args.base
     config = RerankerConfig(base_model=base, layers=args.layers, epochs=args.epochs, lr=args.lr,
                             batch_groups=args.batch_groups, max_length=args.max_length,
-                            negatives=args.negatives, seed=args.seed, max_grade=dataset.max_grade, loss=args.loss)
+                            negatives=args.negatives, seed=args.seed, max_grade=dataset.max_grade, loss=args.loss,
+                            device=args.device)
     train = groups_from(dataset, args.split, 1)[: args.limit]
     if config.negatives:
         engine = first_stage(settings, dataset)
@@ -77,17 +102,14 @@ def cmd_train_reranker(args: argparse.Namespace, settings: Settings) -> int:
                        progress=settings.progress)
     dev = dev_sample(dataset, args.dev_split, args.dev_queries)
     titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))
-    work = Path(args.work_dir) if args.work_dir else settings.paths.training(f"reranker-{args.run_name}")
-    summary = train_reranker(config, train, dev, titles, work, progress=settings.progress)
-    folder = work / "registered"
-    shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(work / "best", folder)
-    metrics = {f"dev_sample_{k}": v for k, v in summary["best"].items() if k != "score"}
-    metrics |= {"train_seconds": summary["seconds"], "dev_sample_queries": len(dev)}
-    entry = _register(settings, args.role, folder, args.base, data_hash(train), asdict(config) | {"split": args.split},
-                      metrics, args.activate)
-    print(json.dumps({"registered": entry, "history": summary["history"]}, indent=2))
-    return 0
+    if args.export is not None:
+        save_examples(args.export, config, train, dev, titles)
+        print(json.dumps({"exported": str(args.export), "train_queries": len(train), "dev_queries": len(dev),
+                          "products": len(titles),
+                          "next": f"python -m ranking.training.reranker {args.export} --out FOLDER --base MODEL_FOLDER; "
+                                  f"shoprank train reranker --dataset {args.dataset} --trained FOLDER"}, indent=2))
+        return None
+    return train_reranker(config, train, dev, titles, work, progress=settings.progress)
 
 
 def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
@@ -167,7 +189,7 @@ def _ltr_scores(settings: Settings, dataset: EvalDataset, first: SearchEngine, d
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     work = settings.paths.training(f"biencoder-{args.run_name}")
     if args.trained is not None:  # trained elsewhere from an --export file: register it
-        summary = _copy_trained(args.trained, work)
+        summary = _copy_trained(args.trained, work, "biencoder")
         params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}
         params["trained_on"] = summary.get("device")
     else:
@@ -176,7 +198,8 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         params = dict(summary["config"])
     registry = ModelRegistry(settings.paths.models)
-    entry = registry.register("biencoder", work, base_model=args.base, training_data=summary.get("data_hash", ""),
+    entry = registry.register("biencoder", work, base_model=_base_label(args, summary),
+                              training_data=summary.get("data_hash", ""),
                               params=params | {"split": args.split},
                               metrics={"train": {k: v for k, v in summary.items() if k != "config"}})
     if args.activate or registry.active("biencoder") is None:
@@ -185,12 +208,22 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _copy_trained(folder: Path, work: Path) -> dict:
-    """The summary of a model trained from an --export file, its folder copied to ``work``."""
+def _base_label(args: argparse.Namespace, summary: dict) -> str:
+    """The base model a manifest names: --base; for a model trained elsewhere, else the folder its
+    training named (a path on that machine); else the bundled MiniLM."""
+    if args.base is not None:
+        return args.base
+    if args.trained is not None:
+        return str(summary.get("config", {}).get("base_model") or BUNDLED)
+    return BUNDLED
+
+
+def _copy_trained(folder: Path, work: Path, kind: str) -> dict:
+    """The summary of a ``kind`` model trained from an --export file, its folder copied to ``work``."""
     summary_file = folder / "train_summary.json"
-    if not summary_file.is_file():
-        raise InvalidInput(f"--trained {folder}: no train_summary.json there; give the folder that "
-                           "`python -m ranking.training.biencoder FILE --out FOLDER` wrote")
+    if not summary_file.is_file() or (kind == "reranker" and not (folder / "best").is_dir()):
+        raise InvalidInput(f"--trained {folder}: no train_summary.json{' and best/' if kind == 'reranker' else ''} "
+                           f"there; give the folder that `python -m ranking.training.{kind} FILE --out FOLDER` wrote")
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(folder, work)
     return json.loads(summary_file.read_text())
@@ -205,7 +238,7 @@ def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Pa
     from retrieval.encoder import resolve_model_dir
 
     dataset = load_dataset(args.dataset)
-    base = str(resolve_model_dir(args.base)) if args.base == "minilm" else args.base
+    base = str(resolve_model_dir(BUNDLED)) if args.base in (None, BUNDLED) else args.base
     config = BiEncoderConfig(base_model=base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              hard_negatives=not args.no_hard_negatives, seed=args.seed, max_grade=dataset.max_grade,
                              positives=args.positives, queries=args.queries, typos=args.typos, device=args.device)
@@ -360,7 +393,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--dev-split", default="dev")
     p.add_argument("--dev-queries", type=int, default=400, help="dev sample for model selection")
-    p.add_argument("--base", default="minilm", help="'minilm' (bundled) or a model folder")
+    p.add_argument("--base", default=None, help="'minilm' (bundled, default) or a model folder, such as a "
+                   "fine-tuned bi-encoder's")
     p.add_argument("--role", default="reranker", choices=("reranker", "student"))
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--epochs", type=int, default=3)
@@ -369,6 +403,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=40)
     p.add_argument("--negatives", type=count, default=4, help="mined hard negatives per query")
     p.add_argument("--loss", choices=("pairwise", "listnet"), default="pairwise")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to train: auto (a CUDA GPU when torch sees one, default), cpu or cuda")
+    p.add_argument("--export", type=Path, default=None, metavar="FILE",
+                   help="mine the negatives and write the training examples, the dev sample and the titles to FILE "
+                        "(gzipped JSON) instead of training: `python -m ranking.training.reranker FILE --out FOLDER` "
+                        "trains from it on any machine with torch and transformers (a GPU box)")
+    p.add_argument("--trained", type=Path, default=None, metavar="FOLDER",
+                   help="register FOLDER, trained from an --export file, instead of training here")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None, help="only the first N training queries")
     p.add_argument("--run-name", default="run", help="work folder name (resumes if it exists)")
@@ -399,7 +441,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("biencoder", help="fine-tune the bi-encoder (MNRL + hard negatives)")
     p.add_argument("--dataset", required=True, type=Path)
     p.add_argument("--split", default="train")
-    p.add_argument("--base", default="minilm")
+    p.add_argument("--base", default=None, help="'minilm' (bundled, default) or a model folder")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--batch-size", type=int, default=64)

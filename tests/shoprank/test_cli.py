@@ -157,6 +157,58 @@ def test_biencoder_exported_trained_elsewhere_and_registered(monkeypatch: pytest
         get_settings.cache_clear()
 
 
+def test_reranker_exported_trained_elsewhere_and_registered(monkeypatch: pytest.MonkeyPatch, settings: Settings,  # type: ignore[no-untyped-def]
+                                                              real_encoder, demo_dir: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from ranking.training.reranker import load_examples
+    from ranking.training.reranker import main as train_from_file
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
+    monkeypatch.setenv("SHOPRANK_HOME", str(home))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    try:
+        examples = tmp_path / "examples.json.gz"
+        code, out, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--limit", "8",
+                                 "--negatives", "2", "--layers", "1", "--dev-queries", "5", "--export", str(examples))
+        assert code == 0, err
+        exported = json.loads(out)
+        assert exported["train_queries"] == 8 and exported["products"] == 300 and exported["dev_queries"] == 5
+        config, train, dev, titles = load_examples(examples)
+        assert config.layers == 1 and config.negatives == 2 and len(titles) == 300
+        assert len(train) == 8 and all(len(g.mined) == 2 and not set(g.mined) & set(g.judged) for g in train)
+        assert len(dev) == 5 and all(len(set(g.judged.values())) > 1 for g in dev)
+        assert not (home / "models" / "reranker").exists()  # exported, not trained
+        from ranking.training.biencoder import load_examples as load_biencoder_examples
+
+        with pytest.raises(ValueError, match="holds reranker examples, not biencoder ones"):
+            load_biencoder_examples(examples)
+
+        trained = tmp_path / "trained"
+        assert train_from_file([str(examples), "--out", str(trained), "--device", "cpu", "--epochs", "1",
+                                "--batch-groups", "4"]) == 0
+        assert json.loads(capsys.readouterr().out)["best"]["epoch"] == 1
+        summary = json.loads((trained / "train_summary.json").read_text())
+        assert summary["device"] == "cpu" and summary["config"]["batch_groups"] == 4 and summary["train_groups"] == 8
+        [epoch] = summary["history"]  # rerank-mode check on the dev sample after the epoch
+        assert 0 < epoch["ndcg@10"] <= 1 and (trained / "best" / "score_head.pt").is_file()
+
+        code, out, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--trained", str(trained))
+        assert code == 0, err
+        entry = json.loads(out)["registered"]
+        assert entry["version"] == "v1" and entry["training_data"] == summary["data_hash"]
+        assert entry["params"]["trained_on"] == "cpu" and entry["params"]["layers"] == 1
+        assert entry["base_model"] == config.base_model  # the folder the training ran from
+        assert entry["metrics"]["dev_sample_ndcg@10"] == epoch["ndcg@10"]
+        assert (home / "models" / "reranker" / "v1").is_dir()
+        code, _, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--trained", str(tmp_path))
+        assert code == 2 and "no train_summary.json and best/ there" in err
+    finally:
+        get_settings.cache_clear()
+
+
 def test_the_parser_loads_no_faiss() -> None:
     """`shoprank serve` sets OMP_NUM_THREADS (serving.math_threads) after parsing; FAISS reads it when it
     loads, so no command module may load it at import time."""
