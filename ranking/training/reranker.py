@@ -265,12 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-groups", type=int, help="queries per step")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--loss", choices=("pairwise", "listnet"))
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config, train, dev, titles = load_examples(args.examples)
     changes = {"base_model": args.base, "epochs": args.epochs, "batch_groups": args.batch_groups, "lr": args.lr,
-               "seed": args.seed, "device": args.device}
+               "seed": args.seed, "loss": args.loss, "device": args.device}
     config = replace(config, **{k: v for k, v in changes.items() if v is not None})
     summary = train_reranker(config, train, dev, titles, args.out)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
