@@ -1,12 +1,18 @@
 """Query analyzer cost and effect on a real catalog: latency per query, share rewritten.
 
-    python benchmarks/query_analyzer.py --dataset ../shared/data/homedepot [--split dev]
+    python benchmarks/query_analyzer.py --dataset ../shared/data/homedepot [--split dev] [--per-query FILE]
 
 Opens the dataset's index (built on first use, as ``shoprank evaluate`` does),
 times building its vocabulary, then analyzes every query of the split with the
 index's analyzer and an empty cache (each query's first analysis: the cost a new
 query pays) and prints JSON: CPU, command, vocabulary build seconds, latency
-p50/p95/p99 in ms, the share of queries rewritten (spelling / split) and examples.
+p50/p95/p99 in ms, the share of queries rewritten (spelling / split) and examples,
+and the rewrites of words that are common English words (symspellpy's English frequency
+list): a typed word the catalog lacks may be a real word, not a typo.
+
+``--per-query FILE`` (written by ``shoprank evaluate ... --subset misspelled --save FILE``)
+adds what those queries still miss: Recall@100 of the ones the analyzer rewrote and of the
+ones it left as typed, and the worst of them with their rewrites.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--split", default="dev")
+    parser.add_argument("--per-query", type=Path, help="a `shoprank evaluate --save` file of the same split")
     args = parser.parse_args()
     dataset = load_dataset(args.dataset)
     settings = Settings(progress=False)
@@ -53,14 +60,52 @@ def main() -> None:
         if analysis.rewrites and len(examples) < 25:
             examples.append(f"{text} -> {analysis.text}")
     rewritten = sum(1 for text in queries if analyzer.analyze(text).rewrites)
-    print(json.dumps({
+    report = {
         "hardware": hardware(), "command": " ".join(sys.argv), "queries": len(queries),
         "vocabulary_words": len(vocabulary.counts), "brand_words": len(vocabulary.brands),
         "type_words": len(vocabulary.types), "vocabulary_build_s": round(build, 2),
         "speller_build_s": round(speller, 2), "latency_ms": percentiles(seconds),
         "queries_rewritten": rewritten, "share_rewritten": round(rewritten / max(1, len(queries)), 4),
         "rewrites_by_reason": dict(reasons), "examples": examples,
-    }, indent=2))
+        "english_word_rewrites": english_word_rewrites(analyzer, queries),
+    }
+    if args.per_query:
+        report["misses"] = misses(json.loads(args.per_query.read_text()), dict(dataset.select(args.split)), analyzer)
+    print(json.dumps(report, indent=2))
+
+
+def english_word_rewrites(analyzer: Analyzer, queries: list[str], shown: int = 40) -> dict:
+    """Rewrites of typed words found in symspellpy's English frequency list, most frequent words first."""
+    import symspellpy
+
+    english = {}
+    with (Path(symspellpy.__file__).parent / "frequency_dictionary_en_82_765.txt").open() as handle:
+        for line in handle:
+            word, count = line.split()
+            english[word] = int(count)
+    found = Counter()
+    total = 0
+    for text in queries:
+        for rewrite in analyzer.analyze(text).rewrites:
+            total += 1
+            if rewrite.original in english:
+                found[(rewrite.original, rewrite.replacement)] += 1
+    ranked = sorted(found.items(), key=lambda item: -english[item[0][0]])
+    return {"rewrites": total, "of_english_words": sum(found.values()),
+            "examples": [f"{word} -> {replacement}" for (word, replacement), _ in ranked[:shown]]}
+
+
+def misses(saved: dict, texts: dict[str, str], analyzer: Analyzer, shown: int = 40) -> dict:
+    """Recall@100 of the saved queries, rewritten by the analyzer or left as typed, and the worst."""
+    recall = saved["per_query"]["recall@100"]
+    rows = [(value, texts[qid], analyzer.analyze(texts[qid]).text) for qid, value in recall.items() if qid in texts]
+    rewritten = [value for value, text, analyzed in rows if analyzer.analyze(text).rewrites]
+    as_typed = [value for value, text, analyzed in rows if not analyzer.analyze(text).rewrites]
+    mean = lambda values: round(sum(values) / len(values), 4) if values else None  # noqa: E731
+    return {"queries": len(rows), "recall@100": mean([r[0] for r in rows]),
+            "rewritten": {"queries": len(rewritten), "recall@100": mean(rewritten)},
+            "as_typed": {"queries": len(as_typed), "recall@100": mean(as_typed)},
+            "worst": [f"{value:.2f} | {text} -> {analyzed}" for value, text, analyzed in sorted(rows)[:shown]]}
 
 
 if __name__ == "__main__":
