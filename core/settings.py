@@ -49,6 +49,9 @@ class RetrievalSettings(BaseModel):
     )
     spelling: bool = Field(True, description="Correct query words the catalog does not contain (spelling, "
                            "run-together words); a request can turn it off with rewrite=false.")
+    keep_english_words: bool = Field(False, description="Never correct or split a query word found in "
+                                     "symspellpy's English word list, although the catalog lacks it (negative is "
+                                     "not a typo of native); off: only catalog words are kept.")
     rrf_k: int = Field(60, ge=1, description="RRF constant k (Cormack et al. 2009).")
     feedback_docs: int = Field(0, ge=0, le=100, description="Dense pseudo-relevance feedback: the query vector moves "
                                "towards the mean of the fused top N and searches again (0: off; one more vector "

@@ -38,6 +38,7 @@ import unicodedata
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,16 @@ _UNIT_RES = [(re.compile(_NUMBER + r"\s*-?\s*" + pattern, re.IGNORECASE), unit) 
 _NUMBER_WITH_UNIT = re.compile(_NUMBER + r"(?: (" + "|".join(re.escape(u) for u in UNITS) + r")\b)?")
 _EMPTY = np.zeros(0, dtype=np.int32)
 MAX_SUGGESTIONS = 8  # candidates per misspelled word weighed by context
+
+
+@lru_cache(maxsize=1)
+def english_words() -> frozenset[str]:
+    """The words of symspellpy's English frequency list (82,765 words, shipped with the package):
+    a typed word found there may be a real word the catalog lacks, not a typo."""
+    import symspellpy
+
+    with (Path(symspellpy.__file__).parent / "frequency_dictionary_en_82_765.txt").open(encoding="utf-8") as f:
+        return frozenset(line.split()[0] for line in f if line.strip())
 TOKEN = re.compile(r"[a-z0-9]+(?:[./][0-9]+)*")
 
 
@@ -197,11 +208,16 @@ class Analyzer:
             them with the query's other words (``skill saw`` -> ``skil saw``, not the
             more frequent ``sill``; :meth:`Vocabulary.together`), then by frequency;
             False: by frequency alone.
+        keep: Words never corrected or split although the catalog lacks them (with
+            ``retrieval.keep_english_words``: :func:`english_words`, so that ``negative``
+            does not become ``native``).
     """
 
-    def __init__(self, vocabulary: Vocabulary, cache_size: int = 10_000, context: bool = True) -> None:
+    def __init__(self, vocabulary: Vocabulary, cache_size: int = 10_000, context: bool = True,
+                 keep: frozenset[str] = frozenset()) -> None:
         self.vocabulary = vocabulary
         self.context = context
+        self.keep = keep
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, bool], Analysis] = OrderedDict()
         self._lock = threading.Lock()
@@ -247,7 +263,7 @@ class Analyzer:
         """(replacement, reason) for a word outside the vocabulary, or None to keep it.
 
         ``context``: the query's other words that the catalog knows."""
-        if len(word) < 4 or not word.isalpha() or self.vocabulary.knows(word):
+        if len(word) < 4 or not word.isalpha() or self.vocabulary.knows(word) or word in self.keep:
             return None
         from symspellpy import Verbosity
 

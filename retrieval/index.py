@@ -31,7 +31,7 @@ from core import __version__
 from core.errors import Conflict, NotFound
 from core.settings import RetrievalSettings
 from retrieval.analyzer import VERSION as ANALYZER_VERSION
-from retrieval.analyzer import Analyzer, Vocabulary, normalize
+from retrieval.analyzer import Analyzer, Vocabulary, english_words, normalize
 from retrieval.bm25 import BM25Index
 from retrieval.catalog import catalog_hash, product_text
 from retrieval.dense import DenseIndex
@@ -185,7 +185,8 @@ class ProductIndex:
         """The query analyzer of this catalog, made on first use (its spelling dictionary takes
         a second or two for a large catalog; the serving layer asks for it when it loads)."""
         if self._analyzer is None:
-            self._analyzer = Analyzer(self.vocabulary)
+            keep = english_words() if self.dense.settings.keep_english_words else frozenset()
+            self._analyzer = Analyzer(self.vocabulary, keep=keep)
         return self._analyzer
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from retrieval.analyzer import Analyzer, Vocabulary, normalize, numbers, tokenize
+from retrieval.analyzer import Analyzer, Vocabulary, english_words, normalize, numbers, tokenize
 from retrieval.index import ProductIndex
 from tests.fakes import HashingEncoder
 
@@ -59,6 +59,15 @@ def test_corrects_words_outside_the_catalog(analyzer: Analyzer, typed: str, sear
 def test_never_corrects_catalog_words_model_numbers_or_unknowable_words(analyzer: Analyzer, text: str) -> None:
     analysis = analyzer.analyze(text)
     assert analysis.rewrites == () and analysis.text == normalize(text)
+
+
+def test_kept_words_are_never_corrected_and_english_words_are_real_words() -> None:
+    vocabulary = Vocabulary.build(TITLES + ["Native Plant Seed Mix"] * 2)
+    assert Analyzer(vocabulary).analyze("negative wire").text == "native wire"  # one catalog word two edits away
+    kept = Analyzer(vocabulary, keep=english_words())
+    assert kept.analyze("negative wire").text == "negative wire" and not kept.analyze("negative wire").rewrites
+    assert kept.analyze("dimond blade").text == "diamond blade"  # a typo is still corrected
+    assert {"negative", "cupboard", "swamp"} <= english_words() and "dimond" not in english_words()
 
 
 def test_rewrite_off_only_normalizes(analyzer: Analyzer) -> None:
