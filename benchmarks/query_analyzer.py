@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import hardware, percentiles  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
-from retrieval.analyzer import Analyzer, Vocabulary  # noqa: E402
+from core.query import Analysis  # noqa: E402
+from retrieval.analyzer import Analyzer, Vocabulary, english_word_counts  # noqa: E402
 from serving.loading import open_encoder, open_index  # noqa: E402
 
 
@@ -49,17 +51,17 @@ def main() -> None:
     started = time.perf_counter()
     analyzer = Analyzer(index.vocabulary, cache_size=0)  # builds the SymSpell dictionary
     speller = time.perf_counter() - started
-    queries = [text for _, text in dataset.select(args.split)]
-    seconds, reasons, examples = [], Counter(), []
-    for text in queries:
+    queries = dict(dataset.select(args.split))
+    seconds, reasons, examples, analyses = [], Counter(), [], {}
+    for qid, text in queries.items():
         began = time.perf_counter()
-        analysis = analyzer.analyze(text)
+        analysis = analyses[qid] = analyzer.analyze(text)
         seconds.append(time.perf_counter() - began)
         for rewrite in analysis.rewrites:
             reasons[rewrite.reason] += 1
         if analysis.rewrites and len(examples) < 25:
             examples.append(f"{text} -> {analysis.text}")
-    rewritten = sum(1 for text in queries if analyzer.analyze(text).rewrites)
+    rewritten = sum(1 for analysis in analyses.values() if analysis.rewrites)
     report = {
         "hardware": hardware(), "command": " ".join(sys.argv), "queries": len(queries),
         "vocabulary_words": len(vocabulary.counts), "brand_words": len(vocabulary.brands),
@@ -67,45 +69,39 @@ def main() -> None:
         "speller_build_s": round(speller, 2), "latency_ms": percentiles(seconds),
         "queries_rewritten": rewritten, "share_rewritten": round(rewritten / max(1, len(queries)), 4),
         "rewrites_by_reason": dict(reasons), "examples": examples,
-        "english_word_rewrites": english_word_rewrites(analyzer, queries),
+        "english_word_rewrites": english_word_rewrites(analyses.values()),
     }
     if args.per_query:
-        report["misses"] = misses(json.loads(args.per_query.read_text()), dict(dataset.select(args.split)), analyzer)
+        report["misses"] = misses(json.loads(args.per_query.read_text()), queries, analyses)
     print(json.dumps(report, indent=2))
 
 
-def english_word_rewrites(analyzer: Analyzer, queries: list[str], shown: int = 40) -> dict:
+def english_word_rewrites(analyses: Iterable[Analysis], shown: int = 40) -> dict:
     """Rewrites of typed words found in symspellpy's English frequency list, most frequent words first."""
-    import symspellpy
-
-    english = {}
-    with (Path(symspellpy.__file__).parent / "frequency_dictionary_en_82_765.txt").open() as handle:
-        for line in handle:
-            word, count = line.split()
-            english[word] = int(count)
-    found = Counter()
+    english = english_word_counts()
+    found: Counter[tuple[str, str]] = Counter()
     total = 0
-    for text in queries:
-        for rewrite in analyzer.analyze(text).rewrites:
+    for analysis in analyses:
+        for rewrite in analysis.rewrites:
             total += 1
             if rewrite.original in english:
                 found[(rewrite.original, rewrite.replacement)] += 1
-    ranked = sorted(found.items(), key=lambda item: -english[item[0][0]])
+    ranked = sorted(found, key=lambda pair: -english[pair[0]])
     return {"rewrites": total, "of_english_words": sum(found.values()),
-            "examples": [f"{word} -> {replacement}" for (word, replacement), _ in ranked[:shown]]}
+            "examples": [f"{word} -> {replacement}" for word, replacement in ranked[:shown]]}
 
 
-def misses(saved: dict, texts: dict[str, str], analyzer: Analyzer, shown: int = 40) -> dict:
+def misses(saved: dict, texts: dict[str, str], analyses: dict[str, Analysis], shown: int = 40) -> dict:
     """Recall@100 of the saved queries, rewritten by the analyzer or left as typed, and the worst."""
     recall = saved["per_query"]["recall@100"]
-    rows = [(value, texts[qid], analyzer.analyze(texts[qid]).text) for qid, value in recall.items() if qid in texts]
-    rewritten = [value for value, text, analyzed in rows if analyzer.analyze(text).rewrites]
-    as_typed = [value for value, text, analyzed in rows if not analyzer.analyze(text).rewrites]
+    rows = [(value, qid) for qid, value in recall.items() if qid in texts]
+    rewritten = [value for value, qid in rows if analyses[qid].rewrites]
+    as_typed = [value for value, qid in rows if not analyses[qid].rewrites]
     mean = lambda values: round(sum(values) / len(values), 4) if values else None  # noqa: E731
-    return {"queries": len(rows), "recall@100": mean([r[0] for r in rows]),
+    return {"queries": len(rows), "recall@100": mean([value for value, _ in rows]),
             "rewritten": {"queries": len(rewritten), "recall@100": mean(rewritten)},
             "as_typed": {"queries": len(as_typed), "recall@100": mean(as_typed)},
-            "worst": [f"{value:.2f} | {text} -> {analyzed}" for value, text, analyzed in sorted(rows)[:shown]]}
+            "worst": [f"{value:.2f} | {texts[qid]} -> {analyses[qid].text}" for value, qid in sorted(rows)[:shown]]}
 
 
 if __name__ == "__main__":

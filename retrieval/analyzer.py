@@ -73,13 +73,19 @@ MAX_SUGGESTIONS = 8  # candidates per misspelled word weighed by context
 
 
 @lru_cache(maxsize=1)
-def english_words() -> frozenset[str]:
-    """The words of symspellpy's English frequency list (82,765 words, shipped with the package):
-    a typed word found there may be a real word the catalog lacks, not a typo."""
+def english_word_counts() -> dict[str, int]:
+    """symspellpy's English frequency list (82,765 words and their counts, shipped with the package)."""
     import symspellpy
 
     with (Path(symspellpy.__file__).parent / "frequency_dictionary_en_82_765.txt").open(encoding="utf-8") as f:
-        return frozenset(line.split()[0] for line in f if line.strip())
+        return {word: int(count) for word, count in (line.split() for line in f if line.strip())}
+
+
+@lru_cache(maxsize=1)
+def english_words() -> frozenset[str]:
+    """The words of :func:`english_word_counts`: a typed word found there may be a real word the
+    catalog lacks, not a typo."""
+    return frozenset(english_word_counts())
 TOKEN = re.compile(r"[a-z0-9]+(?:[./][0-9]+)*")
 
 

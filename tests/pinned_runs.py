@@ -94,10 +94,10 @@ class Background:
 
     runs: list[dict]
     where: Path
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
-    finished: dict[str, threading.Event] = field(default_factory=dict)
-    child: subprocess.Popen | None = None
-    stopping: bool = False
+    outcomes: dict[str, Outcome] = field(default_factory=dict, init=False)
+    finished: dict[str, threading.Event] = field(init=False)
+    child: subprocess.Popen | None = field(default=None, init=False)
+    stopping: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.finished = {run["name"]: threading.Event() for run in self.runs}

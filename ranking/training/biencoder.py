@@ -19,7 +19,6 @@ benchmarks/RESULTS.md shows Recall@100 with and without them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -31,7 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.metrics import grade_threshold, ndcg_at_k, recall_at_k
-from ranking.training.data import Group, data_hash, read_examples, resolve_device, write_examples
+from ranking.training.data import (
+    Group,
+    data_hash,
+    overridden,
+    read_examples,
+    resolve_device,
+    training_parser,
+    write_examples,
+)
 from ranking.training.typos import add_typo
 
 logger = logging.getLogger(__name__)
@@ -228,26 +235,16 @@ def load_examples(path: Path) -> tuple[BiEncoderConfig, list[Group], dict[str, s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ranking.training.biencoder",
-        description="Fine-tune the bi-encoder from a file written by `shoprank train biencoder --export`; "
-                    "register the folder with `shoprank train biencoder --dataset D --trained FOLDER`.")
-    parser.add_argument("examples", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="folder for the trained model")
-    parser.add_argument("--base", help="base model folder (default: the one the file names)")
-    parser.add_argument("--epochs", type=int)
+    parser = training_parser(
+        "biencoder", "Fine-tune the bi-encoder from a file written by `shoprank train biencoder --export`; "
+                     "register the folder with `shoprank train biencoder --dataset D --trained FOLDER`.",
+        out_help="folder for the trained model")
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--no-dev", action="store_true", help="skip the per-epoch check on the dev queries")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config, train, texts, dev = load_examples(args.examples)
-    changes = {"base_model": args.base, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-               "seed": args.seed, "device": args.device}
-    config = replace(config, **{k: v for k, v in changes.items() if v is not None})
-    summary = train_biencoder(config, train, texts, args.out, dev=None if args.no_dev else dev)
+    summary = train_biencoder(overridden(config, args), train, texts, args.out, dev=None if args.no_dev else dev)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
 

@@ -10,13 +10,14 @@ ones, and products whose normalised title equals a judged product's title
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import json
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +110,29 @@ def read_examples(path: Path, kind: str) -> dict[str, Any]:
                          f"`shoprank train {kind} --export FILE`")
     payload["train"] = [Group(qid, query, judged, mined) for qid, query, judged, mined in payload["train"]]
     return payload
+
+
+def training_parser(kind: str, description: str, out_help: str) -> argparse.ArgumentParser:
+    """The command line of ``python -m ranking.training.<kind> FILE --out FOLDER``, with the options
+    both trainers take; a trainer adds its own, named as its config's fields (``--batch-size``)."""
+    parser = argparse.ArgumentParser(prog=f"python -m ranking.training.{kind}", description=description)
+    parser.add_argument("examples", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    parser.add_argument("--base", help="base model folder (default: the one the file names)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    return parser
+
+
+def overridden(config: Any, args: argparse.Namespace) -> Any:
+    """``config`` (a dataclass) with each of its fields given on the command line; ``--base`` sets
+    ``base_model``; an option left out keeps the file's value."""
+    changes = {f.name: getattr(args, f.name) for f in fields(config) if getattr(args, f.name, None) is not None}
+    if args.base is not None:
+        changes["base_model"] = args.base
+    return replace(config, **changes)
 
 
 def resolve_device(device: str) -> str:

@@ -13,19 +13,26 @@ torch sees one (``device``); ``shoprank train reranker --export FILE`` writes th
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
-from ranking.training.data import Group, data_hash, read_examples, resolve_device, write_examples
+from ranking.training.data import (
+    Group,
+    data_hash,
+    overridden,
+    read_examples,
+    resolve_device,
+    training_parser,
+    write_examples,
+)
 from ranking.training.losses import pairwise_loss
 
 logger = logging.getLogger(__name__)
@@ -254,26 +261,16 @@ def load_examples(path: Path) -> tuple[RerankerConfig, list[Group], list[Group],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ranking.training.reranker",
-        description="Train the cross-encoder from a file written by `shoprank train reranker --export`; "
-                    "register the folder with `shoprank train reranker --dataset D --trained FOLDER`.")
-    parser.add_argument("examples", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="folder for the training run (best/ is the model)")
-    parser.add_argument("--base", help="base model folder (default: the one the file names)")
-    parser.add_argument("--epochs", type=int)
+    parser = training_parser(
+        "reranker", "Train the cross-encoder from a file written by `shoprank train reranker --export`; "
+                    "register the folder with `shoprank train reranker --dataset D --trained FOLDER`.",
+        out_help="folder for the training run (best/ is the model)")
     parser.add_argument("--batch-groups", type=int, help="queries per step")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--seed", type=int)
     parser.add_argument("--loss", choices=("pairwise", "listnet"))
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config, train, dev, titles = load_examples(args.examples)
-    changes = {"base_model": args.base, "epochs": args.epochs, "batch_groups": args.batch_groups, "lr": args.lr,
-               "seed": args.seed, "loss": args.loss, "device": args.device}
-    config = replace(config, **{k: v for k, v in changes.items() if v is not None})
-    summary = train_reranker(config, train, dev, titles, args.out)
+    summary = train_reranker(overridden(config, args), train, dev, titles, args.out)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
 

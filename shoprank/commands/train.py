@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,22 +64,17 @@ def _register(settings: Settings, role: str, folder: Path, base: str, data_hash:
 
 def cmd_train_reranker(args: argparse.Namespace, settings: Settings) -> int:
     work = Path(args.work_dir) if args.work_dir else settings.paths.training(f"reranker-{args.run_name}")
-    if args.trained is not None:  # trained elsewhere from an --export file: register it
-        summary = _copy_trained(args.trained, work, "reranker")
-        params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}
-        params["trained_on"] = summary.get("device")
-    else:
-        summary = _train_reranker_here(args, settings, work)
-        if summary is None:  # --export: written, not trained
-            return 0
-        params = dict(summary["config"])
+    trained = _trained(args, settings, work, "reranker", _train_reranker_here, needs=("train_summary.json", "best/"))
+    if trained is None:  # --export: written, not trained
+        return 0
+    summary, params = trained
     folder = work / "registered"
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(work / "best", folder)
     metrics = {f"dev_sample_{k}": v for k, v in summary["best"].items() if k != "score"}
     metrics |= {"train_seconds": summary["seconds"], "dev_sample_queries": summary["dev_groups"]}
     entry = _register(settings, args.role, folder, _base_label(args, summary), summary.get("data_hash", ""),
-                      params | {"split": args.split}, metrics, args.activate)
+                      params, metrics, args.activate)
     print(json.dumps({"registered": entry, "history": summary["history"]}, indent=2))
     return 0
 
@@ -188,19 +184,13 @@ def _ltr_scores(settings: Settings, dataset: EvalDataset, first: SearchEngine, d
 
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     work = settings.paths.training(f"biencoder-{args.run_name}")
-    if args.trained is not None:  # trained elsewhere from an --export file: register it
-        summary = _copy_trained(args.trained, work, "biencoder")
-        params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}
-        params["trained_on"] = summary.get("device")
-    else:
-        summary = _train_biencoder_here(args, settings, work)
-        if summary is None:  # --export: written, not trained
-            return 0
-        params = dict(summary["config"])
+    trained = _trained(args, settings, work, "biencoder", _train_biencoder_here, needs=("train_summary.json",))
+    if trained is None:  # --export: written, not trained
+        return 0
+    summary, params = trained
     registry = ModelRegistry(settings.paths.models)
     entry = registry.register("biencoder", work, base_model=_base_label(args, summary),
-                              training_data=summary.get("data_hash", ""),
-                              params=params | {"split": args.split},
+                              training_data=summary.get("data_hash", ""), params=params,
                               metrics={"train": {k: v for k, v in summary.items() if k != "config"}})
     if args.activate or registry.active("biencoder") is None:
         registry.activate("biencoder", entry.version)
@@ -218,15 +208,24 @@ def _base_label(args: argparse.Namespace, summary: dict) -> str:
     return BUNDLED
 
 
-def _copy_trained(folder: Path, work: Path, kind: str) -> dict:
-    """The summary of a ``kind`` model trained from an --export file, its folder copied to ``work``."""
-    summary_file = folder / "train_summary.json"
-    if not summary_file.is_file() or (kind == "reranker" and not (folder / "best").is_dir()):
-        raise InvalidInput(f"--trained {folder}: no train_summary.json{' and best/' if kind == 'reranker' else ''} "
-                           f"there; give the folder that `python -m ranking.training.{kind} FILE --out FOLDER` wrote")
+def _trained(args: argparse.Namespace, settings: Settings, work: Path, kind: str,
+             train_here: Callable[[argparse.Namespace, Settings, Path], dict | None],
+             needs: tuple[str, ...]) -> tuple[dict, dict] | None:
+    """The training summary and manifest params of a ``kind`` model in ``work``: trained elsewhere
+    from an --export file (--trained, its folder copied there), or trained here; None with --export."""
+    if args.trained is None:
+        summary = train_here(args, settings, work)
+        return None if summary is None else (summary, dict(summary["config"]) | {"split": args.split})
+    missing = [name for name in needs  # a name ending in / is a folder
+               if not ((args.trained / name).is_dir() if name.endswith("/") else (args.trained / name).is_file())]
+    if missing:
+        raise InvalidInput(f"--trained {args.trained}: no {' and '.join(missing)} there; give the folder that "
+                           f"`python -m ranking.training.{kind} FILE --out FOLDER` wrote")
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(folder, work)
-    return json.loads(summary_file.read_text())
+    shutil.copytree(args.trained, work)
+    summary = json.loads((work / "train_summary.json").read_text())
+    params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}  # a path over there
+    return summary, params | {"trained_on": summary.get("device"), "split": args.split}
 
 
 def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Path) -> dict | None:

@@ -6,13 +6,26 @@ import subprocess
 import sys
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.settings import Settings, get_settings
 from shoprank.cli import main
-from tests.helpers import run_cli
+from tests.helpers import run_cli, share_cache
+
+
+@pytest.fixture()
+def fresh_home(monkeypatch: pytest.MonkeyPatch, settings: Settings, real_encoder, tmp_path: Path) -> Iterator[Path]:  # type: ignore[no-untyped-def]
+    """An empty artifact home for the CLI (``SHOPRANK_HOME``) that shares the session's cache, so the
+    exported encoder is reused."""
+    home = share_cache(tmp_path / "home", settings)
+    monkeypatch.setenv("SHOPRANK_HOME", str(home))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
 
 
 def test_index_upsert_delete(env_home: Path, demo_dir: Path, tmp_path: Path,
@@ -61,152 +74,122 @@ def test_evaluate_json_on_demo_store(env_home: Path, demo_dir: Path, capsys: pyt
     assert code == 2 and "pipeline 'nope' is not one of" in err
 
 
-def test_train_ltr_on_served_and_judged_lists_registers(monkeypatch: pytest.MonkeyPatch, settings: Settings, real_encoder,  # type: ignore[no-untyped-def]
-                                                 demo_dir: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)  # reuse the exported encoder
-    monkeypatch.setenv("SHOPRANK_HOME", str(home))
-    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
-    get_settings.cache_clear()
-    try:
-        code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features")
-        assert code == 0, err
-        entry = json.loads(out)["registered"]
-        params = entry["params"]  # by default every unjudged candidate of the served list is a negative
-        assert entry["version"] == "v1" and params["negatives"] is None and params["lists"] == "served"
-        assert params["monotone"] == ["bm25", "dense", "student", "teacher"]
-        assert params["truncation_level"] == params["depth"] == 200
-        assert params["feature_groups"] == ["base", "ranks", "relevance"] and "rank_rrf" in params["features"]
-        assert "title_coverage" in params["features"]
-        served_rows = entry["metrics"]["train_rows"]
-        code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
-                                 "--lists", "served+judged", "--features", "base")
-        assert code == 0, err
-        both = json.loads(out)["registered"]  # each training query's judged list joins its served list
-        assert both["params"]["lists"] == "served+judged" and both["params"]["negatives"] is None
-        assert both["metrics"]["train_rows"] > served_rows
-        code, out, err = run_cli(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "retrieval",
-                             "--pipeline", "ltr", "--json")
-        assert code == 0, err
-        result = json.loads(out)
-        assert 0 < result["ndcg@10_unjudged_as_0"] <= result["ndcg@10"] and 0 < result["judged@10"] <= 1
-        code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
-                             "--lists", "judged", "--features", "base", "--negatives", "0", "--no-monotone",
-                             "--truncation", "50")
-        assert code == 0, err
-        params = json.loads(out)["registered"]["params"]
-        assert params["features"] == ["bm25", "dense", "student", "teacher"] and params["truncation_level"] == 50
-        code, _, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--lists", "judged",
-                           "--negatives", "all")
-        assert code == 2 and "--negatives all needs --lists served" in err
-        with pytest.raises(SystemExit) as exit_info:
-            main(["train", "ltr", "--dataset", str(demo_dir), "--negatives", "-1"])
-        assert exit_info.value.code == 2
-        assert "--negatives: '-1' is not a whole number >= 0" in capsys.readouterr().err
-        with pytest.raises(SystemExit) as exit_info:
-            main(["train", "ltr", "--dataset", str(demo_dir), "--truncation", "0"])
-        assert exit_info.value.code == 2
-        assert "--truncation: '0' is not a whole number >= 1" in capsys.readouterr().err
-    finally:
-        get_settings.cache_clear()
+def test_train_ltr_on_served_and_judged_lists_registers(fresh_home: Path, demo_dir: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features")
+    assert code == 0, err
+    entry = json.loads(out)["registered"]
+    params = entry["params"]  # by default every unjudged candidate of the served list is a negative
+    assert entry["version"] == "v1" and params["negatives"] is None and params["lists"] == "served"
+    assert params["monotone"] == ["bm25", "dense", "student", "teacher"]
+    assert params["truncation_level"] == params["depth"] == 200
+    assert params["feature_groups"] == ["base", "ranks", "relevance"] and "rank_rrf" in params["features"]
+    assert "title_coverage" in params["features"]
+    served_rows = entry["metrics"]["train_rows"]
+    code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
+                             "--lists", "served+judged", "--features", "base")
+    assert code == 0, err
+    both = json.loads(out)["registered"]  # each training query's judged list joins its served list
+    assert both["params"]["lists"] == "served+judged" and both["params"]["negatives"] is None
+    assert both["metrics"]["train_rows"] > served_rows
+    code, out, err = run_cli(capsys, "evaluate", "--dataset", str(demo_dir), "--mode", "retrieval",
+                         "--pipeline", "ltr", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert 0 < result["ndcg@10_unjudged_as_0"] <= result["ndcg@10"] and 0 < result["judged@10"] <= 1
+    code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
+                         "--lists", "judged", "--features", "base", "--negatives", "0", "--no-monotone",
+                         "--truncation", "50")
+    assert code == 0, err
+    params = json.loads(out)["registered"]["params"]
+    assert params["features"] == ["bm25", "dense", "student", "teacher"] and params["truncation_level"] == 50
+    code, _, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--lists", "judged",
+                       "--negatives", "all")
+    assert code == 2 and "--negatives all needs --lists served" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "ltr", "--dataset", str(demo_dir), "--negatives", "-1"])
+    assert exit_info.value.code == 2
+    assert "--negatives: '-1' is not a whole number >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "ltr", "--dataset", str(demo_dir), "--truncation", "0"])
+    assert exit_info.value.code == 2
+    assert "--truncation: '0' is not a whole number >= 1" in capsys.readouterr().err
 
 
-def test_biencoder_exported_trained_elsewhere_and_registered(monkeypatch: pytest.MonkeyPatch, settings: Settings,  # type: ignore[no-untyped-def]
-                                                               real_encoder, demo_dir: Path, tmp_path: Path,
+def test_biencoder_exported_trained_elsewhere_and_registered(fresh_home: Path, demo_dir: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from ranking.training.biencoder import load_examples
     from ranking.training.biencoder import main as train_from_file
 
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
-    monkeypatch.setenv("SHOPRANK_HOME", str(home))
-    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
-    get_settings.cache_clear()
-    try:
-        examples = tmp_path / "examples.json.gz"
-        code, out, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--limit", "6",
-                                 "--export", str(examples))
-        assert code == 0, err
-        exported = json.loads(out)
-        assert exported["train_queries"] == 6 and exported["products"] == 300 and exported["dev_queries"] > 0
-        config, train, texts, dev = load_examples(examples)
-        assert len(train) == 6 and all(len(g.mined) == 1 and g.mined[0] not in g.judged for g in train)
-        assert len(texts) == 300 and dev is not None and dev.relevant_grade >= 1
-        assert not (home / "models" / "biencoder").exists()  # exported, not trained
+    examples = tmp_path / "examples.json.gz"
+    code, out, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--limit", "6",
+                             "--export", str(examples))
+    assert code == 0, err
+    exported = json.loads(out)
+    assert exported["train_queries"] == 6 and exported["products"] == 300 and exported["dev_queries"] > 0
+    config, train, texts, dev = load_examples(examples)
+    assert len(train) == 6 and all(len(g.mined) == 1 and g.mined[0] not in g.judged for g in train)
+    assert len(texts) == 300 and dev is not None and dev.relevant_grade >= 1
+    assert not (fresh_home / "models" / "biencoder").exists()  # exported, not trained
 
-        trained = tmp_path / "trained"
-        assert train_from_file([str(examples), "--out", str(trained), "--device", "cpu", "--batch-size", "4"]) == 0
-        assert json.loads(capsys.readouterr().out)["device"] == "cpu"
-        summary = json.loads((trained / "train_summary.json").read_text())
-        assert summary["device"] == "cpu" and summary["config"]["batch_size"] == 4 and summary["steps"] >= 1
-        assert math.isfinite(summary["final_loss"])
-        [epoch] = summary["history"]  # the dense search checked on the dev queries after the epoch
-        assert epoch["queries"] == len(dev.queries) and 0 < epoch["recall@100"] <= 1 and 0 < epoch["ndcg@10"] <= 1
+    trained = tmp_path / "trained"
+    assert train_from_file([str(examples), "--out", str(trained), "--device", "cpu", "--batch-size", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"] == "cpu"
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert summary["device"] == "cpu" and summary["config"]["batch_size"] == 4 and summary["steps"] >= 1
+    assert math.isfinite(summary["final_loss"])
+    [epoch] = summary["history"]  # the dense search checked on the dev queries after the epoch
+    assert epoch["queries"] == len(dev.queries) and 0 < epoch["recall@100"] <= 1 and 0 < epoch["ndcg@10"] <= 1
 
-        code, out, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--trained", str(trained))
-        assert code == 0, err
-        entry = json.loads(out)["registered"]
-        assert entry["version"] == "v1" and entry["training_data"] == summary["data_hash"]
-        assert entry["params"]["trained_on"] == "cpu" and entry["params"]["batch_size"] == 4
-        code, _, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--trained", str(tmp_path))
-        assert code == 2 and "no train_summary.json there" in err
-    finally:
-        get_settings.cache_clear()
+    code, out, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--trained", str(trained))
+    assert code == 0, err
+    entry = json.loads(out)["registered"]
+    assert entry["version"] == "v1" and entry["training_data"] == summary["data_hash"]
+    assert entry["params"]["trained_on"] == "cpu" and entry["params"]["batch_size"] == 4
+    code, _, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--trained", str(tmp_path))
+    assert code == 2 and "no train_summary.json there" in err
 
 
-def test_reranker_exported_trained_elsewhere_and_registered(monkeypatch: pytest.MonkeyPatch, settings: Settings,  # type: ignore[no-untyped-def]
-                                                              real_encoder, demo_dir: Path, tmp_path: Path,
+def test_reranker_exported_trained_elsewhere_and_registered(fresh_home: Path, demo_dir: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     from ranking.training.reranker import load_examples
     from ranking.training.reranker import main as train_from_file
 
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "cache").symlink_to(settings.paths.cache.resolve(), target_is_directory=True)
-    monkeypatch.setenv("SHOPRANK_HOME", str(home))
-    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
-    get_settings.cache_clear()
-    try:
-        examples = tmp_path / "examples.json.gz"
-        code, out, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--limit", "8",
-                                 "--negatives", "2", "--layers", "1", "--dev-queries", "5", "--export", str(examples))
-        assert code == 0, err
-        exported = json.loads(out)
-        assert exported["train_queries"] == 8 and exported["products"] == 300 and exported["dev_queries"] == 5
-        config, train, dev, titles = load_examples(examples)
-        assert config.layers == 1 and config.negatives == 2 and len(titles) == 300
-        assert len(train) == 8 and all(len(g.mined) == 2 and not set(g.mined) & set(g.judged) for g in train)
-        assert len(dev) == 5 and all(len(set(g.judged.values())) > 1 for g in dev)
-        assert not (home / "models" / "reranker").exists()  # exported, not trained
-        from ranking.training.biencoder import load_examples as load_biencoder_examples
+    examples = tmp_path / "examples.json.gz"
+    code, out, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--limit", "8",
+                             "--negatives", "2", "--layers", "1", "--dev-queries", "5", "--export", str(examples))
+    assert code == 0, err
+    exported = json.loads(out)
+    assert exported["train_queries"] == 8 and exported["products"] == 300 and exported["dev_queries"] == 5
+    config, train, dev, titles = load_examples(examples)
+    assert config.layers == 1 and config.negatives == 2 and len(titles) == 300
+    assert len(train) == 8 and all(len(g.mined) == 2 and not set(g.mined) & set(g.judged) for g in train)
+    assert len(dev) == 5 and all(len(set(g.judged.values())) > 1 for g in dev)
+    assert not (fresh_home / "models" / "reranker").exists()  # exported, not trained
+    from ranking.training.biencoder import load_examples as load_biencoder_examples
 
-        with pytest.raises(ValueError, match="holds reranker examples, not biencoder ones"):
-            load_biencoder_examples(examples)
+    with pytest.raises(ValueError, match="holds reranker examples, not biencoder ones"):
+        load_biencoder_examples(examples)
 
-        trained = tmp_path / "trained"
-        assert train_from_file([str(examples), "--out", str(trained), "--device", "cpu", "--epochs", "1",
-                                "--batch-groups", "4"]) == 0
-        assert json.loads(capsys.readouterr().out)["best"]["epoch"] == 1
-        summary = json.loads((trained / "train_summary.json").read_text())
-        assert summary["device"] == "cpu" and summary["config"]["batch_groups"] == 4 and summary["train_groups"] == 8
-        [epoch] = summary["history"]  # rerank-mode check on the dev sample after the epoch
-        assert 0 < epoch["ndcg@10"] <= 1 and (trained / "best" / "score_head.pt").is_file()
+    trained = tmp_path / "trained"
+    assert train_from_file([str(examples), "--out", str(trained), "--device", "cpu", "--epochs", "1",
+                            "--batch-groups", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["best"]["epoch"] == 1
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert summary["device"] == "cpu" and summary["config"]["batch_groups"] == 4 and summary["train_groups"] == 8
+    [epoch] = summary["history"]  # rerank-mode check on the dev sample after the epoch
+    assert 0 < epoch["ndcg@10"] <= 1 and (trained / "best" / "score_head.pt").is_file()
 
-        code, out, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--trained", str(trained))
-        assert code == 0, err
-        entry = json.loads(out)["registered"]
-        assert entry["version"] == "v1" and entry["training_data"] == summary["data_hash"]
-        assert entry["params"]["trained_on"] == "cpu" and entry["params"]["layers"] == 1
-        assert entry["base_model"] == config.base_model  # the folder the training ran from
-        assert entry["metrics"]["dev_sample_ndcg@10"] == epoch["ndcg@10"]
-        assert (home / "models" / "reranker" / "v1").is_dir()
-        code, _, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--trained", str(tmp_path))
-        assert code == 2 and "no train_summary.json and best/ there" in err
-    finally:
-        get_settings.cache_clear()
+    code, out, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--trained", str(trained))
+    assert code == 0, err
+    entry = json.loads(out)["registered"]
+    assert entry["version"] == "v1" and entry["training_data"] == summary["data_hash"]
+    assert entry["params"]["trained_on"] == "cpu" and entry["params"]["layers"] == 1
+    assert entry["base_model"] == config.base_model  # the folder the training ran from
+    assert entry["metrics"]["dev_sample_ndcg@10"] == epoch["ndcg@10"]
+    assert (fresh_home / "models" / "reranker" / "v1").is_dir()
+    code, _, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--trained", str(tmp_path))
+    assert code == 2 and "no train_summary.json and best/ there" in err
 
 
 def test_the_parser_loads_no_faiss() -> None:
