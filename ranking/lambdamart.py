@@ -165,6 +165,16 @@ class LambdaMART:
             contributions = contributions + self.parent.explain(features)
         return contributions
 
+    def reads(self, name: str) -> bool:
+        """Whether any tree (this model's or its parent's) splits on feature ``name``: a feature the
+        model was given but never learnt from (all missing in training, such as a cross-encoder score
+        before a cross-encoder was trained) changes no score, so serving need not compute it."""
+        if name in self.names:
+            splits = self.booster.feature_importance(importance_type="split")  # type: ignore[attr-defined]
+            if splits[self.names.index(name)] > 0:
+                return True
+        return self.parent is not None and self.parent.reads(name)
+
     def importance(self) -> dict[str, float]:
         gains = self.booster.feature_importance(importance_type="gain")  # type: ignore[attr-defined]
         total = float(gains.sum()) or 1.0

@@ -15,7 +15,9 @@ Pipelines:
 - ``rerank``: hybrid top ``ranking.rerank_depth`` re-ranked by the teacher.
 - ``cascade``: hybrid top ``ranking.first_stage_depth`` -> student
   (``student_depth``) -> teacher (``teacher_depth``).
-- ``ltr``: cascade -> LambdaMART (``ltr_depth``) with store features.
+- ``ltr``: cascade -> LambdaMART (``ltr_depth``) with store features. A cross-encoder
+  stage whose score the LambdaMART model never reads (trained before that model
+  existed) and whose depth it covers is left out: LambdaMART would reorder its work away.
 - ``full``: what ``/v1/search`` serves: the deepest of ltr / cascade / hybrid
   that the registered models allow, then the rules stage (filters, stock,
   promotions, pins) as its last stage.
@@ -128,8 +130,19 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
     if stages:
         named["cascade"] = cascade("cascade", list(stages), rk.first_stage_depth)
     depth = rk.first_stage_depth if stages else rk.rerank_depth
+
+    def read_by(model: LambdaMART, version: str) -> list[Stage]:
+        """The cross-encoder stages worth running before ``model``: those whose score it reads, and
+        any deeper than its own depth (their order below it is served as they left it)."""
+        kept = [s for s in stages if s.depth > rk.ltr_depth or model.reads(s.name)]
+        for left in (s for s in stages if s not in kept):
+            logger.info("LambdaMART %s does not read the %s score: its pipelines skip that stage "
+                        "(retrain LambdaMART with the %s served to use it)", version, left.name, left.name)
+        return kept
+
     full: dict[str | None, Cascade] = {None: cascade("full", [*stages, rules], depth)}
     ltr_stages: dict[str | None, LtrStage] = {}
+    before: dict[str, list[Stage]] = {}  # the cross-encoder stages each version's pipelines run
     for served in ([models.ltr] if models.ltr else []) + list(models.ltr_versions):
         if not rk.ltr_depth:
             break
@@ -137,11 +150,12 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
         stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names, rk, score_missing=False),
                          rk.ltr_depth)
         ltr_stages[served.version] = stage
-        full[served.version] = cascade("full", [*stages, stage, rules], rk.first_stage_depth)
+        before[served.version] = read_by(model, served.version)
+        full[served.version] = cascade("full", [*before[served.version], stage, rules], rk.first_stage_depth)
     if models.ltr and models.ltr.version in ltr_stages:
         ltr_stages[None] = ltr_stages[models.ltr.version]
         full[None] = full[models.ltr.version]
-        named["ltr"] = cascade("ltr", [*stages, ltr_stages[None]], rk.first_stage_depth)
+        named["ltr"] = cascade("ltr", [*before[models.ltr.version], ltr_stages[None]], rk.first_stage_depth)
     named["full"] = full[None]
     return Pipelines(named, full, ltr_stages)
 

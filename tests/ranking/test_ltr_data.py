@@ -127,3 +127,19 @@ def test_exponential_gains_weigh_the_top_grades_and_are_kept_with_the_model(tmp_
                                                         gains="exponential"))
     model.save(tmp_path / "m")
     assert LambdaMART.load(tmp_path / "m").config.gains == "exponential"
+
+
+def test_a_feature_missing_in_training_is_not_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(600, 3)).astype(np.float32)
+    x[:, 2] = np.nan  # no teacher when the model was trained
+    labels = np.clip(np.round(1.5 + x[:, 0]), 0, 3).astype(np.int32)
+    data = RankingData(x, labels, [10] * 60, ["bm25", "dense", "teacher"])
+    model = LambdaMART.fit(data, data, LambdaMARTConfig(max_grade=3, min_data_in_leaf=5, max_rounds=20))
+    model.save(tmp_path / "m")
+    loaded = LambdaMART.load(tmp_path / "m")
+    assert loaded.reads("bm25") and not loaded.reads("teacher") and not loaded.reads("student")

@@ -61,3 +61,38 @@ def test_student_and_teacher_each_take_their_own_adaptive_depth() -> None:
     # confident first stage (BM25 and dense agree): each stage scores its confident depth; else its full depth
     assert run(student_depth_confident=5, teacher_depth_confident=3) == {"student": [5, 20], "teacher": [3, 10]}
     assert run(student_depth_confident=0, teacher_depth_confident=0) == {"student": [20, 20], "teacher": [10, 10]}
+
+
+class ReadsOnly:
+    """A LambdaMART stand-in that reads only the scores it is given."""
+
+    names = ["bm25", "dense", "student", "teacher"]
+
+    def __init__(self, *read: str) -> None:
+        self.read = set(read)
+
+    def reads(self, name: str) -> bool:
+        return name in self.read
+
+
+def test_cross_encoder_stages_lambdamart_never_reads_are_left_out_of_its_pipelines() -> None:
+    models = Models(teacher=ServedModel("reranker", "v1", None), student=ServedModel("student", "v1", None),
+                    ltr=ServedModel("ltr", "v2", ReadsOnly("student")),
+                    ltr_versions=(ServedModel("ltr", "v3", ReadsOnly("student", "teacher")),))
+    rules = RulesStage(RulesConfig(), lambda c: None, depth=0)  # type: ignore[arg-type, return-value]
+    bm25 = SimpleNamespace(index=SimpleNamespace(analyzer=None))
+    first = AgreeingRetriever()
+
+    def names(ltr_depth: int, student_depth: int = 20) -> dict[str, list[str]]:
+        settings = Settings(ranking={"student_depth": student_depth, "teacher_depth": 10, "ltr_depth": ltr_depth})
+        built = build_pipelines(bm25, first, first, models, rules, settings, lambda name, served, depth:  # type: ignore[arg-type]
+                                ScoreStage(name, lambda q, d, t=None: np.zeros(len(d)), depth))
+        out = {f"full {v}": [s.name for s in p.stages] for v, p in built.full.items() if v}
+        return out | {name: [s.name for s in built.named[name].stages] for name in ("cascade", "ltr", "full")}
+
+    # v2 never read the teacher's score: its pipelines skip the teacher; v3 reads both; the cascade keeps both
+    assert names(200) == {"full v2": ["student", "ltr", "rules"], "full v3": ["student", "teacher", "ltr", "rules"],
+                          "cascade": ["student", "teacher"], "ltr": ["student", "ltr"],
+                          "full": ["student", "ltr", "rules"]}
+    # a teacher deeper than LambdaMART orders rows LambdaMART leaves as they are: it stays
+    assert names(5)["ltr"] == ["student", "teacher", "ltr"]
