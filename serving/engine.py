@@ -134,10 +134,13 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
     def read_by(model: LambdaMART, version: str) -> list[Stage]:
         """The cross-encoder stages worth running before ``model``: those whose score it reads, and
         any deeper than its own depth (their order below it is served as they left it)."""
-        kept = [s for s in stages if s.depth > rk.ltr_depth or model.reads(s.name)]
-        for left in (s for s in stages if s not in kept):
+        kept: list[Stage] = []
+        for cross in stages:
+            if cross.depth > rk.ltr_depth or model.reads(cross.name):
+                kept.append(cross)
+                continue
             logger.info("LambdaMART %s does not read the %s score: its pipelines skip that stage "
-                        "(retrain LambdaMART with the %s served to use it)", version, left.name, left.name)
+                        "(retrain LambdaMART with the %s served to use it)", version, cross.name, cross.name)
         return kept
 
     full: dict[str | None, Cascade] = {None: cascade("full", [*stages, rules], depth)}

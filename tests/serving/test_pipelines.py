@@ -83,8 +83,8 @@ def test_cross_encoder_stages_lambdamart_never_reads_are_left_out_of_its_pipelin
     bm25 = SimpleNamespace(index=SimpleNamespace(analyzer=None))
     first = AgreeingRetriever()
 
-    def names(ltr_depth: int, student_depth: int = 20) -> dict[str, list[str]]:
-        settings = Settings(ranking={"student_depth": student_depth, "teacher_depth": 10, "ltr_depth": ltr_depth})
+    def names(ltr_depth: int) -> dict[str, list[str]]:
+        settings = Settings(ranking={"student_depth": 20, "teacher_depth": 10, "ltr_depth": ltr_depth})
         built = build_pipelines(bm25, first, first, models, rules, settings, lambda name, served, depth:  # type: ignore[arg-type]
                                 ScoreStage(name, lambda q, d, t=None: np.zeros(len(d)), depth))
         out = {f"full {v}": [s.name for s in p.stages] for v, p in built.full.items() if v}
