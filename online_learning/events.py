@@ -55,7 +55,7 @@ class RankingEvent(BaseModel):
                                  "(normalized, spelling corrected); None: as typed.")
     pipeline: str
     items: list[ShownItem]
-    models: dict[str, str] = Field(default_factory=dict, description="Role -> version served.")
+    models: dict[str, str] = Field(default_factory=dict, description="Role -> version of each model that ranked the search.")
     experiment: str | None = None
     arm: str | None = None
     degraded: list[str] = Field(default_factory=list)

@@ -163,6 +163,21 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
     return Pipelines(named, full, ltr_stages)
 
 
+def ranked_by(cascade: Cascade, models: Models) -> dict[str, str]:
+    """The versions of the models whose stages ``cascade`` runs, by role: what a search's response
+    and impression name, so that traffic is credited to the models that ranked it (a ``hybrid``
+    search is no LambdaMART's, and a teacher its LambdaMART never reads is not run; see
+    :func:`build_pipelines`)."""
+    cross = {"teacher": models.teacher, "student": models.student}
+    out: dict[str, str] = {}
+    for stage in cascade.stages:
+        if isinstance(stage, LtrStage):
+            out["ltr"] = next(m.version for m in (models.ltr, *models.ltr_versions) if m and m.model is stage.model)
+        elif (served := cross.get(getattr(stage, "name", ""))) is not None:
+            out[served.role] = served.version
+    return out
+
+
 @dataclass(frozen=True)
 class Caches:
     """What an engine keeps between searches: :class:`~core.cache.LRUCache` s in memory, and the
@@ -239,8 +254,15 @@ class SearchEngine:
         return out
 
     def versions_for(self, ltr: str | None) -> dict[str, str]:
-        """Versions serving a search that used LambdaMART ``ltr`` (None: the active one)."""
+        """Versions loaded for a search that used LambdaMART ``ltr`` (None: the active one): what its
+        shared result page is keyed by."""
         return self.versions | ({"ltr": ltr} if ltr else {})
+
+    def ranked_by(self, pipeline: str, ltr: str | None = None) -> dict[str, str]:
+        """The encoder (unless ``pipeline`` is BM25 alone) and the model versions whose stages rank
+        ``pipeline`` (``ltr``: the LambdaMART version of ``full``; None: the active one)."""
+        first = {} if pipeline == "bm25" else {"encoder": self.index.manifest.encoder}
+        return first | ranked_by(self._chosen(pipeline, ltr), self.models)
 
     def featurizer(self, names: Sequence[str]) -> LtrFeaturizer:
         """A featurizer of features ``names`` (:func:`ranking.features.feature_names`)."""

@@ -13,7 +13,7 @@ from core.settings import Settings
 from ranking.cascade import ScoreStage
 from ranking.rules import RulesConfig, RulesStage
 from retrieval.types import Candidates
-from serving.engine import Models, build_pipelines
+from serving.engine import Models, build_pipelines, ranked_by
 
 
 class AgreeingRetriever:
@@ -96,3 +96,22 @@ def test_cross_encoder_stages_lambdamart_never_reads_are_left_out_of_its_pipelin
                           "full": ["student", "ltr", "rules"]}
     # a teacher deeper than LambdaMART orders rows LambdaMART leaves as they are: it stays
     assert names(5)["ltr"] == ["student", "teacher", "ltr"]
+
+
+def test_a_search_names_the_models_its_pipeline_runs() -> None:
+    models = Models(teacher=ServedModel("reranker", "v1", None), student=ServedModel("student", "v4", None),
+                    ltr=ServedModel("ltr", "v2", ReadsOnly("student")),
+                    ltr_versions=(ServedModel("ltr", "v3", ReadsOnly("student", "teacher")),))
+    rules = RulesStage(RulesConfig(), lambda c: None, depth=0)  # type: ignore[arg-type, return-value]
+    bm25 = SimpleNamespace(index=SimpleNamespace(analyzer=None))
+    first = AgreeingRetriever()
+    settings = Settings(ranking={"student_depth": 20, "teacher_depth": 10, "ltr_depth": 200})
+    built = build_pipelines(bm25, first, first, models, rules, settings, lambda name, served, depth:  # type: ignore[arg-type]
+                            ScoreStage(name, lambda q, d, t=None: np.zeros(len(d)), depth))
+    assert ranked_by(built.named["hybrid"], models) == {}
+    assert ranked_by(built.named["rerank"], models) == {"reranker": "v1"}
+    assert ranked_by(built.named["cascade"], models) == {"student": "v4", "reranker": "v1"}
+    # the active LambdaMART (v2) never reads the teacher, so its searches name no teacher
+    assert ranked_by(built.named["ltr"], models) == {"student": "v4", "ltr": "v2"}
+    assert ranked_by(built.named["full"], models) == {"student": "v4", "ltr": "v2"}
+    assert ranked_by(built.full["v3"], models) == {"student": "v4", "reranker": "v1", "ltr": "v3"}
