@@ -13,7 +13,7 @@ from core.settings import Settings
 from ranking.cascade import ScoreStage
 from ranking.rules import RulesConfig, RulesStage
 from retrieval.types import Candidates
-from serving.engine import Models, build_pipelines, ranked_by
+from serving.engine import Models, Pipelines, build_pipelines, ranked_by
 
 
 class AgreeingRetriever:
@@ -75,18 +75,25 @@ class ReadsOnly:
         return name in self.read
 
 
-def test_cross_encoder_stages_lambdamart_never_reads_are_left_out_of_its_pipelines() -> None:
-    models = Models(teacher=ServedModel("reranker", "v1", None), student=ServedModel("student", "v1", None),
-                    ltr=ServedModel("ltr", "v2", ReadsOnly("student")),
-                    ltr_versions=(ServedModel("ltr", "v3", ReadsOnly("student", "teacher")),))
+# an active LambdaMART (v2) that never read the teacher's score, and another (v3) that reads both scores
+READERS = Models(teacher=ServedModel("reranker", "v1", None), student=ServedModel("student", "v4", None),
+                 ltr=ServedModel("ltr", "v2", ReadsOnly("student")),
+                 ltr_versions=(ServedModel("ltr", "v3", ReadsOnly("student", "teacher")),))
+
+
+def readers_pipelines(ltr_depth: int = 200) -> Pipelines:
+    """The pipelines built for :data:`READERS`, every cross-encoder stage scoring zeros."""
     rules = RulesStage(RulesConfig(), lambda c: None, depth=0)  # type: ignore[arg-type, return-value]
     bm25 = SimpleNamespace(index=SimpleNamespace(analyzer=None))
     first = AgreeingRetriever()
+    settings = Settings(ranking={"student_depth": 20, "teacher_depth": 10, "ltr_depth": ltr_depth})
+    return build_pipelines(bm25, first, first, READERS, rules, settings, lambda name, served, depth:  # type: ignore[arg-type]
+                           ScoreStage(name, lambda q, d, t=None: np.zeros(len(d)), depth))
 
+
+def test_cross_encoder_stages_lambdamart_never_reads_are_left_out_of_its_pipelines() -> None:
     def names(ltr_depth: int) -> dict[str, list[str]]:
-        settings = Settings(ranking={"student_depth": 20, "teacher_depth": 10, "ltr_depth": ltr_depth})
-        built = build_pipelines(bm25, first, first, models, rules, settings, lambda name, served, depth:  # type: ignore[arg-type]
-                                ScoreStage(name, lambda q, d, t=None: np.zeros(len(d)), depth))
+        built = readers_pipelines(ltr_depth)
         out = {f"full {v}": [s.name for s in p.stages] for v, p in built.full.items() if v}
         return out | {name: [s.name for s in built.named[name].stages] for name in ("cascade", "ltr", "full")}
 
@@ -99,19 +106,11 @@ def test_cross_encoder_stages_lambdamart_never_reads_are_left_out_of_its_pipelin
 
 
 def test_a_search_names_the_models_its_pipeline_runs() -> None:
-    models = Models(teacher=ServedModel("reranker", "v1", None), student=ServedModel("student", "v4", None),
-                    ltr=ServedModel("ltr", "v2", ReadsOnly("student")),
-                    ltr_versions=(ServedModel("ltr", "v3", ReadsOnly("student", "teacher")),))
-    rules = RulesStage(RulesConfig(), lambda c: None, depth=0)  # type: ignore[arg-type, return-value]
-    bm25 = SimpleNamespace(index=SimpleNamespace(analyzer=None))
-    first = AgreeingRetriever()
-    settings = Settings(ranking={"student_depth": 20, "teacher_depth": 10, "ltr_depth": 200})
-    built = build_pipelines(bm25, first, first, models, rules, settings, lambda name, served, depth:  # type: ignore[arg-type]
-                            ScoreStage(name, lambda q, d, t=None: np.zeros(len(d)), depth))
-    assert ranked_by(built.named["hybrid"], models) == {}
-    assert ranked_by(built.named["rerank"], models) == {"reranker": "v1"}
-    assert ranked_by(built.named["cascade"], models) == {"student": "v4", "reranker": "v1"}
-    # the active LambdaMART (v2) never reads the teacher, so its searches name no teacher
-    assert ranked_by(built.named["ltr"], models) == {"student": "v4", "ltr": "v2"}
-    assert ranked_by(built.named["full"], models) == {"student": "v4", "ltr": "v2"}
-    assert ranked_by(built.full["v3"], models) == {"student": "v4", "reranker": "v1", "ltr": "v3"}
+    built = readers_pipelines()
+    assert ranked_by(built.named["hybrid"], READERS) == {}
+    assert ranked_by(built.named["rerank"], READERS) == {"reranker": "v1"}
+    assert ranked_by(built.named["cascade"], READERS) == {"student": "v4", "reranker": "v1"}
+    # v2's pipelines skip the teacher, so their searches do not name it
+    assert ranked_by(built.named["ltr"], READERS) == {"student": "v4", "ltr": "v2"}
+    assert ranked_by(built.named["full"], READERS) == {"student": "v4", "ltr": "v2"}
+    assert ranked_by(built.full["v3"], READERS) == {"student": "v4", "reranker": "v1", "ltr": "v3"}
