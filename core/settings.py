@@ -232,9 +232,9 @@ class ServingSettings(BaseModel):
                              "searches run below the cross-encoders' micro-batch threads (Linux, with "
                              "micro_batch): under load the model's work gets the cores first; the rest of every "
                              "search waits a little longer. 0: off.")
-    shed_wait_ms: float = Field(0.0, ge=0, le=60_000, description="A search whose cross-encoder pairs would wait "
-                                "longer than this behind the pairs already queued (at the model's recent pairs a "
-                                "second) skips that stage (served in LambdaMART / first-stage order, marked "
+    shed_wait_ms: float = Field(0.0, ge=0, le=60_000, description="A search whose cross-encoder pairs would not "
+                                "all be scored within this time (the pairs queued ahead of them and its own, at the "
+                                "model's recent pairs a second) skips that stage (served in LambdaMART / first-stage order, marked "
                                 "degraded 'shed, queue'); needs micro_batch. 0: off.")
     math_threads: int = Field(1, ge=0, le=64, description="Threads of the math libraries in a server process "
                               "(OpenMP in FAISS, OpenBLAS in NumPy). Searches run side by side, so one each: more "

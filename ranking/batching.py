@@ -10,7 +10,8 @@ a request waits at most ``max_wait``.
 The batcher also knows its backlog: the pairs queued or being scored, and the
 pairs a second it has been scoring lately (an average over recent batches, so
 it slows when other work takes the cores). With ``shed_wait`` set, a request
-whose pairs would wait longer than that behind the backlog is refused at once
+whose pairs would not all be scored within that time (the backlog, then its own
+pairs) is refused at once
 (:class:`StageShed`): the caller serves the previous order instead of queueing,
 so overload costs quality on the searches that need the model, not latency on
 every search.
