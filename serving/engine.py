@@ -1,32 +1,17 @@
 """The search engine: the loaded parts, the pipelines built on them, one search.
 
 :func:`assemble` makes a :class:`SearchEngine` from an index, a query encoder
-and the loaded :class:`Models`: it creates the run-time resources (the BM25
-thread pool, the caches, the micro-batchers) and hands them to
-:func:`build_pipelines`, a pure function from those parts to the pipelines.
+and the loaded :class:`~serving.pipelines.Models`: it creates the run-time
+resources (the BM25 thread pool, the caches, the micro-batchers) and hands them
+to :func:`~serving.pipelines.build_pipelines`, a pure function from those parts
+to the pipelines (which stages each runs: :mod:`serving.pipelines`).
 ``/v1/search`` serves the ``full`` pipeline, and ``shoprank evaluate --pipeline
 NAME`` evaluates the same objects, so what is measured is what is served.
-
-Pipelines:
-
-- ``bm25``, ``dense``, ``hybrid``: the first stage alone. The hybrid's lists are kept between
-  searches (``serving.first_stage_cache_size``, ``serving.shared_first_stage``;
-  :mod:`retrieval.memo`): every pipeline built on it retrieves a query once per catalog.
-- ``rerank``: hybrid top ``ranking.rerank_depth`` re-ranked by the teacher.
-- ``cascade``: hybrid top ``ranking.first_stage_depth`` -> student
-  (``student_depth``) -> teacher (``teacher_depth``).
-- ``ltr``: cascade -> LambdaMART (``ltr_depth``) with store features. A cross-encoder
-  stage whose score the LambdaMART model never reads (trained before that model
-  existed) and whose depth it covers is left out: LambdaMART would reorder its work away.
-- ``full``: what ``/v1/search`` serves: the deepest of ltr / cascade / hybrid
-  that the registered models allow, then the rules stage (filters, stock,
-  promotions, pins) as its last stage.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -34,16 +19,13 @@ import numpy as np
 
 from core.cache import LRUCache
 from core.errors import Conflict, InvalidInput, NotReady
-from core.feature_store import OnlineFeatureReader
 from core.query import Query
 from core.registry import ServedModel
 from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
 from ranking.cache import CachedScorer, SharedQueryVectors, TierCounts, model_tag
-from ranking.cascade import AdaptiveDepth, Cascade, ScoreStage, Stage
+from ranking.cascade import Cascade, ScoreStage
 from ranking.features import LtrFeaturizer
-from ranking.lambdamart import LambdaMART
-from ranking.ltr import LtrStage
 from ranking.rules import RulesConfig, RulesStage, catalog_facts
 from ranking.score_store import ScoreStore, open_score_store
 from retrieval.encoder import Encoder
@@ -51,131 +33,10 @@ from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever, Ret
 from retrieval.index import ProductIndex
 from retrieval.memo import MemoizedRetriever
 from retrieval.types import Candidates
+from serving.pipelines import DEFAULT, PIPELINES, Models, Pipelines, build_pipelines, featurizer_for, ranked_by
 from serving.results import SearchResult, SharedLists, SharedResults, settings_digest
 
-logger = logging.getLogger(__name__)
-
-PIPELINES = ("bm25", "dense", "hybrid", "rerank", "cascade", "ltr", "full")
-DEFAULT = "full"
 CROSS_ENCODER_ROLES = ("student", "reranker")
-
-
-@dataclass(frozen=True)
-class Models:
-    """The registered models an engine serves (each None when not registered or turned off).
-
-    ``ltr_versions`` are extra LambdaMART versions served beside the active one
-    (experiment arms, shadow candidates); a search picks one with ``ltr=``.
-    """
-
-    teacher: ServedModel | None = None
-    student: ServedModel | None = None
-    ltr: ServedModel | None = None
-    ltr_versions: tuple[ServedModel, ...] = ()
-    features: OnlineFeatureReader | None = None
-
-
-@dataclass(frozen=True)
-class Pipelines:
-    """Every pipeline by name, and the served one per LambdaMART version (None: the active one)."""
-
-    named: dict[str, Retriever]
-    full: dict[str | None, Cascade]
-    ltr_stages: dict[str | None, LtrStage]
-
-
-def featurizer_for(index: ProductIndex, dense: DenseRetriever, models: Models, names: Sequence[str],
-                   ranking: RankingSettings, score_missing: bool = True) -> LtrFeaturizer:
-    """The LambdaMART featurizer of features ``names`` over this index, query encoder, store and
-    cross-encoders. ``score_missing``: the cross-encoders score the rows within their depths that
-    no stage scored (training lists); off in served pipelines, where the cross-encoder stages ran
-    first and a row they left unscored (shed under overload, a timeout, a shallower adaptive
-    depth) stays missing, as LambdaMART learnt rows below the depth."""
-    reader = models.features
-    store = (lambda query, pids: reader.fetch(pids, query.user_id)) if reader else None
-    scorer = (lambda served: served.model if served and score_missing else None)
-    return LtrFeaturizer(index, lambda text: dense.embed([text])[0], store, list(names),
-                         scorer(models.student), scorer(models.teacher),
-                         student_depth=ranking.student_depth, teacher_depth=ranking.teacher_depth)
-
-
-def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retriever, models: Models,
-                    rules: RulesStage, settings: Settings,
-                    cross_encoder_stage: Callable[[str, ServedModel, int], ScoreStage]) -> Pipelines:
-    """The pipelines these parts allow (see the module docstring); builds nothing stateful."""
-    rk = settings.ranking
-    budgets = {name: ms / 1000 for name, ms in settings.serving.stage_budgets_ms.items()}
-
-    def cascade(name: str, stages: list[Stage], depth: int, first: Retriever = hybrid) -> Cascade:
-        return Cascade(name, first, stages, first_stage_depth=depth, budgets=budgets,
-                       analyzer=bm25.index.analyzer, spelling=settings.retrieval.spelling)
-
-    named: dict[str, Retriever] = {name: cascade(name, [], 0, first)
-                                   for name, first in (("bm25", bm25), ("dense", dense), ("hybrid", hybrid))}
-
-    def adaptive(stage: ScoreStage, confident: int) -> ScoreStage:
-        """``stage`` scoring only ``confident`` candidates when the first stage is confident (0: always its depth)."""
-        return replace(stage, adaptive=AdaptiveDepth(confident, rk.confident_agreement)) if confident else stage
-
-    stages: list[Stage] = []
-    if models.student and rk.student_depth:
-        stages.append(adaptive(cross_encoder_stage("student", models.student, rk.student_depth),
-                               rk.student_depth_confident))
-    if models.teacher:
-        named["rerank"] = cascade("rerank", [cross_encoder_stage("teacher", models.teacher, rk.rerank_depth)],
-                                  rk.rerank_depth)
-        if rk.teacher_depth:
-            stages.append(adaptive(cross_encoder_stage("teacher", models.teacher, rk.teacher_depth),
-                                   rk.teacher_depth_confident))
-    if stages:
-        named["cascade"] = cascade("cascade", list(stages), rk.first_stage_depth)
-    depth = rk.first_stage_depth if stages else rk.rerank_depth
-
-    def read_by(model: LambdaMART, version: str) -> list[Stage]:
-        """The cross-encoder stages worth running before ``model``: those whose score it reads, and
-        any deeper than its own depth (their order below it is served as they left it)."""
-        kept: list[Stage] = []
-        for cross in stages:
-            if cross.depth > rk.ltr_depth or model.reads(cross.name):
-                kept.append(cross)
-                continue
-            logger.info("LambdaMART %s does not read the %s score: its pipelines skip that stage "
-                        "(retrain LambdaMART with the %s served to use it)", version, cross.name, cross.name)
-        return kept
-
-    full: dict[str | None, Cascade] = {None: cascade("full", [*stages, rules], depth)}
-    ltr_stages: dict[str | None, LtrStage] = {}
-    before: dict[str, list[Stage]] = {}  # the cross-encoder stages each version's pipelines run
-    for served in ([models.ltr] if models.ltr else []) + list(models.ltr_versions):
-        if not rk.ltr_depth:
-            break
-        model: LambdaMART = served.model  # type: ignore[assignment]
-        stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names, rk, score_missing=False),
-                         rk.ltr_depth)
-        ltr_stages[served.version] = stage
-        before[served.version] = read_by(model, served.version)
-        full[served.version] = cascade("full", [*before[served.version], stage, rules], rk.first_stage_depth)
-    if models.ltr and models.ltr.version in ltr_stages:
-        ltr_stages[None] = ltr_stages[models.ltr.version]
-        full[None] = full[models.ltr.version]
-        named["ltr"] = cascade("ltr", [*before[models.ltr.version], ltr_stages[None]], rk.first_stage_depth)
-    named["full"] = full[None]
-    return Pipelines(named, full, ltr_stages)
-
-
-def ranked_by(cascade: Cascade, models: Models) -> dict[str, str]:
-    """The versions of the models whose stages ``cascade`` runs, by role: what a search's response
-    and impression name, so that traffic is credited to the models that ranked it (a ``hybrid``
-    search is no LambdaMART's, and a teacher its LambdaMART never reads is not run; see
-    :func:`build_pipelines`)."""
-    cross = {"teacher": models.teacher, "student": models.student}
-    out: dict[str, str] = {}
-    for stage in cascade.stages:
-        if isinstance(stage, LtrStage):
-            out["ltr"] = next(m.version for m in (models.ltr, *models.ltr_versions) if m and m.model is stage.model)
-        elif (served := cross.get(getattr(stage, "name", ""))) is not None:
-            out[served.role] = served.version
-    return out
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ from retrieval.catalog import catalog_hash, read_catalog
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoder import BUNDLED, Encoder, load_encoder, resolve_model_dir
 from retrieval.index import Manifest, ProductIndex
-from serving.engine import Models, SearchEngine, assemble
+from serving.engine import SearchEngine, assemble
+from serving.pipelines import Models
 from serving.router import ExperimentRouter, load_router
 from simulation.demo import write_demo
 

@@ -13,7 +13,7 @@ from core.settings import Settings
 from ranking.cascade import ScoreStage
 from ranking.rules import RulesConfig, RulesStage
 from retrieval.types import Candidates
-from serving.engine import Models, Pipelines, build_pipelines, ranked_by
+from serving.pipelines import Models, Pipelines, build_pipelines, ranked_by
 
 
 class AgreeingRetriever:
