@@ -1,4 +1,4 @@
-"""``shoprank train reranker|student|biencoder``: train, register, export.
+"""``shoprank train reranker|student|biencoder`` (and ``ltr``, :mod:`shoprank.commands.train_ltr`): train, register, export.
 
 Each command trains on ``--split`` of ``--dataset``, selects on a fixed sample
 of the dev split, registers the result in the model registry with a manifest
@@ -19,13 +19,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.compute import dask_client
 from core.errors import InvalidInput, NotFound
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
-from ranking.lambdamart import GAINS
 from retrieval.encoder import BUNDLED
+from shoprank.commands import train_ltr
+from shoprank.commands.arguments import count, share
 
 if TYPE_CHECKING:  # serving loads FAISS: imported where used, after `shoprank serve` set its OpenMP threads
     from serving.engine import SearchEngine
@@ -265,125 +265,6 @@ def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Pa
     return train_biencoder(config, train, texts, work, progress=settings.progress)
 
 
-def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
-    import pandas as pd
-
-    from core import feature_store
-    from ranking.features import feature_names
-    from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig
-    from ranking.training.data import data_hash, groups_from, mine_negatives
-    from ranking.training.ltr_data import (
-        assign_users,
-        entity_rows,
-        historical_features,
-        judged_lists,
-        ranking_data,
-        served_lists,
-    )
-    from simulation.world import StoreWorld
-
-    negatives = getattr(args, "negatives", None if args.lists != "judged" else 3)  # default: all; judged lists 3
-    if args.lists == "judged" and negatives is None:
-        raise InvalidInput("--negatives all needs --lists served; with --lists judged pass a number of negatives")
-    groups_wanted = [g for g in args.features.split(",") if g]
-    if args.no_store_features:
-        groups_wanted = [g for g in groups_wanted if g != "store"]
-    dataset = load_dataset(args.dataset)
-    from serving.loading import open_engine
-
-    engine = open_engine(settings, dataset.products, batch=True)
-    first_stage = engine.pipeline("hybrid")  # the served first stage (query analyzer included)
-    store_names: list[str] = []
-    store = None
-    users: dict[str, str] = {}
-    when = None
-    train = groups_from(dataset, args.split, 2)[: args.limit]
-    dev = groups_from(dataset, args.dev_split, 2)
-    if "store" in groups_wanted:
-        store = feature_store.open_store(settings)
-        service = store.get_feature_service(settings.features.service)
-        store_names = [f.name for p in service.feature_view_projections for f in p.features]
-        world = StoreWorld.load(settings.paths.world)
-        users = assign_users(train + dev, world.users["user_id"].tolist(), args.seed)
-        when = pd.Timestamp(world.config.now)  # every judged row sees the store as of the world's "now"
-    depth = args.depth or settings.ranking.ltr_depth
-    lists = {}
-    for name, groups in (("train", train), ("dev", dev)):
-        if args.lists != "judged":
-            lists[name] = served_lists(groups, first_stage, engine.index, depth, negatives, args.seed,
-                                       settings.progress, below=args.below_depth)
-            if args.lists == "served+judged" and name == "train":  # each query's judged products once more,
-                lists[name] += judged_lists(groups, first_stage, engine.index)  # ranked among themselves
-        else:
-            if negatives:  # unjudged first-stage candidates as grade 0 (see ranking/training/ltr_data.py)
-                mine_negatives(groups, first_stage, engine.index, negatives, seed=args.seed,
-                               progress=settings.progress)
-            lists[name] = judged_lists(groups, first_stage, engine.index)  # type: ignore[arg-type]
-    featurizer = engine.featurizer(feature_names(groups_wanted, store_names))
-    parts = {}
-    for name, items in lists.items():
-        frame = historical_features(store, settings.features.service, entity_rows(items, users, when)) if store else None
-        parts[name] = ranking_data(items, featurizer, frame, users, settings.progress)
-    monotone = tuple(n for n in BASE_FEATURES if n in featurizer.names) if args.monotone else ()
-    config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone, gains=args.gains,
-                              truncation_level=args.truncation or depth)
-    with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set
-        model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
-    work = settings.paths.training(f"ltr-{args.run_name}")
-    shutil.rmtree(work, ignore_errors=True)
-    model.save(work)
-    registry = ModelRegistry(settings.paths.models)
-    entry = registry.register(
-        "ltr", work, base_model="lightgbm-lambdarank", parent=f"reranker:{engine.teacher.version}" if engine.teacher else None,
-        training_data=data_hash(train), params={**asdict(config), "features": model.names, "split": args.split,
-                                                 "lists": args.lists, "depth": depth, "below_depth": args.below_depth,
-                                                 "negatives": negatives,
-                                                 "feature_groups": groups_wanted,
-                                                 "feature_service": settings.features.service if store else None,
-                                                 "served_models": engine.versions},
-        metrics={"dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"], "best_iteration": model.history["best_iteration"],
-                 "train_rows": int(len(parts["train"].labels)), "importance": model.importance()})
-    if args.activate or registry.active("ltr") is None:
-        registry.activate("ltr", entry.version)
-    print(json.dumps({"registered": entry.to_json()}, indent=2))
-    return 0
-
-
-def negatives_count(text: str) -> int | None:
-    """argparse type of ``--negatives``: a whole number >= 0, or ``all``."""
-    return None if text == "all" else count(text)
-
-
-def count(text: str) -> int:
-    """argparse type for a number of items: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return value
-
-
-def positive(text: str) -> int:
-    """argparse type for a depth: a whole number >= 1."""
-    value = count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return value
-
-
-def share(text: str) -> float:
-    """argparse type for a share: a number from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
-    return value
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a model and register it")
     kinds = train.add_subparsers(dest="kind", required=True)
@@ -468,35 +349,4 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-name", default="run")
     p.add_argument("--activate", action="store_true")
     p.set_defaults(handler=cmd_train_biencoder)
-
-    p = kinds.add_parser("ltr", help="LambdaMART (LightGBM) over model scores and store features")
-    p.add_argument("--dataset", required=True, type=Path)
-    p.add_argument("--split", default="train")
-    p.add_argument("--dev-split", default="dev", help="early stopping on this split's NDCG@10")
-    p.add_argument("--no-store-features", action="store_true", help="leave the store features out")
-    p.add_argument("--features", default="base,ranks,relevance,store",
-                   help="feature groups, comma-separated: base (BM25, dense, cross-encoder scores), ranks (served "
-                        "ranks), relevance (query-product text features), store (feature store)")
-    p.add_argument("--lists", choices=("served", "judged", "served+judged"), default="served",
-                   help="served: each query's first-stage top --depth as served, with judged grades; judged: the "
-                        "judged products ranked among themselves; served+judged: both lists of each training query")
-    p.add_argument("--depth", type=count, default=None, help="served list depth (default: ranking.ltr_depth)")
-    p.add_argument("--below-depth", action=argparse.BooleanOptionalAction, default=False,
-                   help="with --lists served: also learn from the judged products retrieved below --depth (default: "
-                        "off; on, the model learns that deep ranks hold judged products and must never serve deeper)")
-    p.add_argument("--negatives", type=negatives_count, default=argparse.SUPPRESS,
-                   help="unjudged first-stage candidates per query kept with grade 0: a number, or 'all' (with --lists "
-                        "served); default: all with --lists served, 3 with --lists judged")
-    p.add_argument("--monotone", action=argparse.BooleanOptionalAction, default=True,
-                   help="BM25, dense and cross-encoder scores may only raise a product's rank (default: on)")
-    p.add_argument("--gains", choices=GAINS, default="linear",
-                   help="gain of a grade in the objective: linear (as NDCG is reported, default) or exponential "
-                        "(2^grade - 1: the best grades weigh more)")
-    p.add_argument("--truncation", type=positive, default=None,
-                   help="the objective weighs a pair of products only when one of them is in the top N of the "
-                        "model's current ranking (LightGBM's lambdarank_truncation_level); default: the list depth")
-    p.add_argument("--seed", type=int, default=13)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--run-name", default="run")
-    p.add_argument("--activate", action="store_true")
-    p.set_defaults(handler=cmd_train_ltr)
+    train_ltr.add_parser(kinds)
