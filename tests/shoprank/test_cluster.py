@@ -184,8 +184,12 @@ def topology(tmp_path_factory: pytest.TempPathFactory, settings: Settings, real_
     cli(home, "features", "apply")
     cli(home, "train", "ltr", "--dataset", str(demo_dir), "--negatives", "3")
     served = settings.model_copy(update={"home": home})
+    # a LambdaMART that never splits on the teacher's score skips the teacher when it re-ranks as deep
+    # (serving/pipelines.py), and this tiny one may not; served 10 deep, below the teacher's 20, the teacher
+    # always runs, so every search names it and a swap of it shows in the searches
     cluster = Topology(served, replicas=2, port=free_port(), env={"SHOPRANK_API__ADMIN_TOKEN": TOKEN,
-                                                                 "SHOPRANK_SERVING__RELOAD_POLL_S": "1"})
+                                                                 "SHOPRANK_SERVING__RELOAD_POLL_S": "1",
+                                                                 "SHOPRANK_RANKING__LTR_DEPTH": "10"})
     summary = cluster.up()
     print("topology up:", json.dumps({"seconds": summary["seconds"], "url": summary["url"]}))
     try:
