@@ -102,7 +102,8 @@ class SearchResponse(BaseModel):
     stages_ms: dict[str, float] = Field(default_factory=dict, description="Milliseconds per stage.")
     versions: dict[str, str] = Field(default_factory=dict, description="The encoder and the versions of the models "
                                      "whose stages ranked this search, by role (a cross-encoder the served "
-                                     "LambdaMART never reads is not run, so not named).")
+                                     "LambdaMART never reads is not run, so not named). An interleaved search names each "
+                                     "arm's LambdaMART as 'ltr:<arm>' and no single 'ltr'.")
     experiment: str | None = Field(None, description="Experiment this search took part in, if any.")
     arm: str | None = Field(None, description="Experiment arm (or 'interleaved') that served it.")
     degraded: list[str] = Field(default_factory=list, description="Stages skipped and why (timeout, error).")

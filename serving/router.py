@@ -44,6 +44,9 @@ class Routed:
     arm: str | None = None
     ltr: str | None = None
     teams: dict[str, str] = field(default_factory=dict)
+    # the encoder and the model versions that ranked the search, by role (SearchEngine.ranked_by); an
+    # interleaved search names each arm's LambdaMART as ``ltr:<arm>`` and no single ``ltr``
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 def _merge(first: Candidates, second: Candidates, products: list[str], teams: list[str], names: tuple[str, str]) -> Candidates:
@@ -77,12 +80,13 @@ class ExperimentRouter:
     def search(self, engine: SearchEngine, query: Query, k: int, offset: int, unit: str, use_cache: bool) -> Routed:
         experiment = self.experiment
         if experiment is None:
-            routed = Routed(engine.search(query, k, offset=offset, use_cache=use_cache))
+            result = engine.search(query, k, offset=offset, use_cache=use_cache)
+            routed = Routed(result, versions=engine.ranked_by(result.pipeline))
         elif experiment.mode == "ab":
             arm = assign(experiment, unit)
             version = experiment.arms[arm].ltr
-            routed = Routed(engine.search(query, k, offset=offset, use_cache=use_cache, ltr=version),
-                            experiment.name, arm, version)
+            result = engine.search(query, k, offset=offset, use_cache=use_cache, ltr=version)
+            routed = Routed(result, experiment.name, arm, version, versions=engine.ranked_by(result.pipeline, version))
         else:
             routed = self._interleave(engine, experiment, query, k, offset, unit)
         if self.shadow and self.shadow != routed.ltr:
@@ -102,8 +106,13 @@ class ExperimentRouter:
         timings = {f"{names[0]}:{s}": t for s, t in a.timings.items()} | {f"{names[1]}:{s}": t for s, t in b.timings.items()}
         result = replace(a, candidates=merged, timings=timings, degraded=a.degraded + b.degraded,
                          notes={**b.notes, **a.notes}, cached=False)
+        versions: dict[str, str] = {}
+        for name in names:  # both arms ranked it: each arm's LambdaMART by its name, not the active one
+            arm = engine.ranked_by(a.pipeline, experiment.arms[name].ltr)
+            ltr = arm.pop("ltr", None)
+            versions |= arm | ({f"ltr:{name}": ltr} if ltr else {})
         return Routed(result, experiment.name, "interleaved", None,
-                      {p: team_of[p] for p in merged.product_ids})
+                      {p: team_of[p] for p in merged.product_ids}, versions)
 
     def _submit_shadow(self, engine: SearchEngine, query: Query, k: int, served: Routed) -> None:
         assert self._pool is not None

@@ -73,7 +73,7 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
         request_id=request.state.request_id, query=body.query, k=body.k, pipeline=result.pipeline,
         took_ms=round((time.perf_counter() - started) * 1e3, 2),
         stages_ms={name: round(seconds * 1e3, 2) for name, seconds in result.timings.items()},
-        versions=engine.ranked_by(result.pipeline, routed.ltr), degraded=result.degraded, cached=result.cached,
+        versions=routed.versions, degraded=result.degraded, cached=result.cached,
         experiment=routed.experiment, arm=routed.arm, query_rewrite=_rewrite(result.analysis),
         index=IndexInfo(name=index.path.parent.name, products=index.count, catalog_hash=manifest.catalog_hash,
                         encoder=manifest.encoder, dense_index=manifest.dense_kind),

@@ -24,6 +24,9 @@ class FakeEngine:
     def __init__(self) -> None:
         self.calls: list[str | None] = []
 
+    def ranked_by(self, pipeline: str, ltr: str | None = None) -> dict[str, str]:
+        return {"encoder": "biencoder:v1", "ltr": ltr or self.versions["ltr"]}
+
     def search(self, query: Query, k: int, pipeline: str = "full", offset: int = 0, use_cache: bool = False,
                ltr: str | None = None) -> SearchResult:
         self.calls.append(ltr)
@@ -56,6 +59,17 @@ def test_interleaving_merges_both_arms_with_teams() -> None:
     assert set(routed.teams.values()) == {"control", "treatment"}
     first = products[0]
     assert first == ("a" if routed.teams[first] == "control" else "e")
+    # both arms ranked it: each arm's LambdaMART is named, and no single "ltr" credits the active one
+    assert routed.versions == {"encoder": "biencoder:v1", "ltr:control": "v1", "ltr:treatment": "v2"}
+
+
+def test_a_search_names_the_lambdamart_of_its_arm() -> None:
+    engine = FakeEngine()
+    assert ExperimentRouter().search(engine, Query("drill"), 3, 0, "u1", False).versions["ltr"] == "v1"  # type: ignore[arg-type]
+    router = ExperimentRouter(EXP)
+    for user in ("u1", "u2", "u3", "u4"):
+        routed = router.search(engine, Query("drill", user), 3, 0, user, False)  # type: ignore[arg-type]
+        assert routed.versions == {"encoder": "biencoder:v1", "ltr": EXP.arms[assign(EXP, user)].ltr}
 
 
 def test_shadow_logs_a_diff_without_touching_the_response(tmp_path: Path) -> None:
