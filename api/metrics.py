@@ -243,7 +243,7 @@ class _LiveCollector(Collector):
         rate = GaugeMetricFamily("shoprank_cross_encoder_pairs_per_second", "Cross-encoder pairs a second over "
                                  "recent micro-batches, per role", labels=["role"])
         refused = CounterMetricFamily("shoprank_cross_encoder_shed", "Searches whose cross-encoder pairs were "
-                                      "refused for the backlog (serving.shed_wait_ms), per role", labels=["role"])
+                                      "refused for the backlog (serving.shed_wait_ms, serving.shed_past_deadline), per role", labels=["role"])
         for role, batcher in state.get("batchers", {}).items():
             backlog.add_metric([role], batcher.pending)
             rate.add_metric([role], batcher.rate)

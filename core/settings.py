@@ -236,6 +236,12 @@ class ServingSettings(BaseModel):
                                 "all be scored within this time (the pairs queued ahead of them and its own, at the "
                                 "model's recent pairs a second) skips that stage (served in LambdaMART / first-stage order, marked "
                                 "degraded 'shed, queue'); needs micro_batch. 0: off.")
+    shed_past_deadline: bool = Field(True, description="A search whose cross-encoder pairs would not all be "
+                                     "scored before the stage's deadline (stage_budgets_ms, or what is left of "
+                                     "budget_ms; same estimate as shed_wait_ms) skips that stage at once (degraded "
+                                     "'shed, queue') instead of waiting for the deadline and skipping it then, so "
+                                     "its pairs leave the model to the searches it can still serve; needs "
+                                     "micro_batch. Off: such a search waits, and times out at the deadline.")
     math_threads: int = Field(1, ge=0, le=64, description="Threads of the math libraries in a server process "
                               "(OpenMP in FAISS, OpenBLAS in NumPy). Searches run side by side, so one each: more "
                               "spin and oversubscribe the cores (benchmarks/RESULTS.md, 'Replicas'). 0: the "

@@ -14,7 +14,10 @@ whose pairs would not all be scored within that time (the backlog, then its own
 pairs) is refused at once
 (:class:`StageShed`): the caller serves the previous order instead of queueing,
 so overload costs quality on the searches that need the model, not latency on
-every search.
+every search. With ``shed_past_deadline`` (on by default) the same estimate
+refuses a request whose pairs would not be scored before its deadline: it
+would be skipped at the deadline anyway, after waiting for it, and its pairs
+would have taken the model's time from the requests behind it.
 """
 
 from __future__ import annotations
@@ -42,14 +45,17 @@ class MicroBatcher:
     """Wraps a scorer with ``score_pairs(queries, texts)``; same ``score`` API."""
 
     def __init__(self, scorer, max_pairs: int = 256, max_wait: float = 0.002,  # type: ignore[no-untyped-def]
-                 shed_wait: float | None = None) -> None:
+                 shed_wait: float | None = None, shed_past_deadline: bool = True) -> None:
         self.scorer = scorer
         self.max_pairs = max_pairs
         self.max_wait = max_wait
         self.shed_wait = shed_wait
+        self.shed_past_deadline = shed_past_deadline
         self.pending = 0  # pairs queued or being scored
+        self._running = 0  # pairs of the batch being scored, and since when (perf_counter)
+        self._running_since = 0.0
         self.rate = 0.0  # pairs a second, averaged over recent batches (0: none scored yet)
-        self.shed = 0  # requests refused for the backlog
+        self.shed = 0  # requests refused for the backlog (shed_wait or their deadline)
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self.batches = 0
@@ -65,6 +71,11 @@ class MicroBatcher:
             if self.shed_wait is not None and wait > self.shed_wait:
                 self.shed += 1
                 raise StageShed(f"{self.pending} pairs ahead, ~{wait * 1e3:.0f} ms to wait")
+            left = None if deadline is None or not self.shed_past_deadline else deadline - time.monotonic()
+            if left is not None and wait > left:
+                self.shed += 1
+                raise StageShed(f"{self.pending} pairs ahead, ~{wait * 1e3:.0f} ms to wait, "
+                                f"{max(0.0, left) * 1e3:.0f} ms to the deadline")
             self.pending += len(texts)
         job = _Job(query, texts, Future())
         self._queue.put(job)
@@ -77,8 +88,12 @@ class MicroBatcher:
             raise StageTimeout("micro-batch did not finish before the deadline") from err
 
     def expected_wait(self, pairs: int) -> float:
-        """Seconds until ``pairs`` more would be scored behind the backlog (0 before the first batch)."""
-        return (self.pending + pairs) / self.rate if self.rate > 0 else 0.0
+        """Seconds until ``pairs`` more would be scored behind the backlog (0 before the first batch):
+        the batch being scored counts for the part of it not yet done, at the recent rate."""
+        if self.rate <= 0:
+            return 0.0
+        done = min(self._running, (time.perf_counter() - self._running_since) * self.rate) if self._running else 0.0
+        return (self.pending - done + pairs) / self.rate
 
     def _done(self, pairs: int) -> None:
         with self._lock:
@@ -117,14 +132,18 @@ class MicroBatcher:
             queries = [j.query for j in jobs for _ in j.texts]
             texts = [t for j in jobs for t in j.texts]
             started = time.perf_counter()
+            with self._lock:
+                self._running, self._running_since = len(texts), started
             try:
                 scores = self.scorer.score_pairs(queries, texts)
             except Exception as err:  # noqa: BLE001 - handed to every waiting request
+                self._running = 0
                 self._done(len(texts))
                 for job in jobs:
                     job.future.set_exception(err)
                 continue
             self._observe(len(texts), time.perf_counter() - started)
+            self._running = 0
             self._done(len(texts))
             self.batches += 1
             self.jobs += len(jobs)

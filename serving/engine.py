@@ -251,7 +251,8 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
         if sv.micro_batch:
             scorer = batchers.setdefault(served.role, MicroBatcher(scorer, sv.micro_batch_pairs,
                                                                    sv.micro_batch_wait_ms / 1000,
-                                                                   sv.shed_wait_ms / 1000 or None))
+                                                                   sv.shed_wait_ms / 1000 or None,
+                                                                   sv.shed_past_deadline))
         cached = CachedScorer(scorer, caches.scores[served.role], caches.store, served_tag(served, rk),
                               caches.store_tiers[served.role])
 
