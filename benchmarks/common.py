@@ -48,7 +48,7 @@ def peak_rss_gib() -> float:
 
 def wait_ready(base: str, timeout: float = 900) -> None:
     """Wait until the API at ``base`` answers /readyz with 200 (a cold start encodes the catalog)."""
-    from shoprank.topology import wait_ready as until_ready
+    from shoprank.layout import wait_ready as until_ready
 
     until_ready(base, timeout, what=f"the API at {base}", poll=1.0)
 

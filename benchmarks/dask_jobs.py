@@ -35,7 +35,7 @@ from retrieval.catalog import read_catalog
 from retrieval.dask_encoding import fill_cache_on_dask
 from retrieval.embedding_cache import EmbeddingCache, encode_cached
 from retrieval.index import product_texts
-from serving.loading import open_encoder
+from serving.indexing import open_encoder
 from simulation.demo import write_demo
 from simulation.ranking_data import split_groups, synthetic_ranking_data
 

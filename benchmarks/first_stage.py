@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
-from serving.loading import open_encoder, open_engine, open_index  # noqa: E402
+from serving.indexing import open_encoder, open_index  # noqa: E402
+from serving.loading import open_engine  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 

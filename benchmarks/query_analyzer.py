@@ -32,7 +32,7 @@ from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from core.query import Analysis  # noqa: E402
 from retrieval.analyzer import Analyzer, Vocabulary, english_word_counts  # noqa: E402
-from serving.loading import open_encoder, open_index  # noqa: E402
+from serving.indexing import open_encoder, open_index  # noqa: E402
 
 
 def main() -> None:

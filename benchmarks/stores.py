@@ -39,7 +39,7 @@ from benchmarks.common import hardware, wait_ready  # noqa: E402
 from benchmarks.load_test import LUA  # noqa: E402
 from benchmarks.replicas import wrk  # noqa: E402
 from online_learning.local_broker import free_port  # noqa: E402
-from serving.loading import build_index_in_child  # noqa: E402
+from serving.indexing import build_index_in_child  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "homedepot"
 TOKEN = "stores-admin"

@@ -36,7 +36,8 @@ from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from retrieval.embedding_cache import EmbeddingCache  # noqa: E402
 from retrieval.index import ProductIndex  # noqa: E402
-from serving.loading import open_encoder, open_engine, open_index  # noqa: E402
+from serving.indexing import open_encoder, open_index  # noqa: E402
+from serving.loading import open_engine  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 

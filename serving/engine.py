@@ -27,7 +27,8 @@ from ranking.cache import CachedScorer, SharedQueryVectors, TierCounts, model_ta
 from ranking.cascade import Cascade, ScoreStage
 from ranking.features import LtrFeaturizer
 from ranking.rules import RulesConfig, RulesStage, catalog_facts
-from ranking.score_store import ScoreStore, open_score_store
+from ranking.score_backends import open_score_store
+from ranking.score_store import ScoreStore
 from retrieval.encoder import Encoder
 from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever, Retriever
 from retrieval.index import ProductIndex

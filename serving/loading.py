@@ -1,193 +1,42 @@
-"""Opening what serves: the encoder, the index, the registered models, the engine.
+"""Opening what serves: the registered models, the engine, the served unit.
 
 :func:`open_engine` is the one front door: the API, the CLI, training and the
-benchmarks all open an engine through it. It opens the configured bi-encoder,
-loads (or builds, on first use) the index, loads the registered models and
-assembles the engine. :func:`open_served` adds the experiment router, so an
-engine and its router are loaded, and swapped, as one :class:`Served` unit.
-
-Builders are idempotent: an index whose manifest matches the catalog hash and
-encoder is loaded, never rebuilt. Paths come from :class:`core.paths.Home`.
+benchmarks all open an engine through it. It opens the configured bi-encoder
+and loads (or builds, on first use) the index (:mod:`serving.indexing`), loads
+the registered models and assembles the engine. :func:`open_served` adds the
+experiment router, so an engine and its router are loaded, and swapped, as one
+:class:`Served` unit.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from core.artifacts import ArtifactStore
-from core.errors import Conflict, NotReady
+from core.errors import Conflict
 from core.feature_store import OnlineFeatureReader
 from core.registry import ModelRegistry, ModelVersion, ServedModel
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from ranking.features import catalog_text
 from ranking.relevance import RELEVANCE_FEATURES
-from retrieval.analyzer import VERSION as ANALYZER_VERSION
-from retrieval.catalog import catalog_hash, read_catalog
-from retrieval.embedding_cache import EmbeddingCache
-from retrieval.encoder import BUNDLED, Encoder, load_encoder, resolve_model_dir
-from retrieval.index import Manifest, ProductIndex
+from retrieval.encoder import Encoder
+from retrieval.index import ProductIndex
 from serving.engine import SearchEngine, assemble
+from serving.indexing import open_encoder, open_index, served_encoder, server_threads
 from serving.pipelines import Models
 from serving.router import ExperimentRouter, load_router
-from simulation.demo import write_demo
 
 logger = logging.getLogger(__name__)
 
 SWAPPABLE = ("reranker", "student", "ltr")
-
-
-# -- the bi-encoder and the index ------------------------------------------------------------
-
-def encoder_source(settings: Settings) -> tuple[Path, str]:
-    """Folder and label of the configured bi-encoder.
-
-    ``settings.encoder``: ``active`` (the registry's active ``biencoder``, else the
-    bundled MiniLM), ``minilm`` (bundled), ``biencoder:vN`` (a registered
-    version) or a model folder.
-    """
-    spec = settings.encoder
-    registry = ModelRegistry(settings.paths.models)
-    if spec == "active":
-        entry = registry.active("biencoder")
-        spec = f"biencoder:{entry.version}" if entry else BUNDLED
-    if spec.startswith("biencoder:"):
-        entry = registry.get("biencoder", spec.split(":", 1)[1])
-        assert entry.path is not None  # registry entries always carry their folder
-        return entry.path, spec
-    if spec == BUNDLED:
-        return resolve_model_dir(BUNDLED), BUNDLED
-    return resolve_model_dir(spec), Path(spec).name
-
-
-def open_encoder(settings: Settings, backend: str | None = None, threads: int = 0) -> Encoder:
-    model_dir, label = encoder_source(settings)
-    return load_encoder(model_dir, backend or settings.retrieval.query_encoder, settings.paths.cache, label, threads)
-
-
-def server_threads(settings: Settings) -> int:
-    """ONNX Runtime threads of each model in one server process: the cores are divided
-    among the processes, so that they do not oversubscribe the CPU."""
-    return settings.ranking.threads_per_process(settings.api.processes())
-
-
-_served_encoders: dict[tuple[str, str, str], Encoder] = {}
-_served_encoders_lock = threading.Lock()
-
-
-def served_encoder(settings: Settings) -> Encoder:
-    """The query encoder of a server: one per model in the process, shared by the stores that use it."""
-    model_dir, label = encoder_source(settings)
-    key = (str(model_dir), settings.retrieval.query_encoder, label)
-    with _served_encoders_lock:
-        if key not in _served_encoders:
-            _served_encoders[key] = open_encoder(settings, threads=server_threads(settings))
-        return _served_encoders[key]
-
-
-def embedding_cache(settings: Settings, encoder: Encoder) -> EmbeddingCache:
-    return EmbeddingCache(settings.paths.embeddings(encoder.fingerprint), encoder.dim)
-
-
-def demo_catalog(settings: Settings) -> Path:
-    """The demo store's catalog file, generated on first use."""
-    folder = settings.paths.demo
-    if not (folder / "products.csv").is_file():
-        logger.info("generating the synthetic demo store in %s", folder)
-        write_demo(folder)
-    return folder / "products.csv"
-
-
-def index_path(settings: Settings, encoder: Encoder, name: str | None = None) -> Path:
-    """The served index of ``name`` (default ``settings.index_name``) for this encoder."""
-    return settings.paths.index(name or settings.index_name, encoder.fingerprint)
-
-
-def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:
-    cache = embedding_cache(settings, encoder)
-    try:
-        if settings.compute.scheduler is not None:  # Dask workers fill the cache; the build then encodes nothing
-            from retrieval.dask_encoding import encode_catalog
-
-            encode_catalog(settings, products, encoder, cache)
-        return ProductIndex.build(path, products, encoder, settings.retrieval, cache, progress=settings.progress)
-    finally:
-        cache.close()
-
-
-@contextmanager
-def _building(path: Path) -> Iterator[None]:
-    """One process builds an index folder at a time (server processes and jobs share the home)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _current(path: Path, products: pd.DataFrame, encoder: Encoder) -> bool:
-    if not (path / "manifest.json").is_file():
-        return False
-    manifest = Manifest.read(path)
-    return (manifest.encoder_fingerprint == encoder.fingerprint and manifest.catalog_hash == catalog_hash(products)
-            and manifest.analyzer == ANALYZER_VERSION)
-
-
-def ensure_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:
-    """Load the index at ``path`` if it holds exactly ``products`` with ``encoder`` and the current
-    query analyzer; else build it (one process at a time; a process that waited loads the result)."""
-    if not _current(path, products, encoder):
-        with _building(path):
-            if not _current(path, products, encoder):
-                if (path / "manifest.json").is_file():
-                    logger.info("index %s is stale (catalog, encoder or query analyzer changed); rebuilding", path)
-                return build_index(settings, products, path, encoder)
-    return ProductIndex.load(path, settings.retrieval)
-
-
-def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | None = None) -> ProductIndex:
-    """With ``products`` (an evaluation or training dataset): that catalog's index, built when
-    missing or stale. Without: the served index, as it is (upserts and deletes included); built
-    only when missing, from ``settings.catalog`` or the generated demo catalog."""
-    if products is not None:
-        return ensure_index(settings, products, settings.paths.eval_index(catalog_hash(products),
-                                                                          encoder.fingerprint), encoder)
-    path = index_path(settings, encoder)
-    if not (path / "manifest.json").is_file() and settings.store and not settings.catalog:
-        raise NotReady(f"store {settings.store!r} has no index for encoder {encoder.name}: build it with "
-                       f"`shoprank --store {settings.store} index --catalog FILE`")
-    if not (path / "manifest.json").is_file():
-        with _building(path):
-            if not (path / "manifest.json").is_file():
-                served, _ = read_catalog(settings.catalog or demo_catalog(settings))
-                return build_index(settings, served, path, encoder)
-    return ProductIndex.load(path, settings.retrieval)
-
-
-def build_served_index(settings: Settings | None = None) -> None:
-    """Build the served index if it is missing (server processes and replicas then only load it)."""
-    settings = settings or get_settings()
-    open_index(settings, open_encoder(settings))
-
-
-def build_index_in_child(env: Mapping[str, str] | None = None, check: bool = True) -> int:
-    """:func:`build_served_index` for the settings of ``env`` (default: this process's), in a
-    child process, so the caller does not keep the index and encoder it loads; its exit status."""
-    return subprocess.run([sys.executable, "-c", "from serving.loading import build_served_index; "
-                           "build_served_index()"], env=env, check=check).returncode
 
 
 # -- the registered models -------------------------------------------------------------------

@@ -41,7 +41,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_index(args: argparse.Namespace) -> int:
     from retrieval.catalog import read_catalog
     from retrieval.index import ProductIndex
-    from serving import loading
+    from serving import indexing
 
     settings = _settings(args)
     if args.store:  # `shoprank index --store NAME` = `shoprank --store NAME index`
@@ -52,20 +52,20 @@ def cmd_index(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"compute": settings.compute.model_copy(
             update={"scheduler": args.scheduler})})
     products, report = read_catalog(args.catalog, skip_bad_rows=args.skip_bad_rows)
-    encoder = loading.open_encoder(settings)
-    path = loading.index_path(settings, encoder, args.name)
+    encoder = indexing.open_encoder(settings)
+    path = indexing.index_path(settings, encoder, args.name)
     summary: dict[str, object] = {"catalog": str(args.catalog), "rows_read": report.rows_read,
                                   "rows_skipped": report.rows_skipped, "index": str(path)}
     if args.upsert and (path / "manifest.json").is_file():
         index = ProductIndex.load(path, settings.retrieval)
-        cache = loading.embedding_cache(settings, encoder)
+        cache = indexing.embedding_cache(settings, encoder)
         upserted = index.upsert(products, encoder, cache, progress=settings.progress)
         if index.needs_compaction():
             index = index.compact(encoder, cache)
             summary["compacted"] = True
         summary["upsert"] = asdict(upserted)
     else:
-        index = loading.build_index(settings, products, path, encoder)
+        index = indexing.build_index(settings, products, path, encoder)
     summary |= {"products": index.count, "dense_index": index.manifest.dense_kind,
                 "catalog_hash": index.manifest.catalog_hash, "build_seconds": index.manifest.build_seconds}
     print(json.dumps(summary, indent=2))
@@ -74,14 +74,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     from retrieval.index import ProductIndex
-    from serving import loading
+    from serving import indexing
 
     settings = _settings(args)
     ids = list(args.product_ids)
     if args.from_file:
         ids += [line.strip() for line in Path(args.from_file).read_text().splitlines() if line.strip()]
-    encoder = loading.open_encoder(settings)
-    index = ProductIndex.load(loading.index_path(settings, encoder, args.name), settings.retrieval)
+    encoder = indexing.open_encoder(settings)
+    index = ProductIndex.load(indexing.index_path(settings, encoder, args.name), settings.retrieval)
     deleted, unknown = index.delete(ids)
     print(json.dumps({"deleted": deleted, "not_found": unknown, "products": index.count}))
     return 0
@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["SHOPRANK_CATALOG"] = str(Path(settings.catalog).resolve())
     # once, before the workers start, so they only load it; in a child process, so that this
     # supervisor does not keep the index and encoder it loaded (~370 MiB on 54,667 products)
-    from serving.loading import build_index_in_child
+    from serving.indexing import build_index_in_child
 
     built = build_index_in_child(check=False)
     if built:

@@ -57,16 +57,16 @@ def fake_index(tmp_path: Path, demo_products: pd.DataFrame, settings: Settings) 
 @pytest.fixture(scope="session")
 def real_encoder(settings: Settings):  # type: ignore[no-untyped-def]
     """The bundled MiniLM bi-encoder on ONNX Runtime (what `shoprank serve` uses)."""
-    from serving import loading
+    from serving import indexing
 
-    return loading.open_encoder(settings)
+    return indexing.open_encoder(settings)
 
 
 @pytest.fixture(scope="session")
 def real_index(settings: Settings, demo_products: pd.DataFrame, real_encoder) -> ProductIndex:  # type: ignore[no-untyped-def]
-    from serving import loading
+    from serving import indexing
 
-    return loading.ensure_index(settings, demo_products, loading.index_path(settings, real_encoder, "demo"), real_encoder)
+    return indexing.ensure_index(settings, demo_products, indexing.index_path(settings, real_encoder, "demo"), real_encoder)
 
 
 @pytest.fixture()

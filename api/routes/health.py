@@ -11,7 +11,7 @@ from api.deps import HolderDep
 from api.schemas import Health
 from api.state import ServedHolder
 from core.hardware import cpu, usable_cores
-from serving.loading import server_threads
+from serving.indexing import server_threads
 
 router = APIRouter(tags=["health"])
 

@@ -15,7 +15,7 @@ import pytest
 from core.registry import ModelRegistry
 from core.settings import Settings
 from online_learning.local_broker import free_port
-from serving.loading import build_index_in_child
+from serving.indexing import build_index_in_child
 from tests.api.test_operations import tiny_reranker
 from tests.helpers import share_cache, start_serve, wait_ready
 

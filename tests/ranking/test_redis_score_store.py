@@ -16,7 +16,8 @@ from core.cache import LRUCache
 from core.settings import Settings
 from online_learning.local_broker import free_port
 from ranking.cache import CachedScorer, TierCounts
-from ranking.score_store import RedisScoreStore, open_score_store, page_key
+from ranking.score_backends import RedisScoreStore, open_score_store
+from ranking.score_store import page_key
 from tests.ranking.test_score_cache import IDS, TITLES, CountingScorer
 
 pytestmark = [pytest.mark.integration,

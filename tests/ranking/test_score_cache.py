@@ -15,7 +15,8 @@ import pytest
 
 from core.cache import LRUCache
 from ranking.cache import CachedScorer, TierCounts, model_tag
-from ranking.score_store import ScoreStore, SqliteScoreStore, score_key, text_hash
+from ranking.score_backends import SqliteScoreStore
+from ranking.score_store import ScoreStore, score_key, text_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -230,7 +231,7 @@ def test_sqlite_store_reads_many_keys_in_chunks(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_sqlite_store_shared_by_two_processes(tmp_path: Path) -> None:
     path = tmp_path / "scores.sqlite"
-    writer = ("import sys; from pathlib import Path; from ranking.score_store import SqliteScoreStore; "
+    writer = ("import sys; from pathlib import Path; from ranking.score_backends import SqliteScoreStore; "
               "s = SqliteScoreStore(Path(sys.argv[1])); s.put_many([(f'{sys.argv[2]}{i}', float(i)) "
               "for i in range(300)], block=True); s.close()")
     procs = [subprocess.Popen([sys.executable, "-c", writer, str(path), name], cwd=ROOT) for name in ("a", "b")]

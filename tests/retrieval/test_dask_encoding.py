@@ -57,13 +57,13 @@ def test_index_built_on_dask_matches_the_in_process_one(settings: Settings, real
                                                         demo_products: pd.DataFrame, reference: np.ndarray,
                                                         tmp_path: Path) -> None:
     """`shoprank index` with compute.scheduler=local: its own cluster, a fresh embedding cache."""
-    from serving import loading
+    from serving import indexing
 
     home = tmp_path / "home"
     (home / "cache").mkdir(parents=True)
     (home / "cache" / "onnx").symlink_to(settings.paths.cache / "onnx", target_is_directory=True)
     on_dask = Settings(home=home, progress=False, compute={"scheduler": "local", "workers": 2, "partitions": 3})
-    index = loading.build_index(on_dask, demo_products, tmp_path / "index", real_encoder)
+    index = indexing.build_index(on_dask, demo_products, tmp_path / "index", real_encoder)
     ids = [index.product_id(row) for row in range(len(demo_products))]
     assert ids == demo_products["product_id"].tolist()
     assert np.allclose(np.asarray(index.dense.vectors), reference, atol=1e-5)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core.settings import Settings
-from ranking.score_store import SqliteScoreStore
+from ranking.score_backends import SqliteScoreStore
 from retrieval.index import ProductIndex
 from retrieval.memo import MemoizedRetriever
 from serving.engine import assemble

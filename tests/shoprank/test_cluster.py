@@ -26,7 +26,8 @@ from core.registry import ModelRegistry
 from core.settings import Settings
 from online_learning.consumers.log_sink import read_log
 from online_learning.local_broker import free_port
-from shoprank.topology import Topology, haproxy_config
+from shoprank.layout import haproxy_config
+from shoprank.topology import Topology
 from tests.api.test_operations import tiny_reranker
 from tests.helpers import DEMO_QUERIES, share_cache
 
@@ -199,7 +200,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory, settings: Settings, real_
 
 
 def test_haproxy_config_checks_readiness_and_retries() -> None:
-    from shoprank.topology import Layout
+    from shoprank.layout import Layout
 
     text = haproxy_config(Layout(8000, [9001, 9002], 6379, 9092))
     assert "option httpchk GET /readyz" in text and "bind 127.0.0.1:8000" in text

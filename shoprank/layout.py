@@ -1,0 +1,128 @@
+"""What a local topology is made of, and waiting for its pieces.
+
+:class:`Layout` holds the ports and processes of one topology (``state.json``);
+:func:`haproxy_config` writes the load balancer's configuration for it;
+:func:`wait_port` and :func:`wait_ready` wait for a piece to listen or to be ready.
+:mod:`shoprank.topology` starts and stops the pieces.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+
+import httpx
+
+from core.errors import NotReady
+
+
+@dataclass
+class Piece:
+    """One process of the topology."""
+
+    name: str
+    argv: list[str]
+    port: int | None = None
+    pid: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Layout:
+    """Ports and the pieces of one topology (what ``state.json`` holds)."""
+
+    port: int
+    replicas: list[int]
+    redis_port: int
+    broker_port: int
+    pieces: dict[str, Piece] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"127.0.0.1:{self.redis_port}"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.broker_port}"
+
+    def replica_url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.replicas[i]}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"port": self.port, "replicas": self.replicas, "redis_port": self.redis_port,
+                "broker_port": self.broker_port, "pieces": {k: asdict(v) for k, v in self.pieces.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Layout:  # type: ignore[type-arg]
+        layout = cls(data["port"], list(data["replicas"]), data["redis_port"], data["broker_port"])
+        layout.pieces = {k: Piece(**v) for k, v in data["pieces"].items()}
+        return layout
+
+
+def haproxy_config(layout: Layout, check_interval_ms: int = 1000) -> str:
+    """HAProxy in front of the replicas: health checks on ``/readyz`` (a loading or dead
+    replica gets no traffic), least-connections balancing, and a failed connection or an
+    empty answer from a dying replica retried on another one (searches are safe to repeat;
+    events carry ids that the log de-duplicates)."""
+    servers = "\n".join(f"    server replica{i} 127.0.0.1:{port} check inter {check_interval_ms} fall 2 rise 2"
+                        for i, port in enumerate(layout.replicas))
+    return f"""# written by `shoprank cluster up`; regenerated on every start
+global
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout 503
+
+frontend shoprank
+    bind 127.0.0.1:{layout.port}
+    default_backend replicas
+
+backend replicas
+    balance leastconn
+    option httpchk GET /readyz
+    http-check expect status 200
+{servers}
+"""
+
+
+def wait_port(port: int, process: subprocess.Popen | None, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise NotReady(f"{what} exited with code {process.returncode} before listening on 127.0.0.1:{port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise NotReady(f"{what} did not listen on 127.0.0.1:{port} within {seconds:.0f}s")
+
+
+def wait_ready(base: str, seconds: float, process: subprocess.Popen | None = None, what: str = "the API",
+               poll: float = 0.3) -> None:
+    """Until ``base/readyz`` answers 200; :class:`NotReady` naming ``what`` if ``process`` exits first
+    or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise NotReady(f"{what} exited with code {process.returncode}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll)
+    raise NotReady(f"{what} was not ready within {seconds:.0f}s")
