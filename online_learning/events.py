@@ -55,7 +55,8 @@ class RankingEvent(BaseModel):
                                  "(normalized, spelling corrected); None: as typed.")
     pipeline: str
     items: list[ShownItem]
-    models: dict[str, str] = Field(default_factory=dict, description="Role -> version of each model that ranked the search.")
+    models: dict[str, str] = Field(default_factory=dict, description="Role -> version of each model that ranked the search "
+                                     "(interleaved: each arm's LambdaMART as 'ltr:<arm>', no 'ltr').")
     experiment: str | None = None
     arm: str | None = None
     degraded: list[str] = Field(default_factory=list)
