@@ -16,7 +16,8 @@ memory, ``features.warm_wait_s``), a warm-up load of ``--warmup`` seconds; then,
 wrk posts (closed loop: each connection sends its next search when the last is answered, so
 the server runs saturated) the stream's queries to ``shoprank serve`` on 127.0.0.1 for
 ``--seconds`` and prints searches/s, p50/p95/p99, failed requests, the share of searches
-served degraded, the share admitted over the shed limit (``shed_share``, from ``/metrics``:
+served degraded and the skipped stages by reason (``degraded_reasons``, from ``/metrics``:
+``teacher: timeout``, ``teacher: shed`` for every kind of shed), the share admitted over the shed limit (``shed_share``, from ``/metrics``:
 their cross-encoders scored only the top ``serving.shed_depth`` of the pairs not cached), each cache's lookups
 and hit rate (``caches``: results, query vectors and cross-encoder scores, each tier), the server's CPU milliseconds per search (all its threads and worker
 processes, ``api.workers``: a capacity figure steadier than searches/s on a shared machine), the share of
@@ -188,6 +189,8 @@ def server_memory(pid: int) -> list[dict[str, object]]:
     return rows
 
 
+DEGRADED = re.compile(r'^shoprank_degraded_total\{([^}]*)\} ([0-9.e+]+)$')
+LABEL = re.compile(r'(\w+)="([^"]*)"')
 CACHE_LOOKUP = re.compile(r'^shoprank_cache_lookups_total\{cache="([^"]+)",result="(hit|miss)"\} ([0-9.e+]+)$')
 
 
@@ -196,16 +199,19 @@ class Counted(NamedTuple):
     shed: float
     rebalanced: float
     lookups: dict[str, float]
+    degraded: dict[str, float]
 
 
 def searches_counted(base: str) -> Counted:
     """Searches the server counted so far (every worker process's), those admitted over the
     shed limit (their cross-encoders scored only the top ``serving.shed_depth`` uncached pairs),
-    the connections its busier processes handed back (``api.rebalance_margin``), and every
-    cache's lookups (``<cache>:hit`` / ``<cache>:miss``)."""
+    the connections its busier processes handed back (``api.rebalance_margin``), every
+    cache's lookups (``<cache>:hit`` / ``<cache>:miss``) and the stages skipped, by stage and
+    reason (``<stage>: <reason>``: timeout, shed, skipped, error)."""
     text = httpx.get(f"{base}/metrics", timeout=30).text
     total = shed = rebalanced = 0.0
     lookups: dict[str, float] = {}
+    degraded: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("shoprank_searches_total{"):
             value = float(line.rsplit(" ", 1)[1])
@@ -216,7 +222,11 @@ def searches_counted(base: str) -> Counted:
         elif match := CACHE_LOOKUP.match(line):
             key = f"{match[1]}:{match[2]}"
             lookups[key] = lookups.get(key, 0.0) + float(match[3])
-    return Counted(total, shed, rebalanced, lookups)
+        elif match := DEGRADED.match(line):
+            labels = dict(LABEL.findall(match[1]))
+            key = f"{labels.get('stage')}: {labels.get('reason')}"
+            degraded[key] = degraded.get(key, 0.0) + float(match[2])
+    return Counted(total, shed, rebalanced, lookups, degraded)
 
 
 def cache_hits(before: dict[str, float], after: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -284,6 +294,8 @@ def run_wrk(base: str, work: Path, stream: list[str], level: int, seconds: int, 
             "answered_by_process": [round(n / answered_n, 3) for n in by_process],
             "server_ms": server_times(out),
             "connections_rebalanced": int(after.rebalanced - counted.rebalanced),
+            "degraded_reasons": {key: int(value - counted.degraded.get(key, 0.0)) for key, value
+                                 in sorted(after.degraded.items()) if value > counted.degraded.get(key, 0.0)},
             "caches": cache_hits(counted.lookups, after.lookups)}
 
 
