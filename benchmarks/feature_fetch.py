@@ -57,10 +57,10 @@ def _start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
 
 
 def measure_store(settings, requests: list[tuple[list[str], str]]) -> dict:  # type: ignore[no-untyped-def]
-    from core import feature_store
+    from core import feast_repo
     from core.feature_store import OnlineFeatureReader
 
-    store = feature_store.open_store(settings)
+    store = feast_repo.open_store(settings)
     service = store.get_feature_service(settings.features.service)
 
     def feast_path(request: tuple[list[str], str]) -> None:
@@ -126,7 +126,7 @@ def main() -> None:
                     "candidates": args.candidates, "queries": args.queries,
                     "sqlite": measure_store(settings, requests)}
     if not args.no_redis:
-        from core import feature_store
+        from core import feast_repo
 
         with tempfile.TemporaryDirectory() as folder:
             server, port = _start_redis(Path(folder))
@@ -135,7 +135,7 @@ def main() -> None:
                     online_store="redis", redis_url=f"127.0.0.1:{port}")})
                 started = time.perf_counter()
                 with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress; stdout is the JSON result
-                    feature_store.materialize(redis)
+                    feast_repo.materialize(redis)
                 result["redis_materialize_s"] = round(time.perf_counter() - started, 1)
                 result["redis"] = measure_store(redis, requests)
             finally:

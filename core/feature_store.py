@@ -1,12 +1,6 @@
-"""ShopRank's handle on the Feast repo in ``feature_repo/``, and the online feature reader.
+"""Store features for candidates at request time, from Feast's online store.
 
-The repo's definitions are Feast's own; this module only points them at
-ShopRank's artifacts folder and the configured online store (sqlite by default,
-Redis by setting), and wraps ``apply`` and ``materialize``. The rendered
-``feature_store.yaml`` lands in ``<home>/features/``, beside the offline Parquet
-files, the registry and the sqlite online store.
-
-Store features for candidates at request time, from Feast's online store.
+The Feast store itself is opened by :func:`core.feast_repo.open_store`.
 
 :class:`OnlineFeatureReader` reads the features of a Feast ``FeatureService``
 (``ranker_v1``) for one user and a list of candidate products through Feast's
@@ -35,108 +29,19 @@ in ``degraded``.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
-
-from core.settings import Settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
 logger = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parents[1] / "feature_repo"
-
-
-def features_dir(settings: Settings) -> Path:
-    return settings.paths.features
-
-
-def render_config(settings: Settings) -> Path:
-    """Write the feature_store.yaml for the configured online store; returns its path."""
-    folder = features_dir(settings)
-    folder.mkdir(parents=True, exist_ok=True)
-    fs = settings.features
-    online = ({"type": "sqlite", "path": str(folder / "online_store.db")} if fs.online_store == "sqlite"
-              else {"type": "redis", "connection_string": _with_timeouts(fs.redis_url)})
-    # one Feast project per store: stores sharing one Redis keep their rows apart
-    project = "shoprank" if not settings.store else "shoprank_" + re.sub(r"[^A-Za-z0-9_]", "_", settings.store)
-    config = {"project": project, "provider": "local", "registry": str(folder / "registry.db"),
-              "online_store": online, "offline_store": {"type": "file"}, "entity_key_serialization_version": 3}
-    path = folder / f"feature_store.{fs.online_store}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-def _with_timeouts(url: str) -> str:
-    """Redis connection string with socket timeouts (1 s) unless it sets its own: a stopped or
-    unreachable Redis fails a read instead of hanging it."""
-    extra = [f"{k}=1" for k in ("socket_connect_timeout", "socket_timeout") if f"{k}=" not in url]
-    return ",".join([url, *extra])
-
-
-def _import_feast() -> None:
-    """Import Feast without the PyTorch it loads, when installed, for an optional data loader
-    ShopRank does not use (~180 MiB in every server process). ``import torch`` fails while
-    Feast is imported (Feast catches that) and works again afterwards."""
-    import sys
-
-    if "feast" in sys.modules or "torch" in sys.modules:
-        return
-    sys.modules["torch"] = None  # type: ignore[assignment]
-    try:
-        import feast.feature_store  # noqa: F401
-    finally:
-        del sys.modules["torch"]
-
-
-def open_store(settings: Settings) -> FeatureStore:
-    """A Feast ``FeatureStore`` on the repo, with ShopRank's paths and online store."""
-    _import_feast()
-    from feast import FeatureStore
-
-    os.environ["SHOPRANK_FEATURES_DIR"] = str(features_dir(settings))
-    return FeatureStore(repo_path=str(REPO), fs_yaml_file=render_config(settings))
-
-
-def apply(settings: Settings) -> list[str]:
-    """Register the repo's entities, views and services (``feast apply``); returns their names."""
-    import sys
-
-    from feast.repo_operations import parse_repo
-
-    store = open_store(settings)
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    cwd = os.getcwd()
-    os.chdir(REPO)  # Feast names the repo's modules relative to the working directory
-    try:
-        repo = parse_repo(REPO)
-    finally:
-        os.chdir(cwd)
-    objects = [*repo.entities, *repo.data_sources, *repo.feature_views, *repo.on_demand_feature_views,
-               *repo.feature_services]
-    store.apply(objects)
-    names = sorted({o.name for o in objects})
-    logger.info("applied %d Feast objects to %s", len(objects), store.config.registry.path)
-    return names
-
-
-def materialize(settings: Settings, end: datetime | None = None) -> None:
-    """Load the latest offline feature values into the online store (``feast materialize``)."""
-    store = open_store(settings)
-    store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end or datetime.now(UTC))
 
 
 def _value(proto: Any) -> Any:

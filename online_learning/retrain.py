@@ -160,7 +160,7 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             features it reads are the active model's.
         active: The active LambdaMART (warm start, and the comparison), or None.
     """
-    from core import feature_store
+    from core import feast_repo
     from ranking.training.ltr_data import historical_features
     from ranking.unbiased import ips_dcg
 
@@ -189,7 +189,7 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         names = featurizer.store_names
         store_frame = None
         if names:
-            store = feature_store.open_store(settings)
+            store = feast_repo.open_store(settings)
             entities = shown[["product_id", "user_id", "timestamp"]].rename(columns={"timestamp": "event_timestamp"})
             entities["user_id"] = entities["user_id"].fillna("anonymous")
             store_frame = historical_features(store, settings.features.service, entities)

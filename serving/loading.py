@@ -99,14 +99,14 @@ def open_feature_reader(settings: Settings, batch: bool = False) -> OnlineFeatur
     """The online feature reader, when the feature store has been applied. A server's reads are
     bounded (``features.read_timeout_ms``, then skipped for ``features.retry_after_s``); a batch
     job's (``batch``: evaluation, training) wait, so that no row loses its features to a busy CPU."""
-    from core import feature_store
+    from core import feast_repo
 
     if not (settings.paths.features / "registry.db").is_file():
         return None
     fs = settings.features
     timeout, retry = (BATCH_READ_TIMEOUT_S, 0.0) if batch else (fs.read_timeout_ms / 1000, fs.retry_after_s)
     try:
-        return OnlineFeatureReader(feature_store.open_store(settings), fs.service, read_timeout=timeout,
+        return OnlineFeatureReader(feast_repo.open_store(settings), fs.service, read_timeout=timeout,
                                    retry_after=retry, product_ttl=fs.product_ttl_s)
     except Exception as err:  # noqa: BLE001 - serving goes on without store features
         logger.warning("feature store unavailable (%s); ranking without store features", err)

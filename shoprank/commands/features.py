@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from core import feature_store
+from core import feast_repo
 from core.settings import Settings
 
 
@@ -36,7 +36,7 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     world = build_world(index.live_products(), index.dense.vectors[live],
                         WorldConfig(seed=args.seed, users=args.users, categories=args.categories))
     world.save(settings.paths.world)
-    counts = write_feature_tables(world, feature_store.features_dir(settings))
+    counts = write_feature_tables(world, feast_repo.features_dir(settings))
     print(json.dumps({"world": str(settings.paths.world), "tables": counts, "categories": len(world.category_names),
                       "note": "SIMULATED store signals"}, indent=2))
     return 0
@@ -44,14 +44,14 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     settings = _with_store(args, settings)
-    names = feature_store.apply(settings)
+    names = feast_repo.apply(settings)
     print(json.dumps({"applied": names, "online_store": settings.features.online_store}))
     return 0
 
 
 def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
     settings = _with_store(args, settings)
-    feature_store.materialize(settings)
+    feast_repo.materialize(settings)
     print(json.dumps({"materialized": True, "online_store": settings.features.online_store}))
     return 0
 

@@ -27,7 +27,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
         handle = ParquetLogSink(settings.paths.event_log)
     else:
-        from core import feature_store
+        from core import feast_repo
         from online_learning.consumers.streaming_features import StreamingFeatures, feast_push
         from simulation.world import StoreWorld
 
@@ -35,7 +35,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         products = {p: (int(c), float(x)) for p, c, x in
                     zip(world.products["product_id"], world.products["category_id"], world.products["price"])}
         handle = StreamingFeatures(settings.paths.streaming_state, products,
-                                   feast_push(feature_store.open_store(settings)))
+                                   feast_push(feast_repo.open_store(settings)))
     group = args.group or (f"shoprank-{args.kind}" + (f"-{settings.store}" if settings.store else ""))
     loop = ConsumerLoop(_bootstrap(args, settings), group, topics, handle,
                         settings.paths.dead_letters(args.kind))

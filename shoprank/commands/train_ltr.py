@@ -30,7 +30,7 @@ from shoprank.commands.arguments import count, positive
 def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
 
-    from core import feature_store
+    from core import feast_repo
     from ranking.features import feature_names
     from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig
     from ranking.training.data import data_hash, groups_from, mine_negatives
@@ -62,7 +62,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     train = groups_from(dataset, args.split, 2)[: args.limit]
     dev = groups_from(dataset, args.dev_split, 2)
     if "store" in groups_wanted:
-        store = feature_store.open_store(settings)
+        store = feast_repo.open_store(settings)
         service = store.get_feature_service(settings.features.service)
         store_names = [f.name for p in service.feature_view_projections for f in p.features]
         world = StoreWorld.load(settings.paths.world)

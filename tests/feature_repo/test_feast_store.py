@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import feature_store
+from core import feast_repo
 from core.feature_store import OnlineFeatureReader
 from core.settings import FeatureSettings, Settings
 from online_learning.local_broker import free_port
@@ -54,13 +54,13 @@ def write_tables(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def sqlite_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     settings = Settings(home=tmp_path_factory.mktemp("feast"), progress=False)
-    write_tables(feature_store.features_dir(settings))
-    feature_store.apply(settings)
+    write_tables(feast_repo.features_dir(settings))
+    feast_repo.apply(settings)
     return settings
 
 
 def test_point_in_time_join_keeps_every_row_in_order(sqlite_settings: Settings) -> None:
-    store = feature_store.open_store(sqlite_settings)
+    store = feast_repo.open_store(sqlite_settings)
     entities = pd.DataFrame({
         "product_id": ["P1", "P2", "P1", "P3", "P2"],
         "user_id": ["u1", "u1", "u1", "u1", "nobody"],
@@ -85,7 +85,7 @@ def test_point_in_time_join_keeps_every_row_in_order(sqlite_settings: Settings) 
 def test_rows_sharing_a_product_and_a_time_all_get_their_features(sqlite_settings: Settings) -> None:
     """Feast keeps one row per feature view key and timestamp: the same product in two queries' lists,
     as of one moment, must still come back twice, each with its own user's features."""
-    store = feature_store.open_store(sqlite_settings)
+    store = feast_repo.open_store(sqlite_settings)
     entities = pd.DataFrame({
         "product_id": ["P1", "P1", "P2", "P1", "P2", "P1"],
         "user_id": ["u1", "nobody", "u1", "u1", "nobody", None],
@@ -101,8 +101,8 @@ def test_rows_sharing_a_product_and_a_time_all_get_their_features(sqlite_setting
 
 
 def read_online(settings: Settings) -> dict[str, np.ndarray]:
-    feature_store.materialize(settings, end=day(10).to_pydatetime())
-    reader = OnlineFeatureReader(feature_store.open_store(settings), "ranker_v1")
+    feast_repo.materialize(settings, end=day(10).to_pydatetime())
+    reader = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1")
     batch = reader.fetch(["P1", "P2", "P3"], "u1")
     again = reader.fetch(["P1", "P2", "P3"], None)
     assert reader.hits == 3 and reader.misses == 3  # the second read came from the product cache
@@ -134,8 +134,8 @@ def test_servers_bound_their_store_reads_and_batch_jobs_wait(sqlite_settings: Se
 
 
 def test_warm_cache_and_stale_rows_refreshed_in_the_background(sqlite_settings: Settings) -> None:
-    feature_store.materialize(sqlite_settings, end=day(10).to_pydatetime())
-    reader = OnlineFeatureReader(feature_store.open_store(sqlite_settings), "ranker_v1", product_ttl=0.0)
+    feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())
+    reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1", product_ttl=0.0)
     reader.warm(["P1", "P2", "P3"])
     first = reader.fetch(["P1", "P2"], None)
     assert reader.misses == 0 and reader.hits == 2  # warmed: nothing read on the search path
@@ -159,10 +159,10 @@ def test_redis_online_store(sqlite_settings: Settings, tmp_path: Path) -> None:
                 time.sleep(0.05)
         settings = sqlite_settings.model_copy(update={
             "features": FeatureSettings(online_store="redis", redis_url=f"127.0.0.1:{port}")})
-        feature_store.apply(settings)
+        feast_repo.apply(settings)
         check_latest(read_online(settings))
         # Redis stops: reads fail fast (bounded wait, then a rest), cached rows still serve, the rest is missing
-        reader = OnlineFeatureReader(feature_store.open_store(settings), "ranker_v1", read_timeout=0.5,
+        reader = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1", read_timeout=0.5,
                                      retry_after=60)
         reader.warm(["P1"])
         server.terminate()
@@ -181,7 +181,7 @@ def test_redis_online_store(sqlite_settings: Settings, tmp_path: Path) -> None:
 def test_feast_is_imported_without_torch_and_torch_still_imports_after() -> None:
     import sys
 
-    script = ("import sys; from core.feature_store import _import_feast; _import_feast(); "
+    script = ("import sys; from core.feast_repo import _import_feast; _import_feast(); "
               "import feast.torch_wrapper as w; print('torch' in sys.modules, w.TORCH_AVAILABLE); "
               "import torch; print(torch.tensor([1]).sum().item())")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
