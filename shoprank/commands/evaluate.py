@@ -1,0 +1,114 @@
+"""``shoprank evaluate`` and ``shoprank compare``: a pipeline's metrics on a judged dataset, and
+paired comparisons (bootstrap CI, t-test p, queries better / worse / tied) of two runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from core.settings import Settings
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    """One pipeline's metrics; with ``--compare B`` also B's, and B - A per metric, paired over queries."""
+    from evaluation.compare import check_pair, compare_results
+    from evaluation.dataset import load_dataset
+    from evaluation.harness import Thresholds, evaluate
+    from evaluation.subsets import check_subset
+    from serving.loading import open_engine
+
+    check_subset(args.subset)
+    names = [args.pipeline]
+    if args.compare is not None:
+        check_pair(args.pipeline, args.compare)
+        names.append(args.compare)
+    dataset = load_dataset(args.dataset)
+    engine = open_engine(settings, dataset.products, batch=True)
+    pipelines = [engine.pipeline(name) for name in names]  # an unknown name fails before any evaluation
+    results = []
+    for name, pipeline in zip(names, pipelines):
+        result = evaluate(dataset, engine.index, pipeline, name, args.mode, args.split,
+                          Thresholds(recall=args.recall_threshold, mrr=args.mrr_threshold),
+                          depth=args.depth, limit=args.limit, progress=settings.progress, subset=args.subset)
+        result.details["versions"] = engine.versions
+        results.append(result)
+    if args.save is not None:
+        results[0].save(args.save)
+    if len(results) == 1:
+        if args.json:
+            print(json.dumps(results[0].to_json()))
+        else:
+            for key, value in results[0].to_json().items():
+                print(f"{key:>16}: {value}")
+        return 0
+    first, second = results
+    print_comparison(first, second, compare_results(first, second), args.json)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
+    """B - A per metric, paired over queries, for two runs saved by ``shoprank evaluate --save``."""
+    from evaluation.compare import compare_results
+    from evaluation.harness import EvalResult
+
+    first, second = EvalResult.load(args.first), EvalResult.load(args.second)
+    first.pipeline, second.pipeline = args.first.stem, args.second.stem
+    print_comparison(first, second, compare_results(first, second, saved=True), args.json)
+    return 0
+
+
+def print_comparison(first, second, comparison, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    from evaluation.compare import LEVEL, RESAMPLES
+
+    paired = comparison["ndcg@10"].n if "ndcg@10" in comparison else first.queries
+    if as_json:
+        print(json.dumps({"first": first.to_json(), "second": second.to_json(),
+                          "comparison": {metric: c.to_json() for metric, c in comparison.items()},
+                          "subset": first.subset, "queries": paired}))
+        return
+    for label, result in (("first", first), ("second", second)):
+        print(f"{label}: {result.pipeline}")
+        for key, value in result.to_json().items():
+            print(f"{key:>16}: {value}")
+    width = max(9, len(first.pipeline) + 1, len(second.pipeline) + 1)
+    print(f"comparison: {second.pipeline} - {first.pipeline} on {paired} paired queries (subset {first.subset}); "
+          f"{LEVEL:.0%} CI: paired bootstrap, {RESAMPLES} resamples; p: paired t-test")
+    print(f"{'metric':<22}{first.pipeline:>{width}}{second.pipeline:>{width}}{'diff':>9}  {'CI':<19}{'p':>9}"
+          f"{'better':>8}{'worse':>7}{'ties':>7}")
+    for metric, c in comparison.items():
+        figures = c.to_json()
+        ci = f"[{figures['ci_low']:+.4f}, {figures['ci_high']:+.4f}]"
+        print(f"{metric:<22}{figures['mean_a']:>{width}.4f}{figures['mean_b']:>{width}.4f}{figures['diff']:>+9.4f}  "
+              f"{ci:<19}{figures['p_value']:>9.3g}{c.better:>8}{c.worse:>7}{c.ties:>7}")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """``evaluate`` and ``compare``."""
+    p = sub.add_parser("evaluate", help="evaluate a pipeline on a judged dataset folder")
+    p.add_argument("--dataset", required=True, type=Path, help="folder with products/queries/judgments.csv")
+    p.add_argument("--split", default=None, help="query split (default: all queries)")
+    p.add_argument("--mode", choices=("rerank", "retrieval"), required=True)
+    p.add_argument("--pipeline", default="full", help="bm25, dense, hybrid, rerank, cascade or full (default)")
+    p.add_argument("--compare", default=None, metavar="PIPELINE",
+                   help="also evaluate this pipeline on the same queries and report its difference to --pipeline "
+                        "per metric (paired bootstrap 95%% CI, paired t-test p, queries better/worse/tied)")
+    from evaluation.subsets import SUBSETS
+
+    p.add_argument("--subset", choices=SUBSETS, default="all",
+                   help="query subset: misspelled (a word outside the catalog vocabulary), correct, all (default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--save", type=Path, default=None, metavar="FILE",
+                   help="write the --pipeline result with its per-query values to FILE, for 'shoprank compare'")
+    p.add_argument("--depth", type=int, default=1000, help="results per query in retrieval mode")
+    p.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    p.add_argument("--recall-threshold", type=float, default=0.6, help="relevant: grade >= ceil(F*max)")
+    p.add_argument("--mrr-threshold", type=float, default=0.75, help="MRR hit: grade >= ceil(F*max)")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="paired comparison of two saved evaluations (evaluate --save): two "
+                                       "encoders, settings or models on the same queries")
+    p.add_argument("first", type=Path, help="A: a file written by 'shoprank evaluate --save'")
+    p.add_argument("second", type=Path, help="B: another, on the same dataset, split, mode and subset")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_compare)
