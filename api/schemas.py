@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from retrieval.analyzer import tokenize
+from retrieval.vocabulary import tokenize
 
 MAX_QUERY_CHARS = 256
 MAX_K = 100  # results per page; the rules stage orders the first 100 (ranking.rules.RulesStage.depth)

@@ -132,7 +132,7 @@ def query_log_runs(dataset, index, analyze, texts: list[str], split: str,  # typ
     the products shoppers chose): BM25 runs of ``texts`` over titles plus each product's logged
     queries (document expansion), and runs of the products of the 20 logged queries most like each
     text (BM25 over the logged queries; a product scores its best query's score x grade / max)."""
-    from retrieval.analyzer import normalize
+    from retrieval.vocabulary import normalize
     from retrieval.bm25 import BM25Index
 
     relevant = grade_threshold(Thresholds().recall, dataset.max_grade)

@@ -31,7 +31,8 @@ from benchmarks.common import hardware, percentiles  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from core.query import Analysis  # noqa: E402
-from retrieval.analyzer import Analyzer, Vocabulary, english_word_counts  # noqa: E402
+from retrieval.analyzer import Analyzer, english_word_counts  # noqa: E402
+from retrieval.vocabulary import Vocabulary  # noqa: E402
 from serving.indexing import open_encoder, open_index  # noqa: E402
 
 

@@ -35,7 +35,8 @@ from core.query import Analysis
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
 from ranking.relevance import RELEVANCE_FEATURES, CatalogText, relevance_features
-from retrieval.analyzer import Analyzer, Vocabulary
+from retrieval.analyzer import Analyzer
+from retrieval.vocabulary import Vocabulary
 from retrieval.index import ProductIndex
 from serving.loading import open_engine
 

@@ -2,8 +2,8 @@
 
 - ``all``: every query.
 - ``misspelled``: queries holding a word outside the catalog's vocabulary: some
-  word ``w`` of :func:`retrieval.analyzer.tokenize` with ``w.isalpha()`` and
-  ``len(w) >= 3`` that :meth:`retrieval.analyzer.Vocabulary.knows` does not know
+  word ``w`` of :func:`retrieval.vocabulary.tokenize` with ``w.isalpha()`` and
+  ``len(w) >= 3`` that :meth:`retrieval.vocabulary.Vocabulary.knows` does not know
   (neither the word nor its stem occurs in the catalog's titles and
   descriptions). The same vocabulary the query analyzer corrects against, so
   the subset holds the queries a spelling corrector could change.
@@ -23,7 +23,7 @@ import pandas as pd
 
 from core.errors import InvalidInput
 from evaluation.dataset import EvalDataset
-from retrieval.analyzer import Vocabulary, tokenize
+from retrieval.vocabulary import Vocabulary, tokenize
 
 SUBSETS = ("all", "misspelled", "correct")
 MIN_LETTERS = 3

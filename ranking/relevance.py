@@ -3,7 +3,7 @@
 The hand-made features behind the top solutions of Kaggle's Home Depot Product
 Search Relevance competition (2016). Per field (``title``; ``description`` when
 any product has one; the ``brand`` and ``category`` columns when the catalog has
-them), query and field words compared by Snowball stem (:func:`retrieval.analyzer.stem`):
+them), query and field words compared by Snowball stem (:func:`retrieval.vocabulary.stem`):
 
 - ``coverage``: share of the query's distinct words present in the field;
 - ``idf_coverage``: the same, each word weighted by its BM25 idf over the field's
@@ -43,7 +43,7 @@ import pandas as pd
 
 from core.errors import InvalidInput
 from core.query import Analysis
-from retrieval.analyzer import TOKEN, UNITS, normalize, numbers, stem
+from retrieval.vocabulary import TOKEN, UNITS, normalize, numbers, stem
 from retrieval.index import ProductIndex
 
 FIELDS = ("title", "description", "brand", "category")

@@ -4,11 +4,10 @@ One analyzer per index, shared by BM25 (the index holds normalized text), the
 ranking features and the logs. :meth:`Analyzer.analyze` turns a shopper's text
 into an :class:`~core.query.Analysis`:
 
-1. **Normalize** (:func:`normalize`, applied to product text at indexing too):
-   case, unicode fractions (``½`` -> ``1/2``), units and their spellings after a
-   number (``1/2 in.``, ``1/2 inch`` and ``1/2"`` all become ``1/2 in``; ``12v``,
-   ``12-Volt`` -> ``12 volt``; ``lbs``, ``gallons``, ``sq. ft.``, ...),
-   dimensions (``2x4`` -> ``2 x 4``), hyphens and symbols.
+1. **Normalize** (:func:`retrieval.vocabulary.normalize`, applied to product text
+   at indexing too): case, unicode fractions, units and their spellings after a
+   number (``1/2 in.``, ``1/2 inch`` and ``1/2"`` all become ``1/2 in``),
+   dimensions, hyphens and symbols.
 2. **Correct** each word the catalog does not contain (neither the word nor its
    stem is in the :class:`Vocabulary`): to the most frequent catalog word one
    edit away (SymSpell, Garbe 2012; ``nozzzle`` -> ``nozzle``, ``dimond`` ->
@@ -25,50 +24,21 @@ into an :class:`~core.query.Analysis`:
    (a ``brand`` column, else words that mostly lead titles) and as product types
    (a ``category`` column, else words that often end titles).
 
-The vocabulary is built from the live catalog when the index is built or
-changed, and stored with it (``vocabulary.json``).
+The :class:`~retrieval.vocabulary.Vocabulary` is built from the live catalog when
+the index is built or changed, and stored with it (``vocabulary.json``).
 """
 
 from __future__ import annotations
 
-import json
-import re
 import threading
-import unicodedata
-from collections import Counter, OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-
 from core.query import Analysis, Rewrite
+from retrieval.vocabulary import TOKEN, UNITS, Vocabulary, normalize, numbers, stem
 
-VERSION = 2  # bump when normalize() or the vocabulary file changes: indexes record it and are rebuilt
-
-_UNITS = [  # (pattern after a number, canonical unit)
-    (r'(?:"|”|″|\'\'|inches|inch|in\b\.?)', "in"),
-    (r"(?:'|’|′|feet|foot|ft\b\.?)", "ft"),
-    (r"(?:sq\.?\s*ft\b\.?|square\s+f(?:ee|oo)t)", "sq ft"),
-    (r"(?:cu\.?\s*ft\b\.?|cubic\s+f(?:ee|oo)t)", "cu ft"),
-    (r"(?:lbs?\b\.?|pounds?\b)", "lb"),
-    (r"(?:gallons?\b|gal\b\.?)", "gal"),
-    (r"(?:fl\.?\s*oz\b\.?|fluid\s+ounces?\b)", "fl oz"),
-    (r"(?:ounces?\b|oz\b\.?)", "oz"),
-    (r"(?:volts?\b|v\b)", "volt"),
-    (r"(?:watts?\b|w\b)", "watt"),
-    (r"(?:amps?\b|amperes?\b|a\b)", "amp"),
-    (r"(?:btus?\b)", "btu"),
-    (r"(?:gauge\b|ga\b\.?)", "gauge"),
-    (r"(?:mm\b|millimeters?\b)", "mm"),
-    (r"(?:cm\b|centimeters?\b)", "cm"),
-]
-UNITS = tuple(dict.fromkeys(unit for _, unit in _UNITS))
-_NUMBER = r"(\d+(?:\.\d+)?(?: \d+/\d+|/\d+)?)"
-_UNIT_RES = [(re.compile(_NUMBER + r"\s*-?\s*" + pattern, re.IGNORECASE), unit) for pattern, unit in _UNITS]
-_NUMBER_WITH_UNIT = re.compile(_NUMBER + r"(?: (" + "|".join(re.escape(u) for u in UNITS) + r")\b)?")
-_EMPTY = np.zeros(0, dtype=np.int32)
 MAX_SUGGESTIONS = 8  # candidates per misspelled word weighed by context
 
 
@@ -86,122 +56,6 @@ def english_words() -> frozenset[str]:
     """The words of :func:`english_word_counts`: a typed word found there may be a real word the
     catalog lacks, not a typo."""
     return frozenset(english_word_counts())
-TOKEN = re.compile(r"[a-z0-9]+(?:[./][0-9]+)*")
-
-
-def normalize(text: str) -> str:
-    """Lowercase, canonical units and fractions, no symbols (see the module docstring)."""
-    text = unicodedata.normalize("NFKC", text).replace("\u2044", "/").lower()
-    text = re.sub(r"(\d)\s*-\s*(\d+/\d+)", r"\1 \2", text)  # 1-1/2 -> 1 1/2
-    text = re.sub(r"(\d)\s*/\s*(\d)", r"\1/\2", text)
-    text = re.sub(r"(\d)\s*x\s*(?=\d)", r"\1 x ", text)  # 2x4 -> 2 x 4
-    for pattern, unit in _UNIT_RES:
-        text = pattern.sub(lambda m, u=unit: f"{m.group(1)} {u} ", text)
-    text = text.replace("&", " and ")
-    text = re.sub(r"(?<!\d)[./]|[./](?!\d)", " ", text)  # keep . and / only between digits
-    text = re.sub(r"[^a-z0-9./]+", " ", text)
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def tokenize(text: str) -> list[str]:
-    """The words of ``text`` after :func:`normalize` (fractions and decimals stay whole)."""
-    return TOKEN.findall(normalize(text))
-
-
-def numbers(normalized: str) -> list[str]:
-    """Numbers of a normalized text, each with its unit when one follows (``1/2 in``, ``18 volt``)."""
-    return [f"{n} {u}" if u else n for n, u in _NUMBER_WITH_UNIT.findall(normalized)]
-
-
-_STEMMER = None
-
-
-def stem(word: str) -> str:
-    """The English Snowball stem (the same stemmer as the BM25 index)."""
-    global _STEMMER
-    if _STEMMER is None:
-        import Stemmer
-
-        _STEMMER = Stemmer.Stemmer("english")
-    return _STEMMER.stemWord(word)
-
-
-@dataclass
-class Vocabulary:
-    """The catalog's words with their counts, its brand and product-type words, and which
-    products hold each word stem (``postings``: sorted doc ids)."""
-
-    counts: dict[str, int]
-    brands: set[str] = field(default_factory=set)
-    types: set[str] = field(default_factory=set)
-    postings: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.stems = {stem(w) for w in self.counts}
-        self.type_stems = {stem(w) for w in self.types}
-
-    def knows(self, word: str) -> bool:
-        return word in self.counts or stem(word) in self.stems
-
-    def _docs(self, word: str) -> np.ndarray:
-        return self.postings.get(stem(word), _EMPTY)
-
-    def together(self, words: Sequence[str], any_of: Sequence[str] = ()) -> int:
-        """Products holding every one of ``words`` and, when given, one of ``any_of`` (by stem)."""
-        found = self._docs(words[0]) if words else _EMPTY
-        for word in words[1:]:
-            found = np.intersect1d(found, self._docs(word), assume_unique=True)
-        if any_of and len(found):
-            found = np.intersect1d(found, np.unique(np.concatenate([self._docs(w) for w in any_of])),
-                                   assume_unique=True)
-        return len(found)
-
-    @classmethod
-    def build(cls, titles: Sequence[str], descriptions: Sequence[str] | None = None,
-              brands: Iterable[str | None] | None = None, categories: Iterable[str | None] | None = None,
-              docs: Sequence[int] | None = None, min_count: int = 3) -> Vocabulary:
-        """Count the words of the catalog; brand and type words from columns or from title positions.
-
-        ``docs``: each title's doc id (default: its position)."""
-        counts: Counter[str] = Counter()
-        first: Counter[str] = Counter()
-        last: Counter[str] = Counter()
-        holders: dict[str, set[int]] = {}
-        descriptions = [""] * len(titles) if descriptions is None else descriptions
-        for position, (title, text) in enumerate(zip(titles, descriptions)):
-            words = tokenize(title)
-            counts.update(words)
-            extra = tokenize(text) if isinstance(text, str) and text else []
-            counts.update(extra)
-            doc = docs[position] if docs is not None else position
-            for word in {*words, *extra}:
-                holders.setdefault(word, set()).add(doc)
-            alpha = [w for w in words if w.isalpha() and w not in UNITS]
-            if alpha:
-                first[alpha[0]] += 1
-                last[alpha[-1]] += 1
-        brand_words = {w for b in brands or () if isinstance(b, str) for w in tokenize(b) if w.isalpha()}
-        if not brand_words:  # words that mostly lead titles: brands in most storefront catalogs
-            brand_words = {w for w, n in first.items() if n >= min_count and n >= 0.6 * counts[w]}
-        type_words = {w for c in categories or () if isinstance(c, str) for w in tokenize(c) if w.isalpha()}
-        if not type_words:  # words that often end titles: the head noun names the product type
-            type_words = {w for w, n in last.items() if n >= min_count and n >= 0.2 * counts[w] and len(w) > 2}
-        by_stem: dict[str, set[int]] = {}
-        for word, held in holders.items():
-            by_stem.setdefault(stem(word), set()).update(held)
-        postings = {s: np.array(sorted(held), dtype=np.int32) for s, held in by_stem.items()}
-        return cls(dict(counts), brand_words, type_words, postings)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"version": VERSION, "counts": self.counts, "brands": sorted(self.brands),
-                                    "types": sorted(self.types),
-                                    "postings": {s: d.tolist() for s, d in self.postings.items()}}))
-
-    @classmethod
-    def load(cls, path: Path) -> Vocabulary:
-        data = json.loads(path.read_text())
-        postings = {s: np.asarray(d, dtype=np.int32) for s, d in data.get("postings", {}).items()}
-        return cls(data["counts"], set(data["brands"]), set(data["types"]), postings)
 
 
 class Analyzer:

@@ -30,8 +30,9 @@ import pandas as pd
 from core import __version__
 from core.errors import Conflict, NotFound
 from core.settings import RetrievalSettings
-from retrieval.analyzer import VERSION as ANALYZER_VERSION
-from retrieval.analyzer import Analyzer, Vocabulary, english_words, normalize
+from retrieval.analyzer import Analyzer, english_words
+from retrieval.vocabulary import VERSION as ANALYZER_VERSION
+from retrieval.vocabulary import Vocabulary, normalize
 from retrieval.bm25 import BM25Index
 from retrieval.catalog import catalog_hash, product_text
 from retrieval.dense import DenseIndex
@@ -62,7 +63,7 @@ class Manifest:
     bm25: str = "tantivy"
     shoprank: str = __version__
     build_seconds: float = 0.0
-    analyzer: int = 0  # retrieval.analyzer.VERSION of the normalized text in the BM25 index (0: not normalized)
+    analyzer: int = 0  # retrieval.vocabulary.VERSION of the normalized text in the BM25 index (0: not normalized)
 
     @classmethod
     def read(cls, path: Path) -> Manifest:

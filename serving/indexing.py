@@ -25,7 +25,7 @@ import pandas as pd
 from core.errors import NotReady
 from core.registry import ModelRegistry
 from core.settings import Settings, get_settings
-from retrieval.analyzer import VERSION as ANALYZER_VERSION
+from retrieval.vocabulary import VERSION as ANALYZER_VERSION
 from retrieval.catalog import catalog_hash, read_catalog
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoder import BUNDLED, Encoder, load_encoder, resolve_model_dir

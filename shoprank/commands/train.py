@@ -1,6 +1,7 @@
-"""``shoprank train reranker|student|biencoder`` (and ``ltr``, :mod:`shoprank.commands.train_ltr`): train, register, export.
+"""``shoprank train``: the command group, and its cross-encoders, ``reranker`` and ``student``.
 
-Each command trains on ``--split`` of ``--dataset``, selects on a fixed sample
+``biencoder`` is :mod:`shoprank.commands.train_biencoder`, ``ltr`` :mod:`shoprank.commands.train_ltr`;
+what they share is in :mod:`shoprank.commands.training`. Each command trains on ``--split`` of ``--dataset``, selects on a fixed sample
 of the dev split, registers the result in the model registry with a manifest
 (training-data hash, base model, parameters, dev metrics, parent) and exports
 ONNX fp32 + int8 for serving. ``--activate`` makes it the active version (the
@@ -12,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import shutil
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,29 +23,14 @@ from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
 from retrieval.encoder import BUNDLED
-from shoprank.commands import train_ltr
-from shoprank.commands.arguments import count, share
+from shoprank.commands import train_biencoder, train_ltr
+from shoprank.commands.arguments import count
+from shoprank.commands.training import base_label, dev_sample, first_stage, trained
 
 if TYPE_CHECKING:  # serving loads FAISS: imported where used, after `shoprank serve` set its OpenMP threads
     from serving.engine import SearchEngine
 
 logger = logging.getLogger(__name__)
-
-
-def dev_sample(dataset: EvalDataset, split: str, size: int, seed: int = 0):  # type: ignore[no-untyped-def]
-    """A fixed sample of queries with signal (>= 2 judged, >= 2 distinct grades)."""
-    from ranking.training.data import groups_from
-
-    groups = [g for g in groups_from(dataset, split, 2) if len(set(g.judged.values())) > 1]
-    random.Random(seed).shuffle(groups)
-    return groups[:size]
-
-
-def first_stage(settings: Settings, dataset: EvalDataset) -> SearchEngine:
-    """An engine over the dataset's catalog without the registered models (mining negatives)."""
-    from serving.loading import open_engine
-
-    return open_engine(settings, dataset.products, models=False)
 
 
 def _register(settings: Settings, role: str, folder: Path, base: str, data_hash: str, params: dict,
@@ -64,16 +48,16 @@ def _register(settings: Settings, role: str, folder: Path, base: str, data_hash:
 
 def cmd_train_reranker(args: argparse.Namespace, settings: Settings) -> int:
     work = Path(args.work_dir) if args.work_dir else settings.paths.training(f"reranker-{args.run_name}")
-    trained = _trained(args, settings, work, "reranker", _train_reranker_here, needs=("train_summary.json", "best/"))
-    if trained is None:  # --export: written, not trained
+    outcome = trained(args, settings, work, "reranker", _train_reranker_here, needs=("train_summary.json", "best/"))
+    if outcome is None:  # --export: written, not trained
         return 0
-    summary, params = trained
+    summary, params = outcome
     folder = work / "registered"
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(work / "best", folder)
     metrics = {f"dev_sample_{k}": v for k, v in summary["best"].items() if k != "score"}
     metrics |= {"train_seconds": summary["seconds"], "dev_sample_queries": summary["dev_groups"]}
-    entry = _register(settings, args.role, folder, _base_label(args, summary), summary.get("data_hash", ""),
+    entry = _register(settings, args.role, folder, base_label(args, summary), summary.get("data_hash", ""),
                       params, metrics, args.activate)
     print(json.dumps({"registered": entry, "history": summary["history"]}, indent=2))
     return 0
@@ -182,89 +166,6 @@ def _ltr_scores(settings: Settings, dataset: EvalDataset, first: SearchEngine, d
     return rank
 
 
-def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
-    work = settings.paths.training(f"biencoder-{args.run_name}")
-    trained = _trained(args, settings, work, "biencoder", _train_biencoder_here, needs=("train_summary.json",))
-    if trained is None:  # --export: written, not trained
-        return 0
-    summary, params = trained
-    registry = ModelRegistry(settings.paths.models)
-    entry = registry.register("biencoder", work, base_model=_base_label(args, summary),
-                              training_data=summary.get("data_hash", ""), params=params,
-                              metrics={"train": {k: v for k, v in summary.items() if k != "config"}})
-    if args.activate or registry.active("biencoder") is None:
-        registry.activate("biencoder", entry.version)
-    print(json.dumps({"registered": entry.to_json()}, indent=2))
-    return 0
-
-
-def _base_label(args: argparse.Namespace, summary: dict) -> str:
-    """The base model a manifest names: --base; for a model trained elsewhere, else the folder its
-    training named (a path on that machine); else the bundled MiniLM."""
-    if args.base is not None:
-        return args.base
-    if args.trained is not None:
-        return str(summary.get("config", {}).get("base_model") or BUNDLED)
-    return BUNDLED
-
-
-def _trained(args: argparse.Namespace, settings: Settings, work: Path, kind: str,
-             train_here: Callable[[argparse.Namespace, Settings, Path], dict | None],
-             needs: tuple[str, ...]) -> tuple[dict, dict] | None:
-    """The training summary and manifest params of a ``kind`` model in ``work``: trained elsewhere
-    from an --export file (--trained, its folder copied there), or trained here; None with --export."""
-    if args.trained is None:
-        summary = train_here(args, settings, work)
-        return None if summary is None else (summary, dict(summary["config"]) | {"split": args.split})
-    missing = [name for name in needs  # a name ending in / is a folder
-               if not ((args.trained / name).is_dir() if name.endswith("/") else (args.trained / name).is_file())]
-    if missing:
-        raise InvalidInput(f"--trained {args.trained}: no {' and '.join(missing)} there; give the folder that "
-                           f"`python -m ranking.training.{kind} FILE --out FOLDER` wrote")
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(args.trained, work)
-    summary = json.loads((work / "train_summary.json").read_text())
-    params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}  # a path over there
-    return summary, params | {"trained_on": summary.get("device"), "split": args.split}
-
-
-def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Path) -> dict | None:
-    """Mine the negatives, then train into ``work`` (its summary), or with --export write the examples (None)."""
-    from evaluation.harness import Thresholds
-    from evaluation.metrics import grade_threshold
-    from ranking.training.biencoder import BiEncoderConfig, DevSet, product_texts, save_examples, train_biencoder
-    from ranking.training.data import as_served, groups_from, mine_negatives
-    from retrieval.encoder import resolve_model_dir
-
-    dataset = load_dataset(args.dataset)
-    base = str(resolve_model_dir(BUNDLED)) if args.base in (None, BUNDLED) else args.base
-    config = BiEncoderConfig(base_model=base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                             hard_negatives=not args.no_hard_negatives, seed=args.seed, max_grade=dataset.max_grade,
-                             positives=args.positives, queries=args.queries, typos=args.typos, device=args.device)
-    train = groups_from(dataset, args.split, 1)[: args.limit]
-    if config.hard_negatives or config.queries == "analyzed":
-        engine = first_stage(settings, dataset)
-        if config.hard_negatives:
-            mine_negatives(train, engine.pipeline("hybrid"), engine.index, 1, seed=args.seed,
-                           progress=settings.progress)
-        if config.queries == "analyzed":  # after mining: the first stage analyzes the query itself
-            train = as_served(train, engine.pipeline("hybrid"))
-    texts = product_texts(dataset.products)
-    if args.export is not None:
-        dev = None
-        if args.dev_split:
-            relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
-            dev = DevSet([(g.qid, g.query, g.judged) for g in groups_from(dataset, args.dev_split, 1)], relevant)
-        save_examples(args.export, config, train, texts, dev)
-        print(json.dumps({"exported": str(args.export), "train_queries": len(train),
-                          "dev_queries": 0 if dev is None else len(dev.queries), "products": len(texts),
-                          "next": f"python -m ranking.training.biencoder {args.export} --out FOLDER --base MODEL_FOLDER; "
-                                  f"shoprank train biencoder --dataset {args.dataset} --trained FOLDER"}, indent=2))
-        return None
-    shutil.rmtree(work, ignore_errors=True)
-    return train_biencoder(config, train, texts, work, progress=settings.progress)
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a model and register it")
     kinds = train.add_subparsers(dest="kind", required=True)
@@ -318,35 +219,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--activate", action="store_true")
     p.set_defaults(handler=cmd_train_student)
 
-    p = kinds.add_parser("biencoder", help="fine-tune the bi-encoder (MNRL + hard negatives)")
-    p.add_argument("--dataset", required=True, type=Path)
-    p.add_argument("--split", default="train")
-    p.add_argument("--base", default=None, help="'minilm' (bundled, default) or a model folder")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--no-hard-negatives", action="store_true", help="in-batch negatives only")
-    p.add_argument("--positives", choices=("one", "all"), default="all",
-                   help="every relevant product of a query is a training pair (default), or one per query "
-                        "and epoch (4-5x faster on Home Depot, lower recall)")
-    p.add_argument("--queries", choices=("typed", "analyzed"), default="typed",
-                   help="train on each query as the dataset spells it (typed, default) or as the server encodes "
-                        "it (analyzed: normalized, spelling corrected; tied on Home Depot)")
-    p.add_argument("--typos", type=share, default=0.0, metavar="P",
-                   help="share of training pairs, 0-1, whose query gets one synthetic typing slip (a dropped, "
-                        "doubled, swapped or neighbouring-key letter, or two words run together); default 0")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where to train: auto (a CUDA GPU when torch sees one, default), cpu or cuda")
-    p.add_argument("--export", type=Path, default=None, metavar="FILE",
-                   help="mine the negatives and write the training examples (and the --dev-split queries) to FILE "
-                        "(gzipped JSON) instead of training: `python -m ranking.training.biencoder FILE --out FOLDER` "
-                        "trains from it on any machine with torch and sentence-transformers (a GPU box)")
-    p.add_argument("--dev-split", default="dev", help="with --export: queries for the per-epoch dense check ('' none)")
-    p.add_argument("--trained", type=Path, default=None, metavar="FOLDER",
-                   help="register FOLDER, trained from an --export file, instead of training here")
-    p.add_argument("--seed", type=int, default=13)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--run-name", default="run")
-    p.add_argument("--activate", action="store_true")
-    p.set_defaults(handler=cmd_train_biencoder)
+    train_biencoder.add_parser(kinds)
     train_ltr.add_parser(kinds)

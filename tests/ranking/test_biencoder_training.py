@@ -5,7 +5,8 @@ from __future__ import annotations
 from ranking.training.biencoder import BiEncoderConfig, Triple, false_negatives, triples
 from ranking.cascade import Cascade
 from ranking.training.data import Group, as_served
-from retrieval.analyzer import Analyzer, Vocabulary
+from retrieval.analyzer import Analyzer
+from retrieval.vocabulary import Vocabulary
 
 TEXTS = {p: f"title {p}" for p in ("a", "b", "c", "d", "e")}
 GROUPS = [

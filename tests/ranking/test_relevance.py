@@ -20,7 +20,8 @@ from ranking.relevance import (
     CatalogText,
     relevance_features,
 )
-from retrieval.analyzer import Analyzer, Vocabulary, normalize, stem, tokenize
+from retrieval.analyzer import Analyzer
+from retrieval.vocabulary import Vocabulary, normalize, stem, tokenize
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.index import ProductIndex
 from tests.fakes import HashingEncoder

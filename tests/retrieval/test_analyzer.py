@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from retrieval.analyzer import Analyzer, Vocabulary, english_words, normalize, numbers, tokenize
+from retrieval.analyzer import Analyzer, english_words
+from retrieval.vocabulary import Vocabulary, normalize, numbers, tokenize
 from retrieval.index import ProductIndex
 from tests.fakes import HashingEncoder
 

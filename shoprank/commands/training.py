@@ -1,0 +1,66 @@
+"""What the ``shoprank train`` commands share: the dev sample they select on, the first stage
+that mines their negatives, and a model trained on another machine (``--export`` / ``--trained``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.errors import InvalidInput
+from core.settings import Settings
+from evaluation.dataset import EvalDataset
+from retrieval.encoder import BUNDLED
+
+if TYPE_CHECKING:  # serving loads FAISS: imported where used, after `shoprank serve` set its OpenMP threads
+    from serving.engine import SearchEngine
+
+
+def dev_sample(dataset: EvalDataset, split: str, size: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    """A fixed sample of queries with signal (>= 2 judged, >= 2 distinct grades)."""
+    from ranking.training.data import groups_from
+
+    groups = [g for g in groups_from(dataset, split, 2) if len(set(g.judged.values())) > 1]
+    random.Random(seed).shuffle(groups)
+    return groups[:size]
+
+
+def first_stage(settings: Settings, dataset: EvalDataset) -> SearchEngine:
+    """An engine over the dataset's catalog without the registered models (mining negatives)."""
+    from serving.loading import open_engine
+
+    return open_engine(settings, dataset.products, models=False)
+
+
+def base_label(args: argparse.Namespace, summary: dict) -> str:
+    """The base model a manifest names: --base; for a model trained elsewhere, else the folder its
+    training named (a path on that machine); else the bundled MiniLM."""
+    if args.base is not None:
+        return args.base
+    if args.trained is not None:
+        return str(summary.get("config", {}).get("base_model") or BUNDLED)
+    return BUNDLED
+
+
+def trained(args: argparse.Namespace, settings: Settings, work: Path, kind: str,
+            train_here: Callable[[argparse.Namespace, Settings, Path], dict | None],
+            needs: tuple[str, ...]) -> tuple[dict, dict] | None:
+    """The training summary and manifest params of a ``kind`` model in ``work``: trained elsewhere
+    from an --export file (--trained, its folder copied there), or trained here; None with --export."""
+    if args.trained is None:
+        summary = train_here(args, settings, work)
+        return None if summary is None else (summary, dict(summary["config"]) | {"split": args.split})
+    missing = [name for name in needs  # a name ending in / is a folder
+               if not ((args.trained / name).is_dir() if name.endswith("/") else (args.trained / name).is_file())]
+    if missing:
+        raise InvalidInput(f"--trained {args.trained}: no {' and '.join(missing)} there; give the folder that "
+                           f"`python -m ranking.training.{kind} FILE --out FOLDER` wrote")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(args.trained, work)
+    summary = json.loads((work / "train_summary.json").read_text())
+    params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}  # a path over there
+    return summary, params | {"trained_on": summary.get("device"), "split": args.split}
