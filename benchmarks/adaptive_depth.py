@@ -22,7 +22,8 @@ the variants after it cost a first stage and LambdaMART per query.
     HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/adaptive_depth.py --dataset D \
         [--split dev] [--stage teacher] [--reference-depth 50] [--confident 3 5 10] [--agreement 0.5 0.7 0.9]
 
-Writes ``benchmarks/results/adaptive_depth.json`` (``adaptive_depth_student.json`` for the student).
+Writes ``benchmarks/results/adaptive_depth.json`` (``adaptive_depth_student.json`` for the student),
+or ``--out``, and each variant's evaluation in the folder of the same name without ``.json``.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def main() -> None:
     print(f"CPU: {hardware()}")
     print(f"home {settings.home}, split {args.split}, {args.stage} depth {depth}, reference depth {args.reference_depth}")
     agree = agreements(args.dataset, args.split, args.limit)
-    work = args.out.parent / f"adaptive_depth{suffix}"
+    work = args.out.with_suffix("")  # each variant's evaluation, in a folder named after --out
     work.mkdir(parents=True, exist_ok=True)
 
     variants: list[tuple[str, dict[str, str], float]] = []  # name, settings, mean pairs per search
