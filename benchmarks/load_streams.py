@@ -17,7 +17,7 @@ wrk posts (closed loop: each connection sends its next search when the last is a
 the server runs saturated) the stream's queries to ``shoprank serve`` on 127.0.0.1 for
 ``--seconds`` and prints searches/s, p50/p95/p99, failed requests, the share of searches
 served degraded and the skipped stages by reason (``degraded_reasons``, from ``/metrics``:
-``teacher: timeout``, ``teacher: shed`` for every kind of shed), the share admitted over the shed limit (``shed_share``, from ``/metrics``:
+``teacher: timeout``, ``teacher: shed, budget`` / ``overload`` / ``queue``, by the shed's cause), the share admitted over the shed limit (``shed_share``, from ``/metrics``:
 their cross-encoders scored only the top ``serving.shed_depth`` of the pairs not cached), each cache's lookups
 and hit rate (``caches``: results, query vectors and cross-encoder scores, each tier), the server's CPU milliseconds per search (all its threads and worker
 processes, ``api.workers``: a capacity figure steadier than searches/s on a shared machine), the share of
@@ -207,7 +207,8 @@ def searches_counted(base: str) -> Counted:
     shed limit (their cross-encoders scored only the top ``serving.shed_depth`` uncached pairs),
     the connections its busier processes handed back (``api.rebalance_margin``), every
     cache's lookups (``<cache>:hit`` / ``<cache>:miss``) and the stages skipped, by stage and
-    reason (``<stage>: <reason>``: timeout, shed, skipped, error)."""
+    reason (``<stage>: <reason>``: timeout, shed, skipped, error; a shed stage's cause after a comma: budget,
+    overload, queue)."""
     text = httpx.get(f"{base}/metrics", timeout=30).text
     total = shed = rebalanced = 0.0
     lookups: dict[str, float] = {}
@@ -224,7 +225,8 @@ def searches_counted(base: str) -> Counted:
             lookups[key] = lookups.get(key, 0.0) + float(match[3])
         elif match := DEGRADED.match(line):
             labels = dict(LABEL.findall(match[1]))
-            key = f"{labels.get('stage')}: {labels.get('reason')}"
+            cause = labels.get("cause")
+            key = f"{labels.get('stage')}: {labels.get('reason')}" + (f", {cause}" if cause else "")
             degraded[key] = degraded.get(key, 0.0) + float(match[2])
     return Counted(total, shed, rebalanced, lookups, degraded)
 

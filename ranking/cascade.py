@@ -40,6 +40,9 @@ class Noted:
 
 Stage = Callable[[Query, Candidates], "Candidates | Noted"]
 logger = logging.getLogger(__name__)
+# why a costly stage was shed (degraded "<stage>: shed, <cause>"): the degrade budget, the in-flight limit
+# with shed_depth 0, or the queue gate (its pairs would not be scored in time)
+SHED_CAUSES = ("budget", "overload", "queue")
 
 
 def rerank_head(candidates: Candidates, depth: int, stage: str, scores: np.ndarray) -> Candidates:

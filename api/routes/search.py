@@ -27,6 +27,7 @@ from core.keys import ApiKey
 from core.query import Analysis, Filters
 from core.query import Query as SearchQuery
 from online_learning.events import RankingEvent, ShownItem
+from ranking.cascade import SHED_CAUSES
 from serving.loading import Served
 
 ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody},
@@ -55,7 +56,8 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
         metrics.stages.labels(stage).observe(seconds)
     for reason in result.degraded:
         stage, _, why = reason.partition(": ")
-        metrics.degraded.labels(stage, why.split(" ")[0].rstrip(",")).inc()
+        kind, _, cause = why.partition(", ")
+        metrics.degraded.labels(stage, kind.split(" ")[0], cause if cause in SHED_CAUSES else "").inc()
     index = engine.index
     contributions = engine.explain(query, result.candidates, routed.ltr) if body.explain else None
     items = []

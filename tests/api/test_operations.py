@@ -183,6 +183,6 @@ def test_a_degrade_budget_skips_the_cross_encoder_beside_another_search(ops_sett
         assert beside["degraded"] and all(r.endswith(": shed, budget") for r in beside["degraded"])
         assert [i["product_id"] for i in beside["items"]]  # still an answer, in LambdaMART / first-stage order
         metrics = client.get("/metrics").text
-        shed = [line for line in metrics.splitlines()
-                if line.startswith("shoprank_degraded_total{") and 'reason="shed"' in line]
+        shed = [line for line in metrics.splitlines()  # the cause is a label of its own
+                if line.startswith("shoprank_degraded_total{") and 'reason="shed"' in line and 'cause="budget"' in line]
         assert shed and sum(float(line.split()[-1]) for line in shed) >= 1
