@@ -25,7 +25,7 @@ from evaluation.dataset import EvalDataset, load_dataset
 from retrieval.encoder import BUNDLED
 from shoprank.commands import train_biencoder, train_ltr
 from shoprank.commands.arguments import count
-from shoprank.commands.training import base_label, dev_sample, first_stage, trained
+from shoprank.commands.training import add_elsewhere_arguments, base_label, dev_sample, first_stage, trained
 
 if TYPE_CHECKING:  # serving loads FAISS: imported where used, after `shoprank serve` set its OpenMP threads
     from serving.engine import SearchEngine
@@ -184,14 +184,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=40)
     p.add_argument("--negatives", type=count, default=4, help="mined hard negatives per query")
     p.add_argument("--loss", choices=("pairwise", "listnet"), default="pairwise")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where to train: auto (a CUDA GPU when torch sees one, default), cpu or cuda")
-    p.add_argument("--export", type=Path, default=None, metavar="FILE",
-                   help="mine the negatives and write the training examples, the dev sample and the titles to FILE "
-                        "(gzipped JSON) instead of training: `python -m ranking.training.reranker FILE --out FOLDER` "
-                        "trains from it on any machine with torch and transformers (a GPU box)")
-    p.add_argument("--trained", type=Path, default=None, metavar="FOLDER",
-                   help="register FOLDER, trained from an --export file, instead of training here")
+    add_elsewhere_arguments(p, "reranker", "the training examples, the dev sample and the titles",
+                            "torch and transformers")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None, help="only the first N training queries")
     p.add_argument("--run-name", default="run", help="work folder name (resumes if it exists)")

@@ -17,7 +17,7 @@ from core.settings import Settings
 from evaluation.dataset import load_dataset
 from retrieval.encoder import BUNDLED
 from shoprank.commands.arguments import share
-from shoprank.commands.training import base_label, first_stage, trained
+from shoprank.commands.training import add_elsewhere_arguments, base_label, first_stage, trained
 
 
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
@@ -91,15 +91,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--typos", type=share, default=0.0, metavar="P",
                    help="share of training pairs, 0-1, whose query gets one synthetic typing slip (a dropped, "
                         "doubled, swapped or neighbouring-key letter, or two words run together); default 0")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where to train: auto (a CUDA GPU when torch sees one, default), cpu or cuda")
-    p.add_argument("--export", type=Path, default=None, metavar="FILE",
-                   help="mine the negatives and write the training examples (and the --dev-split queries) to FILE "
-                        "(gzipped JSON) instead of training: `python -m ranking.training.biencoder FILE --out FOLDER` "
-                        "trains from it on any machine with torch and sentence-transformers (a GPU box)")
+    add_elsewhere_arguments(p, "biencoder", "the training examples (and the --dev-split queries)",
+                            "torch and sentence-transformers")
     p.add_argument("--dev-split", default="dev", help="with --export: queries for the per-epoch dense check ('' none)")
-    p.add_argument("--trained", type=Path, default=None, metavar="FOLDER",
-                   help="register FOLDER, trained from an --export file, instead of training here")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

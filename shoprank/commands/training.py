@@ -46,6 +46,19 @@ def base_label(args: argparse.Namespace, summary: dict) -> str:
     return BUNDLED
 
 
+def add_elsewhere_arguments(p: argparse.ArgumentParser, kind: str, written: str, needs: str) -> None:
+    """``--device``, and ``--export`` / ``--trained`` (read by :func:`trained`): train a ``kind`` model
+    on another machine from the ``written`` examples, with Python packages ``needs`` there."""
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to train: auto (a CUDA GPU when torch sees one, default), cpu or cuda")
+    p.add_argument("--export", type=Path, default=None, metavar="FILE",
+                   help=f"mine the negatives and write {written} to FILE (gzipped JSON) instead of training: "
+                        f"`python -m ranking.training.{kind} FILE --out FOLDER` trains from it on any machine with "
+                        f"{needs} (a GPU box)")
+    p.add_argument("--trained", type=Path, default=None, metavar="FOLDER",
+                   help="register FOLDER, trained from an --export file, instead of training here")
+
+
 def trained(args: argparse.Namespace, settings: Settings, work: Path, kind: str,
             train_here: Callable[[argparse.Namespace, Settings, Path], dict | None],
             needs: tuple[str, ...]) -> tuple[dict, dict] | None:
