@@ -66,8 +66,10 @@ class ServedHolder:
                 stamp = self._stamp()  # type: ignore[misc]
                 if stamp in (self.get().generation, failed):
                     continue
-                logger.info("shared serving state changed (%s); reloading", stamp)
-                self.reload()
+                before = self.reloads
+                self.reload(unless=stamp)
+                if self.reloads > before:
+                    logger.info("shared serving state changed (%s); reloaded", stamp)
                 failed = None
             except Exception as err:  # noqa: BLE001 - keep serving the loaded unit
                 logger.exception("reloading after a shared state change failed; the loaded models keep serving")
@@ -82,18 +84,24 @@ class ServedHolder:
             raise NotReady(f"the search engine failed to load: {self.error}")
         raise NotReady("the search engine is still loading (index and models); retry shortly")
 
-    def reload(self) -> Served:
-        """Load the unit again from the shared state (same index and encoder) and swap it in."""
-        served = self.swap(self._load)
-        self.reloads += 1
-        return served
+    def reload(self, unless: str | None = None) -> Served:
+        """Load the unit again from the shared state (same index and encoder) and swap it in.
+        With ``unless`` (a generation), nothing is loaded when the served unit is of that
+        generation once the swap lock is held: a swap through this process loaded it meanwhile."""
+        return self.swap(self._load, unless)
 
-    def swap(self, build: Callable[[Served], Served]) -> Served:
-        """Build a new unit from the current one (e.g. new models, same index) and swap it in."""
+    def swap(self, build: Callable[[Served], Served], unless: str | None = None) -> Served:
+        """Build a new unit from the current one (e.g. new models, same index) and swap it in
+        (with ``unless``: only when the current unit is not of that generation)."""
         with self._swap_lock:
             old = self.get()
+            if unless is not None and old.generation == unless:
+                return old
             new = build(old)
+            self.reloads += 1
             self._served = new
         logger.info("swapped engine: %s -> %s", old.engine.versions, new.engine.versions)
-        threading.Timer(30.0, old.close).start()  # in-flight requests finish on the old unit first
+        closing = threading.Timer(30.0, old.close)  # in-flight requests finish on the old unit first
+        closing.daemon = True  # a process that exits closes nothing more
+        closing.start()
         return new

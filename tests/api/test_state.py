@@ -1,0 +1,41 @@
+"""The served unit's holder: a change of the shared state is loaded once, whichever noticed it first."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+from api.state import ServedHolder
+from serving.loading import Served
+
+
+def test_a_swap_through_this_process_is_not_loaded_again_by_the_watcher() -> None:
+    shared = {"generation": "g1"}
+    loads: list[str] = []
+    building = threading.Event()  # the swap through this process is loading
+    release = threading.Event()
+
+    def load(previous: Served | None) -> Served:
+        loads.append(shared["generation"])
+        if previous is not None and len(loads) == 2:
+            building.set()
+            release.wait(10)
+        unit = SimpleNamespace(versions={"reranker": shared["generation"]}, close=lambda: None)
+        return Served(unit, SimpleNamespace(close=lambda: None), shared["generation"])  # type: ignore[arg-type]
+
+    holder = ServedHolder(load, stamp=lambda: shared["generation"], poll_s=0.02)
+    holder.start()
+    assert holder.ready.wait(10) and holder.get().generation == "g1"
+    shared["generation"] = "g2"  # a model activated through this process: it swaps at once...
+    swapping = threading.Thread(target=holder.reload)
+    swapping.start()
+    assert building.wait(10)
+    time.sleep(0.3)  # ...while its watcher sees the new generation and waits for the swap lock
+    release.set()
+    swapping.join(10)
+    time.sleep(0.3)
+    holder.stop()
+    assert holder.get().generation == "g2"
+    assert loads == ["g1", "g2"], f"the state was loaded {len(loads)} times: {loads}"
+    assert holder.reloads == 1
