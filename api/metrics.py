@@ -211,7 +211,7 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         state = self.state()
-        hit_rate = GaugeMetricFamily("shoprank_cache_hit_rate", "Hit rate per cache", labels=["cache"])
+        hit_rate = GaugeMetricFamily("shoprank_cache_hit_rate", "Hit rate per cache since the process started", labels=["cache"])
         size = GaugeMetricFamily("shoprank_cache_entries", "Entries per cache", labels=["cache"])
         lookups = CounterMetricFamily("shoprank_cache_lookups", "Lookups per cache (and tier: "
                                       "<role>_scores in memory, <role>_scores_store in the score store) by result",

@@ -98,6 +98,7 @@ class ServedHolder:
             if unless is not None and old.generation == unless:
                 return old
             new = build(old)
+            new.carry_counts(old)  # /metrics counters keep counting up across the swap
             self.reloads += 1
             self._served = new
         logger.info("swapped engine: %s -> %s", old.engine.versions, new.engine.versions)

@@ -2,8 +2,9 @@
 
 The engine keeps one of each per loaded engine: query vectors, cross-encoder
 scores keyed by (query, product) for one model version, and search results.
-A model swap builds a new engine, so its caches start empty; a catalog change
-clears them. Hit rates are exported on ``/metrics``.
+A model swap builds a new engine, so its caches start empty (their hit and miss
+counts carry on from the old engine's); a catalog change clears them. Hit rates are
+exported on ``/metrics``.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from serving.pipelines import DEFAULT, PIPELINES, Models, Pipelines, build_pipel
 from serving.results import SearchResult, SharedLists, SharedResults, settings_digest
 
 CROSS_ENCODER_ROLES = ("student", "reranker")
+COUNTERS = ("hits", "misses", "errors", "skipped", "written", "dropped")  # of the caches and the score store
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,22 @@ class SearchEngine:
 
     def cache_stats(self) -> dict[str, object]:
         return self.caches.stats()
+
+    def carry_counts(self, previous: SearchEngine) -> None:
+        """Start this engine's counts (cache lookups, score store events, requests the
+        micro-batchers shed) where ``previous``'s stand: a swap builds a new engine, and the
+        counters ``/metrics`` exports keep counting up across it. Call before this engine serves."""
+        before = previous.cache_stats()
+        for name, counts in self.cache_stats().items():
+            old = before.get(name)
+            if old is None or old is counts:
+                continue
+            for counter in COUNTERS:
+                if hasattr(counts, counter) and hasattr(old, counter):
+                    setattr(counts, counter, getattr(counts, counter) + getattr(old, counter))
+        for role, batcher in self.batchers.items():
+            if (old_batcher := previous.batchers.get(role)) is not None and old_batcher is not batcher:
+                batcher.shed += old_batcher.shed
 
     def clear_caches(self) -> None:
         """After a catalog change: forget results and scores in memory (vectors of queries stay valid;

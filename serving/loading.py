@@ -194,6 +194,10 @@ class Served:
     router: ExperimentRouter
     generation: str = ""
 
+    def carry_counts(self, previous: Served) -> None:
+        """Swapping in for ``previous``: its engine's counts carry on in this one's."""
+        self.engine.carry_counts(previous.engine)
+
     def close(self) -> None:
         self.router.close()
         self.engine.close()

@@ -126,6 +126,22 @@ def test_hot_swap_under_load_fails_no_request(client: TestClient) -> None:
     assert "v1" in versions
 
 
+def _results_lookups(client: TestClient) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in client.get("/metrics").text.splitlines()
+               if line.startswith('shoprank_cache_lookups_total{cache="results"'))
+
+
+def test_cache_counts_keep_counting_across_a_swap(client: TestClient) -> None:
+    client.post("/v1/search", json={"query": "garden rake", "k": 3})
+    client.post("/v1/search", json={"query": "garden rake", "k": 3})
+    before = _results_lookups(client)
+    assert before >= 2
+    assert client.post("/v1/admin/reload", headers=AUTH).status_code == 200  # a new engine, its caches empty
+    assert _results_lookups(client) == before, "the results cache's lookups were counted again from zero"
+    client.post("/v1/search", json={"query": "garden rake", "k": 3})
+    assert _results_lookups(client) == before + 1
+
+
 def _nice(tid: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, tid)
 

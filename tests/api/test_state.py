@@ -21,7 +21,8 @@ def test_a_swap_through_this_process_is_not_loaded_again_by_the_watcher() -> Non
         if previous is not None and len(loads) == 2:
             building.set()
             release.wait(10)
-        unit = SimpleNamespace(versions={"reranker": shared["generation"]}, close=lambda: None)
+        unit = SimpleNamespace(versions={"reranker": shared["generation"]}, close=lambda: None,
+                               carry_counts=lambda previous: None)
         return Served(unit, SimpleNamespace(close=lambda: None), shared["generation"])  # type: ignore[arg-type]
 
     holder = ServedHolder(load, stamp=lambda: shared["generation"], poll_s=0.02)
