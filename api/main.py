@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -52,30 +52,67 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     router) in the background at start-up, and again for every hot swap."""
     settings = settings or get_settings()
     metrics = Metrics()
+    app = FastAPI(title="ShopRank", version=__version__, lifespan=_lifespan(settings, metrics, loader),
+                  summary="Learning-to-rank product search for online stores.")
+    app.state.settings = settings
+    app.state.keys = KeyStore(settings.paths.keys)
+    app.state.limiter = RateLimiter(settings.api.rate_limit_per_s, settings.api.rate_burst)
+    limit = settings.serving.max_in_flight
+    app.state.admission = Admission(limit, settings.serving.shed_in_flight or default_shed_at(settings.api.processes()),
+                                    settings.serving.skip_share)
+    app.state.metrics = metrics
+    app.state.balancer = open_balancer(None, 1, 0)  # the lifespan opens the processes' shared table
+    app.state.served_by = f"{socket.gethostname()}:{settings.api.port}:{os.getpid()}"  # which replica and process
+    app.middleware("http")(_request_context)
+    errors.install(app)
 
-    def open_store(store: str | None) -> StoreRuntime:
-        """One store's served unit (loaded in the background), event spool and event log."""
-        store_settings = settings.for_store(store)
+    @app.exception_handler(ValidationError)
+    async def _validation(request: Request, exc: ValidationError) -> Response:
+        # models validated inside a route (GET /v1/search) report like body validation
+        return await app.exception_handlers[RequestValidationError](
+            request, RequestValidationError(exc.errors(include_url=False)))
 
-        def load(previous: Served | None) -> Served:
-            return loader(store_settings, previous)
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-        def stamp() -> str:
-            if store is None:
-                pull_artifacts(settings)  # swaps and experiments published by other replicas or the CLI
-            return generation(store_settings)
+    app.include_router(health.router)
+    for router in (search.router, events.router, admin.router):
+        app.include_router(router, prefix="/v1")  # the default store
+        app.include_router(router, prefix="/v1/stores/{store}", dependencies=[Depends(in_store)])
+    return app
 
-        holder = ServedHolder(load, stamp, settings.serving.reload_poll_s)
-        kafka = KafkaSettings(settings.events.kafka_bootstrap) if settings.events.kafka_bootstrap else None
-        spool, spool_lock = claim_spool(store_settings.paths.event_spool)
-        return StoreRuntime(store_settings.store_name, store_settings, holder, EventLog(spool, kafka, store=store),
-                            spool_lock)
+
+def _open_runtime(settings: Settings, store: str | None, loader: Loader) -> StoreRuntime:
+    """One store's served unit (loaded in the background once started), event spool and event log."""
+    store_settings = settings.for_store(store)
+
+    def load(previous: Served | None) -> Served:
+        return loader(store_settings, previous)
+
+    def stamp() -> str:
+        if store is None:
+            pull_artifacts(settings)  # swaps and experiments published by other replicas or the CLI
+        return generation(store_settings)
+
+    holder = ServedHolder(load, stamp, settings.serving.reload_poll_s)
+    kafka = KafkaSettings(settings.events.kafka_bootstrap) if settings.events.kafka_bootstrap else None
+    spool, spool_lock = claim_spool(store_settings.paths.event_spool)
+    return StoreRuntime(store_settings.store_name, store_settings, holder, EventLog(spool, kafka, store=store),
+                        spool_lock)
+
+
+def _lifespan(settings: Settings, metrics: Metrics,
+              loader: Loader) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """What the app opens at start (every store's served unit, event log and spool; the live
+    metrics; the processes' connection balance) and closes at shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # a replica builds nothing: it serves what the artifact store holds (when one is configured)
         await asyncio.to_thread(pull_artifacts, settings)
-        runtimes = [open_store(None), *(open_store(name) for name in other_stores(settings))]
+        runtimes = [_open_runtime(settings, None, loader),
+                    *(_open_runtime(settings, name, loader) for name in other_stores(settings))]
         app.state.stores = {r.name: r for r in runtimes}
         app.state.default_store = runtimes[0].name
         app.state.served = runtimes[0].holder  # the default store's, as the routes without a store use
@@ -94,59 +131,34 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
             for runtime in runtimes:
                 runtime.close()
 
-    app = FastAPI(title="ShopRank", version=__version__, lifespan=lifespan,
-                  summary="Learning-to-rank product search for online stores.")
-    app.state.settings = settings
-    app.state.keys = KeyStore(settings.paths.keys)
-    app.state.limiter = RateLimiter(settings.api.rate_limit_per_s, settings.api.rate_burst)
-    limit = settings.serving.max_in_flight
-    app.state.admission = Admission(limit, settings.serving.shed_in_flight or default_shed_at(settings.api.processes()),
-                                    settings.serving.skip_share)
-    app.state.metrics = metrics
-    app.state.balancer = open_balancer(None, 1, 0)  # the lifespan opens the processes' shared table
+    return lifespan
 
-    served_by = f"{socket.gethostname()}:{settings.api.port}:{os.getpid()}"  # which replica and process answered
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        given = request.headers.get("x-request-id", "")
-        request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        started = time.perf_counter()
-        balance = request.app.state.balancer
-        balance.enter()
-        try:
-            response = await call_next(request)
-        finally:
-            rebalance = balance.leave()
-        seconds = time.perf_counter() - started
-        if rebalance:
-            response.headers["connection"] = "close"
-            metrics.rebalanced.inc()
-        path = _route_template(request)
-        metrics.requests.labels(path, str(response.status_code)).observe(seconds)
-        response.headers["x-request-id"] = request.state.request_id
-        response.headers["x-served-by"] = served_by
-        access.info(json.dumps({"request_id": request.state.request_id, "method": request.method, "path": path,
-                                "status": response.status_code, "ms": round(seconds * 1e3, 2)}))
-        return response
-
-    errors.install(app)
-
-    @app.exception_handler(ValidationError)
-    async def _validation(request: Request, exc: ValidationError) -> Response:
-        # models validated inside a route (GET /v1/search) report like body validation
-        return await app.exception_handlers[RequestValidationError](
-            request, RequestValidationError(exc.errors(include_url=False)))
-
-    @app.get("/metrics", include_in_schema=False)
-    def prometheus() -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
-
-    app.include_router(health.router)
-    for router in (search.router, events.router, admin.router):
-        app.include_router(router, prefix="/v1")  # the default store
-        app.include_router(router, prefix="/v1/stores/{store}", dependencies=[Depends(in_store)])
-    return app
+async def _request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Every request: its id (the caller's ``X-Request-ID`` when it is a plain token), its
+    latency in Prometheus, ``X-Served-By``, one JSON access-log line; a busier process of
+    several closes the connection after answering (``api.rebalance_margin``)."""
+    state = request.app.state
+    given = request.headers.get("x-request-id", "")
+    request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    started = time.perf_counter()
+    balance = state.balancer
+    balance.enter()
+    try:
+        response = await call_next(request)
+    finally:
+        rebalance = balance.leave()
+    seconds = time.perf_counter() - started
+    if rebalance:
+        response.headers["connection"] = "close"
+        state.metrics.rebalanced.inc()
+    path = _route_template(request)
+    state.metrics.requests.labels(path, str(response.status_code)).observe(seconds)
+    response.headers["x-request-id"] = request.state.request_id
+    response.headers["x-served-by"] = state.served_by
+    access.info(json.dumps({"request_id": request.state.request_id, "method": request.method, "path": path,
+                            "status": response.status_code, "ms": round(seconds * 1e3, 2)}))
+    return response
 
 
 def _route_template(request: Request) -> str:
