@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
+from core.hardware import limit_math_threads  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from serving.indexing import open_encoder, open_index  # noqa: E402
@@ -44,6 +45,7 @@ def main() -> None:
     settings = Settings(progress=False)
     if args.cold:
         settings = settings.model_copy(update={"home": Path(tempfile.mkdtemp(prefix="shoprank-bench-"))})
+    math_threads = limit_math_threads(settings.serving.math_threads)  # as `shoprank serve` runs
     dataset = load_dataset(args.dataset)
     encoder = open_encoder(settings)
     started = time.perf_counter()
@@ -63,7 +65,7 @@ def main() -> None:
     }
     report = {
         "benchmark": "first_stage",
-        "hardware": hardware(),
+        "hardware": hardware(), "math_threads": math_threads,
         "dataset": str(args.dataset),
         "products": index.count,
         "dense_index": index.manifest.dense_kind,

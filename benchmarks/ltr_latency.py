@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, percentiles  # noqa: E402
+from core.hardware import limit_math_threads  # noqa: E402
 from core.query import Query  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     args = parser.parse_args()
     settings = Settings(progress=False, **({"home": args.home} if args.home else {}))
+    math_threads = limit_math_threads(settings.serving.math_threads)  # as `shoprank serve` runs
     dataset = load_dataset(args.dataset)
     engine = open_engine(settings, dataset.products, warm_features=False)
     if engine.ltr is None:
@@ -63,7 +65,7 @@ def main() -> None:
         t3 = time.perf_counter()
         for name, seconds in (("analyzer", t1 - t0), ("features", t2 - t1), ("predict", t3 - t2), ("total", t3 - t0)):
             parts[name].append(seconds)
-    print(json.dumps({"hardware": hardware(), "command": " ".join(sys.argv), "home": str(settings.home),
+    print(json.dumps({"hardware": hardware(), "math_threads": math_threads, "command": " ".join(sys.argv), "home": str(settings.home),
                       "ltr": engine.ltr.version, "features": len(model.names),  # type: ignore[attr-defined]
                       "store_features": featurizer.store_names != [], "store_warm_s": warm_seconds,
                       "candidates": args.candidates,

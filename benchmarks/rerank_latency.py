@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
+from core.hardware import limit_math_threads  # noqa: E402
 from core.registry import ModelRegistry  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
@@ -56,6 +57,7 @@ def main() -> None:
     settings = Settings(progress=False)
     # cold means cold: no shared score store behind the caches clear_caches() empties
     settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"score_store": "memory"})})
+    math_threads = limit_math_threads(settings.serving.math_threads)  # as `shoprank serve` runs
     dataset = load_dataset(args.dataset)
     engine = open_engine(settings, dataset.products, warm_features=False)
     index = engine.index
@@ -81,7 +83,7 @@ def main() -> None:
             continue
         pipelines[name] = percentiles(uncached(engine, name, queries))
     report = {
-        "benchmark": "rerank_latency", "hardware": hardware(), "products": index.count,
+        "benchmark": "rerank_latency", "hardware": hardware(), "math_threads": math_threads, "products": index.count,
         "candidates_per_query": args.candidates, "queries": len(queries),
         "settings": settings.ranking.model_dump(mode="json"),
         "cross_encoder_ms_per_query": models, "pipeline_ms_top10": pipelines,

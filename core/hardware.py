@@ -80,6 +80,24 @@ def cores_per_process(processes: int) -> int:
     return max(1, usable_cores() // max(1, processes))
 
 
+def limit_math_threads(threads: int) -> int:
+    """One math thread per search, as a server runs (``serving.math_threads``): OpenMP (FAISS
+    reads the variable when it loads; if it is loaded already, it is told now) and the BLAS
+    NumPy loaded (set now); child processes inherit both. 0, or OMP_NUM_THREADS in the
+    environment: left alone. Returns the threads in force (0: the libraries' default)."""
+    if not threads or "OMP_NUM_THREADS" in os.environ:
+        return int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    import sys
+
+    from threadpoolctl import threadpool_limits
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    threadpool_limits(limits=threads)
+    if "faiss" in sys.modules:
+        sys.modules["faiss"].omp_set_num_threads(threads)
+    return threads
+
+
 def describe() -> str:
     """One line for benchmark output: cores, architecture, model, flags."""
     c = cpu()

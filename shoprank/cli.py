@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core.errors import InvalidInput, ShopRankError
+from core.hardware import limit_math_threads
 from core.settings import Settings, get_settings
 
 logger = logging.getLogger("shoprank")
@@ -105,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                                             ("workers", args.workers)) if v is not None})
     settings = settings.model_copy(update=updates | {"api": api})
     level = settings.log_level.lower()
-    _limit_math_threads(settings.serving.math_threads)
+    limit_math_threads(settings.serving.math_threads)  # before FAISS loads
     processes = api.processes()
     if processes == 1:
         from api.main import create_app
@@ -138,19 +139,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if own_metrics:
             shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
     return 0
-
-
-def _limit_math_threads(threads: int) -> None:
-    """One math thread per search in a server: OpenMP (FAISS, loaded later, reads the variable)
-    and the OpenBLAS NumPy already loaded (set now); their worker processes inherit both."""
-    import os
-
-    if not threads or "OMP_NUM_THREADS" in os.environ:
-        return
-    from threadpoolctl import threadpool_limits
-
-    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
-    threadpool_limits(limits=threads)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from core.hardware import Cpu, cpu, parse_cpuinfo
+
+ROOT = Path(__file__).resolve().parents[2]
 
 INFO = """processor\t: 0
 model name\t: AMD EPYC 9454
@@ -35,3 +42,19 @@ def test_auto_precision_follows_the_int8_kernels() -> None:
     assert Cpu("x", 2, "x86_64", ("avx2",)).cross_encoder_precision == "int8"
     assert Cpu("x", 2, "aarch64", ()).cross_encoder_precision == "fp32"
     assert "cross_encoder_precision" in Cpu("x", 2, "x86_64", ("amx_int8",)).as_dict()
+
+
+def test_math_threads_are_limited_after_faiss_loaded() -> None:
+    """A benchmark or embedder that loaded FAISS already gets the server's one math thread per search."""
+    code = ("import faiss, numpy; from threadpoolctl import threadpool_info; "
+            "from core.hardware import limit_math_threads; "
+            "print(limit_math_threads(1), faiss.omp_get_max_threads(), "
+            "{p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'})")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                          cwd=ROOT)
+    assert done.stdout.split() == ["1", "1", "{1}"], done.stdout
+    kept = subprocess.run([sys.executable, "-c", "from core.hardware import limit_math_threads; "
+                           "print(limit_math_threads(1))"], capture_output=True, text=True, check=True,
+                          env=env | {"OMP_NUM_THREADS": "3"}, cwd=ROOT)
+    assert kept.stdout.strip() == "3"  # the environment wins
