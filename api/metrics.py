@@ -227,7 +227,7 @@ class _LiveCollector(Collector):
             if hasattr(cache, "__len__"):
                 size.add_metric([name], len(cache))
             if name == "score_store":
-                for event in ("errors", "skipped", "written", "dropped"):
+                for event in cache.EVENTS:
                     store.add_metric([event], getattr(cache, event))
         yield hit_rate
         yield size

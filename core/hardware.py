@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -87,8 +88,6 @@ def limit_math_threads(threads: int) -> int:
     environment: left alone. Returns the threads in force (0: the libraries' default)."""
     if not threads or "OMP_NUM_THREADS" in os.environ:
         return int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    import sys
-
     from threadpoolctl import threadpool_limits
 
     os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(threads)

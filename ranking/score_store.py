@@ -95,6 +95,7 @@ class ScoreStore:
     """
 
     name = "store"
+    EVENTS = ("errors", "skipped", "written", "dropped")  # its counts, exported on /metrics
 
     def __init__(self, retry_s: float = 30.0, queue_size: int = 10_000, page_ttl_s: float = 60.0) -> None:
         self.retry_s = retry_s

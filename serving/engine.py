@@ -38,7 +38,7 @@ from serving.pipelines import DEFAULT, PIPELINES, Models, Pipelines, build_pipel
 from serving.results import SearchResult, SharedLists, SharedResults, settings_digest
 
 CROSS_ENCODER_ROLES = ("student", "reranker")
-COUNTERS = ("hits", "misses", "errors", "skipped", "written", "dropped")  # of the caches and the score store
+COUNTERS = ("hits", "misses", *ScoreStore.EVENTS)  # of the caches and the score store
 
 
 @dataclass(frozen=True)
