@@ -103,6 +103,10 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
     return {"p50": round(float(np.percentile(ms, 50)), 2), "p95": round(float(np.percentile(ms, 95)), 2)}
 
 
+RERANK_METRICS = ("ndcg@10", "mrr@10")
+RETRIEVAL_METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000", "ndcg@10_unjudged_as_0", "judged@10")
+
+
 def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pipeline_name: str,
              mode: Mode, split: str | None = None, thresholds: Thresholds = Thresholds(),
              depth: int = 1000, limit: int | None = None, progress: bool = True,
@@ -123,55 +127,56 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
     if subset != "all" or limit is not None:
         members = subset_ids(dataset, selected, subset)
         selected = [(qid, query) for qid, query in selected if qid in members][:limit]
-    ndcg: list[float] = []
-    mrr: list[float] = []
+    order = list(RERANK_METRICS if mode == "rerank" else RETRIEVAL_METRICS)
+    per_query: dict[str, dict[str, float]] = {metric: {} for metric in order}
     latency: list[float] = []
-    uncondensed: list[float] = []
-    judged: list[float] = []
-    recall: dict[int, list[float]] = {100: [], 1000: []}
-    per_query: dict[str, dict[str, float]] = {}
-
-    def keep(metric: str, values: list[float], qid: str, value: float) -> None:
-        values.append(value)
-        per_query.setdefault(metric, {})[qid] = value
     skipped = 0
     for qid, query in tqdm(selected, disable=not progress, desc=f"{pipeline_name}/{mode}", unit="q"):
         grades = dataset.qrels.get(qid, {})
+        if not _scorable(mode, grades):
+            skipped += 1
+            continue
         if mode == "rerank":
-            if len(grades) < 2 or len(set(grades.values())) < 2:
-                skipped += 1
-                continue
             docs = sorted(d for d in (index.doc_of(p) for p in grades) if d is not None)
             started = time.perf_counter()
             ranked = pipeline.rank(query, docs).product_ids
-            latency.append(time.perf_counter() - started)
-            keep("ndcg@10", ndcg, qid, ndcg_at_k(ranked, grades, 10))
-            keep("mrr@10", mrr, qid, mrr_at_k(ranked, grades, 10, hit_grade))
-            continue
-        if not any(grades.values()):
-            skipped += 1
-            continue
-        started = time.perf_counter()
-        ranked = pipeline.search(query, depth).product_ids
+        else:
+            started = time.perf_counter()
+            ranked = pipeline.search(query, depth).product_ids
         latency.append(time.perf_counter() - started)
-        condensed = condense(ranked, grades, 100)
-        keep("ndcg@10", ndcg, qid, ndcg_at_k(condensed, grades, 10))
-        keep("mrr@10", mrr, qid, mrr_at_k(condensed, grades, 10, hit_grade))
-        keep("ndcg@10_unjudged_as_0", uncondensed, qid, ndcg_at_k(ranked, grades, 10))
-        keep("judged@10", judged, qid, sum(p in grades for p in ranked[:10]) / max(1, min(10, len(ranked))))
-        for k, values in recall.items():
-            value = recall_at_k(ranked, grades, k, relevant_grade)
-            if value is not None:
-                keep(f"recall@{k}", values, qid, value)
-    metrics = {"ndcg@10": _mean(ndcg), "mrr@10": _mean(mrr)}
-    order = ["ndcg@10", "mrr@10"]
+        for metric, value in _query_metrics(mode, ranked, grades, hit_grade, relevant_grade).items():
+            per_query[metric][qid] = value
+    metrics = {metric: _mean(list(per_query[metric].values())) for metric in order}
     details: dict[str, object] = {"max_grade": dataset.max_grade, "mrr_min_grade": hit_grade}
     if mode == "retrieval":
-        metrics |= {"recall@100": _mean(recall[100]), "recall@1000": _mean(recall[1000]),
-                    "ndcg@10_unjudged_as_0": _mean(uncondensed), "judged@10": _mean(judged)}
-        order += ["recall@100", "recall@1000", "ndcg@10_unjudged_as_0", "judged@10"]
-        details |= {"recall_min_grade": relevant_grade, "recall_queries": len(recall[100]), "depth": depth}
+        details |= {"recall_min_grade": relevant_grade, "recall_queries": len(per_query["recall@100"]),
+                    "depth": depth}
     return EvalResult(dataset=dataset.name, mode=mode, pipeline=pipeline_name, split=split,
-                      queries=len(ndcg), skipped=skipped, metrics=metrics,
+                      queries=len(per_query["ndcg@10"]), skipped=skipped, metrics=metrics,
                       latency_ms=_percentiles(latency), details=details, subset=subset,
-                      per_query={m: per_query.get(m, {}) for m in order})
+                      per_query=per_query)
+
+
+def _scorable(mode: Mode, grades: dict[str, int]) -> bool:
+    """Rerank mode needs two judged products of two grades; retrieval mode one relevant product."""
+    if mode == "rerank":
+        return len(grades) >= 2 and len(set(grades.values())) >= 2
+    return any(grades.values())
+
+
+def _query_metrics(mode: Mode, ranked: list[str], grades: dict[str, int], hit_grade: int,
+                   relevant_grade: int) -> dict[str, float]:
+    """One query's metrics. Retrieval mode scores NDCG@10 and MRR@10 on the list condensed to its
+    judged products (of the top 100), and also NDCG@10 with unjudged products as grade 0; a query
+    with no product of the recall grade has no recall."""
+    if mode == "rerank":
+        return {"ndcg@10": ndcg_at_k(ranked, grades, 10), "mrr@10": mrr_at_k(ranked, grades, 10, hit_grade)}
+    condensed = condense(ranked, grades, 100)
+    out = {"ndcg@10": ndcg_at_k(condensed, grades, 10), "mrr@10": mrr_at_k(condensed, grades, 10, hit_grade),
+           "ndcg@10_unjudged_as_0": ndcg_at_k(ranked, grades, 10),
+           "judged@10": sum(p in grades for p in ranked[:10]) / max(1, min(10, len(ranked)))}
+    for k in (100, 1000):
+        value = recall_at_k(ranked, grades, k, relevant_grade)
+        if value is not None:
+            out[f"recall@{k}"] = value
+    return out

@@ -160,10 +160,6 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             features it reads are the active model's.
         active: The active LambdaMART (warm start, and the comparison), or None.
     """
-    from core import feast_repo
-    from ranking.training.ltr_data import historical_features
-    from ranking.unbiased import ips_dcg
-
     settings.paths.retrain_lock.parent.mkdir(parents=True, exist_ok=True)
     with open(settings.paths.retrain_lock, "w") as lock:
         try:
@@ -171,11 +167,7 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         except BlockingIOError:
             return {"status": "skipped", "reason": "another retrain is running"}
         registry = ModelRegistry(settings.paths.models)
-        since = pd.Timestamp(config.since) if config.since else None
-        if since is None:
-            windows = [v.params.get("data_window", {}).get("until") for v in registry.versions("ltr")]
-            windows = [pd.Timestamp(w) for w in windows if w]
-            since = max(windows) if windows else None
+        since = pd.Timestamp(config.since) if config.since else _last_window_end(registry)
         until = pd.Timestamp(config.until) if config.until else None
         with dask_client(settings.compute) as client:  # None (in this process) unless compute.scheduler is set
             shown, filtered = impressions(settings.paths.event_log, since, until,
@@ -184,28 +176,11 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         if searches < config.min_searches:
             return {"status": "up to date", "new_searches": int(searches), "since": str(since)}
         started = time.perf_counter()
-        model = fit_position_model(shown[["query", "product_id", "position", "clicked"]], config.max_position)
+        position_model = fit_position_model(shown[["query", "product_id", "position", "clicked"]], config.max_position)
         featurizer = replace(featurizer, names=list(active.model.names) if active else list(BASE_FEATURES))  # type: ignore[attr-defined]
         names = featurizer.store_names
-        store_frame = None
-        if names:
-            store = feast_repo.open_store(settings)
-            entities = shown[["product_id", "user_id", "timestamp"]].rename(columns={"timestamp": "event_timestamp"})
-            entities["user_id"] = entities["user_id"].fillna("anonymous")
-            store_frame = historical_features(store, settings.features.service, entities)
-        data, positions = logged_ranking_data(featurizer, shown, store_frame)
-        (train, train_pos), (valid, valid_pos) = _split(data, positions, config.valid_share)
-        train_ips, valid_ips = 1 / model.propensity(train_pos), 1 / model.propensity(valid_pos)
-        lgb_config = LambdaMARTConfig(seed=config.seed, max_grade=3, min_data_in_leaf=50, num_leaves=15,
-                                      learning_rate=0.03)
-        parent_model = active.model if active else None
-        candidate = LambdaMART.fit_unbiased(train, valid, train_ips, valid_ips, lgb_config, parent=parent_model)  # type: ignore[arg-type]
-        metrics = {"valid_ips_dcg@10": round(ips_dcg(valid.groups, valid.labels, valid_ips,
-                                                     candidate.predict(valid.features)), 4),
-                   "valid_searches": len(valid.groups), "train_searches": len(train.groups)}
-        if active is not None:
-            metrics["active_valid_ips_dcg@10"] = round(ips_dcg(valid.groups, valid.labels, valid_ips,
-                                                               active.model.predict(valid.features)), 4)  # type: ignore[attr-defined]
+        data, positions = logged_ranking_data(featurizer, shown, _store_features(settings, shown) if names else None)
+        candidate, lgb_config, metrics = _fit_candidate(data, positions, position_model, active, config)
         window = {"since": str(since) if since is not None else None, "until": str(shown["timestamp"].max())}
         work = settings.paths.training(f"retrain-{hashlib.sha1(str(window).encode()).hexdigest()[:10]}")
         shutil.rmtree(work, ignore_errors=True)
@@ -214,10 +189,49 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             "ltr", work, base_model="lightgbm-ips-lambdarank", parent=active.version if active else None,
             training_data=hashlib.sha256(",".join(data.query_ids).encode()).hexdigest()[:16],
             params={"data_window": window, "feature_service": settings.features.service if names else None,
-                    "features": candidate.names, "propensities": [round(float(t), 4) for t in model.theta],
+                    "features": candidate.names, "propensities": [round(float(t), 4) for t in position_model.theta],
                     "config": asdict(config), "lightgbm": asdict(lgb_config)},
             metrics=metrics | {"clicks": int(shown["clicked"].sum()), "searches": int(searches),
                                "seconds": round(time.perf_counter() - started, 1), "filtered": filtered})
         return {"status": "registered", "version": entry.version, "parent": entry.parent,
                 "window": window, "metrics": entry.metrics, "propensities": entry.params["propensities"],
                 "filtered": filtered}
+
+
+def _last_window_end(registry: ModelRegistry) -> pd.Timestamp | None:
+    """Where the newest registered LambdaMART's logs ended: the next retrain reads from there."""
+    windows = [v.params.get("data_window", {}).get("until") for v in registry.versions("ltr")]
+    stamps = [pd.Timestamp(w) for w in windows if w]
+    return max(stamps) if stamps else None
+
+
+def _store_features(settings: Settings, shown: pd.DataFrame) -> pd.DataFrame:
+    """Each impression's store features as of its own time (Feast's point-in-time join)."""
+    from core import feast_repo
+    from ranking.training.ltr_data import historical_features
+
+    store = feast_repo.open_store(settings)
+    entities = shown[["product_id", "user_id", "timestamp"]].rename(columns={"timestamp": "event_timestamp"})
+    entities["user_id"] = entities["user_id"].fillna("anonymous")
+    return historical_features(store, settings.features.service, entities)
+
+
+def _fit_candidate(data, positions, position_model, active: ServedModel | None,  # type: ignore[no-untyped-def]
+                   config: RetrainConfig) -> tuple[LambdaMART, LambdaMARTConfig, dict[str, float]]:
+    """The candidate, trained with inverse-propensity weights (warm-started from the active model),
+    and the IPS-weighted DCG@10 of it and of the active model on the held-out searches."""
+    from ranking.unbiased import ips_dcg
+
+    (train, train_pos), (valid, valid_pos) = _split(data, positions, config.valid_share)
+    train_ips, valid_ips = 1 / position_model.propensity(train_pos), 1 / position_model.propensity(valid_pos)
+    lgb_config = LambdaMARTConfig(seed=config.seed, max_grade=3, min_data_in_leaf=50, num_leaves=15,
+                                  learning_rate=0.03)
+    parent_model = active.model if active else None
+    candidate = LambdaMART.fit_unbiased(train, valid, train_ips, valid_ips, lgb_config, parent=parent_model)  # type: ignore[arg-type]
+    metrics = {"valid_ips_dcg@10": round(ips_dcg(valid.groups, valid.labels, valid_ips,
+                                                 candidate.predict(valid.features)), 4),
+               "valid_searches": len(valid.groups), "train_searches": len(train.groups)}
+    if active is not None:
+        metrics["active_valid_ips_dcg@10"] = round(ips_dcg(valid.groups, valid.labels, valid_ips,
+                                                           active.model.predict(valid.features)), 4)  # type: ignore[attr-defined]
+    return candidate, lgb_config, metrics

@@ -33,7 +33,7 @@ operations whatever the number of candidates.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain, pairwise
@@ -43,8 +43,9 @@ import pandas as pd
 
 from core.errors import InvalidInput
 from core.query import Analysis
-from retrieval.vocabulary import TOKEN, UNITS, normalize, numbers, stem
+from ranking.ragged import Ragged, char3, distinct
 from retrieval.index import ProductIndex
+from retrieval.vocabulary import TOKEN, UNITS, normalize, numbers, stem
 
 FIELDS = ("title", "description", "brand", "category")
 FIELD_FEATURES = ("coverage", "idf_coverage", "bigram", "phrase", "first_position", "char3_jaccard", "length")
@@ -53,55 +54,6 @@ RELEVANCE_FEATURES: tuple[str, ...] = (
     *(f"{field}_{name}" for field in FIELDS for name in FIELD_FEATURES), *QUERY_FEATURES)
 
 _WORD = TOKEN  # the analyzer's word pattern
-_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789./ "
-_BASE = len(_ALPHABET) + 1  # + one code for any other character; 40**3 codes fit uint16
-_CODE = np.full(256, len(_ALPHABET), dtype=np.int32)
-_CODE[[ord(c) for c in _ALPHABET]] = np.arange(len(_ALPHABET))
-_CODE[0] = -1  # separates texts
-
-
-@dataclass(frozen=True)
-class Ragged:
-    """One variable-length row of values per product (CSR layout: ``values[ptr[i]:ptr[i + 1]]``)."""
-
-    ptr: np.ndarray
-    values: np.ndarray
-
-    @classmethod
-    def from_lists(cls, rows: Sequence[Sequence[int]], dtype: type = np.int32) -> Ragged:
-        ptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum([len(r) for r in rows], out=ptr[1:])
-        return cls(ptr, np.fromiter(chain.from_iterable(rows), dtype=dtype, count=int(ptr[-1])))
-
-    def gather(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(values, row in ``docs`` of each value, position in its row, row lengths) of ``docs``' rows."""
-        starts, lens = self.ptr[docs], self.ptr[docs + 1] - self.ptr[docs]
-        seg = np.repeat(np.arange(len(docs)), lens)
-        within = np.arange(len(seg)) - np.repeat(np.cumsum(lens) - lens, lens)
-        return self.values[starts[seg] + within], seg, within, lens
-
-
-def char3(texts: Sequence[str]) -> Ragged:
-    """The sorted distinct character 3-gram codes of each normalized text, padded ``" text "``."""
-    if not texts:
-        return Ragged(np.zeros(1, np.int64), np.zeros(0, np.uint16))
-    joined = "".join(f" {t} \x00" for t in texts).encode("ascii", "replace")
-    chars = _CODE[np.frombuffer(joined, dtype=np.uint8)]
-    row = np.repeat(np.arange(len(texts), dtype=np.int64), [len(t) + 3 for t in texts])
-    a, b, c = chars[:-2], chars[1:-1], chars[2:]
-    valid = (a >= 0) & (b >= 0) & (c >= 0)
-    keys = _distinct((row[:-2] * _BASE**3 + (a * _BASE + b) * _BASE + c)[valid])
-    ptr = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(keys // _BASE**3, minlength=len(texts)), out=ptr[1:])
-    return Ragged(ptr, (keys % _BASE**3).astype(np.uint16))
-
-
-def _distinct(keys: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (sort + compare: numpy 2.4's hash-based ``np.unique`` is ~10x slower here)."""
-    keys = np.sort(keys)
-    return keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
-
-
 @lru_cache(maxsize=65536)
 def _bare(number: str) -> str | None:
     """``"18"`` for ``"18 volt"``; None for a number without a unit."""
@@ -184,7 +136,7 @@ def _idf(words: Ragged, counted: np.ndarray, vocabulary: int) -> np.ndarray:
     """BM25 idf of every stem id over the rows in ``counted``."""
     rows = np.repeat(np.arange(len(counted), dtype=np.int64), np.diff(words.ptr))
     keep = counted[rows]
-    pairs = _distinct(rows[keep] * vocabulary + words.values[keep])
+    pairs = distinct(rows[keep] * vocabulary + words.values[keep])
     df = np.bincount(pairs % vocabulary, minlength=vocabulary + 1)  # the last slot: unknown stems (-1)
     n = int(counted.sum())
     return np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)

@@ -247,32 +247,56 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
     dense = DenseRetriever(index, encoder, caches.query_vectors, shared)
     hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=executor,
                              feedback_docs=rs.feedback_docs, feedback_weight=rs.feedback_weight)
-    first: Retriever = hybrid
-    shared_lists = (SharedLists(caches.store, lambda docs: [index.product_id(d) for d in docs.tolist()],
-                                caches.first_stage_store) if caches.store is not None and sv.shared_first_stage else None)
-    if sv.first_stage_cache_size or shared_lists is not None:
-        retrieval = settings_digest(settings.retrieval)
-
-        def scope() -> str:  # what a first-stage list depends on besides the query and its depth
-            manifest = index.manifest  # the index by name and build, not by path (ProductIndex.key_name)
-            return (f"{index.key_name}\x1f{manifest.catalog_hash}\x1f{manifest.rows}"
-                    f"\x1f{encoder.fingerprint}\x1f{retrieval}")
-
-        first = MemoizedRetriever(hybrid, scope, caches.first_stage, shared_lists)
     rules = RulesStage(RulesConfig.from_file(rk.rules_file) if rk.rules_file else RulesConfig(),
                        catalog_facts(index, models.features))
-    batchers: dict[str, MicroBatcher] = {}
+    stages = _CrossEncoderStages(index, caches, settings)
+    pipelines = build_pipelines(bm25, dense, _memoized(hybrid, index, encoder, caches, settings), models, rules,
+                                settings, stages)
+    shared_results = (SharedResults(caches.store, sv.results_ttl_s, caches.results_store)
+                      if caches.store is not None and sv.shared_results and sv.results_cache_size > 0
+                      and sv.results_ttl_s > 0 else None)
+    # a page depends on how the stages are set up as well as on the request, the catalog and the versions
+    scope = settings_digest(settings.retrieval, settings.ranking, settings.serving, settings.features)
+    return SearchEngine(index, encoder, settings, models, pipelines, caches, hybrid, dense, executor,
+                        stages.batchers, shared_results, scope)
 
-    def cross_encoder_stage(stage: str, served: ServedModel, depth: int) -> ScoreStage:
-        """Micro-batched across requests (when on) and with a two-tier score cache per role."""
+
+def _memoized(hybrid: HybridRetriever, index: ProductIndex, encoder: Encoder, caches: Caches,
+              settings: Settings) -> Retriever:
+    """The first stage behind its list caches (this process's, and the shared store's when on)."""
+    sv = settings.serving
+    shared_lists = (SharedLists(caches.store, lambda docs: [index.product_id(d) for d in docs.tolist()],
+                                caches.first_stage_store) if caches.store is not None and sv.shared_first_stage else None)
+    if not sv.first_stage_cache_size and shared_lists is None:
+        return hybrid
+    retrieval = settings_digest(settings.retrieval)
+
+    def scope() -> str:  # what a first-stage list depends on besides the query and its depth
+        manifest = index.manifest  # the index by name and build, not by path (ProductIndex.key_name)
+        return (f"{index.key_name}\x1f{manifest.catalog_hash}\x1f{manifest.rows}"
+                f"\x1f{encoder.fingerprint}\x1f{retrieval}")
+
+    return MemoizedRetriever(hybrid, scope, caches.first_stage, shared_lists)
+
+
+class _CrossEncoderStages:
+    """Makes each cross-encoder stage: micro-batched across requests (when on), one batcher per
+    role shared by the pipelines, and a two-tier score cache per role."""
+
+    def __init__(self, index: ProductIndex, caches: Caches, settings: Settings) -> None:
+        self.index, self.caches, self.settings = index, caches, settings
+        self.batchers: dict[str, MicroBatcher] = {}
+
+    def __call__(self, stage: str, served: ServedModel, depth: int) -> ScoreStage:
+        sv, index = self.settings.serving, self.index
         scorer = served.model
         if sv.micro_batch:
-            scorer = batchers.setdefault(served.role, MicroBatcher(scorer, sv.micro_batch_pairs,
-                                                                   sv.micro_batch_wait_ms / 1000,
-                                                                   sv.shed_wait_ms / 1000 or None,
-                                                                   sv.shed_past_deadline))
-        cached = CachedScorer(scorer, caches.scores[served.role], caches.store, served_tag(served, rk),
-                              caches.store_tiers[served.role])
+            scorer = self.batchers.setdefault(served.role, MicroBatcher(scorer, sv.micro_batch_pairs,
+                                                                        sv.micro_batch_wait_ms / 1000,
+                                                                        sv.shed_wait_ms / 1000 or None,
+                                                                        sv.shed_past_deadline))
+        cached = CachedScorer(scorer, self.caches.scores[served.role], self.caches.store,
+                              served_tag(served, self.settings.ranking), self.caches.store_tiers[served.role])
 
         def products(docs: np.ndarray) -> tuple[list[str], list[str]]:
             return [index.product_id(int(d)) for d in docs], [index.title(int(d)) for d in docs]
@@ -284,12 +308,3 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
             return cached.cached_only(query, *products(docs))
 
         return ScoreStage(stage, score, depth, cached=from_cache, shed_depth=sv.shed_depth)
-
-    pipelines = build_pipelines(bm25, dense, first, models, rules, settings, cross_encoder_stage)
-    shared_results = (SharedResults(caches.store, sv.results_ttl_s, caches.results_store)
-                      if caches.store is not None and sv.shared_results and sv.results_cache_size > 0
-                      and sv.results_ttl_s > 0 else None)
-    # a page depends on how the stages are set up as well as on the request, the catalog and the versions
-    scope = settings_digest(settings.retrieval, settings.ranking, settings.serving, settings.features)
-    return SearchEngine(index, encoder, settings, models, pipelines, caches, hybrid, dense, executor, batchers,
-                        shared_results, scope)

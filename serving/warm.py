@@ -24,6 +24,7 @@ from core.errors import InvalidInput, NotReady
 from core.query import Query
 from ranking.cache import CachedScorer, SharedQueryVectors
 from ranking.cascade import Cascade
+from ranking.score_store import ScoreStore
 from retrieval.memo import MemoizedRetriever
 from serving.engine import SearchEngine, served_tag
 from serving.results import SharedLists
@@ -61,6 +62,35 @@ def warm_scores(engine: SearchEngine, queries: Sequence[str], depth: int, progre
     if store is None:
         raise InvalidInput("serving.score_store is 'memory', or no cross-encoder is served: there is no shared "
                            "store to warm; set SHOPRANK_SERVING__SCORE_STORE=local or redis")
+    scorers, skipped = _store_scorers(engine, store)
+    if not scorers:
+        raise NotReady("no registered cross-encoder is served, so no score would be stored; train one with "
+                       "`shoprank train reranker|student --dataset DIR`")
+    cascade: Cascade = engine.pipeline("full")  # type: ignore[assignment]  # every pipeline is a Cascade
+    _block_writes(engine, cascade)
+    started = time.perf_counter()
+    dropped_before = store.dropped
+    pairs = scored = 0
+    index = engine.index
+    for text in tqdm(queries, desc="warm scores", unit="query", disable=not progress):
+        query = cascade.analyze(Query(text))
+        head = cascade.first.search(query.text, max(depth, cascade.first_stage_depth)).top(depth)
+        ids = [index.product_id(int(d)) for d in head.docs]
+        titles = [index.title(int(d)) for d in head.docs]
+        for _, scorer in scorers:
+            _, fresh = scorer.score_counted(query.text, ids, titles)
+            pairs += len(ids)
+            scored += fresh
+    written = store.flush(timeout=flush_timeout)
+    return WarmReport(queries=len(queries), depth=depth, models=[name for name, _ in scorers], pairs=pairs,
+                      scored=scored, cached=pairs - scored, dropped=store.dropped - dropped_before,
+                      seconds=round(time.perf_counter() - started, 2), store=store.name, unwritten=not written,
+                      skipped=skipped)
+
+
+def _store_scorers(engine: SearchEngine, store: ScoreStore) -> tuple[list[tuple[str, CachedScorer]], list[str]]:
+    """A scorer writing to ``store`` for each served cross-encoder a search runs, and why any other
+    loaded one is left out (its cascade depth is 0, or it is not a registered model folder)."""
     rk = engine.settings.ranking
     scorers: list[tuple[str, CachedScorer]] = []
     skipped: list[str] = []
@@ -80,31 +110,14 @@ def warm_scores(engine: SearchEngine, queries: Sequence[str], depth: int, progre
         # no micro-batcher and no in-memory tier: the store is what is warmed; blocking writes never drop
         scorers.append((f"{served.role}:{served.version}",
                         CachedScorer(served.model, LRUCache(0), store, tag, block_writes=True)))
-    if not scorers:
-        raise NotReady("no registered cross-encoder is served, so no score would be stored; train one with "
-                       "`shoprank train reranker|student --dataset DIR`")
-    cascade: Cascade = engine.pipeline("full")  # type: ignore[assignment]  # every pipeline is a Cascade
+    return scorers, skipped
+
+
+def _block_writes(engine: SearchEngine, cascade: Cascade) -> None:
+    """The first stage stores each head query's vector and list too: a batch job waits for room
+    in the store, never drops."""
     shared_vectors = engine.hybrid.dense.shared
     if isinstance(shared_vectors, SharedQueryVectors):
-        # the first stage below stores each head query's vector too: a batch job waits for room, never drops
         shared_vectors.block_writes = True
     if isinstance(cascade.first, MemoizedRetriever) and isinstance(cascade.first.shared, SharedLists):
-        cascade.first.shared.block_writes = True  # and each head query's first-stage list
-    started = time.perf_counter()
-    dropped_before = store.dropped
-    pairs = scored = 0
-    index = engine.index
-    for text in tqdm(queries, desc="warm scores", unit="query", disable=not progress):
-        query = cascade.analyze(Query(text))
-        head = cascade.first.search(query.text, max(depth, cascade.first_stage_depth)).top(depth)
-        ids = [index.product_id(int(d)) for d in head.docs]
-        titles = [index.title(int(d)) for d in head.docs]
-        for _, scorer in scorers:
-            _, fresh = scorer.score_counted(query.text, ids, titles)
-            pairs += len(ids)
-            scored += fresh
-    written = store.flush(timeout=flush_timeout)
-    return WarmReport(queries=len(queries), depth=depth, models=[name for name, _ in scorers], pairs=pairs,
-                      scored=scored, cached=pairs - scored, dropped=store.dropped - dropped_before,
-                      seconds=round(time.perf_counter() - started, 2), store=store.name, unwritten=not written,
-                      skipped=skipped)
+        cascade.first.shared.block_writes = True

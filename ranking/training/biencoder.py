@@ -184,17 +184,7 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
         for epoch, examples in enumerate(per_epoch):
             random.Random(config.seed + 100 + epoch).shuffle(examples)
             for start in range(0, len(examples), config.batch_size):
-                batch = examples[start : start + config.batch_size]
-                queries = embed([t.query for t in batch])
-                documents = [t.positive for t in batch] + [t.negative for t in batch if t.negative]
-                docs = embed(documents)
-                logits = config.scale * queries @ docs.T
-                masked = false_negatives(batch)
-                if masked.any():
-                    blocked = torch.zeros_like(logits, dtype=torch.bool)
-                    blocked[:, : len(batch)] = torch.from_numpy(masked).to(device)
-                    logits = logits.masked_fill(blocked, float("-inf"))
-                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch), device=device))
+                loss = _batch_loss(embed, examples[start : start + config.batch_size], config.scale, device)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -215,6 +205,23 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
                "data_hash": data_hash(train), "config": asdict(config)}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _batch_loss(embed, batch: Sequence[Triple], scale: float, device: str):  # type: ignore[no-untyped-def]
+    """Multiple negatives ranking loss (Henderson et al. 2017): each query against every positive
+    and hard negative of the batch, its own positive the target; another query's positive that
+    is also relevant to this one (a known false negative) is masked out."""
+    import torch
+
+    queries = embed([t.query for t in batch])
+    docs = embed([t.positive for t in batch] + [t.negative for t in batch if t.negative])
+    logits = scale * queries @ docs.T
+    masked = false_negatives(batch)
+    if masked.any():
+        blocked = torch.zeros_like(logits, dtype=torch.bool)
+        blocked[:, : len(batch)] = torch.from_numpy(masked).to(device)
+        logits = logits.masked_fill(blocked, float("-inf"))
+    return torch.nn.functional.cross_entropy(logits, torch.arange(len(batch), device=device))
 
 
 def save_examples(path: Path, config: BiEncoderConfig, train: Sequence[Group], texts: dict[str, str],

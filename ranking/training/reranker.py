@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
+from ranking.training.checkpoint import Checkpoint
 from ranking.training.data import (
     Group,
     data_hash,
@@ -120,7 +121,6 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
         Training summary: best epoch, its dev metrics, per-epoch history, seconds.
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     if config.threads:
@@ -134,51 +134,16 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
     # in float32 whatever the base was saved in (a half-precision base would load as such)
     model = load_model(config.base_model, config.layers).float().to(device)
     batcher = _Batcher(tokenizer, titles, config.max_length, device)
-    relevant = grade_threshold(0.6, config.max_grade)
     steps_per_epoch = (len(train) + config.batch_groups - 1) // config.batch_groups
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     total = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
-    state = {"epoch": 0, "step": 0, "best": None, "history": [], "seconds": 0.0}
-    checkpoint = out / "checkpoint" / "state.pt"
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False, map_location=device)
-        if saved["config"] == asdict(config):
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            state = saved["state"]
-            logger.info("resuming from epoch %d step %d", state["epoch"], state["step"])
-        else:
-            logger.warning("ignoring checkpoint with a different config at %s", checkpoint)
-
-    def save_checkpoint() -> None:
-        checkpoint.parent.mkdir(exist_ok=True)
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"config": asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": state}, tmp)
-        tmp.replace(checkpoint)
-
+    checkpoint = Checkpoint(out / "checkpoint" / "state.pt", asdict(config), model, optimizer, scheduler)
+    state = checkpoint.restore(device)
     model.train()
     started = time.perf_counter() - state["seconds"]
     while state["epoch"] < config.epochs:
-        order = list(range(len(train)))
-        random.Random(config.seed + state["epoch"]).shuffle(order)
-        bar = tqdm(range(state["step"], steps_per_epoch), disable=not progress,
-                   desc=f"epoch {state['epoch'] + 1}/{config.epochs}", unit="step")
-        for step in bar:
-            batch = [train[i] for i in order[step * config.batch_groups : (step + 1) * config.batch_groups]]
-            loss = _batch_loss(model, batcher, batch, relevant, config)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            state["step"] = step + 1
-            if state["step"] % config.checkpoint_every == 0:
-                state["seconds"] = time.perf_counter() - started
-                save_checkpoint()
+        _train_epoch(model, batcher, train, config, optimizer, scheduler, checkpoint, state, started, progress)
         metrics = evaluate_groups(model, batcher, dev, config.max_grade)
         state["history"].append({"epoch": state["epoch"] + 1, **metrics,
                                  "seconds": round(time.perf_counter() - started, 1)})
@@ -191,12 +156,40 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
         state["epoch"] += 1
         state["step"] = 0
         state["seconds"] = time.perf_counter() - started
-        save_checkpoint()
+        checkpoint.save(state)
     summary = {"best": state["best"], "history": state["history"], "seconds": round(state["seconds"], 1),
                "train_groups": len(train), "dev_groups": len(dev), "device": device, "data_hash": data_hash(train),
                "config": asdict(config)}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _train_epoch(model, batcher: _Batcher, train: Sequence[Group], config: RerankerConfig,  # type: ignore[no-untyped-def]
+                 optimizer, scheduler, checkpoint: Checkpoint, state: dict, started: float,  # type: ignore[type-arg]
+                 progress: bool) -> None:
+    """The rest of the epoch ``state`` stands in, from its step on, in the epoch's seeded order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    relevant = grade_threshold(0.6, config.max_grade)
+    steps_per_epoch = (len(train) + config.batch_groups - 1) // config.batch_groups
+    order = list(range(len(train)))
+    random.Random(config.seed + state["epoch"]).shuffle(order)
+    bar = tqdm(range(state["step"], steps_per_epoch), disable=not progress,
+               desc=f"epoch {state['epoch'] + 1}/{config.epochs}", unit="step")
+    for step in bar:
+        batch = [train[i] for i in order[step * config.batch_groups : (step + 1) * config.batch_groups]]
+        loss = _batch_loss(model, batcher, batch, relevant, config)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        state["step"] = step + 1
+        if state["step"] % config.checkpoint_every == 0:
+            state["seconds"] = time.perf_counter() - started
+            checkpoint.save(state)
 
 
 def _batch_loss(model, batcher: _Batcher, batch: Sequence[Group], relevant: int, config: RerankerConfig):  # type: ignore[no-untyped-def]

@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.compute import dask_client
 from core.errors import InvalidInput
@@ -26,23 +27,22 @@ from evaluation.dataset import load_dataset
 from ranking.lambdamart import GAINS
 from shoprank.commands.arguments import count, positive
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from feast import FeatureStore
+
+    from ranking.lambdamart import LambdaMART
+    from ranking.training.data import Group
+    from ranking.training.ltr_data import TrainingList
+    from serving.engine import SearchEngine
+
 
 def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
-    import pandas as pd
-
-    from core import feast_repo
     from ranking.features import feature_names
     from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig
-    from ranking.training.data import data_hash, groups_from, mine_negatives
-    from ranking.training.ltr_data import (
-        assign_users,
-        entity_rows,
-        historical_features,
-        judged_lists,
-        ranking_data,
-        served_lists,
-    )
-    from simulation.world import StoreWorld
+    from ranking.training.data import groups_from
+    from ranking.training.ltr_data import entity_rows, historical_features, ranking_data
+    from serving.loading import open_engine
 
     negatives = getattr(args, "negatives", None if args.lists != "judged" else 3)  # default: all; judged lists 3
     if args.lists == "judged" and negatives is None:
@@ -51,64 +51,98 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     if args.no_store_features:
         groups_wanted = [g for g in groups_wanted if g != "store"]
     dataset = load_dataset(args.dataset)
-    from serving.loading import open_engine
-
     engine = open_engine(settings, dataset.products, batch=True)
-    first_stage = engine.pipeline("hybrid")  # the served first stage (query analyzer included)
-    store_names: list[str] = []
-    store = None
-    users: dict[str, str] = {}
-    when = None
     train = groups_from(dataset, args.split, 2)[: args.limit]
     dev = groups_from(dataset, args.dev_split, 2)
-    if "store" in groups_wanted:
-        store = feast_repo.open_store(settings)
-        service = store.get_feature_service(settings.features.service)
-        store_names = [f.name for p in service.feature_view_projections for f in p.features]
-        world = StoreWorld.load(settings.paths.world)
-        users = assign_users(train + dev, world.users["user_id"].tolist(), args.seed)
-        when = pd.Timestamp(world.config.now)  # every judged row sees the store as of the world's "now"
+    store = _StoreContext.open(settings, train + dev, args.seed) if "store" in groups_wanted else None
     depth = args.depth or settings.ranking.ltr_depth
-    lists = {}
-    for name, groups in (("train", train), ("dev", dev)):
-        if args.lists != "judged":
-            lists[name] = served_lists(groups, first_stage, engine.index, depth, negatives, args.seed,
-                                       settings.progress, below=args.below_depth)
-            if args.lists == "served+judged" and name == "train":  # each query's judged products once more,
-                lists[name] += judged_lists(groups, first_stage, engine.index)  # ranked among themselves
-        else:
-            if negatives:  # unjudged first-stage candidates as grade 0 (see ranking/training/ltr_data.py)
-                mine_negatives(groups, first_stage, engine.index, negatives, seed=args.seed,
-                               progress=settings.progress)
-            lists[name] = judged_lists(groups, first_stage, engine.index)  # type: ignore[arg-type]
-    featurizer = engine.featurizer(feature_names(groups_wanted, store_names))
+    lists = _training_lists(args, engine, {"train": train, "dev": dev}, depth, negatives, settings.progress)
+    featurizer = engine.featurizer(feature_names(groups_wanted, store.names if store else []))
     parts = {}
     for name, items in lists.items():
-        frame = historical_features(store, settings.features.service, entity_rows(items, users, when)) if store else None
-        parts[name] = ranking_data(items, featurizer, frame, users, settings.progress)
+        frame = (historical_features(store.store, settings.features.service,
+                                     entity_rows(items, store.users, store.when)) if store else None)
+        parts[name] = ranking_data(items, featurizer, frame, store.users if store else {}, settings.progress)
     monotone = tuple(n for n in BASE_FEATURES if n in featurizer.names) if args.monotone else ()
     config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone, gains=args.gains,
                               truncation_level=args.truncation or depth)
     with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set
         model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
+    params = {**asdict(config), "features": model.names, "split": args.split, "lists": args.lists, "depth": depth,
+              "below_depth": args.below_depth, "negatives": negatives, "feature_groups": groups_wanted,
+              "feature_service": settings.features.service if store else None, "served_models": engine.versions}
+    _register(args, settings, model, engine, train, params, int(len(parts["train"].labels)))
+    return 0
+
+
+@dataclass
+class _StoreContext:
+    """The Feast store the training rows read, its feature names, a simulated user per judged query,
+    and the time every row stands at (the simulated world's "now")."""
+
+    store: FeatureStore
+    names: list[str]
+    users: dict[str, str]
+    when: pd.Timestamp
+
+    @classmethod
+    def open(cls, settings: Settings, groups: list[Group], seed: int) -> _StoreContext:
+        import pandas as pd
+
+        from core import feast_repo
+        from ranking.training.ltr_data import assign_users
+        from simulation.world import StoreWorld
+
+        store = feast_repo.open_store(settings)
+        service = store.get_feature_service(settings.features.service)
+        names = [f.name for p in service.feature_view_projections for f in p.features]
+        world = StoreWorld.load(settings.paths.world)
+        users = assign_users(groups, world.users["user_id"].tolist(), seed)
+        return cls(store, names, users, pd.Timestamp(world.config.now))
+
+
+def _training_lists(args: argparse.Namespace, engine: SearchEngine, groups: dict[str, list[Group]], depth: int,
+                    negatives: int | None, progress: bool) -> dict[str, list[TrainingList]]:
+    """Each split's lists: the served first stage's top ``depth`` (``--lists served``, and the
+    judged products ranked among themselves once more for ``served+judged``), or the judged
+    products with ``negatives`` mined first-stage candidates (``--lists judged``)."""
+    from ranking.training.data import mine_negatives
+    from ranking.training.ltr_data import judged_lists, served_lists
+
+    first_stage = engine.pipeline("hybrid")  # the served first stage (query analyzer included)
+    lists = {}
+    for name, chosen in groups.items():
+        if args.lists != "judged":
+            lists[name] = served_lists(chosen, first_stage, engine.index, depth, negatives, args.seed,
+                                       progress, below=args.below_depth)
+            if args.lists == "served+judged" and name == "train":
+                lists[name] += judged_lists(chosen, first_stage, engine.index)
+        else:
+            if negatives:  # unjudged first-stage candidates as grade 0 (see ranking/training/ltr_data.py)
+                mine_negatives(chosen, first_stage, engine.index, negatives, seed=args.seed, progress=progress)
+            lists[name] = judged_lists(chosen, first_stage, engine.index)
+    return lists
+
+
+def _register(args: argparse.Namespace, settings: Settings, model: LambdaMART, engine: SearchEngine,
+              train: list[Group], params: dict[str, object], train_rows: int) -> None:
+    """Save the model, register it with its parameters and metrics, activate it when asked (or first)."""
+    from ranking.training.data import data_hash
+
     work = settings.paths.training(f"ltr-{args.run_name}")
     shutil.rmtree(work, ignore_errors=True)
     model.save(work)
     registry = ModelRegistry(settings.paths.models)
     entry = registry.register(
-        "ltr", work, base_model="lightgbm-lambdarank", parent=f"reranker:{engine.teacher.version}" if engine.teacher else None,
-        training_data=data_hash(train), params={**asdict(config), "features": model.names, "split": args.split,
-                                                 "lists": args.lists, "depth": depth, "below_depth": args.below_depth,
-                                                 "negatives": negatives,
-                                                 "feature_groups": groups_wanted,
-                                                 "feature_service": settings.features.service if store else None,
-                                                 "served_models": engine.versions},
-        metrics={"dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"], "best_iteration": model.history["best_iteration"],
-                 "train_rows": int(len(parts["train"].labels)), "importance": model.importance()})
+        "ltr", work, base_model="lightgbm-lambdarank",
+        parent=f"reranker:{engine.teacher.version}" if engine.teacher else None,
+        training_data=data_hash(train), params=params,
+        metrics={"dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"],
+                 "best_iteration": model.history["best_iteration"],
+                 "train_rows": train_rows, "importance": model.importance()})
     if args.activate or registry.active("ltr") is None:
         registry.activate("ltr", entry.version)
     print(json.dumps({"registered": entry.to_json()}, indent=2))
-    return 0
 
 
 def negatives_count(text: str) -> int | None:

@@ -1,0 +1,42 @@
+"""Ragged rows and character 3-gram codes against plain Python on tiny inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ranking.ragged import Ragged, char3, distinct
+
+
+def test_gather_returns_the_rows_of_the_asked_products_with_their_positions() -> None:
+    rows = Ragged.from_lists([[7, 8, 9], [], [5], [1, 2]])
+    values, seg, within, lens = rows.gather(np.array([3, 0, 1]))
+    assert values.tolist() == [1, 2, 7, 8, 9]
+    assert seg.tolist() == [0, 0, 1, 1, 1]  # row in the asked order
+    assert within.tolist() == [0, 1, 0, 1, 2]
+    assert lens.tolist() == [2, 3, 0]
+
+
+def _grams(text: str) -> set[str]:
+    padded = f" {text} "
+    return {padded[i:i + 3] for i in range(len(padded) - 2)}
+
+
+def test_char3_codes_each_distinct_3_gram_of_the_padded_text_once() -> None:
+    texts = ["drill", "aaaa", "", "1/2 in."]
+    grams = char3(texts)
+    for i, text in enumerate(texts):
+        row = grams.values[grams.ptr[i]:grams.ptr[i + 1]]
+        assert len(row) == len(_grams(text))  # one code per distinct 3-gram
+        assert row.tolist() == sorted(set(row.tolist()))
+    # two texts share a code exactly where they share a 3-gram
+    first, second = (set(grams.values[grams.ptr[i]:grams.ptr[i + 1]].tolist()) for i in (0, 1))
+    assert not first & second
+    again = char3(["grill"])
+    assert len(first & set(again.values.tolist())) == len(_grams("drill") & _grams("grill"))
+
+
+def test_char3_of_no_texts_is_empty_and_distinct_sorts_and_dedupes() -> None:
+    empty = char3([])
+    assert empty.ptr.tolist() == [0] and len(empty.values) == 0
+    assert distinct(np.array([3, 1, 3, 2, 1])).tolist() == [1, 2, 3]
+    assert distinct(np.array([], dtype=np.int64)).tolist() == []
