@@ -12,6 +12,7 @@ from core.settings import Settings
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     """One pipeline's metrics; with ``--compare B`` also B's, and B - A per metric, paired over queries."""
+    from core.hardware import limit_math_threads
     from evaluation.compare import check_pair, compare_results
     from evaluation.dataset import load_dataset
     from evaluation.harness import Thresholds, evaluate
@@ -24,6 +25,8 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         check_pair(args.pipeline, args.compare)
         names.append(args.compare)
     dataset = load_dataset(args.dataset)
+    # one query at a time, with the math threads a server gives each search: so is the latency it reports
+    limit_math_threads(settings.serving.math_threads)
     engine = open_engine(settings, dataset.products, batch=True)
     pipelines = [engine.pipeline(name) for name in names]  # an unknown name fails before any evaluation
     results = []
