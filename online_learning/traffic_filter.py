@@ -131,17 +131,7 @@ def clean(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConf
     rankings = rankings.assign(who=_shopper(rankings))
     interactions = interactions.assign(who=_shopper(interactions))
     excluded: Counter = Counter()
-    shown = rankings.drop_duplicates(["request_id", "product_id"]).set_index(["request_id", "product_id"])
-    keys = pd.MultiIndex.from_frame(interactions[["request_id", "product_id"]])
-    served_to = shown["who"].reindex(keys).to_numpy()
-    no_impression = pd.isna(served_to)
-    anonymous = (interactions["who"] == "anonymous").to_numpy()
-    other = ~no_impression & (served_to != interactions["who"].to_numpy()) & ~anonymous
-    excluded["no_impression"] += int(no_impression.sum())
-    excluded["other_shopper"] += int(other.sum())
-    # an interaction sent without user or session belongs to the shopper its search was served to
-    interactions = interactions.assign(who=np.where(anonymous & ~no_impression, served_to, interactions["who"]))
-    interactions = interactions[~(no_impression | other)]
+    interactions = _on_impressions(rankings, interactions, excluded)
     query = rankings.drop_duplicates("request_id").set_index("request_id")["query"]
     interactions = interactions.assign(query=interactions["request_id"].map(query).str.lower().str.strip())
     order = interactions.sort_values("timestamp") if "timestamp" in interactions else interactions
@@ -158,20 +148,40 @@ def clean(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConf
         excluded["anomalous:pair"] += int(hit.sum())
         interactions = interactions[~hit]
     if anomalous:
-        bad_keys = {k.removeprefix("key:") for k in anomalous if k.startswith("key:")}
-        bad = rankings["who"].isin(anomalous)
-        if "key_id" in rankings and bad_keys:
-            bad |= rankings["key_id"].isin(bad_keys)
-        bad_requests = set(rankings.loc[bad, "request_id"])
-        dropped = interactions["who"].isin(anomalous) | interactions["request_id"].isin(bad_requests)
-        for who, why in anomalous.items():
-            n = int((interactions["who"] == who).sum())
-            if n:
-                excluded[f"anomalous:{why}"] += n
-        rankings = rankings[~bad]
-        interactions = interactions[~dropped]
+        rankings, interactions = _without(anomalous, rankings, interactions, excluded)
     counted = Counter({reason: n for reason, n in excluded.items() if n})
     return Cleaned(rankings.drop(columns="who"), interactions.drop(columns=["who", "query"]), counted, anomalous)
+
+
+def _on_impressions(rankings: pd.DataFrame, interactions: pd.DataFrame, excluded: Counter) -> pd.DataFrame:
+    """The interactions with a product the search showed, by the shopper it was shown to; one sent
+    without user or session is given the shopper its search was served to."""
+    shown = rankings.drop_duplicates(["request_id", "product_id"]).set_index(["request_id", "product_id"])
+    keys = pd.MultiIndex.from_frame(interactions[["request_id", "product_id"]])
+    served_to = shown["who"].reindex(keys).to_numpy()
+    no_impression = pd.isna(served_to)
+    anonymous = (interactions["who"] == "anonymous").to_numpy()
+    other = ~no_impression & (served_to != interactions["who"].to_numpy()) & ~anonymous
+    excluded["no_impression"] += int(no_impression.sum())
+    excluded["other_shopper"] += int(other.sum())
+    interactions = interactions.assign(who=np.where(anonymous & ~no_impression, served_to, interactions["who"]))
+    return interactions[~(no_impression | other)]
+
+
+def _without(anomalous: dict[str, str], rankings: pd.DataFrame, interactions: pd.DataFrame,
+             excluded: Counter) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rankings and interactions less the anomalous shoppers' (and API keys') searches and actions."""
+    bad_keys = {k.removeprefix("key:") for k in anomalous if k.startswith("key:")}
+    bad = rankings["who"].isin(anomalous)
+    if "key_id" in rankings and bad_keys:
+        bad |= rankings["key_id"].isin(bad_keys)
+    bad_requests = set(rankings.loc[bad, "request_id"])
+    dropped = interactions["who"].isin(anomalous) | interactions["request_id"].isin(bad_requests)
+    for who, why in anomalous.items():
+        n = int((interactions["who"] == who).sum())
+        if n:
+            excluded[f"anomalous:{why}"] += n
+    return rankings[~bad], interactions[~dropped]
 
 
 def engagement(rankings: pd.DataFrame, interactions: pd.DataFrame, levels: dict[str, int]) -> np.ndarray:

@@ -97,23 +97,15 @@ class TrafficSimulator:
         return u, qid, text
 
     def session(self, client: httpx.Client, number: int) -> None:
+        """One shopper: a search, the simulated clicks, carts and purchases on what it showed (posted
+        as events), and the session's figures under the arm that served it."""
         rng = random.Random(self.seed * 1_000_003 + number)
         u, qid, text = self._pick(rng)
         user_id = self.world.users["user_id"].iat[u]
-        started = time.perf_counter()
-        try:
-            response = client.post(f"{self.base_url}/v1/search", json={
-                "query": text, "k": self.k, "user_id": user_id, "session_id": f"s{self.seed}-{number}"})
-        except httpx.HTTPError as err:
-            with self._lock:
-                self.errors[type(err).__name__] += 1
+        searched = self._search(client, text, user_id, f"s{self.seed}-{number}")
+        if searched is None:
             return
-        latency = (time.perf_counter() - started) * 1e3
-        if response.status_code != 200:
-            with self._lock:
-                self.errors[f"search {response.status_code}"] += 1
-            return
-        body = response.json()
+        body, latency = searched
         shown = [i["product_id"] for i in body["items"]]
         rows = np.array([self.row_of.get(p, -1) for p in shown])
         known = rows >= 0
@@ -124,9 +116,50 @@ class TrafficSimulator:
             propensity[known] = purchase_propensity(self.world, np.full(known.sum(), u), rows[known])
         stock = np.where(known, self.in_stock[np.maximum(rows, 0)], False)
         actions = self.click_model.simulate(np.random.default_rng(rng.randrange(2**32)), grades, propensity, stock)
+        self._post_events(client, body["request_id"], user_id, shown, rows, actions)
+        judged_products = [p for p in grades_map if p in self.row_of]
+        all_rows = np.array([self.row_of[p] for p in judged_products])
+        all_grades = np.array([grades_map[p] for p in judged_products], dtype=float)
+        all_prop = purchase_propensity(self.world, np.full(len(all_rows), u), all_rows) if len(all_rows) else np.zeros(0)
+        true_ndcg = ndcg(self.click_model.true_gains(grades, propensity), self.click_model.true_gains(all_grades, all_prop))
+        arm = body.get("arm") or "all"
+        with self._lock:
+            stats = self.stats[arm]
+            stats.searches += 1
+            stats.clicks += sum(1 for _, kind in actions if kind == "click")
+            stats.carts += sum(1 for _, kind in actions if kind == "add_to_cart")
+            stats.purchases += sum(1 for _, kind in actions if kind == "purchase")
+            stats.revenue += sum(float(self.prices[rows[p]]) for p, kind in actions if kind == "purchase")
+            stats.true_ndcg.append(true_ndcg)
+            stats.judged_ndcg.append(ndcg(grades, all_grades))
+            stats.latency_ms.append(latency)
+            self.sessions[number] = {"arm": arm, "true_ndcg@10": float(true_ndcg),
+                                     "purchased": int(any(kind == "purchase" for _, kind in actions)),
+                                     "clicked": int(any(kind == "click" for _, kind in actions))}
+
+    def _search(self, client: httpx.Client, text: str, user_id: str, session_id: str) -> tuple[dict, float] | None:  # type: ignore[type-arg]
+        """The search's response body and its latency in ms; None (the error counted) when it failed."""
+        started = time.perf_counter()
+        try:
+            response = client.post(f"{self.base_url}/v1/search", json={
+                "query": text, "k": self.k, "user_id": user_id, "session_id": session_id})
+        except httpx.HTTPError as err:
+            with self._lock:
+                self.errors[type(err).__name__] += 1
+            return None
+        latency = (time.perf_counter() - started) * 1e3
+        if response.status_code != 200:
+            with self._lock:
+                self.errors[f"search {response.status_code}"] += 1
+            return None
+        return response.json(), latency
+
+    def _post_events(self, client: httpx.Client, request_id: str, user_id: str, shown: list[str],
+                     rows: np.ndarray, actions: list[tuple[int, str]]) -> None:
+        """The shopper's actions as interaction events (a purchase with its revenue)."""
         events = []
         for position, kind in actions:
-            event = {"event_id": f"{body['request_id']}-{position + 1}-{kind}", "request_id": body["request_id"],
+            event = {"event_id": f"{request_id}-{position + 1}-{kind}", "request_id": request_id,
                      "type": kind, "product_id": shown[position], "position": position + 1, "user_id": user_id}
             if kind == "purchase":
                 event["revenue"] = float(self.prices[rows[position]])
@@ -136,26 +169,6 @@ class TrafficSimulator:
             if posted.status_code != 202:
                 with self._lock:
                     self.errors[f"events {posted.status_code}"] += 1
-        judged_products = [p for p in grades_map if p in self.row_of]
-        all_rows = np.array([self.row_of[p] for p in judged_products])
-        all_grades = np.array([grades_map[p] for p in judged_products], dtype=float)
-        all_prop = purchase_propensity(self.world, np.full(len(all_rows), u), all_rows) if len(all_rows) else np.zeros(0)
-        true_served = self.click_model.true_gains(grades, propensity)
-        true_all = self.click_model.true_gains(all_grades, all_prop)
-        arm = body.get("arm") or "all"
-        with self._lock:
-            stats = self.stats[arm]
-            stats.searches += 1
-            stats.clicks += sum(1 for _, kind in actions if kind == "click")
-            stats.carts += sum(1 for _, kind in actions if kind == "add_to_cart")
-            stats.purchases += sum(1 for _, kind in actions if kind == "purchase")
-            stats.revenue += sum(float(self.prices[rows[p]]) for p, kind in actions if kind == "purchase")
-            stats.true_ndcg.append(ndcg(true_served, true_all))
-            stats.judged_ndcg.append(ndcg(grades, all_grades))
-            stats.latency_ms.append(latency)
-            self.sessions[number] = {"arm": arm, "true_ndcg@10": float(stats.true_ndcg[-1]),
-                                     "purchased": int(any(kind == "purchase" for _, kind in actions)),
-                                     "clicked": int(any(kind == "click" for _, kind in actions))}
 
     def run(self, sessions: int, concurrency: int = 4, start: int = 0, progress: bool = True,
             attack: ClickAttack | None = None) -> dict:
