@@ -109,19 +109,6 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
     if stages:
         named["cascade"] = cascade("cascade", list(stages), rk.first_stage_depth)
     depth = rk.first_stage_depth if stages else rk.rerank_depth
-
-    def read_by(model: LambdaMART, version: str) -> list[Stage]:
-        """The cross-encoder stages worth running before ``model``: those whose score it reads, and
-        any deeper than its own depth (their order below it is served as they left it)."""
-        kept: list[Stage] = []
-        for cross in stages:
-            if cross.depth > rk.ltr_depth or model.reads(cross.name):
-                kept.append(cross)
-                continue
-            logger.info("LambdaMART %s does not read the %s score: its pipelines skip that stage "
-                        "(retrain LambdaMART with the %s served to use it)", version, cross.name, cross.name)
-        return kept
-
     full: dict[str | None, Cascade] = {None: cascade("full", [*stages, rules], depth)}
     ltr_stages: dict[str | None, LtrStage] = {}
     before: dict[str, list[Stage]] = {}  # the cross-encoder stages each version's pipelines run
@@ -132,7 +119,7 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
         stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names, rk, score_missing=False),
                          rk.ltr_depth)
         ltr_stages[served.version] = stage
-        before[served.version] = read_by(model, served.version)
+        before[served.version] = _read_by(stages, model, served.version, rk.ltr_depth)
         full[served.version] = cascade("full", [*before[served.version], stage, rules], rk.first_stage_depth)
     if models.ltr and models.ltr.version in ltr_stages:
         ltr_stages[None] = ltr_stages[models.ltr.version]
@@ -140,6 +127,19 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
         named["ltr"] = cascade("ltr", [*before[models.ltr.version], ltr_stages[None]], rk.first_stage_depth)
     named["full"] = full[None]
     return Pipelines(named, full, ltr_stages)
+
+
+def _read_by(stages: list[Stage], model: LambdaMART, version: str, ltr_depth: int) -> list[Stage]:
+    """The cross-encoder stages worth running before ``model``: those whose score it reads, and
+    any deeper than its own depth (their order below it is served as they left it)."""
+    kept: list[Stage] = []
+    for cross in stages:
+        if cross.depth > ltr_depth or model.reads(cross.name):
+            kept.append(cross)
+            continue
+        logger.info("LambdaMART %s does not read the %s score: its pipelines skip that stage "
+                    "(retrain LambdaMART with the %s served to use it)", version, cross.name, cross.name)
+    return kept
 
 
 def ranked_by(cascade: Cascade, models: Models) -> dict[str, str]:
