@@ -33,6 +33,7 @@ from evaluation.metrics import grade_threshold, ndcg_at_k, recall_at_k
 from ranking.training.data import (
     Group,
     data_hash,
+    optimizer_step,
     overridden,
     read_examples,
     resolve_device,
@@ -185,12 +186,7 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
             random.Random(config.seed + 100 + epoch).shuffle(examples)
             for start in range(0, len(examples), config.batch_size):
                 loss = _batch_loss(embed, examples[start : start + config.batch_size], config.scale, device)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                losses.append(loss.item())
+                losses.append(optimizer_step(loss, model, optimizer, scheduler))
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
             if dev is not None:

@@ -135,6 +135,19 @@ def overridden(config: Any, args: argparse.Namespace) -> Any:
     return replace(config, **changes)
 
 
+def optimizer_step(loss, model, optimizer, scheduler) -> float:  # type: ignore[no-untyped-def]
+    """One training step from ``loss``: backward, gradients clipped to norm 1, the optimizer and
+    the learning-rate schedule stepped, gradients cleared. Returns the loss as a float."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    return float(loss.item())
+
+
 def resolve_device(device: str) -> str:
     """``auto`` (a CUDA GPU when torch sees one, else the CPU), ``cpu`` or ``cuda``."""
     import torch

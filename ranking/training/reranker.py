@@ -28,6 +28,7 @@ from ranking.training.checkpoint import Checkpoint
 from ranking.training.data import (
     Group,
     data_hash,
+    optimizer_step,
     overridden,
     read_examples,
     resolve_device,
@@ -168,7 +169,6 @@ def _train_epoch(model, batcher: _Batcher, train: Sequence[Group], config: Reran
                  optimizer, scheduler, checkpoint: Checkpoint, state: dict, started: float,  # type: ignore[type-arg]
                  progress: bool) -> None:
     """The rest of the epoch ``state`` stands in, from its step on, in the epoch's seeded order."""
-    import torch
     from tqdm.auto import tqdm
 
     relevant = grade_threshold(0.6, config.max_grade)
@@ -180,12 +180,7 @@ def _train_epoch(model, batcher: _Batcher, train: Sequence[Group], config: Reran
     for step in bar:
         batch = [train[i] for i in order[step * config.batch_groups : (step + 1) * config.batch_groups]]
         loss = _batch_loss(model, batcher, batch, relevant, config)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{optimizer_step(loss, model, optimizer, scheduler):.4f}")
         state["step"] = step + 1
         if state["step"] % config.checkpoint_every == 0:
             state["seconds"] = time.perf_counter() - started

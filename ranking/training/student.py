@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ranking.training.data import Group
+from ranking.training.data import Group, optimizer_step
 from ranking.training.losses import margin_mse
 from ranking.training.reranker import _Batcher, evaluate_groups, load_model
 
@@ -145,12 +145,7 @@ def train_student(config: StudentConfig, groups: Sequence[Group], pool: pd.DataF
                 loss = loss + margin_mse(scores[offset : offset + len(ps)], target)
                 offset += len(ps)
             loss = loss / len(batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{optimizer_step(loss, model, optimizer, scheduler):.4f}")
         metrics = evaluate_groups(model, batcher, dev, config.max_grade)
         history.append({"epoch": epoch + 1, **metrics, "seconds": round(time.perf_counter() - started, 1)})
         score = metrics["ndcg@10"] + metrics["mrr@10"]
