@@ -35,6 +35,7 @@ class Storefront:
         by_text = {text: qid for qid, text in simulator.dataset.select("train")}
         self.qid_of = by_text
         self.searches: list[dict] = []  # type: ignore[type-arg]
+        self.shown: dict[str, list[str]] = {}  # request id -> the products served, in order
         self.events: list[dict] = []  # type: ignore[type-arg]
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -46,9 +47,10 @@ class Storefront:
         if self.fail_searches:
             return httpx.Response(503, json={"detail": "overloaded"})
         grades = self.simulator.dataset.qrels[self.qid_of[body["query"]]]
-        shown = sorted(grades, key=lambda p: -grades[p])[: body["k"]]
-        return httpx.Response(200, json={"request_id": f"r{len(self.searches)}", "arm": None,
-                                         "items": [{"product_id": p} for p in shown]})
+        request_id = f"r{len(self.searches)}"
+        self.shown[request_id] = sorted(grades, key=lambda p: -grades[p])[: body["k"]]
+        return httpx.Response(200, json={"request_id": request_id, "arm": None,
+                                         "items": [{"product_id": p} for p in self.shown[request_id]]})
 
 
 def test_each_session_searches_once_and_posts_events_for_what_it_was_shown(simulator: TrafficSimulator) -> None:
@@ -63,9 +65,7 @@ def test_each_session_searches_once_and_posts_events_for_what_it_was_shown(simul
     served = {f"r{i + 1}": s for i, s in enumerate(shop.searches)}
     for event in shop.events:
         search = served[event["request_id"]]
-        grades = simulator.dataset.qrels[shop.qid_of[search["query"]]]
-        shown = sorted(grades, key=lambda p: -grades[p])[: search["k"]]
-        assert shown[event["position"] - 1] == event["product_id"]  # 1-based positions of what was shown
+        assert shop.shown[event["request_id"]][event["position"] - 1] == event["product_id"]  # 1-based positions of what was shown
         assert event["user_id"] == search["user_id"]
         assert event["event_id"] == f"{event['request_id']}-{event['position']}-{event['type']}"
         if event["type"] == "purchase":
