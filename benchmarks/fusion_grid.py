@@ -13,7 +13,8 @@ against the plain served fusion with a paired bootstrap CI of the Recall@100 dif
 with ``--int8-query``, the served fusion over a dense run whose query vectors come from the
 bi-encoder quantized to int8 (ONNX Runtime dynamic quantization, per channel; the catalog
 vectors unchanged), compared the same way, with each encoder's time to encode one query
-(one thread);
+(one thread); with ``--bf16-query`` the same for the float32 encoder computed in bfloat16 on the
+OpenVINO execution provider (:mod:`core.onnx_sessions`);
 with ``--char-ngrams``, the served RRF with a third run: TF-IDF over character 3-grams of the
 titles (scikit-learn ``char_wb``, sublinear tf), searched with the query as typed (lowercased),
 at weights 0.3, 0.5 and 1, compared the same way (a fuzzy match for the words the spelling
@@ -32,7 +33,7 @@ and prints condensed NDCG@10, MRR@10 (grade >= 0.75 of the maximum, as ``shopran
 evaluate``), Recall@100 / @200, and Recall@100 on the misspelled subset and the rest, the
 misspelled split again by whether the analyzer left a word the catalog does not know.
 
-    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback] [--int8-query] [--char-ngrams] [--dense-original] [--query-log train]
+    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback] [--int8-query | --bf16-query] [--char-ngrams] [--dense-original] [--query-log train]
 """
 
 from __future__ import annotations
@@ -81,25 +82,25 @@ def fuse(bm25: Hits, dense: Hits, kind: str, k: float, weight: float,
     return unique[np.lexsort((unique, -fused))]
 
 
-def int8_query_vectors(engine, texts: list[str]) -> tuple[np.ndarray, dict[str, dict[str, float]]]:  # type: ignore[no-untyped-def]
-    """The query vectors of ``texts`` from the served bi-encoder quantized to int8, and the time each
-    encoder (float32, int8; one thread) takes to encode one query."""
-    import onnxruntime as ort
+def query_vectors_at(engine, texts: list[str], precision: str) -> tuple[np.ndarray, dict[str, dict[str, float]]]:  # type: ignore[no-untyped-def]
+    """The query vectors of ``texts`` from the served bi-encoder at ``precision`` (int8: quantized
+    weights on ONNX Runtime; bf16: the float32 model computed in bfloat16 on the OpenVINO execution
+    provider), and the time each encoder (float32, ``precision``; one thread) takes to encode one query."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from core.onnx_sessions import cpu_session
 
     encoder = engine.hybrid.dense.encoder
     fp32 = engine.settings.paths.cache / "onnx" / f"biencoder-{encoder.fingerprint}.onnx"
-    int8 = fp32.with_name(f"biencoder-{encoder.fingerprint}-int8.onnx")  # beside the served export, in the cache
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+    other = fp32
+    if precision == "int8":
+        other = fp32.with_name(f"biencoder-{encoder.fingerprint}-int8.onnx")  # beside the served export, in the cache
+        quantize_dynamic(str(fp32), str(other), weight_type=QuantType.QInt8, per_channel=True)
     timings, served = {}, encoder.session
-    for name, path in (("fp32", fp32), ("int8", int8)):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        encoder.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for name, path in (("fp32", fp32), (precision, other)):
+        encoder.session = cpu_session(path, threads=1, bf16=name == "bf16")
         timings[f"{name} ms per query"] = percentiles(time_each(texts[:400], lambda t: encoder.encode([t])))
-        vectors = encoder.encode(texts, batch_size=64) if name == "int8" else None
+        vectors = encoder.encode(texts, batch_size=64) if name == precision else None
     encoder.session = served
     return vectors, timings  # type: ignore[return-value]
 
@@ -166,7 +167,10 @@ def main() -> None:
     parser.add_argument("--split", default="dev")
     parser.add_argument("--depth", type=int, default=1000)
     parser.add_argument("--feedback", action="store_true", help="also the dense feedback grid")
-    parser.add_argument("--int8-query", action="store_true", help="also the query encoder quantized to int8")
+    query = parser.add_mutually_exclusive_group()
+    query.add_argument("--int8-query", action="store_true", help="also the query encoder quantized to int8")
+    query.add_argument("--bf16-query", action="store_true",
+                       help="also the query encoder computed in bf16 (OpenVINO execution provider)")
     parser.add_argument("--char-ngrams", action="store_true", help="also a character 3-gram run as a third input")
     parser.add_argument("--query-log", default=None, metavar="SPLIT",
                         help="also two uses of SPLIT's judged queries as a query log: product text expanded by "
@@ -206,9 +210,10 @@ def main() -> None:
     label_of: dict[int, str] = {}
     timings: dict = {}
     served = lambda m, weights=(0.0,): [("rrf", settings.retrieval.rrf_k, 1.0, m, b) for b in weights]  # noqa: E731
-    if args.int8_query:
-        int8_vectors, timings = int8_query_vectors(engine, texts)
-        dense_of[-1], label_of[-1] = index.dense.batch_search(int8_vectors, args.depth), " int8 query encoder"
+    if args.int8_query or args.bf16_query:
+        precision = "int8" if args.int8_query else "bf16"
+        other_vectors, timings = query_vectors_at(engine, texts, precision)
+        dense_of[-1], label_of[-1] = index.dense.batch_search(other_vectors, args.depth), f" {precision} query encoder"
         print(json.dumps(timings), flush=True)
         variants += served(-1)
     if args.char_ngrams:

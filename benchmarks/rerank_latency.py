@@ -2,11 +2,12 @@
 
 For every registered reranker / student version (or ``--models DIR ...``) and
 ONNX precision, prints p50/p95/p99 of scoring the top 100 hybrid candidates of
-real dev queries (tokenisation and batching included); then end-to-end latency
+real dev queries (tokenisation and batching included; ``--threads`` threads each) and, with fp32
+among the precisions, how far each other precision's scores are from fp32's; then end-to-end latency
 of the served pipelines (``rerank``, ``cascade``, ``ltr``, ``full``) with their
 configured depths, and peak memory. One query at a time, 2-core CPU.
 
-    python benchmarks/rerank_latency.py [--queries 100] [--candidates 100]
+    python benchmarks/rerank_latency.py [--queries 100] [--candidates 100] [--precisions int8 bf16 fp32] [--threads 1]
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import logging
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,12 +50,27 @@ def uncached(engine, pipeline: str, queries: list[str]) -> list[float]:  # type:
     return out
 
 
+def against_fp32(scores: list[np.ndarray], reference: list[np.ndarray]) -> dict[str, float]:
+    """How far one precision's scores are from fp32's on the same lists: the largest absolute
+    difference, and the mean per-query Kendall tau of the two orders."""
+    from scipy.stats import kendalltau
+
+    taus = [kendalltau(a, b).statistic for a, b in zip(scores, reference) if len(a) > 1]
+    return {"max_abs_diff": round(float(max(np.abs(a - b).max() for a, b in zip(scores, reference) if len(a))), 4),
+            "mean_kendall_tau": round(float(np.nanmean(taus)), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=DEFAULT)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--candidates", type=int, default=100)
-    parser.add_argument("--precisions", nargs="+", default=["int8", "fp32"])
+    parser.add_argument("--precisions", nargs="+", default=["int8", "fp32"],
+                        help="int8, fp32, bf16 (OpenVINO execution provider); with fp32 among them, each other "
+                             "precision's scores are also compared with fp32's")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime threads of each timed cross-encoder (0: one per core; a server process "
+                             "gives each model its share of the cores, ranking.threads)")
     parser.add_argument("--pipelines", nargs="+", default=["hybrid", "rerank", "cascade", "ltr", "full"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -68,15 +86,20 @@ def main() -> None:
     queries = [q for _, q in dataset.select("dev")][: args.queries]
     lists = {q: [index.title(int(d)) for d in engine.hybrid.search(q, args.candidates).docs] for q in queries}
     registry = ModelRegistry(settings.paths.models)
-    models = {}
+    models, agreement = {}, {}
     for role in ("student", "reranker"):
         for entry in registry.versions(role):
             layers = entry.params.get("layers", "?")
-            for precision in args.precisions:
+            scores = {}
+            for precision in sorted(args.precisions, key=lambda p: p != "fp32"):  # fp32 first: the reference
                 scorer = CrossEncoderScorer(Path(entry.path), precision, max_length=settings.ranking.max_length,
-                                            batch_size=settings.ranking.batch_size)
+                                            batch_size=settings.ranking.batch_size, threads=args.threads)
                 seconds = time_each(queries, lambda q, s=scorer: s.score(q, lists[q]))
-                models[f"{role}:{entry.version} ({layers} layers, {precision})"] = percentiles(seconds)
+                name = f"{role}:{entry.version} ({layers} layers, {precision})"
+                models[name] = percentiles(seconds)
+                scores[precision] = [scorer.score(q, lists[q]) for q in queries]
+                if precision != "fp32" and "fp32" in scores:
+                    agreement[name] = against_fp32(scores[precision], scores["fp32"])
     pipelines = {}
     for name in args.pipelines:
         try:
@@ -89,7 +112,8 @@ def main() -> None:
         "benchmark": "rerank_latency", "hardware": hardware(), "math_threads": math_threads, "products": index.count,
         "candidates_per_query": args.candidates, "queries": len(queries),
         "settings": settings.ranking.model_dump(mode="json"),
-        "cross_encoder_ms_per_query": models, "pipeline_ms_top10": pipelines,
+        "cross_encoder_threads": args.threads, "cross_encoder_ms_per_query": models,
+        "cross_encoder_agreement_with_fp32": agreement, "pipeline_ms_top10": pipelines,
         "rss_gib": rss_gib(), "peak_rss_gib": peak_rss_gib(),
     }
     print(json.dumps(report, indent=2))

@@ -101,10 +101,13 @@ class RankingSettings(BaseModel):
     query_cache_size: int = Field(10_000, ge=0, description="Query vectors kept in memory (LRU).")
     reranker: str = Field("active", description="Teacher version: 'active', 'vN' or 'none'.")
     student: str = Field("active", description="Student version: 'active', 'vN' or 'none'.")
-    precision: Literal["auto", "int8", "fp32"] = Field("auto", description="ONNX weights served for the "
-                                                       "cross-encoders; auto: int8 where the CPU has int8 kernels "
-                                                       "(AMX, AVX-512 VNNI, AVX2), fp32 elsewhere (/healthz says "
-                                                       "which).")
+    precision: Literal["auto", "int8", "fp32", "bf16"] = Field("auto", description="How the cross-encoders "
+                                                               "compute: int8 or fp32 on ONNX Runtime's CPU kernels, "
+                                                               "or bf16 (the fp32 model on the OpenVINO execution "
+                                                               "provider, package onnxruntime-ep-openvino). auto: "
+                                                               "bf16 on a CPU with AMX when that package is installed, "
+                                                               "else int8 where the CPU has int8 kernels (AMX, AVX-512 "
+                                                               "VNNI, AVX2), fp32 elsewhere (/healthz says which).")
     max_length: int = Field(40, ge=8, le=512, description="Token cap of a (query, title) pair.")
     batch_size: int = Field(32, ge=1, le=1024, description="Pairs per ONNX Runtime call of a cross-encoder.")
     threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads of each served model (the "

@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import InvalidInput, NotFound
+from core.onnx_sessions import cpu_session
 
 logger = logging.getLogger(__name__)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PRECISIONS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+PRECISIONS = {"fp32": "model.onnx", "int8": "model.int8.onnx", "bf16": "model.onnx"}  # bf16: the fp32 file, computed in bf16
+BF16_WIDTH_STEP = 8  # tokens: the bf16 path pads each batch's pairs to a multiple of this
 
 
 class StageTimeout(TimeoutError):
@@ -83,13 +85,14 @@ class _PairTokenizer:
         return self.tokenizer.encode_batch(list(zip(queries, texts)))
 
 
-def _batches(encodings: list, batch_size: int) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """Batches of similar length, padded to their own longest pair."""
+def _batches(encodings: list, batch_size: int, width_step: int = 1) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Batches of similar length, padded to their own longest pair (rounded up to a multiple of
+    ``width_step``)."""
     order = np.argsort([len(e.ids) for e in encodings], kind="stable")
     out = []
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        width = max(len(encodings[i].ids) for i in rows)
+        width = -(-max(len(encodings[i].ids) for i in rows) // width_step) * width_step
         ids = np.zeros((len(rows), width), dtype=np.int64)
         types = np.zeros_like(ids)
         mask = np.zeros_like(ids)
@@ -102,7 +105,8 @@ def _batches(encodings: list, batch_size: int) -> list[tuple[np.ndarray, dict[st
 
 
 class CrossEncoderScorer:
-    """A cross-encoder on ONNX Runtime (``precision`` fp32 or int8).
+    """A cross-encoder on ONNX Runtime (``precision`` fp32, int8, or bf16 on the OpenVINO
+    execution provider: :mod:`core.onnx_sessions`).
 
     Args:
         model_dir: A model folder with ``onnx/`` exported (see :func:`export`).
@@ -113,18 +117,16 @@ class CrossEncoderScorer:
 
     def __init__(self, model_dir: Path, precision: str = "int8", max_length: int = 48,
                  batch_size: int = 32, threads: int = 0) -> None:
-        import onnxruntime as ort
-
         if precision not in PRECISIONS:
             raise InvalidInput(f"cross-encoder precision {precision!r} is not one of {list(PRECISIONS)}")
         path = model_dir / "onnx" / PRECISIONS[precision]
         if not path.is_file():
             export(model_dir, quantize=precision == "int8")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, threads, bf16=precision == "bf16")
+        # OpenVINO keeps what it prepared for each input shape it has run (~2 MB each): pairs padded
+        # to a multiple of 8 tokens bound the shapes to batch sizes x max_length / 8 widths, instead
+        # of growing with every new (batch, length) a search brings.
+        self.width_step = BF16_WIDTH_STEP if precision == "bf16" else 1
         self.tokenizer = _PairTokenizer(model_dir, max_length)
         self.model_dir = model_dir
         self.precision = precision
@@ -153,7 +155,7 @@ class CrossEncoderScorer:
             timer.daemon = True
             timer.start()
         try:
-            for rows, feeds in _batches(self.tokenizer.encode(queries, texts), self.batch_size):
+            for rows, feeds in _batches(self.tokenizer.encode(queries, texts), self.batch_size, self.width_step):
                 if options.terminate:
                     raise StageTimeout("deadline passed between batches")
                 try:

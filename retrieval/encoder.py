@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from core.errors import NotFound
+from core.onnx_sessions import cpu_session
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,6 @@ class OnnxEncoder:
     """The same model on ONNX Runtime, with the fast (Rust) tokenizer."""
 
     def __init__(self, model_dir: Path, cache_dir: Path, name: str | None = None, threads: int = 0) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.model_dir = model_dir
@@ -150,13 +150,7 @@ class OnnxEncoder:
         path = cache_dir / "onnx" / f"biencoder-{self.fingerprint}.onnx"
         if not path.is_file():
             export_onnx(model_dir, path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning worker threads keep both cores busy after each run and slowed the
-        # BLAS search that follows the query encoding from 5 ms to 15 ms (measured).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, threads)
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_seq_length(model_dir))
         self.tokenizer.enable_padding()

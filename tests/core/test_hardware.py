@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from core.hardware import Cpu, cpu, parse_cpuinfo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +44,17 @@ def test_auto_precision_follows_the_int8_kernels() -> None:
     assert Cpu("x", 2, "x86_64", ("avx2",)).cross_encoder_precision == "int8"
     assert Cpu("x", 2, "aarch64", ()).cross_encoder_precision == "fp32"
     assert "cross_encoder_precision" in Cpu("x", 2, "x86_64", ("amx_int8",)).as_dict()
+
+
+def test_auto_precision_is_bf16_on_amx_with_the_openvino_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.hardware
+
+    amx = Cpu("x", 2, "x86_64", ("avx2", "avx512_vnni", "amx_int8", "amx_bf16"))
+    monkeypatch.setattr(core.hardware, "bf16_available", lambda: True)
+    assert amx.cross_encoder_precision == "bf16"
+    assert Cpu("x", 2, "x86_64", ("avx2", "avx512_vnni", "avx512_bf16")).cross_encoder_precision == "int8"
+    monkeypatch.setattr(core.hardware, "bf16_available", lambda: False)  # the plugin not installed
+    assert amx.cross_encoder_precision == "int8"
 
 
 def test_math_threads_are_limited_after_faiss_loaded() -> None:

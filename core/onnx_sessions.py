@@ -1,0 +1,81 @@
+"""ONNX Runtime sessions for the served models, on the CPU path this machine offers best.
+
+Two paths, one ONNX Runtime API:
+
+- ``cpu``: ONNX Runtime's own CPU kernels (MLAS), fp32 or int8 weights. Its int8 kernels use
+  AVX2, AVX-512 VNNI or AMX; it has no bf16 matrix kernels.
+- ``bf16``: the fp32 model run by the OpenVINO execution provider (the
+  ``onnxruntime-ep-openvino`` plugin, registered with ONNX Runtime at run time), told to compute
+  in bfloat16. On a CPU with AMX that uses its bf16 tile instructions: the teacher
+  cross-encoder scored 20 pairs in 32 ms p50 on one core against 51 ms for ONNX Runtime's int8,
+  with scores much closer to fp32's (benchmarks/RESULTS.md, "Cross-encoders in bf16 on AMX").
+  On a CPU without bf16 instructions OpenVINO computes in fp32 instead.
+
+Threads: ``threads`` intra-op threads (0: ONNX Runtime's default, one per core), never spinning
+after a run, so the searches beside the model keep their core.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+PLUGIN = "onnxruntime_ep_openvino"  # the OpenVINO execution provider plugin's Python package
+_REGISTERED = "shoprank_openvino"
+_lock = threading.Lock()
+_device: Any = None  # the OpenVINO EP's CPU device, once registered
+
+
+def bf16_available() -> bool:
+    """Whether the OpenVINO execution provider plugin is installed (the ``bf16`` path)."""
+    return importlib.util.find_spec(PLUGIN) is not None
+
+
+def _openvino_cpu() -> Any:
+    """The OpenVINO EP's CPU device, registering the plugin with ONNX Runtime on first use."""
+    global _device
+    with _lock:
+        if _device is not None:
+            return _device
+        import onnxruntime as ort
+
+        if not bf16_available():
+            raise RuntimeError("the bf16 path needs the OpenVINO execution provider plugin: "
+                               "pip install onnxruntime-ep-openvino (or serve precision int8 or fp32)")
+        plugin = importlib.import_module(PLUGIN)
+        ort.register_execution_provider_library(_REGISTERED, plugin.get_library_path())
+        devices = [d for d in ort.get_ep_devices()
+                   if d.ep_name == plugin.get_ep_name() and d.ep_metadata.get("ov_device") == "CPU"]
+        if not devices:
+            raise RuntimeError("the OpenVINO execution provider found no CPU device")
+        _device = devices[0]
+        return _device
+
+
+def cpu_session(path: Path, threads: int = 0, bf16: bool = False) -> Any:
+    """An inference session over the ONNX file at ``path``.
+
+    Args:
+        threads: intra-op threads (0: one per core).
+        bf16: run the (fp32) model on the OpenVINO execution provider in bfloat16 (see above);
+            else on ONNX Runtime's CPU kernels at the file's own precision.
+    """
+    import os
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning worker threads keep both cores busy after each run and slowed the
+    # BLAS search that follows the query encoding from 5 ms to 15 ms (measured).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not bf16:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    config = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": str(threads or os.cpu_count() or 1),
+              "PERFORMANCE_HINT": "LATENCY"}
+    options.add_provider_for_devices([_openvino_cpu()], {"load_config": json.dumps({"CPU": config})})
+    return ort.InferenceSession(str(path), sess_options=options)
