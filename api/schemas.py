@@ -120,8 +120,9 @@ class Health(BaseModel):
     versions: dict[str, str] | None = Field(None, description="Model versions this process serves (readiness).")
     stores: dict[str, str] | None = Field(None, description="Every served store: 'ready', 'loading' or the error "
                                           "that stopped it (readiness; one failed store does not stop the others).")
-    cpu: dict[str, object] | None = Field(None, description="CPU model, fast-path flags (AVX2, AVX-512 VNNI, AMX) "
-                                          "and the int8 kernel path ONNX Runtime can use (liveness).")
+    cpu: dict[str, object] | None = Field(None, description="CPU model, fast-path flags (AVX2, AVX-512 VNNI, AMX), "
+                                          "the int8 kernel path ONNX Runtime can use and the precision the "
+                                          "cross-encoders compute in (liveness).")
     server: dict[str, int] | None = Field(None, description="Server processes of this server (api.workers), the "
                                           "cores they may use and each model's ONNX Runtime threads in one "
                                           "process (liveness).")

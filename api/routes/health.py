@@ -12,6 +12,7 @@ from api.schemas import Health
 from api.state import ServedHolder
 from core.hardware import cpu, usable_cores
 from serving.indexing import server_threads
+from serving.loading import served_precision
 
 router = APIRouter(tags=["health"])
 
@@ -19,7 +20,8 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
 def healthz(request: Request) -> Health:
     settings = request.app.state.settings
-    return Health(status="ok", pid=os.getpid(), cpu=cpu().as_dict(),
+    served = {"cross_encoder_precision": served_precision(settings)}  # ranking.precision, auto resolved here
+    return Health(status="ok", pid=os.getpid(), cpu=cpu().as_dict() | served,
                   server={"processes": settings.api.processes(), "usable_cores": usable_cores(),
                           "onnx_threads": server_threads(settings)})
 

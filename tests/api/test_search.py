@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from core.settings import Settings
-from serving.loading import Served
+from serving.loading import Served, served_precision
 from tests.helpers import app_on, ready_client
 
 
@@ -73,6 +73,7 @@ def test_probes_and_openapi(client: TestClient) -> None:
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["pid"] == os.getpid() and health["cpu"]["cores"] >= 1
     assert health["cpu"]["int8_path"] in ("amx", "vnni", "avx2", "generic")
+    assert health["cpu"]["cross_encoder_precision"] == served_precision(client.app.state.settings)  # type: ignore[attr-defined]
     server = health["server"]  # the cores divided among the server processes
     assert server["processes"] >= 1 and server["onnx_threads"] == max(1, server["usable_cores"] // server["processes"])
     ready = client.get("/readyz").json()
