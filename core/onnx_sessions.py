@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,8 @@ def _openvino_cpu() -> Any:
         import onnxruntime as ort
 
         if not bf16_available():
-            raise RuntimeError("the bf16 path needs the OpenVINO execution provider plugin: "
-                               "pip install onnxruntime-ep-openvino (or serve precision int8 or fp32)")
+            raise RuntimeError("precision bf16 needs the OpenVINO execution provider plugin: "
+                               "pip install onnxruntime-ep-openvino, or set ranking.precision to int8, fp32 or auto")
         plugin = importlib.import_module(PLUGIN)
         ort.register_execution_provider_library(_REGISTERED, plugin.get_library_path())
         devices = [d for d in ort.get_ep_devices()
@@ -63,8 +64,6 @@ def cpu_session(path: Path, threads: int = 0, bf16: bool = False) -> Any:
         bf16: run the (fp32) model on the OpenVINO execution provider in bfloat16 (see above);
             else on ONNX Runtime's CPU kernels at the file's own precision.
     """
-    import os
-
     import onnxruntime as ort
 
     options = ort.SessionOptions()
