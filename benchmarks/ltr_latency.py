@@ -28,7 +28,6 @@ from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from retrieval.analyzer import Analyzer  # noqa: E402
 from serving.loading import open_engine, warm_store_features  # noqa: E402
-from serving.pipelines import featurizer_for  # noqa: E402
 
 
 def main() -> None:
@@ -54,8 +53,7 @@ def main() -> None:
     # candidates, so the featurizer scores nothing (a training featurizer would run the teacher on
     # the rows no stage scored, and its time would count here); these hybrid candidates carry no
     # cross-encoder score, as under overload
-    featurizer = featurizer_for(engine.index, engine.dense, engine.models, model.names,  # type: ignore[attr-defined]
-                                settings.ranking, score_missing=False)
+    featurizer = engine.featurizer(model.names, score_missing=False)  # type: ignore[attr-defined]
     first = engine.pipeline("hybrid")
     analyzer = Analyzer(engine.index.vocabulary, cache_size=0)
     texts = [t for _, t in dataset.select("dev")][: args.queries]

@@ -28,7 +28,7 @@ from benchmarks.common import hardware  # noqa: E402
 from core.onnx_sessions import cpu_session  # noqa: E402
 from core.registry import ModelRegistry  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from ranking.cross_encoder import BF16_WIDTH_STEP, PRECISIONS  # noqa: E402
+from ranking.cross_encoder import BF16_WIDTH_STEP, PRECISIONS, padded_width  # noqa: E402
 
 
 def run(model: Path, precision: str, widths: str, calls: int, seed: int) -> dict:
@@ -41,7 +41,7 @@ def run(model: Path, precision: str, widths: str, calls: int, seed: int) -> dict
     for call in range(1, calls + 1):
         batch, width = int(rng.integers(1, 33)), int(rng.integers(8, 49))
         if widths == "step8":
-            width = -(-width // BF16_WIDTH_STEP) * BF16_WIDTH_STEP
+            width = padded_width(width, BF16_WIDTH_STEP)
         ids = rng.integers(1000, 20000, (batch, width)).astype(np.int64)
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         started = time.perf_counter()

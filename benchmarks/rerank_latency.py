@@ -97,9 +97,10 @@ def main() -> None:
                 seconds = time_each(queries, lambda q, s=scorer: s.score(q, lists[q]))
                 name = f"{role}:{entry.version} ({layers} layers, {precision})"
                 models[name] = percentiles(seconds)
-                scores[precision] = [scorer.score(q, lists[q]) for q in queries]
-                if precision != "fp32" and "fp32" in scores:
-                    agreement[name] = against_fp32(scores[precision], scores["fp32"])
+                if "fp32" in args.precisions:  # the reference to compare with: score each list once more
+                    scores[precision] = [scorer.score(q, lists[q]) for q in queries]
+                    if precision != "fp32":
+                        agreement[name] = against_fp32(scores[precision], scores["fp32"])
     pipelines = {}
     for name in args.pipelines:
         try:

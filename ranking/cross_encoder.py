@@ -85,6 +85,11 @@ class _PairTokenizer:
         return self.tokenizer.encode_batch(list(zip(queries, texts)))
 
 
+def padded_width(longest: int, step: int) -> int:
+    """``longest`` tokens rounded up to a multiple of ``step``."""
+    return -(-longest // step) * step
+
+
 def _batches(encodings: list, batch_size: int, width_step: int = 1) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Batches of similar length, padded to their own longest pair (rounded up to a multiple of
     ``width_step``)."""
@@ -92,7 +97,7 @@ def _batches(encodings: list, batch_size: int, width_step: int = 1) -> list[tupl
     out = []
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        width = -(-max(len(encodings[i].ids) for i in rows) // width_step) * width_step
+        width = padded_width(max(len(encodings[i].ids) for i in rows), width_step)
         ids = np.zeros((len(rows), width), dtype=np.int64)
         types = np.zeros_like(ids)
         mask = np.zeros_like(ids)

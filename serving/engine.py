@@ -127,9 +127,11 @@ class SearchEngine:
         first = {} if pipeline == "bm25" else {"encoder": self.index.manifest.encoder}
         return first | ranked_by(self._chosen(pipeline, ltr), self.models)
 
-    def featurizer(self, names: Sequence[str]) -> LtrFeaturizer:
-        """A featurizer of features ``names`` (:func:`ranking.features.feature_names`)."""
-        return featurizer_for(self.index, self.dense, self.models, names, self.settings.ranking)
+    def featurizer(self, names: Sequence[str], score_missing: bool = True) -> LtrFeaturizer:
+        """A featurizer of features ``names`` (:func:`ranking.features.feature_names`); ``score_missing``:
+        the cross-encoders score the rows within their depths no stage scored (training lists), else
+        their scores are only read from the candidates, as a served pipeline reads them."""
+        return featurizer_for(self.index, self.dense, self.models, names, self.settings.ranking, score_missing)
 
     def pipeline(self, name: str) -> Retriever:
         if name in self.pipelines.named:
