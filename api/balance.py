@@ -1,16 +1,17 @@
 """Connections spread over the server processes that share a port.
 
 The kernel hands each new connection to one of the processes that accept on the port, and
-a keep-alive connection then stays with it: 8 connections over 2 processes split 5/3 or
-6/2 (or 8/0), and the busier process's searches queue while the other has a core to spare.
-With ``api.rebalance_margin`` > 0 (off by default) each process keeps its requests in flight
-in a small table of slots that the processes of one server share (a memory-mapped file in
-their metrics folder), and after answering, a process holding at least that many more
-requests in flight than its least busy live peer asks the client to close the connection
-(``Connection: close``). The client opens a new one, which goes to the process that accepts
-it first: the one with time to spare. On 2 cores it evened the split without raising
-throughput or lowering p95, and cost CPU at 32 connections (benchmarks/RESULTS.md, server
-processes), hence off.
+a keep-alive connection then stays with it. A process's event loop accepts every connection
+waiting when it wakes, so a client that opens its pool at once (8 connections) often finds
+6, or all 8, on one process while the other's core idles. With ``api.rebalance_margin`` > 0
+each process counts the client connections it serves (those with a request in flight or
+answered within the last ``CONNECTION_WINDOW_S``) in a small table of slots that the
+processes of one server share (a memory-mapped file in their metrics folder). After
+answering, a process holding more than ``margin`` connections above its least busy live
+peer asks the client to close that one (``Connection: close``). The client opens a new
+connection, which goes to the process that accepts it first: the one whose event loop is
+free. Once the split is even within the margin no connection is closed, so a steady pool
+costs a few reconnects, not one per busy moment.
 
 A slot is claimed with a lock on its bytes, held for the life of the process (a process
 that dies frees it); a slot whose process is gone is skipped.
@@ -19,10 +20,12 @@ that dies frees it); a slot whose process is gone is skipped.
 from __future__ import annotations
 
 import fcntl
+import math
 import mmap
 import os
 import threading
 import time
+from collections.abc import Hashable
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +33,9 @@ import numpy as np
 from core.processes import alive
 
 SLOTS = 64
-SLOT_BYTES = 16  # pid, requests in flight: two int64
+SLOT_BYTES = 16  # pid, connections served: two int64
 LIVENESS_S = 1.0  # how often the peers' processes are checked for being alive
+CONNECTION_WINDOW_S = 2.0  # a connection idle this long no longer counts as served here
 
 
 class LoadTable:
@@ -59,11 +63,11 @@ class LoadTable:
         os.close(self._fd)
         raise RuntimeError(f"all {SLOTS} slots of {self.path} are held: more server processes than it can balance")
 
-    def publish(self, in_flight: int) -> None:
-        self._rows[self.slot, 1] = in_flight
+    def publish(self, connections: int) -> None:
+        self._rows[self.slot, 1] = connections
 
     def least_busy_peer(self) -> int | None:
-        """Requests in flight in the least busy other live process; None when there is none."""
+        """Connections served by the least busy other live process; None when there is none."""
         now = time.monotonic()
         if now - self._checked > LIVENESS_S:
             pids = self._rows[:, 0]
@@ -81,33 +85,55 @@ class LoadTable:
 
 
 class Balancer:
-    """Counts this process's requests in flight; says when an answered connection should close."""
+    """Counts the connections this process serves; says when an answered one should close."""
 
-    def __init__(self, table: LoadTable | None, margin: int) -> None:
+    def __init__(self, table: LoadTable | None, margin: int, window_s: float = CONNECTION_WINDOW_S) -> None:
         self.table = table
         self.margin = margin
-        self.in_flight = 0
+        self.window_s = window_s
         self.closed = 0  # connections this process asked to close
+        self._last: dict[Hashable, float] = {}  # connection -> when last answered (inf: a request in flight)
+        self._pruned = 0.0
         self._lock = threading.Lock()
 
-    def enter(self) -> None:
-        if self.table is None:  # off: nothing to count on the request path
+    def served(self) -> int:
+        """Connections counted as served here now."""
+        with self._lock:
+            self._prune(time.monotonic())
+            return len(self._last)
+
+    def enter(self, connection: Hashable | None) -> None:
+        if self.table is None or connection is None:  # off: nothing to count on the request path
             return
         with self._lock:
-            self.in_flight += 1
-            self.table.publish(self.in_flight)
+            self._last[connection] = math.inf
+            self._prune(time.monotonic())
+            self.table.publish(len(self._last))
 
-    def leave(self) -> bool:
-        """One request answered; True when its connection should close (this process is the busier)."""
-        if self.table is None:
+    def leave(self, connection: Hashable | None) -> bool:
+        """One request on ``connection`` answered; True when it should close (this process serves more
+        than ``margin`` connections above its least busy peer)."""
+        if self.table is None or connection is None:
             return False
         with self._lock:
-            self.in_flight -= 1
-            self.table.publish(self.in_flight)
+            now = time.monotonic()
+            self._last[connection] = now
+            self._prune(now)
             peer = self.table.least_busy_peer()
-            close = peer is not None and self.in_flight >= peer + self.margin
-            self.closed += close
+            close = peer is not None and len(self._last) > peer + self.margin
+            if close:
+                del self._last[connection]
+                self.closed += 1
+            self.table.publish(len(self._last))
             return close
+
+    def _prune(self, now: float) -> None:
+        if now - self._pruned < self.window_s / 4:
+            return
+        self._pruned = now
+        idle = [c for c, t in self._last.items() if t < now - self.window_s]
+        for connection in idle:
+            del self._last[connection]
 
     def close(self) -> None:
         if self.table is not None:
@@ -120,4 +146,4 @@ def open_balancer(folder: str | None, processes: int, margin: int) -> Balancer:
     closes a connection."""
     if not folder or processes < 2 or margin <= 0:
         return Balancer(None, margin)
-    return Balancer(LoadTable(Path(folder) / "in-flight.bin"), margin)
+    return Balancer(LoadTable(Path(folder) / "connections.bin"), margin)

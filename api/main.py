@@ -137,17 +137,19 @@ def _lifespan(settings: Settings, metrics: Metrics,
 async def _request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     """Every request: its id (the caller's ``X-Request-ID`` when it is a plain token), its
     latency in Prometheus, ``X-Served-By``, one JSON access-log line; a busier process of
-    several closes the connection after answering (``api.rebalance_margin``)."""
+    several, serving more connections than its peers, closes this one after answering
+    (``api.rebalance_margin``)."""
     state = request.app.state
     given = request.headers.get("x-request-id", "")
     request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
     started = time.perf_counter()
     balance = state.balancer
-    balance.enter()
+    connection = _connection(request)
+    balance.enter(connection)
     try:
         response = await call_next(request)
     finally:
-        rebalance = balance.leave()
+        rebalance = balance.leave(connection)
     seconds = time.perf_counter() - started
     if rebalance:
         response.headers["connection"] = "close"
@@ -159,6 +161,15 @@ async def _request_context(request: Request, call_next: Callable[[Request], Awai
     access.info(json.dumps({"request_id": request.state.request_id, "method": request.method, "path": path,
                             "status": response.status_code, "ms": round(seconds * 1e3, 2)}))
     return response
+
+
+def _connection(request: Request) -> tuple[str, int] | None:
+    """The client connection a request came on (address and port); None when unknown, as when a
+    trusted proxy's X-Forwarded-For replaced the peer (port 0)."""
+    client = request.scope.get("client")
+    if not client or not client[1]:
+        return None
+    return client[0], client[1]
 
 
 def _route_template(request: Request) -> str:

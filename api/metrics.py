@@ -53,9 +53,9 @@ class Metrics:
         self.searches = Counter("shoprank_searches_total", "Searches served; shed=true: admitted over the "
                                 "shed limit (cross-encoders from cached scores, else their top serving.shed_depth "
                                 "only, or skipped)", ["shed"], registry=self.registry)
-        self.rebalanced = Counter("shoprank_connections_rebalanced_total", "Connections this server's busier "
-                                  "processes closed after answering, so that the client reconnects to a less "
-                                  "busy one (api.rebalance_margin)", registry=self.registry)
+        self.rebalanced = Counter("shoprank_connections_rebalanced_total", "Connections a server process "
+                                  "serving more of them than its peers closed after answering, so that the "
+                                  "client reconnects to another (api.rebalance_margin)", registry=self.registry)
         self.events = Counter("shoprank_events_total", "Events accepted", ["type"], registry=self.registry)
         self.swaps = Counter("shoprank_model_swaps_total", "Model activations and rollbacks", ["role", "action"],
                              registry=self.registry)

@@ -22,7 +22,7 @@ their cross-encoders scored only the top ``serving.shed_depth`` of the pairs not
 and hit rate (``caches``: results, query vectors and cross-encoder scores, each tier), the server's CPU milliseconds per search (all its threads and worker
 processes, ``api.workers``: a capacity figure steadier than searches/s on a shared machine), the share of
 the searches each process answered (``answered_by_process``, from ``X-Served-By``) and the
-connections the busier ones handed back (``connections_rebalanced``, ``api.rebalance_margin``), the
+connections handed back by a process serving more of them (``connections_rebalanced``, ``api.rebalance_margin``), the
 server's own time per search (``server_ms``: over all searches, over those it ranked rather than
 answered from the results cache, and those searches' costly stages; the gap to the client's
 latency is waiting for the process), and the share

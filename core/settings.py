@@ -279,13 +279,16 @@ class ApiSettings(BaseModel):
     rate_burst: int = Field(20, ge=1, le=100_000, description="Requests a key may make at once above its rate.")
     workers: int = Field(0, ge=0, le=64, description="Server processes of `shoprank serve`; each loads its own "
                          "engine (index and models) and they share the artifact home. 0: one per usable core.")
-    # measured on 2 cores (benchmarks/RESULTS.md, server processes): at 1 it evened the split of 8 and 32
-    # connections but gained nothing at 8 and cost CPU at 32 (a quarter of the answers closed): off by default
-    rebalance_margin: int = Field(0, ge=0, le=1024, description="With several server processes: one that, "
-                                  "having answered, still holds this many more requests in flight than its least "
-                                  "busy peer closes that connection (Connection: close), so that the client's next "
-                                  "one goes to a process with time to spare (the kernel keeps a keep-alive "
-                                  "connection on the process it first chose). 0: off (the default).")
+    # measured on 2 cores (benchmarks/RESULTS.md, server processes): at 1 the uniform stream's 8 connections
+    # split 50/50 in every run (3-11 connections closed a level) instead of up to 63/37, and p95 stayed at
+    # 211-233 ms where the uneven runs of the kernel's split reached 257-268
+    rebalance_margin: int = Field(1, ge=0, le=1024, description="With several server processes: one serving "
+                                  "more than this many client connections above its least busy peer (a "
+                                  "connection counts while a request on it is in flight and for 2 s after) "
+                                  "closes the one it has just answered (Connection: close). The client opens a "
+                                  "new one, which the process that accepts first takes; the kernel keeps a "
+                                  "keep-alive connection on the process that accepted it, and a pool opened at "
+                                  "once often lands on one. 0: off.")
 
     def processes(self) -> int:
         """Server processes ``shoprank serve`` runs: ``workers``, or one per usable core."""

@@ -1,4 +1,4 @@
-"""Connections handed back by the busier of the server processes on one port (api/balance.py),
+"""Connections handed back by the server process serving more of them (api/balance.py),
 with a real second process holding its slot of the shared table."""
 
 from __future__ import annotations
@@ -44,37 +44,64 @@ def peer(path: Path) -> Iterator[subprocess.Popen[str]]:
             process.wait(timeout=10)
 
 
-def publish(process: subprocess.Popen[str], in_flight: int) -> None:
-    process.stdin.write(f"{in_flight}\n")  # type: ignore[union-attr]
+def publish(process: subprocess.Popen[str], connections: int) -> None:
+    process.stdin.write(f"{connections}\n")  # type: ignore[union-attr]
     process.stdin.flush()  # type: ignore[union-attr]
     assert process.stdout.readline().strip() == "ok"  # type: ignore[union-attr]
 
 
-def test_the_busier_process_closes_and_the_less_busy_one_keeps(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def answer(balancer: Balancer, *connections: int) -> list[bool]:
+    """One request on each of ``connections`` (client ports), in turn; whether each was asked to close."""
+    closed = []
+    for port in connections:
+        balancer.enter(("127.0.0.1", port))
+        closed.append(balancer.leave(("127.0.0.1", port)))
+    return closed
+
+
+def test_the_process_serving_more_connections_hands_them_back_until_the_split_is_even(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(balance, "LIVENESS_S", 0.0)
-    path = tmp_path / "in-flight.bin"
+    path = tmp_path / "connections.bin"
     with peer(path) as other:
         mine = Balancer(LoadTable(path), margin=1)
         assert mine.table is not None and mine.table.slot == 1  # the peer holds slot 0
-        publish(other, 2)
-        for _ in range(4):
-            mine.enter()
-        assert mine.leave()  # 3 left in flight here, 2 there: hand this connection back
-        assert not mine.leave()  # 2 and 2
         publish(other, 0)
-        assert mine.leave()  # 1 against 0
-        publish(other, 5)
-        assert not mine.leave()  # 0 against 5: the peer is the busier one
+        # a pool opened at once, all of it landing here: the second connection goes back (2 against 0)
+        assert answer(mine, 1, 2) == [False, True]
+        assert mine.served() == 1  # the one handed back no longer counts here
+        publish(other, 1)  # the client reopened it, on the peer
+        assert answer(mine, 3, 1, 3) == [False] * 3, "a split within the margin (2 against 1) still handed back"
+        publish(other, 0)  # the peer's connection went idle
+        assert answer(mine, 1) == [True]  # 2 against 0
         assert mine.closed == 2
-        mine.enter()
-        mine.enter()
-        publish(other, 0)
-    assert not mine.leave(), "a peer that has left still counted"  # its process is gone
+        publish(other, 5)
+        assert answer(mine, 5, 6) == [False, False]  # the peer is the busier one
+    assert answer(mine, 7) == [False], "a peer that has left still counted"
+    mine.close()
+
+
+def test_a_connection_counts_while_its_request_is_in_flight_and_for_a_window_after(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    clock = [100.0]
+    monkeypatch.setattr(balance.time, "monotonic", lambda: clock[0])
+    mine = Balancer(LoadTable(tmp_path / "connections.bin"), margin=1, window_s=2.0)
+    mine.enter(("127.0.0.1", 1))  # a slow search: in flight for longer than the window
+    answer(mine, 2)
+    clock[0] += 1.0
+    assert mine.served() == 2
+    clock[0] += 1.5  # connection 2 idle for 2.5 s: it no longer counts; connection 1 is still in flight
+    assert mine.served() == 1
+    assert not mine.leave(("127.0.0.1", 1))  # no peer: never closes
+    clock[0] += 2.5
+    assert mine.served() == 0
+    mine.enter(None)  # a connection it cannot tell apart (behind a proxy's X-Forwarded-For): not counted
+    assert not mine.leave(None) and mine.served() == 0
     mine.close()
 
 
 def test_a_slot_freed_by_a_process_that_died_is_claimed_again(tmp_path: Path) -> None:
-    path = tmp_path / "in-flight.bin"
+    path = tmp_path / "connections.bin"
     with peer(path) as first:
         publish(first, 7)
         first.kill()
@@ -92,22 +119,20 @@ def test_one_process_or_margin_zero_never_closes(tmp_path: Path) -> None:
     for folder, processes, margin in ((None, 2, 1), (str(tmp_path), 1, 1), (str(tmp_path), 2, 0)):
         alone = open_balancer(folder, processes, margin)
         assert alone.table is None
-        alone.enter()
-        alone.enter()
-        assert not alone.leave()
-    assert not (tmp_path / "in-flight.bin").exists()
+        assert answer(alone, 1, 2, 3, 4) == [False] * 4
+    assert not (tmp_path / "connections.bin").exists()
 
 
-def test_a_response_asks_the_client_to_close_when_this_process_is_the_busier(tmp_path: Path,
+def test_a_response_asks_the_client_to_close_when_this_process_serves_more_connections(tmp_path: Path,
                                                                              settings: Settings) -> None:
     def not_loaded(_: Settings, previous: Served | None) -> Served:
         raise RuntimeError("no engine in this test")  # the middleware answers /healthz without one
 
-    path = tmp_path / "in-flight.bin"
+    path = tmp_path / "connections.bin"
     with peer(path) as other, TestClient(create_app(settings, loader=not_loaded)) as client:
         publish(other, 0)
         busy = Balancer(LoadTable(path), margin=1)
-        busy.in_flight = 1  # another request still in flight here
+        answer(busy, 1)  # another client connection served here
         client.app.state.balancer = busy  # type: ignore[attr-defined]
         answered = client.get("/healthz")
         assert answered.status_code == 200 and answered.headers["connection"] == "close"
