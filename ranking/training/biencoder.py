@@ -31,12 +31,14 @@ import numpy as np
 
 from evaluation.metrics import grade_threshold, ndcg_at_k, recall_at_k
 from ranking.training.data import (
+    TRAINING_PRECISIONS,
     Group,
     data_hash,
     optimizer_step,
     overridden,
     read_examples,
     resolve_device,
+    resolve_precision,
     training_parser,
     write_examples,
 )
@@ -73,6 +75,8 @@ class BiEncoderConfig:
     typos: float = 0.0
     # "auto": a CUDA GPU when torch sees one, else the CPU
     device: str = "auto"
+    # the forward pass in "fp32" or "bf16" (autocast); "auto": bf16 on a CPU with AMX, else fp32
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,7 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
     from transformers import get_linear_schedule_with_warmup
 
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -185,7 +190,8 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
         for epoch, examples in enumerate(per_epoch):
             random.Random(config.seed + 100 + epoch).shuffle(examples)
             for start in range(0, len(examples), config.batch_size):
-                loss = _batch_loss(embed, examples[start : start + config.batch_size], config.scale, device)
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    loss = _batch_loss(embed, examples[start : start + config.batch_size], config.scale, device)
                 losses.append(optimizer_step(loss, model, optimizer, scheduler))
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -197,7 +203,8 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
     out.mkdir(parents=True, exist_ok=True)
     model.to("cpu").save(str(out))
     summary = {"steps": steps, "examples": sum(len(t) for t in per_epoch), "final_loss": float(np.mean(losses[-50:])),
-               "seconds": round(time.perf_counter() - started, 1), "device": device, "history": history,
+               "seconds": round(time.perf_counter() - started, 1), "device": device, "precision": precision,
+               "history": history,
                "data_hash": data_hash(train), "config": asdict(config)}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -209,8 +216,8 @@ def _batch_loss(embed, batch: Sequence[Triple], scale: float, device: str):  # t
     is also relevant to this one (a known false negative) is masked out."""
     import torch
 
-    queries = embed([t.query for t in batch])
-    docs = embed([t.positive for t in batch] + [t.negative for t in batch if t.negative])
+    queries = embed([t.query for t in batch]).float()  # the similarities in float32, also under autocast
+    docs = embed([t.positive for t in batch] + [t.negative for t in batch if t.negative]).float()
     logits = scale * queries @ docs.T
     masked = false_negatives(batch)
     if masked.any():
@@ -243,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "register the folder with `shoprank train biencoder --dataset D --trained FOLDER`.",
         out_help="folder for the trained model")
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--precision", choices=TRAINING_PRECISIONS,
+                        help="the forward pass in fp32 or bf16 (autocast); auto: bf16 on a CPU with AMX, else fp32")
     parser.add_argument("--no-dev", action="store_true", help="skip the per-epoch check on the dev queries")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

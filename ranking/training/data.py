@@ -148,6 +148,24 @@ def optimizer_step(loss, model, optimizer, scheduler) -> float:  # type: ignore[
     return float(loss.item())
 
 
+TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """What a training run computes its forward pass in: ``fp32``, or ``bf16`` (torch autocast;
+    weights, gradients and the optimizer stay in float32). ``auto``: bf16 on a CPU with AMX bf16
+    tiles, where a bi-encoder step took half the time and the trained model tied fp32's on the
+    Home Depot dev queries (benchmarks/RESULTS.md, "Bi-encoder trained in bf16 on AMX"); fp32
+    elsewhere (on a GPU too)."""
+    from core.hardware import cpu
+
+    if precision not in TRAINING_PRECISIONS:
+        raise ValueError(f"training precision {precision!r} is not one of {', '.join(TRAINING_PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device == "cpu" and "amx_bf16" in cpu().flags else "fp32"
+    return precision
+
+
 def resolve_device(device: str) -> str:
     """``auto`` (a CUDA GPU when torch sees one, else the CPU), ``cpu`` or ``cuda``."""
     import torch

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from ranking.training.biencoder import BiEncoderConfig, Triple, false_negatives, triples
+import pytest
+
+from core.hardware import Cpu
 from ranking.cascade import Cascade
-from ranking.training.data import Group, as_served
+from ranking.training.biencoder import BiEncoderConfig, Triple, false_negatives, triples
+from ranking.training.data import Group, as_served, resolve_precision
 from retrieval.analyzer import Analyzer
 from retrieval.vocabulary import Vocabulary
 
@@ -78,3 +81,17 @@ def test_a_slipped_query_keeps_its_pairs_and_its_group() -> None:
 def test_no_slips_by_default() -> None:
     assert BiEncoderConfig(base_model="unused").typos == 0.0
     assert [t.query for t in triples(GROUPS, TEXTS, config("all"), seed=1)] == ["drill", "drill", "hose"]
+
+
+def test_training_precision_auto_is_bf16_on_a_cpu_with_amx_and_fp32_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.hardware
+
+    monkeypatch.setattr(core.hardware, "cpu", lambda: Cpu("x", 2, "x86_64", ("avx2", "amx_int8", "amx_bf16")))
+    assert resolve_precision("auto", "cpu") == "bf16"
+    assert resolve_precision("auto", "cuda") == "fp32"  # a GPU trains as it always did
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    monkeypatch.setattr(core.hardware, "cpu", lambda: Cpu("x", 2, "x86_64", ("avx2", "avx512_vnni", "avx512_bf16")))
+    assert resolve_precision("auto", "cpu") == "fp32"  # bf16 instructions without the tiles: not measured faster
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="'fp16' is not one of auto, fp32, bf16"):
+        resolve_precision("fp16", "cpu")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,10 +133,12 @@ def test_biencoder_exported_trained_elsewhere_and_registered(fresh_home: Path, d
     assert not (fresh_home / "models" / "biencoder").exists()  # exported, not trained
 
     trained = tmp_path / "trained"
-    assert train_from_file([str(examples), "--out", str(trained), "--device", "cpu", "--batch-size", "4"]) == 0
+    assert train_from_file([str(examples), "--out", str(trained), "--device", "cpu", "--batch-size", "4",
+                            "--precision", "bf16"]) == 0  # autocast: on any CPU, emulated where it has no AMX
     assert json.loads(capsys.readouterr().out)["device"] == "cpu"
     summary = json.loads((trained / "train_summary.json").read_text())
     assert summary["device"] == "cpu" and summary["config"]["batch_size"] == 4 and summary["steps"] >= 1
+    assert summary["precision"] == "bf16"
     assert math.isfinite(summary["final_loss"])
     [epoch] = summary["history"]  # the dense search checked on the dev queries after the epoch
     assert epoch["queries"] == len(dev.queries) and 0 < epoch["recall@100"] <= 1 and 0 < epoch["ndcg@10"] <= 1
