@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import hardware  # noqa: E402
-from core.onnx_sessions import cpu_session  # noqa: E402
+from core.onnx_sessions import BF16_WIDTH_STEP, cpu_session, padded_width  # noqa: E402
 from core.registry import ModelRegistry  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from ranking.cross_encoder import BF16_WIDTH_STEP, PRECISIONS, padded_width  # noqa: E402
+from ranking.cross_encoder import PRECISIONS  # noqa: E402
 
 
 def run(model: Path, precision: str, widths: str, calls: int, seed: int) -> dict:

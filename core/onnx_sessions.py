@@ -24,10 +24,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
+BF16_WIDTH_STEP = 8  # tokens: inputs on the bf16 path are padded to a multiple of this (see padded_width)
 PLUGIN = "onnxruntime_ep_openvino"  # the OpenVINO execution provider plugin's Python package
 _REGISTERED = "shoprank_openvino"
 _lock = threading.Lock()
 _device: Any = None  # the OpenVINO EP's CPU device, once registered
+
+
+def padded_width(longest: int, step: int) -> int:
+    """``longest`` tokens rounded up to a multiple of ``step``. OpenVINO keeps what it prepared for
+    each input shape a session runs, so the bf16 path pads its inputs to ``BF16_WIDTH_STEP`` steps:
+    a bounded set of shapes instead of one more for every new length."""
+    return -(-longest // step) * step
 
 
 def bf16_available() -> bool:

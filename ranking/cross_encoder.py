@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import InvalidInput, NotFound
-from core.onnx_sessions import cpu_session
+from core.onnx_sessions import BF16_WIDTH_STEP, cpu_session, padded_width
 
 logger = logging.getLogger(__name__)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PRECISIONS = {"fp32": "model.onnx", "int8": "model.int8.onnx", "bf16": "model.onnx"}  # bf16: the fp32 file, computed in bf16
-BF16_WIDTH_STEP = 8  # tokens: the bf16 path pads each batch's pairs to a multiple of this
 
 
 class StageTimeout(TimeoutError):
@@ -83,11 +82,6 @@ class _PairTokenizer:
 
     def encode(self, queries: Sequence[str], texts: Sequence[str]) -> list:
         return self.tokenizer.encode_batch(list(zip(queries, texts)))
-
-
-def padded_width(longest: int, step: int) -> int:
-    """``longest`` tokens rounded up to a multiple of ``step``."""
-    return -(-longest // step) * step
 
 
 def _batches(encodings: list, batch_size: int, width_step: int = 1) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:

@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from core.errors import NotFound
-from core.onnx_sessions import cpu_session
+from core.onnx_sessions import BF16_WIDTH_STEP, cpu_session
 
 logger = logging.getLogger(__name__)
 
@@ -141,19 +141,25 @@ def export_onnx(model_dir: Path, out: Path) -> Path:
 class OnnxEncoder:
     """The same model on ONNX Runtime, with the fast (Rust) tokenizer."""
 
-    def __init__(self, model_dir: Path, cache_dir: Path, name: str | None = None, threads: int = 0) -> None:
+    def __init__(self, model_dir: Path, cache_dir: Path, name: str | None = None, threads: int = 0,
+                 bf16: bool = False) -> None:
+        """``bf16``: the fp32 file run on the OpenVINO execution provider in bfloat16
+        (core.onnx_sessions), each batch padded to a multiple of 8 tokens; for encoding catalogs."""
         from tokenizers import Tokenizer
 
         self.model_dir = model_dir
+        self.cache_dir = cache_dir
         self.name = name or model_dir.name
+        self.threads = threads
+        self.bf16 = bf16
         self.fingerprint = model_fingerprint(model_dir)
         path = cache_dir / "onnx" / f"biencoder-{self.fingerprint}.onnx"
         if not path.is_file():
             export_onnx(model_dir, path)
-        self.session = cpu_session(path, threads)
+        self.session = cpu_session(path, threads, bf16=bf16)
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_seq_length(model_dir))
-        self.tokenizer.enable_padding()
+        self.tokenizer.enable_padding(pad_to_multiple_of=BF16_WIDTH_STEP if bf16 else None)
         self.dim = int(self.session.get_outputs()[0].shape[-1] or 0) or self._probe_dim()
 
     def _probe_dim(self) -> int:

@@ -23,13 +23,14 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import NotReady
+from core.hardware import cpu
 from core.registry import ModelRegistry
 from core.settings import Settings, get_settings
-from retrieval.vocabulary import VERSION as ANALYZER_VERSION
 from retrieval.catalog import catalog_hash, read_catalog
 from retrieval.embedding_cache import EmbeddingCache
-from retrieval.encoder import BUNDLED, Encoder, load_encoder, resolve_model_dir
+from retrieval.encoder import BUNDLED, Encoder, OnnxEncoder, load_encoder, resolve_model_dir
 from retrieval.index import Manifest, ProductIndex
+from retrieval.vocabulary import VERSION as ANALYZER_VERSION
 from simulation.demo import write_demo
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,22 @@ def index_path(settings: Settings, encoder: Encoder, name: str | None = None) ->
     return settings.paths.index(name or settings.index_name, encoder.fingerprint)
 
 
+def catalog_precision(settings: Settings) -> str:
+    """``retrieval.catalog_precision`` with ``auto`` resolved for this CPU."""
+    if settings.retrieval.catalog_precision == "auto":
+        return "bf16" if cpu().cross_encoder_precision == "bf16" else "fp32"
+    return settings.retrieval.catalog_precision
+
+
+def catalog_encoder(settings: Settings, encoder: Encoder) -> Encoder:
+    """What encodes a catalog for ``encoder``'s index: the same model in bf16 where
+    :func:`catalog_precision` says so (an ONNX encoder only), else ``encoder`` itself."""
+    if isinstance(encoder, OnnxEncoder) and not encoder.bf16 and catalog_precision(settings) == "bf16":
+        return OnnxEncoder(encoder.model_dir, encoder.cache_dir, name=encoder.name, threads=encoder.threads,
+                           bf16=True)
+    return encoder
+
+
 def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:
     cache = embedding_cache(settings, encoder)
     try:
@@ -106,7 +123,8 @@ def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder:
             from retrieval.dask_encoding import encode_catalog
 
             encode_catalog(settings, products, encoder, cache)
-        return ProductIndex.build(path, products, encoder, settings.retrieval, cache, progress=settings.progress)
+        return ProductIndex.build(path, products, catalog_encoder(settings, encoder), settings.retrieval, cache,
+                                  progress=settings.progress)
     finally:
         cache.close()
 

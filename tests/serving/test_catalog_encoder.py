@@ -1,0 +1,46 @@
+"""The bi-encoder that encodes a catalog for an index build: the served model itself, or the same
+model in bf16 (retrieval.catalog_precision), whose vectors must match fp32's."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from core.settings import Settings
+from retrieval.encoder import BUNDLED, OnnxEncoder, resolve_model_dir
+from serving import indexing
+from serving.indexing import catalog_encoder, catalog_precision
+
+TITLES = ["cordless drill 20v max lithium ion", "interior paint eggshell white 1 gal.", "garden hose",
+          "1/2 in. x 10 ft. copper pipe type l", "led flush mount ceiling light fixture in brushed nickel"]
+
+
+def with_precision(settings: Settings, precision: str) -> Settings:
+    return settings.model_copy(update={"retrieval": settings.retrieval.model_copy(
+        update={"catalog_precision": precision})})
+
+
+def test_auto_is_bf16_where_the_cross_encoders_get_it(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    auto = with_precision(settings, "auto")
+    monkeypatch.setattr(indexing, "cpu", lambda: SimpleNamespace(cross_encoder_precision="bf16"))  # AMX + plugin
+    assert catalog_precision(auto) == "bf16"
+    monkeypatch.setattr(indexing, "cpu", lambda: SimpleNamespace(cross_encoder_precision="int8"))
+    assert catalog_precision(auto) == "fp32"
+    assert catalog_precision(with_precision(settings, "bf16")) == "bf16"
+
+
+def test_the_bf16_catalog_encoder_gives_fp32_vectors_and_queries_stay_on_fp32(settings: Settings) -> None:
+    served = OnnxEncoder(resolve_model_dir(BUNDLED), settings.paths.cache, threads=1)
+    assert catalog_encoder(with_precision(settings, "fp32"), served) is served
+    catalog = catalog_encoder(with_precision(settings, "bf16"), served)
+    assert isinstance(catalog, OnnxEncoder) and catalog.bf16 and not served.bf16
+    assert (catalog.name, catalog.fingerprint, catalog.dim) == (served.name, served.fingerprint, served.dim)
+    reference, vectors = served.encode(TITLES), catalog.encode(TITLES)
+    assert vectors.dtype == np.float32 and vectors.shape == reference.shape
+    cosine = (vectors * reference).sum(axis=1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() > 0.999, f"bf16 catalog vectors drift from fp32's: cosine {cosine.min():.5f}"
+    widths = {len(e.ids) for e in catalog.tokenizer.encode_batch(TITLES)}
+    assert len(widths) == 1 and widths.pop() % 8 == 0  # padded to 8-token steps: few shapes for OpenVINO
+    assert catalog_encoder(with_precision(settings, "bf16"), catalog) is catalog
