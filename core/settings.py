@@ -66,8 +66,9 @@ class RetrievalSettings(BaseModel):
         "auto", description="What the bi-encoder computes in when it encodes a catalog for an index build: "
         "bf16 runs it on the OpenVINO execution provider (as ranking.precision bf16 does the cross-encoders; "
         "on a 2-core Xeon with AMX, 3.3x the products a second of fp32, vectors at cosine >= 0.99998 to "
-        "fp32's). auto: bf16 where the CPU has AMX bf16 tiles and the plugin is installed, else fp32. Queries "
-        "are encoded in fp32 whatever this says; Dask workers (compute.scheduler) encode in fp32.")
+        "fp32's). auto: bf16 where the CPU has AMX bf16 tiles and the plugin is installed, else fp32; Dask "
+        "workers (compute.scheduler) decide auto on their own CPU. Queries are encoded in fp32 whatever "
+        "this says.")
     bm25_threads: int = Field(4, ge=1, le=64, description="Threads running BM25 beside the dense search.")
 
 

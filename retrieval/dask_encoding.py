@@ -32,7 +32,7 @@ from core.errors import InvalidInput
 from core.settings import Settings
 from retrieval.catalog import catalog_hash
 from retrieval.embedding_cache import EmbeddingCache
-from retrieval.encoder import Encoder, OnnxEncoder, TorchEncoder
+from retrieval.encoder import Encoder, OnnxEncoder, TorchEncoder, resolve_catalog_precision
 from retrieval.index import product_texts
 
 if TYPE_CHECKING:
@@ -53,18 +53,20 @@ def encoder_spec(encoder: Encoder) -> tuple[Path, str]:
 
 
 @lru_cache(maxsize=2)
-def _worker_encoder(model_dir: str, backend: str, onnx_cache: str) -> Encoder:
-    """The encoder of a worker process, loaded on its first partition and kept for the next ones."""
+def _worker_encoder(model_dir: str, backend: str, onnx_cache: str, precision: str) -> Encoder:
+    """The encoder of a worker process, loaded on its first partition and kept for the next ones;
+    ``precision`` (retrieval.catalog_precision) resolved for the worker's own CPU."""
     if backend == "onnx":  # one thread per task: the worker's Dask threads are its parallelism
-        return OnnxEncoder(Path(model_dir), Path(onnx_cache), threads=1)
+        return OnnxEncoder(Path(model_dir), Path(onnx_cache), threads=1,
+                           bf16=resolve_catalog_precision(precision) == "bf16")
     return TorchEncoder(Path(model_dir))
 
 
 def encode_shard(model_dir: str, backend: str, onnx_cache: str, texts: list[str], shard: str,
-                 batch_size: int) -> tuple[int, float]:
+                 batch_size: int, precision: str = "fp32") -> tuple[int, float]:
     """A worker task: encode ``texts`` and save the vectors at ``shard``; returns (rows, seconds)."""
     started = time.perf_counter()
-    vectors = _worker_encoder(model_dir, backend, onnx_cache).encode(texts, batch_size=batch_size)
+    vectors = _worker_encoder(model_dir, backend, onnx_cache, precision).encode(texts, batch_size=batch_size)
     tmp = Path(shard).with_suffix(".tmp.npy")
     np.save(tmp, vectors)
     tmp.replace(shard)  # a shard is whole or absent
@@ -88,7 +90,7 @@ def _shard_name(texts: Sequence[str]) -> str:
 
 def fill_cache_on_dask(client: Client, encoder: Encoder, texts: Sequence[str], cache: EmbeddingCache,
                        work: Path, onnx_cache: Path, partitions: int, batch_size: int = 32,
-                       progress: bool = False) -> int:
+                       progress: bool = False, precision: str = "fp32") -> int:
     """Encode the texts missing from ``cache`` on the cluster and store their vectors in it.
 
     Args:
@@ -97,6 +99,8 @@ def fill_cache_on_dask(client: Client, encoder: Encoder, texts: Sequence[str], c
         work: Folder for the shards (removed once every shard is in the cache).
         onnx_cache: The artifact home's cache folder holding the ONNX export.
         partitions: How many tasks the missing texts are split into.
+        precision: ``retrieval.catalog_precision`` (fp32, bf16 or auto, which each worker resolves
+            for its own CPU; the ONNX backend only).
 
     Returns:
         How many distinct texts were encoded.
@@ -120,7 +124,7 @@ def fill_cache_on_dask(client: Client, encoder: Encoder, texts: Sequence[str], c
             cache.put_many(chunk, _read_shard(shard, len(chunk), encoder.dim))
             continue
         future = client.submit(encode_shard, str(model_dir), backend, str(onnx_cache), chunk, str(shard),
-                               batch_size, pure=False)
+                               batch_size, precision, pure=False)
         parts[future] = (chunk, shard)
     logger.info("encoding %d texts in %d partitions on %d Dask workers (%d partitions reused)", len(missing),
                 len(parts), len(client.scheduler_info()["workers"]), len(split(len(missing), partitions)) - len(parts))
@@ -155,4 +159,5 @@ def encode_catalog(settings: Settings, products: pd.DataFrame, encoder: Encoder,
         workers = len(client.scheduler_info()["workers"])
         return fill_cache_on_dask(client, encoder, product_texts(products), cache, settings.paths.encoding(run),
                                   settings.paths.cache, partition_count(settings.compute, workers),
-                                  settings.retrieval.encode_batch_size, settings.progress)
+                                  settings.retrieval.encode_batch_size, settings.progress,
+                                  settings.retrieval.catalog_precision)

@@ -187,6 +187,17 @@ class OnnxEncoder:
         return result
 
 
+def resolve_catalog_precision(precision: str) -> str:
+    """``retrieval.catalog_precision`` for this machine: ``auto`` is bf16 where the cross-encoders
+    get it (a CPU with AMX bf16 tiles and the OpenVINO plugin), else fp32. Dask workers resolve it on
+    their own machine."""
+    from core.hardware import cpu
+
+    if precision == "auto":
+        return "bf16" if cpu().cross_encoder_precision == "bf16" else "fp32"
+    return precision
+
+
 def load_encoder(model_dir: Path, backend: str, cache_dir: Path, label: str | None = None,
                  threads: int = 0) -> Encoder:
     """Load the bi-encoder in ``model_dir`` on ``backend`` (onnx|torch); ``threads``: ONNX

@@ -23,12 +23,18 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import NotReady
-from core.hardware import cpu
 from core.registry import ModelRegistry
 from core.settings import Settings, get_settings
 from retrieval.catalog import catalog_hash, read_catalog
 from retrieval.embedding_cache import EmbeddingCache
-from retrieval.encoder import BUNDLED, Encoder, OnnxEncoder, load_encoder, resolve_model_dir
+from retrieval.encoder import (
+    BUNDLED,
+    Encoder,
+    OnnxEncoder,
+    load_encoder,
+    resolve_catalog_precision,
+    resolve_model_dir,
+)
 from retrieval.index import Manifest, ProductIndex
 from retrieval.vocabulary import VERSION as ANALYZER_VERSION
 from simulation.demo import write_demo
@@ -100,17 +106,11 @@ def index_path(settings: Settings, encoder: Encoder, name: str | None = None) ->
     return settings.paths.index(name or settings.index_name, encoder.fingerprint)
 
 
-def catalog_precision(settings: Settings) -> str:
-    """``retrieval.catalog_precision`` with ``auto`` resolved for this CPU."""
-    if settings.retrieval.catalog_precision == "auto":
-        return "bf16" if cpu().cross_encoder_precision == "bf16" else "fp32"
-    return settings.retrieval.catalog_precision
-
-
 def catalog_encoder(settings: Settings, encoder: Encoder) -> Encoder:
     """What encodes a catalog for ``encoder``'s index: the same model in bf16 where
-    :func:`catalog_precision` says so (an ONNX encoder only), else ``encoder`` itself."""
-    if isinstance(encoder, OnnxEncoder) and not encoder.bf16 and catalog_precision(settings) == "bf16":
+    ``retrieval.catalog_precision`` says so (an ONNX encoder only), else ``encoder`` itself."""
+    bf16 = resolve_catalog_precision(settings.retrieval.catalog_precision) == "bf16"
+    if isinstance(encoder, OnnxEncoder) and not encoder.bf16 and bf16:
         return OnnxEncoder(encoder.model_dir, encoder.cache_dir, name=encoder.name, threads=encoder.threads,
                            bf16=True)
     return encoder

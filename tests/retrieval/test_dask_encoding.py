@@ -46,6 +46,20 @@ def test_workers_fill_the_cache_with_the_in_process_vectors(dask_local_client, r
     assert fill_cache_on_dask(dask_local_client, real_encoder, texts, cache, work, settings.paths.cache, 5) == 0
 
 
+def test_workers_encode_in_bf16_when_asked(dask_local_client, real_encoder, settings: Settings,  # type: ignore[no-untyped-def]
+                                          demo_products: pd.DataFrame, reference: np.ndarray, tmp_path: Path) -> None:
+    texts = product_texts(demo_products)[:64]
+    cache = EmbeddingCache(tmp_path / "emb.sqlite", real_encoder.dim)
+    assert fill_cache_on_dask(dask_local_client, real_encoder, texts, cache, tmp_path / "shards",
+                              settings.paths.cache, partitions=2, precision="bf16") == len(set(texts))
+    vectors, found = cache.get_many(texts)
+    assert found.all()
+    cosine = (vectors * reference[:64]).sum(axis=1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(reference[:64],
+                                                                                            axis=1)
+    assert cosine.min() > 0.999, f"bf16 vectors from the workers drift from fp32's: cosine {cosine.min():.5f}"
+    assert not np.array_equal(vectors, reference[:64]), "the workers did not encode on the bf16 path"
+
+
 def test_a_non_loadable_encoder_is_refused(dask_local_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     encoder = HashingEncoder()
     cache = EmbeddingCache(tmp_path / "emb.sqlite", encoder.dim)
@@ -62,7 +76,8 @@ def test_index_built_on_dask_matches_the_in_process_one(settings: Settings, real
     home = tmp_path / "home"
     (home / "cache").mkdir(parents=True)
     (home / "cache" / "onnx").symlink_to(settings.paths.cache / "onnx", target_is_directory=True)
-    on_dask = Settings(home=home, progress=False, compute={"scheduler": "local", "workers": 2, "partitions": 3})
+    on_dask = Settings(home=home, progress=False, compute={"scheduler": "local", "workers": 2, "partitions": 3},
+                       retrieval={"catalog_precision": "fp32"})  # as the reference: the same vectors
     index = indexing.build_index(on_dask, demo_products, tmp_path / "index", real_encoder)
     ids = [index.product_id(row) for row in range(len(demo_products))]
     assert ids == demo_products["product_id"].tolist()

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from core.settings import Settings
-from retrieval.encoder import BUNDLED, OnnxEncoder, resolve_model_dir
-from serving import indexing
-from serving.indexing import catalog_encoder, catalog_precision
+from retrieval.encoder import BUNDLED, OnnxEncoder, resolve_catalog_precision, resolve_model_dir
+from serving.indexing import catalog_encoder
 
 TITLES = ["cordless drill 20v max lithium ion", "interior paint eggshell white 1 gal.", "garden hose",
           "1/2 in. x 10 ft. copper pipe type l", "led flush mount ceiling light fixture in brushed nickel"]
@@ -22,13 +21,12 @@ def with_precision(settings: Settings, precision: str) -> Settings:
         update={"catalog_precision": precision})})
 
 
-def test_auto_is_bf16_where_the_cross_encoders_get_it(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    auto = with_precision(settings, "auto")
-    monkeypatch.setattr(indexing, "cpu", lambda: SimpleNamespace(cross_encoder_precision="bf16"))  # AMX + plugin
-    assert catalog_precision(auto) == "bf16"
-    monkeypatch.setattr(indexing, "cpu", lambda: SimpleNamespace(cross_encoder_precision="int8"))
-    assert catalog_precision(auto) == "fp32"
-    assert catalog_precision(with_precision(settings, "bf16")) == "bf16"
+def test_auto_is_bf16_where_the_cross_encoders_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("core.hardware.cpu", lambda: SimpleNamespace(cross_encoder_precision="bf16"))  # AMX
+    assert resolve_catalog_precision("auto") == "bf16"
+    monkeypatch.setattr("core.hardware.cpu", lambda: SimpleNamespace(cross_encoder_precision="int8"))
+    assert resolve_catalog_precision("auto") == "fp32"
+    assert resolve_catalog_precision("bf16") == "bf16" and resolve_catalog_precision("fp32") == "fp32"
 
 
 def test_the_bf16_catalog_encoder_gives_fp32_vectors_and_queries_stay_on_fp32(settings: Settings) -> None:
