@@ -123,8 +123,9 @@ def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder:
             from retrieval.dask_encoding import encode_catalog
 
             encode_catalog(settings, products, encoder, cache)
-        return ProductIndex.build(path, products, catalog_encoder(settings, encoder), settings.retrieval, cache,
-                                  progress=settings.progress)
+        else:
+            encoder = catalog_encoder(settings, encoder)
+        return ProductIndex.build(path, products, encoder, settings.retrieval, cache, progress=settings.progress)
     finally:
         cache.close()
 
