@@ -35,12 +35,23 @@ class Cpu:
         return "avx2" if "avx2" in self.flags else "generic"
 
     @property
+    def amx_bf16(self) -> bool:
+        """AMX bf16 tiles: where computing in bf16 pays (torch training needs nothing more)."""
+        return "amx_bf16" in self.flags
+
+    @property
+    def onnx_bf16(self) -> bool:
+        """AMX bf16 tiles and the OpenVINO execution provider that runs ONNX models on them: where
+        ``auto`` makes the cross-encoders and catalog encoding bf16."""
+        return self.amx_bf16 and bf16_available()
+
+    @property
     def cross_encoder_precision(self) -> str:
         """What ``ranking.precision: auto`` serves here: bf16 on a CPU with AMX bf16 tiles when the
         OpenVINO execution provider is installed (measured fastest there, and closer to fp32 than
         int8); else int8 wherever ONNX Runtime has int8 kernels for this CPU (AMX, VNNI, AVX2:
         measured fastest on AVX2 and VNNI), fp32 elsewhere."""
-        if "amx_bf16" in self.flags and bf16_available():
+        if self.onnx_bf16:
             return "bf16"
         return "int8" if self.int8_path in ("amx", "vnni", "avx2") else "fp32"
 

@@ -194,7 +194,7 @@ def resolve_catalog_precision(precision: str) -> str:
     from core.hardware import cpu
 
     if precision == "auto":
-        return "bf16" if cpu().cross_encoder_precision == "bf16" else "fp32"
+        return "bf16" if cpu().onnx_bf16 else "fp32"
     return precision
 
 

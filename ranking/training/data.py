@@ -162,7 +162,7 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision not in TRAINING_PRECISIONS:
         raise ValueError(f"training precision {precision!r} is not one of {', '.join(TRAINING_PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if device == "cpu" and "amx_bf16" in cpu().flags else "fp32"
+        return "bf16" if device == "cpu" and cpu().amx_bf16 else "fp32"
     return precision
 
 

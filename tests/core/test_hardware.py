@@ -51,10 +51,11 @@ def test_auto_precision_is_bf16_on_amx_with_the_openvino_provider(monkeypatch: p
 
     amx = Cpu("x", 2, "x86_64", ("avx2", "avx512_vnni", "amx_int8", "amx_bf16"))
     monkeypatch.setattr(core.hardware, "bf16_available", lambda: True)
-    assert amx.cross_encoder_precision == "bf16"
+    assert amx.cross_encoder_precision == "bf16" and amx.onnx_bf16 and amx.amx_bf16
     assert Cpu("x", 2, "x86_64", ("avx2", "avx512_vnni", "avx512_bf16")).cross_encoder_precision == "int8"
     monkeypatch.setattr(core.hardware, "bf16_available", lambda: False)  # the plugin not installed
-    assert amx.cross_encoder_precision == "int8"
+    assert amx.cross_encoder_precision == "int8" and not amx.onnx_bf16
+    assert amx.amx_bf16  # torch training needs no plugin
 
 
 def test_math_threads_are_limited_after_faiss_loaded() -> None:

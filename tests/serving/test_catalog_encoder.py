@@ -22,9 +22,9 @@ def with_precision(settings: Settings, precision: str) -> Settings:
 
 
 def test_auto_is_bf16_where_the_cross_encoders_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("core.hardware.cpu", lambda: SimpleNamespace(cross_encoder_precision="bf16"))  # AMX
+    monkeypatch.setattr("core.hardware.cpu", lambda: SimpleNamespace(onnx_bf16=True))  # AMX + OpenVINO
     assert resolve_catalog_precision("auto") == "bf16"
-    monkeypatch.setattr("core.hardware.cpu", lambda: SimpleNamespace(cross_encoder_precision="int8"))
+    monkeypatch.setattr("core.hardware.cpu", lambda: SimpleNamespace(onnx_bf16=False))
     assert resolve_catalog_precision("auto") == "fp32"
     assert resolve_catalog_precision("bf16") == "bf16" and resolve_catalog_precision("fp32") == "fp32"
 
