@@ -28,12 +28,16 @@ with ``--dense-original``, the served RRF over a dense run of the query as typed
 not spell-corrected), over one of the sum of both query vectors, and with the typed query's
 dense run as a third input where the analyzer rewrote the query (weights 0.3, 0.5, 1), compared
 the same way (does a wrong correction cost the dense search what it gains BM25?);
+with ``--second-encoder SPEC`` (``minilm``, ``biencoder:vN`` or a folder, as the ``encoder``
+setting), the served RRF with a third run: that bi-encoder's dense search over its own index of
+the catalog (built on first use), at weights 0.3, 0.5 and 1, compared the same way (does a second
+dense model find what the served one misses?), with each encoder's time to encode one query;
 
 and prints condensed NDCG@10, MRR@10 (grade >= 0.75 of the maximum, as ``shoprank
 evaluate``), Recall@100 / @200, and Recall@100 on the misspelled subset and the rest, the
 misspelled split again by whether the analyzer left a word the catalog does not know.
 
-    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback] [--int8-query | --bf16-query] [--char-ngrams] [--dense-original] [--query-log train]
+    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback] [--int8-query | --bf16-query] [--char-ngrams] [--dense-original] [--query-log train] [--second-encoder minilm]
 """
 
 from __future__ import annotations
@@ -161,6 +165,19 @@ def query_log_runs(dataset, index, analyze, texts: list[str], split: str,  # typ
     return bm25_runs, log_runs, {"logged queries": len(logged), "products with logged queries": len(expansions)}
 
 
+def second_encoder_runs(settings, dataset, spec: str, engine, texts: list[str],  # type: ignore[no-untyped-def]
+                        depth: int) -> tuple[list[np.ndarray], dict]:
+    """Doc rows (of the served index), best first, of the dense search of ``texts`` by the bi-encoder
+    ``spec`` over its own index of the same catalog, and what one query costs each encoder (uncached)."""
+    second = open_engine(settings.model_copy(update={"encoder": spec}), dataset.products, models=False)
+    if list(second.index.products["product_id"]) != list(engine.index.products["product_id"]):
+        raise SystemExit(f"the index of encoder {spec!r} holds another catalog than the served one")
+    runs = second.index.dense.batch_search(second.hybrid.dense.embed(texts), depth)
+    cost = {name: percentiles(time_each(texts[:400], lambda t, e=e: e.hybrid.dense.encoder.encode([t])))
+            for name, e in (("served ms per query", engine), (f"{spec} ms per query", second))}
+    return [run.docs for run in runs], cost
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, default=DATA)
@@ -177,6 +194,8 @@ def main() -> None:
                              "them, and their products as a third run")
     parser.add_argument("--dense-original", action="store_true",
                         help="also dense runs of the query as typed (normalized, not spell-corrected)")
+    parser.add_argument("--second-encoder", default=None, metavar="SPEC",
+                        help="also a second bi-encoder's dense run as a third input ('minilm', 'biencoder:vN', a folder)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fusion_grid.json")
     args = parser.parse_args()
     settings = get_settings()
@@ -249,6 +268,12 @@ def main() -> None:
         label_of[-6], label_of[-7] = " BM25 over titles + logged queries", " + logged queries' products w={b}"
         print(json.dumps(timings["query log"]), flush=True)
         variants += served(-6) + served(-7, (0.1, 0.3, 0.5, 1.0))
+    if args.second_encoder:
+        third_of[-8], timings["second encoder"] = second_encoder_runs(settings, dataset, args.second_encoder,
+                                                                      engine, texts, args.depth)
+        label_of[-8] = f" + dense {args.second_encoder} w={{b}}"
+        print(json.dumps(timings["second encoder"]), flush=True)
+        variants += served(-8, (0.3, 0.5, 1.0))
     rows: list[dict[str, object]] = []
     served_recall: dict[str, float] | None = None
     for kind, k, w, m, b in variants:
