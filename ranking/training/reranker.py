@@ -26,12 +26,14 @@ import numpy as np
 from evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
 from ranking.training.checkpoint import Checkpoint
 from ranking.training.data import (
+    TRAINING_PRECISIONS,
     Group,
     data_hash,
     optimizer_step,
     overridden,
     read_examples,
     resolve_device,
+    resolve_precision,
     training_parser,
     write_examples,
 )
@@ -59,6 +61,8 @@ class RerankerConfig:
     loss: str = "pairwise"  # pairwise (RankNet, grade-weighted) | listnet (softmax over each judged list)
     temperature: float = 2.0  # listnet: target = softmax(grade / temperature)
     device: str = "auto"  # auto: a CUDA GPU when torch sees one, else the CPU
+    # the forward pass in "fp32" or "bf16" (autocast); "auto": bf16 on a CPU with AMX, else fp32
+    precision: str = "auto"
 
 
 def load_model(base: str, layers: int):  # type: ignore[no-untyped-def]
@@ -127,6 +131,7 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -144,7 +149,8 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
     model.train()
     started = time.perf_counter() - state["seconds"]
     while state["epoch"] < config.epochs:
-        _train_epoch(model, batcher, train, config, optimizer, scheduler, checkpoint, state, started, progress)
+        _train_epoch(model, batcher, train, config, optimizer, scheduler, checkpoint, state, started, progress,
+                     precision)
         metrics = evaluate_groups(model, batcher, dev, config.max_grade)
         state["history"].append({"epoch": state["epoch"] + 1, **metrics,
                                  "seconds": round(time.perf_counter() - started, 1)})
@@ -159,7 +165,8 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
         state["seconds"] = time.perf_counter() - started
         checkpoint.save(state)
     summary = {"best": state["best"], "history": state["history"], "seconds": round(state["seconds"], 1),
-               "train_groups": len(train), "dev_groups": len(dev), "device": device, "data_hash": data_hash(train),
+               "train_groups": len(train), "dev_groups": len(dev), "device": device, "precision": precision,
+               "data_hash": data_hash(train),
                "config": asdict(config)}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -167,8 +174,9 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
 
 def _train_epoch(model, batcher: _Batcher, train: Sequence[Group], config: RerankerConfig,  # type: ignore[no-untyped-def]
                  optimizer, scheduler, checkpoint: Checkpoint, state: dict, started: float,  # type: ignore[type-arg]
-                 progress: bool) -> None:
-    """The rest of the epoch ``state`` stands in, from its step on, in the epoch's seeded order."""
+                 progress: bool, precision: str = "fp32") -> None:
+    """The rest of the epoch ``state`` stands in, from its step on, in the epoch's seeded order; the
+    model's forward pass in ``precision`` (bf16: torch autocast), the losses in float32."""
     from tqdm.auto import tqdm
 
     relevant = grade_threshold(0.6, config.max_grade)
@@ -179,7 +187,7 @@ def _train_epoch(model, batcher: _Batcher, train: Sequence[Group], config: Reran
                desc=f"epoch {state['epoch'] + 1}/{config.epochs}", unit="step")
     for step in bar:
         batch = [train[i] for i in order[step * config.batch_groups : (step + 1) * config.batch_groups]]
-        loss = _batch_loss(model, batcher, batch, relevant, config)
+        loss = _batch_loss(model, batcher, batch, relevant, config, precision)
         bar.set_postfix(loss=f"{optimizer_step(loss, model, optimizer, scheduler):.4f}")
         state["step"] = step + 1
         if state["step"] % config.checkpoint_every == 0:
@@ -187,7 +195,8 @@ def _train_epoch(model, batcher: _Batcher, train: Sequence[Group], config: Reran
             checkpoint.save(state)
 
 
-def _batch_loss(model, batcher: _Batcher, batch: Sequence[Group], relevant: int, config: RerankerConfig):  # type: ignore[no-untyped-def]
+def _batch_loss(model, batcher: _Batcher, batch: Sequence[Group], relevant: int, config: RerankerConfig,  # type: ignore[no-untyped-def]
+                precision: str = "fp32"):
     import torch
 
     queries, products, spans, all_pairs, point_rows, point_targets = [], [], [], [], [], []
@@ -202,7 +211,10 @@ def _batch_loss(model, batcher: _Batcher, batch: Sequence[Group], relevant: int,
             if grade >= 0:
                 point_rows.append(offset + i)
                 point_targets.append(grade / config.max_grade)
-    scores = model(**batcher(queries, products))
+    inputs = batcher(queries, products)
+    with torch.autocast(inputs["input_ids"].device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        scores = model(**inputs)
+    scores = scores.float()
     if config.loss == "listnet":
         return _listnet(scores, spans, batch, config)
     device = scores.device
@@ -255,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_help="folder for the training run (best/ is the model)")
     parser.add_argument("--batch-groups", type=int, help="queries per step")
     parser.add_argument("--loss", choices=("pairwise", "listnet"))
+    parser.add_argument("--precision", choices=TRAINING_PRECISIONS,
+                        help="the forward pass in fp32 or bf16 (autocast); auto: bf16 on a CPU with AMX, else fp32")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config, train, dev, titles = load_examples(args.examples)

@@ -74,7 +74,7 @@ def _train_reranker_here(args: argparse.Namespace, settings: Settings, work: Pat
     config = RerankerConfig(base_model=base, layers=args.layers, epochs=args.epochs, lr=args.lr,
                             batch_groups=args.batch_groups, max_length=args.max_length,
                             negatives=args.negatives, seed=args.seed, max_grade=dataset.max_grade, loss=args.loss,
-                            device=args.device)
+                            device=args.device, precision=args.precision)
     train = groups_from(dataset, args.split, 1)[: args.limit]
     if config.negatives:
         engine = first_stage(settings, dataset)
@@ -184,6 +184,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=40)
     p.add_argument("--negatives", type=count, default=4, help="mined hard negatives per query")
     p.add_argument("--loss", choices=("pairwise", "listnet"), default="pairwise")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="the forward pass in fp32 or bf16 (torch autocast; weights, gradients and the optimizer "
+                        "in float32); auto: bf16 on a CPU with AMX bf16 tiles, else fp32")
     add_elsewhere_arguments(p, "reranker", "the training examples, the dev sample and the titles",
                             "torch and transformers")
     p.add_argument("--seed", type=int, default=13)

@@ -18,6 +18,7 @@ from ranking.cross_encoder import CrossEncoderScorer, TorchCrossEncoder, export
 from ranking.training.data import groups_from
 from ranking.training.reranker import (
     RerankerConfig,
+    _batch_loss,
     _Batcher,
     evaluate_groups,
     load_model,
@@ -59,6 +60,23 @@ def test_training_resumes_from_its_checkpoint(trained, demo_dir: Path) -> None: 
     dataset = load_dataset(demo_dir)
     again = train_reranker(config, groups_from(dataset, "train", 1), dev, titles, out, progress=False)
     assert again["history"] == summary["history"]  # every epoch was done: nothing re-trained
+
+
+def test_a_bf16_step_computes_the_fp32_loss_in_float32(trained, demo_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The forward pass under bf16 autocast: the loss stays float32, near fp32's, and gradients flow."""
+    import torch
+    from transformers import AutoTokenizer
+
+    out, summary, dev, titles, config = trained
+    model = load_model(config.base_model, config.layers)
+    batcher = _Batcher(AutoTokenizer.from_pretrained(config.base_model), titles, config.max_length)
+    batch = groups_from(load_dataset(demo_dir), "train", 1)[:4]
+    losses = {p: _batch_loss(model, batcher, batch, 4, config, p) for p in ("fp32", "bf16")}
+    assert losses["bf16"].dtype == torch.float32
+    assert abs(losses["bf16"].item() - losses["fp32"].item()) < 0.05 * abs(losses["fp32"].item()), losses
+    losses["bf16"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) and g.dtype == torch.float32 for g in grads)
 
 
 def test_onnx_exports_match_torch(trained) -> None:  # type: ignore[no-untyped-def]
