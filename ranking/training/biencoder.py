@@ -31,8 +31,8 @@ import numpy as np
 
 from evaluation.metrics import grade_threshold, ndcg_at_k, recall_at_k
 from ranking.training.data import (
-    TRAINING_PRECISIONS,
     Group,
+    add_precision_argument,
     data_hash,
     optimizer_step,
     overridden,
@@ -250,8 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "register the folder with `shoprank train biencoder --dataset D --trained FOLDER`.",
         out_help="folder for the trained model")
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--precision", choices=TRAINING_PRECISIONS,
-                        help="the forward pass in fp32 or bf16 (autocast); auto: bf16 on a CPU with AMX, else fp32")
+    add_precision_argument(parser, None)
     parser.add_argument("--no-dev", action="store_true", help="skip the per-epoch check on the dev queries")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

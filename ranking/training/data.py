@@ -151,6 +151,13 @@ def optimizer_step(loss, model, optimizer, scheduler) -> float:  # type: ignore[
 TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def add_precision_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """``--precision`` (see :func:`resolve_precision`); ``default`` None keeps an exported file's value."""
+    parser.add_argument("--precision", choices=TRAINING_PRECISIONS, default=default,
+                        help="the forward pass in fp32 or bf16 (torch autocast; weights, gradients and the "
+                             "optimizer in float32); auto: bf16 on a CPU with AMX bf16 tiles, else fp32")
+
+
 def resolve_precision(precision: str, device: str) -> str:
     """What a training run computes its forward pass in: ``fp32``, or ``bf16`` (torch autocast;
     weights, gradients and the optimizer stay in float32). ``auto``: bf16 on a CPU with AMX bf16

@@ -26,8 +26,8 @@ import numpy as np
 from evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
 from ranking.training.checkpoint import Checkpoint
 from ranking.training.data import (
-    TRAINING_PRECISIONS,
     Group,
+    add_precision_argument,
     data_hash,
     optimizer_step,
     overridden,
@@ -267,8 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_help="folder for the training run (best/ is the model)")
     parser.add_argument("--batch-groups", type=int, help="queries per step")
     parser.add_argument("--loss", choices=("pairwise", "listnet"))
-    parser.add_argument("--precision", choices=TRAINING_PRECISIONS,
-                        help="the forward pass in fp32 or bf16 (autocast); auto: bf16 on a CPU with AMX, else fp32")
+    add_precision_argument(parser, None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config, train, dev, titles = load_examples(args.examples)

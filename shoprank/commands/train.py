@@ -22,6 +22,7 @@ from core.errors import InvalidInput, NotFound
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
+from ranking.training.data import add_precision_argument
 from retrieval.encoder import BUNDLED
 from shoprank.commands import train_biencoder, train_ltr
 from shoprank.commands.arguments import count
@@ -184,9 +185,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=40)
     p.add_argument("--negatives", type=count, default=4, help="mined hard negatives per query")
     p.add_argument("--loss", choices=("pairwise", "listnet"), default="pairwise")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="the forward pass in fp32 or bf16 (torch autocast; weights, gradients and the optimizer "
-                        "in float32); auto: bf16 on a CPU with AMX bf16 tiles, else fp32")
+    add_precision_argument(p, "auto")
     add_elsewhere_arguments(p, "reranker", "the training examples, the dev sample and the titles",
                             "torch and transformers")
     p.add_argument("--seed", type=int, default=13)

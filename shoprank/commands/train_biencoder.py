@@ -15,6 +15,7 @@ from pathlib import Path
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import load_dataset
+from ranking.training.data import add_precision_argument
 from retrieval.encoder import BUNDLED
 from shoprank.commands.arguments import share
 from shoprank.commands.training import add_elsewhere_arguments, base_label, first_stage, trained
@@ -94,9 +95,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
                         "doubled, swapped or neighbouring-key letter, or two words run together); default 0")
     add_elsewhere_arguments(p, "biencoder", "the training examples (and the --dev-split queries)",
                             "torch and sentence-transformers")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="the forward pass in fp32 or bf16 (torch autocast); auto (default): bf16 on a CPU with "
-                        "AMX bf16 tiles (half the time, the same quality on Home Depot), fp32 elsewhere")
+    add_precision_argument(p, "auto")
     p.add_argument("--dev-split", default="dev", help="with --export: queries for the per-epoch dense check ('' none)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
