@@ -16,6 +16,10 @@ from functools import lru_cache
 from core.onnx_sessions import bf16_available
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+# SHOPRANK_CPU_HIDE=amx,avx512,avx_vnni: run as on a CPU without those features (benchmarks/cpu_mask.py
+# hides them from the libraries too, through CPUID); each group and the flags it hides.
+HIDDEN_GROUPS = {"amx": ("amx_int8", "amx_bf16"), "avx512": ("avx512f", "avx512_vnni", "avx512_bf16"),
+                 "avx_vnni": ("avx_vnni",)}
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class Cpu:
     cores: int
     machine: str
     flags: tuple[str, ...] = field(default_factory=tuple)
+    hidden: tuple[str, ...] = field(default_factory=tuple)  # groups of HIDDEN_GROUPS hidden by SHOPRANK_CPU_HIDE
 
     @property
     def int8_path(self) -> str:
@@ -57,7 +62,8 @@ class Cpu:
 
     def as_dict(self) -> dict[str, object]:
         return {"model": self.model, "cores": self.cores, "machine": self.machine, "flags": list(self.flags),
-                "int8_path": self.int8_path, "cross_encoder_precision": self.cross_encoder_precision}
+                "hidden": list(self.hidden), "int8_path": self.int8_path,
+                "cross_encoder_precision": self.cross_encoder_precision}
 
 
 def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:
@@ -73,15 +79,33 @@ def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:
     return model, tuple(f for f in FLAGS if f in flags)
 
 
+def hidden_groups(value: str) -> tuple[str, ...]:
+    """The groups named by a SHOPRANK_CPU_HIDE value ("amx,avx512"); ValueError naming an unknown one."""
+    groups = tuple(g.strip() for g in value.split(",") if g.strip())
+    unknown = [g for g in groups if g not in HIDDEN_GROUPS]
+    if unknown:
+        raise ValueError(f"SHOPRANK_CPU_HIDE={value!r}: unknown {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(HIDDEN_GROUPS)} (comma-separated)")
+    return groups
+
+
 @lru_cache(maxsize=1)
 def cpu() -> Cpu:
-    """This machine's CPU (model, cores, fast-path flags)."""
+    """This machine's CPU (model, cores, fast-path flags less those SHOPRANK_CPU_HIDE hides)."""
     try:
         with open("/proc/cpuinfo") as handle:
             model, flags = parse_cpuinfo(handle.read())
     except OSError:
         model, flags = platform.processor() or "unknown CPU", ()
-    return Cpu(model=model, cores=os.cpu_count() or 1, machine=platform.machine(), flags=flags)
+    hidden = hidden_groups(os.environ.get("SHOPRANK_CPU_HIDE", ""))
+    return Cpu(model=model, cores=os.cpu_count() or 1, machine=platform.machine(),
+               flags=visible_flags(flags, hidden), hidden=hidden)
+
+
+def visible_flags(flags: tuple[str, ...], hidden: tuple[str, ...]) -> tuple[str, ...]:
+    """``flags`` less those of the ``hidden`` groups."""
+    gone = {flag for group in hidden for flag in HIDDEN_GROUPS[group]}
+    return tuple(f for f in flags if f not in gone)
 
 
 def usable_cores() -> int:
@@ -118,5 +142,7 @@ def describe() -> str:
     """One line for benchmark output: cores, architecture, model, flags, and the paths chosen."""
     c = cpu()
     flags = f" [{', '.join(c.flags)}]" if c.flags else ""
+    if c.hidden:
+        flags += f" (hidden: {', '.join(c.hidden)})"
     return (f"{c.cores} cores {c.machine} {c.model}{flags}; int8 path: {c.int8_path}; "
             f"cross-encoder precision (auto): {c.cross_encoder_precision}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.hardware import Cpu, cpu, parse_cpuinfo
+from core.hardware import Cpu, cpu, hidden_groups, parse_cpuinfo, visible_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,3 +72,36 @@ def test_math_threads_are_limited_after_faiss_loaded() -> None:
                            "print(limit_math_threads(1))"], capture_output=True, text=True, check=True,
                           env=env | {"OMP_NUM_THREADS": "3"}, cwd=ROOT)
     assert kept.stdout.strip() == "3"  # the environment wins
+
+
+def test_hidden_groups_take_their_flags_away() -> None:
+    _, flags = parse_cpuinfo(INFO.replace("avx512_bf16", "avx512_bf16 amx_int8 amx_bf16"))
+    assert Cpu("x", 2, "x86_64", visible_flags(flags, hidden_groups("amx"))).int8_path == "vnni"
+    assert visible_flags(flags, hidden_groups("amx, avx512,avx_vnni")) == ("avx2",)
+    assert visible_flags(flags, hidden_groups("")) == flags
+    with pytest.raises(ValueError, match="'avx512f'.*allowed: amx, avx512, avx_vnni"):
+        hidden_groups("amx,avx512f")
+
+
+def test_the_cpuid_mask_hides_avx512_from_the_libraries() -> None:
+    """benchmarks/cpu_mask.py: NumPy's own CPUID probe and ShopRank's detection both lose AVX-512."""
+    from benchmarks.cpu_mask import can_mask, library, masked_env
+
+    if not can_mask() or "avx512f" not in cpu().flags:
+        pytest.skip("needs CPUID faulting and AVX-512 on this CPU")
+    try:
+        library()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no C compiler here")
+    code = ("from numpy._core._multiarray_umath import __cpu_features__ as f; from core.hardware import cpu; "
+            "print(f['AVX512F'], f['AVX2'], cpu().int8_path, ','.join(cpu().hidden))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}  # it would take the SIGSEGV handler
+    masked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                            env=masked_env("amx,avx512,avx_vnni", env))
+    assert masked.stdout.split() == ["False", "True", "avx2", "amx,avx512,avx_vnni"], masked.stderr
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                           env=env | {"SHOPRANK_CPU_HIDE": ""})
+    assert plain.stdout.split()[0] == "True"
+    refused = subprocess.run([sys.executable, "-c", "pass"], capture_output=True, text=True, cwd=ROOT,
+                             env=masked_env("amx,sse", env))
+    assert refused.returncode == 2 and "unknown 'sse'" in refused.stderr
