@@ -144,7 +144,7 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
             started = time.perf_counter()
             ranked = pipeline.search(query, depth).product_ids
         latency.append(time.perf_counter() - started)
-        for metric, value in _query_metrics(mode, ranked, grades, hit_grade, relevant_grade).items():
+        for metric, value in query_metrics(mode, ranked, grades, hit_grade, relevant_grade).items():
             per_query[metric][qid] = value
     metrics = {metric: _mean(list(per_query[metric].values())) for metric in order}
     details: dict[str, object] = {"max_grade": dataset.max_grade, "mrr_min_grade": hit_grade}
@@ -164,7 +164,7 @@ def _scorable(mode: Mode, grades: dict[str, int]) -> bool:
     return any(grades.values())
 
 
-def _query_metrics(mode: Mode, ranked: list[str], grades: dict[str, int], hit_grade: int,
+def query_metrics(mode: Mode, ranked: list[str], grades: dict[str, int], hit_grade: int,
                    relevant_grade: int) -> dict[str, float]:
     """One query's metrics. Retrieval mode scores NDCG@10 and MRR@10 on the list condensed to its
     judged products (of the top 100), and also NDCG@10 with unjudged products as grade 0; a query

@@ -66,6 +66,7 @@ class RankingData:
     groups: list[int]
     names: list[str]
     query_ids: list[str] = field(default_factory=list)
+    product_ids: list[str] = field(default_factory=list)  # one per row, when known
 
 
 @dataclass
@@ -200,6 +201,25 @@ class LambdaMART:
 
 
 GAINS = ("linear", "exponential")
+# LambdaMARTConfig fields a caller may set by name (shoprank train ltr --param, benchmarks/ltr_search.py)
+TUNABLE = {"learning_rate": float, "num_leaves": int, "min_data_in_leaf": int, "feature_fraction": float,
+           "bagging_fraction": float, "bagging_freq": int, "lambda_l2": float, "max_rounds": int,
+           "early_stopping": int}
+
+
+def parse_tunable(text: str) -> tuple[str, float | int]:
+    """``"num_leaves=63"`` -> ("num_leaves", 63); ValueError naming the bad part and what is allowed."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or key not in TUNABLE:
+        raise ValueError(f"{text!r} is not NAME=VALUE with NAME one of {', '.join(TUNABLE)}")
+    try:
+        number = TUNABLE[key](value.strip())
+    except ValueError:
+        raise ValueError(f"{text!r}: {key} takes a {TUNABLE[key].__name__}, not {value.strip()!r}") from None
+    if number < 0 or (number == 0 and key not in ("lambda_l2", "bagging_freq")):
+        raise ValueError(f"{text!r}: {key} must be {'>= 0' if key in ('lambda_l2', 'bagging_freq') else '> 0'}")
+    return key, number
 
 
 def label_gain(config: LambdaMARTConfig) -> list[float]:

@@ -39,6 +39,7 @@ import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -155,7 +156,7 @@ def ranking_data(lists: Sequence[TrainingList], featurizer: LtrFeaturizer, store
                  users: dict[str, str], progress: bool = True) -> RankingData:
     """Feature rows of every list (``store_frame``: point-in-time store features, rows in
     :func:`entity_rows` order)."""
-    rows, labels, sizes, qids = [], [], [], []
+    rows, labels, sizes, qids, products = [], [], [], [], []
     offset = 0
     for item in tqdm(lists, disable=not progress, desc="ltr features", unit="q"):
         n = len(item.candidates)
@@ -169,9 +170,25 @@ def ranking_data(lists: Sequence[TrainingList], featurizer: LtrFeaturizer, store
         labels.append(item.labels)
         sizes.append(n)
         qids.append(item.qid)
+        products += list(item.candidates.product_ids)
         offset += n
     return RankingData(np.vstack(rows).astype(np.float32), np.concatenate(labels).astype(np.int32), sizes,
-                       list(featurizer.names), qids)
+                       list(featurizer.names), qids, products)
+
+
+def save_ranking_data(path: Path, data: RankingData) -> None:
+    """Write ``data`` to one ``.npz`` file (``shoprank train ltr --save-data``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, features=data.features, labels=data.labels, groups=np.asarray(data.groups, np.int64),
+                        names=np.asarray(data.names, dtype=str), query_ids=np.asarray(data.query_ids, dtype=str),
+                        product_ids=np.asarray(data.product_ids, dtype=str))
+
+
+def load_ranking_data(path: Path) -> RankingData:
+    """What :func:`save_ranking_data` wrote."""
+    with np.load(path, allow_pickle=False) as saved:
+        return RankingData(saved["features"], saved["labels"], saved["groups"].tolist(), saved["names"].tolist(),
+                           saved["query_ids"].tolist(), saved["product_ids"].tolist())
 
 
 def entity_rows(lists: Sequence[TrainingList], users: dict[str, str], when: pd.Timestamp) -> pd.DataFrame:

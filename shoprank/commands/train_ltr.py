@@ -17,7 +17,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.compute import dask_client
 from core.errors import InvalidInput
@@ -31,16 +31,40 @@ if TYPE_CHECKING:
     import pandas as pd
     from feast import FeatureStore
 
-    from ranking.lambdamart import LambdaMART
+    from evaluation.dataset import EvalDataset
+    from ranking.lambdamart import LambdaMART, RankingData
     from ranking.training.data import Group
     from ranking.training.ltr_data import TrainingList
     from serving.engine import SearchEngine
 
 
 def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
-    from ranking.features import feature_names
     from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig
-    from ranking.training.data import groups_from
+
+    dataset = load_dataset(args.dataset)
+    if args.from_data is not None:
+        parts, meta = _load_data(args.from_data)
+    else:
+        parts, meta = _build_data(args, settings, dataset)
+        if args.save_data is not None:
+            _save_data(args.save_data, parts, meta)
+    names = parts["train"].names
+    monotone = tuple(n for n in BASE_FEATURES if n in names) if args.monotone else ()
+    config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone, gains=args.gains,
+                              truncation_level=args.truncation or meta["depth"], **dict(args.param))
+    with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set
+        model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
+    params = {**asdict(config), "features": model.names,
+              **{k: v for k, v in meta.items() if k not in ("parent", "training_data")}}
+    _register(args, settings, model, meta, params, int(len(parts["train"].labels)))
+    return 0
+
+
+def _build_data(args: argparse.Namespace, settings: Settings,
+                dataset: EvalDataset) -> tuple[dict[str, RankingData], dict[str, Any]]:
+    """The train and dev feature rows of the served lists, and what they were built from."""
+    from ranking.features import feature_names
+    from ranking.training.data import data_hash, groups_from
     from ranking.training.ltr_data import entity_rows, historical_features, ranking_data
     from serving.loading import open_engine
 
@@ -50,7 +74,6 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     groups_wanted = [g for g in args.features.split(",") if g]
     if args.no_store_features:
         groups_wanted = [g for g in groups_wanted if g != "store"]
-    dataset = load_dataset(args.dataset)
     engine = open_engine(settings, dataset.products, batch=True)
     train = groups_from(dataset, args.split, 2)[: args.limit]
     dev = groups_from(dataset, args.dev_split, 2)
@@ -63,16 +86,33 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
         frame = (historical_features(store.store, settings.features.service,
                                      entity_rows(items, store.users, store.when)) if store else None)
         parts[name] = ranking_data(items, featurizer, frame, store.users if store else {}, settings.progress)
-    monotone = tuple(n for n in BASE_FEATURES if n in featurizer.names) if args.monotone else ()
-    config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone, gains=args.gains,
-                              truncation_level=args.truncation or depth)
-    with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set
-        model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
-    params = {**asdict(config), "features": model.names, "split": args.split, "lists": args.lists, "depth": depth,
-              "below_depth": args.below_depth, "negatives": negatives, "feature_groups": groups_wanted,
-              "feature_service": settings.features.service if store else None, "served_models": engine.versions}
-    _register(args, settings, model, engine, train, params, int(len(parts["train"].labels)))
-    return 0
+    meta = {"split": args.split, "dev_split": args.dev_split, "lists": args.lists, "depth": depth, "below_depth": args.below_depth,
+            "negatives": negatives, "feature_groups": groups_wanted,
+            "feature_service": settings.features.service if store else None, "served_models": engine.versions,
+            "parent": f"reranker:{engine.teacher.version}" if engine.teacher else None,
+            "training_data": data_hash(train)}
+    return parts, meta
+
+
+def _save_data(folder: Path, parts: dict[str, RankingData], meta: dict[str, Any]) -> None:
+    """``--save-data``: each split's rows (``train.npz``, ``dev.npz``) and ``lists.json`` (what built them)."""
+    from ranking.training.ltr_data import save_ranking_data
+
+    for name, data in parts.items():
+        save_ranking_data(folder / f"{name}.npz", data)
+    (folder / "lists.json").write_text(json.dumps(meta, indent=2))
+
+
+def _load_data(folder: Path) -> tuple[dict[str, RankingData], dict[str, Any]]:
+    """``--from-data``: what :func:`_save_data` wrote."""
+    from ranking.training.ltr_data import load_ranking_data
+
+    missing = [n for n in ("train.npz", "dev.npz", "lists.json") if not (folder / n).is_file()]
+    if missing:
+        raise InvalidInput(f"--from-data {folder}: no {', '.join(missing)} there; write them with "
+                           f"shoprank train ltr --dataset D --save-data {folder}")
+    meta = json.loads((folder / "lists.json").read_text())
+    return {n: load_ranking_data(folder / f"{n}.npz") for n in ("train", "dev")}, meta
 
 
 @dataclass
@@ -124,25 +164,32 @@ def _training_lists(args: argparse.Namespace, engine: SearchEngine, groups: dict
     return lists
 
 
-def _register(args: argparse.Namespace, settings: Settings, model: LambdaMART, engine: SearchEngine,
-              train: list[Group], params: dict[str, object], train_rows: int) -> None:
+def _register(args: argparse.Namespace, settings: Settings, model: LambdaMART, meta: dict[str, Any],
+              params: dict[str, object], train_rows: int) -> None:
     """Save the model, register it with its parameters and metrics, activate it when asked (or first)."""
-    from ranking.training.data import data_hash
-
     work = settings.paths.training(f"ltr-{args.run_name}")
     shutil.rmtree(work, ignore_errors=True)
     model.save(work)
     registry = ModelRegistry(settings.paths.models)
     entry = registry.register(
-        "ltr", work, base_model="lightgbm-lambdarank",
-        parent=f"reranker:{engine.teacher.version}" if engine.teacher else None,
-        training_data=data_hash(train), params=params,
+        "ltr", work, base_model="lightgbm-lambdarank", parent=meta["parent"],
+        training_data=meta["training_data"], params=params,
         metrics={"dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"],
                  "best_iteration": model.history["best_iteration"],
                  "train_rows": train_rows, "importance": model.importance()})
     if args.activate or registry.active("ltr") is None:
         registry.activate("ltr", entry.version)
     print(json.dumps({"registered": entry.to_json()}, indent=2))
+
+
+def tunable(text: str) -> tuple[str, float | int]:
+    """argparse type of ``--param``: NAME=VALUE of a LambdaMART setting."""
+    from ranking.lambdamart import parse_tunable
+
+    try:
+        return parse_tunable(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def negatives_count(text: str) -> int | None:
@@ -178,6 +225,15 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--truncation", type=positive, default=None,
                    help="the objective weighs a pair of products only when one of them is in the top N of the "
                         "model's current ranking (LightGBM's lambdarank_truncation_level); default: the list depth")
+    p.add_argument("--param", type=tunable, action="append", default=[], metavar="NAME=VALUE",
+                   help="a LightGBM setting, repeatable: learning_rate, num_leaves, min_data_in_leaf, feature_fraction, "
+                        "bagging_fraction, bagging_freq, lambda_l2, max_rounds, early_stopping")
+    p.add_argument("--save-data", type=Path, default=None, metavar="FOLDER",
+                   help="also write the train and dev feature rows there (for --from-data and "
+                        "benchmarks/ltr_search.py)")
+    p.add_argument("--from-data", type=Path, default=None, metavar="FOLDER",
+                   help="train on rows written by --save-data instead of building the lists (the list and feature "
+                        "options are those saved)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

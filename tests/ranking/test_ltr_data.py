@@ -143,3 +143,31 @@ def test_a_feature_missing_in_training_is_not_read(tmp_path) -> None:  # type: i
     model.save(tmp_path / "m")
     loaded = LambdaMART.load(tmp_path / "m")
     assert loaded.reads("bm25") and not loaded.reads("teacher") and not loaded.reads("student")
+
+
+def test_saved_rows_load_back_whole(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ranking.lambdamart import RankingData
+    from ranking.training.ltr_data import load_ranking_data, save_ranking_data
+
+    data = RankingData(np.arange(12, dtype=np.float32).reshape(4, 3), np.array([2, 0, 1, 0], np.int32), [3, 1],
+                       ["bm25", "dense", "rank_rrf"], ["q1", "q2"], ["p1", "p2", "p3", "p9"])
+    save_ranking_data(tmp_path / "rows" / "train.npz", data)
+    back = load_ranking_data(tmp_path / "rows" / "train.npz")
+    assert np.array_equal(back.features, data.features) and back.features.dtype == np.float32
+    assert back.labels.tolist() == [2, 0, 1, 0] and back.groups == [3, 1] and back.names == data.names
+    assert back.query_ids == ["q1", "q2"] and back.product_ids == ["p1", "p2", "p3", "p9"]
+
+
+def test_lambdamart_settings_by_name() -> None:
+    import pytest
+
+    from ranking.lambdamart import LambdaMARTConfig, parse_tunable
+
+    assert parse_tunable("num_leaves=63") == ("num_leaves", 63)
+    assert parse_tunable(" learning_rate = 0.1") == ("learning_rate", 0.1)
+    assert LambdaMARTConfig(**dict([parse_tunable("lambda_l2=0")])).lambda_l2 == 0
+    for bad, says in [("leaves=3", "one of learning_rate"), ("num_leaves=big", "takes a int, not 'big'"),
+                      ("num_leaves", "NAME=VALUE"), ("min_data_in_leaf=0", "must be > 0"),
+                      ("lambda_l2=-1", "must be >= 0")]:
+        with pytest.raises(ValueError, match=says):
+            parse_tunable(bad)

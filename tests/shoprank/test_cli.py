@@ -116,6 +116,42 @@ def test_train_ltr_on_served_and_judged_lists_registers(fresh_home: Path, demo_d
     assert "--truncation: '0' is not a whole number >= 1" in capsys.readouterr().err
 
 
+def test_train_ltr_again_from_saved_rows_with_other_settings(fresh_home: Path, demo_dir: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    rows = tmp_path / "rows"
+    code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features",
+                             "--features", "base,ranks", "--save-data", str(rows))
+    assert code == 0, err
+    built = json.loads(out)["registered"]
+    assert sorted(p.name for p in rows.iterdir()) == ["dev.npz", "lists.json", "train.npz"]
+    code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--from-data", str(rows),
+                             "--param", "num_leaves=7", "--param", "learning_rate=0.2")
+    assert code == 0, err
+    again = json.loads(out)["registered"]  # the saved lists, features and data hash; the new settings
+    assert again["params"]["num_leaves"] == 7 and again["params"]["learning_rate"] == 0.2
+    assert built["params"]["num_leaves"] == 31
+    for key in ("features", "lists", "depth", "feature_groups", "served_models"):
+        assert again["params"][key] == built["params"][key], key
+    assert again["metrics"]["train_rows"] == built["metrics"]["train_rows"]
+    assert again["training_data"] == built["training_data"]
+    from benchmarks.ltr_search import main as search
+
+    assert search(["--dataset", str(demo_dir), "--rows", str(rows), "--grid", "num_leaves=31,7"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    first, second = report["settings"]
+    assert first["settings"] == {"num_leaves": 31} and second["settings"] == {"num_leaves": 7}
+    assert "diff" not in first["metrics"]["ndcg@10"] and len(second["metrics"]["ndcg@10"]["ci95"]) == 2
+    for row in (first["metrics"], report["first_stage"]):
+        assert 0 < row["ndcg@10_unjudged_as_0"]["mean"] <= row["ndcg@10"]["mean"] <= 1
+        assert 0 < row["recall@100"]["mean"] <= 1
+    assert report["rows"]["dev_queries"] > 0 and "rank_rrf" in report["rows"]["features"]
+    code, _, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--from-data", str(tmp_path / "none"))
+    assert code == 2 and "no train.npz, dev.npz, lists.json there" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "ltr", "--dataset", str(demo_dir), "--param", "leaves=3"])
+    assert exit_info.value.code == 2 and "NAME one of learning_rate" in capsys.readouterr().err
+
+
 def test_biencoder_exported_trained_elsewhere_and_registered(fresh_home: Path, demo_dir: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from ranking.training.biencoder import load_examples

@@ -1,0 +1,153 @@
+"""LambdaMART settings searched on saved feature rows: each trained on the train rows, scored on dev.
+
+``shoprank train ltr --save-data ROWS`` writes the rows of the served lists once (building them
+is most of a training run); each setting here trains on ``ROWS/train.npz`` with early stopping
+on ``ROWS/dev.npz``, as ``shoprank train ltr`` does, and re-orders every dev query's served list
+(the first stage's top ``depth``) by its scores. The metrics are the harness's retrieval-mode
+ones of that list: condensed NDCG@10 and MRR@10, NDCG@10 with unjudged products as grade 0,
+judged@10 and Recall@100, on every dev query and on the misspelled subset and the rest, so they
+are ``shoprank evaluate --mode retrieval --pipeline ltr`` up to the cross-encoder's adaptive
+depth and the rules (Recall@1000 is not: the list ends at ``depth``). The first stage's own
+order (``rank_rrf``) is the row "first stage". Every setting is compared with the first one
+(the defaults unless ``--grid`` says otherwise): paired bootstrap 95% CI over the dev queries.
+
+    HF_HUB_OFFLINE=1 SHOPRANK_HOME=H shoprank train ltr --dataset D --save-data ROWS   # once
+    python benchmarks/ltr_search.py --dataset D --rows ROWS [--grid num_leaves=31,63 learning_rate=0.05,0.1]
+
+``--grid``: NAME=V1,V2,... of ``shoprank train ltr --param`` settings; every combination is
+trained (the first value of each is the reference). JSON on stdout; progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import hardware  # noqa: E402
+from evaluation.compare import paired_bootstrap  # noqa: E402
+from evaluation.dataset import EvalDataset, load_dataset  # noqa: E402
+from evaluation.harness import Thresholds, query_metrics  # noqa: E402
+from evaluation.metrics import grade_threshold  # noqa: E402
+from evaluation.subsets import subset_ids  # noqa: E402
+from ranking.lambdamart import (  # noqa: E402
+    BASE_FEATURES,
+    LambdaMART,
+    LambdaMARTConfig,
+    RankingData,
+    parse_tunable,
+)
+from ranking.training.ltr_data import load_ranking_data  # noqa: E402
+
+DEFAULT_GRID = ["num_leaves=31,15,63", "min_data_in_leaf=40,200", "learning_rate=0.05,0.1"]
+METRICS = ("ndcg@10", "mrr@10", "ndcg@10_unjudged_as_0", "judged@10", "recall@100")
+
+
+def grid_settings(grid: list[str]) -> list[dict[str, float | int]]:
+    """Every combination of NAME=V1,V2 values, the first values' combination first."""
+    axes = []
+    for spec in grid:
+        name, _, values = spec.partition("=")
+        axes.append([parse_tunable(f"{name}={value}") for value in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def per_query(dataset: EvalDataset, dev: RankingData, scores: np.ndarray) -> dict[str, dict[str, float]]:
+    """Each dev query's metrics with its served list re-ordered by ``scores`` (higher first)."""
+    hit = grade_threshold(Thresholds().mrr, dataset.max_grade)
+    relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
+    out: dict[str, dict[str, float]] = {m: {} for m in METRICS}
+    ids = np.asarray(dev.product_ids)
+    start = 0
+    for qid, size in zip(dev.query_ids, dev.groups):
+        grades = dataset.qrels.get(qid, {})
+        part = slice(start, start + size)
+        start += size
+        if not any(grades.values()):
+            continue
+        ranked = ids[part][np.argsort(-scores[part], kind="stable")].tolist()
+        for metric, value in query_metrics("retrieval", ranked, grades, hit, relevant).items():
+            if metric in out:
+                out[metric][qid] = value
+    return out
+
+
+def summary(values: dict[str, dict[str, float]], reference: dict[str, dict[str, float]] | None,
+            subsets: dict[str, set[str]]) -> dict[str, object]:
+    """Means (every query and each subset) and, against ``reference``, the paired differences."""
+    out: dict[str, object] = {}
+    for metric in METRICS:
+        qids = sorted(values[metric])
+        row: dict[str, object] = {"mean": round(float(np.mean([values[metric][q] for q in qids])), 4)}
+        for name, members in subsets.items():
+            inside = [values[metric][q] for q in qids if q in members]
+            row[name] = round(float(np.mean(inside)), 4) if inside else None
+        if reference is not None:
+            a = [reference[metric][q] for q in qids]
+            b = [values[metric][q] for q in qids]
+            interval = paired_bootstrap(a, b)
+            row["diff"] = round(float(np.mean(b) - np.mean(a)), 4)
+            row["ci95"] = [round(interval.low, 4), round(interval.high, 4)]
+        out[metric] = row
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, type=Path)
+    parser.add_argument("--rows", required=True, type=Path, help="a folder written by shoprank train ltr --save-data")
+    parser.add_argument("--grid", nargs="+", default=DEFAULT_GRID, metavar="NAME=V1,V2")
+    parser.add_argument("--gains", default="linear", choices=("linear", "exponential"))
+    parser.add_argument("--truncation", type=int, default=None, help="default: the saved list depth")
+    parser.add_argument("--seed", type=int, default=13)
+    args = parser.parse_args(argv)
+    try:
+        settings_list = grid_settings(args.grid)
+    except ValueError as error:
+        parser.error(str(error))
+    meta = json.loads((args.rows / "lists.json").read_text())
+    train, dev = load_ranking_data(args.rows / "train.npz"), load_ranking_data(args.rows / "dev.npz")
+    dataset = load_dataset(args.dataset)
+    dev_queries = [(q, t) for q, t in dataset.select(meta.get("dev_split", "dev")) if q in set(dev.query_ids)]
+    misspelled = subset_ids(dataset, dev_queries, "misspelled")
+    subsets = {"misspelled": misspelled, "correct": {q for q, _ in dev_queries} - misspelled}
+    rrf = dev.names.index("rank_rrf") if "rank_rrf" in dev.names else None
+    first_stage = (per_query(dataset, dev, -np.nan_to_num(dev.features[:, rrf], nan=np.inf, posinf=1e9))
+                   if rrf is not None else None)
+    results, reference = [], None
+    for number, overrides in enumerate(settings_list, start=1):
+        config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, gains=args.gains,
+                                  truncation_level=args.truncation or meta["depth"],
+                                  monotone=tuple(n for n in BASE_FEATURES if n in train.names), **overrides)
+        started = time.perf_counter()
+        model = LambdaMART.fit(train, dev, config)
+        seconds = time.perf_counter() - started
+        values = per_query(dataset, dev, model.predict(dev.features))
+        results.append({"settings": overrides, "train_seconds": round(seconds, 1),
+                        "best_iteration": model.history["best_iteration"],
+                        "dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"],
+                        "metrics": summary(values, reference, subsets)})
+        reference = reference or values
+        print(f"[{number}/{len(settings_list)}] {overrides}: {seconds:.0f} s, NDCG@10 "
+              f"{results[-1]['metrics']['ndcg@10']['mean']}, uncondensed "
+              f"{results[-1]['metrics']['ndcg@10_unjudged_as_0']['mean']}, R@100 "
+              f"{results[-1]['metrics']['recall@100']['mean']}", file=sys.stderr, flush=True)
+    print(json.dumps({"benchmark": "ltr_search", "hardware": hardware(),
+                      "command": " ".join(["python", "benchmarks/ltr_search.py", *(argv or sys.argv[1:])]),
+                      "rows": {"train": len(train.labels), "dev": len(dev.labels), "features": train.names,
+                               "dev_queries": len(dev.query_ids), "lists": meta},
+                      "first_stage": summary(first_stage, None, subsets) if first_stage else None,
+                      "reference_vs_first_stage": summary(reference, first_stage, subsets) if first_stage else None,
+                      "settings": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
