@@ -5,11 +5,15 @@ is most of a training run); each setting here trains on ``ROWS/train.npz`` with 
 on ``ROWS/dev.npz``, as ``shoprank train ltr`` does, and re-orders every dev query's served list
 (the first stage's top ``depth``) by its scores. The metrics are the harness's retrieval-mode
 ones of that list: condensed NDCG@10 and MRR@10, NDCG@10 with unjudged products as grade 0,
-judged@10 and Recall@100, on every dev query and on the misspelled subset and the rest, so they
-are ``shoprank evaluate --mode retrieval --pipeline ltr`` up to the cross-encoder's adaptive
-depth and the rules (Recall@1000 is not: the list ends at ``depth``). The first stage's own
-order (``rank_rrf``) is the row "first stage". Every setting is compared with the first one
-(the defaults unless ``--grid`` says otherwise): paired bootstrap 95% CI over the dev queries.
+judged@10 and Recall@100, as ``shoprank evaluate --mode retrieval --pipeline ltr`` computes them
+(up to the cross-encoder's adaptive depth and the rules; not Recall@1000: the list ends at
+``depth``), on the dev queries that have a list: those with two judged products or more and a
+judged product in the served top ``depth``. That leaves out the queries no order of the list
+could help, so the means run higher than the harness's over every dev query; the paired
+differences are what to read. The first stage's own order (``rank_rrf``) is the row
+"first_stage". Every setting is compared with the first one (the defaults unless ``--grid``
+says otherwise), and the first with the first stage: paired bootstrap 95% CI; the same on the
+misspelled subset and the rest.
 
     HF_HUB_OFFLINE=1 SHOPRANK_HOME=H shoprank train ltr --dataset D --save-data ROWS   # once
     python benchmarks/ltr_search.py --dataset D --rows ROWS [--grid num_leaves=31,63 learning_rate=0.05,0.1]
@@ -81,20 +85,26 @@ def per_query(dataset: EvalDataset, dev: RankingData, scores: np.ndarray) -> dic
 
 def summary(values: dict[str, dict[str, float]], reference: dict[str, dict[str, float]] | None,
             subsets: dict[str, set[str]]) -> dict[str, object]:
-    """Means (every query and each subset) and, against ``reference``, the paired differences."""
+    """Means (every query, then each subset) and, against ``reference``, the paired differences."""
+
+    def figures(metric: str, qids: list[str]) -> dict[str, object]:
+        if not qids:
+            return {"queries": 0}
+        b = [values[metric][q] for q in qids]
+        out: dict[str, object] = {"mean": round(float(np.mean(b)), 4), "queries": len(qids)}
+        if reference is not None:
+            a = [reference[metric][q] for q in qids]
+            interval = paired_bootstrap(a, b)
+            out |= {"diff": round(float(np.mean(b) - np.mean(a)), 4),
+                    "ci95": [round(interval.low, 4), round(interval.high, 4)]}
+        return out
+
     out: dict[str, object] = {}
     for metric in METRICS:
         qids = sorted(values[metric])
-        row: dict[str, object] = {"mean": round(float(np.mean([values[metric][q] for q in qids])), 4)}
+        row = figures(metric, qids)
         for name, members in subsets.items():
-            inside = [values[metric][q] for q in qids if q in members]
-            row[name] = round(float(np.mean(inside)), 4) if inside else None
-        if reference is not None:
-            a = [reference[metric][q] for q in qids]
-            b = [values[metric][q] for q in qids]
-            interval = paired_bootstrap(a, b)
-            row["diff"] = round(float(np.mean(b) - np.mean(a)), 4)
-            row["ci95"] = [round(interval.low, 4), round(interval.high, 4)]
+            row[name] = figures(metric, [q for q in qids if q in members])
         out[metric] = row
     return out
 
@@ -115,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((args.rows / "lists.json").read_text())
     train, dev = load_ranking_data(args.rows / "train.npz"), load_ranking_data(args.rows / "dev.npz")
     dataset = load_dataset(args.dataset)
-    dev_queries = [(q, t) for q, t in dataset.select(meta.get("dev_split", "dev")) if q in set(dev.query_ids)]
+    split = dataset.select(meta.get("dev_split", "dev"))
+    listed = set(dev.query_ids)
+    dev_queries = [(q, t) for q, t in split if q in listed]
+    scorable = sum(1 for q, _ in split if any(dataset.qrels.get(q, {}).values()))
     misspelled = subset_ids(dataset, dev_queries, "misspelled")
     subsets = {"misspelled": misspelled, "correct": {q for q, _ in dev_queries} - misspelled}
     rrf = dev.names.index("rank_rrf") if "rank_rrf" in dev.names else None
@@ -142,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"benchmark": "ltr_search", "hardware": hardware(),
                       "command": " ".join(["python", "benchmarks/ltr_search.py", *(argv or sys.argv[1:])]),
                       "rows": {"train": len(train.labels), "dev": len(dev.labels), "features": train.names,
-                               "dev_queries": len(dev.query_ids), "lists": meta},
+                               "dev_queries": len(dev.query_ids), "dev_queries_the_harness_scores": scorable,
+                               "lists": meta},
                       "first_stage": summary(first_stage, None, subsets) if first_stage else None,
                       "reference_vs_first_stage": summary(reference, first_stage, subsets) if first_stage else None,
                       "settings": results}, indent=2))
