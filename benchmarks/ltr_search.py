@@ -18,8 +18,9 @@ misspelled subset and the rest.
     HF_HUB_OFFLINE=1 SHOPRANK_HOME=H shoprank train ltr --dataset D --save-data ROWS   # once
     python benchmarks/ltr_search.py --dataset D --rows ROWS [--grid num_leaves=31,63 learning_rate=0.05,0.1]
 
-``--grid``: NAME=V1,V2,... of ``shoprank train ltr --param`` settings; every combination is
-trained (the first value of each is the reference). JSON on stdout; progress on stderr.
+``--grid``: NAME=V1,V2,... of ``shoprank train ltr --param`` settings, or ``gains`` (linear,
+exponential: ``--gains``) and ``truncation_level`` (``--truncation``; default the list depth);
+every combination is trained (the first value of each is the reference). JSON on stdout; progress on stderr.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from evaluation.metrics import grade_threshold  # noqa: E402
 from evaluation.subsets import subset_ids  # noqa: E402
 from ranking.lambdamart import (  # noqa: E402
     BASE_FEATURES,
+    GAINS,
     LambdaMART,
     LambdaMARTConfig,
     RankingData,
@@ -54,12 +56,25 @@ DEFAULT_GRID = ["num_leaves=31,15,63", "min_data_in_leaf=40,200", "learning_rate
 METRICS = ("ndcg@10", "mrr@10", "ndcg@10_unjudged_as_0", "judged@10", "recall@100")
 
 
-def grid_settings(grid: list[str]) -> list[dict[str, float | int]]:
+def setting(name: str, value: str) -> tuple[str, float | int | str]:
+    """One grid value: a ``--param`` setting, or ``gains`` / ``truncation_level`` (``--gains``, ``--truncation``)."""
+    if name == "gains":
+        if value not in GAINS:
+            raise ValueError(f"gains={value!r}: one of {', '.join(GAINS)}")
+        return name, value
+    if name == "truncation_level":
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"truncation_level={value!r}: a whole number >= 1")
+        return name, int(value)
+    return parse_tunable(f"{name}={value}")
+
+
+def grid_settings(grid: list[str]) -> list[dict[str, float | int | str]]:
     """Every combination of NAME=V1,V2 values, the first values' combination first."""
     axes = []
     for spec in grid:
         name, _, values = spec.partition("=")
-        axes.append([parse_tunable(f"{name}={value}") for value in values.split(",")])
+        axes.append([setting(name.strip(), value.strip()) for value in values.split(",")])
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
@@ -114,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, type=Path)
     parser.add_argument("--rows", required=True, type=Path, help="a folder written by shoprank train ltr --save-data")
     parser.add_argument("--grid", nargs="+", default=DEFAULT_GRID, metavar="NAME=V1,V2")
-    parser.add_argument("--gains", default="linear", choices=("linear", "exponential"))
-    parser.add_argument("--truncation", type=int, default=None, help="default: the saved list depth")
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args(argv)
     try:
@@ -136,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                    if rrf is not None else None)
     results, reference = [], None
     for number, overrides in enumerate(settings_list, start=1):
-        config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, gains=args.gains,
-                                  truncation_level=args.truncation or meta["depth"],
-                                  monotone=tuple(n for n in BASE_FEATURES if n in train.names), **overrides)
+        config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed,
+                                  **{"truncation_level": meta["depth"], **overrides},  # type: ignore[arg-type]
+                                  monotone=tuple(n for n in BASE_FEATURES if n in train.names))
         started = time.perf_counter()
         model = LambdaMART.fit(train, dev, config)
         seconds = time.perf_counter() - started

@@ -145,6 +145,13 @@ def test_train_ltr_again_from_saved_rows_with_other_settings(fresh_home: Path, d
         assert 0 < row["ndcg@10_unjudged_as_0"]["mean"] <= row["ndcg@10"]["mean"] <= 1
         assert 0 < row["recall@100"]["mean"] <= 1
     assert report["rows"]["dev_queries"] > 0 and "rank_rrf" in report["rows"]["features"]
+    from benchmarks.ltr_search import grid_settings
+
+    assert grid_settings(["gains=linear,exponential", "truncation_level=20"]) == [
+        {"gains": "linear", "truncation_level": 20}, {"gains": "exponential", "truncation_level": 20}]
+    for bad in ("gains=cubic", "truncation_level=0", "leaves=3"):
+        with pytest.raises(ValueError):
+            grid_settings([bad])
     code, _, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--from-data", str(tmp_path / "none"))
     assert code == 2 and "no train.npz, dev.npz, lists.json there" in err
     with pytest.raises(SystemExit) as exit_info:
