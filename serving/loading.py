@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -33,6 +34,9 @@ from serving.engine import SearchEngine, assemble
 from serving.indexing import open_encoder, open_index, served_encoder, server_threads
 from serving.pipelines import Models
 from serving.router import ExperimentRouter, load_router
+
+if TYPE_CHECKING:
+    from core.hardware import Cpu
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,16 @@ def served_precision(settings: Settings) -> str:
     return cpu().cross_encoder_precision if settings.ranking.precision == "auto" else settings.ranking.precision
 
 
+def teacher_cost_warning(cpu: Cpu, precision: str, teacher_depth: int) -> str | None:
+    """What to tell an operator serving the teacher live where its int8 kernels have neither VNNI nor
+    AMX (measured several times slower there; benchmarks/RESULTS.md, "Other CPUs' kernels"); else None."""
+    if not teacher_depth or precision == "bf16" or cpu.int8_path not in ("avx2", "generic"):
+        return None
+    return (f"the teacher scores live on a CPU without VNNI or AMX (int8 path {cpu.int8_path}), where it costs "
+            "several times more per pair; a 2-layer student in its place met every load target with such kernels: "
+            "docs/operations.md, 'On a CPU without VNNI or AMX'")
+
+
 def load_cross_encoder(settings: Settings, role: str, spec: str | None = None) -> ServedModel | None:
     """The configured version (or ``spec``) of ``role`` (reranker|student), on ONNX Runtime."""
     from ranking.cross_encoder import CrossEncoderScorer
@@ -66,6 +80,12 @@ def load_cross_encoder(settings: Settings, role: str, spec: str | None = None) -
     scorer = CrossEncoderScorer(Path(entry.path), served_precision(settings), max_length=rk.max_length,
                                 batch_size=rk.batch_size, threads=server_threads(settings))
     logger.info("loaded %s %s (%s)", role, entry.version, scorer.precision)
+    if role == "reranker":
+        from core.hardware import cpu
+
+        warning = teacher_cost_warning(cpu(), scorer.precision, rk.teacher_depth)
+        if warning:
+            logger.warning(warning)
     return ServedModel(role, entry.version, scorer)
 
 

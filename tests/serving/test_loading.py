@@ -26,3 +26,16 @@ def test_ready_once_the_store_features_are_read_or_after_the_bound() -> None:
     assert wait_for_store_features(engine, 10) is True  # returns when the read ends, not after the bound
     assert time.perf_counter() - started < 5
     assert wait_for_store_features(SimpleNamespace(models=SimpleNamespace(features=None)), 10) is True
+
+
+def test_a_live_teacher_without_vnni_or_amx_is_flagged() -> None:
+    from core.hardware import Cpu
+    from serving.loading import teacher_cost_warning
+
+    avx2 = Cpu("x", 2, "x86_64", ("avx2",))
+    said = teacher_cost_warning(avx2, "int8", 20)
+    assert said is not None and "int8 path avx2" in said and "student" in said
+    assert teacher_cost_warning(avx2, "int8", 0) is None  # no live teacher
+    assert teacher_cost_warning(Cpu("x", 2, "x86_64", ("avx2", "avx512_vnni")), "int8", 20) is None
+    assert teacher_cost_warning(Cpu("x", 2, "x86_64", ("avx2", "amx_int8", "amx_bf16")), "bf16", 20) is None
+    assert teacher_cost_warning(Cpu("x", 2, "aarch64", ()), "fp32", 20) is not None  # generic kernels
