@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     env = masked_env(hide)
     print(f"cpu_mask: hiding {hide} from {' '.join(command)}", file=sys.stderr, flush=True)
-    os.execvpe(command[0], command, env)
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as error:  # not found, not executable
+        print(f"cpu_mask: cannot run {command[0]!r}: {error.strerror}", file=sys.stderr)
+        return 127
     return 0  # not reached
 
 

@@ -105,3 +105,6 @@ def test_the_cpuid_mask_hides_avx512_from_the_libraries() -> None:
     refused = subprocess.run([sys.executable, "-c", "pass"], capture_output=True, text=True, cwd=ROOT,
                              env=masked_env("amx,sse", env))
     assert refused.returncode == 2 and "unknown 'sse'" in refused.stderr
+    missing = subprocess.run([sys.executable, "benchmarks/cpu_mask.py", "--as", "avx2", "--", "no-such-command-here"],
+                             capture_output=True, text=True, cwd=ROOT, env=env)
+    assert missing.returncode == 127 and "cannot run 'no-such-command-here'" in missing.stderr
