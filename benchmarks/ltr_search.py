@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware  # noqa: E402
-from evaluation.compare import paired_bootstrap  # noqa: E402
+from evaluation.compare import compare  # noqa: E402
 from evaluation.dataset import EvalDataset, load_dataset  # noqa: E402
 from evaluation.harness import Thresholds, query_metrics  # noqa: E402
 from evaluation.metrics import grade_threshold  # noqa: E402
@@ -108,10 +108,9 @@ def summary(values: dict[str, dict[str, float]], reference: dict[str, dict[str, 
         b = [values[metric][q] for q in qids]
         out: dict[str, object] = {"mean": round(float(np.mean(b)), 4), "queries": len(qids)}
         if reference is not None:
-            a = [reference[metric][q] for q in qids]
-            interval = paired_bootstrap(a, b)
-            out |= {"diff": round(float(np.mean(b) - np.mean(a)), 4),
-                    "ci95": [round(interval.low, 4), round(interval.high, 4)]}
+            paired = compare([reference[metric][q] for q in qids], b)
+            out |= {"diff": round(paired.diff, 4), "ci95": [round(paired.ci_low, 4), round(paired.ci_high, 4)],
+                    "p_value": float(f"{paired.p_value:.4g}")}
         return out
 
     out: dict[str, object] = {}

@@ -217,8 +217,9 @@ def parse_tunable(text: str) -> tuple[str, float | int]:
         number = TUNABLE[key](value.strip())
     except ValueError:
         raise ValueError(f"{text!r}: {key} takes a {TUNABLE[key].__name__}, not {value.strip()!r}") from None
-    if number < 0 or (number == 0 and key not in ("lambda_l2", "bagging_freq")):
-        raise ValueError(f"{text!r}: {key} must be {'>= 0' if key in ('lambda_l2', 'bagging_freq') else '> 0'}")
+    zero_allowed = key in ("lambda_l2", "bagging_freq")  # no L2 penalty; no bagging
+    if number < 0 or (number == 0 and not zero_allowed):
+        raise ValueError(f"{text!r}: {key} must be {'>= 0' if zero_allowed else '> 0'}")
     return key, number
 
 

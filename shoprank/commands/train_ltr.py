@@ -24,7 +24,7 @@ from core.errors import InvalidInput
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import load_dataset
-from ranking.lambdamart import GAINS
+from ranking.lambdamart import GAINS, TUNABLE
 from shoprank.commands.arguments import count, positive
 
 if TYPE_CHECKING:
@@ -86,8 +86,8 @@ def _build_data(args: argparse.Namespace, settings: Settings,
         frame = (historical_features(store.store, settings.features.service,
                                      entity_rows(items, store.users, store.when)) if store else None)
         parts[name] = ranking_data(items, featurizer, frame, store.users if store else {}, settings.progress)
-    meta = {"split": args.split, "dev_split": args.dev_split, "lists": args.lists, "depth": depth, "below_depth": args.below_depth,
-            "negatives": negatives, "feature_groups": groups_wanted,
+    meta = {"split": args.split, "dev_split": args.dev_split, "lists": args.lists, "depth": depth,
+            "below_depth": args.below_depth, "negatives": negatives, "feature_groups": groups_wanted,
             "feature_service": settings.features.service if store else None, "served_models": engine.versions,
             "parent": f"reranker:{engine.teacher.version}" if engine.teacher else None,
             "training_data": data_hash(train)}
@@ -226,8 +226,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
                    help="the objective weighs a pair of products only when one of them is in the top N of the "
                         "model's current ranking (LightGBM's lambdarank_truncation_level); default: the list depth")
     p.add_argument("--param", type=tunable, action="append", default=[], metavar="NAME=VALUE",
-                   help="a LightGBM setting, repeatable: learning_rate, num_leaves, min_data_in_leaf, feature_fraction, "
-                        "bagging_fraction, bagging_freq, lambda_l2, max_rounds, early_stopping")
+                   help=f"a LightGBM setting, repeatable: {', '.join(TUNABLE)}")
     p.add_argument("--save-data", type=Path, default=None, metavar="FOLDER",
                    help="also write the train and dev feature rows there (for --from-data and "
                         "benchmarks/ltr_search.py)")
