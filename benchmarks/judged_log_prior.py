@@ -36,7 +36,7 @@ from benchmarks.common import hardware  # noqa: E402
 from benchmarks.ltr_search import per_query, summary  # noqa: E402
 from evaluation.dataset import EvalDataset, load_dataset  # noqa: E402
 from evaluation.subsets import subset_ids  # noqa: E402
-from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig, RankingData  # noqa: E402
+from ranking.lambdamart import LambdaMART, RankingData, training_config  # noqa: E402
 from ranking.training.ltr_data import load_ranking_data  # noqa: E402
 
 BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 5), (6, None))
@@ -75,7 +75,8 @@ def buckets(counts: np.ndarray, judged: np.ndarray) -> list[dict[str, object]]:
     for low, high in BUCKETS:
         chosen = (counts >= low) & (counts <= (np.inf if high is None else high))
         rows.append({"count": f"{low}" if low == high else f"{low}-{high}" if high else f"{low}+",
-                     "rows": int(chosen.sum()), "judged_rate": round(float(judged[chosen].mean()), 4)})
+                     "rows": int(chosen.sum()),
+                     "judged_rate": round(float(judged[chosen].mean()), 4) if chosen.any() else None})
     return rows
 
 
@@ -108,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (train_rows, dev_rows) in {"without": (train, dev),
                                          "with log_judged": (with_column(train, "log_judged", columns["train"]),
                                                              with_column(dev, "log_judged", columns["dev"]))}.items():
-        config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, truncation_level=meta["depth"],
-                                  monotone=tuple(n for n in BASE_FEATURES if n in train_rows.names))
+        config = training_config(train_rows.names, dataset.max_grade, meta["depth"], seed=args.seed)
         started = time.perf_counter()
         model = LambdaMART.fit(train_rows, dev_rows, config)
         values = per_query(dataset, dev_rows, model.predict(dev_rows.features))

@@ -42,14 +42,7 @@ from evaluation.dataset import EvalDataset, load_dataset  # noqa: E402
 from evaluation.harness import Thresholds, query_metrics  # noqa: E402
 from evaluation.metrics import grade_threshold  # noqa: E402
 from evaluation.subsets import subset_ids  # noqa: E402
-from ranking.lambdamart import (  # noqa: E402
-    BASE_FEATURES,
-    GAINS,
-    LambdaMART,
-    LambdaMARTConfig,
-    RankingData,
-    parse_tunable,
-)
+from ranking.lambdamart import GAINS, LambdaMART, RankingData, parse_tunable, training_config  # noqa: E402
 from ranking.training.ltr_data import load_ranking_data  # noqa: E402
 
 DEFAULT_GRID = ["num_leaves=31,15,63", "min_data_in_leaf=40,200", "learning_rate=0.05,0.1"]
@@ -148,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                    if rrf is not None else None)
     results, reference = [], None
     for number, overrides in enumerate(settings_list, start=1):
-        config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed,
-                                  **{"truncation_level": meta["depth"], **overrides},  # type: ignore[arg-type]
-                                  monotone=tuple(n for n in BASE_FEATURES if n in train.names))
+        config = training_config(train.names, dataset.max_grade, meta["depth"], seed=args.seed, **overrides)
         started = time.perf_counter()
         model = LambdaMART.fit(train, dev, config)
         seconds = time.perf_counter() - started

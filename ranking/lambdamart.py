@@ -57,6 +57,16 @@ class LambdaMARTConfig:
     monotone: tuple[str, ...] = ()
 
 
+def training_config(names: list[str], max_grade: int, depth: int, monotone: bool = True,
+                    **settings: object) -> LambdaMARTConfig:
+    """The configuration ``shoprank train ltr`` trains rows of features ``names`` with, from lists ``depth``
+    deep: the base scores present monotone (unless ``monotone`` is False), the objective truncated at the
+    list depth unless ``settings`` name a ``truncation_level``; ``settings``: other LambdaMARTConfig fields."""
+    settings.setdefault("truncation_level", depth)
+    return LambdaMARTConfig(max_grade=max_grade, monotone=tuple(n for n in BASE_FEATURES if n in names) if monotone
+                            else (), **settings)  # type: ignore[arg-type]
+
+
 @dataclass
 class RankingData:
     """Rows grouped by query (rows of one query are contiguous)."""

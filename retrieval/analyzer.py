@@ -16,7 +16,10 @@ into an :class:`~core.query.Analysis`:
    split into two catalog words, plurals included (``windowair`` -> ``window air``,
    ``flatbraces`` -> ``flat braces``), else to the most frequent catalog word two
    edits away (words over 5 letters; ``candlebra`` -> ``candelabra``; plurals
-   over 6 letters too, ``medialons`` -> ``medallions``). Words the
+   over 6 letters too, ``medialons`` -> ``medallions``), else, for a long word,
+   as three catalog words run together (``cabinetwithouttops``), else to a
+   catalog word three edits away that products hold together with the query's
+   other words (``fridgdare air conditioners`` -> ``frigidaire``). Words the
    catalog contains (brands, model numbers), words with digits and words of
    fewer than 4 letters are never changed, and a word with no suggestion is kept:
    a correction never turns a query into nothing.
@@ -40,6 +43,8 @@ from core.query import Analysis, Rewrite
 from retrieval.vocabulary import TOKEN, UNITS, Vocabulary, normalize, numbers, stem
 
 MAX_SUGGESTIONS = 8  # candidates per misspelled word weighed by context
+FAR_LENGTH = 8  # a word this long with nothing two edits away may be three away from a word used with the query
+SPLIT3_LENGTH = 9  # a word this long may be three catalog words run together
 
 
 @lru_cache(maxsize=1)
@@ -82,6 +87,7 @@ class Analyzer:
         self._cache: OrderedDict[tuple[str, bool], Analysis] = OrderedDict()
         self._lock = threading.Lock()
         self._symspell = None
+        self._by_initial: dict[str, list[str]] | None = None
         self._speller()  # built now (~1-3 s for a large catalog), not on the first misspelled query
 
     def _speller(self):  # type: ignore[no-untyped-def]
@@ -89,10 +95,12 @@ class Analyzer:
             from symspellpy import SymSpell
 
             speller = SymSpell(max_dictionary_edit_distance=2, prefix_length=7)
+            by_initial: dict[str, list[str]] = {}
             for word, count in self.vocabulary.counts.items():
                 if word.isalpha() and len(word) > 2:
                     speller.create_dictionary_entry(word, count)
-            self._symspell = speller
+                    by_initial.setdefault(word[0], []).append(word)
+            self._symspell, self._by_initial = speller, by_initial
         return self._symspell
 
     def _count(self, word: str) -> int:
@@ -111,6 +119,40 @@ class Analyzer:
             if found >= 2 and found > score:
                 best, score = (a, b), found
         return best
+
+    def _split3(self, word: str) -> tuple[str, str, str] | None:
+        """Three words run together (``cabinetwithouttops``), each of 4 letters or more and each a word the
+        catalog's text holds as it is (not only by stem: ``purification`` is not ``purifi cat ion``)."""
+        counts = self.vocabulary.counts
+        best, score = None, 0
+        for i in range(4, len(word) - 7):
+            first = counts.get(word[:i], 0)
+            if first < 2:
+                continue
+            for j in range(i + 4, len(word) - 3):
+                found = min(first, counts.get(word[i:j], 0), counts.get(word[j:], 0))
+                if found >= 2 and found > score:
+                    best, score = (word[:i], word[i:j], word[j:]), found
+        return best
+
+    def _far(self, word: str, context: Sequence[str]) -> str | None:
+        """A catalog word three edits from a long ``word`` (``fridgdare`` -> ``frigidaire``) that some
+        product holds together with one of the query's other words, with the same first letter and
+        at most one letter shorter; None without one, or for an English word (three edits reach too
+        many words to trust one out of context: ``apartment`` is not ``assortment``)."""
+        if not context or word in english_words():
+            return None
+        from editdistpy import damerau_osa_distance
+
+        self._speller()
+        together = self.vocabulary.together
+        found = []
+        for term in (self._by_initial or {}).get(word[0], ()):
+            if len(word) - 1 <= len(term) <= len(word) + 3 and damerau_osa_distance(word, term, 3) >= 0:
+                shared = together([term], list(context))
+                if shared:
+                    found.append((shared, self.vocabulary.counts.get(term, 0), term))
+        return max(found)[2] if found else None
 
     def _best(self, suggestions: list, context: Sequence[str]) -> str:  # type: ignore[type-arg]
         """The suggestion found most often with the query's other words, then the most frequent."""
@@ -144,6 +186,14 @@ class Analyzer:
             plural = self._plural(word, context, 2)  # medialons -> medallions
             if plural is not None:
                 return plural, "spelling"
+        if len(word) >= SPLIT3_LENGTH:
+            split3 = self._split3(word)
+            if split3 is not None:
+                return " ".join(split3), "split"
+        if len(word) >= FAR_LENGTH:
+            far = self._far(word, context)
+            if far is not None:
+                return far, "spelling"
         return None
 
     def _plural(self, word: str, context: Sequence[str], distance: int) -> str | None:

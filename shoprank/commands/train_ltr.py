@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 
 def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
-    from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig
+    from ranking.lambdamart import LambdaMART, training_config
 
     dataset = load_dataset(args.dataset)
     if args.from_data is not None:
@@ -48,10 +48,8 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
         parts, meta = _build_data(args, settings, dataset)
         if args.save_data is not None:
             _save_data(args.save_data, parts, meta)
-    names = parts["train"].names
-    monotone = tuple(n for n in BASE_FEATURES if n in names) if args.monotone else ()
-    config = LambdaMARTConfig(max_grade=dataset.max_grade, seed=args.seed, monotone=monotone, gains=args.gains,
-                              truncation_level=args.truncation or meta["depth"], **dict(args.param))
+    config = training_config(parts["train"].names, dataset.max_grade, args.truncation or meta["depth"], args.monotone,
+                             seed=args.seed, gains=args.gains, **dict(args.param))
     with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set
         model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
     params = {**asdict(config), "features": model.names,
@@ -227,12 +225,13 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
                         "model's current ranking (LightGBM's lambdarank_truncation_level); default: the list depth")
     p.add_argument("--param", type=tunable, action="append", default=[], metavar="NAME=VALUE",
                    help=f"a LightGBM setting, repeatable: {', '.join(TUNABLE)}")
-    p.add_argument("--save-data", type=Path, default=None, metavar="FOLDER",
-                   help="also write the train and dev feature rows there (for --from-data and "
-                        "benchmarks/ltr_search.py)")
-    p.add_argument("--from-data", type=Path, default=None, metavar="FOLDER",
-                   help="train on rows written by --save-data instead of building the lists (the list and feature "
-                        "options are those saved)")
+    rows = p.add_mutually_exclusive_group()  # rows read back are already saved: one or the other
+    rows.add_argument("--save-data", type=Path, default=None, metavar="FOLDER",
+                      help="also write the train and dev feature rows there (for --from-data and "
+                           "benchmarks/ltr_search.py)")
+    rows.add_argument("--from-data", type=Path, default=None, metavar="FOLDER",
+                      help="train on rows written by --save-data instead of building the lists (the list and "
+                           "feature options are those saved)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

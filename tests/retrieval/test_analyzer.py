@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from retrieval.analyzer import Analyzer, english_words
-from retrieval.vocabulary import Vocabulary, normalize, numbers, tokenize
 from retrieval.index import ProductIndex
+from retrieval.vocabulary import Vocabulary, normalize, numbers, tokenize
 from tests.fakes import HashingEncoder
 
 TITLES = [
@@ -18,6 +18,8 @@ TITLES = [
     "Feit Candelabra LED Light Bulb", "Feit Candelabra Base Bulb", "Diablo 7 in. Diamond Blade",
     "Diablo 10 in. Diamond Blade", "Everbilt 3/8 in. Threaded Rod", "Halex 1/2 in. Conduit Connector",
     "Halex 3/4 in. Conduit Strap", "DEWALT DW088K Laser Level",
+    "Glacier Bay Bathroom Vanity Cabinet without Tops", "Behr Interior Paint in White",
+    "Particle Board Shelf", "Window Screw Assortment",
 ] * 2
 
 
@@ -48,6 +50,10 @@ def test_tokens_keep_fractions_and_numbers_keep_units() -> None:
     ("windowair conditioner", "window air conditioner", "split"),
     # plurals of words the titles hold only in the singular (the index stems both alike)
     ("brass nozzels", "brass nozzles", "spelling"), ("hosenozzles", "hose nozzles", "split"),
+    # long words: three words run together, or three edits from a word found with the query's others
+    ("vanity cabinetwithouttops", "vanity cabinet without tops", "split"),
+    ("fridgdare air conditioners", "frigidaire air conditioners", "spelling"),
+    ("white inyrtior paint", "white interior paint", "spelling"),
 ])
 def test_corrects_words_outside_the_catalog(analyzer: Analyzer, typed: str, searched: str, reason: str) -> None:
     analysis = analyzer.analyze(typed)
@@ -60,6 +66,15 @@ def test_corrects_words_outside_the_catalog(analyzer: Analyzer, typed: str, sear
 def test_never_corrects_catalog_words_model_numbers_or_unknowable_words(analyzer: Analyzer, text: str) -> None:
     analysis = analyzer.analyze(text)
     assert analysis.rewrites == () and analysis.text == normalize(text)
+
+
+@pytest.mark.parametrize("text", [
+    "penticlea hose",  # three edits from "particle", which no title holds with "hose"
+    "inyrtior",  # three edits from "interior", but no other word to confirm it
+    "apartment window air conditioner",  # an English word is not a typo three edits from "assortment"
+])
+def test_three_edits_need_the_other_words_and_a_word_that_is_not_english(analyzer: Analyzer, text: str) -> None:
+    assert analyzer.analyze(text).rewrites == ()
 
 
 def test_kept_words_are_never_corrected_and_english_words_are_real_words() -> None:

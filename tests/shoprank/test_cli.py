@@ -145,6 +145,17 @@ def test_train_ltr_again_from_saved_rows_with_other_settings(fresh_home: Path, d
         assert 0 < row["ndcg@10_unjudged_as_0"]["mean"] <= row["ndcg@10"]["mean"] <= 1
         assert 0 < row["recall@100"]["mean"] <= 1
     assert report["rows"]["dev_queries"] > 0 and "rank_rrf" in report["rows"]["features"]
+    from benchmarks.judged_log_prior import main as audit
+
+    assert audit(["--dataset", str(demo_dir), "--rows", str(rows)]) == 0
+    leak = json.loads(capsys.readouterr().out)
+    assert [run["model"] for run in leak["lambdamart"]] == ["without", "with log_judged"]
+    assert len(leak["lambdamart"][1]["metrics"]["ndcg@10"]["ci95"]) == 2
+    for split in ("train", "dev"):
+        counted = leak["judged_rate_by_count"][split]
+        assert sum(bucket["rows"] for bucket in counted) == report["rows"][split]
+        assert all(0 <= bucket["judged_rate"] <= 1 for bucket in counted if bucket["rows"])
+    assert sum(v for k, v in leak["catalog"].items() if k.startswith("judged")) == leak["catalog"]["products"]
     from benchmarks.ltr_search import grid_settings
 
     assert grid_settings(["gains=linear,exponential", "truncation_level=20"]) == [
