@@ -168,6 +168,9 @@ def test_train_ltr_again_from_saved_rows_with_other_settings(fresh_home: Path, d
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "ltr", "--dataset", str(demo_dir), "--param", "leaves=3"])
     assert exit_info.value.code == 2 and "NAME one of learning_rate" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "ltr", "--dataset", str(demo_dir), "--from-data", str(rows), "--save-data", str(tmp_path / "x")])
+    assert exit_info.value.code == 2 and "not allowed with argument --from-data" in capsys.readouterr().err
 
 
 def test_biencoder_exported_trained_elsewhere_and_registered(fresh_home: Path, demo_dir: Path, tmp_path: Path,
