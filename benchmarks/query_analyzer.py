@@ -10,6 +10,12 @@ p50/p95/p99 in ms, the share of queries rewritten (spelling / split) and example
 and the rewrites of words that are common English words (symspellpy's English frequency
 list): a typed word the catalog lacks may be a real word, not a typo.
 
+It also asks whether the judgments can reward a correction: for each word of a query, the share of
+the query's relevant judged products (the recall grade) whose title holds it (by stem), averaged
+over the words of the correctly spelled queries, over the known words of the misspelled ones (a
+word outside the catalog's vocabulary) and over their corrected words. Judgments collected from
+an engine that searched the typed text hold the corrected word less often than the others.
+
 ``--per-query FILE`` (written by ``shoprank evaluate ... --subset misspelled --save FILE``)
 adds what those queries still miss: Recall@100 of the ones the analyzer rewrote and of the
 ones it left as typed, and the worst of them with their rewrites.
@@ -28,11 +34,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, percentiles  # noqa: E402
-from core.settings import Settings  # noqa: E402
-from evaluation.dataset import load_dataset  # noqa: E402
 from core.query import Analysis  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from evaluation.dataset import EvalDataset, load_dataset  # noqa: E402
+from evaluation.harness import Thresholds  # noqa: E402
+from evaluation.metrics import grade_threshold  # noqa: E402
+from evaluation.subsets import subset_ids  # noqa: E402
 from retrieval.analyzer import Analyzer, english_word_counts  # noqa: E402
-from retrieval.vocabulary import Vocabulary  # noqa: E402
+from retrieval.vocabulary import TOKEN, UNITS, Vocabulary, normalize, stem  # noqa: E402
 from serving.indexing import open_encoder, open_index  # noqa: E402
 
 
@@ -72,6 +81,7 @@ def main() -> None:
         "rewrites_by_reason": dict(reasons), "examples": examples,
         "english_word_rewrites": english_word_rewrites(analyses.values()),
     }
+    report["words_in_relevant_titles"] = words_in_relevant_titles(dataset, queries, analyses, index.vocabulary)
     if args.per_query:
         report["misses"] = misses(json.loads(args.per_query.read_text()), queries, analyses)
     print(json.dumps(report, indent=2))
@@ -90,6 +100,36 @@ def english_word_rewrites(analyses: Iterable[Analysis], shown: int = 40) -> dict
     ranked = sorted(found, key=lambda pair: -english[pair[0]])
     return {"rewrites": total, "of_english_words": sum(found.values()),
             "examples": [f"{word} -> {replacement}" for word, replacement in ranked[:shown]]}
+
+
+def words_in_relevant_titles(dataset: EvalDataset, texts: dict[str, str], analyses: dict[str, Analysis],
+                             vocabulary: Vocabulary) -> dict:
+    """Mean share of a query's relevant judged titles holding each of its words, by kind of word."""
+    relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
+    titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))
+    misspelled = subset_ids(dataset, list(texts.items()), "misspelled")
+    shares: dict[str, list[float]] = {"correct_queries": [], "misspelled_queries_known_words": [],
+                                      "misspelled_queries_corrected_words": []}
+    for qid, text in texts.items():
+        held = [{stem(w) for w in TOKEN.findall(normalize(titles[p]))}
+                for p, grade in dataset.qrels.get(qid, {}).items() if grade >= relevant and p in titles]
+        if not held:
+            continue
+        corrected = {r.original: r.replacement for r in analyses[qid].rewrites}
+        for word in TOKEN.findall(normalize(text)):
+            if not word.isalpha() or len(word) < 3 or word in UNITS:
+                continue
+            if qid not in misspelled:
+                kind, searched = "correct_queries", word
+            elif word in corrected:
+                kind, searched = "misspelled_queries_corrected_words", corrected[word]
+            elif vocabulary.knows(word):
+                kind, searched = "misspelled_queries_known_words", word
+            else:
+                continue
+            shares[kind].append(sum(all(stem(w) in t for w in searched.split()) for t in held) / len(held))
+    return {kind: {"words": len(values), "share_of_relevant_titles": round(sum(values) / max(1, len(values)), 3)}
+            for kind, values in shares.items()}
 
 
 def misses(saved: dict, texts: dict[str, str], analyses: dict[str, Analysis], shown: int = 40) -> dict:
