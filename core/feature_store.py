@@ -125,7 +125,10 @@ class OnlineFeatureReader:
         now = time.monotonic()
         if now < self._down_until:
             raise StoreUnavailable(self._down_reason)
-        future = self._io.submit(self._read_now, view_name, keys)
+        try:
+            future = self._io.submit(self._read_now, view_name, keys)
+        except RuntimeError as err:  # its threads are shut down: the process is exiting
+            raise StoreUnavailable("the feature reader is shut down") from err
         try:
             return future.result(timeout=self.read_timeout if timeout is None else timeout)
         except Exception as err:  # noqa: BLE001 - any store failure: rest, then try again

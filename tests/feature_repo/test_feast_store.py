@@ -144,6 +144,16 @@ def test_warm_cache_and_stale_rows_refreshed_in_the_background(sqlite_settings: 
     assert reader.fetch(["P1"], None).columns["price"].tolist() == pytest.approx([12])
 
 
+def test_a_warm_up_cut_short_by_the_process_exiting_is_quiet(sqlite_settings: Settings,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1")
+    reader._io.shutdown()  # as the interpreter does to every executor when a short command ends
+    with caplog.at_level("WARNING", logger="core.feature_store"):
+        reader.warm(["P1", "P2"])
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert reader.fetch(["P1"], None).unavailable == "the feature reader is shut down"
+
+
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (make test installs it)")
 def test_redis_online_store(sqlite_settings: Settings, tmp_path: Path) -> None:
     port = free_port()
