@@ -137,8 +137,8 @@ def query_log_runs(dataset, index, analyze, texts: list[str], split: str,  # typ
     the products shoppers chose): BM25 runs of ``texts`` over titles plus each product's logged
     queries (document expansion), and runs of the products of the 20 logged queries most like each
     text (BM25 over the logged queries; a product scores its best query's score x grade / max)."""
-    from retrieval.vocabulary import normalize
     from retrieval.bm25 import BM25Index
+    from retrieval.vocabulary import normalize
 
     relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
     logged = [(qid, analyze(text)) for qid, text in dataset.select(split)]

@@ -36,8 +36,8 @@ from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
 from ranking.relevance import RELEVANCE_FEATURES, CatalogText, relevance_features
 from retrieval.analyzer import Analyzer
-from retrieval.vocabulary import Vocabulary
 from retrieval.index import ProductIndex
+from retrieval.vocabulary import Vocabulary
 from serving.loading import open_engine
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"

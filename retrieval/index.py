@@ -31,14 +31,14 @@ from core import __version__
 from core.errors import Conflict, NotFound
 from core.settings import RetrievalSettings
 from retrieval.analyzer import Analyzer, english_words
-from retrieval.vocabulary import VERSION as ANALYZER_VERSION
-from retrieval.vocabulary import Vocabulary, normalize
 from retrieval.bm25 import BM25Index
 from retrieval.catalog import catalog_hash, product_text
 from retrieval.dense import DenseIndex
 from retrieval.embedding_cache import EmbeddingCache, encode_cached
 from retrieval.encoder import Encoder
 from retrieval.types import Candidates, Hits
+from retrieval.vocabulary import VERSION as ANALYZER_VERSION
+from retrieval.vocabulary import Vocabulary, normalize
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,15 @@ from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever, Ret
 from retrieval.index import ProductIndex
 from retrieval.memo import MemoizedRetriever
 from retrieval.types import Candidates
-from serving.pipelines import DEFAULT, PIPELINES, Models, Pipelines, build_pipelines, featurizer_for, ranked_by
+from serving.pipelines import (
+    DEFAULT,
+    PIPELINES,
+    Models,
+    Pipelines,
+    build_pipelines,
+    featurizer_for,
+    ranked_by,
+)
 from serving.results import SearchResult, SharedLists, SharedResults, settings_digest
 
 CROSS_ENCODER_ROLES = ("student", "reranker")

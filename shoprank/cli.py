@@ -184,7 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "core)")
     p.set_defaults(func=cmd_serve)
 
-    from shoprank.commands import artifacts, cluster, config, evaluate, features, keys, loop, models, train
+    from shoprank.commands import (
+        artifacts,
+        cluster,
+        config,
+        evaluate,
+        features,
+        keys,
+        loop,
+        models,
+        train,
+    )
 
     evaluate.add_parsers(sub)
     train.add_parsers(sub)

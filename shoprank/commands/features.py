@@ -22,7 +22,9 @@ def _index_for(args: argparse.Namespace, settings: Settings):  # type: ignore[no
         from evaluation.dataset import load_dataset
 
         products = load_dataset(args.dataset).products
-    from serving import indexing  # here, not at the top: `shoprank serve` sets OpenMP threads before FAISS loads
+    from serving import (
+        indexing,  # here, not at the top: `shoprank serve` sets OpenMP threads before FAISS loads
+    )
 
     return indexing.open_index(settings, indexing.open_encoder(settings), products)
 

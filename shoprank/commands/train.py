@@ -26,7 +26,13 @@ from ranking.training.data import add_precision_argument
 from retrieval.encoder import BUNDLED
 from shoprank.commands import train_biencoder, train_ltr
 from shoprank.commands.arguments import count
-from shoprank.commands.training import add_elsewhere_arguments, base_label, dev_sample, first_stage, trained
+from shoprank.commands.training import (
+    add_elsewhere_arguments,
+    base_label,
+    dev_sample,
+    first_stage,
+    trained,
+)
 
 if TYPE_CHECKING:  # serving loads FAISS: imported where used, after `shoprank serve` set its OpenMP threads
     from serving.engine import SearchEngine

@@ -41,7 +41,13 @@ def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Pa
     """Mine the negatives, then train into ``work`` (its summary), or with --export write the examples (None)."""
     from evaluation.harness import Thresholds
     from evaluation.metrics import grade_threshold
-    from ranking.training.biencoder import BiEncoderConfig, DevSet, product_texts, save_examples, train_biencoder
+    from ranking.training.biencoder import (
+        BiEncoderConfig,
+        DevSet,
+        product_texts,
+        save_examples,
+        train_biencoder,
+    )
     from ranking.training.data import as_served, groups_from, mine_negatives
     from retrieval.encoder import resolve_model_dir
 

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from api.metrics import _LiveCollector, _LivePublisher, _Merged, dump_families, merge_live, read_live
+from api.metrics import (
+    _LiveCollector,
+    _LivePublisher,
+    _Merged,
+    dump_families,
+    merge_live,
+    read_live,
+)
 from core.cache import LRUCache
 
 

@@ -21,9 +21,9 @@ from ranking.relevance import (
     relevance_features,
 )
 from retrieval.analyzer import Analyzer
-from retrieval.vocabulary import Vocabulary, normalize, stem, tokenize
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.index import ProductIndex
+from retrieval.vocabulary import Vocabulary, normalize, stem, tokenize
 from tests.fakes import HashingEncoder
 
 TITLES = [
