@@ -72,7 +72,8 @@ class SearchItem(BaseModel):
 class RewriteItem(BaseModel):
     original: str = Field(..., description="The word as typed (normalized).")
     replacement: str = Field(..., description="What was searched instead.")
-    reason: str = Field(..., description="spelling (not in the catalog; corrected) or split (run-together words).")
+    reason: str = Field(..., description="spelling (not in the catalog; corrected), split (run-together words) or "
+                        "synonym (a rule of the store's synonyms, retrieval.synonyms).")
 
 
 class QueryRewrite(BaseModel):

@@ -1,6 +1,7 @@
 """Query analyzer cost and effect on a real catalog: latency per query, share rewritten.
 
-    python benchmarks/query_analyzer.py --dataset ../shared/data/homedepot [--split dev] [--per-query FILE]
+    python benchmarks/query_analyzer.py --dataset ../shared/data/homedepot [--split dev] [--per-query FILE] \
+        [--synonyms FILE]
 
 Opens the dataset's index (built on first use, as ``shoprank evaluate`` does),
 times building its vocabulary, then analyzes every query of the split with the
@@ -41,6 +42,7 @@ from evaluation.harness import Thresholds  # noqa: E402
 from evaluation.metrics import grade_threshold  # noqa: E402
 from evaluation.subsets import subset_ids  # noqa: E402
 from retrieval.analyzer import Analyzer, english_word_counts  # noqa: E402
+from retrieval.synonyms import Synonyms  # noqa: E402
 from retrieval.vocabulary import TOKEN, UNITS, Vocabulary, normalize, stem  # noqa: E402
 from serving.indexing import open_encoder, open_index  # noqa: E402
 
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--split", default="dev")
     parser.add_argument("--per-query", type=Path, help="a `shoprank evaluate --save` file of the same split")
+    parser.add_argument("--synonyms", type=Path, help="a synonyms file the analyzer applies (retrieval.synonyms)")
     args = parser.parse_args()
     dataset = load_dataset(args.dataset)
     settings = Settings(progress=False)
@@ -59,7 +62,8 @@ def main() -> None:
     vocabulary = Vocabulary.build(products["title"].tolist(), products["description"].tolist())
     build = time.perf_counter() - started
     started = time.perf_counter()
-    analyzer = Analyzer(index.vocabulary, cache_size=0)  # builds the SymSpell dictionary
+    synonyms = Synonyms.load(args.synonyms) if args.synonyms else None
+    analyzer = Analyzer(index.vocabulary, cache_size=0, synonyms=synonyms)  # builds the SymSpell dictionary
     speller = time.perf_counter() - started
     queries = dict(dataset.select(args.split))
     seconds, reasons, examples, analyses = [], Counter(), [], {}
@@ -76,7 +80,8 @@ def main() -> None:
         "hardware": hardware(), "command": " ".join(sys.argv), "queries": len(queries),
         "vocabulary_words": len(vocabulary.counts), "brand_words": len(vocabulary.brands),
         "type_words": len(vocabulary.types), "vocabulary_build_s": round(build, 2),
-        "speller_build_s": round(speller, 2), "latency_ms": percentiles(seconds),
+        "speller_build_s": round(speller, 2), "synonym_rules": len(synonyms.rules) if synonyms else 0,
+        "latency_ms": percentiles(seconds),
         "queries_rewritten": rewritten, "share_rewritten": round(rewritten / max(1, len(queries)), 4),
         "rewrites_by_reason": dict(reasons), "examples": examples,
         "english_word_rewrites": english_word_rewrites(analyses.values()),

@@ -24,7 +24,7 @@ class Filters:
 class Rewrite:
     """One change the analyzer made: ``original`` became ``replacement`` because of ``reason``
     (``spelling``: a word outside the catalog's vocabulary corrected to one in it; ``split``:
-    a run-together word split into catalog words)."""
+    a run-together word split into catalog words; ``synonym``: a rule of the store's synonyms)."""
 
     original: str
     replacement: str

@@ -7,7 +7,9 @@ into an :class:`~core.query.Analysis`:
 1. **Normalize** (:func:`retrieval.vocabulary.normalize`, applied to product text
    at indexing too): case, unicode fractions, units and their spellings after a
    number (``1/2 in.``, ``1/2 inch`` and ``1/2"`` all become ``1/2 in``),
-   dimensions, hyphens and symbols.
+   dimensions, hyphens and symbols. Then the store's synonym rules, if any
+   (:mod:`retrieval.synonyms`, setting ``retrieval.synonyms``), replace or expand the
+   words they name; the words they put in are never corrected.
 2. **Correct** each word the catalog does not contain (neither the word nor its
    stem is in the :class:`Vocabulary`): to the most frequent catalog word one
    edit away (SymSpell, Garbe 2012; ``nozzzle`` -> ``nozzle``, ``dimond`` ->
@@ -40,6 +42,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.query import Analysis, Rewrite
+from retrieval.synonyms import Synonyms
 from retrieval.vocabulary import TOKEN, UNITS, Vocabulary, normalize, numbers, stem
 
 MAX_SUGGESTIONS = 8  # candidates per misspelled word weighed by context
@@ -76,11 +79,13 @@ class Analyzer:
         keep: Words never corrected or split although the catalog lacks them (with
             ``retrieval.keep_english_words``: :func:`english_words`, so that ``negative``
             does not become ``native``).
+        synonyms: The store's synonym rules (``retrieval.synonyms``), applied first.
     """
 
     def __init__(self, vocabulary: Vocabulary, cache_size: int = 10_000, context: bool = True,
-                 keep: frozenset[str] = frozenset()) -> None:
+                 keep: frozenset[str] = frozenset(), synonyms: Synonyms | None = None) -> None:
         self.vocabulary = vocabulary
+        self.synonyms = synonyms if synonyms is not None and synonyms.rules else None
         self.context = context
         self.keep = keep
         self.cache_size = cache_size
@@ -229,11 +234,14 @@ class Analyzer:
     def _analyze(self, text: str, rewrite: bool) -> Analysis:
         normalized = normalize(text)
         tokens = TOKEN.findall(normalized)
-        known = [t for t in tokens if t.isalpha() and len(t) > 2 and t not in UNITS and self.vocabulary.knows(t)]
+        placed: list[tuple[str, bool]] = [(t, False) for t in tokens]  # (word, put there by a synonym rule)
         rewrites: list[Rewrite] = []
+        if rewrite and self.synonyms is not None:
+            placed, rewrites = self.synonyms.apply(tokens)
+        known = [t for t, _ in placed if t.isalpha() and len(t) > 2 and t not in UNITS and self.vocabulary.knows(t)]
         out: list[str] = []
-        for token in tokens:
-            change = self._correct(token, known) if rewrite else None
+        for token, fixed in placed:
+            change = self._correct(token, known) if rewrite and not fixed else None
             if change is None:
                 out.append(token)
                 continue

@@ -36,6 +36,7 @@ from retrieval.catalog import catalog_hash, product_text
 from retrieval.dense import DenseIndex
 from retrieval.embedding_cache import EmbeddingCache, encode_cached
 from retrieval.encoder import Encoder
+from retrieval.synonyms import Synonyms
 from retrieval.types import Candidates, Hits
 from retrieval.vocabulary import VERSION as ANALYZER_VERSION
 from retrieval.vocabulary import Vocabulary, normalize
@@ -186,8 +187,10 @@ class ProductIndex:
         """The query analyzer of this catalog, made on first use (its spelling dictionary takes
         a second or two for a large catalog; the serving layer asks for it when it loads)."""
         if self._analyzer is None:
-            keep = english_words() if self.dense.settings.keep_english_words else frozenset()
-            self._analyzer = Analyzer(self.vocabulary, keep=keep)
+            settings = self.dense.settings
+            keep = english_words() if settings.keep_english_words else frozenset()
+            synonyms = Synonyms.load(settings.synonyms) if settings.synonyms else None
+            self._analyzer = Analyzer(self.vocabulary, keep=keep, synonyms=synonyms)
         return self._analyzer
 
     @property

@@ -105,3 +105,19 @@ def test_the_response_says_what_the_analyzer_searched(client: TestClient) -> Non
     assert any("drill" in i["title"].lower() for i in typed["items"])
     as_typed = client.get("/v1/search", params={"q": "cordles Drills 18V", "k": 3, "rewrite": "false"}).json()
     assert as_typed["query_rewrite"]["text"] == "cordles drills 18 volt" and as_typed["query_rewrite"]["rewrites"] == []
+
+
+def test_a_store_synonym_is_searched_and_said(settings: Settings, real_index, real_encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from retrieval.index import ProductIndex
+
+    rules = tmp_path / "synonyms.txt"
+    rules.write_text("taladro => drill\n")
+    retrieval = settings.retrieval.model_copy(update={"synonyms": str(rules)})
+    index = ProductIndex.load(real_index.path, retrieval)
+    with ready_client(app_on(settings, index, real_encoder)) as client:
+        body = client.post("/v1/search", json={"query": "taladro", "k": 3}).json()
+        assert body["query_rewrite"]["rewrites"] == [{"original": "taladro", "replacement": "drill",
+                                                      "reason": "synonym"}]
+        assert body["query_rewrite"]["text"] == "drill" and "drill" in body["items"][0]["title"].lower()
+        as_typed = client.get("/v1/search", params={"q": "taladro", "k": 3, "rewrite": "false"}).json()
+        assert as_typed["query_rewrite"]["rewrites"] == []

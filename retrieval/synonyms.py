@@ -1,0 +1,93 @@
+"""A store's synonyms, in the Solr / Elasticsearch file format, applied by the query analyzer.
+
+One rule a line; ``#`` starts a comment; blank lines are skipped:
+
+- ``fridge, refrigerator, icebox``: equivalent words. A query holding one of them searches
+  all of them (``fridge`` -> ``fridge refrigerator icebox``): BM25 matches any, and the
+  bi-encoder reads them together.
+- ``aspiradora, vacuum cleaner => vacuum``: one way. A query holding a word on the left
+  searches the right side instead (``aspiradora`` -> ``vacuum``).
+
+Entries may be several words (``hand vac``) and are normalized as queries are (``1/2 inch``
+is ``1/2 in``); the longest entry matching at a place wins. The analyzer applies the rules
+to the words as typed, before spelling correction, and never corrects the words they put in:
+a store's own words for a product (a brand nickname, another language's word) are not typos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import InvalidInput, NotFound
+from core.query import Rewrite
+from retrieval.vocabulary import TOKEN, normalize
+
+FORMS = "'a, b, c' (equivalent words) or 'a, b => c' (a or b searched as c)"
+
+
+@dataclass(frozen=True)
+class Synonyms:
+    """Normalized entry -> the words searched in its place (one rule per entry)."""
+
+    rules: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def longest(self) -> int:
+        return max(map(len, self.rules), default=0)
+
+    @classmethod
+    def parse(cls, lines: Iterable[str], source: str = "synonyms") -> Synonyms:
+        """Rules from lines of the file format above; a malformed line is an error naming it."""
+        rules: dict[tuple[str, ...], tuple[str, ...]] = {}
+        for number, raw in enumerate(lines, start=1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            sides = line.split("=>")
+            if len(sides) > 2:
+                raise InvalidInput(f"{source} line {number}: {raw.strip()!r} has more than one '=>'; a rule is {FORMS}")
+            left = [_words(entry) for entry in sides[0].split(",")]
+            right = [_words(entry) for entry in sides[1].split(",")] if len(sides) == 2 else left
+            if not all(left) or not all(right) or (len(sides) == 1 and len(left) < 2):
+                raise InvalidInput(f"{source} line {number}: {raw.strip()!r} is not a rule: {FORMS}, "
+                                   "each entry one or more words")
+            searched = tuple(word for entry in dict.fromkeys(right) for word in entry)
+            for entry in left:
+                rules[entry] = searched
+        return cls(rules, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Synonyms:
+        """The rules of the file at ``path`` (``retrieval.synonyms``)."""
+        file = Path(path)
+        if not file.is_file():
+            raise NotFound(f"synonyms file {file} does not exist (retrieval.synonyms names it)")
+        with file.open(encoding="utf-8") as lines:
+            return cls.parse(lines, str(file))
+
+    def apply(self, tokens: Sequence[str]) -> tuple[list[tuple[str, bool]], list[Rewrite]]:
+        """``tokens`` with the rules applied: each word with whether a rule put it there, and the
+        rewrites (reason ``synonym``)."""
+        out: list[tuple[str, bool]] = []
+        rewrites: list[Rewrite] = []
+        start, longest = 0, self.longest
+        while start < len(tokens):
+            for size in range(min(longest, len(tokens) - start), 0, -1):
+                entry = tuple(tokens[start : start + size])
+                searched = self.rules.get(entry)
+                if searched is not None:
+                    out.extend((word, True) for word in searched)
+                    rewrites.append(Rewrite(" ".join(entry), " ".join(searched), "synonym"))
+                    start += size
+                    break
+            else:
+                out.append((tokens[start], False))
+                start += 1
+        return out, rewrites
+
+
+def _words(entry: str) -> tuple[str, ...]:
+    return tuple(TOKEN.findall(normalize(entry)))
