@@ -24,7 +24,7 @@ import pandas as pd
 
 from core.errors import NotReady
 from core.registry import ModelRegistry
-from core.settings import Settings, get_settings
+from core.settings import RetrievalSettings, Settings, get_settings
 from retrieval.catalog import catalog_hash, read_catalog
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoder import (
@@ -116,6 +116,15 @@ def catalog_encoder(settings: Settings, encoder: Encoder) -> Encoder:
     return encoder
 
 
+def retrieval_settings(settings: Settings) -> RetrievalSettings:
+    """``settings.retrieval`` for this store: a relative ``synonyms`` path is read from the store's own
+    folder (the home for the default store, ``<home>/stores/NAME/`` for another), so each store has its file."""
+    synonyms = settings.retrieval.synonyms
+    if synonyms and not Path(synonyms).is_absolute():
+        return settings.retrieval.model_copy(update={"synonyms": str(settings.paths.base / synonyms)})
+    return settings.retrieval
+
+
 def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:
     cache = embedding_cache(settings, encoder)
     try:
@@ -125,7 +134,8 @@ def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder:
             encode_catalog(settings, products, encoder, cache)
         else:
             encoder = catalog_encoder(settings, encoder)
-        return ProductIndex.build(path, products, encoder, settings.retrieval, cache, progress=settings.progress)
+        return ProductIndex.build(path, products, encoder, retrieval_settings(settings), cache,
+                                  progress=settings.progress)
     finally:
         cache.close()
 
@@ -159,7 +169,7 @@ def ensure_index(settings: Settings, products: pd.DataFrame, path: Path, encoder
                 if (path / "manifest.json").is_file():
                     logger.info("index %s is stale (catalog, encoder or query analyzer changed); rebuilding", path)
                 return build_index(settings, products, path, encoder)
-    return ProductIndex.load(path, settings.retrieval)
+    return ProductIndex.load(path, retrieval_settings(settings))
 
 
 def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | None = None) -> ProductIndex:
@@ -178,7 +188,7 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
             if not (path / "manifest.json").is_file():
                 served, _ = read_catalog(settings.catalog or demo_catalog(settings))
                 return build_index(settings, served, path, encoder)
-    return ProductIndex.load(path, settings.retrieval)
+    return ProductIndex.load(path, retrieval_settings(settings))
 
 
 def build_served_index(settings: Settings | None = None) -> None:

@@ -58,7 +58,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     summary: dict[str, object] = {"catalog": str(args.catalog), "rows_read": report.rows_read,
                                   "rows_skipped": report.rows_skipped, "index": str(path)}
     if args.upsert and (path / "manifest.json").is_file():
-        index = ProductIndex.load(path, settings.retrieval)
+        index = ProductIndex.load(path, indexing.retrieval_settings(settings))
         cache = indexing.embedding_cache(settings, encoder)
         upserted = index.upsert(products, encoder, cache, progress=settings.progress)
         if index.needs_compaction():
@@ -82,7 +82,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     if args.from_file:
         ids += [line.strip() for line in Path(args.from_file).read_text().splitlines() if line.strip()]
     encoder = indexing.open_encoder(settings)
-    index = ProductIndex.load(indexing.index_path(settings, encoder, args.name), settings.retrieval)
+    index = ProductIndex.load(indexing.index_path(settings, encoder, args.name), indexing.retrieval_settings(settings))
     deleted, unknown = index.delete(ids)
     print(json.dumps({"deleted": deleted, "not_found": unknown, "products": index.count}))
     return 0

@@ -82,3 +82,13 @@ def test_the_index_applies_the_file_that_retrieval_synonyms_names(tmp_path: Path
     missing = settings.retrieval.model_copy(update={"synonyms": str(tmp_path / "none.txt")})
     with pytest.raises(NotFound, match="none.txt does not exist"):
         ProductIndex.load(tmp_path / "index", missing).analyzer
+
+
+def test_a_relative_synonyms_path_is_each_stores_own_file(tmp_path: Path) -> None:
+    from serving.indexing import retrieval_settings
+
+    settings = Settings(home=tmp_path, progress=False, retrieval={"synonyms": "synonyms.txt"})
+    assert retrieval_settings(settings).synonyms == str(tmp_path / "synonyms.txt")
+    assert retrieval_settings(settings.for_store("garden")).synonyms == str(tmp_path / "stores/garden/synonyms.txt")
+    shared = Settings(home=tmp_path, progress=False, retrieval={"synonyms": "/etc/shoprank/synonyms.txt"})
+    assert retrieval_settings(shared.for_store("garden")).synonyms == "/etc/shoprank/synonyms.txt"
