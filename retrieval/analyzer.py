@@ -93,6 +93,7 @@ class Analyzer:
         self._lock = threading.Lock()
         self._symspell = None
         self._by_initial: dict[str, list[str]] | None = None
+        english_words()  # read now (~40 ms, once a process), not on the first long misspelled word
         self._speller()  # built now (~1-3 s for a large catalog), not on the first misspelled query
 
     def _speller(self):  # type: ignore[no-untyped-def]
