@@ -121,6 +121,9 @@ class Health(BaseModel):
     versions: dict[str, str] | None = Field(None, description="Model versions this process serves (readiness).")
     stores: dict[str, str] | None = Field(None, description="Every served store: 'ready', 'loading' or the error "
                                           "that stopped it (readiness; one failed store does not stop the others).")
+    reload_errors: dict[str, str] | None = Field(None, description="Stores whose last reload after a change of the "
+                                                 "shared state (models, experiment, synonyms file) failed, with why; "
+                                                 "they serve what they loaded before (readiness).")
     cpu: dict[str, object] | None = Field(None, description="CPU model, fast-path flags (AVX2, AVX-512 VNNI, AMX), "
                                           "the int8 kernel path ONNX Runtime can use and the precision the "
                                           "cross-encoders compute in (liveness).")

@@ -70,7 +70,7 @@ class ServedHolder:
                 self.reload(unless=stamp)
                 if self.reloads > before:
                     logger.info("shared serving state changed (%s); reloaded", stamp)
-                failed = None
+                failed, self.reload_error = None, None
             except Exception as err:  # noqa: BLE001 - keep serving the loaded unit
                 logger.exception("reloading after a shared state change failed; the loaded models keep serving")
                 self.reload_error = f"{type(err).__name__}: {err}"

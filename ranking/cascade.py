@@ -151,8 +151,8 @@ class Cascade:
         analyzer: The index's query analyzer (``retrieval.analyzer``): the query is
             analyzed once, before the first stage, and every stage sees the
             analyzed text (``query.text``) and the analysis (``query.analysis``).
-        spelling: Correct spelling (a request may still turn it off); normalization
-            always applies, as the index holds normalized text.
+        spelling: Correct spelling; the store's synonyms apply either way, and a request
+            may turn both off; normalization always applies, as the index holds normalized text.
     """
 
     name: str
@@ -167,7 +167,7 @@ class Cascade:
         """``query`` with its analysis and the analyzed text (the text as given when it has no word)."""
         if self.analyzer is None or query.analysis is not None:
             return query
-        analysis = self.analyzer.analyze(query.text, rewrite=self.spelling and query.rewrite)
+        analysis = self.analyzer.analyze(query.text, rewrite=query.rewrite, spelling=self.spelling)
         return replace(query, text=analysis.text or query.text, analysis=analysis)
 
     def _apply(self, query: Query, candidates: Candidates, timings: dict[str, float]) -> Ranked:

@@ -35,6 +35,7 @@ the index is built or changed, and stored with it (``vocabulary.json``).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -89,7 +90,7 @@ class Analyzer:
         self.context = context
         self.keep = keep
         self.cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, bool], Analysis] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, bool, bool], Analysis] = OrderedDict()
         self._lock = threading.Lock()
         self._symspell = None
         self._by_initial: dict[str, list[str]] | None = None
@@ -217,22 +218,31 @@ class Analyzer:
         best = self._best(sorted(found, key=lambda s: -s.count)[:MAX_SUGGESTIONS], context)
         return best + "s" if self.vocabulary.knows(best + "s") else best
 
-    def analyze(self, text: str, rewrite: bool = True) -> Analysis:
-        """The analyzed query; with ``rewrite=False`` only normalized (nothing corrected)."""
-        key = (text, rewrite)
+    def with_synonyms(self, synonyms: Synonyms | None) -> Analyzer:
+        """This analyzer with other synonym rules: the vocabulary and spelling dictionary are shared, the
+        cache of analyses starts empty."""
+        other = copy.copy(self)
+        other.synonyms = synonyms if synonyms is not None and synonyms.rules else None
+        other._cache, other._lock = OrderedDict(), threading.Lock()
+        return other
+
+    def analyze(self, text: str, rewrite: bool = True, spelling: bool = True) -> Analysis:
+        """The analyzed query; with ``rewrite=False`` only normalized (no synonym, nothing corrected), with
+        ``spelling=False`` the synonyms applied but no word corrected or split (``retrieval.spelling``)."""
+        key = (text, rewrite, spelling)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        analysis = self._analyze(text, rewrite)
+        analysis = self._analyze(text, rewrite, spelling)
         with self._lock:
             self._cache[key] = analysis
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return analysis
 
-    def _analyze(self, text: str, rewrite: bool) -> Analysis:
+    def _analyze(self, text: str, rewrite: bool, spelling: bool = True) -> Analysis:
         normalized = normalize(text)
         tokens = TOKEN.findall(normalized)
         placed: list[tuple[str, bool]] = [(t, False) for t in tokens]  # (word, put there by a synonym rule)
@@ -242,7 +252,7 @@ class Analyzer:
         known = [t for t, _ in placed if t.isalpha() and len(t) > 2 and t not in UNITS and self.vocabulary.knows(t)]
         out: list[str] = []
         for token, fixed in placed:
-            change = self._correct(token, known) if rewrite and not fixed else None
+            change = self._correct(token, known) if rewrite and spelling and not fixed else None
             if change is None:
                 out.append(token)
                 continue

@@ -36,7 +36,7 @@ from retrieval.catalog import catalog_hash, product_text
 from retrieval.dense import DenseIndex
 from retrieval.embedding_cache import EmbeddingCache, encode_cached
 from retrieval.encoder import Encoder
-from retrieval.synonyms import Synonyms
+from retrieval.synonyms import Synonyms, file_digest
 from retrieval.types import Candidates, Hits
 from retrieval.vocabulary import VERSION as ANALYZER_VERSION
 from retrieval.vocabulary import Vocabulary, normalize
@@ -118,6 +118,7 @@ class ProductIndex:
         self._row_of = {pid: row for row, pid in enumerate(self._ids) if products["live"].iat[row]}
         self.vocabulary = vocabulary if vocabulary is not None else _vocabulary(products)
         self._analyzer: Analyzer | None = None
+        self._synonyms_stamp: str | None = None  # digest of the synonyms file the analyzer read
 
     @property
     def key_name(self) -> str:
@@ -187,11 +188,26 @@ class ProductIndex:
         """The query analyzer of this catalog, made on first use (its spelling dictionary takes
         a second or two for a large catalog; the serving layer asks for it when it loads)."""
         if self._analyzer is None:
-            settings = self.dense.settings
-            keep = english_words() if settings.keep_english_words else frozenset()
-            synonyms = Synonyms.load(settings.synonyms) if settings.synonyms else None
-            self._analyzer = Analyzer(self.vocabulary, keep=keep, synonyms=synonyms)
+            keep = english_words() if self.dense.settings.keep_english_words else frozenset()
+            self._analyzer = Analyzer(self.vocabulary, keep=keep, synonyms=self._read_synonyms())
         return self._analyzer
+
+    def _read_synonyms(self) -> Synonyms | None:
+        path = self.dense.settings.synonyms
+        stamp = file_digest(path)
+        synonyms = Synonyms.load(path) if path else None
+        self._synonyms_stamp = stamp  # once read: a file that failed is read again next time
+        return synonyms
+
+    def refresh_synonyms(self) -> bool:
+        """Read the synonyms file again if it changed since the analyzer read it (a server's model
+        reload calls this, so an edited file needs no restart); True when it was read again. A
+        file that no longer reads raises, and the analyzer keeps the rules it had."""
+        if self._analyzer is None or file_digest(self.dense.settings.synonyms) == self._synonyms_stamp:
+            return False
+        self._analyzer = self._analyzer.with_synonyms(self._read_synonyms())
+        logger.info("index %s: synonyms read again from %s", self.path, self.dense.settings.synonyms)
+        return True
 
     @property
     def count(self) -> int:

@@ -16,6 +16,7 @@ a store's own words for a product (a brand nickname, another language's word) ar
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,12 @@ class Synonyms:
     @property
     def longest(self) -> int:
         return max(map(len, self.rules), default=0)
+
+    @property
+    def digest(self) -> str:
+        """A short digest of the rules: what cached result pages depend on (not the file's path or time)."""
+        text = "\n".join(f"{' '.join(k)}=>{' '.join(v)}" for k, v in sorted(self.rules.items()))
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     @classmethod
     def parse(cls, lines: Iterable[str], source: str = "synonyms") -> Synonyms:
@@ -91,3 +98,11 @@ class Synonyms:
 
 def _words(entry: str) -> tuple[str, ...]:
     return tuple(TOKEN.findall(normalize(entry)))
+
+
+def file_digest(path: str | Path | None) -> str | None:
+    """A digest of the file at ``path`` (a synonyms file is small), to tell an edited file; None when
+    ``path`` is not set or not a file."""
+    if not path or not Path(path).is_file():
+        return None
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()

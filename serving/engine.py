@@ -267,6 +267,8 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
                       and sv.results_ttl_s > 0 else None)
     # a page depends on how the stages are set up as well as on the request, the catalog and the versions
     scope = settings_digest(settings.retrieval, settings.ranking, settings.serving, settings.features)
+    if index.analyzer.synonyms is not None:  # and on the store's synonym rules, which a reload may change
+        scope += f"-{index.analyzer.synonyms.digest}"
     return SearchEngine(index, encoder, settings, models, pipelines, caches, hybrid, dense, executor,
                         stages.batchers, shared_results, scope)
 

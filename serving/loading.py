@@ -30,8 +30,15 @@ from ranking.features import catalog_text
 from ranking.relevance import RELEVANCE_FEATURES
 from retrieval.encoder import Encoder
 from retrieval.index import ProductIndex
+from retrieval.synonyms import file_digest
 from serving.engine import SearchEngine, assemble
-from serving.indexing import open_encoder, open_index, served_encoder, server_threads
+from serving.indexing import (
+    open_encoder,
+    open_index,
+    retrieval_settings,
+    served_encoder,
+    server_threads,
+)
 from serving.pipelines import Models
 from serving.router import ExperimentRouter, load_router
 
@@ -244,12 +251,14 @@ def push_state(settings: Settings) -> None:
 
 
 def generation(settings: Settings) -> str:
-    """A fingerprint of the shared serving state: the active versions of the swappable models
-    and the experiment configuration. Server processes compare it to find changes made by others."""
+    """A fingerprint of the shared serving state: the active versions of the swappable models, the
+    experiment configuration and the store's synonyms file. Server processes compare it to find
+    changes made by others (an edited synonyms file is read again within ``serving.reload_poll_s``)."""
     registry = ModelRegistry(settings.paths.models)
     parts = [registry.active_version(role) or "" for role in SWAPPABLE]
     config = settings.paths.experiment_config
     parts.append(config.read_text() if config.is_file() else "")
+    parts.append(file_digest(retrieval_settings(settings).synonyms) or "")
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -261,6 +270,7 @@ def open_served(settings: Settings, previous: Served | None = None, encoder: Enc
     router = load_router(settings.paths, settings.serving.shadow_queue)
     if previous is not None:
         encoder, index = previous.engine.encoder, previous.engine.index
+        index.refresh_synonyms()  # an edited synonyms file is read again with the models
     encoder = encoder or served_encoder(settings)
     engine = open_engine(settings, ltr_versions=router.ltr_versions, encoder=encoder, index=index)
     # ready (or swapped in) once the product rows are in memory: before that, searches read them themselves

@@ -39,7 +39,9 @@ def readyz(request: Request, holder: HolderDep) -> Health | JSONResponse:
     that failed is named in ``stores`` and answers 503 itself; the others serve)."""
     stores = {name: _state(runtime.holder) for name, runtime in request.app.state.stores.items()}
     if holder.ready.is_set() and holder.error is None and "loading" not in stores.values():
-        return Health(status="ready", pid=os.getpid(), versions=holder.get().engine.versions, stores=stores)
+        failed = {name: r.holder.reload_error for name, r in request.app.state.stores.items() if r.holder.reload_error}
+        return Health(status="ready", pid=os.getpid(), versions=holder.get().engine.versions, stores=stores,
+                      reload_errors=failed or None)
     detail = holder.error or "loading index and models"
     return JSONResponse(status_code=503, content=Health(status="not_ready", detail=detail, pid=os.getpid(),
                                                         stores=stores).model_dump())

@@ -107,17 +107,37 @@ def test_the_response_says_what_the_analyzer_searched(client: TestClient) -> Non
     assert as_typed["query_rewrite"]["text"] == "cordles drills 18 volt" and as_typed["query_rewrite"]["rewrites"] == []
 
 
-def test_a_store_synonym_is_searched_and_said(settings: Settings, real_index, real_encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_store_synonym_is_searched_said_and_read_again_on_reload(settings: Settings, real_index, real_encoder,  # type: ignore[no-untyped-def]
+                                                                     tmp_path) -> None:
+    from core.settings import ApiSettings
     from retrieval.index import ProductIndex
 
     rules = tmp_path / "synonyms.txt"
     rules.write_text("taladro => drill\n")
     retrieval = settings.retrieval.model_copy(update={"synonyms": str(rules)})
     index = ProductIndex.load(real_index.path, retrieval)
-    with ready_client(app_on(settings, index, real_encoder)) as client:
+    admin = settings.model_copy(update={"api": ApiSettings(admin_token="s3cret"), "retrieval": retrieval})
+    with ready_client(app_on(admin, index, real_encoder)) as client:
         body = client.post("/v1/search", json={"query": "taladro", "k": 3}).json()
         assert body["query_rewrite"]["rewrites"] == [{"original": "taladro", "replacement": "drill",
                                                       "reason": "synonym"}]
         assert body["query_rewrite"]["text"] == "drill" and "drill" in body["items"][0]["title"].lower()
         as_typed = client.get("/v1/search", params={"q": "taladro", "k": 3, "rewrite": "false"}).json()
         assert as_typed["query_rewrite"]["rewrites"] == []
+        rules.write_text("taladro => garden hose\n")  # a merchandiser edits the file: a reload reads it
+        assert client.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        again = client.post("/v1/search", json={"query": "taladro", "k": 3}).json()
+        assert again["query_rewrite"]["text"] == "garden hose" and "hose" in again["items"][0]["title"].lower()
+        rules.write_text("taladro => => drill\n")  # a broken edit: the reload says why, the old rules serve on
+        failed = client.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret"})
+        assert failed.status_code == 422 and "line 1" in failed.json()["message"]
+        assert client.post("/v1/search", json={"query": "taladro", "k": 3}).json()["query_rewrite"]["text"] == \
+            "garden hose"
+        deadline = time.monotonic() + 20  # the process's own poll of the shared state finds the edit too
+        while not client.get("/readyz").json().get("reload_errors") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "line 1" in client.get("/readyz").json()["reload_errors"]["default"]
+        rules.write_text("taladro => drill\n")  # fixed: read again by the poll, no reload asked for
+        while client.get("/readyz").json().get("reload_errors") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.post("/v1/search", json={"query": "taladro", "k": 3}).json()["query_rewrite"]["text"] == "drill"

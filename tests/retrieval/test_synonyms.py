@@ -92,3 +92,40 @@ def test_a_relative_synonyms_path_is_each_stores_own_file(tmp_path: Path) -> Non
     assert retrieval_settings(settings.for_store("garden")).synonyms == str(tmp_path / "stores/garden/synonyms.txt")
     shared = Settings(home=tmp_path, progress=False, retrieval={"synonyms": "/etc/shoprank/synonyms.txt"})
     assert retrieval_settings(shared.for_store("garden")).synonyms == "/etc/shoprank/synonyms.txt"
+
+
+def test_with_spelling_off_the_synonyms_still_apply(analyzer: Analyzer) -> None:
+    analysis = analyzer.analyze("aspiradora nozzel", spelling=False)
+    assert analysis.text == "vacuum nozzel" and [r.reason for r in analysis.rewrites] == ["synonym"]
+
+
+def test_an_edited_file_is_read_again_and_a_broken_one_keeps_the_old_rules(tmp_path: Path, settings: Settings) -> None:
+    products = pd.DataFrame({"product_id": ["a", "b"], "title": ["Top Freezer Refrigerator", "Stick Vacuum"],
+                             "description": ["", ""]})
+    encoder = HashingEncoder()
+    ProductIndex.build(tmp_path / "index", products, encoder, settings.retrieval,
+                       EmbeddingCache(tmp_path / "c.sqlite", encoder.dim), progress=False)
+    rules = tmp_path / "synonyms.txt"
+    rules.write_text("fridge, refrigerator\n")
+    index = ProductIndex.load(tmp_path / "index", settings.retrieval.model_copy(update={"synonyms": str(rules)}))
+    assert index.analyzer.analyze("fridge").text == "fridge refrigerator" and not index.refresh_synonyms()
+    rules.write_text("fridge => refrigerator\nhoover => vacuum\n")
+    assert index.refresh_synonyms() and index.analyzer.analyze("fridge").text == "refrigerator"
+    assert index.analyzer.analyze("hoover").text == "vacuum"
+    rules.write_text("hoover =>\n")
+    with pytest.raises(InvalidInput, match="line 1"):
+        index.refresh_synonyms()
+    assert index.analyzer.analyze("hoover").text == "vacuum"  # the rules read last still serve
+    rules.write_text("hoover => stick vacuum\n")
+    assert index.refresh_synonyms() and index.analyzer.analyze("hoover").text == "stick vacuum"
+
+
+def test_an_edited_file_changes_the_served_state_every_server_process_polls(tmp_path: Path) -> None:
+    from serving.loading import generation
+
+    settings = Settings(home=tmp_path, progress=False, retrieval={"synonyms": "synonyms.txt"})
+    (tmp_path / "synonyms.txt").write_text("fridge, refrigerator\n")
+    before = generation(settings)
+    assert generation(settings) == before
+    (tmp_path / "synonyms.txt").write_text("fridge => refrigerator\n")
+    assert generation(settings) != before
