@@ -68,7 +68,8 @@ def test_a_malformed_line_is_an_error_naming_it_and_the_allowed_forms(line: str,
     assert "'a, b, c' (equivalent words) or 'a, b => c'" in str(error.value)
 
 
-def test_the_index_applies_the_file_that_retrieval_synonyms_names(tmp_path: Path, settings: Settings) -> None:
+def small_index(tmp_path: Path, settings: Settings) -> Path:
+    """A two-product index and a synonyms file beside it (``fridge, refrigerator``); the file's path."""
     products = pd.DataFrame({"product_id": ["a", "b"], "title": ["Top Freezer Refrigerator", "Stick Vacuum"],
                              "description": ["", ""]})
     encoder = HashingEncoder()
@@ -76,6 +77,11 @@ def test_the_index_applies_the_file_that_retrieval_synonyms_names(tmp_path: Path
                        EmbeddingCache(tmp_path / "c.sqlite", encoder.dim), progress=False)
     rules = tmp_path / "synonyms.txt"
     rules.write_text("fridge, refrigerator\n")
+    return rules
+
+
+def test_the_index_applies_the_file_that_retrieval_synonyms_names(tmp_path: Path, settings: Settings) -> None:
+    rules = small_index(tmp_path, settings)
     with_rules = settings.retrieval.model_copy(update={"synonyms": str(rules)})
     assert ProductIndex.load(tmp_path / "index", with_rules).analyzer.analyze("fridge").text == "fridge refrigerator"
     assert ProductIndex.load(tmp_path / "index", settings.retrieval).analyzer.analyze("fridge").text == "fridge"
@@ -100,13 +106,7 @@ def test_with_spelling_off_the_synonyms_still_apply(analyzer: Analyzer) -> None:
 
 
 def test_an_edited_file_is_read_again_and_a_broken_one_keeps_the_old_rules(tmp_path: Path, settings: Settings) -> None:
-    products = pd.DataFrame({"product_id": ["a", "b"], "title": ["Top Freezer Refrigerator", "Stick Vacuum"],
-                             "description": ["", ""]})
-    encoder = HashingEncoder()
-    ProductIndex.build(tmp_path / "index", products, encoder, settings.retrieval,
-                       EmbeddingCache(tmp_path / "c.sqlite", encoder.dim), progress=False)
-    rules = tmp_path / "synonyms.txt"
-    rules.write_text("fridge, refrigerator\n")
+    rules = small_index(tmp_path, settings)
     index = ProductIndex.load(tmp_path / "index", settings.retrieval.model_copy(update={"synonyms": str(rules)}))
     assert index.analyzer.analyze("fridge").text == "fridge refrigerator" and not index.refresh_synonyms()
     rules.write_text("fridge => refrigerator\nhoover => vacuum\n")
