@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from core.errors import InvalidInput, NotFound
@@ -35,11 +36,12 @@ class Synonyms:
     rules: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
     source: str = ""
 
-    @property
+    @cached_property
     def longest(self) -> int:
+        """Words in the longest entry (worked out once: :meth:`apply` reads it for every query)."""
         return max(map(len, self.rules), default=0)
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """A short digest of the rules: what cached result pages depend on (not the file's path or time)."""
         text = "\n".join(f"{' '.join(k)}=>{' '.join(v)}" for k, v in sorted(self.rules.items()))
