@@ -42,32 +42,27 @@ from ranking.training.ltr_data import load_ranking_data  # noqa: E402
 BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 5), (6, None))
 
 
-def judged_counts(dataset: EvalDataset, split: str) -> Counter[str]:
-    """Judged pairs per product over the queries of ``split``."""
-    queries = {qid for qid, _ in dataset.select(split)}
+def judged_counts(dataset: EvalDataset, queries: set[str]) -> Counter[str]:
+    """Judged pairs per product over ``queries``."""
     return Counter(p for qid, grades in dataset.qrels.items() if qid in queries for p in grades)
 
 
 def prior_column(data: RankingData, dataset: EvalDataset, counts: Counter[str], own_split: set[str]) -> np.ndarray:
     """Each row's product count, less the row's own judgment when its query is one of ``own_split``."""
     values = np.empty(len(data.labels))
-    start = 0
-    for qid, size in zip(data.query_ids, data.groups):
+    for qid, part in data.lists():
         own = dataset.qrels.get(qid, {}) if qid in own_split else {}
-        for row, product in enumerate(data.product_ids[start : start + size], start=start):
-            values[row] = counts[product] - (product in own)
-        start += size
+        values[part] = [counts[product] - (product in own) for product in data.product_ids[part]]
     return values
 
 
 def judged_rows(data: RankingData, dataset: EvalDataset) -> np.ndarray:
     """Whether each row is a judged pair of its query."""
-    out, start = [], 0
-    for qid, size in zip(data.query_ids, data.groups):
+    judged = np.zeros(len(data.labels), dtype=bool)
+    for qid, part in data.lists():
         grades = dataset.qrels.get(qid, {})
-        out += [p in grades for p in data.product_ids[start : start + size]]
-        start += size
-    return np.asarray(out)
+        judged[part] = [p in grades for p in data.product_ids[part]]
+    return judged
 
 
 def buckets(counts: np.ndarray, judged: np.ndarray) -> list[dict[str, object]]:
@@ -95,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     train, dev = load_ranking_data(args.rows / "train.npz"), load_ranking_data(args.rows / "dev.npz")
     dataset = load_dataset(args.dataset)
     train_split = meta.get("split", "train")
-    counts = judged_counts(dataset, train_split)
     own = {qid for qid, _ in dataset.select(train_split)}
+    counts = judged_counts(dataset, own)
     columns = {"train": prior_column(train, dataset, counts, own), "dev": prior_column(dev, dataset, counts, own)}
     catalog = set(dataset.products["product_id"])
     held_out = {p for qid, grades in dataset.qrels.items() if qid not in own for p in grades}
-    never = catalog - set(counts)
+    never = catalog - set(counts)  # products no train query judged
     listed = set(dev.query_ids)
     dev_queries = [(q, t) for q, t in dataset.select(meta.get("dev_split", "dev")) if q in listed]
     misspelled = subset_ids(dataset, dev_queries, "misspelled")
@@ -121,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "benchmark": "judged_log_prior", "hardware": hardware(),
         "command": " ".join(["python", "benchmarks/judged_log_prior.py", *(argv or sys.argv[1:])]),
-        "catalog": {"products": len(catalog), f"judged by {train_split} queries": len(catalog & set(counts)),
-                    "judged only by other queries": len((catalog & held_out) - set(counts)),
-                    "judged by no query": len(catalog - set(counts) - held_out),
+        "catalog": {"products": len(catalog), f"judged by {train_split} queries": len(catalog - never),
+                    "judged only by other queries": len(never & held_out),
+                    "judged by no query": len(never - held_out),
                     f"share of products {train_split} never judged that other queries judged":
-                        round(len((catalog & held_out) & never) / max(1, len(never)), 4)},
+                        round(len(never & held_out) / max(1, len(never)), 4)},
         "judged_rate_by_count": {split: buckets(columns[split], judged_rows(data, dataset))
                                  for split, data in (("train", train), ("dev", dev))},
         "lambdamart": runs}, indent=2))

@@ -77,11 +77,8 @@ def per_query(dataset: EvalDataset, dev: RankingData, scores: np.ndarray) -> dic
     relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
     out: dict[str, dict[str, float]] = {m: {} for m in METRICS}
     ids = np.asarray(dev.product_ids)
-    start = 0
-    for qid, size in zip(dev.query_ids, dev.groups):
+    for qid, part in dev.lists():
         grades = dataset.qrels.get(qid, {})
-        part = slice(start, start + size)
-        start += size
         if not any(grades.values()):
             continue
         ranked = ids[part][np.argsort(-scores[part], kind="stable")].tolist()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,6 +78,13 @@ class RankingData:
     names: list[str]
     query_ids: list[str] = field(default_factory=list)
     product_ids: list[str] = field(default_factory=list)  # one per row, when known
+
+    def lists(self) -> Iterator[tuple[str, slice]]:
+        """Each query's id and the slice of its rows, in row order."""
+        start = 0
+        for qid, size in zip(self.query_ids, self.groups):
+            yield qid, slice(start, start + size)
+            start += size
 
 
 @dataclass

@@ -93,7 +93,7 @@ class Analyzer:
         self._cache: OrderedDict[tuple[str, bool, bool], Analysis] = OrderedDict()
         self._lock = threading.Lock()
         self._symspell = None
-        self._by_initial: dict[str, list[str]] | None = None
+        self._by_initial: dict[str, list[str]] = {}  # catalog words by first letter, filled with the speller
         english_words()  # read now (~40 ms, once a process), not on the first long misspelled word
         self._speller()  # built now (~1-3 s for a large catalog), not on the first misspelled query
 
@@ -151,10 +151,9 @@ class Analyzer:
             return None
         from editdistpy import damerau_osa_distance
 
-        self._speller()
         together = self.vocabulary.together
         found = []
-        for term in (self._by_initial or {}).get(word[0], ()):
+        for term in self._by_initial.get(word[0], ()):
             if len(word) - 1 <= len(term) <= len(word) + 3 and damerau_osa_distance(word, term, 3) >= 0:
                 shared = together([term], list(context))
                 if shared:

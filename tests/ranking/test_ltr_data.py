@@ -156,6 +156,8 @@ def test_saved_rows_load_back_whole(tmp_path) -> None:  # type: ignore[no-untype
     assert np.array_equal(back.features, data.features) and back.features.dtype == np.float32
     assert back.labels.tolist() == [2, 0, 1, 0] and back.groups == [3, 1] and back.names == data.names
     assert back.query_ids == ["q1", "q2"] and back.product_ids == ["p1", "p2", "p3", "p9"]
+    assert [(qid, back.product_ids[part]) for qid, part in back.lists()] == [("q1", ["p1", "p2", "p3"]),
+                                                                             ("q2", ["p9"])]
 
 
 def test_lambdamart_settings_by_name() -> None:
