@@ -194,8 +194,7 @@ class ProductIndex:
 
     def _read_synonyms(self) -> Synonyms | None:
         path = self.dense.settings.synonyms
-        stamp = file_digest(path)
-        synonyms = Synonyms.load(path) if path else None
+        synonyms, stamp = Synonyms.read(path) if path else (None, None)
         self._synonyms_stamp = stamp  # once read: a file that failed is read again next time
         return synonyms
 

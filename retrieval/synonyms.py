@@ -69,13 +69,23 @@ class Synonyms:
         return cls(rules, source)
 
     @classmethod
-    def load(cls, path: str | Path) -> Synonyms:
-        """The rules of the file at ``path`` (``retrieval.synonyms``)."""
+    def read(cls, path: str | Path) -> tuple[Synonyms, str]:
+        """The rules of the file at ``path`` (``retrieval.synonyms``) and the digest of the bytes they
+        were read from (:func:`file_digest`'s), so an edit made while reading is never missed."""
         file = Path(path)
         if not file.is_file():
             raise NotFound(f"synonyms file {file} does not exist (retrieval.synonyms names it)")
-        with file.open(encoding="utf-8") as lines:
-            return cls.parse(lines, str(file))
+        data = file.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidInput(f"synonyms file {file} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+        return cls.parse(text.splitlines(), str(file)), _digest(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Synonyms:
+        """The rules of the file at ``path``."""
+        return cls.read(path)[0]
 
     def apply(self, tokens: Sequence[str]) -> tuple[list[tuple[str, bool]], list[Rewrite]]:
         """``tokens`` with the rules applied: each word with whether a rule put it there, and the
@@ -107,4 +117,8 @@ def file_digest(path: str | Path | None) -> str | None:
     ``path`` is not set or not a file."""
     if not path or not Path(path).is_file():
         return None
-    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+    return _digest(Path(path).read_bytes())
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()

@@ -12,7 +12,7 @@ from core.settings import Settings
 from retrieval.analyzer import Analyzer
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.index import ProductIndex
-from retrieval.synonyms import Synonyms
+from retrieval.synonyms import Synonyms, file_digest
 from retrieval.vocabulary import Vocabulary
 from tests.fakes import HashingEncoder
 
@@ -66,6 +66,16 @@ def test_a_malformed_line_is_an_error_naming_it_and_the_allowed_forms(line: str,
         Synonyms.parse(["# fine", "a, b", line], "store.txt")
     assert f"store.txt line 3: {line!r}" in str(error.value) and why in str(error.value)
     assert "'a, b, c' (equivalent words) or 'a, b => c'" in str(error.value)
+
+
+def test_a_file_is_read_once_for_its_rules_and_its_digest_and_must_be_utf8(tmp_path: Path) -> None:
+    rules = tmp_path / "store.txt"
+    rules.write_text("fridge, refrigerator\n", encoding="utf-8")
+    synonyms, digest = Synonyms.read(rules)
+    assert digest == file_digest(rules) and synonyms.rules[("fridge",)] == ("fridge", "refrigerator")
+    rules.write_bytes("aspiradora, vacuum\n".encode("latin-1") + b"\xe9pingle => pin\n")
+    with pytest.raises(InvalidInput, match=r"store.txt is not UTF-8 text \(byte 19\); save it as UTF-8"):
+        Synonyms.read(rules)
 
 
 def small_index(tmp_path: Path, settings: Settings) -> Path:
