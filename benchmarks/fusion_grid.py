@@ -37,7 +37,7 @@ and prints condensed NDCG@10, MRR@10 (grade >= 0.75 of the maximum, as ``shopran
 evaluate``), Recall@100 / @200, and Recall@100 on the misspelled subset and the rest, the
 misspelled split again by whether the analyzer left a word the catalog does not know.
 
-    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback] [--int8-query | --bf16-query] [--char-ngrams] [--dense-original] [--query-log train] [--second-encoder minilm]
+    HF_HUB_OFFLINE=1 SHOPRANK_HOME=artifacts/ft python benchmarks/fusion_grid.py --dataset D [--split dev] [--feedback] [--int8-query | --bf16-query] [--char-ngrams] [--dense-original] [--query-log train] [--second-encoder minilm] [--bm25-params]
 """
 
 from __future__ import annotations
@@ -178,6 +178,31 @@ def second_encoder_runs(settings, dataset, spec: str, engine, texts: list[str], 
     return [run.docs for run in runs], cost
 
 
+def bm25_runs_at(index, texts: list[str], depth: int,  # type: ignore[no-untyped-def]
+                 params: list[tuple[float, float]]) -> dict[tuple[float, float], list[Hits]]:
+    """BM25 runs of ``texts`` over the titles under each (k1, b): bm25s's Lucene BM25 (the formula
+    tantivy scores with, ``tests/retrieval/test_bm25.py``) over the served index's own tokens."""
+    import bm25s
+
+    from retrieval.vocabulary import normalize
+
+    analyzer = index.bm25.analyzer
+    corpus = [analyzer.analyze(normalize(title)) for title in index.products["title"].fillna("").astype(str)]
+    queries = [list(dict.fromkeys(analyzer.analyze(text))) for text in texts]
+    out = {}
+    for k1, b in params:
+        model = bm25s.BM25(method="lucene", k1=k1, b=b)
+        model.index(corpus, show_progress=False)
+        runs = []
+        for query in queries:
+            scores = model.get_scores(query) if query else np.zeros(0)
+            found = np.flatnonzero(scores)
+            top = found[np.lexsort((found, -scores[found]))][:depth]
+            runs.append(Hits.of(top, scores[top]) if len(top) else Hits.empty())
+        out[(k1, b)] = runs
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, default=DATA)
@@ -196,6 +221,7 @@ def main() -> None:
                         help="also dense runs of the query as typed (normalized, not spell-corrected)")
     parser.add_argument("--second-encoder", default=None, metavar="SPEC",
                         help="also a second bi-encoder's dense run as a third input ('minilm', 'biencoder:vN', a folder)")
+    parser.add_argument("--bm25-params", action="store_true", help="also BM25 runs under other k1 and b")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fusion_grid.json")
     args = parser.parse_args()
     settings = get_settings()
@@ -274,6 +300,11 @@ def main() -> None:
         label_of[-8] = f" + dense {args.second_encoder} w={{b}}"
         print(json.dumps(timings["second encoder"]), flush=True)
         variants += served(-8, (0.3, 0.5, 1.0))
+    if args.bm25_params:
+        grid = [(k1, b) for k1 in (0.6, 0.9, 1.2, 1.6, 2.0) for b in (0.25, 0.5, 0.75, 0.9)]
+        for code, ((k1, b), runs) in enumerate(bm25_runs_at(index, texts, args.depth, grid).items(), start=100):
+            bm25_of[-code], label_of[-code] = runs, f" BM25 k1={k1} b={b}"
+            variants += served(-code)
     rows: list[dict[str, object]] = []
     served_recall: dict[str, float] | None = None
     for kind, k, w, m, b in variants:

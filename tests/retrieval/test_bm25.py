@@ -64,3 +64,22 @@ def test_upsert_and_delete_in_place(bm25: BM25Index, tmp_path: Path) -> None:
 def test_description_matches_count_less_than_title(tmp_path: Path) -> None:
     index = BM25Index.build(tmp_path / "b", [(0, "Hammer", "with a drill holder"), (1, "Drill", "")])
     assert index.search("drill", 5).docs.tolist() == [1, 0]
+
+
+def test_the_fusion_benchmarks_bm25_at_tantivys_k1_and_b_orders_as_the_index(tmp_path: Path) -> None:
+    """``benchmarks/fusion_grid.py --bm25-params`` tells what other k1 and b would give only if, at
+    tantivy's own values, it ranks as the served index does."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from benchmarks.fusion_grid import bm25_runs_at
+    from retrieval.vocabulary import normalize
+
+    index = BM25Index.build(tmp_path / "bm25", [(i, normalize(t), "") for i, t in enumerate(TITLES)])
+    queries = ["cordless drill", "white paint", "hose", "drill kit light", "zzzz"]
+    runs = bm25_runs_at(SimpleNamespace(bm25=index, products=pd.DataFrame({"title": TITLES})), queries, 10,
+                        [(1.2, 0.75), (0.6, 0.25)])
+    for query, run in zip(queries, runs[(1.2, 0.75)]):
+        assert run.docs.tolist() == index.search(query, 10).docs.tolist()
+    assert [len(run) for run in runs[(0.6, 0.25)]] == [3, 2, 1, 4, 0]
