@@ -20,7 +20,13 @@ misspelled subset and the rest.
 
 ``--grid``: NAME=V1,V2,... of ``shoprank train ltr --param`` settings, or ``gains`` (linear,
 exponential: ``--gains``) and ``truncation_level`` (``--truncation``; default the list depth);
-every combination is trained (the first value of each is the reference). JSON on stdout; progress on stderr.
+every combination is trained (the first value of each is the reference). ``--train-rows OTHER``
+also trains the first setting on ``OTHER/train.npz``, training rows of the same features built
+another way (``shoprank train ltr --fold-encoders ... --save-data OTHER``: cross-fitted lists), and
+scores it on ``ROWS/dev.npz`` like the rest. ``feature_orders`` gives each model score's and the
+fused rank's own order of the train lists and of the dev lists: a score much better on the train
+lists than on the dev ones comes from a model trained on the train queries (in-sample).
+JSON on stdout; progress on stderr.
 """
 
 from __future__ import annotations
@@ -113,11 +119,32 @@ def summary(values: dict[str, dict[str, float]], reference: dict[str, dict[str, 
     return out
 
 
+ORDERED_BY = ("bm25", "dense", "teacher", "rank_rrf")
+
+
+def feature_orders(dataset: EvalDataset, parts: dict[str, RankingData]) -> dict[str, dict[str, float]]:
+    """Each split's lists ordered by one feature alone (a rank: lowest first; missing: last), mean metrics."""
+    out: dict[str, dict[str, float]] = {}
+    for name in ORDERED_BY:
+        for split, data in parts.items():
+            if name not in data.names:
+                continue
+            column = data.features[:, data.names.index(name)]
+            scores = -np.nan_to_num(column, nan=np.inf, posinf=1e9) if name.startswith("rank") else \
+                np.nan_to_num(column, nan=-1e9)
+            values = per_query(dataset, data, scores)
+            out.setdefault(name, {}).update({f"{split} {m}": round(float(np.mean(list(v.values()))), 4)
+                                             for m, v in values.items() if v})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, type=Path)
     parser.add_argument("--rows", required=True, type=Path, help="a folder written by shoprank train ltr --save-data")
     parser.add_argument("--grid", nargs="+", default=DEFAULT_GRID, metavar="NAME=V1,V2")
+    parser.add_argument("--train-rows", type=Path, nargs="*", default=[], metavar="OTHER",
+                        help="also train the first setting on OTHER/train.npz (same features, lists built another way)")
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args(argv)
     try:
@@ -136,19 +163,25 @@ def main(argv: list[str] | None = None) -> int:
     rrf = dev.names.index("rank_rrf") if "rank_rrf" in dev.names else None
     first_stage = (per_query(dataset, dev, -np.nan_to_num(dev.features[:, rrf], nan=np.inf, posinf=1e9))
                    if rrf is not None else None)
+    others = {str(folder): load_ranking_data(folder / "train.npz") for folder in args.train_rows}
+    for folder, rows in others.items():
+        if rows.names != train.names:
+            parser.error(f"--train-rows {folder}: its features are not those of {args.rows}")
+    runs = [(overrides, train, None) for overrides in settings_list]
+    runs += [(settings_list[0], rows, folder) for folder, rows in others.items()]
     results, reference = [], None
-    for number, overrides in enumerate(settings_list, start=1):
-        config = training_config(train.names, dataset.max_grade, meta["depth"], seed=args.seed, **overrides)
+    for number, (overrides, rows, folder) in enumerate(runs, start=1):
+        config = training_config(rows.names, dataset.max_grade, meta["depth"], seed=args.seed, **overrides)
         started = time.perf_counter()
-        model = LambdaMART.fit(train, dev, config)
+        model = LambdaMART.fit(rows, dev, config)
         seconds = time.perf_counter() - started
         values = per_query(dataset, dev, model.predict(dev.features))
-        results.append({"settings": overrides, "train_seconds": round(seconds, 1),
+        results.append({"settings": overrides, "train_rows": folder or str(args.rows), "train_seconds": round(seconds, 1),
                         "best_iteration": model.history["best_iteration"],
                         "dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"],
                         "metrics": summary(values, reference, subsets)})
         reference = reference or values
-        print(f"[{number}/{len(settings_list)}] {overrides}: {seconds:.0f} s, NDCG@10 "
+        print(f"[{number}/{len(runs)}] {overrides} {folder or ''}: {seconds:.0f} s, NDCG@10 "
               f"{results[-1]['metrics']['ndcg@10']['mean']}, uncondensed "
               f"{results[-1]['metrics']['ndcg@10_unjudged_as_0']['mean']}, R@100 "
               f"{results[-1]['metrics']['recall@100']['mean']}", file=sys.stderr, flush=True)
@@ -158,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                                "dev_queries": len(dev.query_ids), "dev_queries_the_harness_scores": scorable,
                                "lists": meta},
                       "first_stage": summary(first_stage, None, subsets) if first_stage else None,
+                      "feature_orders": feature_orders(dataset, {"train": train, "dev": dev}
+                                                       | {f"train {f}": rows for f, rows in others.items()}),
                       "reference_vs_first_stage": summary(reference, first_stage, subsets) if first_stage else None,
                       "settings": results}, indent=2))
     return 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,6 +78,16 @@ class RankingData:
     names: list[str]
     query_ids: list[str] = field(default_factory=list)
     product_ids: list[str] = field(default_factory=list)  # one per row, when known
+
+    @classmethod
+    def concat(cls, parts: Sequence[RankingData]) -> RankingData:
+        """The rows of ``parts``, one after the other (the same feature names)."""
+        names = parts[0].names
+        if any(part.names != names for part in parts):
+            raise ValueError("rows with other feature names cannot be joined")
+        return cls(np.vstack([p.features for p in parts]), np.concatenate([p.labels for p in parts]),
+                   [g for p in parts for g in p.groups], list(names), [q for p in parts for q in p.query_ids],
+                   [r for p in parts for r in p.product_ids])
 
     def lists(self) -> Iterator[tuple[str, slice]]:
         """Each query's id and the slice of its rows, in row order."""

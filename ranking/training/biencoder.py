@@ -77,6 +77,9 @@ class BiEncoderConfig:
     device: str = "auto"
     # the forward pass in "fp32" or "bf16" (autocast); "auto": bf16 on a CPU with AMX, else fp32
     precision: str = "auto"
+    # the fold of the split's queries left out ("I/K", shoprank train biencoder --hold-out), "" none:
+    # recorded with the model, so `shoprank train ltr --fold-encoders` can check which queries it never saw
+    held_out: str = ""
 
 
 @dataclass(frozen=True)

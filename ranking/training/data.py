@@ -42,6 +42,34 @@ class Group:
     mined: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Fold:
+    """Fold ``index`` of ``count`` of a split's queries, chosen by a stable hash of the query id.
+
+    Cross-fitting (stacking): a bi-encoder trained without one fold scores that fold's queries as it
+    scores a shopper's, so LambdaMART's training lists built with it carry first-stage scores and
+    ranks that mean what they mean when served (a model's scores on its own training queries are
+    better than on any other).
+    """
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Fold:
+        """``I/K``: fold I (0 to K-1) of K >= 2."""
+        index, _, count = text.partition("/")
+        if not (index.isdigit() and count.isdigit() and int(count) >= 2 and int(index) < int(count)):
+            raise ValueError(f"{text!r} is not a fold: write I/K, fold I (0 to K-1) of K >= 2 folds, as 0/2")
+        return cls(int(index), int(count))
+
+    def holds(self, query_id: str) -> bool:
+        return int(hashlib.md5(query_id.encode()).hexdigest(), 16) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
 def normalise_title(title: str) -> str:
     return re.sub(r"\W+", " ", title.lower()).strip()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from ranking.training.data import Fold
+
 
 def count(text: str) -> int:
     """argparse type for a number of items: a whole number >= 0."""
@@ -34,3 +36,11 @@ def share(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
     return value
+
+
+def fold(text: str) -> Fold:
+    """argparse type for a fold of the queries: ``I/K``."""
+    try:
+        return Fold.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -17,7 +17,7 @@ from core.settings import Settings
 from evaluation.dataset import load_dataset
 from ranking.training.data import add_precision_argument
 from retrieval.encoder import BUNDLED
-from shoprank.commands.arguments import share
+from shoprank.commands.arguments import fold, share
 from shoprank.commands.training import add_elsewhere_arguments, base_label, first_stage, trained
 
 
@@ -56,8 +56,9 @@ def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Pa
     config = BiEncoderConfig(base_model=base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              hard_negatives=not args.no_hard_negatives, seed=args.seed, max_grade=dataset.max_grade,
                              positives=args.positives, queries=args.queries, typos=args.typos, device=args.device,
-                             precision=args.precision)
-    train = groups_from(dataset, args.split, 1)[: args.limit]
+                             precision=args.precision, held_out=str(args.hold_out or ""))
+    train = [g for g in groups_from(dataset, args.split, 1) if args.hold_out is None or not args.hold_out.holds(g.qid)]
+    train = train[: args.limit]
     if config.hard_negatives or config.queries == "analyzed":
         engine = first_stage(settings, dataset)
         if config.hard_negatives:
@@ -102,6 +103,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     add_elsewhere_arguments(p, "biencoder", "the training examples (and the --dev-split queries)",
                             "torch and sentence-transformers")
     add_precision_argument(p, "auto")
+    p.add_argument("--hold-out", type=fold, default=None, metavar="I/K",
+                   help="leave fold I of K of the split's queries out (cross-fitting: `shoprank train ltr "
+                        "--fold-encoders` builds that fold's LambdaMART lists with this model)")
     p.add_argument("--dev-split", default="dev", help="with --export: queries for the per-epoch dense check ('' none)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)

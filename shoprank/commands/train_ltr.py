@@ -13,6 +13,7 @@ trained beside (``--activate``: served next; the first version is activated).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
     from evaluation.dataset import EvalDataset
     from ranking.lambdamart import LambdaMART, RankingData
-    from ranking.training.data import Group
+    from ranking.training.data import Fold, Group
     from ranking.training.ltr_data import TrainingList
     from serving.engine import SearchEngine
 
@@ -62,8 +63,8 @@ def _build_data(args: argparse.Namespace, settings: Settings,
                 dataset: EvalDataset) -> tuple[dict[str, RankingData], dict[str, Any]]:
     """The train and dev feature rows of the served lists, and what they were built from."""
     from ranking.features import feature_names
+    from ranking.lambdamart import RankingData
     from ranking.training.data import data_hash, groups_from
-    from ranking.training.ltr_data import entity_rows, historical_features, ranking_data
     from serving.loading import open_engine
 
     negatives = getattr(args, "negatives", None if args.lists != "judged" else 3)  # default: all; judged lists 3
@@ -72,24 +73,81 @@ def _build_data(args: argparse.Namespace, settings: Settings,
     groups_wanted = [g for g in args.features.split(",") if g]
     if args.no_store_features:
         groups_wanted = [g for g in groups_wanted if g != "store"]
+    folds = _fold_encoders(args.fold_encoders, settings)
     engine = open_engine(settings, dataset.products, batch=True)
     train = groups_from(dataset, args.split, 2)[: args.limit]
     dev = groups_from(dataset, args.dev_split, 2)
     store = _StoreContext.open(settings, train + dev, args.seed) if "store" in groups_wanted else None
     depth = args.depth or settings.ranking.ltr_depth
-    lists = _training_lists(args, engine, {"train": train, "dev": dev}, depth, negatives, settings.progress)
-    featurizer = engine.featurizer(feature_names(groups_wanted, store.names if store else []))
-    parts = {}
-    for name, items in lists.items():
-        frame = (historical_features(store.store, settings.features.service,
-                                     entity_rows(items, store.users, store.when)) if store else None)
-        parts[name] = ranking_data(items, featurizer, frame, store.users if store else {}, settings.progress)
+    names = feature_names(groups_wanted, store.names if store else [])
+    build = functools.partial(_rows, args, depth=depth, negatives=negatives, names=names, store=store,
+                              progress=settings.progress)
+    if folds:  # each fold's lists from the bi-encoder trained without it; the dev lists as served
+        chosen = [(_held(fold, train), spec) for fold, spec in folds]  # every fold checked before the work
+        held = [build(_fold_engine(settings, dataset, spec), {"train": groups})["train"] for groups, spec in chosen]
+        parts = {"train": RankingData.concat(held), "dev": build(engine, {"dev": dev})["dev"]}
+    else:
+        parts = build(engine, {"train": train, "dev": dev})
     meta = {"split": args.split, "dev_split": args.dev_split, "lists": args.lists, "depth": depth,
             "below_depth": args.below_depth, "negatives": negatives, "feature_groups": groups_wanted,
             "feature_service": settings.features.service if store else None, "served_models": engine.versions,
             "parent": f"reranker:{engine.teacher.version}" if engine.teacher else None,
-            "training_data": data_hash(train)}
+            "training_data": data_hash(train)} | ({"fold_encoders": [spec for _, spec in folds]} if folds else {})
     return parts, meta
+
+
+def _rows(args: argparse.Namespace, engine: SearchEngine, groups: dict[str, list[Group]], depth: int,
+          negatives: int | None, names: list[str], store: _StoreContext | None,
+          progress: bool) -> dict[str, RankingData]:
+    """Each split's feature rows: its lists as ``engine`` serves them, featurized by ``engine``."""
+    from ranking.training.ltr_data import entity_rows, historical_features, ranking_data
+
+    lists = _training_lists(args, engine, groups, depth, negatives, progress)
+    featurizer = engine.featurizer(names)
+    parts = {}
+    for name, items in lists.items():
+        frame = (historical_features(store.store, store.service, entity_rows(items, store.users, store.when))
+                 if store else None)
+        parts[name] = ranking_data(items, featurizer, frame, store.users if store else {}, progress)
+    return parts
+
+
+def _fold_encoders(text: str | None, settings: Settings) -> list[tuple[Fold, str]]:
+    """``--fold-encoders``: fold i of K with the bi-encoder (``biencoder:vN``) trained without it."""
+    from ranking.training.data import Fold
+
+    if not text:
+        return []
+    specs = [spec.strip() for spec in text.split(",")]
+    if len(specs) < 2:
+        raise InvalidInput(f"--fold-encoders {text!r}: name a bi-encoder for each fold, two or more, "
+                           "as biencoder:v7,biencoder:v8")
+    registry, folds = ModelRegistry(settings.paths.models), []
+    for index, spec in enumerate(specs):
+        fold = Fold(index, len(specs))
+        role, _, version = spec.partition(":")
+        if role != "biencoder" or not version:
+            raise InvalidInput(f"--fold-encoders: {spec!r} is not a registered bi-encoder; write biencoder:vN")
+        held_out = registry.get("biencoder", version).params.get("held_out")
+        if held_out != str(fold):
+            trained = f"without fold {held_out}" if held_out else "on every query"
+            raise InvalidInput(f"--fold-encoders: {spec} would build fold {fold}'s lists, but it was trained {trained}; "
+                               f"train one with `shoprank train biencoder --dataset D --hold-out {fold}`")
+        folds.append((fold, spec))
+    return folds
+
+
+def _held(fold: Fold, train: list[Group]) -> list[Group]:
+    held = [g for g in train if fold.holds(g.qid)]
+    if not held:
+        raise InvalidInput(f"fold {fold} holds none of the {len(train)} training queries; name fewer --fold-encoders")
+    return held
+
+
+def _fold_engine(settings: Settings, dataset: EvalDataset, spec: str) -> SearchEngine:
+    from serving.loading import open_engine
+
+    return open_engine(settings.model_copy(update={"encoder": spec}), dataset.products, batch=True)
 
 
 def _save_data(folder: Path, parts: dict[str, RankingData], meta: dict[str, Any]) -> None:
@@ -119,6 +177,7 @@ class _StoreContext:
     and the time every row stands at (the simulated world's "now")."""
 
     store: FeatureStore
+    service: str
     names: list[str]
     users: dict[str, str]
     when: pd.Timestamp
@@ -136,7 +195,7 @@ class _StoreContext:
         names = [f.name for p in service.feature_view_projections for f in p.features]
         world = StoreWorld.load(settings.paths.world)
         users = assign_users(groups, world.users["user_id"].tolist(), seed)
-        return cls(store, names, users, pd.Timestamp(world.config.now))
+        return cls(store, settings.features.service, names, users, pd.Timestamp(world.config.now))
 
 
 def _training_lists(args: argparse.Namespace, engine: SearchEngine, groups: dict[str, list[Group]], depth: int,
@@ -229,6 +288,11 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     rows.add_argument("--save-data", type=Path, default=None, metavar="FOLDER",
                       help="also write the train and dev feature rows there (for --from-data and "
                            "benchmarks/ltr_search.py)")
+    p.add_argument("--fold-encoders", default=None, metavar="SPEC,SPEC[,...]",
+                   help="cross-fitting: fold i of the training queries gets its lists from the i-th bi-encoder "
+                        "(biencoder:vN, trained with `shoprank train biencoder --hold-out i/K`), so their first-stage "
+                        "scores and ranks are a model's on queries it never saw, as when served; the dev lists stay "
+                        "the served encoder's")
     rows.add_argument("--from-data", type=Path, default=None, metavar="FOLDER",
                       help="train on rows written by --save-data instead of building the lists (the list and "
                            "feature options are those saved)")

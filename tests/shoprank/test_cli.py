@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.settings import Settings, get_settings
@@ -136,10 +137,15 @@ def test_train_ltr_again_from_saved_rows_with_other_settings(fresh_home: Path, d
     assert again["training_data"] == built["training_data"]
     from benchmarks.ltr_search import main as search
 
-    assert search(["--dataset", str(demo_dir), "--rows", str(rows), "--grid", "num_leaves=31,7"]) == 0
+    assert search(["--dataset", str(demo_dir), "--rows", str(rows), "--grid", "num_leaves=31,7",
+                   "--train-rows", str(rows)]) == 0
     report = json.loads(capsys.readouterr().out)
-    first, second = report["settings"]
+    first, second, again_rows = report["settings"]
     assert first["settings"] == {"num_leaves": 31} and second["settings"] == {"num_leaves": 7}
+    # the first setting on other training rows (here the same ones: the same model, every difference 0)
+    assert again_rows["train_rows"] == str(rows) and again_rows["metrics"]["ndcg@10"]["diff"] == 0
+    assert report["feature_orders"]["rank_rrf"]["dev ndcg@10"] == report["first_stage"]["ndcg@10"]["mean"]
+    assert 0 < report["feature_orders"]["bm25"]["train ndcg@10"] <= 1
     assert "diff" not in first["metrics"]["ndcg@10"] and len(second["metrics"]["ndcg@10"]["ci95"]) == 2
     for row in (first["metrics"], report["first_stage"]):
         assert 0 < row["ndcg@10_unjudged_as_0"]["mean"] <= row["ndcg@10"]["mean"] <= 1
@@ -257,3 +263,50 @@ def test_the_parser_loads_no_faiss() -> None:
     code = "import sys; from shoprank.cli import build_parser; build_parser(); print('faiss' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_cross_fitted_lambdamart_lists_come_from_encoders_that_never_saw_their_fold(
+        fresh_home: Path, demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ranking.training.biencoder import load_examples
+    from ranking.training.biencoder import main as train_from_file
+    from ranking.training.data import Fold
+    from ranking.training.ltr_data import load_ranking_data
+
+    for fold in (Fold(0, 2), Fold(1, 2)):  # v1 trained without fold 0/2 (and served: the first one), v2 without 1/2
+        examples, trained = tmp_path / f"examples{fold.index}.json.gz", tmp_path / f"trained{fold.index}"
+        code, _, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--hold-out", str(fold),
+                               "--limit", "6", "--export", str(examples))
+        assert code == 0, err
+        config, train, _, _ = load_examples(examples)
+        assert config.held_out == str(fold) and len(train) == 6 and not any(fold.holds(g.qid) for g in train)
+        assert train_from_file([str(examples), "--out", str(trained), "--device", "cpu", "--batch-size", "4"]) == 0
+        capsys.readouterr()
+        code, out, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--trained", str(trained))
+        assert code == 0, err
+        assert json.loads(out)["registered"]["params"]["held_out"] == str(fold)
+
+    ltr = ["train", "ltr", "--dataset", str(demo_dir), "--no-store-features", "--features", "base,ranks"]
+    code, _, err = run_cli(capsys, *ltr, "--save-data", str(tmp_path / "plain"))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, *ltr, "--fold-encoders", "biencoder:v1,biencoder:v2",
+                             "--save-data", str(tmp_path / "crossed"))
+    assert code == 0, err
+    assert json.loads(out)["registered"]["params"]["fold_encoders"] == ["biencoder:v1", "biencoder:v2"]
+
+    def dense(folder: Path) -> dict[tuple[str, str], float]:
+        data = load_ranking_data(folder / "train.npz")
+        column = data.features[:, data.names.index("dense")]
+        return {(q, p): float(v) for q, p, v in zip(np.repeat(data.query_ids, data.groups), data.product_ids, column)}
+
+    plain, crossed = dense(tmp_path / "plain"), dense(tmp_path / "crossed")
+    assert {q for q, _ in plain} == {q for q, _ in crossed}  # every training query, once
+    shared = plain.keys() & crossed.keys()
+    gap = {key: abs(plain[key] - crossed[key]) for key in shared}
+    # fold 0/2's lists come from v1, the served encoder, as in the plain run; fold 1/2's from v2
+    assert all(v < 1e-4 for (q, _), v in gap.items() if Fold(0, 2).holds(q))
+    assert max(v for (q, _), v in gap.items() if Fold(1, 2).holds(q)) > 1e-3
+
+    code, _, err = run_cli(capsys, *ltr, "--fold-encoders", "biencoder:v2,biencoder:v1")
+    assert code == 2 and "biencoder:v2 would build fold 0/2's lists, but it was trained without fold 1/2" in err
+    code, _, err = run_cli(capsys, *ltr, "--fold-encoders", "biencoder:v1")
+    assert code == 2 and "name a bi-encoder for each fold" in err
