@@ -44,6 +44,9 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
 
     dataset = load_dataset(args.dataset)
     if args.from_data is not None:
+        if args.fold_encoders:
+            raise InvalidInput("--fold-encoders builds the training lists; rows read with --from-data are built already "
+                               "(save cross-fitted rows with --fold-encoders ... --save-data FOLDER)")
         parts, meta = _load_data(args.from_data)
     else:
         parts, meta = _build_data(args, settings, dataset)
@@ -288,14 +291,14 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     rows.add_argument("--save-data", type=Path, default=None, metavar="FOLDER",
                       help="also write the train and dev feature rows there (for --from-data and "
                            "benchmarks/ltr_search.py)")
+    rows.add_argument("--from-data", type=Path, default=None, metavar="FOLDER",
+                      help="train on rows written by --save-data instead of building the lists (the list and "
+                           "feature options are those saved)")
     p.add_argument("--fold-encoders", default=None, metavar="SPEC,SPEC[,...]",
                    help="cross-fitting: fold i of the training queries gets its lists from the i-th bi-encoder "
                         "(biencoder:vN, trained with `shoprank train biencoder --hold-out i/K`), so their first-stage "
                         "scores and ranks are a model's on queries it never saw, as when served; the dev lists stay "
                         "the served encoder's")
-    rows.add_argument("--from-data", type=Path, default=None, metavar="FOLDER",
-                      help="train on rows written by --save-data instead of building the lists (the list and "
-                           "feature options are those saved)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--run-name", default="run")

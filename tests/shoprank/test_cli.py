@@ -310,3 +310,6 @@ def test_cross_fitted_lambdamart_lists_come_from_encoders_that_never_saw_their_f
     assert code == 2 and "biencoder:v2 would build fold 0/2's lists, but it was trained without fold 1/2" in err
     code, _, err = run_cli(capsys, *ltr, "--fold-encoders", "biencoder:v1")
     assert code == 2 and "name a bi-encoder for each fold" in err
+    code, _, err = run_cli(capsys, *ltr, "--fold-encoders", "biencoder:v1,biencoder:v2", "--from-data",
+                           str(tmp_path / "crossed"))
+    assert code == 2 and "rows read with --from-data are built already" in err
