@@ -122,17 +122,22 @@ def summary(values: dict[str, dict[str, float]], reference: dict[str, dict[str, 
 ORDERED_BY = ("bm25", "dense", "teacher", "rank_rrf")
 
 
+def order_by(data: RankingData, name: str) -> np.ndarray:
+    """Scores that order each list by the feature ``name`` alone (a rank: lowest first; missing: last)."""
+    column = data.features[:, data.names.index(name)]
+    if name.startswith("rank"):
+        return -np.nan_to_num(column, nan=np.inf, posinf=1e9)
+    return np.nan_to_num(column, nan=-1e9)
+
+
 def feature_orders(dataset: EvalDataset, parts: dict[str, RankingData]) -> dict[str, dict[str, float]]:
-    """Each split's lists ordered by one feature alone (a rank: lowest first; missing: last), mean metrics."""
+    """Each split's lists ordered by one feature alone (:func:`order_by`), mean metrics."""
     out: dict[str, dict[str, float]] = {}
     for name in ORDERED_BY:
         for split, data in parts.items():
             if name not in data.names:
                 continue
-            column = data.features[:, data.names.index(name)]
-            scores = -np.nan_to_num(column, nan=np.inf, posinf=1e9) if name.startswith("rank") else \
-                np.nan_to_num(column, nan=-1e9)
-            values = per_query(dataset, data, scores)
+            values = per_query(dataset, data, order_by(data, name))
             out.setdefault(name, {}).update({f"{split} {m}": round(float(np.mean(list(v.values()))), 4)
                                              for m, v in values.items() if v})
     return out
@@ -160,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     scorable = sum(1 for q, _ in split if any(dataset.qrels.get(q, {}).values()))
     misspelled = subset_ids(dataset, dev_queries, "misspelled")
     subsets = {"misspelled": misspelled, "correct": {q for q, _ in dev_queries} - misspelled}
-    rrf = dev.names.index("rank_rrf") if "rank_rrf" in dev.names else None
-    first_stage = (per_query(dataset, dev, -np.nan_to_num(dev.features[:, rrf], nan=np.inf, posinf=1e9))
-                   if rrf is not None else None)
+    first_stage = per_query(dataset, dev, order_by(dev, "rank_rrf")) if "rank_rrf" in dev.names else None
     others = {str(folder): load_ranking_data(folder / "train.npz") for folder in args.train_rows}
     for folder, rows in others.items():
         if rows.names != train.names:
@@ -176,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         model = LambdaMART.fit(rows, dev, config)
         seconds = time.perf_counter() - started
         values = per_query(dataset, dev, model.predict(dev.features))
-        results.append({"settings": overrides, "train_rows": folder or str(args.rows), "train_seconds": round(seconds, 1),
+        results.append({"settings": overrides, "train_rows": folder or str(args.rows),
+                        "train_seconds": round(seconds, 1),
                         "best_iteration": model.history["best_iteration"],
                         "dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"],
                         "metrics": summary(values, reference, subsets)})

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from core import registry
 from core.errors import InvalidInput, NotFound
 from core.query import Rewrite
 from retrieval.vocabulary import TOKEN, normalize
@@ -79,8 +80,9 @@ class Synonyms:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise InvalidInput(f"synonyms file {file} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
-        return cls.parse(text.splitlines(), str(file)), _digest(data)
+            raise InvalidInput(f"synonyms file {file} is not UTF-8 text (byte {error.start}); "
+                               "save it as UTF-8") from None
+        return cls.parse(text.splitlines(), str(file)), hashlib.sha256(data).hexdigest()  # registry.file_digest's
 
     @classmethod
     def load(cls, path: str | Path) -> Synonyms:
@@ -117,8 +119,4 @@ def file_digest(path: str | Path | None) -> str | None:
     ``path`` is not set or not a file."""
     if not path or not Path(path).is_file():
         return None
-    return _digest(Path(path).read_bytes())
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return registry.file_digest(Path(path))

@@ -45,8 +45,8 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
     dataset = load_dataset(args.dataset)
     if args.from_data is not None:
         if args.fold_encoders:
-            raise InvalidInput("--fold-encoders builds the training lists; rows read with --from-data are built already "
-                               "(save cross-fitted rows with --fold-encoders ... --save-data FOLDER)")
+            raise InvalidInput("--fold-encoders builds the training lists; rows read with --from-data are built "
+                               "already (save cross-fitted rows with --fold-encoders ... --save-data FOLDER)")
         parts, meta = _load_data(args.from_data)
     else:
         parts, meta = _build_data(args, settings, dataset)
@@ -77,7 +77,8 @@ def _build_data(args: argparse.Namespace, settings: Settings,
     if args.no_store_features:
         groups_wanted = [g for g in groups_wanted if g != "store"]
     folds = _fold_encoders(args.fold_encoders, settings)
-    engine = open_engine(settings, dataset.products, batch=True)
+    # the rows' store features are read point-in-time from the offline store (_rows), never online: no warm-up
+    engine = open_engine(settings, dataset.products, batch=True, warm_features=False)
     train = groups_from(dataset, args.split, 2)[: args.limit]
     dev = groups_from(dataset, args.dev_split, 2)
     store = _StoreContext.open(settings, train + dev, args.seed) if "store" in groups_wanted else None
@@ -134,8 +135,8 @@ def _fold_encoders(text: str | None, settings: Settings) -> list[tuple[Fold, str
         held_out = registry.get("biencoder", version).params.get("held_out")
         if held_out != str(fold):
             trained = f"without fold {held_out}" if held_out else "on every query"
-            raise InvalidInput(f"--fold-encoders: {spec} would build fold {fold}'s lists, but it was trained {trained}; "
-                               f"train one with `shoprank train biencoder --dataset D --hold-out {fold}`")
+            raise InvalidInput(f"--fold-encoders: {spec} would build fold {fold}'s lists, but it was trained "
+                               f"{trained}; train one with `shoprank train biencoder --dataset D --hold-out {fold}`")
         folds.append((fold, spec))
     return folds
 
@@ -150,7 +151,8 @@ def _held(fold: Fold, train: list[Group]) -> list[Group]:
 def _fold_engine(settings: Settings, dataset: EvalDataset, spec: str) -> SearchEngine:
     from serving.loading import open_engine
 
-    return open_engine(settings.model_copy(update={"encoder": spec}), dataset.products, batch=True)
+    return open_engine(settings.model_copy(update={"encoder": spec}), dataset.products, batch=True,
+                       warm_features=False)
 
 
 def _save_data(folder: Path, parts: dict[str, RankingData], meta: dict[str, Any]) -> None:
