@@ -16,10 +16,11 @@ import logging
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from core.errors import NotReady
@@ -116,6 +117,22 @@ def catalog_encoder(settings: Settings, encoder: Encoder) -> Encoder:
     return encoder
 
 
+class _OnFirstEncode:
+    """``encoder``'s name, fingerprint and dimension, with :func:`catalog_encoder`'s model made on the
+    first ``encode``: a build whose texts are all in the embedding cache never opens a second session
+    (the bf16 one compiles a model and holds its memory)."""
+
+    def __init__(self, settings: Settings, encoder: Encoder) -> None:
+        self.name, self.fingerprint, self.dim = encoder.name, encoder.fingerprint, encoder.dim
+        self._settings, self._encoder = settings, encoder
+        self._made: Encoder | None = None
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        if self._made is None:
+            self._made = catalog_encoder(self._settings, self._encoder)
+        return self._made.encode(texts, batch_size, progress)
+
+
 def retrieval_settings(settings: Settings) -> RetrievalSettings:
     """``settings.retrieval`` for this store: a relative ``synonyms`` path is read from the store's own
     folder (the home for the default store, ``<home>/stores/NAME/`` for another), so each store has its file."""
@@ -133,7 +150,7 @@ def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder:
 
             encode_catalog(settings, products, encoder, cache)
         else:
-            encoder = catalog_encoder(settings, encoder)
+            encoder = _OnFirstEncode(settings, encoder)
         return ProductIndex.build(path, products, encoder, retrieval_settings(settings), cache,
                                   progress=settings.progress)
     finally:

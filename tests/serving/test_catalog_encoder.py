@@ -3,13 +3,22 @@ model in bf16 (retrieval.catalog_precision), whose vectors must match fp32's."""
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from core.settings import Settings
-from retrieval.encoder import BUNDLED, OnnxEncoder, resolve_catalog_precision, resolve_model_dir
+from retrieval.encoder import (
+    BUNDLED,
+    Encoder,
+    OnnxEncoder,
+    resolve_catalog_precision,
+    resolve_model_dir,
+)
 from serving.indexing import catalog_encoder
 
 TITLES = ["cordless drill 20v max lithium ion", "interior paint eggshell white 1 gal.", "garden hose",
@@ -42,3 +51,24 @@ def test_the_bf16_catalog_encoder_gives_fp32_vectors_and_queries_stay_on_fp32(se
     widths = {len(e.ids) for e in catalog.tokenizer.encode_batch(TITLES)}
     assert len(widths) == 1 and widths.pop() % 8 == 0  # padded to 8-token steps: few shapes for OpenVINO
     assert catalog_encoder(with_precision(settings, "bf16"), catalog) is catalog
+
+
+def test_a_build_from_a_warm_embedding_cache_opens_no_catalog_session(
+        settings: Settings, demo_products: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import indexing
+
+    served = OnnxEncoder(resolve_model_dir(BUNDLED), settings.paths.cache, threads=1)
+    made: list[Encoder] = []
+
+    def counted(settings: Settings, encoder: Encoder) -> Encoder:
+        made.append(catalog_encoder(settings, encoder))
+        return made[-1]
+
+    monkeypatch.setattr(indexing, "catalog_encoder", counted)
+    fresh = uuid.uuid4().hex  # texts no other test has put in the session's embedding cache
+    products = demo_products.head(12).assign(title=lambda frame: frame["title"] + f" {fresh}")
+    first = indexing.build_index(with_precision(settings, "bf16"), products, tmp_path / "first", served)
+    assert len(made) == 1 and made[0].bf16  # cold: the bf16 session encoded the catalog
+    again = indexing.build_index(with_precision(settings, "bf16"), products, tmp_path / "again", served)
+    assert len(made) == 1  # warm: every vector came from the cache, no second session was opened
+    assert (again.manifest.encoder_fingerprint, again.manifest.count) == (first.manifest.encoder_fingerprint, 12)
