@@ -15,6 +15,17 @@ judged products with a low grade when it has any (judged non-relevant: clean),
 else from the first stage's top 30, excluding judged products and duplicates of
 their titles (unjudged top results are often relevant: false negatives).
 benchmarks/RESULTS.md shows Recall@100 with and without them.
+
+With a teacher (``distill`` > 0; ``shoprank train biencoder --distill W``) the
+cross-encoder's scores of each query's judged and mined products guide training
+twice: a mined product the teacher scores at least as high as the query's
+least-scored relevant product is not drawn as a negative (it is probably a
+relevant product nobody judged; RocketQA's denoised negatives, Qu et al. 2021),
+and each (positive, negative) pair's preference is distilled: the bi-encoder's
+log-odds ``scale * (cos_pos - cos_neg)``, on the same scale as its in-batch
+softmax, learn the teacher's ``score_pos - score_neg`` (a pairwise teacher's
+margin is a log-odds itself) by binary cross-entropy, weighted by ``distill``
+(RankNet distillation; cf. Margin-MSE, Hofstatter et al. 2020).
 """
 
 from __future__ import annotations
@@ -80,6 +91,13 @@ class BiEncoderConfig:
     # the fold of the split's queries left out ("I/K", shoprank train biencoder --hold-out), "" none:
     # recorded with the model, so `shoprank train ltr --fold-encoders` can check which queries it never saw
     held_out: str = ""
+    # weight of the teacher's pairwise preferences in the loss (0: no teacher), and the teacher used
+    distill: float = 0.0
+    teacher: str = ""
+
+
+# query id -> product id -> the teacher's score (``shoprank train biencoder --distill``)
+TeacherScores = dict[str, dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -88,15 +106,19 @@ class Triple:
     positive: str
     negative: str | None
     group: str | None = None  # the training query it came from (a slipped query keeps its group)
+    margin: float | None = None  # the teacher's score of the positive minus the negative's
 
     @property
     def key(self) -> str:
         return self.group if self.group is not None else self.query
 
 
-def triples(groups: Sequence[Group], texts: dict[str, str], config: BiEncoderConfig, seed: int) -> list[Triple]:
+def triples(groups: Sequence[Group], texts: dict[str, str], config: BiEncoderConfig, seed: int,
+            teacher: TeacherScores | None = None) -> list[Triple]:
     """(query, relevant product, hard negative): one per query with a relevant product, or with
-    ``config.positives == "all"`` one per relevant product (a hard negative drawn for each)."""
+    ``config.positives == "all"`` one per relevant product (a hard negative drawn for each). With
+    ``teacher`` scores, mined negatives it scores like a relevant product are left out, and each
+    triple carries the teacher's margin where it scored both products."""
     rng = random.Random(seed)
     relevant = grade_threshold(0.6, config.max_grade)
     low = grade_threshold(0.25, config.max_grade)
@@ -105,17 +127,30 @@ def triples(groups: Sequence[Group], texts: dict[str, str], config: BiEncoderCon
         positives = [p for p, g in group.judged.items() if g >= relevant]
         if not positives:
             continue
-        pool = ([p for p, g in group.judged.items() if g < low] or group.mined) if config.hard_negatives else []
+        scores = (teacher or {}).get(group.qid, {})
+        pool = ([p for p, g in group.judged.items() if g < low] or denoised(group.mined, positives, scores)
+                if config.hard_negatives else [])
         if config.positives == "all":
-            out += [Triple(group.query, texts[p], texts[rng.choice(pool)] if pool else None, group.qid)
-                    for p in positives]
+            pairs = [(p, rng.choice(pool) if pool else None) for p in positives]
         else:
-            negative = texts[rng.choice(pool)] if pool else None
-            out.append(Triple(group.query, texts[rng.choice(positives)], negative, group.qid))
+            negative = rng.choice(pool) if pool else None
+            pairs = [(rng.choice(positives), negative)]
+        for p, negative in pairs:
+            margin = scores[p] - scores[negative] if negative in scores and p in scores else None
+            out.append(Triple(group.query, texts[p], texts[negative] if negative else None, group.qid, margin))
     if config.typos > 0:  # drawn after the pairs, so the pairs are the same with and without slips
         slips = random.Random(seed + 7919)
         out = [replace(t, query=add_typo(t.query, slips)) if slips.random() < config.typos else t for t in out]
     return out
+
+
+def denoised(mined: Sequence[str], positives: Sequence[str], scores: dict[str, float]) -> list[str]:
+    """The mined products the teacher scores below every relevant product of the query (all of
+    them without scores; the lowest-scored one where it ranks every mined product that high)."""
+    if not scores or not mined or any(p not in scores for p in [*mined, *positives]):
+        return list(mined)
+    floor = min(scores[p] for p in positives)
+    return [p for p in mined if scores[p] < floor] or [min(mined, key=lambda p: scores[p])]
 
 
 def false_negatives(batch: Sequence[Triple]) -> np.ndarray:
@@ -160,9 +195,11 @@ def dense_dev_metrics(model, texts: dict[str, str], dev: DevSet, batch_size: int
 
 
 def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict[str, str], out: Path,
-                    progress: bool = True, dev: DevSet | None = None) -> dict[str, object]:
+                    progress: bool = True, dev: DevSet | None = None,
+                    teacher: TeacherScores | None = None) -> dict[str, object]:
     """Fine-tune ``config.base_model`` and save it (sentence-transformers folder) to ``out``.
-    With ``dev``, the dense search is checked on it after each epoch (``history``)."""
+    With ``dev``, the dense search is checked on it after each epoch (``history``); with ``teacher``
+    scores, negatives are denoised and (``config.distill`` > 0) its preferences distilled."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import batch_to_device
@@ -178,7 +215,7 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
     model = SentenceTransformer(config.base_model, device=device).float()
     model.max_seq_length = config.max_length
     model.train()
-    per_epoch = [triples(train, texts, config, config.seed + e) for e in range(config.epochs)]
+    per_epoch = [triples(train, texts, config, config.seed + e, teacher) for e in range(config.epochs)]
     steps = sum((len(t) + config.batch_size - 1) // config.batch_size for t in per_epoch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * steps), steps)
@@ -194,7 +231,8 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
             random.Random(config.seed + 100 + epoch).shuffle(examples)
             for start in range(0, len(examples), config.batch_size):
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    loss = _batch_loss(embed, examples[start : start + config.batch_size], config.scale, device)
+                    loss = _batch_loss(embed, examples[start : start + config.batch_size], config.scale, device,
+                                       config.distill)
                 losses.append(optimizer_step(loss, model, optimizer, scheduler))
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -207,44 +245,83 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
     model.to("cpu").save(str(out))
     summary = {"steps": steps, "examples": sum(len(t) for t in per_epoch), "final_loss": float(np.mean(losses[-50:])),
                "seconds": round(time.perf_counter() - started, 1), "device": device, "precision": precision,
-               "history": history,
+               "history": history, "distilled_pairs": sum(t.margin is not None for t in per_epoch[0]),
                "data_hash": data_hash(train), "config": asdict(config)}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _batch_loss(embed, batch: Sequence[Triple], scale: float, device: str):  # type: ignore[no-untyped-def]
+def _batch_loss(embed, batch: Sequence[Triple], scale: float, device: str,  # type: ignore[no-untyped-def]
+                distill: float = 0.0):
     """Multiple negatives ranking loss (Henderson et al. 2017): each query against every positive
     and hard negative of the batch, its own positive the target; another query's positive that
-    is also relevant to this one (a known false negative) is masked out."""
+    is also relevant to this one (a known false negative) is masked out. With ``distill`` > 0, plus
+    that weight times :func:`preference_loss` over the triples with a teacher margin."""
     import torch
 
     queries = embed([t.query for t in batch]).float()  # the similarities in float32, also under autocast
     docs = embed([t.positive for t in batch] + [t.negative for t in batch if t.negative]).float()
     logits = scale * queries @ docs.T
+    extra = preference_loss(logits, batch) if distill > 0 else None
     masked = false_negatives(batch)
     if masked.any():
         blocked = torch.zeros_like(logits, dtype=torch.bool)
         blocked[:, : len(batch)] = torch.from_numpy(masked).to(device)
         logits = logits.masked_fill(blocked, float("-inf"))
-    return torch.nn.functional.cross_entropy(logits, torch.arange(len(batch), device=device))
+    loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch), device=device))
+    return loss if extra is None else loss + distill * extra
 
 
-def save_examples(path: Path, config: BiEncoderConfig, train: Sequence[Group], texts: dict[str, str],
-                  dev: DevSet | None) -> None:
+def preference_loss(logits, batch: Sequence[Triple]):  # type: ignore[no-untyped-def]
+    """Binary cross-entropy between the bi-encoder's and the teacher's preference of each triple's
+    positive over its negative: ``sigmoid(logit_pos - logit_neg)`` against ``sigmoid(margin)``.
+    ``logits`` is the batch's (queries, positives + negatives) matrix; None if no triple has a margin."""
+    import torch
+
+    rows, columns, margins, column = [], [], [], len(batch)
+    for i, triple in enumerate(batch):
+        if triple.negative is None:
+            continue
+        if triple.margin is not None:
+            rows.append(i)
+            columns.append(column)
+            margins.append(triple.margin)
+        column += 1
+    if not rows:
+        return None
+    index = torch.tensor(rows, device=logits.device)
+    student = logits[index, index] - logits[index, torch.tensor(columns, device=logits.device)]
+    target = torch.sigmoid(torch.tensor(margins, dtype=student.dtype, device=logits.device))
+    return torch.nn.functional.binary_cross_entropy_with_logits(student, target)
+
+
+@dataclass(frozen=True)
+class Examples:
+    """What ``shoprank train biencoder --export`` writes: everything training needs."""
+
+    config: BiEncoderConfig
+    train: list[Group]
+    texts: dict[str, str]
+    dev: DevSet | None
+    teacher: TeacherScores | None = None
+
+
+def save_examples(path: Path, examples: Examples) -> None:
     """Everything training needs, for :func:`main` on another machine (``--export``)."""
+    dev = examples.dev
     write_examples(path, "biencoder", {
-        "config": asdict(config), "train": train, "texts": texts,
-        "dev": None if dev is None else {"queries": dev.queries, "relevant_grade": dev.relevant_grade}})
+        "config": asdict(examples.config), "train": examples.train, "texts": examples.texts,
+        "dev": None if dev is None else {"queries": dev.queries, "relevant_grade": dev.relevant_grade},
+        "teacher": examples.teacher})
 
 
-def load_examples(path: Path) -> tuple[BiEncoderConfig, list[Group], dict[str, str], DevSet | None]:
+def load_examples(path: Path) -> Examples:
     payload = read_examples(path, "biencoder")
     known = {f.name for f in fields(BiEncoderConfig)}
     config = BiEncoderConfig(**{k: v for k, v in payload["config"].items() if k in known})
     dev = payload["dev"]
     dev_set = None if dev is None else DevSet([tuple(q) for q in dev["queries"]], dev["relevant_grade"])
-    return config, payload["train"], payload["texts"], dev_set
+    return Examples(config, payload["train"], payload["texts"], dev_set, payload.get("teacher"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,10 +332,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int)
     add_precision_argument(parser, None)
     parser.add_argument("--no-dev", action="store_true", help="skip the per-epoch check on the dev queries")
+    parser.add_argument("--distill", type=float, help="weight of the teacher's preferences (needs exported scores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config, train, texts, dev = load_examples(args.examples)
-    summary = train_biencoder(overridden(config, args), train, texts, args.out, dev=None if args.no_dev else dev)
+    examples = load_examples(args.examples)
+    config = overridden(examples.config, args)
+    if config.distill and not examples.teacher:
+        parser.error(f"--distill {config.distill} needs teacher scores in {args.examples}: export it with "
+                     "`shoprank train biencoder --distill W --export FILE`")
+    summary = train_biencoder(config, examples.train, examples.texts, args.out,
+                              dev=None if args.no_dev else examples.dev, teacher=examples.teacher)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
 

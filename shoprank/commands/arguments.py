@@ -4,6 +4,7 @@ that names the bad value and what is allowed."""
 from __future__ import annotations
 
 import argparse
+import math
 
 from ranking.training.data import Fold
 
@@ -35,6 +36,17 @@ def share(text: str) -> float:
         value = -1.0
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
+
+
+def weight(text: str) -> float:
+    """argparse type for a loss weight: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
     return value
 
 

@@ -12,12 +12,14 @@ import json
 import shutil
 from pathlib import Path
 
-from core.registry import ModelRegistry
+from core.errors import InvalidInput, NotFound
+from core.registry import ModelRegistry, ModelVersion
 from core.settings import Settings
-from evaluation.dataset import load_dataset
-from ranking.training.data import add_precision_argument
+from evaluation.dataset import EvalDataset, load_dataset
+from ranking.training.biencoder import TeacherScores
+from ranking.training.data import Group, add_precision_argument
 from retrieval.encoder import BUNDLED
-from shoprank.commands.arguments import fold, share
+from shoprank.commands.arguments import fold, positive, share, weight
 from shoprank.commands.training import add_elsewhere_arguments, base_label, first_stage, trained
 
 
@@ -44,6 +46,7 @@ def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Pa
     from ranking.training.biencoder import (
         BiEncoderConfig,
         DevSet,
+        Examples,
         product_texts,
         save_examples,
         train_biencoder,
@@ -52,34 +55,68 @@ def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Pa
     from retrieval.encoder import resolve_model_dir
 
     dataset = load_dataset(args.dataset)
+    teacher = _teacher(args, settings)
     base = str(resolve_model_dir(BUNDLED)) if args.base in (None, BUNDLED) else args.base
     config = BiEncoderConfig(base_model=base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              hard_negatives=not args.no_hard_negatives, seed=args.seed, max_grade=dataset.max_grade,
                              positives=args.positives, queries=args.queries, typos=args.typos, device=args.device,
-                             precision=args.precision, held_out=str(args.hold_out or ""))
+                             precision=args.precision, held_out=str(args.hold_out or ""), distill=args.distill or 0.0,
+                             teacher=f"reranker:{teacher.version}" if teacher else "")
     train = [g for g in groups_from(dataset, args.split, 1) if args.hold_out is None or not args.hold_out.holds(g.qid)]
     train = train[: args.limit]
     if config.hard_negatives or config.queries == "analyzed":
         engine = first_stage(settings, dataset)
         if config.hard_negatives:
-            mine_negatives(train, engine.pipeline("hybrid"), engine.index, 1, seed=args.seed,
-                           progress=settings.progress)
+            mine_negatives(train, engine.pipeline("hybrid"), engine.index, args.negatives or (4 if teacher else 1),
+                           seed=args.seed, progress=settings.progress)
         if config.queries == "analyzed":  # after mining: the first stage analyzes the query itself
             train = as_served(train, engine.pipeline("hybrid"))
     texts = product_texts(dataset.products)
+    scores = None if teacher is None else _teacher_scores(settings, dataset, train, teacher)
     if args.export is not None:
         dev = None
         if args.dev_split:
             relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
             dev = DevSet([(g.qid, g.query, g.judged) for g in groups_from(dataset, args.dev_split, 1)], relevant)
-        save_examples(args.export, config, train, texts, dev)
+        save_examples(args.export, Examples(config, train, texts, dev, scores))
         print(json.dumps({"exported": str(args.export), "train_queries": len(train),
                           "dev_queries": 0 if dev is None else len(dev.queries), "products": len(texts),
                           "next": f"python -m ranking.training.biencoder {args.export} --out FOLDER --base MODEL_FOLDER; "
                                   f"shoprank train biencoder --dataset {args.dataset} --trained FOLDER"}, indent=2))
         return None
     shutil.rmtree(work, ignore_errors=True)
-    return train_biencoder(config, train, texts, work, progress=settings.progress)
+    return train_biencoder(config, train, texts, work, progress=settings.progress, teacher=scores)
+
+
+def _teacher(args: argparse.Namespace, settings: Settings) -> ModelVersion | None:
+    """The cross-encoder whose preferences ``--distill`` teaches (None without it)."""
+    if args.distill is None:
+        return None
+    if args.no_hard_negatives:
+        raise InvalidInput("--distill teaches the teacher's preference of a positive over a hard negative; "
+                           "it cannot be used with --no-hard-negatives")
+    registry = ModelRegistry(settings.paths.models)
+    teacher = registry.active("reranker") if args.teacher == "active" else registry.get("reranker", args.teacher)
+    if teacher is None or teacher.path is None:
+        raise NotFound(f"--distill needs a reranker to learn from ({args.teacher!r}); train one with "
+                       "`shoprank train reranker`")
+    return teacher
+
+
+def _teacher_scores(settings: Settings, dataset: EvalDataset, train: list[Group],
+                    teacher: ModelVersion) -> TeacherScores:
+    """The teacher's score of each training query's judged and mined products (cached by data and teacher)."""
+    from ranking.training.data import data_hash
+    from ranking.training.student import teacher_pool
+
+    titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))  # what the teacher reads
+    folder = settings.paths.training(f"biencoder-teacher-{teacher.version}-{data_hash(train)[:12]}")
+    pool = teacher_pool(train, {g.qid: g.mined for g in train}, teacher.path, titles, folder,
+                        progress=settings.progress)
+    scores: TeacherScores = {}
+    for qid, product, score in pool.itertuples(index=False):
+        scores.setdefault(qid, {})[product] = score
+    return scores
 
 
 def add_parser(kinds: argparse._SubParsersAction) -> None:
@@ -106,6 +143,13 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--hold-out", type=fold, default=None, metavar="I/K",
                    help="leave fold I of K of the split's queries out (cross-fitting: `shoprank train ltr "
                         "--fold-encoders` builds that fold's LambdaMART lists with this model)")
+    p.add_argument("--distill", type=weight, default=None, metavar="W",
+                   help="learn from the teacher cross-encoder too: mined negatives it scores like a relevant "
+                        "product are dropped, and its preference of each positive over its negative is "
+                        "distilled with weight W (try 1)")
+    p.add_argument("--teacher", default="active", help="with --distill: the reranker version (default: active)")
+    p.add_argument("--negatives", type=positive, default=None, metavar="N",
+                   help="products mined per query from the first stage's top 30 (default 1; 4 with --distill)")
     p.add_argument("--dev-split", default="dev", help="with --export: queries for the per-epoch dense check ('' none)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=int, default=None)

@@ -6,7 +6,15 @@ import pytest
 
 from core.hardware import Cpu
 from ranking.cascade import Cascade
-from ranking.training.biencoder import BiEncoderConfig, Triple, false_negatives, triples
+from ranking.training.biencoder import (
+    BiEncoderConfig,
+    Triple,
+    _batch_loss,
+    denoised,
+    false_negatives,
+    preference_loss,
+    triples,
+)
 from ranking.training.data import Group, as_served, resolve_precision
 from retrieval.analyzer import Analyzer
 from retrieval.vocabulary import Vocabulary
@@ -76,6 +84,50 @@ def test_a_slipped_query_keeps_its_pairs_and_its_group() -> None:
     mask = false_negatives([Triple("drll", "title a", None, "q1"), Triple("drill", "title b", None, "q1"),
                             Triple("dril", "title c", None, "q9")])
     assert mask.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
+
+
+def test_the_teacher_drops_mined_negatives_it_scores_like_a_relevant_product_and_gives_margins() -> None:
+    glue = Group("q4", "glue", {"a": 8, "b": 7}, mined=["c", "d", "e"])
+    teacher = {"q4": {"a": 2.0, "b": 1.0, "c": 1.5, "d": -1.0, "e": 0.5}}
+    assert denoised(glue.mined, ["a", "b"], teacher["q4"]) == ["d", "e"]  # c outscores b, a relevant product
+    assert denoised(glue.mined, ["a", "b"], {}) == ["c", "d", "e"]  # no scores: as mined
+    assert denoised(["c"], ["a", "b"], {"a": 2.0, "b": 1.0, "c": 1.5}) == ["c"]  # nothing lower: the lowest
+    examples = [t for seed in range(20) for t in triples([glue], TEXTS, config("all"), seed, teacher)]
+    assert {t.negative for t in examples} == {"title d", "title e"}
+    scores = {f"title {p}": s for p, s in teacher["q4"].items()}
+    assert all(t.margin == scores[t.positive] - scores[t.negative] for t in examples)
+    # judged-low negatives come first, as without a teacher, and carry a margin where both are scored
+    [drill] = [t for t in triples(GROUPS, TEXTS, config("one"), 1, {"q1": {"a": 3.0, "b": 2.0, "c": 0.0}})
+               if t.group == "q1"]
+    assert drill.negative == "title c" and drill.margin in (3.0, 2.0)
+    assert all(t.margin is None for t in triples(GROUPS, TEXTS, config("all"), seed=1))
+
+
+def test_the_preference_loss_is_the_cross_entropy_of_the_teachers_pairwise_preferences() -> None:
+    import torch
+
+    batch = [Triple("q1", "p1", "n1", margin=2.0), Triple("q2", "p2", None), Triple("q3", "p3", "n3"),
+             Triple("q4", "p4", "n4", margin=-1.0)]
+    # columns: p1 p2 p3 p4 n1 n3 n4
+    logits = torch.tensor([[5.0, 0, 0, 0, 1.0, 0, 0], [0, 4.0, 0, 0, 0, 0, 0], [0, 0, 3.0, 0, 0, 9.0, 0],
+                           [0, 0, 0, 1.0, 0, 0, 2.0]])
+    student, teacher = torch.tensor([4.0, -1.0]), torch.sigmoid(torch.tensor([2.0, -1.0]))
+    expected = -(teacher * torch.log(torch.sigmoid(student))
+                 + (1 - teacher) * torch.log(1 - torch.sigmoid(student))).mean()
+    assert torch.isclose(preference_loss(logits, batch), expected)
+    assert preference_loss(logits, [Triple("q", "p", "n"), Triple("r", "s", None)]) is None
+
+    # in the training loss: the same batch with the teacher's weight 0 is the in-batch softmax alone
+    vectors = {text: torch.nn.functional.normalize(torch.randn(8), dim=0) for t in batch
+               for text in (t.query, t.positive, t.negative) if text}
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        return torch.stack([vectors[t] for t in texts])
+
+    plain = _batch_loss(embed, [Triple(t.query, t.positive, t.negative) for t in batch], 20.0, "cpu")
+    assert torch.isclose(_batch_loss(embed, batch, 20.0, "cpu", distill=0.0), plain)
+    taught = _batch_loss(embed, batch, 20.0, "cpu", distill=0.5)
+    assert taught > plain
 
 
 def test_no_slips_by_default() -> None:

@@ -190,7 +190,9 @@ def test_biencoder_exported_trained_elsewhere_and_registered(fresh_home: Path, d
     assert code == 0, err
     exported = json.loads(out)
     assert exported["train_queries"] == 6 and exported["products"] == 300 and exported["dev_queries"] > 0
-    config, train, texts, dev = load_examples(examples)
+    exported = load_examples(examples)
+    train, texts, dev = exported.train, exported.texts, exported.dev
+    assert exported.teacher is None and exported.config.distill == 0.0
     assert len(train) == 6 and all(len(g.mined) == 1 and g.mined[0] not in g.judged for g in train)
     assert len(texts) == 300 and dev is not None and dev.relevant_grade >= 1
     assert not (fresh_home / "models" / "biencoder").exists()  # exported, not trained
@@ -256,6 +258,42 @@ def test_reranker_exported_trained_elsewhere_and_registered(fresh_home: Path, de
     code, _, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--trained", str(tmp_path))
     assert code == 2 and "no train_summary.json and best/ there" in err
 
+    # the registered teacher teaches the bi-encoder: its scores of the judged and mined products travel
+    from ranking.training.biencoder import load_examples as load_biencoder_examples
+    from ranking.training.biencoder import main as train_biencoder_from_file
+
+    taught = tmp_path / "taught.json.gz"
+    code, out, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--limit", "6",
+                             "--distill", "1", "--export", str(taught))
+    assert code == 0, err
+    exported = load_biencoder_examples(taught)
+    assert exported.config.distill == 1.0 and exported.config.teacher == "reranker:v1"
+    assert exported.teacher is not None and set(exported.teacher) == {g.qid for g in exported.train}
+    for group in exported.train:  # four mined per query with a teacher, every judged and mined product scored
+        assert len(group.mined) == 4 and set(exported.teacher[group.qid]) == {*group.judged, *group.mined}
+    assert train_biencoder_from_file([str(taught), "--out", str(tmp_path / "t"), "--device", "cpu",
+                                      "--batch-size", "4", "--no-dev"]) == 0
+    assert json.loads(capsys.readouterr().out)["distilled_pairs"] > 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "biencoder", "--dataset", str(demo_dir), "--distill", "0"])
+    assert exit_info.value.code == 2 and "'0' is not a number above 0" in capsys.readouterr().err
+    for bad, message in ((["--no-hard-negatives"], "cannot be used with --no-hard-negatives"),
+                         (["--teacher", "v7"], "reranker version 'v7' is not registered")):
+        code, _, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--distill", "1", *bad)
+        assert code == 2 and message in err, err
+    with pytest.raises(SystemExit):  # a file exported without a teacher has nothing to distil
+        train_biencoder_from_file([str(examples_without_teacher(tmp_path, demo_dir, capsys)), "--out",
+                                   str(tmp_path / "u"), "--distill", "1"])
+    assert "needs teacher scores" in capsys.readouterr().err
+
+
+def examples_without_teacher(tmp_path: Path, demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    path = tmp_path / "plain.json.gz"
+    code, _, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--limit", "2", "--export",
+                           str(path))
+    assert code == 0, err
+    return path
+
 
 def test_the_parser_loads_no_faiss() -> None:
     """`shoprank serve` sets OMP_NUM_THREADS (serving.math_threads) after parsing; FAISS reads it when it
@@ -277,7 +315,8 @@ def test_cross_fitted_lambdamart_lists_come_from_encoders_that_never_saw_their_f
         code, _, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--hold-out", str(fold),
                                "--limit", "6", "--export", str(examples))
         assert code == 0, err
-        config, train, _, _ = load_examples(examples)
+        exported = load_examples(examples)
+        config, train = exported.config, exported.train
         assert config.held_out == str(fold) and len(train) == 6 and not any(fold.holds(g.qid) for g in train)
         assert train_from_file([str(examples), "--out", str(trained), "--device", "cpu", "--batch-size", "4"]) == 0
         capsys.readouterr()
