@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.metrics import grade_threshold, ndcg_at_k, recall_at_k
+from evaluation.metrics import grade_threshold
 from ranking.training.data import (
     Group,
     add_precision_argument,
@@ -53,6 +53,7 @@ from ranking.training.data import (
     training_parser,
     write_examples,
 )
+from ranking.training.dense_check import DevSet, dense_dev_metrics
 from ranking.training.typos import add_typo
 
 logger = logging.getLogger(__name__)
@@ -163,37 +164,6 @@ def false_negatives(batch: Sequence[Triple]) -> np.ndarray:
     return same
 
 
-@dataclass(frozen=True)
-class DevSet:
-    """Held-out queries for a per-epoch check of the dense search alone: exact top 100 over
-    ``texts`` (the whole catalog), Recall@100 at ``relevant_grade`` and NDCG@10."""
-
-    queries: list[tuple[str, str, dict[str, int]]]  # (qid, query, grades)
-    relevant_grade: int
-
-
-def dense_dev_metrics(model, texts: dict[str, str], dev: DevSet, batch_size: int = 256) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Recall@100 and NDCG@10 of exact dense search with ``model`` (a SentenceTransformer)."""
-    import torch
-
-    ids = list(texts)
-    with torch.no_grad():
-        docs = model.encode([texts[p] for p in ids], batch_size=batch_size, convert_to_tensor=True,
-                            normalize_embeddings=True, show_progress_bar=False)
-        queries = model.encode([q for _, q, _ in dev.queries], batch_size=batch_size, convert_to_tensor=True,
-                               normalize_embeddings=True, show_progress_bar=False)
-        top = torch.topk(queries @ docs.T, k=min(100, len(ids)), dim=1).indices.cpu().numpy()
-    recall, ndcg = [], []
-    for (_, _, grades), row in zip(dev.queries, top):
-        ranked = [ids[i] for i in row]
-        value = recall_at_k(ranked, grades, 100, dev.relevant_grade)
-        if value is not None:
-            recall.append(value)
-        ndcg.append(ndcg_at_k(ranked, grades, 10))
-    return {"recall@100": round(float(np.mean(recall)), 4), "ndcg@10": round(float(np.mean(ndcg)), 4),
-            "queries": len(dev.queries)}
-
-
 def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict[str, str], out: Path,
                     progress: bool = True, dev: DevSet | None = None,
                     teacher: TeacherScores | None = None) -> dict[str, object]:
@@ -273,10 +243,12 @@ def _batch_loss(embed, batch: Sequence[Triple], scale: float, device: str,  # ty
 
 
 def preference_loss(logits, batch: Sequence[Triple]):  # type: ignore[no-untyped-def]
-    """Binary cross-entropy between the bi-encoder's and the teacher's preference of each triple's
-    positive over its negative: ``sigmoid(logit_pos - logit_neg)`` against ``sigmoid(margin)``.
+    """The bi-encoder's preference of each triple's positive over its negative, ``logit_pos -
+    logit_neg``, against the teacher's ``margin`` (:func:`ranking.training.losses.preference_distillation`).
     ``logits`` is the batch's (queries, positives + negatives) matrix; None if no triple has a margin."""
     import torch
+
+    from ranking.training.losses import preference_distillation
 
     rows, columns, margins, column = [], [], [], len(batch)
     for i, triple in enumerate(batch):
@@ -291,8 +263,7 @@ def preference_loss(logits, batch: Sequence[Triple]):  # type: ignore[no-untyped
         return None
     index = torch.tensor(rows, device=logits.device)
     student = logits[index, index] - logits[index, torch.tensor(columns, device=logits.device)]
-    target = torch.sigmoid(torch.tensor(margins, dtype=student.dtype, device=logits.device))
-    return torch.nn.functional.binary_cross_entropy_with_logits(student, target)
+    return preference_distillation(student, torch.tensor(margins, dtype=student.dtype, device=logits.device))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@
 - :func:`margin_mse`: Margin-MSE distillation (Hofstatter et al. 2020): the
   student matches the teacher's score *differences* between pairs, not its
   absolute scores, which suits models with different score scales.
+- :func:`preference_distillation`: RankNet's pairwise probability as the
+  target: the student's ``sigmoid(margin)`` learns the teacher's by binary
+  cross-entropy, so margins that are log-odds on both sides (a softmax-trained
+  bi-encoder's scaled cosines, a pairwise-trained teacher's logits) need no
+  rescaling.
 """
 
 from __future__ import annotations
@@ -27,3 +32,9 @@ def margin_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     ds = student.unsqueeze(0) - student.unsqueeze(1)
     dt = teacher.unsqueeze(0) - teacher.unsqueeze(1)
     return ((ds - dt) ** 2).mean()
+
+
+def preference_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy of ``sigmoid(student)`` against ``sigmoid(teacher)``, each a
+    margin (the preferred item's score minus the other's)."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(student, torch.sigmoid(teacher))

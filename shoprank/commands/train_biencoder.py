@@ -45,13 +45,13 @@ def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Pa
     from evaluation.metrics import grade_threshold
     from ranking.training.biencoder import (
         BiEncoderConfig,
-        DevSet,
         Examples,
         product_texts,
         save_examples,
         train_biencoder,
     )
     from ranking.training.data import as_served, groups_from, mine_negatives
+    from ranking.training.dense_check import DevSet
     from retrieval.encoder import resolve_model_dir
 
     dataset = load_dataset(args.dataset)
