@@ -16,16 +16,18 @@ else from the first stage's top 30, excluding judged products and duplicates of
 their titles (unjudged top results are often relevant: false negatives).
 benchmarks/RESULTS.md shows Recall@100 with and without them.
 
-With a teacher (``distill`` > 0; ``shoprank train biencoder --distill W``) the
-cross-encoder's scores of each query's judged and mined products guide training
-twice: a mined product the teacher scores at least as high as the query's
-least-scored relevant product is not drawn as a negative (it is probably a
-relevant product nobody judged; RocketQA's denoised negatives, Qu et al. 2021),
-and each (positive, negative) pair's preference is distilled: the bi-encoder's
-log-odds ``scale * (cos_pos - cos_neg)``, on the same scale as its in-batch
-softmax, learn the teacher's ``score_pos - score_neg`` (a pairwise teacher's
-margin is a log-odds itself) by binary cross-entropy, weighted by ``distill``
-(RankNet distillation; cf. Margin-MSE, Hofstatter et al. 2020).
+With a teacher (``shoprank train biencoder --distill W``) the cross-encoder's
+scores of each query's judged and mined products guide training twice: a mined
+product the teacher scores at least as high as one of the query's relevant
+products is not drawn as a negative (it is probably a relevant product nobody
+judged; RocketQA's denoised negatives, Qu et al. 2021), and with ``distill`` > 0
+the bi-encoder's margins ``cos_pos - cos_neg`` over a batch's pairs learn to
+correlate with the teacher's ``score_pos - score_neg`` (weight ``distill``;
+:func:`ranking.training.losses.margin_correlation`). The correlation is blind to
+both scales: on Home Depot the teacher's margins average 0.6 logits and the
+fine-tuned bi-encoder's (cosines times the softmax's scale, 20) 2.0, so matching
+them outright (Margin-MSE, Hofstatter et al. 2020) would shrink every margin the
+softmax opens.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class BiEncoderConfig:
     # the fold of the split's queries left out ("I/K", shoprank train biencoder --hold-out), "" none:
     # recorded with the model, so `shoprank train ltr --fold-encoders` can check which queries it never saw
     held_out: str = ""
-    # weight of the teacher's pairwise preferences in the loss (0: no teacher), and the teacher used
+    # weight of the teacher's margins in the loss (0: its scores only denoise the negatives), the teacher used
     distill: float = 0.0
     teacher: str = ""
 
@@ -226,13 +228,13 @@ def _batch_loss(embed, batch: Sequence[Triple], scale: float, device: str,  # ty
     """Multiple negatives ranking loss (Henderson et al. 2017): each query against every positive
     and hard negative of the batch, its own positive the target; another query's positive that
     is also relevant to this one (a known false negative) is masked out. With ``distill`` > 0, plus
-    that weight times :func:`preference_loss` over the triples with a teacher margin."""
+    that weight times :func:`margin_loss` over the triples with a teacher margin."""
     import torch
 
     queries = embed([t.query for t in batch]).float()  # the similarities in float32, also under autocast
     docs = embed([t.positive for t in batch] + [t.negative for t in batch if t.negative]).float()
     logits = scale * queries @ docs.T
-    extra = preference_loss(logits, batch) if distill > 0 else None
+    extra = margin_loss(logits, batch) if distill > 0 else None
     masked = false_negatives(batch)
     if masked.any():
         blocked = torch.zeros_like(logits, dtype=torch.bool)
@@ -242,13 +244,13 @@ def _batch_loss(embed, batch: Sequence[Triple], scale: float, device: str,  # ty
     return loss if extra is None else loss + distill * extra
 
 
-def preference_loss(logits, batch: Sequence[Triple]):  # type: ignore[no-untyped-def]
-    """The bi-encoder's preference of each triple's positive over its negative, ``logit_pos -
-    logit_neg``, against the teacher's ``margin`` (:func:`ranking.training.losses.preference_distillation`).
-    ``logits`` is the batch's (queries, positives + negatives) matrix; None if no triple has a margin."""
+def margin_loss(logits, batch: Sequence[Triple]):  # type: ignore[no-untyped-def]
+    """The bi-encoder's margins of the triples' positives over their negatives, ``logit_pos - logit_neg``,
+    against the teacher's (:func:`ranking.training.losses.margin_correlation`). ``logits`` is the
+    batch's (queries, positives + negatives) matrix; None where fewer than two triples have a margin."""
     import torch
 
-    from ranking.training.losses import preference_distillation
+    from ranking.training.losses import margin_correlation
 
     rows, columns, margins, column = [], [], [], len(batch)
     for i, triple in enumerate(batch):
@@ -259,11 +261,11 @@ def preference_loss(logits, batch: Sequence[Triple]):  # type: ignore[no-untyped
             columns.append(column)
             margins.append(triple.margin)
         column += 1
-    if not rows:
+    if len(rows) < 2:
         return None
     index = torch.tensor(rows, device=logits.device)
     student = logits[index, index] - logits[index, torch.tensor(columns, device=logits.device)]
-    return preference_distillation(student, torch.tensor(margins, dtype=student.dtype, device=logits.device))
+    return margin_correlation(student, torch.tensor(margins, dtype=student.dtype, device=logits.device))
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,10 @@
 - :func:`margin_mse`: Margin-MSE distillation (Hofstatter et al. 2020): the
   student matches the teacher's score *differences* between pairs, not its
   absolute scores, which suits models with different score scales.
-- :func:`preference_distillation`: RankNet's pairwise probability as the
-  target: the student's ``sigmoid(margin)`` learns the teacher's by binary
-  cross-entropy, so margins that are log-odds on both sides (a softmax-trained
-  bi-encoder's scaled cosines, a pairwise-trained teacher's logits) need no
-  rescaling.
+- :func:`margin_correlation`: distillation that ignores both models' scales:
+  across a batch of pairs, the student's margins must correlate with the
+  teacher's (one minus Pearson's r), so a pair the teacher finds close gets a
+  smaller margin than one it finds clear, whatever the absolute sizes.
 """
 
 from __future__ import annotations
@@ -34,7 +33,11 @@ def margin_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return ((ds - dt) ** 2).mean()
 
 
-def preference_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy of ``sigmoid(student)`` against ``sigmoid(teacher)``, each a
-    margin (the preferred item's score minus the other's)."""
-    return torch.nn.functional.binary_cross_entropy_with_logits(student, torch.sigmoid(teacher))
+
+def margin_correlation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``1 - r``, Pearson's correlation between the student's and the teacher's margins (each the
+    preferred item's score minus the other's) over a batch of pairs: 0 when one is an increasing
+    linear function of the other, 2 when decreasing."""
+    s = student - student.mean()
+    t = teacher - teacher.mean()
+    return 1.0 - (s * t).sum() / (s.norm() * t.norm()).clamp(min=1e-9)

@@ -93,7 +93,7 @@ def _teacher(args: argparse.Namespace, settings: Settings) -> ModelVersion | Non
     if args.distill is None:
         return None
     if args.no_hard_negatives:
-        raise InvalidInput("--distill teaches the teacher's preference of a positive over a hard negative; "
+        raise InvalidInput("--distill teaches the teacher's margins of a positive over a hard negative; "
                            "it cannot be used with --no-hard-negatives")
     registry = ModelRegistry(settings.paths.models)
     teacher = registry.active("reranker") if args.teacher == "active" else registry.get("reranker", args.teacher)
@@ -145,8 +145,8 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
                         "--fold-encoders` builds that fold's LambdaMART lists with this model)")
     p.add_argument("--distill", type=weight, default=None, metavar="W",
                    help="learn from the teacher cross-encoder too: mined negatives it scores like a relevant "
-                        "product are dropped, and its preference of each positive over its negative is "
-                        "distilled with weight W (try 1)")
+                        "product are dropped, and the margins of each positive over its negative learn to "
+                        "correlate with the teacher's, with weight W (try 1)")
     p.add_argument("--teacher", default="active", help="with --distill: the reranker version (default: active)")
     p.add_argument("--negatives", type=positive, default=None, metavar="N",
                    help="products mined per query from the first stage's top 30 (default 1; 4 with --distill)")

@@ -12,7 +12,7 @@ from ranking.training.biencoder import (
     _batch_loss,
     denoised,
     false_negatives,
-    preference_loss,
+    margin_loss,
     triples,
 )
 from ranking.training.data import Group, as_served, resolve_precision
@@ -103,19 +103,23 @@ def test_the_teacher_drops_mined_negatives_it_scores_like_a_relevant_product_and
     assert all(t.margin is None for t in triples(GROUPS, TEXTS, config("all"), seed=1))
 
 
-def test_the_preference_loss_is_the_cross_entropy_of_the_teachers_pairwise_preferences() -> None:
+def test_the_margin_loss_asks_the_bi_encoders_margins_to_correlate_with_the_teachers() -> None:
     import torch
 
+    from ranking.training.losses import margin_correlation
+
+    teacher = torch.tensor([0.5, 2.0, -1.0, 1.0])
+    assert torch.isclose(margin_correlation(3.0 * teacher + 7.0, teacher), torch.tensor(0.0), atol=1e-6)
+    assert torch.isclose(margin_correlation(-teacher, teacher), torch.tensor(2.0))  # scale and shift blind
     batch = [Triple("q1", "p1", "n1", margin=2.0), Triple("q2", "p2", None), Triple("q3", "p3", "n3"),
-             Triple("q4", "p4", "n4", margin=-1.0)]
-    # columns: p1 p2 p3 p4 n1 n3 n4
-    logits = torch.tensor([[5.0, 0, 0, 0, 1.0, 0, 0], [0, 4.0, 0, 0, 0, 0, 0], [0, 0, 3.0, 0, 0, 9.0, 0],
-                           [0, 0, 0, 1.0, 0, 0, 2.0]])
-    student, teacher = torch.tensor([4.0, -1.0]), torch.sigmoid(torch.tensor([2.0, -1.0]))
-    expected = -(teacher * torch.log(torch.sigmoid(student))
-                 + (1 - teacher) * torch.log(1 - torch.sigmoid(student))).mean()
-    assert torch.isclose(preference_loss(logits, batch), expected)
-    assert preference_loss(logits, [Triple("q", "p", "n"), Triple("r", "s", None)]) is None
+             Triple("q4", "p4", "n4", margin=-1.0), Triple("q5", "p5", "n5", margin=0.5)]
+    # columns: p1 p2 p3 p4 p5 n1 n3 n4 n5; the student's margins: 5 - 1, 1 - 2, 2 - 0
+    logits = torch.tensor([[5.0, 0, 0, 0, 0, 1.0, 0, 0, 0], [0, 4.0, 0, 0, 0, 0, 0, 0, 0],
+                           [0, 0, 3.0, 0, 0, 0, 9.0, 0, 0], [0, 0, 0, 1.0, 0, 0, 0, 2.0, 0],
+                           [0, 0, 0, 0, 2.0, 0, 0, 0, 0.0]])
+    expected = margin_correlation(torch.tensor([4.0, -1.0, 2.0]), torch.tensor([2.0, -1.0, 0.5]))
+    assert torch.isclose(margin_loss(logits, batch), expected)
+    assert margin_loss(logits, batch[:2]) is None  # one margin: nothing to correlate
 
     # in the training loss: the same batch with the teacher's weight 0 is the in-batch softmax alone
     vectors = {text: torch.nn.functional.normalize(torch.randn(8), dim=0) for t in batch
@@ -126,8 +130,10 @@ def test_the_preference_loss_is_the_cross_entropy_of_the_teachers_pairwise_prefe
 
     plain = _batch_loss(embed, [Triple(t.query, t.positive, t.negative) for t in batch], 20.0, "cpu")
     assert torch.isclose(_batch_loss(embed, batch, 20.0, "cpu", distill=0.0), plain)
+    student = torch.stack([(vectors[t.query] * (vectors[t.positive] - vectors[t.negative])).sum() * 20.0
+                           for t in batch if t.margin is not None])
     taught = _batch_loss(embed, batch, 20.0, "cpu", distill=0.5)
-    assert taught > plain
+    assert torch.isclose(taught, plain + 0.5 * margin_correlation(student, torch.tensor([2.0, -1.0, 0.5])))
 
 
 def test_no_slips_by_default() -> None:
