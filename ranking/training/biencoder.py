@@ -217,7 +217,7 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
     model.to("cpu").save(str(out))
     summary = {"steps": steps, "examples": sum(len(t) for t in per_epoch), "final_loss": float(np.mean(losses[-50:])),
                "seconds": round(time.perf_counter() - started, 1), "device": device, "precision": precision,
-               "history": history, "distilled_pairs": sum(t.margin is not None for t in per_epoch[0]),
+               "history": history, "teacher_margins": sum(t.margin is not None for t in per_epoch[0]),
                "data_hash": data_hash(train), "config": asdict(config)}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -273,7 +273,7 @@ def test_reranker_exported_trained_elsewhere_and_registered(fresh_home: Path, de
         assert len(group.mined) == 4 and set(exported.teacher[group.qid]) == {*group.judged, *group.mined}
     assert train_biencoder_from_file([str(taught), "--out", str(tmp_path / "t"), "--device", "cpu",
                                       "--batch-size", "4", "--no-dev"]) == 0
-    assert json.loads(capsys.readouterr().out)["distilled_pairs"] > 0
+    assert json.loads(capsys.readouterr().out)["teacher_margins"] > 0
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "biencoder", "--dataset", str(demo_dir), "--distill", "0"])
     assert exit_info.value.code == 2 and "'0' is not a number above 0" in capsys.readouterr().err
