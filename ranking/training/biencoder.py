@@ -171,7 +171,7 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
                     teacher: TeacherScores | None = None) -> dict[str, object]:
     """Fine-tune ``config.base_model`` and save it (sentence-transformers folder) to ``out``.
     With ``dev``, the dense search is checked on it after each epoch (``history``); with ``teacher``
-    scores, negatives are denoised and (``config.distill`` > 0) its preferences distilled."""
+    scores, negatives are denoised and (``config.distill`` > 0) its margins distilled."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import batch_to_device
