@@ -31,6 +31,7 @@ from shoprank.commands.training import (
     base_label,
     dev_sample,
     first_stage,
+    teacher_model,
     trained,
 )
 
@@ -105,9 +106,8 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
 
     dataset = load_dataset(args.dataset)
     registry = ModelRegistry(settings.paths.models)
-    teacher = registry.get("reranker", args.teacher) if args.teacher != "active" else registry.active("reranker")
-    if teacher is None or teacher.path is None:
-        raise NotFound("no active reranker to distil from; train one with `shoprank train reranker`")
+    teacher = teacher_model(settings, args.teacher,
+                            "no active reranker to distil from; train one with `shoprank train reranker`")
     config = StudentConfig(teacher=str(teacher.path), layers=args.layers, epochs=args.epochs, lr=args.lr,
                            batch_groups=args.batch_groups, max_length=args.max_length, pool_depth=args.pool_depth,
                            seed=args.seed, max_grade=dataset.max_grade, ensemble=args.ensemble)

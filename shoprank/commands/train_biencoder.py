@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from core.errors import InvalidInput, NotFound
+from core.errors import InvalidInput
 from core.registry import ModelRegistry, ModelVersion
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
@@ -20,7 +20,13 @@ from ranking.training.biencoder import TeacherScores
 from ranking.training.data import Group, add_precision_argument
 from retrieval.encoder import BUNDLED
 from shoprank.commands.arguments import fold, positive, share, weight
-from shoprank.commands.training import add_elsewhere_arguments, base_label, first_stage, trained
+from shoprank.commands.training import (
+    add_elsewhere_arguments,
+    base_label,
+    first_stage,
+    teacher_model,
+    trained,
+)
 
 
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
@@ -95,12 +101,8 @@ def _teacher(args: argparse.Namespace, settings: Settings) -> ModelVersion | Non
     if args.no_hard_negatives:
         raise InvalidInput("--distill teaches the teacher's margins of a positive over a hard negative; "
                            "it cannot be used with --no-hard-negatives")
-    registry = ModelRegistry(settings.paths.models)
-    teacher = registry.active("reranker") if args.teacher == "active" else registry.get("reranker", args.teacher)
-    if teacher is None or teacher.path is None:
-        raise NotFound(f"--distill needs a reranker to learn from ({args.teacher!r}); train one with "
-                       "`shoprank train reranker`")
-    return teacher
+    return teacher_model(settings, args.teacher, f"--distill needs a reranker to learn from ({args.teacher!r}); "
+                                                 "train one with `shoprank train reranker`")
 
 
 def _teacher_scores(settings: Settings, dataset: EvalDataset, train: list[Group],

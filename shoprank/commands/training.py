@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, NotFound
+from core.registry import ModelRegistry, ModelVersion
 from core.settings import Settings
 from evaluation.dataset import EvalDataset
 from retrieval.encoder import BUNDLED
@@ -34,6 +35,16 @@ def first_stage(settings: Settings, dataset: EvalDataset) -> SearchEngine:
     from serving.loading import open_engine
 
     return open_engine(settings, dataset.products, models=False)
+
+
+def teacher_model(settings: Settings, version: str, missing: str) -> ModelVersion:
+    """The reranker a student or a bi-encoder learns from: ``version``, "active" or "vN" (NotFound
+    with ``missing`` where no reranker is active; one not registered names those that are)."""
+    registry = ModelRegistry(settings.paths.models)
+    teacher = registry.active("reranker") if version == "active" else registry.get("reranker", version)
+    if teacher is None or teacher.path is None:
+        raise NotFound(missing)
+    return teacher
 
 
 def base_label(args: argparse.Namespace, summary: dict) -> str:
