@@ -28,7 +28,8 @@ import numpy as np
 
 from benchmarks.common import hardware
 from core.compute import LOOPBACK_ENV, dask_client, loopback_command
-from core.settings import ComputeSettings, Settings
+from core.service_settings import ComputeSettings
+from core.settings import Settings
 from ranking.dask_lambdamart import ndcg
 from ranking.lambdamart import LambdaMART, LambdaMARTConfig
 from retrieval.catalog import read_catalog

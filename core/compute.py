@@ -22,7 +22,7 @@ from core.errors import InvalidInput
 if TYPE_CHECKING:
     from distributed import Client
 
-    from core.settings import ComputeSettings
+    from core.service_settings import ComputeSettings
 
 logger = logging.getLogger(__name__)
 

@@ -83,7 +83,7 @@ def env_home(monkeypatch: pytest.MonkeyPatch, settings: Settings, real_encoder) 
 def dask_local_client():  # type: ignore[no-untyped-def]
     """A local Dask cluster of 2 worker processes (127.0.0.1, no dashboard), one per test module."""
     from core.compute import dask_client
-    from core.settings import ComputeSettings
+    from core.service_settings import ComputeSettings
 
     with dask_client(ComputeSettings(scheduler="local", workers=2)) as client:
         yield client

@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from core.settings import EventSettings, Settings
+from core.service_settings import EventSettings
+from core.settings import Settings
 from online_learning.consumers.base import ConsumerLoop
 from online_learning.consumers.log_sink import ParquetLogSink, read_log
 from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC

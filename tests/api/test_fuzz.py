@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
 from core.keys import KeyStore
-from core.settings import ApiSettings, Settings
+from core.service_settings import ApiSettings
+from core.settings import Settings
 from tests.helpers import app_on, ready_client, share_cache
 
 pytestmark = pytest.mark.slow

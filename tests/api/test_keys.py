@@ -11,7 +11,8 @@ import pytest
 from api.auth import RateLimiter
 from core.errors import TooManyRequests
 from core.keys import KeyStore
-from core.settings import ApiSettings, Settings
+from core.service_settings import ApiSettings
+from core.settings import Settings
 from shoprank.cli import main
 from tests.helpers import app_on, ready_client, share_cache
 

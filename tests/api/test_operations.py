@@ -13,7 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.registry import ModelRegistry
-from core.settings import ApiSettings, Settings
+from core.service_settings import ApiSettings
+from core.settings import Settings
 from ranking.cross_encoder import export
 from ranking.cross_encoder_net import PairScorer
 from retrieval.encoder import resolve_model_dir

@@ -109,7 +109,7 @@ def test_the_response_says_what_the_analyzer_searched(client: TestClient) -> Non
 
 def test_a_store_synonym_is_searched_said_and_read_again_on_reload(settings: Settings, real_index, real_encoder,  # type: ignore[no-untyped-def]
                                                                      tmp_path) -> None:
-    from core.settings import ApiSettings
+    from core.service_settings import ApiSettings
     from retrieval.index import ProductIndex
 
     rules = tmp_path / "synonyms.txt"

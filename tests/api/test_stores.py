@@ -10,7 +10,8 @@ import pytest
 from api.main import create_app
 from core.keys import KeyStore
 from core.registry import ModelRegistry
-from core.settings import ApiSettings, Settings
+from core.service_settings import ApiSettings
+from core.settings import Settings
 from serving.loading import open_served
 from shoprank.cli import main
 from tests.api.test_operations import tiny_reranker

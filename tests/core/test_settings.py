@@ -35,12 +35,13 @@ def test_ranges_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_server_processes_and_their_model_threads_divide_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     import api.admission
     import core.hardware
+    import core.service_settings
     import core.settings
 
     monkeypatch.setattr(core.hardware, "usable_cores", lambda: 8)
-    monkeypatch.setattr(core.settings, "usable_cores", lambda: 8)
-    assert core.settings.ApiSettings().processes() == 8  # workers 0: one per core
-    assert core.settings.ApiSettings(workers=3).processes() == 3
+    monkeypatch.setattr(core.service_settings, "usable_cores", lambda: 8)
+    assert core.service_settings.ApiSettings().processes() == 8  # workers 0: one per core
+    assert core.service_settings.ApiSettings(workers=3).processes() == 3
     ranking = core.settings.RankingSettings()
     assert [ranking.threads_per_process(n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
     assert core.settings.RankingSettings(threads=4).threads_per_process(8) == 4  # set: kept as is

@@ -28,8 +28,9 @@ def leaf_fields() -> list[tuple[str, str, str | None]]:
 
 
 def code_outside_settings() -> str:
-    files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
-             if p != ROOT / "core" / "settings.py" and p != ROOT / "shoprank" / "commands" / "config.py"]
+    declaring = {ROOT / "core" / "settings.py", ROOT / "core" / "service_settings.py",
+                 ROOT / "shoprank" / "commands" / "config.py"}
+    files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if p not in declaring]
     return "\n".join(p.read_text() for p in files)
 
 

@@ -64,7 +64,7 @@ def compare_training(out: Path) -> None:
     300 training queries, 200 dev, 500 held out. Bagging is off: it samples rows per worker,
     so with it the two paths train on different samples (measured up to 0.005 apart)."""
     from core.compute import dask_client
-    from core.settings import ComputeSettings
+    from core.service_settings import ComputeSettings
 
     train, dev, held_out = split_groups(synthetic_ranking_data(1000, seed=0), 0.3, 0.2)
     config = LambdaMARTConfig(max_grade=4, max_rounds=300, early_stopping=50, bagging_fraction=1.0, bagging_freq=0)
