@@ -151,6 +151,33 @@ def test_train_ltr_again_from_saved_rows_with_other_settings(fresh_home: Path, d
         assert 0 < row["ndcg@10_unjudged_as_0"]["mean"] <= row["ndcg@10"]["mean"] <= 1
         assert 0 < row["recall@100"]["mean"] <= 1
     assert report["rows"]["dev_queries"] > 0 and "rank_rrf" in report["rows"]["features"]
+    from benchmarks.in_sample_rows import main as in_sample
+    from evaluation.dataset import load_dataset
+    from ranking.training.data import groups_from
+    from ranking.training.ltr_data import load_ranking_data
+
+    assert in_sample(["--dataset", str(demo_dir), "--rows", str(rows), "--feature", "bm25", "--first", "4",
+                      "--out", str(tmp_path / "in_sample")]) == 0
+    split = json.loads(capsys.readouterr().out)
+    train = load_ranking_data(rows / "train.npz")
+    masked = load_ranking_data(tmp_path / "in_sample" / "masked" / "train.npz")
+    out_of_sample = load_ranking_data(tmp_path / "in_sample" / "out-of-sample" / "train.npz")
+    model_queries = {g.qid for g in groups_from(load_dataset(demo_dir), "train", 1)[:4]} & set(train.query_ids)
+    assert model_queries and split["lists"] == {"model's queries": len(model_queries),
+                                                "other queries": len(train.query_ids) - len(model_queries)}
+    column = train.names.index("bm25")
+    for qid, block in masked.lists():  # the feature hidden on the model's queries only
+        if qid in model_queries:
+            assert np.isnan(masked.features[block, column]).all()
+        else:
+            assert np.array_equal(masked.features[block], train.features[block], equal_nan=True)
+    assert out_of_sample.query_ids == [q for q in train.query_ids if q not in model_queries]
+    assert len(out_of_sample.labels) == sum(out_of_sample.groups) == len(out_of_sample.product_ids)
+    assert 0 < split["order of the scored rows, NDCG@10"]["other queries"]["bm25"] <= 1
+    with pytest.raises(SystemExit) as exit_info:
+        in_sample(["--dataset", str(demo_dir), "--rows", str(rows), "--feature", "nope", "--first", "4",
+                   "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2 and "--feature 'nope' is not a column" in capsys.readouterr().err
     from benchmarks.judged_log_prior import main as audit
 
     assert audit(["--dataset", str(demo_dir), "--rows", str(rows)]) == 0
@@ -207,6 +234,30 @@ def test_biencoder_exported_trained_elsewhere_and_registered(fresh_home: Path, d
     assert math.isfinite(summary["final_loss"])
     [epoch] = summary["history"]  # the dense search checked on the dev queries after the epoch
     assert epoch["queries"] == len(dev.queries) and 0 < epoch["recall@100"] <= 1 and 0 < epoch["ndcg@10"] <= 1
+    import torch
+    from safetensors.torch import save_file
+
+    from benchmarks.weight_average import average as average_weights
+    from benchmarks.weight_average import main as average
+    from benchmarks.weight_average import parse_mix
+
+    soups = tmp_path / "soups"  # a model averaged with itself is the same model: the same figures
+    assert average(["--examples", str(examples), "--out", str(soups), "--mix", f"ref={trained}:1",
+                    f"half={trained}:0.5,{trained}:0.5"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "command" in lines[0] and [line["mix"] for line in lines[1:]] == ["ref", "half"]
+    assert lines[1]["recall@100"] == lines[2]["recall@100"] == epoch["recall@100"]
+    assert lines[1]["ndcg@10"] == lines[2]["ndcg@10"] == epoch["ndcg@10"]
+    assert (soups / "half" / "tokenizer.json").is_file()
+    odd = tmp_path / "odd"  # not a model of the same base
+    odd.mkdir()
+    save_file({"x": torch.zeros(1)}, str(odd / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"has no embeddings\..* missing\): average models of one base only"):
+        average_weights([(trained, 0.5), (odd, 0.5)], tmp_path / "odd_mix")
+    assert parse_mix("a=x:0.5,y:0.5") == ("a", [(Path("x"), 0.5), (Path("y"), 0.5)])
+    for bad in ("a", "a=x", "a=x:heavy", "=x:1"):
+        with pytest.raises(ValueError, match="--mix"):
+            parse_mix(bad)
 
     code, out, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--trained", str(trained))
     assert code == 0, err
