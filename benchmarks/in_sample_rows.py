@@ -30,31 +30,31 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.ltr_search import order_by  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from evaluation.metrics import ndcg_at_k  # noqa: E402
 from ranking.lambdamart import RankingData  # noqa: E402
 from ranking.training.data import groups_from  # noqa: E402
 from ranking.training.ltr_data import load_ranking_data, save_ranking_data  # noqa: E402
 
-COMPARED = ("dense", "rank_rrf")  # a rank orders ascending, a score descending
+COMPARED = ("dense", "rank_rrf")
 
 
 def order_quality(data: RankingData, feature: str, queries: set[str]) -> dict[str, float | int]:
     """Mean NDCG@10 of ``feature``'s order, and of each COMPARED column's, over the rows ``feature``
     scored, in the lists of ``queries`` with a graded row there."""
-    columns = {name: data.names.index(name) for name in (feature, *COMPARED) if name in data.names}
-    values: dict[str, list[float]] = {name: [] for name in columns}
+    orders = {name: order_by(data, name) for name in (feature, *COMPARED) if name in data.names}
+    found = np.isfinite(data.features[:, data.names.index(feature)])
+    values: dict[str, list[float]] = {name: [] for name in orders}
     for qid, rows in data.lists():
         if qid not in queries:
             continue
-        block, labels = data.features[rows], data.labels[rows]
-        scored = np.isfinite(block[:, columns[feature]])
-        grades = {str(i): int(g) for i, g in enumerate(labels[scored]) if g > 0}
+        scored = found[rows]
+        grades = {str(i): int(g) for i, g in enumerate(data.labels[rows][scored]) if g > 0}
         if not grades:
             continue
-        for name, column in columns.items():
-            sign = 1.0 if name.startswith("rank_") else -1.0
-            order = np.argsort(sign * block[scored, column], kind="stable")
+        for name, scores in orders.items():
+            order = np.argsort(-scores[rows][scored], kind="stable")
             values[name].append(ndcg_at_k([str(i) for i in order], grades, 10))
     return {"queries": len(values[feature]), **{name: round(float(np.mean(v)), 4) for name, v in values.items()}}
 

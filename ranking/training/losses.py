@@ -33,7 +33,6 @@ def margin_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return ((ds - dt) ** 2).mean()
 
 
-
 def margin_correlation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """``1 - r``, Pearson's correlation between the student's and the teacher's margins (each the
     preferred item's score minus the other's) over a batch of pairs: 0 when one is an increasing
