@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
+import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -223,6 +225,26 @@ def test_biencoder_exported_trained_elsewhere_and_registered(fresh_home: Path, d
     assert len(train) == 6 and all(len(g.mined) == 1 and g.mined[0] not in g.judged for g in train)
     assert len(texts) == 300 and dev is not None and dev.relevant_grade >= 1
     assert not (fresh_home / "models" / "biencoder").exists()  # exported, not trained
+    from benchmarks.pseudo_queries import main as add_pseudo_queries
+    from benchmarks.pseudo_queries import pseudo_query
+
+    pseudo = tmp_path / "pseudo.json.gz"  # queries cut from titles, on top of the judged groups
+    assert add_pseudo_queries([str(examples), "--count", "50", "--out", str(pseudo)]) == 0
+    assert json.loads(capsys.readouterr().out)["judged_groups"] == 6
+    augmented = load_examples(pseudo)
+    made = augmented.train[6:]
+    assert augmented.train[:6] == train and augmented.texts == texts and 40 <= len(made) <= 50
+    for group in made:
+        [(product, grade)] = group.judged.items()
+        title = html.unescape(texts[product]).lower()
+        assert grade == augmented.config.max_grade and group.mined == [] and group.qid == f"pseudo-{product}"
+        assert 2 <= len(group.query.split()) <= 5 and all(word in title for word in group.query.split())
+    allowed = {f"{brand}{other}{tail}" for brand in ("", "whirlpool ")  # no measure, number or filler word
+               for other in ("", "over ", "stainless ", "steel ")
+               for tail in ("range microwave", "over range microwave")}
+    title = "Whirlpool 1.9 cu. ft. Over the Range Microwave in Stainless Steel"
+    assert {pseudo_query(title, random.Random(seed)) for seed in range(40)} <= allowed
+    assert pseudo_query("Acme 12 in.", random.Random(1)) is None  # nothing but a brand and a measure
 
     trained = tmp_path / "trained"
     assert train_from_file([str(examples), "--out", str(trained), "--device", "cpu", "--batch-size", "4",
