@@ -19,7 +19,8 @@ misspelled subset and the rest.
     python benchmarks/ltr_search.py --dataset D --rows ROWS [--grid num_leaves=31,63 learning_rate=0.05,0.1]
 
 ``--grid``: NAME=V1,V2,... of ``shoprank train ltr --param`` settings, or ``gains`` (linear,
-exponential: ``--gains``) and ``truncation_level`` (``--truncation``; default the list depth);
+exponential: ``--gains``), ``objective`` (lambdarank, rank_xendcg: ``--objective``) and
+``truncation_level`` (``--truncation``; default the list depth);
 every combination is trained (the first value of each is the reference). ``--train-rows OTHER``
 also trains the first setting on ``OTHER/train.npz``, training rows of the same features built
 another way (``shoprank train ltr --fold-encoders ... --save-data OTHER``: cross-fitted lists), and
@@ -48,7 +49,14 @@ from evaluation.dataset import EvalDataset, load_dataset  # noqa: E402
 from evaluation.harness import Thresholds, query_metrics  # noqa: E402
 from evaluation.metrics import grade_threshold  # noqa: E402
 from evaluation.subsets import subset_ids  # noqa: E402
-from ranking.lambdamart import GAINS, LambdaMART, RankingData, parse_tunable, training_config  # noqa: E402
+from ranking.lambdamart import (  # noqa: E402
+    GAINS,
+    OBJECTIVES,
+    LambdaMART,
+    RankingData,
+    parse_tunable,
+    training_config,
+)
 from ranking.training.ltr_data import load_ranking_data  # noqa: E402
 
 DEFAULT_GRID = ["num_leaves=31,15,63", "min_data_in_leaf=40,200", "learning_rate=0.05,0.1"]
@@ -56,11 +64,13 @@ METRICS = ("ndcg@10", "mrr@10", "ndcg@10_unjudged_as_0", "judged@10", "recall@10
 
 
 def setting(name: str, value: str) -> tuple[str, float | int | str]:
-    """One grid value: a ``--param`` setting, or ``gains`` / ``truncation_level`` (``--gains``, ``--truncation``)."""
-    if name == "gains":
-        if value not in GAINS:
-            raise ValueError(f"gains={value!r}: one of {', '.join(GAINS)}")
-        return name, value
+    """One grid value: a ``--param`` setting, or ``gains`` / ``objective`` / ``truncation_level`` (``--gains``,
+    ``--objective``, ``--truncation``)."""
+    for field_name, allowed in (("gains", GAINS), ("objective", OBJECTIVES)):
+        if name == field_name:
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r}: one of {', '.join(allowed)}")
+            return name, value
     if name == "truncation_level":
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"truncation_level={value!r}: a whole number >= 1")

@@ -52,6 +52,10 @@ class LambdaMARTConfig:
     # gain of a grade in the lambdarank objective: "linear" (g, as the harness's NDCG counts it),
     # "exponential" (2^g - 1: the top grades count for more, as MRR of the best products does)
     gains: str = "linear"
+    # LightGBM's ranking objective: "lambdarank" (pairwise lambdas, gains per ``gains``, truncated at
+    # ``truncation_level``) or "rank_xendcg" (XE-NDCG, Bruch 2019: a listwise cross entropy whose gains
+    # are 2^grade, less sensitive to noisy grades; ``gains`` and ``truncation_level`` do not apply)
+    objective: str = "lambdarank"
     threads: int = 2
     # features whose score may only raise the rank (LightGBM monotone constraints); relevance
     # scores belong here when training lists hold mined negatives that look relevant to the query
@@ -229,6 +233,7 @@ class LambdaMART:
 
 
 GAINS = ("linear", "exponential")
+OBJECTIVES = ("lambdarank", "rank_xendcg")
 # LambdaMARTConfig fields a caller may set by name (shoprank train ltr --param, benchmarks/ltr_search.py)
 TUNABLE = {"learning_rate": float, "num_leaves": int, "min_data_in_leaf": int, "feature_fraction": float,
            "bagging_fraction": float, "bagging_freq": int, "lambda_l2": float, "max_rounds": int,
@@ -260,9 +265,11 @@ def label_gain(config: LambdaMARTConfig) -> list[float]:
 
 
 def _params(config: LambdaMARTConfig, names: list[str]) -> dict[str, object]:
-    """LightGBM parameters of :meth:`LambdaMART.fit` (lambdarank, gains per ``config.gains``, dev NDCG@10)."""
+    """LightGBM parameters of :meth:`LambdaMART.fit` (``config.objective``, gains per ``config.gains``, dev NDCG@10)."""
+    if config.objective not in OBJECTIVES:
+        raise ValueError(f"objective {config.objective!r} is not one of {', '.join(OBJECTIVES)}")
     params: dict[str, object] = {
-        "objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10],
+        "objective": config.objective, "metric": "ndcg", "ndcg_eval_at": [10],
         "label_gain": label_gain(config), "learning_rate": config.learning_rate,
         "num_leaves": config.num_leaves, "min_data_in_leaf": config.min_data_in_leaf,
         "feature_fraction": config.feature_fraction, "bagging_fraction": config.bagging_fraction,

@@ -25,7 +25,7 @@ from core.errors import InvalidInput
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import load_dataset
-from ranking.lambdamart import GAINS, TUNABLE
+from ranking.lambdamart import GAINS, OBJECTIVES, TUNABLE
 from shoprank.commands.arguments import count, positive
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
         if args.save_data is not None:
             _save_data(args.save_data, parts, meta)
     config = training_config(parts["train"].names, dataset.max_grade, args.truncation or meta["depth"], args.monotone,
-                             seed=args.seed, gains=args.gains, **dict(args.param))
+                             seed=args.seed, gains=args.gains, objective=args.objective, **dict(args.param))
     with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set
         model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
     params = {**asdict(config), "features": model.names,
@@ -284,6 +284,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--gains", choices=GAINS, default="linear",
                    help="gain of a grade in the objective: linear (as NDCG is reported, default) or exponential "
                         "(2^grade - 1: the best grades weigh more)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="lambdarank",
+                   help="LightGBM's ranking objective: lambdarank (pairwise, default) or rank_xendcg (XE-NDCG: "
+                        "listwise, gains 2^grade; --gains and --truncation do not apply)")
     p.add_argument("--truncation", type=positive, default=None,
                    help="the objective weighs a pair of products only when one of them is in the top N of the "
                         "model's current ranking (LightGBM's lambdarank_truncation_level); default: the list depth")

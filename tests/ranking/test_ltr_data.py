@@ -129,6 +129,27 @@ def test_exponential_gains_weigh_the_top_grades_and_are_kept_with_the_model(tmp_
     assert LambdaMART.load(tmp_path / "m").config.gains == "exponential"
 
 
+def test_the_xendcg_objective_trains_and_is_kept_with_the_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    import pytest
+
+    from ranking.dask_lambdamart import ndcg
+    from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData, _params
+
+    with pytest.raises(ValueError, match="'listnet' is not one of lambdarank, rank_xendcg"):
+        _params(LambdaMARTConfig(objective="listnet"), ["bm25"])
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, 2)).astype(np.float32)
+    labels = np.clip(np.round(1.5 + x[:, 0]), 0, 3).astype(np.int32)
+    data = RankingData(x, labels, [10] * 60, ["bm25", "dense"])
+    config = LambdaMARTConfig(max_grade=3, min_data_in_leaf=5, max_rounds=30, objective="rank_xendcg")
+    assert _params(config, data.names)["objective"] == "rank_xendcg"
+    model = LambdaMART.fit(data, data, config)
+    assert ndcg(data.groups, labels, model.predict(x)) > ndcg(data.groups, labels, x[:, 1]) + 0.05  # it learned
+    model.save(tmp_path / "m")
+    assert LambdaMART.load(tmp_path / "m").config.objective == "rank_xendcg"
+
+
 def test_a_feature_missing_in_training_is_not_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import numpy as np
 

@@ -195,7 +195,9 @@ def test_train_ltr_again_from_saved_rows_with_other_settings(fresh_home: Path, d
 
     assert grid_settings(["gains=linear,exponential", "truncation_level=20"]) == [
         {"gains": "linear", "truncation_level": 20}, {"gains": "exponential", "truncation_level": 20}]
-    for bad in ("gains=cubic", "truncation_level=0", "leaves=3"):
+    assert grid_settings(["objective=lambdarank,rank_xendcg"]) == [{"objective": "lambdarank"},
+                                                                   {"objective": "rank_xendcg"}]
+    for bad in ("gains=cubic", "objective=listnet", "truncation_level=0", "leaves=3"):
         with pytest.raises(ValueError):
             grid_settings([bad])
     code, _, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--from-data", str(tmp_path / "none"))
