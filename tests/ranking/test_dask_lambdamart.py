@@ -34,11 +34,13 @@ def test_partitions_end_on_query_boundaries() -> None:
     assert [int(sizes[a:b].sum()) for a, b in pairwise(starts)] == list(rows)
 
 
-@pytest.mark.parametrize("gains", ["linear", "exponential"])
-def test_dev_curve_and_stopping_rule_match_lightgbm(gains: str) -> None:
-    """Our NDCG@10 curve and early-stopping rule give LightGBM's own on the same model, under either gains."""
+@pytest.mark.parametrize(("gains", "objective"), [("linear", "lambdarank"), ("exponential", "lambdarank"),
+                                                   ("linear", "rank_xendcg")])
+def test_dev_curve_and_stopping_rule_match_lightgbm(gains: str, objective: str) -> None:
+    """Our NDCG@10 curve and early-stopping rule give LightGBM's own on the same model, under either gains
+    and either objective."""
     train, dev = split_groups(synthetic_ranking_data(120, seed=5), 0.7)
-    config = LambdaMARTConfig(max_grade=4, max_rounds=200, early_stopping=15, gains=gains)
+    config = LambdaMARTConfig(max_grade=4, max_rounds=200, early_stopping=15, gains=gains, objective=objective)
     record: dict = {}
     train_set = lgb.Dataset(train.features, train.labels, group=train.groups)
     booster = lgb.train(_params(config, train.names), train_set, num_boost_round=config.max_rounds,
