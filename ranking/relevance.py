@@ -22,11 +22,7 @@ in the title); ``brand_match`` (a query brand word is in the title's first 3 wor
 or the brand field); ``numbers_match`` (share of the query's numbers among the
 title's: ``18 volt`` needs the unit, a bare ``18`` matches any); ``last_word_in_title``
 (the last query word that is no number or unit: shoppers end with the product
-type); ``rewritten`` (the analyzer corrected or split a word); ``head_in_title`` and
-``head_in_title_head``: the query's head word (its last word that is no number or unit
-before a ``for``, ``with`` or ``without``: ``batteries for drill`` asks for batteries) is
-in the title, and in the title's head (its words before such a word or an ``in`` that
-follows no number: ``... Drill/Driver Kit with 2 Ah Battery`` is a kit, not a battery).
+type); ``rewritten`` (the analyzer corrected or split a word).
 
 NaN means missing: a field the catalog or product lacks; a query without words,
 brand, type or numbers. :class:`CatalogText` keeps the catalog's text as flat
@@ -53,13 +49,11 @@ from retrieval.vocabulary import TOKEN, UNITS, normalize, numbers, stem
 
 FIELDS = ("title", "description", "brand", "category")
 FIELD_FEATURES = ("coverage", "idf_coverage", "bigram", "phrase", "first_position", "char3_jaccard", "length")
-QUERY_FEATURES = ("query_length", "type_match", "brand_match", "numbers_match", "last_word_in_title", "rewritten",
-                  "head_in_title", "head_in_title_head")
+QUERY_FEATURES = ("query_length", "type_match", "brand_match", "numbers_match", "last_word_in_title", "rewritten")
 RELEVANCE_FEATURES: tuple[str, ...] = (
     *(f"{field}_{name}" for field in FIELDS for name in FIELD_FEATURES), *QUERY_FEATURES)
 
 _WORD = TOKEN  # the analyzer's word pattern
-QUALIFIERS = frozenset({"for", "with", "without"})  # what follows them is not the product named before them
 @lru_cache(maxsize=65536)
 def _bare(number: str) -> str | None:
     """``"18"`` for ``"18 volt"``; None for a number without a unit."""
@@ -90,7 +84,6 @@ class CatalogText:
     number_ids: dict[str, int]
     fields: dict[str, FieldText]
     title_numbers: Ragged  # number ids per title; a number with a unit also as its bare value
-    title_head: np.ndarray  # int32 per row: how many of the title's first words name the product (head_length)
 
     @classmethod
     def from_index(cls, index: ProductIndex) -> CatalogText:
@@ -119,25 +112,7 @@ class CatalogText:
         fields = {name: FieldText(name, present, words, char3(normalized),
                                   _idf(words, live & present, len(stem_ids)))
                   for name, (present, words, normalized) in raw.items()}
-        heads = np.array([head_length(_WORD.findall(text)) for text in raw["title"][2]], dtype=np.int32)
-        return cls(len(products), stem_ids, number_ids, fields, Ragged.from_lists(title_numbers), heads)
-
-
-def head_length(words: list[str]) -> int:
-    """How many of a title's first words come before its first qualifier: ``for``, ``with``, ``without``,
-    or ``in`` after a word that is no number (``in chrome``; ``3/4 in`` is a measure)."""
-    for i, word in enumerate(words[1:], start=1):
-        if word in QUALIFIERS or (word == "in" and not words[i - 1][:1].isdigit()):
-            return i
-    return len(words)
-
-
-def query_head(tokens: Iterable[str]) -> list[str]:
-    """The query's head word, as ``[word]``, or ``[]``: its last word that is no number or unit, before its
-    first ``for`` / ``with`` / ``without`` when one follows a word."""
-    words = list(tokens)
-    cut = next((i for i, w in enumerate(words) if i and w in QUALIFIERS), len(words))
-    return [w for w in words[:cut] if w.isalpha() and w not in UNITS and w not in QUALIFIERS][-1:]
+        return cls(len(products), stem_ids, number_ids, fields, Ragged.from_lists(title_numbers))
 
 
 def _texts(products: pd.DataFrame, name: str) -> list[str] | None:
@@ -179,7 +154,6 @@ class _Query:
     brand: np.ndarray
     types: np.ndarray
     last: np.ndarray  # the last word that is no number or unit, as (id,); empty when none
-    head: np.ndarray  # the head word (:func:`query_head`), as (id,); empty when none
 
     @classmethod
     def of(cls, analysis: Analysis, catalog: CatalogText) -> _Query:
@@ -199,7 +173,6 @@ class _Query:
             brand=_ids((stem(w) for w in analysis.brand), catalog.stem_ids),
             types=_ids((stem(w) for w in analysis.product_type), catalog.stem_ids),
             last=_ids(last, catalog.stem_ids),
-            head=_ids([stem(w) for w in query_head(tokens)], catalog.stem_ids),
         )
 
 
@@ -256,7 +229,7 @@ def _phrase(words: np.ndarray, tok: np.ndarray, seg: np.ndarray, within: np.ndar
 
 
 def _query_block(q: _Query, analysis: Analysis, catalog: CatalogText, docs: np.ndarray) -> np.ndarray:
-    """The :data:`QUERY_FEATURES` of ``docs``, (len(docs), 8)."""
+    """The :data:`QUERY_FEATURES` of ``docs``, (len(docs), 6)."""
     n = len(docs)
     out = np.full((n, len(QUERY_FEATURES)), np.nan, dtype=np.float32)
     out[:, 0] = len(q.words)
@@ -275,10 +248,6 @@ def _query_block(q: _Query, analysis: Analysis, catalog: CatalogText, docs: np.n
     if len(q.last):
         out[:, 4] = _contains(tok, seg, q.last, n)[:, 0]
     out[:, 5] = float(bool(analysis.rewrites))
-    if len(q.head):
-        out[:, 6] = _contains(tok, seg, q.head, n)[:, 0]
-        in_head = within < catalog.title_head[docs][seg]
-        out[:, 7] = _contains(tok[in_head], seg[in_head], q.head, n)[:, 0]
     return out
 
 

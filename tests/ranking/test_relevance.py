@@ -18,8 +18,6 @@ from ranking.relevance import (
     FIELDS,
     RELEVANCE_FEATURES,
     CatalogText,
-    head_length,
-    query_head,
     relevance_features,
 )
 from retrieval.analyzer import Analyzer
@@ -82,8 +80,8 @@ def titles_only() -> CatalogText:
 
 
 def test_names_are_fixed_and_unique() -> None:
-    assert len(RELEVANCE_FEATURES) == len(set(RELEVANCE_FEATURES)) == 4 * len(FIELD_FEATURES) + 8
-    assert RELEVANCE_FEATURES[0] == "title_coverage" and RELEVANCE_FEATURES[-1] == "head_in_title_head"
+    assert len(RELEVANCE_FEATURES) == len(set(RELEVANCE_FEATURES)) == 4 * len(FIELD_FEATURES) + 6
+    assert RELEVANCE_FEATURES[0] == "title_coverage" and RELEVANCE_FEATURES[-1] == "rewritten"
 
 
 def test_tokenizer_matches_the_analyzer() -> None:
@@ -105,23 +103,6 @@ def test_closed_form_title_features(titles_only: CatalogText) -> None:
     assert driver["title_coverage"] == 0.25 and driver["title_first_position"] == pytest.approx(2 / 5)
     assert driver["numbers_match"] == 0.0  # "m18" holds a bare 18; the query asks 18 volt
     assert (driver["type_match"], driver["last_word_in_title"], driver["title_bigram"]) == (0.0, 0.0, 0.0)
-
-
-def test_the_query_head_against_the_title_head() -> None:
-    assert query_head(["batteries", "for", "drill"]) == ["batteries"]  # the product asked for, not what it fits
-    assert query_head(["cordless", "drill", "18", "volt"]) == ["drill"]  # no number or unit
-    assert query_head(["for", "drill"]) == ["drill"] and query_head(["1/2", "in"]) == []
-    assert head_length(["drill", "kit", "with", "battery"]) == 2
-    assert head_length(["faucet", "in", "chrome"]) == 1 and head_length(["3/4", "in", "x", "8", "ft", "casing"]) == 6
-    titles = ["Bosch 12-Volt Drill Kit with 2 Ah Battery", "DEWALT 18-Volt Batteries for Power Tools (2-Pack)",
-              "Ryobi Drill in Green"]
-    catalog = CatalogText.from_products(pd.DataFrame({"product_id": list("abc"), "title": titles}))
-    assert catalog.title_head.tolist() == [5, 4, 2]
-    kit, batteries, ryobi = features("battery for drill", catalog)  # the analyzer stems: batteries = battery
-    assert (kit["head_in_title"], kit["head_in_title_head"]) == (1.0, 0.0)  # a kit that comes with a battery
-    assert (batteries["head_in_title"], batteries["head_in_title_head"]) == (1.0, 1.0)
-    assert (ryobi["head_in_title"], ryobi["head_in_title_head"], ryobi["last_word_in_title"]) == (0.0, 0.0, 1.0)
-    assert math.isnan(features("1/2 in", catalog)[0]["head_in_title"])  # no head word: missing
 
 
 def test_idf_weights_and_phrase(titles_only: CatalogText) -> None:
