@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +54,12 @@ def catalog_text(index: ProductIndex) -> CatalogText:
                 del _catalogs[old]
             found = _catalogs[key] = CatalogText.from_index(index)
     return found
+
+
+def unfillable(names: Sequence[str], store_names: Collection[str]) -> list[str]:
+    """The features of ``names`` that this version neither computes nor reads from the feature service
+    whose features are ``store_names``: a model trained by another version, or for another service."""
+    return [n for n in names if n not in KNOWN and n not in store_names]
 
 
 def feature_names(groups: Sequence[str], store_names: Sequence[str] = ()) -> list[str]:

@@ -26,7 +26,7 @@ from core.errors import Conflict
 from core.feature_store import OnlineFeatureReader
 from core.registry import ModelRegistry, ModelVersion, ServedModel
 from core.settings import Settings
-from ranking.features import catalog_text
+from ranking.features import catalog_text, unfillable
 from ranking.relevance import RELEVANCE_FEATURES
 from retrieval.encoder import Encoder
 from retrieval.index import ProductIndex
@@ -105,18 +105,33 @@ def load_ltr(settings: Settings, spec: str | None = None) -> ServedModel | None:
     return ServedModel("ltr", entry.version, LambdaMART.load(Path(entry.path)))
 
 
+def check_features(ltr: ServedModel, features: OnlineFeatureReader | None, settings: Settings) -> None:
+    """Refuse (:class:`~core.errors.Conflict`) a LambdaMART that reads features this server can fill
+    neither by computing them nor from the feature service: served, every search would fail its stage
+    and fall back to the first stage's order. Without a feature store every feature this version does
+    not compute is a store feature, missing (NaN) as LightGBM was told to expect."""
+    missing = unfillable(ltr.model.names, features.names) if features is not None else []
+    if missing:
+        raise Conflict(f"ltr {ltr.version} reads features {missing} that this ShopRank does not compute and the "
+                       f"feature service {settings.features.service!r} does not hold; retrain it with this version "
+                       "(shoprank train ltr) or apply the feature repo it was trained with")
+
+
 def check_loads(settings: Settings, role: str, version: str) -> None:
-    """Refuse (:class:`~core.errors.Conflict`) a version whose files are damaged or do not load,
-    before anything points at it: the served version keeps serving."""
+    """Refuse (:class:`~core.errors.Conflict`) a version whose files are damaged or do not load, or a
+    LambdaMART whose features this server cannot fill, before anything points at it: the served version
+    keeps serving."""
     ModelRegistry(settings.paths.models).verify(role, version)
     try:
         if role == "ltr":
-            load_ltr(settings, version)
+            served = load_ltr(settings, version)
         else:
             load_cross_encoder(settings, role, version)
     except Exception as err:  # noqa: BLE001 - any load failure refuses the version
         raise Conflict(f"{role} {version} does not load ({type(err).__name__}: {str(err)[:200]}); "
                        "the active version keeps serving") from err
+    if role == "ltr" and served is not None:
+        check_features(served, open_feature_reader(settings), settings)
 
 
 BATCH_READ_TIMEOUT_S = 120.0  # batch jobs wait for the online store: their figures must not depend on load
@@ -147,8 +162,12 @@ def load_models(settings: Settings, ltr_versions: Sequence[str] = (), batch: boo
     :func:`open_feature_reader`.
     """
     extra = tuple(m for v in ltr_versions if (m := load_ltr(settings, v)) is not None)
+    ltr, features = load_ltr(settings), open_feature_reader(settings, batch)
+    for served in (ltr, *extra):
+        if served is not None:
+            check_features(served, features, settings)
     return Models(teacher=load_cross_encoder(settings, "reranker"), student=load_cross_encoder(settings, "student"),
-                  ltr=load_ltr(settings), ltr_versions=extra, features=open_feature_reader(settings, batch))
+                  ltr=ltr, ltr_versions=extra, features=features)
 
 
 # -- engines ---------------------------------------------------------------------------------

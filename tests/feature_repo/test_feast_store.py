@@ -188,6 +188,32 @@ def test_redis_online_store(sqlite_settings: Settings, tmp_path: Path) -> None:
             server.wait(timeout=10)
 
 
+def test_a_lambdamart_reading_features_no_one_fills_is_refused(sqlite_settings: Settings, tmp_path: Path) -> None:
+    """A model trained by another version (or for another feature service) would fail its stage on every
+    search and fall back to the first stage's order: activating it, or loading it to serve, is refused."""
+    from core.errors import Conflict
+    from core.registry import ModelRegistry
+    from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
+    from serving.loading import check_features, check_loads, load_models
+
+    rng = np.random.default_rng(4)
+    registry = ModelRegistry(sqlite_settings.paths.models)
+    versions = {}
+    for tag, names in (("known", ["bm25", "title_coverage", "price"]), ("newer", ["bm25", "head_in_title", "price"])):
+        x = rng.normal(size=(200, 3)).astype(np.float32)
+        data = RankingData(x, np.clip(np.round(1 + x[:, 0]), 0, 2).astype(np.int32), [10] * 20, names)
+        LambdaMART.fit(data, data, LambdaMARTConfig(max_grade=2, min_data_in_leaf=5, max_rounds=5)).save(
+            tmp_path / tag)
+        versions[tag] = registry.register("ltr", tmp_path / tag, base_model="lightgbm").version
+    check_loads(sqlite_settings, "ltr", versions["known"])  # computed here, or a feature of ranker_v1
+    with pytest.raises(Conflict, match=r"ltr v2 reads features \['head_in_title'\] .* 'ranker_v1' does not hold"):
+        check_loads(sqlite_settings, "ltr", versions["newer"])
+    with pytest.raises(Conflict, match="head_in_title"):  # a server or batch job does not start serving it either
+        load_models(sqlite_settings, ltr_versions=[versions["newer"]])
+    served = load_models(sqlite_settings, ltr_versions=[versions["known"]]).ltr_versions[0]
+    check_features(served, None, sqlite_settings)  # no feature store: every other name is a (missing) store feature
+
+
 def test_feast_is_imported_without_torch_and_torch_still_imports_after() -> None:
     import sys
 
