@@ -130,6 +130,7 @@ async def put_experiment(body: ExperimentConfig, request: Request, holder: Holde
     wanted = [a.ltr for a in body.experiment.arms.values()] if body.experiment else []
     for version in wanted + ([body.shadow] if body.shadow else []):
         registry.get("ltr", version)  # 404 naming what is registered
+        await asyncio.to_thread(check_loads, settings, "ltr", version)  # 409: damaged, or features unfillable
     save_router_config(settings.paths, body.experiment, body.shadow)
     await asyncio.to_thread(push_state, settings)
     await _swap(request, holder)

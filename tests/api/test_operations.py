@@ -98,6 +98,24 @@ def test_admin_needs_the_token(client: TestClient) -> None:
     assert missing.status_code == 404
 
 
+def test_an_experiment_on_a_model_that_does_not_load_is_refused(client: TestClient, ops_settings: Settings,
+                                                                  tmp_path: Path) -> None:
+    import numpy as np
+
+    from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
+
+    x = np.random.default_rng(5).normal(size=(100, 2)).astype(np.float32)
+    data = RankingData(x, (x[:, 0] > 0).astype(np.int32), [10] * 10, ["bm25", "dense"])
+    LambdaMART.fit(data, data, LambdaMARTConfig(max_grade=1, min_data_in_leaf=5, max_rounds=3)).save(tmp_path / "m")
+    (tmp_path / "m" / "model.txt").write_text("not a LightGBM model")  # broken before it was registered
+    broken = ModelRegistry(ops_settings.paths.models).register("ltr", tmp_path / "m", base_model="lightgbm")
+    before = client.get("/v1/admin/experiment", headers=AUTH).json()
+    refused = client.put("/v1/admin/experiment", json={"experiment": None, "shadow": broken.version}, headers=AUTH)
+    assert refused.status_code == 409 and "does not load" in refused.json()["message"], refused.text
+    assert client.get("/v1/admin/experiment", headers=AUTH).json() == before  # nothing saved, nothing swapped
+    assert client.post("/v1/search", json={"query": "ceiling fan", "k": 3}).status_code == 200
+
+
 def test_hot_swap_under_load_fails_no_request(client: TestClient) -> None:
     statuses: list[int] = []
     versions: set[str] = set()
