@@ -109,8 +109,15 @@ def check_features(ltr: ServedModel, features: OnlineFeatureReader | None, setti
     """Refuse (:class:`~core.errors.Conflict`) a LambdaMART that reads features this server can fill
     neither by computing them nor from the feature service: served, every search would fail its stage
     and fall back to the first stage's order. Without a feature store every feature this version does
-    not compute is a store feature, missing (NaN) as LightGBM was told to expect."""
-    missing = unfillable(ltr.model.names, features.names) if features is not None else []
+    not compute is a store feature, served as missing (NaN), which is logged."""
+    if features is None:
+        store = unfillable(ltr.model.names, ())
+        if store:
+            logger.warning("ltr %s reads %d store features (%s) but no feature store is open: they are served as "
+                           "missing; `shoprank features build|apply|materialize` gives them values", ltr.version,
+                           len(store), ", ".join(store[:4]) + (", ..." if len(store) > 4 else ""))
+        return
+    missing = unfillable(ltr.model.names, features.names)
     if missing:
         raise Conflict(f"ltr {ltr.version} reads features {missing} that this ShopRank does not compute and the "
                        f"feature service {settings.features.service!r} does not hold; retrain it with this version "

@@ -188,7 +188,8 @@ def test_redis_online_store(sqlite_settings: Settings, tmp_path: Path) -> None:
             server.wait(timeout=10)
 
 
-def test_a_lambdamart_reading_features_no_one_fills_is_refused(sqlite_settings: Settings, tmp_path: Path) -> None:
+def test_a_lambdamart_reading_features_no_one_fills_is_refused(sqlite_settings: Settings, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     """A model trained by another version (or for another feature service) would fail its stage on every
     search and fall back to the first stage's order: activating it, or loading it to serve, is refused."""
     from core.errors import Conflict
@@ -211,7 +212,9 @@ def test_a_lambdamart_reading_features_no_one_fills_is_refused(sqlite_settings: 
     with pytest.raises(Conflict, match="head_in_title"):  # a server or batch job does not start serving it either
         load_models(sqlite_settings, ltr_versions=[versions["newer"]])
     served = load_models(sqlite_settings, ltr_versions=[versions["known"]]).ltr_versions[0]
-    check_features(served, None, sqlite_settings)  # no feature store: every other name is a (missing) store feature
+    with caplog.at_level("WARNING", logger="serving.loading"):
+        check_features(served, None, sqlite_settings)  # no feature store: every other name is a missing store feature
+    assert "ltr v1 reads 1 store features (price) but no feature store is open" in caplog.text
 
 
 def test_feast_is_imported_without_torch_and_torch_still_imports_after() -> None:
