@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -62,23 +63,26 @@ def test_ndcg_closed_form() -> None:
 
 
 def compare_training(out: Path) -> None:
-    """Train in this process and on a local Dask cluster of 2 workers; write held-out figures to ``out``.
-    300 training queries, 200 dev, 500 held out. Bagging is off: it samples rows per worker,
+    """Train in this process and on a local Dask cluster of 2 workers, with lambdarank and with XE-NDCG;
+    write held-out figures to ``out``. 300 training queries, 200 dev, 500 held out. Bagging is off: it samples rows per worker,
     so with it the two paths train on different samples (measured up to 0.005 apart)."""
     from core.compute import dask_client
     from core.service_settings import ComputeSettings
 
     train, dev, held_out = split_groups(synthetic_ranking_data(1000, seed=0), 0.3, 0.2)
     config = LambdaMARTConfig(max_grade=4, max_rounds=300, early_stopping=50, bagging_fraction=1.0, bagging_freq=0)
-    single = LambdaMART.fit(train, dev, config)
+    xendcg = replace(config, objective="rank_xendcg")
+    single, single_xendcg = LambdaMART.fit(train, dev, config), LambdaMART.fit(train, dev, xendcg)
     with dask_client(ComputeSettings(scheduler="local", workers=2)) as client:
         on_dask = LambdaMART.fit(train, dev, config, client=client)
+        on_dask_xendcg = LambdaMART.fit(train, dev, xendcg, client=client)
     score = lambda model: ndcg(held_out.groups, held_out.labels, model.predict(held_out.features))
     shuffled = np.random.default_rng(0).permutation(len(held_out.labels)).astype(float)
     on_dask.save(out / "ltr")  # the format serving loads
     loaded = LambdaMART.load(out / "ltr")
     (out / "figures.json").write_text(json.dumps({
         "single": score(single), "dask": score(on_dask), "shuffled": ndcg(held_out.groups, held_out.labels, shuffled),
+        "single_xendcg": score(single_xendcg), "dask_xendcg": score(on_dask_xendcg),
         "workers": on_dask.history["dask_workers"], "partitions": on_dask.history["partitions"],
         "trees_saved": loaded.booster.num_trees(), "best_iteration": on_dask.history["best_iteration"],
         "reload_same": bool(np.allclose(loaded.predict(held_out.features), on_dask.predict(held_out.features),
@@ -100,4 +104,6 @@ def test_dask_training_matches_single_process(tmp_path: Path) -> None:
     assert figures["workers"] == 2 and figures["partitions"] == 2
     assert figures["single"] > figures["shuffled"] + 0.2  # it learnt the signal
     assert abs(figures["dask"] - figures["single"]) <= 0.002
+    assert figures["single_xendcg"] > figures["shuffled"] + 0.2  # the other objective trains on Dask too
+    assert abs(figures["dask_xendcg"] - figures["single_xendcg"]) <= 0.002
     assert figures["trees_saved"] == figures["best_iteration"] and figures["reload_same"]
