@@ -64,8 +64,9 @@ def test_ndcg_closed_form() -> None:
 
 def compare_training(out: Path) -> None:
     """Train in this process and on a local Dask cluster of 2 workers, with lambdarank and with XE-NDCG;
-    write held-out figures to ``out``. 300 training queries, 200 dev, 500 held out. Bagging is off: it samples rows per worker,
-    so with it the two paths train on different samples (measured up to 0.005 apart)."""
+    write held-out figures to ``out``. 300 training queries, 200 dev, 500 held out. Bagging is off: it
+    samples rows per worker, so with it the two paths train on different samples (measured up to 0.005
+    apart)."""
     from core.compute import dask_client
     from core.service_settings import ComputeSettings
 
