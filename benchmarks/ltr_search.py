@@ -66,11 +66,11 @@ METRICS = ("ndcg@10", "mrr@10", "ndcg@10_unjudged_as_0", "judged@10", "recall@10
 def setting(name: str, value: str) -> tuple[str, float | int | str]:
     """One grid value: a ``--param`` setting, or ``gains`` / ``objective`` / ``truncation_level`` (``--gains``,
     ``--objective``, ``--truncation``)."""
-    for field_name, allowed in (("gains", GAINS), ("objective", OBJECTIVES)):
-        if name == field_name:
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r}: one of {', '.join(allowed)}")
-            return name, value
+    allowed = {"gains": GAINS, "objective": OBJECTIVES}.get(name)
+    if allowed is not None:
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r}: one of {', '.join(allowed)}")
+        return name, value
     if name == "truncation_level":
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"truncation_level={value!r}: a whole number >= 1")

@@ -45,21 +45,21 @@ FILLER = {"in", "in.", "ft", "ft.", "lb", "lb.", "oz", "oz.", "gal", "gal.", "cu
           "discontinued"}
 
 
-def head(title: str) -> str:
-    """The title up to its first qualifier, lower-cased."""
-    text = html.unescape(title).lower()
+def head(text: str) -> str:
+    """A lower-cased title up to its first qualifier."""
     return QUALIFIER.split(text, maxsplit=1)[0]
 
 
 def pseudo_query(title: str, rng: random.Random) -> str | None:
     """A short query for the product titled ``title``, or None when its head has no word to name it."""
-    words = [w for w in WORD.findall(head(title).replace("-discontinued", "")) if w not in FILLER]
+    text = html.unescape(title).lower()
+    words = [w for w in WORD.findall(head(text).replace("-discontinued", "")) if w not in FILLER]
     core = [w for w in words[1:] if not NUMBER.match(w)]
     if not core:
         return None
     tail = core[-rng.randint(min(2, len(core)), min(3, len(core))):]
     query = list(tail)
-    others = [w for w in WORD.findall(html.unescape(title).lower())
+    others = [w for w in WORD.findall(text)
               if w not in FILLER and w not in tail and w != words[0] and not NUMBER.match(w)]
     if others and rng.random() < 1 / 3:
         query.insert(0, rng.choice(others))
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     for group in groups[:args.show]:
         print(f"{group.query!r:45} <- {payload['texts'][next(iter(group.judged))]}")
     payload["train"] = [*payload["train"], *groups]
-    write_examples(args.out, "biencoder", {k: v for k, v in payload.items() if k not in ("format", "kind")})
+    write_examples(args.out, "biencoder", payload)  # it writes the format and kind itself
     print(json.dumps({"judged_groups": len(payload["train"]) - len(groups), "pseudo_groups": len(groups),
                       "out": str(args.out)}))
     return 0

@@ -56,10 +56,15 @@ def catalog_text(index: ProductIndex) -> CatalogText:
     return found
 
 
+def store_features(names: Sequence[str]) -> list[str]:
+    """The features of ``names`` this version does not compute: the feature store must supply them."""
+    return [n for n in names if n not in KNOWN]
+
+
 def unfillable(names: Sequence[str], store_names: Collection[str]) -> list[str]:
     """The features of ``names`` that this version neither computes nor reads from the feature service
     whose features are ``store_names``: a model trained by another version, or for another service."""
-    return [n for n in names if n not in KNOWN and n not in store_names]
+    return [n for n in store_features(names) if n not in store_names]
 
 
 def feature_names(groups: Sequence[str], store_names: Sequence[str] = ()) -> list[str]:
@@ -97,7 +102,7 @@ class LtrFeaturizer:
 
     @property
     def store_names(self) -> list[str]:
-        return [n for n in self.names if n not in KNOWN]
+        return store_features(self.names)
 
     def _model_scores(self, stage: str, scorer: object | None, query: str, candidates: Candidates,
                       depth: int | None) -> np.ndarray:

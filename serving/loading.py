@@ -26,7 +26,7 @@ from core.errors import Conflict
 from core.feature_store import OnlineFeatureReader
 from core.registry import ModelRegistry, ModelVersion, ServedModel
 from core.settings import Settings
-from ranking.features import catalog_text, unfillable
+from ranking.features import catalog_text, store_features, unfillable
 from ranking.relevance import RELEVANCE_FEATURES
 from retrieval.encoder import Encoder
 from retrieval.index import ProductIndex
@@ -111,7 +111,7 @@ def check_features(ltr: ServedModel, features: OnlineFeatureReader | None, setti
     and fall back to the first stage's order. Without a feature store every feature this version does
     not compute is a store feature, served as missing (NaN), which is logged."""
     if features is None:
-        store = unfillable(ltr.model.names, ())
+        store = store_features(ltr.model.names)
         if store:
             logger.warning("ltr %s reads %d store features (%s) but no feature store is open: they are served as "
                            "missing; `shoprank features build|apply|materialize` gives them values", ltr.version,
@@ -137,7 +137,7 @@ def check_loads(settings: Settings, role: str, version: str) -> None:
     except Exception as err:  # noqa: BLE001 - any load failure refuses the version
         raise Conflict(f"{role} {version} does not load ({type(err).__name__}: {str(err)[:200]}); "
                        "the active version keeps serving") from err
-    if role == "ltr" and served is not None:
+    if role == "ltr" and served is not None and store_features(served.model.names):  # else nothing to check
         check_features(served, open_feature_reader(settings), settings)
 
 
