@@ -141,7 +141,7 @@ class Balancer:
             self.table = None
 
 
-def open_balancer(folder: str | None, processes: int, margin: int) -> Balancer:
+def open_balancer(folder: str | Path | None, processes: int, margin: int) -> Balancer:
     """A balancer over the table in ``folder`` shared by ``processes`` (> 1, margin > 0), else one that never
     closes a connection."""
     if not folder or processes < 2 or margin <= 0:

@@ -28,7 +28,7 @@ from api import errors
 from api.admission import Admission, default_shed_at
 from api.auth import RateLimiter
 from api.balance import open_balancer
-from api.metrics import MULTIPROCESS_DIR, Metrics
+from api.metrics import Metrics, shared_folder
 from api.routes import admin, events, health, search
 from api.state import ServedHolder
 from api.stores import StoreRuntime, in_store, other_stores
@@ -119,7 +119,7 @@ def _lifespan(settings: Settings, metrics: Metrics,
         app.state.event_log = runtimes[0].event_log
         metrics.watch(lambda: _live_state(runtimes))
         # with several server processes on one port: a busier process hands connections back to the kernel
-        app.state.balancer = open_balancer(os.environ.get(MULTIPROCESS_DIR), settings.api.processes(),
+        app.state.balancer = open_balancer(shared_folder(), settings.api.processes(),
                                            settings.api.rebalance_margin)
         for runtime in runtimes:
             runtime.holder.start()

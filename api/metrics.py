@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -38,6 +38,19 @@ logger = logging.getLogger(__name__)
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when it is first imported
 LIVE_INTERVAL_S = 1.0  # how often each process writes its live figures for the others
 BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
+
+
+def shared_folder() -> Path | None:
+    """The folder this process's counters and histograms are written to, shared with the other
+    server processes: ``PROMETHEUS_MULTIPROC_DIR`` when prometheus_client writes there, else None.
+
+    prometheus_client chooses where values live once, when it is first imported. A library imported
+    later may still set the variable (Feast sets it when it is unset, to a folder of its own): this
+    process's figures then stay in its registry, and are served from there."""
+    folder = os.environ.get(MULTIPROCESS_DIR)
+    if not folder or values.ValueClass is values.MutexValue:
+        return None
+    return Path(folder)
 
 
 class Metrics:
@@ -68,9 +81,9 @@ class Metrics:
         collector = _LiveCollector(state)
         self.registry.register(collector)
         self._live.append(collector)
-        folder = os.environ.get(MULTIPROCESS_DIR)
+        folder = shared_folder()
         if folder and self._publisher is None:
-            self._publisher = _LivePublisher(Path(folder), self._live_families)
+            self._publisher = _LivePublisher(folder, self._live_families)
             self._publisher.start()
 
     def close(self) -> None:
@@ -85,12 +98,12 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text ``/metrics`` serves: every server process's counters, histograms and live
         figures merged when several share a ``PROMETHEUS_MULTIPROC_DIR``, else this process's."""
-        folder = os.environ.get(MULTIPROCESS_DIR)
+        folder = shared_folder()
         if not folder:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=folder)
-        others = read_live(Path(folder), exclude=os.getpid())
+        MultiProcessCollector(registry, path=str(folder))
+        others = read_live(folder, exclude=os.getpid())
         registry.register(_Merged(merge_live([dump_families(self._live_families()), *others])))
         return generate_latest(registry)
 

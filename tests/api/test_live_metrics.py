@@ -84,3 +84,33 @@ def test_figures_of_a_process_that_is_gone_are_not_merged(tmp_path: Path) -> Non
     (tmp_path / f"live-{gone.stdout.strip()}.json").write_text(json.dumps(families(process_state(1, 0, 1, True, "v1"))))
     (tmp_path / "live-notapid.json").write_text("{}")
     assert read_live(tmp_path) == []
+
+
+COUNT_ONE_SEARCH = """
+import os, sys
+from api.metrics import Metrics, shared_folder  # imports prometheus_client
+{after_import}
+metrics = Metrics()
+metrics.searches.labels(shed="false").inc()
+print("FOLDER", shared_folder())
+sys.stdout.write(metrics.exposition().decode())
+"""
+
+
+def count_one_search(after_import: str, env: dict[str, str]) -> str:
+    script = COUNT_ONE_SEARCH.format(after_import=after_import)
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).parents[2]).stdout
+
+
+def test_a_process_keeps_its_own_figures_when_a_later_import_names_a_shared_folder(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    # Feast, imported after prometheus_client, names a folder of its own when none is set
+    out = count_one_search("import feast; assert os.environ['PROMETHEUS_MULTIPROC_DIR']", env)
+    assert "FOLDER None" in out
+    assert 'shoprank_searches_total{shed="false"} 1.0' in out
+    # a folder named before the import is where the counters go, and /metrics reads them from there
+    out = count_one_search("", {**env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert f"FOLDER {tmp_path}" in out
+    assert 'shoprank_searches_total{shed="false"} 1.0' in out
+    assert list(tmp_path.glob("counter_*.db"))
