@@ -16,6 +16,10 @@ and any new version. Replicas pull at start and on every ``serving.reload_poll_s
 tick; admin changes made through a replica are pushed at once (``push_state``).
 Two writers pushing the manifest at the same instant: the last one wins; changes
 made through the admin API or the CLI one at a time, as operators do, are kept.
+
+A model version deleted from the registry (``shoprank models delete|prune``) leaves the
+store at the next push (its files and manifest entries), and a replica's next pull removes
+its copy: the pulled ``deleted.json`` names it, and the store no longer holds it.
 """
 
 from __future__ import annotations
@@ -23,16 +27,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.registry import file_digest
+from core.registry import ModelRegistry, file_digest
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
+REGISTRIES = ("models", "stores/*/models")  # the model registries of the default store and the others
 _STORE_PARTS = ("indexes", "models", "experiments", "features/registry.db")
 # the default store's parts, every other store's (stores/<name>/...), and the keys of all
 SHARED = (*_STORE_PARTS, *(f"stores/*/{part}" for part in _STORE_PARTS), "keys.json")
@@ -95,8 +101,21 @@ class ArtifactStore:
                 if match.is_file():
                     files.add(match)
                 elif match.is_dir():
-                    files.update(p for p in match.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".lock")))
+                    files.update(p for p in match.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".lock"))
+                                 and not any(part.startswith(".deleting-") for part in p.parts))
         return sorted(files)
+
+    def _deleted_versions(self) -> dict[str, Path]:
+        """The folders of model versions this home's registries deleted: home-relative prefix
+        (``models/<role>/<version>/``) -> local folder."""
+        out = {}
+        for pattern in REGISTRIES:
+            for listing in self.home.glob(f"{pattern}/*/deleted.json"):
+                role = listing.parent
+                for entry in ModelRegistry(role.parent).deleted(role.name):
+                    folder = role / entry["version"]
+                    out[f"{folder.relative_to(self.home)}/"] = folder
+        return out
 
     def _digest(self, path: Path, state: dict[str, Any]) -> str:
         """sha256 of a local file, reused from the last transfer while its size and mtime hold."""
@@ -127,10 +146,18 @@ class ArtifactStore:
             remote[rel] = digest
             moved += 1
             size += path.stat().st_size
-        if moved:
+        deleted = tuple(prefix for prefix, folder in self._deleted_versions().items() if not folder.exists())
+        dropped = [rel for rel in remote if rel.startswith(deleted)] if deleted else []
+        for rel in dropped:
+            del remote[rel]
+        if moved or dropped:  # the manifest first: a reader never sees an entry whose file is gone
             self.fs.pipe_file(f"{self.root}/{MANIFEST}", json.dumps(remote, indent=0, sort_keys=True).encode())
+        for rel in dropped:
+            if self.fs.exists(f"{self.root}/{rel}"):
+                self.fs.rm_file(f"{self.root}/{rel}")
         self._save_local_state(state)
-        logger.info("pushed %d files (%d bytes) to %s; %d unchanged", moved, size, self.url, same)
+        logger.info("pushed %d files (%d bytes) to %s; %d unchanged; %d files of deleted model versions removed",
+                    moved, size, self.url, same, len(dropped))
         return Transfer(moved, size, same)
 
     def pull(self) -> Transfer:
@@ -162,11 +189,23 @@ class ArtifactStore:
             state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
             moved += 1
             size += stat.st_size
+        self._drop_deleted_versions(remote, state)
         self._save_local_state(state)
         if moved or kept:
             logger.info("pulled %d files (%d bytes) from %s; %d unchanged, %d changed here and kept", moved, size,
                         self.url, same, kept)
         return Transfer(moved, size, same, kept)
+
+    def _drop_deleted_versions(self, remote: dict[str, str], state: dict[str, Any]) -> None:
+        """Remove the local copies of model versions the registry lists as deleted and the store
+        no longer holds."""
+        for prefix, folder in self._deleted_versions().items():
+            if not folder.is_dir() or any(rel.startswith(prefix) for rel in remote):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            for rel in [rel for rel in state if rel.startswith(prefix)]:
+                del state[rel]
+            logger.info("removed %s: deleted from the registry and the store", prefix)
 
     def push_state(self) -> Transfer:
         """Upload only the active pointers and the experiment file (after a swap or an experiment change)."""

@@ -6,12 +6,14 @@ Layout under ``<home>/models``::
                                      training-data hash, parameters, dev metrics
     <role>/<version>/...             the model's files (HF folder, ONNX, ...)
     <role>/active.json               {"version": ..., "history": [...]}
+    <role>/deleted.json              versions removed (``delete``, ``prune``): their manifests and when
 
 Roles: ``biencoder``, ``reranker`` (the teacher cross-encoder), ``student``,
 ``ltr``. Versions are ``v1``, ``v2``, ... per role. Activation is an atomic file
 replace, so readers always see a whole state; ``rollback`` re-activates the
 previously active version. Serving (hot swap) and the learning loop (promotion)
-use this API.
+use this API. ``delete`` and ``prune`` remove versions that are neither active nor
+kept for a rollback; a removed version's name is never given to another model.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -109,7 +111,8 @@ class ModelRegistry:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _next_version(self, role: str) -> str:
-        numbers = [int(p.name[1:]) for p in (self.root / role).glob("v*") if p.name[1:].isdigit()]
+        names = [p.name for p in (self.root / role).glob("v*")] + [d["version"] for d in self.deleted(role)]
+        numbers = [int(name[1:]) for name in names if name[1:].isdigit()]
         return f"v{max(numbers, default=0) + 1}"
 
     def register(self, role: str, source: Path, base_model: str, *, parent: str | None = None,
@@ -194,6 +197,51 @@ class ModelRegistry:
                 _write_json(self.root / role / "active.json", {"version": version, "history": history[-50:]})
         logger.info("activated %s %s", role, version)
         return entry
+
+    def deleted(self, role: str) -> list[dict[str, Any]]:
+        """The versions removed so far, oldest first: each one's manifest and ``deleted`` (when)."""
+        file = self.root / role / "deleted.json"
+        return list(json.loads(file.read_text())) if file.is_file() else []
+
+    def delete(self, role: str, version: str) -> ModelVersion:
+        """Remove ``version`` and its files. The active version is refused (:class:`~core.errors.Conflict`:
+        activate another first); an earlier active one leaves the rollback history. The manifest is
+        kept in ``deleted.json``, and the name is not given to a later model."""
+        entry = self.get(role, version)
+        with self._lock(role):
+            state = self._state(role)
+            if state["version"] == version:
+                raise Conflict(f"{role} {version} is the active version and cannot be deleted; "
+                               "activate another version (or roll back) first")
+            if version in state["history"]:
+                history = [v for v in state["history"] if v != version]
+                _write_json(self.root / role / "active.json", {"version": state["version"], "history": history})
+            removed = {**entry.to_json(), "deleted": datetime.now(UTC).isoformat(timespec="seconds")}
+            _write_json(self.root / role / "deleted.json", [*self.deleted(role), removed])
+            folder = Path(entry.path)  # type: ignore[arg-type]
+            doomed = folder.with_name(f".deleting-{version}")  # out of versions() at once, then removed
+            folder.replace(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        logger.info("deleted %s %s", role, version)
+        return entry
+
+    def prunable(self, role: str, keep: int, protect: Iterable[str] = ()) -> list[str]:
+        """The versions :meth:`prune` would remove: all but the active one, the ``keep`` versions
+        last active before it (the rollback targets), the ``keep`` newest, and ``protect``."""
+        if keep < 0:
+            raise InvalidInput(f"keep={keep} is negative; pass 0 or more versions to keep besides the active one")
+        state = self._state(role)
+        names = [v.version for v in self.versions(role)]
+        kept = {state["version"], *protect, *(names[-keep:] if keep else [])}
+        kept.update(list(dict.fromkeys(reversed(state["history"])))[:keep])
+        return [name for name in names if name not in kept]
+
+    def prune(self, role: str, keep: int, protect: Iterable[str] = ()) -> list[str]:
+        """Delete the versions :meth:`prunable` names; returns them."""
+        doomed = self.prunable(role, keep, protect)
+        for version in doomed:
+            self.delete(role, version)
+        return doomed
 
     def rollback(self, role: str) -> ModelVersion:
         """Re-activate the version that was active before the current one."""

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,31 @@ class Experiment(BaseModel):
     @property
     def treatment(self) -> str:
         return next(a for a in self.arms if a != self.control)
+
+
+def read_config(path: Path) -> tuple[Experiment | None, str | None]:
+    """The running experiment and shadow version saved at ``path`` (none saved: ``(None, None)``)."""
+    if not path.is_file():
+        return None, None
+    data = json.loads(path.read_text())
+    experiment = Experiment.model_validate(data["experiment"]) if data.get("experiment") else None
+    return experiment, data.get("shadow")
+
+
+def write_config(path: Path, experiment: Experiment | None, shadow: str | None) -> None:
+    """Save the running experiment and shadow version at ``path`` (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"experiment": experiment.model_dump() if experiment else None, "shadow": shadow},
+                              indent=2))
+    tmp.replace(path)
+
+
+def served_versions(path: Path) -> set[str]:
+    """The LambdaMART versions the experiment and shadow saved at ``path`` serve."""
+    experiment, shadow = read_config(path)
+    arms = experiment.arms.values() if experiment else []
+    return {arm.ltr for arm in arms} | ({shadow} if shadow else set())
 
 
 def bucket(experiment: str, unit: str) -> float:

@@ -30,7 +30,7 @@ from scipy.stats import kendalltau
 
 from core.paths import Home
 from core.query import Query
-from online_learning.experiments import Experiment, assign, team_draft
+from online_learning.experiments import Experiment, assign, read_config, team_draft, write_config
 from retrieval.types import Candidates
 from serving.engine import SearchEngine, SearchResult
 
@@ -161,18 +161,9 @@ class ExperimentRouter:
 
 def load_router(paths: Home, shadow_queue: int = 64) -> ExperimentRouter:
     """The router described by ``<home>/experiments/current.json`` (none: active models only)."""
-    path = paths.experiment_config
-    if not path.is_file():
-        return ExperimentRouter(shadow_dir=paths.shadow, shadow_queue=shadow_queue)
-    data = json.loads(path.read_text())
-    experiment = Experiment.model_validate(data["experiment"]) if data.get("experiment") else None
-    return ExperimentRouter(experiment, data.get("shadow"), paths.shadow, shadow_queue)
+    experiment, shadow = read_config(paths.experiment_config)
+    return ExperimentRouter(experiment, shadow, paths.shadow, shadow_queue)
 
 
 def save_router_config(paths: Home, experiment: Experiment | None, shadow: str | None) -> None:
-    path = paths.experiment_config
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"experiment": experiment.model_dump() if experiment else None, "shadow": shadow},
-                              indent=2))
-    tmp.replace(path)
+    write_config(paths.experiment_config, experiment, shadow)

@@ -1,12 +1,14 @@
-"""``shoprank models list|show|activate|rollback``: the model registry from the shell."""
+"""``shoprank models list|show|activate|rollback|delete|prune``: the model registry from the shell."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from core.errors import Conflict
 from core.registry import ROLES, ModelRegistry
 from core.settings import Settings
+from online_learning.experiments import served_versions
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -41,8 +43,35 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _in_use(settings: Settings, role: str) -> set[str]:
+    """Versions of ``role`` that must stay: those the running experiment or shadow serves."""
+    return served_versions(settings.paths.experiment_config) if role == "ltr" else set()
+
+
+def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
+    used = _in_use(settings, args.role)
+    if args.version in used:
+        raise Conflict(f"{args.role} {args.version} is served by the running experiment or shadow; "
+                       "stop it first (PUT /v1/admin/experiment with {})")
+    entry = ModelRegistry(settings.paths.models).delete(args.role, args.version)
+    print(json.dumps({"role": args.role, "deleted": entry.version}))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    registry = ModelRegistry(settings.paths.models)
+    out = {}
+    for role in [args.role] if args.role else ROLES:
+        used = _in_use(settings, role)
+        doomed = registry.prunable(role, args.keep, used) if args.dry_run else registry.prune(role, args.keep, used)
+        out[role] = {"deleted" if not args.dry_run else "would_delete": doomed,
+                     "kept": [v.version for v in registry.versions(role) if v.version not in doomed]}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    models = sub.add_parser("models", help="list, inspect, activate or roll back registered models")
+    models = sub.add_parser("models", help="list, inspect, activate, roll back or delete registered models")
     verbs = models.add_subparsers(dest="verb", required=True)
     p = verbs.add_parser("list")
     p.add_argument("--role", choices=ROLES)
@@ -58,3 +87,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("rollback")
     p.add_argument("role", choices=ROLES)
     p.set_defaults(handler=cmd_rollback)
+    p = verbs.add_parser("delete", help="remove a version that is not active and not in a running experiment")
+    p.add_argument("role", choices=ROLES)
+    p.add_argument("version")
+    p.set_defaults(handler=cmd_delete)
+    p = verbs.add_parser("prune", help="delete all versions but the active one, the KEEP last active before it, "
+                         "the KEEP newest and those a running experiment serves")
+    p.add_argument("--role", choices=ROLES)
+    p.add_argument("--keep", type=int, default=5, help="rollback targets and newest versions to keep (default 5)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    p.set_defaults(handler=cmd_prune)

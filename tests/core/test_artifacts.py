@@ -83,3 +83,36 @@ def test_a_file_changed_in_the_store_during_a_pull_is_refused(tmp_path: Path) ->
     with pytest.raises(OSError, match=r"models/ltr/v1/model.txt changed while it was read"):
         ArtifactStore(url, tmp_path / "b").pull()
     assert not (tmp_path / "b" / "models" / "ltr" / "v1" / "model.txt").exists()
+
+
+def test_a_deleted_model_version_leaves_the_store_and_the_replicas(tmp_path: Path) -> None:
+    from core.registry import ModelRegistry
+
+    url = f"file://{tmp_path / 'store'}"
+    home = tmp_path / "a"
+    registry = ModelRegistry(home / "models")
+    for name in ("one", "two", "three"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.txt").write_text(name)
+        registry.register("ltr", folder, base_model="lightgbm", activate=name != "three")
+    writer = ArtifactStore(url, home)
+    writer.push()
+    replica = tmp_path / "b"
+    replica.mkdir()
+    reader = ArtifactStore(url, replica)
+    reader.pull()
+    assert (replica / "models" / "ltr" / "v1" / "model.txt").read_text() == "one"
+    registry.delete("ltr", "v1")
+    registry.delete("ltr", "v3")
+    writer.push()
+    manifest = json.loads((tmp_path / "store" / MANIFEST).read_text())
+    assert not [rel for rel in manifest if rel.startswith(("models/ltr/v1/", "models/ltr/v3/"))]
+    assert "models/ltr/v2/model.txt" in manifest and "models/ltr/deleted.json" in manifest
+    stored = [p.parent.name for p in (tmp_path / "store" / "models" / "ltr").rglob("*") if p.is_file()]
+    assert "v1" not in stored and "v3" not in stored and "v2" in stored  # the files went too
+    reader.pull()
+    remaining = ModelRegistry(replica / "models")
+    assert [v.version for v in remaining.versions("ltr")] == ["v2"] and remaining.active_version("ltr") == "v2"
+    assert not (replica / "models" / "ltr" / "v1").exists()
+    assert reader.pull().files == 0 and writer.push().files == 0

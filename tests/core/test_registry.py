@@ -75,3 +75,42 @@ def test_versions_registered_without_checksums_still_activate(tmp_path: Path) ->
     del data["files"]  # a manifest written before checksums were recorded
     manifest.write_text(json.dumps(data))
     assert registry.activate("ltr", "v1").files == {}
+
+
+def test_delete_refuses_the_active_version_and_never_reuses_a_name(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    for name in "abc":
+        registry.register("ltr", model_folder(tmp_path, name), base_model="lgbm", activate=True)
+    assert registry.history("ltr") == ["v1", "v2"]
+    with pytest.raises(Conflict, match="v3 is the active version"):
+        registry.delete("ltr", "v3")
+    registry.delete("ltr", "v2")
+    assert [v.version for v in registry.versions("ltr")] == ["v1", "v3"]
+    assert registry.history("ltr") == ["v1"]  # a rollback now goes to v1
+    assert not (tmp_path / "models" / "ltr" / "v2").exists()
+    assert [d["version"] for d in registry.deleted("ltr")] == ["v2"] and registry.deleted("ltr")[0]["deleted"]
+    with pytest.raises(NotFound, match="'v2' is not registered"):
+        registry.get("ltr", "v2")
+    registry.delete("ltr", "v1")
+    with pytest.raises(InvalidInput, match="no earlier active version"):
+        registry.rollback("ltr")
+    # the newest version deleted: its name is still not given again
+    registry.register("ltr", model_folder(tmp_path, "d"), base_model="lgbm")
+    registry.delete("ltr", "v4")
+    assert registry.register("ltr", model_folder(tmp_path, "e"), base_model="lgbm").version == "v5"
+
+
+def test_prune_keeps_the_active_version_its_rollback_targets_the_newest_and_the_protected(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    for i in range(8):
+        registry.register("ltr", model_folder(tmp_path, f"m{i}"), base_model="lgbm")
+    for version in ("v1", "v2", "v3", "v4"):  # v4 active; v3, v2, v1 the rollback targets, newest first
+        registry.activate("ltr", version)
+    assert registry.prunable("ltr", keep=2) == ["v1", "v5", "v6"]  # keeps v4, v3, v2 and the newest v7, v8
+    assert registry.prunable("ltr", keep=2, protect={"v5"}) == ["v1", "v6"]
+    assert registry.prunable("ltr", keep=0) == ["v1", "v2", "v3", "v5", "v6", "v7", "v8"]
+    with pytest.raises(InvalidInput, match="keep=-1"):
+        registry.prunable("ltr", keep=-1)
+    assert registry.prune("ltr", keep=2, protect={"v5"}) == ["v1", "v6"]
+    assert [v.version for v in registry.versions("ltr")] == ["v2", "v3", "v4", "v5", "v7", "v8"]
+    assert registry.active_version("ltr") == "v4" and registry.rollback("ltr").version == "v3"

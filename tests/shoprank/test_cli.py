@@ -46,6 +46,37 @@ def test_index_upsert_delete(env_home: Path, demo_dir: Path, tmp_path: Path,
     assert code == 0 and json.loads(out) == {"deleted": 1, "not_found": ["missing-id"], "products": 300}
 
 
+def test_models_delete_and_prune_spare_the_active_version_and_the_experiment(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.registry import ModelRegistry
+    from online_learning.experiments import Experiment
+    from serving.router import save_router_config
+
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    registry = ModelRegistry(get_settings().paths.models)
+    for i in range(6):
+        model = tmp_path / f"m{i}"
+        model.mkdir()
+        (model / "model.txt").write_text(str(i))
+        registry.register("ltr", model, base_model="lightgbm", activate=i < 2)  # v2 active, v1 its rollback
+    arms = {"control": {"ltr": "v2"}, "treatment": {"ltr": "v3"}}
+    save_router_config(get_settings().paths, Experiment(name="t", arms=arms), shadow="v4")
+    code, _, err = run_cli(capsys, "models", "delete", "ltr", "v3")
+    assert code == 2 and "ltr v3 is served by the running experiment or shadow" in err
+    code, out, _ = run_cli(capsys, "models", "prune", "--keep", "1", "--dry-run")
+    assert code == 0 and json.loads(out)["ltr"] == {"would_delete": ["v5"], "kept": ["v1", "v2", "v3", "v4", "v6"]}
+    assert len(registry.versions("ltr")) == 6
+    save_router_config(get_settings().paths, None, None)  # the experiment stopped
+    code, _, err = run_cli(capsys, "models", "delete", "ltr", "v2")
+    assert code == 2 and "ltr v2 is the active version and cannot be deleted" in err
+    code, out, _ = run_cli(capsys, "models", "prune", "--role", "ltr", "--keep", "0")
+    assert code == 0 and json.loads(out)["ltr"] == {"deleted": ["v1", "v3", "v4", "v5", "v6"], "kept": ["v2"]}
+    code, out, _ = run_cli(capsys, "models", "list", "--role", "ltr")
+    assert [v["version"] for v in json.loads(out)["ltr"]] == ["v2"]
+    get_settings.cache_clear()
+
+
 def test_bad_catalog_exits_nonzero_naming_row_and_column(env_home: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.csv"
