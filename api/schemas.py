@@ -2,21 +2,46 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from retrieval.vocabulary import tokenize
 
 MAX_QUERY_CHARS = 256
-MAX_K = 100  # results per page; the rules stage orders the first 100 (ranking.rules.RulesStage.depth)
+MAX_K = 100  # results per page; the rules stage orders every row a request may show (ranking.rules.RulesStage)
+
+
+FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
 class SearchFilters(BaseModel):
+    """Every product returned matches every filter given; the search runs over the products that do."""
+
     model_config = ConfigDict(extra="forbid")
 
-    category: str | None = Field(None, min_length=1, max_length=200, description="Only this category.")
-    min_price: float | None = Field(None, ge=0, description="Lowest price, >= 0.")
+    category: FilterValue | list[FilterValue] | None = Field(
+        None, description="Only this category, or any of these (up to 100; exact values, as facets name them).")
+    brand: FilterValue | list[FilterValue] | None = Field(
+        None, description="Only this brand, or any of these (up to 100; exact values).")
+    min_price: float | None = Field(None, ge=0, description="Lowest price, >= 0 (a product without a price is "
+                                    "left out).")
     max_price: float | None = Field(None, ge=0, description="Highest price, >= 0.")
     in_stock: bool | None = Field(None, description="true: only products in stock.")
+
+    @field_validator("category", "brand")
+    @classmethod
+    def _few_values(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not 1 <= len(value) <= 100:
+            raise ValueError(f"give 1..100 values, got {len(value)}")
+        return value
 
     @model_validator(mode="after")
     def _range(self) -> SearchFilters:

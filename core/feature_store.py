@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -71,7 +71,7 @@ class OnlineFeatureReader:
     """Reads a feature service's features for (user, candidates) from the online store."""
 
     def __init__(self, store: FeatureStore, service: str, product_ttl: float = 30.0, read_timeout: float = 0.25,
-                 retry_after: float = 2.0) -> None:
+                 retry_after: float = 2.0, facts: Mapping[str, str] | None = None) -> None:
         self.read_timeout = read_timeout
         self.retry_after = retry_after
         self._down_until = 0.0
@@ -97,6 +97,7 @@ class OnlineFeatureReader:
                     needed.setdefault(source.name, set()).update(f.name for f in source.features)
                 continue
             needed.setdefault(projection.name, set()).update(features)
+        self.facts = self._facts(store, facts or {}, needed)
         for name, features in needed.items():
             view = store.get_feature_view(name)
             self._views[name] = (view, sorted(features), view.entity_columns[0].name)
@@ -117,6 +118,27 @@ class OnlineFeatureReader:
         self.warming: threading.Thread | None = None  # a server's background read of every product (:meth:`warm`)
         self.hits = 0
         self.misses = 0
+
+    @staticmethod
+    def _facts(store: FeatureStore, facts: Mapping[str, str], needed: dict[str, set[str]]) -> dict[str, str]:
+        """Product facts read beside the service's features (``{"category": "product_attributes:category"}``):
+        each one the store has is added to its view's reads; returns fact -> feature name in a row."""
+        found = {}
+        for fact, ref in facts.items():
+            view_name, _, feature = ref.partition(":")
+            try:
+                view = store.get_feature_view(view_name)
+            except Exception:  # noqa: BLE001 - no such view: the catalog's column serves this fact
+                logger.info("product fact %s: the feature store has no view %r; read from the catalog", fact,
+                            view_name)
+                continue
+            if view.entity_columns[0].name != "product_id" or feature not in {f.name for f in view.features}:
+                logger.info("product fact %s: %r is not a product feature of the store; read from the catalog",
+                            fact, ref)
+                continue
+            needed.setdefault(view_name, set()).add(feature)
+            found[fact] = feature
+        return found
 
     def _read(self, view_name: str, keys: Sequence[str], timeout: float | None = None) -> list[dict[str, Any]]:
         """One view's rows for ``keys``, waiting at most ``timeout`` (default ``read_timeout``) seconds;
@@ -163,7 +185,7 @@ class OnlineFeatureReader:
         return merged
 
     def _entry(self, row: dict[str, Any], when: float) -> tuple[float, dict[str, Any], np.ndarray]:
-        return when, row, np.array([_number(row.get(n)) for n in self._vectorized], np.float32)
+        return when, row, np.array([as_number(row.get(n)) for n in self._vectorized], np.float32)
 
     def _store(self, rows: dict[str, dict[str, Any]], when: float) -> dict[str, tuple[float, dict[str, Any], np.ndarray]]:
         """Cache ``rows`` read at ``when``; returns their entries."""
@@ -214,6 +236,18 @@ class OnlineFeatureReader:
         with self._lock:
             return [self._cache.get(p) or self._empty for p in product_ids]
 
+    def cached_rows(self, product_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows last read for ``product_ids`` (empty for a product never read); reads nothing."""
+        return [entry[1] for entry in self._cached_products(product_ids)]
+
+    def rows(self, product_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows of ``product_ids`` as a search reads them (:meth:`fetch`): a product never read is
+        read now, a stale row re-read in the background; when the store is down, what is cached."""
+        try:
+            return [entry[1] for entry in self._products(product_ids)]
+        except StoreUnavailable:
+            return self.cached_rows(product_ids)
+
     def _user(self, user_id: str | None) -> dict[str, Any]:
         row: dict[str, Any] = {}
         if user_id is None:
@@ -250,7 +284,7 @@ class OnlineFeatureReader:
                 columns[feature] = np.asarray(output[feature], dtype=np.float32)
         for name in self.names:
             if name not in columns:
-                columns[name] = np.asarray([_number(r.get(name, user.get(name))) for r in rows], dtype=np.float32)
+                columns[name] = np.asarray([as_number(r.get(name, user.get(name))) for r in rows], dtype=np.float32)
         return FeatureBatch(list(product_ids), columns, unavailable)
 
     @property
@@ -263,7 +297,7 @@ def _odfv_inputs(odfv: Any) -> list[str]:
     return [f.name for source in odfv.source_feature_view_projections.values() for f in source.features]
 
 
-def _number(value: Any) -> float:
+def as_number(value: Any) -> float:
     if value is None or isinstance(value, (list, str)):
         return float("nan")
     return float(value)

@@ -9,15 +9,30 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Filters:
-    """Request filters, applied by the rules stage (:mod:`ranking.rules`)."""
+    """Request filters: every product a search returns matches them (:mod:`ranking.facts`).
 
-    category: str | None = None
+    ``category`` and ``brand``: any of these values (empty: any); a single value may be given as
+    a string. Prices are inclusive; a product without a price fails a price filter; a product
+    whose stock is unknown counts as in stock.
+    """
+
+    category: tuple[str, ...] = ()
+    brand: tuple[str, ...] = ()
     min_price: float | None = None
     max_price: float | None = None
     in_stock: bool | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("category", "brand"):
+            value = getattr(self, name)
+            if value is None or isinstance(value, str):
+                object.__setattr__(self, name, () if value is None else (value,))
+            else:
+                object.__setattr__(self, name, tuple(value))
+
     def active(self) -> bool:
-        return any(v is not None for v in (self.category, self.min_price, self.max_price, self.in_stock))
+        return bool(self.category or self.brand or self.in_stock) or any(
+            v is not None for v in (self.min_price, self.max_price))
 
 
 @dataclass(frozen=True)
@@ -73,3 +88,4 @@ class Query:
     # previous order, degraded "shed, budget"). Set by a server with a degrade budget (serving.skip_share).
     skip_model: Callable[[], bool] | None = None
     analysis: Analysis | None = None  # set by the first stage
+    window: int = 0  # rows the request may show (offset + k): the rules stage covers them all; set by the cascade

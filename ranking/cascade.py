@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from core.query import Analysis, Query
+from core.query import Analysis, Filters, Query
 from ranking.cross_encoder import StageShed, StageTimeout
 from retrieval.analyzer import Analyzer
 from retrieval.hybrid import Retriever
@@ -153,6 +153,8 @@ class Cascade:
             analyzed text (``query.text``) and the analysis (``query.analysis``).
         spelling: Correct spelling; the store's synonyms apply either way, and a request
             may turn both off; normalization always applies, as the index holds normalized text.
+        narrow: The rows of the index a request's filters keep (None: no filter;
+            :meth:`ranking.facts.CatalogFacts.allowed`): the first stage searches only those.
     """
 
     name: str
@@ -162,6 +164,7 @@ class Cascade:
     budgets: dict[str, float] = field(default_factory=dict)
     analyzer: Analyzer | None = None
     spelling: bool = True
+    narrow: Callable[[Filters], np.ndarray | None] | None = None
 
     def analyze(self, query: Query) -> Query:
         """``query`` with its analysis and the analyzed text (the text as given when it has no word)."""
@@ -219,8 +222,11 @@ class Cascade:
     def run(self, query: Query | str, k: int) -> Ranked:
         """Analyze, search and re-rank, with per-stage timings."""
         started = time.perf_counter()
-        query = self.analyze(query if isinstance(query, Query) else Query(query))
-        candidates = self.first.search(query.text, max(k, self.first_stage_depth))
+        query = replace(self.analyze(query if isinstance(query, Query) else Query(query)), window=k)
+        allow = self.narrow(query.filters) if self.narrow is not None else None
+        depth = max(k, self.first_stage_depth)
+        candidates = (self.first.search(query.text, depth) if allow is None
+                      else self.first.search(query.text, depth, allow))
         ranked = self._apply(query, candidates, {"first_stage": time.perf_counter() - started})
         return replace(ranked, analysis=query.analysis)
 

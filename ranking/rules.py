@@ -2,7 +2,10 @@
 
 In order:
 
-1. **Filters** from the request (category, price range, in stock only) drop rows.
+1. **Filters** from the request (category, brand, price range, in stock only) drop
+   rows. The first stage already searched only the products that match them
+   (:mod:`ranking.facts`); here they are checked again on the stock, promotion and
+   price read now.
 2. **Out of stock**: ``hide`` drops, ``demote`` moves below every in-stock row,
    ``none`` leaves it.
 3. **Promotion boost**: a promoted product's score rises by
@@ -14,8 +17,8 @@ In order:
 
 :func:`apply_rules` returns the new order and, per row, the list of rule notes
 shown in search explanations. :class:`RulesStage` is the last stage of a served
-cascade: it reads each product's stock, promotion, category and price (from the
-feature store when there is one, else from catalog columns) and applies them.
+cascade: it reads each product's facts (:class:`ranking.facts.CatalogFacts`) for
+every row the request may show, and applies the rules to them.
 """
 
 from __future__ import annotations
@@ -31,10 +34,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import InvalidInput
-from core.feature_store import OnlineFeatureReader
-from core.query import Filters, Query
+from core.query import Query
 from ranking.cascade import Noted
-from retrieval.index import ProductIndex
+from ranking.facts import ProductFacts
 from retrieval.types import Candidates
 
 
@@ -72,22 +74,14 @@ def normalise(query: str) -> str:
 
 
 def apply_rules(query: str, product_ids: list[str], scores: np.ndarray, in_stock: np.ndarray,
-                promoted: np.ndarray, categories: list[str | None], prices: np.ndarray,
-                config: RulesConfig, filters: Filters = Filters()) -> RuleResult:
-    """Apply filters and rules to a scored list (best first)."""
+                promoted: np.ndarray, config: RulesConfig, keep: np.ndarray | None = None) -> RuleResult:
+    """Apply the rules to a scored list (best first); ``keep``: the rows that match the request's
+    filters (None: all)."""
     n = len(product_ids)
     notes: list[list[str]] = [[] for _ in range(n)]
-    keep = np.ones(n, dtype=bool)
-    if filters.category is not None:
-        keep &= np.array([c == filters.category for c in categories], dtype=bool)
-    if filters.min_price is not None:
-        keep &= np.nan_to_num(prices, nan=-1.0) >= filters.min_price
-    if filters.max_price is not None:
-        keep &= np.nan_to_num(prices, nan=np.inf) <= filters.max_price
+    keep = np.ones(n, dtype=bool) if keep is None else np.array(keep, dtype=bool)
     stocked = np.nan_to_num(in_stock, nan=1.0) > 0
-    if filters.in_stock or config.out_of_stock == "hide":
-        for i in np.flatnonzero(keep & ~stocked):
-            notes[i].append("out_of_stock_hidden")
+    if config.out_of_stock == "hide":
         keep &= stocked
     adjusted = np.asarray(scores, dtype=np.float64).copy()
     spread = float(np.nanstd(adjusted[keep])) if keep.sum() > 1 else 0.0
@@ -120,42 +114,6 @@ def apply_rules(query: str, product_ids: list[str], scores: np.ndarray, in_stock
 
 
 @dataclass(frozen=True)
-class ProductFacts:
-    """What rules need per product: stock, promotion, category, price."""
-
-    in_stock: np.ndarray
-    promoted: np.ndarray
-    category: list[str | None]
-    price: np.ndarray
-
-
-def catalog_facts(index: ProductIndex, reader: OnlineFeatureReader | None) -> Callable[[Candidates], ProductFacts]:
-    """Facts from the feature store when there is one, else from catalog columns."""
-    products = index.products
-
-    def column(name: str, docs: np.ndarray, default: float) -> np.ndarray:
-        if name not in products.columns:
-            return np.full(len(docs), default, dtype=np.float64)
-        values = products[name].to_numpy()[docs]
-        return np.array([default if v is None or v != v else float(v) for v in values], dtype=np.float64)
-
-    def facts(candidates: Candidates) -> ProductFacts:
-        docs = candidates.docs
-        categories = (products["category"].to_numpy()[docs].tolist() if "category" in products.columns
-                      else [None] * len(docs))
-        in_stock, promoted, price = column("in_stock", docs, 1.0), column("promoted", docs, 0.0), column("price", docs, np.nan)
-        if reader is not None:
-            batch = reader.fetch(candidates.product_ids, None)
-            for name, target in (("in_stock", in_stock), ("promoted", promoted), ("price", price)):
-                if name in batch.columns:
-                    fresh = batch.columns[name]
-                    target[~np.isnan(fresh)] = fresh[~np.isnan(fresh)]
-        return ProductFacts(in_stock, promoted, categories, price)
-
-    return facts
-
-
-@dataclass(frozen=True)
 class RulesStage:
     """Business rules after the model (:mod:`ranking.rules`); records notes per product."""
 
@@ -166,15 +124,15 @@ class RulesStage:
     skippable: bool = False  # filters and business rules run even when the request's budget is spent
 
     def __call__(self, query: Query, candidates: Candidates) -> Noted:
-        """Rules over the first ``depth`` rows (responses never show more); the rest
-        follow unchanged, so offline evaluation still sees a full-depth list."""
-        head = candidates.top(self.depth)
+        """Rules over the first ``depth`` rows, or as many as the request may show (``query.window``);
+        the rest follow unchanged, so offline evaluation still sees a full-depth list."""
+        head = candidates.top(max(self.depth, query.window))
         facts = self.facts(head)
         score = np.nan_to_num(head.score, nan=float(np.nanmin(head.score)) if np.isfinite(head.score).any() else 0.0)
-        result = apply_rules(query.text, head.product_ids, score, facts.in_stock, facts.promoted, facts.category,
-                             facts.price, self.config, query.filters)
+        keep = facts.matching(query.filters) if query.filters.active() else None
+        result = apply_rules(query.text, head.product_ids, score, facts.in_stock, facts.promoted, self.config, keep)
         reordered = head.take(result.order)
         notes = {pid: n for pid, n in zip(reordered.product_ids, result.notes) if n}
-        if len(candidates) > self.depth:
-            reordered = reordered.then(candidates.take(slice(self.depth, None)))
+        if len(candidates) > len(head):
+            reordered = reordered.then(candidates.take(slice(len(head), None)))
         return Noted(reordered, notes)

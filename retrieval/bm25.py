@@ -46,6 +46,14 @@ def _schema() -> tantivy.Schema:
     return builder.build()
 
 
+def _within(allow: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """Whether each of ``docs`` is marked in ``allow`` (a row past its end is not)."""
+    inside = docs < len(allow)
+    out = np.zeros(len(docs), dtype=bool)
+    out[inside] = allow[docs[inside]]
+    return out
+
+
 class BM25Index:
     """A tantivy index over product titles and descriptions.
 
@@ -127,13 +135,25 @@ class BM25Index:
         docs = searcher.fast_field_values("doc", [address for _, address in result.hits])
         return Hits.of(docs, [score for score, _ in result.hits])
 
-    def search(self, query: str, k: int) -> Hits:
-        """Top-``k`` products by BM25; empty when no query term is indexed."""
+    def search(self, query: str, k: int, allow: np.ndarray | None = None) -> Hits:
+        """Top-``k`` products by BM25 (among the rows ``allow`` marks, when given); empty when no
+        query term is indexed. Filtered, the run reads twice ``k`` over the share of rows
+        allowed (all the matches, at most), then keeps the allowed ones."""
         text_query = self._text_query(query)
-        return self._run(text_query, k) if text_query is not None and k > 0 else Hits.empty()
+        if text_query is None or k <= 0:
+            return Hits.empty()
+        if allow is None:
+            return self._run(text_query, k)
+        allowed = int(np.count_nonzero(allow))
+        if not allowed:
+            return Hits.empty()
+        limit = min(self.num_docs, int(np.ceil(2 * k * len(allow) / allowed)))
+        hits = self._run(text_query, limit)
+        keep = np.flatnonzero(_within(allow, hits.docs))[:k]
+        return Hits.of(hits.docs[keep], hits.scores[keep])
 
-    def batch_search(self, queries: Sequence[str], k: int) -> list[Hits]:
-        return [self.search(query, k) for query in queries]
+    def batch_search(self, queries: Sequence[str], k: int, allow: np.ndarray | None = None) -> list[Hits]:
+        return [self.search(query, k, allow) for query in queries]
 
     def score(self, query: str, docs: Sequence[int] | np.ndarray) -> np.ndarray:
         """BM25 score of each of ``docs`` for ``query`` (0.0 where no term matches)."""

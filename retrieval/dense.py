@@ -193,8 +193,19 @@ class DenseIndex:
                 self._vectors = np.memmap(self.path / VECTORS, dtype=np.float32, mode="r", shape=shape)
         return self._vectors
 
-    def _params(self, k: int) -> faiss.SearchParameters:
-        selector = self._selector[0] if self._selector else None
+    def _select(self, allow: np.ndarray | None) -> tuple[faiss.IDSelector | None, object, np.ndarray]:
+        """The rows a search may return (live, and marked in ``allow`` when given) as a faiss selector
+        (None: every row), what keeps the selector's bitmap alive while it is used, and as a mask."""
+        if allow is None:
+            return (self._selector[0], self._selector, self.live) if self._selector else (None, None, self.live)
+        rows = self.live.copy()
+        n = min(len(rows), len(allow))
+        rows[:n] &= allow[:n]
+        rows[n:] = False  # rows added after the filter was worked out are not in it
+        bits = np.packbits(rows, bitorder="little")
+        return faiss.IDSelectorBitmap(len(rows), faiss.swig_ptr(bits)), bits, rows
+
+    def _params(self, k: int, selector: faiss.IDSelector | None) -> faiss.SearchParameters:
         if self.kind == "hnsw":
             return faiss.SearchParametersHNSW(efSearch=max(self.settings.hnsw_ef_search, k), sel=selector)
         return faiss.SearchParametersIVF(nprobe=self.settings.ivf_nprobe, sel=selector)
@@ -212,11 +223,10 @@ class DenseIndex:
                 self._half = fresh
             return self._half
 
-    def _flat_half(self, queries: np.ndarray, k: int) -> list[Hits]:
+    def _flat_half(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None, count: int) -> list[Hits]:
         """Scan the half-precision copy, re-score its top ``flat_refine`` x k exactly."""
         half = self._half_copy()
-        fetch = min(int(math.ceil(k * self.settings.flat_refine)), int(self.live.sum()))
-        selector = self._selector[0] if self._selector else None
+        fetch = min(int(math.ceil(k * self.settings.flat_refine)), count)
         _, docs = half.search(queries, fetch, params=faiss.SearchParameters(sel=selector))
         return self._rescore(queries, docs, k)
 
@@ -230,36 +240,41 @@ class DenseIndex:
             out.append(Hits.of(found[top], exact[top]))
         return out
 
-    def _flat(self, queries: np.ndarray, k: int) -> list[Hits]:
+    def _flat(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None, rows: np.ndarray,
+              count: int) -> list[Hits]:
         if self.settings.flat_scan == "fp16":
-            return self._flat_half(queries, k)
+            return self._flat_half(queries, k, selector, count)
         scores = queries @ self.vectors.T
-        if self._selector is not None:
-            scores[:, ~self.live] = -np.inf
-        k = min(k, int(self.live.sum()))
+        if selector is not None:
+            scores[:, ~rows] = -np.inf
+        k = min(k, count)
         out = []
         for row in scores:
             top = _top_k(row, k)
             out.append(Hits.of(top, row[top]))
         return out
 
-    def batch_search(self, queries: np.ndarray, k: int) -> list[Hits]:
-        """Top-``k`` live rows by inner product for each query vector."""
+    def batch_search(self, queries: np.ndarray, k: int, allow: np.ndarray | None = None) -> list[Hits]:
+        """Top-``k`` live rows by inner product for each query vector (among the rows ``allow`` marks,
+        when given)."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        if k <= 0 or not self.live.any():
+        selector, alive, rows = self._select(allow)
+        count = int(np.count_nonzero(rows))
+        if k <= 0 or not count:
             return [Hits.empty() for _ in queries]
         if self.index is None:
-            return self._flat(queries, k)
-        k = min(k, len(self.live))
+            return self._flat(queries, k, selector, rows, count)
+        k = min(k, count)
         refine = self.settings.ivfpq_refine if self.kind == "ivfpq" else 1
-        fetch = min(k * refine, len(self.live))
-        scores, docs = self.index.search(queries, fetch, params=self._params(fetch))
+        fetch = min(k * refine, count)
+        scores, docs = self.index.search(queries, fetch, params=self._params(fetch, selector))
+        del alive  # the selector's bitmap was needed until here
         if refine == 1:
             return [Hits.of(d[d >= 0], s[d >= 0]) for s, d in zip(scores, docs)]
         return self._rescore(queries, docs, k)
 
-    def search(self, query: np.ndarray, k: int) -> Hits:
-        return self.batch_search(query, k)[0]
+    def search(self, query: np.ndarray, k: int, allow: np.ndarray | None = None) -> Hits:
+        return self.batch_search(query, k, allow)[0]
 
     def score(self, query: np.ndarray, docs: Sequence[int] | np.ndarray) -> np.ndarray:
         """Exact cosine of ``query`` with each of ``docs``."""

@@ -6,6 +6,10 @@
 caller that brings its own candidates); all return
 :class:`~retrieval.types.Candidates`, best first. The hybrid fuses the two by
 reciprocal rank fusion and keeps each source's score and rank as columns.
+
+``allow`` (a boolean per index row; a request's filters, :mod:`ranking.facts`) makes a
+search one over those products only: each source's run, its ranks and the fused list
+are those of the catalog the filters leave.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from retrieval.types import Candidates, Hits
 class Retriever(Protocol):
     name: str
 
-    def search(self, query: str, k: int) -> Candidates: ...
+    def search(self, query: str, k: int, allow: np.ndarray | None = None) -> Candidates: ...
 
-    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]: ...
+    def batch_search(self, queries: Sequence[str], k: int, allow: np.ndarray | None = None) -> list[Candidates]: ...
 
     def rank(self, query: str, docs: Sequence[int]) -> Candidates: ...
 
@@ -48,11 +52,11 @@ class BM25Retriever:
     def __init__(self, index: ProductIndex) -> None:
         self.index = index
 
-    def search(self, query: str, k: int) -> Candidates:
-        return self.index.candidates(self.index.bm25.search(query, k), self.name)
+    def search(self, query: str, k: int, allow: np.ndarray | None = None) -> Candidates:
+        return self.index.candidates(self.index.bm25.search(query, k, allow), self.name)
 
-    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
-        return [self.search(q, k) for q in queries]
+    def batch_search(self, queries: Sequence[str], k: int, allow: np.ndarray | None = None) -> list[Candidates]:
+        return [self.search(q, k, allow) for q in queries]
 
     def rank(self, query: str, docs: Sequence[int]) -> Candidates:
         return self.index.candidates(Hits.ranked(docs, self.index.bm25.score(query, docs)), self.name)
@@ -81,11 +85,11 @@ class DenseRetriever:
             keep=(lambda rows, vectors: shared.put([queries[i] for i in rows], vectors)) if shared is not None else None)
         return np.stack(found)  # type: ignore[arg-type]
 
-    def search(self, query: str, k: int) -> Candidates:
-        return self.batch_search([query], k)[0]
+    def search(self, query: str, k: int, allow: np.ndarray | None = None) -> Candidates:
+        return self.batch_search([query], k, allow)[0]
 
-    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
-        runs = self.index.dense.batch_search(self.embed(queries), k)
+    def batch_search(self, queries: Sequence[str], k: int, allow: np.ndarray | None = None) -> list[Candidates]:
+        runs = self.index.dense.batch_search(self.embed(queries), k, allow)
         return [self.index.candidates(hits, self.name) for hits in runs]
 
     def rank(self, query: str, docs: Sequence[int]) -> Candidates:
@@ -120,26 +124,28 @@ class HybridRetriever:
         self.feedback_docs = feedback_docs
         self.feedback_weight = feedback_weight
 
-    def search(self, query: str, k: int) -> Candidates:
-        return self.batch_search([query], k)[0]
+    def search(self, query: str, k: int, allow: np.ndarray | None = None) -> Candidates:
+        return self.batch_search([query], k, allow)[0]
 
-    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
-        _, bm25_runs, dense_runs = self._runs(queries, max(k, self.depth))
+    def batch_search(self, queries: Sequence[str], k: int, allow: np.ndarray | None = None) -> list[Candidates]:
+        _, bm25_runs, dense_runs = self._runs(queries, max(k, self.depth), allow)
         return [self._fuse(b, d, k) for b, d in zip(bm25_runs, dense_runs)]
 
-    def _runs(self, queries: Sequence[str], depth: int) -> tuple[np.ndarray, list[Hits], list[Hits]]:
-        """The query vectors, and the BM25 and dense runs of ``queries`` over the catalog, ``depth`` deep."""
+    def _runs(self, queries: Sequence[str], depth: int,
+              allow: np.ndarray | None = None) -> tuple[np.ndarray, list[Hits], list[Hits]]:
+        """The query vectors, and the BM25 and dense runs of ``queries`` over the catalog (its ``allow``
+        rows), ``depth`` deep."""
         bm25 = self.index.bm25
-        pending = self.executor.submit(bm25.batch_search, queries, depth) if self.executor else None
+        pending = self.executor.submit(bm25.batch_search, queries, depth, allow) if self.executor else None
         vectors = self.dense.embed(queries)
-        dense_runs = self.index.dense.batch_search(vectors, depth)
-        bm25_runs = pending.result() if pending else bm25.batch_search(queries, depth)
+        dense_runs = self.index.dense.batch_search(vectors, depth, allow)
+        bm25_runs = pending.result() if pending else bm25.batch_search(queries, depth, allow)
         if self.feedback_docs:
-            dense_runs = self._feedback(vectors, bm25_runs, dense_runs, depth)
+            dense_runs = self._feedback(vectors, bm25_runs, dense_runs, depth, allow)
         return vectors, list(bm25_runs), list(dense_runs)
 
     def _feedback(self, vectors: np.ndarray, bm25_runs: Sequence[Hits], dense_runs: Sequence[Hits],
-                  depth: int) -> list[Hits]:
+                  depth: int, allow: np.ndarray | None = None) -> list[Hits]:
         """The dense runs of the query vectors moved towards their fused top ``feedback_docs``."""
         stored = self.index.dense.vectors
         moved = []
@@ -147,7 +153,7 @@ class HybridRetriever:
             top = fuse({"bm25": bm25, "dense": dense}, self.rrf_k, limit=self.feedback_docs).docs
             shifted = vector + self.feedback_weight * stored[np.sort(top)].mean(axis=0) if len(top) else vector
             moved.append(shifted / max(float(np.linalg.norm(shifted)), 1e-12))
-        return self.index.dense.batch_search(np.stack(moved).astype(np.float32), depth)
+        return self.index.dense.batch_search(np.stack(moved).astype(np.float32), depth, allow)
 
     def rank(self, query: str, docs: Sequence[int]) -> Candidates:
         """``docs`` as the served first stage sees them: ordered by their rank in the fused list

@@ -9,7 +9,7 @@ and keeps its ``search`` lists in an in-memory LRU under a key that names all of
 another key), behind which a shared tier (:class:`ListTier`: the score store, so that
 the server processes, the replicas and a restarted server share them, and the nightly
 ``shoprank warm-scores`` fills them for the head queries) is read before the wrapped
-retriever runs. ``rank`` (given products) is never cached.
+retriever runs. ``rank`` (given products) and filtered searches are never cached.
 
 A list taken from the cache is the same object every time: callers treat
 :class:`~retrieval.types.Candidates` as immutable (every stage makes new columns), and
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Protocol
+
+import numpy as np
 
 from core.cache import LRUCache, read_through
 from retrieval.hybrid import Retriever
@@ -59,10 +61,12 @@ class MemoizedRetriever:
         self.cache = cache
         self.shared = shared
 
-    def search(self, query: str, k: int) -> Candidates:
-        return self.batch_search([query], k)[0]
+    def search(self, query: str, k: int, allow: np.ndarray | None = None) -> Candidates:
+        return self.batch_search([query], k, allow)[0]
 
-    def batch_search(self, queries: Sequence[str], k: int) -> list[Candidates]:
+    def batch_search(self, queries: Sequence[str], k: int, allow: np.ndarray | None = None) -> list[Candidates]:
+        if allow is not None:  # a filtered search: its lists are not kept (the result page may be)
+            return self.inner.batch_search(queries, k, allow)
         scope, shared = self.scope(), self.shared
         keys = [(scope, q, k) for q in queries]
         return read_through(

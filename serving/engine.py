@@ -25,8 +25,9 @@ from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
 from ranking.cache import CachedScorer, SharedQueryVectors, TierCounts, model_tag
 from ranking.cascade import Cascade, ScoreStage
+from ranking.facts import CatalogFacts
 from ranking.features import LtrFeaturizer
-from ranking.rules import RulesConfig, RulesStage, catalog_facts
+from ranking.rules import RulesConfig, RulesStage
 from ranking.score_backends import open_score_store
 from ranking.score_store import ScoreStore
 from retrieval.encoder import Encoder
@@ -257,11 +258,11 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
     dense = DenseRetriever(index, encoder, caches.query_vectors, shared)
     hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=executor,
                              feedback_docs=rs.feedback_docs, feedback_weight=rs.feedback_weight)
-    rules = RulesStage(RulesConfig.from_file(rk.rules_file) if rk.rules_file else RulesConfig(),
-                       catalog_facts(index, models.features))
+    facts = CatalogFacts(index, models.features, refresh_s=sv.facts_refresh_s)
+    rules = RulesStage(RulesConfig.from_file(rk.rules_file) if rk.rules_file else RulesConfig(), facts)
     stages = _CrossEncoderStages(index, caches, settings)
     pipelines = build_pipelines(bm25, dense, _memoized(hybrid, index, encoder, caches, settings), models, rules,
-                                settings, stages)
+                                settings, stages, narrow=facts.allowed)
     shared_results = (SharedResults(caches.store, sv.results_ttl_s, caches.results_store)
                       if caches.store is not None and sv.shared_results and sv.results_cache_size > 0
                       and sv.results_ttl_s > 0 else None)

@@ -156,7 +156,7 @@ def open_feature_reader(settings: Settings, batch: bool = False) -> OnlineFeatur
     timeout, retry = (BATCH_READ_TIMEOUT_S, 0.0) if batch else (fs.read_timeout_ms / 1000, fs.retry_after_s)
     try:
         return OnlineFeatureReader(feast_repo.open_store(settings), fs.service, read_timeout=timeout,
-                                   retry_after=retry, product_ttl=fs.product_ttl_s)
+                                   retry_after=retry, product_ttl=fs.product_ttl_s, facts=fs.facts)
     except Exception as err:  # noqa: BLE001 - serving goes on without store features
         logger.warning("feature store unavailable (%s); ranking without store features", err)
         return None
@@ -200,8 +200,9 @@ def open_engine(settings: Settings, products: pd.DataFrame | None = None, models
     served_ltr = [m for m in (loaded.ltr, *loaded.ltr_versions) if m is not None]
     if any(set(RELEVANCE_FEATURES) & set(m.model.names) for m in served_ltr):
         catalog_text(index)  # the catalog's words for the relevance features, before the first search
-    if warm_features and loaded.ltr is not None and loaded.features is not None:
-        # LambdaMART reads the store rows of every candidate: read them all now, in the background
+    if warm_features and loaded.features is not None and (loaded.ltr is not None or loaded.features.facts):
+        # LambdaMART reads the store rows of every candidate, filters every product's: read them all now,
+        # in the background
         loaded.features.warming = threading.Thread(target=warm_store_features, args=(engine,), name="feature-warm",
                                                    daemon=True)
         loaded.features.warming.start()

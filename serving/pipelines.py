@@ -22,7 +22,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from core.feature_store import OnlineFeatureReader
+from core.query import Filters
 from core.registry import ServedModel
 from core.settings import RankingSettings, Settings
 from ranking.cascade import AdaptiveDepth, Cascade, ScoreStage, Stage
@@ -80,14 +83,16 @@ def featurizer_for(index: ProductIndex, dense: DenseRetriever, models: Models, n
 
 def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retriever, models: Models,
                     rules: RulesStage, settings: Settings,
-                    cross_encoder_stage: Callable[[str, ServedModel, int], ScoreStage]) -> Pipelines:
-    """The pipelines these parts allow (see the module docstring); builds nothing stateful."""
+                    cross_encoder_stage: Callable[[str, ServedModel, int], ScoreStage],
+                    narrow: Callable[[Filters], np.ndarray | None] | None = None) -> Pipelines:
+    """The pipelines these parts allow (see the module docstring); builds nothing stateful.
+    ``narrow``: the index rows a request's filters keep, which every pipeline's first stage searches."""
     rk = settings.ranking
     budgets = {name: ms / 1000 for name, ms in settings.serving.stage_budgets_ms.items()}
 
     def cascade(name: str, stages: list[Stage], depth: int, first: Retriever = hybrid) -> Cascade:
         return Cascade(name, first, stages, first_stage_depth=depth, budgets=budgets,
-                       analyzer=bm25.index.analyzer, spelling=settings.retrieval.spelling)
+                       analyzer=bm25.index.analyzer, spelling=settings.retrieval.spelling, narrow=narrow)
 
     named: dict[str, Retriever] = {name: cascade(name, [], 0, first)
                                    for name, first in (("bm25", bm25), ("dense", dense), ("hybrid", hybrid))}

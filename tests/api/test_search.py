@@ -141,3 +141,39 @@ def test_a_store_synonym_is_searched_said_and_read_again_on_reload(settings: Set
         while client.get("/readyz").json().get("reload_errors") and time.monotonic() < deadline:
             time.sleep(0.2)
         assert client.post("/v1/search", json={"query": "taladro", "k": 3}).json()["query_rewrite"]["text"] == "drill"
+
+
+def test_filters_hold_on_every_page_and_a_narrow_one_still_fills_it(  # type: ignore[no-untyped-def]
+        client: TestClient, demo_products) -> None:
+    facts = demo_products.set_index("product_id")
+
+    def search(filters: dict, k: int = 10, offset: int = 0) -> list[str]:
+        response = client.post("/v1/search", json={"query": "cordless drill", "k": k, "offset": offset,
+                                                   "filters": filters})
+        assert response.status_code == 200, response.text
+        return [item["product_id"] for item in response.json()["items"]]
+
+    brushes = set(facts.index[facts["category"] == "Paint > Brushes"])
+    assert not brushes & set(search({}, k=50))  # the unfiltered best hold none of them
+    first, second = search({"category": "Paint > Brushes"}), search({"category": "Paint > Brushes"}, offset=10)
+    assert len(first) == 10 and set(first + second) == brushes  # every brush, and nothing else, over two pages
+    found = search({"category": ["Paint > Brushes", "Tools > Drills"], "brand": "DeWalt", "in_stock": True,
+                    "max_price": 150}, k=100)
+    assert found and all(facts.at[p, "category"] in ("Paint > Brushes", "Tools > Drills") and
+                         facts.at[p, "brand"] == "DeWalt" and facts.at[p, "in_stock"] and
+                         facts.at[p, "price"] <= 150 for p in found)
+    expected = facts[facts["category"].isin(["Paint > Brushes", "Tools > Drills"]) & (facts["brand"] == "DeWalt")
+                     & facts["in_stock"].astype(bool) & (facts["price"] <= 150)]
+    assert set(found) == set(expected.index)
+    assert search({"category": "No Such Category"}) == []
+
+
+@pytest.mark.parametrize(("filters", "allowed"), [
+    ({"category": []}, "give 1..100 values, got 0"),
+    ({"brand": ""}, "at least 1 character"),
+    ({"category": ["x"] * 101}, "give 1..100 values, got 101"),
+    ({"color": "red"}, "Extra inputs are not permitted"),
+])
+def test_bad_filters_are_422_naming_the_filter(client: TestClient, filters: dict, allowed: str) -> None:
+    response = client.post("/v1/search", json={"query": "drill", "filters": filters})
+    assert response.status_code == 422 and allowed in response.text and next(iter(filters)) in response.text

@@ -144,6 +144,28 @@ def test_warm_cache_and_stale_rows_refreshed_in_the_background(sqlite_settings: 
     assert reader.fetch(["P1"], None).columns["price"].tolist() == pytest.approx([12])
 
 
+def test_filters_read_category_and_brand_from_the_store_when_the_catalog_has_none(sqlite_settings: Settings) -> None:
+    from types import SimpleNamespace
+
+    from core.query import Filters
+    from ranking.facts import CatalogFacts
+
+    feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())
+    facts = {**FeatureSettings().facts, "brand": "product_attributes:maker", "promoted": "no_such_view:promoted"}
+    reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1", facts=facts)
+    assert reader.facts == {"category": "category", "price": "price", "in_stock": "in_stock"}  # what the store has
+    reader.warm(["P1", "P2", "P3"])
+    catalog = pd.DataFrame({"product_id": ["P1", "P2", "P3"], "title": ["drill", "paint", "hose"],
+                            "brand": ["A", "B", "C"], "price": [99.0, 99.0, 7.0]})
+    index = SimpleNamespace(products=catalog, manifest=SimpleNamespace(rows=3, updated="t"))
+    known = CatalogFacts(index, reader)  # type: ignore[arg-type]
+    assert known.table().category.tolist() == ["drills", "paint", None]
+    assert known.table().price.tolist() == pytest.approx([12, 5, 7])  # the store's, the catalog's for P3
+    assert known.allowed(Filters(category="paint")).tolist() == [False, True, False]
+    assert known.allowed(Filters(brand="C", max_price=10)).tolist() == [False, False, True]
+    assert known.allowed(Filters(in_stock=True)).tolist() == [True, False, True]  # P3's stock is unknown
+
+
 def test_a_warm_up_cut_short_by_the_process_exiting_is_quiet(sqlite_settings: Settings,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1")

@@ -5,18 +5,22 @@ from __future__ import annotations
 import numpy as np
 
 from core.query import Filters
+from ranking.facts import ProductFacts
 from ranking.rules import QueryRule, RulesConfig, apply_rules
 
 IDS = ["a", "b", "c", "d", "e"]
 SCORES = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
 STOCK = np.array([1, 0, 1, 1, 1], dtype=float)
 PROMO = np.zeros(5)
-CATS = ["tools", "tools", "paint", "tools", "paint"]
+CATS = np.array(["tools", "tools", "paint", "tools", "paint"], dtype=object)
+BRANDS = np.array(["acme", None, "acme", "bolt", "bolt"], dtype=object)
 PRICES = np.array([10.0, 20.0, 30.0, 40.0, np.nan])
+FACTS = ProductFacts(CATS, BRANDS, PRICES, STOCK, PROMO)
 
 
 def run(config: RulesConfig, query: str = "drill", promoted: np.ndarray = PROMO, filters: Filters = Filters()):  # type: ignore[no-untyped-def]
-    result = apply_rules(query, IDS, SCORES, STOCK, promoted, CATS, PRICES, config, filters)
+    keep = FACTS.matching(filters) if filters.active() else None
+    result = apply_rules(query, IDS, SCORES, STOCK, promoted, config, keep)
     return [IDS[i] for i in result.order], result.notes
 
 
@@ -46,3 +50,8 @@ def test_pins_buries_and_filters() -> None:
     assert order == ["a", "b"]
     order, notes = run(RulesConfig(out_of_stock="none"), filters=Filters(in_stock=True, min_price=15))
     assert order == ["c", "d"]  # b is out of stock, e has no price
+    order, _ = run(RulesConfig(out_of_stock="none"), filters=Filters(brand=("bolt", "nope"), category="paint"))
+    assert order == ["e"]
+    order, _ = run(RulesConfig(out_of_stock="none"), filters=Filters(brand=["acme", "bolt"], max_price=35))
+    assert order == ["a", "c"]  # b's brand is unknown, d costs 40, e has no price
+    assert not Filters(in_stock=False).active() and Filters(brand="x").brand == ("x",)

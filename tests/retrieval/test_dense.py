@@ -78,3 +78,28 @@ def test_auto_kind_and_ivfpq_limits(tmp_path: Path) -> None:
         DenseIndex.build(tmp_path, unit_vectors(100, 32), SETTINGS, kind="ivfpq")
     with pytest.raises(InvalidInput, match="pq_m=7 does not divide"):
         DenseIndex.build(tmp_path, unit_vectors(5000, 32), RetrievalSettings(pq_m=7), kind="ivfpq")
+
+
+@pytest.mark.parametrize("kind", ["flat", "flat-fp16", "hnsw"])
+def test_a_filtered_search_returns_the_best_of_the_allowed_rows(tmp_path: Path, kind: str) -> None:
+    vectors = unit_vectors(3000, 32, seed=6)
+    queries = unit_vectors(10, 32, seed=7)
+    settings = SETTINGS.model_copy(update={"flat_scan": "fp16" if kind == "flat-fp16" else "f32"})
+    dense = DenseIndex.build(tmp_path, vectors, settings, kind=kind.split("-")[0])
+    dense.remove([7])
+    allow = np.zeros(3000, dtype=bool)
+    allow[::7] = True  # 429 rows, one of them deleted
+    allowed = np.flatnonzero(allow & dense.live)
+    overlap = []
+    for query, hits in zip(queries, dense.batch_search(queries, 20, allow)):
+        exact = allowed[np.argsort(-(vectors[allowed] @ query), kind="stable")[:20]]
+        assert len(hits) == 20 and set(hits.docs.tolist()) <= set(allowed.tolist())
+        if kind != "hnsw":
+            assert hits.docs.tolist() == exact.tolist()
+        overlap.append(len(set(hits.docs.tolist()) & set(exact.tolist())) / 20)
+    assert np.mean(overlap) >= 0.9
+    assert not len(dense.search(queries[0], 10, np.zeros(3000, dtype=bool)))
+    short = dense.search(queries[0], 3000, allow[:1000])  # rows past the filter's end are not in it
+    assert set(short.docs.tolist()) <= set(allowed[allowed < 1000].tolist())
+    if kind != "hnsw":  # exact: every one of them
+        assert set(short.docs.tolist()) == set(allowed[allowed < 1000].tolist())

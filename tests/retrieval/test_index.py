@@ -122,3 +122,22 @@ def test_dense_feedback_reaches_products_worded_like_the_first_results(tmp_path:
     assert plain["c"] == pytest.approx(0.0) and plain["d"] == pytest.approx(0.0)  # no word of the query
     assert moved["c"] > 0.1 and moved["d"] == pytest.approx(0.0)  # the battery pack shares the top two's words
     assert moved["a"] > moved["c"] and moved["b"] > moved["c"]
+
+
+def test_a_filtered_search_ranks_only_the_products_the_filter_keeps(fake_index: ProductIndex) -> None:
+    """A filter's products are searched as if the catalog held only them: every source's run and
+    ranks, and the fused list, are theirs (LambdaMART's rank features mean what they mean unfiltered)."""
+    bm25, dense = BM25Retriever(fake_index), DenseRetriever(fake_index, HashingEncoder())
+    hybrid = HybridRetriever(bm25, dense, depth=50)
+    brushes = (fake_index.products["category"] == "Paint > Brushes").to_numpy()
+    assert not brushes[hybrid.search("cordless drill", 20).docs].any()  # none among the unfiltered best
+    for retriever in (bm25, dense, hybrid):
+        found = retriever.search("cordless drill brush", 10, brushes)
+        assert len(found) and brushes[found.docs].all()
+    found = hybrid.search("cordless drill", 100, brushes)
+    assert sorted(found.docs.tolist()) == np.flatnonzero(brushes).tolist()  # the dense run reaches them all
+    assert found.ranks["rrf"].tolist() == list(range(1, len(found) + 1))
+    for run in ("bm25", "dense"):
+        ranks = found.ranks[run][found.ranks[run] > 0]
+        assert sorted(ranks.tolist()) == list(range(1, len(ranks) + 1))
+    assert not len(hybrid.search("cordless drill", 10, np.zeros(len(brushes), dtype=bool)))

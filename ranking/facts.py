@@ -1,0 +1,198 @@
+"""What filters and business rules know of each product: category, brand, price, stock, promotion.
+
+Each fact comes from the feature store when the store has it (``features.facts`` names a view
+and feature per fact; the online reader reads them beside the ranker's features), else from
+the catalog's column of the same name, else it is unknown (NaN / None).
+
+:class:`CatalogFacts` keeps every product's facts as one array per fact over the rows of the
+index. It is built again when the index changes (an upsert or a delete), when the reader's
+first read of every product finishes, and from the reader's cache every ``refresh_s``
+seconds (in the background; searches use the arrays they have meanwhile). So the store's
+updates reach filters within the reader's ``features.product_ttl_s`` plus ``refresh_s``.
+
+A request's filters become one mask over the index (:meth:`CatalogFacts.allowed`, kept per
+distinct filter), and the first stage searches only the products it marks
+(``retrieval.hybrid``): every product a search returns matches its filters, on every page,
+and a filter that keeps 2% of the catalog fills the page with the best of that 2%, ranked
+and featurized as if the catalog held only them. The rules stage then reads stock,
+promotion and price fresh for the rows it shows (:meth:`CatalogFacts.__call__`) and checks
+the filters on them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.cache import LRUCache
+from core.feature_store import OnlineFeatureReader, as_number
+from core.query import Filters
+from retrieval.index import ProductIndex
+from retrieval.types import Candidates
+
+logger = logging.getLogger(__name__)
+
+TEXT_FACTS = ("category", "brand")
+NUMBER_FACTS = {"price": np.nan, "in_stock": np.nan, "promoted": 0.0}  # the value when unknown
+
+
+@dataclass(frozen=True)
+class ProductFacts:
+    """Facts of some products, one entry each: category and brand (str, None when unknown),
+    price, stock and promotion (NaN when unknown; a product of unknown stock counts as in stock)."""
+
+    category: np.ndarray
+    brand: np.ndarray
+    price: np.ndarray
+    in_stock: np.ndarray
+    promoted: np.ndarray
+
+    @property
+    def stocked(self) -> np.ndarray:
+        return np.nan_to_num(self.in_stock, nan=1.0) > 0
+
+    def take(self, rows: np.ndarray) -> ProductFacts:
+        return ProductFacts(**{name: getattr(self, name)[rows] for name in (*TEXT_FACTS, *NUMBER_FACTS)})
+
+    def matching(self, filters: Filters) -> np.ndarray:
+        """Which products match ``filters`` (a product without a price fails a price filter)."""
+        keep = np.ones(len(self.price), dtype=bool)
+        for name in TEXT_FACTS:
+            wanted = getattr(filters, name)
+            if wanted:
+                values = getattr(self, name)
+                keep &= np.logical_or.reduce([values == value for value in wanted])
+        if filters.min_price is not None:
+            keep &= np.nan_to_num(self.price, nan=-np.inf) >= filters.min_price
+        if filters.max_price is not None:
+            keep &= np.nan_to_num(self.price, nan=np.inf) <= filters.max_price
+        if filters.in_stock:
+            keep &= self.stocked
+        return keep
+
+
+def overlay(facts: dict[str, np.ndarray], rows: list[dict[str, Any]], features: dict[str, str]) -> None:
+    """Replace ``facts``' values by the store's (``rows``, one per product), where a row has one."""
+    for fact, feature in features.items():
+        values = [row.get(feature) for row in rows]
+        if fact in TEXT_FACTS:
+            given = np.array([v if isinstance(v, str) and v else None for v in values], dtype=object)
+            known = np.array([v is not None for v in given], dtype=bool)
+            facts[fact] = np.where(known, given, facts[fact])
+        else:
+            fresh = np.array([as_number(v) for v in values], dtype=np.float64)
+            facts[fact] = np.where(np.isnan(fresh), facts[fact], fresh)
+
+
+@dataclass(frozen=True)
+class _Table:
+    key: tuple[int, str]  # the index's rows and last write: a new key, a new table
+    built: float
+    complete: bool  # the reader had read every product when it was built
+    generation: int
+    facts: ProductFacts
+
+
+class CatalogFacts:
+    """Facts of every product of ``index``, the store's (``reader``) over the catalog's columns.
+
+    Args:
+        index: The served index; its ``products`` hold the catalog's columns.
+        reader: The online feature reader, or None (the catalog's columns only).
+        refresh_s: Seconds between rebuilds from the reader's cache.
+        masks: Distinct filters whose masks are kept.
+    """
+
+    def __init__(self, index: ProductIndex, reader: OnlineFeatureReader | None, refresh_s: float = 60.0,
+                 masks: int = 256) -> None:
+        self.index = index
+        self.reader = reader if reader is not None and reader.facts else None
+        self.refresh_s = refresh_s
+        self._table: _Table | None = None
+        self._lock = threading.Lock()
+        self._refreshing = False
+        self._generation = 0
+        self._masks = LRUCache(masks)
+
+    def _key(self) -> tuple[int, str]:
+        return self.index.manifest.rows, self.index.manifest.updated
+
+    def _reader_done(self) -> bool:
+        warming = getattr(self.reader, "warming", None)
+        return warming is None or not warming.is_alive()
+
+    def table(self) -> ProductFacts:
+        """Facts of every row of the index (deleted rows included), as last built."""
+        return self._current().facts
+
+    def _current(self) -> _Table:
+        table, key = self._table, self._key()
+        if table is None or table.key != key:
+            with self._lock:
+                if self._table is None or self._table.key != key:
+                    self._table = self._build(key)
+                return self._table
+        if self.reader is not None and not self._refreshing and (
+                time.monotonic() - table.built > self.refresh_s or (not table.complete and self._reader_done())):
+            self._refreshing = True
+            threading.Thread(target=self._refresh, args=(key,), name="facts-refresh", daemon=True).start()
+        return table
+
+    def _refresh(self, key: tuple[int, str]) -> None:
+        try:
+            fresh = self._build(key)
+            with self._lock:
+                if self._key() == key:
+                    self._table = fresh
+        except Exception:  # noqa: BLE001 - the arrays in use stay; the next search tries again
+            logger.exception("re-reading the product facts failed")
+        finally:
+            self._refreshing = False
+
+    def _build(self, key: tuple[int, str]) -> _Table:
+        products = self.index.products
+        complete = self._reader_done()
+        facts: dict[str, np.ndarray] = {}
+        for name in TEXT_FACTS:
+            column = products[name].tolist() if name in products.columns else [None] * len(products)
+            facts[name] = np.array([v if isinstance(v, str) and v else None for v in column], dtype=object)
+        for name, unknown in NUMBER_FACTS.items():
+            column = products[name].tolist() if name in products.columns else []
+            facts[name] = (np.array([as_number(v) for v in column], dtype=np.float64) if column
+                           else np.full(len(products), np.nan))
+            if not np.isnan(unknown):
+                facts[name] = np.nan_to_num(facts[name], nan=unknown)
+        if self.reader is not None:
+            overlay(facts, self.reader.cached_rows(products["product_id"].tolist()), self.reader.facts)
+        self._generation += 1
+        return _Table(key, time.monotonic(), complete, self._generation, ProductFacts(**facts))
+
+    def allowed(self, filters: Filters) -> np.ndarray | None:
+        """The rows of the index that match ``filters`` (read-only; None: no filter)."""
+        if not filters.active():
+            return None
+        table = self._current()
+        key = (filters, table.generation)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = table.facts.matching(filters)
+            mask.flags.writeable = False
+            self._masks.put(key, mask)
+        return mask
+
+    def __call__(self, candidates: Candidates) -> ProductFacts:
+        """Facts of ``candidates`` as the rules stage reads them: category and brand as last built;
+        stock, promotion and price read now (:meth:`OnlineFeatureReader.rows`: the reader's
+        cache, a stale row re-read in the background)."""
+        facts = self.table().take(candidates.docs)
+        if self.reader is None or not len(candidates):
+            return facts
+        fresh = {name: getattr(facts, name) for name in (*TEXT_FACTS, *NUMBER_FACTS)}
+        overlay(fresh, self.reader.rows(candidates.product_ids),
+                {fact: feature for fact, feature in self.reader.facts.items() if fact in NUMBER_FACTS})
+        return ProductFacts(**fresh)

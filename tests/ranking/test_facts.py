@@ -1,0 +1,90 @@
+"""Product facts for filters and rules: the store's values over the catalog's, kept current."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.query import Filters
+from ranking.facts import CatalogFacts
+from retrieval.types import Candidates
+
+PRODUCTS = pd.DataFrame({
+    "product_id": ["a", "b", "c", "d"],
+    "category": ["tools", "paint", None, "tools"],
+    "brand": ["acme", "bolt", "acme", ""],
+    "price": [10.0, None, 30.0, 40.0],
+    "in_stock": [True, False, True, True],
+})
+
+
+class Reader:
+    """The two reads CatalogFacts makes of the online reader, over rows set by the test."""
+
+    facts = {"category": "category", "price": "price", "in_stock": "in_stock"}  # no brand in this store
+    warming = None
+
+    def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+        self.stored = rows
+        self.fresh_reads = 0
+
+    def cached_rows(self, product_ids: list[str]) -> list[dict[str, Any]]:
+        return [dict(self.stored.get(p, {})) for p in product_ids]
+
+    def rows(self, product_ids: list[str]) -> list[dict[str, Any]]:
+        self.fresh_reads += 1
+        return self.cached_rows(product_ids)
+
+
+def index(products: pd.DataFrame, updated: str = "t0") -> SimpleNamespace:
+    return SimpleNamespace(products=products, manifest=SimpleNamespace(rows=len(products), updated=updated))
+
+
+def candidates(docs: list[int]) -> Candidates:
+    return Candidates(np.array(docs), [PRODUCTS["product_id"][d] for d in docs], "rrf",
+                      {"rrf": np.ones(len(docs))}, {"rrf": np.arange(1, len(docs) + 1)})
+
+
+def test_the_catalog_columns_alone() -> None:
+    facts = CatalogFacts(index(PRODUCTS), None)  # type: ignore[arg-type]
+    assert facts.allowed(Filters()) is None
+    assert facts.allowed(Filters(category="tools")).tolist() == [True, False, False, True]
+    assert facts.allowed(Filters(brand=["acme", "bolt"])).tolist() == [True, True, True, False]  # "" is no brand
+    assert facts.allowed(Filters(min_price=5)).tolist() == [True, False, True, True]  # b has no price
+    assert facts.allowed(Filters(in_stock=True, max_price=35)).tolist() == [True, False, True, False]
+    mask = facts.allowed(Filters(category="tools"))
+    assert mask is facts.allowed(Filters(category=("tools",))) and not mask.flags.writeable  # kept per filter
+    assert facts(candidates([3, 1])).category.tolist() == ["tools", "paint"]
+
+
+def test_the_store_values_win_where_it_has_them_and_follow_its_updates() -> None:
+    reader = Reader({"c": {"category": "garden", "price": 12.0}, "b": {"in_stock": 1}})
+    facts = CatalogFacts(index(PRODUCTS), reader, refresh_s=0.05)  # type: ignore[arg-type]
+    table = facts.table()
+    assert table.category.tolist() == ["tools", "paint", "garden", "tools"]
+    assert table.price[2] == 12.0 and np.isnan(table.price[1]) and table.in_stock[1] == 1
+    assert table.brand.tolist() == ["acme", "bolt", "acme", None]  # the store has no brand: the catalog's
+    assert facts.allowed(Filters(category="garden", max_price=20)).tolist() == [False, False, True, False]
+    reader.stored["a"] = {"category": "garden", "in_stock": 0}  # the store changes; the rules read it at once
+    shown = facts(candidates([0, 2]))
+    assert reader.fresh_reads == 1 and shown.in_stock.tolist() == [0.0, 1.0]
+    assert shown.category.tolist() == ["tools", "garden"]  # categories follow within refresh_s
+    time.sleep(0.06)
+    facts.table()  # a search after refresh_s starts the re-read in the background
+    deadline = time.monotonic() + 5
+    while facts.allowed(Filters(category="garden")).tolist() != [True, False, True, False]:
+        assert time.monotonic() < deadline, "the facts were not re-read"
+        time.sleep(0.01)
+
+
+def test_an_index_write_rebuilds_the_facts_at_once() -> None:
+    holder = index(PRODUCTS)
+    facts = CatalogFacts(holder, None)  # type: ignore[arg-type]
+    assert facts.allowed(Filters(category="garden")).tolist() == [False] * 4
+    grown = pd.concat([PRODUCTS, pd.DataFrame({"product_id": ["e"], "category": ["garden"]})], ignore_index=True)
+    holder.products, holder.manifest = grown, SimpleNamespace(rows=5, updated="t1")
+    assert facts.allowed(Filters(category="garden")).tolist() == [False] * 4 + [True]
