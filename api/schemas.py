@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -65,6 +65,10 @@ class SearchRequest(BaseModel):
     explain: bool = Field(False, description="Return per-result feature contributions and rule notes.")
     rewrite: bool = Field(True, description="Correct misspelled and run-together words against the catalog "
                           "(false: search the words as typed; normalization of units and case still applies).")
+    facets: list[Literal["category", "brand", "price"]] = Field(
+        default_factory=list, max_length=3, description="Facet counts to return, over every product the search "
+        "found (after the filters; up to ranking.first_stage_depth): category, brand (values and counts), "
+        "price (lowest and highest).")
 
     @field_validator("query")
     @classmethod
@@ -99,6 +103,26 @@ class RewriteItem(BaseModel):
     replacement: str = Field(..., description="What was searched instead.")
     reason: str = Field(..., description="spelling (not in the catalog; corrected), split (run-together words) or "
                         "synonym (a rule of the store's synonyms, retrieval.synonyms).")
+
+
+class FacetValue(BaseModel):
+    value: str
+    count: int = Field(..., description="Products found with this value.")
+
+
+class PriceRange(BaseModel):
+    min: float
+    max: float
+    products: int = Field(..., description="Products found with a price.")
+
+
+class Facets(BaseModel):
+    """Counts over every product the search found (after the filters), not only the page."""
+
+    counted: int = Field(..., description="Products counted: the search's whole list.")
+    category: list[FacetValue] | None = Field(None, description="The 20 most frequent categories, most first.")
+    brand: list[FacetValue] | None = Field(None, description="The 20 most frequent brands, most first.")
+    price: PriceRange | None = Field(None, description="Lowest and highest price (null: no product has one).")
 
 
 class QueryRewrite(BaseModel):
@@ -137,6 +161,7 @@ class SearchResponse(BaseModel):
     query_rewrite: QueryRewrite | None = Field(None, description="What the query analyzer searched for.")
     index: IndexInfo
     items: list[SearchItem]
+    facets: Facets | None = Field(None, description="The counts the request asked for (facets).")
 
 
 class Health(BaseModel):

@@ -5,10 +5,11 @@ and feature per fact; the online reader reads them beside the ranker's features)
 the catalog's column of the same name, else it is unknown (NaN / None).
 
 :class:`CatalogFacts` keeps every product's facts as one array per fact over the rows of the
-index. It is built again when the index changes (an upsert or a delete), when the reader's
-first read of every product finishes, and from the reader's cache every ``refresh_s``
-seconds (in the background; searches use the arrays they have meanwhile). So the store's
-updates reach filters within the reader's ``features.product_ttl_s`` plus ``refresh_s``.
+index. It is built again when the index changes (an upsert or a delete), when a server's
+first read of every product into the reader's cache finishes (:meth:`CatalogFacts.refresh`),
+and from that cache every ``refresh_s`` seconds (in the background; searches use the arrays
+they have meanwhile). So the store's updates reach filters within the reader's
+``features.product_ttl_s`` plus ``refresh_s``.
 
 A request's filters become one mask over the index (:meth:`CatalogFacts.allowed`, kept per
 distinct filter), and the first stage searches only the products it marks
@@ -17,13 +18,19 @@ and a filter that keeps 2% of the catalog fills the page with the best of that 2
 and featurized as if the catalog held only them. The rules stage then reads stock,
 promotion and price fresh for the rows it shows (:meth:`CatalogFacts.__call__`) and checks
 the filters on them again.
+
+Facets (:meth:`CatalogFacts.facets`) count the values of the products a search found (its
+whole list, after the filters: the first stage's ``ranking.first_stage_depth`` best), for a
+storefront's filter menus.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,7 +100,6 @@ def overlay(facts: dict[str, np.ndarray], rows: list[dict[str, Any]], features: 
 class _Table:
     key: tuple[int, str]  # the index's rows and last write: a new key, a new table
     built: float
-    complete: bool  # the reader had read every product when it was built
     generation: int
     facts: ProductFacts
 
@@ -116,15 +122,11 @@ class CatalogFacts:
         self._table: _Table | None = None
         self._lock = threading.Lock()
         self._refreshing = False
-        self._generation = 0
+        self._generations = itertools.count(1)
         self._masks = LRUCache(masks)
 
     def _key(self) -> tuple[int, str]:
         return self.index.manifest.rows, self.index.manifest.updated
-
-    def _reader_done(self) -> bool:
-        warming = getattr(self.reader, "warming", None)
-        return warming is None or not warming.is_alive()
 
     def table(self) -> ProductFacts:
         """Facts of every row of the index (deleted rows included), as last built."""
@@ -137,11 +139,17 @@ class CatalogFacts:
                 if self._table is None or self._table.key != key:
                     self._table = self._build(key)
                 return self._table
-        if self.reader is not None and not self._refreshing and (
-                time.monotonic() - table.built > self.refresh_s or (not table.complete and self._reader_done())):
+        if self.reader is not None and not self._refreshing and time.monotonic() - table.built > self.refresh_s:
             self._refreshing = True
             threading.Thread(target=self._refresh, args=(key,), name="facts-refresh", daemon=True).start()
         return table
+
+    def refresh(self) -> None:
+        """Build the arrays again now, from the catalog and the reader's cache (after it read every product)."""
+        key = self._key()
+        fresh = self._build(key)
+        with self._lock:
+            self._table = fresh
 
     def _refresh(self, key: tuple[int, str]) -> None:
         try:
@@ -156,7 +164,6 @@ class CatalogFacts:
 
     def _build(self, key: tuple[int, str]) -> _Table:
         products = self.index.products
-        complete = self._reader_done()
         facts: dict[str, np.ndarray] = {}
         for name in TEXT_FACTS:
             column = products[name].tolist() if name in products.columns else [None] * len(products)
@@ -169,8 +176,7 @@ class CatalogFacts:
                 facts[name] = np.nan_to_num(facts[name], nan=unknown)
         if self.reader is not None:
             overlay(facts, self.reader.cached_rows(products["product_id"].tolist()), self.reader.facts)
-        self._generation += 1
-        return _Table(key, time.monotonic(), complete, self._generation, ProductFacts(**facts))
+        return _Table(key, time.monotonic(), next(self._generations), ProductFacts(**facts))
 
     def allowed(self, filters: Filters) -> np.ndarray | None:
         """The rows of the index that match ``filters`` (read-only; None: no filter)."""
@@ -184,6 +190,24 @@ class CatalogFacts:
             mask.flags.writeable = False
             self._masks.put(key, mask)
         return mask
+
+    def facets(self, docs: np.ndarray, names: tuple[str, ...], values: int = 20) -> dict[str, Any]:
+        """Facet counts over the products ``docs``: for ``category`` and ``brand`` the ``values`` most
+        frequent values with their counts (most first, then by value), for ``price`` the lowest and
+        highest price; ``counted``: how many products were counted."""
+        table = self.table()
+        out: dict[str, Any] = {"counted": len(docs)}
+        for name in names:
+            if name == "price":
+                prices = table.price[docs]
+                known = prices[~np.isnan(prices)]
+                out[name] = ({"min": float(known.min()), "max": float(known.max()), "products": len(known)}
+                             if len(known) else None)
+                continue
+            counts = Counter(v for v in getattr(table, name)[docs].tolist() if v is not None)
+            top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:values]
+            out[name] = [{"value": value, "count": count} for value, count in top]
+        return out
 
     def __call__(self, candidates: Candidates) -> ProductFacts:
         """Facts of ``candidates`` as the rules stage reads them: category and brand as last built;

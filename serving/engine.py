@@ -104,6 +104,7 @@ class SearchEngine:
     batchers: dict[str, MicroBatcher]
     shared_results: SharedResults | None = None  # result pages in the score store, beside the LRU
     results_scope: str = ""  # what a page depends on beyond the request and the versions: settings
+    facts: CatalogFacts | None = None  # every product's category, brand, price, stock: filters and facets
 
     @property
     def teacher(self) -> ServedModel | None:
@@ -169,7 +170,7 @@ class SearchEngine:
         non-degraded results are cached.
         """
         query = query if isinstance(query, Query) else Query(query)
-        key = (pipeline, ltr, query.text, query.rewrite, query.user_id, query.filters, k, offset)
+        key = (pipeline, ltr, query.text, query.rewrite, query.user_id, query.filters, query.facets, k, offset)
         page_key = None
         if use_cache:
             if (hit := self.caches.results.get(key)) is not None:
@@ -182,9 +183,11 @@ class SearchEngine:
                     return replace(page, cached=True)
         ranked = self._chosen(pipeline, ltr).run(query, k + offset)
         page = ranked.candidates.take(slice(offset, offset + k))
+        facets = (self.facts.facets(ranked.candidates.docs, query.facets)
+                  if query.facets and self.facts is not None else None)
         result = SearchResult(page, pipeline, len(ranked.candidates), ranked.timings,
                               {p: ranked.notes[p] for p in page.product_ids if p in ranked.notes}, ranked.degraded,
-                              analysis=ranked.analysis)
+                              analysis=ranked.analysis, facets=facets)
         if use_cache and not result.degraded:
             self.caches.results.put(key, result)
             if page_key is not None and self.shared_results is not None:
@@ -270,8 +273,9 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
     scope = settings_digest(settings.retrieval, settings.ranking, settings.serving, settings.features)
     if index.analyzer.synonyms is not None:  # and on the store's synonym rules, which a reload may change
         scope += f"-{index.analyzer.synonyms.digest}"
+    facts.table()  # built now, not by the first filtered search (again once the store's rows are read)
     return SearchEngine(index, encoder, settings, models, pipelines, caches, hybrid, dense, executor,
-                        stages.batchers, shared_results, scope)
+                        stages.batchers, shared_results, scope, facts)
 
 
 def _memoized(hybrid: HybridRetriever, index: ProductIndex, encoder: Encoder, caches: Caches,

@@ -232,6 +232,8 @@ def warm_store_features(engine: SearchEngine) -> None:
         started = time.perf_counter()
         products = engine.index.live_product_ids()
         engine.models.features.warm(products)
+        if engine.facts is not None:  # filters and facets read the store's rows from now on
+            engine.facts.refresh()
         logger.info("store features of %d products read into memory in %.1f s", len(products),
                     time.perf_counter() - started)
 

@@ -50,6 +50,7 @@ class SearchResult:
     degraded: list[str] = field(default_factory=list)
     cached: bool = False
     analysis: Analysis | None = None
+    facets: dict[str, Any] | None = None  # counts over the whole list (ranking.facts.CatalogFacts.facets)
 
 
 def _column(values: np.ndarray) -> list[Any]:
@@ -67,7 +68,8 @@ def encode(result: SearchResult) -> bytes:
             "scores": {k: _column(v) for k, v in c.scores.items()},
             "ranks": {k: _column(v) for k, v in c.ranks.items()},
             "pipeline": result.pipeline, "total": result.total_candidates, "notes": result.notes,
-            "analysis": dataclasses.asdict(result.analysis) if result.analysis is not None else None}
+            "analysis": dataclasses.asdict(result.analysis) if result.analysis is not None else None,
+            "facets": result.facets}
     return json.dumps(page, separators=(",", ":")).encode()
 
 
@@ -82,7 +84,8 @@ def decode(payload: bytes) -> SearchResult:
         analysis = Analysis(a["original"], a["text"], tuple(a["tokens"]),
                             tuple(Rewrite(**r) for r in a["rewrites"]), tuple(a["brand"]),
                             tuple(a["product_type"]), tuple(a["numbers"]))
-    return SearchResult(candidates, page["pipeline"], int(page["total"]), notes=page["notes"], analysis=analysis)
+    return SearchResult(candidates, page["pipeline"], int(page["total"]), notes=page["notes"], analysis=analysis,
+                        facets=page["facets"])
 
 
 class SharedResults:

@@ -15,6 +15,7 @@ from api.schemas import (
     MAX_QUERY_CHARS,
     ErrorBody,
     Explanation,
+    Facets,
     IndexInfo,
     QueryRewrite,
     RewriteItem,
@@ -46,7 +47,8 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
     with request.app.state.admission.enter() as shed:  # overload: shed the cross-encoders, then queue
         admission = request.app.state.admission
         query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()), deadline, body.rewrite,
-                            shed=shed, skip_model=admission.skip_model if admission.skip_share else None)
+                            shed=shed, skip_model=admission.skip_model if admission.skip_share else None,
+                            facets=tuple(dict.fromkeys(body.facets)))
         routed = served.router.search(served.engine, query, body.k, body.offset, unit, use_cache=not body.explain)
     request.app.state.metrics.searches.labels("true" if shed else "false").inc()
     engine = served.engine
@@ -79,7 +81,7 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
         experiment=routed.experiment, arm=routed.arm, query_rewrite=_rewrite(result.analysis),
         index=IndexInfo(name=index.path.parent.name, products=index.count, catalog_hash=manifest.catalog_hash,
                         encoder=manifest.encoder, dense_index=manifest.dense_kind),
-        items=items,
+        items=items, facets=Facets(**result.facets) if result.facets is not None else None,
     )
     if settings.events.log_impressions:
         _log_impression(request, body, response, routed.teams, key)

@@ -177,3 +177,25 @@ def test_filters_hold_on_every_page_and_a_narrow_one_still_fills_it(  # type: ig
 def test_bad_filters_are_422_naming_the_filter(client: TestClient, filters: dict, allowed: str) -> None:
     response = client.post("/v1/search", json={"query": "drill", "filters": filters})
     assert response.status_code == 422 and allowed in response.text and next(iter(filters)) in response.text
+
+
+def test_facets_count_every_product_found_after_the_filters(  # type: ignore[no-untyped-def]
+        client: TestClient, demo_products) -> None:
+    facts = demo_products.set_index("product_id")
+    body = client.post("/v1/search", json={"query": "paint", "k": 5, "facets": ["category", "brand", "price"]}).json()
+    facets = body["facets"]
+    found = [i["product_id"] for i in client.post("/v1/search", json={"query": "paint", "k": 100}).json()["items"]]
+    assert facets["counted"] == len(found) == 100 and len(body["items"]) == 5  # the whole list, not the page
+    counts = facts.loc[found, "category"].value_counts()
+    assert {c["value"]: c["count"] for c in facets["category"]} == counts.to_dict()
+    assert [c["count"] for c in facets["category"]] == sorted(counts.to_list(), reverse=True)
+    assert len(facets["brand"]) == min(20, facts.loc[found, "brand"].nunique())
+    assert facets["price"]["min"] == pytest.approx(facts.loc[found, "price"].min())
+    narrowed = client.post("/v1/search", json={"query": "paint", "facets": ["brand"],
+                                               "filters": {"category": "Paint > Brushes"}}).json()["facets"]
+    brushes = facts[facts["category"] == "Paint > Brushes"]
+    assert narrowed["counted"] == len(brushes) and narrowed["category"] is None and narrowed["price"] is None
+    assert {b["value"]: b["count"] for b in narrowed["brand"]} == brushes["brand"].value_counts().to_dict()
+    assert client.post("/v1/search", json={"query": "paint"}).json()["facets"] is None
+    bad = client.post("/v1/search", json={"query": "paint", "facets": ["color"]})
+    assert bad.status_code == 422 and "facets" in bad.text and "'category', 'brand' or 'price'" in bad.text

@@ -26,7 +26,6 @@ class Reader:
     """The two reads CatalogFacts makes of the online reader, over rows set by the test."""
 
     facts = {"category": "category", "price": "price", "in_stock": "in_stock"}  # no brand in this store
-    warming = None
 
     def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
         self.stored = rows

@@ -83,3 +83,19 @@ def test_the_fusion_benchmarks_bm25_at_tantivys_k1_and_b_orders_as_the_index(tmp
     for query, run in zip(queries, runs[(1.2, 0.75)]):
         assert run.docs.tolist() == index.search(query, 10).docs.tolist()
     assert [len(run) for run in runs[(0.6, 0.25)]] == [3, 2, 1, 4, 0]
+
+
+@pytest.mark.parametrize("term_set_max", [4096, 0])  # tantivy matches the allowed rows / a deep read, then kept
+def test_a_filtered_search_keeps_the_unfiltered_scores_and_order(bm25: BM25Index, term_set_max: int,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrieval import bm25 as module
+
+    monkeypatch.setattr(module, "TERM_SET_MAX", term_set_max)
+    everything = bm25.search("cordless drill light", 10)
+    allow = np.array([False, True, True, False, True, True, True])  # one row past the index: never a hit
+    hits = bm25.search("cordless drill light", 10, allow)
+    kept = [(d, s) for d, s in zip(everything.docs.tolist(), everything.scores.tolist()) if allow[d]]
+    assert hits.docs.tolist() == [d for d, _ in kept] and len(kept) == 3
+    np.testing.assert_allclose(hits.scores, [s for _, s in kept], rtol=1e-6)
+    assert bm25.search("cordless drill light", 1, allow).docs.tolist() == [kept[0][0]]
+    assert not len(bm25.search("cordless drill", 10, np.zeros(6, dtype=bool)))

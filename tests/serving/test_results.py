@@ -17,7 +17,9 @@ def page() -> SearchResult:
                             {"ltr": np.array([1, 2], dtype=np.int32), "bm25": np.array([0, 1], dtype=np.int32)})
     analysis = Analysis("cordles drill", "cordless drill", ("cordless", "drill"),
                         (Rewrite("cordles", "cordless", "spelling"),), (), ("drill",), ())
-    return SearchResult(candidates, "full", 120, {"ltr": 0.004}, {"p3": ["pinned"]}, [], False, analysis)
+    facets = {"counted": 120, "brand": [{"value": "Acme", "count": 2}],
+              "price": {"min": 1.0, "max": 9.5, "products": 2}}
+    return SearchResult(candidates, "full", 120, {"ltr": 0.004}, {"p3": ["pinned"]}, [], False, analysis, facets)
 
 
 def test_a_page_survives_the_round_trip_exactly() -> None:
@@ -32,6 +34,7 @@ def test_a_page_survives_the_round_trip_exactly() -> None:
     assert (back.pipeline, back.total_candidates, back.notes, back.analysis) == ("full", 120, {"p3": ["pinned"]},
                                                                                 original.analysis)
     assert back.timings == {} and back.degraded == [] and not back.cached
+    assert back.facets == original.facets
 
 
 def test_a_page_key_names_the_scope_the_versions_and_the_request() -> None:
