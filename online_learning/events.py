@@ -13,7 +13,7 @@ request id; interactions carry the client's id, so retries are safe).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -54,6 +54,8 @@ class RankingEvent(BaseModel):
     searched: str | None = Field(None, max_length=1024, description="The analyzed text that was searched "
                                  "(normalized, spelling corrected); None: as typed.")
     pipeline: str
+    filters: dict[str, Any] | None = Field(None, description="The request's filters that were set (category, "
+                                           "brand, min_price, max_price, in_stock); None: an unfiltered search.")
     items: list[ShownItem]
     models: dict[str, str] = Field(default_factory=dict, description="Role -> version of each model that ranked the search "
                                      "(interleaved: each arm's LambdaMART as 'ltr:<arm>', no 'ltr').")

@@ -103,7 +103,8 @@ def _log_impression(request: Request, body: SearchRequest, response: SearchRespo
     event = RankingEvent(
         event_id=response.request_id, request_id=response.request_id, user_id=body.user_id,
         session_id=body.session_id, query=body.query, pipeline=response.pipeline,
-        searched=response.query_rewrite.text if response.query_rewrite else None, key_id=key.id if key else None, models=response.versions,
+        searched=response.query_rewrite.text if response.query_rewrite else None, key_id=key.id if key else None,
+        filters=body.filters.model_dump(exclude_none=True) or None, models=response.versions,
         experiment=response.experiment, arm=response.arm, degraded=response.degraded, latency_ms=response.took_ms,
         items=[ShownItem(product_id=i.product_id, position=i.rank, score=i.score, scores=i.scores,
                          team=teams.get(i.product_id)) for i in response.items],

@@ -87,6 +87,7 @@ class ParquetLogSink:
             base = {"event_id": event.event_id, "request_id": event.request_id, "timestamp": event.timestamp,
                     "user_id": event.user_id, "session_id": event.session_id, "query": event.query,
                     "searched": event.searched, "key_id": event.key_id,
+                    "filters": json.dumps(event.filters) if event.filters else None,
                     "pipeline": event.pipeline, "models": json.dumps(event.models), "experiment": event.experiment,
                     "arm": event.arm, "degraded": json.dumps(event.degraded), "latency_ms": event.latency_ms,
                     "shown": len(event.items)}

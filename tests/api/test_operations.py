@@ -68,6 +68,13 @@ def test_events_are_accepted_durably_and_validated(client: TestClient, ops_setti
     assert search["request_id"] in ids and ids[-2:] == ["click-1", "buy-1"]
     impression = next(r for r in logged if r["event_id"] == search["request_id"])["value"]
     assert impression["type"] == "ranking" and [i["position"] for i in impression["items"]] == [1, 2, 3]
+    assert impression["filters"] is None
+    filtered = client.post("/v1/search", json={"query": "garden hose", "filters": {"brand": ["A", "B"],
+                                                                                   "in_stock": True}}).json()
+    logged = [json.loads(line) for p in sorted(ops_settings.paths.event_spool.rglob("segment-*.jsonl"))
+              for line in p.read_text().splitlines()]
+    impression = next(r for r in logged if r["event_id"] == filtered["request_id"])["value"]
+    assert impression["filters"] == {"brand": ["A", "B"], "in_stock": True}  # what was set, for analysts
     bad = client.post("/v1/events", json=[{**event, "type": "like"}])
     assert bad.status_code == 422 and "type" in bad.json()["message"] and "click" in bad.json()["message"]
     assert client.post("/v1/events", json=[{**event, "position": 0}]).status_code == 422

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +32,7 @@ def events(n: int) -> list[RankingEvent | InteractionEvent]:
     for i in range(n):
         when = T0 + timedelta(minutes=i)
         out.append(RankingEvent(event_id=f"r{i}", request_id=f"r{i}", timestamp=when, user_id=f"u{i % 7}",
-                                query="drill", pipeline="full",
+                                query="drill", pipeline="full", filters={"brand": ["A"]} if i % 3 == 0 else None,
                                 items=[ShownItem(product_id=f"p{j}", position=j + 1) for j in range(3)]))
         if i % 2 == 0:
             out.append(InteractionEvent(type="click", event_id=f"c{i}", request_id=f"r{i}", timestamp=when,
@@ -120,6 +121,13 @@ def test_sink_recovers_a_file_recorded_but_not_renamed(tmp_path: Path, monkeypat
     again(delivered)  # and a re-delivery adds nothing
     assert len(read_log(tmp_path / "log", "interactions")) == len(delivered)
     assert len(list((tmp_path / "log").rglob("*.parquet"))) == 1
+
+
+def test_the_sink_keeps_the_filters_of_each_search(tmp_path: Path) -> None:
+    sink = ParquetLogSink(tmp_path / "log")
+    sink([Delivered(RANKINGS_TOPIC, 0, i, e) for i, e in enumerate(events(6)) if isinstance(e, RankingEvent)])
+    rankings = read_log(tmp_path / "log", "rankings", ["filters"]).drop_duplicates("event_id").set_index("event_id")
+    assert json.loads(rankings.at["r3", "filters"]) == {"brand": ["A"]} and rankings.at["r1", "filters"] is None
 
 
 def test_streaming_features_count_once_across_a_crash(broker: LocalBroker, tmp_path: Path) -> None:
