@@ -117,7 +117,8 @@ class PriceRange(BaseModel):
 
 
 class Facets(BaseModel):
-    """Counts over every product the search found (after the filters), not only the page."""
+    """Counts over every product the search found (after the filters), not only the page. A category
+    or brand facet whose own filter is set counts the products found without that filter."""
 
     counted: int = Field(..., description="Products counted: the search's whole list.")
     category: list[FacetValue] | None = Field(None, description="The 20 most frequent categories, most first.")

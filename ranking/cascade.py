@@ -219,14 +219,17 @@ class Cascade:
             timings[name] = time.perf_counter() - started
         return Ranked(candidates, timings, degraded, notes)
 
+    def first_stage(self, query: Query, k: int = 0) -> Candidates:
+        """The first stage's list for the analyzed ``query`` (at least ``k`` deep), within its filters."""
+        allow = self.narrow(query.filters) if self.narrow is not None else None
+        depth = max(k, self.first_stage_depth)
+        return self.first.search(query.text, depth) if allow is None else self.first.search(query.text, depth, allow)
+
     def run(self, query: Query | str, k: int) -> Ranked:
         """Analyze, search and re-rank, with per-stage timings."""
         started = time.perf_counter()
         query = replace(self.analyze(query if isinstance(query, Query) else Query(query)), window=k)
-        allow = self.narrow(query.filters) if self.narrow is not None else None
-        depth = max(k, self.first_stage_depth)
-        candidates = (self.first.search(query.text, depth) if allow is None
-                      else self.first.search(query.text, depth, allow))
+        candidates = self.first_stage(query, k)
         ranked = self._apply(query, candidates, {"first_stage": time.perf_counter() - started})
         return replace(ranked, analysis=query.analysis)
 

@@ -24,7 +24,7 @@ from core.registry import ServedModel
 from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
 from ranking.cache import CachedScorer, SharedQueryVectors, TierCounts, model_tag
-from ranking.cascade import Cascade, ScoreStage
+from ranking.cascade import Cascade, Ranked, ScoreStage
 from ranking.facts import CatalogFacts
 from ranking.features import LtrFeaturizer
 from ranking.rules import RulesConfig, RulesStage
@@ -181,10 +181,10 @@ class SearchEngine:
                     page, age = found
                     self.caches.results.put(key, page, age=age)  # expires when the ranking process's does
                     return replace(page, cached=True)
-        ranked = self._chosen(pipeline, ltr).run(query, k + offset)
+        cascade = self._chosen(pipeline, ltr)
+        ranked = cascade.run(query, k + offset)
         page = ranked.candidates.take(slice(offset, offset + k))
-        facets = (self.facts.facets(ranked.candidates.docs, query.facets)
-                  if query.facets and self.facts is not None else None)
+        facets = self._facets(cascade, query, ranked) if query.facets and self.facts is not None else None
         result = SearchResult(page, pipeline, len(ranked.candidates), ranked.timings,
                               {p: ranked.notes[p] for p in page.product_ids if p in ranked.notes}, ranked.degraded,
                               analysis=ranked.analysis, facets=facets)
@@ -193,6 +193,18 @@ class SearchEngine:
             if page_key is not None and self.shared_results is not None:
                 self.shared_results.put(page_key, result)
         return result
+
+    def _facets(self, cascade: Cascade, query: Query, ranked: Ranked) -> dict[str, object]:
+        """Facet counts over the search's whole list; a category or brand facet whose own filter is
+        set counts what the first stage finds without that filter (the other filters hold), so the
+        values a shopper could add stay in the menu with their counts (multi-select)."""
+        assert self.facts is not None
+        counts = self.facts.facets(ranked.candidates.docs, query.facets)
+        for name in ("category", "brand"):
+            if name in query.facets and getattr(query.filters, name):
+                others = cascade.analyze(replace(query, filters=replace(query.filters, **{name: ()})))
+                counts[name] = self.facts.facets(cascade.first_stage(others).docs, (name,))[name]
+        return counts
 
     def page_scope(self) -> str:
         """What a shared result page depends on beyond its request and the model versions: the index by
