@@ -16,6 +16,7 @@ from pydantic import (
 from retrieval.vocabulary import tokenize
 
 MAX_QUERY_CHARS = 256
+MAX_SUGGESTIONS = 20  # per /v1/suggest call
 MAX_K = 100  # results per page; the rules stage orders every row a request may show (ranking.rules.RulesStage)
 
 
@@ -163,6 +164,21 @@ class SearchResponse(BaseModel):
     index: IndexInfo
     items: list[SearchItem]
     facets: Facets | None = Field(None, description="The counts the request asked for (facets).")
+
+
+class SuggestionItem(BaseModel):
+    text: str = Field(..., description="A phrase to offer (normalized: lowercase, units spelled one way).")
+    source: Literal["searches", "catalog"] = Field(..., description="searches: shoppers searched it (shoprank "
+                                                  "suggestions); catalog: product titles hold it.")
+    weight: float = Field(..., description="Distinct shoppers who searched it, or products whose titles hold it.")
+
+
+class SuggestResponse(BaseModel):
+    query: str
+    took_ms: float
+    suggestions: list[SuggestionItem] = Field(..., description="Best first: searched phrases, then catalog "
+                                              "phrases, each by weight; a phrase that starts with the text "
+                                              "before one that holds it from a later word.")
 
 
 class Health(BaseModel):

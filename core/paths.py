@@ -16,6 +16,7 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
       event_spool/                            the API's durable event spool (shipped to Kafka)
       event_log/                              the offline event log (Parquet, written by the log sink)
       experiments/current.json                the running experiment and shadow
+      suggest/searches.json                   searched texts for query suggestions (shoprank suggestions)
       shadow/<version>.jsonl                  shadow-scoring records
       streaming/state.sqlite                  the streaming feature consumer's state
       dead_letters/<consumer>.jsonl           events a consumer could not read
@@ -110,6 +111,10 @@ class Home:
     @property
     def experiment_config(self) -> Path:
         return self.base / "experiments" / "current.json"
+
+    @property
+    def suggestions(self) -> Path:
+        return self.base / "suggest" / "searches.json"
 
     @property
     def shadow(self) -> Path:

@@ -83,6 +83,26 @@ def head_queries(log_root: Path, n: int) -> list[tuple[str, int]]:
     return [(str(t), int(c)) for t, c in zip(top["typed"], top["searches"])]
 
 
+def searched_texts(log_root: Path, min_shoppers: int = 3, since: pd.Timestamp | None = None) -> dict[str, int]:
+    """The texts searched (``searched``, the analyzer's output) by at least ``min_shoppers``
+    distinct shoppers since ``since``, with how many; a search that showed nothing does not
+    count. A shopper is the user id, else the session id, else the search: one visitor
+    repeating a text, or a bot, counts once; a text few shoppers typed (a name, a phone
+    number) is never suggested to others."""
+    rankings = read_log(log_root, "rankings", since=since)  # every column: older logs lack ``searched``
+    if rankings.empty:
+        return {}
+    if since is not None:
+        rankings = rankings[pd.to_datetime(rankings["timestamp"], utc=True) > since]
+    shown = rankings[rankings["product_id"].notna()].drop_duplicates("event_id")
+    typed = shown["query"].astype(str)
+    searched = shown["searched"].fillna(typed).astype(str) if "searched" in shown else typed
+    who = shown["user_id"].fillna(shown["session_id"]).fillna(shown["event_id"]).astype(str)
+    frame = pd.DataFrame({"searched": searched.str.strip().to_numpy(), "who": who.to_numpy()})
+    counts = frame[frame["searched"] != ""].groupby("searched")["who"].nunique()
+    return {str(text): int(n) for text, n in counts[counts >= min_shoppers].sort_index().items()}
+
+
 @dataclass(frozen=True)
 class ArmReport:
     control: str

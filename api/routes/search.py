@@ -13,6 +13,7 @@ from api.deps import ServedDep
 from api.schemas import (
     MAX_K,
     MAX_QUERY_CHARS,
+    MAX_SUGGESTIONS,
     ErrorBody,
     Explanation,
     Facets,
@@ -22,6 +23,8 @@ from api.schemas import (
     SearchItem,
     SearchRequest,
     SearchResponse,
+    SuggestionItem,
+    SuggestResponse,
 )
 from api.stores import current
 from core.keys import ApiKey
@@ -30,6 +33,7 @@ from core.query import Query as SearchQuery
 from online_learning.events import RankingEvent, ShownItem
 from ranking.cascade import SHED_CAUSES
 from serving.loading import Served
+from serving.suggestions import suggest as suggest_for
 
 ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody},
           429: {"model": ErrorBody}, 503: {"model": ErrorBody}}
@@ -117,6 +121,25 @@ def _log_impression(request: Request, body: SearchRequest, response: SearchRespo
 def search(body: SearchRequest, served: ServedDep, request: Request, key: KeyDep) -> SearchResponse:
     """Hybrid retrieval (BM25 + bi-encoder, fused by RRF), the re-ranking cascade and the rules."""
     return _respond(served, body, request, key)
+
+
+@router.get("/suggest", response_model=SuggestResponse, responses=ERRORS,
+            summary="Query suggestions as the shopper types")
+def suggest(
+    served: ServedDep,
+    request: Request,
+    key: KeyDep,
+    q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS,
+                            description=f"What the shopper has typed so far, 1..{MAX_QUERY_CHARS} characters; "
+                            "the last word may be partial, a trailing space ends it")],
+    k: Annotated[int, Query(ge=1, le=MAX_SUGGESTIONS, description=f"Suggestions, 1..{MAX_SUGGESTIONS}")] = 8,
+) -> SuggestResponse:
+    """Phrases that start with the typed text: texts shoppers searched, then phrases of the catalog's titles
+    (the words before the last one spelling-corrected as a search would correct them)."""
+    started = time.perf_counter()
+    found = suggest_for(served.engine.index, current(request).settings.paths.suggestions, q, k)
+    return SuggestResponse(query=q, took_ms=round((time.perf_counter() - started) * 1e3, 3),
+                           suggestions=[SuggestionItem(text=s.text, source=s.source, weight=s.weight) for s in found])
 
 
 @router.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search products (quick tries)")

@@ -107,6 +107,24 @@ def cmd_warm_scores(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if report.unwritten else 0
 
 
+def cmd_suggestions(args: argparse.Namespace, settings: Settings) -> int:
+    """Count the texts shoppers searched, for query suggestions (``<home>/suggest/searches.json``)."""
+    import pandas as pd
+
+    from online_learning.analysis import searched_texts
+    from serving.suggestions import write_searched
+
+    if args.min_shoppers < 1 or args.days < 1:
+        raise InvalidInput(f"--min-shoppers {args.min_shoppers} and --days {args.days} must both be at least 1")
+    since = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=args.days)
+    searches = searched_texts(settings.paths.event_log, args.min_shoppers, since)
+    path = settings.paths.suggestions
+    write_searched(path, searches, since=since.isoformat(), min_shoppers=args.min_shoppers)
+    print(json.dumps({"texts": len(searches), "file": str(path), "since": since.isoformat(),
+                      "min_shoppers": args.min_shoppers}, indent=2))
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     from core.registry import ModelRegistry
     from online_learning.analysis import interleaving, searches
@@ -229,6 +247,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=20, help="first-stage candidates scored per query (K; "
                    "ranking.teacher_depth is what a search scores)")
     p.set_defaults(handler=cmd_warm_scores)
+
+    p = sub.add_parser("suggestions", help="nightly: the texts enough shoppers searched, for query suggestions "
+                       "(/v1/suggest reads them within a search of the file changing)")
+    p.add_argument("--min-shoppers", type=int, default=3, help="distinct shoppers (user, else session) who "
+                   "searched a text for it to be suggested (default 3)")
+    p.add_argument("--days", type=int, default=90, help="searches of the last DAYS days (default 90)")
+    p.set_defaults(handler=cmd_suggestions)
 
     p = sub.add_parser("promote", help="apply the promotion policy to the running experiment")
     p.add_argument("--experiment", required=True)

@@ -203,3 +203,22 @@ def test_facets_count_every_product_found_after_the_filters(  # type: ignore[no-
     assert client.post("/v1/search", json={"query": "paint"}).json()["facets"] is None
     bad = client.post("/v1/search", json={"query": "paint", "facets": ["color"]})
     assert bad.status_code == 422 and "facets" in bad.text and "'category', 'brand' or 'price'" in bad.text
+
+
+def test_suggestions_as_the_shopper_types(client: TestClient, settings: Settings) -> None:
+    body = client.get("/v1/suggest", params={"q": "Cordl", "k": 5}).json()
+    assert body["query"] == "Cordl" and 1 <= len(body["suggestions"]) <= 5 and body["took_ms"] >= 0
+    assert body["suggestions"][0]["text"].startswith("cordless") and body["suggestions"][0]["source"] == "catalog"
+    assert client.get("/v1/suggest", params={"q": "?!"}).json()["suggestions"] == []
+    for params, field in (({"q": ""}, "q"), ({"q": "drill", "k": 21}, "k"), ({}, "q")):
+        response = client.get("/v1/suggest", params=params)
+        assert response.status_code == 422 and field in response.text
+    from serving.suggestions import write_searched
+
+    path = settings.paths.suggestions
+    try:
+        write_searched(path, {"cordless leaf blower": 12})  # what `shoprank suggestions` writes nightly
+        first = client.get("/v1/suggest", params={"q": "cordl"}).json()["suggestions"][0]
+        assert first == {"text": "cordless leaf blower", "source": "searches", "weight": 12.0}
+    finally:
+        path.unlink()

@@ -1,0 +1,79 @@
+"""Query suggestions for a served index (``/v1/suggest``; :mod:`retrieval.suggest`).
+
+:func:`suggest` reads the words typed before the last one as a search would (spelling-corrected
+by the index's analyzer: ``cordles dr`` -> ``cordless drill``). The catalog's phrases are worked
+out once per index state (a server starts it in the background when it loads: ~4 s on 54,667
+products), and the shoppers' searched texts are read from ``<home>/suggest/searches.json``
+(``shoprank suggestions``, nightly) again when the file changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import weakref
+from pathlib import Path
+
+from retrieval.index import ProductIndex
+from retrieval.suggest import Suggester, Suggestion, as_searched, catalog_phrases
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+# index -> (its state, its catalog phrases, the searched file's state, the suggester made from them)
+_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _file_state(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return 0, 0
+    return stat.st_mtime_ns, stat.st_size
+
+
+def read_searched(path: Path) -> dict[str, int]:
+    """The searched texts and their shoppers in ``path`` (none when it does not exist)."""
+    if not path.is_file():
+        return {}
+    return {str(text): int(n) for text, n in json.loads(path.read_text())["searches"].items()}
+
+
+def write_searched(path: Path, searches: dict[str, int], **about: object) -> None:
+    """Save the searched texts (atomic), with what they were counted from (``about``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**about, "texts": len(searches), "searches": searches}, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def suggester(index: ProductIndex, searched: Path) -> Suggester:
+    """The suggester of ``index`` as it is now, with the searched texts of ``searched``."""
+    state, file = (index.manifest.updated, len(index.products)), _file_state(searched)
+    found = _cache.get(index)
+    if found is not None and found[0] == state and found[2] == file:
+        return found[3]
+    with _lock:
+        found = _cache.get(index)
+        if found is not None and found[0] == state and found[2] == file:
+            return found[3]
+        phrases = found[1] if found is not None and found[0] == state else _catalog(index)
+        made = Suggester(phrases, read_searched(searched))
+        _cache[index] = (state, phrases, file, made)
+        return made
+
+
+def _catalog(index: ProductIndex) -> dict[str, int]:
+    started = time.perf_counter()
+    live = index.live_products()
+    phrases = catalog_phrases(live["title"].tolist())
+    logger.info("query suggestions: %d catalog phrases from %d products in %.1f s", len(phrases), len(live),
+                time.perf_counter() - started)
+    return phrases
+
+
+def suggest(index: ProductIndex, searched: Path, typed: str, k: int) -> list[Suggestion]:
+    """Up to ``k`` suggestions for ``typed``, its words before the last one as the search would read them."""
+    return suggester(index, searched).suggest(as_searched(index.analyzer, typed), k)

@@ -1,0 +1,48 @@
+"""Query suggestions on hand-made phrases: what matches a typed text, and in which order."""
+
+from __future__ import annotations
+
+from retrieval.suggest import Suggester, catalog_phrases
+
+TITLES = [
+    "DeWalt 20-Volt Cordless Drill Kit", "Ryobi 18-Volt Cordless Drill Kit", "Makita Cordless Drill",
+    "Cordless Drill Battery 2 Pack", "Bosch Corded Hammer Drill", "Bosch Corded Drill", "Corded Drill 1/2 in.",
+    "Garden Hose 50 ft.", "Garden Hose 100 ft.", "Flexible Garden Hose with Nozzle",
+]
+
+
+def test_catalog_phrases_are_runs_enough_titles_share() -> None:
+    phrases = catalog_phrases(TITLES, min_products=3)
+    assert phrases["cordless drill"] == 4 and phrases["garden hose"] == 3 and phrases["drill"] == 7
+    assert "cordless drill kit" not in phrases  # two titles only
+    assert not [p for p in phrases if p.split()[0] in ("20", "in", "with") or p.split()[-1] in ("ft", "volt")]
+
+
+def test_suggestions_start_with_the_typed_text_searched_ones_first() -> None:
+    suggester = Suggester(catalog_phrases(TITLES, min_products=2), {"Cordless  Drills": 9, "garden hose reel": 4})
+    found = suggester.suggest("cord", 10)
+    assert [s.text for s in found][:2] == ["cordless drills", "cordless"]  # searched first, then by products
+    assert found[0].source == "searches" and found[0].weight == 9 and found[1].source == "catalog"
+    starts = [s.text.startswith("cord") for s in found]
+    assert all(any(w.startswith("cord") for w in s.text.split()) for s in found)  # a word starts with it
+    assert starts == sorted(starts, reverse=True) and not starts[-1]  # the phrase's own start ranks first
+    texts = [s.text for s in suggester.suggest("Garden HO", 10)]
+    assert texts[0] == "garden hose reel" and "garden hose" in texts
+    assert [s.text for s in suggester.suggest("hose", 3)] == ["garden hose reel", "hose", "garden hose"]
+    assert [s.text for s in suggester.suggest("corded ", 10)] == ["corded drill"]  # a trailing space ends the word
+    assert suggester.suggest("corded", 10)[0].text == "corded"
+    assert suggester.suggest("?!", 5) == [] and suggester.suggest("zzz", 5) == []
+    # no phrase holds the whole text: its first words are kept and the rest completed
+    assert [s.text for s in suggester.suggest("acme cordless dr", 2)] == ["acme cordless drills", "acme cordless drill"]
+    kept = [s.text for s in suggester.suggest("acme bosch cor", 3)]
+    assert kept[0] == "acme bosch corded" and all(t.startswith("acme bosch cor") for t in kept)  # fewest kept first
+    assert len(suggester.suggest("d", 2)) == 2 and len(suggester.suggest("dri", 30)) <= 30
+
+
+def test_long_prefixes_with_many_keys_rank_like_short_ones() -> None:
+    titles = [f"Acme Widget Model {chr(97 + i % 26)}{i}" for i in range(400)]  # "acme widget" in every title
+    suggester = Suggester(catalog_phrases(titles, min_products=1), best=3)
+    short = [s.text for s in suggester.suggest("acme", 3)]
+    long = [s.text for s in suggester.suggest("acme wid", 3)]
+    assert short[:2] == ["acme", "acme widget"] and long[0] == "acme widget"
+    assert [s.text for s in suggester.suggest("acme", 10)][:2] == short[:2]  # k above the ready list: ranked now

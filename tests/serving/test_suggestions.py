@@ -1,0 +1,82 @@
+"""Suggestions from the shoppers' searches: counted from the event log, written nightly, read when changed."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core.settings import get_settings
+from online_learning.analysis import searched_texts
+from online_learning.consumers.base import Delivered
+from online_learning.consumers.log_sink import ParquetLogSink
+from online_learning.events import RANKINGS_TOPIC, RankingEvent, ShownItem
+from retrieval.index import ProductIndex
+from serving.suggestions import suggest, suggester, write_searched
+from tests.helpers import run_cli
+
+NOW = datetime.now(UTC)
+
+
+def search(n: int, typed: str, searched: str, user: str | None, session: str | None = None, shown: int = 2,
+           days_ago: float = 1) -> Delivered:
+    event = RankingEvent(event_id=f"r{n}", request_id=f"r{n}", timestamp=NOW - timedelta(days=days_ago),
+                         user_id=user, session_id=session, query=typed, searched=searched, pipeline="full",
+                         items=[ShownItem(product_id=f"P{j}", position=j + 1) for j in range(shown)])
+    return Delivered(RANKINGS_TOPIC, 0, n, event)
+
+
+def write_log(root: Path) -> None:
+    logged = [search(i, "Cordless Drill", "cordless drill", f"u{i}") for i in range(4)]
+    logged.append(search(4, "cordles drill", "cordless drill", "u9"))  # corrected: counted as what was searched
+    logged += [search(10 + i, "john smith 555 0100", "john smith 555 0100", "u1") for i in range(10)]  # one shopper
+    logged += [search(30 + i, "xyzzy", "xyzzy", f"u{i}", shown=0) for i in range(5)]  # found nothing
+    logged += [search(40 + i, "paint roller", "paint roller", None, f"s{i}") for i in range(3)]  # sessions
+    logged += [search(50 + i, "snow blower", "snow blower", f"u{i}", days_ago=200) for i in range(5)]  # too old
+    ParquetLogSink(root)(logged)
+
+
+def test_searched_texts_count_distinct_shoppers_of_searches_that_found_something(tmp_path: Path) -> None:
+    write_log(tmp_path / "log")
+    since = NOW - timedelta(days=90)
+    assert searched_texts(tmp_path / "log", 3, pd.Timestamp(since)) == {"cordless drill": 5, "paint roller": 3}
+    assert searched_texts(tmp_path / "log", 5, pd.Timestamp(since)) == {"cordless drill": 5}
+    assert "snow blower" in searched_texts(tmp_path / "log", 3)
+    assert searched_texts(tmp_path / "nothing", 3) == {}
+
+
+def test_the_nightly_file_is_read_when_it_changes(tmp_path: Path, fake_index: ProductIndex,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    path = get_settings().paths.suggestions
+    before = suggester(fake_index, path).suggest("paint", 5)
+    assert before and {s.source for s in before} == {"catalog"} and before[0].text == "paint"
+    write_log(get_settings().paths.event_log)
+    code, out, err = run_cli(capsys, "suggestions", "--min-shoppers", "3", "--days", "90")
+    assert code == 0, err
+    assert json.loads(out)["texts"] == 2
+    assert json.loads(path.read_text())["searches"] == {"cordless drill": 5, "paint roller": 3}
+    after = suggester(fake_index, path).suggest("paint", 5)
+    assert (after[0].text, after[0].source, after[0].weight) == ("paint roller", "searches", 3)
+    assert suggester(fake_index, path) is suggester(fake_index, path)  # kept while nothing changes
+    write_searched(path, {"paint sprayer": 7})
+    assert suggester(fake_index, path).suggest("paint", 1)[0].text == "paint sprayer"
+    code, _, err = run_cli(capsys, "suggestions", "--min-shoppers", "0")
+    assert code == 2 and "--min-shoppers 0" in err
+    get_settings.cache_clear()
+
+
+def test_the_words_before_the_last_are_read_as_a_search_reads_them(tmp_path: Path,
+                                                                   fake_index: ProductIndex) -> None:
+    path = tmp_path / "searches.json"
+    assert [s.text for s in suggester(fake_index, path).suggest("cordles dri", 5)][0] == "cordles drill"  # as typed
+    found = [s.text for s in suggest(fake_index, path, "cordles dri", 5)]
+    assert found and all(t.startswith("cordless dri") for t in found)
+    assert [s.text for s in suggest(fake_index, path, "cordles ", 3)][0].startswith("cordless ")
+    assert suggest(fake_index, path, "?", 3) == [] and suggest(fake_index, path, "zzqx", 3) == []
