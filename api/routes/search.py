@@ -151,6 +151,15 @@ def search_get(
     k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}")] = 10,
     user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     rewrite: Annotated[bool, Query(description="Correct misspelled words (false: as typed)")] = True,
+    category: Annotated[list[str] | None, Query(description="Only these categories (repeat for several)")] = None,
+    brand: Annotated[list[str] | None, Query(description="Only these brands (repeat for several)")] = None,
+    min_price: Annotated[float | None, Query(description="Lowest price, >= 0")] = None,
+    max_price: Annotated[float | None, Query(description="Highest price, >= 0")] = None,
+    in_stock: Annotated[bool | None, Query(description="true: only products in stock")] = None,
+    facets: Annotated[list[str] | None, Query(description="category, brand, price (repeat for several)")] = None,
 ) -> SearchResponse:
-    body = SearchRequest.model_validate({"query": q, "k": k, "user_id": user_id, "rewrite": rewrite})
+    filters = {name: value for name, value in (("category", category), ("brand", brand), ("min_price", min_price),
+                                                ("max_price", max_price), ("in_stock", in_stock)) if value is not None}
+    body = SearchRequest.model_validate({"query": q, "k": k, "user_id": user_id, "rewrite": rewrite,
+                                         "filters": filters, "facets": facets or []})
     return _respond(served, body, request, key)

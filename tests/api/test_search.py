@@ -222,3 +222,15 @@ def test_suggestions_as_the_shopper_types(client: TestClient, settings: Settings
         assert first == {"text": "cordless leaf blower", "source": "searches", "weight": 12.0}
     finally:
         path.unlink()
+
+
+def test_get_search_takes_the_same_filters_and_facets(client: TestClient) -> None:
+    posted = client.post("/v1/search", json={"query": "drill", "k": 5, "facets": ["brand", "price"], "filters": {
+        "category": ["Tools > Drills", "Tools > Saws"], "max_price": 200, "in_stock": True}}).json()
+    got = client.get("/v1/search", params=[("q", "drill"), ("k", 5), ("category", "Tools > Drills"),
+                                           ("category", "Tools > Saws"), ("max_price", 200), ("in_stock", "true"),
+                                           ("facets", "brand"), ("facets", "price")]).json()
+    assert [i["product_id"] for i in got["items"]] == [i["product_id"] for i in posted["items"]]
+    assert got["facets"] == posted["facets"] and got["facets"]["brand"]
+    bad = client.get("/v1/search", params={"q": "drill", "facets": "color"})
+    assert bad.status_code == 422 and "facets" in bad.text
