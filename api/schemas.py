@@ -17,7 +17,7 @@ from retrieval.vocabulary import tokenize
 
 MAX_QUERY_CHARS = 256
 MAX_SUGGESTIONS = 20  # per /v1/suggest call
-MAX_K = 100  # results per page; the rules stage orders every row a request may show (ranking.rules.RulesStage)
+MAX_K = 100  # results per page; the rules stage orders the first 100 (ranking.rules.RulesStage.depth)
 
 
 FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=200)]

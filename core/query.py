@@ -88,5 +88,4 @@ class Query:
     # previous order, degraded "shed, budget"). Set by a server with a degrade budget (serving.skip_share).
     skip_model: Callable[[], bool] | None = None
     analysis: Analysis | None = None  # set by the first stage
-    window: int = 0  # rows the request may show (offset + k): the rules stage covers them all; set by the cascade
     facets: tuple[str, ...] = ()  # counts the response carries: category, brand, price (ranking.facts)

@@ -228,7 +228,7 @@ class Cascade:
     def run(self, query: Query | str, k: int) -> Ranked:
         """Analyze, search and re-rank, with per-stage timings."""
         started = time.perf_counter()
-        query = replace(self.analyze(query if isinstance(query, Query) else Query(query)), window=k)
+        query = self.analyze(query if isinstance(query, Query) else Query(query))
         candidates = self.first_stage(query, k)
         ranked = self._apply(query, candidates, {"first_stage": time.perf_counter() - started})
         return replace(ranked, analysis=query.analysis)

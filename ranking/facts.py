@@ -209,11 +209,15 @@ class CatalogFacts:
             out[name] = [{"value": value, "count": count} for value, count in top]
         return out
 
+    def known(self, candidates: Candidates) -> ProductFacts:
+        """Facts of ``candidates`` as last built (nothing read now)."""
+        return self.table().take(candidates.docs)
+
     def __call__(self, candidates: Candidates) -> ProductFacts:
         """Facts of ``candidates`` as the rules stage reads them: category and brand as last built;
         stock, promotion and price read now (:meth:`OnlineFeatureReader.rows`: the reader's
         cache, a stale row re-read in the background)."""
-        facts = self.table().take(candidates.docs)
+        facts = self.known(candidates)
         if self.reader is None or not len(candidates):
             return facts
         fresh = {name: getattr(facts, name) for name in (*TEXT_FACTS, *NUMBER_FACTS)}

@@ -124,9 +124,12 @@ class RulesStage:
     skippable: bool = False  # filters and business rules run even when the request's budget is spent
 
     def __call__(self, query: Query, candidates: Candidates) -> Noted:
-        """Rules over the first ``depth`` rows, or as many as the request may show (``query.window``);
-        the rest follow unchanged, so offline evaluation still sees a full-depth list."""
-        head = candidates.top(max(self.depth, query.window))
+        """Rules over the first ``depth`` rows (stock, promotion and price read now); the rest follow
+        in their order (offline evaluation still sees a full-depth list), less the rows whose facts
+        as last built (:meth:`ranking.facts.CatalogFacts.known`) fail the filters or, with
+        ``out_of_stock: hide``, are out of stock. A row's place never depends on how many rows a
+        request asks for, so the pages of a search agree at any offset."""
+        head = candidates.top(self.depth)
         facts = self.facts(head)
         score = np.nan_to_num(head.score, nan=float(np.nanmin(head.score)) if np.isfinite(head.score).any() else 0.0)
         keep = facts.matching(query.filters) if query.filters.active() else None
@@ -134,5 +137,11 @@ class RulesStage:
         reordered = head.take(result.order)
         notes = {pid: n for pid, n in zip(reordered.product_ids, result.notes) if n}
         if len(candidates) > len(head):
-            reordered = reordered.then(candidates.take(slice(len(head), None)))
+            tail = candidates.take(slice(len(head), None))
+            hide = self.config.out_of_stock == "hide"
+            if query.filters.active() or hide:
+                known = getattr(self.facts, "known", self.facts)(tail)
+                keep = known.matching(query.filters) & (known.stocked if hide else True)
+                tail = tail.take(np.flatnonzero(keep))
+            reordered = reordered.then(tail)
         return Noted(reordered, notes)

@@ -166,6 +166,10 @@ def test_filters_hold_on_every_page_and_a_narrow_one_still_fills_it(  # type: ig
                      & facts["in_stock"].astype(bool) & (facts["price"] <= 150)]
     assert set(found) == set(expected.index)
     assert search({"category": "No Such Category"}) == []
+    # a row's place does not depend on the page asked for: ten pages of 13 are one list of 130
+    for filters in ({}, {"in_stock": True}):
+        paged = [p for offset in range(0, 130, 13) for p in search(filters, k=13, offset=offset)]
+        assert paged == search(filters, k=100) + search(filters, k=30, offset=100) and len(set(paged)) == len(paged)
 
 
 @pytest.mark.parametrize(("filters", "allowed"), [

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.query import Filters
+from core.query import Filters, Query
 from ranking.facts import ProductFacts
-from ranking.rules import QueryRule, RulesConfig, apply_rules
+from ranking.rules import QueryRule, RulesConfig, RulesStage, apply_rules
+from retrieval.types import Candidates
 
 IDS = ["a", "b", "c", "d", "e"]
 SCORES = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
@@ -55,3 +56,26 @@ def test_pins_buries_and_filters() -> None:
     order, _ = run(RulesConfig(out_of_stock="none"), filters=Filters(brand=["acme", "bolt"], max_price=35))
     assert order == ["a", "c"]  # b's brand is unknown, d costs 40, e has no price
     assert not Filters(in_stock=False).active() and Filters(brand="x").brand == ("x",)
+
+
+def test_rows_past_the_rules_depth_keep_their_order_and_places_less_the_filtered() -> None:
+    n = 8
+    facts = ProductFacts(np.array(["tools", "paint"] * 4, dtype=object), np.array([None] * n, dtype=object),
+                         np.arange(n, dtype=float), np.array([1, 1, 0, 1, 1, 0, 1, 1], dtype=float), np.zeros(n))
+
+    class Facts:
+        def __call__(self, candidates: Candidates) -> ProductFacts:
+            return facts.take(candidates.docs)
+
+        known = __call__
+
+    candidates = Candidates(np.arange(n), [f"p{i}" for i in range(n)], "rrf", {"rrf": np.linspace(1, 0, n)},
+                            {"rrf": np.arange(1, n + 1)})
+
+    def ids(config: RulesConfig, filters: Filters = Filters(), depth: int = 4) -> list[str]:
+        return RulesStage(config, Facts(), depth=depth)(Query("q", filters=filters), candidates).candidates.product_ids
+
+    assert ids(RulesConfig(out_of_stock="demote", promo_boost=0)) == ["p0", "p1", "p3", "p2", "p4", "p5", "p6", "p7"]
+    assert ids(RulesConfig(out_of_stock="hide", promo_boost=0)) == ["p0", "p1", "p3", "p4", "p6", "p7"]
+    assert ids(RulesConfig(promo_boost=0), Filters(category="tools")) == ["p0", "p2", "p4", "p6"]  # p2: demoted alone
+    assert ids(RulesConfig(promo_boost=0), Filters(max_price=5.5), depth=2) == ["p0", "p1", "p2", "p3", "p4", "p5"]
