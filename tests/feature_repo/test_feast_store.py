@@ -193,6 +193,8 @@ def test_redis_online_store(sqlite_settings: Settings, tmp_path: Path) -> None:
             "features": FeatureSettings(online_store="redis", redis_url=f"127.0.0.1:{port}")})
         feast_repo.apply(settings)
         check_latest(read_online(settings))
+        facts = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1", facts=FeatureSettings().facts)
+        assert [row.get("category") for row in facts.rows(["P1", "P2", "P3"])] == ["drills", "paint", None]
         # Redis stops: reads fail fast (bounded wait, then a rest), cached rows still serve, the rest is missing
         reader = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1", read_timeout=0.5,
                                      retry_after=60)
