@@ -166,6 +166,45 @@ class SearchResponse(BaseModel):
     facets: Facets | None = Field(None, description="The counts the request asked for (facets).")
 
 
+class BrowseRequest(BaseModel):
+    """A listing without a query (a storefront's category or brand page)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"filters": {"category": "Tools > Drills", "in_stock": True}, "sort": "popular", "k": 24}]})
+
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+    sort: Literal["popular", "price_asc", "price_desc"] = Field(
+        "popular", description="popular: most purchased in the last 30 days first (the feature store's "
+        "popularity; catalog order when unknown), with the business rules on the first rows; price_asc, "
+        "price_desc: by price, strictly (products without a price last).")
+    k: int = Field(24, ge=1, le=MAX_K, description=f"Number of products, 1..{MAX_K}.")
+    offset: int = Field(0, ge=0, le=100_000, description="Products to skip (paging), 0..100000.")
+    facets: list[Literal["category", "brand", "price"]] = Field(
+        default_factory=list, max_length=3, description="Facet counts over the whole listing.")
+
+
+class BrowseItem(BaseModel):
+    product_id: str
+    title: str
+    rank: int = Field(..., description="1-based position in the listing (offset included).")
+    category: str | None = None
+    brand: str | None = None
+    price: float | None = None
+    in_stock: bool | None = Field(None, description="null: stock unknown.")
+    rules: list[str] = Field(default_factory=list, description="Business rules applied to this product.")
+
+
+class BrowseResponse(BaseModel):
+    request_id: str
+    sort: str
+    took_ms: float
+    total: int = Field(..., description="Products in the listing (every one that matches the filters).")
+    stages_ms: dict[str, float] = Field(default_factory=dict)
+    cached: bool = False
+    items: list[BrowseItem]
+    facets: Facets | None = None
+
+
 class SuggestionItem(BaseModel):
     text: str = Field(..., description="A phrase to offer (normalized: lowercase, units spelled one way).")
     source: Literal["searches", "catalog"] = Field(..., description="searches: shoppers searched it (shoprank "

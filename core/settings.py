@@ -140,9 +140,10 @@ class FeatureSettings(BaseModel):
     online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store.")
     redis_url: str = Field("127.0.0.1:6379", description="Redis connection string (host:port[,db=N]).")
     service: str = Field("ranker_v1", description="Feast FeatureService the ranker reads.")
-    facts: dict[Literal["category", "brand", "price", "in_stock", "promoted"], str] = Field(
+    facts: dict[Literal["category", "brand", "price", "in_stock", "promoted", "popularity"], str] = Field(
         {"category": "product_attributes:category", "brand": "product_attributes:brand",
-         "price": "product_attributes:price", "in_stock": "inventory:in_stock", "promoted": "promotions:promoted"},
+         "price": "product_attributes:price", "in_stock": "inventory:in_stock", "promoted": "promotions:promoted",
+         "popularity": "popularity:purchases_30d"},
         description="Where filters and business rules read each product fact in the feature store "
         "(view:feature); a fact the store lacks is read from the catalog's column of that name.")
     read_timeout_ms: float = Field(250.0, gt=0, le=60_000, description="Longest wait of a search for one online "

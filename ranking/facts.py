@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from core.cache import LRUCache
+from core.errors import InvalidInput
 from core.feature_store import OnlineFeatureReader, as_number
 from core.query import Filters
 from retrieval.index import ProductIndex
@@ -45,19 +46,22 @@ from retrieval.types import Candidates
 logger = logging.getLogger(__name__)
 
 TEXT_FACTS = ("category", "brand")
-NUMBER_FACTS = {"price": np.nan, "in_stock": np.nan, "promoted": 0.0}  # the value when unknown
+NUMBER_FACTS = {"price": np.nan, "in_stock": np.nan, "promoted": 0.0, "popularity": 0.0}  # the value when unknown
+ORDERS = ("popular", "price_asc", "price_desc")  # how a listing (browse) is ordered
 
 
 @dataclass(frozen=True)
 class ProductFacts:
     """Facts of some products, one entry each: category and brand (str, None when unknown),
-    price, stock and promotion (NaN when unknown; a product of unknown stock counts as in stock)."""
+    price, stock (NaN when unknown; a product of unknown stock counts as in stock), promotion and
+    popularity (purchases in the last 30 days by default; 0 when unknown)."""
 
     category: np.ndarray
     brand: np.ndarray
     price: np.ndarray
     in_stock: np.ndarray
     promoted: np.ndarray
+    popularity: np.ndarray
 
     @property
     def stocked(self) -> np.ndarray:
@@ -208,6 +212,27 @@ class CatalogFacts:
             top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:values]
             out[name] = [{"value": value, "count": count} for value, count in top]
         return out
+
+    def listing(self, filters: Filters, order: str = "popular", hide_out_of_stock: bool = False) -> np.ndarray:
+        """Every live row of the index that matches ``filters`` (and is in stock, with
+        ``hide_out_of_stock``), ordered by ``order`` (:data:`ORDERS`: most popular first, or by
+        price, products without a price last), ties by catalog row."""
+        if order not in ORDERS:
+            raise InvalidInput(f"order {order!r} is not one of {list(ORDERS)}")
+        facts = self.table()
+        keep = self.index.products["live"].to_numpy(dtype=bool).copy()
+        mask = self.allowed(filters)
+        if mask is not None:
+            keep &= mask[: len(keep)]
+        if hide_out_of_stock:
+            keep &= facts.stocked[: len(keep)]
+        rows = np.flatnonzero(keep)
+        if order == "popular":
+            key = -facts.popularity[rows]
+        else:
+            price = facts.price[rows]
+            key = np.where(np.isnan(price), np.inf, price if order == "price_asc" else -price)
+        return rows[np.lexsort((rows, key))]
 
     def known(self, candidates: Candidates) -> ProductFacts:
         """Facts of ``candidates`` as last built (nothing read now)."""

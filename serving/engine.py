@@ -11,6 +11,7 @@ NAME`` evaluates the same objects, so what is measured is what is served.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,7 @@ import numpy as np
 
 from core.cache import LRUCache
 from core.errors import Conflict, InvalidInput, NotReady
-from core.query import Query
+from core.query import Filters, Query
 from core.registry import ServedModel
 from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
@@ -105,6 +106,7 @@ class SearchEngine:
     shared_results: SharedResults | None = None  # result pages in the score store, beside the LRU
     results_scope: str = ""  # what a page depends on beyond the request and the versions: settings
     facts: CatalogFacts | None = None  # every product's category, brand, price, stock: filters and facets
+    rules: RulesStage | None = None  # the business rules every served pipeline ends with (and listings)
 
     @property
     def teacher(self) -> ServedModel | None:
@@ -192,6 +194,37 @@ class SearchEngine:
             self.caches.results.put(key, result)
             if page_key is not None and self.shared_results is not None:
                 self.shared_results.put(page_key, result)
+        return result
+
+    def browse(self, filters: Filters, k: int, offset: int = 0, order: str = "popular",
+               facets: tuple[str, ...] = (), use_cache: bool = False) -> SearchResult:
+        """Rows ``offset .. offset + k`` of the listing of every product that matches ``filters``
+        (no query: a storefront's category page), ordered by ``order`` (``ranking.facts.ORDERS``).
+        Most popular first gets the business rules on its first rows, as a search does (out of
+        stock, promotions); the price orders stay strict, out-of-stock products hidden only
+        with ``out_of_stock: hide``. Facets count the whole listing."""
+        assert self.facts is not None and self.rules is not None
+        key = ("browse", order, filters, facets, k, offset)
+        if use_cache and (hit := self.caches.results.get(key)) is not None:
+            return replace(hit, cached=True, timings={})
+        started = time.perf_counter()
+        hide = self.rules.config.out_of_stock == "hide"
+        rows = self.facts.listing(filters, order, hide_out_of_stock=hide)
+        head = rows[: max(self.rules.depth, offset + k)]
+        ids = [self.index.product_id(int(d)) for d in head.tolist()]
+        score = -np.arange(len(head), dtype=np.float64)  # the listing's order, as a score the rules can move
+        listed = Candidates(head, ids, "browse", {"browse": score}, {"browse": np.arange(1, len(head) + 1)})
+        timings = {"browse": time.perf_counter() - started}
+        notes: dict[str, list[str]] = {}
+        if order == "popular":
+            started = time.perf_counter()
+            ruled = self.rules(Query("", filters=filters), listed)
+            listed, notes, timings["rules"] = ruled.candidates, dict(ruled.notes), time.perf_counter() - started
+        page = listed.take(slice(offset, offset + k))
+        result = SearchResult(page, "browse", len(rows), timings, {p: notes[p] for p in page.product_ids if p in notes},
+                              facets=self.facts.facets(rows, facets) if facets else None)
+        if use_cache:
+            self.caches.results.put(key, result)
         return result
 
     def _facets(self, cascade: Cascade, query: Query, ranked: Ranked) -> dict[str, object]:
@@ -287,7 +320,7 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
         scope += f"-{index.analyzer.synonyms.digest}"
     facts.table()  # built now, not by the first filtered search (again once the store's rows are read)
     return SearchEngine(index, encoder, settings, models, pipelines, caches, hybrid, dense, executor,
-                        stages.batchers, shared_results, scope, facts)
+                        stages.batchers, shared_results, scope, facts, rules)
 
 
 def _memoized(hybrid: HybridRetriever, index: ProductIndex, encoder: Encoder, caches: Caches,

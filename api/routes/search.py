@@ -1,10 +1,11 @@
-"""``/v1/search``: a query in, ranked products out."""
+"""``/v1/search``: a query in, ranked products out; ``/v1/browse`` (no query) and ``/v1/suggest``."""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 
 from api.admission import yield_to_models
@@ -14,6 +15,9 @@ from api.schemas import (
     MAX_K,
     MAX_QUERY_CHARS,
     MAX_SUGGESTIONS,
+    BrowseItem,
+    BrowseRequest,
+    BrowseResponse,
     ErrorBody,
     Explanation,
     Facets,
@@ -121,6 +125,27 @@ def _log_impression(request: Request, body: SearchRequest, response: SearchRespo
 def search(body: SearchRequest, served: ServedDep, request: Request, key: KeyDep) -> SearchResponse:
     """Hybrid retrieval (BM25 + bi-encoder, fused by RRF), the re-ranking cascade and the rules."""
     return _respond(served, body, request, key)
+
+
+@router.post("/browse", response_model=BrowseResponse, responses=ERRORS, summary="List products without a query")
+def browse(body: BrowseRequest, served: ServedDep, request: Request, key: KeyDep) -> BrowseResponse:
+    """Every product that matches the filters (a category or brand page), most popular first or by price;
+    the same filters and facets as a search."""
+    started = time.perf_counter()
+    engine = served.engine
+    result = engine.browse(Filters(**body.filters.model_dump()), body.k, body.offset, body.sort,
+                           tuple(dict.fromkeys(body.facets)), use_cache=True)
+    known = engine.facts.known(result.candidates)  # type: ignore[union-attr]
+    items = [BrowseItem(product_id=c.product_id, title=engine.index.title(c.doc), rank=body.offset + i + 1,
+                        category=known.category[i], brand=known.brand[i],
+                        price=None if np.isnan(known.price[i]) else float(known.price[i]),
+                        in_stock=None if np.isnan(known.in_stock[i]) else bool(known.in_stock[i] > 0),
+                        rules=result.notes.get(c.product_id, []))
+             for i, c in enumerate(result.candidates)]
+    return BrowseResponse(request_id=request.state.request_id, sort=body.sort, total=result.total_candidates,
+                          took_ms=round((time.perf_counter() - started) * 1e3, 2), cached=result.cached,
+                          stages_ms={name: round(seconds * 1e3, 2) for name, seconds in result.timings.items()},
+                          items=items, facets=Facets(**result.facets) if result.facets is not None else None)
 
 
 @router.get("/suggest", response_model=SuggestResponse, responses=ERRORS,

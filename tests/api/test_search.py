@@ -238,3 +238,38 @@ def test_get_search_takes_the_same_filters_and_facets(client: TestClient) -> Non
     assert got["facets"] == posted["facets"] and got["facets"]["brand"]
     bad = client.get("/v1/search", params={"q": "drill", "facets": "color"})
     assert bad.status_code == 422 and "facets" in bad.text
+
+
+def test_browse_lists_every_product_of_a_filter_in_the_order_asked(  # type: ignore[no-untyped-def]
+        client: TestClient, demo_products) -> None:
+    facts = demo_products.set_index("product_id")
+    drills = facts[facts["category"] == "Tools > Drills"]
+
+    def browse(**body) -> dict:  # type: ignore[no-untyped-def]
+        response = client.post("/v1/browse", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    cheapest = browse(filters={"category": "Tools > Drills"}, sort="price_asc", k=5, facets=["brand", "price"])
+    assert cheapest["total"] == len(drills) and [i["rank"] for i in cheapest["items"]] == [1, 2, 3, 4, 5]
+    expected = drills.sort_values("price", kind="stable").index[:5].tolist()
+    assert [i["product_id"] for i in cheapest["items"]] == expected
+    first = cheapest["items"][0]
+    assert (first["category"], first["brand"], first["price"]) == ("Tools > Drills", drills.at[expected[0], "brand"],
+                                                                  pytest.approx(drills["price"].min()))
+    assert cheapest["facets"]["counted"] == len(drills) and cheapest["facets"]["price"]["max"] == pytest.approx(
+        drills["price"].max())
+    dearest = browse(filters={"category": "Tools > Drills"}, sort="price_desc", k=100)["items"]
+    by_price = drills.sort_values("price", ascending=False, kind="stable").index.tolist()
+    assert [i["product_id"] for i in dearest] == by_price
+    # most popular first (no popularity in this store: catalog order), with the rules: out of stock last
+    popular = browse(filters={"category": "Tools > Drills"}, k=100)["items"]
+    stocked = [i["in_stock"] for i in popular]
+    assert sorted(i["product_id"] for i in popular) == sorted(drills.index) and stocked == sorted(stocked, reverse=True)
+    assert all("out_of_stock_demoted" in i["rules"] for i in popular if not i["in_stock"])
+    paged = [i["product_id"] for o in range(0, 20, 7) for i in browse(filters={"category": "Tools > Drills"},
+                                                                        k=7, offset=o)["items"]]
+    assert paged == [i["product_id"] for i in popular]
+    assert browse()["total"] == len(facts)  # no filter: the whole catalog
+    bad = client.post("/v1/browse", json={"sort": "newest"})
+    assert bad.status_code == 422 and "sort" in bad.text and "popular" in bad.text

@@ -16,7 +16,7 @@ PROMO = np.zeros(5)
 CATS = np.array(["tools", "tools", "paint", "tools", "paint"], dtype=object)
 BRANDS = np.array(["acme", None, "acme", "bolt", "bolt"], dtype=object)
 PRICES = np.array([10.0, 20.0, 30.0, 40.0, np.nan])
-FACTS = ProductFacts(CATS, BRANDS, PRICES, STOCK, PROMO)
+FACTS = ProductFacts(CATS, BRANDS, PRICES, STOCK, PROMO, np.zeros(5))
 
 
 def run(config: RulesConfig, query: str = "drill", promoted: np.ndarray = PROMO, filters: Filters = Filters()):  # type: ignore[no-untyped-def]
@@ -61,7 +61,8 @@ def test_pins_buries_and_filters() -> None:
 def test_rows_past_the_rules_depth_keep_their_order_and_places_less_the_filtered() -> None:
     n = 8
     facts = ProductFacts(np.array(["tools", "paint"] * 4, dtype=object), np.array([None] * n, dtype=object),
-                         np.arange(n, dtype=float), np.array([1, 1, 0, 1, 1, 0, 1, 1], dtype=float), np.zeros(n))
+                         np.arange(n, dtype=float), np.array([1, 1, 0, 1, 1, 0, 1, 1], dtype=float), np.zeros(n),
+                         np.zeros(n))
 
     class Facts:
         def __call__(self, candidates: Candidates) -> ProductFacts:
