@@ -44,8 +44,12 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
     if filters is not None and not rankings.empty:
         cleaned = clean(rankings, interactions, filters)
         rankings, interactions = cleaned.rankings, cleaned.interactions
+    for column in ("session_id", "searched", "filters"):  # absent from logs written before they were logged
+        if column not in rankings:
+            rankings = rankings.assign(**{column: None})
     per_search = rankings.groupby("request_id").agg(
-        timestamp=("timestamp", "first"), user_id=("user_id", "first"), query=("query", "first"),
+        timestamp=("timestamp", "first"), user_id=("user_id", "first"), session_id=("session_id", "first"),
+        query=("query", "first"), searched=("searched", "first"), filters=("filters", "first"),
         arm=("arm", "first"), latency_ms=("latency_ms", "first"), shown=("shown", "first"),
         degraded=("degraded", "first"), models=("models", "first")).reset_index()
     for kind, column in (("click", "clicked"), ("add_to_cart", "carted"), ("purchase", "bought")):
@@ -81,6 +85,47 @@ def head_queries(log_root: Path, n: int) -> list[tuple[str, int]]:
     forms = forms.sort_values(["searched", "n", "typed"], ascending=[True, False, True]).drop_duplicates("searched")
     top = counts.merge(forms, on="searched").sort_values(["searches", "searched"], ascending=[False, True]).head(n)
     return [(str(t), int(c)) for t, c in zip(top["typed"], top["searches"])]
+
+
+def search_terms(per_search: pd.DataFrame) -> pd.DataFrame:
+    """One row per searched text (the analyzer's output, else the text as typed) of :func:`searches`'
+    rows: searches, distinct shoppers (user, else session, else the search), and the share of its
+    searches that showed nothing, got a click, an add to cart, a purchase, or set a filter; most
+    searched first, ties by text."""
+    if per_search.empty:
+        return pd.DataFrame(columns=["text", "searches", "shoppers", "zero_result_rate", "ctr", "add_to_cart_rate",
+                                     "purchase_rate", "filtered_share"])
+    frame = per_search.assign(
+        text=per_search["searched"].fillna(per_search["query"]).astype(str).str.strip(),
+        who=per_search["user_id"].fillna(per_search["session_id"]).fillna(per_search["request_id"]).astype(str),
+        filtered=per_search["filters"].notna().astype(int))
+    terms = frame.groupby("text").agg(
+        searches=("request_id", "size"), shoppers=("who", "nunique"), zero_result_rate=("zero_results", "mean"),
+        ctr=("clicked", "mean"), add_to_cart_rate=("carted", "mean"), purchase_rate=("bought", "mean"),
+        filtered_share=("filtered", "mean")).reset_index()
+    return terms.sort_values(["searches", "text"], ascending=[False, True], ignore_index=True)
+
+
+def terms_report(per_search: pd.DataFrame, top: int = 50, min_searches: int = 5) -> dict[str, object]:
+    """What merchandisers read first: the totals, the most searched texts, and among the texts
+    searched at least ``min_searches`` times those whose searches mostly showed nothing and those
+    never clicked (most searched first)."""
+    terms = search_terms(per_search)
+    frequent = terms[terms["searches"] >= min_searches]
+
+    def rows(table: pd.DataFrame) -> list[dict[str, object]]:
+        return [{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in row.items()}
+                for row in table.head(top).to_dict("records")]
+
+    return {
+        "searches": int(len(per_search)), "texts": int(len(terms)),
+        "zero_result_rate": round(float(per_search["zero_results"].mean()), 4) if len(per_search) else None,
+        "ctr": round(float(per_search["clicked"].mean()), 4) if len(per_search) else None,
+        "min_searches": min_searches,
+        "top": rows(terms),
+        "no_results": rows(frequent[frequent["zero_result_rate"] >= 0.5]),
+        "no_clicks": rows(frequent[frequent["ctr"] == 0]),
+    }
 
 
 def searched_texts(log_root: Path, min_shoppers: int = 3, since: pd.Timestamp | None = None) -> dict[str, int]:

@@ -1,9 +1,13 @@
-"""The analysts' A/B report: one self-contained HTML file with plots.
+"""The analysts' reports: self-contained HTML files.
 
 ``shoprank report ab --experiment NAME --out report.html``: per-arm metrics
 with 95% intervals and p-values, the minimum sample size, metric over time
 with confidence bands, lift per metric, and the interleaving preference when
 the experiment interleaved. Plots are PNGs embedded in the page.
+
+``shoprank report terms --out terms.html`` (:func:`render_terms`): the most searched texts, and
+those whose searches show nothing or are never clicked, for merchandisers (synonyms, pins, catalog
+gaps).
 """
 
 from __future__ import annotations
@@ -85,6 +89,45 @@ def render(experiment: str, table: pd.DataFrame, report: ArmReport | None,
             f"{html.escape(experiment)}</title></head><body style='font-family:sans-serif;max-width:900px'>"
             + "\n".join(parts) + "<p><small>Computed by shoprank report ab from the offline event log.</small></p>"
             "</body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    return out
+
+
+TERM_COLUMNS = (("text", "searched text"), ("searches", "searches"), ("shoppers", "shoppers"),
+                ("zero_result_rate", "showed nothing"), ("ctr", "clicked"), ("add_to_cart_rate", "added to cart"),
+                ("purchase_rate", "bought"), ("filtered_share", "with filters"))
+
+
+def _terms_table(rows: list[dict[str, object]]) -> str:
+    if not rows:
+        return "<p>None.</p>"
+    head = "".join(f"<th>{label}</th>" for _, label in TERM_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(row[key])) if key == 'text' else row[key]}</td>"
+                         if not isinstance(row[key], float) else f"<td>{row[key]:.1%}</td>"
+                         for key, _ in TERM_COLUMNS) + "</tr>" for row in rows)
+    return f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table>"
+
+
+def render_terms(report: dict, since: str, out: Path) -> Path:
+    """The search terms report (:func:`online_learning.analysis.terms_report`) as one HTML page."""
+    parts = [
+        "<h1>Search terms</h1>",
+        f"<p>{report['searches']} searches of {report['texts']} texts since {html.escape(since)}, after the "
+        f"traffic filters; {report['zero_result_rate']:.1%} showed nothing, {report['ctr']:.1%} got a click.</p>"
+        if report["searches"] else "<p>No logged searches.</p>",
+        "<h2>Most searched</h2>", _terms_table(report["top"]),
+        f"<h2>Mostly showing nothing (searched {report['min_searches']}+ times)</h2>",
+        "<p>Candidates for synonyms or for products the catalog lacks; a search shows nothing when its "
+        "filters keep no product.</p>", _terms_table(report["no_results"]),
+        f"<h2>Never clicked (searched {report['min_searches']}+ times)</h2>",
+        "<p>Candidates for pins, synonyms or a look at what these searches show.</p>",
+        _terms_table(report["no_clicks"]),
+    ]
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>ShopRank search terms</title></head>"
+            "<body style='font-family:sans-serif;max-width:1000px'>" + "\n".join(parts)
+            + "<p><small>Computed by shoprank report terms from the offline event log.</small></p></body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return out

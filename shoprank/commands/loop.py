@@ -190,6 +190,27 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_report_terms(args: argparse.Namespace, settings: Settings) -> int:
+    """The search terms report: most searched texts, those showing nothing, those never clicked."""
+    import pandas as pd
+
+    from online_learning.analysis import searches, terms_report
+    from online_learning.report import render_terms
+
+    if args.days < 1 or args.top < 1 or args.min_searches < 1:
+        raise InvalidInput(f"--days {args.days}, --top {args.top} and --min-searches {args.min_searches} must each "
+                           "be at least 1")
+    since = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=args.days)
+    table = searches(settings.paths.event_log)
+    if not table.empty:
+        table = table[table["timestamp"] > since]
+    report = terms_report(table, args.top, args.min_searches)
+    if args.out:
+        render_terms(report, since.isoformat(), Path(args.out))
+    print(json.dumps({"since": since.isoformat(), **report, **({"report": args.out} if args.out else {})}, indent=2))
+    return 0
+
+
 def cmd_report_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Paired comparison of two ``shoprank simulate --out`` files of the same sessions (same --seed)."""
     from simulation.simulator import compare_replays
@@ -272,6 +293,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--control", default=None)
     p.add_argument("--treatment", default=None)
     p.set_defaults(handler=cmd_report)
+    p = kinds.add_parser("terms", help="search terms: the most searched texts, those showing nothing, those "
+                         "never clicked (JSON; HTML with --out)")
+    p.add_argument("--days", type=int, default=30, help="searches of the last DAYS days (default 30)")
+    p.add_argument("--top", type=int, default=50, help="rows per list (default 50)")
+    p.add_argument("--min-searches", type=int, default=5, help="searches a text needs to be listed as showing "
+                   "nothing or never clicked (default 5)")
+    p.add_argument("--out", default=None, help="also write the HTML report here")
+    p.set_defaults(handler=cmd_report_terms)
     p = kinds.add_parser("replay", help="paired comparison of two `simulate --out` files of the same sessions")
     p.add_argument("first", type=Path, help="simulation report of the baseline")
     p.add_argument("second", type=Path, help="simulation report of the same sessions against the candidate")

@@ -1,0 +1,86 @@
+"""The search terms report from a hand-made log: counts, rates and the three lists."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from core.settings import get_settings
+from online_learning.analysis import search_terms, searches, terms_report
+from online_learning.consumers.base import Delivered
+from online_learning.consumers.log_sink import ParquetLogSink
+from online_learning.events import (
+    INTERACTIONS_TOPIC,
+    RANKINGS_TOPIC,
+    InteractionEvent,
+    RankingEvent,
+    ShownItem,
+)
+from tests.helpers import run_cli
+
+NOW = datetime.now(UTC)
+
+
+def write_log(root: Path) -> None:
+    events: list[Delivered] = []
+
+    def search(typed: str, searched: str, user: str, shown: int = 3, click: bool = False, buy: bool = False,
+               filters: dict | None = None) -> None:
+        n = len(events)
+        when = NOW - timedelta(hours=1, minutes=n)
+        events.append(Delivered(RANKINGS_TOPIC, 0, n, RankingEvent(
+            event_id=f"r{n}", request_id=f"r{n}", timestamp=when, user_id=user, query=typed, searched=searched,
+            pipeline="full", filters=filters,
+            items=[ShownItem(product_id=f"P{j}", position=j + 1) for j in range(shown)])))
+        for kind, wanted in (("click", click), ("purchase", buy)):
+            if wanted:
+                events.append(Delivered(INTERACTIONS_TOPIC, 0, len(events), InteractionEvent(
+                    type=kind, event_id=f"{kind}{n}", request_id=f"r{n}", timestamp=when + timedelta(seconds=5),
+                    user_id=user, product_id="P0", position=1, **({"revenue": 10.0} if kind == "purchase" else {}))))
+
+    for i in range(6):  # the head: 6 searches by 6 shoppers, 3 clicked, 1 bought
+        search("Cordless Drill" if i % 2 else "cordles drill", "cordless drill", f"u{i}", click=i < 3, buy=i == 0)
+    for i in range(5):  # searched often, never clicked
+        search("deck screws", "deck screws", f"v{i}", filters={"brand": ["Acme"]} if i < 2 else None)
+    for i in range(5):  # showed nothing
+        search("flux capacitor", "flux capacitor", f"w{i}", shown=0)
+    search("rare thing", "rare thing", "x1", shown=0)  # too rare to list
+    ParquetLogSink(root)([e for e in events if e.topic == RANKINGS_TOPIC])
+    ParquetLogSink(root)([e for e in events if e.topic == INTERACTIONS_TOPIC])
+
+
+def test_search_terms_and_the_report(tmp_path: Path) -> None:
+    write_log(tmp_path / "log")
+    table = searches(tmp_path / "log")
+    terms = search_terms(table).set_index("text")
+    assert list(terms.index[:3]) == ["cordless drill", "deck screws", "flux capacitor"]  # most searched first
+    head = terms.loc["cordless drill"]
+    assert (head["searches"], head["shoppers"]) == (6, 6)  # both typed forms: one searched text
+    assert head["ctr"] == pytest.approx(0.5) and head["purchase_rate"] == pytest.approx(1 / 6)
+    assert terms.loc["deck screws", "filtered_share"] == pytest.approx(0.4)
+    assert terms.loc["flux capacitor", "zero_result_rate"] == 1.0
+    report = terms_report(table, top=2, min_searches=5)
+    assert report["searches"] == 17 and report["texts"] == 4
+    assert [r["text"] for r in report["top"]] == ["cordless drill", "deck screws"]  # --top 2
+    assert [r["text"] for r in report["no_results"]] == ["flux capacitor"]  # "rare thing": once
+    assert [r["text"] for r in report["no_clicks"]] == ["deck screws", "flux capacitor"]
+    assert terms_report(searches(tmp_path / "empty"))["searches"] == 0
+
+
+def test_the_report_command_writes_html(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    write_log(get_settings().paths.event_log)
+    out = tmp_path / "terms.html"
+    code, printed, err = run_cli(capsys, "report", "terms", "--days", "7", "--min-searches", "5", "--out", str(out))
+    assert code == 0, err
+    assert json.loads(printed)["no_clicks"][0]["text"] == "deck screws"
+    page = out.read_text()
+    assert "<h1>Search terms</h1>" in page and "flux capacitor" in page and "100.0%" in page
+    code, _, err = run_cli(capsys, "report", "terms", "--top", "0")
+    assert code == 2 and "--top 0" in err
+    get_settings.cache_clear()
