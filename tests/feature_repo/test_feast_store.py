@@ -153,7 +153,8 @@ def test_filters_read_category_and_brand_from_the_store_when_the_catalog_has_non
     feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())
     facts = {**FeatureSettings().facts, "brand": "product_attributes:maker", "promoted": "no_such_view:promoted"}
     reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1", facts=facts)
-    assert reader.facts == {"category": "category", "price": "price", "in_stock": "in_stock"}  # what the store has
+    assert reader.facts == {"category": "category", "price": "price", "in_stock": "in_stock",  # what the store has
+                            "popularity": "purchases_30d"}
     reader.warm(["P1", "P2", "P3"])
     catalog = pd.DataFrame({"product_id": ["P1", "P2", "P3"], "title": ["drill", "paint", "hose"],
                             "brand": ["A", "B", "C"], "price": [99.0, 99.0, 7.0]})
