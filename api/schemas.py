@@ -66,6 +66,9 @@ class SearchRequest(BaseModel):
     explain: bool = Field(False, description="Return per-result feature contributions and rule notes.")
     rewrite: bool = Field(True, description="Correct misspelled and run-together words against the catalog "
                           "(false: search the words as typed; normalization of units and case still applies).")
+    sort: Literal["relevance", "price_asc", "price_desc"] = Field(
+        "relevance", description="relevance (default), or the most relevant products (serving.sort_depth, 100) by "
+        "price, up or down (products without a price last).")
     facets: list[Literal["category", "brand", "price"]] = Field(
         default_factory=list, max_length=3, description="Facet counts to return, over every product the search "
         "found (after the filters; up to ranking.first_stage_depth): category, brand (values and counts), "

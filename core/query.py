@@ -89,3 +89,4 @@ class Query:
     skip_model: Callable[[], bool] | None = None
     analysis: Analysis | None = None  # set by the first stage
     facets: tuple[str, ...] = ()  # counts the response carries: category, brand, price (ranking.facts)
+    sort: str = "relevance"  # or price_asc / price_desc: the most relevant serving.sort_depth, by price

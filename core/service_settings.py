@@ -43,6 +43,8 @@ class ServingSettings(BaseModel):
     # On 2 cores (EPYC, head-heavy stream, 5,000 warmed heads): the store answered 60-77% of the list lookups, a
     # ranked search's first stage fell from 17.5 to 1.2-1.3 ms at the median at 8 connections; throughput moved
     # within the runs' spread and the p95 tied (benchmarks/RESULTS.md, "First-stage lists kept").
+    sort_depth: int = Field(100, ge=1, le=1000, description="A search sorted by price (sort: price_asc | "
+                            "price_desc) sorts its this many most relevant products, and shows no more.")
     facts_refresh_s: float = Field(60.0, gt=0, le=86_400, description="Product facts for filters (category, "
                                    "brand, price, stock) are re-read from the feature reader's cache this often, "
                                    "in the background (ranking/facts.py).")

@@ -56,6 +56,8 @@ class RankingEvent(BaseModel):
     pipeline: str
     filters: dict[str, Any] | None = Field(None, description="The request's filters that were set (category, "
                                            "brand, min_price, max_price, in_stock); None: an unfiltered search.")
+    sort: str | None = Field(None, max_length=32, description="How the list was sorted when not by relevance "
+                             "(price_asc, price_desc): such lists teach no ranking (shoprank retrain skips them).")
     items: list[ShownItem]
     models: dict[str, str] = Field(default_factory=dict, description="Role -> version of each model that ranked the search "
                                      "(interleaved: each arm's LambdaMART as 'ltr:<arm>', no 'ltr').")

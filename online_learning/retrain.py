@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 LEVEL = {"click": 1, "add_to_cart": 2, "purchase": 3}
 # what the filters, the labels and the features read of a logged ranking (not its models, latency, ...)
 RANKING_COLUMNS = ("event_id", "request_id", "timestamp", "user_id", "session_id", "key_id", "query", "product_id",
-                   "position", "scores")
+                   "position", "scores", "sort")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
     rankings = read_log(root, "rankings", RANKING_COLUMNS, since, until, client)
     if rankings.empty:
         return rankings, {}
-    rankings = rankings[rankings["product_id"].notna()].copy()
+    # lists sorted by price show what the shopper ordered, not what ranks best: they teach nothing here
+    rankings = rankings[rankings["product_id"].notna() & rankings["sort"].isna()].drop(columns="sort")
     rankings["timestamp"] = pd.to_datetime(rankings["timestamp"], utc=True)
     if since is not None:
         rankings = rankings[rankings["timestamp"] > since]

@@ -172,7 +172,8 @@ class SearchEngine:
         non-degraded results are cached.
         """
         query = query if isinstance(query, Query) else Query(query)
-        key = (pipeline, ltr, query.text, query.rewrite, query.user_id, query.filters, query.facets, k, offset)
+        key = (pipeline, ltr, query.text, query.rewrite, query.user_id, query.filters, query.facets, query.sort, k,
+               offset)
         page_key = None
         if use_cache:
             if (hit := self.caches.results.get(key)) is not None:
@@ -185,6 +186,8 @@ class SearchEngine:
                     return replace(page, cached=True)
         cascade = self._chosen(pipeline, ltr)
         ranked = cascade.run(query, k + offset)
+        if query.sort != "relevance":
+            ranked = replace(ranked, candidates=self._by_price(ranked.candidates, query.sort))
         page = ranked.candidates.take(slice(offset, offset + k))
         facets = self._facets(cascade, query, ranked) if query.facets and self.facts is not None else None
         result = SearchResult(page, pipeline, len(ranked.candidates), ranked.timings,
@@ -226,6 +229,17 @@ class SearchEngine:
         if use_cache:
             self.caches.results.put(key, result)
         return result
+
+    def _by_price(self, candidates: Candidates, sort: str) -> Candidates:
+        """The ``serving.sort_depth`` most relevant of ``candidates`` by price (``price_asc`` or
+        ``price_desc``; no price last, ties in relevance order)."""
+        if sort not in ("price_asc", "price_desc"):
+            raise InvalidInput(f"sort {sort!r} is not one of ['relevance', 'price_asc', 'price_desc']")
+        assert self.facts is not None
+        head = candidates.top(self.settings.serving.sort_depth)
+        price = self.facts.known(head).price
+        key = np.where(np.isnan(price), np.inf, price if sort == "price_asc" else -price)
+        return head.take(np.lexsort((np.arange(len(head)), key)))
 
     def _facets(self, cascade: Cascade, query: Query, ranked: Ranked) -> dict[str, object]:
         """Facet counts over the search's whole list; a category or brand facet whose own filter is

@@ -82,8 +82,8 @@ class ExperimentRouter:
         if experiment is None:
             result = engine.search(query, k, offset=offset, use_cache=use_cache)
             routed = Routed(result, versions=engine.ranked_by(result.pipeline))
-        elif experiment.mode == "ab":
-            arm = assign(experiment, unit)
+        elif experiment.mode == "ab" or query.sort != "relevance":  # a list sorted by price is not interleaved
+            arm = assign(experiment, unit) if experiment.mode == "ab" else experiment.control
             version = experiment.arms[arm].ltr
             result = engine.search(query, k, offset=offset, use_cache=use_cache, ltr=version)
             routed = Routed(result, experiment.name, arm, version, versions=engine.ranked_by(result.pipeline, version))

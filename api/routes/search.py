@@ -56,7 +56,7 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
         admission = request.app.state.admission
         query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()), deadline, body.rewrite,
                             shed=shed, skip_model=admission.skip_model if admission.skip_share else None,
-                            facets=tuple(dict.fromkeys(body.facets)))
+                            facets=tuple(dict.fromkeys(body.facets)), sort=body.sort)
         routed = served.router.search(served.engine, query, body.k, body.offset, unit, use_cache=not body.explain)
     request.app.state.metrics.searches.labels("true" if shed else "false").inc()
     engine = served.engine
@@ -113,6 +113,7 @@ def _log_impression(request: Request, body: SearchRequest, response: SearchRespo
         session_id=body.session_id, query=body.query, pipeline=response.pipeline,
         searched=response.query_rewrite.text if response.query_rewrite else None, key_id=key.id if key else None,
         filters=body.filters.model_dump(exclude_none=True) or None, models=response.versions,
+        sort=None if body.sort == "relevance" else body.sort,
         experiment=response.experiment, arm=response.arm, degraded=response.degraded, latency_ms=response.took_ms,
         items=[ShownItem(product_id=i.product_id, position=i.rank, score=i.score, scores=i.scores,
                          team=teams.get(i.product_id)) for i in response.items],

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from online_learning.consumers.base import Delivered
 from online_learning.events import InteractionEvent, RankingEvent
@@ -87,7 +88,7 @@ class ParquetLogSink:
             base = {"event_id": event.event_id, "request_id": event.request_id, "timestamp": event.timestamp,
                     "user_id": event.user_id, "session_id": event.session_id, "query": event.query,
                     "searched": event.searched, "key_id": event.key_id,
-                    "filters": json.dumps(event.filters) if event.filters else None,
+                    "filters": json.dumps(event.filters) if event.filters else None, "sort": event.sort,
                     "pipeline": event.pipeline, "models": json.dumps(event.models), "experiment": event.experiment,
                     "arm": event.arm, "degraded": json.dumps(event.degraded), "latency_ms": event.latency_ms,
                     "shown": len(event.items)}
@@ -156,15 +157,28 @@ def read_log(root: Path, kind: str, columns: Sequence[str] | None = None, since:
     keys = ["event_id", "position"] if kind == "rankings" else ["event_id"]
     wanted = None if columns is None else list(dict.fromkeys([*keys, *columns]))
     if client is None:
-        frame = pd.concat([pd.read_parquet(f, columns=wanted) for f in files], ignore_index=True)
+        frame = pd.concat([read_file(f, wanted) for f in files], ignore_index=True)
     else:
         import dask
         import dask.dataframe as dd
 
         with dask.config.set({"dataframe.convert-string": False}):  # keep pandas' dtypes (object strings)
-            parts = dd.from_map(pd.read_parquet, [str(f) for f in files], columns=wanted, enforce_metadata=False)
+            parts = dd.from_map(read_file, [str(f) for f in files], columns=wanted, enforce_metadata=False)
             frame = client.compute(parts).result().reset_index(drop=True)
     return frame.drop_duplicates(keys, ignore_index=True)
+
+
+def read_file(path: Path | str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """One Parquet file of the log; a column asked for that the file lacks (written before that
+    column was logged) is all None."""
+    if columns is None:
+        return pd.read_parquet(path)
+    present = set(pq.read_schema(path).names)
+    frame = pd.read_parquet(path, columns=[c for c in columns if c in present])
+    for column in columns:
+        if column not in present:
+            frame[column] = None
+    return frame[list(columns)]
 
 
 def log_files(root: Path, kind: str, since: pd.Timestamp | None = None,

@@ -273,3 +273,22 @@ def test_browse_lists_every_product_of_a_filter_in_the_order_asked(  # type: ign
     assert browse()["total"] == len(facts)  # no filter: the whole catalog
     bad = client.post("/v1/browse", json={"sort": "newest"})
     assert bad.status_code == 422 and "sort" in bad.text and "popular" in bad.text
+
+
+def test_a_search_sorted_by_price_sorts_its_most_relevant_products(  # type: ignore[no-untyped-def]
+        client: TestClient, demo_products) -> None:
+    price = demo_products.set_index("product_id")["price"]
+
+    def ids(sort: str, k: int = 100, offset: int = 0) -> list[str]:
+        response = client.post("/v1/search", json={"query": "cordless drill", "k": k, "offset": offset, "sort": sort})
+        assert response.status_code == 200, response.text
+        return [i["product_id"] for i in response.json()["items"]]
+
+    relevant = ids("relevance")
+    cheapest = ids("price_asc")
+    assert sorted(cheapest) == sorted(relevant)  # the same 100 (serving.sort_depth), by price
+    assert [price[p] for p in cheapest] == sorted(price[p] for p in relevant)
+    assert [price[p] for p in ids("price_desc", k=10)] == sorted((price[p] for p in relevant), reverse=True)[:10]
+    assert ids("price_asc", k=10, offset=10) == cheapest[10:20] and ids("price_asc", k=10, offset=100) == []
+    bad = client.post("/v1/search", json={"query": "drill", "sort": "newest"})
+    assert bad.status_code == 422 and "sort" in bad.text and "price_asc" in bad.text

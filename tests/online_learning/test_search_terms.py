@@ -84,3 +84,21 @@ def test_the_report_command_writes_html(tmp_path: Path, monkeypatch: pytest.Monk
     code, _, err = run_cli(capsys, "report", "terms", "--top", "0")
     assert code == 2 and "--top 0" in err
     get_settings.cache_clear()
+
+
+def test_lists_sorted_by_price_teach_no_ranking_and_old_files_still_read(tmp_path: Path) -> None:
+    from online_learning.consumers.log_sink import read_log
+    from online_learning.retrain import impressions
+
+    when = NOW - timedelta(hours=2)
+    logged = [RankingEvent(event_id=f"r{i}", request_id=f"r{i}", timestamp=when, user_id=f"u{i}", query="drill",
+                           pipeline="full", sort=sort, items=[ShownItem(product_id="P1", position=1)])
+              for i, sort in enumerate((None, "price_asc"))]
+    ParquetLogSink(tmp_path / "log")([Delivered(RANKINGS_TOPIC, 0, i, e) for i, e in enumerate(logged)])
+    old = read_log(tmp_path / "log", "rankings").drop(columns=["sort", "filters"])
+    old = old.assign(event_id="r9", request_id="r9")
+    folder = tmp_path / "log" / "rankings" / f"date={when:%Y-%m-%d}" / f"hour={when:%H}"
+    old.head(1).to_parquet(folder / "written-before-sort.parquet", index=False)  # a file from before the column
+    shown, _ = impressions(tmp_path / "log", None, None, filters=None)
+    assert sorted(shown["request_id"]) == ["r0", "r9"]  # r1 was sorted by price
+    assert read_log(tmp_path / "log", "rankings", ["sort"]).set_index("event_id").loc["r9", "sort"] is None

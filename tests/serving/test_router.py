@@ -61,6 +61,10 @@ def test_interleaving_merges_both_arms_with_teams() -> None:
     assert first == ("a" if routed.teams[first] == "control" else "e")
     # both arms ranked it: each arm's LambdaMART is named, and no single "ltr" credits the active one
     assert routed.versions == {"encoder": "biencoder:v1", "ltr:control": "v1", "ltr:treatment": "v2"}
+    engine.calls.clear()  # a list sorted by price is not interleaved: the control arm serves it whole
+    sorted_query = Query("drill", "u1", sort="price_asc")
+    by_price = router.search(engine, sorted_query, 4, 0, "u1", False)  # type: ignore[arg-type]
+    assert (by_price.arm, by_price.ltr, engine.calls, by_price.teams) == ("control", "v1", ["v1"], {})
 
 
 def test_a_search_names_the_lambdamart_of_its_arm() -> None:
