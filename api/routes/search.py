@@ -183,9 +183,10 @@ def search_get(
     max_price: Annotated[float | None, Query(description="Highest price, >= 0")] = None,
     in_stock: Annotated[bool | None, Query(description="true: only products in stock")] = None,
     facets: Annotated[list[str] | None, Query(description="category, brand, price (repeat for several)")] = None,
+    sort: Annotated[str, Query(description="relevance, price_asc or price_desc")] = "relevance",
 ) -> SearchResponse:
     filters = {name: value for name, value in (("category", category), ("brand", brand), ("min_price", min_price),
                                                 ("max_price", max_price), ("in_stock", in_stock)) if value is not None}
     body = SearchRequest.model_validate({"query": q, "k": k, "user_id": user_id, "rewrite": rewrite,
-                                         "filters": filters, "facets": facets or []})
+                                         "filters": filters, "facets": facets or [], "sort": sort})
     return _respond(served, body, request, key)

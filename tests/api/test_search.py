@@ -292,3 +292,5 @@ def test_a_search_sorted_by_price_sorts_its_most_relevant_products(  # type: ign
     assert ids("price_asc", k=10, offset=10) == cheapest[10:20] and ids("price_asc", k=10, offset=100) == []
     bad = client.post("/v1/search", json={"query": "drill", "sort": "newest"})
     assert bad.status_code == 422 and "sort" in bad.text and "price_asc" in bad.text
+    got = client.get("/v1/search", params={"q": "cordless drill", "k": 10, "sort": "price_asc"}).json()["items"]
+    assert [i["product_id"] for i in got] == cheapest[:10]
