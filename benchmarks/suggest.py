@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import hardware, percentiles  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from retrieval.analyzer import Analyzer  # noqa: E402
-from retrieval.suggest import Suggester, as_searched, catalog_phrases  # noqa: E402
+from retrieval.suggest import Suggester, catalog_phrases, suggest  # noqa: E402
 from retrieval.vocabulary import TOKEN, Vocabulary, normalize  # noqa: E402
 from serving.suggestions import read_searched  # noqa: E402
 
@@ -50,7 +50,7 @@ def main() -> None:
     for text in texts:
         for end in range(1, len(text) + 1):
             started = time.perf_counter()
-            found = suggester.suggest(as_searched(analyzer, text[:end]), 8)
+            found = suggest(suggester, analyzer, text[:end], 8)
             seconds.append(time.perf_counter() - started)
             empty += not found
         words = TOKEN.findall(normalize(text))

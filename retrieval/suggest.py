@@ -35,6 +35,16 @@ SHORT = 4  # prefixes up to this many characters have their best phrases ready
 LOGGED, CATALOG = 1, 0  # the rank of a source: logged searches before catalog phrases
 
 
+def singular(word: str) -> str:
+    """``drills`` -> ``drill``, ``boxes`` -> ``box`` (not ``glass``, ``corded``): a plural and its singular
+    are one suggestion."""
+    if len(word) > 4 and word.endswith(("ches", "shes", "xes", "sses")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
 def _usable(words: Sequence[str]) -> bool:
     return not any(w in JOINING or w[0].isdigit() for w in (words[0], words[-1])) and all(len(w) > 1 for w in words)
 
@@ -67,7 +77,7 @@ class Suggester:
     """
 
     def __init__(self, catalog: Mapping[str, float], logged: Mapping[str, float] | None = None,
-                 best: int = 10) -> None:
+                 best: int = 20) -> None:
         phrases: dict[str, tuple[int, float]] = {p: (CATALOG, float(w)) for p, w in catalog.items()}
         for text, weight in (logged or {}).items():
             phrase = " ".join(TOKEN.findall(normalize(text)))
@@ -134,16 +144,30 @@ class Suggester:
         completed (``bosch cordless dr`` -> ``bosch cordless drill``), fewest words kept first."""
         words = TOKEN.findall(normalize(typed))
         end = " " if typed[-1:].isspace() else ""
-        found: dict[str, Suggestion] = {}
+        found: dict[str, Suggestion] = {}  # by its words' singulars: "drills" after "drill" is not new
         for drop in range(len(words)):
             kept = " ".join(words[:drop])
-            for pid in self._find(" ".join(words[drop:]) + end, k, leading=drop > 0):
+            for pid in self._find(" ".join(words[drop:]) + end, 2 * k, leading=drop > 0):
                 text = f"{kept} {self.phrases[pid]}" if kept else self.phrases[pid]
                 source, weight = self.ranks[pid]
-                found.setdefault(text, Suggestion(text, "searches" if source == LOGGED else "catalog", weight))
+                found.setdefault(" ".join(map(singular, text.split(" "))),
+                                 Suggestion(text, "searches" if source == LOGGED else "catalog", weight))
             if len(found) >= k:
                 break
         return list(found.values())[:k]
+
+
+def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int) -> list[Suggestion]:
+    """What ``/v1/suggest`` offers: the suggestions for ``typed`` read by :func:`as_searched`; when
+    none match and the last word has 4+ letters, that word read as a whole one, spelling-corrected
+    (``cordlss`` -> ``cordless``)."""
+    found = suggester.suggest(as_searched(analyzer, typed), k)
+    words = typed.split()
+    if not found and words and len(words[-1]) >= 4 and not typed[-1:].isspace():
+        whole = analyzer.analyze(typed)
+        if whole.rewrites and whole.text:
+            found = suggester.suggest(whole.text, k)
+    return found
 
 
 def as_searched(analyzer: Analyzer, typed: str) -> str:

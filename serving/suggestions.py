@@ -1,7 +1,8 @@
 """Query suggestions for a served index (``/v1/suggest``; :mod:`retrieval.suggest`).
 
 :func:`suggest` reads the words typed before the last one as a search would (spelling-corrected
-by the index's analyzer: ``cordles dr`` -> ``cordless drill``). The catalog's phrases are worked
+by the index's analyzer: ``cordles dr`` -> ``cordless drill``), and a last word that matches
+nothing as a whole, corrected word (``cordlss`` -> ``cordless``). The catalog's phrases are worked
 out once per index state (a server starts it in the background when it loads: ~4 s on 54,667
 products), and the shoppers' searched texts are read from ``<home>/suggest/searches.json``
 (``shoprank suggestions``, nightly) again when the file changes.
@@ -17,7 +18,8 @@ import weakref
 from pathlib import Path
 
 from retrieval.index import ProductIndex
-from retrieval.suggest import Suggester, Suggestion, as_searched, catalog_phrases
+from retrieval.suggest import Suggester, Suggestion, catalog_phrases
+from retrieval.suggest import suggest as suggest_with
 
 logger = logging.getLogger(__name__)
 
@@ -75,5 +77,5 @@ def _catalog(index: ProductIndex) -> dict[str, int]:
 
 
 def suggest(index: ProductIndex, searched: Path, typed: str, k: int) -> list[Suggestion]:
-    """Up to ``k`` suggestions for ``typed``, its words before the last one as the search would read them."""
-    return suggester(index, searched).suggest(as_searched(index.analyzer, typed), k)
+    """Up to ``k`` suggestions for ``typed``, read as the search would read it (:func:`retrieval.suggest.suggest`)."""
+    return suggest_with(suggester(index, searched), index.analyzer, typed, k)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retrieval.suggest import Suggester, catalog_phrases
+from retrieval.suggest import Suggester, catalog_phrases, singular
 
 TITLES = [
     "DeWalt 20-Volt Cordless Drill Kit", "Ryobi 18-Volt Cordless Drill Kit", "Makita Cordless Drill",
@@ -33,7 +33,8 @@ def test_suggestions_start_with_the_typed_text_searched_ones_first() -> None:
     assert suggester.suggest("corded", 10)[0].text == "corded"
     assert suggester.suggest("?!", 5) == [] and suggester.suggest("zzz", 5) == []
     # no phrase holds the whole text: its first words are kept and the rest completed
-    assert [s.text for s in suggester.suggest("acme cordless dr", 2)] == ["acme cordless drills", "acme cordless drill"]
+    kept = [s.text for s in suggester.suggest("acme cordless dr", 2)]
+    assert kept == ["acme cordless drills", "acme cordless drill kit"]  # "drill" and "drills": one stem, shown once
     kept = [s.text for s in suggester.suggest("acme bosch cor", 3)]
     assert kept[0] == "acme bosch corded" and all(t.startswith("acme bosch cor") for t in kept)  # fewest kept first
     assert len(suggester.suggest("d", 2)) == 2 and len(suggester.suggest("dri", 30)) <= 30
@@ -46,3 +47,8 @@ def test_long_prefixes_with_many_keys_rank_like_short_ones() -> None:
     long = [s.text for s in suggester.suggest("acme wid", 3)]
     assert short[:2] == ["acme", "acme widget"] and long[0] == "acme widget"
     assert [s.text for s in suggester.suggest("acme", 10)][:2] == short[:2]  # k above the ready list: ranked now
+
+
+def test_a_plural_and_its_singular_are_one_suggestion() -> None:
+    assert [singular(w) for w in ("drills", "boxes", "benches", "glass", "corded", "bus", "kits", "gas")] == [
+        "drill", "box", "bench", "glass", "corded", "bus", "kit", "gas"]

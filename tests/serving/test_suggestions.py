@@ -80,3 +80,5 @@ def test_the_words_before_the_last_are_read_as_a_search_reads_them(tmp_path: Pat
     assert found and all(t.startswith("cordless dri") for t in found)
     assert [s.text for s in suggest(fake_index, path, "cordles ", 3)][0].startswith("cordless ")
     assert suggest(fake_index, path, "?", 3) == [] and suggest(fake_index, path, "zzqx", 3) == []
+    assert suggester(fake_index, path).suggest("cordlss", 3) == []  # a typo in the last word matches nothing ...
+    assert [s.text for s in suggest(fake_index, path, "cordlss", 3)][0].startswith("cordless")  # ... read whole
