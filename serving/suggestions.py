@@ -5,7 +5,8 @@ by the index's analyzer: ``cordles dr`` -> ``cordless drill``), and a last word 
 nothing as a whole, corrected word (``cordlss`` -> ``cordless``). The catalog's phrases are worked
 out once per index state (a server starts it in the background when it loads: ~4 s on 54,667
 products), and the shoppers' searched texts are read from ``<home>/suggest/searches.json``
-(``shoprank suggestions``, nightly) again when the file changes.
+(``shoprank suggestions``, nightly) again when the file changes. After an index write or a new
+file, the suggester in use keeps answering while the next one is made in the background.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from retrieval.suggest import suggest as suggest_with
 
 logger = logging.getLogger(__name__)
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # held while a suggester is made
+_making_lock = threading.Lock()
 # index -> (its state, its catalog phrases, the searched file's state, the suggester made from them)
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_making: weakref.WeakSet = weakref.WeakSet()  # indexes whose suggester is being made again
 
 
 def _file_state(path: Path) -> tuple[int, int]:
@@ -51,20 +54,45 @@ def write_searched(path: Path, searches: dict[str, int], **about: object) -> Non
     tmp.replace(path)
 
 
-def suggester(index: ProductIndex, searched: Path) -> Suggester:
-    """The suggester of ``index`` as it is now, with the searched texts of ``searched``."""
+def suggester(index: ProductIndex, searched: Path, wait: bool = False) -> Suggester:
+    """The suggester of ``index`` with the searched texts of ``searched``. The first one is made now;
+    after an index write or a new searched file, the one in use keeps serving while its successor is
+    made in the background (``wait``: made now)."""
     state, file = (index.manifest.updated, len(index.products)), _file_state(searched)
     found = _cache.get(index)
     if found is not None and found[0] == state and found[2] == file:
         return found[3]
+    if found is not None and not wait:
+        with _making_lock:  # never the build lock: the suggester in use answers at once
+            if index not in _making:
+                _making.add(index)
+                threading.Thread(target=_remake, args=(index, searched), name="suggest-remake", daemon=True).start()
+        return found[3]
     with _lock:
-        found = _cache.get(index)
-        if found is not None and found[0] == state and found[2] == file:
-            return found[3]
-        phrases = found[1] if found is not None and found[0] == state else _catalog(index)
-        made = Suggester(phrases, read_searched(searched))
-        _cache[index] = (state, phrases, file, made)
-        return made
+        return _make(index, searched)
+
+
+def _make(index: ProductIndex, searched: Path) -> Suggester:
+    """The suggester for ``index`` and ``searched`` as they are now, kept (call with ``_lock`` held)."""
+    state, file = (index.manifest.updated, len(index.products)), _file_state(searched)
+    found = _cache.get(index)
+    if found is not None and found[0] == state and found[2] == file:
+        return found[3]
+    phrases = found[1] if found is not None and found[0] == state else _catalog(index)
+    made = Suggester(phrases, read_searched(searched))
+    _cache[index] = (state, phrases, file, made)
+    return made
+
+
+def _remake(index: ProductIndex, searched: Path) -> None:
+    try:
+        with _lock:
+            _make(index, searched)
+    except Exception:  # noqa: BLE001 - the suggester in use keeps serving; the next call tries again
+        logger.exception("making the query suggestions again failed")
+    finally:
+        with _making_lock:
+            _making.discard(index)
 
 
 def _catalog(index: ProductIndex) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,6 +40,15 @@ def write_log(root: Path) -> None:
     ParquetLogSink(root)(logged)
 
 
+def eventually(read, done, seconds: float = 10.0):  # type: ignore[no-untyped-def]
+    """``read()`` once ``done`` holds of it (made in the background), within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not done(value := read()):
+        assert time.monotonic() < deadline, f"still {value}"
+        time.sleep(0.02)
+    return value
+
+
 def test_searched_texts_count_distinct_shoppers_of_searches_that_found_something(tmp_path: Path) -> None:
     write_log(tmp_path / "log")
     since = NOW - timedelta(days=90)
@@ -62,11 +72,12 @@ def test_the_nightly_file_is_read_when_it_changes(tmp_path: Path, fake_index: Pr
     assert code == 0, err
     assert json.loads(out)["texts"] == 2
     assert json.loads(path.read_text())["searches"] == {"cordless drill": 5, "paint roller": 3}
-    after = suggester(fake_index, path).suggest("paint", 5)
+    assert suggester(fake_index, path).suggest("paint", 1)[0].source == "catalog"  # answers at once, as before
+    after = eventually(lambda: suggester(fake_index, path).suggest("paint", 5), lambda f: f[0].source == "searches")
     assert (after[0].text, after[0].source, after[0].weight) == ("paint roller", "searches", 3)
     assert suggester(fake_index, path) is suggester(fake_index, path)  # kept while nothing changes
     write_searched(path, {"paint sprayer": 7})
-    assert suggester(fake_index, path).suggest("paint", 1)[0].text == "paint sprayer"
+    assert suggester(fake_index, path, wait=True).suggest("paint", 1)[0].text == "paint sprayer"
     code, _, err = run_cli(capsys, "suggestions", "--min-shoppers", "0")
     assert code == 2 and "--min-shoppers 0" in err
     get_settings.cache_clear()
