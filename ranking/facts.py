@@ -102,7 +102,7 @@ def overlay(facts: dict[str, np.ndarray], rows: list[dict[str, Any]], features: 
 
 @dataclass(frozen=True)
 class _Table:
-    key: tuple[int, str]  # the index's rows and last write: a new key, a new table
+    key: int  # the index's generation (ProductIndex.generation): a write, a new table
     built: float
     generation: int
     facts: ProductFacts
@@ -129,15 +129,12 @@ class CatalogFacts:
         self._generations = itertools.count(1)
         self._masks = LRUCache(masks)
 
-    def _key(self) -> tuple[int, str]:
-        return self.index.manifest.rows, self.index.manifest.updated
-
     def table(self) -> ProductFacts:
         """Facts of every row of the index (deleted rows included), as last built."""
         return self._current().facts
 
     def _current(self) -> _Table:
-        table, key = self._table, self._key()
+        table, key = self._table, self.index.generation
         if table is None or table.key != key:
             with self._lock:
                 if self._table is None or self._table.key != key:
@@ -150,23 +147,22 @@ class CatalogFacts:
 
     def refresh(self) -> None:
         """Build the arrays again now, from the catalog and the reader's cache (after it read every product)."""
-        key = self._key()
-        fresh = self._build(key)
+        fresh = self._build(self.index.generation)
         with self._lock:
             self._table = fresh
 
-    def _refresh(self, key: tuple[int, str]) -> None:
+    def _refresh(self, key: int) -> None:
         try:
             fresh = self._build(key)
             with self._lock:
-                if self._key() == key:
+                if self.index.generation == key:
                     self._table = fresh
         except Exception:  # noqa: BLE001 - the arrays in use stay; the next search tries again
             logger.exception("re-reading the product facts failed")
         finally:
             self._refreshing = False
 
-    def _build(self, key: tuple[int, str]) -> _Table:
+    def _build(self, key: int) -> _Table:
         products = self.index.products
         facts: dict[str, np.ndarray] = {}
         for name in TEXT_FACTS:

@@ -40,13 +40,13 @@ RANK_FEATURES = ("rank_bm25", "rank_dense", "rank_rrf")
 GROUPS: dict[str, tuple[str, ...]] = {"base": BASE_FEATURES, "ranks": RANK_FEATURES, "relevance": RELEVANCE_FEATURES}
 KNOWN = frozenset(name for names in GROUPS.values() for name in names)
 
-_catalogs: dict[tuple[int, str, int], CatalogText] = {}
+_catalogs: dict[tuple[int, str, int], CatalogText] = {}  # (index, its build, its writes) -> its text
 _catalogs_lock = threading.Lock()
 
 
 def catalog_text(index: ProductIndex) -> CatalogText:
     """The index's :class:`~ranking.relevance.CatalogText`, made once per index state."""
-    key = (id(index), index.manifest.updated, len(index.products))
+    key = (id(index), index.manifest.created, index.generation)
     with _catalogs_lock:
         found = _catalogs.get(key)
         if found is None:

@@ -119,6 +119,10 @@ class ProductIndex:
         self.vocabulary = vocabulary if vocabulary is not None else _vocabulary(products)
         self._analyzer: Analyzer | None = None
         self._synonyms_stamp: str | None = None  # digest of the synonyms file the analyzer read
+        # bumped by every write (upsert, delete): what is derived from the catalog in memory (facts,
+        # suggestions, catalog text) is made again when it changes; the manifest's `updated` has
+        # one-second steps, so two writes in one second would look like one
+        self.generation = 0
 
     @property
     def key_name(self) -> str:
@@ -279,6 +283,7 @@ class ProductIndex:
         return len(rows), unknown
 
     def _after_write(self) -> None:
+        self.generation += 1
         self._titles = self.products["title"].tolist()
         self._ids = self.products["product_id"].tolist()
         live = self.products["live"].to_numpy()

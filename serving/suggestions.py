@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()  # held while a suggester is made
 _making_lock = threading.Lock()
-# index -> (its state, its catalog phrases, the searched file's state, the suggester made from them)
+# index -> ((its writes, the searched file's state), its catalog phrases, the suggester made from them)
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _making: weakref.WeakSet = weakref.WeakSet()  # indexes whose suggester is being made again
 
@@ -54,33 +54,38 @@ def write_searched(path: Path, searches: dict[str, int], **about: object) -> Non
     tmp.replace(path)
 
 
+def _kept(index: ProductIndex, searched: Path) -> tuple[tuple[int, tuple[int, int]], tuple | None]:
+    """What a suggester of ``index`` is made from now (the index's writes, the searched file's
+    state), and the kept entry."""
+    return (index.generation, _file_state(searched)), _cache.get(index)
+
+
 def suggester(index: ProductIndex, searched: Path, wait: bool = False) -> Suggester:
     """The suggester of ``index`` with the searched texts of ``searched``. The first one is made now;
     after an index write or a new searched file, the one in use keeps serving while its successor is
     made in the background (``wait``: made now)."""
-    state, file = (index.manifest.updated, len(index.products)), _file_state(searched)
-    found = _cache.get(index)
-    if found is not None and found[0] == state and found[2] == file:
-        return found[3]
+    made_from, found = _kept(index, searched)
+    if found is not None and found[0] == made_from:
+        return found[2]
     if found is not None and not wait:
         with _making_lock:  # never the build lock: the suggester in use answers at once
             if index not in _making:
                 _making.add(index)
                 threading.Thread(target=_remake, args=(index, searched), name="suggest-remake", daemon=True).start()
-        return found[3]
+        return found[2]
     with _lock:
         return _make(index, searched)
 
 
 def _make(index: ProductIndex, searched: Path) -> Suggester:
     """The suggester for ``index`` and ``searched`` as they are now, kept (call with ``_lock`` held)."""
-    state, file = (index.manifest.updated, len(index.products)), _file_state(searched)
-    found = _cache.get(index)
-    if found is not None and found[0] == state and found[2] == file:
-        return found[3]
-    phrases = found[1] if found is not None and found[0] == state else _catalog(index)
+    made_from, found = _kept(index, searched)
+    if found is not None and found[0] == made_from:
+        return found[2]
+    same_catalog = found is not None and found[0][0] == made_from[0]
+    phrases = found[1] if same_catalog else _catalog(index)  # type: ignore[index]
     made = Suggester(phrases, read_searched(searched))
-    _cache[index] = (state, phrases, file, made)
+    _cache[index] = (made_from, phrases, made)
     return made
 
 

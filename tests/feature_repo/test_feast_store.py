@@ -158,7 +158,7 @@ def test_filters_read_category_and_brand_from_the_store_when_the_catalog_has_non
     reader.warm(["P1", "P2", "P3"])
     catalog = pd.DataFrame({"product_id": ["P1", "P2", "P3"], "title": ["drill", "paint", "hose"],
                             "brand": ["A", "B", "C"], "price": [99.0, 99.0, 7.0]})
-    index = SimpleNamespace(products=catalog, manifest=SimpleNamespace(rows=3, updated="t"))
+    index = SimpleNamespace(products=catalog, generation=0)
     known = CatalogFacts(index, reader)  # type: ignore[arg-type]
     assert known.table().category.tolist() == ["drills", "paint", None]
     assert known.table().price.tolist() == pytest.approx([12, 5, 7])  # the store's, the catalog's for P3

@@ -39,8 +39,8 @@ class Reader:
         return self.cached_rows(product_ids)
 
 
-def index(products: pd.DataFrame, updated: str = "t0") -> SimpleNamespace:
-    return SimpleNamespace(products=products, manifest=SimpleNamespace(rows=len(products), updated=updated))
+def index(products: pd.DataFrame) -> SimpleNamespace:
+    return SimpleNamespace(products=products, generation=0)
 
 
 def candidates(docs: list[int]) -> Candidates:
@@ -85,5 +85,5 @@ def test_an_index_write_rebuilds_the_facts_at_once() -> None:
     facts = CatalogFacts(holder, None)  # type: ignore[arg-type]
     assert facts.allowed(Filters(category="garden")).tolist() == [False] * 4
     grown = pd.concat([PRODUCTS, pd.DataFrame({"product_id": ["e"], "category": ["garden"]})], ignore_index=True)
-    holder.products, holder.manifest = grown, SimpleNamespace(rows=5, updated="t1")
+    holder.products, holder.generation = grown, 1  # as ProductIndex's writes do
     assert facts.allowed(Filters(category="garden")).tolist() == [False] * 4 + [True]

@@ -141,3 +141,23 @@ def test_a_filtered_search_ranks_only_the_products_the_filter_keeps(fake_index: 
         ranks = found.ranks[run][found.ranks[run] > 0]
         assert sorted(ranks.tolist()) == list(range(1, len(ranks) + 1))
     assert not len(hybrid.search("cordless drill", 10, np.zeros(len(brushes), dtype=bool)))
+
+
+def test_every_write_moves_the_generation_and_the_facts_follow_it(tmp_path: Path, settings: Settings) -> None:
+    """Two attribute-only writes in one second leave the manifest's `updated` (one-second steps) and
+    row count as they were; what is derived from the catalog in memory must still follow both."""
+    from core.query import Filters
+    from ranking.facts import CatalogFacts
+
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    facts = CatalogFacts(index, None)
+    assert index.generation == 0 and facts.allowed(Filters(max_price=5)).sum() == 4
+    for price in (9.0, 2.0):
+        changes = catalog([("a", "cordless drill")])
+        changes.loc[0, "price"] = price
+        index.upsert(changes, encoder, cache)
+        assert facts.table().price[index.doc_of("a")] == price  # read after each write
+    assert index.generation == 2 and index.manifest.rows == 4
+    assert facts.allowed(Filters(max_price=5)).sum() == 4
+    index.delete(["b"])
+    assert index.generation == 3
