@@ -87,12 +87,26 @@ class ProductFacts:
         return keep
 
 
+def _texts(values: list[Any]) -> np.ndarray:
+    """Text facts: a non-empty string, else None (unknown)."""
+    return np.array([v if isinstance(v, str) and v else None for v in values], dtype=object)
+
+
+def by_price(price: np.ndarray, order: str) -> np.ndarray:
+    """Positions of ``price`` ordered by ``order`` (``price_asc`` or ``price_desc``), products without a
+    price last, ties in the order given."""
+    if order not in ("price_asc", "price_desc"):
+        raise InvalidInput(f"order {order!r} is not one of ['price_asc', 'price_desc']")
+    key = np.where(np.isnan(price), np.inf, price if order == "price_asc" else -price)
+    return np.lexsort((np.arange(len(price)), key))
+
+
 def overlay(facts: dict[str, np.ndarray], rows: list[dict[str, Any]], features: dict[str, str]) -> None:
     """Replace ``facts``' values by the store's (``rows``, one per product), where a row has one."""
     for fact, feature in features.items():
         values = [row.get(feature) for row in rows]
         if fact in TEXT_FACTS:
-            given = np.array([v if isinstance(v, str) and v else None for v in values], dtype=object)
+            given = _texts(values)
             known = np.array([v is not None for v in given], dtype=bool)
             facts[fact] = np.where(known, given, facts[fact])
         else:
@@ -166,8 +180,7 @@ class CatalogFacts:
         products = self.index.products
         facts: dict[str, np.ndarray] = {}
         for name in TEXT_FACTS:
-            column = products[name].tolist() if name in products.columns else [None] * len(products)
-            facts[name] = np.array([v if isinstance(v, str) and v else None for v in column], dtype=object)
+            facts[name] = _texts(products[name].tolist() if name in products.columns else [None] * len(products))
         for name, unknown in NUMBER_FACTS.items():
             column = products[name].tolist() if name in products.columns else []
             facts[name] = (np.array([as_number(v) for v in column], dtype=np.float64) if column
@@ -224,11 +237,8 @@ class CatalogFacts:
             keep &= facts.stocked[: len(keep)]
         rows = np.flatnonzero(keep)
         if order == "popular":
-            key = -facts.popularity[rows]
-        else:
-            price = facts.price[rows]
-            key = np.where(np.isnan(price), np.inf, price if order == "price_asc" else -price)
-        return rows[np.lexsort((rows, key))]
+            return rows[np.lexsort((rows, -facts.popularity[rows]))]
+        return rows[by_price(facts.price[rows], order)]  # rows ascend: ties by catalog row
 
     def known(self, candidates: Candidates) -> ProductFacts:
         """Facts of ``candidates`` as last built (nothing read now)."""

@@ -26,7 +26,7 @@ from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
 from ranking.cache import CachedScorer, SharedQueryVectors, TierCounts, model_tag
 from ranking.cascade import Cascade, Ranked, ScoreStage
-from ranking.facts import CatalogFacts
+from ranking.facts import CatalogFacts, by_price
 from ranking.features import LtrFeaturizer
 from ranking.rules import RulesConfig, RulesStage
 from ranking.score_backends import open_score_store
@@ -233,13 +233,9 @@ class SearchEngine:
     def _by_price(self, candidates: Candidates, sort: str) -> Candidates:
         """The ``serving.sort_depth`` most relevant of ``candidates`` by price (``price_asc`` or
         ``price_desc``; no price last, ties in relevance order)."""
-        if sort not in ("price_asc", "price_desc"):
-            raise InvalidInput(f"sort {sort!r} is not one of ['relevance', 'price_asc', 'price_desc']")
         assert self.facts is not None
         head = candidates.top(self.settings.serving.sort_depth)
-        price = self.facts.known(head).price
-        key = np.where(np.isnan(price), np.inf, price if sort == "price_asc" else -price)
-        return head.take(np.lexsort((np.arange(len(head)), key)))
+        return head.take(by_price(self.facts.known(head).price, sort))
 
     def _facets(self, cascade: Cascade, query: Query, ranked: Ranked) -> dict[str, object]:
         """Facet counts over the search's whole list; a category or brand facet whose own filter is
