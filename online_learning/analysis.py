@@ -30,17 +30,20 @@ RATES = (("ctr", "clicked"), ("add_to_cart_rate", "carted"), ("purchase_rate", "
          ("zero_result_rate", "zero_results"), ("degraded_rate", "is_degraded"))
 
 
-def searches(log_root: Path, experiment: str | None = None, filters: FilterConfig | None = FilterConfig()
-             ) -> pd.DataFrame:
-    """One row per search of ``experiment`` (all searches when None), after the traffic filters
-    (:mod:`online_learning.traffic_filter`; None: every logged event counts), so the promotion
-    policy and the guard cannot be steered by the traffic the retrain job ignores."""
-    rankings = read_log(log_root, "rankings")
+def searches(log_root: Path, experiment: str | None = None, filters: FilterConfig | None = FilterConfig(),
+             since: pd.Timestamp | None = None) -> pd.DataFrame:
+    """One row per search of ``experiment`` (all searches when None) after ``since`` (the log's
+    older days are not read), after the traffic filters (:mod:`online_learning.traffic_filter`;
+    None: every logged event counts), so the promotion policy and the guard cannot be steered by
+    the traffic the retrain job ignores."""
+    rankings = read_log(log_root, "rankings", since=since)
+    if since is not None and not rankings.empty:
+        rankings = rankings[pd.to_datetime(rankings["timestamp"], utc=True) > since]
     if rankings.empty:
         return pd.DataFrame()
     if experiment is not None:
         rankings = rankings[rankings["experiment"] == experiment]
-    interactions = read_log(log_root, "interactions")
+    interactions = read_log(log_root, "interactions", since=since)
     if filters is not None and not rankings.empty:
         cleaned = clean(rankings, interactions, filters)
         rankings, interactions = cleaned.rankings, cleaned.interactions
@@ -130,22 +133,15 @@ def terms_report(per_search: pd.DataFrame, top: int = 50, min_searches: int = 5)
 
 def searched_texts(log_root: Path, min_shoppers: int = 3, since: pd.Timestamp | None = None) -> dict[str, int]:
     """The texts searched (``searched``, the analyzer's output) by at least ``min_shoppers``
-    distinct shoppers since ``since``, with how many; a search that showed nothing does not
-    count. A shopper is the user id, else the session id, else the search: one visitor
-    repeating a text, or a bot, counts once; a text few shoppers typed (a name, a phone
-    number) is never suggested to others."""
-    rankings = read_log(log_root, "rankings", since=since)  # every column: older logs lack ``searched``
-    if rankings.empty:
+    distinct shoppers since ``since``, with how many (:func:`search_terms`' shoppers); a search
+    that showed nothing does not count. One visitor repeating a text, or a bot, counts once; a
+    text few shoppers typed (a name, a phone number) is never suggested to others."""
+    per_search = searches(log_root, filters=None, since=since)
+    if per_search.empty:
         return {}
-    if since is not None:
-        rankings = rankings[pd.to_datetime(rankings["timestamp"], utc=True) > since]
-    shown = rankings[rankings["product_id"].notna()].drop_duplicates("event_id")
-    typed = shown["query"].astype(str)
-    searched = shown["searched"].fillna(typed).astype(str) if "searched" in shown else typed
-    who = shown["user_id"].fillna(shown["session_id"]).fillna(shown["event_id"]).astype(str)
-    frame = pd.DataFrame({"searched": searched.str.strip().to_numpy(), "who": who.to_numpy()})
-    counts = frame[frame["searched"] != ""].groupby("searched")["who"].nunique()
-    return {str(text): int(n) for text, n in counts[counts >= min_shoppers].sort_index().items()}
+    terms = search_terms(per_search[per_search["shown"] > 0])
+    kept = terms[(terms["shoppers"] >= min_shoppers) & (terms["text"] != "")].sort_values("text")
+    return {str(text): int(n) for text, n in zip(kept["text"], kept["shoppers"])}
 
 
 @dataclass(frozen=True)
