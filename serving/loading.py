@@ -201,9 +201,10 @@ def open_engine(settings: Settings, products: pd.DataFrame | None = None, models
     served_ltr = [m for m in (loaded.ltr, *loaded.ltr_versions) if m is not None]
     if any(set(RELEVANCE_FEATURES) & set(m.model.names) for m in served_ltr):
         catalog_text(index)  # the catalog's words for the relevance features, before the first search
-    if warm_features and loaded.features is not None and (loaded.ltr is not None or loaded.features.facts):
-        # LambdaMART reads the store rows of every candidate, filters every product's: read them all now,
-        # in the background
+    if warm_features and loaded.features is not None and (
+            loaded.ltr is not None or (loaded.features.facts and not batch)):
+        # LambdaMART reads the store rows of every candidate, a server's filters every product's: read them
+        # all now, in the background (a batch job searches without filters)
         loaded.features.warming = threading.Thread(target=warm_store_features, args=(engine,), name="feature-warm",
                                                    daemon=True)
         loaded.features.warming.start()
