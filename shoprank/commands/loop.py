@@ -270,7 +270,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_warm_scores)
 
     p = sub.add_parser("suggestions", help="nightly: the texts enough shoppers searched, for query suggestions "
-                       "(/v1/suggest reads them within a search of the file changing)")
+                       "(servers read the file again once a /v1/suggest call sees it changed)")
     p.add_argument("--min-shoppers", type=int, default=3, help="distinct shoppers (user, else session) who "
                    "searched a text for it to be suggested (default 3)")
     p.add_argument("--days", type=int, default=90, help="searches of the last DAYS days (default 90)")
