@@ -17,8 +17,10 @@ its whole list (first-stage depth, every stage, no filter) and keeps the product
 in order: what a search engine that filters its results, not its search, can show.
 Categories are the facts the server filters on (feature store, else catalog). Prints JSON with
 the CPU, the command, the figures and per-search latency of each way (p50 / p95 / p99 ms), whole
-and of the first stage. For latencies, run it with ``SHOPRANK_SERVING__SCORE_STORE=memory``, so that
-no search reads cross-encoder scores an earlier run stored.
+and of the first stage; BM25 alone under a filter both ways (tantivy matching the allowed rows, or
+reading every match), and a rebuild of the catalog facts. For latencies, run it with
+``SHOPRANK_SERVING__SCORE_STORE=memory``, so that no search reads cross-encoder scores an earlier
+run stored.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware, percentiles  # noqa: E402
+from benchmarks.common import hardware, percentiles, time_each  # noqa: E402
 from core.hardware import limit_math_threads  # noqa: E402
 from core.query import Filters, Query  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -42,6 +44,7 @@ from evaluation.compare import compare  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from evaluation.harness import Thresholds  # noqa: E402
 from evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k  # noqa: E402
+from serving.engine import SearchEngine  # noqa: E402
 from serving.loading import open_engine, warm_store_features  # noqa: E402
 
 K = 10
@@ -109,6 +112,7 @@ def main() -> None:
     # mean_a: filtered after, mean_b: searched within, diff: within - after
     own_category = {metric: compare(figures["after"][metric], values).to_json()
                     for metric, values in figures["within"].items()}
+    parts = parts_ms(engine, dataset.select(args.split)[:60], names)
     print(json.dumps({
         "hardware": hardware(), "math_threads": math_threads, "command": " ".join(sys.argv),
         "home": str(settings.home), "pipeline": args.pipeline, "versions": engine.versions,
@@ -121,8 +125,30 @@ def main() -> None:
         "ms": {"searched_within (one filtered search)": percentiles(seconds["within"]),
                "filtered_after (one unfiltered search, whole list)": percentiles(seconds["after"]),
                "first stage, searched_within": percentiles(first_stage["within"]),
-               "first stage, filtered_after": percentiles(first_stage["after"])},
+               "first stage, filtered_after": percentiles(first_stage["after"]), **parts},
     }, indent=2))
+
+
+def parts_ms(engine: SearchEngine, queries: list[tuple[str, str]], names: list[str]) -> dict[str, object]:
+    """BM25 alone under a random category, with tantivy matching the allowed rows and reading every
+    match (``TERM_SET_MAX`` 0, as a first version did), and one rebuild of the catalog facts."""
+    from retrieval import bm25 as module
+
+    rng = random.Random(1)
+    picked = [(engine.index.analyzer.analyze(text).text, rng.choice(names)) for _, text in queries]
+    masks = [(text, engine.facts.allowed(Filters(category=name))) for text, name in picked]
+    served = module.TERM_SET_MAX
+    out: dict[str, object] = {}
+    for label, limit in (("BM25 alone, one random category, tantivy matching the allowed rows", served),
+                         ("BM25 alone, one random category, every match read, then kept", 0)):
+        module.TERM_SET_MAX = limit
+        try:
+            out[label] = percentiles(time_each(masks, lambda m: engine.index.bm25.search(m[0], 1000, m[1])))
+        finally:
+            module.TERM_SET_MAX = served
+    refreshes = time_each(list(range(5)), lambda _: engine.facts.refresh(), warmup=1)
+    out["catalog facts rebuilt from the reader's cache"] = percentiles(refreshes)
+    return out
 
 
 if __name__ == "__main__":
