@@ -208,6 +208,60 @@ class BrowseResponse(BaseModel):
     facets: Facets | None = None
 
 
+ProductId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class RecommendRequest(BaseModel):
+    """A shelf of recommendations: for a product page, a cart or a shopper."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"kind": "bought_together", "product_ids": ["100001"], "k": 8},
+                     {"kind": "for_you", "user_id": "u42", "filters": {"in_stock": True}}]})
+
+    kind: Literal["similar", "bought_together", "viewed_together", "for_you"] = Field(
+        "similar", description="similar: the products nearest the seeds by meaning (bi-encoder vectors); "
+        "bought_together / viewed_together: what shoppers who carted or bought (clicked) the seeds also did "
+        "(shoprank recommendations, nightly); for_you: from the shopper's recent purchases (feature store) "
+        "and any product_ids, then the most popular products.")
+    product_ids: list[ProductId] = Field(default_factory=list, max_length=50,
+                                         description="Seed products (a product page: one; a cart: several), 0..50; "
+                                         "never shown. Needed by every kind but for_you.")
+    user_id: str | None = Field(None, min_length=1, max_length=128, description="The shopper (for_you).")
+    k: int = Field(10, ge=1, le=MAX_K, description=f"Number of products, 1..{MAX_K}.")
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+    exclude: list[ProductId] = Field(default_factory=list, max_length=500,
+                                     description="Products not to show (already in the cart), 0..500.")
+    fill: bool = Field(True, description="Fill a shelf its kind cannot fill with similar, then popular "
+                       "products (each item's source says which); false: only the kind's own.")
+
+    @model_validator(mode="after")
+    def _seeds(self) -> RecommendRequest:
+        if self.kind != "for_you" and not self.product_ids:
+            raise ValueError(f"kind {self.kind!r} needs product_ids (1..50 seed products); for a shopper "
+                             "without one, use kind 'for_you' with user_id")
+        if self.kind == "for_you" and not self.product_ids and self.user_id is None:
+            raise ValueError("kind 'for_you' needs user_id or product_ids")
+        return self
+
+
+class RecommendItem(BrowseItem):
+    score: float = Field(..., description="The score in its source: cosine (similar), summed neighbour "
+                         "cosines (together), purchases in 30 days (popular).")
+    source: Literal["similar", "bought_together", "viewed_together", "popular"]
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    kind: str
+    took_ms: float
+    seeds: list[str] = Field(..., description="The products it started from: product_ids, and for for_you the "
+                             "shopper's recent purchases still listed.")
+    stages_ms: dict[str, float] = Field(default_factory=dict)
+    degraded: list[str] = Field(default_factory=list, description="What could not be read (the feature store), "
+                                "served without it.")
+    items: list[RecommendItem]
+
+
 class SuggestionItem(BaseModel):
     text: str = Field(..., description="A phrase to offer (normalized: lowercase, units spelled one way).")
     source: Literal["searches", "catalog"] = Field(..., description="searches: shoppers searched it (shoprank "

@@ -4,7 +4,8 @@ Replicas that do not share a volume share an artifact store instead: any URL
 fsspec opens (``s3://bucket/shoprank``, ``gs://...``, ``file:///mnt/shared/shoprank``).
 What is shared is what a replica serves from: the product indexes, the model
 registry (versions and active pointers), the experiment file, the Feast registry,
-the searched texts behind query suggestions and the API keys. Caches, event spools
+the searched texts behind query suggestions, the products shoppers act on together
+(recommendations) and the API keys. Caches, event spools
 and logs stay on each machine.
 
 The store holds the files at their home-relative paths and one ``MANIFEST.json``
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
 REGISTRIES = ("models", "stores/*/models")  # the model registries of the default store and the others
-_STORE_PARTS = ("indexes", "models", "experiments", "features/registry.db", "suggest")
+_STORE_PARTS = ("indexes", "models", "experiments", "features/registry.db", "suggest", "recommend")
 # the default store's parts, every other store's (stores/<name>/...), and the keys of all
 SHARED = (*_STORE_PARTS, *(f"stores/*/{part}" for part in _STORE_PARTS), "keys.json")
 # what a swap or an experiment change writes

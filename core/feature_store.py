@@ -83,6 +83,7 @@ class OnlineFeatureReader:
         self.service = store.get_feature_service(service)
         self.product_ttl = product_ttl
         self._views: dict[str, tuple[Any, list[str], str]] = {}  # view name -> (view, features, join key)
+        self._lists: dict[str, tuple[Any, list[str], str]] = {}  # the same, for user_list's views
         self._odfvs = []
         needed: dict[str, set[str]] = {}
         for projection in self.service.feature_view_projections:
@@ -170,7 +171,7 @@ class OnlineFeatureReader:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
-        view, features, join_key = self._views[view_name]
+        view, features, join_key = self._views.get(view_name) or self._lists[view_name]
         entity_keys = [EntityKey(join_keys=[join_key], entity_values=[Value(string_val=k)]) for k in keys]
         rows = self.provider.online_read(config=self.store.config, table=view, entity_keys=entity_keys,
                                          requested_features=features)
@@ -256,6 +257,24 @@ class OnlineFeatureReader:
             if join_key == "user_id":
                 row.update(self._read(name, [user_id])[0])
         return row
+
+    def user_list(self, user_id: str, ref: str) -> list[str]:
+        """A user's list feature ``ref`` (``view:feature``, e.g. ``user_profile:recent_items``), read now
+        (not through the service: a search never reads it); [] when the store has no such user feature
+        or no row for the user. Raises :class:`StoreUnavailable` as every read does."""
+        view_name, _, feature = ref.partition(":")
+        if view_name not in self._lists:
+            try:
+                view = self.store.get_feature_view(view_name)
+            except Exception:  # noqa: BLE001 - no such view
+                return []
+            if view.entity_columns[0].name != "user_id" or feature not in {f.name for f in view.features}:
+                return []
+            self._lists[view_name] = (view, [feature], "user_id")
+        elif feature not in self._lists[view_name][1]:
+            return []
+        value = self._read(view_name, [user_id])[0].get(feature)
+        return [str(item) for item in value] if isinstance(value, list | tuple) else []
 
     def fetch(self, product_ids: Sequence[str], user_id: str | None) -> FeatureBatch:
         """Features of every product for ``user_id`` (None: anonymous); what the store cannot

@@ -17,6 +17,7 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
       event_log/                              the offline event log (Parquet, written by the log sink)
       experiments/current.json                the running experiment and shadow
       suggest/searches.json                   searched texts for query suggestions (shoprank suggestions)
+      recommend/together.json                 products acted on together (shoprank recommendations)
       shadow/<version>.jsonl                  shadow-scoring records
       streaming/state.sqlite                  the streaming feature consumer's state
       dead_letters/<consumer>.jsonl           events a consumer could not read
@@ -115,6 +116,10 @@ class Home:
     @property
     def suggestions(self) -> Path:
         return self.base / "suggest" / "searches.json"
+
+    @property
+    def recommendations(self) -> Path:
+        return self.base / "recommend" / "together.json"
 
     @property
     def shadow(self) -> Path:

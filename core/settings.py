@@ -146,6 +146,9 @@ class FeatureSettings(BaseModel):
          "popularity": "popularity:purchases_30d"},
         description="Where filters and business rules read each product fact in the feature store "
         "(view:feature); a fact the store lacks is read from the catalog's column of that name.")
+    recent_items: str = Field("user_profile:recent_items", pattern=r"^[A-Za-z0-9_]+:[A-Za-z0-9_]+$",
+                              description="Where /v1/recommend's for_you reads a shopper's recent products "
+                              "(view:feature, a list of product ids per user).")
     read_timeout_ms: float = Field(250.0, gt=0, le=60_000, description="Longest wait of a search for one online "
                                    "store read; a late or failed read serves the search without store features "
                                    "(degraded). Batch jobs (evaluate, train, retrain) always wait.")

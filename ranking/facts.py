@@ -237,8 +237,12 @@ class CatalogFacts:
             keep &= facts.stocked[: len(keep)]
         rows = np.flatnonzero(keep)
         if order == "popular":
-            return rows[np.lexsort((rows, -facts.popularity[rows]))]
+            return self.most_popular(rows)
         return rows[by_price(facts.price[rows], order)]  # rows ascend: ties by catalog row
+
+    def most_popular(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` most popular first (unknown popularity counts as 0), ties by catalog row."""
+        return rows[np.lexsort((rows, -self.table().popularity[rows]))]
 
     def known(self, candidates: Candidates) -> ProductFacts:
         """Facts of ``candidates`` as last built (nothing read now)."""

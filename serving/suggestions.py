@@ -31,7 +31,7 @@ _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _making: weakref.WeakSet = weakref.WeakSet()  # indexes whose suggester is being made again
 
 
-def _file_state(path: Path) -> tuple[int, int]:
+def file_state(path: Path) -> tuple[int, int]:
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -57,7 +57,7 @@ def write_searched(path: Path, searches: dict[str, int], **about: object) -> Non
 def _kept(index: ProductIndex, searched: Path) -> tuple[tuple[int, tuple[int, int]], tuple | None]:
     """What a suggester of ``index`` is made from now (the index's writes, the searched file's
     state), and the kept entry."""
-    return (index.generation, _file_state(searched)), _cache.get(index)
+    return (index.generation, file_state(searched)), _cache.get(index)
 
 
 def suggester(index: ProductIndex, searched: Path, wait: bool = False) -> Suggester:

@@ -36,6 +36,8 @@ from core.query import Analysis, Filters
 from core.query import Query as SearchQuery
 from online_learning.events import RankingEvent, ShownItem
 from ranking.cascade import SHED_CAUSES
+from retrieval.types import Candidates
+from serving.engine import SearchEngine
 from serving.loading import Served
 from serving.suggestions import suggest as suggest_for
 
@@ -136,17 +138,21 @@ def browse(body: BrowseRequest, served: ServedDep, request: Request, key: KeyDep
     engine = served.engine
     result = engine.browse(Filters(**body.filters.model_dump()), body.k, body.offset, body.sort,
                            tuple(dict.fromkeys(body.facets)), use_cache=True)
-    known = engine.facts.known(result.candidates)  # type: ignore[union-attr]
-    items = [BrowseItem(product_id=c.product_id, title=engine.index.title(c.doc), rank=body.offset + i + 1,
-                        category=known.category[i], brand=known.brand[i],
-                        price=None if np.isnan(known.price[i]) else float(known.price[i]),
-                        in_stock=None if np.isnan(known.in_stock[i]) else bool(known.in_stock[i] > 0),
-                        rules=result.notes.get(c.product_id, []))
-             for i, c in enumerate(result.candidates)]
+    items = [BrowseItem(rank=body.offset + i + 1, **fields)
+             for i, fields in enumerate(listed(engine, result.candidates, result.notes))]
     return BrowseResponse(request_id=request.state.request_id, sort=body.sort, total=result.total_candidates,
                           took_ms=round((time.perf_counter() - started) * 1e3, 2), cached=result.cached,
                           stages_ms={name: round(seconds * 1e3, 2) for name, seconds in result.timings.items()},
                           items=items, facets=Facets(**result.facets) if result.facets is not None else None)
+
+
+def listed(engine: SearchEngine, candidates: Candidates, notes: dict[str, list[str]]) -> list[dict[str, object]]:
+    """Each product's id, title, category, brand, price, stock (as last known) and the rules applied."""
+    known = engine.facts.known(candidates)  # type: ignore[union-attr]
+    return [{"product_id": c.product_id, "title": engine.index.title(c.doc), "category": known.category[i],
+             "brand": known.brand[i], "price": None if np.isnan(known.price[i]) else float(known.price[i]),
+             "in_stock": None if np.isnan(known.in_stock[i]) else bool(known.in_stock[i] > 0),
+             "rules": notes.get(c.product_id, [])} for i, c in enumerate(candidates)]
 
 
 @router.get("/suggest", response_model=SuggestResponse, responses=ERRORS,

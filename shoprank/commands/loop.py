@@ -125,6 +125,29 @@ def cmd_suggestions(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_recommendations(args: argparse.Namespace, settings: Settings) -> int:
+    """Count the products shoppers act on together, for ``/v1/recommend`` (``<home>/recommend/together.json``)."""
+    import pandas as pd
+
+    from online_learning.cooccurrence import together, write_together
+    from online_learning.traffic_filter import FilterConfig
+
+    if args.min_shoppers < 1 or args.days < 1 or not 1 <= args.top <= 500:
+        raise InvalidInput(f"--min-shoppers {args.min_shoppers} and --days {args.days} must both be at least 1, "
+                           f"--top {args.top} in 1..500")
+    since = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=args.days)
+    tables = together(settings.paths.event_log, since, args.min_shoppers, args.top,
+                      None if args.no_filter else FilterConfig())
+    path = settings.paths.recommendations
+    about = {"since": since.isoformat(), "min_shoppers": args.min_shoppers, "top": args.top,
+             "filtered": not args.no_filter}
+    write_together(path, tables, **about)
+    print(json.dumps({"file": str(path), **about,
+                      "products": {name: len(table) for name, table in tables.items()},
+                      "pairs": {name: sum(map(len, table.values())) for name, table in tables.items()}}, indent=2))
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     from core.registry import ModelRegistry
     from online_learning.analysis import interleaving, searches
@@ -275,6 +298,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "searched a text for it to be suggested (default 3)")
     p.add_argument("--days", type=int, default=90, help="searches of the last DAYS days (default 90)")
     p.set_defaults(handler=cmd_suggestions)
+
+    p = sub.add_parser("recommendations", help="nightly: the products shoppers cart, buy or click together, "
+                       "for /v1/recommend (servers read the file again once a call sees it changed)")
+    p.add_argument("--min-shoppers", type=int, default=2, help="distinct shoppers (user, else session) who acted "
+                   "on both products of a pair for it to be recommended (default 2)")
+    p.add_argument("--days", type=int, default=90, help="interactions of the last DAYS days (default 90)")
+    p.add_argument("--top", type=int, default=50, help="neighbours kept per product (default 50)")
+    p.add_argument("--no-filter", action="store_true",
+                   help="count every logged event (no traffic filters): only to measure what they do")
+    p.set_defaults(handler=cmd_recommendations)
 
     p = sub.add_parser("promote", help="apply the promotion policy to the running experiment")
     p.add_argument("--experiment", required=True)

@@ -298,3 +298,55 @@ def test_a_search_sorted_by_price_sorts_its_most_relevant_products(  # type: ign
     assert bad.status_code == 422 and "sort" in bad.text and "price_asc" in bad.text
     got = client.get("/v1/search", params={"q": "cordless drill", "k": 10, "sort": "price_asc"}).json()["items"]
     assert [i["product_id"] for i in got] == cheapest[:10]
+
+
+def test_recommendations_for_a_product_page_a_cart_and_a_shopper(  # type: ignore[no-untyped-def]
+        client: TestClient, settings: Settings, demo_products) -> None:
+    from online_learning.cooccurrence import Neighbour, write_together
+
+    facts = demo_products.set_index("product_id")
+    seed = facts[(facts["category"] == "Tools > Drills") & facts["in_stock"]].index[0]
+
+    def recommend(**body) -> dict:  # type: ignore[no-untyped-def]
+        response = client.post("/v1/recommend", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    similar = recommend(product_ids=[seed], k=10)
+    ids = [i["product_id"] for i in similar["items"]]
+    assert len(set(ids)) == 10 and seed not in ids and similar["seeds"] == [seed]
+    assert {i["source"] for i in similar["items"]} == {"similar"}
+    assert sum(facts.at[p, "category"] == "Tools > Drills" for p in ids) >= 5  # nearest by meaning: drills
+    stocked = [i["in_stock"] for i in similar["items"]]
+    assert stocked == sorted(stocked, reverse=True)  # the business rules: out of stock last
+    brand = facts.at[ids[0], "brand"]
+    narrow = recommend(product_ids=[seed], k=5, filters={"brand": brand}, exclude=[ids[0]])["items"]
+    assert narrow and all(i["brand"] == brand for i in narrow) and ids[0] not in {i["product_id"] for i in narrow}
+
+    others = facts[(facts["category"] == "Paint > Exterior Stain") & facts["in_stock"]].index[:3].tolist()
+    path = settings.paths.recommendations
+    write_together(path, {"bought": {seed: [Neighbour(others[0], 0.9, 4), Neighbour(others[1], 0.5, 2)],
+                                     others[2]: [Neighbour(others[1], 0.6, 3)]}, "viewed": {}})
+    try:
+        shelf = recommend(kind="bought_together", product_ids=[seed], k=6)["items"]
+        assert [i["product_id"] for i in shelf[:2]] == others[:2] and shelf[0]["score"] == pytest.approx(0.9)
+        assert [i["source"] for i in shelf] == ["bought_together"] * 2 + ["similar"] * 4  # filled
+        only = recommend(kind="bought_together", product_ids=[seed], k=6, fill=False)["items"]
+        assert [i["product_id"] for i in only] == others[:2]
+        cart = recommend(kind="bought_together", product_ids=[seed, others[2]], k=2, fill=False)["items"]
+        assert [(i["product_id"], i["score"]) for i in cart] == [(others[1], pytest.approx(1.1)),
+                                                                  (others[0], pytest.approx(0.9))]
+        assert recommend(kind="viewed_together", product_ids=[seed], k=3, fill=False)["items"] == []
+        mine = recommend(kind="for_you", user_id="nobody", product_ids=[seed], k=3)
+        assert [i["source"] for i in mine["items"]] == ["bought_together"] * 2 + ["similar"]
+    finally:
+        path.unlink()
+    popular = recommend(kind="for_you", user_id="nobody", k=5)  # no history, no seed: the most popular
+    assert popular["seeds"] == [] and {i["source"] for i in popular["items"]} == {"popular"}
+    for body, status, named in (({"kind": "similar"}, 422, "product_ids"), ({"product_ids": ["P-none"]}, 404, "P-none"),
+                                ({"kind": "trending", "product_ids": [seed]}, 422, "kind"),
+                                ({"kind": "for_you"}, 422, "user_id"),
+                                ({"product_ids": [seed], "exclude": ["P-gone"]}, 404, "P-gone")):
+        response = client.post("/v1/recommend", json=body)
+        assert response.status_code == status and named in response.text, (body, response.text)
+

@@ -167,6 +167,16 @@ def test_filters_read_category_and_brand_from_the_store_when_the_catalog_has_non
     assert known.allowed(Filters(in_stock=True)).tolist() == [True, False, True]  # P3's stock is unknown
 
 
+def test_a_shoppers_recent_items_are_read_for_recommendations(sqlite_settings: Settings) -> None:
+    feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())
+    reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1")
+    assert reader.user_list("u1", "user_profile:recent_items") == ["P2", "P1"]  # the latest row
+    assert reader.user_list("u2", "user_profile:recent_items") == []  # no row
+    assert reader.user_list("u1", "user_profile:no_such_feature") == []
+    assert reader.user_list("u1", "no_such_view:recent_items") == []
+    assert reader.user_list("u1", "product_attributes:category") == []  # not a user's feature
+
+
 def test_a_warm_up_cut_short_by_the_process_exiting_is_quiet(sqlite_settings: Settings,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1")
