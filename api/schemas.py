@@ -182,6 +182,9 @@ class BrowseRequest(BaseModel):
         "price_desc: by price, strictly (products without a price last).")
     k: int = Field(24, ge=1, le=MAX_K, description=f"Number of products, 1..{MAX_K}.")
     offset: int = Field(0, ge=0, le=100_000, description="Products to skip (paging), 0..100000.")
+    user_id: str | None = Field(None, min_length=1, max_length=128, description="Shopper id (optional; logged "
+                                "with the listing, so its clicks are credited).")
+    session_id: str | None = Field(None, min_length=1, max_length=128, description="Session id (optional).")
     facets: list[Literal["category", "brand", "price"]] = Field(
         default_factory=list, max_length=3, description="Facet counts over the whole listing.")
 
@@ -226,7 +229,9 @@ class RecommendRequest(BaseModel):
     product_ids: list[ProductId] = Field(default_factory=list, max_length=50,
                                          description="Seed products (a product page: one; a cart: several), 0..50; "
                                          "never shown. Needed by every kind but for_you.")
-    user_id: str | None = Field(None, min_length=1, max_length=128, description="The shopper (for_you).")
+    user_id: str | None = Field(None, min_length=1, max_length=128, description="The shopper (needed by "
+                                "for_you without product_ids; logged with the shelf, so its clicks are credited).")
+    session_id: str | None = Field(None, min_length=1, max_length=128, description="Session id (optional).")
     k: int = Field(10, ge=1, le=MAX_K, description=f"Number of products, 1..{MAX_K}.")
     filters: SearchFilters = Field(default_factory=SearchFilters)
     exclude: list[ProductId] = Field(default_factory=list, max_length=500,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from online_learning.consumers.log_sink import read_log
+from online_learning.consumers.log_sink import read_log, searches_only
 from online_learning.stats import (
     Comparison,
     bootstrap_means,
@@ -31,12 +31,13 @@ RATES = (("ctr", "clicked"), ("add_to_cart_rate", "carted"), ("purchase_rate", "
 
 
 def searches(log_root: Path, experiment: str | None = None, filters: FilterConfig | None = FilterConfig(),
-             since: pd.Timestamp | None = None) -> pd.DataFrame:
+             since: pd.Timestamp | None = None, shelves: bool = False) -> pd.DataFrame:
     """One row per search of ``experiment`` (all searches when None) after ``since`` (the log's
     older days are not read), after the traffic filters (:mod:`online_learning.traffic_filter`;
     None: every logged event counts), so the promotion policy and the guard cannot be steered by
-    the traffic the retrain job ignores."""
-    rankings = read_log(log_root, "rankings", since=since)
+    the traffic the retrain job ignores. With ``shelves``, one row per listing and recommendation
+    shelf shown instead (``pipeline`` says which)."""
+    rankings = searches_only(read_log(log_root, "rankings", since=since), shelves)
     if since is not None and not rankings.empty:
         rankings = rankings[pd.to_datetime(rankings["timestamp"], utc=True) > since]
     if rankings.empty:
@@ -53,7 +54,8 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
     per_search = rankings.groupby("request_id").agg(
         timestamp=("timestamp", "first"), user_id=("user_id", "first"), session_id=("session_id", "first"),
         query=("query", "first"), searched=("searched", "first"), filters=("filters", "first"),
-        arm=("arm", "first"), latency_ms=("latency_ms", "first"), shown=("shown", "first"),
+        arm=("arm", "first"), pipeline=("pipeline", "first"), latency_ms=("latency_ms", "first"),
+        shown=("shown", "first"),
         degraded=("degraded", "first"), models=("models", "first")).reset_index()
     for kind, column in (("click", "clicked"), ("add_to_cart", "carted"), ("purchase", "bought")):
         hits = interactions[interactions["type"] == kind].groupby("request_id").size() if not interactions.empty else pd.Series(dtype=int)
@@ -75,7 +77,7 @@ def head_queries(log_root: Path, n: int) -> list[tuple[str, int]]:
     predates that column), and each is returned as its most frequent typed form, which the
     analyzer turns back into that text. Ties are broken by the text, so the list is stable.
     """
-    rankings = read_log(log_root, "rankings")
+    rankings = searches_only(read_log(log_root, "rankings"))
     if rankings.empty:
         return []
     per_search = rankings.drop_duplicates("event_id")
@@ -129,6 +131,24 @@ def terms_report(per_search: pd.DataFrame, top: int = 50, min_searches: int = 5)
         "no_results": rows(frequent[frequent["zero_result_rate"] >= 0.5]),
         "no_clicks": rows(frequent[frequent["ctr"] == 0]),
     }
+
+
+def shelves_report(per_shelf: pd.DataFrame) -> dict[str, object]:
+    """Per listing and recommendation shelf (``pipeline``: ``browse``, ``recommend:<kind>``) of
+    :func:`searches` ``(shelves=True)``: how many were shown, to how many shoppers, the shares that
+    showed nothing, got a click, an add to cart, a purchase, and the revenue; most shown first."""
+    if per_shelf.empty:
+        return {"shown": 0, "shelves": []}
+    frame = per_shelf.assign(who=per_shelf["user_id"].fillna(per_shelf["session_id"]).fillna(per_shelf["request_id"]))
+    table = frame.groupby("pipeline").agg(
+        shown=("request_id", "size"), shoppers=("who", "nunique"), zero_result_rate=("zero_results", "mean"),
+        ctr=("clicked", "mean"), add_to_cart_rate=("carted", "mean"), purchase_rate=("bought", "mean"),
+        revenue=("revenue", "sum")).reset_index().rename(columns={"pipeline": "shelf"})
+    table["revenue_per_shelf"] = table["revenue"] / table["shown"]
+    table = table.sort_values(["shown", "shelf"], ascending=[False, True])
+    return {"shown": int(len(per_shelf)),
+            "shelves": [{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in row.items()}
+                        for row in table.to_dict("records")]}
 
 
 def searched_texts(log_root: Path, min_shoppers: int = 3, since: pd.Timestamp | None = None) -> dict[str, int]:

@@ -5,6 +5,9 @@ search, listing every shown item with its position and scores, the model
 versions and the experiment arm; and :class:`InteractionEvent` s (click,
 add_to_cart, purchase) pointing back at the ranking by ``request_id``.
 Impressions are logged, not only clicks, so position bias can be estimated.
+Listings (``/v1/browse``) and recommendation shelves (``/v1/recommend``) are
+logged as ranking events too, with no query and their own ``pipeline``
+(:func:`is_shelf`): what learns to rank searches reads searches only.
 
 Every event has an ``event_id`` used to de-duplicate (a ranking's is its
 request id; interactions carry the client's id, so retries are safe).
@@ -22,6 +25,13 @@ RANKINGS_TOPIC = "shoprank.rankings"
 INTERACTIONS_TOPIC = "shoprank.interactions"
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
+BROWSE = "browse"  # the pipeline of a listing's ranking event
+RECOMMEND = "recommend:"  # a recommendation shelf's pipeline: recommend:<kind>
+
+
+def is_shelf(pipeline: str) -> bool:
+    """A listing or a recommendation shelf, not a search."""
+    return pipeline == BROWSE or pipeline.startswith(RECOMMEND)
 
 
 def _now() -> datetime:
@@ -39,7 +49,8 @@ class ShownItem(BaseModel):
 
 
 class RankingEvent(BaseModel):
-    """One search as served: what was shown, where, by which models."""
+    """One search (or listing, or recommendation shelf) as served: what was shown, where, by which
+    models."""
 
     model_config = ConfigDict(extra="forbid")
 

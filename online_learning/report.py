@@ -110,6 +110,36 @@ def _terms_table(rows: list[dict[str, object]]) -> str:
     return f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table>"
 
 
+SHELF_COLUMNS = (("shelf", "shelf"), ("shown", "shown"), ("shoppers", "shoppers"),
+                 ("zero_result_rate", "showed nothing"), ("ctr", "clicked"), ("add_to_cart_rate", "added to cart"),
+                 ("purchase_rate", "bought"), ("revenue", "revenue"), ("revenue_per_shelf", "revenue per shelf"))
+
+
+def render_shelves(report: dict, since: str, out: Path) -> Path:
+    """The listings and recommendation shelves report (:func:`online_learning.analysis.shelves_report`)."""
+    head = "".join(f"<th>{label}</th>" for _, label in SHELF_COLUMNS)
+    money = {"revenue", "revenue_per_shelf"}
+    body = "".join("<tr>" + "".join(
+        f"<td>{html.escape(str(row[key]))}</td>" if not isinstance(row[key], float)
+        else f"<td>{row[key]:,.2f}</td>" if key in money else f"<td>{row[key]:.1%}</td>"
+        for key, _ in SHELF_COLUMNS) + "</tr>" for row in report["shelves"])
+    parts = ["<h1>Listings and recommendation shelves</h1>",
+             f"<p>{report['shown']} shown since {html.escape(since)}, after the traffic filters; a shelf counts "
+             "once per request, its click, cart and purchase rates are the shares of shown shelves with one.</p>",
+             f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table>" if report["shelves"]
+             else "<p>None logged.</p>"]
+    return _page("ShopRank shelves", parts, "shoprank report shelves", out)
+
+
+def _page(title: str, parts: list[str], command: str, out: Path) -> Path:
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+            "<body style='font-family:sans-serif;max-width:1000px'>" + "\n".join(parts)
+            + f"<p><small>Computed by {command} from the offline event log.</small></p></body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    return out
+
+
 def render_terms(report: dict, since: str, out: Path) -> Path:
     """The search terms report (:func:`online_learning.analysis.terms_report`) as one HTML page."""
     parts = [
@@ -125,9 +155,4 @@ def render_terms(report: dict, since: str, out: Path) -> Path:
         "<p>Candidates for pins, synonyms or a look at what these searches show.</p>",
         _terms_table(report["no_clicks"]),
     ]
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>ShopRank search terms</title></head>"
-            "<body style='font-family:sans-serif;max-width:1000px'>" + "\n".join(parts)
-            + "<p><small>Computed by shoprank report terms from the offline event log.</small></p></body></html>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
-    return out
+    return _page("ShopRank search terms", parts, "shoprank report terms", out)

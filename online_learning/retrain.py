@@ -43,7 +43,7 @@ from core.feature_store import FeatureBatch
 from core.query import Query
 from core.registry import ModelRegistry, ServedModel
 from core.settings import Settings
-from online_learning.consumers.log_sink import read_log
+from online_learning.consumers.log_sink import read_log, searches_only
 from online_learning.propensity import fit_position_model
 from online_learning.traffic_filter import FilterConfig, clean, engagement
 from ranking.features import LtrFeaturizer
@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 LEVEL = {"click": 1, "add_to_cart": 2, "purchase": 3}
 # what the filters, the labels and the features read of a logged ranking (not its models, latency, ...)
 RANKING_COLUMNS = ("event_id", "request_id", "timestamp", "user_id", "session_id", "key_id", "query", "product_id",
-                   "position", "scores", "sort")
+                   "position", "scores", "sort", "pipeline")
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,11 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
     rankings = read_log(root, "rankings", RANKING_COLUMNS, since, until, client)
     if rankings.empty:
         return rankings, {}
-    # lists sorted by price show what the shopper ordered, not what ranks best: they teach nothing here
-    rankings = rankings[rankings["product_id"].notna() & rankings["sort"].isna()].drop(columns="sort")
+    # lists sorted by price show what the shopper ordered, not what ranks best, and listings and
+    # recommendation shelves answer no query: they teach nothing here
+    rankings = searches_only(rankings)
+    rankings = rankings[rankings["product_id"].notna() & rankings["sort"].isna()]
+    rankings = rankings.drop(columns=["sort", "pipeline"])
     rankings["timestamp"] = pd.to_datetime(rankings["timestamp"], utc=True)
     if since is not None:
         rankings = rankings[rankings["timestamp"] > since]

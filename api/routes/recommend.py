@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, Request
 
 from api.auth import require
 from api.deps import ServedDep
-from api.routes.search import ERRORS, listed
+from api.routes.search import ERRORS, listed, log_shown, shelf_event
 from api.schemas import RecommendItem, RecommendRequest, RecommendResponse
 from api.stores import current
 from core.keys import ApiKey
 from core.query import Filters
+from online_learning.events import RECOMMEND, ShownItem
 from serving.recommendations import recommend as recommend_for
 
 router = APIRouter(tags=["recommend"])  # mounted at /v1 and /v1/stores/{store}
@@ -31,6 +32,12 @@ def recommend(body: RecommendRequest, served: ServedDep, request: Request, key: 
                           body.k, Filters(**body.filters.model_dump()), tuple(body.exclude), body.user_id, body.fill)
     items = [RecommendItem(rank=i + 1, score=round(shelf.scores[i], 6), source=shelf.sources[i], **fields)
              for i, fields in enumerate(listed(engine, shelf.candidates, shelf.notes))]
-    return RecommendResponse(request_id=request.state.request_id, kind=body.kind, seeds=shelf.seeds,
-                             took_ms=round((time.perf_counter() - started) * 1e3, 2), degraded=shelf.degraded,
-                             stages_ms={name: round(s * 1e3, 2) for name, s in shelf.timings.items()}, items=items)
+    response = RecommendResponse(request_id=request.state.request_id, kind=body.kind, seeds=shelf.seeds,
+                                 took_ms=round((time.perf_counter() - started) * 1e3, 2), degraded=shelf.degraded,
+                                 stages_ms={name: round(s * 1e3, 2) for name, s in shelf.timings.items()}, items=items)
+    if current(request).settings.events.log_impressions:
+        shown = [ShownItem(product_id=i.product_id, position=i.rank, score=i.score, scores={i.source: i.score})
+                 for i in items]
+        log_shown(request, shelf_event(request, RECOMMEND + body.kind, body.user_id, body.session_id,
+                                       body.filters.model_dump(exclude_none=True), None, shown, key, response.took_ms))
+    return response

@@ -34,7 +34,7 @@ from api.stores import current
 from core.keys import ApiKey
 from core.query import Analysis, Filters
 from core.query import Query as SearchQuery
-from online_learning.events import RankingEvent, ShownItem
+from online_learning.events import BROWSE, RankingEvent, ShownItem
 from ranking.cascade import SHED_CAUSES
 from retrieval.types import Candidates
 from serving.engine import SearchEngine
@@ -110,7 +110,7 @@ def _rewrite(analysis: Analysis | None) -> QueryRewrite | None:
 def _log_impression(request: Request, body: SearchRequest, response: SearchResponse, teams: dict[str, str],
                     key: ApiKey | None) -> None:
     """Every search's impression goes to the event log (not fsynced per search)."""
-    event = RankingEvent(
+    log_shown(request, RankingEvent(
         event_id=response.request_id, request_id=response.request_id, user_id=body.user_id,
         session_id=body.session_id, query=body.query, pipeline=response.pipeline,
         searched=response.query_rewrite.text if response.query_rewrite else None, key_id=key.id if key else None,
@@ -119,9 +119,21 @@ def _log_impression(request: Request, body: SearchRequest, response: SearchRespo
         experiment=response.experiment, arm=response.arm, degraded=response.degraded, latency_ms=response.took_ms,
         items=[ShownItem(product_id=i.product_id, position=i.rank, score=i.score, scores=i.scores,
                          team=teams.get(i.product_id)) for i in response.items],
-    )
+    ))
+
+
+def log_shown(request: Request, event: RankingEvent) -> None:
+    """A search's, listing's or shelf's impression to the event log (not fsynced per request)."""
     current(request).event_log.append([event], durable=False)
     request.app.state.metrics.events.labels("ranking").inc()
+
+
+def shelf_event(request: Request, pipeline: str, user_id: str | None, session_id: str | None, filters: dict,
+                sort: str | None, items: list[ShownItem], key: ApiKey | None, took_ms: float) -> RankingEvent:
+    """The ranking event of a listing (``browse``) or a recommendation shelf (``recommend:<kind>``): no query."""
+    return RankingEvent(event_id=request.state.request_id, request_id=request.state.request_id, user_id=user_id,
+                        session_id=session_id, query="", pipeline=pipeline, filters=filters or None, sort=sort,
+                        key_id=key.id if key else None, latency_ms=took_ms, items=items)
 
 
 @router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="Search products")
@@ -140,10 +152,16 @@ def browse(body: BrowseRequest, served: ServedDep, request: Request, key: KeyDep
                            tuple(dict.fromkeys(body.facets)), use_cache=True)
     items = [BrowseItem(rank=body.offset + i + 1, **fields)
              for i, fields in enumerate(listed(engine, result.candidates, result.notes))]
-    return BrowseResponse(request_id=request.state.request_id, sort=body.sort, total=result.total_candidates,
-                          took_ms=round((time.perf_counter() - started) * 1e3, 2), cached=result.cached,
-                          stages_ms={name: round(seconds * 1e3, 2) for name, seconds in result.timings.items()},
-                          items=items, facets=Facets(**result.facets) if result.facets is not None else None)
+    response = BrowseResponse(request_id=request.state.request_id, sort=body.sort, total=result.total_candidates,
+                              took_ms=round((time.perf_counter() - started) * 1e3, 2), cached=result.cached,
+                              stages_ms={name: round(s * 1e3, 2) for name, s in result.timings.items()},
+                              items=items, facets=Facets(**result.facets) if result.facets is not None else None)
+    if current(request).settings.events.log_impressions:
+        log_shown(request, shelf_event(request, BROWSE, body.user_id, body.session_id,
+                                       body.filters.model_dump(exclude_none=True), body.sort,
+                                       [ShownItem(product_id=i.product_id, position=i.rank) for i in items], key,
+                                       response.took_ms))
+    return response
 
 
 def listed(engine: SearchEngine, candidates: Candidates, notes: dict[str, list[str]]) -> list[dict[str, object]]:

@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from online_learning.consumers.base import Delivered
-from online_learning.events import InteractionEvent, RankingEvent
+from online_learning.events import InteractionEvent, RankingEvent, is_shelf
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -166,6 +166,17 @@ def read_log(root: Path, kind: str, columns: Sequence[str] | None = None, since:
             parts = dd.from_map(read_file, [str(f) for f in files], columns=wanted, enforce_metadata=False)
             frame = client.compute(parts).result().reset_index(drop=True)
     return frame.drop_duplicates(keys, ignore_index=True)
+
+
+def searches_only(rankings: pd.DataFrame, shelves: bool = False) -> pd.DataFrame:
+    """The rows of ``rankings`` that are searches; with ``shelves``, those that are listings and
+    recommendation shelves instead (:func:`online_learning.events.is_shelf`). A log written before
+    shelves were logged (no ``pipeline`` column) holds searches only."""
+    if rankings.empty:
+        return rankings
+    shelf = (rankings["pipeline"].map(lambda p: isinstance(p, str) and is_shelf(p)).astype(bool)
+             if "pipeline" in rankings else pd.Series(False, index=rankings.index))
+    return rankings[shelf if shelves else ~shelf]
 
 
 def read_file(path: Path | str, columns: Sequence[str] | None = None) -> pd.DataFrame:

@@ -1,7 +1,9 @@
 """Streaming feature updater: events -> popularity and user activity in Feast.
 
 Keeps per-product daily counts (impressions from ranking events, clicks,
-purchases) and per-user purchases in a local sqlite state, and pushes the
+purchases; those of listings and recommendation shelves count too, so a
+product's CTR divides every click by every impression) and per-user purchases
+in a local sqlite state, and pushes the
 resulting *absolute* values (7/30-day counts, smoothed CTR; a user's top
 categories, usual price and recent items) to Feast's push sources
 ``popularity_push`` and ``user_activity_push``.

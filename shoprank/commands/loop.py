@@ -224,12 +224,26 @@ def cmd_report_terms(args: argparse.Namespace, settings: Settings) -> int:
         raise InvalidInput(f"--days {args.days}, --top {args.top} and --min-searches {args.min_searches} must each "
                            "be at least 1")
     since = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=args.days)
-    table = searches(settings.paths.event_log)
-    if not table.empty:
-        table = table[table["timestamp"] > since]
-    report = terms_report(table, args.top, args.min_searches)
+    report = terms_report(searches(settings.paths.event_log, since=since), args.top, args.min_searches)
     if args.out:
         render_terms(report, since.isoformat(), Path(args.out))
+    print(json.dumps({"since": since.isoformat(), **report, **({"report": args.out} if args.out else {})}, indent=2))
+    return 0
+
+
+def cmd_report_shelves(args: argparse.Namespace, settings: Settings) -> int:
+    """Listings and recommendation shelves: shown, clicked, carted, bought, revenue, per shelf."""
+    import pandas as pd
+
+    from online_learning.analysis import searches, shelves_report
+    from online_learning.report import render_shelves
+
+    if args.days < 1:
+        raise InvalidInput(f"--days {args.days} must be at least 1")
+    since = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=args.days)
+    report = shelves_report(searches(settings.paths.event_log, since=since, shelves=True))
+    if args.out:
+        render_shelves(report, since.isoformat(), Path(args.out))
     print(json.dumps({"since": since.isoformat(), **report, **({"report": args.out} if args.out else {})}, indent=2))
     return 0
 
@@ -334,6 +348,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "nothing or never clicked (default 5)")
     p.add_argument("--out", default=None, help="also write the HTML report here")
     p.set_defaults(handler=cmd_report_terms)
+    p = kinds.add_parser("shelves", help="listings and recommendation shelves: shown, clicked, carted, bought, "
+                         "revenue, per shelf (JSON; HTML with --out)")
+    p.add_argument("--days", type=int, default=30, help="shelves shown in the last DAYS days (default 30)")
+    p.add_argument("--out", default=None, help="also write the report as HTML to this path")
+    p.set_defaults(handler=cmd_report_shelves)
     p = kinds.add_parser("replay", help="paired comparison of two `simulate --out` files of the same sessions")
     p.add_argument("first", type=Path, help="simulation report of the baseline")
     p.add_argument("second", type=Path, help="simulation report of the same sessions against the candidate")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -245,7 +246,7 @@ def test_get_search_takes_the_same_filters_and_facets(client: TestClient) -> Non
 
 
 def test_browse_lists_every_product_of_a_filter_in_the_order_asked(  # type: ignore[no-untyped-def]
-        client: TestClient, demo_products) -> None:
+        client: TestClient, settings: Settings, demo_products) -> None:
     facts = demo_products.set_index("product_id")
     drills = facts[facts["category"] == "Tools > Drills"]
 
@@ -275,6 +276,10 @@ def test_browse_lists_every_product_of_a_filter_in_the_order_asked(  # type: ign
                                                                         k=7, offset=o)["items"]]
     assert paged == [i["product_id"] for i in popular]
     assert browse()["total"] == len(facts)  # no filter: the whole catalog
+    page = browse(filters={"category": "Tools > Drills"}, k=3, user_id="u3")
+    logged = spooled(settings, page["request_id"])
+    assert (logged["pipeline"], logged["query"], logged["user_id"], logged["sort"]) == ("browse", "", "u3", "popular")
+    assert [i["product_id"] for i in logged["items"]] == [i["product_id"] for i in page["items"]]
     bad = client.post("/v1/browse", json={"sort": "newest"})
     assert bad.status_code == 422 and "sort" in bad.text and "popular" in bad.text
 
@@ -300,6 +305,16 @@ def test_a_search_sorted_by_price_sorts_its_most_relevant_products(  # type: ign
     assert [i["product_id"] for i in got] == cheapest[:10]
 
 
+def spooled(settings: Settings, request_id: str) -> dict:
+    """The ranking event the server appended to its event spool for ``request_id``."""
+    for path in sorted(settings.paths.event_spool.rglob("segment-*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record["value"].get("request_id") == request_id and record["value"]["type"] == "ranking":
+                return record["value"]
+    raise AssertionError(f"no ranking event for {request_id}")
+
+
 def test_recommendations_for_a_product_page_a_cart_and_a_shopper(  # type: ignore[no-untyped-def]
         client: TestClient, settings: Settings, demo_products) -> None:
     from online_learning.cooccurrence import Neighbour, write_together
@@ -312,8 +327,12 @@ def test_recommendations_for_a_product_page_a_cart_and_a_shopper(  # type: ignor
         assert response.status_code == 200, response.text
         return response.json()
 
-    similar = recommend(product_ids=[seed], k=10)
+    similar = recommend(product_ids=[seed], k=10, user_id="u7", session_id="s7")
     ids = [i["product_id"] for i in similar["items"]]
+    logged = spooled(settings, similar["request_id"])  # the shelf's impression, so its clicks are credited
+    assert (logged["pipeline"], logged["query"], logged["user_id"], logged["session_id"]) == (
+        "recommend:similar", "", "u7", "s7")
+    assert [i["product_id"] for i in logged["items"]] == ids and logged["items"][0]["scores"].keys() == {"similar"}
     assert len(set(ids)) == 10 and seed not in ids and similar["seeds"] == [seed]
     assert {i["source"] for i in similar["items"]} == {"similar"}
     assert sum(facts.at[p, "category"] == "Tools > Drills" for p in ids) >= 5  # nearest by meaning: drills

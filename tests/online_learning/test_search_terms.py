@@ -27,13 +27,13 @@ NOW = datetime.now(UTC)
 def write_log(root: Path) -> None:
     events: list[Delivered] = []
 
-    def search(typed: str, searched: str, user: str, shown: int = 3, click: bool = False, buy: bool = False,
-               filters: dict | None = None) -> None:
+    def search(typed: str, searched: str | None, user: str, shown: int = 3, click: bool = False, buy: bool = False,
+               filters: dict | None = None, pipeline: str = "full") -> None:
         n = len(events)
         when = NOW - timedelta(hours=1, minutes=n)
         events.append(Delivered(RANKINGS_TOPIC, 0, n, RankingEvent(
             event_id=f"r{n}", request_id=f"r{n}", timestamp=when, user_id=user, query=typed, searched=searched,
-            pipeline="full", filters=filters,
+            pipeline=pipeline, filters=filters,
             items=[ShownItem(product_id=f"P{j}", position=j + 1) for j in range(shown)])))
         for kind, wanted in (("click", click), ("purchase", buy)):
             if wanted:
@@ -48,6 +48,9 @@ def write_log(root: Path) -> None:
     for i in range(5):  # showed nothing
         search("flux capacitor", "flux capacitor", f"w{i}", shown=0)
     search("rare thing", "rare thing", "x1", shown=0)  # too rare to list
+    for i in range(4):  # listings and recommendation shelves: not searches
+        search("", None, f"u{i}", pipeline="browse", click=i == 0)
+        search("", None, f"u{i}", pipeline="recommend:similar", click=i < 2, buy=i == 1)
     ParquetLogSink(root)([e for e in events if e.topic == RANKINGS_TOPIC])
     ParquetLogSink(root)([e for e in events if e.topic == INTERACTIONS_TOPIC])
 
@@ -70,6 +73,24 @@ def test_search_terms_and_the_report(tmp_path: Path) -> None:
     assert terms_report(searches(tmp_path / "empty"))["searches"] == 0
 
 
+def test_listings_and_shelves_are_reported_apart_from_searches(tmp_path: Path) -> None:
+    from online_learning.analysis import head_queries, shelves_report
+    from online_learning.retrain import impressions
+
+    write_log(tmp_path / "log")
+    report = shelves_report(searches(tmp_path / "log", shelves=True))
+    assert report["shown"] == 8
+    by_shelf = {row["shelf"]: row for row in report["shelves"]}
+    assert (by_shelf["browse"]["shown"], by_shelf["browse"]["ctr"]) == (4, pytest.approx(0.25))
+    similar = by_shelf["recommend:similar"]
+    assert (similar["ctr"], similar["purchase_rate"], similar["revenue"]) == (0.5, 0.25, 10.0)
+    assert similar["revenue_per_shelf"] == pytest.approx(2.5) and similar["shoppers"] == 4
+    shown, _ = impressions(tmp_path / "log", None, None, filters=None)  # what retraining learns from
+    assert "" not in set(shown["query"]) and shown["request_id"].nunique() == 11  # the searches that showed some
+    assert "" not in {text for text, _ in head_queries(tmp_path / "log", 10)}
+    assert shelves_report(searches(tmp_path / "empty", shelves=True)) == {"shown": 0, "shelves": []}
+
+
 def test_the_report_command_writes_html(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
@@ -83,6 +104,10 @@ def test_the_report_command_writes_html(tmp_path: Path, monkeypatch: pytest.Monk
     assert "<h1>Search terms</h1>" in page and "flux capacitor" in page and "100.0%" in page
     code, _, err = run_cli(capsys, "report", "terms", "--top", "0")
     assert code == 2 and "--top 0" in err
+    code, printed, err = run_cli(capsys, "report", "shelves", "--out", str(tmp_path / "shelves.html"))
+    assert code == 0, err
+    assert [row["shelf"] for row in json.loads(printed)["shelves"]] == ["browse", "recommend:similar"]
+    assert "recommend:similar" in (tmp_path / "shelves.html").read_text()
     get_settings.cache_clear()
 
 
