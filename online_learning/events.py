@@ -15,10 +15,10 @@ request id; interactions carry the client's id, so retries are safe).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 SCHEMA_VERSION = 1
 RANKINGS_TOPIC = "shoprank.rankings"
@@ -36,6 +36,23 @@ def is_shelf(pipeline: str) -> bool:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+MAX_AHEAD = timedelta(hours=24)  # clock skew allowed to a client's timestamps
+
+
+def _in_utc(value: datetime) -> datetime:
+    """A timestamp in UTC (one without an offset is read as UTC). One far ahead of this clock is refused:
+    the streaming features count windows back from the latest event, so it would empty every count."""
+    value = (value.replace(tzinfo=UTC) if value.tzinfo is None else value).astimezone(UTC)
+    if value > datetime.now(UTC) + MAX_AHEAD:
+        raise ValueError(f"timestamp {value.isoformat()} is more than 24 hours ahead of the server's clock "
+                         f"({datetime.now(UTC).isoformat(timespec='seconds')}); send when the event happened "
+                         "(ISO 8601; no offset means UTC)")
+    return value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_in_utc)]
 
 
 class ShownItem(BaseModel):
@@ -58,7 +75,8 @@ class RankingEvent(BaseModel):
     type: Literal["ranking"] = "ranking"
     event_id: Id
     request_id: Id
-    timestamp: datetime = Field(default_factory=_now)
+    timestamp: Timestamp = Field(default_factory=_now, description="When it happened, ISO 8601 (no offset: "
+                                 "UTC); at most 24 hours ahead of the server's clock.")
     user_id: str | None = Field(None, max_length=128)
     session_id: str | None = Field(None, max_length=128)
     query: str = Field(..., max_length=256)
@@ -90,7 +108,8 @@ class InteractionEvent(BaseModel):
     type: Literal["click", "add_to_cart", "purchase"]
     event_id: Id = Field(..., description="Client id of this event; retries with the same id are de-duplicated.")
     request_id: Id = Field(..., description="request_id of the search that showed the product.")
-    timestamp: datetime = Field(default_factory=_now)
+    timestamp: Timestamp = Field(default_factory=_now, description="When it happened, ISO 8601 (no offset: "
+                                 "UTC); at most 24 hours ahead of the server's clock.")
     user_id: str | None = Field(None, max_length=128)
     session_id: str | None = Field(None, max_length=128)
     product_id: str = Field(..., min_length=1, max_length=128)

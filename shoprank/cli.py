@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         cluster,
         config,
         evaluate,
+        events,
         features,
         keys,
         loop,
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_parsers(sub)
     config.add_parsers(sub)
     keys.add_parsers(sub)
+    events.add_parsers(sub)
     cluster.add_parsers(sub)
     artifacts.add_parsers(sub)
 

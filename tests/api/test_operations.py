@@ -79,6 +79,14 @@ def test_events_are_accepted_durably_and_validated(client: TestClient, ops_setti
     assert bad.status_code == 422 and "type" in bad.json()["message"] and "click" in bad.json()["message"]
     assert client.post("/v1/events", json=[{**event, "position": 0}]).status_code == 422
     assert client.post("/v1/events", json=[]).status_code == 422
+    # a time without an offset is UTC (the log sink and the streaming features need one); far ahead is refused
+    naive = {**event, "event_id": "click-naive", "timestamp": "2026-03-01T12:00:00"}
+    assert client.post("/v1/events", json=[naive]).status_code == 202
+    logged = [json.loads(line) for p in sorted(ops_settings.paths.event_spool.rglob("segment-*.jsonl"))
+              for line in p.read_text().splitlines()]
+    assert next(r for r in logged if r["event_id"] == "click-naive")["value"]["timestamp"] == "2026-03-01T12:00:00Z"
+    ahead = client.post("/v1/events", json=[{**event, "event_id": "click-2", "timestamp": "2099-01-01T00:00:00Z"}])
+    assert ahead.status_code == 422 and "2099-01-01T00:00:00+00:00" in ahead.text and "24 hours" in ahead.text
 
 
 def test_metrics_export_latency_caches_and_models(client: TestClient) -> None:

@@ -1,0 +1,160 @@
+"""Historical events into ShopRank (``shoprank events import``): a store moving from another
+engine brings its past searches and clicks, so retraining, the reports, suggestions and
+recommendations start from them.
+
+The file holds events of the event schema (:mod:`online_learning.events`: ranking events with
+their shown items, interactions pointing back at them by ``request_id``), one JSON object per
+line (``.jsonl``, ``.ndjson``, optionally ``.gz``) or one JSON array (``.json``). Every line is
+validated; an invalid one is reported by its line number, field and value and skipped (with
+``strict``, any invalid line stops the import before anything is written). Valid events go, in
+batches, to the offline Parquet log as the log sink writes them (:class:`ParquetLogSink`: by
+event day, de-duplicated by event id, so importing a file twice adds nothing), or with
+``publish`` to the event spool that ships them to Kafka, where the log sink and the streaming
+feature consumer take them as live events.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from core.errors import InvalidInput
+from online_learning.consumers.base import Delivered
+from online_learning.consumers.log_sink import ParquetLogSink
+from online_learning.event_log import EventLog
+from online_learning.events import RankingEvent, parse
+
+logger = logging.getLogger(__name__)
+
+MAX_ERRORS = 20  # invalid lines listed in the report (all are counted)
+TYPES = ("ranking", "click", "add_to_cart", "purchase")
+
+
+@dataclass
+class ImportReport:
+    """What an import read, wrote and rejected."""
+
+    file: str
+    lines: int = 0
+    valid: int = 0
+    invalid: int = 0
+    rankings: int = 0
+    interactions: int = 0
+    written: int = 0  # new events in the log (publish: appended to the spool)
+    duplicates: int = 0  # already in the log (an earlier import, or live traffic)
+    first: str | None = None
+    last: str | None = None
+    errors: list[str] = field(default_factory=list)  # the first MAX_ERRORS, "line N: field: message (got value)"
+
+    def reject(self, line: int, error: Exception) -> None:
+        self.invalid += 1
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(f"line {line}: {describe(error)}")
+
+
+def describe(error: Exception) -> str:
+    """One line for a rejected event: the field, what was wrong and the value."""
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        loc = list(first.get("loc", ()))
+        if loc and loc[0] in TYPES:  # the union's tag: the field is what follows
+            loc = loc[1:]
+        where = ".".join(str(part) for part in loc) or "event"
+        got = repr(first.get("input"))
+        return f"{where}: {first['msg']} (got {got[:80]}{'...' if len(got) > 80 else ''}; {error.error_count()} " \
+               f"error{'s' if error.error_count() > 1 else ''})"
+    return str(error)
+
+
+def lines_of(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, one event's JSON) of a JSONL file or a JSON array (numbered by element, from 1)."""
+    if not path.is_file():
+        raise InvalidInput(f"{path} is not a file; give a .jsonl, .ndjson or .json file of events (optionally .gz)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    kind = Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+    if kind not in (".jsonl", ".ndjson", ".json"):
+        raise InvalidInput(f"{path.name}: the file type {kind or '(none)'!r} is not one of .jsonl, .ndjson, .json "
+                           "(each optionally .gz)")
+    with opener(path, "rb") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8")
+        if kind == ".json":
+            try:
+                items = json.load(text)
+            except json.JSONDecodeError as err:
+                raise InvalidInput(f"{path.name} is not one JSON array: {err}; for a file of one event per line "
+                                   "name it .jsonl") from err
+            if not isinstance(items, list):
+                raise InvalidInput(f"{path.name} holds a JSON {type(items).__name__}, not an array of events")
+            for n, item in enumerate(items, 1):
+                yield n, json.dumps(item)
+            return
+        for n, line in enumerate(text, 1):
+            if line.strip():
+                yield n, line
+
+
+def import_events(path: Path, log_root: Path, store: str | None = None, batch: int = 5000, strict: bool = False,
+                  dry_run: bool = False, publish: EventLog | None = None, progress: bool = True) -> ImportReport:
+    """Validate the events of ``path`` and write the valid ones to the offline log at ``log_root``
+    (or append them to ``publish``, an event log shipping to Kafka); with ``dry_run`` or when
+    ``strict`` finds an invalid line, nothing is written."""
+    report = ImportReport(str(path))
+    if strict or dry_run:
+        for n, line in tqdm(lines_of(path), desc="validate", unit="event", disable=not progress):
+            _check(report, n, line)
+        if dry_run or report.invalid:
+            return report
+        report = ImportReport(str(path))
+    sink = None if publish is not None else ParquetLogSink(log_root)
+    pending: list[Delivered] = []
+    for n, line in tqdm(lines_of(path), desc="import", unit="event", disable=not progress):
+        event = _check(report, n, line)
+        if event is not None:
+            kind = "rankings" if isinstance(event, RankingEvent) else "interactions"
+            pending.append(Delivered(f"import.{store or 'default'}.{kind}", 0, n, event))
+        if len(pending) >= batch:
+            _write(report, pending, sink, publish)
+            pending = []
+    _write(report, pending, sink, publish)
+    return report
+
+
+def _check(report: ImportReport, n: int, line: str) -> RankingEvent | object | None:
+    report.lines += 1
+    try:
+        event = parse(line)
+    except (ValidationError, ValueError) as err:
+        report.reject(n, err)
+        return None
+    report.valid += 1
+    if isinstance(event, RankingEvent):
+        report.rankings += 1
+    else:
+        report.interactions += 1
+    when = event.timestamp.isoformat()
+    report.first = min(report.first or when, when)
+    report.last = max(report.last or when, when)
+    return event
+
+
+def _write(report: ImportReport, batch: list[Delivered], sink: ParquetLogSink | None,
+           publish: EventLog | None) -> None:
+    if not batch:
+        return
+    if publish is not None:
+        publish.append([d.event for d in batch], durable=True)
+        report.written += len(batch)
+        return
+    assert sink is not None
+    written, duplicates = sink.written, sink.duplicates
+    sink(batch)
+    report.written += sink.written - written
+    report.duplicates += sink.duplicates - duplicates

@@ -1,0 +1,103 @@
+"""Historical events imported into the event log: validated line by line, idempotent, read like live ones."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from core.settings import get_settings
+from online_learning.analysis import searches
+from online_learning.consumers.log_sink import read_log
+from online_learning.event_import import import_events
+from online_learning.event_log import EventLog
+from tests.helpers import run_cli
+
+WHEN = datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+
+def history() -> list[dict]:
+    """Two searches with a click and a purchase, in the event schema as a storefront would export them."""
+    events: list[dict] = []
+    for i in range(2):
+        at = WHEN + timedelta(days=i)
+        events.append({"type": "ranking", "event_id": f"r{i}", "request_id": f"r{i}", "timestamp": at.isoformat(),
+                       "user_id": f"u{i}", "query": "cordless drill", "pipeline": "legacy-engine",
+                       "items": [{"product_id": f"P{j}", "position": j + 1} for j in range(3)]})
+        events.append({"type": "click", "event_id": f"c{i}", "request_id": f"r{i}", "product_id": "P1",
+                       "position": 2, "user_id": f"u{i}", "timestamp": (at + timedelta(seconds=20)).isoformat()})
+    events.append({"type": "purchase", "event_id": "b0", "request_id": "r0", "product_id": "P1", "user_id": "u0",
+                   "revenue": 99.0, "timestamp": "2026-03-01T12:05:00"})  # no offset: UTC
+    return events
+
+
+def write_jsonl(path: Path, rows: list, bad: bool = True) -> Path:
+    lines = [json.dumps(r) for r in rows]
+    if bad:
+        lines.insert(1, '{"type": "click", "event_id": "x1"')  # cut short
+        lines.insert(3, json.dumps({"type": "click", "event_id": "x2", "product_id": "P1"}))  # no request_id
+        lines.insert(5, json.dumps({"type": "like", "event_id": "x3", "request_id": "r0", "product_id": "P1"}))
+        lines.insert(6, "")  # blank lines are skipped
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_valid_events_go_to_the_log_and_bad_lines_are_named(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "history.jsonl", history())
+    report = import_events(source, tmp_path / "log", progress=False)
+    assert (report.lines, report.valid, report.invalid) == (8, 5, 3)
+    assert (report.rankings, report.interactions, report.written, report.duplicates) == (2, 3, 5, 0)
+    assert report.errors[0].startswith("line 2: ") and "line 4: request_id: Field required" in report.errors[1]
+    assert report.errors[2].startswith("line 6: ") and "'like'" in report.errors[2]
+    assert (report.first, report.last) == (WHEN.isoformat(), (WHEN + timedelta(days=1, seconds=20)).isoformat())
+    table = searches(tmp_path / "log").set_index("request_id")  # read like live traffic
+    assert table.loc["r0", ["clicked", "bought", "revenue"]].tolist() == [1, 1, 99.0]
+    assert read_log(tmp_path / "log", "interactions").set_index("event_id").loc["b0", "timestamp"] == (
+        WHEN + timedelta(minutes=5))
+    again = import_events(source, tmp_path / "log", progress=False)  # the same file twice adds nothing
+    assert (again.written, again.duplicates) == (0, 5) and len(read_log(tmp_path / "log", "rankings")) == 6
+
+
+def test_strict_and_dry_runs_write_nothing_and_arrays_and_gzip_read(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "history.jsonl", history())
+    strict = import_events(source, tmp_path / "log", strict=True, progress=False)
+    assert (strict.invalid, strict.written) == (3, 0) and read_log(tmp_path / "log", "rankings").empty
+    clean = write_jsonl(tmp_path / "clean.jsonl", history(), bad=False)
+    dry = import_events(clean, tmp_path / "log", dry_run=True, progress=False)
+    assert (dry.valid, dry.written) == (5, 0) and read_log(tmp_path / "log", "rankings").empty
+    array = tmp_path / "history.json.gz"
+    with gzip.open(array, "wt") as handle:
+        json.dump(history(), handle)
+    report = import_events(array, tmp_path / "log", strict=True, progress=False)
+    assert (report.valid, report.invalid, report.written) == (5, 0, 5)
+    spool = EventLog(tmp_path / "spool", None)  # --publish appends to the spool that ships to Kafka
+    try:
+        published = import_events(clean, tmp_path / "unused", publish=spool, progress=False)
+    finally:
+        spool.close()
+    assert published.written == 5 and not (tmp_path / "unused").exists()
+    spooled = [json.loads(line) for p in (tmp_path / "spool").glob("segment-*.jsonl") for line in p.read_text().splitlines()]
+    assert sorted(r["event_id"] for r in spooled) == ["b0", "c0", "c1", "r0", "r1"]
+
+
+def test_the_command_reports_and_exits_1_on_invalid_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    try:
+        code, out, err = run_cli(capsys, "events", "import", str(write_jsonl(tmp_path / "h.jsonl", history())))
+        assert code == 1, err
+        assert json.loads(out)["written"] == 5 and json.loads(out)["invalid"] == 3
+        code, out, err = run_cli(capsys, "events", "import", str(write_jsonl(tmp_path / "c.jsonl", history(), False)))
+        assert code == 0 and json.loads(out)["duplicates"] == 5, err
+        (tmp_path / "h.csv").write_text("type,event_id\n")
+        code, _, err = run_cli(capsys, "events", "import", str(tmp_path / "h.csv"))
+        assert code == 2 and ".csv" in err and ".jsonl" in err
+        code, _, err = run_cli(capsys, "events", "import", str(tmp_path / "h.jsonl"), "--publish")
+        assert code == 2 and "SHOPRANK_EVENTS__KAFKA_BOOTSTRAP" in err
+    finally:
+        get_settings.cache_clear()
