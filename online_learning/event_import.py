@@ -101,11 +101,13 @@ def lines_of(path: Path) -> Iterator[tuple[int, str]]:
                 yield n, line
 
 
-def import_events(path: Path, log_root: Path, store: str | None = None, batch: int = 5000, strict: bool = False,
+def import_events(path: Path, log_root: Path, store: str | None = None, batch: int = 50_000, strict: bool = False,
                   dry_run: bool = False, publish: EventLog | None = None, progress: bool = True) -> ImportReport:
     """Validate the events of ``path`` and write the valid ones to the offline log at ``log_root``
     (or append them to ``publish``, an event log shipping to Kafka); with ``dry_run`` or when
-    ``strict`` finds an invalid line, nothing is written."""
+    ``strict`` finds an invalid line, nothing is written. The log keeps a file per hour of event
+    time per write, so each ``batch`` of events is written in time order: a file in time order
+    writes a few files per batch, a shuffled one a file for every hour the batch spans."""
     report = ImportReport(str(path))
     if strict or dry_run:
         for n, line in tqdm(lines_of(path), desc="validate", unit="event", disable=not progress):
@@ -155,6 +157,6 @@ def _write(report: ImportReport, batch: list[Delivered], sink: ParquetLogSink | 
         return
     assert sink is not None
     written, duplicates = sink.written, sink.duplicates
-    sink(batch)
+    sink(sorted(batch, key=lambda d: d.event.timestamp))
     report.written += sink.written - written
     report.duplicates += sink.duplicates - duplicates

@@ -50,7 +50,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="only validate and count")
     p.add_argument("--publish", action="store_true", help="send them to Kafka through the event spool instead "
                    "(the log sink and the streaming feature consumer take them as live events)")
-    p.add_argument("--batch", type=int, default=5000, help="events per write (default 5000)")
+    p.add_argument("--batch", type=int, default=50_000, help="events per write (default 50000; the log keeps a "
+                   "file per hour of event time per write)")
     p.add_argument("--drain-s", type=float, default=300.0, help="--publish: how long to wait for the spool to "
                    "ship (default 300)")
     p.set_defaults(handler=cmd_import)
