@@ -66,6 +66,13 @@ def test_each_store_searches_its_own_catalog_with_its_own_models(two_stores) -> 
     default = client.get("/v1/search", params={"q": "garden hose", "k": 5}, headers=key(tokens["default"])).json()
     assert not any(i["product_id"].startswith("G") for i in default["items"])
     assert default["versions"]["reranker"] == "v1"
+    shelf = client.post("/v1/stores/garden/recommend", json={"product_ids": ["G0"], "k": 3},
+                        headers=key(tokens["garden"]))
+    assert shelf.status_code == 200, shelf.text
+    items = shelf.json()["items"]  # from its own catalog: hoses like the garden hose first
+    assert len(items) == 3 and all(i["product_id"].startswith("G") and i["product_id"] != "G0" for i in items)
+    assert "hose" in items[0]["title"]
+    assert client.post("/v1/recommend", json={"product_ids": ["G0"]}, headers=key(tokens["default"])).status_code == 404
 
 
 def test_a_store_needs_its_own_key_and_unknown_stores_are_named(two_stores) -> None:  # type: ignore[no-untyped-def]
