@@ -29,7 +29,7 @@ from api.admission import Admission, default_shed_at
 from api.auth import RateLimiter
 from api.balance import open_balancer
 from api.metrics import Metrics, shared_folder
-from api.routes import admin, events, health, recommend, search
+from api.routes import admin, events, health, products, recommend, search
 from api.state import ServedHolder
 from api.stores import StoreRuntime, in_store, other_stores
 from core import __version__
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(health.router)
-    for router in (search.router, recommend.router, events.router, admin.router):
+    for router in (search.router, recommend.router, events.router, admin.router, products.router):
         app.include_router(router, prefix="/v1")  # the default store
         app.include_router(router, prefix="/v1/stores/{store}", dependencies=[Depends(in_store)])
     return app

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.product_changes import ChangeFeed, poll
+
 if TYPE_CHECKING:
     from feast import FeatureStore
 
@@ -119,6 +121,9 @@ class OnlineFeatureReader:
         self.warming: threading.Thread | None = None  # a server's background read of every product (:meth:`warm`)
         self.hits = 0
         self.misses = 0
+        self.changes = 0  # batches of changed products read again (:meth:`follow`): the facts rebuild on it
+        self.feed: ChangeFeed | None = None  # the change feed followed
+        self._stop = threading.Event()
 
     @staticmethod
     def _facts(store: FeatureStore, facts: Mapping[str, str], needed: dict[str, set[str]]) -> dict[str, str]:
@@ -257,6 +262,28 @@ class OnlineFeatureReader:
             if join_key == "user_id":
                 row.update(self._read(name, [user_id])[0])
         return row
+
+    def follow(self, changes: ChangeFeed, every_s: float = 1.0) -> None:
+        """Read the products a live update changed (:mod:`core.product_changes`) again as soon as the feed
+        says so, every ``every_s`` seconds, in the background, instead of at their next ``product_ttl``."""
+        self.feed = changes
+        threading.Thread(target=poll, args=(changes, every_s, self.read_again, self._stop), name="product-changes",
+                         daemon=True).start()
+
+    def read_again(self, product_ids: list[str] | None) -> None:
+        """Read ``product_ids`` (None: every product read so far) from the store now, and count the change."""
+        if product_ids is None:  # fell behind the feed: every product read so far
+            with self._lock:
+                product_ids = list(self._cache)
+        for start in range(0, len(product_ids), 2000):
+            chunk = list(dict.fromkeys(product_ids[start : start + 2000]))
+            self._store(self._read_products(chunk, timeout=10.0), time.monotonic())
+        self.changes += 1
+
+    def close(self) -> None:
+        """Stop following the change feed and the background reads."""
+        self._stop.set()
+        self._refresher.shutdown(wait=False)
 
     def user_list(self, user_id: str, ref: str) -> list[str]:
         """A user's list feature ``ref`` (``view:feature``, e.g. ``user_profile:recent_items``), read now

@@ -146,6 +146,9 @@ class FeatureSettings(BaseModel):
          "popularity": "popularity:purchases_30d"},
         description="Where filters and business rules read each product fact in the feature store "
         "(view:feature); a fact the store lacks is read from the catalog's column of that name.")
+    changes_poll_s: float = Field(1.0, ge=0, le=3600, description="How often a server looks at the live product "
+                                  "updates' change feed (POST /v1/admin/products) and reads the changed products "
+                                  "again; 0: never (they are read again after product_ttl_s).")
     recent_items: str = Field("user_profile:recent_items", pattern=r"^[A-Za-z0-9_]+:[A-Za-z0-9_]+$",
                               description="Where /v1/recommend's for_you reads a shopper's recent products "
                               "(view:feature, a list of product ids per user).")

@@ -120,6 +120,7 @@ class _Table:
     built: float
     generation: int
     facts: ProductFacts
+    changes: int = 0  # the reader's change batches read when it was built
 
 
 class CatalogFacts:
@@ -154,7 +155,8 @@ class CatalogFacts:
                 if self._table is None or self._table.key != key:
                     self._table = self._build(key)
                 return self._table
-        if self.reader is not None and not self._refreshing and time.monotonic() - table.built > self.refresh_s:
+        if self.reader is not None and not self._refreshing and (time.monotonic() - table.built > self.refresh_s
+                                                                  or self.reader.changes != table.changes):
             self._refreshing = True
             threading.Thread(target=self._refresh, args=(key,), name="facts-refresh", daemon=True).start()
         return table
@@ -187,9 +189,10 @@ class CatalogFacts:
                            else np.full(len(products), np.nan))
             if not np.isnan(unknown):
                 facts[name] = np.nan_to_num(facts[name], nan=unknown)
+        changes = self.reader.changes if self.reader is not None else 0  # read before the rows it reflects
         if self.reader is not None:
             overlay(facts, self.reader.cached_rows(products["product_id"].tolist()), self.reader.facts)
-        return _Table(key, time.monotonic(), next(self._generations), ProductFacts(**facts))
+        return _Table(key, time.monotonic(), next(self._generations), ProductFacts(**facts), changes)
 
     def allowed(self, filters: Filters) -> np.ndarray | None:
         """The rows of the index that match ``filters`` (read-only; None: no filter)."""

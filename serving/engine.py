@@ -292,6 +292,8 @@ class SearchEngine:
         self.executor.shutdown(wait=False)
         if self.caches.store is not None:
             self.caches.store.close()
+        if self.models.features is not None:
+            self.models.features.close()
 
 
 def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: Models = Models()) -> SearchEngine:

@@ -24,6 +24,7 @@ import pandas as pd
 from core.artifacts import ArtifactStore
 from core.errors import Conflict
 from core.feature_store import OnlineFeatureReader
+from core.product_changes import open_changes
 from core.registry import ModelRegistry, ModelVersion, ServedModel
 from core.settings import Settings
 from ranking.features import catalog_text, store_features, unfillable
@@ -139,7 +140,12 @@ def check_loads(settings: Settings, role: str, version: str) -> None:
         raise Conflict(f"{role} {version} does not load ({type(err).__name__}: {str(err)[:200]}); "
                        "the active version keeps serving") from err
     if role == "ltr" and served is not None and store_features(served.model.names):  # else nothing to check
-        check_features(served, open_feature_reader(settings), settings)
+        reader = open_feature_reader(settings, batch=True)  # only its feature names: no change feed followed
+        try:
+            check_features(served, reader, settings)
+        finally:
+            if reader is not None:
+                reader.close()
 
 
 BATCH_READ_TIMEOUT_S = 120.0  # batch jobs wait for the online store: their figures must not depend on load
@@ -156,11 +162,19 @@ def open_feature_reader(settings: Settings, batch: bool = False) -> OnlineFeatur
     fs = settings.features
     timeout, retry = (BATCH_READ_TIMEOUT_S, 0.0) if batch else (fs.read_timeout_ms / 1000, fs.retry_after_s)
     try:
-        return OnlineFeatureReader(feast_repo.open_store(settings), fs.service, read_timeout=timeout,
-                                   retry_after=retry, product_ttl=fs.product_ttl_s, facts=fs.facts)
+        store = feast_repo.open_store(settings)
+        reader = OnlineFeatureReader(store, fs.service, read_timeout=timeout, retry_after=retry,
+                                     product_ttl=fs.product_ttl_s, facts=fs.facts)
     except Exception as err:  # noqa: BLE001 - serving goes on without store features
         logger.warning("feature store unavailable (%s); ranking without store features", err)
         return None
+    if not batch and fs.changes_poll_s > 0:
+        try:
+            reader.follow(open_changes(store), fs.changes_poll_s)
+        except Exception as err:  # noqa: BLE001 - live updates then show after product_ttl_s
+            logger.warning("the live product updates' change feed is unavailable (%s); changed products are "
+                           "read again after %.0f s", err, fs.product_ttl_s)
+    return reader
 
 
 def load_models(settings: Settings, ltr_versions: Sequence[str] = (), batch: bool = False) -> Models:

@@ -89,6 +89,16 @@ def test_events_are_accepted_durably_and_validated(client: TestClient, ops_setti
     assert ahead.status_code == 422 and "2099-01-01T00:00:00+00:00" in ahead.text and "24 hours" in ahead.text
 
 
+def test_live_product_updates_need_the_feature_store_and_the_admin_token(client: TestClient) -> None:
+    body = {"products": [{"product_id": "P100831", "in_stock": False}]}
+    assert client.post("/v1/admin/products", json=body).status_code == 401
+    refused = client.post("/v1/admin/products", json=body, headers=AUTH)  # this server has no feature store
+    assert refused.status_code == 409 and "shoprank index" in refused.json()["message"]
+    bad = client.post("/v1/admin/products", json={"products": [{"product_id": "P100831", "price": -1}]},
+                      headers=AUTH)
+    assert bad.status_code == 422 and "price" in bad.json()["message"]
+
+
 def test_metrics_export_latency_caches_and_models(client: TestClient) -> None:
     client.post("/v1/search", json={"query": "garden hose", "k": 3})
     client.post("/v1/search", json={"query": "garden hose", "k": 3})

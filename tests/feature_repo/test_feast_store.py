@@ -177,6 +177,42 @@ def test_a_shoppers_recent_items_are_read_for_recommendations(sqlite_settings: S
     assert reader.user_list("u1", "product_attributes:category") == []  # not a user's feature
 
 
+def live_update_reaches_another_reader(settings: Settings, product: str, category: str) -> None:
+    """A write through one reader's store is read by another server's reader from the change feed."""
+    from core.product_changes import open_changes, write_facts
+
+    facts = FeatureSettings().facts
+    writer = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1", facts=facts)
+    other = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1", facts=facts, product_ttl=3600)
+    try:
+        other.warm([product])
+        before = dict(other.rows([product])[0])
+        other.follow(open_changes(other.store), every_s=0.05)
+        time.sleep(0.2)  # the follower has taken the feed's position
+        rows = write_facts(writer.store, {product: {"price": 7.5, "in_stock": 0, "promoted": 0}},
+                           {k: v for k, v in facts.items() if k in ("price", "in_stock", "promoted")},
+                           open_changes(writer.store))
+        assert rows == {"product_attributes": 1, "inventory": 1, "promotions": 1}
+        deadline = time.monotonic() + 10
+        while other.changes == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        after = other.rows([product])[0]  # its cache, read again: no TTL expired
+        assert (after["price"], after["in_stock"], after["promoted"]) == (pytest.approx(7.5), 0, 0)
+        assert before["price"] != pytest.approx(7.5)
+        assert after["category"] == before["category"] == category  # the row's other features stay
+        with pytest.raises(ValueError, match="colour"):
+            write_facts(writer.store, {product: {"colour": "red"}}, facts)
+    finally:
+        writer.close()
+        other.close()
+
+
+def test_live_updates_reach_every_reader_through_the_change_feed(sqlite_settings: Settings) -> None:
+    feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())
+    live_update_reaches_another_reader(sqlite_settings, "P1", "drills")
+    feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())  # the module's other tests read day 10
+
+
 def test_a_warm_up_cut_short_by_the_process_exiting_is_quiet(sqlite_settings: Settings,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1")
@@ -204,6 +240,7 @@ def test_redis_online_store(sqlite_settings: Settings, tmp_path: Path) -> None:
             "features": FeatureSettings(online_store="redis", redis_url=f"127.0.0.1:{port}")})
         feast_repo.apply(settings)
         check_latest(read_online(settings))
+        live_update_reaches_another_reader(settings, "P2", "paint")  # P2: its price and stock are not read below
         facts = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1", facts=FeatureSettings().facts)
         assert [row.get("category") for row in facts.rows(["P1", "P2", "P3"])] == ["drills", "paint", None]
         # Redis stops: reads fail fast (bounded wait, then a rest), cached rows still serve, the rest is missing

@@ -23,13 +23,15 @@ PRODUCTS = pd.DataFrame({
 
 
 class Reader:
-    """The two reads CatalogFacts makes of the online reader, over rows set by the test."""
+    """The two reads CatalogFacts makes of the online reader, over rows set by the test, and its count of
+    live updates read (``changes``)."""
 
     facts = {"category": "category", "price": "price", "in_stock": "in_stock"}  # no brand in this store
 
     def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
         self.stored = rows
         self.fresh_reads = 0
+        self.changes = 0
 
     def cached_rows(self, product_ids: list[str]) -> list[dict[str, Any]]:
         return [dict(self.stored.get(p, {})) for p in product_ids]
@@ -77,6 +79,20 @@ def test_the_store_values_win_where_it_has_them_and_follow_its_updates() -> None
     deadline = time.monotonic() + 5
     while facts.allowed(Filters(category="garden")).tolist() != [True, False, True, False]:
         assert time.monotonic() < deadline, "the facts were not re-read"
+        time.sleep(0.01)
+
+
+def test_a_live_update_read_by_the_reader_rebuilds_the_facts_before_refresh_s() -> None:
+    reader = Reader({"c": {"category": "garden", "price": 12.0}})
+    facts = CatalogFacts(index(PRODUCTS), reader, refresh_s=3600)  # type: ignore[arg-type]
+    assert facts.allowed(Filters(max_price=10)).tolist() == [True, False, False, False]
+    reader.stored["c"] = {"category": "garden", "price": 8.0}
+    assert facts.allowed(Filters(max_price=10)).tolist() == [True, False, False, False]  # an hour to the re-read
+    reader.changes += 1  # the reader read the changed products again (core.product_changes)
+    facts.table()  # the next search starts the rebuild
+    deadline = time.monotonic() + 5
+    while facts.allowed(Filters(max_price=10)).tolist() != [True, False, True, False]:
+        assert time.monotonic() < deadline, "the facts were not rebuilt"
         time.sleep(0.01)
 
 

@@ -344,3 +344,38 @@ def test_broker_stopped_under_load_loses_no_accepted_event(topology: Topology) -
                                          "failures": load.snapshot()["failures"]}))
     assert logged == accepted  # once each, nothing lost, nothing invented
     assert load.snapshot()["failures"] == []
+
+
+def test_a_stock_change_through_one_replica_reaches_every_replica(topology: Topology) -> None:
+    base = topology.layout.base_url
+    replicas = [f"http://127.0.0.1:{port}" for port in topology.layout.replicas]
+    seed = httpx.get(f"{base}/v1/search", params={"q": "cordless drill", "k": 1}, timeout=30).json()["items"][0]
+
+    def in_stock_shelf(url: str) -> list[str]:
+        response = httpx.post(f"{url}/v1/recommend", json={"product_ids": [seed["product_id"]], "k": 5,
+                                                           "filters": {"in_stock": True}}, timeout=30)
+        assert response.status_code == 200, response.text
+        return [i["product_id"] for i in response.json()["items"]]
+
+    target = in_stock_shelf(replicas[0])[0]
+    assert all(target in in_stock_shelf(url) for url in replicas)
+
+    def update(in_stock: bool) -> None:
+        response = httpx.post(f"{base}/v1/admin/products", json={"products": [{"product_id": target,
+                                                                              "in_stock": in_stock}]},
+                              headers=ADMIN, timeout=30)
+        assert response.status_code == 200 and response.json()["updated"] == 1, response.text
+
+    update(False)
+    took = wait_until(lambda: all(target not in in_stock_shelf(url) for url in replicas), 15,
+                      "every replica to leave the product out of stock")
+    update(True)
+    back = wait_until(lambda: all(target in in_stock_shelf(url) for url in replicas), 15,
+                      "every replica to list it again")
+    print("live stock change:", json.dumps({"out_everywhere_s": round(took, 2), "back_everywhere_s": round(back, 2)}))
+    refused = httpx.post(f"{base}/v1/admin/products", json={"products": [{"product_id": "nope", "price": 1}]},
+                         headers=ADMIN, timeout=30)
+    assert refused.status_code == 404 and "nope" in refused.text
+    empty = httpx.post(f"{base}/v1/admin/products", json={"products": [{"product_id": target}]}, headers=ADMIN,
+                       timeout=30)
+    assert empty.status_code == 422 and "in_stock" in empty.text

@@ -1,0 +1,60 @@
+"""``/v1/admin/products``: live updates of a product's price, stock and promotion (admin scope)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api.deps import ServedDep
+from api.routes.admin import require_admin
+from api.schemas import ErrorBody, ProductId
+from serving.product_updates import update_facts
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody},
+                              409: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+
+
+class ProductUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: ProductId
+    price: float | None = Field(None, ge=0, le=100_000_000, description="The new price.")
+    in_stock: bool | None = Field(None, description="In stock now.")
+    promoted: bool | None = Field(None, description="On promotion now (the business rules' boost).")
+
+    @model_validator(mode="after")
+    def _something(self) -> ProductUpdate:
+        if self.price is None and self.in_stock is None and self.promoted is None:
+            raise ValueError(f"product {self.product_id!r}: give at least one of price, in_stock, promoted")
+        return self
+
+
+class ProductUpdates(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"products": [
+        {"product_id": "P100831", "in_stock": False}, {"product_id": "P101472", "price": 89.0, "promoted": True}]}]})
+
+    products: list[ProductUpdate] = Field(..., min_length=1, max_length=1000, description="1..1000 products.")
+
+
+class Updated(BaseModel):
+    updated: int = Field(..., description="Products written.")
+    rows: dict[str, int] = Field(..., description="Rows written per feature view.")
+
+
+@router.post("/products", response_model=Updated, summary="Update products' price, stock or promotion now")
+async def update_products(body: ProductUpdates, served: ServedDep) -> Updated:
+    """Writes the given facts to the online store (only those: the rest of each row stays) and reads
+    them back; every other server process reads them within ``features.changes_poll_s``. Filters,
+    the business rules, listings and recommendations use them from then on; a result page cached
+    before may show the old value for up to ``serving.results_ttl_s``."""
+    updates: dict[str, dict[str, object]] = {}
+    for product in body.products:
+        values = updates.setdefault(product.product_id, {})  # a product given twice: the later values win
+        for fact in ("price", "in_stock", "promoted"):
+            value = getattr(product, fact)
+            if value is not None:
+                values[fact] = int(value) if isinstance(value, bool) else value
+    return Updated(**await asyncio.to_thread(update_facts, served.engine, updates))
