@@ -13,6 +13,7 @@ from pydantic import (
     model_validator,
 )
 
+from retrieval.catalog import MAX_ID_CHARS
 from retrieval.vocabulary import tokenize
 
 MAX_QUERY_CHARS = 256
@@ -211,7 +212,7 @@ class BrowseResponse(BaseModel):
     facets: Facets | None = None
 
 
-ProductId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ProductId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 class RecommendRequest(BaseModel):

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
+from retrieval.catalog import MAX_ID_CHARS
+
 SCHEMA_VERSION = 1
 RANKINGS_TOPIC = "shoprank.rankings"
 INTERACTIONS_TOPIC = "shoprank.interactions"
@@ -58,7 +60,7 @@ Timestamp = Annotated[datetime, AfterValidator(_in_utc)]
 class ShownItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    product_id: str = Field(..., min_length=1, max_length=128)
+    product_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS)
     position: int = Field(..., ge=1, le=1000, description="1-based position shown.")
     score: float | None = None
     scores: dict[str, float] = Field(default_factory=dict, description="Per-stage scores.")
@@ -112,7 +114,7 @@ class InteractionEvent(BaseModel):
                                  "UTC); at most 24 hours ahead of the server's clock.")
     user_id: str | None = Field(None, max_length=128)
     session_id: str | None = Field(None, max_length=128)
-    product_id: str = Field(..., min_length=1, max_length=128)
+    product_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS)
     position: int | None = Field(None, ge=1, le=1000)
     quantity: int = Field(1, ge=1, le=10_000)
     revenue: float | None = Field(None, ge=0, le=10_000_000, description="Purchase value (purchases only).")

@@ -28,6 +28,7 @@ from core.errors import CatalogError
 logger = logging.getLogger(__name__)
 
 REQUIRED = ("product_id", "title")
+MAX_ID_CHARS = 128  # a product id's length: events, impressions and shelves carry ids up to this
 TEXT_COLUMNS = ("product_id", "title", "description")
 FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet", ".jsonl": "JSONL", ".ndjson": "JSONL"}
 
@@ -72,6 +73,9 @@ def _check_id(value: Any) -> str | None:
         return f"{value!r} is a {type(value).__name__}; product_id must be a string or integer"
     if isinstance(value, float) and not value.is_integer():
         return f"{value!r} is not an integer; product_id must be a string or integer"
+    if len(str(value).strip()) > MAX_ID_CHARS:
+        return (f"{str(value)[:40]!r}... has {len(str(value).strip())} characters; product ids have at most "
+                f"{MAX_ID_CHARS} (events and impressions name products by id)")
     return None
 
 
