@@ -27,6 +27,7 @@ RANKINGS_TOPIC = "shoprank.rankings"
 INTERACTIONS_TOPIC = "shoprank.interactions"
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
+MAX_SEARCHED = 1024  # the analyzed text logged (synonyms can make it longer than the 256 characters typed)
 BROWSE = "browse"  # the pipeline of a listing's ranking event
 RECOMMEND = "recommend:"  # a recommendation shelf's pipeline: recommend:<kind>
 
@@ -82,8 +83,8 @@ class RankingEvent(BaseModel):
     user_id: str | None = Field(None, max_length=128)
     session_id: str | None = Field(None, max_length=128)
     query: str = Field(..., max_length=256)
-    searched: str | None = Field(None, max_length=1024, description="The analyzed text that was searched "
-                                 "(normalized, spelling corrected); None: as typed.")
+    searched: str | None = Field(None, max_length=MAX_SEARCHED, description="The analyzed text that was searched "
+                                 "(normalized, spelling corrected; its first 1,024 characters); None: as typed.")
     pipeline: str
     filters: dict[str, Any] | None = Field(None, description="The request's filters that were set (category, "
                                            "brand, min_price, max_price, in_stock); None: an unfiltered search.")

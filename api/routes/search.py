@@ -34,7 +34,7 @@ from api.stores import current
 from core.keys import ApiKey
 from core.query import Analysis, Filters
 from core.query import Query as SearchQuery
-from online_learning.events import BROWSE, RankingEvent, ShownItem
+from online_learning.events import BROWSE, MAX_SEARCHED, RankingEvent, ShownItem
 from ranking.cascade import SHED_CAUSES
 from retrieval.types import Candidates
 from serving.engine import SearchEngine
@@ -113,7 +113,8 @@ def _log_impression(request: Request, body: SearchRequest, response: SearchRespo
     log_shown(request, RankingEvent(
         event_id=response.request_id, request_id=response.request_id, user_id=body.user_id,
         session_id=body.session_id, query=body.query, pipeline=response.pipeline,
-        searched=response.query_rewrite.text if response.query_rewrite else None, key_id=key.id if key else None,
+        searched=response.query_rewrite.text[:MAX_SEARCHED] if response.query_rewrite else None,
+        key_id=key.id if key else None,
         filters=body.filters.model_dump(exclude_none=True) or None, models=response.versions,
         sort=None if body.sort == "relevance" else body.sort,
         experiment=response.experiment, arm=response.arm, degraded=response.degraded, latency_ms=response.took_ms,
