@@ -27,6 +27,7 @@ RANKINGS_TOPIC = "shoprank.rankings"
 INTERACTIONS_TOPIC = "shoprank.interactions"
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
+MAX_POSITION = 100_100  # the deepest row a listing shows (/v1/browse: offset 100,000, k 100)
 MAX_SEARCHED = 1024  # the analyzed text logged (synonyms can make it longer than the 256 characters typed)
 BROWSE = "browse"  # the pipeline of a listing's ranking event
 RECOMMEND = "recommend:"  # a recommendation shelf's pipeline: recommend:<kind>
@@ -62,7 +63,7 @@ class ShownItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     product_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS)
-    position: int = Field(..., ge=1, le=1000, description="1-based position shown.")
+    position: int = Field(..., ge=1, le=MAX_POSITION, description="1-based position shown.")
     score: float | None = None
     scores: dict[str, float] = Field(default_factory=dict, description="Per-stage scores.")
     team: str | None = Field(None, description="Interleaving: the arm that placed this item.")
@@ -116,7 +117,7 @@ class InteractionEvent(BaseModel):
     user_id: str | None = Field(None, max_length=128)
     session_id: str | None = Field(None, max_length=128)
     product_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS)
-    position: int | None = Field(None, ge=1, le=1000)
+    position: int | None = Field(None, ge=1, le=MAX_POSITION)
     quantity: int = Field(1, ge=1, le=10_000)
     revenue: float | None = Field(None, ge=0, le=10_000_000, description="Purchase value (purchases only).")
     key_id: str | None = Field(None, max_length=64, description="Set by the server (a value sent is replaced): "

@@ -101,3 +101,15 @@ def test_the_command_reports_and_exits_1_on_invalid_lines(tmp_path: Path, monkey
         assert code == 2 and "SHOPRANK_EVENTS__KAFKA_BOOTSTRAP" in err
     finally:
         get_settings.cache_clear()
+
+
+def test_positions_as_deep_as_a_listing_pages() -> None:
+    from pydantic import ValidationError
+
+    from online_learning.events import InteractionEvent, ShownItem
+
+    assert ShownItem(product_id="P1", position=100_100).position == 100_100  # /v1/browse: offset 100,000, k 100
+    assert InteractionEvent(type="click", event_id="e", request_id="r", product_id="P1", position=1501).position
+    with pytest.raises(ValidationError, match="position"):
+        ShownItem(product_id="P1", position=100_101)
+
