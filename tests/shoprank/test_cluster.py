@@ -379,3 +379,19 @@ def test_a_stock_change_through_one_replica_reaches_every_replica(topology: Topo
     empty = httpx.post(f"{base}/v1/admin/products", json={"products": [{"product_id": target}]}, headers=ADMIN,
                        timeout=30)
     assert empty.status_code == 422 and "in_stock" in empty.text
+
+
+def test_for_you_starts_from_a_shoppers_recent_purchases_in_redis(topology: Topology) -> None:
+    base = topology.layout.base_url
+    shelves = [httpx.post(f"{base}/v1/recommend", json={"kind": "for_you", "user_id": f"u{i:05d}", "k": 5},
+                          timeout=30).json() for i in range(10)]  # SIMULATED shoppers with purchase histories
+    started = [s for s in shelves if s["seeds"]]
+    assert started, [s.get("message", s.get("seeds")) for s in shelves]
+    for shelf in started:
+        assert shelf["degraded"] == [] and len(shelf["items"]) == 5
+        assert not {i["product_id"] for i in shelf["items"]} & set(shelf["seeds"])  # what they bought is not shown
+        assert {i["source"] for i in shelf["items"]} <= {"bought_together", "viewed_together", "similar"}
+    nobody = httpx.post(f"{base}/v1/recommend", json={"kind": "for_you", "user_id": "nobody", "k": 5},
+                        timeout=30).json()
+    assert nobody["seeds"] == [] and {i["source"] for i in nobody["items"]} == {"popular"}
+
