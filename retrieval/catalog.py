@@ -28,6 +28,7 @@ from core.errors import CatalogError
 logger = logging.getLogger(__name__)
 
 REQUIRED = ("product_id", "title")
+RESERVED = frozenset({"live"})  # columns the index keeps beside the catalog's
 MAX_ID_CHARS = 128  # a product id's length: events, impressions and shelves carry ids up to this
 TEXT_COLUMNS = ("product_id", "title", "description")
 FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet", ".jsonl": "JSONL", ".ndjson": "JSONL"}
@@ -133,9 +134,26 @@ def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
         raise CatalogError(f"{path}: unknown catalog format {suffix!r}; use one of {allowed}")
     if not path.is_file():
         raise CatalogError(f"catalog {path} does not exist; pass the path of a CSV/Parquet/JSONL file")
-    if FORMATS[suffix] == "CSV":
+    try:
+        frame = _read(path, FORMATS[suffix])
+    except UnicodeDecodeError as err:
+        raise CatalogError(f"{path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
+                           f"{err.start}: {err.reason}); save it as UTF-8") from err
+    except (pd.errors.ParserError, ValueError, OSError) as err:
+        if isinstance(err, CatalogError):
+            raise
+        raise CatalogError(f"{path} does not read as {FORMATS[suffix]}: {str(err).strip()[:200]}") from err
+    reserved = sorted(RESERVED & set(frame.columns))
+    if reserved:
+        raise CatalogError(f"{path}: column(s) {reserved} are reserved (ShopRank marks deleted products with 'live'); "
+                           "rename them")
+    return frame.astype(object).reset_index(drop=True), FORMATS[suffix]
+
+
+def _read(path: Path, kind: str) -> pd.DataFrame:
+    if kind == "CSV":
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    elif FORMATS[suffix] == "Parquet":
+    elif kind == "Parquet":
         frame = pd.read_parquet(path)
     else:
         records = []
@@ -151,7 +169,7 @@ def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
                     raise CatalogError(f"{path} row {number}: expected a JSON object per line")
                 records.append(record)
         frame = pd.DataFrame.from_records(records)
-    return frame.astype(object).reset_index(drop=True), FORMATS[suffix]
+    return frame
 
 
 def _problems(frame: pd.DataFrame, file: str) -> list[RowProblem]:

@@ -84,6 +84,19 @@ def test_parquet_and_unknown_format(tmp_path: Path) -> None:
         read_catalog(tmp_path / "missing.csv")
 
 
+def test_files_that_do_not_read_are_named_with_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "latin.csv").write_bytes("product_id,title\nP1,Caf\xe9 table\n".encode("latin-1"))
+    with pytest.raises(CatalogError, match=r"latin\.csv is not UTF-8 text \(byte b'\\xe9' at offset 23.*as UTF-8"):
+        read_catalog(tmp_path / "latin.csv")
+    (tmp_path / "x.parquet").write_text("not parquet")
+    with pytest.raises(CatalogError, match=r"x\.parquet does not read as Parquet"):
+        read_catalog(tmp_path / "x.parquet")
+    with pytest.raises(CatalogError, match=r"does not read as CSV"):
+        read_catalog(write_csv(tmp_path / "quote.csv", 'product_id,title\n"P1,Drill\n'))
+    with pytest.raises(CatalogError, match=r"column\(s\) \['live'\] are reserved"):  # it marks deleted products
+        read_catalog(write_csv(tmp_path / "live.csv", "product_id,title,live\nP1,Drill,no\n"))
+
+
 def test_catalog_hash_ignores_order_and_attributes() -> None:
     a = pd.DataFrame({"product_id": ["1", "2"], "title": ["A", "B"], "description": ["", ""], "price": [1, 2]})
     b = a.iloc[::-1].assign(price=[5, 6])
