@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import InvalidInput
@@ -258,5 +258,22 @@ class _YamlSource(PydanticBaseSettingsSource):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings; tests override them with ``get_settings.cache_clear()``."""
-    return Settings()
+    """The process-wide settings; tests override them with ``get_settings.cache_clear()``.
+
+    Raises:
+        InvalidInput: a setting's value is not allowed (each named as its environment variable).
+    """
+    try:
+        return Settings()
+    except ValidationError as err:
+        raise settings_error(err) from err
+
+
+def settings_error(err: ValidationError) -> InvalidInput:
+    """One message naming every bad setting as its environment variable, the value and what is allowed."""
+    bad = []
+    for problem in err.errors():
+        name = "SHOPRANK_" + "__".join(str(part).upper() for part in problem.get("loc", ()))
+        bad.append(f"{name}={problem.get('input')!r}: {problem['msg']}")
+    return InvalidInput("bad setting(s): " + "; ".join(bad) + " (every setting with its range: `shoprank config "
+                        "reference`, docs/configuration.md)")

@@ -219,7 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = args.log_level or get_settings().log_level
+    try:
+        level = args.log_level or get_settings().log_level
+    except ShopRankError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -88,6 +88,22 @@ def test_bad_catalog_exits_nonzero_naming_row_and_column(env_home: Path, tmp_pat
     assert code == 0 and json.loads(out)["rows_skipped"] == 1 and json.loads(out)["products"] == 2
 
 
+def test_a_bad_setting_exits_2_naming_its_variable_value_and_range(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from core.settings import get_settings
+
+    monkeypatch.setenv("SHOPRANK_FEATURES__CHANGES_POLL_S", "-1")
+    monkeypatch.setenv("SHOPRANK_API__WORKERS", "many")
+    get_settings.cache_clear()
+    try:
+        code, _, err = run_cli(capsys, "config", "show")
+    finally:
+        get_settings.cache_clear()
+    assert code == 2 and "Traceback" not in err
+    assert "SHOPRANK_FEATURES__CHANGES_POLL_S='-1': Input should be greater than or equal to 0" in err
+    assert "SHOPRANK_API__WORKERS='many'" in err and "shoprank config reference" in err
+
+
 def test_evaluate_json_on_demo_store(env_home: Path, demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = {}
     for pipeline in ("bm25", "hybrid"):
