@@ -17,3 +17,13 @@ def test_every_job_once_and_the_attack_in_both_halves() -> None:
     first_half = jobs[: len(jobs) // 2]
     assert sum(kind == "attack" for kind, _ in first_half) == 150  # a retrain's time split sees it in training
     assert interleave(5, 0) == [("session", i) for i in range(5)]
+
+
+def test_a_home_without_a_world_says_how_to_build_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from core.errors import NotFound
+    from simulation.world import StoreWorld
+
+    with pytest.raises(NotFound, match=r"no SIMULATED store world in .*shoprank features build"):
+        StoreWorld.load(tmp_path / "world")
