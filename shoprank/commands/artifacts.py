@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, NotFound
 from core.settings import Settings
 
 
@@ -28,7 +28,12 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
+    from core.artifacts import MANIFEST
+
     store = _store(args, settings)
+    if not store.fs.exists(f"{store.root}/{MANIFEST}"):
+        raise NotFound(f"nothing to pull: {store.url} has no {MANIFEST} (check the URL, or run `shoprank artifacts "
+                       "push` where the indexes and models were built)")
     print(json.dumps({"pulled": store.pull().to_json(), "url": store.url}))
     return 0
 

@@ -104,6 +104,13 @@ def test_a_bad_setting_exits_2_naming_its_variable_value_and_range(monkeypatch: 
     assert "SHOPRANK_API__WORKERS='many'" in err and "shoprank config reference" in err
 
 
+def test_artifacts_pull_from_a_store_nothing_was_pushed_to_is_an_error(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "--home", str(tmp_path / "replica"), "artifacts", "pull", "--url",
+                           f"file://{tmp_path}/empty-store")
+    assert code == 2 and "empty-store has no MANIFEST.json" in err and "artifacts push" in err
+
+
 def test_evaluate_json_on_demo_store(env_home: Path, demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = {}
     for pipeline in ("bm25", "hybrid"):
