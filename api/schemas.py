@@ -265,6 +265,8 @@ class RecommendResponse(BaseModel):
     stages_ms: dict[str, float] = Field(default_factory=dict)
     degraded: list[str] = Field(default_factory=list, description="What could not be read (the feature store), "
                                 "served without it.")
+    unknown: list[str] = Field(default_factory=list, description="product_ids and exclude ids that are not in the "
+                               "index (deleted since the cart was filled): left out.")
     items: list[RecommendItem]
 
 

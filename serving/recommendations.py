@@ -65,6 +65,7 @@ class Recommendation:
     notes: dict[str, list[str]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # seeds and excluded ids not in the index: left out
 
 
 def together_table(path: Path) -> dict[str, dict[str, list[Neighbour]]]:
@@ -84,14 +85,20 @@ def recommend(engine: SearchEngine, together: Path, kind: str, product_ids: list
     """The ``k`` best products of ``kind`` for the seeds ``product_ids`` (and, for ``for_you``, the
     shopper ``user_id``'s recent purchases), within ``filters``, never a seed or an ``exclude``d product.
 
+    Seeds and excluded products that are not in the index (deleted since a cart was filled) are left
+    out and listed in ``unknown``.
+
     Raises:
-        NotFound: a seed or an excluded product is not in the index.
+        NotFound: ``product_ids`` were given and none of them is in the index.
     """
     assert engine.facts is not None and engine.rules is not None
     started = time.perf_counter()
     index, facts = engine.index, engine.facts
-    seeds = _docs(index, product_ids, "product_ids")
-    hidden = _docs(index, list(exclude), "exclude")
+    seeds, unknown = _docs(index, product_ids)
+    if product_ids and not seeds:
+        raise NotFound(f"product_ids {unknown[:10]} are not products of the index {index.path.parent.name!r} "
+                       f"({index.count} products); name live product ids")
+    hidden, gone = _docs(index, list(exclude))
     degraded: list[str] = []
     if kind == "for_you" and user_id is not None:
         seeds += _recent(engine, user_id, degraded)
@@ -135,16 +142,14 @@ def recommend(engine: SearchEngine, together: Path, kind: str, product_ids: list
     page = ruled.candidates.take(slice(0, k))
     return Recommendation(page, [found_by[p][0] for p in page.product_ids], [found_by[p][1] for p in page.product_ids],
                           [index.product_id(d) for d in seeds],
-                          {p: ruled.notes[p] for p in page.product_ids if p in ruled.notes}, timings, degraded)
+                          {p: ruled.notes[p] for p in page.product_ids if p in ruled.notes}, timings, degraded,
+                          unknown + gone)
 
 
-def _docs(index: ProductIndex, product_ids: list[str], name: str) -> list[int]:
+def _docs(index: ProductIndex, product_ids: list[str]) -> tuple[list[int], list[str]]:
+    """The index rows of ``product_ids``, and the ids that are not in the index."""
     docs = [index.doc_of(p) for p in product_ids]
-    missing = [p for p, d in zip(product_ids, docs) if d is None]
-    if missing:
-        raise NotFound(f"{name} {missing[:10]} are not products of the index {index.path.parent.name!r} "
-                       f"({index.count} products); name live product ids")
-    return [int(d) for d in docs]  # type: ignore[arg-type]
+    return [int(d) for d in docs if d is not None], [p for p, d in zip(product_ids, docs) if d is None]
 
 
 def _recent(engine: SearchEngine, user_id: str, degraded: list[str]) -> list[int]:

@@ -362,12 +362,14 @@ def test_recommendations_for_a_product_page_a_cart_and_a_shopper(  # type: ignor
         assert [i["source"] for i in mine["items"]] == ["bought_together"] * 2 + ["similar"]
     finally:
         path.unlink()
+    cart = recommend(product_ids=[seed, "P-deleted"], exclude=["P-gone"], k=3)  # a cart older than the catalog
+    assert cart["seeds"] == [seed] and cart["unknown"] == ["P-deleted", "P-gone"] and len(cart["items"]) == 3
     popular = recommend(kind="for_you", user_id="nobody", k=5)  # no history, no seed: the most popular
     assert popular["seeds"] == [] and {i["source"] for i in popular["items"]} == {"popular"}
     for body, status, named in (({"kind": "similar"}, 422, "product_ids"), ({"product_ids": ["P-none"]}, 404, "P-none"),
                                 ({"kind": "trending", "product_ids": [seed]}, 422, "kind"),
                                 ({"kind": "for_you"}, 422, "user_id"),
-                                ({"product_ids": [seed], "exclude": ["P-gone"]}, 404, "P-gone")):
+                                ({"product_ids": ["P-none", "P-gone"]}, 404, "P-gone")):
         response = client.post("/v1/recommend", json=body)
         assert response.status_code == status and named in response.text, (body, response.text)
 
