@@ -2,7 +2,8 @@
 :class:`Vocabulary` the query analyzer (:mod:`retrieval.analyzer`) corrects against.
 
 :func:`normalize` is applied to product text when the index is built and to every
-query: case, unicode fractions (``½`` -> ``1/2``), units and their spellings after a
+query: case and Latin accents (``Café`` -> ``cafe``; other scripts' letters are kept), unicode
+fractions (``½`` -> ``1/2``), units and their spellings after a
 number (``1/2 in.``, ``1/2 inch`` and ``1/2"`` all become ``1/2 in``; ``12v``,
 ``12-Volt`` -> ``12 volt``; ``lbs``, ``gallons``, ``sq. ft.``, ...), dimensions
 (``2x4`` -> ``2 x 4``), hyphens and symbols. Words are compared by their Snowball stem
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-VERSION = 2  # bump when normalize() or the vocabulary file changes: indexes record it and are rebuilt
+VERSION = 3  # bump when normalize() or the vocabulary file changes: indexes record it and are rebuilt
 
 _UNITS = [  # (pattern after a number, canonical unit)
     (r'(?:"|”|″|\'\'|inches|inch|in\b\.?)', "in"),
@@ -50,12 +51,20 @@ _NUMBER = r"(\d+(?:\.\d+)?(?: \d+/\d+|/\d+)?)"
 _UNIT_RES = [(re.compile(_NUMBER + r"\s*-?\s*" + pattern, re.IGNORECASE), unit) for pattern, unit in _UNITS]
 _NUMBER_WITH_UNIT = re.compile(_NUMBER + r"(?: (" + "|".join(re.escape(u) for u in UNITS) + r")\b)?")
 _EMPTY = np.zeros(0, dtype=np.int32)
-TOKEN = re.compile(r"[a-z0-9]+(?:[./][0-9]+)*")
+TOKEN = re.compile(r"[^\W_]+(?:[./][0-9]+)*")
+_LATIN_MARK = re.compile(r"(?<=[a-z\u00c0-\u024f])[\u0300-\u036f]+")  # accents on a Latin letter, decomposed
+
+
+def fold(text: str) -> str:
+    """Case and Latin accents folded (``Größe`` -> ``grosse``, ``Café`` -> ``cafe``); letters of other scripts
+    (Cyrillic, Greek, CJK) kept as they are, so every script's words stay searchable."""
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+    return unicodedata.normalize("NFC", _LATIN_MARK.sub("", text))
 
 
 def normalize(text: str) -> str:
     """Lowercase, canonical units and fractions, no symbols (see the module docstring)."""
-    text = unicodedata.normalize("NFKC", text).replace("\u2044", "/").lower()
+    text = fold(text).replace("\u2044", "/").replace("\u00d7", "x")  # fraction slash; 2×4 as 2x4
     text = re.sub(r"(\d)\s*-\s*(\d+/\d+)", r"\1 \2", text)  # 1-1/2 -> 1 1/2
     text = re.sub(r"(\d)\s*/\s*(\d)", r"\1/\2", text)
     text = re.sub(r"(\d)\s*x\s*(?=\d)", r"\1 x ", text)  # 2x4 -> 2 x 4
@@ -63,7 +72,7 @@ def normalize(text: str) -> str:
         text = pattern.sub(lambda m, u=unit: f"{m.group(1)} {u} ", text)
     text = text.replace("&", " and ")
     text = re.sub(r"(?<!\d)[./]|[./](?!\d)", " ", text)  # keep . and / only between digits
-    text = re.sub(r"[^a-z0-9./]+", " ", text)
+    text = re.sub(r"[^\w./]+|_", " ", text)  # letters and digits of any script, . and / between digits
     return re.sub(r"\s+", " ", text).strip()
 
 

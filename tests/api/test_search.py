@@ -65,6 +65,14 @@ def test_invalid_input_is_422_naming_field_and_range(client: TestClient, payload
     assert body["message"].startswith(f"{field}:") and allowed in body["message"]
 
 
+def test_words_of_any_script_are_a_query(client: TestClient) -> None:
+    for query in ("дрель", "ドリル 電動", "taladro eléctrico"):  # before, only a-z and 0-9 were letters or digits
+        response = client.post("/v1/search", json={"query": query, "k": 3})
+        assert response.status_code == 200, response.text
+    assert client.post("/v1/search", json={"query": "taladro eléctrico"}).json()["query_rewrite"]["text"].startswith(
+        "taladro electric")
+
+
 def test_get_validation_names_the_parameter(client: TestClient) -> None:
     response = client.get("/v1/search", params={"q": "drill", "k": 1000})
     assert response.status_code == 422 and response.json()["message"].startswith("k:")

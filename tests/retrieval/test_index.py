@@ -161,3 +161,16 @@ def test_every_write_moves_the_generation_and_the_facts_follow_it(tmp_path: Path
     assert facts.allowed(Filters(max_price=5)).sum() == 4
     index.delete(["b"])
     assert index.generation == 3
+
+
+def test_words_of_every_script_are_searched_and_latin_accents_fold(tmp_path: Path, settings: Settings) -> None:
+    from retrieval.vocabulary import tokenize
+
+    assert tokenize("Größe Café naïve 2×4") == ["grosse", "cafe", "naive", "2", "x", "4"]
+    assert tokenize("Дрель аккумуляторная ドリル") == ["дрель", "аккумуляторная", "ドリル"]
+    rows = [("a", "Café table"), ("b", "Дрель аккумуляторная"), ("c", "Größe 10 mm Schraube"), ("d", "garden hose")]
+    index, _, _ = build(tmp_path, settings, rows)
+    bm25 = BM25Retriever(index)
+    for query, found in (("cafe", "a"), ("CAFÉ", "a"), ("дрель", "b"), ("Дрель", "b"), ("grosse schraube", "c"),
+                         ("größe", "c")):
+        assert [c.product_id for c in bm25.search(index.analyzer.analyze(query).text, 2)][:1] == [found], query
