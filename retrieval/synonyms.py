@@ -91,17 +91,21 @@ class Synonyms:
 
     def apply(self, tokens: Sequence[str]) -> tuple[list[tuple[str, bool]], list[Rewrite]]:
         """``tokens`` with the rules applied: each word with whether a rule put it there, and the
-        rewrites (reason ``synonym``)."""
+        rewrites (reason ``synonym``). A rule's words are put in once: a second entry of the same rule
+        in the query adds nothing (``hose hose`` does not list every kind of hose twice)."""
         out: list[tuple[str, bool]] = []
         rewrites: list[Rewrite] = []
+        applied: set[tuple[str, ...]] = set()
         start, longest = 0, self.longest
         while start < len(tokens):
             for size in range(min(longest, len(tokens) - start), 0, -1):
                 entry = tuple(tokens[start : start + size])
                 searched = self.rules.get(entry)
                 if searched is not None:
-                    out.extend((word, True) for word in searched)
-                    rewrites.append(Rewrite(" ".join(entry), " ".join(searched), "synonym"))
+                    if searched not in applied:
+                        applied.add(searched)
+                        out.extend((word, True) for word in searched)
+                        rewrites.append(Rewrite(" ".join(entry), " ".join(searched), "synonym"))
                     start += size
                     break
             else:

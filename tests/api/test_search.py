@@ -122,7 +122,8 @@ def test_a_store_synonym_is_searched_said_and_read_again_on_reload(settings: Set
     from retrieval.index import ProductIndex
 
     rules = tmp_path / "synonyms.txt"
-    rules.write_text("taladro => drill\nhose, garden hose, soaker hose, hose pipe, watering hose, hose reel\n")
+    many = "".join(f"k{i}, alpha{i} bravo{i} charlie{i}, delta{i} echo{i} foxtrot{i}\n" for i in range(40))
+    rules.write_text("taladro => drill\n" + many)
     retrieval = settings.retrieval.model_copy(update={"synonyms": str(rules)})
     index = ProductIndex.load(real_index.path, retrieval)
     admin = settings.model_copy(update={"api": ApiSettings(admin_token="s3cret"), "retrieval": retrieval})
@@ -133,7 +134,7 @@ def test_a_store_synonym_is_searched_said_and_read_again_on_reload(settings: Set
         assert body["query_rewrite"]["text"] == "drill" and "drill" in body["items"][0]["title"].lower()
         as_typed = client.get("/v1/search", params={"q": "taladro", "k": 3, "rewrite": "false"}).json()
         assert as_typed["query_rewrite"]["rewrites"] == []
-        long = client.post("/v1/search", json={"query": " ".join(["hose"] * 50), "k": 3})  # 249 characters typed
+        long = client.post("/v1/search", json={"query": " ".join(f"k{i}" for i in range(40)), "k": 3})  # 149 typed
         assert long.status_code == 200 and len(long.json()["query_rewrite"]["text"]) > 1024  # logged: its first 1,024
         rules.write_text("taladro => garden hose\n")  # a merchandiser edits the file: a reload reads it
         assert client.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 200

@@ -38,6 +38,7 @@ def analyzer() -> Analyzer:
     ("aspiradora", "vacuum", ("aspiradora", "vacuum")),  # not "corrected" to some catalog word first
     ("dyson vacuum cleaner", "dyson vacuum", ("vacuum cleaner", "vacuum")),  # the longest entry wins
     ("Half Inch Socket", "1/2 in socket", ("half inch socket", "1/2 in socket")),
+    ("fridge icebox fridge", "fridge refrigerator icebox", ("fridge", "fridge refrigerator icebox")),  # once
 ])
 def test_rules_rewrite_the_words_they_name(analyzer: Analyzer, typed: str, searched: str,
                                            rewrite: tuple[str, str]) -> None:
