@@ -36,6 +36,7 @@ the index is built or changed, and stored with it (``vocabulary.json``).
 from __future__ import annotations
 
 import copy
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ from retrieval.synonyms import Synonyms
 from retrieval.vocabulary import TOKEN, UNITS, Vocabulary, normalize, numbers, stem
 
 MAX_SUGGESTIONS = 8  # candidates per misspelled word weighed by context
+_IDEOGRAPHIC = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")  # kana, Han, Hangul
 FAR_LENGTH = 8  # a word this long with nothing two edits away may be three away from a word used with the query
 SPLIT3_LENGTH = 9  # a word this long may be three catalog words run together
 
@@ -171,7 +173,8 @@ class Analyzer:
         """(replacement, reason) for a word outside the vocabulary, or None to keep it.
 
         ``context``: the query's other words that the catalog knows."""
-        if len(word) < 4 or not word.isalpha() or self.vocabulary.knows(word) or word in self.keep:
+        if (len(word) < 4 or not word.isalpha() or self.vocabulary.knows(word) or word in self.keep
+                or _IDEOGRAPHIC.search(word)):  # a CJK run is a phrase, not a word: an edit changes its meaning
             return None
         from symspellpy import Verbosity
 

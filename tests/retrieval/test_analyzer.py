@@ -138,3 +138,10 @@ def test_context_picks_the_correction_found_with_the_other_words(tmp_path, setti
     assert index.vocabulary.together(["plate"], any_of=["saw", "window"]) == 6
     assert index.analyzer.analyze("skill saw").text == "skil saw"  # "sill" is more frequent, not with "saw"
     assert Analyzer(index.vocabulary, context=False).analyze("skill saw").text == "sill saw"  # by frequency
+
+
+def test_other_scripts_are_corrected_as_words_but_a_cjk_run_is_kept() -> None:
+    vocabulary = Vocabulary.build(["電動ドリル セット"] * 5 + ["電動ドライバ セット"] * 5 + ["Дрель аккумуляторная"] * 5)
+    analyzer = Analyzer(vocabulary)
+    assert analyzer.analyze("дрелль аккумуляторная").text == "дрель аккумуляторная"  # one edit: a typo
+    assert analyzer.analyze("電動ドリラ").text == "電動ドリラ"  # one character from 電動ドリル, but a different phrase
