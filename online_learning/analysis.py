@@ -188,6 +188,22 @@ def compare_arms(table: pd.DataFrame, control: str, treatment: str, min_lift: fl
                      min_sample_size(float(base), min_lift))
 
 
+SEGMENTS = (("with filters", lambda t: t["filters"].notna()), ("without filters", lambda t: t["filters"].isna()),
+            ("known shoppers", lambda t: t["user_id"].notna()), ("anonymous", lambda t: t["user_id"].isna()))
+
+
+def segments(table: pd.DataFrame, control: str, treatment: str) -> list[tuple[str, ArmReport]]:
+    """:func:`compare_arms` within each segment of :data:`SEGMENTS` that both arms searched in: searches
+    with and without filters, by known shoppers and anonymous ones. Several segments mean several tests:
+    a lone significant one among them can be chance."""
+    out = []
+    for name, member in SEGMENTS:
+        part = table[member(table)]
+        if (part["arm"] == control).any() and (part["arm"] == treatment).any():
+            out.append((name, compare_arms(part, control, treatment)))
+    return out
+
+
 @dataclass(frozen=True)
 class InterleavingResult:
     wins: dict[str, int]

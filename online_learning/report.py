@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from online_learning.analysis import ArmReport, InterleavingResult, over_time  # noqa: E402
+from online_learning.stats import Comparison  # noqa: E402
 
 
 def _png(figure: plt.Figure) -> str:
@@ -65,7 +66,8 @@ def plot_interleaving(result: InterleavingResult) -> str:
 
 
 def render(experiment: str, table: pd.DataFrame, report: ArmReport | None,
-           interleaved: InterleavingResult | None, out: Path) -> Path:
+           interleaved: InterleavingResult | None, out: Path,
+           segments: list[tuple[str, ArmReport]] | None = None) -> Path:
     parts = [f"<h1>Experiment {html.escape(experiment)}</h1>",
              f"<p>{len(table)} searches from {table['timestamp'].min()} to {table['timestamp'].max()}.</p>"]
     if report is not None:
@@ -83,6 +85,8 @@ def render(experiment: str, table: pd.DataFrame, report: ArmReport | None,
             plot_over_time(table, "bought", "Purchase rate"),
             plot_over_time(table, "clicked", "Click-through rate"),
         ]
+    if segments:
+        parts += _segments_table(segments)
     if interleaved is not None:
         parts += ["<h2>Team-draft interleaving</h2>", plot_interleaving(interleaved)]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>ShopRank experiment "
@@ -92,6 +96,19 @@ def render(experiment: str, table: pd.DataFrame, report: ArmReport | None,
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return out
+
+
+def _segments_table(segments: list[tuple[str, ArmReport]]) -> list[str]:
+    def cell(c: Comparison) -> str:
+        return (f"<td>{c.control:.4f} -> {c.treatment:.4f} ({c.lift:+.1%})<br>[{c.ci_low:+.4f}, {c.ci_high:+.4f}], "
+                f"p {c.p_value:.3g}</td>")
+
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{r.sizes.get(r.control, 0)} / {r.sizes.get(r.treatment, 0)}"
+                   f"</td>{cell(r.by_metric()['ctr'])}{cell(r.by_metric()['purchase_rate'])}</tr>"
+                   for name, r in segments)
+    return ["<h2>Segments</h2>", "<p>The same tests within each segment; with several segments, one significant "
+            "result among them can be chance.</p>", "<table border=1 cellpadding=4><tr><th>segment</th>"
+            f"<th>searches (control / treatment)</th><th>click-through</th><th>purchase rate</th></tr>{rows}</table>"]
 
 
 TERM_COLUMNS = (("text", "searched text"), ("searches", "searches"), ("shoppers", "shoppers"),

@@ -193,7 +193,7 @@ def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    from online_learning.analysis import compare_arms, interleaving, searches
+    from online_learning.analysis import compare_arms, interleaving, searches, segments
     from online_learning.report import render
     from serving.router import load_router
 
@@ -208,7 +208,8 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     report = compare_arms(table, control, others[0]) if others else None
     treatment = args.treatment or (others[0] if others else "treatment")
     interleaved = interleaving(root, args.experiment, control, treatment) if (table["arm"] == "interleaved").any() else None
-    path = render(args.experiment, table, report, interleaved, Path(args.out))
+    path = render(args.experiment, table, report, interleaved, Path(args.out),
+                  segments(table, control, others[0]) if others else None)
     print(json.dumps({"report": str(path), "searches": len(table)}))
     return 0
 
