@@ -251,8 +251,8 @@ class RecommendRequest(BaseModel):
 
 
 class RecommendItem(BrowseItem):
-    score: float = Field(..., description="The score in its source: cosine (similar), summed neighbour "
-                         "cosines (together), purchases in 30 days (popular).")
+    score: float = Field(..., description="The score in its source: the fused RRF score (similar), summed "
+                         "neighbour cosines (together), purchases in 30 days (popular).")
     source: Literal["similar", "bought_together", "viewed_together", "popular"]
 
 

@@ -231,17 +231,21 @@ class CatalogFacts:
         price, products without a price last), ties by catalog row."""
         if order not in ORDERS:
             raise InvalidInput(f"order {order!r} is not one of {list(ORDERS)}")
-        facts = self.table()
+        rows = np.flatnonzero(self.shown(filters, hide_out_of_stock))
+        if order == "popular":
+            return self.most_popular(rows)
+        return rows[by_price(self.table().price[rows], order)]  # rows ascend: ties by catalog row
+
+    def shown(self, filters: Filters, hide_out_of_stock: bool = False) -> np.ndarray:
+        """A fresh mask of the live rows of the index that match ``filters`` (and are in stock, with
+        ``hide_out_of_stock``): what a listing or a recommendation shelf may show."""
         keep = self.index.products["live"].to_numpy(dtype=bool).copy()
         mask = self.allowed(filters)
         if mask is not None:
             keep &= mask[: len(keep)]
         if hide_out_of_stock:
-            keep &= facts.stocked[: len(keep)]
-        rows = np.flatnonzero(keep)
-        if order == "popular":
-            return self.most_popular(rows)
-        return rows[by_price(facts.price[rows], order)]  # rows ascend: ties by catalog row
+            keep &= self.table().stocked[: len(keep)]
+        return keep
 
     def most_popular(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` most popular first (unknown popularity counts as 0), ties by catalog row."""

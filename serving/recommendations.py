@@ -1,7 +1,7 @@
 """Product recommendations for a served index (``/v1/recommend``): a product page's shelves and a
 shopper's own.
 
-Kinds (:data:`KINDS`), each from the seed products a request names:
+Kinds, each from the seed products a request names:
 
 - ``similar``: "more like this": the products nearest the seeds' mean bi-encoder vector (the
   index's own vectors: no query to encode) fused by RRF with BM25 runs of the seeds' titles, both
@@ -22,12 +22,10 @@ rules order the list as they order a search's (stock, promotions).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -41,10 +39,6 @@ from retrieval.types import Candidates, Hits
 from serving.engine import SearchEngine
 from serving.suggestions import file_state
 
-logger = logging.getLogger(__name__)
-
-Kind = Literal["similar", "bought_together", "viewed_together", "for_you"]
-KINDS: tuple[str, ...] = ("similar", "bought_together", "viewed_together", "for_you")
 SIGNAL = {"bought_together": "bought", "viewed_together": "viewed"}
 TEXT_SEEDS = 5  # seeds whose titles are searched by BM25 for similar (each costs a BM25 search)
 
@@ -54,8 +48,8 @@ _tables: dict[Path, tuple[tuple[int, int], dict[str, dict[str, list[Neighbour]]]
 
 @dataclass(frozen=True)
 class Recommendation:
-    """A shelf: its products (best first), where each came from and its score there (cosine for
-    similar, summed neighbour scores for the together kinds, purchases in 30 days for popular), the
+    """A shelf: its products (best first), where each came from and its score there (the fused RRF
+    score for similar, summed neighbour scores for the together kinds, purchases in 30 days for popular), the
     seeds it started from (product ids), the business rules' notes per product and each step's seconds."""
 
     candidates: Candidates
@@ -102,12 +96,7 @@ def recommend(engine: SearchEngine, together: Path, kind: str, product_ids: list
     degraded: list[str] = []
     if kind == "for_you" and user_id is not None:
         seeds += _recent(engine, user_id, degraded)
-    allow = index.products["live"].to_numpy(dtype=bool).copy()
-    mask = facts.allowed(filters)
-    if mask is not None:
-        allow &= mask[: len(allow)]
-    if engine.rules.config.out_of_stock == "hide":
-        allow &= facts.table().stocked[: len(allow)]
+    allow = facts.shown(filters, hide_out_of_stock=engine.rules.config.out_of_stock == "hide")
     allow[seeds + hidden] = False
     seeds = list(dict.fromkeys(seeds))
     # a few rows past the page: the rules put out-of-stock products last, and those behind them move up
