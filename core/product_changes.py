@@ -18,7 +18,6 @@ import json
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,16 +145,23 @@ def write_facts(store: Any, updates: Mapping[str, Mapping[str, Any]], facts: Map
 
 
 def poll(changes: ChangeFeed, every_s: float, on_change: Any, stop: threading.Event) -> None:
-    """Call ``on_change(ids or None)`` with what changed, every ``every_s`` seconds, until ``stop``."""
-    position, _ = changes.since(None)
-    while not stop.wait(every_s):
+    """Call ``on_change(ids or None)`` with what changed, every ``every_s`` seconds, until ``stop``. The
+    feed's position is taken at the first read that succeeds: a store that is down at start (or later) is
+    tried again at the next tick, the rows keeping their TTL meanwhile."""
+    position: str | None = None
+    while True:
+        ids: list[str] | None = []
         try:
-            position, ids = changes.since(position)
-        except Exception:  # noqa: BLE001 - the store is down: the rows keep their TTL; try again
-            time.sleep(every_s)
-            continue
+            if position is None:
+                position, _ = changes.since(None)
+            else:
+                position, ids = changes.since(position)
+        except Exception:  # noqa: BLE001 - the store is down: the rows keep their TTL; tried at the next tick
+            ids = []
         if ids is None or ids:
             try:
                 on_change(ids)
             except Exception:  # noqa: BLE001 - logged; the next change or the TTL reads them again
                 logger.exception("reading %s changed products again failed", "every" if ids is None else len(ids))
+        if stop.wait(every_s):
+            return

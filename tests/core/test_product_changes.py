@@ -1,0 +1,43 @@
+"""Following the live updates' change feed: a feed that is down at start is followed once it answers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from core.product_changes import SqliteChanges, poll
+
+
+class DownAtFirst:
+    """A feed that fails its first two reads (the store is down when the server starts)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def since(self, position: str | None) -> tuple[str, list[str] | None]:
+        self.reads += 1
+        if self.reads <= 2:
+            raise ConnectionError("store down")
+        return ("1", []) if position is None else ("2", ["P1"]) if position == "1" else (position, [])
+
+
+def test_a_feed_down_at_start_is_followed_once_it_answers() -> None:
+    seen: list[list[str] | None] = []
+    stop = threading.Event()
+    follower = threading.Thread(target=poll, args=(DownAtFirst(), 0.01, seen.append, stop))
+    follower.start()
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    follower.join(timeout=5)
+    assert seen == [["P1"]] and not follower.is_alive()
+
+
+def test_the_sqlite_feed_gives_what_changed_after_a_position(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    feed = SqliteChanges(tmp_path / "changes.sqlite")
+    start, nothing = feed.since(None)
+    assert (start, nothing) == ("0", [])
+    feed.append(["P1", "P2"])
+    position, ids = feed.since(start)
+    assert ids == ["P1", "P2"] and feed.since(position) == (position, [])
