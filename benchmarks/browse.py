@@ -21,12 +21,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware, percentiles  # noqa: E402
+from benchmarks.common import hardware, percentiles, served_engine  # noqa: E402
 from core.query import Filters  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from ranking.facts import ORDERS  # noqa: E402
-from serving.loading import open_engine, warm_store_features  # noqa: E402
 
 
 def main() -> None:
@@ -36,9 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings(progress=False, **({"home": args.home} if args.home else {}))
     dataset = load_dataset(args.dataset)
-    engine = open_engine(settings, dataset.products, warm_features=False)
-    if engine.models.features is not None:
-        warm_store_features(engine)
+    engine = served_engine(settings, dataset.products)
     table = engine.facts.table()  # type: ignore[union-attr]
     categories = sorted({c for c in table.category if c is not None})
     seconds: dict[str, list[float]] = {}

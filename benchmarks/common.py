@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: timing summaries, memory, hardware line."""
+"""Helpers shared by the benchmark scripts: timing summaries, memory, hardware line, a server's engine."""
 
 from __future__ import annotations
 
@@ -8,11 +8,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
 
 from core.hardware import describe
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from core.settings import Settings
+    from serving.engine import SearchEngine
 
 
 def hardware() -> str:
@@ -78,3 +85,15 @@ class ShoprankProcess:
         except subprocess.TimeoutExpired:
             self.popen.kill()
         self.handle.close()
+
+
+def served_engine(settings: Settings, products: pd.DataFrame) -> SearchEngine:
+    """The engine over ``products`` as a server has it once started: every product's store rows read
+    (a server reads them in the background; here before anything is timed) and the facts built."""
+    from serving.loading import open_engine, warm_store_features
+
+    engine = open_engine(settings, products, warm_features=False)
+    if engine.models.features is not None:
+        warm_store_features(engine)
+    return engine
+

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware, percentiles, time_each  # noqa: E402
+from benchmarks.common import hardware, percentiles, served_engine, time_each  # noqa: E402
 from core.hardware import limit_math_threads  # noqa: E402
 from core.query import Filters, Query  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -45,7 +45,6 @@ from evaluation.dataset import load_dataset  # noqa: E402
 from evaluation.harness import Thresholds  # noqa: E402
 from evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k  # noqa: E402
 from serving.engine import SearchEngine  # noqa: E402
-from serving.loading import open_engine, warm_store_features  # noqa: E402
 
 K = 10
 
@@ -61,9 +60,7 @@ def main() -> None:
     settings = Settings(progress=False, **({"home": args.home} if args.home else {}))
     math_threads = limit_math_threads(settings.serving.math_threads)  # as `shoprank serve` runs
     dataset = load_dataset(args.dataset)
-    engine = open_engine(settings, dataset.products, warm_features=False)
-    if engine.models.features is not None:  # as a server does at start (in the background there)
-        warm_store_features(engine)
+    engine = served_engine(settings, dataset.products)
     table = engine.facts.table()  # type: ignore[union-attr]
     category = dict(zip(engine.index.products["product_id"], table.category))
     names = sorted({c for c in table.category if c is not None})

@@ -33,11 +33,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware, percentiles  # noqa: E402
+from benchmarks.common import hardware, percentiles, served_engine  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from online_learning.cooccurrence import neighbours, write_together  # noqa: E402
-from serving.loading import open_engine, warm_store_features  # noqa: E402
 from serving.recommendations import recommend, similar  # noqa: E402
 
 METHODS = ("similar", "served", "vector_only", "bm25", "first_stage")
@@ -105,9 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings(progress=False, **({"home": args.home} if args.home else {}))
     dataset = load_dataset(args.dataset)
-    engine = open_engine(settings, dataset.products, warm_features=False)
-    if engine.models.features is not None:
-        warm_store_features(engine)
+    engine = served_engine(settings, dataset.products)
     found, pairs = shelves(engine, dataset, args.split, args.grade, 10)
     quality = {m: {f"{name}@10": round(float(v.mean()), 4) for name, v in values.items()}
                for m, values in found.items()}
