@@ -92,6 +92,11 @@ def head_queries(log_root: Path, n: int) -> list[tuple[str, int]]:
     return [(str(t), int(c)) for t, c in zip(top["typed"], top["searches"])]
 
 
+def shopper(per_search: pd.DataFrame) -> pd.Series:
+    """Who made each of :func:`searches`' rows: its user, else its session, else the search alone."""
+    return per_search["user_id"].fillna(per_search["session_id"]).fillna(per_search["request_id"]).astype(str)
+
+
 def search_terms(per_search: pd.DataFrame) -> pd.DataFrame:
     """One row per searched text (the analyzer's output, else the text as typed) of :func:`searches`'
     rows: searches, distinct shoppers (user, else session, else the search), and the share of its
@@ -102,7 +107,7 @@ def search_terms(per_search: pd.DataFrame) -> pd.DataFrame:
                                      "purchase_rate", "filtered_share"])
     frame = per_search.assign(
         text=per_search["searched"].fillna(per_search["query"]).astype(str).str.strip(),
-        who=per_search["user_id"].fillna(per_search["session_id"]).fillna(per_search["request_id"]).astype(str),
+        who=shopper(per_search),
         filtered=per_search["filters"].notna().astype(int))
     terms = frame.groupby("text").agg(
         searches=("request_id", "size"), shoppers=("who", "nunique"), zero_result_rate=("zero_results", "mean"),
@@ -139,7 +144,7 @@ def shelves_report(per_shelf: pd.DataFrame) -> dict[str, object]:
     showed nothing, got a click, an add to cart, a purchase, and the revenue; most shown first."""
     if per_shelf.empty:
         return {"shown": 0, "shelves": []}
-    frame = per_shelf.assign(who=per_shelf["user_id"].fillna(per_shelf["session_id"]).fillna(per_shelf["request_id"]))
+    frame = per_shelf.assign(who=shopper(per_shelf))
     table = frame.groupby("pipeline").agg(
         shown=("request_id", "size"), shoppers=("who", "nunique"), zero_result_rate=("zero_results", "mean"),
         ctr=("clicked", "mean"), add_to_cart_rate=("carted", "mean"), purchase_rate=("bought", "mean"),
