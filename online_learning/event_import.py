@@ -30,7 +30,7 @@ from core.errors import InvalidInput
 from online_learning.consumers.base import Delivered
 from online_learning.consumers.log_sink import ParquetLogSink
 from online_learning.event_log import EventLog
-from online_learning.events import RankingEvent, parse
+from online_learning.events import InteractionEvent, RankingEvent, parse
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
     return report
 
 
-def _check(report: ImportReport, n: int, line: str) -> RankingEvent | object | None:
+def _check(report: ImportReport, n: int, line: str) -> RankingEvent | InteractionEvent | None:
     report.lines += 1
     try:
         event = parse(line)
