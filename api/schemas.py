@@ -165,6 +165,8 @@ class SearchResponse(BaseModel):
     degraded: list[str] = Field(default_factory=list, description="Stages skipped and why (timeout, error).")
     cached: bool = Field(False, description="Served from the results cache.")
     query_rewrite: QueryRewrite | None = Field(None, description="What the query analyzer searched for.")
+    redirect: str | None = Field(None, description="A page of the store the business rules send this query to "
+                                 "(a storefront opens it instead of, or above, the results).")
     index: IndexInfo
     items: list[SearchItem]
     facets: Facets | None = Field(None, description="The counts the request asked for (facets).")

@@ -5,7 +5,7 @@ fsspec opens (``s3://bucket/shoprank``, ``gs://...``, ``file:///mnt/shared/shopr
 What is shared is what a replica serves from: the product indexes, the model
 registry (versions and active pointers), the experiment file, the Feast registry,
 the searched texts behind query suggestions, the products shoppers act on together
-(recommendations) and the API keys. Caches, event spools
+(recommendations), the business rules and the API keys. Caches, event spools
 and logs stay on each machine.
 
 The store holds the files at their home-relative paths and one ``MANIFEST.json``
@@ -41,12 +41,12 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
 REGISTRIES = ("models", "stores/*/models")  # the model registries of the default store and the others
-_STORE_PARTS = ("indexes", "models", "experiments", "features/registry.db", "suggest", "recommend")
+_STORE_PARTS = ("indexes", "models", "experiments", "features/registry.db", "suggest", "recommend", "rules")
 # the default store's parts, every other store's (stores/<name>/...), and the keys of all
 SHARED = (*_STORE_PARTS, *(f"stores/*/{part}" for part in _STORE_PARTS), "keys.json")
 # what a swap or an experiment change writes
-STATE = ("models/*/active.json", "experiments/current.json", "stores/*/models/*/active.json",
-         "stores/*/experiments/current.json")
+STATE = ("models/*/active.json", "experiments/current.json", "rules/rules.yaml", "stores/*/models/*/active.json",
+         "stores/*/experiments/current.json", "stores/*/rules/rules.yaml")
 LOCAL = ".artifacts.json"  # digests of the files this home last pushed or pulled
 
 
@@ -210,5 +210,6 @@ class ArtifactStore:
             logger.info("removed %s: deleted from the registry and the store", prefix)
 
     def push_state(self) -> Transfer:
-        """Upload only the active pointers and the experiment file (after a swap or an experiment change)."""
+        """Upload only the active pointers, the experiment and the rules (after a swap, an experiment or a rules
+        change)."""
         return self.push(STATE)

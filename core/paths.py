@@ -18,6 +18,7 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
       experiments/current.json                the running experiment and shadow
       suggest/searches.json                   searched texts for query suggestions (shoprank suggestions)
       recommend/together.json                 products acted on together (shoprank recommendations)
+      rules/rules.yaml                        business rules: pins, hides, redirects (PUT /v1/admin/rules)
       shadow/<version>.jsonl                  shadow-scoring records
       streaming/state.sqlite                  the streaming feature consumer's state
       dead_letters/<consumer>.jsonl           events a consumer could not read
@@ -120,6 +121,10 @@ class Home:
     @property
     def recommendations(self) -> Path:
         return self.base / "recommend" / "together.json"
+
+    @property
+    def rules(self) -> Path:
+        return self.base / "rules" / "rules.yaml"
 
     @property
     def shadow(self) -> Path:

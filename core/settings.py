@@ -110,7 +110,9 @@ class RankingSettings(BaseModel):
     ltr_depth: int = Field(200, ge=0, le=1000, description="Candidates LambdaMART re-ranks (0: skip); rows "
                            "below the cross-encoders' depths have no cross-encoder score (missing).")
     ltr: str = Field("active", description="LambdaMART version: 'active', 'vN' or 'none'.")
-    rules_file: Path | None = Field(None, description="YAML business rules (see ranking/rules.py).")
+    rules_file: Path | None = Field(None, description="YAML business rules (ranking/rules.py), read again when it "
+                                    "changes; a relative path is in the store's folder. null: <store>/rules/rules.yaml "
+                                    "when it exists, which PUT /v1/admin/rules writes and `artifacts push` shares.")
     query_cache_size: int = Field(10_000, ge=0, description="Query vectors kept in memory (LRU).")
     reranker: str = Field("active", description="Teacher version: 'active', 'vN' or 'none'.")
     student: str = Field("active", description="Student version: 'active', 'vN' or 'none'.")

@@ -12,8 +12,16 @@ In order:
    ``promo_boost x (score spread)`` with the spread = standard deviation of the
    scores in the list, so the boost is bounded relative to how sure the model
    is, and never more than ``max_promo_positions`` positions in effect.
-4. **Pins and buries** per query (normalised text): pinned products go to their
-   positions, buried ones to the end.
+4. **Hidden products**: ``hide`` (every search, listing and shelf) and a query's own
+   ``hide`` drop them.
+5. **Pins and buries** per query: pinned products go first in their order, found by the
+   first stage or not (a pin adds the product to the list when it is indexed and
+   matches the request's filters); buried ones go to the end. A query's ``redirect``
+   (a page of the store) is returned with its results (``SearchResponse.redirect``).
+
+A rule's query is matched as the analyzer normalizes text (case, accents, units,
+symbols: ``3/4 in. PVC`` and ``3/4" pvc`` are one rule), first against the text as
+typed, then against the text searched after spelling correction.
 
 :func:`apply_rules` returns the new order and, per row, the list of rule notes
 shown in search explanations. :class:`RulesStage` is the last stage of a served
@@ -23,28 +31,44 @@ every row the request may show, and applies the rules to them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from core.errors import InvalidInput
 from core.query import Query
 from ranking.cascade import Noted
 from ranking.facts import ProductFacts
 from retrieval.types import Candidates
+from retrieval.vocabulary import normalize
+
+MAX_IDS = 1_000  # product ids in one list of a rule
+ProductIds = Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=128)]],
+                       Field(max_length=MAX_IDS)]
 
 
 class QueryRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    pin: list[str] = Field(default_factory=list, description="Product ids, shown first in this order.")
-    bury: list[str] = Field(default_factory=list, description="Product ids moved to the end.")
+    pin: ProductIds = Field(default_factory=list, description="Product ids shown first, in this order (added "
+                            "when the search did not find them).")
+    bury: ProductIds = Field(default_factory=list, description="Product ids moved to the end.")
+    hide: ProductIds = Field(default_factory=list, description="Product ids never shown for this query.")
+    redirect: str | None = Field(None, min_length=1, max_length=2048, description="A page of the store this "
+                                 "query should open (e.g. /help/returns), returned with the results.")
 
 
 class RulesConfig(BaseModel):
@@ -53,14 +77,65 @@ class RulesConfig(BaseModel):
     out_of_stock: Literal["hide", "demote", "none"] = "demote"
     promo_boost: float = Field(0.5, ge=0, le=5, description="Boost in units of the score spread.")
     max_promo_positions: int = Field(3, ge=0, le=100, description="Most positions a promotion can gain.")
-    queries: dict[str, QueryRule] = Field(default_factory=dict, description="Pins and buries by query.")
+    hide: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=100_000, description="Product ids never shown (searches, listings, shelves).")
+    queries: dict[str, QueryRule] = Field(default_factory=dict, max_length=100_000,
+                                          description="Pins, buries, hides and redirects by query.")
+
+    @model_validator(mode="after")
+    def _queries_normalized(self) -> RulesConfig:
+        """Each query as the analyzer normalizes it; two that normalize alike, or one that leaves no word,
+        are an error naming them."""
+        seen: dict[str, str] = {}
+        for query in self.queries:
+            key = normalise(query)
+            if not key:
+                raise ValueError(f"rule query {query!r} has no word left after normalization (case, units, "
+                                 "symbols); give the words shoppers type")
+            if key in seen:
+                raise ValueError(f"rule queries {seen[key]!r} and {query!r} are the same query once normalized "
+                                 f"({key!r}); merge them")
+            seen[key] = query
+        return self
 
     @classmethod
     def from_file(cls, path: Path) -> RulesConfig:
         if not path.is_file():
             raise InvalidInput(f"rules file {path} does not exist")
-        config = cls.model_validate(yaml.safe_load(path.read_text()) or {})
-        return config.model_copy(update={"queries": {normalise(q): r for q, r in config.queries.items()}})
+        try:
+            return cls.model_validate(yaml.safe_load(path.read_text()) or {})
+        except yaml.YAMLError as error:
+            raise InvalidInput(f"rules file {path} is not YAML: {error}") from None
+        except ValidationError as error:
+            bad = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']} (got {e.get('input')!r})"
+                            for e in error.errors())
+            raise InvalidInput(f"rules file {path} is not valid: {bad}") from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(exclude_defaults=True), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: Path) -> None:
+        """Write the rules at ``path`` as YAML (atomic: a reader sees the old file or the new one)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_yaml())
+        tmp.replace(path)
+
+    def product_ids(self) -> list[str]:
+        """Every product id the rules name, once."""
+        rules = self.queries.values()
+        return list(dict.fromkeys([*self.hide, *(p for r in rules for p in (*r.pin, *r.bury, *r.hide))]))
+
+    @cached_property
+    def by_query(self) -> dict[str, QueryRule]:
+        return {normalise(q): r for q, r in self.queries.items()}
+
+    def rule_for(self, query: Query) -> QueryRule | None:
+        """The rule of ``query``: its text as typed, normalized, else the text it searched (corrected)."""
+        if not self.queries:
+            return None
+        typed = query.analysis.original if query.analysis is not None else query.text
+        return self.by_query.get(normalise(typed)) or self.by_query.get(normalise(query.text))
 
 
 @dataclass
@@ -70,19 +145,23 @@ class RuleResult:
 
 
 def normalise(query: str) -> str:
-    return re.sub(r"\s+", " ", query.strip().lower())
+    """A rule's query and a searched text as the analyzer normalizes them (``retrieval.vocabulary.normalize``)."""
+    return " ".join(normalize(query).split())
 
 
-def apply_rules(query: str, product_ids: list[str], scores: np.ndarray, in_stock: np.ndarray,
+def apply_rules(rule: QueryRule | None, product_ids: list[str], scores: np.ndarray, in_stock: np.ndarray,
                 promoted: np.ndarray, config: RulesConfig, keep: np.ndarray | None = None) -> RuleResult:
-    """Apply the rules to a scored list (best first); ``keep``: the rows that match the request's
-    filters (None: all)."""
+    """Apply the rules (``rule``: the query's own, if any) to a scored list (best first); ``keep``: the
+    rows that match the request's filters (None: all)."""
     n = len(product_ids)
     notes: list[list[str]] = [[] for _ in range(n)]
     keep = np.ones(n, dtype=bool) if keep is None else np.array(keep, dtype=bool)
     stocked = np.nan_to_num(in_stock, nan=1.0) > 0
     if config.out_of_stock == "hide":
         keep &= stocked
+    hidden = set(config.hide) | set(rule.hide if rule else ())
+    if hidden:
+        keep &= np.array([p not in hidden for p in product_ids], dtype=bool)
     adjusted = np.asarray(scores, dtype=np.float64).copy()
     spread = float(np.nanstd(adjusted[keep])) if keep.sum() > 1 else 0.0
     boosted = keep & (np.nan_to_num(promoted) > 0)
@@ -99,8 +178,7 @@ def apply_rules(query: str, product_ids: list[str], scores: np.ndarray, in_stock
         notes[i].append("out_of_stock_demoted")
     rows = np.flatnonzero(keep)
     rows = rows[np.lexsort((rows, -adjusted[rows], demoted[rows]))]
-    rule = config.queries.get(normalise(query))
-    if rule:
+    if rule and (rule.pin or rule.bury):
         position = {pid: i for i, pid in enumerate(product_ids)}
         pinned = [position[p] for p in rule.pin if p in position and keep[position[p]]]
         buried = {position[p] for p in rule.bury if p in position}
@@ -115,33 +193,73 @@ def apply_rules(query: str, product_ids: list[str], scores: np.ndarray, in_stock
 
 @dataclass(frozen=True)
 class RulesStage:
-    """Business rules after the model (:mod:`ranking.rules`); records notes per product."""
+    """Business rules after the model (:mod:`ranking.rules`); records notes per product.
+
+    ``doc_of`` finds a pinned product the first stage did not return (the index's
+    ``doc_of``); without it, a pin only moves a product the list holds."""
 
     config: RulesConfig
     facts: Callable[[Candidates], ProductFacts]
     depth: int = 100
     name: str = "rules"
     skippable: bool = False  # filters and business rules run even when the request's budget is spent
+    doc_of: Callable[[str], int | None] | None = None
 
     def __call__(self, query: Query, candidates: Candidates) -> Noted:
-        """Rules over the first ``depth`` rows (stock, promotion and price read now); the rest follow
-        in their order (offline evaluation still sees a full-depth list), less the rows whose facts
-        as last built (:meth:`ranking.facts.CatalogFacts.known`) fail the filters or, with
-        ``out_of_stock: hide``, are out of stock. A row's place never depends on how many rows a
-        request asks for, so the pages of a search agree at any offset."""
-        head = candidates.top(self.depth)
+        """Rules over the first ``depth`` rows (stock, promotion and price read now) and the query's
+        pinned products; the rest follow in their order (offline evaluation still sees a full-depth
+        list), less the rows whose facts as last built (:meth:`ranking.facts.CatalogFacts.known`) fail
+        the filters or, with ``out_of_stock: hide``, are out of stock, and the hidden products. A row's
+        place never depends on how many rows a request asks for, so the pages of a search agree at any offset."""
+        rule = self.config.rule_for(query) if query.text else None
+        head, tail = candidates.top(self.depth), candidates.take(slice(self.depth, None))
+        if rule is not None and rule.pin:
+            head, tail = self._with_pins(rule.pin, head, tail)
         facts = self.facts(head)
         score = np.nan_to_num(head.score, nan=float(np.nanmin(head.score)) if np.isfinite(head.score).any() else 0.0)
         keep = facts.matching(query.filters) if query.filters.active() else None
-        result = apply_rules(query.text, head.product_ids, score, facts.in_stock, facts.promoted, self.config, keep)
+        result = apply_rules(rule, head.product_ids, score, facts.in_stock, facts.promoted, self.config, keep)
         reordered = head.take(result.order)
         notes = {pid: n for pid, n in zip(reordered.product_ids, result.notes) if n}
-        if len(candidates) > len(head):
-            tail = candidates.take(slice(len(head), None))
+        if len(tail):
             hide = self.config.out_of_stock == "hide"
+            hidden = set(self.config.hide) | set(rule.hide if rule else ())
             if query.filters.active() or hide:
                 known = getattr(self.facts, "known", self.facts)(tail)
                 keep = known.matching(query.filters) & (known.stocked if hide else True)
                 tail = tail.take(np.flatnonzero(keep))
+            if hidden:
+                tail = tail.take(np.flatnonzero([p not in hidden for p in tail.product_ids]))
             reordered = reordered.then(tail)
         return Noted(reordered, notes)
+
+    def _with_pins(self, pins: list[str], head: Candidates, tail: Candidates) -> tuple[Candidates, Candidates]:
+        """``head`` with the pinned products it lacks (moved up from ``tail``, else added from the index,
+        their scores unknown), and ``tail`` without them."""
+        present = set(head.product_ids)
+        wanted = [p for p in dict.fromkeys(pins) if p not in present]
+        if not wanted:
+            return head, tail
+        below = {p: i for i, p in enumerate(tail.product_ids) if p in set(wanted)}
+        if below:
+            head = head.then(tail.take(np.array(sorted(below.values()), dtype=np.int64)))
+            tail = tail.take(np.flatnonzero([p not in below for p in tail.product_ids]))
+        find = self.doc_of or (lambda product_id: None)
+        added = [(p, d) for p in wanted if p not in below and (d := find(p)) is not None]
+        if added:
+            docs = np.array([d for _, d in added], dtype=np.int64)
+            nan = np.full(len(added), np.nan, dtype=np.float32)
+            head = head.then(Candidates(docs, [p for p, _ in added], head.stage, {head.stage: nan},
+                                        {head.stage: np.zeros(len(added), dtype=np.int32)}))
+        return head, tail
+
+    def redirect(self, query: Query) -> str | None:
+        """The page the rules send ``query`` to, if any."""
+        rule = self.config.rule_for(query) if query.text else None
+        return rule.redirect if rule is not None else None
+
+    def hidden_docs(self) -> np.ndarray:
+        """The documents of the products hidden everywhere (``hide``) that the index holds."""
+        if not self.config.hide or self.doc_of is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.array([d for p in self.config.hide if (d := self.doc_of(p)) is not None], dtype=np.int64)

@@ -11,10 +11,12 @@ NAME`` evaluates the same objects, so what is measured is what is served.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -213,6 +215,8 @@ class SearchEngine:
         started = time.perf_counter()
         hide = self.rules.config.out_of_stock == "hide"
         rows = self.facts.listing(filters, order, hide_out_of_stock=hide)
+        if len(hidden := self.rules.hidden_docs()):  # products the rules hide everywhere
+            rows = rows[~np.isin(rows, hidden)]
         head = rows[: max(self.rules.depth, offset + k)]
         ids = [self.index.product_id(int(d)) for d in head.tolist()]
         score = -np.arange(len(head), dtype=np.float64)  # the listing's order, as a score the rules can move
@@ -296,6 +300,24 @@ class SearchEngine:
             self.models.features.close()
 
 
+def rules_path(settings: Settings) -> Path:
+    """The store's business rules: ``ranking.rules_file`` (a relative path in the store's folder), else
+    ``<store>/rules/rules.yaml`` (what ``PUT /v1/admin/rules`` writes)."""
+    configured = settings.ranking.rules_file
+    if configured is None:
+        return settings.paths.rules
+    return configured if configured.is_absolute() else settings.paths.base / configured
+
+
+def read_rules(settings: Settings) -> RulesConfig:
+    """The store's rules; none when no file is set and the store's own does not exist (a file that is
+    set must exist: a mistyped path is an error, not a store without rules)."""
+    path = rules_path(settings)
+    if settings.ranking.rules_file is None and not path.is_file():
+        return RulesConfig()
+    return RulesConfig.from_file(path)
+
+
 def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: Models = Models()) -> SearchEngine:
     """An engine over ``index`` with ``models``: run-time resources, then :func:`build_pipelines`."""
     if index.manifest.encoder_fingerprint != encoder.fingerprint:
@@ -319,7 +341,7 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
     hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=executor,
                              feedback_docs=rs.feedback_docs, feedback_weight=rs.feedback_weight)
     facts = CatalogFacts(index, models.features, refresh_s=sv.facts_refresh_s)
-    rules = RulesStage(RulesConfig.from_file(rk.rules_file) if rk.rules_file else RulesConfig(), facts)
+    rules = RulesStage(read_rules(settings), facts, doc_of=index.doc_of)
     stages = _CrossEncoderStages(index, caches, settings)
     pipelines = build_pipelines(bm25, dense, _memoized(hybrid, index, encoder, caches, settings), models, rules,
                                 settings, stages, narrow=facts.allowed)
@@ -330,6 +352,8 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
     scope = settings_digest(settings.retrieval, settings.ranking, settings.serving, settings.features)
     if index.analyzer.synonyms is not None:  # and on the store's synonym rules, which a reload may change
         scope += f"-{index.analyzer.synonyms.digest}"
+    if rules.config != RulesConfig():  # and on its business rules (PUT /v1/admin/rules)
+        scope += "-" + hashlib.sha1(rules.config.model_dump_json().encode()).hexdigest()[:12]
     facts.table()  # built now, not by the first filtered search (again once the store's rows are read)
     return SearchEngine(index, encoder, settings, models, pipelines, caches, hybrid, dense, executor,
                         stages.batchers, shared_results, scope, facts, rules)

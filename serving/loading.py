@@ -32,7 +32,7 @@ from ranking.relevance import RELEVANCE_FEATURES
 from retrieval.encoder import Encoder
 from retrieval.index import ProductIndex
 from retrieval.synonyms import file_digest
-from serving.engine import SearchEngine, assemble
+from serving.engine import SearchEngine, assemble, rules_path
 from serving.indexing import (
     open_encoder,
     open_index,
@@ -297,13 +297,14 @@ def push_state(settings: Settings) -> None:
 
 def generation(settings: Settings) -> str:
     """A fingerprint of the shared serving state: the active versions of the swappable models, the
-    experiment configuration and the store's synonyms file. Server processes compare it to find
-    changes made by others (an edited synonyms file is read again within ``serving.reload_poll_s``)."""
+    experiment configuration, the store's synonyms file and its business rules. Server processes compare it to
+    find changes made by others (an edited synonyms or rules file is read again within ``serving.reload_poll_s``)."""
     registry = ModelRegistry(settings.paths.models)
     parts = [registry.active_version(role) or "" for role in SWAPPABLE]
     config = settings.paths.experiment_config
     parts.append(config.read_text() if config.is_file() else "")
     parts.append(file_digest(retrieval_settings(settings).synonyms) or "")
+    parts.append(file_digest(rules_path(settings)) or "")
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -98,6 +98,7 @@ def recommend(engine: SearchEngine, together: Path, kind: str, product_ids: list
         seeds += _recent(engine, user_id, degraded)
     allow = facts.shown(filters, hide_out_of_stock=engine.rules.config.out_of_stock == "hide")
     allow[seeds + hidden] = False
+    allow[engine.rules.hidden_docs()] = False  # products the rules hide everywhere
     seeds = list(dict.fromkeys(seeds))
     # a few rows past the page: the rules put out-of-stock products last, and those behind them move up
     want = min(max(2 * k, k + 20), max(k, engine.rules.depth))

@@ -17,7 +17,8 @@ from core.errors import Forbidden, InvalidInput, Unauthorized
 from core.registry import ModelRegistry
 from core.settings import Settings
 from online_learning.experiments import Experiment
-from serving.engine import SearchEngine
+from ranking.rules import RulesConfig
+from serving.engine import SearchEngine, rules_path
 from serving.loading import SWAPPABLE, check_loads, push_state
 from serving.router import save_router_config
 
@@ -104,6 +105,35 @@ async def rollback(role: str, request: Request, holder: HolderDep, settings: Set
 @router.post("/reload", response_model=ModelsState, summary="Reload the active models from the registry")
 async def reload(request: Request, holder: HolderDep, settings: SettingsDep) -> ModelsState:
     return _describe(settings, await _swap(request, holder))
+
+
+class RulesState(BaseModel):
+    rules: RulesConfig
+    path: str = Field(..., description="The file the rules are read from (ranking.rules_file, else the store's own).")
+    unknown: list[str] = Field(default_factory=list, description="Product ids the rules name that the index does "
+                               "not hold (a pin of one adds nothing until it is indexed).")
+
+
+def _rules_state(settings: Settings, engine: SearchEngine) -> RulesState:
+    assert engine.rules is not None
+    config = engine.rules.config
+    return RulesState(rules=config, path=str(rules_path(settings)),
+                      unknown=[p for p in config.product_ids() if engine.index.doc_of(p) is None])
+
+
+@router.get("/rules", response_model=RulesState, summary="The store's business rules")
+def get_rules(holder: HolderDep, settings: SettingsDep) -> RulesState:
+    return _rules_state(settings, holder.get().engine)
+
+
+@router.put("/rules", response_model=RulesState, summary="Replace the business rules (pins, hides, redirects)")
+async def put_rules(body: RulesConfig, request: Request, holder: HolderDep, settings: SettingsDep) -> RulesState:
+    """Saved as the store's rules file, shared with the other replicas (``artifacts push``); every server
+    process serves them within ``serving.reload_poll_s``, this one at once. Result pages cached under the
+    old rules are not served again."""
+    await asyncio.to_thread(body.save, rules_path(settings))
+    await asyncio.to_thread(push_state, settings)
+    return _rules_state(settings, await _swap(request, holder))
 
 
 class ExperimentConfig(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Annotated
 
 import numpy as np
@@ -89,6 +90,7 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
         stages_ms={name: round(seconds * 1e3, 2) for name, seconds in result.timings.items()},
         versions=routed.versions, degraded=result.degraded, cached=result.cached,
         experiment=routed.experiment, arm=routed.arm, query_rewrite=_rewrite(result.analysis),
+        redirect=_redirect(engine, query, result.analysis),
         index=IndexInfo(name=index.path.parent.name, products=index.count, catalog_hash=manifest.catalog_hash,
                         encoder=manifest.encoder, dense_index=manifest.dense_kind),
         items=items, facets=Facets(**result.facets) if result.facets is not None else None,
@@ -96,6 +98,13 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
     if settings.events.log_impressions:
         _log_impression(request, body, response, routed.teams, key)
     return response
+
+
+def _redirect(engine: SearchEngine, query: SearchQuery, analysis: Analysis | None) -> str | None:
+    """The page the store's rules send the query to (matched as typed, else as searched)."""
+    if engine.rules is None:
+        return None
+    return engine.rules.redirect(query if analysis is None else replace(query, text=analysis.text, analysis=analysis))
 
 
 def _rewrite(analysis: Analysis | None) -> QueryRewrite | None:

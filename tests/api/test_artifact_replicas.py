@@ -15,6 +15,7 @@ import pytest
 from core.registry import ModelRegistry
 from core.settings import Settings
 from online_learning.local_broker import free_port
+from ranking.rules import QueryRule, RulesConfig
 from serving.indexing import build_index_in_child
 from tests.api.test_operations import tiny_reranker
 from tests.helpers import share_cache, start_serve, wait_ready
@@ -58,6 +59,15 @@ def test_a_replica_serves_from_the_store_and_follows_its_swaps(tmp_path: Path, s
         seconds = time.monotonic() - published
         assert httpx.get(f"{base}/readyz", timeout=5).json()["versions"]["reranker"] == "v2", "no swap within 10 s"
         print(f"replica on v2 {seconds:.1f}s after `shoprank artifacts push` started")
+        # business rules saved on the source (as PUT /v1/admin/rules saves them) travel with the state
+        RulesConfig(queries={"cordless drill": QueryRule(redirect="/drills")}).save(source / "rules" / "rules.yaml")
+        shoprank(source, "artifacts", "push", "--url", url, "--state-only")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and httpx.get(f"{base}/v1/search", params={"q": "Cordless Drill"},
+                                                        timeout=30).json()["redirect"] is None:
+            time.sleep(0.2)
+        assert httpx.get(f"{base}/v1/search", params={"q": "cordless drill"}, timeout=30).json()["redirect"] == \
+            "/drills"
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -382,3 +382,52 @@ def test_recommendations_for_a_product_page_a_cart_and_a_shopper(  # type: ignor
         response = client.post("/v1/recommend", json=body)
         assert response.status_code == status and named in response.text, (body, response.text)
 
+
+
+def test_merchandising_rules_set_through_the_admin_api_serve_at_once_and_a_file_edit_by_the_poll(  # type: ignore[no-untyped-def]
+        settings: Settings, real_index, real_encoder, demo_products, tmp_path) -> None:
+    from core.service_settings import ApiSettings, ServingSettings
+    from ranking.rules import RulesConfig
+
+    home = settings.model_copy(update={"home": tmp_path, "api": ApiSettings(admin_token="s3cret"),
+                                       "serving": ServingSettings(reload_poll_s=0.2)})
+    admin = {"Authorization": "Bearer s3cret"}
+    with ready_client(app_on(home, real_index, real_encoder)) as client:
+        def search(query: str = "cordless drill", k: int = 100) -> dict:
+            response = client.post("/v1/search", json={"query": query, "k": k, "explain": True})
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        before = [i["product_id"] for i in search()["items"]]  # cached: a rules change must not serve it again
+        assert client.get("/v1/admin/rules", headers=admin).json()["rules"]["queries"] == {}
+        assert client.get("/v1/admin/rules").status_code in (401, 403)
+        pinned, top, gone = before[40], before[0], str(demo_products["product_id"].iloc[-1])
+        rules = {"hide": [gone, "no-such-product"],
+                 "queries": {"Cordless  Drill!": {"pin": [pinned], "hide": [top], "redirect": "/drills"}}}
+        put = client.put("/v1/admin/rules", json=rules, headers=admin)
+        assert put.status_code == 200, put.text
+        assert put.json()["unknown"] == ["no-such-product"] and put.json()["path"] == str(tmp_path / "rules/rules.yaml")
+        assert RulesConfig.from_file(tmp_path / "rules" / "rules.yaml").hide == [gone, "no-such-product"]
+        body = search("CORDLESS drill")  # matched as the analyzer normalizes it
+        ids = [i["product_id"] for i in body["items"]]
+        assert ids[0] == pinned and body["items"][0]["explanation"]["rules"] == ["pinned(1)"]
+        assert top not in ids and gone not in ids and body["redirect"] == "/drills" and not body["cached"]
+        assert client.get("/v1/search", params={"q": "cordless drill"}).json()["redirect"] == "/drills"
+        assert search("drill bits")["redirect"] is None
+        pages = [client.post("/v1/browse", json={"k": 100, "offset": o}).json() for o in range(0, len(demo_products), 100)]
+        assert pages[0]["total"] == len(demo_products) - 1
+        assert gone not in {i["product_id"] for page in pages for i in page["items"]}
+        bad = client.put("/v1/admin/rules", json={"queries": {"drill": {"pinn": ["a"]}}}, headers=admin)
+        assert bad.status_code == 422 and "pinn" in bad.text
+        same = client.put("/v1/admin/rules", json={"queries": {"Drill": {}, "drill": {}}}, headers=admin)
+        assert same.status_code == 422 and "'Drill' and 'drill' are the same query" in same.text
+        assert search()["redirect"] == "/drills"  # the rejected changes left the rules as they were
+        # another process (or an operator) writes the file: this one serves it after its next poll
+        RulesConfig.model_validate({"queries": {"cordless drill": {"redirect": "/tools"}}}).save(
+            tmp_path / "rules" / "rules.yaml")
+        deadline = time.monotonic() + 20
+        while search()["redirect"] != "/tools" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert search()["redirect"] == "/tools"
+        assert client.put("/v1/admin/rules", json={}, headers=admin).status_code == 200
+        assert [i["product_id"] for i in search()["items"]] == before

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from core.query import Filters, Query
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from core.errors import InvalidInput
+from core.query import Analysis, Filters, Query
 from ranking.facts import ProductFacts
 from ranking.rules import QueryRule, RulesConfig, RulesStage, apply_rules
 from retrieval.types import Candidates
@@ -21,7 +26,7 @@ FACTS = ProductFacts(CATS, BRANDS, PRICES, STOCK, PROMO, np.zeros(5))
 
 def run(config: RulesConfig, query: str = "drill", promoted: np.ndarray = PROMO, filters: Filters = Filters()):  # type: ignore[no-untyped-def]
     keep = FACTS.matching(filters) if filters.active() else None
-    result = apply_rules(query, IDS, SCORES, STOCK, promoted, config, keep)
+    result = apply_rules(config.rule_for(Query(query)), IDS, SCORES, STOCK, promoted, config, keep)
     return [IDS[i] for i in result.order], result.notes
 
 
@@ -80,3 +85,62 @@ def test_rows_past_the_rules_depth_keep_their_order_and_places_less_the_filtered
     assert ids(RulesConfig(out_of_stock="hide", promo_boost=0)) == ["p0", "p1", "p3", "p4", "p6", "p7"]
     assert ids(RulesConfig(promo_boost=0), Filters(category="tools")) == ["p0", "p2", "p4", "p6"]  # p2: demoted alone
     assert ids(RulesConfig(promo_boost=0), Filters(max_price=5.5), depth=2) == ["p0", "p1", "p2", "p3", "p4", "p5"]
+
+
+def test_rule_queries_match_as_the_analyzer_normalizes_and_bad_ones_are_named() -> None:
+    config = RulesConfig(queries={'3/4" PVC': QueryRule(pin=["a"]), "Café Table": QueryRule(redirect="/tables")})
+    assert config.rule_for(Query("3/4 in. pvc")) is config.queries['3/4" PVC']
+    assert config.rule_for(Query("  CAFE   table ")).redirect == "/tables"
+    assert config.rule_for(Query("cafe tables")) is None
+    typed = Query("cafe table", analysis=Analysis(original="cafe tabel", text="cafe table"))
+    assert config.rule_for(typed).redirect == "/tables"  # the corrected text matches when the typed one does not
+    with pytest.raises(ValidationError, match="'Drill' and 'drill ' are the same query"):
+        RulesConfig(queries={"Drill": QueryRule(), "drill ": QueryRule()})
+    with pytest.raises(ValidationError, match="'!!' has no word left"):
+        RulesConfig(queries={"!!": QueryRule()})
+    with pytest.raises(ValidationError, match="at most 1000 items"):
+        QueryRule(pin=["p"] * 1001)
+
+
+def test_hidden_products_leave_every_list_and_a_query_hides_its_own() -> None:
+    config = RulesConfig(out_of_stock="none", promo_boost=0, hide=["b"], queries={"drill": QueryRule(hide=["d"])})
+    assert run(config, query="hammer")[0] == ["a", "c", "d", "e"]
+    assert run(config, query="drill")[0] == ["a", "c", "e"]
+    assert run(config, query="saw")[0] == ["a", "c", "d", "e"]
+
+
+def test_a_pin_adds_the_product_the_search_did_not_find_and_moves_one_from_below_the_depth() -> None:
+    n = 6
+    facts = ProductFacts(np.array(["tools"] * 9, dtype=object), np.array([None] * 9, dtype=object),
+                         np.arange(9, dtype=float), np.ones(9), np.zeros(9), np.zeros(9))
+
+    def read(candidates: Candidates) -> ProductFacts:
+        return facts.take(candidates.docs)
+
+    candidates = Candidates(np.arange(n), [f"p{i}" for i in range(n)], "rrf", {"rrf": np.linspace(1, 0, n)},
+                            {"rrf": np.arange(1, n + 1)})
+    config = RulesConfig(promo_boost=0, queries={"drill": QueryRule(pin=["p8", "p5", "gone"], hide=["p1"])})
+    stage = RulesStage(config, read, depth=3, doc_of=lambda p: int(p[1:]) if p in {f"p{i}" for i in range(9)} else None)
+    ruled = stage(Query("drill"), candidates)
+    assert ruled.candidates.product_ids == ["p8", "p5", "p0", "p2", "p3", "p4"]  # p1 hidden, p5 moved up
+    assert ruled.notes["p8"] == ["pinned(1)"] and ruled.notes["p5"] == ["pinned(2)"]
+    assert np.isnan(ruled.candidates.score[0])  # the added product has no score of the search
+    # a pinned product that fails the filters is not shown
+    assert "p8" not in stage(Query("drill", filters=Filters(max_price=7)), candidates).candidates.product_ids
+    assert stage(Query("saw"), candidates).candidates.product_ids == [f"p{i}" for i in range(n)]
+    assert stage.hidden_docs().tolist() == [] and RulesStage(RulesConfig(hide=["p3", "x"]), read,
+                                                             doc_of=stage.doc_of).hidden_docs().tolist() == [3]
+
+
+def test_rules_round_trip_through_their_file(tmp_path: Path) -> None:
+    config = RulesConfig(hide=["z"], queries={"Café": QueryRule(pin=["a"], redirect="/cafe")})
+    config.save(tmp_path / "rules" / "rules.yaml")
+    assert RulesConfig.from_file(tmp_path / "rules" / "rules.yaml") == config
+    assert config.product_ids() == ["z", "a"]
+    (tmp_path / "bad.yaml").write_text("queries:\n  drill:\n    pinn: [a]\n")
+    with pytest.raises(InvalidInput, match=r"bad.yaml is not valid: queries.drill.pinn: Extra inputs are not "
+                                           r"permitted \(got \['a'\]\)"):
+        RulesConfig.from_file(tmp_path / "bad.yaml")
+    (tmp_path / "bad.yaml").write_text("hide: [a\n")
+    with pytest.raises(InvalidInput, match="bad.yaml is not YAML"):
+        RulesConfig.from_file(tmp_path / "bad.yaml")
