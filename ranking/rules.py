@@ -14,10 +14,13 @@ In order:
    is, and never more than ``max_promo_positions`` positions in effect.
 4. **Hidden products**: ``hide`` (every search, listing and shelf) and a query's own
    ``hide`` drop them.
-5. **Pins and buries** per query: pinned products go first in their order, found by the
+5. **A query's boost**: its products of the categories / brands it names go before the
+   others (in stock first still).
+6. **Pins and buries** per query: pinned products go first in their order, found by the
    first stage or not (a pin adds the product to the list when it is indexed and
    matches the request's filters); buried ones go to the end. A query's ``redirect``
    (a page of the store) is returned with its results (``SearchResponse.redirect``).
+   A query's rule may hold from a ``start`` until an ``end`` (a sale's weekend).
 
 A rule's query is matched as the analyzer normalizes text (case, accents, units,
 symbols: ``3/4 in. PVC`` and ``3/4" pvc`` are one rule), first against the text as
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -45,11 +49,12 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from core.errors import InvalidInput
-from core.query import Query
+from core.query import Filters, Query
 from ranking.cascade import Noted
 from ranking.facts import ProductFacts
 from retrieval.types import Candidates
@@ -58,6 +63,27 @@ from retrieval.vocabulary import normalize
 MAX_IDS = 1_000  # product ids in one list of a rule
 ProductIds = Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=128)]],
                        Field(max_length=MAX_IDS)]
+
+
+class Boost(BaseModel):
+    """Products of these categories and brands (both when both are given; any value of a list), as a
+    request's filters match them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=100)
+    brand: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=100)
+
+    @model_validator(mode="after")
+    def _something(self) -> Boost:
+        if not self.category and not self.brand:
+            raise ValueError("a boost names at least one category or brand")
+        return self
+
+    def filters(self) -> Filters:
+        return Filters(category=tuple(self.category), brand=tuple(self.brand))
 
 
 class QueryRule(BaseModel):
@@ -69,6 +95,25 @@ class QueryRule(BaseModel):
     hide: ProductIds = Field(default_factory=list, description="Product ids never shown for this query.")
     redirect: str | None = Field(None, min_length=1, max_length=2048, description="A page of the store this "
                                  "query should open (e.g. /help/returns), returned with the results.")
+    boost: Boost | None = Field(None, description="Products of these categories / brands go before the others "
+                                "(in stock first still; each group in the model's order).")
+    start: datetime | None = Field(None, description="The rule holds from this time on (ISO 8601; UTC when no "
+                                   "offset is given).")
+    end: datetime | None = Field(None, description="The rule holds until this time (excluded).")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+    @model_validator(mode="after")
+    def _window(self) -> QueryRule:
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError(f"the rule ends ({self.end.isoformat()}) before it starts ({self.start.isoformat()})")
+        return self
+
+    def holds(self, now: datetime) -> bool:
+        return (self.start is None or self.start <= now) and (self.end is None or now < self.end)
 
 
 class RulesConfig(BaseModel):
@@ -130,12 +175,14 @@ class RulesConfig(BaseModel):
     def by_query(self) -> dict[str, QueryRule]:
         return {normalise(q): r for q, r in self.queries.items()}
 
-    def rule_for(self, query: Query) -> QueryRule | None:
-        """The rule of ``query``: its text as typed, normalized, else the text it searched (corrected)."""
+    def rule_for(self, query: Query, now: datetime | None = None) -> QueryRule | None:
+        """The rule of ``query`` that holds ``now`` (default: the current time): its text as typed,
+        normalized, else the text it searched (corrected)."""
         if not self.queries:
             return None
         typed = query.analysis.original if query.analysis is not None else query.text
-        return self.by_query.get(normalise(typed)) or self.by_query.get(normalise(query.text))
+        rule = self.by_query.get(normalise(typed)) or self.by_query.get(normalise(query.text))
+        return rule if rule is not None and rule.holds(now or datetime.now(timezone.utc)) else None
 
 
 @dataclass
@@ -150,9 +197,10 @@ def normalise(query: str) -> str:
 
 
 def apply_rules(rule: QueryRule | None, product_ids: list[str], scores: np.ndarray, in_stock: np.ndarray,
-                promoted: np.ndarray, config: RulesConfig, keep: np.ndarray | None = None) -> RuleResult:
+                promoted: np.ndarray, config: RulesConfig, keep: np.ndarray | None = None,
+                lift: np.ndarray | None = None) -> RuleResult:
     """Apply the rules (``rule``: the query's own, if any) to a scored list (best first); ``keep``: the
-    rows that match the request's filters (None: all)."""
+    rows that match the request's filters (None: all); ``lift``: the rows ``rule.boost`` matches."""
     n = len(product_ids)
     notes: list[list[str]] = [[] for _ in range(n)]
     keep = np.ones(n, dtype=bool) if keep is None else np.array(keep, dtype=bool)
@@ -177,7 +225,10 @@ def apply_rules(rule: QueryRule | None, product_ids: list[str], scores: np.ndarr
     for i in np.flatnonzero(demoted):
         notes[i].append("out_of_stock_demoted")
     rows = np.flatnonzero(keep)
-    rows = rows[np.lexsort((rows, -adjusted[rows], demoted[rows]))]
+    lifted = keep & lift if lift is not None else np.zeros(n, dtype=bool)
+    for i in np.flatnonzero(lifted):
+        notes[i].append("boosted")
+    rows = rows[np.lexsort((rows, -adjusted[rows], ~lifted[rows], demoted[rows]))]
     if rule and (rule.pin or rule.bury):
         position = {pid: i for i, pid in enumerate(product_ids)}
         pinned = [position[p] for p in rule.pin if p in position and keep[position[p]]]
@@ -218,7 +269,9 @@ class RulesStage:
         facts = self.facts(head)
         score = np.nan_to_num(head.score, nan=float(np.nanmin(head.score)) if np.isfinite(head.score).any() else 0.0)
         keep = facts.matching(query.filters) if query.filters.active() else None
-        result = apply_rules(rule, head.product_ids, score, facts.in_stock, facts.promoted, self.config, keep)
+        boosted = facts.matching(rule.boost.filters()) if rule is not None and rule.boost is not None else None
+        result = apply_rules(rule, head.product_ids, score, facts.in_stock, facts.promoted, self.config, keep,
+                             boosted)
         reordered = head.take(result.order)
         notes = {pid: n for pid, n in zip(reordered.product_ids, result.notes) if n}
         if len(tail):

@@ -429,5 +429,8 @@ def test_merchandising_rules_set_through_the_admin_api_serve_at_once_and_a_file_
         while search()["redirect"] != "/tools" and time.monotonic() < deadline:
             time.sleep(0.2)
         assert search()["redirect"] == "/tools"
+        ended = {"queries": {"cordless drill": {"redirect": "/old", "end": "2020-01-01T00:00:00Z"}}}
+        assert client.put("/v1/admin/rules", json=ended, headers=admin).status_code == 200
+        assert search()["redirect"] is None  # a rule past its end no longer holds
         assert client.put("/v1/admin/rules", json={}, headers=admin).status_code == 200
         assert [i["product_id"] for i in search()["items"]] == before

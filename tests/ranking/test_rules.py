@@ -26,7 +26,9 @@ FACTS = ProductFacts(CATS, BRANDS, PRICES, STOCK, PROMO, np.zeros(5))
 
 def run(config: RulesConfig, query: str = "drill", promoted: np.ndarray = PROMO, filters: Filters = Filters()):  # type: ignore[no-untyped-def]
     keep = FACTS.matching(filters) if filters.active() else None
-    result = apply_rules(config.rule_for(Query(query)), IDS, SCORES, STOCK, promoted, config, keep)
+    rule = config.rule_for(Query(query))
+    lift = FACTS.matching(rule.boost.filters()) if rule is not None and rule.boost is not None else None
+    result = apply_rules(rule, IDS, SCORES, STOCK, promoted, config, keep, lift)
     return [IDS[i] for i in result.order], result.notes
 
 
@@ -144,3 +146,26 @@ def test_rules_round_trip_through_their_file(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("hide: [a\n")
     with pytest.raises(InvalidInput, match="bad.yaml is not YAML"):
         RulesConfig.from_file(tmp_path / "bad.yaml")
+
+
+def test_a_boost_lifts_a_brand_within_stock_and_a_rule_holds_in_its_window_only() -> None:
+    boost = QueryRule(boost={"brand": ["bolt"]})
+    config = RulesConfig(out_of_stock="demote", promo_boost=0, queries={"drill": boost})
+    order, notes = run(config)
+    assert order == ["d", "e", "a", "c", "b"] and notes[0] == ["boosted"]  # bolt first, b still last (no stock)
+    boosted = FACTS.matching(boost.boost.filters())
+    both = apply_rules(boost, IDS, SCORES, STOCK, PROMO, config, FACTS.matching(Filters(category="tools")), boosted)
+    assert [IDS[i] for i in both.order] == ["d", "a", "b"]
+    with pytest.raises(ValidationError, match="at least one category or brand"):
+        QueryRule(boost={})
+    sale = QueryRule(pin=["e"], start="2026-11-27T00:00:00", end="2026-11-30T00:00:00+00:00")
+    assert sale.start.tzinfo is not None  # no offset: UTC
+    config = RulesConfig(queries={"drill": sale})
+    from datetime import datetime, timezone
+
+    def at(when: str) -> QueryRule | None:
+        return config.rule_for(Query("drill"), datetime.fromisoformat(when).replace(tzinfo=timezone.utc))
+
+    assert at("2026-11-26T23:59:59") is None and at("2026-11-27T00:00:00") is sale and at("2026-11-30T00:00:00") is None
+    with pytest.raises(ValidationError, match="ends .* before it starts"):
+        QueryRule(start="2026-11-30T00:00:00Z", end="2026-11-27T00:00:00Z")
