@@ -19,6 +19,7 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
       suggest/searches.json                   searched texts for query suggestions (shoprank suggestions)
       recommend/together.json                 products acted on together (shoprank recommendations)
       rules/rules.yaml                        business rules: pins, hides, redirects (PUT /v1/admin/rules)
+      privacy/forgotten.jsonl                 shoppers erased, hashed, and when (shoprank events forget)
       shadow/<version>.jsonl                  shadow-scoring records
       streaming/state.sqlite                  the streaming feature consumer's state
       dead_letters/<consumer>.jsonl           events a consumer could not read
@@ -125,6 +126,10 @@ class Home:
     @property
     def rules(self) -> Path:
         return self.base / "rules" / "rules.yaml"
+
+    @property
+    def forgotten(self) -> Path:
+        return self.base / "privacy" / "forgotten.jsonl"
 
     @property
     def shadow(self) -> Path:

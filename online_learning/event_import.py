@@ -31,6 +31,7 @@ from online_learning.consumers.base import Delivered
 from online_learning.consumers.log_sink import ParquetLogSink
 from online_learning.event_log import EventLog
 from online_learning.events import InteractionEvent, RankingEvent, parse
+from online_learning.forget_list import ForgetList
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class ImportReport:
     rankings: int = 0
     interactions: int = 0
     written: int = 0  # new events in the log (publish: appended to the spool)
+    forgotten: int = 0  # events of shoppers erased since (online_learning.forget_list): not written
     duplicates: int = 0  # already in the log (an earlier import, or live traffic)
     first: str | None = None
     last: str | None = None
@@ -102,12 +104,14 @@ def lines_of(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def import_events(path: Path, log_root: Path, store: str | None = None, batch: int = 50_000, strict: bool = False,
-                  dry_run: bool = False, publish: EventLog | None = None, progress: bool = True) -> ImportReport:
+                  dry_run: bool = False, publish: EventLog | None = None, progress: bool = True,
+                  forget: ForgetList | None = None) -> ImportReport:
     """Validate the events of ``path`` and write the valid ones to the offline log at ``log_root``
     (or append them to ``publish``, an event log shipping to Kafka); with ``dry_run`` or when
     ``strict`` finds an invalid line, nothing is written. The log keeps a file per hour of event
     time per write, so each ``batch`` of events is written in time order: a file in time order
-    writes a few files per batch, a shuffled one a file for every hour the batch spans."""
+    writes a few files per batch, a shuffled one a file for every hour the batch spans. The events
+    of shoppers ``forget`` lists as erased after them are counted and left out."""
     report = ImportReport(str(path))
     if strict or dry_run:
         for n, line in tqdm(lines_of(path), desc="validate", unit="event", disable=not progress):
@@ -116,10 +120,14 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
             return report
         report = ImportReport(str(path))
     sink = None if publish is not None else ParquetLogSink(log_root)
+    if forget is not None:
+        forget.refresh()
     pending: list[Delivered] = []
     for n, line in tqdm(lines_of(path), desc="import", unit="event", disable=not progress):
         event = _check(report, n, line)
-        if event is not None:
+        if event is not None and forget is not None and forget.erased(event):
+            report.forgotten += 1
+        elif event is not None:
             kind = "rankings" if isinstance(event, RankingEvent) else "interactions"
             pending.append(Delivered(f"import.{store or 'default'}.{kind}", 0, n, event))
         if len(pending) >= batch:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from online_learning.events import InteractionEvent, RankingEvent, parse
+from online_learning.forget_list import ForgetList
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,12 @@ class Delivered:
 
 
 class ConsumerLoop:
-    """Poll ``topics`` as ``group`` and pass batches of parsed events to ``handle``."""
+    """Poll ``topics`` as ``group`` and pass batches of parsed events to ``handle``, less the events of
+    erased shoppers (``forget``, :mod:`online_learning.forget_list`)."""
 
     def __init__(self, bootstrap: str, group: str, topics: Sequence[str],
                  handle: Callable[[list[Delivered]], None], dead_letters: Path, max_records: int = 1000,
-                 session_timeout_ms: int = 6000, topic_check_s: float = 5.0) -> None:
+                 session_timeout_ms: int = 6000, topic_check_s: float = 5.0, forget: ForgetList | None = None) -> None:
         self.bootstrap = bootstrap
         self.group = group
         self.topics = list(topics)
@@ -53,8 +55,10 @@ class ConsumerLoop:
         self.session_timeout_ms = session_timeout_ms
         self.topic_check_s = topic_check_s
         self.stop_event = threading.Event()
+        self.forget = forget
         self.consumed = 0
         self.invalid = 0
+        self.forgotten = 0  # events of erased shoppers dropped
         self.topic_resets = 0
         self._topic_ids: dict[str, str] = {}
         self._rewind: set[str] = set()  # recreated topics not yet read again from the start
@@ -91,6 +95,9 @@ class ConsumerLoop:
                         batch.append(Delivered(record.topic, record.partition, record.offset, parse(record.value)))
                     except ValueError as err:
                         self._dead_letter(record, err)
+            if batch and self.forget is not None:
+                batch, dropped = self.forget.keep(batch, lambda d: d.event)
+                self.forgotten += dropped
             if batch:
                 try:
                     self.handle(batch)

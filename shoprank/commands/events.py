@@ -1,10 +1,14 @@
-"""``shoprank events import``: historical events into the event log (see online_learning/event_import.py)."""
+"""``shoprank events import``: historical events into the event log (see online_learning/event_import.py);
+``shoprank events forget`` and ``prune``: a shopper's data erased, the log kept to a window
+(online_learning/privacy.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 
 from core.errors import InvalidInput
@@ -13,6 +17,7 @@ from core.settings import Settings
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from online_learning.event_import import import_events
+    from online_learning.forget_list import ForgetList
 
     if not 1 <= args.batch <= 1_000_000:
         raise InvalidInput(f"--batch {args.batch} must be in 1..1000000")
@@ -26,7 +31,8 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         publish = EventLog(spool, KafkaSettings(settings.events.kafka_bootstrap), store=settings.store)
     try:
         report = import_events(Path(args.file), settings.paths.event_log, settings.store, args.batch, args.strict,
-                               args.dry_run, publish, progress=settings.progress)
+                               args.dry_run, publish, progress=settings.progress,
+                               forget=ForgetList(settings.paths.forgotten))
         shipped = publish.drain(args.drain_s) if publish is not None else None
     finally:
         if publish is not None:
@@ -40,8 +46,55 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if report.invalid else 0
 
 
+def _push(settings: Settings) -> Callable[[], None]:
+    """Push the streaming state's marked profiles to the online store (as the streaming consumer does)."""
+    def push() -> None:
+        from shoprank.commands.loop import streaming_features
+
+        streaming_features(settings).db.close()  # opening it pushes what is marked
+
+    return push
+
+
+def _ids(values: list[str] | None, option: str) -> list[str]:
+    ids = [v.strip() for v in values or []]
+    bad = [v for v in ids if not 1 <= len(v) <= 128]
+    if bad:
+        raise InvalidInput(f"{option} {bad[0]!r}: an id is 1..128 characters, as the API takes it")
+    return ids
+
+
+def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
+    from online_learning.privacy import forget
+
+    users, sessions = _ids(args.user, "--user"), _ids(args.session, "--session")
+    if args.from_file:
+        path = Path(args.from_file)
+        if not path.is_file():
+            raise InvalidInput(f"--from-file {path}: no such file (one user id a line)")
+        users += _ids([line for line in path.read_text().splitlines() if line.strip()], "--from-file line")
+    if not users and not sessions:
+        raise InvalidInput("name whom to forget: --user ID, --session ID or --from-file FILE (one user id a line)")
+    report = forget(settings.paths, users, sessions, datetime.now(timezone.utc), args.dry_run,
+                    None if args.dry_run else _push(settings), kafka=bool(settings.events.kafka_bootstrap))
+    print(json.dumps(asdict(report) | {"dry_run": args.dry_run}, indent=2))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from online_learning.privacy import prune
+
+    if not 1 <= args.keep_days <= 36_500:
+        raise InvalidInput(f"--keep-days {args.keep_days} must be in 1..36500")
+    report = prune(settings.paths, args.keep_days, datetime.now(timezone.utc), args.dry_run,
+                   None if args.dry_run else _push(settings))
+    print(json.dumps(asdict(report) | {"dry_run": args.dry_run}, indent=2))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    events = sub.add_parser("events", help="import historical events (searches shown, clicks, carts, purchases)")
+    events = sub.add_parser("events", help="import historical events (searches shown, clicks, carts, purchases); "
+                            "erase a shopper's; keep the log to a window")
     verbs = events.add_subparsers(dest="verb", required=True)
     p = verbs.add_parser("import", help="validate a file of events (JSONL or a JSON array, optionally .gz) and write "
                          "them to the offline event log; exits 1 when a line was invalid")
@@ -55,3 +108,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drain-s", type=float, default=300.0, help="--publish: how long to wait for the spool to "
                    "ship (default 300)")
     p.set_defaults(handler=cmd_import)
+
+    p = verbs.add_parser("forget", help="erase shoppers' data: their rows of the event log, their purchases in the "
+                         "streaming state and online profile, dead letters and shadow records; their events still "
+                         "on the way are dropped when they arrive")
+    p.add_argument("--user", action="append", help="a user id (repeat for several)")
+    p.add_argument("--session", action="append", help="a session id (repeat for several)")
+    p.add_argument("--from-file", help="user ids, one a line")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be erased")
+    p.set_defaults(handler=cmd_forget)
+    p = verbs.add_parser("prune", help="remove the event log's days, the streaming state's purchases and the shadow "
+                         "records older than --keep-days (a retention policy; run it nightly)")
+    p.add_argument("--keep-days", type=int, required=True, help="days kept, counted back from today (UTC)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be removed")
+    p.set_defaults(handler=cmd_prune)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import InvalidInput
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from online_learning.consumers.streaming_features import StreamingFeatures
 
 
 def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
@@ -17,9 +21,23 @@ def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
     return bootstrap
 
 
+def streaming_features(settings: Settings) -> StreamingFeatures:
+    """The streaming feature consumer's handler: its state, the store world's products (category and price,
+    for the profiles) and a push to the Feast online store. Opening it pushes the profiles marked to push."""
+    from core import feast_repo
+    from online_learning.consumers.streaming_features import StreamingFeatures, feast_push
+    from simulation.world import StoreWorld
+
+    world = StoreWorld.load(settings.paths.world)
+    products = {p: (int(c), float(x)) for p, c, x in
+                zip(world.products["product_id"], world.products["category_id"], world.products["price"])}
+    return StreamingFeatures(settings.paths.streaming_state, products, feast_push(feast_repo.open_store(settings)))
+
+
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from online_learning.consumers.base import ConsumerLoop
     from online_learning.events import topics as store_topics
+    from online_learning.forget_list import ForgetList
 
     topics = list(store_topics(settings.store))
     if args.kind == "sink":
@@ -27,20 +45,12 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
         handle = ParquetLogSink(settings.paths.event_log)
     else:
-        from core import feast_repo
-        from online_learning.consumers.streaming_features import StreamingFeatures, feast_push
-        from simulation.world import StoreWorld
-
-        world = StoreWorld.load(settings.paths.world)
-        products = {p: (int(c), float(x)) for p, c, x in
-                    zip(world.products["product_id"], world.products["category_id"], world.products["price"])}
-        handle = StreamingFeatures(settings.paths.streaming_state, products,
-                                   feast_push(feast_repo.open_store(settings)))
+        handle = streaming_features(settings)
     group = args.group or (f"shoprank-{args.kind}" + (f"-{settings.store}" if settings.store else ""))
     loop = ConsumerLoop(_bootstrap(args, settings), group, topics, handle,
-                        settings.paths.dead_letters(args.kind))
+                        settings.paths.dead_letters(args.kind), forget=ForgetList(settings.paths.forgotten))
     loop.run(idle_exit=args.idle_exit)
-    print(json.dumps({"consumed": loop.consumed, "invalid": loop.invalid}))
+    print(json.dumps({"consumed": loop.consumed, "invalid": loop.invalid, "forgotten": loop.forgotten}))
     return 0
 
 

@@ -1,0 +1,250 @@
+"""Erasing shoppers' data, and keeping the event log to a window.
+
+:func:`forget` (``shoprank events forget --user ID --session ID``) erases what ShopRank keeps
+about shoppers, by user id or session id:
+
+- the offline event log (Parquet: the searches they were shown, their clicks, carts and
+  purchases): each file that holds their rows is written again without them (atomically; a
+  file left empty is removed);
+- the streaming feature state (their purchases) and so their online profile (``user_profile``:
+  recent items, category affinities, median price): the rows are deleted and the profile is
+  pushed again, empty (the caller's ``push``; else the streaming consumer pushes it at its next
+  batch or start);
+- dead letters (events a consumer could not read) and shadow-scoring records: their lines go;
+- without Kafka, the event spool is the record of events (``<store>/event_spool``): its segments
+  are written again without their lines, all but the one a running server appends to (which
+  a later run, after that server stops, covers);
+- events still on their way (with Kafka, a server's spool and the topics; a file to import):
+  the erasure list (:mod:`online_learning.forget_list`) makes the consumers and the import drop
+  them.
+
+Aggregates that name no shopper stay: popularity counts, the products bought together, the
+searched texts (each kept only once enough shoppers searched it). Kafka's topics expire by the
+broker's own retention.
+
+:func:`prune` (``shoprank events prune --keep-days N``) removes the event log's days older than
+N days, the streaming state's purchases as old (their shoppers' profiles pushed again without
+them) and the shadow-scoring records as old.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.paths import Home
+from online_learning.consumers.log_sink import log_files, read_file
+from online_learning.forget_list import ForgetList
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("rankings", "interactions")  # the event log's two tables
+PushDirty = Callable[[], None]  # push the streaming state's marked profiles to the online store
+
+
+@dataclass
+class ForgetReport:
+    """What :func:`forget` found (and, unless a dry run, erased)."""
+
+    users: int
+    sessions: int
+    log_rows: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in KINDS})
+    log_files: int = 0  # files written again (or removed, left empty)
+    purchases: int = 0  # streaming state rows
+    profiles: str = "none held"  # what became of the online profiles
+    dead_letters: int = 0
+    shadow_records: int = 0
+    spool_events: int = 0  # lines of the event spool (without Kafka)
+    spool_open: int = 0  # segments a running server appends to, left as they are
+    listed: int = 0  # ids added to the erasure list
+
+
+@dataclass
+class PruneReport:
+    """What :func:`prune` found older than its window (and, unless a dry run, removed)."""
+
+    before: str  # the first day kept (UTC)
+    log_days: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in KINDS})
+    log_files: int = 0
+    purchases: int = 0
+    profiles: str = "none changed"
+    shadow_records: int = 0
+
+
+def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: datetime, dry_run: bool = False,
+           push: PushDirty | None = None, kafka: bool = False) -> ForgetReport:
+    """Erase the data of ``users`` and ``sessions`` (see the module's docstring) as of ``at`` (tz-aware);
+    ``kafka``: the servers ship the event spool to Kafka (it is then left to the erasure list)."""
+    users, sessions = set(users), set(sessions)
+    report = ForgetReport(len(users), len(sessions))
+    if not dry_run:  # listed first: events arriving while the rest is erased are dropped too
+        report.listed = ForgetList(paths.forgotten).add(sorted(users), sorted(sessions), at)
+    for kind in KINDS:
+        for path in log_files(paths.event_log, kind):
+            ids = read_file(path, ["user_id", "session_id"])
+            hit = (ids["user_id"].isin(users) | ids["session_id"].isin(sessions)).to_numpy()
+            if hit.any():
+                report.log_rows[kind] += int(hit.sum())
+                report.log_files += 1
+                if not dry_run:
+                    table = pq.read_table(path)
+                    _replace(path, table.filter(pa.array(~hit)))
+    owners = _purchases_of(paths.streaming_state, lambda user, ts: user in users)
+    report.purchases = len(owners)
+    report.profiles = _drop_purchases(paths.streaming_state, owners, dry_run, push, "reset")
+    for path in sorted((paths.base / "dead_letters").glob("*.jsonl")):
+        report.dead_letters += _drop_lines(path, lambda line: _names(line, users, sessions), dry_run)
+    for path in sorted(paths.shadow.glob("*.jsonl")):
+        report.shadow_records += _drop_lines(path, lambda line: json.loads(line).get("user_id") in users, dry_run)
+    if not kafka:
+        report.spool_events, report.spool_open = _forget_spool(paths.event_spool, users, sessions, dry_run)
+    logger.info("forget %d users, %d sessions%s: %s", len(users), len(sessions), " (dry run)" if dry_run else "",
+                report)
+    return report
+
+
+def prune(paths: Home, keep_days: int, now: datetime, dry_run: bool = False,
+          push: PushDirty | None = None) -> PruneReport:
+    """Remove the event log's days before ``now - keep_days`` (UTC days), the streaming state's purchases
+    and the shadow-scoring records older than that."""
+    first: date = (now - timedelta(days=keep_days)).date()
+    report = PruneReport(first.isoformat())
+    for kind in KINDS:
+        for folder in sorted((paths.event_log / kind).glob("date=*")):
+            try:
+                day = date.fromisoformat(folder.name.removeprefix("date="))
+            except ValueError:
+                continue  # not a folder the log sink writes
+            if day < first:
+                report.log_days[kind] += 1
+                report.log_files += sum(1 for _ in folder.rglob("*.parquet"))
+                if not dry_run:
+                    shutil.rmtree(folder)
+    cutoff = datetime.combine(first, datetime.min.time(), tzinfo=now.tzinfo)
+    old = _purchases_of(paths.streaming_state, lambda user, ts: datetime.fromisoformat(ts) < cutoff)
+    report.purchases = len(old)
+    report.profiles = _drop_purchases(paths.streaming_state, old, dry_run, push, "pushed again")
+    for path in sorted(paths.shadow.glob("*.jsonl")):
+        report.shadow_records += _drop_lines(path, lambda line: json.loads(line).get("time", 0) < cutoff.timestamp(),
+                                             dry_run)
+    return report
+
+
+def _replace(path: Path, table: pa.Table) -> None:
+    """``table`` in place of the Parquet file at ``path`` (a reader sees the old file or the new one); no
+    rows left: the file is removed. The temporary name is one the log sink removes if a crash leaves it."""
+    if table.num_rows == 0:
+        path.unlink()
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _purchases_of(state: Path, match: Callable[[str, str], bool]) -> dict[str, str]:
+    """event id -> user id of the streaming state's purchases that ``match(user_id, timestamp)``."""
+    if not state.is_file():
+        return {}
+    db = sqlite3.connect(state)
+    try:
+        rows = db.execute("SELECT event_id, user_id, ts FROM purchases").fetchall()
+    finally:
+        db.close()
+    return {event: user for event, user, ts in rows if match(user, ts)}
+
+
+def _drop_purchases(state: Path, purchases: dict[str, str], dry_run: bool, push: PushDirty | None,
+                    done: str) -> str:
+    """Delete ``purchases`` (event id -> user) from the streaming state and mark their shoppers' profiles to
+    push again; then push them with ``push``. Says what became of the profiles."""
+    users = sorted(set(purchases.values()))
+    if not users:
+        return "none held"
+    if dry_run:
+        return f"{len(users)} to be {done}"
+    db = sqlite3.connect(state, timeout=30)
+    try:
+        with db:
+            events = list(purchases)
+            for start in range(0, len(events), 900):
+                chunk = events[start : start + 900]
+                db.execute(f"DELETE FROM purchases WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)
+            db.executemany("INSERT OR IGNORE INTO dirty VALUES ('user', ?)", [(u,) for u in users])
+    finally:
+        db.close()
+    if push is None:
+        return f"{len(users)} marked: the streaming consumer pushes them at its next batch or start"
+    try:
+        push()
+    except Exception as error:  # noqa: BLE001 - the marks stay: the consumer pushes them later
+        logger.warning("profiles not pushed (%s); the streaming consumer pushes them at its next batch", error)
+        return f"{len(users)} marked, not pushed ({error}): the streaming consumer pushes them at its next batch"
+    return f"{len(users)} {done} in the online store"
+
+
+def _drop_lines(path: Path, drop: Callable[[str], bool], dry_run: bool) -> int:
+    """Remove the JSON lines of ``path`` that ``drop`` names (a line that is not JSON stays); returns how many."""
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            gone = bool(line.strip()) and drop(line)
+        except (ValueError, AttributeError, TypeError):
+            gone = False
+        if gone:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped and not dry_run:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return dropped
+
+
+def _forget_spool(root: Path, users: set[str], sessions: set[str], dry_run: bool) -> tuple[int, int]:
+    """Drop the lines of ``users`` and ``sessions`` from the spool's segments (a spool no server ships to
+    Kafka); a slot a running server holds keeps its last segment, which that server appends to. Returns
+    the lines dropped and the segments left open."""
+    def theirs(line: str) -> bool:
+        event = json.loads(line).get("value") or {}
+        return event.get("user_id") in users or event.get("session_id") in sessions
+
+    dropped = left = 0
+    for folder in sorted(p for p in root.glob("slot-*") if p.is_dir()):
+        segments = sorted(folder.glob("segment-*.jsonl"))
+        if (folder / "shipped.json").exists() or not segments:
+            continue  # shipped to Kafka: the erasure list covers what is still on its way
+        with open(root / f"{folder.name}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a server holds the slot and appends to its last segment
+                segments, left = segments[:-1], left + 1
+            for path in segments:
+                dropped += _drop_lines(path, theirs, dry_run)
+    return dropped, left
+
+
+def _names(line: str, users: set[str], sessions: set[str]) -> bool:
+    """Whether a dead letter holds one of the ids: its event's ``user_id`` / ``session_id`` when the event
+    is JSON, else any of the ids as a JSON string anywhere in it."""
+    value = json.loads(line).get("value", "")
+    try:
+        event = json.loads(value)
+    except ValueError:
+        event = None
+    if isinstance(event, dict):
+        return event.get("user_id") in users or event.get("session_id") in sessions
+    return any(json.dumps(i) in value for i in (*users, *sessions))

@@ -1,0 +1,187 @@
+"""Erasing a shopper (``shoprank events forget``) and keeping the log to a window (``events prune``)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core.paths import Home
+from core.settings import get_settings
+from online_learning.consumers.base import ConsumerLoop, Delivered
+from online_learning.consumers.log_sink import ParquetLogSink, read_log
+from online_learning.consumers.streaming_features import StreamingFeatures
+from online_learning.event_import import import_events
+from online_learning.event_log import EventLog, claim_spool
+from online_learning.events import (
+    INTERACTIONS_TOPIC,
+    RANKINGS_TOPIC,
+    InteractionEvent,
+    RankingEvent,
+)
+from online_learning.forget_list import ForgetList, digest
+from online_learning.local_broker import LocalBroker, create_topics
+from online_learning.privacy import forget, prune
+from tests.helpers import run_cli
+from tests.online_learning.test_consumers import T0, events, publish, run_loop
+
+
+def delivered(batch: list[RankingEvent | InteractionEvent]) -> list[Delivered]:
+    return [Delivered("t", 0, i, e) for i, e in enumerate(batch)]
+
+
+class Pushed:
+    """Collects what the streaming features push (the online store's side is Feast's)."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, pd.DataFrame]] = []
+
+    def __call__(self, source: str, frame: pd.DataFrame) -> None:
+        self.frames.append((source, frame))
+
+
+def fill(paths: Home, batch: list[RankingEvent | InteractionEvent], pushed: Pushed) -> StreamingFeatures:
+    ParquetLogSink(paths.event_log)(delivered(batch))
+    features = StreamingFeatures(paths.streaming_state, {"p1": (3, 10.0)}, pushed)
+    features(delivered(batch))
+    return features
+
+
+def test_forget_erases_a_shopper_at_rest_and_keeps_the_others(tmp_path: Path) -> None:
+    paths = Home(tmp_path)
+    batch = events(35)  # users u0..u6; u1 buys at i = 15
+    pushed = Pushed()
+    features = fill(paths, batch, pushed)
+    dead = paths.dead_letters("sink")
+    dead.parent.mkdir(parents=True)
+    dead.write_text(json.dumps({"topic": "t", "value": json.dumps({"type": "click", "user_id": "u1"})}) + "\n"
+                    + json.dumps({"topic": "t", "value": '{"user_id": "u1", cut'}) + "\n"
+                    + json.dumps({"topic": "t", "value": json.dumps({"type": "click", "user_id": "u2"})}) + "\n")
+    paths.shadow.mkdir(parents=True)
+    (paths.shadow / "v2.jsonl").write_text(json.dumps({"time": 1.0, "user_id": "u1"}) + "\n"
+                                           + json.dumps({"time": 1.0, "user_id": None}) + "\n")
+    before = {kind: read_log(paths.event_log, kind) for kind in ("rankings", "interactions")}
+    theirs = {kind: int((frame["user_id"] == "u1").sum()) for kind, frame in before.items()}
+    at = T0 + timedelta(days=1)
+
+    dry = forget(paths, ["u1"], [], at, dry_run=True)
+    assert dry.log_rows == theirs and dry.purchases == 1 and dry.dead_letters == 2 and dry.shadow_records == 1
+    assert dry.listed == 0 and len(ForgetList(paths.forgotten)) == 0
+    assert read_log(paths.event_log, "rankings").equals(before["rankings"])  # a dry run changes nothing
+
+    pushed.frames.clear()
+    report = forget(paths, ["u1"], [], at, push=lambda: features._flush_dirty())
+    assert report.log_rows == theirs and report.log_files > 0 and report.listed == 1
+    assert report.profiles == "1 reset in the online store"
+    for kind, frame in before.items():
+        after = read_log(paths.event_log, kind)
+        assert "u1" not in set(after["user_id"]) and len(after) == len(frame) - theirs[kind]
+        assert after.equals(frame[frame["user_id"] != "u1"].reset_index(drop=True))  # the others' rows as they were
+    (source, profile), = pushed.frames
+    assert source == "user_activity_push" and profile.iloc[0]["user_id"] == "u1"
+    assert profile.iloc[0]["purchases"] == 0 and list(profile.iloc[0]["recent_items"]) == []
+    assert features.db.execute("SELECT COUNT(*) FROM purchases WHERE user_id = 'u1'").fetchone()[0] == 0
+    assert features.db.execute("SELECT COUNT(*) FROM purchases").fetchone()[0] > 0
+    assert [json.loads(line)["value"] for line in dead.read_text().splitlines()] == [
+        json.dumps({"type": "click", "user_id": "u2"})]
+    assert [json.loads(line)["user_id"] for line in (paths.shadow / "v2.jsonl").read_text().splitlines()] == [None]
+    assert "u1" not in paths.forgotten.read_text() and digest("user", "u1") in paths.forgotten.read_text()
+    again = forget(paths, ["u1"], [], at)  # nothing left to erase
+    assert again.log_rows == {"rankings": 0, "interactions": 0} and again.profiles == "none held"
+
+    # a session id erases that session's rows; a shopper without a profile pushes nothing
+    session = [RankingEvent(event_id="s1", request_id="s1", timestamp=T0, session_id="sess-9", query="saw",
+                            pipeline="full", items=[{"product_id": "p0", "position": 1}])]
+    ParquetLogSink(paths.event_log)(delivered(session))
+    gone = forget(paths, [], ["sess-9"], at)
+    assert gone.log_rows["rankings"] == 1 and gone.profiles == "none held"
+
+
+def test_events_on_their_way_are_dropped_up_to_the_erasure_and_later_ones_kept(tmp_path: Path) -> None:
+    forgotten = ForgetList(tmp_path / "privacy" / "forgotten.jsonl")
+    at = T0 + timedelta(hours=1)
+    forgotten.add(["u1"], ["sess-9"], at)
+    old = events(10)  # u1 at i = 1 and 8, T0 + minutes
+    new = [InteractionEvent(type="click", event_id="late", request_id="r1", timestamp=at + timedelta(seconds=1),
+                            user_id="u1", product_id="p0", position=1)]
+    kept, dropped = forgotten.keep(old + new, lambda e: e)
+    assert dropped == sum(e.user_id == "u1" for e in old) and new[0] in kept and all(e.user_id != "u1" for e in kept[:-1])
+    source = tmp_path / "old.jsonl"
+    source.write_text("".join(e.model_dump_json() + "\n" for e in old + new))
+    report = import_events(source, tmp_path / "log", progress=False, forget=forgotten)
+    assert report.forgotten == dropped and report.written == len(old) + 1 - dropped
+    assert set(read_log(tmp_path / "log", "interactions").query("user_id == 'u1'")["event_id"]) == {"late"}
+
+
+@pytest.mark.integration
+def test_the_consumers_drop_an_erased_shoppers_events_that_were_still_in_kafka(tmp_path: Path) -> None:
+    with LocalBroker(log=tmp_path / "tansu.log") as broker:
+        create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
+        batch = events(14)
+        publish(broker, tmp_path / "spool", batch)  # shipped before the erasure, not consumed yet
+        forgotten = ForgetList(tmp_path / "forgotten.jsonl")
+        forgotten.add(["u1"], [], T0 + timedelta(days=1))
+        loop = ConsumerLoop(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC],
+                            ParquetLogSink(tmp_path / "log"), tmp_path / "dead.jsonl", forget=forgotten)
+        run_loop(loop)
+    theirs = sum(e.user_id == "u1" for e in batch)
+    assert loop.forgotten == theirs and loop.consumed == len(batch) - theirs
+    assert "u1" not in set(read_log(tmp_path / "log", "rankings")["user_id"])
+
+
+def test_prune_keeps_the_window_and_the_commands_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    paths = Home(tmp_path / "home")
+    now = datetime.now(UTC)
+    recent, old = events(3), events(3)
+    for e in recent:
+        object.__setattr__(e, "timestamp", now - timedelta(days=1))
+    for e in old:
+        object.__setattr__(e, "timestamp", now - timedelta(days=40))
+        object.__setattr__(e, "event_id", "old-" + e.event_id)
+    pushed = Pushed()
+    features = fill(paths, recent + old, pushed)
+    dry = prune(paths, 30, now, dry_run=True)
+    assert dry.log_days == {"rankings": 1, "interactions": 1} and dry.purchases == 1
+    report = prune(paths, 30, now, push=lambda: features._flush_dirty())
+    assert report.log_days == dry.log_days and report.profiles == "1 pushed again in the online store"
+    assert set(read_log(paths.event_log, "rankings")["event_id"]) == {e.event_id for e in recent
+                                                                      if isinstance(e, RankingEvent)}
+    assert features.db.execute("SELECT COUNT(*) FROM purchases").fetchone()[0] == 1
+    monkeypatch.setenv("SHOPRANK_HOME", str(paths.root))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    try:
+        code, out, err = run_cli(capsys, "events", "forget", "--user", "u0", "--dry-run")
+        assert code == 0 and json.loads(out)["log_rows"]["rankings"] > 0 and json.loads(out)["dry_run"], err
+        code, out, err = run_cli(capsys, "events", "forget", "--user", "u0")  # no feature store here: marked
+        assert code == 0 and "the streaming consumer pushes them" in json.loads(out)["profiles"], err
+        code, out, err = run_cli(capsys, "events", "prune", "--keep-days", "0")
+        assert code == 2 and "--keep-days 0 must be in 1..36500" in err
+        code, out, err = run_cli(capsys, "events", "forget")
+        assert code == 2 and "--user ID" in err
+        code, out, err = run_cli(capsys, "events", "forget", "--user", "x" * 129)
+        assert code == 2 and "1..128 characters" in err
+    finally:
+        get_settings.cache_clear()
+
+
+def test_without_kafka_the_spool_is_erased_but_for_the_segment_a_server_appends_to(tmp_path: Path) -> None:
+    paths = Home(tmp_path)
+    folder, lock = claim_spool(paths.event_spool)  # a running server's slot
+    log = EventLog(folder)
+    log.append(events(6))
+    report = forget(paths, ["u1"], [], T0 + timedelta(days=1))
+    assert (report.spool_events, report.spool_open) == (0, 1)  # its one segment is open
+    log.close()
+    lock.close()  # the server stopped
+    lines = [json.loads(line) for line in next(folder.glob("segment-*.jsonl")).read_text().splitlines()]
+    theirs = sum(line["value"].get("user_id") == "u1" for line in lines)
+    report = forget(paths, ["u1"], [], T0 + timedelta(days=1))
+    assert (report.spool_events, report.spool_open) == (theirs, 0) and theirs > 0
+    left = [json.loads(line) for line in next(folder.glob("segment-*.jsonl")).read_text().splitlines()]
+    assert len(left) == len(lines) - theirs and all(line["value"].get("user_id") != "u1" for line in left)
+    assert forget(paths, ["u2"], [], T0, kafka=True).spool_events == 0  # shipped to Kafka: left to the list
