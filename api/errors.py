@@ -34,11 +34,57 @@ def _field(loc: tuple | list) -> str:
 
 def _describe(error: dict) -> str:
     value = error.get("input")
+    message = error.get("msg", "invalid value").removeprefix("Value error, ")
+    if error.get("type") == "json_invalid":  # loc: ("body", character offset)
+        reason = (error.get("ctx") or {}).get("error", "")
+        offset = error["loc"][-1] if len(error.get("loc", ())) > 1 else "?"
+        return f"body: not valid JSON at character {offset}{': ' + reason if reason else ''}"
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
     if isinstance(value, str) and len(value) > 40:
         shown = repr(value[:40] + "...") + f" ({len(value)} chars)"
-    message = error.get("msg", "invalid value").removeprefix("Value error, ")
+    if isinstance(value, (bytes, str)) and error.get("type") in ("model_attributes_type", "dict_type") and \
+            _field(error.get("loc", ())) == "body":
+        message += "; send the JSON with the header Content-Type: application/json"
     return f"{_field(error.get('loc', ()))}: {message} (got {shown})"
+
+
+# a \\uXXXX escape of a UTF-16 surrogate that is not half of a pair, after an even run of backslashes
+_LONE_SURROGATE = re.compile(rb"(?:^|[^\\])(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                             rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+
+
+def lone_surrogate(body: bytes) -> str | None:
+    """What is wrong with a JSON ``body`` that escapes half a UTF-16 surrogate pair (``"\\ud800"``): Python's
+    JSON reader takes it as a string no UTF-8 text can hold, which would fail later (the event log, the
+    answer); None when there is none."""
+    if b"\\u" not in body:
+        return None
+    found = _LONE_SURROGATE.search(body)
+    if found is None:
+        return None
+    escape = found.group(1).decode()
+    return (f"body: {escape} at byte {found.start(1)} is half of a UTF-16 surrogate pair, not a character; send "
+            "UTF-8 text (a character beyond U+FFFF escaped as a pair, e.g. \\ud83d\\ude00)")
+
+
+def invalid(request: Request, message: str) -> JSONResponse:
+    """A 422 answered before the request reaches a route."""
+    return JSONResponse(status_code=422, content={"error": "invalid_request", "message": message,
+                                                  "request_id": getattr(request.state, "request_id", None)})
+
+
+def json_safe(value: object) -> object:
+    """``value`` as JSON can carry it: a non-finite float as its text, a string holding a lone UTF-16
+    surrogate (which UTF-8 cannot encode) with it escaped, containers walked."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def install(app: FastAPI) -> None:
@@ -60,7 +106,7 @@ def install(app: FastAPI) -> None:
         message = "; ".join(_describe(e) for e in errors) or "invalid request"
         return JSONResponse(
             status_code=422,
-            content={"error": "invalid_request", "message": message,
-                     "request_id": getattr(request.state, "request_id", None),
-                     "detail": jsonable_encoder(errors, custom_encoder={Exception: str})},
+            content=json_safe({"error": "invalid_request", "message": message,
+                               "request_id": getattr(request.state, "request_id", None),
+                               "detail": jsonable_encoder(errors, custom_encoder={Exception: str})}),
         )

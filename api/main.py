@@ -142,12 +142,19 @@ async def _request_context(request: Request, call_next: Callable[[Request], Awai
     state = request.app.state
     given = request.headers.get("x-request-id", "")
     request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    # the id a logged search, listing or shelf goes by (its events name it): unique even when a caller sends
+    # one X-Request-ID with several requests (a page's trace id), else the consumers would keep one of them
+    request.state.event_id = (f"{given}.{uuid.uuid4().hex[:12]}" if request.state.request_id == given
+                              else request.state.request_id)
     started = time.perf_counter()
     balance = state.balancer
     connection = _connection(request)
     balance.enter(connection)
     try:
-        response = await call_next(request)
+        problem = None
+        if request.method in ("POST", "PUT", "PATCH") and "json" in request.headers.get("content-type", ""):
+            problem = errors.lone_surrogate(await request.body())
+        response = errors.invalid(request, problem) if problem else await call_next(request)
     finally:
         rebalance = balance.leave(connection)
     seconds = time.perf_counter() - started

@@ -27,7 +27,7 @@ FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 class SearchFilters(BaseModel):
     """Every product returned matches every filter given; the search runs over the products that do."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     category: FilterValue | list[FilterValue] | None = Field(
         None, description="Only this category, or any of these (up to 100; exact values, as facets name them).")

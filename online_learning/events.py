@@ -43,12 +43,19 @@ def _now() -> datetime:
 
 
 MAX_AHEAD = timedelta(hours=24)  # clock skew allowed to a client's timestamps
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # the log's day partitions and pandas' timestamps hold what follows
 
 
 def _in_utc(value: datetime) -> datetime:
     """A timestamp in UTC (one without an offset is read as UTC). One far ahead of this clock is refused:
     the streaming features count windows back from the latest event, so it would empty every count."""
-    value = (value.replace(tzinfo=UTC) if value.tzinfo is None else value).astimezone(UTC)
+    try:
+        value = (value.replace(tzinfo=UTC) if value.tzinfo is None else value).astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+        raise ValueError(f"timestamp {value.isoformat()} is out of range; send a time from 1970 on (ISO 8601)") \
+            from None
+    if value < EARLIEST:
+        raise ValueError(f"timestamp {value.isoformat()} is before 1970; send when the event happened (ISO 8601)")
     if value > datetime.now(UTC) + MAX_AHEAD:
         raise ValueError(f"timestamp {value.isoformat()} is more than 24 hours ahead of the server's clock "
                          f"({datetime.now(UTC).isoformat(timespec='seconds')}); send when the event happened "
@@ -104,7 +111,7 @@ class RankingEvent(BaseModel):
 class InteractionEvent(BaseModel):
     """A shopper's action on a shown product."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{
         "event_id": "e-123", "request_id": "5f0c...", "type": "click", "product_id": "100001",
         "position": 3, "user_id": "u42"}]})
 

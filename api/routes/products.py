@@ -18,7 +18,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 
 
 class ProductUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     product_id: ProductId
     price: float | None = Field(None, ge=0, le=100_000_000, description="The new price.")

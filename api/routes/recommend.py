@@ -32,7 +32,7 @@ def recommend(body: RecommendRequest, served: ServedDep, request: Request, key: 
                           body.k, Filters(**body.filters.model_dump()), tuple(body.exclude), body.user_id, body.fill)
     items = [RecommendItem(rank=i + 1, score=round(shelf.scores[i], 6), source=shelf.sources[i], **fields)
              for i, fields in enumerate(listed(engine, shelf.candidates, shelf.notes))]
-    response = RecommendResponse(request_id=request.state.request_id, kind=body.kind, seeds=shelf.seeds,
+    response = RecommendResponse(request_id=request.state.event_id, kind=body.kind, seeds=shelf.seeds,
                                  took_ms=round((time.perf_counter() - started) * 1e3, 2), degraded=shelf.degraded,
                                  unknown=shelf.unknown,
                                  stages_ms={name: round(s * 1e3, 2) for name, s in shelf.timings.items()}, items=items)

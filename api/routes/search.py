@@ -85,7 +85,7 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
                                 ranks=c.ranks, explanation=explanation))
     manifest = index.manifest
     response = SearchResponse(
-        request_id=request.state.request_id, query=body.query, k=body.k, pipeline=result.pipeline,
+        request_id=request.state.event_id, query=body.query, k=body.k, pipeline=result.pipeline,
         took_ms=round((time.perf_counter() - started) * 1e3, 2),
         stages_ms={name: round(seconds * 1e3, 2) for name, seconds in result.timings.items()},
         versions=routed.versions, degraded=result.degraded, cached=result.cached,
@@ -141,7 +141,7 @@ def log_shown(request: Request, event: RankingEvent) -> None:
 def shelf_event(request: Request, pipeline: str, user_id: str | None, session_id: str | None, filters: dict,
                 sort: str | None, items: list[ShownItem], key: ApiKey | None, took_ms: float) -> RankingEvent:
     """The ranking event of a listing (``browse``) or a recommendation shelf (``recommend:<kind>``): no query."""
-    return RankingEvent(event_id=request.state.request_id, request_id=request.state.request_id, user_id=user_id,
+    return RankingEvent(event_id=request.state.event_id, request_id=request.state.event_id, user_id=user_id,
                         session_id=session_id, query="", pipeline=pipeline, filters=filters or None, sort=sort,
                         key_id=key.id if key else None, latency_ms=took_ms, items=items)
 
@@ -162,7 +162,7 @@ def browse(body: BrowseRequest, served: ServedDep, request: Request, key: KeyDep
                            tuple(dict.fromkeys(body.facets)), use_cache=True)
     items = [BrowseItem(rank=body.offset + i + 1, **fields)
              for i, fields in enumerate(listed(engine, result.candidates, result.notes))]
-    response = BrowseResponse(request_id=request.state.request_id, sort=body.sort, total=result.total_candidates,
+    response = BrowseResponse(request_id=request.state.event_id, sort=body.sort, total=result.total_candidates,
                               took_ms=round((time.perf_counter() - started) * 1e3, 2), cached=result.cached,
                               stages_ms={name: round(s * 1e3, 2) for name, s in result.timings.items()},
                               items=items, facets=Facets(**result.facets) if result.facets is not None else None)

@@ -38,8 +38,35 @@ def test_search_returns_hybrid_results_with_request_id(client: TestClient) -> No
 def test_get_search_and_given_request_id(client: TestClient) -> None:
     response = client.get("/v1/search", params={"q": "garden hose", "k": 3}, headers={"x-request-id": "abc-1"})
     assert response.status_code == 200
-    assert response.json()["request_id"] == "abc-1"
+    assert response.headers["x-request-id"] == "abc-1" and response.json()["request_id"].startswith("abc-1.")
     assert any("hose" in i["title"].lower() for i in response.json()["items"])
+    # one X-Request-ID on several searches (a page's trace id): each logged search keeps an id of its own
+    again = client.get("/v1/search", params={"q": "garden hose", "k": 3}, headers={"x-request-id": "abc-1"})
+    assert again.json()["request_id"].startswith("abc-1.") and again.json()["request_id"] != response.json()[
+        "request_id"]
+
+
+@pytest.mark.parametrize(("path", "raw", "named"), [
+    ("/v1/search", '{"query": "drill", "filters": {"min_price": NaN}}', "filters.min_price: Input should be a finite"),
+    ("/v1/browse", '{"filters": {"max_price": Infinity}}', "filters.max_price: Input should be a finite number"),
+    ("/v1/browse", '{"k": NaN}', "k: Input should be a finite number (got nan)"),
+    ("/v1/search", '{"query": "drill \\ud800"}', "\\ud800 at byte 17 is half of a UTF-16 surrogate pair"),
+    ("/v1/search", '{"query": "drill", "sort": "\\udc00"}', "half of a UTF-16 surrogate pair"),
+    ("/v1/events", '[{"type": "purchase", "event_id": "e", "request_id": "r", "product_id": "P1", "revenue": NaN}]',
+     "0.revenue: Input should be a finite number (got nan)"),
+    ("/v1/events", '[{"type": "click", "event_id": "e", "request_id": "r", "product_id": "P1", '
+                   '"timestamp": "0001-01-01T00:00:00+14:00"}]', "0001-01-01T00:00:00+14:00 is out of range"),
+    ("/v1/search", '{"query": "drill", "k": 5,}', "body: not valid JSON at character 26: Expecting property name"),
+])
+def test_values_json_cannot_carry_are_422_naming_them(client: TestClient, path: str, raw: str, named: str) -> None:
+    response = client.post(path, content=raw.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 422 and named in response.json()["message"], response.text
+
+
+def test_a_body_not_sent_as_json_is_told_the_content_type(client: TestClient) -> None:
+    sent = client.post("/v1/search", content=b'{"query": "drill"}', headers={"content-type": "text/plain"})
+    assert sent.status_code == 422 and "Content-Type: application/json" in sent.json()["message"]
+    assert client.get("/v1/search", params={"q": "drill", "max_price": "inf"}).status_code == 422
 
 
 @pytest.mark.parametrize(
