@@ -27,7 +27,7 @@ from core.registry import ServedModel
 from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
 from ranking.cache import CachedScorer, SharedQueryVectors, TierCounts, model_tag
-from ranking.cascade import Cascade, Ranked, ScoreStage
+from ranking.cascade import Cascade, ScoreStage
 from ranking.facts import CatalogFacts, by_price
 from ranking.features import LtrFeaturizer
 from ranking.rules import RulesConfig, RulesStage
@@ -191,7 +191,7 @@ class SearchEngine:
         if query.sort != "relevance":
             ranked = replace(ranked, candidates=self._by_price(ranked.candidates, query.sort))
         page = ranked.candidates.take(slice(offset, offset + k))
-        facets = self._facets(cascade, query, ranked) if query.facets and self.facts is not None else None
+        facets = self._facets(cascade, query) if query.facets and self.facts is not None else None
         result = SearchResult(page, pipeline, len(ranked.candidates), ranked.timings,
                               {p: ranked.notes[p] for p in page.product_ids if p in ranked.notes}, ranked.degraded,
                               analysis=ranked.analysis, facets=facets)
@@ -229,7 +229,7 @@ class SearchEngine:
             listed, notes, timings["rules"] = ruled.candidates, dict(ruled.notes), time.perf_counter() - started
         page = listed.take(slice(offset, offset + k))
         result = SearchResult(page, "browse", len(rows), timings, {p: notes[p] for p in page.product_ids if p in notes},
-                              facets=self.facts.facets(rows, facets) if facets else None)
+                              facets=self._browse_facets(filters, rows, facets) if facets else None)
         if use_cache:
             self.caches.results.put(key, result)
         return result
@@ -241,16 +241,39 @@ class SearchEngine:
         head = candidates.top(self.settings.serving.sort_depth)
         return head.take(by_price(self.facts.known(head).price, sort))
 
-    def _facets(self, cascade: Cascade, query: Query, ranked: Ranked) -> dict[str, object]:
-        """Facet counts over the search's whole list; a category or brand facet whose own filter is
-        set counts what the first stage finds without that filter (the other filters hold), so the
-        values a shopper could add stay in the menu with their counts (multi-select)."""
-        assert self.facts is not None
-        counts = self.facts.facets(ranked.candidates.docs, query.facets)
+    def _facets(self, cascade: Cascade, query: Query) -> dict[str, object]:
+        """Facet counts over the search's whole list: the first stage's ``ranking.first_stage_depth``
+        best within the filters, less what the rules never show (hidden products; out of stock with
+        ``out_of_stock: hide``), whichever page is asked for. A category or brand facet whose own
+        filter is set counts what the first stage finds without that filter (the other filters
+        hold), so the values a shopper could add stay in the menu with their counts (multi-select)."""
+        assert self.facts is not None and self.rules is not None
+        depth = self.settings.ranking.first_stage_depth
+        shown = self.facts.shown(Filters(), hide_out_of_stock=self.rules.config.out_of_stock == "hide")
+        shown[self.rules.hidden_docs()] = False
+
+        def found(q: Query) -> np.ndarray:
+            docs = cascade.first_stage(cascade.analyze(q), depth).docs[:depth]
+            return docs[shown[docs]]
+
+        counts = self.facts.facets(found(query), query.facets)
         for name in ("category", "brand"):
             if name in query.facets and getattr(query.filters, name):
-                others = cascade.analyze(replace(query, filters=replace(query.filters, **{name: ()})))
-                counts[name] = self.facts.facets(cascade.first_stage(others).docs, (name,))[name]
+                counts[name] = self.facts.facets(found(replace(query, filters=replace(query.filters, **{name: ()}))),
+                                                 (name,))[name]
+        return counts
+
+    def _browse_facets(self, filters: Filters, rows: np.ndarray, names: tuple[str, ...]) -> dict[str, object]:
+        """A listing's facet counts over its rows; a category or brand facet whose own filter is set
+        counts the listing without that filter (multi-select, as a search's)."""
+        assert self.facts is not None and self.rules is not None
+        counts = self.facts.facets(rows, names)
+        hide = self.rules.config.out_of_stock == "hide"
+        for name in ("category", "brand"):
+            if name in names and getattr(filters, name):
+                shown = self.facts.shown(replace(filters, **{name: ()}), hide_out_of_stock=hide)
+                shown[self.rules.hidden_docs()] = False
+                counts[name] = self.facts.facets(np.flatnonzero(shown), (name,))[name]
         return counts
 
     def page_scope(self) -> str:
