@@ -231,7 +231,7 @@ def apply_rules(rule: QueryRule | None, product_ids: list[str], scores: np.ndarr
     rows = rows[np.lexsort((rows, -adjusted[rows], ~lifted[rows], demoted[rows]))]
     if rule and (rule.pin or rule.bury):
         position = {pid: i for i, pid in enumerate(product_ids)}
-        pinned = [position[p] for p in rule.pin if p in position and keep[position[p]]]
+        pinned = [position[p] for p in dict.fromkeys(rule.pin) if p in position and keep[position[p]]]
         buried = {position[p] for p in rule.bury if p in position}
         for slot, i in enumerate(pinned):
             notes[i].append(f"pinned({slot + 1})")

@@ -97,8 +97,8 @@ def _check_number(integer: bool) -> Callable[[Any], str | None]:
             number = float(value)
         except (TypeError, ValueError):
             return f"{value!r} is not a number; expected {kind}"
-        if isinstance(value, bool) or math.isnan(number) or number < 0:
-            return f"{value!r} is not {kind}"
+        if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+            return f"{value!r} is not {kind} (finite)"
         if integer and not number.is_integer():
             return f"{value!r} is not {kind}"
         return None

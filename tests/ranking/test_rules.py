@@ -50,7 +50,7 @@ def test_promotion_boost_is_bounded_in_positions() -> None:
 
 def test_pins_buries_and_filters() -> None:
     config = RulesConfig(out_of_stock="none", promo_boost=0,
-                         queries={"drill": QueryRule(pin=["d", "zz"], bury=["a"])})
+                         queries={"drill": QueryRule(pin=["d", "zz", "d"], bury=["a"])})  # a pin twice: once
     order, notes = run(config, query="  Drill ")
     assert order == ["d", "b", "c", "e", "a"]
     assert notes[0] == ["pinned(1)"] and notes[-1] == ["buried"]

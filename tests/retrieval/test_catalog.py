@@ -34,6 +34,7 @@ def test_csv_keeps_attributes_and_types(tmp_path: Path) -> None:
         ("product_id,title\n1,Drill\n1,Saw\n", r"row 2, column 'product_id': '1' duplicates row 1"),
         ("product_id,title,price\n1,Drill,cheap\n", r"row 1, column 'price': 'cheap' is not a number"),
         ("product_id,title,price\n1,Drill,-3\n", r"row 1, column 'price': '-3' is not a non-negative number"),
+        ("product_id,title,price\n1,Drill,inf\n", r"row 1, column 'price': 'inf' is not a non-negative number"),
         ("product_id,title,quantity\n1,Drill,2.5\n", r"column 'quantity': '2.5' is not a non-negative integer"),
         ("product_id,title,in_stock\n1,Drill,maybe\n", r"column 'in_stock': 'maybe' is not a boolean"),
         ("product_id,title\n1,Drill\n" + "X" * 129 + ",Saw\n", r"row 2, column 'product_id': 'XXX.*has 129 characters; "
