@@ -35,8 +35,13 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from core.errors import InvalidInput
+
+INDEX_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # a folder of indexes/: no '..', no '/'
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class Home:
     def index(self, name: str, encoder_fingerprint: str) -> Path:
         """``indexes/<name>/<encoder fingerprint>``: re-indexing with a new bi-encoder
         leaves the old index usable."""
+        if not INDEX_NAME.match(name):
+            raise InvalidInput(f"index name {name!r} is not allowed: 1-64 letters, digits, '_', '-' or '.', not "
+                               "starting with '.'")
         return self.indexes / name / encoder_fingerprint
 
     def eval_index(self, catalog_hash: str, encoder_fingerprint: str) -> Path:

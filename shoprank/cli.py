@@ -20,6 +20,7 @@ from pathlib import Path
 from core.errors import InvalidInput, ShopRankError
 from core.hardware import limit_math_threads
 from core.settings import Settings, get_settings
+from shoprank.commands.arguments import in_file, index_name
 
 logger = logging.getLogger("shoprank")
 
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="build (or upsert into) a product index from a catalog file")
     p.add_argument("--catalog", required=True, type=Path, help="CSV, Parquet or JSONL with product_id, title")
-    p.add_argument("--name", default=None, help="index name (default: settings.index_name)")
+    p.add_argument("--name", type=index_name, default=None, help="index name (default: settings.index_name)")
     p.add_argument("--upsert", action="store_true", help="add/update these products in the existing index")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip bad rows (counted) instead of failing")
     p.add_argument("--store", default=None, metavar="NAME", help="index another store's catalog (<home>/stores/NAME/; "
@@ -172,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("delete", help="delete products from an index by id")
     p.add_argument("product_ids", nargs="*", help="product ids")
-    p.add_argument("--from-file", help="file with one product id per line")
-    p.add_argument("--name", default=None)
+    p.add_argument("--from-file", type=in_file, help="file with one product id per line")
+    p.add_argument("--name", type=index_name, default=None)
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("serve", help="start the HTTP API")

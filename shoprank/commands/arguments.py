@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
+from core.paths import INDEX_NAME
 from ranking.training.data import Fold
 
 
@@ -56,3 +58,39 @@ def fold(text: str) -> Fold:
         return Fold.parse(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+MAX_DAYS = 36_500  # a century: pandas' timedeltas hold about 106,000 days
+
+
+def days(text: str) -> int:
+    """argparse type for a window in days: a whole number from 1 to 36500."""
+    value = count(text)
+    if not 1 <= value <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days from 1 to {MAX_DAYS}")
+    return value
+
+
+def out_file(text: str) -> str:
+    """argparse type for a file a command writes: not a folder, in a folder that exists."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; name a file to write")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: its folder {str(path.parent)!r} does not exist")
+    return text
+
+
+def index_name(text: str) -> str:
+    """argparse type for an index name (a folder under <home>/indexes/)."""
+    if not INDEX_NAME.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an index name: 1-64 letters, digits, '_', '-' or '.', "
+                                         "not starting with '.'")
+    return text
+
+
+def in_file(text: str) -> str:
+    """argparse type for a file a command reads: an existing file."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file" + (" (a folder)" if Path(text).is_dir() else ""))
+    return text

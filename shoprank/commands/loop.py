@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import InvalidInput
 from core.settings import Settings
+from shoprank.commands.arguments import days, out_file
 
 if TYPE_CHECKING:
     from online_learning.consumers.streaming_features import StreamingFeatures
@@ -294,7 +295,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start", type=int, default=0, help="first session number (continue a run)")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", type=out_file, default=None)
     p.add_argument("--attack-product", default=None, help="SIMULATED attack: bots click this product id ...")
     p.add_argument("--attack-query", action="append", default=[], help="... for this query (repeat for several)")
     p.add_argument("--attack-bots", type=int, default=1, help="bot users sharing the attack (1, or a swarm)")
@@ -321,14 +322,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "(servers read the file again once a /v1/suggest call sees it changed)")
     p.add_argument("--min-shoppers", type=int, default=3, help="distinct shoppers (user, else session) who "
                    "searched a text for it to be suggested (default 3)")
-    p.add_argument("--days", type=int, default=90, help="searches of the last DAYS days (default 90)")
+    p.add_argument("--days", type=days, default=90, help="searches of the last DAYS days (default 90)")
     p.set_defaults(handler=cmd_suggestions)
 
     p = sub.add_parser("recommendations", help="nightly: the products shoppers cart, buy or click together, "
                        "for /v1/recommend (servers read the file again once a call sees it changed)")
     p.add_argument("--min-shoppers", type=int, default=2, help="distinct shoppers (user, else session) who acted "
                    "on both products of a pair for it to be recommended (default 2)")
-    p.add_argument("--days", type=int, default=90, help="interactions of the last DAYS days (default 90)")
+    p.add_argument("--days", type=days, default=90, help="interactions of the last DAYS days (default 90)")
     p.add_argument("--top", type=int, default=50, help="neighbours kept per product (default 50)")
     p.add_argument("--no-filter", action="store_true",
                    help="count every logged event (no traffic filters): only to measure what they do")
@@ -347,22 +348,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     kinds = report.add_subparsers(dest="kind", required=True)
     p = kinds.add_parser("ab", help="HTML A/B (and interleaving) report with plots")
     p.add_argument("--experiment", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=out_file, required=True)
     p.add_argument("--control", default=None)
     p.add_argument("--treatment", default=None)
     p.set_defaults(handler=cmd_report)
     p = kinds.add_parser("terms", help="search terms: the most searched texts, those showing nothing, those "
                          "never clicked (JSON; HTML with --out)")
-    p.add_argument("--days", type=int, default=30, help="searches of the last DAYS days (default 30)")
+    p.add_argument("--days", type=days, default=30, help="searches of the last DAYS days (default 30)")
     p.add_argument("--top", type=int, default=50, help="rows per list (default 50)")
     p.add_argument("--min-searches", type=int, default=5, help="searches a text needs to be listed as showing "
                    "nothing or never clicked (default 5)")
-    p.add_argument("--out", default=None, help="also write the HTML report here")
+    p.add_argument("--out", type=out_file, default=None, help="also write the HTML report here")
     p.set_defaults(handler=cmd_report_terms)
     p = kinds.add_parser("shelves", help="listings and recommendation shelves: shown, clicked, carted, bought, "
                          "revenue, per shelf (JSON; HTML with --out)")
-    p.add_argument("--days", type=int, default=30, help="shelves shown in the last DAYS days (default 30)")
-    p.add_argument("--out", default=None, help="also write the report as HTML to this path")
+    p.add_argument("--days", type=days, default=30, help="shelves shown in the last DAYS days (default 30)")
+    p.add_argument("--out", type=out_file, default=None, help="also write the report as HTML to this path")
     p.set_defaults(handler=cmd_report_shelves)
     p = kinds.add_parser("replay", help="paired comparison of two `simulate --out` files of the same sessions")
     p.add_argument("first", type=Path, help="simulation report of the baseline")
