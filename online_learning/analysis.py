@@ -159,11 +159,15 @@ def shelves_report(per_shelf: pd.DataFrame) -> dict[str, object]:
 def searched_texts(log_root: Path, min_shoppers: int = 3, since: pd.Timestamp | None = None) -> dict[str, int]:
     """The texts searched (``searched``, the analyzer's output) by at least ``min_shoppers``
     distinct shoppers since ``since``, with how many (:func:`search_terms`' shoppers); a search
-    that showed nothing does not count. One visitor repeating a text, or a bot, counts once; a
-    text few shoppers typed (a name, a phone number) is never suggested to others."""
+    that showed nothing does not count. One visitor repeating a text, or a bot, counts once, and
+    the searches that name no user and no session count once all together (one anonymous visitor
+    could have made them all): a text few shoppers typed (a name, a phone number) is never
+    suggested to others."""
     per_search = searches(log_root, filters=None, since=since)
     if per_search.empty:
         return {}
+    known = per_search["user_id"].notna() | per_search["session_id"].notna()
+    per_search = per_search.assign(request_id=per_search["request_id"].where(known, "anonymous"))
     terms = search_terms(per_search[per_search["shown"] > 0])
     kept = terms[(terms["shoppers"] >= min_shoppers) & (terms["text"] != "")].sort_values("text")
     return {str(text): int(n) for text, n in zip(kept["text"], kept["shoppers"])}

@@ -10,8 +10,8 @@ Two sources of phrases, normalized as the index normalizes text (``retrieval.voc
 
 A typed text matches a phrase when the phrase, or the phrase from one of its later words on,
 starts with it (``drill`` finds ``cordless drill`` after ``drill bits``): the last word may
-be partial; a trailing space ends it. :class:`Suggester` keeps every such key in one sorted
-list: a prefix is a range of it, found by bisection; the best phrases of each prefix up to
+be partial; a trailing space or mark (``1/2"``, ``in.``) ends it. :class:`Suggester` keeps
+every such key in one sorted list: a prefix is a range of it, found by bisection; the best phrases of each prefix up to
 :data:`SHORT` characters are worked out when it is built, longer prefixes' ranges are short
 enough to rank when asked.
 """
@@ -143,7 +143,7 @@ class Suggester:
         When fewer than ``k`` phrases match the whole text, its first words are kept and the rest
         completed (``bosch cordless dr`` -> ``bosch cordless drill``), fewest words kept first."""
         words = TOKEN.findall(normalize(typed))
-        end = " " if typed[-1:].isspace() else ""
+        end = " " if ended(typed) else ""
         found: dict[str, Suggestion] = {}  # by its words' singulars: "drills" after "drill" is not new
         for drop in range(len(words)):
             kept = " ".join(words[:drop])
@@ -157,13 +157,19 @@ class Suggester:
         return list(found.values())[:k]
 
 
+def ended(typed: str) -> bool:
+    """Whether the shopper finished the last word: the text ends with a space or a mark that is no
+    letter or digit (``1/2"``, ``3/4 in.``), not in the middle of a word."""
+    return not typed[-1:].isalnum()
+
+
 def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int) -> list[Suggestion]:
     """What ``/v1/suggest`` offers: the suggestions for ``typed`` read by :func:`as_searched`; when
     none match and the last word has 4+ letters, that word read as a whole one, spelling-corrected
     (``cordlss`` -> ``cordless``)."""
     found = suggester.suggest(as_searched(analyzer, typed), k)
     words = typed.split()
-    if not found and words and len(words[-1]) >= 4 and not typed[-1:].isspace():
+    if not found and words and len(words[-1]) >= 4 and not ended(typed):
         whole = analyzer.analyze(typed)
         if whole.rewrites and whole.text:
             found = suggester.suggest(whole.text, k)
@@ -174,7 +180,7 @@ def as_searched(analyzer: Analyzer, typed: str) -> str:
     """``typed`` with the words before the last one as a search reads them (spelling-corrected by
     ``analyzer``: ``cordles dr`` -> ``cordless dr``); the last word, maybe partial, as typed."""
     words = typed.split()
-    partial = "" if typed[-1:].isspace() or not words else words[-1]
+    partial = "" if ended(typed) or not words else words[-1]
     completed = typed[: len(typed.rstrip()) - len(partial)] if partial else typed
     if completed.strip():
         analysis = analyzer.analyze(completed)

@@ -209,7 +209,10 @@ def search_get(
     key: KeyDep,
     q: Annotated[str, Query(description=f"Search text, 1..{MAX_QUERY_CHARS} characters")],
     k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}")] = 10,
+    offset: Annotated[int, Query(ge=0, le=900, description="Results to skip (paging), 0..900")] = 0,
     user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    session_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    explain: Annotated[bool, Query(description="Per-result feature contributions and rule notes")] = False,
     rewrite: Annotated[bool, Query(description="Correct misspelled words (false: as typed)")] = True,
     category: Annotated[list[str] | None, Query(description="Only these categories (repeat for several)")] = None,
     brand: Annotated[list[str] | None, Query(description="Only these brands (repeat for several)")] = None,
@@ -221,6 +224,7 @@ def search_get(
 ) -> SearchResponse:
     filters = {name: value for name, value in (("category", category), ("brand", brand), ("min_price", min_price),
                                                 ("max_price", max_price), ("in_stock", in_stock)) if value is not None}
-    body = SearchRequest.model_validate({"query": q, "k": k, "user_id": user_id, "rewrite": rewrite,
+    body = SearchRequest.model_validate({"query": q, "k": k, "offset": offset, "user_id": user_id,
+                                         "session_id": session_id, "explain": explain, "rewrite": rewrite,
                                          "filters": filters, "facets": facets or [], "sort": sort})
     return _respond(served, body, request, key)

@@ -227,8 +227,12 @@ def test_facets_count_every_product_found_after_the_filters(  # type: ignore[no-
     facts = demo_products.set_index("product_id")
     body = client.post("/v1/search", json={"query": "paint", "k": 5, "facets": ["category", "brand", "price"]}).json()
     facets = body["facets"]
-    found = [i["product_id"] for i in client.post("/v1/search", json={"query": "paint", "k": 100}).json()["items"]]
-    assert facets["counted"] == len(found) == 100 and len(body["items"]) == 5  # the whole list, not the page
+    found = [i["product_id"] for offset in range(0, 900, 100)
+             for i in client.post("/v1/search", json={"query": "paint", "k": 100, "offset": offset}).json()["items"]]
+    assert facets["counted"] == len(found) and len(body["items"]) == 5  # the whole list, not the page
+    deep = client.post("/v1/search", json={"query": "paint", "k": 50, "offset": 200, "facets": ["category", "brand",
+                                                                                                 "price"]}).json()
+    assert deep["facets"] == facets  # the same counts on every page
     counts = facts.loc[found, "category"].value_counts()
     assert {c["value"]: c["count"] for c in facets["category"]} == counts.to_dict()
     assert [c["count"] for c in facets["category"]] == sorted(counts.to_list(), reverse=True)
@@ -281,6 +285,10 @@ def test_get_search_takes_the_same_filters_and_facets(client: TestClient) -> Non
     assert got["facets"] == posted["facets"] and got["facets"]["brand"]
     bad = client.get("/v1/search", params={"q": "drill", "facets": "color"})
     assert bad.status_code == 422 and "facets" in bad.text
+    second = client.get("/v1/search", params={"q": "drill", "k": 5, "offset": 5, "explain": "true"}).json()
+    both = client.post("/v1/search", json={"query": "drill", "k": 10}).json()
+    assert [i["product_id"] for i in second["items"]] == [i["product_id"] for i in both["items"][5:]]
+    assert second["items"][0]["rank"] == 6 and second["items"][0]["explanation"] is not None
 
 
 def test_browse_lists_every_product_of_a_filter_in_the_order_asked(  # type: ignore[no-untyped-def]
@@ -314,6 +322,12 @@ def test_browse_lists_every_product_of_a_filter_in_the_order_asked(  # type: ign
                                                                         k=7, offset=o)["items"]]
     assert paged == [i["product_id"] for i in popular]
     assert browse()["total"] == len(facts)  # no filter: the whole catalog
+    # a category page's category facet counts the listing without its own filter (multi-select, as a search)
+    menu = browse(filters={"category": "Tools > Drills", "max_price": 100}, facets=["category", "brand"])["facets"]
+    cheap = facts[facts["price"] <= 100]
+    assert {c["value"]: c["count"] for c in menu["category"]} == cheap["category"].value_counts().head(20).to_dict()
+    assert {b["value"]: b["count"] for b in menu["brand"]} == cheap[cheap["category"] == "Tools > Drills"][
+        "brand"].value_counts().head(20).to_dict()
     page = browse(filters={"category": "Tools > Drills"}, k=3, user_id="u3")
     logged = spooled(settings, page["request_id"])
     assert (logged["pipeline"], logged["query"], logged["user_id"], logged["sort"]) == ("browse", "", "u3", "popular")

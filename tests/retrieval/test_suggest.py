@@ -30,6 +30,7 @@ def test_suggestions_start_with_the_typed_text_searched_ones_first() -> None:
     assert texts[0] == "garden hose reel" and "garden hose" in texts
     assert [s.text for s in suggester.suggest("hose", 3)] == ["garden hose reel", "hose", "garden hose"]
     assert [s.text for s in suggester.suggest("corded ", 10)] == ["corded drill"]  # a trailing space ends the word
+    assert [s.text for s in suggester.suggest("corded.", 10)] == ["corded drill"]  # and so does a mark
     assert suggester.suggest("corded", 10)[0].text == "corded"
     assert suggester.suggest("?!", 5) == [] and suggester.suggest("zzz", 5) == []
     # no phrase holds the whole text: its first words are kept and the rest completed
