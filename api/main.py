@@ -20,9 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
 
 from api import errors
 from api.admission import Admission, default_shed_at
@@ -65,12 +63,6 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     app.state.served_by = f"{socket.gethostname()}:{settings.api.port}:{os.getpid()}"  # which replica and process
     app.middleware("http")(_request_context)
     errors.install(app)
-
-    @app.exception_handler(ValidationError)
-    async def _validation(request: Request, exc: ValidationError) -> Response:
-        # models validated inside a route (GET /v1/search) report like body validation
-        return await app.exception_handlers[RequestValidationError](
-            request, RequestValidationError(exc.errors(include_url=False)))
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from api.admission import yield_to_models
 from api.auth import require
@@ -224,7 +226,10 @@ def search_get(
 ) -> SearchResponse:
     filters = {name: value for name, value in (("category", category), ("brand", brand), ("min_price", min_price),
                                                 ("max_price", max_price), ("in_stock", in_stock)) if value is not None}
-    body = SearchRequest.model_validate({"query": q, "k": k, "offset": offset, "user_id": user_id,
-                                         "session_id": session_id, "explain": explain, "rewrite": rewrite,
-                                         "filters": filters, "facets": facets or [], "sort": sort})
+    try:  # the query string's parameters, checked as the POST body is (a 422 naming each)
+        body = SearchRequest.model_validate({"query": q, "k": k, "offset": offset, "user_id": user_id,
+                                             "session_id": session_id, "explain": explain, "rewrite": rewrite,
+                                             "filters": filters, "facets": facets or [], "sort": sort})
+    except ValidationError as error:
+        raise RequestValidationError(error.errors(include_url=False)) from None
     return _respond(served, body, request, key)
