@@ -148,6 +148,23 @@ def render_shelves(report: dict, since: str, out: Path) -> Path:
     return _page("ShopRank shelves", parts, "shoprank report shelves", out)
 
 
+def render_reformulations(rows: list[dict[str, object]], since: str, out: Path) -> Path:
+    """What shoppers searched next when a search failed them
+    (:func:`online_learning.reformulations.reformulations`) as one HTML page."""
+    head = "".join(f"<th>{label}</th>" for label in ("searched first (as typed)", "then found with", "shoppers",
+                                                     "share", "how", "synonym rule to review"))
+    body = "".join(f"<tr><td>{html.escape(str(r['before']))}</td><td>{html.escape(str(r['after']))}</td>"
+                   f"<td>{r['shoppers']}</td><td>{float(r['share']):.1%}</td><td>{html.escape(str(r['relation']))}"
+                   f"</td><td><code>{html.escape(str(r['rule'] or ''))}</code></td></tr>" for r in rows)
+    parts = ["<h1>Reformulations</h1>",
+             f"<p>Since {html.escape(since)}, after the traffic filters: a search that got no click, add to cart or "
+             "purchase, followed within the window by the same shopper's search that did. Share: of the shoppers "
+             "the first search failed, those who searched the second next. A rule maps what changed; review it "
+             "before adding it to the store's synonyms.</p>",
+             f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table>" if rows else "<p>None found.</p>"]
+    return _page("ShopRank reformulations", parts, "shoprank report reformulations", out)
+
+
 def _page(title: str, parts: list[str], command: str, out: Path) -> Path:
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
             "<body style='font-family:sans-serif;max-width:1000px'>" + "\n".join(parts)

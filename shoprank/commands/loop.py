@@ -243,6 +243,29 @@ def cmd_report_terms(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_report_reformulations(args: argparse.Namespace, settings: Settings) -> int:
+    """What shoppers searched next when a search failed them, and the synonym rules that suggests."""
+    import pandas as pd
+
+    from online_learning.reformulations import as_rows, reformulations, synonym_file
+    from online_learning.report import render_reformulations
+
+    if args.min_shoppers < 1 or not 1 <= args.window_s <= 3600 or not 1 <= args.top <= 10_000:
+        raise InvalidInput(f"--min-shoppers {args.min_shoppers} must be at least 1, --window-s {args.window_s} in "
+                           f"1..3600 and --top {args.top} in 1..10000")
+    since = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=args.days)
+    found = reformulations(settings.paths.event_log, since, args.window_s, args.min_shoppers, args.top)
+    rows = as_rows(found)
+    if args.out:
+        render_reformulations(rows, since.isoformat(), Path(args.out))
+    if args.synonyms_out:
+        Path(args.synonyms_out).write_text(synonym_file(found))
+    print(json.dumps({"since": since.isoformat(), "reformulations": rows,
+                      **({"report": args.out} if args.out else {}),
+                      **({"synonyms": args.synonyms_out} if args.synonyms_out else {})}, indent=2))
+    return 0
+
+
 def cmd_report_shelves(args: argparse.Namespace, settings: Settings) -> int:
     """Listings and recommendation shelves: shown, clicked, carted, bought, revenue, per shelf."""
     import pandas as pd
@@ -365,6 +388,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=days, default=30, help="shelves shown in the last DAYS days (default 30)")
     p.add_argument("--out", type=out_file, default=None, help="also write the report as HTML to this path")
     p.set_defaults(handler=cmd_report_shelves)
+    p = kinds.add_parser("reformulations", help="what shoppers searched next when a search failed them, with the "
+                         "synonym rules that suggests (JSON; HTML with --out)")
+    p.add_argument("--days", type=days, default=30, help="searches of the last DAYS days (default 30)")
+    p.add_argument("--window-s", type=float, default=120.0, help="most seconds between the two searches "
+                   "(default 120)")
+    p.add_argument("--min-shoppers", type=int, default=3, help="distinct shoppers a pair needs to be listed "
+                   "(default 3)")
+    p.add_argument("--top", type=int, default=200, help="most pairs listed (default 200)")
+    p.add_argument("--out", type=out_file, default=None, help="also write the HTML report here")
+    p.add_argument("--synonyms-out", type=out_file, default=None, help="also write the rules as a synonyms file "
+                   "to review (retrieval.synonyms' format)")
+    p.set_defaults(handler=cmd_report_reformulations)
     p = kinds.add_parser("replay", help="paired comparison of two `simulate --out` files of the same sessions")
     p.add_argument("first", type=Path, help="simulation report of the baseline")
     p.add_argument("second", type=Path, help="simulation report of the same sessions against the candidate")
