@@ -12,7 +12,15 @@ from core.settings import get_settings
 from online_learning.consumers.base import Delivered
 from online_learning.consumers.log_sink import ParquetLogSink
 from online_learning.events import InteractionEvent, RankingEvent, ShownItem
-from online_learning.reformulations import BROADENED, NARROWED, REPLACED, SPELLING, SPLIT, reformulations, relation
+from online_learning.reformulations import (
+    BROADENED,
+    NARROWED,
+    REPLACED,
+    SPELLING,
+    SPLIT,
+    reformulations,
+    relation,
+)
 from retrieval.synonyms import Synonyms
 from tests.helpers import run_cli
 
