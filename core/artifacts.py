@@ -45,8 +45,8 @@ _STORE_PARTS = ("indexes", "models", "experiments", "features/registry.db", "sug
 # the default store's parts, every other store's (stores/<name>/...), and the keys of all
 SHARED = (*_STORE_PARTS, *(f"stores/*/{part}" for part in _STORE_PARTS), "keys.json")
 # what a swap or an experiment change writes
-STATE = ("models/*/active.json", "experiments/current.json", "rules/rules.yaml", "stores/*/models/*/active.json",
-         "stores/*/experiments/current.json", "stores/*/rules/rules.yaml")
+_STATE_PARTS = ("models/*/active.json", "experiments/current.json", "rules/rules.yaml", "rules/synonyms.txt")
+STATE = (*_STATE_PARTS, *(f"stores/*/{part}" for part in _STATE_PARTS))
 LOCAL = ".artifacts.json"  # digests of the files this home last pushed or pulled
 
 
@@ -210,6 +210,6 @@ class ArtifactStore:
             logger.info("removed %s: deleted from the registry and the store", prefix)
 
     def push_state(self) -> Transfer:
-        """Upload only the active pointers, the experiment and the rules (after a swap, an experiment or a rules
-        change)."""
+        """Upload only the active pointers, the experiment, the rules and the synonyms the admin API keeps
+        (after a swap, an experiment, rules or synonyms change)."""
         return self.push(STATE)

@@ -19,6 +19,7 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
       suggest/searches.json                   searched texts for query suggestions (shoprank suggestions)
       recommend/together.json                 products acted on together (shoprank recommendations)
       rules/rules.yaml                        business rules: pins, hides, redirects (PUT /v1/admin/rules)
+      rules/synonyms.txt                      synonyms when retrieval.synonyms names no file (PUT /v1/admin/synonyms)
       privacy/forgotten.jsonl                 shoppers erased, hashed, and when (shoprank events forget)
       shadow/<version>.jsonl                  shadow-scoring records
       streaming/state.sqlite                  the streaming feature consumer's state
@@ -134,6 +135,10 @@ class Home:
     @property
     def rules(self) -> Path:
         return self.base / "rules" / "rules.yaml"
+
+    @property
+    def synonyms(self) -> Path:
+        return self.base / "rules" / "synonyms.txt"
 
     @property
     def forgotten(self) -> Path:

@@ -57,7 +57,8 @@ class RetrievalSettings(BaseModel):
     synonyms: str | None = Field(None, description="A synonyms file (Solr format: 'fridge, refrigerator' equivalent "
                                  "words, 'aspiradora => vacuum' one way) the query analyzer applies before spelling "
                                  "correction; a relative path is read from each store's folder (the home for the "
-                                 "default store). Read again after an edit (serving.reload_poll_s). None: none.")
+                                 "default store). Read again after an edit (serving.reload_poll_s). None: the store's "
+                                 "rules/synonyms.txt when it exists (PUT /v1/admin/synonyms writes it).")
     rrf_k: int = Field(60, ge=1, description="RRF constant k (Cormack et al. 2009).")
     feedback_docs: int = Field(0, ge=0, le=100, description="Dense pseudo-relevance feedback: the query vector moves "
                                "towards the mean of the fused top N and searches again (0: off; one more vector "

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 PRODUCTS = "products.parquet"
 VOCABULARY = "vocabulary.json"
+SAME_FILE = object()  # refresh_synonyms: the file the index reads now
 
 
 @dataclass
@@ -202,10 +203,14 @@ class ProductIndex:
         self._synonyms_stamp = stamp  # once read: a file that failed is read again next time
         return synonyms
 
-    def refresh_synonyms(self) -> bool:
+    def refresh_synonyms(self, path: str | None | object = SAME_FILE) -> bool:
         """Read the synonyms file again if it changed since the analyzer read it (a server's model
         reload calls this, so an edited file needs no restart); True when it was read again. A
-        file that no longer reads raises, and the analyzer keeps the rules it had."""
+        file that no longer reads raises, and the analyzer keeps the rules it had. ``path``: the
+        synonyms file from now on (None: none), when the settings name another than at load."""
+        if path is not SAME_FILE and path != self.dense.settings.synonyms:
+            self.dense.settings = self.dense.settings.model_copy(update={"synonyms": path})
+            self._synonyms_stamp = "another file"  # read below, whatever its digest
         if self._analyzer is None or file_digest(self.dense.settings.synonyms) == self._synonyms_stamp:
             return False
         self._analyzer = self._analyzer.with_synonyms(self._read_synonyms())

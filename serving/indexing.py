@@ -135,11 +135,21 @@ class _OnFirstEncode:
 
 def retrieval_settings(settings: Settings) -> RetrievalSettings:
     """``settings.retrieval`` for this store: a relative ``synonyms`` path is read from the store's own
-    folder (the home for the default store, ``<home>/stores/NAME/`` for another), so each store has its file."""
+    folder (the home for the default store, ``<home>/stores/NAME/`` for another), so each store has its file;
+    with none set, the store's ``rules/synonyms.txt`` when it exists (what ``PUT /v1/admin/synonyms`` writes)."""
     synonyms = settings.retrieval.synonyms
     if synonyms and not Path(synonyms).is_absolute():
         return settings.retrieval.model_copy(update={"synonyms": str(settings.paths.base / synonyms)})
+    if not synonyms and settings.paths.synonyms.is_file():
+        return settings.retrieval.model_copy(update={"synonyms": str(settings.paths.synonyms)})
     return settings.retrieval
+
+
+def synonyms_target(settings: Settings) -> Path:
+    """The synonyms file the admin API writes: the one ``retrieval.synonyms`` names, else the store's
+    ``rules/synonyms.txt``."""
+    named = retrieval_settings(settings).synonyms
+    return Path(named) if named else settings.paths.synonyms
 
 
 def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:

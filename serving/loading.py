@@ -316,7 +316,7 @@ def open_served(settings: Settings, previous: Served | None = None, encoder: Enc
     router = load_router(settings.paths, settings.serving.shadow_queue)
     if previous is not None:
         encoder, index = previous.engine.encoder, previous.engine.index
-        index.refresh_synonyms()  # an edited synonyms file is read again with the models
+        index.refresh_synonyms(retrieval_settings(settings).synonyms)  # an edited (or new) file is read again
     encoder = encoder or served_encoder(settings)
     engine = open_engine(settings, ltr_versions=router.ltr_versions, encoder=encoder, index=index)
     # the catalog's suggestion phrases, worked out in the background (a hot swap reuses them)

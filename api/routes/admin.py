@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from api.auth import check_key, presented_key
 from api.deps import HolderDep, SettingsDep
 from api.schemas import ErrorBody
 from api.state import ServedHolder
-from core.errors import Forbidden, InvalidInput, Unauthorized
+from core.errors import Conflict, Forbidden, InvalidInput, Unauthorized
 from core.registry import ModelRegistry
 from core.settings import Settings
 from online_learning.experiments import Experiment
 from ranking.rules import RulesConfig
+from retrieval.synonyms import Synonyms
 from serving.engine import SearchEngine, rules_path
+from serving.indexing import synonyms_target
 from serving.loading import SWAPPABLE, check_loads, push_state
 from serving.router import save_router_config
 
@@ -134,6 +137,53 @@ async def put_rules(body: RulesConfig, request: Request, holder: HolderDep, sett
     await asyncio.to_thread(body.save, rules_path(settings))
     await asyncio.to_thread(push_state, settings)
     return _rules_state(settings, await _swap(request, holder))
+
+
+class SynonymsBody(BaseModel):
+    rules: list[Annotated[str, StringConstraints(max_length=2000)]] = Field(
+        ..., max_length=100_000, description="Lines of the synonyms file: 'a, b, c' (equivalent words) or "
+        "'a, b => c' (a or b searched as c); blank lines and '#' comments are kept.")
+
+
+class SynonymsState(SynonymsBody):
+    path: str = Field(..., description="The file: retrieval.synonyms, else the store's rules/synonyms.txt.")
+    entries: int = Field(..., description="Words or phrases a rule rewrites.")
+
+
+def _synonyms_state(settings: Settings) -> SynonymsState:
+    path = synonyms_target(settings)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    return SynonymsState(rules=lines, path=str(path), entries=len(Synonyms.parse(lines, str(path)).rules))
+
+
+@router.get("/synonyms", response_model=SynonymsState, summary="The store's synonyms")
+def get_synonyms(settings: SettingsDep) -> SynonymsState:
+    return _synonyms_state(settings)
+
+
+@router.put("/synonyms", response_model=SynonymsState, summary="Replace the synonyms")
+async def put_synonyms(body: SynonymsBody, request: Request, holder: HolderDep, settings: SettingsDep) -> SynonymsState:
+    """Checked line by line (a 422 names the bad line), saved as the store's synonyms file, shared with the
+    other replicas (``artifacts push``); every server process searches with them within
+    ``serving.reload_poll_s``, this one at once."""
+    path = synonyms_target(settings)
+    Synonyms.parse(body.rules, "rules")
+    try:
+        await asyncio.to_thread(_write_text, path, "".join(line + "\n" for line in body.rules))
+    except OSError as error:
+        raise Conflict(f"cannot write the synonyms file {path} ({error.strerror}); retrieval.synonyms names a file "
+                       "this server may not change: unset it to keep the synonyms in the store's folder") from None
+    await asyncio.to_thread(push_state, settings)
+    await _swap(request, holder)
+    return _synonyms_state(settings)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """``text`` at ``path``, atomically (a reader sees the old file or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 class ExperimentConfig(BaseModel):

@@ -475,3 +475,30 @@ def test_merchandising_rules_set_through_the_admin_api_serve_at_once_and_a_file_
         assert search()["redirect"] is None  # a rule past its end no longer holds
         assert client.put("/v1/admin/rules", json={}, headers=admin).status_code == 200
         assert [i["product_id"] for i in search()["items"]] == before
+
+
+def test_synonyms_set_through_the_admin_api_are_searched_at_once(  # type: ignore[no-untyped-def]
+        settings: Settings, real_index, real_encoder, tmp_path) -> None:
+    from core.service_settings import ApiSettings
+    from retrieval.index import ProductIndex
+
+    home = settings.model_copy(update={"home": tmp_path, "api": ApiSettings(admin_token="s3cret")})
+    admin = {"Authorization": "Bearer s3cret"}
+    index = ProductIndex.load(real_index.path, home.retrieval)  # its own analyzer: the synonyms change it
+    with ready_client(app_on(home, index, real_encoder)) as client:
+        def searched(query: str) -> str:
+            return client.post("/v1/search", json={"query": query, "k": 3}).json()["query_rewrite"]["text"]
+
+        assert searched("taladro") == "taladro"
+        empty = client.get("/v1/admin/synonyms", headers=admin).json()
+        assert empty == {"rules": [], "path": str(tmp_path / "rules" / "synonyms.txt"), "entries": 0}
+        put = client.put("/v1/admin/synonyms", json={"rules": ["# from the reformulations report",
+                                                               "taladro => drill", "tv, television"]}, headers=admin)
+        assert put.status_code == 200 and put.json()["entries"] == 3, put.text
+        assert searched("taladro") == "drill" and (tmp_path / "rules" / "synonyms.txt").read_text().startswith("#")
+        bad = client.put("/v1/admin/synonyms", json={"rules": ["taladro => drill", "hose =>"]}, headers=admin)
+        assert bad.status_code == 422 and "rules line 2: 'hose =>'" in bad.json()["message"]
+        assert searched("taladro") == "drill"  # the rejected change left the synonyms as they were
+        assert client.put("/v1/admin/synonyms", json={"rules": []}, headers=admin).status_code == 200
+        assert searched("taladro") == "taladro"
+        assert client.put("/v1/admin/synonyms", json={"rules": ["a => b"]}).status_code in (401, 403)
