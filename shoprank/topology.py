@@ -196,8 +196,8 @@ class Topology:
                 self._load_features()
             for store in self.stores():
                 self.start_consumer("sink", store)
-            if self.settings.paths.world.is_dir():
-                self.start_consumer("features")
+            if (self.settings.paths.features / "product_attributes.parquet").is_file():
+                self.start_consumer("features")  # the feature tables name each product's category and price
             self._build_index()
             for i in range(len(self.layout.replicas)):
                 self.start_replica(i, wait=False)

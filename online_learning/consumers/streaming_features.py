@@ -35,6 +35,72 @@ logger = logging.getLogger(__name__)
 Push = Callable[[str, pd.DataFrame], None]
 
 
+def open_state(state: Path) -> sqlite3.Connection:
+    """The consumer's sqlite state at ``state`` (its tables made when new)."""
+    state.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(state, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript("""
+        CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY);
+        CREATE TABLE IF NOT EXISTS daily (product_id TEXT, day TEXT, impressions INT DEFAULT 0,
+            clicks INT DEFAULT 0, purchases INT DEFAULT 0, PRIMARY KEY (product_id, day));
+        CREATE TABLE IF NOT EXISTS purchases (user_id TEXT, product_id TEXT, ts TEXT, event_id TEXT PRIMARY KEY);
+        CREATE TABLE IF NOT EXISTS dirty (kind TEXT, key TEXT, PRIMARY KEY (kind, key));
+        CREATE TABLE IF NOT EXISTS clock (id INT PRIMARY KEY CHECK (id = 0), now TEXT);
+    """)
+    return db
+
+
+def seed_state(state: Path, rankings: pd.DataFrame, interactions: pd.DataFrame) -> int:
+    """Count the logged events the state at ``state`` has not seen (``rankings``: one row per shown product;
+    ``interactions``; both with ``event_id``, ``product_id``, ``timestamp``, and ``user_id`` for purchases),
+    as the consumer counts them, without marking anything to push: the offline feature tables written from
+    the same log carry those values. So the consumer's next push of a product or a shopper adds to their
+    history instead of starting it again. Returns the events counted."""
+    db = open_state(state)
+    try:
+        ids = list(dict.fromkeys([*rankings["event_id"].astype(str), *interactions["event_id"].astype(str)]))
+        known: set[str] = set()
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            known |= {r[0] for r in db.execute(
+                f"SELECT event_id FROM seen WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)}
+        shown = rankings[~rankings["event_id"].astype(str).isin(known)]
+        acted = interactions[~interactions["event_id"].astype(str).isin(known)]
+        counts: Counter[tuple[str, str, str]] = Counter()
+        shown_at, acted_at = pd.to_datetime(shown["timestamp"], utc=True), pd.to_datetime(acted["timestamp"], utc=True)
+        for product, when in zip(shown["product_id"], shown_at):
+            counts[(str(product), when.strftime("%Y-%m-%d"), "impressions")] += 1
+        for product, kind, when in zip(acted["product_id"], acted["type"], acted_at):
+            if kind in ("click", "purchase"):
+                counts[(str(product), when.strftime("%Y-%m-%d"), "clicks" if kind == "click" else "purchases")] += 1
+        bought = acted[(acted["type"] == "purchase") & acted["user_id"].notna()]
+        latest = max([at.max() for at in (shown_at, acted_at) if len(at)], default=None)
+        with db:
+            db.executemany("INSERT OR IGNORE INTO seen VALUES (?)", [(i,) for i in ids if i not in known])
+            _add(db, counts, [(str(u), str(p), pd.Timestamp(t).isoformat(), str(e)) for u, p, t, e in
+                              zip(bought["user_id"], bought["product_id"], acted_at[bought.index], bought["event_id"])],
+                 latest)
+        return len(set(shown["event_id"].astype(str)) | set(acted["event_id"].astype(str)))
+    finally:
+        db.close()
+
+
+def _add(db: sqlite3.Connection, counts: Counter[tuple[str, str, str]], purchases: list[tuple[str, str, str, str]],
+         latest: object | None) -> None:
+    """Add daily ``counts`` ((product, day, column) -> n), ``purchases`` (user, product, time, event id) and move
+    the state's clock to ``latest`` (inside the caller's transaction)."""
+    for (product, day, column), n in counts.items():
+        db.execute(f"INSERT INTO daily (product_id, day, {column}) VALUES (?, ?, ?) "
+                   f"ON CONFLICT (product_id, day) DO UPDATE SET {column} = {column} + excluded.{column}",
+                   (product, day, n))
+    db.executemany("INSERT OR IGNORE INTO purchases VALUES (?, ?, ?, ?)", purchases)
+    if latest is not None:
+        db.execute("INSERT INTO clock VALUES (0, ?) ON CONFLICT (id) DO UPDATE SET now = max(now, excluded.now)",
+                   (pd.Timestamp(latest).isoformat(),))
+
+
 class StreamingFeatures:
     """Args:
         state: sqlite file of counts and seen ids.
@@ -43,18 +109,7 @@ class StreamingFeatures:
     """
 
     def __init__(self, state: Path, products: dict[str, tuple[int, float]], push: Push) -> None:
-        state.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(state, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript("""
-            CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY);
-            CREATE TABLE IF NOT EXISTS daily (product_id TEXT, day TEXT, impressions INT DEFAULT 0,
-                clicks INT DEFAULT 0, purchases INT DEFAULT 0, PRIMARY KEY (product_id, day));
-            CREATE TABLE IF NOT EXISTS purchases (user_id TEXT, product_id TEXT, ts TEXT, event_id TEXT PRIMARY KEY);
-            CREATE TABLE IF NOT EXISTS dirty (kind TEXT, key TEXT, PRIMARY KEY (kind, key));
-            CREATE TABLE IF NOT EXISTS clock (id INT PRIMARY KEY CHECK (id = 0), now TEXT);
-        """)
+        self.db = open_state(state)
         self.products = products
         self.push = push
         self.pushed = {"popularity": 0, "users": 0}
@@ -83,16 +138,10 @@ class StreamingFeatures:
         new_ids = [i for i in dict.fromkeys(ids) if i in known]
         with self.db:
             self.db.executemany("INSERT OR IGNORE INTO seen VALUES (?)", [(i,) for i in new_ids])
-            for (product, day, column), n in counts.items():
-                self.db.execute(f"INSERT INTO daily (product_id, day, {column}) VALUES (?, ?, ?) "
-                                f"ON CONFLICT (product_id, day) DO UPDATE SET {column} = {column} + excluded.{column}",
-                                (product, day, n))
-                self.db.execute("INSERT OR IGNORE INTO dirty VALUES ('product', ?)", (product,))
-            self.db.executemany("INSERT OR IGNORE INTO purchases VALUES (?, ?, ?, ?)", purchases)
+            _add(self.db, counts, purchases, latest)
+            self.db.executemany("INSERT OR IGNORE INTO dirty VALUES ('product', ?)",
+                                [(product,) for product in dict.fromkeys(p for p, _, _ in counts)])
             self.db.executemany("INSERT OR IGNORE INTO dirty VALUES ('user', ?)", [(p[0],) for p in purchases])
-            if latest is not None:
-                self.db.execute("INSERT INTO clock VALUES (0, ?) ON CONFLICT (id) DO UPDATE SET "
-                                "now = max(now, excluded.now)", (pd.Timestamp(latest).isoformat(),))
         self._flush_dirty()
 
     def _known(self, ids: list[str]) -> set[str]:

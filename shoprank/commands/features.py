@@ -1,8 +1,9 @@
 """``shoprank features build|apply|materialize``: the feature store from the shell.
 
-``build`` simulates the store world for a catalog (SIMULATED prices, stock,
-promotions, users and histories; see :mod:`simulation.world`) and writes the
-offline Parquet tables; ``apply`` registers the Feast definitions in
+``build --from-catalog`` writes the offline Parquet tables from the store's own
+data (:mod:`online_learning.feature_tables`); ``build`` alone simulates the store
+world for a catalog (SIMULATED prices, stock, promotions, users and histories; see
+:mod:`simulation.world`) and writes them from it; ``apply`` registers the Feast definitions in
 ``feature_repo/``; ``materialize`` loads the online store (sqlite or Redis).
 """
 
@@ -13,6 +14,7 @@ import json
 from pathlib import Path
 
 from core import feast_repo
+from core.errors import InvalidInput
 from core.settings import Settings
 
 
@@ -30,6 +32,8 @@ def _index_for(args: argparse.Namespace, settings: Settings):  # type: ignore[no
 
 
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    if args.from_catalog:
+        return _build_from_catalog(args, settings)
     from simulation.feature_data import write_feature_tables
     from simulation.world import WorldConfig, build_world
 
@@ -41,6 +45,23 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     counts = write_feature_tables(world, feast_repo.features_dir(settings))
     print(json.dumps({"world": str(settings.paths.world), "tables": counts, "categories": len(world.category_names),
                       "note": "SIMULATED store signals"}, indent=2))
+    return 0
+
+
+def _build_from_catalog(args: argparse.Namespace, settings: Settings) -> int:
+    """The store's own feature tables: its served catalog's columns and its event log (no simulation)."""
+    from datetime import UTC, datetime
+
+    from online_learning.feature_tables import write_catalog_tables
+
+    if args.dataset:
+        raise InvalidInput("--from-catalog reads the served catalog (`shoprank index --catalog FILE`); leave out "
+                           "--dataset, which names a catalog to simulate a store world for")
+    index = _index_for(args, settings)
+    counts = write_catalog_tables(index.live_products(), settings.paths.event_log, feast_repo.features_dir(settings),
+                                  datetime.now(UTC), settings.paths.streaming_state)
+    print(json.dumps({"tables": counts, "catalog": str(index.path), "event_log": str(settings.paths.event_log),
+                      "note": "the store's own data: catalog columns and the event log's last 30 days"}, indent=2))
     return 0
 
 
@@ -68,8 +89,12 @@ def _with_store(args: argparse.Namespace, settings: Settings) -> Settings:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     features = sub.add_parser("features", help="build, apply and materialize the feature store")
     verbs = features.add_subparsers(dest="verb", required=True)
-    p = verbs.add_parser("build", help="simulate the store world and write offline feature tables")
-    p.add_argument("--dataset", type=Path, help="a dataset folder (default: the served catalog)")
+    p = verbs.add_parser("build", help="write the offline feature tables: from the store's catalog and event log "
+                         "(--from-catalog), or from a simulated store world")
+    p.add_argument("--from-catalog", action="store_true", help="the store's own data: prices, categories, brands, "
+                   "stock and promotions from the served catalog's columns, popularity and shopper profiles from the "
+                   "event log (no simulation)")
+    p.add_argument("--dataset", type=Path, help="simulate for a dataset folder's catalog (default: the served one)")
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--categories", type=int, default=48)
     p.add_argument("--seed", type=int, default=7)

@@ -1,0 +1,165 @@
+"""The feature store's offline tables from a store's own data: its catalog and its event log.
+
+``shoprank features build --from-catalog`` writes the Parquet files ``feature_repo/`` reads,
+for a store in production (``features build`` without it simulates a store world instead):
+
+- ``product_attributes``: price, category and brand from the catalog's columns; ``category_id``
+  and ``department_id`` are stable ids of the category text and of its top level (the part
+  before the first ``>``), so profiles built at different times agree;
+- ``inventory``: ``in_stock`` and ``quantity`` for the products whose catalog row gives either
+  (a product without them has no row, and counts as in stock);
+- ``promotions``: ``promoted`` and ``discount`` where the catalog has those columns;
+- ``popularity``: impressions, clicks and purchases over the last 7 and 30 days per product,
+  with their smoothed CTR, counted from the event log as the streaming consumer counts them
+  (a store that imported its history with ``shoprank events import`` starts with it);
+- ``user_profile``: for each shopper with a purchase in the log, their top categories and
+  affinities, median price, purchases and recent items, as of their last purchase.
+
+The streaming feature consumer keeps popularity and profiles current from then on: its state is
+seeded with the same events, so its next push of a product or a shopper adds to that history
+(it reads each product's category id and price from ``product_attributes``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from online_learning.consumers.log_sink import read_log
+from online_learning.consumers.streaming_features import seed_state
+
+logger = logging.getLogger(__name__)
+
+TOP_CATEGORIES = 5
+RECENT_ITEMS = 5
+TRUE = {"true", "1", "yes"}
+
+
+def stable_id(text: object) -> int:
+    """A positive 56-bit id of ``text`` that does not change between builds or machines (-1: no text)."""
+    if not isinstance(text, str) or not text.strip():
+        return -1
+    return int.from_bytes(hashlib.blake2b(text.strip().encode(), digest_size=7).digest(), "big")
+
+
+def _flag(values: pd.Series) -> pd.Series:
+    """A catalog column of booleans (true/false, yes/no, 1/0) as 1 / 0, None where empty."""
+    def one(value: object) -> int | None:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return None
+        return int(str(value).strip().lower() in TRUE or value is True)
+
+    return values.map(one)
+
+
+def product_tables(products: pd.DataFrame, now: datetime) -> dict[str, pd.DataFrame]:
+    """``product_attributes``, ``inventory`` and ``promotions`` from the catalog's columns."""
+    def column(name: str) -> pd.Series:
+        return products[name] if name in products else pd.Series([None] * len(products), index=products.index)
+
+    ids, stamp = products["product_id"].astype(str), pd.Timestamp(now)
+    category = column("category")
+    tables = {"product_attributes": pd.DataFrame({
+        "product_id": ids, "price": pd.to_numeric(column("price"), errors="coerce").astype("float32"),
+        "category_id": category.map(stable_id).astype("int64"),
+        "department_id": category.map(lambda c: stable_id(c.split(">")[0]) if isinstance(c, str) else -1)
+        .astype("int64"),
+        "category": category.astype(object), "brand": column("brand").astype(object), "event_timestamp": stamp})}
+    stocked, quantity = _flag(column("in_stock")), pd.to_numeric(column("quantity"), errors="coerce")
+    known = stocked.notna() | quantity.notna()
+    in_stock = stocked.where(stocked.notna(), (quantity > 0).astype(float))
+    tables["inventory"] = pd.DataFrame({
+        "product_id": ids[known], "in_stock": in_stock[known].astype("int64"),
+        "quantity": quantity[known].fillna(-1).astype("int64"), "event_timestamp": stamp})
+    promoted, discount = _flag(column("promoted")), pd.to_numeric(column("discount"), errors="coerce")
+    offered = promoted.notna() | discount.notna()
+    tables["promotions"] = pd.DataFrame({
+        "product_id": ids[offered], "promoted": promoted[offered].fillna((discount[offered] > 0).astype(int))
+        .astype("int64"), "discount": discount[offered].fillna(0.0).astype("float32"),
+        "campaign_start": np.zeros(int(offered.sum()), dtype="int64"),
+        "campaign_end": np.zeros(int(offered.sum()), dtype="int64"), "event_timestamp": stamp})
+    return tables
+
+
+def popularity(rankings: pd.DataFrame, interactions: pd.DataFrame, now: datetime) -> pd.DataFrame:
+    """Per product: impressions (rows shown), clicks and purchases over the 7 and 30 days before ``now``,
+    and the CTR the streaming consumer computes ((clicks + 1) / (impressions + 30))."""
+    columns = {"product_id": pd.Series(dtype=object)}
+    counts = []
+    for window in (7, 30):
+        since = pd.Timestamp(now) - pd.Timedelta(days=window)
+        shown = rankings[rankings["timestamp"] > since].groupby("product_id").size().rename(f"impressions_{window}d")
+        recent = interactions[interactions["timestamp"] > since]
+        counts.append(shown)
+        for kind, name in (("click", "clicks"), ("purchase", "purchases")):
+            counts.append(recent[recent["type"] == kind].groupby("product_id").size().rename(f"{name}_{window}d"))
+    table = pd.concat(counts, axis=1).fillna(0).astype("int64") if counts else pd.DataFrame(columns)
+    table = table.reset_index().rename(columns={"index": "product_id"})
+    for window in (7, 30):
+        table[f"ctr_{window}d"] = ((table[f"clicks_{window}d"] + 1) / (table[f"impressions_{window}d"] + 30)) \
+            .astype("float32")
+    table["event_timestamp"] = pd.Timestamp(now)
+    return table
+
+
+def user_profiles(interactions: pd.DataFrame, attributes: pd.DataFrame) -> pd.DataFrame:
+    """One profile per shopper with a purchase, as of their last purchase (as the streaming consumer
+    builds it)."""
+    bought = interactions[(interactions["type"] == "purchase") & interactions["user_id"].notna()]
+    bought = bought.merge(attributes[["product_id", "category_id", "price"]], on="product_id", how="left")
+    rows = []
+    for user, events in bought.sort_values("timestamp", kind="stable").groupby("user_id", sort=True):
+        known = events[events["category_id"].notna() & (events["category_id"] >= 0)]
+        shares = known["category_id"].astype("int64").value_counts()
+        top = shares.index[:TOP_CATEGORIES].tolist()
+        prices = known["price"].dropna()
+        rows.append({"user_id": str(user), "top_categories": [int(c) for c in top],
+                     "category_affinity": [float(shares[c] / max(1, len(known))) for c in top],
+                     "median_price": float(prices.median()) if len(prices) else float("nan"),
+                     "purchases": len(events), "recent_items": events["product_id"].tolist()[-RECENT_ITEMS:][::-1],
+                     "event_timestamp": events["timestamp"].max()})
+    return pd.DataFrame(rows, columns=["user_id", "top_categories", "category_affinity", "median_price", "purchases",
+                                       "recent_items", "event_timestamp"])
+
+
+def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, now: datetime,
+                         state: Path | None = None) -> dict[str, int]:
+    """Write every offline table from ``products`` (the live catalog) and the event log at ``log_root``
+    (its last 30 days before ``now``, every event counted as the streaming consumer counts it); returns rows
+    per table. ``state``: the streaming consumer's state, which counts the same events
+    (:func:`online_learning.consumers.streaming_features.seed_state`), so its next push of a product or a
+    shopper adds to what the tables hold."""
+    tables = product_tables(products, now - timedelta(seconds=1))
+    since = pd.Timestamp(now) - pd.Timedelta(days=30)
+    empty = pd.DataFrame({"event_id": [], "product_id": [], "user_id": [], "type": [],
+                          "timestamp": pd.to_datetime([], utc=True)})
+    logged = []
+    for kind, columns in (("rankings", ["product_id", "timestamp"]),
+                          ("interactions", ["product_id", "user_id", "type", "timestamp"])):
+        frame = read_log(log_root, kind, columns, since)
+        if frame.empty:
+            frame = empty
+        else:
+            frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+            frame = frame[frame["timestamp"] > since]
+        logged.append(frame)
+    rankings, interactions = logged
+    if state is not None:
+        seed_state(state, rankings, interactions)
+    tables["popularity"] = popularity(rankings, interactions, now - timedelta(seconds=1))
+    tables["user_profile"] = user_profiles(interactions, tables["product_attributes"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        frame.to_parquet(folder / f"{name}.parquet", index=False)
+    (folder / "README.md").write_text(
+        "# Offline feature tables\n\nFrom the store's own data (`shoprank features build --from-catalog`): the "
+        "catalog's prices, categories, brands, stock and promotions; popularity and shopper profiles from the "
+        "event log's last 30 days.\n")
+    counts = {name: len(frame) for name, frame in tables.items()}
+    logger.info("wrote feature tables from the catalog and the event log to %s: %s", folder, counts)
+    return counts

@@ -1,0 +1,109 @@
+"""The feature store filled from a store's own catalog and event log (``features build --from-catalog``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import feast_repo
+from core.feature_store import OnlineFeatureReader
+from core.settings import Settings, get_settings
+from online_learning.consumers.base import Delivered
+from online_learning.consumers.log_sink import ParquetLogSink
+from online_learning.events import InteractionEvent, RankingEvent, ShownItem
+from online_learning.feature_tables import product_tables, stable_id, write_catalog_tables
+from tests.helpers import run_cli
+
+NOW = datetime.now(UTC)
+CATALOG = pd.DataFrame({
+    "product_id": ["P1", "P2", "P3", "P4"], "title": ["Drill", "Saw", "Paint", "Brush"],
+    "category": ["Tools > Drills", "Tools > Saws", "Paint > Interior", None],
+    "brand": ["Acme", "Bolt", "Acme", None], "price": [99.0, 49.5, None, 5.0],
+    "in_stock": ["true", "false", None, None], "quantity": [3, 0, None, 7], "promoted": ["yes", None, "no", None],
+})
+
+
+def test_the_catalogs_columns_become_the_product_tables() -> None:
+    tables = product_tables(CATALOG, NOW)
+    attributes = tables["product_attributes"].set_index("product_id")
+    assert attributes.loc["P1", "category_id"] == stable_id("Tools > Drills") > 0
+    assert attributes.loc["P1", "department_id"] == attributes.loc["P2", "department_id"] == stable_id("Tools")
+    assert attributes.loc["P4", "category_id"] == -1 and np.isnan(attributes.loc["P3", "price"])
+    assert stable_id("Tools > Drills") == stable_id(" Tools > Drills ")  # the same id on every build and machine
+    inventory = tables["inventory"].set_index("product_id")
+    assert inventory.to_dict("index") == {  # P3 gives neither: no row, it counts as in stock
+        "P1": {"in_stock": 1, "quantity": 3, "event_timestamp": pd.Timestamp(NOW)},
+        "P2": {"in_stock": 0, "quantity": 0, "event_timestamp": pd.Timestamp(NOW)},
+        "P4": {"in_stock": 1, "quantity": 7, "event_timestamp": pd.Timestamp(NOW)}}
+    assert tables["promotions"].set_index("product_id")["promoted"].to_dict() == {"P1": 1, "P3": 0}
+    bare = product_tables(CATALOG[["product_id", "title"]], NOW)  # titles only: attributes, no stock or promotion
+    assert len(bare["product_attributes"]) == 4 and bare["inventory"].empty and bare["promotions"].empty
+
+
+def log_of_a_store(root: Path) -> None:
+    events: list[Delivered] = []
+    for i, (user, product) in enumerate([("u1", "P1"), ("u1", "P3"), ("u1", "P2"), ("u2", "P2")]):
+        when = NOW - timedelta(days=10 - i)
+        events.append(Delivered("r", 0, len(events), RankingEvent(
+            event_id=f"r{i}", request_id=f"r{i}", timestamp=when, user_id=user, query="drill", pipeline="full",
+            items=[ShownItem(product_id=p, position=j + 1) for j, p in enumerate(["P1", "P2", "P3"])])))
+        for kind in ("click", "purchase"):
+            events.append(Delivered("i", 0, len(events), InteractionEvent(
+                type=kind, event_id=f"{kind}{i}", request_id=f"r{i}", timestamp=when + timedelta(seconds=30),
+                user_id=user, product_id=product, position=1)))
+    ParquetLogSink(root)(events)
+
+
+@pytest.mark.integration
+def test_a_store_serves_its_own_features_and_the_streaming_consumer_builds_on_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(home=tmp_path, progress=False)
+    log_of_a_store(settings.paths.event_log)
+    counts = write_catalog_tables(CATALOG, settings.paths.event_log, feast_repo.features_dir(settings), NOW,
+                                  settings.paths.streaming_state)
+    assert counts == {"product_attributes": 4, "inventory": 3, "promotions": 2, "popularity": 3, "user_profile": 2}
+    popularity = pd.read_parquet(feast_repo.features_dir(settings) / "popularity.parquet").set_index("product_id")
+    assert popularity.loc["P2", ["impressions_30d", "clicks_30d", "purchases_30d", "purchases_7d"]].tolist() == [
+        4, 2, 2, 1]  # bought 8 days ago and 7 days less 30 s ago
+    feast_repo.apply(settings)
+    feast_repo.materialize(settings)
+    reader = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1")
+    try:
+        rows = {p: row for p, row in zip(["P1", "P2"], reader.rows(["P1", "P2"]))}
+        assert rows["P1"]["price"] == pytest.approx(99.0) and rows["P1"]["category"] == "Tools > Drills"
+        assert (rows["P1"]["in_stock"], rows["P2"]["in_stock"], rows["P1"]["promoted"]) == (1, 0, 1)
+        assert reader.user_list("u1", "user_profile:recent_items") == ["P2", "P3", "P1"]
+    finally:
+        reader.close()
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        from shoprank.commands.loop import streaming_features
+
+        consumer = streaming_features(get_settings())  # no simulated world: the catalog's table
+        assert consumer.products["P1"] == (stable_id("Tools > Drills"), 99.0)
+        consumer([Delivered("i", 0, 0, InteractionEvent(type="purchase", event_id="late", request_id="r9",
+                                                         user_id="u2", product_id="P4", position=1)),
+                  Delivered("i", 0, 1, InteractionEvent(type="purchase", event_id="again", request_id="r9",
+                                                         user_id="u3", product_id="P2", position=2))])
+        reader = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1")
+        assert reader.user_list("u2", "user_profile:recent_items") == ["P4", "P2"]  # added to the seeded history
+        assert reader.rows(["P2"])[0]["purchases_30d"] == 3  # the two logged and the new one
+        reader.close()
+    finally:
+        get_settings.cache_clear()
+
+
+def test_the_command_reads_the_served_catalog_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        code, _, err = run_cli(capsys, "features", "build", "--from-catalog", "--dataset", str(tmp_path))
+        assert code == 2 and "leave out --dataset" in err
+    finally:
+        get_settings.cache_clear()
