@@ -232,7 +232,7 @@ def apply_rules(rule: QueryRule | None, product_ids: list[str], scores: np.ndarr
     if rule and (rule.pin or rule.bury):
         position = {pid: i for i, pid in enumerate(product_ids)}
         pinned = [position[p] for p in dict.fromkeys(rule.pin) if p in position and keep[position[p]]]
-        buried = {position[p] for p in rule.bury if p in position}
+        buried = {position[p] for p in rule.bury if p in position} - set(pinned)  # a pin wins
         for slot, i in enumerate(pinned):
             notes[i].append(f"pinned({slot + 1})")
         for i in buried:
@@ -264,7 +264,7 @@ class RulesStage:
         place never depends on how many rows a request asks for, so the pages of a search agree at any offset."""
         rule = self.config.rule_for(query) if query.text else None
         head, tail = candidates.top(self.depth), candidates.take(slice(self.depth, None))
-        if rule is not None and rule.pin:
+        if rule is not None and rule.pin and query.sort == "relevance":  # a price order has no pinned places
             head, tail = self._with_pins(rule.pin, head, tail)
         facts = self.facts(head)
         score = np.nan_to_num(head.score, nan=float(np.nanmin(head.score)) if np.isfinite(head.score).any() else 0.0)
@@ -311,8 +311,11 @@ class RulesStage:
         rule = self.config.rule_for(query) if query.text else None
         return rule.redirect if rule is not None else None
 
-    def hidden_docs(self) -> np.ndarray:
-        """The documents of the products hidden everywhere (``hide``) that the index holds."""
-        if not self.config.hide or self.doc_of is None:
+    def hidden_docs(self, query: Query | None = None) -> np.ndarray:
+        """The documents of the products hidden everywhere (``hide``), and with ``query`` those its own
+        rule hides, that the index holds."""
+        rule = self.config.rule_for(query) if query is not None and query.text else None
+        hidden = [*self.config.hide, *(rule.hide if rule is not None else ())]
+        if not hidden or self.doc_of is None:
             return np.zeros(0, dtype=np.int64)
-        return np.array([d for p in self.config.hide if (d := self.doc_of(p)) is not None], dtype=np.int64)
+        return np.array([d for p in dict.fromkeys(hidden) if (d := self.doc_of(p)) is not None], dtype=np.int64)

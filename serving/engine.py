@@ -188,6 +188,14 @@ class SearchEngine:
                     return replace(page, cached=True)
         cascade = self._chosen(pipeline, ltr)
         ranked = cascade.run(query, k + offset)
+        fetched, limit = max(k + offset, cascade.first_stage_depth), min(self.index.count, MAX_FETCH)
+        while len(ranked.candidates) < k + offset and fetched < limit:
+            # the rules left rows out (hidden, out of stock): read deeper, so the page is full while more exist
+            fetched = min(limit, 2 * fetched)
+            deeper = cascade.run(query, fetched)
+            if len(deeper.candidates) <= len(ranked.candidates):
+                break  # the first stage has nothing more
+            ranked = deeper
         if query.sort != "relevance":
             ranked = replace(ranked, candidates=self._by_price(ranked.candidates, query.sort))
         page = ranked.candidates.take(slice(offset, offset + k))
@@ -250,7 +258,7 @@ class SearchEngine:
         assert self.facts is not None and self.rules is not None
         depth = self.settings.ranking.first_stage_depth
         shown = self.facts.shown(Filters(), hide_out_of_stock=self.rules.config.out_of_stock == "hide")
-        shown[self.rules.hidden_docs()] = False
+        shown[self.rules.hidden_docs(cascade.analyze(query))] = False
 
         def found(q: Query) -> np.ndarray:
             docs = cascade.first_stage(cascade.analyze(q), depth).docs[:depth]
@@ -321,6 +329,9 @@ class SearchEngine:
             self.caches.store.close()
         if self.models.features is not None:
             self.models.features.close()
+
+
+MAX_FETCH = 10_000  # the most first-stage rows a page may read when the rules leave rows out
 
 
 def rules_path(settings: Settings) -> Path:

@@ -50,7 +50,7 @@ def test_promotion_boost_is_bounded_in_positions() -> None:
 
 def test_pins_buries_and_filters() -> None:
     config = RulesConfig(out_of_stock="none", promo_boost=0,
-                         queries={"drill": QueryRule(pin=["d", "zz", "d"], bury=["a"])})  # a pin twice: once
+                         queries={"drill": QueryRule(pin=["d", "zz", "d"], bury=["a", "d"])})  # a pin twice: once
     order, notes = run(config, query="  Drill ")
     assert order == ["d", "b", "c", "e", "a"]
     assert notes[0] == ["pinned(1)"] and notes[-1] == ["buried"]
@@ -130,6 +130,9 @@ def test_a_pin_adds_the_product_the_search_did_not_find_and_moves_one_from_below
     # a pinned product that fails the filters is not shown
     assert "p8" not in stage(Query("drill", filters=Filters(max_price=7)), candidates).candidates.product_ids
     assert stage(Query("saw"), candidates).candidates.product_ids == [f"p{i}" for i in range(n)]
+    by_price = stage(Query("drill", sort="price_desc"), candidates).candidates.product_ids
+    assert "p8" not in by_price and "p1" not in by_price  # a price order adds no pin; the query's hide holds
+    assert stage.hidden_docs(Query("drill")).tolist() == [1] and stage.hidden_docs(Query("saw")).tolist() == []
     assert stage.hidden_docs().tolist() == [] and RulesStage(RulesConfig(hide=["p3", "x"]), read,
                                                              doc_of=stage.doc_of).hidden_docs().tolist() == [3]
 
