@@ -16,7 +16,6 @@ feature consumer take them as live events.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import logging
 from collections.abc import Iterator
@@ -76,8 +75,9 @@ def describe(error: Exception) -> str:
     return str(error)
 
 
-def lines_of(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, one event's JSON) of a JSONL file or a JSON array (numbered by element, from 1)."""
+def lines_of(path: Path) -> Iterator[tuple[int, str | ValueError]]:
+    """(line number, one event's JSON) of a JSONL file or a JSON array (numbered by element, from 1); a line
+    that is not UTF-8 comes as the error, to be reported as an invalid line."""
     if not path.is_file():
         raise InvalidInput(f"{path} is not a file; give a .jsonl, .ndjson or .json file of events (optionally .gz)")
     opener = gzip.open if path.suffix == ".gz" else open
@@ -85,22 +85,31 @@ def lines_of(path: Path) -> Iterator[tuple[int, str]]:
     if kind not in (".jsonl", ".ndjson", ".json"):
         raise InvalidInput(f"{path.name}: the file type {kind or '(none)'!r} is not one of .jsonl, .ndjson, .json "
                            "(each optionally .gz)")
-    with opener(path, "rb") as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8")
-        if kind == ".json":
-            try:
-                items = json.load(text)
-            except json.JSONDecodeError as err:
-                raise InvalidInput(f"{path.name} is not one JSON array: {err}; for a file of one event per line "
-                                   "name it .jsonl") from err
-            if not isinstance(items, list):
-                raise InvalidInput(f"{path.name} holds a JSON {type(items).__name__}, not an array of events")
-            for n, item in enumerate(items, 1):
-                yield n, json.dumps(item)
-            return
-        for n, line in enumerate(text, 1):
-            if line.strip():
-                yield n, line
+    n = 0
+    try:
+        with opener(path, "rb") as raw:
+            if kind == ".json":
+                try:
+                    items = json.loads(raw.read().decode("utf-8-sig"))
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    raise InvalidInput(f"{path.name} is not one JSON array of UTF-8 text: {err}; for a file of one "
+                                       "event per line name it .jsonl") from None
+                if not isinstance(items, list):
+                    raise InvalidInput(f"{path.name} holds a JSON {type(items).__name__}, not an array of events")
+                for n, item in enumerate(items, 1):
+                    yield n, json.dumps(item)
+                return
+            for n, data in enumerate(raw, 1):
+                try:
+                    line = data.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as err:
+                    yield n, ValueError(f"not UTF-8 text (byte {err.start}); save the file as UTF-8")
+                    continue
+                if line.strip():
+                    yield n, line
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; EOFError: cut short
+        raise InvalidInput(f"{path.name} could not be read after line {n}: {err or type(err).__name__}; give a "
+                           "whole file (gzip only when named .gz)") from None
 
 
 def import_events(path: Path, log_root: Path, store: str | None = None, batch: int = 50_000, strict: bool = False,
@@ -137,8 +146,11 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
     return report
 
 
-def _check(report: ImportReport, n: int, line: str) -> RankingEvent | InteractionEvent | None:
+def _check(report: ImportReport, n: int, line: str | ValueError) -> RankingEvent | InteractionEvent | None:
     report.lines += 1
+    if isinstance(line, ValueError):
+        report.reject(n, line)
+        return None
     try:
         event = parse(line)
     except (ValidationError, ValueError) as err:

@@ -90,7 +90,8 @@ class EventLog:
         self._new_data = threading.Condition(threading.Lock())
         self._stop = threading.Event()
         segments = self._segments()
-        self._segment = segments[-1] if segments else 1
+        # a new segment each start: the earlier ones are closed for good (an erasure may rewrite them)
+        self._segment = segments[-1] + 1 if segments else 1
         self._file = open(self._path(self._segment), "ab")  # noqa: SIM115 - held open for appends
         self._written = 0
         self._synced = 0

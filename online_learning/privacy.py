@@ -6,14 +6,14 @@ about shoppers, by user id or session id:
 - the offline event log (Parquet: the searches they were shown, their clicks, carts and
   purchases): each file that holds their rows is written again without them (atomically; a
   file left empty is removed);
-- the streaming feature state (their purchases) and so their online profile (``user_profile``:
-  recent items, category affinities, median price): the rows are deleted and the profile is
-  pushed again, empty (the caller's ``push``; else the streaming consumer pushes it at its next
-  batch or start);
+- the streaming feature state (their purchases) and their online profile (``user_profile``:
+  recent items, category affinities, median price): the rows are deleted and every named
+  shopper's profile is pushed again, empty (the caller's ``push``; else the streaming consumer
+  pushes it at its next batch or start); their rows of the offline ``user_profile`` table go too;
 - dead letters (events a consumer could not read) and shadow-scoring records: their lines go;
 - without Kafka, the event spool is the record of events (``<store>/event_spool``): its segments
-  are written again without their lines, all but the one a running server appends to (which
-  a later run, after that server stops, covers);
+  are written again without their lines, all but the one a running server appends to (a server
+  starts a new segment each time it starts, so a run after a restart covers it);
 - events still on their way (with Kafka, a server's spool and the topics; a file to import):
   the erasure list (:mod:`online_learning.forget_list`) makes the consumers and the import drop
   them.
@@ -24,7 +24,7 @@ broker's own retention.
 
 :func:`prune` (``shoprank events prune --keep-days N``) removes the event log's days older than
 N days, the streaming state's purchases as old (their shoppers' profiles pushed again without
-them) and the shadow-scoring records as old.
+them), the shadow-scoring records as old and, without Kafka, the spool's lines as old.
 """
 
 from __future__ import annotations
@@ -40,11 +40,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.paths import Home
 from online_learning.consumers.log_sink import log_files, read_file
+from online_learning.consumers.streaming_features import open_state
 from online_learning.forget_list import ForgetList
 
 logger = logging.getLogger(__name__)
@@ -62,12 +64,15 @@ class ForgetReport:
     log_rows: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in KINDS})
     log_files: int = 0  # files written again (or removed, left empty)
     purchases: int = 0  # streaming state rows
-    profiles: str = "none held"  # what became of the online profiles
+    profiles: str = "none"  # what became of the online profiles
+    feature_rows: int = 0  # rows of the offline user_profile table
     dead_letters: int = 0
     shadow_records: int = 0
-    spool_events: int = 0  # lines of the event spool (without Kafka)
+    spool_events: int = 0  # lines of the event spool erased (without Kafka)
     spool_open: int = 0  # segments a running server appends to, left as they are
+    spool_open_events: int = 0  # their lines in those segments: erased by a run after that server restarts
     listed: int = 0  # ids added to the erasure list
+    not_found: list[str] = field(default_factory=list)  # ids named that no log row holds (the first 100)
 
 
 @dataclass
@@ -78,8 +83,10 @@ class PruneReport:
     log_days: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in KINDS})
     log_files: int = 0
     purchases: int = 0
-    profiles: str = "none changed"
+    profiles: str = "none"
     shadow_records: int = 0
+    spool_events: int = 0
+    spool_open: int = 0
 
 
 def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: datetime, dry_run: bool = False,
@@ -90,11 +97,15 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
     report = ForgetReport(len(users), len(sessions))
     if not dry_run:  # listed first: events arriving while the rest is erased are dropped too
         report.listed = ForgetList(paths.forgotten).add(sorted(users), sorted(sessions), at)
+    seen: set[str] = set()
     for kind in KINDS:
         for path in log_files(paths.event_log, kind):
             ids = read_file(path, ["user_id", "session_id"])
-            hit = (ids["user_id"].isin(users) | ids["session_id"].isin(sessions)).to_numpy()
+            by_user, by_session = ids["user_id"].isin(users), ids["session_id"].isin(sessions)
+            hit = (by_user | by_session).to_numpy()
             if hit.any():
+                seen |= {f"user {u}" for u in ids["user_id"][by_user]} | {
+                    f"session {s}" for s in ids["session_id"][by_session]}
                 report.log_rows[kind] += int(hit.sum())
                 report.log_files += 1
                 if not dry_run:
@@ -102,22 +113,36 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
                     _replace(path, table.filter(pa.array(~hit)))
     owners = _purchases_of(paths.streaming_state, lambda user, ts: user in users)
     report.purchases = len(owners)
-    report.profiles = _drop_purchases(paths.streaming_state, owners, dry_run, push, "reset")
+    profiled = paths.streaming_state.is_file() or (paths.features / "user_profile.parquet").is_file()
+    report.profiles = _drop_purchases(paths.streaming_state, owners, dry_run, push, "reset",
+                                      also=users if profiled else ())
+    offline = paths.features / "user_profile.parquet"
+    if offline.is_file():
+        table = pq.read_table(offline)
+        theirs = np.isin(table.column("user_id").to_numpy(zero_copy_only=False), list(users))
+        report.feature_rows = int(theirs.sum())
+        if report.feature_rows and not dry_run:
+            _replace(offline, table.filter(pa.array(~theirs)), keep_empty=True)
     for path in sorted((paths.base / "dead_letters").glob("*.jsonl")):
         report.dead_letters += _drop_lines(path, lambda line: _names(line, users, sessions), dry_run)
     for path in sorted(paths.shadow.glob("*.jsonl")):
         report.shadow_records += _drop_lines(path, lambda line: json.loads(line).get("user_id") in users, dry_run)
     if not kafka:
-        report.spool_events, report.spool_open = _forget_spool(paths.event_spool, users, sessions, dry_run)
+        def theirs(event: dict) -> bool:
+            return event.get("user_id") in users or event.get("session_id") in sessions
+
+        report.spool_events, report.spool_open, report.spool_open_events = _spool(paths.event_spool, theirs, dry_run)
+    named = [f"user {u}" for u in sorted(users)] + [f"session {s}" for s in sorted(sessions)]
+    report.not_found = [n for n in named if n not in seen][:100]
     logger.info("forget %d users, %d sessions%s: %s", len(users), len(sessions), " (dry run)" if dry_run else "",
                 report)
     return report
 
 
 def prune(paths: Home, keep_days: int, now: datetime, dry_run: bool = False,
-          push: PushDirty | None = None) -> PruneReport:
-    """Remove the event log's days before ``now - keep_days`` (UTC days), the streaming state's purchases
-    and the shadow-scoring records older than that."""
+          push: PushDirty | None = None, kafka: bool = False) -> PruneReport:
+    """Remove the event log's days before ``now - keep_days`` (UTC days), the streaming state's purchases,
+    the shadow-scoring records and, without ``kafka``, the spool's lines older than that."""
     first: date = (now - timedelta(days=keep_days)).date()
     report = PruneReport(first.isoformat())
     for kind in KINDS:
@@ -138,13 +163,19 @@ def prune(paths: Home, keep_days: int, now: datetime, dry_run: bool = False,
     for path in sorted(paths.shadow.glob("*.jsonl")):
         report.shadow_records += _drop_lines(path, lambda line: json.loads(line).get("time", 0) < cutoff.timestamp(),
                                              dry_run)
+    if not kafka:
+        def old(event: dict) -> bool:
+            return "timestamp" in event and datetime.fromisoformat(event["timestamp"]) < cutoff
+
+        report.spool_events, report.spool_open, _ = _spool(paths.event_spool, old, dry_run)
     return report
 
 
-def _replace(path: Path, table: pa.Table) -> None:
+def _replace(path: Path, table: pa.Table, keep_empty: bool = False) -> None:
     """``table`` in place of the Parquet file at ``path`` (a reader sees the old file or the new one); no
-    rows left: the file is removed. The temporary name is one the log sink removes if a crash leaves it."""
-    if table.num_rows == 0:
+    rows left: the file is removed (unless ``keep_empty``: a table others read). The temporary name is one
+    the log sink removes if a crash leaves it."""
+    if table.num_rows == 0 and not keep_empty:
         path.unlink()
         return
     tmp = path.with_name(path.name + ".tmp")
@@ -167,15 +198,15 @@ def _purchases_of(state: Path, match: Callable[[str, str], bool]) -> dict[str, s
 
 
 def _drop_purchases(state: Path, purchases: dict[str, str], dry_run: bool, push: PushDirty | None,
-                    done: str) -> str:
-    """Delete ``purchases`` (event id -> user) from the streaming state and mark their shoppers' profiles to
-    push again; then push them with ``push``. Says what became of the profiles."""
-    users = sorted(set(purchases.values()))
+                    done: str, also: Collection[str] = ()) -> str:
+    """Delete ``purchases`` (event id -> user) from the streaming state and mark their shoppers' profiles
+    (and those of ``also``) to push again; then push them with ``push``. Says what became of the profiles."""
+    users = sorted(set(purchases.values()) | set(also))
     if not users:
-        return "none held"
+        return "none"
     if dry_run:
         return f"{len(users)} to be {done}"
-    db = sqlite3.connect(state, timeout=30)
+    db = open_state(state)
     try:
         with db:
             events = list(purchases)
@@ -214,15 +245,14 @@ def _drop_lines(path: Path, drop: Callable[[str], bool], dry_run: bool) -> int:
     return dropped
 
 
-def _forget_spool(root: Path, users: set[str], sessions: set[str], dry_run: bool) -> tuple[int, int]:
-    """Drop the lines of ``users`` and ``sessions`` from the spool's segments (a spool no server ships to
-    Kafka); a slot a running server holds keeps its last segment, which that server appends to. Returns
-    the lines dropped and the segments left open."""
-    def theirs(line: str) -> bool:
-        event = json.loads(line).get("value") or {}
-        return event.get("user_id") in users or event.get("session_id") in sessions
+def _spool(root: Path, drop: Callable[[dict], bool], dry_run: bool) -> tuple[int, int, int]:
+    """Drop the lines whose event ``drop`` names from the spool's segments (a spool no server ships to
+    Kafka); a slot a running server holds keeps its last segment, which that server appends to (its
+    lines are only counted). Returns the lines dropped, the segments left open and their lines named."""
+    def named(line: str) -> bool:
+        return drop(json.loads(line).get("value") or {})
 
-    dropped = left = 0
+    dropped = left = left_lines = 0
     for folder in sorted(p for p in root.glob("slot-*") if p.is_dir()):
         segments = sorted(folder.glob("segment-*.jsonl"))
         if (folder / "shipped.json").exists() or not segments:
@@ -231,10 +261,12 @@ def _forget_spool(root: Path, users: set[str], sessions: set[str], dry_run: bool
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # a server holds the slot and appends to its last segment
-                segments, left = segments[:-1], left + 1
+                left += 1
+                left_lines += _drop_lines(segments[-1], named, dry_run=True)
+                segments = segments[:-1]
             for path in segments:
-                dropped += _drop_lines(path, theirs, dry_run)
-    return dropped, left
+                dropped += _drop_lines(path, named, dry_run)
+    return dropped, left, left_lines
 
 
 def _names(line: str, users: set[str], sessions: set[str]) -> bool:

@@ -57,7 +57,8 @@ def _push(settings: Settings) -> Callable[[], None]:
 
 
 def _ids(values: list[str] | None, option: str) -> list[str]:
-    ids = [v.strip() for v in values or []]
+    """The ids as given (matched exactly as the API stored them, spaces included)."""
+    ids = list(values or [])
     bad = [v for v in ids if not 1 <= len(v) <= 128]
     if bad:
         raise InvalidInput(f"{option} {bad[0]!r}: an id is 1..128 characters, as the API takes it")
@@ -72,7 +73,12 @@ def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
         path = Path(args.from_file)
         if not path.is_file():
             raise InvalidInput(f"--from-file {path}: no such file (one user id a line)")
-        users += _ids([line for line in path.read_text().splitlines() if line.strip()], "--from-file line")
+        try:
+            text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark is no part of the first id
+        except UnicodeDecodeError as error:
+            raise InvalidInput(f"--from-file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8, "
+                               "one user id a line") from None
+        users += _ids([line for line in text.splitlines() if line.strip()], "--from-file line")
     if not users and not sessions:
         raise InvalidInput("name whom to forget: --user ID, --session ID or --from-file FILE (one user id a line)")
     report = forget(settings.paths, users, sessions, datetime.now(timezone.utc), args.dry_run,
@@ -87,7 +93,7 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     if not 1 <= args.keep_days <= 36_500:
         raise InvalidInput(f"--keep-days {args.keep_days} must be in 1..36500")
     report = prune(settings.paths, args.keep_days, datetime.now(timezone.utc), args.dry_run,
-                   None if args.dry_run else _push(settings))
+                   None if args.dry_run else _push(settings), kafka=bool(settings.events.kafka_bootstrap))
     print(json.dumps(asdict(report) | {"dry_run": args.dry_run}, indent=2))
     return 0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import InvalidInput
 from core.settings import get_settings
 from online_learning.analysis import searches
 from online_learning.consumers.log_sink import read_log
@@ -113,3 +114,22 @@ def test_positions_as_deep_as_a_listing_pages() -> None:
     with pytest.raises(ValidationError, match="position"):
         ShownItem(product_id="P1", position=100_101)
 
+
+
+def test_damaged_files_and_lines_that_are_not_utf8_are_named(tmp_path: Path) -> None:
+    good = json.dumps(history()[0]).encode()
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + b'{"type": "click", "query": "caf\xe9"}\n' + good + b"\n")
+    report = import_events(mixed, tmp_path / "log", progress=False, dry_run=True)
+    assert (report.lines, report.valid, report.invalid) == (3, 2, 1)  # a BOM is no part of the first line
+    assert report.errors == ["line 2: not UTF-8 text (byte 31); save the file as UTF-8"]
+    (tmp_path / "fake.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(InvalidInput, match="fake.jsonl.gz could not be read after line 0"):
+        import_events(tmp_path / "fake.jsonl.gz", tmp_path / "log", progress=False, dry_run=True)
+    whole = gzip.compress(b"\n".join([good] * 200))
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InvalidInput, match="cut.jsonl.gz could not be read after line"):
+        import_events(tmp_path / "cut.jsonl.gz", tmp_path / "log", progress=False, dry_run=True)
+    (tmp_path / "latin.json").write_bytes(b'[{"query": "caf\xe9"}]')
+    with pytest.raises(InvalidInput, match="latin.json is not one JSON array of UTF-8 text"):
+        import_events(tmp_path / "latin.json", tmp_path / "log", progress=False, dry_run=True)

@@ -89,15 +89,25 @@ def test_forget_erases_a_shopper_at_rest_and_keeps_the_others(tmp_path: Path) ->
         json.dumps({"type": "click", "user_id": "u2"})]
     assert [json.loads(line)["user_id"] for line in (paths.shadow / "v2.jsonl").read_text().splitlines()] == [None]
     assert "u1" not in paths.forgotten.read_text() and digest("user", "u1") in paths.forgotten.read_text()
-    again = forget(paths, ["u1"], [], at)  # nothing left to erase
-    assert again.log_rows == {"rankings": 0, "interactions": 0} and again.profiles == "none held"
+    again = forget(paths, ["u1"], [], at)  # nothing left to erase; the profile is pushed empty all the same
+    assert again.log_rows == {"rankings": 0, "interactions": 0} and again.not_found == ["user u1"]
+    assert again.profiles == "1 marked: the streaming consumer pushes them at its next batch or start"
 
     # a session id erases that session's rows; a shopper without a profile pushes nothing
     session = [RankingEvent(event_id="s1", request_id="s1", timestamp=T0, session_id="sess-9", query="saw",
                             pipeline="full", items=[{"product_id": "p0", "position": 1}])]
     ParquetLogSink(paths.event_log)(delivered(session))
     gone = forget(paths, [], ["sess-9"], at)
-    assert gone.log_rows["rankings"] == 1 and gone.profiles == "none held"
+    assert gone.log_rows["rankings"] == 1 and gone.profiles == "none" and gone.not_found == []
+    # a profile of the offline feature table (a simulated world's, or built from the log) goes too
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths.features.mkdir(parents=True)
+    pq.write_table(pa.table({"user_id": ["u2", "u3"], "purchases": [1, 2]}), paths.features / "user_profile.parquet")
+    shown = forget(paths, ["u2", " u3"], [], at, push=lambda: features._flush_dirty())
+    assert shown.feature_rows == 1 and shown.not_found == ["user  u3"]  # ids match exactly as stored
+    assert pq.read_table(paths.features / "user_profile.parquet").column("user_id").to_pylist() == ["u3"]
 
 
 def test_events_on_their_way_are_dropped_up_to_the_erasure_and_later_ones_kept(tmp_path: Path) -> None:
@@ -176,12 +186,17 @@ def test_without_kafka_the_spool_is_erased_but_for_the_segment_a_server_appends_
     log.append(events(6))
     report = forget(paths, ["u1"], [], T0 + timedelta(days=1))
     assert (report.spool_events, report.spool_open) == (0, 1)  # its one segment is open
-    log.close()
-    lock.close()  # the server stopped
     lines = [json.loads(line) for line in next(folder.glob("segment-*.jsonl")).read_text().splitlines()]
     theirs = sum(line["value"].get("user_id") == "u1" for line in lines)
+    assert report.spool_open_events == theirs > 0  # counted, left for a run after a restart
+    log.close()
+    restarted = EventLog(folder)  # the server restarts, in the same slot: a new segment, the old one closed
+    restarted.append(events(1))
     report = forget(paths, ["u1"], [], T0 + timedelta(days=1))
-    assert (report.spool_events, report.spool_open) == (theirs, 0) and theirs > 0
-    left = [json.loads(line) for line in next(folder.glob("segment-*.jsonl")).read_text().splitlines()]
+    assert (report.spool_events, report.spool_open, report.spool_open_events) == (theirs, 1, 0)
+    restarted.close()
+    lock.close()
+    left = [json.loads(line) for line in sorted(folder.glob("segment-*.jsonl"))[0].read_text().splitlines()]
     assert len(left) == len(lines) - theirs and all(line["value"].get("user_id") != "u1" for line in left)
+    assert prune(paths, 30, T0 + timedelta(days=31)).spool_events == len(left) + len(events(1))  # all older
     assert forget(paths, ["u2"], [], T0, kafka=True).spool_events == 0  # shipped to Kafka: left to the list
