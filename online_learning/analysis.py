@@ -25,6 +25,7 @@ from online_learning.stats import (
     two_proportions,
 )
 from online_learning.traffic_filter import FilterConfig, clean
+from retrieval.vocabulary import normalize
 
 RATES = (("ctr", "clicked"), ("add_to_cart_rate", "carted"), ("purchase_rate", "bought"),
          ("zero_result_rate", "zero_results"), ("degraded_rate", "is_degraded"))
@@ -69,6 +70,14 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
     return per_search.sort_values("timestamp", ignore_index=True)
 
 
+def searched_text(rows: pd.DataFrame) -> pd.Series:
+    """What each logged search searched: the analyzer's output (``searched``), else (an imported event,
+    or a log from before that column) the typed text normalized as the analyzer normalizes it, so
+    ``Garden HOSE`` and ``garden hose`` count as one text."""
+    typed = rows["query"].astype(str).map(lambda q: " ".join(normalize(q).split()))
+    return (rows["searched"].fillna(typed) if "searched" in rows else typed).astype(str).str.strip()
+
+
 def head_queries(log_root: Path, n: int) -> list[tuple[str, int]]:
     """The ``n`` most searched queries of the log, most frequent first, with their search counts.
 
@@ -82,8 +91,7 @@ def head_queries(log_root: Path, n: int) -> list[tuple[str, int]]:
         return []
     per_search = rankings.drop_duplicates("event_id")
     typed = per_search["query"].astype(str)
-    searched = per_search["searched"].fillna(typed) if "searched" in per_search else typed
-    frame = pd.DataFrame({"typed": typed.to_numpy(), "searched": searched.astype(str).to_numpy()})
+    frame = pd.DataFrame({"typed": typed.to_numpy(), "searched": searched_text(per_search).to_numpy()})
     frame = frame[frame["searched"].str.strip() != ""]
     counts = frame.groupby("searched").size().rename("searches").reset_index()
     forms = frame.groupby(["searched", "typed"]).size().rename("n").reset_index()
@@ -106,7 +114,7 @@ def search_terms(per_search: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["text", "searches", "shoppers", "zero_result_rate", "ctr", "add_to_cart_rate",
                                      "purchase_rate", "filtered_share"])
     frame = per_search.assign(
-        text=per_search["searched"].fillna(per_search["query"]).astype(str).str.strip(),
+        text=searched_text(per_search),
         who=shopper(per_search),
         filtered=per_search["filters"].notna().astype(int))
     terms = frame.groupby("text").agg(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from online_learning.analysis import searches
+from online_learning.analysis import searched_text, searches
 from retrieval.vocabulary import normalize
 
 SPELLING = "spelling"  # one word, a few letters apart
@@ -106,7 +106,7 @@ def reformulations(log_root: Path, since: pd.Timestamp | None = None, window: fl
     frame = per_search.assign(
         who=per_search["user_id"].fillna(per_search["session_id"]),
         typed=per_search["query"].astype(str).map(lambda q: " ".join(normalize(q).split())),
-        text=per_search["searched"].fillna(per_search["query"]).astype(str).map(lambda q: " ".join(q.split())),
+        text=searched_text(per_search).map(lambda q: " ".join(q.split())),
         success=(per_search[["clicked", "carted", "bought"]].sum(axis=1) > 0),
     )
     frame = frame[frame["who"].notna() & (frame["text"] != "")].sort_values(["who", "timestamp"], kind="stable")

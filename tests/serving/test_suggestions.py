@@ -37,6 +37,8 @@ def write_log(root: Path) -> None:
     logged += [search(30 + i, "xyzzy", "xyzzy", f"u{i}", shown=0) for i in range(5)]  # found nothing
     logged += [search(40 + i, "paint roller", "paint roller", None, f"s{i}") for i in range(3)]  # sessions
     logged += [search(60 + i, "my address 12", "my address 12", None) for i in range(4)]  # anonymous: one shopper
+    logged += [search(70 + i, text, None, f"w{i}") for i, text in enumerate(["Ｇａｒｄｅｎ ＨＯＳＥ", "garden  hose",
+                                                                          "Garden Hose"])]  # imported: no searched
     logged += [search(50 + i, "snow blower", "snow blower", f"u{i}", days_ago=200) for i in range(5)]  # too old
     ParquetLogSink(root)(logged)
 
@@ -53,7 +55,8 @@ def eventually(read, done, seconds: float = 10.0):  # type: ignore[no-untyped-de
 def test_searched_texts_count_distinct_shoppers_of_searches_that_found_something(tmp_path: Path) -> None:
     write_log(tmp_path / "log")
     since = NOW - timedelta(days=90)
-    assert searched_texts(tmp_path / "log", 3, pd.Timestamp(since)) == {"cordless drill": 5, "paint roller": 3}
+    assert searched_texts(tmp_path / "log", 3, pd.Timestamp(since)) == {"cordless drill": 5, "garden hose": 3,
+                                                                        "paint roller": 3}
     assert searched_texts(tmp_path / "log", 5, pd.Timestamp(since)) == {"cordless drill": 5}
     assert "snow blower" in searched_texts(tmp_path / "log", 3)
     assert searched_texts(tmp_path / "nothing", 3) == {}
@@ -71,8 +74,8 @@ def test_the_nightly_file_is_read_when_it_changes(tmp_path: Path, fake_index: Pr
     write_log(get_settings().paths.event_log)
     code, out, err = run_cli(capsys, "suggestions", "--min-shoppers", "3", "--days", "90")
     assert code == 0, err
-    assert json.loads(out)["texts"] == 2
-    assert json.loads(path.read_text())["searches"] == {"cordless drill": 5, "paint roller": 3}
+    assert json.loads(out)["texts"] == 3
+    assert json.loads(path.read_text())["searches"] == {"cordless drill": 5, "garden hose": 3, "paint roller": 3}
     assert suggester(fake_index, path).suggest("paint", 1)[0].source == "catalog"  # answers at once, as before
     after = eventually(lambda: suggester(fake_index, path).suggest("paint", 5), lambda f: f[0].source == "searches")
     assert (after[0].text, after[0].source, after[0].weight) == ("paint roller", "searches", 3)
