@@ -320,8 +320,9 @@ def open_served(settings: Settings, previous: Served | None = None, encoder: Enc
     encoder = encoder or served_encoder(settings)
     engine = open_engine(settings, ltr_versions=router.ltr_versions, encoder=encoder, index=index)
     # the catalog's suggestion phrases, worked out in the background (a hot swap reuses them)
-    threading.Thread(target=suggester, args=(engine.index, settings.paths.suggestions), name="suggest-warm",
-                     daemon=True).start()
+    hidden = frozenset(engine.rules.config.hide) if engine.rules is not None else frozenset()
+    threading.Thread(target=suggester, args=(engine.index, settings.paths.suggestions, False, hidden),
+                     name="suggest-warm", daemon=True).start()
     # ready (or swapped in) once the product rows are in memory: before that, searches read them themselves
     wait_for_store_features(engine, settings.features.warm_wait_s)
     logger.info("serving index %s: %d products, models %s", engine.index.path, engine.index.count, engine.versions)

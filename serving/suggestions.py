@@ -54,45 +54,49 @@ def write_searched(path: Path, searches: dict[str, int], **about: object) -> Non
     tmp.replace(path)
 
 
-def _kept(index: ProductIndex, searched: Path) -> tuple[tuple[int, tuple[int, int]], tuple | None]:
-    """What a suggester of ``index`` is made from now (the index's writes, the searched file's
-    state), and the kept entry."""
-    return (index.generation, file_state(searched)), _cache.get(index)
+def _kept(index: ProductIndex, searched: Path,
+          hidden: frozenset[str]) -> tuple[tuple[tuple[int, frozenset[str]], tuple[int, int]], tuple | None]:
+    """What a suggester of ``index`` is made from now (the index's writes and the products the rules
+    hide, the searched file's state), and the kept entry."""
+    return ((index.generation, hidden), file_state(searched)), _cache.get(index)
 
 
-def suggester(index: ProductIndex, searched: Path, wait: bool = False) -> Suggester:
-    """The suggester of ``index`` with the searched texts of ``searched``. The first one is made now;
-    after an index write or a new searched file, the one in use keeps serving while its successor is
-    made in the background (``wait``: made now)."""
-    made_from, found = _kept(index, searched)
+def suggester(index: ProductIndex, searched: Path, wait: bool = False,
+              hidden: frozenset[str] = frozenset()) -> Suggester:
+    """The suggester of ``index`` with the searched texts of ``searched``; the catalog's phrases leave out
+    the titles of ``hidden`` products (the business rules' ``hide``). The first one is made now; after an
+    index write, a new searched file or another ``hidden``, the one in use keeps serving while its
+    successor is made in the background (``wait``: made now)."""
+    made_from, found = _kept(index, searched, hidden)
     if found is not None and found[0] == made_from:
         return found[2]
     if found is not None and not wait:
         with _making_lock:  # never the build lock: the suggester in use answers at once
             if index not in _making:
                 _making.add(index)
-                threading.Thread(target=_remake, args=(index, searched), name="suggest-remake", daemon=True).start()
+                threading.Thread(target=_remake, args=(index, searched, hidden), name="suggest-remake",
+                                 daemon=True).start()
         return found[2]
     with _lock:
-        return _make(index, searched)
+        return _make(index, searched, hidden)
 
 
-def _make(index: ProductIndex, searched: Path) -> Suggester:
+def _make(index: ProductIndex, searched: Path, hidden: frozenset[str]) -> Suggester:
     """The suggester for ``index`` and ``searched`` as they are now, kept (call with ``_lock`` held)."""
-    made_from, found = _kept(index, searched)
+    made_from, found = _kept(index, searched, hidden)
     if found is not None and found[0] == made_from:
         return found[2]
     same_catalog = found is not None and found[0][0] == made_from[0]
-    phrases = found[1] if same_catalog else _catalog(index)  # type: ignore[index]
+    phrases = found[1] if same_catalog else _catalog(index, hidden)  # type: ignore[index]
     made = Suggester(phrases, read_searched(searched))
     _cache[index] = (made_from, phrases, made)
     return made
 
 
-def _remake(index: ProductIndex, searched: Path) -> None:
+def _remake(index: ProductIndex, searched: Path, hidden: frozenset[str]) -> None:
     try:
         with _lock:
-            _make(index, searched)
+            _make(index, searched, hidden)
     except Exception:  # noqa: BLE001 - the suggester in use keeps serving; the next call tries again
         logger.exception("making the query suggestions again failed")
     finally:
@@ -100,15 +104,19 @@ def _remake(index: ProductIndex, searched: Path) -> None:
             _making.discard(index)
 
 
-def _catalog(index: ProductIndex) -> dict[str, int]:
+def _catalog(index: ProductIndex, hidden: frozenset[str]) -> dict[str, int]:
     started = time.perf_counter()
     live = index.live_products()
+    if hidden:
+        live = live[~live["product_id"].isin(hidden)]
     phrases = catalog_phrases(live["title"].tolist())
     logger.info("query suggestions: %d catalog phrases from %d products in %.1f s", len(phrases), len(live),
                 time.perf_counter() - started)
     return phrases
 
 
-def suggest(index: ProductIndex, searched: Path, typed: str, k: int) -> list[Suggestion]:
-    """Up to ``k`` suggestions for ``typed``, read as the search would read it (:func:`retrieval.suggest.suggest`)."""
-    return suggest_with(suggester(index, searched), index.analyzer, typed, k)
+def suggest(index: ProductIndex, searched: Path, typed: str, k: int,
+            hidden: frozenset[str] = frozenset()) -> list[Suggestion]:
+    """Up to ``k`` suggestions for ``typed``, read as the search would read it (:func:`retrieval.suggest.suggest`);
+    ``hidden``: products whose titles give no catalog phrase."""
+    return suggest_with(suggester(index, searched, hidden=hidden), index.analyzer, typed, k)

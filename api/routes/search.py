@@ -199,7 +199,9 @@ def suggest(
     """Phrases that start with the typed text: texts shoppers searched, then phrases of the catalog's titles
     (the words before the last one spelling-corrected as a search would correct them)."""
     started = time.perf_counter()
-    found = suggest_for(served.engine.index, current(request).settings.paths.suggestions, q, k)
+    engine = served.engine
+    hidden = frozenset(engine.rules.config.hide) if engine.rules is not None else frozenset()
+    found = suggest_for(engine.index, current(request).settings.paths.suggestions, q, k, hidden)
     return SuggestResponse(query=q, took_ms=round((time.perf_counter() - started) * 1e3, 3),
                            suggestions=[SuggestionItem(text=s.text, source=s.source, weight=s.weight) for s in found])
 

@@ -474,6 +474,20 @@ def test_merchandising_rules_set_through_the_admin_api_serve_at_once_and_a_file_
         while search()["redirect"] != "/tools" and time.monotonic() < deadline:
             time.sleep(0.2)
         assert search()["redirect"] == "/tools"
+        # hidden everywhere: a brand's products give the suggestions no catalog phrase either
+        brand = demo_products["brand"].value_counts().index[0]
+        word = brand.lower().split()[0]
+
+        def offered() -> list[str]:
+            return [s["text"] for s in client.get("/v1/suggest", params={"q": word}).json()["suggestions"]]
+
+        assert any(t.startswith(word) for t in offered())
+        theirs = demo_products.loc[demo_products["brand"] == brand, "product_id"].tolist()
+        assert client.put("/v1/admin/rules", json={"hide": theirs}, headers=admin).status_code == 200
+        deadline = time.monotonic() + 20
+        while any(t.startswith(word) for t in offered()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(t.startswith(word) for t in offered())
         ended = {"queries": {"cordless drill": {"redirect": "/old", "end": "2020-01-01T00:00:00Z"}}}
         assert client.put("/v1/admin/rules", json=ended, headers=admin).status_code == 200
         assert search()["redirect"] is None  # a rule past its end no longer holds
