@@ -37,6 +37,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         from core.keys import check_store_name
 
         settings = settings.for_store(check_store_name(args.global_store))
+        if not settings.paths.base.is_dir() and getattr(args, "command", None) != "index":
+            folder = settings.paths.stores
+            known = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+            raise InvalidInput(f"store {args.global_store!r} does not exist ({folder}/ holds {known or 'none'}); "
+                               f"`shoprank --store {args.global_store} index --catalog FILE` makes it")
     return settings
 
 

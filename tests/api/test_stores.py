@@ -29,6 +29,8 @@ def two_stores(tmp_path_factory: pytest.TempPathFactory, settings: Settings, rea
     catalog = home.parent / "garden.csv"
     pd.DataFrame({"product_id": [f"G{i}" for i in range(len(GARDEN))], "title": GARDEN}).to_csv(catalog, index=False)
     assert main(["--home", str(home), "--no-progress", "index", "--store", "garden", "--catalog", str(catalog)]) == 0
+    assert main(["--home", str(home), "--store", "gardn", "suggestions"]) == 2  # a typo: no stray store folder made
+    assert not (home / "stores" / "gardn").exists()
     # the default store serves a tiny cross-encoder; the garden store has none
     ModelRegistry(home / "models").register("reranker", tiny_reranker(home.parent / "m1", 1), base_model="minilm",
                                             activate=True)
