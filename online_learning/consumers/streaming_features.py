@@ -87,6 +87,23 @@ def seed_state(state: Path, rankings: pd.DataFrame, interactions: pd.DataFrame) 
         db.close()
 
 
+def seed_history(state: Path, purchases: pd.DataFrame, prefix: str) -> int:
+    """Put a purchase history that never went through Kafka (``user_id``, ``product_id``, ``event_timestamp``;
+    a simulated store world's) in the state at ``state``, in place of the one seeded before under the same
+    event id ``prefix``, so the profiles the consumer pushes keep it. Only profiles read it: daily counts,
+    seen ids and nothing to push are left as they are. Returns the purchases put in."""
+    db = open_state(state)
+    try:
+        rows = [(str(u), str(p), pd.Timestamp(t).isoformat(), f"{prefix}{i}") for i, (u, p, t) in
+                enumerate(zip(purchases["user_id"], purchases["product_id"], purchases["event_timestamp"]))]
+        with db:
+            db.execute("DELETE FROM purchases WHERE event_id LIKE ?", (prefix.replace("%", "") + "%",))
+            db.executemany("INSERT OR IGNORE INTO purchases VALUES (?, ?, ?, ?)", rows)
+        return len(rows)
+    finally:
+        db.close()
+
+
 def _add(db: sqlite3.Connection, counts: Counter[tuple[str, str, str]], purchases: list[tuple[str, str, str, str]],
          latest: object | None) -> None:
     """Add daily ``counts`` ((product, day, column) -> n), ``purchases`` (user, product, time, event id) and move

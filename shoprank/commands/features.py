@@ -34,6 +34,7 @@ def _index_for(args: argparse.Namespace, settings: Settings):  # type: ignore[no
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     if args.from_catalog:
         return _build_from_catalog(args, settings)
+    from online_learning.consumers.streaming_features import seed_history
     from simulation.feature_data import write_feature_tables
     from simulation.world import WorldConfig, build_world
 
@@ -43,6 +44,8 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
                         WorldConfig(seed=args.seed, users=args.users, categories=args.categories))
     world.save(settings.paths.world)
     counts = write_feature_tables(world, feast_repo.features_dir(settings))
+    # the world's purchases in the streaming state: a shopper's next purchase adds to their profile
+    seed_history(settings.paths.streaming_state, world.history, prefix="world-")
     print(json.dumps({"world": str(settings.paths.world), "tables": counts, "categories": len(world.category_names),
                       "note": "SIMULATED store signals"}, indent=2))
     return 0

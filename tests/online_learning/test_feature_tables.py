@@ -107,3 +107,23 @@ def test_the_command_reads_the_served_catalog_only(tmp_path: Path, monkeypatch: 
         assert code == 2 and "leave out --dataset" in err
     finally:
         get_settings.cache_clear()
+
+
+def test_a_simulated_worlds_history_stays_in_the_profiles_the_consumer_pushes(tmp_path: Path) -> None:
+    from online_learning.consumers.streaming_features import StreamingFeatures, seed_history
+
+    state = tmp_path / "state.sqlite"
+    history = pd.DataFrame({"user_id": ["w1", "w1", "w2"], "product_id": ["P1", "P2", "P3"],
+                            "event_timestamp": pd.to_datetime([NOW - timedelta(days=3), NOW - timedelta(days=2),
+                                                               NOW - timedelta(days=1)], utc=True)})
+    assert seed_history(state, history, prefix="world-") == 3
+    assert seed_history(state, history.iloc[:2], prefix="world-") == 2  # a new world: the old one's purchases go
+    pushed: list[pd.DataFrame] = []
+    consumer = StreamingFeatures(state, {"P1": (1, 10.0), "P2": (1, 20.0), "P4": (2, 5.0)},
+                                 lambda source, frame: pushed.append(frame))
+    assert pushed == []  # seeding marks nothing to push
+    consumer([Delivered("i", 0, 0, InteractionEvent(type="purchase", event_id="e1", request_id="r1", user_id="w1",
+                                                     product_id="P4", position=1))])
+    profile = pushed[-1].set_index("user_id").loc["w1"]
+    assert profile["purchases"] == 3 and list(profile["recent_items"]) == ["P4", "P2", "P1"]
+    assert consumer.db.execute("SELECT COUNT(*) FROM purchases WHERE user_id = 'w2'").fetchone()[0] == 0
