@@ -89,6 +89,8 @@ def apply(settings: Settings) -> list[str]:
     store = open_store(settings)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+    for module in REPO.glob("*.py"):  # imported again: their sources read this home's SHOPRANK_FEATURES_DIR
+        sys.modules.pop(module.stem, None)
     cwd = os.getcwd()
     os.chdir(REPO)  # Feast names the repo's modules relative to the working directory
     try:
