@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -95,6 +96,9 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+VERSION = re.compile(r"^v[0-9]{1,6}$")
+
+
 class ModelRegistry:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -149,6 +153,8 @@ class ModelRegistry:
 
     def get(self, role: str, version: str) -> ModelVersion:
         _check_role(role)
+        if not VERSION.match(version):  # a name, not a path: 'v2/' or '../ltr/v1' would reach other folders
+            raise InvalidInput(f"{role} version {version!r} is not a version name: v followed by digits (v3)")
         manifest = self.root / role / version / "manifest.json"
         if not manifest.is_file():
             known = [v.version for v in self.versions(role)]

@@ -43,6 +43,12 @@ def test_errors_name_what_exists(tmp_path: Path) -> None:
     registry.register("ltr", model_folder(tmp_path, "m"), base_model="lightgbm", activate=True)
     with pytest.raises(InvalidInput, match="no earlier active version"):
         registry.rollback("ltr")
+    for name in ("v1/", "../ltr/v1", "V1", "1"):  # a name, never a path to the active version or elsewhere
+        with pytest.raises(InvalidInput, match="is not a version name"):
+            registry.delete("ltr", name)
+        with pytest.raises(InvalidInput, match="is not a version name"):
+            registry.activate("ltr", name)
+    assert registry.active_version("ltr") == "v1" and registry.get("ltr", "v1")
 
 
 def test_a_damaged_version_is_refused_and_the_active_one_stays(tmp_path: Path) -> None:
