@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from core.errors import InvalidInput
+
 HEAD = "score_head.pt"
 
 
@@ -38,6 +40,8 @@ class PairScorer(torch.nn.Module):
 
         encoder = AutoModel.from_pretrained(str(base), add_pooling_layer=False)
         blocks = encoder.encoder.layer
+        if layers is not None and not 1 <= layers <= len(blocks):
+            raise InvalidInput(f"layers={layers}: the base model has {len(blocks)} layers; keep 1..{len(blocks)}")
         if layers is not None and layers < len(blocks):
             encoder.encoder.layer = blocks[:layers]
             encoder.config.num_hidden_layers = layers

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import InvalidInput
 from evaluation.metrics import grade_threshold
 from ranking.training.data import (
     Group,
@@ -189,6 +190,9 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
     model.train()
     per_epoch = [triples(train, texts, config, config.seed + e, teacher) for e in range(config.epochs)]
     steps = sum((len(t) + config.batch_size - 1) // config.batch_size for t in per_epoch)
+    if steps == 0:
+        raise InvalidInput("no training pair: the queries given have no judged product of the catalog to learn "
+                           "from; give more queries (--limit) or another split")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * steps), steps)
     started = time.perf_counter()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import InvalidInput
 from evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
 from ranking.training.checkpoint import Checkpoint
 from ranking.training.data import (
@@ -128,6 +129,9 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
     import torch
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
+    if not train:
+        raise InvalidInput("no training query with a judged product of the catalog; give more queries (--limit) "
+                           "or another split")
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)

@@ -94,3 +94,14 @@ def in_file(text: str) -> str:
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is not a file" + (" (a folder)" if Path(text).is_dir() else ""))
     return text
+
+
+def positive_number(text: str) -> float:
+    """argparse type for a rate or a size: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from core.settings import Settings
+from shoprank.commands.arguments import out_file, positive, share
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
@@ -101,12 +102,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", choices=SUBSETS, default="all",
                    help="query subset: misspelled (a word outside the catalog vocabulary), correct, all (default)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--save", type=Path, default=None, metavar="FILE",
+    p.add_argument("--save", type=lambda text: Path(out_file(text)), default=None, metavar="FILE",
                    help="write the --pipeline result with its per-query values to FILE, for 'shoprank compare'")
-    p.add_argument("--depth", type=int, default=1000, help="results per query in retrieval mode")
-    p.add_argument("--limit", type=int, default=None, help="only the first N queries")
-    p.add_argument("--recall-threshold", type=float, default=0.6, help="relevant: grade >= ceil(F*max)")
-    p.add_argument("--mrr-threshold", type=float, default=0.75, help="MRR hit: grade >= ceil(F*max)")
+    p.add_argument("--depth", type=positive, default=1000, help="results per query in retrieval mode")
+    p.add_argument("--limit", type=positive, default=None, help="only the first N queries")
+    p.add_argument("--recall-threshold", type=share, default=0.6, help="relevant: grade >= ceil(F*max)")
+    p.add_argument("--mrr-threshold", type=share, default=0.75, help="MRR hit: grade >= ceil(F*max)")
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("compare", help="paired comparison of two saved evaluations (evaluate --save): two "

@@ -25,7 +25,7 @@ from evaluation.dataset import EvalDataset, load_dataset
 from ranking.training.data import add_precision_argument
 from retrieval.encoder import BUNDLED
 from shoprank.commands import train_biencoder, train_ltr
-from shoprank.commands.arguments import count
+from shoprank.commands.arguments import count, positive, positive_number
 from shoprank.commands.training import (
     add_elsewhere_arguments,
     base_label,
@@ -180,22 +180,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, type=Path)
     p.add_argument("--split", default="train")
     p.add_argument("--dev-split", default="dev")
-    p.add_argument("--dev-queries", type=int, default=400, help="dev sample for model selection")
+    p.add_argument("--dev-queries", type=positive, default=400, help="dev sample for model selection")
     p.add_argument("--base", default=None, help="'minilm' (bundled, default) or a model folder, such as a "
                    "fine-tuned bi-encoder's")
     p.add_argument("--role", default="reranker", choices=("reranker", "student"))
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=3e-5)
-    p.add_argument("--batch-groups", type=int, default=8, help="queries per step")
-    p.add_argument("--max-length", type=int, default=40)
+    p.add_argument("--layers", type=positive, default=6)
+    p.add_argument("--epochs", type=positive, default=3)
+    p.add_argument("--lr", type=positive_number, default=3e-5)
+    p.add_argument("--batch-groups", type=positive, default=8, help="queries per step")
+    p.add_argument("--max-length", type=positive, default=40)
     p.add_argument("--negatives", type=count, default=4, help="mined hard negatives per query")
     p.add_argument("--loss", choices=("pairwise", "listnet"), default="pairwise")
     add_precision_argument(p, "auto")
     add_elsewhere_arguments(p, "reranker", "the training examples, the dev sample and the titles",
                             "torch and transformers")
     p.add_argument("--seed", type=int, default=13)
-    p.add_argument("--limit", type=int, default=None, help="only the first N training queries")
+    p.add_argument("--limit", type=positive, default=None, help="only the first N training queries")
     p.add_argument("--run-name", default="run", help="work folder name (resumes if it exists)")
     p.add_argument("--work-dir", default=None)
     p.add_argument("--activate", action="store_true")
@@ -205,18 +205,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, type=Path)
     p.add_argument("--split", default="train")
     p.add_argument("--dev-split", default="dev")
-    p.add_argument("--dev-queries", type=int, default=400)
+    p.add_argument("--dev-queries", type=positive, default=400)
     p.add_argument("--teacher", default="active", help="reranker version (default: the active one)")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-groups", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=40)
-    p.add_argument("--pool-depth", type=int, default=10, help="first-stage candidates per query in the pool")
+    p.add_argument("--layers", type=positive, default=2)
+    p.add_argument("--epochs", type=positive, default=1)
+    p.add_argument("--lr", type=positive_number, default=5e-5)
+    p.add_argument("--batch-groups", type=positive, default=8)
+    p.add_argument("--max-length", type=positive, default=40)
+    p.add_argument("--pool-depth", type=positive, default=10, help="first-stage candidates per query in the pool")
     p.add_argument("--ensemble", type=float, default=0.0,
                    help="weight of the active LambdaMART in the distillation target, 0-1 (0: the teacher alone)")
     p.add_argument("--seed", type=int, default=13)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=positive, default=None)
     p.add_argument("--run-name", default="run")
     p.add_argument("--activate", action="store_true")
     p.set_defaults(handler=cmd_train_student)

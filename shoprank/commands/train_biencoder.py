@@ -19,7 +19,7 @@ from evaluation.dataset import EvalDataset, load_dataset
 from ranking.training.biencoder import TeacherScores
 from ranking.training.data import Group, add_precision_argument
 from retrieval.encoder import BUNDLED
-from shoprank.commands.arguments import fold, positive, share, weight
+from shoprank.commands.arguments import fold, positive, positive_number, share, weight
 from shoprank.commands.training import (
     add_elsewhere_arguments,
     base_label,
@@ -126,9 +126,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, type=Path)
     p.add_argument("--split", default="train")
     p.add_argument("--base", default=None, help="'minilm' (bundled, default) or a model folder")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=positive, default=1)
+    p.add_argument("--lr", type=positive_number, default=2e-5)
+    p.add_argument("--batch-size", type=positive, default=64)
     p.add_argument("--no-hard-negatives", action="store_true", help="in-batch negatives only")
     p.add_argument("--positives", choices=("one", "all"), default="all",
                    help="every relevant product of a query is a training pair (default), or one per query "
@@ -154,7 +154,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
                    help="products mined per query from the first stage's top 30 (default 1; 4 with --distill)")
     p.add_argument("--dev-split", default="dev", help="with --export: queries for the per-epoch dense check ('' none)")
     p.add_argument("--seed", type=int, default=13)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=positive, default=None)
     p.add_argument("--run-name", default="run")
     p.add_argument("--activate", action="store_true")
     p.set_defaults(handler=cmd_train_biencoder)

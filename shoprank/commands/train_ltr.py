@@ -305,7 +305,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
                         "scores and ranks are a model's on queries it never saw, as when served; the dev lists stay "
                         "the served encoder's")
     p.add_argument("--seed", type=int, default=13)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=positive, default=None)
     p.add_argument("--run-name", default="run")
     p.add_argument("--activate", action="store_true")
     p.set_defaults(handler=cmd_train_ltr)
