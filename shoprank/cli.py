@@ -59,6 +59,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"compute": settings.compute.model_copy(
             update={"scheduler": args.scheduler})})
     products, report = read_catalog(args.catalog, skip_bad_rows=args.skip_bad_rows)
+    if products.empty:
+        raise InvalidInput(f"catalog {args.catalog} has no valid product ({report.rows_read} rows read, "
+                           f"{report.rows_skipped} skipped as bad); the index is left as it was")
     encoder = indexing.open_encoder(settings)
     path = indexing.index_path(settings, encoder, args.name)
     summary: dict[str, object] = {"catalog": str(args.catalog), "rows_read": report.rows_read,

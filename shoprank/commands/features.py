@@ -60,7 +60,13 @@ def _build_from_catalog(args: argparse.Namespace, settings: Settings) -> int:
     if args.dataset:
         raise InvalidInput("--from-catalog reads the served catalog (`shoprank index --catalog FILE`); leave out "
                            "--dataset, which names a catalog to simulate a store world for")
-    index = _index_for(args, settings)
+    from serving import indexing
+
+    encoder = indexing.open_encoder(settings)
+    if not (indexing.index_path(settings, encoder) / "manifest.json").is_file() and not settings.catalog:
+        raise InvalidInput("no served index to read the catalog from: index the store's catalog first (`shoprank "
+                           "index --catalog FILE`, or set SHOPRANK_CATALOG); --from-catalog never reads the demo store")
+    index = indexing.open_index(settings, encoder)
     counts = write_catalog_tables(index.live_products(), settings.paths.event_log, feast_repo.features_dir(settings),
                                   datetime.now(UTC), settings.paths.streaming_state)
     print(json.dumps({"tables": counts, "catalog": str(index.path), "event_log": str(settings.paths.event_log),

@@ -86,6 +86,11 @@ def test_bad_catalog_exits_nonzero_naming_row_and_column(env_home: Path, tmp_pat
     assert "bad.csv row 2, column 'title': missing" in err and "--skip-bad-rows" in err
     code, out, _ = run_cli(capsys, "index", "--catalog", str(bad), "--name", "bad", "--skip-bad-rows")
     assert code == 0 and json.loads(out)["rows_skipped"] == 1 and json.loads(out)["products"] == 2
+    (tmp_path / "none.csv").write_text("product_id,title\n1,\n")  # nothing valid: the index stays as it was
+    code, _, err = run_cli(capsys, "index", "--catalog", str(tmp_path / "none.csv"), "--name", "bad", "--skip-bad-rows")
+    assert code == 2 and "has no valid product (1 rows read, 1 skipped as bad)" in err
+    code, _, err = run_cli(capsys, "--home", str(tmp_path / "empty"), "features", "build", "--from-catalog")
+    assert code == 2 and "index the store's catalog first" in err and not (tmp_path / "empty" / "demo").exists()
 
 
 def test_a_bad_setting_exits_2_naming_its_variable_value_and_range(monkeypatch: pytest.MonkeyPatch,
