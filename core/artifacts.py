@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import InvalidInput
 from core.registry import ModelRegistry, file_digest
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,11 @@ class ArtifactStore:
         import fsspec
 
         self.url = url
-        self.fs, self.root = fsspec.core.url_to_fs(url)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(url)
+        except (ValueError, ImportError) as error:  # an unknown protocol, or one whose package is not installed
+            raise InvalidInput(f"artifact store URL {url!r} cannot be opened ({error}); give a URL fsspec knows, "
+                               "e.g. file:///mnt/shared/shoprank or s3://bucket/shoprank") from None
         self.home = home
 
     # -- manifests ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from core.errors import NotFound
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -107,5 +108,10 @@ def apply(settings: Settings) -> list[str]:
 
 def materialize(settings: Settings, end: datetime | None = None) -> None:
     """Load the latest offline feature values into the online store (``feast materialize``)."""
+    missing = [name for name in ("product_attributes", "user_profile")
+               if not (features_dir(settings) / f"{name}.parquet").is_file()]
+    if missing:
+        raise NotFound(f"no feature tables in {features_dir(settings)} ({', '.join(missing)} missing): run `shoprank "
+                       "features build [--from-catalog]` first")
     store = open_store(settings)
     store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end or datetime.now(UTC))

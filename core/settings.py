@@ -253,7 +253,11 @@ class _YamlSource(PydanticBaseSettingsSource):
         file = Path(path)
         if not file.is_file():
             raise InvalidInput(f"SHOPRANK_CONFIG={path!r} is not a file; point it at a YAML file")
-        data = yaml.safe_load(file.read_text()) or {}
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            reason = " ".join(str(error).split())
+            raise InvalidInput(f"SHOPRANK_CONFIG={path!r} is not a YAML file of UTF-8 text: {reason}") from None
         if not isinstance(data, dict):
             raise InvalidInput(f"{path}: expected a mapping of settings, got {type(data).__name__}")
         return data

@@ -35,10 +35,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
 from core.compute import dask_client
+from core.errors import InvalidInput
 from core.feature_store import FeatureBatch
 from core.query import Query
 from core.registry import ModelRegistry, ServedModel
@@ -171,20 +173,27 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         except BlockingIOError:
             return {"status": "skipped", "reason": "another retrain is running"}
         registry = ModelRegistry(settings.paths.models)
-        since = pd.Timestamp(config.since) if config.since else _last_window_end(registry)
-        until = pd.Timestamp(config.until) if config.until else None
+        since = _utc(config.since) if config.since else _last_window_end(registry)
+        until = _utc(config.until) if config.until else None
+        if since is not None and until is not None and since >= until:
+            raise InvalidInput(f"since {since.isoformat()} is not before until {until.isoformat()}")
         with dask_client(settings.compute) as client:  # None (in this process) unless compute.scheduler is set
             shown, filtered = impressions(settings.paths.event_log, since, until,
                                           FilterConfig() if config.filter_traffic else None, client)
         searches = shown["request_id"].nunique() if not shown.empty else 0
         if searches < config.min_searches:
-            return {"status": "up to date", "new_searches": int(searches), "since": str(since)}
+            return {"status": "too few new searches" if searches else "up to date", "new_searches": int(searches),
+                    "min_searches": config.min_searches, "since": since.isoformat() if since is not None else None}
         started = time.perf_counter()
         position_model = fit_position_model(shown[["query", "product_id", "position", "clicked"]], config.max_position)
         featurizer = replace(featurizer, names=list(active.model.names) if active else list(BASE_FEATURES))  # type: ignore[attr-defined]
         names = featurizer.store_names
         data, positions = logged_ranking_data(featurizer, shown, _store_features(settings, shown) if names else None)
-        candidate, lgb_config, metrics = _fit_candidate(data, positions, position_model, active, config)
+        try:
+            candidate, lgb_config, metrics = _fit_candidate(data, positions, position_model, active, config)
+        except lgb.basic.LightGBMError as error:  # e.g. every feature constant over a handful of searches
+            raise InvalidInput(f"LightGBM could not learn from the {searches} searches since {since}: {error}; "
+                               "retrain on more traffic (--min-searches, --since)") from None
         window = {"since": str(since) if since is not None else None, "until": str(shown["timestamp"].max())}
         work = settings.paths.training(f"retrain-{hashlib.sha1(str(window).encode()).hexdigest()[:10]}")
         shutil.rmtree(work, ignore_errors=True)
@@ -200,6 +209,12 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         return {"status": "registered", "version": entry.version, "parent": entry.parent,
                 "window": window, "metrics": entry.metrics, "propensities": entry.params["propensities"],
                 "filtered": filtered}
+
+
+def _utc(text: str) -> pd.Timestamp:
+    """An ISO 8601 time as a UTC timestamp (no offset: UTC)."""
+    stamp = pd.Timestamp(text)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def _last_window_end(registry: ModelRegistry) -> pd.Timestamp | None:

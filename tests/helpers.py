@@ -36,8 +36,11 @@ DEMO_QUERIES = ["cordless drill", "garden hose", "ceiling fan", "interior paint"
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``shoprank ARGV`` in-process: exit code, stdout, stderr."""
-    code = main(list(argv))
+    """``shoprank ARGV`` in-process: exit code (argparse's for a bad argument), stdout, stderr."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse refused an argument (exit 2, the message on stderr)
+        code = int(exit_.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -105,3 +105,15 @@ def positive_number(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
     return value
+
+
+def timestamp(text: str) -> str:
+    """argparse type for a point in time: ISO 8601 (a date, or a date and time; no offset: UTC)."""
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (2026-12-01 or 2026-12-01T08:00:00)") \
+            from None
+    return text

@@ -22,7 +22,10 @@ def _store(args: argparse.Namespace, settings: Settings):  # type: ignore[no-unt
 
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(args, settings)
-    moved = store.push_state() if args.state_only else store.push()
+    try:
+        moved = store.push_state() if args.state_only else store.push()
+    except (NotADirectoryError, PermissionError, FileExistsError) as error:
+        raise InvalidInput(f"cannot write to the artifact store {store.url}: {error}") from None
     print(json.dumps({"pushed": moved.to_json(), "url": store.url}))
     return 0
 

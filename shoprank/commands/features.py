@@ -16,6 +16,7 @@ from pathlib import Path
 from core import feast_repo
 from core.errors import InvalidInput
 from core.settings import Settings
+from shoprank.commands.arguments import positive
 
 
 def _index_for(args: argparse.Namespace, settings: Settings):  # type: ignore[no-untyped-def]
@@ -104,8 +105,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "stock and promotions from the served catalog's columns, popularity and shopper profiles from the "
                    "event log (no simulation)")
     p.add_argument("--dataset", type=Path, help="simulate for a dataset folder's catalog (default: the served one)")
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--categories", type=int, default=48)
+    p.add_argument("--users", type=positive, default=2000)
+    p.add_argument("--categories", type=positive, default=48)
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(handler=cmd_build)
     for verb, handler, text in (("apply", cmd_apply, "register feature_repo/ definitions (feast apply)"),

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import InvalidInput, NotFound
 from core.settings import Settings
-from shoprank.commands.arguments import days, out_file
+from shoprank.commands.arguments import days, out_file, positive, timestamp
 
 if TYPE_CHECKING:
     from online_learning.consumers.streaming_features import StreamingFeatures
@@ -332,9 +332,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_simulate)
 
     p = sub.add_parser("retrain", help="train and register a LambdaMART candidate from logged traffic")
-    p.add_argument("--since", default=None)
-    p.add_argument("--until", default=None)
-    p.add_argument("--min-searches", type=int, default=200)
+    p.add_argument("--since", type=timestamp, default=None, help="ISO 8601 (default: the end of the last retrain's "
+                   "window)")
+    p.add_argument("--until", type=timestamp, default=None, help="ISO 8601 (default: now)")
+    p.add_argument("--min-searches", type=positive, default=200)
     p.add_argument("--no-filter", action="store_true",
                    help="learn from every logged event (no traffic filters): only to measure what they do")
     p.set_defaults(handler=cmd_retrain)

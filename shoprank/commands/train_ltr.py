@@ -65,6 +65,7 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
 def _build_data(args: argparse.Namespace, settings: Settings,
                 dataset: EvalDataset) -> tuple[dict[str, RankingData], dict[str, Any]]:
     """The train and dev feature rows of the served lists, and what they were built from."""
+    from ranking.features import GROUPS as FEATURE_GROUPS
     from ranking.features import feature_names
     from ranking.lambdamart import RankingData
     from ranking.training.data import data_hash, groups_from
@@ -74,6 +75,10 @@ def _build_data(args: argparse.Namespace, settings: Settings,
     if args.lists == "judged" and negatives is None:
         raise InvalidInput("--negatives all needs --lists served; with --lists judged pass a number of negatives")
     groups_wanted = [g for g in args.features.split(",") if g]
+    unknown = [g for g in groups_wanted if g not in (*FEATURE_GROUPS, "store")]
+    if unknown or not groups_wanted:
+        raise InvalidInput(f"--features {args.features!r}: give groups among {[*FEATURE_GROUPS, 'store']}, "
+                           "comma-separated")
     if args.no_store_features:
         groups_wanted = [g for g in groups_wanted if g != "store"]
     folds = _fold_encoders(args.fold_encoders, settings)
@@ -195,8 +200,16 @@ class _StoreContext:
         from ranking.training.ltr_data import assign_users
         from simulation.world import StoreWorld
 
+        if not (feast_repo.features_dir(settings) / "registry.db").is_file():
+            raise InvalidInput("the store feature group reads the feature store, which is not built here: run "
+                               "`shoprank features build`, `features apply` and `features materialize`, or pass "
+                               "--no-store-features")
         store = feast_repo.open_store(settings)
-        service = store.get_feature_service(settings.features.service)
+        try:
+            service = store.get_feature_service(settings.features.service)
+        except Exception as error:  # noqa: BLE001 - Feast's FeatureServiceNotFoundException, among others
+            raise InvalidInput(f"feature service {settings.features.service!r} is not in the feature store ({error}); "
+                               "run `shoprank features apply`, or pass --no-store-features") from None
         names = [f.name for p in service.feature_view_projections for f in p.features]
         world = StoreWorld.load(settings.paths.world)
         users = assign_users(groups, world.users["user_id"].tolist(), seed)

@@ -486,3 +486,29 @@ def test_cross_fitted_lambdamart_lists_come_from_encoders_that_never_saw_their_f
     code, _, err = run_cli(capsys, *ltr, "--fold-encoders", "biencoder:v1,biencoder:v2", "--from-data",
                            str(tmp_path / "crossed"))
     assert code == 2 and "rows read with --from-data are built already" in err
+
+
+def test_commands_with_bad_arguments_or_files_end_in_one_error_line(tmp_path: Path, demo_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from core.settings import get_settings
+
+    home = ["--home", str(tmp_path / "home")]
+    for argv, said in [
+        (["artifacts", "push", "--url", "bogus://x"], "cannot be opened"),
+        (["features", "materialize"], "run `shoprank features build"),
+        (["retrain", "--since", "yesterday"], "not an ISO 8601 time"),
+        (["features", "build", "--users", "0"], "not a whole number >= 1"),
+        (["train", "ltr", "--dataset", str(demo_dir), "--features", "bogus"], "give groups among"),
+        (["evaluate", "--dataset", str(tmp_path), "--mrr-threshold", "nan"], "not a number from 0 to 1"),
+    ]:
+        code, _, err = run_cli(capsys, *home, *argv)
+        assert code == 2 and said in err and "Traceback" not in err, (argv, err)
+    (tmp_path / "bad.yaml").write_text("api: [1,2\n")
+    monkeypatch.setenv("SHOPRANK_CONFIG", str(tmp_path / "bad.yaml"))
+    get_settings.cache_clear()
+    try:
+        code, _, err = run_cli(capsys, "config", "show")
+    finally:
+        get_settings.cache_clear()
+    assert code == 2 and "is not a YAML file of UTF-8 text" in err and "Traceback" not in err
