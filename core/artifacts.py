@@ -29,13 +29,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import InvalidInput
+from core.errors import Conflict, InvalidInput
 from core.registry import ModelRegistry, file_digest
 
 logger = logging.getLogger(__name__)
@@ -59,9 +60,20 @@ class Transfer:
     bytes: int
     unchanged: int
     kept: int = 0  # pull: files changed here since the last transfer, left as they are
+    clashes: tuple[str, ...] = ()  # pull: model versions registered here and in the store under one name
 
-    def to_json(self) -> dict[str, int]:
-        return {"files": self.files, "bytes": self.bytes, "unchanged": self.unchanged, "kept": self.kept}
+    def to_json(self) -> dict[str, object]:
+        return {"files": self.files, "bytes": self.bytes, "unchanged": self.unchanged, "kept": self.kept,
+                "clashes": list(self.clashes)}
+
+
+VERSION_FOLDER = re.compile(r"^((?:stores/[^/]+/)?models/[^/]+/v[0-9]+)/")
+
+
+def _version_of(rel: str) -> str | None:
+    """The model version folder (``models/ltr/v3``) a home-relative path is in, if any."""
+    found = VERSION_FOLDER.match(rel)
+    return found.group(1) if found else None
 
 
 def _dirty(path: Path, recorded: dict[str, Any] | None) -> bool:
@@ -142,9 +154,16 @@ class ArtifactStore:
         state = self._local_state()
         remote = self.remote_manifest()
         moved = size = same = 0
-        for path in self._local_files(patterns):
-            rel = str(path.relative_to(self.home))
-            digest = self._digest(path, state)
+        files = [(path, str(path.relative_to(self.home))) for path in self._local_files(patterns)]
+        digests = {rel: self._digest(path, state) for path, rel in files}
+        clashes = sorted({v for rel, digest in digests.items() if (v := _version_of(rel)) and rel in remote
+                          and remote[rel] != digest})
+        if clashes:  # a published version never changes: replicas serving it would change models unasked
+            raise Conflict(f"the store {self.url} already holds {', '.join(clashes)} with other files: this home "
+                           "registered another model under the same name. Pull first (the store's version is "
+                           "kept), then register this model again: it gets the next free name")
+        for path, rel in files:
+            digest = digests[rel]
             if remote.get(rel) == digest:
                 same += 1
                 continue
@@ -175,6 +194,7 @@ class ArtifactStore:
         recorded = dict(state)  # as the last transfer left them (digests below may add entries)
         remote = self.remote_manifest()
         moved = size = same = kept = 0
+        clashes: set[str] = set()
         for rel, digest in sorted(remote.items()):
             target = self.home / rel
             if target.is_file():
@@ -183,6 +203,8 @@ class ArtifactStore:
                     continue
                 if _dirty(target, recorded.get(rel)):  # changed here since the last transfer: not ours to clobber
                     kept += 1
+                    if (version := _version_of(rel)) is not None:
+                        clashes.add(version)
                     continue
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.pull")
@@ -201,7 +223,10 @@ class ArtifactStore:
         if moved or kept:
             logger.info("pulled %d files (%d bytes) from %s; %d unchanged, %d changed here and kept", moved, size,
                         self.url, same, kept)
-        return Transfer(moved, size, same, kept)
+        if clashes:
+            logger.warning("model versions registered here and in %s under the same names, with other files: %s; "
+                           "this home keeps its own, and cannot push them", self.url, sorted(clashes))
+        return Transfer(moved, size, same, kept, tuple(sorted(clashes)))
 
     def _drop_deleted_versions(self, remote: dict[str, str], state: dict[str, Any]) -> None:
         """Remove the local copies of model versions the registry lists as deleted and the store

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.artifacts import MANIFEST, ArtifactStore
+from core.errors import Conflict
 
 
 def make_home(root: Path) -> Path:
@@ -116,3 +117,17 @@ def test_a_deleted_model_version_leaves_the_store_and_the_replicas(tmp_path: Pat
     assert [v.version for v in remaining.versions("ltr")] == ["v2"] and remaining.active_version("ltr") == "v2"
     assert not (replica / "models" / "ltr" / "v1").exists()
     assert reader.pull().files == 0 and writer.push().files == 0
+
+
+def test_a_published_model_version_never_changes(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    ArtifactStore(url, make_home(tmp_path / "a")).push()  # ltr v1: "trees"
+    other = make_home(tmp_path / "c")
+    (other / "models" / "ltr" / "v1" / "model.txt").write_text("other trees")  # v1 trained here, not the store's
+    clash = ArtifactStore(url, other)
+    pulled = clash.pull()
+    assert pulled.kept == 1 and pulled.clashes == ("models/ltr/v1",)
+    assert (other / "models" / "ltr" / "v1" / "model.txt").read_text() == "other trees"
+    with pytest.raises(Conflict, match="already holds models/ltr/v1 with other files"):
+        clash.push()
+    assert (tmp_path / "store" / "models" / "ltr" / "v1" / "model.txt").read_text() == "trees"  # nothing uploaded
