@@ -194,4 +194,11 @@ def compare_results(first: EvalResult, second: EvalResult, resamples: int = RESA
     if any(getattr(first, k) != getattr(second, k) for k in same):
         raise InvalidInput("a paired comparison needs both results on the same queries; got "
                            f"{[getattr(first, k) for k in same]} and {[getattr(second, k) for k in same]}")
+    digests = [r.details.get("dataset_digest") for r in (first, second)]
+    if None not in digests and digests[0] != digests[1]:
+        raise InvalidInput(f"the two results come from different queries or judgments under one dataset name "
+                           f"{first.dataset!r} (digests {digests[0]} and {digests[1]}); compare runs of one dataset")
+    shared = set(first.per_query.get("ndcg@10", {})) & set(second.per_query.get("ndcg@10", {}))
+    if not shared:
+        raise InvalidInput("the two results share no scored query: nothing to pair (an empty subset or split?)")
     return compare_per_query(first.per_query, second.per_query, resamples, seed, level)

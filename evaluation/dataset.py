@@ -11,8 +11,10 @@ Any folder in this format works; nothing here is specific to one dataset.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +38,14 @@ class EvalDataset:
     @property
     def name(self) -> str:
         return self.path.resolve().name
+
+    @cached_property
+    def digest(self) -> str:
+        """A short digest of the queries and their judgments: two results compare only on the same ones."""
+        queries = "\n".join(f"{q}\t{t}" for q, t in sorted(zip(self.queries["query_id"].astype(str),
+                                                                 self.queries["query"].astype(str))))
+        grades = "\n".join(f"{q}\t{p}\t{g}" for q in sorted(self.qrels) for p, g in sorted(self.qrels[q].items()))
+        return hashlib.sha256(f"{queries}\n--\n{grades}".encode()).hexdigest()[:16]
 
     def select(self, split: str | None) -> list[tuple[str, str]]:
         """(query_id, query) pairs of ``split`` (all queries when None)."""

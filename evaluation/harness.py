@@ -151,6 +151,7 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
     if mode == "retrieval":
         details |= {"recall_min_grade": relevant_grade, "recall_queries": len(per_query["recall@100"]),
                     "depth": depth}
+    details["dataset_digest"] = dataset.digest
     return EvalResult(dataset=dataset.name, mode=mode, pipeline=pipeline_name, split=split,
                       queries=len(per_query["ndcg@10"]), skipped=skipped, metrics=metrics,
                       latency_ms=_percentiles(latency), details=details, subset=subset,

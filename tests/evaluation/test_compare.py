@@ -134,3 +134,11 @@ def test_compare_results_needs_two_pipelines_on_the_same_queries() -> None:
     with pytest.raises(InvalidInput, match="same queries"):
         compare_results(_result("bm25"), _result("hybrid", subset="misspelled"))
     check_pair("bm25", "dense")
+    one, other = _result("bm25"), _result("hybrid")  # two datasets in folders of one name
+    one.details["dataset_digest"], other.details["dataset_digest"] = "aaaa", "bbbb"
+    with pytest.raises(InvalidInput, match="different queries or judgments under one dataset name 'd'"):
+        compare_results(one, other, saved=True)
+    empty = _result("hybrid")
+    empty.per_query = {"ndcg@10": {}}
+    with pytest.raises(InvalidInput, match="share no scored query"):
+        compare_results(_result("bm25"), empty)
