@@ -279,8 +279,12 @@ def get_settings() -> Settings:
 def settings_error(err: ValidationError) -> InvalidInput:
     """One message naming every bad setting as its environment variable, the value and what is allowed."""
     bad = []
+    config = os.environ.get("SHOPRANK_CONFIG")
     for problem in err.errors():
-        name = "SHOPRANK_" + "__".join(str(part).upper() for part in problem.get("loc", ()))
+        loc = [str(part) for part in problem.get("loc", ())]
+        name = "SHOPRANK_" + "__".join(part.upper() for part in loc)
+        if config and name not in os.environ:  # not from the environment: the config file's key
+            name = f"{'.'.join(loc)} (in SHOPRANK_CONFIG {config})"
         bad.append(f"{name}={problem.get('input')!r}: {problem['msg']}")
     return InvalidInput("bad setting(s): " + "; ".join(bad) + " (every setting with its range: `shoprank config "
                         "reference`, docs/configuration.md)")

@@ -88,6 +88,10 @@ def load_dataset(path: str | Path) -> EvalDataset:
         raise NotFound(f"dataset folder {folder} does not exist")
     products, _ = read_catalog(folder / "products.csv")
     queries = _read_csv(folder / "queries.csv", ("query_id", "query"))
+    twice = queries["query_id"][queries["query_id"].duplicated()].unique().tolist()
+    if twice:
+        raise InvalidInput(f"{folder / 'queries.csv'}: query_id {twice[:5]} given more than once; each query needs "
+                           "its own id (its judgments name it)")
     if "split" not in queries.columns:
         queries["split"] = ""
     judgments = _read_csv(folder / "judgments.csv", ("query_id", "product_id", "grade"))

@@ -285,7 +285,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--lists", choices=("served", "judged", "served+judged"), default="served",
                    help="served: each query's first-stage top --depth as served, with judged grades; judged: the "
                         "judged products ranked among themselves; served+judged: both lists of each training query")
-    p.add_argument("--depth", type=count, default=None, help="served list depth (default: ranking.ltr_depth)")
+    p.add_argument("--depth", type=positive, default=None, help="served list depth (default: ranking.ltr_depth)")
     p.add_argument("--below-depth", action=argparse.BooleanOptionalAction, default=False,
                    help="with --lists served: also learn from the judged products retrieved below --depth (default: "
                         "off; on, the model learns that deep ranks hold judged products and must never serve deeper)")

@@ -42,8 +42,12 @@ def test_index_upsert_delete(env_home: Path, demo_dir: Path, tmp_path: Path,
     summary = json.loads(out)
     assert code == 0 and summary["products"] == 301
     assert summary["upsert"] == {"added": 1, "updated_text": 1, "updated_attributes": 0, "unchanged": 0}
-    code, out, _ = run_cli(capsys, "delete", "--name", "cli", "NEW1", "missing-id")
+    code, out, _ = run_cli(capsys, "delete", "--name", "cli", "NEW1", "missing-id", "NEW1")
     assert code == 0 and json.loads(out) == {"deleted": 1, "not_found": ["missing-id"], "products": 300}
+    doomed = tmp_path / "doomed.txt"  # a fifth of the rows dead: compacted, as an upsert compacts
+    doomed.write_text("\n".join(f"P{100000 + i}" for i in range(1, 80)) + "\n")
+    code, out, _ = run_cli(capsys, "delete", "--name", "cli", "--from-file", str(doomed))
+    assert code == 0 and json.loads(out) == {"deleted": 79, "not_found": [], "products": 221, "compacted": True}
 
 
 def test_models_delete_and_prune_spare_the_active_version_and_the_experiment(
