@@ -269,6 +269,7 @@ class RecommendResponse(BaseModel):
                                 "served without it.")
     unknown: list[str] = Field(default_factory=list, description="product_ids and exclude ids that are not in the "
                                "index (deleted since the cart was filled): left out.")
+    cached: bool = Field(False, description="Served from the results cache (never a for_you shelf).")
     items: list[RecommendItem]
 
 

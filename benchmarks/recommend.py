@@ -63,7 +63,8 @@ def shelves(engine, dataset, split: str, grade: int,  # type: ignore[no-untyped-
         others[doc] = False
         found = {
             "similar": [index.product_id(int(d)) for d in similar(index, [doc], k, others).docs],
-            "served": recommend(engine, Path("/nonexistent"), "similar", [seed], k, fill=False).candidates.product_ids,
+            "served": recommend(engine, Path("/nonexistent"), "similar", [seed], k, fill=False,
+                                use_cache=False).candidates.product_ids,
             "vector_only": [p for p in (index.product_id(int(d)) for d in vector if d >= 0) if p != seed][:k],
             "bm25": [p for p in index.candidates(index.bm25.search(title, k + 1), "bm25").product_ids if p != seed][:k],
             "first_stage": [p for p in engine.hybrid.search(title, k + 1).product_ids if p != seed][:k],
@@ -126,8 +127,13 @@ def main() -> None:
         for kind in ("similar", "bought_together", "for_you"):
             for seed in seeds:
                 started = time.perf_counter()
-                recommend(engine, path, kind, [seed], 10)
+                recommend(engine, path, kind, [seed], 10, use_cache=False)  # each shelf worked out
                 seconds.setdefault(kind, []).append(time.perf_counter() - started)
+        for seed in seeds:  # the same product pages again, from the results cache
+            recommend(engine, path, "similar", [seed], 10)
+            started = time.perf_counter()
+            recommend(engine, path, "similar", [seed], 10)
+            seconds.setdefault("similar, cached", []).append(time.perf_counter() - started)
         popular = [seed for seed in seeds if table.get(seed)]
     print(json.dumps({
         "hardware": hardware(), "command": " ".join(sys.argv), "home": str(settings.home),

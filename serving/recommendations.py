@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ class Recommendation:
     timings: dict[str, float] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)  # seeds and excluded ids not in the index: left out
+    cached: bool = False  # from the results cache
 
 
 def together_table(path: Path) -> dict[str, dict[str, list[Neighbour]]]:
@@ -75,16 +76,29 @@ def together_table(path: Path) -> dict[str, dict[str, list[Neighbour]]]:
 
 def recommend(engine: SearchEngine, together: Path, kind: str, product_ids: list[str], k: int,
               filters: Filters = Filters(), exclude: tuple[str, ...] = (), user_id: str | None = None,
-              fill: bool = True) -> Recommendation:
+              fill: bool = True, use_cache: bool = True) -> Recommendation:
     """The ``k`` best products of ``kind`` for the seeds ``product_ids`` (and, for ``for_you``, the
     shopper ``user_id``'s recent purchases), within ``filters``, never a seed or an ``exclude``d product.
 
     Seeds and excluded products that are not in the index (deleted since a cart was filled) are left
-    out and listed in ``unknown``.
+    out and listed in ``unknown``. With ``use_cache``, the same shelf asked again within
+    ``serving.results_ttl_s`` comes from the engine's results cache (a product page is asked for
+    many times; a ``for_you`` shelf, a shopper's own, is never cached).
 
     Raises:
         NotFound: ``product_ids`` were given and none of them is in the index.
     """
+    key = ("recommend", kind, tuple(product_ids), k, filters, tuple(exclude), fill, file_state(together))
+    if use_cache and kind != "for_you" and (hit := engine.caches.results.get(key)) is not None:
+        return replace(hit, timings={}, cached=True)
+    shelf = _recommend(engine, together, kind, product_ids, k, filters, exclude, user_id, fill)
+    if use_cache and kind != "for_you" and not shelf.degraded:
+        engine.caches.results.put(key, shelf)
+    return shelf
+
+
+def _recommend(engine: SearchEngine, together: Path, kind: str, product_ids: list[str], k: int, filters: Filters,
+               exclude: tuple[str, ...], user_id: str | None, fill: bool) -> Recommendation:
     assert engine.facts is not None and engine.rules is not None
     started = time.perf_counter()
     index, facts = engine.index, engine.facts

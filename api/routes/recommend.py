@@ -34,7 +34,7 @@ def recommend(body: RecommendRequest, served: ServedDep, request: Request, key: 
              for i, fields in enumerate(listed(engine, shelf.candidates, shelf.notes))]
     response = RecommendResponse(request_id=request.state.event_id, kind=body.kind, seeds=shelf.seeds,
                                  took_ms=round((time.perf_counter() - started) * 1e3, 2), degraded=shelf.degraded,
-                                 unknown=shelf.unknown,
+                                 unknown=shelf.unknown, cached=shelf.cached,
                                  stages_ms={name: round(s * 1e3, 2) for name, s in shelf.timings.items()}, items=items)
     if current(request).settings.events.log_impressions:
         shown = [ShownItem(product_id=i.product_id, position=i.rank, score=i.score, scores={i.source: i.score})

@@ -385,7 +385,10 @@ def test_recommendations_for_a_product_page_a_cart_and_a_shopper(  # type: ignor
     assert (logged["pipeline"], logged["query"], logged["user_id"], logged["session_id"]) == (
         "recommend:similar", "", "u7", "s7")
     assert [i["product_id"] for i in logged["items"]] == ids and logged["items"][0]["scores"].keys() == {"similar"}
-    assert len(set(ids)) == 10 and seed not in ids and similar["seeds"] == [seed]
+    assert len(set(ids)) == 10 and seed not in ids and similar["seeds"] == [seed] and not similar["cached"]
+    again = recommend(product_ids=[seed], k=10)  # the same product page: the results cache
+    assert again["cached"] and [i["product_id"] for i in again["items"]] == ids
+    assert again["request_id"] != similar["request_id"]  # still its own impression
     assert {i["source"] for i in similar["items"]} == {"similar"}
     assert sum(facts.at[p, "category"] == "Tools > Drills" for p in ids) >= 5  # nearest by meaning: drills
     stocked = [i["in_stock"] for i in similar["items"]]
@@ -410,6 +413,7 @@ def test_recommendations_for_a_product_page_a_cart_and_a_shopper(  # type: ignor
         assert recommend(kind="viewed_together", product_ids=[seed], k=3, fill=False)["items"] == []
         mine = recommend(kind="for_you", user_id="nobody", product_ids=[seed], k=3)
         assert [i["source"] for i in mine["items"]] == ["bought_together"] * 2 + ["similar"]
+        assert not recommend(kind="for_you", user_id="nobody", product_ids=[seed], k=3)["cached"]  # a shopper's own
     finally:
         path.unlink()
     cart = recommend(product_ids=[seed, "P-deleted"], exclude=["P-gone"], k=3)  # a cart older than the catalog
