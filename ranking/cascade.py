@@ -134,6 +134,7 @@ class Ranked:
     degraded: list[str] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)
     analysis: Analysis | None = None
+    first_stage_rows: int = 0  # rows the first stage returned (fewer than asked: it has no more)
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ class Cascade:
         query = self.analyze(query if isinstance(query, Query) else Query(query))
         candidates = self.first_stage(query, k)
         ranked = self._apply(query, candidates, {"first_stage": time.perf_counter() - started})
-        return replace(ranked, analysis=query.analysis)
+        return replace(ranked, analysis=query.analysis, first_stage_rows=len(candidates))
 
     def search(self, query: str, k: int) -> Candidates:
         return self.run(query, k).candidates

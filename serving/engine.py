@@ -189,12 +189,13 @@ class SearchEngine:
         cascade = self._chosen(pipeline, ltr)
         ranked = cascade.run(query, k + offset)
         fetched, limit = max(k + offset, cascade.first_stage_depth), min(self.index.count, MAX_FETCH)
-        while len(ranked.candidates) < k + offset and fetched < limit:
-            # the rules left rows out (hidden, out of stock): read deeper, so the page is full while more exist
+        while len(ranked.candidates) < k + offset and ranked.first_stage_rows >= fetched and fetched < limit:
+            # the rules left rows out (hidden, out of stock) and the first stage has more: read deeper, so the
+            # page is full while more exist
             fetched = min(limit, 2 * fetched)
             deeper = cascade.run(query, fetched)
             if len(deeper.candidates) <= len(ranked.candidates):
-                break  # the first stage has nothing more
+                break
             ranked = deeper
         if query.sort != "relevance":
             ranked = replace(ranked, candidates=self._by_price(ranked.candidates, query.sort))
