@@ -22,7 +22,7 @@ from online_learning.events import (
     InteractionEvent,
     RankingEvent,
 )
-from online_learning.forget_list import ForgetList, digest
+from online_learning.forget_list import ForgetList
 from online_learning.local_broker import LocalBroker, create_topics
 from online_learning.privacy import forget, prune
 from tests.helpers import run_cli
@@ -88,7 +88,9 @@ def test_forget_erases_a_shopper_at_rest_and_keeps_the_others(tmp_path: Path) ->
     assert [json.loads(line)["value"] for line in dead.read_text().splitlines()] == [
         json.dumps({"type": "click", "user_id": "u2"})]
     assert [json.loads(line)["user_id"] for line in (paths.shadow / "v2.jsonl").read_text().splitlines()] == [None]
-    assert "u1" not in paths.forgotten.read_text() and digest("user", "u1") in paths.forgotten.read_text()
+    listed = ForgetList(paths.forgotten)
+    assert "u1" not in paths.forgotten.read_text() and listed.digest("user", "u1") in paths.forgotten.read_text()
+    assert paths.forgotten.with_suffix(".key").stat().st_mode & 0o777 == 0o600  # the key: its owner's only
     again = forget(paths, ["u1"], [], at)  # nothing left to erase; the profile is pushed empty all the same
     assert again.log_rows == {"rankings": 0, "interactions": 0} and again.not_found == ["user u1"]
     assert again.profiles == "1 marked: the streaming consumer pushes them at its next batch or start"
