@@ -61,8 +61,9 @@ from retrieval.types import Candidates
 from retrieval.vocabulary import normalize
 
 MAX_IDS = 1_000  # product ids in one list of a rule
-ProductIds = Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=128)]],
-                       Field(max_length=MAX_IDS)]
+ProductId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ProductIds = Annotated[list[ProductId], Field(max_length=MAX_IDS)]
+Place = Annotated[int, Field(ge=1, le=1000)]
 
 
 class Boost(BaseModel):
@@ -91,6 +92,9 @@ class QueryRule(BaseModel):
 
     pin: ProductIds = Field(default_factory=list, description="Product ids shown first, in this order (added "
                             "when the search did not find them).")
+    pin_at: dict[ProductId, Place] = Field(default_factory=dict, max_length=MAX_IDS, description="Product id -> "
+                                           "the 1-based place it is shown at (added when the search did not find "
+                                           "it), e.g. {P100831: 3}.")
     bury: ProductIds = Field(default_factory=list, description="Product ids moved to the end.")
     hide: ProductIds = Field(default_factory=list, description="Product ids never shown for this query.")
     redirect: str | None = Field(None, min_length=1, max_length=2048, description="A page of the store this "
@@ -169,7 +173,7 @@ class RulesConfig(BaseModel):
     def product_ids(self) -> list[str]:
         """Every product id the rules name, once."""
         rules = self.queries.values()
-        return list(dict.fromkeys([*self.hide, *(p for r in rules for p in (*r.pin, *r.bury, *r.hide))]))
+        return list(dict.fromkeys([*self.hide, *(p for r in rules for p in (*r.pin, *r.pin_at, *r.bury, *r.hide))]))
 
     @cached_property
     def by_query(self) -> dict[str, QueryRule]:
@@ -229,16 +233,23 @@ def apply_rules(rule: QueryRule | None, product_ids: list[str], scores: np.ndarr
     for i in np.flatnonzero(lifted):
         notes[i].append("boosted")
     rows = rows[np.lexsort((rows, -adjusted[rows], ~lifted[rows], demoted[rows]))]
-    if rule and (rule.pin or rule.bury):
+    if rule and (rule.pin or rule.pin_at or rule.bury):
         position = {pid: i for i, pid in enumerate(product_ids)}
         pinned = [position[p] for p in dict.fromkeys(rule.pin) if p in position and keep[position[p]]]
-        buried = {position[p] for p in rule.bury if p in position} - set(pinned)  # a pin wins
+        placed = {position[p]: at for p, at in rule.pin_at.items()
+                  if p in position and keep[position[p]] and position[p] not in pinned}
+        held = set(pinned) | set(placed)
+        buried = {position[p] for p in rule.bury if p in position} - held  # a pin wins
         for slot, i in enumerate(pinned):
             notes[i].append(f"pinned({slot + 1})")
         for i in buried:
             notes[i].append("buried")
-        middle = [i for i in rows if i not in set(pinned) and i not in buried]
-        rows = np.array(pinned + middle + [i for i in rows if i in buried and i not in set(pinned)], dtype=np.int64)
+        middle = [i for i in rows if i not in held and i not in buried]
+        order = pinned + middle + [i for i in rows if i in buried]
+        for i, at in sorted(placed.items(), key=lambda item: (item[1], item[0])):  # each at its place, in turn
+            order.insert(min(at - 1, len(order)), i)
+            notes[i].append(f"pinned({min(at, len(order))})")
+        rows = np.array(order, dtype=np.int64)
     return RuleResult(order=rows, notes=[notes[i] for i in rows])
 
 
@@ -264,8 +275,8 @@ class RulesStage:
         place never depends on how many rows a request asks for, so the pages of a search agree at any offset."""
         rule = self.config.rule_for(query) if query.text else None
         head, tail = candidates.top(self.depth), candidates.take(slice(self.depth, None))
-        if rule is not None and rule.pin and query.sort == "relevance":  # a price order has no pinned places
-            head, tail = self._with_pins(rule.pin, head, tail)
+        if rule is not None and (rule.pin or rule.pin_at) and query.sort == "relevance":  # a price order has no pins
+            head, tail = self._with_pins([*rule.pin, *rule.pin_at], head, tail)
         facts = self.facts(head)
         score = np.nan_to_num(head.score, nan=float(np.nanmin(head.score)) if np.isfinite(head.score).any() else 0.0)
         keep = facts.matching(query.filters) if query.filters.active() else None

@@ -133,6 +133,9 @@ def test_a_pin_adds_the_product_the_search_did_not_find_and_moves_one_from_below
     by_price = stage(Query("drill", sort="price_desc"), candidates).candidates.product_ids
     assert "p8" not in by_price and "p1" not in by_price  # a price order adds no pin; the query's hide holds
     assert stage.hidden_docs(Query("drill")).tolist() == [1] and stage.hidden_docs(Query("saw")).tolist() == []
+    placed = RulesStage(RulesConfig(promo_boost=0, queries={"saw": QueryRule(pin_at={"p7": 2})}), read, depth=3,
+                        doc_of=stage.doc_of)(Query("saw"), candidates).candidates.product_ids
+    assert placed[:3] == ["p0", "p7", "p1"]  # not found by the search: added at its place
     assert stage.hidden_docs().tolist() == [] and RulesStage(RulesConfig(hide=["p3", "x"]), read,
                                                              doc_of=stage.doc_of).hidden_docs().tolist() == [3]
 
@@ -172,3 +175,14 @@ def test_a_boost_lifts_a_brand_within_stock_and_a_rule_holds_in_its_window_only(
     assert at("2026-11-26T23:59:59") is None and at("2026-11-27T00:00:00") is sale and at("2026-11-30T00:00:00") is None
     with pytest.raises(ValidationError, match="ends .* before it starts"):
         QueryRule(start="2026-11-30T00:00:00Z", end="2026-11-27T00:00:00Z")
+
+
+def test_a_product_pinned_at_a_place_is_shown_there() -> None:
+    config = RulesConfig(out_of_stock="none", promo_boost=0,
+                         queries={"drill": QueryRule(pin=["e"], pin_at={"d": 2, "a": 99, "zz": 1}, bury=["d"])})
+    order, notes = run(config)
+    assert order == ["e", "d", "b", "c", "a"]  # e first, d at place 2 (pinned beats buried), a past the end: last
+    assert notes[0] == ["pinned(1)"] and notes[1] == ["pinned(2)"] and notes[-1] == ["pinned(5)"]
+    with pytest.raises(ValidationError, match="less than or equal to 1000"):
+        QueryRule(pin_at={"a": 1001})
+    assert RulesConfig(queries={"x": QueryRule(pin_at={"q": 3})}).product_ids() == ["q"]
