@@ -16,8 +16,8 @@ In order:
    ``hide`` drop them.
 5. **A query's boost**: its products of the categories / brands it names go before the
    others (in stock first still).
-6. **Pins and buries** per query: pinned products go first in their order, found by the
-   first stage or not (a pin adds the product to the list when it is indexed and
+6. **Pins and buries** per query: pinned products go first in their order (``pin_at``: each at
+   its place), found by the first stage or not (a pin adds the product to the list when it is indexed and
    matches the request's filters); buried ones go to the end. A query's ``redirect``
    (a page of the store) is returned with its results (``SearchResponse.redirect``).
    A query's rule may hold from a ``start`` until an ``end`` (a sale's weekend).
