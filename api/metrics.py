@@ -70,6 +70,9 @@ class Metrics:
                                   "serving more of them than its peers closed after answering, so that the "
                                   "client reconnects to another (api.rebalance_margin)", registry=self.registry)
         self.events = Counter("shoprank_events_total", "Events accepted", ["type"], registry=self.registry)
+        self.rules = Counter("shoprank_rules_applied_total", "Searches whose page a business rule changed, by rule "
+                             "(pinned, buried, boosted, promotion_boost, out_of_stock_demoted, redirect)", ["rule"],
+                             registry=self.registry)
         self.swaps = Counter("shoprank_model_swaps_total", "Model activations and rollbacks", ["role", "action"],
                              registry=self.registry)
         self._live: list[Collector] = []  # read at scrape time, from this process

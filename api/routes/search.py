@@ -97,6 +97,9 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
                         encoder=manifest.encoder, dense_index=manifest.dense_kind),
         items=items, facets=Facets(**result.facets) if result.facets is not None else None,
     )
+    for rule in {note.split("(")[0] for notes in result.notes.values() for note in notes} | (
+            {"redirect"} if response.redirect else set()):
+        metrics.rules.labels(rule).inc()
     if settings.events.log_impressions:
         _log_impression(request, body, response, routed.teams, key)
     return response

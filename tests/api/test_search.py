@@ -462,6 +462,9 @@ def test_merchandising_rules_set_through_the_admin_api_serve_at_once_and_a_file_
         facets = client.post("/v1/search", json={"query": "cordless drill", "facets": ["brand"]}).json()["facets"]
         assert facets["counted"] == counted - 2  # neither the query's hidden product nor the one hidden everywhere
         assert client.get("/v1/search", params={"q": "cordless drill"}).json()["redirect"] == "/drills"
+        scraped = client.get("/metrics").text  # how often the rules changed a page, by rule
+        assert 'shoprank_rules_applied_total{rule="pinned"}' in scraped
+        assert 'shoprank_rules_applied_total{rule="redirect"}' in scraped
         assert search("drill bits")["redirect"] is None
         pages = [client.post("/v1/browse", json={"k": 100, "offset": o}).json() for o in range(0, len(demo_products), 100)]
         assert pages[0]["total"] == len(demo_products) - 1
