@@ -7,7 +7,7 @@ import hmac
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, Field, StringConstraints
 
 from api.auth import check_key, presented_key
@@ -117,9 +117,9 @@ class RulesState(BaseModel):
                                "not hold (a pin of one adds nothing until it is indexed).")
 
 
-def _rules_state(settings: Settings, engine: SearchEngine) -> RulesState:
+def _rules_state(settings: Settings, engine: SearchEngine, config: RulesConfig | None = None) -> RulesState:
     assert engine.rules is not None
-    config = engine.rules.config
+    config = config if config is not None else engine.rules.config
     return RulesState(rules=config, path=str(rules_path(settings)),
                       unknown=[p for p in config.product_ids() if engine.index.doc_of(p) is None])
 
@@ -130,10 +130,14 @@ def get_rules(holder: HolderDep, settings: SettingsDep) -> RulesState:
 
 
 @router.put("/rules", response_model=RulesState, summary="Replace the business rules (pins, hides, redirects)")
-async def put_rules(body: RulesConfig, request: Request, holder: HolderDep, settings: SettingsDep) -> RulesState:
+async def put_rules(body: RulesConfig, request: Request, holder: HolderDep, settings: SettingsDep,
+                    dry_run: Annotated[bool, Query(description="Only check them: nothing is saved")] = False
+                    ) -> RulesState:
     """Saved as the store's rules file, shared with the other replicas (``artifacts push``); every server
     process serves them within ``serving.reload_poll_s``, this one at once. Result pages cached under the
-    old rules are not served again."""
+    old rules are not served again. ``dry_run``: checked and answered (with the unknown product ids) only."""
+    if dry_run:
+        return _rules_state(settings, holder.get().engine, body)
     await asyncio.to_thread(body.save, rules_path(settings))
     await asyncio.to_thread(push_state, settings)
     return _rules_state(settings, await _swap(request, holder))
