@@ -101,6 +101,7 @@ class ServedHolder:
             new.carry_counts(old)  # /metrics counters keep counting up across the swap
             self.reloads += 1
             self._served = new
+            self.reload_error = None  # the served unit is the shared state's again
         logger.info("swapped engine: %s -> %s", old.engine.versions, new.engine.versions)
         closing = threading.Timer(30.0, old.close)  # in-flight requests finish on the old unit first
         closing.daemon = True  # a process that exits closes nothing more

@@ -130,6 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     # worker processes build their app from the environment: pass the flags on through it
     os.environ["SHOPRANK_API__WORKERS"] = str(processes)  # each takes its share of the cores
+    os.environ["SHOPRANK_API__HOST"], os.environ["SHOPRANK_API__PORT"] = api.host, str(api.port)  # X-Served-By
     os.environ["SHOPRANK_HOME"] = str(settings.home.resolve())
     os.environ["SHOPRANK_PROGRESS"] = "true" if settings.progress else "false"
     if settings.catalog:

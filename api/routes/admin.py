@@ -138,9 +138,7 @@ async def put_rules(body: RulesConfig, request: Request, holder: HolderDep, sett
     old rules are not served again. ``dry_run``: checked and answered (with the unknown product ids) only."""
     if dry_run:
         return _rules_state(settings, holder.get().engine, body)
-    await asyncio.to_thread(body.save, rules_path(settings))
-    await asyncio.to_thread(push_state, settings)
-    return _rules_state(settings, await _swap(request, holder))
+    return _rules_state(settings, await _replace_file(request, holder, settings, rules_path(settings), body.to_yaml()))
 
 
 class SynonymsBody(BaseModel):
@@ -172,22 +170,39 @@ async def put_synonyms(body: SynonymsBody, request: Request, holder: HolderDep, 
     ``serving.reload_poll_s``, this one at once."""
     path = synonyms_target(settings)
     Synonyms.parse(body.rules, "rules")
-    try:
-        await asyncio.to_thread(_write_text, path, "".join(line + "\n" for line in body.rules))
-    except OSError as error:
-        raise Conflict(f"cannot write the synonyms file {path} ({error.strerror}); retrieval.synonyms names a file "
-                       "this server may not change: unset it to keep the synonyms in the store's folder") from None
-    await asyncio.to_thread(push_state, settings)
-    await _swap(request, holder)
+    await _replace_file(request, holder, settings, path, "".join(line + "\n" for line in body.rules))
     return _synonyms_state(settings)
 
 
-def _write_text(path: Path, text: str) -> None:
-    """``text`` at ``path``, atomically (a reader sees the old file or the new one)."""
+def _write_text(path: Path, text: str | None) -> None:
+    """``text`` at ``path``, atomically (a reader sees the old file or the new one); None: no file."""
+    if text is None:
+        path.unlink(missing_ok=True)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+async def _replace_file(request: Request, holder: ServedHolder, settings: Settings, path: Path,
+                        text: str) -> SearchEngine:
+    """Write a shared file (the rules, the synonyms), serve it here, then publish it. When the served unit
+    cannot be made again (another shared file is broken), the old file is put back and the error raised:
+    the call changes nothing."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else None
+    try:
+        await asyncio.to_thread(_write_text, path, text)
+    except OSError as error:
+        raise Conflict(f"cannot write {path} ({error.strerror}); a setting names a file this server may not "
+                       "change: unset it to keep the file in the store's folder") from None
+    try:
+        engine = await _swap(request, holder)
+    except Exception:
+        await asyncio.to_thread(_write_text, path, old)
+        raise
+    await asyncio.to_thread(push_state, settings)  # other replicas pull it on their next poll
+    return engine
 
 
 class ExperimentConfig(BaseModel):

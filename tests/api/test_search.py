@@ -529,6 +529,14 @@ def test_synonyms_set_through_the_admin_api_are_searched_at_once(  # type: ignor
         assert searched("taladro") == "drill"  # the rejected change left the synonyms as they were
         assert client.put("/v1/admin/synonyms", json={"rules": []}, headers=admin).status_code == 200
         assert searched("taladro") == "taladro"
+        # another shared file is broken: the call fails naming it and changes nothing
+        (tmp_path / "rules").mkdir(exist_ok=True)
+        (tmp_path / "rules" / "rules.yaml").write_text("queries: [1]\n")
+        refused = client.put("/v1/admin/synonyms", json={"rules": ["taladro => drill"]}, headers=admin)
+        assert refused.status_code == 422 and "rules.yaml is not valid" in refused.json()["message"]
+        assert (tmp_path / "rules" / "synonyms.txt").read_text() == "" and searched("taladro") == "taladro"
+        fixed = client.put("/v1/admin/rules", json={}, headers=admin)  # mends it: no reload error left
+        assert fixed.status_code == 200 and not client.get("/readyz").json().get("reload_errors")
         assert client.put("/v1/admin/synonyms", json={"rules": ["a => b"]}).status_code in (401, 403)
 
 

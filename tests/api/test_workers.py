@@ -71,6 +71,7 @@ def test_a_swap_through_one_process_reaches_every_process(tmp_path: Path, settin
             answer = httpx.get(f"{base}/v1/search", params={"q": "hammer", "k": 5}, timeout=30)
             assert answer.status_code == 200
             pids.add(answer.headers["x-served-by"].rsplit(":", 1)[1])
+            assert answer.headers["x-served-by"].split(":")[-2] == base.rsplit(":", 1)[1]  # the port it serves
             searches += 1
         assert len(pids) == 2, f"every search went to one process: {pids}"
         for _ in range(3):
