@@ -115,13 +115,24 @@ class RulesState(BaseModel):
     path: str = Field(..., description="The file the rules are read from (ranking.rules_file, else the store's own).")
     unknown: list[str] = Field(default_factory=list, description="Product ids the rules name that the index does "
                                "not hold (a pin of one adds nothing until it is indexed).")
+    unmatched: list[str] = Field(default_factory=list, description="Boost values no product has (exact values, "
+                                 "as filters and facets name them), e.g. \"brand 'dewalt'\".")
 
 
 def _rules_state(settings: Settings, engine: SearchEngine, config: RulesConfig | None = None) -> RulesState:
     assert engine.rules is not None
     config = config if config is not None else engine.rules.config
+    values: dict[str, set[str]] = {}
+    if engine.facts is not None and any(r.boost for r in config.queries.values()):
+        table = engine.facts.table()
+        values = {"category": set(table.category[table.category != None]),  # noqa: E711 - elementwise
+                  "brand": set(table.brand[table.brand != None])}  # noqa: E711
+    unmatched = [f"{name} {value!r}" for r in config.queries.values() if r.boost is not None
+                 for name in ("category", "brand") for value in getattr(r.boost, name)
+                 if values and value not in values[name]]
     return RulesState(rules=config, path=str(rules_path(settings)),
-                      unknown=[p for p in config.product_ids() if engine.index.doc_of(p) is None])
+                      unknown=[p for p in config.product_ids() if engine.index.doc_of(p) is None],
+                      unmatched=list(dict.fromkeys(unmatched)))
 
 
 @router.get("/rules", response_model=RulesState, summary="The store's business rules")

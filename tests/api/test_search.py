@@ -451,8 +451,10 @@ def test_merchandising_rules_set_through_the_admin_api_serve_at_once_and_a_file_
         pinned, top, gone = before[40], before[0], str(demo_products["product_id"].iloc[-1])
         rules = {"hide": [gone, "no-such-product"],
                  "queries": {"Cordless  Drill!": {"pin": [pinned], "hide": [top], "redirect": "/drills"}}}
-        checked = client.put("/v1/admin/rules", params={"dry_run": "true"}, json=rules, headers=admin)
+        checked = client.put("/v1/admin/rules", params={"dry_run": "true"}, json={
+            **rules, "queries": {**rules["queries"], "saw": {"boost": {"brand": ["dewalt"]}}}}, headers=admin)
         assert checked.status_code == 200 and checked.json()["unknown"] == ["no-such-product"]
+        assert checked.json()["unmatched"] == ["brand 'dewalt'"]  # brands are exact values: DeWalt
         assert not (tmp_path / "rules" / "rules.yaml").exists()  # a dry run saves nothing
         put = client.put("/v1/admin/rules", json=rules, headers=admin)
         assert put.status_code == 200, put.text
