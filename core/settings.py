@@ -197,7 +197,8 @@ class Settings(BaseSettings):
                               "(`shoprank --store NAME ...`): its index, models, features, events and experiments "
                               "live in <home>/stores/NAME/. None: the default store (the home itself). "
                               "`shoprank serve` serves the default store and every store under <home>/stores/.")
-    index_name: str = Field("default", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$", description="Name of the served index "
+    index_name: str = Field("default", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$",
+                            description="Name of the served index "
                             "(`shoprank index --name`).")
     encoder: str = Field(
         "active",

@@ -148,6 +148,12 @@ class CatalogFacts:
         """Facts of every row of the index (deleted rows included), as last built."""
         return self._current().facts
 
+    @property
+    def version(self) -> int:
+        """Which build of the facts is in use: it changes when they are built again (a live update read,
+        the periodic refresh, an index write), so what was worked out from older facts can be told apart."""
+        return self._current().generation
+
     def _current(self) -> _Table:
         table, key = self._table, self.index.generation
         if table is None or table.key != key:

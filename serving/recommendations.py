@@ -88,7 +88,10 @@ def recommend(engine: SearchEngine, together: Path, kind: str, product_ids: list
     Raises:
         NotFound: ``product_ids`` were given and none of them is in the index.
     """
-    key = ("recommend", kind, tuple(product_ids), k, filters, tuple(exclude), fill, file_state(together))
+    assert engine.facts is not None
+    # the facts' build too: a shelf made before a live stock or price change is not served after it
+    key = ("recommend", kind, tuple(product_ids), k, filters, tuple(exclude), fill, file_state(together),
+           engine.facts.version)
     if use_cache and kind != "for_you" and (hit := engine.caches.results.get(key)) is not None:
         return replace(hit, timings={}, cached=True)
     shelf = _recommend(engine, together, kind, product_ids, k, filters, exclude, user_id, fill)

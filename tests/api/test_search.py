@@ -429,7 +429,7 @@ def test_recommendations_for_a_product_page_a_cart_and_a_shopper(  # type: ignor
 
 
 
-def test_merchandising_rules_set_through_the_admin_api_serve_at_once_and_a_file_edit_by_the_poll(  # type: ignore[no-untyped-def]
+def test_merchandising_rules_set_through_the_admin_api_serve_at_once_and_a_file_edit_by_the_poll(  # type: ignore
         settings: Settings, real_index, real_encoder, demo_products, tmp_path) -> None:
     from core.service_settings import ApiSettings, ServingSettings
     from ranking.rules import RulesConfig
@@ -471,7 +471,8 @@ def test_merchandising_rules_set_through_the_admin_api_serve_at_once_and_a_file_
         assert 'shoprank_rules_applied_total{rule="pinned"}' in scraped
         assert 'shoprank_rules_applied_total{rule="redirect"}' in scraped
         assert search("drill bits")["redirect"] is None
-        pages = [client.post("/v1/browse", json={"k": 100, "offset": o}).json() for o in range(0, len(demo_products), 100)]
+        pages = [client.post("/v1/browse", json={"k": 100, "offset": o}).json()
+                 for o in range(0, len(demo_products), 100)]
         assert pages[0]["total"] == len(demo_products) - 1
         assert gone not in {i["product_id"] for page in pages for i in page["items"]}
         bad = client.put("/v1/admin/rules", json={"queries": {"drill": {"pinn": ["a"]}}}, headers=admin)

@@ -37,8 +37,8 @@ def write_log(root: Path) -> None:
     logged += [search(30 + i, "xyzzy", "xyzzy", f"u{i}", shown=0) for i in range(5)]  # found nothing
     logged += [search(40 + i, "paint roller", "paint roller", None, f"s{i}") for i in range(3)]  # sessions
     logged += [search(60 + i, "my address 12", "my address 12", None) for i in range(4)]  # anonymous: one shopper
-    logged += [search(70 + i, text, None, f"w{i}") for i, text in enumerate(["Ｇａｒｄｅｎ ＨＯＳＥ", "garden  hose",
-                                                                          "Garden Hose"])]  # imported: no searched
+    imported = ["Ｇａｒｄｅｎ ＨＯＳＥ", "garden  hose", "Garden Hose"]  # events without the analyzer's text
+    logged += [search(70 + i, text, None, f"w{i}") for i, text in enumerate(imported)]
     logged += [search(50 + i, "snow blower", "snow blower", f"u{i}", days_ago=200) for i in range(5)]  # too old
     ParquetLogSink(root)(logged)
 
