@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from core.errors import Conflict
 from online_learning.events import InteractionEvent, RankingEvent, key_of, topic_of
@@ -48,6 +49,18 @@ class KafkaSettings:
     send_timeout: float = 10.0
 
 
+def hold_slot(root: Path, name: str) -> IO[str] | None:
+    """The lock of the spool folder ``name`` under ``root``, held (closing the handle lets it go), or None
+    when a live process holds it."""
+    handle = open(root / f"{name}.lock", "w")  # noqa: SIM115 - the caller holds it as long as it uses the slot
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def claim_spool(root: Path, slots: int = 64) -> tuple[Path, object]:
     """The first spool folder under ``root`` that no other live process holds, and its lock.
 
@@ -56,13 +69,9 @@ def claim_spool(root: Path, slots: int = 64) -> tuple[Path, object]:
     """
     root.mkdir(parents=True, exist_ok=True)
     for slot in range(slots):
-        handle = open(root / f"slot-{slot}.lock", "w")  # noqa: SIM115 - held for the process's lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        return root / f"slot-{slot}", handle
+        handle = hold_slot(root, f"slot-{slot}")
+        if handle is not None:
+            return root / f"slot-{slot}", handle
     raise Conflict(f"all {slots} event spool slots under {root} are held by live processes; "
                    "run fewer server processes (SHOPRANK_API__WORKERS) on this home")
 

@@ -29,7 +29,6 @@ them), the shadow-scoring records as old and, without Kafka, the spool's lines a
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -45,9 +44,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.files import write_text_atomic
 from core.paths import Home
 from online_learning.consumers.log_sink import log_files
 from online_learning.consumers.streaming_features import open_state
+from online_learning.event_log import hold_slot
 from online_learning.forget_list import ForgetList
 
 logger = logging.getLogger(__name__)
@@ -258,9 +259,7 @@ def _drop_lines(path: Path, drop: Callable[[str], bool], dry_run: bool) -> int:
         else:
             kept.append(line)
     if dropped and not dry_run:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(kept))
     return dropped
 
 
@@ -276,15 +275,17 @@ def _spool(root: Path, drop: Callable[[dict], bool], dry_run: bool) -> tuple[int
         segments = sorted(folder.glob("segment-*.jsonl"))
         if (folder / "shipped.json").exists() or not segments:
             continue  # shipped to Kafka: the erasure list covers what is still on its way
-        with open(root / f"{folder.name}.lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # a server holds the slot and appends to its last segment
-                left += 1
-                left_lines += _drop_lines(segments[-1], named, dry_run=True)
-                segments = segments[:-1]
+        lock = hold_slot(root, folder.name)
+        if lock is None:  # a server holds the slot and appends to its last segment
+            left += 1
+            left_lines += _drop_lines(segments[-1], named, dry_run=True)
+            segments = segments[:-1]
+        try:
             for path in segments:
                 dropped += _drop_lines(path, named, dry_run)
+        finally:
+            if lock is not None:
+                lock.close()
     return dropped, left, left_lines
 
 

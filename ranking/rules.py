@@ -54,6 +54,7 @@ from pydantic import (
 )
 
 from core.errors import InvalidInput
+from core.files import write_text_atomic
 from core.query import Filters, Query
 from ranking.cascade import Noted
 from ranking.facts import ProductFacts
@@ -165,10 +166,7 @@ class RulesConfig(BaseModel):
 
     def save(self, path: Path) -> None:
         """Write the rules at ``path`` as YAML (atomic: a reader sees the old file or the new one)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_yaml())
-        tmp.replace(path)
+        write_text_atomic(path, self.to_yaml())
 
     def product_ids(self) -> list[str]:
         """Every product id the rules name, once."""

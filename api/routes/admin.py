@@ -15,6 +15,7 @@ from api.deps import HolderDep, SettingsDep
 from api.schemas import ErrorBody
 from api.state import ServedHolder
 from core.errors import Conflict, Forbidden, InvalidInput, Unauthorized
+from core.files import write_text_atomic
 from core.registry import ModelRegistry
 from core.settings import Settings
 from online_learning.experiments import Experiment
@@ -185,17 +186,6 @@ async def put_synonyms(body: SynonymsBody, request: Request, holder: HolderDep, 
     return _synonyms_state(settings)
 
 
-def _write_text(path: Path, text: str | None) -> None:
-    """``text`` at ``path``, atomically (a reader sees the old file or the new one); None: no file."""
-    if text is None:
-        path.unlink(missing_ok=True)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 async def _replace_file(request: Request, holder: ServedHolder, settings: Settings, path: Path,
                         text: str) -> SearchEngine:
     """Write a shared file (the rules, the synonyms), serve it here, then publish it. When the served unit
@@ -203,14 +193,14 @@ async def _replace_file(request: Request, holder: ServedHolder, settings: Settin
     the call changes nothing."""
     old = path.read_text(encoding="utf-8") if path.is_file() else None
     try:
-        await asyncio.to_thread(_write_text, path, text)
+        await asyncio.to_thread(write_text_atomic, path, text)
     except OSError as error:
         raise Conflict(f"cannot write {path} ({error.strerror}); a setting names a file this server may not "
                        "change: unset it to keep the file in the store's folder") from None
     try:
         engine = await _swap(request, holder)
     except Exception:
-        await asyncio.to_thread(_write_text, path, old)
+        await asyncio.to_thread(write_text_atomic, path, old)
         raise
     await asyncio.to_thread(push_state, settings)  # other replicas pull it on their next poll
     return engine

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -52,6 +52,17 @@ def open_state(state: Path) -> sqlite3.Connection:
     return db
 
 
+def seen_ids(db: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` the state has counted (looked up 900 at a time: sqlite's bound on parameters)."""
+    known: set[str] = set()
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), 900):
+        chunk = unique[start : start + 900]
+        known |= {r[0] for r in db.execute(
+            f"SELECT event_id FROM seen WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)}
+    return known
+
+
 def seed_state(state: Path, rankings: pd.DataFrame, interactions: pd.DataFrame) -> int:
     """Count the logged events the state at ``state`` has not seen (``rankings``: one row per shown product;
     ``interactions``; both with ``event_id``, ``product_id``, ``timestamp``, and ``user_id`` for purchases),
@@ -61,11 +72,7 @@ def seed_state(state: Path, rankings: pd.DataFrame, interactions: pd.DataFrame) 
     db = open_state(state)
     try:
         ids = list(dict.fromkeys([*rankings["event_id"].astype(str), *interactions["event_id"].astype(str)]))
-        known: set[str] = set()
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
-            known |= {r[0] for r in db.execute(
-                f"SELECT event_id FROM seen WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)}
+        known = seen_ids(db, ids)
         shown = rankings[~rankings["event_id"].astype(str).isin(known)]
         acted = interactions[~interactions["event_id"].astype(str).isin(known)]
         counts: Counter[tuple[str, str, str]] = Counter()
@@ -134,7 +141,7 @@ class StreamingFeatures:
 
     def __call__(self, batch: list[Delivered]) -> None:
         ids = [d.event.event_id for d in batch]
-        known = self._known(ids)
+        known = seen_ids(self.db, ids)
         counts: Counter[tuple[str, str, str]] = Counter()
         purchases = []
         latest = None
@@ -161,14 +168,6 @@ class StreamingFeatures:
             self.db.executemany("INSERT OR IGNORE INTO dirty VALUES ('user', ?)", [(p[0],) for p in purchases])
         self._flush_dirty()
 
-    def _known(self, ids: list[str]) -> set[str]:
-        known: set[str] = set()
-        unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), 900):
-            chunk = unique[start : start + 900]
-            known |= {r[0] for r in self.db.execute(
-                f"SELECT event_id FROM seen WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)}
-        return known
 
     def _now(self) -> pd.Timestamp:
         row = self.db.execute("SELECT now FROM clock WHERE id = 0").fetchone()
