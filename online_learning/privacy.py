@@ -103,10 +103,9 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
     wanted = {"user_id": pa.array(sorted(users), pa.string()), "session_id": pa.array(sorted(sessions), pa.string())}
     for kind in KINDS:
         for path in log_files(paths.event_log, kind):
-            found = _shopper_hits(path, wanted)
+            table, found = _shopper_hits(path, wanted)
             hit = found["user_id"] | found["session_id"]
             if hit.any():
-                table = pq.read_table(path, columns=[c for c in wanted if found[c].any()])
                 for column, label in (("user_id", "user"), ("session_id", "session")):
                     if found[column].any():
                         values = table.column(column).filter(pa.array(found[column])).to_pylist()
@@ -175,10 +174,10 @@ def prune(paths: Home, keep_days: int, now: datetime, dry_run: bool = False,
     return report
 
 
-def _shopper_hits(path: Path, wanted: dict[str, pa.Array]) -> dict[str, np.ndarray]:
-    """Per shopper column (``user_id``, ``session_id``), which rows of the Parquet file at ``path`` hold one
-    of the ``wanted`` ids (read with pyarrow alone: a third of pandas' time a file; a file written before a
-    column was logged has none)."""
+def _shopper_hits(path: Path, wanted: dict[str, pa.Array]) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """The shopper columns (``user_id``, ``session_id``) of the Parquet file at ``path`` and, per column, which
+    rows hold one of the ``wanted`` ids (read with pyarrow alone: a third of pandas' time a file; a file
+    written before a column was logged has none)."""
     try:
         table = pq.read_table(path, columns=list(wanted))
     except (pa.ArrowInvalid, KeyError):  # a column missing from this file
@@ -188,7 +187,7 @@ def _shopper_hits(path: Path, wanted: dict[str, pa.Array]) -> dict[str, np.ndarr
     for column in [c for c in wanted if c in table.column_names and len(wanted[c])]:
         values = table.column(column).cast(pa.string())  # a column all null in this file is of type null
         out[column] = pc.fill_null(pc.is_in(values, value_set=wanted[column]), False).to_numpy(zero_copy_only=False)
-    return out
+    return table, out
 
 
 def _replace(path: Path, table: pa.Table, keep_empty: bool = False) -> None:
