@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.product_changes import ChangeFeed, poll
+from core.product_changes import ChangeFeed, FeedCursor, poll
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -123,6 +123,7 @@ class OnlineFeatureReader:
         self.misses = 0
         self.changes = 0  # batches of changed products read again (:meth:`follow`): the facts rebuild on it
         self.feed: ChangeFeed | None = None  # the change feed followed
+        self.cursor: FeedCursor | None = None  # where this reader is in it
         self._stop = threading.Event()
 
     @staticmethod
@@ -267,8 +268,22 @@ class OnlineFeatureReader:
         """Read the products a live update changed (:mod:`core.product_changes`) again as soon as the feed
         says so, every ``every_s`` seconds, in the background, instead of at their next ``product_ttl``."""
         self.feed = changes
-        threading.Thread(target=poll, args=(changes, every_s, self.read_again, self._stop), name="product-changes",
+        self.cursor = FeedCursor(changes, self.read_again)
+        threading.Thread(target=poll, args=(self.cursor, every_s, self._stop), name="product-changes",
                          daemon=True).start()
+
+    @property
+    def position(self) -> str | None:
+        """The change feed's position up to which live updates have been read (None: not following one)."""
+        return self.cursor.position if self.cursor is not None else None
+
+    def catch_up(self, product_ids: list[str]) -> None:
+        """Read ``product_ids`` (just written) again now: through the feed when following one, so every
+        update up to now is read and the position moves past them, else directly."""
+        if self.cursor is not None and self.cursor.position is not None:
+            self.cursor.catch_up()
+        else:
+            self.read_again(product_ids)
 
     def read_again(self, product_ids: list[str] | None) -> None:
         """Read ``product_ids`` (None: every product read so far) from the store now, and count the change."""

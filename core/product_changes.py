@@ -18,7 +18,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -144,24 +144,43 @@ def write_facts(store: Any, updates: Mapping[str, Mapping[str, Any]], facts: Map
     return written
 
 
-def poll(changes: ChangeFeed, every_s: float, on_change: Any, stop: threading.Event) -> None:
-    """Call ``on_change(ids or None)`` with what changed, every ``every_s`` seconds, until ``stop``. The
-    feed's position is taken at the first read that succeeds: a store that is down at start (or later) is
-    tried again at the next tick, the rows keeping their TTL meanwhile."""
-    position: str | None = None
+class FeedCursor:
+    """Where one reader is in a change feed. :meth:`catch_up` hands ``on_change(ids or None)`` what
+    changed since, then moves on; the position is taken at the first read that succeeds, and one
+    whose ``on_change`` failed stays, so the next call reads those products again.
+
+    The position names, across processes and replicas, which live updates a reader has applied:
+    what a server worked out from its product facts can be keyed on it (a shared result page)."""
+
+    def __init__(self, changes: ChangeFeed, on_change: Callable[[list[str] | None], None]) -> None:
+        self.changes = changes
+        self.on_change = on_change
+        self.position: str | None = None
+        self._lock = threading.Lock()
+
+    def catch_up(self) -> None:
+        """Apply what changed since the position (raises what the feed or ``on_change`` raised)."""
+        with self._lock:
+            if self.position is None:
+                self.position, _ = self.changes.since(None)
+                return
+            position, ids = self.changes.since(self.position)
+            if ids is None or ids:
+                self.on_change(ids)
+            self.position = position
+
+
+def poll(cursor: FeedCursor, every_s: float, stop: threading.Event) -> None:
+    """``cursor.catch_up()`` every ``every_s`` seconds, until ``stop``. A store that is down (at start or
+    later) is tried again at the next tick, the rows keeping their TTL meanwhile."""
+    failing = False
     while True:
-        ids: list[str] | None = []
         try:
-            if position is None:
-                position, _ = changes.since(None)
-            else:
-                position, ids = changes.since(position)
-        except Exception:  # noqa: BLE001 - the store is down: the rows keep their TTL; tried at the next tick
-            ids = []
-        if ids is None or ids:
-            try:
-                on_change(ids)
-            except Exception:  # noqa: BLE001 - logged; the next change or the TTL reads them again
-                logger.exception("reading %s changed products again failed", "every" if ids is None else len(ids))
+            cursor.catch_up()
+            failing = False
+        except Exception:  # noqa: BLE001 - logged once per outage; the next tick tries again
+            if not failing:
+                logger.exception("following the product change feed failed; trying again every %.1f s", every_s)
+            failing = True
         if stop.wait(every_s):
             return

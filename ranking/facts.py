@@ -121,6 +121,7 @@ class _Table:
     generation: int
     facts: ProductFacts
     changes: int = 0  # the reader's change batches read when it was built
+    position: str | None = None  # the change feed's position the reader had read when it was built
 
 
 class CatalogFacts:
@@ -154,6 +155,12 @@ class CatalogFacts:
         the periodic refresh, an index write), so what was worked out from older facts can be told apart."""
         return self._current().generation
 
+    @property
+    def position(self) -> str | None:
+        """The live-update feed's position these facts reflect (None: no feed followed). It names the same
+        updates in every process and replica, so a page worked out from the facts can be shared under it."""
+        return self._current().position
+
     def _current(self) -> _Table:
         table, key = self._table, self.index.generation
         if table is None or table.key != key:
@@ -162,7 +169,8 @@ class CatalogFacts:
                     self._table = self._build(key)
                 return self._table
         if self.reader is not None and not self._refreshing and (time.monotonic() - table.built > self.refresh_s
-                                                                  or self.reader.changes != table.changes):
+                                                                  or self.reader.changes != table.changes
+                                                                  or self.reader.position != table.position):
             self._refreshing = True
             threading.Thread(target=self._refresh, args=(key,), name="facts-refresh", daemon=True).start()
         return table
@@ -196,9 +204,10 @@ class CatalogFacts:
             if not np.isnan(unknown):
                 facts[name] = np.nan_to_num(facts[name], nan=unknown)
         changes = self.reader.changes if self.reader is not None else 0  # read before the rows it reflects
+        position = self.reader.position if self.reader is not None else None
         if self.reader is not None:
             overlay(facts, self.reader.cached_rows(products["product_id"].tolist()), self.reader.facts)
-        return _Table(key, time.monotonic(), next(self._generations), ProductFacts(**facts), changes)
+        return _Table(key, time.monotonic(), next(self._generations), ProductFacts(**facts), changes, position)
 
     def allowed(self, filters: Filters) -> np.ndarray | None:
         """The rows of the index that match ``filters`` (read-only; None: no filter)."""

@@ -175,7 +175,7 @@ class SearchEngine:
         """
         query = query if isinstance(query, Query) else Query(query)
         key = (pipeline, ltr, query.text, query.rewrite, query.user_id, query.filters, query.facets, query.sort, k,
-               offset)
+               offset, self.facts_version())  # a page worked out before a stock or price change is not served after
         page_key = None
         if use_cache:
             if (hit := self.caches.results.get(key)) is not None:
@@ -218,7 +218,7 @@ class SearchEngine:
         stock, promotions); the price orders stay strict, out-of-stock products hidden only
         with ``out_of_stock: hide``. Facets count the whole listing."""
         assert self.facts is not None and self.rules is not None
-        key = ("browse", order, filters, facets, k, offset)
+        key = ("browse", order, filters, facets, k, offset, self.facts_version())
         if use_cache and (hit := self.caches.results.get(key)) is not None:
             return replace(hit, cached=True, timings={})
         started = time.perf_counter()
@@ -285,10 +285,16 @@ class SearchEngine:
                 counts[name] = self.facts.facets(np.flatnonzero(shown), (name,))[name]
         return counts
 
+    def facts_version(self) -> int:
+        """This process's build of the product facts (0: none): a page cached here names it."""
+        return self.facts.version if self.facts is not None else 0
+
     def page_scope(self) -> str:
         """What a shared result page depends on beyond its request and the model versions: the index by
-        name and build (not path, so every process and replica reads the same keys), its catalog, the settings."""
-        return f"{self.index.key_name}\x1f{self.index.manifest.catalog_hash}\x1f{self.results_scope}"
+        name and build (not path, so every process and replica reads the same keys), its catalog, the settings,
+        and the live product updates its facts hold (the change feed's position, the same in every process)."""
+        position = self.facts.position if self.facts is not None else None
+        return f"{self.index.key_name}\x1f{self.index.manifest.catalog_hash}\x1f{self.results_scope}\x1f{position}"
 
     def explain(self, query: Query, candidates: Candidates, ltr: str | None = None) -> list[dict[str, float]] | None:
         """LambdaMART feature contributions per row, when an LTR model is served."""

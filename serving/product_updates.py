@@ -3,7 +3,8 @@ to the online store at once, without re-indexing (:mod:`core.product_changes`).
 
 The facts go to the ``view:feature`` that ``features.facts`` names for each, and only those that the
 store holds can be written; the other server processes read the changed products again within
-``features.changes_poll_s`` (the change feed), the answering one before it answers.
+``features.changes_poll_s`` (the change feed), the answering one before it answers. Cached result pages
+are keyed on the facts they were worked out from, so none made before an update is served after it.
 """
 
 from __future__ import annotations
@@ -42,5 +43,7 @@ def update_facts(engine: SearchEngine, updates: Mapping[str, Mapping[str, Any]])
                            f"(it holds {sorted(held)} of {list(LIVE_FACTS)}; features.facts names where)")
     feed = reader.feed if reader.feed is not None else open_changes(reader.store)
     written = write_facts(reader.store, updates, held, feed)
-    reader.read_again(list(updates))
+    reader.catch_up(list(updates))
+    if engine.facts is not None:
+        engine.facts.refresh()  # the next search of this process filters and ranks on the new facts
     return {"updated": len(updates), "rows": written}

@@ -91,7 +91,7 @@ def recommend(engine: SearchEngine, together: Path, kind: str, product_ids: list
     assert engine.facts is not None
     # the facts' build too: a shelf made before a live stock or price change is not served after it
     key = ("recommend", kind, tuple(product_ids), k, filters, tuple(exclude), fill, file_state(together),
-           engine.facts.version)
+           engine.facts_version())
     if use_cache and kind != "for_you" and (hit := engine.caches.results.get(key)) is not None:
         return replace(hit, timings={}, cached=True)
     shelf = _recommend(engine, together, kind, product_ids, k, filters, exclude, user_id, fill)

@@ -188,14 +188,20 @@ def live_update_reaches_another_reader(settings: Settings, product: str, categor
         other.warm([product])
         before = dict(other.rows([product])[0])
         other.follow(open_changes(other.store), every_s=0.05)
-        time.sleep(0.2)  # the follower has taken the feed's position
+        writer.follow(open_changes(writer.store), every_s=3600)  # takes the position, then only catches up
+        time.sleep(0.2)  # the followers have taken the feed's position
+        start = other.position
+        assert start is not None and writer.position == start
         rows = write_facts(writer.store, {product: {"price": 7.5, "in_stock": 0, "promoted": 0}},
                            {k: v for k, v in facts.items() if k in ("price", "in_stock", "promoted")},
                            open_changes(writer.store))
         assert rows == {"product_attributes": 1, "inventory": 1, "promotions": 1}
+        writer.catch_up([product])  # as the answering server does: the feed read now, not at the next tick
+        assert writer.position != start and writer.rows([product])[0]["in_stock"] == 0
         deadline = time.monotonic() + 10
-        while other.changes == 0 and time.monotonic() < deadline:
+        while other.position == start and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert other.changes == 1 and other.position == writer.position  # one position names the same updates
         after = other.rows([product])[0]  # its cache, read again: no TTL expired
         assert (after["price"], after["in_stock"], after["promoted"]) == (pytest.approx(7.5), 0, 0)
         assert before["price"] != pytest.approx(7.5)
