@@ -99,8 +99,10 @@ class EventLog:
         self._new_data = threading.Condition(threading.Lock())
         self._stop = threading.Event()
         segments = self._segments()
-        # a new segment each start: the earlier ones are closed for good (an erasure may rewrite them)
-        self._segment = segments[-1] + 1 if segments else 1
+        # a new segment each start: the earlier ones are closed for good (an erasure may rewrite them); an
+        # empty last one (a start that took no event) is taken again, so restarts do not pile up empty files
+        last = segments[-1] if segments else 0
+        self._segment = last if last and self._path(last).stat().st_size == 0 else last + 1
         self._file = open(self._path(self._segment), "ab")  # noqa: SIM115 - held open for appends
         self._written = 0
         self._synced = 0

@@ -48,6 +48,13 @@ def test_without_kafka_the_log_on_disk_is_the_event_log(tmp_path: Path) -> None:
     reopened.append([click(3)])
     reopened.close()
     assert [r["event_id"] for r in lines(tmp_path)][-1] == "e3"
+    for _ in range(3):  # restarts that take no event add no empty segment each
+        EventLog(tmp_path).close()
+    assert len(list(tmp_path.glob("segment-*.jsonl"))) == 3  # the first run's, the second's, one empty
+    last = EventLog(tmp_path)
+    last.append([click(4)])
+    last.close()
+    assert [r["event_id"] for r in lines(tmp_path)] == ["r1", "e1", "e2", "e3", "e4"]
 
 
 def consume(bootstrap: str, expected: int, timeout: float = 40.0) -> list[str]:
