@@ -19,8 +19,9 @@ import weakref
 from pathlib import Path
 
 from retrieval.index import ProductIndex
-from retrieval.suggest import Suggester, Suggestion, catalog_phrases
+from retrieval.suggest import JOINING, Suggester, Suggestion, catalog_phrases
 from retrieval.suggest import suggest as suggest_with
+from retrieval.vocabulary import TOKEN, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _make(index: ProductIndex, searched: Path, hidden: frozenset[str]) -> Sugges
         return found[2]
     same_catalog = found is not None and found[0][0] == made_from[0]
     phrases = found[1] if same_catalog else _catalog(index, hidden)  # type: ignore[index]
-    made = Suggester(phrases, read_searched(searched))
+    made = Suggester(phrases, _not_only_hidden(index, read_searched(searched), hidden))
     _cache[index] = (made_from, phrases, made)
     return made
 
@@ -113,6 +114,30 @@ def _catalog(index: ProductIndex, hidden: frozenset[str]) -> dict[str, int]:
     logger.info("query suggestions: %d catalog phrases from %d products in %.1f s", len(phrases), len(live),
                 time.perf_counter() - started)
     return phrases
+
+
+def _not_only_hidden(index: ProductIndex, searches: dict[str, int], hidden: frozenset[str]) -> dict[str, int]:
+    """``searches`` without the texts that name only hidden products: every word of the text is in a hidden
+    product's title, and no other live product's title holds them all (a recalled model's name)."""
+    if not hidden or not searches:
+        return searches
+    live = index.live_products()
+    is_hidden = live["product_id"].isin(hidden)
+
+    def words(text: str) -> frozenset[str]:
+        return frozenset(w for w in TOKEN.findall(normalize(text)) if w not in JOINING)
+
+    gone = [words(t) for t in live.loc[is_hidden, "title"].tolist()]
+    named = {text: w for text in searches if (w := words(text)) and any(w <= title for title in gone)}
+    if not named:
+        return searches
+    wanted = frozenset().union(*named.values())
+    holding: dict[str, set[int]] = {w: set() for w in wanted}  # word -> the visible titles that hold it
+    for row, title in enumerate(live.loc[~is_hidden, "title"].tolist()):
+        for word in words(title) & wanted:
+            holding[word].add(row)
+    only_hidden = {text for text, w in named.items() if not set.intersection(*(holding[x] for x in w))}
+    return {text: n for text, n in searches.items() if text not in only_hidden}
 
 
 def suggest(index: ProductIndex, searched: Path, typed: str, k: int,

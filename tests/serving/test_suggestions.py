@@ -97,3 +97,41 @@ def test_the_words_before_the_last_are_read_as_a_search_reads_them(tmp_path: Pat
     assert suggest(fake_index, path, "?", 3) == [] and suggest(fake_index, path, "zzqx", 3) == []
     assert suggester(fake_index, path).suggest("cordlss", 3) == []  # a typo in the last word matches nothing ...
     assert [s.text for s in suggest(fake_index, path, "cordlss", 3)][0].startswith("cordless")  # ... read whole
+
+
+def test_searched_texts_that_name_only_hidden_products_are_not_offered(tmp_path: Path,
+                                                                       fake_index: ProductIndex) -> None:
+    products = fake_index.live_products()
+    target = products.iloc[0]
+    own = " ".join(str(target["title"]).split()[:3])  # the start of one product's title, as shoppers search it
+    shared = "paint"  # a word many products' titles hold
+    path = tmp_path / "searches.json"
+    write_searched(path, {own.lower(): 9, shared: 5})
+    texts = {s.text for s in suggest(fake_index, path, own[:2], 20)} | {s.text for s in suggest(fake_index, path,
+                                                                                                 "pai", 20)}
+    named = {t for t in texts if t in (normalize_text(own), shared)}
+    assert named == {normalize_text(own), shared}
+    others = products.loc[products["title"].map(lambda t: set(words_of(own)) <= set(words_of(t)))]
+    hidden = frozenset(others["product_id"])  # every product whose title holds the searched words
+    searched = suggester(fake_index, path, wait=True, hidden=hidden)
+    offered = {s.text for s in searched.suggest(normalize_text(own)[:4], 20)} | {s.text for s in
+                                                                                 searched.suggest("pai", 20)}
+    assert normalize_text(own) not in offered and shared in offered
+    if len(hidden) > 1:  # one of them visible again: the text names a product shoppers can find
+        again = suggester(fake_index, path, wait=True, hidden=hidden - {target["product_id"]})
+        assert normalize_text(own) in {s.text for s in again.suggest(normalize_text(own)[:4], 20)}
+    elsewhere = suggester(fake_index, path, wait=True, hidden=frozenset(products["product_id"][1:2]))
+    assert shared in {s.text for s in elsewhere.suggest("pai", 20)}
+
+
+def normalize_text(text: str) -> str:
+    from retrieval.vocabulary import normalize
+
+    return " ".join(normalize(text).split())
+
+
+def words_of(text: str) -> list[str]:
+    from retrieval.suggest import JOINING
+    from retrieval.vocabulary import TOKEN, normalize
+
+    return [w for w in TOKEN.findall(normalize(text)) if w not in JOINING]
