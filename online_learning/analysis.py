@@ -10,7 +10,8 @@ HTML report and the analyst notebook.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +20,21 @@ import pandas as pd
 from online_learning.consumers.log_sink import read_log, searches_only
 from online_learning.stats import (
     Comparison,
-    bootstrap_means,
+    clustered_means,
+    design_effect,
     min_sample_size,
     sign_test,
-    two_proportions,
 )
 from online_learning.traffic_filter import FilterConfig, clean
 from retrieval.vocabulary import normalize
 
 RATES = (("ctr", "clicked"), ("add_to_cart_rate", "carted"), ("purchase_rate", "bought"),
          ("zero_result_rate", "zero_results"), ("degraded_rate", "is_degraded"))
+
+
+SEARCH_COLUMNS = ["request_id", "timestamp", "user_id", "session_id", "query", "searched", "filters", "arm",
+                  "pipeline", "latency_ms", "shown", "degraded", "models", "clicked", "carted", "bought", "revenue",
+                  "zero_results", "is_degraded"]  # :func:`searches`' rows, also when there is none
 
 
 def searches(log_root: Path, experiment: str | None = None, filters: FilterConfig | None = FilterConfig(),
@@ -41,10 +47,10 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
     rankings = searches_only(read_log(log_root, "rankings", since=since), shelves)
     if since is not None and not rankings.empty:
         rankings = rankings[pd.to_datetime(rankings["timestamp"], utc=True) > since]
-    if rankings.empty:
-        return pd.DataFrame()
-    if experiment is not None:
+    if experiment is not None and not rankings.empty:
         rankings = rankings[rankings["experiment"] == experiment]
+    if rankings.empty:
+        return pd.DataFrame(columns=SEARCH_COLUMNS)
     interactions = read_log(log_root, "interactions", since=since)
     if filters is not None and not rankings.empty:
         cleaned = clean(rankings, interactions, filters)
@@ -186,23 +192,39 @@ class ArmReport:
     control: str
     treatment: str
     comparisons: list[Comparison]
-    sizes: dict[str, int]
-    needed_per_arm: int
+    sizes: dict[str, int]  # searches per arm
+    needed_per_arm: int  # searches per arm to detect the ``min_lift`` on the purchase rate
+    shoppers: dict[str, int] = field(default_factory=dict)  # shoppers per arm: the unit of assignment
+    design_effect: float = 1.0  # the purchase rate's variance over the one of as many independent searches
 
     def by_metric(self) -> dict[str, Comparison]:
         return {c.metric: c for c in self.comparisons}
 
+    def needed_for(self, lift: float) -> int:
+        """Searches per arm to detect a relative ``lift`` of the control's purchase rate (0: none can be)."""
+        base = self.by_metric()["purchase_rate"].control
+        if not math.isfinite(lift) or not math.isfinite(base) or lift == 0:
+            return 0
+        return math.ceil(min_sample_size(base, lift) * self.design_effect)
+
+
+def per_shopper(part: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each shopper's (:func:`shopper`) sum of ``column`` over their searches in ``part``, and how many."""
+    grouped = part.assign(who=shopper(part), value=part[column].astype(float).fillna(0.0)).groupby("who")["value"]
+    return grouped.sum().to_numpy(), grouped.size().to_numpy()
+
 
 def compare_arms(table: pd.DataFrame, control: str, treatment: str, min_lift: float = 0.1) -> ArmReport:
-    """Treatment vs control on every rate (z-test), revenue and latency (bootstrap)."""
+    """Treatment vs control on every rate, revenue per search and latency, per search, with shoppers as the
+    unit of assignment (:func:`online_learning.stats.clustered_means`)."""
     a, b = table[table["arm"] == control], table[table["arm"] == treatment]
-    comparisons = [two_proportions(name, int(a[col].sum()), len(a), int(b[col].sum()), len(b)) for name, col in RATES]
-    comparisons.append(bootstrap_means("revenue_per_search", a["revenue"].to_numpy(), b["revenue"].to_numpy()))
-    comparisons.append(bootstrap_means("latency_ms", a["latency_ms"].fillna(0).to_numpy(),
-                                       b["latency_ms"].fillna(0).to_numpy()))
-    base = a["bought"].mean() if len(a) else 0.0
+    columns = [*RATES, ("revenue_per_search", "revenue"), ("latency_ms", "latency_ms")]
+    comparisons = [clustered_means(name, *per_shopper(a, col), *per_shopper(b, col)) for name, col in columns]
+    effect = design_effect(*per_shopper(a, "bought"))
+    base = float(a["bought"].mean()) if len(a) else 0.0
     return ArmReport(control, treatment, comparisons, {control: len(a), treatment: len(b)},
-                     min_sample_size(float(base), min_lift))
+                     math.ceil(min_sample_size(base, min_lift) * effect),
+                     {control: int(shopper(a).nunique()), treatment: int(shopper(b).nunique())}, effect)
 
 
 SEGMENTS = (("with filters", lambda t: t["filters"].notna()), ("without filters", lambda t: t["filters"].isna()),
@@ -229,14 +251,32 @@ class InterleavingResult:
     p_value: float
 
 
-def interleaving(log_root: Path, experiment: str, control: str, treatment: str) -> InterleavingResult:
-    """Clicks credited to the team that placed the clicked product, per search."""
-    rankings = read_log(log_root, "rankings")
+def interleaved_searches(log_root: Path, experiment: str,
+                         filters: FilterConfig | None = FilterConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The shown rows (with their ``team``) of ``experiment``'s interleaved searches and the clicks on
+    them, after the same traffic filters as :func:`searches` (None: every logged event counts)."""
+    rankings = searches_only(read_log(log_root, "rankings"))
+    if rankings.empty or "team" not in rankings:
+        return pd.DataFrame(columns=["request_id", "product_id", "team"]), pd.DataFrame(
+            columns=["request_id", "product_id"])
     rankings = rankings[(rankings["experiment"] == experiment) & rankings["team"].notna()]
     interactions = read_log(log_root, "interactions")
-    clicks = interactions[interactions["type"] == "click"][["request_id", "product_id"]] if not interactions.empty else pd.DataFrame(columns=["request_id", "product_id"])
+    if filters is not None and not rankings.empty:
+        cleaned = clean(rankings, interactions, filters)
+        rankings, interactions = cleaned.rankings, cleaned.interactions
+    clicks = (interactions[interactions["type"] == "click"][["request_id", "product_id"]] if not interactions.empty
+              else pd.DataFrame(columns=["request_id", "product_id"]))
+    return rankings, clicks
+
+
+def interleaving(log_root: Path, experiment: str, control: str, treatment: str,
+                 filters: FilterConfig | None = FilterConfig()) -> InterleavingResult:
+    """Clicks credited to the team that placed the clicked product, per search, after the traffic filters
+    (one shopper's repeated clicks, bots), as the A/B analysis reads the log."""
+    rankings, clicks = interleaved_searches(log_root, experiment, filters)
     credited = clicks.merge(rankings[["request_id", "product_id", "team"]], on=["request_id", "product_id"])
-    per_search = credited.groupby(["request_id", "team"]).size().unstack(fill_value=0)
+    per_search = (credited.groupby(["request_id", "team"]).size().unstack(fill_value=0) if not credited.empty
+                  else pd.DataFrame())
     for team in (control, treatment):
         if team not in per_search.columns:
             per_search[team] = 0
@@ -246,6 +286,12 @@ def interleaving(log_root: Path, experiment: str, control: str, treatment: str) 
     total = wins_t + wins_c + ties
     return InterleavingResult({control: wins_c, treatment: wins_t}, ties,
                               (wins_t - wins_c) / total if total else 0.0, sign_test(wins_t, wins_c))
+
+
+def logged_teams(log_root: Path, experiment: str) -> list[str]:
+    """The teams ``experiment``'s interleaved searches logged, sorted."""
+    rankings, _ = interleaved_searches(log_root, experiment, filters=None)
+    return sorted(str(t) for t in rankings["team"].dropna().unique())
 
 
 def over_time(table: pd.DataFrame, column: str, freq: str = "1h") -> pd.DataFrame:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -26,12 +27,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import InvalidInput
 
+ARM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
 
 class Arm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ltr: str = Field(..., pattern=r"^v[0-9]+$", description="LambdaMART version this arm serves.")
-    weight: float = Field(1.0, gt=0, description="Relative share of users (A/B).")
+    weight: float = Field(1.0, gt=0, le=1_000_000, allow_inf_nan=False,
+                          description="Relative share of users (A/B), a finite number in (0, 1000000].")
 
 
 class Experiment(BaseModel):
@@ -44,6 +48,9 @@ class Experiment(BaseModel):
 
     @model_validator(mode="after")
     def _control_exists(self) -> Experiment:
+        for arm in self.arms:
+            if not ARM_NAME.fullmatch(arm):
+                raise ValueError(f"arm name {arm!r} is not allowed: 1-64 letters, digits, '_', '.' or '-'")
         if self.control not in self.arms:
             raise ValueError(f"control arm {self.control!r} is not one of the arms {list(self.arms)}")
         if self.mode == "interleave" and len(self.arms) != 2:

@@ -2,11 +2,15 @@
 roll back when the active model regresses.
 
 A/B (:func:`decide_ab`): the treatment is promoted when its primary metric
-(purchase rate by default) is significantly higher (two-proportion z-test,
-alpha 0.05) with at least ``min_searches`` per arm, and no guardrail fails:
-p95 latency at most ``max_latency_increase`` above control, and no
-significant increase of the zero-result or degraded rates. A significant
-loss on the primary metric rejects it; otherwise the experiment continues.
+(purchase rate by default) is significantly higher (a z-test with shoppers as
+the unit of assignment, :func:`online_learning.stats.clustered_means`; alpha
+0.05, divided among the treatments when there are several) with at least
+``min_searches`` per arm, the arms' shoppers match the configured weights (no
+sample ratio mismatch), and no guardrail fails: p95 latency at most
+``max_latency_increase`` above control, and no significant increase of the
+zero-result or degraded rates. A significant loss on the primary metric rejects
+it; otherwise the experiment continues, with the searches per arm the observed
+lift would need.
 
 Interleaving (:func:`decide_interleaving`): promoted when the treatment wins
 significantly more queries (sign test), rejected when it loses significantly.
@@ -19,13 +23,16 @@ significant drop of the primary metric rolls back.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
-from online_learning.analysis import InterleavingResult, compare_arms
-from online_learning.stats import two_proportions
+from online_learning.analysis import RATES, InterleavingResult, compare_arms, per_shopper
+from online_learning.experiments import Experiment
+from online_learning.stats import clustered_means, sample_ratio_p
+
+SRM_ALPHA = 0.001  # a sample ratio mismatch this unlikely by chance stops the decision
 
 
 @dataclass(frozen=True)
@@ -43,13 +50,26 @@ class Decision:
     details: dict = field(default_factory=dict)
 
 
-def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy = Policy()) -> Decision:
+def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy = Policy(),
+              weights: dict[str, float] | None = None) -> Decision:
+    """The decision on ``treatment`` against ``control`` over ``table`` (:func:`online_learning.analysis.searches`);
+    ``weights``: the experiment's arm weights, checked against the shoppers each arm logged."""
     report = compare_arms(table, control, treatment)
     metrics = report.by_metric()
-    details = {"sizes": report.sizes, "needed_per_arm": report.needed_per_arm,
+    details = {"sizes": report.sizes, "shoppers": report.shoppers, "needed_per_arm": report.needed_per_arm,
+               "design_effect": round(report.design_effect, 3),
                "comparisons": [c.to_json() for c in report.comparisons]}
     if min(report.sizes.values()) < policy.min_searches:
         return Decision("continue", [f"need {policy.min_searches} searches per arm, have {report.sizes}"], details)
+    if weights is not None:
+        shares = {arm: weights[arm] for arm in (control, treatment) if arm in weights}
+        srm = sample_ratio_p(report.shoppers, shares)
+        details["sample_ratio_p"] = srm
+        if srm < SRM_ALPHA:
+            return Decision("continue", [
+                f"sample ratio mismatch: shoppers per arm {report.shoppers} against weights {shares} (p={srm:.3g}); "
+                "some arm's searches are lost or assigned wrongly, so no result of this experiment can be trusted: "
+                "check the assignment and the event pipeline"], details)
     primary = metrics[policy.primary]
     reasons = []
     for guard in ("zero_result_rate", "degraded_rate"):
@@ -58,7 +78,7 @@ def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy 
             reasons.append(f"guardrail {guard}: {c.control:.4f} -> {c.treatment:.4f} (p={c.p_value:.3g})")
     p95 = {arm: float(np.nanpercentile(table[table["arm"] == arm]["latency_ms"].astype(float), 95))
            for arm in (control, treatment)}
-    details["latency_p95_ms"] = p95
+    details["latency_p95_ms"] = {arm: (v if np.isfinite(v) else None) for arm, v in p95.items()}
     if p95[treatment] > p95[control] * (1 + policy.max_latency_increase):
         reasons.append(f"guardrail latency p95: {p95[control]:.1f} -> {p95[treatment]:.1f} ms")
     if primary.p_value < policy.alpha and primary.treatment < primary.control:
@@ -69,7 +89,33 @@ def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy 
     if primary.p_value < policy.alpha and primary.treatment > primary.control:
         return Decision("promote", [f"{policy.primary} rose {primary.control:.4f} -> {primary.treatment:.4f} "
                                     f"({primary.lift:+.1%}, p={primary.p_value:.3g})"], details)
-    return Decision("continue", [f"{policy.primary}: no significant difference yet (p={primary.p_value:.3g})"], details)
+    needed = report.needed_for(primary.lift) if policy.primary == "purchase_rate" else 0
+    more = (f"; at the observed lift ({primary.lift:+.1%}) each arm needs about {needed} searches "
+            f"(it has {min(report.sizes.values())})" if needed else "")
+    return Decision("continue", [f"{policy.primary}: no significant difference yet (p={primary.p_value:.3g}){more}"],
+                    details)
+
+
+def decide_experiment(table: pd.DataFrame, experiment: Experiment, policy: Policy = Policy()) -> tuple[Decision, str]:
+    """The decision on an A/B ``experiment`` and the arm it names: each treatment arm against the control at
+    ``policy.alpha`` divided by the number of treatments (Bonferroni: several tests, one decision).
+    Promote the winner with the highest primary metric when any is promoted; reject when every treatment
+    is rejected; otherwise continue. Each reason names its arm."""
+    treatments = [arm for arm in experiment.arms if arm != experiment.control]
+    weights = {arm: a.weight for arm, a in experiment.arms.items()}
+    split = replace(policy, alpha=policy.alpha / len(treatments))
+    decided = {arm: decide_ab(table, experiment.control, arm, split, weights) for arm in treatments}
+    if len(treatments) == 1:
+        return decided[treatments[0]], treatments[0]
+    details = {"alpha_per_treatment": split.alpha, "arms": {arm: d.details for arm, d in decided.items()}}
+    reasons = [f"{arm}: {reason}" for arm, d in decided.items() for reason in d.reasons]
+    winners = [arm for arm, d in decided.items() if d.action == "promote"]
+    if winners:
+        primary = {arm: decided[arm].details["comparisons"] for arm in winners}
+        best = max(winners, key=lambda arm: next(c["treatment"] for c in primary[arm] if c["metric"] == policy.primary))
+        return Decision("promote", reasons, details), best
+    action = "reject" if all(d.action == "reject" for d in decided.values()) else "continue"
+    return Decision(action, reasons, details), treatments[0]
 
 
 def decide_interleaving(result: InterleavingResult, control: str, treatment: str, policy: Policy = Policy()) -> Decision:
@@ -90,7 +136,8 @@ def check_regression(table: pd.DataFrame, active: str, previous: str, policy: Po
     a, b = served[served["ltr"] == previous], served[served["ltr"] == active]
     if len(a) < policy.min_searches or len(b) < policy.min_searches:
         return Decision("keep", [f"too few searches to judge ({len(a)} before, {len(b)} after)"])
-    c = two_proportions(policy.primary, int(a["bought"].sum()), len(a), int(b["bought"].sum()), len(b))
+    column = dict(RATES)[policy.primary]
+    c = clustered_means(policy.primary, *per_shopper(a, column), *per_shopper(b, column))
     details = {"comparison": c.to_json()}
     if c.p_value < policy.alpha and c.treatment < c.control:
         return Decision("rollback", [f"{policy.primary} of {active} {c.treatment:.4f} < {previous} {c.control:.4f} "

@@ -77,8 +77,12 @@ def render(experiment: str, table: pd.DataFrame, report: ArmReport | None,
             f"<td>{'yes' if c.significant else 'no'}</td></tr>" for c in report.comparisons)
         parts += [
             f"<h2>{html.escape(report.treatment)} vs {html.escape(report.control)}</h2>",
-            f"<p>Searches per arm: {report.sizes}. To detect a 10% relative lift in purchase rate "
-            f"(alpha 0.05, power 0.8) each arm needs about <b>{report.needed_per_arm}</b> searches.</p>",
+            f"<p>Searches per arm: {html.escape(_counts(report.sizes))}; shoppers per arm: "
+            f"{html.escape(_counts(report.shoppers))}. Shoppers are the unit of assignment, so each test counts "
+            "a shopper's searches together (a shopper who buys tends to buy again): the intervals are wider than "
+            f"for as many independent searches (design effect {report.design_effect:.2f}). To detect a 10% "
+            "relative lift in purchase rate (alpha 0.05, power 0.8) each arm needs about "
+            f"<b>{report.needed_per_arm}</b> searches.</p>",
             "<table border=1 cellpadding=4><tr><th>metric</th><th>control</th><th>treatment</th><th>lift</th>"
             f"<th>95% CI of difference</th><th>p</th><th>significant</th></tr>{rows}</table>",
             plot_lifts(report),
@@ -96,6 +100,10 @@ def render(experiment: str, table: pd.DataFrame, report: ArmReport | None,
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return out
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
 
 
 def _segments_table(segments: list[tuple[str, ArmReport]]) -> list[str]:

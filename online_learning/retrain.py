@@ -1,7 +1,9 @@
 """Nightly retraining from logged traffic: ``shoprank retrain`` (cron-able).
 
 1. Read the offline event log (Parquet, from the log sink) for the window
-   since the last retrain (or ``--since``); nothing new: exit "up to date".
+   since the last retrain (or ``--since``) until ``--settle-minutes`` ago (the CLI's
+   default: an hour, so the last searches' clicks and purchases have arrived); nothing
+   new: exit "up to date".
 2. Join impressions with interactions: each shown product of each search gets
    its engagement (0 none, 1 click, 2 add to cart, 3 purchase).
 3. Estimate position bias by EM on the position-based model
@@ -73,6 +75,10 @@ class RetrainConfig:
     max_position: int = 10
     seed: int = 13
     filter_traffic: bool = True  # online_learning.traffic_filter before anything is learnt
+    # without ``until``: the window ends this long before now, so the clicks and purchases of its last searches
+    # have arrived (late through a spool or a slow broker, or a purchase after a long visit); the next run reads
+    # the searches left out then
+    settle_minutes: float = 0.0
 
 
 def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | None,
@@ -177,6 +183,11 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         until = _utc(config.until) if config.until else None
         if since is not None and until is not None and since >= until:
             raise InvalidInput(f"since {since.isoformat()} is not before until {until.isoformat()}")
+        if until is None and config.settle_minutes > 0:
+            until = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=config.settle_minutes)
+            if since is not None and since >= until:
+                return {"status": "up to date", "new_searches": 0, "since": since.isoformat(),
+                        "until": until.isoformat(), "settle_minutes": config.settle_minutes}
         with dask_client(settings.compute) as client:  # None (in this process) unless compute.scheduler is set
             shown, filtered = impressions(settings.paths.event_log, since, until,
                                           FilterConfig() if config.filter_traffic else None, client)

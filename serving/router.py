@@ -90,7 +90,7 @@ class ExperimentRouter:
         else:
             routed = self._interleave(engine, experiment, query, k, offset, unit)
         if self.shadow and self.shadow != routed.ltr:
-            self._submit_shadow(engine, query, k, routed)
+            self._submit_shadow(engine, query, k, offset, routed)
         return routed
 
     def _interleave(self, engine: SearchEngine, experiment: Experiment, query: Query, k: int, offset: int,
@@ -114,7 +114,7 @@ class ExperimentRouter:
         return Routed(result, experiment.name, "interleaved", None,
                       {p: team_of[p] for p in merged.product_ids}, versions)
 
-    def _submit_shadow(self, engine: SearchEngine, query: Query, k: int, served: Routed) -> None:
+    def _submit_shadow(self, engine: SearchEngine, query: Query, k: int, offset: int, served: Routed) -> None:
         assert self._pool is not None
         with self._lock:
             if self._pending >= self.shadow_queue:
@@ -122,18 +122,18 @@ class ExperimentRouter:
                 return
             self._pending += 1
         # no deadline, and never a skip from the live searches' degrade budget (it runs in the background)
-        self._pool.submit(self._run_shadow, engine, replace(query, deadline=None, skip_model=None), k, served)
+        self._pool.submit(self._run_shadow, engine, replace(query, deadline=None, skip_model=None), k, offset, served)
 
-    def _run_shadow(self, engine: SearchEngine, query: Query, k: int, served: Routed) -> None:
+    def _run_shadow(self, engine: SearchEngine, query: Query, k: int, offset: int, served: Routed) -> None:
         try:
             started = time.perf_counter()
-            shadow = engine.search(query, k, ltr=self.shadow)
+            shadow = engine.search(query, k, offset=offset, ltr=self.shadow)  # the same page of the candidate
             seconds = time.perf_counter() - started
             a, b = served.result.candidates.product_ids[:10], shadow.candidates.product_ids[:10]
             common = [p for p in a if p in b]
             tau = float(kendalltau([a.index(p) for p in common], [b.index(p) for p in common]).statistic) \
-                if len(common) > 2 else float("nan")
-            record = {"time": time.time(), "query": query.text, "user_id": query.user_id,
+                if len(common) > 2 else None
+            record = {"time": time.time(), "query": query.text, "user_id": query.user_id, "offset": offset,
                       "served_ltr": served.ltr or engine.versions.get("ltr"), "shadow_ltr": self.shadow,
                       "overlap@10": len(common) / max(1, min(10, len(a))), "kendall_tau@10": tau,
                       "served_ms": round(sum(served.result.timings.values()) * 1e3, 2),

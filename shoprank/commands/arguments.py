@@ -107,6 +107,17 @@ def positive_number(text: str) -> float:
     return value
 
 
+def non_negative(text: str) -> float:
+    """argparse type for a duration that may be none: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
+    return value
+
+
 def timestamp(text: str) -> str:
     """argparse type for a point in time: ISO 8601 (a date, or a date and time; no offset: UTC)."""
     from datetime import datetime

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.errors import InvalidInput, NotFound
 from core.settings import Settings
-from shoprank.commands.arguments import days, out_file, positive, timestamp
+from shoprank.commands.arguments import days, non_negative, out_file, positive, timestamp
 
 if TYPE_CHECKING:
     from online_learning.consumers.streaming_features import StreamingFeatures
@@ -88,7 +89,7 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from serving.loading import open_engine
 
     config = RetrainConfig(since=args.since, until=args.until, min_searches=args.min_searches,
-                           filter_traffic=not args.no_filter)
+                           filter_traffic=not args.no_filter, settle_minutes=args.settle_minutes)
     engine = open_engine(settings, batch=True)  # the served index and query encoder, the active models
     print(json.dumps(retrain(settings, engine.featurizer([]), engine.ltr, config), indent=2, default=str))
     return 0
@@ -168,25 +169,33 @@ def cmd_recommendations(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     from core.registry import ModelRegistry
     from online_learning.analysis import interleaving, searches
-    from online_learning.promotion import decide_ab, decide_interleaving
-    from serving.router import load_router
+    from online_learning.promotion import decide_experiment, decide_interleaving
+    from serving.loading import push_state
+    from serving.router import load_router, save_router_config
 
-    experiment = load_router(settings.paths).experiment
+    router = load_router(settings.paths)
+    experiment = router.experiment
     if experiment is None or experiment.name != args.experiment:
         raise InvalidInput(f"experiment {args.experiment!r} is not the running one "
                            f"({experiment.name if experiment else 'none running'})")
-    control, treatment = experiment.control, experiment.treatment
+    control = experiment.control
     if experiment.mode == "ab":
-        decision = decide_ab(searches(settings.paths.event_log, experiment.name), control, treatment)
+        decision, treatment = decide_experiment(searches(settings.paths.event_log, experiment.name), experiment)
     else:
+        treatment = experiment.treatment
         decision = decide_interleaving(interleaving(settings.paths.event_log, experiment.name, control, treatment),
                                        control, treatment)
     out = {"experiment": experiment.name, "decision": decision.action, "reasons": decision.reasons,
            "details": decision.details}
+    if decision.action == "promote":
+        out["winner"] = treatment
     if args.apply and decision.action == "promote":
         ModelRegistry(settings.paths.models).activate("ltr", experiment.arms[treatment].ltr)
+        save_router_config(settings.paths, None, router.shadow)  # every shopper gets the winner now
+        push_state(settings)
         out["activated"] = {"ltr": experiment.arms[treatment].ltr}
-    print(json.dumps(out, indent=2, default=str))
+        out["stopped"] = experiment.name
+    print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
     return 0
 
 
@@ -194,6 +203,7 @@ def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
     from core.registry import ModelRegistry
     from online_learning.analysis import searches
     from online_learning.promotion import check_regression
+    from serving.loading import push_state
 
     registry = ModelRegistry(settings.paths.models)
     active = registry.active("ltr")
@@ -202,15 +212,34 @@ def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"decision": "keep", "reasons": ["no earlier active version to compare with"]}))
         return 0
     decision = check_regression(searches(settings.paths.event_log), active.version, history[-1])
-    out = {"active": active.version, "previous": history[-1], "decision": decision.action, "reasons": decision.reasons}
+    out = {"active": active.version, "previous": history[-1], "decision": decision.action, "reasons": decision.reasons,
+           "details": decision.details}
     if args.apply and decision.action == "rollback":
         out["rolled_back_to"] = registry.rollback("ltr").version
-    print(json.dumps(out, indent=2, default=str))
+        push_state(settings)
+    print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
     return 0
 
 
+def finite(value: object) -> object:
+    """``value`` with every float that is not a number (NaN, infinite) as None: strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    from online_learning.analysis import compare_arms, interleaving, searches, segments
+    from online_learning.analysis import (
+        compare_arms,
+        interleaving,
+        logged_teams,
+        searches,
+        segments,
+    )
     from online_learning.report import render
     from serving.router import load_router
 
@@ -218,16 +247,30 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     table = searches(root, args.experiment)
     if table.empty:
         raise InvalidInput(f"no logged searches of experiment {args.experiment!r} in {root}")
-    arms = sorted(a for a in table["arm"].dropna().unique() if a != "interleaved")
     running = load_router(settings.paths).experiment
-    control = args.control or (running.control if running and running.name == args.experiment else arms[0] if arms else "control")
-    others = [a for a in arms if a != control]
-    report = compare_arms(table, control, others[0]) if others else None
-    treatment = args.treatment or (others[0] if others else "treatment")
-    interleaved = interleaving(root, args.experiment, control, treatment) if (table["arm"] == "interleaved").any() else None
-    path = render(args.experiment, table, report, interleaved, Path(args.out),
-                  segments(table, control, others[0]) if others else None)
-    print(json.dumps({"report": str(path), "searches": len(table)}))
+    running = running if running is not None and running.name == args.experiment else None
+    interleaved = bool((table["arm"] == "interleaved").any())
+    # the arms (A/B) or teams (interleaving) the log holds, the running experiment's control first
+    names = (logged_teams(root, args.experiment) if interleaved
+             else sorted(str(a) for a in table["arm"].dropna().unique()))
+    for flag, name in (("--control", args.control), ("--treatment", args.treatment)):
+        if name is not None and name not in names:
+            raise InvalidInput(f"{flag} {name!r} is not an arm of experiment {args.experiment!r}; its logged "
+                               f"{'teams' if interleaved else 'arms'} are {names}")
+    default = running.control if running is not None and running.control in names else (names[0] if names else None)
+    control = args.control or default or "control"
+    others = [a for a in names if a != control]
+    treatment = args.treatment or (others[0] if others else None)
+    if treatment is None or treatment == control:
+        raise InvalidInput(f"experiment {args.experiment!r} logged {names}: name two different arms with --control "
+                           "and --treatment")
+    if interleaved:
+        report, parts, result = None, None, interleaving(root, args.experiment, control, treatment)
+    else:
+        report, parts, result = (compare_arms(table, control, treatment), segments(table, control, treatment),
+                                 None)
+    path = render(args.experiment, table, report, result, Path(args.out), parts)
+    print(json.dumps({"report": str(path), "searches": len(table), "control": control, "treatment": treatment}))
     return 0
 
 
@@ -334,7 +377,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrain", help="train and register a LambdaMART candidate from logged traffic")
     p.add_argument("--since", type=timestamp, default=None, help="ISO 8601 (default: the end of the last retrain's "
                    "window)")
-    p.add_argument("--until", type=timestamp, default=None, help="ISO 8601 (default: now)")
+    p.add_argument("--until", type=timestamp, default=None, help="ISO 8601 (default: --settle-minutes ago)")
+    p.add_argument("--settle-minutes", type=non_negative, default=60.0, help="without --until, leave the last "
+                   "MINUTES of searches to the next run, so their late clicks and purchases are in (default 60)")
     p.add_argument("--min-searches", type=positive, default=200)
     p.add_argument("--no-filter", action="store_true",
                    help="learn from every logged event (no traffic filters): only to measure what they do")

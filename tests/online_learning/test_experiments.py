@@ -8,7 +8,13 @@ import pytest
 from statsmodels.stats.proportion import proportions_ztest
 
 from online_learning.experiments import Arm, Experiment, assign, interleaving_winner, team_draft
-from online_learning.stats import bootstrap_means, min_sample_size, sign_test, two_proportions
+from online_learning.stats import (
+    clustered_means,
+    design_effect,
+    min_sample_size,
+    sample_ratio_p,
+    sign_test,
+)
 
 
 def test_assignment_is_stable_and_follows_weights() -> None:
@@ -25,6 +31,11 @@ def test_experiment_config_errors() -> None:
         Experiment(name="x", control="base", arms={"a": Arm(ltr="v1"), "b": Arm(ltr="v2")})
     with pytest.raises(ValueError, match="exactly 2 arms"):
         Experiment(name="x", mode="interleave", arms={"control": Arm(ltr="v1"), "b": Arm(ltr="v2"), "c": Arm(ltr="v3")})
+    for weight in (float("inf"), float("nan"), 1e308, 0):  # a share must be a finite number in (0, 1e6]
+        with pytest.raises(ValueError, match="weight"):
+            Arm(ltr="v1", weight=weight)
+    with pytest.raises(ValueError, match="arm name '<b>x</b>' is not allowed"):
+        Experiment(name="x", arms={"control": Arm(ltr="v1"), "<b>x</b>": Arm(ltr="v2")})
 
 
 def test_team_draft_is_fair_and_complete() -> None:
@@ -43,17 +54,70 @@ def test_team_draft_is_fair_and_complete() -> None:
     assert interleaving_winner(["a", "b"], [0, 1], ("a", "b")) is None
 
 
-def test_two_proportion_z_test_matches_statsmodels() -> None:
-    result = two_proportions("ctr", 120, 1000, 150, 1000)
-    _, p_value = proportions_ztest([150, 120], [1000, 1000])
-    assert result.p_value == pytest.approx(p_value, rel=1e-6)
-    assert result.lift == pytest.approx(0.25) and result.ci_low < 0.03 < result.ci_high
+def shoppers(rng: np.random.Generator, count: int, searches: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` shoppers' purchases over ``searches`` searches each, every shopper with a purchase rate of
+    their own (Beta, mean ``rate``): who buys once tends to buy again."""
+    own = rng.beta(rate * 5, (1 - rate) * 5, count)
+    return rng.binomial(searches, own).astype(float), np.full(count, searches)
 
 
-def test_bootstrap_sign_test_and_sample_size() -> None:
-    rng = np.random.default_rng(0)
-    same = bootstrap_means("revenue", rng.normal(10, 2, 500), rng.normal(10, 2, 500))
-    better = bootstrap_means("revenue", rng.normal(10, 2, 500), rng.normal(11, 2, 500))
-    assert not same.significant and better.significant and better.ci_low > 0
+def test_clustered_means_match_statsmodels_cluster_robust_ols() -> None:
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(4)
+    (ya, na), (yb, nb) = shoppers(rng, 150, 12, 0.1), shoppers(rng, 150, 12, 0.14)
+    result = clustered_means("purchase_rate", ya, na, yb, nb)
+    assert result.control == pytest.approx(ya.sum() / na.sum())
+    assert result.treatment == pytest.approx(yb.sum() / nb.sum())
+    # the same test as a regression of each search's outcome on its arm, errors clustered by shopper
+    rows = [(arm, shopper, int(k < bought)) for arm, (y, n) in enumerate([(ya, na), (yb, nb)])
+            for shopper, (bought, searches) in enumerate(zip(y, n)) for k in range(int(searches))]
+    arm = np.array([r[0] for r in rows], dtype=float)
+    groups = np.array([r[0] * 1000 + r[1] for r in rows])
+    fit = sm.OLS(np.array([r[2] for r in rows], dtype=float), sm.add_constant(arm)).fit(
+        cov_type="cluster", cov_kwds={"groups": groups})
+    se = (result.ci_high - result.ci_low) / (2 * 1.959963984540054)
+    assert result.treatment - result.control == pytest.approx(fit.params[1])
+    assert se == pytest.approx(fit.bse[1], rel=0.01)  # the small-sample factors differ by < 1%
+    once = clustered_means("ctr", np.array([1.0, 0, 1, 0, 0]), np.ones(5), np.array([1.0, 1, 1, 0, 1]), np.ones(5))
+    assert once.ci_high - once.ci_low > 0 and 0 < once.p_value < 1  # one search each: per-search variance
+
+
+def test_identical_arms_are_called_different_about_one_time_in_twenty() -> None:
+    """A/A experiments on shoppers who search repeatedly: the shopper-level test keeps its 5% error rate,
+    where a test that takes every search as independent (as this module's first one did) does not."""
+    rng = np.random.default_rng(7)
+    clustered, naive = [], []
+    for _ in range(400):
+        (ya, na), (yb, nb) = shoppers(rng, 100, 20, 0.1), shoppers(rng, 100, 20, 0.1)
+        clustered.append(clustered_means("purchase_rate", ya, na, yb, nb).significant)
+        _, p_value = proportions_ztest([yb.sum(), ya.sum()], [nb.sum(), na.sum()])
+        naive.append(p_value < 0.05)
+    assert 0.02 <= np.mean(clustered) <= 0.09
+    assert np.mean(naive) > 0.2
+
+
+def test_an_arm_without_shoppers_tells_nothing_and_stays_json() -> None:
+    import json
+
+    empty = clustered_means("revenue_per_search", np.zeros(0), np.zeros(0), np.array([3.0, 5.0]), np.array([2, 2]))
+    assert empty.p_value == 1.0 and not empty.significant
+    out = json.dumps(empty.to_json(), allow_nan=False)  # strict JSON: what cannot be computed is null
+    assert json.loads(out)["control"] is None and json.loads(out)["ci_low"] is None
+    zero = clustered_means("add_to_cart_rate", np.zeros(5), np.ones(5), np.ones(5), np.ones(5))
+    assert zero.p_value == 0.0 and json.loads(json.dumps(zero.to_json(), allow_nan=False))["lift"] is None
+    assert design_effect(np.array([0.0, 20.0, 0.0, 20.0]), np.full(4, 20)) > 10  # all or nothing per shopper
+    singles = (np.arange(1000) % 3 == 0).astype(float)  # a thousand shoppers, one search each
+    assert design_effect(singles, np.ones(1000)) == pytest.approx(1.0, abs=0.01)
+
+
+def test_sample_ratio_mismatch() -> None:
+    assert sample_ratio_p({"control": 1000, "treatment": 700}, {"control": 1, "treatment": 1}) < 1e-6
+    assert sample_ratio_p({"control": 900, "treatment": 100}, {"control": 9, "treatment": 1}) > 0.5
+    assert sample_ratio_p({"control": 510, "treatment": 500}, {"control": 1, "treatment": 1}) > 0.5
+    assert sample_ratio_p({}, {"control": 1, "treatment": 1}) == 1.0
+
+
+def test_sign_test_and_sample_size() -> None:
     assert sign_test(60, 40) == pytest.approx(0.0569, abs=1e-3)
     assert 3500 < min_sample_size(0.1, 0.2) < 4000  # classic: ~3,840 per arm for 10% -> 12%

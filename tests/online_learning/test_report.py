@@ -52,3 +52,137 @@ def test_the_report_command_writes_the_arms_and_their_segments(tmp_path: Path, m
     page = (tmp_path / "ab.html").read_text()
     assert "treatment vs control" in page and "<h2>Segments</h2>" in page
     assert "without filters</td><td>200 / 200" in page
+
+
+def arms_table(rates: dict[str, float], shoppers: dict[str, int], searches: int = 4,  # type: ignore[no-untyped-def]
+               seed: int = 0):
+    """One row per search (:func:`searches`' columns): each arm's shoppers search ``searches`` times and buy
+    with their arm's rate."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for arm, rate in rates.items():
+        for u in range(shoppers[arm]):
+            for s in range(searches):
+                rows.append({"request_id": f"{arm}-{u}-{s}", "user_id": f"{arm}-u{u}", "session_id": None, "arm": arm,
+                             "clicked": 0, "carted": 0, "bought": int(rng.random() < rate), "zero_results": 0,
+                             "is_degraded": 0, "revenue": 0.0, "latency_ms": 30.0})
+    return pd.DataFrame(rows)
+
+
+def test_several_treatments_are_each_tested_and_the_best_winner_named() -> None:
+    from online_learning.experiments import Arm, Experiment
+    from online_learning.promotion import decide_experiment
+
+    experiment = Experiment(name="three", arms={"control": Arm(ltr="v1"), "t1": Arm(ltr="v2"), "t2": Arm(ltr="v3")})
+    table = arms_table({"control": 0.10, "t1": 0.10, "t2": 0.25}, {"control": 300, "t1": 300, "t2": 300})
+    decision, winner = decide_experiment(table, experiment)
+    assert decision.action == "promote" and winner == "t2"
+    assert decision.details["alpha_per_treatment"] == 0.025 and set(decision.details["arms"]) == {"t1", "t2"}
+    assert any(r.startswith("t2: purchase_rate rose") for r in decision.reasons)
+    same = arms_table({"control": 0.10, "t1": 0.10, "t2": 0.10}, {"control": 300, "t1": 300, "t2": 300})
+    assert decide_experiment(same, experiment)[0].action == "continue"
+
+
+def test_a_sample_ratio_mismatch_stops_the_decision() -> None:
+    from online_learning.promotion import decide_ab
+
+    table = arms_table({"control": 0.10, "treatment": 0.2}, {"control": 400, "treatment": 280})
+    assert decide_ab(table, "control", "treatment").action == "promote"  # the weights unknown: not checked
+    lopsided = decide_ab(table, "control", "treatment", weights={"control": 1, "treatment": 1})
+    assert lopsided.action == "continue" and lopsided.reasons[0].startswith("sample ratio mismatch")
+    assert decide_ab(table, "control", "treatment", weights={"control": 10, "treatment": 7}).action == "promote"
+    unsure = decide_ab(arms_table({"control": 0.1, "treatment": 0.1}, {"control": 200, "treatment": 200}, seed=1),
+                       "control", "treatment")
+    assert unsure.action == "continue" and "each arm needs about" in unsure.reasons[0]
+
+
+def test_promote_and_report_read_the_log_as_it_is(tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                  capsys) -> None:
+    import json
+
+    from core.registry import ModelRegistry
+    from core.settings import get_settings
+    from online_learning.experiments import Arm, Experiment
+    from serving.router import load_router, save_router_config
+    from tests.helpers import run_cli
+
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    try:
+        paths = get_settings().paths
+        registry = ModelRegistry(paths.models)
+        for name in ("a", "b"):
+            folder = tmp_path / "trained" / name
+            folder.mkdir(parents=True)
+            (folder / "model.txt").write_text(name)
+            registry.register("ltr", folder, base_model="lightgbm", activate=name == "a")
+        experiment = Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v2")})
+        save_router_config(paths, experiment, "v2")
+        code, out, err = run_cli(capsys, "promote", "--experiment", "nb-test")  # nothing logged yet
+        assert code == 0, err
+        assert json.loads(out)["decision"] == "continue"
+        code, out, err = run_cli(capsys, "guard")
+        assert code == 0 and json.loads(out)["decision"] == "keep", err
+        write_experiment_log(paths.event_log, searches=3000)  # purchase rates 8% and 12%
+        code, out, err = run_cli(capsys, "report", "ab", "--experiment", "nb-test", "--control", "contrl",
+                                 "--out", str(tmp_path / "ab.html"))
+        assert code != 0 and "--control 'contrl'" in err and "['control', 'treatment']" in err
+        code, out, err = run_cli(capsys, "report", "ab", "--experiment", "nb-test", "--control", "treatment",
+                                 "--treatment", "control", "--out", str(tmp_path / "ab.html"))
+        assert code == 0 and json.loads(out)["treatment"] == "control", err
+        assert "control vs treatment" in (tmp_path / "ab.html").read_text()
+        code, out, err = run_cli(capsys, "promote", "--experiment", "nb-test", "--apply")
+        decided = json.loads(out)
+        assert code == 0 and decided["decision"] == "promote" and decided["winner"] == "treatment", err
+        assert registry.active("ltr").version == "v2"
+        router = load_router(paths)
+        assert router.experiment is None and router.shadow == "v2"  # every shopper gets the winner now
+    finally:
+        get_settings.cache_clear()
+
+
+def test_interleaving_reads_the_log_after_the_traffic_filters(tmp_path: Path) -> None:
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from online_learning.analysis import interleaving
+    from online_learning.consumers.base import Delivered
+    from online_learning.consumers.log_sink import ParquetLogSink
+    from online_learning.events import (
+        INTERACTIONS_TOPIC,
+        RANKINGS_TOPIC,
+        InteractionEvent,
+        RankingEvent,
+        ShownItem,
+    )
+    from online_learning.promotion import decide_interleaving
+
+    rng, batch, start = random.Random(5), [], datetime(2026, 11, 1, tzinfo=UTC)
+
+    def search(n: int, user: str, query: str, click: str | None) -> None:
+        request, when = f"r{n}", start + timedelta(minutes=n)
+        items = [ShownItem(product_id=f"{query}-a", position=1, team="control"),
+                 ShownItem(product_id=f"{query}-b", position=2, team="treatment")]
+        batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
+            event_id=request, request_id=request, timestamp=when, user_id=user, query=query, pipeline="full",
+            experiment="il", arm="interleaved", items=items)))
+        if click is not None:
+            position = 1 if click.endswith("-a") else 2
+            batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+                type="click", event_id=f"c{n}", request_id=request, timestamp=when, user_id=user, product_id=click,
+                position=position)))
+
+    for n in range(400):  # honest shoppers: no preference
+        query = f"q{n % 40}"
+        search(n, f"u{n}", query, rng.choice([f"{query}-a", f"{query}-b"]) if rng.random() < 0.25 else None)
+    for n in range(400, 460):  # one shopper clicks the treatment's product of one query sixty times
+        search(n, "bot", "q1", "q1-b")
+    ParquetLogSink(tmp_path / "log")(batch)
+    raw = interleaving(tmp_path / "log", "il", "control", "treatment", filters=None)
+    assert raw.p_value < 0.01 and decide_interleaving(raw, "control", "treatment").action == "promote"
+    cleaned = interleaving(tmp_path / "log", "il", "control", "treatment")
+    assert cleaned.wins["treatment"] < raw.wins["treatment"] - 50 and cleaned.p_value > 0.05
+    assert decide_interleaving(cleaned, "control", "treatment").action == "continue"

@@ -59,3 +59,16 @@ def test_one_run_at_a_time(setup) -> None:  # type: ignore[no-untyped-def]
         fcntl.flock(held, fcntl.LOCK_EX)
         result = retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))
     assert result == {"status": "skipped", "reason": "another retrain is running"}
+
+
+def test_the_last_searches_wait_for_the_next_run_to_settle(setup) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    settings, engine = setup  # 300 searches, a minute apart from 2026-11-01 00:00 UTC
+    halfway = pd.Timestamp("2026-11-01T02:29:30+00:00")
+    settle = (pd.Timestamp.now(tz="UTC") - halfway).total_seconds() / 60
+    first = retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100, settle_minutes=settle))
+    assert first["status"] == "registered" and first["metrics"]["searches"] == 150  # those before 02:29:30
+    assert pd.Timestamp(first["window"]["until"]) < halfway
+    second = retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))
+    assert second["status"] == "registered" and second["metrics"]["searches"] == 150  # the rest, once settled

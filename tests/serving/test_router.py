@@ -85,6 +85,16 @@ def test_shadow_logs_a_diff_without_touching_the_response(tmp_path: Path) -> Non
     router.close()
     record = json.loads((tmp_path / "v2.jsonl").read_text().splitlines()[0])
     assert record["overlap@10"] == 1.0 and abs(record["kendall_tau@10"] + 1.0) < 1e-9 and record["shadow_ltr"] == "v2"
+    same = ExperimentRouter(None, shadow="v1", shadow_dir=tmp_path)  # the served model in shadow, second pages
+    engine.versions = {"ltr": "v2"}
+    for offset in (0, 2):
+        same.search(engine, Query("drill", "u1"), 2, offset, "u1", False)  # type: ignore[arg-type]
+    same.drain()
+    same.close()
+    pages = [json.loads(line) for line in (tmp_path / "v1.jsonl").read_text().splitlines()]
+    # each page is compared with the same page of the shadow: v1's "c", "d" against v1's own, not its "a", "b"
+    assert [(r["offset"], r["shadow_top10"]) for r in pages] == [(0, ["a", "b"]), (2, ["c", "d"])]
+    assert all(r["kendall_tau@10"] is None for r in pages)  # fewer than 3 in common: no rank correlation
 
 
 def test_router_config_round_trip(tmp_path: Path) -> None:

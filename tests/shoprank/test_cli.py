@@ -502,6 +502,7 @@ def test_commands_with_bad_arguments_or_files_end_in_one_error_line(tmp_path: Pa
         (["artifacts", "push", "--url", "bogus://x"], "cannot be opened"),
         (["features", "materialize"], "run `shoprank features build"),
         (["retrain", "--since", "yesterday"], "not an ISO 8601 time"),
+        (["retrain", "--settle-minutes", "-5"], "'-5' is not a number >= 0"),
         (["features", "build", "--users", "0"], "not a whole number >= 1"),
         (["train", "ltr", "--dataset", str(demo_dir), "--features", "bogus"], "give groups among"),
         (["evaluate", "--dataset", str(tmp_path), "--mrr-threshold", "nan"], "not a number from 0 to 1"),
