@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from online_learning.consumers.base import Delivered
+from online_learning.consumers.seen import ensure_table, key_of, mark, seen
 from online_learning.events import InteractionEvent, RankingEvent, is_shelf
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class ParquetLogSink:
         self.db = sqlite3.connect(root / "_sink_state.sqlite", check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY)")
+        ensure_table(self.db)
         self.db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, tmp TEXT NOT NULL)")
         self.written = 0
         self.duplicates = 0
@@ -65,19 +66,15 @@ class ParquetLogSink:
             tmp.unlink()
 
     def _new(self, batch: list[Delivered]) -> list[Delivered]:
-        ids = list({d.event.event_id for d in batch})
-        known: set[str] = set()
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
-            marks = ",".join("?" * len(chunk))
-            known |= {r[0] for r in self.db.execute(f"SELECT event_id FROM seen WHERE event_id IN ({marks})", chunk)}
+        """``batch`` without the events already written and the repeats within it (by kind and id)."""
+        known = seen(self.db, [key_of(d.event) for d in batch])
         fresh, taken = [], set()
         for delivered in batch:
-            event_id = delivered.event.event_id
-            if event_id in known or event_id in taken:
+            key = key_of(delivered.event)
+            if key in known or key in taken:
                 self.duplicates += 1
                 continue
-            taken.add(event_id)
+            taken.add(key)
             fresh.append(delivered)
         return fresh
 
@@ -125,7 +122,7 @@ class ParquetLogSink:
                 os.fsync(handle.fileno())
             staged.append((path, tmp))
         with self.db:
-            self.db.executemany("INSERT OR IGNORE INTO seen VALUES (?)", [(d.event.event_id,) for d in fresh])
+            mark(self.db, [key_of(d.event) for d in fresh])
             self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", [(str(p), str(t)) for p, t in staged])
         for path, tmp in staged:
             os.replace(tmp, path)

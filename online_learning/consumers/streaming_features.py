@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from online_learning.consumers.base import Delivered
+from online_learning.consumers.seen import ensure_table, key_of, mark, seen
 from online_learning.events import InteractionEvent, RankingEvent
 
 logger = logging.getLogger(__name__)
@@ -42,25 +43,14 @@ def open_state(state: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.executescript("""
-        CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY);
         CREATE TABLE IF NOT EXISTS daily (product_id TEXT, day TEXT, impressions INT DEFAULT 0,
             clicks INT DEFAULT 0, purchases INT DEFAULT 0, PRIMARY KEY (product_id, day));
         CREATE TABLE IF NOT EXISTS purchases (user_id TEXT, product_id TEXT, ts TEXT, event_id TEXT PRIMARY KEY);
         CREATE TABLE IF NOT EXISTS dirty (kind TEXT, key TEXT, PRIMARY KEY (kind, key));
         CREATE TABLE IF NOT EXISTS clock (id INT PRIMARY KEY CHECK (id = 0), now TEXT);
     """)
+    ensure_table(db)
     return db
-
-
-def seen_ids(db: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
-    """Which of ``ids`` the state has counted (looked up 900 at a time: sqlite's bound on parameters)."""
-    known: set[str] = set()
-    unique = list(dict.fromkeys(ids))
-    for start in range(0, len(unique), 900):
-        chunk = unique[start : start + 900]
-        known |= {r[0] for r in db.execute(
-            f"SELECT event_id FROM seen WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)}
-    return known
 
 
 def seed_state(state: Path, rankings: pd.DataFrame, interactions: pd.DataFrame) -> int:
@@ -71,10 +61,11 @@ def seed_state(state: Path, rankings: pd.DataFrame, interactions: pd.DataFrame) 
     history instead of starting it again. Returns the events counted."""
     db = open_state(state)
     try:
-        ids = list(dict.fromkeys([*rankings["event_id"].astype(str), *interactions["event_id"].astype(str)]))
-        known = seen_ids(db, ids)
-        shown = rankings[~rankings["event_id"].astype(str).isin(known)]
-        acted = interactions[~interactions["event_id"].astype(str).isin(known)]
+        keys = list(dict.fromkeys([*(("ranking", i) for i in rankings["event_id"].astype(str)),
+                                   *(("interaction", i) for i in interactions["event_id"].astype(str))]))
+        known = seen(db, keys)
+        shown = rankings[~rankings["event_id"].astype(str).isin({i for kind, i in known if kind == "ranking"})]
+        acted = interactions[~interactions["event_id"].astype(str).isin({i for kind, i in known if kind != "ranking"})]
         counts: Counter[tuple[str, str, str]] = Counter()
         shown_at, acted_at = pd.to_datetime(shown["timestamp"], utc=True), pd.to_datetime(acted["timestamp"], utc=True)
         for product, when in zip(shown["product_id"], shown_at):
@@ -85,7 +76,7 @@ def seed_state(state: Path, rankings: pd.DataFrame, interactions: pd.DataFrame) 
         bought = acted[(acted["type"] == "purchase") & acted["user_id"].notna()]
         latest = max([at.max() for at in (shown_at, acted_at) if len(at)], default=None)
         with db:
-            db.executemany("INSERT OR IGNORE INTO seen VALUES (?)", [(i,) for i in ids if i not in known])
+            mark(db, [key for key in keys if key not in known])
             _add(db, counts, [(str(u), str(p), pd.Timestamp(t).isoformat(), str(e)) for u, p, t, e in
                               zip(bought["user_id"], bought["product_id"], acted_at[bought.index], bought["event_id"])],
                  latest)
@@ -140,16 +131,16 @@ class StreamingFeatures:
         self._flush_dirty()
 
     def __call__(self, batch: list[Delivered]) -> None:
-        ids = [d.event.event_id for d in batch]
-        known = seen_ids(self.db, ids)
+        keys = [key_of(d.event) for d in batch]
+        known = seen(self.db, keys)
         counts: Counter[tuple[str, str, str]] = Counter()
         purchases = []
         latest = None
         for delivered in batch:
             event = delivered.event
-            if event.event_id in known:
+            if key_of(event) in known:
                 continue
-            known.add(event.event_id)
+            known.add(key_of(event))
             day = pd.Timestamp(event.timestamp).tz_convert("UTC").strftime("%Y-%m-%d")
             latest = max(latest or event.timestamp, event.timestamp)
             if isinstance(event, RankingEvent):
@@ -159,9 +150,8 @@ class StreamingFeatures:
                 counts[(event.product_id, day, "clicks" if event.type == "click" else "purchases")] += 1
                 if event.type == "purchase" and event.user_id:
                     purchases.append((event.user_id, event.product_id, event.timestamp.isoformat(), event.event_id))
-        new_ids = [i for i in dict.fromkeys(ids) if i in known]
         with self.db:
-            self.db.executemany("INSERT OR IGNORE INTO seen VALUES (?)", [(i,) for i in new_ids])
+            mark(self.db, known)  # those seen before are kept as they are
             _add(self.db, counts, purchases, latest)
             self.db.executemany("INSERT OR IGNORE INTO dirty VALUES ('product', ?)",
                                 [(product,) for product in dict.fromkeys(p for p, _, _ in counts)])

@@ -130,6 +130,35 @@ def test_the_sink_keeps_the_filters_of_each_search(tmp_path: Path) -> None:
     assert json.loads(rankings.at["r3", "filters"]) == {"brand": ["A"]} and rankings.at["r1", "filters"] is None
 
 
+def test_a_click_and_a_search_with_the_same_id_are_both_kept(tmp_path: Path) -> None:
+    import sqlite3
+
+    search = RankingEvent(event_id="1", request_id="1", timestamp=T0, user_id="u1", query="drill", pipeline="full",
+                          items=[ShownItem(product_id="p0", position=1)])
+    click = InteractionEvent(type="click", event_id="1", request_id="1", timestamp=T0, user_id="u1", product_id="p0",
+                             position=1)  # an export that numbers each table from 1; or a caller's own ids
+    (tmp_path / "log").mkdir()
+    legacy = sqlite3.connect(tmp_path / "log" / "_sink_state.sqlite")
+    with legacy:  # a state written before ids were kept per kind: "old" taken, kind unknown
+        legacy.execute("CREATE TABLE seen (event_id TEXT PRIMARY KEY)")
+        legacy.execute("INSERT INTO seen VALUES ('old')")
+    legacy.close()
+    sink = ParquetLogSink(tmp_path / "log")
+    sink([Delivered(RANKINGS_TOPIC, 0, 0, search), Delivered(INTERACTIONS_TOPIC, 0, 0, click)])
+    assert sink.duplicates == 0
+    assert len(read_log(tmp_path / "log", "rankings")) == 1 and len(read_log(tmp_path / "log", "interactions")) == 1
+    sink([Delivered(RANKINGS_TOPIC, 0, 0, search), Delivered(INTERACTIONS_TOPIC, 0, 0, click)])  # re-delivered
+    old = click.model_copy(update={"event_id": "old"})
+    sink([Delivered(INTERACTIONS_TOPIC, 0, 1, old)])  # taken before the upgrade: still not taken twice
+    assert sink.duplicates == 3 and len(read_log(tmp_path / "log", "interactions")) == 1
+    pushed: list[pd.DataFrame] = []
+    features = StreamingFeatures(tmp_path / "state.sqlite", {"p0": (1, 9.0)}, lambda name, frame: pushed.append(frame))
+    features([Delivered(RANKINGS_TOPIC, 0, 0, search), Delivered(INTERACTIONS_TOPIC, 0, 0, click)])
+    features([Delivered(INTERACTIONS_TOPIC, 0, 0, click)])
+    row = features.db.execute("SELECT impressions, clicks FROM daily WHERE product_id = 'p0'").fetchone()
+    assert row == (1, 1)  # the click counted once, and not mistaken for the search
+
+
 def test_streaming_features_count_once_across_a_crash(broker: LocalBroker, tmp_path: Path) -> None:
     batch = events(40)
     publish(broker, tmp_path / "spool", batch)
