@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 
-def write_text_atomic(path: Path, text: str | None) -> None:
-    """``text`` at ``path`` (UTF-8), by a temporary file renamed into place; None: no file at ``path``."""
+def write_text_atomic(path: Path, text: str | bytes | None) -> None:
+    """``text`` at ``path`` (a str as UTF-8; bytes as they are), by a temporary file of its own renamed into
+    place, so writers at the same time never mix their texts; None: no file at ``path``."""
     if text is None:
         path.unlink(missing_ok=True)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

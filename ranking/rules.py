@@ -153,7 +153,10 @@ class RulesConfig(BaseModel):
         if not path.is_file():
             raise InvalidInput(f"rules file {path} does not exist")
         try:
-            return cls.model_validate(yaml.safe_load(path.read_text()) or {})
+            return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        except UnicodeDecodeError as error:
+            raise InvalidInput(f"rules file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8, or "
+                               "replace it through PUT /v1/admin/rules") from None
         except yaml.YAMLError as error:
             raise InvalidInput(f"rules file {path} is not YAML: {error}") from None
         except ValidationError as error:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from api.auth import check_key, presented_key
 from api.deps import HolderDep, SettingsDep
@@ -156,7 +156,17 @@ async def put_rules(body: RulesConfig, request: Request, holder: HolderDep, sett
 class SynonymsBody(BaseModel):
     rules: list[Annotated[str, StringConstraints(max_length=2000)]] = Field(
         ..., max_length=100_000, description="Lines of the synonyms file: 'a, b, c' (equivalent words) or "
-        "'a, b => c' (a or b searched as c); blank lines and '#' comments are kept.")
+        "'a, b => c' (a or b searched as c); blank lines and '#' comments are kept. One line each: no line "
+        "break inside.")
+
+    @field_validator("rules")
+    @classmethod
+    def _one_line_each(cls, rules: list[str]) -> list[str]:
+        for n, line in enumerate(rules):
+            if line.splitlines() not in ([line], []):
+                raise ValueError(f"rules[{n}] {line[:80]!r} holds a line break: give each line of the file as "
+                                 "its own element")
+        return rules
 
 
 class SynonymsState(SynonymsBody):
@@ -166,8 +176,11 @@ class SynonymsState(SynonymsBody):
 
 def _synonyms_state(settings: Settings) -> SynonymsState:
     path = synonyms_target(settings)
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    return SynonymsState(rules=lines, path=str(path), entries=len(Synonyms.parse(lines, str(path)).rules))
+    if not path.is_file():
+        return SynonymsState(rules=[], path=str(path), entries=0)
+    synonyms, _ = Synonyms.read(path)  # a file that is not UTF-8: a 422 naming it (a PUT replaces it)
+    return SynonymsState(rules=path.read_bytes().decode("utf-8").splitlines(), path=str(path),
+                         entries=len(synonyms.rules))
 
 
 @router.get("/synonyms", response_model=SynonymsState, summary="The store's synonyms")
@@ -191,19 +204,24 @@ async def _replace_file(request: Request, holder: ServedHolder, settings: Settin
     """Write a shared file (the rules, the synonyms), serve it here, then publish it. When the served unit
     cannot be made again (another shared file is broken), the old file is put back and the error raised:
     the call changes nothing."""
-    old = path.read_text(encoding="utf-8") if path.is_file() else None
-    try:
-        await asyncio.to_thread(write_text_atomic, path, text)
-    except OSError as error:
-        raise Conflict(f"cannot write {path} ({error.strerror}); a setting names a file this server may not "
-                       "change: unset it to keep the file in the store's folder") from None
-    try:
-        engine = await _swap(request, holder)
-    except Exception:
-        await asyncio.to_thread(write_text_atomic, path, old)
-        raise
+    lock = _FILE_LOCKS.setdefault((id(asyncio.get_running_loop()), path), asyncio.Lock())
+    async with lock:  # one change of a file at a time in this process
+        old = path.read_bytes() if path.is_file() else None  # as it is, even when it is not UTF-8
+        try:
+            await asyncio.to_thread(write_text_atomic, path, text)
+        except OSError as error:
+            raise Conflict(f"cannot write {path} ({error.strerror}); a setting names a file this server may not "
+                           "change: unset it to keep the file in the store's folder") from None
+        try:
+            engine = await _swap(request, holder)
+        except Exception:
+            await asyncio.to_thread(write_text_atomic, path, old)
+            raise
     await asyncio.to_thread(push_state, settings)  # other replicas pull it on their next poll
     return engine
+
+
+_FILE_LOCKS: dict[tuple[int, Path], asyncio.Lock] = {}  # per event loop (an asyncio lock belongs to one)
 
 
 class ExperimentConfig(BaseModel):

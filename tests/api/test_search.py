@@ -541,6 +541,17 @@ def test_synonyms_set_through_the_admin_api_are_searched_at_once(  # type: ignor
         fixed = client.put("/v1/admin/rules", json={}, headers=admin)  # mends it: no reload error left
         assert fixed.status_code == 200 and not client.get("/readyz").json().get("reload_errors")
         assert client.put("/v1/admin/synonyms", json={"rules": ["a => b"]}).status_code in (401, 403)
+        # one element is one line: a line break inside would save rules that were never checked
+        split = client.put("/v1/admin/synonyms", json={"rules": ["# note\ntaladro => drill"]}, headers=admin)
+        assert split.status_code == 422 and "rules[0]" in split.text and "line break" in split.text
+        # files saved in another encoding: named in a 422, and the admin API replaces them
+        (tmp_path / "rules" / "synonyms.txt").write_bytes("aspiradora, café => vacuum\n".encode("latin-1"))
+        latin = client.get("/v1/admin/synonyms", headers=admin)
+        assert latin.status_code == 422 and "synonyms.txt is not UTF-8" in latin.json()["message"]
+        assert client.put("/v1/admin/synonyms", json={"rules": ["café => coffee"]}, headers=admin).status_code == 200
+        assert client.get("/v1/admin/synonyms", headers=admin).json()["rules"] == ["café => coffee"]
+        (tmp_path / "rules" / "rules.yaml").write_bytes("hide: [café]\n".encode("latin-1"))
+        assert client.put("/v1/admin/rules", json={"hide": []}, headers=admin).status_code == 200
 
 
 def test_pages_stay_full_and_agree_when_the_rules_leave_rows_out(  # type: ignore[no-untyped-def]

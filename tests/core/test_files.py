@@ -1,0 +1,42 @@
+"""Files written whole, by several writers at once."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from core.files import write_text_atomic
+
+
+def test_writers_at_the_same_time_never_mix_their_texts(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    texts = ["hide: [P1]\n", "queries:\n" + "".join(f"  q{i}: {{pin: [P{i}]}}\n" for i in range(5000))]
+    write_text_atomic(path, texts[0])
+    stop, read, failures = threading.Event(), [], []
+
+    def write(text: str) -> None:
+        try:
+            for _ in range(60):
+                write_text_atomic(path, text)
+        except OSError as error:  # a writer whose temporary file another one took
+            failures.append(error)
+
+    def reader() -> None:
+        while not stop.is_set():
+            read.append(path.read_text())
+
+    watching = threading.Thread(target=reader)
+    watching.start()
+    writers = [threading.Thread(target=write, args=(t,)) for t in texts * 2]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    watching.join()
+    assert failures == [] and read and set(read) <= set(texts)  # every read is one whole text
+    assert [p.name for p in tmp_path.iterdir()] == ["rules.yaml"]  # no temporary file left
+    write_text_atomic(path, "café".encode("latin-1"))  # bytes are written as they are (a file put back)
+    assert path.read_bytes() == b"caf\xe9"
+    write_text_atomic(path, None)
+    assert not path.exists()
