@@ -32,14 +32,12 @@ import pandas as pd
 
 from online_learning.consumers.log_sink import read_log
 from online_learning.consumers.streaming_features import seed_state
+from retrieval.catalog import as_bool
 
 logger = logging.getLogger(__name__)
 
 TOP_CATEGORIES = 5
 RECENT_ITEMS = 5
-TRUE = {"true", "1", "yes"}
-
-
 def stable_id(text: object) -> int:
     """A positive 56-bit id of ``text`` that does not change between builds or machines (-1: no text)."""
     if not isinstance(text, str) or not text.strip():
@@ -48,11 +46,14 @@ def stable_id(text: object) -> int:
 
 
 def _flag(values: pd.Series) -> pd.Series:
-    """A catalog column of booleans (true/false, yes/no, 1/0) as 1 / 0, None where empty."""
+    """A catalog column of booleans (true/false, yes/no, 1/0, 1.0/0.0) as 1 / 0, None where empty."""
     def one(value: object) -> int | None:
         if value is None or (isinstance(value, float) and np.isnan(value)):
             return None
-        return int(str(value).strip().lower() in TRUE or value is True)
+        try:
+            return int(as_bool(value))
+        except ValueError:  # not a boolean: the catalog's check names it; here it counts as not set
+            return 0
 
     return values.map(one)
 

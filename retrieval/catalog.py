@@ -109,11 +109,29 @@ def _check_number(integer: bool) -> Callable[[Any], str | None]:
 _BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
+BOOL_COLUMNS = ("in_stock", "promoted")
+
+
+def as_bool(value: Any) -> bool:
+    """A catalog's boolean as written: true/false, yes/no, 1/0, any case, as text or a number (1.0)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _BOOLS:
+            return _BOOLS[text]
+        return float(text) != 0
+    return bool(value)
+
+
 def _check_bool(value: Any) -> str | None:
     if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
         return None
-    if isinstance(value, str) and value.strip().lower() in _BOOLS:
-        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            if text in _BOOLS or float(text) in (0.0, 1.0):  # "1.0": a column of flags a program wrote as numbers
+                return None
+        except ValueError:
+            pass
     return f"{value!r} is not a boolean; use true/false, yes/no or 1/0"
 
 
@@ -122,6 +140,8 @@ TYPED_COLUMNS: dict[str, Callable[[Any], str | None]] = {
     "price": _check_number(integer=False),
     "quantity": _check_number(integer=True),
     "in_stock": _check_bool,
+    "promoted": _check_bool,
+    "popularity": _check_number(integer=False),
     "category": _check_text("category"),
     "brand": _check_text("brand"),
 }
@@ -259,15 +279,14 @@ def _convert(frame: pd.DataFrame) -> pd.DataFrame:
     if "description" not in frame.columns:
         frame["description"] = ""
     frame["description"] = frame["description"].map(lambda v: "" if _is_missing(v) else str(v).strip())
-    for column in ("price", "quantity"):
+    for column in ("price", "quantity", "popularity"):
         if column in frame.columns:
             frame[column] = pd.to_numeric(frame[column].map(lambda v: None if _is_missing(v) else v))
-    if "in_stock" in frame.columns:
-        frame["in_stock"] = frame["in_stock"].map(
-            lambda v: None if _is_missing(v) else _BOOLS.get(str(v).strip().lower(), bool(v))
-        )
+    for column in BOOL_COLUMNS:
+        if column in frame.columns:
+            frame[column] = frame[column].map(lambda v: None if _is_missing(v) else as_bool(v))
     for column in frame.columns:
-        if frame[column].dtype == object and column not in ("in_stock", *TEXT_COLUMNS):
+        if frame[column].dtype == object and column not in (*BOOL_COLUMNS, *TEXT_COLUMNS):
             frame[column] = frame[column].map(lambda v: None if _is_missing(v) else str(v))
     return frame
 

@@ -40,6 +40,9 @@ def test_the_catalogs_columns_become_the_product_tables() -> None:
         "P2": {"in_stock": 0, "quantity": 0, "event_timestamp": pd.Timestamp(NOW)},
         "P4": {"in_stock": 1, "quantity": 7, "event_timestamp": pd.Timestamp(NOW)}}
     assert tables["promotions"].set_index("product_id")["promoted"].to_dict() == {"P1": 1, "P3": 0}
+    numbers = CATALOG.assign(promoted=[1.0, None, 0.0, float("nan")])  # a Parquet catalog's flags, as floats
+    assert product_tables(numbers, NOW)["promotions"].set_index("product_id")["promoted"].to_dict() == {"P1": 1,
+                                                                                                     "P3": 0}
     bare = product_tables(CATALOG[["product_id", "title"]], NOW)  # titles only: attributes, no stock or promotion
     assert len(bare["product_attributes"]) == 4 and bare["inventory"].empty and bare["promotions"].empty
 

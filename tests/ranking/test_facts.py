@@ -32,6 +32,7 @@ class Reader:
         self.stored = rows
         self.fresh_reads = 0
         self.changes = 0
+        self.position: str | None = "7"  # where it is in the live updates' change feed
 
     def cached_rows(self, product_ids: list[str]) -> list[dict[str, Any]]:
         return [dict(self.stored.get(p, {})) for p in product_ids]
@@ -93,6 +94,12 @@ def test_a_live_update_read_by_the_reader_rebuilds_the_facts_before_refresh_s() 
     deadline = time.monotonic() + 5
     while facts.allowed(Filters(max_price=10)).tolist() != [True, False, True, False]:
         assert time.monotonic() < deadline, "the facts were not rebuilt"
+        time.sleep(0.01)
+    assert facts.position == "7"  # the feed position they hold: the key of pages shared between processes
+    reader.position = "9"  # read before the rows went into a rebuild: the facts catch up to it too
+    facts.table()
+    while facts.position != "9":
+        assert time.monotonic() < deadline, "the facts did not take the feed's position"
         time.sleep(0.01)
 
 

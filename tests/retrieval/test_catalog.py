@@ -26,6 +26,22 @@ def test_csv_keeps_attributes_and_types(tmp_path: Path) -> None:
     assert products["color"].tolist() == ["red", None]
 
 
+def test_promotions_and_popularity_from_the_catalog_are_the_facts_without_a_feature_store(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from ranking.facts import CatalogFacts
+
+    file = write_csv(tmp_path / "c.csv", "product_id,title,in_stock,promoted,popularity\nA,Drill,true,1,5\n"
+                     "B,Saw,true,0.0,50\nC,Hammer,false,yes,7\nD,Level,1.0,,\n")
+    products, _ = read_catalog(file)
+    assert products["promoted"].tolist() == [True, False, True, None]
+    assert products["in_stock"].tolist() == [True, True, False, True]  # 1.0: a flag a program wrote as a number
+    facts = CatalogFacts(SimpleNamespace(products=products, generation=0), None).table()  # type: ignore[arg-type]
+    assert facts.promoted.tolist() == [1, 0, 1, 0] and facts.popularity.tolist() == [5, 50, 7, 0]
+    with pytest.raises(CatalogError, match="column 'promoted': 'soon' is not a boolean"):
+        read_catalog(write_csv(tmp_path / "d.csv", "product_id,title,promoted\nA,Drill,soon\n"))
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
