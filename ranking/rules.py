@@ -45,6 +45,7 @@ import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -62,7 +63,12 @@ from retrieval.types import Candidates
 from retrieval.vocabulary import normalize
 
 MAX_IDS = 1_000  # product ids in one list of a rule
-ProductId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+def _id_text(value: object) -> object:
+    """A product id YAML read as a number (``hide: [100001]``) as its text, as the catalog reader keeps ids."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+ProductId = Annotated[str, BeforeValidator(_id_text), StringConstraints(min_length=1, max_length=128)]
 ProductIds = Annotated[list[ProductId], Field(max_length=MAX_IDS)]
 Place = Annotated[int, Field(ge=1, le=1000)]
 
@@ -94,9 +100,11 @@ class QueryRule(BaseModel):
     pin: ProductIds = Field(default_factory=list, description="Product ids shown first, in this order (added "
                             "when the search did not find them).")
     pin_at: dict[ProductId, Place] = Field(default_factory=dict, max_length=MAX_IDS, description="Product id -> "
-                                           "the 1-based place it is shown at (added when the search did not find "
-                                           "it), e.g. {P100831: 3}.")
-    bury: ProductIds = Field(default_factory=list, description="Product ids moved to the end.")
+                                           "the 1-based place it is shown at, 1..1000, one product a place (added "
+                                           "when the search did not find it; the pins take the other first "
+                                           "places), e.g. {P100831: 3}.")
+    bury: ProductIds = Field(default_factory=list, description="Product ids moved below the other products of "
+                             "the rules' rows (the first 100, or down to the farthest pin_at place).")
     hide: ProductIds = Field(default_factory=list, description="Product ids never shown for this query.")
     redirect: str | None = Field(None, min_length=1, max_length=2048, description="A page of the store this "
                                  "query should open (e.g. /help/returns), returned with the results.")
@@ -110,6 +118,16 @@ class QueryRule(BaseModel):
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+    @model_validator(mode="after")
+    def _distinct_places(self) -> QueryRule:
+        first: dict[int, str] = {}
+        for product, place in self.pin_at.items():
+            if place in first:
+                raise ValueError(f"pin_at puts {first[place]!r} and {product!r} both at place {place}: give each "
+                                 "product a place of its own")
+            first[place] = product
+        return self
 
     @model_validator(mode="after")
     def _window(self) -> QueryRule:
@@ -127,7 +145,7 @@ class RulesConfig(BaseModel):
     out_of_stock: Literal["hide", "demote", "none"] = "demote"
     promo_boost: float = Field(0.5, ge=0, le=5, description="Boost in units of the score spread.")
     max_promo_positions: int = Field(3, ge=0, le=100, description="Most positions a promotion can gain.")
-    hide: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
+    hide: list[ProductId] = Field(
         default_factory=list, max_length=100_000, description="Product ids never shown (searches, listings, shelves).")
     queries: dict[str, QueryRule] = Field(default_factory=dict, max_length=100_000,
                                           description="Pins, buries, hides and redirects by query.")
@@ -241,15 +259,15 @@ def apply_rules(rule: QueryRule | None, product_ids: list[str], scores: np.ndarr
                   if p in position and keep[position[p]] and position[p] not in pinned}
         held = set(pinned) | set(placed)
         buried = {position[p] for p in rule.bury if p in position} - held  # a pin wins
-        for slot, i in enumerate(pinned):
-            notes[i].append(f"pinned({slot + 1})")
         for i in buried:
             notes[i].append("buried")
         middle = [i for i in rows if i not in held and i not in buried]
         order = pinned + middle + [i for i in rows if i in buried]
         for i, at in sorted(placed.items(), key=lambda item: (item[1], item[0])):  # each at its place, in turn
             order.insert(min(at - 1, len(order)), i)
-            notes[i].append(f"pinned({min(at, len(order))})")
+        for slot, i in enumerate(order):  # the places they ended at (a pin_at before a pin moves the pin down)
+            if i in held:
+                notes[i].append(f"pinned({slot + 1})")
         rows = np.array(order, dtype=np.int64)
     return RuleResult(order=rows, notes=[notes[i] for i in rows])
 
@@ -269,13 +287,15 @@ class RulesStage:
     doc_of: Callable[[str], int | None] | None = None
 
     def __call__(self, query: Query, candidates: Candidates) -> Noted:
-        """Rules over the first ``depth`` rows (stock, promotion and price read now) and the query's
+        """Rules over the first ``depth`` rows (down to the farthest ``pin_at`` place of the query's rule; stock,
+        promotion and price read now) and the query's
         pinned products; the rest follow in their order (offline evaluation still sees a full-depth
         list), less the rows whose facts as last built (:meth:`ranking.facts.CatalogFacts.known`) fail
         the filters or, with ``out_of_stock: hide``, are out of stock, and the hidden products. A row's
         place never depends on how many rows a request asks for, so the pages of a search agree at any offset."""
         rule = self.config.rule_for(query) if query.text else None
-        head, tail = candidates.top(self.depth), candidates.take(slice(self.depth, None))
+        depth = max(self.depth, *rule.pin_at.values()) if rule is not None and rule.pin_at else self.depth
+        head, tail = candidates.top(depth), candidates.take(slice(depth, None))  # a pin_at place is in the head
         if rule is not None and (rule.pin or rule.pin_at) and query.sort == "relevance":  # a price order has no pins
             head, tail = self._with_pins([*rule.pin, *rule.pin_at], head, tail)
         facts = self.facts(head)
@@ -317,6 +337,12 @@ class RulesStage:
             head = head.then(Candidates(docs, [p for p, _ in added], head.stage, {head.stage: nan},
                                         {head.stage: np.zeros(len(added), dtype=np.int32)}))
         return head, tail
+
+    def farthest_place(self, query: Query) -> int:
+        """The farthest ``pin_at`` place of ``query``'s rule (0: none): a search reads at least that deep, so the
+        product is at its place whichever page is asked for."""
+        rule = self.config.rule_for(query) if query.text and query.sort == "relevance" else None
+        return max(rule.pin_at.values(), default=0) if rule is not None else 0
 
     def redirect(self, query: Query) -> str | None:
         """The page the rules send ``query`` to, if any."""

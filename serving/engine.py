@@ -187,8 +187,9 @@ class SearchEngine:
                     self.caches.results.put(key, page, age=age)  # expires when the ranking process's does
                     return replace(page, cached=True)
         cascade = self._chosen(pipeline, ltr)
-        ranked = cascade.run(query, k + offset)
-        fetched, limit = max(k + offset, cascade.first_stage_depth), min(self.index.count, MAX_FETCH)
+        deep = max(k + offset, self.rules.farthest_place(query) if self.rules is not None else 0)
+        ranked = cascade.run(query, deep)
+        fetched, limit = max(deep, cascade.first_stage_depth), min(self.index.count, MAX_FETCH)
         while len(ranked.candidates) < k + offset and ranked.first_stage_rows >= fetched and fetched < limit:
             # the rules left rows out (hidden, out of stock) and the first stage has more: read deeper, so the
             # page is full while more exist

@@ -140,6 +140,15 @@ def test_a_pin_adds_the_product_the_search_did_not_find_and_moves_one_from_below
                                                              doc_of=stage.doc_of).hidden_docs().tolist() == [3]
 
 
+def test_numeric_product_ids_written_by_hand_are_read_as_ids(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text("hide: [100001]\nqueries:\n  drill: {pin: [100002], pin_at: {100003: 2}}\n")
+    config = RulesConfig.from_file(tmp_path / "rules.yaml")
+    assert config.hide == ["100001"] and config.queries["drill"].pin == ["100002"]
+    assert config.queries["drill"].pin_at == {"100003": 2}
+    with pytest.raises(ValidationError, match="hide.0"):  # a yes/no is not an id
+        RulesConfig.model_validate({"hide": [True]})
+
+
 def test_rules_round_trip_through_their_file(tmp_path: Path) -> None:
     config = RulesConfig(hide=["z"], queries={"Café": QueryRule(pin=["a"], redirect="/cafe")})
     config.save(tmp_path / "rules" / "rules.yaml")
@@ -186,3 +195,21 @@ def test_a_product_pinned_at_a_place_is_shown_there() -> None:
     with pytest.raises(ValidationError, match="less than or equal to 1000"):
         QueryRule(pin_at={"a": 1001})
     assert RulesConfig(queries={"x": QueryRule(pin_at={"q": 3})}).product_ids() == ["q"]
+    with pytest.raises(ValidationError, match="pin_at puts 'a' and 'b' both at place 3"):
+        QueryRule(pin_at={"a": 3, "b": 3})
+    order, notes = run(RulesConfig(out_of_stock="none", promo_boost=0,
+                                   queries={"drill": QueryRule(pin=["e"], pin_at={"c": 1})}))
+    assert order[:2] == ["c", "e"] and notes[:2] == [["pinned(1)"], ["pinned(2)"]]  # each note names its place
+
+
+def test_a_place_past_the_rules_depth_is_kept() -> None:
+    n = 200
+    facts = ProductFacts(np.array(["tools"] * n, dtype=object), np.array([None] * n, dtype=object),
+                         np.arange(n, dtype=float), np.ones(n), np.zeros(n), np.zeros(n))
+    candidates = Candidates(np.arange(n), [f"p{i}" for i in range(n)], "rrf", {"rrf": np.linspace(1, 0, n)},
+                            {"rrf": np.arange(1, n + 1)})
+    stage = RulesStage(RulesConfig(promo_boost=0, queries={"drill": QueryRule(pin_at={"p3": 150})}),
+                       lambda c: facts.take(c.docs), depth=100)
+    ruled = stage(Query("drill"), candidates)
+    assert ruled.candidates.product_ids.index("p3") == 149 and ruled.notes["p3"] == ["pinned(150)"]
+    assert stage.farthest_place(Query("drill")) == 150 and stage.farthest_place(Query("saw")) == 0
