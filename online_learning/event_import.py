@@ -122,15 +122,17 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
     writes a few files per batch, a shuffled one a file for every hour the batch spans. The events
     of shoppers ``forget`` lists as erased after them are counted and left out."""
     report = ImportReport(str(path))
+    if forget is not None:
+        forget.refresh()
     if strict or dry_run:
         for n, line in tqdm(lines_of(path), desc="validate", unit="event", disable=not progress):
-            _check(report, n, line)
+            event = _check(report, n, line)
+            if dry_run and event is not None and forget is not None and forget.erased(event):
+                report.forgotten += 1  # a dry run counts what the import would leave out
         if dry_run or report.invalid:
             return report
         report = ImportReport(str(path))
     sink = None if publish is not None else ParquetLogSink(log_root)
-    if forget is not None:
-        forget.refresh()
     pending: list[Delivered] = []
     for n, line in tqdm(lines_of(path), desc="import", unit="event", disable=not progress):
         event = _check(report, n, line)

@@ -272,20 +272,43 @@ def _spool(root: Path, drop: Callable[[dict], bool], dry_run: bool) -> tuple[int
     dropped = left = left_lines = 0
     for folder in sorted(p for p in root.glob("slot-*") if p.is_dir()):
         segments = sorted(folder.glob("segment-*.jsonl"))
-        if (folder / "shipped.json").exists() or not segments:
-            continue  # shipped to Kafka: the erasure list covers what is still on its way
+        if not segments:
+            continue
         lock = hold_slot(root, folder.name)
         if lock is None:  # a server holds the slot and appends to its last segment
             left += 1
             left_lines += _drop_lines(segments[-1], named, dry_run=True)
             segments = segments[:-1]
         try:
+            shipped = folder / "shipped.json"  # left by a server that once shipped to Kafka: kept true
+            position = json.loads(shipped.read_text()) if shipped.is_file() else None
             for path in segments:
+                if position is not None and path.name == f"segment-{int(position['segment']):08d}.jsonl":
+                    position["offset"] = _offset_after(path, named, int(position["offset"]))
                 dropped += _drop_lines(path, named, dry_run)
+            if position is not None and not dry_run:
+                write_text_atomic(shipped, json.dumps(position))
         finally:
             if lock is not None:
                 lock.close()
     return dropped, left, left_lines
+
+
+def _offset_after(path: Path, drop: Callable[[str], bool], offset: int) -> int:
+    """Where byte ``offset`` of ``path`` (a shipper's position, at a line's start) is once the lines ``drop``
+    names are removed: the bytes of the lines kept before it."""
+    kept = start = 0
+    for line in path.read_text().splitlines(keepends=True):
+        if start >= offset:
+            break
+        size = len(line.encode())
+        try:
+            gone = bool(line.strip()) and drop(line)
+        except (ValueError, AttributeError, TypeError):
+            gone = False
+        kept += 0 if gone else size
+        start += size
+    return kept
 
 
 def _names(line: str, users: set[str], sessions: set[str]) -> bool:

@@ -124,6 +124,8 @@ def test_events_on_their_way_are_dropped_up_to_the_erasure_and_later_ones_kept(t
     assert all(e.user_id != "u1" for e in kept[:-1])
     source = tmp_path / "old.jsonl"
     source.write_text("".join(e.model_dump_json() + "\n" for e in old + new))
+    dry = import_events(source, tmp_path / "log", progress=False, forget=forgotten, dry_run=True)
+    assert dry.forgotten == dropped and dry.written == 0  # a dry run counts what the import leaves out
     report = import_events(source, tmp_path / "log", progress=False, forget=forgotten)
     assert report.forgotten == dropped and report.written == len(old) + 1 - dropped
     assert set(read_log(tmp_path / "log", "interactions").query("user_id == 'u1'")["event_id"]) == {"late"}
@@ -203,3 +205,24 @@ def test_without_kafka_the_spool_is_erased_but_for_the_segment_a_server_appends_
     assert len(left) == len(lines) - theirs and all(line["value"].get("user_id") != "u1" for line in left)
     assert prune(paths, 30, T0 + timedelta(days=31)).spool_events == len(left) + len(events(1))  # all older
     assert forget(paths, ["u2"], [], T0, kafka=True).spool_events == 0  # shipped to Kafka: left to the list
+
+
+def test_a_spool_that_once_shipped_to_kafka_is_erased_and_its_position_kept_true(tmp_path: Path) -> None:
+    paths = Home(tmp_path)
+    folder, lock = claim_spool(paths.event_spool)
+    log = EventLog(folder)
+    log.append(events(6))
+    log.close()
+    lock.close()
+    segment = next(folder.glob("segment-*.jsonl"))
+    lines = segment.read_bytes().splitlines(keepends=True)
+    shipped_to = sum(len(line) for line in lines[:4])  # Kafka took the first four lines, then it was turned off
+    (folder / "shipped.json").write_text(json.dumps({"segment": 1, "offset": shipped_to}))
+    before = [json.loads(line) for line in lines[:4]]
+    report = forget(paths, ["u1"], [], T0 + timedelta(days=1))
+    theirs = sum(json.loads(line)["value"].get("user_id") == "u1" for line in lines)
+    assert report.spool_events == theirs > 0 and "u1" not in segment.read_text()
+    offset = json.loads((folder / "shipped.json").read_text())["offset"]
+    kept = segment.read_bytes()
+    assert kept[:offset].count(b"\n") == sum(line["value"].get("user_id") != "u1" for line in before)
+    assert offset == 0 or kept[offset - 1 : offset] == b"\n"  # still at a line's start
