@@ -111,7 +111,19 @@ def overlay(facts: dict[str, np.ndarray], rows: list[dict[str, Any]], features: 
             facts[fact] = np.where(known, given, facts[fact])
         else:
             fresh = np.array([as_number(v) for v in values], dtype=np.float64)
+            if fact == "price":
+                fresh = as_written(fresh)
             facts[fact] = np.where(np.isnan(fresh), facts[fact], fresh)
+
+
+def as_written(values: np.ndarray) -> np.ndarray:
+    """Prices the store keeps as float32 (``product_attributes:price``) as the decimals written: 1795.24, not
+    1795.239990234375, so a filter from 1795.24 to 1795.24 finds it and answers show it as written. A value
+    float32 cannot hold exactly was not read from float32 and stays."""
+    out = values.copy()
+    single = np.isfinite(values) & (values.astype(np.float32).astype(np.float64) == values)
+    out[single] = [float(str(v)) for v in values[single].astype(np.float32)]
+    return out
 
 
 @dataclass(frozen=True)

@@ -110,3 +110,12 @@ def test_an_index_write_rebuilds_the_facts_at_once() -> None:
     grown = pd.concat([PRODUCTS, pd.DataFrame({"product_id": ["e"], "category": ["garden"]})], ignore_index=True)
     holder.products, holder.generation = grown, 1  # as ProductIndex's writes do
     assert facts.allowed(Filters(category="garden")).tolist() == [False] * 4 + [True]
+
+
+def test_a_price_the_store_keeps_as_float32_is_read_as_written() -> None:
+    stored = float(np.float32(1795.24))  # what the online store gives back: 1795.239990234375
+    reader = Reader({"a": {"price": stored}, "b": {"price": 12.5}})
+    facts = CatalogFacts(index(PRODUCTS), reader, refresh_s=3600)  # type: ignore[arg-type]
+    assert facts.table().price[0] == 1795.24 and facts.table().price[1] == 12.5
+    assert facts.allowed(Filters(min_price=1795.24, max_price=1795.24)).tolist() == [True, False, False, False]
+    assert facts(candidates([0])).price.tolist() == [1795.24]  # the rules stage's fresh read too

@@ -380,6 +380,13 @@ def test_a_stock_change_through_one_replica_reaches_every_replica(topology: Topo
     update(True)
     back = wait_until(lambda: everywhere(True), 15, "every replica to list them again")
     print("live stock change:", json.dumps({"out_everywhere_s": round(took, 2), "back_everywhere_s": round(back, 2)}))
+    odd = 4321.09  # a price no other product has; the store keeps it as float32
+    answered = httpx.post(f"{replicas[0]}/v1/admin/products", json={"products": [{"product_id": target, "price": odd}]},
+                          headers=ADMIN, timeout=30)
+    assert answered.status_code == 200, answered.text
+    listing = httpx.post(f"{replicas[0]}/v1/browse", json={"k": 5, "filters": {"min_price": odd, "max_price": odd}},
+                         timeout=30).json()  # the server that took the update, at once, at the price as written
+    assert [(i["product_id"], i["price"]) for i in listing["items"]] == [(target, odd)], listing
     refused = httpx.post(f"{base}/v1/admin/products", json={"products": [{"product_id": "nope", "price": 1}]},
                          headers=ADMIN, timeout=30)
     assert refused.status_code == 404 and "nope" in refused.text
