@@ -114,7 +114,10 @@ class Vocabulary:
         self.type_stems = {stem(w) for w in self.types}
 
     def knows(self, word: str) -> bool:
-        return word in self.counts or stem(word) in self.stems
+        """Whether the catalog holds ``word``: in a title or description, or a brand's or category's name (the
+        analyzer never corrects it)."""
+        return (word in self.counts or stem(word) in self.stems or word in self.brands or word in self.types
+                or stem(word) in self.type_stems)
 
     def _docs(self, word: str) -> np.ndarray:
         return self.postings.get(stem(word), _EMPTY)

@@ -103,6 +103,15 @@ def test_brand_and_category_columns_win_over_title_positions() -> None:
     assert vocabulary.brands == {"acme"} and vocabulary.types == {"hand", "tools"}
 
 
+def test_a_word_of_a_category_or_brand_column_is_never_corrected() -> None:
+    titles = ["Behr Interior Paint Satin", "Glidden Interior Paint Flat", "Behr Deck Stain Cedar"] * 3
+    categories = ["Paint > Interior Paint", "Paint > Interior Paint", "Paint > Exterior Stain"] * 3
+    analyzer = Analyzer(Vocabulary.build(titles, categories=categories, brands=["Behr", "Glidden", "Behrens"] * 3))
+    assert analyzer.analyze("exterior paint").text == "exterior paint"  # no title holds it; a category does
+    assert analyzer.analyze("behrens stain").text == "behrens stain"  # a brand's name, however close to another
+    assert analyzer.analyze("interor paint").text == "interior paint"  # a typo is still corrected
+
+
 def test_a_symbol_only_query_analyzes_to_nothing_and_is_never_emptied_by_corrections(analyzer: Analyzer) -> None:
     assert analyzer.analyze("!!! ???").text == ""
     assert analyzer.analyze("qwxzv").text == "qwxzv"  # no suggestion: kept, not dropped
