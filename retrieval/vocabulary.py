@@ -3,11 +3,12 @@
 
 :func:`normalize` is applied to product text when the index is built and to every
 query: case and Latin accents (``Café`` -> ``cafe``; other scripts' letters are kept), unicode
-fractions (``½`` -> ``1/2``), units and their spellings after a
+fractions (``½`` -> ``1/2``, ``1½`` -> ``1 1/2`` as ``1-1/2`` reads), a leading decimal point
+(``.5`` -> ``0.5``), units and their spellings after a
 number (``1/2 in.``, ``1/2 inch`` and ``1/2"`` all become ``1/2 in``; ``12v``,
 ``12-Volt`` -> ``12 volt``; ``lbs``, ``gallons``, ``sq. ft.``, ...), dimensions
-(``2x4`` -> ``2 x 4``), hyphens and symbols. Words are compared by their Snowball stem
-(:func:`stem`, the BM25 index's stemmer).
+(``2x4`` -> ``2 x 4``, ``12"x24"`` -> ``12 in x 24 in``), hyphens and symbols. Words are compared
+by their Snowball stem (:func:`stem`, the BM25 index's stemmer).
 
 The :class:`Vocabulary` holds the catalog's word counts, its brand and product-type
 words (from ``brand`` / ``category`` columns, else from where words sit in titles) and
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-VERSION = 3  # bump when normalize() or the vocabulary file changes: indexes record it and are rebuilt
+VERSION = 4  # bump when normalize() or the vocabulary file changes: indexes record it and are rebuilt
 
 _UNITS = [  # (pattern after a number, canonical unit)
     (r'(?:"|”|″|\'\'|inches|inch|in\b\.?)', "in"),
@@ -55,21 +56,29 @@ TOKEN = re.compile(r"[^\W_]+(?:[./][0-9]+)*")
 _LATIN_MARK = re.compile(r"(?<=[a-z\u00c0-\u024f])[\u0300-\u036f]+")  # accents on a Latin letter, decomposed
 
 
+_VULGAR_AFTER_DIGIT = re.compile(r"(\d)([\u00bc-\u00be\u2150-\u215e])")  # 1½, 7¼
+_DIMENSION_AFTER_UNIT = re.compile(r"\b(" + "|".join(re.escape(u) for u in UNITS) + r") x\s*(?=\d)")
+
+
 def fold(text: str) -> str:
     """Case and Latin accents folded (``Größe`` -> ``grosse``, ``Café`` -> ``cafe``); letters of other scripts
-    (Cyrillic, Greek, CJK) kept as they are, so every script's words stay searchable."""
+    (Cyrillic, Greek, CJK) kept as they are, so their words stay searchable (a script's combining marks,
+    Devanagari's or Thai's vowel signs, are not letters: words split at them, in the index as in queries)."""
     text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
     return unicodedata.normalize("NFC", _LATIN_MARK.sub("", text))
 
 
 def normalize(text: str) -> str:
     """Lowercase, canonical units and fractions, no symbols (see the module docstring)."""
+    text = _VULGAR_AFTER_DIGIT.sub(r"\1 \2", text)  # 1½ -> 1 ½, so it reads 1 1/2 and not 11/2
     text = fold(text).replace("\u2044", "/").replace("\u00d7", "x")  # fraction slash; 2×4 as 2x4
+    text = re.sub(r"(?<![\w.])\.(\d)", r"0.\1", text)  # .5 in -> 0.5 in
     text = re.sub(r"(\d)\s*-\s*(\d+/\d+)", r"\1 \2", text)  # 1-1/2 -> 1 1/2
     text = re.sub(r"(\d)\s*/\s*(\d)", r"\1/\2", text)
     text = re.sub(r"(\d)\s*x\s*(?=\d)", r"\1 x ", text)  # 2x4 -> 2 x 4
     for pattern, unit in _UNIT_RES:
         text = pattern.sub(lambda m, u=unit: f"{m.group(1)} {u} ", text)
+    text = _DIMENSION_AFTER_UNIT.sub(r"\1 x ", text)  # 12"x24" -> 12 in x 24 in
     text = text.replace("&", " and ")
     text = re.sub(r"(?<!\d)[./]|[./](?!\d)", " ", text)  # keep . and / only between digits
     text = re.sub(r"[^\w./]+|_", " ", text)  # letters and digits of any script, . and / between digits

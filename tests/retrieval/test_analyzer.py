@@ -34,6 +34,8 @@ def analyzer() -> Analyzer:
     ("2x4 stud", "2 x 4 stud"), ("1-1/2 in. pipe", "1 1/2 in pipe"), ("50 lbs. sand", "50 lb sand"),
     ("5 gallons paint", "5 gal paint"), ("100 sq. ft. tile", "100 sq ft tile"), ("Black & Decker", "black and decker"),
     ("DW088K", "dw088k"), ("  $ hole saw!! ", "hole saw"),
+    ('1½" pipe', "1 1/2 in pipe"), ('7¼" miter saw', "7 1/4 in miter saw"),  # as 1-1/2" and 7-1/4" read
+    ('12"x24" tile', "12 in x 24 in tile"), ("4'x8' sheet", "4 ft x 8 ft sheet"), (".5 in. bit", "0.5 in bit"),
 ])
 def test_normalize_units_fractions_symbols(text: str, expected: str) -> None:
     assert normalize(text) == expected
