@@ -48,11 +48,17 @@ class RateLimiter:
 
 
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key of ``X-API-Key``, else of ``Authorization: Bearer <key>`` (the scheme in any case, as HTTP
+    reads it); another scheme is a 401 naming it."""
     if x_api_key:
         return x_api_key.strip()
-    if authorization and authorization.startswith("Bearer "):
-        return authorization.removeprefix("Bearer ").strip()
-    return None
+    if not authorization or not authorization.strip():
+        return None
+    scheme, _, key = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthorized(f"the Authorization scheme {scheme[:20]!r} is not supported: send "
+                           "'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+    return key.strip() or None
 
 
 def check_key(request: Request, settings: Settings, scope: str, key: str | None) -> ApiKey:

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import ShopRankError
 
@@ -99,6 +100,21 @@ def install(app: FastAPI) -> None:
                      "request_id": getattr(request.state, "request_id", None)},
             headers={"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None,
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """A path no route serves (404), a method it does not take (405), in the shape of every other error."""
+        name = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
+        if exc.status_code == 404:
+            message = f"no route {request.url.path!r}; the API's routes are listed at /docs (OpenAPI: /openapi.json)"
+        elif exc.status_code == 405:
+            allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
+            message = f"{request.method} is not taken by {request.url.path!r}; it takes {allowed or 'other methods'}"
+        else:
+            message = str(exc.detail)
+        return JSONResponse(status_code=exc.status_code, headers=exc.headers,
+                            content={"error": name, "message": message,
+                                     "request_id": getattr(request.state, "request_id", None)})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

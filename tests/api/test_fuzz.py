@@ -72,3 +72,8 @@ def test_oversize_empty_and_wrong_type_inputs(fuzz_client: TestClient) -> None:
     assert fuzz_client.post("/v1/events", json=[{"event_id": "e", "request_id": "r", "type": "click"}]).status_code == 422
     too_many = [{"event_id": f"e{i}", "request_id": "r", "type": "click", "product_id": "p"} for i in range(1001)]
     assert fuzz_client.post("/v1/events", json=too_many).status_code == 422
+    lost = fuzz_client.get("/v1/nothing")  # a path or a method no route takes: the same JSON shape as every error
+    assert lost.status_code == 404 and lost.json()["error"] == "not_found" and "/v1/nothing" in lost.json()["message"]
+    wrong = fuzz_client.delete("/v1/search")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+    assert "it takes" in wrong.json()["message"] and "POST" in wrong.json()["message"] and "request_id" in wrong.json()

@@ -55,6 +55,10 @@ def test_missing_unknown_wrong_scope_other_store(keyed) -> None:  # type: ignore
     other = client.post("/v1/search", json=body, headers={"X-API-Key": keys["other"]})
     assert other.status_code == 403 and "'other-store', not 'default'" in other.json()["message"]
     assert client.post("/v1/search", json=body, headers={"X-API-Key": keys["search"]}).status_code == 200
+    lower = {"Authorization": f"bearer {keys['search']}"}  # HTTP's schemes are case-insensitive
+    assert client.post("/v1/search", json=body, headers=lower).status_code == 200
+    basic = client.post("/v1/search", json=body, headers={"Authorization": "Basic dXNlcjpwdw=="})
+    assert basic.status_code == 401 and "scheme 'Basic' is not supported" in basic.json()["message"]
     admin = client.get("/v1/admin/models", headers=auth(keys["admin"]))
     assert admin.status_code == 200 and client.get("/v1/admin/models", headers=auth(keys["search"])).status_code == 403
     assert client.get("/healthz").status_code == 200 and client.get("/metrics").status_code == 200
