@@ -60,8 +60,9 @@ class ServedHolder:
             self._watch()
 
     def _watch(self) -> None:
-        failed = None
+        failed = None  # a generation that failed to load: tried again only once the shared state changes again
         while not self._stop.wait(self._poll_s):
+            stamp = None
             try:
                 stamp = self._stamp()  # type: ignore[misc]
                 if stamp in (self.get().generation, failed):
@@ -71,10 +72,14 @@ class ServedHolder:
                 if self.reloads > before:
                     logger.info("shared serving state changed (%s); reloaded", stamp)
                 failed, self.reload_error = None, None
-            except Exception as err:  # noqa: BLE001 - keep serving the loaded unit
-                logger.exception("reloading after a shared state change failed; the loaded models keep serving")
-                self.reload_error = f"{type(err).__name__}: {err}"
-                failed = stamp
+            except Exception as err:  # noqa: BLE001 - keep serving the loaded unit, and keep watching
+                error = f"{type(err).__name__}: {err}"
+                if error != self.reload_error:  # logged once, not at every poll while it lasts
+                    logger.exception("reading or loading the shared serving state failed; the loaded models keep "
+                                     "serving, and it is tried again every %.1f s", self._poll_s)
+                self.reload_error = error
+                if stamp is not None:  # the state was read, and what it names did not load
+                    failed = stamp
 
     def get(self) -> Served:
         served = self._served

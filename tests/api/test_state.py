@@ -40,3 +40,30 @@ def test_a_swap_through_this_process_is_not_loaded_again_by_the_watcher() -> Non
     assert holder.get().generation == "g2"
     assert loads == ["g1", "g2"], f"the state was loaded {len(loads)} times: {loads}"
     assert holder.reloads == 1
+
+
+def test_the_watcher_outlives_a_shared_state_it_cannot_read() -> None:
+    shared: dict[str, object] = {"generation": "g1", "broken": False}
+
+    def stamp() -> str:
+        if shared["broken"]:
+            raise OSError("the artifact store's manifest is half written")
+        return str(shared["generation"])
+
+    def load(previous: Served | None) -> Served:
+        unit = SimpleNamespace(versions={}, close=lambda: None, carry_counts=lambda previous: None)
+        return Served(unit, SimpleNamespace(close=lambda: None), str(shared["generation"]))  # type: ignore[arg-type]
+
+    holder = ServedHolder(load, stamp=stamp, poll_s=0.02)
+    holder.start()
+    assert holder.ready.wait(10)
+    shared["broken"] = True  # the first poll fails before any state was read
+    time.sleep(0.2)
+    assert holder.reload_error and "half written" in holder.reload_error
+    shared["broken"], shared["generation"] = False, "g2"  # mended, and a push meanwhile
+    deadline = time.monotonic() + 10
+    while holder.get().generation != "g2":
+        assert time.monotonic() < deadline, "the watcher stopped at the failed read"
+        time.sleep(0.02)
+    assert holder.reload_error is None
+    holder.stop()
