@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -192,5 +193,9 @@ def _live_state(runtimes: list[StoreRuntime]) -> dict:
 
 
 def app_from_env() -> FastAPI:
-    """The app of one server process when ``shoprank serve`` runs several (settings from the environment)."""
-    return create_app(get_settings())
+    """The app of one server process when ``shoprank serve`` runs several (settings from the environment),
+    logging as the command does (a worker is a fresh process: without this it would log nothing)."""
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(settings)

@@ -26,12 +26,14 @@ its copy: the pulled ``deleted.json`` names it, and the store no longer holds it
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ SHARED = (*_STORE_PARTS, *(f"stores/*/{part}" for part in _STORE_PARTS), "keys.j
 _STATE_PARTS = ("models/*/active.json", "experiments/current.json", "rules/rules.yaml", "rules/synonyms.txt")
 STATE = (*_STATE_PARTS, *(f"stores/*/{part}" for part in _STATE_PARTS))
 LOCAL = ".artifacts.json"  # digests of the files this home last pushed or pulled
+LOCK = ".artifacts.lock"  # held while this home pushes or pulls
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,21 @@ class ArtifactStore:
         return json.loads(file.read_text()) if file.is_file() else {}
 
     def _save_local_state(self, state: dict[str, Any]) -> None:
-        tmp = self.home / f"{LOCAL}.tmp"
+        tmp = self.home / f"{LOCAL}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.home / LOCAL)
+
+    @contextmanager
+    def _transfer(self) -> Iterator[None]:
+        """One push or pull of this home at a time, across processes (a server's workers all pull into it
+        at start and on every poll): held on ``<home>/.artifacts.lock``."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / LOCK, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _local_files(self, patterns: Iterable[str]) -> list[Path]:
         files: set[Path] = set()
@@ -151,6 +166,10 @@ class ArtifactStore:
 
     def push(self, patterns: Iterable[str] = SHARED) -> Transfer:
         """Upload the home's shared files that the store lacks or holds in another version."""
+        with self._transfer():
+            return self._push(patterns)
+
+    def _push(self, patterns: Iterable[str]) -> Transfer:
         state = self._local_state()
         remote = self.remote_manifest()
         moved = size = same = 0
@@ -189,25 +208,34 @@ class ArtifactStore:
     def pull(self) -> Transfer:
         """Download the files whose digest in the store differs from this home's copy. A file
         changed here since the last transfer (a swap made here and not yet pushed, a model
-        built here) is kept: a pull never overwrites local work."""
+        built here) is kept, at every pull: a pull never overwrites local work."""
+        with self._transfer():
+            return self._pull()
+
+    def _pull(self) -> Transfer:
         state = self._local_state()
-        recorded = dict(state)  # as the last transfer left them (digests below may add entries)
         remote = self.remote_manifest()
         moved = size = same = kept = 0
         clashes: set[str] = set()
         for rel, digest in sorted(remote.items()):
             target = self.home / rel
             if target.is_file():
-                if self._digest(target, state) == digest:
+                if not _dirty(target, state.get(rel)):  # as the last transfer left it
+                    if state[rel]["sha256"] == digest:
+                        same += 1
+                        continue
+                elif file_digest(target) == digest:  # changed here, to what the store holds
+                    stat = target.stat()
+                    state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
                     same += 1
                     continue
-                if _dirty(target, recorded.get(rel)):  # changed here since the last transfer: not ours to clobber
+                else:  # changed here since the last transfer: not ours to clobber, now or at the next pull
                     kept += 1
                     if (version := _version_of(rel)) is not None:
                         clashes.add(version)
                     continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.pull")
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.pull")
             self.fs.get_file(f"{self.root}/{rel}", str(tmp))
             if file_digest(tmp) != digest:
                 tmp.unlink()

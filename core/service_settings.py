@@ -4,11 +4,13 @@ go (``events``), the HTTP server (``api``) and where batch jobs run (``compute``
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.hardware import usable_cores
+
+STAGE_BUDGETS_MS = {"student": 600.0, "teacher": 900.0, "ltr": 200.0, "rules": 100.0}  # serving.stage_budgets_ms
 
 
 class ServingSettings(BaseModel):
@@ -17,9 +19,15 @@ class ServingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     budget_ms: float = Field(1500, gt=0, description="Time for the ranking stages of one search.")
-    stage_budgets_ms: dict[str, float] = Field(
-        default_factory=lambda: {"student": 600.0, "teacher": 900.0, "ltr": 200.0, "rules": 100.0},
-        description="Per-stage deadline; a stage past it is skipped (degraded).")
+    stage_budgets_ms: dict[Literal["student", "teacher", "ltr", "rules"], Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: dict(STAGE_BUDGETS_MS),
+        description="Per-stage deadline in ms (student, teacher, ltr, rules; each > 0); a stage past it is "
+                    "skipped (degraded). The stages not given keep their defaults.")
+
+    @field_validator("stage_budgets_ms")
+    @classmethod
+    def _with_defaults(cls, value: dict[str, float]) -> dict[str, float]:
+        return {**STAGE_BUDGETS_MS, **value}
     micro_batch: bool = Field(True, description="Batch cross-encoder work across concurrent requests.")
     micro_batch_wait_ms: float = Field(2.0, ge=0, le=100, description="Longest wait for other requests' pairs.")
     micro_batch_pairs: int = Field(256, ge=1, le=10_000, description="Most pairs in one micro-batch.")
@@ -31,6 +39,19 @@ class ServingSettings(BaseModel):
     score_store_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://",
                                  description="Redis of the score store when score_store is 'redis' "
                                  "(redis://HOST:PORT/DB).")
+    @field_validator("score_store_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        try:
+            from redis.connection import parse_url
+        except ImportError:  # without the redis extra the store cannot open anyway: it says so then
+            return value
+        try:
+            parse_url(value)
+        except ValueError as error:
+            raise ValueError(f"not a Redis URL ({error}); give redis://HOST:PORT/DB") from None
+        return value
+
     score_store_timeout_ms: float = Field(50.0, gt=0, le=10_000, description="Longest wait for one read of the "
                                           "score store; past it the search scores the pairs itself.")
     score_store_retry_s: float = Field(30.0, ge=0, le=3600, description="After a score store error, seconds "

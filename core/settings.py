@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from core.errors import InvalidInput
 from core.hardware import cores_per_process
@@ -177,6 +178,10 @@ class FeatureSettings(BaseModel):
                                  "time. 0: re-read on every use.")
 
 
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
 class Settings(BaseSettings):
     """Settings shared by every ShopRank process."""
 
@@ -206,7 +211,8 @@ class Settings(BaseSettings):
         "'minilm', 'biencoder:vN' or a model folder.",
     )
     progress: bool = Field(True, description="Show tqdm progress bars in long jobs.")
-    log_level: str = Field("INFO", description="Logging level of every process: DEBUG, INFO, WARNING, ERROR.")
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)] = Field(
+        "INFO", description="Logging level of every process: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
     retrieval: RetrievalSettings = RetrievalSettings()
     ranking: RankingSettings = RankingSettings()
     features: FeatureSettings = FeatureSettings()
@@ -275,6 +281,10 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as err:
         raise settings_error(err) from err
+    except SettingsError as err:  # a value the environment gives that is not the JSON a dict setting needs
+        raise InvalidInput(f"bad setting: {err}; a setting that holds several values (a dict or a list) takes "
+                           "JSON, e.g. SHOPRANK_SERVING__STAGE_BUDGETS_MS='{\"teacher\": 60}' (every setting: "
+                           "`shoprank config reference`, docs/configuration.md)") from None
 
 
 def settings_error(err: ValidationError) -> InvalidInput:

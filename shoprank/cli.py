@@ -17,8 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from core.errors import InvalidInput, ShopRankError
 from core.hardware import limit_math_threads
+from core.service_settings import ApiSettings
 from core.settings import Settings, get_settings
 from shoprank.commands.arguments import in_file, index_name
 
@@ -116,10 +119,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     updates = {}
     if args.catalog:
         updates["catalog"] = Path(args.catalog)
-    api = settings.api.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port),
-                                                            ("workers", args.workers)) if v is not None})
+    flags = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
+    try:  # checked as the settings are: --port 70000 is refused, not served on another port
+        api = ApiSettings.model_validate({**settings.api.model_dump(), **flags})
+    except ValidationError as error:
+        bad = "; ".join(f"--{e['loc'][0]} {e.get('input')!r}: {e['msg']}" for e in error.errors())
+        raise InvalidInput(f"bad flag(s): {bad}") from None
     settings = settings.model_copy(update=updates | {"api": api})
-    level = settings.log_level.lower()
+    level = (args.log_level or settings.log_level).lower()
     limit_math_threads(settings.serving.math_threads)  # before FAISS loads
     processes = api.processes()
     if processes == 1:
@@ -133,8 +140,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["SHOPRANK_API__HOST"], os.environ["SHOPRANK_API__PORT"] = api.host, str(api.port)  # X-Served-By
     os.environ["SHOPRANK_HOME"] = str(settings.home.resolve())
     os.environ["SHOPRANK_PROGRESS"] = "true" if settings.progress else "false"
+    os.environ["SHOPRANK_LOG_LEVEL"] = level.upper()  # the workers log at the level the command was given
     if settings.catalog:
         os.environ["SHOPRANK_CATALOG"] = str(Path(settings.catalog).resolve())
+    # a replica brings its home up to date once, before the workers start (they then find nothing to pull)
+    # and before anything is built: it serves what the artifact store holds
+    from serving.loading import pull_artifacts
+
+    pull_artifacts(settings)
     # once, before the workers start, so they only load it; in a child process, so that this
     # supervisor does not keep the index and encoder it loaded (~370 MiB on 54,667 products)
     from serving.indexing import build_index_in_child
@@ -146,6 +159,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     own_metrics = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     if own_metrics:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="shoprank-metrics-")
+    else:  # the operator's folder: made when missing (every worker would fail to start on it)
+        Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     logger.info("serving with %d processes on %s:%d", processes, api.host, api.port)
     try:
         uvicorn.run("api.main:app_from_env", factory=True, host=api.host, port=api.port, workers=processes,
@@ -171,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", dest="global_store", default=None, metavar="NAME",
                         help="work on this store's index, models, features and events (<home>/stores/NAME/; "
                              "default: the default store)")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ...")
+    parser.add_argument("--log-level", default=None, type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], help="any case")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="build (or upsert into) a product index from a catalog file")

@@ -74,6 +74,37 @@ def test_a_pull_never_overwrites_work_done_here(tmp_path: Path) -> None:
     writer.push_state()
     pulled = reader.pull()
     assert pulled.kept == 1 and json.loads(pointer.read_text())["version"] == "v9"
+    again = reader.pull()  # a replica pulls at every poll: the work stays at every one
+    assert again.kept == 1 and json.loads(pointer.read_text())["version"] == "v9"
+
+
+def test_pulls_into_one_home_at_the_same_time_take_turns(tmp_path: Path) -> None:
+    import threading
+
+    url = f"file://{tmp_path / 'store'}"
+    home = make_home(tmp_path / "a")
+    for n in range(20):  # enough files that two pulls overlap
+        (home / "indexes" / "default" / "fp" / f"part{n}.bin").write_bytes(os.urandom(200_000))
+    ArtifactStore(url, home).push()
+    replica = tmp_path / "b"
+    replica.mkdir()
+    failures: list[BaseException] = []
+
+    def pull() -> None:  # each server worker pulls into the shared home as it starts
+        try:
+            ArtifactStore(url, replica).pull()
+        except BaseException as error:  # noqa: BLE001 - collected for the assertion
+            failures.append(error)
+
+    workers = [threading.Thread(target=pull) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert failures == []
+    assert (replica / "indexes" / "default" / "fp" / "part19.bin").read_bytes() == \
+        (home / "indexes" / "default" / "fp" / "part19.bin").read_bytes()
+    assert ArtifactStore(url, replica).pull().files == 0
 
 
 def test_a_file_changed_in_the_store_during_a_pull_is_refused(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,35 @@ def test_ranges_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOPRANK_RETRIEVAL__RRF_K", "0")
     with pytest.raises(ValidationError, match="rrf_k"):
         Settings()
+
+
+@pytest.mark.parametrize(("name", "value", "said"), [
+    ("SHOPRANK_LOG_LEVEL", "verbose", "SHOPRANK_LOG_LEVEL='VERBOSE'"),
+    ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teachr": 60}', "'student', 'teacher', 'ltr' or 'rules'"),
+    ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teacher": -5}', "greater than 0"),
+    ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", "teacher=5", "takes JSON"),
+    ("SHOPRANK_SERVING__SCORE_STORE_URL", "redis://127.0.0.1:abc/1", "not a Redis URL"),
+])
+def test_bad_settings_are_named_with_what_is_allowed(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
+                                                     said: str) -> None:
+    from core.errors import InvalidInput
+    from core.settings import get_settings
+
+    monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(InvalidInput, match=re.escape(said)):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+
+
+def test_a_stage_budget_given_keeps_the_others_and_a_level_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teacher": 50}')
+    monkeypatch.setenv("SHOPRANK_LOG_LEVEL", "debug")
+    settings = Settings()
+    assert settings.serving.stage_budgets_ms == {"student": 600.0, "teacher": 50.0, "ltr": 200.0, "rules": 100.0}
+    assert settings.log_level == "DEBUG"
 
 
 def test_server_processes_and_their_model_threads_divide_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:

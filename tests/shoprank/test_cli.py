@@ -503,6 +503,8 @@ def test_commands_with_bad_arguments_or_files_end_in_one_error_line(tmp_path: Pa
         (["features", "materialize"], "run `shoprank features build"),
         (["retrain", "--since", "yesterday"], "not an ISO 8601 time"),
         (["retrain", "--settle-minutes", "-5"], "'-5' is not a number >= 0"),
+        (["serve", "--port", "70000"], "--port 70000: Input should be less than or equal to 65535"),
+        (["--log-level", "loud", "config", "show"], "invalid choice: 'LOUD'"),
         (["features", "build", "--users", "0"], "not a whole number >= 1"),
         (["train", "ltr", "--dataset", str(demo_dir), "--features", "bogus"], "give groups among"),
         (["evaluate", "--dataset", str(tmp_path), "--mrr-threshold", "nan"], "not a number from 0 to 1"),
