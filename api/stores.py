@@ -51,6 +51,9 @@ def other_stores(settings: Settings) -> list[str]:
     for path in sorted(folder.iterdir()):
         if not path.is_dir():
             continue
+        if path.name == settings.index_name:  # its routes and keys are the default store's: never reachable
+            logger.warning("ignoring %s: a store cannot take the default store's name %r", path, path.name)
+            continue
         try:
             names.append(check_store_name(path.name))
         except Exception:  # noqa: BLE001 - a stray folder is not a store

@@ -243,7 +243,15 @@ class Settings(BaseSettings):
         return self.store or self.index_name
 
     def for_store(self, store: str | None) -> Settings:
-        """The same settings for another store (None: the default store)."""
+        """The same settings for another store (None: the default store).
+
+        Raises:
+            InvalidInput: ``store`` is the default store's name (``index_name``): its routes and keys are the
+                default store's, so a store of that name could never be reached.
+        """
+        if store is not None and store == self.index_name:
+            raise InvalidInput(f"store {store!r} is the default store's name (index_name): the default store is "
+                               "the home itself; leave --store out for it, or give another store another name")
         return self.model_copy(update={"store": store})
 
 

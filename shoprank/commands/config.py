@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import typing
 from typing import Any
 
@@ -90,8 +91,20 @@ def cmd_reference(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    """The settings in force, secrets hidden: the admin token, and the password of a URL that holds one."""
+    shown = settings.model_dump(mode="json")
+    if shown["api"].get("admin_token"):
+        shown["api"]["admin_token"] = "***"
+    print(json.dumps(_without_passwords(shown), indent=2))
     return 0
+
+
+def _without_passwords(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _without_passwords(v) for k, v in value.items()}
+    if isinstance(value, str) and "://" in value:
+        return re.sub(r"(://[^:/@]*:)[^@/]+@", r"\1***@", value)  # scheme://user:password@host
+    return value
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from core.keys import SCOPES, KeyStore
+from api.stores import other_stores
+from core.errors import InvalidInput
+from core.keys import SCOPES, KeyStore, check_store_name
 from core.settings import Settings
 
 
 def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
-    record, key = KeyStore(settings.paths.keys).create(args.store or settings.store_name, args.scope, args.name)
+    store = check_store_name(args.store or settings.store_name)
+    stores = [settings.index_name, *other_stores(settings.for_store(None))]
+    if store not in stores:  # a key for no store would answer 403 everywhere
+        raise InvalidInput(f"--store {store!r} is not a store of this home; its stores are {stores} "
+                           f"(`shoprank --store {store} index --catalog FILE` makes one)")
+    record, key = KeyStore(settings.paths.keys).create(store, args.scope, args.name)
     print(json.dumps({"key": key, **record.public(),
                       "note": "shown once: store it now; only its hash is kept"}, indent=2))
     return 0

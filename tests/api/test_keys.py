@@ -101,6 +101,10 @@ def test_cli_creates_lists_and_validates(tmp_path: Path, capsys: pytest.CaptureF
     assert [k["id"] for k in listed] == [created["id"]] and "digest" not in listed[0] and "key" not in listed[0]
     assert main(["--home", str(tmp_path), "keys", "create", "--scope", "search", "--store", "no spaces"]) == 2
     assert "is not a valid store name" in capsys.readouterr().err
+    assert main(["--home", str(tmp_path), "keys", "create", "--scope", "search", "--store", "gardn"]) == 2
+    assert "'gardn' is not a store of this home; its stores are ['default']" in capsys.readouterr().err
+    assert main(["--home", str(tmp_path), "--store", "default", "keys", "list"]) == 2  # the default store's name
+    assert "is the default store's name" in capsys.readouterr().err
     assert main(["--home", str(tmp_path), "keys", "revoke", "nope"]) == 2
 
 

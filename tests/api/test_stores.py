@@ -111,3 +111,12 @@ def test_a_store_without_an_index_is_named_and_the_others_serve(tmp_path: Path, 
         refused = client.get("/v1/stores/empty/search", params={"q": "drill"})
         assert refused.status_code == 503 and "shoprank --store empty index" in refused.json()["message"]
         assert client.get("/v1/search", params={"q": "drill"}).status_code == 200
+
+
+def test_a_folder_named_like_the_default_store_is_not_a_store(tmp_path: Path, settings: Settings) -> None:
+    from api.stores import other_stores
+
+    home = settings.model_copy(update={"home": tmp_path})
+    for name in (home.index_name, "garden", ".hidden"):
+        (tmp_path / "stores" / name).mkdir(parents=True)
+    assert other_stores(home) == ["garden"]  # the default store's routes and keys stay the default store's

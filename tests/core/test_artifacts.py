@@ -162,3 +162,15 @@ def test_a_published_model_version_never_changes(tmp_path: Path) -> None:
     with pytest.raises(Conflict, match="already holds models/ltr/v1 with other files"):
         clash.push()
     assert (tmp_path / "store" / "models" / "ltr" / "v1" / "model.txt").read_text() == "trees"  # nothing uploaded
+
+
+def test_the_api_keys_pulled_are_the_owners_only(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    home = make_home(tmp_path / "a")
+    (home / "keys.json").write_text('{"keys": []}')
+    os.chmod(home / "keys.json", 0o600)
+    ArtifactStore(url, home).push()
+    replica = tmp_path / "b"
+    replica.mkdir()
+    ArtifactStore(url, replica).pull()
+    assert (replica / "keys.json").stat().st_mode & 0o777 == 0o600

@@ -113,6 +113,21 @@ def test_a_bad_setting_exits_2_naming_its_variable_value_and_range(monkeypatch: 
     assert "SHOPRANK_API__WORKERS='many'" in err and "shoprank config reference" in err
 
 
+def test_config_show_hides_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.settings import get_settings
+
+    monkeypatch.setenv("SHOPRANK_API__ADMIN_TOKEN", "s3cret")
+    monkeypatch.setenv("SHOPRANK_ARTIFACTS_URL", "s3://id:secretkey@bucket/shoprank")
+    get_settings.cache_clear()
+    try:
+        code, out, err = run_cli(capsys, "config", "show")
+    finally:
+        get_settings.cache_clear()
+    shown = json.loads(out)
+    assert code == 0 and "s3cret" not in out and "secretkey" not in out, err
+    assert shown["api"]["admin_token"] == "***" and shown["artifacts_url"] == "s3://id:***@bucket/shoprank"
+
+
 def test_artifacts_pull_from_a_store_nothing_was_pushed_to_is_an_error(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "--home", str(tmp_path / "replica"), "artifacts", "pull", "--url",
