@@ -164,16 +164,21 @@ class ArtifactStore:
 
     # -- transfers -----------------------------------------------------------------------------
 
-    def push(self, patterns: Iterable[str] = SHARED) -> Transfer:
-        """Upload the home's shared files that the store lacks or holds in another version."""
+    def push(self, patterns: Iterable[str] = SHARED, extra: Iterable[Path] = ()) -> Transfer:
+        """Upload the home's shared files (``patterns``, and the ``extra`` files in the home: a synonyms or
+        rules file a setting names) that the store lacks or holds in another version."""
         with self._transfer():
-            return self._push(patterns)
+            return self._push(patterns, extra)
 
-    def _push(self, patterns: Iterable[str]) -> Transfer:
+    def _push(self, patterns: Iterable[str], extra: Iterable[Path]) -> Transfer:
         state = self._local_state()
         remote = self.remote_manifest()
         moved = size = same = 0
+        home = self.home.resolve()
+        named = {path.resolve() for path in extra if path.is_file() and path.resolve().is_relative_to(home)}
         files = [(path, str(path.relative_to(self.home))) for path in self._local_files(patterns)]
+        files += [(self.home / path.relative_to(home), str(path.relative_to(home))) for path in sorted(named)
+                  if str(path.relative_to(home)) not in {rel for _, rel in files}]
         digests = {rel: self._digest(path, state) for path, rel in files}
         clashes = sorted({v for rel, digest in digests.items() if (v := _version_of(rel)) and rel in remote
                           and remote[rel] != digest})
@@ -269,7 +274,8 @@ class ArtifactStore:
                 del state[rel]
             logger.info("removed %s: deleted from the registry and the store", prefix)
 
-    def push_state(self) -> Transfer:
+    def push_state(self, extra: Iterable[Path] = ()) -> Transfer:
         """Upload only the active pointers, the experiment, the rules and the synonyms the admin API keeps
-        (after a swap, an experiment, rules or synonyms change)."""
-        return self.push(STATE)
+        (after a swap, an experiment, rules or synonyms change; ``extra``: the rules and synonyms files that
+        settings name, when they are in the home)."""
+        return self.push(STATE, extra)

@@ -39,6 +39,7 @@ from serving.indexing import (
     retrieval_settings,
     served_encoder,
     server_threads,
+    synonyms_target,
 )
 from serving.pipelines import Models
 from serving.router import ExperimentRouter, load_router
@@ -290,9 +291,19 @@ def pull_artifacts(settings: Settings) -> None:
 
 
 def push_state(settings: Settings) -> None:
-    """Publish the active pointers and the experiment to the artifact store, if one is configured."""
+    """Publish the active pointers, the experiment, the rules and the synonyms to the artifact store, if one is
+    configured."""
     if (store := artifact_store(settings)) is not None:
-        store.push_state()
+        store.push_state(named_files(settings))
+
+
+def named_files(settings: Settings) -> list[Path]:
+    """The rules and synonyms files of every store of the home, where settings name them
+    (``ranking.rules_file``, ``retrieval.synonyms``): the artifact store's patterns cover the default places."""
+    default = settings.for_store(None)
+    stores = [default] + ([default.for_store(p.name) for p in sorted(default.paths.stores.iterdir())
+                           if p.is_dir() and p.name != default.index_name] if default.paths.stores.is_dir() else [])
+    return [path for each in stores for path in (rules_path(each), synonyms_target(each))]
 
 
 def generation(settings: Settings) -> str:

@@ -23,7 +23,10 @@ def _store(args: argparse.Namespace, settings: Settings):  # type: ignore[no-unt
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(args, settings)
     try:
-        moved = store.push_state() if args.state_only else store.push()
+        from serving.loading import named_files
+
+        named = named_files(settings)  # rules and synonyms files a setting names, when they are in the home
+        moved = store.push_state(named) if args.state_only else store.push(extra=named)
     except (NotADirectoryError, PermissionError, FileExistsError) as error:
         raise InvalidInput(f"cannot write to the artifact store {store.url}: {error}") from None
     print(json.dumps({"pushed": moved.to_json(), "url": store.url}))

@@ -174,3 +174,22 @@ def test_the_api_keys_pulled_are_the_owners_only(tmp_path: Path) -> None:
     replica.mkdir()
     ArtifactStore(url, replica).pull()
     assert (replica / "keys.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_rules_and_synonyms_files_settings_name_are_pushed_when_in_the_home(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    home = make_home(tmp_path / "a")
+    (home / "synonyms.txt").write_text("taladro => drill\n")
+    (home / "merch.yaml").write_text("hide: [P1]\n")
+    (tmp_path / "elsewhere.txt").write_text("outside the home: each machine keeps its own\n")
+    named = [home / "synonyms.txt", home / "merch.yaml", tmp_path / "elsewhere.txt", home / "missing.txt"]
+    writer = ArtifactStore(url, home)
+    assert writer.push(extra=named).files == 5
+    manifest = json.loads((tmp_path / "store" / MANIFEST).read_text())
+    assert {"synonyms.txt", "merch.yaml"} <= set(manifest) and "elsewhere.txt" not in str(manifest)
+    (home / "merch.yaml").write_text("hide: [P2]\n")  # PUT /v1/admin/rules on the builder
+    assert writer.push_state(named).files == 1
+    replica = tmp_path / "b"
+    replica.mkdir()
+    ArtifactStore(url, replica).pull()
+    assert (replica / "merch.yaml").read_text() == "hide: [P2]\n"

@@ -39,3 +39,17 @@ def test_a_live_teacher_without_vnni_or_amx_is_flagged() -> None:
     assert teacher_cost_warning(Cpu("x", 2, "x86_64", ("avx2", "avx512_vnni")), "int8", 20) is None
     assert teacher_cost_warning(Cpu("x", 2, "x86_64", ("avx2", "amx_int8", "amx_bf16")), "bf16", 20) is None
     assert teacher_cost_warning(Cpu("x", 2, "aarch64", ()), "fp32", 20) is not None  # generic kernels
+
+
+def test_the_rules_and_synonyms_files_settings_name_are_named_for_every_store(tmp_path, settings) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from serving.loading import named_files
+
+    home = settings.model_copy(update={
+        "home": tmp_path, "retrieval": settings.retrieval.model_copy(update={"synonyms": "synonyms.txt"}),
+        "ranking": settings.ranking.model_copy(update={"rules_file": Path("merch.yaml")})})
+    (tmp_path / "stores" / "garden").mkdir(parents=True)
+    assert named_files(home) == [tmp_path / "merch.yaml", tmp_path / "synonyms.txt",
+                                 tmp_path / "stores" / "garden" / "merch.yaml",
+                                 tmp_path / "stores" / "garden" / "synonyms.txt"]
