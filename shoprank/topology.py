@@ -45,7 +45,7 @@ from core.settings import Settings
 from online_learning.events import topics
 from online_learning.local_broker import create_topics, free_port, tansu_binary
 from serving.indexing import build_index_in_child
-from shoprank.layout import Layout, Piece, haproxy_config, wait_port, wait_ready
+from shoprank.layout import Layout, Piece, haproxy_config, port_free, wait_port, wait_ready
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +179,15 @@ class Topology:
         check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True, check=False)
         if check.returncode != 0:
             raise Conflict(f"haproxy rejected {config}: {check.stdout}{check.stderr}")
+        if not port_free(self.layout.port):  # else another server's answers would pass for HAProxy's
+            raise Conflict(f"port {self.layout.port} on 127.0.0.1 is in use, so HAProxy cannot listen on it: stop "
+                           "what listens there (a `make run`?), or give the topology another port (--port)")
         process = self._spawn(Piece("haproxy", [binary, "-db", "-f", str(config)], self.layout.port))
         wait_port(self.layout.port, process, 20, "haproxy")
+        time.sleep(0.2)
+        if process.poll() is not None:
+            raise NotReady(f"haproxy exited with code {process.returncode} after it started; see "
+                           f"{self.folder / 'haproxy.log'}")
 
     # -- the whole topology -------------------------------------------------------------------
 

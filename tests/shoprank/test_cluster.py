@@ -218,6 +218,22 @@ def test_replicas_on_one_machine_divide_its_cores(settings: Settings, monkeypatc
     assert Topology(settings, replicas=2).env()["SHOPRANK_RANKING__THREADS"] == "3"
 
 
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed (make test installs it)")
+def test_haproxy_refuses_a_port_another_server_holds(settings: Settings, tmp_path: Path) -> None:
+    import socket
+
+    from core.errors import Conflict
+
+    with socket.socket() as busy:  # e.g. a `make run` on the default port
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cluster = Topology(settings.model_copy(update={"home": tmp_path}), replicas=1, port=port)
+        with pytest.raises(Conflict, match=f"port {port} on 127.0.0.1 is in use"):
+            cluster.start_haproxy()
+    assert "haproxy" not in cluster.layout.pieces  # nothing was started
+
+
 def test_every_replica_serves_and_reports_what_served(topology: Topology) -> None:
     status = topology.status()
     assert all(p["alive"] for p in status["pieces"].values()), status  # type: ignore[union-attr]
