@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from retrieval.analyzer import Analyzer
@@ -138,10 +138,12 @@ class Suggester:
             return self._top(positions, k)
         return self._top(heapq.nlargest(8 * k, positions, key=self._order), k)  # the best entries, then distinct
 
-    def suggest(self, typed: str, k: int = 8) -> list[Suggestion]:
+    def suggest(self, typed: str, k: int = 8, holds: Callable[[list[str]], bool] | None = None) -> list[Suggestion]:
         """Up to ``k`` phrases for ``typed`` (as the shopper typed it: the last word may be partial).
         When fewer than ``k`` phrases match the whole text, its first words are kept and the rest
-        completed (``bosch cordless dr`` -> ``bosch cordless drill``), fewest words kept first."""
+        completed (``bosch cordless dr`` -> ``bosch cordless drill``), fewest words kept first: only a
+        phrase that does not repeat the last kept word, and with ``holds``, whose words together some
+        product holds (no ``ceiling fan faucet``)."""
         words = TOKEN.findall(normalize(typed))
         end = " " if ended(typed) else ""
         found: dict[str, Suggestion] = {}  # by its words' singulars: "drills" after "drill" is not new
@@ -149,6 +151,9 @@ class Suggester:
             kept = " ".join(words[:drop])
             for pid in self._find(" ".join(words[drop:]) + end, 2 * k, leading=drop > 0):
                 text = f"{kept} {self.phrases[pid]}" if kept else self.phrases[pid]
+                if kept and (singular(self.phrases[pid].split(" ")[0]) == singular(words[drop - 1])
+                             or (holds is not None and not holds(text.split(" ")))):
+                    continue
                 source, weight = self.ranks[pid]
                 found.setdefault(" ".join(map(singular, text.split(" "))),
                                  Suggestion(text, "searches" if source == LOGGED else "catalog", weight))
@@ -167,12 +172,14 @@ def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int) -> lis
     """What ``/v1/suggest`` offers: the suggestions for ``typed`` read by :func:`as_searched`; when
     none match and the last word has 4+ letters, that word read as a whole one, spelling-corrected
     (``cordlss`` -> ``cordless``)."""
-    found = suggester.suggest(as_searched(analyzer, typed), k)
+    vocabulary = analyzer.vocabulary
+    holds = (lambda words: vocabulary.together(words) > 0) if vocabulary.postings else None
+    found = suggester.suggest(as_searched(analyzer, typed), k, holds)
     words = typed.split()
     if not found and words and len(words[-1]) >= 4 and not ended(typed):
         whole = analyzer.analyze(typed)
         if whole.rewrites and whole.text:
-            found = suggester.suggest(whole.text, k)
+            found = suggester.suggest(whole.text, k, holds)
     return found
 
 
