@@ -36,7 +36,8 @@ class SearchFilters(BaseModel):
     min_price: float | None = Field(None, ge=0, description="Lowest price, >= 0 (a product without a price is "
                                     "left out).")
     max_price: float | None = Field(None, ge=0, description="Highest price, >= 0.")
-    in_stock: bool | None = Field(None, description="true: only products in stock.")
+    in_stock: bool | None = Field(None, description="true: only products in stock (false or null: no stock "
+                                  "filter).")
 
     @field_validator("category", "brand")
     @classmethod

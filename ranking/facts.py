@@ -156,6 +156,7 @@ class CatalogFacts:
         self._refreshing = False
         self._generations = itertools.count(1)
         self._masks = LRUCache(masks)
+        self._unknown_of: tuple[int, frozenset[str]] = (0, frozenset())
 
     def table(self) -> ProductFacts:
         """Facts of every row of the index (deleted rows included), as last built."""
@@ -222,17 +223,36 @@ class CatalogFacts:
         return _Table(key, time.monotonic(), next(self._generations), ProductFacts(**facts), changes, position)
 
     def allowed(self, filters: Filters) -> np.ndarray | None:
-        """The rows of the index that match ``filters`` (read-only; None: no filter)."""
+        """The rows of the index that match ``filters`` (read-only; None: no filter).
+
+        Raises:
+            InvalidInput: a filter on a fact no product has (a brand filter on a catalog without brands): it
+                could only ever find nothing.
+        """
         if not filters.active():
             return None
         table = self._current()
         key = (filters, table.generation)
         mask = self._masks.get(key)
         if mask is None:
+            for name, fact in (("category", "category"), ("brand", "brand"), ("min_price", "price"),
+                               ("max_price", "price")):
+                if getattr(filters, name) not in (None, ()) and fact in self._unknown(table):
+                    raise InvalidInput(f"filter {name!r} cannot match: no product of this catalog has a {fact} "
+                                       f"(a catalog column '{fact}', or the feature store's fact); leave it out")
             mask = table.facts.matching(filters)
             mask.flags.writeable = False
             self._masks.put(key, mask)
         return mask
+
+    def _unknown(self, table: _Table) -> frozenset[str]:
+        """The facts no product of ``table`` has (worked out once a build)."""
+        if self._unknown_of[0] != table.generation:
+            facts = table.facts
+            missing = {name for name in TEXT_FACTS if all(v is None for v in getattr(facts, name).tolist())}
+            missing |= {"price"} if bool(np.isnan(facts.price).all()) else set()
+            self._unknown_of = (table.generation, frozenset(missing))
+        return self._unknown_of[1]
 
     def facets(self, docs: np.ndarray, names: tuple[str, ...], values: int = 20) -> dict[str, Any]:
         """Facet counts over the products ``docs``: for ``category`` and ``brand`` the ``values`` most

@@ -119,3 +119,18 @@ def test_a_price_the_store_keeps_as_float32_is_read_as_written() -> None:
     assert facts.table().price[0] == 1795.24 and facts.table().price[1] == 12.5
     assert facts.allowed(Filters(min_price=1795.24, max_price=1795.24)).tolist() == [True, False, False, False]
     assert facts(candidates([0])).price.tolist() == [1795.24]  # the rules stage's fresh read too
+
+
+def test_a_filter_on_a_fact_no_product_has_is_refused_by_name() -> None:
+    import pytest
+
+    from core.errors import InvalidInput
+
+    bare = PRODUCTS[["product_id", "category"]]  # no brand, no price
+    facts = CatalogFacts(index(bare), None)  # type: ignore[arg-type]
+    assert facts.allowed(Filters(category="tools")).tolist() == [True, False, False, True]
+    for filters, name in ((Filters(brand="acme"), "brand"), (Filters(min_price=5), "min_price"),
+                          (Filters(category="tools", max_price=5), "max_price")):
+        with pytest.raises(InvalidInput, match=f"filter '{name}' cannot match"):
+            facts.allowed(filters)
+    assert facts.allowed(Filters(in_stock=True)).all()  # stock unknown counts as in stock: no error
