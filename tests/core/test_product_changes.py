@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from core.product_changes import SqliteChanges, poll
+from core.product_changes import FeedCursor, SqliteChanges, poll
 
 
 class DownAtFirst:
@@ -24,14 +24,36 @@ class DownAtFirst:
 def test_a_feed_down_at_start_is_followed_once_it_answers() -> None:
     seen: list[list[str] | None] = []
     stop = threading.Event()
-    follower = threading.Thread(target=poll, args=(DownAtFirst(), 0.01, seen.append, stop))
+    cursor = FeedCursor(DownAtFirst(), seen.append)
+    follower = threading.Thread(target=poll, args=(cursor, 0.01, stop))
     follower.start()
     deadline = time.monotonic() + 5
     while not seen and time.monotonic() < deadline:
         time.sleep(0.01)
     stop.set()
     follower.join(timeout=5)
-    assert seen == [["P1"]] and not follower.is_alive()
+    assert seen == [["P1"]] and not follower.is_alive() and cursor.position == "2"
+
+
+def test_a_read_that_fails_is_tried_again_from_the_same_position() -> None:
+    feed, calls = DownAtFirst(), []
+    feed.reads = 2  # up
+    failing = [True]
+
+    def on_change(ids: list[str] | None) -> None:
+        calls.append(ids)
+        if failing.pop(0) if failing else False:
+            raise ConnectionError("the online store is down")
+
+    cursor = FeedCursor(feed, on_change)
+    cursor.catch_up()  # takes the position
+    try:
+        cursor.catch_up()
+    except ConnectionError:
+        pass
+    assert cursor.position == "1"  # not moved past what was not read
+    cursor.catch_up()
+    assert calls == [["P1"], ["P1"]] and cursor.position == "2"
 
 
 def test_the_sqlite_feed_gives_what_changed_after_a_position(tmp_path) -> None:  # type: ignore[no-untyped-def]
