@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from api.stores import other_stores
 from core.errors import InvalidInput
 from core.keys import SCOPES, KeyStore, check_store_name
 from core.settings import Settings
 
 
 def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
+    from api.stores import other_stores  # here: the parser loads no server module (FAISS reads its threads then)
+
     store = check_store_name(args.store or settings.store_name)
     stores = [settings.index_name, *other_stores(settings.for_store(None))]
     if store not in stores:  # a key for no store would answer 403 everywhere
