@@ -174,14 +174,17 @@ class SearchEngine:
         non-degraded results are cached.
         """
         query = query if isinstance(query, Query) else Query(query)
-        key = (pipeline, ltr, query.text, query.rewrite, query.user_id, query.filters, query.facets, query.sort, k,
-               offset, self.facts_version())  # a page worked out before a stock or price change is not served after
+        request = (pipeline, ltr, query.text, query.rewrite, query.user_id, query.filters, query.facets, query.sort,
+                   k, offset)
+        # a page worked out before a stock or price change is not served after it: this process's facts build in
+        # its own cache's key, the change feed's position (the same in every process) in the shared one's scope
+        key = (*request, self.facts_version())
         page_key = None
         if use_cache:
             if (hit := self.caches.results.get(key)) is not None:
                 return replace(hit, cached=True, timings={})
             if self.shared_results is not None:
-                page_key = self.shared_results.key(self.page_scope(), self.versions_for(ltr), key)
+                page_key = self.shared_results.key(self.page_scope(), self.versions_for(ltr), request)
                 if (found := self.shared_results.get(page_key)) is not None:
                     page, age = found
                     self.caches.results.put(key, page, age=age)  # expires when the ranking process's does

@@ -48,3 +48,37 @@ def test_a_page_key_names_the_scope_the_versions_and_the_request() -> None:
               SharedResults.key("index\x1fcatalog-a\x1fsettings", {"reranker": "v1", "ltr": "v2"},
                                 request[:-2] + (20, 0))]
     assert len({key, *others}) == 5
+
+
+class Pages:
+    """A page store shared by two engines (the score store's page methods; unit test double)."""
+
+    def __init__(self) -> None:
+        self.pages: dict[str, bytes] = {}
+
+    def get_page(self, key: str, max_age_s: float):  # type: ignore[no-untyped-def]
+        found = self.pages.get(key)
+        return (found, 0.0) if found is not None else None
+
+    def put_page(self, key: str, payload: bytes) -> int:
+        self.pages[key] = payload
+        return 1
+
+
+class Counts:
+    def add(self, hits: int, misses: int) -> None:
+        pass
+
+
+def test_processes_share_pages_whatever_their_own_facts_builds(fake_index, settings) -> None:  # type: ignore[no-untyped-def]
+    from serving.engine import assemble
+    from tests.fakes import HashingEncoder
+
+    store, encoder = Pages(), HashingEncoder()
+    first, second = assemble(fake_index, encoder, settings), assemble(fake_index, encoder, settings)
+    for engine in (first, second):
+        engine.shared_results = SharedResults(store, 60, Counts())  # type: ignore[arg-type]
+    first.facts.refresh()  # a periodic rebuild in one process: its own build number moves, the facts do not
+    assert first.facts_version() != second.facts_version() and first.page_scope() == second.page_scope()
+    first.search("drill", 5, pipeline="hybrid", use_cache=True)
+    assert second.search("drill", 5, pipeline="hybrid", use_cache=True).cached  # ranked once, shared
