@@ -110,6 +110,7 @@ _BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no"
 
 
 BOOL_COLUMNS = ("in_stock", "promoted")
+NUMBER_COLUMNS = ("price", "quantity", "popularity")
 
 
 def as_bool(value: Any) -> bool:
@@ -279,16 +280,31 @@ def _convert(frame: pd.DataFrame) -> pd.DataFrame:
     if "description" not in frame.columns:
         frame["description"] = ""
     frame["description"] = frame["description"].map(lambda v: "" if _is_missing(v) else str(v).strip())
-    for column in ("price", "quantity", "popularity"):
-        if column in frame.columns:
-            frame[column] = pd.to_numeric(frame[column].map(lambda v: None if _is_missing(v) else v))
-    for column in BOOL_COLUMNS:
-        if column in frame.columns:
-            frame[column] = frame[column].map(lambda v: None if _is_missing(v) else as_bool(v))
+    typed_columns(frame)
     for column in frame.columns:
         if frame[column].dtype == object and column not in (*BOOL_COLUMNS, *TEXT_COLUMNS):
             frame[column] = frame[column].map(lambda v: None if _is_missing(v) else str(v))
     return frame
+
+
+def typed_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame``'s numeric columns (price, quantity, popularity) as numbers and its flags (in_stock, promoted)
+    as booleans, in place: for a catalog just read, and for an index's products stored before a column was
+    typed (an upsert then joins them without a type clash). A value that is neither is left out (None)."""
+    for column in NUMBER_COLUMNS:
+        if column in frame.columns and frame[column].dtype == object:
+            frame[column] = pd.to_numeric(frame[column].map(lambda v: None if _is_missing(v) else v), errors="coerce")
+    for column in BOOL_COLUMNS:
+        if column in frame.columns and frame[column].dtype != bool:
+            frame[column] = frame[column].map(lambda v: None if _is_missing(v) else _flag_or_none(v))
+    return frame
+
+
+def _flag_or_none(value: Any) -> bool | None:
+    try:
+        return as_bool(value)
+    except ValueError:
+        return None
 
 
 def catalog_hash(frame: pd.DataFrame) -> str:

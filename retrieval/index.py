@@ -32,7 +32,7 @@ from core.errors import Conflict, NotFound
 from core.settings import RetrievalSettings
 from retrieval.analyzer import Analyzer, english_words
 from retrieval.bm25 import BM25Index
-from retrieval.catalog import catalog_hash, product_text
+from retrieval.catalog import catalog_hash, product_text, typed_columns
 from retrieval.dense import DenseIndex
 from retrieval.embedding_cache import EmbeddingCache, encode_cached
 from retrieval.encoder import Encoder
@@ -171,7 +171,7 @@ class ProductIndex:
     @classmethod
     def load(cls, path: Path, settings: RetrievalSettings) -> ProductIndex:
         manifest = Manifest.read(path)
-        products = pd.read_parquet(path / PRODUCTS)
+        products = typed_columns(pd.read_parquet(path / PRODUCTS))  # an index stored before a column was typed
         if manifest.analyzer != ANALYZER_VERSION:
             logger.warning("index %s holds text of query analyzer %s, not %s: queries may match it less well; "
                            "rebuild it with `shoprank index --catalog FILE`", path, manifest.analyzer,

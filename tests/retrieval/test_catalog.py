@@ -119,3 +119,17 @@ def test_catalog_hash_ignores_order_and_attributes() -> None:
     b = a.iloc[::-1].assign(price=[5, 6])
     assert catalog_hash(a) == catalog_hash(b)
     assert catalog_hash(a) != catalog_hash(a.assign(title=["A", "C"]))
+
+
+def test_products_stored_before_their_columns_were_typed_are_typed_when_read(tmp_path: Path) -> None:
+    from retrieval.catalog import typed_columns
+
+    old = pd.DataFrame({"product_id": ["A", "B", "C"], "title": ["Drill", "Saw", "Level"],
+                        "promoted": ["true", "false", None], "popularity": ["12", "3", None],
+                        "in_stock": [True, False, True]})
+    typed = typed_columns(old.copy())
+    assert typed["promoted"].tolist() == [True, False, None] and typed["popularity"].tolist()[:2] == [12, 3]
+    fresh, _ = read_catalog(write_csv(tmp_path / "c.csv", "product_id,title,promoted,popularity\nD,Hammer,yes,7\n"))
+    joined = pd.concat([typed, fresh], ignore_index=True)  # what an upsert writes: no type clash
+    joined.to_parquet(tmp_path / "products.parquet", index=False)
+    assert pd.read_parquet(tmp_path / "products.parquet")["promoted"].tolist() == [True, False, None, True]
