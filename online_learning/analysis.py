@@ -200,12 +200,13 @@ class ArmReport:
     def by_metric(self) -> dict[str, Comparison]:
         return {c.metric: c for c in self.comparisons}
 
-    def needed_for(self, lift: float) -> int:
-        """Searches per arm to detect a relative ``lift`` of the control's purchase rate (0: none can be)."""
+    def needed_for(self, lift: float, alpha: float = 0.05) -> int:
+        """Searches per arm to detect a relative ``lift`` of the control's purchase rate at ``alpha`` (0: none
+        can be)."""
         base = self.by_metric()["purchase_rate"].control
         if not math.isfinite(lift) or not math.isfinite(base) or lift == 0:
             return 0
-        return math.ceil(min_sample_size(base, lift) * self.design_effect)
+        return math.ceil(min_sample_size(base, lift, alpha) * self.design_effect)
 
 
 def per_shopper(part: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@ A/B (:func:`decide_ab`): the treatment is promoted when its primary metric
 (purchase rate by default) is significantly higher (a z-test with shoppers as
 the unit of assignment, :func:`online_learning.stats.clustered_means`; alpha
 0.05, divided among the treatments when there are several) with at least
-``min_searches`` per arm, the arms' shoppers match the configured weights (no
+``min_searches`` and ``min_shoppers`` per arm, the arms' shoppers match the configured weights (no
 sample ratio mismatch), and no guardrail fails: p95 latency at most
 ``max_latency_increase`` above control, and no significant increase of the
 zero-result or degraded rates. A significant loss on the primary metric rejects
@@ -40,6 +40,7 @@ class Policy:
     primary: str = "purchase_rate"
     alpha: float = 0.05
     min_searches: int = 300
+    min_shoppers: int = 30  # per arm: a few shoppers' many searches tell little (they are the units)
     max_latency_increase: float = 0.2
 
 
@@ -59,8 +60,9 @@ def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy 
     details = {"sizes": report.sizes, "shoppers": report.shoppers, "needed_per_arm": report.needed_per_arm,
                "design_effect": round(report.design_effect, 3),
                "comparisons": [c.to_json() for c in report.comparisons]}
-    if min(report.sizes.values()) < policy.min_searches:
-        return Decision("continue", [f"need {policy.min_searches} searches per arm, have {report.sizes}"], details)
+    if min(report.sizes.values()) < policy.min_searches or min(report.shoppers.values()) < policy.min_shoppers:
+        return Decision("continue", [f"need {policy.min_searches} searches and {policy.min_shoppers} shoppers per "
+                                     f"arm, have {report.sizes} searches and {report.shoppers} shoppers"], details)
     if weights is not None:
         shares = {arm: weights[arm] for arm in (control, treatment) if arm in weights}
         srm = sample_ratio_p(report.shoppers, shares)
@@ -89,7 +91,7 @@ def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy 
     if primary.p_value < policy.alpha and primary.treatment > primary.control:
         return Decision("promote", [f"{policy.primary} rose {primary.control:.4f} -> {primary.treatment:.4f} "
                                     f"({primary.lift:+.1%}, p={primary.p_value:.3g})"], details)
-    needed = report.needed_for(primary.lift) if policy.primary == "purchase_rate" else 0
+    needed = report.needed_for(primary.lift, policy.alpha) if policy.primary == "purchase_rate" else 0
     more = (f"; at the observed lift ({primary.lift:+.1%}) each arm needs about {needed} searches "
             f"(it has {min(report.sizes.values())})" if needed else "")
     return Decision("continue", [f"{policy.primary}: no significant difference yet (p={primary.p_value:.3g}){more}"],

@@ -95,6 +95,10 @@ def test_identical_arms_are_called_different_about_one_time_in_twenty() -> None:
         naive.append(p_value < 0.05)
     assert 0.02 <= np.mean(clustered) <= 0.09
     assert np.mean(naive) > 0.2
+    few = [clustered_means("purchase_rate", *shoppers(rng, 3, 50, 0.1), *shoppers(rng, 3, 50, 0.1)).significant
+           for _ in range(1000)]  # three shoppers an arm, many searches each: Student's t, not the normal
+    assert np.mean(few) <= 0.06
+    assert min_sample_size(0.1, 0.2, alpha=0.05 / 3) > min_sample_size(0.1, 0.2)  # a Bonferroni alpha needs more
 
 
 def test_an_arm_without_shoppers_tells_nothing_and_stays_json() -> None:

@@ -94,6 +94,9 @@ def test_a_sample_ratio_mismatch_stops_the_decision() -> None:
     lopsided = decide_ab(table, "control", "treatment", weights={"control": 1, "treatment": 1})
     assert lopsided.action == "continue" and lopsided.reasons[0].startswith("sample ratio mismatch")
     assert decide_ab(table, "control", "treatment", weights={"control": 10, "treatment": 7}).action == "promote"
+    two = decide_ab(arms_table({"control": 0.1, "treatment": 0.5}, {"control": 2, "treatment": 2}, searches=200),
+                    "control", "treatment")  # 400 searches an arm, from two shoppers each: they are the units
+    assert two.action == "continue" and "30 shoppers per arm" in two.reasons[0]
     unsure = decide_ab(arms_table({"control": 0.1, "treatment": 0.1}, {"control": 200, "treatment": 200}, seed=1),
                        "control", "treatment")
     assert unsure.action == "continue" and "each arm needs about" in unsure.reasons[0]
