@@ -36,16 +36,18 @@ def ensure_table(db: sqlite3.Connection) -> None:
 
 
 def seen(db: sqlite3.Connection, keys: Sequence[Key]) -> set[Key]:
-    """Which of ``keys`` the state holds (looked up 400 at a time: sqlite's bound on parameters)."""
+    """Which of ``keys`` the state holds: per kind, its ids and the legacy ones (kind ``""``), looked up through
+    the table's (kind, event_id) key 900 at a time (sqlite's bound on parameters), never by a scan."""
     known: set[Key] = set()
-    unique = list(dict.fromkeys(keys))
-    for start in range(0, len(unique), 400):
-        chunk = unique[start : start + 400]
-        ids = list(dict.fromkeys(i for _, i in chunk))
-        rows = db.execute(f"SELECT kind, event_id FROM seen_events WHERE event_id IN ({','.join('?' * len(ids))})",
-                          ids).fetchall()
-        held = {(kind, i) for kind, i in rows}
-        known |= {(kind, i) for kind, i in chunk if (kind, i) in held or ("", i) in held}
+    by_kind: dict[str, list[str]] = {}
+    for kind, event_id in dict.fromkeys(keys):
+        by_kind.setdefault(kind, []).append(event_id)
+    for kind, ids in by_kind.items():
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            rows = db.execute(f"SELECT event_id FROM seen_events WHERE kind IN (?, '') AND event_id IN "
+                              f"({','.join('?' * len(chunk))})", [kind, *chunk])
+            known |= {(kind, event_id) for (event_id,) in rows}
     return known
 
 
