@@ -156,7 +156,7 @@ class CatalogFacts:
         self._refreshing = False
         self._generations = itertools.count(1)
         self._masks = LRUCache(masks)
-        self._unknown_of: tuple[int, frozenset[str]] = (0, frozenset())
+        self._unknown_of: tuple[int, frozenset[str]] = (-1, frozenset())  # (index generation, facts)
 
     def table(self) -> ProductFacts:
         """Facts of every row of the index (deleted rows included), as last built."""
@@ -246,12 +246,20 @@ class CatalogFacts:
         return mask
 
     def _unknown(self, table: _Table) -> frozenset[str]:
-        """The facts no product of ``table`` has (worked out once a build)."""
-        if self._unknown_of[0] != table.generation:
-            facts = table.facts
-            missing = {name for name in TEXT_FACTS if all(v is None for v in getattr(facts, name).tolist())}
-            missing |= {"price"} if bool(np.isnan(facts.price).all()) else set()
-            self._unknown_of = (table.generation, frozenset(missing))
+        """The facts this catalog cannot have: no product's catalog column holds it and the feature store does
+        not supply it (a fact the store supplies is known even while its rows are still being read, or while
+        the store is down). Worked out once an index write."""
+        if self._unknown_of[0] != table.key:
+            products = self.index.products
+            supplied = set(self.reader.facts) if self.reader is not None else set()
+            missing = set()
+            for fact in (*TEXT_FACTS, "price"):
+                column = products[fact] if fact in products.columns else None
+                in_catalog = column is not None and bool(
+                    column.map(lambda v: v is not None and v == v and str(v).strip() != "").any())
+                if not in_catalog and fact not in supplied:
+                    missing.add(fact)
+            self._unknown_of = (table.key, frozenset(missing))
         return self._unknown_of[1]
 
     def facets(self, docs: np.ndarray, names: tuple[str, ...], values: int = 20) -> dict[str, Any]:

@@ -134,3 +134,10 @@ def test_a_filter_on_a_fact_no_product_has_is_refused_by_name() -> None:
         with pytest.raises(InvalidInput, match=f"filter '{name}' cannot match"):
             facts.allowed(filters)
     assert facts.allowed(Filters(in_stock=True)).all()  # stock unknown counts as in stock: no error
+
+
+def test_a_fact_the_store_supplies_is_filterable_before_its_rows_are_read() -> None:
+    bare = PRODUCTS[["product_id", "category"]]  # no price column: the store supplies it
+    reader = Reader({})  # nothing read yet (warming up, or the store down)
+    facts = CatalogFacts(index(bare), reader)  # type: ignore[arg-type]
+    assert facts.allowed(Filters(max_price=10)).tolist() == [False] * 4  # known, just not read: no 422
