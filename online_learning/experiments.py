@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 from collections.abc import Sequence
@@ -23,19 +24,31 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from core.errors import InvalidInput
 
 ARM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
+def saved(info: ValidationInfo) -> bool:
+    """Whether an experiment is read back as it was saved (:func:`read_config`), not made now: the rules
+    added since it was saved are not applied to it, so a server that runs it keeps loading."""
+    return bool((info.context or {}).get("saved"))
+
+
 class Arm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ltr: str = Field(..., pattern=r"^v[0-9]+$", description="LambdaMART version this arm serves.")
-    weight: float = Field(1.0, gt=0, le=1_000_000, allow_inf_nan=False,
-                          description="Relative share of users (A/B), a finite number in (0, 1000000].")
+    weight: float = Field(1.0, gt=0, description="Relative share of users (A/B), a finite number in (0, 1000000].")
+
+    @field_validator("weight")
+    @classmethod
+    def _finite(cls, weight: float, info: ValidationInfo) -> float:
+        if not saved(info) and not (math.isfinite(weight) and weight <= 1_000_000):
+            raise ValueError(f"weight {weight} is not a finite number in (0, 1000000]")
+        return weight
 
 
 class Experiment(BaseModel):
@@ -47,9 +60,9 @@ class Experiment(BaseModel):
     control: str = Field("control", description="The arm serving the current model.")
 
     @model_validator(mode="after")
-    def _control_exists(self) -> Experiment:
+    def _control_exists(self, info: ValidationInfo) -> Experiment:
         for arm in self.arms:
-            if not ARM_NAME.fullmatch(arm):
+            if not saved(info) and not ARM_NAME.fullmatch(arm):  # one saved before the rule still loads
                 raise ValueError(f"arm name {arm!r} is not allowed: 1-64 letters, digits, '_', '.' or '-'")
         if self.control not in self.arms:
             raise ValueError(f"control arm {self.control!r} is not one of the arms {list(self.arms)}")
@@ -73,7 +86,8 @@ def read_config(path: Path) -> tuple[Experiment | None, str | None]:
     if not path.is_file():
         return None, None
     data = json.loads(path.read_text())
-    experiment = Experiment.model_validate(data["experiment"]) if data.get("experiment") else None
+    experiment = (Experiment.model_validate(data["experiment"], context={"saved": True}) if data.get("experiment")
+                  else None)
     return experiment, data.get("shadow")
 
 

@@ -38,6 +38,18 @@ def test_experiment_config_errors() -> None:
         Experiment(name="x", arms={"control": Arm(ltr="v1"), "<b>x</b>": Arm(ltr="v2")})
 
 
+def test_an_experiment_saved_before_a_rule_still_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from online_learning.experiments import read_config
+
+    saved = {"experiment": {"name": "x", "arms": {"control": {"ltr": "v1"}, "new model": {"ltr": "v2", "weight": 1e9}}},
+             "shadow": None}
+    (tmp_path / "current.json").write_text(json.dumps(saved))
+    experiment, _ = read_config(tmp_path / "current.json")  # the server that runs it keeps loading
+    assert experiment is not None and "new model" in experiment.arms
+
+
 def test_team_draft_is_fair_and_complete() -> None:
     a, b = ["p1", "p2", "p3", "p4"], ["p3", "p1", "p5", "p6"]
     merged, teams = team_draft(a, b, 4, random.Random(0), ("control", "treatment"))
