@@ -63,6 +63,16 @@ from retrieval.types import Candidates
 from retrieval.vocabulary import normalize
 
 MAX_IDS = 1_000  # product ids in one list of a rule
+class _RulesLoader(yaml.SafeLoader):
+    """YAML as ``safe_load`` reads it, but a whole number stays the text written: a product id such as 0755
+    or 01234567 is that id, not the octal number 493 (the settings that are numbers read the text as theirs)."""
+
+
+_RulesLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
 def _id_text(value: object) -> object:
     """A product id YAML read as a number (``hide: [100001]``) as its text, as the catalog reader keeps ids."""
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -171,7 +181,7 @@ class RulesConfig(BaseModel):
         if not path.is_file():
             raise InvalidInput(f"rules file {path} does not exist")
         try:
-            return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+            return cls.model_validate(yaml.load(path.read_text(encoding="utf-8"), Loader=_RulesLoader) or {})
         except UnicodeDecodeError as error:
             raise InvalidInput(f"rules file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8, or "
                                "replace it through PUT /v1/admin/rules") from None

@@ -141,10 +141,12 @@ def test_a_pin_adds_the_product_the_search_did_not_find_and_moves_one_from_below
 
 
 def test_numeric_product_ids_written_by_hand_are_read_as_ids(tmp_path: Path) -> None:
-    (tmp_path / "rules.yaml").write_text("hide: [100001]\nqueries:\n  drill: {pin: [100002], pin_at: {100003: 2}}\n")
+    (tmp_path / "rules.yaml").write_text("max_promo_positions: 2\npromo_boost: 1\nhide: [100001, 0755, 01234567]\n"
+                                         "queries:\n  drill: {pin: [100002], pin_at: {100003: 2}}\n")
     config = RulesConfig.from_file(tmp_path / "rules.yaml")
-    assert config.hide == ["100001"] and config.queries["drill"].pin == ["100002"]
-    assert config.queries["drill"].pin_at == {"100003": 2}
+    assert config.hide == ["100001", "0755", "01234567"]  # as written: not the octal numbers 493 and 342391
+    assert config.queries["drill"].pin == ["100002"] and config.queries["drill"].pin_at == {"100003": 2}
+    assert config.max_promo_positions == 2 and config.promo_boost == 1.0
     with pytest.raises(ValidationError, match="hide.0"):  # a yes/no is not an id
         RulesConfig.model_validate({"hide": [True]})
 
