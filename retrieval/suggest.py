@@ -23,6 +23,9 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
 
 from retrieval.analyzer import Analyzer
 from retrieval.vocabulary import TOKEN, UNITS, normalize
@@ -173,7 +176,14 @@ def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int) -> lis
     none match and the last word has 4+ letters, that word read as a whole one, spelling-corrected
     (``cordlss`` -> ``cordless``)."""
     vocabulary = analyzer.vocabulary
-    holds = (lambda words: vocabulary.together(words) > 0) if vocabulary.postings else None
+
+    @lru_cache(maxsize=512)
+    def holding(words: tuple[str, ...]) -> np.ndarray:  # the products holding them all: one intersection a word
+        if len(words) == 1:
+            return vocabulary.docs_of(words[0])
+        return _common(holding(words[:-1]), vocabulary.docs_of(words[-1]))
+
+    holds = (lambda words: len(holding(tuple(words))) > 0) if vocabulary.postings else None
     found = suggester.suggest(as_searched(analyzer, typed), k, holds)
     words = typed.split()
     if not found and words and len(words[-1]) >= 4 and not ended(typed):
@@ -181,6 +191,15 @@ def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int) -> lis
         if whole.rewrites and whole.text:
             found = suggester.suggest(whole.text, k, holds)
     return found
+
+
+def _common(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The ids two sorted id arrays share: the shorter looked up in the longer (no sort of both)."""
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    if not len(small) or not len(large):
+        return small[:0]
+    at = np.minimum(np.searchsorted(large, small), len(large) - 1)
+    return small[large[at] == small]
 
 
 def as_searched(analyzer: Analyzer, typed: str) -> str:

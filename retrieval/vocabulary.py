@@ -131,6 +131,10 @@ class Vocabulary:
     def _docs(self, word: str) -> np.ndarray:
         return self.postings.get(stem(word), _EMPTY)
 
+    def docs_of(self, word: str) -> np.ndarray:
+        """The products (sorted doc ids) that hold ``word``'s stem."""
+        return self._docs(word)
+
     def together(self, words: Sequence[str], any_of: Sequence[str] = ()) -> int:
         """Products holding every one of ``words`` and, when given, one of ``any_of`` (by stem)."""
         found = self._docs(words[0]) if words else _EMPTY
