@@ -145,8 +145,8 @@ class Suggester:
         """Up to ``k`` phrases for ``typed`` (as the shopper typed it: the last word may be partial).
         When fewer than ``k`` phrases match the whole text, its first words are kept and the rest
         completed (``bosch cordless dr`` -> ``bosch cordless drill``), fewest words kept first: only a
-        phrase that does not repeat the last kept word, and with ``holds``, whose words together some
-        product holds (no ``ceiling fan faucet``)."""
+        phrase that does not repeat the last kept word and, with ``holds``, whose words some product holds
+        with the last kept word (no ``ceiling fan faucet``: no product holds ``fan`` and ``faucet``)."""
         words = TOKEN.findall(normalize(typed))
         end = " " if ended(typed) else ""
         found: dict[str, Suggestion] = {}  # by its words' singulars: "drills" after "drill" is not new
@@ -155,7 +155,7 @@ class Suggester:
             for pid in self._find(" ".join(words[drop:]) + end, 2 * k, leading=drop > 0):
                 text = f"{kept} {self.phrases[pid]}" if kept else self.phrases[pid]
                 if kept and (singular(self.phrases[pid].split(" ")[0]) == singular(words[drop - 1])
-                             or (holds is not None and not holds(text.split(" ")))):
+                             or (holds is not None and not holds([words[drop - 1], *self.phrases[pid].split(" ")]))):
                     continue
                 source, weight = self.ranks[pid]
                 found.setdefault(" ".join(map(singular, text.split(" "))),
