@@ -6,6 +6,9 @@ import os
 import tempfile
 from pathlib import Path
 
+_UMASK = os.umask(0o022)  # read once: the process's mask for new files
+os.umask(_UMASK)
+
 
 def write_text_atomic(path: Path, text: str | bytes | None) -> None:
     """``text`` at ``path`` (a str as UTF-8; bytes as they are), by a temporary file of its own renamed into
@@ -19,6 +22,8 @@ def write_text_atomic(path: Path, text: str | bytes | None) -> None:
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
+            # the mode of the file it replaces, else a new file's (mkstemp's own is the owner's only)
+            os.fchmod(out.fileno(), path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

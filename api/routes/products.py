@@ -48,8 +48,8 @@ class Updated(BaseModel):
 async def update_products(body: ProductUpdates, served: ServedDep) -> Updated:
     """Writes the given facts to the online store (only those: the rest of each row stays) and reads
     them back; every other server process reads them within ``features.changes_poll_s``. Filters,
-    the business rules, listings and recommendations use them from then on; a result page cached
-    before may show the old value for up to ``serving.results_ttl_s``."""
+    the business rules, listings, recommendations and cached result pages use them from then on (a page
+    cached before the update is not served after it has been read)."""
     updates: dict[str, dict[str, object]] = {}
     for product in body.products:
         values = updates.setdefault(product.product_id, {})  # a product given twice: the later values win

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import typing
 from typing import Any
 
@@ -102,8 +101,12 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 def _without_passwords(value: object) -> object:
     if isinstance(value, dict):
         return {k: _without_passwords(v) for k, v in value.items()}
-    if isinstance(value, str) and "://" in value:
-        return re.sub(r"(://[^:/@]*:)[^@/]+@", r"\1***@", value)  # scheme://user:password@host
+    if isinstance(value, str) and "://" in value:  # scheme://user:password@host/...: the password may hold @
+        scheme, _, rest = value.partition("://")
+        authority, slash, path = rest.partition("/")
+        userinfo, at, host = authority.rpartition("@")
+        if at and ":" in userinfo:
+            return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}{slash}{path}"
     return value
 
 

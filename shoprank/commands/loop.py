@@ -190,10 +190,12 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     if decision.action == "promote":
         out["winner"] = treatment
     if args.apply and decision.action == "promote":
-        ModelRegistry(settings.paths.models).activate("ltr", experiment.arms[treatment].ltr)
-        save_router_config(settings.paths, None, router.shadow)  # every shopper gets the winner now
+        winner = experiment.arms[treatment].ltr
+        ModelRegistry(settings.paths.models).activate("ltr", winner)
+        # every shopper gets the winner now; a shadow of it would only rank every search twice
+        save_router_config(settings.paths, None, router.shadow if router.shadow != winner else None)
         push_state(settings)
-        out["activated"] = {"ltr": experiment.arms[treatment].ltr}
+        out["activated"] = {"ltr": winner}
         out["stopped"] = experiment.name
     print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
     return 0

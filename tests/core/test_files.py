@@ -38,5 +38,18 @@ def test_writers_at_the_same_time_never_mix_their_texts(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["rules.yaml"]  # no temporary file left
     write_text_atomic(path, "café".encode("latin-1"))  # bytes are written as they are (a file put back)
     assert path.read_bytes() == b"caf\xe9"
+    path.chmod(0o640)
+    write_text_atomic(path, "hide: []\n")  # a rewrite keeps the file's mode
+    assert path.stat().st_mode & 0o777 == 0o640
     write_text_atomic(path, None)
     assert not path.exists()
+    write_text_atomic(path, "new\n")  # a new file gets the process's usual mode, not mkstemp's 0600
+    assert path.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -142,7 +142,7 @@ def test_promote_and_report_read_the_log_as_it_is(tmp_path: Path, monkeypatch,  
         assert code == 0 and decided["decision"] == "promote" and decided["winner"] == "treatment", err
         assert registry.active("ltr").version == "v2"
         router = load_router(paths)
-        assert router.experiment is None and router.shadow == "v2"  # every shopper gets the winner now
+        assert router.experiment is None and router.shadow is None  # every shopper gets the winner: no shadow of it
     finally:
         get_settings.cache_clear()
 

@@ -118,13 +118,15 @@ def test_config_show_hides_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pyte
 
     monkeypatch.setenv("SHOPRANK_API__ADMIN_TOKEN", "s3cret")
     monkeypatch.setenv("SHOPRANK_ARTIFACTS_URL", "s3://id:secretkey@bucket/shoprank")
+    monkeypatch.setenv("SHOPRANK_SERVING__SCORE_STORE_URL", "redis://default:p@ssw0rd@cache:6379/0")
     get_settings.cache_clear()
     try:
         code, out, err = run_cli(capsys, "config", "show")
     finally:
         get_settings.cache_clear()
     shown = json.loads(out)
-    assert code == 0 and "s3cret" not in out and "secretkey" not in out, err
+    assert code == 0 and "s3cret" not in out and "secretkey" not in out and "ssw0rd" not in out, err
+    assert shown["serving"]["score_store_url"] == "redis://default:***@cache:6379/0"
     assert shown["api"]["admin_token"] == "***" and shown["artifacts_url"] == "s3://id:***@bucket/shoprank"
 
 
