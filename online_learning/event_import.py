@@ -75,9 +75,33 @@ def describe(error: Exception) -> str:
     return str(error)
 
 
+def spool_lines(root: Path) -> Iterator[tuple[int, str | ValueError]]:
+    """(line number across the files, one event's JSON) of an event spool (``<store>/event_spool``: the
+    segments of every server slot, in order): each record's event, out of its ``{"topic", "key", "value"}``
+    envelope. A last line still being written (no line end yet) is left for the next import."""
+    n = 0
+    for segment in sorted(root.glob("slot-*/segment-*.jsonl")) + sorted(root.glob("segment-*.jsonl")):
+        for data in segment.read_bytes().splitlines(keepends=True):
+            n += 1
+            if not data.endswith(b"\n"):
+                break
+            try:
+                record = json.loads(data)
+            except (ValueError, UnicodeDecodeError) as err:
+                yield n, ValueError(f"{segment.name}: not a spool record ({err})")
+                continue
+            value = record.get("value") if isinstance(record, dict) else None
+            yield n, json.dumps(value) if isinstance(value, dict) else ValueError(
+                f"{segment.name}: a spool record holds an event under 'value'")
+
+
 def lines_of(path: Path) -> Iterator[tuple[int, str | ValueError]]:
-    """(line number, one event's JSON) of a JSONL file or a JSON array (numbered by element, from 1); a line
-    that is not UTF-8 comes as the error, to be reported as an invalid line."""
+    """(line number, one event's JSON) of a JSONL file or a JSON array (numbered by element, from 1), or of an
+    event spool folder (:func:`spool_lines`); a line that is not UTF-8 comes as the error, to be reported as
+    an invalid line."""
+    if path.is_dir() and (any(path.glob("slot-*/segment-*.jsonl")) or any(path.glob("segment-*.jsonl"))):
+        yield from spool_lines(path)
+        return
     if not path.is_file():
         raise InvalidInput(f"{path} is not a file; give a .jsonl, .ndjson or .json file of events (optionally .gz)")
     opener = gzip.open if path.suffix == ".gz" else open

@@ -21,6 +21,11 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
     if not 1 <= args.batch <= 1_000_000:
         raise InvalidInput(f"--batch {args.batch} must be in 1..1000000")
+    if (args.file is None) == (not args.spool):
+        raise InvalidInput("give a FILE of events, or --spool for this store's event spool (not both)")
+    source = settings.paths.event_spool if args.spool else Path(args.file)
+    if args.spool and not source.is_dir():
+        raise InvalidInput(f"this store has no event spool at {source}: no server has accepted events on this home")
     publish = None
     if args.publish:
         from online_learning.event_log import EventLog, KafkaSettings, claim_spool
@@ -30,7 +35,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         spool, _lock = claim_spool(settings.paths.event_spool)
         publish = EventLog(spool, KafkaSettings(settings.events.kafka_bootstrap), store=settings.store)
     try:
-        report = import_events(Path(args.file), settings.paths.event_log, settings.store, args.batch, args.strict,
+        report = import_events(source, settings.paths.event_log, settings.store, args.batch, args.strict,
                                args.dry_run, publish, progress=settings.progress,
                                forget=ForgetList(settings.paths.forgotten))
         shipped = publish.drain(args.drain_s) if publish is not None else None
@@ -104,7 +109,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     verbs = events.add_subparsers(dest="verb", required=True)
     p = verbs.add_parser("import", help="validate a file of events (JSONL or a JSON array, optionally .gz) and write "
                          "them to the offline event log; exits 1 when a line was invalid")
-    p.add_argument("file", help="events in the event schema (GET /openapi.json, POST /v1/events), one per line")
+    p.add_argument("file", nargs="?", help="events in the event schema (GET /openapi.json, POST /v1/events), one "
+                   "per line; or an event spool folder")
+    p.add_argument("--spool", action="store_true", help="import this store's event spool (what servers "
+                   "accepted without Kafka): the nightly step that brings it into the offline log (events already "
+                   "imported are skipped)")
     p.add_argument("--strict", action="store_true", help="write nothing when any line is invalid")
     p.add_argument("--dry-run", action="store_true", help="only validate and count")
     p.add_argument("--publish", action="store_true", help="send them to Kafka through the event spool instead "

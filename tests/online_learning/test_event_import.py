@@ -133,3 +133,31 @@ def test_damaged_files_and_lines_that_are_not_utf8_are_named(tmp_path: Path) -> 
     (tmp_path / "latin.json").write_bytes(b'[{"query": "caf\xe9"}]')
     with pytest.raises(InvalidInput, match="latin.json is not one JSON array of UTF-8 text"):
         import_events(tmp_path / "latin.json", tmp_path / "log", progress=False, dry_run=True)
+
+
+def test_the_spool_of_a_server_without_kafka_is_imported_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from online_learning.event_log import claim_spool
+    from online_learning.events import parse
+
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    try:
+        code, _, err = run_cli(capsys, "events", "import", "--spool")
+        assert code == 2 and "no event spool" in err
+        folder, lock = claim_spool(get_settings().paths.event_spool)  # a server that took events, no Kafka
+        log = EventLog(folder)
+        log.append([parse(json.dumps(row)) for row in history()])
+        (folder / "segment-00000001.jsonl").open("ab").write(b'{"topic": "x", "val')  # a write in progress
+        code, out, err = run_cli(capsys, "events", "import", "--spool")
+        assert code == 0 and json.loads(out)["written"] == 5 and json.loads(out)["invalid"] == 0, (out, err)
+        assert len(read_log(get_settings().paths.event_log, "rankings").drop_duplicates("event_id")) == 2
+        code, out, err = run_cli(capsys, "events", "import", "--spool")  # nightly again: nothing twice
+        assert code == 0 and (json.loads(out)["written"], json.loads(out)["duplicates"]) == (0, 5), err
+        code, _, err = run_cli(capsys, "events", "import", "--spool", "x.jsonl")
+        assert code == 2 and "not both" in err
+        log.close()
+        lock.close()
+    finally:
+        get_settings.cache_clear()
