@@ -132,7 +132,10 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
         report.shadow_records += _drop_lines(path, lambda line: json.loads(line).get("user_id") in users, dry_run)
     if not kafka:
         def theirs(event: dict) -> bool:
-            return event.get("user_id") in users or event.get("session_id") in sessions
+            found = [f"user {event.get('user_id')}"] if event.get("user_id") in users else []
+            found += [f"session {event.get('session_id')}"] if event.get("session_id") in sessions else []
+            seen.update(found)  # found in the spool is found: not listed in not_found
+            return bool(found)
 
         report.spool_events, report.spool_open, report.spool_open_events = _spool(paths.event_spool, theirs, dry_run)
     named = [f"user {u}" for u in sorted(users)] + [f"session {s}" for s in sorted(sessions)]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from api.auth import check_key, presented_key
 from api.deps import HolderDep, SettingsDep
@@ -225,6 +225,8 @@ _FILE_LOCKS: dict[tuple[int, Path], asyncio.Lock] = {}  # per event loop (an asy
 
 
 class ExperimentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field would switch the experiment or shadow off
+
     experiment: Experiment | None = Field(None, description="A/B or interleaving experiment (null: none).")
     shadow: str | None = Field(None, pattern=r"^v[0-9]{1,6}$", description="LambdaMART version to shadow.")
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from api.auth import require
 from api.schemas import ErrorBody
 from api.stores import current
+from core.errors import InvalidInput
 from core.keys import ApiKey
 from online_learning.events import InteractionEvent
 
@@ -36,6 +37,10 @@ def post_events(
     Each event needs a client ``event_id``: sending the same event again (a retry)
     is safe, consumers keep one per id.
     """
+    for n, event in enumerate(events):  # checked here, not in the event schema: events already on their way stay
+        if event.revenue is not None and event.type != "purchase":
+            raise InvalidInput(f"body.{n}.revenue: {event.revenue!r} is a purchase's value; a {event.type} has none "
+                               "(leave it out)")
     events = [e.model_copy(update={"key_id": key.id if key else None}) for e in events]
     current(request).event_log.append(events, durable=True)
     for event in events:

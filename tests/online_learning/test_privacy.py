@@ -222,6 +222,7 @@ def test_a_spool_that_once_shipped_to_kafka_is_erased_and_its_position_kept_true
     report = forget(paths, ["u1"], [], T0 + timedelta(days=1))
     theirs = sum(json.loads(line)["value"].get("user_id") == "u1" for line in lines)
     assert report.spool_events == theirs > 0 and "u1" not in segment.read_text()
+    assert report.not_found == []  # held in the spool only: found, and erased
     offset = json.loads((folder / "shipped.json").read_text())["offset"]
     kept = segment.read_bytes()
     assert kept[:offset].count(b"\n") == sum(line["value"].get("user_id") != "u1" for line in before)
