@@ -138,6 +138,9 @@ def test_an_experiment_on_a_model_that_does_not_load_is_refused(client: TestClie
     refused = client.put("/v1/admin/experiment", json={"experiment": None, "shadow": broken.version}, headers=AUTH)
     assert refused.status_code == 409 and "does not load" in refused.json()["message"], refused.text
     assert client.get("/v1/admin/experiment", headers=AUTH).json() == before  # nothing saved, nothing swapped
+    typo = client.put("/v1/admin/experiment", json={"shadw": broken.version}, headers=AUTH)  # would switch all off
+    assert typo.status_code == 422 and "shadw" in typo.text
+    assert client.get("/v1/admin/experiment", headers=AUTH).json() == before
     assert client.post("/v1/search", json={"query": "ceiling fan", "k": 3}).status_code == 200
 
 
