@@ -16,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from core.errors import ShopRankError
 
@@ -88,6 +89,17 @@ def json_safe(value: object) -> object:
     return value
 
 
+def _methods(request: Request) -> list[str]:
+    """The methods the API's routes take at the request's path (from its OpenAPI paths, compiled once)."""
+    table = getattr(request.app.state, "route_methods", None)
+    if table is None:
+        table = [(compile_path(path)[0], {m.upper() for m in operations})
+                 for path, operations in request.app.openapi().get("paths", {}).items()]
+        request.app.state.route_methods = table
+    found = set().union(*(methods for pattern, methods in table if pattern.match(request.url.path)))
+    return sorted(found) or ["GET"]
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ShopRankError)
     async def _service_error(request: Request, exc: ShopRankError) -> JSONResponse:
@@ -108,8 +120,9 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404:
             message = f"no route {request.url.path!r}; the API's routes are listed at /docs (OpenAPI: /openapi.json)"
         elif exc.status_code == 405:
-            allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
-            message = f"{request.method} is not taken by {request.url.path!r}; it takes {allowed or 'other methods'}"
+            allowed = _methods(request)  # every route of the path (one route's Allow names only its own)
+            message = f"{request.method} is not taken by {request.url.path!r}; it takes {', '.join(allowed)}"
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
         else:
             message = str(exc.detail)
         return JSONResponse(status_code=exc.status_code, headers=exc.headers,

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api import errors
@@ -63,6 +64,10 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     app.state.balancer = open_balancer(None, 1, 0)  # the lifespan opens the processes' shared table
     app.state.served_by = f"{socket.gethostname()}:{settings.api.port}:{os.getpid()}"  # which replica and process
     app.middleware("http")(_request_context)
+    if settings.api.cors_origins:  # a storefront page's own scripts call the API (suggestions as the shopper types)
+        app.add_middleware(CORSMiddleware, allow_origins=settings.api.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
+                           expose_headers=["x-request-id", "x-served-by", "retry-after"], max_age=600)
     errors.install(app)
 
     @app.get("/metrics", include_in_schema=False)

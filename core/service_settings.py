@@ -4,6 +4,7 @@ go (``events``), the HTTP server (``api``) and where batch jobs run (``compute``
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -159,6 +160,19 @@ class ApiSettings(BaseModel):
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     admin_token: str | None = Field(None, description="Bearer token of /v1/admin (unset: admin disabled unless "
                                     "keys are required and an admin-scope key is sent).")
+    cors_origins: list[str] = Field(default_factory=list, description="Web pages' origins whose scripts may call the "
+                                    "API from a browser (CORS: search, suggest, browse, recommend, events), e.g. "
+                                    "[\"https://shop.example.com\"]; [\"*\"]: any. Empty: none (a storefront's "
+                                    "backend, or a proxy on the page's own origin, calls it).")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port] (no path), or *")
+        return origins
+
     keys_required: bool = Field(False, description="Require an API key (`shoprank keys create`) on search, events "
                                 "and admin: 401 without one, 403 for another store or scope. Off for local runs; "
                                 "on in production (docs/operations.md).")

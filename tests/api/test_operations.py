@@ -249,3 +249,17 @@ def test_a_degrade_budget_skips_the_cross_encoder_beside_another_search(ops_sett
         shed = [line for line in metrics.splitlines()  # the cause is a label of its own
                 if line.startswith("shoprank_degraded_total{") and 'reason="shed"' in line and 'cause="budget"' in line]
         assert shed and sum(float(line.split()[-1]) for line in shed) >= 1
+
+
+def test_a_storefront_page_may_call_the_api_from_its_listed_origins(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from api.main import create_app
+
+    home = settings.model_copy(update={"home": tmp_path, "api": ApiSettings(cors_origins=["https://shop.example.com"])})
+    client = TestClient(create_app(home))  # no lifespan: the preflight never reaches the engine
+    asked = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "x-api-key"}
+    allowed = client.options("/v1/suggest", headers={"Origin": "https://shop.example.com", **asked})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://shop.example.com"
+    other = client.options("/v1/suggest", headers={"Origin": "https://elsewhere.example", **asked})
+    assert "access-control-allow-origin" not in other.headers
+    with pytest.raises(ValueError, match="'shop.example.com/' is not an origin"):
+        ApiSettings(cors_origins=["shop.example.com/"])
