@@ -7,11 +7,13 @@ every benchmark prints :func:`describe` with its figures.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from core.onnx_sessions import bf16_available
 
@@ -109,12 +111,31 @@ def visible_flags(flags: tuple[str, ...], hidden: tuple[str, ...]) -> tuple[str,
 
 
 def usable_cores() -> int:
-    """Cores this process may run on: its CPU affinity (a container's or taskset's limit),
-    else every core of the machine."""
+    """Cores this process may use: its CPU affinity (taskset's, a cpuset's), and no more than a CPU quota
+    allows (a container limited to 2 CPUs on a 64-core node: 2; cgroup v2 ``cpu.max``, else v1's
+    ``cpu.cfs_quota_us``), rounded up; else every core of the machine."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cores = len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPUs the process's cgroup may use (quota / period), or None when it has no quota."""
+    try:
+        v2 = root / "cpu.max"
+        if v2.is_file():
+            fields = v2.read_text().split()  # "QUOTA PERIOD" in microseconds, or "max PERIOD"
+            return None if fields[0] == "max" else int(fields[0]) / int(fields[1] if len(fields) > 1 else 100_000)
+        v1_quota, v1_period = root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us"
+        if v1_quota.is_file() and v1_period.is_file():
+            quota_us = int(v1_quota.read_text())
+            return None if quota_us <= 0 else quota_us / int(v1_period.read_text())
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+    return None
 
 
 def cores_per_process(processes: int) -> int:

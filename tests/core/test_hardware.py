@@ -108,3 +108,20 @@ def test_the_cpuid_mask_hides_avx512_from_the_libraries() -> None:
     missing = subprocess.run([sys.executable, "benchmarks/cpu_mask.py", "--as", "avx2", "--", "no-such-command-here"],
                              capture_output=True, text=True, cwd=ROOT, env=env)
     assert missing.returncode == 127 and "cannot run 'no-such-command-here'" in missing.stderr
+
+
+def test_a_cpu_quota_caps_the_usable_cores(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from core.hardware import cpu_quota
+
+    assert cpu_quota(tmp_path) is None  # no cgroup files: no quota
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a container limited to 1.5 CPUs
+    assert cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(tmp_path) == 2.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(tmp_path) is None
