@@ -215,7 +215,14 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
             if not (path / "manifest.json").is_file():
                 served, _ = read_catalog(settings.catalog or demo_catalog(settings))
                 return build_index(settings, served, path, encoder)
-    return ProductIndex.load(path, retrieval_settings(settings))
+    index = ProductIndex.load(path, retrieval_settings(settings))
+    if settings.catalog is not None:
+        given, _ = read_catalog(settings.catalog, skip_bad_rows=True)
+        if catalog_hash(given) != index.manifest.catalog_hash:  # built before, from another catalog (the demo's?)
+            logger.warning("serving the index at %s (%d products), not the catalog %s given (%d products): an "
+                           "existing index is served as it is; index the catalog into it with `shoprank index "
+                           "--catalog %s`", path, index.count, settings.catalog, len(given), settings.catalog)
+    return index
 
 
 def build_served_index(settings: Settings | None = None) -> None:

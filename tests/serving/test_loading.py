@@ -53,3 +53,20 @@ def test_the_rules_and_synonyms_files_settings_name_are_named_for_every_store(tm
     assert named_files(home) == [tmp_path / "merch.yaml", tmp_path / "synonyms.txt",
                                  tmp_path / "stores" / "garden" / "merch.yaml",
                                  tmp_path / "stores" / "garden" / "synonyms.txt"]
+
+
+def test_a_catalog_given_to_a_home_that_serves_another_index_is_named(tmp_path, settings, demo_products,  # type: ignore[no-untyped-def]
+                                                                      caplog) -> None:
+    from serving.indexing import open_index
+    from tests.fakes import HashingEncoder
+
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    demo_products.head(30).to_csv(first, index=False)
+    demo_products.tail(20).to_csv(second, index=False)
+    home = settings.model_copy(update={"home": tmp_path / "home", "catalog": first})
+    encoder = HashingEncoder()
+    assert open_index(home, encoder).count == 30
+    with caplog.at_level("WARNING", logger="serving.indexing"):
+        served = open_index(home.model_copy(update={"catalog": second}), encoder)
+    assert served.count == 30  # the existing index is served as it is ...
+    assert "not the catalog" in caplog.text and "shoprank index --catalog" in caplog.text  # ... and says so
