@@ -53,15 +53,18 @@ def warm_scores(engine: SearchEngine, queries: Sequence[str], depth: int, progre
     """Score the first-stage top ``depth`` of each query with the served cross-encoders into the store.
 
     Raises:
-        InvalidInput: ``depth`` < 1, or the engine has no shared store (``serving.score_store`` 'memory').
+        InvalidInput: ``depth`` < 1, or ``serving.score_store`` is 'memory' (no shared store).
         NotReady: No registered cross-encoder is served (nothing would be stored).
     """
     if depth < 1:
         raise InvalidInput(f"depth={depth} must be at least 1 (candidates scored per query)")
     store = engine.caches.store
+    if store is None and engine.settings.serving.score_store == "memory":
+        raise InvalidInput("serving.score_store is 'memory': there is no shared store to warm; set "
+                           "SHOPRANK_SERVING__SCORE_STORE=local or redis")
     if store is None:
-        raise InvalidInput("serving.score_store is 'memory', or no cross-encoder is served: there is no shared "
-                           "store to warm; set SHOPRANK_SERVING__SCORE_STORE=local or redis")
+        raise NotReady("no registered cross-encoder is served, so no score would be stored; train one with "
+                       "`shoprank train reranker|student --dataset DIR`")
     scorers, skipped = _store_scorers(engine, store)
     if not scorers:
         raise NotReady("no registered cross-encoder is served, so no score would be stored; train one with "

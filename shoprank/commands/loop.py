@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound, NotReady
 from core.settings import Settings
 from shoprank.commands.arguments import days, non_negative, out_file, positive, timestamp
 
@@ -107,12 +107,17 @@ def cmd_warm_scores(args: argparse.Namespace, settings: Settings) -> int:
         raise InvalidInput(f"--queries {args.queries} and --depth {args.depth} must both be at least 1")
     ranked = head_queries(settings.paths.event_log, 2**31 - 1)  # every logged query, most searched first
     head = ranked[: args.queries]
-    if not head:
-        raise InvalidInput(f"no logged searches in {settings.paths.event_log}: run `shoprank consume sink` "
-                           "to fill the event log first")
+    if not head:  # nothing to do tonight: not a failure of the nightly job
+        print(json.dumps({"warmed": 0, "reason": f"no logged searches in {settings.paths.event_log} (the log "
+                          "sink, or `shoprank events import --spool` without Kafka, fills it)"}))
+        return 0
     engine = open_engine(settings, warm_features=False)  # the served index, analyzer and active models
     try:
-        report = warm_scores(engine, [q for q, _ in head], args.depth, progress=settings.progress)
+        try:
+            report = warm_scores(engine, [q for q, _ in head], args.depth, progress=settings.progress)
+        except NotReady as reason:  # no cross-encoder served: nothing to warm, not a failure either
+            print(json.dumps({"warmed": 0, "reason": reason.message}))
+            return 0
         ttl = settings.serving.score_store_ttl_days
         pruned = engine.caches.store.prune(ttl * 86400) if ttl and engine.caches.store else 0
     finally:

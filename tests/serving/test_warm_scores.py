@@ -145,3 +145,14 @@ def test_a_page_ranked_by_one_process_is_served_by_another(warm_home: Settings,
         assert alone.shared_results is None
     finally:
         alone.close()
+
+
+def test_a_night_without_logged_searches_warms_nothing_and_is_no_failure(tmp_path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        code, out, err = run_cli(capsys, "warm-scores", "--queries", "3")
+    finally:
+        get_settings.cache_clear()
+    assert code == 0 and json.loads(out)["warmed"] == 0 and "no logged searches" in json.loads(out)["reason"], err
