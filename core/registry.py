@@ -195,8 +195,9 @@ class ModelRegistry:
 
     def activate(self, role: str, version: str) -> ModelVersion:
         """Make ``version`` the active one of ``role`` (atomic), if its files are intact (:meth:`verify`)."""
-        entry = self.verify(role, version)
+        entry = self.verify(role, version)  # the digests, outside the lock (it reads every file)
         with self._lock(role):
+            self.get(role, version)  # still registered: a delete may have taken it while it was verified
             state = self._state(role)
             if state["version"] != version:
                 history = [*state["history"], state["version"]] if state["version"] else state["history"]

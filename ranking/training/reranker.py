@@ -148,7 +148,10 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     total = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
-    checkpoint = Checkpoint(out / "checkpoint" / "state.pt", asdict(config), model, optimizer, scheduler)
+    # resumed only by a run of the same config on the same queries (another night's data starts afresh)
+    checkpoint = Checkpoint(out / "checkpoint" / "state.pt",
+                            {**asdict(config), "train": data_hash(train), "dev": data_hash(dev)}, model, optimizer,
+                            scheduler)
     state = checkpoint.restore(device)
     model.train()
     started = time.perf_counter() - state["seconds"]

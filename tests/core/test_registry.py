@@ -120,3 +120,21 @@ def test_prune_keeps_the_active_version_its_rollback_targets_the_newest_and_the_
     assert registry.prune("ltr", keep=2, protect={"v5"}) == ["v1", "v6"]
     assert [v.version for v in registry.versions("ltr")] == ["v2", "v3", "v4", "v5", "v7", "v8"]
     assert registry.active_version("ltr") == "v4" and registry.rollback("ltr").version == "v3"
+
+
+def test_a_version_deleted_while_it_is_verified_is_not_activated(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    registry.register("ltr", model_folder(tmp_path, "a"), base_model="lightgbm", activate=True)
+    registry.register("ltr", model_folder(tmp_path, "b"), base_model="lightgbm")
+    verify = registry.verify
+
+    def deleted_meanwhile(role: str, version: str):  # type: ignore[no-untyped-def]
+        entry = verify(role, version)
+        registry.delete(role, version)  # another command's delete, between the check and the pointer's write
+        return entry
+
+    monkeypatch.setattr(registry, "verify", deleted_meanwhile)
+    with pytest.raises(NotFound, match="'v2' is not registered"):
+        registry.activate("ltr", "v2")
+    assert registry.active("ltr").version == "v1"  # type: ignore[union-attr]  # never a pointer to a deleted one
