@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -240,6 +241,10 @@ TUNABLE = {"learning_rate": float, "num_leaves": int, "min_data_in_leaf": int, "
            "early_stopping": int}
 
 
+RANGES = {"feature_fraction": (0.0, 1.0), "bagging_fraction": (0.0, 1.0), "num_leaves": (2, math.inf),
+          "learning_rate": (0.0, 10.0)}  # what LightGBM can use (beyond: an error deep in training, or infinities)
+
+
 def parse_tunable(text: str) -> tuple[str, float | int]:
     """``"num_leaves=63"`` -> ("num_leaves", 63); ValueError naming the bad part and what is allowed."""
     key, sep, value = text.partition("=")
@@ -250,9 +255,13 @@ def parse_tunable(text: str) -> tuple[str, float | int]:
         number = TUNABLE[key](value.strip())
     except ValueError:
         raise ValueError(f"{text!r}: {key} takes a {TUNABLE[key].__name__}, not {value.strip()!r}") from None
+    low, high = RANGES.get(key, (0.0, math.inf))
     zero_allowed = key in ("lambda_l2", "bagging_freq")  # no L2 penalty; no bagging
-    if number < 0 or (number == 0 and not zero_allowed):
-        raise ValueError(f"{text!r}: {key} must be {'>= 0' if zero_allowed else '> 0'}")
+    if not math.isfinite(number) or number < low or number > high or (number == 0 and not zero_allowed):
+        allowed = f"a finite number {'>= 0' if zero_allowed else '> 0'}" if high == math.inf else f"in ({low}, {high}]"
+        if key == "num_leaves":
+            allowed = "a whole number >= 2"
+        raise ValueError(f"{text!r}: {key} must be {allowed}")
     return key, number
 
 

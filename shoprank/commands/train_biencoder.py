@@ -30,6 +30,9 @@ from shoprank.commands.training import (
 
 
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
+    if args.activate and getattr(args, "hold_out", None) is not None:
+        raise InvalidInput(f"--activate with --hold-out {args.hold_out}: a fold model only builds LambdaMART's "
+                           "training lists; the served bi-encoder is one trained on every query")
     work = settings.paths.training(f"biencoder-{args.run_name}")
     outcome = trained(args, settings, work, "biencoder", _train_biencoder_here, needs=("train_summary.json",))
     if outcome is None:  # --export: written, not trained
@@ -39,8 +42,8 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     entry = registry.register("biencoder", work, base_model=base_label(args, summary),
                               training_data=summary.get("data_hash", ""), params=params,
                               metrics={"train": {k: v for k, v in summary.items() if k != "config"}})
-    if args.activate or registry.active("biencoder") is None:
-        registry.activate("biencoder", entry.version)
+    if args.activate or (registry.active("biencoder") is None and getattr(args, "hold_out", None) is None):
+        registry.activate("biencoder", entry.version)  # the first one, unless a fold model
     print(json.dumps({"registered": entry.to_json()}, indent=2))
     return 0
 

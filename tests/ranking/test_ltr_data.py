@@ -190,7 +190,9 @@ def test_lambdamart_settings_by_name() -> None:
     assert parse_tunable(" learning_rate = 0.1") == ("learning_rate", 0.1)
     assert LambdaMARTConfig(**dict([parse_tunable("lambda_l2=0")])).lambda_l2 == 0
     for bad, says in [("leaves=3", "one of learning_rate"), ("num_leaves=big", "takes a int, not 'big'"),
-                      ("num_leaves", "NAME=VALUE"), ("min_data_in_leaf=0", "must be > 0"),
-                      ("lambda_l2=-1", "must be >= 0")]:
+                      ("num_leaves", "NAME=VALUE"), ("min_data_in_leaf=0", "must be a finite number > 0"),
+                      ("lambda_l2=-1", "must be a finite number >= 0"), ("learning_rate=inf", r"in \(0.0, 10.0\]"),
+                      ("feature_fraction=1.5", r"in \(0.0, 1.0\]"), ("num_leaves=1", "whole number >= 2"),
+                      ("learning_rate=nan", "learning_rate must be")]:
         with pytest.raises(ValueError, match=says):
             parse_tunable(bad)
