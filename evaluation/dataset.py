@@ -103,6 +103,14 @@ def load_dataset(path: str | Path) -> EvalDataset:
     if dropped:
         logger.warning("%s: dropped %d judgment(s) naming an unknown query or product", folder, dropped)
     judgments = judgments[known]
+    twice = judgments[judgments.duplicated(["query_id", "product_id"], keep=False)]
+    if len(twice):  # which grade holds is not ours to choose: the last one would, silently
+        first = twice.iloc[0]
+        grades = twice[(twice["query_id"] == first["query_id"]) & (twice["product_id"] == first["product_id"])]
+        raise InvalidInput(f"{folder}/judgments.csv judges query {first['query_id']!r} and product "
+                           f"{first['product_id']!r} {len(grades)} times (grades {grades['grade'].tolist()}), and "
+                           f"{twice.groupby(['query_id', 'product_id']).ngroups - 1} other pairs more than once: "
+                           "keep one grade per pair (their mean, or the latest judgment)")
     qrels: dict[str, dict[str, int]] = {}
     for qid, pid, grade in zip(judgments["query_id"], judgments["product_id"], judgments["grade"]):
         qrels.setdefault(qid, {})[pid] = int(grade)

@@ -168,7 +168,7 @@ def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder:
 
 
 @contextmanager
-def _building(path: Path) -> Iterator[None]:
+def building(path: Path) -> Iterator[None]:
     """One process builds an index folder at a time (server processes and jobs share the home)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
@@ -191,7 +191,7 @@ def ensure_index(settings: Settings, products: pd.DataFrame, path: Path, encoder
     """Load the index at ``path`` if it holds exactly ``products`` with ``encoder`` and the current
     query analyzer; else build it (one process at a time; a process that waited loads the result)."""
     if not _current(path, products, encoder):
-        with _building(path):
+        with building(path):
             if not _current(path, products, encoder):
                 if (path / "manifest.json").is_file():
                     logger.info("index %s is stale (catalog, encoder or query analyzer changed); rebuilding", path)
@@ -211,7 +211,7 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
         raise NotReady(f"store {settings.store!r} has no index for encoder {encoder.name}: build it with "
                        f"`shoprank --store {settings.store} index --catalog FILE`")
     if not (path / "manifest.json").is_file():
-        with _building(path):
+        with building(path):
             if not (path / "manifest.json").is_file():
                 served, _ = read_catalog(settings.catalog or demo_catalog(settings))
                 return build_index(settings, served, path, encoder)

@@ -69,16 +69,17 @@ def cmd_index(args: argparse.Namespace) -> int:
     path = indexing.index_path(settings, encoder, args.name)
     summary: dict[str, object] = {"catalog": str(args.catalog), "rows_read": report.rows_read,
                                   "rows_skipped": report.rows_skipped, "index": str(path)}
-    if args.upsert and (path / "manifest.json").is_file():
-        index = ProductIndex.load(path, indexing.retrieval_settings(settings))
-        cache = indexing.embedding_cache(settings, encoder)
-        upserted = index.upsert(products, encoder, cache, progress=settings.progress)
-        if index.needs_compaction():
-            index = index.compact(encoder, cache)
-            summary["compacted"] = True
-        summary["upsert"] = asdict(upserted)
-    else:
-        index = indexing.build_index(settings, products, path, encoder)
+    with indexing.building(path):  # one write of an index at a time (another command, a starting server)
+        if args.upsert and (path / "manifest.json").is_file():
+            index = ProductIndex.load(path, indexing.retrieval_settings(settings))
+            cache = indexing.embedding_cache(settings, encoder)
+            upserted = index.upsert(products, encoder, cache, progress=settings.progress)
+            if index.needs_compaction():
+                index = index.compact(encoder, cache)
+                summary["compacted"] = True
+            summary["upsert"] = asdict(upserted)
+        else:
+            index = indexing.build_index(settings, products, path, encoder)
     summary |= {"products": index.count, "dense_index": index.manifest.dense_kind,
                 "catalog_hash": index.manifest.catalog_hash, "build_seconds": index.manifest.build_seconds}
     print(json.dumps(summary, indent=2))
@@ -95,12 +96,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
         ids += [line.strip() for line in Path(args.from_file).read_text().splitlines() if line.strip()]
     ids = list(dict.fromkeys(ids))  # an id named twice is deleted (and counted) once
     encoder = indexing.open_encoder(settings)
-    index = ProductIndex.load(indexing.index_path(settings, encoder, args.name), indexing.retrieval_settings(settings))
-    deleted, unknown = index.delete(ids)
-    summary: dict[str, object] = {"deleted": deleted, "not_found": unknown, "products": index.count}
-    if index.needs_compaction():  # as an upsert does: a fifth of the rows dead
-        index = index.compact(encoder, indexing.embedding_cache(settings, encoder))
-        summary["compacted"] = True
+    path = indexing.index_path(settings, encoder, args.name)
+    with indexing.building(path):  # one write of an index at a time
+        index = ProductIndex.load(path, indexing.retrieval_settings(settings))
+        deleted, unknown = index.delete(ids)
+        summary: dict[str, object] = {"deleted": deleted, "not_found": unknown, "products": index.count}
+        if index.needs_compaction():  # as an upsert does: a fifth of the rows dead
+            index = index.compact(encoder, indexing.embedding_cache(settings, encoder))
+            summary["compacted"] = True
     print(json.dumps(summary))
     return 0
 

@@ -83,6 +83,10 @@ def trained(args: argparse.Namespace, settings: Settings, work: Path, kind: str,
     if missing:
         raise InvalidInput(f"--trained {args.trained}: no {' and '.join(missing)} there; give the folder that "
                            f"`python -m ranking.training.{kind} FILE --out FOLDER` wrote")
+    given, into = args.trained.resolve(), work.resolve()
+    if given == into or into in given.parents or given in into.parents:  # the copy would remove what it copies
+        raise InvalidInput(f"--trained {args.trained} is (or holds, or is inside) this command's work folder {work}: "
+                           "give the folder the training wrote, anywhere else")
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(args.trained, work)
     summary = json.loads((work / "train_summary.json").read_text())

@@ -122,3 +122,6 @@ def test_bad_grades_are_named(tmp_path: Path) -> None:
     (folder / "judgments.csv").write_text("query_id,product_id,grade\nq1,p0,2.5\n")
     with pytest.raises(InvalidInput, match=r"'2.5' is not a non-negative integer"):
         load_dataset(folder)
+    (folder / "judgments.csv").write_text("query_id,product_id,grade\nq1,p0,3\nq1,p1,1\nq1,p0,0\n")
+    with pytest.raises(InvalidInput, match=r"judges query 'q1' and product 'p0' 2 times \(grades \[3, 0\]\)"):
+        load_dataset(folder)
