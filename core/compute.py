@@ -58,7 +58,12 @@ def dask_client(compute: ComputeSettings) -> Iterator[Client | None]:
     if not scheduler.startswith(("tcp://", "tls://")):
         raise InvalidInput(f"compute.scheduler={scheduler!r}: use 'local' or a scheduler address 'tcp://HOST:PORT'")
     logger.info("connecting to the Dask scheduler at %s", scheduler)
-    with Client(scheduler, timeout="30s") as client:
+    try:
+        client = Client(scheduler, timeout="30s")
+    except OSError as error:  # unreachable, refused, timed out
+        raise InvalidInput(f"compute.scheduler={scheduler!r}: no Dask scheduler answers there ({error}); start one "
+                           "(`dask scheduler`), fix SHOPRANK_COMPUTE__SCHEDULER, or unset it to run here") from None
+    with client:
         yield client
 
 

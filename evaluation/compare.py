@@ -198,6 +198,12 @@ def compare_results(first: EvalResult, second: EvalResult, resamples: int = RESA
     if None not in digests and digests[0] != digests[1]:
         raise InvalidInput(f"the two results come from different queries or judgments under one dataset name "
                            f"{first.dataset!r} (digests {digests[0]} and {digests[1]}); compare runs of one dataset")
+    for key, what in (("mrr_min_grade", "--mrr-threshold"), ("recall_min_grade", "--recall-threshold"),
+                      ("depth", "--depth")):  # the same metric under other settings is another metric
+        values = [r.details.get(key) for r in (first, second)]
+        if None not in values and values[0] != values[1]:
+            raise InvalidInput(f"the two results were measured with other evaluation settings ({key} {values[0]} "
+                               f"and {values[1]}, {what}): evaluate both with the same")
     shared = set(first.per_query.get("ndcg@10", {})) & set(second.per_query.get("ndcg@10", {}))
     if not shared:
         raise InvalidInput("the two results share no scored query: nothing to pair (an empty subset or split?)")

@@ -41,6 +41,22 @@ def share(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """argparse type for a share of a maximum that must hold something: a number in (0, 1]."""
+    value = share(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1]")
+    return value
+
+
+def at_least_100(text: str) -> int:
+    """argparse type for a retrieval depth: a whole number >= 100 (the metrics read that deep)."""
+    value = count(text)
+    if value < 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 100")
+    return value
+
+
 def weight(text: str) -> float:
     """argparse type for a loss weight: a finite number above 0."""
     try:

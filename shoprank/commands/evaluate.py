@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from core.settings import Settings
-from shoprank.commands.arguments import out_file, positive, share
+from shoprank.commands.arguments import at_least_100, fraction, out_file, positive
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
@@ -116,10 +116,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--save", type=lambda text: Path(out_file(text)), default=None, metavar="FILE",
                    help="write the --pipeline result with its per-query values to FILE, for 'shoprank compare'")
-    p.add_argument("--depth", type=positive, default=1000, help="results per query in retrieval mode")
+    p.add_argument("--depth", type=at_least_100, default=1000, help="results per query in retrieval mode (100 "
+                   "or more: Recall@100 is one of the metrics; Recall@1000 counts what the depth holds)")
     p.add_argument("--limit", type=positive, default=None, help="only the first N queries")
-    p.add_argument("--recall-threshold", type=share, default=0.6, help="relevant: grade >= ceil(F*max)")
-    p.add_argument("--mrr-threshold", type=share, default=0.75, help="MRR hit: grade >= ceil(F*max)")
+    p.add_argument("--recall-threshold", type=fraction, default=0.6, help="relevant: grade >= ceil(F*max), F in (0, 1]")
+    p.add_argument("--mrr-threshold", type=fraction, default=0.75, help="MRR hit: grade >= ceil(F*max), F in (0, 1]")
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("compare", help="paired comparison of two saved evaluations (evaluate --save): two "

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,11 @@ if TYPE_CHECKING:
 
 
 def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
+    with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set; checked before the lists
+        return _train_ltr(args, settings, client)
+
+
+def _train_ltr(args: argparse.Namespace, settings: Settings, client: Any) -> int:
     from ranking.lambdamart import LambdaMART, training_config
 
     dataset = load_dataset(args.dataset)
@@ -48,14 +55,21 @@ def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
             raise InvalidInput("--fold-encoders builds the training lists; rows read with --from-data are built "
                                "already (save cross-fitted rows with --fold-encoders ... --save-data FOLDER)")
         parts, meta = _load_data(args.from_data)
+        saved = meta.get("dataset")
+        if saved is not None and saved != dataset.digest():
+            raise InvalidInput(f"--from-data {args.from_data} holds rows of another dataset (digest {saved[:12]}, "
+                               f"not {dataset.digest()[:12]} of {args.dataset}): give the --dataset they were built from")
+        top = max(int(parts["train"].labels.max(initial=0)), int(parts["dev"].labels.max(initial=0)))
+        if top > dataset.max_grade:
+            raise InvalidInput(f"--from-data {args.from_data} has grades up to {top}, above {args.dataset}'s "
+                               f"{dataset.max_grade}: give the --dataset they were built from")
     else:
         parts, meta = _build_data(args, settings, dataset)
         if args.save_data is not None:
             _save_data(args.save_data, parts, meta)
     config = training_config(parts["train"].names, dataset.max_grade, args.truncation or meta["depth"], args.monotone,
                              seed=args.seed, gains=args.gains, objective=args.objective, **dict(args.param))
-    with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set
-        model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
+    model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
     params = {**asdict(config), "features": model.names,
               **{k: v for k, v in meta.items() if k not in ("parent", "training_data")}}
     _register(args, settings, model, meta, params, int(len(parts["train"].labels)))
@@ -81,6 +95,9 @@ def _build_data(args: argparse.Namespace, settings: Settings,
                            "comma-separated")
     if args.no_store_features:
         groups_wanted = [g for g in groups_wanted if g != "store"]
+        if not groups_wanted:
+            raise InvalidInput(f"--features {args.features!r} with --no-store-features leaves no feature group; "
+                               f"give groups among {list(FEATURE_GROUPS)} too")
     folds = _fold_encoders(args.fold_encoders, settings)
     # the rows' store features are read point-in-time from the offline store (_rows), never online: no warm-up
     engine = open_engine(settings, dataset.products, batch=True, warm_features=False)
@@ -101,7 +118,8 @@ def _build_data(args: argparse.Namespace, settings: Settings,
             "below_depth": args.below_depth, "negatives": negatives, "feature_groups": groups_wanted,
             "feature_service": settings.features.service if store else None, "served_models": engine.versions,
             "parent": f"reranker:{engine.teacher.version}" if engine.teacher else None,
-            "training_data": data_hash(train)} | ({"fold_encoders": [spec for _, spec in folds]} if folds else {})
+            "training_data": data_hash(train), "dataset": dataset.digest()} | (
+                {"fold_encoders": [spec for _, spec in folds]} if folds else {})
     return parts, meta
 
 
@@ -117,6 +135,9 @@ def _rows(args: argparse.Namespace, engine: SearchEngine, groups: dict[str, list
     for name, items in lists.items():
         frame = (historical_features(store.store, store.service, entity_rows(items, store.users, store.when))
                  if store else None)
+        if not items:
+            raise InvalidInput(f"the {name} split gives no list to learn from: each needs two or more products, one "
+                               "of them judged (more queries, --limit, or a deeper --depth)")
         parts[name] = ranking_data(items, featurizer, frame, store.users if store else {}, progress)
     return parts
 
@@ -242,16 +263,19 @@ def _training_lists(args: argparse.Namespace, engine: SearchEngine, groups: dict
 def _register(args: argparse.Namespace, settings: Settings, model: LambdaMART, meta: dict[str, Any],
               params: dict[str, object], train_rows: int) -> None:
     """Save the model, register it with its parameters and metrics, activate it when asked (or first)."""
-    work = settings.paths.training(f"ltr-{args.run_name}")
-    shutil.rmtree(work, ignore_errors=True)
+    # a folder of this run's own: two runs of one --run-name at once never register each other's model
+    work = settings.paths.training(f"ltr-{args.run_name}-{os.getpid()}-{time.time_ns()}")
     model.save(work)
     registry = ModelRegistry(settings.paths.models)
-    entry = registry.register(
-        "ltr", work, base_model="lightgbm-lambdarank", parent=meta["parent"],
-        training_data=meta["training_data"], params=params,
-        metrics={"dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"],
-                 "best_iteration": model.history["best_iteration"],
-                 "train_rows": train_rows, "importance": model.importance()})
+    try:
+        entry = registry.register(
+            "ltr", work, base_model="lightgbm-lambdarank", parent=meta["parent"],
+            training_data=meta["training_data"], params=params,
+            metrics={"dev_ndcg@10_lightgbm": model.history["dev_ndcg@10"],
+                     "best_iteration": model.history["best_iteration"],
+                     "train_rows": train_rows, "importance": model.importance()})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the registry holds its copy
     if args.activate or registry.active("ltr") is None:
         registry.activate("ltr", entry.version)
     print(json.dumps({"registered": entry.to_json()}, indent=2))

@@ -138,6 +138,10 @@ def test_compare_results_needs_two_pipelines_on_the_same_queries() -> None:
     one.details["dataset_digest"], other.details["dataset_digest"] = "aaaa", "bbbb"
     with pytest.raises(InvalidInput, match="different queries or judgments under one dataset name 'd'"):
         compare_results(one, other, saved=True)
+    deep, shallow = _result("bm25"), _result("bm25")  # one pipeline, measured with other settings
+    deep.details["depth"], shallow.details["depth"] = 1000, 200
+    with pytest.raises(InvalidInput, match=r"other evaluation settings \(depth 1000 and 200, --depth\)"):
+        compare_results(deep, shallow, saved=True)
     empty = _result("hybrid")
     empty.per_query = {"ndcg@10": {}}
     with pytest.raises(InvalidInput, match="share no scored query"):

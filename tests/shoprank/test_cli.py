@@ -525,6 +525,8 @@ def test_commands_with_bad_arguments_or_files_end_in_one_error_line(tmp_path: Pa
         (["features", "build", "--users", "0"], "not a whole number >= 1"),
         (["train", "ltr", "--dataset", str(demo_dir), "--features", "bogus"], "give groups among"),
         (["evaluate", "--dataset", str(tmp_path), "--mrr-threshold", "nan"], "not a number from 0 to 1"),
+        (["evaluate", "--dataset", str(tmp_path), "--recall-threshold", "0"], "'0' is not a number in (0, 1]"),
+        (["evaluate", "--dataset", str(tmp_path), "--depth", "5"], "'5' is not a whole number >= 100"),
     ]:
         code, _, err = run_cli(capsys, *home, *argv)
         assert code == 2 and said in err and "Traceback" not in err, (argv, err)
