@@ -114,4 +114,7 @@ def materialize(settings: Settings, end: datetime | None = None) -> None:
         raise NotFound(f"no feature tables in {features_dir(settings)} ({', '.join(missing)} missing): run `shoprank "
                        "features build [--from-catalog]` first")
     store = open_store(settings)
+    if not store.list_feature_views():  # nothing applied: a materialize would write nothing and say done
+        raise NotFound(f"the feature store at {features_dir(settings)} has no feature views: run `shoprank features "
+                       "apply` first")
     store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end or datetime.now(UTC))

@@ -303,3 +303,12 @@ def test_feast_is_imported_without_torch_and_torch_still_imports_after() -> None
               "import torch; print(torch.tensor([1]).sum().item())")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split() == ["False", "False", "1"], out.stdout + out.stderr
+
+
+def test_a_materialize_before_the_apply_is_refused_by_name(tmp_path: Path) -> None:
+    from core.errors import NotFound
+
+    settings = Settings(home=tmp_path, progress=False)
+    write_tables(feast_repo.features_dir(settings))  # built, never applied
+    with pytest.raises(NotFound, match="has no feature views: run `shoprank features apply` first"):
+        feast_repo.materialize(settings)
