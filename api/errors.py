@@ -69,6 +69,13 @@ def lone_surrogate(body: bytes) -> str | None:
             "UTF-8 text (a character beyond U+FFFF escaped as a pair, e.g. \\ud83d\\ude00)")
 
 
+def internal(request: Request) -> JSONResponse:
+    """The 500 of a fault no handler maps (logged by the caller with its traceback)."""
+    return JSONResponse(status_code=500, content={
+        "error": "internal_error", "message": "the server failed on this request; it is logged under the "
+        "request_id: retry, or report it with the id", "request_id": getattr(request.state, "request_id", None)})
+
+
 def invalid(request: Request, message: str) -> JSONResponse:
     """A 422 answered before the request reaches a route."""
     return JSONResponse(status_code=422, content={"error": "invalid_request", "message": message,

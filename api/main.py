@@ -152,7 +152,11 @@ async def _request_context(request: Request, call_next: Callable[[Request], Awai
         problem = None
         if request.method in ("POST", "PUT", "PATCH") and "json" in request.headers.get("content-type", ""):
             problem = errors.lone_surrogate(await request.body())
-        response = errors.invalid(request, problem) if problem else await call_next(request)
+        try:
+            response = errors.invalid(request, problem) if problem else await call_next(request)
+        except Exception:  # a fault no handler maps: a JSON 500 that is counted and logged like any answer
+            logger.exception("request %s failed", request.state.request_id)
+            response = errors.internal(request)
     finally:
         rebalance = balance.leave(connection)
     seconds = time.perf_counter() - started

@@ -41,9 +41,14 @@ class Conflict(ShopRankError):
 
 
 class NotReady(ShopRankError):
-    """A model or index is not loaded yet (HTTP 503)."""
+    """A model or index is not loaded yet, or something it needs is out of reach (HTTP 503, with
+    ``Retry-After`` seconds: 2 unless told)."""
 
     http_status = 503
+
+    def __init__(self, message: str, retry_after: float = 2.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unauthorized(ShopRankError):

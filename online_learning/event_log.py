@@ -103,7 +103,8 @@ class EventLog:
         # empty last one (a start that took no event) is taken again, so restarts do not pile up empty files
         last = segments[-1] if segments else 0
         self._segment = last if last and self._path(last).stat().st_size == 0 else last + 1
-        self._file = open(self._path(self._segment), "ab")  # noqa: SIM115 - held open for appends
+        # unbuffered: an append is on disk whole, or (a full disk) cut back to where it started
+        self._file = open(self._path(self._segment), "ab", buffering=0)  # noqa: SIM115 - held open for appends
         self._written = 0
         self._synced = 0
         self.appended = 0
@@ -145,10 +146,18 @@ class EventLog:
         if not lines:
             return
         with self._lock:
-            if self._file.tell() > SEGMENT_BYTES:
+            fd = self._file.fileno()
+            if os.fstat(fd).st_size > SEGMENT_BYTES:
                 self._rotate()
-            self._file.write(b"".join(lines))
-            self._file.flush()
+                fd = self._file.fileno()
+            data, start = memoryview(b"".join(lines)), os.fstat(fd).st_size
+            try:
+                done = 0
+                while done < len(data):
+                    done += os.write(fd, data[done:])
+            except OSError:  # a full disk: none of these events is kept, and no half line either
+                os.ftruncate(fd, start)
+                raise
             self._written += len(lines)
             self.appended += len(lines)
             target = self._written
@@ -158,11 +167,10 @@ class EventLog:
             self._new_data.notify_all()
 
     def _rotate(self) -> None:
-        self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self._segment += 1
-        self._file = open(self._path(self._segment), "ab")  # noqa: SIM115
+        self._file = open(self._path(self._segment), "ab", buffering=0)  # noqa: SIM115
 
     def _sync(self, target: int) -> None:
         with self._sync_lock:
@@ -285,7 +293,6 @@ class EventLog:
         for thread in self._threads:
             thread.join(timeout=5)
         with self._lock:
-            self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
         if self._producer is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from core.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, InvalidInput, NotFound, NotReady
 from core.product_changes import open_changes, write_facts
 from serving.engine import SearchEngine
 
@@ -41,9 +41,18 @@ def update_facts(engine: SearchEngine, updates: Mapping[str, Mapping[str, Any]])
     if asked - set(held):
         raise InvalidInput(f"facts {sorted(asked - set(held))} are not held by the feature store "
                            f"(it holds {sorted(held)} of {list(LIVE_FACTS)}; features.facts names where)")
-    feed = reader.feed if reader.feed is not None else open_changes(reader.store)
-    written = write_facts(reader.store, updates, held, feed)
-    reader.catch_up(list(updates))
+    try:
+        feed = reader.feed if reader.feed is not None else open_changes(reader.store)
+        written = write_facts(reader.store, updates, held, feed)
+        reader.catch_up(list(updates))
+    except (ConnectionError, TimeoutError, OSError) as error:  # the online store out of reach
+        raise NotReady(f"the online store cannot be written now ({type(error).__name__}: {error}); nothing is "
+                       "lost by sending the update again", retry_after=5.0) from None
+    except Exception as error:  # redis-py's and sqlite's errors are their own classes  # noqa: BLE001
+        if type(error).__module__.split(".")[0] not in ("redis", "sqlite3"):
+            raise
+        raise NotReady(f"the online store cannot be written now ({type(error).__name__}: {error}); send the "
+                       "update again", retry_after=5.0) from None
     if engine.facts is not None:
         engine.facts.refresh()  # the next search of this process filters and ranks on the new facts
     return {"updated": len(updates), "rows": written}

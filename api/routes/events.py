@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from api.auth import require
 from api.schemas import ErrorBody
 from api.stores import current
-from core.errors import InvalidInput
+from core.errors import InvalidInput, NotReady
 from core.keys import ApiKey
 from online_learning.events import InteractionEvent
 
@@ -42,7 +42,11 @@ def post_events(
             raise InvalidInput(f"body.{n}.revenue: {event.revenue!r} is a purchase's value; a {event.type} has none "
                                "(leave it out)")
     events = [e.model_copy(update={"key_id": key.id if key else None}) for e in events]
-    current(request).event_log.append(events, durable=True)
+    try:
+        current(request).event_log.append(events, durable=True)
+    except OSError as error:  # a full or failing disk: nothing was accepted, the client sends them again
+        raise NotReady(f"the events could not be stored ({error.strerror or error}); nothing of this call was "
+                       "accepted: send it again later", retry_after=5.0) from None
     for event in events:
         request.app.state.metrics.events.labels(event.type).inc()
     return Accepted(accepted=len(events))

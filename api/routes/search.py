@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import time
 from dataclasses import replace
 from typing import Annotated
@@ -46,6 +48,7 @@ from serving.suggestions import suggest as suggest_for
 
 ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody},
           429: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["search"])  # mounted at /v1 and /v1/stores/{store}
 KeyDep = Annotated[ApiKey | None, Depends(require("search"))]
 
@@ -138,8 +141,14 @@ def _log_impression(request: Request, body: SearchRequest, response: SearchRespo
 
 
 def log_shown(request: Request, event: RankingEvent) -> None:
-    """A search's, listing's or shelf's impression to the event log (not fsynced per request)."""
-    current(request).event_log.append([event], durable=False)
+    """A search's, listing's or shelf's impression to the event log (not fsynced per request). A log that
+    cannot be written (a full disk) costs the impression, counted and logged, not the shopper's answer."""
+    try:
+        current(request).event_log.append([event], durable=False)
+    except OSError as error:
+        request.app.state.metrics.events.labels("ranking_dropped").inc()
+        logger.error("impression %s not logged (%s): the event spool cannot be written", event.event_id, error)
+        return
     request.app.state.metrics.events.labels("ranking").inc()
 
 

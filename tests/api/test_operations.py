@@ -263,3 +263,19 @@ def test_a_storefront_page_may_call_the_api_from_its_listed_origins(settings: Se
     assert "access-control-allow-origin" not in other.headers
     with pytest.raises(ValueError, match="'shop.example.com/' is not an origin"):
         ApiSettings(cors_origins=["shop.example.com/"])
+
+
+def test_a_fault_no_handler_maps_is_a_json_500_that_is_counted(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from api.main import create_app
+
+    app = create_app(settings.model_copy(update={"home": tmp_path}))
+
+    def boom() -> None:
+        raise RuntimeError("a dependency broke")
+
+    app.add_api_route("/v1/boom", boom)
+    client = TestClient(app)  # no lifespan: this route needs no engine
+    failed = client.get("/v1/boom", headers={"X-Request-ID": "trace-42"})
+    assert failed.status_code == 500 and failed.json()["error"] == "internal_error"
+    assert failed.json()["request_id"] == "trace-42" and failed.headers["x-request-id"] == "trace-42"
+    assert 'route="/v1/boom",status="500"' in client.get("/metrics").text

@@ -92,3 +92,26 @@ def test_broker_outage_spools_then_ships_everything_in_order(tmp_path: Path) -> 
     finally:
         log.close()
         broker.stop()
+
+
+def test_an_append_the_disk_cannot_hold_leaves_no_half_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    import online_learning.event_log as event_log
+
+    log = EventLog(tmp_path)
+    log.append([click(1)])
+    real_write = os.write
+
+    def full_disk(fd: int, data) -> int:  # type: ignore[no-untyped-def]
+        real_write(fd, bytes(data[: len(data) // 2]))  # half of it goes down, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(event_log.os, "write", full_disk)
+    with pytest.raises(OSError):
+        log.append([click(2), click(3)])
+    monkeypatch.setattr(event_log.os, "write", real_write)
+    log.append([click(4)])  # space again
+    log.close()
+    assert [r["event_id"] for r in lines(tmp_path)] == ["e1", "e4"]  # every line whole: the refused ones are out
