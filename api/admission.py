@@ -86,18 +86,21 @@ class Admission:
 
     @contextmanager
     def enter(self) -> Iterator[bool]:
-        """Hold a slot for one search; yields True when it should shed the costly stages."""
-        if self._slots is not None:
-            self._slots.acquire()
+        """Hold a slot for one search; yields True when it should shed the costly stages. A search waiting
+        for a slot (``max_in_flight``) counts as in flight: the queue is load, and sheds the next ones."""
         with self._lock:
             shed = self.in_flight >= self.shed_at
             self.in_flight += 1
             if self.skip_share:
                 self._tokens = min(self._tokens + self.skip_share, self.BURST)
         try:
-            yield shed
+            if self._slots is not None:
+                self._slots.acquire()
+            try:
+                yield shed
+            finally:
+                if self._slots is not None:
+                    self._slots.release()
         finally:
             with self._lock:
                 self.in_flight -= 1
-            if self._slots is not None:
-                self._slots.release()

@@ -206,6 +206,7 @@ def test_the_degrade_budget_skips_at_most_its_share_and_only_beside_another_sear
 
 def test_admission_sheds_above_its_threshold_and_caps_in_flight() -> None:
     import threading
+    import time
 
     from api.admission import Admission
 
@@ -219,7 +220,16 @@ def test_admission_sheds_above_its_threshold_and_caps_in_flight() -> None:
         waiter = threading.Thread(target=lambda: capped.enter().__enter__() and None or entered.set())
         waiter.start()
         assert not entered.wait(0.1)  # the second search waits for the slot
+        assert capped.in_flight == 2  # and counts as load while it waits
     assert entered.wait(2)
+    queued = Admission(max_in_flight=1, shed_at=1)  # the cap at the shed limit: the queue still sheds
+    sheds: list[bool] = []
+    with queued.enter():
+        behind = threading.Thread(target=lambda: sheds.append(queued.enter().__enter__()))
+        behind.start()
+        time.sleep(0.1)
+    behind.join(2)
+    assert sheds == [True]
 
 
 def test_adaptive_depth_scores_less_where_the_first_stage_agrees() -> None:
