@@ -191,7 +191,7 @@ def _route_template(request: Request) -> str:
 
 def _live_state(runtimes: list[StoreRuntime]) -> dict:
     """Event spool figures of every store; caches and versions of the default store."""
-    state = {"spool_pending": sum(r.event_log.pending() for r in runtimes),
+    state = {"spool_pending": sum(r.event_log.pending() + r.event_log.orphan_pending for r in runtimes),
              "shipped": sum(r.event_log.shipped for r in runtimes), "ready": False}
     try:
         engine = runtimes[0].holder.get().engine

@@ -18,7 +18,8 @@
 - **Several server processes**: each claims its own spool folder
   (:func:`claim_spool`, ``slot-0``, ``slot-1``, ... under the spool root, held by
   a file lock), so no two processes append to or ship from the same segments;
-  a restarted server takes a free slot back and ships what it left there.
+  a restarted server takes a free slot back and ships what it left there, and with Kafka a
+  running one ships the slots no live process holds (:meth:`EventLog.adopt_orphans`).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class EventLog:
     """
 
     def __init__(self, folder: Path, kafka: KafkaSettings | None = None, sync_interval: float = 0.1,
-                 batch: int = 500, store: str | None = None) -> None:
+                 batch: int = 500, store: str | None = None, adopt_every_s: float = 30.0) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.store = store
@@ -111,9 +112,13 @@ class EventLog:
         self.shipped = 0
         self.ship_failures = 0
         self._producer = None
+        self.orphan_pending = 0  # events in spool slots no live process holds, not shipped yet
         self._threads = [threading.Thread(target=self._sync_loop, name="event-log-sync", daemon=True)]
         if kafka is not None:
             self._threads.append(threading.Thread(target=self._ship_loop, name="event-log-ship", daemon=True))
+            if adopt_every_s > 0 and folder.name.startswith("slot-"):
+                self._threads.append(threading.Thread(target=self._adopt_loop, args=(adopt_every_s,),
+                                                      name="event-log-adopt", daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -276,6 +281,41 @@ class EventLog:
             if not sent:
                 with self._new_data:
                     self._new_data.wait(0.05)
+
+    def _adopt_loop(self, every_s: float) -> None:
+        wait = min(5.0, every_s)  # the first round soon after start: a restart is when slots are left behind
+        while not self._stop.wait(wait):
+            wait = every_s
+            try:
+                self.adopt_orphans()
+            except Exception:  # noqa: BLE001 - logged; tried again at the next round
+                logger.exception("shipping the event spool slots no process holds failed")
+
+    def adopt_orphans(self, drain_s: float = 60.0) -> int:
+        """Ship the spool slots beside this one that no live process holds (a server process that died, a
+        server started with fewer processes, an import that could not ship): each one's lock taken, its
+        events sent in order, the lock let go. Returns the events shipped; what is left is ``orphan_pending``."""
+        shipped = left = 0
+        for folder in sorted(p for p in self.folder.parent.glob("slot-*") if p.is_dir() and p != self.folder):
+            lock = hold_slot(self.folder.parent, folder.name)
+            if lock is None:  # a live process holds it and ships it
+                continue
+            try:
+                orphan = EventLog(folder, self.kafka, store=self.store, adopt_every_s=0)
+                try:
+                    before = orphan.pending()
+                    if before:
+                        orphan.drain(drain_s)
+                        shipped += before - orphan.pending()
+                        left += orphan.pending()
+                finally:
+                    orphan.close()
+            finally:
+                lock.close()
+        self.orphan_pending = left
+        if shipped:
+            logger.info("shipped %d events left in spool slots no process holds", shipped)
+        return shipped
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every appended event is shipped (True) or ``timeout`` passes."""

@@ -115,3 +115,29 @@ def test_an_append_the_disk_cannot_hold_leaves_no_half_line(tmp_path: Path, monk
     log.append([click(4)])  # space again
     log.close()
     assert [r["event_id"] for r in lines(tmp_path)] == ["e1", "e4"]  # every line whole: the refused ones are out
+
+
+@pytest.mark.integration
+def test_a_spool_slot_no_process_holds_is_shipped_by_a_live_one(tmp_path: Path) -> None:
+    from online_learning.event_log import claim_spool
+
+    root = tmp_path / "spool"
+    left, lock = claim_spool(root)  # slot-0: a server process that accepted events and died
+    dead = EventLog(left, None)
+    dead.append([click(i) for i in range(7)])
+    dead.close()
+    mine, my_lock = claim_spool(root)  # slot-1 now: the one that runs
+    lock.close()  # the dead process's lock goes with it
+    broker = LocalBroker(log=tmp_path / "tansu.log")
+    broker.start()
+    try:
+        create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
+        log = EventLog(mine, KafkaSettings(broker.bootstrap, send_timeout=5.0), adopt_every_s=0)
+        try:
+            assert log.adopt_orphans() == 7 and log.orphan_pending == 0
+            assert sorted(set(consume(broker.bootstrap, 7))) == sorted(f"e{i}" for i in range(7))
+        finally:
+            log.close()
+    finally:
+        my_lock.close()
+        broker.stop()
