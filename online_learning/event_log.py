@@ -113,6 +113,7 @@ class EventLog:
         self.ship_failures = 0
         self._producer = None
         self.orphan_pending = 0  # events in spool slots no live process holds, not shipped yet
+        self._backlog = self._unshipped() if kafka is not None else 0  # left by an earlier run
         self._threads = [threading.Thread(target=self._sync_loop, name="event-log-sync", daemon=True)]
         if kafka is not None:
             self._threads.append(threading.Thread(target=self._ship_loop, name="event-log-ship", daemon=True))
@@ -197,9 +198,14 @@ class EventLog:
 
     # -- ship -------------------------------------------------------------------
     def pending(self) -> int:
-        """Events appended but not yet acknowledged by the broker (0 without Kafka)."""
+        """Events appended but not yet acknowledged by the broker (0 without Kafka): counted, not read from
+        the spool (a long outage's backlog would be read again at every call)."""
         if self.kafka is None:
             return 0
+        return max(0, self._backlog + self.appended - self.shipped)
+
+    def _unshipped(self) -> int:
+        """The spool's lines after the shipped position (read once, at start)."""
         segment, offset = self._position()
         count = 0
         for s in self._segments():
