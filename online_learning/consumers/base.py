@@ -58,6 +58,7 @@ class ConsumerLoop:
         self.forget = forget
         self.consumed = 0
         self.invalid = 0
+        self.handle_failures = 0  # batches in a row whose handling failed (retried with back-off)
         self.forgotten = 0  # events of erased shoppers dropped
         self.topic_resets = 0
         self._topic_ids: dict[str, str] = {}
@@ -101,9 +102,18 @@ class ConsumerLoop:
             if batch:
                 try:
                     self.handle(batch)
+                except Exception as err:  # noqa: BLE001 - a store out of reach: no commit, the batch comes again
+                    self.handle_failures += 1
+                    wait = min(30.0, 0.5 * 2 ** min(self.handle_failures, 6))
+                    logger.warning("%s: handling %d events failed (%s: %s); they are read again in %.1f s",
+                                   self.group, len(batch), type(err).__name__, err, wait)
+                    consumer = self._close(consumer)
+                    self.stop_event.wait(wait)
+                    continue
                 except BaseException:
                     self._close(consumer)  # like a dying process: no commit, the batch is re-delivered
                     raise
+                self.handle_failures = 0
                 self.consumed += len(batch)
             if polled:
                 last_message = time.monotonic()

@@ -128,7 +128,10 @@ class StreamingFeatures:
         self.products = products
         self.push = push
         self.pushed = {"popularity": 0, "users": 0}
-        self._flush_dirty()
+        try:
+            self._flush_dirty()  # what a crash left marked
+        except Exception as err:  # noqa: BLE001 - the store is down: the marks stay for the next batch's push
+            logger.warning("pushing the features left marked failed (%s); they are pushed with the next batch", err)
 
     def __call__(self, batch: list[Delivered]) -> None:
         keys = [key_of(d.event) for d in batch]

@@ -159,6 +159,26 @@ def test_a_click_and_a_search_with_the_same_id_are_both_kept(tmp_path: Path) -> 
     assert row == (1, 1)  # the click counted once, and not mistaken for the search
 
 
+def test_an_online_store_out_of_reach_delays_the_features_and_loses_nothing(broker: LocalBroker,
+                                                                           tmp_path: Path) -> None:
+    publish(broker, tmp_path / "spool", events(20))
+    down = [True, True, True]  # the online store refuses the first pushes, then answers
+    pushed: list[pd.DataFrame] = []
+
+    def push(source: str, frame: pd.DataFrame) -> None:
+        if down and down.pop():
+            raise ConnectionError("Redis is down")
+        pushed.append(frame)
+
+    updater = StreamingFeatures(tmp_path / "features.sqlite", {"p0": (1, 10.0)}, push)  # starts though it is down
+    loop = ConsumerLoop(broker.bootstrap, "features-outage", [RANKINGS_TOPIC, INTERACTIONS_TOPIC], updater,
+                        tmp_path / "d.jsonl")
+    run_loop(loop)  # the consumer keeps going: it no longer dies on the first refused push
+    assert not down and pushed and loop.handle_failures == 0
+    latest = updater.popularity(["p0"]).set_index("product_id")
+    assert latest.loc["p0", "impressions_7d"] == 20  # each event once, across the retries
+
+
 def test_streaming_features_count_once_across_a_crash(broker: LocalBroker, tmp_path: Path) -> None:
     batch = events(40)
     publish(broker, tmp_path / "spool", batch)
