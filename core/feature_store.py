@@ -213,10 +213,24 @@ class OnlineFeatureReader:
             with self._lock:
                 self._refreshing.difference_update(product_ids)
 
-    def warm(self, product_ids: Sequence[str], batch: int = 2000) -> None:
-        """Read every product's rows into the cache (a server does this once, in the background)."""
+    def warm(self, product_ids: Sequence[str], batch: int = 2000) -> list[str]:
+        """Read every product's rows into the cache (a server does this once, in the background); returns
+        the products that could not be read (the store out of reach), for the caller to try again."""
+        failed: list[str] = []
         for start in range(0, len(product_ids), batch):
-            self._refresh(list(product_ids[start : start + batch]), timeout=60.0)
+            chunk = list(product_ids[start : start + batch])
+            try:
+                self._store(self._read_products(chunk, timeout=60.0), time.monotonic())
+            except StoreUnavailable:
+                failed += chunk
+            except Exception:  # noqa: BLE001 - logged; tried again with the rest
+                logger.exception("reading %d products' store features failed", len(chunk))
+                failed += chunk
+        return failed
+
+    def stopped(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True once the reader is closed (background work ends)."""
+        return self._stop.wait(seconds)
 
     def _products(self, product_ids: Sequence[str]) -> list[tuple[float, dict[str, Any], np.ndarray]]:
         """Cached entries (read time, row, vector): a product never read is read now; a row older than

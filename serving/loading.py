@@ -245,10 +245,18 @@ def wait_for_store_features(engine: SearchEngine, seconds: float) -> bool:
 def warm_store_features(engine: SearchEngine) -> None:
     """Read every live product's store features into the reader's cache (a server does this once,
     in the background, after it loads)."""
-    if engine.models.features is not None:
+    reader = engine.models.features
+    if reader is not None:
         started = time.perf_counter()
         products = engine.index.live_product_ids()
-        engine.models.features.warm(products)
+        left, wait = reader.warm(products), 1.0
+        if left:  # the store out of reach: tried again until it answers (readiness waits warm_wait_s at most)
+            logger.warning("store features of %d of %d products could not be read; trying again until the online "
+                           "store answers", len(left), len(products))
+        while left:
+            if reader.stopped(wait):
+                return
+            left, wait = reader.warm(left), min(30.0, wait * 2)
         if engine.facts is not None:  # filters and facets read the store's rows from now on
             engine.facts.refresh()
         logger.info("store features of %d products read into memory in %.1f s", len(products),

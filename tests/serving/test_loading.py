@@ -70,3 +70,25 @@ def test_a_catalog_given_to_a_home_that_serves_another_index_is_named(tmp_path, 
         served = open_index(home.model_copy(update={"catalog": second}), encoder)
     assert served.count == 30  # the existing index is served as it is ...
     assert "not the catalog" in caplog.text and "shoprank index --catalog" in caplog.text  # ... and says so
+
+
+def test_store_features_a_down_store_could_not_give_are_read_once_it_answers() -> None:
+    from serving.loading import warm_store_features
+
+    calls: list[list[str]] = []
+    refreshed: list[bool] = []
+
+    class Reader:  # the online store refuses the first read (unit test double)
+        def warm(self, ids: list[str]) -> list[str]:
+            calls.append(list(ids))
+            return list(ids) if len(calls) == 1 else []
+
+        def stopped(self, seconds: float) -> bool:
+            time.sleep(min(seconds, 0.01))
+            return False
+
+    engine = SimpleNamespace(models=SimpleNamespace(features=Reader()),
+                             index=SimpleNamespace(live_product_ids=lambda: ["P1", "P2"]),
+                             facts=SimpleNamespace(refresh=lambda: refreshed.append(True)))
+    warm_store_features(engine)  # type: ignore[arg-type]
+    assert calls == [["P1", "P2"], ["P1", "P2"]] and refreshed == [True]  # read again, then the facts rebuilt
