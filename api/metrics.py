@@ -18,6 +18,7 @@ running: counts and sizes are summed, hit rates recomputed from the summed looku
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -107,7 +108,7 @@ class Metrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(folder))
         others = read_live(folder, exclude=os.getpid())
-        registry.register(_Merged(merge_live([dump_families(self._live_families()), *others])))
+        registry.register(_Merged(merge_live([dump_families(self._live_families()), *others], read_retired(folder))))
         return generate_latest(registry)
 
 
@@ -121,15 +122,19 @@ def dump_families(families: Iterable[Metric]) -> Dumped:
 
 
 def read_live(folder: Path, exclude: int | None = None) -> list[Dumped]:
-    """The live figures other running processes last wrote to ``folder`` (files of processes
-    that are gone are skipped; a file being replaced is read whole or not at all)."""
+    """The live figures other running processes last wrote to ``folder`` (a file being replaced is read
+    whole or not at all); the counters of processes that are gone are folded into ``retired.json``
+    (:func:`retire`, :func:`read_retired`), so that a counter never goes down when a process ends."""
     out = []
     for path in sorted(folder.glob("live-*.json")):
         try:
             pid = int(path.stem.split("-", 1)[1])
         except ValueError:
             continue
-        if pid == exclude or not alive(pid):
+        if pid == exclude:
+            continue
+        if not alive(pid):
+            retire(path)
             continue
         try:
             out.append(json.loads(path.read_text()))
@@ -138,14 +143,60 @@ def read_live(folder: Path, exclude: int | None = None) -> list[Dumped]:
     return out
 
 
-def merge_live(processes: list[Dumped]) -> list[Metric]:
+def read_retired(folder: Path) -> Dumped:
+    """The summed counters of the processes that are gone (:func:`retire`); none yet: empty."""
+    try:
+        return list(json.loads((folder / RETIRED).read_text()))
+    except (OSError, ValueError):
+        return []
+
+
+RETIRED = "retired.json"  # the counters of the processes that are gone, summed
+
+
+def retire(path: Path) -> None:
+    """Fold the counters of the live file at ``path`` (a process that ended) into its folder's
+    ``retired.json`` and remove the file: once, whichever process does it (a lock on the folder)."""
+    folder = path.parent
+    with open(folder / "retired.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            dumped = json.loads(path.read_text())
+        except FileNotFoundError:  # another process retired it first
+            return
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            return
+        target = folder / RETIRED
+        base = json.loads(target.read_text()) if target.is_file() else []
+        sums: dict[str, dict[str, Any]] = {f["name"]: f for f in base}
+        for family in dumped:
+            if family.get("type") != "counter":
+                continue
+            kept = sums.setdefault(family["name"], {**family, "samples": []})
+            index = {(n, tuple(sorted(labels.items()))): i for i, (n, labels, _) in enumerate(kept["samples"])}
+            for name, labels, value in family["samples"]:
+                key = (name, tuple(sorted(labels.items())))
+                if key in index:
+                    kept["samples"][index[key]][2] += float(value)
+                else:
+                    index[key] = len(kept["samples"])
+                    kept["samples"].append([name, labels, float(value)])
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(list(sums.values())))
+        os.replace(tmp, target)
+        path.unlink(missing_ok=True)
+
+
+def merge_live(processes: list[Dumped], retired: Dumped | None = None) -> list[Metric]:
     """One set of families from each process's: values of the same sample summed, except
     ``shoprank_ready`` (the least: 1 when every process is ready), ``shoprank_model_info``
     (1 per version any process serves) and ``shoprank_cache_hit_rate`` (hits over the summed
-    lookups); plus ``shoprank_server_processes``."""
+    lookups); plus ``shoprank_server_processes``. ``retired``: the counters of processes that are
+    gone, added to the counters."""
     families: dict[str, dict[str, Any]] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]] = {}
-    for dumped in processes:
+    for dumped in [*processes, [f for f in retired or [] if f.get("type") == "counter"]]:
         for family in dumped:
             families.setdefault(family["name"], family)
             seen = values.setdefault(family["name"], {})
@@ -202,8 +253,12 @@ class _LivePublisher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        try:
+            self.publish()  # the last figures: its counters then live on among the retired
+        except Exception:  # noqa: BLE001 - metrics never take a server down
+            logger.exception("could not publish the last live metrics to %s", self.path)
         with self._lock:
-            self.path.unlink(missing_ok=True)
+            retire(self.path)
 
     def publish(self) -> None:
         text = json.dumps(dump_families(self.families()))

@@ -17,6 +17,7 @@ from api.metrics import (
     dump_families,
     merge_live,
     read_live,
+    read_retired,
 )
 from core.cache import LRUCache
 
@@ -34,9 +35,9 @@ def families(state: dict):  # type: ignore[no-untyped-def]
     return dump_families(_LiveCollector(lambda: state).collect())
 
 
-def exposition(dumped: list) -> dict[str, float]:
+def exposition(dumped: list, retired: list | None = None) -> dict[str, float]:
     registry = CollectorRegistry()
-    registry.register(_Merged(merge_live(dumped)))
+    registry.register(_Merged(merge_live(dumped, retired)))
     out = {}
     for line in generate_latest(registry).decode().splitlines():
         if line and not line.startswith("#"):
@@ -75,7 +76,7 @@ def test_a_process_publishes_its_figures_and_removes_them_when_it_stops(tmp_path
         assert read_live(tmp_path, exclude=os.getpid()) == []  # the answering process reads its own live
     finally:
         publisher.stop()
-    assert not path.exists()
+    assert not path.exists() and read_retired(tmp_path)  # its counters kept among the retired
 
 
 def test_figures_of_a_process_that_is_gone_are_not_merged(tmp_path: Path) -> None:
@@ -84,6 +85,17 @@ def test_figures_of_a_process_that_is_gone_are_not_merged(tmp_path: Path) -> Non
     (tmp_path / f"live-{gone.stdout.strip()}.json").write_text(json.dumps(families(process_state(1, 0, 1, True, "v1"))))
     (tmp_path / "live-notapid.json").write_text("{}")
     assert read_live(tmp_path) == []
+
+
+def test_the_counters_of_a_process_that_is_gone_keep_counting(tmp_path: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)  # a worker killed and respawned: its counts must not leave the totals
+    (tmp_path / f"live-{gone.stdout.strip()}.json").write_text(json.dumps(families(process_state(7, 2, 4, True, "v1"))))
+    assert read_live(tmp_path) == [] and not list(tmp_path.glob("live-*.json"))  # folded, once
+    merged = exposition([families(process_state(1, 1, 3, True, "v1"))], read_retired(tmp_path))
+    assert merged['shoprank_cache_lookups_total{cache="results",result="hit"}'] == 8  # 7 of the gone one + 1
+    assert merged['shoprank_cache_entries{cache="results"}'] == 3  # a gauge is the live processes' only
+    assert merged["shoprank_ready"] == 1 and merged["shoprank_server_processes"] == 1
 
 
 COUNT_ONE_SEARCH = """
