@@ -46,7 +46,7 @@ def require_admin(request: Request, settings: SettingsDep, authorization: Annota
 
 # mounted at /v1 (the default store) and /v1/stores/{store}
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
-                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}})
+                   responses={status: {"model": ErrorBody} for status in (401, 403, 404, 409, 422, 503)})
 
 class Activate(BaseModel):
     version: str = Field(..., pattern=r"^v[0-9]{1,6}$", description="Registered version, e.g. v3.")

@@ -6,7 +6,7 @@ import logging
 
 import time
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
@@ -223,7 +223,8 @@ def search_get(
     served: ServedDep,
     request: Request,
     key: KeyDep,
-    q: Annotated[str, Query(description=f"Search text, 1..{MAX_QUERY_CHARS} characters")],
+    q: Annotated[str, Query(min_length=1, max_length=4 * MAX_QUERY_CHARS,
+                            description=f"Search text, 1..{MAX_QUERY_CHARS} characters after trimming")],
     k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}")] = 10,
     offset: Annotated[int, Query(ge=0, le=900, description="Results to skip (paging), 0..900")] = 0,
     user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
@@ -232,8 +233,8 @@ def search_get(
     rewrite: Annotated[bool, Query(description="Correct misspelled words (false: as typed)")] = True,
     category: Annotated[list[str] | None, Query(description="Only these categories (repeat for several)")] = None,
     brand: Annotated[list[str] | None, Query(description="Only these brands (repeat for several)")] = None,
-    min_price: Annotated[float | None, Query(description="Lowest price, >= 0")] = None,
-    max_price: Annotated[float | None, Query(description="Highest price, >= 0")] = None,
+    min_price: Annotated[float | None, Query(ge=0, description="Lowest price, >= 0")] = None,
+    max_price: Annotated[float | None, Query(ge=0, description="Highest price, >= 0")] = None,
     in_stock: Annotated[bool | None, Query(description="true: only products in stock")] = None,
     facets: Annotated[list[str] | None, Query(description="category, brand, price (repeat for several)")] = None,
     sort: Annotated[str, Query(description="relevance, price_asc or price_desc")] = "relevance",
@@ -244,6 +245,24 @@ def search_get(
         body = SearchRequest.model_validate({"query": q, "k": k, "offset": offset, "user_id": user_id,
                                              "session_id": session_id, "explain": explain, "rewrite": rewrite,
                                              "filters": filters, "facets": facets or [], "sort": sort})
-    except ValidationError as error:
-        raise RequestValidationError(error.errors(include_url=False)) from None
+    except ValidationError as error:  # named as the query string names them: q, category, min_price ...
+        raise RequestValidationError(_as_parameters(error.errors(include_url=False))) from None
     return _respond(served, body, request, key)
+
+
+def _as_parameters(errors: list[Any]) -> list[Any]:
+    """Validation errors of the request body built from a GET's parameters, located at those parameters
+    (``query`` -> ``q``, ``filters.category.list[...].0`` -> ``category.0``); of the two readings of a list
+    parameter (one value, or several) only the list's, which is what a query string gives."""
+    out, seen = [], set()
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        if loc[:1] == ["filters"] and len(loc) > 2 and not loc[2].startswith("list["):
+            continue  # the one-value reading of a list parameter
+        named = (["q"] if loc[:1] == ["query"] else [p for p in loc[1:] if not p.startswith("list[")]
+                 if loc[:1] == ["filters"] else loc)
+        key = (tuple(named), error.get("msg"))
+        if key not in seen:
+            seen.add(key)
+            out.append({**error, "loc": ("query", *named)})
+    return out

@@ -103,6 +103,12 @@ def test_words_of_any_script_are_a_query(client: TestClient) -> None:
 def test_get_validation_names_the_parameter(client: TestClient) -> None:
     response = client.get("/v1/search", params={"q": "drill", "k": 1000})
     assert response.status_code == 422 and response.json()["message"].startswith("k:")
+    long = client.get("/v1/search", params={"q": "d" * 300})
+    assert long.status_code == 422 and long.json()["message"].startswith("q:")  # not the body's name, query
+    empty = client.get("/v1/search?q=drill&category=")
+    assert empty.status_code == 422 and empty.json()["message"].startswith("category.0:")
+    assert "constrained-str" not in empty.json()["message"] and ";" not in empty.json()["message"]
+    assert client.get("/v1/search", params={"q": "drill", "min_price": -1}).json()["message"].startswith("min_price")
 
 
 def test_probes_and_openapi(client: TestClient) -> None:
