@@ -120,7 +120,7 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
     titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))
     # the teacher's scores of these queries' candidates: kept for a run on the same queries and catalog only
     pool_dir = settings.paths.training(f"pool-{teacher.role}-{teacher.version}-{args.split}-d{args.pool_depth}-"
-                                       f"{data_hash(train)}-{dataset.digest()[:12]}")
+                                       f"{data_hash(train)}-{dataset.digest[:12]}")
     pool = teacher_pool(train, candidates, teacher.path, titles, pool_dir, progress=settings.progress)
     ltr = None
     if args.ensemble:

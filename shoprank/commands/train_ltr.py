@@ -56,9 +56,9 @@ def _train_ltr(args: argparse.Namespace, settings: Settings, client: Any) -> int
                                "already (save cross-fitted rows with --fold-encoders ... --save-data FOLDER)")
         parts, meta = _load_data(args.from_data)
         saved = meta.get("dataset")
-        if saved is not None and saved != dataset.digest():
+        if saved is not None and saved != dataset.digest:
             raise InvalidInput(f"--from-data {args.from_data} holds rows of another dataset (digest {saved[:12]}, "
-                               f"not {dataset.digest()[:12]} of {args.dataset}): give the --dataset they were built from")
+                               f"not {dataset.digest[:12]} of {args.dataset}): give the --dataset they were built from")
         top = max(int(parts["train"].labels.max(initial=0)), int(parts["dev"].labels.max(initial=0)))
         if top > dataset.max_grade:
             raise InvalidInput(f"--from-data {args.from_data} has grades up to {top}, above {args.dataset}'s "
@@ -118,7 +118,7 @@ def _build_data(args: argparse.Namespace, settings: Settings,
             "below_depth": args.below_depth, "negatives": negatives, "feature_groups": groups_wanted,
             "feature_service": settings.features.service if store else None, "served_models": engine.versions,
             "parent": f"reranker:{engine.teacher.version}" if engine.teacher else None,
-            "training_data": data_hash(train), "dataset": dataset.digest()} | (
+            "training_data": data_hash(train), "dataset": dataset.digest} | (
                 {"fold_encoders": [spec for _, spec in folds]} if folds else {})
     return parts, meta
 
