@@ -82,7 +82,8 @@ def clustered_mean(totals: np.ndarray, searches: np.ndarray) -> Clustered:
 def clustered_means(metric: str, totals_a: np.ndarray, searches_a: np.ndarray, totals_b: np.ndarray,
                     searches_b: np.ndarray) -> Comparison:
     """Arm b against arm a on a per-search mean, each arm given per shopper (:func:`clustered_mean`): a
-    t-test of the difference (the smaller arm's shoppers less one degrees of freedom) and its 95% interval. An arm with fewer than two shoppers gives p = 1 and
+    t-test of the difference (the smaller arm's shoppers less one degrees of freedom) and its 95% interval.
+    An arm with fewer than two shoppers gives p = 1 and
     no interval (nothing can be told yet); no variance in either arm gives p = 1 for equal means, else 0."""
     a, b = clustered_mean(totals_a, searches_a), clustered_mean(totals_b, searches_b)
     diff = b.mean - a.mean

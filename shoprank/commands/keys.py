@@ -11,7 +11,8 @@ from core.settings import Settings
 
 
 def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
-    from api.stores import other_stores  # here: the parser loads no server module (FAISS reads its threads then)
+    # imported here: the parser loads no server module (FAISS reads its threads when it loads)
+    from api.stores import other_stores
 
     store = check_store_name(args.store or settings.store_name)
     stores = [settings.index_name, *other_stores(settings.for_store(None))]

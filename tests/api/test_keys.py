@@ -114,7 +114,8 @@ def test_events_and_impressions_carry_the_key_that_sent_them(keyed) -> None:  # 
     forged = {"type": "click", "event_id": "kid-1", "request_id": "r-1", "product_id": "P1", "key_id": "someone"}
     assert client.post("/v1/events", json=[forged], headers=auth(keys["events"])).status_code == 202
     time.sleep(1.1)
-    valued = client.post("/v1/events", json=[{**forged, "event_id": "kid-2", "revenue": 5}], headers=auth(keys["events"]))
+    valued = client.post("/v1/events", json=[{**forged, "event_id": "kid-2", "revenue": 5}],
+                         headers=auth(keys["events"]))
     assert valued.status_code == 422 and "body.0.revenue: 5.0 is a purchase's value" in valued.json()["message"]
     events_id = next(k.id for k in store.keys() if k.scopes == ("events",))
     home = store.path.parent

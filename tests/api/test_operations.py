@@ -251,7 +251,8 @@ def test_a_degrade_budget_skips_the_cross_encoder_beside_another_search(ops_sett
         assert shed and sum(float(line.split()[-1]) for line in shed) >= 1
 
 
-def test_a_storefront_page_may_call_the_api_from_its_listed_origins(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_storefront_page_may_call_the_api_from_its_listed_origins(settings: Settings,
+                                                                   tmp_path: Path) -> None:
     from api.main import create_app
 
     home = settings.model_copy(update={"home": tmp_path, "api": ApiSettings(cors_origins=["https://shop.example.com"])})
@@ -265,7 +266,7 @@ def test_a_storefront_page_may_call_the_api_from_its_listed_origins(settings: Se
         ApiSettings(cors_origins=["shop.example.com/"])
 
 
-def test_a_fault_no_handler_maps_is_a_json_500_that_is_counted(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_fault_no_handler_maps_is_a_json_500_that_is_counted(settings: Settings, tmp_path: Path) -> None:
     from api.main import create_app
 
     app = create_app(settings.model_copy(update={"home": tmp_path}))

@@ -41,7 +41,8 @@ def test_a_live_teacher_without_vnni_or_amx_is_flagged() -> None:
     assert teacher_cost_warning(Cpu("x", 2, "aarch64", ()), "fp32", 20) is not None  # generic kernels
 
 
-def test_the_rules_and_synonyms_files_settings_name_are_named_for_every_store(tmp_path, settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_rules_and_synonyms_files_settings_name_are_named_for_every_store(  # type: ignore[no-untyped-def]
+        tmp_path, settings) -> None:
     from pathlib import Path
 
     from serving.loading import named_files
@@ -55,8 +56,8 @@ def test_the_rules_and_synonyms_files_settings_name_are_named_for_every_store(tm
                                  tmp_path / "stores" / "garden" / "synonyms.txt"]
 
 
-def test_a_catalog_given_to_a_home_that_serves_another_index_is_named(tmp_path, settings, demo_products,  # type: ignore[no-untyped-def]
-                                                                      caplog) -> None:
+def test_a_catalog_given_to_a_home_that_serves_another_index_is_named(  # type: ignore[no-untyped-def]
+        tmp_path, settings, demo_products, caplog) -> None:
     from serving.indexing import open_index
     from tests.fakes import HashingEncoder
 

@@ -70,7 +70,8 @@ class Counts:
         pass
 
 
-def test_processes_share_pages_whatever_their_own_facts_builds(fake_index, settings) -> None:  # type: ignore[no-untyped-def]
+def test_processes_share_pages_whatever_their_own_facts_builds(  # type: ignore[no-untyped-def]
+        fake_index, settings) -> None:
     from serving.engine import assemble
     from tests.fakes import HashingEncoder
 

@@ -147,8 +147,8 @@ def test_a_page_ranked_by_one_process_is_served_by_another(warm_home: Settings,
         alone.close()
 
 
-def test_a_night_without_logged_searches_warms_nothing_and_is_no_failure(tmp_path, monkeypatch,  # type: ignore[no-untyped-def]
-                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_night_without_logged_searches_warms_nothing_and_is_no_failure(  # type: ignore[no-untyped-def]
+        tmp_path, monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path))
     get_settings.cache_clear()
     try:
