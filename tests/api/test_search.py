@@ -580,3 +580,21 @@ def test_pages_stay_full_and_agree_when_the_rules_leave_rows_out(  # type: ignor
         rows = [p for each in pages for p in each]
         assert len(set(rows)) == 200 and not set(rows) & set(hidden)
         assert page(50, 100) == rows[100:150]  # a row's place does not depend on the page size
+
+
+def test_a_full_spool_disk_costs_searches_their_impression_and_events_a_503(client: TestClient,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    log = client.app.state.stores[client.app.state.default_store].event_log  # type: ignore[attr-defined]
+
+    def full(events, durable: bool = True) -> None:  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(log, "append", full)
+    searched = client.post("/v1/search", json={"query": "garden hose", "k": 3})
+    assert searched.status_code == 200 and len(searched.json()["items"]) == 3  # answered, impression not logged
+    assert 'shoprank_events_total{type="ranking_dropped"}' in client.get("/metrics").text
+    sent = client.post("/v1/events", json=[{"event_id": "full-1", "request_id": "r", "type": "click",
+                                            "product_id": "P1"}])
+    assert sent.status_code == 503 and sent.headers["retry-after"] == "5" and "send it again" in sent.text
