@@ -163,6 +163,8 @@ async def _request_context(request: Request, call_next: Callable[[Request], Awai
     if rebalance:
         response.headers["connection"] = "close"
         state.metrics.rebalanced.inc()
+    elif response.status_code == 503:  # this process cannot serve yet (loading): the client's next try may
+        response.headers["connection"] = "close"  # reach a ready peer on the port, not this one again
     path = _route_template(request)
     state.metrics.requests.labels(path, str(response.status_code)).observe(seconds)
     response.headers["x-request-id"] = request.state.request_id

@@ -598,3 +598,4 @@ def test_a_full_spool_disk_costs_searches_their_impression_and_events_a_503(clie
     sent = client.post("/v1/events", json=[{"event_id": "full-1", "request_id": "r", "type": "click",
                                             "product_id": "P1"}])
     assert sent.status_code == 503 and sent.headers["retry-after"] == "5" and "send it again" in sent.text
+    assert sent.headers["connection"] == "close"  # the next try on a new connection, maybe to a ready peer
