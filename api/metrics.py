@@ -107,8 +107,8 @@ class Metrics:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(folder))
-        others = read_live(folder, exclude=os.getpid())
-        registry.register(_Merged(merge_live([dump_families(self._live_families()), *others], read_retired(folder))))
+        others, retired = read_figures(folder, exclude=os.getpid())
+        registry.register(_Merged(merge_live([dump_families(self._live_families()), *others], retired)))
         return generate_latest(registry)
 
 
@@ -122,10 +122,16 @@ def dump_families(families: Iterable[Metric]) -> Dumped:
 
 
 def read_live(folder: Path, exclude: int | None = None) -> list[Dumped]:
-    """The live figures other running processes last wrote to ``folder`` (a file being replaced is read
-    whole or not at all); the counters of processes that are gone are folded into ``retired.json``
-    (:func:`retire`, :func:`read_retired`), so that a counter never goes down when a process ends."""
-    out = []
+    """The live figures other running processes last wrote to ``folder`` (:func:`read_figures`)."""
+    return read_figures(folder, exclude)[0]
+
+
+def read_figures(folder: Path, exclude: int | None = None) -> tuple[list[Dumped], Dumped]:
+    """The live figures other running processes last wrote to ``folder`` (a file being replaced is read whole
+    or not at all) and the summed counters of the processes that are gone: those of a process found gone are
+    folded first (:func:`retire`), then both are read under the folder's lock, so a process that ends
+    meanwhile is counted once, never twice or not at all, and a counter never goes down."""
+    files = []
     for path in sorted(folder.glob("live-*.json")):
         try:
             pid = int(path.stem.split("-", 1)[1])
@@ -133,14 +139,22 @@ def read_live(folder: Path, exclude: int | None = None) -> list[Dumped]:
             continue
         if pid == exclude:
             continue
-        if not alive(pid):
+        if alive(pid):
+            files.append(path)
+        else:
             retire(path)
-            continue
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return out
+    with open(folder / "retired.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        out = []
+        for path in files:
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):  # retired meanwhile: its counters are in the retired sums read next
+                continue
+        return out, read_retired(folder)
+
+
+RETIRED = "retired.json"  # the counters of the processes that are gone, summed
 
 
 def read_retired(folder: Path) -> Dumped:
@@ -149,9 +163,6 @@ def read_retired(folder: Path) -> Dumped:
         return list(json.loads((folder / RETIRED).read_text()))
     except (OSError, ValueError):
         return []
-
-
-RETIRED = "retired.json"  # the counters of the processes that are gone, summed
 
 
 def retire(path: Path) -> None:
@@ -248,6 +259,8 @@ class _LivePublisher:
         self._thread = threading.Thread(target=self._run, name="live-metrics", daemon=True)
 
     def start(self) -> None:
+        if self.path.is_file():  # left by a process that ended with this pid: its counters are not this one's
+            retire(self.path)
         self._thread.start()
 
     def stop(self) -> None:

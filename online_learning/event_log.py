@@ -62,6 +62,13 @@ def hold_slot(root: Path, name: str) -> IO[str] | None:
     return handle
 
 
+def _slot_number(folder: Path) -> int:
+    try:
+        return int(folder.name.removeprefix("slot-"))
+    except ValueError:
+        return 1 << 30
+
+
 def claim_spool(root: Path, slots: int = 64) -> tuple[Path, object]:
     """The first spool folder under ``root`` that no other live process holds, and its lock.
 
@@ -173,10 +180,12 @@ class EventLog:
             self._new_data.notify_all()
 
     def _rotate(self) -> None:
+        # the next segment opened first: a disk that refuses it leaves this one in use, not a closed file
+        fresh = open(self._path(self._segment + 1), "ab", buffering=0)  # noqa: SIM115
         os.fsync(self._file.fileno())
         self._file.close()
         self._segment += 1
-        self._file = open(self._path(self._segment), "ab", buffering=0)  # noqa: SIM115
+        self._file = fresh
 
     def _sync(self, target: int) -> None:
         with self._sync_lock:
@@ -205,7 +214,8 @@ class EventLog:
         return max(0, self._backlog + self.appended - self.shipped)
 
     def _unshipped(self) -> int:
-        """The spool's lines after the shipped position (read once, at start)."""
+        """The spool's whole lines after the shipped position (read once, at start; a torn last line, which
+        the shipper never sends, does not count)."""
         segment, offset = self._position()
         count = 0
         for s in self._segments():
@@ -214,7 +224,7 @@ class EventLog:
             with open(self._path(s), "rb") as handle:
                 if s == segment:
                     handle.seek(offset)
-                count += sum(1 for _ in handle)
+                count += sum(1 for line in handle if line.endswith(b"\n"))
         return count
 
     def _connect(self):  # type: ignore[no-untyped-def]
@@ -302,9 +312,13 @@ class EventLog:
         server started with fewer processes, an import that could not ship): each one's lock taken, its
         events sent in order, the lock let go. Returns the events shipped; what is left is ``orphan_pending``."""
         shipped = left = 0
-        for folder in sorted(p for p in self.folder.parent.glob("slot-*") if p.is_dir() and p != self.folder):
+        for folder in sorted((p for p in self.folder.parent.glob("slot-*") if p.is_dir() and p != self.folder),
+                             key=_slot_number):
             lock = hold_slot(self.folder.parent, folder.name)
             if lock is None:  # a live process holds it and ships it
+                if _slot_number(folder) < _slot_number(self.folder):  # a live process of a lower slot adopts
+                    self.orphan_pending = 0  # (and counts) the orphans: one process, not each
+                    return 0
                 continue
             try:
                 orphan = EventLog(folder, self.kafka, store=self.store, adopt_every_s=0)

@@ -241,7 +241,7 @@ TUNABLE = {"learning_rate": float, "num_leaves": int, "min_data_in_leaf": int, "
            "early_stopping": int}
 
 
-RANGES = {"feature_fraction": (0.0, 1.0), "bagging_fraction": (0.0, 1.0), "num_leaves": (2, math.inf),
+RANGES = {"feature_fraction": (0.0, 1.0), "bagging_fraction": (0.0, 1.0), "num_leaves": (2, 131_072),
           "learning_rate": (0.0, 10.0)}  # what LightGBM can use (beyond: an error deep in training, or infinities)
 
 
@@ -260,7 +260,7 @@ def parse_tunable(text: str) -> tuple[str, float | int]:
     if not math.isfinite(number) or number < low or number > high or (number == 0 and not zero_allowed):
         allowed = f"a finite number {'>= 0' if zero_allowed else '> 0'}" if high == math.inf else f"in ({low}, {high}]"
         if key == "num_leaves":
-            allowed = "a whole number >= 2"
+            allowed = "a whole number from 2 to 131072"
         raise ValueError(f"{text!r}: {key} must be {allowed}")
     return key, number
 

@@ -9,12 +9,16 @@ are keyed on the facts they were worked out from, so none made before an update 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from core.errors import Conflict, InvalidInput, NotFound, NotReady
+from core.feature_store import StoreUnavailable
 from core.product_changes import open_changes, write_facts
 from serving.engine import SearchEngine
+
+logger = logging.getLogger(__name__)
 
 LIVE_FACTS = ("price", "in_stock", "promoted")  # what an update may set
 
@@ -44,8 +48,7 @@ def update_facts(engine: SearchEngine, updates: Mapping[str, Mapping[str, Any]])
     try:
         feed = reader.feed if reader.feed is not None else open_changes(reader.store)
         written = write_facts(reader.store, updates, held, feed)
-        reader.catch_up(list(updates))
-    except (ConnectionError, TimeoutError, OSError) as error:  # the online store out of reach
+    except (ConnectionError, TimeoutError, OSError, StoreUnavailable) as error:  # the online store out of reach
         raise NotReady(f"the online store cannot be written now ({type(error).__name__}: {error}); nothing is "
                        "lost by sending the update again", retry_after=5.0) from None
     except Exception as error:  # redis-py's and sqlite's errors are their own classes  # noqa: BLE001
@@ -53,6 +56,11 @@ def update_facts(engine: SearchEngine, updates: Mapping[str, Mapping[str, Any]])
             raise
         raise NotReady(f"the online store cannot be written now ({type(error).__name__}: {error}); send the "
                        "update again", retry_after=5.0) from None
+    try:
+        reader.catch_up(list(updates))
+    except Exception as error:  # noqa: BLE001 - written: the feed and the rows' TTL bring it in; not a failure
+        logger.warning("the update of %d products is written; reading it back failed (%s: %s), the change feed "
+                       "reads it within features.changes_poll_s", len(updates), type(error).__name__, error)
     if engine.facts is not None:
         engine.facts.refresh()  # the next search of this process filters and ranks on the new facts
     return {"updated": len(updates), "rows": written}

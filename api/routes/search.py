@@ -258,8 +258,8 @@ def _as_parameters(errors: list[Any]) -> list[Any]:
         loc = [str(part) for part in error.get("loc", ())]
         if loc[:1] == ["filters"] and len(loc) > 2 and not loc[2].startswith("list["):
             continue  # the one-value reading of a list parameter
-        named = (["q"] if loc[:1] == ["query"] else [p for p in loc[1:] if not p.startswith("list[")]
-                 if loc[:1] == ["filters"] else loc)
+        named = (["q"] if loc[:1] == ["query"] else [p for p in loc[1:] if not p.startswith("list[")] or
+                 ["min_price, max_price"] if loc[:1] == ["filters"] else loc)  # the prices' check is the filters' own
         key = (tuple(named), error.get("msg"))
         if key not in seen:
             seen.add(key)

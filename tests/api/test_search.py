@@ -109,6 +109,8 @@ def test_get_validation_names_the_parameter(client: TestClient) -> None:
     assert empty.status_code == 422 and empty.json()["message"].startswith("category.0:")
     assert "constrained-str" not in empty.json()["message"] and ";" not in empty.json()["message"]
     assert client.get("/v1/search", params={"q": "drill", "min_price": -1}).json()["message"].startswith("min_price")
+    crossed = client.get("/v1/search", params={"q": "drill", "min_price": 5, "max_price": 1}).json()["message"]
+    assert crossed.startswith("min_price, max_price:"), crossed
 
 
 def test_probes_and_openapi(client: TestClient) -> None:

@@ -141,3 +141,28 @@ def test_a_spool_slot_no_process_holds_is_shipped_by_a_live_one(tmp_path: Path) 
     finally:
         my_lock.close()
         broker.stop()
+
+
+def test_a_segment_the_disk_refuses_leaves_the_log_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    import online_learning.event_log as event_log
+
+    monkeypatch.setattr(event_log, "SEGMENT_BYTES", 100)
+    log = EventLog(tmp_path)
+    log.append([click(1)])  # over 100 bytes: the next append opens a new segment
+    real_open, refused = builtins.open, []
+
+    def full_disk(path, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
+        if "segment-" in str(path) and "a" in mode and not refused:
+            refused.append(path)
+            raise OSError(28, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full_disk)
+    with pytest.raises(OSError):
+        log.append([click(2)])
+    monkeypatch.setattr(builtins, "open", real_open)
+    log.append([click(3)])  # space again: the log goes on (it was a closed file for good)
+    log.close()
+    assert [r["event_id"] for r in lines(tmp_path)] == ["e1", "e3"]

@@ -192,7 +192,7 @@ def test_lambdamart_settings_by_name() -> None:
     for bad, says in [("leaves=3", "one of learning_rate"), ("num_leaves=big", "takes a int, not 'big'"),
                       ("num_leaves", "NAME=VALUE"), ("min_data_in_leaf=0", "must be a finite number > 0"),
                       ("lambda_l2=-1", "must be a finite number >= 0"), ("learning_rate=inf", r"in \(0.0, 10.0\]"),
-                      ("feature_fraction=1.5", r"in \(0.0, 1.0\]"), ("num_leaves=1", "whole number >= 2"),
+                      ("feature_fraction=1.5", r"in \(0.0, 1.0\]"), ("num_leaves=1", "whole number from 2 to 131072"), ("num_leaves=200000", "to 131072"),
                       ("learning_rate=nan", "learning_rate must be")]:
         with pytest.raises(ValueError, match=says):
             parse_tunable(bad)
