@@ -59,6 +59,7 @@ class ConsumerLoop:
         self.consumed = 0
         self.invalid = 0
         self.handle_failures = 0  # batches in a row whose handling failed (retried with back-off)
+        self._dead: set[tuple[str, int, int]] = set()  # records dead-lettered (topic, partition, offset)
         self.forgotten = 0  # events of erased shoppers dropped
         self.topic_resets = 0
         self._topic_ids: dict[str, str] = {}
@@ -107,7 +108,11 @@ class ConsumerLoop:
                     wait = min(30.0, 0.5 * 2 ** min(self.handle_failures, 6))
                     logger.warning("%s: handling %d events failed (%s: %s); they are read again in %.1f s",
                                    self.group, len(batch), type(err).__name__, err, wait)
-                    consumer = self._close(consumer)
+                    try:  # the same records at the next poll, from this consumer (its place in a rewound topic)
+                        for partition, records in polled.items():
+                            consumer.seek(partition, records[0].offset)
+                    except Exception:  # noqa: BLE001 - a new consumer starts from the committed offsets
+                        consumer = self._close(consumer)
                     self.stop_event.wait(wait)
                     continue
                 except BaseException:
@@ -170,6 +175,12 @@ class ConsumerLoop:
                 self.topic_resets += 1
 
     def _dead_letter(self, record, err: Exception) -> None:  # type: ignore[no-untyped-def]
+        where = (record.topic, record.partition, record.offset)
+        if where in self._dead:  # read again after a failed batch: written and counted once
+            return
+        if len(self._dead) > 100_000:
+            self._dead.clear()
+        self._dead.add(where)
         self.invalid += 1
         self.dead_letters.parent.mkdir(parents=True, exist_ok=True)
         with self.dead_letters.open("a") as handle:
