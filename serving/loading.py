@@ -249,18 +249,31 @@ def warm_store_features(engine: SearchEngine) -> None:
     if reader is not None:
         started = time.perf_counter()
         products = engine.index.live_product_ids()
-        left, wait = reader.warm(products), 1.0
-        if left:  # the store out of reach: tried again until it answers (readiness waits warm_wait_s at most)
+        left = reader.warm(products)
+        if left:  # the store out of reach: read again in the background until it answers; readiness (and a
+            # swap) does not wait for it, the rows read so far serve
             logger.warning("store features of %d of %d products could not be read; trying again until the online "
                            "store answers", len(left), len(products))
-        while left:
-            if reader.stopped(wait):
-                return
-            left, wait = reader.warm(left), min(30.0, wait * 2)
+            threading.Thread(target=_warm_the_rest, args=(engine, left, started), name="feature-warm-retry",
+                             daemon=True).start()
+            return
         if engine.facts is not None:  # filters and facets read the store's rows from now on
             engine.facts.refresh()
         logger.info("store features of %d products read into memory in %.1f s", len(products),
                     time.perf_counter() - started)
+
+
+def _warm_the_rest(engine: SearchEngine, left: list[str], started: float) -> None:
+    """:func:`warm_store_features`' products the store could not give, read again with back-off until it does
+    (or the reader closes), then the facts rebuilt."""
+    reader, wait = engine.models.features, 1.0
+    while left:
+        if reader.stopped(wait):
+            return
+        left, wait = reader.warm(left), min(30.0, wait * 2)
+    if engine.facts is not None:
+        engine.facts.refresh()
+    logger.info("store features read into memory at last, %.1f s after the first try", time.perf_counter() - started)
 
 
 @dataclass(frozen=True)

@@ -85,11 +85,15 @@ def test_store_features_a_down_store_could_not_give_are_read_once_it_answers() -
             return list(ids) if len(calls) == 1 else []
 
         def stopped(self, seconds: float) -> bool:
-            time.sleep(min(seconds, 0.01))
+            time.sleep(min(seconds, 0.3))
             return False
 
     engine = SimpleNamespace(models=SimpleNamespace(features=Reader()),
                              index=SimpleNamespace(live_product_ids=lambda: ["P1", "P2"]),
                              facts=SimpleNamespace(refresh=lambda: refreshed.append(True)))
-    warm_store_features(engine)  # type: ignore[arg-type]
+    warm_store_features(engine)  # type: ignore[arg-type]  # the first pass ends: readiness does not wait
+    assert calls == [["P1", "P2"]]
+    deadline = time.monotonic() + 5
+    while not refreshed and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert calls == [["P1", "P2"], ["P1", "P2"]] and refreshed == [True]  # read again, then the facts rebuilt
