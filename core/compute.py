@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,6 +66,22 @@ def dask_client(compute: ComputeSettings) -> Iterator[Client | None]:
                            "(`dask scheduler`), fix SHOPRANK_COMPUTE__SCHEDULER, or unset it to run here") from None
     with client:
         yield client
+
+
+def check_scheduler(compute: ComputeSettings) -> None:
+    """Before a long job builds its data: the scheduler it will use answers (a TCP connection to it), else an
+    :class:`InvalidInput` naming it. Nothing to check for 'local' or no scheduler."""
+    scheduler = compute.scheduler
+    if scheduler is None or scheduler == "local":
+        return
+    if not scheduler.startswith(("tcp://", "tls://")):
+        raise InvalidInput(f"compute.scheduler={scheduler!r}: use 'local' or a scheduler address 'tcp://HOST:PORT'")
+    host, _, port = scheduler.split("://", 1)[1].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as error:
+        raise InvalidInput(f"compute.scheduler={scheduler!r}: no Dask scheduler answers there ({error}); start one "
+                           "(`dask scheduler`), fix SHOPRANK_COMPUTE__SCHEDULER, or unset it to run here") from None
 
 
 def loopback_command(argv: list[str]) -> list[str] | None:

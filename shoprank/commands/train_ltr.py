@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.compute import dask_client
+from core.compute import check_scheduler, dask_client
 from core.errors import InvalidInput
 from core.registry import ModelRegistry
 from core.settings import Settings
@@ -42,13 +42,9 @@ if TYPE_CHECKING:
 
 
 def cmd_train_ltr(args: argparse.Namespace, settings: Settings) -> int:
-    with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set; checked before the lists
-        return _train_ltr(args, settings, client)
-
-
-def _train_ltr(args: argparse.Namespace, settings: Settings, client: Any) -> int:
     from ranking.lambdamart import LambdaMART, training_config
 
+    check_scheduler(settings.compute)  # before the lists are built: a scheduler that is not there is named now
     dataset = load_dataset(args.dataset)
     if args.from_data is not None:
         if args.fold_encoders:
@@ -69,7 +65,8 @@ def _train_ltr(args: argparse.Namespace, settings: Settings, client: Any) -> int
             _save_data(args.save_data, parts, meta)
     config = training_config(parts["train"].names, dataset.max_grade, args.truncation or meta["depth"], args.monotone,
                              seed=args.seed, gains=args.gains, objective=args.objective, **dict(args.param))
-    model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
+    with dask_client(settings.compute) as client:  # on Dask when compute.scheduler is set (the fit only)
+        model = LambdaMART.fit(parts["train"], parts["dev"], config, client=client)
     params = {**asdict(config), "features": model.names,
               **{k: v for k, v in meta.items() if k not in ("parent", "training_data")}}
     _register(args, settings, model, meta, params, int(len(parts["train"].labels)))
