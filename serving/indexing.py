@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.errors import NotReady
+from core.errors import NotReady, ShopRankError
 from core.registry import ModelRegistry
 from core.settings import RetrievalSettings, Settings, get_settings
 from retrieval.catalog import catalog_hash, read_catalog
@@ -216,9 +216,13 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
                 served, _ = read_catalog(settings.catalog or demo_catalog(settings))
                 return build_index(settings, served, path, encoder)
     index = ProductIndex.load(path, retrieval_settings(settings))
-    if settings.catalog is not None:
-        given, _ = read_catalog(settings.catalog, skip_bad_rows=True)
-        if catalog_hash(given) != index.manifest.catalog_hash:  # built before, from another catalog (the demo's?)
+    if settings.catalog is not None and index.manifest.updated == index.manifest.created:  # never written since
+        try:  # built before from another catalog (the demo's?): said, never in the way of serving what is there
+            given, _ = read_catalog(settings.catalog, skip_bad_rows=True)
+        except ShopRankError as error:
+            logger.warning("serving the index at %s; the catalog given could not be read (%s)", path, error.message)
+            return index
+        if catalog_hash(given) != index.manifest.catalog_hash:
             logger.warning("serving the index at %s (%d products), not the catalog %s given (%d products): an "
                            "existing index is served as it is; index the catalog into it with `shoprank index "
                            "--catalog %s`", path, index.count, settings.catalog, len(given), settings.catalog)

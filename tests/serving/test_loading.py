@@ -71,6 +71,7 @@ def test_a_catalog_given_to_a_home_that_serves_another_index_is_named(  # type: 
         served = open_index(home.model_copy(update={"catalog": second}), encoder)
     assert served.count == 30  # the existing index is served as it is ...
     assert "not the catalog" in caplog.text and "shoprank index --catalog" in caplog.text  # ... and says so
+    assert open_index(home.model_copy(update={"catalog": tmp_path / "gone.csv"}), encoder).count == 30  # no file
 
 
 def test_store_features_a_down_store_could_not_give_are_read_once_it_answers() -> None:
