@@ -81,18 +81,19 @@ def spool_lines(root: Path) -> Iterator[tuple[int, str | ValueError]]:
     envelope. A last line still being written (no line end yet) is left for the next import."""
     n = 0
     for segment in sorted(root.glob("slot-*/segment-*.jsonl")) + sorted(root.glob("segment-*.jsonl")):
-        for data in segment.read_bytes().splitlines(keepends=True):
+        name = segment.relative_to(root)  # slot-K/segment-N.jsonl: every slot has a segment of each number
+        for k, data in enumerate(segment.read_bytes().splitlines(keepends=True), 1):
             n += 1
             if not data.endswith(b"\n"):
                 break
             try:
                 record = json.loads(data)
             except (ValueError, UnicodeDecodeError) as err:
-                yield n, ValueError(f"{segment.name}: not a spool record ({err})")
+                yield n, ValueError(f"{name} line {k}: not a spool record ({err})")
                 continue
             value = record.get("value") if isinstance(record, dict) else None
             yield n, json.dumps(value) if isinstance(value, dict) else ValueError(
-                f"{segment.name}: a spool record holds an event under 'value'")
+                f"{name} line {k}: a spool record holds an event under 'value'")
 
 
 def lines_of(path: Path) -> Iterator[tuple[int, str | ValueError]]:
