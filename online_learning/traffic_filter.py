@@ -67,7 +67,10 @@ class Cleaned:
 def _shopper(frame: pd.DataFrame) -> pd.Series:
     user = frame["user_id"] if "user_id" in frame else pd.Series(None, index=frame.index)
     session = frame["session_id"] if "session_id" in frame else pd.Series(None, index=frame.index)
-    return user.fillna(session).fillna("anonymous").astype(str)
+    # an anonymous search is its own shopper (as online_learning.analysis.shopper reads it): taking every
+    # anonymous visitor for one shopper judged them all as one bot and dropped their searches and clicks
+    anonymous = ("anonymous:" + frame["request_id"].astype(str)) if "request_id" in frame else "anonymous"
+    return user.fillna(session).fillna(anonymous).astype(str)
 
 
 def _anomalous(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConfig) -> dict[str, str]:
@@ -160,7 +163,7 @@ def _on_impressions(rankings: pd.DataFrame, interactions: pd.DataFrame, excluded
     keys = pd.MultiIndex.from_frame(interactions[["request_id", "product_id"]])
     served_to = shown["who"].reindex(keys).to_numpy()
     no_impression = pd.isna(served_to)
-    anonymous = (interactions["who"] == "anonymous").to_numpy()
+    anonymous = interactions["who"].str.startswith("anonymous").to_numpy()
     other = ~no_impression & (served_to != interactions["who"].to_numpy()) & ~anonymous
     excluded["no_impression"] += int(no_impression.sum())
     excluded["other_shopper"] += int(other.sum())

@@ -88,3 +88,11 @@ def test_a_swarm_clicking_one_product_for_one_query_is_excluded_unless_it_conver
     assert out.excluded == {"anomalous:pair": 100} and set(out.interactions["product_id"]) == {"a"}
     bought = clean(ranks, actions([*clicks, ("s0", "bot0", "x", "purchase")]))
     assert "anomalous:pair" not in bought.excluded  # a pair that sells is a popular product, not a swarm
+
+
+def test_anonymous_visitors_are_each_their_own_shopper() -> None:
+    ranks = searches([(f"r{i}", None, "drill", ["a", "b"]) for i in range(3000)])  # no user, no session
+    acts = actions([(f"r{i}", None, "a", "click") for i in range(0, 3000, 3)])
+    out = clean(ranks, acts)  # before: one "anonymous" shopper over every volume and repeat limit
+    assert out.anomalous == {} and sum(out.excluded.values()) == 0
+    assert len(out.rankings) == len(ranks) and len(out.interactions) == len(acts)
