@@ -320,7 +320,8 @@ class _LiveCollector(Collector):
         spool = GaugeMetricFamily("shoprank_event_spool_pending", "Events accepted but not yet shipped to Kafka")
         spool.add_metric([], state.get("spool_pending", 0))
         yield spool
-        shipped = GaugeMetricFamily("shoprank_events_shipped", "Events shipped to Kafka since start")
+        # a counter: a process that ends leaves its share in the retired sums, so the total never goes down
+        shipped = CounterMetricFamily("shoprank_events_shipped", "Events shipped to Kafka")
         shipped.add_metric([], state.get("shipped", 0))
         yield shipped
         backlog = GaugeMetricFamily("shoprank_cross_encoder_backlog_pairs", "Cross-encoder pairs queued or being "

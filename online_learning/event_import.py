@@ -100,7 +100,8 @@ def lines_of(path: Path) -> Iterator[tuple[int, str | ValueError]]:
     """(line number, one event's JSON) of a JSONL file or a JSON array (numbered by element, from 1), or of an
     event spool folder (:func:`spool_lines`); a line that is not UTF-8 comes as the error, to be reported as
     an invalid line."""
-    if path.is_dir() and (any(path.glob("slot-*/segment-*.jsonl")) or any(path.glob("segment-*.jsonl"))):
+    if path.is_dir() and (path.name == "event_spool" or any(path.glob("slot-*/segment-*.jsonl"))
+                          or any(path.glob("segment-*.jsonl"))):  # a spool, maybe with nothing in it yet
         yield from spool_lines(path)
         return
     if not path.is_file():

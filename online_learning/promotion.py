@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from online_learning.analysis import RATES, InterleavingResult, compare_arms, per_shopper
+from online_learning.analysis import RATES, InterleavingResult, compare_arms, per_shopper, shopper
 from online_learning.experiments import Experiment
 from online_learning.stats import clustered_means, sample_ratio_p
 
@@ -105,6 +105,12 @@ def decide_experiment(table: pd.DataFrame, experiment: Experiment, policy: Polic
     is rejected; otherwise continue. Each reason names its arm."""
     treatments = [arm for arm in experiment.arms if arm != experiment.control]
     weights = {arm: a.weight for arm, a in experiment.arms.items()}
+    shoppers = {arm: int(shopper(table[table["arm"] == arm]).nunique()) for arm in experiment.arms}
+    if len(table) and (srm := sample_ratio_p(shoppers, weights)) < SRM_ALPHA:  # every arm at once, first
+        return Decision("continue", [
+            f"sample ratio mismatch: shoppers per arm {shoppers} against weights {weights} (p={srm:.3g}); some "
+            "arm's searches are lost or assigned wrongly, so no result of this experiment can be trusted: check "
+            "the assignment and the event pipeline"], {"shoppers": shoppers, "sample_ratio_p": srm}), treatments[0]
     split = replace(policy, alpha=policy.alpha / len(treatments))
     decided = {arm: decide_ab(table, experiment.control, arm, split, weights) for arm in treatments}
     if len(treatments) == 1:

@@ -72,7 +72,8 @@ def render(experiment: str, table: pd.DataFrame, report: ArmReport | None,
              f"<p>{len(table)} searches from {table['timestamp'].min()} to {table['timestamp'].max()}.</p>"]
     if report is not None:
         rows = "".join(
-            f"<tr><td>{c.metric}</td><td>{c.control:.4f}</td><td>{c.treatment:.4f}</td><td>{c.lift:+.2%}</td>"
+            f"<tr><td>{c.metric}</td><td>{c.control:.4f}</td><td>{c.treatment:.4f}</td>"
+            f"<td>{f'{c.lift:+.2%}' if c.lift == c.lift else 'n/a'}</td>"
             f"<td>[{c.ci_low:+.4f}, {c.ci_high:+.4f}]</td><td>{c.p_value:.3g}</td>"
             f"<td>{'yes' if c.significant else 'no'}</td></tr>" for c in report.comparisons)
         parts += [

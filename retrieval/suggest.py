@@ -145,7 +145,7 @@ class Suggester:
         """Up to ``k`` phrases for ``typed`` (as the shopper typed it: the last word may be partial).
         When fewer than ``k`` phrases match the whole text, its first words are kept and the rest
         completed (``bosch cordless dr`` -> ``bosch cordless drill``), fewest words kept first: only a
-        phrase that does not repeat the last kept word and, with ``holds``, whose words some product holds
+        phrase that repeats none of the kept words and, with ``holds``, whose words some product holds
         with the last kept word (no ``ceiling fan faucet``: no product holds ``fan`` and ``faucet``)."""
         words = TOKEN.findall(normalize(typed))
         end = " " if ended(typed) else ""
@@ -154,7 +154,8 @@ class Suggester:
             kept = " ".join(words[:drop])
             for pid in self._find(" ".join(words[drop:]) + end, 2 * k, leading=drop > 0):
                 text = f"{kept} {self.phrases[pid]}" if kept else self.phrases[pid]
-                if kept and (singular(self.phrases[pid].split(" ")[0]) == singular(words[drop - 1])
+                typed = {singular(w) for w in words[:drop]}  # a completion repeats none of the words kept
+                if kept and (any(singular(w) in typed for w in self.phrases[pid].split(" "))
                              or (holds is not None and not holds([words[drop - 1], *self.phrases[pid].split(" ")]))):
                     continue
                 source, weight = self.ranks[pid]

@@ -121,6 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            "one per core")
     updates = {}
     if args.catalog:
+        if not Path(args.catalog).is_file():
+            raise InvalidInput(f"--catalog {args.catalog}: no such file; give a CSV, Parquet or JSONL catalog")
         updates["catalog"] = Path(args.catalog)
     flags = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
     try:  # checked as the settings are: --port 70000 is refused, not served on another port

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import typing
 from typing import Any
 
@@ -101,6 +102,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 def _without_passwords(value: object) -> object:
     if isinstance(value, dict):
         return {k: _without_passwords(v) for k, v in value.items()}
+    if isinstance(value, str) and "password=" in value:  # a connection string: host:port,password=...,ssl=...
+        value = re.sub(r"(password=)[^,]*", r"\1***", value)
     if isinstance(value, str) and "://" in value:  # scheme://user:password@host/...: the password may hold @
         scheme, _, rest = value.partition("://")
         authority, slash, path = rest.partition("/")

@@ -264,7 +264,8 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         if name is not None and name not in names:
             raise InvalidInput(f"{flag} {name!r} is not an arm of experiment {args.experiment!r}; its logged "
                                f"{'teams' if interleaved else 'arms'} are {names}")
-    default = running.control if running is not None and running.control in names else (names[0] if names else None)
+    default = (running.control if running is not None and running.control in names
+               else "control" if "control" in names else (names[0] if names else None))
     control = args.control or default or "control"
     others = [a for a in names if a != control]
     treatment = args.treatment or (others[0] if others else None)

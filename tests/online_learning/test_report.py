@@ -84,6 +84,9 @@ def test_several_treatments_are_each_tested_and_the_best_winner_named() -> None:
     assert any(r.startswith("t2: purchase_rate rose") for r in decision.reasons)
     same = arms_table({"control": 0.10, "t1": 0.10, "t2": 0.10}, {"control": 300, "t1": 300, "t2": 300})
     assert decide_experiment(same, experiment)[0].action == "continue"
+    lopsided = arms_table({"control": 0.10, "t1": 0.10, "t2": 0.25}, {"control": 300, "t1": 120, "t2": 300})
+    stopped = decide_experiment(lopsided, experiment)[0]  # t2 wins, but t1's shoppers are lost somewhere
+    assert stopped.action == "continue" and stopped.reasons[0].startswith("sample ratio mismatch")
 
 
 def test_a_sample_ratio_mismatch_stops_the_decision() -> None:

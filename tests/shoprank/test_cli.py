@@ -119,6 +119,7 @@ def test_config_show_hides_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     monkeypatch.setenv("SHOPRANK_API__ADMIN_TOKEN", "s3cret")
     monkeypatch.setenv("SHOPRANK_ARTIFACTS_URL", "s3://id:secretkey@bucket/shoprank")
     monkeypatch.setenv("SHOPRANK_SERVING__SCORE_STORE_URL", "redis://default:p@ssw0rd@cache:6379/0")
+    monkeypatch.setenv("SHOPRANK_FEATURES__REDIS_URL", "10.0.0.5:6379,password=hunter2,ssl=true")
     get_settings.cache_clear()
     try:
         code, out, err = run_cli(capsys, "config", "show")
@@ -127,6 +128,7 @@ def test_config_show_hides_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     shown = json.loads(out)
     assert code == 0 and "s3cret" not in out and "secretkey" not in out and "ssw0rd" not in out, err
     assert shown["serving"]["score_store_url"] == "redis://default:***@cache:6379/0"
+    assert shown["features"]["redis_url"] == "10.0.0.5:6379,password=***,ssl=true" and "hunter2" not in out
     assert shown["api"]["admin_token"] == "***" and shown["artifacts_url"] == "s3://id:***@bucket/shoprank"
 
 
@@ -521,6 +523,7 @@ def test_commands_with_bad_arguments_or_files_end_in_one_error_line(tmp_path: Pa
         (["retrain", "--since", "yesterday"], "not an ISO 8601 time"),
         (["retrain", "--settle-minutes", "-5"], "'-5' is not a number >= 0"),
         (["serve", "--port", "70000"], "--port 70000: Input should be less than or equal to 65535"),
+        (["serve", "--catalog", "/nonexistent.csv"], "--catalog /nonexistent.csv: no such file"),
         (["--log-level", "loud", "config", "show"], "invalid choice: 'LOUD'"),
         (["features", "build", "--users", "0"], "not a whole number >= 1"),
         (["train", "ltr", "--dataset", str(demo_dir), "--features", "bogus"], "give groups among"),
