@@ -191,6 +191,9 @@ def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int) -> lis
         whole = analyzer.analyze(typed)
         if whole.rewrites and whole.text:
             found = suggester.suggest(whole.text, k, holds)
+    if not found and words and singular(words[-1].lower()) != words[-1].lower():  # "drills": the phrases of "drill"
+        one = " ".join([*words[:-1], singular(words[-1].lower())]) + (" " if ended(typed) else "")
+        found = suggester.suggest(as_searched(analyzer, one), k, holds)
     return found
 
 

@@ -97,6 +97,8 @@ def test_the_words_before_the_last_are_read_as_a_search_reads_them(tmp_path: Pat
     assert suggest(fake_index, path, "?", 3) == [] and suggest(fake_index, path, "zzqx", 3) == []
     assert suggester(fake_index, path).suggest("cordlss", 3) == []  # a typo in the last word matches nothing ...
     assert [s.text for s in suggest(fake_index, path, "cordlss", 3)][0].startswith("cordless")  # ... read whole
+    plural = [s.text for s in suggest(fake_index, path, "drills", 3)]  # no phrase of the plural: the singular's
+    assert plural and all("drill" in t for t in plural), plural
 
 
 def test_searched_texts_that_name_only_hidden_products_are_not_offered(tmp_path: Path,
