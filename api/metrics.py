@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from core.files import write_text_atomic
 from core.processes import alive
 
 logger = logging.getLogger(__name__)
@@ -193,9 +194,7 @@ def retire(path: Path) -> None:
                 else:
                     index[key] = len(kept["samples"])
                     kept["samples"].append([name, labels, float(value)])
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(list(sums.values())))
-        os.replace(tmp, target)
+        write_text_atomic(target, json.dumps(list(sums.values())))
         path.unlink(missing_ok=True)
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import Conflict, InvalidInput
+from core.files import write_text_atomic
 from core.registry import ModelRegistry, file_digest
 
 logger = logging.getLogger(__name__)
@@ -112,9 +113,7 @@ class ArtifactStore:
         return json.loads(file.read_text()) if file.is_file() else {}
 
     def _save_local_state(self, state: dict[str, Any]) -> None:
-        tmp = self.home / f"{LOCAL}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.home / LOCAL)
+        write_text_atomic(self.home / LOCAL, json.dumps(state))
 
     @contextmanager
     def _transfer(self) -> Iterator[None]:

@@ -252,11 +252,7 @@ def _drop_lines(path: Path, drop: Callable[[str], bool], dry_run: bool) -> int:
     """Remove the JSON lines of ``path`` that ``drop`` names (a line that is not JSON stays); returns how many."""
     kept, dropped = [], 0
     for line in path.read_text().splitlines(keepends=True):
-        try:
-            gone = bool(line.strip()) and drop(line)
-        except (ValueError, AttributeError, TypeError):
-            gone = False
-        if gone:
+        if _named(line, drop):
             dropped += 1
         else:
             kept.append(line)
@@ -305,13 +301,17 @@ def _offset_after(path: Path, drop: Callable[[str], bool], offset: int) -> int:
         if start >= offset:
             break
         size = len(line.encode())
-        try:
-            gone = bool(line.strip()) and drop(line)
-        except (ValueError, AttributeError, TypeError):
-            gone = False
-        kept += 0 if gone else size
+        kept += 0 if _named(line, drop) else size
         start += size
     return kept
+
+
+def _named(line: str, drop: Callable[[str], bool]) -> bool:
+    """Whether ``drop`` names the JSON ``line`` (a blank line, or one that is not JSON, never is)."""
+    try:
+        return bool(line.strip()) and drop(line)
+    except (ValueError, AttributeError, TypeError):
+        return False
 
 
 def _names(line: str, users: set[str], sessions: set[str]) -> bool:

@@ -48,14 +48,12 @@ def update_facts(engine: SearchEngine, updates: Mapping[str, Mapping[str, Any]])
     try:
         feed = reader.feed if reader.feed is not None else open_changes(reader.store)
         written = write_facts(reader.store, updates, held, feed)
-    except (ConnectionError, TimeoutError, OSError, StoreUnavailable) as error:  # the online store out of reach
+    except Exception as error:  # noqa: BLE001 - the online store out of reach (redis-py's and sqlite's own classes)
+        if not isinstance(error, (ConnectionError, TimeoutError, OSError, StoreUnavailable)) and \
+                type(error).__module__.split(".")[0] not in ("redis", "sqlite3"):
+            raise
         raise NotReady(f"the online store cannot be written now ({type(error).__name__}: {error}); nothing is "
                        "lost by sending the update again", retry_after=5.0) from None
-    except Exception as error:  # redis-py's and sqlite's errors are their own classes  # noqa: BLE001
-        if type(error).__module__.split(".")[0] not in ("redis", "sqlite3"):
-            raise
-        raise NotReady(f"the online store cannot be written now ({type(error).__name__}: {error}); send the "
-                       "update again", retry_after=5.0) from None
     try:
         reader.catch_up(list(updates))
     except Exception as error:  # noqa: BLE001 - written: the feed and the rows' TTL bring it in; not a failure
