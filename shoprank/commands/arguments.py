@@ -11,6 +11,14 @@ from core.paths import INDEX_NAME
 from ranking.training.data import Fold
 
 
+def _number(text: str) -> float:
+    """``text`` as a float; NaN (which every range check refuses) when it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def count(text: str) -> int:
     """argparse type for a number of items: a whole number >= 0."""
     try:
@@ -32,10 +40,7 @@ def positive(text: str) -> int:
 
 def share(text: str) -> float:
     """argparse type for a share: a number from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
+    value = _number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
     return value
@@ -59,10 +64,7 @@ def at_least_100(text: str) -> int:
 
 def weight(text: str) -> float:
     """argparse type for a loss weight: a finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
+    value = _number(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
     return value
@@ -114,10 +116,7 @@ def in_file(text: str) -> str:
 
 def positive_number(text: str) -> float:
     """argparse type for a rate or a size: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
+    value = _number(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
     return value
@@ -125,10 +124,7 @@ def positive_number(text: str) -> float:
 
 def non_negative(text: str) -> float:
     """argparse type for a duration that may be none: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
+    value = _number(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
     return value
