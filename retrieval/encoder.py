@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from core.errors import NotFound
+from core.errors import InvalidInput, NotFound
 from core.onnx_sessions import BF16_WIDTH_STEP, cpu_session
 
 logger = logging.getLogger(__name__)
@@ -99,10 +99,43 @@ class TorchEncoder:
         return np.asarray(vectors, dtype=np.float32)
 
 
+_MODULES = {"Transformer", "Pooling", "Normalize"}  # a sentence-transformers model the ONNX graph reproduces
+
+
+def pooling_of(model_dir: Path) -> str:
+    """How a sentence-transformers model pools its token vectors: ``mean`` (with ``mean_sqrt_len``, the
+    same direction once normalized), ``cls`` or ``max``, from its Pooling module's config; ``mean`` for a
+    plain transformer folder. A model the ONNX graph cannot reproduce (a Dense layer after pooling,
+    several pooling modes at once) is refused, naming what it holds."""
+    modules_file = model_dir / "modules.json"
+    modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
+    kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules}
+    other = sorted(set(kinds) - _MODULES)
+    if other:
+        raise InvalidInput(f"bi-encoder {model_dir}: its modules {other} are not supported; supported: a "
+                           f"transformer, one pooling (mean, cls or max) and normalization")
+    config_file = model_dir / str(kinds.get("Pooling", {}).get("path", "1_Pooling")) / "config.json"
+    if "Pooling" not in kinds or not config_file.is_file():
+        return "mean"
+    config = json.loads(config_file.read_text())
+    modes = [mode for key, mode in (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_mean_sqrt_len_tokens", "mean"),
+                                    ("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"))
+             if config.get(key)]
+    if len(set(modes)) != 1:
+        raise InvalidInput(f"bi-encoder {model_dir}: pooling {sorted(set(modes)) or 'none'} in {config_file} is "
+                           f"not supported; supported: exactly one of mean, cls or max")
+    return modes[0]
+
+
 def export_onnx(model_dir: Path, out: Path) -> Path:
-    """Export transformer + mean pooling + L2 norm to one ONNX graph at ``out``."""
+    """Export transformer + the model's pooling (:func:`pooling_of`) + L2 norm to one ONNX graph at
+    ``out``; its inputs are those the transformer reads (MPNet has no token types)."""
+    import inspect
+
     import torch
     from transformers import AutoModel
+
+    pooling = pooling_of(model_dir)
 
     class _Pooled(torch.nn.Module):
         def __init__(self) -> None:
@@ -110,15 +143,20 @@ def export_onnx(model_dir: Path, out: Path) -> Path:
             self.encoder = AutoModel.from_pretrained(str(model_dir))
 
         def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
-            states = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
+            extra = {"token_type_ids": token_type_ids} if reads_types else {}
+            states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(states.dtype)
-            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if pooling == "cls":
+                pooled = states[:, 0]
+            elif pooling == "max":
+                pooled = states.masked_fill(mask == 0, -1e9).max(1).values
+            else:
+                pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2, dim=1)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     model = _Pooled().eval()
+    reads_types = "token_type_ids" in inspect.signature(model.encoder.forward).parameters
     dummy = torch.ones((2, 8), dtype=torch.long)
     tmp = out.with_suffix(".tmp.onnx")
     with torch.no_grad():
@@ -153,10 +191,12 @@ class OnnxEncoder:
         self.threads = threads
         self.bf16 = bf16
         self.fingerprint = model_fingerprint(model_dir)
-        path = cache_dir / "onnx" / f"biencoder-{self.fingerprint}.onnx"
+        pooling = pooling_of(model_dir)  # mean keeps the file name exports had before other poolings were read
+        path = cache_dir / "onnx" / f"biencoder-{self.fingerprint}{'' if pooling == 'mean' else '-' + pooling}.onnx"
         if not path.is_file():
             export_onnx(model_dir, path)
         self.session = cpu_session(path, threads, bf16=bf16)
+        self._inputs = [i.name for i in self.session.get_inputs()]
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_seq_length(model_dir))
         self.tokenizer.enable_padding(pad_to_multiple_of=BF16_WIDTH_STEP if bf16 else None)
@@ -178,6 +218,7 @@ class OnnxEncoder:
             ids = np.array([e.ids for e in encodings], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
             feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            feeds = {name: feeds[name] for name in self._inputs}  # the graph drops an input its model ignores
             out.append(self.session.run(None, feeds)[0])
         if not out:
             return np.zeros((0, getattr(self, "dim", 0) or 384), dtype=np.float32)
