@@ -30,7 +30,9 @@ _HEAP_BYTES = 64 * 1024 * 1024
 
 def _analyzer() -> tantivy.TextAnalyzer:
     return (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+        # words as retrieval.vocabulary.TOKEN reads them: letters, digits and combining marks (tantivy's simple
+        # tokenizer splits a Devanagari word at its virama)
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(r"[\p{L}\p{N}\p{M}]+"))
         .filter(tantivy.Filter.remove_long(40))
         .filter(tantivy.Filter.lowercase())
         .filter(tantivy.Filter.stemmer("english"))

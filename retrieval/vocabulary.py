@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import regex
 
-VERSION = 4  # bump when normalize() or the vocabulary file changes: indexes record it and are rebuilt
+VERSION = 5  # bump when normalize() or the vocabulary file changes: indexes record it and are rebuilt
 
 _UNITS = [  # (pattern after a number, canonical unit)
     (r'(?:"|”|″|\'\'|inches|inch|in\b\.?)', "in"),
@@ -52,7 +53,9 @@ _NUMBER = r"(\d+(?:\.\d+)?(?: \d+/\d+|/\d+)?)"
 _UNIT_RES = [(re.compile(_NUMBER + r"\s*-?\s*" + pattern, re.IGNORECASE), unit) for pattern, unit in _UNITS]
 _NUMBER_WITH_UNIT = re.compile(_NUMBER + r"(?: (" + "|".join(re.escape(u) for u in UNITS) + r")\b)?")
 _EMPTY = np.zeros(0, dtype=np.int32)
-TOKEN = re.compile(r"[^\W_]+(?:[./][0-9]+)*")
+# a word: letters, digits and combining marks (Devanagari's and Thai's vowel signs belong to their word)
+TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+(?:[./][0-9]+)*")
+_NOT_WORD = regex.compile(r"[^\p{L}\p{N}\p{M}./]+")
 _LATIN_MARK = re.compile(r"(?<=[a-z\u00c0-\u024f])[\u0300-\u036f]+")  # accents on a Latin letter, decomposed
 
 
@@ -62,8 +65,8 @@ _DIMENSION_AFTER_UNIT = re.compile(r"\b(" + "|".join(re.escape(u) for u in UNITS
 
 def fold(text: str) -> str:
     """Case and Latin accents folded (``Größe`` -> ``grosse``, ``Café`` -> ``cafe``); letters of other scripts
-    (Cyrillic, Greek, CJK) kept as they are, so their words stay searchable (a script's combining marks,
-    Devanagari's or Thai's vowel signs, are not letters: words split at them, in the index as in queries)."""
+    (Cyrillic, Greek, CJK, Devanagari, Thai) kept as they are, with their combining marks, so their words
+    stay whole and searchable."""
     text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
     return unicodedata.normalize("NFC", _LATIN_MARK.sub("", text))
 
@@ -81,7 +84,7 @@ def normalize(text: str) -> str:
     text = _DIMENSION_AFTER_UNIT.sub(r"\1 x ", text)  # 12"x24" -> 12 in x 24 in
     text = text.replace("&", " and ")
     text = re.sub(r"(?<!\d)[./]|[./](?!\d)", " ", text)  # keep . and / only between digits
-    text = re.sub(r"[^\w./]+|_", " ", text)  # letters and digits of any script, . and / between digits
+    text = _NOT_WORD.sub(" ", text)  # letters, marks and digits of any script, . and / between digits
     return re.sub(r"\s+", " ", text).strip()
 
 

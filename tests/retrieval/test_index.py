@@ -168,9 +168,15 @@ def test_words_of_every_script_are_searched_and_latin_accents_fold(tmp_path: Pat
 
     assert tokenize("Größe Café naïve 2×4") == ["grosse", "cafe", "naive", "2", "x", "4"]
     assert tokenize("Дрель аккумуляторная ドリル") == ["дрель", "аккумуляторная", "ドリル"]
-    rows = [("a", "Café table"), ("b", "Дрель аккумуляторная"), ("c", "Größe 10 mm Schraube"), ("d", "garden hose")]
+    # vowel signs and viramas are combining marks: they stay in their word (were split off as the word's end)
+    assert tokenize("हिन्दी किताब, สวัสดีครับ") == ["हिन्दी", "किताब", "สวัสดีครับ"]
+    rows = [("a", "Café table"), ("b", "Дрель аккумуляторная"), ("c", "Größe 10 mm Schraube"), ("d", "garden hose"),
+            ("e", "हिन्दी किताब"), ("f", "दीपक लैंप")]
     index, _, _ = build(tmp_path, settings, rows)
     bm25 = BM25Retriever(index)
     for query, found in (("cafe", "a"), ("CAFÉ", "a"), ("дрель", "b"), ("Дрель", "b"), ("grosse schraube", "c"),
                          ("größe", "c")):
         assert [c.product_id for c in bm25.search(index.analyzer.analyze(query).text, 2)][:1] == [found], query
+    assert index.bm25.analyzer.analyze("हिन्दी किताब") == ["हिन्दी", "किताब"]  # BM25's own words likewise
+    for query, found in (("हिन्दी", ["e"]), ("दीपक", ["f"]), ("लैंप", ["f"])):  # whole words, no shared fragments
+        assert [c.product_id for c in bm25.search(index.analyzer.analyze(query).text, 5)] == found, query
