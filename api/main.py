@@ -28,7 +28,7 @@ from api import errors
 from api.admission import Admission, default_shed_at
 from api.auth import RateLimiter
 from api.balance import open_balancer
-from api.metrics import Metrics, shared_folder
+from api.metrics import Metrics, peer_ready, shared_folder
 from api.routes import admin, events, health, products, recommend, search
 from api.state import ServedHolder
 from api.stores import StoreRuntime, in_store, other_stores
@@ -121,6 +121,13 @@ def _lifespan(settings: Settings, metrics: Metrics,
                                            settings.api.rebalance_margin)
         for runtime in runtimes:
             runtime.holder.start()
+        folder = shared_folder()
+        if folder is not None and settings.api.processes() > 1 and peer_ready(folder):
+            # started beside ready peers (respawned after one died): they serve the port while this process
+            # loads, and it takes connections once loaded (or failed), rather than answering 503 meanwhile
+            logger.info("peers are serving; this process takes connections once its stores are loaded")
+            for runtime in runtimes:
+                await asyncio.to_thread(runtime.holder.ready.wait)
         try:
             yield
         finally:

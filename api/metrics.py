@@ -155,6 +155,14 @@ def read_figures(folder: Path, exclude: int | None = None) -> tuple[list[Dumped]
         return out, read_retired(folder)
 
 
+def peer_ready(folder: Path) -> bool:
+    """Whether another running process of this server, by the live figures it last wrote to ``folder``,
+    has its search engine loaded (``shoprank_ready`` 1)."""
+    return any(sample[0] == "shoprank_ready" and sample[2] == 1
+               for dumped in read_live(folder, exclude=os.getpid()) for family in dumped
+               for sample in family.get("samples", ()))
+
+
 RETIRED = "retired.json"  # the counters of the processes that are gone, summed
 
 

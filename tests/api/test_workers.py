@@ -3,6 +3,8 @@ and /metrics, whichever answers, counts the searches of both and merges their li
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -92,6 +94,15 @@ def test_a_swap_through_one_process_reaches_every_process(tmp_path: Path, settin
         assert merged.get("shoprank_server_processes") == 2, merged
         assert lookups == searches, f"/metrics merged {lookups} results-cache lookups of {searches} searches"
         assert merged.get("shoprank_ready") == 1
+        # a process that dies is started again; its peer serves the port while it loads: nobody gets a 503
+        os.kill(int(pids.pop()), signal.SIGKILL)
+        answers, fresh, deadline = [], set(), time.monotonic() + 60
+        while time.monotonic() < deadline and not fresh - pids:
+            answer = httpx.get(f"{base}/v1/search", params={"q": "hammer", "k": 5}, timeout=30)
+            answers.append(answer.status_code)
+            fresh.add(answer.headers["x-served-by"].rsplit(":", 1)[1])
+        assert fresh - pids, f"no new process answered in 60 s: {fresh}"
+        assert set(answers) == {200}, f"answers while the new process loaded: {sorted(set(answers))}"
     finally:
         process.terminate()
         process.wait(timeout=30)
