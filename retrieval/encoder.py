@@ -100,6 +100,9 @@ class TorchEncoder:
 
 
 _MODULES = {"Transformer", "Pooling", "Normalize"}  # a sentence-transformers model the ONNX graph reproduces
+_LEGACY_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
+                   "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                   "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 
 
 def pooling_of(model_dir: Path) -> str:
@@ -118,13 +121,15 @@ def pooling_of(model_dir: Path) -> str:
     if "Pooling" not in kinds or not config_file.is_file():
         return "mean"
     config = json.loads(config_file.read_text())
-    modes = [mode for key, mode in (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_mean_sqrt_len_tokens", "mean"),
-                                    ("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"))
-             if config.get(key)]
-    if len(set(modes)) != 1:
-        raise InvalidInput(f"bi-encoder {model_dir}: pooling {sorted(set(modes)) or 'none'} in {config_file} is "
-                           f"not supported; supported: exactly one of mean, cls or max")
-    return modes[0]
+    mode = config.get("pooling_mode")  # sentence-transformers 5 writes one name (or a list); earlier, one flag each
+    if mode is None:
+        modes = [name for key, name in _LEGACY_POOLING.items() if config.get(key)] or ["mean"]
+    else:
+        modes = [mode] if isinstance(mode, str) else list(mode)
+    if len(modes) != 1 or modes[0] not in ("mean", "mean_sqrt_len_tokens", "cls", "max"):
+        raise InvalidInput(f"bi-encoder {model_dir}: pooling {modes} in {config_file} is not supported; supported: "
+                           f"exactly one of mean, mean_sqrt_len_tokens, cls or max")
+    return "mean" if modes[0] == "mean_sqrt_len_tokens" else modes[0]
 
 
 def export_onnx(model_dir: Path, out: Path) -> Path:

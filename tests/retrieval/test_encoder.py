@@ -62,3 +62,16 @@ def test_a_model_the_graph_cannot_reproduce_is_refused_by_name(tmp_path: Path) -
     (folder / "modules.json").write_text(json.dumps(json.loads((folder / "modules.json").read_text())[:2]))
     with pytest.raises(InvalidInput, match=r"pooling \['cls', 'mean'\]"):
         pooling_of(folder)
+    config.write_text(json.dumps({"pooling_mode": "lasttoken"}))
+    with pytest.raises(InvalidInput, match=r"pooling \['lasttoken'\]"):
+        pooling_of(folder)
+
+
+def test_pooling_as_sentence_transformers_5_writes_it(tmp_path: Path) -> None:
+    folder = tiny_model(tmp_path / "model", "bert", "cls")
+    config = folder / "1_Pooling" / "config.json"
+    for written, read in (("cls", "cls"), (["max"], "max"), ("mean_sqrt_len_tokens", "mean")):
+        config.write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": written, "include_prompt": True}))
+        assert pooling_of(folder) == read
+    config.write_text(json.dumps({"pooling_mode_mean_tokens": False}))  # no flag set: mean, as sentence-transformers
+    assert pooling_of(folder) == "mean"
