@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -31,13 +32,11 @@ import numpy as np
 import pandas as pd
 
 from online_learning.consumers.log_sink import read_log
-from online_learning.consumers.streaming_features import seed_state
+from online_learning.consumers.streaming_features import counted_products, profile_of, seed_state
 from retrieval.catalog import as_bool
 
 logger = logging.getLogger(__name__)
 
-TOP_CATEGORIES = 5
-RECENT_ITEMS = 5
 def stable_id(text: object) -> int:
     """A positive 56-bit id of ``text`` that does not change between builds or machines (-1: no text)."""
     if not isinstance(text, str) or not text.strip():
@@ -87,9 +86,12 @@ def product_tables(products: pd.DataFrame, now: datetime) -> dict[str, pd.DataFr
     return tables
 
 
-def popularity(rankings: pd.DataFrame, interactions: pd.DataFrame, now: datetime) -> pd.DataFrame:
+def popularity(rankings: pd.DataFrame, interactions: pd.DataFrame, now: datetime,
+               also: Iterable[str] = ()) -> pd.DataFrame:
     """Per product: impressions (rows shown), clicks and purchases over the 7 and 30 days before ``now``,
-    and the CTR the streaming consumer computes ((clicks + 1) / (impressions + 30))."""
+    and the CTR the streaming consumer computes ((clicks + 1) / (impressions + 30)); the products of ``also``
+    without an event in the window get a row of zeros (an online row is only ever overwritten: a product
+    whose sales stopped would keep its old counts)."""
     columns = {"product_id": pd.Series(dtype=object)}
     counts = []
     for window in (7, 30):
@@ -101,6 +103,10 @@ def popularity(rankings: pd.DataFrame, interactions: pd.DataFrame, now: datetime
             counts.append(recent[recent["type"] == kind].groupby("product_id").size().rename(f"{name}_{window}d"))
     table = pd.concat(counts, axis=1).fillna(0).astype("int64") if counts else pd.DataFrame(columns)
     table = table.reset_index().rename(columns={"index": "product_id"})
+    quiet = sorted(set(map(str, also)) - set(table["product_id"].astype(str)))
+    if quiet:
+        zeros = pd.DataFrame(0, index=range(len(quiet)), columns=[c for c in table.columns if c != "product_id"])
+        table = pd.concat([table, zeros.assign(product_id=quiet)], ignore_index=True)
     for window in (7, 30):
         table[f"ctr_{window}d"] = ((table[f"clicks_{window}d"] + 1) / (table[f"impressions_{window}d"] + 30)) \
             .astype("float32")
@@ -108,24 +114,31 @@ def popularity(rankings: pd.DataFrame, interactions: pd.DataFrame, now: datetime
     return table
 
 
-def user_profiles(interactions: pd.DataFrame, attributes: pd.DataFrame) -> pd.DataFrame:
+def user_profiles(interactions: pd.DataFrame, attributes: pd.DataFrame,
+                  latest: datetime | None = None) -> pd.DataFrame:
     """One profile per shopper with a purchase, as of their last purchase (as the streaming consumer
-    builds it)."""
+    builds it), stamped no later than ``latest``: materialize reads rows up to its own clock, and a
+    purchase stamped ahead by a client's clock would leave its shopper's profile out."""
     bought = interactions[(interactions["type"] == "purchase") & interactions["user_id"].notna()]
-    bought = bought.merge(attributes[["product_id", "category_id", "price"]], on="product_id", how="left")
+    # categories stay integers (ids of 64 bits: a float column after the merge would round them)
+    bought = bought.merge(attributes[["product_id", "category_id", "price"]].astype({"category_id": "Int64"}),
+                          on="product_id", how="left")
     rows = []
     for user, events in bought.sort_values("timestamp", kind="stable").groupby("user_id", sort=True):
-        known = events[events["category_id"].notna() & (events["category_id"] >= 0)]
-        shares = known["category_id"].astype("int64").value_counts()
-        top = shares.index[:TOP_CATEGORIES].tolist()
-        prices = known["price"].dropna()
-        rows.append({"user_id": str(user), "top_categories": [int(c) for c in top],
-                     "category_affinity": [float(shares[c] / max(1, len(known))) for c in top],
-                     "median_price": float(prices.median()) if len(prices) else float("nan"),
-                     "purchases": len(events), "recent_items": events["product_id"].tolist()[-RECENT_ITEMS:][::-1],
-                     "event_timestamp": events["timestamp"].max()})
+        categories = [-1 if pd.isna(c) else int(c) for c in events["category_id"]]
+        items = zip(events["product_id"].astype(str), categories, events["price"].astype(float))
+        stamp = events["timestamp"].max()
+        stamp = min(stamp, pd.Timestamp(latest)) if latest is not None else stamp
+        rows.append({"user_id": str(user), **profile_of(list(items)), "event_timestamp": stamp})
     return pd.DataFrame(rows, columns=["user_id", "top_categories", "category_affinity", "median_price", "purchases",
                                        "recent_items", "event_timestamp"])
+
+
+def _products_in(table: Path) -> set[str]:
+    """The products of the offline table at ``table`` (none when there is no such file)."""
+    if not table.is_file():
+        return set()
+    return set(pd.read_parquet(table, columns=["product_id"])["product_id"].astype(str))
 
 
 def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, now: datetime,
@@ -150,10 +163,20 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
             frame = frame[frame["timestamp"] > since]
         logged.append(frame)
     rankings, interactions = logged
+    for name, unknown in (("inventory", {"in_stock": 1, "quantity": -1}),  # unknown stock counts as in stock
+                          ("promotions", {"promoted": 0, "discount": 0.0, "campaign_start": 0, "campaign_end": 0})):
+        # a product the last tables gave a value the catalog no longer gives: its online row is overwritten
+        # with "unknown" (else the old promotion or stock-out stays served: materialize only overwrites rows)
+        dropped = sorted(_products_in(folder / f"{name}.parquet") - set(tables[name]["product_id"].astype(str)))
+        if dropped:
+            rows = pd.DataFrame({"product_id": dropped, **unknown, "event_timestamp": pd.Timestamp(now - timedelta(seconds=1))})
+            tables[name] = pd.concat([tables[name], rows.astype(tables[name].dtypes.to_dict())], ignore_index=True)
+    counted = _products_in(folder / "popularity.parquet")  # products given counts before: now quiet, zeros
     if state is not None:
+        counted |= counted_products(state)
         seed_state(state, rankings, interactions)
-    tables["popularity"] = popularity(rankings, interactions, now - timedelta(seconds=1))
-    tables["user_profile"] = user_profiles(interactions, tables["product_attributes"])
+    tables["popularity"] = popularity(rankings, interactions, now - timedelta(seconds=1), counted)
+    tables["user_profile"] = user_profiles(interactions, tables["product_attributes"], now - timedelta(seconds=1))
     folder.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():
         frame.to_parquet(folder / f"{name}.parquet", index=False)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -85,6 +85,17 @@ def seed_state(state: Path, rankings: pd.DataFrame, interactions: pd.DataFrame) 
         db.close()
 
 
+def counted_products(state: Path) -> set[str]:
+    """The products the state at ``state`` holds daily counts of (none when it does not exist yet)."""
+    if not state.is_file():
+        return set()
+    db = open_state(state)
+    try:
+        return {str(p) for (p,) in db.execute("SELECT DISTINCT product_id FROM daily")}
+    finally:
+        db.close()
+
+
 def seed_history(state: Path, purchases: pd.DataFrame, prefix: str) -> int:
     """Put a purchase history that never went through Kafka (``user_id``, ``product_id``, ``event_timestamp``;
     a simulated store world's) in the state at ``state``, in place of the one seeded before under the same
@@ -116,6 +127,24 @@ def _add(db: sqlite3.Connection, counts: Counter[tuple[str, str, str]], purchase
                    (pd.Timestamp(latest).isoformat(),))
 
 
+TOP_CATEGORIES = 5
+RECENT_ITEMS = 5
+
+
+def profile_of(bought: Sequence[tuple[str, int, float]]) -> dict[str, object]:
+    """A shopper's profile from their purchases, oldest first, each ``(product_id, category_id, price)`` (a
+    category below 0, a NaN price: not known): the top categories by share of the purchases of a
+    known category, the median of the known prices, the purchase count and the last items bought. One
+    function for the streaming consumer and the offline table (``feature_tables.user_profiles``)."""
+    categories = [int(c) for _, c, _ in bought if c >= 0]
+    shares = Counter(categories)
+    top = sorted(shares, key=lambda c: (-shares[c], c))[:TOP_CATEGORIES]  # ties: the lower id, in both
+    prices = [float(price) for _, _, price in bought if price == price]
+    return {"top_categories": top, "category_affinity": [shares[c] / len(categories) for c in top],
+            "median_price": float(np.median(prices)) if prices else float("nan"), "purchases": len(bought),
+            "recent_items": [p for p, _, _ in bought[-RECENT_ITEMS:]][::-1]}
+
+
 class StreamingFeatures:
     """Args:
         state: sqlite file of counts and seen ids.
@@ -128,6 +157,7 @@ class StreamingFeatures:
         self.products = products
         self.push = push
         self.pushed = {"popularity": 0, "users": 0}
+        self._stamped = pd.Timestamp(0, tz="UTC")
         try:
             self._flush_dirty()  # what a crash left marked
         except Exception as err:  # noqa: BLE001 - the store is down: the marks stay for the next batch's push
@@ -166,11 +196,19 @@ class StreamingFeatures:
         row = self.db.execute("SELECT now FROM clock WHERE id = 0").fetchone()
         return pd.Timestamp(row[0]) if row else pd.Timestamp.now(tz="UTC")
 
+    def _stamp(self) -> pd.Timestamp:
+        """The time a push is stamped with: the wall clock, strictly after this consumer's last push. An online
+        store keeps a row only when it is newer than the one it holds (Feast's Redis store skips an older or
+        equal stamp), so rows stamped with the events' clock were dropped: a late event's counts, a profile
+        reset by ``events forget`` with no newer event since, rows stamped ahead by a client's clock."""
+        self._stamped = max(pd.Timestamp.now(tz="UTC").floor("us"), self._stamped + pd.Timedelta(microseconds=1))
+        return self._stamped
+
     def popularity(self, products: list[str]) -> pd.DataFrame:
-        now = self._now()
+        now, stamp = self._now(), self._stamp()  # windows end at the events' clock
         rows = []
         for product in products:
-            record: dict[str, object] = {"product_id": product, "event_timestamp": now}
+            record: dict[str, object] = {"product_id": product, "event_timestamp": stamp}
             for window in (7, 30):
                 since = (now - timedelta(days=window)).strftime("%Y-%m-%d")
                 sums = self.db.execute("SELECT COALESCE(SUM(impressions),0), COALESCE(SUM(clicks),0), "
@@ -183,18 +221,12 @@ class StreamingFeatures:
         return pd.DataFrame(rows)
 
     def profiles(self, users: list[str]) -> pd.DataFrame:
-        now = self._now()
+        stamp = self._stamp()
         rows = []
         for user in users:
             bought = self.db.execute("SELECT product_id FROM purchases WHERE user_id = ? ORDER BY ts", (user,)).fetchall()
-            known = [self.products[p] for (p,) in bought if p in self.products]
-            categories = Counter(c for c, _ in known)
-            top = [c for c, _ in categories.most_common(5)]
-            rows.append({"user_id": user, "top_categories": [int(c) for c in top],
-                         "category_affinity": [float(categories[c] / max(1, len(known))) for c in top],
-                         "median_price": float(np.median([p for _, p in known])) if known else float("nan"),
-                         "purchases": len(bought), "recent_items": [p for (p,) in bought[-5:]][::-1],
-                         "event_timestamp": now})
+            known = [(p, *self.products.get(p, (-1, float("nan")))) for (p,) in bought]
+            rows.append({"user_id": user, **profile_of(known), "event_timestamp": stamp})
         return pd.DataFrame(rows)
 
     def _flush_dirty(self) -> None:

@@ -130,3 +130,60 @@ def test_a_simulated_worlds_history_stays_in_the_profiles_the_consumer_pushes(tm
     profile = pushed[-1].set_index("user_id").loc["w1"]
     assert profile["purchases"] == 3 and list(profile["recent_items"]) == ["P4", "P2", "P1"]
     assert consumer.db.execute("SELECT COUNT(*) FROM purchases WHERE user_id = 'w2'").fetchone()[0] == 0
+
+
+def test_pushes_are_stamped_after_the_last_one_whatever_the_events_clock(tmp_path: Path) -> None:
+    from online_learning.consumers.streaming_features import StreamingFeatures
+
+    pushed: list[pd.DataFrame] = []
+    consumer = StreamingFeatures(tmp_path / "state.sqlite", {"P1": (1, 10.0)}, lambda s, frame: pushed.append(frame))
+    for i, days_ago in enumerate((1, 3, 3)):  # then two late clicks: the events' clock does not move
+        consumer([Delivered("i", 0, i, InteractionEvent(type="click", event_id=f"c{i}", request_id="r", user_id="u1",
+                                                         product_id="P1", position=1,
+                                                         timestamp=NOW - timedelta(days=days_ago)))])
+    stamps = [frame["event_timestamp"].iloc[0] for frame in pushed]
+    # an online store keeps a row only when its stamp is newer (Redis): equal stamps lost the late counts
+    assert stamps == sorted(set(stamps)) and len(stamps) == 3 and stamps[0] >= pd.Timestamp(NOW)
+    assert pushed[-1]["clicks_30d"].iloc[0] == 3
+
+
+def test_the_consumer_and_the_offline_table_build_one_profile(tmp_path: Path) -> None:
+    from online_learning.consumers.streaming_features import StreamingFeatures
+    from online_learning.feature_tables import user_profiles
+
+    attributes = product_tables(CATALOG, NOW)["product_attributes"]  # P3: no price; P4: no category
+    bought = [("P1", 1), ("P3", 2), ("P4", 3)]
+    interactions = pd.DataFrame({"event_id": [f"b{i}" for i, _ in enumerate(bought)], "type": "purchase",
+                                 "user_id": "u1", "product_id": [p for p, _ in bought],
+                                 "timestamp": [NOW - timedelta(hours=5 - h) for _, h in bought]})
+    offline = user_profiles(interactions, attributes).drop(columns="event_timestamp").iloc[0].to_dict()
+    pushed: list[pd.DataFrame] = []
+    known = {row.product_id: (row.category_id, row.price) for row in attributes.itertuples()}
+    consumer = StreamingFeatures(tmp_path / "state.sqlite", known, lambda s, frame: pushed.append(frame))
+    consumer([Delivered("i", 0, i, InteractionEvent(type="purchase", event_id=f"b{i}", request_id="r", user_id="u1",
+                                                     product_id=p, position=1, timestamp=NOW - timedelta(hours=5 - h)))
+              for i, (p, h) in enumerate(bought)])
+    streamed = pushed[-1].drop(columns="event_timestamp").iloc[0].to_dict()
+    # before: the consumer counted "no category" (-1) as a top category and its median price was NaN
+    assert offline == streamed
+    assert streamed["top_categories"] == [stable_id("Tools > Drills"), stable_id("Paint > Interior")]
+    assert streamed["category_affinity"] == [0.5, 0.5] and streamed["median_price"] == 52.0  # 99 and 5
+    ahead = interactions.assign(timestamp=NOW + timedelta(hours=1))  # a client's clock an hour fast
+    assert user_profiles(ahead, attributes, latest=NOW)["event_timestamp"].iloc[0] == pd.Timestamp(NOW)
+
+
+def test_a_rebuild_overwrites_what_the_catalog_and_the_log_no_longer_give(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, progress=False)
+    log_of_a_store(settings.paths.event_log)
+    folder = feast_repo.features_dir(settings)
+    write_catalog_tables(CATALOG, settings.paths.event_log, folder, NOW, settings.paths.streaming_state)
+    later = NOW + timedelta(days=45)  # no event in the last 30 days; the catalog gives no stock or promotion
+    counts = write_catalog_tables(CATALOG[["product_id", "title"]], settings.paths.event_log, folder, later,
+                                  settings.paths.streaming_state)
+    assert counts["popularity"] == 3 and counts["inventory"] == 3 and counts["promotions"] == 2
+    popularity = pd.read_parquet(folder / "popularity.parquet").set_index("product_id")
+    assert popularity["purchases_30d"].to_dict() == {"P1": 0, "P2": 0, "P3": 0}  # were kept online at 1, 2, 1
+    inventory = pd.read_parquet(folder / "inventory.parquet").set_index("product_id")
+    assert inventory["in_stock"].to_dict() == {"P1": 1, "P2": 1, "P4": 1}  # P2's stock-out is unknown now
+    promotions = pd.read_parquet(folder / "promotions.parquet").set_index("product_id")
+    assert promotions["promoted"].to_dict() == {"P1": 0, "P3": 0}
