@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from core.errors import NotFound
+from core.errors import InvalidInput, NotFound
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,12 +42,23 @@ def render_config(settings: Settings) -> Path:
     online = ({"type": "sqlite", "path": str(folder / "online_store.db")} if fs.online_store == "sqlite"
               else {"type": "redis", "connection_string": _with_timeouts(fs.redis_url)})
     # one Feast project per store: stores sharing one Redis keep their rows apart
-    project = "shoprank" if not settings.store else "shoprank_" + re.sub(r"[^A-Za-z0-9_]", "_", settings.store)
+    project = project_of(settings.store)
+    if settings.store and settings.paths.stores.is_dir():
+        same = sorted(p.name for p in settings.paths.stores.iterdir()
+                      if p.is_dir() and p.name != settings.store and project_of(p.name) == project)
+        if same:
+            raise InvalidInput(f"stores {[settings.store, *same]} would share the feature store's project {project!r}: "
+                               f"store names that differ only in '-', '.' or '_' are one project; rename one")
     config = {"project": project, "provider": "local", "registry": str(folder / "registry.db"),
               "online_store": online, "offline_store": {"type": "file"}, "entity_key_serialization_version": 3}
     path = folder / f"feature_store.{fs.online_store}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def project_of(store: str | None) -> str:
+    """The Feast project of a store (None: the default store): its name with '-' and '.' read as '_'."""
+    return "shoprank" if not store else "shoprank_" + re.sub(r"[^A-Za-z0-9_]", "_", store)
 
 
 def _with_timeouts(url: str) -> str:

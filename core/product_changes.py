@@ -105,7 +105,8 @@ def open_changes(store: Any) -> ChangeFeed:
     config = store.config.online_store
     if getattr(config, "type", "sqlite") == "redis":
         provider = store._get_provider()
-        return RedisChanges(provider.online_store._get_client(config))
+        key = STREAM if store.project == "shoprank" else f"{STREAM}:{store.project}"  # each store's own feed
+        return RedisChanges(provider.online_store._get_client(config), key)
     return SqliteChanges(Path(store.config.online_store.path).with_name("product_changes.sqlite"))
 
 

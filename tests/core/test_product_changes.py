@@ -63,3 +63,33 @@ def test_the_sqlite_feed_gives_what_changed_after_a_position(tmp_path) -> None: 
     feed.append(["P1", "P2"])
     position, ids = feed.since(start)
     assert ids == ["P1", "P2"] and feed.since(position) == (position, [])
+
+
+def test_stores_on_one_redis_keep_their_projects_and_feeds_apart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    import pytest
+    import yaml
+
+    from core import feast_repo
+    from core.errors import InvalidInput
+    from core.product_changes import STREAM, RedisChanges, open_changes
+    from core.settings import FeatureSettings, Settings
+
+    settings = Settings(home=tmp_path, features=FeatureSettings(online_store="redis", redis_url="127.0.0.1:1"))
+    (settings.paths.stores / "shop-eu").mkdir(parents=True)
+    eu = settings.for_store("shop-eu")
+    assert yaml.safe_load(feast_repo.render_config(eu).read_text())["project"] == "shoprank_shop_eu"
+    (settings.paths.stores / "shop.eu").mkdir()
+    with pytest.raises(InvalidInput, match=r"\['shop-eu', 'shop.eu'\] would share .* 'shoprank_shop_eu'"):
+        feast_repo.render_config(eu)  # before: both read and wrote one project's rows
+
+    def redis_store(project: str) -> SimpleNamespace:
+        config = SimpleNamespace(type="redis")
+        provider = SimpleNamespace(online_store=SimpleNamespace(_get_client=lambda c: "client"))
+        return SimpleNamespace(project=project, config=SimpleNamespace(online_store=config),
+                               _get_provider=lambda: provider)
+
+    feeds = [open_changes(redis_store(p)) for p in ("shoprank", "shoprank_garden")]
+    assert all(isinstance(f, RedisChanges) for f in feeds)
+    assert [f._key for f in feeds] == [STREAM, f"{STREAM}:shoprank_garden"]  # one store's updates, its own feed
