@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     return app
 
 
-def _open_runtime(settings: Settings, store: str | None, loader: Loader) -> StoreRuntime:
+def _open_runtime(settings: Settings, store: str | None, loader: Loader, metrics: Metrics) -> StoreRuntime:
     """One store's served unit (loaded in the background once started), event spool and event log."""
     store_settings = settings.for_store(store)
 
@@ -93,7 +93,10 @@ def _open_runtime(settings: Settings, store: str | None, loader: Loader) -> Stor
             pull_artifacts(settings)  # swaps and experiments published by other replicas or the CLI
         return generation(store_settings)
 
-    holder = ServedHolder(load, stamp, settings.serving.reload_poll_s)
+    def followed(role: str) -> None:  # a swap made elsewhere (the CLI, cron, another process) reached this one
+        metrics.swaps.labels(role, "followed").inc()
+
+    holder = ServedHolder(load, stamp, settings.serving.reload_poll_s, followed)
     kafka = KafkaSettings(settings.events.kafka_bootstrap) if settings.events.kafka_bootstrap else None
     spool, spool_lock = claim_spool(store_settings.paths.event_spool)
     return StoreRuntime(store_settings.store_name, store_settings, holder, EventLog(spool, kafka, store=store),
@@ -109,8 +112,8 @@ def _lifespan(settings: Settings, metrics: Metrics,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # a replica builds nothing: it serves what the artifact store holds (when one is configured)
         await asyncio.to_thread(pull_artifacts, settings)
-        runtimes = [_open_runtime(settings, None, loader),
-                    *(_open_runtime(settings, name, loader) for name in other_stores(settings))]
+        runtimes = [_open_runtime(settings, None, loader, metrics),
+                    *(_open_runtime(settings, name, loader, metrics) for name in other_stores(settings))]
         app.state.stores = {r.name: r for r in runtimes}
         app.state.default_store = runtimes[0].name
         app.state.served = runtimes[0].holder  # the default store's, as the routes without a store use

@@ -28,8 +28,10 @@ class ServedHolder:
     """
 
     def __init__(self, load: Callable[[Served | None], Served], stamp: Callable[[], str] | None = None,
-                 poll_s: float = 0.0) -> None:
+                 poll_s: float = 0.0, followed: Callable[[str], None] | None = None) -> None:
+        """``followed(role)``: called for each role whose served version a reload the watcher made changed."""
         self._load = load
+        self._followed = followed
         self._stamp = stamp
         self._poll_s = poll_s
         self._served: Served | None = None
@@ -48,29 +50,42 @@ class ServedHolder:
         self._stop.set()
 
     def _run(self) -> None:
+        watching = self._stamp is not None and self._poll_s > 0
+        failed = first = None
         try:
+            if watching:
+                try:
+                    first = self._stamp()  # type: ignore[misc]
+                except Exception:  # noqa: BLE001 - the watcher reads it again
+                    first = None
             self._served = self._load(None)
         except Exception as err:  # noqa: BLE001 - reported by /readyz and every search
-            logger.exception("loading the search engine failed")
+            logger.exception("loading the search engine failed; loaded again once the shared state changes")
             self.error = f"{type(err).__name__}: {err}"
-            return
+            failed = first if watching and self._served is None else None
         finally:
             self.ready.set()
-        if self._stamp is not None and self._poll_s > 0:
-            self._watch()
+        if watching:  # also after a failed start: an activation of a version that loads brings the server up
+            self._watch(failed)
 
-    def _watch(self) -> None:
-        failed = None  # a generation that failed to load: tried again only once the shared state changes again
+    def _watch(self, failed: str | None = None) -> None:
+        """``failed``: a generation that failed to load: tried again only once the shared state changes."""
         while not self._stop.wait(self._poll_s):
             stamp = None
             try:
                 stamp = self._stamp()  # type: ignore[misc]
-                if stamp in (self.get().generation, failed):
+                served = self._served
+                if stamp in (served.generation if served is not None else None, failed):
                     continue
                 before = self.reloads
+                versions = dict(served.engine.versions) if served is not None else {}
                 self.reload(unless=stamp)
                 if self.reloads > before:
                     logger.info("shared serving state changed (%s); reloaded", stamp)
+                    now = self.get().engine.versions
+                    for role in sorted(set(versions) | set(now)):
+                        if versions.get(role) != now.get(role) and self._followed is not None:
+                            self._followed(role)
                 failed, self.reload_error = None, None
             except Exception as err:  # noqa: BLE001 - keep serving the loaded unit, and keep watching
                 error = f"{type(err).__name__}: {err}"
@@ -99,6 +114,16 @@ class ServedHolder:
         """Build a new unit from the current one (e.g. new models, same index) and swap it in
         (with ``unless``: only when the current unit is not of that generation)."""
         with self._swap_lock:
+            if self._served is None and self.error:  # the first load failed: load anew from the shared state
+                try:
+                    self._served = self._load(None)
+                except Exception as err:
+                    self.error = f"{type(err).__name__}: {err}"
+                    raise
+                self.error = None
+                self.reloads += 1
+                logger.info("loaded the search engine after a failed start: %s", self._served.engine.versions)
+                return self._served
             old = self.get()
             if unless is not None and old.generation == unless:
                 return old

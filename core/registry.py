@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -99,6 +99,14 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 VERSION = re.compile(r"^v[0-9]{1,6}$")
 
 
+def _rollback_history(state: dict[str, Any]) -> list[str]:
+    """The history a rollback reads: without the versions at its end that are the active one."""
+    history = list(state["history"])
+    while history and history[-1] == state["version"]:
+        history.pop()
+    return history
+
+
 class ModelRegistry:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -128,17 +136,21 @@ class ModelRegistry:
         if not source.is_dir():
             raise NotFound(f"model folder {source} does not exist")
         with self._lock(role):
+            for left in (self.root / role).glob(".registering-*"):  # a registration that crashed (under the lock)
+                shutil.rmtree(left, ignore_errors=True)
             version = self._next_version(role)
             target = self.root / role / version
+            staged = target.with_name(f".registering-{version}")  # a version only once whole, with its manifest
             if move:
-                shutil.move(str(source), str(target))
+                shutil.move(str(source), str(staged))
             else:
-                shutil.copytree(source, target)
+                shutil.copytree(source, staged)
             entry = ModelVersion(role=role, version=version, created=datetime.now(UTC).isoformat(timespec="seconds"),
                                  base_model=base_model, parent=parent, training_data=training_data,
                                  params=params or {}, metrics=metrics or {}, notes=notes,
-                                 files=checksums(target), path=target)
-            _write_json(target / "manifest.json", entry.to_json())
+                                 files=checksums(staged), path=target)
+            _write_json(staged / "manifest.json", entry.to_json())
+            staged.rename(target)
         logger.info("registered %s %s at %s", role, version, target)
         if activate:
             self.activate(role, version)
@@ -222,6 +234,9 @@ class ModelRegistry:
                                "activate another version (or roll back) first")
             if version in state["history"]:
                 history = [v for v in state["history"] if v != version]
+                history = [v for i, v in enumerate(history) if i == 0 or v != history[i - 1]]  # v1 v2 v1: v1 v1
+                while history and history[-1] == state["version"]:  # a rollback would stay where it is
+                    history.pop()
                 _write_json(self.root / role / "active.json", {"version": state["version"], "history": history})
             removed = {**entry.to_json(), "deleted": datetime.now(UTC).isoformat(timespec="seconds")}
             _write_json(self.root / role / "deleted.json", [*self.deleted(role), removed])
@@ -250,14 +265,36 @@ class ModelRegistry:
             self.delete(role, version)
         return doomed
 
-    def rollback(self, role: str) -> ModelVersion:
-        """Re-activate the version that was active before the current one."""
+    def previous(self, role: str) -> str | None:
+        """The version :meth:`rollback` would re-activate: the last one active before the current one (not the
+        current one again); None when there is none."""
+        history = _rollback_history(self._state(role))
+        return history[-1] if history else None
+
+    def rollback(self, role: str, check: Callable[[str], object] | None = None) -> ModelVersion:
+        """Re-activate the version that was active before the current one, if its files are intact and
+        ``check`` (called with it, e.g. :func:`serving.loading.check_loads`) does not raise."""
         with self._lock(role):
             state = self._state(role)
-            if not state["history"]:
+            history = _rollback_history(state)
+            if not history:
                 raise InvalidInput(f"{role} has no earlier active version to roll back to")
-            previous = state["history"][-1]
+            previous = history[-1]
             self.verify(role, previous)
-            _write_json(self.root / role / "active.json", {"version": previous, "history": state["history"][:-1]})
+            if check is not None:
+                check(previous)  # refused like an activation: nothing points at a version that does not load
+            _write_json(self.root / role / "active.json", {"version": previous, "history": history[:-1]})
         logger.info("rolled %s back to %s", role, previous)
         return self.get(role, previous)
+
+    def restore(self, role: str, state: dict[str, Any], unless_changed_from: str) -> None:
+        """Put back ``state`` (as :meth:`state` returned it) when the active version is still
+        ``unless_changed_from``: an activation a server could not load is undone, not one made since."""
+        with self._lock(role):
+            if self._state(role)["version"] == unless_changed_from:
+                _write_json(self.root / role / "active.json", state)
+                logger.warning("%s: %s undone, %s active again", role, unless_changed_from, state["version"])
+
+    def state(self, role: str) -> dict[str, Any]:
+        """The active version and the rollback history, as ``active.json`` holds them."""
+        return self._state(role)

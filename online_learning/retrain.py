@@ -229,8 +229,10 @@ def _utc(text: str) -> pd.Timestamp:
 
 
 def _last_window_end(registry: ModelRegistry) -> pd.Timestamp | None:
-    """Where the newest registered LambdaMART's logs ended: the next retrain reads from there."""
-    windows = [v.params.get("data_window", {}).get("until") for v in registry.versions("ltr")]
+    """Where the newest LambdaMART's logs ended, registered or deleted since (a candidate an experiment
+    rejected): the next retrain reads from there, never a window a run already learnt."""
+    manifests = [v.params for v in registry.versions("ltr")] + [d.get("params") or {} for d in registry.deleted("ltr")]
+    windows = [(params.get("data_window") or {}).get("until") for params in manifests]
     stamps = [pd.Timestamp(w) for w in windows if w]
     return max(stamps) if stamps else None
 

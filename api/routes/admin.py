@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -82,6 +82,24 @@ async def _swap(request: Request, holder: ServedHolder) -> SearchEngine:
     return served.engine
 
 
+async def _swap_or_undo(request: Request, holder: ServedHolder, settings: Settings, role: str,
+                        before: dict[str, Any], action: str) -> SearchEngine:
+    """Swap to the registry's new active version of ``role``; if this server cannot, the registry
+    goes back to ``before`` (nothing points at a version that did not load) and the error answers.
+    Published to the artifact store and counted only once served."""
+    registry = ModelRegistry(settings.paths.models)
+    changed_to = registry.active_version(role)
+    try:
+        engine = await _swap(request, holder)
+    except Exception:
+        if changed_to is not None:
+            registry.restore(role, before, unless_changed_from=changed_to)
+        raise
+    await asyncio.to_thread(push_state, settings)  # other replicas pull it on their next poll
+    request.app.state.metrics.swaps.labels(role, action).inc()
+    return engine
+
+
 @router.get("/models", response_model=ModelsState, summary="Served and registered model versions")
 def models(holder: HolderDep, settings: SettingsDep) -> ModelsState:
     return _describe(settings, holder.get().engine)
@@ -91,19 +109,20 @@ def models(holder: HolderDep, settings: SettingsDep) -> ModelsState:
 async def activate(role: str, body: Activate, request: Request, holder: HolderDep, settings: SettingsDep) -> ModelsState:
     _check_role(role)
     await asyncio.to_thread(check_loads, settings, role, body.version)  # 409 for a damaged version
-    ModelRegistry(settings.paths.models).activate(role, body.version)
-    await asyncio.to_thread(push_state, settings)  # other replicas pull it on their next poll
-    request.app.state.metrics.swaps.labels(role, "activate").inc()
-    return _describe(settings, await _swap(request, holder))
+    registry = ModelRegistry(settings.paths.models)
+    before = registry.state(role)
+    registry.activate(role, body.version)
+    return _describe(settings, await _swap_or_undo(request, holder, settings, role, before, "activate"))
 
 
 @router.post("/models/{role}/rollback", response_model=ModelsState, summary="Re-activate the previous version")
 async def rollback(role: str, request: Request, holder: HolderDep, settings: SettingsDep) -> ModelsState:
     _check_role(role)
-    ModelRegistry(settings.paths.models).rollback(role)
-    await asyncio.to_thread(push_state, settings)
-    request.app.state.metrics.swaps.labels(role, "rollback").inc()
-    return _describe(settings, await _swap(request, holder))
+    registry = ModelRegistry(settings.paths.models)
+    before = registry.state(role)
+    # refused like an activation (409) when the earlier version does not load here
+    await asyncio.to_thread(registry.rollback, role, lambda version: check_loads(settings, role, version))
+    return _describe(settings, await _swap_or_undo(request, holder, settings, role, before, "rollback"))
 
 
 @router.post("/reload", response_model=ModelsState, summary="Reload the active models from the registry")

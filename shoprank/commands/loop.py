@@ -210,19 +210,19 @@ def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
     from core.registry import ModelRegistry
     from online_learning.analysis import searches
     from online_learning.promotion import check_regression
-    from serving.loading import push_state
+    from serving.loading import check_loads, push_state
 
     registry = ModelRegistry(settings.paths.models)
     active = registry.active("ltr")
-    history = registry.history("ltr") if active else []
-    if active is None or not history:
+    previous = registry.previous("ltr") if active else None
+    if active is None or previous is None:
         print(json.dumps({"decision": "keep", "reasons": ["no earlier active version to compare with"]}))
         return 0
-    decision = check_regression(searches(settings.paths.event_log), active.version, history[-1])
-    out = {"active": active.version, "previous": history[-1], "decision": decision.action, "reasons": decision.reasons,
+    decision = check_regression(searches(settings.paths.event_log), active.version, previous)
+    out = {"active": active.version, "previous": previous, "decision": decision.action, "reasons": decision.reasons,
            "details": decision.details}
     if args.apply and decision.action == "rollback":
-        out["rolled_back_to"] = registry.rollback("ltr").version
+        out["rolled_back_to"] = registry.rollback("ltr", lambda version: check_loads(settings, "ltr", version)).version
         push_state(settings)
     print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
     return 0

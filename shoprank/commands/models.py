@@ -38,7 +38,13 @@ def cmd_activate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    entry = ModelRegistry(settings.paths.models).rollback(args.role)
+    def check(version: str) -> None:  # refused like an activation when the earlier version does not load
+        if args.role != "biencoder":
+            from serving.loading import check_loads
+
+            check_loads(settings, args.role, version)
+
+    entry = ModelRegistry(settings.paths.models).rollback(args.role, check)
     print(json.dumps({"role": args.role, "active": entry.version}))
     return 0
 

@@ -173,6 +173,27 @@ def test_hot_swap_under_load_fails_no_request(client: TestClient) -> None:
     assert "v1" in versions
 
 
+def test_a_rollback_to_a_version_that_does_not_load_is_refused_and_changes_nothing(
+        client: TestClient, ops_settings: Settings, tmp_path: Path) -> None:
+    registry = ModelRegistry(ops_settings.paths.models)
+    saved = registry.state("reranker")
+    folder = tiny_reranker(tmp_path / "broken", 3)
+    for onnx in folder.rglob("*.onnx"):
+        onnx.write_bytes(b"not an ONNX graph")  # broken before it was registered: its checksums match
+    broken = registry.register("reranker", folder, base_model="minilm").version
+    registry.activate("reranker", broken)  # as a version of another ShopRank once was: then v1 again
+    registry.activate("reranker", "v1")
+    try:
+        refused = client.post("/v1/admin/models/reranker/rollback", headers=AUTH)
+        assert refused.status_code == 409 and "does not load" in refused.json()["message"], refused.text
+        # before: active.json named it all the same, and every later start served nothing
+        assert registry.active_version("reranker") == "v1"
+        assert client.post("/v1/search", json={"query": "ceiling fan", "k": 3}).status_code == 200
+    finally:
+        registry.restore("reranker", saved, unless_changed_from="v1")
+        registry.delete("reranker", broken)
+
+
 def _results_lookups(client: TestClient) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in client.get("/metrics").text.splitlines()
                if line.startswith('shoprank_cache_lookups_total{cache="results"'))

@@ -67,3 +67,41 @@ def test_the_watcher_outlives_a_shared_state_it_cannot_read() -> None:
         time.sleep(0.02)
     assert holder.reload_error is None
     holder.stop()
+
+
+def test_a_server_whose_first_load_failed_comes_up_once_the_shared_state_changes() -> None:
+    import pytest
+
+    from core.errors import NotReady
+
+    shared = {"generation": "g1"}
+    loads: list[str] = []
+    followed: list[str] = []
+
+    def load(previous: Served | None) -> Served:
+        loads.append(shared["generation"])
+        if shared["generation"] == "g1":
+            raise RuntimeError("ltr v4 reads features this version does not compute")
+        unit = SimpleNamespace(versions={"ltr": shared["generation"]}, close=lambda: None,
+                               carry_counts=lambda previous: None)
+        return Served(unit, SimpleNamespace(close=lambda: None), shared["generation"])  # type: ignore[arg-type]
+
+    holder = ServedHolder(load, stamp=lambda: shared["generation"], poll_s=0.02, followed=followed.append)
+    holder.start()
+    assert holder.ready.wait(10)
+    time.sleep(0.2)
+    with pytest.raises(NotReady, match="v4 reads features"):
+        holder.get()
+    assert loads == ["g1"]  # not loaded again while nothing changed
+    shared["generation"] = "g2"  # a version that loads is activated (the CLI, another process)
+    deadline = time.monotonic() + 10
+    while holder.error is not None:  # before: the watcher never started, and it stayed not ready for good
+        assert time.monotonic() < deadline, "the server never came up"
+        time.sleep(0.02)
+    assert holder.get().generation == "g2" and loads == ["g1", "g2"]
+    shared["generation"] = "g3"
+    while holder.get().generation != "g3":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    holder.stop()
+    assert followed == ["ltr", "ltr"]  # the activations it followed: nothing -> g2, g2 -> g3

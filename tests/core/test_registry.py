@@ -138,3 +138,47 @@ def test_a_version_deleted_while_it_is_verified_is_not_activated(tmp_path: Path,
     with pytest.raises(NotFound, match="'v2' is not registered"):
         registry.activate("ltr", "v2")
     assert registry.active("ltr").version == "v1"  # type: ignore[union-attr]  # never a pointer to a deleted one
+
+
+def test_a_rollback_goes_to_another_version_that_loads(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    for name in "abc":
+        registry.register("ltr", model_folder(tmp_path, name), base_model="lightgbm")
+    for version in ("v2", "v1", "v3", "v1"):
+        registry.activate("ltr", version)
+    registry.delete("ltr", "v3")  # history v2 v1 v3 -> v2 v1: v1 is active, so a rollback must not "go" there
+    assert registry.history("ltr") == ["v2"] and registry.previous("ltr") == "v2"
+
+    def refuse(version: str) -> None:
+        raise Conflict(f"ltr {version} reads features this version does not compute")
+
+    with pytest.raises(Conflict, match="v2 reads features"):
+        registry.rollback("ltr", refuse)  # before: active.json pointed at it all the same
+    assert registry.state("ltr") == {"version": "v1", "history": ["v2"]}
+    assert registry.rollback("ltr", lambda version: None).version == "v2"
+    with pytest.raises(InvalidInput, match="no earlier active version"):
+        registry.rollback("ltr")
+    before = registry.state("ltr")
+    registry.activate("ltr", "v1")
+    registry.restore("ltr", before, unless_changed_from="v1")  # a server could not load v1: undone
+    assert registry.state("ltr") == before
+    registry.restore("ltr", {"version": "v1", "history": []}, unless_changed_from="v1")  # changed since: kept
+    assert registry.state("ltr") == before
+
+
+def test_a_registration_that_dies_leaves_no_version_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.registry
+
+    registry = ModelRegistry(tmp_path / "models")
+
+    def killed(folder: Path) -> dict:
+        raise KeyboardInterrupt("killed while hashing the files")
+
+    real = core.registry.checksums
+    monkeypatch.setattr(core.registry, "checksums", killed)
+    with pytest.raises(KeyboardInterrupt):
+        registry.register("ltr", model_folder(tmp_path, "a"), base_model="lightgbm")
+    assert not (tmp_path / "models" / "ltr" / "v1").exists()  # before: a v1 folder no command listed or removed
+    monkeypatch.setattr(core.registry, "checksums", real)
+    assert registry.register("ltr", model_folder(tmp_path, "b"), base_model="lightgbm").version == "v1"
+    assert sorted(p.name for p in (tmp_path / "models" / "ltr").iterdir() if p.is_dir()) == ["v1"]
