@@ -278,7 +278,9 @@ class SuggestionItem(BaseModel):
     text: str = Field(..., description="A phrase to offer (normalized: lowercase, units spelled one way).")
     source: Literal["searches", "catalog"] = Field(..., description="searches: shoppers searched it (shoprank "
                                                   "suggestions); catalog: product titles hold it.")
-    weight: float = Field(..., description="Distinct shoppers who searched it, or products whose titles hold it.")
+    weight: float = Field(..., description="Distinct shoppers who searched it, or products whose titles hold it "
+                          "(a catalog phrase after kept words: products holding all its words; a searched one: "
+                          "the shoppers of the completing phrase).")
 
 
 class SuggestResponse(BaseModel):

@@ -34,6 +34,7 @@ every row the request may show, and applies the rules to them.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -353,6 +354,15 @@ class RulesStage:
         product is at its place whichever page is asked for."""
         rule = self.config.rule_for(query) if query.text and query.sort == "relevance" else None
         return max(rule.pin_at.values(), default=0) if rule is not None else 0
+
+    def windows_passed(self, now: datetime | None = None) -> int:
+        """How many of the rules' start and end times are past ``now`` (default: the current time): a page
+        cached while one rule held is not served once it ends (or before it starts)."""
+        return bisect.bisect_right(self._bounds, now or datetime.now(timezone.utc))
+
+    @cached_property
+    def _bounds(self) -> list[datetime]:
+        return sorted(t for rule in self.config.queries.values() for t in (rule.start, rule.end) if t is not None)
 
     def redirect(self, query: Query) -> str | None:
         """The page the rules send ``query`` to, if any."""

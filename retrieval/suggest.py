@@ -141,12 +141,13 @@ class Suggester:
             return self._top(positions, k)
         return self._top(heapq.nlargest(8 * k, positions, key=self._order), k)  # the best entries, then distinct
 
-    def suggest(self, typed: str, k: int = 8, holds: Callable[[list[str]], bool] | None = None) -> list[Suggestion]:
+    def suggest(self, typed: str, k: int = 8, holding: Callable[[list[str]], int] | None = None) -> list[Suggestion]:
         """Up to ``k`` phrases for ``typed`` (as the shopper typed it: the last word may be partial).
         When fewer than ``k`` phrases match the whole text, its first words are kept and the rest
         completed (``bosch cordless dr`` -> ``bosch cordless drill``), fewest words kept first: only a
-        phrase that repeats none of the kept words and, with ``holds``, whose words some product holds
-        with the last kept word (no ``ceiling fan faucet``: no product holds ``fan`` and ``faucet``)."""
+        phrase that repeats none of the kept words and, with ``holding`` (how many products hold all of some
+        words), whose words some product holds with the last kept word (no ``ceiling fan faucet``: no product
+        holds ``fan`` and ``faucet``); such a catalog suggestion weighs the products holding all its words."""
         words = TOKEN.findall(normalize(typed))
         end = " " if ended(typed) else ""
         found: dict[str, Suggestion] = {}  # by its words' singulars: "drills" after "drill" is not new
@@ -155,10 +156,12 @@ class Suggester:
             for pid in self._find(" ".join(words[drop:]) + end, 2 * k, leading=drop > 0):
                 text = f"{kept} {self.phrases[pid]}" if kept else self.phrases[pid]
                 typed = {singular(w) for w in words[:drop]}  # a completion repeats none of the words kept
-                if kept and (any(singular(w) in typed for w in self.phrases[pid].split(" "))
-                             or (holds is not None and not holds([words[drop - 1], *self.phrases[pid].split(" ")]))):
+                if kept and (any(singular(w) in typed for w in self.phrases[pid].split(" ")) or (
+                        holding is not None and not holding([words[drop - 1], *self.phrases[pid].split(" ")]))):
                     continue
                 source, weight = self.ranks[pid]
+                if kept and source != LOGGED and holding is not None:  # not the completing phrase's own weight
+                    weight = holding(text.split(" "))
                 found.setdefault(" ".join(map(singular, text.split(" "))),
                                  Suggestion(text, "searches" if source == LOGGED else "catalog", weight))
             if len(found) >= k:
@@ -184,16 +187,16 @@ def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int) -> lis
             return vocabulary.docs_of(words[0])
         return _common(holding(words[:-1]), vocabulary.docs_of(words[-1]))
 
-    holds = (lambda words: len(holding(tuple(words))) > 0) if vocabulary.postings else None
-    found = suggester.suggest(as_searched(analyzer, typed), k, holds)
+    count = (lambda words: len(holding(tuple(words)))) if vocabulary.postings else None
+    found = suggester.suggest(as_searched(analyzer, typed), k, count)
     words = typed.split()
     if not found and words and len(words[-1]) >= 4 and not ended(typed):
         whole = analyzer.analyze(typed)
         if whole.rewrites and whole.text:
-            found = suggester.suggest(whole.text, k, holds)
+            found = suggester.suggest(whole.text, k, count)
     if not found and words and singular(words[-1].lower()) != words[-1].lower():  # "drills": the phrases of "drill"
         one = " ".join([*words[:-1], singular(words[-1].lower())]) + (" " if ended(typed) else "")
-        found = suggester.suggest(as_searched(analyzer, one), k, holds)
+        found = suggester.suggest(as_searched(analyzer, one), k, count)
     return found
 
 

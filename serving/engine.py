@@ -174,8 +174,10 @@ class SearchEngine:
         non-degraded results are cached.
         """
         query = query if isinstance(query, Query) else Query(query)
+        # with the rules' windows passed: a page cached while a sale's pins held is not served after its end
+        windows = self.rules.windows_passed() if self.rules is not None else 0
         request = (pipeline, ltr, query.text, query.rewrite, query.user_id, query.filters, query.facets, query.sort,
-                   k, offset)
+                   k, offset, windows)
         # a page worked out before a stock or price change is not served after it: this process's facts build in
         # its own cache's key, the change feed's position (the same in every process) in the shared one's scope
         key = (*request, self.facts_version())
@@ -190,17 +192,20 @@ class SearchEngine:
                     self.caches.results.put(key, page, age=age)  # expires when the ranking process's does
                     return replace(page, cached=True)
         cascade = self._chosen(pipeline, ltr)
-        deep = max(k + offset, self.rules.farthest_place(query) if self.rules is not None else 0)
+        # a price order sorts the sort_depth most relevant shown rows: every page reads at least that many, so
+        # the pages sort one set (a page reading fewer, with rows hidden, sorted another: repeats and gaps)
+        need = k + offset if query.sort == "relevance" else max(k + offset, self.settings.serving.sort_depth)
+        deep = max(need, self.rules.farthest_place(query) if self.rules is not None else 0)
         ranked = cascade.run(query, deep)
         fetched, limit = max(deep, cascade.first_stage_depth), min(self.index.count, MAX_FETCH)
-        while len(ranked.candidates) < k + offset and ranked.first_stage_rows >= fetched and fetched < limit:
+        while len(ranked.candidates) < need and ranked.first_stage_rows >= fetched and fetched < limit:
             # the rules left rows out (hidden, out of stock) and the first stage has more: read deeper, so the
-            # page is full while more exist
+            # page is full while more exist (a read that shows no more rows goes deeper still: a block of hidden
+            # rows at the top left page 1 empty while later pages, read deeper, had rows)
             fetched = min(limit, 2 * fetched)
             deeper = cascade.run(query, fetched)
-            if len(deeper.candidates) <= len(ranked.candidates):
-                break
-            ranked = deeper
+            if len(deeper.candidates) > len(ranked.candidates):
+                ranked = deeper
         if query.sort != "relevance":
             ranked = replace(ranked, candidates=self._by_price(ranked.candidates, query.sort))
         page = ranked.candidates.take(slice(offset, offset + k))

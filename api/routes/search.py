@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
@@ -25,6 +25,7 @@ from api.schemas import (
     ErrorBody,
     Explanation,
     Facets,
+    FilterValue,
     IndexInfo,
     QueryRewrite,
     RewriteItem,
@@ -45,7 +46,8 @@ from serving.engine import SearchEngine
 from serving.loading import Served
 from serving.suggestions import suggest as suggest_for
 
-ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody},
+ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody, "description": "A store "
+          "this server does not serve (under /v1/stores/{store}/)"}, 422: {"model": ErrorBody},
           429: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["search"])  # mounted at /v1 and /v1/stores/{store}
@@ -230,13 +232,17 @@ def search_get(
     session_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     explain: Annotated[bool, Query(description="Per-result feature contributions and rule notes")] = False,
     rewrite: Annotated[bool, Query(description="Correct misspelled words (false: as typed)")] = True,
-    category: Annotated[list[str] | None, Query(description="Only these categories (repeat for several)")] = None,
-    brand: Annotated[list[str] | None, Query(description="Only these brands (repeat for several)")] = None,
+    category: Annotated[list[FilterValue] | None, Query(min_length=1, max_length=100, description="Only these "
+                                                        "categories (repeat for several, up to 100)")] = None,
+    brand: Annotated[list[FilterValue] | None, Query(min_length=1, max_length=100, description="Only these brands "
+                                                     "(repeat for several, up to 100)")] = None,
     min_price: Annotated[float | None, Query(ge=0, description="Lowest price, >= 0")] = None,
     max_price: Annotated[float | None, Query(ge=0, description="Highest price, >= 0")] = None,
     in_stock: Annotated[bool | None, Query(description="true: only products in stock")] = None,
-    facets: Annotated[list[str] | None, Query(description="category, brand, price (repeat for several)")] = None,
-    sort: Annotated[str, Query(description="relevance, price_asc or price_desc")] = "relevance",
+    facets: Annotated[list[Literal["category", "brand", "price"]] | None,
+                      Query(max_length=3, description="category, brand, price (repeat for several)")] = None,
+    sort: Annotated[Literal["relevance", "price_asc", "price_desc"],
+                    Query(description="relevance, price_asc or price_desc")] = "relevance",
 ) -> SearchResponse:
     filters = {name: value for name, value in (("category", category), ("brand", brand), ("min_price", min_price),
                                                 ("max_price", max_price), ("in_stock", in_stock)) if value is not None}

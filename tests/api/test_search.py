@@ -124,6 +124,11 @@ def test_probes_and_openapi(client: TestClient) -> None:
     assert ready["status"] == "ready" and ready["pid"] == os.getpid() and ready["versions"]["encoder"]
     spec = client.get("/openapi.json").json()
     assert "/v1/search" in spec["paths"]
+    # a client generated from the spec sends what the server takes (before: sort and facets were any text)
+    given = {p["name"]: p["schema"] for p in spec["paths"]["/v1/search"]["get"]["parameters"]}
+    assert given["sort"]["enum"] == ["relevance", "price_asc", "price_desc"]
+    assert given["facets"]["anyOf"][0]["maxItems"] == 3 and given["category"]["anyOf"][0]["maxItems"] == 100
+    assert "404" in spec["paths"]["/v1/stores/{store}/search"]["get"]["responses"]  # a store not served here
 
 
 def test_not_ready_is_503_with_reason(settings: Settings) -> None:
@@ -582,6 +587,24 @@ def test_pages_stay_full_and_agree_when_the_rules_leave_rows_out(  # type: ignor
         rows = [p for each in pages for p in each]
         assert len(set(rows)) == 200 and not set(rows) & set(hidden)
         assert page(50, 100) == rows[100:150]  # a row's place does not depend on the page size
+
+        def by_price(k: int, offset: int) -> list[str]:
+            body = client.post("/v1/search", json={"query": "garden hose", "k": k, "offset": offset,
+                                                   "sort": "price_asc"}).json()
+            return [i["product_id"] for i in body["items"]]
+
+        cheapest = by_price(100, 0)  # every page sorts the same 100 shown rows (before: repeats and gaps)
+        assert [p for offset in range(0, 100, 10) for p in by_price(10, offset)] == cheapest
+        assert client.put("/v1/admin/rules", json={"hide": rows[:200]}, headers=admin).status_code == 200
+        assert page(10, 0) == page(100, 0)[:10] != []  # before: page 1 empty, while later pages had rows
+        import datetime as dt
+
+        soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.5)).isoformat()
+        assert client.put("/v1/admin/rules", json={"queries": {"garden hose": {"pin": [rows[150]], "end": soon}}},
+                          headers=admin).status_code == 200
+        assert page(10, 0)[0] == rows[150] and page(10, 0)[0] == rows[150]  # the second one from the cache
+        time.sleep(2)
+        assert page(10, 0)[0] != rows[150]  # before: the cached page kept the ended sale's pin for up to 60 s
 
 
 def test_a_full_spool_disk_costs_searches_their_impression_and_events_a_503(client: TestClient,

@@ -40,9 +40,10 @@ def test_suggestions_start_with_the_typed_text_searched_ones_first() -> None:
     assert kept[0] == "acme bosch corded" and all(t.startswith("acme bosch cor") for t in kept)  # fewest kept first
     assert len(suggester.suggest("d", 2)) == 2 and len(suggester.suggest("dri", 30)) <= 30
     # a completion whose words no product holds with the last kept word is no suggestion, nor one that repeats it
-    together = {frozenset({"cordless", "drill"})}
-    only = [s.text for s in suggester.suggest("acme cordless dr", 5, lambda words: frozenset(words) in together)]
-    assert only == ["acme cordless drill"]  # not "acme cordless drill kit": no product holds "cordless drill kit"
+    together = {frozenset({"cordless", "drill"}): 4, frozenset({"acme", "cordless", "drill"}): 1}
+    found = suggester.suggest("acme cordless dr", 5, lambda words: together.get(frozenset(words), 0))
+    assert [s.text for s in found] == ["acme cordless drill"]  # not "... drill kit": no product holds "cordless drill kit"
+    assert found[0].weight == 1  # the products holding all its words (before: the 4 of "cordless drill" alone)
     assert all(not t.startswith("drill drill") for t in (s.text for s in suggester.suggest("drill dr", 10)))
 
 
