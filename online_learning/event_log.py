@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO
 
 from core.errors import Conflict
+from core.files import write_text_atomic
 from online_learning.events import InteractionEvent, RankingEvent, key_of, topic_of
 
 logger = logging.getLogger(__name__)
@@ -146,9 +147,7 @@ class EventLog:
         return (segments[0] if segments else 1), 0
 
     def _save_position(self, segment: int, offset: int) -> None:
-        tmp = self.folder / "shipped.json.tmp"
-        tmp.write_text(json.dumps({"segment": segment, "offset": offset}))
-        os.replace(tmp, self.folder / "shipped.json")
+        write_text_atomic(self.folder / "shipped.json", json.dumps({"segment": segment, "offset": offset}))
 
     # -- append -----------------------------------------------------------------
     def append(self, events: Iterable[RankingEvent | InteractionEvent], durable: bool = True) -> None:

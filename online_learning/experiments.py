@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from core.errors import InvalidInput
+from core.files import write_text_atomic
 
 ARM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -93,11 +94,8 @@ def read_config(path: Path) -> tuple[Experiment | None, str | None]:
 
 def write_config(path: Path, experiment: Experiment | None, shadow: str | None) -> None:
     """Save the running experiment and shadow version at ``path`` (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"experiment": experiment.model_dump() if experiment else None, "shadow": shadow},
-                              indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps({"experiment": experiment.model_dump() if experiment else None,
+                                        "shadow": shadow}, indent=2))
 
 
 def served_versions(path: Path) -> set[str]:

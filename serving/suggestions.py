@@ -18,6 +18,7 @@ import time
 import weakref
 from pathlib import Path
 
+from core.files import write_text_atomic
 from retrieval.index import ProductIndex
 from retrieval.suggest import JOINING, Suggester, Suggestion, catalog_phrases
 from retrieval.suggest import suggest as suggest_with
@@ -49,10 +50,8 @@ def read_searched(path: Path) -> dict[str, int]:
 
 def write_searched(path: Path, searches: dict[str, int], **about: object) -> None:
     """Save the searched texts (atomic), with what they were counted from (``about``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**about, "texts": len(searches), "searches": searches}, indent=1, sort_keys=True))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps({**about, "texts": len(searches), "searches": searches}, indent=1,
+                                       sort_keys=True))
 
 
 def _kept(index: ProductIndex, searched: Path,
