@@ -63,6 +63,30 @@ def hold_slot(root: Path, name: str) -> IO[str] | None:
     return handle
 
 
+def _holds_unshipped(folder: Path) -> bool:
+    """Whether the spool slot at ``folder`` holds bytes after its shipped position (sizes only, nothing read;
+    a shipped position that cannot be read: True, the slot's own reader decides)."""
+    segments = sorted(int(p.stem.split("-")[1]) for p in folder.glob("segment-*.jsonl"))
+    if not segments:
+        return False
+    try:
+        data = json.loads((folder / "shipped.json").read_text())
+        segment, offset = int(data["segment"]), int(data["offset"])
+    except FileNotFoundError:
+        segment, offset = segments[0], 0
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    for number in segments:
+        if number >= segment:
+            try:
+                size = (folder / f"segment-{number:08d}.jsonl").stat().st_size
+            except FileNotFoundError:
+                continue
+            if size > (offset if number == segment else 0):
+                return True
+    return False
+
+
 def _slot_number(folder: Path) -> int:
     try:
         return int(folder.name.removeprefix("slot-"))
@@ -320,6 +344,8 @@ class EventLog:
                     return 0
                 continue
             try:
+                if not _holds_unshipped(folder):  # a look at sizes: no producer opened for an empty slot
+                    continue
                 orphan = EventLog(folder, self.kafka, store=self.store, adopt_every_s=0)
                 try:
                     before = orphan.pending()

@@ -166,3 +166,23 @@ def test_a_segment_the_disk_refuses_leaves_the_log_writable(tmp_path: Path, monk
     log.append([click(3)])  # space again: the log goes on (it was a closed file for good)
     log.close()
     assert [r["event_id"] for r in lines(tmp_path)] == ["e1", "e3"]
+
+
+def test_an_orphan_slot_is_looked_at_by_its_sizes_before_a_producer_is_opened(tmp_path: Path) -> None:
+    import json
+
+    from online_learning.event_log import _holds_unshipped
+
+    slot = tmp_path / "slot-3"
+    slot.mkdir()
+    assert not _holds_unshipped(slot)  # empty: adopting it opens no Kafka producer (before: every 30 s)
+    log = EventLog(slot, None)
+    log.append([click(1), click(2)])
+    log.close()
+    assert _holds_unshipped(slot)
+    segment = sorted(slot.glob("segment-*.jsonl"))[-1]
+    number = int(segment.stem.split("-")[1])
+    (slot / "shipped.json").write_text(json.dumps({"segment": number, "offset": segment.stat().st_size}))
+    assert not _holds_unshipped(slot)  # all shipped
+    (slot / "shipped.json").write_text("{torn")
+    assert _holds_unshipped(slot)  # unreadable: the slot's own reader decides
