@@ -97,9 +97,9 @@ class ConsumerLoop:
                         batch.append(Delivered(record.topic, record.partition, record.offset, parse(record.value)))
                     except ValueError as err:
                         self._dead_letter(record, err)
+            dropped = 0
             if batch and self.forget is not None:
                 batch, dropped = self.forget.keep(batch, lambda d: d.event)
-                self.forgotten += dropped
             if batch:
                 try:
                     self.handle(batch)
@@ -120,6 +120,7 @@ class ConsumerLoop:
                     raise
                 self.handle_failures = 0
                 self.consumed += len(batch)
+            self.forgotten += dropped  # once: a batch that failed is read (and its erased events dropped) again
             if polled:
                 last_message = time.monotonic()
                 try:

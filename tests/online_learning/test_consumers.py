@@ -21,6 +21,7 @@ from online_learning.events import (
     RankingEvent,
     ShownItem,
 )
+from online_learning.forget_list import ForgetList
 from online_learning.local_broker import LocalBroker, create_topics
 
 pytestmark = pytest.mark.integration
@@ -171,12 +172,15 @@ def test_an_online_store_out_of_reach_delays_the_features_and_loses_nothing(brok
         pushed.append(frame)
 
     updater = StreamingFeatures(tmp_path / "features.sqlite", {"p0": (1, 10.0)}, push)  # starts though it is down
+    erased = ForgetList(tmp_path / "forgotten.jsonl")
+    erased.add(["u0"], [], at=T0 + timedelta(days=1))  # u0's 3 searches, 2 clicks and a purchase are dropped
     loop = ConsumerLoop(broker.bootstrap, "features-outage", [RANKINGS_TOPIC, INTERACTIONS_TOPIC], updater,
-                        tmp_path / "d.jsonl")
+                        tmp_path / "d.jsonl", forget=erased)
     run_loop(loop)  # the consumer keeps going: it no longer dies on the first refused push
     assert not down and pushed and loop.handle_failures == 0
     latest = updater.popularity(["p0"]).set_index("product_id")
-    assert latest.loc["p0", "impressions_7d"] == 20  # each event once, across the retries
+    assert latest.loc["p0", "impressions_7d"] == 17  # each event once, across the retries
+    assert loop.forgotten == 6  # counted once, not again at each retry of a failed batch
 
 
 def test_streaming_features_count_once_across_a_crash(broker: LocalBroker, tmp_path: Path) -> None:
