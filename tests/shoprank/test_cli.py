@@ -415,6 +415,22 @@ def test_reranker_exported_trained_elsewhere_and_registered(fresh_home: Path, de
     code, _, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--trained", str(tmp_path))
     assert code == 2 and "no train_summary.json and best/ there" in err
 
+    # the registered teacher teaches a student: its pool's teacher scores are kept for a rerun on the same data
+    student = ("train", "student", "--dataset", str(demo_dir), "--limit", "4", "--layers", "1", "--epochs", "1",
+               "--pool-depth", "6", "--dev-queries", "3", "--batch-groups", "2")
+    code, out, err = run_cli(capsys, *student)
+    assert code == 0, err
+    taught_by = json.loads(out)["registered"]
+    assert taught_by["version"] == "v1" and taught_by["parent"] == "reranker:v1"
+    assert taught_by["metrics"]["pool_pairs"] > 0 and (fresh_home / "models" / "student" / "v1").is_dir()
+    from evaluation.dataset import load_dataset
+
+    pools = sorted(fresh_home.rglob("pool-reranker-v1-*"))
+    assert len(pools) == 1 and pools[0].name.endswith(load_dataset(demo_dir).digest[:12])
+    code, out, err = run_cli(capsys, *student, "--run-name", "again")
+    assert code == 0 and json.loads(out)["registered"]["version"] == "v2"
+    assert sorted(fresh_home.rglob("pool-reranker-v1-*")) == pools  # the same pool, read again
+
     # the registered teacher teaches the bi-encoder: its scores of the judged and mined products travel
     from ranking.training.biencoder import load_examples as load_biencoder_examples
     from ranking.training.biencoder import main as train_biencoder_from_file
