@@ -61,11 +61,16 @@ def test_check_regression_needs_a_significant_drop(tmp_path: Path) -> None:
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path))
     get_settings.cache_clear()
+    import numpy as np
+
+    from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
+
     registry = ModelRegistry(tmp_path / "models")
-    for name in ("a", "b"):
+    x = np.random.default_rng(3).normal(size=(100, 2)).astype(np.float32)
+    data = RankingData(x, (x[:, 0] > 0).astype(np.int32), [10] * 10, ["bm25", "dense"])
+    for name in ("a", "b"):  # models that load: a rollback, as an activation, refuses one that does not
         folder = tmp_path / "trained" / name
-        folder.mkdir(parents=True)
-        (folder / "model.txt").write_text(name)
+        LambdaMART.fit(data, data, LambdaMARTConfig(max_grade=1, min_data_in_leaf=5, max_rounds=3)).save(folder)
         registry.register("ltr", folder, base_model="lightgbm", activate=True)  # v1, then v2 (history: v1)
     yield tmp_path
     get_settings.cache_clear()
