@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from core.cache import LRUCache
 from core.errors import InvalidInput
@@ -214,6 +215,14 @@ class CatalogFacts:
             column = products[name].tolist() if name in products.columns else []
             facts[name] = (np.array([as_number(v) for v in column], dtype=np.float64) if column
                            else np.full(len(products), np.nan))
+            if name == "in_stock" and "quantity" in products.columns:  # stock given as a quantity only, as
+                quantity = pd.to_numeric(products["quantity"], errors="coerce").to_numpy(dtype=np.float64)
+                told = np.isnan(facts[name]) & ~np.isnan(quantity)  # features build --from-catalog reads it
+                facts[name][told] = (quantity[told] > 0).astype(np.float64)
+            if name == "promoted" and "discount" in products.columns:  # likewise a discount without the flag
+                discount = pd.to_numeric(products["discount"], errors="coerce").to_numpy(dtype=np.float64)
+                told = np.isnan(facts[name]) & ~np.isnan(discount)
+                facts[name][told] = (discount[told] > 0).astype(np.float64)
             if not np.isnan(unknown):
                 facts[name] = np.nan_to_num(facts[name], nan=unknown)
         changes = self.reader.changes if self.reader is not None else 0  # read before the rows it reflects
@@ -250,7 +259,7 @@ class CatalogFacts:
         not supply it (a fact the store supplies is known even while its rows are still being read, or while
         the store is down). Worked out once an index write."""
         if self._unknown_of[0] != table.key:
-            products = self.index.products
+            products = self.index.live_products()  # a fact only deleted products had is no fact of the catalog
             supplied = set(self.reader.facts) if self.reader is not None else set()
             missing = set()
             for fact in (*TEXT_FACTS, "price"):

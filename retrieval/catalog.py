@@ -12,10 +12,12 @@ Rows are numbered from 1, the first product after any header.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +64,7 @@ class CatalogReport:
 
 
 def _is_missing(value: Any) -> bool:
-    if value is None:
+    if value is None or value is pd.NA or value is pd.NaT:  # pd.NA: a Parquet column of a nullable type
         return True
     if isinstance(value, float) and math.isnan(value):
         return True
@@ -94,6 +96,8 @@ def _check_number(integer: bool) -> Callable[[Any], str | None]:
 
     def check(value: Any) -> str | None:
         try:
+            if isinstance(value, str) and "_" in value:  # float() reads 1_299.00; the conversion would not
+                raise ValueError(value)
             number = float(value)
         except (TypeError, ValueError):
             return f"{value!r} is not a number; expected {kind}"
@@ -168,29 +172,50 @@ def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
     if reserved:
         raise CatalogError(f"{path}: column(s) {reserved} are reserved (ShopRank marks deleted products with 'live'); "
                            "rename them")
+    if frame.index.name is not None and frame.index.name not in frame.columns:  # Parquet: product_id as index
+        frame = frame.reset_index()
     return frame.astype(object).reset_index(drop=True), FORMATS[suffix]
 
 
 def _read(path: Path, kind: str) -> pd.DataFrame:
     if kind == "CSV":
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # index_col=False: rows ending in a delimiter the header lacks are read as written, not shifted by one
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+        if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+            _refuse_extra_fields(path)
     elif kind == "Parquet":
-        frame = pd.read_parquet(path)
+        # nullable types: an integer id column with a null stays exact (not float64: 2**53 + 1 would change)
+        frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
     else:
         records = []
-        with path.open(encoding="utf-8") as lines:
+        with path.open(encoding="utf-8-sig") as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise CatalogError(f"{path} row {number}: invalid JSON ({err.msg})") from err
+                    raise CatalogError(f"{path} line {number}: invalid JSON ({err.msg})") from err
                 if not isinstance(record, dict):
-                    raise CatalogError(f"{path} row {number}: expected a JSON object per line")
+                    raise CatalogError(f"{path} line {number}: expected a JSON object per line")
                 records.append(record)
-        frame = pd.DataFrame.from_records(records)
+        frame = pd.DataFrame(records, dtype=object)  # values as written (no float column for ints with a null)
     return frame
+
+
+def _refuse_extra_fields(path: Path) -> None:
+    """A CSV row with more fields than the header names is refused when an extra field holds a value (a
+    trailing delimiter, an empty extra field, is read as the rest of the row)."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        rows = csv.reader(handle)
+        header = next(rows, [])
+        for number, row in enumerate(rows, start=1):
+            extra = [field for field in row[len(header):] if field.strip()]
+            if extra:
+                raise CatalogError(f"{path} row {number}: {len(row)} fields, the header names {len(header)} "
+                                   f"(extra: {extra[:3]!r}); quote values that hold a comma, or fix the header")
 
 
 def _problems(frame: pd.DataFrame, file: str) -> list[RowProblem]:
@@ -272,7 +297,10 @@ def read_catalog(path: str | Path, skip_bad_rows: bool = False) -> tuple[pd.Data
         logger.warning("%s: skipped %d bad row(s); first: %s", file, len(bad_rows), problems[0])
     report.problems = problems
     report.rows_kept = len(frame)
-    return _convert(frame.reset_index(drop=True)), report
+    given = [str(column) for column in frame.columns]
+    products = _convert(frame.reset_index(drop=True))
+    products.attrs["given"] = given  # what an upsert may change (a column the file lacks is not "empty")
+    return products, report
 
 
 def _convert(frame: pd.DataFrame) -> pd.DataFrame:

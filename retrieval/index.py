@@ -245,15 +245,20 @@ class ProductIndex:
                progress: bool = False) -> UpsertReport:
         """Add new products and update existing ones without a full rebuild."""
         self._check_encoder(encoder)
+        # the columns the file gave (read_catalog records them): a product keeps what a file without a column
+        # (a price feed of product_id, title, price) does not say, its description included
+        given = set(incoming.attrs.get("given") or incoming.columns)
         incoming = incoming.reset_index(drop=True)
         new_rows, dead, attr_only, unchanged = [], [], 0, 0
+        kept_from: dict[int, int] = {}  # position of a product whose text changed -> its old row
         for position, pid in enumerate(incoming["product_id"]):
             row = self._row_of.get(pid)
             item = incoming.iloc[position]
             if row is not None:
                 old = self.products.iloc[row]
-                if old["title"] == item["title"] and old["description"] == item["description"]:
-                    changed = [c for c in incoming.columns if not _same(old.get(c), item[c])]
+                if old["title"] == item["title"] and ("description" not in given
+                                                      or old["description"] == item["description"]):
+                    changed = [c for c in incoming.columns if c in given and not _same(old.get(c), item[c])]
                     for column in changed:
                         if column not in self.products.columns:
                             self.products[column] = None
@@ -262,8 +267,14 @@ class ProductIndex:
                     unchanged += not changed
                     continue
                 dead.append(row)
+                kept_from[position] = row
             new_rows.append(position)
         added = incoming.iloc[new_rows].copy()
+        for column in [c for c in self.products.columns if c != "live" and c not in given]:
+            if column not in added.columns:
+                added[column] = None
+            for position, row in kept_from.items():
+                added.at[position, column] = self.products.at[row, column]
         added["live"] = True
         vectors = encode_cached(encoder, product_texts(added), cache, progress=progress)
         if dead:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -38,6 +39,11 @@ def test_promotions_and_popularity_from_the_catalog_are_the_facts_without_a_feat
     assert products["in_stock"].tolist() == [True, True, False, True]  # 1.0: a flag a program wrote as a number
     facts = CatalogFacts(SimpleNamespace(products=products, generation=0), None).table()  # type: ignore[arg-type]
     assert facts.promoted.tolist() == [1, 0, 1, 0] and facts.popularity.tolist() == [5, 50, 7, 0]
+    # stock as a quantity only, a promotion as a discount only: read as features build --from-catalog reads them
+    given = write_csv(tmp_path / "q.csv", "product_id,title,quantity,discount\nA,Drill,0,10\nB,Saw,3,0\nC,Hammer,,\n")
+    facts = CatalogFacts(SimpleNamespace(products=read_catalog(given)[0], generation=0), None).table()  # type: ignore[arg-type]
+    assert facts.in_stock[:2].tolist() == [0, 1] and np.isnan(facts.in_stock[2])  # before: A counted as in stock
+    assert facts.promoted.tolist() == [1, 0, 0]
     with pytest.raises(CatalogError, match="column 'promoted': 'soon' is not a boolean"):
         read_catalog(write_csv(tmp_path / "d.csv", "product_id,title,promoted\nA,Drill,soon\n"))
 
@@ -86,7 +92,7 @@ def test_jsonl_wrong_types_and_bad_json(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match=r"row 1, column 'title': \['x'\] is a list; title must be text"):
         read_catalog(file)
     file.write_text('{"product_id": 1, "title": "ok"}\n{"product_id": 2,\n')
-    with pytest.raises(CatalogError, match=r"c\.jsonl row 2: invalid JSON"):
+    with pytest.raises(CatalogError, match=r"c\.jsonl line 2: invalid JSON"):  # a line, not a record
         read_catalog(file)
 
 
@@ -133,3 +139,29 @@ def test_products_stored_before_their_columns_were_typed_are_typed_when_read(tmp
     joined = pd.concat([typed, fresh], ignore_index=True)  # what an upsert writes: no type clash
     joined.to_parquet(tmp_path / "products.parquet", index=False)
     assert pd.read_parquet(tmp_path / "products.parquet")["promoted"].tolist() == [True, False, None, True]
+
+
+def test_catalogs_as_other_tools_write_them_are_read_as_written(tmp_path: Path) -> None:
+    trailing = write_csv(tmp_path / "t.csv", "product_id,title,description,price\nP1,Cordless drill,Strong,99.5,\n")
+    assert read_catalog(trailing)[0].iloc[0][["product_id", "title", "price"]].tolist() == ["P1", "Cordless drill",
+                                                                                          99.5]  # before: shifted
+    extra = write_csv(tmp_path / "x.csv", "product_id,title,price\nP1,Drill,9,extra\n")
+    with pytest.raises(CatalogError, match=r"x\.csv row 1: 4 fields, the header names 3 \(extra: \['extra'\]\)"):
+        read_catalog(extra)
+    with pytest.raises(CatalogError, match=r"'1_299.00' is not a number"):  # float() reads it; the conversion not
+        read_catalog(write_csv(tmp_path / "u.csv", "product_id,title,price\nP1,Drill,1_299.00\n"))
+    nullable = pd.DataFrame({"product_id": ["P1", "P2"], "title": ["Drill", "Saw"], "brand": ["Bosch", None],
+                             "quantity": [1, None], "in_stock": [True, None]}).convert_dtypes()
+    nullable.to_parquet(tmp_path / "n.parquet")
+    products, report = read_catalog(tmp_path / "n.parquet")  # before: <NA> was "a NAType", the row refused
+    assert report.rows_skipped == 0 and products["brand"].tolist() == ["Bosch", None]
+    pd.DataFrame({"product_id": pd.array([2**53 + 1, None], dtype="Int64"), "title": ["a", "b"]}).to_parquet(
+        tmp_path / "big.parquet")
+    assert read_catalog(tmp_path / "big.parquet", skip_bad_rows=True)[0]["product_id"].tolist() == [str(2**53 + 1)]
+    (tmp_path / "big.jsonl").write_text(json.dumps({"product_id": 2**53 + 1, "title": "a"}) + "\n"
+                                        + json.dumps({"product_id": None, "title": "b"}) + "\n")
+    assert read_catalog(tmp_path / "big.jsonl", skip_bad_rows=True)[0]["product_id"].tolist() == [str(2**53 + 1)]
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"product_id": "P1", "title": "a"}).encode())
+    assert read_catalog(tmp_path / "bom.jsonl")[0]["product_id"].tolist() == ["P1"]
+    pd.DataFrame({"product_id": ["P1"], "title": ["a"]}).set_index("product_id").to_parquet(tmp_path / "ix.parquet")
+    assert read_catalog(tmp_path / "ix.parquet")[0]["product_id"].tolist() == ["P1"]

@@ -180,3 +180,40 @@ def test_words_of_every_script_are_searched_and_latin_accents_fold(tmp_path: Pat
     assert index.bm25.analyzer.analyze("हिन्दी किताब") == ["हिन्दी", "किताब"]  # BM25's own words likewise
     for query, found in (("हिन्दी", ["e"]), ("दीपक", ["f"]), ("लैंप", ["f"])):  # whole words, no shared fragments
         assert [c.product_id for c in bm25.search(index.analyzer.analyze(query).text, 5)] == found, query
+
+
+def test_an_upsert_changes_only_the_columns_its_file_gives(tmp_path: Path, settings: Settings) -> None:
+    from retrieval.catalog import read_catalog
+
+    full = tmp_path / "full.csv"
+    full.write_text("product_id,title,description,category,brand,price,in_stock\n"
+                    "P1,Cordless drill,Strong 20V drill,Tools,DeWalt,99.5,yes\nP2,Garden hose,50 ft,Garden,Flexi,30,no\n")
+    encoder = HashingEncoder()
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim)
+    index = ProductIndex.build(tmp_path / "idx", read_catalog(full)[0], encoder, settings.retrieval, cache,
+                               progress=False)
+    feed = tmp_path / "prices.csv"  # a price feed: ids, titles and prices only; P2's title changes
+    feed.write_text("product_id,title,price\nP1,Cordless drill,89\nP2,Garden hose 50 ft,25\n")
+    report = index.upsert(read_catalog(feed)[0], encoder, cache)
+    assert (report.updated_attributes, report.updated_text) == (1, 1)  # before: both read as text changes
+    rows = index.live_products().set_index("product_id")
+    assert rows.loc["P1", ["description", "category", "brand", "price", "in_stock"]].tolist() == [
+        "Strong 20V drill", "Tools", "DeWalt", 89.0, True]  # before: description, category, brand and stock wiped
+    assert rows.loc["P2", ["title", "description", "category", "price", "in_stock"]].tolist() == [
+        "Garden hose 50 ft", "50 ft", "Garden", 25.0, False]
+
+
+def test_a_filter_on_a_fact_only_deleted_products_had_is_refused(tmp_path: Path, settings: Settings) -> None:
+    from core.errors import InvalidInput
+    from core.query import Filters
+    from ranking.facts import CatalogFacts
+
+    frame = catalog(ROWS).assign(brand=["Bosch", None, None, None])
+    encoder = HashingEncoder()
+    index = ProductIndex.build(tmp_path / "idx", frame, encoder, settings.retrieval,
+                               EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim), progress=False)
+    facts = CatalogFacts(index, None)
+    assert facts.allowed(Filters(brand=("Bosch",))) is not None
+    index.delete(["a"])
+    with pytest.raises(InvalidInput, match="no product of this catalog has a brand"):
+        CatalogFacts(index, None).allowed(Filters(brand=("Bosch",)))  # before: an empty page
