@@ -77,14 +77,12 @@ class ServedHolder:
                 served = self._served
                 if stamp in (served.generation if served is not None else None, failed):
                     continue
-                before = self.reloads
-                versions = dict(served.engine.versions) if served is not None else {}
-                self.reload(unless=stamp)
-                if self.reloads > before:
+                new, replaced = self._swap(self._load, unless=stamp)
+                if new is not replaced:  # this watcher swapped (not a swap through this process meanwhile)
                     logger.info("shared serving state changed (%s); reloaded", stamp)
-                    now = self.get().engine.versions
-                    for role in sorted(set(versions) | set(now)):
-                        if versions.get(role) != now.get(role) and self._followed is not None:
+                    versions = replaced.engine.versions if replaced is not None else {}
+                    for role in sorted(set(versions) | set(new.engine.versions)):
+                        if versions.get(role) != new.engine.versions.get(role) and self._followed is not None:
                             self._followed(role)
                 failed, self.reload_error = None, None
             except Exception as err:  # noqa: BLE001 - keep serving the loaded unit, and keep watching
@@ -113,6 +111,11 @@ class ServedHolder:
     def swap(self, build: Callable[[Served], Served], unless: str | None = None) -> Served:
         """Build a new unit from the current one (e.g. new models, same index) and swap it in
         (with ``unless``: only when the current unit is not of that generation)."""
+        return self._swap(build, unless)[0]
+
+    def _swap(self, build: Callable[[Served], Served], unless: str | None = None) -> tuple[Served, Served | None]:
+        """:meth:`swap`, and the unit it replaced: the served one itself when nothing was swapped, None after
+        a failed start."""
         with self._swap_lock:
             if self._served is None and self.error:  # the first load failed: load anew from the shared state
                 try:
@@ -123,10 +126,10 @@ class ServedHolder:
                 self.error = None
                 self.reloads += 1
                 logger.info("loaded the search engine after a failed start: %s", self._served.engine.versions)
-                return self._served
+                return self._served, None
             old = self.get()
             if unless is not None and old.generation == unless:
-                return old
+                return old, old
             new = build(old)
             new.carry_counts(old)  # /metrics counters keep counting up across the swap
             self.reloads += 1
@@ -136,4 +139,4 @@ class ServedHolder:
         closing = threading.Timer(30.0, old.close)  # in-flight requests finish on the old unit first
         closing.daemon = True  # a process that exits closes nothing more
         closing.start()
-        return new
+        return new, old

@@ -135,7 +135,7 @@ class ArtifactStore:
                     files.add(match)
                 elif match.is_dir():
                     files.update(p for p in match.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".lock"))
-                                 and not any(part.startswith(".deleting-") for part in p.parts))
+                                 and not any(part.startswith((".deleting-", ".registering-")) for part in p.parts))
         return sorted(files)
 
     def _deleted_versions(self) -> dict[str, Path]:

@@ -192,6 +192,11 @@ class ApiSettings(BaseModel):
                                   "keep-alive connection on the process that accepted it, and a pool opened at "
                                   "once often lands on one. 0: off.")
 
+    worker_start_s: float = Field(120.0, gt=0, le=3600, description="With several server processes: how long "
+                                  "a process started in place of another (a restart on SIGHUP, one that died) "
+                                  "may take to load before it is given up. It takes connections only once "
+                                  "loaded while its peers serve, so a rolling restart never answers 503.")
+
     def processes(self) -> int:
         """Server processes ``shoprank serve`` runs: ``workers``, or one per usable core."""
         return self.workers or usable_cores()

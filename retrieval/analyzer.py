@@ -45,7 +45,7 @@ from pathlib import Path
 
 from core.query import Analysis, Rewrite
 from retrieval.synonyms import Synonyms
-from retrieval.vocabulary import TOKEN, UNITS, Vocabulary, normalize, numbers, stem
+from retrieval.vocabulary import TOKEN, UNITS, Vocabulary, is_word, normalize, numbers, stem
 
 MAX_SUGGESTIONS = 8  # candidates per misspelled word weighed by context
 _IDEOGRAPHIC = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")  # kana, Han, Hangul
@@ -106,7 +106,7 @@ class Analyzer:
             speller = SymSpell(max_dictionary_edit_distance=2, prefix_length=7)
             by_initial: dict[str, list[str]] = {}
             for word, count in self.vocabulary.counts.items():
-                if word.isalpha() and len(word) > 2:
+                if is_word(word) and len(word) > 2:
                     speller.create_dictionary_entry(word, count)
                     by_initial.setdefault(word[0], []).append(word)
             self._symspell, self._by_initial = speller, by_initial
@@ -173,7 +173,7 @@ class Analyzer:
         """(replacement, reason) for a word outside the vocabulary, or None to keep it.
 
         ``context``: the query's other words that the catalog knows."""
-        if (len(word) < 4 or not word.isalpha() or self.vocabulary.knows(word) or word in self.keep
+        if (len(word) < 4 or not is_word(word) or self.vocabulary.knows(word) or word in self.keep
                 or _IDEOGRAPHIC.search(word)):  # a CJK run is a phrase, not a word: an edit changes its meaning
             return None
         from symspellpy import Verbosity
@@ -251,7 +251,7 @@ class Analyzer:
         rewrites: list[Rewrite] = []
         if rewrite and self.synonyms is not None:
             placed, rewrites = self.synonyms.apply(tokens)
-        known = [t for t, _ in placed if t.isalpha() and len(t) > 2 and t not in UNITS and self.vocabulary.knows(t)]
+        known = [t for t, _ in placed if is_word(t) and len(t) > 2 and t not in UNITS and self.vocabulary.knows(t)]
         out: list[str] = []
         for token, fixed in placed:
             change = self._correct(token, known) if rewrite and spelling and not fixed else None

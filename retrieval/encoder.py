@@ -56,7 +56,13 @@ def resolve_model_dir(name: str) -> Path:
 
 @lru_cache(maxsize=16)
 def model_fingerprint(model_dir: Path) -> str:
-    """Short content hash of a model folder's config and weights."""
+    """Short content hash of a model folder's config and weights, with its pooling when it is not mean (a CLS
+    model's indexes and cached vectors, made mean-pooled before its pooling was read, are not its own)."""
+    pooling = pooling_of(model_dir)
+    return _content_hash(model_dir) + ("" if pooling == "mean" else f"-{pooling}")
+
+
+def _content_hash(model_dir: Path) -> str:
     digest = hashlib.sha256()
     for name in ("config.json", "model.safetensors", "pytorch_model.bin", "modules.json"):
         file = model_dir / name
@@ -196,8 +202,7 @@ class OnnxEncoder:
         self.threads = threads
         self.bf16 = bf16
         self.fingerprint = model_fingerprint(model_dir)
-        pooling = pooling_of(model_dir)  # mean keeps the file name exports had before other poolings were read
-        path = cache_dir / "onnx" / f"biencoder-{self.fingerprint}{'' if pooling == 'mean' else '-' + pooling}.onnx"
+        path = cache_dir / "onnx" / f"biencoder-{self.fingerprint}.onnx"  # the fingerprint names the pooling
         if not path.is_file():
             export_onnx(model_dir, path)
         self.session = cpu_session(path, threads, bf16=bf16)

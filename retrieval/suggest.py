@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from retrieval.analyzer import Analyzer
-from retrieval.vocabulary import TOKEN, UNITS, normalize
+from retrieval.vocabulary import TOKEN, UNITS, normalize, word_char
 
 # words a phrase neither begins nor ends with: joining words, and units (``cu ft``, ``18 volt``)
 JOINING = frozenset({"a", "an", "and", "as", "at", "by", "for", "from", "in", "is", "no", "not", "of", "on",
@@ -172,7 +172,7 @@ class Suggester:
 def ended(typed: str) -> bool:
     """Whether the shopper finished the last word: the text ends with a space or a mark that is no
     letter or digit (``1/2"``, ``3/4 in.``), not in the middle of a word."""
-    return not typed[-1:].isalnum()
+    return not typed or not word_char(typed[-1])
 
 
 def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int) -> list[Suggestion]:

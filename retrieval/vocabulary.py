@@ -56,6 +56,19 @@ _EMPTY = np.zeros(0, dtype=np.int32)
 # a word: letters, digits and combining marks (Devanagari's and Thai's vowel signs belong to their word)
 TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+(?:[./][0-9]+)*")
 _NOT_WORD = regex.compile(r"[^\p{L}\p{N}\p{M}./]+")
+_LETTERS = regex.compile(r"\p{L}[\p{L}\p{M}]*")
+_WORD_CHAR = regex.compile(r"[\p{L}\p{N}\p{M}]")
+
+
+def is_word(token: str) -> bool:
+    """Whether ``token`` is letters only, with their combining marks (``str.isalpha`` is False for a Devanagari
+    word: its vowel signs are marks): a word, not a number or a model code."""
+    return token.isalpha() or _LETTERS.fullmatch(token) is not None  # the fast test first: most words pass it
+
+
+def word_char(char: str) -> bool:
+    """Whether ``char`` belongs to a word: a letter, a digit or a combining mark."""
+    return _WORD_CHAR.fullmatch(char) is not None
 _LATIN_MARK = re.compile(r"(?<=[a-z\u00c0-\u024f])[\u0300-\u036f]+")  # accents on a Latin letter, decomposed
 
 
@@ -168,14 +181,14 @@ class Vocabulary:
             doc = docs[position] if docs is not None else position
             for word in {*words, *extra}:
                 holders.setdefault(word, set()).add(doc)
-            alpha = [w for w in words if w.isalpha() and w not in UNITS]
+            alpha = [w for w in words if is_word(w) and w not in UNITS]
             if alpha:
                 first[alpha[0]] += 1
                 last[alpha[-1]] += 1
-        brand_words = {w for b in brands or () if isinstance(b, str) for w in tokenize(b) if w.isalpha()}
+        brand_words = {w for b in brands or () if isinstance(b, str) for w in tokenize(b) if is_word(w)}
         if not brand_words:  # words that mostly lead titles: brands in most storefront catalogs
             brand_words = {w for w, n in first.items() if n >= min_count and n >= 0.6 * counts[w]}
-        type_words = {w for c in categories or () if isinstance(c, str) for w in tokenize(c) if w.isalpha()}
+        type_words = {w for c in categories or () if isinstance(c, str) for w in tokenize(c) if is_word(w)}
         if not type_words:  # words that often end titles: the head noun names the product type
             type_words = {w for w, n in last.items() if n >= min_count and n >= 0.2 * counts[w] and len(w) > 2}
         by_stem: dict[str, set[int]] = {}

@@ -198,12 +198,14 @@ class SearchEngine:
         deep = max(need, self.rules.farthest_place(query) if self.rules is not None else 0)
         ranked = cascade.run(query, deep)
         fetched, limit = max(deep, cascade.first_stage_depth), min(self.index.count, MAX_FETCH)
-        while len(ranked.candidates) < need and ranked.first_stage_rows >= fetched and fetched < limit:
+        rows = ranked.first_stage_rows  # of the last read (which need not be the one kept)
+        while len(ranked.candidates) < need and rows >= fetched and fetched < limit:
             # the rules left rows out (hidden, out of stock) and the first stage has more: read deeper, so the
             # page is full while more exist (a read that shows no more rows goes deeper still: a block of hidden
             # rows at the top left page 1 empty while later pages, read deeper, had rows)
             fetched = min(limit, 2 * fetched)
             deeper = cascade.run(query, fetched)
+            rows = deeper.first_stage_rows
             if len(deeper.candidates) > len(ranked.candidates):
                 ranked = deeper
         if query.sort != "relevance":

@@ -169,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logger.info("serving with %d processes on %s:%d", processes, api.host, api.port)
     try:
         uvicorn.run("api.main:app_from_env", factory=True, host=api.host, port=api.port, workers=processes,
-                    log_level=level, access_log=False)
+                    log_level=level, access_log=False, timeout_worker_healthcheck=api.worker_start_s)
     finally:
         if own_metrics:
             shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)

@@ -571,7 +571,9 @@ def test_pages_stay_full_and_agree_when_the_rules_leave_rows_out(  # type: ignor
         settings: Settings, real_index, real_encoder, tmp_path) -> None:
     from core.service_settings import ApiSettings
 
-    home = settings.model_copy(update={"home": tmp_path, "api": ApiSettings(admin_token="s3cret")})
+    # a first stage of 20 rows, well below the catalog: pages past what the rules leave read deeper
+    ranking = settings.ranking.model_copy(update={"first_stage_depth": 20})
+    home = settings.model_copy(update={"home": tmp_path, "api": ApiSettings(admin_token="s3cret"), "ranking": ranking})
     admin = {"Authorization": "Bearer s3cret"}
     with ready_client(app_on(home, real_index, real_encoder)) as client:
         def page(k: int, offset: int) -> list[str]:
@@ -595,7 +597,9 @@ def test_pages_stay_full_and_agree_when_the_rules_leave_rows_out(  # type: ignor
 
         cheapest = by_price(100, 0)  # every page sorts the same 100 shown rows (before: repeats and gaps)
         assert [p for offset in range(0, 100, 10) for p in by_price(10, offset)] == cheapest
-        assert client.put("/v1/admin/rules", json={"hide": rows[:200]}, headers=admin).status_code == 200
+        assert client.put("/v1/admin/rules", json={}, headers=admin).status_code == 200
+        top = page(100, 0) + page(100, 100)  # the first 200 as ranked without rules: hidden, a block 10 reads deep
+        assert client.put("/v1/admin/rules", json={"hide": top}, headers=admin).status_code == 200
         assert page(10, 0) == page(100, 0)[:10] != []  # before: page 1 empty, while later pages had rows
         import datetime as dt
 

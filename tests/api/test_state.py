@@ -25,7 +25,8 @@ def test_a_swap_through_this_process_is_not_loaded_again_by_the_watcher() -> Non
                                carry_counts=lambda previous: None)
         return Served(unit, SimpleNamespace(close=lambda: None), shared["generation"])  # type: ignore[arg-type]
 
-    holder = ServedHolder(load, stamp=lambda: shared["generation"], poll_s=0.02)
+    followed: list[str] = []
+    holder = ServedHolder(load, stamp=lambda: shared["generation"], poll_s=0.02, followed=followed.append)
     holder.start()
     assert holder.ready.wait(10) and holder.get().generation == "g1"
     shared["generation"] = "g2"  # a model activated through this process: it swaps at once...
@@ -40,6 +41,7 @@ def test_a_swap_through_this_process_is_not_loaded_again_by_the_watcher() -> Non
     assert holder.get().generation == "g2"
     assert loads == ["g1", "g2"], f"the state was loaded {len(loads)} times: {loads}"
     assert holder.reloads == 1
+    assert followed == []  # the swap through this process is not also counted as one it followed
 
 
 def test_the_watcher_outlives_a_shared_state_it_cannot_read() -> None:

@@ -26,6 +26,9 @@ def make_home(root: Path) -> Path:
 def test_push_then_pull_copies_the_shared_files_only(tmp_path: Path) -> None:
     url = f"file://{tmp_path / 'store'}"
     writer = ArtifactStore(url, make_home(tmp_path / "a"))
+    staged = tmp_path / "a" / "models" / "ltr" / ".registering-v2"  # a registration under way (or that died)
+    staged.mkdir()
+    (staged / "model.txt").write_text("half")
     pushed = writer.push()
     assert pushed.files == 3 and pushed.bytes == 5000 + 5 + len('{"version": "v1", "history": []}')
     manifest = json.loads((tmp_path / "store" / MANIFEST).read_text())

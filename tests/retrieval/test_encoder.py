@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from core.errors import InvalidInput
-from retrieval.encoder import OnnxEncoder, TorchEncoder, pooling_of, resolve_model_dir
+from retrieval.encoder import (
+    OnnxEncoder,
+    TorchEncoder,
+    model_fingerprint,
+    pooling_of,
+    resolve_model_dir,
+)
 
 TEXTS = ["cordless drill 18 volt", "1/2 in copper pipe", "led flood light", "a"]
 
@@ -46,6 +52,8 @@ def tiny_model(folder: Path, kind: str, pooling: str, extra_modules: tuple[dict,
 def test_onnx_encoder_matches_sentence_transformers(tmp_path: Path, kind: str, pooling: str) -> None:
     folder = tiny_model(tmp_path / "model", kind, pooling)
     assert pooling_of(folder) == pooling
+    # indexes and cached vectors are keyed by it: a CLS model's are not those made mean-pooled before
+    assert model_fingerprint(folder).endswith("" if pooling == "mean" else f"-{pooling}")
     onnx = OnnxEncoder(folder, tmp_path / "cache").encode(TEXTS)
     torch = TorchEncoder(folder).encode(TEXTS)
     # before: every model was mean-pooled, and an MPNet one failed on the token types it has no input for

@@ -170,6 +170,11 @@ def test_words_of_every_script_are_searched_and_latin_accents_fold(tmp_path: Pat
     assert tokenize("Дрель аккумуляторная ドリル") == ["дрель", "аккумуляторная", "ドリル"]
     # vowel signs and viramas are combining marks: they stay in their word (were split off as the word's end)
     assert tokenize("हिन्दी किताब, สวัสดีครับ") == ["हिन्दी", "किताब", "สวัสดีครับ"]
+    from retrieval.suggest import ended
+    from retrieval.vocabulary import is_word
+
+    assert is_word("किताब") and is_word("drill") and not is_word("12v")  # "किताब".isalpha() is False: a mark
+    assert not ended("कि") and ended("कि ")  # a vowel sign ends no word
     rows = [("a", "Café table"), ("b", "Дрель аккумуляторная"), ("c", "Größe 10 mm Schraube"), ("d", "garden hose"),
             ("e", "हिन्दी किताब"), ("f", "दीपक लैंप")]
     index, _, _ = build(tmp_path, settings, rows)
