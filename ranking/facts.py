@@ -259,7 +259,9 @@ class CatalogFacts:
         not supply it (a fact the store supplies is known even while its rows are still being read, or while
         the store is down). Worked out once an index write."""
         if self._unknown_of[0] != table.key:
-            products = self.index.live_products()  # a fact only deleted products had is no fact of the catalog
+            products = self.index.products
+            if "live" in products.columns:  # a fact only deleted products had is no fact of the catalog
+                products = products[products["live"].astype(bool)]
             supplied = set(self.reader.facts) if self.reader is not None else set()
             missing = set()
             for fact in (*TEXT_FACTS, "price"):
