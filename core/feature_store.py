@@ -310,9 +310,14 @@ class OnlineFeatureReader:
         self.changes += 1
 
     def close(self) -> None:
-        """Stop following the change feed and the background reads."""
+        """Stop following the change feed and the background reads, and let go of the read threads and the
+        feed's connection (else held until a garbage collection: a swap's reader is in a reference cycle)."""
         self._stop.set()
         self._refresher.shutdown(wait=False)
+        self._io.shutdown(wait=False)
+        close = getattr(self.feed, "close", None)
+        if close is not None:
+            close()
 
     def user_list(self, user_id: str, ref: str) -> list[str]:
         """A user's list feature ``ref`` (``view:feature``, e.g. ``user_profile:recent_items``), read now

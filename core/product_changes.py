@@ -49,6 +49,10 @@ class SqliteChanges:
                          "product_id TEXT NOT NULL)")
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
     def append(self, product_ids: Sequence[str]) -> None:
         with self._lock, self._db:
             self._db.executemany("INSERT INTO changes (product_id) VALUES (?)", [(p,) for p in product_ids])

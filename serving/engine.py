@@ -441,10 +441,10 @@ class _CrossEncoderStages:
         sv, index = self.settings.serving, self.index
         scorer = served.model
         if sv.micro_batch:
-            scorer = self.batchers.setdefault(served.role, MicroBatcher(scorer, sv.micro_batch_pairs,
-                                                                        sv.micro_batch_wait_ms / 1000,
-                                                                        sv.shed_wait_ms / 1000 or None,
-                                                                        sv.shed_past_deadline))
+            if served.role not in self.batchers:  # made once a role (setdefault made, and started, one a call)
+                self.batchers[served.role] = MicroBatcher(scorer, sv.micro_batch_pairs, sv.micro_batch_wait_ms / 1000,
+                                                          sv.shed_wait_ms / 1000 or None, sv.shed_past_deadline)
+            scorer = self.batchers[served.role]
         cached = CachedScorer(scorer, self.caches.scores[served.role], self.caches.store,
                               served_tag(served, self.settings.ranking), self.caches.store_tiers[served.role])
 

@@ -289,8 +289,12 @@ class Served:
     generation: str = ""
 
     def carry_counts(self, previous: Served) -> None:
-        """Swapping in for ``previous``: its engine's counts carry on in this one's."""
+        """Swapping in for ``previous``: its engine's counts carry on in this one's, and its shadow's while the
+        same version is shadowed (a rules or model swap rebuilds the router: they read 0 again)."""
         self.engine.carry_counts(previous.engine)
+        if self.router.shadow is not None and self.router.shadow == previous.router.shadow:
+            self.router.shadow_done += previous.router.shadow_done
+            self.router.shadow_dropped += previous.router.shadow_dropped
 
     def close(self) -> None:
         self.router.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -179,7 +180,7 @@ def test_a_shoppers_recent_items_are_read_for_recommendations(sqlite_settings: S
 
 def live_update_reaches_another_reader(settings: Settings, product: str, category: str) -> None:
     """A write through one reader's store is read by another server's reader from the change feed."""
-    from core.product_changes import open_changes, write_facts
+    from core.product_changes import SqliteChanges, open_changes, write_facts
 
     facts = FeatureSettings().facts
     writer = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1", facts=facts)
@@ -211,6 +212,11 @@ def live_update_reaches_another_reader(settings: Settings, product: str, categor
     finally:
         writer.close()
         other.close()
+    # closed: its read threads and its feed's connection go now, not at a garbage collection (a swap's reader)
+    assert other._io._shutdown and writer._io._shutdown
+    if isinstance(other.feed, SqliteChanges):
+        with pytest.raises(sqlite3.ProgrammingError):
+            other.feed.since(None)
 
 
 def test_live_updates_reach_every_reader_through_the_change_feed(sqlite_settings: Settings) -> None:

@@ -114,3 +114,27 @@ def test_a_search_names_the_models_its_pipeline_runs() -> None:
     assert ranked_by(built.named["ltr"], READERS) == {"student": "v4", "ltr": "v2"}
     assert ranked_by(built.named["full"], READERS) == {"student": "v4", "ltr": "v2"}
     assert ranked_by(built.full["v3"], READERS) == {"student": "v4", "reranker": "v1", "ltr": "v3"}
+
+
+def test_a_role_asked_for_by_several_pipelines_gets_one_micro_batcher() -> None:
+    import threading
+
+    from core.cache import LRUCache
+    from serving.engine import Caches, _CrossEncoderStages
+
+    def batchers() -> int:
+        return sum(t.name == "micro-batcher" and t.is_alive() for t in threading.enumerate())
+
+    from ranking.cache import TierCounts
+
+    caches = Caches(results=LRUCache(0), scores={"reranker": LRUCache(10)}, query_vectors=None,
+                    store_tiers={"reranker": TierCounts()})
+    index = SimpleNamespace(product_id=str, title=str)
+    stages = _CrossEncoderStages(index, caches, Settings())  # type: ignore[arg-type]
+    before = batchers()
+    teacher = ServedModel("reranker", "v1", SimpleNamespace(score=lambda query, titles: np.zeros(len(titles))))
+    for _ in range(3):  # the rerank pipeline and the cascade both ask for the teacher's stage
+        stages("teacher", teacher, 10)
+    # before: a batcher (and its thread, and its hold on the model) per call, the extras never stopped
+    assert len(stages.batchers) == 1 and batchers() == before + 1
+    stages.batchers["reranker"].close()

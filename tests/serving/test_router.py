@@ -103,3 +103,21 @@ def test_router_config_round_trip(tmp_path: Path) -> None:
     assert router.experiment == EXP and router.shadow == "v3" and router.ltr_versions == ["v1", "v2", "v3"]
     router.close()
     assert load_router(Home(tmp_path / "none")).experiment is None
+
+
+def test_shadow_counts_carry_across_a_swap_while_the_same_version_is_shadowed() -> None:
+    from types import SimpleNamespace
+
+    from serving.loading import Served
+
+    engine = SimpleNamespace(carry_counts=lambda previous: None)
+    old = Served(engine, ExperimentRouter(shadow="v2"), "g1")  # type: ignore[arg-type]
+    old.router.shadow_done, old.router.shadow_dropped = 20, 1
+    new = Served(engine, ExperimentRouter(shadow="v2"), "g2")  # type: ignore[arg-type]
+    new.carry_counts(old)  # a rules change rebuilt the router: before, the counts read 0 again
+    assert (new.router.shadow_done, new.router.shadow_dropped) == (20, 1)
+    other = Served(engine, ExperimentRouter(shadow="v3"), "g3")  # type: ignore[arg-type]
+    other.carry_counts(new)  # another version shadowed: its own counts
+    assert (other.router.shadow_done, other.router.shadow_dropped) == (0, 0)
+    for served in (old, new, other):
+        served.router.close()
