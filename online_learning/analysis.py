@@ -108,7 +108,9 @@ def head_queries(log_root: Path, n: int) -> list[tuple[str, int]]:
 
 def shopper(per_search: pd.DataFrame) -> pd.Series:
     """Who made each of :func:`searches`' rows: its user, else its session, else the search alone."""
-    return per_search["user_id"].fillna(per_search["session_id"]).fillna(per_search["request_id"]).astype(str)
+    user, session = (per_search[c].where(per_search[c].isna() | (per_search[c].astype(str).str.strip() != ""))
+                     for c in ("user_id", "session_id"))  # a blank id ("") is no id
+    return user.fillna(session).fillna(per_search["request_id"]).astype(str)
 
 
 def search_terms(per_search: pd.DataFrame) -> pd.DataFrame:

@@ -18,7 +18,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+)
 
 from retrieval.catalog import MAX_ID_CHARS
 
@@ -66,6 +74,15 @@ def _in_utc(value: datetime) -> datetime:
 Timestamp = Annotated[datetime, AfterValidator(_in_utc)]
 
 
+def _blank_is_none(value: object) -> object:
+    """A blank shopper id (``""``, as exports write none) is no id: an anonymous shopper, as the streaming
+    consumer reads it (the reports took every blank one for one shopper, and dropped it as a bot)."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+ShopperId = Annotated[Annotated[str, StringConstraints(max_length=128)] | None, BeforeValidator(_blank_is_none)]
+
+
 class ShownItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -88,8 +105,8 @@ class RankingEvent(BaseModel):
     request_id: Id
     timestamp: Timestamp = Field(default_factory=_now, description="When it happened, ISO 8601 (no offset: "
                                  "UTC); at most 24 hours ahead of the server's clock.")
-    user_id: str | None = Field(None, max_length=128)
-    session_id: str | None = Field(None, max_length=128)
+    user_id: ShopperId = None
+    session_id: ShopperId = None
     query: str = Field(..., max_length=256)
     searched: str | None = Field(None, max_length=MAX_SEARCHED, description="The analyzed text that was searched "
                                  "(normalized, spelling corrected; its first 1,024 characters); None: as typed.")
@@ -121,8 +138,8 @@ class InteractionEvent(BaseModel):
     request_id: Id = Field(..., description="request_id of the search that showed the product.")
     timestamp: Timestamp = Field(default_factory=_now, description="When it happened, ISO 8601 (no offset: "
                                  "UTC); at most 24 hours ahead of the server's clock.")
-    user_id: str | None = Field(None, max_length=128)
-    session_id: str | None = Field(None, max_length=128)
+    user_id: ShopperId = None
+    session_id: ShopperId = None
     product_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS)
     position: int | None = Field(None, ge=1, le=MAX_POSITION)
     quantity: int = Field(1, ge=1, le=10_000)

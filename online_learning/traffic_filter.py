@@ -64,9 +64,16 @@ class Cleaned:
                 "anomalous": dict(sorted(self.anomalous.items())[:20])}
 
 
+def _ids(frame: pd.DataFrame, column: str) -> pd.Series:
+    """``frame``'s ``column`` of shopper ids, a blank one (``""``, as some exports write no id) missing."""
+    if column not in frame:
+        return pd.Series(None, index=frame.index, dtype=object)
+    ids = frame[column]
+    return ids.where(ids.isna() | (ids.astype(str).str.strip() != ""), None)
+
+
 def _shopper(frame: pd.DataFrame) -> pd.Series:
-    user = frame["user_id"] if "user_id" in frame else pd.Series(None, index=frame.index)
-    session = frame["session_id"] if "session_id" in frame else pd.Series(None, index=frame.index)
+    user, session = _ids(frame, "user_id"), _ids(frame, "session_id")
     # an anonymous search is its own shopper (as online_learning.analysis.shopper reads it): taking every
     # anonymous visitor for one shopper judged them all as one bot and dropped their searches and clicks
     anonymous = ("anonymous:" + frame["request_id"].astype(str)) if "request_id" in frame else "anonymous"
@@ -157,17 +164,24 @@ def clean(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConf
 
 
 def _on_impressions(rankings: pd.DataFrame, interactions: pd.DataFrame, excluded: Counter) -> pd.DataFrame:
-    """The interactions with a product the search showed, by the shopper it was shown to; one sent
-    without user or session is given the shopper its search was served to."""
+    """The interactions with a product the search showed, by the shopper it was shown to: an interaction is
+    another shopper's when an id both carry differs (the user ids, or the session ids); one that names only
+    ids the search lacks, or none (a click sent with the session alone, a shopper who logged in meanwhile),
+    is given the shopper its search was served to."""
     shown = rankings.drop_duplicates(["request_id", "product_id"]).set_index(["request_id", "product_id"])
     keys = pd.MultiIndex.from_frame(interactions[["request_id", "product_id"]])
     served_to = shown["who"].reindex(keys).to_numpy()
     no_impression = pd.isna(served_to)
-    anonymous = interactions["who"].str.startswith("anonymous").to_numpy()
-    other = ~no_impression & (served_to != interactions["who"].to_numpy()) & ~anonymous
+    other = np.zeros(len(interactions), dtype=bool)
+    for column in ("user_id", "session_id"):
+        searched = _ids(shown, column).reindex(keys).to_numpy()
+        sent = _ids(interactions, column).to_numpy()
+        both = ~pd.isna(searched) & ~pd.isna(sent)
+        other |= both & (searched.astype(str) != sent.astype(str))
+    other &= ~no_impression
     excluded["no_impression"] += int(no_impression.sum())
     excluded["other_shopper"] += int(other.sum())
-    interactions = interactions.assign(who=np.where(anonymous & ~no_impression, served_to, interactions["who"]))
+    interactions = interactions.assign(who=np.where(no_impression, interactions["who"], served_to))
     return interactions[~(no_impression | other)]
 
 

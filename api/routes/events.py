@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from api.auth import require
 from api.schemas import ErrorBody
 from api.stores import current
-from core.errors import InvalidInput, NotReady
+from core.errors import NotReady
 from core.keys import ApiKey
 from online_learning.events import InteractionEvent
 
@@ -18,6 +18,19 @@ router = APIRouter(tags=["events"],  # mounted at /v1 and /v1/stores/{store}
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 429: {"model": ErrorBody}})
 
 MAX_BATCH = 1000
+
+
+class PostedInteraction(InteractionEvent):
+    """An interaction as a storefront posts it: revenue on a purchase only (checked with the other fields, so a
+    422 names every bad event of a batch; not in the event schema, so events already on their way stay)."""
+
+    @field_validator("revenue")
+    @classmethod
+    def _purchase_only(cls, revenue: float | None, info: ValidationInfo) -> float | None:
+        kind = info.data.get("type")
+        if revenue is not None and kind is not None and kind != "purchase":
+            raise ValueError(f"{revenue!r} is a purchase's value; a {kind} has none (leave it out)")
+        return revenue
 
 
 class Accepted(BaseModel):
@@ -29,24 +42,20 @@ class Accepted(BaseModel):
 def post_events(
     request: Request,
     key: Annotated[ApiKey | None, Depends(require("events"))],
-    events: Annotated[list[InteractionEvent], Body(min_length=1, max_length=MAX_BATCH,
-                                                   description=f"1..{MAX_BATCH} interaction events")],
+    events: Annotated[list[PostedInteraction], Body(min_length=1, max_length=MAX_BATCH,
+                                                    description=f"1..{MAX_BATCH} interaction events")],
 ) -> Accepted:
     """Accept interactions; answers 202 only once they are fsynced to the local event log.
 
     Each event needs a client ``event_id``: sending the same event again (a retry)
     is safe, consumers keep one per id.
     """
-    for n, event in enumerate(events):  # checked here, not in the event schema: events already on their way stay
-        if event.revenue is not None and event.type != "purchase":
-            raise InvalidInput(f"body.{n}.revenue: {event.revenue!r} is a purchase's value; a {event.type} has none "
-                               "(leave it out)")
-    events = [e.model_copy(update={"key_id": key.id if key else None}) for e in events]
+    logged = [InteractionEvent(**{**dict(e), "key_id": key.id if key else None}) for e in events]
     try:
-        current(request).event_log.append(events, durable=True)
+        current(request).event_log.append(logged, durable=True)
     except OSError as error:  # a full or failing disk: nothing was accepted, the client sends them again
         raise NotReady(f"the events could not be stored ({error.strerror or error}); nothing of this call was "
                        "accepted: send it again later", retry_after=5.0) from None
-    for event in events:
+    for event in logged:
         request.app.state.metrics.events.labels(event.type).inc()
-    return Accepted(accepted=len(events))
+    return Accepted(accepted=len(logged))

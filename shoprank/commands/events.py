@@ -24,6 +24,10 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     if (args.file is None) == (not args.spool):
         raise InvalidInput("give a FILE of events, or --spool for this store's event spool (not both)")
     source = settings.paths.event_spool if args.spool else Path(args.file)
+    if args.spool and args.publish:  # it would read back the events it publishes (into the same spool), twice
+        raise InvalidInput("--spool cannot be used with --publish: servers with a broker ship their own spool "
+                           "(a server started with SHOPRANK_EVENTS__KAFKA_BOOTSTRAP sends what it holds); "
+                           "--spool alone writes the spool into the offline log")
     if args.spool and not source.is_dir():
         raise InvalidInput(f"this store has no event spool at {source}: no server has accepted events on this home")
     publish = None

@@ -114,9 +114,13 @@ def test_events_and_impressions_carry_the_key_that_sent_them(keyed) -> None:  # 
     forged = {"type": "click", "event_id": "kid-1", "request_id": "r-1", "product_id": "P1", "key_id": "someone"}
     assert client.post("/v1/events", json=[forged], headers=auth(keys["events"])).status_code == 202
     time.sleep(1.1)
-    valued = client.post("/v1/events", json=[{**forged, "event_id": "kid-2", "revenue": 5}],
+    valued = client.post("/v1/events", json=[{**forged, "event_id": "kid-2", "revenue": 5},
+                                             {**forged, "event_id": "kid-3", "type": "add_to_cart", "revenue": 2},
+                                             {**forged, "event_id": "kid-4", "position": 0}],
                          headers=auth(keys["events"]))
-    assert valued.status_code == 422 and "body.0.revenue: 5.0 is a purchase's value" in valued.json()["message"]
+    message = valued.json()["message"]  # every bad event named at once (before: the first revenue alone)
+    assert valued.status_code == 422 and "0.revenue: 5.0 is a purchase's value; a click has none" in message
+    assert "1.revenue: 2.0 is a purchase's value; a add_to_cart has none" in message and "2.position" in message
     events_id = next(k.id for k in store.keys() if k.scopes == ("events",))
     home = store.path.parent
     logged = [json.loads(line)["value"] for p in sorted((home / "event_spool").rglob("segment-*.jsonl"))

@@ -115,6 +115,15 @@ def test_positions_as_deep_as_a_listing_pages() -> None:
         ShownItem(product_id="P1", position=100_101)
 
 
+def test_a_blank_shopper_id_is_no_id() -> None:
+    from online_learning.events import parse
+
+    # an export's "" user: anonymous (before: one shopper of every blank id, dropped from reports as a bot)
+    event = parse('{"type": "click", "event_id": "e", "request_id": "r", "product_id": "P1", "user_id": "", '
+                  '"session_id": "  "}')
+    assert event.user_id is None and event.session_id is None
+
+
 
 def test_damaged_files_and_lines_that_are_not_utf8_are_named(tmp_path: Path) -> None:
     good = json.dumps(history()[0]).encode()
@@ -157,6 +166,8 @@ def test_the_spool_of_a_server_without_kafka_is_imported_once(tmp_path: Path, mo
         assert code == 0 and (json.loads(out)["written"], json.loads(out)["duplicates"]) == (0, 5), err
         code, _, err = run_cli(capsys, "events", "import", "--spool", "x.jsonl")
         assert code == 2 and "not both" in err
+        code, _, err = run_cli(capsys, "events", "import", "--spool", "--publish")  # would read its own sends back
+        assert code == 2 and "--spool cannot be used with --publish" in err
         log.close()
         lock.close()
     finally:

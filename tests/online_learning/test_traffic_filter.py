@@ -96,3 +96,18 @@ def test_anonymous_visitors_are_each_their_own_shopper() -> None:
     out = clean(ranks, acts)  # before: one "anonymous" shopper over every volume and repeat limit
     assert out.anomalous == {} and sum(out.excluded.values()) == 0
     assert len(out.rankings) == len(ranks) and len(out.interactions) == len(acts)
+
+
+def test_a_click_is_another_shoppers_only_when_an_id_both_carry_differs() -> None:
+    ranks = pd.concat([searches([("r1", "u1", "drill", ["a", "b"])]).assign(session_id="s1"),
+                       searches([("r2", "", "hammer", ["c"])]),  # an export's blank user id: anonymous
+                       searches([("r3", None, "saw", ["d"])]).assign(session_id="s3")])
+    acts = actions([("r1", None, "a", "click"), ("r2", "", "c", "click"), ("r3", "u7", "d", "click"),
+                    ("r1", "u2", "b", "click")])
+    acts.loc[0, "session_id"] = "s1"  # the search's session alone (before: "s1" is not "u1", another shopper)
+    acts.loc[2, "session_id"] = "s3"  # logged in after searching: its user is new, its session the search's
+    out = clean(ranks, acts)
+    assert out.excluded == {"other_shopper": 1}  # only u2 on u1's search
+    assert out.interactions["product_id"].tolist() == ["a", "c", "d"]
+    acts.loc[0, "session_id"] = "s9"
+    assert clean(ranks, acts).excluded == {"other_shopper": 2}  # a session the search did not have
