@@ -184,6 +184,8 @@ def poll(cursor: FeedCursor, every_s: float, stop: threading.Event) -> None:
             cursor.catch_up()
             failing = False
         except Exception:  # noqa: BLE001 - logged once per outage; the next tick tries again
+            if stop.is_set():  # closed while reading (the reader's feed and pools go with it): nothing failed
+                return
             if not failing:
                 logger.exception("following the product change feed failed; trying again every %.1f s", every_s)
             failing = True

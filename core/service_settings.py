@@ -193,8 +193,8 @@ class ApiSettings(BaseModel):
                                   "once often lands on one. 0: off.")
 
     worker_start_s: float = Field(120.0, gt=0, le=3600, description="With several server processes: how long "
-                                  "a process started in place of another (a restart on SIGHUP, one that died) "
-                                  "may take to load before it is given up. It takes connections only once "
+                                  "a process started by a rolling restart (SIGHUP to `shoprank serve`) may take "
+                                  "to load before the restart is given up. It takes connections only once "
                                   "loaded while its peers serve, so a rolling restart never answers 503.")
 
     def processes(self) -> int:

@@ -96,8 +96,8 @@ def _check_number(integer: bool) -> Callable[[Any], str | None]:
 
     def check(value: Any) -> str | None:
         try:
-            if isinstance(value, str) and "_" in value:  # float() reads 1_299.00; the conversion would not
-                raise ValueError(value)
+            if isinstance(value, str) and ("_" in value or not value.isascii()):  # float() reads 1_299.00 and
+                raise ValueError(value)  # other scripts' digits; the conversion (pandas) would not
             number = float(value)
         except (TypeError, ValueError):
             return f"{value!r} is not a number; expected {kind}"
@@ -168,23 +168,29 @@ def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
         if isinstance(err, CatalogError):
             raise
         raise CatalogError(f"{path} does not read as {FORMATS[suffix]}: {str(err).strip()[:200]}") from err
+    if frame.index.name is not None and frame.index.name not in frame.columns:  # Parquet: product_id as index
+        frame = frame.reset_index()
     reserved = sorted(RESERVED & set(frame.columns))
     if reserved:
         raise CatalogError(f"{path}: column(s) {reserved} are reserved (ShopRank marks deleted products with 'live'); "
                            "rename them")
-    if frame.index.name is not None and frame.index.name not in frame.columns:  # Parquet: product_id as index
-        frame = frame.reset_index()
     return frame.astype(object).reset_index(drop=True), FORMATS[suffix]
 
 
 def _read(path: Path, kind: str) -> pd.DataFrame:
     if kind == "CSV":
         # index_col=False: rows ending in a delimiter the header lacks are read as written, not shifted by one
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", pd.errors.ParserWarning)
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
-        if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
-            _refuse_extra_fields(path)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", pd.errors.ParserWarning)
+                frame = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+        except pd.errors.ParserError as err:
+            if "fields in line" not in str(err):  # not a later row longer than the first ones
+                raise
+            frame = _rows_cut_to_header(path)  # a row whose extra fields hold values is named
+        else:
+            if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+                _refuse_extra_fields(path)
     elif kind == "Parquet":
         # nullable types: an integer id column with a null stays exact (not float64: 2**53 + 1 would change)
         frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
@@ -205,13 +211,28 @@ def _read(path: Path, kind: str) -> pd.DataFrame:
     return frame
 
 
+def _rows_cut_to_header(path: Path) -> pd.DataFrame:
+    """The CSV's rows as text, each cut to the header's fields (what is cut is empty: :func:`_refuse_extra_fields`
+    refuses the others), a short row filled with empty fields."""
+    _refuse_extra_fields(path)
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        rows = csv.reader(handle)
+        header = next(rows, [])
+        body = [(row + [""] * len(header))[: len(header)] for row in rows if row]
+    return pd.DataFrame(body, columns=header, dtype=str)
+
+
 def _refuse_extra_fields(path: Path) -> None:
     """A CSV row with more fields than the header names is refused when an extra field holds a value (a
     trailing delimiter, an empty extra field, is read as the rest of the row)."""
     with path.open(encoding="utf-8-sig", newline="") as handle:
         rows = csv.reader(handle)
         header = next(rows, [])
-        for number, row in enumerate(rows, start=1):
+        number = 0
+        for row in rows:
+            if not row:  # a blank line: no row (as pandas reads it)
+                continue
+            number += 1
             extra = [field for field in row[len(header):] if field.strip()]
             if extra:
                 raise CatalogError(f"{path} row {number}: {len(row)} fields, the header names {len(header)} "

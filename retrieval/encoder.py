@@ -58,7 +58,10 @@ def resolve_model_dir(name: str) -> Path:
 def model_fingerprint(model_dir: Path) -> str:
     """Short content hash of a model folder's config and weights, with its pooling when it is not mean (a CLS
     model's indexes and cached vectors, made mean-pooled before its pooling was read, are not its own)."""
-    pooling = pooling_of(model_dir)
+    try:
+        pooling = pooling_of(model_dir)
+    except InvalidInput:  # a model only sentence-transformers runs (a Dense layer, lasttoken): vectors as before
+        pooling = "mean"
     return _content_hash(model_dir) + ("" if pooling == "mean" else f"-{pooling}")
 
 

@@ -210,6 +210,12 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
     if not (path / "manifest.json").is_file() and settings.store and not settings.catalog:
         raise NotReady(f"store {settings.store!r} has no index for encoder {encoder.name}: build it with "
                        f"`shoprank --store {settings.store} index --catalog FILE`")
+    builds = sorted(p.parent.name for p in path.parent.glob("*/manifest.json")) if path.parent.is_dir() else []
+    if not (path / "manifest.json").is_file() and not settings.catalog and builds:
+        raise NotReady(f"index {path.parent.name!r} has no build for encoder {encoder.name} ({encoder.fingerprint}), "
+                       f"only for {builds}: index the catalog with it (`shoprank index --catalog FILE`), or set "
+                       "SHOPRANK_ENCODER to the encoder of a build (a home's own index is never replaced by the "
+                       "demo catalog)")
     if not (path / "manifest.json").is_file():
         with building(path):
             if not (path / "manifest.json").is_file():

@@ -292,7 +292,8 @@ class Served:
         """Swapping in for ``previous``: its engine's counts carry on in this one's, and its shadow's while the
         same version is shadowed (a rules or model swap rebuilds the router: they read 0 again)."""
         self.engine.carry_counts(previous.engine)
-        if self.router.shadow is not None and self.router.shadow == previous.router.shadow:
+        shadow = getattr(self.router, "shadow", None)
+        if shadow is not None and shadow == getattr(previous.router, "shadow", None):
             self.router.shadow_done += previous.router.shadow_done
             self.router.shadow_dropped += previous.router.shadow_dropped
 

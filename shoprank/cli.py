@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -168,12 +169,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     logger.info("serving with %d processes on %s:%d", processes, api.host, api.port)
     try:
-        uvicorn.run("api.main:app_from_env", factory=True, host=api.host, port=api.port, workers=processes,
-                    log_level=level, access_log=False, timeout_worker_healthcheck=api.worker_start_s)
+        _serve_processes(uvicorn.Config("api.main:app_from_env", factory=True, host=api.host, port=api.port,
+                                         workers=processes, log_level=level, access_log=False), api.worker_start_s)
     finally:
         if own_metrics:
             shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
     return 0
+
+
+def _serve_processes(config: Any, start_s: float) -> None:
+    """uvicorn's supervisor of ``config.workers`` processes on one socket, whose rolling restart (SIGHUP) gives
+    each new process ``start_s`` to load (it takes connections once loaded while its peers serve); its pings of
+    running processes keep uvicorn's own timeout, so a hung one is still replaced within seconds."""
+    from uvicorn.supervisors import Multiprocess
+
+    class Rolling(Multiprocess):
+        def restart_all(self) -> None:
+            ping_s = self.config.timeout_worker_healthcheck
+            self.config.timeout_worker_healthcheck = start_s  # read by restart_all's wait for the new process
+            try:
+                super().restart_all()
+            finally:
+                self.config.timeout_worker_healthcheck = ping_s
+
+    Rolling(config, sockets=[config.bind_socket()]).run()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

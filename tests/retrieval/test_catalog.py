@@ -145,11 +145,18 @@ def test_catalogs_as_other_tools_write_them_are_read_as_written(tmp_path: Path) 
     trailing = write_csv(tmp_path / "t.csv", "product_id,title,description,price\nP1,Cordless drill,Strong,99.5,\n")
     assert read_catalog(trailing)[0].iloc[0][["product_id", "title", "price"]].tolist() == ["P1", "Cordless drill",
                                                                                           99.5]  # before: shifted
+    later = write_csv(tmp_path / "l.csv", "product_id,title,price\nP1,Drill,9\nP2,Saw,5,\n")  # a later row's
+    assert read_catalog(later)[0]["product_id"].tolist() == ["P1", "P2"]  # before: "does not read as CSV"
+    blank = write_csv(tmp_path / "b.csv", "product_id,title,price\nP1,Drill,9\n\nP2,Saw,5,oops\n")
+    with pytest.raises(CatalogError, match=r"b\.csv row 2: 4 fields"):  # rows as pandas counts them
+        read_catalog(blank)
     extra = write_csv(tmp_path / "x.csv", "product_id,title,price\nP1,Drill,9,extra\n")
     with pytest.raises(CatalogError, match=r"x\.csv row 1: 4 fields, the header names 3 \(extra: \['extra'\]\)"):
         read_catalog(extra)
     with pytest.raises(CatalogError, match=r"'1_299.00' is not a number"):  # float() reads it; the conversion not
         read_catalog(write_csv(tmp_path / "u.csv", "product_id,title,price\nP1,Drill,1_299.00\n"))
+    with pytest.raises(CatalogError, match=r"'١٢٩٩' is not a number"):  # other scripts' digits likewise
+        read_catalog(write_csv(tmp_path / "a.csv", "product_id,title,price\nP1,Drill,١٢٩٩\n"))
     nullable = pd.DataFrame({"product_id": ["P1", "P2"], "title": ["Drill", "Saw"], "brand": ["Bosch", None],
                              "quantity": [1, None], "in_stock": [True, None]}).convert_dtypes()
     nullable.to_parquet(tmp_path / "n.parquet")
@@ -165,3 +172,7 @@ def test_catalogs_as_other_tools_write_them_are_read_as_written(tmp_path: Path) 
     assert read_catalog(tmp_path / "bom.jsonl")[0]["product_id"].tolist() == ["P1"]
     pd.DataFrame({"product_id": ["P1"], "title": ["a"]}).set_index("product_id").to_parquet(tmp_path / "ix.parquet")
     assert read_catalog(tmp_path / "ix.parquet")[0]["product_id"].tolist() == ["P1"]
+    pd.DataFrame({"live": [True], "product_id": ["P1"], "title": ["a"]}).set_index("live").to_parquet(
+        tmp_path / "live.parquet")
+    with pytest.raises(CatalogError, match=r"\['live'\] are reserved"):  # an index is a column, checked as one
+        read_catalog(tmp_path / "live.parquet")

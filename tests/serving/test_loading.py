@@ -6,6 +6,8 @@ import threading
 import time
 from types import SimpleNamespace
 
+import pytest
+
 from serving.loading import wait_for_store_features
 
 
@@ -72,6 +74,14 @@ def test_a_catalog_given_to_a_home_that_serves_another_index_is_named(  # type: 
     assert served.count == 30  # the existing index is served as it is ...
     assert "not the catalog" in caplog.text and "shoprank index --catalog" in caplog.text  # ... and says so
     assert open_index(home.model_copy(update={"catalog": tmp_path / "gone.csv"}), encoder).count == 30  # no file
+
+    from core.errors import NotReady
+
+    other = HashingEncoder(dim=16)  # another encoder (a new bi-encoder, a pooling read anew): no build of it here
+    other.fingerprint = "hashingtest00002"
+    bare = home.model_copy(update={"catalog": None})
+    with pytest.raises(NotReady, match=r"no build for encoder .*shoprank index --catalog FILE"):
+        open_index(bare, other)  # before: built from the generated demo catalog, served in place of the store's
 
 
 def test_store_features_a_down_store_could_not_give_are_read_once_it_answers() -> None:
