@@ -22,7 +22,7 @@ import pandas as pd
 from scipy import sparse
 
 from online_learning.consumers.log_sink import read_log
-from online_learning.traffic_filter import FilterConfig, clean
+from online_learning.traffic_filter import FilterConfig, clean, shopper_ids
 
 SIGNALS = {"bought": ("add_to_cart", "purchase"), "viewed": ("click",)}
 MAX_ITEMS_PER_SHOPPER = 200  # a shopper's most recent products counted; a long history adds pairs as its square
@@ -52,9 +52,7 @@ def shopper_actions(log_root: Path, since: pd.Timestamp | None = None,
         interactions = clean(rankings, interactions, filters).interactions
     if interactions.empty:
         return empty
-    searched_by = _search_shoppers(rankings)
-    own = _column(interactions, "user_id").fillna(_column(interactions, "session_id"))
-    shopper = own.fillna(interactions["request_id"].map(searched_by)).fillna("search:" + interactions["request_id"])
+    shopper = _shoppers(interactions, rankings)
     frame = pd.DataFrame({"shopper": shopper.astype(str).to_numpy(),
                           "product_id": interactions["product_id"].astype(str).to_numpy(),
                           "type": interactions["type"].to_numpy(),
@@ -66,16 +64,23 @@ def shopper_actions(log_root: Path, since: pd.Timestamp | None = None,
             [["shopper", "product_id", "signal", "timestamp"]])
 
 
-def _column(frame: pd.DataFrame, name: str) -> pd.Series:
-    return frame[name] if name in frame else pd.Series(None, index=frame.index, dtype=object)
-
-
-def _search_shoppers(rankings: pd.DataFrame) -> pd.Series:
-    """request_id -> the user (else session) of the search, for interactions that name neither."""
-    if rankings.empty:
-        return pd.Series(dtype=object)
-    searches = rankings.drop_duplicates("request_id").set_index("request_id")
-    return _column(searches, "user_id").fillna(_column(searches, "session_id")).dropna()
+def _shoppers(interactions: pd.DataFrame, rankings: pd.DataFrame) -> pd.Series:
+    """Who did each interaction, one name per person: its user; else the user its search was served to;
+    else the user its session (or its search's) is seen with anywhere in the log (a cart filled before
+    logging in); else the session; else the search alone. Before, a session's cart and its user's purchase
+    were two shoppers, and one checkout passed the ``min_shoppers`` floor."""
+    user, session = shopper_ids(interactions, "user_id"), shopper_ids(interactions, "session_id")
+    request = interactions["request_id"]
+    searches = (rankings.drop_duplicates("request_id").set_index("request_id") if not rankings.empty
+                else pd.DataFrame(index=pd.Index([], name="request_id")))
+    search_user = request.map(shopper_ids(searches, "user_id"))
+    search_session = request.map(shopper_ids(searches, "session_id"))
+    seen = pd.concat([pd.DataFrame({"session": session, "user": user}),
+                      pd.DataFrame({"session": shopper_ids(searches, "session_id").to_numpy(),
+                                    "user": shopper_ids(searches, "user_id").to_numpy()})]).dropna()
+    user_of = seen.drop_duplicates("session").set_index("session")["user"]  # the first user a session shows
+    return (user.fillna(search_user).fillna(session.map(user_of)).fillna(search_session.map(user_of))
+            .fillna(session).fillna(search_session).fillna("search:" + request.astype(str)))
 
 
 def neighbours(actions: pd.DataFrame, min_shoppers: int = 2, top: int = 50,

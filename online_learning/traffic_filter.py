@@ -64,7 +64,7 @@ class Cleaned:
                 "anomalous": dict(sorted(self.anomalous.items())[:20])}
 
 
-def _ids(frame: pd.DataFrame, column: str) -> pd.Series:
+def shopper_ids(frame: pd.DataFrame, column: str) -> pd.Series:
     """``frame``'s ``column`` of shopper ids, a blank one (``""``, as some exports write no id) missing."""
     if column not in frame:
         return pd.Series(None, index=frame.index, dtype=object)
@@ -73,7 +73,7 @@ def _ids(frame: pd.DataFrame, column: str) -> pd.Series:
 
 
 def _shopper(frame: pd.DataFrame) -> pd.Series:
-    user, session = _ids(frame, "user_id"), _ids(frame, "session_id")
+    user, session = shopper_ids(frame, "user_id"), shopper_ids(frame, "session_id")
     # an anonymous search is its own shopper (as online_learning.analysis.shopper reads it): taking every
     # anonymous visitor for one shopper judged them all as one bot and dropped their searches and clicks
     anonymous = ("anonymous:" + frame["request_id"].astype(str)) if "request_id" in frame else "anonymous"
@@ -165,20 +165,22 @@ def clean(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConf
 
 def _on_impressions(rankings: pd.DataFrame, interactions: pd.DataFrame, excluded: Counter) -> pd.DataFrame:
     """The interactions with a product the search showed, by the shopper it was shown to: an interaction is
-    another shopper's when an id both carry differs (the user ids, or the session ids); one that names only
-    ids the search lacks, or none (a click sent with the session alone, a shopper who logged in meanwhile),
-    is given the shopper its search was served to."""
+    another shopper's when both carry a user id and they differ, or, when not both carry one, both carry a
+    session id and they differ; one that names only ids the search lacks, or none (a click sent with the
+    session alone, a shopper who logged in meanwhile), is given the shopper its search was served to."""
     shown = rankings.drop_duplicates(["request_id", "product_id"]).set_index(["request_id", "product_id"])
     keys = pd.MultiIndex.from_frame(interactions[["request_id", "product_id"]])
     served_to = shown["who"].reindex(keys).to_numpy()
     no_impression = pd.isna(served_to)
-    other = np.zeros(len(interactions), dtype=bool)
+    ids = {}
     for column in ("user_id", "session_id"):
-        searched = _ids(shown, column).reindex(keys).to_numpy()
-        sent = _ids(interactions, column).to_numpy()
+        searched = shopper_ids(shown, column).reindex(keys).to_numpy()
+        sent = shopper_ids(interactions, column).to_numpy()
         both = ~pd.isna(searched) & ~pd.isna(sent)
-        other |= both & (searched.astype(str) != sent.astype(str))
-    other &= ~no_impression
+        ids[column] = (both, both & (searched.astype(str) != sent.astype(str)))
+    (users, other_user), (_, other_session) = ids["user_id"], ids["session_id"]
+    # users first, as a shopper is read: the same user in a new session (app, then web) is the same shopper
+    other = (other_user | (~users & other_session)) & ~no_impression
     excluded["no_impression"] += int(no_impression.sum())
     excluded["other_shopper"] += int(other.sum())
     interactions = interactions.assign(who=np.where(no_impression, interactions["who"], served_to))

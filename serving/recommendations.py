@@ -117,8 +117,9 @@ def _recommend(engine: SearchEngine, together: Path, kind: str, product_ids: lis
     allow[seeds + hidden] = False
     allow[engine.rules.hidden_docs()] = False  # products the rules hide everywhere
     seeds = list(dict.fromkeys(seeds))
-    # a few rows past the page: the rules put out-of-stock products last, and those behind them move up
-    want = min(max(2 * k, k + 20), max(k, engine.rules.depth))
+    # the rows the rules order (their depth, as a search's and a listing's): they put out-of-stock products last,
+    # and those behind them move up, whatever the shelf's length (2k rows left in-stock ones unseen at k=10)
+    want = max(k, engine.rules.depth)
     if kind == "for_you":
         steps = ["bought_together", "viewed_together", "similar"] if seeds else ["popular"]
     else:

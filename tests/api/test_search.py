@@ -406,6 +406,8 @@ def test_recommendations_for_a_product_page_a_cart_and_a_shopper(  # type: ignor
     assert sum(facts.at[p, "category"] == "Tools > Drills" for p in ids) >= 5  # nearest by meaning: drills
     stocked = [i["in_stock"] for i in similar["items"]]
     assert stocked == sorted(stocked, reverse=True)  # the business rules: out of stock last
+    wide = recommend(product_ids=[seed], k=60)["items"]  # the rules order the same rows whatever the shelf's k
+    assert [i["product_id"] for i in wide[:10]] == ids  # before: an in-stock product below 2k rows never moved up
     brand = facts.at[ids[0], "brand"]
     narrow = recommend(product_ids=[seed], k=5, filters={"brand": brand}, exclude=[ids[0]])["items"]
     assert narrow and all(i["brand"] == brand for i in narrow) and ids[0] not in {i["product_id"] for i in narrow}
@@ -628,3 +630,31 @@ def test_a_full_spool_disk_costs_searches_their_impression_and_events_a_503(clie
                                             "product_id": "P1"}])
     assert sent.status_code == 503 and sent.headers["retry-after"] == "5" and "send it again" in sent.text
     assert sent.headers["connection"] == "close"  # the next try on a new connection, maybe to a ready peer
+
+
+def test_a_shelf_puts_out_of_stock_products_last_whatever_its_length(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from retrieval.catalog import read_catalog
+    from retrieval.embedding_cache import EmbeddingCache
+    from retrieval.index import ProductIndex
+    from tests.fakes import HashingEncoder
+
+    rows = [{"product_id": f"D{i:03d}", "title": f"cordless drill model {i}", "category": "Tools > Drills",
+             "price": 50.0 + i, "in_stock": i >= 40} for i in range(60)]  # the first 40 alike drills out of stock
+    rows += [{"product_id": f"H{i:03d}", "title": f"garden hose {i}", "category": "Garden", "price": 20.0,
+              "in_stock": True} for i in range(40)]
+    pd.DataFrame(rows).to_csv(tmp_path / "c.csv", index=False)
+    products, _ = read_catalog(tmp_path / "c.csv")
+    home = Settings(home=tmp_path / "home", progress=False)
+    encoder = HashingEncoder()
+    index = ProductIndex.build(tmp_path / "index", products, encoder, home.retrieval,
+                               EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim), progress=False)
+    with ready_client(app_on(home, index, encoder)) as client:
+        def shelf(k: int) -> list[dict]:
+            return client.post("/v1/recommend", json={"kind": "similar", "product_ids": ["D059"], "k": k}).json()[
+                "items"]
+
+        short, long = shelf(10), shelf(40)
+        assert all(i["in_stock"] for i in short)  # before: ten out-of-stock drills, 19 in-stock ones unseen
+        assert [i["product_id"] for i in long[:10]] == [i["product_id"] for i in short]

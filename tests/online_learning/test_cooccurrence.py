@@ -99,6 +99,25 @@ def test_together_credits_each_shopper_once_per_product_and_keeps_the_filters(tm
     assert read_together(tmp_path / "absent.json") == {"bought": {}, "viewed": {}}
 
 
+def test_one_person_is_one_shopper_across_logging_in(tmp_path: Path) -> None:
+    def sent(n: int, request: int, kind: str, product: str, user: str | None, session: str | None) -> Delivered:
+        return Delivered(INTERACTIONS_TOPIC, 0, n, InteractionEvent(
+            event_id=f"i{n}", request_id=f"r{request}", type=kind, product_id=product, user_id=user,
+            session_id=session, timestamp=NOW - timedelta(days=1)))
+
+    logins = [[search(1, None, "s1", ["drill", "bits"]),  # carted anonymously, bought after logging in
+               sent(1, 1, "add_to_cart", "drill", None, "s1"), sent(2, 1, "add_to_cart", "bits", None, "s1"),
+               sent(3, 1, "purchase", "drill", "u1", "s1"), sent(4, 1, "purchase", "bits", "u1", "s1")],
+              [search(2, "u2", "s2", ["drill", "bits"]),  # a cart sent with the session, a purchase with the user
+               sent(5, 2, "add_to_cart", "drill", None, "s2"), sent(6, 2, "purchase", "bits", "u2", None)]]
+    for n, events in enumerate(logins):
+        ParquetLogSink(tmp_path / f"log{n}")(events)
+        # before: the session and the user were two shoppers, and one person's checkout passed the floor of two
+        assert together(tmp_path / f"log{n}", None, min_shoppers=2)["bought"] == {}
+        assert together(tmp_path / f"log{n}", None, min_shoppers=1)["bought"]["drill"] == [
+            Neighbour("bits", pytest.approx(1.0), 1)]
+
+
 def test_the_nightly_command_writes_the_file_servers_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))

@@ -111,3 +111,5 @@ def test_a_click_is_another_shoppers_only_when_an_id_both_carry_differs() -> Non
     assert out.interactions["product_id"].tolist() == ["a", "c", "d"]
     acts.loc[0, "session_id"] = "s9"
     assert clean(ranks, acts).excluded == {"other_shopper": 2}  # a session the search did not have
+    acts.loc[0, "user_id"] = "u1"  # ... but the search's user: the same shopper in a new session (app, then web)
+    assert clean(ranks, acts).excluded == {"other_shopper": 1}
