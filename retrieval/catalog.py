@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -215,11 +216,13 @@ def _rows_cut_to_header(path: Path) -> pd.DataFrame:
     """The CSV's rows as text, each cut to the header's fields (what is cut is empty: :func:`_refuse_extra_fields`
     refuses the others), a short row filled with empty fields."""
     _refuse_extra_fields(path)
+    cut = io.StringIO()
     with path.open(encoding="utf-8-sig", newline="") as handle:
         rows = csv.reader(handle)
         header = next(rows, [])
-        body = [(row + [""] * len(header))[: len(header)] for row in rows if row]
-    return pd.DataFrame(body, columns=header, dtype=str)
+        csv.writer(cut).writerows([header, *((row + [""] * len(header))[: len(header)] for row in rows if row)])
+    cut.seek(0)  # read as every CSV is: repeated and blank column names named as pandas names them
+    return pd.read_csv(cut, dtype=str, keep_default_na=False, index_col=False)
 
 
 def _refuse_extra_fields(path: Path) -> None:

@@ -12,6 +12,7 @@ folder at a time (server processes and jobs share the home). Paths come from
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import subprocess
 import sys
@@ -210,10 +211,10 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
     if not (path / "manifest.json").is_file() and settings.store and not settings.catalog:
         raise NotReady(f"store {settings.store!r} has no index for encoder {encoder.name}: build it with "
                        f"`shoprank --store {settings.store} index --catalog FILE`")
-    builds = sorted(p.parent.name for p in path.parent.glob("*/manifest.json")) if path.parent.is_dir() else []
-    if not (path / "manifest.json").is_file() and not settings.catalog and builds:
+    own = _own_builds(settings, path) if not (path / "manifest.json").is_file() and not settings.catalog else []
+    if own:
         raise NotReady(f"index {path.parent.name!r} has no build for encoder {encoder.name} ({encoder.fingerprint}), "
-                       f"only for {builds}: index the catalog with it (`shoprank index --catalog FILE`), or set "
+                       f"only for {own}: index the catalog with it (`shoprank index --catalog FILE`), or set "
                        "SHOPRANK_ENCODER to the encoder of a build (a home's own index is never replaced by the "
                        "demo catalog)")
     if not (path / "manifest.json").is_file():
@@ -235,10 +236,25 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
     return index
 
 
+def _own_builds(settings: Settings, path: Path) -> list[str]:
+    """The finished builds beside ``path`` (other encoders') of a catalog other than the generated demo's: a
+    store's own products (or the demo's changed by upserts), which the demo catalog must never replace."""
+    manifests = [p for p in path.parent.glob("*/manifest.json") if not p.parent.name.endswith(".building")]
+    if not manifests:
+        return []
+    demo = catalog_hash(read_catalog(demo_catalog(settings))[0])
+    return sorted(p.parent.name for p in manifests if json.loads(p.read_text()).get("catalog_hash") != demo)
+
+
 def build_served_index(settings: Settings | None = None) -> None:
-    """Build the served index if it is missing (server processes and replicas then only load it)."""
+    """Build the served index if it is missing (server processes and replicas then only load it). One that
+    cannot be built (no build for this encoder beside the store's own) is left to the server processes,
+    which answer 503 naming what to run."""
     settings = settings or get_settings()
-    open_index(settings, open_encoder(settings))
+    try:
+        open_index(settings, open_encoder(settings))
+    except NotReady as error:
+        logger.warning("%s", error.message)
 
 
 def build_index_in_child(env: Mapping[str, str] | None = None, check: bool = True) -> int:

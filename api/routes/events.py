@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, Field
 
 from api.auth import require
 from api.schemas import ErrorBody
@@ -20,17 +20,12 @@ router = APIRouter(tags=["events"],  # mounted at /v1 and /v1/stores/{store}
 MAX_BATCH = 1000
 
 
-class PostedInteraction(InteractionEvent):
-    """An interaction as a storefront posts it: revenue on a purchase only (checked with the other fields, so a
-    422 names every bad event of a batch; not in the event schema, so events already on their way stay)."""
-
-    @field_validator("revenue")
-    @classmethod
-    def _purchase_only(cls, revenue: float | None, info: ValidationInfo) -> float | None:
-        kind = info.data.get("type")
-        if revenue is not None and kind is not None and kind != "purchase":
-            raise ValueError(f"{revenue!r} is a purchase's value; a {kind} has none (leave it out)")
-        return revenue
+def _revenue_on_purchases(event: InteractionEvent) -> InteractionEvent:
+    """Revenue on a purchase only: checked with the other fields, so a 422 names every bad event of a batch
+    (not in the event schema, so events already on their way stay valid)."""
+    if event.revenue is not None and event.type != "purchase":
+        raise ValueError(f"revenue {event.revenue!r} is a purchase's value; a {event.type} has none (leave it out)")
+    return event
 
 
 class Accepted(BaseModel):
@@ -42,8 +37,8 @@ class Accepted(BaseModel):
 def post_events(
     request: Request,
     key: Annotated[ApiKey | None, Depends(require("events"))],
-    events: Annotated[list[PostedInteraction], Body(min_length=1, max_length=MAX_BATCH,
-                                                    description=f"1..{MAX_BATCH} interaction events")],
+    events: Annotated[list[Annotated[InteractionEvent, AfterValidator(_revenue_on_purchases)]],
+                      Body(min_length=1, max_length=MAX_BATCH, description=f"1..{MAX_BATCH} interaction events")],
 ) -> Accepted:
     """Accept interactions; answers 202 only once they are fsynced to the local event log.
 

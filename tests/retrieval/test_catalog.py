@@ -147,6 +147,8 @@ def test_catalogs_as_other_tools_write_them_are_read_as_written(tmp_path: Path) 
                                                                                           99.5]  # before: shifted
     later = write_csv(tmp_path / "l.csv", "product_id,title,price\nP1,Drill,9\nP2,Saw,5,\n")  # a later row's
     assert read_catalog(later)[0]["product_id"].tolist() == ["P1", "P2"]  # before: "does not read as CSV"
+    twice = write_csv(tmp_path / "t2.csv", "product_id,title,title,price\nP1,Drill,x,9\nP2,Saw,y,5,\n")
+    assert list(read_catalog(twice)[0].columns[:4]) == ["product_id", "title", "title.1", "price"]  # as pandas
     blank = write_csv(tmp_path / "b.csv", "product_id,title,price\nP1,Drill,9\n\nP2,Saw,5,oops\n")
     with pytest.raises(CatalogError, match=r"b\.csv row 2: 4 fields"):  # rows as pandas counts them
         read_catalog(blank)

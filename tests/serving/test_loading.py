@@ -60,7 +60,7 @@ def test_the_rules_and_synonyms_files_settings_name_are_named_for_every_store(  
 
 def test_a_catalog_given_to_a_home_that_serves_another_index_is_named(  # type: ignore[no-untyped-def]
         tmp_path, settings, demo_products, caplog) -> None:
-    from serving.indexing import open_index
+    from serving.indexing import index_path, open_index
     from tests.fakes import HashingEncoder
 
     first, second = tmp_path / "first.csv", tmp_path / "second.csv"
@@ -82,6 +82,12 @@ def test_a_catalog_given_to_a_home_that_serves_another_index_is_named(  # type: 
     bare = home.model_copy(update={"catalog": None})
     with pytest.raises(NotReady, match=r"no build for encoder .*shoprank index --catalog FILE"):
         open_index(bare, other)  # before: built from the generated demo catalog, served in place of the store's
+
+    demo = settings.model_copy(update={"home": tmp_path / "demo-home", "catalog": None})  # `make run`'s home
+    assert open_index(demo, encoder).count > 0  # the generated demo store
+    (index_path(demo, other).with_suffix(".building")).mkdir(parents=True)  # a build killed midway: no build
+    (index_path(demo, other).with_suffix(".building") / "manifest.json").write_text("{}")
+    assert open_index(demo, other).count == open_index(demo, encoder).count  # the demo again, for this encoder
 
 
 def test_store_features_a_down_store_could_not_give_are_read_once_it_answers() -> None:
