@@ -66,8 +66,8 @@ def shopper_actions(log_root: Path, since: pd.Timestamp | None = None,
 
 def _shoppers(interactions: pd.DataFrame, rankings: pd.DataFrame) -> pd.Series:
     """Who did each interaction, one name per person: its user; else the user its search was served to;
-    else the user its session (or its search's) is seen with anywhere in the log (a cart filled before
-    logging in); else the session; else the search alone. Before, a session's cart and its user's purchase
+    else the one user its session (or its search's) is seen with in the log (a cart filled before logging
+    in; a session seen with several users, a kiosk's, stays itself); else the session; else the search alone. Before, a session's cart and its user's purchase
     were two shoppers, and one checkout passed the ``min_shoppers`` floor."""
     user, session = shopper_ids(interactions, "user_id"), shopper_ids(interactions, "session_id")
     request = interactions["request_id"]
@@ -78,7 +78,8 @@ def _shoppers(interactions: pd.DataFrame, rankings: pd.DataFrame) -> pd.Series:
     seen = pd.concat([pd.DataFrame({"session": session, "user": user}),
                       pd.DataFrame({"session": shopper_ids(searches, "session_id").to_numpy(),
                                     "user": shopper_ids(searches, "user_id").to_numpy()})]).dropna()
-    user_of = seen.drop_duplicates("session").set_index("session")["user"]  # the first user a session shows
+    users = seen.drop_duplicates().groupby("session")["user"]
+    user_of = users.first()[users.nunique() == 1]  # a session seen with one user only (not a shared kiosk's)
     return (user.fillna(search_user).fillna(session.map(user_of)).fillna(search_session.map(user_of))
             .fillna(session).fillna(search_session).fillna("search:" + request.astype(str)))
 

@@ -237,28 +237,38 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
 
 
 def _own_builds(settings: Settings, path: Path) -> list[str]:
-    """The finished builds beside ``path`` (other encoders') of a catalog other than the generated demo's: a
-    store's own products (or the demo's changed by upserts), which the demo catalog must never replace."""
+    """The finished builds beside ``path`` (other encoders') that hold a store's own products: all of them, but
+    one of the generated demo catalog never written since it was built (no upsert, delete or live change),
+    which a demo home may build again for a new encoder. The demo catalog is read only when it exists."""
     manifests = [p for p in path.parent.glob("*/manifest.json") if not p.parent.name.endswith(".building")]
-    if not manifests:
-        return []
-    demo = catalog_hash(read_catalog(demo_catalog(settings))[0])
-    return sorted(p.parent.name for p in manifests if json.loads(p.read_text()).get("catalog_hash") != demo)
+    demo = settings.paths.demo / "products.csv"
+    if not manifests or not demo.is_file():
+        return sorted(p.parent.name for p in manifests)
+    demo_hash = catalog_hash(read_catalog(demo)[0])
+
+    def the_demo(manifest: dict) -> bool:
+        return manifest.get("catalog_hash") == demo_hash and manifest.get("updated") == manifest.get("created")
+
+    return sorted(p.parent.name for p in manifests if not the_demo(json.loads(p.read_text())))
 
 
-def build_served_index(settings: Settings | None = None) -> None:
-    """Build the served index if it is missing (server processes and replicas then only load it). One that
-    cannot be built (no build for this encoder beside the store's own) is left to the server processes,
-    which answer 503 naming what to run."""
+def build_served_index(settings: Settings | None = None, tolerate_not_ready: bool = False) -> None:
+    """Build the served index if it is missing (server processes and replicas then only load it). With
+    ``tolerate_not_ready``, one that cannot be built (no build for this encoder beside the store's own) is
+    left to the server processes, which answer 503 naming what to run; else it fails."""
     settings = settings or get_settings()
     try:
         open_index(settings, open_encoder(settings))
     except NotReady as error:
+        if not tolerate_not_ready:
+            raise
         logger.warning("%s", error.message)
 
 
-def build_index_in_child(env: Mapping[str, str] | None = None, check: bool = True) -> int:
+def build_index_in_child(env: Mapping[str, str] | None = None, check: bool = True,
+                         tolerate_not_ready: bool = False) -> int:
     """:func:`build_served_index` for the settings of ``env`` (default: this process's), in a
     child process, so the caller does not keep the index and encoder it loads; its exit status."""
     return subprocess.run([sys.executable, "-c", "from serving.indexing import build_served_index; "
-                           "build_served_index()"], env=env, check=check).returncode
+                           f"build_served_index(tolerate_not_ready={tolerate_not_ready})"], env=env,
+                          check=check).returncode

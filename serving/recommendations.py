@@ -129,9 +129,10 @@ def _recommend(engine: SearchEngine, together: Path, kind: str, product_ids: lis
     docs: list[int] = []
     sources: list[str] = []
     scores: list[float] = []
-    for step in steps:
-        if len(docs) >= want:
-            break
+    stocked = facts.table().in_stock
+    for n, step in enumerate(steps):
+        if len(docs) >= want or (n and int(np.sum(stocked[docs] != 0)) >= k):  # a later step (a fill) runs only
+            break  # while the rows found hold fewer than k not out of stock: the rules then order the same rows
         shown = allow.copy()
         shown[docs] = False
         found = _step(engine, together, step, seeds, shown, want - len(docs))

@@ -158,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # supervisor does not keep the index and encoder it loaded (~370 MiB on 54,667 products)
     from serving.indexing import build_index_in_child
 
-    built = build_index_in_child(check=False)
+    built = build_index_in_child(check=False, tolerate_not_ready=True)  # the workers then answer 503, naming it
     if built:
         return built
     # the workers' counters and histograms go to one folder, so that /metrics sums them all

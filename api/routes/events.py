@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from api.auth import require
 from api.schemas import ErrorBody
 from api.stores import current
 from core.errors import NotReady
 from core.keys import ApiKey
-from online_learning.events import InteractionEvent
+from online_learning import events as events_schema
 
 router = APIRouter(tags=["events"],  # mounted at /v1 and /v1/stores/{store}
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 429: {"model": ErrorBody}})
@@ -20,12 +20,18 @@ router = APIRouter(tags=["events"],  # mounted at /v1 and /v1/stores/{store}
 MAX_BATCH = 1000
 
 
-def _revenue_on_purchases(event: InteractionEvent) -> InteractionEvent:
-    """Revenue on a purchase only: checked with the other fields, so a 422 names every bad event of a batch
-    (not in the event schema, so events already on their way stay valid)."""
-    if event.revenue is not None and event.type != "purchase":
-        raise ValueError(f"revenue {event.revenue!r} is a purchase's value; a {event.type} has none (leave it out)")
-    return event
+class InteractionEvent(events_schema.InteractionEvent):
+    """A shopper's action on a shown product (revenue on a purchase only)."""
+
+    # here, not in the event schema, so events already on their way stay valid; checked with the other fields,
+    # so a 422 names every bad event of a batch (the OpenAPI component keeps the name InteractionEvent)
+    @field_validator("revenue")
+    @classmethod
+    def _purchase_only(cls, revenue: float | None, info: ValidationInfo) -> float | None:
+        kind = info.data.get("type")
+        if revenue is not None and kind is not None and kind != "purchase":
+            raise ValueError(f"{revenue!r} is a purchase's value; a {kind} has none (leave it out)")
+        return revenue
 
 
 class Accepted(BaseModel):
@@ -37,15 +43,15 @@ class Accepted(BaseModel):
 def post_events(
     request: Request,
     key: Annotated[ApiKey | None, Depends(require("events"))],
-    events: Annotated[list[Annotated[InteractionEvent, AfterValidator(_revenue_on_purchases)]],
-                      Body(min_length=1, max_length=MAX_BATCH, description=f"1..{MAX_BATCH} interaction events")],
+    events: Annotated[list[InteractionEvent], Body(min_length=1, max_length=MAX_BATCH,
+                                                   description=f"1..{MAX_BATCH} interaction events")],
 ) -> Accepted:
     """Accept interactions; answers 202 only once they are fsynced to the local event log.
 
     Each event needs a client ``event_id``: sending the same event again (a retry)
     is safe, consumers keep one per id.
     """
-    logged = [InteractionEvent(**{**dict(e), "key_id": key.id if key else None}) for e in events]
+    logged = [events_schema.InteractionEvent(**{**dict(e), "key_id": key.id if key else None}) for e in events]
     try:
         current(request).event_log.append(logged, durable=True)
     except OSError as error:  # a full or failing disk: nothing was accepted, the client sends them again

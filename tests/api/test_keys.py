@@ -116,11 +116,12 @@ def test_events_and_impressions_carry_the_key_that_sent_them(keyed) -> None:  # 
     time.sleep(1.1)
     valued = client.post("/v1/events", json=[{**forged, "event_id": "kid-2", "revenue": 5},
                                              {**forged, "event_id": "kid-3", "type": "add_to_cart", "revenue": 2},
-                                             {**forged, "event_id": "kid-4", "position": 0}],
+                                             {**forged, "event_id": "kid-4", "position": 0, "revenue": 1}],
                          headers=auth(keys["events"]))
     message = valued.json()["message"]  # every bad event named at once (before: the first revenue alone)
-    assert valued.status_code == 422 and "0: revenue 5.0 is a purchase's value; a click has none" in message
-    assert "1: revenue 2.0 is a purchase's value; a add_to_cart has none" in message and "2.position" in message
+    assert valued.status_code == 422 and "0.revenue: 5.0 is a purchase's value; a click has none" in message
+    assert "1.revenue: 2.0 is a purchase's value; a add_to_cart has none" in message and "2.position" in message
+    assert "2.revenue" in message  # with another bad field of the same event
     events_id = next(k.id for k in store.keys() if k.scopes == ("events",))
     home = store.path.parent
     logged = [json.loads(line)["value"] for p in sorted((home / "event_spool").rglob("segment-*.jsonl"))

@@ -110,6 +110,13 @@ def test_one_person_is_one_shopper_across_logging_in(tmp_path: Path) -> None:
                sent(3, 1, "purchase", "drill", "u1", "s1"), sent(4, 1, "purchase", "bits", "u1", "s1")],
               [search(2, "u2", "s2", ["drill", "bits"]),  # a cart sent with the session, a purchase with the user
                sent(5, 2, "add_to_cart", "drill", None, "s2"), sent(6, 2, "purchase", "bits", "u2", None)]]
+    kiosk = [search(3, "u3", "k1", ["tent", "stove"]), sent(7, 3, "purchase", "tent", "u3", "k1"),
+             search(4, "u4", "k1", ["tent", "stove"]), sent(8, 4, "purchase", "tent", "u4", "k1"),
+             search(5, None, "k1", ["tent", "stove"]), sent(9, 5, "add_to_cart", "stove", None, "k1"),
+             search(6, "u5", None, ["tent", "stove"]), sent(10, 6, "purchase", "tent", "u5", None),
+             sent(11, 6, "purchase", "stove", "u5", None)]
+    ParquetLogSink(tmp_path / "kiosk")(kiosk)  # a shared session's anonymous cart is not any of its users'
+    assert together(tmp_path / "kiosk", None, min_shoppers=2)["bought"] == {}
     for n, events in enumerate(logins):
         ParquetLogSink(tmp_path / f"log{n}")(events)
         # before: the session and the user were two shoppers, and one person's checkout passed the floor of two

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from types import SimpleNamespace
@@ -88,6 +89,12 @@ def test_a_catalog_given_to_a_home_that_serves_another_index_is_named(  # type: 
     (index_path(demo, other).with_suffix(".building")).mkdir(parents=True)  # a build killed midway: no build
     (index_path(demo, other).with_suffix(".building") / "manifest.json").write_text("{}")
     assert open_index(demo, other).count == open_index(demo, encoder).count  # the demo again, for this encoder
+    manifest = index_path(demo, encoder) / "manifest.json"  # the demo's build, written since (an upsert)
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "updated": "2026-12-06T21:00:00+00:00"}))
+    third = HashingEncoder(dim=8)
+    third.fingerprint = "hashingtest00003"
+    with pytest.raises(NotReady, match="no build for encoder"):  # its changes are never replaced by the demo
+        open_index(demo, third)
 
 
 def test_store_features_a_down_store_could_not_give_are_read_once_it_answers() -> None:
