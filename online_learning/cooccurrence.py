@@ -67,8 +67,9 @@ def shopper_actions(log_root: Path, since: pd.Timestamp | None = None,
 def _shoppers(interactions: pd.DataFrame, rankings: pd.DataFrame) -> pd.Series:
     """Who did each interaction, one name per person: its user; else the user its search was served to;
     else the one user its session (or its search's) is seen with in the log (a cart filled before logging
-    in; a session seen with several users, a kiosk's, stays itself); else the session; else the search alone. Before, a session's cart and its user's purchase
-    were two shoppers, and one checkout passed the ``min_shoppers`` floor."""
+    in; a session seen with several users, a kiosk's, stays itself); else the session; else the search
+    alone. Before, a session's cart and its user's purchase were two shoppers, and one checkout passed the
+    ``min_shoppers`` floor."""
     user, session = shopper_ids(interactions, "user_id"), shopper_ids(interactions, "session_id")
     request = interactions["request_id"]
     searches = (rankings.drop_duplicates("request_id").set_index("request_id") if not rankings.empty
