@@ -25,7 +25,7 @@ from online_learning.stats import (
     min_sample_size,
     sign_test,
 )
-from online_learning.traffic_filter import FilterConfig, clean
+from online_learning.traffic_filter import FilterConfig, clean, shopper_ids
 from retrieval.vocabulary import normalize
 
 RATES = (("ctr", "clicked"), ("add_to_cart_rate", "carted"), ("purchase_rate", "bought"),
@@ -73,6 +73,8 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
     per_search["zero_results"] = (per_search["shown"] == 0).astype(int)
     per_search["is_degraded"] = (per_search["degraded"].fillna("[]") != "[]").astype(int)
     per_search["timestamp"] = pd.to_datetime(per_search["timestamp"], utc=True)
+    for column in ("user_id", "session_id"):  # a blank id ("", in logs written before ingestion read it as none)
+        per_search[column] = shopper_ids(per_search, column)
     return per_search.sort_values("timestamp", ignore_index=True)
 
 
@@ -108,8 +110,7 @@ def head_queries(log_root: Path, n: int) -> list[tuple[str, int]]:
 
 def shopper(per_search: pd.DataFrame) -> pd.Series:
     """Who made each of :func:`searches`' rows: its user, else its session, else the search alone."""
-    user, session = (per_search[c].where(per_search[c].isna() | (per_search[c].astype(str).str.strip() != ""))
-                     for c in ("user_id", "session_id"))  # a blank id ("") is no id
+    user, session = shopper_ids(per_search, "user_id"), shopper_ids(per_search, "session_id")  # "" is no id
     return user.fillna(session).fillna(per_search["request_id"]).astype(str)
 
 

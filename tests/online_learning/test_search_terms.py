@@ -127,3 +127,16 @@ def test_lists_sorted_by_price_teach_no_ranking_and_old_files_still_read(tmp_pat
     shown, _ = impressions(tmp_path / "log", None, None, filters=None)
     assert sorted(shown["request_id"]) == ["r0", "r9"]  # r1 was sorted by price
     assert read_log(tmp_path / "log", "rankings", ["sort"]).set_index("event_id").loc["r9", "sort"] is None
+
+
+def test_blank_shopper_ids_of_older_logs_are_read_as_none(tmp_path: Path) -> None:
+    from online_learning.analysis import shopper
+
+    events = [Delivered(RANKINGS_TOPIC, 0, n, RankingEvent(  # "" as logged before ingestion read it as none
+        event_id=f"r{n}", request_id=f"r{n}", timestamp=NOW - timedelta(minutes=n), query="drill", pipeline="full",
+        items=[ShownItem(product_id="P0", position=1)]).model_copy(update={"user_id": "", "session_id": " "}))
+        for n in range(3)]
+    ParquetLogSink(tmp_path / "log")(events)
+    per_search = searches(tmp_path / "log", filters=None)
+    assert per_search["user_id"].isna().all() and per_search["session_id"].isna().all()
+    assert shopper(per_search).nunique() == 3  # each anonymous search its own shopper, not one named ""
