@@ -74,11 +74,10 @@ def _shoppers(interactions: pd.DataFrame, rankings: pd.DataFrame) -> pd.Series:
     request = interactions["request_id"]
     searches = (rankings.drop_duplicates("request_id").set_index("request_id") if not rankings.empty
                 else pd.DataFrame(index=pd.Index([], name="request_id")))
-    search_user = request.map(shopper_ids(searches, "user_id"))
-    search_session = request.map(shopper_ids(searches, "session_id"))
+    searched_by, searched_in = shopper_ids(searches, "user_id"), shopper_ids(searches, "session_id")
+    search_user, search_session = request.map(searched_by), request.map(searched_in)
     seen = pd.concat([pd.DataFrame({"session": session, "user": user}),
-                      pd.DataFrame({"session": shopper_ids(searches, "session_id").to_numpy(),
-                                    "user": shopper_ids(searches, "user_id").to_numpy()})]).dropna()
+                      pd.DataFrame({"session": searched_in.to_numpy(), "user": searched_by.to_numpy()})]).dropna()
     users = seen.drop_duplicates().groupby("session")["user"]
     user_of = users.first()[users.nunique() == 1]  # a session seen with one user only (not a shared kiosk's)
     return (user.fillna(search_user).fillna(session.map(user_of)).fillna(search_session.map(user_of))

@@ -148,7 +148,8 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
     per table. ``state``: the streaming consumer's state, which counts the same events
     (:func:`online_learning.consumers.streaming_features.seed_state`), so its next push of a product or a
     shopper adds to what the tables hold."""
-    tables = product_tables(products, now - timedelta(seconds=1))
+    stamp = now - timedelta(seconds=1)  # every row's time: before the materialize that follows reads up to now
+    tables = product_tables(products, stamp)
     since = pd.Timestamp(now) - pd.Timedelta(days=30)
     empty = pd.DataFrame({"event_id": [], "product_id": [], "user_id": [], "type": [],
                           "timestamp": pd.to_datetime([], utc=True)})
@@ -169,14 +170,14 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
         # with "unknown" (else the old promotion or stock-out stays served: materialize only overwrites rows)
         dropped = sorted(_products_in(folder / f"{name}.parquet") - set(tables[name]["product_id"].astype(str)))
         if dropped:
-            rows = pd.DataFrame({"product_id": dropped, **unknown, "event_timestamp": pd.Timestamp(now - timedelta(seconds=1))})
+            rows = pd.DataFrame({"product_id": dropped, **unknown, "event_timestamp": pd.Timestamp(stamp)})
             tables[name] = pd.concat([tables[name], rows.astype(tables[name].dtypes.to_dict())], ignore_index=True)
     counted = _products_in(folder / "popularity.parquet")  # products given counts before: now quiet, zeros
     if state is not None:
         counted |= counted_products(state)
         seed_state(state, rankings, interactions)
-    tables["popularity"] = popularity(rankings, interactions, now - timedelta(seconds=1), counted)
-    tables["user_profile"] = user_profiles(interactions, tables["product_attributes"], now - timedelta(seconds=1))
+    tables["popularity"] = popularity(rankings, interactions, stamp, counted)
+    tables["user_profile"] = user_profiles(interactions, tables["product_attributes"], stamp)
     folder.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():
         frame.to_parquet(folder / f"{name}.parquet", index=False)

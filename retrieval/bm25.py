@@ -21,6 +21,7 @@ import numpy as np
 import tantivy
 
 from retrieval.types import Hits
+from retrieval.vocabulary import WORD_CHARS
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def _analyzer() -> tantivy.TextAnalyzer:
     return (
         # words as retrieval.vocabulary.TOKEN reads them: letters, digits and combining marks (tantivy's simple
         # tokenizer splits a Devanagari word at its virama)
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(r"[\p{L}\p{N}\p{M}]+"))
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(f"[{WORD_CHARS}]+"))
         .filter(tantivy.Filter.remove_long(40))
         .filter(tantivy.Filter.lowercase())
         .filter(tantivy.Filter.stemmer("english"))

@@ -191,7 +191,7 @@ def _read(path: Path, kind: str) -> pd.DataFrame:
             frame = _rows_cut_to_header(path)  # a row whose extra fields hold values is named
         else:
             if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
-                _refuse_extra_fields(path)
+                _checked_rows(path)  # a row whose extra fields hold values is refused, by its number
     elif kind == "Parquet":
         # nullable types: an integer id column with a null stays exact (not float64: 2**53 + 1 would change)
         frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
@@ -212,34 +212,31 @@ def _read(path: Path, kind: str) -> pd.DataFrame:
     return frame
 
 
-def _rows_cut_to_header(path: Path) -> pd.DataFrame:
-    """The CSV's rows as text, each cut to the header's fields (what is cut is empty: :func:`_refuse_extra_fields`
-    refuses the others), a short row filled with empty fields."""
-    _refuse_extra_fields(path)
-    cut = io.StringIO()
+def _checked_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The CSV's header and rows (blank lines left out, as pandas leaves them), each cut to the header's fields,
+    a short one filled with empty fields. A row with more fields than the header names is refused when an extra
+    field holds a value (a trailing delimiter, an empty extra field, is read as the rest of the row)."""
     with path.open(encoding="utf-8-sig", newline="") as handle:
         rows = csv.reader(handle)
         header = next(rows, [])
-        csv.writer(cut).writerows([header, *((row + [""] * len(header))[: len(header)] for row in rows if row)])
-    cut.seek(0)  # read as every CSV is: repeated and blank column names named as pandas names them
-    return pd.read_csv(cut, dtype=str, keep_default_na=False, index_col=False)
-
-
-def _refuse_extra_fields(path: Path) -> None:
-    """A CSV row with more fields than the header names is refused when an extra field holds a value (a
-    trailing delimiter, an empty extra field, is read as the rest of the row)."""
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        rows = csv.reader(handle)
-        header = next(rows, [])
-        number = 0
-        for row in rows:
-            if not row:  # a blank line: no row (as pandas reads it)
-                continue
-            number += 1
+        body = []
+        for number, row in enumerate((row for row in rows if row), start=1):
             extra = [field for field in row[len(header):] if field.strip()]
             if extra:
                 raise CatalogError(f"{path} row {number}: {len(row)} fields, the header names {len(header)} "
                                    f"(extra: {extra[:3]!r}); quote values that hold a comma, or fix the header")
+            body.append((row + [""] * len(header))[: len(header)])
+    return header, body
+
+
+def _rows_cut_to_header(path: Path) -> pd.DataFrame:
+    """The CSV read from its :func:`_checked_rows`, as every CSV is read (repeated and blank column names
+    named as pandas names them)."""
+    header, body = _checked_rows(path)
+    cut = io.StringIO()
+    csv.writer(cut).writerows([header, *body])
+    cut.seek(0)
+    return pd.read_csv(cut, dtype=str, keep_default_na=False, index_col=False)
 
 
 def _problems(frame: pd.DataFrame, file: str) -> list[RowProblem]:

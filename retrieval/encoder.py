@@ -109,8 +109,8 @@ class TorchEncoder:
 
 
 _MODULES = {"Transformer", "Pooling", "Normalize"}  # a sentence-transformers model the ONNX graph reproduces
-_LEGACY_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
-                   "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+_LEGACY_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                   "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
                    "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 
 

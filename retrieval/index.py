@@ -273,8 +273,8 @@ class ProductIndex:
         for column in [c for c in self.products.columns if c != "live" and c not in given]:
             if column not in added.columns:
                 added[column] = None
-            for position, row in kept_from.items():
-                added.at[position, column] = self.products.at[row, column]
+            if kept_from:
+                added.loc[list(kept_from), column] = self.products.loc[list(kept_from.values()), column].to_numpy()
         added["live"] = True
         vectors = encode_cached(encoder, product_texts(added), cache, progress=progress)
         if dead:

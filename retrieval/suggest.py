@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from retrieval.analyzer import Analyzer
-from retrieval.vocabulary import TOKEN, UNITS, normalize, word_char
+from retrieval.vocabulary import TOKEN, UNITS, common, normalize, word_char
 
 # words a phrase neither begins nor ends with: joining words, and units (``cu ft``, ``18 volt``)
 JOINING = frozenset({"a", "an", "and", "as", "at", "by", "for", "from", "in", "is", "no", "not", "of", "on",
@@ -185,7 +185,7 @@ def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int) -> lis
     def holding(words: tuple[str, ...]) -> np.ndarray:  # the products holding them all: one intersection a word
         if len(words) == 1:
             return vocabulary.docs_of(words[0])
-        return _common(holding(words[:-1]), vocabulary.docs_of(words[-1]))
+        return common(holding(words[:-1]), vocabulary.docs_of(words[-1]))
 
     count = (lambda words: len(holding(tuple(words)))) if vocabulary.postings else None
     found = suggester.suggest(as_searched(analyzer, typed), k, count)
@@ -198,15 +198,6 @@ def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int) -> lis
         one = " ".join([*words[:-1], singular(words[-1].lower())]) + (" " if ended(typed) else "")
         found = suggester.suggest(as_searched(analyzer, one), k, count)
     return found
-
-
-def _common(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The ids two sorted id arrays share: the shorter looked up in the longer (no sort of both)."""
-    small, large = (a, b) if len(a) <= len(b) else (b, a)
-    if not len(small) or not len(large):
-        return small[:0]
-    at = np.minimum(np.searchsorted(large, small), len(large) - 1)
-    return small[large[at] == small]
 
 
 def as_searched(analyzer: Analyzer, typed: str) -> str:

@@ -53,11 +53,16 @@ _NUMBER = r"(\d+(?:\.\d+)?(?: \d+/\d+|/\d+)?)"
 _UNIT_RES = [(re.compile(_NUMBER + r"\s*-?\s*" + pattern, re.IGNORECASE), unit) for pattern, unit in _UNITS]
 _NUMBER_WITH_UNIT = re.compile(_NUMBER + r"(?: (" + "|".join(re.escape(u) for u in UNITS) + r")\b)?")
 _EMPTY = np.zeros(0, dtype=np.int32)
-# a word: letters, digits and combining marks (Devanagari's and Thai's vowel signs belong to their word)
-TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+(?:[./][0-9]+)*")
-_NOT_WORD = regex.compile(r"[^\p{L}\p{N}\p{M}./]+")
+# a word's characters: letters, digits and combining marks (Devanagari's and Thai's vowel signs belong to their
+# word); BM25's tokenizer splits at the same characters
+WORD_CHARS = r"\p{L}\p{N}\p{M}"
+TOKEN = regex.compile(rf"[{WORD_CHARS}]+(?:[./][0-9]+)*")
+_NOT_WORD = regex.compile(rf"[^{WORD_CHARS}./]+")
 _LETTERS = regex.compile(r"\p{L}[\p{L}\p{M}]*")
-_WORD_CHAR = regex.compile(r"[\p{L}\p{N}\p{M}]")
+_WORD_CHAR = regex.compile(rf"[{WORD_CHARS}]")
+_LATIN_MARK = re.compile(r"(?<=[a-z\u00c0-\u024f])[\u0300-\u036f]+")  # accents on a Latin letter, decomposed
+_VULGAR_AFTER_DIGIT = re.compile(r"(\d)([\u00bc-\u00be\u2150-\u215e])")  # 1½, 7¼
+_DIMENSION_AFTER_UNIT = re.compile(r"\b(" + "|".join(re.escape(u) for u in UNITS) + r") x\s*(?=\d)")
 
 
 def is_word(token: str) -> bool:
@@ -69,11 +74,6 @@ def is_word(token: str) -> bool:
 def word_char(char: str) -> bool:
     """Whether ``char`` belongs to a word: a letter, a digit or a combining mark."""
     return _WORD_CHAR.fullmatch(char) is not None
-_LATIN_MARK = re.compile(r"(?<=[a-z\u00c0-\u024f])[\u0300-\u036f]+")  # accents on a Latin letter, decomposed
-
-
-_VULGAR_AFTER_DIGIT = re.compile(r"(\d)([\u00bc-\u00be\u2150-\u215e])")  # 1½, 7¼
-_DIMENSION_AFTER_UNIT = re.compile(r"\b(" + "|".join(re.escape(u) for u in UNITS) + r") x\s*(?=\d)")
 
 
 def fold(text: str) -> str:
@@ -124,6 +124,15 @@ def stem(word: str) -> str:
     return _STEMMER.stemWord(word)
 
 
+def common(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The ids two sorted id arrays share: the shorter looked up in the longer (no sort of both)."""
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    if not len(small) or not len(large):
+        return small[:0]
+    at = np.minimum(np.searchsorted(large, small), len(large) - 1)
+    return small[large[at] == small]
+
+
 @dataclass
 class Vocabulary:
     """The catalog's words with their counts, its brand and product-type words, and which
@@ -155,10 +164,9 @@ class Vocabulary:
         """Products holding every one of ``words`` and, when given, one of ``any_of`` (by stem)."""
         found = self._docs(words[0]) if words else _EMPTY
         for word in words[1:]:
-            found = np.intersect1d(found, self._docs(word), assume_unique=True)
+            found = common(found, self._docs(word))
         if any_of and len(found):
-            found = np.intersect1d(found, np.unique(np.concatenate([self._docs(w) for w in any_of])),
-                                   assume_unique=True)
+            found = common(found, np.unique(np.concatenate([self._docs(w) for w in any_of])))
         return len(found)
 
     @classmethod

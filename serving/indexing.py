@@ -208,16 +208,17 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
         return ensure_index(settings, products, settings.paths.eval_index(catalog_hash(products),
                                                                           encoder.fingerprint), encoder)
     path = index_path(settings, encoder)
-    if not (path / "manifest.json").is_file() and settings.store and not settings.catalog:
+    missing = not (path / "manifest.json").is_file()
+    if missing and settings.store and not settings.catalog:
         raise NotReady(f"store {settings.store!r} has no index for encoder {encoder.name}: build it with "
                        f"`shoprank --store {settings.store} index --catalog FILE`")
-    own = _own_builds(settings, path) if not (path / "manifest.json").is_file() and not settings.catalog else []
+    own = _own_builds(settings, path) if missing and not settings.catalog else []
     if own:
         raise NotReady(f"index {path.parent.name!r} has no build for encoder {encoder.name} ({encoder.fingerprint}), "
                        f"only for {own}: index the catalog with it (`shoprank index --catalog FILE`), or set "
                        "SHOPRANK_ENCODER to the encoder of a build (a home's own index is never replaced by the "
                        "demo catalog)")
-    if not (path / "manifest.json").is_file():
+    if missing:
         with building(path):
             if not (path / "manifest.json").is_file():
                 served, _ = read_catalog(settings.catalog or demo_catalog(settings))

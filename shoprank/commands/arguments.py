@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from core.paths import INDEX_NAME
@@ -30,12 +31,19 @@ def count(text: str) -> int:
     return value
 
 
-def positive(text: str) -> int:
-    """argparse type for a depth: a whole number >= 1."""
-    value = count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return value
+def whole_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type for a whole number >= ``minimum``."""
+    def parse(text: str) -> int:
+        value = count(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
+        return value
+
+    return parse
+
+
+positive = whole_at_least(1)  # a depth or a count of things wanted
+at_least_100 = whole_at_least(100)  # a retrieval depth: the metrics read 100 deep
 
 
 def share(text: str) -> float:
@@ -51,14 +59,6 @@ def fraction(text: str) -> float:
     value = share(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1]")
-    return value
-
-
-def at_least_100(text: str) -> int:
-    """argparse type for a retrieval depth: a whole number >= 100 (the metrics read that deep)."""
-    value = count(text)
-    if value < 100:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 100")
     return value
 
 

@@ -41,7 +41,8 @@ def test_promotions_and_popularity_from_the_catalog_are_the_facts_without_a_feat
     assert facts.promoted.tolist() == [1, 0, 1, 0] and facts.popularity.tolist() == [5, 50, 7, 0]
     # stock as a quantity only, a promotion as a discount only: read as features build --from-catalog reads them
     given = write_csv(tmp_path / "q.csv", "product_id,title,quantity,discount\nA,Drill,0,10\nB,Saw,3,0\nC,Hammer,,\n")
-    facts = CatalogFacts(SimpleNamespace(products=read_catalog(given)[0], generation=0), None).table()  # type: ignore[arg-type]
+    index = SimpleNamespace(products=read_catalog(given)[0], generation=0)
+    facts = CatalogFacts(index, None).table()  # type: ignore[arg-type]
     assert facts.in_stock[:2].tolist() == [0, 1] and np.isnan(facts.in_stock[2])  # before: A counted as in stock
     assert facts.promoted.tolist() == [1, 0, 0]
     with pytest.raises(CatalogError, match="column 'promoted': 'soon' is not a boolean"):

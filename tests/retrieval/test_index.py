@@ -192,7 +192,8 @@ def test_an_upsert_changes_only_the_columns_its_file_gives(tmp_path: Path, setti
 
     full = tmp_path / "full.csv"
     full.write_text("product_id,title,description,category,brand,price,in_stock\n"
-                    "P1,Cordless drill,Strong 20V drill,Tools,DeWalt,99.5,yes\nP2,Garden hose,50 ft,Garden,Flexi,30,no\n")
+                    "P1,Cordless drill,Strong 20V drill,Tools,DeWalt,99.5,yes\n"
+                    "P2,Garden hose,50 ft,Garden,Flexi,30,no\n")
     encoder = HashingEncoder()
     cache = EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim)
     index = ProductIndex.build(tmp_path / "idx", read_catalog(full)[0], encoder, settings.retrieval, cache,

@@ -42,7 +42,8 @@ def test_suggestions_start_with_the_typed_text_searched_ones_first() -> None:
     # a completion whose words no product holds with the last kept word is no suggestion, nor one that repeats it
     together = {frozenset({"cordless", "drill"}): 4, frozenset({"acme", "cordless", "drill"}): 1}
     found = suggester.suggest("acme cordless dr", 5, lambda words: together.get(frozenset(words), 0))
-    assert [s.text for s in found] == ["acme cordless drill"]  # not "... drill kit": no product holds "cordless drill kit"
+    # not "acme cordless drill kit": no product holds "cordless drill kit"
+    assert [s.text for s in found] == ["acme cordless drill"]
     assert found[0].weight == 1  # the products holding all its words (before: the 4 of "cordless drill" alone)
     assert all(not t.startswith("drill drill") for t in (s.text for s in suggester.suggest("drill dr", 10)))
 
