@@ -271,8 +271,8 @@ class ProductIndex:
             new_rows.append(position)
         added = incoming.iloc[new_rows].copy()
         for column in [c for c in self.products.columns if c != "live" and c not in given]:
-            if column not in added.columns:
-                added[column] = None
+            if column not in added.columns:  # missing, in the column's own type (a float price stays float)
+                added[column] = self.products[column].iloc[:0].reindex(added.index)
             if kept_from:
                 added.loc[list(kept_from), column] = self.products.loc[list(kept_from.values()), column].to_numpy()
         added["live"] = True

@@ -28,6 +28,10 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         raise InvalidInput("--spool cannot be used with --publish: servers with a broker ship their own spool "
                            "(a server started with SHOPRANK_EVENTS__KAFKA_BOOTSTRAP sends what it holds); "
                            "--spool alone writes the spool into the offline log")
+    if args.publish and _within(source, settings.paths.event_spool):
+        raise InvalidInput(f"{source} is this store's event spool (or in it): --publish appends to the spool, so the "
+                           "import would read back what it publishes; without --publish it writes the spool into "
+                           "the offline log, and servers with a broker ship their own spool")
     if args.spool and not source.is_dir():
         raise InvalidInput(f"this store has no event spool at {source}: no server has accepted events on this home")
     publish = None
@@ -53,6 +57,12 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
                 "on this home ships it when the broker answers"}
     print(json.dumps(out, indent=2))
     return 1 if report.invalid else 0
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies in it (links and ``..`` resolved)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
 
 
 def _push(settings: Settings) -> Callable[[], None]:

@@ -168,6 +168,9 @@ def test_the_spool_of_a_server_without_kafka_is_imported_once(tmp_path: Path, mo
         assert code == 2 and "not both" in err
         code, _, err = run_cli(capsys, "events", "import", "--spool", "--publish")  # would read its own sends back
         assert code == 2 and "--spool cannot be used with --publish" in err
+        for given in (folder, folder / "segment-00000001.jsonl", folder / ".." / folder.name):  # the spool as FILE
+            code, _, err = run_cli(capsys, "events", "import", str(given), "--publish")
+            assert code == 2 and "is this store's event spool" in err, err
         log.close()
         lock.close()
     finally:

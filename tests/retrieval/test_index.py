@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +208,13 @@ def test_an_upsert_changes_only_the_columns_its_file_gives(tmp_path: Path, setti
         "Strong 20V drill", "Tools", "DeWalt", 89.0, True]  # before: description, category, brand and stock wiped
     assert rows.loc["P2", ["title", "description", "category", "price", "in_stock"]].tolist() == [
         "Garden hose 50 ft", "50 ft", "Garden", 25.0, False]
+    titles = tmp_path / "titles.csv"  # a new product from a file without prices: no price, and prices stay numbers
+    titles.write_text("product_id,title\nP3,Step ladder\n")
+    with warnings.catch_warnings():  # before: pandas warned that an all-missing column of None will make it object
+        warnings.simplefilter("error", FutureWarning)
+        index.upsert(read_catalog(titles)[0], encoder, cache)
+    assert index.products["price"].dtype == "float64"
+    assert pd.isna(index.live_products().set_index("product_id").loc["P3", "price"])
 
 
 def test_a_filter_on_a_fact_only_deleted_products_had_is_refused(tmp_path: Path, settings: Settings) -> None:
