@@ -16,6 +16,11 @@ experiment, the purchase rate is tested two ways at alpha 0.05:
 Prints JSON with the CPU, the command and, per test, the share of A/A experiments (both arms at
 ``--rate``) called significant (should be 5%) and of A/B experiments (treatment at ``--rate`` times
 ``1 + --lift``) called significant (the power), with the mean design effect.
+
+``--looks N``: each experiment's shoppers arrive over N nights, and the decision is read after each
+night, as the nightly ``shoprank promote`` reads it. Counted per experiment: promoted (a significant
+win of the treatment) at any look, by the fixed-horizon p read once at the end, the fixed-horizon p
+read nightly, and the always-valid p (mSPRT) the promotion policy reads nightly.
 """
 
 from __future__ import annotations
@@ -59,11 +64,15 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.08, help="the control's purchase rate")
     parser.add_argument("--lift", type=float, default=0.2, help="the treatment's relative lift in the A/B runs")
     parser.add_argument("--concentration", type=float, default=4.0, help="Beta a + b of the shoppers' own rates")
+    parser.add_argument("--looks", type=int, default=0, help="nights the shoppers arrive over, the decision "
+                        "read after each (0: one test of every shopper, both ways)")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
+    if args.looks:
+        return report(args, nightly(args, rng), started)
     calls = {"shoppers": {"aa": 0, "ab": 0}, "independent searches": {"aa": 0, "ab": 0}}
     effects = []
     for _ in range(args.experiments):
@@ -74,15 +83,36 @@ def main() -> None:
             calls["independent searches"][kind] += independent_p(ya, na, yb, nb) < 0.05
             if kind == "aa":
                 effects.append(design_effect(ya, na))
-    out = {
-        "cpu": hardware(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "simulated": {k: v for k, v in vars(args).items() if k != "out"},
-        "mean_design_effect": round(float(np.mean(effects)), 2),
-        "tests": {name: {"aa_called_significant": round(c["aa"] / args.experiments, 4),
-                         "ab_called_significant (power)": round(c["ab"] / args.experiments, 4)}
-                  for name, c in calls.items()},
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    report(args, {"mean_design_effect": round(float(np.mean(effects)), 2),
+                  "tests": {name: {"aa_called_significant": round(c["aa"] / args.experiments, 4),
+                                   "ab_called_significant (power)": round(c["ab"] / args.experiments, 4)}
+                            for name, c in calls.items()}}, started)
+
+
+def nightly(args: argparse.Namespace, rng: np.random.Generator) -> dict:
+    """The share of A/A and A/B experiments promoted when the decision is read after each of ``--looks``
+    nights: by the fixed-horizon p at the end only, by it every night, by the always-valid p every night."""
+    ways = ("fixed p, read once at the end", "fixed p, read every night", "always-valid p, read every night")
+    promoted = {way: {"aa": 0, "ab": 0} for way in ways}
+    nights = np.linspace(0, args.shoppers, args.looks + 1).astype(int)[1:]
+    for _ in range(args.experiments):
+        for kind, treated in (("aa", args.rate), ("ab", args.rate * (1 + args.lift))):
+            ya, na = arm(rng, args.shoppers, args.searches, args.rate, args.concentration)
+            yb, nb = arm(rng, args.shoppers, args.searches, treated, args.concentration)
+            looks = [clustered_means("purchase_rate", ya[:k], na[:k], yb[:k], nb[:k]) for k in nights]
+            fixed = [c.p_value < 0.05 and c.treatment > c.control for c in looks]
+            always = [c.sequential_p < 0.05 and c.treatment > c.control for c in looks]
+            for way, won in zip(ways, (fixed[-1], any(fixed), any(always))):
+                promoted[way][kind] += won
+    return {"looks": args.looks, "promoted": {
+        way: {"aa_promoted (a win by chance; one side of 5%: 2.5%)": round(c["aa"] / args.experiments, 4),
+              "ab_promoted (power)": round(c["ab"] / args.experiments, 4)} for way, c in promoted.items()}}
+
+
+def report(args: argparse.Namespace, figures: dict, started: float) -> None:
+    out = {"cpu": hardware(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+           "simulated": {k: v for k, v in vars(args).items() if k != "out"}, **figures,
+           "seconds": round(time.perf_counter() - started, 1)}
     text = json.dumps(out, indent=2)
     print(text)
     if args.out is not None:

@@ -299,14 +299,27 @@ def logged_teams(log_root: Path, experiment: str) -> list[str]:
 
 
 def over_time(table: pd.DataFrame, column: str, freq: str = "1h") -> pd.DataFrame:
-    """Per arm and time bucket: mean of ``column`` and a normal-approximation 95% band (cumulative)."""
+    """Per arm and time bucket: the cumulative per-search mean of ``column`` and its normal-approximation 95%
+    band, with shoppers as the unit (the variance of :func:`online_learning.stats.clustered_mean` over the
+    searches so far; a band over independent searches is as much too narrow as the design effect's root)."""
     rows = []
     for arm, part in table.groupby("arm"):
-        part = part.set_index("timestamp").sort_index()
-        values = part[column].astype(float)
-        cumulative = values.expanding()
-        mean, std, n = cumulative.mean(), cumulative.std().fillna(0), cumulative.count()
-        frame = pd.DataFrame({"mean": mean, "low": mean - 1.96 * std / np.sqrt(n), "high": mean + 1.96 * std / np.sqrt(n)})
+        part = part.sort_values("timestamp", kind="stable")
+        value = part[column].astype(float).fillna(0.0).to_numpy()
+        by_shopper = pd.Series(value).groupby(shopper(part).to_numpy())
+        before, count = by_shopper.cumsum().to_numpy() - value, by_shopper.cumcount().to_numpy()
+        # running sums over shoppers of total^2, total * searches and searches^2, each search adding its change
+        total2 = np.cumsum(2 * before * value + value ** 2)
+        cross = np.cumsum(before + value * count + value)
+        searches2 = np.cumsum(2 * count + 1.0)
+        n, shoppers = np.arange(1, len(value) + 1), np.cumsum(count == 0)
+        mean = np.cumsum(value) / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            variance = ((total2 - 2 * mean * cross + mean ** 2 * searches2) / n ** 2
+                        * np.where(shoppers > 1, shoppers / (shoppers - 1), np.nan))
+        half = 1.96 * np.sqrt(np.clip(variance, 0.0, None))
+        frame = pd.DataFrame({"mean": mean, "low": mean - half, "high": mean + half},
+                             index=pd.DatetimeIndex(part["timestamp"]))
         frame = frame.resample(freq).last().dropna()
         frame["arm"] = arm
         rows.append(frame.reset_index())

@@ -1,9 +1,15 @@
 """Promotion policy: promote only on a significant win that breaks no guardrail;
 roll back when the active model regresses.
 
+Every decision reads its data again each night, so its significance is the always-valid
+p-value (mSPRT, :func:`online_learning.stats.sequential_p`), which holds however often it is
+read: a fixed-horizon test read nightly for two weeks promoted one A/A experiment in ten.
+``Policy(sequential=False)`` decides on the fixed-horizon p-value, for a single look at a
+planned sample size.
+
 A/B (:func:`decide_ab`): the treatment is promoted when its primary metric
-(purchase rate by default) is significantly higher (a z-test with shoppers as
-the unit of assignment, :func:`online_learning.stats.clustered_means`; alpha
+(purchase rate by default) is significantly higher (shoppers as the unit of
+assignment, :func:`online_learning.stats.clustered_means`; alpha
 0.05, divided among the treatments when there are several) with at least
 ``min_searches`` and ``min_shoppers`` per arm, the arms' shoppers match the configured weights (no
 sample ratio mismatch), and no guardrail fails: p95 latency at most
@@ -13,7 +19,8 @@ it; otherwise the experiment continues, with the searches per arm the observed
 lift would need.
 
 Interleaving (:func:`decide_interleaving`): promoted when the treatment wins
-significantly more queries (sign test), rejected when it loses significantly.
+significantly more queries (the mean of +1 per query won and -1 per query lost
+against none; the sign test when not sequential), rejected when it loses significantly.
 
 Rollback (:func:`check_regression`): the active version's searches since its
 activation are compared with the previous version's last searches; a
@@ -30,7 +37,7 @@ import pandas as pd
 
 from online_learning.analysis import RATES, InterleavingResult, compare_arms, per_shopper, shopper
 from online_learning.experiments import Experiment
-from online_learning.stats import clustered_means, sample_ratio_p
+from online_learning.stats import Comparison, clustered_means, sample_ratio_p, sequential_p
 
 SRM_ALPHA = 0.001  # a sample ratio mismatch this unlikely by chance stops the decision
 
@@ -42,6 +49,16 @@ class Policy:
     min_searches: int = 300
     min_shoppers: int = 30  # per arm: a few shoppers' many searches tell little (they are the units)
     max_latency_increase: float = 0.2
+    sequential: bool = True  # decide on always-valid p-values (the nightly job looks again every night)
+    mixture_preference: float = 0.1  # interleaving's sequential test: the spread of preferences it looks for
+
+
+    def p_value(self, comparison: Comparison) -> float:
+        """The p-value a decision reads: the always-valid one when sequential, else the fixed-horizon one."""
+        return comparison.sequential_p if self.sequential else comparison.p_value
+
+    def label(self, p_value: float) -> str:
+        return f"{'always-valid p' if self.sequential else 'p'}={p_value:.3g}"
 
 
 @dataclass
@@ -73,6 +90,7 @@ def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy 
                 "some arm's searches are lost or assigned wrongly, so no result of this experiment can be trusted: "
                 "check the assignment and the event pipeline"], details)
     primary = metrics[policy.primary]
+    p_primary = policy.p_value(primary)
     reasons = []
     for guard in ("zero_result_rate", "degraded_rate"):
         c = metrics[guard]
@@ -83,19 +101,19 @@ def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy 
     details["latency_p95_ms"] = {arm: (v if np.isfinite(v) else None) for arm, v in p95.items()}
     if p95[treatment] > p95[control] * (1 + policy.max_latency_increase):
         reasons.append(f"guardrail latency p95: {p95[control]:.1f} -> {p95[treatment]:.1f} ms")
-    if primary.p_value < policy.alpha and primary.treatment < primary.control:
+    p = policy.label(p_primary)
+    if p_primary < policy.alpha and primary.treatment < primary.control:
         return Decision("reject", [f"{policy.primary} fell {primary.control:.4f} -> {primary.treatment:.4f} "
-                                   f"(p={primary.p_value:.3g})", *reasons], details)
+                                   f"({p})", *reasons], details)
     if reasons:
         return Decision("reject", reasons, details)
-    if primary.p_value < policy.alpha and primary.treatment > primary.control:
+    if p_primary < policy.alpha and primary.treatment > primary.control:
         return Decision("promote", [f"{policy.primary} rose {primary.control:.4f} -> {primary.treatment:.4f} "
-                                    f"({primary.lift:+.1%}, p={primary.p_value:.3g})"], details)
+                                    f"({primary.lift:+.1%}, {p})"], details)
     needed = report.needed_for(primary.lift, policy.alpha) if policy.primary == "purchase_rate" else 0
-    more = (f"; at the observed lift ({primary.lift:+.1%}) each arm needs about {needed} searches "
-            f"(it has {min(report.sizes.values())})" if needed else "")
-    return Decision("continue", [f"{policy.primary}: no significant difference yet (p={primary.p_value:.3g}){more}"],
-                    details)
+    more = (f"; at the observed lift ({primary.lift:+.1%}) a single test at a planned size would need about "
+            f"{needed} searches per arm (each has {min(report.sizes.values())})" if needed else "")
+    return Decision("continue", [f"{policy.primary}: no significant difference yet ({p}){more}"], details)
 
 
 def decide_experiment(table: pd.DataFrame, experiment: Experiment, policy: Policy = Policy()) -> tuple[Decision, str]:
@@ -127,15 +145,21 @@ def decide_experiment(table: pd.DataFrame, experiment: Experiment, policy: Polic
 
 
 def decide_interleaving(result: InterleavingResult, control: str, treatment: str, policy: Policy = Policy()) -> Decision:
-    details = {"wins": result.wins, "ties": result.ties, "preference": result.preference, "p_value": result.p_value}
     decided = result.wins[control] + result.wins[treatment]
+    # +1 a query the treatment won, -1 one it lost: their mean, of variance 1 / n under no preference
+    mean = (result.wins[treatment] - result.wins[control]) / decided if decided else 0.0
+    always = sequential_p(mean, 1 / decided, policy.mixture_preference) if decided else 1.0
+    details = {"wins": result.wins, "ties": result.ties, "preference": result.preference, "p_value": result.p_value,
+               "sequential_p": always}
     if decided < 30:
         return Decision("continue", [f"only {decided} queries with a winner"], details)
-    if result.p_value < policy.alpha:
+    p_value = always if policy.sequential else result.p_value
+    p = policy.label(p_value)
+    if p_value < policy.alpha:
         if result.wins[treatment] > result.wins[control]:
-            return Decision("promote", [f"interleaving prefers {treatment} ({result.preference:+.3f}, p={result.p_value:.3g})"], details)
-        return Decision("reject", [f"interleaving prefers {control} ({result.preference:+.3f}, p={result.p_value:.3g})"], details)
-    return Decision("continue", [f"no significant preference (p={result.p_value:.3g})"], details)
+            return Decision("promote", [f"interleaving prefers {treatment} ({result.preference:+.3f}, {p})"], details)
+        return Decision("reject", [f"interleaving prefers {control} ({result.preference:+.3f}, {p})"], details)
+    return Decision("continue", [f"no significant preference ({p})"], details)
 
 
 def check_regression(table: pd.DataFrame, active: str, previous: str, policy: Policy = Policy()) -> Decision:
@@ -147,7 +171,8 @@ def check_regression(table: pd.DataFrame, active: str, previous: str, policy: Po
     column = dict(RATES)[policy.primary]
     c = clustered_means(policy.primary, *per_shopper(a, column), *per_shopper(b, column))
     details = {"comparison": c.to_json()}
-    if c.p_value < policy.alpha and c.treatment < c.control:
+    p_value = policy.p_value(c)
+    if p_value < policy.alpha and c.treatment < c.control:
         return Decision("rollback", [f"{policy.primary} of {active} {c.treatment:.4f} < {previous} {c.control:.4f} "
-                                     f"(p={c.p_value:.3g})"], details)
-    return Decision("keep", [f"no significant regression (p={c.p_value:.3g})"], details)
+                                     f"({policy.label(p_value)})"], details)
+    return Decision("keep", [f"no significant regression ({policy.label(p_value)})"], details)

@@ -44,6 +44,7 @@ def fit_position_model(impressions: pd.DataFrame, max_position: int = 10, iterat
     theta = np.full(max_position, 0.5)
     gamma = np.full(len(pairs), 0.2)
     a, b = prior
+    iteration = 0  # none asked for: the starting model
     for iteration in range(1, iterations + 1):
         t, g = theta[pos], gamma[pair_idx]
         denom = np.maximum(1 - t * g, 1e-12)

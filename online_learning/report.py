@@ -74,18 +74,24 @@ def render(experiment: str, table: pd.DataFrame, report: ArmReport | None,
         rows = "".join(
             f"<tr><td>{c.metric}</td><td>{c.control:.4f}</td><td>{c.treatment:.4f}</td>"
             f"<td>{f'{c.lift:+.2%}' if c.lift == c.lift else 'n/a'}</td>"
-            f"<td>[{c.ci_low:+.4f}, {c.ci_high:+.4f}]</td><td>{c.p_value:.3g}</td>"
+            f"<td>[{c.ci_low:+.4f}, {c.ci_high:+.4f}]</td><td>{c.p_value:.3g}</td><td>{c.sequential_p:.3g}</td>"
             f"<td>{'yes' if c.significant else 'no'}</td></tr>" for c in report.comparisons)
+        needed = (f"<b>{report.needed_per_arm}</b> searches" if report.needed_per_arm else
+                  "an unknown number of searches (the control's purchase rate is 0 or too high to tell)")
         parts += [
             f"<h2>{html.escape(report.treatment)} vs {html.escape(report.control)}</h2>",
             f"<p>Searches per arm: {html.escape(_counts(report.sizes))}; shoppers per arm: "
             f"{html.escape(_counts(report.shoppers))}. Shoppers are the unit of assignment, so each test counts "
             "a shopper's searches together (a shopper who buys tends to buy again): the intervals are wider than "
             f"for as many independent searches (design effect {report.design_effect:.2f}). To detect a 10% "
-            "relative lift in purchase rate (alpha 0.05, power 0.8) each arm needs about "
-            f"<b>{report.needed_per_arm}</b> searches.</p>",
+            f"relative lift in purchase rate (alpha 0.05, power 0.8) in one test at a planned size, each arm needs "
+            f"about {needed}.</p>",
+            "<p><i>p</i> is that single test's; <i>always-valid p</i> (mSPRT) stays valid however often the "
+            "results are looked at, and is what <code>shoprank promote</code> and <code>guard</code> decide on, "
+            "since they read the experiment again every night. <i>significant</i> is <i>p</i> &lt; 0.05.</p>",
             "<table border=1 cellpadding=4><tr><th>metric</th><th>control</th><th>treatment</th><th>lift</th>"
-            f"<th>95% CI of difference</th><th>p</th><th>significant</th></tr>{rows}</table>",
+            "<th>95% CI of difference</th><th>p</th><th>always-valid p</th><th>significant</th></tr>"
+            f"{rows}</table>",
             plot_lifts(report),
             plot_over_time(table, "bought", "Purchase rate"),
             plot_over_time(table, "clicked", "Click-through rate"),
@@ -109,7 +115,8 @@ def _counts(counts: dict[str, int]) -> str:
 
 def _segments_table(segments: list[tuple[str, ArmReport]]) -> list[str]:
     def cell(c: Comparison) -> str:
-        return (f"<td>{c.control:.4f} -> {c.treatment:.4f} ({c.lift:+.1%})<br>[{c.ci_low:+.4f}, {c.ci_high:+.4f}], "
+        lift = f"{c.lift:+.1%}" if c.lift == c.lift else "n/a"
+        return (f"<td>{c.control:.4f} -> {c.treatment:.4f} ({lift})<br>[{c.ci_low:+.4f}, {c.ci_high:+.4f}], "
                 f"p {c.p_value:.3g}</td>")
 
     rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{r.sizes.get(r.control, 0)} / {r.sizes.get(r.treatment, 0)}"

@@ -8,6 +8,11 @@
   its 95% interval (:func:`clustered_means`; degrees of freedom from the shoppers of the smaller
   arm, so an arm of a few shoppers is not over-trusted). Treating each search as independent
   called one A/A test in five significant on SIMULATED traffic (benchmarks/ab_calibration.py).
+- Looking again every night: each comparison also carries an always-valid p-value (a mixture
+  sequential probability ratio test, mSPRT: :func:`sequential_p`). Promoting the first night a
+  fixed-horizon p falls under 0.05 promotes an A/A test about one time in ten over two weeks of
+  nightly looks; the always-valid p stays under alpha however often it is read, at the cost of
+  some power. The promotion policy decides on it (:mod:`online_learning.promotion`).
 - Interleaving: sign test (exact binomial) on the queries with a winner.
 - Replays (the same simulated sessions served by two models): paired t-test
   on the per-session differences, t-based 95% interval of the mean difference.
@@ -28,6 +33,7 @@ from scipy import stats as sps
 
 Z_95 = 1.959963984540054
 Z_80 = 0.8416212335729143
+MIXTURE_LIFT = 0.1  # the sequential test's prior spread of the effect, relative to the control's mean
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class Comparison:
     p_value: float
     n_control: int
     n_treatment: int
+    sequential_p: float = float("nan")  # always-valid (mSPRT) p-value; NaN where none was computed
 
     @property
     def significant(self) -> bool:
@@ -79,10 +86,26 @@ def clustered_mean(totals: np.ndarray, searches: np.ndarray) -> Clustered:
     return Clustered(mean, variance, int(n), shoppers)
 
 
+def sequential_p(difference: float, variance: float, spread: float) -> float:
+    """The always-valid p-value of a mean ``difference`` whose estimate has ``variance``, against no
+    difference: 1 / the likelihood ratio of a normal mixture of effects with standard deviation ``spread``
+    (mSPRT; Johari et al., "Always valid inference", 2017). Rejecting when it falls under alpha, at any of
+    however many looks at growing data, wrongly rejects with probability at most alpha. 1 when nothing
+    can be told (no spread, an infinite or undefined variance); 0 for a difference without variance."""
+    if not (spread > 0 and variance >= 0 and all(map(math.isfinite, (spread, difference, variance)))):
+        return 1.0
+    if variance == 0:
+        return 1.0 if difference == 0 else 0.0
+    total = variance + spread ** 2
+    log_ratio = 0.5 * math.log(variance / total) + difference ** 2 * spread ** 2 / (2 * variance * total)
+    return float(min(1.0, math.exp(-log_ratio)))
+
+
 def clustered_means(metric: str, totals_a: np.ndarray, searches_a: np.ndarray, totals_b: np.ndarray,
-                    searches_b: np.ndarray) -> Comparison:
+                    searches_b: np.ndarray, mixture_lift: float = MIXTURE_LIFT) -> Comparison:
     """Arm b against arm a on a per-search mean, each arm given per shopper (:func:`clustered_mean`): a
-    t-test of the difference (the smaller arm's shoppers less one degrees of freedom) and its 95% interval.
+    t-test of the difference (the smaller arm's shoppers less one degrees of freedom) and its 95% interval,
+    and the always-valid p-value (:func:`sequential_p`, effects spread as ``mixture_lift`` times arm a's mean).
     An arm with fewer than two shoppers gives p = 1 and
     no interval (nothing can be told yet); no variance in either arm gives p = 1 for equal means, else 0."""
     a, b = clustered_mean(totals_a, searches_a), clustered_mean(totals_b, searches_b)
@@ -97,7 +120,8 @@ def clustered_means(metric: str, totals_a: np.ndarray, searches_a: np.ndarray, t
         p_value, half = float(2 * sps.t.sf(abs(diff / se), dof)), float(sps.t.ppf(0.975, dof)) * se
         low, high = diff - half, diff + half
     lift = diff / a.mean if a.mean and math.isfinite(a.mean) else float("nan")
-    return Comparison(metric, a.mean, b.mean, lift, low, high, p_value, a.searches, b.searches)
+    always = sequential_p(diff, a.variance + b.variance, mixture_lift * abs(a.mean))
+    return Comparison(metric, a.mean, b.mean, lift, low, high, p_value, a.searches, b.searches, always)
 
 
 def design_effect(totals: np.ndarray, searches: np.ndarray) -> float:
@@ -107,7 +131,8 @@ def design_effect(totals: np.ndarray, searches: np.ndarray) -> float:
     arm = clustered_mean(totals, searches)
     if not math.isfinite(arm.variance) or not 0 < arm.mean < 1:
         return 1.0
-    independent = arm.mean * (1 - arm.mean) / arm.searches
+    # with the clustered variance's small-sample factor too, so that one search per shopper gives exactly 1
+    independent = arm.mean * (1 - arm.mean) / arm.searches * arm.shoppers / (arm.shoppers - 1)
     return max(1.0, arm.variance / independent)
 
 

@@ -174,10 +174,11 @@ def cmd_recommendations(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     from core.registry import ModelRegistry
     from online_learning.analysis import interleaving, searches
-    from online_learning.promotion import decide_experiment, decide_interleaving
+    from online_learning.promotion import Policy, decide_experiment, decide_interleaving
     from serving.loading import push_state
     from serving.router import load_router, save_router_config
 
+    policy = Policy(sequential=not args.single_look)
     router = load_router(settings.paths)
     experiment = router.experiment
     if experiment is None or experiment.name != args.experiment:
@@ -185,11 +186,12 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
                            f"({experiment.name if experiment else 'none running'})")
     control = experiment.control
     if experiment.mode == "ab":
-        decision, treatment = decide_experiment(searches(settings.paths.event_log, experiment.name), experiment)
+        decision, treatment = decide_experiment(searches(settings.paths.event_log, experiment.name), experiment,
+                                                policy)
     else:
         treatment = experiment.treatment
         decision = decide_interleaving(interleaving(settings.paths.event_log, experiment.name, control, treatment),
-                                       control, treatment)
+                                       control, treatment, policy)
     out = {"experiment": experiment.name, "decision": decision.action, "reasons": decision.reasons,
            "details": decision.details}
     if decision.action == "promote":
@@ -209,7 +211,7 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
     from core.registry import ModelRegistry
     from online_learning.analysis import searches
-    from online_learning.promotion import check_regression
+    from online_learning.promotion import Policy, check_regression
     from serving.loading import check_loads, push_state
 
     registry = ModelRegistry(settings.paths.models)
@@ -218,7 +220,8 @@ def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
     if active is None or previous is None:
         print(json.dumps({"decision": "keep", "reasons": ["no earlier active version to compare with"]}))
         return 0
-    decision = check_regression(searches(settings.paths.event_log), active.version, previous)
+    decision = check_regression(searches(settings.paths.event_log), active.version, previous,
+                                Policy(sequential=not args.single_look))
     out = {"active": active.version, "previous": previous, "decision": decision.action, "reasons": decision.reasons,
            "details": decision.details}
     if args.apply and decision.action == "rollback":
@@ -418,13 +421,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="count every logged event (no traffic filters): only to measure what they do")
     p.set_defaults(handler=cmd_recommendations)
 
+    single = ("decide on the fixed-horizon p-value: for one look at a sample size planned beforehand, not for a "
+              "job that reads the same experiment again every night (the default, always-valid p, holds however "
+              "often it is read)")
     p = sub.add_parser("promote", help="apply the promotion policy to the running experiment")
     p.add_argument("--experiment", required=True)
     p.add_argument("--apply", action="store_true", help="activate the winner in the registry")
+    p.add_argument("--single-look", action="store_true", help=single)
     p.set_defaults(handler=cmd_promote)
 
     p = sub.add_parser("guard", help="roll back the active LambdaMART if it regressed")
     p.add_argument("--apply", action="store_true")
+    p.add_argument("--single-look", action="store_true", help=single)
     p.set_defaults(handler=cmd_guard)
 
     report = sub.add_parser("report", help="analyst reports")

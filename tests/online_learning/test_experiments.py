@@ -124,7 +124,38 @@ def test_an_arm_without_shoppers_tells_nothing_and_stays_json() -> None:
     assert zero.p_value == 0.0 and json.loads(json.dumps(zero.to_json(), allow_nan=False))["lift"] is None
     assert design_effect(np.array([0.0, 20.0, 0.0, 20.0]), np.full(4, 20)) > 10  # all or nothing per shopper
     singles = (np.arange(1000) % 3 == 0).astype(float)  # a thousand shoppers, one search each
-    assert design_effect(singles, np.ones(1000)) == pytest.approx(1.0, abs=0.01)
+    assert design_effect(singles, np.ones(1000)) == pytest.approx(1.0, abs=1e-9)
+    assert design_effect(singles[:10], np.ones(10)) == pytest.approx(1.0, abs=1e-9)  # before: 10 / 9
+
+
+def test_nightly_looks_promote_an_aa_test_rarely_with_the_always_valid_p() -> None:
+    from online_learning.promotion import Policy
+
+    rng = np.random.default_rng(2)
+    fixed, sequential = [], []
+    for _ in range(300):  # 300 A/A experiments, each read every night for 14 nights as its searches grow
+        a, b = rng.binomial(1, 0.06, 14 * 300).astype(float), rng.binomial(1, 0.06, 14 * 300).astype(float)
+        nights = [clustered_means("purchase_rate", a[:n], np.ones(n), b[:n], np.ones(n))
+                  for n in range(300, 14 * 300 + 1, 300)]
+        wins = [[Policy(sequential=s).p_value(c) < 0.05 and c.treatment > c.control for c in nights]
+                for s in (False, True)]
+        fixed.append(any(wins[0]))
+        sequential.append(any(wins[1]))
+    assert np.mean(fixed) > 0.06  # a fixed-horizon p read nightly: about one A/A test in ten promoted
+    assert np.mean(sequential) <= 0.025  # at most alpha / 2 (a win is one side) however often it is read
+    a, b = rng.binomial(1, 0.10, 4000).astype(float), rng.binomial(1, 0.13, 4000).astype(float)
+    real = clustered_means("purchase_rate", a, np.ones(4000), b, np.ones(4000))  # a 30% lift is still found
+    assert real.sequential_p < 0.05 and real.p_value < real.sequential_p
+
+
+def test_the_always_valid_p_of_what_cannot_be_told_is_one() -> None:
+    from online_learning.stats import sequential_p
+
+    assert sequential_p(0.1, float("inf"), 0.01) == 1.0 and sequential_p(0.1, 1e-4, 0.0) == 1.0
+    assert sequential_p(float("nan"), 1e-4, 0.01) == 1.0
+    assert (sequential_p(0.0, 0.0, 0.01), sequential_p(0.2, 0.0, 0.01)) == (1.0, 0.0)
+    assert sequential_p(0.0, 1e-4, 0.01) == 1.0  # no difference: no evidence
+    assert sequential_p(0.05, 1e-4, 0.01) < sequential_p(0.02, 1e-4, 0.01) < 1.0
 
 
 def test_sample_ratio_mismatch() -> None:

@@ -24,3 +24,10 @@ def test_em_recovers_true_position_bias() -> None:
     assert model.theta[0] == 1.0
     np.testing.assert_allclose(model.theta, true_theta, atol=0.05)
     assert model.propensity(np.array([1, 3, 20])).tolist() == [1.0, model.theta[2], model.theta[9]]
+
+
+def test_no_iterations_gives_the_starting_model() -> None:
+    frame = pd.DataFrame({"query": ["q"] * 4, "product_id": ["a", "b", "a", "b"], "position": [1, 2, 1, 2],
+                          "clicked": [1, 0, 0, 1]})
+    model = fit_position_model(frame, iterations=0)  # before: UnboundLocalError
+    assert model.iterations == 0 and model.theta.tolist() == [1.0] * 10

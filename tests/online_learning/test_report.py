@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from online_learning.analysis import compare_arms, searches, segments
 from online_learning.promotion import Policy, decide_ab
 from online_learning.report import render
@@ -102,7 +104,7 @@ def test_a_sample_ratio_mismatch_stops_the_decision() -> None:
     assert two.action == "continue" and "30 shoppers per arm" in two.reasons[0]
     unsure = decide_ab(arms_table({"control": 0.1, "treatment": 0.1}, {"control": 200, "treatment": 200}, seed=1),
                        "control", "treatment")
-    assert unsure.action == "continue" and "each arm needs about" in unsure.reasons[0]
+    assert unsure.action == "continue" and "would need about" in unsure.reasons[0]
 
 
 def test_promote_and_report_read_the_log_as_it_is(tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
@@ -133,6 +135,12 @@ def test_promote_and_report_read_the_log_as_it_is(tmp_path: Path, monkeypatch,  
         code, out, err = run_cli(capsys, "guard")
         assert code == 0 and json.loads(out)["decision"] == "keep", err
         write_experiment_log(paths.event_log, searches=3000)  # purchase rates 8% and 12%
+        code, out, err = run_cli(capsys, "promote", "--experiment", "nb-test")
+        assert code == 0 and json.loads(out)["decision"] == "continue", err  # always-valid p 0.24: read again later
+        assert "always-valid p=0.24" in json.loads(out)["reasons"][0]
+        code, out, err = run_cli(capsys, "promote", "--experiment", "nb-test", "--single-look")
+        assert code == 0 and json.loads(out)["decision"] == "promote", err  # p 0.003, for a look planned once
+        write_experiment_log(paths.event_log, searches=6000)  # the same experiment, twice as long
         code, out, err = run_cli(capsys, "report", "ab", "--experiment", "nb-test", "--control", "contrl",
                                  "--out", str(tmp_path / "ab.html"))
         assert code != 0 and "--control 'contrl'" in err and "['control', 'treatment']" in err
@@ -192,3 +200,30 @@ def test_interleaving_reads_the_log_after_the_traffic_filters(tmp_path: Path) ->
     cleaned = interleaving(tmp_path / "log", "il", "control", "treatment")
     assert cleaned.wins["treatment"] < raw.wins["treatment"] - 50 and cleaned.p_value > 0.05
     assert decide_interleaving(cleaned, "control", "treatment").action == "continue"
+
+
+def test_the_band_over_time_counts_shoppers_and_the_page_says_what_it_cannot_tell(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from online_learning.analysis import over_time, per_shopper
+    from online_learning.stats import clustered_mean
+
+    table = arms_table({"control": 0.3, "treatment": 0.3}, {"control": 40, "treatment": 40}, searches=5)
+    table["bought"] = table.groupby("user_id")["bought"].transform("max")  # a shopper buys on all or none
+    table["timestamp"] = pd.Timestamp("2026-11-01", tz="UTC") + pd.to_timedelta(np.arange(len(table)), "min")
+    table = table.sample(frac=1.0, random_state=0)  # searches logged out of time order
+    last = over_time(table, "bought").groupby("arm").last()
+    for arm in ("control", "treatment"):
+        expected = clustered_mean(*per_shopper(table[table["arm"] == arm], "bought"))
+        half = 1.96 * np.sqrt(expected.variance)
+        assert last.loc[arm, "mean"] == pytest.approx(expected.mean)
+        assert last.loc[arm, "high"] - last.loc[arm, "mean"] == pytest.approx(half)  # before: 2.3x narrower
+    empty = arms_table({"control": 0.0, "treatment": 0.0}, {"control": 40, "treatment": 40})  # nobody bought yet
+    empty["timestamp"] = pd.Timestamp("2026-11-01", tz="UTC")
+    empty["filters"], empty["clicked"] = None, 0
+    report = compare_arms(empty, "control", "treatment")
+    page = render("zero", empty, report, None, tmp_path / "zero.html", segments(empty, "control", "treatment"))
+    text = page.read_text()
+    assert "an unknown number of searches" in text and "about <b>0</b>" not in text  # before: "about 0 searches"
+    assert "nan%" not in text and "(n/a)" in text and "always-valid p" in text
