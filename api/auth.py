@@ -6,11 +6,14 @@ served store with the route's scope (``search``, ``events``, ``admin``), sent as
 revoked one is a 401; another store's key or a missing scope is a 403. With
 ``api.rate_limit_per_s`` each key has a token bucket; a call over it is refused
 with 429 and ``Retry-After`` (events included: refused, never dropped silently).
+The bucket is each server process's own, or with ``api.rate_limit_store: redis``
+one per key in Redis that every process and replica takes from (:class:`SharedRateLimiter`).
 Probes (``/healthz``, ``/readyz``) and ``/metrics`` need no key.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +25,8 @@ from api.stores import current
 from core.errors import Forbidden, TooManyRequests, Unauthorized
 from core.keys import ApiKey
 from core.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class RateLimiter:
@@ -41,10 +46,84 @@ class RateLimiter:
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
             if tokens < 1.0:
                 self._buckets[key_id] = (tokens, now)
-                wait = (1.0 - tokens) / self.rate
-                raise TooManyRequests(f"key {key_id} is over its limit of {self.rate:g} requests/s "
-                                      f"(burst {self.burst}); retry in {wait:.2f} s", retry_after=wait)
+                self.refuse(key_id, tokens)
             self._buckets[key_id] = (tokens - 1.0, now)
+
+    def refuse(self, key_id: str, tokens: float) -> None:
+        wait = (1.0 - tokens) / self.rate
+        raise TooManyRequests(f"key {key_id} is over its limit of {self.rate:g} requests/s "
+                              f"(burst {self.burst}); retry in {wait:.2f} s", retry_after=wait)
+
+    def close(self) -> None:
+        """Nothing to let go of (a shared limiter closes its connection)."""
+
+
+# one atomic step of a key's bucket, on Redis's clock (the replicas' own clocks may differ): refill since the
+# last call, take a token when there is one; the bucket expires once it would be full again anyway
+TAKE = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local saved = redis.call('HMGET', KEYS[1], 'tokens', 'last')
+local tokens, last = tonumber(saved[1]) or burst, tonumber(saved[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
+local taken = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  taken = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'last', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return {taken, tostring(tokens)}
+"""
+
+
+class SharedRateLimiter(RateLimiter):
+    """One token bucket per key in Redis, taken from by every server process and replica (a Lua script: each
+    step is atomic). While Redis does not answer (``timeout_s``), the process's own bucket
+    (:class:`RateLimiter`) limits instead: overload is still refused, and no call waits on the outage;
+    ``fallbacks`` counts those calls, and the error is logged at most once a minute."""
+
+    prefix = "shoprank:rate:"
+
+    def __init__(self, rate: float, burst: int, url: str, store: str, timeout_s: float = 0.1) -> None:
+        import redis
+
+        super().__init__(rate, burst)
+        self.url, self.store = url, store
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._take = self.client.register_script(TAKE)
+        self.fallbacks = 0
+        self._logged = float("-inf")
+
+    def take(self, key_id: str, now: float | None = None) -> None:
+        import redis
+
+        if self.rate <= 0:
+            return
+        try:
+            taken, tokens = self._take(keys=[f"{self.prefix}{self.store}:{key_id}"], args=[self.rate, self.burst])
+        except redis.RedisError as error:
+            self.fallbacks += 1
+            if time.monotonic() - self._logged > 60:
+                self._logged = time.monotonic()
+                logger.warning("rate limit store %s unreachable (%s): each process limits keys on its own",
+                               self.url, error)
+            super().take(key_id, now)
+            return
+        if not int(taken):
+            self.refuse(key_id, float(tokens))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_limiter(settings: Settings) -> RateLimiter:
+    """The limiter ``api.rate_limit_store`` names, at ``api.rate_limit_per_s`` and ``api.rate_burst``."""
+    api = settings.api
+    if api.rate_limit_store == "redis" and api.rate_limit_per_s > 0:
+        return SharedRateLimiter(api.rate_limit_per_s, api.rate_burst, api.rate_limit_url, settings.store_name)
+    return RateLimiter(api.rate_limit_per_s, api.rate_burst)
 
 
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:

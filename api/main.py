@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api import errors
 from api.admission import Admission, default_shed_at
-from api.auth import RateLimiter
+from api.auth import open_limiter
 from api.balance import open_balancer
 from api.metrics import Metrics, peer_ready, shared_folder
 from api.routes import admin, events, health, products, recommend, search
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
                   summary="Learning-to-rank product search for online stores.")
     app.state.settings = settings
     app.state.keys = KeyStore(settings.paths.keys)
-    app.state.limiter = RateLimiter(settings.api.rate_limit_per_s, settings.api.rate_burst)
+    app.state.limiter = open_limiter(settings)
     limit = settings.serving.max_in_flight
     app.state.admission = Admission(limit, settings.serving.shed_in_flight or default_shed_at(settings.api.processes()),
                                     settings.serving.skip_share)
@@ -136,6 +136,7 @@ def _lifespan(settings: Settings, metrics: Metrics,
         finally:
             metrics.close()
             app.state.balancer.close()
+            app.state.limiter.close()
             for runtime in runtimes:
                 runtime.close()
 

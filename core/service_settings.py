@@ -14,6 +14,19 @@ from core.hardware import usable_cores
 STAGE_BUDGETS_MS = {"student": 600.0, "teacher": 900.0, "ltr": 200.0, "rules": 100.0}  # serving.stage_budgets_ms
 
 
+def redis_url(value: str) -> str:
+    """``value`` when Redis's client can read it as a URL; else the error naming the form to give."""
+    try:
+        from redis.connection import parse_url
+    except ImportError:  # without the redis extra the store cannot open anyway: it says so then
+        return value
+    try:
+        parse_url(value)
+    except ValueError as error:
+        raise ValueError(f"not a Redis URL ({error}); give redis://HOST:PORT/DB") from None
+    return value
+
+
 class ServingSettings(BaseModel):
     """Deadlines, batching and caches of /v1/search."""
 
@@ -43,15 +56,7 @@ class ServingSettings(BaseModel):
     @field_validator("score_store_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        try:
-            from redis.connection import parse_url
-        except ImportError:  # without the redis extra the store cannot open anyway: it says so then
-            return value
-        try:
-            parse_url(value)
-        except ValueError as error:
-            raise ValueError(f"not a Redis URL ({error}); give redis://HOST:PORT/DB") from None
-        return value
+        return redis_url(value)
 
     score_store_timeout_ms: float = Field(50.0, gt=0, le=10_000, description="Longest wait for one read of the "
                                           "score store; past it the search scores the pairs itself.")
@@ -177,8 +182,22 @@ class ApiSettings(BaseModel):
                                 "and admin: 401 without one, 403 for another store or scope. Off for local runs; "
                                 "on in production (docs/operations.md).")
     rate_limit_per_s: float = Field(0.0, ge=0, le=100_000, description="Requests per second each key may make "
-                                    "(token bucket, per server process); over it: 429 with Retry-After. 0: no limit.")
+                                    "(a token bucket, in each server process or shared: rate_limit_store); over "
+                                    "it: 429 with Retry-After. 0: no limit.")
     rate_burst: int = Field(20, ge=1, le=100_000, description="Requests a key may make at once above its rate.")
+    rate_limit_store: Literal["process", "redis"] = Field(
+        "process", description="Where a key's bucket is kept: 'process' (each server process has its own, so a key "
+        "may make the rate once per process and replica) or 'redis' (rate_limit_url, one bucket per key shared by "
+        "every process and replica; while Redis does not answer, each process falls back to its own bucket).")
+    rate_limit_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://",
+                                description="Redis of the shared buckets when rate_limit_store is 'redis' "
+                                "(redis://HOST:PORT/DB).")
+
+    @field_validator("rate_limit_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return redis_url(value)
+
     workers: int = Field(0, ge=0, le=64, description="Server processes of `shoprank serve`; each loads its own "
                          "engine (index and models) and they share the artifact home. 0: one per usable core.")
     # measured on 2 cores (benchmarks/RESULTS.md, server processes): at 1 the uniform stream's 8 connections

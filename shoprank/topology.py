@@ -7,8 +7,8 @@ The pieces map one to one onto a production deployment (docs/deploy.md):
 
 - load balancer: HAProxy, checking ``/readyz`` (Kubernetes: a Service or Ingress);
 - API replicas: ``shoprank serve --port P`` (a Deployment with N replicas);
-- shared online state: one ``redis-server`` holding the features and the cross-encoder
-  scores (a managed Redis or a StatefulSet);
+- shared online state: one ``redis-server`` holding the features, the cross-encoder
+  scores and the API keys' rate-limit buckets (a managed Redis or a StatefulSet);
 - events: Tansu, a Kafka-protocol broker (your Kafka cluster);
 - event log and streaming features: ``shoprank consume sink|features`` (a Deployment
   per consumer group);
@@ -101,7 +101,10 @@ class Topology:
                "SHOPRANK_FEATURES__REDIS_URL": self.layout.redis_url, "HF_HUB_OFFLINE": "1",
                # cross-encoder scores shared by every replica (database 1; Feast's features in 0)
                "SHOPRANK_SERVING__SCORE_STORE": "redis",
-               "SHOPRANK_SERVING__SCORE_STORE_URL": f"redis://{self.layout.redis_url}/1"}
+               "SHOPRANK_SERVING__SCORE_STORE_URL": f"redis://{self.layout.redis_url}/1",
+               # with a rate limit set, one bucket per key across the replicas (database 2)
+               "SHOPRANK_API__RATE_LIMIT_STORE": "redis",
+               "SHOPRANK_API__RATE_LIMIT_URL": f"redis://{self.layout.redis_url}/2"}
         if self.features_ready():
             env["SHOPRANK_FEATURES__ONLINE_STORE"] = "redis"
         # the replicas share this machine's cores, as the workers of one server do (unless set)
