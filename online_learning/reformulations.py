@@ -118,15 +118,22 @@ def reformulations(log_root: Path, since: pd.Timestamp | None = None, window: fl
         for i, won in enumerate(wins):
             if won:
                 continue
-            failed_by[typed[i]].add(who)
+            recovered, after = False, None
             for j in range(i + 1, len(texts)):
                 if (times[j] - times[i]).total_seconds() > window:
                     break
-                if texts[j] == texts[i]:
-                    continue  # the same search again (a page, a filter): look further
-                if wins[j] and texts[j] != typed[i]:
-                    pairs[(typed[i], texts[j])].add(who)
-                break  # the next different search is the reformulation, found or not
+                if texts[j] == texts[i]:  # the same search again (a page, a filter): it failed only if that did
+                    recovered = wins[j]
+                    if recovered:
+                        break
+                    continue
+                after = j  # the next different search is the reformulation, found or not
+                break
+            if recovered:
+                continue
+            failed_by[typed[i]].add(who)
+            if after is not None and wins[after] and texts[after] != typed[i]:
+                pairs[(typed[i], texts[after])].add(who)
     found = []
     for (before, after), who in pairs.items():
         if len(who) < min_shoppers:

@@ -122,9 +122,11 @@ def _candidates(index: ProductIndex, rows: pd.DataFrame) -> Candidates:
     return Candidates(base.docs, base.product_ids, base.stage, scores, base.ranks)
 
 
-def logged_ranking_data(featurizer: LtrFeaturizer, shown: pd.DataFrame,
-                        store_frame: pd.DataFrame | None) -> tuple[RankingData, np.ndarray]:
-    """Feature rows per logged search and each row's position (searches with one known product are skipped)."""
+def logged_ranking_data(featurizer: LtrFeaturizer, shown: pd.DataFrame, store_frame: pd.DataFrame | None,
+                        spelling: bool = True) -> tuple[RankingData, np.ndarray]:
+    """Feature rows per logged search and each row's position (searches with one known product are skipped).
+    Each typed query is analyzed as the first stage analyzes it (``spelling``: ``retrieval.spelling``), so BM25
+    and the dense score read the text a search reads, not the text as typed."""
     rows, labels, sizes, qids, positions = [], [], [], [], []
     names = featurizer.store_names
     offset = 0
@@ -140,7 +142,9 @@ def logged_ranking_data(featurizer: LtrFeaturizer, shown: pd.DataFrame,
             part = part[group["product_id"].isin(set(candidates.product_ids)).to_numpy()]
             store = FeatureBatch(candidates.product_ids, {n: part[n].to_numpy(dtype=np.float32) for n in names})
         local = replace(featurizer, store=(lambda q, p, s=store: s) if store else None, student=None, teacher=None)
-        rows.append(local(Query(group["query"].iat[0], group["user_id"].iat[0]), candidates))
+        typed = group["query"].iat[0]
+        analysis = featurizer.index.analyzer.analyze(typed, spelling=spelling)
+        rows.append(local(Query(analysis.text or typed, group["user_id"].iat[0], analysis=analysis), candidates))
         labels.append(known["engagement"].to_numpy())
         positions.append(known["position"].to_numpy())
         sizes.append(len(known))
@@ -199,7 +203,8 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         position_model = fit_position_model(shown[["query", "product_id", "position", "clicked"]], config.max_position)
         featurizer = replace(featurizer, names=list(active.model.names) if active else list(BASE_FEATURES))  # type: ignore[attr-defined]
         names = featurizer.store_names
-        data, positions = logged_ranking_data(featurizer, shown, _store_features(settings, shown) if names else None)
+        data, positions = logged_ranking_data(featurizer, shown, _store_features(settings, shown) if names else None,
+                                              settings.retrieval.spelling)
         try:
             candidate, lgb_config, metrics = _fit_candidate(data, positions, position_model, active, config)
         except lgb.basic.LightGBMError as error:  # e.g. every feature constant over a handful of searches

@@ -215,8 +215,12 @@ class RulesConfig(BaseModel):
         if not self.queries:
             return None
         typed = query.analysis.original if query.analysis is not None else query.text
-        rule = self.by_query.get(normalise(typed)) or self.by_query.get(normalise(query.text))
-        return rule if rule is not None and rule.holds(now or datetime.now(timezone.utc)) else None
+        now = now or datetime.now(timezone.utc)
+        for text in (typed, query.text):  # the typed text's rule, unless it does not hold now
+            rule = self.by_query.get(normalise(text))
+            if rule is not None and rule.holds(now):
+                return rule
+        return None
 
 
 @dataclass
@@ -247,14 +251,21 @@ def apply_rules(rule: QueryRule | None, product_ids: list[str], scores: np.ndarr
     adjusted = np.asarray(scores, dtype=np.float64).copy()
     spread = float(np.nanstd(adjusted[keep])) if keep.sum() > 1 else 0.0
     boosted = keep & (np.nan_to_num(promoted) > 0)
+    kept = np.flatnonzero(keep)
+    by_score = [int(i) for i in kept[np.lexsort((kept, -adjusted[kept]))]]  # ties: the list's own order
     if config.promo_boost and spread > 0 and boosted.any():
-        ordered = np.sort(adjusted[keep])[::-1]
-        for i in np.flatnonzero(boosted):
-            rank = int((ordered > adjusted[i]).sum())
-            ceiling = ordered[max(0, rank - config.max_promo_positions)]
-            bonus = min(config.promo_boost * spread, max(0.0, ceiling - adjusted[i]) + 1e-9)
-            adjusted[i] += bonus
-            notes[i].append(f"promotion_boost(+{bonus:.4f})")
+        for i in [i for i in by_score if boosted[i]]:  # best first
+            # up past the rows its boosted score beats, at most max_promo_positions of them (counted in places:
+            # a score just above the row k places up also passed every row tied with it)
+            wanted, at = adjusted[i] + config.promo_boost * spread, by_score.index(i)
+            to = at
+            while to > 0 and at - to < config.max_promo_positions and adjusted[by_score[to - 1]] < wanted:
+                to -= 1
+            if to < at:
+                by_score.insert(to, by_score.pop(at))
+                notes[i].append(f"promotion_boost(+{at - to} places)")
+    place = np.zeros(n, dtype=np.int64)
+    place[by_score] = np.arange(len(by_score))
     demoted = keep & ~stocked if config.out_of_stock == "demote" else np.zeros(n, dtype=bool)
     for i in np.flatnonzero(demoted):
         notes[i].append("out_of_stock_demoted")
@@ -262,7 +273,7 @@ def apply_rules(rule: QueryRule | None, product_ids: list[str], scores: np.ndarr
     lifted = keep & lift if lift is not None else np.zeros(n, dtype=bool)
     for i in np.flatnonzero(lifted):
         notes[i].append("boosted")
-    rows = rows[np.lexsort((rows, -adjusted[rows], ~lifted[rows], demoted[rows]))]
+    rows = rows[np.lexsort((place[rows], ~lifted[rows], demoted[rows]))]
     if rule and (rule.pin or rule.pin_at or rule.bury):
         position = {pid: i for i, pid in enumerate(product_ids)}
         pinned = [position[p] for p in dict.fromkeys(rule.pin) if p in position and keep[position[p]]]

@@ -1,6 +1,8 @@
 """A store's synonyms, in the Solr / Elasticsearch file format, applied by the query analyzer.
 
-One rule a line; ``#`` starts a comment; blank lines are skipped:
+One rule a line; ``#`` starts a comment; blank lines are skipped; an entry on several lines
+searches what every one of them gives (``tv, television`` and ``tv, monitor``: ``tv`` searches
+all three):
 
 - ``fridge, refrigerator, icebox``: equivalent words. A query holding one of them searches
   all of them (``fridge`` -> ``fridge refrigerator icebox``): BM25 matches any, and the
@@ -65,8 +67,8 @@ class Synonyms:
                 raise InvalidInput(f"{source} line {number}: {raw.strip()!r} is not a rule: {FORMS}, "
                                    "each entry one or more words")
             searched = tuple(word for entry in dict.fromkeys(right) for word in entry)
-            for entry in left:
-                rules[entry] = searched
+            for entry in left:  # an entry on several lines searches what each of them gives, as in Solr
+                rules[entry] = tuple(dict.fromkeys((*rules.get(entry, ()), *searched)))
         return cls(rules, source)
 
     @classmethod
@@ -124,3 +126,4 @@ def file_digest(path: str | Path | None) -> str | None:
     if not path or not Path(path).is_file():
         return None
     return registry.file_digest(Path(path))
+

@@ -31,3 +31,17 @@ def test_no_iterations_gives_the_starting_model() -> None:
                           "clicked": [1, 0, 0, 1]})
     model = fit_position_model(frame, iterations=0)  # before: UnboundLocalError
     assert model.iterations == 0 and model.theta.tolist() == [1.0] * 10
+
+
+def test_a_few_impressions_per_pair_still_give_the_curve() -> None:
+    rng = np.random.default_rng(0)
+    true_theta = 1.0 / np.arange(1, 11)
+    rows = []
+    for q in range(300):  # 300 queries of 10 products, each pair shown 6 times in a shuffled order
+        attractiveness = rng.uniform(0.05, 0.9, 10)
+        for _ in range(6):
+            for position, d in enumerate(rng.permutation(10), start=1):
+                clicked = rng.random() < true_theta[position - 1] * attractiveness[d]
+                rows.append((f"q{q}", f"d{d}", position, int(clicked)))
+    model = fit_position_model(pd.DataFrame(rows, columns=["query", "product_id", "position", "clicked"]))
+    np.testing.assert_allclose(model.theta[:5], true_theta[:5], atol=0.1)  # before: 1.0, 1.0, 0.95, 0.73, 0.47

@@ -62,6 +62,10 @@ def test_failed_searches_followed_by_found_ones_are_counted_by_shoppers(tmp_path
     for _ in range(5):  # anonymous: no next search to tie it to
         log.search(None, "mulch", "mulch", 0, click=False)
         log.search(None, "red mulch", "red mulch", 10, click=True)
+    for i in range(3):  # the first page failed, the second found it: the search did not fail
+        log.search(f"w{i}", "drill", "drill", 0, click=False)
+        log.search(f"w{i}", "drill", "drill", 8, click=True)
+        log.search(f"w{i}", "cordless drill", "cordless drill", 20, click=True)
     ParquetLogSink(tmp_path / "log")(log.events)
     found = reformulations(tmp_path / "log", NOW - timedelta(days=1))
     assert [(r.before, r.after, r.shoppers, r.share, r.relation, r.rule) for r in found] == [

@@ -76,3 +76,28 @@ def test_the_last_searches_wait_for_the_next_run_to_settle(setup) -> None:  # ty
     assert pd.Timestamp(first["window"]["until"]) < halfway
     second = retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))
     assert second["status"] == "registered" and second["metrics"]["searches"] == 150  # the rest, once settled
+
+
+def test_logged_queries_are_featurized_as_searched(fake_index) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from online_learning.retrain import logged_ranking_data
+    from ranking.features import BASE_FEATURES, LtrFeaturizer
+
+    embedded: list[str] = []
+
+    def embed(text: str) -> np.ndarray:
+        embedded.append(text)
+        return np.ones(fake_index.dense.vectors.shape[1], dtype=np.float32)
+
+    word = next(w for w in fake_index.title(0).split() if w.isalpha() and len(w) > 3).lower()
+    typed = f"  {word.upper()}!! "  # a search read as `word`: case folded, symbols dropped
+    ids = [fake_index.product_id(d) for d in range(3)]
+    shown = pd.DataFrame({"request_id": "r1", "query": typed, "user_id": "u1", "product_id": ids,
+                          "position": [1, 2, 3], "scores": json.dumps({}), "engagement": [1, 0, 0]})
+    featurizer = LtrFeaturizer(fake_index, embed, None, list(BASE_FEATURES))
+    data, _ = logged_ranking_data(featurizer, shown, None)
+    assert data.groups == [3] and embedded == [word]  # before: the text as typed, which no search reads

@@ -46,6 +46,11 @@ def test_promotion_boost_is_bounded_in_positions() -> None:
     assert notes[2][0].startswith("promotion_boost(+")
     order, _ = run(RulesConfig(out_of_stock="none", promo_boost=0.0), promoted=promoted)
     assert order[-1] == "e"
+    ids = ["a", "b", "c", "d", "e", "f", "p"]  # five rows tied above the promoted one (a pin's filled score, RRF)
+    tied = apply_rules(None, ids, np.array([10, 3.1, 3.1, 3.1, 3.1, 3.1, 3.0]), np.ones(7), np.eye(7)[6],
+                       RulesConfig(out_of_stock="none"))
+    assert [ids[i] for i in tied.order] == ["a", "b", "c", "p", "d", "e", "f"]  # before: 5 places up, to 2nd
+    assert tied.notes[3] == ["promotion_boost(+3 places)"]
 
 
 def test_pins_buries_and_filters() -> None:
@@ -184,6 +189,10 @@ def test_a_boost_lifts_a_brand_within_stock_and_a_rule_holds_in_its_window_only(
         return config.rule_for(Query("drill"), datetime.fromisoformat(when).replace(tzinfo=timezone.utc))
 
     assert at("2026-11-26T23:59:59") is None and at("2026-11-27T00:00:00") is sale and at("2026-11-30T00:00:00") is None
+    always = QueryRule(pin=["a"])  # a corrected text's rule, and an ended one for the typo it is searched for
+    config = RulesConfig(queries={"black friday": always, "blak friday": QueryRule(pin=["e"], end="2025-12-01")})
+    typo = Query("black friday", analysis=Analysis("blak friday", "black friday"))
+    assert config.rule_for(typo, datetime(2026, 11, 27, tzinfo=timezone.utc)) is always  # before: none
     with pytest.raises(ValidationError, match="ends .* before it starts"):
         QueryRule(start="2026-11-30T00:00:00Z", end="2026-11-27T00:00:00Z")
 

@@ -69,6 +69,13 @@ def test_a_malformed_line_is_an_error_naming_it_and_the_allowed_forms(line: str,
     assert "'a, b, c' (equivalent words) or 'a, b => c'" in str(error.value)
 
 
+def test_an_entry_on_several_lines_searches_what_each_gives() -> None:
+    rules = Synonyms.parse(["tv, television", "tv, monitor", "telly => tv", "telly, goggle box"]).rules
+    assert rules[("tv",)] == ("tv", "television", "monitor")  # before: the last line's alone (tv, monitor)
+    assert rules[("television",)] == ("tv", "television") and rules[("monitor",)] == ("tv", "monitor")
+    assert rules[("telly",)] == ("tv", "telly", "goggle", "box")
+
+
 def test_a_file_is_read_once_for_its_rules_and_its_digest_and_must_be_utf8(tmp_path: Path) -> None:
     rules = tmp_path / "store.txt"
     rules.write_text("fridge, refrigerator\n", encoding="utf-8")
