@@ -59,7 +59,8 @@ class RateLimiter:
 
 
 # one atomic step of a key's bucket, on Redis's clock (the replicas' own clocks may differ): refill since the
-# last call, take a token when there is one; the bucket expires once it would be full again anyway
+# last call, take a token when there is one; the bucket expires once it would be full again anyway (at most
+# after 30 days: an integer EXPIRE takes, for the slowest rate allowed)
 TAKE = """
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local clock = redis.call('TIME')
@@ -73,42 +74,49 @@ if tokens >= 1 then
   taken = 1
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'last', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+redis.call('EXPIRE', KEYS[1], math.min(math.ceil(burst / rate) + 1, 2592000))
 return {taken, tostring(tokens)}
 """
 
 
 class SharedRateLimiter(RateLimiter):
     """One token bucket per key in Redis, taken from by every server process and replica (a Lua script: each
-    step is atomic). While Redis does not answer (``timeout_s``), the process's own bucket
-    (:class:`RateLimiter`) limits instead: overload is still refused, and no call waits on the outage;
-    ``fallbacks`` counts those calls, and the error is logged at most once a minute."""
+    step is atomic). When Redis does not answer within ``timeout_s``, the process's own bucket
+    (:class:`RateLimiter`) limits instead, and Redis is left alone for ``retry_s``: overload is still
+    refused, and no more than one call in ``retry_s`` waits on an outage. ``fallbacks`` counts the calls
+    limited by the process's bucket; the error is logged at most once a minute."""
 
     prefix = "shoprank:rate:"
 
-    def __init__(self, rate: float, burst: int, url: str, store: str, timeout_s: float = 0.1) -> None:
+    def __init__(self, rate: float, burst: int, url: str, store: str, timeout_s: float = 0.1,
+                 retry_s: float = 5.0) -> None:
         import redis
 
         super().__init__(rate, burst)
-        self.url, self.store = url, store
+        self.url, self.store, self.retry_s = url, store, retry_s
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._take = self.client.register_script(TAKE)
         self.fallbacks = 0
-        self._logged = float("-inf")
+        self._logged = self._down_until = float("-inf")
 
     def take(self, key_id: str, now: float | None = None) -> None:
         import redis
 
         if self.rate <= 0:
             return
+        if time.monotonic() < self._down_until:
+            self.fallbacks += 1
+            super().take(key_id, now)
+            return
         try:
             taken, tokens = self._take(keys=[f"{self.prefix}{self.store}:{key_id}"], args=[self.rate, self.burst])
         except redis.RedisError as error:
             self.fallbacks += 1
+            self._down_until = time.monotonic() + self.retry_s
             if time.monotonic() - self._logged > 60:
                 self._logged = time.monotonic()
-                logger.warning("rate limit store %s unreachable (%s): each process limits keys on its own",
-                               self.url, error)
+                logger.warning("rate limit store %s unreachable (%s): each process limits keys on its own for "
+                               "%.0f s, then tries it again", self.url, error, self.retry_s)
             super().take(key_id, now)
             return
         if not int(taken):

@@ -1,11 +1,12 @@
 """Promotion policy: promote only on a significant win that breaks no guardrail;
 roll back when the active model regresses.
 
-Every decision reads its data again each night, so its significance is the always-valid
-p-value (mSPRT, :func:`online_learning.stats.sequential_p`), which holds however often it is
-read: a fixed-horizon test read nightly for two weeks promoted one A/A experiment in ten.
-``Policy(sequential=False)`` decides on the fixed-horizon p-value, for a single look at a
-planned sample size.
+The nightly job reads the same experiment again each night, so a promotion needs the
+always-valid p-value (mSPRT, :func:`online_learning.stats.sequential_p`), which holds however
+often it is read: a fixed-horizon test read nightly for two weeks promoted one A/A experiment
+in ten. ``Policy(sequential=False)`` promotes on the fixed-horizon p-value, for a single look
+at a planned sample size. A harm (a significant loss: reject, rollback; a guardrail) is acted
+on at the fixed-horizon p-value: the cautious side, where an error keeps the model in place.
 
 A/B (:func:`decide_ab`): the treatment is promoted when its primary metric
 (purchase rate by default) is significantly higher (shoppers as the unit of
@@ -20,7 +21,7 @@ lift would need.
 
 Interleaving (:func:`decide_interleaving`): promoted when the treatment wins
 significantly more queries (the mean of +1 per query won and -1 per query lost
-against none; the sign test when not sequential), rejected when it loses significantly.
+against none; the sign test when not sequential), rejected when it loses significantly (sign test).
 
 Rollback (:func:`check_regression`): the active version's searches since its
 activation are compared with the previous version's last searches; a
@@ -49,12 +50,12 @@ class Policy:
     min_searches: int = 300
     min_shoppers: int = 30  # per arm: a few shoppers' many searches tell little (they are the units)
     max_latency_increase: float = 0.2
-    sequential: bool = True  # decide on always-valid p-values (the nightly job looks again every night)
+    sequential: bool = True  # promote on always-valid p-values (the nightly job looks again every night)
     mixture_preference: float = 0.1  # interleaving's sequential test: the spread of preferences it looks for
 
 
     def p_value(self, comparison: Comparison) -> float:
-        """The p-value a decision reads: the always-valid one when sequential, else the fixed-horizon one."""
+        """The p-value a promotion reads: the always-valid one when sequential, else the fixed-horizon one."""
         return comparison.sequential_p if self.sequential else comparison.p_value
 
     def label(self, p_value: float) -> str:
@@ -102,9 +103,9 @@ def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy 
     if p95[treatment] > p95[control] * (1 + policy.max_latency_increase):
         reasons.append(f"guardrail latency p95: {p95[control]:.1f} -> {p95[treatment]:.1f} ms")
     p = policy.label(p_primary)
-    if p_primary < policy.alpha and primary.treatment < primary.control:
+    if primary.p_value < policy.alpha and primary.treatment < primary.control:  # a harm: the fixed-horizon p
         return Decision("reject", [f"{policy.primary} fell {primary.control:.4f} -> {primary.treatment:.4f} "
-                                   f"({p})", *reasons], details)
+                                   f"(p={primary.p_value:.3g})", *reasons], details)
     if reasons:
         return Decision("reject", reasons, details)
     if p_primary < policy.alpha and primary.treatment > primary.control:
@@ -155,10 +156,11 @@ def decide_interleaving(result: InterleavingResult, control: str, treatment: str
         return Decision("continue", [f"only {decided} queries with a winner"], details)
     p_value = always if policy.sequential else result.p_value
     p = policy.label(p_value)
-    if p_value < policy.alpha:
-        if result.wins[treatment] > result.wins[control]:
-            return Decision("promote", [f"interleaving prefers {treatment} ({result.preference:+.3f}, {p})"], details)
-        return Decision("reject", [f"interleaving prefers {control} ({result.preference:+.3f}, {p})"], details)
+    if p_value < policy.alpha and result.wins[treatment] > result.wins[control]:
+        return Decision("promote", [f"interleaving prefers {treatment} ({result.preference:+.3f}, {p})"], details)
+    if result.p_value < policy.alpha and result.wins[control] > result.wins[treatment]:  # a harm: the sign test
+        return Decision("reject", [f"interleaving prefers {control} ({result.preference:+.3f}, "
+                                   f"p={result.p_value:.3g})"], details)
     return Decision("continue", [f"no significant preference ({p})"], details)
 
 
@@ -171,8 +173,7 @@ def check_regression(table: pd.DataFrame, active: str, previous: str, policy: Po
     column = dict(RATES)[policy.primary]
     c = clustered_means(policy.primary, *per_shopper(a, column), *per_shopper(b, column))
     details = {"comparison": c.to_json()}
-    p_value = policy.p_value(c)
-    if p_value < policy.alpha and c.treatment < c.control:
+    if c.p_value < policy.alpha and c.treatment < c.control:  # a harm: the fixed-horizon p
         return Decision("rollback", [f"{policy.primary} of {active} {c.treatment:.4f} < {previous} {c.control:.4f} "
-                                     f"({policy.label(p_value)})"], details)
-    return Decision("keep", [f"no significant regression ({policy.label(p_value)})"], details)
+                                     f"(p={c.p_value:.3g})"], details)
+    return Decision("keep", [f"no significant regression (p={c.p_value:.3g})"], details)

@@ -96,8 +96,15 @@ def sequential_p(difference: float, variance: float, spread: float) -> float:
         return 1.0
     if variance == 0:
         return 1.0 if difference == 0 else 0.0
-    total = variance + spread ** 2
-    log_ratio = 0.5 * math.log(variance / total) + difference ** 2 * spread ** 2 / (2 * variance * total)
+    # in units of the estimate's standard error, so that no square overflows or underflows
+    sd = math.sqrt(variance)
+    z, k = abs(difference) / sd, spread / sd
+    if z > 1e150:  # its square alone outweighs any width's log
+        return 0.0
+    if k > 1e150:  # k^2 / (1 + k^2) is 1 and log1p(k^2) is 2 log k
+        log_ratio = 0.5 * z * z - math.log(k)
+    else:
+        log_ratio = 0.5 * z * z * k * k / (1 + k * k) - 0.5 * math.log1p(k * k)
     return float(min(1.0, math.exp(-log_ratio)))
 
 
@@ -105,7 +112,8 @@ def clustered_means(metric: str, totals_a: np.ndarray, searches_a: np.ndarray, t
                     searches_b: np.ndarray, mixture_lift: float = MIXTURE_LIFT) -> Comparison:
     """Arm b against arm a on a per-search mean, each arm given per shopper (:func:`clustered_mean`): a
     t-test of the difference (the smaller arm's shoppers less one degrees of freedom) and its 95% interval,
-    and the always-valid p-value (:func:`sequential_p`, effects spread as ``mixture_lift`` times arm a's mean).
+    and the always-valid p-value (:func:`sequential_p`, effects spread as ``mixture_lift`` times both arms'
+    pooled mean: the common mean when there is no difference, and not 0 when arm a's is).
     An arm with fewer than two shoppers gives p = 1 and
     no interval (nothing can be told yet); no variance in either arm gives p = 1 for equal means, else 0."""
     a, b = clustered_mean(totals_a, searches_a), clustered_mean(totals_b, searches_b)
@@ -120,7 +128,9 @@ def clustered_means(metric: str, totals_a: np.ndarray, searches_a: np.ndarray, t
         p_value, half = float(2 * sps.t.sf(abs(diff / se), dof)), float(sps.t.ppf(0.975, dof)) * se
         low, high = diff - half, diff + half
     lift = diff / a.mean if a.mean and math.isfinite(a.mean) else float("nan")
-    always = sequential_p(diff, a.variance + b.variance, mixture_lift * abs(a.mean))
+    pooled = (a.mean * a.searches + b.mean * b.searches) / (a.searches + b.searches) if a.searches and b.searches \
+        else float("nan")
+    always = sequential_p(diff, a.variance + b.variance, mixture_lift * abs(pooled))
     return Comparison(metric, a.mean, b.mean, lift, low, high, p_value, a.searches, b.searches, always)
 
 

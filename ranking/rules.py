@@ -254,12 +254,14 @@ def apply_rules(rule: QueryRule | None, product_ids: list[str], scores: np.ndarr
     kept = np.flatnonzero(keep)
     by_score = [int(i) for i in kept[np.lexsort((kept, -adjusted[kept]))]]  # ties: the list's own order
     if config.promo_boost and spread > 0 and boosted.any():
+        bonus = config.promo_boost * spread
+        effective = adjusted + np.where(boosted, bonus, 0.0)  # promoted rows keep their order among themselves
         for i in [i for i in by_score if boosted[i]]:  # best first
             # up past the rows its boosted score beats, at most max_promo_positions of them (counted in places:
             # a score just above the row k places up also passed every row tied with it)
-            wanted, at = adjusted[i] + config.promo_boost * spread, by_score.index(i)
+            at = by_score.index(i)
             to = at
-            while to > 0 and at - to < config.max_promo_positions and adjusted[by_score[to - 1]] < wanted:
+            while to > 0 and at - to < config.max_promo_positions and effective[by_score[to - 1]] < effective[i]:
                 to -= 1
             if to < at:
                 by_score.insert(to, by_score.pop(at))

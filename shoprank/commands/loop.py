@@ -211,7 +211,7 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
     from core.registry import ModelRegistry
     from online_learning.analysis import searches
-    from online_learning.promotion import Policy, check_regression
+    from online_learning.promotion import check_regression
     from serving.loading import check_loads, push_state
 
     registry = ModelRegistry(settings.paths.models)
@@ -220,8 +220,7 @@ def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
     if active is None or previous is None:
         print(json.dumps({"decision": "keep", "reasons": ["no earlier active version to compare with"]}))
         return 0
-    decision = check_regression(searches(settings.paths.event_log), active.version, previous,
-                                Policy(sequential=not args.single_look))
+    decision = check_regression(searches(settings.paths.event_log), active.version, previous)
     out = {"active": active.version, "previous": previous, "decision": decision.action, "reasons": decision.reasons,
            "details": decision.details}
     if args.apply and decision.action == "rollback":
@@ -421,18 +420,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="count every logged event (no traffic filters): only to measure what they do")
     p.set_defaults(handler=cmd_recommendations)
 
-    single = ("decide on the fixed-horizon p-value: for one look at a sample size planned beforehand, not for a "
-              "job that reads the same experiment again every night (the default, always-valid p, holds however "
-              "often it is read)")
     p = sub.add_parser("promote", help="apply the promotion policy to the running experiment")
     p.add_argument("--experiment", required=True)
     p.add_argument("--apply", action="store_true", help="activate the winner in the registry")
-    p.add_argument("--single-look", action="store_true", help=single)
+    p.add_argument("--single-look", action="store_true", help="promote on the fixed-horizon p-value: for one look "
+                   "at a sample size planned beforehand, not for a job that reads the same experiment again every "
+                   "night (the default, always-valid p, holds however often it is read)")
     p.set_defaults(handler=cmd_promote)
 
     p = sub.add_parser("guard", help="roll back the active LambdaMART if it regressed")
     p.add_argument("--apply", action="store_true")
-    p.add_argument("--single-look", action="store_true", help=single)
     p.set_defaults(handler=cmd_guard)
 
     report = sub.add_parser("report", help="analyst reports")

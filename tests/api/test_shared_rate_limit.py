@@ -49,6 +49,12 @@ def test_processes_take_from_one_bucket_and_fall_back_to_their_own_without_redis
         with pytest.raises(TooManyRequests):
             first.take("k1")
         assert first.fallbacks == 4 and time.monotonic() - started < 2.0
+        assert first._down_until > time.monotonic()  # left alone a while: calls do not each wait on the outage
+        slow = SharedRateLimiter(1e-6, 100_000, f"redis://127.0.0.1:{port}/0", "s")  # once every 11 days
+        server = start_redis(port, tmp_path)
+        slow.take("k3")  # before: EXPIRE 1e+11 failed after HSET, every call charged twice and the key kept forever
+        assert slow.fallbacks == 0 and 0 < redis.Redis.from_url(url).ttl("shoprank:rate:s:k3") <= 2592000
+        slow.close()
     finally:
         first.close()
         second.close()

@@ -51,6 +51,9 @@ def test_promotion_boost_is_bounded_in_positions() -> None:
                        RulesConfig(out_of_stock="none"))
     assert [ids[i] for i in tied.order] == ["a", "b", "c", "p", "d", "e", "f"]  # before: 5 places up, to 2nd
     assert tied.notes[3] == ["promotion_boost(+3 places)"]
+    both = apply_rules(None, ["a", "b", "c"], np.array([3.0, 2.8, 1.0]), np.ones(3), np.array([1.0, 1.0, 0.0]),
+                       RulesConfig())  # two promoted rows keep their order
+    assert both.order.tolist() == [0, 1, 2]
 
 
 def test_pins_buries_and_filters() -> None:
