@@ -12,7 +12,8 @@ The store holds the files at their home-relative paths and one ``MANIFEST.json``
 (path -> sha256). :meth:`ArtifactStore.push` uploads the files whose digest the
 manifest does not have yet, then writes the manifest; :meth:`ArtifactStore.pull`
 downloads the files whose digest differs from the last pull (each into a temporary
-file, then renamed, so a reader never sees half a file). Model folders are
+file, then renamed, so a reader never sees half a file), the pointers (active versions,
+the experiment, the rules) last, so none points at files not pulled yet. Model folders are
 immutable once registered, so a pull after a swap moves the small ``active.json``
 and any new version. Replicas pull at start and on every ``serving.reload_poll_s``
 tick; admin changes made through a replica are pushed at once (``push_state``).
@@ -27,11 +28,13 @@ its copy: the pulled ``deleted.json`` names it, and the store no longer holds it
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import json
 import logging
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,7 +43,7 @@ from typing import Any
 
 from core.errors import Conflict, InvalidInput
 from core.files import write_text_atomic
-from core.registry import ModelRegistry, file_digest
+from core.registry import VERSION, ModelRegistry, file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,11 @@ def _version_of(rel: str) -> str | None:
     """The model version folder (``models/ltr/v3``) a home-relative path is in, if any."""
     found = VERSION_FOLDER.match(rel)
     return found.group(1) if found else None
+
+
+def _is_pointer(rel: str) -> bool:
+    """A file that points at others (an active version, the experiment, the rules, the deleted versions)."""
+    return rel.endswith("/deleted.json") or any(fnmatch.fnmatch(rel, pattern) for pattern in STATE)
 
 
 def _dirty(path: Path, recorded: dict[str, Any] | None) -> bool:
@@ -146,6 +154,8 @@ class ArtifactStore:
             for listing in self.home.glob(f"{pattern}/*/deleted.json"):
                 role = listing.parent
                 for entry in ModelRegistry(role.parent).deleted(role.name):
+                    if not VERSION.match(str(entry.get("version", ""))):  # a name, never a path ('../..')
+                        continue
                     folder = role / entry["version"]
                     out[f"{folder.relative_to(self.home)}/"] = folder
         return out
@@ -200,7 +210,7 @@ class ArtifactStore:
         for rel in dropped:
             del remote[rel]
         if moved or dropped:  # the manifest first: a reader never sees an entry whose file is gone
-            self.fs.pipe_file(f"{self.root}/{MANIFEST}", json.dumps(remote, indent=0, sort_keys=True).encode())
+            self._write_manifest(remote)
         for rel in dropped:
             if self.fs.exists(f"{self.root}/{rel}"):
                 self.fs.rm_file(f"{self.root}/{rel}")
@@ -208,6 +218,20 @@ class ArtifactStore:
         logger.info("pushed %d files (%d bytes) to %s; %d unchanged; %d files of deleted model versions removed",
                     moved, size, self.url, same, len(dropped))
         return Transfer(moved, size, same)
+
+    def _write_manifest(self, remote: dict[str, str]) -> None:
+        """Replace the store's manifest as a whole: a local or mounted store gets a new file renamed over the old
+        one (written in place, a reader could read it half-written, and a crash left it broken); an object store
+        (S3, GCS) replaces an object in one request anyway."""
+        data = json.dumps(remote, indent=0, sort_keys=True).encode()
+        path = f"{self.root}/{MANIFEST}"
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
+        if not {"file", "local"} & set(protocols):
+            self.fs.pipe_file(path, data)
+            return
+        tmp = f"{self.root}/.{MANIFEST}.{uuid.uuid4().hex}.tmp"
+        self.fs.pipe_file(tmp, data)
+        os.replace(tmp, path)
 
     def pull(self) -> Transfer:
         """Download the files whose digest in the store differs from this home's copy. A file
@@ -219,9 +243,12 @@ class ArtifactStore:
     def _pull(self) -> Transfer:
         state = self._local_state()
         remote = self.remote_manifest()
+        for rel in remote:
+            self._check_entry(rel)
         moved = size = same = kept = 0
         clashes: set[str] = set()
-        for rel, digest in sorted(remote.items()):
+        wanted: list[tuple[str, str]] = []
+        for rel, digest in remote.items():
             target = self.home / rel
             if target.is_file():
                 if not _dirty(target, state.get(rel)):  # as the last transfer left it
@@ -238,6 +265,19 @@ class ArtifactStore:
                     if (version := _version_of(rel)) is not None:
                         clashes.add(version)
                     continue
+            wanted.append((rel, digest))
+        # a model version registered here under a name the store holds keeps every file of its own: none of the
+        # store's is added to it (another model's weights beside this one's, unseen by its checksums); and a
+        # version this home deleted is not fetched back (its next push removes it from the store)
+        deleted = tuple(self._deleted_versions())
+        skipped = [(rel, d) for rel, d in wanted
+                   if _version_of(rel) in clashes or (deleted and rel.startswith(deleted))]
+        kept += sum(1 for rel, _ in skipped if _version_of(rel) in clashes)
+        # pointers last (active.json, the experiment, the rules, deleted.json): a reader during the pull, or
+        # after one that failed, never sees a version active whose files are not all here yet
+        wanted = sorted(set(wanted) - set(skipped), key=lambda item: (_is_pointer(item[0]), item[0]))
+        for rel, digest in wanted:
+            target = self.home / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{os.getpid()}.pull")
             self.fs.get_file(f"{self.root}/{rel}", str(tmp))
@@ -261,6 +301,17 @@ class ArtifactStore:
             logger.warning("model versions registered here and in %s under the same names, with other files: %s; "
                            "this home keeps its own, and cannot push them", self.url, sorted(clashes))
         return Transfer(moved, size, same, kept, tuple(sorted(clashes)))
+
+    def _check_entry(self, rel: str) -> None:
+        """A manifest entry names a file in the home: a relative path without '..' (else the pull would write
+        outside it)."""
+        path = Path(rel)
+        home = self.home.resolve()
+        if (path.is_absolute() or "\\" in rel or ".." in path.parts or not rel
+                or not (home / path).resolve().is_relative_to(home)):
+            raise InvalidInput(f"{self.url}/{MANIFEST} names {rel!r}, which is not a file in an artifact home "
+                               "(an absolute path or one with '..'): nothing was pulled; push the store again "
+                               "from a trusted home")
 
     def _drop_deleted_versions(self, remote: dict[str, str], state: dict[str, Any]) -> None:
         """Remove the local copies of model versions the registry lists as deleted and the store

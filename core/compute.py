@@ -77,6 +77,7 @@ def check_scheduler(compute: ComputeSettings) -> None:
     if not scheduler.startswith(("tcp://", "tls://")):
         raise InvalidInput(f"compute.scheduler={scheduler!r}: use 'local' or a scheduler address 'tcp://HOST:PORT'")
     host, _, port = scheduler.split("://", 1)[1].rpartition(":")
+    host = host.strip("[]")  # an IPv6 address: tcp://[::1]:8786
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except (OSError, ValueError) as error:

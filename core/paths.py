@@ -42,7 +42,7 @@ from pathlib import Path
 
 from core.errors import InvalidInput
 
-INDEX_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # a folder of indexes/: no '..', no '/'
+INDEX_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\Z")  # a folder of indexes/: no '..', no '/'
 
 
 @dataclass(frozen=True)

@@ -85,9 +85,9 @@ def file_digest(file: Path) -> str:
 
 
 def checksums(folder: Path) -> dict[str, str]:
-    """sha256 of every file under a model folder (its manifest aside), by relative path."""
+    """sha256 of every file under a model folder (its own manifest aside), by relative path."""
     return {str(f.relative_to(folder)): file_digest(f) for f in sorted(folder.rglob("*"))
-            if f.is_file() and f.name != "manifest.json"}
+            if f.is_file() and f.relative_to(folder) != Path("manifest.json")}
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -96,7 +96,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-VERSION = re.compile(r"^v[0-9]{1,6}$")
+VERSION = re.compile(r"v[0-9]{1,6}\Z")  # matched from the start: \Z, as $ passes "v3\n"
 
 
 def _rollback_history(state: dict[str, Any]) -> list[str]:
@@ -255,7 +255,8 @@ class ModelRegistry:
         state = self._state(role)
         names = [v.version for v in self.versions(role)]
         kept = {state["version"], *protect, *(names[-keep:] if keep else [])}
-        kept.update(list(dict.fromkeys(reversed(state["history"])))[:keep])
+        targets = [v for v in dict.fromkeys(reversed(state["history"])) if v != state["version"]]  # the active aside
+        kept.update(targets[:keep])
         return [name for name in names if name not in kept]
 
     def prune(self, role: str, keep: int, protect: Iterable[str] = ()) -> list[str]:

@@ -196,3 +196,95 @@ def test_rules_and_synonyms_files_settings_name_are_pushed_when_in_the_home(tmp_
     replica.mkdir()
     ArtifactStore(url, replica).pull()
     assert (replica / "merch.yaml").read_text() == "hide: [P2]\n"
+
+
+def test_a_manifest_or_deleted_list_naming_files_outside_the_home_is_refused(tmp_path: Path) -> None:
+    from core.errors import InvalidInput
+
+    store = tmp_path / "store"
+    url = f"file://{store}"
+    ArtifactStore(url, make_home(tmp_path / "a")).push()
+    manifest = json.loads((store / MANIFEST).read_text())
+    (store / "escaped.txt").write_text("x")
+    for bad in ("../escaped.txt", str(tmp_path / "abs.txt")):
+        (store / MANIFEST).write_text(json.dumps({**manifest, bad: "0" * 64}))
+        home = tmp_path / "b"
+        home.mkdir(exist_ok=True)
+        with pytest.raises(InvalidInput, match="not a file in an artifact home"):
+            ArtifactStore(url, home).pull()  # before: written outside the home
+        assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "abs.txt").exists()
+        assert not (home / "models").exists()  # nothing pulled
+    (store / MANIFEST).write_text(json.dumps(manifest))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    listing = tmp_path / "b" / "models" / "ltr" / "deleted.json"
+    listing.parent.mkdir(parents=True)
+    listing.write_text(json.dumps([{"version": "../../../victim"}]))
+    ArtifactStore(url, tmp_path / "b").pull()
+    assert victim.is_dir()  # before: removed as a "deleted version"
+
+
+def test_a_pull_moves_the_pointer_after_the_files_it_points_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    home = make_home(tmp_path / "a")
+    writer = ArtifactStore(url, home)
+    writer.push()
+    reader = ArtifactStore(url, tmp_path / "b")
+    reader.pull()
+    (home / "models" / "ltr" / "v2").mkdir()
+    (home / "models" / "ltr" / "v2" / "model.txt").write_text("more trees")
+    (home / "models" / "ltr" / "active.json").write_text('{"version": "v2", "history": ["v1"]}')
+    writer.push()
+    fetched: list[str] = []
+    get_file = reader.fs.get_file
+
+    def recording(source: str, target: str) -> None:
+        fetched.append(source.rsplit("/store/", 1)[1])
+        if source.endswith("v2/model.txt"):
+            raise OSError("connection lost")  # the pull dies here
+        get_file(source, target)
+
+    monkeypatch.setattr(reader.fs, "get_file", recording)
+    with pytest.raises(OSError, match="connection lost"):
+        reader.pull()
+    assert fetched == ["models/ltr/v2/model.txt"]  # before: active.json first
+    assert json.loads((tmp_path / "b" / "models" / "ltr" / "active.json").read_text())["version"] == "v1"
+
+
+def test_a_version_deleted_here_is_not_pulled_back_and_a_clashing_one_gets_no_store_file(tmp_path: Path) -> None:
+    from core.registry import ModelRegistry
+
+    url = f"file://{tmp_path / 'store'}"
+    home = tmp_path / "a"
+    registry = ModelRegistry(home / "models")
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.txt").write_text(name)
+        registry.register("ltr", folder, base_model="lightgbm", activate=True)
+    store = ArtifactStore(url, home)
+    store.push()
+    registry.delete("ltr", "v1")
+    assert store.pull().files == 0 and not (home / "models" / "ltr" / "v1").exists()  # before: fetched back
+    store.push()
+    assert not [rel for rel in json.loads((tmp_path / "store" / MANIFEST).read_text()) if "/v1/" in rel]
+    other = make_home(tmp_path / "c")  # its own v2, another model registered here: other files, another manifest
+    mine = other / "models" / "ltr" / "v2"
+    mine.mkdir()
+    (mine / "weights.bin").write_text("mine")
+    (mine / "manifest.json").write_text('{"version": "v2", "files": {"weights.bin": "..."}}')
+    pulled = ArtifactStore(url, other).pull()
+    assert pulled.clashes == ("models/ltr/v2",)
+    assert sorted(p.name for p in mine.iterdir()) == ["manifest.json", "weights.bin"]  # before: + model.txt
+
+
+def test_the_manifest_is_replaced_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    writer = ArtifactStore(url, make_home(tmp_path / "a"))
+    written: list[str] = []
+    pipe_file = writer.fs.pipe_file
+    monkeypatch.setattr(writer.fs, "pipe_file", lambda path, data: (written.append(path), pipe_file(path, data)))
+    writer.push()
+    assert written and not any(path.endswith(f"/{MANIFEST}") for path in written)  # before: written in place
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [MANIFEST, "indexes", "models"]  # no tmp left
+    assert len(json.loads((tmp_path / "store" / MANIFEST).read_text())) == 3

@@ -120,6 +120,27 @@ def test_prune_keeps_the_active_version_its_rollback_targets_the_newest_and_the_
     assert registry.prune("ltr", keep=2, protect={"v5"}) == ["v1", "v6"]
     assert [v.version for v in registry.versions("ltr")] == ["v2", "v3", "v4", "v5", "v7", "v8"]
     assert registry.active_version("ltr") == "v4" and registry.rollback("ltr").version == "v3"
+    again = ModelRegistry(tmp_path / "again")
+    for i in range(4):
+        again.register("ltr", model_folder(tmp_path, f"n{i}"), base_model="lgbm")
+    for version in ("v1", "v2", "v1", "v3", "v4", "v3"):  # v3 active again: it is in its own history too
+        again.activate("ltr", version)
+    assert again.prunable("ltr", keep=2) == ["v2"]  # keeps v3 and its targets v4 and v1 (before: v1 went too)
+
+
+def test_a_nested_file_named_manifest_json_is_checked_too(tmp_path: Path) -> None:
+    from core.registry import VERSION
+
+    source = model_folder(tmp_path, "m")
+    (source / "onnx").mkdir()
+    (source / "onnx" / "manifest.json").write_text('{"opset": 17}')
+    registry = ModelRegistry(tmp_path / "models")
+    registry.register("student", source, base_model="minilm")
+    assert set(registry.get("student", "v1").files) == {"weights.bin", "onnx/manifest.json"}  # before: weights only
+    (tmp_path / "models" / "student" / "v1" / "onnx" / "manifest.json").write_text('{"opset": 9}')
+    with pytest.raises(Conflict, match="onnx/manifest.json differs"):
+        registry.activate("student", "v1")
+    assert VERSION.match("v3") and not VERSION.match("v3\n")  # before: '$' let a newline through
 
 
 def test_a_version_deleted_while_it_is_verified_is_not_activated(tmp_path: Path,
