@@ -43,19 +43,43 @@ class Routed:
     experiment: str | None = None
     arm: str | None = None
     ltr: str | None = None
-    teams: dict[str, str] = field(default_factory=dict)
+    teams: dict[str, str | None] = field(default_factory=dict)  # interleaved: the arm that placed each row
     # the encoder and the model versions that ranked the search, by role (SearchEngine.ranked_by); an
     # interleaved search names each arm's LambdaMART as ``ltr:<arm>`` and no single ``ltr``
     versions: dict[str, str] = field(default_factory=dict)
 
+    def ltr_label(self, active: str | None) -> str | None:
+        """The LambdaMART that ranked the list shown: the arm's, both arms' for an interleaved list, else
+        the active one."""
+        if self.ltr:
+            return self.ltr
+        arms = [version for role, version in self.versions.items() if role.startswith("ltr:")]
+        return f"interleaved:{','.join(arms)}" if arms else active
 
-def _merge(first: Candidates, second: Candidates, products: list[str], teams: list[str], names: tuple[str, str]) -> Candidates:
+    def ranked_by(self, version: str, active: str | None) -> bool:
+        """Whether LambdaMART ``version`` ranked the list shown (alone or as an interleaved arm)."""
+        arms = {v for role, v in self.versions.items() if role.startswith("ltr:")}
+        return version in arms if arms else version == (self.ltr or active)
+
+
+def _merge(first: Candidates, second: Candidates, products: list[str], teams: list[str | None],
+           names: tuple[str, str]) -> Candidates:
     rows = None
     for product, team in zip(products, teams):
-        side = first if team == names[0] else second
+        side = second if team == names[1] else first  # a row the rules placed (no team): the first arm's
         row = side.take(np.array([side.product_ids.index(product)]))
         rows = row if rows is None else rows.then(row)
     return rows if rows is not None else first.top(0)
+
+
+def _placed(notes: dict[str, list[str]], product_ids: list[str]) -> dict[str, int]:
+    """The rows the rules pinned, by the place (1-based) they put each at."""
+    out = {}
+    for product in product_ids:
+        for note in notes.get(product, ()):
+            if note.startswith("pinned(") and note.endswith(")") and note[7:-1].isdigit():
+                out[product] = int(note[7:-1])
+    return out
 
 
 class ExperimentRouter:
@@ -89,7 +113,7 @@ class ExperimentRouter:
             routed = Routed(result, experiment.name, arm, version, versions=engine.ranked_by(result.pipeline, version))
         else:
             routed = self._interleave(engine, experiment, query, k, offset, unit)
-        if self.shadow and self.shadow != routed.ltr:
+        if self.shadow and not routed.ranked_by(self.shadow, engine.versions.get("ltr")):  # not itself again
             self._submit_shadow(engine, query, k, offset, routed)
         return routed
 
@@ -100,9 +124,19 @@ class ExperimentRouter:
         a = engine.search(query, depth, ltr=experiment.arms[names[0]].ltr)
         b = engine.search(query, depth, ltr=experiment.arms[names[1]].ltr)
         rng = random.Random(f"{experiment.name}:{unit}:{query.text}")
-        products, teams = team_draft(a.candidates.product_ids, b.candidates.product_ids, depth, rng, names)
-        merged = _merge(a.candidates, b.candidates, products, teams, names).take(slice(offset, offset + k))
-        team_of = dict(zip(products, teams))
+        # the rows the business rules placed (pins: the same in both arms) stay at their places, credited to
+        # neither arm; the arms' own rows are drafted around them
+        placed = _placed(a.notes, a.candidates.product_ids)
+        products, teams = team_draft([p for p in a.candidates.product_ids if p not in placed],
+                                     [p for p in b.candidates.product_ids if p not in placed],
+                                     depth - len(placed), rng, names)
+        drafted: list[str | None] = list(teams)
+        for product, slot in sorted(placed.items(), key=lambda item: item[1]):
+            at = min(slot - 1, len(products))
+            products.insert(at, product)
+            drafted.insert(at, None)
+        merged = _merge(a.candidates, b.candidates, products, drafted, names).take(slice(offset, offset + k))
+        team_of = dict(zip(products, drafted))
         timings = {f"{names[0]}:{s}": t for s, t in a.timings.items()} | {f"{names[1]}:{s}": t for s, t in b.timings.items()}
         result = replace(a, candidates=merged, timings=timings, degraded=a.degraded + b.degraded,
                          notes={**b.notes, **a.notes}, cached=False)
@@ -134,7 +168,7 @@ class ExperimentRouter:
             tau = float(kendalltau([a.index(p) for p in common], [b.index(p) for p in common]).statistic) \
                 if len(common) > 2 else None
             record = {"time": time.time(), "query": query.text, "user_id": query.user_id, "offset": offset,
-                      "served_ltr": served.ltr or engine.versions.get("ltr"), "shadow_ltr": self.shadow,
+                      "served_ltr": served.ltr_label(engine.versions.get("ltr")), "shadow_ltr": self.shadow,
                       "overlap@10": len(common) / max(1, min(10, len(a))), "kendall_tau@10": tau,
                       "served_ms": round(sum(served.result.timings.values()) * 1e3, 2),
                       "shadow_ms": round(seconds * 1e3, 2), "shadow_top10": b, "served_top10": a}

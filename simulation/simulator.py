@@ -60,13 +60,14 @@ class ArmStats:
 
 class TrafficSimulator:
     def __init__(self, base_url: str, world: StoreWorld, dataset: EvalDataset, split: str,
-                 click_model: ClickModel = ClickModel(), seed: int = 0, k: int = 10) -> None:
+                 click_model: ClickModel | None = None, seed: int = 0, k: int = 10) -> None:
+        """``click_model``: by default one whose grades run to the dataset's own top grade."""
         if split not in ("train", "dev"):
             raise InvalidInput(f"split {split!r}: the simulator only uses 'train' or 'dev' queries")
         self.base_url = base_url.rstrip("/")
         self.world = world
         self.dataset = dataset
-        self.click_model = click_model
+        self.click_model = click_model or ClickModel(max_grade=dataset.max_grade)
         self.seed = seed
         self.k = k
         self.row_of = {p: i for i, p in enumerate(world.products["product_id"])}
@@ -107,7 +108,7 @@ class TrafficSimulator:
             return
         body, latency = searched
         shown = [i["product_id"] for i in body["items"]]
-        rows = np.array([self.row_of.get(p, -1) for p in shown])
+        rows = np.array([self.row_of.get(p, -1) for p in shown], dtype=np.int64)  # an empty page too
         known = rows >= 0
         grades_map = self.dataset.qrels.get(qid, {})
         grades = np.array([grades_map.get(p, 0) for p in shown], dtype=float)

@@ -195,7 +195,7 @@ def purchase_propensity(world: StoreWorld, user_rows: np.ndarray, product_rows: 
     """How much user ``user_rows[i]`` likes product ``product_rows[i]``, apart from
     query relevance (hidden truth; simulators only).
 
-    Product of: category preference relative to uniform (capped at 5), price fit to
+    Product of: category preference relative to uniform (capped at 5), 0.3 + price fit to
     the user's budget (log-normal around budget x category median price, width
     0.6), a 1.5x bonus for a favourite brand and 0.5 + quality; 0 when out of stock.
     """

@@ -270,7 +270,14 @@ async def put_experiment(body: ExperimentConfig, request: Request, holder: Holde
     for version in wanted + ([body.shadow] if body.shadow else []):
         registry.get("ltr", version)  # 404 naming what is registered
         await asyncio.to_thread(check_loads, settings, "ltr", version)  # 409: damaged, or features unfillable
-    save_router_config(settings.paths, body.experiment, body.shadow)
-    await asyncio.to_thread(push_state, settings)
-    await _swap(request, holder)
+    path = settings.paths.experiment_config
+    async with _FILE_LOCKS.setdefault((id(asyncio.get_running_loop()), path), asyncio.Lock()):
+        old = path.read_bytes() if path.is_file() else None
+        save_router_config(settings.paths, body.experiment, body.shadow)
+        try:
+            await _swap(request, holder)
+        except Exception:  # not served here: the call changes nothing, and nothing is published
+            await asyncio.to_thread(write_text_atomic, path, old)
+            raise
+    await asyncio.to_thread(push_state, settings)  # served here: other replicas pull it on their next poll
     return get_experiment(holder)

@@ -553,6 +553,8 @@ def test_synonyms_set_through_the_admin_api_are_searched_at_once(  # type: ignor
         refused = client.put("/v1/admin/synonyms", json={"rules": ["taladro => drill"]}, headers=admin)
         assert refused.status_code == 422 and "rules.yaml is not valid" in refused.json()["message"]
         assert (tmp_path / "rules" / "synonyms.txt").read_text() == "" and searched("taladro") == "taladro"
+        stopped = client.put("/v1/admin/experiment", json={"experiment": None, "shadow": None}, headers=admin)
+        assert stopped.status_code == 422 and not home.paths.experiment_config.exists()  # before: saved, published
         fixed = client.put("/v1/admin/rules", json={}, headers=admin)  # mends it: no reload error left
         assert fixed.status_code == 200 and not client.get("/readyz").json().get("reload_errors")
         assert client.put("/v1/admin/synonyms", json={"rules": ["a => b"]}).status_code in (401, 403)

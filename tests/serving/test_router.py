@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,36 @@ def test_shadow_counts_carry_across_a_swap_while_the_same_version_is_shadowed() 
     assert (other.router.shadow_done, other.router.shadow_dropped) == (0, 0)
     for served in (old, new, other):
         served.router.close()
+
+
+class PinnedEngine(FakeEngine):
+    """Both arms' rules put product P at place 3."""
+
+    orders = {None: ["a", "b", "P", "c", "d"], "v1": ["a", "b", "P", "c", "d"], "v2": ["d", "c", "P", "b", "a"]}
+
+    def search(self, query: Query, k: int, pipeline: str = "full", offset: int = 0, use_cache: bool = False,
+               ltr: str | None = None) -> SearchResult:
+        result = super().search(query, k, pipeline, offset, use_cache, ltr)
+        return replace(result, notes={"P": ["pinned(3)"]} if "P" in result.candidates.product_ids else {})
+
+
+def test_interleaving_keeps_pins_at_their_places_and_a_shadow_is_never_the_served_model(tmp_path: Path) -> None:
+    router = ExperimentRouter(EXP.model_copy(update={"mode": "interleave"}), shadow="v3", shadow_dir=tmp_path)
+    PinnedEngine.orders["v3"] = ["c", "d", "P", "a", "b"]
+    for user in ("u1", "u2", "u3", "u4"):
+        routed = router.search(PinnedEngine(), Query("drill", user), 5, 0, user, False)  # type: ignore[arg-type]
+        products = routed.result.candidates.product_ids
+        assert products[2] == "P" and routed.teams["P"] is None  # before: drafted, at place 4 or 5, with a team
+        assert sorted(products) == ["P", "a", "b", "c", "d"]
+        assert {routed.teams[p] for p in products if p != "P"} == {"control", "treatment"}
+    router.drain()
+    router.close()
+    records = [json.loads(line) for line in (tmp_path / "v3.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and {r["served_ltr"] for r in records} == {"interleaved:v1,v2"}  # before: v1
+    engine = FakeEngine()
+    for shadow, experiment in (("v1", None), ("v2", EXP.model_copy(update={"mode": "interleave"}))):
+        same = ExperimentRouter(experiment, shadow=shadow, shadow_dir=tmp_path / "same")
+        same.search(engine, Query("drill", "u1"), 3, 0, "u1", False)  # type: ignore[arg-type]
+        same.drain()
+        same.close()
+        assert same.shadow_done == 0  # the shadow ranked the list shown: nothing to compare (before: scored again)

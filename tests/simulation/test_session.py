@@ -87,3 +87,21 @@ def test_a_failed_search_is_counted_and_posts_nothing(simulator: TrafficSimulato
         simulator.session(client, 1000)
     assert simulator.errors["search 503"] == before + 1
     assert shop.events == [] and 1000 not in simulator.sessions
+
+
+def test_an_empty_page_is_a_search_without_clicks(demo_dir: Path, demo_products: pd.DataFrame) -> None:
+    vectors = np.random.default_rng(0).normal(size=(len(demo_products), 16)).astype(np.float32)
+    world = build_world(demo_products, vectors, WorldConfig(categories=6, departments=2, users=20))
+    dataset = load_dataset(demo_dir)
+    simulator = TrafficSimulator("http://shop", world, dataset, "train", seed=5)
+    assert simulator.click_model.max_grade == dataset.max_grade  # the dataset's own grades, not always 8
+
+    def nothing_found(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/events":
+            return httpx.Response(202, json={"accepted": 0})
+        return httpx.Response(200, json={"request_id": "r1", "arm": None, "items": []})
+
+    with httpx.Client(transport=httpx.MockTransport(nothing_found)) as client:
+        simulator.session(client, 0)  # before: IndexError (an empty page's rows were floats), the run stopped
+    stats = simulator.stats["all"]
+    assert stats.searches == 1 and stats.clicks == 0 and stats.true_ndcg == [0.0]
