@@ -114,7 +114,15 @@ class ArtifactStore:
         path = f"{self.root}/{MANIFEST}"
         if not self.fs.exists(path):
             return {}
-        return dict(json.loads(self.fs.cat_file(path)))
+        try:
+            manifest = json.loads(self.fs.cat_file(path))
+        except ValueError as error:
+            raise InvalidInput(f"{self.url}/{MANIFEST} is not valid JSON ({error}): push the store again from a "
+                               "trusted home") from None
+        if not isinstance(manifest, dict) or not all(isinstance(v, str) for v in manifest.values()):
+            raise InvalidInput(f"{self.url}/{MANIFEST} is not a manifest (path -> sha256): push the store again "
+                               "from a trusted home")
+        return manifest
 
     def _local_state(self) -> dict[str, Any]:
         file = self.home / LOCAL

@@ -28,7 +28,7 @@ from core.errors import InvalidInput, NotFound
 
 SCOPES = ("search", "events", "admin")
 _KEY = re.compile(r"^sr_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})$")
-_STORE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_STORE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 
 
 def check_store_name(store: str) -> str:

@@ -60,7 +60,13 @@ class EvalDataset:
 def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     if not path.is_file():
         raise NotFound(f"{path} does not exist; a dataset folder needs products.csv, queries.csv and judgments.csv")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InvalidInput(f"{path} is empty: it needs a header of {', '.join(required)} and one row per line") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"{path} is not a UTF-8 CSV file ({str(error).splitlines()[0][:200]}); save it as CSV "
+                           "in UTF-8") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise InvalidInput(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")

@@ -86,6 +86,10 @@ class EvalResult:
             data, per_query = dict(payload["result"]), payload["per_query"]
             fixed = {k: data.pop(k) for k in ("dataset", "mode", "pipeline", "split", "subset", "queries", "skipped")}
             latency = data.pop("latency_ms")
+            if not isinstance(per_query, dict) or not all(
+                    isinstance(v, dict) and all(isinstance(x, int | float) for x in v.values())
+                    for v in per_query.values()):
+                raise ValueError("per_query is not metric -> {query id: value}")
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise InvalidInput(f"{path} is not a result saved by 'shoprank evaluate --save' ({err})") from err
         metrics = {k: data.pop(k) for k in list(data) if k in per_query}

@@ -24,7 +24,7 @@ from core.errors import InvalidInput, ShopRankError
 from core.hardware import limit_math_threads
 from core.service_settings import ApiSettings
 from core.settings import Settings, get_settings
-from shoprank.commands.arguments import in_file, index_name
+from shoprank.commands.arguments import in_file, index_name, positive, whole_at_least
 
 logger = logging.getLogger("shoprank")
 
@@ -32,12 +32,16 @@ logger = logging.getLogger("shoprank")
 def _settings(args: argparse.Namespace) -> Settings:
     settings = get_settings()
     updates = {}
-    if getattr(args, "home", None):
+    if getattr(args, "home", None) is not None:  # an empty --home "$HOME_DIR" is an error, not the default home
+        if not str(args.home).strip():
+            raise InvalidInput("--home is empty: give the artifact home's folder (or leave --home out)")
+        if Path(args.home).exists() and not Path(args.home).is_dir():
+            raise InvalidInput(f"--home {args.home} is a file: give the artifact home's folder")
         updates["home"] = Path(args.home)
     if getattr(args, "no_progress", False):
         updates["progress"] = False
     settings = settings.model_copy(update=updates) if updates else settings
-    if getattr(args, "global_store", None):
+    if getattr(args, "global_store", None) is not None:  # --store "" names no store: refused, not the default
         from core.keys import check_store_name
 
         settings = settings.for_store(check_store_name(args.global_store))
@@ -94,7 +98,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ids = list(args.product_ids)
     if args.from_file:
-        ids += [line.strip() for line in Path(args.from_file).read_text().splitlines() if line.strip()]
+        try:
+            text = Path(args.from_file).read_bytes().decode("utf-8-sig")  # a byte-order mark is no part of an id
+        except UnicodeDecodeError as error:
+            raise InvalidInput(f"--from-file {args.from_file} is not UTF-8 text (byte {error.start}); save it as "
+                               "UTF-8, one product id a line") from None
+        ids += [line.strip() for line in text.splitlines() if line.strip()]
     ids = list(dict.fromkeys(ids))  # an id named twice is deleted (and counted) once
     encoder = indexing.open_encoder(settings)
     path = indexing.index_path(settings, encoder, args.name)
@@ -195,9 +204,14 @@ def _serve_processes(config: Any, start_s: float) -> None:
     Rolling(config, sockets=[config.bind_socket()]).run()
 
 
+at_least_10 = whole_at_least(10)  # a demo catalog: enough products to judge queries against
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from simulation.demo import write_demo
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InvalidInput(f"--out {args.out} is a file: name a folder for the demo store")
     out = write_demo(Path(args.out), n_products=args.products, n_queries=args.queries, seed=args.seed)
     print(json.dumps({"out": str(out), "products": args.products, "queries": args.queries}))
     return 0
@@ -265,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="write the synthetic demo store (catalog + judged queries)")
     p.add_argument("--out", required=True)
-    p.add_argument("--products", type=int, default=2000)
-    p.add_argument("--queries", type=int, default=300)
+    p.add_argument("--products", type=at_least_10, default=2000, help="products in the catalog (at least 10)")
+    p.add_argument("--queries", type=positive, default=300, help="judged queries (at least 1)")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -59,6 +59,8 @@ class Topology:
                  env: dict[str, str] | None = None) -> None:
         if not 1 <= replicas <= MAX_REPLICAS:
             raise InvalidInput(f"replicas={replicas} is out of range; pass 1..{MAX_REPLICAS}")
+        if port is not None and not 1 <= port <= 65535:
+            raise InvalidInput(f"port={port} is not a TCP port: pass 1..65535 (or leave it out: api.port)")
         self.settings = settings
         self.home = settings.home.resolve()
         self.folder = self.home / "cluster"

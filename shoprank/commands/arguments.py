@@ -107,6 +107,14 @@ def index_name(text: str) -> str:
     return text
 
 
+def run_name(text: str) -> str:
+    """argparse type for a training run's name (a folder under <home>/training/): a name, never a path."""
+    if not INDEX_NAME.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a run name: 1-64 letters, digits, '_', '-' or '.', "
+                                         "not starting with '.' (a name, not a path)")
+    return text
+
+
 def in_file(text: str) -> str:
     """argparse type for a file a command reads: an existing file."""
     if not Path(text).is_file():

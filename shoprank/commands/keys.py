@@ -14,7 +14,7 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
     # imported here: the parser loads no server module (FAISS reads its threads when it loads)
     from api.stores import other_stores
 
-    store = check_store_name(args.store or settings.store_name)
+    store = check_store_name(settings.store_name if args.store is None else args.store)
     stores = [settings.index_name, *other_stores(settings.for_store(None))]
     if store not in stores:  # a key for no store would answer 403 everywhere
         raise InvalidInput(f"--store {store!r} is not a store of this home; its stores are {stores} "

@@ -354,6 +354,12 @@ def cmd_report_replay(args: argparse.Namespace, settings: Settings) -> int:
             raise InvalidInput(f"cannot read simulation report {path}: {err}") from err
         if not isinstance(report, dict) or "sessions_detail" not in report:
             raise InvalidInput(f"{path} has no 'sessions_detail': write it with `shoprank simulate ... --out FILE`")
+        detail = report["sessions_detail"]
+        if not isinstance(detail, dict) or not all(
+                str(n).isdigit() and isinstance(s, dict) and {"true_ndcg@10", "purchased", "clicked"} <= set(s)
+                for n, s in detail.items()):
+            raise InvalidInput(f"{path}: 'sessions_detail' is not session number -> its true_ndcg@10, purchased and "
+                               "clicked, as `shoprank simulate ... --out FILE` writes")
         reports.append(report)
     out = compare_replays(*reports)
     out["first"], out["second"] = str(args.first), str(args.second)

@@ -25,10 +25,11 @@ from evaluation.dataset import EvalDataset, load_dataset
 from ranking.training.data import add_precision_argument
 from retrieval.encoder import BUNDLED
 from shoprank.commands import train_biencoder, train_ltr
-from shoprank.commands.arguments import count, positive, positive_number
+from shoprank.commands.arguments import count, positive, positive_number, run_name
 from shoprank.commands.training import (
     add_elsewhere_arguments,
     base_label,
+    check_work_folder,
     dev_sample,
     first_stage,
     teacher_model,
@@ -56,7 +57,9 @@ def _register(settings: Settings, role: str, folder: Path, base: str, data_hash:
 
 def cmd_train_reranker(args: argparse.Namespace, settings: Settings) -> int:
     work = Path(args.work_dir) if args.work_dir else settings.paths.training(f"reranker-{args.run_name}")
-    outcome = trained(args, settings, work, "reranker", _train_reranker_here, needs=("train_summary.json", "best/"))
+    check_work_folder(work, settings)
+    outcome = trained(args, settings, work, "reranker", _train_reranker_here, needs=("train_summary.json", "best/"),
+                      keys=("best", "seconds", "dev_groups", "history"))
     if outcome is None:  # --export: written, not trained
         return 0
     summary, params = outcome
@@ -198,7 +201,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                             "torch and transformers")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=positive, default=None, help="only the first N training queries")
-    p.add_argument("--run-name", default="run", help="work folder name (resumes if it exists)")
+    p.add_argument("--run-name", type=run_name, default="run", help="work folder name (resumes if it exists)")
     p.add_argument("--work-dir", default=None)
     p.add_argument("--activate", action="store_true")
     p.set_defaults(handler=cmd_train_reranker)
@@ -219,7 +222,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="weight of the active LambdaMART in the distillation target, 0-1 (0: the teacher alone)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=positive, default=None)
-    p.add_argument("--run-name", default="run")
+    p.add_argument("--run-name", type=run_name, default="run")
     p.add_argument("--activate", action="store_true")
     p.set_defaults(handler=cmd_train_student)
 

@@ -19,7 +19,7 @@ from evaluation.dataset import EvalDataset, load_dataset
 from ranking.training.biencoder import TeacherScores
 from ranking.training.data import Group, add_precision_argument
 from retrieval.encoder import BUNDLED
-from shoprank.commands.arguments import fold, positive, positive_number, share, weight
+from shoprank.commands.arguments import fold, positive, positive_number, run_name, share, weight
 from shoprank.commands.training import (
     add_elsewhere_arguments,
     base_label,
@@ -158,6 +158,6 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--dev-split", default="dev", help="with --export: queries for the per-epoch dense check ('' none)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=positive, default=None)
-    p.add_argument("--run-name", default="run")
+    p.add_argument("--run-name", type=run_name, default="run")
     p.add_argument("--activate", action="store_true")
     p.set_defaults(handler=cmd_train_biencoder)

@@ -28,7 +28,7 @@ from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import load_dataset
 from ranking.lambdamart import GAINS, OBJECTIVES, TUNABLE
-from shoprank.commands.arguments import count, positive
+from shoprank.commands.arguments import count, positive, run_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -195,8 +195,12 @@ def _load_data(folder: Path) -> tuple[dict[str, RankingData], dict[str, Any]]:
     if missing:
         raise InvalidInput(f"--from-data {folder}: no {', '.join(missing)} there; write them with "
                            f"shoprank train ltr --dataset D --save-data {folder}")
-    meta = json.loads((folder / "lists.json").read_text())
-    return {n: load_ranking_data(folder / f"{n}.npz") for n in ("train", "dev")}, meta
+    try:
+        meta = json.loads((folder / "lists.json").read_text())
+        return {n: load_ranking_data(folder / f"{n}.npz") for n in ("train", "dev")}, meta
+    except (ValueError, OSError, KeyError) as error:  # a file of something else (numpy raises ValueError)
+        raise InvalidInput(f"--from-data {folder}: its files are not what `shoprank train ltr --save-data` writes "
+                           f"({str(error)[:200]}); write them again") from None
 
 
 @dataclass
@@ -340,6 +344,6 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
                         "the served encoder's")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--limit", type=positive, default=None)
-    p.add_argument("--run-name", default="run")
+    p.add_argument("--run-name", type=run_name, default="run")
     p.add_argument("--activate", action="store_true")
     p.set_defaults(handler=cmd_train_ltr)

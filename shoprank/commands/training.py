@@ -70,9 +70,20 @@ def add_elsewhere_arguments(p: argparse.ArgumentParser, kind: str, written: str,
                    help="register FOLDER, trained from an --export file, instead of training here")
 
 
+def check_work_folder(work: Path, settings: Settings) -> None:
+    """A folder a training command may empty and fill: a folder (or none yet), not the artifact home or one
+    holding it (else an InvalidInput naming it)."""
+    into, home = work.resolve(), settings.home.resolve()
+    if into == home or into in home.parents:
+        raise InvalidInput(f"the work folder {work} is (or holds) the artifact home {settings.home}: give a folder of "
+                           "its own, e.g. under <home>/training/ (its contents are replaced)")
+    if into.exists() and not into.is_dir():
+        raise InvalidInput(f"the work folder {work} is a file: give a folder")
+
+
 def trained(args: argparse.Namespace, settings: Settings, work: Path, kind: str,
             train_here: Callable[[argparse.Namespace, Settings, Path], dict | None],
-            needs: tuple[str, ...]) -> tuple[dict, dict] | None:
+            needs: tuple[str, ...], keys: tuple[str, ...] = ()) -> tuple[dict, dict] | None:
     """The training summary and manifest params of a ``kind`` model in ``work``: trained elsewhere
     from an --export file (--trained, its folder copied there), or trained here; None with --export."""
     if args.trained is None:
@@ -87,8 +98,16 @@ def trained(args: argparse.Namespace, settings: Settings, work: Path, kind: str,
     if given == into or into in given.parents or given in into.parents:  # the copy would remove what it copies
         raise InvalidInput(f"--trained {args.trained} is (or holds, or is inside) this command's work folder {work}: "
                            "give the folder the training wrote, anywhere else")
+    try:
+        summary = json.loads((args.trained / "train_summary.json").read_text())
+    except (ValueError, OSError) as error:
+        raise InvalidInput(f"--trained {args.trained}: train_summary.json cannot be read ({error}); give the folder "
+                           f"that `python -m ranking.training.{kind} FILE --out FOLDER` wrote") from None
+    if not isinstance(summary, dict) or not set(keys) <= set(summary):
+        raise InvalidInput(f"--trained {args.trained}: train_summary.json is not a summary `python -m ranking.training."
+                           f"{kind}` writes (a JSON object with {', '.join(keys) or 'its figures'})")
+    check_work_folder(work, settings)
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(args.trained, work)
-    summary = json.loads((work / "train_summary.json").read_text())
     params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}  # a path over there
     return summary, params | {"trained_on": summary.get("device"), "split": args.split}

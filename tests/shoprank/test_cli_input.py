@@ -1,0 +1,99 @@
+"""Bad input to the CLI: exit 2 and a message naming the value and what is allowed, before any work starts
+(never a traceback, never a folder outside the home emptied)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.errors import InvalidInput
+from core.settings import Settings, get_settings
+from tests.helpers import run_cli
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    yield tmp_path / "home"
+    get_settings.cache_clear()
+
+
+def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2, (argv, code, out, err[-2000:])
+    assert "Traceback" not in err
+    return err
+
+
+def test_training_folders_stay_inside_the_home_and_a_summary_is_checked(home: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("important")
+    trained = tmp_path / "trained"
+    (trained / "best").mkdir(parents=True)
+    (trained / "train_summary.json").write_text("nope")
+    dataset = tmp_path / "dataset"  # not read: every refusal comes first
+    err = refused(capsys, "train", "reranker", "--dataset", str(dataset), "--trained", str(trained),
+                  "--run-name", "x/../../../victim")
+    assert "is not a run name" in err
+    (home / "keys.json").parent.mkdir(parents=True, exist_ok=True)
+    (home / "keys.json").write_text("{}")
+    err = refused(capsys, "train", "reranker", "--dataset", str(dataset), "--trained", str(trained),
+                  "--work-dir", str(home))
+    assert "is (or holds) the artifact home" in err and (home / "keys.json").is_file()  # before: the home emptied
+    err = refused(capsys, "train", "reranker", "--dataset", str(dataset), "--trained", str(trained))
+    assert "train_summary.json cannot be read" in err
+    (trained / "train_summary.json").write_text("{}")
+    assert "is not a summary" in refused(capsys, "train", "reranker", "--dataset", str(dataset), "--trained",
+                                         str(trained))
+    assert (victim / "keep.txt").read_text() == "important"
+
+
+def test_files_of_the_wrong_kind_are_named(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "products.csv").write_text("product_id,title\nP1,drill\n")
+    (dataset / "judgments.csv").write_text("query_id,product_id,grade\nq1,P1,2\n")
+    (dataset / "queries.csv").write_text("")
+    from evaluation.dataset import load_dataset
+
+    with pytest.raises(InvalidInput, match="queries.csv is empty"):
+        load_dataset(dataset)
+    (dataset / "queries.csv").write_bytes("query_id,query,split\nq1,caf\xe9,dev\n".encode("latin-1"))
+    with pytest.raises(InvalidInput, match="is not a UTF-8 CSV file"):
+        load_dataset(dataset)
+    saved = {"result": {"dataset": "d", "mode": "rerank", "pipeline": "p", "split": "dev", "subset": None,
+                        "queries": 1, "skipped": 0, "latency_ms": {}}, "per_query": []}
+    (tmp_path / "a.json").write_text(json.dumps(saved))
+    assert "is not a result saved by" in refused(capsys, "compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"))
+    (tmp_path / "r.json").write_text(json.dumps({"sessions_detail": {"a": {}}}))
+    assert "is not session number" in refused(capsys, "report", "replay", str(tmp_path / "r.json"),
+                                              str(tmp_path / "r.json"))
+    (tmp_path / "ids.bin").write_bytes(b"\xff\xfeP1\n")
+    assert "is not UTF-8 text" in refused(capsys, "delete", "--from-file", str(tmp_path / "ids.bin"))
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "MANIFEST.json").write_text("not json{")
+    assert "is not valid JSON" in refused(capsys, "artifacts", "pull", "--url", f"file://{store}")
+
+
+def test_counts_names_and_numbers_are_checked(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shoprank.topology import Topology
+
+    assert "'0'" in refused(capsys, "demo", "--out", str(tmp_path / "d"), "--queries", "0")
+    assert "'5'" in refused(capsys, "demo", "--out", str(tmp_path / "d"), "--products", "5")
+    (tmp_path / "afile").write_text("x")
+    assert "is a file" in refused(capsys, "demo", "--out", str(tmp_path / "afile"))
+    assert "not a valid store name" in refused(capsys, "--store", "", "keys", "create", "--scope", "admin")
+    assert "not a valid store name" in refused(capsys, "keys", "create", "--scope", "search", "--store", "")
+    assert not (home / "keys.json").exists()  # before: an admin key of the default store
+    assert "--home is empty" in refused(capsys, "--home", "", "config", "show")
+    assert "is a file" in refused(capsys, "--home", str(tmp_path / "afile"), "keys", "list")
+    assert "'-5'" in refused(capsys, "events", "import", str(tmp_path / "afile"), "--publish", "--drain-s", "-5")
+    with pytest.raises(InvalidInput, match="port=70000 is not a TCP port"):
+        Topology(Settings(home=home), replicas=1, port=70000)
