@@ -63,7 +63,7 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        raise InvalidInput(f"{path} is empty: it needs a header of {', '.join(required)} and one row per line") from None
+        raise InvalidInput(f"{path} is empty: it needs a header of {', '.join(required)} and a row a line") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise InvalidInput(f"{path} is not a UTF-8 CSV file ({str(error).splitlines()[0][:200]}); save it as CSV "
                            "in UTF-8") from None
