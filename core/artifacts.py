@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from core.errors import Conflict, InvalidInput
@@ -110,18 +110,23 @@ class ArtifactStore:
 
     # -- manifests ---------------------------------------------------------------------------
 
-    def remote_manifest(self) -> dict[str, str]:
+    def remote_manifest(self, strict: bool = True) -> dict[str, str]:
+        """The store's manifest; one that cannot be read is an :class:`InvalidInput` (``strict``), else empty:
+        a push then uploads every file again and writes a new one."""
         path = f"{self.root}/{MANIFEST}"
         if not self.fs.exists(path):
             return {}
         try:
             manifest = json.loads(self.fs.cat_file(path))
+            if not isinstance(manifest, dict) or not all(isinstance(v, str) for v in manifest.values()):
+                raise ValueError("not an object of path -> sha256")
         except ValueError as error:
-            raise InvalidInput(f"{self.url}/{MANIFEST} is not valid JSON ({error}): push the store again from a "
-                               "trusted home") from None
-        if not isinstance(manifest, dict) or not all(isinstance(v, str) for v in manifest.values()):
-            raise InvalidInput(f"{self.url}/{MANIFEST} is not a manifest (path -> sha256): push the store again "
-                               "from a trusted home")
+            if not strict:
+                logger.warning("%s/%s cannot be read (%s): this push uploads every file again", self.url, MANIFEST,
+                               error)
+                return {}
+            raise InvalidInput(f"{self.url}/{MANIFEST} is not a manifest ({error}): push the store again from a "
+                               "trusted home (`shoprank artifacts push` writes a new one)") from None
         return manifest
 
     def _local_state(self) -> dict[str, Any]:
@@ -189,7 +194,7 @@ class ArtifactStore:
 
     def _push(self, patterns: Iterable[str], extra: Iterable[Path]) -> Transfer:
         state = self._local_state()
-        remote = self.remote_manifest()
+        remote = self.remote_manifest(strict=False)
         moved = size = same = 0
         home = self.home.resolve()
         named = {path.resolve() for path in extra if path.is_file() and path.resolve().is_relative_to(home)}
@@ -201,8 +206,9 @@ class ArtifactStore:
                           and remote[rel] != digest})
         if clashes:  # a published version never changes: replicas serving it would change models unasked
             raise Conflict(f"the store {self.url} already holds {', '.join(clashes)} with other files: this home "
-                           "registered another model under the same name. Pull first (the store's version is "
-                           "kept), then register this model again: it gets the next free name")
+                           "registered another model under the same name. Delete this home's version (`shoprank "
+                           "models delete ROLE VERSION`), pull (the store's comes in its place), then register "
+                           "this model again: it gets the next free name")
         for path, rel in files:
             digest = digests[rel]
             if remote.get(rel) == digest:
@@ -277,7 +283,7 @@ class ArtifactStore:
         # a model version registered here under a name the store holds keeps every file of its own: none of the
         # store's is added to it (another model's weights beside this one's, unseen by its checksums); and a
         # version this home deleted is not fetched back (its next push removes it from the store)
-        deleted = tuple(self._deleted_versions())
+        deleted = self._deleted_here(remote)
         skipped = [(rel, d) for rel, d in wanted
                    if _version_of(rel) in clashes or (deleted and rel.startswith(deleted))]
         kept += sum(1 for rel, _ in skipped if _version_of(rel) in clashes)
@@ -310,13 +316,28 @@ class ArtifactStore:
                            "this home keeps its own, and cannot push them", self.url, sorted(clashes))
         return Transfer(moved, size, same, kept, tuple(sorted(clashes)))
 
+    def _deleted_here(self, remote: dict[str, str]) -> tuple[str, ...]:
+        """The folders (home-relative prefixes) of model versions this home deleted that the store still holds
+        as they were: not pulled back (this home's next push removes them from the store). A version the store
+        holds with other files (another home's model under the name) is pulled in its place."""
+        out = []
+        for pattern in REGISTRIES:
+            for listing in self.home.glob(f"{pattern}/*/deleted.json"):
+                role = listing.parent
+                for entry in ModelRegistry(role.parent).deleted(role.name):
+                    files = entry.get("files") or {}
+                    if not VERSION.match(str(entry.get("version", ""))) or not isinstance(files, dict):
+                        continue
+                    prefix = f"{(role / entry['version']).relative_to(self.home)}/"
+                    if files and all(remote.get(prefix + name) == digest for name, digest in files.items()):
+                        out.append(prefix)
+        return tuple(out)
+
     def _check_entry(self, rel: str) -> None:
         """A manifest entry names a file in the home: a relative path without '..' (else the pull would write
-        outside it)."""
-        path = Path(rel)
-        home = self.home.resolve()
-        if (path.is_absolute() or "\\" in rel or ".." in path.parts or not rel
-                or not (home / path).resolve().is_relative_to(home)):
+        outside it). Read as written (a part of the home may be a link to another disk)."""
+        path = PurePosixPath(rel)
+        if path.is_absolute() or ".." in path.parts or not path.parts or path == PurePosixPath("."):
             raise InvalidInput(f"{self.url}/{MANIFEST} names {rel!r}, which is not a file in an artifact home "
                                "(an absolute path or one with '..'): nothing was pulled; push the store again "
                                "from a trusted home")

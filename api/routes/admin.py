@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -225,7 +226,7 @@ async def _replace_file(request: Request, holder: ServedHolder, settings: Settin
     the call changes nothing."""
     lock = _FILE_LOCKS.setdefault((id(asyncio.get_running_loop()), path), asyncio.Lock())
     async with lock:  # one change of a file at a time in this process
-        old = path.read_bytes() if path.is_file() else None  # as it is, even when it is not UTF-8
+        old = _as_it_is(path)
         try:
             await asyncio.to_thread(write_text_atomic, path, text)
         except OSError as error:
@@ -234,10 +235,26 @@ async def _replace_file(request: Request, holder: ServedHolder, settings: Settin
         try:
             engine = await _swap(request, holder)
         except Exception:
-            await asyncio.to_thread(write_text_atomic, path, old)
+            await asyncio.to_thread(_put_back, path, old)
             raise
     await asyncio.to_thread(push_state, settings)  # other replicas pull it on their next poll
     return engine
+
+
+def _as_it_is(path: Path) -> tuple[bytes, int, int] | None:
+    """A file's bytes (even when not UTF-8) and times, to put back as they were (None: no file)."""
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return path.read_bytes(), stat.st_atime_ns, stat.st_mtime_ns
+
+
+def _put_back(path: Path, old: tuple[bytes, int, int] | None) -> None:
+    """The file as :func:`_as_it_is` read it, its modification time too: a change that was undone is no change
+    here for the artifact store (a file changed here is kept at every pull, and pushed)."""
+    write_text_atomic(path, None if old is None else old[0])
+    if old is not None:
+        os.utime(path, ns=(old[1], old[2]))
 
 
 _FILE_LOCKS: dict[tuple[int, Path], asyncio.Lock] = {}  # per event loop (an asyncio lock belongs to one)
@@ -272,12 +289,12 @@ async def put_experiment(body: ExperimentConfig, request: Request, holder: Holde
         await asyncio.to_thread(check_loads, settings, "ltr", version)  # 409: damaged, or features unfillable
     path = settings.paths.experiment_config
     async with _FILE_LOCKS.setdefault((id(asyncio.get_running_loop()), path), asyncio.Lock()):
-        old = path.read_bytes() if path.is_file() else None
+        old = _as_it_is(path)
         save_router_config(settings.paths, body.experiment, body.shadow)
         try:
             await _swap(request, holder)
         except Exception:  # not served here: the call changes nothing, and nothing is published
-            await asyncio.to_thread(write_text_atomic, path, old)
+            await asyncio.to_thread(_put_back, path, old)
             raise
     await asyncio.to_thread(push_state, settings)  # served here: other replicas pull it on their next poll
     return get_experiment(holder)

@@ -550,9 +550,12 @@ def test_synonyms_set_through_the_admin_api_are_searched_at_once(  # type: ignor
         # another shared file is broken: the call fails naming it and changes nothing
         (tmp_path / "rules").mkdir(exist_ok=True)
         (tmp_path / "rules" / "rules.yaml").write_text("queries: [1]\n")
+        written = (tmp_path / "rules" / "synonyms.txt").stat().st_mtime_ns
         refused = client.put("/v1/admin/synonyms", json={"rules": ["taladro => drill"]}, headers=admin)
         assert refused.status_code == 422 and "rules.yaml is not valid" in refused.json()["message"]
         assert (tmp_path / "rules" / "synonyms.txt").read_text() == "" and searched("taladro") == "taladro"
+        # put back as it was, its time too: no change of this replica's for the artifact store to keep
+        assert (tmp_path / "rules" / "synonyms.txt").stat().st_mtime_ns == written
         stopped = client.put("/v1/admin/experiment", json={"experiment": None, "shadow": None}, headers=admin)
         assert stopped.status_code == 422 and not home.paths.experiment_config.exists()  # before: saved, published
         fixed = client.put("/v1/admin/rules", json={}, headers=admin)  # mends it: no reload error left

@@ -288,3 +288,44 @@ def test_the_manifest_is_replaced_whole(tmp_path: Path, monkeypatch: pytest.Monk
     assert written and not any(path.endswith(f"/{MANIFEST}") for path in written)  # before: written in place
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [MANIFEST, "indexes", "models"]  # no tmp left
     assert len(json.loads((tmp_path / "store" / MANIFEST).read_text())) == 3
+
+
+def test_a_home_with_linked_folders_and_odd_names_pulls_and_a_clash_is_resolved_by_deleting_here(
+        tmp_path: Path) -> None:
+    from core.registry import ModelRegistry
+
+    url = f"file://{tmp_path / 'store'}"
+    a = tmp_path / "a"
+    registry = ModelRegistry(a / "models")
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.txt").write_text(name)
+        (folder / "a\\b .txt").write_text("odd")  # a backslash and a space: a name POSIX allows
+        registry.register("ltr", folder, base_model="lightgbm", activate=True)
+    ArtifactStore(url, a).push()
+    replica = tmp_path / "replica"
+    (tmp_path / "disk" / "models").mkdir(parents=True)
+    replica.mkdir()
+    (replica / "models").symlink_to(tmp_path / "disk" / "models", target_is_directory=True)  # on another disk
+    assert ArtifactStore(url, replica).pull().files == 7  # before: refused as outside the home
+    b = tmp_path / "b"  # registered its own v1 before it first pulled
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.txt").write_text("b's own")
+    other = ModelRegistry(b / "models")
+    other.register("ltr", mine, base_model="lightgbm")
+    store_b = ArtifactStore(url, b)
+    assert store_b.pull().clashes == ("models/ltr/v1",)
+    with pytest.raises(Conflict, match="Delete this home's version"):
+        store_b.push()
+    other.delete("ltr", "v1")  # as the message says: this home's v1 goes, the store's comes in its place
+    store_b.pull()
+    assert (b / "models" / "ltr" / "v1" / "model.txt").read_text() == "one"
+    store_b.push()
+    ArtifactStore(url, a).pull()
+    assert (a / "models" / "ltr" / "v1" / "model.txt").read_text() == "one"  # A's v1 stays, here and in the store
+    assert (tmp_path / "store" / "models" / "ltr" / "v1" / "model.txt").read_text() == "one"
+    (tmp_path / "store" / MANIFEST).write_text("not json{")
+    pushed = ArtifactStore(url, a).push()  # an unreadable manifest: every file again, and a new one
+    assert pushed.files == len(json.loads((tmp_path / "store" / MANIFEST).read_text())) == 8
