@@ -79,7 +79,7 @@ def test_files_of_the_wrong_kind_are_named(home: Path, tmp_path: Path, capsys: p
     store = tmp_path / "store"
     store.mkdir()
     (store / "MANIFEST.json").write_text("not json{")
-    assert "is not valid JSON" in refused(capsys, "artifacts", "pull", "--url", f"file://{store}")
+    assert "is not a manifest" in refused(capsys, "artifacts", "pull", "--url", f"file://{store}")
 
 
 def test_counts_names_and_numbers_are_checked(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
