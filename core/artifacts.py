@@ -159,10 +159,9 @@ class ArtifactStore:
                                  and not any(part.startswith((".deleting-", ".registering-")) for part in p.parts))
         return sorted(files)
 
-    def _deleted_versions(self) -> dict[str, Path]:
-        """The folders of model versions this home's registries deleted: home-relative prefix
-        (``models/<role>/<version>/``) -> local folder."""
-        out = {}
+    def _deleted_entries(self) -> Iterator[tuple[str, Path, dict[str, Any]]]:
+        """The model versions this home's registries deleted: home-relative prefix (``models/<role>/<version>/``),
+        local folder and the registry's record of it (its files' digests among them)."""
         for pattern in REGISTRIES:
             for listing in self.home.glob(f"{pattern}/*/deleted.json"):
                 role = listing.parent
@@ -170,8 +169,11 @@ class ArtifactStore:
                     if not VERSION.match(str(entry.get("version", ""))):  # a name, never a path ('../..')
                         continue
                     folder = role / entry["version"]
-                    out[f"{folder.relative_to(self.home)}/"] = folder
-        return out
+                    yield f"{folder.relative_to(self.home)}/", folder, entry
+
+    def _deleted_versions(self) -> dict[str, Path]:
+        """The folders of model versions this home's registries deleted: home-relative prefix -> local folder."""
+        return {prefix: folder for prefix, folder, _ in self._deleted_entries()}
 
     def _digest(self, path: Path, state: dict[str, Any]) -> str:
         """sha256 of a local file, reused from the last transfer while its size and mtime hold."""
@@ -321,16 +323,11 @@ class ArtifactStore:
         as they were: not pulled back (this home's next push removes them from the store). A version the store
         holds with other files (another home's model under the name) is pulled in its place."""
         out = []
-        for pattern in REGISTRIES:
-            for listing in self.home.glob(f"{pattern}/*/deleted.json"):
-                role = listing.parent
-                for entry in ModelRegistry(role.parent).deleted(role.name):
-                    files = entry.get("files") or {}
-                    if not VERSION.match(str(entry.get("version", ""))) or not isinstance(files, dict):
-                        continue
-                    prefix = f"{(role / entry['version']).relative_to(self.home)}/"
-                    if files and all(remote.get(prefix + name) == digest for name, digest in files.items()):
-                        out.append(prefix)
+        for prefix, _, entry in self._deleted_entries():
+            files = entry.get("files") or {}
+            if isinstance(files, dict) and files and all(remote.get(prefix + name) == digest
+                                                         for name, digest in files.items()):
+                out.append(prefix)
         return tuple(out)
 
     def _check_entry(self, rel: str) -> None:

@@ -7,7 +7,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from core.hardware import usable_cores
 
@@ -25,6 +32,10 @@ def redis_url(value: str) -> str:
     except ValueError as error:
         raise ValueError(f"not a Redis URL ({error}); give redis://HOST:PORT/DB") from None
     return value
+
+
+# a Redis the service connects to (the score store, the rate limits' buckets)
+RedisUrl = Annotated[str, StringConstraints(pattern=r"^(redis|rediss|unix)://"), AfterValidator(redis_url)]
 
 
 class ServingSettings(BaseModel):
@@ -50,13 +61,8 @@ class ServingSettings(BaseModel):
         "local", description="Shared tier behind the in-memory score cache, kept across restarts: 'local' (a "
         "sqlite file under the artifact home, shared by the server processes of one machine), 'redis' "
         "(score_store_url, shared by replicas) or 'memory' (none: each process keeps its own scores).")
-    score_store_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://",
-                                 description="Redis of the score store when score_store is 'redis' "
-                                 "(redis://HOST:PORT/DB).")
-    @field_validator("score_store_url")
-    @classmethod
-    def _redis_url(cls, value: str) -> str:
-        return redis_url(value)
+    score_store_url: RedisUrl = Field("redis://127.0.0.1:6379/0", description="Redis of the score store when "
+                                      "score_store is 'redis' (redis://HOST:PORT/DB).")
 
     score_store_timeout_ms: float = Field(50.0, gt=0, le=10_000, description="Longest wait for one read of the "
                                           "score store; past it the search scores the pairs itself.")
@@ -189,14 +195,8 @@ class ApiSettings(BaseModel):
         "process", description="Where a key's bucket is kept: 'process' (each server process has its own, so a key "
         "may make the rate once per process and replica) or 'redis' (rate_limit_url, one bucket per key shared by "
         "every process and replica; while Redis does not answer, each process falls back to its own bucket).")
-    rate_limit_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://",
-                                description="Redis of the shared buckets when rate_limit_store is 'redis' "
-                                "(redis://HOST:PORT/DB).")
-
-    @field_validator("rate_limit_url")
-    @classmethod
-    def _redis_url(cls, value: str) -> str:
-        return redis_url(value)
+    rate_limit_url: RedisUrl = Field("redis://127.0.0.1:6379/0", description="Redis of the shared buckets when "
+                                     "rate_limit_store is 'redis' (redis://HOST:PORT/DB).")
 
     workers: int = Field(0, ge=0, le=64, description="Server processes of `shoprank serve`; each loads its own "
                          "engine (index and models) and they share the artifact home. 0: one per usable core.")

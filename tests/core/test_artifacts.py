@@ -23,6 +23,23 @@ def make_home(root: Path) -> Path:
     return root
 
 
+def registered(home: Path, tmp_path: Path, names: tuple[str, ...],  # type: ignore[no-untyped-def]
+               extra: dict[str, str] | None = None):
+    """A registry in ``home`` with an ``ltr`` version per name (``model.txt`` holding the name, and ``extra``
+    files), each activated in turn."""
+    from core.registry import ModelRegistry
+
+    registry = ModelRegistry(home / "models")
+    for name in names:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.txt").write_text(name)
+        for file, text in (extra or {}).items():
+            (folder / file).write_text(text)
+        registry.register("ltr", folder, base_model="lightgbm", activate=True)
+    return registry
+
+
 def test_push_then_pull_copies_the_shared_files_only(tmp_path: Path) -> None:
     url = f"file://{tmp_path / 'store'}"
     writer = ArtifactStore(url, make_home(tmp_path / "a"))
@@ -252,16 +269,9 @@ def test_a_pull_moves_the_pointer_after_the_files_it_points_at(tmp_path: Path, m
 
 
 def test_a_version_deleted_here_is_not_pulled_back_and_a_clashing_one_gets_no_store_file(tmp_path: Path) -> None:
-    from core.registry import ModelRegistry
-
     url = f"file://{tmp_path / 'store'}"
     home = tmp_path / "a"
-    registry = ModelRegistry(home / "models")
-    for name in ("one", "two"):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "model.txt").write_text(name)
-        registry.register("ltr", folder, base_model="lightgbm", activate=True)
+    registry = registered(home, tmp_path, ("one", "two"))
     store = ArtifactStore(url, home)
     store.push()
     registry.delete("ltr", "v1")
@@ -296,13 +306,7 @@ def test_a_home_with_linked_folders_and_odd_names_pulls_and_a_clash_is_resolved_
 
     url = f"file://{tmp_path / 'store'}"
     a = tmp_path / "a"
-    registry = ModelRegistry(a / "models")
-    for name in ("one", "two"):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "model.txt").write_text(name)
-        (folder / "a\\b .txt").write_text("odd")  # a backslash and a space: a name POSIX allows
-        registry.register("ltr", folder, base_model="lightgbm", activate=True)
+    registered(a, tmp_path, ("one", "two"), {"a\\b .txt": "odd"})  # a backslash and a space: names POSIX allows
     ArtifactStore(url, a).push()
     replica = tmp_path / "replica"
     (tmp_path / "disk" / "models").mkdir(parents=True)
