@@ -72,7 +72,8 @@ def add_elsewhere_arguments(p: argparse.ArgumentParser, kind: str, written: str,
 
 def check_work_folder(work: Path, settings: Settings) -> None:
     """A folder a training command may empty and fill: a folder (or none yet), not the artifact home or one
-    holding it (else an InvalidInput naming it)."""
+    holding it (else an InvalidInput naming it). For a folder given by hand (``train reranker --work-dir``);
+    one named by ``--run-name`` is under ``<home>/training/`` by construction."""
     into, home = work.resolve(), settings.home.resolve()
     if into == home or into in home.parents:
         raise InvalidInput(f"the work folder {work} is (or holds) the artifact home {settings.home}: give a folder of "
@@ -106,7 +107,6 @@ def trained(args: argparse.Namespace, settings: Settings, work: Path, kind: str,
     if not isinstance(summary, dict) or not set(keys) <= set(summary):
         raise InvalidInput(f"--trained {args.trained}: train_summary.json is not a summary `python -m ranking.training."
                            f"{kind}` writes (a JSON object with {', '.join(keys) or 'its figures'})")
-    check_work_folder(work, settings)
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(args.trained, work)
     params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}  # a path over there
