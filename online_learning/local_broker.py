@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from online_learning.kafka_clients import open_client
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,8 +55,9 @@ class LocalBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as probe:
+                    if probe.getsockname() != probe.getpeername():  # not a socket connected to itself
+                        return self
             except OSError:
                 if self._process.poll() is not None:
                     raise RuntimeError(f"tansu exited with {self._process.returncode}") from None
@@ -82,7 +85,7 @@ def create_topics(bootstrap: str, topics: list[str], partitions: int = 2) -> Non
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = open_client(KafkaAdminClient, bootstrap_servers=bootstrap)
     try:
         for topic in topics:
             try:

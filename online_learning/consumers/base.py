@@ -27,6 +27,7 @@ from pathlib import Path
 
 from online_learning.events import InteractionEvent, RankingEvent, parse
 from online_learning.forget_list import ForgetList
+from online_learning.kafka_clients import open_client
 
 logger = logging.getLogger(__name__)
 
@@ -65,24 +66,37 @@ class ConsumerLoop:
         self._topic_ids: dict[str, str] = {}
         self._rewind: set[str] = set()  # recreated topics not yet read again from the start
         self._next_check = 0.0
-        self._admin = None
+        self._admin = None  # the topic watch's client
+        self._live = None  # the consumer of the running loop
 
     def _consumer(self):  # type: ignore[no-untyped-def]
         from kafka import KafkaConsumer
 
-        return KafkaConsumer(*self.topics, bootstrap_servers=self.bootstrap, group_id=self.group,
-                             enable_auto_commit=False, auto_offset_reset="earliest",
-                             session_timeout_ms=self.session_timeout_ms,
-                             heartbeat_interval_ms=max(1000, self.session_timeout_ms // 3),
-                             max_poll_records=self.max_records)
+        return open_client(KafkaConsumer, *self.topics, bootstrap_timeout_s=10.0, bootstrap_servers=self.bootstrap,
+                           group_id=self.group, enable_auto_commit=False, auto_offset_reset="earliest",
+                           session_timeout_ms=self.session_timeout_ms,
+                           heartbeat_interval_ms=max(1000, self.session_timeout_ms // 3),
+                           max_poll_records=self.max_records)
 
     def run(self, idle_exit: float | None = None) -> None:
-        """Consume until :meth:`stop` (or ``idle_exit`` seconds without messages)."""
+        """Consume until :meth:`stop` (or ``idle_exit`` seconds without messages).
+
+        However the loop ends (stopped, idle, or an error out of ``handle``), its consumer leaves
+        the group and its clients are closed: a consumer left open keeps heartbeating from its own
+        thread and holds its partitions, so the group's next consumer would wait for it and read
+        nothing."""
+        try:
+            self._run(idle_exit)
+        finally:
+            self._live = self._close(self._live)
+            self._admin = self._close(self._admin)
+
+    def _run(self, idle_exit: float | None) -> None:
         consumer = None
         last_message = time.monotonic()
         while not self.stop_event.is_set():
             try:
-                consumer = consumer or self._consumer()
+                consumer = self._live = consumer or self._consumer()
                 self._rewind_recreated(consumer)
                 polled = consumer.poll(timeout_ms=500)
             except Exception as err:  # noqa: BLE001 - broker gone: reconnect with back-off
@@ -95,7 +109,7 @@ class ConsumerLoop:
                 for record in records:
                     try:
                         batch.append(Delivered(record.topic, record.partition, record.offset, parse(record.value)))
-                    except ValueError as err:
+                    except (ValueError, TypeError) as err:  # not an event (a record without a value too)
                         self._dead_letter(record, err)
             dropped = 0
             if batch and self.forget is not None:
@@ -115,9 +129,8 @@ class ConsumerLoop:
                         consumer = self._close(consumer)
                     self.stop_event.wait(wait)
                     continue
-                except BaseException:
-                    self._close(consumer)  # like a dying process: no commit, the batch is re-delivered
-                    raise
+                # anything else (KeyboardInterrupt, SystemExit) ends the loop like a dying process: no commit,
+                # and run() closes the consumer, so the group's next one is given the batch again
                 self.handle_failures = 0
                 self.consumed += len(batch)
             self.forgotten += dropped  # once: a batch that failed is read (and its erased events dropped) again
@@ -132,10 +145,6 @@ class ConsumerLoop:
                 last_message = time.monotonic()  # still joining the group: not idle yet
             elif idle_exit is not None and time.monotonic() - last_message > idle_exit:
                 break
-        self._close(consumer)
-        if self._admin is not None:
-            self._admin.close()
-            self._admin = None
 
     def _recreated_topics(self) -> list[str]:
         """Topics whose id changed since the last look (at most every ``topic_check_s`` seconds)."""
@@ -147,7 +156,8 @@ class ConsumerLoop:
             if self._admin is None:
                 from kafka import KafkaAdminClient
 
-                self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.group}-topic-watch")
+                self._admin = open_client(KafkaAdminClient, bootstrap_timeout_s=5.0, bootstrap_servers=self.bootstrap,
+                                          client_id=f"{self.group}-topic-watch")
             described = self._admin.describe_topics(self.topics)
         except Exception as err:  # noqa: BLE001 - broker gone: look again at the next check
             logger.debug("%s: could not describe %s (%s)", self.group, self.topics, err)
@@ -186,13 +196,16 @@ class ConsumerLoop:
         self.dead_letters.parent.mkdir(parents=True, exist_ok=True)
         with self.dead_letters.open("a") as handle:
             handle.write(json.dumps({"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                                     "error": str(err)[:500], "value": record.value.decode(errors="replace")}) + "\n")
+                                     "error": str(err)[:500],
+                                     "value": None if record.value is None else record.value.decode(errors="replace")})
+                         + "\n")
 
     @staticmethod
-    def _close(consumer):  # type: ignore[no-untyped-def]
-        if consumer is not None:
+    def _close(client):  # type: ignore[no-untyped-def]
+        """Close a consumer (without committing) or an admin client; ``None``, to clear the reference."""
+        if client is not None:
             try:
-                consumer.close(autocommit=False)
+                client.close(autocommit=False) if hasattr(client, "commit") else client.close()
             except Exception:  # noqa: BLE001
                 pass
         return None

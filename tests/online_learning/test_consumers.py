@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -102,6 +103,39 @@ def test_log_sink_survives_a_crash_before_commit(broker: LocalBroker, tmp_path: 
     assert sink.duplicates > 0  # re-delivered and retried events were recognised
     assert (sink_root / "rankings" / "date=2026-11-01" / "hour=12").is_dir()
     assert len(read_log(sink_root, "rankings")) == 180
+
+
+def kafka_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name.startswith("kafka-io")}
+
+
+def test_a_loop_ended_by_an_error_leaves_no_client_running(broker: LocalBroker, tmp_path: Path) -> None:
+    """An error out of ``handle`` ends the loop with its consumer and its topic watch closed: left open,
+    their network threads would live on, and the consumer would hold its partitions from the group's
+    next consumer."""
+    publish(broker, tmp_path / "spool", events(20))
+    before = kafka_threads()
+    run_loop(CrashAfter(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC], handle=lambda batch: None,
+                        dead_letters=tmp_path / "dead.jsonl", max_records=5, batches=1, topic_check_s=0.0))
+    assert kafka_threads() <= before
+
+
+def test_a_record_without_a_value_is_dead_lettered_and_the_rest_is_read(broker: LocalBroker, tmp_path: Path) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    try:
+        producer.send(RANKINGS_TOPIC, key=b"u0", value=None).get(30)  # a tombstone, ahead of the events
+    finally:
+        producer.close()
+    batch = events(10)
+    publish(broker, tmp_path / "spool", batch)
+    loop = ConsumerLoop(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC],
+                        ParquetLogSink(tmp_path / "log"), tmp_path / "dead.jsonl")
+    run_loop(loop)
+    assert loop.invalid == 1 and loop.consumed == len(batch)
+    (letter,) = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert letter["topic"] == RANKINGS_TOPIC and letter["value"] is None
 
 
 def test_sink_recovers_a_file_recorded_but_not_renamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
