@@ -212,6 +212,15 @@ class ArmReport:
         return math.ceil(min_sample_size(base, lift, alpha) * self.design_effect)
 
 
+UNKNOWN_WHEN_MISSING = frozenset({"latency_ms"})  # a search logged without it was not timed, not 0 ms
+
+
+def measured(part: pd.DataFrame, column: str) -> pd.DataFrame:
+    """``part``'s searches that hold a value of ``column`` where a missing one is unknown (latency), else all
+    of them (a missing click, purchase or revenue is none)."""
+    return part[part[column].notna()] if column in UNKNOWN_WHEN_MISSING else part
+
+
 def per_shopper(part: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
     """Each shopper's (:func:`shopper`) sum of ``column`` over their searches in ``part``, and how many."""
     grouped = part.assign(who=shopper(part), value=part[column].astype(float).fillna(0.0)).groupby("who")["value"]
@@ -223,7 +232,8 @@ def compare_arms(table: pd.DataFrame, control: str, treatment: str, min_lift: fl
     unit of assignment (:func:`online_learning.stats.clustered_means`)."""
     a, b = table[table["arm"] == control], table[table["arm"] == treatment]
     columns = [*RATES, ("revenue_per_search", "revenue"), ("latency_ms", "latency_ms")]
-    comparisons = [clustered_means(name, *per_shopper(a, col), *per_shopper(b, col)) for name, col in columns]
+    comparisons = [clustered_means(name, *per_shopper(measured(a, col), col), *per_shopper(measured(b, col), col))
+                   for name, col in columns]
     effect = design_effect(*per_shopper(a, "bought"))
     base = float(a["bought"].mean()) if len(a) else 0.0
     return ArmReport(control, treatment, comparisons, {control: len(a), treatment: len(b)},
@@ -304,7 +314,9 @@ def over_time(table: pd.DataFrame, column: str, freq: str = "1h") -> pd.DataFram
     searches so far; a band over independent searches is as much too narrow as the design effect's root)."""
     rows = []
     for arm, part in table.groupby("arm"):
-        part = part.sort_values("timestamp", kind="stable")
+        part = measured(part, column).sort_values("timestamp", kind="stable")
+        if part.empty:
+            continue
         value = part[column].astype(float).fillna(0.0).to_numpy()
         by_shopper = pd.Series(value).groupby(shopper(part).to_numpy())
         before, count = by_shopper.cumsum().to_numpy() - value, by_shopper.cumcount().to_numpy()

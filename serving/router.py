@@ -106,11 +106,15 @@ class ExperimentRouter:
         if experiment is None:
             result = engine.search(query, k, offset=offset, use_cache=use_cache)
             routed = Routed(result, versions=engine.ranked_by(result.pipeline))
-        elif experiment.mode == "ab" or query.sort != "relevance":  # a list sorted by price is not interleaved
-            arm = assign(experiment, unit) if experiment.mode == "ab" else experiment.control
+        elif experiment.mode == "ab":
+            arm = assign(experiment, unit)
             version = experiment.arms[arm].ltr
             result = engine.search(query, k, offset=offset, use_cache=use_cache, ltr=version)
             routed = Routed(result, experiment.name, arm, version, versions=engine.ranked_by(result.pipeline, version))
+        elif query.sort != "relevance":  # a list sorted by price is not interleaved: the control serves it, outside
+            version = experiment.arms[experiment.control].ltr  # the experiment (logged as no arm's search)
+            result = engine.search(query, k, offset=offset, use_cache=use_cache, ltr=version)
+            routed = Routed(result, None, None, version, versions=engine.ranked_by(result.pipeline, version))
         else:
             routed = self._interleave(engine, experiment, query, k, offset, unit)
         if self.shadow and not routed.ranked_by(self.shadow, engine.versions.get("ltr")):  # not itself again
@@ -170,7 +174,8 @@ class ExperimentRouter:
             record = {"time": time.time(), "query": query.text, "user_id": query.user_id, "offset": offset,
                       "served_ltr": served.ltr_label(engine.versions.get("ltr")), "shadow_ltr": self.shadow,
                       "overlap@10": len(common) / max(1, min(10, len(a))), "kendall_tau@10": tau,
-                      "served_ms": round(sum(served.result.timings.values()) * 1e3, 2),
+                      # a page answered from the results cache was not ranked now: its time is unknown, not 0
+                      "served_ms": None if served.result.cached else round(sum(served.result.timings.values()) * 1e3, 2),
                       "shadow_ms": round(seconds * 1e3, 2), "shadow_top10": b, "served_top10": a}
             if self.shadow_dir is not None:
                 self.shadow_dir.mkdir(parents=True, exist_ok=True)

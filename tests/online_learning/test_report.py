@@ -227,3 +227,20 @@ def test_the_band_over_time_counts_shoppers_and_the_page_says_what_it_cannot_tel
     text = page.read_text()
     assert "an unknown number of searches" in text and "about <b>0</b>" not in text  # before: "about 0 searches"
     assert "nan%" not in text and "(n/a)" in text and "always-valid p" in text
+
+
+def test_searches_logged_without_a_latency_are_left_out_of_its_mean() -> None:
+    """A search logged without a latency (an older client, an event imported from elsewhere) was not timed:
+    counted as 0 ms it would pull its arm's mean latency down."""
+    import pandas as pd
+
+    from online_learning.analysis import over_time
+
+    table = arms_table({"control": 0.1, "treatment": 0.1}, {"control": 30, "treatment": 30})
+    table.loc[(table["arm"] == "treatment") & (table.index % 2 == 0), "latency_ms"] = None  # half not timed
+    table["timestamp"] = pd.Timestamp("2026-11-01", tz="UTC")
+    latency = compare_arms(table, "control", "treatment").by_metric()["latency_ms"]
+    assert latency.control == latency.treatment == pytest.approx(30.0)  # before: 15 ms for the treatment
+    assert latency.n_treatment == 60  # the timed ones
+    assert over_time(table, "latency_ms").groupby("arm")["mean"].last().to_dict() == pytest.approx(
+        {"control": 30.0, "treatment": 30.0})

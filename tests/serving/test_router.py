@@ -33,6 +33,8 @@ class FakeEngine:
         self.calls.append(ltr)
         order = self.orders[ltr][offset : offset + k]
         hits = Hits.of(np.arange(len(order)), -np.arange(len(order), dtype=float))
+        if use_cache:  # as if the results cache held the page: nothing was ranked now
+            return SearchResult(Candidates.from_hits(hits, "ltr", list(order)), pipeline, len(order), {}, cached=True)
         return SearchResult(Candidates.from_hits(hits, "ltr", list(order)), pipeline, len(order), {"ltr": 0.001})
 
 
@@ -62,10 +64,13 @@ def test_interleaving_merges_both_arms_with_teams() -> None:
     assert first == ("a" if routed.teams[first] == "control" else "e")
     # both arms ranked it: each arm's LambdaMART is named, and no single "ltr" credits the active one
     assert routed.versions == {"encoder": "biencoder:v1", "ltr:control": "v1", "ltr:treatment": "v2"}
-    engine.calls.clear()  # a list sorted by price is not interleaved: the control arm serves it whole
+    # a list sorted by price is not interleaved: the control arm serves it whole, outside the experiment
+    # (logged as no arm's search, so an A/B reading of the experiment's log does not count it as the control's)
+    engine.calls.clear()
     sorted_query = Query("drill", "u1", sort="price_asc")
     by_price = router.search(engine, sorted_query, 4, 0, "u1", False)  # type: ignore[arg-type]
-    assert (by_price.arm, by_price.ltr, engine.calls, by_price.teams) == ("control", "v1", ["v1"], {})
+    assert (by_price.experiment, by_price.arm, by_price.ltr) == (None, None, "v1")
+    assert (engine.calls, by_price.teams) == (["v1"], {})
 
 
 def test_a_search_names_the_lambdamart_of_its_arm() -> None:
@@ -96,6 +101,12 @@ def test_shadow_logs_a_diff_without_touching_the_response(tmp_path: Path) -> Non
     # each page is compared with the same page of the shadow: v1's "c", "d" against v1's own, not its "a", "b"
     assert [(r["offset"], r["shadow_top10"]) for r in pages] == [(0, ["a", "b"]), (2, ["c", "d"])]
     assert all(r["kendall_tau@10"] is None for r in pages)  # fewer than 3 in common: no rank correlation
+    cached = ExperimentRouter(None, shadow="v1", shadow_dir=tmp_path / "cached")  # v2 serves now
+    cached.search(engine, Query("drill", "u1"), 5, 0, "u1", True)  # type: ignore[arg-type]
+    cached.drain()
+    cached.close()
+    (record,) = [json.loads(line) for line in (tmp_path / "cached" / "v1.jsonl").read_text().splitlines()]
+    assert record["served_ms"] is None and pages[0]["served_ms"] == 1.0  # a cached page's time is unknown, not 0
 
 
 def test_router_config_round_trip(tmp_path: Path) -> None:
