@@ -28,7 +28,8 @@ BF16_WIDTH_STEP = 8  # tokens: inputs on the bf16 path are padded to a multiple 
 PLUGIN = "onnxruntime_ep_openvino"  # the OpenVINO execution provider plugin's Python package
 _REGISTERED = "shoprank_openvino"
 _lock = threading.Lock()
-_device: Any = None  # the OpenVINO EP's CPU device, once registered
+_device: Any = None  # the OpenVINO EP's CPU device, once found
+_registered = False  # the plugin registered with ONNX Runtime (once per process: a second try is refused)
 
 
 def padded_width(longest: int, step: int) -> int:
@@ -45,7 +46,7 @@ def bf16_available() -> bool:
 
 def _openvino_cpu() -> Any:
     """The OpenVINO EP's CPU device, registering the plugin with ONNX Runtime on first use."""
-    global _device
+    global _device, _registered
     with _lock:
         if _device is not None:
             return _device
@@ -55,13 +56,26 @@ def _openvino_cpu() -> Any:
             raise RuntimeError("precision bf16 needs the OpenVINO execution provider plugin: "
                                "pip install onnxruntime-ep-openvino, or set ranking.precision to int8, fp32 or auto")
         plugin = importlib.import_module(PLUGIN)
-        ort.register_execution_provider_library(_REGISTERED, plugin.get_library_path())
+        if not _registered:
+            ort.register_execution_provider_library(_REGISTERED, plugin.get_library_path())
+            _registered = True
         devices = [d for d in ort.get_ep_devices()
                    if d.ep_name == plugin.get_ep_name() and d.ep_metadata.get("ov_device") == "CPU"]
-        if not devices:
-            raise RuntimeError("the OpenVINO execution provider found no CPU device")
+        if not devices:  # the plugin serves Intel CPUs only (an AMD EPYC lists none)
+            raise RuntimeError("precision bf16: the OpenVINO execution provider found no CPU device it runs on "
+                               "(it serves Intel CPUs); set ranking.precision or retrieval.catalog_precision "
+                               "to int8, fp32 or auto")
         _device = devices[0]
         return _device
+
+
+def bf16_runs() -> bool:
+    """Whether the bf16 path runs on this machine: the plugin installed, and a CPU it serves."""
+    try:
+        _openvino_cpu()
+    except RuntimeError:
+        return False
+    return True
 
 
 def cpu_session(path: Path, threads: int = 0, bf16: bool = False) -> Any:

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from core.onnx_sessions import bf16_runs
 from core.settings import Settings
 from online_learning.consumers.base import Delivered
 from online_learning.events import (
@@ -33,6 +34,10 @@ from serving.loading import open_served
 from shoprank.cli import main
 
 DEMO_QUERIES = ["cordless drill", "garden hose", "ceiling fan", "interior paint", "toilet seat", "led light bulb"]
+
+# the bf16 path runs ONNX models on OpenVINO's execution provider, which serves Intel CPUs only
+needs_bf16_path = pytest.mark.skipif(not bf16_runs(), reason="the OpenVINO execution provider runs on no CPU here "
+                                                             "(it serves Intel CPUs): the bf16 path cannot run")
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -25,6 +25,7 @@ from ranking.training.reranker import (
     train_reranker,
 )
 from retrieval.encoder import resolve_model_dir
+from tests.helpers import needs_bf16_path
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +93,17 @@ def test_onnx_exports_match_torch(trained) -> None:  # type: ignore[no-untyped-d
     tau = kendalltau(int8, reference).statistic
     assert tau > 0.9, f"int8 ranking agreement too low: tau={tau:.3f}"
     assert np.abs(int8 - reference).max() < 0.5
-    # bf16 on the OpenVINO execution provider (fp32 on a CPU without bf16 instructions)
+
+
+@needs_bf16_path
+def test_the_bf16_path_ranks_like_torch(trained) -> None:  # type: ignore[no-untyped-def]
+    """bf16 on the OpenVINO execution provider (computed in fp32 where the CPU has no bf16 instructions)."""
+    out, _, dev, titles, _ = trained
+    model_dir = out / "best"
+    export(model_dir)
+    queries = [g.query for g in dev for _ in g.judged]
+    texts = [titles[p] for g in dev for p in g.judged]
+    reference = TorchCrossEncoder(model_dir, max_length=40).score_pairs(queries, texts)
     bf16 = CrossEncoderScorer(model_dir, "bf16", max_length=40, threads=1).score_pairs(queries, texts)
     assert np.abs(bf16 - reference).max() < 0.1
     tau = kendalltau(bf16, reference).statistic

@@ -14,6 +14,7 @@ from retrieval.dask_encoding import fill_cache_on_dask, split
 from retrieval.embedding_cache import EmbeddingCache, encode_cached
 from retrieval.index import product_texts
 from tests.fakes import HashingEncoder
+from tests.helpers import needs_bf16_path
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def test_workers_fill_the_cache_with_the_in_process_vectors(dask_local_client, r
     assert fill_cache_on_dask(dask_local_client, real_encoder, texts, cache, work, settings.paths.cache, 5) == 0
 
 
+@needs_bf16_path
 def test_workers_encode_in_bf16_when_asked(dask_local_client, real_encoder, settings: Settings,  # type: ignore[no-untyped-def]
                                           demo_products: pd.DataFrame, reference: np.ndarray, tmp_path: Path) -> None:
     texts = product_texts(demo_products)[:64]

@@ -20,6 +20,7 @@ from retrieval.encoder import (
     resolve_model_dir,
 )
 from serving.indexing import catalog_encoder
+from tests.helpers import needs_bf16_path
 
 TITLES = ["cordless drill 20v max lithium ion", "interior paint eggshell white 1 gal.", "garden hose",
           "1/2 in. x 10 ft. copper pipe type l", "led flush mount ceiling light fixture in brushed nickel"]
@@ -38,6 +39,7 @@ def test_auto_is_bf16_where_the_cross_encoders_get_it(monkeypatch: pytest.Monkey
     assert resolve_catalog_precision("bf16") == "bf16" and resolve_catalog_precision("fp32") == "fp32"
 
 
+@needs_bf16_path
 def test_the_bf16_catalog_encoder_gives_fp32_vectors_and_queries_stay_on_fp32(settings: Settings) -> None:
     served = OnnxEncoder(resolve_model_dir(BUNDLED), settings.paths.cache, threads=1)
     assert catalog_encoder(with_precision(settings, "fp32"), served) is served
@@ -53,6 +55,7 @@ def test_the_bf16_catalog_encoder_gives_fp32_vectors_and_queries_stay_on_fp32(se
     assert catalog_encoder(with_precision(settings, "bf16"), catalog) is catalog
 
 
+@needs_bf16_path
 def test_a_build_from_a_warm_embedding_cache_opens_no_catalog_session(
         settings: Settings, demo_products: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from serving import indexing
