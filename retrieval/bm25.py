@@ -169,6 +169,8 @@ class BM25Index:
 
     def _run(self, query: tantivy.Query, limit: int) -> Hits:
         searcher = self._searcher
+        if limit <= 0:  # tantivy panics on a limit of 0, and its PanicException is no Exception
+            return Hits.empty()
         result = searcher.search(query, limit, count=False)
         if not result.hits:
             return Hits.empty()
@@ -183,8 +185,9 @@ class BM25Index:
         """Top-``k`` products by BM25 (among the rows ``allow`` marks, when given); empty when no
         query term is indexed. Filtered to at most :data:`TERM_SET_MAX` rows, tantivy matches only
         those (a zero-scored clause on the ``doc`` field, so the scores are the unfiltered ones);
-        to more, the run reads twice ``k`` over the share of rows allowed (all the matches, at
-        most), then keeps the allowed ones."""
+        to more, the run reads twice ``k`` over the share of rows allowed and keeps the allowed
+        ones, reading twice as many again while it found fewer than ``k`` of them and more
+        matches remain (allowed rows that match only low in the ranking are found too)."""
         text_query = self._text_query(query)
         if text_query is None or k <= 0:
             return Hits.empty()
@@ -199,9 +202,12 @@ class BM25Index:
             return self._run(tantivy.Query.boolean_query([(tantivy.Occur.Must, text_query),
                                                           (tantivy.Occur.Must, rows)]), k)
         limit = min(self.num_docs, int(np.ceil(2 * k * len(allow) / len(allowed))))
-        hits = self._run(text_query, limit)
-        keep = np.flatnonzero(_within(allow, hits.docs))[:k]
-        return Hits.of(hits.docs[keep], hits.scores[keep])
+        while True:
+            hits = self._run(text_query, limit)
+            keep = np.flatnonzero(_within(allow, hits.docs))[:k]
+            if len(keep) >= k or limit >= self.num_docs or len(hits) < limit:
+                return Hits.of(hits.docs[keep], hits.scores[keep])
+            limit = min(self.num_docs, 2 * limit)
 
     def batch_search(self, queries: Sequence[str], k: int, allow: np.ndarray | None = None) -> list[Hits]:
         return [self.search(query, k, allow) for query in queries]

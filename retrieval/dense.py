@@ -22,7 +22,9 @@ Three index kinds, chosen by ``retrieval.dense_index``:
 Rows are append-only and equal the product rows of the owning
 :class:`~retrieval.index.ProductIndex`. A delete marks the row dead; FAISS
 skips dead rows inside the search (``IDSelectorBitmap``), the flat path masks
-them, so results are never short.
+them. A graph or IVF search among few allowed rows far from the query can
+run out of candidates before it finds ``k`` of them; such a query is scored
+exactly over the allowed rows instead, so results are never short.
 Full-precision vectors are kept in an append-only file to score given products
 exactly (rerank mode) and to rebuild without re-encoding; rows in it past
 those ``live.npy`` counts (appended by a write that did not finish) are never
@@ -289,6 +291,15 @@ class DenseIndex:
             out = [Hits.of(d[d >= 0], s[d >= 0]) for s, d in zip(scores, docs)]
         else:
             out = self._rescore(queries, docs, k)
+        short = [i for i, hits in enumerate(out) if len(hits) < k]
+        if short:  # the graph (or the probed lists) held too few allowed rows: score those rows exactly
+            allowed = np.flatnonzero(rows)
+            logger.debug("dense %s search found under %d of %d allowed rows; scoring them exactly", self.kind, k,
+                         len(allowed))
+            exact = queries[short] @ np.asarray(self.vectors[allowed]).T
+            for i, row in zip(short, exact):
+                top = _top_k(row, k)
+                out[i] = Hits.of(allowed[top], row[top])
         return out
 
     def search(self, query: np.ndarray, k: int, allow: np.ndarray | None = None) -> Hits:
