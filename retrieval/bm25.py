@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +78,9 @@ class BM25Index:
         self.index.register_tokenizer(ANALYZER, _analyzer())
         self.index.reload()
         self._searcher = self.index.searcher()
+        # rows at or past this one are not the owning index's: a write that did not finish committed them here
+        # but not to its manifest (retrieval.index.ProductIndex sets it; None: every row counts)
+        self.rows: int | None = None
 
     @classmethod
     def build(cls, path: Path, docs: Iterable[tuple[int, str, str]], title_boost: float = 2.0) -> BM25Index:
@@ -114,10 +117,41 @@ class BM25Index:
         self.index.reload()
         self._searcher = self.index.searcher()
 
+    def reconcile(self, live: np.ndarray, text: Callable[[np.ndarray], Iterable[tuple[int, str, str]]]) -> bool:
+        """Make the index hold exactly the rows ``live`` marks where it does not (a write that did not
+        finish committed its changes here but not to the owning index's manifest): rows it holds that are
+        not live are deleted, live rows it lacks are added from ``text(rows)``. True when it changed."""
+        held, rows = self.docs(), np.flatnonzero(live)
+        extra, missing = np.setdiff1d(held, rows), np.setdiff1d(rows, held)
+        if not len(extra) and not len(missing):
+            return False
+        logger.warning("BM25 index %s: %d rows deleted and %d added back to match the committed catalog (a write "
+                       "did not finish)", self.path, len(extra), len(missing))
+        self.upsert(text(missing), replace=extra.tolist())
+        return True
+
     # -- reads ----------------------------------------------------------------
     @property
     def num_docs(self) -> int:
         return int(self._searcher.num_docs)
+
+    def docs(self) -> np.ndarray:
+        """The rows the index holds."""
+        searcher = self._searcher
+        if not searcher.num_docs:
+            return np.zeros(0, dtype=np.int64)
+        result = searcher.search(tantivy.Query.all_query(), searcher.num_docs, count=False)
+        return np.asarray(searcher.fast_field_values("doc", [address for _, address in result.hits]), dtype=np.int64)
+
+    def consistent(self, live: np.ndarray) -> bool:
+        """Whether the index holds as many rows as ``live`` marks and none past its end: a cheap check of
+        what :meth:`reconcile` makes sure of (a write that did not finish adds rows past the end, deletes, or both)."""
+        if self.num_docs != int(np.count_nonzero(live)):
+            return False
+        if not self.num_docs:
+            return True
+        result = self._searcher.search(tantivy.Query.all_query(), 1, count=False, order_by_field="doc")
+        return int(result.hits[0][0]) < len(live)
 
     def terms(self, text: str) -> list[str]:
         """Distinct analysed terms of a text, in first-seen order."""
@@ -135,18 +169,25 @@ class BM25Index:
 
     def _run(self, query: tantivy.Query, limit: int) -> Hits:
         searcher = self._searcher
+        if limit <= 0:  # tantivy panics on a limit of 0, and its PanicException is no Exception
+            return Hits.empty()
         result = searcher.search(query, limit, count=False)
         if not result.hits:
             return Hits.empty()
-        docs = searcher.fast_field_values("doc", [address for _, address in result.hits])
-        return Hits.of(docs, [score for score, _ in result.hits])
+        docs = np.asarray(searcher.fast_field_values("doc", [address for _, address in result.hits]), dtype=np.int64)
+        scores = np.asarray([score for score, _ in result.hits], dtype=np.float32)
+        if self.rows is not None and (docs >= self.rows).any():
+            keep = docs < self.rows
+            docs, scores = docs[keep], scores[keep]
+        return Hits.of(docs, scores)
 
     def search(self, query: str, k: int, allow: np.ndarray | None = None) -> Hits:
         """Top-``k`` products by BM25 (among the rows ``allow`` marks, when given); empty when no
         query term is indexed. Filtered to at most :data:`TERM_SET_MAX` rows, tantivy matches only
         those (a zero-scored clause on the ``doc`` field, so the scores are the unfiltered ones);
-        to more, the run reads twice ``k`` over the share of rows allowed (all the matches, at
-        most), then keeps the allowed ones."""
+        to more, the run reads twice ``k`` over the share of rows allowed and keeps the allowed
+        ones, reading twice as many again while it found fewer than ``k`` of them and more
+        matches remain (allowed rows that match only low in the ranking are found too)."""
         text_query = self._text_query(query)
         if text_query is None or k <= 0:
             return Hits.empty()
@@ -161,9 +202,12 @@ class BM25Index:
             return self._run(tantivy.Query.boolean_query([(tantivy.Occur.Must, text_query),
                                                           (tantivy.Occur.Must, rows)]), k)
         limit = min(self.num_docs, int(np.ceil(2 * k * len(allow) / len(allowed))))
-        hits = self._run(text_query, limit)
-        keep = np.flatnonzero(_within(allow, hits.docs))[:k]
-        return Hits.of(hits.docs[keep], hits.scores[keep])
+        while True:
+            hits = self._run(text_query, limit)
+            keep = np.flatnonzero(_within(allow, hits.docs))[:k]
+            if len(keep) >= k or limit >= self.num_docs or len(hits) < limit:
+                return Hits.of(hits.docs[keep], hits.scores[keep])
+            limit = min(self.num_docs, 2 * limit)
 
     def batch_search(self, queries: Sequence[str], k: int, allow: np.ndarray | None = None) -> list[Hits]:
         return [self.search(query, k, allow) for query in queries]

@@ -22,9 +22,13 @@ Three index kinds, chosen by ``retrieval.dense_index``:
 Rows are append-only and equal the product rows of the owning
 :class:`~retrieval.index.ProductIndex`. A delete marks the row dead; FAISS
 skips dead rows inside the search (``IDSelectorBitmap``), the flat path masks
-them, so results are never short. Full-precision vectors are kept in an
-append-only file to score given products exactly (rerank mode) and to rebuild
-without re-encoding.
+them. A graph or IVF search among few allowed rows far from the query can
+run out of candidates before it finds ``k`` of them; such a query is scored
+exactly over the allowed rows instead, so results are never short.
+Full-precision vectors are kept in an append-only file to score given products
+exactly (rerank mode) and to rebuild without re-encoding; rows in it past
+those ``live.npy`` counts (appended by a write that did not finish) are never
+read, and the next write cuts them off.
 """
 
 from __future__ import annotations
@@ -126,15 +130,19 @@ class DenseIndex:
                     bar.update(min(batch, len(vectors) - start))
         (path / VECTORS).unlink(missing_ok=True)
         dense = cls(path, kind, vectors.shape[1], np.ones(len(vectors), dtype=bool), settings, index)
-        dense._append_vectors(vectors)
+        dense._append_vectors(vectors, after=0)
         return dense
 
-    def save(self) -> None:
+    def save(self, folder: Path | None = None) -> None:
+        """Write the FAISS index, the live mask and ``dense.json`` to ``folder`` (default: the index's own;
+        :meth:`retrieval.index.ProductIndex.save` gives a folder whose files it moves in once committed)."""
+        folder = folder or self.path
         if self.index is not None:
-            faiss.write_index(self.index, str(self.path / "faiss.index"))
-        np.save(self.path / "live.npy", self.live)
+            faiss.write_index(self.index, str(folder / "faiss.index"))
+        with (folder / "live.npy").open("wb") as handle:
+            np.save(handle, self.live)
         meta = {"kind": self.kind, "dim": self.dim, "rows": int(len(self.live))}
-        (self.path / "dense.json").write_text(json.dumps(meta))
+        (folder / "dense.json").write_text(json.dumps(meta))
 
     @classmethod
     def load(cls, path: Path, settings: RetrievalSettings) -> DenseIndex:
@@ -146,8 +154,16 @@ class DenseIndex:
         return dense
 
     # -- writes -----------------------------------------------------------------
-    def _append_vectors(self, vectors: np.ndarray) -> None:
-        with (self.path / VECTORS).open("ab") as handle:
+    def _append_vectors(self, vectors: np.ndarray, after: int) -> None:
+        """Append ``vectors`` as rows ``after``, ``after + 1``, ...: rows the file holds past ``after`` were
+        appended by a write that did not finish (its rows were never committed) and are cut off first."""
+        file, size = self.path / VECTORS, after * self.dim * 4
+        if file.is_file() and file.stat().st_size > size:
+            logger.warning("%s: dropping %d vectors past row %d, appended by a write that did not finish", file,
+                           (file.stat().st_size - size) // (self.dim * 4), after)
+            with file.open("r+b") as handle:
+                handle.truncate(size)
+        with file.open("ab") as handle:
             handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
         self._vectors = None
 
@@ -158,7 +174,7 @@ class DenseIndex:
         if len(vectors):
             if self.index is not None:
                 self.index.add(vectors)
-            self._append_vectors(vectors)
+            self._append_vectors(vectors, after=start)
             self.live = np.concatenate([self.live, np.ones(len(vectors), dtype=bool)])
             self._refresh_selector()
         return range(start, len(self.live))
@@ -184,11 +200,13 @@ class DenseIndex:
     @property
     def vectors(self) -> np.ndarray:
         """Exact vectors of every row: in memory for flat search (it reads them all per
-        query), memory-mapped otherwise (only rerank-mode scoring reads them)."""
+        query), memory-mapped otherwise (only rerank-mode scoring reads them). Only the rows the live mask
+        counts are read: a write that did not finish may have appended more."""
         if self._vectors is None or len(self._vectors) != len(self.live):
             shape = (len(self.live), self.dim)
             if self.kind == "flat":
-                self._vectors = np.fromfile(self.path / VECTORS, dtype=np.float32).reshape(shape)
+                self._vectors = np.fromfile(self.path / VECTORS, dtype=np.float32, count=shape[0] * shape[1])
+                self._vectors = self._vectors.reshape(shape)
             else:
                 self._vectors = np.memmap(self.path / VECTORS, dtype=np.float32, mode="r", shape=shape)
         return self._vectors
@@ -270,8 +288,19 @@ class DenseIndex:
         scores, docs = self.index.search(queries, fetch, params=self._params(fetch, selector))
         del alive  # the selector's bitmap was needed until here
         if refine == 1:
-            return [Hits.of(d[d >= 0], s[d >= 0]) for s, d in zip(scores, docs)]
-        return self._rescore(queries, docs, k)
+            out = [Hits.of(d[d >= 0], s[d >= 0]) for s, d in zip(scores, docs)]
+        else:
+            out = self._rescore(queries, docs, k)
+        short = [i for i, hits in enumerate(out) if len(hits) < k]
+        if short:  # the graph (or the probed lists) held too few allowed rows: score those rows exactly
+            allowed = np.flatnonzero(rows)
+            logger.debug("dense %s search found under %d of %d allowed rows; scoring them exactly", self.kind, k,
+                         len(allowed))
+            exact = queries[short] @ np.asarray(self.vectors[allowed]).T
+            for i, row in zip(short, exact):
+                top = _top_k(row, k)
+                out[i] = Hits.of(allowed[top], row[top])
+        return out
 
     def search(self, query: np.ndarray, k: int, allow: np.ndarray | None = None) -> Hits:
         return self.batch_search(query, k, allow)[0]

@@ -11,15 +11,30 @@ Rows are append-only: an upsert whose text changed adds a new row and marks the
 old one dead; an attribute-only change edits the row in place; a delete marks
 rows dead. When the dead share passes ``retrieval.compact_ratio`` the index is
 compacted (rebuilt from the stored vectors, nothing re-encoded).
+
+A process that dies in a write leaves the index as it was before the write or
+as it is after it, never a mix. The manifest is the commit point: a save
+writes the other files into ``pending-<id>/`` and replaces ``manifest.json``
+(naming that id) before it moves them in, so a load moves in the files of the
+manifest it reads and ignores any other pending folder. Vectors appended past
+the committed rows are not read (the next write cuts them off), and a BM25
+index that a write changed but did not commit is put back in line with the
+catalog. A build or compaction puts the old folder aside as ``<name>.old``
+before it moves the new one in; :meth:`ProductIndex.recover` finishes or
+undoes a swap that was cut short.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +48,7 @@ from core.settings import RetrievalSettings
 from retrieval.analyzer import Analyzer, english_words
 from retrieval.bm25 import BM25Index
 from retrieval.catalog import catalog_hash, product_text, typed_columns
+from retrieval.dense import VECTORS as VECTORS_FILE
 from retrieval.dense import DenseIndex
 from retrieval.embedding_cache import EmbeddingCache, encode_cached
 from retrieval.encoder import Encoder
@@ -46,6 +62,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 PRODUCTS = "products.parquet"
 VOCABULARY = "vocabulary.json"
+PENDING = "pending-"  # a save's files wait in pending-<commit id>/ until the manifest names that id
 SAME_FILE = object()  # refresh_synonyms: the file the index reads now
 
 
@@ -66,6 +83,10 @@ class Manifest:
     shoprank: str = __version__
     build_seconds: float = 0.0
     analyzer: int = 0  # retrieval.vocabulary.VERSION of the normalized text in the BM25 index (0: not normalized)
+    # what the row numbers mean: new at every build and compaction (rows renumbered) and every write that adds
+    # rows, so what is cached by row number (the first stage's lists) is never read against other rows
+    build: str = ""
+    commit: str = ""  # the id of the save that wrote this manifest (its files wait in pending-<id>/)
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
@@ -85,6 +106,28 @@ class UpsertReport:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+@contextmanager
+def write_lock(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock of the index folder ``path`` (one process writes or builds it at a time; server processes
+    and jobs share the home); yields whether it is held. With ``wait=False`` it is taken only when free at once
+    (another process, or another holder in this one, keeps it: False)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def product_texts(products: pd.DataFrame) -> list[str]:
@@ -159,33 +202,97 @@ class ProductIndex:
             dense_kind=dense.kind, created=_now(), updated=_now(), analyzer=ANALYZER_VERSION,
         )
         index = cls(staging, manifest, products, bm25, dense)
+        index.manifest.build = _new_id()
         index.manifest.build_seconds = round(time.perf_counter() - started, 2)
         index.save()
         del index, bm25, dense
+        # the old folder is put aside, not deleted, until the new one is in its place: a process that dies
+        # between the two renames leaves both whole, and recover() puts one of them back
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
         if path.exists():
-            shutil.rmtree(path)
+            path.rename(old)
         staging.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
         logger.info("built index %s: %d products in %.1f s", path, len(products), time.perf_counter() - started)
         return cls.load(path, settings)
+
+    @staticmethod
+    def recover(path: Path) -> bool:
+        """Finish or undo a build's swap of folders that a process dying cut short (call it holding
+        :func:`write_lock`): with no index at ``path``, the finished build (``<name>.building``) is moved in,
+        else the index it was replacing (``<name>.old``); an old folder left beside an index is deleted.
+        True when an index was moved back in."""
+        staging, old = path.with_name(path.name + ".building"), path.with_name(path.name + ".old")
+        moved = False
+        if not (path / MANIFEST).is_file():
+            for folder, what in ((staging, "the finished build"), (old, "the index it was replacing")):
+                if _complete(folder):
+                    shutil.rmtree(path, ignore_errors=True)  # a folder without a manifest is no index
+                    folder.rename(path)
+                    logger.warning("index %s: a build was cut short while it moved folders; %s (%s) is served",
+                                   path, what, folder.name)
+                    moved = True
+                    break
+        if old.exists() and (path / MANIFEST).is_file():
+            shutil.rmtree(old, ignore_errors=True)
+        return moved
 
     @classmethod
     def load(cls, path: Path, settings: RetrievalSettings) -> ProductIndex:
         manifest = Manifest.read(path)
+        _finish_commit(path, manifest, after_crash=True)
         products = typed_columns(pd.read_parquet(path / PRODUCTS))  # an index stored before a column was typed
         if manifest.analyzer != ANALYZER_VERSION:
             logger.warning("index %s holds text of query analyzer %s, not %s: queries may match it less well; "
                            "rebuild it with `shoprank index --catalog FILE`", path, manifest.analyzer,
                            ANALYZER_VERSION)
         vocabulary = Vocabulary.load(path / VOCABULARY) if (path / VOCABULARY).is_file() else None
-        return cls(path, manifest, products, BM25Index(path / "bm25"), DenseIndex.load(path, settings), vocabulary)
+        index = cls(path, manifest, products, BM25Index(path / "bm25"), DenseIndex.load(path, settings), vocabulary)
+        index._check_rows()
+        return index
+
+    def _check_rows(self) -> None:
+        """Read only the committed rows of files a write that did not finish may have added to: vectors past
+        them are not read (the next write cuts them off), and the BM25 index is put back in line with the live
+        rows, here when no other process holds the index's lock (it may be writing), else at the next write
+        (until then BM25 ignores rows past the committed ones)."""
+        self.bm25.rows = len(self.products)
+        stored = (self.path / VECTORS_FILE).stat().st_size // (4 * self.dense.dim) if self.dense.dim else 0
+        if stored > len(self.products):
+            logger.warning("index %s: %d vectors past its %d committed rows (a write that did not finish) are "
+                           "ignored", self.path, stored - len(self.products), len(self.products))
+        if not self.bm25.consistent(self.dense.live):
+            with write_lock(self.path, wait=False) as held:
+                if held:
+                    self._reconcile_bm25()
+                else:
+                    logger.warning("index %s: its BM25 index does not match the committed rows (a write did not "
+                                   "finish); rows past them are ignored until the next write", self.path)
+
+    def _reconcile_bm25(self) -> None:
+        products = self.products
+        self.bm25.reconcile(products["live"].to_numpy(), lambda rows: _bm25_docs(rows.tolist(), products.iloc[rows]))
 
     def save(self) -> None:
-        self.dense.save()
-        tmp = self.path / (PRODUCTS + ".tmp")
-        self.products.to_parquet(tmp, index=False)
-        tmp.replace(self.path / PRODUCTS)
-        self.vocabulary.save(self.path / VOCABULARY)
-        (self.path / MANIFEST).write_text(json.dumps(asdict(self.manifest), indent=2))
+        """Write the index's files, the manifest last (the commit point): the others go to a folder
+        ``pending-<id>/`` first, the manifest naming ``<id>`` replaces the old one, and then they are moved in
+        (a load finishes that when a process died before it did)."""
+        for stale in self.path.glob(PENDING + "*"):  # of saves that died before their commit
+            shutil.rmtree(stale, ignore_errors=True)
+        self.manifest.commit = _new_id()
+        pending = self.path / (PENDING + self.manifest.commit)
+        pending.mkdir()
+        self.dense.save(pending)
+        self.products.to_parquet(pending / PRODUCTS, index=False)
+        self.vocabulary.save(pending / VOCABULARY)
+        for file in pending.iterdir():
+            _sync(file)
+        tmp = self.path / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(asdict(self.manifest), indent=2))
+        _sync(tmp)
+        os.replace(tmp, self.path / MANIFEST)
+        _finish_commit(self.path, self.manifest)
 
     # -- reads ------------------------------------------------------------------
     @property
@@ -277,6 +384,8 @@ class ProductIndex:
                 added.loc[list(kept_from), column] = self.products.loc[list(kept_from.values()), column].to_numpy()
         added["live"] = True
         vectors = encode_cached(encoder, product_texts(added), cache, progress=progress)
+        if not self.bm25.consistent(self.dense.live):  # left so by a write that did not finish
+            self._reconcile_bm25()
         if dead:
             self.products.loc[dead, "live"] = False
             self.dense.remove(dead)
@@ -292,6 +401,8 @@ class ProductIndex:
         rows = [self._row_of[p] for p in product_ids if p in self._row_of]
         unknown = [p for p in product_ids if p not in self._row_of]
         if rows:
+            if not self.bm25.consistent(self.dense.live):  # left so by a write that did not finish
+                self._reconcile_bm25()
             self.products.loc[rows, "live"] = False
             self.dense.remove(rows)
             self.bm25.delete(rows)
@@ -304,6 +415,9 @@ class ProductIndex:
         self._ids = self.products["product_id"].tolist()
         live = self.products["live"].to_numpy()
         self._row_of = {pid: row for row, pid in enumerate(self._ids) if live[row]}
+        if len(self.products) != self.manifest.rows:  # rows added: row numbers name products they did not
+            self.manifest.build = _new_id()
+        self.bm25.rows = len(self.products)
         self.manifest.count = len(self._row_of)
         self.manifest.rows = len(self.products)
         self.manifest.catalog_hash = catalog_hash(self.live_products())
@@ -329,6 +443,49 @@ class ProductIndex:
                 f"({self.manifest.encoder_fingerprint}), not {encoder.name} ({encoder.fingerprint}); "
                 "rebuild it with `shoprank index --catalog FILE` or load the matching encoder"
             )
+
+
+def _complete(folder: Path) -> bool:
+    """Whether ``folder`` holds an index a build finished (its manifest, written last, reads)."""
+    try:
+        Manifest.read(folder)
+    except (NotFound, ValueError, TypeError):
+        return False
+    return True
+
+
+def _sync(file: Path) -> None:
+    """Flush ``file`` to disk, so that the manifest naming it is never on disk before it is."""
+    with file.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _finish_commit(path: Path, manifest: Manifest, after_crash: bool = False) -> None:
+    """Move in the files of the save that wrote ``manifest`` (``after_crash``: where a process died before it
+    moved them all; idempotent, two processes may do it at once). Other pending folders are saves that did not
+    commit: never read (the next save deletes them)."""
+    pending = path / (PENDING + manifest.commit)
+    if after_crash:
+        for other in path.glob(PENDING + "*"):
+            if other != pending:
+                logger.warning("index %s: a write that did not finish left %s; the index as it was before that "
+                               "write is served", path, other.name)
+    if not manifest.commit or not pending.is_dir():
+        return
+    moved = 0
+    for file in sorted(pending.iterdir()):
+        try:
+            os.replace(file, path / file.name)
+            moved += 1
+        except FileNotFoundError:  # moved by another process just now
+            pass
+    try:
+        pending.rmdir()
+    except OSError:
+        pass
+    if moved and after_crash:
+        logger.warning("index %s: a write committed but died before it moved in its files; %d moved in now",
+                       path, moved)
 
 
 def _same(a: object, b: object) -> bool:

@@ -422,8 +422,10 @@ def _memoized(hybrid: HybridRetriever, index: ProductIndex, encoder: Encoder, ca
     retrieval = settings_digest(settings.retrieval)
 
     def scope() -> str:  # what a first-stage list depends on besides the query and its depth
-        manifest = index.manifest  # the index by name and build, not by path (ProductIndex.key_name)
-        return (f"{index.key_name}\x1f{manifest.catalog_hash}\x1f{manifest.rows}"
+        # the index by name and build, not by path (ProductIndex.key_name); a list holds row numbers, so it names
+        # what they mean (Manifest.build: new when a build, a compaction or a write renumbers or adds rows)
+        manifest = index.manifest
+        return (f"{index.key_name}\x1f{manifest.build}\x1f{manifest.catalog_hash}\x1f{manifest.rows}"
                 f"\x1f{encoder.fingerprint}\x1f{retrieval}")
 
     return MemoizedRetriever(hybrid, scope, caches.first_stage, shared_lists)

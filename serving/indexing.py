@@ -11,7 +11,6 @@ folder at a time (server processes and jobs share the home). Paths come from
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import subprocess
@@ -37,7 +36,7 @@ from retrieval.encoder import (
     resolve_catalog_precision,
     resolve_model_dir,
 )
-from retrieval.index import Manifest, ProductIndex
+from retrieval.index import Manifest, ProductIndex, write_lock
 from retrieval.vocabulary import VERSION as ANALYZER_VERSION
 from simulation.demo import write_demo
 
@@ -170,14 +169,12 @@ def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder:
 
 @contextmanager
 def building(path: Path) -> Iterator[None]:
-    """One process builds an index folder at a time (server processes and jobs share the home)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """One process builds or writes an index folder at a time (server processes and jobs share the home). Once
+    it holds the folder, a build's swap of folders that a process dying cut short is finished or undone
+    (:meth:`ProductIndex.recover`): the index it left is written or served, never built anew."""
+    with write_lock(path):
+        ProductIndex.recover(path)
+        yield
 
 
 def _current(path: Path, products: pd.DataFrame, encoder: Encoder) -> bool:
@@ -209,6 +206,9 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
                                                                           encoder.fingerprint), encoder)
     path = index_path(settings, encoder)
     missing = not (path / "manifest.json").is_file()
+    if missing and any((path.with_name(path.name + end) / "manifest.json").is_file() for end in (".old", ".building")):
+        with building(path):  # a build cut short while it moved folders: its old or its new index is served
+            missing = not (path / "manifest.json").is_file()
     if missing and settings.store and not settings.catalog:
         raise NotReady(f"store {settings.store!r} has no index for encoder {encoder.name}: build it with "
                        f"`shoprank --store {settings.store} index --catalog FILE`")
@@ -241,7 +241,7 @@ def _own_builds(settings: Settings, path: Path) -> list[str]:
     """The finished builds beside ``path`` (other encoders') that hold a store's own products: all of them, but
     one of the generated demo catalog never written since it was built (no upsert, delete or live change),
     which a demo home may build again for a new encoder. The demo catalog is read only when it exists."""
-    manifests = [p for p in path.parent.glob("*/manifest.json") if not p.parent.name.endswith(".building")]
+    manifests = [p for p in path.parent.glob("*/manifest.json") if not p.parent.name.endswith((".building", ".old"))]
     demo = settings.paths.demo / "products.csv"
     if not manifests or not demo.is_file():
         return sorted(p.parent.name for p in manifests)

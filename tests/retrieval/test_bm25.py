@@ -99,3 +99,26 @@ def test_a_filtered_search_keeps_the_unfiltered_scores_and_order(bm25: BM25Index
     np.testing.assert_allclose(hits.scores, [s for _, s in kept], rtol=1e-6)
     assert bm25.search("cordless drill light", 1, allow).docs.tolist() == [kept[0][0]]
     assert not len(bm25.search("cordless drill", 10, np.zeros(6, dtype=bool)))
+
+
+def test_a_filter_keeping_many_rows_that_match_low_still_returns_k_of_them(tmp_path: Path) -> None:
+    """Past TERM_SET_MAX allowed rows the run is read from the top and the allowed rows kept: it reads
+    further while it found fewer than k, so rows that all rank below the first window are found too."""
+    n = 12_000
+    long = "drill bit set with case and extra long description words here"  # a long title: a lower score
+    index = BM25Index.build(tmp_path / "bm25", [(i, "cordless drill" if i < n // 2 else long, "") for i in range(n)])
+    allow = np.zeros(n, dtype=bool)
+    allow[n // 2 :] = True  # 6,000 rows, every one below each row the filter leaves out
+    hits = index.search("drill", 10, allow)
+    assert len(hits) == 10 and (hits.docs >= n // 2).all()
+    allow[n // 2 + 5 :] = False
+    allow[:4100] = True  # 4,100 that match high, 5 that match low: all of them
+    assert len(index.search("drill", 5000, allow)) == 4105
+
+
+def test_an_index_whose_rows_were_all_deleted_finds_nothing(tmp_path: Path) -> None:
+    """tantivy panics (an error no ``except Exception`` catches) on a limit of 0; a search never asks it for one."""
+    index = BM25Index.build(tmp_path / "bm25", [(i, "cordless drill", "") for i in range(5000)])
+    index.delete(list(range(5000)))
+    assert not len(index.search("drill", 10, np.ones(5000, dtype=bool)))
+    assert not len(index.search("drill", 10))

@@ -103,3 +103,25 @@ def test_a_filtered_search_returns_the_best_of_the_allowed_rows(tmp_path: Path, 
     assert set(short.docs.tolist()) <= set(allowed[allowed < 1000].tolist())
     if kind != "hnsw":  # exact: every one of them
         assert set(short.docs.tolist()) == set(allowed[allowed < 1000].tolist())
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_a_filter_keeping_rows_far_from_the_query_still_returns_k_of_them(tmp_path: Path, kind: str) -> None:
+    """A graph walk (or the probed IVF lists) near the query meets none of the allowed rows: those are
+    scored exactly instead, so the search returns the best k of them, not fewer."""
+    rng = np.random.default_rng(0)
+    n, dim = 12_000, 32
+    toward = np.eye(dim, dtype=np.float32)[0] * 5  # two clusters: the query's, and the filter's opposite it
+    vectors = np.vstack([rng.normal(size=(n // 2, dim)) + toward, rng.normal(size=(n // 2, dim)) - toward])
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    settings = SETTINGS.model_copy(update={"ivf_nlist": 64, "ivf_nprobe": 2})  # the lists near the query only
+    dense = DenseIndex.build(tmp_path, vectors, settings, kind=kind)
+    allow = np.zeros(n, dtype=bool)
+    allow[n // 2 : n // 2 + 50] = True
+    dense.remove([n // 2])  # one allowed row deleted: 49 left
+    allowed = np.flatnonzero(allow & dense.live)
+    hits = dense.search(vectors[0], 20, allow)
+    exact = allowed[np.argsort(-(vectors[allowed] @ vectors[0]), kind="stable")[:20]]
+    assert hits.docs.tolist() == exact.tolist()
+    np.testing.assert_allclose(hits.scores, vectors[exact] @ vectors[0], rtol=1e-5)
+    assert sorted(dense.search(vectors[0], 100, allow).docs.tolist()) == allowed.tolist()  # all 49, no more

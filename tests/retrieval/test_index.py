@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -231,3 +232,64 @@ def test_a_filter_on_a_fact_only_deleted_products_had_is_refused(tmp_path: Path,
     index.delete(["a"])
     with pytest.raises(InvalidInput, match="no product of this catalog has a brand"):
         CatalogFacts(index, None).allowed(Filters(brand=("Bosch",)))  # before: an empty page
+
+
+def test_a_write_killed_before_its_commit_leaves_the_index_as_it_was(tmp_path: Path, settings: Settings,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A process killed after an upsert appended its vectors and committed BM25 but before it saved: the next
+    load serves the index as it was (vectors past its rows are not read, BM25 is put back in line), and the
+    next write goes on from there."""
+    import subprocess
+    import sys
+
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    root = Path(__file__).resolve().parents[2]
+    killed = {"index": str(index.path), "settings": settings.retrieval.model_dump_json(),
+              "cache": str(tmp_path / "child.sqlite")}
+    child = f"""
+import os
+from pathlib import Path
+from core.settings import RetrievalSettings
+from retrieval.embedding_cache import EmbeddingCache
+from retrieval.index import ProductIndex
+from tests.fakes import HashingEncoder
+from tests.retrieval.test_index import catalog
+killed = {killed!r}
+index = ProductIndex.load(Path(killed["index"]), RetrievalSettings.model_validate_json(killed["settings"]))
+ProductIndex._after_write = lambda self: os._exit(9)  # killed (kill -9) once BM25 and the vectors were written
+encoder = HashingEncoder()
+index.upsert(catalog([("z", "ceiling fan remote"), ("b", "exterior stain")]), encoder,
+             EmbeddingCache(Path(killed["cache"]), encoder.dim))
+"""
+    done = subprocess.run([sys.executable, "-c", child], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                          timeout=120)
+    assert done.returncode == 9
+    with caplog.at_level("WARNING"):
+        again = ProductIndex.load(index.path, settings.retrieval)  # before: "cannot reshape array"
+    assert "did not finish" in caplog.text  # what was recovered is said
+    assert again.count == 4 and again.live_product_ids() == ["a", "b", "c", "d"]
+    bm25, dense = BM25Retriever(again), DenseRetriever(again, encoder)
+    assert bm25.search("interior paint", 5).product_ids == ["b"]  # b's text as committed
+    assert bm25.search("exterior stain remote", 5).product_ids == []  # before: rows that do not exist (a 500)
+    assert sorted(dense.search("ceiling fan remote", 10).product_ids) == ["a", "b", "c", "d"]
+
+    again.upsert(catalog([("z", "ceiling fan remote")]), encoder, cache)  # the next write cuts the vectors off
+    reloaded = ProductIndex.load(index.path, settings.retrieval)
+    assert reloaded.count == 5 and len(reloaded.dense.vectors) == len(reloaded.products) == 5
+    assert BM25Retriever(reloaded).search("ceiling remote", 5).product_ids == ["z"]
+    assert DenseRetriever(reloaded, encoder).search("ceiling fan remote", 1).product_ids == ["z"]
+
+
+def test_a_write_killed_after_its_commit_is_finished_by_the_next_load(tmp_path: Path, settings: Settings,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest is the commit point: once it is written, a load moves in the files the write left waiting."""
+    from retrieval import index as module
+
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    monkeypatch.setattr(module, "_finish_commit", lambda *args, **kwargs: None)  # dies right after the manifest
+    index.upsert(catalog([("z", "ceiling fan remote")]), encoder, cache)
+    monkeypatch.undo()
+    assert len(list(index.path.glob("pending-*"))) == 1
+    again = ProductIndex.load(index.path, settings.retrieval)
+    assert again.count == 5 and BM25Retriever(again).search("remote", 5).product_ids == ["z"]
+    assert not list(index.path.glob("pending-*"))

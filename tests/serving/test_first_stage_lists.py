@@ -89,3 +89,26 @@ def test_the_keys_name_the_index_not_its_path(tmp_path: Path, settings: Settings
     finally:
         for engine in engines:
             engine.close()
+
+
+def test_a_list_is_never_read_against_rows_numbered_anew(tmp_path: Path, settings: Settings) -> None:
+    """A list holds row numbers: its key changes whenever they may name other products (a compaction, a rebuild
+    with the rows in another order), even where the catalog and the row count come out the same."""
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+
+    def scope(served: ProductIndex) -> str:
+        engine = assemble(served, encoder, settings)
+        try:
+            return engine.pipeline("hybrid").first.scope()  # type: ignore[attr-defined]
+        finally:
+            engine.close()
+
+    before = scope(index)
+    index.delete(["b"])
+    compacted = index.compact(encoder, cache)
+    compacted.upsert(catalog([("b", "interior paint")]), encoder, cache)  # the same catalog, b now at row 4
+    assert compacted.doc_of("b") == 4 and compacted.manifest.rows == 5
+    assert scope(compacted) != before
+    reordered = ProductIndex.build(index.path, catalog(ROWS[::-1]), encoder, settings.retrieval, cache,
+                                   progress=False)
+    assert reordered.doc_of("e") == 0 and scope(reordered) not in (before, scope(compacted))

@@ -121,3 +121,46 @@ def test_store_features_a_down_store_could_not_give_are_read_once_it_answers() -
     while not refreshed and time.monotonic() < deadline:
         time.sleep(0.01)
     assert calls == [["P1", "P2"], ["P1", "P2"]] and refreshed == [True]  # read again, then the facts rebuilt
+
+
+@pytest.mark.parametrize("left", [".building", ".old"])
+def test_a_compaction_killed_between_its_renames_serves_the_stores_index(  # type: ignore[no-untyped-def]
+        tmp_path, settings, monkeypatch, caplog, left) -> None:
+    """A build puts the old folder aside before it moves the new one in: killed between the two, the next
+    start serves the finished build (or, without it, the old index), never the demo catalog built anew."""
+    from pathlib import Path
+
+    from serving import indexing
+    from tests.fakes import HashingEncoder
+    from tests.retrieval.test_index import catalog
+
+    home = settings.model_copy(update={"home": tmp_path / "home", "catalog": None})
+    encoder = HashingEncoder()
+    path = indexing.index_path(home, encoder)
+    index = indexing.build_index(home, catalog([("a", "cordless drill"), ("b", "interior paint"),
+                                                ("c", "garden hose")]), path, encoder)
+    index.delete(["b"])
+
+    class Killed(BaseException):
+        pass
+
+    rename = Path.rename
+
+    def dies_moving_the_build_in(self: Path, target: Path) -> Path:
+        if self.name.endswith(".building"):
+            raise Killed
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", dies_moving_the_build_in)
+    with pytest.raises(Killed):
+        index.compact(encoder, indexing.embedding_cache(home, encoder))
+    monkeypatch.undo()
+    assert not path.exists()
+    if left == ".old":  # the staging folder gone as well: the index it was replacing
+        import shutil
+
+        shutil.rmtree(path.with_name(path.name + ".building"))
+    with caplog.at_level("WARNING", logger="retrieval.index"):
+        served = indexing.open_index(home, encoder)  # before: the demo catalog, built in place of the store's
+    assert served.live_product_ids() == ["a", "c"] and "cut short" in caplog.text
+    assert not path.with_name(path.name + ".old").exists()
