@@ -65,6 +65,9 @@ popularity_push = PushSource(name="popularity_push", batch_source=_source("popul
 popularity = FeatureView(
     name="popularity",
     entities=[product],
+    # Long on purpose: a quiet product's counts fall to 0 through the streaming consumer's pushes as its days
+    # leave the windows, not by expiry. A 30-day ttl would make materialization and point-in-time (training)
+    # joins drop a row pushed over 30 days ago by the wall clock, so a quiet product would read as missing, not 0.
     ttl=timedelta(days=3650),
     schema=[
         Field(name="impressions_7d", dtype=Int64),

@@ -5,7 +5,9 @@ about shoppers, by user id or session id:
 
 - the offline event log (Parquet: the searches they were shown, their clicks, carts and
   purchases): each file that holds their rows is written again without them (atomically; a
-  file left empty is removed);
+  file left empty is removed). A file the log sink recorded but did not rename into place
+  (it stopped between the two) is renamed first, as the sink does when it starts, so that its
+  rows are erased too and not brought back by the sink's restart;
 - the streaming feature state (their purchases) and their online profile (``user_profile``:
   recent items, category affinities, median price): the rows are deleted and every named
   shopper's profile is pushed again, empty (the caller's ``push``; else the streaming consumer
@@ -46,7 +48,7 @@ import pyarrow.parquet as pq
 
 from core.files import write_text_atomic
 from core.paths import Home
-from online_learning.consumers.log_sink import log_files
+from online_learning.consumers.log_sink import log_files, place, unplaced
 from online_learning.consumers.streaming_features import open_state
 from online_learning.event_log import hold_slot
 from online_learning.forget_list import ForgetList
@@ -101,8 +103,15 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
         report.listed = ForgetList(paths.forgotten).add(sorted(users), sorted(sessions), at)
     seen: set[str] = set()
     wanted = {"user_id": pa.array(sorted(users), pa.string()), "session_id": pa.array(sorted(sessions), pa.string())}
+    pending = unplaced(paths.event_log)  # files a stopped sink recorded (their event ids taken), not yet renamed
+    if not dry_run:
+        for path, tmp in pending:
+            place(path, tmp)
     for kind in KINDS:
-        for path in log_files(paths.event_log, kind):
+        files = log_files(paths.event_log, kind)
+        if dry_run:  # read where they are: <kind>/date=/hour=/<file>
+            files += [tmp for _, tmp in pending if tmp.parents[2].name == kind]
+        for path in files:
             table, found = _shopper_hits(path, wanted)
             hit = found["user_id"] | found["session_id"]
             if hit.any():
@@ -196,11 +205,11 @@ def _shopper_hits(path: Path, wanted: dict[str, pa.Array]) -> tuple[pa.Table, di
 def _replace(path: Path, table: pa.Table, keep_empty: bool = False) -> None:
     """``table`` in place of the Parquet file at ``path`` (a reader sees the old file or the new one); no
     rows left: the file is removed (unless ``keep_empty``: a table others read). The temporary name is one
-    the log sink removes if a crash leaves it."""
+    the log sink removes if a crash leaves it, and not the one it writes that file's rows to."""
     if table.num_rows == 0 and not keep_empty:
         path.unlink()
         return
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.stem}.erasing{path.suffix}.tmp")
     pq.write_table(table, tmp)
     with tmp.open("rb") as handle:
         os.fsync(handle.fileno())

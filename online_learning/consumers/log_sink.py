@@ -16,7 +16,9 @@ Exactly-once after de-duplication, across crashes:
 
 A crash before (3) leaves an orphan temporary file (removed at start) and the
 batch is re-delivered; after (3) the ids are known, so re-delivered events are
-dropped, and a file recorded but not yet renamed is renamed at start.
+dropped, and a file recorded but not yet renamed is renamed at start (or by
+``shoprank events forget`` before it erases, so an erased shopper's rows in such a file
+do not come back when the sink starts again).
 """
 
 from __future__ import annotations
@@ -58,9 +60,8 @@ class ParquetLogSink:
         self._recover()
 
     def _recover(self) -> None:
-        for path, tmp in self.db.execute("SELECT path, tmp FROM files").fetchall():
-            if not Path(path).exists() and Path(tmp).exists():
-                os.replace(tmp, path)
+        for path, tmp in _unplaced(self.db):
+            if place(path, tmp):
                 logger.info("recovered %s", path)
         for tmp in self.root.rglob("*.parquet.tmp"):
             tmp.unlink()
@@ -125,13 +126,45 @@ class ParquetLogSink:
             mark(self.db, [key_of(d.event) for d in fresh])
             self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", [(str(p), str(t)) for p, t in staged])
         for path, tmp in staged:
-            os.replace(tmp, path)
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            place(path, tmp)
         self.written += len(fresh)
+
+
+def unplaced(root: Path) -> list[tuple[Path, Path]]:
+    """The files the sink of the log at ``root`` recorded (step 3) but did not rename into place (step 4):
+    ``(path, temporary file)`` each. A sink that stopped between the two renames them when it starts again;
+    until then their rows are in no ``*.parquet`` file (:func:`log_files` does not list them)."""
+    state = root / "_sink_state.sqlite"
+    if not state.is_file():
+        return []
+    db = sqlite3.connect(state, timeout=30)
+    try:
+        return _unplaced(db)
+    finally:
+        db.close()
+
+
+def _unplaced(db: sqlite3.Connection) -> list[tuple[Path, Path]]:
+    try:
+        rows = db.execute("SELECT path, tmp FROM files").fetchall()
+    except sqlite3.OperationalError:  # a state that never recorded a file
+        return []
+    return [(Path(p), Path(t)) for p, t in rows if not Path(p).exists() and Path(t).exists()]
+
+
+def place(path: Path, tmp: Path) -> bool:
+    """Rename the recorded ``tmp`` to ``path`` and fsync the folder (step 4). False when ``tmp`` is gone: another
+    process placed it first (a sink starting again, ``events forget``), or removed its day (``events prune``)."""
+    try:
+        os.replace(tmp, path)
+    except FileNotFoundError:
+        return False
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 def read_log(root: Path, kind: str, columns: Sequence[str] | None = None, since: pd.Timestamp | None = None,

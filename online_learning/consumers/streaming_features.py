@@ -8,6 +8,12 @@ resulting *absolute* values (7/30-day counts, smoothed CTR; a user's top
 categories, usual price and recent items) to Feast's push sources
 ``popularity_push`` and ``user_activity_push``.
 
+The windows end at the events' clock (the latest event's time), by UTC day. When
+the clock enters a new day, the products with counts on the days that leave a
+window are pushed too, though they had no new event: the online store keeps a
+row until it is pushed again, so their 7- and 30-day counts drop there as they
+do in the state (a quiet product's counts fall to 0 rather than freezing).
+
 No loss, no double counting across crashes: the event ids, the counts and a
 "dirty" mark on what changed are committed in one sqlite transaction; the
 dirty rows are then pushed and un-marked; only then are offsets committed. A
@@ -21,7 +27,7 @@ import logging
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +40,7 @@ from online_learning.events import InteractionEvent, RankingEvent
 logger = logging.getLogger(__name__)
 
 Push = Callable[[str, pd.DataFrame], None]
+WINDOWS = (7, 30)  # the popularity windows, in days up to the events' clock
 
 
 def open_state(state: Path) -> sqlite3.Connection:
@@ -48,6 +55,7 @@ def open_state(state: Path) -> sqlite3.Connection:
         CREATE TABLE IF NOT EXISTS purchases (user_id TEXT, product_id TEXT, ts TEXT, event_id TEXT PRIMARY KEY);
         CREATE TABLE IF NOT EXISTS dirty (kind TEXT, key TEXT, PRIMARY KEY (kind, key));
         CREATE TABLE IF NOT EXISTS clock (id INT PRIMARY KEY CHECK (id = 0), now TEXT);
+        CREATE INDEX IF NOT EXISTS daily_by_day ON daily (day);
     """)
     ensure_table(db)
     return db
@@ -127,6 +135,24 @@ def _add(db: sqlite3.Connection, counts: Counter[tuple[str, str, str]], purchase
                    (pd.Timestamp(latest).isoformat(),))
 
 
+def _clock_day(db: sqlite3.Connection) -> date | None:
+    """The UTC day of the state's clock (the latest event counted); None before any."""
+    row = db.execute("SELECT now FROM clock WHERE id = 0").fetchone()
+    return pd.Timestamp(row[0]).tz_convert("UTC").date() if row else None
+
+
+def _leaving(db: sqlite3.Connection, before: date | None, after: date | None) -> list[str]:
+    """The products with counts on a day that leaves one of the :data:`WINDOWS` when the clock moves from day
+    ``before`` to day ``after``: a window of ``w`` days at day ``D`` holds the days after ``D - w``, so the days
+    in ``(before - w, after - w]`` leave it, and those products' sums drop."""
+    if before is None or after is None or after <= before:
+        return []
+    spans = [((before - timedelta(days=w)).isoformat(), (after - timedelta(days=w)).isoformat()) for w in WINDOWS]
+    rows = db.execute("SELECT DISTINCT product_id FROM daily WHERE "
+                      + " OR ".join("(day > ? AND day <= ?)" for _ in spans), [d for span in spans for d in span])
+    return [str(product) for (product,) in rows]
+
+
 TOP_CATEGORIES = 5
 RECENT_ITEMS = 5
 
@@ -184,10 +210,12 @@ class StreamingFeatures:
                 if event.type == "purchase" and event.user_id:
                     purchases.append((event.user_id, event.product_id, event.timestamp.isoformat(), event.event_id))
         with self.db:
+            before = _clock_day(self.db)
             mark(self.db, known)  # those seen before are kept as they are
             _add(self.db, counts, purchases, latest)
+            changed = [*(p for p, _, _ in counts), *_leaving(self.db, before, _clock_day(self.db))]
             self.db.executemany("INSERT OR IGNORE INTO dirty VALUES ('product', ?)",
-                                [(product,) for product in dict.fromkeys(p for p, _, _ in counts)])
+                                [(product,) for product in dict.fromkeys(changed)])
             self.db.executemany("INSERT OR IGNORE INTO dirty VALUES ('user', ?)", [(p[0],) for p in purchases])
         self._flush_dirty()
 
@@ -209,7 +237,7 @@ class StreamingFeatures:
         rows = []
         for product in products:
             record: dict[str, object] = {"product_id": product, "event_timestamp": stamp}
-            for window in (7, 30):
+            for window in WINDOWS:
                 since = (now - timedelta(days=window)).strftime("%Y-%m-%d")
                 sums = self.db.execute("SELECT COALESCE(SUM(impressions),0), COALESCE(SUM(clicks),0), "
                                        "COALESCE(SUM(purchases),0) FROM daily WHERE product_id = ? AND day > ?",

@@ -194,6 +194,37 @@ def test_a_click_and_a_search_with_the_same_id_are_both_kept(tmp_path: Path) -> 
     assert row == (1, 1)  # the click counted once, and not mistaken for the search
 
 
+def test_a_quiet_products_counts_drop_in_the_online_store_as_its_days_leave_the_windows(tmp_path: Path) -> None:
+    online: dict[str, dict] = {}  # the online store: product -> the last row pushed
+    pushed: list[set[str]] = []
+
+    def push(source: str, frame: pd.DataFrame) -> None:
+        pushed.append(set(frame["product_id"]))
+        online.update({row["product_id"]: row for row in frame.to_dict("records")})
+
+    def shown(product: str, day: int, n: int) -> list[Delivered]:
+        when = T0 - timedelta(days=100 - day)  # days before T0: a timestamp ahead of the clock is refused
+        return [Delivered(RANKINGS_TOPIC, 0, 0, RankingEvent(
+            event_id=f"{product}-{day}-{i}", request_id=f"{product}-{day}-{i}", timestamp=when, query="q",
+            pipeline="full", items=[ShownItem(product_id=product, position=1)])) for i in range(n)]
+
+    def served(product: str) -> tuple[int, int]:
+        return online[product]["impressions_7d"], online[product]["impressions_30d"]
+
+    features = StreamingFeatures(tmp_path / "state.sqlite", {}, push)
+    features(shown("p_old", 0, 10) + shown("p_mid", 3, 2))
+    for day, expected in ((6, (10, 10)), (7, (0, 10)), (29, (0, 10)), (30, (0, 0)), (90, (0, 0))):
+        features(shown("p_new", day, 1))  # only another product's events move the clock
+        assert served("p_old") == expected, day
+        state = features.popularity(sorted(online)).set_index("product_id")
+        for product, row in online.items():  # the store serves what the state computes
+            assert all(row[c] == state.loc[product, c] for c in state.columns if c != "event_timestamp"), product
+    assert served("p_mid") == (0, 0)
+    before = len(pushed)
+    features(shown("p_new", 90, 2))  # one more event the same day: no day left a window, only p_new is pushed
+    assert pushed[before:] == [{"p_new"}]
+
+
 def test_an_online_store_out_of_reach_delays_the_features_and_loses_nothing(broker: LocalBroker,
                                                                            tmp_path: Path) -> None:
     publish(broker, tmp_path / "spool", events(20))

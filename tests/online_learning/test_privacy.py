@@ -112,6 +112,38 @@ def test_forget_erases_a_shopper_at_rest_and_keeps_the_others(tmp_path: Path) ->
     assert pq.read_table(paths.features / "user_profile.parquet").column("user_id").to_pylist() == ["u3"]
 
 
+def test_forget_erases_a_file_the_sink_recorded_but_did_not_rename_before_it_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    paths = Home(tmp_path)
+    batch = events(6)  # u1 at i = 1, the others' rows too
+    theirs = sum(e.user_id == "u1" for e in batch if isinstance(e, RankingEvent))
+    real_replace = os.replace
+
+    def crash(src: str, dst: str) -> None:
+        raise OSError("power cut after the files were recorded, before they were renamed")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        ParquetLogSink(paths.event_log)(delivered(batch))
+    monkeypatch.setattr(os, "replace", real_replace)
+    at = T0 + timedelta(days=1)
+    dry = forget(paths, ["u1"], [], at, dry_run=True)
+    assert dry.log_rows["rankings"] == theirs * 3 and dry.not_found == []  # three shown items a search
+    assert not list(paths.event_log.rglob("*.parquet"))  # a dry run renames nothing
+    report = forget(paths, ["u1"], [], at)
+    assert report.log_rows == dry.log_rows and report.not_found == []
+    sink = ParquetLogSink(paths.event_log)  # the sink starts again: nothing left for it to rename
+    sink(delivered(batch))  # and the events come again from Kafka: their ids are taken
+    rankings = read_log(paths.event_log, "rankings")
+    assert "u1" not in set(rankings["user_id"]) and sink.written == 0
+    assert set(rankings["event_id"]) == {e.event_id for e in batch if isinstance(e, RankingEvent) and e.user_id != "u1"}
+    assert len(read_log(paths.event_log, "interactions")) == sum(
+        isinstance(e, InteractionEvent) and e.user_id != "u1" for e in batch)
+    assert not list(paths.event_log.rglob("*.tmp"))
+
+
 def test_events_on_their_way_are_dropped_up_to_the_erasure_and_later_ones_kept(tmp_path: Path) -> None:
     forgotten = ForgetList(tmp_path / "privacy" / "forgotten.jsonl")
     at = T0 + timedelta(hours=1)
