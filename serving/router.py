@@ -175,7 +175,8 @@ class ExperimentRouter:
                       "served_ltr": served.ltr_label(engine.versions.get("ltr")), "shadow_ltr": self.shadow,
                       "overlap@10": len(common) / max(1, min(10, len(a))), "kendall_tau@10": tau,
                       # a page answered from the results cache was not ranked now: its time is unknown, not 0
-                      "served_ms": None if served.result.cached else round(sum(served.result.timings.values()) * 1e3, 2),
+                      "served_ms": (None if served.result.cached
+                                    else round(sum(served.result.timings.values()) * 1e3, 2)),
                       "shadow_ms": round(seconds * 1e3, 2), "shadow_top10": b, "served_top10": a}
             if self.shadow_dir is not None:
                 self.shadow_dir.mkdir(parents=True, exist_ok=True)
