@@ -136,8 +136,15 @@ def clean(rankings: pd.DataFrame, interactions: pd.DataFrame, config: FilterConf
         interactions: Logged interactions (``request_id``, ``product_id``, ``type``,
             ``user_id``, ``session_id``, ``timestamp``).
     """
-    if rankings.empty or interactions.empty:
+    if rankings.empty:
         return Cleaned(rankings, interactions)
+    if interactions.empty:  # nobody reacted: a shopper's (or key's) volume of searches is all there is to judge
+        searchers = rankings.assign(who=_shopper(rankings))
+        none = pd.DataFrame({"request_id": pd.Series(dtype=object), "type": pd.Series(dtype=object),
+                             "who": pd.Series(dtype=object)})
+        anomalous = _anomalous(searchers, none, config)
+        kept = _without(anomalous, searchers, none, Counter())[0] if anomalous else searchers
+        return Cleaned(kept.drop(columns="who"), interactions, Counter(), anomalous)
     rankings = rankings.assign(who=_shopper(rankings))
     interactions = interactions.assign(who=_shopper(interactions))
     excluded: Counter = Counter()

@@ -113,3 +113,14 @@ def test_a_click_is_another_shoppers_only_when_an_id_both_carry_differs() -> Non
     assert clean(ranks, acts).excluded == {"other_shopper": 2}  # a session the search did not have
     acts.loc[0, "user_id"] = "u1"  # ... but the search's user: the same shopper in a new session (app, then web)
     assert clean(ranks, acts).excluded == {"other_shopper": 1}
+
+
+def test_a_scraper_is_dropped_before_anyone_has_clicked() -> None:
+    """With no interaction logged yet (an experiment's first hours), a shopper's volume of searches is still
+    judged: a scraper's searches would otherwise count in its arm's search totals."""
+    honest = [(f"h{i}", f"u{i}", "hose", ["a", "b"]) for i in range(20)]
+    scraper = [(f"s{i}", "scraper", f"hose {i}", ["a", "x"]) for i in range(30)]
+    out = clean(searches(honest + scraper), actions([]), FilterConfig(max_searches=25))
+    assert out.anomalous == {"scraper": "volume"}
+    assert set(out.rankings["user_id"]) == {f"u{i}" for i in range(20)} and out.interactions.empty
+    assert clean(searches(honest), actions([]), FilterConfig(max_searches=25)).rankings.equals(searches(honest))
