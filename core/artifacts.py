@@ -16,7 +16,8 @@ file, then renamed, so a reader never sees half a file), the pointers (active ve
 the experiment, the rules) last, so none points at files not pulled yet. Model folders are
 immutable once registered, so a pull after a swap moves the small ``active.json``
 and any new version. Replicas pull at start and on every ``serving.reload_poll_s``
-tick; admin changes made through a replica are pushed at once (``push_state``).
+tick; admin changes made through a replica are pushed at once (``push_state``), with the model
+versions they name that the store lacks.
 Two writers pushing the manifest at the same instant: the last one wins; changes
 made through the admin API or the CLI one at a time, as operators do, are kept.
 
@@ -351,7 +352,32 @@ class ArtifactStore:
             logger.info("removed %s: deleted from the registry and the store", prefix)
 
     def push_state(self, extra: Iterable[Path] = ()) -> Transfer:
-        """Upload only the active pointers, the experiment, the rules and the synonyms the admin API keeps
-        (after a swap, an experiment, rules or synonyms change; ``extra``: the rules and synonyms files that
-        settings name, when they are in the home)."""
-        return self.push(STATE, extra)
+        """Upload the active pointers, the experiment, the rules and the synonyms the admin API keeps (after a
+        swap, an experiment, rules or synonyms change; ``extra``: the rules and synonyms files that settings
+        name, when they are in the home), and the folders of the model versions those pointers name: a version
+        registered here and never pushed goes with the pointer to it, so no replica is pointed at a model the
+        store does not hold (versions the store holds already move nothing)."""
+        return self.push((*STATE, *self._named_versions()), extra)
+
+    def _named_versions(self) -> list[str]:
+        """The home-relative folders of the model versions this home's pointers name: each registry's active
+        versions, and the LambdaMART versions of the experiment beside it (its arms and its shadow)."""
+        named: set[Path] = set()
+        for pattern in REGISTRIES:
+            for root in self.home.glob(pattern):
+                registry = ModelRegistry(root)
+                for pointer in root.glob("*/active.json"):
+                    try:
+                        named.add(root / pointer.parent.name / str(registry.active_version(pointer.parent.name)))
+                    except (OSError, ValueError, KeyError, TypeError):  # unreadable: pushed as it is, named nothing
+                        continue
+                try:
+                    config = json.loads((root.parent / "experiments" / "current.json").read_text())
+                except (OSError, ValueError):
+                    continue
+                arms = ((config.get("experiment") or {}).get("arms") or {}).values() if isinstance(config, dict) \
+                    else []
+                ltr = [arm.get("ltr") for arm in arms if isinstance(arm, dict)] + [config.get("shadow")]
+                named.update(root / "ltr" / v for v in ltr if isinstance(v, str))
+        return sorted(str(folder.relative_to(self.home)) for folder in named
+                      if VERSION.match(folder.name) and folder.is_dir())

@@ -51,7 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("push", help="upload what the store lacks (after `shoprank index`, training, a swap)")
     p.add_argument("--url", default=None, help="fsspec URL (default: settings.artifacts_url)")
     p.add_argument("--state-only", action="store_true", help="only the active versions, the experiment, the "
-                   "business rules and the synonyms")
+                   "business rules and the synonyms (with the model versions they name, where the store lacks them)")
     p.set_defaults(handler=cmd_push)
     p = verbs.add_parser("pull", help="download what changed in the store (servers do this themselves)")
     p.add_argument("--url", default=None, help="fsspec URL (default: settings.artifacts_url)")

@@ -59,6 +59,30 @@ def test_push_then_pull_copies_the_shared_files_only(tmp_path: Path) -> None:
     assert reader.pull().files == 0 and writer.push().files == 0  # nothing changed, nothing moves
 
 
+def test_an_experiment_publishes_the_versions_it_names_with_it(tmp_path: Path) -> None:
+    """Admin changes push state only; an experiment (or shadow) on versions registered here and never pushed
+    takes their folders along, so the replicas that pull it can load its arms."""
+    url = f"file://{tmp_path / 'store'}"
+    home = make_home(tmp_path / "a")
+    writer = ArtifactStore(url, home)
+    writer.push()
+    for version in ("v2", "v3"):
+        (home / "models" / "ltr" / version).mkdir()
+        (home / "models" / "ltr" / version / "model.txt").write_text(f"trees {version}")
+    (home / "experiments").mkdir()
+    (home / "experiments" / "current.json").write_text(json.dumps({
+        "experiment": {"name": "e", "arms": {"control": {"ltr": "v1"}, "treatment": {"ltr": "v2"},
+                                              "odd": {"ltr": "../../cache"}}},
+        "shadow": "v3"}))
+    assert writer.push_state().files == 3  # the experiment file, v2 and v3
+    reader_home = tmp_path / "b"
+    reader_home.mkdir()
+    ArtifactStore(url, reader_home).pull()
+    assert (reader_home / "models" / "ltr" / "v2" / "model.txt").read_text() == "trees v2"
+    assert (reader_home / "models" / "ltr" / "v3" / "model.txt").read_text() == "trees v3"
+    assert not (reader_home / "cache").exists()  # a name that is no version names nothing
+
+
 def test_a_swap_moves_only_the_pointer(tmp_path: Path) -> None:
     url = f"file://{tmp_path / 'store'}"
     home = make_home(tmp_path / "a")
@@ -69,10 +93,10 @@ def test_a_swap_moves_only_the_pointer(tmp_path: Path) -> None:
     reader.pull()
     (home / "models" / "ltr" / "v2").mkdir()
     (home / "models" / "ltr" / "v2" / "model.txt").write_text("more trees")
-    assert writer.push_state().files == 0  # a new version is published by a full push, not by state
+    assert writer.push_state().files == 0  # a new version is published by a full push, not by state...
     (home / "models" / "ltr" / "active.json").write_text('{"version": "v2", "history": ["v1"]}')
-    assert writer.push_state().files == 1
-    assert writer.push().files == 1  # the new version folder
+    assert writer.push_state().files == 2  # ...or with the pointer that names it: no replica points at nothing
+    assert writer.push().files == 0
     pulled = reader.pull()
     assert pulled.files == 2 and pulled.unchanged == 2  # the index and v1 stay as they are
     assert json.loads((tmp_path / "b" / "models" / "ltr" / "active.json").read_text())["version"] == "v2"
