@@ -70,9 +70,12 @@ class Decision:
 
 
 def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy = Policy(),
-              weights: dict[str, float] | None = None) -> Decision:
+              weights: dict[str, float] | None = None, harm_alpha: float | None = None) -> Decision:
     """The decision on ``treatment`` against ``control`` over ``table`` (:func:`online_learning.analysis.searches`);
-    ``weights``: the experiment's arm weights, checked against the shoppers each arm logged."""
+    ``weights``: the experiment's arm weights, checked against the shoppers each arm logged. A harm (the primary
+    metric's fall, a guardrail) is judged at ``harm_alpha`` (default ``policy.alpha``): an experiment with several
+    treatments divides the alpha of its promotions, not the protection of its shoppers."""
+    harm_alpha = policy.alpha if harm_alpha is None else harm_alpha
     report = compare_arms(table, control, treatment)
     metrics = report.by_metric()
     details = {"sizes": report.sizes, "shoppers": report.shoppers, "needed_per_arm": report.needed_per_arm,
@@ -95,7 +98,7 @@ def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy 
     reasons = []
     for guard in ("zero_result_rate", "degraded_rate"):
         c = metrics[guard]
-        if c.p_value < policy.alpha and c.treatment > c.control:
+        if c.p_value < harm_alpha and c.treatment > c.control:
             reasons.append(f"guardrail {guard}: {c.control:.4f} -> {c.treatment:.4f} (p={c.p_value:.3g})")
     p95 = {arm: float(np.nanpercentile(table[table["arm"] == arm]["latency_ms"].astype(float), 95))
            for arm in (control, treatment)}
@@ -103,7 +106,7 @@ def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy 
     if p95[treatment] > p95[control] * (1 + policy.max_latency_increase):
         reasons.append(f"guardrail latency p95: {p95[control]:.1f} -> {p95[treatment]:.1f} ms")
     p = policy.label(p_primary)
-    if primary.p_value < policy.alpha and primary.treatment < primary.control:  # a harm: the fixed-horizon p
+    if primary.p_value < harm_alpha and primary.treatment < primary.control:  # a harm: the fixed-horizon p
         return Decision("reject", [f"{policy.primary} fell {primary.control:.4f} -> {primary.treatment:.4f} "
                                    f"(p={primary.p_value:.3g})", *reasons], details)
     if reasons:
@@ -119,7 +122,8 @@ def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy 
 
 def decide_experiment(table: pd.DataFrame, experiment: Experiment, policy: Policy = Policy()) -> tuple[Decision, str]:
     """The decision on an A/B ``experiment`` and the arm it names: each treatment arm against the control at
-    ``policy.alpha`` divided by the number of treatments (Bonferroni: several tests, one decision).
+    ``policy.alpha`` divided by the number of treatments (Bonferroni: several tests, one decision); harms
+    (a fall of the primary metric, a guardrail) at the whole ``policy.alpha``, as with one treatment.
     Promote the winner with the highest primary metric when any is promoted; reject when every treatment
     is rejected; otherwise continue. Each reason names its arm."""
     treatments = [arm for arm in experiment.arms if arm != experiment.control]
@@ -131,7 +135,8 @@ def decide_experiment(table: pd.DataFrame, experiment: Experiment, policy: Polic
             "arm's searches are lost or assigned wrongly, so no result of this experiment can be trusted: check "
             "the assignment and the event pipeline"], {"shoppers": shoppers, "sample_ratio_p": srm}), treatments[0]
     split = replace(policy, alpha=policy.alpha / len(treatments))
-    decided = {arm: decide_ab(table, experiment.control, arm, split, weights) for arm in treatments}
+    decided = {arm: decide_ab(table, experiment.control, arm, split, weights, harm_alpha=policy.alpha)
+               for arm in treatments}
     if len(treatments) == 1:
         return decided[treatments[0]], treatments[0]
     details = {"alpha_per_treatment": split.alpha, "arms": {arm: d.details for arm, d in decided.items()}}

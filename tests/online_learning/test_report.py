@@ -244,3 +244,20 @@ def test_searches_logged_without_a_latency_are_left_out_of_its_mean() -> None:
     assert latency.n_treatment == 60  # the timed ones
     assert over_time(table, "latency_ms").groupby("arm")["mean"].last().to_dict() == pytest.approx(
         {"control": 30.0, "treatment": 30.0})
+
+
+def test_several_treatments_divide_the_alpha_of_promotions_not_of_guardrails() -> None:
+    """A treatment that raises zero-result searches at p = 0.03 is stopped by its guardrail with one treatment
+    beside it as with none: Bonferroni guards against promoting by chance, and a harm is no less one."""
+    from online_learning.experiments import Arm, Experiment
+    from online_learning.promotion import decide_experiment
+
+    table = arms_table({"control": 0.10, "t1": 0.10, "t2": 0.10}, {"control": 300, "t1": 300, "t2": 300})
+    control, t1 = table.index[table["arm"] == "control"], table.index[table["arm"] == "t1"]
+    table.loc[control[:: 1200 // 16][:16], "zero_results"] = 1  # 1.3% of the control's searches find nothing
+    table.loc[t1[::40], "zero_results"] = 1  # 2.5% of t1's
+    experiment = Experiment(name="three", arms={"control": Arm(ltr="v1"), "t1": Arm(ltr="v2"), "t2": Arm(ltr="v3")})
+    decision, _ = decide_experiment(table, experiment)
+    p = decision.details["arms"]["t1"]["comparisons"]
+    assert 0.025 < next(c["p_value"] for c in p if c["metric"] == "zero_result_rate") < 0.05
+    assert any(r.startswith("t1: guardrail zero_result_rate") for r in decision.reasons)  # before: unseen
