@@ -637,6 +637,27 @@ def test_a_full_spool_disk_costs_searches_their_impression_and_events_a_503(clie
     assert sent.headers["connection"] == "close"  # the next try on a new connection, maybe to a ready peer
 
 
+def test_events_a_failed_fsync_did_not_keep_are_not_in_the_spool(client: TestClient,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import online_learning.event_log as event_log
+
+    log = client.app.state.stores[client.app.state.default_store].event_log  # type: ignore[attr-defined]
+    appended = log.appended
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(event_log.os, "fsync", failing)
+    sent = client.post("/v1/events", json=[{"event_id": "fsync-1", "request_id": "r", "type": "click",
+                                            "product_id": "P1"}])
+    monkeypatch.undo()
+    assert sent.status_code == 503 and "nothing of this call was accepted" in sent.json()["message"]
+    spooled = "".join(p.read_text() for p in log.folder.glob("segment-*.jsonl"))
+    assert "fsync-1" not in spooled and log.appended == appended  # before: kept and counted, and shipped
+
+
 def test_a_shelf_puts_out_of_stock_products_last_whatever_its_length(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import pandas as pd
 
