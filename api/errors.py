@@ -162,15 +162,27 @@ def json_safe(value: object) -> object:
     return value
 
 
-def _methods(request: Request) -> list[str]:
-    """The methods the API's routes take at the request's path (from its OpenAPI paths, compiled once)."""
+def _routes(request: Request) -> list[tuple[re.Pattern[str], str, set[str]]]:
+    """The API's routes: path pattern, path template and methods (from its OpenAPI paths, compiled once)."""
     table = getattr(request.app.state, "route_methods", None)
     if table is None:
-        table = [(compile_path(path)[0], {m.upper() for m in operations})
+        table = [(compile_path(path)[0], path, {m.upper() for m in operations})
                  for path, operations in request.app.openapi().get("paths", {}).items()]
         request.app.state.route_methods = table
-    found = set().union(*(methods for pattern, methods in table if pattern.match(request.url.path)))
+    return table
+
+
+def _methods(request: Request) -> list[str]:
+    """The methods the API's routes take at the request's path."""
+    found = set().union(*(methods for pattern, _, methods in _routes(request) if pattern.match(request.url.path)))
     return sorted(found) or ["GET"]
+
+
+def route_of(request: Request) -> str | None:
+    """The path template of the API route that takes the request's path and method (``/v1/stores/{store}/search``),
+    for a request answered before routing; None when no route takes it."""
+    return next((path for pattern, path, methods in _routes(request)
+                 if request.method in methods and pattern.match(request.url.path)), None)
 
 
 def install(app: FastAPI) -> None:

@@ -165,6 +165,15 @@ def test_openapi_lists_every_status_a_route_answers(client: TestClient) -> None:
             assert "not UTF-8" in invalid["description"], (path, method)
 
 
+def test_a_body_refused_before_routing_is_counted_under_its_route(client: TestClient) -> None:
+    sent = client.post("/v1/stores/default/search", content=b'{"query": "drill \\ud800"}',
+                       headers={"content-type": "application/json"})
+    assert sent.status_code == 422
+    metrics = client.get("/metrics").text
+    assert 'shoprank_request_seconds_count{route="/v1/stores/{store}/search",status="422"}' in metrics
+    assert 'route="unmatched",status="422"' not in metrics  # before: every such 422 was "unmatched"
+
+
 def test_not_ready_is_503_with_reason(settings: Settings) -> None:
     def broken(_: Settings, previous: Served | None) -> Served:
         raise RuntimeError("index folder is empty")
