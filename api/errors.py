@@ -2,7 +2,8 @@
 
 :class:`~core.errors.ShopRankError` subclasses carry their HTTP status;
 request validation errors become 422 with a message naming each bad field,
-the value sent and what is allowed.
+the value sent and what is allowed, as does a JSON body the JSON reader cannot
+take (not UTF-8, an integer of thousands of digits, nesting thousands deep).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -50,23 +52,87 @@ def _describe(error: dict) -> str:
     return f"{_field(error.get('loc', ()))}: {message} (got {shown})"
 
 
-# a \\uXXXX escape of a UTF-16 surrogate that is not half of a pair, after an even run of backslashes
-_LONE_SURROGATE = re.compile(rb"(?:^|[^\\])(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-                             rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+# one escape of a JSON string, read left to right: \\uXXXX (its code in group 1) or a backslash and the character
+# it escapes (so an escaped backslash is one escape, and the text after it is no escape)
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
 
 
 def lone_surrogate(body: bytes) -> str | None:
     """What is wrong with a JSON ``body`` that escapes half a UTF-16 surrogate pair (``"\\ud800"``): Python's
     JSON reader takes it as a string no UTF-8 text can hold, which would fail later (the event log, the
-    answer); None when there is none."""
+    answer); None when there is none. A pair is a high half (D800-DBFF) right before a low one (DC00-DFFF)."""
     if b"\\u" not in body:
         return None
-    found = _LONE_SURROGATE.search(body)
-    if found is None:
+    high = None  # a high half's escape, waiting for the low half right after it
+    for found in _ESCAPE.finditer(body):
+        code = int(found.group(1), 16) if found.group(1) else None
+        if high is not None:
+            if code is not None and 0xDC00 <= code <= 0xDFFF and found.start() == high.end():
+                high = None
+                continue
+            break
+        if code is not None and 0xD800 <= code <= 0xDBFF:
+            high = found
+        elif code is not None and 0xDC00 <= code <= 0xDFFF:
+            high = found  # a low half with no high one before it
+            break
+    if high is None:
         return None
-    escape = found.group(1).decode()
-    return (f"body: {escape} at byte {found.start(1)} is half of a UTF-16 surrogate pair, not a character; send "
-            "UTF-8 text (a character beyond U+FFFF escaped as a pair, e.g. \\ud83d\\ude00)")
+    return (f"body: {high.group().decode()} at byte {high.start()} is half of a UTF-16 surrogate pair, not a "
+            "character; send UTF-8 text (a character beyond U+FFFF escaped as a pair, e.g. \\ud83d\\ude00)")
+
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', re.DOTALL)  # a string (skipped), an opening, a closing
+# a string (group 1), with the colon that makes it a key (group 2); or a run of digits outside strings
+_KEY_OR_DIGITS = re.compile(rb'"((?:[^"\\]|\\.)*)"(\s*:\s*-?)?|\d+', re.DOTALL)
+
+
+def _nesting(body: bytes) -> tuple[int, int]:
+    """How deep a JSON body's arrays and objects nest, and the byte where that depth is first reached."""
+    depth = deepest = at = 0
+    for token in _TOKEN.finditer(body):
+        mark = token.group()[:1]
+        if mark in (b"[", b"{"):
+            depth += 1
+            if depth > deepest:
+                deepest, at = depth, token.start()
+        elif mark in (b"]", b"}"):
+            depth -= 1
+    return deepest, at
+
+
+def unreadable_body(body: bytes, error: BaseException) -> str | None:
+    """What is wrong with a JSON ``body`` the JSON reader gave up on with ``error`` (malformed JSON aside, which
+    it names itself): a byte that is not UTF-8, an integer longer than Python reads, nesting deeper than it
+    recurses; None for another error."""
+    if isinstance(error, UnicodeDecodeError):
+        return (f"body: byte {error.start} (0x{body[error.start]:02x}) is not valid {error.encoding.upper()} "
+                f"({error.reason}); send the JSON as UTF-8 text (other characters as \\uXXXX escapes)")
+    if isinstance(error, RecursionError):
+        depth, at = _nesting(body)
+        return (f"body: arrays and objects nested {depth} deep (from byte {at}) are more than the JSON reader "
+                f"takes (about {sys.getrecursionlimit()} levels); a request of this API nests a few levels: send "
+                "the fields its schema at /docs names")
+    if isinstance(error, ValueError) and "integer string conversion" in str(error):
+        return _long_integer(body)
+    return None
+
+
+def _long_integer(body: bytes) -> str:
+    """What is wrong with a JSON body holding an integer of more digits than Python converts: where it is, the
+    field it is the value of, and the limit."""
+    limit, key = sys.get_int_max_str_digits(), None
+    for token in _KEY_OR_DIGITS.finditer(body):
+        if token.group(1) is not None:
+            key = token if token.group(2) else None
+            continue
+        if token.end() - token.start() > limit:
+            named = key is not None and key.end() == token.start()  # the key's value, not a later item
+            field = f" (the value of {key.group(1).decode('utf-8', 'backslashreplace')!r})" if named else ""
+            return (f"body: the integer at byte {token.start()}{field} has {token.end() - token.start()} digits; "
+                    f"a number in a request has at most {limit} digits (each field's range is listed at /docs)")
+        key = None
+    return f"body: an integer has more than {limit} digits; a number in a request has at most {limit} digits"
 
 
 def internal(request: Request) -> JSONResponse:
@@ -96,15 +162,27 @@ def json_safe(value: object) -> object:
     return value
 
 
-def _methods(request: Request) -> list[str]:
-    """The methods the API's routes take at the request's path (from its OpenAPI paths, compiled once)."""
+def _routes(request: Request) -> list[tuple[re.Pattern[str], str, set[str]]]:
+    """The API's routes: path pattern, path template and methods (from its OpenAPI paths, compiled once)."""
     table = getattr(request.app.state, "route_methods", None)
     if table is None:
-        table = [(compile_path(path)[0], {m.upper() for m in operations})
+        table = [(compile_path(path)[0], path, {m.upper() for m in operations})
                  for path, operations in request.app.openapi().get("paths", {}).items()]
         request.app.state.route_methods = table
-    found = set().union(*(methods for pattern, methods in table if pattern.match(request.url.path)))
+    return table
+
+
+def _methods(request: Request) -> list[str]:
+    """The methods the API's routes take at the request's path."""
+    found = set().union(*(methods for pattern, _, methods in _routes(request) if pattern.match(request.url.path)))
     return sorted(found) or ["GET"]
+
+
+def route_of(request: Request) -> str | None:
+    """The path template of the API route that takes the request's path and method (``/v1/stores/{store}/search``),
+    for a request answered before routing; None when no route takes it."""
+    return next((path for pattern, path, methods in _routes(request)
+                 if request.method in methods and pattern.match(request.url.path)), None)
 
 
 def install(app: FastAPI) -> None:
@@ -122,7 +200,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """A path no route serves (404), a method it does not take (405), in the shape of every other error."""
+        """A path no route serves (404), a method it does not take (405), in the shape of every other error; a
+        JSON body the JSON reader gave up on (FastAPI's 400), a 422 naming what is wrong as other bad input."""
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            problem = unreadable_body(await request.body(), exc.__cause__)
+            if problem is not None:
+                return invalid(request, problem)
         name = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
         if exc.status_code == 404:
             message = f"no route {request.url.path!r}; the API's routes are listed at /docs (OpenAPI: /openapi.json)"
@@ -144,5 +227,6 @@ def install(app: FastAPI) -> None:
             status_code=422,
             content=json_safe({"error": "invalid_request", "message": message,
                                "request_id": getattr(request.state, "request_id", None),
-                               "detail": jsonable_encoder(errors, custom_encoder={Exception: str})}),
+                               "detail": jsonable_encoder(errors, custom_encoder={
+                                   Exception: str, bytes: lambda b: b.decode("utf-8", "backslashreplace")})}),
         )

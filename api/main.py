@@ -31,7 +31,7 @@ from api.balance import open_balancer
 from api.metrics import Metrics, peer_ready, shared_folder
 from api.routes import admin, events, health, products, recommend, search
 from api.state import ServedHolder
-from api.stores import StoreRuntime, in_store, other_stores
+from api.stores import StoreRuntime, in_store, other_stores, ready_to_serve
 from core import __version__
 from core.keys import KeyStore
 from core.settings import Settings, get_settings
@@ -196,22 +196,26 @@ def _connection(request: Request) -> tuple[str, int] | None:
 
 def _route_template(request: Request) -> str:
     """The matched route's path template (``/v1/stores/{store}/search``), for metric labels: FastAPI
-    keeps the prefix a router was included with in its effective route context."""
+    keeps the prefix a router was included with in its effective route context. A request answered
+    before routing (a body refused by the middleware) is labelled with the route it would have reached;
+    one no route takes, ``unmatched``."""
     context = (request.scope.get("fastapi") or {}).get("effective_route_context")
     path = getattr(context, "path", None) or getattr(request.scope.get("route"), "path", None)
+    if not path:  # answered before routing (a body the middleware refused): the route it would have reached
+        path = errors.route_of(request)
     return str(path) if path else "unmatched"
 
 
 def _live_state(runtimes: list[StoreRuntime]) -> dict:
-    """Event spool figures of every store; caches and versions of the default store."""
+    """Event spool figures of every store; readiness as ``/readyz`` says it; caches and versions of the
+    default store."""
     state = {"spool_pending": sum(r.event_log.pending() + r.event_log.orphan_pending for r in runtimes),
-             "shipped": sum(r.event_log.shipped for r in runtimes), "ready": False}
+             "shipped": sum(r.event_log.shipped for r in runtimes), "ready": ready_to_serve(runtimes[0], runtimes)}
     try:
         engine = runtimes[0].holder.get().engine
     except Exception:  # noqa: BLE001 - not loaded yet
         return state
-    return state | {"ready": True, "caches": engine.cache_stats(), "versions": engine.versions,
-                    "batchers": engine.batchers}
+    return state | {"caches": engine.cache_stats(), "versions": engine.versions, "batchers": engine.batchers}
 
 
 def app_from_env() -> FastAPI:

@@ -210,8 +210,8 @@ def merge_live(processes: list[Dumped], retired: Dumped | None = None) -> list[M
     """One set of families from each process's: values of the same sample summed, except
     ``shoprank_ready`` (the least: 1 when every process is ready), ``shoprank_model_info``
     (1 per version any process serves) and ``shoprank_cache_hit_rate`` (hits over the summed
-    lookups); plus ``shoprank_server_processes``. ``retired``: the counters of processes that are
-    gone, added to the counters."""
+    lookups; left out while there were none); plus ``shoprank_server_processes``. ``retired``: the
+    counters of processes that are gone, added to the counters."""
     families: dict[str, dict[str, Any]] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]] = {}
     for dumped in [*processes, [f for f in retired or [] if f.get("type") == "counter"]]:
@@ -236,7 +236,9 @@ def merge_live(processes: list[Dumped], retired: Dumped | None = None) -> list[M
             elif name == "shoprank_cache_hit_rate" and dict(labels)["cache"] in lookups:
                 counts = lookups[dict(labels)["cache"]]
                 total = counts.get("hit", 0.0) + counts.get("miss", 0.0)
-                value = counts.get("hit", 0.0) / total if total else 0.0
+                if not total:  # no process looked it up: no rate (0 would read as every lookup missing)
+                    continue
+                value = counts.get("hit", 0.0) / total
             else:
                 value = sum(found)
             metric.add_sample(sample, dict(labels), value)
@@ -312,7 +314,8 @@ class _LiveCollector(Collector):
                                     labels=["event"])
         for name, cache in state.get("caches", {}).items():
             if hasattr(cache, "hit_rate"):
-                hit_rate.add_metric([name], cache.hit_rate)
+                if cache.hit_rate is not None:  # never looked up: no rate rather than 0
+                    hit_rate.add_metric([name], cache.hit_rate)
                 lookups.add_metric([name, "hit"], cache.hits)
                 lookups.add_metric([name, "miss"], cache.misses)
             if hasattr(cache, "__len__"):

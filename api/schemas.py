@@ -314,3 +314,12 @@ class ErrorBody(BaseModel):
     message: str = Field(..., description="What was wrong, the value, what is allowed.")
     request_id: str | None = None
     detail: list[dict] | None = None
+
+
+# the answers the routers list in OpenAPI beside their own (each in the ErrorBody shape)
+INVALID = {"model": ErrorBody, "description": "Invalid input, named with the value sent and what is allowed: a "
+           "field out of its range, or a body that is no JSON this API reads (malformed; not UTF-8; half of a "
+           "UTF-16 surrogate pair; an integer of more than 4300 digits; arrays or objects nested about 1000 deep)"}
+UNKNOWN_STORE = {"model": ErrorBody, "description": "A store this server does not serve (under /v1/stores/{store}/)"}
+RATE_LIMITED = {"model": ErrorBody, "description": "Over the key's or the client's request rate "
+                "(api.rate_limit_per_s); Retry-After says when to try again"}

@@ -11,6 +11,7 @@ its own unit. The bi-encoder is shared when the stores use the same one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -59,6 +60,14 @@ def other_stores(settings: Settings) -> list[str]:
         except Exception:  # noqa: BLE001 - a stray folder is not a store
             logger.warning("ignoring %s: not a valid store name", path)
     return names
+
+
+def ready_to_serve(default: StoreRuntime, runtimes: Iterable[StoreRuntime]) -> bool:
+    """Whether this server takes traffic, as ``/readyz`` and ``shoprank_ready`` both say: the default store
+    loaded without error and no store still loading (a store that failed to load answers 503 itself, while the
+    others serve)."""
+    return (default.holder.ready.is_set() and default.holder.error is None
+            and all(runtime.holder.ready.is_set() for runtime in runtimes))
 
 
 def current(request: Request) -> StoreRuntime:

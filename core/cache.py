@@ -55,9 +55,10 @@ class LRUCache:
         return len(self._items)
 
     @property
-    def hit_rate(self) -> float:
+    def hit_rate(self) -> float | None:
+        """Hits over lookups; None before the first lookup (no rate yet, rather than a rate of 0)."""
         total = self.hits + self.misses
-        return self.hits / total if total else 0.0
+        return self.hits / total if total else None
 
 
 def read_through(cache: LRUCache, keys: Sequence[Hashable], compute: Callable[[list[int]], Sequence[Any]],

@@ -368,9 +368,10 @@ class OnlineFeatureReader:
         return FeatureBatch(list(product_ids), columns, unavailable)
 
     @property
-    def hit_rate(self) -> float:
+    def hit_rate(self) -> float | None:
+        """Hits over lookups; None before the first lookup (no rate yet, rather than a rate of 0)."""
         total = self.hits + self.misses
-        return self.hits / total if total else 0.0
+        return self.hits / total if total else None
 
 
 def _odfv_inputs(odfv: Any) -> list[str]:

@@ -6,11 +6,14 @@
   share one fsync). ``/v1/events`` answers 202 only then, so an accepted event
   survives a crash of the process or the machine. Impressions from searches
   use ``durable=False`` (flushed at once, fsynced within ``sync_interval``).
+  An fsync that fails takes back every line it was to cover (cut off the
+  segment, uncounted): their callers are told that nothing was kept, and
+  nothing of it is shipped.
 - **Ship**: a background thread sends the log to Kafka in append order
-  (``acks=all``, idempotent producer) and records how far it got only after
-  the broker acknowledged. A broker outage leaves the events in the log (the
-  durable spool) and the shipper retries with back-off; they go out in order
-  when the broker is back. After a crash the shipper resumes from its last
+  (``acks=all``, idempotent producer), only lines an fsync covered, and
+  records how far it got only after the broker acknowledged. A broker outage
+  leaves the events in the log (the durable spool) and the shipper retries with
+  back-off; they go out in order when the broker is back. After a crash the shipper resumes from its last
   recorded position, so an event may be sent twice, never lost: consumers
   de-duplicate by ``event_id``.
 - **No Kafka configured** (the embedded default): the segments are the event
@@ -24,6 +27,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -140,6 +144,10 @@ class EventLog:
         self._file = open(self._path(self._segment), "ab", buffering=0)  # noqa: SIM115 - held open for appends
         self._written = 0
         self._synced = 0
+        # how far the open segment is fsynced: (its file, byte offset, lines written up to there)
+        self._mark: tuple[IO[bytes], int, int] = (self._file, 0, 0)
+        self._waiting: set[int] = set()  # line counts that durable appends wait to see fsynced
+        self._withdrawn: set[int] = set()  # those of them a failed fsync took back
         self.appended = 0
         self.shipped = 0
         self.ship_failures = 0
@@ -197,8 +205,15 @@ class EventLog:
             self._written += len(lines)
             self.appended += len(lines)
             target = self._written
+            if durable:
+                self._waiting.add(target)
         if durable:
-            self._sync(target)
+            try:
+                self._sync(target)
+            finally:
+                with self._lock:
+                    self._waiting.discard(target)
+                    self._withdrawn.discard(target)
         with self._new_data:
             self._new_data.notify_all()
 
@@ -209,16 +224,51 @@ class EventLog:
         self._file.close()
         self._segment += 1
         self._file = fresh
+        self._mark = (fresh, 0, self._written)  # every line before it is in the closed segment, fsynced
 
     def _sync(self, target: int) -> None:
+        """Return once the first ``target`` lines are fsynced; raise OSError when an fsync failed and took
+        them back (:meth:`_withdraw`)."""
         with self._sync_lock:
-            if self._synced >= target:
-                return  # another caller's fsync covered these lines
             with self._lock:
-                written = self._written
-                fd = self._file.fileno()
-            os.fsync(fd)
+                if target in self._withdrawn:
+                    raise OSError(errno.EIO, "the event log's fsync failed, and these events were taken back")
+                if self._synced >= target:
+                    return  # another caller's fsync covered these lines
+                written, file = self._written, self._file
+                fd, size = file.fileno(), os.fstat(file.fileno()).st_size
+            try:
+                os.fsync(fd)
+            except OSError:
+                # the lines not fsynced before are cut (or a rotation meanwhile fsynced them): none is left to sync
+                cut = self._withdraw(file)
+                self._synced = written
+                with self._lock:
+                    if cut and target in self._withdrawn:
+                        raise
+                return
             self._synced = written
+            with self._lock:
+                if self._file is file and size > self._mark[1]:
+                    self._mark = (file, size, written)
+
+    def _withdraw(self, file: IO[bytes]) -> bool:
+        """After a failed fsync of ``file``: cut the open segment back to where it was last fsynced and take
+        those lines back (uncounted; the durable appends among them fail), as an append the disk refused.
+        False when ``file`` is no longer the open segment (a rotation fsynced it since)."""
+        with self._lock:
+            if file is not self._file:
+                return False
+            _, offset, lines = self._mark
+            os.ftruncate(file.fileno(), offset)
+            self.appended -= self._written - lines
+            taken = {target for target in self._waiting if target > lines}
+            self._withdrawn |= taken
+            self._waiting -= taken
+            self._mark = (file, offset, self._written)  # the lines cut stay numbered: later ones go on from here
+            logger.error("an fsync of the event log %s failed: its last %d lines were taken back",
+                         self._path(self._segment), self._written - lines)
+            return True
 
     def _sync_loop(self) -> None:
         while not self._stop.wait(self.sync_interval):
@@ -260,7 +310,13 @@ class EventLog:
                              max_block_ms=int(self.kafka.send_timeout * 1000))
 
     def _read_batch(self, segment: int, offset: int) -> tuple[list[dict], int, int]:
-        """Up to ``batch`` records from the position, and the position after them."""
+        """Up to ``batch`` records from the position, and the position after them: whole segments up to the
+        one appends go to, and of that one what an fsync covered. The open segment is taken before reading:
+        an append landing in it meanwhile (and a rotation after it) is read in a later round, and a segment
+        is left behind (then deleted) only once it was closed before it was read."""
+        with self._lock:
+            live = self._segment
+            synced = self._mark[1]
         records: list[dict] = []
         while len(records) < self.batch:
             path = self._path(segment)
@@ -269,13 +325,13 @@ class EventLog:
             with open(path, "rb") as handle:
                 handle.seek(offset)
                 for line in handle:
-                    if not line.endswith(b"\n"):
-                        break  # a write in progress
+                    if not line.endswith(b"\n") or (segment >= live and offset + len(line) > synced):
+                        break  # a write in progress, or lines an fsync may yet take back
                     records.append(json.loads(line))
                     offset += len(line)
                     if len(records) >= self.batch:
                         break
-            if len(records) >= self.batch or segment >= self._segment:
+            if len(records) >= self.batch or segment >= live:
                 break
             segment, offset = segment + 1, 0
         return records, segment, offset

@@ -40,9 +40,10 @@ class TierCounts:
             self.misses += misses
 
     @property
-    def hit_rate(self) -> float:
+    def hit_rate(self) -> float | None:
+        """Hits over lookups; None before the first lookup (no rate yet, rather than a rate of 0)."""
         total = self.hits + self.misses
-        return self.hits / total if total else 0.0
+        return self.hits / total if total else None
 
 
 def model_tag(role: str, version: str, model_dir: Path | None, precision: str, max_length: int) -> str | None:

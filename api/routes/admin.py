@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from api.auth import check_key, presented_key
 from api.deps import HolderDep, SettingsDep
-from api.schemas import ErrorBody
+from api.schemas import INVALID, RATE_LIMITED, ErrorBody
 from api.state import ServedHolder
 from core.errors import Conflict, Forbidden, InvalidInput, Unauthorized
 from core.files import write_text_atomic
@@ -47,7 +47,8 @@ def require_admin(request: Request, settings: SettingsDep, authorization: Annota
 
 # mounted at /v1 (the default store) and /v1/stores/{store}
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
-                   responses={status: {"model": ErrorBody} for status in (401, 403, 404, 409, 422, 503)})
+                   responses={**{status: {"model": ErrorBody} for status in (401, 403, 404, 409, 503)},
+                              422: INVALID, 429: RATE_LIMITED})
 
 class Activate(BaseModel):
     version: str = Field(..., pattern=r"^v[0-9]{1,6}$", description="Registered version, e.g. v3.")

@@ -8,14 +8,15 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from api.auth import require
-from api.schemas import ErrorBody
+from api.schemas import INVALID, RATE_LIMITED, UNKNOWN_STORE, ErrorBody
 from api.stores import current
 from core.errors import NotReady
 from core.keys import ApiKey
 from online_learning import events as events_schema
 
 router = APIRouter(tags=["events"],  # mounted at /v1 and /v1/stores/{store}
-                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 429: {"model": ErrorBody}})
+                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: UNKNOWN_STORE,
+                              429: RATE_LIMITED})
 
 MAX_BATCH = 1000
 
@@ -39,7 +40,9 @@ class Accepted(BaseModel):
 
 
 @router.post("/events", status_code=202, response_model=Accepted, summary="Log interactions",
-             responses={422: {"model": ErrorBody}})
+             responses={422: INVALID, 503: {"model": ErrorBody, "description": "The events could not be stored (a "
+                                            "full or failing disk): none of the call was kept; send it again after "
+                                            "Retry-After"}})
 def post_events(
     request: Request,
     key: Annotated[ApiKey | None, Depends(require("events"))],

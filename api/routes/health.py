@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from api.deps import HolderDep
 from api.schemas import Health
 from api.state import ServedHolder
+from api.stores import ready_to_serve
 from core.hardware import cpu, usable_cores
 from serving.indexing import server_threads
 from serving.loading import served_precision
@@ -37,8 +38,9 @@ def _state(holder: ServedHolder) -> str:
 def readyz(request: Request, holder: HolderDep) -> Health | JSONResponse:
     """Ready when the default store is loaded and every other store finished loading (a store
     that failed is named in ``stores`` and answers 503 itself; the others serve)."""
-    stores = {name: _state(runtime.holder) for name, runtime in request.app.state.stores.items()}
-    if holder.ready.is_set() and holder.error is None and "loading" not in stores.values():
+    runtimes = request.app.state.stores
+    stores = {name: _state(runtime.holder) for name, runtime in runtimes.items()}
+    if ready_to_serve(runtimes[request.app.state.default_store], runtimes.values()):
         failed = {name: r.holder.reload_error for name, r in request.app.state.stores.items() if r.holder.reload_error}
         return Health(status="ready", pid=os.getpid(), versions=holder.get().engine.versions, stores=stores,
                       reload_errors=failed or None)

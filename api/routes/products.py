@@ -9,12 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.deps import ServedDep
 from api.routes.admin import require_admin
-from api.schemas import ErrorBody, ProductId
+from api.schemas import INVALID, RATE_LIMITED, ErrorBody, ProductId
 from serving.product_updates import update_facts
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody},
-                              409: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+                              409: {"model": ErrorBody}, 422: INVALID, 429: RATE_LIMITED,
+                              503: {"model": ErrorBody, "description": "The store is still loading"}})
 
 
 class ProductUpdate(BaseModel):

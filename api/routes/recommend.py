@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from api.auth import require
 from api.deps import ServedDep
 from api.routes.search import ERRORS, listed, log_shown, shelf_event
-from api.schemas import RecommendItem, RecommendRequest, RecommendResponse
+from api.schemas import ErrorBody, RecommendItem, RecommendRequest, RecommendResponse
 from api.stores import current
 from core.keys import ApiKey
 from core.query import Filters
@@ -21,7 +21,9 @@ router = APIRouter(tags=["recommend"])  # mounted at /v1 and /v1/stores/{store}
 KeyDep = Annotated[ApiKey | None, Depends(require("search"))]
 
 
-@router.post("/recommend", response_model=RecommendResponse, responses={**ERRORS, 404: ERRORS[422]},
+@router.post("/recommend", response_model=RecommendResponse,
+             responses={**ERRORS, 404: {"model": ErrorBody, "description": "None of the seed products is in the "
+                                        "catalog, or a store this server does not serve (under /v1/stores/{store}/)"}},
              summary="Recommended products: similar, bought or viewed together, for a shopper")
 def recommend(body: RecommendRequest, served: ServedDep, request: Request, key: KeyDep) -> RecommendResponse:
     """The products of ``kind`` for the seed products (and the shopper), within the filters, the seeds

@@ -16,9 +16,12 @@ from api.admission import yield_to_models
 from api.auth import require
 from api.deps import ServedDep
 from api.schemas import (
+    INVALID,
     MAX_K,
     MAX_QUERY_CHARS,
     MAX_SUGGESTIONS,
+    RATE_LIMITED,
+    UNKNOWN_STORE,
     BrowseItem,
     BrowseRequest,
     BrowseResponse,
@@ -46,9 +49,8 @@ from serving.engine import SearchEngine
 from serving.loading import Served
 from serving.suggestions import suggest as suggest_for
 
-ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody, "description": "A store "
-          "this server does not serve (under /v1/stores/{store}/)"}, 422: {"model": ErrorBody},
-          429: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: UNKNOWN_STORE, 422: INVALID, 429: RATE_LIMITED,
+          503: {"model": ErrorBody}}
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["search"])  # mounted at /v1 and /v1/stores/{store}
 KeyDep = Annotated[ApiKey | None, Depends(require("search"))]

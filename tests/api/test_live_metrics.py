@@ -126,3 +126,16 @@ def test_a_process_keeps_its_own_figures_when_a_later_import_names_a_shared_fold
     assert f"FOLDER {tmp_path}" in out
     assert 'shoprank_searches_total{shed="false"} 1.0' in out
     assert list(tmp_path.glob("counter_*.db"))
+
+
+def test_a_cache_never_looked_up_has_no_hit_rate() -> None:
+    idle = LRUCache(10)
+    assert idle.hit_rate is None  # before: 0.0, read as "every lookup missed"
+    state = {"caches": {"results": idle}, "ready": True}
+    own = exposition([families(state)])
+    assert 'shoprank_cache_hit_rate{cache="results"}' not in own
+    assert own['shoprank_cache_lookups_total{cache="results",result="miss"}'] == 0  # the counts are there
+    merged = exposition([families(state), families({"caches": {"results": LRUCache(10)}, "ready": True})])
+    assert 'shoprank_cache_hit_rate{cache="results"}' not in merged
+    idle.get("absent")
+    assert exposition([families(state)])['shoprank_cache_hit_rate{cache="results"}'] == 0.0  # looked up: a rate

@@ -57,15 +57,32 @@ def test_get_search_and_given_request_id(client: TestClient) -> None:
     ("/v1/events", '[{"type": "click", "event_id": "e", "request_id": "r", "product_id": "P1", '
                    '"timestamp": "0001-01-01T00:00:00+14:00"}]', "0001-01-01T00:00:00+14:00 is out of range"),
     ("/v1/search", '{"query": "drill", "k": 5,}', "body: not valid JSON at character 26: Expecting property name"),
+    # an escaped backslash, then the text "ud800": no escape (before: it hid the lone \udc00 after it, a 500)
+    ("/v1/search", r'{"query": "drill \\ud800\udc00"}', "\\udc00 at byte 24 is half of a UTF-16 surrogate pair"),
+    ("/v1/events", r'[{"type": "click", "event_id": "e", "request_id": "r", "product_id": "P1", "user_id": '
+                   r'"u\\ud800\udc00"}]', "\\udc00 at byte 95 is half"),
+    # bodies the JSON reader gives up on (before: a 400 "There was an error parsing the body")
+    ("/v1/search", b'{"query": "dr\xffill"}', "body: byte 13 (0xff) is not valid UTF-8 (invalid start byte)"),
+    ("/v1/events", b'[{"type": "click", "event_id": "e", "request_id": "r", "product_id": "P\xc3"}]',
+     "body: byte 71 (0xc3) is not valid UTF-8"),
+    ("/v1/search", b'{"query": "drill", "k": ' + b"9" * 5000 + b"}",
+     "body: the integer at byte 24 (the value of 'k') has 5000 digits; a number in a request has at most 4300"),
+    ("/v1/search", b'{"query": "drill", "filters": {"category": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+     "body: arrays and objects nested 5002 deep (from byte 5042) are more than the JSON reader takes"),
 ])
-def test_values_json_cannot_carry_are_422_naming_them(client: TestClient, path: str, raw: str, named: str) -> None:
-    response = client.post(path, content=raw.encode(), headers={"content-type": "application/json"})
+def test_values_json_cannot_carry_are_422_naming_them(client: TestClient, path: str, raw: str | bytes,
+                                                      named: str) -> None:
+    content = raw if isinstance(raw, bytes) else raw.encode()
+    response = client.post(path, content=content, headers={"content-type": "application/json"})
     assert response.status_code == 422 and named in response.json()["message"], response.text
+    assert response.json()["error"] == "invalid_request"
 
 
 def test_a_body_not_sent_as_json_is_told_the_content_type(client: TestClient) -> None:
     sent = client.post("/v1/search", content=b'{"query": "drill"}', headers={"content-type": "text/plain"})
     assert sent.status_code == 422 and "Content-Type: application/json" in sent.json()["message"]
+    not_utf8 = client.post("/v1/search", content=b'{"query": "dr\xffill"}', headers={"content-type": "text/plain"})
+    assert not_utf8.status_code == 422 and "Content-Type: application/json" in not_utf8.json()["message"]  # not a 500
     assert client.get("/v1/search", params={"q": "drill", "max_price": "inf"}).status_code == 422
 
 
@@ -129,6 +146,32 @@ def test_probes_and_openapi(client: TestClient) -> None:
     assert given["sort"]["enum"] == ["relevance", "price_asc", "price_desc"]
     assert given["facets"]["anyOf"][0]["maxItems"] == 3 and given["category"]["anyOf"][0]["maxItems"] == 100
     assert "404" in spec["paths"]["/v1/stores/{store}/search"]["get"]["responses"]  # a store not served here
+
+
+def test_openapi_lists_every_status_a_route_answers(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    events = {"/v1/events", "/v1/stores/{store}/events"}
+    for path in events:  # a failing spool disk, an unknown store, an unreadable body, a rate limit
+        assert {"404", "422", "429", "503"} <= set(paths[path]["post"]["responses"]), path
+        assert "Retry-After" in paths[path]["post"]["responses"]["503"]["description"]
+    admin = [(path, method) for path in paths if "/admin/" in path for method in paths[path]]
+    assert len(admin) > 20
+    for path, method in admin:  # rate limits on admin keys, and the 503 of a store still loading
+        assert {"422", "429", "503"} <= set(paths[path][method]["responses"]), (path, method)
+    for path in [p for p in paths if p.startswith("/v1/")]:
+        for method, operation in paths[path].items():
+            invalid = operation["responses"]["422"]
+            assert invalid["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody"), (path, method)
+            assert "not UTF-8" in invalid["description"], (path, method)
+
+
+def test_a_body_refused_before_routing_is_counted_under_its_route(client: TestClient) -> None:
+    sent = client.post("/v1/stores/default/search", content=b'{"query": "drill \\ud800"}',
+                       headers={"content-type": "application/json"})
+    assert sent.status_code == 422
+    metrics = client.get("/metrics").text
+    assert 'shoprank_request_seconds_count{route="/v1/stores/{store}/search",status="422"}' in metrics
+    assert 'route="unmatched",status="422"' not in metrics  # before: every such 422 was "unmatched"
 
 
 def test_not_ready_is_503_with_reason(settings: Settings) -> None:
@@ -635,6 +678,27 @@ def test_a_full_spool_disk_costs_searches_their_impression_and_events_a_503(clie
                                             "product_id": "P1"}])
     assert sent.status_code == 503 and sent.headers["retry-after"] == "5" and "send it again" in sent.text
     assert sent.headers["connection"] == "close"  # the next try on a new connection, maybe to a ready peer
+
+
+def test_events_a_failed_fsync_did_not_keep_are_not_in_the_spool(client: TestClient,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import online_learning.event_log as event_log
+
+    log = client.app.state.stores[client.app.state.default_store].event_log  # type: ignore[attr-defined]
+    appended = log.appended
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(event_log.os, "fsync", failing)
+    sent = client.post("/v1/events", json=[{"event_id": "fsync-1", "request_id": "r", "type": "click",
+                                            "product_id": "P1"}])
+    monkeypatch.undo()
+    assert sent.status_code == 503 and "nothing of this call was accepted" in sent.json()["message"]
+    spooled = "".join(p.read_text() for p in log.folder.glob("segment-*.jsonl"))
+    assert "fsync-1" not in spooled and log.appended == appended  # before: kept and counted, and shipped
 
 
 def test_a_shelf_puts_out_of_stock_products_last_whatever_its_length(tmp_path) -> None:  # type: ignore[no-untyped-def]

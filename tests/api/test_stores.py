@@ -120,3 +120,36 @@ def test_a_folder_named_like_the_default_store_is_not_a_store(tmp_path: Path, se
     for name in (home.index_name, "garden", ".hidden"):
         (tmp_path / "stores" / name).mkdir(parents=True)
     assert other_stores(home) == ["garden"]  # the default store's routes and keys stay the default store's
+
+
+def test_metrics_are_not_ready_while_readyz_waits_for_a_store(  # type: ignore[no-untyped-def]
+        tmp_path: Path, fake_index) -> None:
+    import threading
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from tests.fakes import HashingEncoder
+
+    encoder, gate = HashingEncoder(), threading.Event()
+    served = Settings(home=tmp_path / "home", progress=False)
+    (served.paths.stores / "slow").mkdir(parents=True)
+
+    def load(s: Settings, previous):  # type: ignore[no-untyped-def]
+        if s.store == "slow":
+            gate.wait(30)
+        return open_served(s, previous, encoder, fake_index)
+
+    def ready_metric(client: TestClient) -> str:
+        return next(line for line in client.get("/metrics").text.splitlines() if line.startswith("shoprank_ready"))
+
+    with TestClient(create_app(served, loader=load)) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").json()["stores"]["default"] != "ready" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/readyz").status_code == 503  # the slow store still loads
+        assert ready_metric(client) == "shoprank_ready 0.0"  # before: 1.0, as soon as the default store was
+        gate.set()
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready_metric(client) == "shoprank_ready 1.0"

@@ -186,3 +186,93 @@ def test_an_orphan_slot_is_looked_at_by_its_sizes_before_a_producer_is_opened(tm
     assert not _holds_unshipped(slot)  # all shipped
     (slot / "shipped.json").write_text("{torn")
     assert _holds_unshipped(slot)  # unreadable: the slot's own reader decides
+
+
+class _Producer:
+    """A broker that acknowledges every send at once, and keeps the event ids in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send(self, topic: str, key: bytes, value: bytes):  # type: ignore[no-untyped-def]
+        self.sent.append(json.loads(value)["event_id"])
+        return self
+
+    def get(self, timeout: float | None = None) -> None:
+        return None
+
+    def flush(self, timeout: float | None = None) -> None:
+        return None
+
+    def close(self, timeout: float | None = None) -> None:
+        return None
+
+
+def test_an_append_landing_while_the_shipper_reads_is_shipped_before_its_segment_goes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    import online_learning.event_log as event_log
+
+    log = EventLog(tmp_path, None)  # no ship thread: the rounds are driven here
+    log.kafka = KafkaSettings("broker:9092")
+    producer = _Producer()
+    monkeypatch.setattr(log, "_connect", lambda: producer)
+    log.append([click(1)])
+    monkeypatch.setattr(event_log, "SEGMENT_BYTES", next(tmp_path.glob("segment-*")).stat().st_size + 10)
+    real_open, injected = builtins.open, []
+
+    def reading(path, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
+        handle = real_open(path, mode, *args, **kwargs)
+        if mode == "rb" and "segment-" in str(path) and not injected:
+            injected.append(path)
+            real_close = handle.close
+
+            def close() -> None:  # the shipper read the open segment to its end: two appends land now,
+                real_close()  # one in that segment, one that fills it and goes to the next
+                log.append([click(2)])
+                log.append([click(3)])
+
+            handle.close = close  # type: ignore[method-assign]
+        return handle
+
+    monkeypatch.setattr(builtins, "open", reading)
+    for _ in range(3):
+        log._ship_once()
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert injected and log._segment == 2  # the appends did go to the next segment
+    assert producer.sent == ["e1", "e2", "e3"] and log.pending() == 0  # before: e2 deleted with its segment
+    log.close()
+
+
+def test_a_failed_fsync_takes_the_append_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import online_learning.event_log as event_log
+
+    log = EventLog(tmp_path, None)
+    log.append([click(1)])
+    real_fsync = event_log.os.fsync
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(event_log.os, "fsync", failing)
+    with pytest.raises(OSError):
+        log.append([click(2), click(3)])
+    assert log.appended == 1 and [r["event_id"] for r in lines(tmp_path)] == ["e1"]  # before: kept, counted
+    assert log._read_batch(*log._position())[0][-1]["event_id"] == "e1"  # nothing of it to ship either
+    monkeypatch.setattr(event_log.os, "fsync", real_fsync)
+    log.append([click(4)])
+    log.close()
+    assert log.appended == 2 and [r["event_id"] for r in lines(tmp_path)] == ["e1", "e4"]
+
+
+def test_the_shipper_sends_only_what_an_fsync_covered(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, None, sync_interval=3600)  # no background fsync while the test looks
+    log.append([click(1)])
+    log.append([click(2)], durable=False)  # flushed, not fsynced yet: a failed fsync may take it back
+    assert [r["event_id"] for r in log._read_batch(*log._position())[0]] == ["e1"]
+    log.append([click(3)])  # fsynced, and e2 with it
+    assert [r["event_id"] for r in log._read_batch(*log._position())[0]] == ["e1", "e2", "e3"]
+    log.close()
