@@ -22,7 +22,7 @@ import numpy as np
 
 from core.cache import LRUCache
 from core.errors import Conflict, InvalidInput, NotReady
-from core.query import Filters, Query
+from core.query import Analysis, Filters, Query
 from core.registry import ServedModel
 from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
@@ -307,10 +307,17 @@ class SearchEngine:
         position = self.facts.position if self.facts is not None else None
         return f"{self.index.key_name}\x1f{self.index.manifest.catalog_hash}\x1f{self.results_scope}\x1f{position}"
 
-    def explain(self, query: Query, candidates: Candidates, ltr: str | None = None) -> list[dict[str, float]] | None:
-        """LambdaMART feature contributions per row, when an LTR model is served."""
+    def explain(self, query: Query, candidates: Candidates, ltr: str | None = None,
+                analysis: Analysis | None = None) -> list[dict[str, float]] | None:
+        """LambdaMART feature contributions per row, when an LTR model is served; ``analysis``: the served
+        search's (``SearchResult.analysis``), so the features are those of the query it ranked (corrected,
+        with synonyms), and the contributions add up to the served score."""
         stage = self.pipelines.ltr_stages.get(ltr)
-        return stage.explain(query, candidates) if stage is not None and len(candidates) else None
+        if stage is None or not len(candidates):
+            return None
+        if analysis is not None:
+            query = replace(query, text=analysis.text or query.text, analysis=analysis)
+        return stage.explain(query, candidates)
 
     def cache_stats(self) -> dict[str, object]:
         return self.caches.stats()
