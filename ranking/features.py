@@ -76,6 +76,18 @@ def feature_names(groups: Sequence[str], store_names: Sequence[str] = ()) -> lis
     return names + (list(store_names) if "store" in groups else [])
 
 
+
+def first_stage_rank(candidates: Candidates) -> np.ndarray:
+    """Each row's rank in the first stage's served list (1 = top; 0 = not retrieved there): the fused rank of a
+    hybrid list, else the one retriever's. A training list keeps the served ranks of its rows (sampled
+    negatives, judged products retrieved deep), so a row's place in it is not where it was served; for rows
+    with no served rank column, their place in ``candidates``."""
+    ranks = candidates.ranks
+    if "rrf" in ranks:
+        return np.asarray(ranks["rrf"])
+    single = [name for name in ("bm25", "dense") if name in ranks]
+    return np.asarray(ranks[single[0]]) if len(single) == 1 else np.arange(1, len(candidates) + 1)
+
 @dataclass
 class LtrFeaturizer:
     """Feature rows for (query, user, candidate) triples, in ``names`` order.
@@ -108,8 +120,9 @@ class LtrFeaturizer:
                       depth: int | None) -> np.ndarray:
         scores = np.asarray(candidates.scores.get(stage, np.full(len(candidates), np.nan)), dtype=np.float32).copy()
         missing = np.isnan(scores)
-        if depth is not None:
-            missing[depth:] = False
+        if depth is not None:  # the rows the served cascade scores: the first stage's top ``depth``, by served rank
+            rank = first_stage_rank(candidates)
+            missing &= (rank > 0) & (rank <= depth)
         if scorer is not None and missing.any():
             titles = [self.index.title(int(d)) for d in candidates.docs[missing]]
             scores[missing] = scorer.score(query, titles)  # type: ignore[attr-defined]

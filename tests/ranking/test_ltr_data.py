@@ -11,6 +11,8 @@ from ranking.features import RANK_FEATURES, feature_names
 from ranking.relevance import RELEVANCE_FEATURES
 from ranking.training.data import Group
 from ranking.training.ltr_data import entity_rows, judged_lists, ranking_data, served_lists
+from retrieval.encoder import Encoder
+from retrieval.index import ProductIndex
 from serving.engine import assemble
 
 
@@ -196,3 +198,58 @@ def test_lambdamart_settings_by_name() -> None:
                       ("learning_rate=nan", "learning_rate must be")]:
         with pytest.raises(ValueError, match=says):
             parse_tunable(bad)
+
+
+def test_an_explanation_adds_up_to_the_served_score_of_a_corrected_query(settings: Settings, real_index: ProductIndex,
+                                                                        real_encoder: Encoder) -> None:
+    """The contributions are those of the query the list was ranked for (spelling fixed), so with the bias
+    they sum to each row's LambdaMART score; computed for the text as typed, they explained another ranking."""
+    from core.registry import ServedModel
+    from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
+    from serving.pipelines import Models
+
+    names = feature_names(["base", "ranks", "relevance"])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(800, len(names))).astype(np.float32)
+    labels = np.clip((x[:, names.index("dense")] * 2 + x[:, names.index("bm25")] + 2).round(), 0, 4).astype(int)
+    data = RankingData(x, labels, [20] * 40, names)
+    model = LambdaMART.fit(data, data, LambdaMARTConfig(max_rounds=30, early_stopping=10, min_data_in_leaf=5,
+                                                        max_grade=4))
+    engine = assemble(real_index, real_encoder, settings, Models(ltr=ServedModel("ltr", "v1", model)))
+    try:
+        result = engine.search(Query("Cordles DRILL"), 5)
+        assert result.analysis is not None and result.analysis.text == "cordless drill"
+        explained = engine.explain(Query("Cordles DRILL"), result.candidates, analysis=result.analysis)
+        served = result.candidates.scores["ltr"]
+        assert np.allclose([sum(row.values()) for row in explained], served, atol=1e-3)
+    finally:
+        engine.close()
+
+
+def test_a_cross_encoder_score_in_training_follows_the_served_rank_not_the_place_in_the_list(
+        settings: Settings, real_index: ProductIndex, real_encoder: Encoder) -> None:
+    """Serving scores the first stage's top ``student_depth`` with the student and leaves the rest NaN. A
+    training list of sampled rows puts a row served at rank 40 third: it must stay NaN there too, or the
+    model learns a pattern of missing scores that serving never shows it."""
+    from ranking.features import LtrFeaturizer
+
+    engine = assemble(real_index, real_encoder, settings)
+    try:
+        first = engine.pipeline("hybrid")
+        top = first.search("cordless drill", 50)
+        judged = {top.product_ids[0]: 3, top.product_ids[25]: 2, top.product_ids[40]: 1}
+        lists = served_lists([Group("q1", "cordless drill", judged)], first, real_index, depth=50, negatives=3,
+                             seed=1, progress=False)
+
+        class Ones:
+            def score(self, query: str, titles: list[str]) -> np.ndarray:
+                return np.ones(len(titles), np.float32)
+
+        featurizer = LtrFeaturizer(real_index, lambda text: engine.dense.embed([text])[0], None,
+                                   ["student", "rank_rrf"], student=Ones(), student_depth=10)
+        rows = ranking_data(lists, featurizer, None, {}, progress=False).features
+        served_top = (rows[:, 1] > 0) & (rows[:, 1] <= 10)
+        assert served_top.any() and (~served_top).sum() >= 3
+        assert (rows[served_top, 0] == 1.0).all() and np.isnan(rows[~served_top, 0]).all()
+    finally:
+        engine.close()
