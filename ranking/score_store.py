@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import queue
 import struct
 import threading
@@ -190,12 +191,18 @@ class ScoreStore:
         return self.put_many([(key, _STAMP.pack(time.time()) + payload)])
 
     def put_many(self, items: Sequence[tuple[str, Value]], block: bool = False) -> int:
-        """Queue scores for the background writer; returns how many were dropped (queue full, or
-        the store unavailable). ``block``: wait for room instead (batch jobs)."""
+        """Queue scores for the background writer; returns how many were dropped (queue full, the store
+        unavailable, or a score that is not a finite number: a model's NaN is not worth sharing, and one such
+        value would fail the sqlite store's whole batch). ``block``: wait for room instead (batch jobs)."""
+        finite = [item for item in items if isinstance(item[1], (bytes, bytearray)) or math.isfinite(item[1])]
+        if len(finite) < len(items):
+            with self._lock:
+                self.dropped += len(items) - len(finite)
+        items, skipped = finite, len(items) - len(finite)
         if not self.available and not block:
             with self._lock:
                 self.dropped += len(items)
-            return len(items)
+            return len(items) + skipped
         dropped = 0
         for item in items:
             try:
@@ -205,7 +212,7 @@ class ScoreStore:
         if dropped:
             with self._lock:
                 self.dropped += dropped
-        return dropped
+        return dropped + skipped
 
     def _drain(self) -> None:
         stop = False

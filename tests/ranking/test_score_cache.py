@@ -228,6 +228,18 @@ def test_sqlite_store_reads_many_keys_in_chunks(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_score_that_is_no_number_is_not_shared_and_fails_nothing(tmp_path: Path) -> None:
+    """A model's NaN (or inf) is not written; the scores queued with it are: before, sqlite refused the NaN
+    (NOT NULL) and the whole batch with it, counted as a store failure."""
+    store = SqliteScoreStore(tmp_path / "scores.sqlite")
+    dropped = store.put_many([(f"k{i}", float(i)) for i in range(10)] + [("nan", float("nan")),
+                                                                         ("inf", np.float32("inf"))])
+    store.flush(5)
+    assert dropped == 2 and store.errors == 0 and store.available
+    assert store.get_many(["k0", "k9", "nan", "inf"]) == [0.0, 9.0, None, None]
+    store.close()
+
+
 @pytest.mark.integration
 def test_sqlite_store_shared_by_two_processes(tmp_path: Path) -> None:
     path = tmp_path / "scores.sqlite"
