@@ -11,10 +11,21 @@ from itertools import chain
 import numpy as np
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789./ "
-_BASE = len(_ALPHABET) + 1  # + one code for any other character; 40**3 codes fit uint16
-_CODE = np.full(256, len(_ALPHABET), dtype=np.int32)
+_OTHER = len(_ALPHABET)  # one code for any other ASCII character
+_CODE = np.full(128, _OTHER, dtype=np.int64)
 _CODE[[ord(c) for c in _ALPHABET]] = np.arange(len(_ALPHABET))
 _CODE[0] = -1  # separates texts
+# a character outside ASCII (Cyrillic, CJK, accented Latin the analyzer kept) gets one of _BUCKETS codes of its
+# own by a hash of its code point: folded into the one "other" code, any two Cyrillic words of a length would
+# share every 3-gram. ASCII texts keep the codes they always had.
+_BUCKETS = 1021
+_BASE = _OTHER + 1 + _BUCKETS  # _BASE**3 codes fit uint32
+
+
+def _codes(text: str) -> np.ndarray:
+    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    ascii_ = points < 128
+    return np.where(ascii_, _CODE[np.where(ascii_, points, 0)], _OTHER + 1 + (points * 2654435761) % _BUCKETS)
 
 
 @dataclass(frozen=True)
@@ -41,16 +52,15 @@ class Ragged:
 def char3(texts: Sequence[str]) -> Ragged:
     """The sorted distinct character 3-gram codes of each normalized text, padded ``" text "``."""
     if not texts:
-        return Ragged(np.zeros(1, np.int64), np.zeros(0, np.uint16))
-    joined = "".join(f" {t} \x00" for t in texts).encode("ascii", "replace")
-    chars = _CODE[np.frombuffer(joined, dtype=np.uint8)]
+        return Ragged(np.zeros(1, np.int64), np.zeros(0, np.uint32))
+    chars = _codes("".join(f" {t} \x00" for t in texts))
     row = np.repeat(np.arange(len(texts), dtype=np.int64), [len(t) + 3 for t in texts])
     a, b, c = chars[:-2], chars[1:-1], chars[2:]
     valid = (a >= 0) & (b >= 0) & (c >= 0)
     keys = distinct((row[:-2] * _BASE**3 + (a * _BASE + b) * _BASE + c)[valid])
     ptr = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(np.bincount(keys // _BASE**3, minlength=len(texts)), out=ptr[1:])
-    return Ragged(ptr, (keys % _BASE**3).astype(np.uint16))
+    return Ragged(ptr, (keys % _BASE**3).astype(np.uint32))
 
 
 def distinct(keys: np.ndarray) -> np.ndarray:

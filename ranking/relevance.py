@@ -14,7 +14,8 @@ them), query and field words compared by Snowball stem (:func:`retrieval.vocabul
 - ``first_position``: position of the first matched query word / field length
   (0 = first word; 1 = no match);
 - ``char3_jaccard``: Jaccard similarity of the character 3-gram sets of the
-  normalized query and field, each padded with a space on both sides;
+  normalized query and field, each padded with a space on both sides (characters
+  outside ASCII are told apart too, by a hash of their code point into 1,021 codes);
 - ``length``: the field's length in words.
 
 Query-level: ``query_length`` (words); ``type_match`` (a query product-type word is

@@ -40,3 +40,28 @@ def test_char3_of_no_texts_is_empty_and_distinct_sorts_and_dedupes() -> None:
     assert empty.ptr.tolist() == [0] and len(empty.values) == 0
     assert distinct(np.array([3, 1, 3, 2, 1])).tolist() == [1, 2, 3]
     assert distinct(np.array([], dtype=np.int64)).tolist() == []
+
+
+def test_texts_outside_ascii_share_codes_where_they_share_3_grams() -> None:
+    """Cyrillic, Japanese or accented words get codes of their own characters: folded into one "other"
+    character, "дрель" (drill) and "хлеб" (bread) shared every 3-gram."""
+    texts = ["дрель", "хлеб", "дрели", "電動ドリル", "ドリル", "perçeuse", "perceuse"]
+    grams = char3(texts)
+    rows = [set(grams.values[grams.ptr[i]:grams.ptr[i + 1]].tolist()) for i in range(len(texts))]
+    for i, a in enumerate(texts):
+        assert len(rows[i]) == len(_grams(a))
+        for j, b in enumerate(texts):
+            assert len(rows[i] & rows[j]) == len(_grams(a) & _grams(b)), (a, b)
+
+
+def test_ascii_texts_are_coded_as_before() -> None:
+    """An ASCII text's 3-grams are told apart as they always were (one code per character of the alphabet, one
+    for any other ASCII character), so char3_jaccard does not move for models trained on English catalogs."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789./ "
+    base = 40 + 1021
+
+    def code(ch: str) -> int:
+        return alphabet.index(ch) if ch in alphabet else 39
+
+    expected = sorted({(code(g[0]) * base + code(g[1])) * base + code(g[2]) for g in _grams("1/2-in drill")})
+    assert char3(["1/2-in drill"]).values.tolist() == expected
