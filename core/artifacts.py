@@ -23,7 +23,9 @@ made through the admin API or the CLI one at a time, as operators do, are kept.
 
 A model version deleted from the registry (``shoprank models delete|prune``) leaves the
 store at the next push (its files and manifest entries), and a replica's next pull removes
-its copy: the pulled ``deleted.json`` names it, and the store no longer holds it.
+its copy: the pulled ``deleted.json`` names it, and the store no longer holds it. A push
+adds to this home's ``deleted.json`` what the store's lists besides (versions deleted through
+another home since this one pulled), and never publishes again a copy of a deleted version.
 """
 
 from __future__ import annotations
@@ -87,6 +89,25 @@ def _version_of(rel: str) -> str | None:
 def _is_pointer(rel: str) -> bool:
     """A file that points at others (an active version, the experiment, the rules, the deleted versions)."""
     return rel.endswith("/deleted.json") or any(fnmatch.fnmatch(rel, pattern) for pattern in STATE)
+
+
+def _deleted_order(entry: Any) -> tuple[str, int]:
+    """A ``deleted.json`` entry's place: oldest first, then by version number."""
+    version = str(entry.get("version", "")) if isinstance(entry, dict) else ""
+    return (str(entry.get("deleted", "")) if isinstance(entry, dict) else "",
+            int(version[1:]) if VERSION.match(version) else 0)
+
+
+def _holds(folder: Path, entry: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds the model ``entry`` records (every file, with its digest)."""
+    files = entry.get("files")
+    return folder.is_dir() and isinstance(files, dict) and bool(files) and all(
+        (folder / name).is_file() and file_digest(folder / name) == digest for name, digest in files.items())
+
+
+def _same_or_absent(folder: Path, entry: dict[str, Any]) -> bool:
+    """Whether ``folder`` is absent or holds the model ``entry`` records."""
+    return not folder.exists() or _holds(folder, entry)
 
 
 def _dirty(path: Path, recorded: dict[str, Any] | None) -> bool:
@@ -172,6 +193,35 @@ class ArtifactStore:
                     folder = role / entry["version"]
                     yield f"{folder.relative_to(self.home)}/", folder, entry
 
+    def _merge_deleted(self, remote: dict[str, str]) -> None:
+        """Before a push: add to each of this home's ``deleted.json`` the versions the store's lists and this one
+        does not (deleted through another home since this one last pulled), so the push does not replace the
+        store's record with this home's alone. A version this home holds as another model (registered here under
+        the same name) is left out: its record would remove this home's own model at the next pull."""
+        for pattern in REGISTRIES:
+            for listing in self.home.glob(f"{pattern}/*/deleted.json"):
+                rel = str(listing.relative_to(self.home))
+                if rel not in remote or remote[rel] == file_digest(listing):
+                    continue
+                try:
+                    theirs = json.loads(self.fs.cat_file(f"{self.root}/{rel}"))
+                    ours = json.loads(listing.read_text())
+                except (OSError, ValueError) as error:
+                    logger.warning("%s: the store's %s cannot be read (%s); this home's list replaces it", self.url,
+                                   rel, error)
+                    continue
+                if not isinstance(theirs, list) or not isinstance(ours, list):
+                    continue
+                known = {str(entry.get("version")) for entry in ours if isinstance(entry, dict)}
+                added = [entry for entry in theirs if isinstance(entry, dict)
+                         and VERSION.match(str(entry.get("version", ""))) and entry["version"] not in known
+                         and _same_or_absent(listing.parent / entry["version"], entry)]
+                if added:
+                    merged = sorted([*ours, *added], key=_deleted_order)
+                    write_text_atomic(listing, json.dumps(merged, indent=2))
+                    logger.info("%s: %d versions deleted through other homes added to this home's list (%s)", rel,
+                                len(added), ", ".join(str(entry["version"]) for entry in added))
+
     def _deleted_versions(self) -> dict[str, Path]:
         """The folders of model versions this home's registries deleted: home-relative prefix -> local folder."""
         return {prefix: folder for prefix, folder, _ in self._deleted_entries()}
@@ -198,10 +248,15 @@ class ArtifactStore:
     def _push(self, patterns: Iterable[str], extra: Iterable[Path]) -> Transfer:
         state = self._local_state()
         remote = self.remote_manifest(strict=False)
+        self._merge_deleted(remote)
         moved = size = same = 0
         home = self.home.resolve()
         named = {path.resolve() for path in extra if path.is_file() and path.resolve().is_relative_to(home)}
-        files = [(path, str(path.relative_to(self.home))) for path in self._local_files(patterns)]
+        # a copy of a version deleted (here or through another home) is not published again; a model registered
+        # under a deleted version's name (another model, its files other than those recorded) is
+        gone = tuple(prefix for prefix, folder, entry in self._deleted_entries() if _holds(folder, entry))
+        files = [(path, rel) for path in self._local_files(patterns)
+                 if not (rel := str(path.relative_to(self.home))).startswith(gone)]
         files += [(self.home / path.relative_to(home), str(path.relative_to(home))) for path in sorted(named)
                   if str(path.relative_to(home)) not in {rel for _, rel in files}]
         digests = {rel: self._digest(path, state) for path, rel in files}

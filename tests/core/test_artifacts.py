@@ -194,6 +194,32 @@ def test_a_deleted_model_version_leaves_the_store_and_the_replicas(tmp_path: Pat
     assert reader.pull().files == 0 and writer.push().files == 0
 
 
+def test_two_homes_deleting_different_versions_keep_both_records_and_publish_neither(tmp_path: Path) -> None:
+    """Home b pulled v1-v4, then a deleted v2 and pushed, and b deleted v4 and pushed without pulling. Before, b's
+    list replaced the store's (v2's record lost) and b published its copy of v2 again."""
+    from core.registry import ModelRegistry
+
+    url = f"file://{tmp_path / 'store'}"
+    a, b = tmp_path / "a", tmp_path / "b"
+    registry_a = registered(a, tmp_path, ("one", "two", "three", "four"))
+    registry_a.activate("ltr", "v1")
+    ArtifactStore(url, a).push()
+    b.mkdir()
+    ArtifactStore(url, b).pull()
+    registry_a.delete("ltr", "v2")
+    ArtifactStore(url, a).push()
+    ModelRegistry(b / "models").delete("ltr", "v4")
+    ArtifactStore(url, b).push()
+    listed = json.loads((tmp_path / "store" / "models" / "ltr" / "deleted.json").read_text())
+    assert [entry["version"] for entry in listed] == ["v2", "v4"]
+    manifest = json.loads((tmp_path / "store" / MANIFEST).read_text())
+    assert not [rel for rel in manifest if rel.startswith(("models/ltr/v2/", "models/ltr/v4/"))]
+    ArtifactStore(url, b).pull()  # b drops its copy of v2, deleted through a
+    assert [v.version for v in ModelRegistry(b / "models").versions("ltr")] == ["v1", "v3"]
+    ArtifactStore(url, a).pull()
+    assert [v.version for v in ModelRegistry(a / "models").versions("ltr")] == ["v1", "v3"]
+
+
 def test_a_published_model_version_never_changes(tmp_path: Path) -> None:
     url = f"file://{tmp_path / 'store'}"
     ArtifactStore(url, make_home(tmp_path / "a")).push()  # ltr v1: "trees"
