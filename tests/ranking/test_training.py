@@ -80,13 +80,18 @@ def test_a_bf16_step_computes_the_fp32_loss_in_float32(trained, demo_dir: Path) 
     assert grads and all(bool(torch.isfinite(g).all()) and g.dtype == torch.float32 for g in grads)
 
 
-def test_onnx_exports_match_torch(trained) -> None:  # type: ignore[no-untyped-def]
+def exported_against_torch(trained):  # type: ignore[no-untyped-def]
+    """The trained model exported to ONNX, the dev pairs, and torch's scores of them (the reference)."""
     out, _, dev, titles, _ = trained
     model_dir = out / "best"
     export(model_dir)
     queries = [g.query for g in dev for _ in g.judged]
     texts = [titles[p] for g in dev for p in g.judged]
-    reference = TorchCrossEncoder(model_dir, max_length=40).score_pairs(queries, texts)
+    return model_dir, queries, texts, TorchCrossEncoder(model_dir, max_length=40).score_pairs(queries, texts)
+
+
+def test_onnx_exports_match_torch(trained) -> None:  # type: ignore[no-untyped-def]
+    model_dir, queries, texts, reference = exported_against_torch(trained)
     fp32 = CrossEncoderScorer(model_dir, "fp32", max_length=40).score_pairs(queries, texts)
     int8 = CrossEncoderScorer(model_dir, "int8", max_length=40).score_pairs(queries, texts)
     assert np.abs(fp32 - reference).max() < 1e-4
@@ -98,12 +103,7 @@ def test_onnx_exports_match_torch(trained) -> None:  # type: ignore[no-untyped-d
 @needs_bf16_path
 def test_the_bf16_path_ranks_like_torch(trained) -> None:  # type: ignore[no-untyped-def]
     """bf16 on the OpenVINO execution provider (computed in fp32 where the CPU has no bf16 instructions)."""
-    out, _, dev, titles, _ = trained
-    model_dir = out / "best"
-    export(model_dir)
-    queries = [g.query for g in dev for _ in g.judged]
-    texts = [titles[p] for g in dev for p in g.judged]
-    reference = TorchCrossEncoder(model_dir, max_length=40).score_pairs(queries, texts)
+    model_dir, queries, texts, reference = exported_against_torch(trained)
     bf16 = CrossEncoderScorer(model_dir, "bf16", max_length=40, threads=1).score_pairs(queries, texts)
     assert np.abs(bf16 - reference).max() < 0.1
     tau = kendalltau(bf16, reference).statistic
