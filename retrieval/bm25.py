@@ -50,6 +50,10 @@ def _schema() -> tantivy.Schema:
 
 
 TERM_SET_MAX = 4096  # a filter keeping at most this many rows is matched by tantivy itself (~3 ms at 2,000)
+TERM_SETS = 8  # ... and up to this many such sets, each run on its own (exact, at a cost that grows with the sets)
+# a filter keeping more rows reads the unfiltered ranking, twice as deep while it found fewer than k allowed rows,
+# at most this deep: past it, allowed rows that match only that low are left to the dense run
+WIDEST_READ = 50_000
 
 
 def _within(allow: np.ndarray, docs: np.ndarray) -> np.ndarray:
@@ -183,11 +187,11 @@ class BM25Index:
 
     def search(self, query: str, k: int, allow: np.ndarray | None = None) -> Hits:
         """Top-``k`` products by BM25 (among the rows ``allow`` marks, when given); empty when no
-        query term is indexed. Filtered to at most :data:`TERM_SET_MAX` rows, tantivy matches only
-        those (a zero-scored clause on the ``doc`` field, so the scores are the unfiltered ones);
-        to more, the run reads twice ``k`` over the share of rows allowed and keeps the allowed
-        ones, reading twice as many again while it found fewer than ``k`` of them and more
-        matches remain (allowed rows that match only low in the ranking are found too)."""
+        query term is indexed. Filtered to at most :data:`TERM_SET_MAX` x :data:`TERM_SETS` rows,
+        tantivy matches only those (a zero-scored clause on the ``doc`` field, so the scores are the
+        unfiltered ones), a set of rows at a time; to more, the run reads twice ``k`` over the share
+        of rows allowed and keeps the allowed ones, reading twice as many again while it found fewer
+        than ``k`` of them and more matches remain, down to :data:`WIDEST_READ` matches."""
         text_query = self._text_query(query)
         if text_query is None or k <= 0:
             return Hits.empty()
@@ -196,18 +200,25 @@ class BM25Index:
         allowed = np.flatnonzero(allow)
         if not len(allowed):
             return Hits.empty()
-        if len(allowed) <= TERM_SET_MAX:
-            rows = tantivy.Query.const_score_query(
-                tantivy.Query.term_set_query(self.schema, "doc", allowed.tolist()), 0.0)
-            return self._run(tantivy.Query.boolean_query([(tantivy.Occur.Must, text_query),
-                                                          (tantivy.Occur.Must, rows)]), k)
+        if len(allowed) <= TERM_SET_MAX * TERM_SETS:  # tantivy matches the allowed rows, a set at a time
+            runs = [self._run(tantivy.Query.boolean_query([
+                (tantivy.Occur.Must, text_query),
+                (tantivy.Occur.Must, tantivy.Query.const_score_query(
+                    tantivy.Query.term_set_query(self.schema, "doc", part.tolist()), 0.0))]), k)
+                for part in np.array_split(allowed, -(-len(allowed) // TERM_SET_MAX))]
+            if len(runs) == 1:
+                return runs[0]
+            docs, scores = np.concatenate([r.docs for r in runs]), np.concatenate([r.scores for r in runs])
+            order = np.lexsort((docs, -scores))[:k]
+            return Hits.of(docs[order], scores[order])
         limit = min(self.num_docs, int(np.ceil(2 * k * len(allow) / len(allowed))))
+        widest = max(limit, WIDEST_READ)
         while True:
             hits = self._run(text_query, limit)
             keep = np.flatnonzero(_within(allow, hits.docs))[:k]
-            if len(keep) >= k or limit >= self.num_docs or len(hits) < limit:
+            if len(keep) >= k or limit >= min(self.num_docs, widest) or len(hits) < limit:
                 return Hits.of(hits.docs[keep], hits.scores[keep])
-            limit = min(self.num_docs, 2 * limit)
+            limit = min(self.num_docs, widest, 2 * limit)
 
     def batch_search(self, queries: Sequence[str], k: int, allow: np.ndarray | None = None) -> list[Hits]:
         return [self.search(query, k, allow) for query in queries]

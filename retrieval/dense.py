@@ -24,7 +24,8 @@ Rows are append-only and equal the product rows of the owning
 skips dead rows inside the search (``IDSelectorBitmap``), the flat path masks
 them. A graph or IVF search among few allowed rows far from the query can
 run out of candidates before it finds ``k`` of them; such a query is scored
-exactly over the allowed rows instead, so results are never short.
+exactly over the allowed rows instead (a block at a time, for filters keeping
+up to ``EXACT_MAX`` rows), so a filtered search is not short.
 Full-precision vectors are kept in an append-only file to score given products
 exactly (rerank mode) and to rebuild without re-encoding; rows in it past
 those ``live.npy`` counts (appended by a write that did not finish) are never
@@ -81,6 +82,13 @@ def _new_faiss_index(kind: str, dim: int, vectors: np.ndarray, settings: Retriev
         sample = vectors[np.sort(np.random.default_rng(0).choice(n, wanted, replace=False))]
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
+
+
+# A filtered HNSW or IVF-PQ search that comes back short scores the allowed rows exactly when they are at most
+# EXACT_MAX, EXACT_BLOCK at a time (memory: a block's vectors, whatever the filter keeps); past it the graph's
+# answer stands (a scan would cost more than the search it completes), as it does for an unfiltered search
+EXACT_MAX = 200_000
+EXACT_BLOCK = 32_768
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -292,15 +300,27 @@ class DenseIndex:
         else:
             out = self._rescore(queries, docs, k)
         short = [i for i, hits in enumerate(out) if len(hits) < k]
-        if short:  # the graph (or the probed lists) held too few allowed rows: score those rows exactly
-            allowed = np.flatnonzero(rows)
+        if short and allow is not None and count <= EXACT_MAX:
+            # the graph (or the probed lists) held too few of the allowed rows: score them exactly, a block at a time
             logger.debug("dense %s search found under %d of %d allowed rows; scoring them exactly", self.kind, k,
-                         len(allowed))
-            exact = queries[short] @ np.asarray(self.vectors[allowed]).T
-            for i, row in zip(short, exact):
-                top = _top_k(row, k)
-                out[i] = Hits.of(allowed[top], row[top])
+                         count)
+            for i, hits in zip(short, self._exact(queries[short], k, np.flatnonzero(rows))):
+                out[i] = hits
         return out
+
+    def _exact(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> list[Hits]:
+        """The exact top ``k`` of ``allowed`` rows for each query, reading :data:`EXACT_BLOCK` rows at a time (a
+        running top ``k``: memory stays a block's vectors and scores, whatever the filter keeps)."""
+        best_docs = [np.zeros(0, np.int64) for _ in queries]
+        best_scores = [np.zeros(0, np.float32) for _ in queries]
+        for start in range(0, len(allowed), EXACT_BLOCK):
+            block = allowed[start : start + EXACT_BLOCK]
+            scores = queries @ np.asarray(self.vectors[block]).T
+            for i, row in enumerate(scores):
+                docs, pooled = np.concatenate([best_docs[i], block]), np.concatenate([best_scores[i], row])
+                top = _top_k(pooled, min(k, len(pooled)))
+                best_docs[i], best_scores[i] = docs[top], pooled[top]
+        return [Hits.of(d, s) for d, s in zip(best_docs, best_scores)]
 
     def search(self, query: np.ndarray, k: int, allow: np.ndarray | None = None) -> Hits:
         return self.batch_search(query, k, allow)[0]

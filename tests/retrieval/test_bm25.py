@@ -101,9 +101,15 @@ def test_a_filtered_search_keeps_the_unfiltered_scores_and_order(bm25: BM25Index
     assert not len(bm25.search("cordless drill", 10, np.zeros(6, dtype=bool)))
 
 
-def test_a_filter_keeping_many_rows_that_match_low_still_returns_k_of_them(tmp_path: Path) -> None:
-    """Past TERM_SET_MAX allowed rows the run is read from the top and the allowed rows kept: it reads
-    further while it found fewer than k, so rows that all rank below the first window are found too."""
+@pytest.mark.parametrize("term_sets", [8, 1])  # tantivy matches the rows a set at a time / a read from the top
+def test_a_filter_keeping_many_rows_that_match_low_still_returns_k_of_them(tmp_path: Path, term_sets: int,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past TERM_SET_MAX allowed rows tantivy matches them a set at a time, or (past TERM_SETS sets) the run is
+    read from the top and the allowed rows kept, further while it found fewer than k: either way rows that all
+    rank below the first window are found too."""
+    from retrieval import bm25 as module
+
+    monkeypatch.setattr(module, "TERM_SETS", term_sets)
     n = 12_000
     long = "drill bit set with case and extra long description words here"  # a long title: a lower score
     index = BM25Index.build(tmp_path / "bm25", [(i, "cordless drill" if i < n // 2 else long, "") for i in range(n)])
@@ -114,6 +120,21 @@ def test_a_filter_keeping_many_rows_that_match_low_still_returns_k_of_them(tmp_p
     allow[n // 2 + 5 :] = False
     allow[:4100] = True  # 4,100 that match high, 5 that match low: all of them
     assert len(index.search("drill", 5000, allow)) == 4105
+
+
+def test_a_read_from_the_top_stops_at_its_widest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the term sets a filtered run reads the ranking at most WIDEST_READ deep: a filter whose rows all
+    match only below that gets what the read found (the dense run fills the fused list), in bounded time."""
+    from retrieval import bm25 as module
+
+    monkeypatch.setattr(module, "TERM_SETS", 1)
+    n = 12_000
+    index = BM25Index.build(tmp_path / "bm25", [(i, "cordless drill", "") for i in range(n)])
+    allow = np.zeros(n, dtype=bool)
+    allow[3_000:] = True  # 9,000 rows, each below the 3,000 the filter leaves out
+    assert index.search("drill", 10, allow).docs.tolist() == list(range(3_000, 3_010))
+    monkeypatch.setattr(module, "WIDEST_READ", 2_000)
+    assert not len(index.search("drill", 10, allow))  # read 27, 54, ... 2,000 deep: no deeper
 
 
 def test_an_index_whose_rows_were_all_deleted_finds_nothing(tmp_path: Path) -> None:

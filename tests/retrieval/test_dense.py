@@ -105,10 +105,12 @@ def test_a_filtered_search_returns_the_best_of_the_allowed_rows(tmp_path: Path, 
         assert set(short.docs.tolist()) == set(allowed[allowed < 1000].tolist())
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
-def test_a_filter_keeping_rows_far_from_the_query_still_returns_k_of_them(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(("kind", "block"), [("hnsw", 32_768), ("ivfpq", 32_768), ("hnsw", 16)])
+def test_a_filter_keeping_rows_far_from_the_query_still_returns_k_of_them(tmp_path: Path, kind: str, block: int,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A graph walk (or the probed IVF lists) near the query meets none of the allowed rows: those are
-    scored exactly instead, so the search returns the best k of them, not fewer."""
+    scored exactly instead, a block of rows at a time, so the search returns the best k of them, not fewer."""
+    monkeypatch.setattr("retrieval.dense.EXACT_BLOCK", block)  # 16: the 49 rows in four blocks
     rng = np.random.default_rng(0)
     n, dim = 12_000, 32
     toward = np.eye(dim, dtype=np.float32)[0] * 5  # two clusters: the query's, and the filter's opposite it
@@ -125,3 +127,4 @@ def test_a_filter_keeping_rows_far_from_the_query_still_returns_k_of_them(tmp_pa
     assert hits.docs.tolist() == exact.tolist()
     np.testing.assert_allclose(hits.scores, vectors[exact] @ vectors[0], rtol=1e-5)
     assert sorted(dense.search(vectors[0], 100, allow).docs.tolist()) == allowed.tolist()  # all 49, no more
+
