@@ -105,9 +105,10 @@ def unreadable_body(body: bytes, error: BaseException) -> str | None:
     """What is wrong with a JSON ``body`` the JSON reader gave up on with ``error`` (malformed JSON aside, which
     it names itself): a byte that is not UTF-8, an integer longer than Python reads, nesting deeper than it
     recurses; None for another error."""
-    if isinstance(error, UnicodeDecodeError):
-        return (f"body: byte {error.start} (0x{body[error.start]:02x}) is not valid {error.encoding.upper()} "
-                f"({error.reason}); send the JSON as UTF-8 text (other characters as \\uXXXX escapes)")
+    if isinstance(error, UnicodeDecodeError):  # positions count from what was decoded (after a byte-order mark)
+        at = error.start + len(body) - len(error.object)
+        return (f"body: byte {at} (0x{error.object[error.start]:02x}) is not valid UTF-8 ({error.reason}); "
+                "send the JSON as UTF-8 text (other characters as \\uXXXX escapes)")
     if isinstance(error, RecursionError):
         depth, at = _nesting(body)
         return (f"body: arrays and objects nested {depth} deep (from byte {at}) are more than the JSON reader "

@@ -260,11 +260,18 @@ class EventLog:
             if file is not self._file:
                 return False
             _, offset, lines = self._mark
-            os.ftruncate(file.fileno(), offset)
-            self.appended -= self._written - lines
             taken = {target for target in self._waiting if target > lines}
             self._withdrawn |= taken
             self._waiting -= taken
+            try:
+                os.ftruncate(file.fileno(), offset)
+            except OSError as error:  # the disk refuses this too: the lines stay, and go out once an fsync holds
+                logger.error("an fsync of the event log %s failed, and its last %d lines could not be taken back "
+                             "(%s): their callers were refused, and they may still be shipped (a consumer keeps an "
+                             "event sent again once, by its event_id)", self._path(self._segment),
+                             self._written - lines, error)
+                return True
+            self.appended -= self._written - lines
             self._mark = (file, offset, self._written)  # the lines cut stay numbered: later ones go on from here
             logger.error("an fsync of the event log %s failed: its last %d lines were taken back",
                          self._path(self._segment), self._written - lines)

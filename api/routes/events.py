@@ -59,7 +59,8 @@ def post_events(
         current(request).event_log.append(logged, durable=True)
     except OSError as error:  # a full or failing disk: nothing was accepted, the client sends them again
         raise NotReady(f"the events could not be stored ({error.strerror or error}); nothing of this call was "
-                       "accepted: send it again later", retry_after=5.0) from None
+                       "accepted: send it again later (an event sent twice is kept once, by its event_id)",
+                       retry_after=5.0) from None
     for event in logged:
         request.app.state.metrics.events.labels(event.type).inc()
     return Accepted(accepted=len(logged))

@@ -268,6 +268,32 @@ def test_a_failed_fsync_takes_the_append_back(tmp_path: Path, monkeypatch: pytes
     assert log.appended == 2 and [r["event_id"] for r in lines(tmp_path)] == ["e1", "e4"]
 
 
+def test_a_take_back_the_disk_refuses_too_refuses_the_call_and_keeps_the_lines(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsync and then the truncate fail: the call is refused all the same (not an unexpected error), and the lines
+    that stay are counted and shipped once a later fsync holds (a resend of them is kept once, by event_id)."""
+    import errno
+
+    import online_learning.event_log as event_log
+
+    log = EventLog(tmp_path, None)
+    log.append([click(1)])
+    real_fsync, real_truncate = event_log.os.fsync, event_log.os.ftruncate
+
+    def failing(*args: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(event_log.os, "fsync", failing)
+    monkeypatch.setattr(event_log.os, "ftruncate", failing)
+    with pytest.raises(OSError):
+        log.append([click(2)])
+    monkeypatch.setattr(event_log.os, "fsync", real_fsync)
+    monkeypatch.setattr(event_log.os, "ftruncate", real_truncate)
+    log.append([click(3)])
+    assert log.appended == 3 and [r["event_id"] for r in log._read_batch(*log._position())[0]] == ["e1", "e2", "e3"]
+    log.close()
+
+
 def test_the_shipper_sends_only_what_an_fsync_covered(tmp_path: Path) -> None:
     log = EventLog(tmp_path, None, sync_interval=3600)  # no background fsync while the test looks
     log.append([click(1)])
