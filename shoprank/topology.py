@@ -48,6 +48,7 @@ from core.processes import alive, same_process, start_time
 from core.settings import Settings
 from online_learning.events import topics
 from online_learning.local_broker import create_topics, free_port, tansu_binary
+from retrieval.catalog import check_catalog_file
 from serving.indexing import build_index_in_child
 from shoprank.layout import Layout, Piece, haproxy_config, port_free, wait_port, wait_ready
 
@@ -219,7 +220,10 @@ class Topology:
     # -- the whole topology -------------------------------------------------------------------
 
     def up(self) -> dict[str, object]:
-        """Start every piece (Redis, broker, consumers, the index once, replicas, HAProxy)."""
+        """Start every piece (Redis, broker, consumers, the index once, replicas, HAProxy); a catalog file
+        that is not there is refused before anything starts."""
+        if self.settings.catalog is not None:
+            check_catalog_file(self.settings.catalog)
         if self.state_file.is_file():
             running = Topology.attach(self.settings)
             runs = {name: running.runs(name) for name in running.layout.pieces}
@@ -256,8 +260,14 @@ class Topology:
     def _load_features(self) -> None:
         """Register the feature definitions against Redis and load it (feast apply + materialize)."""
         for verb in ("apply", "materialize"):
-            subprocess.run([sys.executable, "-m", "shoprank.cli", "features", verb, "--online-store", "redis"],
-                           env=self.env(), check=True, stdout=subprocess.DEVNULL)
+            done = subprocess.run([sys.executable, "-m", "shoprank.cli", "features", verb, "--online-store", "redis"],
+                                  env=self.env(), check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+            said = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+            sys.stderr.write("".join(line + "\n" for line in done.stderr.splitlines() if line not in said))
+            if done.returncode != 0:
+                why = said[-1].removeprefix("error: ") if said else f"exit code {done.returncode}; its output is above"
+                raise NotReady(f"`shoprank features {verb} --online-store redis` failed: {why}")
 
     def _build_index(self) -> None:
         """Build the served index once, so replicas only load it."""
