@@ -128,3 +128,19 @@ def test_the_error_of_the_process_that_builds_the_index_is_the_commands(home: Pa
     assert errors == ["error: biencoder version 'v9' is not registered; registered: none"], done.stderr[-3000:]
     with pytest.raises(NotFound, match="biencoder version 'v9' is not registered"):  # its class, too
         build_index_in_child(env)
+
+
+def test_an_empty_host_is_refused_not_served_on_every_interface(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    def serve(app: object, host: str, **kwargs: object) -> None:
+        pytest.fail(f"served on host {host!r}")  # uvicorn listens on 0.0.0.0 and :: for an empty host
+
+    monkeypatch.setattr(uvicorn, "run", serve)
+    for host in ("", "  "):
+        err = refused(capsys, "serve", "--host", host, "--workers", "1")
+        assert f"--host {host!r}: Value error, {host!r} is not a bind address: give an IP address" in err
+    monkeypatch.setenv("SHOPRANK_API__HOST", "")
+    get_settings.cache_clear()
+    assert "SHOPRANK_API__HOST='': Value error, '' is not a bind address" in refused(capsys, "serve", "--workers", "1")
