@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from core.errors import InvalidInput, NotFound
+from core.files import write_text_atomic
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ def features_dir(settings: Settings) -> Path:
 
 
 def render_config(settings: Settings) -> Path:
-    """Write the feature_store.yaml for the configured online store; returns its path."""
+    """Write the feature_store.yaml for the configured online store (unless it holds that already); returns
+    its path."""
     folder = features_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     fs = settings.features
@@ -52,7 +54,15 @@ def render_config(settings: Settings) -> Path:
     config = {"project": project, "provider": "local", "registry": str(folder / "registry.db"),
               "online_store": online, "offline_store": {"type": "file"}, "entity_key_serialization_version": 3}
     path = folder / f"feature_store.{fs.online_store}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    text = yaml.safe_dump(config, sort_keys=False)
+    # every open renders it, while other processes of the home (replicas reloading, a retrain, the consumers)
+    # read it: written whole, and only when it changes, a reader never sees it empty or cut short
+    try:
+        unchanged = path.read_text(encoding="utf-8") == text
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        write_text_atomic(path, text)
     return path
 
 

@@ -167,7 +167,19 @@ class ApiSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    host: str = Field("127.0.0.1", description="Bind address.")
+    host: str = Field("127.0.0.1", description="Bind address: an IP address or host name, e.g. 127.0.0.1 (this "
+                      "machine only) or 0.0.0.0 (every IPv4 interface); never empty.")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        # uvicorn binds an empty address to every interface, IPv4 and IPv6: a setting left blank must not expose
+        # the server
+        if not host.strip() or any(c.isspace() for c in host):
+            raise ValueError(f"{host!r} is not a bind address: give an IP address or host name, e.g. 127.0.0.1 "
+                             "(this machine only) or 0.0.0.0 (every IPv4 interface)")
+        return host
+
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     admin_token: str | None = Field(None, description="Bearer token of /v1/admin (unset: admin disabled unless "
                                     "keys are required and an admin-scope key is sent).")

@@ -153,29 +153,38 @@ TYPED_COLUMNS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
+def check_catalog_file(path: str | Path) -> str:
+    """The format of the catalog file ``path`` (by its suffix), or :class:`~core.errors.CatalogError` when
+    the suffix names no catalog format or no such file exists: what a command checks before it starts work
+    that reads the catalog later, in another process."""
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         allowed = ", ".join(sorted(FORMATS))
         raise CatalogError(f"{path}: unknown catalog format {suffix!r}; use one of {allowed}")
     if not path.is_file():
         raise CatalogError(f"catalog {path} does not exist; pass the path of a CSV/Parquet/JSONL file")
+    return FORMATS[suffix]
+
+
+def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
+    kind = check_catalog_file(path)
     try:
-        frame = _read(path, FORMATS[suffix])
+        frame = _read(path, kind)
     except UnicodeDecodeError as err:
         raise CatalogError(f"{path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
                            f"{err.start}: {err.reason}); save it as UTF-8") from err
     except (pd.errors.ParserError, ValueError, OSError) as err:
         if isinstance(err, CatalogError):
             raise
-        raise CatalogError(f"{path} does not read as {FORMATS[suffix]}: {str(err).strip()[:200]}") from err
+        raise CatalogError(f"{path} does not read as {kind}: {str(err).strip()[:200]}") from err
     if frame.index.name is not None and frame.index.name not in frame.columns:  # Parquet: product_id as index
         frame = frame.reset_index()
     reserved = sorted(RESERVED & set(frame.columns))
     if reserved:
         raise CatalogError(f"{path}: column(s) {reserved} are reserved (ShopRank marks deleted products with 'live'); "
                            "rename them")
-    return frame.astype(object).reset_index(drop=True), FORMATS[suffix]
+    return frame.astype(object).reset_index(drop=True), kind
 
 
 def _read(path: Path, kind: str) -> pd.DataFrame:

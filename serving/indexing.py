@@ -15,6 +15,7 @@ import json
 import logging
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core import errors
 from core.errors import NotReady, ShopRankError
 from core.registry import ModelRegistry
 from core.settings import RetrievalSettings, Settings, get_settings
@@ -266,10 +268,45 @@ def build_served_index(settings: Settings | None = None, tolerate_not_ready: boo
         logger.warning("%s", error.message)
 
 
-def build_index_in_child(env: Mapping[str, str] | None = None, check: bool = True,
-                         tolerate_not_ready: bool = False) -> int:
+def build_index_in_child(env: Mapping[str, str] | None = None, tolerate_not_ready: bool = False) -> None:
     """:func:`build_served_index` for the settings of ``env`` (default: this process's), in a
-    child process, so the caller does not keep the index and encoder it loads; its exit status."""
-    return subprocess.run([sys.executable, "-c", "from serving.indexing import build_served_index; "
-                           f"build_served_index(tolerate_not_ready={tolerate_not_ready})"], env=env,
-                          check=check).returncode
+    child process, so the caller does not keep the index and encoder it loads. The error the child
+    raises (a bad catalog, say) is raised here, same class and message; a child that fails otherwise
+    (its traceback on stderr) raises :class:`~core.errors.ShopRankError` naming its exit code."""
+    with tempfile.TemporaryDirectory(prefix="shoprank-index-") as folder:
+        report = Path(folder) / "error.json"
+        code = subprocess.run([sys.executable, "-c", "import sys; from serving.indexing import served_index_child; "
+                               "sys.exit(served_index_child(sys.argv[1:]))", str(report),
+                               "tolerate-not-ready" if tolerate_not_ready else "strict"], env=env,
+                              check=False).returncode
+        error = json.loads(report.read_text()) if report.is_file() else None
+    if code == 0:
+        return
+    if error is not None:
+        raise _error_named(error["error"], error["message"])
+    raise ShopRankError(f"building the served index failed in a child process (exit code {code}); its output "
+                        "above says why")
+
+
+def served_index_child(argv: Sequence[str]) -> int:
+    """The child of :func:`build_index_in_child` (``argv``: the file that takes its error, then
+    ``tolerate-not-ready`` or ``strict``): 0 once the served index exists; 2 on a ShopRank error, whose
+    class and message it writes to that file for the parent to raise."""
+    report, mode = argv
+    try:
+        build_served_index(tolerate_not_ready=mode == "tolerate-not-ready")
+    except ShopRankError as error:
+        Path(report).write_text(json.dumps({"error": type(error).__name__, "message": error.message}))
+        return 2
+    return 0
+
+
+def _error_named(name: str, message: str) -> ShopRankError:
+    """A :mod:`core.errors` error of class ``name`` with ``message`` (the root class for a name it lacks)."""
+    kind = getattr(errors, name, None)
+    if isinstance(kind, type) and issubclass(kind, ShopRankError):
+        try:
+            return kind(message)
+        except TypeError:  # a class that needs more than a message
+            pass
+    return ShopRankError(message)

@@ -141,6 +141,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bad = "; ".join(f"--{e['loc'][0]} {e.get('input')!r}: {e['msg']}" for e in error.errors())
         raise InvalidInput(f"bad flag(s): {bad}") from None
     settings = settings.model_copy(update=updates | {"api": api})
+    if settings.catalog is not None:  # SHOPRANK_CATALOG: refused before any server process starts, as --catalog is
+        from retrieval.catalog import check_catalog_file
+
+        check_catalog_file(settings.catalog)
     level = (args.log_level or settings.log_level).lower()
     limit_math_threads(settings.serving.math_threads)  # before FAISS loads
     processes = api.processes()
@@ -167,9 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # supervisor does not keep the index and encoder it loaded (~370 MiB on 54,667 products)
     from serving.indexing import build_index_in_child
 
-    built = build_index_in_child(check=False, tolerate_not_ready=True)  # the workers then answer 503, naming it
-    if built:
-        return built
+    build_index_in_child(tolerate_not_ready=True)  # one it cannot build: the workers then answer 503, naming it
     # the workers' counters and histograms go to one folder, so that /metrics sums them all
     own_metrics = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     if own_metrics:

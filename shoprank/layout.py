@@ -20,13 +20,15 @@ from core.errors import NotReady
 
 @dataclass
 class Piece:
-    """One process of the topology."""
+    """One process of the topology; ``started`` is its start time (:func:`core.processes.start_time`), which
+    tells it from an unrelated process that holds its id later (None in a state file of an older ShopRank)."""
 
     name: str
     argv: list[str]
     port: int | None = None
     pid: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    started: str | None = None
 
 
 @dataclass

@@ -20,8 +20,12 @@ any replica starts, so replicas only load it), the model registry's active
 pointers and the experiment file, which each replica polls every
 ``serving.reload_poll_s``; a swap through any replica reaches all of them.
 Each replica claims its own event spool slot, so no accepted event is shared
-or lost when one dies. The state of a running topology (process ids, ports)
-is kept in ``<home>/cluster/state.json``.
+or lost when one dies. The state of a running topology (process ids and start
+times, ports) is kept in ``<home>/cluster/state.json``. A process id there counts
+as its piece only while the process that holds it started when the piece did:
+after a crash or a reboot another process may hold the id, and it is never
+signalled. A state file without start times (an older ShopRank's) cannot tell
+its pieces from such a process: none of them is signalled, and ``down`` says so.
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ import httpx
 
 from api.stores import other_stores
 from core.errors import Conflict, InvalidInput, NotReady
-from core.processes import alive
+from core.processes import alive, same_process, start_time
 from core.settings import Settings
 from online_learning.events import topics
 from online_learning.local_broker import create_topics, free_port, tansu_binary
+from retrieval.catalog import check_catalog_file
 from serving.indexing import build_index_in_child
 from shoprank.layout import Layout, Piece, haproxy_config, port_free, wait_port, wait_ready
 
@@ -125,12 +130,30 @@ class Topology:
         process = subprocess.Popen(piece.argv, env={**self.env(), **piece.env}, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
-        piece.pid = process.pid
+        piece.pid, piece.started = process.pid, start_time(process.pid)
         self.layout.pieces[piece.name] = piece
         self._processes[piece.name] = process
         self._save()
         logger.info("started %s (pid %d%s)", piece.name, process.pid, f", port {piece.port}" if piece.port else "")
         return process
+
+    def runs(self, name: str) -> bool | None:
+        """Whether piece ``name`` runs: True; False when it stopped (its process id may now be another
+        process's); None when its process id runs but nothing tells it is the piece (a state file without
+        start times), so it must not be signalled."""
+        piece = self.layout.pieces.get(name)
+        if piece is None:
+            return False
+        process = self._processes.get(name)
+        if process is not None:  # started by this object: the id stays the piece's until it is reaped here
+            return process.poll() is None
+        return same_process(piece.pid, piece.started)
+
+    def _unverified(self, name: str) -> str:
+        pid = self.layout.pieces[name].pid
+        return (f"process {pid} runs, but {self.state_file} names no start time for {name} (written by an older "
+                f"ShopRank, or this system tells none), so nothing tells it is {name} rather than another process "
+                f"that took its id; it is left alone: stop it yourself if it is {name} (kill -TERM -{pid})")
 
     def start_redis(self) -> None:
         binary = shutil.which("redis-server")
@@ -197,9 +220,21 @@ class Topology:
     # -- the whole topology -------------------------------------------------------------------
 
     def up(self) -> dict[str, object]:
-        """Start every piece (Redis, broker, consumers, the index once, replicas, HAProxy)."""
-        if self.state_file.is_file() and any(alive(p.pid) for p in Topology.attach(self.settings).layout.pieces.values()):
-            raise Conflict(f"a topology already runs from {self.home}; `shoprank cluster down` first")
+        """Start every piece (Redis, broker, consumers, the index once, replicas, HAProxy); a catalog file
+        that is not there is refused before anything starts."""
+        if self.settings.catalog is not None:
+            check_catalog_file(self.settings.catalog)
+        if self.state_file.is_file():
+            running = Topology.attach(self.settings)
+            runs = {name: running.runs(name) for name in running.layout.pieces}
+            if any(runs.values()):
+                raise Conflict(f"a topology already runs from {self.home}; `shoprank cluster down` first")
+            unverified = {name: running.layout.pieces[name].pid for name, state in runs.items() if state is None}
+            if unverified:
+                raise Conflict(f"{self.state_file} names pieces whose process ids run, {unverified}, without their "
+                               "start times (an older ShopRank wrote it), so nothing tells they are the pieces "
+                               "rather than processes that took their ids: stop those that are yourself (kill -TERM "
+                               "-PID), then `shoprank cluster down` forgets them all without signalling any")
         started = time.monotonic()
         try:
             self.start_redis()
@@ -225,8 +260,14 @@ class Topology:
     def _load_features(self) -> None:
         """Register the feature definitions against Redis and load it (feast apply + materialize)."""
         for verb in ("apply", "materialize"):
-            subprocess.run([sys.executable, "-m", "shoprank.cli", "features", verb, "--online-store", "redis"],
-                           env=self.env(), check=True, stdout=subprocess.DEVNULL)
+            done = subprocess.run([sys.executable, "-m", "shoprank.cli", "features", verb, "--online-store", "redis"],
+                                  env=self.env(), check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+            said = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+            sys.stderr.write("".join(line + "\n" for line in done.stderr.splitlines() if line not in said))
+            if done.returncode != 0:
+                why = said[-1].removeprefix("error: ") if said else f"exit code {done.returncode}; its output is above"
+                raise NotReady(f"`shoprank features {verb} --online-store redis` failed: {why}")
 
     def _build_index(self) -> None:
         """Build the served index once, so replicas only load it."""
@@ -240,7 +281,10 @@ class Topology:
     def stop(self, name: str, sig: int = signal.SIGTERM, seconds: float = 20) -> None:
         """Stop one piece (``sig``: SIGTERM for a clean stop, SIGKILL for a crash)."""
         piece = self.layout.pieces.get(name)
-        if piece is None or not alive(piece.pid):
+        runs = self.runs(name)
+        if runs is None:
+            logger.warning("not stopping %s: %s", name, self._unverified(name))
+        if piece is None or not runs:
             return
         try:
             os.killpg(piece.pid, sig)  # type: ignore[arg-type]
@@ -255,7 +299,8 @@ class Topology:
                 break
             time.sleep(0.05)
         else:
-            os.killpg(piece.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            if self.runs(name):
+                os.killpg(piece.pid, signal.SIGKILL)  # type: ignore[arg-type]
             if process is not None:
                 process.wait(5)
         logger.info("stopped %s (pid %s)", name, piece.pid)
@@ -265,7 +310,10 @@ class Topology:
         piece = self.layout.pieces.get(name)
         if piece is None:
             raise InvalidInput(f"no piece {name!r}; pieces: {sorted(self.layout.pieces)}")
-        if alive(piece.pid):
+        runs = self.runs(name)
+        if runs is None:
+            raise Conflict(self._unverified(name))
+        if runs:
             raise Conflict(f"{name} still runs (pid {piece.pid}); stop it first")
         process = self._spawn(Piece(piece.name, piece.argv, piece.port, env=piece.env))
         if wait and name.startswith("replica-"):
@@ -274,26 +322,33 @@ class Topology:
             wait_port(piece.port, process, 20, name)
 
     def down(self) -> dict[str, object]:
-        """Stop every piece, the load balancer first and the stores last."""
+        """Stop every piece, the load balancer first and the stores last; a process whose id the state file
+        names but that cannot be told to be its piece is named under ``not_signalled``, never stopped."""
         order = ["haproxy", *sorted(n for n in self.layout.pieces if n.startswith("replica-")),
                  *sorted(n for n in self.layout.pieces if n.startswith("consumer-")), "broker", "redis"]
-        stopped = []
+        stopped, unverified = [], {}
         for name in order:
             if name in self.layout.pieces:
-                was_alive = alive(self.layout.pieces[name].pid)
-                self.stop(name)
-                if was_alive:
+                runs = self.runs(name)
+                if runs is None:
+                    unverified[name] = self._unverified(name)
+                    logger.warning("not stopping %s: %s", name, unverified[name])
+                elif runs:
+                    self.stop(name)
                     stopped.append(name)
         if self.state_file.is_file():
             self.state_file.unlink()
-        return {"stopped": stopped}
+        return {"stopped": stopped, **({"not_signalled": unverified} if unverified else {})}
 
     def status(self) -> dict[str, object]:
-        """Each piece: pid, port, alive; each replica: ready and its served versions."""
+        """Each piece: pid, port, alive (None, with a ``note``, when its process id runs but cannot be told to
+        be the piece); each replica: ready and its served versions."""
         pieces: dict[str, object] = {}
         for name, piece in self.layout.pieces.items():
-            entry: dict[str, object] = {"pid": piece.pid, "port": piece.port, "alive": alive(piece.pid)}
-            if name.startswith("replica-") and entry["alive"]:
+            entry: dict[str, object] = {"pid": piece.pid, "port": piece.port, "alive": self.runs(name)}
+            if entry["alive"] is None:
+                entry["note"] = self._unverified(name)
+            if name.startswith("replica-") and entry["alive"] is True:
                 try:
                     ready = httpx.get(f"http://127.0.0.1:{piece.port}/readyz", timeout=2)
                     entry["ready"] = ready.status_code == 200

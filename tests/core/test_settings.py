@@ -39,6 +39,9 @@ def test_ranges_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teacher": -5}', "greater than 0"),
     ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", "teacher=5", "takes JSON"),
     ("SHOPRANK_SERVING__SCORE_STORE_URL", "redis://127.0.0.1:abc/1", "not a Redis URL"),
+    # an empty address is every interface to uvicorn: a blank setting must not expose the server
+    ("SHOPRANK_API__HOST", "", "SHOPRANK_API__HOST='': Value error, '' is not a bind address: give an IP address"),
+    ("SHOPRANK_API__HOST", " ", "' ' is not a bind address"),
 ])
 def test_bad_settings_are_named_with_what_is_allowed(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
                                                      said: str) -> None:

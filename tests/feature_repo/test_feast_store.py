@@ -318,3 +318,52 @@ def test_a_materialize_before_the_apply_is_refused_by_name(tmp_path: Path) -> No
     write_tables(feast_repo.features_dir(settings))  # built, never applied
     with pytest.raises(NotFound, match="has no feature views: run `shoprank features apply` first"):
         feast_repo.materialize(settings)
+
+
+def test_readers_never_see_the_store_config_cut_short_while_it_is_rendered(tmp_path: Path) -> None:
+    """Every open of the store renders its config while other processes of the home read it (replicas
+    reloading, a retrain): a reader gets a whole file, the old one or the new one, never an empty one."""
+    import threading
+
+    import yaml
+
+    first = Settings(home=tmp_path, progress=False,
+                     features=FeatureSettings(online_store="redis", redis_url="127.0.0.1:6379"))
+    second = first.model_copy(update={"features": first.features.model_copy(update={"redis_url": "127.0.0.1:6380"})})
+    path = feast_repo.render_config(first)
+    stop = threading.Event()
+
+    def render() -> None:  # two settings in turn: every render changes the file
+        while not stop.is_set():
+            feast_repo.render_config(first)
+            feast_repo.render_config(second)
+
+    writer = threading.Thread(target=render)
+    writer.start()
+    reads, bad = 0, []
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            reads += 1
+            config = yaml.safe_load(path.read_text())
+            if not isinstance(config, dict) or "online_store" not in config:
+                bad.append(config)
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert reads > 100 and not bad, f"{len(bad)} of {reads} reads saw no whole config: {bad[:3]}"
+
+
+def test_an_unchanged_store_config_is_not_written_again(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, progress=False)
+    path = feast_repo.render_config(settings)
+    before = path.stat()
+    time.sleep(0.01)
+    assert feast_repo.render_config(settings) == path
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    redis = settings.model_copy(update={"features": FeatureSettings(online_store="redis", redis_url="h:1")})
+    assert feast_repo.render_config(redis) != path  # each online store has its own file
+    path.write_text("project: stale\n")
+    feast_repo.render_config(settings)
+    assert "project: shoprank\n" in path.read_text()  # a file that differs is written again

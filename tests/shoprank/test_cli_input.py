@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, NotFound
 from core.settings import Settings, get_settings
+from serving.indexing import build_index_in_child
 from tests.helpers import run_cli
 
 
@@ -97,3 +101,46 @@ def test_counts_names_and_numbers_are_checked(home: Path, tmp_path: Path, capsys
     assert "'-5'" in refused(capsys, "events", "import", str(tmp_path / "afile"), "--publish", "--drain-s", "-5")
     with pytest.raises(InvalidInput, match="port=70000 is not a TCP port"):
         Topology(Settings(home=home), replicas=1, port=70000)
+
+
+def test_a_catalog_that_is_not_there_is_refused_before_anything_starts(home: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHOPRANK_CATALOG", "/nonexistent.csv")
+    get_settings.cache_clear()
+    said = "error: catalog /nonexistent.csv does not exist; pass the path of a CSV/Parquet/JSONL file"
+    for argv in (["cluster", "up", "--replicas", "1"], ["serve", "--workers", "2"]):
+        assert refused(capsys, *argv).strip() == said, argv  # one line
+    assert not (home / "cluster").exists()  # no Redis, broker or consumer was started
+    monkeypatch.setenv("SHOPRANK_CATALOG", str(tmp_path / "products.xlsx"))
+    get_settings.cache_clear()
+    assert "unknown catalog format '.xlsx'" in refused(capsys, "cluster", "up")
+
+
+def test_the_error_of_the_process_that_builds_the_index_is_the_commands(home: Path) -> None:
+    """``serve --workers N`` builds the index in a child process before its workers start: the child's error
+    is one line and exit code 2, as any command's, not a traceback."""
+    env = {**os.environ, "SHOPRANK_ENCODER": "biencoder:v9", "SHOPRANK_PROGRESS": "false"}
+    done = subprocess.run([sys.executable, "-m", "shoprank.cli", "serve", "--host", "127.0.0.1", "--port", "1",
+                           "--workers", "2"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert errors == ["error: biencoder version 'v9' is not registered; registered: none"], done.stderr[-3000:]
+    with pytest.raises(NotFound, match="biencoder version 'v9' is not registered"):  # its class, too
+        build_index_in_child(env)
+
+
+def test_an_empty_host_is_refused_not_served_on_every_interface(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    def serve(app: object, host: str, **kwargs: object) -> None:
+        pytest.fail(f"served on host {host!r}")  # uvicorn listens on 0.0.0.0 and :: for an empty host
+
+    monkeypatch.setattr(uvicorn, "run", serve)
+    for host in ("", "  "):
+        err = refused(capsys, "serve", "--host", host, "--workers", "1")
+        assert f"--host {host!r}: Value error, {host!r} is not a bind address: give an IP address" in err
+    monkeypatch.setenv("SHOPRANK_API__HOST", "")
+    get_settings.cache_clear()
+    assert "SHOPRANK_API__HOST='': Value error, '' is not a bind address" in refused(capsys, "serve", "--workers", "1")

@@ -1,0 +1,84 @@
+"""``shoprank cluster status|down|up`` over a state file that outlived its topology (a crash, a reboot): a
+process that took a piece's id is not the piece, and is never signalled."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.errors import Conflict
+from core.processes import start_time
+from core.settings import Settings, get_settings
+from shoprank.layout import Layout, Piece
+from shoprank.topology import Topology
+from tests.helpers import run_cli
+
+
+@pytest.fixture()
+def stranger() -> Iterator[subprocess.Popen]:
+    """An unrelated process in a session of its own (``setsid sleep``): what a killed piece's id may name later."""
+    process = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def write_state(home: Path, pid: int, started: str | None) -> Path:
+    """A state file naming ``pid`` as the topology's Redis (``started``: None writes no start time, as
+    an older ShopRank did)."""
+    layout = Layout(18080, [18081], 18082, 18083)
+    layout.pieces["redis"] = Piece("redis", ["redis-server"], 18082, pid, started=started)
+    data = layout.to_json()
+    if started is None:
+        del data["pieces"]["redis"]["started"]  # type: ignore[index]
+    state = home / "cluster" / "state.json"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps(data))
+    return state
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    yield tmp_path / "home"
+    get_settings.cache_clear()
+
+
+def test_a_process_that_took_a_pieces_id_is_not_the_piece(home: Path, stranger: subprocess.Popen,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    started = start_time(stranger.pid)
+    assert started is not None
+    state = write_state(home, stranger.pid, f"{started}0")  # the piece started at another time
+    code, out, _ = run_cli(capsys, "cluster", "status")
+    assert code == 0 and json.loads(out)["pieces"]["redis"]["alive"] is False
+    code, out, _ = run_cli(capsys, "cluster", "down")
+    assert code == 0 and json.loads(out) == {"stopped": []}
+    assert stranger.poll() is None, "cluster down signalled a process that is not its piece"
+    assert not state.is_file()
+    # `up` goes on to start its pieces (the first one fails here, so nothing starts)
+    write_state(home, stranger.pid, f"{started}0")
+    monkeypatch.setattr(Topology, "start_redis", lambda self: (_ for _ in ()).throw(RuntimeError("redis starts")))
+    with pytest.raises(RuntimeError, match="redis starts"):
+        Topology(Settings(home=home), replicas=1).up()
+    assert stranger.poll() is None
+
+def test_a_state_file_without_start_times_signals_nothing_and_says_so(home: Path, stranger: subprocess.Popen,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    state = write_state(home, stranger.pid, None)
+    code, out, _ = run_cli(capsys, "cluster", "status")
+    redis = json.loads(out)["pieces"]["redis"]
+    assert code == 0 and redis["alive"] is None and "names no start time for redis" in redis["note"]
+    with pytest.raises(Conflict, match=f"{{'redis': {stranger.pid}}}, without their start times"):
+        Topology(Settings(home=home), replicas=1).up()
+    code, out, err = run_cli(capsys, "cluster", "down")
+    assert code == 0 and json.loads(out)["stopped"] == [] and "redis" in json.loads(out)["not_signalled"]
+    assert stranger.poll() is None, "cluster down signalled a process it cannot tell to be its piece"
+    assert not state.is_file()  # forgotten: `up` starts a topology now
