@@ -5,6 +5,7 @@ Layout of an index folder::
     manifest.json     encoder, dimensions, count, catalog hash, index kind, times
     products.parquet  one row per product row ever added; ``live`` marks current ones
     bm25/             tantivy index (live rows only)
+    bm25.commit       the commit the BM25 index holds, or ``writing`` while a write changes it
     faiss.index, vectors.f32, live.npy, dense.json   the dense side
 
 Rows are append-only: an upsert whose text changed adds a new row and marks the
@@ -17,9 +18,13 @@ as it is after it, never a mix. The manifest is the commit point: a save
 writes the other files into ``pending-<id>/`` and replaces ``manifest.json``
 (naming that id) before it moves them in, so a load moves in the files of the
 manifest it reads and ignores any other pending folder. Vectors appended past
-the committed rows are not read (the next write cuts them off), and a BM25
-index that a write changed but did not commit is put back in line with the
-catalog. A build or compaction puts the old folder aside as ``<name>.old``
+the committed rows are not read (the next write cuts them off). A write marks
+``bm25.commit`` before it changes the BM25 index, and a save names its commit
+there once the manifest is replaced: the next write finds a BM25 index that a
+write changed but did not commit and puts it back in line with the committed
+catalog (a load never writes; until then BM25 ignores rows past the committed
+ones). A load that a write's commit lands in the middle of reads the index
+again. A build or compaction puts the old folder aside as ``<name>.old``
 before it moves the new one in; :meth:`ProductIndex.recover` finishes or
 undoes a swap that was cut short.
 """
@@ -35,7 +40,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from core import __version__
-from core.errors import Conflict, NotFound
+from core.errors import Conflict, NotFound, NotReady
 from core.settings import RetrievalSettings
 from retrieval.analyzer import Analyzer, english_words
 from retrieval.bm25 import BM25Index
@@ -64,6 +69,9 @@ PRODUCTS = "products.parquet"
 VOCABULARY = "vocabulary.json"
 PENDING = "pending-"  # a save's files wait in pending-<commit id>/ until the manifest names that id
 SAME_FILE = object()  # refresh_synonyms: the file the index reads now
+BM25_COMMIT = "bm25.commit"  # the commit whose rows the BM25 index holds; WRITING while a write changes it
+WRITING = "writing"
+LOAD_ATTEMPTS = 5  # reads of an index that writes keep committing to before a load gives up
 
 
 @dataclass
@@ -93,7 +101,12 @@ class Manifest:
         file = path / MANIFEST
         if not file.is_file():
             raise NotFound(f"no index at {path} (missing {MANIFEST}); build one with `shoprank index --catalog FILE`")
-        return cls(**json.loads(file.read_text()))
+        values = json.loads(file.read_text())
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:  # written by a later release: what this one does not know it does not need
+            logger.debug("index %s: manifest fields %s are not read by this release", path, unknown)
+        return cls(**{key: value for key, value in values.items() if key in known})
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +176,7 @@ class ProductIndex:
         self.vocabulary = vocabulary if vocabulary is not None else _vocabulary(products)
         self._analyzer: Analyzer | None = None
         self._synonyms_stamp: str | None = None  # digest of the synonyms file the analyzer read
+        self._bm25_writing = False  # this object marked the BM25 index as being written and has not saved since
         # bumped by every write (upsert, delete): what is derived from the catalog in memory (facts,
         # suggestions, catalog text) is made again when it changes; the manifest's `updated` has
         # one-second steps, so two writes in one second would look like one
@@ -240,46 +254,87 @@ class ProductIndex:
 
     @classmethod
     def load(cls, path: Path, settings: RetrievalSettings) -> ProductIndex:
+        """Open the index at ``path`` as its manifest commits it. A load never writes the index's files (other
+        than moving in those of a commit whose process died before it did): a write commits while others read.
+        When a write commits while the files are read, they are read again.
+
+        Raises:
+            NotFound: No index at ``path``.
+            NotReady: Writes kept committing while the index was read, or its files disagree on its rows.
+        """
+        for attempt in range(LOAD_ATTEMPTS):
+            index = cls._read(path, settings)
+            if index is not None:
+                index._check_rows()
+                return index
+            logger.info("index %s: a write committed while it was read; reading it again", path)
+            time.sleep(0.05 * (attempt + 1))
+        raise NotReady(f"index {path} changed or disagreed with itself in each of {LOAD_ATTEMPTS} reads (writes "
+                       "kept committing, or its products, live rows and manifest name different counts of rows); "
+                       "load it again once the writes finish, or rebuild it with `shoprank index --catalog FILE`")
+
+    @classmethod
+    def _read(cls, path: Path, settings: RetrievalSettings) -> ProductIndex | None:
+        """The index as one commit left it; None when the manifest changed while its files were read (or they
+        name different counts of rows)."""
         manifest = Manifest.read(path)
-        _finish_commit(path, manifest, after_crash=True)
-        products = typed_columns(pd.read_parquet(path / PRODUCTS))  # an index stored before a column was typed
+        try:
+            _finish_commit(path, manifest, after_crash=True)
+            products = typed_columns(pd.read_parquet(path / PRODUCTS))  # an index stored before a column was typed
+            vocabulary = Vocabulary.load(path / VOCABULARY) if (path / VOCABULARY).is_file() else None
+            bm25, dense = BM25Index(path / "bm25"), DenseIndex.load(path, settings)
+        except Exception:
+            if _unchanged(path, manifest):  # not a commit landing in the middle: the index's own fault
+                raise
+            return None
+        if not _unchanged(path, manifest) or not len(products) == len(dense.live) == manifest.rows:
+            return None
         if manifest.analyzer != ANALYZER_VERSION:
             logger.warning("index %s holds text of query analyzer %s, not %s: queries may match it less well; "
                            "rebuild it with `shoprank index --catalog FILE`", path, manifest.analyzer,
                            ANALYZER_VERSION)
-        vocabulary = Vocabulary.load(path / VOCABULARY) if (path / VOCABULARY).is_file() else None
-        index = cls(path, manifest, products, BM25Index(path / "bm25"), DenseIndex.load(path, settings), vocabulary)
-        index._check_rows()
-        return index
+        return cls(path, manifest, products, bm25, dense, vocabulary)
 
     def _check_rows(self) -> None:
         """Read only the committed rows of files a write that did not finish may have added to: vectors past
-        them are not read (the next write cuts them off), and the BM25 index is put back in line with the live
-        rows, here when no other process holds the index's lock (it may be writing), else at the next write
-        (until then BM25 ignores rows past the committed ones)."""
+        them are not read (the next write cuts them off), nor BM25 rows past them. A BM25 index a write changed
+        but did not commit may lack committed rows too; the next write puts it back in line."""
         self.bm25.rows = len(self.products)
         stored = (self.path / VECTORS_FILE).stat().st_size // (4 * self.dense.dim) if self.dense.dim else 0
         if stored > len(self.products):
             logger.warning("index %s: %d vectors past its %d committed rows (a write that did not finish) are "
                            "ignored", self.path, stored - len(self.products), len(self.products))
-        if not self.bm25.consistent(self.dense.live):
-            with write_lock(self.path, wait=False) as held:
-                if held:
-                    self._reconcile_bm25()
-                else:
-                    logger.warning("index %s: its BM25 index does not match the committed rows (a write did not "
-                                   "finish); rows past them are ignored until the next write", self.path)
+        if not self._bm25_committed():
+            logger.warning("index %s: its BM25 index may hold changes of a write that did not finish (or of one "
+                           "under way): rows past the committed ones are ignored, and the next write puts it back "
+                           "in line with the committed rows", self.path)
 
-    def _reconcile_bm25(self) -> None:
-        products = self.products
-        self.bm25.reconcile(products["live"].to_numpy(), lambda rows: _bm25_docs(rows.tolist(), products.iloc[rows]))
+    def _bm25_committed(self) -> bool:
+        """Whether the BM25 index holds the rows of the committed manifest (an index from before ``bm25.commit``
+        was kept is taken to)."""
+        marker = _read_marker(self.path)
+        return marker is None or marker == self.manifest.commit
+
+    def _begin_bm25_write(self) -> None:
+        """Before a write (holding :func:`write_lock`) changes the BM25 index: put it back in line with the
+        committed products if a write that did not finish changed it, then mark it as being written."""
+        if not self._bm25_committed():
+            live = np.flatnonzero(self.products["live"].to_numpy())
+            held = self.bm25.docs()
+            logger.warning("index %s: a write that did not finish changed its BM25 index; its %d rows are indexed "
+                           "again from the committed catalog", self.path, len(live))
+            # one tantivy commit: every row it holds out, every live row in with its committed text
+            self.bm25.upsert(_bm25_docs(live.tolist(), self.products.iloc[live]), replace=held.tolist())
+        _write_marker(self.path, WRITING)
+        self._bm25_writing = True
 
     def save(self) -> None:
         """Write the index's files, the manifest last (the commit point): the others go to a folder
         ``pending-<id>/`` first, the manifest naming ``<id>`` replaces the old one, and then they are moved in
-        (a load finishes that when a process died before it did)."""
+        (a load finishes that when a process died before it did); then ``bm25.commit`` names the commit."""
         for stale in self.path.glob(PENDING + "*"):  # of saves that died before their commit
             shutil.rmtree(stale, ignore_errors=True)
+        previous, marker = self.manifest.commit, _read_marker(self.path)
         self.manifest.commit = _new_id()
         pending = self.path / (PENDING + self.manifest.commit)
         pending.mkdir()
@@ -293,6 +348,9 @@ class ProductIndex:
         _sync(tmp)
         os.replace(tmp, self.path / MANIFEST)
         _finish_commit(self.path, self.manifest)
+        if self._bm25_writing or marker is None or marker == previous:  # BM25 holds what was committed
+            _write_marker(self.path, self.manifest.commit)
+            self._bm25_writing = False
 
     # -- reads ------------------------------------------------------------------
     @property
@@ -384,8 +442,7 @@ class ProductIndex:
                 added.loc[list(kept_from), column] = self.products.loc[list(kept_from.values()), column].to_numpy()
         added["live"] = True
         vectors = encode_cached(encoder, product_texts(added), cache, progress=progress)
-        if not self.bm25.consistent(self.dense.live):  # left so by a write that did not finish
-            self._reconcile_bm25()
+        self._begin_bm25_write()
         if dead:
             self.products.loc[dead, "live"] = False
             self.dense.remove(dead)
@@ -401,8 +458,7 @@ class ProductIndex:
         rows = [self._row_of[p] for p in product_ids if p in self._row_of]
         unknown = [p for p in product_ids if p not in self._row_of]
         if rows:
-            if not self.bm25.consistent(self.dense.live):  # left so by a write that did not finish
-                self._reconcile_bm25()
+            self._begin_bm25_write()
             self.products.loc[rows, "live"] = False
             self.dense.remove(rows)
             self.bm25.delete(rows)
@@ -460,6 +516,37 @@ def _sync(file: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def _unchanged(path: Path, manifest: Manifest) -> bool:
+    """Whether ``manifest`` is still the one committed at ``path`` (not while a build moves its folder in)."""
+    try:
+        return Manifest.read(path) == manifest
+    except NotFound:
+        return False
+
+
+def _read_marker(path: Path) -> str | None:
+    """What ``bm25.commit`` in the index folder ``path`` says (None: no such file)."""
+    try:
+        return (path / BM25_COMMIT).read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _write_marker(path: Path, value: str) -> None:
+    """Replace ``bm25.commit`` with ``value``, on disk before this returns."""
+    tmp = path / (BM25_COMMIT + ".tmp")
+    with tmp.open("w") as handle:
+        handle.write(value)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path / BM25_COMMIT)
+    folder = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def _finish_commit(path: Path, manifest: Manifest, after_crash: bool = False) -> None:
     """Move in the files of the save that wrote ``manifest`` (``after_crash``: where a process died before it
     moved them all; idempotent, two processes may do it at once). Other pending folders are saves that did not
@@ -473,7 +560,11 @@ def _finish_commit(path: Path, manifest: Manifest, after_crash: bool = False) ->
     if not manifest.commit or not pending.is_dir():
         return
     moved = 0
-    for file in sorted(pending.iterdir()):
+    try:
+        files = sorted(pending.iterdir())
+    except FileNotFoundError:  # another process moved them all in and removed the folder just now
+        return
+    for file in files:
         try:
             os.replace(file, path / file.name)
             moved += 1

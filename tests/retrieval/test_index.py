@@ -234,18 +234,27 @@ def test_a_filter_on_a_fact_only_deleted_products_had_is_refused(tmp_path: Path,
         CatalogFacts(index, None).allowed(Filters(brand=("Bosch",)))  # before: an empty page
 
 
+def bm25_files(index: ProductIndex) -> dict[str, tuple[int, int]]:
+    """Each file of the index's BM25 folder: (modified time in ns, size)."""
+    return {f.name: (f.stat().st_mtime_ns, f.stat().st_size) for f in (index.path / "bm25").iterdir()}
+
+
+@pytest.mark.parametrize("incoming", [[("z", "ceiling fan remote"), ("b", "exterior stain")],
+                                      [("b", "exterior stain")]], ids=["rows-added", "text-only"])
 def test_a_write_killed_before_its_commit_leaves_the_index_as_it_was(tmp_path: Path, settings: Settings,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+                                                                     caplog: pytest.LogCaptureFixture,
+                                                                     incoming: list[tuple[str, str]]) -> None:
     """A process killed after an upsert appended its vectors and committed BM25 but before it saved: the next
-    load serves the index as it was (vectors past its rows are not read, BM25 is put back in line), and the
-    next write goes on from there."""
+    load serves the committed rows (vectors and BM25 rows past them are not read) and writes nothing to BM25;
+    the next write puts BM25 back in line with the committed catalog and goes on from there. ``text-only``:
+    the upsert changes a product's text and adds no product."""
     import subprocess
     import sys
 
     index, encoder, cache = build(tmp_path, settings, ROWS)
     root = Path(__file__).resolve().parents[2]
     killed = {"index": str(index.path), "settings": settings.retrieval.model_dump_json(),
-              "cache": str(tmp_path / "child.sqlite")}
+              "cache": str(tmp_path / "child.sqlite"), "incoming": incoming}
     child = f"""
 import os
 from pathlib import Path
@@ -258,26 +267,163 @@ killed = {killed!r}
 index = ProductIndex.load(Path(killed["index"]), RetrievalSettings.model_validate_json(killed["settings"]))
 ProductIndex._after_write = lambda self: os._exit(9)  # killed (kill -9) once BM25 and the vectors were written
 encoder = HashingEncoder()
-index.upsert(catalog([("z", "ceiling fan remote"), ("b", "exterior stain")]), encoder,
-             EmbeddingCache(Path(killed["cache"]), encoder.dim))
+index.upsert(catalog(killed["incoming"]), encoder, EmbeddingCache(Path(killed["cache"]), encoder.dim))
 """
     done = subprocess.run([sys.executable, "-c", child], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
                           timeout=120)
     assert done.returncode == 9
+    before = bm25_files(index)
     with caplog.at_level("WARNING"):
         again = ProductIndex.load(index.path, settings.retrieval)  # before: "cannot reshape array"
     assert "did not finish" in caplog.text  # what was recovered is said
+    assert bm25_files(again) == before  # a load never writes BM25 (another process may be writing it)
     assert again.count == 4 and again.live_product_ids() == ["a", "b", "c", "d"]
     bm25, dense = BM25Retriever(again), DenseRetriever(again, encoder)
-    assert bm25.search("interior paint", 5).product_ids == ["b"]  # b's text as committed
     assert bm25.search("exterior stain remote", 5).product_ids == []  # before: rows that do not exist (a 500)
     assert sorted(dense.search("ceiling fan remote", 10).product_ids) == ["a", "b", "c", "d"]
 
-    again.upsert(catalog([("z", "ceiling fan remote")]), encoder, cache)  # the next write cuts the vectors off
+    again.upsert(catalog([("y", "ceiling fan remote")]), encoder, cache)  # the next write puts BM25 in line
     reloaded = ProductIndex.load(index.path, settings.retrieval)
-    assert reloaded.count == 5 and len(reloaded.dense.vectors) == len(reloaded.products) == 5
-    assert BM25Retriever(reloaded).search("ceiling remote", 5).product_ids == ["z"]
-    assert DenseRetriever(reloaded, encoder).search("ceiling fan remote", 1).product_ids == ["z"]
+    assert reloaded.count == 5 and len(reloaded.dense.vectors) == len(reloaded.products) == 5  # vectors cut off
+    bm25 = BM25Retriever(reloaded)
+    assert bm25.search("interior paint", 5).product_ids == ["b"]  # b's text as committed
+    assert bm25.search("exterior stain", 5).product_ids == []
+    assert bm25.search("ceiling remote", 5).product_ids == ["y"]
+    assert sorted(reloaded.bm25.docs().tolist()) == [0, 1, 2, 3, 4]
+    assert DenseRetriever(reloaded, encoder).search("ceiling fan remote", 1).product_ids == ["y"]
+
+
+def test_a_bm25_index_a_write_changed_but_did_not_commit_is_indexed_again_by_the_next_write(
+        tmp_path: Path, settings: Settings) -> None:
+    """BM25 holding another text for a committed row, as many rows as the catalog and none past it (a count
+    cannot tell): the next write finds it marked as being written and indexes the committed text again."""
+    from retrieval.bm25 import BM25Index
+
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    (index.path / "bm25.commit").write_text("writing")  # a write began ...
+    BM25Index(index.path / "bm25").upsert([(1, "exterior stain", "")], replace=[1])  # ... and died here
+    before = bm25_files(index)
+    loaded = ProductIndex.load(index.path, settings.retrieval)
+    assert bm25_files(loaded) == before and loaded.bm25.num_docs == 4
+
+    loaded.delete(["c"])
+    again = ProductIndex.load(index.path, settings.retrieval)
+    assert BM25Retriever(again).search("interior paint", 5).product_ids == ["b"]
+    assert BM25Retriever(again).search("exterior stain", 5).product_ids == []
+    assert (index.path / "bm25.commit").read_text() == again.manifest.commit
+
+
+def test_a_replica_loading_while_a_write_commits_serves_the_commit_and_leaves_bm25_to_the_writer(
+        tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica reads the products of one commit; a writer (holding the lock) changes BM25 before the replica
+    opens it and commits after, then lets the lock go. The replica reads the index again, and BM25 keeps the
+    committed text (before: the replica put BM25 back to the products it had read, and the text the writer
+    committed was never found)."""
+    from retrieval.bm25 import BM25Index
+    from retrieval.dense import DenseIndex
+    from retrieval.index import write_lock
+
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    writer = ProductIndex.load(index.path, settings.retrieval)
+    lock = write_lock(index.path)
+    lock.__enter__()
+    opened, loaded = BM25Index.__init__, DenseIndex.load.__func__
+    steps: list[str] = []
+
+    def opens_bm25(self: BM25Index, path: Path, *args: object) -> None:
+        if not steps:  # the writer's upsert, up to its save
+            steps.append("written")
+            monkeypatch.setattr(writer, "save", lambda: None)
+            writer.upsert(catalog([("b", "exterior stain")]), encoder, cache)
+            monkeypatch.delattr(writer, "save")
+        opened(self, path, *args)
+
+    def loads_dense(cls: type[DenseIndex], path: Path, retrieval: object) -> DenseIndex:
+        dense = loaded(cls, path, retrieval)
+        if steps == ["written"]:  # the writer's save, then it lets the lock go
+            steps.append("committed")
+            writer.save()
+            lock.__exit__(None, None, None)
+        return dense
+
+    monkeypatch.setattr(BM25Index, "__init__", opens_bm25)
+    monkeypatch.setattr(DenseIndex, "load", classmethod(loads_dense))
+    replica = ProductIndex.load(index.path, settings.retrieval)
+    monkeypatch.undo()
+    assert steps == ["written", "committed"]
+    assert replica.manifest.commit == writer.manifest.commit and len(replica.products) == 5
+    for served in (replica, ProductIndex.load(index.path, settings.retrieval)):
+        assert BM25Retriever(served).search("exterior stain", 5).product_ids == ["b"]
+        assert BM25Retriever(served).search("interior paint", 5).product_ids == []
+
+
+def test_a_load_that_a_write_commits_in_the_middle_of_reads_the_index_again(
+        tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole upsert lands between a load's read of the products and its read of BM25 and the vectors: the load
+    reads the index again (before: the products of one commit, the live rows of the next, and an IndexError in
+    the dense search); writes that keep landing make it give up with a clear error."""
+    from core.errors import NotReady
+    from retrieval.bm25 import BM25Index
+
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    writer = ProductIndex.load(index.path, settings.retrieval)
+    opened = BM25Index.__init__
+    writes = iter([("z", "ceiling fan remote")])
+
+    def opens_bm25(self: BM25Index, path: Path, *args: object) -> None:
+        row = next(writes, None)
+        if row is not None:
+            writer.upsert(catalog([row]), encoder, cache)
+        opened(self, path, *args)
+
+    monkeypatch.setattr(BM25Index, "__init__", opens_bm25)
+    reader = ProductIndex.load(index.path, settings.retrieval)
+    assert len(reader.products) == len(reader.dense.live) == reader.manifest.rows == 5
+    assert DenseRetriever(reader, encoder).search("ceiling fan remote", 1).product_ids == ["z"]
+    assert BM25Retriever(reader).search("ceiling fan remote", 5).product_ids == ["z"]
+
+    writes = iter([(f"w{n}", f"wall plate {n}") for n in range(100)])  # a write in every read
+    with pytest.raises(NotReady, match="changed or disagreed with itself in each of 5 reads"):
+        ProductIndex.load(index.path, settings.retrieval)
+
+
+def test_two_processes_finishing_one_commit_both_load(tmp_path: Path, settings: Settings,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write committed but had not moved its files in; a load finds them waiting and, just then, the writer
+    moves them all in and removes their folder: the load goes on (before: FileNotFoundError)."""
+    from retrieval import index as module
+    from retrieval.index import Manifest
+
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    finish = module._finish_commit
+    monkeypatch.setattr(module, "_finish_commit", lambda *args, **kwargs: None)  # the manifest, not the moves
+    index.upsert(catalog([("z", "ceiling fan remote")]), encoder, cache)
+    monkeypatch.undo()
+    is_dir, finished = Path.is_dir, []
+
+    def the_writer_finishes_first(self: Path) -> bool:
+        answer = is_dir(self)
+        if answer and self.name.startswith(module.PENDING) and not finished:  # right after the load looked
+            finished.append(self.name)
+            finish(index.path, Manifest.read(index.path))
+        return answer
+
+    monkeypatch.setattr(Path, "is_dir", the_writer_finishes_first)
+    again = ProductIndex.load(index.path, settings.retrieval)
+    monkeypatch.undo()
+    assert finished and again.count == 5 and not list(index.path.glob(module.PENDING + "*"))
+
+
+def test_a_manifest_with_fields_a_later_release_added_is_read(tmp_path: Path, settings: Settings,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    index, _, _ = build(tmp_path, settings, ROWS)
+    file = index.path / "manifest.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), "shards": 4}))
+    with caplog.at_level("DEBUG", logger="retrieval.index"):
+        again = ProductIndex.load(index.path, settings.retrieval)  # before: TypeError
+    assert again.count == 4 and "['shards']" in caplog.text
 
 
 def test_a_write_killed_after_its_commit_is_finished_by_the_next_load(tmp_path: Path, settings: Settings,
