@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,21 +121,6 @@ class BM25Index:
         self.index.reload()
         self._searcher = self.index.searcher()
 
-    def reconcile(self, live: np.ndarray, text: Callable[[np.ndarray], Iterable[tuple[int, str, str]]]) -> bool:
-        """Make the index hold exactly the rows ``live`` marks where it does not (a write that did not
-        finish committed its changes here but not to the owning index's manifest): rows it holds that are
-        not live are deleted, live rows it lacks are added from ``text(rows)``. True when it changed."""
-        held, rows = self.docs(), np.flatnonzero(live)
-        extra, missing = np.setdiff1d(held, rows), np.setdiff1d(rows, held)
-        if not len(extra) and not len(missing):
-            return False
-        logger.warning("BM25 index %s: %d rows deleted and %d added back to match the committed catalog (a write "
-                       "did not finish)", self.path, len(extra), len(missing))
-        self.upsert(text(missing), replace=extra.tolist())
-        return True
-
-    # -- reads ----------------------------------------------------------------
-    @property
     def num_docs(self) -> int:
         return int(self._searcher.num_docs)
 
@@ -146,16 +131,6 @@ class BM25Index:
             return np.zeros(0, dtype=np.int64)
         result = searcher.search(tantivy.Query.all_query(), searcher.num_docs, count=False)
         return np.asarray(searcher.fast_field_values("doc", [address for _, address in result.hits]), dtype=np.int64)
-
-    def consistent(self, live: np.ndarray) -> bool:
-        """Whether the index holds as many rows as ``live`` marks and none past its end: a cheap check of
-        what :meth:`reconcile` makes sure of (a write that did not finish adds rows past the end, deletes, or both)."""
-        if self.num_docs != int(np.count_nonzero(live)):
-            return False
-        if not self.num_docs:
-            return True
-        result = self._searcher.search(tantivy.Query.all_query(), 1, count=False, order_by_field="doc")
-        return int(result.hits[0][0]) < len(live)
 
     def terms(self, text: str) -> list[str]:
         """Distinct analysed terms of a text, in first-seen order."""
