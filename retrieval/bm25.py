@@ -50,9 +50,11 @@ def _schema() -> tantivy.Schema:
 
 
 TERM_SET_MAX = 4096  # a filter keeping at most this many rows is matched by tantivy itself (~3 ms at 2,000)
-TERM_SETS = 8  # ... and up to this many such sets, each run on its own (exact, at a cost that grows with the sets)
-# a filter keeping more rows reads the unfiltered ranking, twice as deep while it found fewer than k allowed rows,
-# at most this deep: past it, allowed rows that match only that low are left to the dense run
+# A filter keeping more rows reads the unfiltered ranking twice k over the share allowed deep and keeps the allowed
+# rows (most often enough). Short, up to TERM_SETS sets of TERM_SET_MAX rows are matched by tantivy (about 10 ms a
+# set at 100,000 products); more rows than that, and the read goes twice as deep while it finds fewer than k, at
+# most WIDEST_READ deep: allowed rows that match only lower are left to the dense run.
+TERM_SETS = 8
 WIDEST_READ = 50_000
 
 
@@ -121,6 +123,7 @@ class BM25Index:
         self.index.reload()
         self._searcher = self.index.searcher()
 
+    @property
     def num_docs(self) -> int:
         return int(self._searcher.num_docs)
 
@@ -162,11 +165,9 @@ class BM25Index:
 
     def search(self, query: str, k: int, allow: np.ndarray | None = None) -> Hits:
         """Top-``k`` products by BM25 (among the rows ``allow`` marks, when given); empty when no
-        query term is indexed. Filtered to at most :data:`TERM_SET_MAX` x :data:`TERM_SETS` rows,
-        tantivy matches only those (a zero-scored clause on the ``doc`` field, so the scores are the
-        unfiltered ones), a set of rows at a time; to more, the run reads twice ``k`` over the share
-        of rows allowed and keeps the allowed ones, reading twice as many again while it found fewer
-        than ``k`` of them and more matches remain, down to :data:`WIDEST_READ` matches."""
+        query term is indexed. Filtered to at most :data:`TERM_SET_MAX` rows, tantivy matches only those
+        (a zero-scored clause on the ``doc`` field, so the scores are the unfiltered ones); to more, see
+        :data:`TERM_SETS` and :data:`WIDEST_READ`."""
         text_query = self._text_query(query)
         if text_query is None or k <= 0:
             return Hits.empty()
@@ -175,25 +176,36 @@ class BM25Index:
         allowed = np.flatnonzero(allow)
         if not len(allowed):
             return Hits.empty()
-        if len(allowed) <= TERM_SET_MAX * TERM_SETS:  # tantivy matches the allowed rows, a set at a time
-            runs = [self._run(tantivy.Query.boolean_query([
-                (tantivy.Occur.Must, text_query),
-                (tantivy.Occur.Must, tantivy.Query.const_score_query(
-                    tantivy.Query.term_set_query(self.schema, "doc", part.tolist()), 0.0))]), k)
-                for part in np.array_split(allowed, -(-len(allowed) // TERM_SET_MAX))]
-            if len(runs) == 1:
-                return runs[0]
-            docs, scores = np.concatenate([r.docs for r in runs]), np.concatenate([r.scores for r in runs])
-            order = np.lexsort((docs, -scores))[:k]
-            return Hits.of(docs[order], scores[order])
+        if len(allowed) <= TERM_SET_MAX:
+            return self._within_sets(text_query, allowed, k)
         limit = min(self.num_docs, int(np.ceil(2 * k * len(allow) / len(allowed))))
+        hits = self._run(text_query, limit)  # most often enough: the allowed rows are spread through the ranking
+        keep = np.flatnonzero(_within(allow, hits.docs))[:k]
+        if len(keep) >= k or limit >= self.num_docs or len(hits) < limit:
+            return Hits.of(hits.docs[keep], hits.scores[keep])
+        if len(allowed) <= TERM_SET_MAX * TERM_SETS:  # they match low: tantivy finds them, a set at a time
+            return self._within_sets(text_query, allowed, k)
         widest = max(limit, WIDEST_READ)
         while True:
+            limit = min(self.num_docs, widest, 2 * limit)
             hits = self._run(text_query, limit)
             keep = np.flatnonzero(_within(allow, hits.docs))[:k]
             if len(keep) >= k or limit >= min(self.num_docs, widest) or len(hits) < limit:
                 return Hits.of(hits.docs[keep], hits.scores[keep])
-            limit = min(self.num_docs, widest, 2 * limit)
+
+    def _within_sets(self, text_query: tantivy.Query, allowed: np.ndarray, k: int) -> Hits:
+        """The top ``k`` of the ``allowed`` rows, tantivy matching them itself (a zero-scored clause on the ``doc``
+        field, so the scores are the unfiltered ones), :data:`TERM_SET_MAX` rows to a query."""
+        runs = [self._run(tantivy.Query.boolean_query([
+            (tantivy.Occur.Must, text_query),
+            (tantivy.Occur.Must, tantivy.Query.const_score_query(
+                tantivy.Query.term_set_query(self.schema, "doc", part.tolist()), 0.0))]), k)
+            for part in np.array_split(allowed, -(-len(allowed) // TERM_SET_MAX))]
+        if len(runs) == 1:
+            return runs[0]
+        docs, scores = np.concatenate([r.docs for r in runs]), np.concatenate([r.scores for r in runs])
+        order = np.lexsort((docs, -scores))[:k]
+        return Hits.of(docs[order], scores[order])
 
     def batch_search(self, queries: Sequence[str], k: int, allow: np.ndarray | None = None) -> list[Hits]:
         return [self.search(query, k, allow) for query in queries]
