@@ -28,7 +28,7 @@ from core import errors
 from core.errors import NotReady, ShopRankError
 from core.registry import ModelRegistry
 from core.settings import RetrievalSettings, Settings, get_settings
-from retrieval.catalog import catalog_hash, read_catalog
+from retrieval.catalog import catalog_hash, check_catalog_file, read_catalog
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoder import (
     BUNDLED,
@@ -102,6 +102,18 @@ def demo_catalog(settings: Settings) -> Path:
         logger.info("generating the synthetic demo store in %s", folder)
         write_demo(folder)
     return folder / "products.csv"
+
+
+def check_catalog_to_build(settings: Settings) -> None:
+    """Refuse a catalog file that is not there (:func:`~retrieval.catalog.check_catalog_file`) before any server
+    process starts, when serving would index it: no index of the served name is built yet. With one built, the
+    catalog is not read to serve (an existing index is served as it is), so a catalog moved away since is only
+    a warning at start, as it always was."""
+    if settings.catalog is None:
+        return
+    folder = settings.paths.indexes / settings.index_name
+    if not any((build / "manifest.json").is_file() for build in folder.glob("*")):
+        check_catalog_file(settings.catalog)
 
 
 def index_path(settings: Settings, encoder: Encoder, name: str | None = None) -> Path:

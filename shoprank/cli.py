@@ -141,10 +141,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bad = "; ".join(f"--{e['loc'][0]} {e.get('input')!r}: {e['msg']}" for e in error.errors())
         raise InvalidInput(f"bad flag(s): {bad}") from None
     settings = settings.model_copy(update=updates | {"api": api})
-    if settings.catalog is not None:  # SHOPRANK_CATALOG: refused before any server process starts, as --catalog is
-        from retrieval.catalog import check_catalog_file
+    from serving.indexing import check_catalog_to_build
 
-        check_catalog_file(settings.catalog)
+    check_catalog_to_build(settings)  # SHOPRANK_CATALOG it would index: refused before any server process starts
     level = (args.log_level or settings.log_level).lower()
     limit_math_threads(settings.serving.math_threads)  # before FAISS loads
     processes = api.processes()

@@ -48,8 +48,7 @@ from core.processes import alive, same_process, start_time
 from core.settings import Settings
 from online_learning.events import topics
 from online_learning.local_broker import create_topics, free_port, tansu_binary
-from retrieval.catalog import check_catalog_file
-from serving.indexing import build_index_in_child
+from serving.indexing import build_index_in_child, check_catalog_to_build
 from shoprank.layout import Layout, Piece, haproxy_config, port_free, wait_port, wait_ready
 
 logger = logging.getLogger(__name__)
@@ -221,9 +220,8 @@ class Topology:
 
     def up(self) -> dict[str, object]:
         """Start every piece (Redis, broker, consumers, the index once, replicas, HAProxy); a catalog file
-        that is not there is refused before anything starts."""
-        if self.settings.catalog is not None:
-            check_catalog_file(self.settings.catalog)
+        that is not there, when the index is to be built from it, is refused before anything starts."""
+        check_catalog_to_build(self.settings)
         if self.state_file.is_file():
             running = Topology.attach(self.settings)
             runs = {name: running.runs(name) for name in running.layout.pieces}

@@ -13,7 +13,7 @@ import pytest
 
 from core.errors import InvalidInput, NotFound
 from core.settings import Settings, get_settings
-from serving.indexing import build_index_in_child
+from serving.indexing import build_index_in_child, check_catalog_to_build
 from tests.helpers import run_cli
 
 
@@ -115,6 +115,14 @@ def test_a_catalog_that_is_not_there_is_refused_before_anything_starts(home: Pat
     monkeypatch.setenv("SHOPRANK_CATALOG", str(tmp_path / "products.xlsx"))
     get_settings.cache_clear()
     assert "unknown catalog format '.xlsx'" in refused(capsys, "cluster", "up")
+    # with an index built, the catalog is not read to serve: one moved away since is no reason to refuse
+    settings = Settings(home=home, catalog=Path("/nonexistent.csv"))
+    with pytest.raises(InvalidInput, match="does not exist"):
+        check_catalog_to_build(settings)
+    built = settings.paths.index(settings.index_name, "fingerprint")
+    built.mkdir(parents=True)
+    (built / "manifest.json").write_text("{}")
+    check_catalog_to_build(settings)
 
 
 def test_the_error_of_the_process_that_builds_the_index_is_the_commands(home: Path) -> None:
