@@ -2,11 +2,13 @@
 
 - ``all``: every query.
 - ``misspelled``: queries holding a word outside the catalog's vocabulary: some
-  word ``w`` of :func:`retrieval.vocabulary.tokenize` with ``w.isalpha()`` and
-  ``len(w) >= 3`` that :meth:`retrieval.vocabulary.Vocabulary.knows` does not know
-  (neither the word nor its stem occurs in the catalog's titles and
-  descriptions). The same vocabulary the query analyzer corrects against, so
-  the subset holds the queries a spelling corrector could change.
+  word ``w`` of :func:`retrieval.vocabulary.tokenize` of letters (with their
+  combining marks: :func:`retrieval.vocabulary.is_word`) and ``len(w) >= 3`` that
+  :meth:`retrieval.vocabulary.Vocabulary.knows` does not know (neither the word
+  nor its stem occurs in the live products' titles, descriptions, brands or
+  categories). The same vocabulary the query analyzer corrects against
+  (:func:`retrieval.index.catalog_vocabulary`), so the subset holds the queries a
+  spelling corrector could change.
 - ``correct``: the complement of ``misspelled``.
 
 The vocabulary is built once per products table and reused (a small cache keyed
@@ -23,7 +25,8 @@ import pandas as pd
 
 from core.errors import InvalidInput
 from evaluation.dataset import EvalDataset
-from retrieval.vocabulary import Vocabulary, tokenize
+from retrieval.index import catalog_vocabulary
+from retrieval.vocabulary import Vocabulary, is_word, tokenize
 
 SUBSETS = ("all", "misspelled", "correct")
 MIN_LETTERS = 3
@@ -39,15 +42,17 @@ def check_subset(name: str) -> str:
 
 
 def vocabulary(products: pd.DataFrame) -> Vocabulary:
-    """The catalog vocabulary of ``products`` (columns title, optional description), cached per table."""
+    """The catalog vocabulary of ``products`` (columns title; description, brand, category where present), as the
+    query analyzer builds it, cached per table."""
     key = id(products)
     cached = _VOCABULARIES.get(key)
     if cached is not None and cached[0]() is products:
         return cached[1]
-    titles = products["title"].fillna("").astype(str).tolist()
-    descriptions = (products["description"].fillna("").astype(str).tolist()
-                    if "description" in products.columns else None)
-    built = Vocabulary.build(titles, descriptions)
+    text = products.assign(**{column: products[column].fillna("").astype(str)
+                              for column in ("title", "description") if column in products.columns})
+    if "description" not in text.columns:
+        text = text.assign(description="")
+    built = catalog_vocabulary(text)
     for stale in [k for k, (ref, _) in _VOCABULARIES.items() if ref() is None]:
         del _VOCABULARIES[stale]
     _VOCABULARIES[key] = (weakref.ref(products), built)
@@ -56,7 +61,7 @@ def vocabulary(products: pd.DataFrame) -> Vocabulary:
 
 def unknown_words(query: str, vocab: Vocabulary) -> list[str]:
     """The words of ``query`` the catalog does not know (alphabetic, >= 3 letters)."""
-    return [w for w in tokenize(query) if w.isalpha() and len(w) >= MIN_LETTERS and not vocab.knows(w)]
+    return [w for w in tokenize(query) if is_word(w) and len(w) >= MIN_LETTERS and not vocab.knows(w)]
 
 
 def is_misspelled(query: str, vocab: Vocabulary) -> bool:

@@ -153,7 +153,9 @@ def _bm25_docs(docs: Sequence[int], products: pd.DataFrame) -> Iterable[tuple[in
     return zip(docs, map(normalize, products["title"]), map(normalize, products["description"]))
 
 
-def _vocabulary(products: pd.DataFrame) -> Vocabulary:
+def catalog_vocabulary(products: pd.DataFrame) -> Vocabulary:
+    """The vocabulary the query analyzer corrects against: the live products' titles, descriptions, brands and
+    categories (the columns ``products`` has)."""
     live = products[products["live"]] if "live" in products.columns else products
     column = lambda name: live[name].tolist() if name in live.columns else None  # noqa: E731
     return Vocabulary.build(live["title"].tolist(), live["description"].tolist(), column("brand"),
@@ -173,7 +175,7 @@ class ProductIndex:
         self._titles: list[str] = products["title"].tolist()
         self._ids: list[str] = products["product_id"].tolist()
         self._row_of = {pid: row for row, pid in enumerate(self._ids) if products["live"].iat[row]}
-        self.vocabulary = vocabulary if vocabulary is not None else _vocabulary(products)
+        self.vocabulary = vocabulary if vocabulary is not None else catalog_vocabulary(products)
         self._analyzer: Analyzer | None = None
         self._synonyms_stamp: str | None = None  # digest of the synonyms file the analyzer read
         self._bm25_writing = False  # this object marked the BM25 index as being written and has not saved since
@@ -478,7 +480,7 @@ class ProductIndex:
         self.manifest.rows = len(self.products)
         self.manifest.catalog_hash = catalog_hash(self.live_products())
         self.manifest.updated = _now()
-        self.vocabulary = _vocabulary(self.products)  # the analyzer follows the catalog
+        self.vocabulary = catalog_vocabulary(self.products)  # the analyzer follows the catalog
         self._analyzer = None
         self.save()
 

@@ -65,6 +65,7 @@ class TrafficSimulator:
         if split not in ("train", "dev"):
             raise InvalidInput(f"split {split!r}: the simulator only uses 'train' or 'dev' queries")
         self.base_url = base_url.rstrip("/")
+        self.split = split
         self.world = world
         self.dataset = dataset
         self.click_model = click_model or ClickModel(max_grade=dataset.max_grade)
@@ -134,7 +135,8 @@ class TrafficSimulator:
             stats.true_ndcg.append(true_ndcg)
             stats.judged_ndcg.append(ndcg(grades, all_grades))
             stats.latency_ms.append(latency)
-            self.sessions[number] = {"arm": arm, "true_ndcg@10": float(true_ndcg),
+            self.sessions[number] = {"user_id": str(user_id), "query_id": str(qid), "arm": arm,
+                                     "true_ndcg@10": float(true_ndcg),
                                      "purchased": int(any(kind == "purchase" for _, kind in actions)),
                                      "clicked": int(any(kind == "click" for _, kind in actions))}
 
@@ -191,7 +193,8 @@ class TrafficSimulator:
             total.true_ndcg += stats.true_ndcg
             total.judged_ndcg += stats.judged_ndcg
             total.latency_ms += stats.latency_ms
-        return {"sessions": sessions, "seconds": round(time.perf_counter() - started, 1),
+        return {"sessions": sessions, "seed": self.seed, "k": self.k, "split": self.split,
+                "seconds": round(time.perf_counter() - started, 1),
                 "overall": total.summary(), "arms": {a: s.summary() for a, s in sorted(self.stats.items())},
                 "errors": dict(self.errors), "note": "SIMULATED shoppers (simulation.world)",
                 **({"attack": attack.report()} if attack is not None else {}),
@@ -218,8 +221,18 @@ def compare_replays(first: dict, second: dict) -> dict:
     """
     from online_learning.stats import paired_means
 
+    for setting in ("seed", "split", "k"):  # reports of an earlier release hold none: not checked there
+        if setting in first and setting in second and first[setting] != second[setting]:
+            raise InvalidInput(f"the two replays ran with {setting} {first[setting]!r} and {second[setting]!r}: "
+                               f"their sessions are other shoppers' searches; run both with the same --{setting}")
     a, b = first["sessions_detail"], second["sessions_detail"]
     common = sorted(set(a) & set(b), key=int)
+    differ = [n for n in common if (a[n].get("user_id"), a[n].get("query_id")) != (b[n].get("user_id"),
+                                                                                    b[n].get("query_id"))]
+    if differ:
+        raise InvalidInput(f"{len(differ)} of the {len(common)} sessions the two replays share are another shopper "
+                           f"or query in each (session {differ[0]} first): they are not the same sessions; run both "
+                           "on the same dataset with the same --seed, --split and --start")
     if len(common) < 2:
         raise InvalidInput(f"the two replays share {len(common)} sessions; run both with the same --seed and --start")
     out = {"paired_sessions": len(common)}

@@ -103,3 +103,20 @@ def test_harness_on_a_subset_keeps_per_query_values(dataset) -> None:  # type: i
     # rerank mode: only the rerank metrics
     rerank = evaluate(dataset, index, pipe, "s", "rerank", progress=False)  # type: ignore[arg-type]
     assert set(rerank.per_query) == {"ndcg@10", "mrr@10"} and set(rerank.per_query["ndcg@10"]) == {"q1"}
+
+
+def test_brand_and_category_words_are_known_and_marked_letters_are_words(tmp_path: Path) -> None:
+    """The subset reads the vocabulary the analyzer corrects against (brands and categories too), and a word with
+    combining marks (Devanagari's vowel signs) is a word: before, 'makita' and 'watering' counted as misspelled
+    and 'हथोड़ा' (a misspelled hammer) never did."""
+    pd.DataFrame({"product_id": ["p1", "p2", "p3"],
+                  "title": ["Cordless Drill 20 volt", "Impact Driver kit", "Garden Hose 50 ft"],
+                  "brand": ["Makita", "Makita", "Gilmour"],
+                  "category": ["Power Tools", "Power Tools", "Watering"]}).to_csv(tmp_path / "products.csv", index=False)
+    queries = {"q1": "makita drill", "q2": "watering hose", "q3": "cordles drill", "q4": "हथोड़ा"}
+    pd.DataFrame({"query_id": list(queries), "query": list(queries.values())}).to_csv(tmp_path / "queries.csv",
+                                                                                     index=False)
+    pd.DataFrame({"query_id": list(queries), "product_id": ["p1", "p3", "p1", "p2"], "grade": 3}).to_csv(
+        tmp_path / "judgments.csv", index=False)
+    dataset = load_dataset(tmp_path)
+    assert sorted(query_subsets(dataset, dataset.select(None))["misspelled"]) == ["q3", "q4"]
