@@ -28,6 +28,11 @@ def hardware() -> str:
     return f"{describe()}, {mem:.0f} GiB RAM"
 
 
+def command() -> str:
+    """The command that produced a benchmark's figures, for its output beside :func:`hardware`."""
+    return " ".join(["python", *sys.argv])
+
+
 def percentiles(seconds: Sequence[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1e3
     return {f"p{p}": round(float(np.percentile(ms, p)), 2) for p in (50, 95, 99)} | {

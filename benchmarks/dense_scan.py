@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware
+from benchmarks.common import command, hardware
 from core.settings import get_settings
 from evaluation.dataset import load_dataset
 from retrieval.dense import DenseIndex
@@ -48,7 +48,8 @@ def main() -> None:
     texts = [t for _, t in dataset.select(args.split)][: args.queries]
     vectors = engine.hybrid.dense.embed(texts)
     path = engine.index.dense.path
-    print(f"CPU: {hardware()}\n{len(engine.index.dense.live)} vectors, {len(texts)} queries, k={args.k}", flush=True)
+    print(f"CPU: {hardware()}\ncommand: {command()}\n{len(engine.index.dense.live)} vectors, {len(texts)} queries, "
+          f"k={args.k}", flush=True)
     found: dict[str, list[set[int]]] = {}
     with threadpool_limits(1):
         faiss.omp_set_num_threads(1)

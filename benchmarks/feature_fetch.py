@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware, percentiles, time_each  # noqa: E402
+from benchmarks.common import command, hardware, percentiles, time_each  # noqa: E402
 from online_learning.local_broker import free_port  # noqa: E402
 
 
@@ -122,7 +122,7 @@ def main() -> None:
     rng = random.Random(0)
     products, users = world.products["product_id"].tolist(), world.users["user_id"].tolist()
     requests = [(rng.sample(products, args.candidates), rng.choice(users)) for _ in range(args.queries)]
-    result: dict = {"hardware": hardware(), "products": len(products), "users": len(users),
+    result: dict = {"hardware": hardware(), "command": command(), "products": len(products), "users": len(users),
                     "candidates": args.candidates, "queries": args.queries,
                     "sqlite": measure_store(settings, requests)}
     if not args.no_redis:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
+from benchmarks.common import command, hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
 from core.hardware import limit_math_threads  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
@@ -65,7 +65,7 @@ def main() -> None:
     }
     report = {
         "benchmark": "first_stage",
-        "hardware": hardware(), "math_threads": math_threads,
+        "hardware": hardware(), "command": command(), "math_threads": math_threads,
         "dataset": str(args.dataset),
         "products": index.count,
         "dense_index": index.manifest.dense_kind,

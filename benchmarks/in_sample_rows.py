@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import hardware  # noqa: E402
 from benchmarks.ltr_search import order_by  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from evaluation.metrics import ndcg_at_k  # noqa: E402
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     others = set(train.query_ids) - model_queries
     save_ranking_data(args.out / "masked" / "train.npz", without(train, model_queries, args.feature))
     save_ranking_data(args.out / "out-of-sample" / "train.npz", without(train, model_queries, None))
-    print(json.dumps({"command": " ".join(sys.argv if argv is None else argv), "feature": args.feature,
+    print(json.dumps({"cpu": hardware(), "command": " ".join(sys.argv if argv is None else argv),
+                      "feature": args.feature,
                       "lists": {"model's queries": sum(q in model_queries for q in train.query_ids),
                                 "other queries": len(others)},
                       "order of the scored rows, NDCG@10": {

@@ -40,7 +40,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import ShoprankProcess, hardware, wait_ready  # noqa: E402
+from benchmarks.common import ShoprankProcess, command, hardware, wait_ready  # noqa: E402
 from core.paths import Home  # noqa: E402
 from core.registry import ModelRegistry  # noqa: E402
 from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC  # noqa: E402
@@ -104,7 +104,7 @@ def main() -> None:
         cache.symlink_to(shared, target_is_directory=True)
     logs = home.logs
     logs.mkdir(exist_ok=True)
-    steps: dict[str, object] = {"hardware": hardware()}
+    steps: dict[str, object] = {"hardware": hardware(), "command": command()}
     broker = LocalBroker(log=logs / "tansu.log").start()
     create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
     port = free_port()

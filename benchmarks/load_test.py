@@ -33,7 +33,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware, wait_ready  # noqa: E402
+from benchmarks.common import command, hardware, wait_ready  # noqa: E402
 from online_learning.local_broker import free_port  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "homedepot"
@@ -83,7 +83,7 @@ def main() -> None:
     (work / "search.lua").write_text(LUA % {"queries": work / "queries.txt"})
     server = subprocess.Popen([sys.executable, "-m", "shoprank.cli", "serve", "--port", str(port)], env=env,
                               stdout=open(work / "server.log", "wb"), stderr=subprocess.STDOUT)
-    results: dict[str, object] = {"hardware": hardware(), "levels": {}}
+    results: dict[str, object] = {"hardware": hardware(), "command": command(), "levels": {}}
     try:
         wait_ready(base)
         results["served"] = httpx.get(f"{base}/v1/admin/models", headers={"Authorization": f"Bearer {TOKEN}"}).json()["served"]

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import ShoprankProcess, hardware, wait_ready  # noqa: E402
+from benchmarks.common import ShoprankProcess, command, hardware, wait_ready  # noqa: E402
 from online_learning.local_broker import free_port  # noqa: E402
 from simulation.simulator import compare_replays  # noqa: E402
 
@@ -102,7 +102,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     reports = {name: replay(name, assignments, args, work) for name, *assignments in args.profile}
     baseline, *others = reports
-    result: dict[str, object] = {"hardware": hardware(), "sessions": args.sessions, "split": args.split,
+    result: dict[str, object] = {"hardware": hardware(), "command": command(), "sessions": args.sessions,
+                                 "split": args.split,
                                  "seed": args.seed, "note": "SIMULATED shoppers (simulation.world)"}
     result["profiles"] = {name: {"settings": r["profile"], "wall_seconds": r["wall_seconds"], **r["overall"]}
                           for name, r in reports.items()}

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
+from benchmarks.common import command, hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
 from core.hardware import limit_math_threads  # noqa: E402
 from core.registry import ModelRegistry  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -110,7 +110,8 @@ def main() -> None:
             continue
         pipelines[name] = percentiles(uncached(engine, name, queries))
     report = {
-        "benchmark": "rerank_latency", "hardware": hardware(), "math_threads": math_threads, "products": index.count,
+        "benchmark": "rerank_latency", "hardware": hardware(), "command": command(), "math_threads": math_threads,
+        "products": index.count,
         "candidates_per_query": args.candidates, "queries": len(queries),
         "settings": settings.ranking.model_dump(mode="json"),
         "cross_encoder_threads": args.threads, "cross_encoder_ms_per_query": models,

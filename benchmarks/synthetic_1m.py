@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
+from benchmarks.common import command, hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from retrieval.embedding_cache import EmbeddingCache  # noqa: E402
@@ -132,6 +132,7 @@ def main() -> None:
     report = {
         "benchmark": "synthetic_1m",
         "hardware": hardware(),
+        "command": command(),
         "products": index.count,
         "catalog": "synthetic (derived from Home Depot titles and vectors; see docstring)",
         "dense_index": args.kind,
