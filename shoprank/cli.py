@@ -40,6 +40,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         updates["home"] = Path(args.home)
     if getattr(args, "no_progress", False):
         updates["progress"] = False
+    if getattr(args, "log_level", None) is not None:  # the flag overrides the environment, as every flag does
+        updates["log_level"] = args.log_level
     settings = settings.model_copy(update=updates) if updates else settings
     if getattr(args, "global_store", None) is not None:  # --store "" names no store: refused, not the default
         from core.keys import check_store_name

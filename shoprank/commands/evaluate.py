@@ -105,7 +105,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, type=Path, help="folder with products/queries/judgments.csv")
     p.add_argument("--split", default=None, help="query split (default: all queries)")
     p.add_argument("--mode", choices=("rerank", "retrieval"), required=True)
-    p.add_argument("--pipeline", default="full", help="bm25, dense, hybrid, rerank, cascade or full (default)")
+    p.add_argument("--pipeline", default="full", help="bm25, dense, hybrid, rerank, cascade, ltr or full (default)")
     p.add_argument("--compare", default=None, metavar="PIPELINE",
                    help="also evaluate this pipeline on the same queries and report its difference to --pipeline "
                         "per metric (paired bootstrap 95%% CI, paired t-test p, queries better/worse/tied)")

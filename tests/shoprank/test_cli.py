@@ -127,6 +127,8 @@ def test_config_show_hides_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pyte
         get_settings.cache_clear()
     shown = json.loads(out)
     assert code == 0 and "s3cret" not in out and "secretkey" not in out and "ssw0rd" not in out, err
+    code, out, _ = run_cli(capsys, "--log-level", "warning", "config", "show")
+    assert code == 0 and json.loads(out)["log_level"] == "WARNING"  # the flag is in force, and shown so
     assert shown["serving"]["score_store_url"] == "redis://default:***@cache:6379/0"
     assert shown["features"]["redis_url"] == "10.0.0.5:6379,password=***,ssl=true" and "hunter2" not in out
     assert shown["api"]["admin_token"] == "***" and shown["artifacts_url"] == "s3://id:***@bucket/shoprank"
