@@ -25,7 +25,6 @@ import pandas as pd
 
 from core.errors import InvalidInput
 from evaluation.dataset import EvalDataset
-from retrieval.index import catalog_vocabulary
 from retrieval.vocabulary import Vocabulary, is_word, tokenize
 
 SUBSETS = ("all", "misspelled", "correct")
@@ -48,6 +47,8 @@ def vocabulary(products: pd.DataFrame) -> Vocabulary:
     cached = _VOCABULARIES.get(key)
     if cached is not None and cached[0]() is products:
         return cached[1]
+    from retrieval.index import catalog_vocabulary  # here: the CLI's parser reads SUBSETS, and FAISS must not load
+
     text = products.assign(**{column: products[column].fillna("").astype(str)
                               for column in ("title", "description") if column in products.columns})
     if "description" not in text.columns:
