@@ -10,9 +10,20 @@ _UMASK = os.umask(0o022)  # read once: the process's mask for new files
 os.umask(_UMASK)
 
 
-def write_text_atomic(path: Path, text: str | bytes | None) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush ``path`` to disk: a file's data, or a folder's entries (a file renamed into it)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def write_text_atomic(path: Path, text: str | bytes | None, durable: bool = False) -> None:
     """``text`` at ``path`` (a str as UTF-8; bytes as they are), by a temporary file of its own renamed into
-    place, so writers at the same time never mix their texts; None: no file at ``path``."""
+    place, so writers at the same time never mix their texts; None: no file at ``path``. ``durable``: on disk
+    before this returns (the file before it is renamed, then the folder's entry), for a file that commits
+    others (a manifest naming them)."""
     if text is None:
         path.unlink(missing_ok=True)
         return
@@ -24,7 +35,12 @@ def write_text_atomic(path: Path, text: str | bytes | None) -> None:
             out.write(data)
             # the mode of the file it replaces, else a new file's (mkstemp's own is the owner's only)
             os.fchmod(out.fileno(), path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(tmp, path)
+        if durable:
+            fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.files import write_text_atomic
+from core.files import fsync_path, write_text_atomic
 from core.paths import Home
 from online_learning.consumers.log_sink import log_files, place, unplaced
 from online_learning.consumers.streaming_features import open_state
@@ -211,8 +211,7 @@ def _replace(path: Path, table: pa.Table, keep_empty: bool = False) -> None:
         return
     tmp = path.with_name(f"{path.stem}.erasing{path.suffix}.tmp")
     pq.write_table(table, tmp)
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
+    fsync_path(tmp)
     os.replace(tmp, path)
 
 

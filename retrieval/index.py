@@ -49,6 +49,7 @@ import pandas as pd
 
 from core import __version__
 from core.errors import Conflict, NotFound, NotReady
+from core.files import fsync_path, write_text_atomic
 from core.settings import RetrievalSettings
 from retrieval.analyzer import Analyzer, english_words
 from retrieval.bm25 import BM25Index
@@ -344,11 +345,8 @@ class ProductIndex:
         self.products.to_parquet(pending / PRODUCTS, index=False)
         self.vocabulary.save(pending / VOCABULARY)
         for file in pending.iterdir():
-            _sync(file)
-        tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(asdict(self.manifest), indent=2))
-        _sync(tmp)
-        os.replace(tmp, self.path / MANIFEST)
+            fsync_path(file)
+        write_text_atomic(self.path / MANIFEST, json.dumps(asdict(self.manifest), indent=2), durable=True)
         _finish_commit(self.path, self.manifest)
         if self._bm25_writing or marker is None or marker == previous:  # BM25 holds what was committed
             _write_marker(self.path, self.manifest.commit)
@@ -512,12 +510,6 @@ def _complete(folder: Path) -> bool:
     return True
 
 
-def _sync(file: Path) -> None:
-    """Flush ``file`` to disk, so that the manifest naming it is never on disk before it is."""
-    with file.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
 def _unchanged(path: Path, manifest: Manifest) -> bool:
     """Whether ``manifest`` is still the one committed at ``path`` (not while a build moves its folder in)."""
     try:
@@ -536,17 +528,7 @@ def _read_marker(path: Path) -> str | None:
 
 def _write_marker(path: Path, value: str) -> None:
     """Replace ``bm25.commit`` with ``value``, on disk before this returns."""
-    tmp = path / (BM25_COMMIT + ".tmp")
-    with tmp.open("w") as handle:
-        handle.write(value)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path / BM25_COMMIT)
-    folder = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    write_text_atomic(path / BM25_COMMIT, value, durable=True)
 
 
 def _finish_commit(path: Path, manifest: Manifest, after_crash: bool = False) -> None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow.parquet as pq
 
+from core.files import fsync_path
 from online_learning.consumers.base import Delivered
 from online_learning.consumers.seen import ensure_table, key_of, mark, seen
 from online_learning.events import InteractionEvent, RankingEvent, is_shelf
@@ -159,11 +160,7 @@ def place(path: Path, tmp: Path) -> bool:
         os.replace(tmp, path)
     except FileNotFoundError:
         return False
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)
     return True
 
 
