@@ -178,20 +178,19 @@ class BM25Index:
             return Hits.empty()
         if len(allowed) <= TERM_SET_MAX:
             return self._within_sets(text_query, allowed, k)
-        limit = min(self.num_docs, int(np.ceil(2 * k * len(allow) / len(allowed))))
-        hits = self._run(text_query, limit)  # most often enough: the allowed rows are spread through the ranking
-        keep = np.flatnonzero(_within(allow, hits.docs))[:k]
-        if len(keep) >= k or limit >= self.num_docs or len(hits) < limit:
-            return Hits.of(hits.docs[keep], hits.scores[keep])
-        if len(allowed) <= TERM_SET_MAX * TERM_SETS:  # they match low: tantivy finds them, a set at a time
-            return self._within_sets(text_query, allowed, k)
+        limit = min(self.num_docs, int(np.ceil(2 * k * len(allow) / len(allowed))))  # most often deep enough
         widest = max(limit, WIDEST_READ)
         while True:
-            limit = min(self.num_docs, widest, 2 * limit)
             hits = self._run(text_query, limit)
             keep = np.flatnonzero(_within(allow, hits.docs))[:k]
-            if len(keep) >= k or limit >= min(self.num_docs, widest) or len(hits) < limit:
-                return Hits.of(hits.docs[keep], hits.scores[keep])
+            if len(keep) >= k or limit >= self.num_docs or len(hits) < limit:
+                break
+            if len(allowed) <= TERM_SET_MAX * TERM_SETS:  # they match low: tantivy finds them, a set at a time
+                return self._within_sets(text_query, allowed, k)
+            if limit >= widest:
+                break
+            limit = min(self.num_docs, widest, 2 * limit)
+        return Hits.of(hits.docs[keep], hits.scores[keep])
 
     def _within_sets(self, text_query: tantivy.Query, allowed: np.ndarray, k: int) -> Hits:
         """The top ``k`` of the ``allowed`` rows, tantivy matching them itself (a zero-scored clause on the ``doc``
