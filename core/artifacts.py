@@ -430,8 +430,9 @@ class ArtifactStore:
                     config = json.loads((root.parent / "experiments" / "current.json").read_text())
                 except (OSError, ValueError):
                     continue
-                arms = ((config.get("experiment") or {}).get("arms") or {}).values() if isinstance(config, dict) \
-                    else []
+                if not isinstance(config, dict):  # not an experiment file: it names nothing
+                    continue
+                arms = ((config.get("experiment") or {}).get("arms") or {}).values()
                 ltr = [arm.get("ltr") for arm in arms if isinstance(arm, dict)] + [config.get("shadow")]
                 named.update(root / "ltr" / v for v in ltr if isinstance(v, str))
         return sorted(str(folder.relative_to(self.home)) for folder in named

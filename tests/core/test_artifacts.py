@@ -81,6 +81,8 @@ def test_an_experiment_publishes_the_versions_it_names_with_it(tmp_path: Path) -
     assert (reader_home / "models" / "ltr" / "v2" / "model.txt").read_text() == "trees v2"
     assert (reader_home / "models" / "ltr" / "v3" / "model.txt").read_text() == "trees v3"
     assert not (reader_home / "cache").exists()  # a name that is no version names nothing
+    (home / "experiments" / "current.json").write_text("[]")  # not an experiment file: it names nothing
+    assert writer.push_state().files == 1  # before: AttributeError
 
 
 def test_a_swap_moves_only_the_pointer(tmp_path: Path) -> None:
