@@ -46,7 +46,7 @@ from core.errors import InvalidInput
 from core.query import Analysis
 from ranking.ragged import Ragged, char3, distinct
 from retrieval.index import ProductIndex
-from retrieval.vocabulary import TOKEN, UNITS, is_word, normalize, numbers, stem
+from retrieval.vocabulary import TOKEN, UNIT_WORDS, UNITS, is_word, normalize, numbers, stem
 
 FIELDS = ("title", "description", "brand", "category")
 FIELD_FEATURES = ("coverage", "idf_coverage", "bigram", "phrase", "first_position", "char3_jaccard", "length")
@@ -161,7 +161,7 @@ class _Query:
         """Distinct words, pairs and numbers are taken as strings first: unknown ones (id -1) stay apart."""
         tokens = analysis.tokens or tuple(_WORD.findall(analysis.text))
         stems = [stem(w) for w in tokens]
-        last = [stem(w) for w in tokens if is_word(w) and w not in UNITS][-1:]
+        last = [stem(w) for w in tokens if is_word(w) and w not in UNIT_WORDS][-1:]
         ids, size = catalog.stem_ids, len(catalog.stem_ids) + 1  # the idf arrays' length
         pairs = [ids.get(a, -1) * size + ids.get(b, -1) if a in ids and b in ids else -1
                  for a, b in dict.fromkeys(pairwise(stems))]

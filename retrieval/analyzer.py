@@ -45,7 +45,7 @@ from pathlib import Path
 
 from core.query import Analysis, Rewrite
 from retrieval.synonyms import Synonyms
-from retrieval.vocabulary import TOKEN, UNITS, Vocabulary, is_word, normalize, numbers, stem
+from retrieval.vocabulary import TOKEN, UNIT_WORDS, Vocabulary, is_word, normalize, numbers, stem
 
 MAX_SUGGESTIONS = 8  # candidates per misspelled word weighed by context
 _IDEOGRAPHIC = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")  # kana, Han, Hangul
@@ -122,7 +122,7 @@ class Analyzer:
         best, score = None, 0
         for i in range(2, len(word) - 1):
             a, b = word[:i], word[i:]
-            if min(len(a), len(b)) < 3 and not (a in UNITS or b in UNITS):
+            if min(len(a), len(b)) < 3:  # ``theft`` is not ``the ft``, nor ``bulletin`` ``bullet in``
                 continue
             found = min(self._count(a), self._count(b))
             if found >= 2 and found > score:
@@ -251,7 +251,7 @@ class Analyzer:
         rewrites: list[Rewrite] = []
         if rewrite and self.synonyms is not None:
             placed, rewrites = self.synonyms.apply(tokens)
-        known = [t for t, _ in placed if is_word(t) and len(t) > 2 and t not in UNITS and self.vocabulary.knows(t)]
+        known = [t for t, _ in placed if is_word(t) and len(t) > 2 and t not in UNIT_WORDS and self.vocabulary.knows(t)]
         out: list[str] = []
         for token, fixed in placed:
             change = self._correct(token, known) if rewrite and spelling and not fixed else None

@@ -27,14 +27,16 @@ logger = logging.getLogger(__name__)
 
 ANALYZER = "shoprank_en"
 _HEAP_BYTES = 64 * 1024 * 1024
+MAX_TOKEN_BYTES = 255  # longer tokens are not indexed (nor searched)
 
 
 def _analyzer() -> tantivy.TextAnalyzer:
     return (
         # words as retrieval.vocabulary.TOKEN reads them: letters, digits and combining marks (tantivy's simple
         # tokenizer splits a Devanagari word at its virama)
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(f"[{WORD_CHARS}]+"))
-        .filter(tantivy.Filter.remove_long(40))
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(rf"[\p{{L}}\p{{N}}][{WORD_CHARS}]*"))
+        # in bytes: a run of Chinese or Thai (no spaces between words) is one token of 3 bytes a character
+        .filter(tantivy.Filter.remove_long(MAX_TOKEN_BYTES))
         .filter(tantivy.Filter.lowercase())
         .filter(tantivy.Filter.stemmer("english"))
         .build()

@@ -28,12 +28,10 @@ from functools import lru_cache
 import numpy as np
 
 from retrieval.analyzer import Analyzer
-from retrieval.vocabulary import TOKEN, UNITS, common, normalize, word_char
+from retrieval.vocabulary import JOINING_WORDS, TOKEN, UNIT_WORDS, common, normalize, word_char
 
 # words a phrase neither begins nor ends with: joining words, and units (``cu ft``, ``18 volt``)
-JOINING = frozenset({"a", "an", "and", "as", "at", "by", "for", "from", "in", "is", "no", "not", "of", "on",
-                     "only", "or", "per", "the", "to", "w", "with", "without", "x",
-                     *(word for unit in UNITS for word in unit.split())})
+JOINING = JOINING_WORDS | UNIT_WORDS | {"w"}
 SHORT = 4  # prefixes up to this many characters have their best phrases ready
 LOGGED, CATALOG = 1, 0  # the rank of a source: logged searches before catalog phrases
 
@@ -135,7 +133,7 @@ class Suggester:
         if len(prefix) <= SHORT and k <= self.best:
             return (self.lead if leading else self.short).get(prefix, [])[:k]
         lo = bisect_left(self.keys, prefix)
-        hi = bisect_left(self.keys, prefix + "\uffff", lo)
+        hi = bisect_left(self.keys, prefix + "\U0010ffff", lo)
         positions = [p for p in range(lo, hi) if self.entries[p][1] == 0] if leading else range(lo, hi)
         if len(positions) <= 4 * k:
             return self._top(positions, k)

@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import regex
 
-VERSION = 5  # bump when normalize() or the vocabulary file changes: indexes record it and are rebuilt
+VERSION = 6  # bump when normalize() or the vocabulary file changes: indexes record it and are rebuilt
 
 _UNITS = [  # (pattern after a number, canonical unit)
-    (r'(?:"|”|″|\'\'|inches|inch|in\b\.?)', "in"),
-    (r"(?:'|’|′|feet|foot|ft\b\.?)", "ft"),
+    # NFKC reads ″ as ′′: two primes (or two closing quotes) are inches, one is feet
+    (r'(?:"|”|″|′′|’’|\'\'|inch(?:e?s)?\b|in\b\.?)', "in"),
+    (r"(?:'|’|′|f(?:ee|oo)ts?\b|ft\b\.?)", "ft"),
     (r"(?:sq\.?\s*ft\b\.?|square\s+f(?:ee|oo)t)", "sq ft"),
     (r"(?:cu\.?\s*ft\b\.?|cubic\s+f(?:ee|oo)t)", "cu ft"),
     (r"(?:lbs?\b\.?|pounds?\b)", "lb"),
@@ -49,6 +50,12 @@ _UNITS = [  # (pattern after a number, canonical unit)
     (r"(?:cm\b|centimeters?\b)", "cm"),
 ]
 UNITS = tuple(dict.fromkeys(unit for _, unit in _UNITS))
+# the words normalized units and dimensions are written with (``sq`` of ``sq ft``, the ``x`` of ``2 x 4``): no
+# product or brand word, and no piece of a word split in two
+UNIT_WORDS = frozenset(word for unit in UNITS for word in unit.split()) | {"x"}
+# words that join others (``black and decker``, ``tools for garden``): no brand or product-type word
+JOINING_WORDS = frozenset({"a", "an", "and", "as", "at", "by", "for", "from", "in", "is", "no", "not", "of", "on",
+                           "only", "or", "per", "the", "to", "with", "without"})
 _NUMBER = r"(\d+(?:\.\d+)?(?: \d+/\d+|/\d+)?)"
 _UNIT_RES = [(re.compile(_NUMBER + r"\s*-?\s*" + pattern, re.IGNORECASE), unit) for pattern, unit in _UNITS]
 _NUMBER_WITH_UNIT = re.compile(_NUMBER + r"(?: (" + "|".join(re.escape(u) for u in UNITS) + r")\b)?")
@@ -56,10 +63,12 @@ _EMPTY = np.zeros(0, dtype=np.int32)
 # a word's characters: letters, digits and combining marks (Devanagari's and Thai's vowel signs belong to their
 # word); BM25's tokenizer splits at the same characters
 WORD_CHARS = r"\p{L}\p{N}\p{M}"
-TOKEN = regex.compile(rf"[{WORD_CHARS}]+(?:[./][0-9]+)*")
+TOKEN = regex.compile(rf"[\p{{L}}\p{{N}}][{WORD_CHARS}]*(?:[./][0-9]+)*")  # a word starts with a letter or digit
 _NOT_WORD = regex.compile(rf"[^{WORD_CHARS}./]+")
 _LETTERS = regex.compile(r"\p{L}[\p{L}\p{M}]*")
 _WORD_CHAR = regex.compile(rf"[{WORD_CHARS}]")
+_INVISIBLE = regex.compile(r"\p{Cf}")  # soft hyphen, zero-width space and joiners, direction marks
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # 12,000 btu reads as 12000 btu
 _LATIN_MARK = re.compile(r"(?<=[a-z\u00c0-\u024f])[\u0300-\u036f]+")  # accents on a Latin letter, decomposed
 _VULGAR_AFTER_DIGIT = re.compile(r"(\d)([\u00bc-\u00be\u2150-\u215e])")  # 1½, 7¼
 _DIMENSION_AFTER_UNIT = re.compile(r"\b(" + "|".join(re.escape(u) for u in UNITS) + r") x\s*(?=\d)")
@@ -71,6 +80,12 @@ def is_word(token: str) -> bool:
     return token.isalpha() or _LETTERS.fullmatch(token) is not None  # the fast test first: most words pass it
 
 
+def _named(word: str) -> bool:
+    """Whether a word of a brand or category value names it: letters, not a joining or unit word (the ``and``
+    of ``Black & Decker``)."""
+    return is_word(word) and word not in JOINING_WORDS and word not in UNIT_WORDS
+
+
 def word_char(char: str) -> bool:
     """Whether ``char`` belongs to a word: a letter, a digit or a combining mark."""
     return _WORD_CHAR.fullmatch(char) is not None
@@ -80,7 +95,7 @@ def fold(text: str) -> str:
     """Case and Latin accents folded (``Größe`` -> ``grosse``, ``Café`` -> ``cafe``); letters of other scripts
     (Cyrillic, Greek, CJK, Devanagari, Thai) kept as they are, with their combining marks, so their words
     stay whole and searchable."""
-    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", _INVISIBLE.sub("", text)).casefold())
     return unicodedata.normalize("NFC", _LATIN_MARK.sub("", text))
 
 
@@ -88,6 +103,7 @@ def normalize(text: str) -> str:
     """Lowercase, canonical units and fractions, no symbols (see the module docstring)."""
     text = _VULGAR_AFTER_DIGIT.sub(r"\1 \2", text)  # 1½ -> 1 ½, so it reads 1 1/2 and not 11/2
     text = fold(text).replace("\u2044", "/").replace("\u00d7", "x")  # fraction slash; 2×4 as 2x4
+    text = _THOUSANDS.sub("", text)
     text = re.sub(r"(?<![\w.])\.(\d)", r"0.\1", text)  # .5 in -> 0.5 in
     text = re.sub(r"(\d)\s*-\s*(\d+/\d+)", r"\1 \2", text)  # 1-1/2 -> 1 1/2
     text = re.sub(r"(\d)\s*/\s*(\d)", r"\1/\2", text)
@@ -189,14 +205,14 @@ class Vocabulary:
             doc = docs[position] if docs is not None else position
             for word in {*words, *extra}:
                 holders.setdefault(word, set()).add(doc)
-            alpha = [w for w in words if is_word(w) and w not in UNITS]
+            alpha = [w for w in words if is_word(w) and w not in UNIT_WORDS]
             if alpha:
                 first[alpha[0]] += 1
                 last[alpha[-1]] += 1
-        brand_words = {w for b in brands or () if isinstance(b, str) for w in tokenize(b) if is_word(w)}
+        brand_words = {w for b in brands or () if isinstance(b, str) for w in tokenize(b) if _named(w)}
         if not brand_words:  # words that mostly lead titles: brands in most storefront catalogs
             brand_words = {w for w, n in first.items() if n >= min_count and n >= 0.6 * counts[w]}
-        type_words = {w for c in categories or () if isinstance(c, str) for w in tokenize(c) if is_word(w)}
+        type_words = {w for c in categories or () if isinstance(c, str) for w in tokenize(c) if _named(w)}
         if not type_words:  # words that often end titles: the head noun names the product type
             type_words = {w for w, n in last.items() if n >= min_count and n >= 0.2 * counts[w] and len(w) > 2}
         by_stem: dict[str, set[int]] = {}

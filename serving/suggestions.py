@@ -45,7 +45,12 @@ def read_searched(path: Path) -> dict[str, int]:
     """The searched texts and their shoppers in ``path`` (none when it does not exist)."""
     if not path.is_file():
         return {}
-    return {str(text): int(n) for text, n in json.loads(path.read_text())["searches"].items()}
+    try:
+        return {str(text): int(n) for text, n in json.loads(path.read_text())["searches"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # suggestions go on from the catalog
+        logger.warning("searched texts %s are not readable (%s: %s); suggesting catalog phrases only until "
+                       "`shoprank suggestions` writes it again", path, type(error).__name__, error)
+        return {}
 
 
 def write_searched(path: Path, searches: dict[str, int], **about: object) -> None:

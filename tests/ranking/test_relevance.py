@@ -105,6 +105,16 @@ def test_closed_form_title_features(titles_only: CatalogText) -> None:
     assert (driver["type_match"], driver["last_word_in_title"], driver["title_bigram"]) == (0.0, 0.0, 0.0)
 
 
+def test_the_last_word_is_no_unit_or_dimension_word() -> None:
+    """``tile`` names what ``ceramic tile 12x24`` looks for, not the ``x`` of the dimension or the ``sq`` of a unit."""
+    titles = ["Ceramic Floor Tile", "Plywood Sheet 4 ft x 8 ft", "Carpet Padding 100 sq. ft.", "Behr Paint 32 fl oz"]
+    catalog = CatalogText.from_products(pd.DataFrame({"product_id": list("abcd"), "title": titles,
+                                                      "description": [""] * 4}))
+    for text, holder in (("ceramic tile 12x24", 0), ("ceramic tile 10 sq ft", 0), ("wood stain 32 fl oz", None)):
+        last = [row["last_word_in_title"] for row in features(text, catalog)]
+        assert last == [float(i == holder) for i in range(4)], (text, last)
+
+
 def test_idf_weights_and_phrase(titles_only: CatalogText) -> None:
     dewalt, milwaukee, ryobi = features("cordless hammer", titles_only, [0, 1, 2])
     cordless, hammer = idf(2, 5), idf(1, 5)

@@ -36,6 +36,14 @@ def analyzer() -> Analyzer:
     ("DW088K", "dw088k"), ("  $ hole saw!! ", "hole saw"),
     ('1½" pipe', "1 1/2 in pipe"), ('7¼" miter saw', "7 1/4 in miter saw"),  # as 1-1/2" and 7-1/4" read
     ('12"x24" tile', "12 in x 24 in tile"), ("4'x8' sheet", "4 ft x 8 ft sheet"), (".5 in. bit", "0.5 in bit"),
+    # thousands separators; the double prime NFKC reads as two primes, and two closing quotes, are inches
+    ("12,000 BTU", "12000 btu"), ("1,500,000 btu", "1500000 btu"), ("sizes 2,4", "sizes 2 4"),
+    ("1/2\u2033 socket", "1/2 in socket"), ("6\u2019\u2019 pipe", "6 in pipe"), ("8\u2019 ladder", "8 ft ladder"),
+    # unit words end where the word does: a longer word is left whole
+    ("2 inches pipe", "2 in pipe"), ("2 inchs pipe", "2 in pipe"), ("2 feets hose", "2 ft hose"),
+    ("8 footer ladder", "8 footer ladder"), ("3 footstool", "3 footstool"), ("6 inchworm", "6 inchworm"),
+    # invisible format characters (soft hyphen, zero-width space and joiner, a direction mark) are no separator
+    ("dr\u00adill", "drill"), ("dr\u200bill bit", "drill bit"), ("dr\u200dill", "drill"), ("\u200fdrill", "drill"),
 ])
 def test_normalize_units_fractions_symbols(text: str, expected: str) -> None:
     assert normalize(text) == expected
@@ -44,6 +52,23 @@ def test_normalize_units_fractions_symbols(text: str, expected: str) -> None:
 def test_tokens_keep_fractions_and_numbers_keep_units() -> None:
     assert tokenize('3/4" pipe 2.5 gal') == ["3/4", "in", "pipe", "2.5", "gal"]
     assert numbers(normalize('3/4" pipe, 18v, 2 pack')) == ["3/4 in", "18 volt", "2"]
+    assert numbers(normalize("8,000 BTU window unit")) == ["8000 btu"]  # not 8 and 000 btu
+
+
+def test_a_word_starts_with_a_letter_or_digit() -> None:
+    assert tokenize("\u0301\u0301") == []  # combining marks alone are no word: the API answers 422
+    assert tokenize("\u0301drill") == ["drill"]
+    assert tokenize("\u0915\u093f\u0924\u093e\u092c") == ["\u0915\u093f\u0924\u093e\u092c"]  # marks inside a word stay
+
+
+def test_a_word_is_not_split_into_a_two_letter_piece() -> None:
+    """``theft`` is not ``the ft`` and ``bulletin`` not ``bullet in``: units are words only after a number."""
+    titles = ["The Door Stop", "12 ft Hose", "Bullet Hole Repair Kit", "6 in Pipe", "Cork Board",
+              "Window Air Conditioner", "Door Lock Set"] * 3
+    analyzer = Analyzer(Vocabulary.build(titles))
+    assert analyzer.analyze("theft door lock").text == "theft door lock"  # was "the ft door lock"
+    assert "bullet in" not in analyzer.analyze("bulletin board").text
+    assert analyzer.analyze("windowair conditioner").text == "window air conditioner"
 
 
 @pytest.mark.parametrize("typed, searched, reason", [
@@ -103,6 +128,15 @@ def test_brand_type_and_numbers_detected_from_the_catalog(analyzer: Analyzer) ->
 def test_brand_and_category_columns_win_over_title_positions() -> None:
     vocabulary = Vocabulary.build(["Acme Super Hammer"] * 3, brands=["Acme"] * 3, categories=["Hand Tools"] * 3)
     assert vocabulary.brands == {"acme"} and vocabulary.types == {"hand", "tools"}
+
+
+def test_joining_and_unit_words_of_a_brand_or_category_name_neither() -> None:
+    vocabulary = Vocabulary.build(["Black & Decker Drill", "Nuts & Bolts for Wood"] * 3,
+                                  brands=["Black & Decker", "Nuts & Bolts"] * 3,
+                                  categories=["Tools & Hardware", "Screws in 1/2 in"] * 3)
+    assert vocabulary.brands == {"black", "decker", "nuts", "bolts"}
+    assert vocabulary.types == {"tools", "hardware", "screws"}
+    assert Analyzer(vocabulary).analyze("nuts and bolts").brand == ("nuts", "bolts")
 
 
 def test_a_word_of_a_category_or_brand_column_is_never_corrected() -> None:

@@ -143,3 +143,11 @@ def test_an_index_whose_rows_were_all_deleted_finds_nothing(tmp_path: Path) -> N
     index.delete(list(range(5000)))
     assert not len(index.search("drill", 10, np.ones(5000, dtype=bool)))
     assert not len(index.search("drill", 10))
+
+
+def test_a_long_run_of_chinese_or_thai_is_indexed_whole(tmp_path: Path) -> None:
+    """These scripts write no space between words: a title's run is one token of 3 bytes a character."""
+    titles = ["东芝电动工具无绳电钻套装十八伏", "สว่านไร้สายแบตเตอรี่ลิเธียม", "cordless drill"]
+    bm25 = BM25Index.build(tmp_path / "bm25", [(i, t, "") for i, t in enumerate(titles)])
+    assert bm25.search(titles[0], 5).docs.tolist() == [0]
+    assert bm25.search(titles[1], 5).docs.tolist() == [1]

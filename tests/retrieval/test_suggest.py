@@ -60,3 +60,8 @@ def test_long_prefixes_with_many_keys_rank_like_short_ones() -> None:
 def test_a_plural_and_its_singular_are_one_suggestion() -> None:
     assert [singular(w) for w in ("drills", "boxes", "benches", "glass", "corded", "bus", "kits", "gas")] == [
         "drill", "box", "bench", "glass", "corded", "bus", "kit", "gas"]
+
+
+def test_a_long_prefix_finds_phrases_with_characters_past_the_basic_plane() -> None:
+    suggester = Suggester({"abcde\U00020000fg": 4, "abcdefg": 3})
+    assert {s.text for s in suggester.suggest("abcd", 5)} == {s.text for s in suggester.suggest("abcde", 5)}

@@ -137,3 +137,12 @@ def words_of(text: str) -> list[str]:
     from retrieval.vocabulary import TOKEN, normalize
 
     return [w for w in TOKEN.findall(normalize(text)) if w not in JOINING]
+
+
+@pytest.mark.parametrize("text", ['{"texts": 1}', "{not json", '{"searches": {"drill": "many"}}', "[1, 2]"])
+def test_an_unreadable_searched_file_leaves_the_catalog_phrases(tmp_path: Path, fake_index: ProductIndex,
+                                                                text: str) -> None:
+    path = tmp_path / "bad-searches.json"
+    path.write_text(text)
+    found = suggester(fake_index, path, wait=True).suggest("dri", 5)  # the first build, as at a server's start
+    assert found and all(s.source == "catalog" for s in found)
