@@ -43,8 +43,14 @@ class Cpu:
 
     @property
     def amx_bf16(self) -> bool:
-        """AMX bf16 tiles: where computing in bf16 pays (torch training needs nothing more)."""
+        """AMX bf16 tiles (Intel Xeon since Sapphire Rapids)."""
         return "amx_bf16" in self.flags
+
+    @property
+    def torch_bf16(self) -> bool:
+        """bf16 dot products in hardware, AMX tiles or AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper
+        Lake): where torch training in bf16 pays. It needs nothing more than torch."""
+        return self.amx_bf16 or "avx512_bf16" in self.flags
 
     @property
     def onnx_bf16(self) -> bool:

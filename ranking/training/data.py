@@ -183,21 +183,23 @@ def add_precision_argument(parser: argparse.ArgumentParser, default: str | None)
     """``--precision`` (see :func:`resolve_precision`); ``default`` None keeps an exported file's value."""
     parser.add_argument("--precision", choices=TRAINING_PRECISIONS, default=default,
                         help="the forward pass in fp32 or bf16 (torch autocast; weights, gradients and the "
-                             "optimizer in float32); auto: bf16 on a CPU with AMX bf16 tiles, else fp32")
+                             "optimizer in float32); auto: bf16 on a CPU with AMX bf16 tiles or AVX-512 BF16, "
+                             "else fp32")
 
 
 def resolve_precision(precision: str, device: str) -> str:
     """What a training run computes its forward pass in: ``fp32``, or ``bf16`` (torch autocast;
-    weights, gradients and the optimizer stay in float32). ``auto``: bf16 on a CPU with AMX bf16
-    tiles, where a bi-encoder step took half the time and the trained model tied fp32's on the
-    Home Depot dev queries (benchmarks/RESULTS.md, "Bi-encoder trained in bf16 on AMX"); fp32
+    weights, gradients and the optimizer stay in float32). ``auto``: bf16 on a CPU with bf16 dot
+    products, AMX tiles or AVX-512 BF16, where a bi-encoder's steps took 54% (AMX) and 58% (AMD EPYC
+    with AVX-512 BF16) of fp32's time and the trained model tied fp32's on the Home Depot dev queries
+    (benchmarks/RESULTS.md, "Bi-encoder trained in bf16 on AMX" and "On AVX-512 BF16 without AMX"); fp32
     elsewhere (on a GPU too)."""
     from core.hardware import cpu
 
     if precision not in TRAINING_PRECISIONS:
         raise ValueError(f"training precision {precision!r} is not one of {', '.join(TRAINING_PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if device == "cpu" and cpu().amx_bf16 else "fp32"
+        return "bf16" if device == "cpu" and cpu().torch_bf16 else "fp32"
     return precision
 
 

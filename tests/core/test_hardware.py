@@ -55,7 +55,10 @@ def test_auto_precision_is_bf16_on_amx_with_the_openvino_provider(monkeypatch: p
     assert Cpu("x", 2, "x86_64", ("avx2", "avx512_vnni", "avx512_bf16")).cross_encoder_precision == "int8"
     monkeypatch.setattr(core.hardware, "bf16_available", lambda: False)  # the plugin not installed
     assert amx.cross_encoder_precision == "int8" and not amx.onnx_bf16
-    assert amx.amx_bf16  # torch training needs no plugin
+    assert amx.amx_bf16 and amx.torch_bf16  # torch training needs no plugin
+    zen4 = Cpu("x", 2, "x86_64", ("avx2", "avx512f", "avx512_vnni", "avx512_bf16"))
+    assert zen4.torch_bf16 and not zen4.amx_bf16 and not zen4.onnx_bf16
+    assert not Cpu("x", 2, "x86_64", ("avx2", "avx512f", "avx512_vnni")).torch_bf16
 
 
 def test_math_threads_are_limited_after_faiss_loaded() -> None:

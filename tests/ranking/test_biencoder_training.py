@@ -141,7 +141,8 @@ def test_no_slips_by_default() -> None:
     assert [t.query for t in triples(GROUPS, TEXTS, config("all"), seed=1)] == ["drill", "drill", "hose"]
 
 
-def test_training_precision_auto_is_bf16_on_a_cpu_with_amx_and_fp32_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_precision_auto_is_bf16_on_a_cpu_with_bf16_instructions_and_fp32_elsewhere(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     import core.hardware
 
     monkeypatch.setattr(core.hardware, "cpu", lambda: Cpu("x", 2, "x86_64", ("avx2", "amx_int8", "amx_bf16")))
@@ -149,7 +150,9 @@ def test_training_precision_auto_is_bf16_on_a_cpu_with_amx_and_fp32_elsewhere(mo
     assert resolve_precision("auto", "cuda") == "fp32"  # a GPU trains as it always did
     assert resolve_precision("fp32", "cpu") == "fp32"
     monkeypatch.setattr(core.hardware, "cpu", lambda: Cpu("x", 2, "x86_64", ("avx2", "avx512_vnni", "avx512_bf16")))
-    assert resolve_precision("auto", "cpu") == "fp32"  # bf16 instructions without the tiles: not measured faster
+    assert resolve_precision("auto", "cpu") == "bf16"  # AVX-512 BF16 without the tiles (AMD Zen 4) pays too
+    monkeypatch.setattr(core.hardware, "cpu", lambda: Cpu("x", 2, "x86_64", ("avx2", "avx512f", "avx512_vnni")))
+    assert resolve_precision("auto", "cpu") == "fp32"  # no bf16 instructions: autocast would emulate them
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="'fp16' is not one of auto, fp32, bf16"):
         resolve_precision("fp16", "cpu")
