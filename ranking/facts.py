@@ -193,20 +193,27 @@ class CatalogFacts:
         """Build the arrays again now, from the catalog and the reader's cache (after it read every product)."""
         fresh = self._build(self.index.generation)
         with self._lock:
-            self._table = fresh
+            self._install(fresh)
 
     def _refresh(self, key: int) -> None:
         try:
             fresh = self._build(key)
             with self._lock:
                 if self.index.generation == key:
-                    self._table = fresh
+                    self._install(fresh)
         except Exception:  # noqa: BLE001 - the arrays in use stay; the next search tries again
             logger.exception("re-reading the product facts failed")
         finally:
             self._refreshing = False
 
+    def _install(self, fresh: _Table) -> None:
+        """Serve ``fresh`` unless a build that started after it is served already (a background rebuild that
+        read the store before a live update must not put back what that update changed). Under the lock."""
+        if self._table is None or self._table.key != fresh.key or fresh.generation > self._table.generation:
+            self._table = fresh
+
     def _build(self, key: int) -> _Table:
+        generation = next(self._generations)  # in the order builds start: a later one read later rows
         products = self.index.products
         facts: dict[str, np.ndarray] = {}
         for name in TEXT_FACTS:
@@ -229,7 +236,7 @@ class CatalogFacts:
         position = self.reader.position if self.reader is not None else None
         if self.reader is not None:
             overlay(facts, self.reader.cached_rows(products["product_id"].tolist()), self.reader.facts)
-        return _Table(key, time.monotonic(), next(self._generations), ProductFacts(**facts), changes, position)
+        return _Table(key, time.monotonic(), generation, ProductFacts(**facts), changes, position)
 
     def allowed(self, filters: Filters) -> np.ndarray | None:
         """The rows of the index that match ``filters`` (read-only; None: no filter).

@@ -141,3 +141,37 @@ def test_a_fact_the_store_supplies_is_filterable_before_its_rows_are_read() -> N
     reader = Reader({})  # nothing read yet (warming up, or the store down)
     facts = CatalogFacts(index(bare), reader)  # type: ignore[arg-type]
     assert facts.allowed(Filters(max_price=10)).tolist() == [False] * 4  # known, just not read: no 422
+
+
+def test_a_rebuild_that_read_the_store_before_an_update_does_not_replace_the_facts_after_it() -> None:
+    import threading
+
+    class SlowReader(Reader):
+        """Its first read of the store waits until the test lets it finish."""
+
+        def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+            super().__init__(rows)
+            self.first, self.go, self.reads = threading.Event(), threading.Event(), 0
+
+        def cached_rows(self, product_ids: list[str]) -> list[dict[str, Any]]:
+            rows = super().cached_rows(product_ids)
+            self.reads += 1
+            if self.reads == 2:  # the background rebuild (the first read built the facts in use)
+                self.first.set()
+                self.go.wait(5)
+            return rows
+
+    reader = SlowReader({"a": {"in_stock": 1}})
+    facts = CatalogFacts(index(PRODUCTS), reader, refresh_s=3600)  # type: ignore[arg-type]
+    assert facts.table().in_stock[0] == 1.0
+    reader.changes += 1
+    facts.table()  # starts the background rebuild, which reads the store as it is now
+    assert reader.first.wait(5)
+    reader.stored["a"] = {"in_stock": 0}  # a live update, read at once by the server's update call
+    facts.refresh()
+    assert facts.table().in_stock[0] == 0.0
+    reader.go.set()  # the background rebuild ends with what it read before the update
+    deadline = time.monotonic() + 5
+    while facts._refreshing and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert facts.table().in_stock[0] == 0.0
