@@ -13,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from retrieval.catalog import MAX_ID_CHARS
+from retrieval.catalog import MAX_FACET_CHARS, MAX_ID_CHARS
 from retrieval.vocabulary import tokenize
 
 MAX_QUERY_CHARS = 256
@@ -21,7 +21,7 @@ MAX_SUGGESTIONS = 20  # per /v1/suggest call
 MAX_K = 100  # results per page; the rules stage orders the first 100 (ranking.rules.RulesStage.depth)
 
 
-FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=MAX_FACET_CHARS)]  # as catalogs hold them
 
 
 class SearchFilters(BaseModel):

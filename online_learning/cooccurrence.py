@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from core.files import write_text_atomic
 from online_learning.consumers.log_sink import read_log
 from online_learning.traffic_filter import FilterConfig, clean, shopper_ids
 
@@ -122,9 +123,7 @@ def write_together(path: Path, tables: dict[str, dict[str, list[Neighbour]]], **
     body = {**about, "products": {name: len(table) for name, table in tables.items()},
             "neighbours": {name: {p: [[n.product_id, n.score, n.shoppers] for n in found]
                                   for p, found in sorted(table.items())} for name, table in tables.items()}}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, separators=(",", ":"), sort_keys=True))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(body, separators=(",", ":"), sort_keys=True))
 
 
 def read_together(path: Path) -> dict[str, dict[str, list[Neighbour]]]:

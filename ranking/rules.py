@@ -60,6 +60,7 @@ from core.files import write_text_atomic
 from core.query import Filters, Query
 from ranking.cascade import Noted
 from ranking.facts import ProductFacts
+from retrieval.catalog import MAX_FACET_CHARS
 from retrieval.types import Candidates
 from retrieval.vocabulary import normalize
 
@@ -90,9 +91,9 @@ class Boost(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    category: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+    category: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_FACET_CHARS)]] = Field(
         default_factory=list, max_length=100)
-    brand: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+    brand: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_FACET_CHARS)]] = Field(
         default_factory=list, max_length=100)
 
     @model_validator(mode="after")

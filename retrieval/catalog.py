@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 REQUIRED = ("product_id", "title")
 RESERVED = frozenset({"live"})  # columns the index keeps beside the catalog's
 MAX_ID_CHARS = 128  # a product id's length: events, impressions and shelves carry ids up to this
+MAX_FACET_CHARS = 1000  # a category's or brand's length: filters and rules name them in full
 TEXT_COLUMNS = ("product_id", "title", "description")
 FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet", ".jsonl": "JSONL", ".ndjson": "JSONL"}
 
@@ -83,10 +84,13 @@ def _check_id(value: Any) -> str | None:
     return None
 
 
-def _check_text(column: str) -> Callable[[Any], str | None]:
+def _check_text(column: str, max_chars: int | None = None) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if not isinstance(value, str):
             return f"{value!r} is a {type(value).__name__}; {column} must be text"
+        if max_chars is not None and len(value.strip()) > max_chars:
+            return (f"{value[:40]!r}... has {len(value.strip())} characters; a {column} has at most {max_chars} "
+                    "(filters and rules name it in full)")
         return None
 
     return check
@@ -148,8 +152,8 @@ TYPED_COLUMNS: dict[str, Callable[[Any], str | None]] = {
     "in_stock": _check_bool,
     "promoted": _check_bool,
     "popularity": _check_number(integer=False),
-    "category": _check_text("category"),
-    "brand": _check_text("brand"),
+    "category": _check_text("category", MAX_FACET_CHARS),
+    "brand": _check_text("brand", MAX_FACET_CHARS),
 }
 
 

@@ -22,6 +22,7 @@ rules order the list as they order a search's (stock, promotions).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -32,12 +33,14 @@ import numpy as np
 from core.errors import NotFound
 from core.feature_store import StoreUnavailable
 from core.query import Filters, Query
-from online_learning.cooccurrence import Neighbour, read_together
+from online_learning.cooccurrence import SIGNALS, Neighbour, read_together
 from retrieval.index import ProductIndex
 from retrieval.rrf import fuse
 from retrieval.types import Candidates, Hits
 from serving.engine import SearchEngine
 from serving.suggestions import file_state
+
+logger = logging.getLogger(__name__)
 
 SIGNAL = {"bought_together": "bought", "viewed_together": "viewed"}
 TEXT_SEEDS = 5  # seeds whose titles are searched by BM25 for similar (each costs a BM25 search)
@@ -69,7 +72,14 @@ def together_table(path: Path) -> dict[str, dict[str, list[Neighbour]]]:
     with _lock:
         kept = _tables.get(path)
         if kept is None or kept[0] != state:
-            kept = (state, read_together(path))
+            try:
+                table = read_together(path)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # kept until it changes
+                logger.warning("products bought and viewed together %s are not readable (%s: %s); the shelves "
+                               "fill from similar and popular products until `shoprank recommendations` writes it "
+                               "again", path, type(error).__name__, error)
+                table = {name: {} for name in SIGNALS}
+            kept = (state, table)
             _tables[path] = kept
         return kept[1]
 

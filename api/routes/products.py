@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.deps import ServedDep
 from api.routes.admin import require_admin
 from api.schemas import INVALID, RATE_LIMITED, ErrorBody, ProductId
+from ranking.facts import as_written
 from serving.product_updates import update_facts
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
@@ -25,6 +27,17 @@ class ProductUpdate(BaseModel):
     price: float | None = Field(None, ge=0, le=100_000_000, description="The new price.")
     in_stock: bool | None = Field(None, description="In stock now.")
     promoted: bool | None = Field(None, description="On promotion now (the business rules' boost).")
+
+    @field_validator("price")
+    @classmethod
+    def _kept_to_the_cent(cls, value: float | None) -> float | None:
+        """The store keeps prices as float32 (``product_attributes:price``): a price it would hand back changed
+        (1234567.89 as 1234567.9) is refused, not saved as another price."""
+        if value is not None and as_written(np.array([np.float32(value)], dtype=np.float64))[0] != value:
+            raise ValueError(f"price {value!r} cannot be kept as written: the feature store holds prices as "
+                             "float32, about 7 significant digits (99999.99 with its cents, whole amounts up to "
+                             "16777216)")
+        return value
 
     @model_validator(mode="after")
     def _something(self) -> ProductUpdate:

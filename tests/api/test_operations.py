@@ -97,6 +97,13 @@ def test_live_product_updates_need_the_feature_store_and_the_admin_token(client:
     bad = client.post("/v1/admin/products", json={"products": [{"product_id": "P100831", "price": -1}]},
                       headers=AUTH)
     assert bad.status_code == 422 and "price" in bad.json()["message"]
+    for price in (1234567.89, 16777217.0):  # the store's float32 would hand back another price
+        changed = client.post("/v1/admin/products", json={"products": [{"product_id": "P100831", "price": price}]},
+                              headers=AUTH)
+        assert changed.status_code == 422 and repr(price) in changed.json()["message"], changed.text
+    kept = client.post("/v1/admin/products", json={"products": [{"product_id": "P100831", "price": 123456.78}]},
+                       headers=AUTH)
+    assert kept.status_code == 409  # accepted as input; refused only for want of a feature store here
 
 
 def test_metrics_export_latency_caches_and_models(client: TestClient) -> None:

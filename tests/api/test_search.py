@@ -263,6 +263,7 @@ def test_filters_hold_on_every_page_and_a_narrow_one_still_fills_it(  # type: ig
                      & facts["in_stock"].astype(bool) & (facts["price"] <= 150)]
     assert set(found) == set(expected.index)
     assert search({"category": "No Such Category"}) == []
+    assert search({"category": "C" * 1000}) == []  # as long as a catalog's category may be: filterable
     # a row's place does not depend on the page asked for: ten pages of 13 are one list of 130
     for filters in ({}, {"in_stock": True}):
         paged = [p for offset in range(0, 130, 13) for p in search(filters, k=13, offset=offset)]
@@ -274,6 +275,7 @@ def test_filters_hold_on_every_page_and_a_narrow_one_still_fills_it(  # type: ig
     ({"brand": ""}, "at least 1 character"),
     ({"category": ["x"] * 101}, "give 1..100 values, got 101"),
     ({"color": "red"}, "Extra inputs are not permitted"),
+    ({"category": "C" * 1001}, "at most 1000 characters"),  # a catalog's category has at most 1000
 ])
 def test_bad_filters_are_422_naming_the_filter(client: TestClient, filters: dict, allowed: str) -> None:
     response = client.post("/v1/search", json={"query": "drill", "filters": filters})
@@ -476,6 +478,14 @@ def test_recommendations_for_a_product_page_a_cart_and_a_shopper(  # type: ignor
         assert not recommend(kind="for_you", user_id="nobody", product_ids=[seed], k=3)["cached"]  # a shopper's own
     finally:
         path.unlink()
+    for damaged in ('{"neighb', '{"neighbours": {"bought": {"%s": [["P1", 0.5]]}}}' % seed, "[]"):
+        path.write_text(damaged)  # a file cut short, or one another version wrote: the shelves fill without it
+        try:
+            for kind in ("bought_together", "for_you"):
+                shelf = recommend(kind=kind, user_id="nobody", product_ids=[seed], k=3)["items"]
+                assert [i["source"] for i in shelf] == ["similar"] * 3, (damaged, kind)
+        finally:
+            path.unlink()
     cart = recommend(product_ids=[seed, "P-deleted"], exclude=["P-gone"], k=3)  # a cart older than the catalog
     assert cart["seeds"] == [seed] and cart["unknown"] == ["P-deleted", "P-gone"] and len(cart["items"]) == 3
     popular = recommend(kind="for_you", user_id="nobody", k=5)  # no history, no seed: the most popular

@@ -62,6 +62,8 @@ def test_promotions_and_popularity_from_the_catalog_are_the_facts_without_a_feat
         ("product_id,title,in_stock\n1,Drill,maybe\n", r"column 'in_stock': 'maybe' is not a boolean"),
         ("product_id,title\n1,Drill\n" + "X" * 129 + ",Saw\n", r"row 2, column 'product_id': 'XXX.*has 129 characters; "
          r"product ids have at most 128"),
+        ("product_id,title,category\n1,Drill," + "C" * 1001 + "\n", r"row 1, column 'category': 'CCC.*has 1001 "
+         r"characters; a category has at most 1000"),
     ],
 )
 def test_bad_rows_name_file_row_and_column(tmp_path: Path, body: str, expected: str) -> None:
