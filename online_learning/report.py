@@ -61,7 +61,8 @@ def plot_interleaving(result: InterleavingResult) -> str:
     figure, axis = plt.subplots(figsize=(5, 2.6))
     labels = [*result.wins, "tie"]
     axis.bar(labels, [*result.wins.values(), result.ties], color=["#4c72b0", "#dd8452", "#999999"])
-    axis.set_title(f"Interleaving wins (preference {result.preference:+.3f}, p={result.p_value:.3g})")
+    axis.set_ylabel("shoppers")
+    axis.set_title(f"Shoppers preferring each arm (preference {result.preference:+.3f}, p={result.p_value:.3g})")
     return _png(figure)
 
 
@@ -99,7 +100,15 @@ def render(experiment: str, table: pd.DataFrame, report: ArmReport | None,
     if segments:
         parts += _segments_table(segments)
     if interleaved is not None:
-        parts += ["<h2>Team-draft interleaving</h2>", plot_interleaving(interleaved)]
+        parts += ["<h2>Team-draft interleaving</h2>",
+                  "<p>A search is won by the arm whose products got more of its clicks (a product clicked again "
+                  "counts once). A shopper's searches are not independent (searching a query again shows the "
+                  "same draft), so each shopper votes once, for the arm that won more of their searches, and the "
+                  f"sign test counts shoppers: {interleaved.searches} searches with clicks by "
+                  f"{sum(interleaved.wins.values()) + interleaved.ties} shoppers; preferring "
+                  f"{html.escape(', '.join(f'{arm}: {n}' for arm, n in interleaved.wins.items()))}, neither: "
+                  f"{interleaved.ties}.</p>",
+                  plot_interleaving(interleaved)]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>ShopRank experiment "
             f"{html.escape(experiment)}</title></head><body style='font-family:sans-serif;max-width:900px'>"
             + "\n".join(parts) + "<p><small>Computed by shoprank report ab from the offline event log.</small></p>"

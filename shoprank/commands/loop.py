@@ -190,8 +190,9 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
                                                 policy)
     else:
         treatment = experiment.treatment
-        decision = decide_interleaving(interleaving(settings.paths.event_log, experiment.name, control, treatment),
-                                       control, treatment, policy)
+        versions = {arm: a.ltr for arm, a in experiment.arms.items()}
+        decision = decide_interleaving(interleaving(settings.paths.event_log, experiment.name, control, treatment,
+                                                    versions=versions), control, treatment, policy)
     out = {"experiment": experiment.name, "decision": decision.action, "reasons": decision.reasons,
            "details": decision.details}
     if decision.action == "promote":
