@@ -27,13 +27,13 @@ the control (sign test).
 Both decide only on the searches each arm's configured version served (:func:`served_by_arms`).
 
 Rollback (:func:`check_regression`): the active version's searches since its
-activation are compared with the previous version's last searches; a
-significant drop of the primary metric rolls back.
+activation are compared with the previous version's last searches over as long a time
+(each side with at least ``min_searches`` and ``min_shoppers``); a significant drop of the
+primary metric rolls back.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -45,6 +45,7 @@ from online_learning.analysis import (
     compare_arms,
     per_shopper,
     served_by,
+    served_ltr,
     shopper,
 )
 from online_learning.experiments import Experiment
@@ -211,14 +212,39 @@ def decide_interleaving(result: InterleavingResult, control: str, treatment: str
 
 
 def check_regression(table: pd.DataFrame, active: str, previous: str, policy: Policy = Policy()) -> Decision:
-    """Roll back when searches served by ``active`` convert significantly worse than ``previous``'s."""
-    served = table.assign(ltr=table["models"].map(lambda m: json.loads(m).get("ltr") if isinstance(m, str) else None))
-    a, b = served[served["ltr"] == previous], served[served["ltr"] == active]
-    if len(a) < policy.min_searches or len(b) < policy.min_searches:
-        return Decision("keep", [f"too few searches to judge ({len(a)} before, {len(b)} after)"])
+    """Roll back when the searches ``active`` served since its activation convert significantly worse than
+    ``previous``'s last ones; ``table``: :func:`online_learning.analysis.searches`' rows, all of the log.
+
+    The registry does not record when a version became active, so the log tells it: ``active``'s searches
+    from its first one after ``previous``'s last one (a version activated again, after a time of another,
+    is judged on its current time, not its first). They are compared with ``previous``'s searches over as
+    long a time up to its last one: the weeks just before, not a season long gone. Too few searches or
+    shoppers (``policy.min_searches``, ``policy.min_shoppers``, each side) keep the active version: a few
+    shoppers' many searches tell little."""
+    ltr = table["models"].map(served_ltr)
+    before, after = table[ltr == previous], table[ltr == active]
+    if len(before):
+        after = after[after["timestamp"] > before["timestamp"].max()]
+    if len(after):
+        start = after["timestamp"].min()
+        before = before[before["timestamp"] < start]
+        if len(before):
+            before = before[before["timestamp"] >= before["timestamp"].max() - (after["timestamp"].max() - start)]
+    sizes = {previous: len(before), active: len(after)}
+    shoppers = {previous: int(shopper(before).nunique()), active: int(shopper(after).nunique())}
+    details = {"sizes": sizes, "shoppers": shoppers,
+               "windows": {version: [part["timestamp"].min().isoformat(), part["timestamp"].max().isoformat()]
+                           if len(part) else None
+                           for version, part in ((previous, before), (active, after))}}
+    if min(sizes.values()) < policy.min_searches:
+        return Decision("keep", [f"too few searches to judge ({len(before)} before, {len(after)} after; "
+                                 f"need {policy.min_searches} each)"], details)
+    if min(shoppers.values()) < policy.min_shoppers:
+        return Decision("keep", [f"too few shoppers to judge ({shoppers[previous]} before, {shoppers[active]} "
+                                 f"after; need {policy.min_shoppers} each)"], details)
     column = dict(RATES)[policy.primary]
-    c = clustered_means(policy.primary, *per_shopper(a, column), *per_shopper(b, column))
-    details = {"comparison": c.to_json()}
+    c = clustered_means(policy.primary, *per_shopper(before, column), *per_shopper(after, column))
+    details["comparison"] = c.to_json()
     if c.p_value < policy.alpha and c.treatment < c.control:  # a harm: the fixed-horizon p
         return Decision("rollback", [f"{policy.primary} of {active} {c.treatment:.4f} < {previous} {c.control:.4f} "
                                      f"(p={c.p_value:.3g})"], details)
