@@ -122,18 +122,14 @@ def test_promote_and_report_read_the_log_as_it_is(tmp_path: Path, monkeypatch,  
     from core.settings import get_settings
     from online_learning.experiments import Arm, Experiment
     from serving.router import load_router, save_router_config
-    from tests.helpers import run_cli
+    from tests.helpers import register_ltr, run_cli
 
     monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
     get_settings.cache_clear()
     try:
         paths = get_settings().paths
         registry = ModelRegistry(paths.models)
-        for name in ("a", "b"):
-            folder = tmp_path / "trained" / name
-            folder.mkdir(parents=True)
-            (folder / "model.txt").write_text(name)
-            registry.register("ltr", folder, base_model="lightgbm", activate=name == "a")
+        register_ltr(paths.models, tmp_path, 2)  # v1 active, v2
         experiment = Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v2")})
         save_router_config(paths, experiment, "v2")
         code, out, err = run_cli(capsys, "promote", "--experiment", "nb-test")  # nothing logged yet
@@ -368,3 +364,77 @@ def test_interleaving_counts_a_product_clicked_again_once_and_only_the_arms_vers
     every = interleaving(tmp_path / "log", "il", "control", "treatment")
     assert every.wins == {"control": 1, "treatment": 1} and every.searches == 2
 
+
+@pytest.fixture()
+def loop_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A home whose event log holds 3,000 searches of experiment ``nb-test`` (control v1, treatment v2:
+    purchase rates 8% and 12%, a promotion on one look) and whose registry holds v1 (active), v2 and v3; made
+    by the function given, with the versions' places (from 0) that do not load."""
+    from core.settings import get_settings
+    from tests.helpers import register_ltr
+
+    def make(broken: tuple[int, ...] = ()):  # type: ignore[no-untyped-def]
+        monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+        get_settings.cache_clear()
+        paths = get_settings().paths
+        register_ltr(paths.models, tmp_path, 3, broken)
+        write_experiment_log(paths.event_log, searches=3000)
+        return paths
+
+    yield make
+    get_settings.cache_clear()
+
+
+def test_promote_apply_activates_only_what_it_decided_on(loop_home, monkeypatch,  # type: ignore[no-untyped-def]
+                                                         capsys) -> None:
+    import json
+
+    import online_learning.promotion as promotion
+    from core.registry import ModelRegistry
+    from online_learning.experiments import Arm, Experiment, read_config
+    from serving.router import save_router_config
+    from tests.helpers import run_cli
+
+    home = loop_home()
+    registry = ModelRegistry(home.models)
+    promote = ("promote", "--experiment", "nb-test", "--apply", "--single-look")
+    # the treatment arm was pointed at v3 since: no logged search is v3's
+    save_router_config(home, Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v3")}),
+                       None)
+    code, out, err = run_cli(capsys, *promote)
+    assert code == 0 and json.loads(out)["decision"] == "continue", err  # before: v3 activated on v2's searches
+    assert registry.active("ltr").version == "v1"
+    # an operator starts the next experiment while promote reads the log: it is not overwritten
+    logged = Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v2")})
+    following = Experiment(name="next", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v3")})
+    save_router_config(home, logged, None)
+    decide = promotion.decide_experiment
+
+    def deciding(*args, **kwargs):  # type: ignore[no-untyped-def]
+        save_router_config(home, following, "v3")
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(promotion, "decide_experiment", deciding)
+    code, out, err = run_cli(capsys, *promote)
+    assert code == 2 and "changed while promote decided" in err and "nothing was activated" in err
+    assert registry.active("ltr").version == "v1" and read_config(home.experiment_config) == (following, "v3")
+    monkeypatch.setattr(promotion, "decide_experiment", decide)
+    save_router_config(home, logged, "v3")
+    code, out, err = run_cli(capsys, *promote)
+    assert code == 0 and json.loads(out)["activated"] == {"ltr": "v2"}, err
+    assert registry.active("ltr").version == "v2" and read_config(home.experiment_config) == (None, "v3")
+
+
+def test_promote_apply_refuses_a_winner_that_does_not_load(loop_home, capsys) -> None:  # type: ignore[no-untyped-def]
+    from core.registry import ModelRegistry
+    from online_learning.experiments import Arm, Experiment, read_config
+    from serving.router import save_router_config
+    from tests.helpers import run_cli
+
+    home = loop_home(broken=(1,))  # v2, the treatment the log's searches name
+    experiment = Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v2")})
+    save_router_config(home, experiment, None)
+    code, out, err = run_cli(capsys, "promote", "--experiment", "nb-test", "--apply", "--single-look")
+    assert code == 2 and "ltr v2 does not load" in err, err  # before: activated, and no server could load it
+    assert ModelRegistry(home.models).active("ltr").version == "v1"
+    assert read_config(home.experiment_config) == (experiment, None)
