@@ -365,6 +365,19 @@ def test_interleaving_counts_a_product_clicked_again_once_and_only_the_arms_vers
     assert every.wins == {"control": 1, "treatment": 1} and every.searches == 2
 
 
+def test_arm_names_are_drawn_as_written(tmp_path: Path) -> None:
+    """Matplotlib reads text between two ``$`` as math: an arm named ``t_$5_$`` failed the whole report."""
+    from online_learning.analysis import InterleavingResult
+
+    table = arms_table({"control": 0.1, "t_$5_$": 0.12}, {"control": 40, "t_$5_$": 40})
+    table["filters"] = None
+    result = InterleavingResult({"control": 3, "t_$5_$": 5}, 1, 0.2, 0.73, 12)
+    page = render("exp", table, compare_arms(table, "control", "t_$5_$"), result, tmp_path / "ab.html",
+                  segments(table, "control", "t_$5_$")).read_text()
+    assert page.count("data:image/png;base64") == 4
+    assert "12 searches with clicks by 9 shoppers; preferring control: 3, t_$5_$: 5, neither: 1" in page
+
+
 @pytest.fixture()
 def loop_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """A home whose event log holds 3,000 searches of experiment ``nb-test`` (control v1, treatment v2:
