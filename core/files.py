@@ -1,9 +1,13 @@
-"""Files written whole: a reader (another process, a replica's pull) sees the old file or the new one."""
+"""Files written whole: a reader (another process, a replica's pull) sees the old file or the new one; and
+one change of a file at a time across processes (:func:`exclusive`)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _UMASK = os.umask(0o022)  # read once: the process's mask for new files
@@ -44,3 +48,18 @@ def write_text_atomic(path: Path, text: str | bytes | None, durable: bool = Fals
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold the lock of ``path`` (``fcntl.flock`` on ``<path>.lock`` beside it), waiting while another process
+    or thread holds it: for a change that reads a file, decides and writes it back, so that a change made by
+    another in between is not overwritten unseen. Each writer must take it; readers need not (the file is
+    written whole, :func:`write_text_atomic`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_name(f"{path.name}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

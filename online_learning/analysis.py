@@ -4,12 +4,13 @@
 search (arm, latency, clicked / added / bought, revenue, zero results,
 degraded). :func:`compare_arms` tests every metric of the treatment against
 the control (:mod:`online_learning.stats`); :func:`interleaving` scores
-team-draft interleaving by clicks per team. Used by the promotion policy, the
-HTML report and the analyst notebook.
+team-draft interleaving by clicks per team, one vote per shopper. Used by the promotion
+policy, the HTML report and the analyst notebook.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,37 @@ def shopper(per_search: pd.DataFrame) -> pd.Series:
     """Who made each of :func:`searches`' rows (whose blank ids it read as none): its user, else its session,
     else the search alone."""
     return per_search["user_id"].fillna(per_search["session_id"]).fillna(per_search["request_id"]).astype(str)
+
+
+def logged_models(models: object) -> dict[str, str]:
+    """A logged search's ``models`` (the JSON the log sink writes: role -> version) as a dict; {} when it
+    names none or cannot be read."""
+    try:
+        found = json.loads(models) if isinstance(models, str) else None
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def served_ltr(models: object) -> str | None:
+    """The LambdaMART version a logged search's ``models`` names (None: none alone, as for an interleaved
+    search, which names each arm's as ``ltr:<arm>``)."""
+    return logged_models(models).get("ltr")
+
+
+def served_by(rows: pd.DataFrame, versions: dict[str, str]) -> pd.DataFrame:
+    """The rows of ``rows`` (:func:`searches`' rows, or :func:`interleaved_searches`' shown rows) served by the
+    LambdaMART versions ``versions`` names per arm: an A/B search whose logged ``ltr`` is its arm's version, an
+    interleaved search whose logged ``ltr:<arm>`` is each arm's. The log keeps an experiment's searches by its
+    name, so an arm pointed at another version since, or an experiment started again under an old name, left
+    searches of versions that are not the ones a promotion would activate now."""
+    if rows.empty:
+        return rows
+    models = rows["models"].map(logged_models) if "models" in rows else pd.Series([{}] * len(rows), index=rows.index)
+    keep = [all(m.get(f"ltr:{name}") == version for name, version in versions.items()) if arm == "interleaved"
+            else arm in versions and m.get("ltr") == versions[arm]
+            for m, arm in zip(models, rows["arm"])]
+    return rows[np.array(keep, dtype=bool)]
 
 
 def search_terms(per_search: pd.DataFrame) -> pd.DataFrame:
@@ -259,10 +291,13 @@ def segments(table: pd.DataFrame, control: str, treatment: str) -> list[tuple[st
 
 @dataclass(frozen=True)
 class InterleavingResult:
-    wins: dict[str, int]
-    ties: int
-    preference: float  # (treatment wins - control wins) / queries with clicks
-    p_value: float
+    """Team-draft interleaving counted per shopper (:func:`interleaving`): each shopper votes once."""
+
+    wins: dict[str, int]  # shoppers who preferred each team: it won more of their searches with clicks
+    ties: int  # shoppers with credited clicks whose searches each team won as often
+    preference: float  # (shoppers preferring the treatment - those preferring the control) / shoppers with clicks
+    p_value: float  # the sign test over the shoppers with a preference
+    searches: int = 0  # the searches with a credited click those shoppers made
 
 
 def interleaved_searches(log_root: Path, experiment: str,
@@ -284,22 +319,38 @@ def interleaved_searches(log_root: Path, experiment: str,
 
 
 def interleaving(log_root: Path, experiment: str, control: str, treatment: str,
-                 filters: FilterConfig | None = FilterConfig()) -> InterleavingResult:
-    """Clicks credited to the team that placed the clicked product, per search, after the traffic filters
-    (one shopper's repeated clicks, bots), as the A/B analysis reads the log."""
+                 filters: FilterConfig | None = FilterConfig(),
+                 versions: dict[str, str] | None = None) -> InterleavingResult:
+    """Which team each shopper preferred, after the traffic filters (one shopper's repeated clicks, bots), as
+    the A/B analysis reads the log; ``versions`` (arm -> LambdaMART version): only the searches both arms'
+    versions served (:func:`served_by`; None: every search of ``experiment``).
+
+    A search is won by the team whose shown products got more of its clicks, a product clicked again (a double
+    click, a return from its page) counting once. A shopper's searches are not independent: the router seeds
+    the draft with the experiment, the shopper and the query, so a shopper who searches a query again sees the
+    same teams in the same places and tends to click the same way. Each shopper therefore votes once, for the
+    team that won more of their searches (none on a tie), and the sign test counts shoppers, as the A/B tests do.
+    """
     rankings, clicks = interleaved_searches(log_root, experiment, filters)
+    if versions is not None:
+        rankings = served_by(rankings, versions)
+    clicks = clicks.drop_duplicates(["request_id", "product_id"])
     credited = clicks.merge(rankings[["request_id", "product_id", "team"]], on=["request_id", "product_id"])
     per_search = (credited.groupby(["request_id", "team"]).size().unstack(fill_value=0) if not credited.empty
                   else pd.DataFrame())
     for team in (control, treatment):
         if team not in per_search.columns:
             per_search[team] = 0
-    wins_t = int((per_search[treatment] > per_search[control]).sum())
-    wins_c = int((per_search[control] > per_search[treatment]).sum())
-    ties = int((per_search[treatment] == per_search[control]).sum())
+    per_search = per_search[(per_search[control] > 0) | (per_search[treatment] > 0)]
+    made = rankings.drop_duplicates("request_id")
+    made = made.assign(user_id=shopper_ids(made, "user_id"), session_id=shopper_ids(made, "session_id"))
+    who = pd.Series(shopper(made).to_numpy(), index=made["request_id"]).loc[per_search.index].to_numpy()
+    won = np.sign(per_search[treatment] - per_search[control]).to_numpy()  # +1: the treatment won it, -1: the control
+    votes = np.sign(pd.Series(won, dtype=float).groupby(who).sum()) if len(won) else pd.Series(dtype=float)
+    wins_t, wins_c, ties = int((votes > 0).sum()), int((votes < 0).sum()), int((votes == 0).sum())
     total = wins_t + wins_c + ties
     return InterleavingResult({control: wins_c, treatment: wins_t}, ties,
-                              (wins_t - wins_c) / total if total else 0.0, sign_test(wins_t, wins_c))
+                              (wins_t - wins_c) / total if total else 0.0, sign_test(wins_t, wins_c), len(won))
 
 
 def logged_teams(log_root: Path, experiment: str) -> list[str]:

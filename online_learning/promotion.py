@@ -19,24 +19,35 @@ zero-result or degraded rates. A significant loss on the primary metric rejects
 it; otherwise the experiment continues, with the searches per arm the observed
 lift would need.
 
-Interleaving (:func:`decide_interleaving`): promoted when the treatment wins
-significantly more queries (the mean of +1 per query won and -1 per query lost
-against none; the sign test when not sequential), rejected when it loses significantly (sign test).
+Interleaving (:func:`decide_interleaving`): promoted when significantly more shoppers prefer the treatment
+(each shopper votes once, :func:`online_learning.analysis.interleaving`; the mean of +1 per shopper won and -1
+per shopper lost against none; the sign test when not sequential), rejected when significantly more prefer
+the control (sign test).
+
+Both decide only on the searches each arm's configured version served (:func:`served_by_arms`).
 
 Rollback (:func:`check_regression`): the active version's searches since its
-activation are compared with the previous version's last searches; a
-significant drop of the primary metric rolls back.
+activation are compared with the previous version's last searches over as long a time
+(each side with at least ``min_searches`` and ``min_shoppers``); a significant drop of the
+primary metric rolls back.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
-from online_learning.analysis import RATES, InterleavingResult, compare_arms, per_shopper, shopper
+from online_learning.analysis import (
+    RATES,
+    InterleavingResult,
+    compare_arms,
+    per_shopper,
+    served_by,
+    served_ltr,
+    shopper,
+)
 from online_learning.experiments import Experiment
 from online_learning.stats import Comparison, clustered_means, sample_ratio_p, sequential_p
 
@@ -120,13 +131,37 @@ def decide_ab(table: pd.DataFrame, control: str, treatment: str, policy: Policy 
     return Decision("continue", [f"{policy.primary}: no significant difference yet ({p}){more}"], details)
 
 
+def served_by_arms(table: pd.DataFrame, experiment: Experiment) -> pd.DataFrame:
+    """The searches of ``table`` (:func:`online_learning.analysis.searches`) each served by the LambdaMART its
+    arm is configured with now, made after the last one served otherwise.
+
+    The log keeps an experiment's searches by its name, so an arm pointed at another version since, or an
+    experiment started again under an old name, left searches that tell nothing of the version a promotion
+    would activate. The other arms' searches from before such a change are left out too, so that all arms
+    are counted over the same time: their shoppers would otherwise be compared with none of the changed
+    arm's (a sample ratio mismatch)."""
+    served = served_by(table, {arm: a.ltr for arm, a in experiment.arms.items()})
+    other = table.drop(served.index)
+    return served[served["timestamp"] > other["timestamp"].max()] if len(other) else served
+
+
 def decide_experiment(table: pd.DataFrame, experiment: Experiment, policy: Policy = Policy()) -> tuple[Decision, str]:
-    """The decision on an A/B ``experiment`` and the arm it names: each treatment arm against the control at
-    ``policy.alpha`` divided by the number of treatments (Bonferroni: several tests, one decision); harms
-    (a fall of the primary metric, a guardrail) at the whole ``policy.alpha``, as with one treatment.
-    Promote the winner with the highest primary metric when any is promoted; reject when every treatment
-    is rejected; otherwise continue. Each reason names its arm."""
+    """The decision on an A/B ``experiment`` and the arm it names, on the searches of ``table`` its arms'
+    configured versions served (:func:`served_by_arms`; continue while an arm has none): each treatment arm
+    against the control at ``policy.alpha`` divided by the number of treatments (Bonferroni: several tests,
+    one decision); harms (a fall of the primary metric, a guardrail) at the whole ``policy.alpha``, as with
+    one treatment. Promote the winner with the highest primary metric when any is promoted; reject when every
+    treatment is rejected; otherwise continue. Each reason names its arm."""
     treatments = [arm for arm in experiment.arms if arm != experiment.control]
+    served = served_by_arms(table, experiment)
+    searched = {arm: int((served["arm"] == arm).sum()) for arm in experiment.arms}
+    if not all(searched.values()):
+        configured = {arm: a.ltr for arm, a in experiment.arms.items()}
+        return Decision("continue", [
+            f"searches per arm served by its configured LambdaMART {configured} since the last one served by "
+            f"another: {searched}, of {len(table)} logged under experiment {experiment.name!r}; nothing to decide "
+            "on until every arm has some"], {"sizes": searched}), treatments[0]
+    table = served
     weights = {arm: a.weight for arm, a in experiment.arms.items()}
     shoppers = {arm: int(shopper(table[table["arm"] == arm]).nunique()) for arm in experiment.arms}
     if len(table) and (srm := sample_ratio_p(shoppers, weights)) < SRM_ALPHA:  # every arm at once, first
@@ -151,33 +186,65 @@ def decide_experiment(table: pd.DataFrame, experiment: Experiment, policy: Polic
 
 
 def decide_interleaving(result: InterleavingResult, control: str, treatment: str, policy: Policy = Policy()) -> Decision:
+    """The decision on an interleaving experiment from its shoppers' votes
+    (:func:`online_learning.analysis.interleaving`: one per shopper, for the team that won more of their
+    searches)."""
     decided = result.wins[control] + result.wins[treatment]
-    # +1 a query the treatment won, -1 one it lost: their mean, of variance 1 / n under no preference
+    # +1 a shopper who preferred the treatment, -1 one who preferred the control: their mean, of variance 1 / n
+    # under no preference
     mean = (result.wins[treatment] - result.wins[control]) / decided if decided else 0.0
     always = sequential_p(mean, 1 / decided, policy.mixture_preference) if decided else 1.0
-    details = {"wins": result.wins, "ties": result.ties, "preference": result.preference, "p_value": result.p_value,
-               "sequential_p": always}
+    details = {"unit": "shopper", "wins": result.wins, "ties": result.ties, "searches": result.searches,
+               "preference": result.preference, "p_value": result.p_value, "sequential_p": always}
     if decided < 30:
-        return Decision("continue", [f"only {decided} queries with a winner"], details)
+        return Decision("continue", [f"only {decided} shoppers with a preference"], details)
     p_value = always if policy.sequential else result.p_value
     p = policy.label(p_value)
     if p_value < policy.alpha and result.wins[treatment] > result.wins[control]:
-        return Decision("promote", [f"interleaving prefers {treatment} ({result.preference:+.3f}, {p})"], details)
+        return Decision("promote", [f"interleaving: more shoppers prefer {treatment} ({result.wins[treatment]} "
+                                    f"against {result.wins[control]}, preference {result.preference:+.3f}, {p})"],
+                        details)
     if result.p_value < policy.alpha and result.wins[control] > result.wins[treatment]:  # a harm: the sign test
-        return Decision("reject", [f"interleaving prefers {control} ({result.preference:+.3f}, "
+        return Decision("reject", [f"interleaving: more shoppers prefer {control} ({result.wins[control]} against "
+                                   f"{result.wins[treatment]}, preference {result.preference:+.3f}, "
                                    f"p={result.p_value:.3g})"], details)
     return Decision("continue", [f"no significant preference ({p})"], details)
 
 
 def check_regression(table: pd.DataFrame, active: str, previous: str, policy: Policy = Policy()) -> Decision:
-    """Roll back when searches served by ``active`` convert significantly worse than ``previous``'s."""
-    served = table.assign(ltr=table["models"].map(lambda m: json.loads(m).get("ltr") if isinstance(m, str) else None))
-    a, b = served[served["ltr"] == previous], served[served["ltr"] == active]
-    if len(a) < policy.min_searches or len(b) < policy.min_searches:
-        return Decision("keep", [f"too few searches to judge ({len(a)} before, {len(b)} after)"])
+    """Roll back when the searches ``active`` served since its activation convert significantly worse than
+    ``previous``'s last ones; ``table``: :func:`online_learning.analysis.searches`' rows, all of the log.
+
+    The registry does not record when a version became active, so the log tells it: ``active``'s searches
+    from its first one after ``previous``'s last one (a version activated again, after a time of another,
+    is judged on its current time, not its first). They are compared with ``previous``'s searches over as
+    long a time up to its last one: the weeks just before, not a season long gone. Too few searches or
+    shoppers (``policy.min_searches``, ``policy.min_shoppers``, each side) keep the active version: a few
+    shoppers' many searches tell little."""
+    ltr = table["models"].map(served_ltr)
+    before, after = table[ltr == previous], table[ltr == active]
+    if len(before):
+        after = after[after["timestamp"] > before["timestamp"].max()]
+    if len(after):
+        start = after["timestamp"].min()
+        before = before[before["timestamp"] < start]
+        if len(before):
+            before = before[before["timestamp"] >= before["timestamp"].max() - (after["timestamp"].max() - start)]
+    sizes = {previous: len(before), active: len(after)}
+    shoppers = {previous: int(shopper(before).nunique()), active: int(shopper(after).nunique())}
+    details = {"sizes": sizes, "shoppers": shoppers,
+               "windows": {version: [part["timestamp"].min().isoformat(), part["timestamp"].max().isoformat()]
+                           if len(part) else None
+                           for version, part in ((previous, before), (active, after))}}
+    if min(sizes.values()) < policy.min_searches:
+        return Decision("keep", [f"too few searches to judge ({len(before)} before, {len(after)} after; "
+                                 f"need {policy.min_searches} each)"], details)
+    if min(shoppers.values()) < policy.min_shoppers:
+        return Decision("keep", [f"too few shoppers to judge ({shoppers[previous]} before, {shoppers[active]} "
+                                 f"after; need {policy.min_shoppers} each)"], details)
     column = dict(RATES)[policy.primary]
-    c = clustered_means(policy.primary, *per_shopper(a, column), *per_shopper(b, column))
-    details = {"comparison": c.to_json()}
+    c = clustered_means(policy.primary, *per_shopper(before, column), *per_shopper(after, column))
+    details["comparison"] = c.to_json()
     if c.p_value < policy.alpha and c.treatment < c.control:  # a harm: the fixed-horizon p
         return Decision("rollback", [f"{policy.primary} of {active} {c.treatment:.4f} < {previous} {c.control:.4f} "
                                      f"(p={c.p_value:.3g})"], details)

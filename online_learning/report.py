@@ -27,6 +27,12 @@ from online_learning.analysis import ArmReport, InterleavingResult, over_time  #
 from online_learning.stats import Comparison  # noqa: E402
 
 
+def _plain(text: object) -> str:
+    """``text`` as matplotlib shows it literally: a ``$`` (an arm named ``t_$5``) would start mathtext, which
+    fails to parse or shows other characters."""
+    return str(text).replace("$", r"\$")
+
+
 def _png(figure: plt.Figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -37,7 +43,7 @@ def _png(figure: plt.Figure) -> str:
 def plot_over_time(table: pd.DataFrame, column: str, title: str) -> str:
     figure, axis = plt.subplots(figsize=(7, 3.2))
     for arm, part in over_time(table, column).groupby("arm"):
-        axis.plot(part["timestamp"], part["mean"], label=str(arm))
+        axis.plot(part["timestamp"], part["mean"], label=_plain(arm))
         axis.fill_between(part["timestamp"], part["low"], part["high"], alpha=0.2)
     axis.set_title(f"{title} (cumulative, 95% band)")
     axis.legend()
@@ -53,15 +59,16 @@ def plot_lifts(report: ArmReport) -> str:
     errors = [[d - c.ci_low for d, c in zip(diffs, rows)], [c.ci_high - d for d, c in zip(diffs, rows)]]
     axis.errorbar(diffs, names, xerr=errors, fmt="o", capsize=4)
     axis.axvline(0, color="grey", lw=1)
-    axis.set_title(f"{report.treatment} - {report.control}: difference with 95% interval")
+    axis.set_title(f"{_plain(report.treatment)} - {_plain(report.control)}: difference with 95% interval")
     return _png(figure)
 
 
 def plot_interleaving(result: InterleavingResult) -> str:
     figure, axis = plt.subplots(figsize=(5, 2.6))
-    labels = [*result.wins, "tie"]
+    labels = [*map(_plain, result.wins), "tie"]
     axis.bar(labels, [*result.wins.values(), result.ties], color=["#4c72b0", "#dd8452", "#999999"])
-    axis.set_title(f"Interleaving wins (preference {result.preference:+.3f}, p={result.p_value:.3g})")
+    axis.set_ylabel("shoppers")
+    axis.set_title(f"Shoppers preferring each arm (preference {result.preference:+.3f}, p={result.p_value:.3g})")
     return _png(figure)
 
 
@@ -99,7 +106,15 @@ def render(experiment: str, table: pd.DataFrame, report: ArmReport | None,
     if segments:
         parts += _segments_table(segments)
     if interleaved is not None:
-        parts += ["<h2>Team-draft interleaving</h2>", plot_interleaving(interleaved)]
+        parts += ["<h2>Team-draft interleaving</h2>",
+                  "<p>A search is won by the arm whose products got more of its clicks (a product clicked again "
+                  "counts once). A shopper's searches are not independent (searching a query again shows the "
+                  "same draft), so each shopper votes once, for the arm that won more of their searches, and the "
+                  f"sign test counts shoppers: {interleaved.searches} searches with clicks by "
+                  f"{sum(interleaved.wins.values()) + interleaved.ties} shoppers; preferring "
+                  f"{html.escape(', '.join(f'{arm}: {n}' for arm, n in interleaved.wins.items()))}, neither: "
+                  f"{interleaved.ties}.</p>",
+                  plot_interleaving(interleaved)]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>ShopRank experiment "
             f"{html.escape(experiment)}</title></head><body style='font-family:sans-serif;max-width:900px'>"
             + "\n".join(parts) + "<p><small>Computed by shoprank report ab from the offline event log.</small></p>"

@@ -123,3 +123,25 @@ def demo_traffic(engine: SearchEngine, searches: int = 300, users: int = 20) -> 
                     type="click", event_id=f"c{i}-{j}", request_id=request, timestamp=when, product_id=product,
                     position=j + 1)))
     return batch
+
+
+def register_ltr(root: Path, scratch: Path, count: int, broken: tuple[int, ...] = ()) -> list[str]:
+    """``count`` tiny LambdaMART versions that load (on features this server fills: bm25, dense) registered in
+    the registry at ``root``, the first one active; their versions. The ones at the places ``broken`` names
+    (from 0) were broken before they were registered: their files are intact, and they do not load."""
+    import numpy as np
+
+    from core.registry import ModelRegistry
+    from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
+
+    registry = ModelRegistry(root)
+    x = np.random.default_rng(3).normal(size=(100, 2)).astype(np.float32)
+    data = RankingData(x, (x[:, 0] > 0).astype(np.int32), [10] * 10, ["bm25", "dense"])
+    versions = []
+    for n in range(count):
+        folder = scratch / f"ltr-{n}"
+        LambdaMART.fit(data, data, LambdaMARTConfig(max_grade=1, min_data_in_leaf=5, max_rounds=3)).save(folder)
+        if n in broken:
+            (folder / "model.txt").write_text("not a LightGBM model")
+        versions.append(registry.register("ltr", folder, base_model="lightgbm", activate=n == 0).version)
+    return versions

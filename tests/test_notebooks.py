@@ -59,3 +59,10 @@ def test_ab_review_notebook_executes(tmp_path: Path, monkeypatch: pytest.MonkeyP
     outputs = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "800 searches" in outputs
     assert any(word in outputs for word in ("promote", "continue", "reject"))
+
+
+def test_the_notebook_names_the_test_the_package_runs() -> None:
+    """online_learning.stats.clustered_means is Student's t on the smaller arm's shoppers less one, not a z-test."""
+    notebook = nbformat.read(ROOT / "notebooks" / "ab_review.ipynb", as_version=4)
+    text = " ".join(c.source for c in notebook.cells if c.cell_type == "markdown").replace("\n", " ")
+    assert "z-test" not in text and "Student's t-test" in text and "smaller arm's shoppers less one" in text

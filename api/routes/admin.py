@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +17,7 @@ from api.deps import HolderDep, SettingsDep
 from api.schemas import INVALID, RATE_LIMITED, ErrorBody
 from api.state import ServedHolder
 from core.errors import Conflict, Forbidden, InvalidInput, Unauthorized
-from core.files import write_text_atomic
+from core.files import exclusive, write_text_atomic
 from core.registry import ModelRegistry
 from core.settings import Settings
 from online_learning.experiments import Experiment
@@ -290,12 +291,15 @@ async def put_experiment(body: ExperimentConfig, request: Request, holder: Holde
         await asyncio.to_thread(check_loads, settings, "ltr", version)  # 409: damaged, or features unfillable
     path = settings.paths.experiment_config
     async with _FILE_LOCKS.setdefault((id(asyncio.get_running_loop()), path), asyncio.Lock()):
-        old = _as_it_is(path)
-        save_router_config(settings.paths, body.experiment, body.shadow)
-        try:
-            await _swap(request, holder)
-        except Exception:  # not served here: the call changes nothing, and nothing is published
-            await asyncio.to_thread(_put_back, path, old)
-            raise
+        with ExitStack() as held:
+            # and across processes (`shoprank promote --apply`), waited for on a thread, not on the event loop
+            await asyncio.to_thread(held.enter_context, exclusive(path))
+            old = _as_it_is(path)
+            save_router_config(settings.paths, body.experiment, body.shadow)
+            try:
+                await _swap(request, holder)
+            except Exception:  # not served here: the call changes nothing, and nothing is published
+                await asyncio.to_thread(_put_back, path, old)
+                raise
     await asyncio.to_thread(push_state, settings)  # served here: other replicas pull it on their next poll
     return get_experiment(holder)

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import InvalidInput, NotFound, NotReady
+from core.errors import Conflict, InvalidInput, NotFound, NotReady
 from core.settings import Settings
 from shoprank.commands.arguments import days, non_negative, out_file, positive, timestamp
 
@@ -172,15 +172,18 @@ def cmd_recommendations(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    """Decide on the running experiment; with ``--apply``, activate its winner and stop it."""
+    from core.files import exclusive
     from core.registry import ModelRegistry
     from online_learning.analysis import interleaving, searches
+    from online_learning.experiments import read_config
     from online_learning.promotion import Policy, decide_experiment, decide_interleaving
-    from serving.loading import push_state
-    from serving.router import load_router, save_router_config
+    from serving.loading import check_loads, push_state
+    from serving.router import save_router_config
 
     policy = Policy(sequential=not args.single_look)
-    router = load_router(settings.paths)
-    experiment = router.experiment
+    config = settings.paths.experiment_config
+    experiment, shadow = read_config(config)
     if experiment is None or experiment.name != args.experiment:
         raise InvalidInput(f"experiment {args.experiment!r} is not the running one "
                            f"({experiment.name if experiment else 'none running'})")
@@ -190,17 +193,24 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
                                                 policy)
     else:
         treatment = experiment.treatment
-        decision = decide_interleaving(interleaving(settings.paths.event_log, experiment.name, control, treatment),
-                                       control, treatment, policy)
+        versions = {arm: a.ltr for arm, a in experiment.arms.items()}
+        decision = decide_interleaving(interleaving(settings.paths.event_log, experiment.name, control, treatment,
+                                                    versions=versions), control, treatment, policy)
     out = {"experiment": experiment.name, "decision": decision.action, "reasons": decision.reasons,
            "details": decision.details}
     if decision.action == "promote":
         out["winner"] = treatment
     if args.apply and decision.action == "promote":
         winner = experiment.arms[treatment].ltr
-        ModelRegistry(settings.paths.models).activate("ltr", winner)
-        # every shopper gets the winner now; a shadow of it would only rank every search twice
-        save_router_config(settings.paths, None, router.shadow if router.shadow != winner else None)
+        check_loads(settings, "ltr", winner)  # refused (409) before anything points at a version that does not load
+        with exclusive(config):  # the admin API's experiment changes wait, and none made meanwhile is overwritten
+            if read_config(config) != (experiment, shadow):
+                raise Conflict(f"the experiment configuration {config} changed while promote decided on experiment "
+                               f"{experiment.name!r}; nothing was activated: run promote again to decide on what "
+                               "runs now")
+            ModelRegistry(settings.paths.models).activate("ltr", winner)
+            # every shopper gets the winner now; a shadow of it would only rank every search twice
+            save_router_config(settings.paths, None, shadow if shadow != winner else None)
         push_state(settings)
         out["activated"] = {"ltr": winner}
         out["stopped"] = experiment.name

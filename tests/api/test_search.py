@@ -629,6 +629,34 @@ def test_synonyms_set_through_the_admin_api_are_searched_at_once(  # type: ignor
         assert client.put("/v1/admin/rules", json={"hide": []}, headers=admin).status_code == 200
 
 
+def test_an_experiment_change_waits_for_the_lock_promote_holds(  # type: ignore[no-untyped-def]
+        settings: Settings, real_index, real_encoder, tmp_path) -> None:
+    """`shoprank promote --apply` holds the experiment file's lock while it checks the file is the one it decided
+    on, activates and writes: a change through the admin API waits for it (the server answering meanwhile)."""
+    import threading
+
+    from core.files import exclusive
+    from core.service_settings import ApiSettings
+    from online_learning.experiments import read_config
+    from tests.helpers import register_ltr
+
+    home = settings.model_copy(update={"home": tmp_path, "api": ApiSettings(admin_token="s3cret")})
+    admin = {"Authorization": "Bearer s3cret"}
+    register_ltr(home.paths.models, tmp_path / "trained", 2)
+    with ready_client(app_on(home, real_index, real_encoder)) as client:
+        answered = []
+        change = threading.Thread(target=lambda: answered.append(
+            client.put("/v1/admin/experiment", json={"shadow": "v2"}, headers=admin)))
+        with exclusive(home.paths.experiment_config):
+            change.start()
+            time.sleep(2.0)
+            assert change.is_alive() and not home.paths.experiment_config.exists()  # before: written at once
+            assert client.get("/v1/admin/experiment", headers=admin).json()["shadow"] is None  # the loop answers
+        change.join(timeout=60)
+        assert answered[0].status_code == 200 and answered[0].json()["shadow"] == "v2", answered[0].text
+        assert read_config(home.paths.experiment_config) == (None, "v2")
+
+
 def test_pages_stay_full_and_agree_when_the_rules_leave_rows_out(  # type: ignore[no-untyped-def]
         settings: Settings, real_index, real_encoder, tmp_path) -> None:
     from core.service_settings import ApiSettings

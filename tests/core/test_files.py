@@ -1,11 +1,11 @@
-"""Files written whole, by several writers at once."""
+"""Files written whole, by several writers at once, and changed by one at a time."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
-from core.files import write_text_atomic
+from core.files import exclusive, write_text_atomic
 
 
 def test_writers_at_the_same_time_never_mix_their_texts(tmp_path: Path) -> None:
@@ -45,6 +45,27 @@ def test_writers_at_the_same_time_never_mix_their_texts(tmp_path: Path) -> None:
     assert not path.exists()
     write_text_atomic(path, "new\n")  # a new file gets the process's usual mode, not mkstemp's 0600
     assert path.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+def test_one_holds_a_file_s_lock_at_a_time_across_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "experiments" / "current.json"
+    waiter = ("import sys, time; from pathlib import Path; from core.files import exclusive\n"
+              "with exclusive(Path(sys.argv[1])): print(time.time(), flush=True)")
+    with exclusive(path):
+        assert (tmp_path / "experiments" / "current.json.lock").is_file() and not path.exists()
+        other = subprocess.Popen([sys.executable, "-c", waiter, str(path)], stdout=subprocess.PIPE, text=True,
+                                 cwd=Path(__file__).resolve().parents[2])
+        time.sleep(1.0)
+        assert other.poll() is None  # waiting for the lock
+        released = time.time()
+    out, _ = other.communicate(timeout=60)
+    assert other.returncode == 0 and float(out) >= released
+    with exclusive(path):  # taken again once given back
+        pass
 
 
 def current_umask() -> int:

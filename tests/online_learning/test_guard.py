@@ -57,6 +57,54 @@ def test_check_regression_needs_a_significant_drop(tmp_path: Path) -> None:
     assert few.action == "keep" and "too few searches" in few.reasons[0]
 
 
+def spans_log(root: Path, spans: list[tuple[str, int, int, datetime, int]]) -> None:
+    """Per (version, searches, one bought in every so many (0: none), first search, shoppers): that many searches
+    served by the version ten minutes apart from the first, by that many shoppers in turn, each ``every``-th
+    bought."""
+    batch = []
+    for s, (version, count, every, start, shoppers) in enumerate(spans):
+        for i in range(count):
+            request, when = f"{s}-{version}-{i}", start + timedelta(minutes=10 * i)
+            batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
+                event_id=request, request_id=request, timestamp=when, user_id=f"{s}-u{i % shoppers}", query="drill",
+                pipeline="full", latency_ms=30.0, models={"ltr": version},
+                items=[ShownItem(product_id=f"p{j}", position=j + 1) for j in range(5)])))
+            if every and i % every == 0:
+                batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+                    type="purchase", event_id=f"b-{request}", request_id=request, timestamp=when,
+                    product_id="p0", position=1, revenue=10.0)))
+    ParquetLogSink(root)(batch)
+
+
+def test_guard_compares_the_active_version_with_the_previous_one_s_last_searches(tmp_path: Path) -> None:
+    """Last December v1 converted at 10%; in its last weeks, at 5%, as v2 does since: no regression."""
+    spans_log(tmp_path / "log", [("v1", 3000, 10, datetime(2025, 12, 1, tzinfo=UTC), 3000),
+                                 ("v1", 800, 20, datetime(2026, 6, 1, tzinfo=UTC), 800),
+                                 ("v2", 800, 20, datetime(2026, 6, 10, tzinfo=UTC), 800)])
+    decision = check_regression(searches(tmp_path / "log"), active="v2", previous="v1")
+    assert decision.action == "keep" and decision.reasons == ["no significant regression (p=1)"]  # before: rollback
+    assert decision.details["sizes"] == {"v1": 800, "v2": 800}  # v1's as long a time before v2 was activated
+    assert decision.details["windows"]["v1"][0].startswith("2026-06-01")
+    # v1 active again after v2's time: judged on its searches since, not on its first ones
+    spans_log(tmp_path / "again", [("v1", 800, 20, datetime(2026, 6, 1, tzinfo=UTC), 800),
+                                   ("v2", 800, 20, datetime(2026, 6, 10, tzinfo=UTC), 800),
+                                   ("v1", 800, 50, datetime(2026, 6, 20, tzinfo=UTC), 800)])
+    again = check_regression(searches(tmp_path / "again"), active="v1", previous="v2")
+    assert again.action == "rollback" and again.details["sizes"] == {"v2": 800, "v1": 800}
+
+
+def test_guard_keeps_a_version_only_a_few_shoppers_searched(tmp_path: Path) -> None:
+    """Three shoppers who searched 300 times and bought nothing (the night after the activation, an uptime
+    probe) tell little: the policy's 30 shoppers per side, as a promotion needs."""
+    spans_log(tmp_path / "log", [("v1", 600, 10, datetime(2026, 6, 1, tzinfo=UTC), 600),
+                                 ("v2", 600, 0, datetime(2026, 6, 10, tzinfo=UTC), 3)])
+    table = searches(tmp_path / "log")
+    decision = check_regression(table, active="v2", previous="v1")
+    assert decision.action == "keep" and decision.reasons == [  # before: rollback
+        "too few shoppers to judge (600 before, 3 after; need 30 each)"]
+    assert check_regression(table, "v2", "v1", Policy(min_shoppers=3)).action == "rollback"
+
+
 @pytest.fixture()
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path))

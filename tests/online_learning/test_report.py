@@ -56,10 +56,15 @@ def test_the_report_command_writes_the_arms_and_their_segments(tmp_path: Path, m
     assert "without filters</td><td>200 / 200" in page
 
 
+VERSIONS = {"control": "v1", "treatment": "v2", "t1": "v2", "t2": "v3"}  # the LambdaMART each arm's searches name
+
+
 def arms_table(rates: dict[str, float], shoppers: dict[str, int], searches: int = 4,  # type: ignore[no-untyped-def]
-               seed: int = 0):
-    """One row per search (:func:`searches`' columns): each arm's shoppers search ``searches`` times and buy
-    with their arm's rate."""
+               seed: int = 0, versions: dict[str, str] = VERSIONS, start: str = "2026-11-01"):
+    """One row per search (:func:`searches`' columns): each arm's shoppers search ``searches`` times at
+    ``start`` and buy with their arm's rate; each search logged as served by its arm's version of ``versions``."""
+    import json
+
     import numpy as np
     import pandas as pd
 
@@ -70,7 +75,9 @@ def arms_table(rates: dict[str, float], shoppers: dict[str, int], searches: int 
             for s in range(searches):
                 rows.append({"request_id": f"{arm}-{u}-{s}", "user_id": f"{arm}-u{u}", "session_id": None, "arm": arm,
                              "clicked": 0, "carted": 0, "bought": int(rng.random() < rate), "zero_results": 0,
-                             "is_degraded": 0, "revenue": 0.0, "latency_ms": 30.0})
+                             "is_degraded": 0, "revenue": 0.0, "latency_ms": 30.0,
+                             "timestamp": pd.Timestamp(start, tz="UTC"),
+                             "models": json.dumps({"ltr": versions.get(arm)})})
     return pd.DataFrame(rows)
 
 
@@ -115,18 +122,14 @@ def test_promote_and_report_read_the_log_as_it_is(tmp_path: Path, monkeypatch,  
     from core.settings import get_settings
     from online_learning.experiments import Arm, Experiment
     from serving.router import load_router, save_router_config
-    from tests.helpers import run_cli
+    from tests.helpers import register_ltr, run_cli
 
     monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
     get_settings.cache_clear()
     try:
         paths = get_settings().paths
         registry = ModelRegistry(paths.models)
-        for name in ("a", "b"):
-            folder = tmp_path / "trained" / name
-            folder.mkdir(parents=True)
-            (folder / "model.txt").write_text(name)
-            registry.register("ltr", folder, base_model="lightgbm", activate=name == "a")
+        register_ltr(paths.models, tmp_path, 2)  # v1 active, v2
         experiment = Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v2")})
         save_router_config(paths, experiment, "v2")
         code, out, err = run_cli(capsys, "promote", "--experiment", "nb-test")  # nothing logged yet
@@ -192,8 +195,8 @@ def test_interleaving_reads_the_log_after_the_traffic_filters(tmp_path: Path) ->
     for n in range(400):  # honest shoppers: no preference
         query = f"q{n % 40}"
         search(n, f"u{n}", query, rng.choice([f"{query}-a", f"{query}-b"]) if rng.random() < 0.25 else None)
-    for n in range(400, 460):  # one shopper clicks the treatment's product of one query sixty times
-        search(n, "bot", "q1", "q1-b")
+    for n in range(400, 460):  # a swarm of sixty bots clicks the treatment's product of one query, once each
+        search(n, f"bot{n}", "q1", "q1-b")
     ParquetLogSink(tmp_path / "log")(batch)
     raw = interleaving(tmp_path / "log", "il", "control", "treatment", filters=None)
     assert raw.p_value < 0.01 and decide_interleaving(raw, "control", "treatment").action == "promote"
@@ -261,3 +264,190 @@ def test_several_treatments_divide_the_alpha_of_promotions_not_of_guardrails() -
     p = decision.details["arms"]["t1"]["comparisons"]
     assert 0.025 < next(c["p_value"] for c in p if c["metric"] == "zero_result_rate") < 0.05
     assert any(r.startswith("t1: guardrail zero_result_rate") for r in decision.reasons)  # before: unseen
+
+
+def test_a_promotion_decides_on_the_searches_its_arms_versions_served() -> None:
+    """The log keeps an experiment's searches by its name: those of the versions an arm served before it was
+    pointed at another, or of an earlier experiment of the same name, tell nothing of what it serves now."""
+    import pandas as pd
+
+    from online_learning.experiments import Arm, Experiment
+    from online_learning.promotion import decide_experiment
+
+    before = arms_table({"control": 0.10, "treatment": 0.25}, {"control": 300, "treatment": 300},
+                        start="2026-10-01")  # the treatment arm served v2, which won
+    now = arms_table({"control": 0.10, "treatment": 0.10}, {"control": 150, "treatment": 150}, seed=1,
+                     versions={"control": "v1", "treatment": "v3"})  # then pointed at v3
+    now["request_id"] = "now-" + now["request_id"]
+    table = pd.concat([before, now], ignore_index=True)
+    experiment = Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v3")})
+    decision, _ = decide_experiment(table, experiment)
+    assert decision.action == "continue", decision.reasons  # before: v3 promoted on v2's searches
+    # the control's searches from before the change are left out too: no sample ratio mismatch of 450 to 150
+    assert decision.details["sizes"] == {"control": 600, "treatment": 600}
+    assert not decision.reasons[0].startswith("sample ratio mismatch")
+    unserved = Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v4")})
+    decision, _ = decide_experiment(table, unserved)
+    assert decision.action == "continue" and decision.reasons == [
+        "searches per arm served by its configured LambdaMART {'control': 'v1', 'treatment': 'v4'} since the last "
+        "one served by another: {'control': 0, 'treatment': 0}, of 3600 logged under experiment 'nb-test'; "
+        "nothing to decide on until every arm has some"]
+    logged = Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v2")})
+    assert decide_experiment(before, logged)[0].action == "promote"  # v2's own searches: its win
+
+
+def interleaved_log(root: Path, searches: list[tuple[str, str, list[str], dict[str, str]]]) -> None:
+    """One interleaved search of experiment ``il`` per (shopper, query, clicked products, logged models): the
+    control's products ``c0``..``c4`` and the treatment's ``t0``..``t4`` in turns, the same draft for every
+    search of a query."""
+    from datetime import UTC, datetime, timedelta
+
+    from online_learning.consumers.base import Delivered
+    from online_learning.consumers.log_sink import ParquetLogSink
+    from online_learning.events import (
+        INTERACTIONS_TOPIC,
+        RANKINGS_TOPIC,
+        InteractionEvent,
+        RankingEvent,
+        ShownItem,
+    )
+
+    batch, start = [], datetime(2026, 11, 1, tzinfo=UTC)
+    shown = [product for j in range(5) for product in (f"c{j}", f"t{j}")]
+    for n, (user, query, clicked, models) in enumerate(searches):
+        request, when = f"r{n}", start + timedelta(minutes=n)
+        items = [ShownItem(product_id=p, position=i + 1, team="control" if p[0] == "c" else "treatment")
+                 for i, p in enumerate(shown)]
+        batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
+            event_id=request, request_id=request, timestamp=when, user_id=user, query=query, pipeline="full",
+            experiment="il", arm="interleaved", items=items, models=models)))
+        for k, product in enumerate(clicked):
+            batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+                type="click", event_id=f"c{n}-{k}", request_id=request, timestamp=when + timedelta(seconds=k),
+                user_id=user, product_id=product, position=shown.index(product) + 1)))
+    ParquetLogSink(root)(batch)
+
+
+SERVED = {"ltr:control": "v1", "ltr:treatment": "v2"}
+
+
+def test_interleaving_counts_each_shopper_once(tmp_path: Path) -> None:
+    """A shopper who searches a query again sees the same draft and clicks alike: twenty shoppers who each
+    preferred the treatment's products in ten searches are twenty votes, not two hundred."""
+    from online_learning.analysis import interleaving
+    from online_learning.promotion import decide_interleaving
+
+    searches = [(f"keen{u}", f"q{u}", [f"t{j % 5}"], SERVED) for u in range(20) for j in range(10)]
+    searches += [(f"once{u}", f"p{u}", ["c0"], SERVED) for u in range(20)]  # one search each, for the control
+    searches += [("mixed", "m", ["t0"], SERVED), ("mixed", "m", ["t1"], SERVED), ("mixed", "m", ["c0"], SERVED)]
+    searches += [("even", "e", ["t0"], SERVED), ("even", "e", ["c0"], SERVED), ("even", "e", [], SERVED)]
+    interleaved_log(tmp_path / "log", searches)
+    result = interleaving(tmp_path / "log", "il", "control", "treatment")
+    # "mixed" won 2 of 3 for the treatment: one vote for it; "even" 1 and 1: neither
+    assert result.wins == {"control": 20, "treatment": 21} and result.ties == 1 and result.searches == 225
+    assert result.p_value == 1.0 and result.preference == (21 - 20) / 42
+    decision = decide_interleaving(result, "control", "treatment")
+    assert decision.action == "continue", decision.reasons  # before: 201 searches won against 21, promoted
+    assert decision.details["unit"] == "shopper"
+    assert decide_interleaving(result, "control", "treatment", Policy(sequential=False)).action == "continue"
+
+
+def test_interleaving_counts_a_product_clicked_again_once_and_only_the_arms_versions(tmp_path: Path) -> None:
+    from online_learning.analysis import interleaving
+
+    again = [("u1", "drill", ["c0", "c0", "c0", "t0", "t1"], SERVED)]  # a double click and a return to c0
+    other = [("u2", "hose", ["c0"], {"ltr:control": "v1", "ltr:treatment": "v9"})]  # the treatment served v9
+    interleaved_log(tmp_path / "log", again + other)
+    result = interleaving(tmp_path / "log", "il", "control", "treatment", versions={"control": "v1",
+                                                                                   "treatment": "v2"})
+    assert result.wins == {"control": 0, "treatment": 1} and result.ties == 0  # before: 3 clicks to 2, the control
+    every = interleaving(tmp_path / "log", "il", "control", "treatment")
+    assert every.wins == {"control": 1, "treatment": 1} and every.searches == 2
+
+
+def test_arm_names_are_drawn_as_written(tmp_path: Path) -> None:
+    """Matplotlib reads text between two ``$`` as math: an arm named ``t_$5_$`` failed the whole report."""
+    from online_learning.analysis import InterleavingResult
+
+    table = arms_table({"control": 0.1, "t_$5_$": 0.12}, {"control": 40, "t_$5_$": 40})
+    table["filters"] = None
+    result = InterleavingResult({"control": 3, "t_$5_$": 5}, 1, 0.2, 0.73, 12)
+    page = render("exp", table, compare_arms(table, "control", "t_$5_$"), result, tmp_path / "ab.html",
+                  segments(table, "control", "t_$5_$")).read_text()
+    assert page.count("data:image/png;base64") == 4
+    assert "12 searches with clicks by 9 shoppers; preferring control: 3, t_$5_$: 5, neither: 1" in page
+
+
+@pytest.fixture()
+def loop_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A home whose event log holds 3,000 searches of experiment ``nb-test`` (control v1, treatment v2:
+    purchase rates 8% and 12%, a promotion on one look) and whose registry holds v1 (active), v2 and v3; made
+    by the function given, with the versions' places (from 0) that do not load."""
+    from core.settings import get_settings
+    from tests.helpers import register_ltr
+
+    def make(broken: tuple[int, ...] = ()):  # type: ignore[no-untyped-def]
+        monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+        get_settings.cache_clear()
+        paths = get_settings().paths
+        register_ltr(paths.models, tmp_path, 3, broken)
+        write_experiment_log(paths.event_log, searches=3000)
+        return paths
+
+    yield make
+    get_settings.cache_clear()
+
+
+def test_promote_apply_activates_only_what_it_decided_on(loop_home, monkeypatch,  # type: ignore[no-untyped-def]
+                                                         capsys) -> None:
+    import json
+
+    import online_learning.promotion as promotion
+    from core.registry import ModelRegistry
+    from online_learning.experiments import Arm, Experiment, read_config
+    from serving.router import save_router_config
+    from tests.helpers import run_cli
+
+    home = loop_home()
+    registry = ModelRegistry(home.models)
+    promote = ("promote", "--experiment", "nb-test", "--apply", "--single-look")
+    # the treatment arm was pointed at v3 since: no logged search is v3's
+    save_router_config(home, Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v3")}),
+                       None)
+    code, out, err = run_cli(capsys, *promote)
+    assert code == 0 and json.loads(out)["decision"] == "continue", err  # before: v3 activated on v2's searches
+    assert registry.active("ltr").version == "v1"
+    # an operator starts the next experiment while promote reads the log: it is not overwritten
+    logged = Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v2")})
+    following = Experiment(name="next", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v3")})
+    save_router_config(home, logged, None)
+    decide = promotion.decide_experiment
+
+    def deciding(*args, **kwargs):  # type: ignore[no-untyped-def]
+        save_router_config(home, following, "v3")
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(promotion, "decide_experiment", deciding)
+    code, out, err = run_cli(capsys, *promote)
+    assert code == 2 and "changed while promote decided" in err and "nothing was activated" in err
+    assert registry.active("ltr").version == "v1" and read_config(home.experiment_config) == (following, "v3")
+    monkeypatch.setattr(promotion, "decide_experiment", decide)
+    save_router_config(home, logged, "v3")
+    code, out, err = run_cli(capsys, *promote)
+    assert code == 0 and json.loads(out)["activated"] == {"ltr": "v2"}, err
+    assert registry.active("ltr").version == "v2" and read_config(home.experiment_config) == (None, "v3")
+
+
+def test_promote_apply_refuses_a_winner_that_does_not_load(loop_home, capsys) -> None:  # type: ignore[no-untyped-def]
+    from core.registry import ModelRegistry
+    from online_learning.experiments import Arm, Experiment, read_config
+    from serving.router import save_router_config
+    from tests.helpers import run_cli
+
+    home = loop_home(broken=(1,))  # v2, the treatment the log's searches name
+    experiment = Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v2")})
+    save_router_config(home, experiment, None)
+    code, out, err = run_cli(capsys, "promote", "--experiment", "nb-test", "--apply", "--single-look")
+    assert code == 2 and "ltr v2 does not load" in err, err  # before: activated, and no server could load it
+    assert ModelRegistry(home.models).active("ltr").version == "v1"
+    assert read_config(home.experiment_config) == (experiment, None)
