@@ -261,9 +261,11 @@ def _fit_candidate(data, positions, position_model, active: ServedModel | None, 
 
     (train, train_pos), (valid, valid_pos) = _split(data, positions, config.valid_share)
     train_ips, valid_ips = 1 / position_model.propensity(train_pos), 1 / position_model.propensity(valid_pos)
-    lgb_config = LambdaMARTConfig(seed=config.seed, max_grade=3, min_data_in_leaf=50, num_leaves=15,
-                                  learning_rate=0.03)
     parent_model = active.model if active else None
+    # the parent's monotone features stay monotone: the candidate's score is the parent's plus these trees
+    monotone = tuple(parent_model.config.monotone) if parent_model else ()  # type: ignore[attr-defined]
+    lgb_config = LambdaMARTConfig(seed=config.seed, max_grade=3, min_data_in_leaf=50, num_leaves=15,
+                                  learning_rate=0.03, monotone=monotone)
     candidate = LambdaMART.fit_unbiased(train, valid, train_ips, valid_ips, lgb_config, parent=parent_model)  # type: ignore[arg-type]
     metrics = {"valid_ips_dcg@10": round(ips_dcg(valid.groups, valid.labels, valid_ips,
                                                  candidate.predict(valid.features)), 4),

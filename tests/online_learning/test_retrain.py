@@ -5,13 +5,14 @@ from __future__ import annotations
 import fcntl
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from core.registry import ModelRegistry
+from core.registry import ModelRegistry, ServedModel
 from core.settings import Settings
 from online_learning.consumers.log_sink import ParquetLogSink
 from online_learning.retrain import RetrainConfig, retrain
-from ranking.lambdamart import LambdaMART
+from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
 from serving.engine import assemble
 from tests.helpers import demo_traffic
 
@@ -101,3 +102,35 @@ def test_logged_queries_are_featurized_as_searched(fake_index) -> None:  # type:
     featurizer = LtrFeaturizer(fake_index, embed, None, list(BASE_FEATURES))
     data, _ = logged_ranking_data(featurizer, shown, None)
     assert data.groups == [3] and embedded == [word]  # before: the text as typed, which no search reads
+
+
+class EveryPositionSeen:
+    """A position model under which every shown product was examined (propensity 1)."""
+
+    theta = np.ones(10)
+
+    def propensity(self, positions: np.ndarray) -> np.ndarray:
+        return np.ones(len(positions))
+
+
+def falling_with_bm25(searches: int, seed: int = 0) -> tuple[RankingData, np.ndarray]:
+    """Logged searches whose engagement falls as "bm25" rises, ten shown products each."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(searches * 10, 2)).astype(np.float32)
+    labels = (x[:, 0] < -0.5).astype(np.int32)
+    data = RankingData(x, labels, [10] * searches, ["bm25", "price"], [f"r{i}" for i in range(searches)])
+    return data, np.tile(np.arange(1, 11), searches)
+
+
+def test_a_candidate_keeps_its_parents_monotone_features() -> None:
+    from online_learning.retrain import _fit_candidate
+
+    data, positions = falling_with_bm25(300)
+    judged, _ = falling_with_bm25(100, seed=1)
+    parent = LambdaMART.fit(judged, judged, LambdaMARTConfig(max_grade=3, min_data_in_leaf=5, max_rounds=20,
+                                                             monotone=("bm25",)))
+    candidate, config, _ = _fit_candidate(data, positions, EveryPositionSeen(), ServedModel("ltr", "v1", parent),
+                                          RetrainConfig())
+    assert config.monotone == ("bm25",)
+    grid = np.column_stack([np.linspace(-2, 2, 41), np.zeros(41)]).astype(np.float32)
+    assert np.all(np.diff(candidate.predict(grid)) >= -1e-9)  # before: the new trees learnt the fall
