@@ -134,3 +134,45 @@ def test_a_candidate_keeps_its_parents_monotone_features() -> None:
     assert config.monotone == ("bm25",)
     grid = np.column_stack([np.linspace(-2, 2, 41), np.zeros(41)]).astype(np.float32)
     assert np.all(np.diff(candidate.predict(grid)) >= -1e-9)  # before: the new trees learnt the fall
+
+
+def test_logged_searches_get_their_first_stage_ranks_again(fake_index) -> None:  # type: ignore[no-untyped-def]
+    """The impression log keeps no first-stage rank: the served first stage ranks the shown products again."""
+    import json
+
+    import pandas as pd
+
+    from online_learning.retrain import logged_ranking_data
+    from ranking.features import LtrFeaturizer, feature_names
+    from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
+    from tests.fakes import HashingEncoder
+
+    encoder = HashingEncoder()
+    first_stage = HybridRetriever(BM25Retriever(fake_index), DenseRetriever(fake_index, encoder), depth=50)
+    word = next(w for w in fake_index.title(0).split() if w.isalpha() and len(w) > 3).lower()
+    served = first_stage.search(word, 3)
+    shown_order = [2, 0, 1]  # LambdaMART showed the first stage's third product first
+    shown = pd.DataFrame({"request_id": "r1", "query": word, "user_id": "u1",
+                          "product_id": [served.product_ids[i] for i in shown_order], "position": [1, 2, 3],
+                          "scores": json.dumps({}), "engagement": [1, 0, 0]})
+    names = feature_names(["base", "ranks"])
+    featurizer = LtrFeaturizer(fake_index, lambda text: encoder.encode([text])[0], None, names)
+    data, _ = logged_ranking_data(featurizer, shown, None, first_stage=first_stage)
+    for run in ("bm25", "dense", "rrf"):
+        expected = np.asarray(served.ranks[run], dtype=np.float32)[shown_order]
+        expected = np.where(expected > 0, expected, np.nan)
+        assert np.array_equal(data.features[:, names.index(f"rank_{run}")], expected, equal_nan=True), run
+    assert data.features[:, names.index("rank_rrf")].tolist() == [3, 1, 2]  # before: NaN on every row
+
+
+def test_a_model_reading_ranks_is_not_retrained_without_the_first_stage(  # type: ignore[no-untyped-def]
+        tmp_path: Path, settings: Settings, fake_index) -> None:
+    from types import SimpleNamespace
+
+    from ranking.features import LtrFeaturizer, feature_names
+
+    names = feature_names(["base", "ranks"])
+    home = settings.model_copy(update={"home": tmp_path})
+    active = ServedModel("ltr", "v3", SimpleNamespace(names=names))
+    result = retrain(home, LtrFeaturizer(fake_index, lambda text: np.ones(64), None, names), active, RetrainConfig())
+    assert result["status"] == "skipped" and "rank_rrf" in result["reason"] and "v3" in result["reason"]
