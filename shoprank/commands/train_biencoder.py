@@ -31,21 +31,30 @@ from shoprank.commands.training import (
 
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     if args.activate and getattr(args, "hold_out", None) is not None:
-        raise InvalidInput(f"--activate with --hold-out {args.hold_out}: a fold model only builds LambdaMART's "
-                           "training lists; the served bi-encoder is one trained on every query")
+        raise _fold_served(args.hold_out)
     work = settings.paths.training(f"biencoder-{args.run_name}")
     outcome = trained(args, settings, work, "biencoder", _train_biencoder_here, needs=("train_summary.json",))
     if outcome is None:  # --export: written, not trained
         return 0
     summary, params = outcome
+    # the fold it was trained without: this run's --hold-out, or for one trained elsewhere (--trained) the
+    # fold its training recorded
+    held_out = params.get("held_out") or getattr(args, "hold_out", None)
+    if args.activate and held_out:  # refused before anything is registered
+        raise _fold_served(held_out)
     registry = ModelRegistry(settings.paths.models)
     entry = registry.register("biencoder", work, base_model=base_label(args, summary),
                               training_data=summary.get("data_hash", ""), params=params,
                               metrics={"train": {k: v for k, v in summary.items() if k != "config"}})
-    if args.activate or (registry.active("biencoder") is None and getattr(args, "hold_out", None) is None):
+    if args.activate or (registry.active("biencoder") is None and not held_out):
         registry.activate("biencoder", entry.version)  # the first one, unless a fold model
     print(json.dumps({"registered": entry.to_json()}, indent=2))
     return 0
+
+
+def _fold_served(fold: object) -> InvalidInput:
+    return InvalidInput(f"--activate with a model trained without fold {fold} (--hold-out): a fold model only "
+                        "builds LambdaMART's training lists; the served bi-encoder is one trained on every query")
 
 
 def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Path) -> dict | None:
