@@ -119,6 +119,14 @@ def evaluate_groups(model, batcher: _Batcher, groups: Sequence[Group], max_grade
     return {"ndcg@10": round(float(np.mean(ndcg)), 4), "mrr@10": round(float(np.mean(mrr)), 4)}
 
 
+def check_dev(dev: Sequence[Group]) -> None:
+    """InvalidInput where ``dev`` holds no query: each epoch's dev metrics would be NaN, and model
+    selection would keep the first epoch whatever the others scored."""
+    if not dev:
+        raise InvalidInput("no dev query to select the best epoch on: the dev sample needs queries with >= 2 "
+                           "judged products of >= 2 distinct grades; give another dev split")
+
+
 def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence[Group], titles: dict[str, str],
                    out: Path, progress: bool = True) -> dict[str, object]:
     """Train, checkpointing into ``out/checkpoint`` and saving the best epoch to ``out/best``.
@@ -132,6 +140,7 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
     if not train:
         raise InvalidInput("no training query with a judged product of the catalog; give more queries (--limit) "
                            "or another split")
+    check_dev(dev)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)

@@ -30,7 +30,7 @@ import pandas as pd
 
 from ranking.training.data import Group, optimizer_step
 from ranking.training.losses import margin_mse
-from ranking.training.reranker import _Batcher, evaluate_groups, load_model
+from ranking.training.reranker import _Batcher, check_dev, evaluate_groups, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +111,12 @@ def distillation_targets(pool: pd.DataFrame, ensemble: float) -> pd.Series:
 
 def train_student(config: StudentConfig, groups: Sequence[Group], pool: pd.DataFrame, dev: Sequence[Group],
                   titles: dict[str, str], out: Path, progress: bool = True) -> dict[str, object]:
-    """Train the student on ``pool``; the best epoch is saved to ``out/best``."""
+    """Train the student on ``pool``; the best epoch on ``dev`` (InvalidInput when empty) is saved to ``out/best``."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
+    check_dev(dev)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.teacher)

@@ -87,11 +87,11 @@ def _train_reranker_here(args: argparse.Namespace, settings: Settings, work: Pat
                             negatives=args.negatives, seed=args.seed, max_grade=dataset.max_grade, loss=args.loss,
                             device=args.device, precision=args.precision)
     train = groups_from(dataset, args.split, 1)[: args.limit]
+    dev = dev_sample(dataset, args.dev_split, args.dev_queries)  # before the mining: a split without one is refused
     if config.negatives:
         engine = first_stage(settings, dataset)
         mine_negatives(train, engine.pipeline("hybrid"), engine.index, config.negatives, seed=args.seed,
                        progress=settings.progress)
-    dev = dev_sample(dataset, args.dev_split, args.dev_queries)
     titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))
     if args.export is not None:
         save_examples(args.export, config, train, dev, titles)
@@ -117,6 +117,7 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
     if not 0.0 <= args.ensemble <= 1.0:
         raise InvalidInput(f"--ensemble {args.ensemble} is not a weight within [0, 1]")
     train = groups_from(dataset, args.split, 1)[: args.limit]
+    dev = dev_sample(dataset, args.dev_split, args.dev_queries)  # before the pool: a split without one is refused
     engine = first_stage(settings, dataset)
     hybrid = engine.pipeline("hybrid")
     candidates = {g.qid: hybrid.search(g.query, args.pool_depth).product_ids for g in train}
@@ -142,7 +143,6 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
         logger.info("ensemble target: teacher %s + LambdaMART %s (weight %.2f), %d pairs",
                     teacher.version, ltr.version, args.ensemble, len(pool))
     work = settings.paths.training(f"student-L{args.layers}-{args.run_name}")
-    dev = dev_sample(dataset, args.dev_split, args.dev_queries)
     summary = train_student(config, train, pool, dev, titles, work, progress=settings.progress)
     folder = work / "registered"
     shutil.rmtree(folder, ignore_errors=True)

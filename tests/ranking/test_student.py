@@ -1,4 +1,4 @@
-"""The student's distillation target: the teacher alone, or its blend with LambdaMART."""
+"""The student's distillation target: the teacher alone, or its blend with LambdaMART; what it selects on."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ranking.training.student import distillation_targets, ensemble_pool
+from core.errors import InvalidInput
+from ranking.training.data import Group
+from ranking.training.reranker import RerankerConfig, train_reranker
+from ranking.training.student import (
+    StudentConfig,
+    distillation_targets,
+    ensemble_pool,
+    train_student,
+)
 
 
 def _pool() -> pd.DataFrame:
@@ -50,3 +58,12 @@ def test_ensemble_pool_adds_lambdamarts_scores_and_drops_what_it_did_not_score()
     out = ensemble_pool(_pool(), {"a": "drill", "b": "timed out"}, rank, progress=False)
     assert calls == [("drill", ["1", "2", "3"]), ("timed out", ["1", "4"])]
     assert out[["query_id", "product_id", "ltr"]].values.tolist() == [["a", "1", 0.0], ["a", "2", 1.0]]
+
+
+def test_the_cross_encoders_refuse_an_empty_dev_sample(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Before any model is loaded: with no dev query every epoch scored NaN, and the first was kept."""
+    train = [Group("q1", "drill", {"p1": 3, "p2": 0})]
+    with pytest.raises(InvalidInput, match="distinct grades"):
+        train_reranker(RerankerConfig(base_model="unused"), train, [], {}, tmp_path / "reranker", progress=False)
+    with pytest.raises(InvalidInput, match="distinct grades"):
+        train_student(StudentConfig(teacher="unused"), train, _pool(), [], {}, tmp_path / "student", progress=False)
