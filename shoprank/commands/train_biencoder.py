@@ -92,10 +92,10 @@ def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Pa
     texts = product_texts(dataset.products)
     scores = None if teacher is None else _teacher_scores(settings, dataset, train, teacher)
     if args.export is not None:
-        dev = None
-        if args.dev_split:
-            relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
-            dev = DevSet([(g.qid, g.query, g.judged) for g in groups_from(dataset, args.dev_split, 1)], relevant)
+        judged = groups_from(dataset, args.dev_split, 1) if args.dev_split else []
+        relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
+        # a split without a judged query gets no per-epoch check, as --dev-split '' gets none
+        dev = DevSet([(g.qid, g.query, g.judged) for g in judged], relevant) if judged else None
         save_examples(args.export, Examples(config, train, texts, dev, scores))
         print(json.dumps({"exported": str(args.export), "train_queries": len(train),
                           "dev_queries": 0 if dev is None else len(dev.queries), "products": len(texts),

@@ -153,3 +153,26 @@ def test_training_precision_auto_is_bf16_on_a_cpu_with_amx_and_fp32_elsewhere(mo
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="'fp16' is not one of auto, fp32, bf16"):
         resolve_precision("fp16", "cpu")
+
+
+class HashingModel:
+    """What the dense check calls of a SentenceTransformer: ``encode`` (hashed bags of words)."""
+
+    def encode(self, texts, convert_to_tensor: bool = True, **kwargs):  # type: ignore[no-untyped-def]
+        import torch
+
+        from tests.fakes import HashingEncoder
+
+        return torch.from_numpy(HashingEncoder().encode(texts))
+
+
+def test_the_dense_check_without_a_dev_query_reports_none_and_does_not_fail() -> None:
+    """Before: an export whose dev split had no judged query failed after the first epoch, the model lost."""
+    from ranking.training.dense_check import DevSet, dense_dev_metrics
+
+    assert dense_dev_metrics(HashingModel(), TEXTS, DevSet([], 1)) == {"recall@100": None, "ndcg@10": None,
+                                                                      "queries": 0}
+    unjudged = dense_dev_metrics(HashingModel(), TEXTS, DevSet([("q", "title a", {"a": 0})], 1))
+    assert unjudged["recall@100"] is None and unjudged["queries"] == 1  # no relevant product: no recall (was NaN)
+    found = dense_dev_metrics(HashingModel(), TEXTS, DevSet([("q", "title a", {"a": 1})], 1))
+    assert found["recall@100"] == 1.0 and found["ndcg@10"] == 1.0
