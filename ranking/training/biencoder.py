@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.arguments import positive
 from core.errors import InvalidInput
 from evaluation.metrics import grade_threshold
 from ranking.training.data import (
@@ -306,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "biencoder", "Fine-tune the bi-encoder from a file written by `shoprank train biencoder --export`; "
                      "register the folder with `shoprank train biencoder --dataset D --trained FOLDER`.",
         out_help="folder for the trained model")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=positive)
     add_precision_argument(parser, None)
     parser.add_argument("--no-dev", action="store_true", help="skip the per-epoch check on the dev queries")
     parser.add_argument("--distill", type=float, help="weight of the teacher's preferences (needs exported scores)")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.arguments import positive
 from core.errors import InvalidInput
 from evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
 from ranking.training.checkpoint import Checkpoint
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reranker", "Train the cross-encoder from a file written by `shoprank train reranker --export`; "
                     "register the folder with `shoprank train reranker --dataset D --trained FOLDER`.",
         out_help="folder for the training run (best/ is the model)")
-    parser.add_argument("--batch-groups", type=int, help="queries per step")
+    parser.add_argument("--batch-groups", type=positive, help="queries per step")
     parser.add_argument("--loss", choices=("pairwise", "listnet"))
     add_precision_argument(parser, None)
     args = parser.parse_args(argv)

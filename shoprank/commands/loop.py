@@ -8,9 +8,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.arguments import positive
 from core.errors import InvalidInput, NotFound, NotReady
 from core.settings import Settings
-from shoprank.commands.arguments import days, non_negative, out_file, positive, timestamp
+from shoprank.commands.arguments import days, non_negative, out_file, timestamp
 
 if TYPE_CHECKING:
     from online_learning.consumers.streaming_features import StreamingFeatures

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.arguments import count, positive, positive_number
 from core.errors import InvalidInput, NotFound
 from core.registry import ModelRegistry
 from core.settings import Settings
@@ -25,7 +26,7 @@ from evaluation.dataset import EvalDataset, load_dataset
 from ranking.training.data import add_precision_argument
 from retrieval.encoder import BUNDLED
 from shoprank.commands import train_biencoder, train_ltr
-from shoprank.commands.arguments import count, positive, positive_number, run_name
+from shoprank.commands.arguments import run_name
 from shoprank.commands.training import (
     add_elsewhere_arguments,
     base_label,

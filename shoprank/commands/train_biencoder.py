@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+from core.arguments import positive, positive_number
 from core.errors import InvalidInput
 from core.registry import ModelRegistry, ModelVersion
 from core.settings import Settings
@@ -19,7 +20,7 @@ from evaluation.dataset import EvalDataset, load_dataset
 from ranking.training.biencoder import TeacherScores
 from ranking.training.data import Group, add_precision_argument
 from retrieval.encoder import BUNDLED
-from shoprank.commands.arguments import fold, positive, positive_number, run_name, share, weight
+from shoprank.commands.arguments import fold, run_name, share, weight
 from shoprank.commands.training import (
     add_elsewhere_arguments,
     base_label,
