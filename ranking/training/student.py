@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.files import write_text_atomic
 from ranking.training.data import Group, optimizer_step
 from ranking.training.losses import margin_mse
 from ranking.training.reranker import _Batcher, check_dev, evaluate_groups, load_model
@@ -51,7 +52,8 @@ class StudentConfig:
 
 def teacher_pool(groups: Sequence[Group], candidates: dict[str, list[str]], teacher_dir: Path,
                  titles: dict[str, str], out: Path, chunk: int = 200, progress: bool = True) -> pd.DataFrame:
-    """Teacher scores of every (query, judged or candidate product) pair, cached in ``out``."""
+    """Teacher scores of every (query, judged or candidate product) pair, cached in ``out`` (a part per
+    ``chunk`` queries, each written whole, so a rerun scores only the parts not yet written)."""
     from tqdm.auto import tqdm
 
     from ranking.cross_encoder import CrossEncoderScorer
@@ -69,7 +71,8 @@ def teacher_pool(groups: Sequence[Group], candidates: dict[str, list[str]], teac
             products = list(dict.fromkeys([*group.judged, *candidates.get(group.qid, [])]))
             scores = scorer.score(group.query, [titles[p] for p in products])
             rows += [(group.qid, p, float(s)) for p, s in zip(products, scores)]
-        pd.DataFrame(rows, columns=["query_id", "product_id", "teacher"]).to_parquet(part)
+        # whole or not at all: a run killed mid-write leaves no part that a later run would take as done
+        write_text_atomic(part, pd.DataFrame(rows, columns=["query_id", "product_id", "teacher"]).to_parquet())
     return pd.concat([pd.read_parquet(p) for p in sorted(parts_dir.glob("*.parquet"))], ignore_index=True)
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from core.arguments import count, positive, positive_number
 from core.errors import InvalidInput, NotFound
+from core.files import write_text_atomic
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
@@ -140,7 +141,7 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
         else:
             rank = _ltr_scores(settings, dataset, engine, int(pool.groupby("query_id").size().max()))
             pool = ensemble_pool(pool, {g.qid: g.query for g in train}, rank, settings.progress)
-            pool.to_parquet(cached)
+            write_text_atomic(cached, pool.to_parquet())  # whole or not at all: a later run reads it as done
         logger.info("ensemble target: teacher %s + LambdaMART %s (weight %.2f), %d pairs",
                     teacher.version, ltr.version, args.ensemble, len(pool))
     work = settings.paths.training(f"student-L{args.layers}-{args.run_name}")
