@@ -54,10 +54,25 @@ def test_a_querys_other_positives_and_repeated_products_are_not_negatives() -> N
     mask = false_negatives(batch)
     assert mask.tolist() == [
         [False, True, False, True],   # same query (b), same product (a for another query)
-        [True, False, False, False],
+        [True, False, False, True],   # same query (a), and a again: another positive of drill, as cordless drill's
         [False, False, False, False],  # nothing shared: every other product is a negative
         [True, False, False, False],
     ]
+
+
+def test_another_querys_hard_negative_that_is_this_querys_product_is_not_a_negative() -> None:
+    """Before: the "garden hose" drill's hard negative stood as a negative of the hose query it is relevant to."""
+    import torch
+
+    batch = [Triple("drill", "cordless drill", "garden hose", "q1"), Triple("hose", "garden hose", None, "q2")]
+    # columns: cordless drill, garden hose (q2's positive), garden hose (q1's hard negative)
+    assert false_negatives(batch).tolist() == [[False, False, False], [False, False, True]]
+
+    def embed(texts: list[str]) -> torch.Tensor:  # a perfect encoder: each query is its products' vector
+        slot = {"drill": 0, "cordless drill": 0, "hose": 1, "garden hose": 1}
+        return torch.nn.functional.one_hot(torch.tensor([slot[t] for t in texts]), 2).float()
+
+    assert _batch_loss(embed, batch, 20.0, "cpu").item() < 1e-6  # was log(2) / 2: q2 against its own product
 
 
 def test_training_queries_are_analyzed_as_the_server_analyzes_them() -> None:
