@@ -3,7 +3,8 @@
 1. Read the offline event log (Parquet, from the log sink) for the window
    since the last retrain (or ``--since``) until ``--settle-minutes`` ago (the CLI's
    default: an hour, so the last searches' clicks and purchases have arrived); nothing
-   new: exit "up to date".
+   new: exit "up to date"; searches but no click, cart or purchase among them: "no engagement"
+   (nothing registered, so the next run reads them again).
 2. Join impressions with interactions: each shown product of each search gets
    its engagement (0 none, 1 click, 2 add to cart, 3 purchase).
 3. Estimate position bias by EM on the position-based model
@@ -227,6 +228,11 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         if searches < config.min_searches:
             return {"status": "too few new searches" if searches else "up to date", "new_searches": int(searches),
                     "min_searches": config.min_searches, "since": since.isoformat() if since is not None else None}
+        clicks = int(shown["clicked"].sum())
+        if not clicks:  # nothing to learn from, nothing registered: the next run reads these searches again
+            return {"status": "no engagement", "new_searches": int(searches),
+                    "since": since.isoformat() if since is not None else None,
+                    "reason": "no shown product of the window's searches was clicked, carted or bought"}
         started = time.perf_counter()
         position_model = fit_position_model(shown[["query", "product_id", "position", "clicked"]], config.max_position)
         featurizer = replace(featurizer, names=names)
@@ -249,7 +255,7 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             params={"data_window": window, "feature_service": settings.features.service if store_names else None,
                     "features": candidate.names, "propensities": [round(float(t), 4) for t in position_model.theta],
                     "config": asdict(config), "lightgbm": asdict(lgb_config)},
-            metrics=metrics | {"clicks": int(shown["clicked"].sum()), "searches": int(searches),
+            metrics=metrics | {"clicks": clicks, "searches": int(searches),
                                "seconds": round(time.perf_counter() - started, 1), "filtered": filtered})
         return {"status": "registered", "version": entry.version, "parent": entry.parent,
                 "window": window, "metrics": entry.metrics, "propensities": entry.params["propensities"],

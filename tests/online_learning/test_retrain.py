@@ -176,3 +176,24 @@ def test_a_model_reading_ranks_is_not_retrained_without_the_first_stage(  # type
     active = ServedModel("ltr", "v3", SimpleNamespace(names=names))
     result = retrain(home, LtrFeaturizer(fake_index, lambda text: np.ones(64), None, names), active, RetrainConfig())
     assert result["status"] == "skipped" and "rank_rrf" in result["reason"] and "v3" in result["reason"]
+
+
+def test_a_window_without_engagement_registers_nothing_and_stays_for_the_next_run(  # type: ignore[no-untyped-def]
+        tmp_path: Path, settings: Settings, fake_index) -> None:
+    """Before: a candidate was registered from searches nobody clicked, and its window was never read again."""
+    from datetime import UTC, datetime, timedelta
+
+    from online_learning.consumers.base import Delivered
+    from online_learning.events import RANKINGS_TOPIC, RankingEvent, ShownItem
+    from ranking.features import LtrFeaturizer
+
+    home = settings.model_copy(update={"home": tmp_path})
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    shown = [ShownItem(product_id=fake_index.product_id(d), position=d + 1) for d in range(10)]
+    ParquetLogSink(home.paths.event_log)([Delivered(RANKINGS_TOPIC, 0, i, RankingEvent(
+        event_id=f"r{i}", request_id=f"r{i}", timestamp=start + timedelta(minutes=i), user_id=f"u{i % 5}",
+        query="drill", pipeline="full", items=shown)) for i in range(20)])
+    featurizer = LtrFeaturizer(fake_index, lambda text: np.ones(64), None, [])
+    result = retrain(home, featurizer, None, RetrainConfig(min_searches=10, filter_traffic=False))
+    assert result["status"] == "no engagement" and result["new_searches"] == 20
+    assert ModelRegistry(home.paths.models).versions("ltr") == []
