@@ -18,10 +18,10 @@
    drop clicks without an impression, repeats and anomalous shoppers, counted by reason.
 6. Train an unbiased LambdaMART candidate on the earlier 80% of searches,
    early-stopped on the IPS-DCG@10 of the later 20%; compare it with the
-   active model on those held-out searches (and on the judged dev split when a
-   dataset is given); register it with lineage (data window, feature service,
-   parent model, propensities, metrics). Registering never activates: the
-   experiment and the promotion policy decide.
+   active model on those held-out searches (IPS-DCG@10 of both; no judged
+   dataset is read here); register it with lineage (data window, feature service,
+   parent model, propensities, metrics). Registering never activates: the experiment
+   and the promotion policy decide.
 
 One run at a time (a file lock); a crash before registration leaves nothing
 behind, and the next run redoes the window.
