@@ -3,23 +3,25 @@
 1. Read the offline event log (Parquet, from the log sink) for the window
    since the last retrain (or ``--since``) until ``--settle-minutes`` ago (the CLI's
    default: an hour, so the last searches' clicks and purchases have arrived); nothing
-   new: exit "up to date".
+   new: exit "up to date"; searches but no click, cart or purchase among them: "no engagement"
+   (nothing registered, so the next run reads them again).
 2. Join impressions with interactions: each shown product of each search gets
    its engagement (0 none, 1 click, 2 add to cart, 3 purchase).
 3. Estimate position bias by EM on the position-based model
    (:mod:`online_learning.propensity`) and weight each preference pair by the
    inverse propensity of the engaged product's position.
 4. Features: the same :class:`~ranking.ltr.LtrFeaturizer` as serving, with the
-   cross-encoder scores that were logged with the impression and store
-   features joined point-in-time from Feast at the search's own timestamp.
+   cross-encoder scores that were logged with the impression, the first-stage ranks
+   rebuilt by the served first stage (the log keeps none; :func:`logged_ranking_data`)
+   and store features joined point-in-time from Feast at the search's own timestamp.
 5. Before anything is learnt, the traffic filters (:mod:`online_learning.traffic_filter`)
    drop clicks without an impression, repeats and anomalous shoppers, counted by reason.
 6. Train an unbiased LambdaMART candidate on the earlier 80% of searches,
    early-stopped on the IPS-DCG@10 of the later 20%; compare it with the
-   active model on those held-out searches (and on the judged dev split when a
-   dataset is given); register it with lineage (data window, feature service,
-   parent model, propensities, metrics). Registering never activates: the
-   experiment and the promotion policy decide.
+   active model on those held-out searches (IPS-DCG@10 of both; no judged
+   dataset is read here); register it with lineage (data window, feature service,
+   parent model, propensities, metrics). Registering never activates: the experiment
+   and the promotion policy decide.
 
 One run at a time (a file lock); a crash before registration leaves nothing
 behind, and the next run redoes the window.
@@ -50,8 +52,9 @@ from core.settings import Settings
 from online_learning.consumers.log_sink import read_log, searches_only
 from online_learning.propensity import fit_position_model
 from online_learning.traffic_filter import FilterConfig, clean, engagement
-from ranking.features import LtrFeaturizer
+from ranking.features import RANK_FEATURES, LtrFeaturizer
 from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig, RankingData
+from retrieval.hybrid import Retriever
 from retrieval.index import ProductIndex
 from retrieval.types import Candidates, Hits
 
@@ -122,13 +125,28 @@ def _candidates(index: ProductIndex, rows: pd.DataFrame) -> Candidates:
     return Candidates(base.docs, base.product_ids, base.stage, scores, base.ranks)
 
 
+def _with_first_stage_ranks(candidates: Candidates, first_stage: Retriever, text: str) -> Candidates:
+    """``candidates`` with the ``bm25``, ``dense`` and ``rrf`` rank columns the first stage gives them for
+    ``text`` (:meth:`retrieval.hybrid.HybridRetriever.rank`: their ranks in its served runs, 0 where a run
+    does not retrieve one). The impression log keeps each shown product's scores, not these ranks."""
+    ranked = first_stage.rank(text, candidates.docs)
+    row = {int(doc): i for i, doc in enumerate(ranked.docs.tolist())}
+    order = np.array([row[int(doc)] for doc in candidates.docs.tolist()], dtype=np.int64)
+    rebuilt = {run: np.asarray(ranked.ranks[run])[order] for run in ("bm25", "dense", "rrf") if run in ranked.ranks}
+    return replace(candidates, ranks={**candidates.ranks, **rebuilt})
+
+
 def logged_ranking_data(featurizer: LtrFeaturizer, shown: pd.DataFrame, store_frame: pd.DataFrame | None,
-                        spelling: bool = True) -> tuple[RankingData, np.ndarray]:
+                        spelling: bool = True, first_stage: Retriever | None = None) -> tuple[RankingData, np.ndarray]:
     """Feature rows per logged search and each row's position (searches with one known product are skipped).
     Each typed query is analyzed as the first stage analyzes it (``spelling``: ``retrieval.spelling``), so BM25
-    and the dense score read the text a search reads, not the text as typed."""
+    and the dense score read the text a search reads, not the text as typed. With ``first_stage`` (the served
+    one) and rank features among the featurizer's, each search's first-stage ranks are rebuilt by ranking its
+    shown products for the analyzed text again: with today's index and without the search's filters, so a
+    product the catalog changed since, or a filtered search, may get other ranks than it was served with."""
     rows, labels, sizes, qids, positions = [], [], [], [], []
     names = featurizer.store_names
+    ranker = first_stage if set(featurizer.names) & set(RANK_FEATURES) else None
     offset = 0
     for request_id, group in shown.groupby("request_id", sort=False):
         part = store_frame.iloc[offset : offset + len(group)] if store_frame is not None else None
@@ -144,6 +162,8 @@ def logged_ranking_data(featurizer: LtrFeaturizer, shown: pd.DataFrame, store_fr
         local = replace(featurizer, store=(lambda q, p, s=store: s) if store else None, student=None, teacher=None)
         typed = group["query"].iat[0]
         analysis = featurizer.index.analyzer.analyze(typed, spelling=spelling)
+        if ranker is not None:
+            candidates = _with_first_stage_ranks(candidates, ranker, analysis.text or typed)
         rows.append(local(Query(analysis.text or typed, group["user_id"].iat[0], analysis=analysis), candidates))
         labels.append(known["engagement"].to_numpy())
         positions.append(known["position"].to_numpy())
@@ -167,7 +187,7 @@ def _split(data: RankingData, positions: np.ndarray, share: float) -> tuple[tupl
 
 
 def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel | None,
-            config: RetrainConfig = RetrainConfig()) -> dict:
+            config: RetrainConfig = RetrainConfig(), first_stage: Retriever | None = None) -> dict:
     """Train and register a candidate from the logs (see module docstring).
 
     Args:
@@ -175,6 +195,10 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         featurizer: The served featurizer (index and query encoder); the store
             features it reads are the active model's.
         active: The active LambdaMART (warm start, and the comparison), or None.
+        first_stage: The served first stage (``SearchEngine.hybrid``), which rebuilds the
+            logged searches' first-stage ranks when the active model reads them (the
+            ``ranks`` features; the impression log does not keep them). Without it, such
+            a model is not retrained: status "skipped", saying why.
     """
     settings.paths.retrain_lock.parent.mkdir(parents=True, exist_ok=True)
     with open(settings.paths.retrain_lock, "w") as lock:
@@ -182,6 +206,11 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return {"status": "skipped", "reason": "another retrain is running"}
+        names = list(active.model.names) if active else list(BASE_FEATURES)  # type: ignore[attr-defined]
+        if active is not None and first_stage is None and set(names) & set(RANK_FEATURES):
+            return {"status": "skipped", "reason": f"the active LambdaMART {active.version} reads the first stage's "
+                    f"ranks ({', '.join(RANK_FEATURES)}), which the impression log does not keep: give retrain the "
+                    "served first stage to rebuild them (`shoprank retrain` does)"}
         registry = ModelRegistry(settings.paths.models)
         since = _utc(config.since) if config.since else _last_window_end(registry)
         until = _utc(config.until) if config.until else None
@@ -199,12 +228,18 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         if searches < config.min_searches:
             return {"status": "too few new searches" if searches else "up to date", "new_searches": int(searches),
                     "min_searches": config.min_searches, "since": since.isoformat() if since is not None else None}
+        clicks = int(shown["clicked"].sum())
+        if not clicks:  # nothing to learn from, nothing registered: the next run reads these searches again
+            return {"status": "no engagement", "new_searches": int(searches),
+                    "since": since.isoformat() if since is not None else None,
+                    "reason": "no shown product of the window's searches was clicked, carted or bought"}
         started = time.perf_counter()
         position_model = fit_position_model(shown[["query", "product_id", "position", "clicked"]], config.max_position)
-        featurizer = replace(featurizer, names=list(active.model.names) if active else list(BASE_FEATURES))  # type: ignore[attr-defined]
-        names = featurizer.store_names
-        data, positions = logged_ranking_data(featurizer, shown, _store_features(settings, shown) if names else None,
-                                              settings.retrieval.spelling)
+        featurizer = replace(featurizer, names=names)
+        store_names = featurizer.store_names
+        data, positions = logged_ranking_data(featurizer, shown,
+                                              _store_features(settings, shown) if store_names else None,
+                                              settings.retrieval.spelling, first_stage)
         try:
             candidate, lgb_config, metrics = _fit_candidate(data, positions, position_model, active, config)
         except lgb.basic.LightGBMError as error:  # e.g. every feature constant over a handful of searches
@@ -217,10 +252,10 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         entry = registry.register(
             "ltr", work, base_model="lightgbm-ips-lambdarank", parent=active.version if active else None,
             training_data=hashlib.sha256(",".join(data.query_ids).encode()).hexdigest()[:16],
-            params={"data_window": window, "feature_service": settings.features.service if names else None,
+            params={"data_window": window, "feature_service": settings.features.service if store_names else None,
                     "features": candidate.names, "propensities": [round(float(t), 4) for t in position_model.theta],
                     "config": asdict(config), "lightgbm": asdict(lgb_config)},
-            metrics=metrics | {"clicks": int(shown["clicked"].sum()), "searches": int(searches),
+            metrics=metrics | {"clicks": clicks, "searches": int(searches),
                                "seconds": round(time.perf_counter() - started, 1), "filtered": filtered})
         return {"status": "registered", "version": entry.version, "parent": entry.parent,
                 "window": window, "metrics": entry.metrics, "propensities": entry.params["propensities"],
@@ -261,9 +296,11 @@ def _fit_candidate(data, positions, position_model, active: ServedModel | None, 
 
     (train, train_pos), (valid, valid_pos) = _split(data, positions, config.valid_share)
     train_ips, valid_ips = 1 / position_model.propensity(train_pos), 1 / position_model.propensity(valid_pos)
-    lgb_config = LambdaMARTConfig(seed=config.seed, max_grade=3, min_data_in_leaf=50, num_leaves=15,
-                                  learning_rate=0.03)
     parent_model = active.model if active else None
+    # the parent's monotone features stay monotone: the candidate's score is the parent's plus these trees
+    monotone = tuple(parent_model.config.monotone) if parent_model else ()  # type: ignore[attr-defined]
+    lgb_config = LambdaMARTConfig(seed=config.seed, max_grade=3, min_data_in_leaf=50, num_leaves=15,
+                                  learning_rate=0.03, monotone=monotone)
     candidate = LambdaMART.fit_unbiased(train, valid, train_ips, valid_ips, lgb_config, parent=parent_model)  # type: ignore[arg-type]
     metrics = {"valid_ips_dcg@10": round(ips_dcg(valid.groups, valid.labels, valid_ips,
                                                  candidate.predict(valid.features)), 4),

@@ -150,7 +150,9 @@ class LambdaMART:
         ``init_score``) and the new trees only correct them: what the parent
         learnt from judged data is kept, the logs add what shoppers show (taste,
         price, popularity). Without it, a model trained only on the ten shown
-        products of each search mis-ranks the other candidates.
+        products of each search mis-ranks the other candidates. ``config.monotone``
+        binds the new trees as it binds :meth:`fit`'s (pass the parent's, so the sum
+        keeps its guarantee).
         """
         import lightgbm as lgb
 
@@ -163,7 +165,7 @@ class LambdaMART:
             "bagging_fraction": config.bagging_fraction, "bagging_freq": config.bagging_freq,
             "lambda_l2": config.lambda_l2, "seed": config.seed, "num_threads": config.threads, "verbose": -1,
             "deterministic": True,
-        }
+        } | _monotone(config, train.names)
         init_train = parent.predict(train.features) if parent else None
         init_valid = parent.predict(valid.features) if parent else None
         train_set = lgb.Dataset(train.features, train.labels, group=train.groups, feature_name=train.names,
@@ -286,9 +288,14 @@ def _params(config: LambdaMARTConfig, names: list[str]) -> dict[str, object]:
         "lambdarank_truncation_level": config.truncation_level, "seed": config.seed,
         "num_threads": config.threads, "verbose": -1, "deterministic": True,
     }
+    return params | _monotone(config, names)
+
+
+def _monotone(config: LambdaMARTConfig, names: list[str]) -> dict[str, object]:
+    """LightGBM's ``monotone_constraints`` for ``config.monotone`` over features ``names`` (none: {})."""
     unknown = sorted(set(config.monotone) - set(names))
     if unknown:
         raise ValueError(f"monotone features {unknown} are not features of this model ({names})")
-    if config.monotone:
-        params["monotone_constraints"] = [int(name in config.monotone) for name in names]
-    return params
+    if not config.monotone:
+        return {}
+    return {"monotone_constraints": [int(name in config.monotone) for name in names]}

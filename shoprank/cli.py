@@ -20,11 +20,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from core.arguments import positive, whole_at_least
 from core.errors import InvalidInput, ShopRankError
 from core.hardware import limit_math_threads
 from core.service_settings import ApiSettings
 from core.settings import Settings, get_settings
-from shoprank.commands.arguments import in_file, index_name, positive, whole_at_least
+from shoprank.commands.arguments import in_file, index_name
 
 logger = logging.getLogger("shoprank")
 

@@ -5,7 +5,8 @@ Contrastive training with the multiple-negatives ranking loss (Henderson et al.
 pairs, each query must score its own product above every other product in the
 batch, and above one *hard negative* of its own when ``hard_negatives`` is on.
 Every relevant product of a query makes a pair (``positives``), and a query's
-other relevant products in the batch are masked out of its negatives.
+other relevant products in the batch are masked out of its negatives, whether
+they come as another example's positive or as another query's hard negative.
 
 Why hard negatives matter: in-batch negatives are random products (a drill vs a
 garden hose), which the zero-shot model already separates; the mistakes that
@@ -42,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.arguments import positive
 from core.errors import InvalidInput
 from evaluation.metrics import grade_threshold
 from ranking.training.data import (
@@ -158,13 +160,19 @@ def denoised(mined: Sequence[str], positives: Sequence[str], scores: dict[str, f
 
 
 def false_negatives(batch: Sequence[Triple]) -> np.ndarray:
-    """(batch, batch) mask of in-batch "negatives" that are not: another example's positive that
-    is this example's product, or another positive of this example's query (typed or slipped)."""
-    queries = np.array([t.key for t in batch], dtype=object)
-    products = np.array([t.positive for t in batch], dtype=object)
-    same = (queries[:, None] == queries[None, :]) | (products[:, None] == products[None, :])
-    np.fill_diagonal(same, False)
-    return same
+    """(batch, columns) mask of in-batch "negatives" that are not, over the loss's columns (every
+    example's positive, then the hard negatives present, in batch order): a column whose text is a
+    positive of this example's query (typed or slipped), such as another example's positive that is
+    this example's product, another positive of its query, or another example's hard negative that
+    is this example's positive (one query's negative can be relevant to another)."""
+    relevant: dict[str, set[str]] = {}
+    for t in batch:
+        relevant.setdefault(t.key, set()).add(t.positive)
+    columns = [t.positive for t in batch] + [t.negative for t in batch if t.negative]
+    mask = np.array([[text in relevant[t.key] for text in columns] for t in batch], dtype=bool)
+    own = np.arange(len(batch))
+    mask[own, own] = False  # each example's own positive is its target
+    return mask
 
 
 def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict[str, str], out: Path,
@@ -230,8 +238,9 @@ def train_biencoder(config: BiEncoderConfig, train: Sequence[Group], texts: dict
 def _batch_loss(embed, batch: Sequence[Triple], scale: float, device: str,  # type: ignore[no-untyped-def]
                 distill: float = 0.0):
     """Multiple negatives ranking loss (Henderson et al. 2017): each query against every positive
-    and hard negative of the batch, its own positive the target; another query's positive that
-    is also relevant to this one (a known false negative) is masked out. With ``distill`` > 0, plus
+    and hard negative of the batch, its own positive the target; another query's positive or hard
+    negative that is also relevant to this one (a known false negative, :func:`false_negatives`)
+    is masked out. With ``distill`` > 0, plus
     that weight times :func:`margin_loss` over the triples with a teacher margin."""
     import torch
 
@@ -241,9 +250,7 @@ def _batch_loss(embed, batch: Sequence[Triple], scale: float, device: str,  # ty
     extra = margin_loss(logits, batch) if distill > 0 else None
     masked = false_negatives(batch)
     if masked.any():
-        blocked = torch.zeros_like(logits, dtype=torch.bool)
-        blocked[:, : len(batch)] = torch.from_numpy(masked).to(device)
-        logits = logits.masked_fill(blocked, float("-inf"))
+        logits = logits.masked_fill(torch.from_numpy(masked).to(device), float("-inf"))
     loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch), device=device))
     return loss if extra is None else loss + distill * extra
 
@@ -306,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "biencoder", "Fine-tune the bi-encoder from a file written by `shoprank train biencoder --export`; "
                      "register the folder with `shoprank train biencoder --dataset D --trained FOLDER`.",
         out_help="folder for the trained model")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=positive)
     add_precision_argument(parser, None)
     parser.add_argument("--no-dev", action="store_true", help="skip the per-epoch check on the dev queries")
     parser.add_argument("--distill", type=float, help="weight of the teacher's preferences (needs exported scores)")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from core.arguments import positive, positive_number
 from core.query import Query
 
 if TYPE_CHECKING:  # annotations only: a GPU box that trains from an exported file has none of these
@@ -142,13 +143,14 @@ def read_examples(path: Path, kind: str) -> dict[str, Any]:
 
 def training_parser(kind: str, description: str, out_help: str) -> argparse.ArgumentParser:
     """The command line of ``python -m ranking.training.<kind> FILE --out FOLDER``, with the options
-    both trainers take; a trainer adds its own, named as its config's fields (``--batch-size``)."""
+    both trainers take; a trainer adds its own, named as its config's fields (``--batch-size``). Counts
+    and rates are checked as the CLI checks them (:mod:`core.arguments`)."""
     parser = argparse.ArgumentParser(prog=f"python -m ranking.training.{kind}", description=description)
     parser.add_argument("examples", type=Path)
     parser.add_argument("--out", type=Path, required=True, help=out_help)
     parser.add_argument("--base", help="base model folder (default: the one the file names)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--epochs", type=positive)
+    parser.add_argument("--lr", type=positive_number)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
     return parser

@@ -19,10 +19,14 @@ class DevSet:
     relevant_grade: int
 
 
-def dense_dev_metrics(model, texts: dict[str, str], dev: DevSet, batch_size: int = 256) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Recall@100 and NDCG@10 of exact dense search with ``model`` (a SentenceTransformer)."""
+def dense_dev_metrics(model, texts: dict[str, str], dev: DevSet,  # type: ignore[no-untyped-def]
+                      batch_size: int = 256) -> dict[str, float | None]:
+    """Recall@100 and NDCG@10 of exact dense search with ``model`` (a SentenceTransformer). None where
+    no query counts: Recall@100 over the queries with a relevant product, both without dev queries."""
     import torch
 
+    if not dev.queries:  # nothing to search (encoding no query would fail, and lose the model being trained)
+        return {"recall@100": None, "ndcg@10": None, "queries": 0}
     ids = list(texts)
     with torch.no_grad():
         docs = model.encode([texts[p] for p in ids], batch_size=batch_size, convert_to_tensor=True,
@@ -37,5 +41,5 @@ def dense_dev_metrics(model, texts: dict[str, str], dev: DevSet, batch_size: int
         if value is not None:
             recall.append(value)
         ndcg.append(ndcg_at_k(ranked, grades, 10))
-    return {"recall@100": round(float(np.mean(recall)), 4), "ndcg@10": round(float(np.mean(ndcg)), 4),
-            "queries": len(dev.queries)}
+    return {"recall@100": round(float(np.mean(recall)), 4) if recall else None,
+            "ndcg@10": round(float(np.mean(ndcg)), 4), "queries": len(dev.queries)}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.arguments import positive
 from core.errors import InvalidInput
 from evaluation.metrics import grade_threshold, mrr_at_k, ndcg_at_k
 from ranking.training.checkpoint import Checkpoint
@@ -119,6 +120,14 @@ def evaluate_groups(model, batcher: _Batcher, groups: Sequence[Group], max_grade
     return {"ndcg@10": round(float(np.mean(ndcg)), 4), "mrr@10": round(float(np.mean(mrr)), 4)}
 
 
+def check_dev(dev: Sequence[Group]) -> None:
+    """InvalidInput where ``dev`` holds no query: each epoch's dev metrics would be NaN, and model
+    selection would keep the first epoch whatever the others scored."""
+    if not dev:
+        raise InvalidInput("no dev query to select the best epoch on: the dev sample needs queries with >= 2 "
+                           "judged products of >= 2 distinct grades; give another dev split")
+
+
 def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence[Group], titles: dict[str, str],
                    out: Path, progress: bool = True) -> dict[str, object]:
     """Train, checkpointing into ``out/checkpoint`` and saving the best epoch to ``out/best``.
@@ -132,6 +141,7 @@ def train_reranker(config: RerankerConfig, train: Sequence[Group], dev: Sequence
     if not train:
         raise InvalidInput("no training query with a judged product of the catalog; give more queries (--limit) "
                            "or another split")
+    check_dev(dev)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
@@ -272,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reranker", "Train the cross-encoder from a file written by `shoprank train reranker --export`; "
                     "register the folder with `shoprank train reranker --dataset D --trained FOLDER`.",
         out_help="folder for the training run (best/ is the model)")
-    parser.add_argument("--batch-groups", type=int, help="queries per step")
+    parser.add_argument("--batch-groups", type=positive, help="queries per step")
     parser.add_argument("--loss", choices=("pairwise", "listnet"))
     add_precision_argument(parser, None)
     args = parser.parse_args(argv)

@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.files import write_text_atomic
 from ranking.training.data import Group, optimizer_step
 from ranking.training.losses import margin_mse
-from ranking.training.reranker import _Batcher, evaluate_groups, load_model
+from ranking.training.reranker import _Batcher, check_dev, evaluate_groups, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class StudentConfig:
 
 def teacher_pool(groups: Sequence[Group], candidates: dict[str, list[str]], teacher_dir: Path,
                  titles: dict[str, str], out: Path, chunk: int = 200, progress: bool = True) -> pd.DataFrame:
-    """Teacher scores of every (query, judged or candidate product) pair, cached in ``out``."""
+    """Teacher scores of every (query, judged or candidate product) pair, cached in ``out`` (a part per
+    ``chunk`` queries, each written whole, so a rerun scores only the parts not yet written)."""
     from tqdm.auto import tqdm
 
     from ranking.cross_encoder import CrossEncoderScorer
@@ -69,7 +71,8 @@ def teacher_pool(groups: Sequence[Group], candidates: dict[str, list[str]], teac
             products = list(dict.fromkeys([*group.judged, *candidates.get(group.qid, [])]))
             scores = scorer.score(group.query, [titles[p] for p in products])
             rows += [(group.qid, p, float(s)) for p, s in zip(products, scores)]
-        pd.DataFrame(rows, columns=["query_id", "product_id", "teacher"]).to_parquet(part)
+        # whole or not at all: a run killed mid-write leaves no part that a later run would take as done
+        write_text_atomic(part, pd.DataFrame(rows, columns=["query_id", "product_id", "teacher"]).to_parquet())
     return pd.concat([pd.read_parquet(p) for p in sorted(parts_dir.glob("*.parquet"))], ignore_index=True)
 
 
@@ -111,11 +114,12 @@ def distillation_targets(pool: pd.DataFrame, ensemble: float) -> pd.Series:
 
 def train_student(config: StudentConfig, groups: Sequence[Group], pool: pd.DataFrame, dev: Sequence[Group],
                   titles: dict[str, str], out: Path, progress: bool = True) -> dict[str, object]:
-    """Train the student on ``pool``; the best epoch is saved to ``out/best``."""
+    """Train the student on ``pool``; the best epoch on ``dev`` (InvalidInput when empty) is saved to ``out/best``."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
+    check_dev(dev)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.teacher)

@@ -1,54 +1,24 @@
-"""argparse types shared by the commands: counts, depths and shares, checked with a message
-that names the bad value and what is allowed."""
+"""argparse types shared by the commands: depths, shares, files and names, checked with a message
+that names the bad value and what is allowed. Counts and sizes (``count``, ``positive``,
+``positive_number``, ``whole_at_least``) are in :mod:`core.arguments`, which the standalone
+trainers use too."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
 from pathlib import Path
 
+from core.arguments import count, number, whole_at_least
 from core.paths import INDEX_NAME
 from ranking.training.data import Fold
 
-
-def _number(text: str) -> float:
-    """``text`` as a float; NaN (which every range check refuses) when it is not a number."""
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
-
-
-def count(text: str) -> int:
-    """argparse type for a number of items: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return value
-
-
-def whole_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type for a whole number >= ``minimum``."""
-    def parse(text: str) -> int:
-        value = count(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
-        return value
-
-    return parse
-
-
-positive = whole_at_least(1)  # a depth or a count of things wanted
 at_least_100 = whole_at_least(100)  # a retrieval depth: the metrics read 100 deep
 
 
 def share(text: str) -> float:
     """argparse type for a share: a number from 0 to 1."""
-    value = _number(text)
+    value = number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
     return value
@@ -64,7 +34,7 @@ def fraction(text: str) -> float:
 
 def weight(text: str) -> float:
     """argparse type for a loss weight: a finite number above 0."""
-    value = _number(text)
+    value = number(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
     return value
@@ -122,17 +92,9 @@ def in_file(text: str) -> str:
     return text
 
 
-def positive_number(text: str) -> float:
-    """argparse type for a rate or a size: a finite number > 0."""
-    value = _number(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
-    return value
-
-
 def non_negative(text: str) -> float:
     """argparse type for a duration that may be none: a finite number >= 0."""
-    value = _number(text)
+    value = number(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
     return value

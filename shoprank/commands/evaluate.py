@@ -8,8 +8,9 @@ import json
 import math
 from pathlib import Path
 
+from core.arguments import positive
 from core.settings import Settings
-from shoprank.commands.arguments import at_least_100, fraction, out_file, positive
+from shoprank.commands.arguments import at_least_100, fraction, out_file
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 from core import feast_repo
+from core.arguments import positive
 from core.errors import InvalidInput
 from core.settings import Settings
-from shoprank.commands.arguments import positive
 
 
 def _index_for(args: argparse.Namespace, settings: Settings):  # type: ignore[no-untyped-def]

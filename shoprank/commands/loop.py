@@ -8,9 +8,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.arguments import positive
 from core.errors import Conflict, InvalidInput, NotFound, NotReady
 from core.settings import Settings
-from shoprank.commands.arguments import days, non_negative, out_file, positive, timestamp
+from shoprank.commands.arguments import days, non_negative, out_file, timestamp
 
 if TYPE_CHECKING:
     from online_learning.consumers.streaming_features import StreamingFeatures
@@ -90,8 +91,9 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
     config = RetrainConfig(since=args.since, until=args.until, min_searches=args.min_searches,
                            filter_traffic=not args.no_filter, settle_minutes=args.settle_minutes)
-    engine = open_engine(settings, batch=True)  # the served index and query encoder, the active models
-    print(json.dumps(retrain(settings, engine.featurizer([]), engine.ltr, config), indent=2, default=str))
+    engine = open_engine(settings, batch=True)  # the served index, query encoder and first stage, the active models
+    print(json.dumps(retrain(settings, engine.featurizer([]), engine.ltr, config, engine.hybrid), indent=2,
+                     default=str))
     return 0
 
 

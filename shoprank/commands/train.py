@@ -18,14 +18,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.arguments import count, positive, positive_number
 from core.errors import InvalidInput, NotFound
+from core.files import write_text_atomic
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import EvalDataset, load_dataset
 from ranking.training.data import add_precision_argument
 from retrieval.encoder import BUNDLED
 from shoprank.commands import train_biencoder, train_ltr
-from shoprank.commands.arguments import count, positive, positive_number, run_name
+from shoprank.commands.arguments import run_name
 from shoprank.commands.training import (
     add_elsewhere_arguments,
     base_label,
@@ -87,11 +89,11 @@ def _train_reranker_here(args: argparse.Namespace, settings: Settings, work: Pat
                             negatives=args.negatives, seed=args.seed, max_grade=dataset.max_grade, loss=args.loss,
                             device=args.device, precision=args.precision)
     train = groups_from(dataset, args.split, 1)[: args.limit]
+    dev = dev_sample(dataset, args.dev_split, args.dev_queries)  # before the mining: a split without one is refused
     if config.negatives:
         engine = first_stage(settings, dataset)
         mine_negatives(train, engine.pipeline("hybrid"), engine.index, config.negatives, seed=args.seed,
                        progress=settings.progress)
-    dev = dev_sample(dataset, args.dev_split, args.dev_queries)
     titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))
     if args.export is not None:
         save_examples(args.export, config, train, dev, titles)
@@ -117,6 +119,7 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
     if not 0.0 <= args.ensemble <= 1.0:
         raise InvalidInput(f"--ensemble {args.ensemble} is not a weight within [0, 1]")
     train = groups_from(dataset, args.split, 1)[: args.limit]
+    dev = dev_sample(dataset, args.dev_split, args.dev_queries)  # before the pool: a split without one is refused
     engine = first_stage(settings, dataset)
     hybrid = engine.pipeline("hybrid")
     candidates = {g.qid: hybrid.search(g.query, args.pool_depth).product_ids for g in train}
@@ -138,11 +141,10 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
         else:
             rank = _ltr_scores(settings, dataset, engine, int(pool.groupby("query_id").size().max()))
             pool = ensemble_pool(pool, {g.qid: g.query for g in train}, rank, settings.progress)
-            pool.to_parquet(cached)
+            write_text_atomic(cached, pool.to_parquet())  # whole or not at all: a later run reads it as done
         logger.info("ensemble target: teacher %s + LambdaMART %s (weight %.2f), %d pairs",
                     teacher.version, ltr.version, args.ensemble, len(pool))
     work = settings.paths.training(f"student-L{args.layers}-{args.run_name}")
-    dev = dev_sample(dataset, args.dev_split, args.dev_queries)
     summary = train_student(config, train, pool, dev, titles, work, progress=settings.progress)
     folder = work / "registered"
     shutil.rmtree(folder, ignore_errors=True)

@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+from core.arguments import positive, positive_number
 from core.errors import InvalidInput
 from core.registry import ModelRegistry, ModelVersion
 from core.settings import Settings
@@ -19,7 +20,7 @@ from evaluation.dataset import EvalDataset, load_dataset
 from ranking.training.biencoder import TeacherScores
 from ranking.training.data import Group, add_precision_argument
 from retrieval.encoder import BUNDLED
-from shoprank.commands.arguments import fold, positive, positive_number, run_name, share, weight
+from shoprank.commands.arguments import fold, run_name, share, weight
 from shoprank.commands.training import (
     add_elsewhere_arguments,
     base_label,
@@ -31,21 +32,30 @@ from shoprank.commands.training import (
 
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     if args.activate and getattr(args, "hold_out", None) is not None:
-        raise InvalidInput(f"--activate with --hold-out {args.hold_out}: a fold model only builds LambdaMART's "
-                           "training lists; the served bi-encoder is one trained on every query")
+        raise _fold_served(args.hold_out)
     work = settings.paths.training(f"biencoder-{args.run_name}")
     outcome = trained(args, settings, work, "biencoder", _train_biencoder_here, needs=("train_summary.json",))
     if outcome is None:  # --export: written, not trained
         return 0
     summary, params = outcome
+    # the fold it was trained without: this run's --hold-out, or for one trained elsewhere (--trained) the
+    # fold its training recorded
+    held_out = params.get("held_out") or getattr(args, "hold_out", None)
+    if args.activate and held_out:  # refused before anything is registered
+        raise _fold_served(held_out)
     registry = ModelRegistry(settings.paths.models)
     entry = registry.register("biencoder", work, base_model=base_label(args, summary),
                               training_data=summary.get("data_hash", ""), params=params,
                               metrics={"train": {k: v for k, v in summary.items() if k != "config"}})
-    if args.activate or (registry.active("biencoder") is None and getattr(args, "hold_out", None) is None):
+    if args.activate or (registry.active("biencoder") is None and not held_out):
         registry.activate("biencoder", entry.version)  # the first one, unless a fold model
     print(json.dumps({"registered": entry.to_json()}, indent=2))
     return 0
+
+
+def _fold_served(fold: object) -> InvalidInput:
+    return InvalidInput(f"--activate with a model trained without fold {fold} (--hold-out): a fold model only "
+                        "builds LambdaMART's training lists; the served bi-encoder is one trained on every query")
 
 
 def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Path) -> dict | None:
@@ -83,10 +93,10 @@ def _train_biencoder_here(args: argparse.Namespace, settings: Settings, work: Pa
     texts = product_texts(dataset.products)
     scores = None if teacher is None else _teacher_scores(settings, dataset, train, teacher)
     if args.export is not None:
-        dev = None
-        if args.dev_split:
-            relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
-            dev = DevSet([(g.qid, g.query, g.judged) for g in groups_from(dataset, args.dev_split, 1)], relevant)
+        judged = groups_from(dataset, args.dev_split, 1) if args.dev_split else []
+        relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
+        # a split without a judged query gets no per-epoch check, as --dev-split '' gets none
+        dev = DevSet([(g.qid, g.query, g.judged) for g in judged], relevant) if judged else None
         save_examples(args.export, Examples(config, train, texts, dev, scores))
         print(json.dumps({"exported": str(args.export), "train_queries": len(train),
                           "dev_queries": 0 if dev is None else len(dev.queries), "products": len(texts),

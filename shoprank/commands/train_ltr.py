@@ -22,13 +22,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.arguments import count, positive
 from core.compute import check_scheduler, dask_client
 from core.errors import InvalidInput
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import load_dataset
 from ranking.lambdamart import GAINS, OBJECTIVES, TUNABLE
-from shoprank.commands.arguments import count, positive, run_name
+from shoprank.commands.arguments import run_name
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -22,10 +22,15 @@ if TYPE_CHECKING:  # serving loads FAISS: imported where used, after `shoprank s
 
 
 def dev_sample(dataset: EvalDataset, split: str, size: int, seed: int = 0):  # type: ignore[no-untyped-def]
-    """A fixed sample of queries with signal (>= 2 judged, >= 2 distinct grades)."""
+    """A fixed sample of queries with signal (>= 2 judged, >= 2 distinct grades); InvalidInput where the split
+    has none (every epoch would score NaN, and model selection would keep the first)."""
     from ranking.training.data import groups_from
 
     groups = [g for g in groups_from(dataset, split, 2) if len(set(g.judged.values())) > 1]
+    if not groups:
+        raise InvalidInput(f"the dev split {split!r} has no query to select the best epoch on: that needs a query "
+                           "with >= 2 judged products of >= 2 distinct grades (products all graded alike rank "
+                           "as well in any order); give another --dev-split")
     random.Random(seed).shuffle(groups)
     return groups[:size]
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import fcntl
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from core.registry import ModelRegistry
+from core.registry import ModelRegistry, ServedModel
 from core.settings import Settings
 from online_learning.consumers.log_sink import ParquetLogSink
 from online_learning.retrain import RetrainConfig, retrain
-from ranking.lambdamart import LambdaMART
+from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
 from serving.engine import assemble
 from tests.helpers import demo_traffic
 
@@ -101,3 +102,98 @@ def test_logged_queries_are_featurized_as_searched(fake_index) -> None:  # type:
     featurizer = LtrFeaturizer(fake_index, embed, None, list(BASE_FEATURES))
     data, _ = logged_ranking_data(featurizer, shown, None)
     assert data.groups == [3] and embedded == [word]  # before: the text as typed, which no search reads
+
+
+class EveryPositionSeen:
+    """A position model under which every shown product was examined (propensity 1)."""
+
+    theta = np.ones(10)
+
+    def propensity(self, positions: np.ndarray) -> np.ndarray:
+        return np.ones(len(positions))
+
+
+def falling_with_bm25(searches: int, seed: int = 0) -> tuple[RankingData, np.ndarray]:
+    """Logged searches whose engagement falls as "bm25" rises, ten shown products each."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(searches * 10, 2)).astype(np.float32)
+    labels = (x[:, 0] < -0.5).astype(np.int32)
+    data = RankingData(x, labels, [10] * searches, ["bm25", "price"], [f"r{i}" for i in range(searches)])
+    return data, np.tile(np.arange(1, 11), searches)
+
+
+def test_a_candidate_keeps_its_parents_monotone_features() -> None:
+    from online_learning.retrain import _fit_candidate
+
+    data, positions = falling_with_bm25(300)
+    judged, _ = falling_with_bm25(100, seed=1)
+    parent = LambdaMART.fit(judged, judged, LambdaMARTConfig(max_grade=3, min_data_in_leaf=5, max_rounds=20,
+                                                             monotone=("bm25",)))
+    candidate, config, _ = _fit_candidate(data, positions, EveryPositionSeen(), ServedModel("ltr", "v1", parent),
+                                          RetrainConfig())
+    assert config.monotone == ("bm25",)
+    grid = np.column_stack([np.linspace(-2, 2, 41), np.zeros(41)]).astype(np.float32)
+    assert np.all(np.diff(candidate.predict(grid)) >= -1e-9)  # before: the new trees learnt the fall
+
+
+def test_logged_searches_get_their_first_stage_ranks_again(fake_index) -> None:  # type: ignore[no-untyped-def]
+    """The impression log keeps no first-stage rank: the served first stage ranks the shown products again."""
+    import json
+
+    import pandas as pd
+
+    from online_learning.retrain import logged_ranking_data
+    from ranking.features import LtrFeaturizer, feature_names
+    from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
+    from tests.fakes import HashingEncoder
+
+    encoder = HashingEncoder()
+    first_stage = HybridRetriever(BM25Retriever(fake_index), DenseRetriever(fake_index, encoder), depth=50)
+    word = next(w for w in fake_index.title(0).split() if w.isalpha() and len(w) > 3).lower()
+    served = first_stage.search(word, 3)
+    shown_order = [2, 0, 1]  # LambdaMART showed the first stage's third product first
+    shown = pd.DataFrame({"request_id": "r1", "query": word, "user_id": "u1",
+                          "product_id": [served.product_ids[i] for i in shown_order], "position": [1, 2, 3],
+                          "scores": json.dumps({}), "engagement": [1, 0, 0]})
+    names = feature_names(["base", "ranks"])
+    featurizer = LtrFeaturizer(fake_index, lambda text: encoder.encode([text])[0], None, names)
+    data, _ = logged_ranking_data(featurizer, shown, None, first_stage=first_stage)
+    for run in ("bm25", "dense", "rrf"):
+        expected = np.asarray(served.ranks[run], dtype=np.float32)[shown_order]
+        expected = np.where(expected > 0, expected, np.nan)
+        assert np.array_equal(data.features[:, names.index(f"rank_{run}")], expected, equal_nan=True), run
+    assert data.features[:, names.index("rank_rrf")].tolist() == [3, 1, 2]  # before: NaN on every row
+
+
+def test_a_model_reading_ranks_is_not_retrained_without_the_first_stage(  # type: ignore[no-untyped-def]
+        tmp_path: Path, settings: Settings, fake_index) -> None:
+    from types import SimpleNamespace
+
+    from ranking.features import LtrFeaturizer, feature_names
+
+    names = feature_names(["base", "ranks"])
+    home = settings.model_copy(update={"home": tmp_path})
+    active = ServedModel("ltr", "v3", SimpleNamespace(names=names))
+    result = retrain(home, LtrFeaturizer(fake_index, lambda text: np.ones(64), None, names), active, RetrainConfig())
+    assert result["status"] == "skipped" and "rank_rrf" in result["reason"] and "v3" in result["reason"]
+
+
+def test_a_window_without_engagement_registers_nothing_and_stays_for_the_next_run(  # type: ignore[no-untyped-def]
+        tmp_path: Path, settings: Settings, fake_index) -> None:
+    """Before: a candidate was registered from searches nobody clicked, and its window was never read again."""
+    from datetime import UTC, datetime, timedelta
+
+    from online_learning.consumers.base import Delivered
+    from online_learning.events import RANKINGS_TOPIC, RankingEvent, ShownItem
+    from ranking.features import LtrFeaturizer
+
+    home = settings.model_copy(update={"home": tmp_path})
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    shown = [ShownItem(product_id=fake_index.product_id(d), position=d + 1) for d in range(10)]
+    ParquetLogSink(home.paths.event_log)([Delivered(RANKINGS_TOPIC, 0, i, RankingEvent(
+        event_id=f"r{i}", request_id=f"r{i}", timestamp=start + timedelta(minutes=i), user_id=f"u{i % 5}",
+        query="drill", pipeline="full", items=shown)) for i in range(20)])
+    featurizer = LtrFeaturizer(fake_index, lambda text: np.ones(64), None, [])
+    result = retrain(home, featurizer, None, RetrainConfig(min_searches=10, filter_traffic=False))
+    assert result["status"] == "no engagement" and result["new_searches"] == 20
+    assert ModelRegistry(home.paths.models).versions("ltr") == []

@@ -54,10 +54,25 @@ def test_a_querys_other_positives_and_repeated_products_are_not_negatives() -> N
     mask = false_negatives(batch)
     assert mask.tolist() == [
         [False, True, False, True],   # same query (b), same product (a for another query)
-        [True, False, False, False],
+        [True, False, False, True],   # same query (a), and a again: another positive of drill, as cordless drill's
         [False, False, False, False],  # nothing shared: every other product is a negative
         [True, False, False, False],
     ]
+
+
+def test_another_querys_hard_negative_that_is_this_querys_product_is_not_a_negative() -> None:
+    """Before: the "garden hose" drill's hard negative stood as a negative of the hose query it is relevant to."""
+    import torch
+
+    batch = [Triple("drill", "cordless drill", "garden hose", "q1"), Triple("hose", "garden hose", None, "q2")]
+    # columns: cordless drill, garden hose (q2's positive), garden hose (q1's hard negative)
+    assert false_negatives(batch).tolist() == [[False, False, False], [False, False, True]]
+
+    def embed(texts: list[str]) -> torch.Tensor:  # a perfect encoder: each query is its products' vector
+        slot = {"drill": 0, "cordless drill": 0, "hose": 1, "garden hose": 1}
+        return torch.nn.functional.one_hot(torch.tensor([slot[t] for t in texts]), 2).float()
+
+    assert _batch_loss(embed, batch, 20.0, "cpu").item() < 1e-6  # was log(2) / 2: q2 against its own product
 
 
 def test_training_queries_are_analyzed_as_the_server_analyzes_them() -> None:
@@ -156,3 +171,26 @@ def test_training_precision_auto_is_bf16_on_a_cpu_with_bf16_instructions_and_fp3
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="'fp16' is not one of auto, fp32, bf16"):
         resolve_precision("fp16", "cpu")
+
+
+class HashingModel:
+    """What the dense check calls of a SentenceTransformer: ``encode`` (hashed bags of words)."""
+
+    def encode(self, texts, convert_to_tensor: bool = True, **kwargs):  # type: ignore[no-untyped-def]
+        import torch
+
+        from tests.fakes import HashingEncoder
+
+        return torch.from_numpy(HashingEncoder().encode(texts))
+
+
+def test_the_dense_check_without_a_dev_query_reports_none_and_does_not_fail() -> None:
+    """Before: an export whose dev split had no judged query failed after the first epoch, the model lost."""
+    from ranking.training.dense_check import DevSet, dense_dev_metrics
+
+    assert dense_dev_metrics(HashingModel(), TEXTS, DevSet([], 1)) == {"recall@100": None, "ndcg@10": None,
+                                                                      "queries": 0}
+    unjudged = dense_dev_metrics(HashingModel(), TEXTS, DevSet([("q", "title a", {"a": 0})], 1))
+    assert unjudged["recall@100"] is None and unjudged["queries"] == 1  # no relevant product: no recall (was NaN)
+    found = dense_dev_metrics(HashingModel(), TEXTS, DevSet([("q", "title a", {"a": 1})], 1))
+    assert found["recall@100"] == 1.0 and found["ndcg@10"] == 1.0

@@ -1,4 +1,4 @@
-"""The student's distillation target: the teacher alone, or its blend with LambdaMART."""
+"""The student's distillation target: the teacher alone, or its blend with LambdaMART; what it selects on."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ranking.training.student import distillation_targets, ensemble_pool
+from core.errors import InvalidInput
+from ranking.training.data import Group
+from ranking.training.reranker import RerankerConfig, train_reranker
+from ranking.training.student import (
+    StudentConfig,
+    distillation_targets,
+    ensemble_pool,
+    train_student,
+)
 
 
 def _pool() -> pd.DataFrame:
@@ -50,3 +58,53 @@ def test_ensemble_pool_adds_lambdamarts_scores_and_drops_what_it_did_not_score()
     out = ensemble_pool(_pool(), {"a": "drill", "b": "timed out"}, rank, progress=False)
     assert calls == [("drill", ["1", "2", "3"]), ("timed out", ["1", "4"])]
     assert out[["query_id", "product_id", "ltr"]].values.tolist() == [["a", "1", 0.0], ["a", "2", 1.0]]
+
+
+def test_the_cross_encoders_refuse_an_empty_dev_sample(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Before any model is loaded: with no dev query every epoch scored NaN, and the first was kept."""
+    train = [Group("q1", "drill", {"p1": 3, "p2": 0})]
+    with pytest.raises(InvalidInput, match="distinct grades"):
+        train_reranker(RerankerConfig(base_model="unused"), train, [], {}, tmp_path / "reranker", progress=False)
+    with pytest.raises(InvalidInput, match="distinct grades"):
+        train_student(StudentConfig(teacher="unused"), train, _pool(), [], {}, tmp_path / "student", progress=False)
+
+
+def test_a_run_killed_while_writing_the_teacher_scores_leaves_no_part(  # type: ignore[no-untyped-def]
+        tmp_path, monkeypatch) -> None:
+    """Before: the part was written in place, and a kill mid-write left a truncated one that every later run
+    took as scored, then failed to read."""
+    import io
+    from pathlib import Path
+
+    import pyarrow.parquet
+
+    import ranking.cross_encoder
+    from ranking.training.student import teacher_pool
+
+    class Teacher:
+        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+        def score(self, query: str, titles: list[str]) -> np.ndarray:
+            return np.arange(len(titles), dtype=np.float32)
+
+    monkeypatch.setattr(ranking.cross_encoder, "CrossEncoderScorer", Teacher)
+    groups = [Group("q1", "drill", {"p1": 3, "p2": 0})]
+    titles = {"p1": "red drill", "p2": "garden hose"}
+    real_write = pyarrow.parquet.write_table
+
+    def killed(table, where, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """Pandas writing: the first 200 bytes are out when the process is killed."""
+        whole = io.BytesIO()
+        real_write(table, whole, *args, **kwargs)
+        if isinstance(where, str):  # a file written in place (else a buffer in memory, which dies with the run)
+            Path(where).write_bytes(whole.getvalue()[:200])
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(pyarrow.parquet, "write_table", killed)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_pool(groups, {}, tmp_path / "teacher", titles, tmp_path, progress=False)
+    assert list((tmp_path / "pool_parts").glob("*.parquet")) == []
+    monkeypatch.setattr(pyarrow.parquet, "write_table", real_write)
+    pool = teacher_pool(groups, {}, tmp_path / "teacher", titles, tmp_path, progress=False)
+    assert pool["product_id"].tolist() == ["p1", "p2"] and pool["teacher"].tolist() == [0.0, 1.0]

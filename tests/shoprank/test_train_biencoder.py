@@ -1,0 +1,41 @@
+"""``shoprank train biencoder --trained``: which models trained elsewhere may be served."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.registry import ModelRegistry
+from core.settings import Settings, get_settings
+from tests.helpers import run_cli
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    yield tmp_path / "home"
+    get_settings.cache_clear()
+
+
+def test_a_fold_model_trained_elsewhere_is_registered_never_served(home: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The fold is the one its training recorded (the --hold-out of the export), not this command's --hold-out,
+    which registering a folder does not take: before, the first fold model became the served bi-encoder."""
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "train_summary.json").write_text(json.dumps({
+        "steps": 1, "device": "cuda", "data_hash": "x", "config": {"base_model": "/gpu/minilm", "held_out": "0/2"}}))
+    dataset = tmp_path / "dataset"  # not read: the model was trained elsewhere
+    code, out, err = run_cli(capsys, "train", "biencoder", "--dataset", str(dataset), "--trained", str(trained))
+    assert code == 0, err
+    assert json.loads(out)["registered"]["params"]["held_out"] == "0/2"
+    registry = ModelRegistry(Settings(home=home).paths.models)
+    assert registry.active("biencoder") is None
+    code, _, err = run_cli(capsys, "train", "biencoder", "--dataset", str(dataset), "--trained", str(trained),
+                           "--activate")
+    assert code == 2 and "trained without fold 0/2" in err
+    assert [v.version for v in registry.versions("biencoder")] == ["v1"]  # refused before registering
