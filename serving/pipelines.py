@@ -91,6 +91,8 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
     budgets = {name: ms / 1000 for name, ms in settings.serving.stage_budgets_ms.items()}
 
     def cascade(name: str, stages: list[Stage], depth: int, first: Retriever = hybrid) -> Cascade:
+        # it reads at least as deep as its deepest stage: a stage re-ranks the same rows whichever page is asked for
+        depth = max([depth, *(getattr(stage, "depth", 0) for stage in stages)])
         return Cascade(name, first, stages, first_stage_depth=depth, budgets=budgets,
                        analyzer=bm25.index.analyzer, spelling=settings.retrieval.spelling, narrow=narrow)
 
