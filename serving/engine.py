@@ -179,7 +179,8 @@ class SearchEngine:
         request = (pipeline, ltr, query.text, query.rewrite, query.user_id, query.filters, query.facets, query.sort,
                    k, offset, windows)
         # a page worked out before a stock or price change is not served after it: this process's facts build in
-        # its own cache's key, the change feed's position (the same in every process) in the shared one's scope
+        # its own cache's key, the change feed's position and a digest of the facts (the same in every process
+        # that holds the same facts) in the shared one's scope (page_scope)
         key = (*request, self.facts_version())
         page_key = None
         if use_cache:
@@ -301,11 +302,15 @@ class SearchEngine:
         return self.facts.version if self.facts is not None else 0
 
     def page_scope(self) -> str:
-        """What a shared result page depends on beyond its request and the model versions: the index by
-        name and build (not path, so every process and replica reads the same keys), its catalog, the settings,
-        and the live product updates its facts hold (the change feed's position, the same in every process)."""
-        position = self.facts.position if self.facts is not None else None
-        return f"{self.index.key_name}\x1f{self.index.manifest.catalog_hash}\x1f{self.results_scope}\x1f{position}"
+        """What a shared result page depends on beyond its request and the model versions: the store, the
+        index by name (not path, so every process and replica reads the same keys) and build (what its row
+        numbers mean), its catalog, the settings, and the facts it was worked out from: the live product
+        updates they hold (the change feed's position, the same in every process) and a digest of them
+        (stock, price and the rest, from the catalog and the store, whether a feed is followed or not)."""
+        position, digest = (self.facts.position, self.facts.digest) if self.facts is not None else (None, "")
+        manifest = self.index.manifest
+        return "\x1f".join([self.settings.store_name, self.index.key_name, manifest.build, manifest.catalog_hash,
+                            self.results_scope, str(position), digest])
 
     def explain(self, query: Query, candidates: Candidates, ltr: str | None = None,
                 analysis: Analysis | None = None) -> list[dict[str, float]] | None:
