@@ -26,12 +26,14 @@ storefront's filter menus.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -136,6 +138,19 @@ class _Table:
     changes: int = 0  # the reader's change batches read when it was built
     position: str | None = None  # the change feed's position the reader had read when it was built
 
+    @cached_property
+    def digest(self) -> str:
+        """A digest of every product's facts: the same facts give the same digest in every process."""
+        digest = hashlib.blake2b(digest_size=12)
+        for name in (*TEXT_FACTS, *NUMBER_FACTS):
+            values = getattr(self.facts, name)
+            digest.update(name.encode())
+            if values.dtype == object:  # text, None when unknown
+                digest.update("\x1f".join("\x00" if v is None else v for v in values.tolist()).encode())
+            else:
+                digest.update(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+        return digest.hexdigest()
+
 
 class CatalogFacts:
     """Facts of every product of ``index``, the store's (``reader``) over the catalog's columns.
@@ -174,6 +189,13 @@ class CatalogFacts:
         """The live-update feed's position these facts reflect (None: no feed followed). It names the same
         updates in every process and replica, so a page worked out from the facts can be shared under it."""
         return self._current().position
+
+    @property
+    def digest(self) -> str:
+        """A digest of the facts as last built (the catalog's columns and the store's values): what a page
+        shared between processes was worked out from, so a change the change feed does not carry (none
+        followed, a catalog's attribute write, another replica's catalog) reads other keys."""
+        return self._current().digest
 
     def _current(self) -> _Table:
         table, key = self._table, self.index.generation

@@ -92,9 +92,12 @@ EXACT_BLOCK = 32_768
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` largest scores, best first (ties: lower position first)."""
+    """Positions of the ``k`` largest scores, best first (ties: lower position first, at the ``k``-th score
+    too: the top ``k`` is the head of the top ``k + 1``, so a deeper search only adds rows below)."""
     if k < len(scores):
-        part = np.argpartition(-scores, k - 1)[:k]
+        kth = -np.partition(-scores, k - 1)[k - 1]
+        better = np.flatnonzero(scores > kth)
+        part = np.concatenate([better, np.flatnonzero(scores == kth)[: k - len(better)]])
     else:
         part = np.arange(len(scores))
     return part[np.lexsort((part, -scores[part]))]

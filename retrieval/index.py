@@ -69,7 +69,7 @@ MANIFEST = "manifest.json"
 PRODUCTS = "products.parquet"
 VOCABULARY = "vocabulary.json"
 PENDING = "pending-"  # a save's files wait in pending-<commit id>/ until the manifest names that id
-SAME_FILE = object()  # refresh_synonyms: the file the index reads now
+SAME_FILE = object()  # read_synonyms, refresh_synonyms: the file the index reads now
 BM25_COMMIT = "bm25.commit"  # the commit whose rows the BM25 index holds; WRITING while a write changes it
 WRITING = "writing"
 LOAD_ATTEMPTS = 5  # reads of an index that writes keep committing to before a load gives up
@@ -108,6 +108,16 @@ class Manifest:
         if unknown:  # written by a later release: what this one does not know it does not need
             logger.debug("index %s: manifest fields %s are not read by this release", path, unknown)
         return cls(**{key: value for key, value in values.items() if key in known})
+
+
+@dataclass(frozen=True)
+class SynonymsRead:
+    """A synonyms file read again (:meth:`ProductIndex.read_synonyms`): the analyzer with its rules, not yet
+    the index's own (:meth:`ProductIndex.use_synonyms`)."""
+
+    analyzer: Analyzer
+    path: str | None  # the synonyms file (None: none)
+    stamp: str | None  # the digest of the bytes read
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,9 +368,12 @@ class ProductIndex:
         """The query analyzer of this catalog, made on first use (its spelling dictionary takes
         a second or two for a large catalog; the serving layer asks for it when it loads)."""
         if self._analyzer is None:
-            keep = english_words() if self.dense.settings.keep_english_words else frozenset()
-            self._analyzer = Analyzer(self.vocabulary, keep=keep, synonyms=self._read_synonyms())
+            self._analyzer = self._new_analyzer(self._read_synonyms())
         return self._analyzer
+
+    def _new_analyzer(self, synonyms: Synonyms | None) -> Analyzer:
+        keep = english_words() if self.dense.settings.keep_english_words else frozenset()
+        return Analyzer(self.vocabulary, keep=keep, synonyms=synonyms)
 
     def _read_synonyms(self) -> Synonyms | None:
         path = self.dense.settings.synonyms
@@ -368,19 +381,37 @@ class ProductIndex:
         self._synonyms_stamp = stamp  # once read: a file that failed is read again next time
         return synonyms
 
+    def read_synonyms(self, path: str | None | object = SAME_FILE) -> SynonymsRead | None:
+        """The analyzer with the synonyms file read again, if it changed since the analyzer in use read it
+        (None: it did not, or no analyzer was made yet and the file is the same: the first use reads it).
+        The index keeps its own analyzer until :meth:`use_synonyms` is given this one: a server's reload
+        builds the next engine with it and switches only once that engine is served, so a reload that fails
+        changes nothing. A file that no longer reads raises. ``path``: the synonyms file from now on (None:
+        none), when the settings name another than at load."""
+        current = self.dense.settings.synonyms
+        path = current if path is SAME_FILE else path
+        if path == current and (self._analyzer is None or file_digest(path) == self._synonyms_stamp):
+            return None
+        synonyms, stamp = Synonyms.read(path) if path else (None, None)  # type: ignore[arg-type]
+        base = self._analyzer
+        analyzer = base.with_synonyms(synonyms) if base is not None else self._new_analyzer(synonyms)
+        return SynonymsRead(analyzer, path, stamp)  # type: ignore[arg-type]
+
+    def use_synonyms(self, read: SynonymsRead) -> None:
+        """Make ``read``'s analyzer (:meth:`read_synonyms`) the index's own, and its file the one it reads."""
+        if read.path != self.dense.settings.synonyms:
+            self.dense.settings = self.dense.settings.model_copy(update={"synonyms": read.path})
+        self._analyzer, self._synonyms_stamp = read.analyzer, read.stamp
+        logger.info("index %s: synonyms read again from %s", self.path, read.path)
+
     def refresh_synonyms(self, path: str | None | object = SAME_FILE) -> bool:
-        """Read the synonyms file again if it changed since the analyzer read it (a server's model
-        reload calls this, so an edited file needs no restart); True when it was read again. A
-        file that no longer reads raises, and the analyzer keeps the rules it had. ``path``: the
-        synonyms file from now on (None: none), when the settings name another than at load."""
-        if path is not SAME_FILE and path != self.dense.settings.synonyms:
-            self.dense.settings = self.dense.settings.model_copy(update={"synonyms": path})
-            self._synonyms_stamp = "another file"  # read below, whatever its digest
-        if self._analyzer is None or file_digest(self.dense.settings.synonyms) == self._synonyms_stamp:
-            return False
-        self._analyzer = self._analyzer.with_synonyms(self._read_synonyms())
-        logger.info("index %s: synonyms read again from %s", self.path, self.dense.settings.synonyms)
-        return True
+        """Read the synonyms file again if it changed since the analyzer read it, and use it at once
+        (:meth:`read_synonyms`, then :meth:`use_synonyms`); True when it was read again. A file that no
+        longer reads raises, and the analyzer keeps the rules it had."""
+        read = self.read_synonyms(path)
+        if read is not None:
+            self.use_synonyms(read)
+        return read is not None
 
     @property
     def count(self) -> int:

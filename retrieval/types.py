@@ -50,6 +50,10 @@ class Hits:
     def __len__(self) -> int:
         return len(self.docs)
 
+    def top(self, k: int) -> Hits:
+        """The best ``k`` hits."""
+        return Hits(self.docs[:k], self.scores[:k])
+
     def lookup(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Score and 1-based rank of each of ``docs`` in these hits (NaN / 0 if absent)."""
         scores = np.full(len(docs), np.nan, dtype=np.float32)

@@ -33,6 +33,7 @@ from ranking.features import LtrFeaturizer
 from ranking.rules import RulesConfig, RulesStage
 from ranking.score_backends import open_score_store
 from ranking.score_store import ScoreStore
+from retrieval.analyzer import Analyzer
 from retrieval.encoder import Encoder
 from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever, Retriever
 from retrieval.index import ProductIndex
@@ -179,7 +180,8 @@ class SearchEngine:
         request = (pipeline, ltr, query.text, query.rewrite, query.user_id, query.filters, query.facets, query.sort,
                    k, offset, windows)
         # a page worked out before a stock or price change is not served after it: this process's facts build in
-        # its own cache's key, the change feed's position (the same in every process) in the shared one's scope
+        # its own cache's key, the change feed's position and a digest of the facts (the same in every process
+        # that holds the same facts) in the shared one's scope (page_scope)
         key = (*request, self.facts_version())
         page_key = None
         if use_cache:
@@ -301,11 +303,15 @@ class SearchEngine:
         return self.facts.version if self.facts is not None else 0
 
     def page_scope(self) -> str:
-        """What a shared result page depends on beyond its request and the model versions: the index by
-        name and build (not path, so every process and replica reads the same keys), its catalog, the settings,
-        and the live product updates its facts hold (the change feed's position, the same in every process)."""
-        position = self.facts.position if self.facts is not None else None
-        return f"{self.index.key_name}\x1f{self.index.manifest.catalog_hash}\x1f{self.results_scope}\x1f{position}"
+        """What a shared result page depends on beyond its request and the model versions: the store, the
+        index by name (not path, so every process and replica reads the same keys) and build (what its row
+        numbers mean), its catalog, the settings, and the facts it was worked out from: the live product
+        updates they hold (the change feed's position, the same in every process) and a digest of them
+        (stock, price and the rest, from the catalog and the store, whether a feed is followed or not)."""
+        position, digest = (self.facts.position, self.facts.digest) if self.facts is not None else (None, "")
+        manifest = self.index.manifest
+        return "\x1f".join([self.settings.store_name, self.index.key_name, manifest.build, manifest.catalog_hash,
+                            self.results_scope, str(position), digest])
 
     def explain(self, query: Query, candidates: Candidates, ltr: str | None = None,
                 analysis: Analysis | None = None) -> list[dict[str, float]] | None:
@@ -377,8 +383,10 @@ def read_rules(settings: Settings) -> RulesConfig:
     return RulesConfig.from_file(path)
 
 
-def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: Models = Models()) -> SearchEngine:
-    """An engine over ``index`` with ``models``: run-time resources, then :func:`build_pipelines`."""
+def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: Models = Models(),
+             analyzer: Analyzer | None = None) -> SearchEngine:
+    """An engine over ``index`` with ``models``: run-time resources, then :func:`build_pipelines`.
+    ``analyzer``: the query analyzer (None: the index's; a reload passes one with the synonyms read again)."""
     if index.manifest.encoder_fingerprint != encoder.fingerprint:
         raise Conflict(
             f"index {index.path} was built with encoder {index.manifest.encoder} "
@@ -386,6 +394,7 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
             f"({encoder.fingerprint}); rebuild the index or set SHOPRANK_ENCODER to the matching model"
         )
     rs, rk, sv = settings.retrieval, settings.ranking, settings.serving
+    analyzer = analyzer if analyzer is not None else index.analyzer
     executor = ThreadPoolExecutor(max_workers=rs.bm25_threads, thread_name_prefix="bm25")
     caches = Caches(results=LRUCache(sv.results_cache_size, ttl=sv.results_ttl_s),
                     scores={role: LRUCache(sv.score_cache_size) for role in CROSS_ENCODER_ROLES},
@@ -403,14 +412,14 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
     rules = RulesStage(read_rules(settings), facts, doc_of=index.doc_of)
     stages = _CrossEncoderStages(index, caches, settings)
     pipelines = build_pipelines(bm25, dense, _memoized(hybrid, index, encoder, caches, settings), models, rules,
-                                settings, stages, narrow=facts.allowed)
+                                settings, stages, narrow=facts.allowed, analyzer=analyzer)
     shared_results = (SharedResults(caches.store, sv.results_ttl_s, caches.results_store)
                       if caches.store is not None and sv.shared_results and sv.results_cache_size > 0
                       and sv.results_ttl_s > 0 else None)
     # a page depends on how the stages are set up as well as on the request, the catalog and the versions
     scope = settings_digest(settings.retrieval, settings.ranking, settings.serving, settings.features)
-    if index.analyzer.synonyms is not None:  # and on the store's synonym rules, which a reload may change
-        scope += f"-{index.analyzer.synonyms.digest}"
+    if analyzer.synonyms is not None:  # and on the store's synonym rules, which a reload may change
+        scope += f"-{analyzer.synonyms.digest}"
     if rules.config != RulesConfig():  # and on its business rules (PUT /v1/admin/rules)
         scope += "-" + hashlib.sha1(rules.config.model_dump_json().encode()).hexdigest()[:12]
     facts.table()  # built now, not by the first filtered search (again once the store's rows are read)

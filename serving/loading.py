@@ -29,6 +29,7 @@ from core.registry import ModelRegistry, ModelVersion, ServedModel
 from core.settings import Settings
 from ranking.features import catalog_text, store_features, unfillable
 from ranking.relevance import RELEVANCE_FEATURES
+from retrieval.analyzer import Analyzer
 from retrieval.encoder import Encoder
 from retrieval.index import ProductIndex
 from retrieval.synonyms import file_digest
@@ -197,7 +198,8 @@ def load_models(settings: Settings, ltr_versions: Sequence[str] = (), batch: boo
 
 def open_engine(settings: Settings, products: pd.DataFrame | None = None, models: bool = True,
                 ltr_versions: Sequence[str] = (), encoder: Encoder | None = None,
-                index: ProductIndex | None = None, warm_features: bool = True, batch: bool = False) -> SearchEngine:
+                index: ProductIndex | None = None, warm_features: bool = True, batch: bool = False,
+                analyzer: Analyzer | None = None) -> SearchEngine:
     """The engine for ``settings``: encoder -> index (see :func:`open_index`) -> models -> pipelines.
 
     Args:
@@ -208,11 +210,12 @@ def open_engine(settings: Settings, products: pd.DataFrame | None = None, models
         warm_features: Read every product's store features into memory in the background.
         batch: A batch job (evaluation, training, retraining): store reads wait instead of
             degrading (:func:`open_feature_reader`).
+        analyzer: The query analyzer (None: the index's).
     """
     encoder = encoder or open_encoder(settings)
     index = index or open_index(settings, encoder, products)
     loaded = load_models(settings, ltr_versions, batch) if models else Models()
-    engine = assemble(index, encoder, settings, loaded)
+    engine = assemble(index, encoder, settings, loaded, analyzer)
     served_ltr = [m for m in (loaded.ltr, *loaded.ltr_versions) if m is not None]
     if any(set(RELEVANCE_FEATURES) & set(m.model.names) for m in served_ltr):
         catalog_text(index)  # the catalog's words for the relevance features, before the first search
@@ -351,11 +354,15 @@ def open_served(settings: Settings, previous: Served | None = None, encoder: Enc
     (a hot swap re-indexes nothing); ``encoder`` and ``index`` pass already open ones."""
     stamp = generation(settings)
     router = load_router(settings.paths, settings.serving.shadow_queue)
+    synonyms = None
     if previous is not None:
         encoder, index = previous.engine.encoder, previous.engine.index
-        index.refresh_synonyms(retrieval_settings(settings).synonyms)  # an edited (or new) file is read again
+        # an edited (or new) synonyms file is read again: the new engine analyzes with it, while the index (and
+        # what reads it: query suggestions) keeps the served one's until this engine is served
+        synonyms = index.read_synonyms(retrieval_settings(settings).synonyms)
     encoder = encoder or served_encoder(settings)
-    engine = open_engine(settings, ltr_versions=router.ltr_versions, encoder=encoder, index=index)
+    engine = open_engine(settings, ltr_versions=router.ltr_versions, encoder=encoder, index=index,
+                         analyzer=synonyms.analyzer if synonyms is not None else None)
     # the catalog's suggestion phrases, worked out in the background (a hot swap reuses them)
     hidden = frozenset(engine.rules.config.hide) if engine.rules is not None else frozenset()
     threading.Thread(target=suggester, args=(engine.index, settings.paths.suggestions, False, hidden),
@@ -363,4 +370,6 @@ def open_served(settings: Settings, previous: Served | None = None, encoder: Enc
     # ready (or swapped in) once the product rows are in memory: before that, searches read them themselves
     wait_for_store_features(engine, settings.features.warm_wait_s)
     logger.info("serving index %s: %d products, models %s", engine.index.path, engine.index.count, engine.versions)
+    if synonyms is not None:  # the engine is made: it is swapped in now
+        engine.index.use_synonyms(synonyms)
     return Served(engine, router, stamp)

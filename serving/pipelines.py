@@ -33,6 +33,7 @@ from ranking.features import LtrFeaturizer
 from ranking.lambdamart import LambdaMART
 from ranking.ltr import LtrStage
 from ranking.rules import RulesStage
+from retrieval.analyzer import Analyzer
 from retrieval.hybrid import BM25Retriever, DenseRetriever, Retriever
 from retrieval.index import ProductIndex
 
@@ -84,15 +85,20 @@ def featurizer_for(index: ProductIndex, dense: DenseRetriever, models: Models, n
 def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retriever, models: Models,
                     rules: RulesStage, settings: Settings,
                     cross_encoder_stage: Callable[[str, ServedModel, int], ScoreStage],
-                    narrow: Callable[[Filters], np.ndarray | None] | None = None) -> Pipelines:
+                    narrow: Callable[[Filters], np.ndarray | None] | None = None,
+                    analyzer: Analyzer | None = None) -> Pipelines:
     """The pipelines these parts allow (see the module docstring); builds nothing stateful.
-    ``narrow``: the index rows a request's filters keep, which every pipeline's first stage searches."""
+    ``narrow``: the index rows a request's filters keep, which every pipeline's first stage searches;
+    ``analyzer``: the query analyzer (None: the index's)."""
     rk = settings.ranking
+    analyzer = analyzer if analyzer is not None else bm25.index.analyzer
     budgets = {name: ms / 1000 for name, ms in settings.serving.stage_budgets_ms.items()}
 
     def cascade(name: str, stages: list[Stage], depth: int, first: Retriever = hybrid) -> Cascade:
+        # it reads at least as deep as its deepest stage: a stage re-ranks the same rows whichever page is asked for
+        depth = max([depth, *(getattr(stage, "depth", 0) for stage in stages)])
         return Cascade(name, first, stages, first_stage_depth=depth, budgets=budgets,
-                       analyzer=bm25.index.analyzer, spelling=settings.retrieval.spelling, narrow=narrow)
+                       analyzer=analyzer, spelling=settings.retrieval.spelling, narrow=narrow)
 
     named: dict[str, Retriever] = {name: cascade(name, [], 0, first)
                                    for name, first in (("bm25", bm25), ("dense", dense), ("hybrid", hybrid))}

@@ -583,20 +583,27 @@ def test_synonyms_set_through_the_admin_api_are_searched_at_once(  # type: ignor
     from core.service_settings import ApiSettings
     from retrieval.index import ProductIndex
 
-    home = settings.model_copy(update={"home": tmp_path, "api": ApiSettings(admin_token="s3cret")})
+    # no poll of the shared state: what a call leaves is what the test reads (a poll's reload would mend it)
+    serving = settings.serving.model_copy(update={"reload_poll_s": 0})
+    home = settings.model_copy(update={"home": tmp_path, "api": ApiSettings(admin_token="s3cret"), "serving": serving})
     admin = {"Authorization": "Bearer s3cret"}
     index = ProductIndex.load(real_index.path, home.retrieval)  # its own analyzer: the synonyms change it
     with ready_client(app_on(home, index, real_encoder)) as client:
         def searched(query: str) -> str:
             return client.post("/v1/search", json={"query": query, "k": 3}).json()["query_rewrite"]["text"]
 
+        def suggested(typed: str) -> list[str]:
+            return [s["text"] for s in client.get("/v1/suggest", params={"q": typed}).json()["suggestions"]]
+
         assert searched("taladro") == "taladro"
+        plain = suggested("taladro d")
         empty = client.get("/v1/admin/synonyms", headers=admin).json()
         assert empty == {"rules": [], "path": str(tmp_path / "rules" / "synonyms.txt"), "entries": 0}
         put = client.put("/v1/admin/synonyms", json={"rules": ["# from the reformulations report",
                                                                "taladro => drill", "tv, television"]}, headers=admin)
         assert put.status_code == 200 and put.json()["entries"] == 3, put.text
         assert searched("taladro") == "drill" and (tmp_path / "rules" / "synonyms.txt").read_text().startswith("#")
+        assert suggested("taladro d") != plain  # suggestions read the typed words as the search does
         bad = client.put("/v1/admin/synonyms", json={"rules": ["taladro => drill", "hose =>"]}, headers=admin)
         assert bad.status_code == 422 and "rules line 2: 'hose =>'" in bad.json()["message"]
         assert searched("taladro") == "drill"  # the rejected change left the synonyms as they were
@@ -609,6 +616,8 @@ def test_synonyms_set_through_the_admin_api_are_searched_at_once(  # type: ignor
         refused = client.put("/v1/admin/synonyms", json={"rules": ["taladro => drill"]}, headers=admin)
         assert refused.status_code == 422 and "rules.yaml is not valid" in refused.json()["message"]
         assert (tmp_path / "rules" / "synonyms.txt").read_text() == "" and searched("taladro") == "taladro"
+        # and nothing else read them: the index keeps the served rules (before: suggestions used the refused ones)
+        assert suggested("taladro d") == plain and index.analyzer.analyze("taladro").text == "taladro"
         # put back as it was, its time too: no change of this replica's for the artifact store to keep
         assert (tmp_path / "rules" / "synonyms.txt").stat().st_mtime_ns == written
         stopped = client.put("/v1/admin/experiment", json={"experiment": None, "shadow": None}, headers=admin)

@@ -109,6 +109,30 @@ def test_rank_gives_products_the_ranks_the_served_search_gives_them(fake_index: 
     assert len(hybrid.rank("cordless drill", [])) == 0
 
 
+def test_a_deeper_hybrid_search_appends_rows_below_the_ones_a_shallower_one_returned(  # type: ignore[no-untyped-def]
+        tmp_path: Path, settings: Settings, demo_products) -> None:
+    """Past each source's ``depth`` the fused list of the ``depth``-deep runs comes first as it is, and the rows
+    only deeper runs hold follow it: a page read deeper (past the depth, or where the rules hide rows) finds the
+    rows above where a shallower read put them, with the same columns (what a re-ranking stage reads)."""
+    retrieval = settings.retrieval.model_copy(update={"flat_scan": "f32"})  # exact: ties broken by row
+    encoder = HashingEncoder()
+    index = ProductIndex.build(tmp_path / "index", demo_products, encoder, retrieval,
+                               EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim), progress=False)
+    for feedback_docs in (0, 5):
+        hybrid = HybridRetriever(BM25Retriever(index), DenseRetriever(index, encoder), depth=20,
+                                 feedback_docs=feedback_docs)
+        for query in ("cordless drill", "paint"):
+            deepest = hybrid.search(query, 300)
+            assert len(deepest) == 300 and len(set(deepest.docs.tolist())) == 300  # every product, once
+            for k in (5, 20, 33, 80, 150):
+                shallow = hybrid.search(query, k)
+                assert shallow.docs.tolist() == deepest.docs[:k].tolist()
+                for table in ("scores", "ranks"):
+                    for name, column in getattr(shallow, table).items():
+                        assert np.array_equal(column, getattr(deepest, table)[name][:k], equal_nan=True)
+            assert deepest.ranks["bm25"].max() <= 20 and deepest.ranks["dense"].max() <= 20  # of the served runs
+
+
 def test_dense_feedback_reaches_products_worded_like_the_first_results(tmp_path: Path, settings: Settings) -> None:
     rows = [("a", "cordless drill"), ("b", "cordless drill lithium battery pack"), ("c", "lithium battery pack"),
             ("d", "garden hose")]

@@ -91,6 +91,23 @@ def readers_pipelines(ltr_depth: int = 200) -> Pipelines:
                            ScoreStage(name, lambda q, d, t=None: np.zeros(len(d)), depth))
 
 
+def test_a_pipeline_reads_its_first_stage_at_least_as_deep_as_its_deepest_stage() -> None:
+    """A stage deeper than ``ranking.first_stage_depth`` re-ranks the same rows whichever page is asked for: a
+    shallow page's read holds them all, as a deep page's does."""
+    first = AgreeingRetriever()
+
+    def stage(name: str, served: ServedModel, depth: int) -> ScoreStage:
+        return ScoreStage(name, lambda query, docs, deadline=None: np.zeros(len(docs), np.float32), depth)
+
+    models = Models(teacher=ServedModel("reranker", "v1", None))
+    rules = RulesStage(RulesConfig(), lambda c: None, depth=30)  # type: ignore[arg-type, return-value]
+    bm25 = SimpleNamespace(index=SimpleNamespace(analyzer=None))
+    settings = Settings(ranking={"first_stage_depth": 10, "teacher_depth": 50, "rerank_depth": 40})
+    built = build_pipelines(bm25, first, first, models, rules, settings, stage)  # type: ignore[arg-type]
+    depths = {name: built.named[name].first_stage_depth for name in ("hybrid", "rerank", "cascade", "full")}
+    assert depths == {"hybrid": 0, "rerank": 40, "cascade": 50, "full": 50}
+
+
 def test_cross_encoder_stages_lambdamart_never_reads_are_left_out_of_its_pipelines() -> None:
     def names(ltr_depth: int) -> dict[str, list[str]]:
         built = readers_pipelines(ltr_depth)

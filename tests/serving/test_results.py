@@ -83,3 +83,84 @@ def test_processes_share_pages_whatever_their_own_facts_builds(  # type: ignore[
     assert first.facts_version() != second.facts_version() and first.page_scope() == second.page_scope()
     first.search("drill", 5, pipeline="hybrid", use_cache=True)
     assert second.search("drill", 5, pipeline="hybrid", use_cache=True).cached  # ranked once, shared
+
+
+def test_a_page_is_not_shared_with_another_build_or_other_facts(  # type: ignore[no-untyped-def]
+        tmp_path, settings, demo_products) -> None:
+    """Replicas on one store that serve an index of the same name: another build (its rows numbered otherwise)
+    or other stock and prices (the catalog's, which the catalog hash leaves out) read other keys, so no page
+    names rows of another build or shows a product another replica knows is out of stock."""
+    from dataclasses import replace as copy
+
+    from ranking.rules import RulesConfig
+    from retrieval.embedding_cache import EmbeddingCache
+    from retrieval.index import ProductIndex
+    from serving.engine import assemble
+    from tests.fakes import HashingEncoder
+
+    store, encoder = Pages(), HashingEncoder()
+
+    def replica(name: str, products):  # type: ignore[no-untyped-def]
+        home = settings.model_copy(update={"home": tmp_path / name})
+        home.paths.rules.parent.mkdir(parents=True, exist_ok=True)
+        RulesConfig(out_of_stock="hide").save(home.paths.rules)
+        index = ProductIndex.build(tmp_path / name / "shop" / "index", products, encoder, home.retrieval,
+                                   EmbeddingCache(tmp_path / name / "cache.sqlite", encoder.dim), progress=False)
+        engine = assemble(index, encoder, home)
+        engine.shared_results = SharedResults(store, 60, Counts())  # type: ignore[arg-type]
+        return engine
+
+    first = replica("a", demo_products)
+    shown = first.search("cordless drill", 5, use_cache=True).candidates.product_ids
+    rebuilt = replica("b", demo_products)  # the same catalog built again: the same row numbers, another build
+    assert rebuilt.index.key_name == first.index.key_name and rebuilt.page_scope() != first.page_scope()
+    assert not rebuilt.search("cordless drill", 5, use_cache=True).cached
+    restocked = demo_products.copy()
+    restocked.loc[restocked["product_id"] == shown[0], ["in_stock", "quantity"]] = [False, 0]
+    other = replica("c", restocked)
+    other.index.manifest.build = first.index.manifest.build  # the same build but for the stock of one product
+    assert other.index.manifest.catalog_hash == first.index.manifest.catalog_hash
+    found = other.search("cordless drill", 5, use_cache=True)
+    assert not found.cached and shown[0] not in found.candidates.product_ids
+    assert copy(first, settings=settings.model_copy(update={"store": "outlet"})).page_scope() != first.page_scope()
+    for engine in (first, rebuilt, other):
+        engine.close()
+
+
+def test_a_live_update_is_not_undone_by_a_shared_page_without_a_change_feed(  # type: ignore[no-untyped-def]
+        fake_index, settings) -> None:
+    """No change feed followed (``features.changes_poll_s`` 0): a product set out of stock here rebuilds this
+    process's facts, and the page shared before the update names other facts, so it is not served again."""
+    from ranking.rules import RulesConfig
+    from serving.engine import assemble
+    from tests.fakes import HashingEncoder
+
+    class Reader:  # the online feature reader's part the facts read, following no change feed
+        facts = {"in_stock": "product_attributes:in_stock"}
+        changes, position = 0, None
+
+        def __init__(self) -> None:
+            self.stock: dict[str, float] = {}
+
+        def cached_rows(self, ids: list[str]) -> list[dict[str, float]]:
+            return [{"product_attributes:in_stock": self.stock[p]} if p in self.stock else {} for p in ids]
+
+        rows = cached_rows  # the rules' fresh read of the rows they show
+
+    home = settings.model_copy(update={"home": fake_index.path.parent / "home"})
+    home.paths.rules.parent.mkdir(parents=True, exist_ok=True)
+    RulesConfig(out_of_stock="hide").save(home.paths.rules)
+    engine = assemble(fake_index, HashingEncoder(), home)
+    reader = Reader()
+    engine.facts.reader = reader  # type: ignore[union-attr, assignment]
+    engine.facts.refresh()  # type: ignore[union-attr]
+    engine.shared_results = SharedResults(Pages(), 60, Counts())  # type: ignore[arg-type]
+    try:
+        shown = engine.search("cordless drill", 5, use_cache=True).candidates.product_ids
+        reader.stock[shown[0]] = 0.0  # what update_facts writes and reads back, then the facts rebuilt
+        engine.facts.refresh()  # type: ignore[union-attr]
+        again = engine.search("cordless drill", 5, use_cache=True)
+        assert not again.cached and shown[0] not in again.candidates.product_ids
+        assert engine.search("cordless drill", 5, use_cache=True).cached  # the new page is cached in its turn
+    finally:
+        engine.close()

@@ -1,0 +1,41 @@
+"""The pages of one search: walked a page at a time, whatever depth each page reads, they are one list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from core.settings import Settings
+from ranking.rules import RulesConfig
+from retrieval.embedding_cache import EmbeddingCache
+from retrieval.index import ProductIndex
+from serving.engine import assemble
+from tests.fakes import HashingEncoder
+
+
+def test_pages_walked_one_at_a_time_are_one_list_past_every_read_depth(
+        tmp_path: Path, settings: Settings, demo_products: pd.DataFrame) -> None:
+    """Out-of-stock products are hidden, so pages read deeper than the first stage's depth, and past each
+    source's ``retrieval.depth``: each page reads as deep as it needs, and a deeper read only appends rows
+    below the ones a shallower read ranked (before, it fused deeper runs and moved them: repeats and gaps)."""
+    retrieval = settings.retrieval.model_copy(update={"depth": 30, "flat_scan": "f32"})
+    ranking = settings.ranking.model_copy(update={"first_stage_depth": 20, "rerank_depth": 20})
+    home = settings.model_copy(update={"home": tmp_path, "retrieval": retrieval, "ranking": ranking})
+    encoder = HashingEncoder()
+    index = ProductIndex.build(tmp_path / "index", demo_products, encoder, retrieval,
+                               EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim), progress=False)
+    home.paths.rules.parent.mkdir(parents=True, exist_ok=True)
+    RulesConfig(out_of_stock="hide").save(home.paths.rules)
+    engine = assemble(index, encoder, home)
+    try:
+        stocked = set(demo_products.loc[demo_products["in_stock"].astype(bool), "product_id"])
+        assert len(stocked) < len(demo_products)
+        for query in ("cordless drill", "paint"):
+            walked = [p for offset in range(0, 250, 10) for p in engine.search(query, 10, offset=offset).candidates
+                      .product_ids]
+            assert len(walked) == 250 and len(set(walked)) == 250 and set(walked) <= stocked
+            assert walked == engine.search(query, 250).candidates.product_ids  # one page of them all, the same
+            assert walked[95:145] == engine.search(query, 50, offset=95).candidates.product_ids
+    finally:
+        engine.close()
