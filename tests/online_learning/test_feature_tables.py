@@ -187,3 +187,28 @@ def test_a_rebuild_overwrites_what_the_catalog_and_the_log_no_longer_give(tmp_pa
     assert inventory["in_stock"].to_dict() == {"P1": 1, "P2": 1, "P4": 1}  # P2's stock-out is unknown now
     promotions = pd.read_parquet(folder / "promotions.parquet").set_index("product_id")
     assert promotions["promoted"].to_dict() == {"P1": 0, "P3": 0}
+
+
+@pytest.mark.integration
+def test_training_and_serving_read_one_affinity_for_a_catalogs_large_category_ids(tmp_path: Path) -> None:
+    from ranking.training.ltr_data import historical_features
+
+    settings = Settings(home=tmp_path, progress=False)
+    log_of_a_store(settings.paths.event_log)  # u1 bought P1 (drills, 99), P3 (paint, no price), P2 (saws, 49.5)
+    free = pd.DataFrame({"product_id": ["P5"], "title": ["Drill bit"], "category": ["Tools > Drills"], "price": [0.0]})
+    write_catalog_tables(pd.concat([CATALOG, free], ignore_index=True), settings.paths.event_log,
+                         feast_repo.features_dir(settings), NOW, settings.paths.streaming_state)
+    assert stable_id("Tools > Drills") > 2**53  # past what a float64 holds exactly
+    feast_repo.apply(settings)
+    feast_repo.materialize(settings)
+    products = ["P1", "P5", "NEW"]  # a product with no attributes row makes the joined category_id float64
+    entities = pd.DataFrame({"product_id": products, "user_id": "u1", "event_timestamp": NOW + timedelta(hours=1)})
+    trained = historical_features(feast_repo.open_store(settings), "ranker_v1", entities)
+    reader = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1")
+    try:
+        served = reader.fetch(products, "u1").columns
+    finally:
+        reader.close()
+    for columns in (trained, served):
+        assert list(columns["user_category_affinity"]) == pytest.approx([1 / 3, 1 / 3, 0.0])
+        assert list(columns["price_vs_user"]) == pytest.approx([99 / 74.25, 0.0, 1.0])  # P5 is free
