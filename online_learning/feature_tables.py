@@ -30,12 +30,45 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from core.files import write_text_atomic
 from online_learning.consumers.log_sink import read_log
 from online_learning.consumers.streaming_features import counted_products, profile_of, seed_state
 from retrieval.catalog import as_bool
 
 logger = logging.getLogger(__name__)
+
+_STAMP = pa.field("event_timestamp", pa.timestamp("ns", tz="UTC"))
+_COUNTS = [f"{kind}_{window}d" for window in (7, 30) for kind in ("impressions", "clicks", "purchases")]
+#: Each offline table's columns and types, those of the ``feature_repo/`` views: a table with no rows keeps
+#: them too (Feast's point-in-time join fails on a key column of another type than the entity's).
+SCHEMAS: dict[str, pa.Schema] = {
+    "product_attributes": pa.schema([
+        ("product_id", pa.string()), ("price", pa.float32()), ("category_id", pa.int64()),
+        ("department_id", pa.int64()), ("category", pa.string()), ("brand", pa.string()), _STAMP]),
+    "inventory": pa.schema([("product_id", pa.string()), ("in_stock", pa.int64()), ("quantity", pa.int64()), _STAMP]),
+    "promotions": pa.schema([
+        ("product_id", pa.string()), ("promoted", pa.int64()), ("discount", pa.float32()),
+        ("campaign_start", pa.int64()), ("campaign_end", pa.int64()), _STAMP]),
+    "popularity": pa.schema([("product_id", pa.string()), *((name, pa.int64()) for name in _COUNTS),
+                             ("ctr_7d", pa.float32()), ("ctr_30d", pa.float32()), _STAMP]),
+    "user_profile": pa.schema([
+        ("user_id", pa.string()), ("top_categories", pa.list_(pa.int64())),
+        ("category_affinity", pa.list_(pa.float32())), ("median_price", pa.float32()), ("purchases", pa.int64()),
+        ("recent_items", pa.list_(pa.string())), _STAMP]),
+}
+
+
+def write_table(frame: pd.DataFrame, folder: Path, name: str) -> None:
+    """Write ``frame`` as the offline table ``name`` (``folder/<name>.parquet``) with the columns and types of
+    :data:`SCHEMAS`, whole: a reader (a materialize, the streaming consumer) sees the old file or the new one."""
+    schema = SCHEMAS[name]
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False) if len(frame) else schema.empty_table()
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_text_atomic(folder / f"{name}.parquet", sink.getvalue().to_pybytes())
 
 def stable_id(text: object) -> int:
     """A positive 56-bit id of ``text`` that does not change between builds or machines (-1: no text)."""
@@ -180,7 +213,7 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
     tables["user_profile"] = user_profiles(interactions, tables["product_attributes"], stamp)
     folder.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():
-        frame.to_parquet(folder / f"{name}.parquet", index=False)
+        write_table(frame, folder, name)
     (folder / "README.md").write_text(
         "# Offline feature tables\n\nFrom the store's own data (`shoprank features build --from-catalog`): the "
         "catalog's prices, categories, brands, stock and promotions; popularity and shopper profiles from the "

@@ -212,3 +212,25 @@ def test_training_and_serving_read_one_affinity_for_a_catalogs_large_category_id
     for columns in (trained, served):
         assert list(columns["user_category_affinity"]) == pytest.approx([1 / 3, 1 / 3, 0.0])
         assert list(columns["price_vs_user"]) == pytest.approx([99 / 74.25, 0.0, 1.0])  # P5 is free
+
+
+@pytest.mark.integration
+def test_a_store_without_events_writes_tables_training_can_join(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from ranking.training.ltr_data import historical_features
+
+    settings = Settings(home=tmp_path, progress=False)
+    folder = feast_repo.features_dir(settings)
+    counts = write_catalog_tables(CATALOG[["product_id", "title", "price"]], settings.paths.event_log, folder, NOW,
+                                  settings.paths.streaming_state)  # no stock, no promotion, no event
+    assert counts == {"product_attributes": 4, "inventory": 0, "promotions": 0, "popularity": 0, "user_profile": 0}
+    for name in counts:  # empty tables keep their types: string keys, UTC times, integer counts
+        schema = pq.read_schema(folder / f"{name}.parquet")
+        assert str(schema.field("user_id" if name == "user_profile" else "product_id").type) == "string"
+        assert str(schema.field("event_timestamp").type) == "timestamp[ns, tz=UTC]"
+    assert str(pq.read_schema(folder / "popularity.parquet").field("clicks_7d").type) == "int64"
+    feast_repo.apply(settings)
+    entities = pd.DataFrame({"product_id": ["P1", "P2"], "user_id": "u1", "event_timestamp": NOW + timedelta(hours=1)})
+    trained = historical_features(feast_repo.open_store(settings), "ranker_v1", entities)
+    assert trained["price"].tolist() == [99.0, 49.5] and trained["clicks_7d"].isna().all()
