@@ -9,8 +9,9 @@ for a store in production (``features build`` without it simulates a store world
 - ``inventory``: ``in_stock`` and ``quantity`` for the products whose catalog row gives either
   (a product without them has no row, and counts as in stock);
 - ``promotions``: ``promoted`` and ``discount`` where the catalog has those columns;
-- ``popularity``: impressions, clicks and purchases over the last 7 and 30 days per product,
-  with their smoothed CTR, counted from the event log as the streaming consumer counts them
+- ``popularity``: impressions, clicks and purchases over the last 7 and 30 days per product (whole
+  UTC days, the last one the build's), with their smoothed CTR, counted from the event log as the
+  streaming consumer counts them
   (a store that imported its history with ``shoprank events import`` starts with it);
 - ``user_profile``: for each shopper with a purchase in the log, their top categories and
   affinities, median price, purchases and recent items, as of their last purchase.
@@ -35,13 +36,19 @@ import pyarrow.parquet as pq
 
 from core.files import write_text_atomic
 from online_learning.consumers.log_sink import read_log
-from online_learning.consumers.streaming_features import counted_products, profile_of, seed_state
+from online_learning.consumers.streaming_features import (
+    WINDOWS,
+    counted_products,
+    first_day,
+    profile_of,
+    seed_state,
+)
 from retrieval.catalog import as_bool
 
 logger = logging.getLogger(__name__)
 
 _STAMP = pa.field("event_timestamp", pa.timestamp("ns", tz="UTC"))
-_COUNTS = [f"{kind}_{window}d" for window in (7, 30) for kind in ("impressions", "clicks", "purchases")]
+_COUNTS = [f"{kind}_{window}d" for window in WINDOWS for kind in ("impressions", "clicks", "purchases")]
 #: Each offline table's columns and types, those of the ``feature_repo/`` views: a table with no rows keeps
 #: them too (Feast's point-in-time join fails on a key column of another type than the entity's).
 SCHEMAS: dict[str, pa.Schema] = {
@@ -53,7 +60,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("product_id", pa.string()), ("promoted", pa.int64()), ("discount", pa.float32()),
         ("campaign_start", pa.int64()), ("campaign_end", pa.int64()), _STAMP]),
     "popularity": pa.schema([("product_id", pa.string()), *((name, pa.int64()) for name in _COUNTS),
-                             ("ctr_7d", pa.float32()), ("ctr_30d", pa.float32()), _STAMP]),
+                             *((f"ctr_{window}d", pa.float32()) for window in WINDOWS), _STAMP]),
     "user_profile": pa.schema([
         ("user_id", pa.string()), ("top_categories", pa.list_(pa.int64())),
         ("category_affinity", pa.list_(pa.float32())), ("median_price", pa.float32()), ("purchases", pa.int64()),
@@ -121,16 +128,16 @@ def product_tables(products: pd.DataFrame, now: datetime) -> dict[str, pd.DataFr
 
 def popularity(rankings: pd.DataFrame, interactions: pd.DataFrame, now: datetime,
                also: Iterable[str] = ()) -> pd.DataFrame:
-    """Per product: impressions (rows shown), clicks and purchases over the 7 and 30 days before ``now``,
-    and the CTR the streaming consumer computes ((clicks + 1) / (impressions + 30)); the products of ``also``
-    without an event in the window get a row of zeros (an online row is only ever overwritten: a product
-    whose sales stopped would keep its old counts)."""
+    """Per product: impressions (rows shown), clicks and purchases over the 7 and 30 whole UTC days that end
+    with ``now``'s day, as the streaming consumer counts them (:func:`first_day`), and its CTR
+    ((clicks + 1) / (impressions + 30)); the products of ``also`` without an event in the window get a row of
+    zeros (an online row is only ever overwritten: a product whose sales stopped would keep its old counts)."""
     columns = {"product_id": pd.Series(dtype=object)}
     counts = []
-    for window in (7, 30):
-        since = pd.Timestamp(now) - pd.Timedelta(days=window)
-        shown = rankings[rankings["timestamp"] > since].groupby("product_id").size().rename(f"impressions_{window}d")
-        recent = interactions[interactions["timestamp"] > since]
+    for window in WINDOWS:
+        since = first_day(now, window)
+        shown = rankings[rankings["timestamp"] >= since].groupby("product_id").size().rename(f"impressions_{window}d")
+        recent = interactions[interactions["timestamp"] >= since]
         counts.append(shown)
         for kind, name in (("click", "clicks"), ("purchase", "purchases")):
             counts.append(recent[recent["type"] == kind].groupby("product_id").size().rename(f"{name}_{window}d"))
@@ -140,7 +147,7 @@ def popularity(rankings: pd.DataFrame, interactions: pd.DataFrame, now: datetime
     if quiet:
         zeros = pd.DataFrame(0, index=range(len(quiet)), columns=[c for c in table.columns if c != "product_id"])
         table = pd.concat([table, zeros.assign(product_id=quiet)], ignore_index=True)
-    for window in (7, 30):
+    for window in WINDOWS:
         table[f"ctr_{window}d"] = ((table[f"clicks_{window}d"] + 1) / (table[f"impressions_{window}d"] + 30)) \
             .astype("float32")
     table["event_timestamp"] = pd.Timestamp(now)

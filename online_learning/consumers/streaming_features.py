@@ -141,6 +141,15 @@ def _clock_day(db: sqlite3.Connection) -> date | None:
     return pd.Timestamp(row[0]).tz_convert("UTC").date() if row else None
 
 
+def first_day(now: object, window: int) -> pd.Timestamp:
+    """Midnight (UTC) of the first of the ``window`` whole UTC days that end with ``now``'s day: a popularity
+    window counts the events from then on. One rule for the consumer's pushes and the offline table
+    (``feature_tables.popularity``), so both count the same events."""
+    at = pd.Timestamp(now)
+    at = at.tz_localize("UTC") if at.tzinfo is None else at.tz_convert("UTC")
+    return at.normalize() - pd.Timedelta(days=window - 1)
+
+
 def _leaving(db: sqlite3.Connection, before: date | None, after: date | None) -> list[str]:
     """The products with counts on a day that leaves one of the :data:`WINDOWS` when the clock moves from day
     ``before`` to day ``after``: a window of ``w`` days at day ``D`` holds the days after ``D - w``, so the days
@@ -238,9 +247,9 @@ class StreamingFeatures:
         for product in products:
             record: dict[str, object] = {"product_id": product, "event_timestamp": stamp}
             for window in WINDOWS:
-                since = (now - timedelta(days=window)).strftime("%Y-%m-%d")
+                since = first_day(now, window).strftime("%Y-%m-%d")
                 sums = self.db.execute("SELECT COALESCE(SUM(impressions),0), COALESCE(SUM(clicks),0), "
-                                       "COALESCE(SUM(purchases),0) FROM daily WHERE product_id = ? AND day > ?",
+                                       "COALESCE(SUM(purchases),0) FROM daily WHERE product_id = ? AND day >= ?",
                                        (product, since)).fetchone()
                 for name, value in zip(("impressions", "clicks", "purchases"), sums):
                     record[f"{name}_{window}d"] = int(value)

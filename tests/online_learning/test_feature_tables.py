@@ -71,7 +71,7 @@ def test_a_store_serves_its_own_features_and_the_streaming_consumer_builds_on_th
     assert counts == {"product_attributes": 4, "inventory": 3, "promotions": 2, "popularity": 3, "user_profile": 2}
     popularity = pd.read_parquet(feast_repo.features_dir(settings) / "popularity.parquet").set_index("product_id")
     assert popularity.loc["P2", ["impressions_30d", "clicks_30d", "purchases_30d", "purchases_7d"]].tolist() == [
-        4, 2, 2, 1]  # bought 8 days ago and 7 days less 30 s ago
+        4, 2, 2, 0]  # bought 8 days ago and 7 days less 30 s ago: before the 7 whole days that end today
     feast_repo.apply(settings)
     feast_repo.materialize(settings)
     reader = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1")
@@ -99,6 +99,28 @@ def test_a_store_serves_its_own_features_and_the_streaming_consumer_builds_on_th
         reader.close()
     finally:
         get_settings.cache_clear()
+
+
+def test_the_offline_popularity_counts_the_days_the_consumer_counts(tmp_path: Path) -> None:
+    from online_learning.consumers.streaming_features import StreamingFeatures, seed_state
+    from online_learning.feature_tables import popularity
+
+    now = datetime(2025, 3, 8, 12, 0, tzinfo=UTC)  # the build's clock
+    shown = {"A": now - timedelta(days=6, hours=20), "B": now - timedelta(days=6, hours=10),
+             "C": now - timedelta(days=20), "D": now - timedelta(hours=1)}  # A: March 1, B: March 2
+    rankings = pd.DataFrame({"event_id": [f"r{p}" for p in shown], "product_id": list(shown),
+                             "timestamp": pd.to_datetime(list(shown.values()), utc=True)})
+    interactions = pd.DataFrame({"event_id": ["cB"], "product_id": ["B"], "user_id": ["u1"], "type": ["click"],
+                                 "timestamp": pd.to_datetime([now - timedelta(days=6, hours=9)], utc=True)})
+    offline = popularity(rankings, interactions, now - timedelta(seconds=1)).set_index("product_id").sort_index()
+    state = tmp_path / "state.sqlite"
+    seed_state(state, rankings, interactions)
+    consumer = StreamingFeatures(state, {}, lambda source, frame: None)
+    streamed = consumer.popularity(sorted(shown)).set_index("product_id")
+    columns = ["impressions_7d", "clicks_7d", "impressions_30d", "clicks_30d", "ctr_7d", "ctr_30d"]
+    pd.testing.assert_frame_equal(offline[columns], streamed[columns], check_dtype=False)
+    # the 7 whole UTC days March 2 to 8: A, shown on March 1 (less than 7 x 24 hours ago), is not counted
+    assert offline["impressions_7d"].to_dict() == {"A": 0, "B": 1, "C": 0, "D": 1}
 
 
 def test_the_command_reads_the_served_catalog_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
