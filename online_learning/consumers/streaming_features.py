@@ -40,6 +40,7 @@ from online_learning.events import InteractionEvent, RankingEvent
 logger = logging.getLogger(__name__)
 
 Push = Callable[[str, pd.DataFrame], None]
+Products = dict[str, tuple[int, float]]  # product_id -> (category_id, price)
 WINDOWS = (7, 30)  # the popularity windows, in days up to the events' clock
 
 
@@ -180,16 +181,43 @@ def profile_of(bought: Sequence[tuple[str, int, float]]) -> dict[str, object]:
             "recent_items": [p for p, _, _ in bought[-RECENT_ITEMS:]][::-1]}
 
 
+class ProductAttributes:
+    """Each product's category id and price from the offline ``product_attributes`` table at ``table``:
+    calling it reads the file again when it changed (its modification time or the file itself, which
+    ``features build`` replaces whole) and else returns what it read last. So a running consumer builds a
+    profile with the products a rebuild of the tables added, or their new prices, without a restart."""
+
+    def __init__(self, table: Path) -> None:
+        self.table = table
+        self._read: tuple[int, int] | None = None
+        self._products: Products = {}
+
+    def __call__(self) -> Products:
+        try:
+            stat = self.table.stat()
+            if (stat.st_mtime_ns, stat.st_ino) != self._read:
+                attributes = pd.read_parquet(self.table, columns=["product_id", "category_id", "price"])
+                self._products = {str(p): (int(c), float(x)) for p, c, x in
+                                  zip(attributes["product_id"], attributes["category_id"], attributes["price"])}
+                self._read = (stat.st_mtime_ns, stat.st_ino)
+        except (OSError, ValueError) as err:  # gone or unreadable for now: the last map until it is back
+            logger.warning("could not read the product attributes %s (%s); keeping the %d products read before",
+                           self.table, err, len(self._products))
+        return self._products
+
+
 class StreamingFeatures:
     """Args:
         state: sqlite file of counts and seen ids.
-        products: product_id -> (category_id, price), to build user profiles.
+        products: product_id -> (category_id, price), to build user profiles; or a function that returns
+            the current map (:class:`ProductAttributes`), called once per batch.
         push: ``push(push_source_name, frame)``, e.g. Feast ``FeatureStore.push``.
     """
 
-    def __init__(self, state: Path, products: dict[str, tuple[int, float]], push: Push) -> None:
+    def __init__(self, state: Path, products: Products | Callable[[], Products], push: Push) -> None:
         self.db = open_state(state)
-        self.products = products
+        self._current = products if callable(products) else None
+        self.products = products() if callable(products) else products
         self.push = push
         self.pushed = {"popularity": 0, "users": 0}
         self._stamped = pd.Timestamp(0, tz="UTC")
@@ -199,6 +227,8 @@ class StreamingFeatures:
             logger.warning("pushing the features left marked failed (%s); they are pushed with the next batch", err)
 
     def __call__(self, batch: list[Delivered]) -> None:
+        if self._current is not None:
+            self.products = self._current()
         keys = [key_of(d.event) for d in batch]
         known = seen(self.db, keys)
         counts: Counter[tuple[str, str, str]] = Counter()

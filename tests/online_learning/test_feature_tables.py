@@ -194,6 +194,24 @@ def test_the_consumer_and_the_offline_table_build_one_profile(tmp_path: Path) ->
     assert user_profiles(ahead, attributes, latest=NOW)["event_timestamp"].iloc[0] == pd.Timestamp(NOW)
 
 
+def test_a_running_consumer_reads_the_product_attributes_a_rebuild_writes(tmp_path: Path) -> None:
+    from online_learning.consumers.streaming_features import ProductAttributes, StreamingFeatures
+    from online_learning.feature_tables import write_table
+
+    drill = pd.DataFrame({"product_id": ["P1"], "title": ["Drill"], "category": ["Tools > Drills"], "price": [99.0]})
+    write_table(product_tables(drill, NOW)["product_attributes"], tmp_path, "product_attributes")
+    pushed: list[pd.DataFrame] = []
+    consumer = StreamingFeatures(tmp_path / "state.sqlite", ProductAttributes(tmp_path / "product_attributes.parquet"),
+                                 lambda source, frame: pushed.append(frame))
+    saw = pd.DataFrame({"product_id": ["P9"], "title": ["Saw"], "category": ["Tools > Saws"], "price": [20.0]})
+    rebuilt = product_tables(pd.concat([drill, saw], ignore_index=True), NOW)["product_attributes"]
+    write_table(rebuilt, tmp_path, "product_attributes")  # the catalog gained P9; the consumer keeps running
+    consumer([Delivered("i", 0, 0, InteractionEvent(type="purchase", event_id="b1", request_id="r", user_id="u1",
+                                                     product_id="P9", position=1, timestamp=NOW))])
+    profile = pushed[-1].set_index("user_id").loc["u1"]
+    assert list(profile["top_categories"]) == [stable_id("Tools > Saws")] and profile["median_price"] == 20.0
+
+
 def test_a_rebuild_overwrites_what_the_catalog_and_the_log_no_longer_give(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, progress=False)
     log_of_a_store(settings.paths.event_log)
