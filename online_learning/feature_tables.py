@@ -14,7 +14,12 @@ for a store in production (``features build`` without it simulates a store world
   streaming consumer counts them
   (a store that imported its history with ``shoprank events import`` starts with it);
 - ``user_profile``: for each shopper with a purchase in the log, their top categories and
-  affinities, median price, purchases and recent items, as of their last purchase.
+  affinities, median price, purchases and recent items, a row after each purchase.
+
+Each build adds its rows to those of the builds before, so a training join of an impression logged
+before the latest build reads the values it was served with (:func:`with_history`); rows from before
+the event log's first day go, but for each product's last one, so ``shoprank events prune`` bounds
+the files too.
 
 The streaming feature consumer keeps popularity and profiles current from then on: its state is
 seeded with the same events, so its next push of a product or a shopper adds to that history
@@ -35,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.files import write_text_atomic
-from online_learning.consumers.log_sink import read_log
+from online_learning.consumers.log_sink import log_files, read_log
 from online_learning.consumers.streaming_features import (
     WINDOWS,
     counted_products,
@@ -43,6 +48,7 @@ from online_learning.consumers.streaming_features import (
     profile_of,
     seed_state,
 )
+from online_learning.forget_list import ForgetList
 from retrieval.catalog import as_bool
 
 logger = logging.getLogger(__name__)
@@ -66,6 +72,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("category_affinity", pa.list_(pa.float32())), ("median_price", pa.float32()), ("purchases", pa.int64()),
         ("recent_items", pa.list_(pa.string())), _STAMP]),
 }
+
+
+_KEYS = {"user_profile": "user_id"}  # each table's key (the others: product_id)
 
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str) -> None:
@@ -156,9 +165,11 @@ def popularity(rankings: pd.DataFrame, interactions: pd.DataFrame, now: datetime
 
 def user_profiles(interactions: pd.DataFrame, attributes: pd.DataFrame,
                   latest: datetime | None = None) -> pd.DataFrame:
-    """One profile per shopper with a purchase, as of their last purchase (as the streaming consumer
-    builds it), stamped no later than ``latest``: materialize reads rows up to its own clock, and a
-    purchase stamped ahead by a client's clock would leave its shopper's profile out."""
+    """A shopper's profile after each of their purchases, as the streaming consumer builds it then (from
+    the purchases before it here), so a point-in-time join reads the profile a search was served with.
+    Each row is stamped at its purchase, no later than ``latest``: materialize reads rows up to its own
+    clock, and a purchase stamped ahead by a client's clock would leave its shopper's profile out. Purchases
+    at one time (a cart bought at once) give one row, the profile after them all."""
     bought = interactions[(interactions["type"] == "purchase") & interactions["user_id"].notna()]
     # categories stay integers (ids of 64 bits: a float column after the merge would round them)
     bought = bought.merge(attributes[["product_id", "category_id", "price"]].astype({"category_id": "Int64"}),
@@ -166,12 +177,58 @@ def user_profiles(interactions: pd.DataFrame, attributes: pd.DataFrame,
     rows = []
     for user, events in bought.sort_values("timestamp", kind="stable").groupby("user_id", sort=True):
         categories = [-1 if pd.isna(c) else int(c) for c in events["category_id"]]
-        items = zip(events["product_id"].astype(str), categories, events["price"].astype(float))
-        stamp = events["timestamp"].max()
-        stamp = min(stamp, pd.Timestamp(latest)) if latest is not None else stamp
-        rows.append({"user_id": str(user), **profile_of(list(items)), "event_timestamp": stamp})
-    return pd.DataFrame(rows, columns=["user_id", "top_categories", "category_affinity", "median_price", "purchases",
-                                       "recent_items", "event_timestamp"])
+        items: list[tuple[str, int, float]] = []
+        for item, when in zip(zip(events["product_id"].astype(str), categories, events["price"].astype(float)),
+                              events["timestamp"]):
+            items.append(item)
+            stamp = min(pd.Timestamp(when), pd.Timestamp(latest)) if latest is not None else pd.Timestamp(when)
+            rows.append({"user_id": str(user), **profile_of(items), "event_timestamp": stamp})
+    profiles = pd.DataFrame(rows, columns=SCHEMAS["user_profile"].names)
+    return profiles.drop_duplicates(["user_id", "event_timestamp"], keep="last").reset_index(drop=True)
+
+
+def first_logged_day(log_root: Path) -> pd.Timestamp | None:
+    """Midnight (UTC) of the event log's first day at ``log_root`` (None: nothing logged)."""
+    days = [part.removeprefix("date=") for kind in ("rankings", "interactions") for path in log_files(log_root, kind)
+            for part in path.parts if part.startswith("date=")]
+    return pd.Timestamp(min(days), tz="UTC") if days else None
+
+
+def with_history(frame: pd.DataFrame, table: Path, key: str, first_day: pd.Timestamp) -> pd.DataFrame:
+    """This build's rows of a table (``frame``, keyed by ``key``) after the rows the file ``table`` holds from
+    the builds before: a training join of an impression logged before this build reads the values of then.
+
+    A row already written stays as written (this build's row for the same key and time is dropped). Only
+    the rows the logged impressions can still join to are kept: those stamped from ``first_day`` (the event
+    log's first day) on and, for each product, its last row before that day. A shopper's profile rows from
+    before that day go: the purchases they come from left the log (``shoprank events prune``)."""
+    if not table.is_file():
+        return frame
+    parts = [part for part in (pd.read_parquet(table), frame) if len(part)]
+    if not parts:
+        return frame
+    rows = pd.concat(parts, ignore_index=True)
+    rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
+    rows = rows.drop_duplicates([key, "event_timestamp"], keep="first")
+    old = rows["event_timestamp"] < first_day
+    kept = ~old
+    if key != "user_id":
+        kept |= rows.index.isin(rows[old].sort_values("event_timestamp", kind="stable")
+                                .drop_duplicates(key, keep="last").index)
+    return rows[kept].reset_index(drop=True)
+
+
+def without_erased(profiles: pd.DataFrame, forgotten: Path) -> pd.DataFrame:
+    """``profiles`` less the rows of a shopper ``shoprank events forget`` erased at or after the row's time (the
+    erasure list at ``forgotten``): an erasure while a build ran must not bring their rows back."""
+    erasures = ForgetList(forgotten)
+    erasures.refresh()
+    if not len(erasures) or profiles.empty:
+        return profiles
+    erased_at = {user: erasures.erased_at(user) for user in profiles["user_id"].astype(str).unique()}
+    kept = [erased_at[str(user)] is None or when > erased_at[str(user)]
+            for user, when in zip(profiles["user_id"], pd.to_datetime(profiles["event_timestamp"], utc=True))]
+    return profiles[kept].reset_index(drop=True)
 
 
 def _products_in(table: Path) -> set[str]:
@@ -182,12 +239,14 @@ def _products_in(table: Path) -> set[str]:
 
 
 def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, now: datetime,
-                         state: Path | None = None) -> dict[str, int]:
-    """Write every offline table from ``products`` (the live catalog) and the event log at ``log_root``
-    (its last 30 days before ``now``, every event counted as the streaming consumer counts it); returns rows
-    per table. ``state``: the streaming consumer's state, which counts the same events
+                         state: Path | None = None, forgotten: Path | None = None) -> dict[str, int]:
+    """Add every offline table's rows from ``products`` (the live catalog) and the event log at ``log_root``
+    (its last 30 days before ``now``, every event counted as the streaming consumer counts it) to the rows
+    of the builds before (:func:`with_history`; tables a simulated world wrote are replaced); returns this
+    build's rows per table. ``state``: the streaming consumer's state, which counts the same events
     (:func:`online_learning.consumers.streaming_features.seed_state`), so its next push of a product or a
-    shopper adds to what the tables hold."""
+    shopper adds to what the tables hold. ``forgotten``: the erasure list, whose shoppers' profile rows are
+    not kept (:func:`without_erased`)."""
     stamp = now - timedelta(seconds=1)  # every row's time: before the materialize that follows reads up to now
     tables = product_tables(products, stamp)
     since = pd.Timestamp(now) - pd.Timedelta(days=30)
@@ -219,12 +278,20 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
     tables["popularity"] = popularity(rankings, interactions, stamp, counted)
     tables["user_profile"] = user_profiles(interactions, tables["product_attributes"], stamp)
     folder.mkdir(parents=True, exist_ok=True)
+    readme = folder / "README.md"
+    simulated = readme.is_file() and "SIMULATED" in readme.read_text(encoding="utf-8")
+    first_day = first_logged_day(log_root) or pd.Timestamp(stamp)
     for name, frame in tables.items():
-        write_table(frame, folder, name)
-    (folder / "README.md").write_text(
+        rows = frame if simulated else with_history(frame, folder / f"{name}.parquet", _KEYS.get(name, "product_id"),
+                                                    first_day)
+        if name == "user_profile" and forgotten is not None:
+            rows = without_erased(rows, forgotten)
+        write_table(rows, folder, name)
+    readme.write_text(
         "# Offline feature tables\n\nFrom the store's own data (`shoprank features build --from-catalog`): the "
         "catalog's prices, categories, brands, stock and promotions; popularity and shopper profiles from the "
-        "event log's last 30 days.\n")
+        "event log's last 30 days. Each build adds its rows to those of the builds before (from the event log's "
+        "first day on).\n")
     counts = {name: len(frame) for name, frame in tables.items()}
     logger.info("wrote feature tables from the catalog and the event log to %s: %s", folder, counts)
     return counts

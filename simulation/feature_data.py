@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from online_learning.consumers.streaming_features import profile_of
 from online_learning.feature_tables import SCHEMAS, write_table
+from online_learning.feature_tables import user_profiles as profiles_of_purchases
 from simulation.world import SIMULATED, StoreWorld
 
 logger = logging.getLogger(__name__)
@@ -88,18 +88,11 @@ def popularity_snapshots(world: StoreWorld, seed: int = 0, every_days: int = 7) 
 
 
 def user_profiles(world: StoreWorld) -> pd.DataFrame:
-    """One profile row per user after each purchase (for point-in-time joins), built by the function the
-    streaming consumer builds its pushes with (:func:`profile_of`: the same ties, the same median)."""
-    attributes = world.products[["product_id", "category_id", "price"]].astype({"category_id": "Int64"})
-    history = world.history.merge(attributes, on="product_id", how="left")  # an unknown product: no category
-    rows = []
-    for user_id, events in history.sort_values("event_timestamp", kind="stable").groupby("user_id", sort=True):
-        bought: list[tuple[str, int, float]] = []
-        purchases = events[["product_id", "category_id", "price", "event_timestamp"]].itertuples(index=False)
-        for item, category, price, when in purchases:
-            bought.append((str(item), -1 if pd.isna(category) else int(category), float(price)))
-            rows.append({"user_id": str(user_id), **profile_of(bought), "event_timestamp": when})
-    return pd.DataFrame(rows, columns=SCHEMAS["user_profile"].names)
+    """One profile row per user after each purchase (for point-in-time joins), built as the tables of a
+    store's own data build them (:func:`online_learning.feature_tables.user_profiles`, with the streaming
+    consumer's :func:`profile_of`: the same ties, the same median)."""
+    purchases = world.history.rename(columns={"event_timestamp": "timestamp"}).assign(type="purchase")
+    return profiles_of_purchases(purchases, world.products)
 
 
 def write_feature_tables(world: StoreWorld, folder: Path) -> dict[str, int]:
