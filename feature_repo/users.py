@@ -47,12 +47,17 @@ user_profile = FeatureView(
     description="Affinity of the user for the candidate's category; candidate price / user's median price.",
 )
 def personalization(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Category ids are compared as the floats they round to. A store's own catalog gives 56-bit ids, and a
+    training join makes the ``category_id`` column float64 when one of its products has no attributes row,
+    which rounds such an id; the profile's ids are integers. As floats both sides round the same way, online
+    and in training. (Feast runs this function from its source alone: no helper outside it is seen.)"""
     affinities, ratios = [], []
     for category, price, tops, weights, median in zip(
         inputs["category_id"], inputs["price"], inputs["top_categories"], inputs["category_affinity"],
         inputs["median_price"],
     ):
-        share = dict(zip(tops or [], weights or []))
-        affinities.append(float(share.get(category, 0.0)))
-        ratios.append(float(price / median) if price and median else 1.0)
+        share = {float(top): weight for top, weight in zip(tops or [], weights or [])}
+        affinities.append(float(share.get(float(category), 0.0)) if category is not None else 0.0)
+        # a free product (price 0) is priced below the user's usual price; only an unknown price reads as 1
+        ratios.append(float(price / median) if price is not None and median else 1.0)
     return {"user_category_affinity": affinities, "price_vs_user": ratios}

@@ -9,11 +9,17 @@ for a store in production (``features build`` without it simulates a store world
 - ``inventory``: ``in_stock`` and ``quantity`` for the products whose catalog row gives either
   (a product without them has no row, and counts as in stock);
 - ``promotions``: ``promoted`` and ``discount`` where the catalog has those columns;
-- ``popularity``: impressions, clicks and purchases over the last 7 and 30 days per product,
-  with their smoothed CTR, counted from the event log as the streaming consumer counts them
+- ``popularity``: impressions, clicks and purchases over the last 7 and 30 days per product (whole
+  UTC days, the last one the build's), with their smoothed CTR, counted from the event log as the
+  streaming consumer counts them
   (a store that imported its history with ``shoprank events import`` starts with it);
 - ``user_profile``: for each shopper with a purchase in the log, their top categories and
-  affinities, median price, purchases and recent items, as of their last purchase.
+  affinities, median price, purchases and recent items, a row after each purchase.
+
+Each build adds its rows to those of the builds before, so a training join of an impression logged
+before the latest build reads the values it was served with (:func:`with_history`); rows from before
+the event log's first day go, but for each product's last one, so ``shoprank events prune`` bounds
+the files too.
 
 The streaming feature consumer keeps popularity and profiles current from then on: its state is
 seeded with the same events, so its next push of a product or a shopper adds to that history
@@ -30,12 +36,55 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from online_learning.consumers.log_sink import read_log
-from online_learning.consumers.streaming_features import counted_products, profile_of, seed_state
+from core.files import write_text_atomic
+from online_learning.consumers.log_sink import log_files, read_log
+from online_learning.consumers.streaming_features import (
+    WINDOWS,
+    counted_products,
+    first_day,
+    profile_of,
+    seed_state,
+)
+from online_learning.forget_list import ForgetList
 from retrieval.catalog import as_bool
 
 logger = logging.getLogger(__name__)
+
+_STAMP = pa.field("event_timestamp", pa.timestamp("ns", tz="UTC"))
+_COUNTS = [f"{kind}_{window}d" for window in WINDOWS for kind in ("impressions", "clicks", "purchases")]
+#: Each offline table's columns and types, those of the ``feature_repo/`` views: a table with no rows keeps
+#: them too (Feast's point-in-time join fails on a key column of another type than the entity's).
+SCHEMAS: dict[str, pa.Schema] = {
+    "product_attributes": pa.schema([
+        ("product_id", pa.string()), ("price", pa.float32()), ("category_id", pa.int64()),
+        ("department_id", pa.int64()), ("category", pa.string()), ("brand", pa.string()), _STAMP]),
+    "inventory": pa.schema([("product_id", pa.string()), ("in_stock", pa.int64()), ("quantity", pa.int64()), _STAMP]),
+    "promotions": pa.schema([
+        ("product_id", pa.string()), ("promoted", pa.int64()), ("discount", pa.float32()),
+        ("campaign_start", pa.int64()), ("campaign_end", pa.int64()), _STAMP]),
+    "popularity": pa.schema([("product_id", pa.string()), *((name, pa.int64()) for name in _COUNTS),
+                             *((f"ctr_{window}d", pa.float32()) for window in WINDOWS), _STAMP]),
+    "user_profile": pa.schema([
+        ("user_id", pa.string()), ("top_categories", pa.list_(pa.int64())),
+        ("category_affinity", pa.list_(pa.float32())), ("median_price", pa.float32()), ("purchases", pa.int64()),
+        ("recent_items", pa.list_(pa.string())), _STAMP]),
+}
+
+
+_KEYS = {"user_profile": "user_id"}  # each table's key (the others: product_id)
+
+
+def write_table(frame: pd.DataFrame, folder: Path, name: str) -> None:
+    """Write ``frame`` as the offline table ``name`` (``folder/<name>.parquet``) with the columns and types of
+    :data:`SCHEMAS`, whole: a reader (a materialize, the streaming consumer) sees the old file or the new one."""
+    schema = SCHEMAS[name]
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False) if len(frame) else schema.empty_table()
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_text_atomic(folder / f"{name}.parquet", sink.getvalue().to_pybytes())
 
 def stable_id(text: object) -> int:
     """A positive 56-bit id of ``text`` that does not change between builds or machines (-1: no text)."""
@@ -88,16 +137,16 @@ def product_tables(products: pd.DataFrame, now: datetime) -> dict[str, pd.DataFr
 
 def popularity(rankings: pd.DataFrame, interactions: pd.DataFrame, now: datetime,
                also: Iterable[str] = ()) -> pd.DataFrame:
-    """Per product: impressions (rows shown), clicks and purchases over the 7 and 30 days before ``now``,
-    and the CTR the streaming consumer computes ((clicks + 1) / (impressions + 30)); the products of ``also``
-    without an event in the window get a row of zeros (an online row is only ever overwritten: a product
-    whose sales stopped would keep its old counts)."""
+    """Per product: impressions (rows shown), clicks and purchases over the 7 and 30 whole UTC days that end
+    with ``now``'s day, as the streaming consumer counts them (:func:`first_day`), and its CTR
+    ((clicks + 1) / (impressions + 30)); the products of ``also`` without an event in the window get a row of
+    zeros (an online row is only ever overwritten: a product whose sales stopped would keep its old counts)."""
     columns = {"product_id": pd.Series(dtype=object)}
     counts = []
-    for window in (7, 30):
-        since = pd.Timestamp(now) - pd.Timedelta(days=window)
-        shown = rankings[rankings["timestamp"] > since].groupby("product_id").size().rename(f"impressions_{window}d")
-        recent = interactions[interactions["timestamp"] > since]
+    for window in WINDOWS:
+        since = first_day(now, window)
+        shown = rankings[rankings["timestamp"] >= since].groupby("product_id").size().rename(f"impressions_{window}d")
+        recent = interactions[interactions["timestamp"] >= since]
         counts.append(shown)
         for kind, name in (("click", "clicks"), ("purchase", "purchases")):
             counts.append(recent[recent["type"] == kind].groupby("product_id").size().rename(f"{name}_{window}d"))
@@ -107,7 +156,7 @@ def popularity(rankings: pd.DataFrame, interactions: pd.DataFrame, now: datetime
     if quiet:
         zeros = pd.DataFrame(0, index=range(len(quiet)), columns=[c for c in table.columns if c != "product_id"])
         table = pd.concat([table, zeros.assign(product_id=quiet)], ignore_index=True)
-    for window in (7, 30):
+    for window in WINDOWS:
         table[f"ctr_{window}d"] = ((table[f"clicks_{window}d"] + 1) / (table[f"impressions_{window}d"] + 30)) \
             .astype("float32")
     table["event_timestamp"] = pd.Timestamp(now)
@@ -116,9 +165,11 @@ def popularity(rankings: pd.DataFrame, interactions: pd.DataFrame, now: datetime
 
 def user_profiles(interactions: pd.DataFrame, attributes: pd.DataFrame,
                   latest: datetime | None = None) -> pd.DataFrame:
-    """One profile per shopper with a purchase, as of their last purchase (as the streaming consumer
-    builds it), stamped no later than ``latest``: materialize reads rows up to its own clock, and a
-    purchase stamped ahead by a client's clock would leave its shopper's profile out."""
+    """A shopper's profile after each of their purchases, as the streaming consumer builds it then (from
+    the purchases before it here), so a point-in-time join reads the profile a search was served with.
+    Each row is stamped at its purchase, no later than ``latest``: materialize reads rows up to its own
+    clock, and a purchase stamped ahead by a client's clock would leave its shopper's profile out. Purchases
+    at one time (a cart bought at once) give one row, the profile after them all."""
     bought = interactions[(interactions["type"] == "purchase") & interactions["user_id"].notna()]
     # categories stay integers (ids of 64 bits: a float column after the merge would round them)
     bought = bought.merge(attributes[["product_id", "category_id", "price"]].astype({"category_id": "Int64"}),
@@ -126,12 +177,58 @@ def user_profiles(interactions: pd.DataFrame, attributes: pd.DataFrame,
     rows = []
     for user, events in bought.sort_values("timestamp", kind="stable").groupby("user_id", sort=True):
         categories = [-1 if pd.isna(c) else int(c) for c in events["category_id"]]
-        items = zip(events["product_id"].astype(str), categories, events["price"].astype(float))
-        stamp = events["timestamp"].max()
-        stamp = min(stamp, pd.Timestamp(latest)) if latest is not None else stamp
-        rows.append({"user_id": str(user), **profile_of(list(items)), "event_timestamp": stamp})
-    return pd.DataFrame(rows, columns=["user_id", "top_categories", "category_affinity", "median_price", "purchases",
-                                       "recent_items", "event_timestamp"])
+        items: list[tuple[str, int, float]] = []
+        for item, when in zip(zip(events["product_id"].astype(str), categories, events["price"].astype(float)),
+                              events["timestamp"]):
+            items.append(item)
+            stamp = min(pd.Timestamp(when), pd.Timestamp(latest)) if latest is not None else pd.Timestamp(when)
+            rows.append({"user_id": str(user), **profile_of(items), "event_timestamp": stamp})
+    profiles = pd.DataFrame(rows, columns=SCHEMAS["user_profile"].names)
+    return profiles.drop_duplicates(["user_id", "event_timestamp"], keep="last").reset_index(drop=True)
+
+
+def first_logged_day(log_root: Path) -> pd.Timestamp | None:
+    """Midnight (UTC) of the event log's first day at ``log_root`` (None: nothing logged)."""
+    days = [part.removeprefix("date=") for kind in ("rankings", "interactions") for path in log_files(log_root, kind)
+            for part in path.parts if part.startswith("date=")]
+    return pd.Timestamp(min(days), tz="UTC") if days else None
+
+
+def with_history(frame: pd.DataFrame, table: Path, key: str, first_day: pd.Timestamp) -> pd.DataFrame:
+    """This build's rows of a table (``frame``, keyed by ``key``) after the rows the file ``table`` holds from
+    the builds before: a training join of an impression logged before this build reads the values of then.
+
+    A row already written stays as written (this build's row for the same key and time is dropped). Only
+    the rows the logged impressions can still join to are kept: those stamped from ``first_day`` (the event
+    log's first day) on and, for each product, its last row before that day. A shopper's profile rows from
+    before that day go: the purchases they come from left the log (``shoprank events prune``)."""
+    if not table.is_file():
+        return frame
+    parts = [part for part in (pd.read_parquet(table), frame) if len(part)]
+    if not parts:
+        return frame
+    rows = pd.concat(parts, ignore_index=True)
+    rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
+    rows = rows.drop_duplicates([key, "event_timestamp"], keep="first")
+    old = rows["event_timestamp"] < first_day
+    kept = ~old
+    if key != "user_id":
+        kept |= rows.index.isin(rows[old].sort_values("event_timestamp", kind="stable")
+                                .drop_duplicates(key, keep="last").index)
+    return rows[kept].reset_index(drop=True)
+
+
+def without_erased(profiles: pd.DataFrame, forgotten: Path) -> pd.DataFrame:
+    """``profiles`` less the rows of a shopper ``shoprank events forget`` erased at or after the row's time (the
+    erasure list at ``forgotten``): an erasure while a build ran must not bring their rows back."""
+    erasures = ForgetList(forgotten)
+    erasures.refresh()
+    if not len(erasures) or profiles.empty:
+        return profiles
+    erased_at = {user: erasures.erased_at(user) for user in profiles["user_id"].astype(str).unique()}
+    kept = [erased_at[str(user)] is None or when > erased_at[str(user)]
+            for user, when in zip(profiles["user_id"], pd.to_datetime(profiles["event_timestamp"], utc=True))]
+    return profiles[kept].reset_index(drop=True)
 
 
 def _products_in(table: Path) -> set[str]:
@@ -142,12 +239,14 @@ def _products_in(table: Path) -> set[str]:
 
 
 def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, now: datetime,
-                         state: Path | None = None) -> dict[str, int]:
-    """Write every offline table from ``products`` (the live catalog) and the event log at ``log_root``
-    (its last 30 days before ``now``, every event counted as the streaming consumer counts it); returns rows
-    per table. ``state``: the streaming consumer's state, which counts the same events
+                         state: Path | None = None, forgotten: Path | None = None) -> dict[str, int]:
+    """Add every offline table's rows from ``products`` (the live catalog) and the event log at ``log_root``
+    (its last 30 days before ``now``, every event counted as the streaming consumer counts it) to the rows
+    of the builds before (:func:`with_history`; tables a simulated world wrote are replaced); returns this
+    build's rows per table. ``state``: the streaming consumer's state, which counts the same events
     (:func:`online_learning.consumers.streaming_features.seed_state`), so its next push of a product or a
-    shopper adds to what the tables hold."""
+    shopper adds to what the tables hold. ``forgotten``: the erasure list, whose shoppers' profile rows are
+    not kept (:func:`without_erased`)."""
     stamp = now - timedelta(seconds=1)  # every row's time: before the materialize that follows reads up to now
     tables = product_tables(products, stamp)
     since = pd.Timestamp(now) - pd.Timedelta(days=30)
@@ -179,12 +278,20 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
     tables["popularity"] = popularity(rankings, interactions, stamp, counted)
     tables["user_profile"] = user_profiles(interactions, tables["product_attributes"], stamp)
     folder.mkdir(parents=True, exist_ok=True)
+    readme = folder / "README.md"
+    simulated = readme.is_file() and "SIMULATED" in readme.read_text(encoding="utf-8")
+    first_day = first_logged_day(log_root) or pd.Timestamp(stamp)
     for name, frame in tables.items():
-        frame.to_parquet(folder / f"{name}.parquet", index=False)
-    (folder / "README.md").write_text(
+        rows = frame if simulated else with_history(frame, folder / f"{name}.parquet", _KEYS.get(name, "product_id"),
+                                                    first_day)
+        if name == "user_profile" and forgotten is not None:
+            rows = without_erased(rows, forgotten)
+        write_table(rows, folder, name)
+    readme.write_text(
         "# Offline feature tables\n\nFrom the store's own data (`shoprank features build --from-catalog`): the "
         "catalog's prices, categories, brands, stock and promotions; popularity and shopper profiles from the "
-        "event log's last 30 days.\n")
+        "event log's last 30 days. Each build adds its rows to those of the builds before (from the event log's "
+        "first day on).\n")
     counts = {name: len(frame) for name, frame in tables.items()}
     logger.info("wrote feature tables from the catalog and the event log to %s: %s", folder, counts)
     return counts

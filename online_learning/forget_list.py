@@ -91,6 +91,10 @@ class ForgetList:
         self.refresh()
         return len(self._until)
 
+    def erased_at(self, user_id: str) -> datetime | None:
+        """When the shopper ``user_id`` was last erased (None: never), as last read (:meth:`refresh`)."""
+        return self._until.get(self.digest("user", user_id)) if self._until else None
+
     def erased(self, event: RankingEvent | InteractionEvent) -> bool:
         """Whether ``event`` belongs to an erased shopper and happened at or before the erasure
         (as last read: :meth:`refresh`; :meth:`keep` does both for a batch)."""

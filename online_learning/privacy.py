@@ -11,7 +11,8 @@ about shoppers, by user id or session id:
 - the streaming feature state (their purchases) and their online profile (``user_profile``:
   recent items, category affinities, median price): the rows are deleted and every named
   shopper's profile is pushed again, empty (the caller's ``push``; else the streaming consumer
-  pushes it at its next batch or start); their rows of the offline ``user_profile`` table go too;
+  pushes it at its next batch or start); their rows of the offline ``user_profile`` table go too (and
+  a later ``features build --from-catalog`` keeps none of them, reading the erasure list);
 - dead letters (events a consumer could not read) and shadow-scoring records: their lines go;
 - without Kafka, the event spool is the record of events (``<store>/event_spool``): its segments
   are written again without their lines, all but the one a running server appends to (a server

@@ -1,11 +1,12 @@
 """Offline feature tables for the Feast repo, from a (simulated) store world.
 
 Writes the Parquet files the ``feature_repo/`` sources read: product attributes,
-inventory, promotions, weekly popularity snapshots and user profiles (one row
-per user after each purchase, so point-in-time joins see the profile as it
-was). Popularity and profiles are computed from the world's *observable*
-history, never from its hidden preferences. All rows carry SIMULATED lineage
-in the folder's ``README``.
+inventory, promotions, weekly popularity snapshots up to the history's last day
+and user profiles (one row per user after each purchase, so point-in-time joins
+see the profile as it was, built as the streaming consumer builds its pushes),
+with the column types of ``online_learning.feature_tables.SCHEMAS``. Popularity
+and profiles are computed from the world's *observable* history, never from its
+hidden preferences. All rows carry SIMULATED lineage in the folder's ``README``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from online_learning.feature_tables import SCHEMAS, write_table
+from online_learning.feature_tables import user_profiles as profiles_of_purchases
 from simulation.world import SIMULATED, StoreWorld
 
 logger = logging.getLogger(__name__)
-
-TOP_CATEGORIES = 5
-RECENT_ITEMS = 5
 
 
 def product_tables(world: StoreWorld) -> dict[str, pd.DataFrame]:
@@ -45,56 +45,54 @@ def product_tables(world: StoreWorld) -> dict[str, pd.DataFrame]:
 
 
 def popularity_snapshots(world: StoreWorld, seed: int = 0, every_days: int = 7) -> pd.DataFrame:
-    """Weekly per-product counts over trailing 7 and 30 days (products with activity).
+    """Per-product counts over trailing 7 and 30 days, every ``every_days`` days back from the history's last
+    day (a snapshot on that day too, so the last days are counted).
 
-    Purchases come from the history; clicks and impressions around them are
-    simulated (about 4 clicks and 60 impressions per purchase, noisy), so
-    CTR carries signal without being a copy of purchases.
+    A snapshot has a row for each product with purchases in its 30 days, and a row of zeros for each product
+    the snapshot before counted that has none now: a point-in-time join reads a product's latest row, so a
+    product that went quiet reads 0 rather than its old counts. Purchases come from the history; clicks and
+    impressions around them are simulated (about 4 clicks and 60 impressions per purchase, noisy), so CTR
+    carries signal without being a copy of purchases.
     """
     rng = np.random.default_rng(seed)
     history = world.history.copy()
+    columns = SCHEMAS["popularity"].names
     if history.empty:
-        return pd.DataFrame(columns=["product_id", "event_timestamp"])
+        return pd.DataFrame(columns=columns)
     history["day"] = history["event_timestamp"].dt.floor("D")
     daily = history.groupby(["product_id", "day"]).size().rename("purchases").reset_index()
     daily["clicks"] = daily["purchases"] + rng.poisson(3 * daily["purchases"])
     daily["impressions"] = daily["clicks"] + rng.poisson(55 * daily["purchases"])
     end = history["day"].max()
-    rows = []
-    for snapshot in pd.date_range(end - pd.Timedelta(days=world.config.history_days), end, freq=f"{every_days}D"):
+    snapshots = pd.date_range(end, end - pd.Timedelta(days=world.config.history_days), freq=f"-{every_days}D")[::-1]
+    counts = [f"{kind}_{window}d" for window in (7, 30) for kind in ("impressions", "clicks", "purchases")]
+    rows, counted = [], set()
+    for snapshot in snapshots:
+        sums = []
         for window in (7, 30):
             part = daily[(daily["day"] <= snapshot) & (daily["day"] > snapshot - pd.Timedelta(days=window))]
-            sums = part.groupby("product_id")[["impressions", "clicks", "purchases"]].sum()
-            sums.columns = [f"{c}_{window}d" for c in sums.columns]
-            sums["event_timestamp"] = snapshot
-            rows.append(sums.reset_index())
-    merged = pd.concat(rows).groupby(["product_id", "event_timestamp"], as_index=False).sum()
+            window_sums = part.groupby("product_id")[["impressions", "clicks", "purchases"]].sum()
+            sums.append(window_sums.rename(columns=lambda c, w=window: f"{c}_{w}d"))
+        snap = pd.concat(sums, axis=1)
+        quiet = sorted(counted - set(snap.index))  # counted by the snapshot before, nothing now: zeros
+        snap = snap.reindex([*snap.index, *quiet], columns=counts).fillna(0)
+        counted = set(snap.index[snap["purchases_30d"] > 0])
+        rows.append(snap.rename_axis("product_id").reset_index().assign(event_timestamp=snapshot))
+    merged = pd.concat(rows, ignore_index=True)
+    for column in counts:
+        merged[column] = merged[column].astype("int64")
     for window in (7, 30):
-        merged[f"ctr_{window}d"] = ((merged[f"clicks_{window}d"] + 1) / (merged[f"impressions_{window}d"] + 30)).astype("float32")
-    for column in merged.columns:
-        if column.startswith(("impressions", "clicks", "purchases")):
-            merged[column] = merged[column].astype("int64")
-    return merged
+        merged[f"ctr_{window}d"] = ((merged[f"clicks_{window}d"] + 1) / (merged[f"impressions_{window}d"] + 30)) \
+            .astype("float32")
+    return merged[columns]
 
 
 def user_profiles(world: StoreWorld) -> pd.DataFrame:
-    """One profile row per user after each purchase (for point-in-time joins)."""
-    history = world.history.merge(world.products[["product_id", "category_id", "price"]], on="product_id")
-    rows = []
-    for user_id, events in history.groupby("user_id", sort=True):
-        events = events.sort_values("event_timestamp")
-        categories, prices, items = [], [], []
-        for category, price, item, when in events[["category_id", "price", "product_id", "event_timestamp"]].itertuples(index=False):
-            categories.append(int(category))
-            prices.append(float(price))
-            items.append(item)
-            counts = pd.Series(categories).value_counts()
-            top = counts.index[:TOP_CATEGORIES].tolist()
-            rows.append({"user_id": user_id, "top_categories": [int(c) for c in top],
-                         "category_affinity": [float(counts[c] / len(categories)) for c in top],
-                         "median_price": float(np.median(prices)), "purchases": len(categories),
-                         "recent_items": items[-RECENT_ITEMS:][::-1], "event_timestamp": when})
-    return pd.DataFrame(rows)
+    """One profile row per user after each purchase (for point-in-time joins), built as the tables of a
+    store's own data build them (:func:`online_learning.feature_tables.user_profiles`, with the streaming
+    consumer's :func:`profile_of`: the same ties, the same median)."""
+    purchases = world.history.rename(columns={"event_timestamp": "timestamp"}).assign(type="purchase")
+    return profiles_of_purchases(purchases, world.products)
 
 
 def write_feature_tables(world: StoreWorld, folder: Path) -> dict[str, int]:
@@ -104,7 +102,7 @@ def write_feature_tables(world: StoreWorld, folder: Path) -> dict[str, int]:
     tables["popularity"] = popularity_snapshots(world)
     tables["user_profile"] = user_profiles(world)
     for name, frame in tables.items():
-        frame.to_parquet(folder / f"{name}.parquet", index=False)
+        write_table(frame, folder, name)
     (folder / "README.md").write_text(
         f"# Offline feature tables\n\n{SIMULATED}: store signals (prices, stock, promotions, popularity, "
         "user histories) were generated by `shoprank features build` for this catalog.\n")

@@ -40,6 +40,7 @@ from online_learning.events import InteractionEvent, RankingEvent
 logger = logging.getLogger(__name__)
 
 Push = Callable[[str, pd.DataFrame], None]
+Products = dict[str, tuple[int, float]]  # product_id -> (category_id, price)
 WINDOWS = (7, 30)  # the popularity windows, in days up to the events' clock
 
 
@@ -141,6 +142,15 @@ def _clock_day(db: sqlite3.Connection) -> date | None:
     return pd.Timestamp(row[0]).tz_convert("UTC").date() if row else None
 
 
+def first_day(now: object, window: int) -> pd.Timestamp:
+    """Midnight (UTC) of the first of the ``window`` whole UTC days that end with ``now``'s day: a popularity
+    window counts the events from then on. One rule for the consumer's pushes and the offline table
+    (``feature_tables.popularity``), so both count the same events."""
+    at = pd.Timestamp(now)
+    at = at.tz_localize("UTC") if at.tzinfo is None else at.tz_convert("UTC")
+    return at.normalize() - pd.Timedelta(days=window - 1)
+
+
 def _leaving(db: sqlite3.Connection, before: date | None, after: date | None) -> list[str]:
     """The products with counts on a day that leaves one of the :data:`WINDOWS` when the clock moves from day
     ``before`` to day ``after``: a window of ``w`` days at day ``D`` holds the days after ``D - w``, so the days
@@ -171,16 +181,43 @@ def profile_of(bought: Sequence[tuple[str, int, float]]) -> dict[str, object]:
             "recent_items": [p for p, _, _ in bought[-RECENT_ITEMS:]][::-1]}
 
 
+class ProductAttributes:
+    """Each product's category id and price from the offline ``product_attributes`` table at ``table``:
+    calling it reads the file again when it changed (its modification time or the file itself, which
+    ``features build`` replaces whole) and else returns what it read last. So a running consumer builds a
+    profile with the products a rebuild of the tables added, or their new prices, without a restart."""
+
+    def __init__(self, table: Path) -> None:
+        self.table = table
+        self._read: tuple[int, int] | None = None
+        self._products: Products = {}
+
+    def __call__(self) -> Products:
+        try:
+            stat = self.table.stat()
+            if (stat.st_mtime_ns, stat.st_ino) != self._read:
+                attributes = pd.read_parquet(self.table, columns=["product_id", "category_id", "price"])
+                self._products = {str(p): (int(c), float(x)) for p, c, x in
+                                  zip(attributes["product_id"], attributes["category_id"], attributes["price"])}
+                self._read = (stat.st_mtime_ns, stat.st_ino)
+        except (OSError, ValueError) as err:  # gone or unreadable for now: the last map until it is back
+            logger.warning("could not read the product attributes %s (%s); keeping the %d products read before",
+                           self.table, err, len(self._products))
+        return self._products
+
+
 class StreamingFeatures:
     """Args:
         state: sqlite file of counts and seen ids.
-        products: product_id -> (category_id, price), to build user profiles.
+        products: product_id -> (category_id, price), to build user profiles; or a function that returns
+            the current map (:class:`ProductAttributes`), called once per batch.
         push: ``push(push_source_name, frame)``, e.g. Feast ``FeatureStore.push``.
     """
 
-    def __init__(self, state: Path, products: dict[str, tuple[int, float]], push: Push) -> None:
+    def __init__(self, state: Path, products: Products | Callable[[], Products], push: Push) -> None:
         self.db = open_state(state)
-        self.products = products
+        self._current = products if callable(products) else None
+        self.products = products() if callable(products) else products
         self.push = push
         self.pushed = {"popularity": 0, "users": 0}
         self._stamped = pd.Timestamp(0, tz="UTC")
@@ -190,6 +227,8 @@ class StreamingFeatures:
             logger.warning("pushing the features left marked failed (%s); they are pushed with the next batch", err)
 
     def __call__(self, batch: list[Delivered]) -> None:
+        if self._current is not None:
+            self.products = self._current()
         keys = [key_of(d.event) for d in batch]
         known = seen(self.db, keys)
         counts: Counter[tuple[str, str, str]] = Counter()
@@ -238,9 +277,9 @@ class StreamingFeatures:
         for product in products:
             record: dict[str, object] = {"product_id": product, "event_timestamp": stamp}
             for window in WINDOWS:
-                since = (now - timedelta(days=window)).strftime("%Y-%m-%d")
+                since = first_day(now, window).strftime("%Y-%m-%d")
                 sums = self.db.execute("SELECT COALESCE(SUM(impressions),0), COALESCE(SUM(clicks),0), "
-                                       "COALESCE(SUM(purchases),0) FROM daily WHERE product_id = ? AND day > ?",
+                                       "COALESCE(SUM(purchases),0) FROM daily WHERE product_id = ? AND day >= ?",
                                        (product, since)).fetchone()
                 for name, value in zip(("impressions", "clicks", "purchases"), sums):
                     record[f"{name}_{window}d"] = int(value)

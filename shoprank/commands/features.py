@@ -69,7 +69,7 @@ def _build_from_catalog(args: argparse.Namespace, settings: Settings) -> int:
                            "index --catalog FILE`, or set SHOPRANK_CATALOG); --from-catalog never reads the demo store")
     index = indexing.open_index(settings, encoder)
     counts = write_catalog_tables(index.live_products(), settings.paths.event_log, feast_repo.features_dir(settings),
-                                  datetime.now(UTC), settings.paths.streaming_state)
+                                  datetime.now(UTC), settings.paths.streaming_state, settings.paths.forgotten)
     print(json.dumps({"tables": counts, "catalog": str(index.path), "event_log": str(settings.paths.event_log),
                       "note": "the store's own data: catalog columns and the event log's last 30 days"}, indent=2))
     return 0

@@ -27,20 +27,21 @@ def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
 def streaming_features(settings: Settings) -> StreamingFeatures:
     """The streaming feature consumer's handler: its state, each product's category id and price (for the
     profiles, from the offline ``product_attributes`` table of ``shoprank features build``, simulated or from
-    the catalog) and a push to the Feast online store. Opening it pushes the profiles marked to push."""
-    import pandas as pd
-
+    the catalog, read again when a rebuild replaces it) and a push to the Feast online store. Opening it pushes
+    the profiles marked to push."""
     from core import feast_repo
-    from online_learning.consumers.streaming_features import StreamingFeatures, feast_push
+    from online_learning.consumers.streaming_features import (
+        ProductAttributes,
+        StreamingFeatures,
+        feast_push,
+    )
 
     table = feast_repo.features_dir(settings) / "product_attributes.parquet"
     if not table.is_file():
         raise NotFound(f"no feature tables in {table.parent}: run `shoprank features build --from-catalog` (the "
                        "store's own data) or `shoprank features build` (a simulated store), then `features apply`")
-    attributes = pd.read_parquet(table, columns=["product_id", "category_id", "price"])
-    products = {p: (int(c), float(x)) for p, c, x in
-                zip(attributes["product_id"], attributes["category_id"], attributes["price"])}
-    return StreamingFeatures(settings.paths.streaming_state, products, feast_push(feast_repo.open_store(settings)))
+    return StreamingFeatures(settings.paths.streaming_state, ProductAttributes(table),
+                             feast_push(feast_repo.open_store(settings)))
 
 
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:

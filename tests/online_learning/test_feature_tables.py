@@ -68,10 +68,11 @@ def test_a_store_serves_its_own_features_and_the_streaming_consumer_builds_on_th
     log_of_a_store(settings.paths.event_log)
     counts = write_catalog_tables(CATALOG, settings.paths.event_log, feast_repo.features_dir(settings), NOW,
                                   settings.paths.streaming_state)
-    assert counts == {"product_attributes": 4, "inventory": 3, "promotions": 2, "popularity": 3, "user_profile": 2}
+    # a profile row after each purchase: u1 bought three times, u2 once
+    assert counts == {"product_attributes": 4, "inventory": 3, "promotions": 2, "popularity": 3, "user_profile": 4}
     popularity = pd.read_parquet(feast_repo.features_dir(settings) / "popularity.parquet").set_index("product_id")
     assert popularity.loc["P2", ["impressions_30d", "clicks_30d", "purchases_30d", "purchases_7d"]].tolist() == [
-        4, 2, 2, 1]  # bought 8 days ago and 7 days less 30 s ago
+        4, 2, 2, 0]  # bought 8 days ago and 7 days less 30 s ago: before the 7 whole days that end today
     feast_repo.apply(settings)
     feast_repo.materialize(settings)
     reader = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1")
@@ -99,6 +100,28 @@ def test_a_store_serves_its_own_features_and_the_streaming_consumer_builds_on_th
         reader.close()
     finally:
         get_settings.cache_clear()
+
+
+def test_the_offline_popularity_counts_the_days_the_consumer_counts(tmp_path: Path) -> None:
+    from online_learning.consumers.streaming_features import StreamingFeatures, seed_state
+    from online_learning.feature_tables import popularity
+
+    now = datetime(2025, 3, 8, 12, 0, tzinfo=UTC)  # the build's clock
+    shown = {"A": now - timedelta(days=6, hours=20), "B": now - timedelta(days=6, hours=10),
+             "C": now - timedelta(days=20), "D": now - timedelta(hours=1)}  # A: March 1, B: March 2
+    rankings = pd.DataFrame({"event_id": [f"r{p}" for p in shown], "product_id": list(shown),
+                             "timestamp": pd.to_datetime(list(shown.values()), utc=True)})
+    interactions = pd.DataFrame({"event_id": ["cB"], "product_id": ["B"], "user_id": ["u1"], "type": ["click"],
+                                 "timestamp": pd.to_datetime([now - timedelta(days=6, hours=9)], utc=True)})
+    offline = popularity(rankings, interactions, now - timedelta(seconds=1)).set_index("product_id").sort_index()
+    state = tmp_path / "state.sqlite"
+    seed_state(state, rankings, interactions)
+    consumer = StreamingFeatures(state, {}, lambda source, frame: None)
+    streamed = consumer.popularity(sorted(shown)).set_index("product_id")
+    columns = ["impressions_7d", "clicks_7d", "impressions_30d", "clicks_30d", "ctr_7d", "ctr_30d"]
+    pd.testing.assert_frame_equal(offline[columns], streamed[columns], check_dtype=False)
+    # the 7 whole UTC days March 2 to 8: A, shown on March 1 (less than 7 x 24 hours ago), is not counted
+    assert offline["impressions_7d"].to_dict() == {"A": 0, "B": 1, "C": 0, "D": 1}
 
 
 def test_the_command_reads_the_served_catalog_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -156,7 +179,7 @@ def test_the_consumer_and_the_offline_table_build_one_profile(tmp_path: Path) ->
     interactions = pd.DataFrame({"event_id": [f"b{i}" for i, _ in enumerate(bought)], "type": "purchase",
                                  "user_id": "u1", "product_id": [p for p, _ in bought],
                                  "timestamp": [NOW - timedelta(hours=5 - h) for _, h in bought]})
-    offline = user_profiles(interactions, attributes).drop(columns="event_timestamp").iloc[0].to_dict()
+    offline = user_profiles(interactions, attributes).drop(columns="event_timestamp").iloc[-1].to_dict()
     pushed: list[pd.DataFrame] = []
     known = {row.product_id: (row.category_id, row.price) for row in attributes.itertuples()}
     consumer = StreamingFeatures(tmp_path / "state.sqlite", known, lambda s, frame: pushed.append(frame))
@@ -172,6 +195,24 @@ def test_the_consumer_and_the_offline_table_build_one_profile(tmp_path: Path) ->
     assert user_profiles(ahead, attributes, latest=NOW)["event_timestamp"].iloc[0] == pd.Timestamp(NOW)
 
 
+def test_a_running_consumer_reads_the_product_attributes_a_rebuild_writes(tmp_path: Path) -> None:
+    from online_learning.consumers.streaming_features import ProductAttributes, StreamingFeatures
+    from online_learning.feature_tables import write_table
+
+    drill = pd.DataFrame({"product_id": ["P1"], "title": ["Drill"], "category": ["Tools > Drills"], "price": [99.0]})
+    write_table(product_tables(drill, NOW)["product_attributes"], tmp_path, "product_attributes")
+    pushed: list[pd.DataFrame] = []
+    consumer = StreamingFeatures(tmp_path / "state.sqlite", ProductAttributes(tmp_path / "product_attributes.parquet"),
+                                 lambda source, frame: pushed.append(frame))
+    saw = pd.DataFrame({"product_id": ["P9"], "title": ["Saw"], "category": ["Tools > Saws"], "price": [20.0]})
+    rebuilt = product_tables(pd.concat([drill, saw], ignore_index=True), NOW)["product_attributes"]
+    write_table(rebuilt, tmp_path, "product_attributes")  # the catalog gained P9; the consumer keeps running
+    consumer([Delivered("i", 0, 0, InteractionEvent(type="purchase", event_id="b1", request_id="r", user_id="u1",
+                                                     product_id="P9", position=1, timestamp=NOW))])
+    profile = pushed[-1].set_index("user_id").loc["u1"]
+    assert list(profile["top_categories"]) == [stable_id("Tools > Saws")] and profile["median_price"] == 20.0
+
+
 def test_a_rebuild_overwrites_what_the_catalog_and_the_log_no_longer_give(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, progress=False)
     log_of_a_store(settings.paths.event_log)
@@ -181,9 +222,140 @@ def test_a_rebuild_overwrites_what_the_catalog_and_the_log_no_longer_give(tmp_pa
     counts = write_catalog_tables(CATALOG[["product_id", "title"]], settings.paths.event_log, folder, later,
                                   settings.paths.streaming_state)
     assert counts["popularity"] == 3 and counts["inventory"] == 3 and counts["promotions"] == 2
-    popularity = pd.read_parquet(folder / "popularity.parquet").set_index("product_id")
-    assert popularity["purchases_30d"].to_dict() == {"P1": 0, "P2": 0, "P3": 0}  # were kept online at 1, 2, 1
-    inventory = pd.read_parquet(folder / "inventory.parquet").set_index("product_id")
-    assert inventory["in_stock"].to_dict() == {"P1": 1, "P2": 1, "P4": 1}  # P2's stock-out is unknown now
-    promotions = pd.read_parquet(folder / "promotions.parquet").set_index("product_id")
-    assert promotions["promoted"].to_dict() == {"P1": 0, "P3": 0}
+
+    def latest(name: str) -> pd.DataFrame:  # the second build's rows (the first one's stay beside them)
+        table = pd.read_parquet(folder / f"{name}.parquet")
+        return table[table["event_timestamp"] == pd.Timestamp(later - timedelta(seconds=1))].set_index("product_id")
+
+    assert latest("popularity")["purchases_30d"].to_dict() == {"P1": 0, "P2": 0, "P3": 0}  # were kept online at 1, 2, 1
+    assert latest("inventory")["in_stock"].to_dict() == {"P1": 1, "P2": 1, "P4": 1}  # P2's stock-out is unknown now
+    assert latest("promotions")["promoted"].to_dict() == {"P1": 0, "P3": 0}
+
+
+@pytest.mark.integration
+def test_training_and_serving_read_one_affinity_for_a_catalogs_large_category_ids(tmp_path: Path) -> None:
+    from ranking.training.ltr_data import historical_features
+
+    settings = Settings(home=tmp_path, progress=False)
+    log_of_a_store(settings.paths.event_log)  # u1 bought P1 (drills, 99), P3 (paint, no price), P2 (saws, 49.5)
+    free = pd.DataFrame({"product_id": ["P5"], "title": ["Drill bit"], "category": ["Tools > Drills"], "price": [0.0]})
+    write_catalog_tables(pd.concat([CATALOG, free], ignore_index=True), settings.paths.event_log,
+                         feast_repo.features_dir(settings), NOW, settings.paths.streaming_state)
+    assert stable_id("Tools > Drills") > 2**53  # past what a float64 holds exactly
+    feast_repo.apply(settings)
+    feast_repo.materialize(settings)
+    products = ["P1", "P5", "NEW"]  # a product with no attributes row makes the joined category_id float64
+    entities = pd.DataFrame({"product_id": products, "user_id": "u1", "event_timestamp": NOW + timedelta(hours=1)})
+    trained = historical_features(feast_repo.open_store(settings), "ranker_v1", entities)
+    reader = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1")
+    try:
+        served = reader.fetch(products, "u1").columns
+    finally:
+        reader.close()
+    for columns in (trained, served):
+        assert list(columns["user_category_affinity"]) == pytest.approx([1 / 3, 1 / 3, 0.0])
+        assert list(columns["price_vs_user"]) == pytest.approx([99 / 74.25, 0.0, 1.0])  # P5 is free
+
+
+@pytest.mark.integration
+def test_a_store_without_events_writes_tables_training_can_join(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from ranking.training.ltr_data import historical_features
+
+    settings = Settings(home=tmp_path, progress=False)
+    folder = feast_repo.features_dir(settings)
+    counts = write_catalog_tables(CATALOG[["product_id", "title", "price"]], settings.paths.event_log, folder, NOW,
+                                  settings.paths.streaming_state)  # no stock, no promotion, no event
+    assert counts == {"product_attributes": 4, "inventory": 0, "promotions": 0, "popularity": 0, "user_profile": 0}
+    for name in counts:  # empty tables keep their types: string keys, UTC times, integer counts
+        schema = pq.read_schema(folder / f"{name}.parquet")
+        assert str(schema.field("user_id" if name == "user_profile" else "product_id").type) == "string"
+        assert str(schema.field("event_timestamp").type) == "timestamp[ns, tz=UTC]"
+    assert str(pq.read_schema(folder / "popularity.parquet").field("clicks_7d").type) == "int64"
+    feast_repo.apply(settings)
+    entities = pd.DataFrame({"product_id": ["P1", "P2"], "user_id": "u1", "event_timestamp": NOW + timedelta(hours=1)})
+    trained = historical_features(feast_repo.open_store(settings), "ranker_v1", entities)
+    assert trained["price"].tolist() == [99.0, 49.5] and trained["clicks_7d"].isna().all()
+
+
+def test_a_build_keeps_the_rows_before_it_that_logged_impressions_can_join_to(tmp_path: Path) -> None:
+    from online_learning.feature_tables import with_history, write_table
+
+    def day(n: int) -> pd.Timestamp:
+        return pd.Timestamp("2026-03-01", tz="UTC") + pd.Timedelta(days=n)
+
+    write_table(pd.DataFrame({"product_id": "P1", "price": [10.0, 11.0, 12.0], "category_id": 1, "department_id": 1,
+                              "category": "Tools", "brand": None, "event_timestamp": [day(1), day(2), day(5)]}),
+                tmp_path, "product_attributes")
+    build = pd.DataFrame({"product_id": "P1", "price": [99.0, 13.0], "category_id": 1, "department_id": 1,
+                          "category": "Tools", "brand": None, "event_timestamp": [day(5), day(6)]})
+    rows = with_history(build, tmp_path / "product_attributes.parquet", "product_id", first_day=day(3))
+    # day 1 goes (the log starts on day 3; day 2's row is what a day-3 impression reads); day 5 stays as written
+    assert rows.set_index("event_timestamp")["price"].to_dict() == {day(2): 11.0, day(5): 12.0, day(6): 13.0}
+    profile = {"top_categories": [[1]], "category_affinity": [[1.0]], "median_price": 5.0, "purchases": 1,
+               "recent_items": [["P1"]]}
+    write_table(pd.DataFrame({"user_id": "u1", **profile, "event_timestamp": [day(2)]}), tmp_path, "user_profile")
+    rows = with_history(pd.DataFrame({"user_id": "u1", **profile, "event_timestamp": [day(4)]}),
+                        tmp_path / "user_profile.parquet", "user_id", first_day=day(3))
+    assert rows["event_timestamp"].tolist() == [day(4)]  # a profile from purchases the log no longer holds goes
+
+
+@pytest.mark.integration
+def test_a_rebuild_keeps_the_features_logged_impressions_were_served_with(tmp_path: Path) -> None:
+    from ranking.training.ltr_data import historical_features
+
+    settings = Settings(home=tmp_path, progress=False)
+    folder = feast_repo.features_dir(settings)
+    write_catalog_tables(CATALOG, settings.paths.event_log, folder, NOW - timedelta(days=20))  # nothing logged yet
+    log_of_a_store(settings.paths.event_log)  # u1 buys P1 10 days ago, P3 9 days ago, P2 8 days ago
+    first, second = NOW - timedelta(days=2), NOW - timedelta(days=1)
+    write_catalog_tables(CATALOG, settings.paths.event_log, folder, first, settings.paths.streaming_state)
+    repriced = CATALOG.assign(price=[89.0, 49.5, None, 5.0], in_stock=["false", "false", None, None])
+    write_catalog_tables(repriced, settings.paths.event_log, folder, second, settings.paths.streaming_state)
+    feast_repo.apply(settings)
+    when = [first + timedelta(hours=12), second + timedelta(hours=1),  # between the builds, after the second
+            NOW - timedelta(days=9, hours=12), NOW - timedelta(days=7)]  # after u1's first purchase, the third
+    # (P4 then: Feast's file store drops a row whose product has rows in a view, all of them later; P1's
+    # popularity starts with the first build)
+    entities = pd.DataFrame({"product_id": ["P1", "P1", "P4", "P4"], "user_id": "u1", "event_timestamp": when})
+    trained = historical_features(feast_repo.open_store(settings), "ranker_v1", entities)
+    assert trained["price"].tolist()[:2] == [99.0, 89.0] and trained["in_stock"].tolist()[:2] == [1, 0]
+    # u1's profile as it was: P1 (99) bought, then P3 (no price) and P2 (49.5) too
+    assert trained["median_price"].tolist()[2:] == [99.0, 74.25]
+
+
+def test_an_erased_shopper_leaves_no_profile_row_in_the_tables_history(tmp_path: Path) -> None:
+    import shutil
+
+    from online_learning.privacy import forget
+
+    settings = Settings(home=tmp_path, progress=False)
+    log_of_a_store(settings.paths.event_log)
+    ParquetLogSink(settings.paths.event_log)([Delivered("r", 0, 99, RankingEvent(  # the log's first day stays
+        event_id="r9", request_id="r9", timestamp=NOW - timedelta(days=12), user_id="u9", query="saw",
+        pipeline="full", items=[ShownItem(product_id="P2", position=1)]))])
+    folder, paths = feast_repo.features_dir(settings), settings.paths
+    write_catalog_tables(CATALOG, paths.event_log, folder, NOW, paths.streaming_state, paths.forgotten)
+    shutil.copy(folder / "user_profile.parquet", tmp_path / "read-by-a-build.parquet")
+    forget(paths, ["u1"], [], datetime.now(UTC))
+    # a build that read the table before the erasure writes it back after: the erasure list still holds
+    shutil.copy(tmp_path / "read-by-a-build.parquet", folder / "user_profile.parquet")
+    write_catalog_tables(CATALOG, paths.event_log, folder, NOW + timedelta(hours=1), paths.streaming_state,
+                         paths.forgotten)
+    assert set(pd.read_parquet(folder / "user_profile.parquet")["user_id"]) == {"u2"}
+
+
+def test_a_build_from_the_catalog_replaces_a_simulated_worlds_tables(tmp_path: Path) -> None:
+    from online_learning.feature_tables import write_table
+
+    settings = Settings(home=tmp_path, progress=False)
+    folder = feast_repo.features_dir(settings)
+    folder.mkdir(parents=True)
+    write_table(pd.DataFrame({"user_id": ["U0001"], "top_categories": [[3]], "category_affinity": [[1.0]],
+                              "median_price": [5.0], "purchases": [1], "recent_items": [["P1"]],
+                              "event_timestamp": [pd.Timestamp(NOW - timedelta(days=1))]}), folder, "user_profile")
+    (folder / "README.md").write_text("# Offline feature tables\n\nSIMULATED: generated by simulation.world\n")
+    log_of_a_store(settings.paths.event_log)
+    write_catalog_tables(CATALOG, settings.paths.event_log, folder, NOW, settings.paths.streaming_state)
+    assert set(pd.read_parquet(folder / "user_profile.parquet")["user_id"]) == {"u1", "u2"}
