@@ -231,6 +231,8 @@ class CatalogFacts:
     def _install(self, fresh: _Table) -> None:
         """Serve ``fresh`` unless a build that started after it is served already (a background rebuild that
         read the store before a live update must not put back what that update changed). Under the lock."""
+        if fresh.key != self.index.generation:  # built for rows an index write has changed since
+            return
         if self._table is None or self._table.key != fresh.key or fresh.generation > self._table.generation:
             self._table = fresh
 

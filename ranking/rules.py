@@ -35,6 +35,7 @@ every row the request may show, and applies the rules to them.
 from __future__ import annotations
 
 import bisect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -51,6 +52,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -63,6 +65,8 @@ from ranking.facts import ProductFacts
 from retrieval.catalog import MAX_FACET_CHARS
 from retrieval.types import Candidates
 from retrieval.vocabulary import normalize
+
+logger = logging.getLogger(__name__)
 
 MAX_IDS = 1_000  # product ids in one list of a rule
 class _RulesLoader(yaml.SafeLoader):
@@ -163,15 +167,24 @@ class RulesConfig(BaseModel):
                                           description="Pins, buries, hides and redirects by query.")
 
     @model_validator(mode="after")
-    def _queries_normalized(self) -> RulesConfig:
+    def _queries_normalized(self, info: ValidationInfo) -> RulesConfig:
         """Each query as the analyzer normalizes it; two that normalize alike, or one that leaves no word,
-        are an error naming them."""
+        are an error naming them. A saved file read with ``{"saved": True}`` as the context keeps the first
+        of two that a newer normalization reads alike (``12,000 btu`` and ``12000 btu``), with a warning, so a
+        store whose rules were valid when written still starts."""
         seen: dict[str, str] = {}
-        for query in self.queries:
+        saved = bool(info.context and info.context.get("saved"))
+        for query in list(self.queries):
             key = normalise(query)
             if not key:
                 raise ValueError(f"rule query {query!r} has no word left after normalization (case, units, "
                                  "symbols); give the words shoppers type")
+            if key in seen and saved:
+                logger.warning("rule queries %r and %r are the same query once normalized (%r): the rule of %r "
+                               "is served, that of %r is not; merge them in the rules file", seen[key], query,
+                               key, seen[key], query)
+                del self.queries[query]
+                continue
             if key in seen:
                 raise ValueError(f"rule queries {seen[key]!r} and {query!r} are the same query once normalized "
                                  f"({key!r}); merge them")
@@ -183,7 +196,8 @@ class RulesConfig(BaseModel):
         if not path.is_file():
             raise InvalidInput(f"rules file {path} does not exist")
         try:
-            return cls.model_validate(yaml.load(path.read_text(encoding="utf-8"), Loader=_RulesLoader) or {})
+            return cls.model_validate(yaml.load(path.read_text(encoding="utf-8"), Loader=_RulesLoader) or {},
+                                      context={"saved": True})
         except UnicodeDecodeError as error:
             raise InvalidInput(f"rules file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8, or "
                                "replace it through PUT /v1/admin/rules") from None

@@ -45,7 +45,16 @@ from pathlib import Path
 
 from core.query import Analysis, Rewrite
 from retrieval.synonyms import Synonyms
-from retrieval.vocabulary import TOKEN, UNIT_WORDS, Vocabulary, is_word, normalize, numbers, stem
+from retrieval.vocabulary import (
+    TOKEN,
+    UNIT_WORDS,
+    UNITS,
+    Vocabulary,
+    is_word,
+    normalize,
+    numbers,
+    stem,
+)
 
 MAX_SUGGESTIONS = 8  # candidates per misspelled word weighed by context
 _IDEOGRAPHIC = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")  # kana, Han, Hangul
@@ -122,7 +131,8 @@ class Analyzer:
         best, score = None, 0
         for i in range(2, len(word) - 1):
             a, b = word[:i], word[i:]
-            if min(len(a), len(b)) < 3:  # ``theft`` is not ``the ft``, nor ``bulletin`` ``bullet in``
+            # ``theft`` is not ``the ft``, nor ``bulletin`` ``bullet in``; ``sqft`` is ``sq ft``, a unit of two words
+            if min(len(a), len(b)) < 3 and f"{a} {b}" not in UNITS:
                 continue
             found = min(self._count(a), self._count(b))
             if found >= 2 and found > score:

@@ -36,7 +36,7 @@ def _analyzer() -> tantivy.TextAnalyzer:
         # tokenizer splits a Devanagari word at its virama)
         tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(rf"[\p{{L}}\p{{N}}][{WORD_CHARS}]*"))
         # in bytes: a run of Chinese or Thai (no spaces between words) is one token of 3 bytes a character
-        .filter(tantivy.Filter.remove_long(MAX_TOKEN_BYTES))
+        .filter(tantivy.Filter.remove_long(MAX_TOKEN_BYTES + 1))  # tantivy drops tokens of this length and more
         .filter(tantivy.Filter.lowercase())
         .filter(tantivy.Filter.stemmer("english"))
         .build()

@@ -88,8 +88,8 @@ def _check_text(column: str, max_chars: int | None = None) -> Callable[[Any], st
     def check(value: Any) -> str | None:
         if not isinstance(value, str):
             return f"{value!r} is a {type(value).__name__}; {column} must be text"
-        if max_chars is not None and len(value.strip()) > max_chars:
-            return (f"{value[:40]!r}... has {len(value.strip())} characters; a {column} has at most {max_chars} "
+        if max_chars is not None and len(value) > max_chars:  # as stored: filters name it with its spaces
+            return (f"{value[:40]!r}... has {len(value)} characters; a {column} has at most {max_chars} "
                     "(filters and rules name it in full)")
         return None
 

@@ -33,8 +33,9 @@ VERSION = 6  # bump when normalize() or the vocabulary file changes: indexes rec
 
 _UNITS = [  # (pattern after a number, canonical unit)
     # NFKC reads ″ as ′′: two primes (or two closing quotes) are inches, one is feet
-    (r'(?:"|”|″|′′|’’|\'\'|inch(?:e?s)?\b|in\b\.?)', "in"),
-    (r"(?:'|’|′|f(?:ee|oo)ts?\b|ft\b\.?)", "ft"),
+    # a unit word ends where the word does, or at a dimension's x or a number (12 inchx24, 2 feet6 in)
+    (r'(?:"|”|″|′′|’’|\'\'|inch(?:e?s)?(?![a-wyz])|in\b\.?)', "in"),
+    (r"(?:'|’|′|f(?:ee|oo)ts?(?![a-wyz])|ft\b\.?)", "ft"),
     (r"(?:sq\.?\s*ft\b\.?|square\s+f(?:ee|oo)t)", "sq ft"),
     (r"(?:cu\.?\s*ft\b\.?|cubic\s+f(?:ee|oo)t)", "cu ft"),
     (r"(?:lbs?\b\.?|pounds?\b)", "lb"),
@@ -67,8 +68,11 @@ TOKEN = regex.compile(rf"[\p{{L}}\p{{N}}][{WORD_CHARS}]*(?:[./][0-9]+)*")  # a w
 _NOT_WORD = regex.compile(rf"[^{WORD_CHARS}./]+")
 _LETTERS = regex.compile(r"\p{L}[\p{L}\p{M}]*")
 _WORD_CHAR = regex.compile(rf"[{WORD_CHARS}]")
-_INVISIBLE = regex.compile(r"\p{Cf}")  # soft hyphen, zero-width space and joiners, direction marks
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # 12,000 btu reads as 12000 btu
+# soft hyphen, zero-width joiners, direction marks: deleted; a zero-width space is a space (Thai and Khmer text
+# break words with it)
+_INVISIBLE = regex.compile(r"\p{Cf}")
+# a number grouped in thousands (12,000 or 1,500,000; not a list such as 600,900,1500, nor 0.5,125)
+_THOUSANDS = re.compile(r"(?<![\d.,/])\d{1,3}(?:,\d{3})+(?!\d|,\d)")
 _LATIN_MARK = re.compile(r"(?<=[a-z\u00c0-\u024f])[\u0300-\u036f]+")  # accents on a Latin letter, decomposed
 _VULGAR_AFTER_DIGIT = re.compile(r"(\d)([\u00bc-\u00be\u2150-\u215e])")  # 1½, 7¼
 _DIMENSION_AFTER_UNIT = re.compile(r"\b(" + "|".join(re.escape(u) for u in UNITS) + r") x\s*(?=\d)")
@@ -95,7 +99,8 @@ def fold(text: str) -> str:
     """Case and Latin accents folded (``Größe`` -> ``grosse``, ``Café`` -> ``cafe``); letters of other scripts
     (Cyrillic, Greek, CJK, Devanagari, Thai) kept as they are, with their combining marks, so their words
     stay whole and searchable."""
-    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", _INVISIBLE.sub("", text)).casefold())
+    text = _INVISIBLE.sub("", text.replace("\u200b", " "))
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
     return unicodedata.normalize("NFC", _LATIN_MARK.sub("", text))
 
 
@@ -103,7 +108,7 @@ def normalize(text: str) -> str:
     """Lowercase, canonical units and fractions, no symbols (see the module docstring)."""
     text = _VULGAR_AFTER_DIGIT.sub(r"\1 \2", text)  # 1½ -> 1 ½, so it reads 1 1/2 and not 11/2
     text = fold(text).replace("\u2044", "/").replace("\u00d7", "x")  # fraction slash; 2×4 as 2x4
-    text = _THOUSANDS.sub("", text)
+    text = _THOUSANDS.sub(lambda m: m.group().replace(",", ""), text)
     text = re.sub(r"(?<![\w.])\.(\d)", r"0.\1", text)  # .5 in -> 0.5 in
     text = re.sub(r"(\d)\s*-\s*(\d+/\d+)", r"\1 \2", text)  # 1-1/2 -> 1 1/2
     text = re.sub(r"(\d)\s*/\s*(\d)", r"\1/\2", text)

@@ -73,13 +73,16 @@ def together_table(path: Path) -> dict[str, dict[str, list[Neighbour]]]:
         kept = _tables.get(path)
         if kept is None or kept[0] != state:
             try:
-                table = read_together(path)
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # kept until it changes
+                kept = (state, read_together(path))
+            except OSError as error:  # read again on the next call: it may pass then
+                logger.warning("products bought and viewed together %s could not be read (%s); the shelves fill "
+                               "from similar and popular products", path, error)
+                return {name: {} for name in SIGNALS}
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as error:
                 logger.warning("products bought and viewed together %s are not readable (%s: %s); the shelves "
                                "fill from similar and popular products until `shoprank recommendations` writes it "
                                "again", path, type(error).__name__, error)
-                table = {name: {} for name in SIGNALS}
-            kept = (state, table)
+                kept = (state, {name: {} for name in SIGNALS})  # kept until the file changes
             _tables[path] = kept
         return kept[1]
 

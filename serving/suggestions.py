@@ -47,7 +47,7 @@ def read_searched(path: Path) -> dict[str, int]:
         return {}
     try:
         return {str(text): int(n) for text, n in json.loads(path.read_text())["searches"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # suggestions go on from the catalog
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as error:  # suggestions go on from the catalog
         logger.warning("searched texts %s are not readable (%s: %s); suggesting catalog phrases only until "
                        "`shoprank suggestions` writes it again", path, type(error).__name__, error)
         return {}

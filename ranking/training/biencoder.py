@@ -92,7 +92,7 @@ class BiEncoderConfig:
     typos: float = 0.0
     # "auto": a CUDA GPU when torch sees one, else the CPU
     device: str = "auto"
-    # the forward pass in "fp32" or "bf16" (autocast); "auto": bf16 on a CPU with AMX, else fp32
+    # the forward pass in "fp32" or "bf16" (autocast); "auto": bf16 on a CPU with AMX or AVX-512 BF16, else fp32
     precision: str = "auto"
     # the fold of the split's queries left out ("I/K", shoprank train biencoder --hold-out), "" none:
     # recorded with the model, so `shoprank train ltr --fold-encoders` can check which queries it never saw

@@ -63,7 +63,7 @@ class RerankerConfig:
     loss: str = "pairwise"  # pairwise (RankNet, grade-weighted) | listnet (softmax over each judged list)
     temperature: float = 2.0  # listnet: target = softmax(grade / temperature)
     device: str = "auto"  # auto: a CUDA GPU when torch sees one, else the CPU
-    # the forward pass in "fp32" or "bf16" (autocast); "auto": bf16 on a CPU with AMX, else fp32
+    # the forward pass in "fp32" or "bf16" (autocast); "auto": bf16 on a CPU with AMX or AVX-512 BF16, else fp32
     precision: str = "auto"
 
 

@@ -175,3 +175,14 @@ def test_a_rebuild_that_read_the_store_before_an_update_does_not_replace_the_fac
     while facts._refreshing and time.monotonic() < deadline:
         time.sleep(0.01)
     assert facts.table().in_stock[0] == 0.0
+
+
+def test_a_build_for_rows_an_index_write_changed_since_is_not_served() -> None:
+    store = index(PRODUCTS)
+    facts = CatalogFacts(store, Reader({}), refresh_s=3600)  # type: ignore[arg-type]
+    early = facts._build(0)  # a refresh that read the rows before the write
+    store.generation = 1  # an index write
+    assert facts.table() is not None and facts._table.key == 1
+    with facts._lock:
+        facts._install(early)
+    assert facts._table.key == 1  # the older rows' facts stay out

@@ -173,6 +173,19 @@ def test_rules_round_trip_through_their_file(tmp_path: Path) -> None:
         RulesConfig.from_file(tmp_path / "bad.yaml")
 
 
+def test_a_saved_file_whose_queries_a_newer_normalization_reads_alike_still_loads(tmp_path: Path,
+                                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Two rules written apart (``12,000 btu`` and ``12000 btu``) that normalize alike now: a store started on
+    the file serves the first and says so; a change through the API must merge them."""
+    (tmp_path / "rules.yaml").write_text("queries:\n  12,000 btu air conditioner: {pin: [a]}\n"
+                                         "  12000 btu air conditioner: {pin: [b]}\n  drill: {pin: [c]}\n")
+    config = RulesConfig.from_file(tmp_path / "rules.yaml")
+    assert list(config.queries) == ["12,000 btu air conditioner", "drill"]
+    assert "12000 btu air conditioner" in caplog.text and "merge them" in caplog.text
+    with pytest.raises(ValidationError, match="the same query once normalized"):
+        RulesConfig.model_validate({"queries": {"12,000 btu": {"pin": ["a"]}, "12000 btu": {"pin": ["b"]}}})
+
+
 def test_a_boost_lifts_a_brand_within_stock_and_a_rule_holds_in_its_window_only() -> None:
     boost = QueryRule(boost={"brand": ["bolt"]})
     config = RulesConfig(out_of_stock="demote", promo_boost=0, queries={"drill": boost})

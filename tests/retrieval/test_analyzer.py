@@ -38,12 +38,15 @@ def analyzer() -> Analyzer:
     ('12"x24" tile', "12 in x 24 in tile"), ("4'x8' sheet", "4 ft x 8 ft sheet"), (".5 in. bit", "0.5 in bit"),
     # thousands separators; the double prime NFKC reads as two primes, and two closing quotes, are inches
     ("12,000 BTU", "12000 btu"), ("1,500,000 btu", "1500000 btu"), ("sizes 2,4", "sizes 2 4"),
+    ("heater 600,900,1500 watt", "heater 600 900 1500 watt"), ("0.5,125 in", "0.5 125 in"), ("1,000.5", "1000.5"),
     ("1/2\u2033 socket", "1/2 in socket"), ("6\u2019\u2019 pipe", "6 in pipe"), ("8\u2019 ladder", "8 ft ladder"),
     # unit words end where the word does: a longer word is left whole
     ("2 inches pipe", "2 in pipe"), ("2 inchs pipe", "2 in pipe"), ("2 feets hose", "2 ft hose"),
     ("8 footer ladder", "8 footer ladder"), ("3 footstool", "3 footstool"), ("6 inchworm", "6 inchworm"),
+    ("12 inchx24 inch", "12 in x 24 in"), ("2 feet6 inch", "2 ft 6 in"),
     # invisible format characters (soft hyphen, zero-width space and joiner, a direction mark) are no separator
-    ("dr\u00adill", "drill"), ("dr\u200bill bit", "drill bit"), ("dr\u200dill", "drill"), ("\u200fdrill", "drill"),
+    ("dr\u00adill", "drill"), ("dr\u200dill", "drill"), ("\u200fdrill", "drill"),
+    ("\u0e2a\u0e27\u0e48\u0e32\u0e19\u200b\u0e44\u0e23\u0e49", "\u0e2a\u0e27\u0e48\u0e32\u0e19 \u0e44\u0e23\u0e49"),  # Thai breaks words with it
 ])
 def test_normalize_units_fractions_symbols(text: str, expected: str) -> None:
     assert normalize(text) == expected
@@ -69,6 +72,9 @@ def test_a_word_is_not_split_into_a_two_letter_piece() -> None:
     assert analyzer.analyze("theft door lock").text == "theft door lock"  # was "the ft door lock"
     assert "bullet in" not in analyzer.analyze("bulletin board").text
     assert analyzer.analyze("windowair conditioner").text == "window air conditioner"
+    units = Analyzer(Vocabulary.build(["Carpet 100 sq. ft.", "Freezer 7 cu. ft.", "Stain 32 fl. oz."] * 3))
+    assert [units.analyze(t).text for t in ("sqft carpet", "cuft freezer", "floz stain")] == [
+        "sq ft carpet", "cu ft freezer", "fl oz stain"]  # a unit of two words run together is split
 
 
 @pytest.mark.parametrize("typed, searched, reason", [

@@ -151,3 +151,6 @@ def test_a_long_run_of_chinese_or_thai_is_indexed_whole(tmp_path: Path) -> None:
     bm25 = BM25Index.build(tmp_path / "bm25", [(i, t, "") for i, t in enumerate(titles)])
     assert bm25.search(titles[0], 5).docs.tolist() == [0]
     assert bm25.search(titles[1], 5).docs.tolist() == [1]
+    longest = "电" * 85  # 255 bytes: the longest token indexed
+    bm25 = BM25Index.build(tmp_path / "bm25-long", [(0, longest, ""), (1, longest + "钻", "")])
+    assert bm25.search(longest, 5).docs.tolist() == [0]
