@@ -45,9 +45,9 @@ def read_searched(path: Path) -> dict[str, int]:
     """The searched texts and their shoppers in ``path`` (none when it does not exist)."""
     if not path.is_file():
         return {}
-    try:
+    try:  # a file that does not read leaves the catalog's phrases
         return {str(text): int(n) for text, n in json.loads(path.read_text())["searches"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as error:  # suggestions go on from the catalog
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as error:
         logger.warning("searched texts %s are not readable (%s: %s); suggesting catalog phrases only until "
                        "`shoprank suggestions` writes it again", path, type(error).__name__, error)
         return {}

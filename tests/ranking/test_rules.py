@@ -173,8 +173,8 @@ def test_rules_round_trip_through_their_file(tmp_path: Path) -> None:
         RulesConfig.from_file(tmp_path / "bad.yaml")
 
 
-def test_a_saved_file_whose_queries_a_newer_normalization_reads_alike_still_loads(tmp_path: Path,
-                                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_a_saved_file_whose_queries_a_newer_normalization_reads_alike_still_loads(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Two rules written apart (``12,000 btu`` and ``12000 btu``) that normalize alike now: a store started on
     the file serves the first and says so; a change through the API must merge them."""
     (tmp_path / "rules.yaml").write_text("queries:\n  12,000 btu air conditioner: {pin: [a]}\n"

@@ -46,7 +46,8 @@ def analyzer() -> Analyzer:
     ("12 inchx24 inch", "12 in x 24 in"), ("2 feet6 inch", "2 ft 6 in"),
     # invisible format characters (soft hyphen, zero-width space and joiner, a direction mark) are no separator
     ("dr\u00adill", "drill"), ("dr\u200dill", "drill"), ("\u200fdrill", "drill"),
-    ("\u0e2a\u0e27\u0e48\u0e32\u0e19\u200b\u0e44\u0e23\u0e49", "\u0e2a\u0e27\u0e48\u0e32\u0e19 \u0e44\u0e23\u0e49"),  # Thai breaks words with it
+    # Thai breaks words with a zero-width space
+    ("\u0e2a\u0e27\u0e48\u0e32\u0e19\u200b\u0e44\u0e23\u0e49", "\u0e2a\u0e27\u0e48\u0e32\u0e19 \u0e44\u0e23\u0e49"),
 ])
 def test_normalize_units_fractions_symbols(text: str, expected: str) -> None:
     assert normalize(text) == expected
