@@ -165,6 +165,7 @@ def test_openapi_lists_every_status_a_route_answers(client: TestClient) -> None:
             invalid = operation["responses"]["422"]
             assert invalid["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody"), (path, method)
             assert "not UTF-8" in invalid["description"], (path, method)
+            assert "413" in operation["responses"], (path, method)  # a body over api.max_body_bytes
 
 
 def test_a_body_refused_before_routing_is_counted_under_its_route(client: TestClient) -> None:
