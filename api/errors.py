@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from core.errors import ShopRankError
+from core.errors import ShopRankError, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -219,11 +219,14 @@ def install(app: FastAPI) -> None:
         if exc.http_status >= 500:
             logger.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc.message)
         retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {}
+        if isinstance(exc, Unauthorized):  # the scheme a client answers with (RFC 9110: every 401 names one)
+            headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse(
             status_code=exc.http_status,
             content={"error": _snake(type(exc).__name__), "message": exc.message,
                      "request_id": getattr(request.state, "request_id", None)},
-            headers={"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None,
+            headers=headers or None,
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -72,8 +72,9 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     errors.install(app)
 
     @app.get("/metrics", include_in_schema=False)
-    def prometheus() -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus() -> Response:
+        # in asyncio's own threads (it reads the processes' files), not the worker threads searches may all hold
+        return Response(await asyncio.to_thread(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(health.router)
     too_large = {413: TOO_LARGE}  # a body over api.max_body_bytes: refused by the middleware before any route

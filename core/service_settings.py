@@ -150,7 +150,8 @@ class ServingSettings(BaseModel):
                               "spin and oversubscribe the cores (benchmarks/RESULTS.md, 'Replicas'). 0: the "
                               "libraries' default (one per core). OMP_NUM_THREADS in the environment wins.")
     max_in_flight: int = Field(0, ge=0, le=1024, description="Searches ranked at once per worker; more wait "
-                               "(their deadline keeps running). 0: no limit.")
+                               "(their deadline keeps running), and one still waiting at its deadline (budget_ms) "
+                               "is refused with 503 and Retry-After. 0: no limit.")
 
 
 class EventSettings(BaseModel):

@@ -48,6 +48,7 @@ def test_missing_unknown_wrong_scope_other_store(keyed) -> None:  # type: ignore
     body = {"query": "drill", "k": 2}
     missing = client.post("/v1/search", json=body)
     assert missing.status_code == 401 and "needs a key" in missing.json()["message"]
+    assert missing.headers["WWW-Authenticate"] == "Bearer"  # the scheme to answer with, as every 401 names one
     forged = client.post("/v1/search", json=body, headers=auth(keys["search"][:-4] + "AAAA"))
     assert forged.status_code == 401 and "unknown or revoked" in forged.json()["message"]
     wrong_scope = client.post("/v1/search", json=body, headers=auth(keys["events"]))

@@ -336,3 +336,41 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read_or_a_key_checked(set
     with TestClient(create_app(settings.model_copy(update={"home": tmp_path / "b"}), loader=broken)) as client:
         answer = client.post("/v1/events", content=body, headers=json_body)
         assert answer.status_code == 202 and answer.json()["accepted"] == 1000
+
+
+def test_searches_over_max_in_flight_wait_at_most_their_budget_and_probes_still_answer(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from api.main import create_app
+    from core.errors import Conflict
+    from core.service_settings import ServingSettings
+
+    class SlowRouter:  # ranks one search in 1 s, then says so with a 409 (no engine behind it)
+        def search(self, *args: object, **kwargs: object) -> None:
+            time.sleep(1.0)
+            raise Conflict("ranked")
+
+        def close(self) -> None:
+            pass
+
+    engine = SimpleNamespace(versions={}, cache_stats=lambda: {}, batchers={})
+    served = SimpleNamespace(router=SlowRouter(), engine=engine, generation="g", close=lambda: None)
+    settings = Settings(home=tmp_path, progress=False, serving=ServingSettings(
+        max_in_flight=1, budget_ms=300, reload_poll_s=0, micro_batch=False))
+    with TestClient(create_app(settings, loader=lambda s, previous: served)) as client:
+        while client.get("/readyz").status_code != 200:
+            time.sleep(0.05)
+        with ThreadPoolExecutor(50) as pool:  # more searches than the server has worker threads (40)
+            sent = [pool.submit(client.post, "/v1/search", json={"query": "drill"}) for _ in range(48)]
+            time.sleep(0.3)
+            started = time.monotonic()
+            assert client.get("/healthz").status_code == 200 and client.head("/readyz").status_code == 200
+            assert client.get("/metrics").status_code == 200
+            probes_s = time.monotonic() - started  # before: behind the searches queued for a thread, ~8 s
+            answers = [future.result() for future in sent]
+    assert probes_s < 2.0, probes_s
+    refused = [a for a in answers if a.status_code == 503]
+    assert {a.status_code for a in answers} == {409, 503} and len(refused) > 20  # before: all 48 ranked in turn
+    assert refused[0].json()["error"] == "overloaded" and refused[0].headers["Retry-After"] == "1"
+    assert "serving.max_in_flight" in refused[0].json()["message"]

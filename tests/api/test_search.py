@@ -187,6 +187,8 @@ def test_not_ready_is_503_with_reason(settings: Settings) -> None:
             time.sleep(0.02)
         ready = client.get("/readyz")
         assert ready.status_code == 503 and "index folder is empty" in ready.json()["detail"]
+        assert ready.headers["Retry-After"] == "2" and client.head("/readyz").status_code == 503
+        assert client.head("/healthz").status_code == 200  # a load balancer's check may send HEAD
         search = client.post("/v1/search", json={"query": "drill"})
         assert search.status_code == 503 and search.json()["error"] == "not_ready"
         assert "index folder is empty" in search.json()["message"]
