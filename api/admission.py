@@ -6,7 +6,9 @@ cached re-ranks from them at its full depth; one that would need the model re-ra
 only its top ``serving.shed_depth`` (or, at 0, is skipped: the LambdaMART /
 first-stage order, marked ``degraded``), so p95 stays near the cheap path's instead
 of climbing behind the model. At ``max_in_flight`` (when set) a new search waits for
-a slot; its deadline keeps running, so it degrades further rather than timing out.
+a slot, its deadline running (so it degrades further once admitted); one still waiting
+at its deadline is refused (503, ``Retry-After``), so waiting searches never hold the
+server's worker threads for longer than a search's budget.
 The share of searches over the limit is a metric
 (``shoprank_searches_total{shed="true"}``), and each skipped stage another
 (``shoprank_degraded_total``).
@@ -33,6 +35,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from core.errors import Overloaded
 from core.hardware import cores_per_process
 
 logger = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ class Admission:
     def __init__(self, max_in_flight: int, shed_at: int, skip_share: float = 0.0) -> None:
         self.shed_at = shed_at
         self.skip_share = skip_share
+        self.max_in_flight = max_in_flight
         self._slots = threading.BoundedSemaphore(max_in_flight) if max_in_flight else None
         self._lock = threading.Lock()
         self.in_flight = 0
@@ -85,17 +89,22 @@ class Admission:
         return False
 
     @contextmanager
-    def enter(self) -> Iterator[bool]:
+    def enter(self, wait_s: float | None = None) -> Iterator[bool]:
         """Hold a slot for one search; yields True when it should shed the costly stages. A search waiting
-        for a slot (``max_in_flight``) counts as in flight: the queue is load, and sheds the next ones."""
+        for a slot (``max_in_flight``) counts as in flight: the queue is load, and sheds the next ones. It
+        waits at most ``wait_s`` seconds (None: as long as it takes), then :class:`Overloaded`."""
         with self._lock:
             shed = self.in_flight >= self.shed_at
             self.in_flight += 1
             if self.skip_share:
                 self._tokens = min(self._tokens + self.skip_share, self.BURST)
         try:
-            if self._slots is not None:
-                self._slots.acquire()
+            timeout = None if wait_s is None else max(0.0, wait_s)
+            if self._slots is not None and not self._slots.acquire(timeout=timeout):
+                raise Overloaded(f"this server process ranks at most {self.max_in_flight} searches at once "
+                                 f"(serving.max_in_flight) and none finished within this one's {timeout:.2f} s "
+                                 "(what was left of serving.budget_ms); retry after Retry-After, or serve with "
+                                 "more processes or replicas", retry_after=1.0)
             try:
                 yield shed
             finally:

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from core.errors import ShopRankError
+from core.errors import ShopRankError, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,33 @@ def _long_integer(body: bytes) -> str:
     return f"body: an integer has more than {limit} digits; a number in a request has at most {limit} digits"
 
 
+async def read_body(request: Request, limit: int) -> str | None:
+    """Read the request's body, kept for the route as ``Request.body()`` keeps it, unless it is over ``limit``
+    bytes; then what is wrong: said from its Content-Length before any of it is read, or once the bytes read
+    pass the limit (a body sent in chunks declares no length). None when it is within the limit."""
+    declared = request.headers.get("content-length", "")
+    advice = "split it into smaller calls (events and product updates: at most 1000 a call)"
+    if declared.isdigit() and int(declared) > limit:
+        return f"body: {int(declared)} bytes (Content-Length) is more than the {limit} a request may send " \
+               f"(api.max_body_bytes); {advice}"
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return f"body: more than the {limit} bytes a request may send (api.max_body_bytes); {advice}"
+        chunks.append(chunk)
+    request._body = b"".join(chunks)  # where Request.body() keeps it: the route reads it from there
+    return None
+
+
+def too_large(request: Request, message: str) -> JSONResponse:
+    """The 413 of a body over ``api.max_body_bytes``, answered before the request reaches a route. The connection
+    is closed: the client may still be sending the rest of the body."""
+    return JSONResponse(status_code=413, headers={"connection": "close"},
+                        content={"error": "too_large", "message": message,
+                                 "request_id": getattr(request.state, "request_id", None)})
+
+
 def internal(request: Request) -> JSONResponse:
     """The 500 of a fault no handler maps (logged by the caller with its traceback)."""
     return JSONResponse(status_code=500, content={
@@ -192,11 +219,14 @@ def install(app: FastAPI) -> None:
         if exc.http_status >= 500:
             logger.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc.message)
         retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {}
+        if isinstance(exc, Unauthorized):  # the scheme a client answers with (RFC 9110: every 401 names one)
+            headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse(
             status_code=exc.http_status,
             content={"error": _snake(type(exc).__name__), "message": exc.message,
                      "request_id": getattr(request.state, "request_id", None)},
-            headers={"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None,
+            headers=headers or None,
         )
 
     @app.exception_handler(StarletteHTTPException)

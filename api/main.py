@@ -30,6 +30,7 @@ from api.auth import open_limiter
 from api.balance import open_balancer
 from api.metrics import Metrics, peer_ready, shared_folder
 from api.routes import admin, events, health, products, recommend, search
+from api.schemas import TOO_LARGE
 from api.state import ServedHolder
 from api.stores import StoreRuntime, in_store, other_stores, ready_to_serve
 from core import __version__
@@ -71,13 +72,15 @@ def create_app(settings: Settings | None = None, loader: Loader = open_served) -
     errors.install(app)
 
     @app.get("/metrics", include_in_schema=False)
-    def prometheus() -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus() -> Response:
+        # in asyncio's own threads (it reads the processes' files), not the worker threads searches may all hold
+        return Response(await asyncio.to_thread(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(health.router)
+    too_large = {413: TOO_LARGE}  # a body over api.max_body_bytes: refused by the middleware before any route
     for router in (search.router, recommend.router, events.router, admin.router, products.router):
-        app.include_router(router, prefix="/v1")  # the default store
-        app.include_router(router, prefix="/v1/stores/{store}", dependencies=[Depends(in_store)])
+        app.include_router(router, prefix="/v1", responses=too_large)  # the default store
+        app.include_router(router, prefix="/v1/stores/{store}", dependencies=[Depends(in_store)], responses=too_large)
     return app
 
 
@@ -147,7 +150,8 @@ async def _request_context(request: Request, call_next: Callable[[Request], Awai
     """Every request: its id (the caller's ``X-Request-ID`` when it is a plain token), its
     latency in Prometheus, ``X-Served-By``, one JSON access-log line; a busier process of
     several, serving more connections than its peers, closes this one after answering
-    (``api.rebalance_margin``)."""
+    (``api.rebalance_margin``). A body is read here, at most ``api.max_body_bytes`` of it
+    (413 beyond), before FastAPI parses it or any key is checked."""
     state = request.app.state
     given = request.headers.get("x-request-id", "")
     request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
@@ -161,10 +165,15 @@ async def _request_context(request: Request, call_next: Callable[[Request], Awai
     balance.enter(connection)
     try:
         problem = None
-        if request.method in ("POST", "PUT", "PATCH") and "json" in request.headers.get("content-type", ""):
+        oversized = await errors.read_body(request, state.settings.api.max_body_bytes)
+        if not oversized and request.method in ("POST", "PUT", "PATCH") and \
+                "json" in request.headers.get("content-type", ""):
             problem = errors.lone_surrogate(await request.body())
         try:
-            response = errors.invalid(request, problem) if problem else await call_next(request)
+            if oversized:
+                response = errors.too_large(request, oversized)
+            else:
+                response = errors.invalid(request, problem) if problem else await call_next(request)
         except Exception:  # a fault no handler maps: a JSON 500 that is counted and logged like any answer
             logger.exception("request %s failed", request.state.request_id)
             response = errors.internal(request)

@@ -323,3 +323,5 @@ INVALID = {"model": ErrorBody, "description": "Invalid input, named with the val
 UNKNOWN_STORE = {"model": ErrorBody, "description": "A store this server does not serve (under /v1/stores/{store}/)"}
 RATE_LIMITED = {"model": ErrorBody, "description": "Over the key's or the client's request rate "
                 "(api.rate_limit_per_s); Retry-After says when to try again"}
+TOO_LARGE = {"model": ErrorBody, "description": "A body over api.max_body_bytes (by its Content-Length, before it "
+             "is read; or as sent, in chunks): split it into smaller calls"}

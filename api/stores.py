@@ -19,7 +19,7 @@ from fastapi import Path, Request
 
 from api.state import ServedHolder
 from core.errors import NotFound
-from core.keys import check_store_name
+from core.keys import MAX_STORE_CHARS, check_store_name
 from core.settings import Settings
 from online_learning.event_log import EventLog
 
@@ -76,11 +76,17 @@ def current(request: Request) -> StoreRuntime:
     return runtime if runtime is not None else request.app.state.stores[request.app.state.default_store]
 
 
-def in_store(request: Request, store: Annotated[str, Path(max_length=64, description="The store's name "
-                                                          "(`shoprank --store NAME index ...`).")]) -> None:
+def in_store(request: Request, store: Annotated[str, Path(description=f"The store's name, 1..{MAX_STORE_CHARS} "
+                                                          "characters (`shoprank --store NAME index ...`).")]) -> None:
     """Route dependency of ``/v1/stores/{store}/...``: the named store, or 404 naming the served ones
-    (a malformed name is no served store either: it runs before the key check, which needs the store)."""
+    (a malformed name is no served store either: it runs before the key check, which needs the store).
+    The name's length is checked here, not by a ``Path`` constraint: a name that failed one would leave
+    this dependency out while the key check still ran, for the default store."""
+    served = sorted(request.app.state.stores)
+    if len(store) > MAX_STORE_CHARS:
+        raise NotFound(f"store {store[:MAX_STORE_CHARS]!r}... ({len(store)} characters) is not served here: a "
+                       f"store's name has at most {MAX_STORE_CHARS} characters; served stores: {served}")
     runtime = request.app.state.stores.get(store)
     if runtime is None:
-        raise NotFound(f"store {store!r} is not served here; served stores: {sorted(request.app.state.stores)}")
+        raise NotFound(f"store {store!r} is not served here; served stores: {served}")
     request.state.store = runtime

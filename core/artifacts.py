@@ -26,6 +26,10 @@ store at the next push (its files and manifest entries), and a replica's next pu
 its copy: the pulled ``deleted.json`` names it, and the store no longer holds it. A push
 adds to this home's ``deleted.json`` what the store's lists besides (versions deleted through
 another home since this one pulled), and never publishes again a copy of a deleted version.
+
+The API keys (``keys.json``) are merged key by key, at a push and at a pull alike
+(:meth:`core.keys.KeyStore.merge`): a key made in one home and a key made in another
+both stay, and a key revoked anywhere stays revoked whoever pushes next.
 """
 
 from __future__ import annotations
@@ -44,17 +48,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from core.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput, NotReady
 from core.files import write_text_atomic
+from core.keys import KeyStore
 from core.registry import VERSION, ModelRegistry, file_digest
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
+KEYS = "keys.json"  # the API keys of every store: merged key by key, never replaced
 REGISTRIES = ("models", "stores/*/models")  # the model registries of the default store and the others
 _STORE_PARTS = ("indexes", "models", "experiments", "features/registry.db", "suggest", "recommend", "rules")
 # the default store's parts, every other store's (stores/<name>/...), and the keys of all
-SHARED = (*_STORE_PARTS, *(f"stores/*/{part}" for part in _STORE_PARTS), "keys.json")
+SHARED = (*_STORE_PARTS, *(f"stores/*/{part}" for part in _STORE_PARTS), KEYS)
 # what a swap or an experiment change writes
 _STATE_PARTS = ("models/*/active.json", "experiments/current.json", "rules/rules.yaml", "rules/synonyms.txt")
 STATE = (*_STATE_PARTS, *(f"stores/*/{part}" for part in _STATE_PARTS))
@@ -222,6 +228,36 @@ class ArtifactStore:
                     logger.info("%s: %d versions deleted through other homes added to this home's list (%s)", rel,
                                 len(added), ", ".join(str(entry["version"]) for entry in added))
 
+    def _merge_keys(self, remote: dict[str, str]) -> None:
+        """Before a push of the key file: add to it the keys and revocations the store's copy holds (made through
+        other homes since this one last pulled), so the push neither brings back a key revoked elsewhere nor
+        drops one made elsewhere. A file of this home's that cannot be read is not published (every replica
+        would refuse keyed calls): the :class:`NotReady` names it."""
+        keys = KeyStore(self.home / KEYS)
+        keys.keys()
+        if KEYS not in remote or remote[KEYS] == file_digest(keys.path):
+            return
+        try:
+            changed = keys.merge(self.fs.cat_file(f"{self.root}/{KEYS}"))
+        except (OSError, ValueError) as error:
+            logger.warning("%s: the store's %s cannot be read (%s); this home's replaces it", self.url, KEYS, error)
+            return
+        if changed:
+            logger.info("%s: keys made or revoked through other homes added to this home's", KEYS)
+
+    def _merge_pulled_keys(self, pulled: Path, target: Path) -> bool:
+        """At a pull: merge the store's key file (downloaded to ``pulled``) into this home's ``target`` rather than
+        replace it: keys made here and not pushed yet stay, and keys revoked anywhere are revoked here. When
+        either copy cannot be read, this home's stays as it is (the warning says which). True when it changed."""
+        try:
+            return KeyStore(target).merge(pulled.read_bytes())
+        except ValueError as error:
+            logger.warning("%s: the store's %s cannot be read (%s); this home's is kept", self.url, KEYS, error)
+        except NotReady as error:
+            logger.warning("%s; it is kept as it is: move it away and pull again to take the store's copy",
+                           error.message)
+        return False
+
     def _deleted_versions(self) -> dict[str, Path]:
         """The folders of model versions this home's registries deleted: home-relative prefix -> local folder."""
         return {prefix: folder for prefix, folder, _ in self._deleted_entries()}
@@ -259,6 +295,8 @@ class ArtifactStore:
                  if not (rel := str(path.relative_to(self.home))).startswith(gone)]
         files += [(self.home / path.relative_to(home), str(path.relative_to(home))) for path in sorted(named)
                   if str(path.relative_to(home)) not in {rel for _, rel in files}]
+        if any(rel == KEYS for _, rel in files):
+            self._merge_keys(remote)
         digests = {rel: self._digest(path, state) for path, rel in files}
         clashes = sorted({v for rel, digest in digests.items() if (v := _version_of(rel)) and rel in remote
                           and remote[rel] != digest})
@@ -324,7 +362,7 @@ class ArtifactStore:
             target = self.home / rel
             if target.is_file():
                 if not _dirty(target, state.get(rel)):  # as the last transfer left it
-                    if state[rel]["sha256"] == digest:
+                    if digest in (state[rel]["sha256"], state[rel].get("merged")):  # the key file: merged already
                         same += 1
                         continue
                 elif file_digest(target) == digest:  # changed here, to what the store holds
@@ -332,7 +370,8 @@ class ArtifactStore:
                     state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
                     same += 1
                     continue
-                else:  # changed here since the last transfer: not ours to clobber, now or at the next pull
+                elif rel != KEYS:  # changed here since the last transfer: not ours to clobber, now or at the next pull
+                    # (the key file is merged with the store's instead, below)
                     kept += 1
                     if (version := _version_of(rel)) is not None:
                         clashes.add(version)
@@ -357,8 +396,17 @@ class ArtifactStore:
                 tmp.unlink()
                 raise OSError(f"{self.url}/{rel} changed while it was read (sha256 differs from {MANIFEST}); "
                               "pull again")
-            if rel.endswith("keys.json"):  # the API keys' hashes: the owner's only, as where they were made
+            if rel.endswith(KEYS):  # the API keys' hashes: the owner's only, as where they were made
                 os.chmod(tmp, 0o600)
+            if rel == KEYS and target.is_file():  # merged, not replaced
+                changed = self._merge_pulled_keys(tmp, target)
+                tmp.unlink()
+                stat = target.stat()
+                state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_digest(target),
+                              "merged": digest}
+                moved += changed
+                size += stat.st_size if changed else 0
+                continue
             os.replace(tmp, target)
             stat = target.stat()
             state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}

@@ -51,6 +51,11 @@ class NotReady(ShopRankError):
         self.retry_after = retry_after
 
 
+class Overloaded(NotReady):
+    """A server process has been at its capacity (``serving.max_in_flight``) for as long as the request may
+    wait (HTTP 503, with ``Retry-After`` seconds)."""
+
+
 class Unauthorized(ShopRankError):
     """No credentials, or credentials that are unknown or revoked (HTTP 401)."""
 

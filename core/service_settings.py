@@ -150,7 +150,8 @@ class ServingSettings(BaseModel):
                               "spin and oversubscribe the cores (benchmarks/RESULTS.md, 'Replicas'). 0: the "
                               "libraries' default (one per core). OMP_NUM_THREADS in the environment wins.")
     max_in_flight: int = Field(0, ge=0, le=1024, description="Searches ranked at once per worker; more wait "
-                               "(their deadline keeps running). 0: no limit.")
+                               "(their deadline keeps running), and one still waiting at its deadline (budget_ms) "
+                               "is refused with 503 and Retry-After. 0: no limit.")
 
 
 class EventSettings(BaseModel):
@@ -209,6 +210,13 @@ class ApiSettings(BaseModel):
         "every process and replica; while Redis does not answer, each process falls back to its own bucket).")
     rate_limit_url: RedisUrl = Field("redis://127.0.0.1:6379/0", description="Redis of the shared buckets when "
                                      "rate_limit_store is 'redis' (redis://HOST:PORT/DB).")
+    # the largest valid batches: 1,000 events with every field at its longest and its text sent as \uXXXX escapes
+    # measured 3.4 MiB (0.8 MiB as plain ASCII), 1,000 product updates 1.5 MiB
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, le=2**31, description="Largest request body in bytes: a "
+                                "larger Content-Length is refused with 413 before the body is read (before the "
+                                "key check too), and a body sent in chunks once it passes this. The default holds "
+                                "the largest valid batch of events or product updates twice over; raise it for "
+                                "larger admin bodies (rules or synonyms of more than 8 MiB as JSON).")
 
     workers: int = Field(0, ge=0, le=64, description="Server processes of `shoprank serve`; each loads its own "
                          "engine (index and models) and they share the artifact home. 0: one per usable core.")

@@ -50,7 +50,8 @@ from serving.loading import Served
 from serving.suggestions import suggest as suggest_for
 
 ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: UNKNOWN_STORE, 422: INVALID, 429: RATE_LIMITED,
-          503: {"model": ErrorBody}}
+          503: {"model": ErrorBody, "description": "The store is still loading, or (a search) this process was at "
+                "serving.max_in_flight for the search's whole budget; Retry-After says when to try again"}}
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["search"])  # mounted at /v1 and /v1/stores/{store}
 KeyDep = Annotated[ApiKey | None, Depends(require("search"))]
@@ -63,7 +64,8 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
         yield_to_models(settings.serving.search_nice)
     deadline = time.monotonic() + settings.serving.budget_ms / 1000
     unit = body.user_id or body.session_id or request.state.request_id
-    with request.app.state.admission.enter() as shed:  # overload: shed the cross-encoders, then queue
+    # overload: shed the cross-encoders, then queue until the deadline
+    with request.app.state.admission.enter(wait_s=deadline - time.monotonic()) as shed:
         admission = request.app.state.admission
         query = SearchQuery(body.query, body.user_id, Filters(**body.filters.model_dump()), deadline, body.rewrite,
                             shed=shed, skip_model=admission.skip_model if admission.skip_share else None,

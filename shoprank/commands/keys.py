@@ -1,11 +1,15 @@
-"""``shoprank keys create|list|revoke``: API keys per store and scope (see core/keys.py)."""
+"""``shoprank keys create|list|revoke``: API keys per store and scope (see core/keys.py).
+
+With an artifact store (``artifacts_url``), ``create`` and ``revoke`` push the key file at once,
+so replicas take the change at their next pull (``serving.reload_poll_s``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, NotReady
 from core.keys import SCOPES, KeyStore, check_store_name
 from core.settings import Settings
 
@@ -22,6 +26,7 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
     record, key = KeyStore(settings.paths.keys).create(store, args.scope, args.name)
     print(json.dumps({"key": key, **record.public(),
                       "note": "shown once: store it now; only its hash is kept"}, indent=2))
+    _publish(settings, f"key {record.id} was created")
     return 0
 
 
@@ -32,7 +37,24 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_revoke(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(KeyStore(settings.paths.keys).revoke(args.id).public(), indent=2))
+    _publish(settings, f"key {args.id} was revoked")
     return 0
+
+
+def _publish(settings: Settings, done: str) -> None:
+    """Push the key file to the artifact store, when one is set: replicas that share no volume with this home
+    take the change at their next pull (the store's copy is merged in first, so no other change is lost)."""
+    if not settings.artifacts_url:
+        return
+    from core.artifacts import KEYS, ArtifactStore
+
+    store = ArtifactStore(settings.artifacts_url, settings.home)
+    try:
+        store.push((KEYS,))
+    except OSError as error:
+        raise NotReady(f"{done} in {settings.paths.keys}, but the artifact store {store.url} could not be written "
+                       f"({error}): replicas do not know yet; run `shoprank artifacts push` once it is "
+                       "reachable") from None
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +67,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="", help="who or what uses it, for `keys list`")
     p.set_defaults(handler=cmd_create)
     verbs.add_parser("list", help="every key without its secret").set_defaults(handler=cmd_list)
-    p = verbs.add_parser("revoke", help="revoke a key by id (takes effect on the next request)")
+    p = verbs.add_parser("revoke", help="revoke a key by id (takes effect on the next request; on replicas "
+                        "sharing an artifact store, at their next pull)")
     p.add_argument("id")
     p.set_defaults(handler=cmd_revoke)

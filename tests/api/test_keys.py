@@ -48,6 +48,7 @@ def test_missing_unknown_wrong_scope_other_store(keyed) -> None:  # type: ignore
     body = {"query": "drill", "k": 2}
     missing = client.post("/v1/search", json=body)
     assert missing.status_code == 401 and "needs a key" in missing.json()["message"]
+    assert missing.headers["WWW-Authenticate"] == "Bearer"  # the scheme to answer with, as every 401 names one
     forged = client.post("/v1/search", json=body, headers=auth(keys["search"][:-4] + "AAAA"))
     assert forged.status_code == 401 and "unknown or revoked" in forged.json()["message"]
     wrong_scope = client.post("/v1/search", json=body, headers=auth(keys["events"]))
@@ -106,6 +107,63 @@ def test_cli_creates_lists_and_validates(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["--home", str(tmp_path), "--store", "default", "keys", "list"]) == 2  # the default store's name
     assert "is the default store's name" in capsys.readouterr().err
     assert main(["--home", str(tmp_path), "keys", "revoke", "nope"]) == 2
+
+
+def test_cli_pushes_keys_made_or_revoked_to_the_artifact_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from core.artifacts import ArtifactStore
+    from core.settings import get_settings
+
+    def keys(*args: str, url: str = f"file://{tmp_path / 'store'}") -> int:
+        monkeypatch.setenv("SHOPRANK_ARTIFACTS_URL", url)
+        get_settings.cache_clear()
+        try:
+            return main(["--home", str(tmp_path / "ops"), "keys", *args])
+        finally:
+            get_settings.cache_clear()
+
+    replica = tmp_path / "replica"
+    replica.mkdir()
+    assert keys("create", "--scope", "search") == 0
+    created = json.loads(capsys.readouterr().out)
+    ArtifactStore(f"file://{tmp_path / 'store'}", replica).pull()
+    assert KeyStore(replica / "keys.json").verify(created["key"]) is not None
+    assert keys("revoke", created["id"]) == 0
+    ArtifactStore(f"file://{tmp_path / 'store'}", replica).pull()  # a replica's next poll
+    assert KeyStore(replica / "keys.json").verify(created["key"]) is None
+    (tmp_path / "not-a-folder").write_text("")  # a store that cannot be written: the CLI says the push failed
+    assert keys("create", "--scope", "events", url=f"file://{tmp_path / 'not-a-folder'}") == 2
+    assert "was created in" in capsys.readouterr().err and len(KeyStore(tmp_path / "ops" / "keys.json").keys()) == 2
+
+
+def test_a_key_file_that_cannot_be_read_is_a_503_naming_it(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    def broken(settings: Settings, previous: object) -> object:  # events and keys need no index
+        raise RuntimeError("no index here")
+
+    served = Settings(home=tmp_path, progress=False, api=ApiSettings(keys_required=True))
+    _, key = KeyStore(served.paths.keys).create("default", ["events"])
+    good = served.paths.keys.read_text()
+    event = [{"type": "click", "event_id": "f-1", "request_id": "r-1", "product_id": "P1"}]
+    with TestClient(create_app(served, loader=broken)) as client:
+        for text, what in [(good[:-5], "it is not JSON"), ("", "it is empty"), ('{"keys": []}', "not a list of keys"),
+                           ('[{"id": "abc"}]', "entry 0 lacks ['name', 'store'")]:
+            served.paths.keys.write_text(text)
+            answer = client.post("/v1/events", json=event, headers=auth(key))  # before: a 500
+            message = answer.json()["message"]
+            assert answer.status_code == 503 and int(answer.headers["Retry-After"]) >= 1, (text, message)
+            assert str(served.paths.keys) in message and what in message, message
+        newer = [{**record, "expires": None} for record in json.loads(good)]  # a field a newer version added
+        served.paths.keys.write_text(json.dumps(newer))
+        assert client.post("/v1/events", json=event, headers=auth(key)).status_code == 202
+    served.paths.keys.write_text("[")
+    assert main(["--home", str(tmp_path), "keys", "list"]) == 2  # before: a traceback
+    error = capsys.readouterr().err
+    assert error.startswith("error: the key file") and error.count("\n") == 1
 
 
 def test_events_and_impressions_carry_the_key_that_sent_them(keyed) -> None:  # type: ignore[no-untyped-def]

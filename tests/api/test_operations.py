@@ -308,3 +308,76 @@ def test_a_fault_no_handler_maps_is_a_json_500_that_is_counted(settings: Setting
     assert failed.status_code == 500 and failed.json()["error"] == "internal_error"
     assert failed.json()["request_id"] == "trace-42" and failed.headers["x-request-id"] == "trace-42"
     assert 'route="/v1/boom",status="500"' in client.get("/metrics").text
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read_or_a_key_checked(settings: Settings,
+                                                                             tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from api.main import create_app
+
+    def broken(_: Settings, previous: object) -> object:  # events need no index
+        raise RuntimeError("no index here")
+
+    json_body = {"content-type": "application/json"}
+    limited = settings.model_copy(update={"home": tmp_path / "a", "api": ApiSettings(keys_required=True,
+                                                                                     max_body_bytes=4096)})
+    with TestClient(create_app(limited, loader=broken)) as client:
+        declared = client.post("/v1/events", content=b"[" + b" " * 10_000 + b"]", headers=json_body)
+        message = declared.json()["message"]  # before: read and parsed whole, then a 401
+        assert declared.status_code == 413 and "10002 bytes (Content-Length) is more than the 4096" in message
+        assert 'route="/v1/events",status="413"' in client.get("/metrics").text
+
+        def chunks():  # type: ignore[no-untyped-def]
+            yield from (b" " * 1000 for _ in range(10))
+
+        streamed = client.post("/v1/stores/x/events", content=chunks(), headers=json_body)  # no Content-Length
+        assert streamed.status_code == 413 and "more than the 4096 bytes" in streamed.json()["message"]
+        assert client.post("/v1/events", content=b"[]", headers=json_body).status_code == 401  # within the limit
+    # the largest valid batch (1000 events, every field at its longest, its text escaped) fits the default limit
+    event = {"type": "purchase", "request_id": "r" * 128, "timestamp": datetime.now(UTC).isoformat(),
+             "user_id": "\U0001F600" * 128, "session_id": "\u00e9" * 128, "product_id": "\U0001F600" * 128,
+             "position": 100_100, "quantity": 10_000, "revenue": 9_999_999.99}
+    body = json.dumps([{**event, "event_id": f"{i:0128d}"} for i in range(1000)]).encode()
+    assert len(body) > 3 * 2**20
+    with TestClient(create_app(settings.model_copy(update={"home": tmp_path / "b"}), loader=broken)) as client:
+        answer = client.post("/v1/events", content=body, headers=json_body)
+        assert answer.status_code == 202 and answer.json()["accepted"] == 1000
+
+
+def test_searches_over_max_in_flight_wait_at_most_their_budget_and_probes_still_answer(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from api.main import create_app
+    from core.errors import Conflict
+    from core.service_settings import ServingSettings
+
+    class SlowRouter:  # ranks one search in 1 s, then says so with a 409 (no engine behind it)
+        def search(self, *args: object, **kwargs: object) -> None:
+            time.sleep(1.0)
+            raise Conflict("ranked")
+
+        def close(self) -> None:
+            pass
+
+    engine = SimpleNamespace(versions={}, cache_stats=lambda: {}, batchers={})
+    served = SimpleNamespace(router=SlowRouter(), engine=engine, generation="g", close=lambda: None)
+    settings = Settings(home=tmp_path, progress=False, serving=ServingSettings(
+        max_in_flight=1, budget_ms=300, reload_poll_s=0, micro_batch=False))
+    with TestClient(create_app(settings, loader=lambda s, previous: served)) as client:
+        while client.get("/readyz").status_code != 200:
+            time.sleep(0.05)
+        with ThreadPoolExecutor(50) as pool:  # more searches than the server has worker threads (40)
+            sent = [pool.submit(client.post, "/v1/search", json={"query": "drill"}) for _ in range(48)]
+            time.sleep(0.3)
+            started = time.monotonic()
+            assert client.get("/healthz").status_code == 200 and client.head("/readyz").status_code == 200
+            assert client.get("/metrics").status_code == 200
+            probes_s = time.monotonic() - started  # before: behind the searches queued for a thread, ~8 s
+            answers = [future.result() for future in sent]
+    assert probes_s < 2.0, probes_s
+    refused = [a for a in answers if a.status_code == 503]
+    assert {a.status_code for a in answers} == {409, 503} and len(refused) > 20  # before: all 48 ranked in turn
+    assert refused[0].json()["error"] == "overloaded" and refused[0].headers["Retry-After"] == "1"
+    assert "serving.max_in_flight" in refused[0].json()["message"]

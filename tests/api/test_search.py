@@ -165,6 +165,7 @@ def test_openapi_lists_every_status_a_route_answers(client: TestClient) -> None:
             invalid = operation["responses"]["422"]
             assert invalid["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody"), (path, method)
             assert "not UTF-8" in invalid["description"], (path, method)
+            assert "413" in operation["responses"], (path, method)  # a body over api.max_body_bytes
 
 
 def test_a_body_refused_before_routing_is_counted_under_its_route(client: TestClient) -> None:
@@ -186,6 +187,8 @@ def test_not_ready_is_503_with_reason(settings: Settings) -> None:
             time.sleep(0.02)
         ready = client.get("/readyz")
         assert ready.status_code == 503 and "index folder is empty" in ready.json()["detail"]
+        assert ready.headers["Retry-After"] == "2" and client.head("/readyz").status_code == 503
+        assert client.head("/healthz").status_code == 200  # a load balancer's check may send HEAD
         search = client.post("/v1/search", json={"query": "drill"})
         assert search.status_code == 503 and search.json()["error"] == "not_ready"
         assert "index folder is empty" in search.json()["message"]

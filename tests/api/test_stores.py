@@ -153,3 +153,22 @@ def test_metrics_are_not_ready_while_readyz_waits_for_a_store(  # type: ignore[n
         while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert ready_metric(client) == "shoprank_ready 1.0"
+
+
+def test_a_store_name_over_64_characters_is_404_before_any_key_check(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    def broken(settings: Settings, previous: object) -> object:  # events and keys need no index
+        raise RuntimeError("no index here")
+
+    served = Settings(home=tmp_path, progress=False,
+                      api=ApiSettings(keys_required=True, rate_limit_per_s=0.01, rate_burst=1))
+    token = KeyStore(served.paths.keys).create("default", ["events"])[1]
+    event = [{"type": "click", "event_id": "e-1", "request_id": "r-1", "product_id": "P1"}]
+    with TestClient(create_app(served, loader=broken)) as client:
+        for headers in ({}, key(token), key(token)):  # before: 401, then the default store's key check (422, 429)
+            answer = client.post(f"/v1/stores/{'g' * 65}/events", json=event, headers=headers)
+            message = answer.json()["message"]
+            assert answer.status_code == 404 and "(65 characters)" in message and "at most 64" in message, message
+        # the default store's rate limit was not spent by those calls
+        assert client.post("/v1/events", json=event, headers=key(token)).status_code == 202

@@ -239,7 +239,7 @@ def test_a_published_model_version_never_changes(tmp_path: Path) -> None:
 def test_the_api_keys_pulled_are_the_owners_only(tmp_path: Path) -> None:
     url = f"file://{tmp_path / 'store'}"
     home = make_home(tmp_path / "a")
-    (home / "keys.json").write_text('{"keys": []}')
+    (home / "keys.json").write_text("[]")  # a key file with no key yet
     os.chmod(home / "keys.json", 0o600)
     ArtifactStore(url, home).push()
     replica = tmp_path / "b"
@@ -385,3 +385,53 @@ def test_a_home_with_linked_folders_and_odd_names_pulls_and_a_clash_is_resolved_
     (tmp_path / "store" / MANIFEST).write_text("not json{")
     pushed = ArtifactStore(url, a).push()  # an unreadable manifest: every file again, and a new one
     assert pushed.files == len(json.loads((tmp_path / "store" / MANIFEST).read_text())) == 8
+
+
+def test_a_key_revoked_through_one_home_stays_revoked_whoever_pushes_next(tmp_path: Path) -> None:
+    from core.keys import KeyStore
+
+    url = f"file://{tmp_path / 'store'}"
+    ops, other, replica = (tmp_path / name for name in ("ops", "other", "replica"))
+    record, key = KeyStore(ops / "keys.json").create("default", ["search"], "storefront")
+    ArtifactStore(url, ops).push()
+    for home in (other, replica):
+        home.mkdir()
+        ArtifactStore(url, home).pull()
+    _, etl = KeyStore(other / "keys.json").create("default", ["events"], "etl")  # made there, not pushed yet
+    KeyStore(ops / "keys.json").revoke(record.id)
+    ArtifactStore(url, ops).push()
+    ArtifactStore(url, other).pull()  # changed there since its last pull: merged, not kept as it was
+    assert KeyStore(other / "keys.json").verify(key) is None and KeyStore(other / "keys.json").verify(etl)
+    ArtifactStore(url, ops).push()
+    ArtifactStore(url, other).push()  # before: its copy, with the key live, replaced the store's
+    ArtifactStore(url, replica).pull()
+    assert KeyStore(replica / "keys.json").verify(key) is None and KeyStore(replica / "keys.json").verify(etl)
+    # a home that pushes without pulling first keeps its own new key and the revocation made elsewhere
+    _, late = KeyStore(replica / "keys.json").create("default", ["search"], "late")
+    ArtifactStore(url, ops).pull()
+    KeyStore(ops / "keys.json").revoke(next(k.id for k in KeyStore(ops / "keys.json").keys() if k.name == "etl"))
+    ArtifactStore(url, ops).push()
+    ArtifactStore(url, replica).push()
+    ArtifactStore(url, ops).pull()
+    assert KeyStore(ops / "keys.json").verify(late) and KeyStore(ops / "keys.json").verify(etl) is None
+    assert ArtifactStore(url, ops).pull().files == 0  # merged once: the next pull moves nothing
+
+
+def test_a_key_file_that_cannot_be_read_is_neither_published_nor_replaced(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from core.errors import NotReady
+    from core.keys import KeyStore
+
+    url = f"file://{tmp_path / 'store'}"
+    home, replica = tmp_path / "a", tmp_path / "b"
+    KeyStore(home / "keys.json").create("default", ["search"])
+    ArtifactStore(url, home).push()
+    replica.mkdir()
+    ArtifactStore(url, replica).pull()
+    (replica / "keys.json").write_text("[{")
+    with pytest.raises(NotReady, match="keys.json cannot be read: it is not JSON"):
+        ArtifactStore(url, replica).push()
+    KeyStore(home / "keys.json").create("default", ["events"])
+    ArtifactStore(url, home).push()
+    ArtifactStore(url, replica).pull()
+    assert (replica / "keys.json").read_text() == "[{" and "move it away and pull again" in caplog.text
