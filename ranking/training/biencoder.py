@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.arguments import positive
+from core.arguments import non_negative_number, positive
 from core.errors import InvalidInput
 from evaluation.metrics import grade_threshold
 from ranking.training.data import (
@@ -324,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=positive)
     add_precision_argument(parser, None)
     parser.add_argument("--no-dev", action="store_true", help="skip the per-epoch check on the dev queries")
-    parser.add_argument("--distill", type=float, help="weight of the teacher's preferences (needs exported scores)")
+    parser.add_argument("--distill", type=non_negative_number,
+                        help="weight of the teacher's preferences, 0 for none (needs exported scores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     examples = load_examples(args.examples)

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from core.arguments import positive, positive_number
+from core.arguments import positive, positive_number, random_seed
 from core.errors import InvalidInput
 from core.registry import ModelRegistry, ModelVersion
 from core.settings import Settings
@@ -167,7 +167,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--negatives", type=positive, default=None, metavar="N",
                    help="products mined per query from the first stage's top 30 (default 1; 4 with --distill)")
     p.add_argument("--dev-split", default="dev", help="with --export: queries for the per-epoch dense check ('' none)")
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--seed", type=random_seed, default=13)
     p.add_argument("--limit", type=positive, default=None)
     p.add_argument("--run-name", type=run_name, default="run")
     p.add_argument("--activate", action="store_true")
