@@ -152,7 +152,7 @@ def retrain_on(name: str, records: list[dict], work: Path, args: argparse.Namesp
     for filtered in filters:
         started = time.perf_counter()
         result = retrain(settings, engine.featurizer([]), engine.ltr,
-                         RetrainConfig(since=SINCE, filter_traffic=filtered))
+                         RetrainConfig(since=SINCE, filter_traffic=filtered), engine.hybrid)
         if result.get("status") != "registered":
             raise SystemExit(f"retrain {name} (filters {'on' if filtered else 'off'}) did not register a model: "
                              f"{result}; log more searches (--sessions)")

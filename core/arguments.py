@@ -17,29 +17,37 @@ def number(text: str) -> float:
         return math.nan
 
 
-def count(text: str) -> int:
-    """argparse type for a number of items: a whole number >= 0."""
+def whole(text: str) -> int | None:
+    """``text`` as a whole number; None when it is not one."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return value
+        return None
 
 
 def whole_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type for a whole number >= ``minimum``."""
     def parse(text: str) -> int:
-        value = count(text)
-        if value < minimum:
+        value = whole(text)
+        if value is None or value < minimum:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
         return value
 
     return parse
 
 
+count = whole_at_least(0)  # a number of items
 positive = whole_at_least(1)  # a depth, a count of things wanted, epochs, a batch size
+
+SEEDS = 2**32  # numpy's global generator (np.random.seed) takes a seed from 0 to 2**32 - 1
+
+
+def random_seed(text: str) -> int:
+    """argparse type for a random seed: a whole number from 0 to 2**32 - 1."""
+    value = whole(text)
+    if value is None or not 0 <= value < SEEDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: a whole number from 0 to {SEEDS - 1}")
+    return value
 
 
 def positive_number(text: str) -> float:
@@ -47,4 +55,12 @@ def positive_number(text: str) -> float:
     value = number(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    """argparse type for a weight that may be off: a finite number >= 0."""
+    value = number(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
     return value

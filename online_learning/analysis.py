@@ -137,13 +137,28 @@ def served_by(rows: pd.DataFrame, versions: dict[str, str]) -> pd.DataFrame:
     interleaved search whose logged ``ltr:<arm>`` is each arm's. The log keeps an experiment's searches by its
     name, so an arm pointed at another version since, or an experiment started again under an old name, left
     searches of versions that are not the ones a promotion would activate now."""
+    return rows[_served_mask(rows, versions)] if not rows.empty else rows
+
+
+def served_since_change(rows: pd.DataFrame, versions: dict[str, str]) -> pd.DataFrame:
+    """The rows :func:`served_by` keeps that were made after the last row it leaves out: the searches since
+    the arms were last pointed at these versions. An arm pointed elsewhere and back would otherwise count its
+    searches of the earlier time, and the other arms' searches from before such a change would be compared
+    with none of the changed arm's; so all arms are counted over the same time."""
     if rows.empty:
         return rows
+    kept = _served_mask(rows, versions)
+    served, other = rows[kept], rows[~kept]
+    return served[served["timestamp"] > other["timestamp"].max()] if len(other) else served
+
+
+def _served_mask(rows: pd.DataFrame, versions: dict[str, str]) -> np.ndarray:
+    """Which rows :func:`served_by` keeps."""
     models = rows["models"].map(logged_models) if "models" in rows else pd.Series([{}] * len(rows), index=rows.index)
     keep = [all(m.get(f"ltr:{name}") == version for name, version in versions.items()) if arm == "interleaved"
             else arm in versions and m.get("ltr") == versions[arm]
             for m, arm in zip(models, rows["arm"])]
-    return rows[np.array(keep, dtype=bool)]
+    return np.array(keep, dtype=bool)
 
 
 def search_terms(per_search: pd.DataFrame) -> pd.DataFrame:
@@ -323,7 +338,8 @@ def interleaving(log_root: Path, experiment: str, control: str, treatment: str,
                  versions: dict[str, str] | None = None) -> InterleavingResult:
     """Which team each shopper preferred, after the traffic filters (one shopper's repeated clicks, bots), as
     the A/B analysis reads the log; ``versions`` (arm -> LambdaMART version): only the searches both arms'
-    versions served (:func:`served_by`; None: every search of ``experiment``).
+    versions served since the last one served by others (:func:`served_since_change`; None: every search of
+    ``experiment``).
 
     A search is won by the team whose shown products got more of its clicks, a product clicked again (a double
     click, a return from its page) counting once. A shopper's searches are not independent: the router seeds
@@ -333,7 +349,7 @@ def interleaving(log_root: Path, experiment: str, control: str, treatment: str,
     """
     rankings, clicks = interleaved_searches(log_root, experiment, filters)
     if versions is not None:
-        rankings = served_by(rankings, versions)
+        rankings = served_since_change(rankings, versions)
     clicks = clicks.drop_duplicates(["request_id", "product_id"])
     credited = clicks.merge(rankings[["request_id", "product_id", "team"]], on=["request_id", "product_id"])
     per_search = (credited.groupby(["request_id", "team"]).size().unstack(fill_value=0) if not credited.empty

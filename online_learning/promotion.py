@@ -24,7 +24,8 @@ Interleaving (:func:`decide_interleaving`): promoted when significantly more sho
 per shopper lost against none; the sign test when not sequential), rejected when significantly more prefer
 the control (sign test).
 
-Both decide only on the searches each arm's configured version served (:func:`served_by_arms`).
+Both decide only on the searches each arm's configured version served, from the last one served by another
+version on (:func:`served_by_arms`; :func:`online_learning.analysis.served_since_change`).
 
 Rollback (:func:`check_regression`): the active version's searches since its
 activation are compared with the previous version's last searches over as long a time
@@ -44,8 +45,8 @@ from online_learning.analysis import (
     InterleavingResult,
     compare_arms,
     per_shopper,
-    served_by,
     served_ltr,
+    served_since_change,
     shopper,
 )
 from online_learning.experiments import Experiment
@@ -140,9 +141,7 @@ def served_by_arms(table: pd.DataFrame, experiment: Experiment) -> pd.DataFrame:
     would activate. The other arms' searches from before such a change are left out too, so that all arms
     are counted over the same time: their shoppers would otherwise be compared with none of the changed
     arm's (a sample ratio mismatch)."""
-    served = served_by(table, {arm: a.ltr for arm, a in experiment.arms.items()})
-    other = table.drop(served.index)
-    return served[served["timestamp"] > other["timestamp"].max()] if len(other) else served
+    return served_since_change(table, {arm: a.ltr for arm, a in experiment.arms.items()})
 
 
 def decide_experiment(table: pd.DataFrame, experiment: Experiment, policy: Policy = Policy()) -> tuple[Decision, str]:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.arguments import positive
+from core.arguments import non_negative_number, positive
 from core.errors import InvalidInput
 from evaluation.metrics import grade_threshold
 from ranking.training.data import (
@@ -113,6 +113,9 @@ class Triple:
     negative: str | None
     group: str | None = None  # the training query it came from (a slipped query keeps its group)
     margin: float | None = None  # the teacher's score of the positive minus the negative's
+    # the texts of every product its query's judges graded relevant, in the batch or not (:func:`false_negatives`);
+    # empty: only the positives of the batch count as the query's products
+    relevant: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -124,7 +127,8 @@ def triples(groups: Sequence[Group], texts: dict[str, str], config: BiEncoderCon
     """(query, relevant product, hard negative): one per query with a relevant product, or with
     ``config.positives == "all"`` one per relevant product (a hard negative drawn for each). With
     ``teacher`` scores, mined negatives it scores like a relevant product are left out, and each
-    triple carries the teacher's margin where it scored both products."""
+    triple carries the teacher's margin where it scored both products. Each triple carries the texts
+    of its query's relevant products, which are never its negatives."""
     rng = random.Random(seed)
     relevant = grade_threshold(0.6, config.max_grade)
     low = grade_threshold(0.25, config.max_grade)
@@ -134,6 +138,7 @@ def triples(groups: Sequence[Group], texts: dict[str, str], config: BiEncoderCon
         if not positives:
             continue
         scores = (teacher or {}).get(group.qid, {})
+        relevant_texts = frozenset(texts[p] for p in positives)
         pool = ([p for p, g in group.judged.items() if g < low] or denoised(group.mined, positives, scores)
                 if config.hard_negatives else [])
         if config.positives == "all":
@@ -143,7 +148,8 @@ def triples(groups: Sequence[Group], texts: dict[str, str], config: BiEncoderCon
             pairs = [(rng.choice(positives), negative)]
         for p, negative in pairs:
             margin = scores[p] - scores[negative] if negative in scores and p in scores else None
-            out.append(Triple(group.query, texts[p], texts[negative] if negative else None, group.qid, margin))
+            out.append(Triple(group.query, texts[p], texts[negative] if negative else None, group.qid, margin,
+                              relevant_texts))
     if config.typos > 0:  # drawn after the pairs, so the pairs are the same with and without slips
         slips = random.Random(seed + 7919)
         out = [replace(t, query=add_typo(t.query, slips)) if slips.random() < config.typos else t for t in out]
@@ -162,12 +168,14 @@ def denoised(mined: Sequence[str], positives: Sequence[str], scores: dict[str, f
 def false_negatives(batch: Sequence[Triple]) -> np.ndarray:
     """(batch, columns) mask of in-batch "negatives" that are not, over the loss's columns (every
     example's positive, then the hard negatives present, in batch order): a column whose text is a
-    positive of this example's query (typed or slipped), such as another example's positive that is
-    this example's product, another positive of its query, or another example's hard negative that
-    is this example's positive (one query's negative can be relevant to another)."""
+    relevant product of this example's query (typed or slipped), such as another example's positive
+    that is this example's product, another positive of its query, or another example's hard negative
+    that is one of its query's relevant products (one query's negative can be relevant to another).
+    A query's relevant products are those its triples carry (``Triple.relevant``, from its judged
+    list, so a product counts whether or not its own pair is in the batch) and its positives in the batch."""
     relevant: dict[str, set[str]] = {}
     for t in batch:
-        relevant.setdefault(t.key, set()).add(t.positive)
+        relevant.setdefault(t.key, set()).update({t.positive, *t.relevant})
     columns = [t.positive for t in batch] + [t.negative for t in batch if t.negative]
     mask = np.array([[text in relevant[t.key] for text in columns] for t in batch], dtype=bool)
     own = np.arange(len(batch))
@@ -316,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=positive)
     add_precision_argument(parser, None)
     parser.add_argument("--no-dev", action="store_true", help="skip the per-epoch check on the dev queries")
-    parser.add_argument("--distill", type=float, help="weight of the teacher's preferences (needs exported scores)")
+    parser.add_argument("--distill", type=non_negative_number,
+                        help="weight of the teacher's preferences, 0 for none (needs exported scores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     examples = load_examples(args.examples)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from core.arguments import positive, positive_number
+from core.arguments import positive, positive_number, random_seed
 from core.query import Query
 
 if TYPE_CHECKING:  # annotations only: a GPU box that trains from an exported file has none of these
@@ -151,7 +151,7 @@ def training_parser(kind: str, description: str, out_help: str) -> argparse.Argu
     parser.add_argument("--base", help="base model folder (default: the one the file names)")
     parser.add_argument("--epochs", type=positive)
     parser.add_argument("--lr", type=positive_number)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=random_seed)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
     return parser
 

@@ -1,6 +1,6 @@
 """argparse types shared by the commands: depths, shares, files and names, checked with a message
 that names the bad value and what is allowed. Counts and sizes (``count``, ``positive``,
-``positive_number``, ``whole_at_least``) are in :mod:`core.arguments`, which the standalone
+``positive_number``, ``whole_at_least``, ``random_seed``) are in :mod:`core.arguments`, which the standalone
 trainers use too."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 import math
 from pathlib import Path
 
-from core.arguments import count, number, whole_at_least
+from core.arguments import number, whole, whole_at_least
 from core.paths import INDEX_NAME
 from ranking.training.data import Fold
 
@@ -53,8 +53,8 @@ MAX_DAYS = 36_500  # a century: pandas' timedeltas hold about 106,000 days
 
 def days(text: str) -> int:
     """argparse type for a window in days: a whole number from 1 to 36500."""
-    value = count(text)
-    if not 1 <= value <= MAX_DAYS:
+    value = whole(text)
+    if value is None or not 1 <= value <= MAX_DAYS:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days from 1 to {MAX_DAYS}")
     return value
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from core import feast_repo
-from core.arguments import positive
+from core.arguments import positive, random_seed
 from core.errors import InvalidInput
 from core.settings import Settings
 
@@ -107,7 +107,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", type=Path, help="simulate for a dataset folder's catalog (default: the served one)")
     p.add_argument("--users", type=positive, default=2000)
     p.add_argument("--categories", type=positive, default=48)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=random_seed, default=7)
     p.set_defaults(handler=cmd_build)
     for verb, handler, text in (("apply", cmd_apply, "register feature_repo/ definitions (feast apply)"),
                                 ("materialize", cmd_materialize, "load the online store (feast materialize)")):

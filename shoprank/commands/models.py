@@ -9,6 +9,7 @@ from core.errors import Conflict
 from core.registry import ROLES, ModelRegistry
 from core.settings import Settings
 from online_learning.experiments import served_versions
+from shoprank.commands.train_biencoder import fold_served
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -27,22 +28,29 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_activate(args: argparse.Namespace, settings: Settings) -> int:
-    if args.role != "biencoder":  # a served role: refuse a version that is damaged or does not load
+def _check_servable(settings: Settings, role: str, version: str, action: str) -> None:
+    """Refuse a version that must not be served: for a served role one that is damaged or does not load,
+    for the bi-encoder one trained without a fold of the queries (``--hold-out``, recorded as ``held_out``)."""
+    if role == "biencoder":
+        held_out = ModelRegistry(settings.paths.models).get(role, version).params.get("held_out")
+        if held_out:
+            raise fold_served(held_out, f"{action} biencoder {version}, a model")
+    else:
         from serving.loading import check_loads
 
-        check_loads(settings, args.role, args.version)
+        check_loads(settings, role, version)
+
+
+def cmd_activate(args: argparse.Namespace, settings: Settings) -> int:
+    _check_servable(settings, args.role, args.version, "activate")
     entry = ModelRegistry(settings.paths.models).activate(args.role, args.version)
     print(json.dumps({"role": args.role, "active": entry.version}))
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    def check(version: str) -> None:  # refused like an activation when the earlier version does not load
-        if args.role != "biencoder":
-            from serving.loading import check_loads
-
-            check_loads(settings, args.role, version)
+    def check(version: str) -> None:  # the earlier version is refused as an activation of it would be
+        _check_servable(settings, args.role, version, "roll back to")
 
     entry = ModelRegistry(settings.paths.models).rollback(args.role, check)
     print(json.dumps({"role": args.role, "active": entry.version}))

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.arguments import count, positive, positive_number
+from core.arguments import count, positive, positive_number, random_seed
 from core.errors import InvalidInput, NotFound
 from core.files import write_text_atomic
 from core.registry import ModelRegistry
@@ -201,7 +201,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_precision_argument(p, "auto")
     add_elsewhere_arguments(p, "reranker", "the training examples, the dev sample and the titles",
                             "torch and transformers")
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--seed", type=random_seed, default=13)
     p.add_argument("--limit", type=positive, default=None, help="only the first N training queries")
     p.add_argument("--run-name", type=run_name, default="run", help="work folder name (resumes if it exists)")
     p.add_argument("--work-dir", default=None)
@@ -222,7 +222,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pool-depth", type=positive, default=10, help="first-stage candidates per query in the pool")
     p.add_argument("--ensemble", type=float, default=0.0,
                    help="weight of the active LambdaMART in the distillation target, 0-1 (0: the teacher alone)")
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--seed", type=random_seed, default=13)
     p.add_argument("--limit", type=positive, default=None)
     p.add_argument("--run-name", type=run_name, default="run")
     p.add_argument("--activate", action="store_true")

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from core.arguments import positive, positive_number
+from core.arguments import positive, positive_number, random_seed
 from core.errors import InvalidInput
 from core.registry import ModelRegistry, ModelVersion
 from core.settings import Settings
@@ -32,7 +32,7 @@ from shoprank.commands.training import (
 
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     if args.activate and getattr(args, "hold_out", None) is not None:
-        raise _fold_served(args.hold_out)
+        raise fold_served(args.hold_out)
     work = settings.paths.training(f"biencoder-{args.run_name}")
     outcome = trained(args, settings, work, "biencoder", _train_biencoder_here, needs=("train_summary.json",))
     if outcome is None:  # --export: written, not trained
@@ -42,7 +42,7 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     # fold its training recorded
     held_out = params.get("held_out") or getattr(args, "hold_out", None)
     if args.activate and held_out:  # refused before anything is registered
-        raise _fold_served(held_out)
+        raise fold_served(held_out)
     registry = ModelRegistry(settings.paths.models)
     entry = registry.register("biencoder", work, base_model=base_label(args, summary),
                               training_data=summary.get("data_hash", ""), params=params,
@@ -53,8 +53,9 @@ def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _fold_served(fold: object) -> InvalidInput:
-    return InvalidInput(f"--activate with a model trained without fold {fold} (--hold-out): a fold model only "
+def fold_served(fold: object, action: str = "--activate with a model") -> InvalidInput:
+    """The error for serving a bi-encoder trained without ``fold`` (``action``: what was asked, naming the model)."""
+    return InvalidInput(f"{action} trained without fold {fold} (--hold-out): a fold model only "
                         "builds LambdaMART's training lists; the served bi-encoder is one trained on every query")
 
 
@@ -166,7 +167,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--negatives", type=positive, default=None, metavar="N",
                    help="products mined per query from the first stage's top 30 (default 1; 4 with --distill)")
     p.add_argument("--dev-split", default="dev", help="with --export: queries for the per-epoch dense check ('' none)")
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--seed", type=random_seed, default=13)
     p.add_argument("--limit", type=positive, default=None)
     p.add_argument("--run-name", type=run_name, default="run")
     p.add_argument("--activate", action="store_true")

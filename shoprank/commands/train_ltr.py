@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.arguments import count, positive
+from core.arguments import count, positive, random_seed
 from core.compute import check_scheduler, dask_client
 from core.errors import InvalidInput
 from core.registry import ModelRegistry
@@ -343,7 +343,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
                         "(biencoder:vN, trained with `shoprank train biencoder --hold-out i/K`), so their first-stage "
                         "scores and ranks are a model's on queries it never saw, as when served; the dev lists stay "
                         "the served encoder's")
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--seed", type=random_seed, default=13)
     p.add_argument("--limit", type=positive, default=None)
     p.add_argument("--run-name", type=run_name, default="run")
     p.add_argument("--activate", action="store_true")

@@ -73,3 +73,27 @@ def test_filters_keep_an_attacked_product_where_it_was(bots: int, tmp_path: Path
     assert rank_under(home, engine, cleaned["version"], target) > 40  # and not with them
     reasons = cleaned["filtered"]["excluded_interactions"]
     assert reasons.get("repeat", 0) + reasons.get("anomalous:pair", 0) >= 150
+
+
+def test_the_benchmark_retrains_with_the_served_first_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/click_attack.py retrains as ``shoprank retrain`` does: a model reading the first
+    stage's ranks is retrained on ranks rebuilt by the served first stage (without it: 'skipped')."""
+    from types import SimpleNamespace
+
+    import benchmarks.click_attack as click_attack
+    from core.registry import ServedModel
+
+    names = feature_names(["base", "ranks", "relevance"])
+    engine = SimpleNamespace(featurizer=lambda extra: SimpleNamespace(names=names), hybrid=object(),
+                             ltr=ServedModel("ltr", "v1", SimpleNamespace(names=names)))
+    given = []
+
+    def fake_retrain(settings, featurizer, active, config, first_stage=None):  # type: ignore[no-untyped-def]
+        given.append(first_stage)
+        return {"status": "registered"}
+
+    monkeypatch.setattr(click_attack, "retrain", fake_retrain)
+    for folder in ("models", "features"):
+        (tmp_path / "base" / folder).mkdir(parents=True)
+    click_attack.retrain_on("one_bot", [], tmp_path, SimpleNamespace(dataset=tmp_path), engine, [True])
+    assert given == [engine.hybrid]

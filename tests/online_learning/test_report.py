@@ -357,12 +357,29 @@ def test_interleaving_counts_a_product_clicked_again_once_and_only_the_arms_vers
 
     again = [("u1", "drill", ["c0", "c0", "c0", "t0", "t1"], SERVED)]  # a double click and a return to c0
     other = [("u2", "hose", ["c0"], {"ltr:control": "v1", "ltr:treatment": "v9"})]  # the treatment served v9
-    interleaved_log(tmp_path / "log", again + other)
+    interleaved_log(tmp_path / "log", other + again)  # v9's search first: the searches since are v2's
     result = interleaving(tmp_path / "log", "il", "control", "treatment", versions={"control": "v1",
                                                                                    "treatment": "v2"})
     assert result.wins == {"control": 0, "treatment": 1} and result.ties == 0  # before: 3 clicks to 2, the control
     every = interleaving(tmp_path / "log", "il", "control", "treatment")
     assert every.wins == {"control": 1, "treatment": 1} and every.searches == 2
+
+
+def test_interleaving_counts_only_the_searches_since_the_arms_were_last_served_otherwise(tmp_path: Path) -> None:
+    """An arm pointed elsewhere and back: its searches from before are not the configured version's latest
+    ones (before: the first period's 40 votes for v2 promoted it, its 5 searches since were for the control)."""
+    from online_learning.analysis import interleaving
+    from online_learning.promotion import decide_interleaving
+
+    elsewhere = {"ltr:control": "v1", "ltr:treatment": "v9"}
+    searches = [(f"a{u}", f"q{u}", ["t0"], SERVED) for u in range(40)]  # the treatment served v2
+    searches += [(f"b{u}", f"p{u}", ["c0"], elsewhere) for u in range(40)]  # then v9
+    searches += [(f"c{u}", f"r{u}", ["c0"], SERVED) for u in range(5)]  # then v2 again
+    interleaved_log(tmp_path / "log", searches)
+    result = interleaving(tmp_path / "log", "il", "control", "treatment", versions={"control": "v1",
+                                                                                   "treatment": "v2"})
+    assert result.wins == {"control": 5, "treatment": 0} and result.searches == 5
+    assert decide_interleaving(result, "control", "treatment").action == "continue"
 
 
 def test_arm_names_are_drawn_as_written(tmp_path: Path) -> None:

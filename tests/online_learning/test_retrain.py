@@ -27,19 +27,25 @@ def setup(tmp_path: Path, settings: Settings, real_index, real_encoder):  # type
     return home_settings, engine
 
 
+def served_retrain(settings: Settings, engine, **config) -> dict:  # type: ignore[no-untyped-def]
+    """Retrain as ``shoprank retrain`` does: the served featurizer, active model and first stage."""
+    config.setdefault("min_searches", 100)
+    return retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(**config), engine.hybrid)
+
+
 def test_retrain_registers_once_then_is_up_to_date(setup) -> None:  # type: ignore[no-untyped-def]
     settings, engine = setup
-    first = retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))
+    first = served_retrain(settings, engine)
     assert first["status"] == "registered" and first["version"] == "v1"
     assert first["propensities"][0] == 1.0 and len(first["propensities"]) == 10
     entry = ModelRegistry(settings.paths.models).get("ltr", "v1")
     assert entry.params["data_window"]["until"] and entry.metrics["searches"] == 300
     assert entry.metrics["valid_ips_dcg@10"] > 0
-    assert retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))["status"] == "up to date"
+    assert served_retrain(settings, engine)["status"] == "up to date"
     assert [v.version for v in ModelRegistry(settings.paths.models).versions("ltr")] == ["v1"]
     ModelRegistry(settings.paths.models).delete("ltr", "v1")  # an experiment rejected it
     # its window was learnt: the next run does not learn it again (before: v2, from the log's start)
-    again = retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))
+    again = served_retrain(settings, engine)
     assert again["status"] == "up to date"
 
 
@@ -52,17 +58,17 @@ def test_a_crash_registers_nothing_and_the_rerun_completes(setup, monkeypatch: p
 
     monkeypatch.setattr(LambdaMART, "fit_unbiased", crash)
     with pytest.raises(MemoryError):
-        retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))
+        served_retrain(settings, engine)
     assert ModelRegistry(settings.paths.models).versions("ltr") == []
     monkeypatch.setattr(LambdaMART, "fit_unbiased", real_fit)
-    assert retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))["version"] == "v1"
+    assert served_retrain(settings, engine)["version"] == "v1"
 
 
 def test_one_run_at_a_time(setup) -> None:  # type: ignore[no-untyped-def]
     settings, engine = setup
     with open(settings.home / "retrain.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        result = retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))
+        result = served_retrain(settings, engine)
     assert result == {"status": "skipped", "reason": "another retrain is running"}
 
 
@@ -72,10 +78,10 @@ def test_the_last_searches_wait_for_the_next_run_to_settle(setup) -> None:  # ty
     settings, engine = setup  # 300 searches, a minute apart from 2026-11-01 00:00 UTC
     halfway = pd.Timestamp("2026-11-01T02:29:30+00:00")
     settle = (pd.Timestamp.now(tz="UTC") - halfway).total_seconds() / 60
-    first = retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100, settle_minutes=settle))
+    first = served_retrain(settings, engine, settle_minutes=settle)
     assert first["status"] == "registered" and first["metrics"]["searches"] == 150  # those before 02:29:30
     assert pd.Timestamp(first["window"]["until"]) < halfway
-    second = retrain(settings, engine.featurizer([]), engine.ltr, RetrainConfig(min_searches=100))
+    second = served_retrain(settings, engine)
     assert second["status"] == "registered" and second["metrics"]["searches"] == 150  # the rest, once settled
 
 

@@ -75,6 +75,19 @@ def test_another_querys_hard_negative_that_is_this_querys_product_is_not_a_negat
     assert _batch_loss(embed, batch, 20.0, "cpu").item() < 1e-6  # was log(2) / 2: q2 against its own product
 
 
+def test_a_judged_relevant_product_is_not_a_negative_without_its_own_pair_in_the_batch() -> None:
+    """Before: q1's relevant "title b" came as q2's hard negative and stood as q1's negative, since q1's
+    own pair for it was in another batch."""
+    drill = [t for t in triples(GROUPS, TEXTS, config("all"), seed=1) if t.positive == "title a"]
+    assert drill[0].relevant == {"title a", "title b"}  # the judged list's relevant products, not the pair's
+    batch = [drill[0], Triple("hose", "title d", "title b", "q2")]
+    # columns: title a (q1's positive), title d (q2's), title c (q1's hard negative), title b (q2's)
+    assert false_negatives(batch).tolist() == [[False, False, False, True], [False, False, False, False]]
+    # triples without the judged list (made by hand): the batch's positives only, as before
+    assert false_negatives([Triple("drill", "title a", None, "q1"), batch[1]]).tolist() == [
+        [False, False, False], [False, False, False]]
+
+
 def test_training_queries_are_analyzed_as_the_server_analyzes_them() -> None:
     assert BiEncoderConfig(base_model="unused").queries == "typed"
     analyzer = Analyzer(Vocabulary.build(["Charlotte Pipe 1/2 in. PVC Elbow", "Melnor Brass Garden Hose Nozzle"] * 2))

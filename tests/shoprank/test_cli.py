@@ -551,6 +551,11 @@ def test_commands_with_bad_arguments_or_files_end_in_one_error_line(tmp_path: Pa
         (["evaluate", "--dataset", str(tmp_path), "--mrr-threshold", "nan"], "not a number from 0 to 1"),
         (["evaluate", "--dataset", str(tmp_path), "--recall-threshold", "0"], "'0' is not a number in (0, 1]"),
         (["evaluate", "--dataset", str(tmp_path), "--depth", "5"], "'5' is not a whole number >= 100"),
+        (["evaluate", "--dataset", str(tmp_path), "--depth", "-5"], "'-5' is not a whole number >= 100"),
+        (["train", "ltr", "--dataset", str(demo_dir), "--seed", "-1"], "'-1' is not a seed"),
+        (["train", "biencoder", "--dataset", str(demo_dir), "--seed", str(2**32)], "is not a seed"),
+        (["features", "build", "--seed", "-7"], "'-7' is not a seed"),
+        (["suggestions", "--days", "-1"], "'-1' is not a whole number of days from 1 to 36500"),
     ]:
         code, _, err = run_cli(capsys, *home, *argv)
         assert code == 2 and said in err and "Traceback" not in err, (argv, err)
