@@ -362,7 +362,8 @@ class SearchEngine:
             self.models.features.close()
 
 
-MAX_FETCH = 10_000  # the most first-stage rows a page may read when the rules leave rows out
+MAX_FETCH = 10_000  # the most first-stage rows a page may read when the rules leave rows out (and the deepest
+# rung the hybrid reads its sources to past retrieval.depth: HybridRetriever.read_depth)
 
 
 def rules_path(settings: Settings) -> Path:
@@ -407,7 +408,7 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
               if caches.store is not None else None)
     dense = DenseRetriever(index, encoder, caches.query_vectors, shared)
     hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=executor,
-                             feedback_docs=rs.feedback_docs, feedback_weight=rs.feedback_weight)
+                             feedback_docs=rs.feedback_docs, feedback_weight=rs.feedback_weight, deepest=MAX_FETCH)
     facts = CatalogFacts(index, models.features, refresh_s=sv.facts_refresh_s)
     rules = RulesStage(read_rules(settings), facts, doc_of=index.doc_of)
     stages = _CrossEncoderStages(index, caches, settings)
