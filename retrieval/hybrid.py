@@ -32,6 +32,12 @@ from retrieval.index import ProductIndex
 from retrieval.rrf import fuse
 from retrieval.types import Candidates, Hits
 
+# What the hybrid's list for a query and a ``k`` holds, as this release makes it; one more whenever a release changes
+# the list the same index and settings give (2: the rows past ``depth`` come below the fused list, read at a ladder of
+# depths, fused rank 0). The serving layer names it in the keys of the lists and pages it keeps in the shared store,
+# which holds an earlier release's lists for days.
+LIST_FORMAT = 2
+
 
 class Retriever(Protocol):
     name: str
