@@ -65,7 +65,10 @@ class RetrievalSettings(BaseModel):
                                "towards the mean of the fused top N and searches again (0: off; one more vector "
                                "search per query; retrain LambdaMART after changing it).")
     feedback_weight: float = Field(0.3, gt=0, le=2, description="Weight of the feedback documents' mean vector.")
-    depth: int = Field(1000, ge=1, le=10_000, description="Results taken from each source.")
+    depth: int = Field(1000, ge=1, le=10_000, description="Results taken from each source and fused by RRF. A "
+                       "first stage read deeper (ranking.first_stage_depth above it, a page past it, rows the rules "
+                       "hide) lists the rows only deeper runs find below the fused list (fused rank 0), reading "
+                       "depth x 2, x 4, ... deep: below ranking.first_stage_depth it changes what is served.")
     query_encoder: Literal["onnx", "torch"] = Field(
         "onnx", description="Backend for query embeddings (ONNX measured faster)."
     )

@@ -8,7 +8,9 @@ caller that brings its own candidates); all return
 reciprocal rank fusion and keeps each source's score and rank as columns.
 Asked for more rows than each source's ``depth``, it appends the rows only the
 deeper runs hold below the fused list, so a deeper read never moves the rows a
-shallower one returned (the pages of a search agree at any offset).
+shallower one returned (the pages of a search agree at any offset; with an HNSW
+index, the rows past ``depth`` agree among the reads of one rung of depths,
+:meth:`HybridRetriever.read_depth`).
 
 ``allow`` (a boolean per index row; a request's filters, :mod:`ranking.facts`) makes a
 search one over those products only: each source's run, its ranks and the fused list
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +31,12 @@ from retrieval.encoder import Encoder
 from retrieval.index import ProductIndex
 from retrieval.rrf import fuse
 from retrieval.types import Candidates, Hits
+
+# What the hybrid's list for a query and a ``k`` holds, as this release makes it; one more whenever a release changes
+# the list the same index and settings give (2: the rows past ``depth`` come below the fused list, read at a ladder of
+# depths, fused rank 0). The serving layer names it in the keys of the lists and pages it keeps in the shared store,
+# which holds an earlier release's lists for days.
+LIST_FORMAT = 2
 
 
 class Retriever(Protocol):
@@ -105,13 +114,22 @@ class HybridRetriever:
 
     A search for ``k`` > ``depth`` rows serves the fused list of the ``depth``-deep runs
     first, as a shallower search does; when that holds fewer than ``k`` rows, it reads
-    both sources ``k`` deep and the rows only those deeper runs hold follow, each at
-    its best rank in either run (BM25 first at a tie), with fused score 0
-    (:func:`below_depth`). Fusing the deeper runs instead would give their extra rows
-    RRF credit and reorder the rows above, so pages read at different depths (past
-    ``depth``, or deeper where the rules hide rows) would repeat and skip products.
-    The ``bm25``, ``dense`` and ``rrf`` rank and score columns are those of the
-    ``depth``-deep runs at any ``k``, so a re-ranking stage sees the same rows.
+    both sources deeper and the rows only those deeper runs hold follow, each at its
+    best rank in either run (BM25 first at a tie), with fused score 0 and fused rank 0
+    (not retrieved by the fusion, as :meth:`rank` says of them; :func:`below_depth`).
+    Fusing the deeper runs instead would give their extra rows RRF credit and reorder
+    the rows above, so pages read at different depths (past ``depth``, or deeper where
+    the rules hide rows) would repeat and skip products. The ``bm25``, ``dense`` and
+    ``rrf`` rank and score columns are those of the ``depth``-deep runs at any ``k``,
+    so a re-ranking stage sees the same rows.
+
+    The deeper runs are read at a fixed ladder of depths (:meth:`read_depth`: ``k``
+    rounded up to ``depth`` times a power of two, at most ``deepest``), so searches
+    for any ``k`` on one rung read the same runs and their lists are heads of one list.
+    An exact search (BM25, the flat dense index) gives the same order on every rung; a
+    graph search (HNSW, whose candidate list grows with the depth read) or the fp16
+    scan's refine window may order the rows past ``depth`` a little differently on
+    the next rung.
 
     With an ``executor``, BM25 runs on it while this thread encodes the query and
     searches the vectors (tantivy, ONNX Runtime and FAISS release the GIL): at
@@ -128,11 +146,13 @@ class HybridRetriever:
     name = "hybrid"
 
     def __init__(self, bm25: BM25Retriever, dense: DenseRetriever, rrf_k: int = 60, depth: int = 1000,
-                 executor: Executor | None = None, feedback_docs: int = 0, feedback_weight: float = 0.3) -> None:
+                 executor: Executor | None = None, feedback_docs: int = 0, feedback_weight: float = 0.3,
+                 deepest: int = 10_000) -> None:
         self.index = bm25.index
         self.dense = dense
         self.rrf_k = rrf_k
         self.depth = depth
+        self.deepest = deepest
         self.executor = executor
         self.feedback_docs = feedback_docs
         self.feedback_weight = feedback_weight
@@ -147,10 +167,20 @@ class HybridRetriever:
         short = [i for i, (b, d) in enumerate(zip(bm25_runs, dense_runs))
                  if len(lists[i]) < k and max(len(b), len(d)) >= self.depth]
         if short:
-            _, bm25_deep, dense_deep = self._runs([queries[i] for i in short], k, allow, vectors[short])
+            deep = self.read_depth(k)
+            _, bm25_deep, dense_deep = self._runs([queries[i] for i in short], deep, allow, vectors[short])
             for i, deep_bm25, deep_dense in zip(short, bm25_deep, dense_deep):
                 lists[i] = self._fuse(bm25_runs[i], dense_runs[i], k, [deep_bm25, deep_dense])
         return lists
+
+    def read_depth(self, k: int) -> int:
+        """How deep each source is read for a search of ``k`` rows past ``depth``: the first of ``depth``,
+        ``2 * depth``, ``4 * depth``, ... that holds ``k``, at most ``deepest`` (``k`` itself when it is
+        deeper still). Every ``k`` on one rung reads the same runs, whatever the index kind."""
+        rung = self.depth
+        while rung < k:
+            rung *= 2
+        return max(k, min(rung, self.deepest))
 
     def _runs(self, queries: Sequence[str], depth: int, allow: np.ndarray | None = None,
               vectors: np.ndarray | None = None) -> tuple[np.ndarray, list[Hits], list[Hits]]:
@@ -179,8 +209,9 @@ class HybridRetriever:
 
     def rank(self, query: str, docs: Sequence[int]) -> Candidates:
         """``docs`` as the served first stage sees them: ordered by their rank in the fused list
-        that :meth:`search` serves (``depth`` deep), the ones it does not retrieve after them
-        (fused score 0, ordered by RRF over their own BM25 and dense scores); the ``bm25``,
+        of the ``depth``-deep runs (the ranks :meth:`search` gives them at any ``k``), the ones it
+        does not hold after them (fused score and rank 0, as :meth:`search` lists a row only deeper
+        runs find; ordered by RRF over their own BM25 and dense scores); the ``bm25``,
         ``dense`` and ``rrf`` rank columns are the served runs' ranks (0: not retrieved there), so
         rank features and the first stage's agreement mean what they mean in a served list,
         not a product's place among the given few. Scores are exact for every product."""
@@ -190,7 +221,7 @@ class HybridRetriever:
         (vector,), (bm25_run,), (dense_run,) = self._runs([query], self.depth)
         bm25 = self.index.bm25.score(query, docs)
         dense = self.index.dense.score(vector, docs)
-        served = fuse({"bm25": bm25_run, "dense": dense_run}, self.rrf_k, limit=self.depth)
+        served = fuse({"bm25": bm25_run, "dense": dense_run}, self.rrf_k)  # all of it: search(k > depth) serves it
         fused, fused_ranks = served.lookup(docs)
         _, own_ranks = fuse({"bm25": Hits.ranked(docs, bm25), "dense": Hits.ranked(docs, dense)},
                             self.rrf_k).lookup(docs)
@@ -208,16 +239,22 @@ class HybridRetriever:
         only the ``deeper`` runs hold (:func:`below_depth`)."""
         runs = {"bm25": bm25, "dense": dense}
         fused = fuse(runs, self.rrf_k, limit=k)
-        if deeper and len(fused) < k:
-            below = below_depth(deeper, fused.docs)[: k - len(fused)]
-            fused = Hits.of(np.concatenate([fused.docs, below]), np.concatenate([fused.scores, np.zeros(len(below))]))
-        return self.index.candidates(fused, "rrf", runs)
+        if not deeper or len(fused) >= k:
+            return self.index.candidates(fused, "rrf", runs)
+        retrieved = len(fused)
+        below = below_depth(deeper, fused.docs)[: k - retrieved]
+        fused = Hits.of(np.concatenate([fused.docs, below]), np.concatenate([fused.scores, np.zeros(len(below))]))
+        listed = self.index.candidates(fused, "rrf", runs)
+        ranks = listed.ranks["rrf"].copy()
+        ranks[retrieved:] = 0  # the rows below the fused list: not retrieved by the fusion (rank 0, as rank() says)
+        return replace(listed, ranks={**listed.ranks, "rrf": ranks})
 
 
 def below_depth(runs: Sequence[Hits], above: np.ndarray) -> np.ndarray:
     """The docs of ``runs`` not in ``above``, each at its best rank in any run (ties: the earlier run
-    first). A doc's place depends only on its own ranks, never on how deep the runs go: runs read
-    deeper give the same docs in the same order, and more after them."""
+    first). A doc's place depends only on its own ranks, never on how deep the runs go: exact runs
+    read deeper give the same docs in the same order, and more after them (an approximate search's
+    deeper runs may order them otherwise: :meth:`HybridRetriever.read_depth`)."""
     parts = [run for run in runs if len(run)]
     if not parts:
         return np.zeros(0, dtype=np.int64)

@@ -35,7 +35,7 @@ from ranking.score_backends import open_score_store
 from ranking.score_store import ScoreStore
 from retrieval.analyzer import Analyzer
 from retrieval.encoder import Encoder
-from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever, Retriever
+from retrieval.hybrid import LIST_FORMAT, BM25Retriever, DenseRetriever, HybridRetriever, Retriever
 from retrieval.index import ProductIndex
 from retrieval.memo import MemoizedRetriever
 from retrieval.types import Candidates
@@ -307,11 +307,12 @@ class SearchEngine:
         index by name (not path, so every process and replica reads the same keys) and build (what its row
         numbers mean), its catalog, the settings, and the facts it was worked out from: the live product
         updates they hold (the change feed's position, the same in every process) and a digest of them
-        (stock, price and the rest, from the catalog and the store, whether a feed is followed or not)."""
+        (stock, price and the rest, from the catalog and the store, whether a feed is followed or not); and
+        the release's first-stage list format (``retrieval.hybrid.LIST_FORMAT``)."""
         position, digest = (self.facts.position, self.facts.digest) if self.facts is not None else (None, "")
         manifest = self.index.manifest
         return "\x1f".join([self.settings.store_name, self.index.key_name, manifest.build, manifest.catalog_hash,
-                            self.results_scope, str(position), digest])
+                            self.results_scope, f"lists-{LIST_FORMAT}", str(position), digest])
 
     def explain(self, query: Query, candidates: Candidates, ltr: str | None = None,
                 analysis: Analysis | None = None) -> list[dict[str, float]] | None:
@@ -362,7 +363,8 @@ class SearchEngine:
             self.models.features.close()
 
 
-MAX_FETCH = 10_000  # the most first-stage rows a page may read when the rules leave rows out
+MAX_FETCH = 10_000  # the most first-stage rows a page may read when the rules leave rows out (and the deepest
+# rung the hybrid reads its sources to past retrieval.depth: HybridRetriever.read_depth)
 
 
 def rules_path(settings: Settings) -> Path:
@@ -407,7 +409,7 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
               if caches.store is not None else None)
     dense = DenseRetriever(index, encoder, caches.query_vectors, shared)
     hybrid = HybridRetriever(bm25, dense, rrf_k=rs.rrf_k, depth=rs.depth, executor=executor,
-                             feedback_docs=rs.feedback_docs, feedback_weight=rs.feedback_weight)
+                             feedback_docs=rs.feedback_docs, feedback_weight=rs.feedback_weight, deepest=MAX_FETCH)
     facts = CatalogFacts(index, models.features, refresh_s=sv.facts_refresh_s)
     rules = RulesStage(read_rules(settings), facts, doc_of=index.doc_of)
     stages = _CrossEncoderStages(index, caches, settings)
@@ -439,10 +441,11 @@ def _memoized(hybrid: HybridRetriever, index: ProductIndex, encoder: Encoder, ca
 
     def scope() -> str:  # what a first-stage list depends on besides the query and its depth
         # the index by name and build, not by path (ProductIndex.key_name); a list holds row numbers, so it names
-        # what they mean (Manifest.build: new when a build, a compaction or a write renumbers or adds rows)
+        # what they mean (Manifest.build: new when a build, a compaction or a write renumbers or adds rows), and what
+        # this release's lists hold (LIST_FORMAT), as the store keeps an earlier release's for score_store_ttl_days
         manifest = index.manifest
         return (f"{index.key_name}\x1f{manifest.build}\x1f{manifest.catalog_hash}\x1f{manifest.rows}"
-                f"\x1f{encoder.fingerprint}\x1f{retrieval}")
+                f"\x1f{encoder.fingerprint}\x1f{retrieval}\x1flists-{LIST_FORMAT}")
 
     return MemoizedRetriever(hybrid, scope, caches.first_stage, shared_lists)
 

@@ -186,3 +186,25 @@ def test_a_build_for_rows_an_index_write_changed_since_is_not_served() -> None:
     with facts._lock:
         facts._install(early)
     assert facts._table.key == 1  # the older rows' facts stay out
+
+
+def test_the_digest_names_what_a_search_page_reads_and_comes_with_the_build() -> None:
+    """The digest (in a shared result page's key) is worked out while the facts are built, in the background
+    rebuild, not by the first search after it; it changes with what a search page reads (category, brand,
+    price, stock, promotion) and not with popularity, which only listings and shelves read, so a purchase
+    does not end the sharing of pages."""
+    def digest(**changes: Any) -> str:
+        products = PRODUCTS.assign(popularity=[5, 0, 2, 1], promoted=[0, 1, 0, 0])
+        for column, (row, value) in changes.items():
+            products[column] = products[column].astype(object)
+            products.loc[row, column] = value
+        facts = CatalogFacts(index(products), None)  # type: ignore[arg-type]
+        facts.refresh()
+        assert "digest" in vars(facts._table)  # a field of the build, nothing left to work out on a search
+        return facts.digest
+
+    same = digest()
+    assert digest() == same and digest(popularity=(1, 9)) == same
+    changed = [digest(category=(2, "paint")), digest(brand=(3, "bolt")), digest(price=(0, 11.0)),
+               digest(in_stock=(0, False)), digest(promoted=(2, 1)), digest(category=(0, None))]
+    assert len({same, *changed}) == 1 + len(changed)

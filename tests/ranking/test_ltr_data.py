@@ -253,3 +253,31 @@ def test_a_cross_encoder_score_in_training_follows_the_served_rank_not_the_place
         assert (rows[served_top, 0] == 1.0).all() and np.isnan(rows[~served_top, 0]).all()
     finally:
         engine.close()
+
+
+def test_a_row_below_the_fused_list_gets_the_features_rank_gives_it(fake_index: ProductIndex) -> None:
+    """A row the first stage lists below its fused list (only a deeper read found it) has no fused rank:
+    LambdaMART's ``rank_rrf`` puts it below every fused row and no cross-encoder score is filled in for it,
+    in a served list as for the same product given to ``rank`` (a training list's rows), not its place."""
+    from ranking.features import LtrFeaturizer
+    from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
+    from tests.fakes import HashingEncoder
+
+    class Ones:
+        def score(self, query: str, titles: list[str]) -> np.ndarray:
+            return np.ones(len(titles), np.float32)
+
+    encoder = HashingEncoder()
+    hybrid = HybridRetriever(BM25Retriever(fake_index), DenseRetriever(fake_index, encoder), depth=20)
+    listed = hybrid.search("cordless drill", 120)
+    ranked = hybrid.rank("cordless drill", listed.docs)
+    place = {doc: i for i, doc in enumerate(ranked.docs.tolist())}
+    given = ranked.take(np.array([place[doc] for doc in listed.docs.tolist()]))  # the same rows, from rank()
+    featurizer = LtrFeaturizer(fake_index, lambda text: encoder.encode([text])[0], None, ["student", "rank_rrf"],
+                               student=Ones(), student_depth=100)
+    served, trained = featurizer(Query("cordless drill"), listed), featurizer(Query("cordless drill"), given)
+    np.testing.assert_array_equal(served, trained)
+    below = listed.scores["rrf"] == 0
+    assert below[:100].any() and not below[:20].any()  # rows past the fused list within the student's depth
+    assert np.isinf(served[below, 1]).all() and np.isnan(served[below, 0]).all()
+    assert (served[~below, 1] > 0).all() and (served[:20, 0] == 1.0).all()

@@ -133,6 +133,28 @@ def test_a_deeper_hybrid_search_appends_rows_below_the_ones_a_shallower_one_retu
             assert deepest.ranks["bm25"].max() <= 20 and deepest.ranks["dense"].max() <= 20  # of the served runs
 
 
+def test_rows_below_the_fused_list_have_the_fused_rank_rank_gives_them(  # type: ignore[no-untyped-def]
+        tmp_path: Path, settings: Settings, demo_products) -> None:
+    """A row listed below the fused list (only a deeper run found it) was not retrieved by the fusion: fused
+    score and rank 0, as :meth:`HybridRetriever.rank` gives the same product (a rank of its place there would
+    make it look fused, as high as any fused row, in LambdaMART's ``rank_rrf``)."""
+    encoder = HashingEncoder()
+    index = ProductIndex.build(tmp_path / "index", demo_products, encoder, settings.retrieval,
+                               EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim), progress=False)
+    hybrid = HybridRetriever(BM25Retriever(index), DenseRetriever(index, encoder), depth=20)
+    listed = hybrid.search("cordless drill", 200)
+    below = listed.scores["rrf"] == 0
+    fused = int((~below).sum())
+    assert 20 <= fused < 200 and not below[:fused].any()  # the fused list, then the rows only deeper runs hold
+    assert listed.ranks["rrf"].tolist() == [*range(1, fused + 1), *[0] * (200 - fused)]
+    ranked = hybrid.rank("cordless drill", listed.docs)
+    place = {doc: i for i, doc in enumerate(ranked.docs.tolist())}
+    same = ranked.take(np.array([place[doc] for doc in listed.docs.tolist()]))
+    for name in ("bm25", "dense", "rrf"):
+        assert np.array_equal(same.ranks[name], listed.ranks[name])
+    assert np.array_equal(same.scores["rrf"], listed.scores["rrf"])
+
+
 def test_dense_feedback_reaches_products_worded_like_the_first_results(tmp_path: Path, settings: Settings) -> None:
     rows = [("a", "cordless drill"), ("b", "cordless drill lithium battery pack"), ("c", "lithium battery pack"),
             ("d", "garden hose")]

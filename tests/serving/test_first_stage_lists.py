@@ -112,3 +112,27 @@ def test_a_list_is_never_read_against_rows_numbered_anew(tmp_path: Path, setting
     reordered = ProductIndex.build(index.path, catalog(ROWS[::-1]), encoder, settings.retrieval, cache,
                                    progress=False)
     assert reordered.doc_of("e") == 0 and scope(reordered) not in (before, scope(compacted))
+
+
+def test_a_release_that_changes_what_a_list_holds_reads_other_keys(tmp_path: Path, settings: Settings,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store keeps lists for ``score_store_ttl_days``, across an upgrade: a release whose lists differ for the
+    same index and settings (another ``LIST_FORMAT``) reads other keys, for lists and result pages, so no process
+    serves a list or a page the earlier release made."""
+    import serving.engine
+    from retrieval.hybrid import LIST_FORMAT
+
+    index, encoder, _ = build(tmp_path, settings, ROWS)
+
+    def scopes() -> tuple[str, str]:
+        engine = assemble(index, encoder, settings)
+        try:
+            return engine.pipeline("hybrid").first.scope(), engine.page_scope()  # type: ignore[attr-defined]
+        finally:
+            engine.close()
+
+    now = scopes()
+    assert now == scopes()  # the same release: the same keys
+    monkeypatch.setattr(serving.engine, "LIST_FORMAT", LIST_FORMAT - 1)
+    earlier = scopes()
+    assert earlier[0] != now[0] and earlier[1] != now[1]

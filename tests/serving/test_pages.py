@@ -39,3 +39,33 @@ def test_pages_walked_one_at_a_time_are_one_list_past_every_read_depth(
             assert walked[95:145] == engine.search(query, 50, offset=95).candidates.product_ids
     finally:
         engine.close()
+
+
+def test_pages_on_one_rung_of_read_depths_are_one_list_with_an_hnsw_index(
+        tmp_path: Path, settings: Settings, demo_products: pd.DataFrame) -> None:
+    """A graph search finds more of the nearest products the deeper it reads (its candidate list grows with the
+    depth), so the rows past ``retrieval.depth`` come in another order at another read depth. The first stage
+    reads them at a ladder of depths (``retrieval.depth`` times a power of two): every page whose read lands on
+    one rung shows a part of one list (before, each page read its own depth: repeats and gaps)."""
+    retrieval = settings.retrieval.model_copy(update={
+        "depth": 30, "dense_index": "hnsw", "hnsw_m": 4, "hnsw_ef_construction": 8, "hnsw_ef_search": 8})  # rough
+    ranking = settings.ranking.model_copy(update={"first_stage_depth": 20, "rerank_depth": 20})
+    home = settings.model_copy(update={"home": tmp_path, "retrieval": retrieval, "ranking": ranking})
+    encoder = HashingEncoder()
+    index = ProductIndex.build(tmp_path / "index", demo_products, encoder, retrieval,
+                               EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim), progress=False)
+    assert index.dense.kind == "hnsw"
+    engine = assemble(index, encoder, home)
+    try:
+        assert [engine.hybrid.read_depth(k) for k in (31, 60, 61, 120, 121, 9_000, 12_000)] == [
+            60, 60, 120, 120, 240, 10_000, 12_000]  # at most MAX_FETCH, but never short of k
+        for query in ("cordless drill", "paint", "led light bulb"):
+            head = engine.search(query, 30).candidates.product_ids  # the fused list of the 30-deep runs
+            rung = engine.search(query, 120).candidates.product_ids  # rows 61..120 all read 120 deep
+            walked = [p for offset in range(0, 120, 10) for p in engine.search(query, 10, offset=offset).candidates
+                      .product_ids]
+            assert walked[:30] == head == rung[:30]
+            assert walked[60:] == rung[60:] and len(set(rung)) == 120
+            assert engine.search(query, 45, offset=70).candidates.product_ids == rung[70:115]
+    finally:
+        engine.close()
