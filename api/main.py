@@ -23,6 +23,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import ClientDisconnect
 
 from api import errors
 from api.admission import Admission, default_shed_at
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 access = logging.getLogger("shoprank.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+CLIENT_CLOSED = 499  # the status logged for a client that closed its connection before its request arrived (nginx's)
 
 
 Loader = Callable[[Settings, Served | None], Served]
@@ -164,15 +166,18 @@ async def _request_context(request: Request, call_next: Callable[[Request], Awai
     connection = _connection(request)
     balance.enter(connection)
     try:
-        problem = None
-        oversized = await errors.read_body(request, state.settings.api.max_body_bytes)
-        if not oversized and request.method in ("POST", "PUT", "PATCH") and \
+        problem, response = None, None
+        try:
+            oversized = await errors.read_body(request, state.settings.api.max_body_bytes)
+        except ClientDisconnect:  # gone before its body arrived: nothing to answer, but logged and counted
+            oversized, response = None, Response(status_code=CLIENT_CLOSED)
+        if response is None and not oversized and request.method in ("POST", "PUT", "PATCH") and \
                 "json" in request.headers.get("content-type", ""):
             problem = errors.lone_surrogate(await request.body())
         try:
-            if oversized:
+            if response is None and oversized:
                 response = errors.too_large(request, oversized)
-            else:
+            elif response is None:
                 response = errors.invalid(request, problem) if problem else await call_next(request)
         except Exception:  # a fault no handler maps: a JSON 500 that is counted and logged like any answer
             logger.exception("request %s failed", request.state.request_id)

@@ -139,8 +139,9 @@ class KeyStore:
             return {}
         try:
             return parse_keys(self.path.read_bytes())
-        except ValueError as error:
-            raise NotReady(f"the key file {self.path} cannot be read: {error}; no API key can be checked until it "
+        except (ValueError, OSError) as error:  # OSError: not this process's to read (root's 0600), a link loop
+            reason = error.strerror if isinstance(error, OSError) else error
+            raise NotReady(f"the key file {self.path} cannot be read: {reason}; no API key can be checked until it "
                            "is fixed or restored (`shoprank keys list` reads it)", retry_after=10.0) from None
 
     def keys(self) -> list[ApiKey]:
@@ -150,6 +151,9 @@ class KeyStore:
             stamp = (stat.st_mtime_ns, stat.st_size)
         except FileNotFoundError:
             stamp = None
+        except OSError as error:
+            raise NotReady(f"the key file {self.path} cannot be read: {error.strerror}; no API key can be checked "
+                           "until it is fixed", retry_after=10.0) from None
         with self._lock:
             if stamp != self._stamp:
                 self._keys, self._stamp = (self._read() if stamp else {}), stamp

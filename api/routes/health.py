@@ -23,8 +23,9 @@ router = APIRouter(tags=["health"])
 NOT_READY_RETRY_S = 2  # as a route's 503 while its store loads (NotReady)
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health,
-                  summary="Liveness: the process answers")
+# HEAD answers as GET does (monitors probe with it); each method its own operation id in the OpenAPI document
+@router.head("/healthz", include_in_schema=False, response_model=None)
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
 async def healthz(request: Request) -> Health:
     settings = request.app.state.settings
     served = {"cross_encoder_precision": served_precision(settings)}  # ranking.precision, auto resolved here
@@ -39,9 +40,9 @@ def _state(holder: ServedHolder) -> str:
     return f"failed: {holder.error}" if holder.error else "ready"
 
 
-@router.api_route("/readyz", methods=["GET", "HEAD"], response_model=Health,
-                  summary="Readiness: index and models loaded",
-                  responses={503: {"model": Health, "description": "Loading, or failed to load; Retry-After"}})
+@router.head("/readyz", include_in_schema=False, response_model=None)
+@router.get("/readyz", response_model=Health, summary="Readiness: index and models loaded",
+            responses={503: {"model": Health, "description": "Loading, or failed to load; Retry-After"}})
 async def readyz(request: Request) -> Health | JSONResponse:
     """Ready when the default store is loaded and every other store finished loading (a store
     that failed is named in ``stores`` and answers 503 itself; the others serve)."""

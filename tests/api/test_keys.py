@@ -157,6 +157,11 @@ def test_a_key_file_that_cannot_be_read_is_a_503_naming_it(tmp_path: Path,
             message = answer.json()["message"]
             assert answer.status_code == 503 and int(answer.headers["Retry-After"]) >= 1, (text, message)
             assert str(served.paths.keys) in message and what in message, message
+        served.paths.keys.unlink()
+        served.paths.keys.symlink_to(served.paths.keys)  # a file no read gets through (as root's 0600 is to others)
+        answer = client.post("/v1/events", json=event, headers=auth(key))  # before: a 500
+        assert answer.status_code == 503 and str(served.paths.keys) in answer.json()["message"], answer.text
+        served.paths.keys.unlink()
         newer = [{**record, "expires": None} for record in json.loads(good)]  # a field a newer version added
         served.paths.keys.write_text(json.dumps(newer))
         assert client.post("/v1/events", json=event, headers=auth(key)).status_code == 202

@@ -152,6 +152,9 @@ def test_probes_and_openapi(client: TestClient) -> None:
 
 def test_openapi_lists_every_status_a_route_answers(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
+    ids = [operation["operationId"] for path in paths.values() for operation in path.values()]
+    assert len(ids) == len(set(ids))  # one id per operation: clients are generated from them
+    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code in (200, 503)
     events = {"/v1/events", "/v1/stores/{store}/events"}
     for path in events:  # a failing spool disk, an unknown store, an unreadable body, a rate limit
         assert {"404", "422", "429", "503"} <= set(paths[path]["post"]["responses"]), path
@@ -779,3 +782,25 @@ def test_a_shelf_puts_out_of_stock_products_last_whatever_its_length(tmp_path) -
         short, long = shelf(10), shelf(40)
         assert all(i["in_stock"] for i in short)  # before: ten out-of-stock drills, 19 in-stock ones unseen
         assert [i["product_id"] for i in long[:10]] == [i["product_id"] for i in short]
+
+
+def test_a_client_gone_before_its_body_arrived_is_answered_and_counted(client: TestClient) -> None:
+    """The middleware reads every body: a disconnect while it reads is logged like any request, not raised."""
+    import asyncio
+
+    app, sent = client.app, []
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "path": "/v1/events", "raw_path": b"/v1/events", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000), "scheme": "http"}
+    parts = iter([{"type": "http.request", "body": b'[{"type"', "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive() -> dict:
+        return next(parts, {"type": "http.disconnect"})
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))  # before: starlette's ClientDisconnect out of the application
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    assert 'route="/v1/events",status="499"' in client.get("/metrics").text
