@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def write_experiment_log(root: Path, searches: int = 800) -> None:
+def write_experiment_log(root: Path, searches: int = 800, earlier: int = 0) -> None:
+    """``searches`` searches, half each arm; the treatment's first ``earlier`` ones served by v9, the rest by v2."""
     rng = random.Random(0)
     sink = ParquetLogSink(root)
     batch = []
@@ -37,7 +38,7 @@ def write_experiment_log(root: Path, searches: int = 800) -> None:
         batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
             event_id=request, request_id=request, timestamp=when, user_id=f"u{i}", query="drill",
             pipeline="full", experiment="nb-test", arm=arm, latency_ms=rng.uniform(20, 40),
-            models={"ltr": "v2" if arm == "treatment" else "v1"},
+            models={"ltr": ("v9" if i < earlier else "v2") if arm == "treatment" else "v1"},
             items=[ShownItem(product_id=f"p{j}", position=j + 1) for j in range(5)])))
         if rng.random() < (0.3 if arm == "treatment" else 0.2):
             batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
@@ -58,6 +59,15 @@ def test_ab_review_notebook_executes(tmp_path: Path, monkeypatch: pytest.MonkeyP
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "800 searches" in outputs
+    # the treatment served by v9 before v2: only the searches since its last one count, as in `shoprank promote`
+    write_experiment_log(tmp_path / "log2", earlier=200)
+    monkeypatch.setenv("SHOPRANK_LOG_ROOT", str(tmp_path / "log2"))
+    monkeypatch.setenv("SHOPRANK_VERSIONS", '{"control": "v1", "treatment": "v2"}')
+    notebook = nbformat.read(ROOT / "notebooks" / "ab_review.ipynb", as_version=4)
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+    client.execute()
+    outputs = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "600 searches" in outputs  # those after v9's last (search 199), both arms
     assert any(word in outputs for word in ("promote", "continue", "reject"))
 
 
