@@ -135,10 +135,10 @@ class KeyStore:
             tmp.replace(self.path)
 
     def _read(self) -> dict[str, ApiKey]:
-        if not self.path.is_file():
-            return {}
-        try:
+        try:  # no file: no key yet; anything else in its place (a folder a container mounted) cannot be read
             return parse_keys(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
         except (ValueError, OSError) as error:  # OSError: not this process's to read (root's 0600), a link loop
             reason = error.strerror if isinstance(error, OSError) else error
             raise NotReady(f"the key file {self.path} cannot be read: {reason}; no API key can be checked until it "

@@ -148,7 +148,7 @@ def served_since_change(rows: pd.DataFrame, versions: dict[str, str]) -> pd.Data
     if rows.empty:
         return rows
     kept = _served_mask(rows, versions)
-    served, other = rows[kept], rows[~kept]
+    served, other = rows[kept], rows[~kept & rows["arm"].isin([*versions, "interleaved"]).to_numpy()]
     return served[served["timestamp"] > other["timestamp"].max()] if len(other) else served
 
 

@@ -162,6 +162,10 @@ def test_a_key_file_that_cannot_be_read_is_a_503_naming_it(tmp_path: Path,
         answer = client.post("/v1/events", json=event, headers=auth(key))  # before: a 500
         assert answer.status_code == 503 and str(served.paths.keys) in answer.json()["message"], answer.text
         served.paths.keys.unlink()
+        served.paths.keys.mkdir()  # what a container mounts where its file is missing
+        answer = client.post("/v1/events", json=event, headers=auth(key))  # before: 401, "unknown or revoked"
+        assert answer.status_code == 503 and str(served.paths.keys) in answer.json()["message"], answer.text
+        served.paths.keys.rmdir()
         newer = [{**record, "expires": None} for record in json.loads(good)]  # a field a newer version added
         served.paths.keys.write_text(json.dumps(newer))
         assert client.post("/v1/events", json=event, headers=auth(key)).status_code == 202

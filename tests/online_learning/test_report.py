@@ -382,6 +382,23 @@ def test_interleaving_counts_only_the_searches_since_the_arms_were_last_served_o
     assert decide_interleaving(result, "control", "treatment").action == "continue"
 
 
+def test_an_arm_the_versions_do_not_name_leaves_the_others_searches() -> None:
+    """The notebook names the arms it reviews: a third arm's searches, all the while, are no change of version."""
+    import pandas as pd
+
+    from online_learning.analysis import served_since_change
+
+    rows = pd.DataFrame({"arm": ["control", "treatment", "t2"] * 3,
+                         "models": ['{"ltr": "v1"}', '{"ltr": "v2"}', '{"ltr": "v7"}'] * 3,
+                         "timestamp": pd.date_range("2026-11-01", periods=9, freq="min", tz="UTC")})
+    kept = served_since_change(rows, {"control": "v1", "treatment": "v2"})
+    assert kept["arm"].tolist() == ["control", "treatment"] * 3  # before: none
+    moved = rows.assign(models=['{"ltr": "v1"}', '{"ltr": "v9"}', '{"ltr": "v7"}'] + ['{"ltr": "v1"}',
+                                                                                       '{"ltr": "v2"}',
+                                                                                       '{"ltr": "v7"}'] * 2)
+    assert served_since_change(moved, {"control": "v1", "treatment": "v2"})["timestamp"].min() == rows["timestamp"][3]
+
+
 def test_arm_names_are_drawn_as_written(tmp_path: Path) -> None:
     """Matplotlib reads text between two ``$`` as math: an arm named ``t_$5_$`` failed the whole report."""
     from online_learning.analysis import InterleavingResult
