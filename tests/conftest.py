@@ -72,10 +72,21 @@ def real_index(settings: Settings, demo_products: pd.DataFrame, real_encoder) ->
 @pytest.fixture()
 def env_home(monkeypatch: pytest.MonkeyPatch, settings: Settings, real_encoder) -> Path:  # type: ignore[no-untyped-def]
     """The session's home as the CLI sees it (``SHOPRANK_HOME``), with the real encoder exported."""
-    monkeypatch.setenv("SHOPRANK_HOME", str(settings.home))
+    yield from _cli_sees(monkeypatch, settings.home)
+
+
+@pytest.fixture()
+def cli_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:  # type: ignore[misc]
+    """An empty artifact home of the test's own as the CLI sees it (``SHOPRANK_HOME``)."""
+    yield from _cli_sees(monkeypatch, tmp_path / "home")
+
+
+def _cli_sees(monkeypatch: pytest.MonkeyPatch, home: Path):  # type: ignore[no-untyped-def]
+    """``home`` as ``SHOPRANK_HOME``, no progress bars, and the settings read again before and after."""
+    monkeypatch.setenv("SHOPRANK_HOME", str(home))
     monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
     get_settings.cache_clear()
-    yield settings.home
+    yield home
     get_settings.cache_clear()
 
 

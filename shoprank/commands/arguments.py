@@ -6,7 +6,6 @@ trainers use too."""
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from core.arguments import number, whole, whole_at_least
@@ -29,14 +28,6 @@ def fraction(text: str) -> float:
     value = share(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1]")
-    return value
-
-
-def weight(text: str) -> float:
-    """argparse type for a loss weight: a finite number above 0."""
-    value = number(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
     return value
 
 
@@ -90,14 +81,6 @@ def in_file(text: str) -> str:
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is not a file" + (" (a folder)" if Path(text).is_dir() else ""))
     return text
-
-
-def non_negative(text: str) -> float:
-    """argparse type for a duration that may be none: a finite number >= 0."""
-    value = number(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
-    return value
 
 
 def timestamp(text: str) -> str:

@@ -11,9 +11,9 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from core.arguments import non_negative_number
 from core.errors import InvalidInput
 from core.settings import Settings
-from shoprank.commands.arguments import non_negative
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
@@ -135,7 +135,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "(the log sink and the streaming feature consumer take them as live events)")
     p.add_argument("--batch", type=int, default=50_000, help="events per write (default 50000; the log keeps a "
                    "file per hour of event time per write)")
-    p.add_argument("--drain-s", type=non_negative, default=300.0, help="--publish: how long to wait for the spool to "
+    p.add_argument("--drain-s", type=non_negative_number, default=300.0, help="--publish: how long to wait for the spool to "
                    "ship (default 300)")
     p.set_defaults(handler=cmd_import)
 

@@ -8,10 +8,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.arguments import positive
+from core.arguments import non_negative_number, positive
 from core.errors import Conflict, InvalidInput, NotFound, NotReady
 from core.settings import Settings
-from shoprank.commands.arguments import days, non_negative, out_file, timestamp
+from shoprank.commands.arguments import days, out_file, timestamp
 
 if TYPE_CHECKING:
     from online_learning.consumers.streaming_features import StreamingFeatures
@@ -407,7 +407,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since", type=timestamp, default=None, help="ISO 8601 (default: the end of the last retrain's "
                    "window)")
     p.add_argument("--until", type=timestamp, default=None, help="ISO 8601 (default: --settle-minutes ago)")
-    p.add_argument("--settle-minutes", type=non_negative, default=60.0, help="without --until, leave the last "
+    p.add_argument("--settle-minutes", type=non_negative_number, default=60.0, help="without --until, leave the last "
                    "MINUTES of searches to the next run, so their late clicks and purchases are in (default 60)")
     p.add_argument("--min-searches", type=positive, default=200)
     p.add_argument("--no-filter", action="store_true",

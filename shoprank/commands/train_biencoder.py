@@ -20,7 +20,7 @@ from evaluation.dataset import EvalDataset, load_dataset
 from ranking.training.biencoder import TeacherScores
 from ranking.training.data import Group, add_precision_argument
 from retrieval.encoder import BUNDLED
-from shoprank.commands.arguments import fold, run_name, share, weight
+from shoprank.commands.arguments import fold, run_name, share
 from shoprank.commands.training import (
     add_elsewhere_arguments,
     base_label,
@@ -159,7 +159,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--hold-out", type=fold, default=None, metavar="I/K",
                    help="leave fold I of K of the split's queries out (cross-fitting: `shoprank train ltr "
                         "--fold-encoders` builds that fold's LambdaMART lists with this model)")
-    p.add_argument("--distill", type=weight, default=None, metavar="W",
+    p.add_argument("--distill", type=positive_number, default=None, metavar="W",
                    help="learn from the teacher cross-encoder too: mined negatives it scores like a relevant "
                         "product are dropped, and the margins of each positive over its negative learn to "
                         "correlate with the teacher's, with weight W (try 1)")

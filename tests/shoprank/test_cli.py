@@ -451,7 +451,7 @@ def test_reranker_exported_trained_elsewhere_and_registered(fresh_home: Path, de
     assert json.loads(capsys.readouterr().out)["teacher_margins"] > 0
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "biencoder", "--dataset", str(demo_dir), "--distill", "0"])
-    assert exit_info.value.code == 2 and "'0' is not a number above 0" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "'0' is not a number > 0" in capsys.readouterr().err
     for bad, message in ((["--no-hard-negatives"], "cannot be used with --no-hard-negatives"),
                          (["--teacher", "v7"], "reranker version 'v7' is not registered")):
         code, _, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--distill", "1", *bad)

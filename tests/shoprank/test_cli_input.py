@@ -18,12 +18,8 @@ from tests.helpers import run_cli
 
 
 @pytest.fixture()
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
-    get_settings.cache_clear()
-    yield tmp_path / "home"
-    get_settings.cache_clear()
+def home(cli_home: Path) -> Path:
+    return cli_home
 
 
 def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

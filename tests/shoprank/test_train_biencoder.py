@@ -8,17 +8,13 @@ from pathlib import Path
 import pytest
 
 from core.registry import ModelRegistry
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from tests.helpers import run_cli
 
 
 @pytest.fixture()
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
-    get_settings.cache_clear()
-    yield tmp_path / "home"
-    get_settings.cache_clear()
+def home(cli_home: Path) -> Path:
+    return cli_home
 
 
 def test_a_fold_model_trained_elsewhere_is_registered_never_served(home: Path, tmp_path: Path,
