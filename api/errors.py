@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
 import re
 import sys
 
@@ -20,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from core.errors import ShopRankError, Unauthorized
+from core.errors import Overloaded, ShopRankError, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -213,10 +215,35 @@ def route_of(request: Request) -> str | None:
                  if request.method in methods and pattern.match(request.url.path)), None)
 
 
+class OverloadLog:
+    """At most one warning a ``every`` seconds for searches refused under overload, with how many were refused
+    since the last: a line per refusal would flood the log when it matters most to read it (``/metrics``
+    counts each one, as a 503 of its route)."""
+
+    def __init__(self, every: float = 1.0, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+        self.every, self.clock = every, clock
+        self._lock = threading.Lock()
+        self._last, self._refused = -math.inf, 0
+
+    def refused(self, exc: Overloaded) -> None:
+        with self._lock:
+            self._refused += 1
+            now = self.clock()
+            if now - self._last < self.every:
+                return
+            count, self._refused, self._last = self._refused, 0, now
+        logger.warning("%d search(es) refused under overload since the last line: %s", count, exc.message)
+
+
+_overloads = OverloadLog()
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ShopRankError)
     async def _service_error(request: Request, exc: ShopRankError) -> JSONResponse:
-        if exc.http_status >= 500:
+        if isinstance(exc, Overloaded):
+            _overloads.refused(exc)
+        elif exc.http_status >= 500:
             logger.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc.message)
         retry_after = getattr(exc, "retry_after", None)
         headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {}

@@ -381,3 +381,20 @@ def test_searches_over_max_in_flight_wait_at_most_their_budget_and_probes_still_
     assert {a.status_code for a in answers} == {409, 503} and len(refused) > 20  # before: all 48 ranked in turn
     assert refused[0].json()["error"] == "overloaded" and refused[0].headers["Retry-After"] == "1"
     assert "serving.max_in_flight" in refused[0].json()["message"]
+
+
+def test_searches_refused_under_overload_are_logged_once_a_second_with_their_count(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from api.errors import OverloadLog
+    from core.errors import Overloaded
+
+    now = [100.0]
+    log = OverloadLog(every=1.0, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="api.errors"):
+        for _ in range(5):  # before: an ERROR line each
+            log.refused(Overloaded("at capacity"))
+        now[0] += 1.5
+        for _ in range(3):
+            log.refused(Overloaded("at capacity"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "api.errors"]
+    assert len(lines) == 2 and lines[0].startswith("1 search(es)") and lines[1].startswith("5 search(es)")
