@@ -34,7 +34,6 @@ both stay, and a key revoked anywhere stays revoked whoever pushes next.
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import json
 import logging
@@ -49,7 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from core.errors import Conflict, InvalidInput, NotReady
-from core.files import write_text_atomic
+from core.files import holding, write_text_atomic
 from core.keys import KeyStore
 from core.registry import VERSION, ModelRegistry, file_digest
 
@@ -168,13 +167,8 @@ class ArtifactStore:
     def _transfer(self) -> Iterator[None]:
         """One push or pull of this home at a time, across processes (a server's workers all pull into it
         at start and on every poll): held on ``<home>/.artifacts.lock``."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.home / LOCK, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with holding(self.home / LOCK):
+            yield
 
     def _local_files(self, patterns: Iterable[str]) -> list[Path]:
         files: set[Path] = set()

@@ -52,12 +52,19 @@ def write_text_atomic(path: Path, text: str | bytes | None, durable: bool = Fals
 
 @contextmanager
 def exclusive(path: Path) -> Iterator[None]:
-    """Hold the lock of ``path`` (``fcntl.flock`` on ``<path>.lock`` beside it), waiting while another process
-    or thread holds it: for a change that reads a file, decides and writes it back, so that a change made by
-    another in between is not overwritten unseen. Each writer must take it; readers need not (the file is
-    written whole, :func:`write_text_atomic`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.with_name(f"{path.name}.lock").open("a") as handle:
+    """Hold the lock of ``path`` (:func:`holding` ``<path>.lock`` beside it): for a change that reads a file,
+    decides and writes it back, so that a change made by another in between is not overwritten unseen. Each
+    writer must take it; readers need not (the file is written whole, :func:`write_text_atomic`)."""
+    with holding(path.with_name(f"{path.name}.lock")):
+        yield
+
+
+@contextmanager
+def holding(lock_file: Path) -> Iterator[None]:
+    """Hold ``fcntl.flock`` on ``lock_file`` (made, with its folder, if missing), waiting while another process
+    or thread holds it."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

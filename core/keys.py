@@ -18,7 +18,6 @@ left out, so a file written by a newer version still reads.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import json
@@ -33,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core.errors import InvalidInput, NotFound, NotReady
+from core.files import holding
 
 SCOPES = ("search", "events", "admin")
 MAX_STORE_CHARS = 64  # a store's name
@@ -121,9 +121,7 @@ class KeyStore:
 
     @contextmanager
     def _writing(self) -> Iterator[dict[str, ApiKey]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with holding(self.path.with_suffix(".lock")):
             keys = self._read()
             yield keys
             text = _dump(keys)

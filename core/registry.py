@@ -18,21 +18,21 @@ kept for a rollback; a removed version's name is never given to another model.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from core.errors import Conflict, InvalidInput, NotFound
+from core.files import holding
 
 logger = logging.getLogger(__name__)
 
@@ -111,16 +111,8 @@ class ModelRegistry:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    @contextmanager
-    def _lock(self, role: str) -> Iterator[None]:
-        folder = self.root / role
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / ".lock").open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _lock(self, role: str) -> AbstractContextManager[None]:
+        return holding(self.root / role / ".lock")
 
     def _next_version(self, role: str) -> str:
         names = [p.name for p in (self.root / role).glob("v*")] + [d["version"] for d in self.deleted(role)]
