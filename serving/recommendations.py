@@ -38,7 +38,7 @@ from retrieval.index import ProductIndex
 from retrieval.rrf import fuse
 from retrieval.types import Candidates, Hits
 from serving.engine import SearchEngine
-from serving.suggestions import file_state
+from serving.suggestions import DAMAGED, file_state
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def together_table(path: Path) -> dict[str, dict[str, list[Neighbour]]]:
                 logger.warning("products bought and viewed together %s could not be read (%s); the shelves fill "
                                "from similar and popular products", path, error)
                 return {name: {} for name in SIGNALS}
-            except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as error:
+            except DAMAGED as error:
                 logger.warning("products bought and viewed together %s are not readable (%s: %s); the shelves "
                                "fill from similar and popular products until `shoprank recommendations` writes it "
                                "again", path, type(error).__name__, error)

@@ -41,13 +41,17 @@ def file_state(path: Path) -> tuple[int, int]:
     return stat.st_mtime_ns, stat.st_size
 
 
+# what reading a JSON file of a nightly job raises when a write was cut short or another version wrote it
+DAMAGED = (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError)
+
+
 def read_searched(path: Path) -> dict[str, int]:
     """The searched texts and their shoppers in ``path`` (none when it does not exist)."""
     if not path.is_file():
         return {}
     try:  # a file that does not read leaves the catalog's phrases
         return {str(text): int(n) for text, n in json.loads(path.read_text())["searches"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as error:
+    except (OSError, *DAMAGED) as error:
         logger.warning("searched texts %s are not readable (%s: %s); suggesting catalog phrases only until "
                        "`shoprank suggestions` writes it again", path, type(error).__name__, error)
         return {}
