@@ -95,6 +95,10 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.profile) < 2:
         parser.error("give at least two --profile NAME SHOPRANK_X=Y ... (the first is the baseline)")
+    names = [name for name, *_ in args.profile]
+    if len(set(names)) < len(names):  # one report per name: a repeated one would replace the other
+        parser.error(f"profile names repeat ({', '.join(sorted({n for n in names if names.count(n) > 1}))}): "
+                     "give each --profile its own NAME")
     for needed in ("models", "indexes", "world", "features"):
         if not (args.home / needed).exists():
             raise SystemExit(f"{args.home} has no {needed}/: run benchmarks/learning_loop.py first")

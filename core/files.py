@@ -1,9 +1,11 @@
 """Files written whole: a reader (another process, a replica's pull) sees the old file or the new one; and
-one change of a file at a time across processes (:func:`exclusive`)."""
+one change of a file at a time across processes (:func:`exclusive`). JSON written for other tools is strict
+(:func:`finite`)."""
 
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -12,6 +14,19 @@ from pathlib import Path
 
 _UMASK = os.umask(0o022)  # read once: the process's mask for new files
 os.umask(_UMASK)
+
+
+def finite(value: object) -> object:
+    """``value`` with every float that is not a number (NaN, infinite) as None, in dicts, lists and tuples
+    at any depth: strict JSON (``json.dumps(..., allow_nan=False)``), which other tools parse; a metric of
+    no query, or a latency of no search, is null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def fsync_path(path: Path) -> None:

@@ -3,8 +3,8 @@
 - ``products.csv``: product_id, title, optional description (a catalog; see
   :mod:`retrieval.catalog`).
 - ``queries.csv``: query_id, query, optional split.
-- ``judgments.csv``: query_id, product_id, grade (non-negative integer); other
-  columns are ignored.
+- ``judgments.csv``: query_id, product_id, grade (a whole number from 0 to
+  :data:`MAX_GRADE`); other columns are ignored.
 
 Any folder in this format works; nothing here is specific to one dataset.
 """
@@ -23,6 +23,8 @@ from core.errors import InvalidInput, NotFound
 from retrieval.catalog import read_catalog
 
 logger = logging.getLogger(__name__)
+
+MAX_GRADE = 2**31 - 1  # a grade past it would wrap round as a 64-bit integer's gain and sum
 
 
 @dataclass
@@ -75,11 +77,12 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
 
 def _grades(frame: pd.DataFrame, path: Path) -> pd.Series:
     numeric = pd.to_numeric(frame["grade"], errors="coerce")
-    bad = numeric.isna() | (numeric < 0) | (numeric % 1 != 0)
+    bad = numeric.isna() | (numeric < 0) | (numeric % 1 != 0) | (numeric > MAX_GRADE)
     if bad.any():
         row = int(bad.to_numpy().argmax())
         raise InvalidInput(
-            f"{path} row {row + 1}, column 'grade': {frame['grade'].iat[row]!r} is not a non-negative integer"
+            f"{path} row {row + 1}, column 'grade': {frame['grade'].iat[row]!r} is not a whole number from 0 to "
+            f"{MAX_GRADE}"
         )
     return numeric.astype(int)
 

@@ -3,7 +3,9 @@
 Two modes (see ``docs/models.md``, *Evaluation*):
 
 - ``rerank``: each query's judged products are the candidates; the pipeline
-  only orders them. Queries with fewer than 2 judged products or a single
+  only orders them. They are handed over in an order drawn per query (seeded
+  by its id), so products a pipeline scores alike land in a random order, not
+  the catalog's. Queries with fewer than 2 judged products or a single
   distinct grade carry no signal and are skipped (counted).
 - ``retrieval``: the pipeline searches the whole catalog, ``depth`` (1,000)
   deep. Recall@100/@1000 count products with grade >= ceil(0.6 * max grade);
@@ -26,8 +28,12 @@ two pipelines can be compared query by query (``evaluation.compare``).
 from __future__ import annotations
 
 import json
+import math
+import random
 import statistics
 import time
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,6 +42,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core.errors import InvalidInput
+from core.files import finite
 from evaluation.dataset import EvalDataset
 from evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
 from evaluation.subsets import subset_ids
@@ -76,7 +83,7 @@ class EvalResult:
         paired comparison with another run (``shoprank compare``): another encoder, setting or model."""
         payload = {"result": self.to_json(), "per_query": self.per_query, "label": label or self.pipeline}
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload))
+        path.write_text(json.dumps(finite(payload), allow_nan=False))  # a metric of no query: null, read as NaN
 
     @classmethod
     def load(cls, path: Path) -> EvalResult:
@@ -92,7 +99,7 @@ class EvalResult:
                 raise ValueError("per_query is not metric -> {query id: value}")
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise InvalidInput(f"{path} is not a result saved by 'shoprank evaluate --save' ({err})") from err
-        metrics = {k: data.pop(k) for k in list(data) if k in per_query}
+        metrics = {k: math.nan if (v := data.pop(k)) is None else v for k in list(data) if k in per_query}
         return cls(**fixed, metrics=metrics, latency_ms=latency, details=data, per_query=per_query)
 
 
@@ -141,7 +148,7 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
             skipped += 1
             continue
         if mode == "rerank":
-            docs = sorted(d for d in (index.doc_of(p) for p in grades) if d is not None)
+            docs = given_order(qid, (index.doc_of(p) for p in grades))
             started = time.perf_counter()
             ranked = pipeline.rank(query, docs).product_ids
         else:
@@ -160,6 +167,16 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
                       queries=len(per_query["ndcg@10"]), skipped=skipped, metrics=metrics,
                       latency_ms=_percentiles(latency), details=details, subset=subset,
                       per_query=per_query)
+
+
+def given_order(qid: str, docs: Iterable[int | None]) -> list[int]:
+    """The judged products of query ``qid`` in the order rerank mode hands them to a pipeline: shuffled by a
+    generator seeded with the query's id, the same at every run. A ranker that scores some of them alike keeps
+    them in the order given (a stable sort), so the order given must not be the catalog's: BM25 scores every
+    product 0 on a query none of whose words it knows, and the catalog's order then decides the metric."""
+    ordered = sorted(d for d in docs if d is not None)
+    random.Random(zlib.crc32(qid.encode())).shuffle(ordered)
+    return ordered
 
 
 def _scorable(mode: Mode, grades: dict[str, int]) -> bool:

@@ -49,13 +49,14 @@ class ArmStats:
 
     def summary(self) -> dict[str, float]:
         n = max(1, self.searches)
-        lat = np.asarray(self.latency_ms or [np.nan])
+        lat = np.asarray(self.latency_ms, dtype=float)
+        lat = lat[np.isfinite(lat)]
+        p50, p95 = np.percentile(lat, [50, 95]) if len(lat) else (np.nan, np.nan)  # none: null in the report
         return {"searches": self.searches, "ctr": round(self.clicks / n, 4), "cart_rate": round(self.carts / n, 4),
                 "purchase_rate": round(self.purchases / n, 4), "revenue": round(self.revenue, 2),
                 "true_ndcg@10": round(float(np.mean(self.true_ndcg or [np.nan])), 4),
                 "judged_ndcg@10": round(float(np.mean(self.judged_ndcg or [np.nan])), 4),
-                "latency_p50_ms": round(float(np.nanpercentile(lat, 50)), 1),
-                "latency_p95_ms": round(float(np.nanpercentile(lat, 95)), 1)}
+                "latency_p50_ms": round(float(p50), 1), "latency_p95_ms": round(float(p95), 1)}
 
 
 class TrafficSimulator:

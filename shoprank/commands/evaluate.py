@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from core.arguments import positive
+from core.files import finite
 from core.settings import Settings
 from shoprank.commands.arguments import at_least_100, fraction, out_file
 
@@ -43,7 +43,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         results[0].save(args.save)
     if len(results) == 1:
         if args.json:
-            print(json.dumps(_finite(results[0].to_json())))
+            print(json.dumps(finite(results[0].to_json())))
         else:
             for key, value in results[0].to_json().items():
                 print(f"{key:>16}: {value}")
@@ -64,23 +64,12 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _finite(value: object) -> object:
-    """``value`` with every NaN or infinite number as null: JSON has no NaN (a metric of no query)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def print_comparison(first, second, comparison, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     from evaluation.compare import LEVEL, RESAMPLES
 
     paired = comparison["ndcg@10"].n if "ndcg@10" in comparison else first.queries
     if as_json:
-        print(json.dumps(_finite({"first": first.to_json(), "second": second.to_json(),
+        print(json.dumps(finite({"first": first.to_json(), "second": second.to_json(),
                                   "comparison": {metric: c.to_json() for metric, c in comparison.items()},
                                   "subset": first.subset, "queries": paired})))
         return

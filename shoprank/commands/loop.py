@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.arguments import non_negative_number, positive
+from core.arguments import count, non_negative_number, positive, random_seed
 from core.errors import Conflict, InvalidInput, NotFound, NotReady
+from core.files import finite
 from core.settings import Settings
 from shoprank.commands.arguments import days, out_file, timestamp
 
@@ -81,8 +81,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     report = simulator.run(args.sessions, args.concurrency, start=args.start, progress=settings.progress,
                            attack=attack)
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: v for k, v in report.items() if k != "sessions_detail"}, indent=2))
+        Path(args.out).write_text(json.dumps(finite(report), indent=2, allow_nan=False))
+    print(json.dumps(finite({k: v for k, v in report.items() if k != "sessions_detail"}), indent=2, allow_nan=False))
     return 0
 
 
@@ -243,17 +243,6 @@ def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def finite(value: object) -> object:
-    """``value`` with every float that is not a number (NaN, infinite) as None: strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from online_learning.analysis import (
         compare_arms,
@@ -392,15 +381,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-url", default="http://127.0.0.1:8000")
     p.add_argument("--dataset", required=True, type=Path)
     p.add_argument("--split", default="train", choices=("train", "dev"))
-    p.add_argument("--sessions", type=int, default=1000)
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--start", type=int, default=0, help="first session number (continue a run)")
+    p.add_argument("--sessions", type=positive, default=1000)
+    p.add_argument("--concurrency", type=positive, default=4)
+    p.add_argument("--seed", type=random_seed, default=0)
+    p.add_argument("--start", type=count, default=0, help="first session number (continue a run)")
     p.add_argument("--out", type=out_file, default=None)
     p.add_argument("--attack-product", default=None, help="SIMULATED attack: bots click this product id ...")
     p.add_argument("--attack-query", action="append", default=[], help="... for this query (repeat for several)")
-    p.add_argument("--attack-bots", type=int, default=1, help="bot users sharing the attack (1, or a swarm)")
-    p.add_argument("--attack-searches", type=int, default=300, help="attack searches in all")
+    p.add_argument("--attack-bots", type=positive, default=1, help="bot users sharing the attack (1, or a swarm)")
+    p.add_argument("--attack-searches", type=count, default=300, help="attack searches in all")
     p.set_defaults(handler=cmd_simulate)
 
     p = sub.add_parser("retrain", help="train and register a LambdaMART candidate from logged traffic")

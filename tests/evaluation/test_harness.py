@@ -11,7 +11,7 @@ import pytest
 
 from core.errors import InvalidInput
 from evaluation.dataset import load_dataset
-from evaluation.harness import Thresholds, evaluate
+from evaluation.harness import EvalResult, Thresholds, evaluate, given_order
 from retrieval.index import ProductIndex
 from retrieval.types import Candidates, Hits
 
@@ -90,6 +90,53 @@ def test_rerank_mode_skips_queries_without_signal(dataset) -> None:  # type: ign
     assert result.metrics["mrr@10"] == pytest.approx(round(1 / 3, 4))  # p0 (8 >= 6) at rank 3
 
 
+class Tied:
+    """A pipeline that scores every product alike: it keeps the order it is given (a stable sort)."""
+
+    name = "tied"
+
+    def __init__(self, index: FakeIndex) -> None:
+        self.index = index
+        self.given: list[list[int]] = []
+
+    def rank(self, query: str, docs: Sequence[int]) -> Candidates:
+        self.given.append(list(docs))
+        hits = Hits.ranked(docs, [0.0] * len(docs))
+        return Candidates.from_hits(hits, self.name, [self.index.product_id(int(d)) for d in hits.docs])
+
+
+def test_rerank_mode_hands_over_judged_products_in_an_order_drawn_per_query(tmp_path: Path) -> None:
+    """A ranker that cannot tell the products apart scores what chance gives, not what the catalog's order
+    gives: listed in catalog order, q1's best product came first and the tie scored NDCG 1."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    pd.DataFrame({"product_id": [f"p{i}" for i in range(12)], "title": [f"t{i}" for i in range(12)]}).to_csv(
+        folder / "products.csv", index=False)
+    pd.DataFrame({"query_id": ["q1"], "query": ["a"], "split": ["dev"]}).to_csv(folder / "queries.csv", index=False)
+    pd.DataFrame({"query_id": ["q1"] * 12, "product_id": [f"p{i}" for i in range(12)],
+                  "grade": [8] + [0] * 11}).to_csv(folder / "judgments.csv", index=False)
+    index = FakeIndex([f"p{i}" for i in range(12)])
+    pipe = Tied(index)
+    first = evaluate(load_dataset(folder), index, pipe, "tied", "rerank", progress=False)  # type: ignore[arg-type]
+    again = evaluate(load_dataset(folder), index, pipe, "tied", "rerank", progress=False)  # type: ignore[arg-type]
+    assert pipe.given[0] == given_order("q1", range(12)) == pipe.given[1]  # the same at every run
+    assert sorted(pipe.given[0]) == list(range(12)) and pipe.given[0] != list(range(12))
+    assert first.metrics == again.metrics and first.metrics["mrr@10"] < 1.0
+
+
+def test_a_metric_of_no_query_is_saved_as_null_and_read_as_nan(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A split with no query at the recall grade has no recall: NaN, which strict JSON readers refuse."""
+    index = FakeIndex([f"p{i}" for i in range(6)])
+    pipe = Scripted(index, {"d": ["p0"]})  # type: ignore[arg-type]
+    result = evaluate(dataset, index, pipe, "scripted", "retrieval", split="train",  # type: ignore[arg-type]
+                      progress=False)
+    assert math.isnan(result.metrics["recall@100"])
+    result.save(tmp_path / "r.json")
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text
+    assert math.isnan(EvalResult.load(tmp_path / "r.json").metrics["recall@100"])
+
+
 def test_retrieval_mode_condensed_ndcg_and_recall(dataset) -> None:  # type: ignore[no-untyped-def]
     index = FakeIndex([f"p{i}" for i in range(6)])
     lists = {"a": ["p5", "p1", "p4", "p0"], "b": ["p0", "p1", "p2"], "c": ["p4"]}
@@ -117,11 +164,16 @@ def test_retrieval_mode_condensed_ndcg_and_recall(dataset) -> None:  # type: ign
 def test_bad_grades_are_named(tmp_path: Path) -> None:
     folder = write_dataset(tmp_path / "ds")
     (folder / "judgments.csv").write_text("query_id,product_id,grade\nq1,p0,8\nq1,p1,-1\n")
-    with pytest.raises(InvalidInput, match=r"judgments.csv row 2, column 'grade': '-1' is not a non-negative integer"):
+    with pytest.raises(InvalidInput, match=r"judgments.csv row 2, column 'grade': '-1' is not a whole number from 0 "
+                                           r"to 2147483647"):
         load_dataset(folder)
     (folder / "judgments.csv").write_text("query_id,product_id,grade\nq1,p0,2.5\n")
-    with pytest.raises(InvalidInput, match=r"'2.5' is not a non-negative integer"):
+    with pytest.raises(InvalidInput, match=r"'2.5' is not a whole number from 0"):
         load_dataset(folder)
+    for huge in ("1e20", "9223372036854775808"):  # past 64 bits they had wrapped round to a negative grade
+        (folder / "judgments.csv").write_text(f"query_id,product_id,grade\nq1,p0,8\nq1,p1,{huge}\n")
+        with pytest.raises(InvalidInput, match=rf"row 2, column 'grade': '{huge}' is not a whole number from 0"):
+            load_dataset(folder)
     (folder / "judgments.csv").write_text("query_id,product_id,grade\nq1,p0,3\nq1,p1,1\nq1,p0,0\n")
     with pytest.raises(InvalidInput, match=r"judges query 'q1' and product 'p0' 2 times \(grades \[3, 0\]\)"):
         load_dataset(folder)

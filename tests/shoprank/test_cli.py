@@ -556,6 +556,13 @@ def test_commands_with_bad_arguments_or_files_end_in_one_error_line(tmp_path: Pa
         (["train", "biencoder", "--dataset", str(demo_dir), "--seed", str(2**32)], "is not a seed"),
         (["features", "build", "--seed", "-7"], "'-7' is not a seed"),
         (["suggestions", "--days", "-1"], "'-1' is not a whole number of days from 1 to 36500"),
+        (["simulate", "--dataset", str(demo_dir), "--concurrency", "0"], "'0' is not a whole number >= 1"),
+        (["simulate", "--dataset", str(demo_dir), "--sessions", "0"], "'0' is not a whole number >= 1"),
+        (["simulate", "--dataset", str(demo_dir), "--start", "-3"], "'-3' is not a whole number >= 0"),
+        (["simulate", "--dataset", str(demo_dir), "--seed", "-1"], "'-1' is not a seed"),
+        (["simulate", "--dataset", str(demo_dir), "--attack-product", "p1", "--attack-query", "x",
+          "--attack-bots", "0"], "'0' is not a whole number >= 1"),
+        (["simulate", "--dataset", str(demo_dir), "--attack-searches", "-1"], "'-1' is not a whole number >= 0"),
     ]:
         code, _, err = run_cli(capsys, *home, *argv)
         assert code == 2 and said in err and "Traceback" not in err, (argv, err)
