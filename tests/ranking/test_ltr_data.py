@@ -281,3 +281,39 @@ def test_a_row_below_the_fused_list_gets_the_features_rank_gives_it(fake_index: 
     assert below[:100].any() and not below[:20].any()  # rows past the fused list within the student's depth
     assert np.isinf(served[below, 1]).all() and np.isnan(served[below, 0]).all()
     assert (served[~below, 1] > 0).all() and (served[:20, 0] == 1.0).all()
+
+
+def test_the_teacher_scores_in_training_the_rows_it_scores_behind_a_deeper_student(fake_index: ProductIndex) -> None:
+    """Served behind a student that scores deeper than it, the teacher scores the top ``teacher_depth`` of the
+    student's order, not of the first stage's: a training list (its rows in another order) gets teacher scores
+    for the same rows, or LambdaMART learns from teacher scores of rows serving never gives it."""
+    from ranking.cascade import Cascade, ScoreStage
+    from ranking.features import LtrFeaturizer
+    from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
+    from tests.fakes import HashingEncoder
+
+    encoder = HashingEncoder()
+    hybrid = HybridRetriever(BM25Retriever(fake_index), DenseRetriever(fake_index, encoder), depth=60)
+    listed = hybrid.search("cordless drill", 60)
+    deep_first = {fake_index.title(int(d)): float(i) for i, d in enumerate(listed.docs)}  # the student likes deep rows
+
+    class Student:
+        def score(self, query: str, titles: list[str]) -> np.ndarray:
+            return np.array([deep_first[t] for t in titles], np.float32)
+
+    class Ones:
+        def score(self, query: str, titles: list[str]) -> np.ndarray:
+            return np.ones(len(titles), np.float32)
+
+    student = ScoreStage("student", lambda text, docs, deadline: Student().score(
+        text, [fake_index.title(int(d)) for d in docs]), 30)
+    teacher = ScoreStage("teacher", lambda text, docs, deadline: np.ones(len(docs), np.float32), 10)
+    served = Cascade("cascade", hybrid, [student, teacher], first_stage_depth=60).search("cordless drill", 60)
+    served_teacher = set(served.docs[~np.isnan(served.scores["teacher"])].tolist())
+
+    shuffled = listed.take(np.random.default_rng(0).permutation(len(listed)))  # a training list's own order
+    featurizer = LtrFeaturizer(fake_index, lambda text: encoder.encode([text])[0], None, ["teacher"],
+                               student=Student(), teacher=Ones(), student_depth=30, teacher_depth=10)
+    trained = featurizer(Query("cordless drill"), shuffled)[:, 0]
+    assert served_teacher != set(listed.docs[:10].tolist())  # not the first stage's top 10
+    assert set(shuffled.docs[~np.isnan(trained)].tolist()) == served_teacher
