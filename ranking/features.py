@@ -28,7 +28,6 @@ import numpy as np
 
 from core.feature_store import FeatureBatch
 from core.query import Query
-from ranking.cascade import rerank_head
 from ranking.lambdamart import BASE_FEATURES
 from ranking.relevance import RELEVANCE_FEATURES, CatalogText, relevance_features
 from retrieval.index import ProductIndex
@@ -100,10 +99,11 @@ class LtrFeaturizer:
         names: The model's features (see the module docstring for the groups).
         student, teacher: ``score(query, titles)`` of the served cross-encoders;
             used only for rows a cascade stage did not score already, among the
-            rows each scores when served: the first stage's top ``student_depth``,
-            and the top ``teacher_depth`` of the order the student leaves (the first
-            stage's when no student is served); the other rows are NaN, as
-            LambdaMART sees them in serving.
+            rows each scores when served, by served rank (a training list's rows
+            keep theirs): the first stage's top ``student_depth``, and the top
+            ``teacher_depth`` of the order the student leaves (the first stage's
+            when no student is served); the other rows are NaN, as LambdaMART sees
+            them in serving.
     """
 
     index: ProductIndex
@@ -142,23 +142,26 @@ class LtrFeaturizer:
         return (rank > 0) & (rank <= self.student_depth)
 
     def _teacher_rows(self, candidates: Candidates, student: np.ndarray) -> np.ndarray:
-        """The rows the served teacher scores: the top ``teacher_depth`` of the order it is given, the
-        first stage's (by served rank) with the student's top ``student_depth`` re-ordered by the
-        student's score when a student is served before it (:func:`ranking.cascade.rerank_head`, as
-        the cascade does). With a student deeper than the teacher, those are not the first stage's
-        top rows. No depth set: every row."""
+        """The rows the served teacher scores: the top ``teacher_depth`` of the order it is given, counted in
+        served ranks. That order is the first stage's, with the rows it ranks within ``student_depth``
+        re-ordered by the student's score when a student is served before it (as
+        :func:`ranking.cascade.rerank_head` re-orders the cascade's head): those rows take the ranks they
+        hold, in the student's order; every other row keeps its own. A training list holds only some served
+        rows (sampled negatives, judged products retrieved deep), so served ranks, not places in the list, say
+        which rows are scored, and a row served below both depths never is; where the list lacks some of the
+        student's rows, it cannot tell where the student put them, and its own fill the ranks they hold. With
+        a student deeper than the teacher, those are not the first stage's top rows. No depth set: every row."""
         if self.teacher_depth is None:
             return np.ones(len(candidates), dtype=bool)
         rank = first_stage_rank(candidates)
-        listed = np.flatnonzero(rank > 0)
-        listed = listed[np.argsort(rank[listed], kind="stable")]  # the served order
-        # the row positions as the documents of a list, so the order a stage leaves names the rows
-        order = Candidates(listed, [candidates.product_ids[i] for i in listed], "first", {}, {})
+        slot = rank.copy()
         if self.student_depth and np.isfinite(student).any():  # a student is served before the teacher
-            order = rerank_head(order, self.student_depth, "student", student[listed[:self.student_depth]])
-        rows = np.zeros(len(candidates), dtype=bool)
-        rows[order.docs[:self.teacher_depth]] = True
-        return rows
+            head = np.flatnonzero((rank > 0) & (rank <= self.student_depth))
+            head = head[np.argsort(rank[head], kind="stable")]  # the served order
+            # the row positions as the documents of a list, so the order the student leaves names the rows
+            order = Candidates(head, [candidates.product_ids[i] for i in head], "first", {}, {})
+            slot[order.reorder("student", student[head]).docs] = rank[head]
+        return (slot > 0) & (slot <= self.teacher_depth)
 
     def _bm25(self, query: Query, candidates: Candidates) -> np.ndarray:
         """Each candidate's BM25 score: the first stage's where its BM25 run holds the row (the
