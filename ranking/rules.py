@@ -18,7 +18,8 @@ In order:
    others (in stock first still).
 6. **Pins and buries** per query: pinned products go first in their order (``pin_at``: each at
    its place), found by the first stage or not (a pin adds the product to the list when it is indexed and
-   matches the request's filters; an out-of-stock one too); buried ones go to the end. A search sorted
+   matches the request's filters; out of stock, it keeps its place with ``out_of_stock: demote``, noted
+   pinned only, and is not shown with ``hide``); buried ones go to the end. A search sorted
    by price applies neither (its order is the prices'). A query's ``redirect``
    (a page of the store) is returned with its results (``SearchResponse.redirect``).
    A query's rule may hold from a ``start`` until an ``end`` (a sale's weekend).

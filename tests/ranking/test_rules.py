@@ -245,7 +245,8 @@ def test_a_place_past_the_rules_depth_is_kept() -> None:
 def test_a_price_order_applies_no_pin_or_bury_and_a_pinned_product_out_of_stock_is_noted_pinned_only() -> None:
     """A search sorted by price re-sorts the rules' rows by price: a pin's or a bury's place would not hold, so
     neither moves a row nor notes one there (the query's hide still holds). A pinned product out of stock is
-    shown at its pin's place: its note says pinned, not demoted."""
+    shown at its pin's place with ``out_of_stock: demote`` (its note says pinned, not demoted), and not shown
+    with ``hide``."""
     n = 6
     facts = ProductFacts(np.array(["tools"] * n, dtype=object), np.array([None] * n, dtype=object),
                          np.arange(n, dtype=float), np.array([1, 1, 0, 1, 1, 1], dtype=float), np.zeros(n),
@@ -261,3 +262,6 @@ def test_a_price_order_applies_no_pin_or_bury_and_a_pinned_product_out_of_stock_
     pinned = RulesStage(RulesConfig(out_of_stock="demote", promo_boost=0, queries={"drill": QueryRule(pin=["p2"])}),
                         lambda c: facts.take(c.docs), depth=n)(Query("drill"), candidates)
     assert pinned.candidates.product_ids[0] == "p2" and pinned.notes == {"p2": ["pinned(1)"]}
+    hidden = RulesStage(RulesConfig(out_of_stock="hide", promo_boost=0, queries={"drill": QueryRule(pin=["p2"])}),
+                        lambda c: facts.take(c.docs), depth=n)(Query("drill"), candidates)
+    assert "p2" not in hidden.candidates.product_ids and hidden.notes == {}
