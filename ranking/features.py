@@ -99,8 +99,11 @@ class LtrFeaturizer:
         names: The model's features (see the module docstring for the groups).
         student, teacher: ``score(query, titles)`` of the served cross-encoders;
             used only for rows a cascade stage did not score already, among the
-            first ``student_depth`` / ``teacher_depth`` rows (the depth each serves
-            at; rows below it are NaN, as LambdaMART sees them in serving).
+            rows each scores when served, by served rank (a training list's rows
+            keep theirs): the first stage's top ``student_depth``, and the top
+            ``teacher_depth`` of the order the student leaves (the first stage's
+            when no student is served); the other rows are NaN, as LambdaMART sees
+            them in serving.
     """
 
     index: ProductIndex
@@ -117,16 +120,48 @@ class LtrFeaturizer:
         return store_features(self.names)
 
     def _model_scores(self, stage: str, scorer: object | None, query: str, candidates: Candidates,
-                      depth: int | None) -> np.ndarray:
+                      served: Callable[[], np.ndarray]) -> np.ndarray:
+        """``stage``'s column of ``candidates``, with ``scorer`` filling in the rows it lacks among those
+        the served stage scores (``served()``: their mask, worked out only when a row lacks a score)."""
         scores = np.asarray(candidates.scores.get(stage, np.full(len(candidates), np.nan)), dtype=np.float32).copy()
         missing = np.isnan(scores)
-        if depth is not None:  # the rows the served cascade scores: the first stage's top ``depth``, by served rank
-            rank = first_stage_rank(candidates)
-            missing &= (rank > 0) & (rank <= depth)
-        if scorer is not None and missing.any():
+        if scorer is None or not missing.any():
+            return scores
+        missing &= served()
+        if missing.any():
             titles = [self.index.title(int(d)) for d in candidates.docs[missing]]
             scores[missing] = scorer.score(query, titles)  # type: ignore[attr-defined]
         return scores
+
+    def _student_rows(self, candidates: Candidates) -> np.ndarray:
+        """The rows the served student scores: the first stage's top ``student_depth``, by served rank
+        (no depth set: every row)."""
+        if self.student_depth is None:
+            return np.ones(len(candidates), dtype=bool)
+        rank = first_stage_rank(candidates)
+        return (rank > 0) & (rank <= self.student_depth)
+
+    def _teacher_rows(self, candidates: Candidates, student: np.ndarray) -> np.ndarray:
+        """The rows the served teacher scores: the top ``teacher_depth`` of the order it is given, counted in
+        served ranks. That order is the first stage's, with the rows it ranks within ``student_depth``
+        re-ordered by the student's score when a student is served before it (as
+        :func:`ranking.cascade.rerank_head` re-orders the cascade's head): those rows take the ranks they
+        hold, in the student's order; every other row keeps its own. A training list holds only some served
+        rows (sampled negatives, judged products retrieved deep), so served ranks, not places in the list, say
+        which rows are scored, and a row served below both depths never is; where the list lacks some of the
+        student's rows, it cannot tell where the student put them, and its own fill the ranks they hold. With
+        a student deeper than the teacher, those are not the first stage's top rows. No depth set: every row."""
+        if self.teacher_depth is None:
+            return np.ones(len(candidates), dtype=bool)
+        rank = first_stage_rank(candidates)
+        slot = rank.copy()
+        if self.student_depth and np.isfinite(student).any():  # a student is served before the teacher
+            head = np.flatnonzero((rank > 0) & (rank <= self.student_depth))
+            head = head[np.argsort(rank[head], kind="stable")]  # the served order
+            # the row positions as the documents of a list, so the order the student leaves names the rows
+            order = Candidates(head, [candidates.product_ids[i] for i in head], "first", {}, {})
+            slot[order.reorder("student", student[head]).docs] = rank[head]
+        return (slot > 0) & (slot <= self.teacher_depth)
 
     def _bm25(self, query: Query, candidates: Candidates) -> np.ndarray:
         """Each candidate's BM25 score: the first stage's where its BM25 run holds the row (the
@@ -142,10 +177,13 @@ class LtrFeaturizer:
 
     def _base(self, query: Query, candidates: Candidates) -> dict[str, np.ndarray]:
         docs = candidates.docs
+        student = self._model_scores("student", self.student, query.text, candidates,
+                                     lambda: self._student_rows(candidates))
+        teacher = self._model_scores("teacher", self.teacher, query.text, candidates,
+                                     lambda: self._teacher_rows(candidates, student))
         return {"bm25": self._bm25(query, candidates),
                 "dense": self.index.dense.score(self.embed(query.text), docs),
-                "student": self._model_scores("student", self.student, query.text, candidates, self.student_depth),
-                "teacher": self._model_scores("teacher", self.teacher, query.text, candidates, self.teacher_depth)}
+                "student": student, "teacher": teacher}
 
     @staticmethod
     def _ranks(candidates: Candidates) -> dict[str, np.ndarray]:

@@ -18,7 +18,9 @@ In order:
    others (in stock first still).
 6. **Pins and buries** per query: pinned products go first in their order (``pin_at``: each at
    its place), found by the first stage or not (a pin adds the product to the list when it is indexed and
-   matches the request's filters); buried ones go to the end. A query's ``redirect``
+   matches the request's filters; out of stock, it keeps its place with ``out_of_stock: demote``, noted
+   pinned only, and is not shown with ``hide``); buried ones go to the end. A search sorted
+   by price applies neither (its order is the prices'). A query's ``redirect``
    (a page of the store) is returned with its results (``SearchResponse.redirect``).
    A query's rule may hold from a ``start`` until an ``end`` (a sale's weekend).
 
@@ -283,20 +285,21 @@ def apply_rules(rule: QueryRule | None, product_ids: list[str], scores: np.ndarr
                 notes[i].append(f"promotion_boost(+{at - to} places)")
     place = np.zeros(n, dtype=np.int64)
     place[by_score] = np.arange(len(by_score))
+    position = {pid: i for i, pid in enumerate(product_ids)}
+    pinned = [position[p] for p in dict.fromkeys(rule.pin if rule else ()) if p in position and keep[position[p]]]
+    placed = {position[p]: at for p, at in (rule.pin_at.items() if rule else ())
+              if p in position and keep[position[p]] and position[p] not in pinned}
+    held = set(pinned) | set(placed)  # rows at a pin's place, in stock or not
     demoted = keep & ~stocked if config.out_of_stock == "demote" else np.zeros(n, dtype=bool)
     for i in np.flatnonzero(demoted):
-        notes[i].append("out_of_stock_demoted")
+        if i not in held:
+            notes[i].append("out_of_stock_demoted")
     rows = np.flatnonzero(keep)
     lifted = keep & lift if lift is not None else np.zeros(n, dtype=bool)
     for i in np.flatnonzero(lifted):
         notes[i].append("boosted")
     rows = rows[np.lexsort((place[rows], ~lifted[rows], demoted[rows]))]
     if rule and (rule.pin or rule.pin_at or rule.bury):
-        position = {pid: i for i, pid in enumerate(product_ids)}
-        pinned = [position[p] for p in dict.fromkeys(rule.pin) if p in position and keep[position[p]]]
-        placed = {position[p]: at for p, at in rule.pin_at.items()
-                  if p in position and keep[position[p]] and position[p] not in pinned}
-        held = set(pinned) | set(placed)
         buried = {position[p] for p in rule.bury if p in position} - held  # a pin wins
         for i in buried:
             notes[i].append("buried")
@@ -333,9 +336,11 @@ class RulesStage:
         the filters or, with ``out_of_stock: hide``, are out of stock, and the hidden products. A row's
         place never depends on how many rows a request asks for, so the pages of a search agree at any offset."""
         rule = self.config.rule_for(query) if query.text else None
+        if rule is not None and query.sort != "relevance":  # a price order has no places to pin or bury at
+            rule = rule.model_copy(update={"pin": [], "pin_at": {}, "bury": []})
         depth = max(self.depth, *rule.pin_at.values()) if rule is not None and rule.pin_at else self.depth
         head, tail = candidates.top(depth), candidates.take(slice(depth, None))  # a pin_at place is in the head
-        if rule is not None and (rule.pin or rule.pin_at) and query.sort == "relevance":  # a price order has no pins
+        if rule is not None and (rule.pin or rule.pin_at):
             head, tail = self._with_pins([*rule.pin, *rule.pin_at], head, tail)
         facts = self.facts(head)
         score = np.nan_to_num(head.score, nan=float(np.nanmin(head.score)) if np.isfinite(head.score).any() else 0.0)

@@ -10,7 +10,9 @@ Pipelines:
   (``student_depth``) -> teacher (``teacher_depth``).
 - ``ltr``: cascade -> LambdaMART (``ltr_depth``) with store features. A cross-encoder
   stage whose score the LambdaMART model never reads (trained before that model
-  existed) and whose depth it covers is left out: LambdaMART would reorder its work away.
+  existed) and whose depth it covers is left out: LambdaMART would reorder its work away. A
+  score it reads whose stage is not served (that model off, or its depth 0) is missing on every
+  row: logged when the pipelines are built, and named in each search's ``degraded``.
 - ``full``: what ``/v1/search`` serves: the deepest of ltr / cascade / hybrid
   that the registered models allow, then the rules stage (filters, stock,
   promotions, pins) as its last stage.
@@ -127,10 +129,10 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
         if not rk.ltr_depth:
             break
         model: LambdaMART = served.model  # type: ignore[assignment]
-        stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names, rk, score_missing=False),
-                         rk.ltr_depth)
-        ltr_stages[served.version] = stage
         before[served.version] = _read_by(stages, model, served.version, rk.ltr_depth)
+        stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names, rk, score_missing=False),
+                         rk.ltr_depth, unserved=unserved_scores(model, served.version, before[served.version]))
+        ltr_stages[served.version] = stage
         full[served.version] = cascade("full", [*before[served.version], stage, rules], rk.first_stage_depth)
     if models.ltr and models.ltr.version in ltr_stages:
         ltr_stages[None] = ltr_stages[models.ltr.version]
@@ -151,6 +153,20 @@ def _read_by(stages: list[Stage], model: LambdaMART, version: str, ltr_depth: in
         logger.info("LambdaMART %s does not read the %s score: its pipelines skip that stage "
                     "(retrain LambdaMART with the %s served to use it)", version, cross.name, cross.name)
     return kept
+
+
+def unserved_scores(model: LambdaMART, version: str, stages: Sequence[Stage]) -> tuple[str, ...]:
+    """The cross-encoder scores ``model`` reads that none of ``stages`` serves (the model is not loaded, or its
+    depth is 0), which is logged: LambdaMART gets them missing on every row, unlike the rows it learnt from,
+    and its searches say so (``degraded``), so their pages are not cached as complete."""
+    served = {getattr(stage, "name", "") for stage in stages}
+    unserved = tuple(name for name in ("student", "teacher") if model.reads(name) and name not in served)
+    if unserved:
+        logger.warning("ltr %s reads the %s score but no such stage is served (the model is not loaded, or its "
+                       "depth is 0): every search ranks with it missing and says so in `degraded`; serve it "
+                       "(ranking.reranker, ranking.student and their depths) or retrain LambdaMART without it",
+                       version, " and ".join(unserved))
+    return unserved
 
 
 def ranked_by(cascade: Cascade, models: Models) -> dict[str, str]:

@@ -281,3 +281,97 @@ def test_a_row_below_the_fused_list_gets_the_features_rank_gives_it(fake_index: 
     assert below[:100].any() and not below[:20].any()  # rows past the fused list within the student's depth
     assert np.isinf(served[below, 1]).all() and np.isnan(served[below, 0]).all()
     assert (served[~below, 1] > 0).all() and (served[:20, 0] == 1.0).all()
+
+
+def test_the_teacher_scores_in_training_the_rows_it_scores_behind_a_deeper_student(fake_index: ProductIndex) -> None:
+    """Served behind a student that scores deeper than it, the teacher scores the top ``teacher_depth`` of the
+    student's order, not of the first stage's: a training list (its rows in another order) gets teacher scores
+    for the same rows, or LambdaMART learns from teacher scores of rows serving never gives it."""
+    from ranking.cascade import Cascade, ScoreStage
+    from ranking.features import LtrFeaturizer
+    from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
+    from tests.fakes import HashingEncoder
+
+    encoder = HashingEncoder()
+    hybrid = HybridRetriever(BM25Retriever(fake_index), DenseRetriever(fake_index, encoder), depth=60)
+    listed = hybrid.search("cordless drill", 60)
+    deep_first = {fake_index.title(int(d)): float(i) for i, d in enumerate(listed.docs)}  # the student likes deep rows
+
+    class Student:
+        def score(self, query: str, titles: list[str]) -> np.ndarray:
+            return np.array([deep_first[t] for t in titles], np.float32)
+
+    class Ones:
+        def score(self, query: str, titles: list[str]) -> np.ndarray:
+            return np.ones(len(titles), np.float32)
+
+    student = ScoreStage("student", lambda text, docs, deadline: Student().score(
+        text, [fake_index.title(int(d)) for d in docs]), 30)
+    teacher = ScoreStage("teacher", lambda text, docs, deadline: np.ones(len(docs), np.float32), 10)
+    served = Cascade("cascade", hybrid, [student, teacher], first_stage_depth=60).search("cordless drill", 60)
+    served_teacher = set(served.docs[~np.isnan(served.scores["teacher"])].tolist())
+
+    shuffled = listed.take(np.random.default_rng(0).permutation(len(listed)))  # a training list's own order
+    featurizer = LtrFeaturizer(fake_index, lambda text: encoder.encode([text])[0], None, ["teacher"],
+                               student=Student(), teacher=Ones(), student_depth=30, teacher_depth=10)
+    trained = featurizer(Query("cordless drill"), shuffled)[:, 0]
+    assert served_teacher != set(listed.docs[:10].tolist())  # not the first stage's top 10
+    assert set(shuffled.docs[~np.isnan(trained)].tolist()) == served_teacher
+
+
+def test_the_teacher_scores_in_training_a_list_with_gaps_by_served_rank(fake_index: ProductIndex) -> None:
+    """A training list holds only some served rows (sampled negatives, judged products retrieved deep), each with
+    its served rank: the teacher is filled in for the rows within its depth by served rank, the student's order
+    placing the rows within the student's depth among the ranks they hold, and never for a row served below both
+    depths, which serving never scores."""
+    from ranking.cascade import Cascade, ScoreStage
+    from ranking.features import LtrFeaturizer, first_stage_rank
+    from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
+    from retrieval.types import Candidates
+    from tests.fakes import HashingEncoder
+
+    encoder = HashingEncoder()
+    hybrid = HybridRetriever(BM25Retriever(fake_index), DenseRetriever(fake_index, encoder), depth=60)
+    listed = hybrid.search("cordless drill", 60)
+    deep_first = {fake_index.title(int(d)): float(i) for i, d in enumerate(listed.docs)}  # the student likes deep rows
+
+    class Student:
+        def score(self, query: str, titles: list[str]) -> np.ndarray:
+            return np.array([deep_first[t] for t in titles], np.float32)
+
+    class Ones:
+        def score(self, query: str, titles: list[str]) -> np.ndarray:
+            return np.ones(len(titles), np.float32)
+
+    def teacher_ranks(rows: Candidates, student_depth: int, teacher_depth: int) -> list[int]:
+        featurizer = LtrFeaturizer(fake_index, lambda text: encoder.encode([text])[0], None, ["teacher"],
+                                   student=Student() if student_depth else None, teacher=Ones(),
+                                   student_depth=student_depth, teacher_depth=teacher_depth)
+        scored = ~np.isnan(featurizer(Query("cordless drill"), rows)[:, 0])
+        return sorted(first_stage_rank(rows)[scored].tolist())
+
+    def served_ranks(rows: Candidates, stages: list[ScoreStage]) -> list[int]:
+        """The served ranks of ``rows`` that the served cascade's teacher scores."""
+        served = Cascade("cascade", hybrid, stages, first_stage_depth=60).search("cordless drill", 60)
+        scored = np.isin(rows.docs, served.docs[~np.isnan(served.scores["teacher"])])
+        return sorted(first_stage_rank(rows)[scored].tolist())
+
+    student = ScoreStage("student", lambda text, docs, deadline: Student().score(
+        text, [fake_index.title(int(d)) for d in docs]), 30)
+
+    def teacher(depth: int) -> ScoreStage:
+        return ScoreStage("teacher", lambda text, docs, deadline: np.ones(len(docs), np.float32), depth)
+
+    # served ranks 50, 1, 30, 5, sampled from the served list in another order
+    sampled = listed.take(np.array([49, 0, 29, 4]))
+    assert first_stage_rank(sampled).tolist() == [50, 1, 30, 5]
+    assert teacher_ranks(sampled, 0, 20) == served_ranks(sampled, [teacher(20)]) == [1, 5]
+    # judged products ranked with the served ranks they hold
+    judged = hybrid.rank("cordless drill", listed.docs[[1, 7, 24, 39, 44, 55]])
+    assert sorted(first_stage_rank(judged).tolist()) == [2, 8, 25, 40, 45, 56]
+    assert teacher_ranks(judged, 0, 20) == served_ranks(judged, [teacher(20)]) == [2, 8]
+    # behind a student deeper than the teacher: its order puts the rows served at 30 and 25 in the ranks 1 and 5
+    # the list's head holds, within the teacher's 10; the rows served at 36 and 51 are below both depths
+    gapped = listed.take(np.array([50, 4, 29, 35, 0, 24]))
+    assert sorted(first_stage_rank(gapped).tolist()) == [1, 5, 25, 30, 36, 51]
+    assert teacher_ranks(gapped, 30, 10) == served_ranks(gapped, [student, teacher(10)]) == [25, 30]

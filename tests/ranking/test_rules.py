@@ -240,3 +240,28 @@ def test_a_place_past_the_rules_depth_is_kept() -> None:
     ruled = stage(Query("drill"), candidates)
     assert ruled.candidates.product_ids.index("p3") == 149 and ruled.notes["p3"] == ["pinned(150)"]
     assert stage.farthest_place(Query("drill")) == 150 and stage.farthest_place(Query("saw")) == 0
+
+
+def test_a_price_order_applies_no_pin_or_bury_and_a_pinned_product_out_of_stock_is_noted_pinned_only() -> None:
+    """A search sorted by price re-sorts the rules' rows by price: a pin's or a bury's place would not hold, so
+    neither moves a row nor notes one there (the query's hide still holds). A pinned product out of stock is
+    shown at its pin's place with ``out_of_stock: demote`` (its note says pinned, not demoted), and not shown
+    with ``hide``."""
+    n = 6
+    facts = ProductFacts(np.array(["tools"] * n, dtype=object), np.array([None] * n, dtype=object),
+                         np.arange(n, dtype=float), np.array([1, 1, 0, 1, 1, 1], dtype=float), np.zeros(n),
+                         np.zeros(n))
+    candidates = Candidates(np.arange(n), [f"p{i}" for i in range(n)], "rrf", {"rrf": np.linspace(1, 0, n)},
+                            {"rrf": np.arange(1, n + 1)})
+    config = RulesConfig(out_of_stock="demote", promo_boost=0,
+                         queries={"drill": QueryRule(pin=["p4"], pin_at={"p5": 2}, bury=["p0"], hide=["p1"])})
+    stage = RulesStage(config, lambda c: facts.take(c.docs), depth=n)
+    by_price = stage(Query("drill", sort="price_asc"), candidates)
+    assert by_price.candidates.product_ids == ["p0", "p3", "p4", "p5", "p2"]  # relevance order, p2 demoted
+    assert by_price.notes == {"p2": ["out_of_stock_demoted"]}
+    pinned = RulesStage(RulesConfig(out_of_stock="demote", promo_boost=0, queries={"drill": QueryRule(pin=["p2"])}),
+                        lambda c: facts.take(c.docs), depth=n)(Query("drill"), candidates)
+    assert pinned.candidates.product_ids[0] == "p2" and pinned.notes == {"p2": ["pinned(1)"]}
+    hidden = RulesStage(RulesConfig(out_of_stock="hide", promo_boost=0, queries={"drill": QueryRule(pin=["p2"])}),
+                        lambda c: facts.take(c.docs), depth=n)(Query("drill"), candidates)
+    assert "p2" not in hidden.candidates.product_ids and hidden.notes == {}

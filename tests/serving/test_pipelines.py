@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from core.query import Query
 from core.registry import ServedModel
 from core.settings import Settings
-from ranking.cascade import ScoreStage
+from ranking.cascade import Noted, ScoreStage
 from ranking.rules import RulesConfig, RulesStage
 from retrieval.types import Candidates
 from serving.pipelines import Models, Pipelines, build_pipelines, ranked_by
@@ -131,6 +134,40 @@ def test_a_search_names_the_models_its_pipeline_runs() -> None:
     assert ranked_by(built.named["ltr"], READERS) == {"student": "v4", "ltr": "v2"}
     assert ranked_by(built.named["full"], READERS) == {"student": "v4", "ltr": "v2"}
     assert ranked_by(built.full["v3"], READERS) == {"student": "v4", "reranker": "v1", "ltr": "v3"}
+
+
+class Predicting(ReadsOnly):
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return np.zeros(len(rows), np.float32)
+
+
+@pytest.mark.parametrize("teacher, teacher_depth", [(None, 10), (ServedModel("reranker", "v1", None), 0)])
+def test_a_lambdamart_reading_a_score_no_stage_serves_is_logged_and_its_searches_degraded(
+        teacher: ServedModel | None, teacher_depth: int, caplog: pytest.LogCaptureFixture) -> None:
+    """With the teacher off (not loaded, or ``teacher_depth`` 0), a LambdaMART that splits on its score gets it
+    missing on every row: the build warns, naming it, and each search says so, so its page is not cached as
+    complete. Its student score is served: nothing is said of it."""
+    models = Models(teacher=teacher, student=ServedModel("student", "v4", None),
+                    ltr=ServedModel("ltr", "v3", Predicting("student", "teacher")))
+    rules = RulesStage(RulesConfig(), lambda c: None, depth=0)  # type: ignore[arg-type, return-value]
+    bm25 = SimpleNamespace(index=SimpleNamespace(analyzer=None))
+    first = AgreeingRetriever()
+    settings = Settings(ranking={"student_depth": 20, "teacher_depth": teacher_depth})
+    def stage(name: str, served: ServedModel, depth: int) -> ScoreStage:
+        return ScoreStage(name, lambda query, docs, deadline=None: np.zeros(len(docs), np.float32), depth)
+
+    with caplog.at_level(logging.WARNING, logger="serving.pipelines"):
+        built = build_pipelines(bm25, first, first, models, rules, settings, stage)  # type: ignore[arg-type]
+    assert "ltr v3 reads the teacher score" in caplog.text and "student score" not in caplog.text
+    ltr = built.ltr_stages[None]
+    assert ltr.unserved == ("teacher",)
+    rows = SimpleNamespace(features=lambda query, head: (np.zeros((len(head), 4), np.float32), None))
+    out = replace(ltr, featurizer=rows)(Query("drill"), first.search("drill", 20))  # type: ignore[arg-type]
+    assert isinstance(out, Noted) and out.degraded == ("ltr: teacher score missing (model off)",)
+
+
+def test_a_lambdamart_whose_scores_are_all_served_is_not_degraded() -> None:
+    assert all(stage.unserved == () for stage in readers_pipelines().ltr_stages.values())
 
 
 def test_a_role_asked_for_by_several_pipelines_gets_one_micro_batcher() -> None:
