@@ -13,17 +13,12 @@ from retrieval.types import Candidates
 
 @dataclass(frozen=True)
 class LtrStage:
-    """Re-rank the top ``depth`` candidates with LambdaMART.
-
-    ``unserved``: the cross-encoder scores the model reads that no stage before it serves (that model is
-    not loaded, or its depth is 0): every row has them missing, which each search says (``degraded``).
-    """
+    """Re-rank the top ``depth`` candidates with LambdaMART."""
 
     model: LambdaMART
     featurizer: LtrFeaturizer
     depth: int
     name: str = "ltr"
-    unserved: tuple[str, ...] = ()
 
     def __call__(self, query: Query, candidates: Candidates) -> Candidates | Noted:
         if self.depth <= 0 or not len(candidates):
@@ -31,10 +26,9 @@ class LtrStage:
         head = candidates.top(self.depth)
         rows, unavailable = self.featurizer.features(query, head)
         ranked = rerank_head(candidates, self.depth, self.name, self.model.predict(rows))
-        degraded = [f"{self.name}: {score} score missing (model off)" for score in self.unserved]
         if unavailable:  # ranked without (some) store features: say so
-            degraded.append(f"{self.name}: store features missing ({unavailable})")
-        return Noted(ranked, {}, tuple(degraded)) if degraded else ranked
+            return Noted(ranked, {}, (f"{self.name}: store features missing ({unavailable})",))
+        return ranked
 
     def explain(self, query: Query, candidates: Candidates) -> list[dict[str, float]]:
         """Per-row feature contributions (and the model's bias) for ``candidates``."""

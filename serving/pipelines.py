@@ -12,7 +12,8 @@ Pipelines:
   stage whose score the LambdaMART model never reads (trained before that model
   existed) and whose depth it covers is left out: LambdaMART would reorder its work away. A
   score it reads whose stage is not served (that model off, or its depth 0) is missing on every
-  row: logged when the pipelines are built, and named in each search's ``degraded``.
+  row: a warning when the pipelines are built says so (a setting, not a search, is at fault, so
+  searches are not marked degraded and their pages are cached as usual).
 - ``full``: what ``/v1/search`` serves: the deepest of ltr / cascade / hybrid
   that the registered models allow, then the rules stage (filters, stock,
   promotions, pins) as its last stage.
@@ -130,8 +131,9 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
             break
         model: LambdaMART = served.model  # type: ignore[assignment]
         before[served.version] = _read_by(stages, model, served.version, rk.ltr_depth)
+        warn_unserved_scores(model, served.version, before[served.version])
         stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names, rk, score_missing=False),
-                         rk.ltr_depth, unserved=unserved_scores(model, served.version, before[served.version]))
+                         rk.ltr_depth)
         ltr_stages[served.version] = stage
         full[served.version] = cascade("full", [*before[served.version], stage, rules], rk.first_stage_depth)
     if models.ltr and models.ltr.version in ltr_stages:
@@ -155,17 +157,18 @@ def _read_by(stages: list[Stage], model: LambdaMART, version: str, ltr_depth: in
     return kept
 
 
-def unserved_scores(model: LambdaMART, version: str, stages: Sequence[Stage]) -> tuple[str, ...]:
+def warn_unserved_scores(model: LambdaMART, version: str, stages: Sequence[Stage]) -> tuple[str, ...]:
     """The cross-encoder scores ``model`` reads that none of ``stages`` serves (the model is not loaded, or its
-    depth is 0), which is logged: LambdaMART gets them missing on every row, unlike the rows it learnt from,
-    and its searches say so (``degraded``), so their pages are not cached as complete."""
+    depth is 0), with a warning naming them: LambdaMART gets them missing on every row, unlike the rows it
+    learnt from. The configuration is at fault, the same for every search, so searches are not marked
+    degraded (a degraded page is not cached, and a search again would rank no better)."""
     served = {getattr(stage, "name", "") for stage in stages}
     unserved = tuple(name for name in ("student", "teacher") if model.reads(name) and name not in served)
     if unserved:
         logger.warning("ltr %s reads the %s score but no such stage is served (the model is not loaded, or its "
-                       "depth is 0): every search ranks with it missing and says so in `degraded`; serve it "
-                       "(ranking.reranker, ranking.student and their depths) or retrain LambdaMART without it",
-                       version, " and ".join(unserved))
+                       "depth is 0): every search ranks with it missing, as LambdaMART never saw in training; "
+                       "serve it (ranking.reranker, ranking.student and their depths) or retrain LambdaMART "
+                       "with the cascade as served", version, " and ".join(unserved))
     return unserved
 
 
