@@ -56,8 +56,7 @@ def dask_client(compute: ComputeSettings) -> Iterator[Client | None]:
                           dashboard_address=None) as cluster, Client(cluster) as client:
             yield client
         return
-    if not scheduler.startswith(("tcp://", "tls://")):
-        raise InvalidInput(f"compute.scheduler={scheduler!r}: use 'local' or a scheduler address 'tcp://HOST:PORT'")
+    scheduler_address(scheduler)
     logger.info("connecting to the Dask scheduler at %s", scheduler)
     try:
         client = Client(scheduler, timeout="30s")
@@ -68,19 +67,29 @@ def dask_client(compute: ComputeSettings) -> Iterator[Client | None]:
         yield client
 
 
+def scheduler_address(scheduler: str) -> tuple[str, int]:
+    """The host and port of a scheduler address ``tcp://HOST:PORT`` (or ``tls://``; an IPv6 host in brackets,
+    ``tcp://[::1]:8786``); an :class:`InvalidInput` naming it and the form it must take otherwise."""
+    usage = f"compute.scheduler={scheduler!r}: use 'local' or a scheduler address 'tcp://HOST:PORT'"
+    if not scheduler.startswith(("tcp://", "tls://")):
+        raise InvalidInput(usage)
+    host, colon, port = scheduler.split("://", 1)[1].rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"{usage}, with a port number from 1 to 65535")
+    return host, int(port)
+
+
 def check_scheduler(compute: ComputeSettings) -> None:
     """Before a long job builds its data: the scheduler it will use answers (a TCP connection to it), else an
     :class:`InvalidInput` naming it. Nothing to check for 'local' or no scheduler."""
     scheduler = compute.scheduler
     if scheduler is None or scheduler == "local":
         return
-    if not scheduler.startswith(("tcp://", "tls://")):
-        raise InvalidInput(f"compute.scheduler={scheduler!r}: use 'local' or a scheduler address 'tcp://HOST:PORT'")
-    host, _, port = scheduler.split("://", 1)[1].rpartition(":")
-    host = host.strip("[]")  # an IPv6 address: tcp://[::1]:8786
+    host, port = scheduler_address(scheduler)
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except (OSError, ValueError) as error:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as error:
         raise InvalidInput(f"compute.scheduler={scheduler!r}: no Dask scheduler answers there ({error}); start one "
                            "(`dask scheduler`), fix SHOPRANK_COMPUTE__SCHEDULER, or unset it to run here") from None
 

@@ -4,7 +4,8 @@ Nightly, after retraining (``shoprank warm-scores``; docs/learning_loop.md): the
 searched queries of the event log (:func:`online_learning.analysis.head_queries`)
 go through the served pipeline's query analyzer and first stage, and the top
 ``depth`` candidates of each are scored by every registered cross-encoder the served
-cascade runs (the student only with ``ranking.student_depth`` > 0) and written to the score
+cascade runs (the student only with ``ranking.student_depth`` > 0; neither when the served
+LambdaMART does not read its score, as that pipeline skips its stage) and written to the score
 store (``serving.score_store``), with each query's bi-encoder vector and first-stage list
 (``serving.shared_first_stage``), so a search for a head query neither scores, nor encodes,
 nor retrieves. Pairs the store already holds are read, not scored again,
@@ -65,11 +66,11 @@ def warm_scores(engine: SearchEngine, queries: Sequence[str], depth: int, progre
     if store is None:
         raise NotReady("no registered cross-encoder is served, so no score would be stored; train one with "
                        "`shoprank train reranker|student --dataset DIR`")
-    scorers, skipped = _store_scorers(engine, store)
+    cascade: Cascade = engine.pipeline("full")  # type: ignore[assignment]  # every pipeline is a Cascade
+    scorers, skipped = _store_scorers(engine, store, cascade)
     if not scorers:
         raise NotReady("no registered cross-encoder is served, so no score would be stored; train one with "
                        "`shoprank train reranker|student --dataset DIR`")
-    cascade: Cascade = engine.pipeline("full")  # type: ignore[assignment]  # every pipeline is a Cascade
     _block_writes(engine, cascade)
     started = time.perf_counter()
     dropped_before = store.dropped
@@ -91,13 +92,17 @@ def warm_scores(engine: SearchEngine, queries: Sequence[str], depth: int, progre
                       skipped=skipped)
 
 
-def _store_scorers(engine: SearchEngine, store: ScoreStore) -> tuple[list[tuple[str, CachedScorer]], list[str]]:
-    """A scorer writing to ``store`` for each served cross-encoder a search runs, and why any other
-    loaded one is left out (its cascade depth is 0, or it is not a registered model folder)."""
+def _store_scorers(engine: SearchEngine, store: ScoreStore,
+                   cascade: Cascade) -> tuple[list[tuple[str, CachedScorer]], list[str]]:
+    """A scorer writing to ``store`` for each served cross-encoder the served ``cascade`` runs, and why any
+    other loaded one is left out (its cascade depth is 0, the served LambdaMART does not read its score so
+    the pipeline skips its stage, or it is not a registered model folder)."""
     rk = engine.settings.ranking
     scorers: list[tuple[str, CachedScorer]] = []
     skipped: list[str] = []
     depths = {"student": ("student_depth", rk.student_depth), "reranker": ("teacher_depth", rk.teacher_depth)}
+    stages = {"student": "student", "reranker": "teacher"}  # a role's stage in the cascade
+    run = {getattr(stage, "name", "") for stage in cascade.stages}
     for served in (engine.student, engine.teacher):
         if served is None:
             continue
@@ -105,6 +110,10 @@ def _store_scorers(engine: SearchEngine, store: ScoreStore) -> tuple[list[tuple[
         if not served_depth:
             # loaded but no search runs it (its cascade depth is 0): its scores would never be read
             skipped.append(f"{served.role}:{served.version} (not in the served cascade: ranking.{setting} is 0)")
+            continue
+        if stages[served.role] not in run:  # the served LambdaMART never reads its score (serving.pipelines)
+            skipped.append(f"{served.role}:{served.version} (not in the served cascade: the served LambdaMART "
+                           "does not read its score)")
             continue
         tag = served_tag(served, rk)
         if tag is None:

@@ -156,3 +156,22 @@ def test_a_night_without_logged_searches_warms_nothing_and_is_no_failure(  # typ
     finally:
         get_settings.cache_clear()
     assert code == 0 and json.loads(out)["warmed"] == 0 and "no logged searches" in json.loads(out)["reason"], err
+
+
+def test_a_cross_encoder_the_served_pipeline_skips_is_not_warmed() -> None:
+    """A LambdaMART that does not read the teacher's score skips the teacher's stage (serving.pipelines): its
+    scores would never be read, so warming leaves it out and says why."""
+    from types import SimpleNamespace
+
+    from core.registry import ServedModel
+    from core.settings import Settings
+    from ranking.cascade import Cascade
+    from serving.warm import _store_scorers
+
+    settings = Settings(ranking={"teacher_depth": 20})
+    engine = SimpleNamespace(settings=settings, student=None, teacher=ServedModel("reranker", "v1", None))
+    stages = [SimpleNamespace(name="ltr"), SimpleNamespace(name="rules")]
+    skipping = Cascade("full", first=None, stages=stages)  # type: ignore[arg-type]
+    scorers, skipped = _store_scorers(engine, None, skipping)  # type: ignore[arg-type]
+    assert scorers == [] and skipped == [
+        "reranker:v1 (not in the served cascade: the served LambdaMART does not read its score)"]
