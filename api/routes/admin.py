@@ -16,7 +16,7 @@ from api.auth import check_key, presented_key
 from api.deps import HolderDep, SettingsDep
 from api.schemas import INVALID, RATE_LIMITED, ErrorBody
 from api.state import ServedHolder
-from core.errors import Conflict, Forbidden, InvalidInput, Unauthorized
+from core.errors import Conflict, Forbidden, InvalidInput, NotPublished, Unauthorized
 from core.files import exclusive, write_text_atomic
 from core.registry import ModelRegistry
 from core.settings import Settings
@@ -89,7 +89,7 @@ async def _swap_or_undo(request: Request, holder: ServedHolder, settings: Settin
                         before: dict[str, Any], action: str) -> SearchEngine:
     """Swap to the registry's new active version of ``role``; if this server cannot, the registry
     goes back to ``before`` (nothing points at a version that did not load) and the error answers.
-    Published to the artifact store and counted only once served."""
+    Counted, then published to the artifact store, only once served."""
     registry = ModelRegistry(settings.paths.models)
     changed_to = registry.active_version(role)
     try:
@@ -98,9 +98,22 @@ async def _swap_or_undo(request: Request, holder: ServedHolder, settings: Settin
         if changed_to is not None:
             registry.restore(role, before, unless_changed_from=changed_to)
         raise
-    await asyncio.to_thread(push_state, settings)  # other replicas pull it on their next poll
     request.app.state.metrics.swaps.labels(role, action).inc()
+    await _publish(settings, f"{role} {changed_to} is served here and active in the registry")
     return engine
+
+
+async def _publish(settings: Settings, done: str) -> None:
+    """Upload the shared state to the artifact store, if one is configured: other replicas pull it on their next
+    poll. The change is made and served here before this runs, so a failed upload is not undone: it answers 503
+    (:class:`~core.errors.NotPublished`) saying what was ``done`` and how to publish it, not a bare 500 that
+    would read as nothing changed."""
+    try:
+        await asyncio.to_thread(push_state, settings)
+    except Exception as error:  # any store (S3, GCS, a mounted folder) fails in its own way
+        raise NotPublished(f"{done}, but not published to the artifact store ({type(error).__name__}: {error}): "
+                           "the other replicas do not get it until `shoprank artifacts push --state-only` runs "
+                           "on this home; the change is made, do not repeat the call") from error
 
 
 @router.get("/models", response_model=ModelsState, summary="Served and registered model versions")
@@ -239,7 +252,7 @@ async def _replace_file(request: Request, holder: ServedHolder, settings: Settin
         except Exception:
             await asyncio.to_thread(_put_back, path, old)
             raise
-    await asyncio.to_thread(push_state, settings)  # other replicas pull it on their next poll
+    await _publish(settings, f"{path} is saved and served here")
     return engine
 
 
@@ -301,5 +314,5 @@ async def put_experiment(body: ExperimentConfig, request: Request, holder: Holde
             except Exception:  # not served here: the call changes nothing, and nothing is published
                 await asyncio.to_thread(_put_back, path, old)
                 raise
-    await asyncio.to_thread(push_state, settings)  # served here: other replicas pull it on their next poll
+    await _publish(settings, f"the experiment configuration {path} is saved and served here")
     return get_experiment(holder)
