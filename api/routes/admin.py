@@ -290,8 +290,10 @@ class ExperimentState(ExperimentConfig):
 @router.get("/experiment", response_model=ExperimentState, summary="The running experiment and shadow")
 def get_experiment(holder: HolderDep) -> ExperimentState:
     current = holder.get().router
-    return ExperimentState(experiment=current.experiment, shadow=current.shadow,
-                           shadow_scored=current.shadow_done, shadow_dropped=current.shadow_dropped)
+    # shown as served: one saved under earlier rules (read_config's "saved") is not checked against today's
+    return ExperimentState.model_validate({"experiment": current.experiment, "shadow": current.shadow,
+                                           "shadow_scored": current.shadow_done,
+                                           "shadow_dropped": current.shadow_dropped}, context={"saved": True})
 
 
 @router.put("/experiment", response_model=ExperimentState, summary="Start, change or stop an experiment / shadow")

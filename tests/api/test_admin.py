@@ -1,8 +1,9 @@
 """The admin API in-process (TestClient) on the demo index with the hashing encoder (fast): changes made here
-that the artifact store does not take."""
+that the artifact store does not take, and experiments saved under earlier rules."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,3 +57,15 @@ def test_a_change_the_artifact_store_refuses_answers_503_saying_it_is_made_here(
     assert shadow.status_code == 503 and "experiment configuration" in shadow.json()["message"]
     assert client.get("/v1/admin/experiment", headers=AUTH).json()["shadow"] == "v1"
 
+
+def test_an_experiment_saved_under_earlier_rules_is_shown_as_it_is_served(  # type: ignore[no-untyped-def]
+        home: Settings, fake_index) -> None:
+    saved = {"name": "old", "mode": "ab", "control": "control",  # an arm name and a weight refused today
+             "arms": {"control": {"ltr": "v1", "weight": 1.0}, "new arm": {"ltr": "v2", "weight": 2e6}}}
+    home.paths.experiment_config.parent.mkdir(parents=True, exist_ok=True)
+    home.paths.experiment_config.write_text(json.dumps({"experiment": saved, "shadow": None}))
+    with ready_client(app_on(home, fake_index, HashingEncoder())) as client:
+        assert client.post("/v1/search", json={"query": "drill", "k": 3, "user_id": "u1"}).json()["arm"] == "new arm"
+        shown = client.get("/v1/admin/experiment", headers=AUTH)
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["experiment"] == saved
