@@ -41,7 +41,8 @@ def saved(info: ValidationInfo) -> bool:
 class Arm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ltr: str = Field(..., pattern=r"^v[0-9]+$", description="LambdaMART version this arm serves.")
+    ltr: str = Field(..., pattern=r"^v[0-9]{1,6}$", description="LambdaMART version this arm serves (a registry "
+                     "version name: v and 1-6 digits).")
     weight: float = Field(1.0, gt=0, description="Relative share of users (A/B), a finite number in (0, 1000000].")
 
     @field_validator("weight")

@@ -69,3 +69,9 @@ def test_an_experiment_saved_under_earlier_rules_is_shown_as_it_is_served(  # ty
         shown = client.get("/v1/admin/experiment", headers=AUTH)
         assert shown.status_code == 200, shown.text
         assert shown.json()["experiment"] == saved
+
+
+def test_an_arm_version_no_registry_can_hold_is_refused_naming_the_rule(client: TestClient) -> None:
+    arms = {"control": {"ltr": "v1"}, "b": {"ltr": "v1234567"}}
+    refused = client.put("/v1/admin/experiment", json={"experiment": {"name": "x", "arms": arms}}, headers=AUTH)
+    assert refused.status_code == 422 and "{1,6}" in refused.json()["message"], refused.text

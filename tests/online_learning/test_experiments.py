@@ -36,6 +36,8 @@ def test_experiment_config_errors() -> None:
             Arm(ltr="v1", weight=weight)
     with pytest.raises(ValueError, match="arm name '<b>x</b>' is not allowed"):
         Experiment(name="x", arms={"control": Arm(ltr="v1"), "<b>x</b>": Arm(ltr="v2")})
+    with pytest.raises(ValueError, match=r"ltr\n.*should match pattern '\^v\[0-9\]\{1,6\}\$'"):
+        Arm(ltr="v1234567")  # no registry version has more digits: refused as the admin API's versions are
 
 
 def test_an_experiment_saved_before_a_rule_still_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
