@@ -30,6 +30,7 @@ from core.errors import InvalidInput
 from core.files import write_text_atomic
 
 ARM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+INTERLEAVED = "interleaved"  # the arm the log names for an interleaved search (both arms ranked it): no arm's name
 
 
 def saved(info: ValidationInfo) -> bool:
@@ -64,8 +65,13 @@ class Experiment(BaseModel):
     @model_validator(mode="after")
     def _control_exists(self, info: ValidationInfo) -> Experiment:
         for arm in self.arms:
-            if not saved(info) and not ARM_NAME.fullmatch(arm):  # one saved before the rule still loads
+            if saved(info):  # one saved before a rule still loads
+                continue
+            if not ARM_NAME.fullmatch(arm):
                 raise ValueError(f"arm name {arm!r} is not allowed: 1-64 letters, digits, '_', '.' or '-'")
+            if arm == INTERLEAVED:  # its searches would read as interleaved ones in the reports
+                raise ValueError(f"arm name {arm!r} is reserved: the event log names an interleaved search's arm so; "
+                                 "give the arm another name")
         if self.control not in self.arms:
             raise ValueError(f"control arm {self.control!r} is not one of the arms {list(self.arms)}")
         if self.mode == "interleave" and len(self.arms) != 2:

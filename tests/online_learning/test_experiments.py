@@ -36,6 +36,8 @@ def test_experiment_config_errors() -> None:
             Arm(ltr="v1", weight=weight)
     with pytest.raises(ValueError, match="arm name '<b>x</b>' is not allowed"):
         Experiment(name="x", arms={"control": Arm(ltr="v1"), "<b>x</b>": Arm(ltr="v2")})
+    with pytest.raises(ValueError, match="arm name 'interleaved' is reserved"):  # the log's arm of interleaved ones
+        Experiment(name="x", arms={"control": Arm(ltr="v1"), "interleaved": Arm(ltr="v2")})
     with pytest.raises(ValueError, match=r"ltr\n.*should match pattern '\^v\[0-9\]\{1,6\}\$'"):
         Arm(ltr="v1234567")  # no registry version has more digits: refused as the admin API's versions are
 
@@ -45,11 +47,12 @@ def test_an_experiment_saved_before_a_rule_still_loads(tmp_path) -> None:  # typ
 
     from online_learning.experiments import read_config
 
-    saved = {"experiment": {"name": "x", "arms": {"control": {"ltr": "v1"}, "new model": {"ltr": "v2", "weight": 1e9}}},
+    saved = {"experiment": {"name": "x", "arms": {"control": {"ltr": "v1"}, "new model": {"ltr": "v2", "weight": 1e9},
+                                                  "interleaved": {"ltr": "v3"}}},
              "shadow": None}
     (tmp_path / "current.json").write_text(json.dumps(saved))
     experiment, _ = read_config(tmp_path / "current.json")  # the server that runs it keeps loading
-    assert experiment is not None and "new model" in experiment.arms
+    assert experiment is not None and {"new model", "interleaved"} <= set(experiment.arms)
 
 
 def test_team_draft_is_fair_and_complete() -> None:
