@@ -4,7 +4,8 @@
    since the last retrain (or ``--since``) until ``--settle-minutes`` ago (the CLI's
    default: an hour, so the last searches' clicks and purchases have arrived); nothing
    new: exit "up to date"; searches but no click, cart or purchase among them: "no engagement"
-   (nothing registered, so the next run reads them again).
+   (nothing registered, so the next run reads them again); no search logged at all (a wrong
+   home, or no sink ever ran): "no event log".
 2. Join impressions with interactions: each shown product of each search gets
    its engagement (0 none, 1 click, 2 add to cart, 3 purchase).
 3. Estimate position bias by EM on the position-based model
@@ -49,7 +50,7 @@ from core.feature_store import FeatureBatch
 from core.query import Query
 from core.registry import ModelRegistry, ServedModel
 from core.settings import Settings
-from online_learning.consumers.log_sink import read_log, searches_only
+from online_learning.consumers.log_sink import log_files, read_log, searches_only
 from online_learning.propensity import fit_position_model
 from online_learning.traffic_filter import FilterConfig, clean, engagement
 from ranking.features import RANK_FEATURES, LtrFeaturizer
@@ -211,6 +212,10 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             return {"status": "skipped", "reason": f"the active LambdaMART {active.version} reads the first stage's "
                     f"ranks ({', '.join(RANK_FEATURES)}), which the impression log does not keep: give retrain the "
                     "served first stage to rebuild them (`shoprank retrain` does)"}
+        if not log_files(settings.paths.event_log, "rankings"):  # not "up to date": nothing was ever logged here
+            return {"status": "no event log", "reason": f"no search is logged in {settings.paths.event_log} "
+                    "(settings.paths.event_log): check SHOPRANK_HOME, and that the log sink (`shoprank consume "
+                    "sink`) or `shoprank events import --spool` runs before the retrain"}
         registry = ModelRegistry(settings.paths.models)
         since = _utc(config.since) if config.since else _last_window_end(registry)
         until = _utc(config.until) if config.until else None

@@ -203,3 +203,26 @@ def test_a_window_without_engagement_registers_nothing_and_stays_for_the_next_ru
     result = retrain(home, featurizer, None, RetrainConfig(min_searches=10, filter_traffic=False))
     assert result["status"] == "no engagement" and result["new_searches"] == 20
     assert ModelRegistry(home.paths.models).versions("ltr") == []
+
+
+def test_a_home_without_an_event_log_is_told_and_fails_the_command(  # type: ignore[no-untyped-def]
+        cli_home: Path, fake_index, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: "up to date" and exit 0 every night, so a wrong SHOPRANK_HOME or a sink that never ran went unseen."""
+    import json
+    from types import SimpleNamespace
+
+    import serving.loading
+    from core.settings import get_settings
+    from ranking.features import LtrFeaturizer
+    from tests.helpers import run_cli
+
+    home = get_settings()
+    featurizer = LtrFeaturizer(fake_index, lambda text: np.ones(64), None, [])
+    result = retrain(home, featurizer, None, RetrainConfig())
+    assert result["status"] == "no event log" and str(home.paths.event_log) in result["reason"]
+    (home.paths.event_log / "rankings" / "date=2026-11-01").mkdir(parents=True)  # folders, no file: the same
+    assert retrain(home, featurizer, None, RetrainConfig())["status"] == "no event log"
+    engine = SimpleNamespace(featurizer=lambda extra: featurizer, ltr=None, hybrid=None)  # the served one
+    monkeypatch.setattr(serving.loading, "open_engine", lambda settings, batch=False: engine)
+    code, out, _ = run_cli(capsys, "retrain")
+    assert code == 1 and json.loads(out)["status"] == "no event log"
