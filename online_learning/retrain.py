@@ -5,7 +5,8 @@
    default: an hour, so the last searches' clicks and purchases have arrived); nothing
    new: exit "up to date"; searches but no click, cart or purchase among them: "no engagement"
    (nothing registered, so the next run reads them again); no search logged at all (a wrong
-   home, or no sink ever ran): "no event log".
+   home, or no sink ever ran): "no event log"; too few searches showing 2 or more products
+   still in the index to learn from: "too few usable searches".
 2. Join impressions with interactions: each shown product of each search gets
    its engagement (0 none, 1 click, 2 add to cart, 3 purchase).
 3. Estimate position bias by EM on the position-based model
@@ -245,10 +246,18 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         data, positions = logged_ranking_data(featurizer, shown,
                                               _store_features(settings, shown) if store_names else None,
                                               settings.retrieval.spelling, first_stage)
+        usable = len(data.groups)  # a search showing fewer than 2 products still indexed ranks nothing
+        if usable < config.min_searches:  # nothing registered: the next run reads these searches again
+            return {"status": "too few usable searches", "usable_searches": usable, "new_searches": int(searches),
+                    "min_searches": config.min_searches, "since": since.isoformat() if since is not None else None,
+                    "reason": f"too few usable searches: {usable} of {searches} logged searches show 2 or more "
+                              f"products still in the index, fewer than --min-searches {config.min_searches} (a "
+                              "product deleted from the catalog, or not indexed here, cannot be featurized)"}
         try:
             candidate, lgb_config, metrics = _fit_candidate(data, positions, position_model, active, config)
         except lgb.basic.LightGBMError as error:  # e.g. every feature constant over a handful of searches
-            raise InvalidInput(f"LightGBM could not learn from the {searches} searches since {since}: {error}; "
+            start = since.isoformat() if since is not None else "the log's start"
+            raise InvalidInput(f"LightGBM could not learn from the {usable} usable searches since {start}: {error}; "
                                "retrain on more traffic (--min-searches, --since)") from None
         window = {"since": str(since) if since is not None else None, "until": str(shown["timestamp"].max())}
         work = settings.paths.training(f"retrain-{hashlib.sha1(str(window).encode()).hexdigest()[:10]}")
