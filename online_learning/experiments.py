@@ -30,6 +30,7 @@ from core.errors import InvalidInput
 from core.files import write_text_atomic
 
 ARM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MIN_WEIGHT = 1e-6  # an arm's least weight (relative: 1e-6 beside 1 is a share of one in a million)
 INTERLEAVED = "interleaved"  # the arm the log names for an interleaved search (both arms ranked it): no arm's name
 
 
@@ -44,13 +45,15 @@ class Arm(BaseModel):
 
     ltr: str = Field(..., pattern=r"^v[0-9]{1,6}$", description="LambdaMART version this arm serves (a registry "
                      "version name: v and 1-6 digits).")
-    weight: float = Field(1.0, gt=0, description="Relative share of users (A/B), a finite number in (0, 1000000].")
+    weight: float = Field(1.0, gt=0, description="Relative share of users (A/B), a number in [0.000001, 1000000].")
 
     @field_validator("weight")
     @classmethod
     def _finite(cls, weight: float, info: ValidationInfo) -> float:
-        if not saved(info) and not (math.isfinite(weight) and weight <= 1_000_000):
-            raise ValueError(f"weight {weight} is not a finite number in (0, 1000000]")
+        # far below 1e-6 (5e-324) the shares assign() computes round away: two equal arms split 25/75
+        if not saved(info) and not (math.isfinite(weight) and MIN_WEIGHT <= weight <= 1_000_000):
+            raise ValueError(f"weight {weight} is not a number in [0.000001, 1000000]: weights are relative, so "
+                             "scale them up (1 and 9 for a 10% treatment)")
         return weight
 
 
