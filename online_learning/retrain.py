@@ -208,6 +208,12 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return {"status": "skipped", "reason": "another retrain is running"}
+        # the window first: a bad --since/--until is an error (exit 2) whatever the log holds
+        registry = ModelRegistry(settings.paths.models)
+        since = _utc(config.since) if config.since else _last_window_end(registry)
+        until = _utc(config.until) if config.until else None
+        if since is not None and until is not None and since >= until:
+            raise InvalidInput(f"since {since.isoformat()} is not before until {until.isoformat()}")
         names = list(active.model.names) if active else list(BASE_FEATURES)  # type: ignore[attr-defined]
         if active is not None and first_stage is None and set(names) & set(RANK_FEATURES):
             return {"status": "skipped", "reason": f"the active LambdaMART {active.version} reads the first stage's "
@@ -217,11 +223,6 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             return {"status": "no event log", "reason": f"no search is logged in {settings.paths.event_log} "
                     "(settings.paths.event_log): check SHOPRANK_HOME, and that the log sink (`shoprank consume "
                     "sink`) or `shoprank events import --spool` runs before the retrain"}
-        registry = ModelRegistry(settings.paths.models)
-        since = _utc(config.since) if config.since else _last_window_end(registry)
-        until = _utc(config.until) if config.until else None
-        if since is not None and until is not None and since >= until:
-            raise InvalidInput(f"since {since.isoformat()} is not before until {until.isoformat()}")
         if until is None and config.settle_minutes > 0:
             until = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=config.settle_minutes)
             if since is not None and since >= until:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import InvalidInput
 from core.registry import ModelRegistry, ServedModel
 from core.settings import Settings
 from online_learning.consumers.log_sink import ParquetLogSink
@@ -226,6 +227,11 @@ def test_a_home_without_an_event_log_is_told_and_fails_the_command(  # type: ign
     monkeypatch.setattr(serving.loading, "open_engine", lambda settings, batch=False: engine)
     code, out, _ = run_cli(capsys, "retrain")
     assert code == 1 and json.loads(out)["status"] == "no event log"
+    # a bad window is the command's error (2) whatever the log holds: before, "no event log" (1) hid it
+    with pytest.raises(InvalidInput, match="is not before until"):
+        retrain(home, featurizer, None, RetrainConfig(since="2026-12-01", until="2026-11-01"))
+    code, _, err = run_cli(capsys, "retrain", "--since", "2026-12-01", "--until", "2026-11-01")
+    assert code == 2 and "is not before until" in err
 
 
 def test_searches_whose_products_left_the_index_are_counted_as_unusable(  # type: ignore[no-untyped-def]
