@@ -53,10 +53,11 @@ class NotReady(ShopRankError):
 
 class NotPublished(ShopRankError):
     """A change this server made and serves that it could not upload to the artifact store, so the other
-    replicas do not get it (HTTP 503, with no ``Retry-After``: the change is made, and a repeated rollback would
-    go one version further back). ``shoprank artifacts push --state-only`` publishes it."""
+    replicas do not get it (HTTP 502: the store, a service behind this one, failed; no ``Retry-After``, and not
+    a status a proxy retries: the change is made, and a repeated rollback would go one version further back).
+    ``shoprank artifacts push --state-only`` publishes it."""
 
-    http_status = 503
+    http_status = 502
 
 
 class Overloaded(NotReady):

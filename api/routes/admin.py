@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
 
 from api.auth import check_key, presented_key
 from api.deps import HolderDep, SettingsDep
@@ -48,7 +58,7 @@ def require_admin(request: Request, settings: SettingsDep, authorization: Annota
 
 # mounted at /v1 (the default store) and /v1/stores/{store}
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
-                   responses={**{status: {"model": ErrorBody} for status in (401, 403, 404, 409, 503)},
+                   responses={**{status: {"model": ErrorBody} for status in (401, 403, 404, 409, 502, 503)},
                               422: INVALID, 429: RATE_LIMITED})
 
 class Activate(BaseModel):
@@ -105,12 +115,19 @@ async def _swap_or_undo(request: Request, holder: ServedHolder, settings: Settin
 
 async def _publish(settings: Settings, done: str) -> None:
     """Upload the shared state to the artifact store, if one is configured: other replicas pull it on their next
-    poll. The change is made and served here before this runs, so a failed upload is not undone: it answers 503
-    (:class:`~core.errors.NotPublished`) saying what was ``done`` and how to publish it, not a bare 500 that
-    would read as nothing changed."""
+    poll. The change is made and served here before this runs, so a failed upload is not undone: it answers 502
+    (:class:`~core.errors.NotPublished`: the store behind this server failed, a status HAProxy does not send
+    to another replica) saying what was ``done`` and how to publish it, not a bare 500 that would read as nothing
+    changed. A store that refuses the push for what it holds (:class:`~core.errors.Conflict`: a version
+    registered under the same name elsewhere) or a store setting it cannot take
+    (:class:`~core.errors.InvalidInput`) answers its own status and advice, after what was ``done``: pushing the
+    state again would be refused the same way."""
     try:
         await asyncio.to_thread(push_state, settings)
-    except Exception as error:  # any store (S3, GCS, a mounted folder) fails in its own way
+    except (Conflict, InvalidInput) as error:
+        raise type(error)(f"{done}, but the artifact store refused it (the change is made, do not repeat the "
+                          f"call): {error.message}") from error
+    except Exception as error:  # the store out of reach: any store (S3, GCS, a mounted folder) fails in its own way
         raise NotPublished(f"{done}, but not published to the artifact store ({type(error).__name__}: {error}): "
                            "the other replicas do not get it until `shoprank artifacts push --state-only` runs "
                            "on this home; the change is made, do not repeat the call") from error
@@ -296,9 +313,31 @@ def get_experiment(holder: HolderDep) -> ExperimentState:
                                            "shadow_dropped": current.shadow_dropped}, context={"saved": True})
 
 
+def _as_saved(data: Any, handler: ValidatorFunctionWrapHandler) -> ExperimentConfig:
+    """A PUT body checked as a saved experiment is read back (read_config's "saved"): one sent back as GET shows
+    it, refused by a rule added since it was saved, is taken. :func:`put_experiment` checks any other experiment
+    against today's rules."""
+    return ExperimentConfig.model_validate(data, context={"saved": True})
+
+
+def _check_new(body: ExperimentConfig, served: Experiment | None) -> None:
+    """Today's rules for an experiment other than the one ``served`` now (a 422 naming the field, as for any
+    body): only the experiment running already keeps what earlier rules allowed, e.g. while its shadow changes."""
+    if body.experiment is None or (served is not None and body.experiment.model_dump() == served.model_dump()):
+        return
+    try:
+        ExperimentConfig.model_validate(body.model_dump())
+    except ValidationError as error:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)],
+                                     body=body.model_dump()) from None
+
+
 @router.put("/experiment", response_model=ExperimentState, summary="Start, change or stop an experiment / shadow")
-async def put_experiment(body: ExperimentConfig, request: Request, holder: HolderDep,
-                         settings: SettingsDep) -> ExperimentState:
+async def put_experiment(body: Annotated[ExperimentConfig, WrapValidator(_as_saved)], request: Request,
+                         holder: HolderDep, settings: SettingsDep) -> ExperimentState:
+    """A new experiment follows today's rules; the one served now, sent back unchanged (say, to change the
+    shadow), is taken as it was saved."""
+    _check_new(body, holder.get().router.experiment)
     registry = ModelRegistry(settings.paths.models)
     wanted = [a.ltr for a in body.experiment.arms.values()] if body.experiment else []
     for version in wanted + ([body.shadow] if body.shadow else []):
