@@ -51,6 +51,15 @@ class NotReady(ShopRankError):
         self.retry_after = retry_after
 
 
+class NotPublished(ShopRankError):
+    """A change this server made and serves that it could not upload to the artifact store, so the other
+    replicas do not get it (HTTP 502: the store, a service behind this one, failed; no ``Retry-After``, and not
+    a status a proxy retries: the change is made, and a repeated rollback would go one version further back).
+    ``shoprank artifacts push --state-only`` publishes it."""
+
+    http_status = 502
+
+
 class Overloaded(NotReady):
     """A server process has been at its capacity (``serving.max_in_flight``) for as long as the request may
     wait (HTTP 503, with ``Retry-After`` seconds)."""

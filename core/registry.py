@@ -158,7 +158,7 @@ class ModelRegistry:
     def get(self, role: str, version: str) -> ModelVersion:
         _check_role(role)
         if not VERSION.match(version):  # a name, not a path: 'v2/' or '../ltr/v1' would reach other folders
-            raise InvalidInput(f"{role} version {version!r} is not a version name: v followed by digits (v3)")
+            raise InvalidInput(f"{role} version {version!r} is not a version name: v followed by 1-6 digits (v3)")
         manifest = self.root / role / version / "manifest.json"
         if not manifest.is_file():
             known = [v.version for v in self.versions(role)]

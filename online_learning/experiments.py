@@ -30,6 +30,8 @@ from core.errors import InvalidInput
 from core.files import write_text_atomic
 
 ARM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MIN_WEIGHT = 1e-6  # an arm's least weight (relative: 1e-6 beside 1 is a share of one in a million)
+INTERLEAVED = "interleaved"  # the arm the log names for an interleaved search (both arms ranked it): no arm's name
 
 
 def saved(info: ValidationInfo) -> bool:
@@ -41,14 +43,17 @@ def saved(info: ValidationInfo) -> bool:
 class Arm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ltr: str = Field(..., pattern=r"^v[0-9]+$", description="LambdaMART version this arm serves.")
-    weight: float = Field(1.0, gt=0, description="Relative share of users (A/B), a finite number in (0, 1000000].")
+    ltr: str = Field(..., pattern=r"^v[0-9]{1,6}$", description="LambdaMART version this arm serves (a registry "
+                     "version name: v and 1-6 digits).")
+    weight: float = Field(1.0, gt=0, description="Relative share of users (A/B), a number in [0.000001, 1000000].")
 
     @field_validator("weight")
     @classmethod
     def _finite(cls, weight: float, info: ValidationInfo) -> float:
-        if not saved(info) and not (math.isfinite(weight) and weight <= 1_000_000):
-            raise ValueError(f"weight {weight} is not a finite number in (0, 1000000]")
+        # far below 1e-6 (5e-324) the shares assign() computes round away: two equal arms split 25/75
+        if not saved(info) and not (math.isfinite(weight) and MIN_WEIGHT <= weight <= 1_000_000):
+            raise ValueError(f"weight {weight} is not a number in [0.000001, 1000000]: weights are relative, so "
+                             "scale them up (1 and 9 for a 10% treatment)")
         return weight
 
 
@@ -63,8 +68,13 @@ class Experiment(BaseModel):
     @model_validator(mode="after")
     def _control_exists(self, info: ValidationInfo) -> Experiment:
         for arm in self.arms:
-            if not saved(info) and not ARM_NAME.fullmatch(arm):  # one saved before the rule still loads
+            if saved(info):  # one saved before a rule still loads
+                continue
+            if not ARM_NAME.fullmatch(arm):
                 raise ValueError(f"arm name {arm!r} is not allowed: 1-64 letters, digits, '_', '.' or '-'")
+            if arm == INTERLEAVED:  # its searches would read as interleaved ones in the reports
+                raise ValueError(f"arm name {arm!r} is reserved: the event log names an interleaved search's arm so; "
+                                 "give the arm another name")
         if self.control not in self.arms:
             raise ValueError(f"control arm {self.control!r} is not one of the arms {list(self.arms)}")
         if self.mode == "interleave" and len(self.arms) != 2:

@@ -33,6 +33,13 @@ def _plain(text: object) -> str:
     return str(text).replace("$", r"\$")
 
 
+def _legend_label(arm: object) -> str:
+    """``arm`` as a legend entry: matplotlib leaves out of a legend every label that starts with ``_`` (an arm
+    named ``_new``), so such a name gets an invisible zero-width space in front."""
+    text = _plain(arm)
+    return "\u200b" + text if text.startswith("_") else text
+
+
 def _png(figure: plt.Figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -43,7 +50,7 @@ def _png(figure: plt.Figure) -> str:
 def plot_over_time(table: pd.DataFrame, column: str, title: str) -> str:
     figure, axis = plt.subplots(figsize=(7, 3.2))
     for arm, part in over_time(table, column).groupby("arm"):
-        axis.plot(part["timestamp"], part["mean"], label=_plain(arm))
+        axis.plot(part["timestamp"], part["mean"], label=_legend_label(arm))
         axis.fill_between(part["timestamp"], part["low"], part["high"], alpha=0.2)
     axis.set_title(f"{title} (cumulative, 95% band)")
     axis.legend()

@@ -4,7 +4,9 @@
    since the last retrain (or ``--since``) until ``--settle-minutes`` ago (the CLI's
    default: an hour, so the last searches' clicks and purchases have arrived); nothing
    new: exit "up to date"; searches but no click, cart or purchase among them: "no engagement"
-   (nothing registered, so the next run reads them again).
+   (nothing registered, so the next run reads them again); no search logged at all (a wrong
+   home, or no sink ever ran): "no event log"; too few searches showing 2 or more products
+   still in the index to learn from: "too few usable searches".
 2. Join impressions with interactions: each shown product of each search gets
    its engagement (0 none, 1 click, 2 add to cart, 3 purchase).
 3. Estimate position bias by EM on the position-based model
@@ -49,7 +51,7 @@ from core.feature_store import FeatureBatch
 from core.query import Query
 from core.registry import ModelRegistry, ServedModel
 from core.settings import Settings
-from online_learning.consumers.log_sink import read_log, searches_only
+from online_learning.consumers.log_sink import log_files, read_log, searches_only
 from online_learning.propensity import fit_position_model
 from online_learning.traffic_filter import FilterConfig, clean, engagement
 from ranking.features import RANK_FEATURES, LtrFeaturizer
@@ -206,16 +208,21 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return {"status": "skipped", "reason": "another retrain is running"}
-        names = list(active.model.names) if active else list(BASE_FEATURES)  # type: ignore[attr-defined]
-        if active is not None and first_stage is None and set(names) & set(RANK_FEATURES):
-            return {"status": "skipped", "reason": f"the active LambdaMART {active.version} reads the first stage's "
-                    f"ranks ({', '.join(RANK_FEATURES)}), which the impression log does not keep: give retrain the "
-                    "served first stage to rebuild them (`shoprank retrain` does)"}
+        # the window first: a bad --since/--until is an error (exit 2) whatever the log holds
         registry = ModelRegistry(settings.paths.models)
         since = _utc(config.since) if config.since else _last_window_end(registry)
         until = _utc(config.until) if config.until else None
         if since is not None and until is not None and since >= until:
             raise InvalidInput(f"since {since.isoformat()} is not before until {until.isoformat()}")
+        names = list(active.model.names) if active else list(BASE_FEATURES)  # type: ignore[attr-defined]
+        if active is not None and first_stage is None and set(names) & set(RANK_FEATURES):
+            return {"status": "skipped", "reason": f"the active LambdaMART {active.version} reads the first stage's "
+                    f"ranks ({', '.join(RANK_FEATURES)}), which the impression log does not keep: give retrain the "
+                    "served first stage to rebuild them (`shoprank retrain` does)"}
+        if not log_files(settings.paths.event_log, "rankings"):  # not "up to date": nothing was ever logged here
+            return {"status": "no event log", "reason": f"no search is logged in {settings.paths.event_log} "
+                    "(settings.paths.event_log): check SHOPRANK_HOME, and that the log sink (`shoprank consume "
+                    "sink`) or `shoprank events import --spool` runs before the retrain"}
         if until is None and config.settle_minutes > 0:
             until = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=config.settle_minutes)
             if since is not None and since >= until:
@@ -240,10 +247,18 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         data, positions = logged_ranking_data(featurizer, shown,
                                               _store_features(settings, shown) if store_names else None,
                                               settings.retrieval.spelling, first_stage)
+        usable = len(data.groups)  # a search showing fewer than 2 products still indexed ranks nothing
+        if usable < config.min_searches:  # nothing registered: the next run reads these searches again
+            return {"status": "too few usable searches", "usable_searches": usable, "new_searches": int(searches),
+                    "min_searches": config.min_searches, "since": since.isoformat() if since is not None else None,
+                    "reason": f"too few usable searches: {usable} of {searches} logged searches show 2 or more "
+                              f"products still in the index, fewer than --min-searches {config.min_searches} (a "
+                              "product deleted from the catalog, or not indexed here, cannot be featurized)"}
         try:
             candidate, lgb_config, metrics = _fit_candidate(data, positions, position_model, active, config)
         except lgb.basic.LightGBMError as error:  # e.g. every feature constant over a handful of searches
-            raise InvalidInput(f"LightGBM could not learn from the {searches} searches since {since}: {error}; "
+            start = since.isoformat() if since is not None else "the log's start"
+            raise InvalidInput(f"LightGBM could not learn from the {usable} usable searches since {start}: {error}; "
                                "retrain on more traffic (--min-searches, --since)") from None
         window = {"since": str(since) if since is not None else None, "until": str(shown["timestamp"].max())}
         work = settings.paths.training(f"retrain-{hashlib.sha1(str(window).encode()).hexdigest()[:10]}")

@@ -69,9 +69,12 @@ class Layout:
 
 def haproxy_config(layout: Layout, check_interval_ms: int = 1000) -> str:
     """HAProxy in front of the replicas: health checks on ``/readyz`` (a loading or dead
-    replica gets no traffic), least-connections balancing, and a failed connection or an
-    empty answer from a dying replica retried on another one (searches are safe to repeat;
-    events carry ids that the log de-duplicates)."""
+    replica gets no traffic), least-connections balancing, and a failed connection, an
+    empty answer from a dying replica or a 503 (not ready, overloaded) retried on another one
+    (searches are safe to repeat; events carry ids that the log de-duplicates). An admin call
+    (``/v1/admin``, ``/v1/stores/STORE/admin``) that reached a replica is never sent again: it
+    changes shared state (a rollback repeated goes one version further back). A connection
+    that was never made is still retried, as nothing was sent."""
     servers = "\n".join(f"    server replica{i} 127.0.0.1:{port} check inter {check_interval_ms} fall 2 rise 2"
                         for i, port in enumerate(layout.replicas))
     return f"""# written by `shoprank cluster up`; regenerated on every start
@@ -90,6 +93,9 @@ defaults
 
 frontend shoprank
     bind 127.0.0.1:{layout.port}
+    # the path as the replica routes it (percent-decoded), in the default store or a named one
+    acl admin path,url_dec -m reg ^/v1/(stores/[^/]+/)?admin(/|$)
+    http-request disable-l7-retry if admin
     default_backend replicas
 
 backend replicas

@@ -10,13 +10,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
 
 from api.auth import check_key, presented_key
 from api.deps import HolderDep, SettingsDep
 from api.schemas import INVALID, RATE_LIMITED, ErrorBody
 from api.state import ServedHolder
-from core.errors import Conflict, Forbidden, InvalidInput, Unauthorized
+from core.errors import Conflict, Forbidden, InvalidInput, NotPublished, Unauthorized
 from core.files import exclusive, write_text_atomic
 from core.registry import ModelRegistry
 from core.settings import Settings
@@ -48,7 +58,7 @@ def require_admin(request: Request, settings: SettingsDep, authorization: Annota
 
 # mounted at /v1 (the default store) and /v1/stores/{store}
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
-                   responses={**{status: {"model": ErrorBody} for status in (401, 403, 404, 409, 503)},
+                   responses={**{status: {"model": ErrorBody} for status in (401, 403, 404, 409, 502, 503)},
                               422: INVALID, 429: RATE_LIMITED})
 
 class Activate(BaseModel):
@@ -89,7 +99,7 @@ async def _swap_or_undo(request: Request, holder: ServedHolder, settings: Settin
                         before: dict[str, Any], action: str) -> SearchEngine:
     """Swap to the registry's new active version of ``role``; if this server cannot, the registry
     goes back to ``before`` (nothing points at a version that did not load) and the error answers.
-    Published to the artifact store and counted only once served."""
+    Counted, then published to the artifact store, only once served."""
     registry = ModelRegistry(settings.paths.models)
     changed_to = registry.active_version(role)
     try:
@@ -98,9 +108,29 @@ async def _swap_or_undo(request: Request, holder: ServedHolder, settings: Settin
         if changed_to is not None:
             registry.restore(role, before, unless_changed_from=changed_to)
         raise
-    await asyncio.to_thread(push_state, settings)  # other replicas pull it on their next poll
     request.app.state.metrics.swaps.labels(role, action).inc()
+    await _publish(settings, f"{role} {changed_to} is served here and active in the registry")
     return engine
+
+
+async def _publish(settings: Settings, done: str) -> None:
+    """Upload the shared state to the artifact store, if one is configured: other replicas pull it on their next
+    poll. The change is made and served here before this runs, so a failed upload is not undone: it answers 502
+    (:class:`~core.errors.NotPublished`: the store behind this server failed, a status HAProxy does not send
+    to another replica) saying what was ``done`` and how to publish it, not a bare 500 that would read as nothing
+    changed. A store that refuses the push for what it holds (:class:`~core.errors.Conflict`: a version
+    registered under the same name elsewhere) or a store setting it cannot take
+    (:class:`~core.errors.InvalidInput`) answers its own status and advice, after what was ``done``: pushing the
+    state again would be refused the same way."""
+    try:
+        await asyncio.to_thread(push_state, settings)
+    except (Conflict, InvalidInput) as error:
+        raise type(error)(f"{done}, but the artifact store refused it (the change is made, do not repeat the "
+                          f"call): {error.message}") from error
+    except Exception as error:  # the store out of reach: any store (S3, GCS, a mounted folder) fails in its own way
+        raise NotPublished(f"{done}, but not published to the artifact store ({type(error).__name__}: {error}): "
+                           "the other replicas do not get it until `shoprank artifacts push --state-only` runs "
+                           "on this home; the change is made, do not repeat the call") from error
 
 
 @router.get("/models", response_model=ModelsState, summary="Served and registered model versions")
@@ -239,7 +269,7 @@ async def _replace_file(request: Request, holder: ServedHolder, settings: Settin
         except Exception:
             await asyncio.to_thread(_put_back, path, old)
             raise
-    await asyncio.to_thread(push_state, settings)  # other replicas pull it on their next poll
+    await _publish(settings, f"{path} is saved and served here")
     return engine
 
 
@@ -277,13 +307,37 @@ class ExperimentState(ExperimentConfig):
 @router.get("/experiment", response_model=ExperimentState, summary="The running experiment and shadow")
 def get_experiment(holder: HolderDep) -> ExperimentState:
     current = holder.get().router
-    return ExperimentState(experiment=current.experiment, shadow=current.shadow,
-                           shadow_scored=current.shadow_done, shadow_dropped=current.shadow_dropped)
+    # shown as served: one saved under earlier rules (read_config's "saved") is not checked against today's
+    return ExperimentState.model_validate({"experiment": current.experiment, "shadow": current.shadow,
+                                           "shadow_scored": current.shadow_done,
+                                           "shadow_dropped": current.shadow_dropped}, context={"saved": True})
+
+
+def _as_saved(data: Any, handler: ValidatorFunctionWrapHandler) -> ExperimentConfig:
+    """A PUT body checked as a saved experiment is read back (read_config's "saved"): one sent back as GET shows
+    it, refused by a rule added since it was saved, is taken. :func:`put_experiment` checks any other experiment
+    against today's rules."""
+    return ExperimentConfig.model_validate(data, context={"saved": True})
+
+
+def _check_new(body: ExperimentConfig, served: Experiment | None) -> None:
+    """Today's rules for an experiment other than the one ``served`` now (a 422 naming the field, as for any
+    body): only the experiment running already keeps what earlier rules allowed, e.g. while its shadow changes."""
+    if body.experiment is None or (served is not None and body.experiment.model_dump() == served.model_dump()):
+        return
+    try:
+        ExperimentConfig.model_validate(body.model_dump())
+    except ValidationError as error:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)],
+                                     body=body.model_dump()) from None
 
 
 @router.put("/experiment", response_model=ExperimentState, summary="Start, change or stop an experiment / shadow")
-async def put_experiment(body: ExperimentConfig, request: Request, holder: HolderDep,
-                         settings: SettingsDep) -> ExperimentState:
+async def put_experiment(body: Annotated[ExperimentConfig, WrapValidator(_as_saved)], request: Request,
+                         holder: HolderDep, settings: SettingsDep) -> ExperimentState:
+    """A new experiment follows today's rules; the one served now, sent back unchanged (say, to change the
+    shadow), is taken as it was saved."""
+    _check_new(body, holder.get().router.experiment)
     registry = ModelRegistry(settings.paths.models)
     wanted = [a.ltr for a in body.experiment.arms.values()] if body.experiment else []
     for version in wanted + ([body.shadow] if body.shadow else []):
@@ -301,5 +355,5 @@ async def put_experiment(body: ExperimentConfig, request: Request, holder: Holde
             except Exception:  # not served here: the call changes nothing, and nothing is published
                 await asyncio.to_thread(_put_back, path, old)
                 raise
-    await asyncio.to_thread(push_state, settings)  # served here: other replicas pull it on their next poll
+    await _publish(settings, f"the experiment configuration {path} is saved and served here")
     return get_experiment(holder)

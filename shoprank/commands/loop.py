@@ -93,9 +93,9 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     config = RetrainConfig(since=args.since, until=args.until, min_searches=args.min_searches,
                            filter_traffic=not args.no_filter, settle_minutes=args.settle_minutes)
     engine = open_engine(settings, batch=True)  # the served index, query encoder and first stage, the active models
-    print(json.dumps(retrain(settings, engine.featurizer([]), engine.ltr, config, engine.hybrid), indent=2,
-                     default=str))
-    return 0
+    result = retrain(settings, engine.featurizer([]), engine.ltr, config, engine.hybrid)
+    print(json.dumps(result, indent=2, default=str))
+    return 1 if result["status"] == "no event log" else 0  # a wrong home or a sink that never ran fails the job
 
 
 def cmd_warm_scores(args: argparse.Namespace, settings: Settings) -> int:

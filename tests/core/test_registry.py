@@ -43,8 +43,8 @@ def test_errors_name_what_exists(tmp_path: Path) -> None:
     registry.register("ltr", model_folder(tmp_path, "m"), base_model="lightgbm", activate=True)
     with pytest.raises(InvalidInput, match="no earlier active version"):
         registry.rollback("ltr")
-    for name in ("v1/", "../ltr/v1", "V1", "1"):  # a name, never a path to the active version or elsewhere
-        with pytest.raises(InvalidInput, match="is not a version name"):
+    for name in ("v1/", "../ltr/v1", "V1", "1", "v1234567"):  # a name, never a path to the active version or elsewhere
+        with pytest.raises(InvalidInput, match="is not a version name: v followed by 1-6 digits"):
             registry.delete("ltr", name)
         with pytest.raises(InvalidInput, match="is not a version name"):
             registry.activate("ltr", name)

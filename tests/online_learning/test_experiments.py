@@ -31,11 +31,17 @@ def test_experiment_config_errors() -> None:
         Experiment(name="x", control="base", arms={"a": Arm(ltr="v1"), "b": Arm(ltr="v2")})
     with pytest.raises(ValueError, match="exactly 2 arms"):
         Experiment(name="x", mode="interleave", arms={"control": Arm(ltr="v1"), "b": Arm(ltr="v2"), "c": Arm(ltr="v3")})
-    for weight in (float("inf"), float("nan"), 1e308, 0):  # a share must be a finite number in (0, 1e6]
+    for weight in (float("inf"), float("nan"), 1e308, 0, 5e-324, 9e-7):  # a share must be a number in [1e-6, 1e6]
         with pytest.raises(ValueError, match="weight"):
             Arm(ltr="v1", weight=weight)
+    tiny = Experiment(name="x", arms={"control": Arm(ltr="v1", weight=1e-6), "t": Arm(ltr="v2", weight=1e-6)})
+    assert Counter(assign(tiny, f"u{i}") for i in range(4000))["t"] == pytest.approx(2000, abs=150)  # an even split
     with pytest.raises(ValueError, match="arm name '<b>x</b>' is not allowed"):
         Experiment(name="x", arms={"control": Arm(ltr="v1"), "<b>x</b>": Arm(ltr="v2")})
+    with pytest.raises(ValueError, match="arm name 'interleaved' is reserved"):  # the log's arm of interleaved ones
+        Experiment(name="x", arms={"control": Arm(ltr="v1"), "interleaved": Arm(ltr="v2")})
+    with pytest.raises(ValueError, match=r"ltr\n.*should match pattern '\^v\[0-9\]\{1,6\}\$'"):
+        Arm(ltr="v1234567")  # no registry version has more digits: refused as the admin API's versions are
 
 
 def test_an_experiment_saved_before_a_rule_still_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -43,11 +49,13 @@ def test_an_experiment_saved_before_a_rule_still_loads(tmp_path) -> None:  # typ
 
     from online_learning.experiments import read_config
 
-    saved = {"experiment": {"name": "x", "arms": {"control": {"ltr": "v1"}, "new model": {"ltr": "v2", "weight": 1e9}}},
+    arms = {"control": {"ltr": "v1", "weight": 5e-324}, "new model": {"ltr": "v2", "weight": 1e9},
+            "interleaved": {"ltr": "v3"}}
+    saved = {"experiment": {"name": "x", "arms": arms},
              "shadow": None}
     (tmp_path / "current.json").write_text(json.dumps(saved))
     experiment, _ = read_config(tmp_path / "current.json")  # the server that runs it keeps loading
-    assert experiment is not None and "new model" in experiment.arms
+    assert experiment is not None and {"new model", "interleaved"} <= set(experiment.arms)
 
 
 def test_team_draft_is_fair_and_complete() -> None:

@@ -412,6 +412,22 @@ def test_arm_names_are_drawn_as_written(tmp_path: Path) -> None:
     assert "12 searches with clicks by 9 shoppers; preferring control: 3, t_$5_$: 5, neither: 1" in page
 
 
+def test_an_arm_named_with_a_leading_underscore_is_in_the_legend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Matplotlib leaves a label starting with ``_`` out of a legend: the plot over time showed ``_new``'s line
+    with no name."""
+    from online_learning import report
+
+    legends = []
+
+    def kept(figure):  # type: ignore[no-untyped-def]
+        legends.append([text.get_text().lstrip("\u200b") for text in figure.axes[0].get_legend().get_texts()])
+        return "<img>"
+
+    monkeypatch.setattr(report, "_png", kept)
+    report.plot_over_time(arms_table({"control": 0.1, "_new": 0.12}, {"control": 20, "_new": 20}), "bought", "Buy")
+    assert legends == [["_new", "control"]]
+
+
 @pytest.fixture()
 def loop_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """A home whose event log holds 3,000 searches of experiment ``nb-test`` (control v1, treatment v2:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import InvalidInput
 from core.registry import ModelRegistry, ServedModel
 from core.settings import Settings
 from online_learning.consumers.log_sink import ParquetLogSink
@@ -202,4 +203,69 @@ def test_a_window_without_engagement_registers_nothing_and_stays_for_the_next_ru
     featurizer = LtrFeaturizer(fake_index, lambda text: np.ones(64), None, [])
     result = retrain(home, featurizer, None, RetrainConfig(min_searches=10, filter_traffic=False))
     assert result["status"] == "no engagement" and result["new_searches"] == 20
+    assert ModelRegistry(home.paths.models).versions("ltr") == []
+
+
+def test_a_home_without_an_event_log_is_told_and_fails_the_command(  # type: ignore[no-untyped-def]
+        cli_home: Path, fake_index, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: "up to date" and exit 0 every night, so a wrong SHOPRANK_HOME or a sink that never ran went unseen."""
+    import json
+    from types import SimpleNamespace
+
+    import serving.loading
+    from core.settings import get_settings
+    from ranking.features import LtrFeaturizer
+    from tests.helpers import run_cli
+
+    home = get_settings()
+    featurizer = LtrFeaturizer(fake_index, lambda text: np.ones(64), None, [])
+    result = retrain(home, featurizer, None, RetrainConfig())
+    assert result["status"] == "no event log" and str(home.paths.event_log) in result["reason"]
+    (home.paths.event_log / "rankings" / "date=2026-11-01").mkdir(parents=True)  # folders, no file: the same
+    assert retrain(home, featurizer, None, RetrainConfig())["status"] == "no event log"
+    engine = SimpleNamespace(featurizer=lambda extra: featurizer, ltr=None, hybrid=None)  # the served one
+    monkeypatch.setattr(serving.loading, "open_engine", lambda settings, batch=False: engine)
+    code, out, _ = run_cli(capsys, "retrain")
+    assert code == 1 and json.loads(out)["status"] == "no event log"
+    # a bad window is the command's error (2) whatever the log holds: before, "no event log" (1) hid it
+    with pytest.raises(InvalidInput, match="is not before until"):
+        retrain(home, featurizer, None, RetrainConfig(since="2026-12-01", until="2026-11-01"))
+    code, _, err = run_cli(capsys, "retrain", "--since", "2026-12-01", "--until", "2026-11-01")
+    assert code == 2 and "is not before until" in err
+
+
+def test_searches_whose_products_left_the_index_are_counted_as_unusable(  # type: ignore[no-untyped-def]
+        tmp_path: Path, settings: Settings, fake_index) -> None:
+    """Before: the raw searches passed --min-searches, LightGBM got 0 rows, and the error blamed the traffic volume
+    "since None"."""
+    from datetime import UTC, datetime, timedelta
+
+    from online_learning.consumers.base import Delivered
+    from online_learning.events import (
+        INTERACTIONS_TOPIC,
+        RANKINGS_TOPIC,
+        InteractionEvent,
+        RankingEvent,
+        ShownItem,
+    )
+    from ranking.features import LtrFeaturizer
+
+    home = settings.model_copy(update={"home": tmp_path})
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    batch = []
+    for i in range(30):  # one product still indexed in the first 10 searches, none in the others
+        ids = [fake_index.product_id(i)] * (i < 10) + [f"GONE{d}" for d in range(9)]
+        shown = [ShownItem(product_id=p, position=j + 1) for j, p in enumerate(ids)]
+        batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
+            event_id=f"r{i}", request_id=f"r{i}", timestamp=start + timedelta(minutes=i), user_id=f"u{i % 7}",
+            query="drill", pipeline="full", items=shown)))
+        batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+            type="click", event_id=f"c{i}", request_id=f"r{i}", timestamp=start + timedelta(minutes=i, seconds=5),
+            product_id=ids[0], position=1, user_id=f"u{i % 7}")))
+    ParquetLogSink(home.paths.event_log)(batch)
+    featurizer = LtrFeaturizer(fake_index, lambda text: np.ones(64), None, [])
+    result = retrain(home, featurizer, None, RetrainConfig(min_searches=10, filter_traffic=False))
+    assert result["status"] == "too few usable searches", result
+    assert (result["usable_searches"], result["new_searches"]) == (0, 30)
+    assert "0 of 30 logged searches show 2 or more products still in the index" in result["reason"]
     assert ModelRegistry(home.paths.models).versions("ltr") == []

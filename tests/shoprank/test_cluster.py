@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -205,6 +206,68 @@ def test_haproxy_config_checks_readiness_and_retries() -> None:
     text = haproxy_config(Layout(8000, [9001, 9002], 6379, 9092))
     assert "option httpchk GET /readyz" in text and "bind 127.0.0.1:8000" in text
     assert "server replica1 127.0.0.1:9002 check" in text and "retry-on conn-failure empty-response" in text
+    retried = next(line for line in text.splitlines() if "retry-on" in line).split()
+    assert "503" in retried and "502" not in retried and "all-retryable-errors" not in retried  # 502: not_published
+
+
+def test_haproxy_retries_a_refused_search_on_other_replicas_but_never_an_admin_call(tmp_path: Path) -> None:
+    """Before: a rollback answered 503 (the artifact store down) was redone on 3 other replicas sharing the home,
+    v5 -> v1 in one call. Replicas here: stdlib servers that count the requests and answer each 503."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from shoprank.layout import Layout
+
+    hits: collections.Counter[str] = collections.Counter()
+
+    class Refusing(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - the health check: ready
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            hits[self.path] += 1
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    replicas = [ThreadingHTTPServer(("127.0.0.1", 0), Refusing) for _ in range(2)]
+    for server in replicas:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = tmp_path / "haproxy.cfg"
+    port = free_port()
+    config.write_text(haproxy_config(Layout(port, [s.server_address[1] for s in replicas], 0, 0)))
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    proxy = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        paths = ["/v1/search", "/v1/events", "/v1/admin/models/ltr/rollback",
+                 "/v1/stores/shoes/admin/models/ltr/rollback", "/v1/%61dmin/models/ltr/rollback"]
+        for path in paths:  # the headers and the body in one write: a request HAProxy holds whole, so can replay
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\n"
+                             "Content-Length: 2\r\nConnection: close\r\n\r\n{}".encode())
+                assert sock.recv(65536).startswith(b"HTTP/1.1 503"), path
+    finally:
+        proxy.terminate()
+        proxy.wait()
+        for server in replicas:
+            server.shutdown()
+    assert hits["/v1/search"] == 4 and hits["/v1/events"] == 4, hits  # retries 3: safe to repeat
+    assert [hits[path] for path in paths[2:]] == [1, 1, 1], hits  # a repeated rollback goes one version further
 
 
 def test_replicas_on_one_machine_divide_its_cores(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,127 @@
+"""The admin API in-process (TestClient) on the demo index with the hashing encoder (fast): changes made here
+that the artifact store does not take, and experiments saved under earlier rules."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.routes import admin
+from core.errors import Conflict, InvalidInput, ShopRankError
+from core.service_settings import ApiSettings
+from core.settings import Settings
+from tests.fakes import HashingEncoder
+from tests.helpers import app_on, ready_client, register_ltr
+
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+@pytest.fixture()
+def home(settings: Settings, tmp_path: Path) -> Settings:
+    """A home of the test's own with the admin API on and two LambdaMART versions, v1 active."""
+    home = settings.model_copy(update={"home": tmp_path / "home", "api": ApiSettings(admin_token="s3cret")})
+    register_ltr(home.paths.models, tmp_path / "trained", 2)
+    return home
+
+
+@pytest.fixture()
+def client(home: Settings, fake_index) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    with ready_client(app_on(home, fake_index, HashingEncoder())) as client:
+        yield client
+
+
+def test_a_change_the_artifact_store_refuses_answers_502_saying_it_is_made_here(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """502, not 503: the bundled HAProxy sends a 503 to another replica, which made the change again (a rollback
+    went one more version back on each)."""
+    def store_down(_: Settings) -> None:
+        raise PermissionError("s3://bucket/shoprank: access denied")
+
+    monkeypatch.setattr(admin, "push_state", store_down)
+    activated = client.post("/v1/admin/models/ltr/activate", json={"version": "v2"}, headers=AUTH)
+    assert activated.status_code == 502 and activated.json()["error"] == "not_published", activated.text
+    message = activated.json()["message"]
+    assert "ltr v2 is served here and active in the registry" in message and "access denied" in message
+    assert "shoprank artifacts push --state-only" in message
+    assert "Retry-After" not in activated.headers  # made: a repeated rollback would go one further back
+    assert client.get("/v1/admin/models", headers=AUTH).json()["served"]["ltr"] == "v2"
+    assert 'shoprank_model_swaps_total{action="activate",role="ltr"} 1.0' in client.get("/metrics").text
+
+    rules = client.put("/v1/admin/rules", json={"hide": ["P1"]}, headers=AUTH)
+    assert rules.status_code == 502 and "rules.yaml is saved and served here" in rules.json()["message"]
+    assert client.get("/v1/admin/rules", headers=AUTH).json()["rules"]["hide"] == ["P1"]
+    synonyms = client.put("/v1/admin/synonyms", json={"rules": ["drill, driver"]}, headers=AUTH)
+    assert synonyms.status_code == 502 and "synonyms.txt is saved and served here" in synonyms.json()["message"]
+    shadow = client.put("/v1/admin/experiment", json={"shadow": "v1"}, headers=AUTH)
+    assert shadow.status_code == 502 and "experiment configuration" in shadow.json()["message"]
+    assert client.get("/v1/admin/experiment", headers=AUTH).json()["shadow"] == "v1"
+
+
+def test_an_experiment_saved_under_earlier_rules_is_shown_as_it_is_served(  # type: ignore[no-untyped-def]
+        home: Settings, fake_index) -> None:
+    saved = {"name": "old", "mode": "ab", "control": "control",  # an arm name and a weight refused today
+             "arms": {"control": {"ltr": "v1", "weight": 1.0}, "new arm": {"ltr": "v2", "weight": 2e6}}}
+    home.paths.experiment_config.parent.mkdir(parents=True, exist_ok=True)
+    home.paths.experiment_config.write_text(json.dumps({"experiment": saved, "shadow": None}))
+    with ready_client(app_on(home, fake_index, HashingEncoder())) as client:
+        assert client.post("/v1/search", json={"query": "drill", "k": 3, "user_id": "u1"}).json()["arm"] == "new arm"
+        shown = client.get("/v1/admin/experiment", headers=AUTH)
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["experiment"] == saved
+
+
+def test_an_arm_version_no_registry_can_hold_is_refused_naming_the_rule(client: TestClient) -> None:
+    arms = {"control": {"ltr": "v1"}, "b": {"ltr": "v1234567"}}
+    refused = client.put("/v1/admin/experiment", json={"experiment": {"name": "x", "arms": arms}}, headers=AUTH)
+    assert refused.status_code == 422 and "{1,6}" in refused.json()["message"], refused.text
+
+
+@pytest.mark.parametrize(("refusal", "status"), [
+    (Conflict("the store s3://bucket/shoprank already holds models/ltr/v2 with other files: delete this home's "
+              "version, pull, then register this model again"), 409),
+    (InvalidInput("artifact store URL 'nope://x' cannot be opened"), 422)])
+def test_a_push_the_store_refuses_for_what_it_holds_answers_its_own_advice(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch, refusal: ShopRankError, status: int) -> None:
+    """Before: any refusal read 503 "run `shoprank artifacts push --state-only`", which a version clash refuses the
+    same way."""
+    def refuse(_: Settings) -> None:
+        raise refusal
+
+    monkeypatch.setattr(admin, "push_state", refuse)
+    activated = client.post("/v1/admin/models/ltr/activate", json={"version": "v2"}, headers=AUTH)
+    assert activated.status_code == status, activated.text
+    message = activated.json()["message"]
+    assert message.startswith("ltr v2 is served here and active in the registry") and refusal.message in message
+    assert "--state-only" not in message and "do not repeat the call" in message
+    assert client.get("/v1/admin/models", headers=AUTH).json()["served"]["ltr"] == "v2"
+
+
+def test_the_served_experiment_sent_back_unchanged_keeps_the_rules_it_was_saved_under(  # type: ignore[no-untyped-def]
+        home: Settings, fake_index) -> None:
+    """Before: GET showed it, and a PUT of the same experiment with only the shadow changed answered 422."""
+    saved = {"name": "old", "mode": "ab", "control": "control",  # an arm name and a weight refused today
+             "arms": {"control": {"ltr": "v1", "weight": 1.0}, "interleaved": {"ltr": "v2", "weight": 1e-7}}}
+    home.paths.experiment_config.parent.mkdir(parents=True, exist_ok=True)
+    home.paths.experiment_config.write_text(json.dumps({"experiment": saved, "shadow": None}))
+    with ready_client(app_on(home, fake_index, HashingEncoder())) as client:
+        shown = client.get("/v1/admin/experiment", headers=AUTH).json()["experiment"]
+        kept = client.put("/v1/admin/experiment", json={"experiment": shown, "shadow": "v2"}, headers=AUTH)
+        assert kept.status_code == 200, kept.text
+        assert kept.json()["experiment"] == saved and kept.json()["shadow"] == "v2"
+        assert json.loads(home.paths.experiment_config.read_text())["experiment"] == saved
+
+        changed = client.put("/v1/admin/experiment", json={"experiment": {**shown, "name": "new"}}, headers=AUTH)
+        assert changed.status_code == 422 and changed.json()["error"] == "invalid_request", changed.text
+        assert changed.json()["message"].startswith("experiment.arms.interleaved.weight: weight 1e-07"), changed.text
+        heavier = {**shown, "arms": {"control": {"ltr": "v1", "weight": 1.0}, "interleaved": {"ltr": "v2"}}}
+        refused = client.put("/v1/admin/experiment", json={"experiment": heavier}, headers=AUTH)
+        assert refused.status_code == 422 and "'interleaved' is reserved" in refused.json()["message"], refused.text
+        assert client.get("/v1/admin/experiment", headers=AUTH).json() | {"shadow_scored": 0} == {
+            "experiment": saved, "shadow": "v2", "shadow_scored": 0, "shadow_dropped": 0}
+    spec = client.app.openapi()  # type: ignore[attr-defined]
+    body = spec["paths"]["/v1/admin/experiment"]["put"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["$ref"].endswith("/ExperimentConfig")  # the body is documented as before
