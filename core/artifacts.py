@@ -6,7 +6,9 @@ What is shared is what a replica serves from: the product indexes, the model
 registry (versions and active pointers), the experiment file, the Feast registry,
 the searched texts behind query suggestions, the products shoppers act on together
 (recommendations), the business rules and the API keys. Caches, event spools
-and logs stay on each machine.
+and logs stay on each machine, and so does what is not whole yet: an index build
+under way (``<name>.building``, and the ``<name>.old`` it replaces), an index save
+before its commit, a pull's partial download (a pull removes those a pull cut off left).
 
 The store holds the files at their home-relative paths and one ``MANIFEST.json``
 (path -> sha256). :meth:`ArtifactStore.push` uploads the files whose digest the
@@ -115,6 +117,18 @@ def _same_or_absent(folder: Path, entry: dict[str, Any]) -> bool:
     return not folder.exists() or _holds(folder, entry)
 
 
+def _shared(rel: str) -> bool:
+    """Whether a push shares the home-relative file ``rel``: not a file still being written (``*.tmp``, a pull's
+    download ``.<name>.<pid>.pull``, left behind when a pull was cut off) nor a lock, and not in a folder that is
+    not whole or is on its way out: an index build (``<name>.building``) and the index it replaces
+    (``<name>.old``), an index save's files before its commit (``pending-<id>``), a model version being
+    registered or deleted. Published, every new replica would download them."""
+    *folders, name = PurePosixPath(rel).parts
+    return not name.endswith((".tmp", ".lock", ".pull")) and not any(
+        folder.endswith((".building", ".old")) or folder.startswith(("pending-", ".deleting-", ".registering-"))
+        for folder in folders)
+
+
 def _dirty(path: Path, recorded: dict[str, Any] | None) -> bool:
     """True when ``path`` is not the copy the last push or pull left (or was never transferred)."""
     stat = path.stat()
@@ -171,15 +185,15 @@ class ArtifactStore:
             yield
 
     def _local_files(self, patterns: Iterable[str]) -> list[Path]:
+        """The home's files that ``patterns`` name and a push shares (:func:`_shared`)."""
         files: set[Path] = set()
         for pattern in patterns:
             for match in self.home.glob(pattern):
                 if match.is_file():
                     files.add(match)
                 elif match.is_dir():
-                    files.update(p for p in match.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".lock"))
-                                 and not any(part.startswith((".deleting-", ".registering-")) for part in p.parts))
-        return sorted(files)
+                    files.update(p for p in match.rglob("*") if p.is_file())
+        return sorted(path for path in files if _shared(str(path.relative_to(self.home))))
 
     def _deleted_entries(self) -> Iterator[tuple[str, Path, dict[str, Any]]]:
         """The model versions this home's registries deleted: home-relative prefix (``models/<role>/<version>/``),
@@ -309,8 +323,10 @@ class ArtifactStore:
             remote[rel] = digest
             moved += 1
             size += path.stat().st_size
+        # files of deleted model versions leave the store, and so do any a push of an older ShopRank published
+        # that no push shares (an index build's folder, a pull's partial download)
         deleted = tuple(prefix for prefix, folder in self._deleted_versions().items() if not folder.exists())
-        dropped = [rel for rel in remote if rel.startswith(deleted)] if deleted else []
+        dropped = [rel for rel in remote if (deleted and rel.startswith(deleted)) or not _shared(rel)]
         for rel in dropped:
             del remote[rel]
         if moved or dropped:  # the manifest first: a reader never sees an entry whose file is gone
@@ -319,8 +335,8 @@ class ArtifactStore:
             if self.fs.exists(f"{self.root}/{rel}"):
                 self.fs.rm_file(f"{self.root}/{rel}")
         self._save_local_state(state)
-        logger.info("pushed %d files (%d bytes) to %s; %d unchanged; %d files of deleted model versions removed",
-                    moved, size, self.url, same, len(dropped))
+        logger.info("pushed %d files (%d bytes) to %s; %d unchanged; %d files removed (of deleted model versions, "
+                    "or not shared)", moved, size, self.url, same, len(dropped))
         return Transfer(moved, size, same)
 
     def _write_manifest(self, remote: dict[str, str]) -> None:
@@ -349,6 +365,11 @@ class ArtifactStore:
         remote = self.remote_manifest()
         for rel in remote:
             self._check_entry(rel)
+        # a pull cut off (the network, the process killed) left its partial downloads: no pull runs in this home
+        # now (this one holds its lock), so they are of none
+        for folder in {(self.home / rel).parent for rel in remote}:
+            for leftover in folder.glob(".*.pull"):
+                leftover.unlink(missing_ok=True)
         moved = size = same = kept = 0
         clashes: set[str] = set()
         wanted: list[tuple[str, str]] = []

@@ -435,3 +435,48 @@ def test_a_key_file_that_cannot_be_read_is_neither_published_nor_replaced(tmp_pa
     ArtifactStore(url, home).push()
     ArtifactStore(url, replica).pull()
     assert (replica / "keys.json").read_text() == "[{" and "move it away and pull again" in caplog.text
+
+
+def test_folders_an_index_build_or_save_is_still_writing_are_not_published(tmp_path: Path) -> None:
+    """A push while ``shoprank index`` builds (or after a build or save was cut short) shares the finished index
+    only: every new replica would download the others; a store an older push filled with them is cleaned."""
+    url = f"file://{tmp_path / 'store'}"
+    home = make_home(tmp_path / "a")
+    index = home / "indexes" / "default"
+    for folder in ("fp.building", "fp.old", "fp/pending-1a2b"):
+        (index / folder).mkdir()
+        (index / folder / "vectors.npy").write_bytes(b"\x02" * 10)
+    (tmp_path / "store" / "indexes" / "default" / "fp.building").mkdir(parents=True)  # an older push's
+    (tmp_path / "store" / "indexes" / "default" / "fp.building" / "old.npy").write_bytes(b"\x03")
+    (tmp_path / "store" / MANIFEST).write_text(json.dumps({"indexes/default/fp.building/old.npy": "0" * 64}))
+    assert ArtifactStore(url, home).push().files == 3
+    manifest = json.loads((tmp_path / "store" / MANIFEST).read_text())
+    assert sorted(manifest) == ["indexes/default/fp/vectors.npy", "models/ltr/active.json", "models/ltr/v1/model.txt"]
+    assert not (tmp_path / "store" / "indexes" / "default" / "fp.building" / "old.npy").exists()
+
+
+def test_a_pull_cut_off_leaves_no_partial_file_for_a_push_to_publish(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    ArtifactStore(url, make_home(tmp_path / "a")).push()
+    replica = tmp_path / "b"
+    replica.mkdir()
+    store = ArtifactStore(url, replica)
+    get_file = store.fs.get_file
+
+    def cut_off(remote: str, local: str, **kwargs: object) -> None:
+        if remote.endswith("vectors.npy"):
+            Path(local).write_bytes(b"\x01" * 100)  # part of it arrived
+            raise ConnectionError("connection reset")
+        get_file(remote, local, **kwargs)
+
+    monkeypatch.setattr(store.fs, "get_file", cut_off)
+    with pytest.raises(ConnectionError):
+        store.pull()
+    folder = replica / "indexes" / "default" / "fp"
+    left = [p.name for p in folder.iterdir()]
+    assert left and all(name.endswith(".pull") for name in left)
+    assert store.push().files == 0  # the partial download is not shared
+    monkeypatch.undo()
+    assert ArtifactStore(url, replica).pull().files == 3
+    assert [p.name for p in folder.iterdir()] == ["vectors.npy"]  # and the next pull removes it
