@@ -20,8 +20,11 @@ immutable once registered, so a pull after a swap moves the small ``active.json`
 and any new version. Replicas pull at start and on every ``serving.reload_poll_s``
 tick; admin changes made through a replica are pushed at once (``push_state``), with the model
 versions they name that the store lacks.
-Two writers pushing the manifest at the same instant: the last one wins; changes
-made through the admin API or the CLI one at a time, as operators do, are kept.
+A push reads the manifest again once its uploads are done and writes it with only
+its own changes (the files it uploaded, those it removed), so pushes that overlap keep
+each other's entries: a swap pushed through a replica while the nightly job uploads an
+index stays published. Only a push whose manifest lands between another's second read
+and its write (an instant, not an upload) can be lost.
 
 A model version deleted from the registry (``shoprank models delete|prune``) leaves the
 store at the next push (its files and manifest entries), and a replica's next pull removes
@@ -37,6 +40,7 @@ both stay, and a key revoked anywhere stays revoked whoever pushes next.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import logging
 import os
@@ -313,6 +317,7 @@ class ArtifactStore:
                            "registered another model under the same name. Delete this home's version (`shoprank "
                            "models delete ROLE VERSION`), pull (the store's comes in its place), then register "
                            "this model again: it gets the next free name")
+        uploaded: dict[str, str] = {}
         for path, rel in files:
             digest = digests[rel]
             if remote.get(rel) == digest:
@@ -320,17 +325,15 @@ class ArtifactStore:
                 continue
             self.fs.makedirs(f"{self.root}/{Path(rel).parent}", exist_ok=True)
             self.fs.put_file(str(path), f"{self.root}/{rel}")
-            remote[rel] = digest
+            uploaded[rel] = digest
             moved += 1
             size += path.stat().st_size
         # files of deleted model versions leave the store, and so do any a push of an older ShopRank published
         # that no push shares (an index build's folder, a pull's partial download)
         deleted = tuple(prefix for prefix, folder in self._deleted_versions().items() if not folder.exists())
         dropped = [rel for rel in remote if (deleted and rel.startswith(deleted)) or not _shared(rel)]
-        for rel in dropped:
-            del remote[rel]
-        if moved or dropped:  # the manifest first: a reader never sees an entry whose file is gone
-            self._write_manifest(remote)
+        if uploaded or dropped:  # the manifest first: a reader never sees an entry whose file is gone
+            self._write_manifest(self._updated_manifest(remote, uploaded, dropped))
         for rel in dropped:
             if self.fs.exists(f"{self.root}/{rel}"):
                 self.fs.rm_file(f"{self.root}/{rel}")
@@ -338,6 +341,30 @@ class ArtifactStore:
         logger.info("pushed %d files (%d bytes) to %s; %d unchanged; %d files removed (of deleted model versions, "
                     "or not shared)", moved, size, self.url, same, len(dropped))
         return Transfer(moved, size, same)
+
+    def _updated_manifest(self, read: dict[str, str], uploaded: dict[str, str],
+                          dropped: list[str]) -> dict[str, str]:
+        """The store's manifest as it is now, read again once a push's uploads are done (minutes for an index), with
+        that push's own changes: the files it ``uploaded`` (path -> sha256) and those it ``dropped``. The copy
+        ``read`` when the push began is not written back: the entries another home pushed meanwhile (a swap
+        through a replica) stay. A file that home uploaded too is named with the digest of the copy the store
+        holds now (whichever upload ended last), never one the store no longer holds."""
+        manifest = self.remote_manifest(strict=False) or dict(read)
+        for rel, digest in uploaded.items():
+            if rel in manifest and manifest[rel] not in (read.get(rel), digest):  # pushed through another home too
+                digest = self._stored_digest(rel)
+            manifest[rel] = digest
+        for rel in dropped:
+            manifest.pop(rel, None)
+        return manifest
+
+    def _stored_digest(self, rel: str) -> str:
+        """sha256 of the store's copy of the home-relative file ``rel``."""
+        digest = hashlib.sha256()
+        with self.fs.open(f"{self.root}/{rel}", "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
 
     def _write_manifest(self, remote: dict[str, str]) -> None:
         """Replace the store's manifest as a whole: a local or mounted store gets a new file renamed over the old
@@ -407,10 +434,11 @@ class ArtifactStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{os.getpid()}.pull")
             self.fs.get_file(f"{self.root}/{rel}", str(tmp))
-            if file_digest(tmp) != digest:
+            if file_digest(tmp) != digest:  # a ShopRankError: `artifacts pull` and `serve` say it in one line
                 tmp.unlink()
-                raise OSError(f"{self.url}/{rel} changed while it was read (sha256 differs from {MANIFEST}); "
-                              "pull again")
+                raise NotReady(f"{self.url}/{rel} changed while it was read (sha256 differs from {MANIFEST}): "
+                               "pull again; if it fails again, the store's file and its manifest entry disagree: "
+                               "push that file again from the home that made it")
             if rel.endswith(KEYS):  # the API keys' hashes: the owner's only, as where they were made
                 os.chmod(tmp, 0o600)
             if rel == KEYS and target.is_file():  # merged, not replaced

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.artifacts import MANIFEST, ArtifactStore
-from core.errors import Conflict
+from core.errors import Conflict, NotReady
 
 
 def make_home(root: Path) -> Path:
@@ -158,7 +158,7 @@ def test_a_file_changed_in_the_store_during_a_pull_is_refused(tmp_path: Path) ->
     ArtifactStore(url, make_home(tmp_path / "a")).push()
     (tmp_path / "store" / "models" / "ltr" / "v1" / "model.txt").write_text("half written")
     (tmp_path / "b").mkdir()
-    with pytest.raises(OSError, match=r"models/ltr/v1/model.txt changed while it was read"):
+    with pytest.raises(NotReady, match=r"models/ltr/v1/model.txt changed while it was read"):
         ArtifactStore(url, tmp_path / "b").pull()
     assert not (tmp_path / "b" / "models" / "ltr" / "v1" / "model.txt").exists()
 
@@ -480,3 +480,56 @@ def test_a_pull_cut_off_leaves_no_partial_file_for_a_push_to_publish(tmp_path: P
     monkeypatch.undo()
     assert ArtifactStore(url, replica).pull().files == 3
     assert [p.name for p in folder.iterdir()] == ["vectors.npy"]  # and the next pull removes it
+
+
+def test_a_push_during_a_long_upload_keeps_the_other_homes_manifest_entries(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nightly job uploads an index while a swap is pushed through a replica: the job's manifest keeps the
+    swap's entry (not the copy it read when it began), so the replicas follow the swap and a new one pulls."""
+    url = f"file://{tmp_path / 'store'}"
+    job, replica = make_home(tmp_path / "job"), tmp_path / "replica"
+    replica.mkdir()
+    ArtifactStore(url, job).push()
+    ArtifactStore(url, replica).pull()
+    (job / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x04" * 5000)  # a new index
+    (replica / "models" / "ltr" / "active.json").write_text('{"version": "v1", "history": ["swapped"]}')
+    nightly = ArtifactStore(url, job)
+    put_file = nightly.fs.put_file
+
+    def slow_upload(local: str, remote: str, **kwargs: object) -> None:
+        monkeypatch.setattr(nightly.fs, "put_file", put_file)  # one store object: the replica's push uploads too
+        put_file(local, remote, **kwargs)
+        assert ArtifactStore(url, replica).push_state().files == 1  # meanwhile, the swap
+
+    monkeypatch.setattr(nightly.fs, "put_file", slow_upload)
+    assert nightly.push().files == 1
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert ArtifactStore(url, fresh).pull().files == 3  # before: sha256 differs from MANIFEST.json, every time
+    assert (fresh / "models" / "ltr" / "active.json").read_text() == '{"version": "v1", "history": ["swapped"]}'
+    assert (fresh / "indexes" / "default" / "fp" / "vectors.npy").read_bytes() == b"\x04" * 5000
+
+
+def test_a_file_two_homes_upload_at_once_is_named_by_the_copy_the_store_holds(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    first, second = make_home(tmp_path / "a"), tmp_path / "b"
+    second.mkdir()
+    ArtifactStore(url, first).push()
+    ArtifactStore(url, second).pull()
+    (first / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x05" * 10)
+    (second / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x06" * 10)
+    store = ArtifactStore(url, first)
+    put_file = store.fs.put_file
+
+    def upload_then_other(local: str, remote: str, **kwargs: object) -> None:
+        monkeypatch.setattr(store.fs, "put_file", put_file)
+        put_file(local, remote, **kwargs)
+        ArtifactStore(url, second).push()  # its upload ends last: the store holds its copy
+
+    monkeypatch.setattr(store.fs, "put_file", upload_then_other)
+    store.push()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    ArtifactStore(url, fresh).pull()
+    assert (fresh / "indexes" / "default" / "fp" / "vectors.npy").read_bytes() == b"\x06" * 10
