@@ -20,6 +20,9 @@ immutable once registered, so a pull after a swap moves the small ``active.json`
 and any new version. Replicas pull at start and on every ``serving.reload_poll_s``
 tick; admin changes made through a replica are pushed at once (``push_state``), with the model
 versions they name that the store lacks.
+A push leaves a file changed in the store since this home's last push or pull, and not
+here, as the store holds it: a home that is behind (the nightly job's) never undoes a swap
+made through a replica, as a pull never overwrites work done here.
 A push reads the manifest again once its uploads are done and writes it with only
 its own changes (the files it uploaded, those it removed), so pushes that overlap keep
 each other's entries: a swap pushed through a replica while the nightly job uploads an
@@ -80,7 +83,8 @@ class Transfer:
     files: int
     bytes: int
     unchanged: int
-    kept: int = 0  # pull: files changed here since the last transfer, left as they are
+    kept: int = 0  # files changed on one side only since this home's last transfer, left as they are: at a pull,
+    # changed here (not overwritten by the store's); at a push, changed in the store (not overwritten by this home's)
     clashes: tuple[str, ...] = ()  # pull: model versions registered here and in the store under one name
 
     def to_json(self) -> dict[str, object]:
@@ -289,7 +293,9 @@ class ArtifactStore:
 
     def push(self, patterns: Iterable[str] = SHARED, extra: Iterable[Path] = ()) -> Transfer:
         """Upload the home's shared files (``patterns``, and the ``extra`` files in the home: a synonyms or
-        rules file a setting names) that the store lacks or holds in another version."""
+        rules file a setting names) that the store lacks or holds in another version. A file changed in the store
+        since this home's last push or pull, and not here, is left as the store holds it (counted in ``kept``):
+        a push never undoes a swap made through another home, as a pull never overwrites work done here."""
         with self._transfer():
             return self._push(patterns, extra)
 
@@ -309,6 +315,10 @@ class ArtifactStore:
                   if str(path.relative_to(home)) not in {rel for _, rel in files}]
         if any(rel == KEYS for _, rel in files):
             self._merge_keys(remote)
+        # a file unchanged here since this home's last push or pull whose store copy differs was changed in the
+        # store since (a swap or rollback through another home): this home's older copy would undo it (the key
+        # file is merged instead); read before the digests below record the files changed here as transferred
+        clean = {rel for path, rel in files if rel != KEYS and not _dirty(path, state.get(rel))}
         digests = {rel: self._digest(path, state) for path, rel in files}
         clashes = sorted({v for rel, digest in digests.items() if (v := _version_of(rel)) and rel in remote
                           and remote[rel] != digest})
@@ -318,10 +328,14 @@ class ArtifactStore:
                            "models delete ROLE VERSION`), pull (the store's comes in its place), then register "
                            "this model again: it gets the next free name")
         uploaded: dict[str, str] = {}
+        kept: list[str] = []
         for path, rel in files:
             digest = digests[rel]
             if remote.get(rel) == digest:
                 same += 1
+                continue
+            if rel in clean and rel in remote:
+                kept.append(rel)
                 continue
             self.fs.makedirs(f"{self.root}/{Path(rel).parent}", exist_ok=True)
             self.fs.put_file(str(path), f"{self.root}/{rel}")
@@ -340,7 +354,11 @@ class ArtifactStore:
         self._save_local_state(state)
         logger.info("pushed %d files (%d bytes) to %s; %d unchanged; %d files removed (of deleted model versions, "
                     "or not shared)", moved, size, self.url, same, len(dropped))
-        return Transfer(moved, size, same)
+        if kept:
+            logger.info("%d files changed in %s since this home's last push or pull, and not here, were left as the "
+                        "store holds them (a pull brings them here): %s", len(kept), self.url,
+                        ", ".join(kept[:5]) + (", ..." if len(kept) > 5 else ""))
+        return Transfer(moved, size, same, len(kept))
 
     def _updated_manifest(self, read: dict[str, str], uploaded: dict[str, str],
                           dropped: list[str]) -> dict[str, str]:
@@ -438,7 +456,7 @@ class ArtifactStore:
                 tmp.unlink()
                 raise NotReady(f"{self.url}/{rel} changed while it was read (sha256 differs from {MANIFEST}): "
                                "pull again; if it fails again, the store's file and its manifest entry disagree: "
-                               "push that file again from the home that made it")
+                               "in the home that made the file, `touch` it and push again")
             if rel.endswith(KEYS):  # the API keys' hashes: the owner's only, as where they were made
                 os.chmod(tmp, 0o600)
             if rel == KEYS and target.is_file():  # merged, not replaced

@@ -124,6 +124,28 @@ def test_a_pull_never_overwrites_work_done_here(tmp_path: Path) -> None:
     assert again.kept == 1 and json.loads(pointer.read_text())["version"] == "v9"
 
 
+def test_a_push_never_undoes_a_swap_made_through_another_home(tmp_path: Path) -> None:
+    """The nightly job's home, behind the store, pushes its unchanged ``active.json``: the rollback an operator
+    made through a replica stays (as a pull keeps work done here, a push keeps work done in the store)."""
+    url = f"file://{tmp_path / 'store'}"
+    job, replica = tmp_path / "job", tmp_path / "replica"
+    registered(job, tmp_path, ("v1", "v2"))
+    ArtifactStore(url, job).push()
+    replica.mkdir()
+    ArtifactStore(url, replica).pull()
+    from core.registry import ModelRegistry
+
+    ModelRegistry(replica / "models").rollback("ltr")  # POST /v1/admin/models/ltr/rollback on the replica
+    assert ArtifactStore(url, replica).push_state().files == 1
+    (job / "suggest").mkdir()
+    (job / "suggest" / "searches.json").write_text("{}")  # the job's own work
+    pushed = ArtifactStore(url, job).push()
+    assert pushed.files == 1 and pushed.kept == 1
+    assert json.loads((tmp_path / "store" / "models" / "ltr" / "active.json").read_text())["version"] == "v1"
+    assert ArtifactStore(url, job).pull().files == 1  # the job's home takes the rollback at its next pull
+    assert ModelRegistry(job / "models").active_version("ltr") == "v1"
+
+
 def test_pulls_into_one_home_at_the_same_time_take_turns(tmp_path: Path) -> None:
     import threading
 
