@@ -36,9 +36,12 @@ class StoreRuntime:
     spool_lock: Any
 
     def close(self) -> None:
+        """At shutdown: the served unit as a whole (its router, then its engine, whose score-store writes still
+        queued are written and whose feature-store client closes), the event log and the spool. A unit a swap
+        replaced closes on its own (:meth:`~api.state.ServedHolder.swap`): only the one served now is closed here."""
         self.holder.stop()
         if self.holder.ready.is_set() and self.holder.error is None:
-            self.holder.get().router.close()
+            self.holder.get().close()
         self.event_log.close()
         self.spool_lock.close()
 
