@@ -125,16 +125,23 @@ def _same_or_absent(folder: Path, entry: dict[str, Any]) -> bool:
     return not folder.exists() or _holds(folder, entry)
 
 
+# the folders of :func:`_shared`'s exceptions, where the code that writes them puts them
+_IN_STORE = r"(?:stores/[^/]+/)?"
+_UNSHARED = re.compile(rf"^{_IN_STORE}(?:indexes/[^/]+/(?:[^/]+\.(?:building|old)|[^/]+/pending-[^/]*)"
+                       rf"|models/[^/]+/\.(?:deleting|registering)-[^/]*)/")
+
+
 def _shared(rel: str) -> bool:
     """Whether a push shares the home-relative file ``rel``: not a file still being written (``*.tmp``, a pull's
     download ``.<name>.<pid>.pull``, left behind when a pull was cut off) nor a lock, and not in a folder that is
-    not whole or is on its way out: an index build (``<name>.building``) and the index it replaces
-    (``<name>.old``), an index save's files before its commit (``pending-<id>``), a model version being
-    registered or deleted. Published, every new replica would download them."""
-    *folders, name = PurePosixPath(rel).parts
-    return not name.endswith((".tmp", ".lock", ".pull")) and not any(
-        folder.endswith((".building", ".old")) or folder.startswith(("pending-", ".deleting-", ".registering-"))
-        for folder in folders)
+    not whole or is on its way out: an index build (``indexes/<name>/<fp>.building``) and the index it replaces
+    (``<fp>.old``), an index save's files before its commit (``indexes/<name>/<fp>/pending-<id>``), a model
+    version being registered or deleted (``models/<role>/.registering-<v>``, ``.deleting-<v>``). Published,
+    every new replica would download them. Only those places count: an index or a store named ``sale.old`` or
+    ``pending-launch`` is shared like any other."""
+    name = PurePosixPath(rel).name
+    pull = name.startswith(".") and name.endswith(".pull")
+    return not (name.endswith((".tmp", ".lock")) or pull or _UNSHARED.match(rel))
 
 
 def _dirty(path: Path, recorded: dict[str, Any] | None) -> bool:

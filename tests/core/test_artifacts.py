@@ -555,3 +555,27 @@ def test_a_file_two_homes_upload_at_once_is_named_by_the_copy_the_store_holds(tm
     fresh.mkdir()
     ArtifactStore(url, fresh).pull()
     assert (fresh / "indexes" / "default" / "fp" / "vectors.npy").read_bytes() == b"\x06" * 10
+
+
+def test_indexes_and_stores_whose_names_read_like_a_build_folder_are_shared(tmp_path: Path) -> None:
+    """A build's folders are told by where they are (``indexes/<name>/<fp>.old``, ``<fp>/pending-<id>``), not by
+    name alone: an index ``sale.old`` or ``pending-launch``, a store ``eu.old`` or ``pending-eu`` are published,
+    and a store an older ShopRank filled keeps them."""
+    url = f"file://{tmp_path / 'store'}"
+    home = make_home(tmp_path / "a")
+    legal = ["indexes/sale.old/fp/manifest.json", "indexes/pending-launch/fp/manifest.json",
+             "stores/pending-eu/rules/rules.yaml", "stores/eu.old/indexes/default/fp/manifest.json",
+             "stores/eu.old/models/ltr/active.json"]
+    staged = ["indexes/sale.old/fp.building/manifest.json", "stores/eu.old/indexes/default/fp.old/manifest.json",
+              "stores/pending-eu/indexes/pending-launch/fp/pending-1a2b/products.parquet",
+              "stores/eu.old/models/ltr/.deleting-v3/model.txt", "indexes/sale.old/fp/.manifest.json.42.pull"]
+    for rel in (*legal, *staged):
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).write_text(rel)
+    assert ArtifactStore(url, home).push().files == 3 + len(legal)
+    manifest = json.loads((tmp_path / "store" / MANIFEST).read_text())
+    assert set(legal) <= set(manifest) and not set(staged) & set(manifest)
+    assert ArtifactStore(url, home).push().files == 0  # and the next push removes none of them
+    assert set(legal) <= set(json.loads((tmp_path / "store" / MANIFEST).read_text()))
+    assert all((tmp_path / "store" / rel).is_file() for rel in legal)
+
