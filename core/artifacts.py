@@ -27,7 +27,8 @@ A push reads the manifest again once its uploads are done and writes it with onl
 its own changes (the files it uploaded, those it removed), so pushes that overlap keep
 each other's entries: a swap pushed through a replica while the nightly job uploads an
 index stays published. Only a push whose manifest lands between another's second read
-and its write (an instant, not an upload) can be lost.
+and its write (an instant, not an upload) can lose its entries, and that push's home puts them right at its
+next push: a file whose copy in the store is this home's, its manifest entry another, is named again, not kept.
 
 A model version deleted from the registry (``shoprank models delete|prune``) leaves the
 store at the next push (its files and manifest entries), and a replica's next pull removes
@@ -336,13 +337,21 @@ class ArtifactStore:
                            "this model again: it gets the next free name")
         uploaded: dict[str, str] = {}
         kept: list[str] = []
+        fixed: list[str] = []
         for path, rel in files:
             digest = digests[rel]
             if remote.get(rel) == digest:
                 same += 1
                 continue
-            if rel in clean and rel in remote:
-                kept.append(rel)
+            if rel in clean and rel in remote and (held := self._holds_copy(rel, path, digest)) is not None:
+                if held:  # the store holds this home's copy and its manifest names another: the entry of an upload
+                    # of this home's was lost to a push that overlapped it (the other home's manifest written last);
+                    # it is put right (else every pull refuses the file), and nothing is uploaded again
+                    uploaded[rel] = digest
+                    fixed.append(rel)
+                    same += 1
+                else:
+                    kept.append(rel)
                 continue
             self.fs.makedirs(f"{self.root}/{Path(rel).parent}", exist_ok=True)
             self.fs.put_file(str(path), f"{self.root}/{rel}")
@@ -361,6 +370,10 @@ class ArtifactStore:
         self._save_local_state(state)
         logger.info("pushed %d files (%d bytes) to %s; %d unchanged; %d files removed (of deleted model versions, "
                     "or not shared)", moved, size, self.url, same, len(dropped))
+        if fixed:
+            logger.warning("%d files of this home's that %s holds had other sha256 in its %s (an entry lost to pushes "
+                           "that overlapped); their entries were put right: %s", len(fixed), self.url, MANIFEST,
+                           ", ".join(fixed[:5]) + (", ..." if len(fixed) > 5 else ""))
         if kept:
             logger.info("%d files changed in %s since this home's last push or pull, and not here, were left as the "
                         "store holds them (a pull brings them here): %s", len(kept), self.url,
@@ -382,6 +395,16 @@ class ArtifactStore:
         for rel in dropped:
             manifest.pop(rel, None)
         return manifest
+
+    def _holds_copy(self, rel: str, path: Path, digest: str) -> bool | None:
+        """Whether the store's copy of ``rel`` is this home's file ``path`` (sha256 ``digest``); None when the store
+        holds no copy. Sizes are compared first: a copy of another size is not read."""
+        try:
+            if self.fs.size(f"{self.root}/{rel}") != path.stat().st_size:
+                return False
+            return self._stored_digest(rel) == digest
+        except FileNotFoundError:
+            return None
 
     def _stored_digest(self, rel: str) -> str:
         """sha256 of the store's copy of the home-relative file ``rel``."""

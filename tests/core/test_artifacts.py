@@ -579,3 +579,38 @@ def test_indexes_and_stores_whose_names_read_like_a_build_folder_are_shared(tmp_
     assert set(legal) <= set(json.loads((tmp_path / "store" / MANIFEST).read_text()))
     assert all((tmp_path / "store" / rel).is_file() for rel in legal)
 
+
+def test_an_entry_lost_to_overlapping_pushes_is_put_right_by_the_next_push(tmp_path: Path) -> None:
+    """Two pushes whose manifests land in the same instant: the store holds the job's new index file, its
+    manifest the old digest. The job's next push names the copy the store holds (nothing uploaded again):
+    the file is not "changed in the store" and kept, which would leave every pull refusing it."""
+    url = f"file://{tmp_path / 'store'}"
+    job, replica = make_home(tmp_path / "job"), tmp_path / "replica"
+    replica.mkdir()
+    ArtifactStore(url, job).push()
+    ArtifactStore(url, replica).pull()
+    (job / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x07" * 5000)  # a new index
+    (replica / "models" / "ltr" / "active.json").write_text('{"version": "v1", "history": ["swapped"]}')
+    nightly, through_replica = ArtifactStore(url, job), ArtifactStore(url, replica)
+    write_nightly, write_replica = nightly._write_manifest, through_replica._write_manifest
+
+    def nightly_writes(manifest: dict[str, str]) -> None:
+        def both_write(theirs: dict[str, str]) -> None:  # the replica's second read came before the job's write
+            write_nightly(manifest)
+            write_replica(theirs)
+
+        through_replica._write_manifest = both_write  # type: ignore[method-assign]
+        through_replica.push_state()
+
+    nightly._write_manifest = nightly_writes  # type: ignore[method-assign]
+    assert nightly.push().files == 1
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(NotReady, match="changed while it was read"):
+        ArtifactStore(url, fresh).pull()
+    again = ArtifactStore(url, job).push()
+    assert (again.files, again.bytes, again.kept) == (0, 0, 1)  # kept: the swap made through the replica
+    assert ArtifactStore(url, fresh).pull().files == 3
+    assert (fresh / "indexes" / "default" / "fp" / "vectors.npy").read_bytes() == b"\x07" * 5000
+    assert (fresh / "models" / "ltr" / "active.json").read_text() == '{"version": "v1", "history": ["swapped"]}'
+
