@@ -440,8 +440,13 @@ class ArtifactStore:
         remote = self.remote_manifest()
         for rel in remote:
             self._check_entry(rel)
+        # what a push of an older ShopRank published and no push shares (an index build's folder, a pull's partial
+        # download) is not fetched: a push removes it from the store
+        remote = {rel: digest for rel, digest in remote.items() if _shared(rel)}
+        for rel in [rel for rel in state if not _shared(rel)]:  # fetched by an older ShopRank's pull
+            del state[rel]
         # a pull cut off (the network, the process killed) left its partial downloads: no pull runs in this home
-        # now (this one holds its lock), so they are of none
+        # now (this one holds its lock), so they are of none (and no manifest entry names one)
         for folder in {(self.home / rel).parent for rel in remote}:
             for leftover in folder.glob(".*.pull"):
                 leftover.unlink(missing_ok=True)

@@ -614,3 +614,25 @@ def test_an_entry_lost_to_overlapping_pushes_is_put_right_by_the_next_push(tmp_p
     assert (fresh / "indexes" / "default" / "fp" / "vectors.npy").read_bytes() == b"\x07" * 5000
     assert (fresh / "models" / "ltr" / "active.json").read_text() == '{"version": "v1", "history": ["swapped"]}'
 
+
+def test_a_pull_skips_what_an_older_push_published_and_no_push_shares(tmp_path: Path) -> None:
+    """A store an older ShopRank filled with a pull's partial download and an index build's folder: a pull fetches
+    neither (its sweep of partial downloads would otherwise remove the copy it fetched, and fetch it again at
+    every poll)."""
+    import hashlib
+
+    store = tmp_path / "store"
+    files = {"indexes/default/fp/vectors.npy": b"\x01" * 100, "indexes/default/fp/.vectors.npy.4242.pull": b"\x02",
+             "indexes/default/fp.building/vectors.npy": b"\x03", "indexes/default/fp/pending-1a2b/live.npy": b"\x04"}
+    for rel, data in files.items():
+        (store / rel).parent.mkdir(parents=True, exist_ok=True)
+        (store / rel).write_bytes(data)
+    (store / MANIFEST).write_text(json.dumps({rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}))
+    replica = tmp_path / "replica"
+    replica.mkdir()
+    pulled = ArtifactStore(f"file://{store}", replica)
+    assert pulled.pull().files == 1
+    assert sorted(str(p.relative_to(replica)) for p in replica.rglob("*") if p.is_file()) == [
+        ".artifacts.json", ".artifacts.lock", "indexes/default/fp/vectors.npy"]
+    again = pulled.pull()
+    assert (again.files, again.unchanged) == (0, 1)
