@@ -124,9 +124,6 @@ def _lifespan(settings: Settings, metrics: Metrics,
         app.state.served = runtimes[0].holder  # the default store's, as the routes without a store use
         app.state.event_log = runtimes[0].event_log
         metrics.watch(lambda: _live_state(runtimes))
-        # with several server processes on one port: a busier process hands connections back to the kernel
-        app.state.balancer = open_balancer(shared_folder(), settings.api.processes(),
-                                           settings.api.rebalance_margin)
         for runtime in runtimes:
             runtime.holder.start()
         folder = shared_folder()
@@ -136,6 +133,10 @@ def _lifespan(settings: Settings, metrics: Metrics,
             logger.info("peers are serving; this process takes connections once its stores are loaded")
             for runtime in runtimes:
                 await asyncio.to_thread(runtime.holder.ready.wait)
+        # with several server processes on one port: a busier process hands connections back to the kernel.
+        # Its slot in the processes' table is claimed once it takes connections: a process still loading would
+        # read as the least busy peer (0 connections), and its peers would close connections only to get them back
+        app.state.balancer = open_balancer(folder, settings.api.processes(), settings.api.rebalance_margin)
         try:
             yield
         finally:

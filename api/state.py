@@ -11,6 +11,9 @@ from serving.loading import Served
 
 logger = logging.getLogger(__name__)
 
+CLOSE_DELAY_S = 30.0  # a unit a swap replaced is closed this long after: in-flight requests finish on it first
+STOP_WAIT_S = 5.0  # how long a shutdown waits for a swap under way (a reload still loading) before it goes on
+
 
 class ServedHolder:
     """Loads the :class:`~serving.loading.Served` unit in a background thread and swaps it atomically.
@@ -25,6 +28,9 @@ class ServedHolder:
     loaded unit's every ``poll_s`` seconds and reloads on a change, so a swap
     made by another server process (or ``shoprank models activate``) reaches
     this one. A reload that fails leaves the old unit serving.
+
+    At shutdown, :meth:`stop` ends the swaps: one under way closes the unit it loaded instead of serving it, so
+    the unit served then is the last one, and the caller closes it.
     """
 
     def __init__(self, load: Callable[[Served | None], Served], stamp: Callable[[], str] | None = None,
@@ -41,13 +47,31 @@ class ServedHolder:
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._swap_lock = threading.Lock()
+        self._closing: dict[int, Served] = {}  # units swaps replaced, not closed yet (by id)
+        self._closing_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="served-loader", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self, wait_s: float = STOP_WAIT_S) -> None:
+        """At shutdown: stop watching and swapping. A swap under way is waited for (``wait_s`` at most, so a long
+        load never holds shutdown up: that swap closes the unit it loads rather than serving it), and the units
+        swaps replaced that still wait for their in-flight requests are closed now (none is left: the server
+        answers no more). The unit served when this returns is the last one: the caller closes it."""
+        self._stop.set()  # before the lock: a swap that takes it next serves nothing new
+        if self._swap_lock.acquire(timeout=wait_s):
+            self._swap_lock.release()
+        else:
+            logger.warning("a reload was still loading %.0f s into shutdown: shutdown goes on, and the unit it "
+                           "loads is closed, not served", wait_s)
+        with self._closing_lock:
+            replaced, self._closing = list(self._closing.values()), {}
+        for unit in replaced:
+            try:
+                unit.close()
+            except Exception:  # noqa: BLE001 - the rest of the shutdown goes on
+                logger.exception("closing a unit a swap replaced failed at shutdown")
 
     def _run(self) -> None:
         watching = self._stamp is not None and self._poll_s > 0
@@ -86,6 +110,8 @@ class ServedHolder:
                             self._followed(role)
                 failed, self.reload_error = None, None
             except Exception as err:  # noqa: BLE001 - keep serving the loaded unit, and keep watching
+                if self._stop.is_set():  # shut down while it loaded: the unit it loaded is closed already
+                    return
                 error = f"{type(err).__name__}: {err}"
                 if error != self.reload_error:  # logged once, not at every poll while it lasts
                     logger.exception("reading or loading the shared serving state failed; the loaded models keep "
@@ -117,13 +143,15 @@ class ServedHolder:
         """:meth:`swap`, and the unit it replaced: the served one itself when nothing was swapped, None after
         a failed start."""
         with self._swap_lock:
+            self._check_running()
             if self._served is None and self.error:  # the first load failed: load anew from the shared state
                 try:
-                    self._served = self._load(None)
+                    loaded = self._load(None)
                 except Exception as err:
                     self.error = f"{type(err).__name__}: {err}"
                     raise
-                self.error = None
+                self._check_running(loaded)
+                self._served, self.error = loaded, None
                 self.reloads += 1
                 logger.info("loaded the search engine after a failed start: %s", self._served.engine.versions)
                 return self._served, None
@@ -131,12 +159,36 @@ class ServedHolder:
             if unless is not None and old.generation == unless:
                 return old, old
             new = build(old)
+            self._check_running(new)
             new.carry_counts(old)  # /metrics counters keep counting up across the swap
             self.reloads += 1
             self._served = new
             self.reload_error = None  # the served unit is the shared state's again
+            self._close_later(old)  # under the lock: a shutdown that takes it next finds the unit to close
         logger.info("swapped engine: %s -> %s", old.engine.versions, new.engine.versions)
-        closing = threading.Timer(30.0, old.close)  # in-flight requests finish on the old unit first
-        closing.daemon = True  # a process that exits closes nothing more
-        closing.start()
         return new, old
+
+    def _check_running(self, loaded: Served | None = None) -> None:
+        """Under the swap lock: after :meth:`stop`, a :class:`NotReady`, and the unit just ``loaded`` is closed
+        (never served: the shutdown closed, or closes, the one served)."""
+        if not self._stop.is_set():
+            return
+        if loaded is not None:
+            loaded.close()
+        raise NotReady("the server is shutting down; nothing is swapped")
+
+    def _close_later(self, unit: Served) -> None:
+        """Close ``unit`` (one a swap replaced) in :data:`CLOSE_DELAY_S`, or at :meth:`stop` if that comes first:
+        once either way."""
+        with self._closing_lock:
+            self._closing[id(unit)] = unit
+
+        def close() -> None:
+            with self._closing_lock:
+                if self._closing.pop(id(unit), None) is None:  # closed by stop() already
+                    return
+            unit.close()
+
+        closing = threading.Timer(CLOSE_DELAY_S, close)
+        closing.daemon = True  # a process that exits without stop() closes nothing more
+        closing.start()

@@ -36,9 +36,13 @@ class StoreRuntime:
     spool_lock: Any
 
     def close(self) -> None:
+        """At shutdown: the served unit as a whole (its router, then its engine, whose score-store writes still
+        queued are written and whose feature-store client closes), the event log and the spool. The holder's
+        :meth:`~api.state.ServedHolder.stop` closes the units swaps replaced and ends the swaps (one under way
+        closes what it loaded): the unit served once it returns is the last, and it is closed here."""
         self.holder.stop()
         if self.holder.ready.is_set() and self.holder.error is None:
-            self.holder.get().router.close()
+            self.holder.get().close()
         self.event_log.close()
         self.spool_lock.close()
 

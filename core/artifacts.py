@@ -6,7 +6,9 @@ What is shared is what a replica serves from: the product indexes, the model
 registry (versions and active pointers), the experiment file, the Feast registry,
 the searched texts behind query suggestions, the products shoppers act on together
 (recommendations), the business rules and the API keys. Caches, event spools
-and logs stay on each machine.
+and logs stay on each machine, and so does what is not whole yet: an index build
+under way (``<name>.building``, and the ``<name>.old`` it replaces), an index save
+before its commit, a pull's partial download (a pull removes those a pull cut off left).
 
 The store holds the files at their home-relative paths and one ``MANIFEST.json``
 (path -> sha256). :meth:`ArtifactStore.push` uploads the files whose digest the
@@ -18,8 +20,15 @@ immutable once registered, so a pull after a swap moves the small ``active.json`
 and any new version. Replicas pull at start and on every ``serving.reload_poll_s``
 tick; admin changes made through a replica are pushed at once (``push_state``), with the model
 versions they name that the store lacks.
-Two writers pushing the manifest at the same instant: the last one wins; changes
-made through the admin API or the CLI one at a time, as operators do, are kept.
+A push leaves a file changed in the store since this home's last push or pull, and not
+here, as the store holds it: a home that is behind (the nightly job's) never undoes a swap
+made through a replica, as a pull never overwrites work done here.
+A push reads the manifest again once its uploads are done and writes it with only
+its own changes (the files it uploaded, those it removed), so pushes that overlap keep
+each other's entries: a swap pushed through a replica while the nightly job uploads an
+index stays published. Only a push whose manifest lands between another's second read
+and its write (an instant, not an upload) can lose its entries, and that push's home puts them right at its
+next push: a file whose copy in the store is this home's, its manifest entry another, is named again, not kept.
 
 A model version deleted from the registry (``shoprank models delete|prune``) leaves the
 store at the next push (its files and manifest entries), and a replica's next pull removes
@@ -35,6 +44,7 @@ both stay, and a key revoked anywhere stays revoked whoever pushes next.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import logging
 import os
@@ -74,7 +84,8 @@ class Transfer:
     files: int
     bytes: int
     unchanged: int
-    kept: int = 0  # pull: files changed here since the last transfer, left as they are
+    kept: int = 0  # files changed on one side only since this home's last transfer, left as they are: at a pull,
+    # changed here (not overwritten by the store's); at a push, changed in the store (not overwritten by this home's)
     clashes: tuple[str, ...] = ()  # pull: model versions registered here and in the store under one name
 
     def to_json(self) -> dict[str, object]:
@@ -113,6 +124,25 @@ def _holds(folder: Path, entry: dict[str, Any]) -> bool:
 def _same_or_absent(folder: Path, entry: dict[str, Any]) -> bool:
     """Whether ``folder`` is absent or holds the model ``entry`` records."""
     return not folder.exists() or _holds(folder, entry)
+
+
+# the folders of :func:`_shared`'s exceptions, where the code that writes them puts them
+_IN_STORE = r"(?:stores/[^/]+/)?"
+_UNSHARED = re.compile(rf"^{_IN_STORE}(?:indexes/[^/]+/(?:[^/]+\.(?:building|old)|[^/]+/pending-[^/]*)"
+                       rf"|models/[^/]+/\.(?:deleting|registering)-[^/]*)/")
+
+
+def _shared(rel: str) -> bool:
+    """Whether a push shares the home-relative file ``rel``: not a file still being written (``*.tmp``, a pull's
+    download ``.<name>.<pid>.pull``, left behind when a pull was cut off) nor a lock, and not in a folder that is
+    not whole or is on its way out: an index build (``indexes/<name>/<fp>.building``) and the index it replaces
+    (``<fp>.old``), an index save's files before its commit (``indexes/<name>/<fp>/pending-<id>``), a model
+    version being registered or deleted (``models/<role>/.registering-<v>``, ``.deleting-<v>``). Published,
+    every new replica would download them. Only those places count: an index or a store named ``sale.old`` or
+    ``pending-launch`` is shared like any other."""
+    name = PurePosixPath(rel).name
+    pull = name.startswith(".") and name.endswith(".pull")
+    return not (name.endswith((".tmp", ".lock")) or pull or _UNSHARED.match(rel))
 
 
 def _dirty(path: Path, recorded: dict[str, Any] | None) -> bool:
@@ -171,15 +201,15 @@ class ArtifactStore:
             yield
 
     def _local_files(self, patterns: Iterable[str]) -> list[Path]:
+        """The home's files that ``patterns`` name and a push shares (:func:`_shared`)."""
         files: set[Path] = set()
         for pattern in patterns:
             for match in self.home.glob(pattern):
                 if match.is_file():
                     files.add(match)
                 elif match.is_dir():
-                    files.update(p for p in match.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".lock"))
-                                 and not any(part.startswith((".deleting-", ".registering-")) for part in p.parts))
-        return sorted(files)
+                    files.update(p for p in match.rglob("*") if p.is_file())
+        return sorted(path for path in files if _shared(str(path.relative_to(self.home))))
 
     def _deleted_entries(self) -> Iterator[tuple[str, Path, dict[str, Any]]]:
         """The model versions this home's registries deleted: home-relative prefix (``models/<role>/<version>/``),
@@ -271,7 +301,9 @@ class ArtifactStore:
 
     def push(self, patterns: Iterable[str] = SHARED, extra: Iterable[Path] = ()) -> Transfer:
         """Upload the home's shared files (``patterns``, and the ``extra`` files in the home: a synonyms or
-        rules file a setting names) that the store lacks or holds in another version."""
+        rules file a setting names) that the store lacks or holds in another version. A file changed in the store
+        since this home's last push or pull, and not here, is left as the store holds it (counted in ``kept``):
+        a push never undoes a swap made through another home, as a pull never overwrites work done here."""
         with self._transfer():
             return self._push(patterns, extra)
 
@@ -291,6 +323,10 @@ class ArtifactStore:
                   if str(path.relative_to(home)) not in {rel for _, rel in files}]
         if any(rel == KEYS for _, rel in files):
             self._merge_keys(remote)
+        # a file unchanged here since this home's last push or pull whose store copy differs was changed in the
+        # store since (a swap or rollback through another home): this home's older copy would undo it (the key
+        # file is merged instead); read before the digests below record the files changed here as transferred
+        clean = {rel for path, rel in files if rel != KEYS and not _dirty(path, state.get(rel))}
         digests = {rel: self._digest(path, state) for path, rel in files}
         clashes = sorted({v for rel, digest in digests.items() if (v := _version_of(rel)) and rel in remote
                           and remote[rel] != digest})
@@ -299,29 +335,84 @@ class ArtifactStore:
                            "registered another model under the same name. Delete this home's version (`shoprank "
                            "models delete ROLE VERSION`), pull (the store's comes in its place), then register "
                            "this model again: it gets the next free name")
+        uploaded: dict[str, str] = {}
+        kept: list[str] = []
+        fixed: list[str] = []
         for path, rel in files:
             digest = digests[rel]
             if remote.get(rel) == digest:
                 same += 1
                 continue
+            if rel in clean and rel in remote and (held := self._holds_copy(rel, path, digest)) is not None:
+                if held:  # the store holds this home's copy and its manifest names another: the entry of an upload
+                    # of this home's was lost to a push that overlapped it (the other home's manifest written last);
+                    # it is put right (else every pull refuses the file), and nothing is uploaded again
+                    uploaded[rel] = digest
+                    fixed.append(rel)
+                    same += 1
+                else:
+                    kept.append(rel)
+                continue
             self.fs.makedirs(f"{self.root}/{Path(rel).parent}", exist_ok=True)
             self.fs.put_file(str(path), f"{self.root}/{rel}")
-            remote[rel] = digest
+            uploaded[rel] = digest
             moved += 1
             size += path.stat().st_size
+        # files of deleted model versions leave the store, and so do any a push of an older ShopRank published
+        # that no push shares (an index build's folder, a pull's partial download)
         deleted = tuple(prefix for prefix, folder in self._deleted_versions().items() if not folder.exists())
-        dropped = [rel for rel in remote if rel.startswith(deleted)] if deleted else []
-        for rel in dropped:
-            del remote[rel]
-        if moved or dropped:  # the manifest first: a reader never sees an entry whose file is gone
-            self._write_manifest(remote)
+        dropped = [rel for rel in remote if (deleted and rel.startswith(deleted)) or not _shared(rel)]
+        if uploaded or dropped:  # the manifest first: a reader never sees an entry whose file is gone
+            self._write_manifest(self._updated_manifest(remote, uploaded, dropped))
         for rel in dropped:
             if self.fs.exists(f"{self.root}/{rel}"):
                 self.fs.rm_file(f"{self.root}/{rel}")
         self._save_local_state(state)
-        logger.info("pushed %d files (%d bytes) to %s; %d unchanged; %d files of deleted model versions removed",
-                    moved, size, self.url, same, len(dropped))
-        return Transfer(moved, size, same)
+        logger.info("pushed %d files (%d bytes) to %s; %d unchanged; %d files removed (of deleted model versions, "
+                    "or not shared)", moved, size, self.url, same, len(dropped))
+        if fixed:
+            logger.warning("%d files of this home's that %s holds had other sha256 in its %s (an entry lost to pushes "
+                           "that overlapped); their entries were put right: %s", len(fixed), self.url, MANIFEST,
+                           ", ".join(fixed[:5]) + (", ..." if len(fixed) > 5 else ""))
+        if kept:
+            logger.info("%d files changed in %s since this home's last push or pull, and not here, were left as the "
+                        "store holds them (a pull brings them here): %s", len(kept), self.url,
+                        ", ".join(kept[:5]) + (", ..." if len(kept) > 5 else ""))
+        return Transfer(moved, size, same, len(kept))
+
+    def _updated_manifest(self, read: dict[str, str], uploaded: dict[str, str],
+                          dropped: list[str]) -> dict[str, str]:
+        """The store's manifest as it is now, read again once a push's uploads are done (minutes for an index), with
+        that push's own changes: the files it ``uploaded`` (path -> sha256) and those it ``dropped``. The copy
+        ``read`` when the push began is not written back: the entries another home pushed meanwhile (a swap
+        through a replica) stay. A file that home uploaded too is named with the digest of the copy the store
+        holds now (whichever upload ended last), never one the store no longer holds."""
+        manifest = self.remote_manifest(strict=False) or dict(read)
+        for rel, digest in uploaded.items():
+            if rel in manifest and manifest[rel] not in (read.get(rel), digest):  # pushed through another home too
+                digest = self._stored_digest(rel)
+            manifest[rel] = digest
+        for rel in dropped:
+            manifest.pop(rel, None)
+        return manifest
+
+    def _holds_copy(self, rel: str, path: Path, digest: str) -> bool | None:
+        """Whether the store's copy of ``rel`` is this home's file ``path`` (sha256 ``digest``); None when the store
+        holds no copy. Sizes are compared first: a copy of another size is not read."""
+        try:
+            if self.fs.size(f"{self.root}/{rel}") != path.stat().st_size:
+                return False
+            return self._stored_digest(rel) == digest
+        except FileNotFoundError:
+            return None
+
+    def _stored_digest(self, rel: str) -> str:
+        """sha256 of the store's copy of the home-relative file ``rel``."""
+        digest = hashlib.sha256()
+        with self.fs.open(f"{self.root}/{rel}", "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
 
     def _write_manifest(self, remote: dict[str, str]) -> None:
         """Replace the store's manifest as a whole: a local or mounted store gets a new file renamed over the old
@@ -349,6 +440,16 @@ class ArtifactStore:
         remote = self.remote_manifest()
         for rel in remote:
             self._check_entry(rel)
+        # what a push of an older ShopRank published and no push shares (an index build's folder, a pull's partial
+        # download) is not fetched: a push removes it from the store
+        remote = {rel: digest for rel, digest in remote.items() if _shared(rel)}
+        for rel in [rel for rel in state if not _shared(rel)]:  # fetched by an older ShopRank's pull
+            del state[rel]
+        # a pull cut off (the network, the process killed) left its partial downloads: no pull runs in this home
+        # now (this one holds its lock), so they are of none (and no manifest entry names one)
+        for folder in {(self.home / rel).parent for rel in remote}:
+            for leftover in folder.glob(".*.pull"):
+                leftover.unlink(missing_ok=True)
         moved = size = same = kept = 0
         clashes: set[str] = set()
         wanted: list[tuple[str, str]] = []
@@ -386,10 +487,11 @@ class ArtifactStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{os.getpid()}.pull")
             self.fs.get_file(f"{self.root}/{rel}", str(tmp))
-            if file_digest(tmp) != digest:
+            if file_digest(tmp) != digest:  # a ShopRankError: `artifacts pull` and `serve` say it in one line
                 tmp.unlink()
-                raise OSError(f"{self.url}/{rel} changed while it was read (sha256 differs from {MANIFEST}); "
-                              "pull again")
+                raise NotReady(f"{self.url}/{rel} changed while it was read (sha256 differs from {MANIFEST}): "
+                               "pull again; if it fails again, the store's file and its manifest entry disagree: "
+                               "in the home that made the file, `touch` it and push again")
             if rel.endswith(KEYS):  # the API keys' hashes: the owner's only, as where they were made
                 os.chmod(tmp, 0o600)
             if rel == KEYS and target.is_file():  # merged, not replaced

@@ -3,12 +3,16 @@ with a real second process holding its slot of the shared table."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from api import balance
@@ -141,3 +145,42 @@ def test_a_response_asks_the_client_to_close_when_this_process_serves_more_conne
         assert answered.status_code == 200 and answered.headers.get("connection") != "close"
         assert "shoprank_connections_rebalanced_total 1.0" in client.get("/metrics").text
         busy.close()
+
+
+def test_a_process_loading_beside_ready_peers_claims_its_slot_once_loaded(tmp_path: Path, settings: Settings,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Respawned beside ready peers, a process takes connections once loaded: until then it holds no slot in the
+    table, else its peers would read it as their least busy one (0 connections) and close most of theirs."""
+    import threading
+
+    from api import main
+
+    monkeypatch.setattr(main, "shared_folder", lambda: tmp_path)
+    monkeypatch.setattr(main, "peer_ready", lambda folder: True)
+    loading, loaded = threading.Event(), threading.Event()
+
+    def slow(_: Settings, previous: Served | None) -> Served:
+        loading.set()
+        loaded.wait(10)
+        raise RuntimeError("no engine in this test")
+
+    def claimed() -> bool:  # a slot of the table names this process
+        path = tmp_path / "connections.bin"
+        return path.is_file() and os.getpid() in np.fromfile(path, dtype=np.int64).reshape(-1, 2)[:, 0]
+
+    two = settings.model_copy(update={"api": settings.api.model_copy(update={"workers": 2, "rebalance_margin": 1})})
+    client = TestClient(create_app(two, loader=slow))
+    starting = threading.Thread(target=client.__enter__)
+    starting.start()
+    try:
+        assert loading.wait(10)
+        time.sleep(0.2)
+        assert not claimed()  # before: claimed, and read 0 connections, while it loaded
+    finally:
+        loaded.set()
+        starting.join(10)
+    try:
+        assert claimed() and client.app.state.balancer.table is not None  # type: ignore[attr-defined]
+    finally:
+        client.__exit__(None, None, None)
+    assert not claimed()

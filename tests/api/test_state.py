@@ -1,10 +1,13 @@
-"""The served unit's holder: a change of the shared state is loaded once, whichever noticed it first."""
+"""The served unit's holder: a change of the shared state is loaded once, whichever noticed it first; a shutdown
+closes every unit once, and serves none loaded after it."""
 
 from __future__ import annotations
 
 import threading
 import time
 from types import SimpleNamespace
+
+import pytest
 
 from api.state import ServedHolder
 from serving.loading import Served
@@ -72,8 +75,6 @@ def test_the_watcher_outlives_a_shared_state_it_cannot_read() -> None:
 
 
 def test_a_server_whose_first_load_failed_comes_up_once_the_shared_state_changes() -> None:
-    import pytest
-
     from core.errors import NotReady
 
     shared = {"generation": "g1"}
@@ -107,3 +108,82 @@ def test_a_server_whose_first_load_failed_comes_up_once_the_shared_state_changes
         time.sleep(0.02)
     holder.stop()
     assert followed == ["ltr", "ltr"]  # the activations it followed: nothing -> g2, g2 -> g3
+
+
+def _closing_units(closed: list[str], generation: dict[str, str], loading: threading.Event | None = None,
+                   release: threading.Event | None = None):  # type: ignore[no-untyped-def]
+    """A load of units named by ``generation["now"]`` that note their close in ``closed``; with ``loading`` and
+    ``release``, a reload says it started and waits to be released."""
+
+    def load(previous: Served | None) -> Served:
+        name = generation["now"]
+        if previous is not None and loading is not None and release is not None:
+            loading.set()
+            release.wait(10)
+        engine = SimpleNamespace(versions={"ltr": name}, close=lambda: closed.append(f"engine {name}"),
+                                 carry_counts=lambda previous: None)
+        router = SimpleNamespace(close=lambda: closed.append(f"router {name}"), shadow=None)
+        return Served(engine, router, name)  # type: ignore[arg-type]
+
+    return load
+
+
+def test_a_shutdown_during_a_reload_closes_each_unit_once_and_serves_nothing_new() -> None:
+    """The watcher is loading another replica's swap when the server shuts down: the shutdown waits for it, the
+    unit it loaded is closed instead of served, and the one served (closed by the server) is the last."""
+    closed: list[str] = []
+    generation = {"now": "g1"}
+    loading, release = threading.Event(), threading.Event()
+    holder = ServedHolder(_closing_units(closed, generation, loading, release), stamp=lambda: generation["now"],
+                          poll_s=0.02)
+    holder.start()
+    assert holder.ready.wait(10)
+    generation["now"] = "g2"
+    assert loading.wait(10)
+    threading.Timer(0.2, release.set).start()
+    holder.stop()
+    assert closed == ["router g2", "engine g2"] and holder.get().generation == "g1"
+    holder.get().close()  # StoreRuntime.close
+    time.sleep(0.2)
+    assert closed == ["router g2", "engine g2", "router g1", "engine g1"]
+
+
+def test_a_shutdown_goes_on_when_a_reload_takes_long(caplog: pytest.LogCaptureFixture) -> None:
+    closed: list[str] = []
+    generation = {"now": "g1"}
+    loading, release = threading.Event(), threading.Event()
+    holder = ServedHolder(_closing_units(closed, generation, loading, release), stamp=lambda: generation["now"],
+                          poll_s=0.02)
+    holder.start()
+    assert holder.ready.wait(10)
+    generation["now"] = "g2"
+    assert loading.wait(10)
+    started = time.monotonic()
+    holder.stop(wait_s=0.1)
+    assert time.monotonic() - started < 5 and "still loading" in caplog.text
+    release.set()  # the load ends after the shutdown: what it loaded is closed, never served
+    deadline = time.monotonic() + 10
+    while closed != ["router g2", "engine g2"]:
+        assert time.monotonic() < deadline, closed
+        time.sleep(0.02)
+    assert holder.get().generation == "g1"
+
+
+def test_a_unit_a_swap_replaced_is_closed_once_at_shutdown_or_after_its_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    import api.state
+
+    monkeypatch.setattr(api.state, "CLOSE_DELAY_S", 0.3)
+    for shutdown_first in (True, False):
+        closed: list[str] = []
+        generation = {"now": "g1"}
+        holder = ServedHolder(_closing_units(closed, generation))
+        holder.start()
+        assert holder.ready.wait(10)
+        generation["now"] = "g2"
+        holder.reload()
+        if not shutdown_first:
+            time.sleep(0.6)  # its delay passed: closed by its timer
+        holder.stop()
+        assert closed == ["router g1", "engine g1"]  # at shutdown at the latest
+        time.sleep(0.6)
+        assert closed == ["router g1", "engine g1"]  # and once

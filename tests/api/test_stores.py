@@ -172,3 +172,24 @@ def test_a_store_name_over_64_characters_is_404_before_any_key_check(tmp_path: P
             assert answer.status_code == 404 and "(65 characters)" in message and "at most 64" in message, message
         # the default store's rate limit was not spent by those calls
         assert client.post("/v1/events", json=event, headers=key(token)).status_code == 202
+
+
+def test_shutdown_closes_each_stores_engine_and_router(tmp_path: Path) -> None:
+    """At shutdown the whole served unit closes: the engine too (its score-store writes still queued are written,
+    its feature-store client closed), not only the experiment router."""
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    from serving.loading import Served
+
+    closed: list[str] = []
+
+    def loader(settings: Settings, previous: Served | None) -> Served:
+        engine = SimpleNamespace(versions={}, close=lambda: closed.append("engine"))
+        router = SimpleNamespace(close=lambda: closed.append("router"))
+        return Served(engine, router, "g1")  # type: ignore[arg-type]
+
+    with TestClient(create_app(Settings(home=tmp_path, progress=False), loader=loader)) as client:
+        assert client.app.state.served.ready.wait(10)  # type: ignore[attr-defined]
+    assert closed == ["router", "engine"]  # the router first: its shadow searches run on the engine

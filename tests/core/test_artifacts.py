@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.artifacts import MANIFEST, ArtifactStore
-from core.errors import Conflict
+from core.errors import Conflict, NotReady
 
 
 def make_home(root: Path) -> Path:
@@ -124,6 +124,28 @@ def test_a_pull_never_overwrites_work_done_here(tmp_path: Path) -> None:
     assert again.kept == 1 and json.loads(pointer.read_text())["version"] == "v9"
 
 
+def test_a_push_never_undoes_a_swap_made_through_another_home(tmp_path: Path) -> None:
+    """The nightly job's home, behind the store, pushes its unchanged ``active.json``: the rollback an operator
+    made through a replica stays (as a pull keeps work done here, a push keeps work done in the store)."""
+    url = f"file://{tmp_path / 'store'}"
+    job, replica = tmp_path / "job", tmp_path / "replica"
+    registered(job, tmp_path, ("v1", "v2"))
+    ArtifactStore(url, job).push()
+    replica.mkdir()
+    ArtifactStore(url, replica).pull()
+    from core.registry import ModelRegistry
+
+    ModelRegistry(replica / "models").rollback("ltr")  # POST /v1/admin/models/ltr/rollback on the replica
+    assert ArtifactStore(url, replica).push_state().files == 1
+    (job / "suggest").mkdir()
+    (job / "suggest" / "searches.json").write_text("{}")  # the job's own work
+    pushed = ArtifactStore(url, job).push()
+    assert pushed.files == 1 and pushed.kept == 1
+    assert json.loads((tmp_path / "store" / "models" / "ltr" / "active.json").read_text())["version"] == "v1"
+    assert ArtifactStore(url, job).pull().files == 1  # the job's home takes the rollback at its next pull
+    assert ModelRegistry(job / "models").active_version("ltr") == "v1"
+
+
 def test_pulls_into_one_home_at_the_same_time_take_turns(tmp_path: Path) -> None:
     import threading
 
@@ -158,7 +180,7 @@ def test_a_file_changed_in_the_store_during_a_pull_is_refused(tmp_path: Path) ->
     ArtifactStore(url, make_home(tmp_path / "a")).push()
     (tmp_path / "store" / "models" / "ltr" / "v1" / "model.txt").write_text("half written")
     (tmp_path / "b").mkdir()
-    with pytest.raises(OSError, match=r"models/ltr/v1/model.txt changed while it was read"):
+    with pytest.raises(NotReady, match=r"models/ltr/v1/model.txt changed while it was read"):
         ArtifactStore(url, tmp_path / "b").pull()
     assert not (tmp_path / "b" / "models" / "ltr" / "v1" / "model.txt").exists()
 
@@ -435,3 +457,182 @@ def test_a_key_file_that_cannot_be_read_is_neither_published_nor_replaced(tmp_pa
     ArtifactStore(url, home).push()
     ArtifactStore(url, replica).pull()
     assert (replica / "keys.json").read_text() == "[{" and "move it away and pull again" in caplog.text
+
+
+def test_folders_an_index_build_or_save_is_still_writing_are_not_published(tmp_path: Path) -> None:
+    """A push while ``shoprank index`` builds (or after a build or save was cut short) shares the finished index
+    only: every new replica would download the others; a store an older push filled with them is cleaned."""
+    url = f"file://{tmp_path / 'store'}"
+    home = make_home(tmp_path / "a")
+    index = home / "indexes" / "default"
+    for folder in ("fp.building", "fp.old", "fp/pending-1a2b"):
+        (index / folder).mkdir()
+        (index / folder / "vectors.npy").write_bytes(b"\x02" * 10)
+    (tmp_path / "store" / "indexes" / "default" / "fp.building").mkdir(parents=True)  # an older push's
+    (tmp_path / "store" / "indexes" / "default" / "fp.building" / "old.npy").write_bytes(b"\x03")
+    (tmp_path / "store" / MANIFEST).write_text(json.dumps({"indexes/default/fp.building/old.npy": "0" * 64}))
+    assert ArtifactStore(url, home).push().files == 3
+    manifest = json.loads((tmp_path / "store" / MANIFEST).read_text())
+    assert sorted(manifest) == ["indexes/default/fp/vectors.npy", "models/ltr/active.json", "models/ltr/v1/model.txt"]
+    assert not (tmp_path / "store" / "indexes" / "default" / "fp.building" / "old.npy").exists()
+
+
+def test_a_pull_cut_off_leaves_no_partial_file_for_a_push_to_publish(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    ArtifactStore(url, make_home(tmp_path / "a")).push()
+    replica = tmp_path / "b"
+    replica.mkdir()
+    store = ArtifactStore(url, replica)
+    get_file = store.fs.get_file
+
+    def cut_off(remote: str, local: str, **kwargs: object) -> None:
+        if remote.endswith("vectors.npy"):
+            Path(local).write_bytes(b"\x01" * 100)  # part of it arrived
+            raise ConnectionError("connection reset")
+        get_file(remote, local, **kwargs)
+
+    monkeypatch.setattr(store.fs, "get_file", cut_off)
+    with pytest.raises(ConnectionError):
+        store.pull()
+    folder = replica / "indexes" / "default" / "fp"
+    left = [p.name for p in folder.iterdir()]
+    assert left and all(name.endswith(".pull") for name in left)
+    assert store.push().files == 0  # the partial download is not shared
+    monkeypatch.undo()
+    assert ArtifactStore(url, replica).pull().files == 3
+    assert [p.name for p in folder.iterdir()] == ["vectors.npy"]  # and the next pull removes it
+
+
+def test_a_push_during_a_long_upload_keeps_the_other_homes_manifest_entries(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nightly job uploads an index while a swap is pushed through a replica: the job's manifest keeps the
+    swap's entry (not the copy it read when it began), so the replicas follow the swap and a new one pulls."""
+    url = f"file://{tmp_path / 'store'}"
+    job, replica = make_home(tmp_path / "job"), tmp_path / "replica"
+    replica.mkdir()
+    ArtifactStore(url, job).push()
+    ArtifactStore(url, replica).pull()
+    (job / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x04" * 5000)  # a new index
+    (replica / "models" / "ltr" / "active.json").write_text('{"version": "v1", "history": ["swapped"]}')
+    nightly = ArtifactStore(url, job)
+    put_file = nightly.fs.put_file
+
+    def slow_upload(local: str, remote: str, **kwargs: object) -> None:
+        monkeypatch.setattr(nightly.fs, "put_file", put_file)  # one store object: the replica's push uploads too
+        put_file(local, remote, **kwargs)
+        assert ArtifactStore(url, replica).push_state().files == 1  # meanwhile, the swap
+
+    monkeypatch.setattr(nightly.fs, "put_file", slow_upload)
+    assert nightly.push().files == 1
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert ArtifactStore(url, fresh).pull().files == 3  # before: sha256 differs from MANIFEST.json, every time
+    assert (fresh / "models" / "ltr" / "active.json").read_text() == '{"version": "v1", "history": ["swapped"]}'
+    assert (fresh / "indexes" / "default" / "fp" / "vectors.npy").read_bytes() == b"\x04" * 5000
+
+
+def test_a_file_two_homes_upload_at_once_is_named_by_the_copy_the_store_holds(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    first, second = make_home(tmp_path / "a"), tmp_path / "b"
+    second.mkdir()
+    ArtifactStore(url, first).push()
+    ArtifactStore(url, second).pull()
+    (first / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x05" * 10)
+    (second / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x06" * 10)
+    store = ArtifactStore(url, first)
+    put_file = store.fs.put_file
+
+    def upload_then_other(local: str, remote: str, **kwargs: object) -> None:
+        monkeypatch.setattr(store.fs, "put_file", put_file)
+        put_file(local, remote, **kwargs)
+        ArtifactStore(url, second).push()  # its upload ends last: the store holds its copy
+
+    monkeypatch.setattr(store.fs, "put_file", upload_then_other)
+    store.push()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    ArtifactStore(url, fresh).pull()
+    assert (fresh / "indexes" / "default" / "fp" / "vectors.npy").read_bytes() == b"\x06" * 10
+
+
+def test_indexes_and_stores_whose_names_read_like_a_build_folder_are_shared(tmp_path: Path) -> None:
+    """A build's folders are told by where they are (``indexes/<name>/<fp>.old``, ``<fp>/pending-<id>``), not by
+    name alone: an index ``sale.old`` or ``pending-launch``, a store ``eu.old`` or ``pending-eu`` are published,
+    and a store an older ShopRank filled keeps them."""
+    url = f"file://{tmp_path / 'store'}"
+    home = make_home(tmp_path / "a")
+    legal = ["indexes/sale.old/fp/manifest.json", "indexes/pending-launch/fp/manifest.json",
+             "stores/pending-eu/rules/rules.yaml", "stores/eu.old/indexes/default/fp/manifest.json",
+             "stores/eu.old/models/ltr/active.json"]
+    staged = ["indexes/sale.old/fp.building/manifest.json", "stores/eu.old/indexes/default/fp.old/manifest.json",
+              "stores/pending-eu/indexes/pending-launch/fp/pending-1a2b/products.parquet",
+              "stores/eu.old/models/ltr/.deleting-v3/model.txt", "indexes/sale.old/fp/.manifest.json.42.pull"]
+    for rel in (*legal, *staged):
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).write_text(rel)
+    assert ArtifactStore(url, home).push().files == 3 + len(legal)
+    manifest = json.loads((tmp_path / "store" / MANIFEST).read_text())
+    assert set(legal) <= set(manifest) and not set(staged) & set(manifest)
+    assert ArtifactStore(url, home).push().files == 0  # and the next push removes none of them
+    assert set(legal) <= set(json.loads((tmp_path / "store" / MANIFEST).read_text()))
+    assert all((tmp_path / "store" / rel).is_file() for rel in legal)
+
+
+def test_an_entry_lost_to_overlapping_pushes_is_put_right_by_the_next_push(tmp_path: Path) -> None:
+    """Two pushes whose manifests land in the same instant: the store holds the job's new index file, its
+    manifest the old digest. The job's next push names the copy the store holds (nothing uploaded again):
+    the file is not "changed in the store" and kept, which would leave every pull refusing it."""
+    url = f"file://{tmp_path / 'store'}"
+    job, replica = make_home(tmp_path / "job"), tmp_path / "replica"
+    replica.mkdir()
+    ArtifactStore(url, job).push()
+    ArtifactStore(url, replica).pull()
+    (job / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x07" * 5000)  # a new index
+    (replica / "models" / "ltr" / "active.json").write_text('{"version": "v1", "history": ["swapped"]}')
+    nightly, through_replica = ArtifactStore(url, job), ArtifactStore(url, replica)
+    write_nightly, write_replica = nightly._write_manifest, through_replica._write_manifest
+
+    def nightly_writes(manifest: dict[str, str]) -> None:
+        def both_write(theirs: dict[str, str]) -> None:  # the replica's second read came before the job's write
+            write_nightly(manifest)
+            write_replica(theirs)
+
+        through_replica._write_manifest = both_write  # type: ignore[method-assign]
+        through_replica.push_state()
+
+    nightly._write_manifest = nightly_writes  # type: ignore[method-assign]
+    assert nightly.push().files == 1
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(NotReady, match="changed while it was read"):
+        ArtifactStore(url, fresh).pull()
+    again = ArtifactStore(url, job).push()
+    assert (again.files, again.bytes, again.kept) == (0, 0, 1)  # kept: the swap made through the replica
+    assert ArtifactStore(url, fresh).pull().files == 3
+    assert (fresh / "indexes" / "default" / "fp" / "vectors.npy").read_bytes() == b"\x07" * 5000
+    assert (fresh / "models" / "ltr" / "active.json").read_text() == '{"version": "v1", "history": ["swapped"]}'
+
+
+def test_a_pull_skips_what_an_older_push_published_and_no_push_shares(tmp_path: Path) -> None:
+    """A store an older ShopRank filled with a pull's partial download and an index build's folder: a pull fetches
+    neither (its sweep of partial downloads would otherwise remove the copy it fetched, and fetch it again at
+    every poll)."""
+    import hashlib
+
+    store = tmp_path / "store"
+    files = {"indexes/default/fp/vectors.npy": b"\x01" * 100, "indexes/default/fp/.vectors.npy.4242.pull": b"\x02",
+             "indexes/default/fp.building/vectors.npy": b"\x03", "indexes/default/fp/pending-1a2b/live.npy": b"\x04"}
+    for rel, data in files.items():
+        (store / rel).parent.mkdir(parents=True, exist_ok=True)
+        (store / rel).write_bytes(data)
+    (store / MANIFEST).write_text(json.dumps({rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}))
+    replica = tmp_path / "replica"
+    replica.mkdir()
+    pulled = ArtifactStore(f"file://{store}", replica)
+    assert pulled.pull().files == 1
+    assert sorted(str(p.relative_to(replica)) for p in replica.rglob("*") if p.is_file()) == [
+        ".artifacts.json", ".artifacts.lock", "indexes/default/fp/vectors.npy"]
+    again = pulled.pull()
+    assert (again.files, again.unchanged) == (0, 1)

@@ -148,3 +148,12 @@ def test_an_empty_host_is_refused_not_served_on_every_interface(home: Path, monk
     monkeypatch.setenv("SHOPRANK_API__HOST", "")
     get_settings.cache_clear()
     assert "SHOPRANK_API__HOST='': Value error, '' is not a bind address" in refused(capsys, "serve", "--workers", "1")
+
+
+def test_a_store_file_its_manifest_does_not_name_is_one_error_line(home: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store"
+    (store / "experiments").mkdir(parents=True)
+    (store / "experiments" / "current.json").write_text('{"shadow": "v2"}')
+    (store / "MANIFEST.json").write_text(json.dumps({"experiments/current.json": "0" * 64}))
+    assert "changed while it was read" in refused(capsys, "artifacts", "pull", "--url", f"file://{store}")
