@@ -118,8 +118,17 @@ class Topology:
         return {**env, **self.extra_env}
 
     def features_ready(self) -> bool:
-        """Feature tables were built (`shoprank features build`): the cluster serves them from Redis."""
-        return any(self.settings.paths.features.glob("*.parquet"))
+        """Feature tables were built for some store (`shoprank [--store NAME] features build`): the cluster
+        serves every store's features from Redis."""
+        return bool(self.feature_stores())
+
+    def feature_stores(self) -> list[str | None]:
+        """The stores (None: the default one) that have feature tables: each is loaded into Redis."""
+        return [store for store in self.stores() if any(self.features_folder(store).glob("*.parquet"))]
+
+    def features_folder(self, store: str | None) -> Path:
+        """Where ``store`` (None: the default store) keeps its feature tables."""
+        return self.settings.for_store(store).paths.features
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -237,12 +246,12 @@ class Topology:
         try:
             self.start_redis()
             self.start_broker()
-            if self.features_ready():
-                self._load_features()
+            for store in self.feature_stores():
+                self._load_features(store)
             for store in self.stores():
                 self.start_consumer("sink", store)
-            if (self.settings.paths.features / "product_attributes.parquet").is_file():
-                self.start_consumer("features")  # the feature tables name each product's category and price
+                if (self.features_folder(store) / "product_attributes.parquet").is_file():
+                    self.start_consumer("features", store)  # its tables name each product's category and price
             self._build_index()
             for i in range(len(self.layout.replicas)):
                 self.start_replica(i, wait=False)
@@ -255,17 +264,20 @@ class Topology:
             raise
         return {**self.status(), "seconds": round(time.monotonic() - started, 1)}
 
-    def _load_features(self) -> None:
-        """Register the feature definitions against Redis and load it (feast apply + materialize)."""
+    def _load_features(self, store: str | None = None) -> None:
+        """Register one store's feature definitions against Redis and load it (feast apply + materialize; each
+        store is its own Feast project there). None: the default store."""
+        scope = [] if store is None else ["--store", store]
         for verb in ("apply", "materialize"):
-            done = subprocess.run([sys.executable, "-m", "shoprank.cli", "features", verb, "--online-store", "redis"],
-                                  env=self.env(), check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True)
+            done = subprocess.run([sys.executable, "-m", "shoprank.cli", *scope, "features", verb, "--online-store",
+                                   "redis"], env=self.env(), check=False, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
             said = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
             sys.stderr.write("".join(line + "\n" for line in done.stderr.splitlines() if line not in said))
             if done.returncode != 0:
                 why = said[-1].removeprefix("error: ") if said else f"exit code {done.returncode}; its output is above"
-                raise NotReady(f"`shoprank features {verb} --online-store redis` failed: {why}")
+                command = " ".join(["shoprank", *scope, "features", verb, "--online-store", "redis"])
+                raise NotReady(f"`{command}` failed: {why}")
 
     def _build_index(self) -> None:
         """Build the served index once, so replicas only load it."""

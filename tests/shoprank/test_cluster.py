@@ -218,6 +218,35 @@ def test_replicas_on_one_machine_divide_its_cores(settings: Settings, monkeypatc
     assert Topology(settings, replicas=2).env()["SHOPRANK_RANKING__THREADS"] == "3"
 
 
+def test_every_store_with_feature_tables_is_loaded_into_redis_and_streamed(settings: Settings, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replicas read every store's features from Redis: each store that has tables gets them applied and
+    materialized there, and a streaming features consumer of its own."""
+    for base in (tmp_path, tmp_path / "stores" / "garden"):
+        (base / "features").mkdir(parents=True)
+        (base / "features" / "product_attributes.parquet").write_bytes(b"")
+    (tmp_path / "stores" / "tools").mkdir()  # a store without feature tables: nothing to load or stream
+    cluster = Topology(settings.model_copy(update={"home": tmp_path}), replicas=1)
+    loads: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: loads.append(argv[3:]) or
+                        subprocess.CompletedProcess(argv, 0, "", ""))
+    spawned: list[str] = []
+    monkeypatch.setattr(Topology, "_spawn", lambda self, piece: spawned.append(piece.name))
+    monkeypatch.setattr(Topology, "start_redis", lambda self: None)
+    monkeypatch.setattr(Topology, "start_broker", lambda self: None)
+    monkeypatch.setattr(Topology, "_build_index", lambda self: (_ for _ in ()).throw(RuntimeError("stop here")))
+    monkeypatch.setattr(Topology, "down", lambda self: {})
+    with pytest.raises(RuntimeError, match="stop here"):
+        cluster.up()
+    assert cluster.env()["SHOPRANK_FEATURES__ONLINE_STORE"] == "redis"
+    assert loads == [["features", "apply", "--online-store", "redis"],
+                     ["features", "materialize", "--online-store", "redis"],
+                     ["--store", "garden", "features", "apply", "--online-store", "redis"],
+                     ["--store", "garden", "features", "materialize", "--online-store", "redis"]]
+    assert sorted(spawned) == ["consumer-features", "consumer-features-garden", "consumer-sink",
+                               "consumer-sink-garden", "consumer-sink-tools"]
+
+
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed (make test installs it)")
 def test_haproxy_refuses_a_port_another_server_holds(settings: Settings, tmp_path: Path) -> None:
     import socket
