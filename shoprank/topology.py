@@ -103,6 +103,7 @@ class Topology:
     def env(self) -> dict[str, str]:
         """The environment every ShopRank process of the topology gets."""
         env = {**os.environ, "SHOPRANK_HOME": str(self.home), "SHOPRANK_PROGRESS": "false",
+               "SHOPRANK_LOG_LEVEL": self.settings.log_level,  # `--log-level`: the replicas and consumers too
                "SHOPRANK_EVENTS__KAFKA_BOOTSTRAP": self.layout.bootstrap,
                "SHOPRANK_FEATURES__REDIS_URL": self.layout.redis_url, "HF_HUB_OFFLINE": "1",
                # cross-encoder scores shared by every replica (database 1; Feast's features in 0)

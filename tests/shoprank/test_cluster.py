@@ -218,6 +218,13 @@ def test_replicas_on_one_machine_divide_its_cores(settings: Settings, monkeypatc
     assert Topology(settings, replicas=2).env()["SHOPRANK_RANKING__THREADS"] == "3"
 
 
+def test_every_piece_logs_at_the_level_the_topology_was_started_with(settings: Settings,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPRANK_LOG_LEVEL", "WARNING")  # `shoprank --log-level DEBUG cluster up` overrides it
+    cluster = Topology(settings.model_copy(update={"log_level": "DEBUG"}), replicas=1)
+    assert cluster.env()["SHOPRANK_LOG_LEVEL"] == "DEBUG"
+
+
 def test_every_store_with_feature_tables_is_loaded_into_redis_and_streamed(settings: Settings, tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The replicas read every store's features from Redis: each store that has tables gets them applied and
