@@ -254,7 +254,8 @@ class Settings(BaseSettings):
         """
         if store is not None and store == self.index_name:
             raise InvalidInput(f"store {store!r} is the default store's name (index_name): the default store is "
-                               "the home itself; leave --store out for it, or give another store another name")
+                               "the home itself; leave --store out (and SHOPRANK_STORE unset) for it, or give another "
+                               "store another name")
         return self.model_copy(update={"store": store})
 
 

@@ -44,15 +44,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "log_level", None) is not None:  # the flag overrides the environment, as every flag does
         updates["log_level"] = args.log_level
     settings = settings.model_copy(update=updates) if updates else settings
-    if getattr(args, "global_store", None) is not None:  # --store "" names no store: refused, not the default
+    # --store "" names no store: refused, not the default; SHOPRANK_STORE (or the config file's store) is
+    # checked as the flag is, so that no command writes into a store `shoprank serve` never serves
+    store = getattr(args, "global_store", None)
+    if store is None:
+        store = settings.store
+    if store is not None:
         from core.keys import check_store_name
 
-        settings = settings.for_store(check_store_name(args.global_store))
+        settings = settings.for_store(check_store_name(store))
         if not settings.paths.base.is_dir() and getattr(args, "command", None) != "index":
             folder = settings.paths.stores
             known = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-            raise InvalidInput(f"store {args.global_store!r} does not exist ({folder}/ holds {known or 'none'}); "
-                               f"`shoprank --store {args.global_store} index --catalog FILE` makes it")
+            raise InvalidInput(f"store {store!r} does not exist ({folder}/ holds {known or 'none'}); "
+                               f"`shoprank --store {store} index --catalog FILE` makes it")
     return settings
 
 

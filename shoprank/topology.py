@@ -112,6 +112,7 @@ class Topology:
                # with a rate limit set, one bucket per key across the replicas (database 2)
                "SHOPRANK_API__RATE_LIMIT_STORE": "redis",
                "SHOPRANK_API__RATE_LIMIT_URL": f"redis://{self.layout.redis_url}/2"}
+        env.pop("SHOPRANK_STORE", None)  # each piece names its store itself (--store); the replicas serve them all
         if self.features_ready():
             env["SHOPRANK_FEATURES__ONLINE_STORE"] = "redis"
         # the replicas share this machine's cores, as the workers of one server do (unless set)

@@ -134,6 +134,22 @@ def test_the_error_of_the_process_that_builds_the_index_is_the_commands(home: Pa
         build_index_in_child(env)
 
 
+def test_the_store_shoprank_store_names_is_checked_as_the_flags_is(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    for store, said in (("default", "store 'default' is the default store's name (index_name)"),
+                        ("nosuch", "store 'nosuch' does not exist")):
+        monkeypatch.setenv("SHOPRANK_STORE", store)
+        get_settings.cache_clear()
+        assert said in refused(capsys, "models", "list", "--role", "ltr")  # before: {"ltr": []}
+        assert said in refused(capsys, "keys", "create", "--scope", "search")
+    assert not (home / "keys.json").exists()  # before: a key for a store `shoprank serve` never serves
+    (home / "stores" / "garden").mkdir(parents=True)
+    monkeypatch.setenv("SHOPRANK_STORE", "garden")
+    get_settings.cache_clear()
+    code, out, err = run_cli(capsys, "models", "list", "--role", "ltr")
+    assert code == 0 and json.loads(out) == {"ltr": []}, err
+
+
 def test_an_empty_host_is_refused_not_served_on_every_interface(home: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     import uvicorn

@@ -225,6 +225,11 @@ def test_every_piece_logs_at_the_level_the_topology_was_started_with(settings: S
     assert cluster.env()["SHOPRANK_LOG_LEVEL"] == "DEBUG"
 
 
+def test_no_piece_inherits_the_store_of_the_command(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPRANK_STORE", "garden")  # else the default store's consumers would read garden's topics
+    assert "SHOPRANK_STORE" not in Topology(settings, replicas=1).env()
+
+
 def test_every_store_with_feature_tables_is_loaded_into_redis_and_streamed(settings: Settings, tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The replicas read every store's features from Redis: each store that has tables gets them applied and
