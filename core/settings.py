@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -192,9 +200,9 @@ class Settings(BaseSettings):
         env_prefix="SHOPRANK_", env_nested_delimiter="__", extra="forbid"
     )
 
-    home: Path = Field(Path("artifacts"), description="Git-ignored folder for all artifacts.")
+    home: Path = Field(Path("artifacts"), description="Git-ignored folder for all artifacts (not empty).")
     catalog: Path | None = Field(
-        None, description="Catalog served by `shoprank serve`; None builds the demo catalog."
+        None, description="Catalog served by `shoprank serve` (not empty); None builds the demo catalog."
     )
     artifacts_url: str | None = Field(None, description="Artifact store shared by replicas that share no volume: "
                                       "any fsspec URL (s3://bucket/shoprank, file:///mnt/shared/shoprank). A server "
@@ -223,6 +231,17 @@ class Settings(BaseSettings):
     events: EventSettings = EventSettings()
     api: ApiSettings = ApiSettings()
     compute: ComputeSettings = ComputeSettings()
+
+    @field_validator("home", "catalog", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object, info: ValidationInfo) -> object:
+        """An empty path would be the working directory ("."): refused, so a blank ``SHOPRANK_HOME`` never
+        writes artifacts and keys where the command happens to run."""
+        if isinstance(value, str) and not value.strip():
+            give = {"home": "the artifact home's folder, or unset it for ./artifacts",
+                    "catalog": "a CSV, Parquet or JSONL catalog file, or unset it for the demo catalog"}
+            raise ValueError(f"empty; give {give[str(info.field_name)]}")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -42,6 +42,9 @@ def test_ranges_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     # an empty address is every interface to uvicorn: a blank setting must not expose the server
     ("SHOPRANK_API__HOST", "", "SHOPRANK_API__HOST='': Value error, '' is not a bind address: give an IP address"),
     ("SHOPRANK_API__HOST", " ", "' ' is not a bind address"),
+    # an empty path is the working directory: refused, not artifacts and keys written where the command runs
+    ("SHOPRANK_HOME", "", "SHOPRANK_HOME='': Value error, empty; give the artifact home's folder"),
+    ("SHOPRANK_CATALOG", " ", "SHOPRANK_CATALOG=' ': Value error, empty; give a CSV, Parquet or JSONL catalog file"),
 ])
 def test_bad_settings_are_named_with_what_is_allowed(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
                                                      said: str) -> None:

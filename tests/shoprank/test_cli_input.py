@@ -134,6 +134,22 @@ def test_the_error_of_the_process_that_builds_the_index_is_the_commands(home: Pa
         build_index_in_child(env)
 
 
+def test_an_empty_home_or_catalog_is_refused_not_read_as_the_working_directory(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: pytest.fail("served"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SHOPRANK_HOME", "")  # e.g. SHOPRANK_HOME=$UNSET_VARIABLE
+    get_settings.cache_clear()
+    assert "SHOPRANK_HOME='': Value error, empty" in refused(capsys, "keys", "create", "--scope", "search")
+    assert not (tmp_path / "keys.json").exists()  # before: the key file written in the working directory
+    monkeypatch.setenv("SHOPRANK_HOME", str(home))
+    monkeypatch.setenv("SHOPRANK_CATALOG", " ")
+    get_settings.cache_clear()
+    assert "SHOPRANK_CATALOG=' ': Value error, empty" in refused(capsys, "serve", "--workers", "1")
+
+
 def test_the_store_shoprank_store_names_is_checked_as_the_flags_is(home: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     for store, said in (("default", "store 'default' is the default store's name (index_name)"),
