@@ -319,13 +319,23 @@ def get_settings() -> Settings:
 
 
 def settings_error(err: ValidationError) -> InvalidInput:
-    """One message naming every bad setting as its environment variable, the value and what is allowed."""
+    """One message naming every bad setting as its environment variable, the value and what is allowed.
+
+    A setting inside a dict or list (``serving.stage_budgets_ms.teacher``) is named with the variable that
+    gives the whole dict; a setting no variable gives came from the ``SHOPRANK_CONFIG`` file.
+    """
     bad = []
     config = os.environ.get("SHOPRANK_CONFIG")
+    given = {key.upper() for key in os.environ}  # the settings read variable names in any case
     for problem in err.errors():
         loc = [str(part) for part in problem.get("loc", ())]
-        name = "SHOPRANK_" + "__".join(part.upper() for part in loc)
-        if config and name not in os.environ:  # not from the environment: the config file's key
+        variables = ["SHOPRANK_" + "__".join(loc[:n]).upper() for n in range(len(loc), 0, -1)]
+        variable = next((name for name in variables if name in given), None)
+        if variable == variables[0] or (variable is None and not config):
+            name = variables[0]
+        elif variable is not None:  # a key of the dict or list this variable gives
+            name = f"{'.'.join(loc)} (in {variable})"
+        else:  # not from the environment: the config file's key
             name = f"{'.'.join(loc)} (in SHOPRANK_CONFIG {config})"
         bad.append(f"{name}={problem.get('input')!r}: {problem['msg']}")
     return InvalidInput("bad setting(s): " + "; ".join(bad) + " (every setting with its range: `shoprank config "

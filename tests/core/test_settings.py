@@ -36,7 +36,8 @@ def test_ranges_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(("name", "value", "said"), [
     ("SHOPRANK_LOG_LEVEL", "verbose", "SHOPRANK_LOG_LEVEL='VERBOSE'"),
     ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teachr": 60}', "'student', 'teacher', 'ltr' or 'rules'"),
-    ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teacher": -5}', "greater than 0"),
+    ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teacher": -5}',
+     "serving.stage_budgets_ms.teacher (in SHOPRANK_SERVING__STAGE_BUDGETS_MS)=-5: Input should be greater than 0"),
     ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", "teacher=5", "takes JSON"),
     ("SHOPRANK_SERVING__SCORE_STORE_URL", "redis://127.0.0.1:abc/1", "not a Redis URL"),
     # an empty address is every interface to uvicorn: a blank setting must not expose the server
@@ -58,6 +59,26 @@ def test_bad_settings_are_named_with_what_is_allowed(monkeypatch: pytest.MonkeyP
             get_settings()
     finally:
         get_settings.cache_clear()
+
+
+def test_a_bad_variable_is_blamed_on_the_variable_not_the_config_file(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    from core.errors import InvalidInput
+    from core.settings import get_settings
+
+    config = tmp_path / "shoprank.yaml"
+    config.write_text("log_level: info\nretrieval:\n  rrf_k: 0\n")
+    monkeypatch.setenv("SHOPRANK_CONFIG", str(config))
+    monkeypatch.setenv("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teacher": -1}')
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(InvalidInput) as raised:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    said = raised.value.message
+    assert "serving.stage_budgets_ms.teacher (in SHOPRANK_SERVING__STAGE_BUDGETS_MS)=-1" in said
+    assert f"retrieval.rrf_k (in SHOPRANK_CONFIG {config})=0" in said  # the file's own bad key: the file
 
 
 def test_a_stage_budget_given_keeps_the_others_and_a_level_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
