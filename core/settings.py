@@ -4,15 +4,17 @@
 Values come, in rising priority, from defaults, an optional YAML file (path in
 ``SHOPRANK_CONFIG``; unknown keys are an error so a typo fails loudly) and
 environment variables ``SHOPRANK_<FIELD>`` with ``__`` for nesting, e.g.
-``SHOPRANK_RETRIEVAL__RRF_K=30``. Get them through :func:`get_settings`.
+``SHOPRANK_RETRIEVAL__RRF_K=30``; a list or dict setting takes JSON. Get them through
+:func:`get_settings`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
 from pydantic import (
@@ -313,9 +315,7 @@ def get_settings() -> Settings:
     except ValidationError as err:
         raise settings_error(err) from err
     except SettingsError as err:  # a value the environment gives that is not the JSON a dict setting needs
-        raise InvalidInput(f"bad setting: {err}; a setting that holds several values (a dict or a list) takes "
-                           "JSON, e.g. SHOPRANK_SERVING__STAGE_BUDGETS_MS='{\"teacher\": 60}' (every setting: "
-                           "`shoprank config reference`, docs/configuration.md)") from None
+        raise not_json_error(err) from None
 
 
 def settings_error(err: ValidationError) -> InvalidInput:
@@ -340,3 +340,44 @@ def settings_error(err: ValidationError) -> InvalidInput:
         bad.append(f"{name}={problem.get('input')!r}: {problem['msg']}")
     return InvalidInput("bad setting(s): " + "; ".join(bad) + " (every setting with its range: `shoprank config "
                         "reference`, docs/configuration.md)")
+
+
+def _json_example(variable: str, value: str) -> str | None:
+    """What environment variable ``variable`` should say when it sets a list, a dict or a whole section, which
+    take JSON (a list: ``value``'s comma-separated parts; a dict or section: its default's first entry); None
+    when it sets a single value or names no setting."""
+    model: Any = Settings
+    field = None
+    for part in variable.upper().removeprefix("SHOPRANK_").lower().split("__"):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        field = model.model_fields[part]
+        model = field.annotation
+    if field is None:
+        return None
+    if get_origin(field.annotation) is list:
+        return json.dumps([part.strip() for part in value.split(",") if part.strip()])
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        default = default.model_dump(mode="json")
+    if get_origin(field.annotation) is dict or isinstance(default, dict):
+        return json.dumps(dict(list(default.items())[:1]))
+    return None
+
+
+def not_json_error(err: SettingsError) -> InvalidInput:
+    """The message for a list or dict setting whose variable is not JSON, naming the variable and its value."""
+    bad = []
+    for key, value in sorted(os.environ.items()):
+        example = _json_example(key, value) if key.upper().startswith("SHOPRANK_") else None
+        if example is None:
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            bad.append(f"{key}={value!r} is not JSON: give JSON, e.g. {key}='{example}'")
+    if not bad:  # pydantic-settings said more than these variables tell
+        bad = [f"{err}; a setting that holds several values (a dict or a list) takes JSON, e.g. "
+               "SHOPRANK_SERVING__STAGE_BUDGETS_MS='{\"teacher\": 60}'"]
+    return InvalidInput("bad setting(s): " + "; ".join(bad) + " (every setting: `shoprank config reference`, "
+                        "docs/configuration.md)")

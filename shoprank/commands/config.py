@@ -29,6 +29,10 @@ Every setting comes, in rising priority, from its default, the YAML file named b
 with `__` between a section and its field, e.g. `SHOPRANK_RETRIEVAL__RRF_K=30`. In the
 YAML file the same setting is `retrieval: {rrf_k: 30}`. `shoprank config show` prints
 the settings in force.
+
+A setting that holds several values, a list or a dict, takes JSON in its variable, e.g.
+`SHOPRANK_API__CORS_ORIGINS='["https://a.com"]'` or
+`SHOPRANK_SERVING__STAGE_BUDGETS_MS='{"teacher": 60}'`.
 """
 
 

@@ -38,7 +38,11 @@ def test_ranges_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teachr": 60}', "'student', 'teacher', 'ltr' or 'rules'"),
     ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teacher": -5}',
      "serving.stage_budgets_ms.teacher (in SHOPRANK_SERVING__STAGE_BUDGETS_MS)=-5: Input should be greater than 0"),
-    ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", "teacher=5", "takes JSON"),
+    ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", "teacher=5", "SHOPRANK_SERVING__STAGE_BUDGETS_MS='teacher=5' is not "
+     "JSON: give JSON, e.g. SHOPRANK_SERVING__STAGE_BUDGETS_MS='{\"student\": 600.0}'"),
+    # a list in a section: the variable and its value named, not pydantic-settings' "error parsing field api"
+    ("SHOPRANK_API__CORS_ORIGINS", "https://a.com, https://b.com", "SHOPRANK_API__CORS_ORIGINS='https://a.com, "
+     "https://b.com' is not JSON: give JSON, e.g. SHOPRANK_API__CORS_ORIGINS='[\"https://a.com\", \"https://b.com\"]'"),
     ("SHOPRANK_SERVING__SCORE_STORE_URL", "redis://127.0.0.1:abc/1", "not a Redis URL"),
     # an empty address is every interface to uvicorn: a blank setting must not expose the server
     ("SHOPRANK_API__HOST", "", "SHOPRANK_API__HOST='': Value error, '' is not a bind address: give an IP address"),
