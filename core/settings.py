@@ -4,14 +4,17 @@
 Values come, in rising priority, from defaults, an optional YAML file (path in
 ``SHOPRANK_CONFIG``; unknown keys are an error so a typo fails loudly) and
 environment variables ``SHOPRANK_<FIELD>`` with ``__`` for nesting, e.g.
-``SHOPRANK_RETRIEVAL__RRF_K=30``; a list or dict setting takes JSON. Get them through
-:func:`get_settings`.
+``SHOPRANK_RETRIEVAL__RRF_K=30``; a list or dict setting takes JSON. A ``SHOPRANK_*``
+variable that names no setting is ignored with a warning. Get them through :func:`get_settings`.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
@@ -33,6 +36,8 @@ from core.errors import InvalidInput
 from core.hardware import cores_per_process
 from core.paths import Home
 from core.service_settings import ApiSettings, ComputeSettings, EventSettings, ServingSettings
+
+logger = logging.getLogger(__name__)
 
 
 class RetrievalSettings(BaseModel):
@@ -311,11 +316,14 @@ def get_settings() -> Settings:
         InvalidInput: a setting's value is not allowed (each named as its environment variable).
     """
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as err:
         raise settings_error(err) from err
     except SettingsError as err:  # a value the environment gives that is not the JSON a dict setting needs
         raise not_json_error(err) from None
+    for warning in unknown_variables(os.environ):
+        logger.warning("%s", warning)
+    return settings
 
 
 def settings_error(err: ValidationError) -> InvalidInput:
@@ -381,3 +389,27 @@ def not_json_error(err: SettingsError) -> InvalidInput:
                "SHOPRANK_SERVING__STAGE_BUDGETS_MS='{\"teacher\": 60}'"]
     return InvalidInput("bad setting(s): " + "; ".join(bad) + " (every setting: `shoprank config reference`, "
                         "docs/configuration.md)")
+
+
+# variables ShopRank reads itself, beside the settings: the config file, the CPU features hidden from detection
+# (benchmarks/cpu_mask.py), the Dask workers' network namespace (core.compute), the Feast repo's tables folder
+# (feature_repo/), the A/B review notebook's inputs and the pinned runs' background switch (tests/pinned_runs.py)
+OWN_VARIABLES = frozenset({
+    "SHOPRANK_CONFIG", "SHOPRANK_CPU_HIDE", "SHOPRANK_LOOPBACK_NETNS", "SHOPRANK_FEATURES_DIR", "SHOPRANK_LOG_ROOT",
+    "SHOPRANK_EXPERIMENT", "SHOPRANK_CONTROL", "SHOPRANK_TREATMENT", "SHOPRANK_WEIGHTS", "SHOPRANK_VERSIONS",
+    "SHOPRANK_PINNED_BACKGROUND"})
+
+
+def unknown_variables(environ: Iterable[str]) -> list[str]:
+    """A warning for each ``SHOPRANK_*`` variable that names no setting (a misspelled top-level setting is
+    otherwise ignored without a word; one inside a section is refused), with the closest setting's name."""
+    names = ["SHOPRANK_" + name.upper() for name in Settings.model_fields]
+    warnings = []
+    for key in sorted(environ):
+        top = key.upper().split("__")[0]
+        if not top.startswith("SHOPRANK_") or top in names or key.upper() in OWN_VARIABLES:
+            continue
+        close = difflib.get_close_matches(top, names, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"{key} names no setting and is ignored{hint} (every setting: `shoprank config reference`)")
+    return warnings

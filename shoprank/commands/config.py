@@ -32,7 +32,9 @@ the settings in force.
 
 A setting that holds several values, a list or a dict, takes JSON in its variable, e.g.
 `SHOPRANK_API__CORS_ORIGINS='["https://a.com"]'` or
-`SHOPRANK_SERVING__STAGE_BUDGETS_MS='{"teacher": 60}'`.
+`SHOPRANK_SERVING__STAGE_BUDGETS_MS='{"teacher": 60}'`. A `SHOPRANK_*` variable that
+names no setting (`SHOPRANK_ARTIFACT_URL` for `SHOPRANK_ARTIFACTS_URL`) is ignored, with a
+warning naming the closest setting.
 """
 
 

@@ -36,20 +36,20 @@ def test_ranges_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(("name", "value", "said"), [
     ("SHOPRANK_LOG_LEVEL", "verbose", "SHOPRANK_LOG_LEVEL='VERBOSE'"),
     ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teachr": 60}', "'student', 'teacher', 'ltr' or 'rules'"),
-    ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teacher": -5}',
-     "serving.stage_budgets_ms.teacher (in SHOPRANK_SERVING__STAGE_BUDGETS_MS)=-5: Input should be greater than 0"),
     ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", "teacher=5", "SHOPRANK_SERVING__STAGE_BUDGETS_MS='teacher=5' is not "
      "JSON: give JSON, e.g. SHOPRANK_SERVING__STAGE_BUDGETS_MS='{\"student\": 600.0}'"),
     # a list in a section: the variable and its value named, not pydantic-settings' "error parsing field api"
     ("SHOPRANK_API__CORS_ORIGINS", "https://a.com, https://b.com", "SHOPRANK_API__CORS_ORIGINS='https://a.com, "
      "https://b.com' is not JSON: give JSON, e.g. SHOPRANK_API__CORS_ORIGINS='[\"https://a.com\", \"https://b.com\"]'"),
+    ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teacher": -5}',
+     "serving.stage_budgets_ms.teacher (in SHOPRANK_SERVING__STAGE_BUDGETS_MS)=-5: Input should be greater than 0"),
+    # an empty path is the working directory: refused, not artifacts and keys written where the command runs
+    ("SHOPRANK_HOME", "", "SHOPRANK_HOME='': Value error, empty; give the artifact home's folder"),
+    ("SHOPRANK_CATALOG", " ", "SHOPRANK_CATALOG=' ': Value error, empty; give a CSV, Parquet or JSONL catalog file"),
     ("SHOPRANK_SERVING__SCORE_STORE_URL", "redis://127.0.0.1:abc/1", "not a Redis URL"),
     # an empty address is every interface to uvicorn: a blank setting must not expose the server
     ("SHOPRANK_API__HOST", "", "SHOPRANK_API__HOST='': Value error, '' is not a bind address: give an IP address"),
     ("SHOPRANK_API__HOST", " ", "' ' is not a bind address"),
-    # an empty path is the working directory: refused, not artifacts and keys written where the command runs
-    ("SHOPRANK_HOME", "", "SHOPRANK_HOME='': Value error, empty; give the artifact home's folder"),
-    ("SHOPRANK_CATALOG", " ", "SHOPRANK_CATALOG=' ': Value error, empty; give a CSV, Parquet or JSONL catalog file"),
 ])
 def test_bad_settings_are_named_with_what_is_allowed(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
                                                      said: str) -> None:
@@ -83,6 +83,26 @@ def test_a_bad_variable_is_blamed_on_the_variable_not_the_config_file(monkeypatc
     said = raised.value.message
     assert "serving.stage_budgets_ms.teacher (in SHOPRANK_SERVING__STAGE_BUDGETS_MS)=-1" in said
     assert f"retrieval.rrf_k (in SHOPRANK_CONFIG {config})=0" in said  # the file's own bad key: the file
+
+
+def test_a_variable_that_names_no_setting_is_warned_about(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from core.settings import get_settings
+
+    monkeypatch.setenv("SHOPRANK_ARTIFACT_URL", "s3://bucket/shoprank")  # a misspelled top-level setting
+    monkeypatch.setenv("SHOPRANK_CPU_HIDE", "")  # read by ShopRank itself, beside the settings
+    monkeypatch.setenv("SHOPRANK_SERVING__STAGE_BUDGETS_MS__TEACHER", "50")  # a key of a dict setting
+    get_settings.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="core.settings"):
+            assert get_settings().artifacts_url is None  # a warning, not an error
+    finally:
+        get_settings.cache_clear()
+    said = [record.getMessage() for record in caplog.records]
+    assert [line for line in said if line.split()[0] in {"SHOPRANK_ARTIFACT_URL", "SHOPRANK_CPU_HIDE",
+                                                           "SHOPRANK_SERVING__STAGE_BUDGETS_MS__TEACHER"}] == [
+        "SHOPRANK_ARTIFACT_URL names no setting and is ignored; did you mean SHOPRANK_ARTIFACTS_URL? (every "
+        "setting: `shoprank config reference`)"]
 
 
 def test_a_stage_budget_given_keeps_the_others_and_a_level_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
