@@ -5,19 +5,17 @@ Values come, in rising priority, from defaults, an optional YAML file (path in
 ``SHOPRANK_CONFIG``; unknown keys are an error so a typo fails loudly) and
 environment variables ``SHOPRANK_<FIELD>`` with ``__`` for nesting, e.g.
 ``SHOPRANK_RETRIEVAL__RRF_K=30``; a list or dict setting takes JSON. A ``SHOPRANK_*``
-variable that names no setting is ignored with a warning. Get them through :func:`get_settings`.
+variable that names no setting is ignored with a warning. Get them through :func:`get_settings`; a bad value
+is named as its variable or config file key (:mod:`core.settings_errors`).
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import logging
 import os
-from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -32,6 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from core import settings_errors
 from core.errors import InvalidInput
 from core.hardware import cores_per_process
 from core.paths import Home
@@ -318,98 +317,10 @@ def get_settings() -> Settings:
     try:
         settings = Settings()
     except ValidationError as err:
-        raise settings_error(err) from err
+        raise settings_errors.settings_error(err, os.environ) from err
     except SettingsError as err:  # a value the environment gives that is not the JSON a dict setting needs
-        raise not_json_error(err) from None
-    for warning in unknown_variables(os.environ):
+        raise settings_errors.not_json_error(err, Settings, os.environ) from None
+    for warning in settings_errors.unknown_variables(Settings, os.environ):
         logger.warning("%s", warning)
     return settings
 
-
-def settings_error(err: ValidationError) -> InvalidInput:
-    """One message naming every bad setting as its environment variable, the value and what is allowed.
-
-    A setting inside a dict or list (``serving.stage_budgets_ms.teacher``) is named with the variable that
-    gives the whole dict; a setting no variable gives came from the ``SHOPRANK_CONFIG`` file.
-    """
-    bad = []
-    config = os.environ.get("SHOPRANK_CONFIG")
-    given = {key.upper() for key in os.environ}  # the settings read variable names in any case
-    for problem in err.errors():
-        loc = [str(part) for part in problem.get("loc", ())]
-        variables = ["SHOPRANK_" + "__".join(loc[:n]).upper() for n in range(len(loc), 0, -1)]
-        variable = next((name for name in variables if name in given), None)
-        if variable == variables[0] or (variable is None and not config):
-            name = variables[0]
-        elif variable is not None:  # a key of the dict or list this variable gives
-            name = f"{'.'.join(loc)} (in {variable})"
-        else:  # not from the environment: the config file's key
-            name = f"{'.'.join(loc)} (in SHOPRANK_CONFIG {config})"
-        bad.append(f"{name}={problem.get('input')!r}: {problem['msg']}")
-    return InvalidInput("bad setting(s): " + "; ".join(bad) + " (every setting with its range: `shoprank config "
-                        "reference`, docs/configuration.md)")
-
-
-def _json_example(variable: str, value: str) -> str | None:
-    """What environment variable ``variable`` should say when it sets a list, a dict or a whole section, which
-    take JSON (a list: ``value``'s comma-separated parts; a dict or section: its default's first entry); None
-    when it sets a single value or names no setting."""
-    model: Any = Settings
-    field = None
-    for part in variable.upper().removeprefix("SHOPRANK_").lower().split("__"):
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
-            return None
-        field = model.model_fields[part]
-        model = field.annotation
-    if field is None:
-        return None
-    if get_origin(field.annotation) is list:
-        return json.dumps([part.strip() for part in value.split(",") if part.strip()])
-    default = field.get_default(call_default_factory=True)
-    if isinstance(default, BaseModel):
-        default = default.model_dump(mode="json")
-    if get_origin(field.annotation) is dict or isinstance(default, dict):
-        return json.dumps(dict(list(default.items())[:1]))
-    return None
-
-
-def not_json_error(err: SettingsError) -> InvalidInput:
-    """The message for a list or dict setting whose variable is not JSON, naming the variable and its value."""
-    bad = []
-    for key, value in sorted(os.environ.items()):
-        example = _json_example(key, value) if key.upper().startswith("SHOPRANK_") else None
-        if example is None:
-            continue
-        try:
-            json.loads(value)
-        except ValueError:
-            bad.append(f"{key}={value!r} is not JSON: give JSON, e.g. {key}='{example}'")
-    if not bad:  # pydantic-settings said more than these variables tell
-        bad = [f"{err}; a setting that holds several values (a dict or a list) takes JSON, e.g. "
-               "SHOPRANK_SERVING__STAGE_BUDGETS_MS='{\"teacher\": 60}'"]
-    return InvalidInput("bad setting(s): " + "; ".join(bad) + " (every setting: `shoprank config reference`, "
-                        "docs/configuration.md)")
-
-
-# variables ShopRank reads itself, beside the settings: the config file, the CPU features hidden from detection
-# (benchmarks/cpu_mask.py), the Dask workers' network namespace (core.compute), the Feast repo's tables folder
-# (feature_repo/), the A/B review notebook's inputs and the pinned runs' background switch (tests/pinned_runs.py)
-OWN_VARIABLES = frozenset({
-    "SHOPRANK_CONFIG", "SHOPRANK_CPU_HIDE", "SHOPRANK_LOOPBACK_NETNS", "SHOPRANK_FEATURES_DIR", "SHOPRANK_LOG_ROOT",
-    "SHOPRANK_EXPERIMENT", "SHOPRANK_CONTROL", "SHOPRANK_TREATMENT", "SHOPRANK_WEIGHTS", "SHOPRANK_VERSIONS",
-    "SHOPRANK_PINNED_BACKGROUND"})
-
-
-def unknown_variables(environ: Iterable[str]) -> list[str]:
-    """A warning for each ``SHOPRANK_*`` variable that names no setting (a misspelled top-level setting is
-    otherwise ignored without a word; one inside a section is refused), with the closest setting's name."""
-    names = ["SHOPRANK_" + name.upper() for name in Settings.model_fields]
-    warnings = []
-    for key in sorted(environ):
-        top = key.upper().split("__")[0]
-        if not top.startswith("SHOPRANK_") or top in names or key.upper() in OWN_VARIABLES:
-            continue
-        close = difflib.get_close_matches(top, names, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        warnings.append(f"{key} names no setting and is ignored{hint} (every setting: `shoprank config reference`)")
-    return warnings

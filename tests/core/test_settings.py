@@ -85,6 +85,36 @@ def test_a_bad_variable_is_blamed_on_the_variable_not_the_config_file(monkeypatc
     assert f"retrieval.rrf_k (in SHOPRANK_CONFIG {config})=0" in said  # the file's own bad key: the file
 
 
+@pytest.mark.parametrize(("variable", "value", "file", "said"), [
+    # pydantic-settings merges a dict or section key by key: the bad key the file gives beside the variable's
+    ("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"student": 30}', "serving:\n  stage_budgets_ms:\n    teacher: -1\n",
+     "serving.stage_budgets_ms.teacher (in SHOPRANK_CONFIG {config})=-1"),
+    ("SHOPRANK_RETRIEVAL", '{"rrf_k": 30}', "retrieval:\n  hnsw_m: 1\n",
+     "retrieval.hnsw_m (in SHOPRANK_CONFIG {config})=1"),
+    # ... and the bad key the variable gives beside the file's
+    ("SHOPRANK_SERVING", '{"stage_budgets_ms": {"teacher": -1}}', "serving:\n  stage_budgets_ms:\n    student: 30\n",
+     "serving.stage_budgets_ms.teacher (in SHOPRANK_SERVING)=-1"),
+    ("SHOPRANK_API__CORS_ORIGINS", '["https://a.com", 5]', "api:\n  cors_origins: []\n",
+     "api.cors_origins.1 (in SHOPRANK_API__CORS_ORIGINS)=5"),
+])
+def test_a_key_of_a_merged_dict_is_blamed_on_what_gives_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                           variable: str, value: str, file: str, said: str) -> None:
+    from core.errors import InvalidInput
+    from core.settings import get_settings
+
+    config = tmp_path / "shoprank.yaml"
+    config.write_text(file)
+    monkeypatch.setenv("SHOPRANK_CONFIG", str(config))
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(InvalidInput) as raised:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert said.format(config=config) in raised.value.message
+
+
 def test_a_variable_that_names_no_setting_is_warned_about(monkeypatch: pytest.MonkeyPatch,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     from core.settings import get_settings
