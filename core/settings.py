@@ -5,14 +5,15 @@ Values come, in rising priority, from defaults, an optional YAML file (path in
 ``SHOPRANK_CONFIG``; unknown keys are an error so a typo fails loudly) and
 environment variables ``SHOPRANK_<FIELD>`` with ``__`` for nesting, e.g.
 ``SHOPRANK_RETRIEVAL__RRF_K=30``; a list or dict setting takes JSON. A ``SHOPRANK_*``
-variable that names no setting is ignored with a warning. Get them through :func:`get_settings`; a bad value
-is named as its variable or config file key (:mod:`core.settings_errors`).
+variable that names no setting is ignored (:func:`unknown_variables`; the command line warns of it). Get them
+through :func:`get_settings`; a bad value is named as its variable or config file key
+(:mod:`core.settings_errors`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,8 +36,6 @@ from core.errors import InvalidInput
 from core.hardware import cores_per_process
 from core.paths import Home
 from core.service_settings import ApiSettings, ComputeSettings, EventSettings, ServingSettings
-
-logger = logging.getLogger(__name__)
 
 
 class RetrievalSettings(BaseModel):
@@ -320,7 +319,11 @@ def get_settings() -> Settings:
         raise settings_errors.settings_error(err, os.environ) from err
     except SettingsError as err:  # a value the environment gives that is not the JSON a dict setting needs
         raise settings_errors.not_json_error(err, Settings, os.environ) from None
-    for warning in settings_errors.unknown_variables(Settings, os.environ):
-        logger.warning("%s", warning)
     return settings
 
+
+def unknown_variables(environ: Iterable[str] | None = None) -> list[str]:
+    """A warning for each ``SHOPRANK_*`` variable of ``environ`` (default: this process's) that names no
+    setting, with the closest setting's name. Not logged here: the command line warns once per command, after
+    it set up logging, and not again in the processes it starts."""
+    return settings_errors.unknown_variables(Settings, os.environ if environ is None else environ)

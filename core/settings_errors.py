@@ -116,11 +116,12 @@ def not_json_error(err: SettingsError, model: type[BaseModel], environ: Mapping[
 
 # variables ShopRank reads itself, beside the settings: the config file, the CPU features hidden from detection
 # (benchmarks/cpu_mask.py), the Dask workers' network namespace (core.compute), the Feast repo's tables folder
-# (feature_repo/), the A/B review notebook's inputs and the pinned runs' background switch (tests/pinned_runs.py)
+# (feature_repo/), the A/B review notebook's inputs, the pinned runs' background switch (tests/pinned_runs.py)
+# and the mark of a process that `shoprank cluster up` started (shoprank/cli.py: it warns of nothing again)
 OWN_VARIABLES = frozenset({
     "SHOPRANK_CONFIG", "SHOPRANK_CPU_HIDE", "SHOPRANK_LOOPBACK_NETNS", "SHOPRANK_FEATURES_DIR", "SHOPRANK_LOG_ROOT",
     "SHOPRANK_EXPERIMENT", "SHOPRANK_CONTROL", "SHOPRANK_TREATMENT", "SHOPRANK_WEIGHTS", "SHOPRANK_VERSIONS",
-    "SHOPRANK_PINNED_BACKGROUND"})
+    "SHOPRANK_PINNED_BACKGROUND", "SHOPRANK_STARTED_BY"})
 
 
 def unknown_variables(model: type[BaseModel], environ: Iterable[str]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from core.arguments import positive, whole_at_least
 from core.errors import InvalidInput, ShopRankError
 from core.hardware import limit_math_threads
 from core.service_settings import ApiSettings
-from core.settings import Settings, get_settings
+from core.settings import Settings, get_settings, unknown_variables
 from shoprank.commands.arguments import in_file, index_name
 
 logger = logging.getLogger("shoprank")
@@ -129,8 +130,6 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """``api.workers`` server processes sharing the port (0: one per usable core; each loads its
     own engine and gets its share of the cores' ONNX Runtime threads), or one process."""
-    import os
-
     import uvicorn
 
     settings = _settings(args)
@@ -295,6 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn_unknown_variables() -> None:
+    """Warn of every ``SHOPRANK_*`` variable that names no setting, once per command a person runs: here, where
+    logging is set up (the level holds), and not in the processes `shoprank cluster up` starts (marked with
+    ``SHOPRANK_STARTED_BY``), which inherit the same environment; server worker processes never run this."""
+    if os.environ.get("SHOPRANK_STARTED_BY"):
+        return
+    for warning in unknown_variables():
+        logger.warning("%s", warning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -304,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _warn_unknown_variables()
     try:
         if hasattr(args, "handler"):
             return int(args.handler(args, _settings(args)))

@@ -111,7 +111,9 @@ class Topology:
                "SHOPRANK_SERVING__SCORE_STORE_URL": f"redis://{self.layout.redis_url}/1",
                # with a rate limit set, one bucket per key across the replicas (database 2)
                "SHOPRANK_API__RATE_LIMIT_STORE": "redis",
-               "SHOPRANK_API__RATE_LIMIT_URL": f"redis://{self.layout.redis_url}/2"}
+               "SHOPRANK_API__RATE_LIMIT_URL": f"redis://{self.layout.redis_url}/2",
+               # `cluster up` warned of the variables that name no setting: its pieces do not say it again
+               "SHOPRANK_STARTED_BY": "cluster"}
         env.pop("SHOPRANK_STORE", None)  # each piece names its store itself (--store); the replicas serve them all
         if self.features_ready():
             env["SHOPRANK_FEATURES__ONLINE_STORE"] = "redis"

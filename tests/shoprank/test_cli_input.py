@@ -124,12 +124,14 @@ def test_a_catalog_that_is_not_there_is_refused_before_anything_starts(home: Pat
 def test_the_error_of_the_process_that_builds_the_index_is_the_commands(home: Path) -> None:
     """``serve --workers N`` builds the index in a child process before its workers start: the child's error
     is one line and exit code 2, as any command's, not a traceback."""
-    env = {**os.environ, "SHOPRANK_ENCODER": "biencoder:v9", "SHOPRANK_PROGRESS": "false"}
+    env = {**os.environ, "SHOPRANK_ENCODER": "biencoder:v9", "SHOPRANK_PROGRESS": "false",
+           "SHOPRANK_ARTIFACT_URL": "s3://bucket/shoprank"}  # a misspelled setting: warned of by the command only
     done = subprocess.run([sys.executable, "-m", "shoprank.cli", "serve", "--host", "127.0.0.1", "--port", "1",
                            "--workers", "2"], env=env, capture_output=True, text=True, timeout=300, check=False)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert errors == ["error: biencoder version 'v9' is not registered; registered: none"], done.stderr[-3000:]
+    assert done.stderr.count("SHOPRANK_ARTIFACT_URL names no setting") == 1, done.stderr[-3000:]  # not the child
     with pytest.raises(NotFound, match="biencoder version 'v9' is not registered"):  # its class, too
         build_index_in_child(env)
 
@@ -164,6 +166,25 @@ def test_the_store_shoprank_store_names_is_checked_as_the_flags_is(home: Path, m
     get_settings.cache_clear()
     code, out, err = run_cli(capsys, "models", "list", "--role", "ltr")
     assert code == 0 and json.loads(out) == {"ltr": []}, err
+
+
+def test_a_variable_that_names_no_setting_is_warned_of_once_a_command_at_its_log_level(home: Path) -> None:
+    """The command a person runs warns once, through the logging it set up (so its level holds: before, the
+    warning came bare from every process that loaded the settings); the processes `shoprank cluster up` starts
+    inherit the same environment and say nothing."""
+    def warned(*argv: str, **env: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", "shoprank.cli", *argv, "config", "show"], capture_output=True,
+                              text=True, env={**os.environ, "SHOPRANK_ARTIFACT_URL": "s3://b/shoprank", **env},
+                              timeout=120, check=True)
+        return [line for line in done.stderr.splitlines() if "SHOPRANK_ARTIFACT_URL" in line]
+
+    said = warned()
+    assert len(said) == 1 and said[0].endswith(" WARNING shoprank: SHOPRANK_ARTIFACT_URL names no setting and is "
+                                               "ignored; did you mean SHOPRANK_ARTIFACTS_URL? (every setting: "
+                                               "`shoprank config reference`)"), said
+    assert warned(SHOPRANK_LOG_LEVEL="ERROR") == []
+    assert warned("--log-level", "error") == []
+    assert warned(SHOPRANK_STARTED_BY="cluster") == []
 
 
 def test_an_empty_host_is_refused_not_served_on_every_interface(home: Path, monkeypatch: pytest.MonkeyPatch,

@@ -225,6 +225,11 @@ def test_every_piece_logs_at_the_level_the_topology_was_started_with(settings: S
     assert cluster.env()["SHOPRANK_LOG_LEVEL"] == "DEBUG"
 
 
+def test_the_pieces_are_marked_so_they_do_not_warn_again(settings: Settings) -> None:
+    """`cluster up` warned of the variables that name no setting; its pieces, which inherit them, do not."""
+    assert Topology(settings, replicas=1).env()["SHOPRANK_STARTED_BY"] == "cluster"
+
+
 def test_no_piece_inherits_the_store_of_the_command(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOPRANK_STORE", "garden")  # else the default store's consumers would read garden's topics
     assert "SHOPRANK_STORE" not in Topology(settings, replicas=1).env()
