@@ -57,7 +57,11 @@ MAX_REPLICAS = 16
 
 
 class Topology:
-    """Start, inspect, break and stop the local topology of one artifact home."""
+    """Start, inspect, break and stop the local topology of one artifact home.
+
+    It serves every store of the home, so its settings are the default store's whatever store the command
+    named (``SHOPRANK_STORE``, ``--store``): the index built before the replicas start is the default store's,
+    and so is the one whose catalog is checked first."""
 
     def __init__(self, settings: Settings, replicas: int = 2, port: int | None = None,
                  env: dict[str, str] | None = None) -> None:
@@ -65,13 +69,15 @@ class Topology:
             raise InvalidInput(f"replicas={replicas} is out of range; pass 1..{MAX_REPLICAS}")
         if port is not None and not 1 <= port <= 65535:
             raise InvalidInput(f"port={port} is not a TCP port: pass 1..65535 (or leave it out: api.port)")
-        self.settings = settings
+        self.settings = settings.for_store(None)
         self.home = settings.home.resolve()
         self.folder = self.home / "cluster"
         self.extra_env = dict(env or {})
         self.layout = Layout(port or settings.api.port, [free_port() for _ in range(replicas)], free_port(),
                              free_port())
         self._processes: dict[str, subprocess.Popen] = {}
+        self._stores: list[str | None] | None = None
+        self._feature_stores: list[str | None] | None = None
 
     # -- state ----------------------------------------------------------------------------
 
@@ -86,12 +92,13 @@ class Topology:
         if not state.is_file():
             raise NotReady(f"no topology runs from {settings.home}: start one with `shoprank cluster up`")
         topology = cls.__new__(cls)
-        topology.settings = settings
+        topology.settings = settings.for_store(None)
         topology.home = settings.home.resolve()
         topology.folder = topology.home / "cluster"
         topology.extra_env = {}
         topology.layout = Layout.from_json(json.loads(state.read_text()))
         topology._processes = {}
+        topology._stores = topology._feature_stores = None
         return topology
 
     def _save(self) -> None:
@@ -127,8 +134,12 @@ class Topology:
         return bool(self.feature_stores())
 
     def feature_stores(self) -> list[str | None]:
-        """The stores (None: the default one) that have feature tables: each is loaded into Redis."""
-        return [store for store in self.stores() if any(self.features_folder(store).glob("*.parquet"))]
+        """The stores (None: the default one) that have feature tables: each is loaded into Redis. Worked out
+        once (:meth:`up` works it out again at its start), so every piece is told the same."""
+        if self._feature_stores is None:
+            self._feature_stores = [store for store in self.stores()
+                                    if any(self.features_folder(store).glob("*.parquet"))]
+        return self._feature_stores
 
     def features_folder(self, store: str | None) -> Path:
         """Where ``store`` (None: the default store) keeps its feature tables."""
@@ -190,8 +201,12 @@ class Topology:
         create_topics(self.layout.bootstrap, [t for store in self.stores() for t in topics(store)])
 
     def stores(self) -> list[str | None]:
-        """The default store (None) and every other store of the home: each has its topics and log sink."""
-        return [None, *other_stores(self.settings)]
+        """The default store (None) and every other store of the home: each has its topics and log sink.
+        Listed once, as :meth:`feature_stores` (a folder under stores/ that is no store is warned of once, not
+        for every piece started)."""
+        if self._stores is None:
+            self._stores = [None, *other_stores(self.settings)]
+        return self._stores
 
     def start_consumer(self, kind: str, store: str | None = None) -> None:
         name, scope = (f"consumer-{kind}", []) if store is None else (f"consumer-{kind}-{store}", ["--store", store])
@@ -234,6 +249,7 @@ class Topology:
     def up(self) -> dict[str, object]:
         """Start every piece (Redis, broker, consumers, the index once, replicas, HAProxy); a catalog file
         that is not there, when the index is to be built from it, is refused before anything starts."""
+        self._stores = self._feature_stores = None  # the home's stores as they are now, for every piece
         check_catalog_to_build(self.settings)
         if self.state_file.is_file():
             running = Topology.attach(self.settings)

@@ -235,6 +235,32 @@ def test_no_piece_inherits_the_store_of_the_command(settings: Settings, monkeypa
     assert "SHOPRANK_STORE" not in Topology(settings, replicas=1).env()
 
 
+def test_the_stores_are_listed_once_for_every_piece(settings: Settings, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Each piece's environment says whether the features are in Redis: the home's stores are listed once, so
+    a folder under stores/ that is no store is warned of once, not for every piece `cluster up` starts."""
+    (tmp_path / "stores" / "bad name!").mkdir(parents=True)
+    (tmp_path / "stores" / "garden" / "features").mkdir(parents=True)
+    (tmp_path / "stores" / "garden" / "features" / "popularity.parquet").write_bytes(b"")
+    cluster = Topology(settings.model_copy(update={"home": tmp_path}), replicas=1)
+    with caplog.at_level("WARNING", logger="api.stores"):
+        envs = [cluster.env() for _ in range(5)]
+        assert cluster.stores() == [None, "garden"] and cluster.feature_stores() == ["garden"]
+    assert {env["SHOPRANK_FEATURES__ONLINE_STORE"] for env in envs} == {"redis"}
+    assert [r.getMessage() for r in caplog.records if "not a valid store name" in r.getMessage()] == [
+        f"ignoring {tmp_path / 'stores' / 'bad name!'}: not a valid store name"]
+
+
+def test_the_topology_is_the_default_stores_whatever_store_the_command_named(settings: Settings,
+                                                                             tmp_path: Path) -> None:
+    """The cluster serves every store: the catalog checked and the index built before the replicas start are
+    the default store's, although `SHOPRANK_STORE=garden shoprank cluster up` gives it garden's settings."""
+    (tmp_path / "stores" / "garden").mkdir(parents=True)
+    garden = settings.model_copy(update={"home": tmp_path}).for_store("garden")
+    assert Topology(garden, replicas=1).settings.paths.indexes == tmp_path / "indexes"
+    assert Topology(garden, replicas=1).settings.store is None
+
+
 def test_every_store_with_feature_tables_is_loaded_into_redis_and_streamed(settings: Settings, tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The replicas read every store's features from Redis: each store that has tables gets them applied and
