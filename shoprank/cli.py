@@ -45,10 +45,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "log_level", None) is not None:  # the flag overrides the environment, as every flag does
         updates["log_level"] = args.log_level
     settings = settings.model_copy(update=updates) if updates else settings
+    if getattr(args, "store", None) is not None:  # the command's own --store (index, keys create): it checks it
+        return settings.model_copy(update={"store": None})
     # --store "" names no store: refused, not the default; SHOPRANK_STORE (or the config file's store) is
-    # checked as the flag is, so that no command writes into a store `shoprank serve` never serves
+    # checked as the flag is, so that no command writes into a store `shoprank serve` never serves, but only by
+    # the commands that work on one store: those on the whole home (the cluster, the key file, the artifact
+    # store, the settings) use none, and a store deleted while still exported must not block them
     store = getattr(args, "global_store", None)
-    if store is None:
+    if store is None and not getattr(args, "home_wide", False):
         store = settings.store
     if store is not None:
         from core.keys import check_store_name
@@ -68,7 +72,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from serving import indexing
 
     settings = _settings(args)
-    if args.store:  # `shoprank index --store NAME` = `shoprank --store NAME index`
+    if args.store is not None:  # `shoprank index --store NAME` = `shoprank --store NAME index` ("": refused)
         from core.keys import check_store_name
 
         settings = settings.for_store(check_store_name(args.store))

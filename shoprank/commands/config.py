@@ -121,6 +121,7 @@ def _without_passwords(value: object) -> object:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     config = sub.add_parser("config", help="the settings: a reference of every knob, or those in force")
+    config.set_defaults(home_wide=True)  # no store's data: no SHOPRANK_STORE is used (shoprank/cli.py)
     verbs = config.add_subparsers(dest="verb", required=True)
     verbs.add_parser("reference", help="Markdown reference of every setting (docs/configuration.md)"
                      ).set_defaults(handler=cmd_reference)

@@ -168,6 +168,34 @@ def test_the_store_shoprank_store_names_is_checked_as_the_flags_is(home: Path, m
     assert code == 0 and json.loads(out) == {"ltr": []}, err
 
 
+def test_shoprank_store_is_checked_only_by_the_commands_that_use_a_store(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A command's own --store comes before SHOPRANK_STORE, and the commands on the whole home (the cluster,
+    the key file, the artifact store, the settings) use no store: a store deleted while its name is still
+    exported must not keep them from running (`cluster down` above all)."""
+    (home / "stores" / "garden").mkdir(parents=True)
+    monkeypatch.setenv("SHOPRANK_STORE", "nosuch")
+    get_settings.cache_clear()
+    assert "store 'nosuch' does not exist" in refused(capsys, "models", "list", "--role", "ltr")  # it uses one
+    code, out, err = run_cli(capsys, "keys", "create", "--scope", "search", "--store", "garden")
+    assert code == 0 and json.loads(out)["store"] == "garden", err  # before: store 'nosuch' does not exist
+    code, out, err = run_cli(capsys, "keys", "list")
+    assert code == 0 and [key["store"] for key in json.loads(out)] == ["garden"], err
+    for argv, said in ((["cluster", "down"], "no topology runs from"), (["cluster", "status"], "no topology runs"),
+                       (["keys", "revoke", "nope"], "nope"), (["artifacts", "pull"], "no artifact store")):
+        err = refused(capsys, *argv)
+        assert said in err and "nosuch" not in err, (argv, err)
+    code, out, err = run_cli(capsys, "config", "show")
+    assert code == 0 and json.loads(out)["store"] == "nosuch", err  # shown as set, not refused
+    monkeypatch.setenv("SHOPRANK_STORE", "default")  # the default store's name: refused where a store is used...
+    get_settings.cache_clear()
+    err = refused(capsys, "index", "--catalog", str(tmp_path / "none.csv"), "--store", "garden")
+    assert "none.csv" in err and "default store's name" not in err, err  # ... not where --store names another
+    assert "is not a valid store name" in refused(capsys, "index", "--catalog", str(tmp_path / "none.csv"),
+                                                  "--store", "")  # before: the default store indexed
+    assert "is the default store's name" in refused(capsys, "--store", "default", "keys", "list")  # a flag given
+
+
 def test_a_variable_that_names_no_setting_is_warned_of_once_a_command_at_its_log_level(home: Path) -> None:
     """The command a person runs warns once, through the logging it set up (so its level holds: before, the
     warning came bare from every process that loaded the settings); the processes `shoprank cluster up` starts
