@@ -4,21 +4,34 @@
 Values come, in rising priority, from defaults, an optional YAML file (path in
 ``SHOPRANK_CONFIG``; unknown keys are an error so a typo fails loudly) and
 environment variables ``SHOPRANK_<FIELD>`` with ``__`` for nesting, e.g.
-``SHOPRANK_RETRIEVAL__RRF_K=30``. Get them through :func:`get_settings`.
+``SHOPRANK_RETRIEVAL__RRF_K=30``; a list or dict setting takes JSON. A ``SHOPRANK_*``
+variable that names no setting is ignored (:func:`unknown_variables`; the command line warns of it). Get them
+through :func:`get_settings`; a bad value is named as its variable or config file key
+(:mod:`core.settings_errors`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from core import settings_errors
 from core.errors import InvalidInput
 from core.hardware import cores_per_process
 from core.paths import Home
@@ -192,9 +205,9 @@ class Settings(BaseSettings):
         env_prefix="SHOPRANK_", env_nested_delimiter="__", extra="forbid"
     )
 
-    home: Path = Field(Path("artifacts"), description="Git-ignored folder for all artifacts.")
+    home: Path = Field(Path("artifacts"), description="Git-ignored folder for all artifacts (not empty).")
     catalog: Path | None = Field(
-        None, description="Catalog served by `shoprank serve`; None builds the demo catalog."
+        None, description="Catalog served by `shoprank serve` (not empty); None builds the demo catalog."
     )
     artifacts_url: str | None = Field(None, description="Artifact store shared by replicas that share no volume: "
                                       "any fsspec URL (s3://bucket/shoprank, file:///mnt/shared/shoprank). A server "
@@ -223,6 +236,17 @@ class Settings(BaseSettings):
     events: EventSettings = EventSettings()
     api: ApiSettings = ApiSettings()
     compute: ComputeSettings = ComputeSettings()
+
+    @field_validator("home", "catalog", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object, info: ValidationInfo) -> object:
+        """An empty path would be the working directory ("."): refused, so a blank ``SHOPRANK_HOME`` never
+        writes artifacts and keys where the command happens to run."""
+        if isinstance(value, str) and not value.strip():
+            give = {"home": "the artifact home's folder, or unset it for ./artifacts",
+                    "catalog": "a CSV, Parquet or JSONL catalog file, or unset it for the demo catalog"}
+            raise ValueError(f"empty; give {give[str(info.field_name)]}")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -254,7 +278,8 @@ class Settings(BaseSettings):
         """
         if store is not None and store == self.index_name:
             raise InvalidInput(f"store {store!r} is the default store's name (index_name): the default store is "
-                               "the home itself; leave --store out for it, or give another store another name")
+                               "the home itself; leave --store out (and SHOPRANK_STORE unset) for it, or give another "
+                               "store another name")
         return self.model_copy(update={"store": store})
 
 
@@ -289,24 +314,16 @@ def get_settings() -> Settings:
         InvalidInput: a setting's value is not allowed (each named as its environment variable).
     """
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as err:
-        raise settings_error(err) from err
+        raise settings_errors.settings_error(err, os.environ) from err
     except SettingsError as err:  # a value the environment gives that is not the JSON a dict setting needs
-        raise InvalidInput(f"bad setting: {err}; a setting that holds several values (a dict or a list) takes "
-                           "JSON, e.g. SHOPRANK_SERVING__STAGE_BUDGETS_MS='{\"teacher\": 60}' (every setting: "
-                           "`shoprank config reference`, docs/configuration.md)") from None
+        raise settings_errors.not_json_error(err, Settings, os.environ) from None
+    return settings
 
 
-def settings_error(err: ValidationError) -> InvalidInput:
-    """One message naming every bad setting as its environment variable, the value and what is allowed."""
-    bad = []
-    config = os.environ.get("SHOPRANK_CONFIG")
-    for problem in err.errors():
-        loc = [str(part) for part in problem.get("loc", ())]
-        name = "SHOPRANK_" + "__".join(part.upper() for part in loc)
-        if config and name not in os.environ:  # not from the environment: the config file's key
-            name = f"{'.'.join(loc)} (in SHOPRANK_CONFIG {config})"
-        bad.append(f"{name}={problem.get('input')!r}: {problem['msg']}")
-    return InvalidInput("bad setting(s): " + "; ".join(bad) + " (every setting with its range: `shoprank config "
-                        "reference`, docs/configuration.md)")
+def unknown_variables(environ: Iterable[str] | None = None) -> list[str]:
+    """A warning for each ``SHOPRANK_*`` variable of ``environ`` (default: this process's) that names no
+    setting, with the closest setting's name. Not logged here: the command line warns once per command, after
+    it set up logging, and not again in the processes it starts."""
+    return settings_errors.unknown_variables(Settings, os.environ if environ is None else environ)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from core.arguments import positive, whole_at_least
 from core.errors import InvalidInput, ShopRankError
 from core.hardware import limit_math_threads
 from core.service_settings import ApiSettings
-from core.settings import Settings, get_settings
+from core.settings import Settings, get_settings, unknown_variables
 from shoprank.commands.arguments import in_file, index_name
 
 logger = logging.getLogger("shoprank")
@@ -44,15 +45,24 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "log_level", None) is not None:  # the flag overrides the environment, as every flag does
         updates["log_level"] = args.log_level
     settings = settings.model_copy(update=updates) if updates else settings
-    if getattr(args, "global_store", None) is not None:  # --store "" names no store: refused, not the default
+    if getattr(args, "store", None) is not None:  # the command's own --store (index, keys create): it checks it
+        return settings.model_copy(update={"store": None})
+    # --store "" names no store: refused, not the default; SHOPRANK_STORE (or the config file's store) is
+    # checked as the flag is, so that no command writes into a store `shoprank serve` never serves, but only by
+    # the commands that work on one store: those on the whole home (the cluster, the key file, the artifact
+    # store, the settings) use none, and a store deleted while still exported must not block them
+    store = getattr(args, "global_store", None)
+    if store is None and not getattr(args, "home_wide", False):
+        store = settings.store
+    if store is not None:
         from core.keys import check_store_name
 
-        settings = settings.for_store(check_store_name(args.global_store))
+        settings = settings.for_store(check_store_name(store))
         if not settings.paths.base.is_dir() and getattr(args, "command", None) != "index":
             folder = settings.paths.stores
             known = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-            raise InvalidInput(f"store {args.global_store!r} does not exist ({folder}/ holds {known or 'none'}); "
-                               f"`shoprank --store {args.global_store} index --catalog FILE` makes it")
+            raise InvalidInput(f"store {store!r} does not exist ({folder}/ holds {known or 'none'}); "
+                               f"`shoprank --store {store} index --catalog FILE` makes it")
     return settings
 
 
@@ -62,7 +72,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from serving import indexing
 
     settings = _settings(args)
-    if args.store:  # `shoprank index --store NAME` = `shoprank --store NAME index`
+    if args.store is not None:  # `shoprank index --store NAME` = `shoprank --store NAME index` ("": refused)
         from core.keys import check_store_name
 
         settings = settings.for_store(check_store_name(args.store))
@@ -124,8 +134,6 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """``api.workers`` server processes sharing the port (0: one per usable core; each loads its
     own engine and gets its share of the cores' ONNX Runtime threads), or one process."""
-    import os
-
     import uvicorn
 
     settings = _settings(args)
@@ -290,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn_unknown_variables() -> None:
+    """Warn of every ``SHOPRANK_*`` variable that names no setting, once per command a person runs: here, where
+    logging is set up (the level holds), and not in the processes `shoprank cluster up` starts (marked with
+    ``SHOPRANK_STARTED_BY``), which inherit the same environment; server worker processes never run this."""
+    if os.environ.get("SHOPRANK_STARTED_BY"):
+        return
+    for warning in unknown_variables():
+        logger.warning("%s", warning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -299,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _warn_unknown_variables()
     try:
         if hasattr(args, "handler"):
             return int(args.handler(args, _settings(args)))

@@ -57,7 +57,11 @@ MAX_REPLICAS = 16
 
 
 class Topology:
-    """Start, inspect, break and stop the local topology of one artifact home."""
+    """Start, inspect, break and stop the local topology of one artifact home.
+
+    It serves every store of the home, so its settings are the default store's whatever store the command
+    named (``SHOPRANK_STORE``, ``--store``): the index built before the replicas start is the default store's,
+    and so is the one whose catalog is checked first."""
 
     def __init__(self, settings: Settings, replicas: int = 2, port: int | None = None,
                  env: dict[str, str] | None = None) -> None:
@@ -65,13 +69,15 @@ class Topology:
             raise InvalidInput(f"replicas={replicas} is out of range; pass 1..{MAX_REPLICAS}")
         if port is not None and not 1 <= port <= 65535:
             raise InvalidInput(f"port={port} is not a TCP port: pass 1..65535 (or leave it out: api.port)")
-        self.settings = settings
+        self.settings = settings.for_store(None)
         self.home = settings.home.resolve()
         self.folder = self.home / "cluster"
         self.extra_env = dict(env or {})
         self.layout = Layout(port or settings.api.port, [free_port() for _ in range(replicas)], free_port(),
                              free_port())
         self._processes: dict[str, subprocess.Popen] = {}
+        self._stores: list[str | None] | None = None
+        self._feature_stores: list[str | None] | None = None
 
     # -- state ----------------------------------------------------------------------------
 
@@ -86,12 +92,13 @@ class Topology:
         if not state.is_file():
             raise NotReady(f"no topology runs from {settings.home}: start one with `shoprank cluster up`")
         topology = cls.__new__(cls)
-        topology.settings = settings
+        topology.settings = settings.for_store(None)
         topology.home = settings.home.resolve()
         topology.folder = topology.home / "cluster"
         topology.extra_env = {}
         topology.layout = Layout.from_json(json.loads(state.read_text()))
         topology._processes = {}
+        topology._stores = topology._feature_stores = None
         return topology
 
     def _save(self) -> None:
@@ -103,6 +110,7 @@ class Topology:
     def env(self) -> dict[str, str]:
         """The environment every ShopRank process of the topology gets."""
         env = {**os.environ, "SHOPRANK_HOME": str(self.home), "SHOPRANK_PROGRESS": "false",
+               "SHOPRANK_LOG_LEVEL": self.settings.log_level,  # `--log-level`: the replicas and consumers too
                "SHOPRANK_EVENTS__KAFKA_BOOTSTRAP": self.layout.bootstrap,
                "SHOPRANK_FEATURES__REDIS_URL": self.layout.redis_url, "HF_HUB_OFFLINE": "1",
                # cross-encoder scores shared by every replica (database 1; Feast's features in 0)
@@ -110,7 +118,10 @@ class Topology:
                "SHOPRANK_SERVING__SCORE_STORE_URL": f"redis://{self.layout.redis_url}/1",
                # with a rate limit set, one bucket per key across the replicas (database 2)
                "SHOPRANK_API__RATE_LIMIT_STORE": "redis",
-               "SHOPRANK_API__RATE_LIMIT_URL": f"redis://{self.layout.redis_url}/2"}
+               "SHOPRANK_API__RATE_LIMIT_URL": f"redis://{self.layout.redis_url}/2",
+               # `cluster up` warned of the variables that name no setting: its pieces do not say it again
+               "SHOPRANK_STARTED_BY": "cluster"}
+        env.pop("SHOPRANK_STORE", None)  # each piece names its store itself (--store); the replicas serve them all
         if self.features_ready():
             env["SHOPRANK_FEATURES__ONLINE_STORE"] = "redis"
         # the replicas share this machine's cores, as the workers of one server do (unless set)
@@ -118,8 +129,21 @@ class Topology:
         return {**env, **self.extra_env}
 
     def features_ready(self) -> bool:
-        """Feature tables were built (`shoprank features build`): the cluster serves them from Redis."""
-        return any(self.settings.paths.features.glob("*.parquet"))
+        """Feature tables were built for some store (`shoprank [--store NAME] features build`): the cluster
+        serves every store's features from Redis."""
+        return bool(self.feature_stores())
+
+    def feature_stores(self) -> list[str | None]:
+        """The stores (None: the default one) that have feature tables: each is loaded into Redis. Worked out
+        once (:meth:`up` works it out again at its start), so every piece is told the same."""
+        if self._feature_stores is None:
+            self._feature_stores = [store for store in self.stores()
+                                    if any(self.features_folder(store).glob("*.parquet"))]
+        return self._feature_stores
+
+    def features_folder(self, store: str | None) -> Path:
+        """Where ``store`` (None: the default store) keeps its feature tables."""
+        return self.settings.for_store(store).paths.features
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -177,8 +201,12 @@ class Topology:
         create_topics(self.layout.bootstrap, [t for store in self.stores() for t in topics(store)])
 
     def stores(self) -> list[str | None]:
-        """The default store (None) and every other store of the home: each has its topics and log sink."""
-        return [None, *other_stores(self.settings)]
+        """The default store (None) and every other store of the home: each has its topics and log sink.
+        Listed once, as :meth:`feature_stores` (a folder under stores/ that is no store is warned of once, not
+        for every piece started)."""
+        if self._stores is None:
+            self._stores = [None, *other_stores(self.settings)]
+        return self._stores
 
     def start_consumer(self, kind: str, store: str | None = None) -> None:
         name, scope = (f"consumer-{kind}", []) if store is None else (f"consumer-{kind}-{store}", ["--store", store])
@@ -221,6 +249,7 @@ class Topology:
     def up(self) -> dict[str, object]:
         """Start every piece (Redis, broker, consumers, the index once, replicas, HAProxy); a catalog file
         that is not there, when the index is to be built from it, is refused before anything starts."""
+        self._stores = self._feature_stores = None  # the home's stores as they are now, for every piece
         check_catalog_to_build(self.settings)
         if self.state_file.is_file():
             running = Topology.attach(self.settings)
@@ -237,12 +266,12 @@ class Topology:
         try:
             self.start_redis()
             self.start_broker()
-            if self.features_ready():
-                self._load_features()
+            for store in self.feature_stores():
+                self._load_features(store)
             for store in self.stores():
                 self.start_consumer("sink", store)
-            if (self.settings.paths.features / "product_attributes.parquet").is_file():
-                self.start_consumer("features")  # the feature tables name each product's category and price
+                if (self.features_folder(store) / "product_attributes.parquet").is_file():
+                    self.start_consumer("features", store)  # its tables name each product's category and price
             self._build_index()
             for i in range(len(self.layout.replicas)):
                 self.start_replica(i, wait=False)
@@ -255,17 +284,20 @@ class Topology:
             raise
         return {**self.status(), "seconds": round(time.monotonic() - started, 1)}
 
-    def _load_features(self) -> None:
-        """Register the feature definitions against Redis and load it (feast apply + materialize)."""
+    def _load_features(self, store: str | None = None) -> None:
+        """Register one store's feature definitions against Redis and load it (feast apply + materialize; each
+        store is its own Feast project there). None: the default store."""
+        scope = [] if store is None else ["--store", store]
         for verb in ("apply", "materialize"):
-            done = subprocess.run([sys.executable, "-m", "shoprank.cli", "features", verb, "--online-store", "redis"],
-                                  env=self.env(), check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True)
+            done = subprocess.run([sys.executable, "-m", "shoprank.cli", *scope, "features", verb, "--online-store",
+                                   "redis"], env=self.env(), check=False, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
             said = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
             sys.stderr.write("".join(line + "\n" for line in done.stderr.splitlines() if line not in said))
             if done.returncode != 0:
                 why = said[-1].removeprefix("error: ") if said else f"exit code {done.returncode}; its output is above"
-                raise NotReady(f"`shoprank features {verb} --online-store redis` failed: {why}")
+                command = " ".join(["shoprank", *scope, "features", verb, "--online-store", "redis"])
+                raise NotReady(f"`{command}` failed: {why}")
 
     def _build_index(self) -> None:
         """Build the served index once, so replicas only load it."""

@@ -47,6 +47,7 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     artifacts = sub.add_parser("artifacts", help="push this home's indexes, models and experiment to the artifact "
                                                  "store replicas read (settings.artifacts_url), or pull them")
+    artifacts.set_defaults(home_wide=True)  # every store's files: no SHOPRANK_STORE is used (shoprank/cli.py)
     verbs = artifacts.add_subparsers(dest="verb", required=True)
     p = verbs.add_parser("push", help="upload what the store lacks (after `shoprank index`, training, a swap)")
     p.add_argument("--url", default=None, help="fsspec URL (default: settings.artifacts_url)")

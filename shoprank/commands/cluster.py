@@ -33,6 +33,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     cluster = sub.add_parser("cluster", help="start, inspect or stop a local topology: HAProxy, N replicas, Redis, "
                                              "the broker and the event consumers on 127.0.0.1")
+    cluster.set_defaults(home_wide=True)  # every store's: no SHOPRANK_STORE is used (shoprank/cli.py)
     verbs = cluster.add_subparsers(dest="verb", required=True)
     p = verbs.add_parser("up", help="start every piece; returns when HAProxy serves a ready replica")
     p.add_argument("--replicas", type=int, default=2, help="API replicas behind HAProxy (default 2)")

@@ -29,6 +29,12 @@ Every setting comes, in rising priority, from its default, the YAML file named b
 with `__` between a section and its field, e.g. `SHOPRANK_RETRIEVAL__RRF_K=30`. In the
 YAML file the same setting is `retrieval: {rrf_k: 30}`. `shoprank config show` prints
 the settings in force.
+
+A setting that holds several values, a list or a dict, takes JSON in its variable, e.g.
+`SHOPRANK_API__CORS_ORIGINS='["https://a.com"]'` or
+`SHOPRANK_SERVING__STAGE_BUDGETS_MS='{"teacher": 60}'`. A `SHOPRANK_*` variable that
+names no setting (`SHOPRANK_ARTIFACT_URL` for `SHOPRANK_ARTIFACTS_URL`) is ignored, with a
+warning naming the closest setting.
 """
 
 
@@ -115,6 +121,7 @@ def _without_passwords(value: object) -> object:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     config = sub.add_parser("config", help="the settings: a reference of every knob, or those in force")
+    config.set_defaults(home_wide=True)  # no store's data: no SHOPRANK_STORE is used (shoprank/cli.py)
     verbs = config.add_subparsers(dest="verb", required=True)
     verbs.add_parser("reference", help="Markdown reference of every setting (docs/configuration.md)"
                      ).set_defaults(handler=cmd_reference)

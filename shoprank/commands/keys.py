@@ -66,8 +66,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default=None, help="the store it is for (default: the --store given to shoprank, else the default store)")
     p.add_argument("--name", default="", help="who or what uses it, for `keys list`")
     p.set_defaults(handler=cmd_create)
-    verbs.add_parser("list", help="every key without its secret").set_defaults(handler=cmd_list)
+    # the key file is the home's, every store's keys in it: no SHOPRANK_STORE is used (shoprank/cli.py)
+    verbs.add_parser("list", help="every key without its secret").set_defaults(handler=cmd_list, home_wide=True)
     p = verbs.add_parser("revoke", help="revoke a key by id (takes effect on the next request; on replicas "
                         "sharing an artifact store, at their next pull)")
     p.add_argument("id")
-    p.set_defaults(handler=cmd_revoke)
+    p.set_defaults(handler=cmd_revoke, home_wide=True)

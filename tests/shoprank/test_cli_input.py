@@ -124,14 +124,95 @@ def test_a_catalog_that_is_not_there_is_refused_before_anything_starts(home: Pat
 def test_the_error_of_the_process_that_builds_the_index_is_the_commands(home: Path) -> None:
     """``serve --workers N`` builds the index in a child process before its workers start: the child's error
     is one line and exit code 2, as any command's, not a traceback."""
-    env = {**os.environ, "SHOPRANK_ENCODER": "biencoder:v9", "SHOPRANK_PROGRESS": "false"}
+    env = {**os.environ, "SHOPRANK_ENCODER": "biencoder:v9", "SHOPRANK_PROGRESS": "false",
+           "SHOPRANK_ARTIFACT_URL": "s3://bucket/shoprank"}  # a misspelled setting: warned of by the command only
     done = subprocess.run([sys.executable, "-m", "shoprank.cli", "serve", "--host", "127.0.0.1", "--port", "1",
                            "--workers", "2"], env=env, capture_output=True, text=True, timeout=300, check=False)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert errors == ["error: biencoder version 'v9' is not registered; registered: none"], done.stderr[-3000:]
+    assert done.stderr.count("SHOPRANK_ARTIFACT_URL names no setting") == 1, done.stderr[-3000:]  # not the child
     with pytest.raises(NotFound, match="biencoder version 'v9' is not registered"):  # its class, too
         build_index_in_child(env)
+
+
+def test_an_empty_home_or_catalog_is_refused_not_read_as_the_working_directory(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: pytest.fail("served"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SHOPRANK_HOME", "")  # e.g. SHOPRANK_HOME=$UNSET_VARIABLE
+    get_settings.cache_clear()
+    assert "SHOPRANK_HOME='': Value error, empty" in refused(capsys, "keys", "create", "--scope", "search")
+    assert not (tmp_path / "keys.json").exists()  # before: the key file written in the working directory
+    monkeypatch.setenv("SHOPRANK_HOME", str(home))
+    monkeypatch.setenv("SHOPRANK_CATALOG", " ")
+    get_settings.cache_clear()
+    assert "SHOPRANK_CATALOG=' ': Value error, empty" in refused(capsys, "serve", "--workers", "1")
+
+
+def test_the_store_shoprank_store_names_is_checked_as_the_flags_is(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    for store, said in (("default", "store 'default' is the default store's name (index_name)"),
+                        ("nosuch", "store 'nosuch' does not exist")):
+        monkeypatch.setenv("SHOPRANK_STORE", store)
+        get_settings.cache_clear()
+        assert said in refused(capsys, "models", "list", "--role", "ltr")  # before: {"ltr": []}
+        assert said in refused(capsys, "keys", "create", "--scope", "search")
+    assert not (home / "keys.json").exists()  # before: a key for a store `shoprank serve` never serves
+    (home / "stores" / "garden").mkdir(parents=True)
+    monkeypatch.setenv("SHOPRANK_STORE", "garden")
+    get_settings.cache_clear()
+    code, out, err = run_cli(capsys, "models", "list", "--role", "ltr")
+    assert code == 0 and json.loads(out) == {"ltr": []}, err
+
+
+def test_shoprank_store_is_checked_only_by_the_commands_that_use_a_store(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A command's own --store comes before SHOPRANK_STORE, and the commands on the whole home (the cluster,
+    the key file, the artifact store, the settings) use no store: a store deleted while its name is still
+    exported must not keep them from running (`cluster down` above all)."""
+    (home / "stores" / "garden").mkdir(parents=True)
+    monkeypatch.setenv("SHOPRANK_STORE", "nosuch")
+    get_settings.cache_clear()
+    assert "store 'nosuch' does not exist" in refused(capsys, "models", "list", "--role", "ltr")  # it uses one
+    code, out, err = run_cli(capsys, "keys", "create", "--scope", "search", "--store", "garden")
+    assert code == 0 and json.loads(out)["store"] == "garden", err  # before: store 'nosuch' does not exist
+    code, out, err = run_cli(capsys, "keys", "list")
+    assert code == 0 and [key["store"] for key in json.loads(out)] == ["garden"], err
+    for argv, said in ((["cluster", "down"], "no topology runs from"), (["cluster", "status"], "no topology runs"),
+                       (["keys", "revoke", "nope"], "nope"), (["artifacts", "pull"], "no artifact store")):
+        err = refused(capsys, *argv)
+        assert said in err and "nosuch" not in err, (argv, err)
+    code, out, err = run_cli(capsys, "config", "show")
+    assert code == 0 and json.loads(out)["store"] == "nosuch", err  # shown as set, not refused
+    monkeypatch.setenv("SHOPRANK_STORE", "default")  # the default store's name: refused where a store is used...
+    get_settings.cache_clear()
+    err = refused(capsys, "index", "--catalog", str(tmp_path / "none.csv"), "--store", "garden")
+    assert "none.csv" in err and "default store's name" not in err, err  # ... not where --store names another
+    assert "is not a valid store name" in refused(capsys, "index", "--catalog", str(tmp_path / "none.csv"),
+                                                  "--store", "")  # before: the default store indexed
+    assert "is the default store's name" in refused(capsys, "--store", "default", "keys", "list")  # a flag given
+
+
+def test_a_variable_that_names_no_setting_is_warned_of_once_a_command_at_its_log_level(home: Path) -> None:
+    """The command a person runs warns once, through the logging it set up (so its level holds: before, the
+    warning came bare from every process that loaded the settings); the processes `shoprank cluster up` starts
+    inherit the same environment and say nothing."""
+    def warned(*argv: str, **env: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", "shoprank.cli", *argv, "config", "show"], capture_output=True,
+                              text=True, env={**os.environ, "SHOPRANK_ARTIFACT_URL": "s3://b/shoprank", **env},
+                              timeout=120, check=True)
+        return [line for line in done.stderr.splitlines() if "SHOPRANK_ARTIFACT_URL" in line]
+
+    said = warned()
+    assert len(said) == 1 and said[0].endswith(" WARNING shoprank: SHOPRANK_ARTIFACT_URL names no setting and is "
+                                               "ignored; did you mean SHOPRANK_ARTIFACTS_URL? (every setting: "
+                                               "`shoprank config reference`)"), said
+    assert warned(SHOPRANK_LOG_LEVEL="ERROR") == []
+    assert warned("--log-level", "error") == []
+    assert warned(SHOPRANK_STARTED_BY="cluster") == []
 
 
 def test_an_empty_host_is_refused_not_served_on_every_interface(home: Path, monkeypatch: pytest.MonkeyPatch,

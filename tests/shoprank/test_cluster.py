@@ -281,6 +281,78 @@ def test_replicas_on_one_machine_divide_its_cores(settings: Settings, monkeypatc
     assert Topology(settings, replicas=2).env()["SHOPRANK_RANKING__THREADS"] == "3"
 
 
+def test_every_piece_logs_at_the_level_the_topology_was_started_with(settings: Settings,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPRANK_LOG_LEVEL", "WARNING")  # `shoprank --log-level DEBUG cluster up` overrides it
+    cluster = Topology(settings.model_copy(update={"log_level": "DEBUG"}), replicas=1)
+    assert cluster.env()["SHOPRANK_LOG_LEVEL"] == "DEBUG"
+
+
+def test_the_pieces_are_marked_so_they_do_not_warn_again(settings: Settings) -> None:
+    """`cluster up` warned of the variables that name no setting; its pieces, which inherit them, do not."""
+    assert Topology(settings, replicas=1).env()["SHOPRANK_STARTED_BY"] == "cluster"
+
+
+def test_no_piece_inherits_the_store_of_the_command(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPRANK_STORE", "garden")  # else the default store's consumers would read garden's topics
+    assert "SHOPRANK_STORE" not in Topology(settings, replicas=1).env()
+
+
+def test_the_stores_are_listed_once_for_every_piece(settings: Settings, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Each piece's environment says whether the features are in Redis: the home's stores are listed once, so
+    a folder under stores/ that is no store is warned of once, not for every piece `cluster up` starts."""
+    (tmp_path / "stores" / "bad name!").mkdir(parents=True)
+    (tmp_path / "stores" / "garden" / "features").mkdir(parents=True)
+    (tmp_path / "stores" / "garden" / "features" / "popularity.parquet").write_bytes(b"")
+    cluster = Topology(settings.model_copy(update={"home": tmp_path}), replicas=1)
+    with caplog.at_level("WARNING", logger="api.stores"):
+        envs = [cluster.env() for _ in range(5)]
+        assert cluster.stores() == [None, "garden"] and cluster.feature_stores() == ["garden"]
+    assert {env["SHOPRANK_FEATURES__ONLINE_STORE"] for env in envs} == {"redis"}
+    assert [r.getMessage() for r in caplog.records if "not a valid store name" in r.getMessage()] == [
+        f"ignoring {tmp_path / 'stores' / 'bad name!'}: not a valid store name"]
+
+
+def test_the_topology_is_the_default_stores_whatever_store_the_command_named(settings: Settings,
+                                                                             tmp_path: Path) -> None:
+    """The cluster serves every store: the catalog checked and the index built before the replicas start are
+    the default store's, although `SHOPRANK_STORE=garden shoprank cluster up` gives it garden's settings."""
+    (tmp_path / "stores" / "garden").mkdir(parents=True)
+    garden = settings.model_copy(update={"home": tmp_path}).for_store("garden")
+    assert Topology(garden, replicas=1).settings.paths.indexes == tmp_path / "indexes"
+    assert Topology(garden, replicas=1).settings.store is None
+
+
+def test_every_store_with_feature_tables_is_loaded_into_redis_and_streamed(settings: Settings, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replicas read every store's features from Redis: each store that has tables gets them applied and
+    materialized there, and a streaming features consumer of its own."""
+    for base in (tmp_path, tmp_path / "stores" / "garden"):
+        (base / "features").mkdir(parents=True)
+        (base / "features" / "product_attributes.parquet").write_bytes(b"")
+    (tmp_path / "stores" / "tools").mkdir()  # a store without feature tables: nothing to load or stream
+    cluster = Topology(settings.model_copy(update={"home": tmp_path}), replicas=1)
+    loads: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: loads.append(argv[3:]) or
+                        subprocess.CompletedProcess(argv, 0, "", ""))
+    spawned: list[str] = []
+    monkeypatch.setattr(Topology, "_spawn", lambda self, piece: spawned.append(piece.name))
+    monkeypatch.setattr(Topology, "start_redis", lambda self: None)
+    monkeypatch.setattr(Topology, "start_broker", lambda self: None)
+    monkeypatch.setattr(Topology, "_build_index", lambda self: (_ for _ in ()).throw(RuntimeError("stop here")))
+    monkeypatch.setattr(Topology, "down", lambda self: {})
+    with pytest.raises(RuntimeError, match="stop here"):
+        cluster.up()
+    assert cluster.env()["SHOPRANK_FEATURES__ONLINE_STORE"] == "redis"
+    assert loads == [["features", "apply", "--online-store", "redis"],
+                     ["features", "materialize", "--online-store", "redis"],
+                     ["--store", "garden", "features", "apply", "--online-store", "redis"],
+                     ["--store", "garden", "features", "materialize", "--online-store", "redis"]]
+    assert sorted(spawned) == ["consumer-features", "consumer-features-garden", "consumer-sink",
+                               "consumer-sink-garden", "consumer-sink-tools"]
+
+
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed (make test installs it)")
 def test_haproxy_refuses_a_port_another_server_holds(settings: Settings, tmp_path: Path) -> None:
     import socket
