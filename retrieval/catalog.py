@@ -36,6 +36,7 @@ MAX_ID_CHARS = 128  # a product id's length: events, impressions and shelves car
 MAX_FACET_CHARS = 1000  # a category's or brand's length: filters and rules name them in full
 TEXT_COLUMNS = ("product_id", "title", "description")
 FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet", ".jsonl": "JSONL", ".ndjson": "JSONL"}
+BLOCK = 1 << 20  # bytes read at a time when a file is scanned for a byte
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,14 @@ def _is_missing(value: Any) -> bool:
     if isinstance(value, float) and math.isnan(value):
         return True
     return isinstance(value, str) and not value.strip()
+
+
+def _check_characters(value: Any) -> str | None:
+    """Why a value of any column is refused for the characters it holds: a NUL character, which a CSV reader
+    cuts a value at (``drill\\x00 bit`` would read as ``drill``), so every format refuses it alike."""
+    if isinstance(value, str) and "\x00" in value:
+        return f"{value[:40]!r} holds a NUL character (\\x00); remove it"
+    return None
 
 
 def _check_id(value: Any) -> str | None:
@@ -191,8 +200,25 @@ def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
     return frame.astype(object).reset_index(drop=True), kind
 
 
+def _nul_byte(path: Path) -> tuple[int, int] | None:
+    """The offset and line (from 1) of the first NUL byte in ``path``, or None when it holds none."""
+    offset = newlines = 0
+    with path.open("rb") as handle:
+        while block := handle.read(BLOCK):
+            at = block.find(b"\x00")
+            if at >= 0:
+                return offset + at, newlines + block.count(b"\n", 0, at) + 1
+            offset, newlines = offset + len(block), newlines + block.count(b"\n")
+    return None
+
+
 def _read(path: Path, kind: str) -> pd.DataFrame:
     if kind == "CSV":
+        # pandas cuts a value at a NUL byte (a false duplicate id, a shortened title): refused before it reads
+        nul = _nul_byte(path)
+        if nul:
+            raise CatalogError(f"{path} line {nul[1]}: a NUL byte (\\x00) at offset {nul[0]}, which a CSV reader "
+                               "cuts a value at; remove it (or save the file as UTF-8, not UTF-16)")
         # index_col=False: rows ending in a delimiter the header lacks are read as written, not shifted by one
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -260,15 +286,14 @@ def _problems(frame: pd.DataFrame, file: str) -> list[RowProblem]:
         "description": _check_text("description"),
         **TYPED_COLUMNS,
     }
-    for column, check in checks.items():
-        if column not in frame.columns:
-            continue
+    for column in frame.columns:
+        check = checks.get(column)
         for position, value in enumerate(frame[column].tolist()):
             if _is_missing(value):
                 if column in REQUIRED:
                     problems.append(RowProblem(file, position + 1, column, "missing; every product needs one"))
                 continue
-            message = check(value)
+            message = _check_characters(value) or (check(value) if check else None)
             if message:
                 problems.append(RowProblem(file, position + 1, column, message))
     return problems

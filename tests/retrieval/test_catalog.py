@@ -181,3 +181,19 @@ def test_catalogs_as_other_tools_write_them_are_read_as_written(tmp_path: Path) 
         tmp_path / "live.parquet")
     with pytest.raises(CatalogError, match=r"\['live'\] are reserved"):  # an index is a column, checked as one
         read_catalog(tmp_path / "live.parquet")
+
+
+def test_a_nul_character_is_refused_where_a_reader_would_cut_the_value_at_it(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_bytes(b"product_id,title\nP1,drill\x00 bit\nP2,saw\n")  # before: read as 'drill'
+    with pytest.raises(CatalogError, match=r"t\.csv line 2: a NUL byte \(\\x00\) at offset 25"):
+        read_catalog(tmp_path / "t.csv")
+    (tmp_path / "i.csv").write_bytes(b"product_id,title\nP\x001,drill\nP\x002,saw\n")  # before: two ids 'P'
+    with pytest.raises(CatalogError, match=r"i\.csv line 2: a NUL byte"):
+        read_catalog(tmp_path / "i.csv", skip_bad_rows=True)
+    (tmp_path / "n.jsonl").write_text('{"product_id": "P1", "title": "drill\\u0000 bit"}\n'
+                                      '{"product_id": "P2", "title": "saw", "color": "r\\u0000ed"}\n'
+                                      '{"product_id": "P3", "title": "hose"}\n')
+    with pytest.raises(CatalogError, match=r"row 1, column 'title': 'drill\\x00 bit' holds a NUL character"):
+        read_catalog(tmp_path / "n.jsonl")
+    products, report = read_catalog(tmp_path / "n.jsonl", skip_bad_rows=True)
+    assert products["product_id"].tolist() == ["P3"] and [p.column for p in report.problems] == ["title", "color"]
