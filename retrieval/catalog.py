@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import math
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ MAX_FACET_CHARS = 1000  # a category's or brand's length: filters and rules name
 TEXT_COLUMNS = ("product_id", "title", "description")
 FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet", ".jsonl": "JSONL", ".ndjson": "JSONL"}
 BLOCK = 1 << 20  # bytes read at a time when a file is scanned for a byte
+_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: JSON's escapes may hold one alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +78,17 @@ def _is_missing(value: Any) -> bool:
 
 def _check_characters(value: Any) -> str | None:
     """Why a value of any column is refused for the characters it holds: a NUL character, which a CSV reader
-    cuts a value at (``drill\\x00 bit`` would read as ``drill``), so every format refuses it alike."""
-    if isinstance(value, str) and "\x00" in value:
+    cuts a value at (``drill\\x00 bit`` would read as ``drill``), so every format refuses it alike; an unpaired
+    surrogate (a JSON escape such as ``\\ud800`` without its other half), which is no UTF-8 text: the
+    embedding cache, the index's files and the responses could not write it."""
+    if not isinstance(value, str):
+        return None
+    if "\x00" in value:
         return f"{value[:40]!r} holds a NUL character (\\x00); remove it"
+    surrogate = _SURROGATE.search(value)
+    if surrogate:
+        return (f"{value[:40]!r} holds an unpaired surrogate ({surrogate.group()!r}), which is no UTF-8 text; "
+                "write the character whole")
     return None
 
 
@@ -193,6 +203,9 @@ def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
         raise CatalogError(f"{path} does not read as {kind}: {str(err).strip()[:200]}") from err
     if frame.index.name is not None and frame.index.name not in frame.columns:  # Parquet: product_id as index
         frame = frame.reset_index()
+    unwritable = [name for name in frame.columns if _check_characters(name)]
+    if unwritable:
+        raise CatalogError(f"{path}: a column name {_check_characters(unwritable[0])}")
     reserved = sorted(RESERVED & set(frame.columns))
     if reserved:
         raise CatalogError(f"{path}: column(s) {reserved} are reserved (ShopRank marks deleted products with 'live'); "

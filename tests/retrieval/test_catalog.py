@@ -197,3 +197,19 @@ def test_a_nul_character_is_refused_where_a_reader_would_cut_the_value_at_it(tmp
         read_catalog(tmp_path / "n.jsonl")
     products, report = read_catalog(tmp_path / "n.jsonl", skip_bad_rows=True)
     assert products["product_id"].tolist() == ["P3"] and [p.column for p in report.problems] == ["title", "color"]
+
+
+def test_an_unpaired_surrogate_is_a_bad_row_not_a_crash_of_the_build(tmp_path: Path) -> None:
+    file = tmp_path / "s.jsonl"
+    file.write_text('{"product_id": "P1", "title": "drill \\ud800 bit"}\n{"product_id": "P2", "title": "saw"}\n'
+                    '{"product_id": "P3", "title": "hose", "color": "\\udfff"}\n'
+                    '{"product_id": "P4", "title": "smile \\ud83d\\ude00"}\n')  # a whole pair is one character
+    with pytest.raises(CatalogError, match=r"row 1, column 'title': 'drill \\ud800 bit' holds an unpaired "
+                                           r"surrogate \('\\ud800'\)"):
+        read_catalog(file)  # before: read, then the build failed on a UnicodeEncodeError naming no row
+    products, report = read_catalog(file, skip_bad_rows=True)
+    assert products["product_id"].tolist() == ["P2", "P4"] and [p.row for p in report.problems] == [1, 3]
+    "".join(products["title"]).encode("utf-8")  # what the embedding cache and the index write
+    file.write_text('{"product_id": "P1", "title": "drill", "\\ud800": "x"}\n')
+    with pytest.raises(CatalogError, match=r"s\.jsonl: a column name '\\ud800' holds an unpaired surrogate"):
+        read_catalog(file, skip_bad_rows=True)
