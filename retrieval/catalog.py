@@ -38,6 +38,7 @@ MAX_FACET_CHARS = 1000  # a category's or brand's length: filters and rules name
 TEXT_COLUMNS = ("product_id", "title", "description")
 FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet", ".jsonl": "JSONL", ".ndjson": "JSONL"}
 BLOCK = 1 << 20  # bytes read at a time when a file is scanned for a byte
+MAX_FIELD_CHARS = 2**31 - 1  # a CSV value's length as the csv module reads it: as pandas does (a C long's)
 _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: JSON's escapes may hold one alone
 
 
@@ -197,7 +198,7 @@ def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
     except UnicodeDecodeError as err:
         raise CatalogError(f"{path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
                            f"{err.start}: {err.reason}); save it as UTF-8") from err
-    except (pd.errors.ParserError, ValueError, OSError) as err:
+    except (pd.errors.ParserError, csv.Error, ValueError, OSError) as err:
         if isinstance(err, CatalogError):
             raise
         raise CatalogError(f"{path} does not read as {kind}: {str(err).strip()[:200]}") from err
@@ -268,16 +269,20 @@ def _checked_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     """The CSV's header and rows (blank lines left out, as pandas leaves them), each cut to the header's fields,
     a short one filled with empty fields. A row with more fields than the header names is refused when an extra
     field holds a value (a trailing delimiter, an empty extra field, is read as the rest of the row)."""
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        rows = csv.reader(handle)
-        header = next(rows, [])
-        body = []
-        for number, row in enumerate((row for row in rows if row), start=1):
-            extra = [field for field in row[len(header):] if field.strip()]
-            if extra:
-                raise CatalogError(f"{path} row {number}: {len(row)} fields, the header names {len(header)} "
-                                   f"(extra: {extra[:3]!r}); quote values that hold a comma, or fix the header")
-            body.append((row + [""] * len(header))[: len(header)])
+    limit = csv.field_size_limit(MAX_FIELD_CHARS)  # the csv module's own is 131072: a long description
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            rows = csv.reader(handle)
+            header = next(rows, [])
+            body = []
+            for number, row in enumerate((row for row in rows if row), start=1):
+                extra = [field for field in row[len(header):] if field.strip()]
+                if extra:
+                    raise CatalogError(f"{path} row {number}: {len(row)} fields, the header names {len(header)} "
+                                       f"(extra: {extra[:3]!r}); quote values that hold a comma, or fix the header")
+                body.append((row + [""] * len(header))[: len(header)])
+    finally:
+        csv.field_size_limit(limit)
     return header, body
 
 

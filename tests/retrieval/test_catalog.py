@@ -213,3 +213,13 @@ def test_an_unpaired_surrogate_is_a_bad_row_not_a_crash_of_the_build(tmp_path: P
     file.write_text('{"product_id": "P1", "title": "drill", "\\ud800": "x"}\n')
     with pytest.raises(CatalogError, match=r"s\.jsonl: a column name '\\ud800' holds an unpaired surrogate"):
         read_catalog(file, skip_bad_rows=True)
+
+
+def test_a_long_value_reads_in_a_csv_whose_rows_end_in_a_delimiter(tmp_path: Path) -> None:
+    import csv
+
+    long, limit = "x" * 200_000, csv.field_size_limit()  # past the csv module's own limit (131072 characters)
+    file = write_csv(tmp_path / "l.csv", f"product_id,title,description\nP1,Drill,{long}\nP2,Saw,Blade,\n")
+    products, _ = read_catalog(file)  # before: a raw _csv.Error, "field larger than field limit"
+    assert products["description"].tolist() == [long, "Blade"]
+    assert csv.field_size_limit() == limit  # the module's limit is left as it was for other readers
