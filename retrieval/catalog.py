@@ -12,6 +12,7 @@ Rows are numbered from 1, the first product after any header.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -196,8 +197,12 @@ def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
     try:
         frame = _read(path, kind)
     except UnicodeDecodeError as err:
-        raise CatalogError(f"{path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
-                           f"{err.start}: {err.reason}); save it as UTF-8") from err
+        # the reader's error counts from the start of the block it was decoding: the file is read again for
+        # where it stops being UTF-8
+        found = _not_utf8(path) if kind != "Parquet" else None
+        offset, line, byte, reason = found or (err.start, None, err.object[err.start:err.start + 1], err.reason)
+        where = f"at offset {offset}, line {line}" if line else f"at offset {offset}"
+        raise CatalogError(f"{path} is not UTF-8 text (byte {byte!r} {where}: {reason}); save it as UTF-8") from err
     except (pd.errors.ParserError, csv.Error, ValueError, OSError) as err:
         if isinstance(err, CatalogError):
             raise
@@ -224,6 +229,27 @@ def _nul_byte(path: Path) -> tuple[int, int] | None:
                 return offset + at, newlines + block.count(b"\n", 0, at) + 1
             offset, newlines = offset + len(block), newlines + block.count(b"\n")
     return None
+
+
+def _not_utf8(path: Path) -> tuple[int, int, bytes, str] | None:
+    """Where ``path`` first stops being UTF-8: the byte's offset in the file, its line (from 1), the byte and
+    why; None when it is UTF-8 throughout. Read a block at a time; a character cut by the end of a block is
+    held back by the decoder and decoded with the next one."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = 0  # bytes and line ends before the block
+    with path.open("rb") as handle:
+        while True:
+            block = handle.read(BLOCK)
+            held = len(decoder.getstate()[0])  # bytes of the previous block the decoder holds back
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:  # err.start counts from the held bytes
+                at = offset - held + err.start
+                line = newlines + block.count(b"\n", 0, max(at - offset, 0)) + 1
+                return at, line, err.object[err.start:err.start + 1], err.reason
+            if not block:
+                return None
+            offset, newlines = offset + len(block), newlines + block.count(b"\n")
 
 
 def _read(path: Path, kind: str) -> pd.DataFrame:

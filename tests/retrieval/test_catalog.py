@@ -223,3 +223,22 @@ def test_a_long_value_reads_in_a_csv_whose_rows_end_in_a_delimiter(tmp_path: Pat
     products, _ = read_catalog(file)  # before: a raw _csv.Error, "field larger than field limit"
     assert products["description"].tolist() == [long, "Blade"]
     assert csv.field_size_limit() == limit  # the module's limit is left as it was for other readers
+
+
+def test_a_byte_that_is_not_utf8_is_named_at_its_offset_in_the_file(tmp_path: Path, monkeypatch) -> None:
+    rows = "".join(f"P{i},title {i}\n" for i in range(30_000)).encode()  # past the readers' blocks (8-256 KiB)
+    head = b"product_id,title\n" + rows
+    (tmp_path / "far.csv").write_bytes(head + b"P,Caf\xe9\n")
+    with pytest.raises(CatalogError, match=rf"byte b'\\xe9' at offset {len(head) + 5}, line 30002: invalid"):
+        read_catalog(tmp_path / "far.csv")  # before: 23514, counted from the start of a block
+    lines = b"".join(b'{"product_id": "P%d", "title": "t"}\n' % i for i in range(10_000))
+    (tmp_path / "far.jsonl").write_bytes(lines + b'{"product_id": "X", "title": "caf\xe9"}\n')
+    with pytest.raises(CatalogError, match=rf"at offset {len(lines) + 33}, line 10001"):
+        read_catalog(tmp_path / "far.jsonl")
+    from retrieval import catalog
+
+    data = "product_id,title\nP1,Café crème\n".encode() + b"P2,\xe2\x82x\n"  # a whole character, then a cut one
+    (tmp_path / "cut.csv").write_bytes(data)
+    for block in range(1, 9):  # a character cut by the end of a block, and a bad one the decoder held back
+        monkeypatch.setattr(catalog, "BLOCK", block)
+        assert catalog._not_utf8(tmp_path / "cut.csv") == (data.index(b"\xe2"), 3, b"\xe2", "invalid continuation byte")
