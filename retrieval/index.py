@@ -356,6 +356,7 @@ class ProductIndex:
         self.vocabulary.save(pending / VOCABULARY)
         for file in pending.iterdir():
             fsync_path(file)
+        fsync_path(pending)  # its entries too: the files the manifest commits are there after a power cut
         write_text_atomic(self.path / MANIFEST, json.dumps(asdict(self.manifest), indent=2), durable=True)
         _finish_commit(self.path, self.manifest)
         if self._bm25_writing or marker is None or marker == previous:  # BM25 holds what was committed

@@ -485,3 +485,24 @@ def test_a_write_killed_after_its_commit_is_finished_by_the_next_load(tmp_path: 
     again = ProductIndex.load(index.path, settings.retrieval)
     assert again.count == 5 and BM25Retriever(again).search("remote", 5).product_ids == ["z"]
     assert not list(index.path.glob("pending-*"))
+
+
+def test_appended_vectors_are_on_disk_before_the_manifest_commits_them(tmp_path: Path, settings: Settings,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upsert appends its vectors in place, not in the folder of files its commit moves in: they are flushed
+    to disk before the manifest counts them, and an index whose vectors file lost committed rows anyway (a disk
+    that lied about its cache) is refused, naming the file and what to run."""
+    from core.errors import NotReady
+
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    synced: list[int] = []  # the inodes of the files and folders flushed, in order
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real(fd))[1])
+    index.upsert(catalog([("z", "ceiling fan remote")]), encoder, cache)
+    monkeypatch.undo()
+    vectors, manifest = (index.path / "vectors.f32").stat().st_ino, (index.path / "manifest.json").stat().st_ino
+    assert vectors in synced and synced.index(vectors) < synced.index(manifest)  # before: never flushed
+    os.truncate(index.path / "vectors.f32", 4 * encoder.dim * 4)  # the appended row lost
+    with pytest.raises(NotReady, match=r"vectors\.f32 holds the vectors of 4 of its 5 committed rows; rebuild it "
+                                       r"with `shoprank index --catalog FILE`"):
+        ProductIndex.load(index.path, settings.retrieval)  # before: ValueError, "cannot reshape array"
