@@ -83,6 +83,21 @@ def test_compaction_drops_dead_rows_without_reencoding(tmp_path: Path, settings:
     assert set(BM25Retriever(compacted).search("drill", 5).product_ids) == {"a", "d"}
 
 
+def test_a_compacted_index_still_reads_as_written_since_it_was_created(tmp_path: Path, settings: Settings,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server given a catalog compares it with an index never written since it was created (updated equals
+    created); one that was written, then compacted, is served as it is."""
+    from retrieval import index as module
+
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    created = index.manifest.created
+    monkeypatch.setattr(module, "_now", lambda: "2999-01-01T00:00:00+00:00")  # the writes come later
+    index.delete(["b", "c"])
+    compacted = index.compact(encoder, cache)
+    assert compacted.manifest.created == created  # before: the compaction's time, as if never written since
+    assert compacted.manifest.updated == "2999-01-01T00:00:00+00:00"
+
+
 def test_upsert_with_another_encoder_is_refused(tmp_path: Path, settings: Settings) -> None:
     index, _, cache = build(tmp_path, settings, ROWS)
     other = HashingEncoder()
