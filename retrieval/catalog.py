@@ -447,6 +447,19 @@ def catalog_hash(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+def products_hash(frame: pd.DataFrame) -> str:
+    """SHA-256 of every column of the products, the attributes too (prices, brands, stock: what filters and
+    features read), order-independent. A value is hashed as its text and a missing one as empty, so products
+    read from a file and the same products stored in an index (Parquet: a column's type may differ) agree."""
+    digest = hashlib.sha256()
+    rows = frame.sort_values("product_id")
+    for column in sorted(frame.columns, key=str):
+        digest.update(f"{column}\x1d".encode())
+        for value in rows[column].tolist():
+            digest.update(f"{'' if _is_missing(value) else value}\x1e".encode())
+    return digest.hexdigest()
+
+
 def product_text(title: str, description: str) -> str:
     """The text a bi-encoder embeds for a product."""
     return f"{title}. {description}" if description else title

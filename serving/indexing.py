@@ -4,8 +4,9 @@
 the bundled MiniLM, a registered version or a folder); :func:`open_index` loads
 the served index, or an evaluation catalog's, building it when missing.
 Builders are idempotent: an index whose manifest matches the catalog hash, the
-encoder and the query analyzer is loaded, never rebuilt; one process builds a
-folder at a time (server processes and jobs share the home). Paths come from
+encoder and the query analyzer, and whose stored products' attributes are the
+catalog's, is loaded, never rebuilt; one process builds a folder at a time
+(server processes and jobs share the home). Paths come from
 :class:`core.paths.Home`.
 """
 
@@ -28,7 +29,7 @@ from core import errors
 from core.errors import NotReady, ShopRankError
 from core.registry import ModelRegistry
 from core.settings import RetrievalSettings, Settings, get_settings
-from retrieval.catalog import catalog_hash, check_catalog_file, read_catalog
+from retrieval.catalog import catalog_hash, check_catalog_file, products_hash, read_catalog
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoder import (
     BUNDLED,
@@ -38,7 +39,7 @@ from retrieval.encoder import (
     resolve_catalog_precision,
     resolve_model_dir,
 )
-from retrieval.index import Manifest, ProductIndex, write_lock
+from retrieval.index import PRODUCTS, Manifest, ProductIndex, write_lock
 from retrieval.vocabulary import VERSION as ANALYZER_VERSION
 from simulation.demo import write_demo
 
@@ -192,16 +193,23 @@ def building(path: Path) -> Iterator[None]:
 
 
 def _current(path: Path, products: pd.DataFrame, encoder: Encoder) -> bool:
+    """Whether the index at ``path`` holds ``products`` as they are, attributes included, with ``encoder`` and the
+    current query analyzer. The manifest's catalog hash covers the text only (what is encoded), so the products
+    the index stores are compared too: a dataset whose prices or stock changed gets an index that filters and
+    ranks on the new values (built from the embedding cache: nothing is encoded again)."""
     if not (path / "manifest.json").is_file():
         return False
     manifest = Manifest.read(path)
-    return (manifest.encoder_fingerprint == encoder.fingerprint and manifest.catalog_hash == catalog_hash(products)
-            and manifest.analyzer == ANALYZER_VERSION)
+    if not (manifest.encoder_fingerprint == encoder.fingerprint and manifest.catalog_hash == catalog_hash(products)
+            and manifest.analyzer == ANALYZER_VERSION):
+        return False
+    stored = pd.read_parquet(path / PRODUCTS)
+    return products_hash(stored[stored["live"]].drop(columns="live")) == products_hash(products)
 
 
 def ensure_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:
-    """Load the index at ``path`` if it holds exactly ``products`` with ``encoder`` and the current
-    query analyzer; else build it (one process at a time; a process that waited loads the result)."""
+    """Load the index at ``path`` if it holds exactly ``products`` (their attributes too) with ``encoder`` and
+    the current query analyzer; else build it (one process at a time; a process that waited loads the result)."""
     if not _current(path, products, encoder):
         with building(path):
             if not _current(path, products, encoder):

@@ -97,6 +97,28 @@ def test_a_catalog_given_to_a_home_that_serves_another_index_is_named(  # type: 
         open_index(demo, third)
 
 
+def test_an_evaluation_index_follows_its_datasets_attributes_without_encoding_again(  # type: ignore[no-untyped-def]
+        tmp_path, settings) -> None:
+    from retrieval.catalog import read_catalog
+    from serving.indexing import open_index
+    from tests.fakes import HashingEncoder
+
+    def dataset(body: str):  # type: ignore[no-untyped-def]
+        (tmp_path / "products.csv").write_text("product_id,title,price,in_stock,quantity,brand,color\n" + body)
+        return read_catalog(tmp_path / "products.csv")[0]
+
+    home, encoder = settings.model_copy(update={"home": tmp_path / "home"}), HashingEncoder()
+    first = open_index(home, encoder, dataset("a,cordless drill,10,yes,3,Dewalt,red\nb,garden hose,,,,,\n"))
+    again = open_index(home, encoder, dataset("a,cordless drill,10,yes,3,Dewalt,red\nb,garden hose,,,,,\n"))
+    assert again.manifest.build == first.manifest.build  # the same dataset read again: loaded, not rebuilt
+    encoded = len(encoder.encoded)
+    changed = open_index(home, encoder, dataset("a,cordless drill,999,no,0,Makita,red\nb,garden hose,5,,,Acme,\n"))
+    assert changed.path == first.path and changed.manifest.build != first.manifest.build
+    assert changed.products[["price", "in_stock", "brand"]].to_dict("list") == {  # before: 10, True, Dewalt
+        "price": [999.0, 5.0], "in_stock": [False, None], "brand": ["Makita", "Acme"]}
+    assert len(encoder.encoded) == encoded  # the vectors came from the embedding cache
+
+
 def test_store_features_a_down_store_could_not_give_are_read_once_it_answers() -> None:
     from serving.loading import warm_store_features
 
