@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from core.errors import CatalogError
@@ -92,6 +93,22 @@ def _check_characters(value: Any) -> str | None:
         return (f"{value[:40]!r} holds an unpaired surrogate ({surrogate.group()!r}), which is no UTF-8 text; "
                 "write the character whole")
     return None
+
+
+def _refused_in(text: str) -> bool:
+    """Whether ``text`` (a column's values joined) holds a character :func:`_check_characters` refuses: a NUL
+    (a byte search), or an unpaired surrogate, which only text beyond ASCII can hold and UTF-8 cannot encode.
+    A column's cells are checked one by one only when this finds one: a few C passes over the column instead of
+    a search of each of its cells."""
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _check_id(value: Any) -> str | None:
@@ -331,13 +348,21 @@ def _problems(frame: pd.DataFrame, file: str) -> list[RowProblem]:
         **TYPED_COLUMNS,
     }
     for column in frame.columns:
-        check = checks.get(column)
-        for position, value in enumerate(frame[column].tolist()):
+        check, values = checks.get(column), frame[column].tolist()
+        try:
+            text = "".join(values)
+        except TypeError:  # numbers among them (JSONL, Parquet): only text holds characters
+            text = "".join(value for value in values if isinstance(value, str))
+        refused = _refused_in(text)
+        del text
+        if check is None and not refused:  # an attribute of any other name: its characters are all it is checked for
+            continue
+        for position, value in enumerate(values):
             if _is_missing(value):
                 if column in REQUIRED:
                     problems.append(RowProblem(file, position + 1, column, "missing; every product needs one"))
                 continue
-            message = _check_characters(value) or (check(value) if check else None)
+            message = (_check_characters(value) if refused else None) or (check(value) if check else None)
             if message:
                 problems.append(RowProblem(file, position + 1, column, message))
     return problems
@@ -449,14 +474,20 @@ def catalog_hash(frame: pd.DataFrame) -> str:
 
 def products_hash(frame: pd.DataFrame) -> str:
     """SHA-256 of every column of the products, the attributes too (prices, brands, stock: what filters and
-    features read), order-independent. A value is hashed as its text and a missing one as empty, so products
-    read from a file and the same products stored in an index (Parquet: a column's type may differ) agree."""
+    features read), order-independent: what tells apart datasets of the same text (:func:`catalog_hash`). A
+    number or flag is hashed as its float64 value (``3`` and ``3.0`` agree), any other value as its text, a
+    missing one as NaN or as empty; so the same products stored in Parquet and read back agree. A column at a
+    time, not a value at a time."""
     digest = hashlib.sha256()
-    rows = frame.sort_values("product_id")
+    order = frame["product_id"].astype(str).argsort(kind="stable").to_numpy()
     for column in sorted(frame.columns, key=str):
+        values = frame[column].iloc[order]
         digest.update(f"{column}\x1d".encode())
-        for value in rows[column].tolist():
-            digest.update(f"{'' if _is_missing(value) else value}\x1e".encode())
+        if pd.api.types.is_numeric_dtype(values.dtype):
+            numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+            digest.update(np.where(np.isnan(numbers), np.nan, numbers).tobytes())  # one NaN, whichever was read
+        else:
+            digest.update("\x1e".join(values.astype(str).where(values.notna(), "").tolist()).encode())
     return digest.hexdigest()
 
 

@@ -242,3 +242,31 @@ def test_a_byte_that_is_not_utf8_is_named_at_its_offset_in_the_file(tmp_path: Pa
     for block in range(1, 9):  # a character cut by the end of a block, and a bad one the decoder held back
         monkeypatch.setattr(catalog, "BLOCK", block)
         assert catalog._not_utf8(tmp_path / "cut.csv") == (data.index(b"\xe2"), 3, b"\xe2", "invalid continuation byte")
+
+
+def test_the_refused_characters_are_searched_a_column_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    from retrieval import catalog
+
+    (tmp_path / "u.jsonl").write_text('{"product_id": "P1", "title": "café ™", "color": "rouge ✓"}\n'
+                                      '{"product_id": "P2", "title": "saw", "color": "bleu \\ud800"}\n')
+    looked: list[object] = []  # the cells checked one by one
+    real = catalog._check_characters
+    monkeypatch.setattr(catalog, "_check_characters", lambda value: (looked.append(value), real(value))[1])
+    products, report = read_catalog(tmp_path / "u.jsonl", skip_bad_rows=True)
+    assert products["product_id"].tolist() == ["P1"] and [(p.row, p.column) for p in report.problems] == [(2, "color")]
+    assert looked[3:] == ["rouge ✓", "bleu \ud800"]  # after the names: the column holding one, not the titles
+
+
+def test_the_products_hash_covers_every_column_in_any_row_order_and_survives_parquet(tmp_path: Path) -> None:
+    from retrieval.catalog import catalog_hash, products_hash
+
+    file = write_csv(tmp_path / "p.csv", "product_id,title,price,quantity,in_stock,brand\n"
+                                         "P1,Drill,10,3,yes,Dewalt\nP2,Saw,,,,\nP3,Hose,5.5,0,no,Acme\n")
+    products, _ = read_catalog(file)
+    products.to_parquet(tmp_path / "p.parquet")
+    assert products_hash(pd.read_parquet(tmp_path / "p.parquet")) == products_hash(products)
+    assert products_hash(products.iloc[::-1]) == products_hash(products)  # order-independent
+    pricier = products.assign(price=[11.0, None, 5.5])
+    assert catalog_hash(pricier) == catalog_hash(products) and products_hash(pricier) != products_hash(products)
+    assert products_hash(products.assign(brand=["Dewalt", None, "Bosch"])) != products_hash(products)
+    assert products_hash(products.assign(quantity=products["quantity"].astype("Int64"))) == products_hash(products)
