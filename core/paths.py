@@ -5,7 +5,8 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
 
     <home>/
       indexes/<name>/<encoder fingerprint>/   product indexes (one per encoder version)
-      indexes/eval-<catalog hash>/<fp>/       indexes of evaluation datasets
+      indexes/eval-<catalog hash>-<products hash>/<fp>/
+                                              indexes of evaluation datasets (their text; every column)
       cache/embeddings/<fp>.sqlite            product vectors, so nothing is encoded twice
       cache/onnx/                             the bi-encoder exported to ONNX
       scores/cross_encoder.sqlite             the local cross-encoder score store (serving.score_store)
@@ -79,9 +80,12 @@ class Home:
                                "starting with '.'")
         return self.indexes / name / encoder_fingerprint
 
-    def eval_index(self, catalog_hash: str, encoder_fingerprint: str) -> Path:
-        """The index of an evaluation dataset, keyed by its catalog hash and encoder."""
-        return self.root / "indexes" / f"eval-{catalog_hash[:16]}" / encoder_fingerprint  # shared by stores
+    def eval_index(self, catalog_hash: str, products_hash: str, encoder_fingerprint: str) -> Path:
+        """The index of an evaluation dataset, keyed by its catalog hash (the text it encodes), its products
+        hash (every column: datasets of the same text but other prices or stock never share a folder) and
+        encoder."""
+        return (self.root / "indexes" / f"eval-{catalog_hash[:16]}-{products_hash[:16]}"  # shared by stores
+                / encoder_fingerprint)
 
     @property
     def cache(self) -> Path:

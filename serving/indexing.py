@@ -4,10 +4,10 @@
 the bundled MiniLM, a registered version or a folder); :func:`open_index` loads
 the served index, or an evaluation catalog's, building it when missing.
 Builders are idempotent: an index whose manifest matches the catalog hash, the
-encoder and the query analyzer, and whose stored products' attributes are the
-catalog's, is loaded, never rebuilt; one process builds a folder at a time
-(server processes and jobs share the home). Paths come from
-:class:`core.paths.Home`.
+encoder and the query analyzer is loaded, never rebuilt (an evaluation catalog's
+folder is keyed by all its columns, so one of other attributes is another
+folder); one process builds a folder at a time (server processes and jobs share
+the home). Paths come from :class:`core.paths.Home`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from retrieval.encoder import (
     resolve_catalog_precision,
     resolve_model_dir,
 )
-from retrieval.index import PRODUCTS, Manifest, ProductIndex, write_lock
+from retrieval.index import Manifest, ProductIndex, write_lock
 from retrieval.vocabulary import VERSION as ANALYZER_VERSION
 from simulation.demo import write_demo
 
@@ -193,23 +193,17 @@ def building(path: Path) -> Iterator[None]:
 
 
 def _current(path: Path, products: pd.DataFrame, encoder: Encoder) -> bool:
-    """Whether the index at ``path`` holds ``products`` as they are, attributes included, with ``encoder`` and the
-    current query analyzer. The manifest's catalog hash covers the text only (what is encoded), so the products
-    the index stores are compared too: a dataset whose prices or stock changed gets an index that filters and
-    ranks on the new values (built from the embedding cache: nothing is encoded again)."""
     if not (path / "manifest.json").is_file():
         return False
     manifest = Manifest.read(path)
-    if not (manifest.encoder_fingerprint == encoder.fingerprint and manifest.catalog_hash == catalog_hash(products)
-            and manifest.analyzer == ANALYZER_VERSION):
-        return False
-    stored = pd.read_parquet(path / PRODUCTS)
-    return products_hash(stored[stored["live"]].drop(columns="live")) == products_hash(products)
+    return (manifest.encoder_fingerprint == encoder.fingerprint and manifest.catalog_hash == catalog_hash(products)
+            and manifest.analyzer == ANALYZER_VERSION)
 
 
 def ensure_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:
-    """Load the index at ``path`` if it holds exactly ``products`` (their attributes too) with ``encoder`` and
-    the current query analyzer; else build it (one process at a time; a process that waited loads the result)."""
+    """Load the index at ``path`` if it holds ``products`` with ``encoder`` and the current query analyzer; else
+    build it (one process at a time; a process that waited loads the result). The manifest's catalog hash covers
+    the text only: ``path`` tells apart products of other attributes (:meth:`~core.paths.Home.eval_index`)."""
     if not _current(path, products, encoder):
         with building(path):
             if not _current(path, products, encoder):
@@ -224,8 +218,8 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
     missing or stale. Without: the served index, as it is (upserts and deletes included); built
     only when missing, from ``settings.catalog`` or the generated demo catalog."""
     if products is not None:
-        return ensure_index(settings, products, settings.paths.eval_index(catalog_hash(products),
-                                                                          encoder.fingerprint), encoder)
+        path = settings.paths.eval_index(catalog_hash(products), products_hash(products), encoder.fingerprint)
+        return ensure_index(settings, products, path, encoder)
     path = index_path(settings, encoder)
     missing = not (path / "manifest.json").is_file()
     if missing and any((path.with_name(path.name + end) / "manifest.json").is_file() for end in (".old", ".building")):

@@ -113,10 +113,14 @@ def test_an_evaluation_index_follows_its_datasets_attributes_without_encoding_ag
     assert again.manifest.build == first.manifest.build  # the same dataset read again: loaded, not rebuilt
     encoded = len(encoder.encoded)
     changed = open_index(home, encoder, dataset("a,cordless drill,999,no,0,Makita,red\nb,garden hose,5,,,Acme,\n"))
-    assert changed.path == first.path and changed.manifest.build != first.manifest.build
+    assert changed.path != first.path  # its own folder: the two datasets never rebuild each other's
+    assert changed.manifest.catalog_hash == first.manifest.catalog_hash  # the same text
     assert changed.products[["price", "in_stock", "brand"]].to_dict("list") == {  # before: 10, True, Dewalt
         "price": [999.0, 5.0], "in_stock": [False, None], "brand": ["Makita", "Acme"]}
     assert len(encoder.encoded) == encoded  # the vectors came from the embedding cache
+    back = open_index(home, encoder, dataset("a,cordless drill,10,yes,3,Dewalt,red\nb,garden hose,,,,,\n"))
+    assert back.path == first.path and back.manifest.build == first.manifest.build  # before: rebuilt at each switch
+    assert back.products["price"].tolist()[0] == 10
 
 
 def test_store_features_a_down_store_could_not_give_are_read_once_it_answers() -> None:
