@@ -44,6 +44,23 @@ from pathlib import Path
 from core.errors import InvalidInput
 
 INDEX_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\Z")  # a folder of indexes/: no '..', no '/'
+EVAL_INDEX = re.compile(r"eval-[0-9a-f]{16}-[0-9a-f]{16}\Z")  # the folder of an evaluation dataset's indexes
+
+
+def rebuild_advice(index: Path) -> str:
+    """How the index folder ``index`` is built again, read from where the layout puts it: an evaluation
+    dataset's (``indexes/eval-<hashes>/<fp>``) when its dataset is next opened; any other with ``shoprank
+    [--store <store>] index --name <name>`` (``[stores/<store>/]indexes/<name>/<fp>``; a home whose own folder
+    sits in one named ``stores`` reads as a store's). A folder laid out otherwise names no store or index: the
+    command that built it is asked for."""
+    name, indexes = index.parent.name, index.parent.parent
+    if indexes.name != "indexes" or not INDEX_NAME.match(name):
+        return ("rebuild it with the command that built it (`shoprank [--store NAME] index [--name NAME] --catalog "
+                "FILE`)")
+    if EVAL_INDEX.match(name):
+        return "an evaluation dataset's index is built again when its dataset is opened"
+    store = f"--store {indexes.parent.name} " if indexes.parent.parent.name == "stores" else ""
+    return f"rebuild it with `shoprank {store}index --name {name} --catalog FILE`"
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ import faiss
 import numpy as np
 
 from core.errors import InvalidInput, NotReady
+from core.paths import rebuild_advice
 from core.settings import RetrievalSettings
 from retrieval.types import Hits
 
@@ -166,7 +167,7 @@ class DenseIndex:
         stored = (path / VECTORS).stat().st_size // (4 * dense.dim) if dense.dim else 0
         if stored < len(dense.live):  # appended rows lost with the disk's cache (a power cut), say
             raise NotReady(f"index {path}: {VECTORS} holds the vectors of {stored} of its {len(dense.live)} "
-                           "committed rows; rebuild it with `shoprank index --catalog FILE`")
+                           f"committed rows; {rebuild_advice(path)}")
         if dense.kind == "flat" and settings.flat_scan == "fp16":
             dense._half_copy()  # before the first search
         return dense

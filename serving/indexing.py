@@ -203,14 +203,24 @@ def _current(path: Path, products: pd.DataFrame, encoder: Encoder) -> bool:
 def ensure_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:
     """Load the index at ``path`` if it holds ``products`` with ``encoder`` and the current query analyzer; else
     build it (one process at a time; a process that waited loads the result). The manifest's catalog hash covers
-    the text only: ``path`` tells apart products of other attributes (:meth:`~core.paths.Home.eval_index`)."""
+    the text only: ``path`` tells apart products of other attributes (:meth:`~core.paths.Home.eval_index`). An
+    index that is there but cannot be loaded (its vectors file lost committed rows) is built again too: it is
+    derived data, and the embedding cache holds its vectors."""
     if not _current(path, products, encoder):
         with building(path):
             if not _current(path, products, encoder):
                 if (path / "manifest.json").is_file():
                     logger.info("index %s is stale (catalog, encoder or query analyzer changed); rebuilding", path)
                 return build_index(settings, products, path, encoder)
-    return ProductIndex.load(path, retrieval_settings(settings))
+    try:
+        return ProductIndex.load(path, retrieval_settings(settings))
+    except NotReady as error:
+        with building(path):
+            try:  # another process may have built it again meanwhile
+                return ProductIndex.load(path, retrieval_settings(settings))
+            except NotReady:
+                logger.warning("%s; building it again", error.message)
+                return build_index(settings, products, path, encoder)
 
 
 def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | None = None) -> ProductIndex:

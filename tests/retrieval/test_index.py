@@ -519,5 +519,26 @@ def test_appended_vectors_are_on_disk_before_the_manifest_commits_them(tmp_path:
     assert vectors in synced and synced.index(vectors) < synced.index(manifest)  # before: never flushed
     os.truncate(index.path / "vectors.f32", 4 * encoder.dim * 4)  # the appended row lost
     with pytest.raises(NotReady, match=r"vectors\.f32 holds the vectors of 4 of its 5 committed rows; rebuild it "
-                                       r"with `shoprank index --catalog FILE`"):
+                                       r"with the command that built it \(`shoprank \[--store NAME\] index"):
         ProductIndex.load(index.path, settings.retrieval)  # before: ValueError, "cannot reshape array"
+
+
+def test_an_index_that_lost_vectors_names_the_command_of_its_store_and_name(tmp_path: Path,
+                                                                             settings: Settings) -> None:
+    """The advice names what the home's layout says of the folder: a store's index is built with --store, one
+    of another name with --name (before: `shoprank index --catalog FILE`, which builds the default store's)."""
+    from core.errors import NotReady
+    from core.paths import Home, rebuild_advice
+
+    encoder = HashingEncoder()
+    path = Home(tmp_path / "home", "acme").index("main", encoder.fingerprint)
+    ProductIndex.build(path, catalog(ROWS), encoder, settings.retrieval, EmbeddingCache(tmp_path / "cache.sqlite",
+                       encoder.dim), progress=False)
+    os.truncate(path / "vectors.f32", 3 * encoder.dim * 4)
+    with pytest.raises(NotReady, match=r"3 of its 4 committed rows; rebuild it with `shoprank --store acme index "
+                                       r"--name main --catalog FILE`"):
+        ProductIndex.load(path, settings.retrieval)
+    default = Home(tmp_path / "home").index("default", encoder.fingerprint)
+    assert rebuild_advice(default) == "rebuild it with `shoprank index --name default --catalog FILE`"
+    evaluation = Home(tmp_path / "home").eval_index("0" * 64, "1" * 64, encoder.fingerprint)
+    assert "evaluation dataset" in rebuild_advice(evaluation)
