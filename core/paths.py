@@ -5,7 +5,8 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
 
     <home>/
       indexes/<name>/<encoder fingerprint>/   product indexes (one per encoder version)
-      indexes/eval-<catalog hash>/<fp>/       indexes of evaluation datasets
+      indexes/eval-<catalog hash>-<products hash>/<fp>/
+                                              indexes of evaluation datasets (their text; every column)
       cache/embeddings/<fp>.sqlite            product vectors, so nothing is encoded twice
       cache/onnx/                             the bi-encoder exported to ONNX
       scores/cross_encoder.sqlite             the local cross-encoder score store (serving.score_store)
@@ -43,6 +44,23 @@ from pathlib import Path
 from core.errors import InvalidInput
 
 INDEX_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\Z")  # a folder of indexes/: no '..', no '/'
+EVAL_INDEX = re.compile(r"eval-[0-9a-f]{16}-[0-9a-f]{16}\Z")  # the folder of an evaluation dataset's indexes
+
+
+def rebuild_advice(index: Path) -> str:
+    """How the index folder ``index`` is built again, read from where the layout puts it: an evaluation
+    dataset's (``indexes/eval-<hashes>/<fp>``) when its dataset is next opened; any other with ``shoprank
+    [--store <store>] index --name <name>`` (``[stores/<store>/]indexes/<name>/<fp>``; a home whose own folder
+    sits in one named ``stores`` reads as a store's). A folder laid out otherwise names no store or index: the
+    command that built it is asked for."""
+    name, indexes = index.parent.name, index.parent.parent
+    if indexes.name != "indexes" or not INDEX_NAME.match(name):
+        return ("rebuild it with the command that built it (`shoprank [--store NAME] index [--name NAME] --catalog "
+                "FILE`)")
+    if EVAL_INDEX.match(name):
+        return "an evaluation dataset's index is built again when its dataset is opened"
+    store = f"--store {indexes.parent.name} " if indexes.parent.parent.name == "stores" else ""
+    return f"rebuild it with `shoprank {store}index --name {name} --catalog FILE`"
 
 
 @dataclass(frozen=True)
@@ -79,9 +97,12 @@ class Home:
                                "starting with '.'")
         return self.indexes / name / encoder_fingerprint
 
-    def eval_index(self, catalog_hash: str, encoder_fingerprint: str) -> Path:
-        """The index of an evaluation dataset, keyed by its catalog hash and encoder."""
-        return self.root / "indexes" / f"eval-{catalog_hash[:16]}" / encoder_fingerprint  # shared by stores
+    def eval_index(self, catalog_hash: str, products_hash: str, encoder_fingerprint: str) -> Path:
+        """The index of an evaluation dataset, keyed by its catalog hash (the text it encodes), its products
+        hash (every column: datasets of the same text but other prices or stock never share a folder) and
+        encoder."""
+        return (self.root / "indexes" / f"eval-{catalog_hash[:16]}-{products_hash[:16]}"  # shared by stores
+                / encoder_fingerprint)
 
     @property
     def cache(self) -> Path:

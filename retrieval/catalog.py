@@ -12,18 +12,21 @@ Rows are numbered from 1, the first product after any header.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import json
 import logging
 import math
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from core.errors import CatalogError
@@ -36,6 +39,9 @@ MAX_ID_CHARS = 128  # a product id's length: events, impressions and shelves car
 MAX_FACET_CHARS = 1000  # a category's or brand's length: filters and rules name them in full
 TEXT_COLUMNS = ("product_id", "title", "description")
 FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet", ".jsonl": "JSONL", ".ndjson": "JSONL"}
+BLOCK = 1 << 20  # bytes read at a time when a file is scanned for a byte
+MAX_FIELD_CHARS = 2**31 - 1  # a CSV value's length as the csv module reads it: as pandas does (a C long's)
+_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: JSON's escapes may hold one alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +77,38 @@ def _is_missing(value: Any) -> bool:
     if isinstance(value, float) and math.isnan(value):
         return True
     return isinstance(value, str) and not value.strip()
+
+
+def _check_characters(value: Any) -> str | None:
+    """Why a value of any column is refused for the characters it holds: a NUL character, which a CSV reader
+    cuts a value at (``drill\\x00 bit`` would read as ``drill``), so every format refuses it alike; an unpaired
+    surrogate (a JSON escape such as ``\\ud800`` without its other half), which is no UTF-8 text: the
+    embedding cache, the index's files and the responses could not write it."""
+    if not isinstance(value, str):
+        return None
+    if "\x00" in value:
+        return f"{value[:40]!r} holds a NUL character (\\x00); remove it"
+    surrogate = _SURROGATE.search(value)
+    if surrogate:
+        return (f"{value[:40]!r} holds an unpaired surrogate ({surrogate.group()!r}), which is no UTF-8 text; "
+                "write the character whole")
+    return None
+
+
+def _refused_in(text: str) -> bool:
+    """Whether ``text`` (a column's values joined) holds a character :func:`_check_characters` refuses: a NUL
+    (a byte search), or an unpaired surrogate, which only text beyond ASCII can hold and UTF-8 cannot encode.
+    A column's cells are checked one by one only when this finds one: a few C passes over the column instead of
+    a search of each of its cells."""
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _check_id(value: Any) -> str | None:
@@ -176,14 +214,21 @@ def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
     try:
         frame = _read(path, kind)
     except UnicodeDecodeError as err:
-        raise CatalogError(f"{path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
-                           f"{err.start}: {err.reason}); save it as UTF-8") from err
-    except (pd.errors.ParserError, ValueError, OSError) as err:
+        # the reader's error counts from the start of the block it was decoding: the file is read again for
+        # where it stops being UTF-8
+        found = _not_utf8(path) if kind != "Parquet" else None
+        offset, line, byte, reason = found or (err.start, None, err.object[err.start:err.start + 1], err.reason)
+        where = f"at offset {offset}, line {line}" if line else f"at offset {offset}"
+        raise CatalogError(f"{path} is not UTF-8 text (byte {byte!r} {where}: {reason}); save it as UTF-8") from err
+    except (pd.errors.ParserError, csv.Error, ValueError, OSError) as err:
         if isinstance(err, CatalogError):
             raise
         raise CatalogError(f"{path} does not read as {kind}: {str(err).strip()[:200]}") from err
     if frame.index.name is not None and frame.index.name not in frame.columns:  # Parquet: product_id as index
         frame = frame.reset_index()
+    unwritable = [name for name in frame.columns if _check_characters(name)]
+    if unwritable:
+        raise CatalogError(f"{path}: a column name {_check_characters(unwritable[0])}")
     reserved = sorted(RESERVED & set(frame.columns))
     if reserved:
         raise CatalogError(f"{path}: column(s) {reserved} are reserved (ShopRank marks deleted products with 'live'); "
@@ -191,8 +236,46 @@ def _load_frame(path: Path) -> tuple[pd.DataFrame, str]:
     return frame.astype(object).reset_index(drop=True), kind
 
 
+def _nul_byte(path: Path) -> tuple[int, int] | None:
+    """The offset and line (from 1) of the first NUL byte in ``path``, or None when it holds none."""
+    offset = newlines = 0
+    with path.open("rb") as handle:
+        while block := handle.read(BLOCK):
+            at = block.find(b"\x00")
+            if at >= 0:
+                return offset + at, newlines + block.count(b"\n", 0, at) + 1
+            offset, newlines = offset + len(block), newlines + block.count(b"\n")
+    return None
+
+
+def _not_utf8(path: Path) -> tuple[int, int, bytes, str] | None:
+    """Where ``path`` first stops being UTF-8: the byte's offset in the file, its line (from 1), the byte and
+    why; None when it is UTF-8 throughout. Read a block at a time; a character cut by the end of a block is
+    held back by the decoder and decoded with the next one."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = 0  # bytes and line ends before the block
+    with path.open("rb") as handle:
+        while True:
+            block = handle.read(BLOCK)
+            held = len(decoder.getstate()[0])  # bytes of the previous block the decoder holds back
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:  # err.start counts from the held bytes
+                at = offset - held + err.start
+                line = newlines + block.count(b"\n", 0, max(at - offset, 0)) + 1
+                return at, line, err.object[err.start:err.start + 1], err.reason
+            if not block:
+                return None
+            offset, newlines = offset + len(block), newlines + block.count(b"\n")
+
+
 def _read(path: Path, kind: str) -> pd.DataFrame:
     if kind == "CSV":
+        # pandas cuts a value at a NUL byte (a false duplicate id, a shortened title): refused before it reads
+        nul = _nul_byte(path)
+        if nul:
+            raise CatalogError(f"{path} line {nul[1]}: a NUL byte (\\x00) at offset {nul[0]}, which a CSV reader "
+                               "cuts a value at; remove it (or save the file as UTF-8, not UTF-16)")
         # index_col=False: rows ending in a delimiter the header lacks are read as written, not shifted by one
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -229,16 +312,20 @@ def _checked_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     """The CSV's header and rows (blank lines left out, as pandas leaves them), each cut to the header's fields,
     a short one filled with empty fields. A row with more fields than the header names is refused when an extra
     field holds a value (a trailing delimiter, an empty extra field, is read as the rest of the row)."""
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        rows = csv.reader(handle)
-        header = next(rows, [])
-        body = []
-        for number, row in enumerate((row for row in rows if row), start=1):
-            extra = [field for field in row[len(header):] if field.strip()]
-            if extra:
-                raise CatalogError(f"{path} row {number}: {len(row)} fields, the header names {len(header)} "
-                                   f"(extra: {extra[:3]!r}); quote values that hold a comma, or fix the header")
-            body.append((row + [""] * len(header))[: len(header)])
+    limit = csv.field_size_limit(MAX_FIELD_CHARS)  # the csv module's own is 131072: a long description
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            rows = csv.reader(handle)
+            header = next(rows, [])
+            body = []
+            for number, row in enumerate((row for row in rows if row), start=1):
+                extra = [field for field in row[len(header):] if field.strip()]
+                if extra:
+                    raise CatalogError(f"{path} row {number}: {len(row)} fields, the header names {len(header)} "
+                                       f"(extra: {extra[:3]!r}); quote values that hold a comma, or fix the header")
+                body.append((row + [""] * len(header))[: len(header)])
+    finally:
+        csv.field_size_limit(limit)
     return header, body
 
 
@@ -260,15 +347,22 @@ def _problems(frame: pd.DataFrame, file: str) -> list[RowProblem]:
         "description": _check_text("description"),
         **TYPED_COLUMNS,
     }
-    for column, check in checks.items():
-        if column not in frame.columns:
+    for column in frame.columns:
+        check, values = checks.get(column), frame[column].tolist()
+        try:
+            text = "".join(values)
+        except TypeError:  # numbers among them (JSONL, Parquet): only text holds characters
+            text = "".join(value for value in values if isinstance(value, str))
+        refused = _refused_in(text)
+        del text
+        if check is None and not refused:  # an attribute of any other name: its characters are all it is checked for
             continue
-        for position, value in enumerate(frame[column].tolist()):
+        for position, value in enumerate(values):
             if _is_missing(value):
                 if column in REQUIRED:
                     problems.append(RowProblem(file, position + 1, column, "missing; every product needs one"))
                 continue
-            message = check(value)
+            message = (_check_characters(value) if refused else None) or (check(value) if check else None)
             if message:
                 problems.append(RowProblem(file, position + 1, column, message))
     return problems
@@ -375,6 +469,25 @@ def catalog_hash(frame: pd.DataFrame) -> str:
     rows = frame[list(TEXT_COLUMNS)].sort_values("product_id")
     for pid, title, description in rows.itertuples(index=False, name=None):
         digest.update(f"{pid}\x1f{title}\x1f{description}\x1e".encode())
+    return digest.hexdigest()
+
+
+def products_hash(frame: pd.DataFrame) -> str:
+    """SHA-256 of every column of the products, the attributes too (prices, brands, stock: what filters and
+    features read), order-independent: what tells apart datasets of the same text (:func:`catalog_hash`). A
+    number or flag is hashed as its float64 value (``3`` and ``3.0`` agree), any other value as its text, a
+    missing one as NaN or as empty; so the same products stored in Parquet and read back agree. A column at a
+    time, not a value at a time."""
+    digest = hashlib.sha256()
+    order = frame["product_id"].astype(str).argsort(kind="stable").to_numpy()
+    for column in sorted(frame.columns, key=str):
+        values = frame[column].iloc[order]
+        digest.update(f"{column}\x1d".encode())
+        if pd.api.types.is_numeric_dtype(values.dtype):
+            numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+            digest.update(np.where(np.isnan(numbers), np.nan, numbers).tobytes())  # one NaN, whichever was read
+        else:
+            digest.update("\x1e".join(values.astype(str).where(values.notna(), "").tolist()).encode())
     return digest.hexdigest()
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, NotReady
+from core.paths import rebuild_advice
 from core.settings import RetrievalSettings
 from retrieval.types import Hits
 
@@ -157,9 +159,15 @@ class DenseIndex:
 
     @classmethod
     def load(cls, path: Path, settings: RetrievalSettings) -> DenseIndex:
+        """The dense index saved at ``path``; :class:`~core.errors.NotReady` when its vectors file holds fewer
+        rows than the live mask counts (they were appended and committed, then lost)."""
         meta = json.loads((path / "dense.json").read_text())
         index = faiss.read_index(str(path / "faiss.index")) if meta["kind"] != "flat" else None
         dense = cls(path, meta["kind"], int(meta["dim"]), np.load(path / "live.npy"), settings, index)
+        stored = (path / VECTORS).stat().st_size // (4 * dense.dim) if dense.dim else 0
+        if stored < len(dense.live):  # appended rows lost with the disk's cache (a power cut), say
+            raise NotReady(f"index {path}: {VECTORS} holds the vectors of {stored} of its {len(dense.live)} "
+                           f"committed rows; {rebuild_advice(path)}")
         if dense.kind == "flat" and settings.flat_scan == "fp16":
             dense._half_copy()  # before the first search
         return dense
@@ -176,6 +184,8 @@ class DenseIndex:
                 handle.truncate(size)
         with file.open("ab") as handle:
             handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the manifest that counts these rows commits them
         self._vectors = None
 
     def add(self, vectors: np.ndarray) -> range:

@@ -205,12 +205,15 @@ class ProductIndex:
     # -- build / load / save ---------------------------------------------------
     @classmethod
     def build(cls, path: Path, products: pd.DataFrame, encoder: Encoder, settings: RetrievalSettings,
-              cache: EmbeddingCache, progress: bool = True, vectors: np.ndarray | None = None) -> ProductIndex:
+              cache: EmbeddingCache, progress: bool = True, vectors: np.ndarray | None = None,
+              created: str | None = None) -> ProductIndex:
         """Build a new index at ``path`` (atomically replacing any index there).
 
         Args:
             products: Validated catalog (see :func:`retrieval.catalog.read_catalog`).
             vectors: Precomputed vectors in ``products`` order (compaction); else encoded.
+            created: The manifest's ``created`` to keep (compaction: the same index, written since it was
+                created, rewritten without its dead rows); default now.
         """
         started = time.perf_counter()
         staging = path.with_name(path.name + ".building")
@@ -226,7 +229,7 @@ class ProductIndex:
         manifest = Manifest(
             encoder=encoder.name, encoder_fingerprint=encoder.fingerprint, dim=int(vectors.shape[1]),
             count=len(products), rows=len(products), catalog_hash=catalog_hash(products),
-            dense_kind=dense.kind, created=_now(), updated=_now(), analyzer=ANALYZER_VERSION,
+            dense_kind=dense.kind, created=created or _now(), updated=_now(), analyzer=ANALYZER_VERSION,
         )
         index = cls(staging, manifest, products, bm25, dense)
         index.manifest.build = _new_id()
@@ -356,6 +359,7 @@ class ProductIndex:
         self.vocabulary.save(pending / VOCABULARY)
         for file in pending.iterdir():
             fsync_path(file)
+        fsync_path(pending)  # its entries too: the files the manifest commits are there after a power cut
         write_text_atomic(self.path / MANIFEST, json.dumps(asdict(self.manifest), indent=2), durable=True)
         _finish_commit(self.path, self.manifest)
         if self._bm25_writing or marker is None or marker == previous:  # BM25 holds what was committed
@@ -517,11 +521,13 @@ class ProductIndex:
         return self.dense.dead_share > self.dense.settings.compact_ratio
 
     def compact(self, encoder: Encoder, cache: EmbeddingCache) -> ProductIndex:
-        """Rebuild without dead rows from the stored vectors (no re-encoding)."""
+        """Rebuild without dead rows from the stored vectors (no re-encoding). The manifest keeps when the
+        index was created, so it still reads as written since (``updated`` past ``created``): a server
+        given a catalog then serves the index as it is, without comparing it with that catalog."""
         live = self.products["live"].to_numpy()
         vectors = np.asarray(self.dense.vectors[live])
         return ProductIndex.build(self.path, self.live_products(), encoder, self.dense.settings,
-                                  cache, progress=False, vectors=vectors)
+                                  cache, progress=False, vectors=vectors, created=self.manifest.created)
 
     def _check_encoder(self, encoder: Encoder) -> None:
         if encoder.fingerprint != self.manifest.encoder_fingerprint:

@@ -4,9 +4,10 @@
 the bundled MiniLM, a registered version or a folder); :func:`open_index` loads
 the served index, or an evaluation catalog's, building it when missing.
 Builders are idempotent: an index whose manifest matches the catalog hash, the
-encoder and the query analyzer is loaded, never rebuilt; one process builds a
-folder at a time (server processes and jobs share the home). Paths come from
-:class:`core.paths.Home`.
+encoder and the query analyzer is loaded, never rebuilt (an evaluation catalog's
+folder is keyed by all its columns, so one of other attributes is another
+folder); one process builds a folder at a time (server processes and jobs share
+the home). Paths come from :class:`core.paths.Home`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from core import errors
 from core.errors import NotReady, ShopRankError
 from core.registry import ModelRegistry
 from core.settings import RetrievalSettings, Settings, get_settings
-from retrieval.catalog import catalog_hash, check_catalog_file, read_catalog
+from retrieval.catalog import catalog_hash, check_catalog_file, products_hash, read_catalog
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoder import (
     BUNDLED,
@@ -200,15 +201,26 @@ def _current(path: Path, products: pd.DataFrame, encoder: Encoder) -> bool:
 
 
 def ensure_index(settings: Settings, products: pd.DataFrame, path: Path, encoder: Encoder) -> ProductIndex:
-    """Load the index at ``path`` if it holds exactly ``products`` with ``encoder`` and the current
-    query analyzer; else build it (one process at a time; a process that waited loads the result)."""
+    """Load the index at ``path`` if it holds ``products`` with ``encoder`` and the current query analyzer; else
+    build it (one process at a time; a process that waited loads the result). The manifest's catalog hash covers
+    the text only: ``path`` tells apart products of other attributes (:meth:`~core.paths.Home.eval_index`). An
+    index that is there but cannot be loaded (its vectors file lost committed rows) is built again too: it is
+    derived data, and the embedding cache holds its vectors."""
     if not _current(path, products, encoder):
         with building(path):
             if not _current(path, products, encoder):
                 if (path / "manifest.json").is_file():
                     logger.info("index %s is stale (catalog, encoder or query analyzer changed); rebuilding", path)
                 return build_index(settings, products, path, encoder)
-    return ProductIndex.load(path, retrieval_settings(settings))
+    try:
+        return ProductIndex.load(path, retrieval_settings(settings))
+    except NotReady as error:
+        with building(path):
+            try:  # another process may have built it again meanwhile
+                return ProductIndex.load(path, retrieval_settings(settings))
+            except NotReady:
+                logger.warning("%s; building it again", error.message)
+                return build_index(settings, products, path, encoder)
 
 
 def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | None = None) -> ProductIndex:
@@ -216,8 +228,8 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
     missing or stale. Without: the served index, as it is (upserts and deletes included); built
     only when missing, from ``settings.catalog`` or the generated demo catalog."""
     if products is not None:
-        return ensure_index(settings, products, settings.paths.eval_index(catalog_hash(products),
-                                                                          encoder.fingerprint), encoder)
+        path = settings.paths.eval_index(catalog_hash(products), products_hash(products), encoder.fingerprint)
+        return ensure_index(settings, products, path, encoder)
     path = index_path(settings, encoder)
     missing = not (path / "manifest.json").is_file()
     if missing and any((path.with_name(path.name + end) / "manifest.json").is_file() for end in (".old", ".building")):

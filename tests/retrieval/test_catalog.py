@@ -181,3 +181,92 @@ def test_catalogs_as_other_tools_write_them_are_read_as_written(tmp_path: Path) 
         tmp_path / "live.parquet")
     with pytest.raises(CatalogError, match=r"\['live'\] are reserved"):  # an index is a column, checked as one
         read_catalog(tmp_path / "live.parquet")
+
+
+def test_a_nul_character_is_refused_where_a_reader_would_cut_the_value_at_it(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_bytes(b"product_id,title\nP1,drill\x00 bit\nP2,saw\n")  # before: read as 'drill'
+    with pytest.raises(CatalogError, match=r"t\.csv line 2: a NUL byte \(\\x00\) at offset 25"):
+        read_catalog(tmp_path / "t.csv")
+    (tmp_path / "i.csv").write_bytes(b"product_id,title\nP\x001,drill\nP\x002,saw\n")  # before: two ids 'P'
+    with pytest.raises(CatalogError, match=r"i\.csv line 2: a NUL byte"):
+        read_catalog(tmp_path / "i.csv", skip_bad_rows=True)
+    (tmp_path / "n.jsonl").write_text('{"product_id": "P1", "title": "drill\\u0000 bit"}\n'
+                                      '{"product_id": "P2", "title": "saw", "color": "r\\u0000ed"}\n'
+                                      '{"product_id": "P3", "title": "hose"}\n')
+    with pytest.raises(CatalogError, match=r"row 1, column 'title': 'drill\\x00 bit' holds a NUL character"):
+        read_catalog(tmp_path / "n.jsonl")
+    products, report = read_catalog(tmp_path / "n.jsonl", skip_bad_rows=True)
+    assert products["product_id"].tolist() == ["P3"] and [p.column for p in report.problems] == ["title", "color"]
+
+
+def test_an_unpaired_surrogate_is_a_bad_row_not_a_crash_of_the_build(tmp_path: Path) -> None:
+    file = tmp_path / "s.jsonl"
+    file.write_text('{"product_id": "P1", "title": "drill \\ud800 bit"}\n{"product_id": "P2", "title": "saw"}\n'
+                    '{"product_id": "P3", "title": "hose", "color": "\\udfff"}\n'
+                    '{"product_id": "P4", "title": "smile \\ud83d\\ude00"}\n')  # a whole pair is one character
+    with pytest.raises(CatalogError, match=r"row 1, column 'title': 'drill \\ud800 bit' holds an unpaired "
+                                           r"surrogate \('\\ud800'\)"):
+        read_catalog(file)  # before: read, then the build failed on a UnicodeEncodeError naming no row
+    products, report = read_catalog(file, skip_bad_rows=True)
+    assert products["product_id"].tolist() == ["P2", "P4"] and [p.row for p in report.problems] == [1, 3]
+    "".join(products["title"]).encode("utf-8")  # what the embedding cache and the index write
+    file.write_text('{"product_id": "P1", "title": "drill", "\\ud800": "x"}\n')
+    with pytest.raises(CatalogError, match=r"s\.jsonl: a column name '\\ud800' holds an unpaired surrogate"):
+        read_catalog(file, skip_bad_rows=True)
+
+
+def test_a_long_value_reads_in_a_csv_whose_rows_end_in_a_delimiter(tmp_path: Path) -> None:
+    import csv
+
+    long, limit = "x" * 200_000, csv.field_size_limit()  # past the csv module's own limit (131072 characters)
+    file = write_csv(tmp_path / "l.csv", f"product_id,title,description\nP1,Drill,{long}\nP2,Saw,Blade,\n")
+    products, _ = read_catalog(file)  # before: a raw _csv.Error, "field larger than field limit"
+    assert products["description"].tolist() == [long, "Blade"]
+    assert csv.field_size_limit() == limit  # the module's limit is left as it was for other readers
+
+
+def test_a_byte_that_is_not_utf8_is_named_at_its_offset_in_the_file(tmp_path: Path, monkeypatch) -> None:
+    rows = "".join(f"P{i},title {i}\n" for i in range(30_000)).encode()  # past the readers' blocks (8-256 KiB)
+    head = b"product_id,title\n" + rows
+    (tmp_path / "far.csv").write_bytes(head + b"P,Caf\xe9\n")
+    with pytest.raises(CatalogError, match=rf"byte b'\\xe9' at offset {len(head) + 5}, line 30002: invalid"):
+        read_catalog(tmp_path / "far.csv")  # before: 23514, counted from the start of a block
+    lines = b"".join(b'{"product_id": "P%d", "title": "t"}\n' % i for i in range(10_000))
+    (tmp_path / "far.jsonl").write_bytes(lines + b'{"product_id": "X", "title": "caf\xe9"}\n')
+    with pytest.raises(CatalogError, match=rf"at offset {len(lines) + 33}, line 10001"):
+        read_catalog(tmp_path / "far.jsonl")
+    from retrieval import catalog
+
+    data = "product_id,title\nP1,Café crème\n".encode() + b"P2,\xe2\x82x\n"  # a whole character, then a cut one
+    (tmp_path / "cut.csv").write_bytes(data)
+    for block in range(1, 9):  # a character cut by the end of a block, and a bad one the decoder held back
+        monkeypatch.setattr(catalog, "BLOCK", block)
+        assert catalog._not_utf8(tmp_path / "cut.csv") == (data.index(b"\xe2"), 3, b"\xe2", "invalid continuation byte")
+
+
+def test_the_refused_characters_are_searched_a_column_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    from retrieval import catalog
+
+    (tmp_path / "u.jsonl").write_text('{"product_id": "P1", "title": "café ™", "color": "rouge ✓"}\n'
+                                      '{"product_id": "P2", "title": "saw", "color": "bleu \\ud800"}\n')
+    looked: list[object] = []  # the cells checked one by one
+    real = catalog._check_characters
+    monkeypatch.setattr(catalog, "_check_characters", lambda value: (looked.append(value), real(value))[1])
+    products, report = read_catalog(tmp_path / "u.jsonl", skip_bad_rows=True)
+    assert products["product_id"].tolist() == ["P1"] and [(p.row, p.column) for p in report.problems] == [(2, "color")]
+    assert looked[3:] == ["rouge ✓", "bleu \ud800"]  # after the names: the column holding one, not the titles
+
+
+def test_the_products_hash_covers_every_column_in_any_row_order_and_survives_parquet(tmp_path: Path) -> None:
+    from retrieval.catalog import catalog_hash, products_hash
+
+    file = write_csv(tmp_path / "p.csv", "product_id,title,price,quantity,in_stock,brand\n"
+                                         "P1,Drill,10,3,yes,Dewalt\nP2,Saw,,,,\nP3,Hose,5.5,0,no,Acme\n")
+    products, _ = read_catalog(file)
+    products.to_parquet(tmp_path / "p.parquet")
+    assert products_hash(pd.read_parquet(tmp_path / "p.parquet")) == products_hash(products)
+    assert products_hash(products.iloc[::-1]) == products_hash(products)  # order-independent
+    pricier = products.assign(price=[11.0, None, 5.5])
+    assert catalog_hash(pricier) == catalog_hash(products) and products_hash(pricier) != products_hash(products)
+    assert products_hash(products.assign(brand=["Dewalt", None, "Bosch"])) != products_hash(products)
+    assert products_hash(products.assign(quantity=products["quantity"].astype("Int64"))) == products_hash(products)

@@ -83,6 +83,21 @@ def test_compaction_drops_dead_rows_without_reencoding(tmp_path: Path, settings:
     assert set(BM25Retriever(compacted).search("drill", 5).product_ids) == {"a", "d"}
 
 
+def test_a_compacted_index_still_reads_as_written_since_it_was_created(tmp_path: Path, settings: Settings,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server given a catalog compares it with an index never written since it was created (updated equals
+    created); one that was written, then compacted, is served as it is."""
+    from retrieval import index as module
+
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    created = index.manifest.created
+    monkeypatch.setattr(module, "_now", lambda: "2999-01-01T00:00:00+00:00")  # the writes come later
+    index.delete(["b", "c"])
+    compacted = index.compact(encoder, cache)
+    assert compacted.manifest.created == created  # before: the compaction's time, as if never written since
+    assert compacted.manifest.updated == "2999-01-01T00:00:00+00:00"
+
+
 def test_upsert_with_another_encoder_is_refused(tmp_path: Path, settings: Settings) -> None:
     index, _, cache = build(tmp_path, settings, ROWS)
     other = HashingEncoder()
@@ -485,3 +500,45 @@ def test_a_write_killed_after_its_commit_is_finished_by_the_next_load(tmp_path: 
     again = ProductIndex.load(index.path, settings.retrieval)
     assert again.count == 5 and BM25Retriever(again).search("remote", 5).product_ids == ["z"]
     assert not list(index.path.glob("pending-*"))
+
+
+def test_appended_vectors_are_on_disk_before_the_manifest_commits_them(tmp_path: Path, settings: Settings,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upsert appends its vectors in place, not in the folder of files its commit moves in: they are flushed
+    to disk before the manifest counts them, and an index whose vectors file lost committed rows anyway (a disk
+    that lied about its cache) is refused, naming the file and what to run."""
+    from core.errors import NotReady
+
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    synced: list[int] = []  # the inodes of the files and folders flushed, in order
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real(fd))[1])
+    index.upsert(catalog([("z", "ceiling fan remote")]), encoder, cache)
+    monkeypatch.undo()
+    vectors, manifest = (index.path / "vectors.f32").stat().st_ino, (index.path / "manifest.json").stat().st_ino
+    assert vectors in synced and synced.index(vectors) < synced.index(manifest)  # before: never flushed
+    os.truncate(index.path / "vectors.f32", 4 * encoder.dim * 4)  # the appended row lost
+    with pytest.raises(NotReady, match=r"vectors\.f32 holds the vectors of 4 of its 5 committed rows; rebuild it "
+                                       r"with the command that built it \(`shoprank \[--store NAME\] index"):
+        ProductIndex.load(index.path, settings.retrieval)  # before: ValueError, "cannot reshape array"
+
+
+def test_an_index_that_lost_vectors_names_the_command_of_its_store_and_name(tmp_path: Path,
+                                                                             settings: Settings) -> None:
+    """The advice names what the home's layout says of the folder: a store's index is built with --store, one
+    of another name with --name (before: `shoprank index --catalog FILE`, which builds the default store's)."""
+    from core.errors import NotReady
+    from core.paths import Home, rebuild_advice
+
+    encoder = HashingEncoder()
+    path = Home(tmp_path / "home", "acme").index("main", encoder.fingerprint)
+    ProductIndex.build(path, catalog(ROWS), encoder, settings.retrieval, EmbeddingCache(tmp_path / "cache.sqlite",
+                       encoder.dim), progress=False)
+    os.truncate(path / "vectors.f32", 3 * encoder.dim * 4)
+    with pytest.raises(NotReady, match=r"3 of its 4 committed rows; rebuild it with `shoprank --store acme index "
+                                       r"--name main --catalog FILE`"):
+        ProductIndex.load(path, settings.retrieval)
+    default = Home(tmp_path / "home").index("default", encoder.fingerprint)
+    assert rebuild_advice(default) == "rebuild it with `shoprank index --name default --catalog FILE`"
+    evaluation = Home(tmp_path / "home").eval_index("0" * 64, "1" * 64, encoder.fingerprint)
+    assert "evaluation dataset" in rebuild_advice(evaluation)

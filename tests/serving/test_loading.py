@@ -97,6 +97,55 @@ def test_a_catalog_given_to_a_home_that_serves_another_index_is_named(  # type: 
         open_index(demo, third)
 
 
+def test_an_evaluation_index_follows_its_datasets_attributes_without_encoding_again(  # type: ignore[no-untyped-def]
+        tmp_path, settings) -> None:
+    from retrieval.catalog import read_catalog
+    from serving.indexing import open_index
+    from tests.fakes import HashingEncoder
+
+    def dataset(body: str):  # type: ignore[no-untyped-def]
+        (tmp_path / "products.csv").write_text("product_id,title,price,in_stock,quantity,brand,color\n" + body)
+        return read_catalog(tmp_path / "products.csv")[0]
+
+    home, encoder = settings.model_copy(update={"home": tmp_path / "home"}), HashingEncoder()
+    first = open_index(home, encoder, dataset("a,cordless drill,10,yes,3,Dewalt,red\nb,garden hose,,,,,\n"))
+    again = open_index(home, encoder, dataset("a,cordless drill,10,yes,3,Dewalt,red\nb,garden hose,,,,,\n"))
+    assert again.manifest.build == first.manifest.build  # the same dataset read again: loaded, not rebuilt
+    encoded = len(encoder.encoded)
+    changed = open_index(home, encoder, dataset("a,cordless drill,999,no,0,Makita,red\nb,garden hose,5,,,Acme,\n"))
+    assert changed.path != first.path  # its own folder: the two datasets never rebuild each other's
+    assert changed.manifest.catalog_hash == first.manifest.catalog_hash  # the same text
+    assert changed.products[["price", "in_stock", "brand"]].to_dict("list") == {  # before: 10, True, Dewalt
+        "price": [999.0, 5.0], "in_stock": [False, None], "brand": ["Makita", "Acme"]}
+    assert len(encoder.encoded) == encoded  # the vectors came from the embedding cache
+    back = open_index(home, encoder, dataset("a,cordless drill,10,yes,3,Dewalt,red\nb,garden hose,,,,,\n"))
+    assert back.path == first.path and back.manifest.build == first.manifest.build  # before: rebuilt at each switch
+    assert back.products["price"].tolist()[0] == 10
+
+
+def test_an_evaluation_index_that_lost_vectors_is_built_again(  # type: ignore[no-untyped-def]
+        tmp_path, settings, caplog) -> None:
+    """An evaluation index whose vectors file lost committed rows is derived data: it is built again (from the
+    embedding cache), not refused with advice that would build the served index."""
+    import os
+
+    from retrieval.catalog import read_catalog
+    from serving.indexing import open_index
+    from tests.fakes import HashingEncoder
+
+    (tmp_path / "products.csv").write_text("product_id,title\na,cordless drill\nb,garden hose\nc,saw\n")
+    products, _ = read_catalog(tmp_path / "products.csv")
+    home, encoder = settings.model_copy(update={"home": tmp_path / "home"}), HashingEncoder()
+    first = open_index(home, encoder, products)
+    os.truncate(first.path / "vectors.f32", 2 * encoder.dim * 4)  # the last row's vector lost
+    encoded = len(encoder.encoded)
+    with caplog.at_level("WARNING", logger="serving.indexing"):
+        again = open_index(home, encoder, products)  # before: NotReady, "rebuild it with `shoprank index ...`"
+    assert again.path == first.path and again.manifest.build != first.manifest.build and again.count == 3
+    assert again.dense.vectors.shape == (3, encoder.dim) and len(encoder.encoded) == encoded
+    assert "evaluation dataset's index is built again" in caplog.text and "building it again" in caplog.text
+
+
 def test_store_features_a_down_store_could_not_give_are_read_once_it_answers() -> None:
     from serving.loading import warm_store_features
 
