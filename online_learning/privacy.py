@@ -7,7 +7,8 @@ about shoppers, by user id or session id:
   purchases): each file that holds their rows is written again without them (atomically; a
   file left empty is removed). A file the log sink recorded but did not rename into place
   (it stopped between the two) is renamed first, as the sink does when it starts, so that its
-  rows are erased too and not brought back by the sink's restart;
+  rows are erased too and not brought back by the sink's restart. The log's lock is held meanwhile
+  (:func:`~online_learning.consumers.log_sink.writing`): a sink waits, and writes its batch after;
 - the streaming feature state (their purchases) and their online profile (``user_profile``:
   recent items, category affinities, median price): the rows are deleted and every named
   shopper's profile is pushed again, empty (the caller's ``push``; else the streaming consumer
@@ -49,7 +50,7 @@ import pyarrow.parquet as pq
 
 from core.files import fsync_path, write_text_atomic
 from core.paths import Home
-from online_learning.consumers.log_sink import log_files, place, unplaced
+from online_learning.consumers.log_sink import log_files, place, unplaced, writing
 from online_learning.consumers.streaming_features import open_state
 from online_learning.event_log import hold_slot
 from online_learning.forget_list import ForgetList
@@ -104,26 +105,27 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
         report.listed = ForgetList(paths.forgotten).add(sorted(users), sorted(sessions), at)
     seen: set[str] = set()
     wanted = {"user_id": pa.array(sorted(users), pa.string()), "session_id": pa.array(sorted(sessions), pa.string())}
-    pending = unplaced(paths.event_log)  # files a stopped sink recorded (their event ids taken), not yet renamed
-    if not dry_run:
-        for path, tmp in pending:
-            place(path, tmp)
-    for kind in KINDS:
-        files = log_files(paths.event_log, kind)
-        if dry_run:  # read where they are: <kind>/date=/hour=/<file>
-            files += [tmp for _, tmp in pending if tmp.parents[2].name == kind]
-        for path in files:
-            table, found = _shopper_hits(path, wanted)
-            hit = found["user_id"] | found["session_id"]
-            if hit.any():
-                for column, label in (("user_id", "user"), ("session_id", "session")):
-                    if found[column].any():
-                        values = table.column(column).filter(pa.array(found[column])).to_pylist()
-                        seen |= {f"{label} {v}" for v in values}
-                report.log_rows[kind] += int(hit.sum())
-                report.log_files += 1
-                if not dry_run:
-                    _replace(path, pq.read_table(path).filter(pa.array(~hit)))
+    with writing(paths.event_log):  # no sink writes meanwhile, nor removes the files erased below
+        pending = unplaced(paths.event_log)  # files a stopped sink recorded (their ids taken), not yet renamed
+        if not dry_run:
+            for path, tmp in pending:
+                place(path, tmp)
+        for kind in KINDS:
+            files = log_files(paths.event_log, kind)
+            if dry_run:  # read where they are: <kind>/date=/hour=/<file>
+                files += [tmp for _, tmp in pending if tmp.parents[2].name == kind]
+            for path in files:
+                table, found = _shopper_hits(path, wanted)
+                hit = found["user_id"] | found["session_id"]
+                if hit.any():
+                    for column, label in (("user_id", "user"), ("session_id", "session")):
+                        if found[column].any():
+                            values = table.column(column).filter(pa.array(found[column])).to_pylist()
+                            seen |= {f"{label} {v}" for v in values}
+                    report.log_rows[kind] += int(hit.sum())
+                    report.log_files += 1
+                    if not dry_run:
+                        _replace(path, pq.read_table(path).filter(pa.array(~hit)))
     owners = _purchases_of(paths.streaming_state, lambda user, ts: user in users)
     report.purchases = len(owners)
     profiled = paths.streaming_state.is_file() or (paths.features / "user_profile.parquet").is_file()
@@ -161,17 +163,18 @@ def prune(paths: Home, keep_days: int, now: datetime, dry_run: bool = False,
     the shadow-scoring records and, without ``kafka``, the spool's lines older than that."""
     first: date = (now - timedelta(days=keep_days)).date()
     report = PruneReport(first.isoformat())
-    for kind in KINDS:
-        for folder in sorted((paths.event_log / kind).glob("date=*")):
-            try:
-                day = date.fromisoformat(folder.name.removeprefix("date="))
-            except ValueError:
-                continue  # not a folder the log sink writes
-            if day < first:
-                report.log_days[kind] += 1
-                report.log_files += sum(1 for _ in folder.rglob("*.parquet"))
-                if not dry_run:
-                    shutil.rmtree(folder)
+    with writing(paths.event_log):  # no sink writes in a day while it is removed
+        for kind in KINDS:
+            for folder in sorted((paths.event_log / kind).glob("date=*")):
+                try:
+                    day = date.fromisoformat(folder.name.removeprefix("date="))
+                except ValueError:
+                    continue  # not a folder the log sink writes
+                if day < first:
+                    report.log_days[kind] += 1
+                    report.log_files += sum(1 for _ in folder.rglob("*.parquet"))
+                    if not dry_run:
+                        shutil.rmtree(folder)
     cutoff = datetime.combine(first, datetime.min.time(), tzinfo=now.tzinfo)
     old = _purchases_of(paths.streaming_state, lambda user, ts: datetime.fromisoformat(ts) < cutoff)
     report.purchases = len(old)

@@ -158,6 +158,55 @@ def test_sink_recovers_a_file_recorded_but_not_renamed(tmp_path: Path, monkeypat
     assert len(list((tmp_path / "log").rglob("*.parquet"))) == 1
 
 
+def test_a_sink_starting_leaves_the_files_another_sink_is_writing(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second sink (``events import``, another consumer) starting while the first has written and recorded
+    a file, and not yet renamed it, waits for it: removing the file then lost its events for good (their ids
+    were taken, so Kafka's re-delivery was dropped)."""
+    import online_learning.consumers.log_sink as log_sink
+
+    root = tmp_path / "log"
+    live = ParquetLogSink(root)
+    batch = [Delivered(INTERACTIONS_TOPIC, 0, i, e) for i, e in enumerate(events(6)) if isinstance(e, InteractionEvent)]
+    starting: list[threading.Thread] = []
+    real_mark = log_sink.mark
+
+    def mark(db, keys):  # type: ignore[no-untyped-def]
+        starting.append(threading.Thread(target=ParquetLogSink, args=(root,)))  # starts between steps 2 and 4
+        starting[0].start()
+        starting[0].join(1.0)  # it waits for the lock (without it, it removed the temporary file by now)
+        return real_mark(db, keys)
+
+    monkeypatch.setattr(log_sink, "mark", mark)
+    live(batch)
+    starting[0].join(30)
+    assert not starting[0].is_alive() and len(read_log(root, "interactions")) == len(batch)
+
+
+def test_a_file_removed_before_it_is_renamed_is_written_when_its_batch_comes_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A temporary file removed under the sink (by a process that does not take the log's lock) fails the batch
+    and its events are taken again, instead of being counted as written and dropped as repeats."""
+    import online_learning.consumers.log_sink as log_sink
+
+    root = tmp_path / "log"
+    sink = ParquetLogSink(root)
+    batch = [Delivered(INTERACTIONS_TOPIC, 0, i, e) for i, e in enumerate(events(6)) if isinstance(e, InteractionEvent)]
+    real_mark = log_sink.mark
+
+    def mark(db, keys):  # type: ignore[no-untyped-def]
+        for tmp in root.rglob("*.parquet.tmp"):
+            tmp.unlink()
+        return real_mark(db, keys)
+
+    monkeypatch.setattr(log_sink, "mark", mark)
+    with pytest.raises(FileNotFoundError):
+        sink(batch)
+    monkeypatch.setattr(log_sink, "mark", real_mark)
+    sink(batch)  # the loop reads the batch again
+    assert sink.duplicates == 0 and len(read_log(root, "interactions")) == len(batch)
+
+
 def test_the_sink_keeps_the_filters_of_each_search(tmp_path: Path) -> None:
     sink = ParquetLogSink(tmp_path / "log")
     sink([Delivered(RANKINGS_TOPIC, 0, i, e) for i, e in enumerate(events(6)) if isinstance(e, RankingEvent)])
