@@ -75,12 +75,13 @@ def exclusive(path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def holding(lock_file: Path) -> Iterator[None]:
+def holding(lock_file: Path, shared: bool = False) -> Iterator[None]:
     """Hold ``fcntl.flock`` on ``lock_file`` (made, with its folder, if missing), waiting while another process
-    or thread holds it."""
+    or thread holds it. ``shared``: a lock many may hold at once, that waits only for (and holds off) the one
+    who holds it alone: readers that must not see a change half made, while each writer holds it alone."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with lock_file.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:

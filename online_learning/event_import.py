@@ -19,6 +19,7 @@ import gzip
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
     of shoppers ``forget`` lists as erased after them are counted and left out."""
     report = ImportReport(str(path))
     if forget is not None:
-        forget.refresh()
+        forget.refresh()  # for a dry run's count; each batch written reads it again (_write)
     if strict or dry_run:
         for n, line in tqdm(lines_of(path), desc="validate", unit="event", disable=not progress):
             event = _check(report, n, line)
@@ -162,15 +163,13 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
     pending: list[Delivered] = []
     for n, line in tqdm(lines_of(path), desc="import", unit="event", disable=not progress):
         event = _check(report, n, line)
-        if event is not None and forget is not None and forget.erased(event):
-            report.forgotten += 1
-        elif event is not None:
+        if event is not None:
             kind = "rankings" if isinstance(event, RankingEvent) else "interactions"
             pending.append(Delivered(f"import.{store or 'default'}.{kind}", 0, n, event))
         if len(pending) >= batch:
-            _write(report, pending, sink, publish)
+            _write(report, pending, sink, publish, forget)
             pending = []
-    _write(report, pending, sink, publish)
+    _write(report, pending, sink, publish, forget)
     return report
 
 
@@ -196,15 +195,24 @@ def _check(report: ImportReport, n: int, line: str | ValueError) -> RankingEvent
 
 
 def _write(report: ImportReport, batch: list[Delivered], sink: ParquetLogSink | None,
-           publish: EventLog | None) -> None:
+           publish: EventLog | None, forget: ForgetList | None) -> None:
+    """Write ``batch`` less the events of erased shoppers, holding the erasure list's lock shared from its
+    reading until the batch is written, as the consumers do (:class:`ForgetList`): an erasure listed
+    meanwhile waits, then finds the batch's rows at rest."""
     if not batch:
         return
-    if publish is not None:
-        publish.append([d.event for d in batch], durable=True)
-        report.written += len(batch)
-        return
-    assert sink is not None
-    written, duplicates = sink.written, sink.duplicates
-    sink(sorted(batch, key=lambda d: d.event.timestamp))
-    report.written += sink.written - written
-    report.duplicates += sink.duplicates - duplicates
+    with forget.reading() if forget is not None else nullcontext():
+        if forget is not None:
+            batch, dropped = forget.keep(batch, lambda d: d.event)
+            report.forgotten += dropped
+        if not batch:
+            return
+        if publish is not None:
+            publish.append([d.event for d in batch], durable=True)
+            report.written += len(batch)
+            return
+        assert sink is not None
+        written, duplicates = sink.written, sink.duplicates
+        sink(sorted(batch, key=lambda d: d.event.timestamp))
+        report.written += sink.written - written
+        report.duplicates += sink.duplicates - duplicates

@@ -179,6 +179,75 @@ def test_the_consumers_drop_an_erased_shoppers_events_that_were_still_in_kafka(t
     assert "u1" not in set(read_log(tmp_path / "log", "rankings")["user_id"])
 
 
+def forget_while_writing(paths: Home, write, at: datetime):  # type: ignore[no-untyped-def]
+    """``write`` (a batch's handling) that runs ``forget`` of u1 from another thread as it starts, gives it a
+    second, and then writes: an erasure that does not wait finds none of the batch's rows."""
+    import threading
+
+    erasing: list[threading.Thread] = []
+
+    def handle(batch: list[Delivered]) -> None:
+        if not erasing:
+            erasing.append(threading.Thread(target=forget, args=(paths, ["u1"], [], at)))
+            erasing[0].start()
+            erasing[0].join(1.0)
+        write(batch)
+
+    return handle, erasing
+
+
+@pytest.mark.integration
+def test_an_erasure_waits_for_the_batch_a_consumer_is_writing(tmp_path: Path) -> None:
+    """The consumer filters a batch by the erasure list, then writes it: ``events forget`` listing and erasing
+    in between found nothing, and the batch then wrote the erased shopper's rows."""
+    paths = Home(tmp_path / "home")
+    handle, erasing = forget_while_writing(paths, ParquetLogSink(paths.event_log), T0 + timedelta(days=1))
+    with LocalBroker(log=tmp_path / "tansu.log") as broker:
+        create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
+        publish(broker, tmp_path / "spool", events(14))
+        loop = ConsumerLoop(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC], handle,
+                            tmp_path / "dead.jsonl", forget=ForgetList(paths.forgotten))
+        run_loop(loop)
+    erasing[0].join(30)
+    assert loop.consumed > 0 and "u1" not in set(read_log(paths.event_log, "rankings")["user_id"])
+
+
+def test_an_erasure_waits_for_the_batch_an_import_is_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import online_learning.event_import as event_import
+
+    paths = Home(tmp_path / "home")
+    source = tmp_path / "old.jsonl"
+    source.write_text("".join(e.model_dump_json() + "\n" for e in events(10)))
+
+    class Sink(ParquetLogSink):
+        def __call__(self, batch: list[Delivered]) -> None:
+            handle(batch)
+
+    sink = Sink(paths.event_log)
+    handle, erasing = forget_while_writing(paths, lambda batch: ParquetLogSink.__call__(sink, batch),
+                                           T0 + timedelta(days=1))
+    monkeypatch.setattr(event_import, "ParquetLogSink", lambda root: sink)
+    import_events(source, paths.event_log, progress=False, forget=ForgetList(paths.forgotten))
+    erasing[0].join(30)
+    assert sink.written > 0 and "u1" not in set(read_log(paths.event_log, "rankings")["user_id"])
+
+
+def test_a_damaged_line_of_the_erasure_list_is_skipped_and_the_next_erasure_kept(tmp_path: Path) -> None:
+    """An ``add`` stopped while it wrote leaves a line cut short: reading the list raised at every batch (the
+    consumers and ``events import`` died), and the next ``add`` ran on from it."""
+    path = tmp_path / "forgotten.jsonl"
+    ForgetList(path).add(["u0"], [], T0 + timedelta(days=1))
+    with path.open("a") as handle:
+        handle.write('{"id": "ab12')  # cut short
+    click = InteractionEvent(type="click", event_id="c1", request_id="r1", timestamp=T0, user_id="u9", product_id="p0")
+    assert ForgetList(path).keep([click], lambda e: e) == ([click], 0)
+    ForgetList(path).add(["u9"], [], T0 + timedelta(days=1))
+    with path.open("a") as handle:
+        handle.write("not json\n")  # damaged by hand
+    erased = ForgetList(path)
+    assert erased.keep([click], lambda e: e) == ([], 1) and len(erased) == 2
+
+
 def test_prune_keeps_the_window_and_the_commands_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     paths = Home(tmp_path / "home")
