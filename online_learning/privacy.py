@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from core.files import fsync_path, write_text_atomic
 from core.paths import Home
 from online_learning.consumers.log_sink import log_files, place, unplaced, writing
-from online_learning.consumers.streaming_features import open_state
+from online_learning.consumers.streaming_features import mark_dirty, open_state
 from online_learning.event_log import hold_slot
 from online_learning.forget_list import ForgetList
 
@@ -247,7 +247,7 @@ def _drop_purchases(state: Path, purchases: dict[str, str], dry_run: bool, push:
             for start in range(0, len(events), 900):
                 chunk = events[start : start + 900]
                 db.execute(f"DELETE FROM purchases WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)
-            db.executemany("INSERT OR IGNORE INTO dirty VALUES ('user', ?)", [(u,) for u in users])
+            mark_dirty(db, "user", users)  # a new mark, even on one a push in flight read
     finally:
         db.close()
     if push is None:

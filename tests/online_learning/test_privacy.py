@@ -248,6 +248,37 @@ def test_a_damaged_line_of_the_erasure_list_is_skipped_and_the_next_erasure_kept
     assert erased.keep([click], lambda e: e) == ([], 1) and len(erased) == 2
 
 
+def test_a_profile_reset_while_the_consumer_pushes_it_is_pushed_again(tmp_path: Path) -> None:
+    """``events forget`` marks the shopper's profile to push while the consumer is pushing it with the erased
+    purchases: the consumer then un-marked what it had read, the new mark with it, and the online store kept
+    the erased purchases."""
+    import sqlite3
+
+    paths = Home(tmp_path / "home")
+    online: dict[str, list[str]] = {}
+
+    def push(source: str, frame: pd.DataFrame) -> None:
+        if source == "user_activity_push" and not online:  # the push takes a moment: forget runs meanwhile
+            forget(paths, ["u1"], [], T0 + timedelta(days=1), kafka=True)
+        if source == "user_activity_push":
+            online.update({row["user_id"]: row["recent_items"] for row in frame.to_dict("records")})
+
+    features = StreamingFeatures(paths.streaming_state, {"p1": (3, 10.0)}, push)
+    bought = InteractionEvent(type="purchase", event_id="b1", request_id="r1", timestamp=T0, user_id="u1",
+                              product_id="p1", revenue=10.0)
+    features(delivered([bought]))
+    assert online["u1"] == ["p1"]  # pushed as read, before the erasure
+    features._flush_dirty()  # the consumer's next batch
+    assert online["u1"] == []
+    legacy = tmp_path / "legacy.sqlite"  # a state made before marks had a generation
+    with sqlite3.connect(legacy) as db:
+        db.execute("CREATE TABLE dirty (kind TEXT, key TEXT, PRIMARY KEY (kind, key))")
+        db.execute("INSERT INTO dirty VALUES ('user', 'u2')")
+    pushed = Pushed()
+    StreamingFeatures(legacy, {}, pushed)  # pushes what was left marked, at its start
+    assert [list(frame["user_id"]) for _, frame in pushed.frames] == [["u2"]]
+
+
 def test_prune_keeps_the_window_and_the_commands_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     paths = Home(tmp_path / "home")
