@@ -97,12 +97,18 @@ def spool_lines(root: Path) -> Iterator[tuple[int, str | ValueError]]:
                 f"{name} line {k}: a spool record holds an event under 'value'")
 
 
+def is_spool(path: Path) -> bool:
+    """Whether ``path`` is an event spool folder (maybe with nothing in it yet): its events were accepted by
+    a server before, so their timestamps are not checked against this machine's clock again."""
+    return path.is_dir() and (path.name == "event_spool" or any(path.glob("slot-*/segment-*.jsonl"))
+                              or any(path.glob("segment-*.jsonl")))
+
+
 def lines_of(path: Path) -> Iterator[tuple[int, str | ValueError]]:
     """(line number, one event's JSON) of a JSONL file or a JSON array (numbered by element, from 1), or of an
     event spool folder (:func:`spool_lines`); a line that is not UTF-8 comes as the error, to be reported as
     an invalid line."""
-    if path.is_dir() and (path.name == "event_spool" or any(path.glob("slot-*/segment-*.jsonl"))
-                          or any(path.glob("segment-*.jsonl"))):  # a spool, maybe with nothing in it yet
+    if is_spool(path):
         yield from spool_lines(path)
         return
     if not path.is_file():
@@ -149,11 +155,12 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
     writes a few files per batch, a shuffled one a file for every hour the batch spans. The events
     of shoppers ``forget`` lists as erased after them are counted and left out."""
     report = ImportReport(str(path))
+    stored = is_spool(path)
     if forget is not None:
         forget.refresh()  # for a dry run's count; each batch written reads it again (_write)
     if strict or dry_run:
         for n, line in tqdm(lines_of(path), desc="validate", unit="event", disable=not progress):
-            event = _check(report, n, line)
+            event = _check(report, n, line, stored)
             if dry_run and event is not None and forget is not None and forget.erased(event):
                 report.forgotten += 1  # a dry run counts what the import would leave out
         if dry_run or report.invalid:
@@ -162,7 +169,7 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
     sink = None if publish is not None else ParquetLogSink(log_root)
     pending: list[Delivered] = []
     for n, line in tqdm(lines_of(path), desc="import", unit="event", disable=not progress):
-        event = _check(report, n, line)
+        event = _check(report, n, line, stored)
         if event is not None:
             kind = "rankings" if isinstance(event, RankingEvent) else "interactions"
             pending.append(Delivered(f"import.{store or 'default'}.{kind}", 0, n, event))
@@ -173,13 +180,14 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
     return report
 
 
-def _check(report: ImportReport, n: int, line: str | ValueError) -> RankingEvent | InteractionEvent | None:
+def _check(report: ImportReport, n: int, line: str | ValueError,
+           stored: bool = False) -> RankingEvent | InteractionEvent | None:
     report.lines += 1
     if isinstance(line, ValueError):
         report.reject(n, line)
         return None
     try:
-        event = parse(line)
+        event = parse(line, stored)
     except (ValidationError, ValueError) as err:
         report.reject(n, err)
         return None

@@ -109,7 +109,8 @@ class ConsumerLoop:
             for records in polled.values():
                 for record in records:
                     try:
-                        batch.append(Delivered(record.topic, record.partition, record.offset, parse(record.value)))
+                        event = parse(record.value, stored=True)  # accepted before: not checked against this clock
+                        batch.append(Delivered(record.topic, record.partition, record.offset, event))
                     except (ValueError, TypeError) as err:  # not an event (a record without a value too)
                         self._dead_letter(record, err)
             batch, dropped, failed = self._filter_and_handle(batch)

@@ -175,3 +175,31 @@ def test_the_spool_of_a_server_without_kafka_is_imported_once(tmp_path: Path, mo
         lock.close()
     finally:
         get_settings.cache_clear()
+
+
+def test_an_accepted_event_is_read_back_on_a_machine_whose_clock_is_behind(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timestamp's limit (24 hours ahead of the clock) is checked where an event comes in: a consumer, or
+    ``events import --spool``, on a machine a few minutes behind the server read an event the server accepted
+    23h58 ahead as invalid, and dead-lettered it."""
+    import online_learning.events as events
+
+    ahead = events.InteractionEvent(type="click", event_id="e1", request_id="r1", product_id="p1",
+                                    timestamp=datetime.now(UTC) + timedelta(hours=23, minutes=58))  # accepted
+    spool = tmp_path / "event_spool"
+    log = EventLog(spool)
+    log.append([ahead])
+    log.close()
+    (tmp_path / "events.jsonl").write_text(ahead.model_dump_json() + "\n")
+
+    class Behind(datetime):  # this machine's clock, 5 minutes behind the server's
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+            return datetime.now(tz) - timedelta(minutes=5)
+
+    monkeypatch.setattr(events, "datetime", Behind)
+    assert events.parse(ahead.model_dump_json(), stored=True) == ahead
+    with pytest.raises(ValueError, match="24 hours ahead"):
+        events.parse(ahead.model_dump_json())  # taken in here: checked against this clock
+    assert import_events(spool, tmp_path / "log", progress=False).written == 1
+    assert import_events(tmp_path / "events.jsonl", tmp_path / "log2", progress=False).invalid == 1
