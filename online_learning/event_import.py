@@ -89,7 +89,7 @@ def spool_lines(root: Path) -> Iterator[tuple[int, str | ValueError]]:
                 break
             try:
                 record = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as err:
+            except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: nested too deep
                 yield n, ValueError(f"{name} line {k}: not a spool record ({err})")
                 continue
             value = record.get("value") if isinstance(record, dict) else None
@@ -124,7 +124,7 @@ def lines_of(path: Path) -> Iterator[tuple[int, str | ValueError]]:
             if kind == ".json":
                 try:
                     items = json.loads(raw.read().decode("utf-8-sig"))
-                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:  # nested past Python's stack
                     raise InvalidInput(f"{path.name} is not one JSON array of UTF-8 text: {err}; for a file of one "
                                        "event per line name it .jsonl") from None
                 if not isinstance(items, list):

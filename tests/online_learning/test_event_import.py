@@ -203,3 +203,16 @@ def test_an_accepted_event_is_read_back_on_a_machine_whose_clock_is_behind(tmp_p
         events.parse(ahead.model_dump_json())  # taken in here: checked against this clock
     assert import_events(spool, tmp_path / "log", progress=False).written == 1
     assert import_events(tmp_path / "events.jsonl", tmp_path / "log2", progress=False).invalid == 1
+
+
+def test_json_nested_too_deep_is_an_invalid_file_or_line(tmp_path: Path) -> None:
+    """Nesting past Python's stack raised RecursionError out of the import (a traceback, not a report)."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "events.json").write_text(f"[{deep}]")
+    with pytest.raises(InvalidInput, match="not one JSON array"):
+        import_events(tmp_path / "events.json", tmp_path / "log", progress=False)
+    spool = tmp_path / "event_spool"
+    spool.mkdir()
+    (spool / "segment-00000000.jsonl").write_text(f'{{"topic": "t", "value": {deep}}}\n')
+    report = import_events(spool, tmp_path / "log", progress=False)
+    assert report.invalid == 1 and "not a spool record" in report.errors[0]
