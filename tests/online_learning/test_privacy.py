@@ -232,6 +232,107 @@ def test_an_erasure_waits_for_the_batch_an_import_is_writing(tmp_path: Path, mon
     assert sink.written > 0 and "u1" not in set(read_log(paths.event_log, "rankings")["user_id"])
 
 
+def test_an_erasure_waits_only_for_the_batches_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Two consumers whose batches overlap hold the list's lock shared without a gap between them, and
+    ``flock`` goes on granting it shared while an erasure waits to hold it alone: the erasure waited as long
+    as their backlog lasted. Each thread opens the lock files anew, as another process would."""
+    import threading
+    import time
+
+    path = tmp_path / "privacy" / "forgotten.jsonl"
+    monkeypatch.setattr(ForgetList, "WAIT_WARNING_S", 0.1)
+    backlog_over = threading.Event()
+    backlog_end = threading.Timer(6.0, backlog_over.set)  # in case the erasure waits for it
+    backlog_end.start()
+
+    def consumer(start: float) -> None:
+        erased = ForgetList(path)
+        time.sleep(start)
+        while not backlog_over.is_set():
+            with erased.reading():
+                time.sleep(0.3)  # a batch written
+            time.sleep(0.01)  # commit, and a poll that answers at once
+
+    consumers = [threading.Thread(target=consumer, args=(start,)) for start in (0.0, 0.15)]
+    for thread in consumers:
+        thread.start()
+    time.sleep(0.8)
+    began = time.monotonic()
+    with caplog.at_level("WARNING", logger="online_learning.forget_list"):
+        ForgetList(path).add(["u1"], [], T0)
+        waited = time.monotonic() - began
+        time.sleep(0.3)
+    backlog_over.set()
+    backlog_end.cancel()
+    for thread in consumers:
+        thread.join(30)
+    assert waited < 2.0  # the batches in flight (0.3 s each), not the 5 s left of the backlog
+    assert len([r for r in caplog.records if "waiting for the batches" in r.getMessage()]) <= 1  # said once
+    assert len(ForgetList(path)) == 1
+
+
+def test_an_erasure_waiting_long_says_so_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    path = tmp_path / "privacy" / "forgotten.jsonl"
+    monkeypatch.setattr(ForgetList, "WAIT_WARNING_S", 0.1)
+    erasing = threading.Thread(target=ForgetList(path).add, args=(["u1"], [], T0))
+    with caplog.at_level("WARNING", logger="online_learning.forget_list"):
+        with ForgetList(path).reading():  # a slow batch
+            erasing.start()
+            erasing.join(0.6)
+            assert erasing.is_alive()
+        erasing.join(30)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: waiting for the batches the consumers and imports are writing (no new batch starts meanwhile)"]
+
+
+# a consumer's batch (one click of u2, one of u1 before the erasure) filtered by the erasure list at argv[1]
+CONSUMER_BATCH = """
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from online_learning.consumers.base import ConsumerLoop, Delivered
+from online_learning.events import InteractionEvent
+from online_learning.forget_list import ForgetList
+loop = ConsumerLoop("127.0.0.1:1", "g", ["t"], lambda batch: print("handled", len(batch)), Path(sys.argv[2]),
+                    forget=ForgetList(Path(sys.argv[1])))
+at = datetime(2024, 1, 1, tzinfo=timezone.utc)
+batch = [Delivered("t", 0, i, InteractionEvent(type="click", event_id=f"e{i}", request_id="r", product_id="p",
+                                               user_id=user, timestamp=at)) for i, user in enumerate(["u2", "u1"])]
+print("dropped", loop._filter_and_handle(batch)[1])
+"""
+
+
+def test_a_consumer_filters_by_an_erasure_list_another_user_made(tmp_path: Path) -> None:
+    """``events forget`` run by an operator makes the list and its locks, read-only to the consumers' service
+    user (the key made readable to it, as a deployment shares it): a batch took the lock by opening it to
+    write, and failed. A list made before it had locks (none there, none to be made) is read without them."""
+    from tests.helpers import as_another_user
+
+    privacy = tmp_path / "privacy"
+    path = privacy / "forgotten.jsonl"
+    ForgetList(path).add(["u1"], [], T0 + timedelta(days=1))
+    for made in privacy.iterdir():
+        made.chmod(0o444)
+    privacy.chmod(0o555)
+    try:
+        run = as_another_user(CONSUMER_BATCH, str(path), str(tmp_path / "dead.jsonl"))
+        assert run.returncode == 0 and run.stdout.split() == ["handled", "1", "dropped", "1"], run.stderr
+        privacy.chmod(0o755)
+        for lock in privacy.glob("*.lock"):
+            lock.unlink()
+        privacy.chmod(0o555)
+        run = as_another_user(CONSUMER_BATCH, str(path), str(tmp_path / "dead.jsonl"))
+    finally:
+        privacy.chmod(0o755)
+    assert run.returncode == 0 and run.stdout.split() == ["handled", "1", "dropped", "1"], run.stderr
+    assert run.stderr.count("forgotten.jsonl.lock is not there and this process may not make it") == 1
+    assert sorted(p.name for p in privacy.iterdir()) == ["forgotten.jsonl", "forgotten.key"]
+
+
 def test_a_damaged_line_of_the_erasure_list_is_skipped_and_the_next_erasure_kept(tmp_path: Path) -> None:
     """An ``add`` stopped while it wrote leaves a line cut short: reading the list raised at every batch (the
     consumers and ``events import`` died), and the next ``add`` ran on from it."""
