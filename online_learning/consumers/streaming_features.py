@@ -61,8 +61,12 @@ def open_state(state: Path) -> sqlite3.Connection:
         CREATE INDEX IF NOT EXISTS daily_by_day ON daily (day);
     """)
     if "generation" not in {row[1] for row in db.execute("PRAGMA table_info(dirty)")}:  # a state made before
-        with db:
-            db.execute("ALTER TABLE dirty ADD COLUMN generation INT NOT NULL DEFAULT 0")
+        try:
+            with db:
+                db.execute("ALTER TABLE dirty ADD COLUMN generation INT NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as error:  # another process opening the state added it since the look
+            if "duplicate column" not in str(error):
+                raise
     ensure_table(db)
     return db
 

@@ -274,6 +274,48 @@ def test_a_quiet_products_counts_drop_in_the_online_store_as_its_days_leave_the_
     assert pushed[before:] == [{"p_new"}]
 
 
+def test_two_processes_opening_a_state_made_before_marks_had_a_generation(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consumer starting and ``events forget`` open an old state at once: both looked for the column, and
+    the second to add it failed ("duplicate column name: generation")."""
+    import sqlite3
+
+    import online_learning.consumers.streaming_features as streaming_features
+
+    state = tmp_path / "state.sqlite"
+    with sqlite3.connect(state) as db:
+        db.execute("CREATE TABLE dirty (kind TEXT, key TEXT, PRIMARY KEY (kind, key))")
+        db.execute("INSERT INTO dirty VALUES ('user', 'u1')")
+    connect = sqlite3.connect
+
+    class Late:  # a connection whose look at the columns comes just before the other process adds the column
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.db = connect(*args, **kwargs)  # type: ignore[arg-type]
+
+        def execute(self, sql: str, *args: object) -> object:
+            if sql != "PRAGMA table_info(dirty)":
+                return self.db.execute(sql, *args)
+            rows = self.db.execute(sql, *args).fetchall()
+            with connect(state) as other:
+                other.execute("ALTER TABLE dirty ADD COLUMN generation INT NOT NULL DEFAULT 0")
+            return rows
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.db, name)
+
+        def __enter__(self) -> object:
+            return self.db.__enter__()
+
+        def __exit__(self, *exc: object) -> object:
+            return self.db.__exit__(*exc)
+
+    monkeypatch.setattr(streaming_features.sqlite3, "connect", Late)
+    streaming_features.open_state(state).close()
+    monkeypatch.undo()
+    with sqlite3.connect(state) as db:
+        assert db.execute("SELECT kind, key, generation FROM dirty").fetchall() == [("user", "u1", 0)]
+
+
 def test_an_online_store_out_of_reach_delays_the_features_and_loses_nothing(broker: LocalBroker,
                                                                            tmp_path: Path) -> None:
     publish(broker, tmp_path / "spool", events(20))
