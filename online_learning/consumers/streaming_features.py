@@ -17,7 +17,8 @@ do in the state (a quiet product's counts fall to 0 rather than freezing).
 No loss, no double counting across crashes: the event ids, the counts and a
 "dirty" mark on what changed are committed in one sqlite transaction; the
 dirty rows are then pushed and un-marked (those read, by generation: a mark
-made again during the push stays); only then are offsets committed. A
+made again during the push stays; one process pushes at a time, so the last
+push sends the latest state); only then are offsets committed. A
 re-delivered event is recognised by id and skipped; a push interrupted by a
 crash is redone at start (pushing absolute values twice is harmless).
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.files import holding
 from online_learning.consumers.base import Delivered
 from online_learning.consumers.seen import ensure_table, key_of, mark, seen
 from online_learning.events import InteractionEvent, RankingEvent
@@ -235,6 +237,7 @@ class StreamingFeatures:
 
     def __init__(self, state: Path, products: Products | Callable[[], Products], push: Push) -> None:
         self.db = open_state(state)
+        self.push_lock = state.with_name(f"{state.name}.push.lock")  # see _flush_dirty
         self._current = products if callable(products) else None
         self.products = products() if callable(products) else products
         self.push = push
@@ -315,20 +318,26 @@ class StreamingFeatures:
         return pd.DataFrame(rows)
 
     def _flush_dirty(self) -> None:
-        dirty = self.db.execute("SELECT kind, key, generation FROM dirty").fetchall()
-        if not dirty:
-            return
-        products = [k for kind, k, _ in dirty if kind == "product"]
-        users = [k for kind, k, _ in dirty if kind == "user"]
-        if products:
-            self.push("popularity_push", self.popularity(products))
-            self.pushed["popularity"] += len(products)
-        if users:
-            self.push("user_activity_push", self.profiles(users))
-            self.pushed["users"] += len(users)
-        with self.db:
-            # the marks as read: one made again meanwhile (a new generation) is pushed next time
-            self.db.executemany("DELETE FROM dirty WHERE kind = ? AND key = ? AND generation = ?", dirty)
+        """Push what is marked and un-mark it, one process at a time (``<state>.push.lock``). The marks are
+        read, the rows built and pushed and the marks read deleted while it is held: a push reads the state
+        after the pushes before it ended, and lands after them. Else a push built before ``events forget``
+        deleted a shopper's purchases could land after the erasure's own push (which took its new mark),
+        and the online store would keep the erased profile, with no mark left to push it again."""
+        with holding(self.push_lock):
+            dirty = self.db.execute("SELECT kind, key, generation FROM dirty").fetchall()
+            if not dirty:
+                return
+            products = [k for kind, k, _ in dirty if kind == "product"]
+            users = [k for kind, k, _ in dirty if kind == "user"]
+            if products:
+                self.push("popularity_push", self.popularity(products))
+                self.pushed["popularity"] += len(products)
+            if users:
+                self.push("user_activity_push", self.profiles(users))
+                self.pushed["users"] += len(users)
+            with self.db:
+                # the marks as read: one made again meanwhile (a new generation) is pushed next time
+                self.db.executemany("DELETE FROM dirty WHERE kind = ? AND key = ? AND generation = ?", dirty)
 
 
 def feast_push(store) -> Push:  # type: ignore[no-untyped-def]

@@ -380,6 +380,56 @@ def test_a_profile_reset_while_the_consumer_pushes_it_is_pushed_again(tmp_path: 
     assert [list(frame["user_id"]) for _, frame in pushed.frames] == [["u2"]]
 
 
+def test_a_push_built_before_an_erasure_does_not_land_after_it(tmp_path: Path) -> None:
+    """A consumer starting pushes what a failed push left marked (no erasure lock is held there), slowly;
+    ``events forget`` meanwhile deletes the purchases, marks the profile and pushes it empty, taking its
+    mark: the consumer's push, built before the erasure, landed last, and no mark was left to send the
+    empty profile again."""
+    import sqlite3
+    import threading
+
+    paths = Home(tmp_path / "home")
+    products = {"p1": (3, 10.0)}
+    online: dict[str, list[str]] = {}
+    bought = InteractionEvent(type="purchase", event_id="b1", request_id="r1", timestamp=T0, user_id="u1",
+                              product_id="p1", revenue=10.0)
+
+    def down(source: str, frame: pd.DataFrame) -> None:
+        raise ConnectionError("the online store is out of reach")
+
+    with pytest.raises(ConnectionError):  # the purchase is counted, its profile left marked
+        StreamingFeatures(paths.streaming_state, products, down)(delivered([bought]))
+    built, landing = threading.Event(), threading.Event()
+
+    def slow(source: str, frame: pd.DataFrame) -> None:  # the consumer's push, slow on the network
+        if source == "user_activity_push":
+            built.set()
+            landing.wait(30)
+            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
+
+    def fast(source: str, frame: pd.DataFrame) -> None:  # the erasure's own push
+        if source == "user_activity_push":
+            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
+
+    starting = threading.Thread(target=lambda: StreamingFeatures(paths.streaming_state, products, slow).db.close())
+    starting.start()
+    assert built.wait(30)
+    reports = []
+    erasing = threading.Thread(target=lambda: reports.append(forget(
+        paths, ["u1"], [], T0 + timedelta(days=1),
+        push=lambda: StreamingFeatures(paths.streaming_state, products, fast).db.close())))
+    erasing.start()
+    erasing.join(1.0)
+    assert erasing.is_alive()  # its push waits for the one in flight
+    landing.set()
+    starting.join(30)
+    erasing.join(30)
+    assert reports[0].purchases == 1 and reports[0].profiles == "1 reset in the online store"
+    assert online == {"u1": []}
+    with sqlite3.connect(paths.streaming_state) as db:
+        assert db.execute("SELECT * FROM dirty").fetchall() == []
+
+
 def test_prune_keeps_the_window_and_the_commands_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     paths = Home(tmp_path / "home")
