@@ -98,8 +98,9 @@ def spool_lines(root: Path) -> Iterator[tuple[int, str | ValueError]]:
 
 
 def is_spool(path: Path) -> bool:
-    """Whether ``path`` is an event spool folder (maybe with nothing in it yet): its events were accepted by
-    a server before, so their timestamps are not checked against this machine's clock again."""
+    """Whether ``path`` is laid out as an event spool folder (maybe with nothing in it yet), to be read as one.
+    Its events' timestamps are checked all the same: only this store's own spool (``import_events``'
+    ``stored``) holds events a server accepted, whatever folder holds segments like it."""
     return path.is_dir() and (path.name == "event_spool" or any(path.glob("slot-*/segment-*.jsonl"))
                               or any(path.glob("segment-*.jsonl")))
 
@@ -147,15 +148,17 @@ def lines_of(path: Path) -> Iterator[tuple[int, str | ValueError]]:
 
 def import_events(path: Path, log_root: Path, store: str | None = None, batch: int = 50_000, strict: bool = False,
                   dry_run: bool = False, publish: EventLog | None = None, progress: bool = True,
-                  forget: ForgetList | None = None) -> ImportReport:
+                  forget: ForgetList | None = None, stored: bool = False) -> ImportReport:
     """Validate the events of ``path`` and write the valid ones to the offline log at ``log_root``
     (or append them to ``publish``, an event log shipping to Kafka); with ``dry_run`` or when
     ``strict`` finds an invalid line, nothing is written. The log keeps a file per hour of event
     time per write, so each ``batch`` of events is written in time order: a file in time order
     writes a few files per batch, a shuffled one a file for every hour the batch spans. The events
-    of shoppers ``forget`` lists as erased after them are counted and left out."""
+    of shoppers ``forget`` lists as erased after them are counted and left out. ``stored``: ``path`` is
+    this store's own event spool (``events import --spool``), whose events a server accepted, so their
+    timestamps are not checked against this machine's clock again; any other file or folder is checked
+    (no more than 24 hours ahead), though it be laid out like a spool."""
     report = ImportReport(str(path))
-    stored = is_spool(path)
     if forget is not None:
         forget.refresh()  # for a dry run's count; each batch written reads it again (_write)
     if strict or dry_run:

@@ -201,8 +201,51 @@ def test_an_accepted_event_is_read_back_on_a_machine_whose_clock_is_behind(tmp_p
     assert events.parse(ahead.model_dump_json(), stored=True) == ahead
     with pytest.raises(ValueError, match="24 hours ahead"):
         events.parse(ahead.model_dump_json())  # taken in here: checked against this clock
-    assert import_events(spool, tmp_path / "log", progress=False).written == 1
+    assert import_events(spool, tmp_path / "log", progress=False, stored=True).written == 1
     assert import_events(tmp_path / "events.jsonl", tmp_path / "log2", progress=False).invalid == 1
+
+
+def test_a_folder_laid_out_like_a_spool_is_checked_as_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Only this store's own spool holds events a server accepted: an export from another engine in a folder of
+    ``segment-*.jsonl`` files skipped the 24-hours-ahead check, and a click dated 2099 went into the log (with
+    ``--publish``, into Kafka)."""
+    ahead = {"type": "click", "event_id": "e1", "request_id": "r1", "product_id": "p1", "user_id": "u1",
+             "timestamp": "2099-01-01T00:00:00Z"}
+    export = tmp_path / "from_other_engine"
+    export.mkdir()
+    (export / "segment-1.jsonl").write_text(json.dumps({"topic": "x", "key": None, "value": ahead}) + "\n")
+    report = import_events(export, tmp_path / "log", progress=False)
+    assert (report.written, report.invalid) == (0, 1) and "24 hours ahead" in report.errors[0]
+    assert not list((tmp_path / "log").rglob("*.parquet"))
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    try:
+        code, out, err = run_cli(capsys, "events", "import", str(export))
+        assert code == 1 and (json.loads(out)["written"], json.loads(out)["invalid"]) == (0, 1), err
+        from online_learning.event_log import claim_spool
+        from online_learning.events import InteractionEvent
+
+        folder, lock = claim_spool(get_settings().paths.event_spool)  # this store's: a server accepted it
+        log = EventLog(folder)
+        log.append([InteractionEvent(type="click", event_id="e2", request_id="r2", product_id="p1",
+                                     timestamp=datetime.now(UTC) + timedelta(hours=23, minutes=58))])
+        log.close()
+        lock.close()
+        import online_learning.events as events
+
+        class Behind(datetime):  # this machine's clock, 5 minutes behind the server's
+            @classmethod
+            def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+                return datetime.now(tz) - timedelta(minutes=5)
+
+        monkeypatch.setattr(events, "datetime", Behind)
+        code, out, err = run_cli(capsys, "events", "import", "--spool")
+        assert code == 0 and (json.loads(out)["written"], json.loads(out)["invalid"]) == (1, 0), err
+        assert list(read_log(get_settings().paths.event_log, "interactions")["event_id"]) == ["e2"]
+    finally:
+        get_settings.cache_clear()
 
 
 def test_json_nested_too_deep_is_an_invalid_file_or_line(tmp_path: Path) -> None:
