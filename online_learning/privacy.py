@@ -8,7 +8,8 @@ about shoppers, by user id or session id:
   file left empty is removed). A file the log sink recorded but did not rename into place
   (it stopped between the two) is renamed first, as the sink does when it starts, so that its
   rows are erased too and not brought back by the sink's restart. The log's lock is held meanwhile
-  (:func:`~online_learning.consumers.log_sink.writing`): a sink waits, and writes its batch after;
+  (:func:`~online_learning.consumers.log_sink.writing`): a sink waits, and writes its batch after (a dry
+  run, which only reads, takes no lock);
 - the streaming feature state (their purchases) and their online profile (``user_profile``:
   recent items, category affinities, median price): the rows are deleted and every named
   shopper's profile is pushed again, empty (the caller's ``push``; else the streaming consumer
@@ -39,6 +40,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Collection
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -105,7 +107,8 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
         report.listed = ForgetList(paths.forgotten).add(sorted(users), sorted(sessions), at)
     seen: set[str] = set()
     wanted = {"user_id": pa.array(sorted(users), pa.string()), "session_id": pa.array(sorted(sessions), pa.string())}
-    with writing(paths.event_log):  # no sink writes meanwhile, nor removes the files erased below
+    # no sink writes meanwhile, nor removes the files erased below; a dry run changes nothing, and takes no lock
+    with nullcontext() if dry_run else writing(paths.event_log):
         pending = unplaced(paths.event_log)  # files a stopped sink recorded (their ids taken), not yet renamed
         if not dry_run:
             for path, tmp in pending:
@@ -115,7 +118,12 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
             if dry_run:  # read where they are: <kind>/date=/hour=/<file>
                 files += [tmp for _, tmp in pending if tmp.parents[2].name == kind]
             for path in files:
-                table, found = _shopper_hits(path, wanted)
+                try:
+                    table, found = _shopper_hits(path, wanted)
+                except FileNotFoundError:  # renamed or removed by a writer meanwhile: a dry run holds no lock
+                    if not dry_run:
+                        raise
+                    continue
                 hit = found["user_id"] | found["session_id"]
                 if hit.any():
                     for column, label in (("user_id", "user"), ("session_id", "session")):
@@ -163,7 +171,7 @@ def prune(paths: Home, keep_days: int, now: datetime, dry_run: bool = False,
     the shadow-scoring records and, without ``kafka``, the spool's lines older than that."""
     first: date = (now - timedelta(days=keep_days)).date()
     report = PruneReport(first.isoformat())
-    with writing(paths.event_log):  # no sink writes in a day while it is removed
+    with nullcontext() if dry_run else writing(paths.event_log):  # no sink writes in a day while it is removed
         for kind in KINDS:
             for folder in sorted((paths.event_log / kind).glob("date=*")):
                 try:

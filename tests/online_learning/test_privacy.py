@@ -467,6 +467,20 @@ def test_prune_keeps_the_window_and_the_commands_report(tmp_path: Path, monkeypa
         get_settings.cache_clear()
 
 
+def test_a_dry_run_takes_no_lock_and_makes_nothing(tmp_path: Path) -> None:
+    """A dry run of ``forget`` or ``prune`` only reads: it made the event log's folder and its lock, so an
+    auditor without the right to write there could not count."""
+    paths = Home(tmp_path / "home")
+    forget(paths, ["u1"], [], T0, dry_run=True)
+    prune(paths, 30, T0, dry_run=True)
+    assert not paths.event_log.exists() and not paths.forgotten.parent.exists()
+    ParquetLogSink(paths.event_log)(delivered(events(6)))
+    (paths.event_log / "_sink.lock").unlink()
+    assert forget(paths, ["u1"], [], T0 + timedelta(days=1), dry_run=True).log_rows["rankings"] > 0
+    assert prune(paths, 1, T0 + timedelta(days=30), dry_run=True).log_days["rankings"] == 1
+    assert not (paths.event_log / "_sink.lock").exists()
+
+
 def test_without_kafka_the_spool_is_erased_but_for_the_segment_a_server_appends_to(tmp_path: Path) -> None:
     paths = Home(tmp_path)
     folder, lock = claim_spool(paths.event_spool)  # a running server's slot
