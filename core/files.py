@@ -75,13 +75,33 @@ def exclusive(path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def holding(lock_file: Path) -> Iterator[None]:
+def holding(lock_file: Path, shared: bool = False, missing_ok: bool = False) -> Iterator[bool]:
     """Hold ``fcntl.flock`` on ``lock_file`` (made, with its folder, if missing), waiting while another process
-    or thread holds it."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    or thread holds it. ``shared``: a lock many may hold at once, that waits only for (and holds off) the one
+    who holds it alone: readers that must not see a change half made, while each writer holds it alone.
+
+    The file is opened for reading only (``flock`` needs no more): a process that may not write it, nor its
+    folder (a service user, where an operator's command made the file), locks it all the same. One that is
+    not there and may not be made raises, unless ``missing_ok``: then nothing is held. Yields whether the
+    lock is held."""
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
         try:
-            yield
+            handle = os.open(lock_file, os.O_RDONLY | os.O_CREAT, 0o666)
+        except PermissionError:  # a folder not ours to add to (or a sticky folder's file another's): it may be there
+            handle = os.open(lock_file, os.O_RDONLY)
+    except (FileNotFoundError, PermissionError) as error:
+        if not missing_ok or (isinstance(error, PermissionError) and lock_file.parent.is_dir()):
+            raise  # not missing, or missing and not to be passed by
+        handle = None
+    if handle is None:
+        yield False
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        os.close(handle)

@@ -19,6 +19,7 @@ import gzip
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def spool_lines(root: Path) -> Iterator[tuple[int, str | ValueError]]:
                 break
             try:
                 record = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as err:
+            except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: nested too deep
                 yield n, ValueError(f"{name} line {k}: not a spool record ({err})")
                 continue
             value = record.get("value") if isinstance(record, dict) else None
@@ -96,12 +97,19 @@ def spool_lines(root: Path) -> Iterator[tuple[int, str | ValueError]]:
                 f"{name} line {k}: a spool record holds an event under 'value'")
 
 
+def is_spool(path: Path) -> bool:
+    """Whether ``path`` is laid out as an event spool folder (maybe with nothing in it yet), to be read as one.
+    Its events' timestamps are checked all the same: only this store's own spool (``import_events``'
+    ``stored``) holds events a server accepted, whatever folder holds segments like it."""
+    return path.is_dir() and (path.name == "event_spool" or any(path.glob("slot-*/segment-*.jsonl"))
+                              or any(path.glob("segment-*.jsonl")))
+
+
 def lines_of(path: Path) -> Iterator[tuple[int, str | ValueError]]:
     """(line number, one event's JSON) of a JSONL file or a JSON array (numbered by element, from 1), or of an
     event spool folder (:func:`spool_lines`); a line that is not UTF-8 comes as the error, to be reported as
     an invalid line."""
-    if path.is_dir() and (path.name == "event_spool" or any(path.glob("slot-*/segment-*.jsonl"))
-                          or any(path.glob("segment-*.jsonl"))):  # a spool, maybe with nothing in it yet
+    if is_spool(path):
         yield from spool_lines(path)
         return
     if not path.is_file():
@@ -117,7 +125,7 @@ def lines_of(path: Path) -> Iterator[tuple[int, str | ValueError]]:
             if kind == ".json":
                 try:
                     items = json.loads(raw.read().decode("utf-8-sig"))
-                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:  # nested past Python's stack
                     raise InvalidInput(f"{path.name} is not one JSON array of UTF-8 text: {err}; for a file of one "
                                        "event per line name it .jsonl") from None
                 if not isinstance(items, list):
@@ -140,19 +148,22 @@ def lines_of(path: Path) -> Iterator[tuple[int, str | ValueError]]:
 
 def import_events(path: Path, log_root: Path, store: str | None = None, batch: int = 50_000, strict: bool = False,
                   dry_run: bool = False, publish: EventLog | None = None, progress: bool = True,
-                  forget: ForgetList | None = None) -> ImportReport:
+                  forget: ForgetList | None = None, stored: bool = False) -> ImportReport:
     """Validate the events of ``path`` and write the valid ones to the offline log at ``log_root``
     (or append them to ``publish``, an event log shipping to Kafka); with ``dry_run`` or when
     ``strict`` finds an invalid line, nothing is written. The log keeps a file per hour of event
     time per write, so each ``batch`` of events is written in time order: a file in time order
     writes a few files per batch, a shuffled one a file for every hour the batch spans. The events
-    of shoppers ``forget`` lists as erased after them are counted and left out."""
+    of shoppers ``forget`` lists as erased after them are counted and left out. ``stored``: ``path`` is
+    this store's own event spool (``events import --spool``), whose events a server accepted, so their
+    timestamps are not checked against this machine's clock again; any other file or folder is checked
+    (no more than 24 hours ahead), though it be laid out like a spool."""
     report = ImportReport(str(path))
     if forget is not None:
-        forget.refresh()
+        forget.refresh()  # for a dry run's count; each batch written reads it again (_write)
     if strict or dry_run:
         for n, line in tqdm(lines_of(path), desc="validate", unit="event", disable=not progress):
-            event = _check(report, n, line)
+            event = _check(report, n, line, stored)
             if dry_run and event is not None and forget is not None and forget.erased(event):
                 report.forgotten += 1  # a dry run counts what the import would leave out
         if dry_run or report.invalid:
@@ -161,26 +172,25 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
     sink = None if publish is not None else ParquetLogSink(log_root)
     pending: list[Delivered] = []
     for n, line in tqdm(lines_of(path), desc="import", unit="event", disable=not progress):
-        event = _check(report, n, line)
-        if event is not None and forget is not None and forget.erased(event):
-            report.forgotten += 1
-        elif event is not None:
+        event = _check(report, n, line, stored)
+        if event is not None:
             kind = "rankings" if isinstance(event, RankingEvent) else "interactions"
             pending.append(Delivered(f"import.{store or 'default'}.{kind}", 0, n, event))
         if len(pending) >= batch:
-            _write(report, pending, sink, publish)
+            _write(report, pending, sink, publish, forget)
             pending = []
-    _write(report, pending, sink, publish)
+    _write(report, pending, sink, publish, forget)
     return report
 
 
-def _check(report: ImportReport, n: int, line: str | ValueError) -> RankingEvent | InteractionEvent | None:
+def _check(report: ImportReport, n: int, line: str | ValueError,
+           stored: bool = False) -> RankingEvent | InteractionEvent | None:
     report.lines += 1
     if isinstance(line, ValueError):
         report.reject(n, line)
         return None
     try:
-        event = parse(line)
+        event = parse(line, stored)
     except (ValidationError, ValueError) as err:
         report.reject(n, err)
         return None
@@ -196,15 +206,24 @@ def _check(report: ImportReport, n: int, line: str | ValueError) -> RankingEvent
 
 
 def _write(report: ImportReport, batch: list[Delivered], sink: ParquetLogSink | None,
-           publish: EventLog | None) -> None:
+           publish: EventLog | None, forget: ForgetList | None) -> None:
+    """Write ``batch`` less the events of erased shoppers, holding the erasure list's lock shared from its
+    reading until the batch is written, as the consumers do (:class:`ForgetList`): an erasure listed
+    meanwhile waits, then finds the batch's rows at rest."""
     if not batch:
         return
-    if publish is not None:
-        publish.append([d.event for d in batch], durable=True)
-        report.written += len(batch)
-        return
-    assert sink is not None
-    written, duplicates = sink.written, sink.duplicates
-    sink(sorted(batch, key=lambda d: d.event.timestamp))
-    report.written += sink.written - written
-    report.duplicates += sink.duplicates - duplicates
+    with forget.reading() if forget is not None else nullcontext():
+        if forget is not None:
+            batch, dropped = forget.keep(batch, lambda d: d.event)
+            report.forgotten += dropped
+        if not batch:
+            return
+        if publish is not None:
+            publish.append([d.event for d in batch], durable=True)
+            report.written += len(batch)
+            return
+        assert sink is not None
+        written, duplicates = sink.written, sink.duplicates
+        sink(sorted(batch, key=lambda d: d.event.timestamp))
+        report.written += sink.written - written
+        report.duplicates += sink.duplicates - duplicates

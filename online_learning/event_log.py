@@ -15,7 +15,10 @@
   leaves the events in the log (the durable spool) and the shipper retries with
   back-off; they go out in order when the broker is back. After a crash the shipper resumes from its last
   recorded position, so an event may be sent twice, never lost: consumers
-  de-duplicate by ``event_id``.
+  de-duplicate by ``event_id``. The segments shipped are then removed: the
+  broker holds the events from its acknowledgement on, so a broker without
+  durable storage (Tansu in memory, as the local topology runs it) loses on a
+  restart the events the consumers had not read yet.
 - **No Kafka configured** (the embedded default): the segments are the event
   log on disk; nothing is shipped or deleted.
 - **Several server processes**: each claims its own spool folder

@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     StringConstraints,
     TypeAdapter,
+    ValidationInfo,
 )
 
 from retrieval.catalog import MAX_ID_CHARS
@@ -54,9 +55,15 @@ MAX_AHEAD = timedelta(hours=24)  # clock skew allowed to a client's timestamps
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # the log's day partitions and pandas' timestamps hold what follows
 
 
-def _in_utc(value: datetime) -> datetime:
-    """A timestamp in UTC (one without an offset is read as UTC). One far ahead of this clock is refused:
-    the streaming features count windows back from the latest event, so it would empty every count."""
+STORED = {"stored": True}  # the validation context of an event read back (:func:`parse` with ``stored``)
+
+
+def _in_utc(value: datetime, info: ValidationInfo) -> datetime:
+    """A timestamp in UTC (one without an offset is read as UTC). One far ahead of this clock is refused
+    where an event is taken in (the API, ``events import`` of a file): the streaming features count windows
+    back from the latest event, so it would empty every count. An event read back from the spool, Kafka or
+    the log (validated with the context :data:`STORED`) was checked when it came in; checking it again
+    against another machine's clock, a few minutes behind, would refuse an event the API accepted."""
     try:
         value = (value.replace(tzinfo=UTC) if value.tzinfo is None else value).astimezone(UTC)
     except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
@@ -64,7 +71,7 @@ def _in_utc(value: datetime) -> datetime:
             from None
     if value < EARLIEST:
         raise ValueError(f"timestamp {value.isoformat()} is before 1970; send when the event happened (ISO 8601)")
-    if value > datetime.now(UTC) + MAX_AHEAD:
+    if not (info.context or {}).get("stored") and value > datetime.now(UTC) + MAX_AHEAD:
         raise ValueError(f"timestamp {value.isoformat()} is more than 24 hours ahead of the server's clock "
                          f"({datetime.now(UTC).isoformat(timespec='seconds')}); send when the event happened "
                          "(ISO 8601; no offset means UTC)")
@@ -170,5 +177,7 @@ def key_of(event: RankingEvent | InteractionEvent) -> str:
     return event.user_id or event.request_id
 
 
-def parse(raw: bytes | str) -> RankingEvent | InteractionEvent:
-    return EVENT.validate_json(raw)
+def parse(raw: bytes | str, stored: bool = False) -> RankingEvent | InteractionEvent:
+    """The event of the JSON ``raw``. ``stored``: an event read back (the consumers, ``events import --spool``),
+    accepted before: its timestamp is not checked against this machine's clock (:func:`_in_utc`)."""
+    return EVENT.validate_json(raw, context=STORED if stored else None)

@@ -17,27 +17,56 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+from core.files import holding
 from online_learning.events import InteractionEvent, RankingEvent
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
+
+def _cut_torn_end(fd: int) -> None:
+    """Cut the file open at ``fd`` back to its last line end: a last line without one was cut short."""
+    data = os.pread(fd, os.fstat(fd).st_size, 0)
+    if data and not data.endswith(b"\n"):
+        os.ftruncate(fd, data.rfind(b"\n") + 1)
+
 
 class ForgetList:
-    """The erased ids at ``path``, read again when the file changes."""
+    """The erased ids at ``path``, read again when the file changes.
+
+    A consumer filters a batch and then writes it; an erasure listed in between would find none of the
+    batch's rows at rest, and the batch would write them after it. So a consumer holds the list's lock
+    shared (:meth:`reading`) from its filter until the batch is written, and :meth:`add` holds it alone:
+    an erasure waits for the batches in flight, and every batch after it is filtered by it.
+
+    ``flock`` goes on granting the shared lock while one waits to hold it alone: two consumers (or a consumer
+    and an import) whose batches overlap would keep it taken as long as their backlog lasts. So an erasure
+    first holds a second lock, the gate (``<list>.gate.lock``), alone, and a batch passes the gate (takes it
+    shared and lets it go at once) before it takes the list's lock: once an erasure waits, no new batch
+    starts, and it waits only for the batches already in flight."""
+
+    WAIT_WARNING_S = 5.0  # an erasure waiting this long for the batches in flight says so, once
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.key_path = path.with_suffix(".key")
+        self.lock_path = path.with_name(f"{path.name}.lock")
+        self.gate_path = path.with_name(f"{path.name}.gate.lock")
         self._key: bytes | None = None
         self._stamp: tuple[int, int] | None = None
         self._until: dict[str, datetime] = {}
+        self._said_unlocked = False
 
     def _secret(self, create: bool = False) -> bytes | None:
         """The list's key: made (with the list) when ``create``, else None while there is none."""
@@ -58,16 +87,48 @@ class ForgetList:
         return hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
 
     def add(self, users: Iterable[str], sessions: Iterable[str], at: datetime) -> int:
-        """List ``users`` and ``sessions`` as erased at ``at`` (appended and fsynced); returns how many."""
+        """List ``users`` and ``sessions`` as erased at ``at`` (appended and fsynced); returns how many.
+
+        A last line without its line end (an earlier ``add`` stopped while it wrote) is cut off first,
+        so the new lines do not run on from it."""
         self._secret(create=True)
-        lines = [json.dumps({"id": self.digest(kind, value), "at": at.isoformat()})
-                 for kind, values in (("user", users), ("session", sessions)) for value in values]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
-            handle.write("".join(line + "\n" for line in lines))
-            handle.flush()
-            os.fsync(handle.fileno())
-        return len(lines)
+        data = "".join(json.dumps({"id": self.digest(kind, value), "at": at.isoformat()}) + "\n"
+                       for kind, values in (("user", users), ("session", sessions)) for value in values).encode()
+        waiting = threading.Timer(self.WAIT_WARNING_S, logger.warning, args=(
+            "%s: waiting for the batches the consumers and imports are writing (no new batch starts meanwhile)",
+            self.path))
+        waiting.daemon = True
+        waiting.start()
+        try:
+            with holding(self.gate_path), holding(self.lock_path):  # once the batches in flight are (see the class)
+                waiting.cancel()
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+                try:
+                    _cut_torn_end(fd)
+                    written = 0
+                    while written < len(data):
+                        written += os.write(fd, data[written:])
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        finally:
+            waiting.cancel()
+        return data.count(b"\n")
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Hold the list's lock shared, from reading the list for a batch until the batch is written: an
+        erasure (:meth:`add`) waits meanwhile. The gate is passed first: while an erasure waits, this waits
+        for it (see the class)."""
+        with holding(self.gate_path, shared=True, missing_ok=True):  # missing: no erasure waits at it
+            pass
+        with holding(self.lock_path, shared=True, missing_ok=True) as held:
+            if not held and not self._said_unlocked:  # made by the first erasure that has the right
+                self._said_unlocked = True
+                logger.warning("%s is not there and this process may not make it (its folder is another user's): "
+                               "batches are written without it until an erasure (events forget) makes it",
+                               self.lock_path)
+            yield
 
     def refresh(self) -> None:
         """Read the file again if it changed."""
@@ -80,11 +141,17 @@ class ForgetList:
         if stamp == self._stamp:
             return
         until: dict[str, datetime] = {}
-        for line in self.path.read_text().splitlines():
-            if line.strip():
+        *lines, _ = self.path.read_bytes().split(b"\n")  # after the last line end: being written, or cut short
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
                 entry = json.loads(line)
-                at = datetime.fromisoformat(entry["at"])
-                until[entry["id"]] = max(at, until.get(entry["id"], at))
+                erased, at = str(entry["id"]), datetime.fromisoformat(entry["at"])
+            except (ValueError, KeyError, TypeError) as err:  # one damaged line: the others still hold
+                logger.warning("%s line %d is not an erasure entry (%s); skipped", self.path, n, err)
+                continue
+            until[erased] = max(at, until.get(erased, at))
         self._stamp, self._until = stamp, until
 
     def __len__(self) -> int:

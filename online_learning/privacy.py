@@ -7,7 +7,9 @@ about shoppers, by user id or session id:
   purchases): each file that holds their rows is written again without them (atomically; a
   file left empty is removed). A file the log sink recorded but did not rename into place
   (it stopped between the two) is renamed first, as the sink does when it starts, so that its
-  rows are erased too and not brought back by the sink's restart;
+  rows are erased too and not brought back by the sink's restart. The log's lock is held meanwhile
+  (:func:`~online_learning.consumers.log_sink.writing`): a sink waits, and writes its batch after (a dry
+  run, which only reads, takes no lock);
 - the streaming feature state (their purchases) and their online profile (``user_profile``:
   recent items, category affinities, median price): the rows are deleted and every named
   shopper's profile is pushed again, empty (the caller's ``push``; else the streaming consumer
@@ -38,6 +40,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Collection
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -49,8 +52,8 @@ import pyarrow.parquet as pq
 
 from core.files import fsync_path, write_text_atomic
 from core.paths import Home
-from online_learning.consumers.log_sink import log_files, place, unplaced
-from online_learning.consumers.streaming_features import open_state
+from online_learning.consumers.log_sink import log_files, place, unplaced, writing
+from online_learning.consumers.streaming_features import mark_dirty, open_state
 from online_learning.event_log import hold_slot
 from online_learning.forget_list import ForgetList
 
@@ -104,26 +107,33 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
         report.listed = ForgetList(paths.forgotten).add(sorted(users), sorted(sessions), at)
     seen: set[str] = set()
     wanted = {"user_id": pa.array(sorted(users), pa.string()), "session_id": pa.array(sorted(sessions), pa.string())}
-    pending = unplaced(paths.event_log)  # files a stopped sink recorded (their event ids taken), not yet renamed
-    if not dry_run:
-        for path, tmp in pending:
-            place(path, tmp)
-    for kind in KINDS:
-        files = log_files(paths.event_log, kind)
-        if dry_run:  # read where they are: <kind>/date=/hour=/<file>
-            files += [tmp for _, tmp in pending if tmp.parents[2].name == kind]
-        for path in files:
-            table, found = _shopper_hits(path, wanted)
-            hit = found["user_id"] | found["session_id"]
-            if hit.any():
-                for column, label in (("user_id", "user"), ("session_id", "session")):
-                    if found[column].any():
-                        values = table.column(column).filter(pa.array(found[column])).to_pylist()
-                        seen |= {f"{label} {v}" for v in values}
-                report.log_rows[kind] += int(hit.sum())
-                report.log_files += 1
-                if not dry_run:
-                    _replace(path, pq.read_table(path).filter(pa.array(~hit)))
+    # no sink writes meanwhile, nor removes the files erased below; a dry run changes nothing, and takes no lock
+    with nullcontext() if dry_run else writing(paths.event_log):
+        pending = unplaced(paths.event_log)  # files a stopped sink recorded (their ids taken), not yet renamed
+        if not dry_run:
+            for path, tmp in pending:
+                place(path, tmp)
+        for kind in KINDS:
+            files = log_files(paths.event_log, kind)
+            if dry_run:  # read where they are: <kind>/date=/hour=/<file>
+                files += [tmp for _, tmp in pending if tmp.parents[2].name == kind]
+            for path in files:
+                try:
+                    table, found = _shopper_hits(path, wanted)
+                except FileNotFoundError:  # renamed or removed by a writer meanwhile: a dry run holds no lock
+                    if not dry_run:
+                        raise
+                    continue
+                hit = found["user_id"] | found["session_id"]
+                if hit.any():
+                    for column, label in (("user_id", "user"), ("session_id", "session")):
+                        if found[column].any():
+                            values = table.column(column).filter(pa.array(found[column])).to_pylist()
+                            seen |= {f"{label} {v}" for v in values}
+                    report.log_rows[kind] += int(hit.sum())
+                    report.log_files += 1
+                    if not dry_run:
+                        _replace(path, pq.read_table(path).filter(pa.array(~hit)))
     owners = _purchases_of(paths.streaming_state, lambda user, ts: user in users)
     report.purchases = len(owners)
     profiled = paths.streaming_state.is_file() or (paths.features / "user_profile.parquet").is_file()
@@ -161,17 +171,18 @@ def prune(paths: Home, keep_days: int, now: datetime, dry_run: bool = False,
     the shadow-scoring records and, without ``kafka``, the spool's lines older than that."""
     first: date = (now - timedelta(days=keep_days)).date()
     report = PruneReport(first.isoformat())
-    for kind in KINDS:
-        for folder in sorted((paths.event_log / kind).glob("date=*")):
-            try:
-                day = date.fromisoformat(folder.name.removeprefix("date="))
-            except ValueError:
-                continue  # not a folder the log sink writes
-            if day < first:
-                report.log_days[kind] += 1
-                report.log_files += sum(1 for _ in folder.rglob("*.parquet"))
-                if not dry_run:
-                    shutil.rmtree(folder)
+    with nullcontext() if dry_run else writing(paths.event_log):  # no sink writes in a day while it is removed
+        for kind in KINDS:
+            for folder in sorted((paths.event_log / kind).glob("date=*")):
+                try:
+                    day = date.fromisoformat(folder.name.removeprefix("date="))
+                except ValueError:
+                    continue  # not a folder the log sink writes
+                if day < first:
+                    report.log_days[kind] += 1
+                    report.log_files += sum(1 for _ in folder.rglob("*.parquet"))
+                    if not dry_run:
+                        shutil.rmtree(folder)
     cutoff = datetime.combine(first, datetime.min.time(), tzinfo=now.tzinfo)
     old = _purchases_of(paths.streaming_state, lambda user, ts: datetime.fromisoformat(ts) < cutoff)
     report.purchases = len(old)
@@ -244,7 +255,7 @@ def _drop_purchases(state: Path, purchases: dict[str, str], dry_run: bool, push:
             for start in range(0, len(events), 900):
                 chunk = events[start : start + 900]
                 db.execute(f"DELETE FROM purchases WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)
-            db.executemany("INSERT OR IGNORE INTO dirty VALUES ('user', ?)", [(u,) for u in users])
+            mark_dirty(db, "user", users)  # a new mark, even on one a push in flight read
     finally:
         db.close()
     if push is None:

@@ -50,6 +50,29 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, out, err
 
 
+# a root process gives up its capabilities (Linux): files' modes then bind it as they bind another user
+WITHOUT_PRIVILEGES = """
+import ctypes, os
+if os.geteuid() == 0:
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+    libc, header, data = ctypes.CDLL(None, use_errno=True), Header(0x20080522, 0), (Data * 2)()
+    assert libc.capget(ctypes.byref(header), data) == 0
+    data[0].effective = data[1].effective = 0
+    assert libc.capset(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+"""
+
+
+def as_another_user(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Python ``code`` run with ``args`` (``sys.argv[1:]``) in a process that may read, but not write, a file
+    or folder made read-only (``chmod 0444`` / ``0555``), as a service user may the files an operator's
+    command made: one run by root first gives up its capabilities."""
+    return subprocess.run([sys.executable, "-c", WITHOUT_PRIVILEGES + code, *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+
+
 def share_cache(home: Path, settings: Settings) -> Path:
     """``home`` (created) with the session's cache: the exported ONNX encoder and embeddings are reused."""
     home.mkdir(parents=True, exist_ok=True)

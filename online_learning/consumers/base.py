@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,20 +109,17 @@ class ConsumerLoop:
             for records in polled.values():
                 for record in records:
                     try:
-                        batch.append(Delivered(record.topic, record.partition, record.offset, parse(record.value)))
+                        event = parse(record.value, stored=True)  # accepted before: not checked against this clock
+                        batch.append(Delivered(record.topic, record.partition, record.offset, event))
                     except (ValueError, TypeError) as err:  # not an event (a record without a value too)
                         self._dead_letter(record, err)
-            dropped = 0
-            if batch and self.forget is not None:
-                batch, dropped = self.forget.keep(batch, lambda d: d.event)
+            batch, dropped, failed = self._filter_and_handle(batch)
             if batch:
-                try:
-                    self.handle(batch)
-                except Exception as err:  # noqa: BLE001 - a store out of reach: no commit, the batch comes again
+                if failed is not None:  # a store out of reach: no commit, the batch comes again
                     self.handle_failures += 1
                     wait = min(30.0, 0.5 * 2 ** min(self.handle_failures, 6))
                     logger.warning("%s: handling %d events failed (%s: %s); they are read again in %.1f s",
-                                   self.group, len(batch), type(err).__name__, err, wait)
+                                   self.group, len(batch), type(failed).__name__, failed, wait)
                     try:  # the same records at the next poll, from this consumer (its place in a rewound topic)
                         for partition, records in polled.items():
                             consumer.seek(partition, records[0].offset)
@@ -145,6 +143,26 @@ class ConsumerLoop:
                 last_message = time.monotonic()  # still joining the group: not idle yet
             elif idle_exit is not None and time.monotonic() - last_message > idle_exit:
                 break
+
+    def _filter_and_handle(self, batch: list[Delivered]) -> tuple[list[Delivered], int, Exception | None]:
+        """``batch`` less the erased shoppers' events, handled: returns what was handled, how many events
+        were dropped, and the error ``handle`` raised (None: handled). The erasure list's lock is held
+        shared throughout (:meth:`ForgetList.reading`), so an erasure listed meanwhile waits until the
+        batch is written, then finds its rows at rest; anything but an ``Exception`` (KeyboardInterrupt,
+        SystemExit) goes through."""
+        if not batch:
+            return batch, 0, None
+        with self.forget.reading() if self.forget is not None else nullcontext():
+            dropped = 0
+            if self.forget is not None:
+                batch, dropped = self.forget.keep(batch, lambda d: d.event)
+            if not batch:
+                return batch, dropped, None
+            try:
+                self.handle(batch)
+            except Exception as err:  # noqa: BLE001 - the caller retries the batch with back-off
+                return batch, dropped, err
+            return batch, dropped, None
 
     def _recreated_topics(self) -> list[str]:
         """Topics whose id changed since the last look (at most every ``topic_check_s`` seconds)."""

@@ -19,6 +19,10 @@ batch is re-delivered; after (3) the ids are known, so re-delivered events are
 dropped, and a file recorded but not yet renamed is renamed at start (or by
 ``shoprank events forget`` before it erases, so an erased shopper's rows in such a file
 do not come back when the sink starts again).
+
+One writer of a log at a time (:func:`writing`): every sink (a consumer, ``shoprank events import``),
+``events forget`` and ``events prune`` take ``<root>/_sink.lock`` while they change files, so a sink
+starting removes only the temporary files a stopped writer left, never those another is about to rename.
 """
 
 from __future__ import annotations
@@ -30,21 +34,32 @@ import os
 import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow.parquet as pq
 
-from core.files import fsync_path
+from core.files import fsync_path, holding
 from online_learning.consumers.base import Delivered
-from online_learning.consumers.seen import ensure_table, key_of, mark, seen
+from online_learning.consumers.seen import Key, ensure_table, key_of, mark, seen
 from online_learning.events import InteractionEvent, RankingEvent, is_shelf
 
 if TYPE_CHECKING:
     from distributed import Client
 
 logger = logging.getLogger(__name__)
+
+LOCK = "_sink.lock"  # held by whoever writes the log's files (:func:`writing`)
+
+
+def writing(root: Path) -> AbstractContextManager[None]:
+    """Hold the lock of the event log at ``root`` (waiting while another process holds it): taken by each
+    sink's start and batch, and by ``events forget`` and ``events prune`` while they change the log's files.
+    A sink starting removes the temporary files it finds; without the lock it would remove the one another
+    sink wrote and recorded, and not yet renamed, and those events would be lost."""
+    return holding(root / LOCK)
 
 
 class ParquetLogSink:
@@ -61,11 +76,12 @@ class ParquetLogSink:
         self._recover()
 
     def _recover(self) -> None:
-        for path, tmp in _unplaced(self.db):
-            if place(path, tmp):
-                logger.info("recovered %s", path)
-        for tmp in self.root.rglob("*.parquet.tmp"):
-            tmp.unlink()
+        with writing(self.root):  # the temporary files left now are a stopped writer's
+            for path, tmp in _unplaced(self.db):
+                if place(path, tmp):
+                    logger.info("recovered %s", path)
+            for tmp in self.root.rglob("*.parquet.tmp"):
+                tmp.unlink()
 
     def _new(self, batch: list[Delivered]) -> list[Delivered]:
         """``batch`` without the events already written and the repeats within it (by kind and id)."""
@@ -98,12 +114,17 @@ class ParquetLogSink:
         return [event.model_dump(mode="python")]
 
     def __call__(self, batch: list[Delivered]) -> None:
+        with writing(self.root):
+            self._write(batch)
+
+    def _write(self, batch: list[Delivered]) -> None:
         fresh = self._new(batch)
         if not fresh:
             return
         groups: dict[Path, list[dict]] = defaultdict(list)
         spans: dict[Path, list[int]] = defaultdict(list)
         ids: dict[Path, list[str]] = defaultdict(list)
+        keys: dict[Path, list[Key]] = defaultdict(list)
         for delivered in fresh:
             event = delivered.event
             kind = "rankings" if isinstance(event, RankingEvent) else "interactions"
@@ -113,7 +134,8 @@ class ParquetLogSink:
             groups[key].extend(self._rows(delivered))
             spans[key].append(delivered.offset)
             ids[key].append(event.event_id)
-        staged = []
+            keys[key].append(key_of(event))
+        staged, taken = [], {}
         for key, rows in groups.items():
             digest = hashlib.sha1("\n".join(sorted(ids[key])).encode()).hexdigest()[:12]
             path = key.parent / f"{key.name}-{min(spans[key]):012d}-{max(spans[key]):012d}-{digest}.parquet"
@@ -123,11 +145,18 @@ class ParquetLogSink:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             staged.append((path, tmp))
+            taken[path] = keys[key]
         with self.db:
             mark(self.db, [key_of(d.event) for d in fresh])
             self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?)", [(str(p), str(t)) for p, t in staged])
-        for path, tmp in staged:
-            place(path, tmp)
+        lost = [path for path, tmp in staged if not place(path, tmp) and not path.exists()]
+        if lost:  # removed by hand under the sink: forget the ids again, so the batch read again is written
+            with self.db:
+                self.db.executemany("DELETE FROM seen_events WHERE kind = ? AND event_id = ?",
+                                    [k for path in lost for k in taken[path]])
+                self.db.executemany("DELETE FROM files WHERE path = ?", [(str(path),) for path in lost])
+            raise FileNotFoundError(f"{len(lost)} of the log's files were removed before they were renamed into "
+                                    f"place ({lost[0]}...); their events are taken again when the batch is read again")
         self.written += len(fresh)
 
 

@@ -16,7 +16,9 @@ do in the state (a quiet product's counts fall to 0 rather than freezing).
 
 No loss, no double counting across crashes: the event ids, the counts and a
 "dirty" mark on what changed are committed in one sqlite transaction; the
-dirty rows are then pushed and un-marked; only then are offsets committed. A
+dirty rows are then pushed and un-marked (those read, by generation: a mark
+made again during the push stays; one process pushes at a time, so the last
+push sends the latest state); only then are offsets committed. A
 re-delivered event is recognised by id and skipped; a push interrupted by a
 crash is redone at start (pushing absolute values twice is harmless).
 """
@@ -26,13 +28,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from core.files import holding
 from online_learning.consumers.base import Delivered
 from online_learning.consumers.seen import ensure_table, key_of, mark, seen
 from online_learning.events import InteractionEvent, RankingEvent
@@ -54,12 +57,30 @@ def open_state(state: Path) -> sqlite3.Connection:
         CREATE TABLE IF NOT EXISTS daily (product_id TEXT, day TEXT, impressions INT DEFAULT 0,
             clicks INT DEFAULT 0, purchases INT DEFAULT 0, PRIMARY KEY (product_id, day));
         CREATE TABLE IF NOT EXISTS purchases (user_id TEXT, product_id TEXT, ts TEXT, event_id TEXT PRIMARY KEY);
-        CREATE TABLE IF NOT EXISTS dirty (kind TEXT, key TEXT, PRIMARY KEY (kind, key));
+        CREATE TABLE IF NOT EXISTS dirty (kind TEXT, key TEXT, generation INT NOT NULL DEFAULT 0,
+            PRIMARY KEY (kind, key));
         CREATE TABLE IF NOT EXISTS clock (id INT PRIMARY KEY CHECK (id = 0), now TEXT);
         CREATE INDEX IF NOT EXISTS daily_by_day ON daily (day);
     """)
+    if "generation" not in {row[1] for row in db.execute("PRAGMA table_info(dirty)")}:  # a state made before
+        try:
+            with db:
+                db.execute("ALTER TABLE dirty ADD COLUMN generation INT NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as error:  # another process opening the state added it since the look
+            if "duplicate column" not in str(error):
+                raise
     ensure_table(db)
     return db
+
+
+def mark_dirty(db: sqlite3.Connection, kind: str, keys: Iterable[str]) -> None:
+    """Mark the products (``kind`` "product") or shoppers ("user") ``keys`` to push (inside the caller's
+    transaction), each mark with a new generation, one past the table's highest. A push un-marks only the
+    marks it read, by generation (:meth:`StreamingFeatures._flush_dirty`): a shopper marked again while it
+    pushed (``events forget`` resetting a profile the push is sending with the erased purchases) stays
+    marked for the next push."""
+    db.executemany("INSERT OR REPLACE INTO dirty (kind, key, generation) "
+                   "VALUES (?, ?, (SELECT COALESCE(MAX(generation), 0) + 1 FROM dirty))", [(kind, k) for k in keys])
 
 
 def seed_state(state: Path, rankings: pd.DataFrame, interactions: pd.DataFrame) -> int:
@@ -216,6 +237,7 @@ class StreamingFeatures:
 
     def __init__(self, state: Path, products: Products | Callable[[], Products], push: Push) -> None:
         self.db = open_state(state)
+        self.push_lock = state.with_name(f"{state.name}.push.lock")  # see _flush_dirty
         self._current = products if callable(products) else None
         self.products = products() if callable(products) else products
         self.push = push
@@ -253,9 +275,8 @@ class StreamingFeatures:
             mark(self.db, known)  # those seen before are kept as they are
             _add(self.db, counts, purchases, latest)
             changed = [*(p for p, _, _ in counts), *_leaving(self.db, before, _clock_day(self.db))]
-            self.db.executemany("INSERT OR IGNORE INTO dirty VALUES ('product', ?)",
-                                [(product,) for product in dict.fromkeys(changed)])
-            self.db.executemany("INSERT OR IGNORE INTO dirty VALUES ('user', ?)", [(p[0],) for p in purchases])
+            mark_dirty(self.db, "product", dict.fromkeys(changed))
+            mark_dirty(self.db, "user", dict.fromkeys(p[0] for p in purchases))
         self._flush_dirty()
 
 
@@ -297,19 +318,26 @@ class StreamingFeatures:
         return pd.DataFrame(rows)
 
     def _flush_dirty(self) -> None:
-        dirty = self.db.execute("SELECT kind, key FROM dirty").fetchall()
-        if not dirty:
-            return
-        products = [k for kind, k in dirty if kind == "product"]
-        users = [k for kind, k in dirty if kind == "user"]
-        if products:
-            self.push("popularity_push", self.popularity(products))
-            self.pushed["popularity"] += len(products)
-        if users:
-            self.push("user_activity_push", self.profiles(users))
-            self.pushed["users"] += len(users)
-        with self.db:
-            self.db.executemany("DELETE FROM dirty WHERE kind = ? AND key = ?", dirty)
+        """Push what is marked and un-mark it, one process at a time (``<state>.push.lock``). The marks are
+        read, the rows built and pushed and the marks read deleted while it is held: a push reads the state
+        after the pushes before it ended, and lands after them. Else a push built before ``events forget``
+        deleted a shopper's purchases could land after the erasure's own push (which took its new mark),
+        and the online store would keep the erased profile, with no mark left to push it again."""
+        with holding(self.push_lock):
+            dirty = self.db.execute("SELECT kind, key, generation FROM dirty").fetchall()
+            if not dirty:
+                return
+            products = [k for kind, k, _ in dirty if kind == "product"]
+            users = [k for kind, k, _ in dirty if kind == "user"]
+            if products:
+                self.push("popularity_push", self.popularity(products))
+                self.pushed["popularity"] += len(products)
+            if users:
+                self.push("user_activity_push", self.profiles(users))
+                self.pushed["users"] += len(users)
+            with self.db:
+                # the marks as read: one made again meanwhile (a new generation) is pushed next time
+                self.db.executemany("DELETE FROM dirty WHERE kind = ? AND key = ? AND generation = ?", dirty)
 
 
 def feast_push(store) -> Push:  # type: ignore[no-untyped-def]

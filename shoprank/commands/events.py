@@ -43,10 +43,11 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
             raise InvalidInput("--publish needs a broker: set SHOPRANK_EVENTS__KAFKA_BOOTSTRAP (host:port)")
         spool, _lock = claim_spool(settings.paths.event_spool)
         publish = EventLog(spool, KafkaSettings(settings.events.kafka_bootstrap), store=settings.store)
-    try:
+    try:  # stored: this store's own spool, whose events a server accepted (a folder laid out like it is checked)
         report = import_events(source, settings.paths.event_log, settings.store, args.batch, args.strict,
                                args.dry_run, publish, progress=settings.progress,
-                               forget=ForgetList(settings.paths.forgotten))
+                               forget=ForgetList(settings.paths.forgotten),
+                               stored=_within(source, settings.paths.event_spool))
         shipped = publish.drain(args.drain_s) if publish is not None else None
     finally:
         if publish is not None:

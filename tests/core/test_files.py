@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from core.files import exclusive, write_text_atomic
+from core.files import exclusive, holding, write_text_atomic
 
 
 def test_writers_at_the_same_time_never_mix_their_texts(tmp_path: Path) -> None:
@@ -66,6 +66,52 @@ def test_one_holds_a_file_s_lock_at_a_time_across_processes(tmp_path: Path) -> N
     assert other.returncode == 0 and float(out) >= released
     with exclusive(path):  # taken again once given back
         pass
+
+
+# the lock file given by argv[1] taken shared and alone, and one beside it that is not there: raises, or with
+# missing_ok is passed
+LOCKING = """
+import sys
+from pathlib import Path
+from core.files import holding
+try:
+    open(sys.argv[1], "a")
+    print("writable")
+except PermissionError:
+    pass
+with holding(Path(sys.argv[1]), shared=True):
+    pass
+with holding(Path(sys.argv[1])):
+    print("locked")
+missing = Path(sys.argv[1]).with_name("other.lock")
+try:
+    with holding(missing):
+        pass
+except FileNotFoundError:
+    print("missing")
+with holding(missing, missing_ok=True) as held:
+    print("held" if held else "passed")
+"""
+
+
+def test_a_lock_file_this_user_may_not_write_is_locked_all_the_same(tmp_path: Path) -> None:
+    """A lock file (and its folder) made by another user, as ``events forget`` run by an operator leaves the
+    erasure list's: the service's consumer opened it to write, and every batch failed. ``flock`` needs no
+    more than a descriptor open for reading. One that is not there, in such a folder, cannot be made."""
+    from tests.helpers import as_another_user
+
+    folder = tmp_path / "privacy"
+    folder.mkdir()
+    lock = folder / "forgotten.jsonl.lock"
+    with holding(lock):  # made here, as its owner would
+        pass
+    lock.chmod(0o444)  # read-only: as another owner's file is to this user
+    folder.chmod(0o555)
+    try:
+        run = as_another_user(LOCKING, str(lock))
+    finally:
+        folder.chmod(0o755)
+    assert run.returncode == 0 and run.stdout.split() == ["locked", "missing", "passed"], run.stderr
 
 
 def current_umask() -> int:

@@ -158,6 +158,55 @@ def test_sink_recovers_a_file_recorded_but_not_renamed(tmp_path: Path, monkeypat
     assert len(list((tmp_path / "log").rglob("*.parquet"))) == 1
 
 
+def test_a_sink_starting_leaves_the_files_another_sink_is_writing(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second sink (``events import``, another consumer) starting while the first has written and recorded
+    a file, and not yet renamed it, waits for it: removing the file then lost its events for good (their ids
+    were taken, so Kafka's re-delivery was dropped)."""
+    import online_learning.consumers.log_sink as log_sink
+
+    root = tmp_path / "log"
+    live = ParquetLogSink(root)
+    batch = [Delivered(INTERACTIONS_TOPIC, 0, i, e) for i, e in enumerate(events(6)) if isinstance(e, InteractionEvent)]
+    starting: list[threading.Thread] = []
+    real_mark = log_sink.mark
+
+    def mark(db, keys):  # type: ignore[no-untyped-def]
+        starting.append(threading.Thread(target=ParquetLogSink, args=(root,)))  # starts between steps 2 and 4
+        starting[0].start()
+        starting[0].join(1.0)  # it waits for the lock (without it, it removed the temporary file by now)
+        return real_mark(db, keys)
+
+    monkeypatch.setattr(log_sink, "mark", mark)
+    live(batch)
+    starting[0].join(30)
+    assert not starting[0].is_alive() and len(read_log(root, "interactions")) == len(batch)
+
+
+def test_a_file_removed_before_it_is_renamed_is_written_when_its_batch_comes_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A temporary file removed under the sink (by a process that does not take the log's lock) fails the batch
+    and its events are taken again, instead of being counted as written and dropped as repeats."""
+    import online_learning.consumers.log_sink as log_sink
+
+    root = tmp_path / "log"
+    sink = ParquetLogSink(root)
+    batch = [Delivered(INTERACTIONS_TOPIC, 0, i, e) for i, e in enumerate(events(6)) if isinstance(e, InteractionEvent)]
+    real_mark = log_sink.mark
+
+    def mark(db, keys):  # type: ignore[no-untyped-def]
+        for tmp in root.rglob("*.parquet.tmp"):
+            tmp.unlink()
+        return real_mark(db, keys)
+
+    monkeypatch.setattr(log_sink, "mark", mark)
+    with pytest.raises(FileNotFoundError):
+        sink(batch)
+    monkeypatch.setattr(log_sink, "mark", real_mark)
+    sink(batch)  # the loop reads the batch again
+    assert sink.duplicates == 0 and len(read_log(root, "interactions")) == len(batch)
+
+
 def test_the_sink_keeps_the_filters_of_each_search(tmp_path: Path) -> None:
     sink = ParquetLogSink(tmp_path / "log")
     sink([Delivered(RANKINGS_TOPIC, 0, i, e) for i, e in enumerate(events(6)) if isinstance(e, RankingEvent)])
@@ -223,6 +272,48 @@ def test_a_quiet_products_counts_drop_in_the_online_store_as_its_days_leave_the_
     before = len(pushed)
     features(shown("p_new", 90, 2))  # one more event the same day: no day left a window, only p_new is pushed
     assert pushed[before:] == [{"p_new"}]
+
+
+def test_two_processes_opening_a_state_made_before_marks_had_a_generation(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consumer starting and ``events forget`` open an old state at once: both looked for the column, and
+    the second to add it failed ("duplicate column name: generation")."""
+    import sqlite3
+
+    import online_learning.consumers.streaming_features as streaming_features
+
+    state = tmp_path / "state.sqlite"
+    with sqlite3.connect(state) as db:
+        db.execute("CREATE TABLE dirty (kind TEXT, key TEXT, PRIMARY KEY (kind, key))")
+        db.execute("INSERT INTO dirty VALUES ('user', 'u1')")
+    connect = sqlite3.connect
+
+    class Late:  # a connection whose look at the columns comes just before the other process adds the column
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.db = connect(*args, **kwargs)  # type: ignore[arg-type]
+
+        def execute(self, sql: str, *args: object) -> object:
+            if sql != "PRAGMA table_info(dirty)":
+                return self.db.execute(sql, *args)
+            rows = self.db.execute(sql, *args).fetchall()
+            with connect(state) as other:
+                other.execute("ALTER TABLE dirty ADD COLUMN generation INT NOT NULL DEFAULT 0")
+            return rows
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.db, name)
+
+        def __enter__(self) -> object:
+            return self.db.__enter__()
+
+        def __exit__(self, *exc: object) -> object:
+            return self.db.__exit__(*exc)
+
+    monkeypatch.setattr(streaming_features.sqlite3, "connect", Late)
+    streaming_features.open_state(state).close()
+    monkeypatch.undo()
+    with sqlite3.connect(state) as db:
+        assert db.execute("SELECT kind, key, generation FROM dirty").fetchall() == [("user", "u1", 0)]
 
 
 def test_an_online_store_out_of_reach_delays_the_features_and_loses_nothing(broker: LocalBroker,

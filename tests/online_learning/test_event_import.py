@@ -175,3 +175,87 @@ def test_the_spool_of_a_server_without_kafka_is_imported_once(tmp_path: Path, mo
         lock.close()
     finally:
         get_settings.cache_clear()
+
+
+def test_an_accepted_event_is_read_back_on_a_machine_whose_clock_is_behind(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timestamp's limit (24 hours ahead of the clock) is checked where an event comes in: a consumer, or
+    ``events import --spool``, on a machine a few minutes behind the server read an event the server accepted
+    23h58 ahead as invalid, and dead-lettered it."""
+    import online_learning.events as events
+
+    ahead = events.InteractionEvent(type="click", event_id="e1", request_id="r1", product_id="p1",
+                                    timestamp=datetime.now(UTC) + timedelta(hours=23, minutes=58))  # accepted
+    spool = tmp_path / "event_spool"
+    log = EventLog(spool)
+    log.append([ahead])
+    log.close()
+    (tmp_path / "events.jsonl").write_text(ahead.model_dump_json() + "\n")
+
+    class Behind(datetime):  # this machine's clock, 5 minutes behind the server's
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+            return datetime.now(tz) - timedelta(minutes=5)
+
+    monkeypatch.setattr(events, "datetime", Behind)
+    assert events.parse(ahead.model_dump_json(), stored=True) == ahead
+    with pytest.raises(ValueError, match="24 hours ahead"):
+        events.parse(ahead.model_dump_json())  # taken in here: checked against this clock
+    assert import_events(spool, tmp_path / "log", progress=False, stored=True).written == 1
+    assert import_events(tmp_path / "events.jsonl", tmp_path / "log2", progress=False).invalid == 1
+
+
+def test_a_folder_laid_out_like_a_spool_is_checked_as_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Only this store's own spool holds events a server accepted: an export from another engine in a folder of
+    ``segment-*.jsonl`` files skipped the 24-hours-ahead check, and a click dated 2099 went into the log (with
+    ``--publish``, into Kafka)."""
+    ahead = {"type": "click", "event_id": "e1", "request_id": "r1", "product_id": "p1", "user_id": "u1",
+             "timestamp": "2099-01-01T00:00:00Z"}
+    export = tmp_path / "from_other_engine"
+    export.mkdir()
+    (export / "segment-1.jsonl").write_text(json.dumps({"topic": "x", "key": None, "value": ahead}) + "\n")
+    report = import_events(export, tmp_path / "log", progress=False)
+    assert (report.written, report.invalid) == (0, 1) and "24 hours ahead" in report.errors[0]
+    assert not list((tmp_path / "log").rglob("*.parquet"))
+    monkeypatch.setenv("SHOPRANK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SHOPRANK_PROGRESS", "false")
+    get_settings.cache_clear()
+    try:
+        code, out, err = run_cli(capsys, "events", "import", str(export))
+        assert code == 1 and (json.loads(out)["written"], json.loads(out)["invalid"]) == (0, 1), err
+        from online_learning.event_log import claim_spool
+        from online_learning.events import InteractionEvent
+
+        folder, lock = claim_spool(get_settings().paths.event_spool)  # this store's: a server accepted it
+        log = EventLog(folder)
+        log.append([InteractionEvent(type="click", event_id="e2", request_id="r2", product_id="p1",
+                                     timestamp=datetime.now(UTC) + timedelta(hours=23, minutes=58))])
+        log.close()
+        lock.close()
+        import online_learning.events as events
+
+        class Behind(datetime):  # this machine's clock, 5 minutes behind the server's
+            @classmethod
+            def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+                return datetime.now(tz) - timedelta(minutes=5)
+
+        monkeypatch.setattr(events, "datetime", Behind)
+        code, out, err = run_cli(capsys, "events", "import", "--spool")
+        assert code == 0 and (json.loads(out)["written"], json.loads(out)["invalid"]) == (1, 0), err
+        assert list(read_log(get_settings().paths.event_log, "interactions")["event_id"]) == ["e2"]
+    finally:
+        get_settings.cache_clear()
+
+
+def test_json_nested_too_deep_is_an_invalid_file_or_line(tmp_path: Path) -> None:
+    """Nesting past Python's stack raised RecursionError out of the import (a traceback, not a report)."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "events.json").write_text(f"[{deep}]")
+    with pytest.raises(InvalidInput, match="not one JSON array"):
+        import_events(tmp_path / "events.json", tmp_path / "log", progress=False)
+    spool = tmp_path / "event_spool"
+    spool.mkdir()
+    (spool / "segment-00000000.jsonl").write_text(f'{{"topic": "t", "value": {deep}}}\n')
+    report = import_events(spool, tmp_path / "log", progress=False)
+    assert report.invalid == 1 and "not a spool record" in report.errors[0]

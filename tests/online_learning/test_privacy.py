@@ -179,6 +179,257 @@ def test_the_consumers_drop_an_erased_shoppers_events_that_were_still_in_kafka(t
     assert "u1" not in set(read_log(tmp_path / "log", "rankings")["user_id"])
 
 
+def forget_while_writing(paths: Home, write, at: datetime):  # type: ignore[no-untyped-def]
+    """``write`` (a batch's handling) that runs ``forget`` of u1 from another thread as it starts, gives it a
+    second, and then writes: an erasure that does not wait finds none of the batch's rows."""
+    import threading
+
+    erasing: list[threading.Thread] = []
+
+    def handle(batch: list[Delivered]) -> None:
+        if not erasing:
+            erasing.append(threading.Thread(target=forget, args=(paths, ["u1"], [], at)))
+            erasing[0].start()
+            erasing[0].join(1.0)
+        write(batch)
+
+    return handle, erasing
+
+
+@pytest.mark.integration
+def test_an_erasure_waits_for_the_batch_a_consumer_is_writing(tmp_path: Path) -> None:
+    """The consumer filters a batch by the erasure list, then writes it: ``events forget`` listing and erasing
+    in between found nothing, and the batch then wrote the erased shopper's rows."""
+    paths = Home(tmp_path / "home")
+    handle, erasing = forget_while_writing(paths, ParquetLogSink(paths.event_log), T0 + timedelta(days=1))
+    with LocalBroker(log=tmp_path / "tansu.log") as broker:
+        create_topics(broker.bootstrap, [RANKINGS_TOPIC, INTERACTIONS_TOPIC])
+        publish(broker, tmp_path / "spool", events(14))
+        loop = ConsumerLoop(broker.bootstrap, "sink", [RANKINGS_TOPIC, INTERACTIONS_TOPIC], handle,
+                            tmp_path / "dead.jsonl", forget=ForgetList(paths.forgotten))
+        run_loop(loop)
+    erasing[0].join(30)
+    assert loop.consumed > 0 and "u1" not in set(read_log(paths.event_log, "rankings")["user_id"])
+
+
+def test_an_erasure_waits_for_the_batch_an_import_is_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import online_learning.event_import as event_import
+
+    paths = Home(tmp_path / "home")
+    source = tmp_path / "old.jsonl"
+    source.write_text("".join(e.model_dump_json() + "\n" for e in events(10)))
+
+    class Sink(ParquetLogSink):
+        def __call__(self, batch: list[Delivered]) -> None:
+            handle(batch)
+
+    sink = Sink(paths.event_log)
+    handle, erasing = forget_while_writing(paths, lambda batch: ParquetLogSink.__call__(sink, batch),
+                                           T0 + timedelta(days=1))
+    monkeypatch.setattr(event_import, "ParquetLogSink", lambda root: sink)
+    import_events(source, paths.event_log, progress=False, forget=ForgetList(paths.forgotten))
+    erasing[0].join(30)
+    assert sink.written > 0 and "u1" not in set(read_log(paths.event_log, "rankings")["user_id"])
+
+
+def test_an_erasure_waits_only_for_the_batches_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Two consumers whose batches overlap hold the list's lock shared without a gap between them, and
+    ``flock`` goes on granting it shared while an erasure waits to hold it alone: the erasure waited as long
+    as their backlog lasted. Each thread opens the lock files anew, as another process would."""
+    import threading
+    import time
+
+    path = tmp_path / "privacy" / "forgotten.jsonl"
+    monkeypatch.setattr(ForgetList, "WAIT_WARNING_S", 0.1)
+    backlog_over = threading.Event()
+    backlog_end = threading.Timer(6.0, backlog_over.set)  # in case the erasure waits for it
+    backlog_end.start()
+
+    def consumer(start: float) -> None:
+        erased = ForgetList(path)
+        time.sleep(start)
+        while not backlog_over.is_set():
+            with erased.reading():
+                time.sleep(0.3)  # a batch written
+            time.sleep(0.01)  # commit, and a poll that answers at once
+
+    consumers = [threading.Thread(target=consumer, args=(start,)) for start in (0.0, 0.15)]
+    for thread in consumers:
+        thread.start()
+    time.sleep(0.8)
+    began = time.monotonic()
+    with caplog.at_level("WARNING", logger="online_learning.forget_list"):
+        ForgetList(path).add(["u1"], [], T0)
+        waited = time.monotonic() - began
+        time.sleep(0.3)
+    backlog_over.set()
+    backlog_end.cancel()
+    for thread in consumers:
+        thread.join(30)
+    assert waited < 2.0  # the batches in flight (0.3 s each), not the 5 s left of the backlog
+    assert len([r for r in caplog.records if "waiting for the batches" in r.getMessage()]) <= 1  # said once
+    assert len(ForgetList(path)) == 1
+
+
+def test_an_erasure_waiting_long_says_so_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    path = tmp_path / "privacy" / "forgotten.jsonl"
+    monkeypatch.setattr(ForgetList, "WAIT_WARNING_S", 0.1)
+    erasing = threading.Thread(target=ForgetList(path).add, args=(["u1"], [], T0))
+    with caplog.at_level("WARNING", logger="online_learning.forget_list"):
+        with ForgetList(path).reading():  # a slow batch
+            erasing.start()
+            erasing.join(0.6)
+            assert erasing.is_alive()
+        erasing.join(30)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: waiting for the batches the consumers and imports are writing (no new batch starts meanwhile)"]
+
+
+# a consumer's batch (one click of u2, one of u1 before the erasure) filtered by the erasure list at argv[1]
+CONSUMER_BATCH = """
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from online_learning.consumers.base import ConsumerLoop, Delivered
+from online_learning.events import InteractionEvent
+from online_learning.forget_list import ForgetList
+loop = ConsumerLoop("127.0.0.1:1", "g", ["t"], lambda batch: print("handled", len(batch)), Path(sys.argv[2]),
+                    forget=ForgetList(Path(sys.argv[1])))
+at = datetime(2024, 1, 1, tzinfo=timezone.utc)
+batch = [Delivered("t", 0, i, InteractionEvent(type="click", event_id=f"e{i}", request_id="r", product_id="p",
+                                               user_id=user, timestamp=at)) for i, user in enumerate(["u2", "u1"])]
+print("dropped", loop._filter_and_handle(batch)[1])
+"""
+
+
+def test_a_consumer_filters_by_an_erasure_list_another_user_made(tmp_path: Path) -> None:
+    """``events forget`` run by an operator makes the list and its locks, read-only to the consumers' service
+    user (the key made readable to it, as a deployment shares it): a batch took the lock by opening it to
+    write, and failed. A list made before it had locks (none there, none to be made) is read without them."""
+    from tests.helpers import as_another_user
+
+    privacy = tmp_path / "privacy"
+    path = privacy / "forgotten.jsonl"
+    ForgetList(path).add(["u1"], [], T0 + timedelta(days=1))
+    for made in privacy.iterdir():
+        made.chmod(0o444)
+    privacy.chmod(0o555)
+    try:
+        run = as_another_user(CONSUMER_BATCH, str(path), str(tmp_path / "dead.jsonl"))
+        assert run.returncode == 0 and run.stdout.split() == ["handled", "1", "dropped", "1"], run.stderr
+        privacy.chmod(0o755)
+        for lock in privacy.glob("*.lock"):
+            lock.unlink()
+        privacy.chmod(0o555)
+        run = as_another_user(CONSUMER_BATCH, str(path), str(tmp_path / "dead.jsonl"))
+    finally:
+        privacy.chmod(0o755)
+    assert run.returncode == 0 and run.stdout.split() == ["handled", "1", "dropped", "1"], run.stderr
+    assert run.stderr.count("forgotten.jsonl.lock is not there and this process may not make it") == 1
+    assert sorted(p.name for p in privacy.iterdir()) == ["forgotten.jsonl", "forgotten.key"]
+
+
+def test_a_damaged_line_of_the_erasure_list_is_skipped_and_the_next_erasure_kept(tmp_path: Path) -> None:
+    """An ``add`` stopped while it wrote leaves a line cut short: reading the list raised at every batch (the
+    consumers and ``events import`` died), and the next ``add`` ran on from it."""
+    path = tmp_path / "forgotten.jsonl"
+    ForgetList(path).add(["u0"], [], T0 + timedelta(days=1))
+    with path.open("a") as handle:
+        handle.write('{"id": "ab12')  # cut short
+    click = InteractionEvent(type="click", event_id="c1", request_id="r1", timestamp=T0, user_id="u9", product_id="p0")
+    assert ForgetList(path).keep([click], lambda e: e) == ([click], 0)
+    ForgetList(path).add(["u9"], [], T0 + timedelta(days=1))
+    with path.open("a") as handle:
+        handle.write("not json\n")  # damaged by hand
+    erased = ForgetList(path)
+    assert erased.keep([click], lambda e: e) == ([], 1) and len(erased) == 2
+
+
+def test_a_profile_reset_while_the_consumer_pushes_it_is_pushed_again(tmp_path: Path) -> None:
+    """``events forget`` marks the shopper's profile to push while the consumer is pushing it with the erased
+    purchases: the consumer then un-marked what it had read, the new mark with it, and the online store kept
+    the erased purchases."""
+    import sqlite3
+
+    paths = Home(tmp_path / "home")
+    online: dict[str, list[str]] = {}
+
+    def push(source: str, frame: pd.DataFrame) -> None:
+        if source == "user_activity_push" and not online:  # the push takes a moment: forget runs meanwhile
+            forget(paths, ["u1"], [], T0 + timedelta(days=1), kafka=True)
+        if source == "user_activity_push":
+            online.update({row["user_id"]: row["recent_items"] for row in frame.to_dict("records")})
+
+    features = StreamingFeatures(paths.streaming_state, {"p1": (3, 10.0)}, push)
+    bought = InteractionEvent(type="purchase", event_id="b1", request_id="r1", timestamp=T0, user_id="u1",
+                              product_id="p1", revenue=10.0)
+    features(delivered([bought]))
+    assert online["u1"] == ["p1"]  # pushed as read, before the erasure
+    features._flush_dirty()  # the consumer's next batch
+    assert online["u1"] == []
+    legacy = tmp_path / "legacy.sqlite"  # a state made before marks had a generation
+    with sqlite3.connect(legacy) as db:
+        db.execute("CREATE TABLE dirty (kind TEXT, key TEXT, PRIMARY KEY (kind, key))")
+        db.execute("INSERT INTO dirty VALUES ('user', 'u2')")
+    pushed = Pushed()
+    StreamingFeatures(legacy, {}, pushed)  # pushes what was left marked, at its start
+    assert [list(frame["user_id"]) for _, frame in pushed.frames] == [["u2"]]
+
+
+def test_a_push_built_before_an_erasure_does_not_land_after_it(tmp_path: Path) -> None:
+    """A consumer starting pushes what a failed push left marked (no erasure lock is held there), slowly;
+    ``events forget`` meanwhile deletes the purchases, marks the profile and pushes it empty, taking its
+    mark: the consumer's push, built before the erasure, landed last, and no mark was left to send the
+    empty profile again."""
+    import sqlite3
+    import threading
+
+    paths = Home(tmp_path / "home")
+    products = {"p1": (3, 10.0)}
+    online: dict[str, list[str]] = {}
+    bought = InteractionEvent(type="purchase", event_id="b1", request_id="r1", timestamp=T0, user_id="u1",
+                              product_id="p1", revenue=10.0)
+
+    def down(source: str, frame: pd.DataFrame) -> None:
+        raise ConnectionError("the online store is out of reach")
+
+    with pytest.raises(ConnectionError):  # the purchase is counted, its profile left marked
+        StreamingFeatures(paths.streaming_state, products, down)(delivered([bought]))
+    built, landing = threading.Event(), threading.Event()
+
+    def slow(source: str, frame: pd.DataFrame) -> None:  # the consumer's push, slow on the network
+        if source == "user_activity_push":
+            built.set()
+            landing.wait(30)
+            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
+
+    def fast(source: str, frame: pd.DataFrame) -> None:  # the erasure's own push
+        if source == "user_activity_push":
+            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
+
+    starting = threading.Thread(target=lambda: StreamingFeatures(paths.streaming_state, products, slow).db.close())
+    starting.start()
+    assert built.wait(30)
+    reports = []
+    erasing = threading.Thread(target=lambda: reports.append(forget(
+        paths, ["u1"], [], T0 + timedelta(days=1),
+        push=lambda: StreamingFeatures(paths.streaming_state, products, fast).db.close())))
+    erasing.start()
+    erasing.join(1.0)
+    assert erasing.is_alive()  # its push waits for the one in flight
+    landing.set()
+    starting.join(30)
+    erasing.join(30)
+    assert reports[0].purchases == 1 and reports[0].profiles == "1 reset in the online store"
+    assert online == {"u1": []}
+    with sqlite3.connect(paths.streaming_state) as db:
+        assert db.execute("SELECT * FROM dirty").fetchall() == []
+
+
 def test_prune_keeps_the_window_and_the_commands_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     paths = Home(tmp_path / "home")
@@ -214,6 +465,20 @@ def test_prune_keeps_the_window_and_the_commands_report(tmp_path: Path, monkeypa
         assert code == 2 and "1..128 characters" in err
     finally:
         get_settings.cache_clear()
+
+
+def test_a_dry_run_takes_no_lock_and_makes_nothing(tmp_path: Path) -> None:
+    """A dry run of ``forget`` or ``prune`` only reads: it made the event log's folder and its lock, so an
+    auditor without the right to write there could not count."""
+    paths = Home(tmp_path / "home")
+    forget(paths, ["u1"], [], T0, dry_run=True)
+    prune(paths, 30, T0, dry_run=True)
+    assert not paths.event_log.exists() and not paths.forgotten.parent.exists()
+    ParquetLogSink(paths.event_log)(delivered(events(6)))
+    (paths.event_log / "_sink.lock").unlink()
+    assert forget(paths, ["u1"], [], T0 + timedelta(days=1), dry_run=True).log_rows["rankings"] > 0
+    assert prune(paths, 1, T0 + timedelta(days=30), dry_run=True).log_days["rankings"] == 1
+    assert not (paths.event_log / "_sink.lock").exists()
 
 
 def test_without_kafka_the_spool_is_erased_but_for_the_segment_a_server_appends_to(tmp_path: Path) -> None:

@@ -464,6 +464,9 @@ def test_a_damaged_model_is_refused_and_the_served_one_stays(topology: Topology)
 
 
 def test_broker_stopped_under_load_loses_no_accepted_event(topology: Topology) -> None:
+    """Events accepted while the broker is down wait in the replicas' spools and reach the offline log once
+    each after it returns. What the broker took before the stop is read by the sink first: Tansu keeps it in
+    memory only and loses on a restart what no consumer had read (a Kafka with durable storage keeps it)."""
     log_root = topology.settings.paths.event_log
     with Load(topology.layout.base_url, searchers=2) as load:
         load.wait_for(40)
