@@ -82,7 +82,7 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
         kind, _, cause = why.partition(", ")
         metrics.degraded.labels(stage, kind.split(" ")[0], cause if cause in SHED_CAUSES else "").inc()
     index = engine.index
-    contributions = engine.explain(query, result.candidates, routed.ltr, result.analysis) if body.explain else None
+    contributions = routed.explain(engine, query) if body.explain else None
     items = []
     for i, c in enumerate(result.candidates):  # one Candidate view per row
         explanation = None
