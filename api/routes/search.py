@@ -63,7 +63,7 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
     if settings.serving.micro_batch:  # the models run in the micro-batch threads, which keep their priority
         yield_to_models(settings.serving.search_nice)
     deadline = time.monotonic() + settings.serving.budget_ms / 1000
-    unit = body.user_id or body.session_id or request.state.request_id
+    unit = body.user_id or body.session_id or request.state.request_id  # blank ids are None (api.schemas)
     # overload: shed the cross-encoders, then queue until the deadline
     with request.app.state.admission.enter(wait_s=deadline - time.monotonic()) as shed:
         admission = request.app.state.admission
@@ -232,8 +232,8 @@ def search_get(
                             description=f"Search text, 1..{MAX_QUERY_CHARS} characters after trimming")],
     k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}")] = 10,
     offset: Annotated[int, Query(ge=0, le=900, description="Results to skip (paging), 0..900")] = 0,
-    user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
-    session_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    user_id: Annotated[str | None, Query(max_length=128, description="Shopper id (blank: none)")] = None,
+    session_id: Annotated[str | None, Query(max_length=128, description="Session id (blank: none)")] = None,
     explain: Annotated[bool, Query(description="Per-result feature contributions and rule notes")] = False,
     rewrite: Annotated[bool, Query(description="Correct misspelled words (false: as typed)")] = True,
     category: Annotated[list[FilterValue] | None, Query(min_length=1, max_length=100, description="Only these "
