@@ -228,8 +228,8 @@ def search_get(
     served: ServedDep,
     request: Request,
     key: KeyDep,
-    q: Annotated[str, Query(min_length=1, max_length=4 * MAX_QUERY_CHARS,
-                            description=f"Search text, 1..{MAX_QUERY_CHARS} characters after trimming")],
+    # q is checked as the POST body's query is, after trimming (a limit here, before it, named another length)
+    q: Annotated[str, Query(description=f"Search text, 1..{MAX_QUERY_CHARS} characters after trimming")],
     k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}")] = 10,
     offset: Annotated[int, Query(ge=0, le=900, description="Results to skip (paging), 0..900")] = 0,
     user_id: Annotated[str | None, Query(max_length=128, description="Shopper id (blank: none)")] = None,
@@ -240,8 +240,8 @@ def search_get(
                                                         "categories (repeat for several, up to 100)")] = None,
     brand: Annotated[list[FilterValue] | None, Query(min_length=1, max_length=100, description="Only these brands "
                                                      "(repeat for several, up to 100)")] = None,
-    min_price: Annotated[float | None, Query(ge=0, description="Lowest price, >= 0")] = None,
-    max_price: Annotated[float | None, Query(ge=0, description="Highest price, >= 0")] = None,
+    min_price: Annotated[float | None, Query(ge=0, allow_inf_nan=False, description="Lowest price, >= 0")] = None,
+    max_price: Annotated[float | None, Query(ge=0, allow_inf_nan=False, description="Highest price, >= 0")] = None,
     in_stock: Annotated[bool | None, Query(description="true: only products in stock")] = None,
     facets: Annotated[list[Literal["category", "brand", "price"]] | None,
                       Query(max_length=3, description="category, brand, price (repeat for several)")] = None,

@@ -132,6 +132,21 @@ def test_get_validation_names_the_parameter(client: TestClient) -> None:
     assert crossed.startswith("min_price, max_price:"), crossed
 
 
+def test_get_search_names_the_rules_the_post_body_names(client: TestClient) -> None:
+    """q is 1..256 characters after trimming, as the body's query (no other limit before trimming), and a price
+    that is not a finite number is told so, as in the body's filters (not that it should be >= 0)."""
+    padded = client.get("/v1/search", params={"q": "drill" + " " * 1100, "k": 1})
+    assert padded.status_code == 200 and padded.json()["query"] == "drill"
+    long = client.get("/v1/search", params={"q": "d" * 1100}).json()["message"]
+    assert long.startswith("q: query must be 1..256 characters after trimming whitespace, got 1100"), long
+    posted = client.post("/v1/search", json={"query": "drill", "filters": {"min_price": "nan"}}).json()["message"]
+    assert "Input should be a finite number" in posted
+    for name in ("min_price", "max_price"):
+        for value in ("nan", "NaN", "inf"):
+            message = client.get("/v1/search", params={"q": "drill", name: value}).json()["message"]
+            assert message.startswith(f"{name}: Input should be a finite number"), message
+
+
 def test_probes_and_openapi(client: TestClient) -> None:
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["pid"] == os.getpid() and health["cpu"]["cores"] >= 1
