@@ -3,14 +3,15 @@
 Two limits per process. Above ``shed_at`` searches in flight, a new search is
 still served but shed (``Query.shed``): a cross-encoder stage whose scores are all
 cached re-ranks from them at its full depth; one that would need the model re-ranks
-only its top ``serving.shed_depth`` (or, at 0, is skipped: the LambdaMART /
-first-stage order, marked ``degraded``), so p95 stays near the cheap path's instead
-of climbing behind the model. At ``max_in_flight`` (when set) a new search waits for
+only its top ``serving.shed_depth`` (marked ``degraded`` "shallow (top N), overload"
+where it would have scored more, so the page is not cached; or, at 0, is skipped: the
+LambdaMART / first-stage order, marked ``degraded``), so p95 stays near the cheap path's
+instead of climbing behind the model. At ``max_in_flight`` (when set) a new search waits for
 a slot, its deadline running (so it degrades further once admitted); one still waiting
 at its deadline is refused (503, ``Retry-After``), so waiting searches never hold the
 server's worker threads for longer than a search's budget.
 The share of searches over the limit is a metric
-(``shoprank_searches_total{shed="true"}``), and each skipped stage another
+(``shoprank_searches_total{shed="true"}``), and each skipped or shallow stage another
 (``shoprank_degraded_total``).
 
 A degrade budget (``serving.skip_share``, 4% by default) goes one step further

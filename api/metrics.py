@@ -62,8 +62,9 @@ class Metrics:
                                   buckets=BUCKETS, registry=self.registry)
         self.stages = Histogram("shoprank_stage_seconds", "Latency per search stage", ["stage"],
                                 buckets=BUCKETS, registry=self.registry)
-        self.degraded = Counter("shoprank_degraded_total", "Search stages skipped (reason: timeout, shed, "
-                                "skipped, error; cause, for a shed stage: budget, overload or queue)",
+        self.degraded = Counter("shoprank_degraded_total", "Search stages skipped or cut short (reason: timeout, "
+                                "shed, shallow: only the top serving.shed_depth scored, skipped, error; cause, for "
+                                "a shed or shallow stage: budget, overload or queue)",
                                 ["stage", "reason", "cause"], registry=self.registry)
         self.searches = Counter("shoprank_searches_total", "Searches served; shed=true: admitted over the "
                                 "shed limit (cross-encoders from cached scores, else their top serving.shed_depth "

@@ -13,6 +13,7 @@ from pydantic import (
     model_validator,
 )
 
+from online_learning.events import ShopperId
 from retrieval.catalog import MAX_FACET_CHARS, MAX_ID_CHARS
 from retrieval.vocabulary import tokenize
 
@@ -62,8 +63,8 @@ class SearchRequest(BaseModel):
     query: str = Field(..., description=f"Search text, 1..{MAX_QUERY_CHARS} characters after trimming.")
     k: int = Field(10, ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}.")
     offset: int = Field(0, ge=0, le=900, description="Results to skip (paging), 0..900.")
-    user_id: str | None = Field(None, min_length=1, max_length=128, description="Shopper id (optional).")
-    session_id: str | None = Field(None, min_length=1, max_length=128, description="Session id (optional).")
+    user_id: ShopperId = Field(None, description="Shopper id (optional; up to 128 characters, blank: none).")
+    session_id: ShopperId = Field(None, description="Session id (optional; up to 128 characters, blank: none).")
     filters: SearchFilters = Field(default_factory=SearchFilters)
     explain: bool = Field(False, description="Return per-result feature contributions and rule notes.")
     rewrite: bool = Field(True, description="Correct misspelled and run-together words against the catalog "
@@ -186,9 +187,9 @@ class BrowseRequest(BaseModel):
         "price_desc: by price, strictly (products without a price last).")
     k: int = Field(24, ge=1, le=MAX_K, description=f"Number of products, 1..{MAX_K}.")
     offset: int = Field(0, ge=0, le=100_000, description="Products to skip (paging), 0..100000.")
-    user_id: str | None = Field(None, min_length=1, max_length=128, description="Shopper id (optional; logged "
-                                "with the listing, so its clicks are credited).")
-    session_id: str | None = Field(None, min_length=1, max_length=128, description="Session id (optional).")
+    user_id: ShopperId = Field(None, description="Shopper id (optional; up to 128 characters, blank: none; "
+                               "logged with the listing, so its clicks are credited).")
+    session_id: ShopperId = Field(None, description="Session id (optional; up to 128 characters, blank: none).")
     facets: list[Literal["category", "brand", "price"]] = Field(
         default_factory=list, max_length=3, description="Facet counts over the whole listing.")
 
@@ -233,9 +234,9 @@ class RecommendRequest(BaseModel):
     product_ids: list[ProductId] = Field(default_factory=list, max_length=50,
                                          description="Seed products (a product page: one; a cart: several), 0..50; "
                                          "never shown. Needed by every kind but for_you.")
-    user_id: str | None = Field(None, min_length=1, max_length=128, description="The shopper (needed by "
-                                "for_you without product_ids; logged with the shelf, so its clicks are credited).")
-    session_id: str | None = Field(None, min_length=1, max_length=128, description="Session id (optional).")
+    user_id: ShopperId = Field(None, description="The shopper (up to 128 characters, blank: none; needed by "
+                               "for_you without product_ids; logged with the shelf, so its clicks are credited).")
+    session_id: ShopperId = Field(None, description="Session id (optional; up to 128 characters, blank: none).")
     k: int = Field(10, ge=1, le=MAX_K, description=f"Number of products, 1..{MAX_K}.")
     filters: SearchFilters = Field(default_factory=SearchFilters)
     exclude: list[ProductId] = Field(default_factory=list, max_length=500,

@@ -103,19 +103,21 @@ class ServingSettings(BaseModel):
                               "dropped (counted) so shadow scoring never slows serving.")
     # One per two cores (was two per core): a full-depth teacher batch already uses every core. On 2 cores, with
     # shed_depth 5, the head-heavy stream's p95 at 8 connections was 186-192 ms at 4, 152-163 at 2 and 140-145 at 1,
-    # no search degraded (benchmarks/RESULTS.md, "The full pipeline under two query streams").
+    # none skipping the teacher (benchmarks/RESULTS.md, "The full pipeline under two query streams").
     shed_in_flight: int = Field(0, ge=0, le=1024, description="Searches in flight per server process above "
                                 "which new ones are shed: their cross-encoders re-rank from cached scores, or "
                                 "only their top shed_depth (0: skipped, served in LambdaMART / first-stage "
                                 "order, marked degraded), instead of queueing behind the model. 0: one per "
                                 "two of the process's share of the cores (at least one).")
     # Measured on the Home Depot catalog (benchmarks/RESULTS.md, "The full pipeline under two query streams" and
-    # "What an overloaded search loses"): at 5 (in-flight limit 4), no search was degraded at 8 or 32 connections
-    # where 0 skipped the teacher on 12-95% of them, at similar p95; a top-5 teacher keeps two thirds of what the
+    # "What an overloaded search loses"): at 5 (in-flight limit 4), no search skipped the teacher at 8 or 32
+    # connections where 0 skipped it on 12-95% of them, at similar p95; a top-5 teacher keeps two thirds of what the
     # teacher adds.
     shed_depth: int = Field(5, ge=0, le=1000, description="A search admitted over shed_in_flight whose "
                             "cross-encoder scores are not all cached still has its top shed_depth scored by "
-                            "each cross-encoder stage (0: the stage is skipped, marked degraded).")
+                            "each cross-encoder stage (marked degraded 'shallow (top N), overload' where the stage "
+                            "would score more, so its page is not cached; 0: the stage is skipped, marked "
+                            "degraded).")
     # On 2 cores (EPYC, head-heavy stream, 1,000 warmed heads), three pairs of runs: at 0.04 the 8-connection level
     # served 139-144 searches/s at p95 204-206 ms against 120-125 at 224-233 ms off (runs with the connections split
     # evenly over the processes), 32 connections 165-182 against 140-172 /s, the 50/s open loop's p95 108-117 against

@@ -41,7 +41,8 @@ class Noted:
 Stage = Callable[[Query, Candidates], "Candidates | Noted"]
 logger = logging.getLogger(__name__)
 # why a costly stage was shed (degraded "<stage>: shed, <cause>"): the degrade budget, the in-flight limit
-# with shed_depth 0, or the queue gate (its pairs would not be scored in time)
+# with shed_depth 0, or the queue gate (its pairs would not be scored in time); a stage the in-flight limit
+# cut to its top shed_depth rows says "<stage>: shallow (top N), overload"
 SHED_CAUSES = ("budget", "overload", "queue")
 
 
@@ -59,7 +60,8 @@ class ScoreStage:
     shallower depth for searches whose first stage is confident). ``cached(query text, docs)``
     returns the scores only when a cache holds all of them (None otherwise): under overload the
     stage still runs from it, at no model cost; when it would need the model it scores only its
-    top ``shed_depth`` (:meth:`under_load`), or is shed (0)."""
+    top ``shed_depth`` (:meth:`under_load`; degraded "<stage>: shallow (top N), overload" when that
+    is fewer rows than it would score), or is shed (0)."""
 
     name: str
     score: Callable[[str, np.ndarray, float | None], np.ndarray]
@@ -76,12 +78,13 @@ class ScoreStage:
             return None
         return replace(self, depth=min(self.depth, self.shed_depth), shed_depth=0)
 
-    def _depth(self, candidates: Candidates) -> int:
+    def rows_for(self, candidates: Candidates) -> int:
+        """How many of ``candidates`` the stage scores (its depth, the adaptive one when set)."""
         depth = self.adaptive(candidates, self.depth) if self.adaptive is not None else self.depth
         return min(depth, len(candidates))
 
     def __call__(self, query: Query, candidates: Candidates) -> Candidates:
-        depth = self._depth(candidates)
+        depth = self.rows_for(candidates)
         if depth <= 0:
             return candidates
         head = candidates.top(depth)
@@ -89,7 +92,7 @@ class ScoreStage:
 
     def from_cache(self, query: Query, candidates: Candidates) -> Candidates | None:
         """The stage's output when every score it needs is cached, else None (it would run the model)."""
-        depth = self._depth(candidates)
+        depth = self.rows_for(candidates)
         if depth <= 0:
             return candidates
         if self.cached is None:
@@ -176,12 +179,14 @@ class Cascade:
 
     def _apply(self, query: Query, candidates: Candidates, timings: dict[str, float]) -> Ranked:
         """Run the stages; a stage that times out or fails is skipped (the previous
-        order stands) and named in ``degraded``; never an exception for a slow model."""
+        order stands) and named in ``degraded``, as is one that scored fewer rows than it would
+        because the search was shed; never an exception for a slow model."""
         degraded: list[str] = []
         notes: dict[str, list[str]] = {}
         for stage in self.stages:
             name = getattr(stage, "name", "stage")
             now = time.monotonic()
+            shallow_note = ""  # a shed stage cut short: said once it ran (a timeout says so instead)
             skippable = getattr(stage, "skippable", True)
             if skippable and query.deadline is not None and now >= query.deadline:
                 degraded.append(f"{name}: skipped, request budget spent")
@@ -200,6 +205,9 @@ class Cascade:
                     if shallow is None:
                         degraded.append(f"{name}: shed, overload")
                         continue
+                    if (rows := shallow.rows_for(candidates)) < stage.rows_for(candidates):
+                        # its ranking is not the one a search gets when the server keeps up: not a page to cache
+                        shallow_note = f"{name}: shallow (top {rows}), overload"
                     stage = shallow  # runs below like any stage: budgets, deadline, the queue gate
             limits = [d for d in (query.deadline, now + self.budgets[name] if name in self.budgets else None) if d]
             started = time.perf_counter()
@@ -210,6 +218,8 @@ class Cascade:
                     degraded.extend(out.degraded)
                 else:
                     candidates = out
+                if shallow_note:
+                    degraded.append(shallow_note)
             except StageTimeout:
                 degraded.append(f"{name}: timeout")
             except StageShed:

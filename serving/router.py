@@ -47,6 +47,27 @@ class Routed:
     # the encoder and the model versions that ranked the search, by role (SearchEngine.ranked_by); an
     # interleaved search names each arm's LambdaMART as ``ltr:<arm>`` and no single ``ltr``
     versions: dict[str, str] = field(default_factory=dict)
+    # interleaved: the LambdaMART version of each team (None: the rows the rules placed, from the control's list)
+    team_ltr: dict[str | None, str] = field(default_factory=dict)
+
+    def explain(self, engine: SearchEngine, query: Query) -> list[dict[str, float]] | None:
+        """LambdaMART feature contributions per row of the page, each from the model that scored the row, so
+        they add up to its served score: an interleaved row's from its team's arm, a row the rules placed
+        from the control's (its list gave the row); otherwise from the search's LambdaMART."""
+        result = self.result
+        if not self.team_ltr:
+            return engine.explain(query, result.candidates, self.ltr, result.analysis)
+        rows: dict[str, list[int]] = {}  # the page's rows by the LambdaMART that scored them
+        for i, product in enumerate(result.candidates.product_ids):
+            rows.setdefault(self.team_ltr[self.teams.get(product)], []).append(i)
+        contributions: list[dict[str, float]] = [{} for _ in result.candidates.product_ids]
+        for version, at in rows.items():
+            part = engine.explain(query, result.candidates.take(np.array(at)), version, result.analysis)
+            if part is None:
+                return None
+            for i, row in zip(at, part):
+                contributions[i] = row
+        return contributions
 
     def ltr_label(self, active: str | None) -> str | None:
         """The LambdaMART that ranked the list shown: the arm's, both arms' for an interleaved list, else
@@ -149,8 +170,10 @@ class ExperimentRouter:
             arm = engine.ranked_by(a.pipeline, experiment.arms[name].ltr)
             ltr = arm.pop("ltr", None)
             versions |= arm | ({f"ltr:{name}": ltr} if ltr else {})
+        team_ltr: dict[str | None, str] = {name: experiment.arms[name].ltr for name in names}
+        team_ltr[None] = team_ltr[names[0]]  # a row the rules placed is the first arm's row (_merge)
         return Routed(result, experiment.name, "interleaved", None,
-                      {p: team_of[p] for p in merged.product_ids}, versions)
+                      {p: team_of[p] for p in merged.product_ids}, versions, team_ltr)
 
     def _submit_shadow(self, engine: SearchEngine, query: Query, k: int, offset: int, served: Routed) -> None:
         assert self._pool is not None

@@ -63,7 +63,7 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
     if settings.serving.micro_batch:  # the models run in the micro-batch threads, which keep their priority
         yield_to_models(settings.serving.search_nice)
     deadline = time.monotonic() + settings.serving.budget_ms / 1000
-    unit = body.user_id or body.session_id or request.state.request_id
+    unit = body.user_id or body.session_id or request.state.request_id  # blank ids are None (api.schemas)
     # overload: shed the cross-encoders, then queue until the deadline
     with request.app.state.admission.enter(wait_s=deadline - time.monotonic()) as shed:
         admission = request.app.state.admission
@@ -82,7 +82,7 @@ def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey 
         kind, _, cause = why.partition(", ")
         metrics.degraded.labels(stage, kind.split(" ")[0], cause if cause in SHED_CAUSES else "").inc()
     index = engine.index
-    contributions = engine.explain(query, result.candidates, routed.ltr, result.analysis) if body.explain else None
+    contributions = routed.explain(engine, query) if body.explain else None
     items = []
     for i, c in enumerate(result.candidates):  # one Candidate view per row
         explanation = None
@@ -228,20 +228,20 @@ def search_get(
     served: ServedDep,
     request: Request,
     key: KeyDep,
-    q: Annotated[str, Query(min_length=1, max_length=4 * MAX_QUERY_CHARS,
-                            description=f"Search text, 1..{MAX_QUERY_CHARS} characters after trimming")],
+    # q is checked as the POST body's query is, after trimming (a limit here, before it, named another length)
+    q: Annotated[str, Query(description=f"Search text, 1..{MAX_QUERY_CHARS} characters after trimming")],
     k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}")] = 10,
     offset: Annotated[int, Query(ge=0, le=900, description="Results to skip (paging), 0..900")] = 0,
-    user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
-    session_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    user_id: Annotated[str | None, Query(max_length=128, description="Shopper id (blank: none)")] = None,
+    session_id: Annotated[str | None, Query(max_length=128, description="Session id (blank: none)")] = None,
     explain: Annotated[bool, Query(description="Per-result feature contributions and rule notes")] = False,
     rewrite: Annotated[bool, Query(description="Correct misspelled words (false: as typed)")] = True,
     category: Annotated[list[FilterValue] | None, Query(min_length=1, max_length=100, description="Only these "
                                                         "categories (repeat for several, up to 100)")] = None,
     brand: Annotated[list[FilterValue] | None, Query(min_length=1, max_length=100, description="Only these brands "
                                                      "(repeat for several, up to 100)")] = None,
-    min_price: Annotated[float | None, Query(ge=0, description="Lowest price, >= 0")] = None,
-    max_price: Annotated[float | None, Query(ge=0, description="Highest price, >= 0")] = None,
+    min_price: Annotated[float | None, Query(ge=0, allow_inf_nan=False, description="Lowest price, >= 0")] = None,
+    max_price: Annotated[float | None, Query(ge=0, allow_inf_nan=False, description="Highest price, >= 0")] = None,
     in_stock: Annotated[bool | None, Query(description="true: only products in stock")] = None,
     facets: Annotated[list[Literal["category", "brand", "price"]] | None,
                       Query(max_length=3, description="category, brand, price (repeat for several)")] = None,

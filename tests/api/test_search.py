@@ -98,7 +98,7 @@ def test_a_body_not_sent_as_json_is_told_the_content_type(client: TestClient) ->
         ({"query": "x" * 257}, "query", "1..256 characters"),
         ({"k": 5}, "query", "Field required"),
         ({"query": "drill", "color": "red"}, "color", "Extra inputs are not permitted"),
-        ({"query": "drill", "user_id": ""}, "user_id", "at least 1 character"),
+        ({"query": "drill", "user_id": "u" * 129}, "user_id", "at most 128 characters"),  # blank: none (no 422)
         ({"query": "?!/ $"}, "query", "'?!/ $' has no letter or digit"),
     ],
 )
@@ -130,6 +130,21 @@ def test_get_validation_names_the_parameter(client: TestClient) -> None:
     assert client.get("/v1/search", params={"q": "drill", "min_price": -1}).json()["message"].startswith("min_price")
     crossed = client.get("/v1/search", params={"q": "drill", "min_price": 5, "max_price": 1}).json()["message"]
     assert crossed.startswith("min_price, max_price:"), crossed
+
+
+def test_get_search_names_the_rules_the_post_body_names(client: TestClient) -> None:
+    """q is 1..256 characters after trimming, as the body's query (no other limit before trimming), and a price
+    that is not a finite number is told so, as in the body's filters (not that it should be >= 0)."""
+    padded = client.get("/v1/search", params={"q": "drill" + " " * 1100, "k": 1})
+    assert padded.status_code == 200 and padded.json()["query"] == "drill"
+    long = client.get("/v1/search", params={"q": "d" * 1100}).json()["message"]
+    assert long.startswith("q: query must be 1..256 characters after trimming whitespace, got 1100"), long
+    posted = client.post("/v1/search", json={"query": "drill", "filters": {"min_price": "nan"}}).json()["message"]
+    assert "Input should be a finite number" in posted
+    for name in ("min_price", "max_price"):
+        for value in ("nan", "NaN", "inf"):
+            message = client.get("/v1/search", params={"q": "drill", name: value}).json()["message"]
+            assert message.startswith(f"{name}: Input should be a finite number"), message
 
 
 def test_probes_and_openapi(client: TestClient) -> None:

@@ -139,7 +139,10 @@ def test_an_overloaded_search_still_uses_cached_scores_and_never_the_model() -> 
     assert other.degraded == ["teacher: shed, overload"] and calls == [5]
 
 
-def test_an_overloaded_search_scores_only_the_shed_depth_when_not_all_cached() -> None:
+def test_an_overloaded_search_scores_only_the_shed_depth_when_not_all_cached_and_says_so() -> None:
+    """A shed search whose scores are not all cached has its top shed_depth scored, and its degraded list says the
+    stage ran shallow (the page is then not cached: a search made once the load is gone ranks it in full); one
+    whose adaptive depth is no deeper than the shed depth is ranked as it would be anyway, and is not degraded."""
     calls: list[int] = []
 
     def score(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
@@ -152,14 +155,14 @@ def test_an_overloaded_search_scores_only_the_shed_depth_when_not_all_cached() -
     stage = ScoreStage("teacher", score, depth=5, cached=nothing_cached, shed_depth=2)
     cascade = Cascade("c", ListRetriever(), [stage], first_stage_depth=20)
     shed = cascade.run(Query("q", shed=True), 5)
-    assert calls == [2] and shed.degraded == []  # the top 2 scored by the model, not skipped
+    assert calls == [2] and shed.degraded == ["teacher: shallow (top 2), overload"]  # the top 2, not skipped
     assert shed.candidates.product_ids[:3] == ["p1", "p0", "p2"] and "teacher" in shed.timings
     assert cascade.run(Query("q"), 5).candidates.product_ids[:5] == ["p4", "p3", "p2", "p1", "p0"]  # not shed
     assert calls == [2, 5]
     assert stage.under_load() is not None and replace(stage, shed_depth=0).under_load() is None
     confident = replace(stage, adaptive=AdaptiveDepth(confident=1, threshold=0.0))  # always confident: top 1
-    Cascade("c", ListRetriever(), [confident], first_stage_depth=20).run(Query("q", shed=True), 5)
-    assert calls[-1] == 1  # a shed search never scores deeper than its adaptive depth
+    as_usual = Cascade("c", ListRetriever(), [confident], first_stage_depth=20).run(Query("q", shed=True), 5)
+    assert calls[-1] == 1 and as_usual.degraded == []  # never deeper than its adaptive depth, which it scored
 
 
 def test_a_degrade_budget_skips_the_model_only_where_it_would_run() -> None:
@@ -183,7 +186,7 @@ def test_a_degrade_budget_skips_the_model_only_where_it_would_run() -> None:
     warm = cascade.run(Query("q", skip_model=budget(True)), 5)  # every pair cached: no model to skip
     assert warm.degraded == [] and calls == [5] and len(asked) == 2 and warm.candidates.product_ids == full.candidates.product_ids
     shed = cascade.run(Query("other", shed=True, skip_model=budget(False)), 5)  # shed, no token: its top 2
-    assert shed.degraded == [] and calls == [5, 2]
+    assert shed.degraded == ["teacher: shallow (top 2), overload"] and calls == [5, 2]
 
 
 def test_the_degrade_budget_skips_at_most_its_share_and_only_beside_another_search() -> None:

@@ -166,3 +166,27 @@ def test_interleaving_keeps_pins_at_their_places_and_a_shadow_is_never_the_serve
         same.drain()
         same.close()
         assert same.shadow_done == 0  # the shadow ranked the list shown: nothing to compare (before: scored again)
+
+
+class ExplainingEngine(PinnedEngine):
+    """Explains each row with the LambdaMART asked for: the contribution names the version."""
+
+    def explain(self, query: Query, candidates: Candidates, ltr: str | None = None,
+                analysis: object = None) -> list[dict[str, float]] | None:
+        return [{f"by {ltr or self.versions['ltr']}": 1.0} for _ in candidates.product_ids]
+
+
+def test_an_interleaved_row_is_explained_by_the_lambdamart_of_the_arm_that_placed_it() -> None:
+    """Each row's contributions come from its team's LambdaMART (a pinned row's from the control's, whose list
+    gave it), so they add up to its served score; not from the active model, which ranked neither list."""
+    engine = ExplainingEngine()
+    router = ExperimentRouter(EXP.model_copy(update={"mode": "interleave"}))
+    for user in ("u1", "u2", "u3", "u4"):
+        routed = router.search(engine, Query("drill", user), 5, 0, user, False)  # type: ignore[arg-type]
+        contributions = routed.explain(engine, Query("drill", user))  # type: ignore[arg-type]
+        assert contributions is not None
+        arm_of = {None: "v1", "control": "v1", "treatment": "v2"}
+        for product, explained in zip(routed.result.candidates.product_ids, contributions):
+            assert explained == {f"by {arm_of[routed.teams[product]]}": 1.0}
+    ab = ExperimentRouter(EXP).search(engine, Query("drill", "u1"), 3, 0, "u1", False)  # type: ignore[arg-type]
+    assert ab.explain(engine, Query("drill", "u1")) == [{f"by {ab.ltr}": 1.0}] * 3  # type: ignore[arg-type]
