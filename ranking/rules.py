@@ -23,10 +23,10 @@ In order:
    (a page of the store) is returned with its results (``SearchResponse.redirect``).
    A query's rule may hold from a ``start`` until an ``end`` (a sale's weekend).
 
-A search sorted by price puts its rows in the prices' order, which would undo every move: it
-applies only the filters and what hides a product (``hide``, a query's ``hide``, ``out_of_stock:
-hide``), as a listing by price does; no demotion, promotion boost, query boost, pin or bury
-moves a row or notes one.
+A search sorted by price puts its rows in the prices' order: it applies no pin nor bury, and its
+rows carry no rule notes (no place they note would hold). The filters, the hides, the out-of-stock
+demotion and the boosts still apply: they choose which rows come first, and so which rows the
+engine sorts by price when ``serving.sort_depth`` is below this stage's depth.
 
 A rule's query is matched as the analyzer normalizes text (case, accents, units,
 symbols: ``3/4 in. PVC`` and ``3/4" pvc`` are one rule), first against the text as
@@ -339,13 +339,13 @@ class RulesStage:
         list), less the rows whose facts as last built (:meth:`ranking.facts.CatalogFacts.known`) fail
         the filters or, with ``out_of_stock: hide``, are out of stock, and the hidden products. A row's
         place never depends on how many rows a request asks for, so the pages of a search agree at any offset.
-        A search sorted by price gets the filters and the hides only: the price order would undo any move."""
+        A search sorted by price gets no pin nor bury, and no note: the price order re-sorts the rows the other
+        rules chose (out-of-stock rows demoted, promotions and a query's boost lifted, which decides the rows
+        the engine sorts by price when ``serving.sort_depth`` is below this stage's depth)."""
         rule = self.config.rule_for(query) if query.text else None
-        config = self.config
-        if query.sort != "relevance":  # a price order re-sorts the rows: only the filters and the hides apply
-            rule = rule.model_copy(update={"pin": [], "pin_at": {}, "bury": [], "boost": None}) if rule else None
-            config = config.model_copy(update={"promo_boost": 0.0, "out_of_stock": (
-                "hide" if config.out_of_stock == "hide" else "none")})
+        by_price = query.sort != "relevance"
+        if by_price and rule is not None:  # a price order has no places to pin or bury at
+            rule = rule.model_copy(update={"pin": [], "pin_at": {}, "bury": []})
         depth = max(self.depth, *rule.pin_at.values()) if rule is not None and rule.pin_at else self.depth
         head, tail = candidates.top(depth), candidates.take(slice(depth, None))  # a pin_at place is in the head
         if rule is not None and (rule.pin or rule.pin_at):
@@ -354,9 +354,12 @@ class RulesStage:
         score = np.nan_to_num(head.score, nan=float(np.nanmin(head.score)) if np.isfinite(head.score).any() else 0.0)
         keep = facts.matching(query.filters) if query.filters.active() else None
         boosted = facts.matching(rule.boost.filters()) if rule is not None and rule.boost is not None else None
-        result = apply_rules(rule, head.product_ids, score, facts.in_stock, facts.promoted, config, keep, boosted)
+        result = apply_rules(rule, head.product_ids, score, facts.in_stock, facts.promoted, self.config, keep,
+                             boosted)
         reordered = head.take(result.order)
-        notes = {pid: n for pid, n in zip(reordered.product_ids, result.notes) if n}
+        # a price order keeps the rows the moves bring to the top (serving.sort_depth may sort fewer rows than
+        # these), but re-sorts them, so no note of a place holds
+        notes = {} if by_price else {pid: n for pid, n in zip(reordered.product_ids, result.notes) if n}
         if len(tail):
             hide = self.config.out_of_stock == "hide"
             hidden = set(self.config.hide) | set(rule.hide if rule else ())

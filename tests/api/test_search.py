@@ -145,6 +145,10 @@ def test_get_search_names_the_rules_the_post_body_names(client: TestClient) -> N
         for value in ("nan", "NaN", "inf"):
             message = client.get("/v1/search", params={"q": "drill", name: value}).json()["message"]
             assert message.startswith(f"{name}: Input should be a finite number"), message
+    for name in ("user_id", "session_id"):  # a blank id is none, however long, as in the body
+        assert client.get("/v1/search", params={"q": "drill", name: " " * 200}).status_code == 200
+        message = client.get("/v1/search", params={"q": "drill", name: "u" * 129}).json()["message"]
+        assert name in message and "128" in message, message
 
 
 def test_probes_and_openapi(client: TestClient) -> None:

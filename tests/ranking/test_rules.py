@@ -257,7 +257,7 @@ def test_a_price_order_applies_no_pin_or_bury_and_a_pinned_product_out_of_stock_
                          queries={"drill": QueryRule(pin=["p4"], pin_at={"p5": 2}, bury=["p0"], hide=["p1"])})
     stage = RulesStage(config, lambda c: facts.take(c.docs), depth=n)
     by_price = stage(Query("drill", sort="price_asc"), candidates)
-    assert by_price.candidates.product_ids == ["p0", "p2", "p3", "p4", "p5"]  # relevance order, p1 hidden
+    assert by_price.candidates.product_ids == ["p0", "p3", "p4", "p5", "p2"]  # p1 hidden, p2 out of stock last
     assert by_price.notes == {}
     pinned = RulesStage(RulesConfig(out_of_stock="demote", promo_boost=0, queries={"drill": QueryRule(pin=["p2"])}),
                         lambda c: facts.take(c.docs), depth=n)(Query("drill"), candidates)
@@ -267,11 +267,11 @@ def test_a_price_order_applies_no_pin_or_bury_and_a_pinned_product_out_of_stock_
     assert "p2" not in hidden.candidates.product_ids and hidden.notes == {}
 
 
-def test_a_price_order_moves_and_notes_no_row_but_still_filters_and_hides() -> None:
-    """The price order re-sorts the rows the rules return: an out-of-stock demotion, a promotion boost or a
-    query's boost would be undone there, so none moves a row or notes one (the notes would be shown in the
-    explanation and counted in the rules metric); the filters and the hides (out_of_stock: hide) still hold,
-    as in a listing by price."""
+def test_a_price_order_notes_no_row_but_keeps_the_rows_the_rules_bring_first() -> None:
+    """The price order re-sorts the rows the rules return, so no note of a place would hold: none is given
+    (the notes are shown in the explanation and counted in the rules metric). The moves still choose which
+    rows come first: the engine sorts only the first ``serving.sort_depth`` rows by price, and with the moves
+    left out, out-of-stock products (often the cheapest) filled that window. Filters and hides still hold."""
     n = 6
     facts = ProductFacts(np.array(["tools"] * 5 + ["paint"], dtype=object),
                          np.array(["acme", "bolt", "acme", "bolt", "acme", "acme"], dtype=object),
@@ -283,11 +283,12 @@ def test_a_price_order_moves_and_notes_no_row_but_still_filters_and_hides() -> N
                          queries={"drill": QueryRule(boost={"brand": ["bolt"]})})
     stage = RulesStage(config, lambda c: facts.take(c.docs), depth=n)
     relevance = stage(Query("drill"), candidates)  # p0 demoted, p4 promoted, bolt's p1 and p3 boosted
-    assert relevance.candidates.product_ids != candidates.product_ids
+    assert relevance.candidates.product_ids != candidates.product_ids and relevance.candidates.product_ids[-1] == "p0"
     assert relevance.notes["p0"] == ["out_of_stock_demoted"] and relevance.notes["p1"] == ["boosted"]
     by_price = stage(Query("drill", sort="price_asc"), candidates)
-    assert by_price.candidates.product_ids == candidates.product_ids and by_price.notes == {}
+    assert by_price.candidates.product_ids == relevance.candidates.product_ids and by_price.notes == {}
     tools = stage(Query("drill", filters=Filters(category=("tools",)), sort="price_desc"), candidates)
-    assert tools.candidates.product_ids == ["p0", "p1", "p2", "p3", "p4"] and tools.notes == {}
+    assert tools.candidates.product_ids == [p for p in relevance.candidates.product_ids if p != "p5"]
+    assert tools.notes == {}
     hide = RulesStage(config.model_copy(update={"out_of_stock": "hide"}), lambda c: facts.take(c.docs), depth=n)
-    assert hide(Query("drill", sort="price_asc"), candidates).candidates.product_ids == ["p1", "p2", "p3", "p4", "p5"]
+    assert "p0" not in hide(Query("drill", sort="price_asc"), candidates).candidates.product_ids
