@@ -414,3 +414,15 @@ def test_a_built_profile_knows_a_product_deleted_from_the_catalog_as_the_consume
     # before: the build gave P1 no category and no price (median 5.0, one top category)
     assert _last_profile(folder) == streamed and streamed["median_price"] == 52.0
     assert streamed["top_categories"] == [stable_id("Tools > Drills")]
+
+
+def test_a_search_that_found_nothing_counts_no_impression(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, progress=False)
+    folder = feast_repo.features_dir(settings)
+    ParquetLogSink(settings.paths.event_log)([Delivered("r", 0, 0, RankingEvent(
+        event_id="r0", request_id="r0", timestamp=NOW - timedelta(hours=1), user_id="u1", query="xyzzy",
+        pipeline="full", items=[]))])  # logged as one row without a product
+    for now in (NOW, NOW + timedelta(hours=1)):  # the second build gives zeros to the products the state counts
+        write_catalog_tables(CATALOG, settings.paths.event_log, folder, now, settings.paths.streaming_state)
+    # before: the state counted an impression of a product "None", and the tables gave it a popularity row
+    assert set(pd.read_parquet(folder / "popularity.parquet")["product_id"]) == set()
