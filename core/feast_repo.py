@@ -103,10 +103,11 @@ def open_store(settings: Settings) -> FeatureStore:
 
 
 def apply(settings: Settings) -> list[str]:
-    """Register the repo's entities, views and services (``feast apply``); returns their names."""
+    """Register the repo's entities, views and services (``feast apply``); returns their names. Those registered
+    before that the repo no longer defines are deleted, with their online tables, as ``feast apply`` does."""
     import sys
 
-    from feast.repo_operations import parse_repo
+    from feast.repo_operations import extract_objects_for_apply_delete, parse_repo
 
     store = open_store(settings)
     if str(REPO) not in sys.path:
@@ -121,7 +122,8 @@ def apply(settings: Settings) -> list[str]:
         os.chdir(cwd)
     objects = [*repo.entities, *repo.data_sources, *repo.feature_views, *repo.on_demand_feature_views,
                *repo.feature_services]
-    store.apply(objects)
+    _, gone, _, _ = extract_objects_for_apply_delete(store.project, store.registry, repo)
+    store.apply(objects, objects_to_delete=gone, partial=False)
     names = sorted({o.name for o in objects})
     logger.info("applied %d Feast objects to %s", len(objects), store.config.registry.path)
     return names

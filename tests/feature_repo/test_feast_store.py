@@ -367,3 +367,24 @@ def test_an_unchanged_store_config_is_not_written_again(tmp_path: Path) -> None:
     path.write_text("project: stale\n")
     feast_repo.render_config(settings)
     assert "project: shoprank\n" in path.read_text()  # a file that differs is written again
+
+
+def test_apply_deletes_the_views_the_repo_no_longer_defines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+    import sys
+
+    settings = Settings(home=tmp_path / "home", progress=False)
+    write_tables(feast_repo.features_dir(settings))
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(feast_repo.REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(feast_repo, "REPO", repo)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the copy's folder leaves sys.path after the test
+    feast_repo.apply(settings)
+    products, services = repo / "products.py", repo / "services.py"
+    products.write_text(re.sub(r"promotions = FeatureView\(.*?\n\)\n", "", products.read_text(), flags=re.S))
+    services.write_text(services.read_text().replace(", promotions\n", "\n")
+                        .replace('        promotions[["promoted", "discount"]],\n', ""))
+    assert "promotions" not in feast_repo.apply(settings)
+    # before: the view stayed registered (feast's apply leaves what it is not given) and was still materialized
+    views = sorted(view.name for view in feast_repo.open_store(settings).list_feature_views())
+    assert views == ["inventory", "popularity", "product_attributes", "user_profile"]
