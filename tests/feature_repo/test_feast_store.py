@@ -409,3 +409,27 @@ def test_a_materialize_keeps_the_newer_counts_the_consumer_pushed_to_sqlite(tmp_
         "event_timestamp": day(5)}]))  # the consumer's push, after the build's row
     # before: each materialize wrote the build's older row (5 clicks) over the push, on sqlite only
     assert clicks() == 99 and clicks() == 99
+
+
+def test_a_slow_store_holds_a_search_read_timeout_at_most_and_never_past_its_deadline(
+        sqlite_settings: Settings) -> None:
+    reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1", read_timeout=1.0)
+    real = reader.provider.online_read
+
+    def slow(**kwargs: object) -> object:  # each view answers in 0.3 s: within read_timeout
+        time.sleep(0.3)
+        return real(**kwargs)
+
+    reader.provider.online_read = slow
+    try:
+        started = time.monotonic()
+        batch = reader.fetch(["P1", "P2"], "u1")  # 4 product views and the user's: read at once
+        # before: one view after another, 1.5 s (each read waited up to read_timeout on its own)
+        assert time.monotonic() - started < 1.0 and batch.unavailable is None
+        started = time.monotonic()
+        late = reader.fetch(["P3"], "u1", deadline=started + 0.1)  # the search's deadline comes first
+        assert time.monotonic() - started < 0.6
+        assert late.unavailable == "the search's deadline came before the online store answered"
+        assert reader.failures == 0  # a search short of time does not rest the store for the others
+    finally:
+        reader.close()
