@@ -17,13 +17,15 @@ for a store in production (``features build`` without it simulates a store world
   affinities, median price, purchases and recent items, a row after each purchase.
 
 Each build adds its rows to those of the builds before, so a training join of an impression logged
-before the latest build reads the values it was served with (:func:`with_history`); rows from before
-the event log's first day go, but for each product's last one, so ``shoprank events prune`` bounds
-the files too.
+before the latest build reads the catalog's values and the shopper's profile it was served with
+(:func:`with_history`); rows from before the event log's first day go, but for each product's last
+one, so ``shoprank events prune`` bounds the files too.
 
 The streaming feature consumer keeps popularity and profiles current from then on: its state is
-seeded with the same events, so its next push of a product or a shopper adds to that history
-(it reads each product's category id and price from ``product_attributes``).
+seeded with the same events, so its next push of a product or a shopper goes on from what the tables
+hold (it reads each product's category id and price from ``product_attributes``). It pushes to the
+online store only: a training join reads popularity as the last build before the impression counted
+it, not the counts the consumer pushed since.
 """
 
 from __future__ import annotations
