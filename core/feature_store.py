@@ -18,8 +18,9 @@ once the cache is warm; users are always read fresh.
 Missing values (a product with no popularity yet, an anonymous user) are NaN,
 which LightGBM treats as missing.
 
-An online store that is down or slow never stalls a search: every read waits at
-most ``read_timeout`` seconds; a failed or late read opens a breaker for
+An online store that is down or slow never stalls a search: a search's reads (each view's rows of its
+products never read, and its user's) all start at once and wait together at most ``read_timeout``
+seconds, less when the search's deadline comes first; a failed or late read opens a breaker for
 ``retry_after`` seconds during which reads are not tried at all. Meanwhile
 products keep their cached rows, unread rows and the user's row are missing
 (NaN), and :attr:`FeatureBatch.unavailable` says why, so the search reports it
@@ -32,7 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +79,7 @@ class OnlineFeatureReader:
         self.retry_after = retry_after
         self._down_until = 0.0
         self._down_reason = ""
-        self._io = ThreadPoolExecutor(4, thread_name_prefix="feature-read")
+        self._io = ThreadPoolExecutor(8, thread_name_prefix="feature-read")  # a search's reads, one a view, at once
         self.failures = 0
         self.store = store
         self.provider = store._get_provider()  # the OnlineStore behind get_online_features
@@ -147,31 +148,49 @@ class OnlineFeatureReader:
             found[fact] = feature
         return found
 
-    def _read(self, view_name: str, keys: Sequence[str], timeout: float | None = None) -> list[dict[str, Any]]:
-        """One view's rows for ``keys``, waiting at most ``timeout`` (default ``read_timeout``) seconds;
-        raises :class:`StoreUnavailable` when the store fails, is late, or failed less than
-        ``retry_after`` seconds ago."""
-        now = time.monotonic()
-        if now < self._down_until:
+    def _start(self, reads: Sequence[tuple[str, Sequence[str]]]) -> list[Future]:
+        """Start reading each ``(view name, keys)`` of ``reads`` at once, in the read threads; raises
+        :class:`StoreUnavailable` when the store failed less than ``retry_after`` seconds ago."""
+        if time.monotonic() < self._down_until:
             raise StoreUnavailable(self._down_reason)
         try:
-            future = self._io.submit(self._read_now, view_name, keys)
+            return [self._io.submit(self._read_now, view_name, list(keys)) for view_name, keys in reads]
         except RuntimeError as err:  # its threads are shut down: the process is exiting
             raise StoreUnavailable("the feature reader is shut down") from err
+
+    def _wait(self, read: Future, until: float, cut: bool = False) -> list[dict[str, Any]]:
+        """The rows of a read :meth:`_start` began, waiting for them until ``until`` (a ``time.monotonic()``
+        time); raises :class:`StoreUnavailable` when the store fails or is late, and rests it ``retry_after``
+        seconds. ``cut``: ``until`` is a search's deadline, before ``read_timeout``; a read late for it is
+        not the store's fault, and does not rest it."""
         try:
-            return future.result(timeout=self.read_timeout if timeout is None else timeout)
+            return read.result(timeout=max(0.0, until - time.monotonic()))
+        except TimeoutError as err:
+            if cut:
+                raise StoreUnavailable("the search's deadline came before the online store answered") from err
+            self._rest("online store read timed out")
+            raise StoreUnavailable("online store read timed out") from err
         except Exception as err:  # noqa: BLE001 - any store failure: rest, then try again
-            reason = ("online store read timed out" if isinstance(err, TimeoutError)
-                      else f"online store error {type(err).__name__}")
-            with self._lock:
-                first = now >= self._down_until
-                self._down_until = time.monotonic() + self.retry_after
-                self._down_reason = reason
-                self.failures += 1
-            if first:
-                logger.warning("%s; store features are missing for %.1fs before the next try", reason,
-                               self.retry_after)
+            reason = f"online store error {type(err).__name__}"
+            self._rest(reason)
             raise StoreUnavailable(reason) from err
+
+    def _rest(self, reason: str) -> None:
+        """Try the store no more for ``retry_after`` seconds after a read failed (``reason``)."""
+        with self._lock:
+            first = time.monotonic() >= self._down_until  # else another read (of this search) failed first
+            self._down_until = time.monotonic() + self.retry_after
+            self._down_reason = reason
+            if first:  # counted once a rest: the times the store failed
+                self.failures += 1
+        if first:
+            logger.warning("%s; store features are missing for %.1fs before the next try", reason, self.retry_after)
+
+    def _read(self, view_name: str, keys: Sequence[str], timeout: float | None = None) -> list[dict[str, Any]]:
+        """One view's rows for ``keys``, waiting at most ``timeout`` (default ``read_timeout``) seconds;
+        raises :class:`StoreUnavailable` as :meth:`_start` and :meth:`_wait` do."""
+        [read] = self._start([(view_name, keys)])
+        return self._wait(read, time.monotonic() + (self.read_timeout if timeout is None else timeout))
 
     def _read_now(self, view_name: str, keys: Sequence[str]) -> list[dict[str, Any]]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -183,12 +202,19 @@ class OnlineFeatureReader:
                                          requested_features=features)
         return [{f: _value(values[f]) for f in features if f in values} if values else {} for _, values in rows]
 
-    def _read_products(self, product_ids: Sequence[str], timeout: float | None = None) -> dict[str, dict[str, Any]]:
+    def _read_products(self, product_ids: Sequence[str], timeout: float | None = None, until: float | None = None,
+                       cut: bool = False) -> dict[str, dict[str, Any]]:
+        """The rows of ``product_ids`` from every product view, read at once, waiting until ``until`` (a
+        ``time.monotonic()`` time; default: ``timeout``, else ``read_timeout``, seconds from now; ``cut``: as
+        :meth:`_wait` takes it)."""
+        if until is None:
+            until = time.monotonic() + (self.read_timeout if timeout is None else timeout)
+        names = [name for name, (_, _, join_key) in self._views.items() if join_key == "product_id"]
+        reads = self._start([(name, product_ids) for name in names])
         merged: dict[str, dict[str, Any]] = {p: {} for p in product_ids}
-        for name, (_, _, join_key) in self._views.items():
-            if join_key == "product_id":
-                for p, row in zip(product_ids, self._read(name, list(product_ids), timeout)):
-                    merged[p].update(row)
+        for read in reads:
+            for p, row in zip(product_ids, self._wait(read, until, cut)):
+                merged[p].update(row)
         return merged
 
     def _entry(self, row: dict[str, Any], when: float) -> tuple[float, dict[str, Any], np.ndarray]:
@@ -232,9 +258,12 @@ class OnlineFeatureReader:
         """Wait up to ``seconds``; True once the reader is closed (background work ends)."""
         return self._stop.wait(seconds)
 
-    def _products(self, product_ids: Sequence[str]) -> list[tuple[float, dict[str, Any], np.ndarray]]:
-        """Cached entries (read time, row, vector): a product never read is read now; a row older than
-        ``product_ttl`` is served as it is and re-read in the background (stale-while-revalidate)."""
+    def _products(self, product_ids: Sequence[str], until: float | None = None,
+                  cut: bool = False) -> list[tuple[float, dict[str, Any], np.ndarray]]:
+        """Cached entries (read time, row, vector): a product never read is read now (waiting until ``until``,
+        a ``time.monotonic()`` time, default ``read_timeout`` from now; ``cut``: as :meth:`_wait` takes it); a
+        row older than ``product_ttl`` is served as it is and re-read in the background
+        (stale-while-revalidate)."""
         now = time.monotonic()
         with self._lock:
             get = self._cache.get
@@ -248,7 +277,7 @@ class OnlineFeatureReader:
         if stale:
             self._refresher.submit(self._refresh, stale)
         if missing:
-            fresh = self._read_products(missing)  # StoreUnavailable: the caller serves what is cached
+            fresh = self._read_products(missing, until=until, cut=cut)  # StoreUnavailable: the caller serves the cache
             cached.update(self._store(fresh, now))
         return [cached[p] for p in product_ids]  # type: ignore[misc]
 
@@ -269,13 +298,19 @@ class OnlineFeatureReader:
         except StoreUnavailable:
             return self.cached_rows(product_ids)
 
-    def _user(self, user_id: str | None) -> dict[str, Any]:
-        row: dict[str, Any] = {}
+    def _start_user(self, user_id: str | None) -> list[Future]:
+        """Start reading ``user_id``'s row from every user view (none for an anonymous user)."""
         if user_id is None:
-            return row
-        for name, (_, _, join_key) in self._views.items():
-            if join_key == "user_id":
-                row.update(self._read(name, [user_id])[0])
+            return []
+        return self._start([(name, [user_id]) for name, (_, _, join_key) in self._views.items()
+                            if join_key == "user_id"])
+
+    def _user(self, reads: list[Future], until: float, cut: bool) -> dict[str, Any]:
+        """The user's row from the reads :meth:`_start_user` began, waiting until ``until`` (``cut``: as
+        :meth:`_wait` takes it)."""
+        row: dict[str, Any] = {}
+        for read in reads:
+            row.update(self._wait(read, until, cut)[0])
         return row
 
     def follow(self, changes: ChangeFeed, every_s: float = 1.0) -> None:
@@ -337,16 +372,25 @@ class OnlineFeatureReader:
         value = self._read(view_name, [user_id])[0].get(feature)
         return [str(item) for item in value] if isinstance(value, list | tuple) else []
 
-    def fetch(self, product_ids: Sequence[str], user_id: str | None) -> FeatureBatch:
+    def fetch(self, product_ids: Sequence[str], user_id: str | None, deadline: float | None = None) -> FeatureBatch:
         """Features of every product for ``user_id`` (None: anonymous); what the store cannot
-        give now is missing, and the batch says why (``unavailable``)."""
+        give now is missing, and the batch says why (``unavailable``). The reads (the user's row, the products
+        never read) start at once and wait together ``read_timeout`` seconds at most, or until ``deadline``
+        (the search's, a ``time.monotonic()`` time) when that comes first."""
+        until, cut = time.monotonic() + self.read_timeout, False
+        if deadline is not None and deadline < until:  # the search's deadline comes first
+            until, cut = deadline, True
         unavailable = None
         try:
-            products = self._products(product_ids)
+            user_reads = self._start_user(user_id)  # read beside the products' rows, not after them
+        except StoreUnavailable as err:
+            user_reads, unavailable = [], str(err)
+        try:
+            products = self._products(product_ids, until, cut)
         except StoreUnavailable as err:
             products, unavailable = self._cached_products(product_ids), str(err)
         try:
-            user = self._user(user_id)
+            user = self._user(user_reads, until, cut)
         except StoreUnavailable as err:
             user, unavailable = {}, str(err)
         rows = [entry[1] for entry in products]

@@ -17,13 +17,15 @@ for a store in production (``features build`` without it simulates a store world
   affinities, median price, purchases and recent items, a row after each purchase.
 
 Each build adds its rows to those of the builds before, so a training join of an impression logged
-before the latest build reads the values it was served with (:func:`with_history`); rows from before
-the event log's first day go, but for each product's last one, so ``shoprank events prune`` bounds
-the files too.
+before the latest build reads the catalog's values and the shopper's profile it was served with
+(:func:`with_history`); rows from before the event log's first day go, but for each product's last
+one, so ``shoprank events prune`` bounds the files too.
 
 The streaming feature consumer keeps popularity and profiles current from then on: its state is
-seeded with the same events, so its next push of a product or a shopper adds to that history
-(it reads each product's category id and price from ``product_attributes``).
+seeded with the same events, so its next push of a product or a shopper goes on from what the tables
+hold (it reads each product's category id and price from ``product_attributes``). It pushes to the
+online store only: a training join reads popularity as the last build before the impression counted
+it, not the counts the consumer pushed since.
 """
 
 from __future__ import annotations
@@ -238,31 +240,34 @@ def _products_in(table: Path) -> set[str]:
     return set(pd.read_parquet(table, columns=["product_id"])["product_id"].astype(str))
 
 
+def _logged(log_root: Path, kind: str, columns: list[str], since: pd.Timestamp | None = None) -> pd.DataFrame:
+    """The event log's rows of ``kind`` (rankings | interactions) after ``since`` (None: all of them), with
+    ``event_id``, ``columns`` and their ``timestamp`` in UTC."""
+    frame = read_log(log_root, kind, columns, since)
+    if frame.empty:
+        return pd.DataFrame({"event_id": [], "product_id": [], "user_id": [], "type": [],
+                             "timestamp": pd.to_datetime([], utc=True)})
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    return frame if since is None else frame[frame["timestamp"] > since]
+
+
 def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, now: datetime,
                          state: Path | None = None, forgotten: Path | None = None) -> dict[str, int]:
     """Add every offline table's rows from ``products`` (the live catalog) and the event log at ``log_root``
-    (its last 30 days before ``now``, every event counted as the streaming consumer counts it) to the rows
-    of the builds before (:func:`with_history`; tables a simulated world wrote are replaced); returns this
-    build's rows per table. ``state``: the streaming consumer's state, which counts the same events
-    (:func:`online_learning.consumers.streaming_features.seed_state`), so its next push of a product or a
-    shopper adds to what the tables hold. ``forgotten``: the erasure list, whose shoppers' profile rows are
-    not kept (:func:`without_erased`)."""
+    (popularity from its last 30 days before ``now``, profiles from every purchase it holds, each event counted
+    as the streaming consumer counts it) to the rows of the builds before (:func:`with_history`; tables a
+    simulated world wrote are replaced); returns this build's rows per table. ``state``: the streaming
+    consumer's state, which counts the same events (:func:`online_learning.consumers.streaming_features.seed_state`),
+    so its next push of a product or a shopper adds to what the tables hold. ``forgotten``: the erasure list,
+    whose shoppers' profile rows are not kept (:func:`without_erased`)."""
     stamp = now - timedelta(seconds=1)  # every row's time: before the materialize that follows reads up to now
     tables = product_tables(products, stamp)
     since = pd.Timestamp(now) - pd.Timedelta(days=30)
-    empty = pd.DataFrame({"event_id": [], "product_id": [], "user_id": [], "type": [],
-                          "timestamp": pd.to_datetime([], utc=True)})
-    logged = []
-    for kind, columns in (("rankings", ["product_id", "timestamp"]),
-                          ("interactions", ["product_id", "user_id", "type", "timestamp"])):
-        frame = read_log(log_root, kind, columns, since)
-        if frame.empty:
-            frame = empty
-        else:
-            frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
-            frame = frame[frame["timestamp"] > since]
-        logged.append(frame)
-    rankings, interactions = logged
+    rankings = _logged(log_root, "rankings", ["product_id", "timestamp"], since)
+    logged = _logged(log_root, "interactions", ["product_id", "user_id", "type", "timestamp"])
+    interactions = logged[logged["timestamp"] > since]
+    # every logged purchase: the consumer's state keeps each one until ``events prune`` drops its day from the log
+    purchases = logged[logged["type"] == "purchase"]
     for name, unknown in (("inventory", {"in_stock": 1, "quantity": -1}),  # unknown stock counts as in stock
                           ("promotions", {"promoted": 0, "discount": 0.0, "campaign_start": 0, "campaign_end": 0})):
         # a product the last tables gave a value the catalog no longer gives: its online row is overwritten
@@ -274,24 +279,31 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
     counted = _products_in(folder / "popularity.parquet")  # products given counts before: now quiet, zeros
     if state is not None:
         counted |= counted_products(state)
-        seed_state(state, rankings, interactions)
+        seed_state(state, rankings, pd.concat([interactions, purchases]).drop_duplicates("event_id"))
     tables["popularity"] = popularity(rankings, interactions, stamp, counted)
-    tables["user_profile"] = user_profiles(interactions, tables["product_attributes"], stamp)
     folder.mkdir(parents=True, exist_ok=True)
     readme = folder / "README.md"
     simulated = readme.is_file() and "SIMULATED" in readme.read_text(encoding="utf-8")
     first_day = first_logged_day(log_root) or pd.Timestamp(stamp)
-    for name, frame in tables.items():
-        rows = frame if simulated else with_history(frame, folder / f"{name}.parquet", _KEYS.get(name, "product_id"),
+
+    def kept(name: str) -> pd.DataFrame:  # this build's rows after the builds' before (a simulated world's go)
+        frame = tables[name]
+        return frame if simulated else with_history(frame, folder / f"{name}.parquet", _KEYS.get(name, "product_id"),
                                                     first_day)
+
+    # the last row of each product the attributes file keeps, deleted ones too, as the consumer reads it
+    attributes = kept("product_attributes").sort_values("event_timestamp", kind="stable")
+    tables["user_profile"] = user_profiles(purchases, attributes.drop_duplicates("product_id", keep="last"), stamp)
+    for name in tables:
+        rows = kept(name)
         if name == "user_profile" and forgotten is not None:
             rows = without_erased(rows, forgotten)
         write_table(rows, folder, name)
     readme.write_text(
         "# Offline feature tables\n\nFrom the store's own data (`shoprank features build --from-catalog`): the "
-        "catalog's prices, categories, brands, stock and promotions; popularity and shopper profiles from the "
-        "event log's last 30 days. Each build adds its rows to those of the builds before (from the event log's "
-        "first day on).\n")
+        "catalog's prices, categories, brands, stock and promotions; popularity from the event log's last 30 "
+        "days and shopper profiles from every purchase it holds. Each build adds its rows to those of the "
+        "builds before (from the event log's first day on).\n")
     counts = {name: len(frame) for name, frame in tables.items()}
     logger.info("wrote feature tables from the catalog and the event log to %s: %s", folder, counts)
     return counts

@@ -78,7 +78,7 @@ def featurizer_for(index: ProductIndex, dense: DenseRetriever, models: Models, n
     first and a row they left unscored (shed under overload, a timeout, a shallower adaptive
     depth) stays missing, as LambdaMART learnt rows below the depth."""
     reader = models.features
-    store = (lambda query, pids: reader.fetch(pids, query.user_id)) if reader else None
+    store = (lambda query, pids: reader.fetch(pids, query.user_id, query.deadline)) if reader else None
     scorer = (lambda served: served.model if served and score_missing else None)
     return LtrFeaturizer(index, lambda text: dense.embed([text])[0], store, list(names),
                          scorer(models.student), scorer(models.teacher),

@@ -94,8 +94,11 @@ def seed_state(state: Path, rankings: pd.DataFrame, interactions: pd.DataFrame) 
         keys = list(dict.fromkeys([*(("ranking", i) for i in rankings["event_id"].astype(str)),
                                    *(("interaction", i) for i in interactions["event_id"].astype(str))]))
         known = seen(db, keys)
-        shown = rankings[~rankings["event_id"].astype(str).isin({i for kind, i in known if kind == "ranking"})]
-        acted = interactions[~interactions["event_id"].astype(str).isin({i for kind, i in known if kind != "ranking"})]
+        # a search that found nothing is logged as one row without a product: its id is marked seen, nothing counted
+        shown = rankings[rankings["product_id"].notna()]
+        shown = shown[~shown["event_id"].astype(str).isin({i for kind, i in known if kind == "ranking"})]
+        acted = interactions[interactions["product_id"].notna()]
+        acted = acted[~acted["event_id"].astype(str).isin({i for kind, i in known if kind != "ranking"})]
         counts: Counter[tuple[str, str, str]] = Counter()
         shown_at, acted_at = pd.to_datetime(shown["timestamp"], utc=True), pd.to_datetime(acted["timestamp"], utc=True)
         for product, when in zip(shown["product_id"], shown_at):

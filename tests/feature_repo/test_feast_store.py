@@ -367,3 +367,69 @@ def test_an_unchanged_store_config_is_not_written_again(tmp_path: Path) -> None:
     path.write_text("project: stale\n")
     feast_repo.render_config(settings)
     assert "project: shoprank\n" in path.read_text()  # a file that differs is written again
+
+
+def test_apply_deletes_the_views_the_repo_no_longer_defines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+    import sys
+
+    settings = Settings(home=tmp_path / "home", progress=False)
+    write_tables(feast_repo.features_dir(settings))
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(feast_repo.REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(feast_repo, "REPO", repo)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the copy's folder leaves sys.path after the test
+    feast_repo.apply(settings)
+    products, services = repo / "products.py", repo / "services.py"
+    products.write_text(re.sub(r"promotions = FeatureView\(.*?\n\)\n", "", products.read_text(), flags=re.S))
+    services.write_text(services.read_text().replace(", promotions\n", "\n")
+                        .replace('        promotions[["promoted", "discount"]],\n', ""))
+    assert "promotions" not in feast_repo.apply(settings)
+    # before: the view stayed registered (feast's apply leaves what it is not given) and was still materialized
+    views = sorted(view.name for view in feast_repo.open_store(settings).list_feature_views())
+    assert views == ["inventory", "popularity", "product_attributes", "user_profile"]
+
+
+def test_a_materialize_keeps_the_newer_counts_the_consumer_pushed_to_sqlite(tmp_path: Path) -> None:
+    from online_learning.consumers.streaming_features import feast_push
+
+    settings = Settings(home=tmp_path, progress=False)
+    write_tables(feast_repo.features_dir(settings))  # P1's last popularity row: clicks_7d 5, stamped day 3
+    feast_repo.apply(settings)
+
+    def clicks() -> float:
+        feast_repo.materialize(settings, end=day(10).to_pydatetime())
+        reader = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1")
+        return float(reader.fetch(["P1"], None).columns["clicks_7d"][0])
+
+    assert clicks() == 5
+    counts = {f"{kind}_{w}d": 99 for kind in ("impressions", "clicks", "purchases") for w in (7, 30)}
+    feast_push(feast_repo.open_store(settings))("popularity_push", pd.DataFrame([{
+        "product_id": "P1", **counts, "ctr_7d": np.float32(0.5), "ctr_30d": np.float32(0.5),
+        "event_timestamp": day(5)}]))  # the consumer's push, after the build's row
+    # before: each materialize wrote the build's older row (5 clicks) over the push, on sqlite only
+    assert clicks() == 99 and clicks() == 99
+
+
+def test_a_slow_store_holds_a_search_read_timeout_at_most_and_never_past_its_deadline(
+        sqlite_settings: Settings) -> None:
+    reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1", read_timeout=1.0)
+    real = reader.provider.online_read
+
+    def slow(**kwargs: object) -> object:  # each view answers in 0.3 s: within read_timeout
+        time.sleep(0.3)
+        return real(**kwargs)
+
+    reader.provider.online_read = slow
+    try:
+        started = time.monotonic()
+        batch = reader.fetch(["P1", "P2"], "u1")  # 4 product views and the user's: read at once
+        # before: one view after another, 1.5 s (each read waited up to read_timeout on its own)
+        assert time.monotonic() - started < 1.0 and batch.unavailable is None
+        started = time.monotonic()
+        late = reader.fetch(["P3"], "u1", deadline=started + 0.1)  # the search's deadline comes first
+        assert time.monotonic() - started < 0.6
+        assert late.unavailable == "the search's deadline came before the online store answered"
+        assert reader.failures == 0  # a search short of time does not rest the store for the others
+    finally:
+        reader.close()

@@ -359,3 +359,70 @@ def test_a_build_from_the_catalog_replaces_a_simulated_worlds_tables(tmp_path: P
     log_of_a_store(settings.paths.event_log)
     write_catalog_tables(CATALOG, settings.paths.event_log, folder, NOW, settings.paths.streaming_state)
     assert set(pd.read_parquet(folder / "user_profile.parquet")["user_id"]) == {"u1", "u2"}
+
+
+def _bought(i: int, product: str, days_ago: float) -> list[Delivered]:
+    return [Delivered("i", 0, i, InteractionEvent(type="purchase", event_id=f"b{i}", request_id="r", user_id="u1",
+                                                  product_id=product, position=1,
+                                                  timestamp=NOW - timedelta(days=days_ago)))]
+
+
+def _last_profile(folder: Path) -> dict[str, object]:
+    profiles = pd.read_parquet(folder / "user_profile.parquet").sort_values("event_timestamp", kind="stable")
+    row = profiles.drop(columns="event_timestamp").iloc[-1]
+    return {name: list(value) if isinstance(value, np.ndarray) else value for name, value in row.items()}
+
+
+def test_a_built_profile_counts_every_purchase_the_consumer_holds(tmp_path: Path) -> None:
+    from online_learning.consumers.streaming_features import ProductAttributes, StreamingFeatures
+    from online_learning.feature_tables import write_table
+
+    settings = Settings(home=tmp_path, progress=False)
+    folder = feast_repo.features_dir(settings)
+    folder.mkdir(parents=True)
+    write_table(product_tables(CATALOG, NOW - timedelta(days=60))["product_attributes"], folder, "product_attributes")
+    pushed: list[pd.DataFrame] = []
+    attributes = ProductAttributes(folder / "product_attributes.parquet")
+    consumer = StreamingFeatures(settings.paths.streaming_state, attributes, lambda source, frame: pushed.append(frame))
+    sink = ParquetLogSink(settings.paths.event_log)
+    for i, (product, days_ago) in enumerate([("P1", 40), ("P4", 5)]):  # the first one before the last 30 days
+        consumer(_bought(i, product, days_ago))
+        sink(_bought(i, product, days_ago))
+    write_catalog_tables(CATALOG, settings.paths.event_log, folder, NOW, settings.paths.streaming_state)
+    streamed = pushed[-1].drop(columns="event_timestamp").iloc[0].to_dict()
+    # before: the build counted the last 30 days' purchases only (1, at 5.0), the consumer both (99.0 and 5.0)
+    assert _last_profile(folder) == streamed and streamed["purchases"] == 2 and streamed["median_price"] == 52.0
+
+
+def test_a_built_profile_knows_a_product_deleted_from_the_catalog_as_the_consumer_does(tmp_path: Path) -> None:
+    from online_learning.consumers.streaming_features import ProductAttributes, StreamingFeatures
+
+    settings = Settings(home=tmp_path, progress=False)
+    folder, log = feast_repo.features_dir(settings), settings.paths.event_log
+    sink = ParquetLogSink(log)
+    sink(_bought(0, "P1", 3))
+    write_catalog_tables(CATALOG, log, folder, NOW - timedelta(days=2), settings.paths.streaming_state)
+    pushed: list[pd.DataFrame] = []
+    attributes = ProductAttributes(folder / "product_attributes.parquet")
+    consumer = StreamingFeatures(settings.paths.streaming_state, attributes, lambda source, frame: pushed.append(frame))
+    without_drill = CATALOG[CATALOG["product_id"] != "P1"]  # P1 leaves the catalog; its attribute rows stay
+    write_catalog_tables(without_drill, log, folder, NOW - timedelta(days=1), settings.paths.streaming_state)
+    consumer(_bought(1, "P4", 0.5))
+    sink(_bought(1, "P4", 0.5))
+    write_catalog_tables(without_drill, log, folder, NOW, settings.paths.streaming_state)
+    streamed = pushed[-1].drop(columns="event_timestamp").iloc[0].to_dict()
+    # before: the build gave P1 no category and no price (median 5.0, one top category)
+    assert _last_profile(folder) == streamed and streamed["median_price"] == 52.0
+    assert streamed["top_categories"] == [stable_id("Tools > Drills")]
+
+
+def test_a_search_that_found_nothing_counts_no_impression(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, progress=False)
+    folder = feast_repo.features_dir(settings)
+    ParquetLogSink(settings.paths.event_log)([Delivered("r", 0, 0, RankingEvent(
+        event_id="r0", request_id="r0", timestamp=NOW - timedelta(hours=1), user_id="u1", query="xyzzy",
+        pipeline="full", items=[]))])  # logged as one row without a product
+    for now in (NOW, NOW + timedelta(hours=1)):  # the second build gives zeros to the products the state counts
+        write_catalog_tables(CATALOG, settings.paths.event_log, folder, now, settings.paths.streaming_state)
+    # before: the state counted an impression of a product "None", and the tables gave it a popularity row
+    assert set(pd.read_parquet(folder / "popularity.parquet")["product_id"]) == set()
