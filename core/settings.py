@@ -172,9 +172,10 @@ class FeatureSettings(BaseModel):
     recent_items: str = Field("user_profile:recent_items", pattern=r"^[A-Za-z0-9_]+:[A-Za-z0-9_]+$",
                               description="Where /v1/recommend's for_you reads a shopper's recent products "
                               "(view:feature, a list of product ids per user).")
-    read_timeout_ms: float = Field(250.0, gt=0, le=60_000, description="Longest wait of a search for one online "
-                                   "store read; a late or failed read serves the search without store features "
-                                   "(degraded). Batch jobs (evaluate, train, retrain) always wait.")
+    read_timeout_ms: float = Field(250.0, gt=0, le=60_000, description="Longest wait of a search for its online "
+                                   "store reads (every view's, read at once; the search's deadline when sooner); a "
+                                   "late or failed read serves the search without store features (degraded). Batch "
+                                   "jobs (evaluate, train, retrain) always wait.")
     retry_after_s: float = Field(2.0, ge=0, le=600, description="After a late or failed read, searches skip the "
                                  "online store this long before the next try.")
     # Every product row a search touches is re-read once older than this, in the background: at 30 s the
