@@ -343,6 +343,9 @@ class ArtifactStore:
             if remote.get(rel) == digest:
                 same += 1
                 continue
+            if rel in clean and rel in remote and state.get(rel, {}).get("store_differs") == remote[rel]:
+                kept.append(rel)  # the store's copy under this entry was read at an earlier push: another file
+                continue
             if rel in clean and rel in remote and (held := self._holds_copy(rel, path, digest)) is not None:
                 if held:  # the store holds this home's copy and its manifest names another: the entry of an upload
                     # of this home's was lost to a push that overlapped it (the other home's manifest written last);
@@ -350,7 +353,8 @@ class ArtifactStore:
                     uploaded[rel] = digest
                     fixed.append(rel)
                     same += 1
-                else:
+                else:  # read once for this manifest entry: the next pushes keep the file without reading it again
+                    state[rel]["store_differs"] = remote[rel]
                     kept.append(rel)
                 continue
             self.fs.makedirs(f"{self.root}/{Path(rel).parent}", exist_ok=True)

@@ -146,6 +146,27 @@ def test_a_push_never_undoes_a_swap_made_through_another_home(tmp_path: Path) ->
     assert ModelRegistry(job / "models").active_version("ltr") == "v1"
 
 
+def test_a_kept_file_is_read_from_the_store_once_per_manifest_entry(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A home that only pushes, behind another home's rebuild of a file of the same size, keeps its file: the
+    store's copy is read once to tell it is another file, not at every push (a whole index file, each night)."""
+    url = f"file://{tmp_path / 'store'}"
+    job, other = make_home(tmp_path / "job"), tmp_path / "other"
+    ArtifactStore(url, job).push()
+    other.mkdir()
+    ArtifactStore(url, other).pull()
+    (other / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x02" * 5000)  # rebuilt, same size
+    ArtifactStore(url, other).push()
+    reads: list[str] = []
+    stored_digest = ArtifactStore._stored_digest
+    monkeypatch.setattr(ArtifactStore, "_stored_digest",
+                        lambda self, rel: reads.append(rel) or stored_digest(self, rel))
+    assert [ArtifactStore(url, job).push().kept for _ in range(3)] == [1, 1, 1]
+    assert reads == ["indexes/default/fp/vectors.npy"]
+    assert ArtifactStore(url, job).pull().files == 1  # a pull takes the store's copy, and the record with it
+    assert (job / "indexes" / "default" / "fp" / "vectors.npy").read_bytes() == b"\x02" * 5000
+
+
 def test_pulls_into_one_home_at_the_same_time_take_turns(tmp_path: Path) -> None:
     import threading
 
