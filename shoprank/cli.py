@@ -46,6 +46,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         updates["log_level"] = args.log_level
     settings = settings.model_copy(update=updates) if updates else settings
     if getattr(args, "store", None) is not None:  # the command's own --store (index, keys create): it checks it
+        if getattr(args, "global_store", None) not in (None, args.store):
+            raise InvalidInput(f"shoprank --store {args.global_store!r} and the command's --store {args.store!r} "
+                               "name two stores: give one")
         return settings.model_copy(update={"store": None})
     # --store "" names no store: refused, not the default; SHOPRANK_STORE (or the config file's store) is
     # checked as the flag is, so that no command writes into a store `shoprank serve` never serves, but only by

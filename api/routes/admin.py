@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
 from contextlib import ExitStack
 from pathlib import Path
@@ -323,7 +324,10 @@ def _as_saved(data: Any, handler: ValidatorFunctionWrapHandler) -> ExperimentCon
 def _check_new(body: ExperimentConfig, served: Experiment | None) -> None:
     """Today's rules for an experiment other than the one ``served`` now (a 422 naming the field, as for any
     body): only the experiment running already keeps what earlier rules allowed, e.g. while its shadow changes."""
-    if body.experiment is None or (served is not None and body.experiment.model_dump() == served.model_dump()):
+    # compared as JSON text, which keeps the arms' order: assign() walks the arms in order, so the same arms in
+    # another order move shoppers between them, and that is a new experiment
+    if body.experiment is None or (served is not None and json.dumps(body.experiment.model_dump(), default=str)
+                                   == json.dumps(served.model_dump(), default=str)):
         return
     try:
         ExperimentConfig.model_validate(body.model_dump())

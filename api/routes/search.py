@@ -232,8 +232,10 @@ def search_get(
     q: Annotated[str, Query(description=f"Search text, 1..{MAX_QUERY_CHARS} characters after trimming")],
     k: Annotated[int, Query(ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}")] = 10,
     offset: Annotated[int, Query(ge=0, le=900, description="Results to skip (paging), 0..900")] = 0,
-    user_id: Annotated[str | None, Query(description="Shopper id, up to 128 characters (blank: none)")] = None,
-    session_id: Annotated[str | None, Query(description="Session id, up to 128 characters (blank: none)")] = None,
+    user_id: Annotated[str | None, Query(description="Shopper id, up to 128 characters (blank: none)",
+                                              json_schema_extra={"maxLength": 128})] = None,
+    session_id: Annotated[str | None, Query(description="Session id, up to 128 characters (blank: none)",
+                                                 json_schema_extra={"maxLength": 128})] = None,
     explain: Annotated[bool, Query(description="Per-result feature contributions and rule notes")] = False,
     rewrite: Annotated[bool, Query(description="Correct misspelled words (false: as typed)")] = True,
     category: Annotated[list[FilterValue] | None, Query(min_length=1, max_length=100, description="Only these "

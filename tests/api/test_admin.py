@@ -120,6 +120,10 @@ def test_the_served_experiment_sent_back_unchanged_keeps_the_rules_it_was_saved_
         heavier = {**shown, "arms": {"control": {"ltr": "v1", "weight": 1.0}, "interleaved": {"ltr": "v2"}}}
         refused = client.put("/v1/admin/experiment", json={"experiment": heavier}, headers=AUTH)
         assert refused.status_code == 422 and "'interleaved' is reserved" in refused.json()["message"], refused.text
+        # the same arms in another order move shoppers between them (assign() walks them in order): a new one
+        swapped = {**shown, "arms": dict(reversed(list(shown["arms"].items())))}
+        reordered = client.put("/v1/admin/experiment", json={"experiment": swapped}, headers=AUTH)
+        assert reordered.status_code == 422, reordered.text
         assert client.get("/v1/admin/experiment", headers=AUTH).json() | {"shadow_scored": 0} == {
             "experiment": saved, "shadow": "v2", "shadow_scored": 0, "shadow_dropped": 0}
     spec = client.app.openapi()  # type: ignore[attr-defined]

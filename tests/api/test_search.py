@@ -162,6 +162,8 @@ def test_probes_and_openapi(client: TestClient) -> None:
     assert ready["status"] == "ready" and ready["pid"] == os.getpid() and ready["versions"]["encoder"]
     spec = client.get("/openapi.json").json()
     assert "/v1/search" in spec["paths"]
+    get_params = {p["name"]: p["schema"] for p in spec["paths"]["/v1/search"]["get"]["parameters"]}
+    assert get_params["user_id"]["maxLength"] == get_params["session_id"]["maxLength"] == 128
     # a client generated from the spec sends what the server takes (before: sort and facets were any text)
     given = {p["name"]: p["schema"] for p in spec["paths"]["/v1/search"]["get"]["parameters"]}
     assert given["sort"]["enum"] == ["relevance", "price_asc", "price_desc"]

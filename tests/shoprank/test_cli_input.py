@@ -193,6 +193,8 @@ def test_shoprank_store_is_checked_only_by_the_commands_that_use_a_store(
     assert "none.csv" in err and "default store's name" not in err, err  # ... not where --store names another
     assert "is not a valid store name" in refused(capsys, "index", "--catalog", str(tmp_path / "none.csv"),
                                                   "--store", "")  # before: the default store indexed
+    both = refused(capsys, "--store", "bad/name", "index", "--catalog", str(tmp_path / "none.csv"), "--store", "garden")
+    assert "name two stores" in both and "bad/name" in both, both  # before: the first --store was not looked at
     assert "is the default store's name" in refused(capsys, "--store", "default", "keys", "list")  # a flag given
 
 
