@@ -140,31 +140,4 @@ def materialize(settings: Settings, end: datetime | None = None) -> None:
     if not store.list_feature_views():  # nothing applied: a materialize would write nothing and say done
         raise NotFound(f"the feature store at {features_dir(settings)} has no feature views: run `shoprank features "
                        "apply` first")
-    if settings.features.online_store == "sqlite":
-        _keep_newer_pushes(store)
     store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end or datetime.now(UTC))
-
-
-def _keep_newer_pushes(store: FeatureStore) -> None:
-    """Make the sqlite online store keep a row of a view the streaming consumer pushes to (popularity, user
-    profiles) when the row written over it is older, as Feast's Redis store does: its sqlite store writes
-    over whatever it holds, so a materialize, which writes each entity's latest offline row, put the last
-    build's counts and profiles back over the consumer's newer pushes. A trigger on each such table drops
-    the write of an older row (a row stamped as the one held still replaces it)."""
-    import sqlite3
-
-    from feast.data_source import PushSource
-    from feast.infra.online_stores.sqlite import _table_id
-
-    versioned = store.config.registry.enable_online_feature_view_versioning
-    pushed = [_table_id(store.project, view, versioned) for view in store.list_feature_views()
-              if isinstance(view.stream_source, PushSource)]
-    db = sqlite3.connect(store.config.online_store.path)
-    try:
-        with db:
-            for table in pushed:
-                if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
-                    db.execute(f'CREATE TRIGGER IF NOT EXISTS "{table}_keeps_newer" BEFORE UPDATE ON "{table}" '
-                               "WHEN NEW.event_ts < OLD.event_ts BEGIN SELECT RAISE(IGNORE); END")
-    finally:
-        db.close()

@@ -390,27 +390,6 @@ def test_apply_deletes_the_views_the_repo_no_longer_defines(tmp_path: Path, monk
     assert views == ["inventory", "popularity", "product_attributes", "user_profile"]
 
 
-def test_a_materialize_keeps_the_newer_counts_the_consumer_pushed_to_sqlite(tmp_path: Path) -> None:
-    from online_learning.consumers.streaming_features import feast_push
-
-    settings = Settings(home=tmp_path, progress=False)
-    write_tables(feast_repo.features_dir(settings))  # P1's last popularity row: clicks_7d 5, stamped day 3
-    feast_repo.apply(settings)
-
-    def clicks() -> float:
-        feast_repo.materialize(settings, end=day(10).to_pydatetime())
-        reader = OnlineFeatureReader(feast_repo.open_store(settings), "ranker_v1")
-        return float(reader.fetch(["P1"], None).columns["clicks_7d"][0])
-
-    assert clicks() == 5
-    counts = {f"{kind}_{w}d": 99 for kind in ("impressions", "clicks", "purchases") for w in (7, 30)}
-    feast_push(feast_repo.open_store(settings))("popularity_push", pd.DataFrame([{
-        "product_id": "P1", **counts, "ctr_7d": np.float32(0.5), "ctr_30d": np.float32(0.5),
-        "event_timestamp": day(5)}]))  # the consumer's push, after the build's row
-    # before: each materialize wrote the build's older row (5 clicks) over the push, on sqlite only
-    assert clicks() == 99 and clicks() == 99
-
-
 def test_a_slow_store_holds_a_search_read_timeout_at_most_and_never_past_its_deadline(
         sqlite_settings: Settings) -> None:
     reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1", read_timeout=1.0)
