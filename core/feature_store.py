@@ -80,6 +80,7 @@ class OnlineFeatureReader:
         self._down_until = 0.0
         self._down_reason = ""
         self._io = ThreadPoolExecutor(8, thread_name_prefix="feature-read")  # a search's reads, one a view, at once
+        self._pending: dict[Future, float] = {}  # the reads under way, and when each started
         self.failures = 0
         self.store = store
         self.provider = store._get_provider()  # the OnlineStore behind get_online_features
@@ -153,10 +154,28 @@ class OnlineFeatureReader:
         :class:`StoreUnavailable` when the store failed less than ``retry_after`` seconds ago."""
         if time.monotonic() < self._down_until:
             raise StoreUnavailable(self._down_reason)
+        with self._lock:
+            oldest = min(self._pending.values(), default=None)
+        # a read still under way after read_timeout: the store is slow, though each search left before that (its
+        # deadline came first, and a search short of time does not rest the store): rest it now, and stop adding
+        # reads behind the ones it holds
+        if oldest is not None and time.monotonic() - oldest >= self.read_timeout:
+            self._rest("online store read timed out")
+            raise StoreUnavailable("online store read timed out")
         try:
-            return [self._io.submit(self._read_now, view_name, list(keys)) for view_name, keys in reads]
+            started = time.monotonic()
+            futures = [self._io.submit(self._read_now, view_name, list(keys)) for view_name, keys in reads]
         except RuntimeError as err:  # its threads are shut down: the process is exiting
             raise StoreUnavailable("the feature reader is shut down") from err
+        for future in futures:
+            with self._lock:
+                self._pending[future] = started
+            future.add_done_callback(self._finished)
+        return futures
+
+    def _finished(self, read: Future) -> None:
+        with self._lock:
+            self._pending.pop(read, None)
 
     def _wait(self, read: Future, until: float, cut: bool = False) -> list[dict[str, Any]]:
         """The rows of a read :meth:`_start` began, waiting for them until ``until`` (a ``time.monotonic()``

@@ -412,3 +412,33 @@ def test_a_slow_store_holds_a_search_read_timeout_at_most_and_never_past_its_dea
         assert reader.failures == 0  # a search short of time does not rest the store for the others
     finally:
         reader.close()
+
+
+def test_a_store_that_hangs_is_rested_though_every_search_leaves_at_its_deadline(sqlite_settings: Settings) -> None:
+    """Each search waits until its deadline (sooner than read_timeout) and leaves without resting the store; a
+    read still under way read_timeout after it started rests it, and no more reads pile up behind it."""
+    import threading
+
+    reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1", read_timeout=0.3,
+                                 retry_after=30.0)
+    release = threading.Event()
+    real = reader.provider.online_read
+
+    def hung(**kwargs: object) -> object:
+        release.wait(10)
+        return real(**kwargs)
+
+    reader.provider.online_read = hung
+    try:
+        waits = []
+        for n in range(8):  # searches one after another, each with 0.1 s left
+            started = time.monotonic()
+            batch = reader.fetch([f"P{n}"], "u1", deadline=started + 0.1)
+            waits.append(time.monotonic() - started)
+            assert batch.unavailable is not None
+        # before: every search waited its 0.1 s, the store was never rested and 5 reads a search queued up
+        assert reader.failures == 1 and max(waits[-3:]) < 0.05, waits
+        assert len(reader._pending) <= 5 * 3, len(reader._pending)
+    finally:
+        release.set()
+        reader.close()
