@@ -426,3 +426,28 @@ def test_a_search_that_found_nothing_counts_no_impression(tmp_path: Path) -> Non
         write_catalog_tables(CATALOG, settings.paths.event_log, folder, now, settings.paths.streaming_state)
     # before: the state counted an impression of a product "None", and the tables gave it a popularity row
     assert set(pd.read_parquet(folder / "popularity.parquet")["product_id"]) == set()
+
+
+def test_the_running_profile_is_the_consumers_profile_after_every_purchase() -> None:
+    """The offline table keeps a profile a purchase, built one purchase at a time: it must be the consumer's
+    profile_of of all the purchases up to it (unknown categories and prices, ties, even and odd counts)."""
+    import math
+    import random
+
+    from online_learning.consumers.streaming_features import profile_of
+    from online_learning.feature_tables import RunningProfile
+
+    rng = random.Random(5)
+    for _ in range(50):
+        running, items = RunningProfile(), []
+        for n in range(rng.randint(1, 40)):
+            item = (f"P{rng.randint(0, 9)}", rng.choice([-1, 1, 2, 3, 4, 5, 6, 7]),
+                    rng.choice([float("nan"), 1.0, 2.5, 10.0, rng.random() * 100]))
+            items.append(item)
+            running.add(item)
+            expected, got = profile_of(items), running.profile()
+            assert math.isnan(got["median_price"]) == math.isnan(expected["median_price"])
+            if not math.isnan(expected["median_price"]):
+                assert got["median_price"] == expected["median_price"]
+            assert {k: v for k, v in got.items() if k != "median_price"} == {
+                k: v for k, v in expected.items() if k != "median_price"}
