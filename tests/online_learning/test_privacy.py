@@ -430,6 +430,56 @@ def test_a_push_built_before_an_erasure_does_not_land_after_it(tmp_path: Path) -
         assert db.execute("SELECT * FROM dirty").fetchall() == []
 
 
+def test_a_slow_push_holds_off_neither_an_erasure_nor_the_other_consumers(tmp_path: Path) -> None:
+    """The streaming consumer pushes a batch after the erasure list's lock is let go: a push slow on the network,
+    under the list's lock, held the erasure waiting for it, and the log sink's next batch waited at the gate
+    behind the erasure. The erasure's own push still lands last (``<state>.push.lock``)."""
+    import threading
+    import time
+
+    paths = Home(tmp_path / "home")
+    online: dict[str, list[str]] = {}
+    pushing, landing = threading.Event(), threading.Event()
+
+    def slow(source: str, frame: pd.DataFrame) -> None:  # the consumer's push, slow on the network
+        if source == "user_activity_push":
+            pushing.set()
+            landing.wait(30)
+            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
+
+    def fast(source: str, frame: pd.DataFrame) -> None:  # the erasure's own push
+        if source == "user_activity_push":
+            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
+
+    features = StreamingFeatures(paths.streaming_state, {"p1": (3, 10.0)}, slow)
+    stream = ConsumerLoop("127.0.0.1:1", "features", ["t"], features, tmp_path / "dead1.jsonl",
+                          forget=ForgetList(paths.forgotten))
+    results: list[tuple] = []
+    streaming = threading.Thread(target=lambda: results.append(stream._filter_and_handle(delivered(events(20)))))
+    streaming.start()
+    assert pushing.wait(30)
+    reports = []
+    erasing = threading.Thread(target=lambda: reports.append(forget(
+        paths, ["u0"], [], T0 + timedelta(days=1),
+        push=lambda: StreamingFeatures(paths.streaming_state, {"p1": (3, 10.0)}, fast).db.close())))
+    erasing.start()
+    for _ in range(100):  # listed without waiting for the push; then its own push waits for it
+        if len(ForgetList(paths.forgotten)):
+            break
+        time.sleep(0.05)
+    sink = ConsumerLoop("127.0.0.1:1", "sink", ["t"], ParquetLogSink(paths.event_log), tmp_path / "dead2.jsonl",
+                        forget=ForgetList(paths.forgotten))
+    began = time.monotonic()
+    handled, dropped, failed = sink._filter_and_handle(delivered(events(20)))
+    assert time.monotonic() - began < 2.0 and failed is None and dropped > 0  # not held behind the push
+    assert erasing.is_alive() and streaming.is_alive()
+    landing.set()
+    streaming.join(30)
+    erasing.join(30)
+    assert results[0][2] is None and reports[0].profiles == "1 reset in the online store"
+    assert online["u0"] == []  # the erasure's push landed after the consumer's
+
+
 def test_prune_keeps_the_window_and_the_commands_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     paths = Home(tmp_path / "home")
