@@ -92,7 +92,10 @@ class ConsumerLoop:
         However the loop ends (stopped, idle, or an error out of ``handle``), its consumer leaves
         the group and its clients are closed: a consumer left open keeps heartbeating from its own
         thread and holds its partitions, so the group's next consumer would wait for it and read
-        nothing."""
+        nothing. A batch that cannot hold the erasure list's lock is not written: the loop stops with
+        :class:`~core.errors.NotReady` (:meth:`ForgetList.reading`), at its start when it cannot from the first."""
+        if self.forget is not None:
+            self.forget.check()
         try:
             self._run(idle_exit)
         finally:

@@ -303,13 +303,31 @@ at = datetime(2024, 1, 1, tzinfo=timezone.utc)
 batch = [Delivered("t", 0, i, InteractionEvent(type="click", event_id=f"e{i}", request_id="r", product_id="p",
                                                user_id=user, timestamp=at)) for i, user in enumerate(["u2", "u1"])]
 print("dropped", loop._filter_and_handle(batch)[1])
+print("dropped", loop._filter_and_handle(batch)[1])
+"""
+
+# a consumer started with the erasure list at argv[1]: the error it stops with
+CONSUMER_START = """
+import sys
+from pathlib import Path
+from core.errors import NotReady
+from online_learning.consumers.base import ConsumerLoop
+from online_learning.forget_list import ForgetList
+loop = ConsumerLoop("127.0.0.1:1", "g", ["t"], lambda batch: print("handled", len(batch)), Path(sys.argv[2]),
+                    forget=ForgetList(Path(sys.argv[1])))
+try:
+    loop.run(idle_exit=0.1)
+except NotReady as error:
+    print(error.message)
 """
 
 
 def test_a_consumer_filters_by_an_erasure_list_another_user_made(tmp_path: Path) -> None:
     """``events forget`` run by an operator makes the list and its locks, read-only to the consumers' service
     user (the key made readable to it, as a deployment shares it): a batch took the lock by opening it to
-    write, and failed. A list made before it had locks (none there, none to be made) is read without them."""
+    write, and failed. A list made before it had a gate (none there, none to be made) is read with the list's
+    lock alone, said once; without the list's lock, a batch is not written (an erasure would not wait for
+    it), and the consumer stops at its start, naming the file and what to do."""
     from tests.helpers import as_another_user
 
     privacy = tmp_path / "privacy"
@@ -320,17 +338,38 @@ def test_a_consumer_filters_by_an_erasure_list_another_user_made(tmp_path: Path)
     privacy.chmod(0o555)
     try:
         run = as_another_user(CONSUMER_BATCH, str(path), str(tmp_path / "dead.jsonl"))
-        assert run.returncode == 0 and run.stdout.split() == ["handled", "1", "dropped", "1"], run.stderr
+        assert run.returncode == 0 and run.stdout.split() == ["handled", "1", "dropped", "1"] * 2, run.stderr
+        assert "may not make it" not in run.stderr
         privacy.chmod(0o755)
-        for lock in privacy.glob("*.lock"):
-            lock.unlink()
+        (privacy / "forgotten.jsonl.gate.lock").unlink()
         privacy.chmod(0o555)
         run = as_another_user(CONSUMER_BATCH, str(path), str(tmp_path / "dead.jsonl"))
+        assert run.returncode == 0 and run.stdout.split() == ["handled", "1", "dropped", "1"] * 2, run.stderr
+        assert run.stderr.count("forgotten.jsonl.gate.lock is not there and this process may not make it") == 1
+        privacy.chmod(0o755)
+        (privacy / "forgotten.jsonl.lock").unlink()
+        privacy.chmod(0o555)
+        batch = as_another_user(CONSUMER_BATCH, str(path), str(tmp_path / "dead.jsonl"))
+        start = as_another_user(CONSUMER_START, str(path), str(tmp_path / "dead.jsonl"))
     finally:
         privacy.chmod(0o755)
-    assert run.returncode == 0 and run.stdout.split() == ["handled", "1", "dropped", "1"], run.stderr
-    assert run.stderr.count("forgotten.jsonl.lock is not there and this process may not make it") == 1
+    assert batch.returncode != 0 and "handled" not in batch.stdout
+    assert f"NotReady: cannot hold {path}.lock (No such file or directory)" in batch.stderr
+    assert start.returncode == 0 and start.stdout.startswith(f"cannot hold {path}.lock"), start.stderr
+    assert f"touch {path}.lock {path}.gate.lock" in start.stdout
     assert sorted(p.name for p in privacy.iterdir()) == ["forgotten.jsonl", "forgotten.key"]
+    ForgetList(path).add(["u2"], [], T0 + timedelta(days=1))  # an erasure by the owner makes both again
+    assert sorted(p.name for p in privacy.iterdir()) == [
+        "forgotten.jsonl", "forgotten.jsonl.gate.lock", "forgotten.jsonl.lock", "forgotten.key"]
+
+
+def test_a_consumer_makes_the_erasure_lists_locks_it_may_make(tmp_path: Path) -> None:
+    """A list made before it had a gate, in a folder the consumer may add to: the gate is made, not passed by."""
+    path = tmp_path / "privacy" / "forgotten.jsonl"
+    ForgetList(path).add(["u1"], [], T0 + timedelta(days=1))
+    (tmp_path / "privacy" / "forgotten.jsonl.gate.lock").unlink()
+    ForgetList(path).check()
+    assert (tmp_path / "privacy" / "forgotten.jsonl.gate.lock").is_file()
 
 
 def test_a_damaged_line_of_the_erasure_list_is_skipped_and_the_next_erasure_kept(tmp_path: Path) -> None:
