@@ -570,6 +570,74 @@ def test_a_dry_run_takes_no_lock_and_makes_nothing(tmp_path: Path) -> None:
     assert not (paths.event_log / "_sink.lock").exists()
 
 
+# dry runs of forget and prune on the home at argv[1]: what they count
+DRY_RUNS = """
+import json, sys
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from core.paths import Home
+from online_learning.privacy import forget, prune
+from tests.online_learning.test_consumers import T0
+paths = Home(Path(sys.argv[1]))
+print(json.dumps([asdict(forget(paths, ["u1"], [], T0 + timedelta(days=1), dry_run=True)),
+                  asdict(prune(paths, 1, T0 + timedelta(days=30), dry_run=True))]))
+"""
+
+
+def test_a_dry_run_counts_on_a_home_it_may_only_read(tmp_path: Path) -> None:
+    """An auditor who may read the home but not write it: a dry run held each spool slot's lock (opened to
+    write, made when missing) and opened the streaming state to write (sqlite then made its log beside it,
+    and left it, owned by whoever ran it). It counts as a real run would, a server's open segment apart."""
+    import subprocess
+    import sys
+
+    from tests.helpers import as_another_user
+
+    paths = Home(tmp_path / "home")
+    batch = events(35)
+    ParquetLogSink(paths.event_log)(delivered(batch))
+    StreamingFeatures(paths.streaming_state, {"p1": (3, 10.0)}, Pushed())(delivered(batch))
+    served, server = claim_spool(paths.event_spool)  # a running server's slot
+    idle, lock = claim_spool(paths.event_spool)  # a stopped server's
+    for folder in (served, idle):
+        log = EventLog(folder)
+        log.append(batch[:9], durable=True)
+        log.close()
+    lock.close()
+    for made in paths.base.rglob("*.lock"):
+        if made.name != f"{served.name}.lock":
+            made.unlink()  # as a copy of the home, or one made before the locks, has none
+    before = sorted(paths.base.rglob("*"))
+    try:
+        run = subprocess.run([sys.executable, "-c", DRY_RUNS, str(paths.base)], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[2], timeout=120)
+        assert run.returncode == 0, run.stderr
+        counted = json.loads(run.stdout)
+        assert sorted(paths.base.rglob("*")) == before  # nothing made, as the owner
+        assert counted[0]["purchases"] > 0 and counted[0]["log_rows"]["rankings"] > 0
+        assert counted[0]["spool_open"] == 1 and counted[0]["spool_events"] == counted[0]["spool_open_events"] > 0
+        assert counted[1]["log_days"]["rankings"] == 1 and counted[1]["spool_open"] == 1
+        for live in (False, True):  # a consumer writing the state: its write-ahead log beside it
+            consumer = StreamingFeatures(paths.streaming_state, {}, Pushed()) if live else None
+            if consumer is not None:
+                with consumer.db:
+                    consumer.db.execute("INSERT INTO clock VALUES (0, '2024-01-01') ON CONFLICT (id) DO NOTHING")
+                assert paths.streaming_state.with_name("state.sqlite-wal").exists()
+            try:
+                for made in [paths.base, *paths.base.rglob("*")]:
+                    made.chmod(0o555 if made.is_dir() else 0o444)
+                auditor = as_another_user(DRY_RUNS, str(paths.base))
+            finally:
+                for made in [paths.base, *paths.base.rglob("*")]:
+                    made.chmod(0o755 if made.is_dir() else 0o644)
+                if consumer is not None:
+                    consumer.db.close()
+            assert auditor.returncode == 0 and json.loads(auditor.stdout) == counted, auditor.stderr
+    finally:
+        server.close()
+
+
 def test_without_kafka_the_spool_is_erased_but_for_the_segment_a_server_appends_to(tmp_path: Path) -> None:
     paths = Home(tmp_path)
     folder, lock = claim_spool(paths.event_spool)  # a running server's slot
