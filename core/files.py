@@ -4,6 +4,7 @@ one change of a file at a time across processes (:func:`exclusive`). JSON writte
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import os
@@ -80,15 +81,20 @@ def holding(lock_file: Path, shared: bool = False, missing_ok: bool = False) -> 
     or thread holds it. ``shared``: a lock many may hold at once, that waits only for (and holds off) the one
     who holds it alone: readers that must not see a change half made, while each writer holds it alone.
 
-    The file is opened for reading only (``flock`` needs no more): a process that may not write it, nor its
-    folder (a service user, where an operator's command made the file), locks it all the same. One that is
-    not there and may not be made raises, unless ``missing_ok``: then nothing is held. Yields whether the
-    lock is held."""
+    The file is opened for reading and writing: on NFS, Linux makes ``flock`` a lock of the file's bytes,
+    which a process holds alone only on a file it opened for writing. A process that may not write it, nor
+    its folder (a service user, where an operator's command made the file), opens it for reading only, and
+    locks it all the same where ``flock`` is the kernel's own (a local disk). One that is not there and may
+    not be made raises, unless ``missing_ok``: then nothing is held. Yields whether the lock is held."""
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         try:
-            handle = os.open(lock_file, os.O_RDONLY | os.O_CREAT, 0o666)
-        except PermissionError:  # a folder not ours to add to (or a sticky folder's file another's): it may be there
+            handle = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # another's file, or a folder not ours to add to (the file may be there)
+            handle = os.open(lock_file, os.O_RDONLY)
+        except OSError as error:  # a file system mounted read-only: reading is all it allows
+            if error.errno != errno.EROFS:
+                raise
             handle = os.open(lock_file, os.O_RDONLY)
     except (FileNotFoundError, PermissionError) as error:
         if not missing_ok or (isinstance(error, PermissionError) and lock_file.parent.is_dir()):

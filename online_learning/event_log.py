@@ -70,6 +70,23 @@ def hold_slot(root: Path, name: str) -> IO[str] | None:
     return handle
 
 
+def slot_held(root: Path, name: str) -> bool:
+    """Whether a live process holds the lock of the spool folder ``name`` under ``root`` (:func:`hold_slot`),
+    looked at without holding it past the look nor making or writing anything: for a reader that may not
+    write the spool (a dry run)."""
+    try:
+        handle = os.open(root / f"{name}.lock", os.O_RDONLY)
+    except FileNotFoundError:  # never held
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(handle)  # lets the look's lock go
+    return False
+
+
 def _holds_unshipped(folder: Path) -> bool:
     """Whether the spool slot at ``folder`` holds bytes after its shipped position (sizes only, nothing read;
     a shipped position that cannot be read: True, the slot's own reader decides)."""

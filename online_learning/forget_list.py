@@ -22,11 +22,12 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+from core.errors import NotReady
 from core.files import holding
 from online_learning.events import InteractionEvent, RankingEvent
 
@@ -54,7 +55,12 @@ class ForgetList:
     and an import) whose batches overlap would keep it taken as long as their backlog lasts. So an erasure
     first holds a second lock, the gate (``<list>.gate.lock``), alone, and a batch passes the gate (takes it
     shared and lets it go at once) before it takes the list's lock: once an erasure waits, no new batch
-    starts, and it waits only for the batches already in flight."""
+    starts, and it waits only for the batches already in flight.
+
+    A batch that cannot hold the list's lock (not there, and this process may not make it) is not written:
+    :meth:`reading` raises :class:`~core.errors.NotReady`, naming the file and what to do, and a consumer
+    says so at its start (:meth:`check`). Without the gate (a list made before it had one, in a folder this
+    process may not add to), a batch takes the list's lock alone, and says so once."""
 
     WAIT_WARNING_S = 5.0  # an erasure waiting this long for the batches in flight says so, once
 
@@ -66,7 +72,7 @@ class ForgetList:
         self._key: bytes | None = None
         self._stamp: tuple[int, int] | None = None
         self._until: dict[str, datetime] = {}
-        self._said_unlocked = False
+        self._said_ungated = False
 
     def _secret(self, create: bool = False) -> bytes | None:
         """The list's key: made (with the list) when ``create``, else None while there is none."""
@@ -119,16 +125,31 @@ class ForgetList:
     def reading(self) -> Iterator[None]:
         """Hold the list's lock shared, from reading the list for a batch until the batch is written: an
         erasure (:meth:`add`) waits meanwhile. The gate is passed first: while an erasure waits, this waits
-        for it (see the class)."""
-        with holding(self.gate_path, shared=True, missing_ok=True):  # missing: no erasure waits at it
+        for it (see the class). Raises :class:`NotReady` when the list's lock cannot be held."""
+        with holding(self.gate_path, shared=True, missing_ok=True) as gated:  # made here when missing, if it may be
             pass
-        with holding(self.lock_path, shared=True, missing_ok=True) as held:
-            if not held and not self._said_unlocked:  # made by the first erasure that has the right
-                self._said_unlocked = True
-                logger.warning("%s is not there and this process may not make it (its folder is another user's): "
-                               "batches are written without it until an erasure (events forget) makes it",
-                               self.lock_path)
+        with ExitStack() as held:
+            try:
+                held.enter_context(holding(self.lock_path, shared=True))
+            except (FileNotFoundError, PermissionError) as error:
+                raise NotReady(
+                    f"cannot hold {self.lock_path} ({error.strerror}): a batch holds it while it is written, so that "
+                    f"an erasure (events forget) waits for it, and none is written without it. Make it as the "
+                    f"owner of the home (mkdir -p {self.lock_path.parent} && touch {self.lock_path} "
+                    f"{self.gate_path}), readable by this process's user, or run this as that owner") from error
+            if not gated and not self._said_ungated:  # an erasure makes it (run as the home's owner)
+                self._said_ungated = True
+                logger.warning("%s is not there and this process may not make it: batches take %s alone, and an "
+                               "erasure may wait as long as overlapping batches go on; make it (touch it, as the "
+                               "owner of %s) or run one `shoprank events forget` as that owner",
+                               self.gate_path, self.lock_path.name, self.gate_path.parent)
             yield
+
+    def check(self) -> None:
+        """Raise :class:`NotReady` now, at a consumer's start, when a batch could not hold the list's lock
+        (:meth:`reading`), rather than at its first batch."""
+        with self.reading():
+            pass
 
     def refresh(self) -> None:
         """Read the file again if it changed."""

@@ -54,7 +54,7 @@ from core.files import fsync_path, write_text_atomic
 from core.paths import Home
 from online_learning.consumers.log_sink import log_files, place, unplaced, writing
 from online_learning.consumers.streaming_features import mark_dirty, open_state
-from online_learning.event_log import hold_slot
+from online_learning.event_log import hold_slot, slot_held
 from online_learning.forget_list import ForgetList
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
                     report.log_files += 1
                     if not dry_run:
                         _replace(path, pq.read_table(path).filter(pa.array(~hit)))
-    owners = _purchases_of(paths.streaming_state, lambda user, ts: user in users)
+    owners = _purchases_of(paths.streaming_state, lambda user, ts: user in users, dry_run)
     report.purchases = len(owners)
     profiled = paths.streaming_state.is_file() or (paths.features / "user_profile.parquet").is_file()
     report.profiles = _drop_purchases(paths.streaming_state, owners, dry_run, push, "reset",
@@ -184,7 +184,7 @@ def prune(paths: Home, keep_days: int, now: datetime, dry_run: bool = False,
                     if not dry_run:
                         shutil.rmtree(folder)
     cutoff = datetime.combine(first, datetime.min.time(), tzinfo=now.tzinfo)
-    old = _purchases_of(paths.streaming_state, lambda user, ts: datetime.fromisoformat(ts) < cutoff)
+    old = _purchases_of(paths.streaming_state, lambda user, ts: datetime.fromisoformat(ts) < cutoff, dry_run)
     report.purchases = len(old)
     report.profiles = _drop_purchases(paths.streaming_state, old, dry_run, push, "pushed again")
     for path in sorted(paths.shadow.glob("*.jsonl")):
@@ -227,16 +227,28 @@ def _replace(path: Path, table: pa.Table, keep_empty: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def _purchases_of(state: Path, match: Callable[[str, str], bool]) -> dict[str, str]:
-    """event id -> user id of the streaming state's purchases that ``match(user_id, timestamp)``."""
+def _purchases_of(state: Path, match: Callable[[str, str], bool], read_only: bool = False) -> dict[str, str]:
+    """event id -> user id of the streaming state's purchases that ``match(user_id, timestamp)``. ``read_only``
+    (a dry run): the state is opened for reading only, and nothing is made beside it, so one who may not write
+    it (nor its folder) counts, and one who may leaves no file the consumer's user could not write (:func:`_read`)."""
     if not state.is_file():
         return {}
-    db = sqlite3.connect(state)
+    db = _read(state) if read_only else sqlite3.connect(state)
     try:
         rows = db.execute("SELECT event_id, user_id, ts FROM purchases").fetchall()
     finally:
         db.close()
     return {event: user for event, user, ts in rows if match(user, ts)}
+
+
+def _read(state: Path) -> sqlite3.Connection:
+    """The sqlite file ``state`` (in WAL mode), opened for reading only. With its write-ahead log there (a
+    consumer has it open), read with it; without (all of it in the file), read as a file that does not change:
+    else sqlite makes the log and its index beside it, and leaves them (a reader may not remove them)."""
+    uri = state.resolve().as_uri()
+    if state.with_name(f"{state.name}-wal").exists():
+        return sqlite3.connect(f"{uri}?mode=ro", uri=True)
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
 
 
 def _drop_purchases(state: Path, purchases: dict[str, str], dry_run: bool, push: PushDirty | None,
@@ -284,7 +296,9 @@ def _drop_lines(path: Path, drop: Callable[[str], bool], dry_run: bool) -> int:
 def _spool(root: Path, drop: Callable[[dict], bool], dry_run: bool) -> tuple[int, int, int]:
     """Drop the lines whose event ``drop`` names from the spool's segments (a spool no server ships to
     Kafka); a slot a running server holds keeps its last segment, which that server appends to (its
-    lines are only counted). Returns the lines dropped, the segments left open and their lines named."""
+    lines are only counted). Returns the lines dropped, the segments left open and their lines named.
+    A dry run holds no slot (it only looks whether a server does: :func:`slot_held`) and writes nothing, so
+    one who may only read the spool counts."""
     def named(line: str) -> bool:
         return drop(json.loads(line).get("value") or {})
 
@@ -293,8 +307,9 @@ def _spool(root: Path, drop: Callable[[dict], bool], dry_run: bool) -> tuple[int
         segments = sorted(folder.glob("segment-*.jsonl"))
         if not segments:
             continue
-        lock = hold_slot(root, folder.name)
-        if lock is None:  # a server holds the slot and appends to its last segment
+        lock = None if dry_run else hold_slot(root, folder.name)
+        served = slot_held(root, folder.name) if dry_run else lock is None
+        if served:  # a server holds the slot and appends to its last segment
             left += 1
             left_lines += _drop_lines(segments[-1], named, dry_run=True)
             segments = segments[:-1]

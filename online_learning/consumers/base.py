@@ -43,7 +43,12 @@ class Delivered:
 
 class ConsumerLoop:
     """Poll ``topics`` as ``group`` and pass batches of parsed events to ``handle``, less the events of
-    erased shoppers (``forget``, :mod:`online_learning.forget_list`)."""
+    erased shoppers (``forget``, :mod:`online_learning.forget_list`).
+
+    A handler whose work ends with a step that needs no erasure held off (the streaming consumer's push to
+    the online store, which may be slow) has both steps apart: ``handle.write(batch)``, run while the
+    erasure list's lock is held, and ``handle.after()``, run once it is let go (:meth:`_filter_and_handle`);
+    calling it does both."""
 
     def __init__(self, bootstrap: str, group: str, topics: Sequence[str],
                  handle: Callable[[list[Delivered]], None], dead_letters: Path, max_records: int = 1000,
@@ -52,6 +57,8 @@ class ConsumerLoop:
         self.group = group
         self.topics = list(topics)
         self.handle = handle
+        self.after: Callable[[], None] | None = getattr(handle, "after", None)  # see the class
+        self.write: Callable[[list[Delivered]], None] = getattr(handle, "write") if self.after is not None else handle
         self.dead_letters = dead_letters
         self.max_records = max_records
         self.session_timeout_ms = session_timeout_ms
@@ -85,7 +92,10 @@ class ConsumerLoop:
         However the loop ends (stopped, idle, or an error out of ``handle``), its consumer leaves
         the group and its clients are closed: a consumer left open keeps heartbeating from its own
         thread and holds its partitions, so the group's next consumer would wait for it and read
-        nothing."""
+        nothing. A batch that cannot hold the erasure list's lock is not written: the loop stops with
+        :class:`~core.errors.NotReady` (:meth:`ForgetList.reading`), at its start when it cannot from the first."""
+        if self.forget is not None:
+            self.forget.check()
         try:
             self._run(idle_exit)
         finally:
@@ -147,9 +157,10 @@ class ConsumerLoop:
     def _filter_and_handle(self, batch: list[Delivered]) -> tuple[list[Delivered], int, Exception | None]:
         """``batch`` less the erased shoppers' events, handled: returns what was handled, how many events
         were dropped, and the error ``handle`` raised (None: handled). The erasure list's lock is held
-        shared throughout (:meth:`ForgetList.reading`), so an erasure listed meanwhile waits until the
-        batch is written, then finds its rows at rest; anything but an ``Exception`` (KeyboardInterrupt,
-        SystemExit) goes through."""
+        shared from the filter until the batch is written (:meth:`ForgetList.reading`), so an erasure listed
+        meanwhile waits until then, and finds its rows at rest; a handler's ``after`` step runs once the lock
+        is let go (see the class). Anything but an ``Exception`` (KeyboardInterrupt, SystemExit) goes
+        through."""
         if not batch:
             return batch, 0, None
         with self.forget.reading() if self.forget is not None else nullcontext():
@@ -159,10 +170,15 @@ class ConsumerLoop:
             if not batch:
                 return batch, dropped, None
             try:
-                self.handle(batch)
+                self.write(batch)
             except Exception as err:  # noqa: BLE001 - the caller retries the batch with back-off
                 return batch, dropped, err
-            return batch, dropped, None
+        try:
+            if self.after is not None:
+                self.after()
+        except Exception as err:  # noqa: BLE001 - as a batch not written: read again (its ids are known)
+            return batch, dropped, err
+        return batch, dropped, None
 
     def _recreated_topics(self) -> list[str]:
         """Topics whose id changed since the last look (at most every ``topic_check_s`` seconds)."""

@@ -252,6 +252,16 @@ class StreamingFeatures:
             logger.warning("pushing the features left marked failed (%s); they are pushed with the next batch", err)
 
     def __call__(self, batch: list[Delivered]) -> None:
+        """Count ``batch`` (:meth:`write`) and push what it changed (:meth:`after`)."""
+        self.write(batch)
+        self.after()
+
+    def write(self, batch: list[Delivered]) -> None:
+        """Count ``batch``: its event ids, counts and purchases and the marks on what changed, in one sqlite
+        transaction. The consumer loop holds the erasure list's lock meanwhile, and lets it go before
+        :meth:`after` pushes: a slow push holds no erasure off, nor, through the erasure waiting at the
+        gate, the other consumers' batches; the push reads the state when it holds ``<state>.push.lock``, so
+        it sends an erasure's deletions as they are, and the erasure's own push still lands after it."""
         if self._current is not None:
             self.products = self._current()
         keys = [key_of(d.event) for d in batch]
@@ -280,8 +290,11 @@ class StreamingFeatures:
             changed = [*(p for p, _, _ in counts), *_leaving(self.db, before, _clock_day(self.db))]
             mark_dirty(self.db, "product", dict.fromkeys(changed))
             mark_dirty(self.db, "user", dict.fromkeys(p[0] for p in purchases))
-        self._flush_dirty()
 
+    def after(self) -> None:
+        """Push what is marked (:meth:`_flush_dirty`): the step of a batch after :meth:`write`, run outside
+        the erasure list's lock (:class:`~online_learning.consumers.base.ConsumerLoop`)."""
+        self._flush_dirty()
 
     def _now(self) -> pd.Timestamp:
         row = self.db.execute("SELECT now FROM clock WHERE id = 0").fetchone()

@@ -114,6 +114,30 @@ def test_a_lock_file_this_user_may_not_write_is_locked_all_the_same(tmp_path: Pa
     assert run.returncode == 0 and run.stdout.split() == ["locked", "missing", "passed"], run.stderr
 
 
+def test_a_lock_file_this_user_may_write_is_opened_for_writing(tmp_path: Path) -> None:
+    """On NFS, Linux makes ``flock`` a lock of the file's bytes, which a process holds alone only on a file it
+    opened for writing: a lock file opened for reading only could not be held alone there."""
+    import os
+
+    lock = tmp_path / "forgotten.jsonl.lock"
+
+    def modes() -> list[int]:  # the access modes of this process's descriptors open on ``lock``
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") == str(lock):
+                    flags = Path(f"/proc/self/fdinfo/{fd}").read_text().split("flags:")[1].split()[0]
+                    found.append(int(flags, 8) & os.O_ACCMODE)
+            except OSError:  # closed meanwhile (the listing's own descriptor)
+                continue
+        return found
+
+    for shared in (False, True):
+        with holding(lock, shared=shared):
+            assert modes() == [os.O_RDWR]
+    assert modes() == []
+
+
 def current_umask() -> int:
     import os
 

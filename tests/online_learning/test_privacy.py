@@ -303,13 +303,31 @@ at = datetime(2024, 1, 1, tzinfo=timezone.utc)
 batch = [Delivered("t", 0, i, InteractionEvent(type="click", event_id=f"e{i}", request_id="r", product_id="p",
                                                user_id=user, timestamp=at)) for i, user in enumerate(["u2", "u1"])]
 print("dropped", loop._filter_and_handle(batch)[1])
+print("dropped", loop._filter_and_handle(batch)[1])
+"""
+
+# a consumer started with the erasure list at argv[1]: the error it stops with
+CONSUMER_START = """
+import sys
+from pathlib import Path
+from core.errors import NotReady
+from online_learning.consumers.base import ConsumerLoop
+from online_learning.forget_list import ForgetList
+loop = ConsumerLoop("127.0.0.1:1", "g", ["t"], lambda batch: print("handled", len(batch)), Path(sys.argv[2]),
+                    forget=ForgetList(Path(sys.argv[1])))
+try:
+    loop.run(idle_exit=0.1)
+except NotReady as error:
+    print(error.message)
 """
 
 
 def test_a_consumer_filters_by_an_erasure_list_another_user_made(tmp_path: Path) -> None:
     """``events forget`` run by an operator makes the list and its locks, read-only to the consumers' service
     user (the key made readable to it, as a deployment shares it): a batch took the lock by opening it to
-    write, and failed. A list made before it had locks (none there, none to be made) is read without them."""
+    write, and failed. A list made before it had a gate (none there, none to be made) is read with the list's
+    lock alone, said once; without the list's lock, a batch is not written (an erasure would not wait for
+    it), and the consumer stops at its start, naming the file and what to do."""
     from tests.helpers import as_another_user
 
     privacy = tmp_path / "privacy"
@@ -320,17 +338,38 @@ def test_a_consumer_filters_by_an_erasure_list_another_user_made(tmp_path: Path)
     privacy.chmod(0o555)
     try:
         run = as_another_user(CONSUMER_BATCH, str(path), str(tmp_path / "dead.jsonl"))
-        assert run.returncode == 0 and run.stdout.split() == ["handled", "1", "dropped", "1"], run.stderr
+        assert run.returncode == 0 and run.stdout.split() == ["handled", "1", "dropped", "1"] * 2, run.stderr
+        assert "may not make it" not in run.stderr
         privacy.chmod(0o755)
-        for lock in privacy.glob("*.lock"):
-            lock.unlink()
+        (privacy / "forgotten.jsonl.gate.lock").unlink()
         privacy.chmod(0o555)
         run = as_another_user(CONSUMER_BATCH, str(path), str(tmp_path / "dead.jsonl"))
+        assert run.returncode == 0 and run.stdout.split() == ["handled", "1", "dropped", "1"] * 2, run.stderr
+        assert run.stderr.count("forgotten.jsonl.gate.lock is not there and this process may not make it") == 1
+        privacy.chmod(0o755)
+        (privacy / "forgotten.jsonl.lock").unlink()
+        privacy.chmod(0o555)
+        batch = as_another_user(CONSUMER_BATCH, str(path), str(tmp_path / "dead.jsonl"))
+        start = as_another_user(CONSUMER_START, str(path), str(tmp_path / "dead.jsonl"))
     finally:
         privacy.chmod(0o755)
-    assert run.returncode == 0 and run.stdout.split() == ["handled", "1", "dropped", "1"], run.stderr
-    assert run.stderr.count("forgotten.jsonl.lock is not there and this process may not make it") == 1
+    assert batch.returncode != 0 and "handled" not in batch.stdout
+    assert f"NotReady: cannot hold {path}.lock (No such file or directory)" in batch.stderr
+    assert start.returncode == 0 and start.stdout.startswith(f"cannot hold {path}.lock"), start.stderr
+    assert f"touch {path}.lock {path}.gate.lock" in start.stdout
     assert sorted(p.name for p in privacy.iterdir()) == ["forgotten.jsonl", "forgotten.key"]
+    ForgetList(path).add(["u2"], [], T0 + timedelta(days=1))  # an erasure by the owner makes both again
+    assert sorted(p.name for p in privacy.iterdir()) == [
+        "forgotten.jsonl", "forgotten.jsonl.gate.lock", "forgotten.jsonl.lock", "forgotten.key"]
+
+
+def test_a_consumer_makes_the_erasure_lists_locks_it_may_make(tmp_path: Path) -> None:
+    """A list made before it had a gate, in a folder the consumer may add to: the gate is made, not passed by."""
+    path = tmp_path / "privacy" / "forgotten.jsonl"
+    ForgetList(path).add(["u1"], [], T0 + timedelta(days=1))
+    (tmp_path / "privacy" / "forgotten.jsonl.gate.lock").unlink()
+    ForgetList(path).check()
+    assert (tmp_path / "privacy" / "forgotten.jsonl.gate.lock").is_file()
 
 
 def test_a_damaged_line_of_the_erasure_list_is_skipped_and_the_next_erasure_kept(tmp_path: Path) -> None:
@@ -430,6 +469,56 @@ def test_a_push_built_before_an_erasure_does_not_land_after_it(tmp_path: Path) -
         assert db.execute("SELECT * FROM dirty").fetchall() == []
 
 
+def test_a_slow_push_holds_off_neither_an_erasure_nor_the_other_consumers(tmp_path: Path) -> None:
+    """The streaming consumer pushes a batch after the erasure list's lock is let go: a push slow on the network,
+    under the list's lock, held the erasure waiting for it, and the log sink's next batch waited at the gate
+    behind the erasure. The erasure's own push still lands last (``<state>.push.lock``)."""
+    import threading
+    import time
+
+    paths = Home(tmp_path / "home")
+    online: dict[str, list[str]] = {}
+    pushing, landing = threading.Event(), threading.Event()
+
+    def slow(source: str, frame: pd.DataFrame) -> None:  # the consumer's push, slow on the network
+        if source == "user_activity_push":
+            pushing.set()
+            landing.wait(30)
+            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
+
+    def fast(source: str, frame: pd.DataFrame) -> None:  # the erasure's own push
+        if source == "user_activity_push":
+            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
+
+    features = StreamingFeatures(paths.streaming_state, {"p1": (3, 10.0)}, slow)
+    stream = ConsumerLoop("127.0.0.1:1", "features", ["t"], features, tmp_path / "dead1.jsonl",
+                          forget=ForgetList(paths.forgotten))
+    results: list[tuple] = []
+    streaming = threading.Thread(target=lambda: results.append(stream._filter_and_handle(delivered(events(20)))))
+    streaming.start()
+    assert pushing.wait(30)
+    reports = []
+    erasing = threading.Thread(target=lambda: reports.append(forget(
+        paths, ["u0"], [], T0 + timedelta(days=1),
+        push=lambda: StreamingFeatures(paths.streaming_state, {"p1": (3, 10.0)}, fast).db.close())))
+    erasing.start()
+    for _ in range(100):  # listed without waiting for the push; then its own push waits for it
+        if len(ForgetList(paths.forgotten)):
+            break
+        time.sleep(0.05)
+    sink = ConsumerLoop("127.0.0.1:1", "sink", ["t"], ParquetLogSink(paths.event_log), tmp_path / "dead2.jsonl",
+                        forget=ForgetList(paths.forgotten))
+    began = time.monotonic()
+    handled, dropped, failed = sink._filter_and_handle(delivered(events(20)))
+    assert time.monotonic() - began < 2.0 and failed is None and dropped > 0  # not held behind the push
+    assert erasing.is_alive() and streaming.is_alive()
+    landing.set()
+    streaming.join(30)
+    erasing.join(30)
+    assert results[0][2] is None and reports[0].profiles == "1 reset in the online store"
+    assert online["u0"] == []  # the erasure's push landed after the consumer's
+
+
 def test_prune_keeps_the_window_and_the_commands_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     paths = Home(tmp_path / "home")
@@ -479,6 +568,74 @@ def test_a_dry_run_takes_no_lock_and_makes_nothing(tmp_path: Path) -> None:
     assert forget(paths, ["u1"], [], T0 + timedelta(days=1), dry_run=True).log_rows["rankings"] > 0
     assert prune(paths, 1, T0 + timedelta(days=30), dry_run=True).log_days["rankings"] == 1
     assert not (paths.event_log / "_sink.lock").exists()
+
+
+# dry runs of forget and prune on the home at argv[1]: what they count
+DRY_RUNS = """
+import json, sys
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from core.paths import Home
+from online_learning.privacy import forget, prune
+from tests.online_learning.test_consumers import T0
+paths = Home(Path(sys.argv[1]))
+print(json.dumps([asdict(forget(paths, ["u1"], [], T0 + timedelta(days=1), dry_run=True)),
+                  asdict(prune(paths, 1, T0 + timedelta(days=30), dry_run=True))]))
+"""
+
+
+def test_a_dry_run_counts_on_a_home_it_may_only_read(tmp_path: Path) -> None:
+    """An auditor who may read the home but not write it: a dry run held each spool slot's lock (opened to
+    write, made when missing) and opened the streaming state to write (sqlite then made its log beside it,
+    and left it, owned by whoever ran it). It counts as a real run would, a server's open segment apart."""
+    import subprocess
+    import sys
+
+    from tests.helpers import as_another_user
+
+    paths = Home(tmp_path / "home")
+    batch = events(35)
+    ParquetLogSink(paths.event_log)(delivered(batch))
+    StreamingFeatures(paths.streaming_state, {"p1": (3, 10.0)}, Pushed())(delivered(batch))
+    served, server = claim_spool(paths.event_spool)  # a running server's slot
+    idle, lock = claim_spool(paths.event_spool)  # a stopped server's
+    for folder in (served, idle):
+        log = EventLog(folder)
+        log.append(batch[:9], durable=True)
+        log.close()
+    lock.close()
+    for made in paths.base.rglob("*.lock"):
+        if made.name != f"{served.name}.lock":
+            made.unlink()  # as a copy of the home, or one made before the locks, has none
+    before = sorted(paths.base.rglob("*"))
+    try:
+        run = subprocess.run([sys.executable, "-c", DRY_RUNS, str(paths.base)], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[2], timeout=120)
+        assert run.returncode == 0, run.stderr
+        counted = json.loads(run.stdout)
+        assert sorted(paths.base.rglob("*")) == before  # nothing made, as the owner
+        assert counted[0]["purchases"] > 0 and counted[0]["log_rows"]["rankings"] > 0
+        assert counted[0]["spool_open"] == 1 and counted[0]["spool_events"] == counted[0]["spool_open_events"] > 0
+        assert counted[1]["log_days"]["rankings"] == 1 and counted[1]["spool_open"] == 1
+        for live in (False, True):  # a consumer writing the state: its write-ahead log beside it
+            consumer = StreamingFeatures(paths.streaming_state, {}, Pushed()) if live else None
+            if consumer is not None:
+                with consumer.db:
+                    consumer.db.execute("INSERT INTO clock VALUES (0, '2024-01-01') ON CONFLICT (id) DO NOTHING")
+                assert paths.streaming_state.with_name("state.sqlite-wal").exists()
+            try:
+                for made in [paths.base, *paths.base.rglob("*")]:
+                    made.chmod(0o555 if made.is_dir() else 0o444)
+                auditor = as_another_user(DRY_RUNS, str(paths.base))
+            finally:
+                for made in [paths.base, *paths.base.rglob("*")]:
+                    made.chmod(0o755 if made.is_dir() else 0o644)
+                if consumer is not None:
+                    consumer.db.close()
+            assert auditor.returncode == 0 and json.loads(auditor.stdout) == counted, auditor.stderr
+    finally:
+        server.close()
 
 
 def test_without_kafka_the_spool_is_erased_but_for_the_segment_a_server_appends_to(tmp_path: Path) -> None:
