@@ -233,22 +233,43 @@ def _purchases_of(state: Path, match: Callable[[str, str], bool], read_only: boo
     it (nor its folder) counts, and one who may leaves no file the consumer's user could not write (:func:`_read`)."""
     if not state.is_file():
         return {}
-    db = _read(state) if read_only else sqlite3.connect(state)
-    try:
-        rows = db.execute("SELECT event_id, user_id, ts FROM purchases").fetchall()
-    finally:
-        db.close()
+    query = "SELECT event_id, user_id, ts FROM purchases"
+    rows = _read(state, query) if read_only else _rows(sqlite3.connect(state), query)
     return {event: user for event, user, ts in rows if match(user, ts)}
 
 
-def _read(state: Path) -> sqlite3.Connection:
-    """The sqlite file ``state`` (in WAL mode), opened for reading only. With its write-ahead log there (a
-    consumer has it open), read with it; without (all of it in the file), read as a file that does not change:
-    else sqlite makes the log and its index beside it, and leaves them (a reader may not remove them)."""
+def _rows(db: sqlite3.Connection, query: str) -> list[tuple]:
+    try:
+        return db.execute(query).fetchall()
+    finally:
+        db.close()
+
+
+def _read(state: Path, query: str, tries: int = 5) -> list[tuple]:
+    """``query``'s rows of the sqlite file ``state`` (in WAL mode), opened for reading only. With its write-ahead
+    log there (a consumer has the file open), read with it; without (all of it in the file), read as a file that
+    does not change (``immutable``: no lock, and no log made beside it, which a reader could not remove and the
+    consumer's user might not write); as a writer may open it and fold its log in meanwhile, a read the file
+    changed under (or that sqlite found torn) is read again."""
     uri = state.resolve().as_uri()
     if state.with_name(f"{state.name}-wal").exists():
-        return sqlite3.connect(f"{uri}?mode=ro", uri=True)
-    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+        return _rows(sqlite3.connect(f"{uri}?mode=ro", uri=True), query)
+    for attempt in range(tries):
+        before = _version(state)
+        try:
+            rows = _rows(sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True), query)
+        except sqlite3.DatabaseError:
+            if attempt == tries - 1:
+                raise
+            continue
+        if _version(state) == before:
+            return rows
+    return _rows(sqlite3.connect(f"{uri}?mode=ro", uri=True), query)
+
+
+def _version(state: Path) -> tuple[int, int, int, bool]:
+    stat = state.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, state.with_name(f"{state.name}-wal").exists()
 
 
 def _drop_purchases(state: Path, purchases: dict[str, str], dry_run: bool, push: PushDirty | None,

@@ -681,3 +681,36 @@ def test_a_spool_that_once_shipped_to_kafka_is_erased_and_its_position_kept_true
     kept = segment.read_bytes()
     assert kept[:offset].count(b"\n") == sum(line["value"].get("user_id") != "u1" for line in before)
     assert offset == 0 or kept[offset - 1 : offset] == b"\n"  # still at a line's start
+
+
+def test_a_dry_run_reads_the_state_again_when_a_writer_changed_it_under_the_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without its write-ahead log, a dry run reads the state as a file that does not change (no lock); a writer
+    may open it and fold its log in meanwhile (a torn read: a wrong count, or 'malformed'): such a read is read
+    again."""
+    import sqlite3
+
+    from online_learning import privacy
+    from online_learning.consumers.streaming_features import open_state
+
+    state = tmp_path / "state.sqlite"
+    db = open_state(state)
+    with db:
+        db.execute("INSERT INTO purchases VALUES ('u1', 'p1', '2024-01-01T00:00:00+00:00', 'e1')")
+    db.close()
+    assert not state.with_name("state.sqlite-wal").exists()
+    real_rows, torn = privacy._rows, iter([sqlite3.DatabaseError("database disk image is malformed")])
+
+    def rows(db: sqlite3.Connection, query: str) -> list[tuple]:
+        error = next(torn, None)
+        if error is not None:
+            db.close()
+            raise error
+        return real_rows(db, query)
+
+    monkeypatch.setattr(privacy, "_rows", rows)
+    assert privacy._purchases_of(state, lambda user, ts: True, read_only=True) == {"e1": "u1"}
+    versions = iter([(1, 1, 1, False), (1, 2, 2, False)])  # the file grew during the first read
+    real_version = privacy._version
+    monkeypatch.setattr(privacy, "_version", lambda path: next(versions, None) or real_version(path))
+    assert privacy._purchases_of(state, lambda user, ts: True, read_only=True) == {"e1": "u1"}
