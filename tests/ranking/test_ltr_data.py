@@ -283,37 +283,64 @@ def test_a_row_below_the_fused_list_gets_the_features_rank_gives_it(fake_index: 
     assert (served[~below, 1] > 0).all() and (served[:20, 0] == 1.0).all()
 
 
-def test_the_teacher_scores_in_training_the_rows_it_scores_behind_a_deeper_student(fake_index: ProductIndex) -> None:
-    """Served behind a student that scores deeper than it, the teacher scores the top ``teacher_depth`` of the
-    student's order, not of the first stage's: a training list (its rows in another order) gets teacher scores
-    for the same rows, or LambdaMART learns from teacher scores of rows serving never gives it."""
-    from ranking.cascade import Cascade, ScoreStage
-    from ranking.features import LtrFeaturizer
+class _Ones:
+    """A teacher that scores every title 1."""
+
+    def score(self, query: str, titles: list[str]) -> np.ndarray:
+        return np.ones(len(titles), np.float32)
+
+
+class _DeepFirst:
+    """A student that likes the rows the first stage serves deepest (its score: the served position)."""
+
+    def __init__(self, index: ProductIndex, positions: dict[str, float]) -> None:
+        self.index = index
+        self.positions = positions
+
+    def score(self, query: str, titles: list[str]) -> np.ndarray:
+        return np.array([self.positions[t] for t in titles], np.float32)
+
+    def stage(self, depth: int):  # type: ignore[no-untyped-def]
+        from ranking.cascade import ScoreStage
+
+        return ScoreStage("student", lambda text, docs, deadline: self.score(
+            text, [self.index.title(int(d)) for d in docs]), depth)
+
+
+def _teacher_stage(depth: int):  # type: ignore[no-untyped-def]
+    from ranking.cascade import ScoreStage
+
+    return ScoreStage("teacher", lambda text, docs, deadline: np.ones(len(docs), np.float32), depth)
+
+
+def _deep_first_student(index: ProductIndex):  # type: ignore[no-untyped-def]
+    """The hashing encoder, a hybrid first stage 60 deep over ``index``, its list for "cordless drill" and a
+    student that orders that list deepest first."""
     from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
     from tests.fakes import HashingEncoder
 
     encoder = HashingEncoder()
-    hybrid = HybridRetriever(BM25Retriever(fake_index), DenseRetriever(fake_index, encoder), depth=60)
+    hybrid = HybridRetriever(BM25Retriever(index), DenseRetriever(index, encoder), depth=60)
     listed = hybrid.search("cordless drill", 60)
-    deep_first = {fake_index.title(int(d)): float(i) for i, d in enumerate(listed.docs)}  # the student likes deep rows
+    return encoder, hybrid, listed, _DeepFirst(index, {index.title(int(d)): float(i)
+                                                       for i, d in enumerate(listed.docs)})
 
-    class Student:
-        def score(self, query: str, titles: list[str]) -> np.ndarray:
-            return np.array([deep_first[t] for t in titles], np.float32)
 
-    class Ones:
-        def score(self, query: str, titles: list[str]) -> np.ndarray:
-            return np.ones(len(titles), np.float32)
+def test_the_teacher_scores_in_training_the_rows_it_scores_behind_a_deeper_student(fake_index: ProductIndex) -> None:
+    """Served behind a student that scores deeper than it, the teacher scores the top ``teacher_depth`` of the
+    student's order, not of the first stage's: a training list (its rows in another order) gets teacher scores
+    for the same rows, or LambdaMART learns from teacher scores of rows serving never gives it."""
+    from ranking.cascade import Cascade
+    from ranking.features import LtrFeaturizer
 
-    student = ScoreStage("student", lambda text, docs, deadline: Student().score(
-        text, [fake_index.title(int(d)) for d in docs]), 30)
-    teacher = ScoreStage("teacher", lambda text, docs, deadline: np.ones(len(docs), np.float32), 10)
-    served = Cascade("cascade", hybrid, [student, teacher], first_stage_depth=60).search("cordless drill", 60)
+    encoder, hybrid, listed, student = _deep_first_student(fake_index)
+    served = Cascade("cascade", hybrid, [student.stage(30), _teacher_stage(10)], first_stage_depth=60).search(
+        "cordless drill", 60)
     served_teacher = set(served.docs[~np.isnan(served.scores["teacher"])].tolist())
 
     shuffled = listed.take(np.random.default_rng(0).permutation(len(listed)))  # a training list's own order
     featurizer = LtrFeaturizer(fake_index, lambda text: encoder.encode([text])[0], None, ["teacher"],
-                               student=Student(), teacher=Ones(), student_depth=30, teacher_depth=10)
+                               student=student, teacher=_Ones(), student_depth=30, teacher_depth=10)
     trained = featurizer(Query("cordless drill"), shuffled)[:, 0]
     assert served_teacher != set(listed.docs[:10].tolist())  # not the first stage's top 10
     assert set(shuffled.docs[~np.isnan(trained)].tolist()) == served_teacher
@@ -326,26 +353,13 @@ def test_the_teacher_scores_in_training_a_list_with_gaps_by_served_rank(fake_ind
     depths, which serving never scores."""
     from ranking.cascade import Cascade, ScoreStage
     from ranking.features import LtrFeaturizer, first_stage_rank
-    from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
     from retrieval.types import Candidates
-    from tests.fakes import HashingEncoder
 
-    encoder = HashingEncoder()
-    hybrid = HybridRetriever(BM25Retriever(fake_index), DenseRetriever(fake_index, encoder), depth=60)
-    listed = hybrid.search("cordless drill", 60)
-    deep_first = {fake_index.title(int(d)): float(i) for i, d in enumerate(listed.docs)}  # the student likes deep rows
-
-    class Student:
-        def score(self, query: str, titles: list[str]) -> np.ndarray:
-            return np.array([deep_first[t] for t in titles], np.float32)
-
-    class Ones:
-        def score(self, query: str, titles: list[str]) -> np.ndarray:
-            return np.ones(len(titles), np.float32)
+    encoder, hybrid, listed, deep_student = _deep_first_student(fake_index)
 
     def teacher_ranks(rows: Candidates, student_depth: int, teacher_depth: int) -> list[int]:
         featurizer = LtrFeaturizer(fake_index, lambda text: encoder.encode([text])[0], None, ["teacher"],
-                                   student=Student() if student_depth else None, teacher=Ones(),
+                                   student=deep_student if student_depth else None, teacher=_Ones(),
                                    student_depth=student_depth, teacher_depth=teacher_depth)
         scored = ~np.isnan(featurizer(Query("cordless drill"), rows)[:, 0])
         return sorted(first_stage_rank(rows)[scored].tolist())
@@ -356,11 +370,8 @@ def test_the_teacher_scores_in_training_a_list_with_gaps_by_served_rank(fake_ind
         scored = np.isin(rows.docs, served.docs[~np.isnan(served.scores["teacher"])])
         return sorted(first_stage_rank(rows)[scored].tolist())
 
-    student = ScoreStage("student", lambda text, docs, deadline: Student().score(
-        text, [fake_index.title(int(d)) for d in docs]), 30)
-
-    def teacher(depth: int) -> ScoreStage:
-        return ScoreStage("teacher", lambda text, docs, deadline: np.ones(len(docs), np.float32), depth)
+    student = deep_student.stage(30)
+    teacher = _teacher_stage
 
     # served ranks 50, 1, 30, 5, sampled from the served list in another order
     sampled = listed.take(np.array([49, 0, 29, 4]))
