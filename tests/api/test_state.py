@@ -128,10 +128,9 @@ def _closing_units(closed: list[str], generation: dict[str, str], loading: threa
     return load
 
 
-def test_a_shutdown_during_a_reload_closes_each_unit_once_and_serves_nothing_new() -> None:
-    """The watcher is loading another replica's swap when the server shuts down: the shutdown waits for it, the
-    unit it loaded is closed instead of served, and the one served (closed by the server) is the last."""
-    closed: list[str] = []
+def _reloading(closed: list[str]) -> tuple[ServedHolder, threading.Event]:
+    """A holder serving g1 whose watcher is loading g2 (each unit noting in ``closed`` when it closes), and the
+    event that lets that load end."""
     generation = {"now": "g1"}
     loading, release = threading.Event(), threading.Event()
     holder = ServedHolder(_closing_units(closed, generation, loading, release), stamp=lambda: generation["now"],
@@ -140,6 +139,14 @@ def test_a_shutdown_during_a_reload_closes_each_unit_once_and_serves_nothing_new
     assert holder.ready.wait(10)
     generation["now"] = "g2"
     assert loading.wait(10)
+    return holder, release
+
+
+def test_a_shutdown_during_a_reload_closes_each_unit_once_and_serves_nothing_new() -> None:
+    """The watcher is loading another replica's swap when the server shuts down: the shutdown waits for it, the
+    unit it loaded is closed instead of served, and the one served (closed by the server) is the last."""
+    closed: list[str] = []
+    holder, release = _reloading(closed)
     threading.Timer(0.2, release.set).start()
     holder.stop()
     assert closed == ["router g2", "engine g2"] and holder.get().generation == "g1"
@@ -150,14 +157,7 @@ def test_a_shutdown_during_a_reload_closes_each_unit_once_and_serves_nothing_new
 
 def test_a_shutdown_goes_on_when_a_reload_takes_long(caplog: pytest.LogCaptureFixture) -> None:
     closed: list[str] = []
-    generation = {"now": "g1"}
-    loading, release = threading.Event(), threading.Event()
-    holder = ServedHolder(_closing_units(closed, generation, loading, release), stamp=lambda: generation["now"],
-                          poll_s=0.02)
-    holder.start()
-    assert holder.ready.wait(10)
-    generation["now"] = "g2"
-    assert loading.wait(10)
+    holder, release = _reloading(closed)
     started = time.monotonic()
     holder.stop(wait_s=0.1)
     assert time.monotonic() - started < 5 and "still loading" in caplog.text
