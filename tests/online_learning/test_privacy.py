@@ -419,6 +419,22 @@ def test_a_profile_reset_while_the_consumer_pushes_it_is_pushed_again(tmp_path: 
     assert [list(frame["user_id"]) for _, frame in pushed.frames] == [["u2"]]
 
 
+def _profile_pushes(online: dict[str, list[str]], pushing, landing):  # type: ignore[no-untyped-def]
+    """Two pushes of shoppers' profiles into ``online`` (user -> recent items): the consumer's, slow on the network
+    (it sets ``pushing``, then lands once ``landing`` is set), and the erasure's own, at once."""
+    def slow(source: str, frame: pd.DataFrame) -> None:
+        if source == "user_activity_push":
+            pushing.set()
+            landing.wait(30)
+            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
+
+    def fast(source: str, frame: pd.DataFrame) -> None:
+        if source == "user_activity_push":
+            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
+
+    return slow, fast
+
+
 def test_a_push_built_before_an_erasure_does_not_land_after_it(tmp_path: Path) -> None:
     """A consumer starting pushes what a failed push left marked (no erasure lock is held there), slowly;
     ``events forget`` meanwhile deletes the purchases, marks the profile and pushes it empty, taking its
@@ -439,16 +455,7 @@ def test_a_push_built_before_an_erasure_does_not_land_after_it(tmp_path: Path) -
     with pytest.raises(ConnectionError):  # the purchase is counted, its profile left marked
         StreamingFeatures(paths.streaming_state, products, down)(delivered([bought]))
     built, landing = threading.Event(), threading.Event()
-
-    def slow(source: str, frame: pd.DataFrame) -> None:  # the consumer's push, slow on the network
-        if source == "user_activity_push":
-            built.set()
-            landing.wait(30)
-            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
-
-    def fast(source: str, frame: pd.DataFrame) -> None:  # the erasure's own push
-        if source == "user_activity_push":
-            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
+    slow, fast = _profile_pushes(online, built, landing)
 
     starting = threading.Thread(target=lambda: StreamingFeatures(paths.streaming_state, products, slow).db.close())
     starting.start()
@@ -479,16 +486,7 @@ def test_a_slow_push_holds_off_neither_an_erasure_nor_the_other_consumers(tmp_pa
     paths = Home(tmp_path / "home")
     online: dict[str, list[str]] = {}
     pushing, landing = threading.Event(), threading.Event()
-
-    def slow(source: str, frame: pd.DataFrame) -> None:  # the consumer's push, slow on the network
-        if source == "user_activity_push":
-            pushing.set()
-            landing.wait(30)
-            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
-
-    def fast(source: str, frame: pd.DataFrame) -> None:  # the erasure's own push
-        if source == "user_activity_push":
-            online.update({row["user_id"]: list(row["recent_items"]) for row in frame.to_dict("records")})
+    slow, fast = _profile_pushes(online, pushing, landing)
 
     features = StreamingFeatures(paths.streaming_state, {"p1": (3, 10.0)}, slow)
     stream = ConsumerLoop("127.0.0.1:1", "features", ["t"], features, tmp_path / "dead1.jsonl",
