@@ -525,17 +525,25 @@ def test_a_pull_cut_off_leaves_no_partial_file_for_a_push_to_publish(tmp_path: P
     assert [p.name for p in folder.iterdir()] == ["vectors.npy"]  # and the next pull removes it
 
 
-def test_a_push_during_a_long_upload_keeps_the_other_homes_manifest_entries(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """The nightly job uploads an index while a swap is pushed through a replica: the job's manifest keeps the
-    swap's entry (not the copy it read when it began), so the replicas follow the swap and a new one pulls."""
+def _index_rebuilt_and_swap_made(tmp_path: Path, fill: bytes) -> tuple[str, Path, Path]:
+    """The store's url, the nightly job's home and a replica's, both in step with the store, then: the job has
+    rebuilt its index (``vectors.npy`` filled with ``fill``), and a swap was made through the replica; neither
+    pushed yet."""
     url = f"file://{tmp_path / 'store'}"
     job, replica = make_home(tmp_path / "job"), tmp_path / "replica"
     replica.mkdir()
     ArtifactStore(url, job).push()
     ArtifactStore(url, replica).pull()
-    (job / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x04" * 5000)  # a new index
+    (job / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(fill * 5000)  # a new index
     (replica / "models" / "ltr" / "active.json").write_text('{"version": "v1", "history": ["swapped"]}')
+    return url, job, replica
+
+
+def test_a_push_during_a_long_upload_keeps_the_other_homes_manifest_entries(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nightly job uploads an index while a swap is pushed through a replica: the job's manifest keeps the
+    swap's entry (not the copy it read when it began), so the replicas follow the swap and a new one pulls."""
+    url, job, replica = _index_rebuilt_and_swap_made(tmp_path, b"\x04")
     nightly = ArtifactStore(url, job)
     put_file = nightly.fs.put_file
 
@@ -605,13 +613,7 @@ def test_an_entry_lost_to_overlapping_pushes_is_put_right_by_the_next_push(tmp_p
     """Two pushes whose manifests land in the same instant: the store holds the job's new index file, its
     manifest the old digest. The job's next push names the copy the store holds (nothing uploaded again):
     the file is not "changed in the store" and kept, which would leave every pull refusing it."""
-    url = f"file://{tmp_path / 'store'}"
-    job, replica = make_home(tmp_path / "job"), tmp_path / "replica"
-    replica.mkdir()
-    ArtifactStore(url, job).push()
-    ArtifactStore(url, replica).pull()
-    (job / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x07" * 5000)  # a new index
-    (replica / "models" / "ltr" / "active.json").write_text('{"version": "v1", "history": ["swapped"]}')
+    url, job, replica = _index_rebuilt_and_swap_made(tmp_path, b"\x07")
     nightly, through_replica = ArtifactStore(url, job), ArtifactStore(url, replica)
     write_nightly, write_replica = nightly._write_manifest, through_replica._write_manifest
 
