@@ -65,22 +65,29 @@ def test_bad_settings_are_named_with_what_is_allowed(monkeypatch: pytest.MonkeyP
         get_settings.cache_clear()
 
 
-def test_a_bad_variable_is_blamed_on_the_variable_not_the_config_file(monkeypatch: pytest.MonkeyPatch,
-                                                                        tmp_path: Path) -> None:
+def _refused(monkeypatch: pytest.MonkeyPatch, config: Path, file: str, variable: str, value: str) -> str:
+    """The message of the settings' refusal with ``file`` as SHOPRANK_CONFIG (written at ``config``) and
+    ``variable`` set to ``value``."""
     from core.errors import InvalidInput
     from core.settings import get_settings
 
-    config = tmp_path / "shoprank.yaml"
-    config.write_text("log_level: info\nretrieval:\n  rrf_k: 0\n")
+    config.write_text(file)
     monkeypatch.setenv("SHOPRANK_CONFIG", str(config))
-    monkeypatch.setenv("SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teacher": -1}')
+    monkeypatch.setenv(variable, value)
     get_settings.cache_clear()
     try:
         with pytest.raises(InvalidInput) as raised:
             get_settings()
     finally:
         get_settings.cache_clear()
-    said = raised.value.message
+    return raised.value.message
+
+
+def test_a_bad_variable_is_blamed_on_the_variable_not_the_config_file(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    config = tmp_path / "shoprank.yaml"
+    said = _refused(monkeypatch, config, "log_level: info\nretrieval:\n  rrf_k: 0\n",
+                    "SHOPRANK_SERVING__STAGE_BUDGETS_MS", '{"teacher": -1}')
     assert "serving.stage_budgets_ms.teacher (in SHOPRANK_SERVING__STAGE_BUDGETS_MS)=-1" in said
     assert f"retrieval.rrf_k (in SHOPRANK_CONFIG {config})=0" in said  # the file's own bad key: the file
 
@@ -99,20 +106,8 @@ def test_a_bad_variable_is_blamed_on_the_variable_not_the_config_file(monkeypatc
 ])
 def test_a_key_of_a_merged_dict_is_blamed_on_what_gives_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                            variable: str, value: str, file: str, said: str) -> None:
-    from core.errors import InvalidInput
-    from core.settings import get_settings
-
     config = tmp_path / "shoprank.yaml"
-    config.write_text(file)
-    monkeypatch.setenv("SHOPRANK_CONFIG", str(config))
-    monkeypatch.setenv(variable, value)
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(InvalidInput) as raised:
-            get_settings()
-    finally:
-        get_settings.cache_clear()
-    assert said.format(config=config) in raised.value.message
+    assert said.format(config=config) in _refused(monkeypatch, config, file, variable, value)
 
 
 def test_a_variable_that_names_no_setting_is_named_not_logged(monkeypatch: pytest.MonkeyPatch,
