@@ -167,9 +167,9 @@ class OnlineFeatureReader:
             futures = [self._io.submit(self._read_now, view_name, list(keys)) for view_name, keys in reads]
         except RuntimeError as err:  # its threads are shut down: the process is exiting
             raise StoreUnavailable("the feature reader is shut down") from err
+        with self._lock:  # noted before a read can end (its callback forgets it), so none stays noted
+            self._pending.update(dict.fromkeys(futures, started))
         for future in futures:
-            with self._lock:
-                self._pending[future] = started
             future.add_done_callback(self._finished)
         return futures
 
