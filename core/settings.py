@@ -78,6 +78,15 @@ class RetrievalSettings(BaseModel):
                                "towards the mean of the fused top N and searches again (0: off; one more vector "
                                "search per query; retrain LambdaMART after changing it).")
     feedback_weight: float = Field(0.3, gt=0, le=2, description="Weight of the feedback documents' mean vector.")
+    second_encoder: str | None = Field(None, min_length=1, description="A second bi-encoder in the dense search "
+                                       "('minilm', 'biencoder:vN' or a model folder, as encoder): each product's "
+                                       "vector holds both models' side by side, one index, and a query scores "
+                                       "cosine + second_encoder_weight x the second model's cosine. Costs the "
+                                       "second model's query encoding and its share of the index; a new model "
+                                       "builds a new index. None: the encoder alone.")
+    second_encoder_weight: float = Field(0.5, gt=0, le=4, description="Weight of the second bi-encoder's cosine in "
+                                         "the dense score (queries only: no new index; retrain LambdaMART after "
+                                         "changing it).")
     depth: int = Field(1000, ge=1, le=10_000, description="Results taken from each source and fused by RRF. A "
                        "first stage read deeper (ranking.first_stage_depth above it, a page past it, rows the rules "
                        "hide) lists the rows only deeper runs find below the fused list (fused rank 0), reading "

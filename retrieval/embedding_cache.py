@@ -2,7 +2,8 @@
 
 Re-indexing a catalog only encodes texts the encoder has not seen, so an
 unchanged product costs a lookup, and a new encoder version starts its own
-cache file beside the old one.
+cache file beside the old one; two models searched as one (an ensemble) read
+their own two files (:class:`JoinedCache`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def text_key(text: str) -> bytes:
 
 
 class EmbeddingCache:
-    """A persistent map text -> float32 vector for one encoder."""
+    """A persistent map text -> float32 vector for one model."""
 
     def __init__(self, path: Path, dim: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +74,38 @@ class EmbeddingCache:
         self._db.close()
 
 
-def encode_cached(encoder: "Encoder", texts: Sequence[str], cache: EmbeddingCache,
+class JoinedCache:
+    """The cache of an :class:`~retrieval.encoder.EnsembleEncoder`: each model's own cache, its columns of
+    the joined vectors in it, so vectors either model encoded for its own index are not encoded again."""
+
+    def __init__(self, parts: Sequence[EmbeddingCache]) -> None:
+        self.parts = tuple(parts)
+        self.dim = sum(part.dim for part in self.parts)
+
+    def get_many(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`EmbeddingCache.get_many`: a text is found when every model's cache holds it."""
+        looked = [part.get_many(texts) for part in self.parts]
+        return (np.hstack([vectors for vectors, _ in looked]),
+                np.logical_and.reduce([found for _, found in looked]))
+
+    def put_many(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        start = 0
+        for part in self.parts:
+            part.put_many(texts, vectors[:, start : start + part.dim])
+            start += part.dim
+
+    def __len__(self) -> int:
+        return min(len(part) for part in self.parts)
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
+VectorCache = EmbeddingCache | JoinedCache  # what an index build and its writes read vectors through
+
+
+def encode_cached(encoder: "Encoder", texts: Sequence[str], cache: VectorCache,
                   batch_size: int = 32, progress: bool = False, chunk: int = 2048) -> np.ndarray:
     """Vectors of ``texts``, encoding only those missing from ``cache``.
 

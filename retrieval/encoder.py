@@ -5,6 +5,7 @@ for offline batch encoding of the catalog, and :class:`OnnxEncoder` (ONNX
 Runtime, exported once into the artifacts folder) for queries, where per-call
 overhead dominates. ``benchmarks/query_encoder.py`` measures both; the setting
 ``retrieval.query_encoder`` picks one. Models load from local files only.
+:class:`EnsembleEncoder` joins two models into one dense side (``retrieval.second_encoder``).
 """
 
 from __future__ import annotations
@@ -239,6 +240,32 @@ class OnnxEncoder:
         result = np.empty_like(vectors)
         result[order] = vectors
         return result
+
+
+class EnsembleEncoder:
+    """Two bi-encoders searched as one dense side (score fusion in one index).
+
+    A text's vector is the two models' unit vectors side by side (norm sqrt 2): the index, its live
+    updates, compaction and paging hold one vector per product as for one model. A query's vector is
+    scaled by :attr:`query_scale`, ``[q1; weight * q2]``, so its inner product with a product is
+    ``cos1 + weight * cos2``: the weight is a query-side setting (a new weight needs no new index, as
+    the catalog's vectors do not depend on it)."""
+
+    def __init__(self, first: Encoder, second: Encoder, weight: float) -> None:
+        self.parts = (first, second)
+        self.weight = weight
+        self.name = f"{first.name}+{second.name}"
+        self.fingerprint = f"{first.fingerprint}+{second.fingerprint}"
+        self.dim = first.dim + second.dim
+        self.query_scale = np.concatenate([np.ones(first.dim, np.float32), np.full(second.dim, weight, np.float32)])
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        return np.hstack([part.encode(texts, batch_size, progress) for part in self.parts]).astype(np.float32)
+
+
+def parts_of(encoder: Encoder) -> tuple[Encoder, ...]:
+    """The single models behind ``encoder``: its two for an :class:`EnsembleEncoder`, else itself."""
+    return encoder.parts if isinstance(encoder, EnsembleEncoder) else (encoder,)
 
 
 def resolve_catalog_precision(precision: str) -> str:

@@ -83,10 +83,17 @@ class DenseRetriever:
         self.encoder = encoder
         self.cache = cache
         self.shared = shared
+        # two models as one (EnsembleEncoder): the second one's half of a query vector carries its weight
+        self.scale: np.ndarray | None = getattr(encoder, "query_scale", None)
 
     def embed(self, queries: Sequence[str]) -> np.ndarray:
-        """Query vectors: from the in-memory cache, then the shared tier, else encoded (and then
+        """Query vectors as searched: each model's vector scaled by its weight (:attr:`scale`, for two
+        models), of the vectors kept in the in-memory cache, then the shared tier, else encoded (and then
         kept in both)."""
+        vectors = self._vectors(queries)
+        return vectors if self.scale is None else vectors * self.scale
+
+    def _vectors(self, queries: Sequence[str]) -> np.ndarray:
         if self.cache is None and self.shared is None:
             return self.encoder.encode(list(queries), batch_size=64)
         memory = self.cache if self.cache is not None else LRUCache(0)  # size 0: never holds anything
@@ -203,7 +210,10 @@ class HybridRetriever:
         for vector, bm25, dense in zip(vectors, bm25_runs, dense_runs):
             served = {"bm25": bm25.top(self.depth), "dense": dense.top(self.depth)}  # as the fused list's head
             top = fuse(served, self.rrf_k, limit=self.feedback_docs).docs
-            shifted = vector + self.feedback_weight * stored[np.sort(top)].mean(axis=0) if len(top) else vector
+            centre = stored[np.sort(top)].mean(axis=0) if len(top) else np.zeros_like(vector)
+            if self.dense.scale is not None:  # as a query vector is: the second model's half weighted
+                centre = centre * self.dense.scale
+            shifted = vector + self.feedback_weight * centre
             moved.append(shifted / max(float(np.linalg.norm(shifted)), 1e-12))
         return self.index.dense.batch_search(np.stack(moved).astype(np.float32), depth, allow)
 

@@ -56,7 +56,7 @@ from retrieval.bm25 import BM25Index
 from retrieval.catalog import catalog_hash, product_text, typed_columns
 from retrieval.dense import VECTORS as VECTORS_FILE
 from retrieval.dense import DenseIndex
-from retrieval.embedding_cache import EmbeddingCache, encode_cached
+from retrieval.embedding_cache import VectorCache, encode_cached
 from retrieval.encoder import Encoder
 from retrieval.synonyms import Synonyms, file_digest
 from retrieval.types import Candidates, Hits
@@ -205,7 +205,7 @@ class ProductIndex:
     # -- build / load / save ---------------------------------------------------
     @classmethod
     def build(cls, path: Path, products: pd.DataFrame, encoder: Encoder, settings: RetrievalSettings,
-              cache: EmbeddingCache, progress: bool = True, vectors: np.ndarray | None = None,
+              cache: VectorCache, progress: bool = True, vectors: np.ndarray | None = None,
               created: str | None = None) -> ProductIndex:
         """Build a new index at ``path`` (atomically replacing any index there).
 
@@ -441,7 +441,7 @@ class ProductIndex:
         return self.products.loc[self.products["live"], "product_id"].tolist()
 
     # -- writes -----------------------------------------------------------------
-    def upsert(self, incoming: pd.DataFrame, encoder: Encoder, cache: EmbeddingCache,
+    def upsert(self, incoming: pd.DataFrame, encoder: Encoder, cache: VectorCache,
                progress: bool = False) -> UpsertReport:
         """Add new products and update existing ones without a full rebuild."""
         self._check_encoder(encoder)
@@ -520,7 +520,7 @@ class ProductIndex:
     def needs_compaction(self) -> bool:
         return self.dense.dead_share > self.dense.settings.compact_ratio
 
-    def compact(self, encoder: Encoder, cache: EmbeddingCache) -> ProductIndex:
+    def compact(self, encoder: Encoder, cache: VectorCache) -> ProductIndex:
         """Rebuild without dead rows from the stored vectors (no re-encoding). The manifest keeps when the
         index was created, so it still reads as written since (``updated`` past ``created``): a server
         given a catalog then serves the index as it is, without comparing it with that catalog."""

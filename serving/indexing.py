@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,12 +30,14 @@ from core.errors import NotReady, ShopRankError
 from core.registry import ModelRegistry
 from core.settings import RetrievalSettings, Settings, get_settings
 from retrieval.catalog import catalog_hash, check_catalog_file, products_hash, read_catalog
-from retrieval.embedding_cache import EmbeddingCache
+from retrieval.embedding_cache import EmbeddingCache, JoinedCache, VectorCache
 from retrieval.encoder import (
     BUNDLED,
     Encoder,
+    EnsembleEncoder,
     OnnxEncoder,
     load_encoder,
+    parts_of,
     resolve_catalog_precision,
     resolve_model_dir,
 )
@@ -46,14 +48,13 @@ from simulation.demo import write_demo
 logger = logging.getLogger(__name__)
 
 
-def encoder_source(settings: Settings) -> tuple[Path, str]:
-    """Folder and label of the configured bi-encoder.
+def encoder_source(settings: Settings, spec: str | None = None) -> tuple[Path, str]:
+    """Folder and label of a bi-encoder: ``spec`` (default ``settings.encoder``).
 
-    ``settings.encoder``: ``active`` (the registry's active ``biencoder``, else the
-    bundled MiniLM), ``minilm`` (bundled), ``biencoder:vN`` (a registered
-    version) or a model folder.
+    ``active`` (the registry's active ``biencoder``, else the bundled MiniLM), ``minilm``
+    (bundled), ``biencoder:vN`` (a registered version) or a model folder.
     """
-    spec = settings.encoder
+    spec = settings.encoder if spec is None else spec
     registry = ModelRegistry(settings.paths.models)
     if spec == "active":
         entry = registry.active("biencoder")
@@ -67,9 +68,27 @@ def encoder_source(settings: Settings) -> tuple[Path, str]:
     return resolve_model_dir(spec), Path(spec).name
 
 
+def _joined(settings: Settings, open_model: Callable[[str | None], Encoder]) -> Encoder:
+    """The configured bi-encoder, ``open_model(spec)`` opening each model: ``settings.encoder``, joined
+    with ``retrieval.second_encoder`` when one is set (:class:`~retrieval.encoder.EnsembleEncoder`)."""
+    first = open_model(None)
+    second_spec = settings.retrieval.second_encoder
+    if second_spec is None:
+        return first
+    second = open_model(second_spec)
+    if second.fingerprint == first.fingerprint:
+        raise errors.InvalidInput(f"retrieval.second_encoder {second_spec!r} is the same model as encoder "
+                                  f"{settings.encoder!r} ({first.fingerprint}); name another model, or unset it")
+    return EnsembleEncoder(first, second, settings.retrieval.second_encoder_weight)
+
+
 def open_encoder(settings: Settings, backend: str | None = None, threads: int = 0) -> Encoder:
-    model_dir, label = encoder_source(settings)
-    return load_encoder(model_dir, backend or settings.retrieval.query_encoder, settings.paths.cache, label, threads)
+    def open_model(spec: str | None) -> Encoder:
+        model_dir, label = encoder_source(settings, spec)
+        return load_encoder(model_dir, backend or settings.retrieval.query_encoder, settings.paths.cache, label,
+                            threads)
+
+    return _joined(settings, open_model)
 
 
 def server_threads(settings: Settings) -> int:
@@ -84,16 +103,22 @@ _served_encoders_lock = threading.Lock()
 
 def served_encoder(settings: Settings) -> Encoder:
     """The query encoder of a server: one per model in the process, shared by the stores that use it."""
-    model_dir, label = encoder_source(settings)
-    key = (str(model_dir), settings.retrieval.query_encoder, label)
-    with _served_encoders_lock:
-        if key not in _served_encoders:
-            _served_encoders[key] = open_encoder(settings, threads=server_threads(settings))
-        return _served_encoders[key]
+    def open_model(spec: str | None) -> Encoder:
+        model_dir, label = encoder_source(settings, spec)
+        key = (str(model_dir), settings.retrieval.query_encoder, label)
+        with _served_encoders_lock:
+            if key not in _served_encoders:
+                _served_encoders[key] = load_encoder(model_dir, settings.retrieval.query_encoder,
+                                                     settings.paths.cache, label, server_threads(settings))
+            return _served_encoders[key]
+
+    return _joined(settings, open_model)
 
 
-def embedding_cache(settings: Settings, encoder: Encoder) -> EmbeddingCache:
-    return EmbeddingCache(settings.paths.embeddings(encoder.fingerprint), encoder.dim)
+def embedding_cache(settings: Settings, encoder: Encoder) -> VectorCache:
+    """The embedding cache of ``encoder``: one file per model (an ensemble's models each keep theirs)."""
+    parts = [EmbeddingCache(settings.paths.embeddings(part.fingerprint), part.dim) for part in parts_of(encoder)]
+    return parts[0] if len(parts) == 1 else JoinedCache(parts)
 
 
 def demo_catalog(settings: Settings) -> Path:
@@ -125,6 +150,8 @@ def index_path(settings: Settings, encoder: Encoder, name: str | None = None) ->
 def catalog_encoder(settings: Settings, encoder: Encoder) -> Encoder:
     """What encodes a catalog for ``encoder``'s index: the same model in bf16 where
     ``retrieval.catalog_precision`` says so (an ONNX encoder only), else ``encoder`` itself."""
+    if isinstance(encoder, EnsembleEncoder):
+        return EnsembleEncoder(*(catalog_encoder(settings, part) for part in encoder.parts), encoder.weight)
     bf16 = resolve_catalog_precision(settings.retrieval.catalog_precision) == "bf16"
     if isinstance(encoder, OnnxEncoder) and not encoder.bf16 and bf16:
         return OnnxEncoder(encoder.model_dir, encoder.cache_dir, name=encoder.name, threads=encoder.threads,
@@ -173,7 +200,8 @@ def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder:
         if settings.compute.scheduler is not None:  # Dask workers fill the cache; the build then encodes nothing
             from retrieval.dask_encoding import encode_catalog
 
-            encode_catalog(settings, products, encoder, cache)
+            for part, part_cache in zip(parts_of(encoder), cache.parts if isinstance(cache, JoinedCache) else [cache]):
+                encode_catalog(settings, products, part, part_cache)
         else:
             encoder = _OnFirstEncode(settings, encoder)
         return ProductIndex.build(path, products, encoder, retrieval_settings(settings), cache,
