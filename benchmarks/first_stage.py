@@ -53,7 +53,7 @@ def main() -> None:
     load_or_build = time.perf_counter() - started
     engine = open_engine(settings, models=False, encoder=encoder, index=index)
     queries = [q for _, q in dataset.select(args.split)][: args.queries]
-    vectors = encoder.encode(queries)
+    vectors = engine.dense.embed(queries)  # as searched (two models: the second's half weighted)
     by_query = dict(zip(queries, vectors))
     hybrid = engine.pipeline("hybrid")
 

@@ -95,6 +95,8 @@ def query_vectors_at(engine, texts: list[str], precision: str) -> tuple[np.ndarr
     from core.onnx_sessions import cpu_session
 
     encoder = engine.hybrid.dense.encoder
+    if engine.settings.retrieval.second_encoder is not None:
+        raise SystemExit(f"--{precision}-query measures one served model: unset retrieval.second_encoder")
     fp32 = engine.settings.paths.cache / "onnx" / f"biencoder-{encoder.fingerprint}.onnx"
     other = fp32
     if precision == "int8":
@@ -169,7 +171,9 @@ def second_encoder_runs(settings, dataset, spec: str, engine, texts: list[str], 
                         depth: int) -> tuple[list[np.ndarray], dict]:
     """Doc rows (of the served index), best first, of the dense search of ``texts`` by the bi-encoder
     ``spec`` over its own index of the same catalog, and what one query costs each encoder (uncached)."""
-    second = open_engine(settings.model_copy(update={"encoder": spec}), dataset.products, models=False)
+    alone = settings.retrieval.model_copy(update={"second_encoder": None})  # that model alone, whatever is served
+    second = open_engine(settings.model_copy(update={"encoder": spec, "retrieval": alone}), dataset.products,
+                         models=False)
     if list(second.index.products["product_id"]) != list(engine.index.products["product_id"]):
         raise SystemExit(f"the index of encoder {spec!r} holds another catalog than the served one")
     runs = second.index.dense.batch_search(second.hybrid.dense.embed(texts), depth)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from retrieval.encoder import parts_of
+
 if TYPE_CHECKING:
     from retrieval.encoder import Encoder
 
@@ -76,7 +78,8 @@ class EmbeddingCache:
 
 class JoinedCache:
     """The cache of an :class:`~retrieval.encoder.EnsembleEncoder`: each model's own cache, its columns of
-    the joined vectors in it, so vectors either model encoded for its own index are not encoded again."""
+    the joined vectors in it; :func:`encode_cached` encodes with each model the texts its own cache lacks, so
+    vectors a model encoded for its own index are not encoded again."""
 
     def __init__(self, parts: Sequence[EmbeddingCache]) -> None:
         self.parts = tuple(parts)
@@ -114,6 +117,9 @@ def encode_cached(encoder: "Encoder", texts: Sequence[str], cache: VectorCache,
     """
     from tqdm.auto import tqdm
 
+    if isinstance(cache, JoinedCache):  # each model from its own cache: vectors one model has are not encoded again
+        return np.hstack([encode_cached(part, texts, own, batch_size, progress, chunk)
+                          for part, own in zip(parts_of(encoder), cache.parts)])
     vectors, found = cache.get_many(texts)
     missing = np.flatnonzero(~found)
     with tqdm(total=len(missing), disable=not progress or not len(missing), desc="encode", unit="text") as bar:

@@ -393,7 +393,8 @@ def assemble(index: ProductIndex, encoder: Encoder, settings: Settings, models: 
         raise Conflict(
             f"index {index.path} was built with encoder {index.manifest.encoder} "
             f"({index.manifest.encoder_fingerprint}) but the query encoder is {encoder.name} "
-            f"({encoder.fingerprint}); rebuild the index or set SHOPRANK_ENCODER to the matching model"
+            f"({encoder.fingerprint}); rebuild the index or set SHOPRANK_ENCODER (and retrieval.second_encoder) to "
+            "the models it was built with"
         )
     rs, rk, sv = settings.retrieval, settings.ranking, settings.serving
     analyzer = analyzer if analyzer is not None else index.analyzer

@@ -75,7 +75,10 @@ def _joined(settings: Settings, open_model: Callable[[str | None], Encoder]) -> 
     second_spec = settings.retrieval.second_encoder
     if second_spec is None:
         return first
-    second = open_model(second_spec)
+    try:
+        second = open_model(second_spec)
+    except (errors.InvalidInput, errors.NotFound) as error:
+        raise type(error)(f"retrieval.second_encoder {second_spec!r}: {error.message}") from error
     if second.fingerprint == first.fingerprint:
         raise errors.InvalidInput(f"retrieval.second_encoder {second_spec!r} is the same model as encoder "
                                   f"{settings.encoder!r} ({first.fingerprint}); name another model, or unset it")
@@ -202,6 +205,8 @@ def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder:
 
             for part, part_cache in zip(parts_of(encoder), cache.parts if isinstance(cache, JoinedCache) else [cache]):
                 encode_catalog(settings, products, part, part_cache)
+        elif isinstance(encoder, EnsembleEncoder):
+            encoder = EnsembleEncoder(*(_OnFirstEncode(settings, part) for part in encoder.parts), encoder.weight)
         else:
             encoder = _OnFirstEncode(settings, encoder)
         return ProductIndex.build(path, products, encoder, retrieval_settings(settings), cache,
@@ -270,8 +275,8 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
     if own:
         raise NotReady(f"index {path.parent.name!r} has no build for encoder {encoder.name} ({encoder.fingerprint}), "
                        f"only for {own}: index the catalog with it (`shoprank index --catalog FILE`), or set "
-                       "SHOPRANK_ENCODER to the encoder of a build (a home's own index is never replaced by the "
-                       "demo catalog)")
+                       "SHOPRANK_ENCODER (and SHOPRANK_RETRIEVAL__SECOND_ENCODER) to the models of a build (a home's "
+                       "own index is never replaced by the demo catalog)")
     if missing:
         with building(path):
             if not (path / "manifest.json").is_file():

@@ -198,7 +198,7 @@ def _step(engine: SearchEngine, together: Path, step: str, seeds: list[int], all
     if not seeds:
         return []
     if step == "similar":
-        found = similar(engine.index, seeds, want, allow, engine.settings.retrieval.rrf_k)
+        found = similar(engine.index, seeds, want, allow, engine.settings.retrieval.rrf_k, engine.dense.scale)
         return [(int(d), float(score)) for d, score in zip(found.docs, found.scores)]
     table = together_table(together)[SIGNAL[step]]
     scores: dict[int, float] = {}
@@ -212,13 +212,16 @@ def _step(engine: SearchEngine, together: Path, step: str, seeds: list[int], all
 
 
 def similar(index: ProductIndex, seeds: list[int], k: int, allow: np.ndarray | None = None,
-            rrf_k: int = 60) -> Hits:
+            rrf_k: int = 60, scale: np.ndarray | None = None) -> Hits:
     """The ``k`` products most like the ``seeds`` (index rows) among ``allow``: the run of the
     seeds' mean vector over the dense index and BM25 runs of the first :data:`TEXT_SEEDS` seeds'
     titles, each ``max(k, 100)`` deep, fused by RRF as a search's first stage fuses its runs (a
-    seed's title searched as a query). Scores: the fused RRF scores."""
+    seed's title searched as a query). Scores: the fused RRF scores. ``scale``: a query vector's
+    (:attr:`~retrieval.hybrid.DenseRetriever.scale`, two models' weights), applied to the mean vector."""
     depth = max(k, 100)
     centre = index.dense.vectors[seeds].mean(axis=0)
+    if scale is not None:
+        centre = centre * scale
     centre /= max(float(np.linalg.norm(centre)), 1e-12)
     dense = index.dense.batch_search(centre[None, :].astype(np.float32), depth, allow=allow)[0]
     runs = {"dense": Hits.of(dense.docs[dense.docs >= 0], dense.scores[dense.docs >= 0])}

@@ -117,7 +117,9 @@ def _build_data(args: argparse.Namespace, settings: Settings,
             "feature_service": settings.features.service if store else None, "served_models": engine.versions,
             "parent": f"reranker:{engine.teacher.version}" if engine.teacher else None,
             "training_data": data_hash(train), "dataset": dataset.digest} | (
-                {"fold_encoders": [spec for _, spec in folds]} if folds else {})
+                {"fold_encoders": [spec for _, spec in folds]} if folds else {}) | (
+                {"second_encoder_weight": settings.retrieval.second_encoder_weight}
+                if settings.retrieval.second_encoder is not None else {})
     return parts, meta
 
 
@@ -150,6 +152,10 @@ def _fold_encoders(text: str | None, settings: Settings) -> list[tuple[Fold, str
     if len(specs) < 2:
         raise InvalidInput(f"--fold-encoders {text!r}: name a bi-encoder for each fold, two or more, "
                            "as biencoder:v7,biencoder:v8")
+    if settings.retrieval.second_encoder is not None:  # it would build every fold's lists, trained on them or not
+        raise InvalidInput(f"--fold-encoders replaces the encoder only, and retrieval.second_encoder "
+                           f"{settings.retrieval.second_encoder!r} would build every fold's lists too: unset it to "
+                           "cross-fit, or train on the served lists without --fold-encoders")
     registry, folds = ModelRegistry(settings.paths.models), []
     for index, spec in enumerate(specs):
         fold = Fold(index, len(specs))

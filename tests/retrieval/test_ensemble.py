@@ -27,6 +27,19 @@ def models() -> tuple[HashingEncoder, HashingEncoder]:
     return first, second
 
 
+def searched_vectors(index: ProductIndex) -> list[np.ndarray]:
+    """The query vectors each later dense search of ``index`` is given, in order."""
+    seen: list[np.ndarray] = []
+    search = index.dense.batch_search
+
+    def watched(vectors: np.ndarray, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(vectors)
+        return search(vectors, *args, **kwargs)
+
+    index.dense.batch_search = watched  # type: ignore[method-assign]
+    return seen
+
+
 def caches(folder: Path, first: HashingEncoder, second: HashingEncoder) -> JoinedCache:
     return JoinedCache([EmbeddingCache(folder / f"{m.fingerprint}.sqlite", m.dim) for m in (first, second)])
 
@@ -82,11 +95,20 @@ def test_each_model_keeps_its_vectors_in_its_own_cache(tmp_path: Path, settings:
     ProductIndex.build(tmp_path / "other", index.live_products(), EnsembleEncoder(first, second, 2.0),
                        settings.retrieval, caches(tmp_path, first, second), progress=False)
     assert first.encoded == second.encoded == []
-    # a text one model's cache lacks is encoded again by both (a joined vector is whole or not there)
-    only_first = JoinedCache([EmbeddingCache(tmp_path / "first-only.sqlite", first.dim),
-                              EmbeddingCache(tmp_path / f"{second.fingerprint}.sqlite", second.dim)])
-    _, found = only_first.get_many(["copper pipe cutter"])
-    assert not found.any()
+
+def test_a_model_joined_to_an_index_model_encodes_only_what_its_own_cache_lacks(tmp_path: Path,
+                                                                                 settings: Settings) -> None:
+    first, second = models()
+    products = catalog(ROWS)
+    own = EmbeddingCache(tmp_path / f"{first.fingerprint}.sqlite", first.dim)
+    ProductIndex.build(tmp_path / "alone", products, first, settings.retrieval, own, progress=False)
+    first.encoded.clear()
+    joined = ProductIndex.build(tmp_path / "joined", products, EnsembleEncoder(first, second, 0.5),
+                                settings.retrieval, caches(tmp_path, first, second), progress=False)
+    # before: a text counted as cached only where both caches held it, and both models encoded it again
+    assert first.encoded == [] and len(second.encoded) == len(ROWS)
+    np.testing.assert_allclose(np.asarray(joined.dense.vectors)[:, : first.dim], first.encode(product_texts(products)),
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("weight", [0.5, 2.0])
@@ -98,9 +120,8 @@ def test_dense_feedback_weighs_the_second_models_half_of_the_feedback_as_the_que
                                caches(tmp_path, first, second), progress=False)
     dense = DenseRetriever(index, ensemble)
     hybrid = HybridRetriever(BM25Retriever(index), dense, depth=len(ROWS), feedback_docs=2, feedback_weight=1.0)
-    seen: list[np.ndarray] = []
     search = index.dense.batch_search
-    index.dense.batch_search = lambda vectors, *a, **k: seen.append(vectors) or search(vectors, *a, **k)  # type: ignore[method-assign]
+    seen = searched_vectors(index)
     hybrid.search("drill", 3)
     query, moved = seen[0][0], seen[1][0]
     top = hybrid._fuse(index.bm25.search("drill", len(ROWS)), search(seen[0], len(ROWS))[0], 2).docs

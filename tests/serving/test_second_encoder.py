@@ -11,14 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, NotFound
 from core.settings import Settings
 from retrieval.encoder import EnsembleEncoder
-from retrieval.index import product_texts
+from retrieval.hybrid import DenseRetriever
+from retrieval.index import ProductIndex, product_texts
 from serving import indexing
 from serving.engine import assemble
+from serving.recommendations import similar
 from tests.helpers import run_cli
 from tests.retrieval.test_encoder import tiny_model
+from tests.retrieval.test_ensemble import ROWS, caches, catalog, models, searched_vectors
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +52,13 @@ def test_the_served_dense_score_is_the_first_cosine_plus_the_weighted_second(
     np.testing.assert_allclose(result.candidates.scores["dense"], expected[0] + 0.7 * expected[1], atol=2e-3)
 
 
-def test_the_same_model_twice_is_refused_by_name(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / "home", progress=False, retrieval={"second_encoder": "minilm"})
+def second(settings: Settings, spec: str) -> Settings:
+    return settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"second_encoder": spec})})
+
+
+def test_the_same_model_twice_is_refused_by_name(settings: Settings) -> None:
     with pytest.raises(InvalidInput, match=r"retrieval.second_encoder 'minilm' is the same model as encoder"):
-        indexing.open_encoder(settings)
+        indexing.open_encoder(second(settings, "minilm"))
 
 
 def test_the_cli_indexes_writes_and_evaluates_with_two_models(
@@ -72,3 +78,30 @@ def test_the_cli_indexes_writes_and_evaluates_with_two_models(
                              "--pipeline", "dense", "--json")
     assert code == 0, err
     assert json.loads(out)["recall@100"] > 0
+
+
+@pytest.mark.parametrize("weight", [0.5, 4.0])
+def test_similar_products_weigh_the_second_model_as_a_search_does(tmp_path: Path, settings: Settings,
+                                                                  weight: float) -> None:
+    first, second = models()
+    encoder = EnsembleEncoder(first, second, weight)
+    index = ProductIndex.build(tmp_path / "index", catalog(ROWS), encoder, settings.retrieval,
+                               caches(tmp_path, first, second), progress=False)
+    searched = searched_vectors(index)
+    similar(index, [0, 2], 3, scale=DenseRetriever(index, encoder).scale)
+    centre = np.asarray(index.dense.vectors[[0, 2]]).mean(axis=0) * encoder.query_scale
+    # before: the seeds' mean vector unweighted, the second model's cosine counted at 1 whatever the weight
+    np.testing.assert_allclose(searched[0][0], centre / np.linalg.norm(centre), atol=1e-6)
+
+
+def test_cross_fitting_with_a_second_encoder_is_refused_by_name(
+        env_home: Path, demo_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHOPRANK_RETRIEVAL__SECOND_ENCODER", "biencoder:v1")
+    code, _, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--fold-encoders",
+                           "biencoder:v1,biencoder:v2")
+    assert code != 0 and "retrieval.second_encoder 'biencoder:v1' would build every fold's lists" in err
+
+
+def test_a_second_encoder_that_is_not_there_is_named_as_the_setting(settings: Settings) -> None:
+    with pytest.raises(NotFound, match=r"retrieval.second_encoder 'biencoder:v9': "):
+        indexing.open_encoder(second(settings, "biencoder:v9"))
