@@ -44,6 +44,8 @@ from simulation.ranking_data import split_groups, synthetic_ranking_data
 def encoding(settings: Settings, catalog: Path, client, work: Path) -> dict:  # type: ignore[no-untyped-def]
     products, _ = read_catalog(catalog)
     texts = product_texts(products)
+    if settings.retrieval.second_encoder is not None:
+        raise SystemExit("the encoding benchmark times one model: unset retrieval.second_encoder")
     encoder = open_encoder(settings, "onnx")
     batch = settings.retrieval.encode_batch_size
     single_cache = EmbeddingCache(work / "single.sqlite", encoder.dim)

@@ -58,11 +58,15 @@ def shelves(engine, dataset, split: str, grade: int,  # type: ignore[no-untyped-
         pairs += 1
         title = index.title(index.doc_of(seed))
         doc = index.doc_of(seed)
-        vector = index.dense.batch_search(index.dense.vectors[[doc]], k + 1)[0].docs
+        seed_vector = index.dense.vectors[[doc]]
+        if engine.dense.scale is not None:  # two models: weighed as served
+            seed_vector = seed_vector * engine.dense.scale
+        vector = index.dense.batch_search(seed_vector.astype(np.float32), k + 1)[0].docs
         others = np.ones(index.count, dtype=bool)
         others[doc] = False
+        alike = similar(index, [doc], k, others, engine.settings.retrieval.rrf_k, engine.dense.scale)
         found = {
-            "similar": [index.product_id(int(d)) for d in similar(index, [doc], k, others).docs],
+            "similar": [index.product_id(int(d)) for d in alike.docs],
             "served": recommend(engine, Path("/nonexistent"), "similar", [seed], k, fill=False,
                                 use_cache=False).candidates.product_ids,
             "vector_only": [p for p in (index.product_id(int(d)) for d in vector if d >= 0) if p != seed][:k],

@@ -119,7 +119,7 @@ def encode_cached(encoder: "Encoder", texts: Sequence[str], cache: VectorCache,
 
     if isinstance(cache, JoinedCache):  # each model from its own cache: vectors one model has are not encoded again
         return np.hstack([encode_cached(part, texts, own, batch_size, progress, chunk)
-                          for part, own in zip(parts_of(encoder), cache.parts)])
+                          for part, own in zip(parts_of(encoder), cache.parts, strict=True)])
     vectors, found = cache.get_many(texts)
     missing = np.flatnonzero(~found)
     with tqdm(total=len(missing), disable=not progress or not len(missing), desc="encode", unit="text") as bar:

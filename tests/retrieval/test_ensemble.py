@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from core.settings import Settings
-from retrieval.embedding_cache import EmbeddingCache, JoinedCache
+from retrieval.embedding_cache import EmbeddingCache, JoinedCache, encode_cached
 from retrieval.encoder import EnsembleEncoder, parts_of
 from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
 from retrieval.index import ProductIndex, product_texts
@@ -127,3 +127,9 @@ def test_dense_feedback_weighs_the_second_models_half_of_the_feedback_as_the_que
     top = hybrid._fuse(index.bm25.search("drill", len(ROWS)), search(seen[0], len(ROWS))[0], 2).docs
     centre = np.asarray(index.dense.vectors[np.sort(top)]).mean(axis=0) * dense.scale
     np.testing.assert_allclose(moved, (query + centre) / np.linalg.norm(query + centre), atol=1e-5)
+
+
+def test_one_model_given_two_models_cache_is_refused(tmp_path: Path) -> None:
+    first, second = models()
+    with pytest.raises(ValueError, match="zip"):  # not the first model's columns alone, an index too narrow
+        encode_cached(first, ["drill"], caches(tmp_path, first, second))
