@@ -31,8 +31,14 @@ from core.compute import dask_client, partition_count
 from core.errors import InvalidInput
 from core.settings import Settings
 from retrieval.catalog import catalog_hash
-from retrieval.embedding_cache import EmbeddingCache
-from retrieval.encoder import Encoder, OnnxEncoder, TorchEncoder, resolve_catalog_precision
+from retrieval.embedding_cache import EmbeddingCache, JoinedCache, VectorCache
+from retrieval.encoder import (
+    Encoder,
+    OnnxEncoder,
+    TorchEncoder,
+    parts_of,
+    resolve_catalog_precision,
+)
 from retrieval.index import product_texts
 
 if TYPE_CHECKING:
@@ -149,15 +155,18 @@ def _read_shard(shard: Path, rows: int, dim: int) -> np.ndarray:
     return vectors
 
 
-def encode_catalog(settings: Settings, products: pd.DataFrame, encoder: Encoder, cache: EmbeddingCache) -> int:
+def encode_catalog(settings: Settings, products: pd.DataFrame, encoder: Encoder, cache: VectorCache) -> int:
     """Fill ``cache`` with the vectors of ``products`` on the cluster of ``settings.compute``
-    (a local cluster is started and stopped here); returns how many texts were encoded."""
-    run = f"{encoder.fingerprint}-{catalog_hash(products)[:12]}"
+    (a local cluster is started and stopped here; two models joined: each model's own cache, on one
+    cluster); returns how many texts were encoded."""
+    models = list(zip(parts_of(encoder), cache.parts if isinstance(cache, JoinedCache) else [cache], strict=True))
+    texts = product_texts(products)
     with dask_client(settings.compute) as client:
         if client is None:
             raise InvalidInput("compute.scheduler is not set: encode_catalog needs 'local' or 'tcp://HOST:PORT'")
-        workers = len(client.scheduler_info()["workers"])
-        return fill_cache_on_dask(client, encoder, product_texts(products), cache, settings.paths.encoding(run),
-                                  settings.paths.cache, partition_count(settings.compute, workers),
-                                  settings.retrieval.encode_batch_size, settings.progress,
-                                  settings.retrieval.catalog_precision)
+        partitions = partition_count(settings.compute, len(client.scheduler_info()["workers"]))
+        return sum(fill_cache_on_dask(client, model, texts, own,
+                                      settings.paths.encoding(f"{model.fingerprint}-{catalog_hash(products)[:12]}"),
+                                      settings.paths.cache, partitions, settings.retrieval.encode_batch_size,
+                                      settings.progress, settings.retrieval.catalog_precision)
+                   for model, own in models)

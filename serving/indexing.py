@@ -153,8 +153,6 @@ def index_path(settings: Settings, encoder: Encoder, name: str | None = None) ->
 def catalog_encoder(settings: Settings, encoder: Encoder) -> Encoder:
     """What encodes a catalog for ``encoder``'s index: the same model in bf16 where
     ``retrieval.catalog_precision`` says so (an ONNX encoder only), else ``encoder`` itself."""
-    if isinstance(encoder, EnsembleEncoder):
-        return EnsembleEncoder(*(catalog_encoder(settings, part) for part in encoder.parts), encoder.weight)
     bf16 = resolve_catalog_precision(settings.retrieval.catalog_precision) == "bf16"
     if isinstance(encoder, OnnxEncoder) and not encoder.bf16 and bf16:
         return OnnxEncoder(encoder.model_dir, encoder.cache_dir, name=encoder.name, threads=encoder.threads,
@@ -203,9 +201,8 @@ def build_index(settings: Settings, products: pd.DataFrame, path: Path, encoder:
         if settings.compute.scheduler is not None:  # Dask workers fill the cache; the build then encodes nothing
             from retrieval.dask_encoding import encode_catalog
 
-            for part, part_cache in zip(parts_of(encoder), cache.parts if isinstance(cache, JoinedCache) else [cache]):
-                encode_catalog(settings, products, part, part_cache)
-        elif isinstance(encoder, EnsembleEncoder):
+            encode_catalog(settings, products, encoder, cache)
+        elif isinstance(encoder, EnsembleEncoder):  # each model's catalog encoder made once it has texts to encode
             encoder = EnsembleEncoder(*(_OnFirstEncode(settings, part) for part in encoder.parts), encoder.weight)
         else:
             encoder = _OnFirstEncode(settings, encoder)

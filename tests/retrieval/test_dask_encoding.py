@@ -12,9 +12,11 @@ from core.errors import InvalidInput
 from core.settings import Settings
 from retrieval.dask_encoding import fill_cache_on_dask, split
 from retrieval.embedding_cache import EmbeddingCache, encode_cached
+from retrieval.encoder import EnsembleEncoder, OnnxEncoder
 from retrieval.index import product_texts
 from tests.fakes import HashingEncoder
 from tests.helpers import needs_bf16_path
+from tests.retrieval.test_encoder import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +87,12 @@ def test_index_built_on_dask_matches_the_in_process_one(settings: Settings, real
     assert ids == demo_products["product_id"].tolist()
     assert np.allclose(np.asarray(index.dense.vectors), reference, atol=1e-5)
     assert not on_dask.paths.encoding("x").parent.exists() or not any(on_dask.paths.encoding("x").parent.iterdir())
+
+    # a second model joined (retrieval.second_encoder): the workers encode it into its own cache, and MiniLM's
+    # vectors come from the cache the build above filled
+    second = OnnxEncoder(tiny_model(tmp_path / "second", "mpnet", "mean"), on_dask.paths.cache)
+    joined = indexing.build_index(on_dask, demo_products, tmp_path / "joined",
+                                  EnsembleEncoder(real_encoder, second, 1.0))
+    vectors = np.asarray(joined.dense.vectors)
+    assert np.allclose(vectors[:, : real_encoder.dim], reference, atol=1e-5)
+    assert np.allclose(vectors[:, real_encoder.dim :], second.encode(product_texts(demo_products)), atol=1e-4)
