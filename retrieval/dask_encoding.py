@@ -31,14 +31,8 @@ from core.compute import dask_client, partition_count
 from core.errors import InvalidInput
 from core.settings import Settings
 from retrieval.catalog import catalog_hash
-from retrieval.embedding_cache import EmbeddingCache, JoinedCache, VectorCache
-from retrieval.encoder import (
-    Encoder,
-    OnnxEncoder,
-    TorchEncoder,
-    parts_of,
-    resolve_catalog_precision,
-)
+from retrieval.embedding_cache import EmbeddingCache, VectorCache, per_model
+from retrieval.encoder import Encoder, OnnxEncoder, TorchEncoder, resolve_catalog_precision
 from retrieval.index import product_texts
 
 if TYPE_CHECKING:
@@ -159,7 +153,7 @@ def encode_catalog(settings: Settings, products: pd.DataFrame, encoder: Encoder,
     """Fill ``cache`` with the vectors of ``products`` on the cluster of ``settings.compute``
     (a local cluster is started and stopped here; two models joined: each model's own cache, on one
     cluster); returns how many texts were encoded."""
-    models = list(zip(parts_of(encoder), cache.parts if isinstance(cache, JoinedCache) else [cache], strict=True))
+    models = per_model(encoder, cache)
     texts = product_texts(products)
     with dask_client(settings.compute) as client:
         if client is None:

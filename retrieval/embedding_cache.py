@@ -77,28 +77,12 @@ class EmbeddingCache:
 
 
 class JoinedCache:
-    """The cache of an :class:`~retrieval.encoder.EnsembleEncoder`: each model's own cache, its columns of
-    the joined vectors in it; :func:`encode_cached` encodes with each model the texts its own cache lacks, so
-    vectors a model encoded for its own index are not encoded again."""
+    """The cache of an :class:`~retrieval.encoder.EnsembleEncoder`: each model's own cache, in the
+    ensemble's order (:func:`per_model` pairs them); :func:`encode_cached` encodes with each model the
+    texts its own cache lacks, so vectors a model encoded for its own index are not encoded again."""
 
     def __init__(self, parts: Sequence[EmbeddingCache]) -> None:
         self.parts = tuple(parts)
-        self.dim = sum(part.dim for part in self.parts)
-
-    def get_many(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`EmbeddingCache.get_many`: a text is found when every model's cache holds it."""
-        looked = [part.get_many(texts) for part in self.parts]
-        return (np.hstack([vectors for vectors, _ in looked]),
-                np.logical_and.reduce([found for _, found in looked]))
-
-    def put_many(self, texts: Sequence[str], vectors: np.ndarray) -> None:
-        start = 0
-        for part in self.parts:
-            part.put_many(texts, vectors[:, start : start + part.dim])
-            start += part.dim
-
-    def __len__(self) -> int:
-        return min(len(part) for part in self.parts)
 
     def close(self) -> None:
         for part in self.parts:
@@ -106,6 +90,13 @@ class JoinedCache:
 
 
 VectorCache = EmbeddingCache | JoinedCache  # what an index build and its writes read vectors through
+
+
+def per_model(encoder: "Encoder", cache: VectorCache) -> list[tuple["Encoder", EmbeddingCache]]:
+    """Each single model behind ``encoder`` with its own cache (one pair for one model); a cache of
+    another number of models than ``encoder`` has is an error (ValueError), not a narrower index."""
+    own = cache.parts if isinstance(cache, JoinedCache) else (cache,)
+    return list(zip(parts_of(encoder), own, strict=True))
 
 
 def encode_cached(encoder: "Encoder", texts: Sequence[str], cache: VectorCache,
@@ -118,8 +109,8 @@ def encode_cached(encoder: "Encoder", texts: Sequence[str], cache: VectorCache,
     from tqdm.auto import tqdm
 
     if isinstance(cache, JoinedCache):  # each model from its own cache: vectors one model has are not encoded again
-        return np.hstack([encode_cached(part, texts, own, batch_size, progress, chunk)
-                          for part, own in zip(parts_of(encoder), cache.parts, strict=True)])
+        return np.hstack([encode_cached(model, texts, own, batch_size, progress, chunk)
+                          for model, own in per_model(encoder, cache)])
     vectors, found = cache.get_many(texts)
     missing = np.flatnonzero(~found)
     with tqdm(total=len(missing), disable=not progress or not len(missing), desc="encode", unit="text") as bar:
