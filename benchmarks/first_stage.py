@@ -53,9 +53,7 @@ def main() -> None:
     load_or_build = time.perf_counter() - started
     engine = open_engine(settings, models=False, encoder=encoder, index=index)
     queries = [q for _, q in dataset.select(args.split)][: args.queries]
-    vectors = encoder.encode(queries)  # not through the engine's cache: the hybrid's timing encodes each query
-    if engine.dense.scale is not None:  # as searched (two models: the second's half weighted)
-        vectors = vectors * engine.dense.scale
+    vectors = engine.dense.weigh(encoder.encode(queries))  # not the engine's cache: the hybrid's timing encodes
     by_query = dict(zip(queries, vectors))
     hybrid = engine.pipeline("hybrid")
 

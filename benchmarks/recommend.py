@@ -58,9 +58,7 @@ def shelves(engine, dataset, split: str, grade: int,  # type: ignore[no-untyped-
         pairs += 1
         title = index.title(index.doc_of(seed))
         doc = index.doc_of(seed)
-        seed_vector = index.dense.vectors[[doc]]
-        if engine.dense.scale is not None:  # two models: weighed as served
-            seed_vector = seed_vector * engine.dense.scale
+        seed_vector = engine.dense.weigh(index.dense.vectors[[doc]])  # as served (two models: weighted)
         vector = index.dense.batch_search(seed_vector.astype(np.float32), k + 1)[0].docs
         others = np.ones(index.count, dtype=bool)
         others[doc] = False

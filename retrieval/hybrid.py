@@ -90,7 +90,11 @@ class DenseRetriever:
         """Query vectors as searched: each model's vector scaled by its weight (:attr:`scale`, for two
         models), of the vectors kept in the in-memory cache, then the shared tier, else encoded (and then
         kept in both)."""
-        vectors = self._vectors(queries)
+        return self.weigh(self._vectors(queries))
+
+    def weigh(self, vectors: np.ndarray) -> np.ndarray:
+        """``vectors`` (a model's output, or the catalog's) as a query is searched: for two models, the
+        second one's half times its weight; unchanged for one."""
         return vectors if self.scale is None else vectors * self.scale
 
     def _vectors(self, queries: Sequence[str]) -> np.ndarray:
@@ -210,9 +214,7 @@ class HybridRetriever:
         for vector, bm25, dense in zip(vectors, bm25_runs, dense_runs):
             served = {"bm25": bm25.top(self.depth), "dense": dense.top(self.depth)}  # as the fused list's head
             top = fuse(served, self.rrf_k, limit=self.feedback_docs).docs
-            centre = stored[np.sort(top)].mean(axis=0) if len(top) else np.zeros_like(vector)
-            if self.dense.scale is not None:  # as a query vector is: the second model's half weighted
-                centre = centre * self.dense.scale
+            centre = self.dense.weigh(stored[np.sort(top)].mean(axis=0)) if len(top) else np.zeros_like(vector)
             shifted = vector + self.feedback_weight * centre
             moved.append(shifted / max(float(np.linalg.norm(shifted)), 1e-12))
         return self.index.dense.batch_search(np.stack(moved).astype(np.float32), depth, allow)
