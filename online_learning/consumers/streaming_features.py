@@ -75,12 +75,13 @@ def open_state(state: Path) -> sqlite3.Connection:
 
 def mark_dirty(db: sqlite3.Connection, kind: str, keys: Iterable[str]) -> None:
     """Mark the products (``kind`` "product") or shoppers ("user") ``keys`` to push (inside the caller's
-    transaction), each mark with a new generation, one past the table's highest. A push un-marks only the
-    marks it read, by generation (:meth:`StreamingFeatures._flush_dirty`): a shopper marked again while it
-    pushed (``events forget`` resetting a profile the push is sending with the erased purchases) stays
-    marked for the next push."""
-    db.executemany("INSERT OR REPLACE INTO dirty (kind, key, generation) "
-                   "VALUES (?, ?, (SELECT COALESCE(MAX(generation), 0) + 1 FROM dirty))", [(kind, k) for k in keys])
+    transaction), with a new generation, one past the table's highest (read once per call: the table has no
+    index on it). A push un-marks only the marks it read, by generation (:meth:`StreamingFeatures._flush_dirty`):
+    a shopper marked again while it pushed (``events forget`` resetting a profile the push is sending with the
+    erased purchases) stays marked for the next push."""
+    (highest,) = db.execute("SELECT COALESCE(MAX(generation), 0) FROM dirty").fetchone()
+    db.executemany("INSERT OR REPLACE INTO dirty (kind, key, generation) VALUES (?, ?, ?)",
+                   [(kind, k, highest + 1) for k in keys])
 
 
 def seed_state(state: Path, rankings: pd.DataFrame, interactions: pd.DataFrame) -> int:
