@@ -327,10 +327,11 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
                                                     first_day)
 
     # the last row of each product the attributes file keeps, deleted ones too, as the consumer reads it
-    attributes = kept("product_attributes").sort_values("event_timestamp", kind="stable")
+    attribute_rows = kept("product_attributes")  # read with its history once: the profiles and its file use it
+    attributes = attribute_rows.sort_values("event_timestamp", kind="stable")
     tables["user_profile"] = user_profiles(purchases, attributes.drop_duplicates("product_id", keep="last"), stamp)
     for name in tables:
-        rows = kept(name)
+        rows = attribute_rows if name == "product_attributes" else kept(name)
         if name == "user_profile" and forgotten is not None:
             rows = without_erased(rows, forgotten)
         write_table(rows, folder, name)
