@@ -37,10 +37,13 @@ logger = logging.getLogger(__name__)
 
 
 def _cut_torn_end(fd: int) -> None:
-    """Cut the file open at ``fd`` back to its last line end: a last line without one was cut short."""
-    data = os.pread(fd, os.fstat(fd).st_size, 0)
-    if data and not data.endswith(b"\n"):
-        os.ftruncate(fd, data.rfind(b"\n") + 1)
+    """Cut the file open at ``fd`` back to its last line end: a last line without one was cut short. Only
+    its last byte is read when it ends whole (every add checks it, and the list only grows)."""
+    size = os.fstat(fd).st_size
+    if not size or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    data = os.pread(fd, size, 0)
+    os.ftruncate(fd, data.rfind(b"\n") + 1)
 
 
 class ForgetList:
