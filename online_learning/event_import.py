@@ -19,7 +19,6 @@ import gzip
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from online_learning.consumers.base import Delivered
 from online_learning.consumers.log_sink import ParquetLogSink
 from online_learning.event_log import EventLog
 from online_learning.events import InteractionEvent, RankingEvent, parse
-from online_learning.forget_list import ForgetList
+from online_learning.forget_list import ForgetList, filtered
 
 logger = logging.getLogger(__name__)
 
@@ -212,10 +211,8 @@ def _write(report: ImportReport, batch: list[Delivered], sink: ParquetLogSink | 
     meanwhile waits, then finds the batch's rows at rest."""
     if not batch:
         return
-    with forget.reading() if forget is not None else nullcontext():
-        if forget is not None:
-            batch, dropped = forget.keep(batch, lambda d: d.event)
-            report.forgotten += dropped
+    with filtered(forget, batch, lambda d: d.event) as (batch, dropped):
+        report.forgotten += dropped
         if not batch:
             return
         if publish is not None:

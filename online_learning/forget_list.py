@@ -206,3 +206,16 @@ class ForgetList:
             return list(items), 0
         kept = [item for item in items if not self.erased(event_of(item))]
         return kept, len(items) - len(kept)
+
+
+@contextmanager
+def filtered(forget: ForgetList | None, items: Sequence[T],
+             event_of: Callable[[T], RankingEvent | InteractionEvent]) -> Iterator[tuple[list[T], int]]:
+    """``items`` less the erased shoppers' (:meth:`ForgetList.keep`) and how many went, with the list's lock
+    held shared (:meth:`ForgetList.reading`) until the block ends, so the batch is written before an erasure
+    listed meanwhile goes on; without a list, ``items`` as they are."""
+    if forget is None:
+        yield list(items), 0
+        return
+    with forget.reading():
+        yield forget.keep(items, event_of)

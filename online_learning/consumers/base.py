@@ -22,12 +22,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from online_learning.events import InteractionEvent, RankingEvent, parse
-from online_learning.forget_list import ForgetList
+from online_learning.forget_list import ForgetList, filtered
 from online_learning.kafka_clients import open_client
 
 logger = logging.getLogger(__name__)
@@ -163,10 +162,7 @@ class ConsumerLoop:
         through."""
         if not batch:
             return batch, 0, None
-        with self.forget.reading() if self.forget is not None else nullcontext():
-            dropped = 0
-            if self.forget is not None:
-                batch, dropped = self.forget.keep(batch, lambda d: d.event)
+        with filtered(self.forget, batch, lambda d: d.event) as (batch, dropped):
             if not batch:
                 return batch, dropped, None
             try:
