@@ -38,7 +38,10 @@ another home since this one pulled), and never publishes again a copy of a delet
 
 The API keys (``keys.json``) are merged key by key, at a push and at a pull alike
 (:meth:`core.keys.KeyStore.merge`): a key made in one home and a key made in another
-both stay, and a key revoked anywhere stays revoked whoever pushes next.
+both stay, and a key revoked anywhere stays revoked whoever pushes next. A push uploads
+the key file last, merged with the store's copy as it is then, so a key revoked through
+another home while this push uploads an index stays revoked; only a revocation pushed
+between that read and this upload (an instant) waits for its home's next push.
 """
 
 from __future__ import annotations
@@ -252,16 +255,14 @@ class ArtifactStore:
                     logger.info("%s: %d versions deleted through other homes added to this home's list (%s)", rel,
                                 len(added), ", ".join(str(entry["version"]) for entry in added))
 
-    def _merge_keys(self, remote: dict[str, str]) -> None:
-        """Before a push of the key file: add to it the keys and revocations the store's copy holds (made through
-        other homes since this one last pulled), so the push neither brings back a key revoked elsewhere nor
-        drops one made elsewhere. A file of this home's that cannot be read is not published (every replica
-        would refuse keyed calls): the :class:`NotReady` names it."""
+    def _merge_keys(self) -> None:
+        """Just before the key file's upload, the last of a push's: add to it the keys and revocations the store's
+        copy holds now (made through other homes since this one last pulled, or pushed during this push's uploads),
+        so the push neither brings back a key revoked elsewhere nor drops one made elsewhere."""
         keys = KeyStore(self.home / KEYS)
-        keys.keys()
-        if KEYS not in remote or remote[KEYS] == file_digest(keys.path):
-            return
         try:
+            if not self.fs.exists(f"{self.root}/{KEYS}"):
+                return
             changed = keys.merge(self.fs.cat_file(f"{self.root}/{KEYS}"))
         except (OSError, ValueError) as error:
             logger.warning("%s: the store's %s cannot be read (%s); this home's replaces it", self.url, KEYS, error)
@@ -321,8 +322,10 @@ class ArtifactStore:
                  if not (rel := str(path.relative_to(self.home))).startswith(gone)]
         files += [(self.home / path.relative_to(home), str(path.relative_to(home))) for path in sorted(named)
                   if str(path.relative_to(home)) not in {rel for _, rel in files}]
-        if any(rel == KEYS for _, rel in files):
-            self._merge_keys(remote)
+        if any(rel == KEYS for _, rel in files):  # a key file that cannot be read is not published (every replica
+            # would refuse keyed calls): the NotReady names it, before anything is uploaded
+            KeyStore(self.home / KEYS).keys()
+            files = [*(item for item in files if item[1] != KEYS), (self.home / KEYS, KEYS)]  # uploaded last
         # a file unchanged here since this home's last push or pull whose store copy differs was changed in the
         # store since (a swap or rollback through another home): this home's older copy would undo it (the key
         # file is merged instead); read before the digests below record the files changed here as transferred
@@ -339,6 +342,10 @@ class ArtifactStore:
         kept: list[str] = []
         fixed: list[str] = []
         for path, rel in files:
+            if rel == KEYS:  # merged with the store's copy as it is now: a revocation pushed through another home
+                # during this push's uploads (minutes for an index) stays
+                self._merge_keys()
+                digests[rel] = self._digest(path, state)
             digest = digests[rel]
             if remote.get(rel) == digest:
                 same += 1

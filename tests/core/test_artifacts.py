@@ -659,3 +659,34 @@ def test_a_pull_skips_what_an_older_push_published_and_no_push_shares(tmp_path: 
         ".artifacts.json", ".artifacts.lock", "indexes/default/fp/vectors.npy"]
     again = pulled.pull()
     assert (again.files, again.unchanged) == (0, 1)
+
+
+def test_a_key_revoked_during_another_homes_long_push_stays_revoked(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nightly job uploads an index (minutes) while a key is revoked and pushed through another home: the
+    key file the job uploads after it holds the revocation, and so do the replicas that pull."""
+    from core.keys import KeyStore
+
+    url = f"file://{tmp_path / 'store'}"
+    job, ops, replica = make_home(tmp_path / "job"), tmp_path / "ops", tmp_path / "replica"
+    record, key = KeyStore(job / "keys.json").create("default", ["search"], "storefront")
+    ArtifactStore(url, job).push()
+    for home in (ops, replica):
+        home.mkdir()
+        ArtifactStore(url, home).pull()
+    (job / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x05" * 5000)  # a new index to upload
+    _, etl = KeyStore(job / "keys.json").create("default", ["events"], "etl")  # made by the job, not pushed yet
+    nightly = ArtifactStore(url, job)
+    put_file = nightly.fs.put_file
+
+    def slow_upload(local: str, remote: str, **kwargs: object) -> None:
+        monkeypatch.setattr(nightly.fs, "put_file", put_file)  # one store object: the other push uploads too
+        put_file(local, remote, **kwargs)
+        KeyStore(ops / "keys.json").revoke(record.id)  # meanwhile, `shoprank keys revoke` through another home
+        assert ArtifactStore(url, ops).push(("keys.json",)).files == 1
+
+    monkeypatch.setattr(nightly.fs, "put_file", slow_upload)
+    nightly.push()
+    ArtifactStore(url, replica).pull()
+    for home in (replica, job):
+        assert KeyStore(home / "keys.json").verify(key) is None and KeyStore(home / "keys.json").verify(etl)
