@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-import time
 import re
 import sys
+import threading
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder

@@ -63,11 +63,14 @@ class ModelVersion:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A registered model loaded for use: its role, version and the loaded object."""
+    """A registered model loaded for use: its role, version and the loaded object; ``trained_with``: for a
+    LambdaMART, the encoder and model versions whose lists and scores it was trained on (its registry entry's
+    ``served_models``, and ``second_encoder_weight`` when a second bi-encoder was served; empty when unknown)."""
 
     role: str
     version: str
     model: object
+    trained_with: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def _check_role(role: str) -> None:

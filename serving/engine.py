@@ -54,6 +54,33 @@ CROSS_ENCODER_ROLES = ("student", "reranker")
 COUNTERS = ("hits", "misses", *ScoreStore.EVENTS)  # of the caches and the score store
 
 
+# the LambdaMART features each served model's output feeds: a model served otherwise than in training changes them
+_READ_BY = {"reranker": "teacher", "student": "student"}
+
+
+def trained_otherwise(ltr: ServedModel, served: dict[str, str], weight: float | None) -> list[str]:
+    """What LambdaMART ``ltr`` was trained on that is served otherwise here (``served``: the encoder and model
+    versions by role; ``weight``: the second bi-encoder's weight, None without one), one line each: the encoder
+    whose lists it learned (its dense, rank and list features), the cross-encoders whose scores it reads, the
+    second bi-encoder's weight. Empty when all match, or when its registry entry does not say (a model retrained
+    from the event log learns from what was served when the events were logged)."""
+    trained = ltr.trained_with
+    if not trained:
+        return []
+    out = []
+    for role in ("encoder", *_READ_BY):
+        if role in _READ_BY and _READ_BY[role] not in getattr(ltr.model, "names", ()):
+            continue  # it never reads that model's score
+        if trained.get(role) != served.get(role):
+            out.append(f"ltr {ltr.version} was trained with {role} {trained.get(role) or 'none'}; this server "
+                       f"serves {served.get(role) or 'none'}")
+    if "second_encoder_weight" in trained and weight is not None and trained.get("encoder") == served.get("encoder") \
+            and abs(float(trained["second_encoder_weight"]) - weight) > 1e-9:
+        out.append(f"ltr {ltr.version} was trained with retrieval.second_encoder_weight "
+                   f"{trained['second_encoder_weight']}; this server uses {weight}")
+    return out
+
+
 @dataclass(frozen=True)
 class Caches:
     """What an engine keeps between searches: :class:`~core.cache.LRUCache` s in memory, and the
@@ -130,6 +157,14 @@ class SearchEngine:
             if model:
                 out[model.role] = model.version
         return out
+
+    def ltr_mismatches(self) -> list[str]:
+        """What each served LambdaMART was trained on that this engine serves otherwise (see
+        :func:`trained_otherwise`)."""
+        retrieval = self.settings.retrieval
+        weight = retrieval.second_encoder_weight if retrieval.second_encoder is not None else None
+        return [line for model in (self.ltr, *self.models.ltr_versions) if model is not None
+                for line in trained_otherwise(model, self.versions, weight)]
 
     def versions_for(self, ltr: str | None) -> dict[str, str]:
         """Versions loaded for a search that used LambdaMART ``ltr`` (None: the active one): what its

@@ -106,7 +106,11 @@ def load_ltr(settings: Settings, spec: str | None = None) -> ServedModel | None:
     entry = _entry(settings, "ltr", spec or settings.ranking.ltr)
     if entry is None or entry.path is None:
         return None
-    return ServedModel("ltr", entry.version, LambdaMART.load(Path(entry.path)))
+    models = entry.params.get("served_models")
+    trained = dict(models) if isinstance(models, dict) else {}
+    if trained and "second_encoder_weight" in entry.params:
+        trained["second_encoder_weight"] = entry.params["second_encoder_weight"]
+    return ServedModel("ltr", entry.version, LambdaMART.load(Path(entry.path)), trained)
 
 
 def check_features(ltr: ServedModel, features: OnlineFeatureReader | None, settings: Settings) -> None:
@@ -216,6 +220,9 @@ def open_engine(settings: Settings, products: pd.DataFrame | None = None, models
     index = index or open_index(settings, encoder, products)
     loaded = load_models(settings, ltr_versions, batch) if models else Models()
     engine = assemble(index, encoder, settings, loaded, analyzer)
+    for line in engine.ltr_mismatches():  # its features read otherwise than it learned them: it still serves
+        logger.warning("%s: its features read otherwise here than in training; retrain it (`shoprank train ltr`)",
+                       line)
     served_ltr = [m for m in (loaded.ltr, *loaded.ltr_versions) if m is not None]
     if any(set(RELEVANCE_FEATURES) & set(m.model.names) for m in served_ltr):
         catalog_text(index)  # the catalog's words for the relevance features, before the first search

@@ -148,10 +148,12 @@ def demo_traffic(engine: SearchEngine, searches: int = 300, users: int = 20) -> 
     return batch
 
 
-def register_ltr(root: Path, scratch: Path, count: int, broken: tuple[int, ...] = ()) -> list[str]:
+def register_ltr(root: Path, scratch: Path, count: int, broken: tuple[int, ...] = (),
+                 params: dict[str, object] | None = None) -> list[str]:
     """``count`` tiny LambdaMART versions that load (on features this server fills: bm25, dense) registered in
     the registry at ``root``, the first one active; their versions. The ones at the places ``broken`` names
-    (from 0) were broken before they were registered: their files are intact, and they do not load."""
+    (from 0) were broken before they were registered: their files are intact, and they do not load. ``params``:
+    their registry entries' (what ``shoprank train ltr`` records)."""
     import numpy as np
 
     from core.registry import ModelRegistry
@@ -166,5 +168,6 @@ def register_ltr(root: Path, scratch: Path, count: int, broken: tuple[int, ...] 
         LambdaMART.fit(data, data, LambdaMARTConfig(max_grade=1, min_data_in_leaf=5, max_rounds=3)).save(folder)
         if n in broken:
             (folder / "model.txt").write_text("not a LightGBM model")
-        versions.append(registry.register("ltr", folder, base_model="lightgbm", activate=n == 0).version)
+        versions.append(registry.register("ltr", folder, base_model="lightgbm", params=params,
+                                          activate=n == 0).version)
     return versions

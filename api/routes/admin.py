@@ -70,13 +70,17 @@ class ModelsState(BaseModel):
     served: dict[str, str]
     registered: dict[str, list[str]] = Field(default_factory=dict)
     active: dict[str, str | None] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list, description="Served LambdaMART versions trained with another "
+                                "encoder, cross-encoder or second-encoder weight than this server serves: their "
+                                "features read otherwise than they learned them (retrain them with "
+                                "`shoprank train ltr`).")
 
 
 def _describe(settings: Settings, engine: SearchEngine) -> ModelsState:
     registry = ModelRegistry(settings.paths.models)
     registered = {role: [v.version for v in registry.versions(role)] for role in (*SWAPPABLE, "biencoder")}
     active = {role: (a.version if (a := registry.active(role)) else None) for role in registered}
-    return ModelsState(served=engine.versions, registered=registered, active=active)
+    return ModelsState(served=engine.versions, registered=registered, active=active, warnings=engine.ltr_mismatches())
 
 
 def _check_role(role: str) -> None:

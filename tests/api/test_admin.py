@@ -129,3 +129,18 @@ def test_the_served_experiment_sent_back_unchanged_keeps_the_rules_it_was_saved_
     spec = client.app.openapi()  # type: ignore[attr-defined]
     body = spec["paths"]["/v1/admin/experiment"]["put"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["$ref"].endswith("/ExperimentConfig")  # the body is documented as before
+
+
+def test_a_lambdamart_trained_on_another_encoders_lists_is_served_with_a_warning(
+        home: Settings, client: TestClient, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    served = client.get("/v1/admin/models", headers=AUTH).json()
+    assert served["warnings"] == []  # v1 and v2 do not say what they were trained on
+    encoder = served["served"]["encoder"]
+    same, other = (register_ltr(home.paths.models, tmp_path / name, 1, params={"served_models": {"encoder": e}})[0]
+                   for name, e in (("same", encoder), ("other", "biencoder:v9")))
+    assert client.post("/v1/admin/models/ltr/activate", json={"version": same}, headers=AUTH).json()["warnings"] == []
+    activated = client.post("/v1/admin/models/ltr/activate", json={"version": other}, headers=AUTH)
+    assert activated.status_code == 200 and activated.json()["served"]["ltr"] == other  # it serves, with a warning
+    assert activated.json()["warnings"] == [f"ltr {other} was trained with encoder biencoder:v9; this server serves "
+                                            f"{encoder}"]
+    assert f"ltr {other} was trained with encoder biencoder:v9" in caplog.text and "retrain it" in caplog.text

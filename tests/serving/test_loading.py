@@ -213,3 +213,22 @@ def test_a_compaction_killed_between_its_renames_serves_the_stores_index(  # typ
         served = indexing.open_index(home, encoder)  # before: the demo catalog, built in place of the store's
     assert served.live_product_ids() == ["a", "c"] and "cut short" in caplog.text
     assert not path.with_name(path.name + ".old").exists()
+
+
+def test_a_lambdamart_names_each_model_served_otherwise_than_in_its_training() -> None:
+    from core.registry import ServedModel
+    from serving.engine import trained_otherwise
+
+    trained = {"encoder": "a+b", "reranker": "v2", "student": "v1", "ltr": "v3", "second_encoder_weight": 1.0}
+    served = {"encoder": "a+b", "reranker": "v4", "ltr": "v5"}  # no student now; another LambdaMART is no matter
+    reads_teacher = ServedModel("ltr", "v6", SimpleNamespace(names=["bm25", "dense", "teacher"]), trained)
+    assert trained_otherwise(reads_teacher, served, 1.0) == [
+        "ltr v6 was trained with reranker v2; this server serves v4"]  # the student's score it never reads
+    reads_both = ServedModel("ltr", "v6", SimpleNamespace(names=["student", "teacher"]), trained)
+    assert trained_otherwise(reads_both, served | {"reranker": "v2"}, 0.5) == [
+        "ltr v6 was trained with student v1; this server serves none",
+        "ltr v6 was trained with retrieval.second_encoder_weight 1.0; this server uses 0.5"]
+    alone = served | {"encoder": "a", "reranker": "v2"}  # the second model dropped: named once, by the encoder
+    assert trained_otherwise(reads_teacher, alone, None) == ["ltr v6 was trained with encoder a+b; this server serves a"]
+    unknown = ServedModel("ltr", "v7", SimpleNamespace(names=["teacher"]))  # retrained from the event log: not said
+    assert trained_otherwise(unknown, alone, None) == []
