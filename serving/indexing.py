@@ -68,15 +68,21 @@ def encoder_source(settings: Settings, spec: str | None = None) -> tuple[Path, s
     return resolve_model_dir(spec), Path(spec).name
 
 
-def _joined(settings: Settings, open_model: Callable[[str | None], Encoder]) -> Encoder:
-    """The configured bi-encoder, ``open_model(spec)`` opening each model: ``settings.encoder``, joined
-    with ``retrieval.second_encoder`` when one is set (:class:`~retrieval.encoder.EnsembleEncoder`)."""
-    first = open_model(None)
+def _joined(settings: Settings, load: Callable[[Path, str], Encoder]) -> Encoder:
+    """The configured bi-encoder, ``load(folder, label)`` opening each model: ``settings.encoder``, joined
+    with ``retrieval.second_encoder`` when one is set (:class:`~retrieval.encoder.EnsembleEncoder`). Both
+    models are found before either is loaded: a second one that is not there is refused at once."""
+    first_source = encoder_source(settings)
     second_spec = settings.retrieval.second_encoder
     if second_spec is None:
-        return first
+        return load(*first_source)
     try:
-        second = open_model(second_spec)
+        second_source = encoder_source(settings, second_spec)
+    except (errors.InvalidInput, errors.NotFound) as error:
+        raise type(error)(f"retrieval.second_encoder {second_spec!r}: {error.message}") from error
+    first = load(*first_source)
+    try:
+        second = load(*second_source)
     except (errors.InvalidInput, errors.NotFound) as error:
         raise type(error)(f"retrieval.second_encoder {second_spec!r}: {error.message}") from error
     if second.fingerprint == first.fingerprint:
@@ -86,12 +92,8 @@ def _joined(settings: Settings, open_model: Callable[[str | None], Encoder]) -> 
 
 
 def open_encoder(settings: Settings, backend: str | None = None, threads: int = 0) -> Encoder:
-    def open_model(spec: str | None) -> Encoder:
-        model_dir, label = encoder_source(settings, spec)
-        return load_encoder(model_dir, backend or settings.retrieval.query_encoder, settings.paths.cache, label,
-                            threads)
-
-    return _joined(settings, open_model)
+    return _joined(settings, lambda model_dir, label: load_encoder(
+        model_dir, backend or settings.retrieval.query_encoder, settings.paths.cache, label, threads))
 
 
 def server_threads(settings: Settings) -> int:
@@ -106,8 +108,7 @@ _served_encoders_lock = threading.Lock()
 
 def served_encoder(settings: Settings) -> Encoder:
     """The query encoder of a server: one per model in the process, shared by the stores that use it."""
-    def open_model(spec: str | None) -> Encoder:
-        model_dir, label = encoder_source(settings, spec)
+    def open_model(model_dir: Path, label: str) -> Encoder:
         key = (str(model_dir), settings.retrieval.query_encoder, label)
         with _served_encoders_lock:
             if key not in _served_encoders:

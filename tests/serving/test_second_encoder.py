@@ -102,6 +102,10 @@ def test_cross_fitting_with_a_second_encoder_is_refused_by_name(
     assert code != 0 and "retrieval.second_encoder 'biencoder:v1' would build every fold's lists" in err
 
 
-def test_a_second_encoder_that_is_not_there_is_named_as_the_setting(settings: Settings) -> None:
+def test_a_second_encoder_that_is_not_there_is_named_as_the_setting_before_any_model_loads(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[Path] = []
+    monkeypatch.setattr(indexing, "load_encoder", lambda folder, *_: loaded.append(folder))
     with pytest.raises(NotFound, match=r"retrieval.second_encoder 'biencoder:v9': "):
         indexing.open_encoder(second(settings, "biencoder:v9"))
+    assert loaded == []  # the first model (an ONNX export on first use) is not loaded for nothing
