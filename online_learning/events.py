@@ -55,6 +55,11 @@ MAX_AHEAD = timedelta(hours=24)  # clock skew allowed to a client's timestamps
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # the log's day partitions and pandas' timestamps hold what follows
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    """``value`` in UTC (one without an offset is read as UTC)."""
+    return None if value is None else value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 STORED = {"stored": True}  # the validation context of an event read back (:func:`parse` with ``stored``)
 
 
@@ -153,6 +158,10 @@ class InteractionEvent(BaseModel):
     revenue: float | None = Field(None, ge=0, le=10_000_000, description="Purchase value (purchases only).")
     key_id: str | None = Field(None, max_length=64, description="Set by the server (a value sent is replaced): "
                                "the API key that sent the event, when keys are required.")
+    received: Annotated[datetime | None, AfterValidator(_utc)] = Field(
+        None, description="Set by the server (a value sent is replaced): when it accepted the event. An erasure "
+        "drops the shopper's events received before it, whatever their timestamp says (a client's clock may run "
+        "ahead).")
 
 
 Event = Annotated[RankingEvent | InteractionEvent, Field(discriminator="type")]

@@ -3,8 +3,8 @@
 An erasure reaches the data at rest (the event log, the feature state), but events of the
 shopper may still be on their way: in a server's spool, in Kafka, in a file waiting for
 ``shoprank events import``. Each consumer and the import read this list and drop an event of
-a listed user or session dated at or before its erasure, so none of it comes back; what the
-shopper does later is kept.
+a listed user or session dated at or before its erasure, or received by a server by then (a
+client's clock may run ahead), so none of it comes back; what the shopper does later is kept.
 
 One JSON line per erased id, ``{"id": <HMAC-SHA256 of "user:<id>" or "session:<id>">, "at": <ISO
 time>}``, under ``<store>/privacy/forgotten.jsonl``: the list names no shopper in clear, and its
@@ -187,14 +187,17 @@ class ForgetList:
         return self._until.get(self.digest("user", user_id)) if self._until else None
 
     def erased(self, event: RankingEvent | InteractionEvent) -> bool:
-        """Whether ``event`` belongs to an erased shopper and happened at or before the erasure
-        (as last read: :meth:`refresh`; :meth:`keep` does both for a batch)."""
+        """Whether ``event`` belongs to an erased shopper and happened, or reached a server, at or before the
+        erasure (as last read: :meth:`refresh`; :meth:`keep` does both for a batch). The time a server received
+        it counts too: a client's timestamp may run up to a day ahead (``events.MAX_AHEAD``)."""
         if not self._until:
             return False
+        received = getattr(event, "received", None)
+        when = event.timestamp if received is None else min(event.timestamp, received)
         for kind, value in (("user", event.user_id), ("session", event.session_id)):
             if value is not None:
                 at = self._until.get(self.digest(kind, value))
-                if at is not None and event.timestamp <= at:
+                if at is not None and when <= at:
                     return True
         return False
 

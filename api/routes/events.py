@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request
@@ -54,7 +55,9 @@ def post_events(
     Each event needs a client ``event_id``: sending the same event again (a retry)
     is safe, consumers keep one per id.
     """
-    logged = [events_schema.InteractionEvent(**{**dict(e), "key_id": key.id if key else None}) for e in events]
+    received = datetime.now(UTC)  # what an erasure goes by: a client's clock may run ahead
+    logged = [events_schema.InteractionEvent(**{**dict(e), "key_id": key.id if key else None, "received": received})
+              for e in events]
     try:
         current(request).event_log.append(logged, durable=True)
     except OSError as error:  # a full or failing disk: nothing was accepted, the client sends them again

@@ -111,7 +111,8 @@ class ParquetLogSink:
                      "scores": json.dumps(i.scores), "team": i.team} for i in event.items] or [
                 {**base, "product_id": None, "position": None, "score": None, "scores": "{}", "team": None}]
         assert isinstance(event, InteractionEvent)
-        return [event.model_dump(mode="python")]
+        return [event.model_dump(mode="python", exclude={"received"})]  # what erasures of events on their way
+        # go by; the log's rows are erased whatever their time
 
     def __call__(self, batch: list[Delivered]) -> None:
         with writing(self.root):

@@ -712,3 +712,31 @@ def test_a_dry_run_reads_the_state_again_when_a_writer_changed_it_under_the_read
     real_version = privacy._version
     monkeypatch.setattr(privacy, "_version", lambda path: next(versions, None) or real_version(path))
     assert privacy._purchases_of(state, lambda user, ts: True, read_only=True) == {"e1": "u1"}
+
+
+def test_an_event_a_server_received_before_the_erasure_is_dropped_whatever_its_timestamp(
+        settings, fake_index, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A client's clock runs a day ahead: its event, accepted before the erasure and still on its way, carries a
+    timestamp after it. The server's received time goes with it through the spool, and the consumer drops it."""
+    from online_learning.events import parse
+    from tests.fakes import HashingEncoder
+    from tests.helpers import app_on, ready_client
+
+    home = settings.model_copy(update={"home": tmp_path / "home"})
+    ahead = datetime.now(UTC) + timedelta(hours=20)
+    click = {"type": "click", "event_id": "e-ahead", "request_id": "r1", "product_id": "p1", "position": 1,
+             "user_id": "u1", "timestamp": ahead.isoformat(), "received": "2001-01-01T00:00:00Z"}
+    with ready_client(app_on(home, fake_index, HashingEncoder())) as client:
+        assert client.post("/v1/events", json=[click]).status_code == 202
+    (spooled,) = [parse(json.dumps(record["value"]), stored=True)
+                  for path in sorted(home.paths.event_spool.rglob("segment-*.jsonl"))
+                  for record in map(json.loads, path.read_text().splitlines()) if record["event_id"] == "e-ahead"]
+    assert spooled.timestamp == ahead and spooled.received is not None  # the server's time, not the one sent
+    assert datetime.now(UTC) - timedelta(minutes=5) < spooled.received <= datetime.now(UTC)
+    forgotten = ForgetList(tmp_path / "forgotten.jsonl")
+    forgotten.add(["u1"], [], datetime.now(UTC))  # erased after it came in, before its timestamp
+    later = spooled.model_copy(update={"event_id": "e-later", "received": ahead})
+    kept, dropped = forgotten.keep([spooled, later], lambda e: e)
+    assert dropped == 1 and kept == [later]  # what reaches a server after the erasure is kept
+    ParquetLogSink(tmp_path / "log")(delivered(kept))
+    assert "received" not in read_log(tmp_path / "log", "interactions").columns  # the log's columns as they were
