@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from bisect import insort
-from collections import Counter, deque
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -46,9 +44,8 @@ import pyarrow.parquet as pq
 from core.files import write_text_atomic
 from online_learning.consumers.log_sink import log_files, read_log
 from online_learning.consumers.streaming_features import (
-    RECENT_ITEMS,
-    TOP_CATEGORIES,
     WINDOWS,
+    RunningProfile,
     counted_products,
     first_day,
     seed_state,
@@ -166,38 +163,6 @@ def popularity(rankings: pd.DataFrame, interactions: pd.DataFrame, now: datetime
             .astype("float32")
     table["event_timestamp"] = pd.Timestamp(now)
     return table
-
-
-class RunningProfile:
-    """:func:`~online_learning.consumers.streaming_features.profile_of` of the purchases added so far, oldest
-    first, kept up to date one purchase at a time: a profile after each purchase, each from all of them before,
-    costs a shopper's purchases times their categories, not their purchases squared (a shopper with 13,000
-    purchases took half a minute)."""
-
-    def __init__(self) -> None:
-        self.shares: Counter[int] = Counter()
-        self.known = 0  # purchases of a known category
-        self.prices: list[float] = []  # the known prices, sorted
-        self.count = 0
-        self.recent: deque[str] = deque(maxlen=RECENT_ITEMS)
-
-    def add(self, item: tuple[str, int, float]) -> None:
-        product, category, price = item
-        self.count += 1
-        self.recent.append(product)
-        if category >= 0:
-            self.shares[int(category)] += 1
-            self.known += 1
-        if price == price:  # not NaN
-            insort(self.prices, float(price))
-
-    def profile(self) -> dict[str, object]:
-        top = sorted(self.shares, key=lambda c: (-self.shares[c], c))[:TOP_CATEGORIES]  # ties: the lower id
-        n, middle = len(self.prices), len(self.prices) // 2
-        median = (float("nan") if not n else self.prices[middle] if n % 2
-                  else (self.prices[middle - 1] + self.prices[middle]) / 2)
-        return {"top_categories": top, "category_affinity": [self.shares[c] / self.known for c in top],
-                "median_price": median, "purchases": self.count, "recent_items": list(self.recent)[::-1]}
 
 
 def user_profiles(interactions: pd.DataFrame, attributes: pd.DataFrame,

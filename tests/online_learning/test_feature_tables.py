@@ -428,14 +428,23 @@ def test_a_search_that_found_nothing_counts_no_impression(tmp_path: Path) -> Non
     assert set(pd.read_parquet(folder / "popularity.parquet")["product_id"]) == set()
 
 
-def test_the_running_profile_is_the_consumers_profile_after_every_purchase() -> None:
-    """The offline table keeps a profile a purchase, built one purchase at a time: it must be the consumer's
-    profile_of of all the purchases up to it (unknown categories and prices, ties, even and odd counts)."""
+def test_the_running_profile_after_every_purchase_is_the_profile_of_all_the_purchases_up_to_it() -> None:
+    """The offline table keeps a profile a purchase, built one purchase at a time, and the consumer builds one
+    from all the purchases: both must be the profile of the purchases so far (unknown categories and prices,
+    ties, even and odd counts), computed here from its definition."""
     import math
     import random
+    from collections import Counter
 
-    from online_learning.consumers.streaming_features import profile_of
-    from online_learning.feature_tables import RunningProfile
+    from online_learning.consumers.streaming_features import RECENT_ITEMS, TOP_CATEGORIES, RunningProfile, profile_of
+
+    def defined(bought: list[tuple[str, int, float]]) -> dict[str, object]:
+        shares = Counter(c for _, c, _ in bought if c >= 0)
+        top = sorted(shares, key=lambda c: (-shares[c], c))[:TOP_CATEGORIES]
+        prices = [p for _, _, p in bought if not math.isnan(p)]
+        return {"top_categories": top, "category_affinity": [shares[c] / sum(shares.values()) for c in top],
+                "median_price": float(np.median(prices)) if prices else float("nan"), "purchases": len(bought),
+                "recent_items": [p for p, _, _ in bought[-RECENT_ITEMS:]][::-1]}
 
     rng = random.Random(5)
     for _ in range(50):
@@ -445,9 +454,10 @@ def test_the_running_profile_is_the_consumers_profile_after_every_purchase() -> 
                     rng.choice([float("nan"), 1.0, 2.5, 10.0, rng.random() * 100]))
             items.append(item)
             running.add(item)
-            expected, got = profile_of(items), running.profile()
-            assert math.isnan(got["median_price"]) == math.isnan(expected["median_price"])
-            if not math.isnan(expected["median_price"]):
-                assert got["median_price"] == expected["median_price"]
-            assert {k: v for k, v in got.items() if k != "median_price"} == {
-                k: v for k, v in expected.items() if k != "median_price"}
+            expected = defined(items)
+            for got in (running.profile(), profile_of(items)):
+                assert math.isnan(got["median_price"]) == math.isnan(expected["median_price"])
+                if not math.isnan(expected["median_price"]):
+                    assert got["median_price"] == expected["median_price"]
+                assert {k: v for k, v in got.items() if k != "median_price"} == {
+                    k: v for k, v in expected.items() if k != "median_price"}
