@@ -269,3 +269,32 @@ def test_searches_whose_products_left_the_index_are_counted_as_unusable(  # type
     assert (result["usable_searches"], result["new_searches"]) == (0, 30)
     assert "0 of 30 logged searches show 2 or more products still in the index" in result["reason"]
     assert ModelRegistry(home.paths.models).versions("ltr") == []
+
+
+def test_the_candidate_is_compared_on_searches_neither_its_training_nor_its_early_stopping_saw(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from online_learning.retrain import _fit_candidate
+    from ranking.unbiased import ips_dcg
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(250, 2)).astype(np.float32)
+    data = RankingData(x, (x[:, 0] > 0).astype(np.int32), [5] * 50, ["bm25", "dense"], [f"q{i}" for i in range(50)])
+    shown: dict[str, list[str]] = {}
+    fit = LambdaMART.fit_unbiased
+
+    def spy(train: RankingData, valid: RankingData, *args, **kwargs):  # type: ignore[no-untyped-def]
+        shown["train"], shown["valid"] = list(train.query_ids), list(valid.query_ids)
+        return fit(train, valid, *args, **kwargs)
+
+    monkeypatch.setattr(LambdaMART, "fit_unbiased", spy)
+    even = SimpleNamespace(propensity=lambda positions: np.ones(len(positions)))
+    active = ServedModel("ltr", "v1", LambdaMART.fit(data, data, LambdaMARTConfig(max_grade=1, max_rounds=3)))
+    candidate, _, metrics = _fit_candidate(data, np.tile(np.arange(1, 6), 50), even, active, RetrainConfig())
+    assert shown["train"] == data.query_ids[:32] and shown["valid"] == data.query_ids[32:40]  # in time order
+    held = x[200:]  # the latest 10 searches: the comparison, which neither saw
+    assert metrics["held_out_searches"] == 10 and metrics["train_searches"] == 32 and metrics["valid_searches"] == 8
+    for key, model in (("held_out_ips_dcg@10", candidate), ("active_held_out_ips_dcg@10", active.model)):
+        expected = ips_dcg([5] * 10, data.labels[200:], np.ones(50), model.predict(held))  # type: ignore[attr-defined]
+        assert metrics[key] == round(expected, 4)
