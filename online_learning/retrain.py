@@ -321,13 +321,13 @@ def _fit_candidate(data, positions, position_model, active: ServedModel | None, 
     lgb_config = LambdaMARTConfig(seed=config.seed, max_grade=3, min_data_in_leaf=50, num_leaves=15,
                                   learning_rate=0.03, monotone=monotone)
     candidate = LambdaMART.fit_unbiased(train, valid, train_ips, valid_ips, lgb_config, parent=parent_model)  # type: ignore[arg-type]
-    def held_out(model: object) -> float:
-        return round(ips_dcg(held.groups, held.labels, held_ips, model.predict(held.features)), 4)  # type: ignore[attr-defined]
+    def held_out(model: LambdaMART) -> float:
+        return round(ips_dcg(held.groups, held.labels, held_ips, model.predict(held.features)), 4)
 
     metrics = {"valid_ips_dcg@10": round(ips_dcg(valid.groups, valid.labels, valid_ips,
                                                  candidate.predict(valid.features)), 4),
                "held_out_ips_dcg@10": held_out(candidate), "train_searches": len(train.groups),
                "valid_searches": len(valid.groups), "held_out_searches": len(held.groups)}
     if active is not None:
-        metrics["active_held_out_ips_dcg@10"] = held_out(active.model)
+        metrics["active_held_out_ips_dcg@10"] = held_out(active.model)  # type: ignore[arg-type]
     return candidate, lgb_config, metrics
