@@ -90,6 +90,9 @@ defaults
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response response-timeout 503
+    # a request is sent on once its body is in (up to the buffer's 16 kB): HAProxy retries only what it holds
+    # whole, and most clients send the body after the headers
+    option http-buffer-request
 
 frontend shoprank
     bind 127.0.0.1:{layout.port}

@@ -210,9 +210,13 @@ def test_haproxy_config_checks_readiness_and_retries() -> None:
     assert "503" in retried and "502" not in retried and "all-retryable-errors" not in retried  # 502: not_published
 
 
-def test_haproxy_retries_a_refused_search_on_other_replicas_but_never_an_admin_call(tmp_path: Path) -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["one write", "body after the headers"])
+def test_haproxy_retries_a_refused_search_on_other_replicas_but_never_an_admin_call(tmp_path: Path,
+                                                                                  split: bool) -> None:
     """Before: a rollback answered 503 (the artifact store down) was redone on 3 other replicas sharing the home,
-    v5 -> v1 in one call. Replicas here: stdlib servers that count the requests and answer each 503."""
+    v5 -> v1 in one call. Replicas here: stdlib servers that count the requests and answer each 503. A client
+    that sends the body after the headers (most HTTP clients, for a body of any size) is retried too: before,
+    HAProxy passed the headers on at once, and a request it had not held whole was never sent again."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from shoprank.layout import Layout
@@ -256,10 +260,13 @@ def test_haproxy_retries_a_refused_search_on_other_replicas_but_never_an_admin_c
                 time.sleep(0.1)
         paths = ["/v1/search", "/v1/events", "/v1/admin/models/ltr/rollback",
                  "/v1/stores/shoes/admin/models/ltr/rollback", "/v1/%61dmin/models/ltr/rollback"]
-        for path in paths:  # the headers and the body in one write: a request HAProxy holds whole, so can replay
+        for path in paths:
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\n"
-                             "Content-Length: 2\r\nConnection: close\r\n\r\n{}".encode())
+                request = (f"POST {path} HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\n"
+                           "Content-Length: 2\r\nConnection: close\r\n\r\n{}").encode()
+                for part in (request[:-2], request[-2:]) if split else (request,):
+                    sock.sendall(part)
+                    time.sleep(0.2 if split else 0)  # the headers reach HAProxy alone
                 assert sock.recv(65536).startswith(b"HTTP/1.1 503"), path
     finally:
         proxy.terminate()
