@@ -345,6 +345,7 @@ class ArtifactStore:
             if rel == KEYS:  # merged with the store's copy as it is now: a revocation pushed through another home
                 # during this push's uploads (minutes for an index) stays
                 self._merge_keys()
+                state.pop(rel, None)  # read again: a merge within one tick of the clock keeps the file's mtime
                 digests[rel] = self._digest(path, state)
             digest = digests[rel]
             if remote.get(rel) == digest:

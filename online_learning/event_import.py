@@ -193,6 +193,9 @@ def _check(report: ImportReport, n: int, line: str | ValueError,
     except (ValidationError, ValueError) as err:
         report.reject(n, err)
         return None
+    if not stored and isinstance(event, InteractionEvent) and event.received is not None:
+        # only a server's spool holds the time a server received an event; a file's would count for erasures
+        event = event.model_copy(update={"received": None})
     report.valid += 1
     if isinstance(event, RankingEvent):
         report.rankings += 1

@@ -57,7 +57,10 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # the log's day partitions and pand
 
 def _utc(value: datetime | None) -> datetime | None:
     """``value`` in UTC (one without an offset is read as UTC)."""
-    return None if value is None else value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return None if value is None else value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+        raise ValueError(f"{value.isoformat()} is out of range; send an ISO 8601 time") from None
 
 
 STORED = {"stored": True}  # the validation context of an event read back (:func:`parse` with ``stored``)

@@ -690,3 +690,44 @@ def test_a_key_revoked_during_another_homes_long_push_stays_revoked(tmp_path: Pa
     ArtifactStore(url, replica).pull()
     for home in (replica, job):
         assert KeyStore(home / "keys.json").verify(key) is None and KeyStore(home / "keys.json").verify(etl)
+
+
+def test_a_key_file_merged_within_one_tick_of_the_clock_is_published_with_its_own_digest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merge just before the key file's upload rewrites it; on a file system whose times move in ticks (1 s,
+    a jiffy) its size and mtime may stay the same. Its digest is read again, not taken from the last one: the
+    manifest names the file the store holds, and the replicas pull it."""
+    import re
+
+    from core.keys import KeyStore
+
+    url = f"file://{tmp_path / 'store'}"
+    ops, job, replica = (tmp_path / name for name in ("ops", "job", "replica"))
+    record, key = KeyStore(ops / "keys.json").create("default", ["search"], "storefront")
+    ArtifactStore(url, ops).push()
+    for home in (job, replica):
+        home.mkdir()
+        ArtifactStore(url, home).pull()
+
+    def revoke_at(home: Path, when: str) -> None:  # revoked in both homes at other times: files of one size
+        KeyStore(home / "keys.json").revoke(record.id)
+        file = home / "keys.json"
+        file.write_text(re.sub(r'"revoked": "[^"]+"', f'"revoked": "{when}"', file.read_text()))
+
+    revoke_at(ops, "2024-01-01T00:00:00+00:00")
+    ArtifactStore(url, ops).push()
+    revoke_at(job, "2024-06-01T00:00:00+00:00")
+    merge = KeyStore.merge
+
+    def in_one_tick(self: KeyStore, other: bytes | str) -> bool:
+        before = self.path.stat()
+        changed = merge(self, other)
+        os.utime(self.path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        return changed
+
+    monkeypatch.setattr(KeyStore, "merge", in_one_tick)
+    ArtifactStore(url, job).push(("keys.json",))
+    monkeypatch.setattr(KeyStore, "merge", merge)
+    ArtifactStore(url, replica).pull()  # before: NotReady, sha256 differs from MANIFEST.json
+    assert KeyStore(replica / "keys.json").verify(key) is None
+    assert '"revoked": "2024-01-01T00:00:00+00:00"' in (replica / "keys.json").read_text()  # the earlier time

@@ -728,6 +728,8 @@ def test_an_event_a_server_received_before_the_erasure_is_dropped_whatever_its_t
              "user_id": "u1", "timestamp": ahead.isoformat(), "received": "2001-01-01T00:00:00Z"}
     with ready_client(app_on(home, fake_index, HashingEncoder())) as client:
         assert client.post("/v1/events", json=[click]).status_code == 202
+        bad = client.post("/v1/events", json=[{**click, "received": "0001-01-01T00:00:00+01:00"}])
+        assert bad.status_code == 422 and "received" in bad.json()["message"]  # before: 500, an OverflowError
     (spooled,) = [parse(json.dumps(record["value"]), stored=True)
                   for path in sorted(home.paths.event_spool.rglob("segment-*.jsonl"))
                   for record in map(json.loads, path.read_text().splitlines()) if record["event_id"] == "e-ahead"]
@@ -740,3 +742,10 @@ def test_an_event_a_server_received_before_the_erasure_is_dropped_whatever_its_t
     assert dropped == 1 and kept == [later]  # what reaches a server after the erasure is kept
     ParquetLogSink(tmp_path / "log")(delivered(kept))
     assert "received" not in read_log(tmp_path / "log", "interactions").columns  # the log's columns as they were
+    # a file imported is not a server's spool: a time it gives as received is not one, and erases nothing
+    back = (datetime.now(UTC) + timedelta(hours=1)).isoformat()  # the shopper came back after the erasure
+    source = tmp_path / "history.jsonl"
+    source.write_text(json.dumps({**click, "event_id": "e-back", "timestamp": back,
+                                  "received": "1999-01-01T00:00:00Z"}) + "\n")
+    report = import_events(source, tmp_path / "log", progress=False, forget=forgotten)
+    assert report.written == 1 and report.forgotten == 0
