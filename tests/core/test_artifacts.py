@@ -430,16 +430,25 @@ def test_a_home_with_linked_folders_and_odd_names_pulls_and_a_clash_is_resolved_
     assert pushed.files == len(json.loads((tmp_path / "store" / MANIFEST).read_text())) == 8
 
 
-def test_a_key_revoked_through_one_home_stays_revoked_whoever_pushes_next(tmp_path: Path) -> None:
+def shared_key(tmp_path: Path, names: tuple[str, ...], first: Path | None = None):  # type: ignore[no-untyped-def]
+    """The store's url and the homes ``names`` (the first: ``first`` when given), a key made in the first and
+    pushed, then pulled by the others; and the key's record and secret."""
     from core.keys import KeyStore
 
     url = f"file://{tmp_path / 'store'}"
-    ops, other, replica = (tmp_path / name for name in ("ops", "other", "replica"))
-    record, key = KeyStore(ops / "keys.json").create("default", ["search"], "storefront")
-    ArtifactStore(url, ops).push()
-    for home in (other, replica):
+    homes = [first or tmp_path / names[0], *(tmp_path / name for name in names[1:])]
+    record, key = KeyStore(homes[0] / "keys.json").create("default", ["search"], "storefront")
+    ArtifactStore(url, homes[0]).push()
+    for home in homes[1:]:
         home.mkdir()
         ArtifactStore(url, home).pull()
+    return url, homes, record, key
+
+
+def test_a_key_revoked_through_one_home_stays_revoked_whoever_pushes_next(tmp_path: Path) -> None:
+    from core.keys import KeyStore
+
+    url, (ops, other, replica), record, key = shared_key(tmp_path, ("ops", "other", "replica"))
     _, etl = KeyStore(other / "keys.json").create("default", ["events"], "etl")  # made there, not pushed yet
     KeyStore(ops / "keys.json").revoke(record.id)
     ArtifactStore(url, ops).push()
@@ -667,13 +676,7 @@ def test_a_key_revoked_during_another_homes_long_push_stays_revoked(tmp_path: Pa
     key file the job uploads after it holds the revocation, and so do the replicas that pull."""
     from core.keys import KeyStore
 
-    url = f"file://{tmp_path / 'store'}"
-    job, ops, replica = make_home(tmp_path / "job"), tmp_path / "ops", tmp_path / "replica"
-    record, key = KeyStore(job / "keys.json").create("default", ["search"], "storefront")
-    ArtifactStore(url, job).push()
-    for home in (ops, replica):
-        home.mkdir()
-        ArtifactStore(url, home).pull()
+    url, (job, ops, replica), record, key = shared_key(tmp_path, ("job", "ops", "replica"), make_home(tmp_path / "job"))
     (job / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x05" * 5000)  # a new index to upload
     _, etl = KeyStore(job / "keys.json").create("default", ["events"], "etl")  # made by the job, not pushed yet
     nightly = ArtifactStore(url, job)
@@ -701,13 +704,7 @@ def test_a_key_file_merged_within_one_tick_of_the_clock_is_published_with_its_ow
 
     from core.keys import KeyStore
 
-    url = f"file://{tmp_path / 'store'}"
-    ops, job, replica = (tmp_path / name for name in ("ops", "job", "replica"))
-    record, key = KeyStore(ops / "keys.json").create("default", ["search"], "storefront")
-    ArtifactStore(url, ops).push()
-    for home in (job, replica):
-        home.mkdir()
-        ArtifactStore(url, home).pull()
+    url, (ops, job, replica), record, key = shared_key(tmp_path, ("ops", "job", "replica"))
 
     def revoke_at(home: Path, when: str) -> None:  # revoked in both homes at other times: files of one size
         KeyStore(home / "keys.json").revoke(record.id)
