@@ -346,16 +346,23 @@ class RulesStage:
         by_price = query.sort != "relevance"
         if by_price and rule is not None:  # a price order has no places to pin or bury at
             rule = rule.model_copy(update={"pin": [], "pin_at": {}, "bury": []})
-        depth = max(self.depth, *rule.pin_at.values()) if rule is not None and rule.pin_at else self.depth
-        head, tail = candidates.top(depth), candidates.take(slice(depth, None))  # a pin_at place is in the head
-        if rule is not None and (rule.pin or rule.pin_at):
-            head, tail = self._with_pins([*rule.pin, *rule.pin_at], head, tail)
-        facts = self.facts(head)
-        score = np.nan_to_num(head.score, nan=float(np.nanmin(head.score)) if np.isfinite(head.score).any() else 0.0)
-        keep = facts.matching(query.filters) if query.filters.active() else None
-        boosted = facts.matching(rule.boost.filters()) if rule is not None and rule.boost is not None else None
-        result = apply_rules(rule, head.product_ids, score, facts.in_stock, facts.promoted, self.config, keep,
-                             boosted)
+        farthest = max(rule.pin_at.values()) if rule is not None and rule.pin_at else 0
+        depth = max(self.depth, farthest)
+        while True:  # a pin_at place is in the head, counted after the rows the rules drop from it
+            head, tail = candidates.top(depth), candidates.take(slice(depth, None))
+            if rule is not None and (rule.pin or rule.pin_at):
+                head, tail = self._with_pins([*rule.pin, *rule.pin_at], head, tail)
+            facts = self.facts(head)
+            score = np.nan_to_num(head.score, nan=float(np.nanmin(head.score)) if np.isfinite(head.score).any()
+                                  else 0.0)
+            keep = facts.matching(query.filters) if query.filters.active() else None
+            boosted = facts.matching(rule.boost.filters()) if rule is not None and rule.boost is not None else None
+            result = apply_rules(rule, head.product_ids, score, facts.in_stock, facts.promoted, self.config, keep,
+                                 boosted)
+            short = farthest - len(result.order)  # hidden, filtered or out-of-stock rows left the head short
+            if short <= 0 or not len(tail):
+                break
+            depth += short
         reordered = head.take(result.order)
         # a price order keeps the rows the moves bring to the top (serving.sort_depth may sort fewer rows than
         # these), but re-sorts them, so no note of a place holds

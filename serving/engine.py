@@ -232,14 +232,16 @@ class SearchEngine:
         # a price order sorts the sort_depth most relevant shown rows: every page reads at least that many, so
         # the pages sort one set (a page reading fewer, with rows hidden, sorted another: repeats and gaps)
         need = k + offset if query.sort == "relevance" else max(k + offset, self.settings.serving.sort_depth)
-        deep = max(need, self.rules.farthest_place(query) if self.rules is not None else 0)
+        # the rule of the query as searched (a rule may match its corrected text only): read to its farthest pin
+        deep = max(need, self.rules.farthest_place(cascade.analyze(query)) if self.rules is not None else 0)
         ranked = cascade.run(query, deep)
         fetched, limit = max(deep, cascade.first_stage_depth), min(self.index.count, MAX_FETCH)
         rows = ranked.first_stage_rows  # of the last read (which need not be the one kept)
-        while len(ranked.candidates) < need and rows >= fetched and fetched < limit:
+        while len(ranked.candidates) < deep and rows >= fetched and fetched < limit:
             # the rules left rows out (hidden, out of stock) and the first stage has more: read deeper, so the
             # page is full while more exist (a read that shows no more rows goes deeper still: a block of hidden
-            # rows at the top left page 1 empty while later pages, read deeper, had rows)
+            # rows at the top left page 1 empty while later pages, read deeper, had rows), and a pin_at place
+            # past them is held whichever page is asked for
             fetched = min(limit, 2 * fetched)
             deeper = cascade.run(query, fetched)
             rows = deeper.first_stage_rows

@@ -240,6 +240,16 @@ def test_a_place_past_the_rules_depth_is_kept() -> None:
     ruled = stage(Query("drill"), candidates)
     assert ruled.candidates.product_ids.index("p3") == 149 and ruled.notes["p3"] == ["pinned(150)"]
     assert stage.farthest_place(Query("drill")) == 150 and stage.farthest_place(Query("saw")) == 0
+    # rows the rules drop above the place (hidden, out of stock) do not move it up: before, at 145 and 146
+    hidden = RulesConfig(promo_boost=0, out_of_stock="hide", hide=[f"p{i}" for i in range(10, 15)],
+                         queries={"drill": QueryRule(pin_at={"p3": 150, "p190": 98})})
+    stocked = facts.take(np.arange(n))
+    stocked.in_stock[[20, 30]] = 0
+    for depth in (100, 150):
+        ruled = RulesStage(hidden, lambda c: stocked.take(c.docs), depth=depth)(Query("drill"), candidates)
+        ids = ruled.candidates.product_ids
+        assert ids.index("p3") == 149 and ids.index("p190") == 97 and len(ids) == n - 7
+        assert ruled.notes["p3"] == ["pinned(150)"] and ruled.notes["p190"] == ["pinned(98)"]
 
 
 def test_a_price_order_applies_no_pin_or_bury_and_a_pinned_product_out_of_stock_is_noted_pinned_only() -> None:

@@ -69,3 +69,36 @@ def test_pages_on_one_rung_of_read_depths_are_one_list_with_an_hnsw_index(
             assert engine.search(query, 45, offset=70).candidates.product_ids == rung[70:115]
     finally:
         engine.close()
+
+
+def test_a_pin_past_the_first_page_is_at_its_place_on_every_page_for_a_query_the_analyzer_corrects(
+        tmp_path: Path, settings: Settings, demo_products: pd.DataFrame) -> None:
+    """A rule reached only through a spelling correction: every page reads down to its farthest ``pin_at``
+    place (before, the typed text found no rule, so pages read to their own depth and the pinned product moved
+    with it: a product twice in the walk, another missing), and hidden rows above the place do not move it up."""
+    from ranking.rules import QueryRule
+
+    encoder = HashingEncoder()
+    index = ProductIndex.build(tmp_path / "index", demo_products, encoder, settings.retrieval,
+                               EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim), progress=False)
+    home = settings.model_copy(update={"home": tmp_path})
+    home.paths.rules.parent.mkdir(parents=True, exist_ok=True)
+    plain = assemble(index, encoder, home)
+    try:
+        listed = plain.search("cordless drill", 200).candidates.product_ids
+    finally:
+        plain.close()
+    pinned = listed[180]
+    RulesConfig(out_of_stock="hide", hide=listed[10:15],
+                queries={"cordless drill": QueryRule(pin_at={pinned: 150})}).save(home.paths.rules)
+    engine = assemble(index, encoder, home)
+    try:
+        for query in ("cordless drill", "cordles drill"):
+            one = engine.search(query, 220).candidates.product_ids
+            assert one.index(pinned) == 149, query
+            for k in (10, 13):
+                walked = [p for offset in range(0, 220, k) for p in engine.search(query, k, offset=offset).candidates
+                          .product_ids][:220]
+                assert walked == one, (query, k)
+    finally:
+        engine.close()
