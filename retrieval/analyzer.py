@@ -184,6 +184,7 @@ class Analyzer:
 
         ``context``: the query's other words that the catalog knows."""
         if (len(word) < 4 or not is_word(word) or self.vocabulary.knows(word) or word in self.keep
+                or word in UNIT_WORDS  # a unit the normalization spelled out (12v: 12 volt), in no title here
                 or _IDEOGRAPHIC.search(word)):  # a CJK run is a phrase, not a word: an edit changes its meaning
             return None
         from symspellpy import Verbosity

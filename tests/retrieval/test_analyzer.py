@@ -120,6 +120,17 @@ def test_kept_words_are_never_corrected_and_english_words_are_real_words() -> No
     assert {"negative", "cupboard", "swamp"} <= english_words() and "dimond" not in english_words()
 
 
+def test_a_unit_the_normalization_spells_out_is_never_corrected_in_a_catalog_without_it() -> None:
+    """A catalog with bolts, warts and gauze but no volt, watt or gauge: before, `12v bolt` searched `12 bolt
+    bolt`, `100w heater` `100 wart heater` and `14ga screw` `14 gauze screw`."""
+    vocabulary = Vocabulary.build(["Hex Bolt Zinc"] * 5 + ["Water Heater Tank"] * 3 + ["Wood Screw Box"] * 4
+                                  + ["Gauze Pad"] * 3 + ["Wart Remover"] * 3)
+    for typed, searched in (("12v bolt", "12 volt bolt"), ("100w heater", "100 watt heater"),
+                            ("14ga screw", "14 gauge screw"), ("12-Volt bolt", "12 volt bolt")):
+        analysis = Analyzer(vocabulary).analyze(typed)
+        assert analysis.text == searched and analysis.rewrites == (), typed
+
+
 def test_rewrite_off_only_normalizes(analyzer: Analyzer) -> None:
     analysis = analyzer.analyze("Nozzzle 1/2 Inch", rewrite=False)
     assert analysis.text == "nozzzle 1/2 in" and analysis.rewrites == ()
