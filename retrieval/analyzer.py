@@ -239,29 +239,31 @@ class Analyzer:
         other._cache, other._lock = OrderedDict(), threading.Lock()
         return other
 
-    def analyze(self, text: str, rewrite: bool = True, spelling: bool = True) -> Analysis:
+    def analyze(self, text: str, rewrite: bool = True, spelling: bool = True, equivalents: bool = True) -> Analysis:
         """The analyzed query; with ``rewrite=False`` only normalized (no synonym, nothing corrected), with
-        ``spelling=False`` the synonyms applied but no word corrected or split (``retrieval.spelling``)."""
-        key = (text, rewrite, spelling)
+        ``spelling=False`` the synonyms applied but no word corrected or split (``retrieval.spelling``), with
+        ``equivalents=False`` only the one-way synonym rules applied (query suggestions keep the words typed:
+        an equivalent set would add its other words)."""
+        key = (text, rewrite, spelling, equivalents)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        analysis = self._analyze(text, rewrite, spelling)
+        analysis = self._analyze(text, rewrite, spelling, equivalents)
         with self._lock:
             self._cache[key] = analysis
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return analysis
 
-    def _analyze(self, text: str, rewrite: bool, spelling: bool = True) -> Analysis:
+    def _analyze(self, text: str, rewrite: bool, spelling: bool = True, equivalents: bool = True) -> Analysis:
         normalized = normalize(text)
         tokens = TOKEN.findall(normalized)
         placed: list[tuple[str, bool]] = [(t, False) for t in tokens]  # (word, put there by a synonym rule)
         rewrites: list[Rewrite] = []
         if rewrite and self.synonyms is not None:
-            placed, rewrites = self.synonyms.apply(tokens)
+            placed, rewrites = self.synonyms.apply(tokens, equivalents)
         known = [t for t, _ in placed if is_word(t) and len(t) > 2 and t not in UNIT_WORDS and self.vocabulary.knows(t)]
         out: list[str] = []
         for token, fixed in placed:

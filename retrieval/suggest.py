@@ -173,10 +173,11 @@ def ended(typed: str) -> bool:
     return not typed or not word_char(typed[-1])
 
 
-def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int) -> list[Suggestion]:
+def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int, spelling: bool = True) -> list[Suggestion]:
     """What ``/v1/suggest`` offers: the suggestions for ``typed`` read by :func:`as_searched`; when
     none match and the last word has 4+ letters, that word read as a whole one, spelling-corrected
-    (``cordlss`` -> ``cordless``)."""
+    (``cordlss`` -> ``cordless``). ``spelling``: ``retrieval.spelling`` (off: no word is corrected, as a
+    search then corrects none)."""
     vocabulary = analyzer.vocabulary
 
     @lru_cache(maxsize=512)
@@ -186,26 +187,29 @@ def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int) -> lis
         return common(holding(words[:-1]), vocabulary.docs_of(words[-1]))
 
     count = (lambda words: len(holding(tuple(words)))) if vocabulary.postings else None
-    found = suggester.suggest(as_searched(analyzer, typed), k, count)
+    found = suggester.suggest(as_searched(analyzer, typed, spelling), k, count)
     words = typed.split()
-    if not found and words and len(words[-1]) >= 4 and not ended(typed):
-        whole = analyzer.analyze(typed)
+    if not found and spelling and words and len(words[-1]) >= 4 and not ended(typed):
+        whole = analyzer.analyze(typed, equivalents=False)
         if whole.rewrites and whole.text:
             found = suggester.suggest(whole.text, k, count)
     if not found and words and singular(words[-1].lower()) != words[-1].lower():  # "drills": the phrases of "drill"
         one = " ".join([*words[:-1], singular(words[-1].lower())]) + (" " if ended(typed) else "")
-        found = suggester.suggest(as_searched(analyzer, one), k, count)
+        found = suggester.suggest(as_searched(analyzer, one, spelling), k, count)
     return found
 
 
-def as_searched(analyzer: Analyzer, typed: str) -> str:
+def as_searched(analyzer: Analyzer, typed: str, spelling: bool = True) -> str:
     """``typed`` with the words before the last one as a search reads them (spelling-corrected by
-    ``analyzer``: ``cordles dr`` -> ``cordless dr``); the last word, maybe partial, as typed."""
+    ``analyzer``: ``cordles dr`` -> ``cordless dr``, unless ``spelling`` is off, and a one-way synonym rule's
+    words in place of its entry); the last word, maybe partial, as typed. An equivalent-words rule adds
+    nothing: a suggestion keeps the words the shopper typed (``fridge sa`` gave ``fridge refrigerator
+    samsung``)."""
     words = typed.split()
     partial = "" if ended(typed) or not words else words[-1]
     completed = typed[: len(typed.rstrip()) - len(partial)] if partial else typed
     if completed.strip():
-        analysis = analyzer.analyze(completed)
+        analysis = analyzer.analyze(completed, spelling=spelling, equivalents=False)
         if analysis.rewrites:
             return f"{analysis.text} {partial}" if partial else f"{analysis.text} "
     return typed

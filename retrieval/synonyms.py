@@ -91,10 +91,11 @@ class Synonyms:
         """The rules of the file at ``path``."""
         return cls.read(path)[0]
 
-    def apply(self, tokens: Sequence[str]) -> tuple[list[tuple[str, bool]], list[Rewrite]]:
+    def apply(self, tokens: Sequence[str], equivalents: bool = True) -> tuple[list[tuple[str, bool]], list[Rewrite]]:
         """``tokens`` with the rules applied: each word with whether a rule put it there, and the
         rewrites (reason ``synonym``). A rule's words are put in once: a second entry of the same rule
-        in the query adds nothing (``hose hose`` does not list every kind of hose twice)."""
+        in the query adds nothing (``hose hose`` does not list every kind of hose twice). Without
+        ``equivalents``, only the one-way rules apply (an entry whose words its rule searches is left as it is)."""
         out: list[tuple[str, bool]] = []
         rewrites: list[Rewrite] = []
         applied: set[tuple[str, ...]] = set()
@@ -103,6 +104,8 @@ class Synonyms:
             for size in range(min(longest, len(tokens) - start), 0, -1):
                 entry = tuple(tokens[start : start + size])
                 searched = self.rules.get(entry)
+                if searched is not None and not equivalents and set(entry) <= set(searched):
+                    searched = None  # an equivalent word: kept as typed
                 if searched is not None:
                     if searched not in applied:
                         applied.add(searched)

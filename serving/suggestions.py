@@ -149,7 +149,7 @@ def _not_only_hidden(index: ProductIndex, searches: dict[str, int], hidden: froz
 
 
 def suggest(index: ProductIndex, searched: Path, typed: str, k: int,
-            hidden: frozenset[str] = frozenset()) -> list[Suggestion]:
+            hidden: frozenset[str] = frozenset(), spelling: bool = True) -> list[Suggestion]:
     """Up to ``k`` suggestions for ``typed``, read as the search would read it (:func:`retrieval.suggest.suggest`);
-    ``hidden``: products whose titles give no catalog phrase."""
-    return suggest_with(suggester(index, searched, hidden=hidden), index.analyzer, typed, k)
+    ``hidden``: products whose titles give no catalog phrase; ``spelling``: ``retrieval.spelling``."""
+    return suggest_with(suggester(index, searched, hidden=hidden), index.analyzer, typed, k, spelling)

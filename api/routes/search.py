@@ -218,7 +218,8 @@ def suggest(
     started = time.perf_counter()
     engine = served.engine
     hidden = frozenset(engine.rules.config.hide) if engine.rules is not None else frozenset()
-    found = suggest_for(engine.index, current(request).settings.paths.suggestions, q, k, hidden)
+    settings = current(request).settings
+    found = suggest_for(engine.index, settings.paths.suggestions, q, k, hidden, settings.retrieval.spelling)
     return SuggestResponse(query=q, took_ms=round((time.perf_counter() - started) * 1e3, 3),
                            suggestions=[SuggestionItem(text=s.text, source=s.source, weight=s.weight) for s in found])
 

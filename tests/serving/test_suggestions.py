@@ -146,3 +146,22 @@ def test_an_unreadable_searched_file_leaves_the_catalog_phrases(tmp_path: Path, 
     path.write_text(text)
     found = suggester(fake_index, path, wait=True).suggest("dri", 5)  # the first build, as at a server's start
     assert found and all(s.source == "catalog" for s in found)
+
+
+def test_suggestions_keep_the_words_typed_no_synonym_added_and_none_corrected_with_spelling_off(
+        tmp_path: Path, settings, demo_products: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    from retrieval.embedding_cache import EmbeddingCache
+    from tests.fakes import HashingEncoder
+
+    (tmp_path / "synonyms.txt").write_text("fridge, refrigerator\n")
+    retrieval = settings.retrieval.model_copy(update={"synonyms": str(tmp_path / "synonyms.txt")})
+    encoder = HashingEncoder()
+    index = ProductIndex.build(tmp_path / "index", demo_products, encoder, retrieval,
+                               EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim), progress=False)
+    path = tmp_path / "searches.json"
+    assert index.analyzer.analyze("fridge").text != "fridge"  # a search reads the equivalent words too
+    for typed in ("fridge sa", "refrigerator sa"):  # before: 'fridge refrigerator samsung', for both
+        found = [s.text for s in suggest(index, path, typed, 3)]
+        assert found and all(t.startswith(typed) for t in found), (typed, found)
+    off = [s.text for s in suggest(index, path, "cordles dri", 5, spelling=False)]  # retrieval.spelling off
+    assert all(t.startswith("cordles dri") for t in off) and suggest(index, path, "cordlss", 3, spelling=False) == []
