@@ -347,7 +347,7 @@ class RulesStage:
         if by_price and rule is not None:  # a price order has no places to pin or bury at
             rule = rule.model_copy(update={"pin": [], "pin_at": {}, "bury": []})
         farthest = max(rule.pin_at.values()) if rule is not None and rule.pin_at else 0
-        depth = max(self.depth, farthest)
+        depth = base = max(self.depth, farthest)
         while True:  # a pin_at place is in the head, counted after the rows the rules drop from it
             head, tail = candidates.top(depth), candidates.take(slice(depth, None))
             if rule is not None and (rule.pin or rule.pin_at):
@@ -362,7 +362,9 @@ class RulesStage:
             short = farthest - len(result.order)  # hidden, filtered or out-of-stock rows left the head short
             if short <= 0 or not len(tail):
                 break
-            depth += short
+            # the rows it lacks, then twice as deep each time: a filter that leaves few rows (every row below
+            # dropped) takes a few reads, not one a row (10,000 rows took 40 s)
+            depth += short if depth == base else max(short, depth)
         reordered = head.take(result.order)
         # a price order keeps the rows the moves bring to the top (serving.sort_depth may sort fewer rows than
         # these), but re-sorts them, so no note of a place holds
