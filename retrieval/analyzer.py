@@ -184,7 +184,6 @@ class Analyzer:
 
         ``context``: the query's other words that the catalog knows."""
         if (len(word) < 4 or not is_word(word) or self.vocabulary.knows(word) or word in self.keep
-                or word in UNIT_WORDS  # a unit the normalization spelled out (12v: 12 volt), in no title here
                 or _IDEOGRAPHIC.search(word)):  # a CJK run is a phrase, not a word: an edit changes its meaning
             return None
         from symspellpy import Verbosity
@@ -267,7 +266,9 @@ class Analyzer:
         known = [t for t, _ in placed if is_word(t) and len(t) > 2 and t not in UNIT_WORDS and self.vocabulary.knows(t)]
         out: list[str] = []
         for token, fixed in placed:
-            change = self._correct(token, known) if rewrite and spelling and not fixed else None
+            # a unit after its number is the normalization's spelling (12v: 12 volt), in no title here or not
+            unit = token in UNIT_WORDS and bool(out) and out[-1][:1].isdigit()
+            change = self._correct(token, known) if rewrite and spelling and not fixed and not unit else None
             if change is None:
                 out.append(token)
                 continue

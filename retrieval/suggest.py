@@ -189,8 +189,8 @@ def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int, spelli
     count = (lambda words: len(holding(tuple(words)))) if vocabulary.postings else None
     found = suggester.suggest(as_searched(analyzer, typed, spelling), k, count)
     words = typed.split()
-    if not found and spelling and words and len(words[-1]) >= 4 and not ended(typed):
-        whole = analyzer.analyze(typed, equivalents=False)
+    if not found and words and len(words[-1]) >= 4 and not ended(typed):
+        whole = analyzer.analyze(typed, spelling=spelling, equivalents=False)  # a one-way synonym, corrected
         if whole.rewrites and whole.text:
             found = suggester.suggest(whole.text, k, count)
     if not found and words and singular(words[-1].lower()) != words[-1].lower():  # "drills": the phrases of "drill"

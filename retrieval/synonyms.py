@@ -105,7 +105,9 @@ class Synonyms:
                 entry = tuple(tokens[start : start + size])
                 searched = self.rules.get(entry)
                 if searched is not None and not equivalents and set(entry) <= set(searched):
-                    searched = None  # an equivalent word: kept as typed
+                    out.extend((word, True) for word in entry)  # an equivalent word: as typed, but still a rule's
+                    start += size  # word (never corrected)
+                    break
                 if searched is not None:
                     if searched not in applied:
                         applied.add(searched)

@@ -129,6 +129,8 @@ def test_a_unit_the_normalization_spells_out_is_never_corrected_in_a_catalog_wit
                             ("14ga screw", "14 gauge screw"), ("12-Volt bolt", "12 volt bolt")):
         analysis = Analyzer(vocabulary).analyze(typed)
         assert analysis.text == searched and analysis.rewrites == (), typed
+    gage = Analyzer(Vocabulary.build(["Gage Block Set"] * 4))  # no number before it: a word, corrected as any
+    assert gage.analyze("gauge block").text == "gage block" and gage.analyze("14 gauge block").text == "14 gauge block"
 
 
 def test_rewrite_off_only_normalizes(analyzer: Analyzer) -> None:

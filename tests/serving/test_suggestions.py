@@ -153,7 +153,7 @@ def test_suggestions_keep_the_words_typed_no_synonym_added_and_none_corrected_wi
     from retrieval.embedding_cache import EmbeddingCache
     from tests.fakes import HashingEncoder
 
-    (tmp_path / "synonyms.txt").write_text("fridge, refrigerator\n")
+    (tmp_path / "synonyms.txt").write_text("fridge, refrigerator\npint, 16 fl oz\ntaladro => drill\n")
     retrieval = settings.retrieval.model_copy(update={"synonyms": str(tmp_path / "synonyms.txt")})
     encoder = HashingEncoder()
     index = ProductIndex.build(tmp_path / "index", demo_products, encoder, retrieval,
@@ -163,5 +163,9 @@ def test_suggestions_keep_the_words_typed_no_synonym_added_and_none_corrected_wi
     for typed in ("fridge sa", "refrigerator sa"):  # before: 'fridge refrigerator samsung', for both
         found = [s.text for s in suggest(index, path, typed, 3)]
         assert found and all(t.startswith(typed) for t in found), (typed, found)
+    # a word of an equivalent set is still a store's own word: never corrected (pint is one edit from paint)
+    assert all(not t.startswith("paint") for t in (s.text for s in suggest(index, path, "pint b", 3)))
     off = [s.text for s in suggest(index, path, "cordles dri", 5, spelling=False)]  # retrieval.spelling off
     assert all(t.startswith("cordles dri") for t in off) and suggest(index, path, "cordlss", 3, spelling=False) == []
+    for spelling in (True, False):  # a one-way rule applies as in a search, with or without spelling
+        assert [s.text for s in suggest(index, path, "taladro", 3, spelling=spelling)][0].startswith("drill")
