@@ -94,17 +94,20 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
     rankings = read_log(root, "rankings", RANKING_COLUMNS, since, until, client)
     if rankings.empty:
         return rankings, {}
+    rankings["timestamp"] = pd.to_datetime(rankings["timestamp"], utc=True)
+    rankings = rankings[_within(rankings["timestamp"], since, until)]
+    listed = set(rankings["request_id"])  # every list the window logged
     # lists sorted by price show what the shopper ordered, not what ranks best, and listings and
     # recommendation shelves answer no query: they teach nothing here
     rankings = searches_only(rankings)
     rankings = rankings[rankings["product_id"].notna() & rankings["sort"].isna()]
     rankings = rankings.drop(columns=["sort", "pipeline"])
-    rankings["timestamp"] = pd.to_datetime(rankings["timestamp"], utc=True)
-    if since is not None:
-        rankings = rankings[rankings["timestamp"] > since]
-    if until is not None:
-        rankings = rankings[rankings["timestamp"] <= until]
     interactions = read_log(root, "interactions", client=client)
+    if not interactions.empty:  # the window's: on its searches, and made in it on no list it logged (a click
+        # without an impression, for the filters); not those on earlier nights' lists, sorted lists or listings
+        made = _within(pd.to_datetime(interactions["timestamp"], utc=True), since, until)
+        ids = interactions["request_id"]
+        interactions = interactions[ids.isin(set(rankings["request_id"])) | (made & ~ids.isin(listed))]
     report: dict = {}
     if filters is not None and not rankings.empty:
         cleaned = clean(rankings, interactions, filters)
@@ -112,6 +115,16 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
     rankings["engagement"] = engagement(rankings, interactions, LEVEL)
     rankings["clicked"] = (rankings["engagement"] > 0).astype(int)
     return rankings.sort_values(["timestamp", "request_id", "position"], ignore_index=True), report
+
+
+def _within(times: pd.Series, since: pd.Timestamp | None, until: pd.Timestamp | None) -> pd.Series:
+    """Which of ``times`` fall in the window: after ``since``, up to ``until`` (None: open)."""
+    inside = pd.Series(True, index=times.index)
+    if since is not None:
+        inside &= times > since
+    if until is not None:
+        inside &= times <= until
+    return inside
 
 
 def _candidates(index: ProductIndex, rows: pd.DataFrame) -> Candidates:

@@ -298,3 +298,45 @@ def test_the_candidate_is_compared_on_searches_neither_its_training_nor_its_earl
     for key, model in (("held_out_ips_dcg@10", candidate), ("active_held_out_ips_dcg@10", active.model)):
         expected = ips_dcg([5] * 10, data.labels[200:], np.ones(50), model.predict(held))  # type: ignore[attr-defined]
         assert metrics[key] == round(expected, 4)
+
+
+def test_the_filter_report_counts_only_the_windows_clicks_without_an_impression(tmp_path: Path) -> None:
+    """Before, every click of the whole log outside the window, and every click on a sorted list or a listing,
+    was reported as `no_impression` (a click on no logged list), a count that grew every night."""
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+
+    from online_learning.consumers.base import Delivered
+    from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem
+    from online_learning.retrain import impressions
+
+    t0, batch = datetime(2026, 11, 1, tzinfo=UTC), []
+
+    def click(request: str, when: datetime, n: int) -> None:
+        batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+            type="click", event_id=f"c-{request}", request_id=request, timestamp=when, user_id=f"u{n}",
+            product_id="a", position=1)))
+
+    def search(n: int, day: int, sort: str | None = None, pipeline: str = "full") -> None:
+        request, when = f"r{day}-{n}", t0 + timedelta(days=day, minutes=n)
+        batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
+            event_id=request, request_id=request, timestamp=when, user_id=f"u{n}",
+            query="drill" if pipeline == "full" else "", pipeline=pipeline, sort=sort,
+            items=[ShownItem(product_id=p, position=i + 1) for i, p in enumerate("abc")])))
+        click(request, when, n)
+
+    for n in range(20):
+        search(n, 0)  # last night's window, learnt then
+    for n in range(20, 30):
+        search(n, 1)  # tonight's
+    for n in range(30, 35):
+        search(n, 1, sort="price_asc")
+    for n in range(35, 40):
+        search(n, 1, pipeline="browse")
+    click("r-none", t0 + timedelta(days=1, hours=2), 99)  # tonight, on a search no log holds
+    ParquetLogSink(tmp_path / "log")(batch)
+    shown, report = impressions(tmp_path / "log", pd.Timestamp(t0 + timedelta(days=1)) - pd.Timedelta(seconds=1),
+                                None)
+    assert shown["request_id"].nunique() == 10 and int(shown["clicked"].sum()) == 10
+    assert report["excluded_interactions"] == {"no_impression": 1}, report
