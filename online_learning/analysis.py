@@ -38,6 +38,24 @@ SEARCH_COLUMNS = ["request_id", "timestamp", "user_id", "session_id", "query", "
                   "zero_results", "is_degraded"]  # :func:`searches`' rows, also when there is none
 
 
+def _cleaned_by_day(rankings: pd.DataFrame, interactions: pd.DataFrame,
+                    filters: FilterConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The traffic filters applied one UTC day of searches at a time, each with the interactions on its searches,
+    as the nightly retrain applies them to its window: a shopper's volume and clicks are judged per day, so
+    an honest shopper of 35 searches a day is not dropped from an experiment's or the guard's months of
+    searches for passing ``max_searches`` over all of them. An interaction on no logged search is left out, as
+    the filters leave it out."""
+    days = pd.to_datetime(rankings["timestamp"], utc=True).dt.floor("D")
+    kept: list[tuple[pd.DataFrame, pd.DataFrame]] = []
+    for _, day in rankings.groupby(days, sort=True):
+        theirs = interactions[interactions["request_id"].isin(set(day["request_id"]))] if not interactions.empty \
+            else interactions
+        cleaned = clean(day, theirs, filters)
+        kept.append((cleaned.rankings, cleaned.interactions))
+    return (pd.concat([r for r, _ in kept], ignore_index=True),
+            pd.concat([i for _, i in kept], ignore_index=True))
+
+
 def searches(log_root: Path, experiment: str | None = None, filters: FilterConfig | None = FilterConfig(),
              since: pd.Timestamp | None = None, shelves: bool = False) -> pd.DataFrame:
     """One row per search of ``experiment`` (all searches when None) after ``since`` (the log's
@@ -54,8 +72,7 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
         return pd.DataFrame(columns=SEARCH_COLUMNS)
     interactions = read_log(log_root, "interactions", since=since)
     if filters is not None and not rankings.empty:
-        cleaned = clean(rankings, interactions, filters)
-        rankings, interactions = cleaned.rankings, cleaned.interactions
+        rankings, interactions = _cleaned_by_day(rankings, interactions, filters)
     for column in ("session_id", "searched", "filters"):  # absent from logs written before they were logged
         if column not in rankings:
             rankings = rankings.assign(**{column: None})

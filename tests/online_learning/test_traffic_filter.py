@@ -124,3 +124,33 @@ def test_a_scraper_is_dropped_before_anyone_has_clicked() -> None:
     assert out.anomalous == {"scraper": "volume"}
     assert set(out.rankings["user_id"]) == {f"u{i}" for i in range(20)} and out.interactions.empty
     assert clean(searches(honest), actions([]), FilterConfig(max_searches=25)).rankings.equals(searches(honest))
+
+
+def test_the_experiments_and_guards_searches_judge_a_shoppers_volume_a_day_at_a_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A loyal shopper: 30 searches a day for 5 days, against max_searches 100. Judged over all of them (150)
+    they were dropped from the A/B and guard tables while the nightly retrain learnt from each night's 30; a
+    bot's 120 in one day still goes."""
+    from datetime import UTC, datetime, timedelta
+
+    from online_learning.analysis import searches as searches_table
+    from online_learning.consumers.base import Delivered
+    from online_learning.consumers.log_sink import ParquetLogSink
+    from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem
+
+    t0, batch = datetime(2026, 11, 1, tzinfo=UTC), []
+    plan = [("loyal", day, 30) for day in range(5)] + [("bot", 2, 120)] + [(f"u{i}", day, 5) for i in range(5)
+                                                                            for day in range(5)]
+    for who, day, count in plan:
+        for n in range(count):
+            request, when = f"{who}-{day}-{n}", t0 + timedelta(days=day, minutes=n)
+            batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
+                event_id=request, request_id=request, timestamp=when, user_id=who, query="drill", pipeline="full",
+                items=[ShownItem(product_id=p, position=i + 1) for i, p in enumerate("abc")])))
+            if n % 3 == 0:
+                batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+                    type="click", event_id=f"c-{request}", request_id=request, timestamp=when, user_id=who,
+                    product_id="a", position=1)))
+    ParquetLogSink(tmp_path / "log")(batch)
+    table = searches_table(tmp_path / "log", filters=FilterConfig(max_searches=100))
+    kept = table.groupby("user_id").size()
+    assert kept["loyal"] == 150 and "bot" not in kept and kept["u0"] == 25
