@@ -126,7 +126,8 @@ def test_a_scraper_is_dropped_before_anyone_has_clicked() -> None:
     assert clean(searches(honest), actions([]), FilterConfig(max_searches=25)).rankings.equals(searches(honest))
 
 
-def test_the_experiments_and_guards_searches_judge_a_shoppers_volume_a_day_at_a_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_experiments_and_guards_searches_judge_a_shoppers_volume_a_day_at_a_time(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A loyal shopper: 30 searches a day for 5 days, against max_searches 100. Judged over all of them (150)
     they were dropped from the A/B and guard tables while the nightly retrain learnt from each night's 30; a
     bot's 120 in one day still goes."""
