@@ -340,12 +340,34 @@ def _check_new(body: ExperimentConfig, served: Experiment | None) -> None:
                                      body=body.model_dump()) from None
 
 
+def _check_same_split(body: ExperimentConfig, served: Experiment | None) -> None:
+    """Refuse (409) an experiment under the name of the one served now that would move shoppers between its
+    arms: other arms, their order, their shares of the weight or the mode. Shoppers are assigned by the name
+    and the split, so after such a change some are in both arms, and the searches before it cannot be pooled
+    with those after (the decision would read a sample-ratio mismatch for good). An arm's version, the
+    control's name and proportional weights (2:2 for 1:1) may change under the name."""
+    new = body.experiment
+    if new is None or served is None or new.name != served.name:
+        return
+
+    def split(experiment: Experiment) -> tuple[str, list[tuple[str, float]]]:
+        total = sum(arm.weight for arm in experiment.arms.values())
+        return experiment.mode, [(name, round(arm.weight / total, 9)) for name, arm in experiment.arms.items()]
+
+    if split(new) != split(served):
+        shares = ", ".join(f"{name} {share:.3g}" for name, share in split(served)[1])
+        raise Conflict(f"experiment {new.name!r} runs with the split {shares} ({served.mode}); another split moves "
+                       "shoppers between its arms, and its searches could not be compared with those before: start "
+                       f"it under a new name (e.g. {new.name}-2)")
+
+
 @router.put("/experiment", response_model=ExperimentState, summary="Start, change or stop an experiment / shadow")
 async def put_experiment(body: Annotated[ExperimentConfig, WrapValidator(_as_saved)], request: Request,
                          holder: HolderDep, settings: SettingsDep) -> ExperimentState:
     """A new experiment follows today's rules; the one served now, sent back unchanged (say, to change the
     shadow), is taken as it was saved."""
     _check_new(body, holder.get().router.experiment)
+    _check_same_split(body, holder.get().router.experiment)
     registry = ModelRegistry(settings.paths.models)
     wanted = [a.ltr for a in body.experiment.arms.values()] if body.experiment else []
     for version in wanted + ([body.shadow] if body.shadow else []):

@@ -144,3 +144,23 @@ def test_a_lambdamart_trained_on_another_encoders_lists_is_served_with_a_warning
     assert activated.json()["warnings"] == [f"ltr {other} was trained with encoder biencoder:v9; this server serves "
                                             f"{encoder}"]
     assert f"ltr {other} was trained with encoder biencoder:v9" in caplog.text and "retrain it" in caplog.text
+
+
+def test_an_experiment_keeps_its_split_under_its_name(client: TestClient) -> None:
+    """A ramp from 9:1 to 1:1 under the same name moved a fifth of the shoppers into the other arm: the
+    decision pooled the searches before and after, read a sample-ratio mismatch and never decided. Such a
+    change is refused; a new name starts it anew, and what keeps every shopper in place goes through."""
+    def arms(control: float, treatment: float, version: str = "v2") -> dict:
+        return {"control": {"ltr": "v1", "weight": control}, "treatment": {"ltr": version, "weight": treatment}}
+
+    def put(name: str, split: dict):  # type: ignore[no-untyped-def]
+        return client.put("/v1/admin/experiment", json={"experiment": {"name": name, "arms": split}}, headers=AUTH)
+
+    assert put("ramp", arms(9, 1)).status_code == 200
+    ramped = put("ramp", arms(1, 1))
+    assert ramped.status_code == 409 and "runs with the split control 0.9, treatment 0.1" in ramped.json()["message"]
+    assert "start it under a new name (e.g. ramp-2)" in ramped.json()["message"]
+    assert put("ramp", arms(18, 2)).status_code == 200  # the same shares
+    assert put("ramp", arms(9, 1, "v1")).status_code == 200  # another version in an arm: nobody moves
+    assert put("ramp-2", arms(1, 1)).status_code == 200
+    assert client.get("/v1/admin/experiment", headers=AUTH).json()["experiment"]["name"] == "ramp-2"
