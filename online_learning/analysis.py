@@ -46,11 +46,14 @@ def _cleaned_by_day(rankings: pd.DataFrame, interactions: pd.DataFrame,
     searches for passing ``max_searches`` over all of them. An interaction on no logged search is left out, as
     the filters leave it out."""
     days = pd.to_datetime(rankings["timestamp"], utc=True).dt.floor("D")
+    on_day = {}
+    if not interactions.empty:  # each interaction with the day of its search, read once
+        day_of = pd.Series(days.to_numpy(), index=rankings["request_id"].to_numpy())
+        day_of = day_of[~day_of.index.duplicated()]
+        on_day = dict(tuple(interactions.groupby(interactions["request_id"].map(day_of), sort=False)))
     kept: list[tuple[pd.DataFrame, pd.DataFrame]] = []
-    for _, day in rankings.groupby(days, sort=True):
-        theirs = interactions[interactions["request_id"].isin(set(day["request_id"]))] if not interactions.empty \
-            else interactions
-        cleaned = clean(day, theirs, filters)
+    for day, searched in rankings.groupby(days, sort=True):
+        cleaned = clean(searched, on_day.get(day, interactions.iloc[:0]), filters)
         kept.append((cleaned.rankings, cleaned.interactions))
     return (pd.concat([r for r, _ in kept], ignore_index=True),
             pd.concat([i for _, i in kept], ignore_index=True))
