@@ -155,4 +155,5 @@ def test_the_experiments_and_guards_searches_judge_a_shoppers_volume_a_day_at_a_
     table = searches_table(tmp_path / "log", filters=FilterConfig(max_searches=100))
     kept = table.groupby("user_id").size()
     assert kept["loyal"] == 150 and "bot" not in kept and kept["u0"] == 25
-    assert int(table["clicked"].sum()) == 5 * 10 + 5 * 5 * 2  # each day's clicks with its searches
+    # each day's clicks with its searches: the loyal shopper's 10 a day on one product capped at max_repeats (3)
+    assert int(table["clicked"].sum()) == 5 * 3 + 5 * 5 * 2
