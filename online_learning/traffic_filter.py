@@ -15,7 +15,8 @@ arms, :func:`clean` drops, and counts by reason:
 4. ``anomalous:<why>``: every interaction, and every search, of a shopper (user,
    else session) or API key whose behaviour is anomalous: ``volume`` (more
    searches than ``max_searches``), ``click_rate`` (click-through over
-   ``ctr_ratio`` times the population's, with at least ``min_searches``), or
+   ``ctr_ratio`` times the population's and over one search in two, with at least
+   ``min_searches``), or
    ``no_conversion`` (``min_clicks`` clicks or more and not one add to cart or
    purchase), judged on all it did (its repeats too, before the repeat cap);
 5. ``anomalous:pair``: the clicks on one product for one query when a swarm of
