@@ -55,12 +55,14 @@ MAX_AHEAD = timedelta(hours=24)  # clock skew allowed to a client's timestamps
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # the log's day partitions and pandas' timestamps hold what follows
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """``value`` in UTC (one without an offset is read as UTC)."""
+def _utc(value: datetime | None, field: str = "received") -> datetime | None:
+    """``value`` in UTC (one without an offset is read as UTC); one out of range is a ValueError naming
+    ``field``."""
     try:
         return None if value is None else value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
-        raise ValueError(f"{value.isoformat()} is out of range; send an ISO 8601 time") from None
+        raise ValueError(f"{field} {value.isoformat()} is out of range; send a time from 1970 on (ISO 8601)") \
+            from None
 
 
 STORED = {"stored": True}  # the validation context of an event read back (:func:`parse` with ``stored``)
@@ -72,11 +74,7 @@ def _in_utc(value: datetime, info: ValidationInfo) -> datetime:
     back from the latest event, so it would empty every count. An event read back from the spool, Kafka or
     the log (validated with the context :data:`STORED`) was checked when it came in; checking it again
     against another machine's clock, a few minutes behind, would refuse an event the API accepted."""
-    try:
-        value = (value.replace(tzinfo=UTC) if value.tzinfo is None else value).astimezone(UTC)
-    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
-        raise ValueError(f"timestamp {value.isoformat()} is out of range; send a time from 1970 on (ISO 8601)") \
-            from None
+    value = _utc(value, "timestamp")
     if value < EARLIEST:
         raise ValueError(f"timestamp {value.isoformat()} is before 1970; send when the event happened (ISO 8601)")
     if not (info.context or {}).get("stored") and value > datetime.now(UTC) + MAX_AHEAD:

@@ -104,12 +104,10 @@ class Synonyms:
             for size in range(min(longest, len(tokens) - start), 0, -1):
                 entry = tuple(tokens[start : start + size])
                 searched = self.rules.get(entry)
-                if searched is not None and not equivalents and set(entry) <= set(searched):
-                    out.extend((word, True) for word in entry)  # an equivalent word: as typed, but still a rule's
-                    start += size  # word (never corrected)
-                    break
                 if searched is not None:
-                    if searched not in applied:
+                    if not equivalents and set(entry) <= set(searched):
+                        out.extend((word, True) for word in entry)  # an equivalent word: as typed, still a rule's
+                    elif searched not in applied:
                         applied.add(searched)
                         out.extend((word, True) for word in searched)
                         rewrites.append(Rewrite(" ".join(entry), " ".join(searched), "synonym"))
