@@ -20,7 +20,10 @@ MRR@10 counts a hit at grade >= ceil(0.75 * max grade). Latency is the wall
 time of each pipeline call, one query at a time.
 
 ``subset`` restricts the split to a named query subset (``evaluation.subsets``:
-``all``, ``misspelled``, ``correct``) before ``limit`` applies. Every result also
+``all``, ``misspelled``, ``correct``) before ``limit`` applies. ``typos`` types each query
+with one synthetic slip (``evaluation.typos``, seeded by the query's id) and leaves out the
+queries with no word a slip can hit: paired with a run without, the same queries and
+judgments measure what a typing slip costs. Every result also
 keeps each metric's per-query values (``EvalResult.per_query``, not printed) so
 two pipelines can be compared query by query (``evaluation.compare``).
 """
@@ -46,6 +49,7 @@ from core.files import finite
 from evaluation.dataset import EvalDataset
 from evaluation.metrics import condense, grade_threshold, mrr_at_k, ndcg_at_k, recall_at_k
 from evaluation.subsets import subset_ids
+from evaluation.typos import slipped
 from retrieval.hybrid import Retriever
 from retrieval.index import ProductIndex
 
@@ -121,7 +125,7 @@ RETRIEVAL_METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000", "ndcg@10_
 def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pipeline_name: str,
              mode: Mode, split: str | None = None, thresholds: Thresholds = Thresholds(),
              depth: int = 1000, limit: int | None = None, progress: bool = True,
-             subset: str = "all") -> EvalResult:
+             subset: str = "all", typos: bool = False) -> EvalResult:
     """Evaluate ``pipeline`` on ``split`` of ``dataset``.
 
     Args:
@@ -129,6 +133,7 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
         depth: Results requested per query in retrieval mode.
         limit: Evaluate only the first ``limit`` queries of the split (smoke runs).
         subset: A query subset of :data:`evaluation.subsets.SUBSETS`; ``limit`` counts within it.
+        typos: Search each query (of the subset) typed with one slip; leave out those without a word to slip.
     """
     if mode not in ("rerank", "retrieval"):
         raise InvalidInput(f"mode {mode!r} is not one of 'rerank', 'retrieval'")
@@ -138,6 +143,11 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
     if subset != "all" or limit is not None:
         members = subset_ids(dataset, selected, subset)
         selected = [(qid, query) for qid, query in selected if qid in members][:limit]
+    unslipped = 0
+    if typos:
+        typed = [(qid, slipped(qid, query)) for qid, query in selected]
+        selected = [(qid, text) for qid, text in typed if text is not None]
+        unslipped = len(typed) - len(selected)
     order = list(RERANK_METRICS if mode == "rerank" else RETRIEVAL_METRICS)
     per_query: dict[str, dict[str, float]] = {metric: {} for metric in order}
     latency: list[float] = []
@@ -162,6 +172,8 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
     if mode == "retrieval":
         details |= {"recall_min_grade": relevant_grade, "recall_queries": len(per_query["recall@100"]),
                     "depth": depth}
+    if typos:
+        details["typos"] = {"slipped": len(selected), "left_out": unslipped}
     details["dataset_digest"] = dataset.digest
     return EvalResult(dataset=dataset.name, mode=mode, pipeline=pipeline_name, split=split,
                       queries=len(per_query["ndcg@10"]), skipped=skipped, metrics=metrics,

@@ -46,6 +46,7 @@ import numpy as np
 from core.arguments import non_negative_number, positive
 from core.errors import InvalidInput
 from evaluation.metrics import grade_threshold
+from evaluation.typos import add_typo
 from ranking.training.data import (
     Group,
     add_precision_argument,
@@ -59,7 +60,6 @@ from ranking.training.data import (
     write_examples,
 )
 from ranking.training.dense_check import DevSet, dense_dev_metrics
-from ranking.training.typos import add_typo
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class BiEncoderConfig:
     # +0.0007 [-0.0012, +0.0026]; benchmarks/RESULTS.md), so the default stays as it was.
     queries: str = "typed"
     # Share of examples (drawn again each epoch) whose query gets one synthetic typing slip
-    # (ranking.training.typos): a dropped, doubled, swapped or neighbouring-key letter, or two
+    # (evaluation.typos): a dropped, doubled, swapped or neighbouring-key letter, or two
     # words run together. 0 trains on the queries as they are.
     typos: float = 0.0
     # "auto": a CUDA GPU when torch sees one, else the CPU

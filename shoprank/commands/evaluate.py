@@ -36,7 +36,8 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     for name, pipeline in zip(names, pipelines):
         result = evaluate(dataset, engine.index, pipeline, name, args.mode, args.split,
                           Thresholds(recall=args.recall_threshold, mrr=args.mrr_threshold),
-                          depth=args.depth, limit=args.limit, progress=settings.progress, subset=args.subset)
+                          depth=args.depth, limit=args.limit, progress=settings.progress, subset=args.subset,
+                          typos=args.typos)
         result.details["versions"] = engine.versions
         results.append(result)
     if args.save is not None:
@@ -103,6 +104,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p.add_argument("--subset", choices=SUBSETS, default="all",
                    help="query subset: misspelled (a word outside the catalog vocabulary), correct, all (default)")
+    p.add_argument("--typos", action="store_true",
+                   help="search each query typed with one synthetic slip (a letter dropped, doubled, swapped or "
+                        "hit on a neighbouring key, or two words run together; drawn from the query's id) and "
+                        "leave out queries with no word of 4+ letters: 'shoprank compare' with a run without "
+                        "measures what a slip costs on the same queries and judgments")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--save", type=lambda text: Path(out_file(text)), default=None, metavar="FILE",
                    help="write the --pipeline result with its per-query values to FILE, for 'shoprank compare'")

@@ -104,3 +104,20 @@ def test_saved_runs_compare_like_compare(env_home: Path, demo_dir: Path, tmp_pat
     assert code == 0, err
     code, _, err = run_cli(capsys, "compare", str(tmp_path / "bm25.json"), str(tmp_path / "rerank.json"))
     assert code == 2 and "a paired comparison needs both results on the same queries" in err
+
+
+def test_typos_measure_a_slip_on_the_same_queries(env_home: Path, demo_dir: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """--typos searches the queries typed with a slip; saved, it pairs with the run as typed."""
+    base = ("evaluate", "--dataset", str(demo_dir), "--mode", "retrieval", "--pipeline", "bm25", "--subset", "correct")
+    code, _, err = run_cli(capsys, *base, "--save", str(tmp_path / "typed.json"))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, *base, "--typos", "--json", "--save", str(tmp_path / "slipped.json"))
+    assert code == 0, err
+    slipped = json.loads(out)
+    typed = json.loads((tmp_path / "typed.json").read_text())["result"]
+    assert "typos" not in typed and slipped["typos"]["slipped"] > 0
+    assert slipped["typos"]["slipped"] + slipped["typos"]["left_out"] == typed["queries"] + typed["skipped"]
+    code, out, err = run_cli(capsys, "compare", str(tmp_path / "typed.json"), str(tmp_path / "slipped.json"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["queries"] == slipped["queries"]  # paired on the queries that slipped

@@ -13,6 +13,7 @@ from evaluation import subsets
 from evaluation.dataset import load_dataset
 from evaluation.harness import evaluate
 from evaluation.subsets import SUBSETS, query_subsets, subset_ids, unknown_words, vocabulary
+from evaluation.typos import slipped
 from tests.evaluation.test_harness import FakeIndex, Scripted
 
 PRODUCTS = [("p0", "Cordless Drill Kit", "A drill with a brushless motor"),
@@ -103,6 +104,37 @@ def test_harness_on_a_subset_keeps_per_query_values(dataset) -> None:  # type: i
     # rerank mode: only the rerank metrics
     rerank = evaluate(dataset, index, pipe, "s", "rerank", progress=False)  # type: ignore[arg-type]
     assert set(rerank.per_query) == {"ndcg@10", "mrr@10"} and set(rerank.per_query["ndcg@10"]) == {"q1"}
+
+
+def test_harness_with_typos_searches_each_query_with_one_slip(dataset,  # type: ignore[no-untyped-def]
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    index = FakeIndex([p for p, _, _ in PRODUCTS])
+    searched: list[str] = []
+
+    class Recording(Scripted):
+        def search(self, query, depth):  # type: ignore[no-untyped-def]
+            searched.append(query)
+            return self._cands(["p0", "p1"])
+
+    pipe = Recording(index, {})  # type: ignore[arg-type]
+    result = evaluate(dataset, index, pipe, "s", "retrieval", split="dev", subset="correct", typos=True,
+                      progress=False)  # type: ignore[arg-type]
+    # q4 'xy door knob' and q1 'cordless drill' hold a word of 4+ letters; q3 'drills 18v' too
+    assert sorted(result.per_query["recall@100"]) == ["q1", "q3", "q4"]
+    assert result.details["typos"] == {"slipped": 3, "left_out": 0}
+    typed = {"cordless drill", "drills 18v", "xy door knob"}
+    assert len(searched) == 3 and not typed & set(searched)
+    assert [slipped(q, t) for q, t in (("q1", "cordless drill"), ("q3", "drills 18v"), ("q4", "xy door knob"))] \
+        == searched  # the subset is chosen on the text as typed, then each query slips as its id draws
+    again = evaluate(dataset, index, pipe, "s", "retrieval", split="dev", subset="correct", typos=True,
+                     progress=False)  # type: ignore[arg-type]
+    assert searched[3:] == searched[:3] and again.per_query == result.per_query
+    # a query with no word a slip can hit is left out, not searched as typed
+    monkeypatch.setattr("evaluation.harness.slipped", lambda qid, text: None if qid == "q1" else slipped(qid, text))
+    some = evaluate(dataset, index, pipe, "s", "retrieval", split="dev", subset="correct", typos=True,
+                    progress=False)  # type: ignore[arg-type]
+    assert sorted(some.per_query["recall@100"]) == ["q3", "q4"]
+    assert some.details["typos"] == {"slipped": 2, "left_out": 1} and some.to_json()["typos"]["left_out"] == 1
 
 
 def test_brand_and_category_words_are_known_and_marked_letters_are_words(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Synthetic typos for training queries: ``shoprank train biencoder --typos P``.
+"""Synthetic typos: for training queries (``shoprank train biencoder --typos P``) and for measuring
+typo tolerance (``shoprank evaluate --typos``: the same queries and judgments, typed with a slip).
 
 About a quarter of Home Depot's queries hold a word no product title contains,
 and most of those are the typing slips shoppers make: a letter dropped
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import random
 import re
+import zlib
 
 # QWERTY neighbours: the keys a finger slips onto. Each row sits half a key right of the
 # one above, so key c of a row touches keys c and c + 1 of the row above, c - 1 and c below.
@@ -64,3 +66,10 @@ def add_typo(query: str, rng: random.Random) -> str:
         if text.lower() != query.lower():
             return text
     return query
+
+
+def slipped(query_id: str, query: str) -> str | None:
+    """``query`` as typed with one slip, drawn by a generator seeded with its id (the same at every run);
+    None when it has no word a slip can hit."""
+    text = add_typo(query, random.Random(zlib.crc32(b"typo:" + query_id.encode())))
+    return None if text == query else text

@@ -1,4 +1,4 @@
-"""Synthetic typing slips for training queries: one slip, in a word a slip can hit."""
+"""Synthetic typing slips for training and evaluation queries: one slip, in a word a slip can hit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ranking.training.typos import KINDS, NEIGHBOURS, add_typo
+from evaluation.typos import KINDS, NEIGHBOURS, add_typo, slipped
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -52,3 +52,12 @@ def test_a_neighbouring_key_is_next_to_it_on_the_keyboard() -> None:
     assert set(NEIGHBOURS["s"]) == set("awedxz")
     assert set(NEIGHBOURS["p"]) == set("ol") and set(NEIGHBOURS["b"]) == set("vnhg")
     assert all(k not in v for k, v in NEIGHBOURS.items())
+
+
+def test_an_evaluation_query_slips_the_same_way_at_every_run() -> None:
+    queries = {f"q{i}": "cordless drill kit" for i in range(50)}
+    first = {qid: slipped(qid, text) for qid, text in queries.items()}
+    assert first == {qid: slipped(qid, text) for qid, text in queries.items()}
+    assert all(text is not None and text != "cordless drill kit" for text in first.values())
+    assert len(set(first.values())) > 10  # drawn by each query's id, not one slip for all
+    assert slipped("q1", "2x4 8 ft") is None  # nothing to slip: left out, not searched as typed
