@@ -20,14 +20,7 @@ import random
 import re
 import zlib
 
-# QWERTY neighbours: the keys a finger slips onto. Each row sits half a key right of the
-# one above, so key c of a row touches keys c and c + 1 of the row above, c - 1 and c below.
-_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
-NEIGHBOURS: dict[str, str] = {}
-for _r, _row in enumerate(_ROWS):
-    for _c, _key in enumerate(_row):
-        near = [(_r, _c - 1), (_r, _c + 1), (_r - 1, _c), (_r - 1, _c + 1), (_r + 1, _c - 1), (_r + 1, _c)]
-        NEIGHBOURS[_key] = "".join(sorted(_ROWS[r][c] for r, c in near if 0 <= r < 3 and 0 <= c < len(_ROWS[r])))
+from retrieval.slips import NEIGHBOURS
 
 KINDS = ("delete", "double", "neighbour", "swap", "join")
 _WORD = re.compile(r"^[a-z]{4,}$")

@@ -11,9 +11,11 @@ into an :class:`~core.query.Analysis`:
    (:mod:`retrieval.synonyms`, setting ``retrieval.synonyms``), replace or expand the
    words they name; the words they put in are never corrected.
 2. **Correct** each word the catalog does not contain (neither the word nor its
-   stem is in the :class:`Vocabulary`): to the most frequent catalog word one
-   edit away (SymSpell, Garbe 2012; ``nozzzle`` -> ``nozzle``, ``dimond`` ->
-   ``diamond``), else, for a plural, one edit from a catalog word's plural
+   stem is in the :class:`Vocabulary`): to a catalog word one edit away
+   (SymSpell, Garbe 2012; ``nozzzle`` -> ``nozzle``, ``dimond`` -> ``diamond``),
+   the likeliest typing slip that products hold with the query's other words
+   (:mod:`retrieval.slips`; ``basli`` -> ``basil``, not the more frequent ``bali``),
+   else, for a plural, one edit from a catalog word's plural
    (``sruds`` -> ``studs`` where titles say ``stud``), else as a run-together word
    split into two catalog words, plurals included (``windowair`` -> ``window air``,
    ``flatbraces`` -> ``flat braces``), else to the most frequent catalog word two
@@ -44,6 +46,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.query import Analysis, Rewrite
+from retrieval.slips import slip_weight
 from retrieval.synonyms import Synonyms
 from retrieval.vocabulary import (
     TOKEN,
@@ -172,12 +175,21 @@ class Analyzer:
                     found.append((shared, self.vocabulary.counts.get(term, 0), term))
         return max(found)[2] if found else None
 
-    def _best(self, suggestions: list, context: Sequence[str]) -> str:  # type: ignore[type-arg]
-        """The suggestion found most often with the query's other words, then the most frequent."""
-        if not self.context or not context or len(suggestions) == 1:
-            return max(suggestions, key=lambda s: s.count).term
+    def _best(self, suggestions: list, context: Sequence[str], typed: str = "") -> str:  # type: ignore[type-arg]
+        """The suggestion found most often with the query's other words, then the most frequent; for
+        suggestions one edit from ``typed``, those counts (plus one) weighed by how likely the edit is as
+        a typing slip (:func:`retrieval.slips.slip_weight`: ``basli`` is ``basil`` swapped, not ``bali``)."""
+        if len(suggestions) == 1:
+            return suggestions[0].term
         together, others = self.vocabulary.together, list(context)
-        return max(suggestions, key=lambda s: (together([s.term], others), s.count)).term
+        use_context = self.context and bool(context)
+
+        def found(s) -> int:  # type: ignore[no-untyped-def]
+            return together([s.term], others) if use_context else 0
+
+        if typed:
+            return max(suggestions, key=lambda s: ((found(s) + 1) * slip_weight(typed, s.term), s.count)).term
+        return max(suggestions, key=lambda s: (found(s), s.count)).term
 
     def _correct(self, word: str, context: Sequence[str] = ()) -> tuple[str, str] | None:
         """(replacement, reason) for a word outside the vocabulary, or None to keep it.
@@ -192,7 +204,7 @@ class Analyzer:
         suggestions = sorted(found, key=lambda s: (s.distance, -s.count))[:MAX_SUGGESTIONS]
         close = [s for s in suggestions if s.distance <= 1]
         if close:  # one edit away: a typo
-            return self._best(close, context), "spelling"
+            return self._best(close, context, word), "spelling"
         plural = self._plural(word, context, 1)
         if plural is not None:  # a plural the catalog holds only in the singular (sruds -> studs)
             return plural, "spelling"

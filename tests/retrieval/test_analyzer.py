@@ -7,6 +7,7 @@ import pytest
 
 from retrieval.analyzer import Analyzer, english_words
 from retrieval.index import ProductIndex
+from retrieval.slips import BESIDE, LIKELY, UNLIKELY, slip_weight
 from retrieval.vocabulary import Vocabulary, normalize, numbers, tokenize
 from tests.fakes import HashingEncoder
 
@@ -202,7 +203,24 @@ def test_context_picks_the_correction_found_with_the_other_words(tmp_path, setti
     assert index.vocabulary.together(["skil", "saws"]) == 2 and index.vocabulary.together(["sill", "saw"]) == 0
     assert index.vocabulary.together(["plate"], any_of=["saw", "window"]) == 6
     assert index.analyzer.analyze("skill saw").text == "skil saw"  # "sill" is more frequent, not with "saw"
-    assert Analyzer(index.vocabulary, context=False).analyze("skill saw").text == "sill saw"  # by frequency
+    # without the other words: the likelier slip ("skill" doubles the l of "skil"; "sill" needs a k hit beside it)
+    assert Analyzer(index.vocabulary, context=False).analyze("skill saw").text == "skil saw"
+
+
+def test_the_likelier_slip_wins_then_the_other_words_then_frequency() -> None:
+    assert (slip_weight("tols", "tools"), slip_weight("grillls", "grills"), slip_weight("basli", "basil"),
+            slip_weight("tarpa", "tarps")) == (LIKELY,) * 4  # dropped, doubled, swapped, neighbouring key
+    assert slip_weight("ovesn", "oven") == slip_weight("basli", "bali") == BESIDE  # a neighbour hit beside
+    assert slip_weight("tarpa", "tampa") == UNLIKELY  # r and m are far apart
+    assert slip_weight("aple", "maple") == UNLIKELY and slip_weight("aple", "apple") == LIKELY  # the first letter
+    assert slip_weight("drill", "drill saw") == UNLIKELY
+    analyzer = Analyzer(Vocabulary.build(["Bali Bamboo Blinds"] * 6 + ["Basil Herb Plant"] * 2
+                                         + ["Garden Tools Set"] * 5 + ["Road Tolls Sign"] * 2
+                                         + ["Maple Wood Board"] * 6 + ["Apple Tree"] * 2))
+    assert analyzer.analyze("basli").text == "basil"  # swapped, though "bali" is more frequent
+    assert analyzer.analyze("aple tree").text == "apple tree"  # "maple" changes the first letter
+    assert analyzer.analyze("tols").text == "tools"  # "tolls" is as likely a slip: the more frequent
+    assert analyzer.analyze("basli bamboo blinds").text == "bali bamboo blinds"  # the other words outweigh it
 
 
 def test_other_scripts_are_corrected_as_words_but_a_cjk_run_is_kept() -> None:
