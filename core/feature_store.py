@@ -13,7 +13,9 @@ the cache with every product in the background at start (:meth:`warm`; it is rea
 once that is done, or after ``features.warm_wait_s``), a row
 older than ``product_ttl`` seconds (``features.product_ttl_s``) is served while it is re-read in the
 background (stale-while-revalidate), so a search never waits for a product read
-once the cache is warm; users are always read fresh.
+once the cache is warm; users are always read fresh. The product facts' periodic refresh re-reads the
+stale rows no search touched (:meth:`OnlineFeatureReader.refresh_stale`). A read stores its rows only over
+cached rows read before it started, so a slow background read never puts back a row a live update replaced.
 
 Missing values (a product with no popularity yet, an anonymous user) are NaN,
 which LightGBM treats as missing.
@@ -21,7 +23,8 @@ which LightGBM treats as missing.
 An online store that is down or slow never stalls a search: a search's reads (each view's rows of its
 products never read, and its user's) all start at once and wait together at most ``read_timeout``
 seconds, less when the search's deadline comes first; a failed or late read opens a breaker for
-``retry_after`` seconds during which reads are not tried at all. Meanwhile
+``retry_after`` seconds during which reads are not tried at all. Background reads (warm-up, live updates,
+stale rows) are allowed longer and are late only past their own timeout. Meanwhile
 products keep their cached rows, unread rows and the user's row are missing
 (NaN), and :attr:`FeatureBatch.unavailable` says why, so the search reports it
 in ``degraded``.
@@ -45,6 +48,9 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 logger = logging.getLogger(__name__)
+
+CHUNK = 2000  # products a background read (warm-up, live updates, stale rows) asks the store for at once
+BACKGROUND_READ_S = 10.0  # how long a background read of a chunk may take (a search's: read_timeout)
 
 
 def _value(proto: Any) -> Any:
@@ -80,7 +86,7 @@ class OnlineFeatureReader:
         self._down_until = 0.0
         self._down_reason = ""
         self._io = ThreadPoolExecutor(8, thread_name_prefix="feature-read")  # a search's reads, one a view, at once
-        self._pending: dict[Future, float] = {}  # the reads under way, and when each started
+        self._pending: dict[Future, float] = {}  # the reads under way, and when each is late (its own timeout)
         self.failures = 0
         self.store = store
         self.provider = store._get_provider()  # the OnlineStore behind get_online_features
@@ -149,26 +155,27 @@ class OnlineFeatureReader:
             found[fact] = feature
         return found
 
-    def _start(self, reads: Sequence[tuple[str, Sequence[str]]]) -> list[Future]:
-        """Start reading each ``(view name, keys)`` of ``reads`` at once, in the read threads; raises
+    def _start(self, reads: Sequence[tuple[str, Sequence[str]]], timeout: float | None = None) -> list[Future]:
+        """Start reading each ``(view name, keys)`` of ``reads`` at once, in the read threads, each allowed
+        ``timeout`` seconds (default ``read_timeout``; a background read's is longer); raises
         :class:`StoreUnavailable` when the store failed less than ``retry_after`` seconds ago."""
         if time.monotonic() < self._down_until:
             raise StoreUnavailable(self._down_reason)
         with self._lock:
-            oldest = min(self._pending.values(), default=None)
-        # a read still under way after read_timeout: the store is slow, though each search left before that (its
+            first_due = min(self._pending.values(), default=None)
+        # a read still under way past its own timeout: the store is slow, though each search left before that (its
         # deadline came first, and a search short of time does not rest the store): rest it now, and stop adding
-        # reads behind the ones it holds
-        if oldest is not None and time.monotonic() - oldest >= self.read_timeout:
+        # reads behind the ones it holds. A warm-up chunk read for 1 s is not late: it is allowed 60 s
+        if first_due is not None and time.monotonic() >= first_due:
             self._rest("online store read timed out")
             raise StoreUnavailable("online store read timed out")
         try:
-            started = time.monotonic()
+            due = time.monotonic() + (self.read_timeout if timeout is None else timeout)
             futures = [self._io.submit(self._read_now, view_name, list(keys)) for view_name, keys in reads]
         except RuntimeError as err:  # its threads are shut down: the process is exiting
             raise StoreUnavailable("the feature reader is shut down") from err
         with self._lock:  # noted before a read can end (its callback forgets it), so none stays noted
-            self._pending.update(dict.fromkeys(futures, started))
+            self._pending.update(dict.fromkeys(futures, due))
         for future in futures:
             future.add_done_callback(self._finished)
         return futures
@@ -208,7 +215,7 @@ class OnlineFeatureReader:
     def _read(self, view_name: str, keys: Sequence[str], timeout: float | None = None) -> list[dict[str, Any]]:
         """One view's rows for ``keys``, waiting at most ``timeout`` (default ``read_timeout``) seconds;
         raises :class:`StoreUnavailable` as :meth:`_start` and :meth:`_wait` do."""
-        [read] = self._start([(view_name, keys)])
+        [read] = self._start([(view_name, keys)], timeout)
         return self._wait(read, time.monotonic() + (self.read_timeout if timeout is None else timeout))
 
     def _read_now(self, view_name: str, keys: Sequence[str]) -> list[dict[str, Any]]:
@@ -229,7 +236,7 @@ class OnlineFeatureReader:
         if until is None:
             until = time.monotonic() + (self.read_timeout if timeout is None else timeout)
         names = [name for name, (_, _, join_key) in self._views.items() if join_key == "product_id"]
-        reads = self._start([(name, product_ids) for name in names])
+        reads = self._start([(name, product_ids) for name in names], timeout)
         merged: dict[str, dict[str, Any]] = {p: {} for p in product_ids}
         for read in reads:
             for p, row in zip(product_ids, self._wait(read, until, cut)):
@@ -240,16 +247,21 @@ class OnlineFeatureReader:
         return when, row, np.array([as_number(row.get(n)) for n in self._vectorized], np.float32)
 
     def _store(self, rows: dict[str, dict[str, Any]], when: float) -> dict[str, tuple[float, dict[str, Any], np.ndarray]]:
-        """Cache ``rows`` read at ``when``; returns their entries."""
+        """Cache ``rows`` from a read that started at ``when`` (a ``time.monotonic()`` time), except over a
+        row a read started later has cached (a live update's, read back while this read was under way: the
+        older row must not replace it); returns the entries cached for ``rows``."""
         entries = {p: self._entry(row, when) for p, row in rows.items()}  # outside the lock
         with self._lock:
-            self._cache.update(entries)
+            get = self._cache.get
+            newer = {p: entry for p in rows if (entry := get(p)) is not None and entry[0] > when}
+            self._cache.update({p: e for p, e in entries.items() if p not in newer})
             self._refreshing.difference_update(rows)
-        return entries
+        return {**entries, **newer}
 
     def _refresh(self, product_ids: list[str], timeout: float | None = None) -> None:
         try:
-            self._store(self._read_products(product_ids, timeout), time.monotonic())
+            started = time.monotonic()
+            self._store(self._read_products(product_ids, timeout), started)
         except StoreUnavailable:  # the stale rows keep serving; the next access retries
             with self._lock:
                 self._refreshing.difference_update(product_ids)
@@ -258,14 +270,15 @@ class OnlineFeatureReader:
             with self._lock:
                 self._refreshing.difference_update(product_ids)
 
-    def warm(self, product_ids: Sequence[str], batch: int = 2000) -> list[str]:
+    def warm(self, product_ids: Sequence[str], batch: int = CHUNK) -> list[str]:
         """Read every product's rows into the cache (a server does this once, in the background); returns
         the products that could not be read (the store out of reach), for the caller to try again."""
         failed: list[str] = []
         for start in range(0, len(product_ids), batch):
             chunk = list(product_ids[start : start + batch])
             try:
-                self._store(self._read_products(chunk, timeout=60.0), time.monotonic())
+                started = time.monotonic()
+                self._store(self._read_products(chunk, timeout=60.0), started)
             except StoreUnavailable:
                 failed += chunk
             except Exception:  # noqa: BLE001 - logged; tried again with the rest
@@ -358,10 +371,37 @@ class OnlineFeatureReader:
         if product_ids is None:  # fell behind the feed: every product read so far
             with self._lock:
                 product_ids = list(self._cache)
-        for start in range(0, len(product_ids), 2000):
-            chunk = list(dict.fromkeys(product_ids[start : start + 2000]))
-            self._store(self._read_products(chunk, timeout=10.0), time.monotonic())
+        for start in range(0, len(product_ids), CHUNK):
+            chunk = list(dict.fromkeys(product_ids[start : start + CHUNK]))
+            started = time.monotonic()
+            self._store(self._read_products(chunk, timeout=BACKGROUND_READ_S), started)
         self.changes += 1
+
+    def refresh_stale(self, product_ids: Sequence[str]) -> int:
+        """Read again the cached rows of ``product_ids`` older than ``product_ttl`` (never-read ones are left to
+        :meth:`warm`), in chunks, each allowed ``BACKGROUND_READ_S``; returns how many were read. The product
+        facts' periodic refresh calls it off the search path, so a store update (a materialize, a stock feed)
+        reaches products no search touches, such as one out of stock that every in-stock filter leaves out.
+        Each row is read at most once per ``product_ttl``; a store that fails ends it (the next call goes on)."""
+        now, started = time.monotonic(), time.perf_counter()
+        with self._lock:
+            get = self._cache.get
+            stale = [p for p in dict.fromkeys(product_ids) if (entry := get(p)) is not None
+                     and now - entry[0] > self.product_ttl and p not in self._refreshing]
+        read = 0
+        for start in range(0, len(stale), CHUNK):
+            chunk = stale[start : start + CHUNK]
+            try:
+                begun = time.monotonic()
+                self._store(self._read_products(chunk, timeout=BACKGROUND_READ_S), begun)
+            except StoreUnavailable as err:  # the stale rows keep serving; the next call reads them
+                logger.warning("re-reading %d stale product rows stopped after %d: %s", len(stale), read, err)
+                break
+            read += len(chunk)
+        if read:
+            logger.info("re-read %d product rows older than %.0f s in %.1f s", read, self.product_ttl,
+                        time.perf_counter() - started)
+        return read
 
     def close(self) -> None:
         """Stop following the change feed and the background reads, and let go of the read threads and the

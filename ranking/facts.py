@@ -8,8 +8,10 @@ the catalog's column of the same name, else it is unknown (NaN / None).
 index. It is built again when the index changes (an upsert or a delete), when a server's
 first read of every product into the reader's cache finishes (:meth:`CatalogFacts.refresh`),
 and from that cache every ``refresh_s`` seconds (in the background; searches use the arrays
-they have meanwhile). So the store's updates reach filters within the reader's
-``features.product_ttl_s`` plus ``refresh_s``.
+they have meanwhile), after the reader read again its rows older than ``features.product_ttl_s``
+(:meth:`OnlineFeatureReader.refresh_stale`: searches re-read only the rows they touch, and a product
+every in-stock filter leaves out is touched by none). So the store's updates reach filters within the
+reader's ``features.product_ttl_s`` plus ``refresh_s``.
 
 A request's filters become one mask over the index (:meth:`CatalogFacts.allowed`, kept per
 distinct filter), and the first stage searches only the products it marks
@@ -166,7 +168,7 @@ class CatalogFacts:
     Args:
         index: The served index; its ``products`` hold the catalog's columns.
         reader: The online feature reader, or None (the catalog's columns only).
-        refresh_s: Seconds between rebuilds from the reader's cache.
+        refresh_s: Seconds between rebuilds from the reader's cache (its stale rows read again first).
         masks: Distinct filters whose masks are kept.
     """
 
@@ -229,6 +231,8 @@ class CatalogFacts:
 
     def _refresh(self, key: int) -> None:
         try:
+            if self.reader is not None:  # rows no search re-reads (a product out of stock) follow the store too
+                self.reader.refresh_stale(self.index.products["product_id"].tolist())
             fresh = self._build(key)
             with self._lock:
                 if self.index.generation == key:

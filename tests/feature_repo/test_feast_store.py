@@ -168,6 +168,37 @@ def test_filters_read_category_and_brand_from_the_store_when_the_catalog_has_non
     assert known.allowed(Filters(in_stock=True)).tolist() == [True, False, True]  # P3's stock is unknown
 
 
+def test_a_store_update_no_search_touches_reaches_the_filters_within_ttl_and_refresh(
+        sqlite_settings: Settings) -> None:
+    """A product out of stock is left out of every in-stock mask, so no search's rules stage reads it again; the
+    facts' periodic refresh re-reads the rows older than product_ttl, so the store's update (a materialize, a stock
+    feed) still reaches the filters."""
+    from types import SimpleNamespace
+
+    from core.query import Filters
+    from ranking.facts import CatalogFacts
+
+    feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())
+    store = feast_repo.open_store(sqlite_settings)
+    reader = OnlineFeatureReader(store, "ranker_v1", product_ttl=0.1, facts=FeatureSettings().facts)
+    try:
+        reader.warm(["P1", "P2"])
+        catalog = pd.DataFrame({"product_id": ["P1", "P2"], "title": ["drill", "paint"], "live": [True, True]})
+        facts = CatalogFacts(SimpleNamespace(products=catalog, generation=0), reader,  # type: ignore[arg-type]
+                             refresh_s=0.1)
+        assert facts.shown(Filters(in_stock=True)).tolist() == [True, False]  # P2 out of stock at warm-up
+        store.write_to_online_store("inventory", pd.DataFrame({"product_id": ["P2"], "in_stock": [1], "quantity": [9],
+                                                               "event_timestamp": [pd.Timestamp.now(tz="UTC")]}))
+        deadline = time.monotonic() + 10
+        while facts.shown(Filters(in_stock=True)).tolist() != [True, True]:  # searches meanwhile read the masks
+            assert time.monotonic() < deadline, "the store's update never reached the filters"
+            time.sleep(0.05)
+        assert facts.shown(Filters(), hide_out_of_stock=True).tolist() == [True, True]
+    finally:
+        reader.close()
+        feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())  # the module's other tests read day 10
+
+
 def test_a_shoppers_recent_items_are_read_for_recommendations(sqlite_settings: Settings) -> None:
     feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())
     reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1")
@@ -223,6 +254,48 @@ def test_live_updates_reach_every_reader_through_the_change_feed(sqlite_settings
     feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())
     live_update_reaches_another_reader(sqlite_settings, "P1", "drills")
     feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())  # the module's other tests read day 10
+
+
+def test_a_refresh_that_read_the_store_before_a_live_update_does_not_put_the_old_row_back(
+        sqlite_settings: Settings) -> None:
+    import threading
+
+    from core.product_changes import write_facts
+
+    feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())
+    facts = FeatureSettings().facts
+    reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1", product_ttl=0.0, facts=facts,
+                                 read_timeout=5.0)
+    real, hold, held, go = reader.provider.online_read, threading.Event(), [], threading.Event()
+
+    def online_read(**kwargs: object) -> object:  # while ``hold`` is set, a read answers, then waits for ``go``
+        rows = real(**kwargs)
+        if hold.is_set():
+            held.append(kwargs)
+            go.wait(5)
+        return rows
+
+    try:
+        reader.warm(["P1"])
+        reader.provider.online_read = online_read
+        hold.set()
+        reader.rows(["P1"])  # stale (ttl 0): re-read in the background, which reads the row as it is now
+        views = sum(key == "product_id" for _, _, key in reader._views.values())
+        deadline = time.monotonic() + 5
+        while len(held) < views:
+            assert time.monotonic() < deadline, "the background refresh did not read"
+            time.sleep(0.01)
+        hold.clear()
+        write_facts(reader.store, {"P1": {"price": 7.5}}, {"price": facts["price"]})  # as POST /v1/admin/products
+        reader.catch_up(["P1"])
+        assert reader.cached_rows(["P1"])[0]["price"] == pytest.approx(7.5)
+        go.set()  # the refresh ends with the row it read before the update
+        reader._refresher.submit(lambda: None).result()
+        assert reader.cached_rows(["P1"])[0]["price"] == pytest.approx(7.5)
+    finally:
+        go.set()
+        reader.close()
+        feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())  # the module's other tests read day 10
 
 
 def test_a_warm_up_cut_short_by_the_process_exiting_is_quiet(sqlite_settings: Settings,
@@ -441,4 +514,35 @@ def test_a_store_that_hangs_is_rested_though_every_search_leaves_at_its_deadline
         assert len(reader._pending) <= 5 * 3, len(reader._pending)
     finally:
         release.set()
+        reader.close()
+
+
+def test_a_warm_up_read_slower_than_read_timeout_does_not_rest_the_store(sqlite_settings: Settings) -> None:
+    """Warm-up reads a chunk of products for up to 60 s: a search meanwhile judges the store by its own reads'
+    read_timeout, not by that chunk, so it gets its features and warm-up's next chunks are read."""
+    import threading
+
+    feast_repo.materialize(sqlite_settings, end=day(10).to_pydatetime())
+    reader = OnlineFeatureReader(feast_repo.open_store(sqlite_settings), "ranker_v1", read_timeout=0.25,
+                                 retry_after=2.0)
+    real = reader.provider.online_read
+
+    def bulk(**kwargs: object) -> object:  # a healthy store: a chunk of 200 keys in 0.6 s, a few keys at once
+        if len(kwargs["entity_keys"]) > 100:  # type: ignore[arg-type]
+            time.sleep(0.6)
+        return real(**kwargs)
+
+    reader.provider.online_read = bulk
+    try:
+        out: dict[str, list[str]] = {}
+        warming = threading.Thread(target=lambda: out.setdefault("failed", reader.warm(
+            [f"P{n}" for n in range(1, 401)], batch=200)))
+        warming.start()
+        time.sleep(0.4)  # a search while the first chunk is read
+        batch = reader.fetch(["P1", "P2"], "u1")
+        warming.join()
+        assert batch.unavailable is None and reader.failures == 0
+        assert batch.columns["price"].tolist() == pytest.approx([12, 5])
+        assert out["failed"] == []
+    finally:
         reader.close()

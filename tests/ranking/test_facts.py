@@ -23,7 +23,7 @@ PRODUCTS = pd.DataFrame({
 
 
 class Reader:
-    """The two reads CatalogFacts makes of the online reader, over rows set by the test, and its count of
+    """The reads CatalogFacts makes of the online reader, over rows set by the test, and its count of
     live updates read (``changes``)."""
 
     facts = {"category": "category", "price": "price", "in_stock": "in_stock"}  # no brand in this store
@@ -40,6 +40,9 @@ class Reader:
     def rows(self, product_ids: list[str]) -> list[dict[str, Any]]:
         self.fresh_reads += 1
         return self.cached_rows(product_ids)
+
+    def refresh_stale(self, product_ids: list[str]) -> int:
+        return 0  # ``stored`` is what the store holds: nothing cached goes stale
 
 
 def index(products: pd.DataFrame) -> SimpleNamespace:
@@ -80,6 +83,29 @@ def test_the_store_values_win_where_it_has_them_and_follow_its_updates() -> None
     deadline = time.monotonic() + 5
     while facts.allowed(Filters(category="garden")).tolist() != [True, False, True, False]:
         assert time.monotonic() < deadline, "the facts were not re-read"
+        time.sleep(0.01)
+
+
+def test_the_periodic_refresh_reads_the_stale_rows_no_search_touches_first() -> None:
+    class StaleReader(Reader):
+        """Its cache (``stored``) changes only when its stale rows are read again from the store (``latest``)."""
+
+        def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+            super().__init__(rows)
+            self.latest: dict[str, dict[str, Any]] = {}
+
+        def refresh_stale(self, product_ids: list[str]) -> int:
+            self.stored.update(self.latest)
+            return len(self.latest)
+
+    reader = StaleReader({"b": {"in_stock": 0}})
+    facts = CatalogFacts(index(PRODUCTS), reader, refresh_s=0.05)  # type: ignore[arg-type]
+    assert facts.allowed(Filters(in_stock=True)).tolist() == [True, False, True, True]  # no search reads b again
+    reader.latest["b"] = {"in_stock": 1}  # back in stock in the store
+    time.sleep(0.06)
+    deadline = time.monotonic() + 5
+    while facts.allowed(Filters(in_stock=True)).tolist() != [True] * 4:
+        assert time.monotonic() < deadline, "the stale rows were not read again"
         time.sleep(0.01)
 
 
