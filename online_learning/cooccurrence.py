@@ -14,6 +14,7 @@ one shopper did (or a bot that slipped the filters) from being shown to others.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,9 +128,21 @@ def write_together(path: Path, tables: dict[str, dict[str, list[Neighbour]]], **
 
 
 def read_together(path: Path) -> dict[str, dict[str, list[Neighbour]]]:
-    """The neighbours saved at ``path`` (none of any signal when it does not exist)."""
+    """The neighbours saved at ``path`` (none of any signal when it does not exist).
+
+    Raises:
+        ValueError: a score is not a finite number (JSON readers take ``NaN`` and ``Infinity``, which a
+            shelf would serve as a null score): the file is damaged, as one cut short is.
+    """
     if not path.is_file():
         return {name: {} for name in SIGNALS}
     saved = json.loads(path.read_text())["neighbours"]
-    return {name: {p: [Neighbour(str(o), float(s), int(n)) for o, s, n in found]
-                   for p, found in saved.get(name, {}).items()} for name in SIGNALS}
+    tables = {name: {p: [Neighbour(str(o), float(s), int(n)) for o, s, n in found]
+                     for p, found in saved.get(name, {}).items()} for name in SIGNALS}
+    for name, table in tables.items():
+        for product, found in table.items():
+            if not all(math.isfinite(n.score) for n in found):
+                raise ValueError(f"{path}: the {name} neighbours of {product} have scores "
+                                 f"{[n.score for n in found]}; a score is a finite number: run "
+                                 "`shoprank recommendations` to write the file again")
+    return tables

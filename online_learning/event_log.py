@@ -15,7 +15,10 @@
   leaves the events in the log (the durable spool) and the shipper retries with
   back-off; they go out in order when the broker is back. After a crash the shipper resumes from its last
   recorded position, so an event may be sent twice, never lost: consumers
-  de-duplicate by ``event_id``. The segments shipped are then removed: the
+  de-duplicate by ``event_id``. A whole line that is not an event (zeros a
+  crash left where its bytes never reached the disk) is copied to
+  ``corrupt.jsonl`` in the spool folder and passed over (:meth:`EventLog._set_aside`),
+  so one bad line does not stop the shipping. The segments shipped are then removed: the
   broker holds the events from its acknowledgement on, so a broker without
   durable storage (Tansu in memory, as the local topology runs it) loses on a
   restart the events the consumers had not read yet.
@@ -171,6 +174,7 @@ class EventLog:
         self.appended = 0
         self.shipped = 0
         self.ship_failures = 0
+        self.quarantined = 0  # spool lines that are not events, copied to corrupt.jsonl and passed over
         self._producer = None
         self.orphan_pending = 0  # events in spool slots no live process holds, not shipped yet
         self._backlog = self._unshipped() if kafka is not None else 0  # left by an earlier run
@@ -308,10 +312,11 @@ class EventLog:
     # -- ship -------------------------------------------------------------------
     def pending(self) -> int:
         """Events appended but not yet acknowledged by the broker (0 without Kafka): counted, not read from
-        the spool (a long outage's backlog would be read again at every call)."""
+        the spool (a long outage's backlog would be read again at every call). Lines set aside as not events
+        are not pending."""
         if self.kafka is None:
             return 0
-        return max(0, self._backlog + self.appended - self.shipped)
+        return max(0, self._backlog + self.appended - self.shipped - self.quarantined)
 
     def _unshipped(self) -> int:
         """The spool's whole lines after the shipped position (read once, at start; a torn last line, which
@@ -336,15 +341,17 @@ class EventLog:
                              request_timeout_ms=int(self.kafka.send_timeout * 1000),
                              max_block_ms=int(self.kafka.send_timeout * 1000))
 
-    def _read_batch(self, segment: int, offset: int) -> tuple[list[dict], int, int]:
-        """Up to ``batch`` records from the position, and the position after them: whole segments up to the
-        one appends go to, and of that one what an fsync covered. The open segment is taken before reading:
-        an append landing in it meanwhile (and a rotation after it) is read in a later round, and a segment
-        is left behind (then deleted) only once it was closed before it was read."""
+    def _read_batch(self, segment: int, offset: int) -> tuple[list[dict], int, int, list[tuple[int, int, bytes]]]:
+        """Up to ``batch`` records from the position, the position after them, and the lines passed over as
+        not events (segment, offset, line): whole segments up to the one appends go to, and of that one what
+        an fsync covered. The open segment is taken before reading: an append landing in it meanwhile (and a
+        rotation after it) is read in a later round, and a segment is left behind (then deleted) only once it
+        was closed before it was read."""
         with self._lock:
             live = self._segment
             synced = self._mark[1]
         records: list[dict] = []
+        damaged: list[tuple[int, int, bytes]] = []
         while len(records) < self.batch:
             path = self._path(segment)
             if not path.is_file():
@@ -354,33 +361,58 @@ class EventLog:
                 for line in handle:
                     if not line.endswith(b"\n") or (segment >= live and offset + len(line) > synced):
                         break  # a write in progress, or lines an fsync may yet take back
-                    records.append(json.loads(line))
+                    try:
+                        record = json.loads(line)
+                    except ValueError:  # not JSON, or not UTF-8
+                        record = None
+                    if isinstance(record, dict) and {"topic", "key", "value"} <= record.keys():
+                        records.append(record)
+                    else:
+                        damaged.append((segment, offset, line))
                     offset += len(line)
                     if len(records) >= self.batch:
                         break
             if len(records) >= self.batch or segment >= live:
                 break
             segment, offset = segment + 1, 0
-        return records, segment, offset
+        return records, segment, offset, damaged
 
     def _ship_once(self) -> int:
         segment, offset = self._position()
-        records, next_segment, next_offset = self._read_batch(segment, offset)
-        if not records:
+        records, next_segment, next_offset, damaged = self._read_batch(segment, offset)
+        if records:
+            if self._producer is None:
+                self._producer = self._connect()
+            futures = [self._producer.send(r["topic"], key=r["key"].encode(), value=json.dumps(r["value"]).encode())
+                       for r in records]
+            self._producer.flush(timeout=self.kafka.send_timeout if self.kafka else 10)
+            for future in futures:
+                future.get(timeout=0)  # raises if any send failed: position not advanced
+        elif not damaged:
             return 0
-        if self._producer is None:
-            self._producer = self._connect()
-        futures = [self._producer.send(r["topic"], key=r["key"].encode(), value=json.dumps(r["value"]).encode())
-                   for r in records]
-        self._producer.flush(timeout=self.kafka.send_timeout if self.kafka else 10)
-        for future in futures:
-            future.get(timeout=0)  # raises if any send failed: position not advanced
+        self._set_aside(damaged)
         self._save_position(next_segment, next_offset)
         self.shipped += len(records)
         for s in self._segments():
             if s < next_segment:
                 self._path(s).unlink(missing_ok=True)
         return len(records)
+
+    def _set_aside(self, damaged: list[tuple[int, int, bytes]]) -> None:
+        """Copy the spool lines that are not events to ``corrupt.jsonl`` in the spool folder, one JSON object
+        each: the segment, the byte offset of the line in it, and the line (``value``; bytes that are not
+        UTF-8 as ``\\xNN``). Done before the position moves past them: a crash between the two copies them
+        again, never loses them."""
+        if not damaged:
+            return
+        with open(self.folder / "corrupt.jsonl", "a") as handle:
+            for segment, offset, line in damaged:
+                handle.write(json.dumps({"segment": segment, "offset": offset,
+                                         "value": line.decode(errors="backslashreplace")}) + "\n")
+        self.quarantined += len(damaged)
+        logger.warning("%d lines of the event spool %s are not events (a crash mid-write?): copied to %s and "
+                       "passed over (%d so far)", len(damaged), self.folder, self.folder / "corrupt.jsonl",
+                       self.quarantined)
 
     def _ship_loop(self) -> None:
         backoff = 0.1

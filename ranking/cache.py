@@ -6,7 +6,8 @@ it lacks, in one batched read of the shared :class:`ranking.score_store.ScoreSto
 (sqlite or Redis), and only the pairs neither holds are scored; those go to both
 tiers (the store's write is queued, never waited for). The store is keyed by
 :func:`model_tag`, so it is used only for registered models, whose version and
-registration stamp say which weights produced a score.
+registered files' checksums (the registration time where the manifest has none)
+say which weights produced a score.
 """
 
 from __future__ import annotations

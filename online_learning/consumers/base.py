@@ -203,11 +203,15 @@ class ConsumerLoop:
         return changed
 
     def _rewind_recreated(self, consumer) -> None:  # type: ignore[no-untyped-def]
-        """Read a recreated topic again from its earliest offset, once the consumer holds its partitions."""
+        """Read a recreated topic again from its earliest offset, once the consumer holds its partitions.
+
+        The old topic's dead-lettered offsets are forgotten: the new topic's records at those offsets are
+        other records, and a bad one among them is dead-lettered and counted in its turn."""
         for topic in self._recreated_topics():
             logger.warning("%s: topic %s was recreated (new topic id); its offsets started again at 0: "
                            "reading it again from the earliest offset", self.group, topic)
             self._rewind.add(topic)
+            self._dead = {where for where in self._dead if where[0] != topic}
         for topic in sorted(self._rewind):
             partitions = [tp for tp in consumer.assignment() if tp.topic == topic]
             if partitions:

@@ -29,7 +29,8 @@ import logging
 import sqlite3
 from bisect import insort
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -74,6 +75,17 @@ def open_state(state: Path) -> sqlite3.Connection:
     return db
 
 
+@contextmanager
+def counting(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on the state, its write lock taken as it begins (``BEGIN IMMEDIATE``), for a
+    look-up of the seen ids and the counts and marks that follow from it. Processes sharing the state (several
+    consumers on one home, ``seed_state`` under a live consumer) take their turns: the ids one reads stay true
+    until it commits, so an event given to two of them is counted once."""
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        yield
+
+
 def mark_dirty(db: sqlite3.Connection, kind: str, keys: Iterable[str]) -> None:
     """Mark the products (``kind`` "product") or shoppers ("user") ``keys`` to push (inside the caller's
     transaction), with a new generation, one past the table's highest (read once per call: the table has no
@@ -95,22 +107,24 @@ def seed_state(state: Path, rankings: pd.DataFrame, interactions: pd.DataFrame) 
     try:
         keys = list(dict.fromkeys([*(("ranking", i) for i in rankings["event_id"].astype(str)),
                                    *(("interaction", i) for i in interactions["event_id"].astype(str))]))
-        known = seen(db, keys)
-        # a search that found nothing is logged as one row without a product: its id is marked seen, nothing counted
-        shown = rankings[rankings["product_id"].notna()]
-        shown = shown[~shown["event_id"].astype(str).isin({i for kind, i in known if kind == "ranking"})]
-        acted = interactions[interactions["product_id"].notna()]
-        acted = acted[~acted["event_id"].astype(str).isin({i for kind, i in known if kind != "ranking"})]
-        counts: Counter[tuple[str, str, str]] = Counter()
-        shown_at, acted_at = pd.to_datetime(shown["timestamp"], utc=True), pd.to_datetime(acted["timestamp"], utc=True)
-        for product, when in zip(shown["product_id"], shown_at):
-            counts[(str(product), when.strftime("%Y-%m-%d"), "impressions")] += 1
-        for product, kind, when in zip(acted["product_id"], acted["type"], acted_at):
-            if kind in ("click", "purchase"):
-                counts[(str(product), when.strftime("%Y-%m-%d"), "clicks" if kind == "click" else "purchases")] += 1
-        bought = acted[(acted["type"] == "purchase") & acted["user_id"].notna()]
-        latest = max([at.max() for at in (shown_at, acted_at) if len(at)], default=None)
-        with db:
+        with counting(db):
+            known = seen(db, keys)
+            # a search that found nothing is logged as one row without a product: its id is marked seen, nothing counted
+            shown = rankings[rankings["product_id"].notna()]
+            shown = shown[~shown["event_id"].astype(str).isin({i for kind, i in known if kind == "ranking"})]
+            acted = interactions[interactions["product_id"].notna()]
+            acted = acted[~acted["event_id"].astype(str).isin({i for kind, i in known if kind != "ranking"})]
+            counts: Counter[tuple[str, str, str]] = Counter()
+            shown_at = pd.to_datetime(shown["timestamp"], utc=True)
+            acted_at = pd.to_datetime(acted["timestamp"], utc=True)
+            for product, when in zip(shown["product_id"], shown_at):
+                counts[(str(product), when.strftime("%Y-%m-%d"), "impressions")] += 1
+            for product, kind, when in zip(acted["product_id"], acted["type"], acted_at):
+                if kind in ("click", "purchase"):
+                    column = "clicks" if kind == "click" else "purchases"
+                    counts[(str(product), when.strftime("%Y-%m-%d"), column)] += 1
+            bought = acted[(acted["type"] == "purchase") & acted["user_id"].notna()]
+            latest = max([at.max() for at in (shown_at, acted_at) if len(at)], default=None)
             mark(db, [key for key in keys if key not in known])
             _add(db, counts, [(str(u), str(p), pd.Timestamp(t).isoformat(), str(e)) for u, p, t, e in
                               zip(bought["user_id"], bought["product_id"], acted_at[bought.index], bought["event_id"])],
@@ -289,32 +303,33 @@ class StreamingFeatures:
 
     def write(self, batch: list[Delivered]) -> None:
         """Count ``batch``: its event ids, counts and purchases and the marks on what changed, in one sqlite
-        transaction. The consumer loop holds the erasure list's lock meanwhile, and lets it go before
-        :meth:`after` pushes: a slow push holds no erasure off, nor, through the erasure waiting at the
-        gate, the other consumers' batches; the push reads the state when it holds ``<state>.push.lock``, so
-        it sends an erasure's deletions as they are, and the erasure's own push still lands after it."""
+        transaction, which also looks up the ids seen before (:func:`counting`). The consumer loop holds the
+        erasure list's lock meanwhile, and lets it go before :meth:`after` pushes: a slow push holds no erasure
+        off, nor, through the erasure waiting at the gate, the other consumers' batches; the push reads the state
+        when it holds ``<state>.push.lock``, so it sends an erasure's deletions as they are, and the erasure's own
+        push still lands after it."""
         if self._current is not None:
             self.products = self._current()
-        keys = [key_of(d.event) for d in batch]
-        known = seen(self.db, keys)
-        counts: Counter[tuple[str, str, str]] = Counter()
-        purchases = []
-        latest = None
-        for delivered in batch:
-            event = delivered.event
-            if key_of(event) in known:
-                continue
-            known.add(key_of(event))
-            day = pd.Timestamp(event.timestamp).tz_convert("UTC").strftime("%Y-%m-%d")
-            latest = max(latest or event.timestamp, event.timestamp)
-            if isinstance(event, RankingEvent):
-                for item in event.items:
-                    counts[(item.product_id, day, "impressions")] += 1
-            elif isinstance(event, InteractionEvent) and event.type in ("click", "purchase"):
-                counts[(event.product_id, day, "clicks" if event.type == "click" else "purchases")] += 1
-                if event.type == "purchase" and event.user_id:
-                    purchases.append((event.user_id, event.product_id, event.timestamp.isoformat(), event.event_id))
-        with self.db:
+        with counting(self.db):
+            known = seen(self.db, [key_of(d.event) for d in batch])
+            counts: Counter[tuple[str, str, str]] = Counter()
+            purchases = []
+            latest = None
+            for delivered in batch:
+                event = delivered.event
+                if key_of(event) in known:
+                    continue
+                known.add(key_of(event))
+                day = pd.Timestamp(event.timestamp).tz_convert("UTC").strftime("%Y-%m-%d")
+                latest = max(latest or event.timestamp, event.timestamp)
+                if isinstance(event, RankingEvent):
+                    for item in event.items:
+                        counts[(item.product_id, day, "impressions")] += 1
+                elif isinstance(event, InteractionEvent) and event.type in ("click", "purchase"):
+                    counts[(event.product_id, day, "clicks" if event.type == "click" else "purchases")] += 1
+                    if event.type == "purchase" and event.user_id:
+                        purchases.append((event.user_id, event.product_id, event.timestamp.isoformat(),
+                                          event.event_id))
             before = _clock_day(self.db)
             mark(self.db, known)  # those seen before are kept as they are
             _add(self.db, counts, purchases, latest)

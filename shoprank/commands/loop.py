@@ -99,7 +99,12 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_warm_scores(args: argparse.Namespace, settings: Settings) -> int:
-    """Score the head queries' first-stage top K with the served cross-encoders into the score store."""
+    """Score the head queries' first-stage top K with the served cross-encoders into the score store, after
+    pruning what the store has held longer than ``serving.score_store_ttl_days``.
+
+    The prune comes first: a pair the warm finds in the store is not written again and keeps the time it was
+    first written, so a prune after the warm would delete the head pairs it had just warmed (those stored
+    longer ago than the TTL). Pruned first, they are scored and written afresh."""
     from dataclasses import asdict
 
     from online_learning.analysis import head_queries
@@ -116,13 +121,13 @@ def cmd_warm_scores(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     engine = open_engine(settings, warm_features=False)  # the served index, analyzer and active models
     try:
+        ttl = settings.serving.score_store_ttl_days
+        pruned = engine.caches.store.prune(ttl * 86400) if ttl and engine.caches.store else 0
         try:
             report = warm_scores(engine, [q for q, _ in head], args.depth, progress=settings.progress)
         except NotReady as reason:  # no cross-encoder served: nothing to warm, not a failure either
-            print(json.dumps({"warmed": 0, "reason": reason.message}))
+            print(json.dumps({"warmed": 0, "pruned": pruned, "reason": reason.message}))
             return 0
-        ttl = settings.serving.score_store_ttl_days
-        pruned = engine.caches.store.prune(ttl * 86400) if ttl and engine.caches.store else 0
     finally:
         engine.close()
     searches = sum(c for _, c in ranked)

@@ -138,6 +138,45 @@ def test_a_record_without_a_value_is_dead_lettered_and_the_rest_is_read(broker: 
     assert letter["topic"] == RANKINGS_TOPIC and letter["value"] is None
 
 
+def test_a_bad_record_at_an_offset_dead_lettered_before_the_topic_was_recreated_is_dead_lettered(
+        tmp_path: Path) -> None:
+    """A recreated topic's offsets start again at 0: a bad record at an offset the old topic had dead-lettered
+    is another record, written and counted, not taken for the old one read again."""
+    from collections import namedtuple
+
+    Part, Record = namedtuple("Part", "topic partition"), namedtuple("Record", "topic partition offset value")
+    part = Part(RANKINGS_TOPIC, 0)
+    polls = [{part: [Record(RANKINGS_TOPIC, 0, 0, b"old topic, not an event")]},
+             {part: [Record(RANKINGS_TOPIC, 0, 0, b"new topic, not an event either")]}]
+
+    class Consumer:
+        def assignment(self) -> set:
+            return {part}
+
+        def poll(self, timeout_ms: int) -> dict:
+            if not polls:
+                loop.stop()
+                return {}
+            return polls.pop(0)
+
+        def commit(self) -> None:
+            pass
+
+        def seek_to_beginning(self, *partitions: object) -> None:
+            pass
+
+        def close(self, autocommit: bool) -> None:
+            pass
+
+    loop = ConsumerLoop("127.0.0.1:1", "sink", [RANKINGS_TOPIC], lambda batch: None, tmp_path / "dead.jsonl")
+    watched = iter([[], [RANKINGS_TOPIC]])  # the topic watch sees a new topic id before the second poll
+    loop._consumer = Consumer  # type: ignore[method-assign]
+    loop._recreated_topics = lambda: next(watched, [])  # type: ignore[method-assign]
+    loop.run()
+    letters = [json.loads(line)["value"] for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert letters == ["old topic, not an event", "new topic, not an event either"] and loop.invalid == 2
+
+
 def test_sink_recovers_a_file_recorded_but_not_renamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
@@ -314,6 +353,33 @@ def test_two_processes_opening_a_state_made_before_marks_had_a_generation(tmp_pa
     monkeypatch.undo()
     with sqlite3.connect(state) as db:
         assert db.execute("SELECT kind, key, generation FROM dirty").fetchall() == [("user", "u1", 0)]
+
+
+def test_two_processes_given_one_event_at_once_count_it_once(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consumers sharing a state (several on one home, or ``seed_state`` under a live one) each look up the
+    seen ids; the second to look must wait for the first to commit, or both count the event."""
+    import online_learning.consumers.streaming_features as streaming_features
+
+    state = tmp_path / "state.sqlite"
+    first, second = (StreamingFeatures(state, {}, lambda source, frame: None) for _ in range(2))
+    search = RankingEvent(event_id="r1", request_id="r1", timestamp=T0, query="drill", pipeline="full",
+                          items=[ShownItem(product_id="p1", position=1)])
+    batch = [Delivered(RANKINGS_TOPIC, 0, 0, search)]
+    lookup, others = streaming_features.seen, []
+
+    def seen(db: object, keys: list) -> set:  # the other process writes the event while the first looks it up
+        known = lookup(db, keys)
+        if not others:
+            others.append(threading.Thread(target=second.write, args=(batch,)))
+            others[0].start()
+            others[0].join(1.0)  # waits for the first to commit, or has counted the event already
+        return known
+
+    monkeypatch.setattr(streaming_features, "seen", seen)
+    first.write(batch)
+    others[0].join(30)
+    assert first.db.execute("SELECT impressions FROM daily WHERE product_id = 'p1'").fetchone() == (1,)
 
 
 def test_an_online_store_out_of_reach_delays_the_features_and_loses_nothing(broker: LocalBroker,

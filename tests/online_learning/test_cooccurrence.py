@@ -99,6 +99,16 @@ def test_together_credits_each_shopper_once_per_product_and_keeps_the_filters(tm
     assert read_together(tmp_path / "absent.json") == {"bought": {}, "viewed": {}}
 
 
+@pytest.mark.parametrize("score", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_together_file_with_a_score_that_is_no_number_is_damaged(tmp_path: Path, score: str) -> None:
+    """JSON readers take NaN and Infinity; a shelf would serve them as a null score. The file is refused as
+    damaged instead, as one cut short is (the shelves then fill from similar and popular products)."""
+    path = tmp_path / "together.json"
+    path.write_text('{"neighbours": {"bought": {"drill": [["bits", %s, 3]]}, "viewed": {}}}' % score)
+    with pytest.raises(ValueError, match="drill"):
+        read_together(path)
+
+
 def test_one_person_is_one_shopper_across_logging_in(tmp_path: Path) -> None:
     def sent(n: int, request: int, kind: str, product: str, user: str | None, session: str | None) -> Delivered:
         return Delivered(INTERACTIONS_TOPIC, 0, n, InteractionEvent(

@@ -245,6 +245,34 @@ def test_an_append_landing_while_the_shipper_reads_is_shipped_before_its_segment
     log.close()
 
 
+def test_a_spool_line_that_is_not_an_event_is_set_aside_and_the_rest_is_shipped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash can leave a whole line of a closed segment unreadable (zeros where its bytes never reached the
+    disk): it is copied to ``corrupt.jsonl`` beside the segments and shipping goes on past it, rather than
+    stopping there for good."""
+    producer = _Producer()
+    monkeypatch.setattr(EventLog, "_connect", lambda self: producer)
+
+    def line(i: int) -> bytes:
+        return json.dumps({"topic": INTERACTIONS_TOPIC, "key": "u1", "event_id": f"e{i}",
+                           "value": click(i).model_dump(mode="json")}).encode() + b"\n"
+
+    damaged = [b"\0" * 40 + line(2)[20:], b"null\n"]
+    (tmp_path / "segment-00000001.jsonl").write_bytes(line(1) + damaged[0] + line(3) + damaged[1])
+    log = EventLog(tmp_path, KafkaSettings("broker:9092"), adopt_every_s=0)
+    try:
+        assert log.drain(5)
+        log.append([click(4)])
+        assert log.drain(5)
+    finally:
+        log.close()
+    assert producer.sent == ["e1", "e3", "e4"] and log.quarantined == 2
+    kept = [json.loads(kept) for kept in (tmp_path / "corrupt.jsonl").read_text().splitlines()]
+    assert [record["value"].encode() for record in kept] == damaged
+    assert [(record["segment"], record["offset"]) for record in kept] == [(1, len(line(1))),
+                                                                          (1, len(line(1) + damaged[0] + line(3)))]
+
+
 def test_a_failed_fsync_takes_the_append_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 

@@ -203,6 +203,21 @@ def test_unregistered_model_uses_memory_only(tmp_path: Path) -> None:
     assert store.flush(5) and store.data == {} and store.reads == []
 
 
+def test_a_model_tag_names_the_registered_files_else_the_registration_time(tmp_path: Path) -> None:
+    """What the docs say keys the score store: the files' checksums where the manifest has them (the same
+    weights registered twice share scores, other weights never do), else the registration time."""
+    def tag(folder: str, manifest: dict) -> str | None:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "manifest.json").write_text(json.dumps(manifest))
+        return model_tag("reranker", "v1", tmp_path / folder, "fp32", 48)
+
+    files = {"model.onnx": "sha256:aa"}
+    assert tag("a", {"created": "2026-01-01", "files": files}) == tag("b", {"created": "2026-06-01", "files": files})
+    assert tag("c", {"created": "2026-01-01", "files": files}) != tag("d", {"created": "2026-01-01",
+                                                                             "files": {"model.onnx": "sha256:bb"}})
+    assert tag("e", {"created": "2026-01-01"}) != tag("f", {"created": "2026-06-01"})
+
+
 def test_sqlite_store_is_shared_and_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "scores.sqlite"
     a, b = SqliteScoreStore(path), SqliteScoreStore(path)

@@ -111,6 +111,24 @@ def test_warm_scores_explains_bad_input(warm_home: Settings, capsys: pytest.Capt
     assert code != 0 and "SHOPRANK_SERVING__SCORE_STORE" in err
 
 
+def test_warm_scores_keeps_the_pairs_it_warms_when_they_were_first_stored_a_ttl_ago(
+        warm_home: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pair the warm finds in the store keeps the time it was first written: a prune after the warm would
+    delete the head pairs it had just warmed, once they were stored longer ago than the TTL."""
+    import sqlite3
+    import time
+
+    assert run_cli(capsys, "warm-scores", "--queries", "3", "--depth", "5")[0] == 0
+    written = time.time() - (warm_home.serving.score_store_ttl_days + 1) * 86400  # a day more than the TTL ago
+    with sqlite3.connect(warm_home.paths.score_store) as db:
+        db.execute("UPDATE scores SET written = ?", (written,))
+    db.close()
+    second = json.loads(run_cli(capsys, "warm-scores", "--queries", "3", "--depth", "5")[1])
+    assert second["pruned"] >= 15 and second["scored"] == 15  # the old pairs went, and were scored again
+    third = json.loads(run_cli(capsys, "warm-scores", "--queries", "3", "--depth", "5")[1])
+    assert (third["pruned"], third["scored"], third["cached"]) == (0, 0, 15)
+
+
 def test_a_page_ranked_by_one_process_is_served_by_another(warm_home: Settings,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Two engines on one home (two server processes): the second serves the first's page from the
