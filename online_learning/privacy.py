@@ -76,6 +76,7 @@ class ForgetReport:
     feature_rows: int = 0  # rows of the offline user_profile table
     dead_letters: int = 0
     shadow_records: int = 0
+    spool_set_aside: int = 0  # lines the spool's shipper set aside as not events (corrupt.jsonl) that named them
     spool_events: int = 0  # lines of the event spool erased (without Kafka)
     spool_open: int = 0  # segments a running server appends to, left as they are
     spool_open_events: int = 0  # their lines in those segments: erased by a run after that server restarts
@@ -150,6 +151,8 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
         report.dead_letters += _drop_lines(path, lambda line: _names(line, users, sessions), dry_run)
     for path in sorted(paths.shadow.glob("*.jsonl")):
         report.shadow_records += _drop_lines(path, lambda line: json.loads(line).get("user_id") in users, dry_run)
+    for path in sorted(paths.event_spool.glob("slot-*/corrupt.jsonl")):  # with Kafka or not: never shipped
+        report.spool_set_aside += _drop_lines(path, lambda line: _names(line, users, sessions), dry_run)
     if not kafka:
         def theirs(event: dict) -> bool:
             found = [f"user {event.get('user_id')}"] if event.get("user_id") in users else []
@@ -371,8 +374,9 @@ def _named(line: str, drop: Callable[[str], bool]) -> bool:
 
 
 def _names(line: str, users: set[str], sessions: set[str]) -> bool:
-    """Whether a dead letter holds one of the ids: its event's ``user_id`` / ``session_id`` when the event
-    is JSON, else any of the ids as a JSON string anywhere in it."""
+    """Whether a dead letter (or a spool line set aside as not an event, its text under ``value`` too) holds
+    one of the ids: its event's ``user_id`` / ``session_id`` when the event is JSON, else any of the ids as a
+    JSON string anywhere in it."""
     value = json.loads(line).get("value", "")
     try:
         event = json.loads(value)

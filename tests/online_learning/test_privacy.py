@@ -63,13 +63,17 @@ def test_forget_erases_a_shopper_at_rest_and_keeps_the_others(tmp_path: Path) ->
     paths.shadow.mkdir(parents=True)
     (paths.shadow / "v2.jsonl").write_text(json.dumps({"time": 1.0, "user_id": "u1"}) + "\n"
                                            + json.dumps({"time": 1.0, "user_id": None}) + "\n")
+    aside = paths.event_spool / "slot-0" / "corrupt.jsonl"  # spool lines a shipper passed over as not events
+    aside.parent.mkdir(parents=True)
+    aside.write_text(json.dumps({"segment": 1, "offset": 0, "value": '{"topic": "t", "value": {"user_id": "u1"\x00'})
+                     + "\n" + json.dumps({"segment": 1, "offset": 40, "value": '{"user_id": "u2", "ty'}) + "\n")
     before = {kind: read_log(paths.event_log, kind) for kind in ("rankings", "interactions")}
     theirs = {kind: int((frame["user_id"] == "u1").sum()) for kind, frame in before.items()}
     at = T0 + timedelta(days=1)
 
     dry = forget(paths, ["u1"], [], at, dry_run=True)
     assert dry.log_rows == theirs and dry.purchases == 1 and dry.dead_letters == 2 and dry.shadow_records == 1
-    assert dry.listed == 0 and len(ForgetList(paths.forgotten)) == 0
+    assert dry.listed == 0 and len(ForgetList(paths.forgotten)) == 0 and dry.spool_set_aside == 1
     assert read_log(paths.event_log, "rankings").equals(before["rankings"])  # a dry run changes nothing
 
     pushed.frames.clear()
@@ -88,6 +92,8 @@ def test_forget_erases_a_shopper_at_rest_and_keeps_the_others(tmp_path: Path) ->
     assert [json.loads(line)["value"] for line in dead.read_text().splitlines()] == [
         json.dumps({"type": "click", "user_id": "u2"})]
     assert [json.loads(line)["user_id"] for line in (paths.shadow / "v2.jsonl").read_text().splitlines()] == [None]
+    assert report.spool_set_aside == 1 and [json.loads(line)["offset"] for line in aside.read_text().splitlines()] \
+        == [40]
     listed = ForgetList(paths.forgotten)
     assert "u1" not in paths.forgotten.read_text() and listed.digest("user", "u1") in paths.forgotten.read_text()
     assert paths.forgotten.with_suffix(".key").stat().st_mode & 0o777 == 0o600  # the key: its owner's only
