@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from core.errors import Conflict, InvalidInput, NotReady
+from core.errors import Conflict, InvalidInput, NotFound, NotReady
 from core.files import holding, write_text_atomic
 from core.keys import KeyStore
 from core.registry import VERSION, ModelRegistry, file_digest
@@ -190,8 +190,17 @@ class ArtifactStore:
         return manifest
 
     def _local_state(self) -> dict[str, Any]:
+        """The digests of this home's files at its last push or pull; only a cache: one that cannot be read is
+        empty (every file is hashed again)."""
         file = self.home / LOCAL
-        return json.loads(file.read_text()) if file.is_file() else {}
+        if not file.is_file():
+            return {}
+        try:
+            state = json.loads(file.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            logger.warning("%s cannot be read (%s): this home's files are hashed again", file, error)
+            return {}
+        return state if isinstance(state, dict) else {}
 
     def _save_local_state(self, state: dict[str, Any]) -> None:
         write_text_atomic(self.home / LOCAL, json.dumps(state))
@@ -443,12 +452,16 @@ class ArtifactStore:
     def pull(self) -> Transfer:
         """Download the files whose digest in the store differs from this home's copy. A file
         changed here since the last transfer (a swap made here and not yet pushed, a model
-        built here) is kept, at every pull: a pull never overwrites local work."""
+        built here) is kept, at every pull: a pull never overwrites local work. A store without a manifest (a
+        mistyped URL, one never pushed to) is refused (:class:`NotFound`), never taken for an empty one."""
         with self._transfer():
             return self._pull()
 
     def _pull(self) -> Transfer:
         state = self._local_state()
+        if not self.fs.exists(f"{self.root}/{MANIFEST}"):  # a mistyped URL, or a store never pushed to
+            raise NotFound(f"nothing to pull: {self.url} has no {MANIFEST} (check the URL, or run `shoprank "
+                           "artifacts push` where the indexes and models were built)")
         remote = self.remote_manifest()
         for rel in remote:
             self._check_entry(rel)
@@ -498,12 +511,14 @@ class ArtifactStore:
             target = self.home / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{os.getpid()}.pull")
-            self.fs.get_file(f"{self.root}/{rel}", str(tmp))
-            if file_digest(tmp) != digest:  # a ShopRankError: `artifacts pull` and `serve` say it in one line
+            try:
+                self.fs.get_file(f"{self.root}/{rel}", str(tmp))
+            except FileNotFoundError:  # a push removed it meanwhile
+                tmp.unlink(missing_ok=True)
+                raise self._changed(rel) from None
+            if file_digest(tmp) != digest:
                 tmp.unlink()
-                raise NotReady(f"{self.url}/{rel} changed while it was read (sha256 differs from {MANIFEST}): "
-                               "pull again; if it fails again, the store's file and its manifest entry disagree: "
-                               "in the home that made the file, `touch` it and push again")
+                raise self._changed(rel)
             if rel.endswith(KEYS):  # the API keys' hashes: the owner's only, as where they were made
                 os.chmod(tmp, 0o600)
             if rel == KEYS and target.is_file():  # merged, not replaced
@@ -529,6 +544,13 @@ class ArtifactStore:
             logger.warning("model versions registered here and in %s under the same names, with other files: %s; "
                            "this home keeps its own, and cannot push them", self.url, sorted(clashes))
         return Transfer(moved, size, same, kept, tuple(sorted(clashes)))
+
+    def _changed(self, rel: str) -> NotReady:
+        """The error of a pull that found ``rel`` gone from the store, or not as its manifest entry says: a
+        ShopRankError, so `artifacts pull` and `serve` say it in one line."""
+        return NotReady(f"{self.url}/{rel} changed while it was read (gone, or its sha256 differs from {MANIFEST}): "
+                        "pull again; if it fails again, the store's file and its manifest entry disagree: in the "
+                        "home that made the file, `touch` it and push again")
 
     def _deleted_here(self, remote: dict[str, str]) -> tuple[str, ...]:
         """The folders (home-relative prefixes) of model versions this home deleted that the store still holds

@@ -34,6 +34,26 @@ def redis_url(value: str) -> str:
     return value
 
 
+def check_kafka_bootstrap(value: str) -> str:
+    """``value`` when it is a Kafka bootstrap list as Kafka's clients read it, ``HOST[:PORT][,HOST[:PORT]...]``
+    (the port 9092 when left out, an IPv6 host in brackets before a port, a leading ``PLAINTEXT://`` or other
+    protocol ignored); else the error naming the bad entry and the form to give."""
+    for entry in value.split(","):
+        address = re.sub(r"^[A-Za-z_]+://", "", entry.strip())
+        if address.startswith("["):
+            host, _, rest = address[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else None if not rest else "x"
+        elif address.count(":") == 1:
+            host, port = address.split(":")
+        else:  # a name, or a bare IPv6 address: Kafka's default port
+            host, port = address, None
+        if not host or any(c.isspace() or c in "[]/" for c in host) or (
+                port is not None and not (port.isdigit() and 0 < int(port) < 65536)):
+            raise ValueError(f"{entry.strip()!r} of {value!r} is not HOST[:PORT] (a port 1-65535): give "
+                             "HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:9092")
+    return value
+
+
 # a Redis the service connects to (the score store, the rate limits' buckets)
 RedisUrl = Annotated[str, StringConstraints(pattern=r"^(redis|rediss|unix)://"), AfterValidator(redis_url)]
 
@@ -161,7 +181,8 @@ class EventSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kafka_bootstrap: str | None = Field(None, description="host:port[,host:port]; None = log on disk only.")
+    kafka_bootstrap: Annotated[str, AfterValidator(check_kafka_bootstrap)] | None = Field(
+        None, description="host:port[,host:port]; None = log on disk only.")
     log_impressions: bool = Field(True, description="Log a ranking event for every search.")
 
 

@@ -257,7 +257,8 @@ def ensure_index(settings: Settings, products: pd.DataFrame, path: Path, encoder
 def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | None = None) -> ProductIndex:
     """With ``products`` (an evaluation or training dataset): that catalog's index, built when
     missing or stale. Without: the served index, as it is (upserts and deletes included); built
-    only when missing, from ``settings.catalog`` or the generated demo catalog."""
+    only when missing, from ``settings.catalog`` or the generated demo catalog (not with an artifact store
+    set: a replica serves the index it pulled)."""
     if products is not None:
         path = settings.paths.eval_index(catalog_hash(products), products_hash(products), encoder.fingerprint)
         return ensure_index(settings, products, path, encoder)
@@ -275,6 +276,11 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
                        f"only for {own}: index the catalog with it (`shoprank index --catalog FILE`), or set "
                        "SHOPRANK_ENCODER (and SHOPRANK_RETRIEVAL__SECOND_ENCODER) to the models of a build (a home's "
                        "own index is never replaced by the demo catalog)")
+    if missing and settings.artifacts_url and not settings.catalog:  # a replica serves what the store holds
+        raise NotReady(f"the artifact store {settings.artifacts_url} holds no index {path.parent.name!r} for encoder "
+                       f"{encoder.name} ({encoder.fingerprint}): build it where the indexes are built (`shoprank "
+                       "index --catalog FILE`) and publish it (`shoprank artifacts push`); a replica builds none "
+                       "(nor the demo catalog)")
     if missing:
         with building(path):
             if not (path / "manifest.json").is_file():

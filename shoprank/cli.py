@@ -25,7 +25,7 @@ from core.arguments import positive, whole_at_least
 from core.errors import InvalidInput, ShopRankError
 from core.hardware import limit_math_threads
 from core.service_settings import ApiSettings
-from core.settings import Settings, get_settings, unknown_variables
+from core.settings import Settings, get_settings, home_problem, unknown_variables
 from shoprank.commands.arguments import in_file, index_name
 
 logger = logging.getLogger("shoprank")
@@ -37,8 +37,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "home", None) is not None:  # an empty --home "$HOME_DIR" is an error, not the default home
         if not str(args.home).strip():
             raise InvalidInput("--home is empty: give the artifact home's folder (or leave --home out)")
-        if Path(args.home).exists() and not Path(args.home).is_dir():
-            raise InvalidInput(f"--home {args.home} is a file: give the artifact home's folder")
+        if (problem := home_problem(Path(args.home))) is not None:
+            raise InvalidInput(f"--home {args.home} {problem}: give the artifact home's folder")
         updates["home"] = Path(args.home)
     if getattr(args, "no_progress", False):
         updates["progress"] = False
@@ -161,6 +161,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     level = (args.log_level or settings.log_level).lower()
     limit_math_threads(settings.serving.math_threads)  # before FAISS loads
     processes = api.processes()
+    # a replica brings its home up to date here, before any server process starts (its own pull at start then
+    # finds nothing to pull) and before anything is built: it serves what the artifact store holds, and a pull
+    # that fails is this command's one error line
+    from serving.loading import pull_artifacts
+
+    pull_artifacts(settings)
     if processes == 1:
         from api.main import create_app
 
@@ -175,11 +181,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["SHOPRANK_LOG_LEVEL"] = level.upper()  # the workers log at the level the command was given
     if settings.catalog:
         os.environ["SHOPRANK_CATALOG"] = str(Path(settings.catalog).resolve())
-    # a replica brings its home up to date once, before the workers start (they then find nothing to pull)
-    # and before anything is built: it serves what the artifact store holds
-    from serving.loading import pull_artifacts
-
-    pull_artifacts(settings)
     # once, before the workers start, so they only load it; in a child process, so that this
     # supervisor does not keep the index and encoder it loaded (~370 MiB on 54,667 products)
     from serving.indexing import build_index_in_child
@@ -225,9 +226,15 @@ at_least_10 = whole_at_least(10)  # a demo catalog: enough products to judge que
 def cmd_demo(args: argparse.Namespace) -> int:
     from simulation.demo import write_demo
 
+    if not args.out.strip():  # an empty --out "$DIR" would be the working directory: its README.md written over
+        raise InvalidInput("--out is empty: name a folder for the demo store")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InvalidInput(f"--out {args.out} is a file: name a folder for the demo store")
-    out = write_demo(Path(args.out), n_products=args.products, n_queries=args.queries, seed=args.seed)
+    try:
+        out = write_demo(Path(args.out), n_products=args.products, n_queries=args.queries, seed=args.seed)
+    except OSError as error:
+        raise InvalidInput(f"--out {args.out} cannot be written ({error.strerror or error}): name a folder you "
+                           "may write for the demo store") from None
     print(json.dumps({"out": str(out), "products": args.products, "queries": args.queries}))
     return 0
 

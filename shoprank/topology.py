@@ -26,10 +26,13 @@ as its piece only while the process that holds it started when the piece did:
 after a crash or a reboot another process may hold the id, and it is never
 signalled. A state file without start times (an older ShopRank's) cannot tell
 its pieces from such a process: none of them is signalled, and ``down`` says so.
+``up`` and ``down`` each hold ``<home>/cluster/.lock`` throughout: a ``down`` while an ``up``
+starts the pieces is refused, rather than stopping pieces ``up`` goes on to report as running.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -38,6 +41,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -76,6 +81,7 @@ class Topology:
         self.layout = Layout(port or settings.api.port, [free_port() for _ in range(replicas)], free_port(),
                              free_port())
         self._processes: dict[str, subprocess.Popen] = {}
+        self._locked = False  # this object holds the home's cluster lock (:meth:`_alone`)
         self._stores: list[str | None] | None = None
         self._feature_stores: list[str | None] | None = None
 
@@ -96,10 +102,44 @@ class Topology:
         topology.home = settings.home.resolve()
         topology.folder = topology.home / "cluster"
         topology.extra_env = {}
-        topology.layout = Layout.from_json(json.loads(state.read_text()))
+        try:
+            topology.layout = Layout.from_json(json.loads(state.read_text()))
+        except (ValueError, KeyError, TypeError) as error:  # cut short (a full disk), or edited by hand
+            raise InvalidInput(f"{state} is not a topology's state ({type(error).__name__}: {error}): once no piece "
+                               "of it runs (`ps`), move it away; then `shoprank cluster up` starts anew") from None
         topology._processes = {}
+        topology._locked = False
         topology._stores = topology._feature_stores = None
         return topology
+
+    @contextmanager
+    def _alone(self) -> Iterator[None]:
+        """Hold ``<home>/cluster/.lock`` for all of an ``up`` or a ``down``, without waiting: a ``down`` from another
+        terminal while ``up`` starts the pieces would stop those started, and ``up`` then go on as if they ran.
+
+        Raises:
+            Conflict: another process holds it (an ``up`` under way, or a ``down``).
+        """
+        if self._locked:  # `up` stopping what it started: the lock is this object's already
+            yield
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = self.folder / ".lock"
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Conflict(f"a `shoprank cluster up` is in progress from {self.home} (or a `cluster down`; it "
+                               f"holds {lock}): wait for it to end, then run this again") from None
+            self._locked = True
+            try:
+                yield
+            finally:
+                self._locked = False
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:
+            os.close(handle)
 
     def _save(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -248,9 +288,14 @@ class Topology:
 
     def up(self) -> dict[str, object]:
         """Start every piece (Redis, broker, consumers, the index once, replicas, HAProxy); a catalog file
-        that is not there, when the index is to be built from it, is refused before anything starts."""
-        self._stores = self._feature_stores = None  # the home's stores as they are now, for every piece
+        that is not there, when the index is to be built from it, is refused before anything starts. A
+        ``down`` meanwhile is refused (:meth:`_alone`)."""
         check_catalog_to_build(self.settings)
+        with self._alone():
+            return self._up()
+
+    def _up(self) -> dict[str, object]:
+        self._stores = self._feature_stores = None  # the home's stores as they are now, for every piece
         if self.state_file.is_file():
             running = Topology.attach(self.settings)
             runs = {name: running.runs(name) for name in running.layout.pieces}
@@ -353,7 +398,12 @@ class Topology:
 
     def down(self) -> dict[str, object]:
         """Stop every piece, the load balancer first and the stores last; a process whose id the state file
-        names but that cannot be told to be its piece is named under ``not_signalled``, never stopped."""
+        names but that cannot be told to be its piece is named under ``not_signalled``, never stopped. Refused
+        while an ``up`` is under way (:meth:`_alone`)."""
+        with self._alone():
+            return self._down()
+
+    def _down(self) -> dict[str, object]:
         order = ["haproxy", *sorted(n for n in self.layout.pieces if n.startswith("replica-")),
                  *sorted(n for n in self.layout.pieces if n.startswith("consumer-")), "broker", "redis"]
         stopped, unverified = [], {}

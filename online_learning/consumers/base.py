@@ -25,11 +25,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import NotReady
 from online_learning.events import InteractionEvent, RankingEvent, parse
 from online_learning.forget_list import ForgetList, filtered
 from online_learning.kafka_clients import open_client
 
 logger = logging.getLogger(__name__)
+
+# with an idle exit, how long at least a consumer may be without partitions (a broker out of reach, a group
+# never joined) before it gives up; a group join takes seconds (about half the session timeout on some brokers)
+UNREACHABLE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,10 @@ class ConsumerLoop:
     def run(self, idle_exit: float | None = None) -> None:
         """Consume until :meth:`stop` (or ``idle_exit`` seconds without messages).
 
+        With ``idle_exit``, a broker that gives the consumer no partitions (out of reach, or the group never
+        joined) for ``max(idle_exit, UNREACHABLE_S)`` seconds ends the loop with :class:`~core.errors.NotReady`
+        naming it, so a job that drains the topics and exits fails instead of waiting forever.
+
         However the loop ends (stopped, idle, or an error out of ``handle``), its consumer leaves
         the group and its clients are closed: a consumer left open keeps heartbeating from its own
         thread and holds its partitions, so the group's next consumer would wait for it and read
@@ -103,8 +112,13 @@ class ConsumerLoop:
 
     def _run(self, idle_exit: float | None) -> None:
         consumer = None
-        last_message = time.monotonic()
+        last_message = contact = time.monotonic()  # contact: when the consumer last held partitions
         while not self.stop_event.is_set():
+            if idle_exit is not None and time.monotonic() - contact > max(idle_exit, UNREACHABLE_S):
+                raise NotReady(f"{self.group}: the Kafka broker at {self.bootstrap} gave this consumer no "
+                               f"partitions for {max(idle_exit, UNREACHABLE_S):.0f} s: is it running and "
+                               "reachable, are the topics there, and has the group no more consumers than the "
+                               "topics have partitions?")
             try:
                 consumer = self._live = consumer or self._consumer()
                 self._rewind_recreated(consumer)
@@ -114,6 +128,8 @@ class ConsumerLoop:
                 consumer = self._close(consumer)
                 self.stop_event.wait(1.0)
                 continue
+            if polled or consumer.assignment():
+                contact = time.monotonic()
             batch = []
             for records in polled.values():
                 for record in records:

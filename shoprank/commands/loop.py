@@ -18,10 +18,15 @@ if TYPE_CHECKING:
 
 
 def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
+    from core.service_settings import check_kafka_bootstrap
+
     bootstrap = args.bootstrap or settings.events.kafka_bootstrap
     if not bootstrap:
         raise InvalidInput("no Kafka to consume from: pass --bootstrap HOST:PORT or set SHOPRANK_EVENTS__KAFKA_BOOTSTRAP")
-    return bootstrap
+    try:
+        return check_kafka_bootstrap(bootstrap)
+    except ValueError as err:
+        raise InvalidInput(f"--bootstrap: {err}") from None
 
 
 def streaming_features(settings: Settings) -> StreamingFeatures:
@@ -379,7 +384,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("kind", choices=("sink", "features"))
     p.add_argument("--bootstrap", default=None)
     p.add_argument("--group", default=None)
-    p.add_argument("--idle-exit", type=float, default=None, help="stop after N idle seconds (default: run forever)")
+    p.add_argument("--idle-exit", type=float, default=None,
+                   help="stop after N idle seconds (default: run forever); with no partitions for max(N, 60) s "
+                        "(a broker out of reach), fail naming the broker")
     p.set_defaults(handler=cmd_consume)
 
     p = sub.add_parser("simulate", help="simulated shoppers search the HTTP API and click/buy (SIMULATED)")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.artifacts import MANIFEST, ArtifactStore
-from core.errors import Conflict, NotReady
+from core.errors import Conflict, NotFound, NotReady
 
 
 def make_home(root: Path) -> Path:
@@ -204,6 +204,36 @@ def test_a_file_changed_in_the_store_during_a_pull_is_refused(tmp_path: Path) ->
     with pytest.raises(NotReady, match=r"models/ltr/v1/model.txt changed while it was read"):
         ArtifactStore(url, tmp_path / "b").pull()
     assert not (tmp_path / "b" / "models" / "ltr" / "v1" / "model.txt").exists()
+
+
+def test_a_file_that_left_the_store_during_a_pull_is_refused(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    ArtifactStore(url, make_home(tmp_path / "a")).push()
+    (tmp_path / "store" / "models" / "ltr" / "v1" / "model.txt").unlink()  # a push dropped it meanwhile
+    (tmp_path / "b").mkdir()
+    with pytest.raises(NotReady, match=r"models/ltr/v1/model.txt changed while it was read.*pull again"):
+        ArtifactStore(url, tmp_path / "b").pull()  # before: FileNotFoundError
+
+
+def test_a_damaged_record_of_digests_is_read_again_from_the_files(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    home = make_home(tmp_path / "a")
+    ArtifactStore(url, home).push()
+    (home / ".artifacts.json").write_text("{broken")
+    assert ArtifactStore(url, home).push().files == 0  # before: JSONDecodeError
+    assert ".artifacts.json" in caplog.text
+    (tmp_path / "b").mkdir()
+    ArtifactStore(url, tmp_path / "b").pull()
+    (tmp_path / "b" / ".artifacts.json").write_text("")
+    assert ArtifactStore(url, tmp_path / "b").pull().files == 0
+
+
+def test_a_store_without_a_manifest_is_not_pulled_from(tmp_path: Path) -> None:
+    (tmp_path / "typo").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(NotFound, match=r"typo has no MANIFEST.json"):
+        ArtifactStore(f"file://{tmp_path / 'typo'}", tmp_path / "b").pull()  # before: nothing pulled, no word
 
 
 def test_a_deleted_model_version_leaves_the_store_and_the_replicas(tmp_path: Path) -> None:

@@ -27,6 +27,16 @@ def test_unknown_keys_fail_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         Settings()
 
 
+def test_a_kafka_bootstrap_is_read_as_kafka_clients_read_it() -> None:
+    from core.service_settings import check_kafka_bootstrap as kafka_bootstrap
+
+    for value in ("127.0.0.1:9092", "b1:9092,b2:9093", "[::1]:9092", "PLAINTEXT://kafka.internal:9092", "kafka"):
+        assert kafka_bootstrap(value) == value  # the port defaults to 9092; a protocol prefix is ignored
+    for value in ("a b:9092", "b1:9092,", ":9092", "b1:x", "[::1]9092"):
+        with pytest.raises(ValueError, match="is not HOST"):
+            kafka_bootstrap(value)
+
+
 def test_ranges_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOPRANK_RETRIEVAL__RRF_K", "0")
     with pytest.raises(ValidationError, match="rrf_k"):
@@ -50,6 +60,9 @@ def test_ranges_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     # an empty address is every interface to uvicorn: a blank setting must not expose the server
     ("SHOPRANK_API__HOST", "", "SHOPRANK_API__HOST='': Value error, '' is not a bind address: give an IP address"),
     ("SHOPRANK_API__HOST", " ", "' ' is not a bind address"),
+    # a bootstrap list Kafka's clients would only fail on, in a loop, long after the server started
+    ("SHOPRANK_EVENTS__KAFKA_BOOTSTRAP", "not a host", "'not a host' of 'not a host' is not HOST[:PORT]"),
+    ("SHOPRANK_EVENTS__KAFKA_BOOTSTRAP", "b1:9092,b2:99999", "'b2:99999' of 'b1:9092,b2:99999' is not HOST[:PORT]"),
 ])
 def test_bad_settings_are_named_with_what_is_allowed(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
                                                      said: str) -> None:

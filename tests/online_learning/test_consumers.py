@@ -177,6 +177,36 @@ def test_a_bad_record_at_an_offset_dead_lettered_before_the_topic_was_recreated_
     assert letters == ["old topic, not an event", "new topic, not an event either"] and loop.invalid == 2
 
 
+@pytest.mark.parametrize("fails", [True, False])
+def test_with_an_idle_exit_a_consumer_given_no_partitions_gives_up_naming_the_broker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool) -> None:
+    """A broker out of reach (its polls fail) or a group never joined (polls find no partition): the job that
+    drains the topics with --idle-exit ends with NotReady naming the broker, not a loop that never exits."""
+    from core.errors import NotReady
+    from online_learning.consumers import base
+
+    class Consumer:
+        def assignment(self) -> set:
+            return set()
+
+        def poll(self, timeout_ms: int) -> dict:
+            if fails:
+                raise ConnectionError("DNS lookup failed")
+            return {}
+
+        def close(self, autocommit: bool) -> None:
+            pass
+
+    monkeypatch.setattr(base, "UNREACHABLE_S", 0.3)
+    loop = ConsumerLoop("broker.invalid:9092", "sink", [RANKINGS_TOPIC], lambda batch: None, tmp_path / "dead.jsonl")
+    loop._consumer = Consumer  # type: ignore[method-assign]
+    loop._recreated_topics = lambda: []  # type: ignore[method-assign]
+    loop.stop_event.wait = lambda timeout=None: False  # type: ignore[method-assign]  # no back-off here
+    with pytest.raises(NotReady, match=r"sink: the Kafka broker at broker.invalid:9092 gave this consumer no "
+                                       r"partitions for 0 s"):
+        loop.run(idle_exit=0.1)
+
+
 def test_sink_recovers_a_file_recorded_but_not_renamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 

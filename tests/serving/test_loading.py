@@ -97,6 +97,20 @@ def test_a_catalog_given_to_a_home_that_serves_another_index_is_named(  # type: 
         open_index(demo, third)
 
 
+def test_a_replica_of_an_artifact_store_never_builds_the_demo_catalog(  # type: ignore[no-untyped-def]
+        tmp_path, settings) -> None:
+    from core.errors import NotReady
+    from serving.indexing import index_path, open_index
+    from tests.fakes import HashingEncoder
+
+    replica = settings.model_copy(update={"home": tmp_path / "home", "catalog": None,
+                                          "artifacts_url": f"file://{tmp_path / 'store'}"})
+    encoder = HashingEncoder()
+    with pytest.raises(NotReady, match=r"store file://.*store holds no index .*shoprank artifacts push"):
+        open_index(replica, encoder)  # before: the generated demo catalog, built and served
+    assert not index_path(replica, encoder).exists()
+
+
 def test_an_evaluation_index_follows_its_datasets_attributes_without_encoding_again(  # type: ignore[no-untyped-def]
         tmp_path, settings) -> None:
     from retrieval.catalog import read_catalog

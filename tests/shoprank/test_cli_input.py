@@ -240,3 +240,47 @@ def test_a_store_file_its_manifest_does_not_name_is_one_error_line(home: Path, t
     (store / "experiments" / "current.json").write_text('{"shadow": "v2"}')
     (store / "MANIFEST.json").write_text(json.dumps({"experiments/current.json": "0" * 64}))
     assert "changed while it was read" in refused(capsys, "artifacts", "pull", "--url", f"file://{store}")
+
+
+def test_a_home_that_is_a_file_or_cannot_be_made_is_refused(home: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for value, said in ((afile, "is a file"), (afile / "sub", "is under the file"),
+                        ("/proc/shoprank", "cannot be made in /proc")):
+        monkeypatch.setenv("SHOPRANK_HOME", str(value))
+        get_settings.cache_clear()
+        for argv in (["keys", "create", "--scope", "search"], ["events", "prune", "--keep-days", "3"]):
+            err = refused(capsys, *argv)  # before: FileExistsError, NotADirectoryError, FileNotFoundError
+            assert f"SHOPRANK_HOME={str(value)!r}" in err and said in err, (value, argv, err)
+    assert afile.read_text() == ""
+
+
+def test_an_empty_demo_folder_is_refused_not_read_as_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("precious")
+    for out in ("", " "):
+        assert "--out is empty" in refused(capsys, "demo", "--out", out, "--products", "10", "--queries", "1")
+    assert (tmp_path / "README.md").read_text() == "precious"  # before: the demo's README written over it
+    assert "--out /proc/nope cannot be written" in refused(capsys, "demo", "--out", "/proc/nope", "--products", "10",
+                                                           "--queries", "1")
+
+
+def test_a_failed_pull_of_a_one_process_server_is_one_error_line(home: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: pytest.fail("served"))  # its startup pulled, before
+    monkeypatch.setenv("SHOPRANK_ARTIFACTS_URL", f"file://{tmp_path / 'typo'}")
+    get_settings.cache_clear()
+    err = refused(capsys, "serve", "--workers", "1")
+    assert err.strip() == (f"error: nothing to pull: file://{tmp_path / 'typo'} has no MANIFEST.json (check the URL, "
+                           "or run `shoprank artifacts push` where the indexes and models were built)")
+
+
+def test_a_consumer_bootstrap_that_is_no_address_is_refused(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(capsys, "consume", "sink", "--bootstrap", "not a host", "--idle-exit", "2")
+    assert "error: --bootstrap: 'not a host' of 'not a host' is not HOST[:PORT]" in err

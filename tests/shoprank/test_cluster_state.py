@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from core.errors import Conflict
@@ -82,3 +83,44 @@ def test_a_state_file_without_start_times_signals_nothing_and_says_so(home: Path
     assert code == 0 and json.loads(out)["stopped"] == [] and "redis" in json.loads(out)["not_signalled"]
     assert stranger.poll() is None, "cluster down signalled a process it cannot tell to be its piece"
     assert not state.is_file()  # forgotten: `up` starts a topology now
+
+
+@pytest.mark.parametrize("text", ["", "{broken", '{"port": 18080}', "[]"])
+def test_a_damaged_state_file_is_named_not_a_traceback(home: Path, text: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    state = home / "cluster" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(text)
+    for verb in ("status", "down", "up"):
+        code, _, err = run_cli(capsys, "cluster", verb)  # before: JSONDecodeError, KeyError 'replicas', TypeError
+        assert code == 2 and "Traceback" not in err, (verb, err)
+        assert err.strip().startswith(f"error: {state} is not a topology's state") and "move it away" in err, err
+    assert state.read_text() == text
+
+
+def test_down_refuses_while_up_starts_the_pieces(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`cluster down` from another terminal while `up` builds the index: refused, rather than stopping Redis and
+    the broker under `up`, which then went on and said it was up. Pieces are stand-in ``sleep`` processes."""
+    topology = Topology(Settings(home=home), replicas=1)
+    sleep = ["sleep", "120"]
+    monkeypatch.setattr(topology, "start_redis", lambda: topology._spawn(Piece("redis", sleep)))
+    monkeypatch.setattr(topology, "start_broker", lambda: topology._spawn(Piece("broker", sleep)))
+    monkeypatch.setattr(topology, "stores", lambda: [])
+    monkeypatch.setattr(topology, "feature_stores", lambda: [])
+    downs: list[tuple[int, str]] = []
+    monkeypatch.setattr(topology, "_build_index", lambda: downs.append(run_cli(capsys, "cluster", "down")[::2]))
+    monkeypatch.setattr(topology, "start_replica", lambda i, wait=True: topology._spawn(Piece(f"replica-{i}", sleep)))
+    monkeypatch.setattr(topology, "wait_replica", lambda i, process=None, seconds=300: None)
+    monkeypatch.setattr(topology, "start_haproxy", lambda: topology._spawn(Piece("haproxy", sleep)))
+    monkeypatch.setattr(topology, "wait_balanced", lambda seconds=30: None)
+    monkeypatch.setattr("shoprank.topology.check_catalog_to_build", lambda settings: None)
+    monkeypatch.setattr("shoprank.topology.httpx.get", lambda *a, **k: (_ for _ in ()).throw(httpx.ConnectError("")))
+    try:
+        summary = topology.up()
+        assert len(downs) == 1 and downs[0][0] == 2 and "`shoprank cluster up` is in progress" in downs[0][1], downs
+        assert all(piece["alive"] for piece in summary["pieces"].values())  # before: Redis and the broker stopped
+    finally:
+        topology.down()
+    code, out, err = run_cli(capsys, "cluster", "down")  # once `up` is done, `down` takes the lock
+    assert code == 2 and "no topology runs" in err
