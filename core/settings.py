@@ -201,9 +201,10 @@ class FeatureSettings(BaseModel):
                                "swaps, once they are read or after this many seconds, whichever comes first "
                                "(the rest is read while it serves). 0: ready at once.")
     product_ttl_s: float = Field(300.0, ge=0, le=86_400, description="A server's cached product row older than "
-                                 "this is re-read from the online store in the background (served meanwhile), so "
-                                 "store updates (stock, streaming popularity) reach searches within about this "
-                                 "time. 0: re-read on every use.")
+                                 "this is re-read from the online store in the background (served meanwhile), when a "
+                                 "search touches it or at the next facts refresh, so store updates (stock, "
+                                 "streaming popularity) reach searches and filters within about this time plus "
+                                 "serving.facts_refresh_s. 0: re-read on every use.")
 
 
 def _upper(value: object) -> object:
