@@ -182,9 +182,13 @@ class EventSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kafka_bootstrap: Annotated[str, AfterValidator(check_kafka_bootstrap)] | None = Field(
-        None, description="host:port[,host:port]; None = log on disk only.")
+    kafka_bootstrap: str | None = Field(None, description="host:port[,host:port]; None = log on disk only.")
     log_impressions: bool = Field(True, description="Log a ranking event for every search.")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str | None) -> str | None:
+        return value if value is None else check_kafka_bootstrap(value)
 
 
 class ApiSettings(BaseModel):
