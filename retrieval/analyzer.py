@@ -23,10 +23,13 @@ into an :class:`~core.query.Analysis`:
    over 6 letters too, ``medialons`` -> ``medallions``), else, for a long word,
    as three catalog words run together (``cabinetwithouttops``), else to a
    catalog word three edits away that products hold together with the query's
-   other words (``fridgdare air conditioners`` -> ``frigidaire``). Words the
-   catalog contains (brands, model numbers), words with digits and words of
-   fewer than 4 letters are never changed, and a word with no suggestion is kept:
-   a correction never turns a query into nothing.
+   other words (``fridgdare air conditioners`` -> ``frigidaire``). A word of 3
+   letters (codes and abbreviations often are) only to a likely slip of a catalog
+   word that at least 10 products hold with one of the query's other words
+   (``7 mil trash bgs`` -> ``bags``). Words the catalog contains (brands, model
+   numbers), English words of 3 letters, words with digits and words of fewer than
+   3 letters are never changed, and a word with no suggestion is kept: a
+   correction never turns a query into nothing.
 3. **Detect** brand and product-type words: words the catalog uses as brands
    (a ``brand`` column, else words that mostly lead titles) and as product types
    (a ``category`` column, else words that often end titles).
@@ -46,7 +49,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.query import Analysis, Rewrite
-from retrieval.slips import slip_weight
+from retrieval.slips import LIKELY, slip_weight
 from retrieval.synonyms import Synonyms
 from retrieval.vocabulary import (
     TOKEN,
@@ -63,6 +66,7 @@ MAX_SUGGESTIONS = 8  # candidates per misspelled word weighed by context
 _IDEOGRAPHIC = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")  # kana, Han, Hangul
 FAR_LENGTH = 8  # a word this long with nothing two edits away may be three away from a word used with the query
 SPLIT3_LENGTH = 9  # a word this long may be three catalog words run together
+SHORT_TOGETHER = 10  # products holding a three-letter word's correction with another query word, at least
 
 
 @lru_cache(maxsize=1)
@@ -195,9 +199,12 @@ class Analyzer:
         """(replacement, reason) for a word outside the vocabulary, or None to keep it.
 
         ``context``: the query's other words that the catalog knows."""
-        if (len(word) < 4 or not is_word(word) or self.vocabulary.knows(word) or word in self.keep
+        if (len(word) < 3 or not is_word(word) or self.vocabulary.knows(word) or word in self.keep
                 or _IDEOGRAPHIC.search(word)):  # a CJK run is a phrase, not a word: an edit changes its meaning
             return None
+        if len(word) == 3:
+            short = self._short(word, context)
+            return None if short is None else (short, "spelling")
         from symspellpy import Verbosity
 
         found = self._speller().lookup(word, Verbosity.ALL, max_edit_distance=1 if len(word) <= 5 else 2)
@@ -226,6 +233,21 @@ class Analyzer:
             if far is not None:
                 return far, "spelling"
         return None
+
+    def _short(self, word: str, context: Sequence[str]) -> str | None:
+        """A three-letter word (``bgs``, ``tol``, ``ubs``): too short to correct alone (codes and abbreviations
+        are), so only to a catalog word one likely slip away that at least :data:`SHORT_TOGETHER` products hold
+        with one of the query's other words (``7 mil trash bgs`` -> ``bags``), and never an English word."""
+        if not context or word in english_words():
+            return None
+        from symspellpy import Verbosity
+
+        together, others = self.vocabulary.together, list(context)
+        found = [(together([s.term], others), s.count, s.term)
+                 for s in self._speller().lookup(word, Verbosity.ALL, max_edit_distance=1)
+                 if s.distance == 1 and slip_weight(word, s.term) == LIKELY]
+        found = [f for f in found if f[0] >= SHORT_TOGETHER]
+        return max(found)[2] if found else None
 
     def _plural(self, word: str, context: Sequence[str], distance: int) -> str | None:
         """A misspelled plural ``distance`` edits from a catalog word's plural: the dictionary holds

@@ -223,6 +223,18 @@ def test_the_likelier_slip_wins_then_the_other_words_then_frequency() -> None:
     assert analyzer.analyze("basli bamboo blinds").text == "bali bamboo blinds"  # the other words outweigh it
 
 
+def test_a_three_letter_word_is_corrected_only_to_a_likely_slip_many_products_hold_with_the_other_words() -> None:
+    analyzer = Analyzer(Vocabulary.build(["Trash Bags 30 Gallon"] * 10 + ["Tool Box Steel"] * 12 + ["Tool Bag"] * 3
+                                         + ["Bog Garden Plant"] * 2))
+    assert analyzer.analyze("trash bgs").text == "trash bags"  # a dropped letter; ten products hold both
+    assert analyzer.analyze("tool boc").text == "tool box"  # a neighbouring key
+    assert analyzer.analyze("bgs").text == "bgs"  # alone: a code as likely as a slip
+    assert analyzer.analyze("garden bgs").text == "garden bgs"  # "bog" is two products with "garden": too few
+    assert analyzer.analyze("tool bgx").text == "tool bgx"  # no likely slip of a catalog word
+    assert analyzer.analyze("trash bag").text == "trash bag"  # a catalog word: kept
+    assert analyzer.analyze("the trash").text == "the trash"  # an English word: kept
+
+
 def test_other_scripts_are_corrected_as_words_but_a_cjk_run_is_kept() -> None:
     vocabulary = Vocabulary.build(["電動ドリル セット"] * 5 + ["電動ドライバ セット"] * 5 + ["Дрель аккумуляторная"] * 5)
     analyzer = Analyzer(vocabulary)
