@@ -97,8 +97,6 @@ class Admission:
         with self._lock:
             shed = self.in_flight >= self.shed_at
             self.in_flight += 1
-            if self.skip_share:
-                self._tokens = min(self._tokens + self.skip_share, self.BURST)
         try:
             timeout = None if wait_s is None else max(0.0, wait_s)
             if self._slots is not None and not self._slots.acquire(timeout=timeout):
@@ -106,6 +104,9 @@ class Admission:
                                  f"(serving.max_in_flight) and none finished within this one's {timeout:.2f} s "
                                  "(what was left of serving.budget_ms); retry after Retry-After, or serve with "
                                  "more processes or replicas", retry_after=1.0)
+            if self.skip_share:  # a share of the searches admitted: one refused adds nothing to the budget
+                with self._lock:
+                    self._tokens = min(self._tokens + self.skip_share, self.BURST)
             try:
                 yield shed
             finally:

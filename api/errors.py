@@ -38,6 +38,15 @@ def _field(loc: tuple | list) -> str:
     return ".".join(parts) or "body"
 
 
+def _brief(error: dict) -> dict:
+    """A validation error as the answer's ``detail`` lists it: a whole body sent as text (no JSON content type)
+    is not echoed back, only its size."""
+    value = error.get("input")
+    if isinstance(value, (str, bytes)) and len(value) > 200:
+        return {**error, "input": f"{len(value)} {'chars' if isinstance(value, str) else 'bytes'} not shown"}
+    return error
+
+
 def _describe(error: dict) -> str:
     value = error.get("input")
     message = error.get("msg", "invalid value").removeprefix("Value error, ")
@@ -46,10 +55,11 @@ def _describe(error: dict) -> str:
         offset = error["loc"][-1] if len(error.get("loc", ())) > 1 else "?"
         return f"body: not valid JSON at character {offset}{': ' + reason if reason else ''}"
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    if isinstance(value, str) and len(value) > 40:
-        shown = repr(value[:40] + "...") + f" ({len(value)} chars)"
-    if isinstance(value, (bytes, str)) and error.get("type") in ("model_attributes_type", "dict_type") and \
-            _field(error.get("loc", ())) == "body":
+    if isinstance(value, (str, bytes)) and len(value) > 40:
+        shown = repr(value[:40] + ("..." if isinstance(value, str) else b"...")) + f" ({len(value)} " \
+            f"{'chars' if isinstance(value, str) else 'bytes'})"
+    if isinstance(value, (bytes, str)) and error.get("type") in ("model_attributes_type", "dict_type", "list_type") \
+            and _field(error.get("loc", ())) == "body":
         message += "; send the JSON with the header Content-Type: application/json"
     return f"{_field(error.get('loc', ()))}: {message} (got {shown})"
 
@@ -285,6 +295,6 @@ def install(app: FastAPI) -> None:
             status_code=422,
             content=json_safe({"error": "invalid_request", "message": message,
                                "request_id": getattr(request.state, "request_id", None),
-                               "detail": jsonable_encoder(errors, custom_encoder={
+                               "detail": jsonable_encoder([_brief(e) for e in errors], custom_encoder={
                                    Exception: str, bytes: lambda b: b.decode("utf-8", "backslashreplace")})}),
         )

@@ -139,12 +139,13 @@ def _lifespan(settings: Settings, metrics: Metrics,
         app.state.balancer = open_balancer(folder, settings.api.processes(), settings.api.rebalance_margin)
         try:
             yield
-        finally:
-            metrics.close()
-            app.state.balancer.close()
-            app.state.limiter.close()
-            for runtime in runtimes:
-                runtime.close()
+        finally:  # each part closed even when one before it fails (queued score writes, the event log)
+            for close in (metrics.close, app.state.balancer.close, app.state.limiter.close,
+                          *(runtime.close for runtime in runtimes)):
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - logged; the others still close
+                    logger.exception("closing %r at shutdown failed", close)
 
     return lifespan
 
@@ -156,6 +157,7 @@ async def _request_context(request: Request, call_next: Callable[[Request], Awai
     (``api.rebalance_margin``). A body is read here, at most ``api.max_body_bytes`` of it
     (413 beyond), before FastAPI parses it or any key is checked."""
     state = request.app.state
+    request.state.arrived = time.monotonic()  # a search's budget runs from here, the wait for a thread included
     given = request.headers.get("x-request-id", "")
     request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
     # the id a logged search, listing or shelf goes by (its events name it): unique even when a caller sends

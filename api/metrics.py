@@ -170,9 +170,15 @@ RETIRED = "retired.json"  # the counters of the processes that are gone, summed
 def read_retired(folder: Path) -> Dumped:
     """The summed counters of the processes that are gone (:func:`retire`); none yet: empty."""
     try:
-        return list(json.loads((folder / RETIRED).read_text()))
+        return _families(json.loads((folder / RETIRED).read_text()))
     except (OSError, ValueError):
         return []
+
+
+def _families(data: Any) -> Dumped:
+    """The families of a live or retired file's JSON; what is not a family is left out (a damaged file)."""
+    return [f for f in data if isinstance(f, dict) and isinstance(f.get("samples"), list)] \
+        if isinstance(data, list) else []
 
 
 def retire(path: Path) -> None:
@@ -182,14 +188,17 @@ def retire(path: Path) -> None:
     with open(folder / "retired.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            dumped = json.loads(path.read_text())
+            dumped = _families(json.loads(path.read_text()))
         except FileNotFoundError:  # another process retired it first
             return
         except (OSError, ValueError):
             path.unlink(missing_ok=True)
             return
         target = folder / RETIRED
-        base = json.loads(target.read_text()) if target.is_file() else []
+        base = read_retired(folder)
+        if not base and target.is_file() and target.stat().st_size:  # damaged (a crash mid-write): begin again
+            logger.warning("%s cannot be read: the counters of the server processes that ended before are lost "
+                           "from /metrics; it is written again from this one's", target)
         sums: dict[str, dict[str, Any]] = {f["name"]: f for f in base}
         for family in dumped:
             if family.get("type") != "counter":
@@ -281,7 +290,10 @@ class _LivePublisher:
         except Exception:  # noqa: BLE001 - metrics never take a server down
             logger.exception("could not publish the last live metrics to %s", self.path)
         with self._lock:
-            retire(self.path)
+            try:
+                retire(self.path)
+            except Exception:  # noqa: BLE001 - metrics never take a server down (nor its shutdown)
+                logger.exception("could not retire the live metrics of %s", self.path)
 
     def publish(self) -> None:
         text = json.dumps(dump_families(self.families()))

@@ -34,11 +34,11 @@ class SearchFilters(BaseModel):
         None, description="Only this category, or any of these (up to 100; exact values, as facets name them).")
     brand: FilterValue | list[FilterValue] | None = Field(
         None, description="Only this brand, or any of these (up to 100; exact values).")
-    min_price: float | None = Field(None, ge=0, description="Lowest price, >= 0 (a product without a price is "
-                                    "left out).")
-    max_price: float | None = Field(None, ge=0, description="Highest price, >= 0.")
-    in_stock: bool | None = Field(None, description="true: only products in stock (false or null: no stock "
-                                  "filter).")
+    min_price: float | None = Field(None, strict=True, ge=0, description="Lowest price, >= 0 (a product without a "
+                                    "price is left out).")
+    max_price: float | None = Field(None, strict=True, ge=0, description="Highest price, >= 0.")
+    in_stock: bool | None = Field(None, strict=True, description="true: only products in stock (false or null: no "
+                                  "stock filter).")
 
     @field_validator("category", "brand")
     @classmethod
@@ -61,21 +61,21 @@ class SearchRequest(BaseModel):
         "examples": [{"query": "cordless drill", "k": 10, "user_id": "u123"}]})
 
     query: str = Field(..., description=f"Search text, 1..{MAX_QUERY_CHARS} characters after trimming.")
-    k: int = Field(10, ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}.")
-    offset: int = Field(0, ge=0, le=900, description="Results to skip (paging), 0..900.")
+    k: int = Field(10, strict=True, ge=1, le=MAX_K, description=f"Number of results, 1..{MAX_K}.")
+    offset: int = Field(0, strict=True, ge=0, le=900, description="Results to skip (paging), 0..900.")
     user_id: ShopperId = Field(None, description="Shopper id (optional; up to 128 characters, blank: none).")
     session_id: ShopperId = Field(None, description="Session id (optional; up to 128 characters, blank: none).")
     filters: SearchFilters = Field(default_factory=SearchFilters)
-    explain: bool = Field(False, description="Return per-result feature contributions and rule notes.")
-    rewrite: bool = Field(True, description="Correct misspelled and run-together words against the catalog "
-                          "(false: search the words as typed; normalization of units and case still applies).")
+    explain: bool = Field(False, strict=True, description="Return per-result feature contributions and rule notes.")
+    rewrite: bool = Field(True, strict=True, description="Correct misspelled and run-together words against the "
+                          "catalog (false: search the words as typed; normalization of units and case still applies).")
     sort: Literal["relevance", "price_asc", "price_desc"] = Field(
         "relevance", description="relevance (default), or the most relevant products (serving.sort_depth, 100) by "
         "price, up or down (products without a price last).")
     facets: list[Literal["category", "brand", "price"]] = Field(
         default_factory=list, max_length=3, description="Facet counts to return, over every product the search "
-        "found (after the filters; up to ranking.first_stage_depth): category, brand (values and counts), "
-        "price (lowest and highest).")
+        "found (after the filters; up to ranking.first_stage_depth), whatever the sort (a price sort shows only "
+        "serving.sort_depth of them): category, brand (values and counts), price (lowest and highest).")
 
     @field_validator("query")
     @classmethod
@@ -185,8 +185,8 @@ class BrowseRequest(BaseModel):
         "popular", description="popular: most purchased in the last 30 days first (the feature store's "
         "popularity; catalog order when unknown), with the business rules on the first rows; price_asc, "
         "price_desc: by price, strictly (products without a price last).")
-    k: int = Field(24, ge=1, le=MAX_K, description=f"Number of products, 1..{MAX_K}.")
-    offset: int = Field(0, ge=0, le=100_000, description="Products to skip (paging), 0..100000.")
+    k: int = Field(24, strict=True, ge=1, le=MAX_K, description=f"Number of products, 1..{MAX_K}.")
+    offset: int = Field(0, strict=True, ge=0, le=100_000, description="Products to skip (paging), 0..100000.")
     user_id: ShopperId = Field(None, description="Shopper id (optional; up to 128 characters, blank: none; "
                                "logged with the listing, so its clicks are credited).")
     session_id: ShopperId = Field(None, description="Session id (optional; up to 128 characters, blank: none).")
@@ -237,11 +237,11 @@ class RecommendRequest(BaseModel):
     user_id: ShopperId = Field(None, description="The shopper (up to 128 characters, blank: none; needed by "
                                "for_you without product_ids; logged with the shelf, so its clicks are credited).")
     session_id: ShopperId = Field(None, description="Session id (optional; up to 128 characters, blank: none).")
-    k: int = Field(10, ge=1, le=MAX_K, description=f"Number of products, 1..{MAX_K}.")
+    k: int = Field(10, strict=True, ge=1, le=MAX_K, description=f"Number of products, 1..{MAX_K}.")
     filters: SearchFilters = Field(default_factory=SearchFilters)
     exclude: list[ProductId] = Field(default_factory=list, max_length=500,
                                      description="Products not to show (already in the cart), 0..500.")
-    fill: bool = Field(True, description="Fill a shelf its kind cannot fill with similar, then popular "
+    fill: bool = Field(True, strict=True, description="Fill a shelf its kind cannot fill with similar, then popular "
                        "products (each item's source says which); false: only the kind's own.")
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from api.auth import require
 from api.schemas import INVALID, RATE_LIMITED, UNKNOWN_STORE, ErrorBody
@@ -20,10 +20,18 @@ router = APIRouter(tags=["events"],  # mounted at /v1 and /v1/stores/{store}
                               429: RATE_LIMITED})
 
 MAX_BATCH = 1000
+SERVER_SET = ("key_id", "received")  # an event's fields the server sets, whatever a client sent
 
 
 class InteractionEvent(events_schema.InteractionEvent):
     """A shopper's action on a shown product (revenue on a purchase only)."""
+
+    # the fields the server sets: what a client sends there is replaced, so it is never checked (a key id too
+    # long or a received time out of range would refuse the whole batch)
+    @model_validator(mode="before")
+    @classmethod
+    def _server_set(cls, data: object) -> object:
+        return {k: v for k, v in data.items() if k not in SERVER_SET} if isinstance(data, dict) else data
 
     # here, not in the event schema, so events already on their way stay valid; checked with the other fields,
     # so a 422 names every bad event of a batch (the OpenAPI component keeps the name InteractionEvent)

@@ -24,8 +24,8 @@ class ProductUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     product_id: ProductId
-    price: float | None = Field(None, ge=0, le=100_000_000, description="The new price.")
-    in_stock: bool | None = Field(None, description="In stock now.")
+    price: float | None = Field(None, strict=True, ge=0, le=100_000_000, description="The new price.")
+    in_stock: bool | None = Field(None, strict=True, description="In stock now.")
     promoted: bool | None = Field(None, description="On promotion now (the business rules' boost).")
 
     @field_validator("price")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import replace
@@ -57,13 +59,22 @@ router = APIRouter(tags=["search"])  # mounted at /v1 and /v1/stores/{store}
 KeyDep = Annotated[ApiKey | None, Depends(require("search"))]
 
 
+def _search_unit(body: SearchRequest) -> str:
+    """What an anonymous search (no user or session id) goes by in an experiment: the search itself (its text,
+    filters and order), so each of its pages comes from the same arm and the same interleaving draft; a
+    request's own id would draw every page anew, and page 2 would repeat and skip products of page 1."""
+    key = json.dumps([body.query, body.filters.model_dump(), body.sort], sort_keys=True, default=str)
+    return "search:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def _respond(served: Served, body: SearchRequest, request: Request, key: ApiKey | None) -> SearchResponse:
     started = time.perf_counter()
     settings = current(request).settings
     if settings.serving.micro_batch:  # the models run in the micro-batch threads, which keep their priority
         yield_to_models(settings.serving.search_nice)
-    deadline = time.monotonic() + settings.serving.budget_ms / 1000
-    unit = body.user_id or body.session_id or request.state.request_id  # blank ids are None (api.schemas)
+    # from the request's arrival: a search that waited for a worker thread has less of its budget left
+    deadline = getattr(request.state, "arrived", time.monotonic()) + settings.serving.budget_ms / 1000
+    unit = body.user_id or body.session_id or _search_unit(body)  # blank ids are None (api.schemas)
     # overload: shed the cross-encoders, then queue until the deadline
     with request.app.state.admission.enter(wait_s=deadline - time.monotonic()) as shed:
         admission = request.app.state.admission
@@ -215,6 +226,7 @@ def suggest(
 ) -> SuggestResponse:
     """Phrases that start with the typed text: texts shoppers searched, then phrases of the catalog's titles
     (the words before the last one spelling-corrected as a search would correct them)."""
+    _only_known(request, ("q", "k"))
     started = time.perf_counter()
     engine = served.engine
     hidden = frozenset(engine.rules.config.hide) if engine.rules is not None else frozenset()
@@ -222,6 +234,10 @@ def suggest(
     found = suggest_for(engine.index, settings.paths.suggestions, q, k, hidden, settings.retrieval.spelling)
     return SuggestResponse(query=q, took_ms=round((time.perf_counter() - started) * 1e3, 3),
                            suggestions=[SuggestionItem(text=s.text, source=s.source, weight=s.weight) for s in found])
+
+
+SEARCH_PARAMETERS = ("q", "k", "offset", "user_id", "session_id", "explain", "rewrite", "category", "brand",
+                     "min_price", "max_price", "in_stock", "facets", "sort")
 
 
 @router.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search products (quick tries)")
@@ -251,6 +267,7 @@ def search_get(
     sort: Annotated[Literal["relevance", "price_asc", "price_desc"],
                     Query(description="relevance, price_asc or price_desc")] = "relevance",
 ) -> SearchResponse:
+    _only_known(request, SEARCH_PARAMETERS)
     filters = {name: value for name, value in (("category", category), ("brand", brand), ("min_price", min_price),
                                                 ("max_price", max_price), ("in_stock", in_stock)) if value is not None}
     try:  # the query string's parameters, checked as the POST body is (a 422 naming each)
@@ -260,6 +277,16 @@ def search_get(
     except ValidationError as error:  # named as the query string names them: q, category, min_price ...
         raise RequestValidationError(_as_parameters(error.errors(include_url=False))) from None
     return _respond(served, body, request, key)
+
+
+def _only_known(request: Request, allowed: tuple[str, ...]) -> None:
+    """A 422 naming each query-string parameter the route does not take (``max-price`` for ``max_price``):
+    never left out silently, which would answer as if it were not there (an unfiltered list)."""
+    unknown = sorted(set(request.query_params) - set(allowed))
+    if unknown:
+        raise RequestValidationError([
+            {"type": "extra_forbidden", "loc": ("query", name), "input": request.query_params.get(name),
+             "msg": f"not a parameter of {request.url.path}; it takes {', '.join(allowed)}"} for name in unknown])
 
 
 def _as_parameters(errors: list[Any]) -> list[Any]:

@@ -139,3 +139,21 @@ def test_a_cache_never_looked_up_has_no_hit_rate() -> None:
     assert 'shoprank_cache_hit_rate{cache="results"}' not in merged
     idle.get("absent")
     assert exposition([families(state)])['shoprank_cache_hit_rate{cache="results"}'] == 0.0  # looked up: a rate
+
+
+def test_a_damaged_retired_file_is_begun_again_not_a_failed_scrape_or_shutdown(tmp_path: Path) -> None:
+    """A crash left retired.json empty: a process found gone is still folded in (its counters start the file
+    again), and a process leaving still retires its own; before, both raised, and /metrics answered 500."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    (tmp_path / "retired.json").write_text("")
+    (tmp_path / f"live-{gone.stdout.strip()}.json").write_text(json.dumps(families(process_state(7, 2, 4, True, "v1"))))
+    assert read_live(tmp_path) == [] and not list(tmp_path.glob("live-*.json"))
+    merged = exposition([], read_retired(tmp_path))
+    assert merged['shoprank_cache_lookups_total{cache="results",result="hit"}'] == 7
+    (tmp_path / "retired.json").write_text('{"not": "families"}')
+    publisher = _LivePublisher(tmp_path, lambda: list(_LiveCollector(lambda: process_state(1, 1, 1, True, "v1"))
+                                                      .collect()))
+    publisher.start()
+    publisher.stop()  # no exception
+    assert not list(tmp_path.glob("live-*.json")) and read_retired(tmp_path)

@@ -49,7 +49,7 @@ def test_get_search_and_given_request_id(client: TestClient) -> None:
 @pytest.mark.parametrize(("path", "raw", "named"), [
     ("/v1/search", '{"query": "drill", "filters": {"min_price": NaN}}', "filters.min_price: Input should be a finite"),
     ("/v1/browse", '{"filters": {"max_price": Infinity}}', "filters.max_price: Input should be a finite number"),
-    ("/v1/browse", '{"k": NaN}', "k: Input should be a finite number (got nan)"),
+    ("/v1/browse", '{"k": NaN}', "k: Input should be a valid integer (got nan)"),  # a count: an integer
     ("/v1/search", '{"query": "drill \\ud800"}', "\\ud800 at byte 17 is half of a UTF-16 surrogate pair"),
     ("/v1/search", '{"query": "drill", "sort": "\\udc00"}', "half of a UTF-16 surrogate pair"),
     ("/v1/events", '[{"type": "purchase", "event_id": "e", "request_id": "r", "product_id": "P1", "revenue": NaN}]',
@@ -86,6 +86,12 @@ def test_a_body_not_sent_as_json_is_told_the_content_type(client: TestClient) ->
     not_utf8 = client.post("/v1/search", content=b'{"query": "dr\xffill"}', headers={"content-type": "text/plain"})
     assert not_utf8.status_code == 422 and "Content-Type: application/json" in not_utf8.json()["message"]  # not a 500
     assert client.get("/v1/search", params={"q": "drill", "max_price": "inf"}).status_code == 422
+    # a batch of events is a list: told the same, and a long body is not echoed back
+    click = {"type": "click", "event_id": "e", "request_id": "r", "product_id": "P1"}
+    events = client.post("/v1/events", content=json.dumps([click] * 500).encode(),
+                         headers={"content-type": "text/plain"})
+    assert events.status_code == 422 and "Content-Type: application/json" in events.json()["message"]
+    assert len(events.content) < 2000, len(events.content)
 
 
 @pytest.mark.parametrize(
@@ -139,8 +145,11 @@ def test_get_search_names_the_rules_the_post_body_names(client: TestClient) -> N
     assert padded.status_code == 200 and padded.json()["query"] == "drill"
     long = client.get("/v1/search", params={"q": "d" * 1100}).json()["message"]
     assert long.startswith("q: query must be 1..256 characters after trimming whitespace, got 1100"), long
-    posted = client.post("/v1/search", json={"query": "drill", "filters": {"min_price": "nan"}}).json()["message"]
-    assert "Input should be a finite number" in posted
+    posted = client.post("/v1/search", content=b'{"query": "drill", "filters": {"min_price": NaN}}',
+                         headers={"content-type": "application/json"}).json()["message"]
+    assert "Input should be a finite number" in posted, posted
+    text = client.post("/v1/search", json={"query": "drill", "filters": {"min_price": "12"}}).json()["message"]
+    assert "filters.min_price: Input should be a valid number (got '12')" in text  # a JSON number, not a string
     for name in ("min_price", "max_price"):
         for value in ("nan", "NaN", "inf"):
             message = client.get("/v1/search", params={"q": "drill", name: value}).json()["message"]
@@ -825,3 +834,61 @@ def test_a_client_gone_before_its_body_arrived_is_answered_and_counted(client: T
     asyncio.run(app(scope, receive, send))  # before: starlette's ClientDisconnect out of the application
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
     assert 'route="/v1/events",status="499"' in client.get("/metrics").text
+
+
+def test_a_search_budget_runs_from_its_arrival_not_from_when_a_thread_took_it(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search that waited for a worker thread longer than serving.budget_ms reaches its route with its budget
+    spent: it may wait for no admission slot (at max_in_flight it is refused at once), and its skippable stages
+    are skipped."""
+    class Arrived:  # the middleware's clock reads 10 s ago: the time a search queued for a thread
+        @staticmethod
+        def monotonic() -> float:
+            return time.monotonic() - 10.0
+
+        perf_counter = staticmethod(time.perf_counter)
+        time = staticmethod(time.time)
+
+    admission = client.app.state.admission  # type: ignore[attr-defined]
+    waits: list[float] = []
+    enter = admission.enter
+
+    def recording(wait_s=None):  # type: ignore[no-untyped-def]
+        waits.append(wait_s)
+        return enter(wait_s)
+
+    monkeypatch.setattr(admission, "enter", recording)
+    state = client.app.state  # type: ignore[attr-defined]
+    budget = state.stores[state.default_store].settings.serving.budget_ms / 1000
+    assert client.post("/v1/search", json={"query": "cordless drill", "k": 5}).status_code == 200
+    monkeypatch.setattr("api.main.time", Arrived)
+    assert client.post("/v1/search", json={"query": "cordless drill hammer", "k": 5}).status_code == 200
+    assert 0 < waits[0] <= budget and waits[1] <= budget - 9.0, waits
+
+
+def test_a_parameter_a_route_does_not_take_and_a_value_of_another_type_are_refused(client: TestClient) -> None:
+    """Not an unfiltered list as if the misspelled parameter were not there, nor true read as 1."""
+    wrong = client.get("/v1/search", params={"q": "drill", "max-price": "20"})
+    assert wrong.status_code == 422 and "max-price: not a parameter of /v1/search; it takes q, k, offset" in \
+        wrong.json()["message"], wrong.text
+    assert client.get("/v1/search", params={"q": "drill", "max_price": "20"}).status_code == 200
+    assert "limit: not a parameter of /v1/suggest; it takes q, k" in \
+        client.get("/v1/suggest", params={"q": "dri", "limit": "3"}).json()["message"]
+    for body in ({"query": "drill", "k": True}, {"query": "drill", "k": "5"}, {"query": "drill", "explain": 1},
+                 {"query": "drill", "filters": {"min_price": "12"}}, {"query": "drill", "filters": {"in_stock": 1}}):
+        refused = client.post("/v1/search", json=body)
+        assert refused.status_code == 422, (body, refused.text)
+    assert client.post("/v1/search", json={"query": "drill", "k": 5, "filters": {"min_price": 12}}).status_code == 200
+
+
+def test_an_anonymous_search_goes_by_itself_in_an_experiment_so_its_pages_agree() -> None:
+    """Without a user or session id, a search's unit is the search (its text, filters, order), not its request: each
+    page of it comes from the same arm and the same interleaving draft, so page 2 neither repeats nor skips."""
+    from api.routes.search import _search_unit
+    from api.schemas import SearchRequest
+
+    first = SearchRequest(query="drill", k=3, filters={"brand": "Ryobi"})
+    assert _search_unit(first) == _search_unit(SearchRequest(query="drill", k=5, offset=3, filters={"brand": "Ryobi"}))
+    assert _search_unit(first) != _search_unit(SearchRequest(query="drill", k=3))
+    assert _search_unit(first) != _search_unit(SearchRequest(query="drill", k=3, filters={"brand": "Ryobi"},
+                                                             sort="price_asc"))

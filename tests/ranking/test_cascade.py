@@ -205,6 +205,17 @@ def test_the_degrade_budget_skips_at_most_its_share_and_only_beside_another_sear
     off = Admission(max_in_flight=0, shed_at=1)
     with off.enter(), off.enter():
         assert off.skip_model() is False
+    # searches refused at max_in_flight were never admitted: they add nothing to the budget
+    import pytest
+
+    from core.errors import Overloaded
+
+    capped = Admission(max_in_flight=1, shed_at=1, skip_share=0.25)
+    with capped.enter():
+        for _ in range(40):
+            with pytest.raises(Overloaded), capped.enter(wait_s=0):
+                pass
+        assert capped._tokens == 0.25  # the one admitted search's share only
 
 
 def test_admission_sheds_above_its_threshold_and_caps_in_flight() -> None:

@@ -190,3 +190,15 @@ def test_an_interleaved_row_is_explained_by_the_lambdamart_of_the_arm_that_place
             assert explained == {f"by {arm_of[routed.teams[product]]}": 1.0}
     ab = ExperimentRouter(EXP).search(engine, Query("drill", "u1"), 3, 0, "u1", False)  # type: ignore[arg-type]
     assert ab.explain(engine, Query("drill", "u1")) == [{f"by {ab.ltr}": 1.0}] * 3  # type: ignore[arg-type]
+
+
+def test_the_pages_of_one_unit_walk_one_interleaved_list() -> None:
+    """Team-draft pages drawn for one unit (a shopper, or an anonymous search itself) follow each other: no product
+    repeats and none is skipped between page 1 and page 2."""
+    router = ExperimentRouter(EXP.model_copy(update={"mode": "interleave"}))
+    engine = FakeEngine()
+    for unit in ("u1", "search:0123456789abcdef", "u7"):
+        whole = router.search(engine, Query("drill"), 6, 0, unit, False).result.candidates.product_ids
+        pages = [router.search(engine, Query("drill"), 3, offset, unit, False).result.candidates.product_ids
+                 for offset in (0, 3)]
+        assert pages[0] + pages[1] == whole, (unit, pages, whole)
