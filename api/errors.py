@@ -38,6 +38,30 @@ def _field(loc: tuple | list) -> str:
     return ".".join(parts) or "body"
 
 
+_BRANCH = re.compile(r"^(constrained-str|str|list\[.*\])$")  # pydantic's name for a branch of ``str | list[str]``
+
+
+def one_reading(errors: list[dict]) -> list[dict]:
+    """Validation errors of a field that takes one value or a list (a filter's ``category``): of pydantic's two
+    readings, only the one of what was sent (a list's errors for a list, else the one value's), located at the
+    field, not at pydantic's name of the branch (``filters.category.list[constrained-str].0`` -> ``.0``)."""
+    out = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        branch = next((i for i, part in enumerate(loc) if isinstance(part, str) and _BRANCH.match(part)), None)
+        if branch is None:
+            out.append(error)
+            continue
+        rest, sent_list = loc[branch + 1:], isinstance(error.get("input"), list)
+        if loc[branch].startswith("list["):
+            keep = bool(rest) or sent_list  # an element's error, or the list's own (too long)
+        else:
+            keep = not sent_list  # the one value's reading of a list: not what was sent
+        if keep:
+            out.append({**error, "loc": (*loc[:branch], *rest)})
+    return out
+
+
 def _brief(error: dict) -> dict:
     """A validation error as the answer's ``detail`` lists it: a whole body sent as text (no JSON content type)
     is not echoed back, only its size."""
@@ -289,7 +313,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
+        errors = one_reading(list(exc.errors()))
         message = "; ".join(_describe(e) for e in errors) or "invalid request"
         return JSONResponse(
             status_code=422,

@@ -892,3 +892,14 @@ def test_an_anonymous_search_goes_by_itself_in_an_experiment_so_its_pages_agree(
     assert _search_unit(first) != _search_unit(SearchRequest(query="drill", k=3))
     assert _search_unit(first) != _search_unit(SearchRequest(query="drill", k=3, filters={"brand": "Ryobi"},
                                                              sort="price_asc"))
+
+
+def test_a_filter_of_one_value_or_a_list_is_told_about_what_was_sent(client: TestClient) -> None:
+    """Not pydantic's complaint for each of its two readings (a list is allowed, so "should be a valid string"
+    for a list is wrong), nor its names for them (constrained-str, list[constrained-str])."""
+    listed = client.post("/v1/search", json={"query": "drill", "filters": {"category": [""]}}).json()["message"]
+    assert listed == "filters.category.0: String should have at least 1 character (got '')", listed
+    number = client.post("/v1/search", json={"query": "drill", "filters": {"brand": 5}}).json()["message"]
+    assert number == "filters.brand: Input should be a valid string (got 5)", number
+    browse = client.post("/v1/browse", json={"filters": {"category": 5}})
+    assert browse.status_code in (422, 503) and "constrained-str" not in browse.text
