@@ -177,7 +177,8 @@ def read_retired(folder: Path) -> Dumped:
 
 def _families(data: Any) -> Dumped:
     """The families of a live or retired file's JSON; what is not a family is left out (a damaged file)."""
-    return [f for f in data if isinstance(f, dict) and isinstance(f.get("samples"), list)] \
+    return [f for f in data if isinstance(f, dict) and isinstance(f.get("samples"), list)
+            and all(isinstance(f.get(key), str) for key in ("name", "type", "documentation"))] \
         if isinstance(data, list) else []
 
 

@@ -188,7 +188,8 @@ class EventSettings(BaseModel):
     @field_validator("kafka_bootstrap")
     @classmethod
     def _bootstrap(cls, value: str | None) -> str | None:
-        return value if value is None else check_kafka_bootstrap(value)
+        # blank: no Kafka, as unset (a compose file's `=${KAFKA:-}`)
+        return None if value is None or not value.strip() else check_kafka_bootstrap(value)
 
 
 class ApiSettings(BaseModel):

@@ -13,7 +13,6 @@ through :func:`get_settings`; a bad value is named as its variable or config fil
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -261,14 +260,6 @@ class Settings(BaseSettings):
             raise ValueError(f"empty; give {give[str(info.field_name)]}")
         return value
 
-    @field_validator("home")
-    @classmethod
-    def _a_folder(cls, value: Path) -> Path:
-        """A home that is a file, or cannot be made, is refused here rather than by the first write into it."""
-        if (problem := home_problem(value)) is not None:
-            raise ValueError(f"{problem}; give the artifact home's folder")
-        return value
-
     @classmethod
     def settings_customise_sources(
         cls,
@@ -305,22 +296,14 @@ class Settings(BaseSettings):
 
 
 def home_problem(home: Path) -> str | None:
-    """Why ``home`` cannot be the artifact home (a file, or a folder that cannot be made there), or None. Cheap:
-    a home that is there is only looked at; for one to be made, a folder is made and removed at once in the
-    nearest existing folder above it."""
-    above = home.absolute().parent
-    try:
-        if home.is_dir():
-            return None
-        if home.exists():
-            return "is a file"
-        above = next(folder for folder in home.absolute().parents if folder.exists())
-        if not above.is_dir():
-            return f"is under the file {above}"
-        os.rmdir(tempfile.mkdtemp(prefix=".shoprank-home-", dir=above))
-    except OSError as error:
-        return f"cannot be made in {above} ({error.strerror or error})"
-    return None
+    """Why ``home`` cannot be the artifact home (it is a file, or under one), or None; it only looks: a home
+    that is not there yet is made by the first command that writes into it."""
+    if home.is_dir():
+        return None
+    if home.exists():
+        return "is a file"
+    above = next((folder for folder in home.absolute().parents if folder.exists()), None)
+    return f"is under the file {above}" if above is not None and not above.is_dir() else None
 
 
 class _YamlSource(PydanticBaseSettingsSource):

@@ -140,14 +140,15 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
     hit_grade = grade_threshold(thresholds.mrr, dataset.max_grade)
     relevant_grade = grade_threshold(thresholds.recall, dataset.max_grade)
     selected = dataset.select(split)
-    if subset != "all" or limit is not None:
+    if subset != "all":
         members = subset_ids(dataset, selected, subset)
-        selected = [(qid, query) for qid, query in selected if qid in members][:limit]
+        selected = [(qid, query) for qid, query in selected if qid in members]
     unslipped = 0
     if typos:
         typed = [(qid, slipped(qid, query)) for qid, query in selected]
         selected = [(qid, text) for qid, text in typed if text is not None]
         unslipped = len(typed) - len(selected)
+    selected = selected[:limit]  # within the subset, of the queries searched
     order = list(RERANK_METRICS if mode == "rerank" else RETRIEVAL_METRICS)
     per_query: dict[str, dict[str, float]] = {metric: {} for metric in order}
     latency: list[float] = []

@@ -152,7 +152,7 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
     for path in sorted(paths.shadow.glob("*.jsonl")):
         report.shadow_records += _drop_lines(path, lambda line: json.loads(line).get("user_id") in users, dry_run)
     for path in sorted(paths.event_spool.glob("slot-*/corrupt.jsonl")):  # with Kafka or not: never shipped
-        report.spool_set_aside += _drop_lines(path, lambda line: _names(line, users, sessions), dry_run)
+        report.spool_set_aside += _drop_lines(path, lambda line: _mentions(line, users, sessions), dry_run)
     if not kafka:
         def theirs(event: dict) -> bool:
             found = [f"user {event.get('user_id')}"] if event.get("user_id") in users else []
@@ -373,10 +373,16 @@ def _named(line: str, drop: Callable[[str], bool]) -> bool:
         return False
 
 
+def _mentions(line: str, users: set[str], sessions: set[str]) -> bool:
+    """Whether a spool line set aside as not an event (its text under ``value``) holds one of the ids as a JSON
+    string anywhere: it is damaged, so where an id sits in it cannot be trusted."""
+    value = str(json.loads(line).get("value", ""))
+    return any(json.dumps(i) in value for i in (*users, *sessions))
+
+
 def _names(line: str, users: set[str], sessions: set[str]) -> bool:
-    """Whether a dead letter (or a spool line set aside as not an event, its text under ``value`` too) holds
-    one of the ids: its event's ``user_id`` / ``session_id`` when the event is JSON, else any of the ids as a
-    JSON string anywhere in it."""
+    """Whether a dead letter holds one of the ids: its event's ``user_id`` / ``session_id`` when the event
+    is JSON, else any of the ids as a JSON string anywhere in it."""
     value = json.loads(line).get("value", "")
     try:
         event = json.loads(value)

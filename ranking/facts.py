@@ -8,9 +8,10 @@ the catalog's column of the same name, else it is unknown (NaN / None).
 index. It is built again when the index changes (an upsert or a delete), when a server's
 first read of every product into the reader's cache finishes (:meth:`CatalogFacts.refresh`),
 and from that cache every ``refresh_s`` seconds (in the background; searches use the arrays
-they have meanwhile), after the reader read again its rows older than ``features.product_ttl_s``
+they have meanwhile); then the reader reads again its rows older than ``features.product_ttl_s``
 (:meth:`OnlineFeatureReader.refresh_stale`: searches re-read only the rows they touch, and a product
-every in-stock filter leaves out is touched by none). So the store's updates reach filters within the
+every in-stock filter leaves out is touched by none), and the arrays are built again if it read any.
+So a live update the reader holds reaches the filters at once, and the store's other updates within the
 reader's ``features.product_ttl_s`` plus ``refresh_s``.
 
 A request's filters become one mask over the index (:meth:`CatalogFacts.allowed`, kept per
@@ -231,16 +232,21 @@ class CatalogFacts:
 
     def _refresh(self, key: int) -> None:
         try:
-            if self.reader is not None:  # rows no search re-reads (a product out of stock) follow the store too
-                self.reader.refresh_stale(self.index.products["product_id"].tolist())
-            fresh = self._build(key)
-            with self._lock:
-                if self.index.generation == key:
-                    self._install(fresh)
+            self._rebuild(key)  # first from the cache as it is: a live update it holds reaches the filters now
+            # then the rows no search re-reads (a product out of stock) are read again from the store, and the
+            # arrays built again if any was: those reads may take seconds on a large catalog
+            if self.reader is not None and self.reader.refresh_stale(self.index.products["product_id"].tolist()):
+                self._rebuild(key)
         except Exception:  # noqa: BLE001 - the arrays in use stay; the next search tries again
             logger.exception("re-reading the product facts failed")
         finally:
             self._refreshing = False
+
+    def _rebuild(self, key: int) -> None:
+        fresh = self._build(key)
+        with self._lock:
+            if self.index.generation == key:
+                self._install(fresh)
 
     def _install(self, fresh: _Table) -> None:
         """Serve ``fresh`` unless a build that started after it is served already (a background rebuild that

@@ -45,6 +45,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "log_level", None) is not None:  # the flag overrides the environment, as every flag does
         updates["log_level"] = args.log_level
     settings = settings.model_copy(update=updates) if updates else settings
+    if "home" not in updates and (problem := home_problem(settings.home)) is not None:  # SHOPRANK_HOME, the config
+        raise InvalidInput(f"the artifact home {settings.home} (SHOPRANK_HOME) {problem}: give a folder")
     if getattr(args, "store", None) is not None:  # the command's own --store (index, keys create): it checks it
         if getattr(args, "global_store", None) not in (None, args.store):
             raise InvalidInput(f"shoprank --store {args.global_store!r} and the command's --store {args.store!r} "
@@ -336,6 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShopRankError as err:
         print(f"error: {err.message}", file=sys.stderr)
         return 2
+    except OSError as err:  # a folder that cannot be made or written (a read-only disk, /proc): one line, not a trace
+        logger.debug("the command failed", exc_info=True)
+        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

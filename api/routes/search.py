@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from api.admission import yield_to_models
 from api.auth import require
 from api.deps import ServedDep
+from api.errors import one_reading
 from api.schemas import (
     INVALID,
     MAX_K,
@@ -281,8 +282,10 @@ def search_get(
 
 def _only_known(request: Request, allowed: tuple[str, ...]) -> None:
     """A 422 naming each query-string parameter the route does not take (``max-price`` for ``max_price``):
-    never left out silently, which would answer as if it were not there (an unfiltered list)."""
-    unknown = sorted(set(request.query_params) - set(allowed))
+    never left out silently, which would answer as if it were not there (an unfiltered list). A cache-buster
+    (``_``) and a campaign's tags (``utm_*``) that links carry are let through."""
+    unknown = sorted(name for name in set(request.query_params) - set(allowed)
+                     if name != "_" and not name.startswith("utm_"))  # a cache-buster, a campaign's tags: not ours
     if unknown:
         raise RequestValidationError([
             {"type": "extra_forbidden", "loc": ("query", name), "input": request.query_params.get(name),
@@ -292,14 +295,12 @@ def _only_known(request: Request, allowed: tuple[str, ...]) -> None:
 def _as_parameters(errors: list[Any]) -> list[Any]:
     """Validation errors of the request body built from a GET's parameters, located at those parameters
     (``query`` -> ``q``, ``filters.category.list[...].0`` -> ``category.0``); of the two readings of a list
-    parameter (one value, or several) only the list's, which is what a query string gives."""
+    parameter (one value, or several) only the list's, which is what a query string gives (:func:`one_reading`)."""
     out, seen = [], set()
-    for error in errors:
+    for error in one_reading(errors):
         loc = [str(part) for part in error.get("loc", ())]
-        if loc[:1] == ["filters"] and len(loc) > 2 and not loc[2].startswith("list["):
-            continue  # the one-value reading of a list parameter
-        named = (["q"] if loc[:1] == ["query"] else [p for p in loc[1:] if not p.startswith("list[")] or
-                 ["min_price, max_price"] if loc[:1] == ["filters"] else loc)  # the prices' check is the filters' own
+        named = (["q"] if loc[:1] == ["query"] else loc[1:] or ["min_price, max_price"] if loc[:1] == ["filters"]
+                 else loc)  # the prices' check is the filters' own
         key = (tuple(named), error.get("msg"))
         if key not in seen:
             seen.add(key)

@@ -151,7 +151,10 @@ def test_a_damaged_retired_file_is_begun_again_not_a_failed_scrape_or_shutdown(t
     assert read_live(tmp_path) == [] and not list(tmp_path.glob("live-*.json"))
     merged = exposition([], read_retired(tmp_path))
     assert merged['shoprank_cache_lookups_total{cache="results",result="hit"}'] == 7
-    (tmp_path / "retired.json").write_text('{"not": "families"}')
+    for damaged in ('{"not": "families"}', '[{"samples": []}]', '[{"type": "counter", "samples": []}]'):
+        (tmp_path / "retired.json").write_text(damaged)
+        assert read_retired(tmp_path) == [] and exposition([], read_retired(tmp_path)) is not None
+    (tmp_path / "retired.json").write_text('[{"samples": []}]')
     publisher = _LivePublisher(tmp_path, lambda: list(_LiveCollector(lambda: process_state(1, 1, 1, True, "v1"))
                                                       .collect()))
     publisher.start()

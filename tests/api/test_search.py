@@ -872,6 +872,7 @@ def test_a_parameter_a_route_does_not_take_and_a_value_of_another_type_are_refus
     assert wrong.status_code == 422 and "max-price: not a parameter of /v1/search; it takes q, k, offset" in \
         wrong.json()["message"], wrong.text
     assert client.get("/v1/search", params={"q": "drill", "max_price": "20"}).status_code == 200
+    assert client.get("/v1/search", params={"q": "drill", "_": "1733", "utm_source": "mail"}).status_code == 200
     assert "limit: not a parameter of /v1/suggest; it takes q, k" in \
         client.get("/v1/suggest", params={"q": "dri", "limit": "3"}).json()["message"]
     for body in ({"query": "drill", "k": True}, {"query": "drill", "k": "5"}, {"query": "drill", "explain": 1},

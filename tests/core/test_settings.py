@@ -27,8 +27,12 @@ def test_unknown_keys_fail_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         Settings()
 
 
-def test_a_kafka_bootstrap_is_read_as_kafka_clients_read_it() -> None:
+def test_a_kafka_bootstrap_is_read_as_kafka_clients_read_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from core.service_settings import check_kafka_bootstrap as kafka_bootstrap
+
+    for blank in ("", " "):  # no Kafka, as unset
+        monkeypatch.setenv("SHOPRANK_EVENTS__KAFKA_BOOTSTRAP", blank)
+        assert Settings().events.kafka_bootstrap is None
 
     for value in ("127.0.0.1:9092", "b1:9092,b2:9093", "[::1]:9092", "PLAINTEXT://kafka.internal:9092", "kafka"):
         assert kafka_bootstrap(value) == value  # the port defaults to 9092; a protocol prefix is ignored

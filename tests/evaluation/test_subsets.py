@@ -135,6 +135,9 @@ def test_harness_with_typos_searches_each_query_with_one_slip(dataset,  # type: 
                     progress=False)  # type: ignore[arg-type]
     assert sorted(some.per_query["recall@100"]) == ["q3", "q4"]
     assert some.details["typos"] == {"slipped": 2, "left_out": 1} and some.to_json()["typos"]["left_out"] == 1
+    first = evaluate(dataset, index, pipe, "s", "retrieval", split="dev", subset="correct", typos=True, limit=2,
+                     progress=False)  # type: ignore[arg-type]
+    assert sorted(first.per_query["recall@100"]) == ["q3", "q4"]  # --limit counts the queries searched
 
 
 def test_brand_and_category_words_are_known_and_marked_letters_are_words(tmp_path: Path) -> None:

@@ -109,6 +109,34 @@ def test_the_periodic_refresh_reads_the_stale_rows_no_search_touches_first() -> 
         time.sleep(0.01)
 
 
+def test_a_live_update_reaches_the_filters_without_waiting_for_the_stale_rows_to_be_read() -> None:
+    """Re-reading the stale rows of a large catalog takes seconds: the facts are built from the cache first."""
+    import threading
+
+    class SlowStale(Reader):
+        def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+            super().__init__(rows)
+            self.release = threading.Event()
+
+        def refresh_stale(self, product_ids: list[str]) -> int:
+            self.release.wait(5)  # the store's re-read, still under way
+            return 0
+
+    reader = SlowStale({"c": {"category": "garden", "price": 12.0}})
+    facts = CatalogFacts(index(PRODUCTS), reader, refresh_s=3600)  # type: ignore[arg-type]
+    try:
+        assert facts.allowed(Filters(max_price=10)).tolist() == [True, False, False, False]
+        reader.stored["c"] = {"category": "garden", "price": 8.0}
+        reader.changes += 1
+        facts.table()
+        deadline = time.monotonic() + 2
+        while facts.allowed(Filters(max_price=10)).tolist() != [True, False, True, False]:
+            assert time.monotonic() < deadline, "the live update waited for the stale rows"
+            time.sleep(0.01)
+    finally:
+        reader.release.set()
+
+
 def test_a_live_update_read_by_the_reader_rebuilds_the_facts_before_refresh_s() -> None:
     reader = Reader({"c": {"category": "garden", "price": 12.0}})
     facts = CatalogFacts(index(PRODUCTS), reader, refresh_s=3600)  # type: ignore[arg-type]
