@@ -100,8 +100,8 @@ class ServingSettings(BaseModel):
                             "price_desc) sorts its this many most relevant products, and shows no more.")
     facts_refresh_s: float = Field(60.0, gt=0, le=86_400, description="Product facts for filters (category, "
                                    "brand, price, stock) are re-read from the feature reader's cache this often, "
-                                   "in the background, after its rows older than features.product_ttl_s are read "
-                                   "again from the store (ranking/facts.py).")
+                                   "in the background, and again once its rows older than features.product_ttl_s "
+                                   "are read again from the store (ranking/facts.py).")
     first_stage_cache_size: int = Field(500, ge=0, le=1_000_000, description="First-stage lists kept in "
                                         "memory per server process (LRU; each ~40 KB at the default "
                                         "ranking.first_stage_depth of 1000): a "
