@@ -24,12 +24,13 @@ into an :class:`~core.query.Analysis`:
    as three catalog words run together (``cabinetwithouttops``), else to a
    catalog word three edits away that products hold together with the query's
    other words (``fridgdare air conditioners`` -> ``frigidaire``). A word of 3
-   letters (codes and abbreviations often are) only to a likely slip of a catalog
-   word that at least 10 products hold with one of the query's other words
-   (``7 mil trash bgs`` -> ``bags``). Words the catalog contains (brands, model
-   numbers), English words of 3 letters, words with digits and words of fewer than
-   3 letters are never changed, and a word with no suggestion is kept: a
-   correction never turns a query into nothing.
+   letters with a vowel (codes and abbreviations often are short) only to a likely
+   slip of a catalog word that at least 10 products hold with one of the query's
+   other words (``rotary cut out tol`` -> ``tool``). Words the catalog contains
+   (brands, model numbers), English words and consonant runs (``sst``, ``brn``) of 3
+   letters, words with digits and words of fewer than 3 letters are never changed,
+   and a word with no suggestion is kept: a correction never turns a query into
+   nothing.
 3. **Detect** brand and product-type words: words the catalog uses as brands
    (a ``brand`` column, else words that mostly lead titles) and as product types
    (a ``category`` column, else words that often end titles).
@@ -235,10 +236,11 @@ class Analyzer:
         return None
 
     def _short(self, word: str, context: Sequence[str]) -> str | None:
-        """A three-letter word (``bgs``, ``tol``, ``ubs``): too short to correct alone (codes and abbreviations
+        """A three-letter word (``tol``, ``boc``, ``ubs``): too short to correct alone (codes and abbreviations
         are), so only to a catalog word one likely slip away that at least :data:`SHORT_TOGETHER` products hold
-        with one of the query's other words (``7 mil trash bgs`` -> ``bags``), and never an English word."""
-        if not context or word in english_words():
+        with one of the query's other words (``rotary cut out tol`` -> ``tool``); never an English word, nor one
+        without a vowel (``sst`` for stainless steel, ``brn`` for brown: abbreviations more often than slips)."""
+        if not context or word in english_words() or not set(word) & set("aeiou"):  # sst, brn, pnt: abbreviations
             return None
         from symspellpy import Verbosity
 

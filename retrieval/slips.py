@@ -23,7 +23,7 @@ for _r, _row in enumerate(_ROWS):
 
 LIKELY = 1.0  # a letter dropped, doubled or swapped, or a neighbouring key in place of the right one
 BESIDE = 0.3  # a neighbouring key hit beside the right one
-UNLIKELY = 0.05  # any other edit, or one that changes the first letter
+UNLIKELY = 0.15  # any other edit, or one that changes the first letter
 
 
 def slip_weight(typed: str, word: str) -> float:

@@ -225,13 +225,17 @@ def test_the_likelier_slip_wins_then_the_other_words_then_frequency() -> None:
 
 def test_a_three_letter_word_is_corrected_only_to_a_likely_slip_many_products_hold_with_the_other_words() -> None:
     analyzer = Analyzer(Vocabulary.build(["Trash Bags 30 Gallon"] * 10 + ["Tool Box Steel"] * 12 + ["Tool Bag"] * 3
-                                         + ["Bog Garden Plant"] * 2))
-    assert analyzer.analyze("trash bgs").text == "trash bags"  # a dropped letter; ten products hold both
+                                         + ["Bog Garden Plant"] * 2 + ["Drill Bit Set"] * 12 + ["Rotary Tool"] * 10))
+    assert analyzer.analyze("rotary cut out tol").text == "rotary cut out tool"  # a dropped letter; ten hold both
     assert analyzer.analyze("tool boc").text == "tool box"  # a neighbouring key
-    assert analyzer.analyze("bgs").text == "bgs"  # alone: a code as likely as a slip
-    assert analyzer.analyze("garden bgs").text == "garden bgs"  # "bog" is two products with "garden": too few
+    assert analyzer.analyze("boc").text == "boc"  # alone: a code as likely as a slip
+    assert analyzer.analyze("garden bog").text == "garden bog"  # a catalog word: kept
+    assert analyzer.analyze("garden bpg").text == "garden bpg"  # no vowel: kept
+    assert analyzer.analyze("tool bix").text == "tool box"  # i beside o: a neighbouring key
+    assert analyzer.analyze("tool bax").text == "tool bax"  # a for o: keys apart, not a likely slip
+    assert analyzer.analyze("sst drill bit").text == "sst drill bit"  # no vowel: stainless steel, not "set"
+    assert analyzer.analyze("trash bgs").text == "trash bgs"  # no vowel: kept, though "bags" would fit
     assert analyzer.analyze("tool bgx").text == "tool bgx"  # no likely slip of a catalog word
-    assert analyzer.analyze("trash bag").text == "trash bag"  # a catalog word: kept
     assert analyzer.analyze("the trash").text == "the trash"  # an English word: kept
 
 
