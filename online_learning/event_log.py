@@ -361,8 +361,8 @@ class EventLog:
                 for line in handle:
                     if not line.endswith(b"\n") or (segment >= live and offset + len(line) > synced):
                         break  # a write in progress, or lines an fsync may yet take back
-                    try:
-                        record = json.loads(line)
+                    try:  # zeros a crash left where an earlier line's bytes never reached the disk run into this
+                        record = json.loads(line.lstrip(b"\0"))  # line's start: the event after them is whole
                     except ValueError:  # not JSON, or not UTF-8
                         record = None
                     if isinstance(record, dict) and {"topic", "key", "value"} <= record.keys():

@@ -258,7 +258,8 @@ def test_a_spool_line_that_is_not_an_event_is_set_aside_and_the_rest_is_shipped(
                            "value": click(i).model_dump(mode="json")}).encode() + b"\n"
 
     damaged = [b"\0" * 40 + line(2)[20:], b"null\n"]
-    (tmp_path / "segment-00000001.jsonl").write_bytes(line(1) + damaged[0] + line(3) + damaged[1])
+    zeroed = b"\0" * 30 + line(5)  # a line lost to zeros, its line end too: the event after it is whole
+    (tmp_path / "segment-00000001.jsonl").write_bytes(line(1) + damaged[0] + line(3) + damaged[1] + zeroed)
     log = EventLog(tmp_path, KafkaSettings("broker:9092"), adopt_every_s=0)
     try:
         assert log.drain(5)
@@ -266,7 +267,7 @@ def test_a_spool_line_that_is_not_an_event_is_set_aside_and_the_rest_is_shipped(
         assert log.drain(5)
     finally:
         log.close()
-    assert producer.sent == ["e1", "e3", "e4"] and log.quarantined == 2
+    assert producer.sent == ["e1", "e3", "e5", "e4"] and log.quarantined == 2
     kept = [json.loads(kept) for kept in (tmp_path / "corrupt.jsonl").read_text().splitlines()]
     assert [record["value"].encode() for record in kept] == damaged
     assert [(record["segment"], record["offset"]) for record in kept] == [(1, len(line(1))),
