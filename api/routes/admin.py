@@ -379,7 +379,11 @@ async def put_experiment(body: Annotated[ExperimentConfig, WrapValidator(_as_sav
             # and across processes (`shoprank promote --apply`), waited for on a thread, not on the event loop
             await asyncio.to_thread(held.enter_context, exclusive(path))
             old = _as_it_is(path)
-            save_router_config(settings.paths, body.experiment, body.shadow)
+            try:
+                save_router_config(settings.paths, body.experiment, body.shadow)
+            except OSError as error:  # as a rules file that cannot be written: the call changes nothing
+                raise Conflict(f"cannot write {path} ({error.strerror}): the experiment is not changed; make the "
+                               "store's folder writable (or free its disk) and send it again") from None
             try:
                 await _swap(request, holder)
             except Exception:  # not served here: the call changes nothing, and nothing is published

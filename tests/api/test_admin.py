@@ -164,3 +164,23 @@ def test_an_experiment_keeps_its_split_under_its_name(client: TestClient) -> Non
     assert put("ramp", arms(9, 1, "v1")).status_code == 200  # another version in an arm: nobody moves
     assert put("ramp-2", arms(1, 1)).status_code == 200
     assert client.get("/v1/admin/experiment", headers=AUTH).json()["experiment"]["name"] == "ramp-2"
+
+
+def test_an_experiment_that_cannot_be_written_is_a_409_and_changes_nothing(client: TestClient,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import api.routes.admin as admin
+
+    before = client.get("/v1/admin/experiment", headers=AUTH).json()
+
+    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(admin, "save_router_config", full)
+    arms = {"control": {"ltr": "v1", "weight": 1}, "treatment": {"ltr": "v2", "weight": 1}}
+    refused = client.put("/v1/admin/experiment", json={"experiment": {"name": "full-disk", "arms": arms}},
+                         headers=AUTH)
+    assert refused.status_code == 409 and "(No space left on device): the experiment is not changed" in \
+        refused.json()["message"], refused.text
+    assert client.get("/v1/admin/experiment", headers=AUTH).json() == before
