@@ -107,15 +107,23 @@ async def _swap_or_undo(request: Request, holder: ServedHolder, settings: Settin
     Counted, then published to the artifact store, only once served."""
     registry = ModelRegistry(settings.paths.models)
     changed_to = registry.active_version(role)
-    try:
-        engine = await _swap(request, holder)
-    except Exception:
-        if changed_to is not None:
-            registry.restore(role, before, unless_changed_from=changed_to)
-        raise
-    request.app.state.metrics.swaps.labels(role, action).inc()
-    await _publish(settings, f"{role} {changed_to} is served here and active in the registry")
-    return engine
+
+    async def finish() -> SearchEngine:
+        try:
+            engine = await _swap(request, holder)
+        except Exception:
+            if changed_to is not None:
+                registry.restore(role, before, unless_changed_from=changed_to)
+            raise
+        request.app.state.metrics.swaps.labels(role, action).inc()
+        await _publish(settings, f"{role} {changed_to} is served here and active in the registry")
+        return engine
+
+    # shielded: a caller gone meanwhile (the client hung up) stops neither the swap nor its undo half way, so the
+    # registry never names a version this process does not serve
+    done = asyncio.ensure_future(finish())
+    done.add_done_callback(lambda task: task.cancelled() or task.exception())  # its error is the caller's to tell
+    return await asyncio.shield(done)
 
 
 async def _publish(settings: Settings, done: str) -> None:

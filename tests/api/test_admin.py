@@ -184,3 +184,44 @@ def test_an_experiment_that_cannot_be_written_is_a_409_and_changes_nothing(clien
     assert refused.status_code == 409 and "(No space left on device): the experiment is not changed" in \
         refused.json()["message"], refused.text
     assert client.get("/v1/admin/experiment", headers=AUTH).json() == before
+
+
+def test_an_activation_whose_caller_is_gone_is_still_undone_when_it_cannot_be_served(
+        client: TestClient, home: Settings) -> None:
+    """The request cancelled (a client that hung up) while the served unit reloads: the reload goes on, and when it
+    fails, the registry goes back, as if the caller had waited."""
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    from core.registry import ModelRegistry
+
+    holder = client.app.state.stores[client.app.state.default_store].holder  # type: ignore[attr-defined]
+    registry = ModelRegistry(home.paths.models)
+    before = registry.state("ltr")
+    assert registry.active_version("ltr") == "v1"
+    release = threading.Event()
+
+    def broken_reload():  # type: ignore[no-untyped-def]
+        release.wait(5)
+        raise RuntimeError("v2 does not load here")
+
+    async def scenario() -> None:
+        registry.activate("ltr", "v2")
+        request = SimpleNamespace(app=client.app)
+        task = asyncio.ensure_future(admin._swap_or_undo(request, holder, home, "ltr", before, "activate"))
+        await asyncio.sleep(0.1)
+        task.cancel()  # the caller is gone
+        release.set()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if registry.active_version("ltr") == "v1":
+                break
+
+    real = holder.reload
+    holder.reload = broken_reload
+    try:
+        asyncio.run(scenario())
+    finally:
+        holder.reload = real
+    assert ModelRegistry(home.paths.models).active_version("ltr") == "v1"
