@@ -8,7 +8,8 @@ import json
 import os
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -56,6 +57,8 @@ def require_admin(request: Request, settings: SettingsDep, authorization: Annota
         raise Unauthorized("missing 'Authorization: Bearer <token>' header")
     raise Forbidden("wrong admin token")
 
+
+T = TypeVar("T")
 
 # mounted at /v1 (the default store) and /v1/stores/{store}
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
@@ -119,10 +122,14 @@ async def _swap_or_undo(request: Request, holder: ServedHolder, settings: Settin
         await _publish(settings, f"{role} {changed_to} is served here and active in the registry")
         return engine
 
-    # shielded: a caller gone meanwhile (the client hung up) stops neither the swap nor its undo half way, so the
-    # registry never names a version this process does not serve
-    done = asyncio.ensure_future(finish())
-    done.add_done_callback(lambda task: task.cancelled() or task.exception())  # its error is the caller's to tell
+    return await _to_the_end(finish())  # the registry never names a version this process does not serve
+
+
+async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end even when its caller is gone (the client hung up, the request cancelled): a change
+    and its undo never stop half way. Its error is the caller's to tell, while there is one."""
+    done = asyncio.ensure_future(work)
+    done.add_done_callback(lambda task: task.cancelled() or task.exception())  # retrieved: not logged as lost
     return await asyncio.shield(done)
 
 
@@ -268,22 +275,26 @@ async def _replace_file(request: Request, holder: ServedHolder, settings: Settin
                         text: str) -> SearchEngine:
     """Write a shared file (the rules, the synonyms), serve it here, then publish it. When the served unit
     cannot be made again (another shared file is broken), the old file is put back and the error raised:
-    the call changes nothing."""
+    the call changes nothing, even when its caller is gone meanwhile (:func:`_to_the_end`)."""
     lock = _FILE_LOCKS.setdefault((id(asyncio.get_running_loop()), path), asyncio.Lock())
-    async with lock:  # one change of a file at a time in this process
-        old = _as_it_is(path)
-        try:
-            await asyncio.to_thread(write_text_atomic, path, text)
-        except OSError as error:
-            raise Conflict(f"cannot write {path} ({error.strerror}); a setting names a file this server may not "
-                           "change: unset it to keep the file in the store's folder") from None
-        try:
-            engine = await _swap(request, holder)
-        except Exception:
-            await asyncio.to_thread(_put_back, path, old)
-            raise
-    await _publish(settings, f"{path} is saved and served here")
-    return engine
+
+    async def change() -> SearchEngine:
+        async with lock:  # one change of a file at a time in this process
+            old = _as_it_is(path)
+            try:
+                await asyncio.to_thread(write_text_atomic, path, text)
+            except OSError as error:
+                raise Conflict(f"cannot write {path} ({error.strerror}); a setting names a file this server may "
+                               "not change: unset it to keep the file in the store's folder") from None
+            try:
+                engine = await _swap(request, holder)
+            except Exception:
+                await asyncio.to_thread(_put_back, path, old)
+                raise
+        await _publish(settings, f"{path} is saved and served here")
+        return engine
+
+    return await _to_the_end(change())
 
 
 def _as_it_is(path: Path) -> tuple[bytes, int, int] | None:
@@ -382,20 +393,24 @@ async def put_experiment(body: Annotated[ExperimentConfig, WrapValidator(_as_sav
         registry.get("ltr", version)  # 404 naming what is registered
         await asyncio.to_thread(check_loads, settings, "ltr", version)  # 409: damaged, or features unfillable
     path = settings.paths.experiment_config
-    async with _FILE_LOCKS.setdefault((id(asyncio.get_running_loop()), path), asyncio.Lock()):
-        with ExitStack() as held:
-            # and across processes (`shoprank promote --apply`), waited for on a thread, not on the event loop
-            await asyncio.to_thread(held.enter_context, exclusive(path))
-            old = _as_it_is(path)
-            try:
-                save_router_config(settings.paths, body.experiment, body.shadow)
-            except OSError as error:  # as a rules file that cannot be written: the call changes nothing
-                raise Conflict(f"cannot write {path} ({error.strerror}): the experiment is not changed; make the "
-                               "store's folder writable (or free its disk) and send it again") from None
-            try:
-                await _swap(request, holder)
-            except Exception:  # not served here: the call changes nothing, and nothing is published
-                await asyncio.to_thread(_put_back, path, old)
-                raise
-    await _publish(settings, f"the experiment configuration {path} is saved and served here")
+
+    async def change() -> None:  # to its end, or undone, even when the caller is gone (:func:`_to_the_end`)
+        async with _FILE_LOCKS.setdefault((id(asyncio.get_running_loop()), path), asyncio.Lock()):
+            with ExitStack() as held:
+                # and across processes (`shoprank promote --apply`), waited for on a thread, not on the event loop
+                await asyncio.to_thread(held.enter_context, exclusive(path))
+                old = _as_it_is(path)
+                try:
+                    save_router_config(settings.paths, body.experiment, body.shadow)
+                except OSError as error:  # as a rules file that cannot be written: the call changes nothing
+                    raise Conflict(f"cannot write {path} ({error.strerror}): the experiment is not changed; make "
+                                   "the store's folder writable (or free its disk) and send it again") from None
+                try:
+                    await _swap(request, holder)
+                except Exception:  # not served here: the call changes nothing, and nothing is published
+                    await asyncio.to_thread(_put_back, path, old)
+                    raise
+        await _publish(settings, f"the experiment configuration {path} is saved and served here")
+
+    await _to_the_end(change())
     return get_experiment(holder)

@@ -225,3 +225,38 @@ def test_an_activation_whose_caller_is_gone_is_still_undone_when_it_cannot_be_se
     finally:
         holder.reload = real
     assert ModelRegistry(home.paths.models).active_version("ltr") == "v1"
+
+
+def test_a_rules_change_whose_caller_is_gone_is_still_put_back_when_it_cannot_be_served(
+        client: TestClient, home: Settings) -> None:
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    holder = client.app.state.stores[client.app.state.default_store].holder  # type: ignore[attr-defined]
+    path = home.paths.base / "rules.yaml"
+    path.write_text("hide: [P1]\n")
+    release = threading.Event()
+
+    def broken_reload():  # type: ignore[no-untyped-def]
+        release.wait(5)
+        raise RuntimeError("the synonyms file is broken")
+
+    async def scenario() -> None:
+        request = SimpleNamespace(app=client.app)
+        task = asyncio.ensure_future(admin._replace_file(request, holder, home, path, "hide: [P2]\n"))
+        await asyncio.sleep(0.1)
+        task.cancel()  # the caller is gone while the served unit is made again
+        release.set()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if path.read_text() == "hide: [P1]\n":
+                break
+
+    real = holder.reload
+    holder.reload = broken_reload
+    try:
+        asyncio.run(scenario())
+    finally:
+        holder.reload = real
+    assert path.read_text() == "hide: [P1]\n"  # put back: the call changed nothing
