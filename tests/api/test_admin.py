@@ -186,36 +186,28 @@ def test_an_experiment_that_cannot_be_written_is_a_409_and_changes_nothing(clien
     assert client.get("/v1/admin/experiment", headers=AUTH).json() == before
 
 
-def test_an_activation_whose_caller_is_gone_is_still_undone_when_it_cannot_be_served(
-        client: TestClient, home: Settings) -> None:
-    """The request cancelled (a client that hung up) while the served unit reloads: the reload goes on, and when it
-    fails, the registry goes back, as if the caller had waited."""
+def caller_gone_while_the_reload_fails(client: TestClient, call, undone) -> None:  # type: ignore[no-untyped-def]
+    """Start the admin coroutine ``call(request, holder)``, cancel it (a client that hung up) while the served unit
+    reloads, then let the reload fail; wait until ``undone()`` (at most 2 s)."""
     import asyncio
     import threading
     from types import SimpleNamespace
 
-    from core.registry import ModelRegistry
-
     holder = client.app.state.stores[client.app.state.default_store].holder  # type: ignore[attr-defined]
-    registry = ModelRegistry(home.paths.models)
-    before = registry.state("ltr")
-    assert registry.active_version("ltr") == "v1"
     release = threading.Event()
 
     def broken_reload():  # type: ignore[no-untyped-def]
         release.wait(5)
-        raise RuntimeError("v2 does not load here")
+        raise RuntimeError("the new state does not load here")
 
     async def scenario() -> None:
-        registry.activate("ltr", "v2")
-        request = SimpleNamespace(app=client.app)
-        task = asyncio.ensure_future(admin._swap_or_undo(request, holder, home, "ltr", before, "activate"))
+        task = asyncio.ensure_future(call(SimpleNamespace(app=client.app), holder))
         await asyncio.sleep(0.1)
         task.cancel()  # the caller is gone
         release.set()
         for _ in range(100):
             await asyncio.sleep(0.02)
-            if registry.active_version("ltr") == "v1":
+            if undone():
                 break
 
     real = holder.reload
@@ -224,39 +216,29 @@ def test_an_activation_whose_caller_is_gone_is_still_undone_when_it_cannot_be_se
         asyncio.run(scenario())
     finally:
         holder.reload = real
+
+
+def test_an_activation_whose_caller_is_gone_is_still_undone_when_it_cannot_be_served(
+        client: TestClient, home: Settings) -> None:
+    """The request cancelled while the served unit reloads: the reload goes on, and when it fails, the registry
+    goes back, as if the caller had waited."""
+    from core.registry import ModelRegistry
+
+    registry = ModelRegistry(home.paths.models)
+    before = registry.state("ltr")
+    assert registry.active_version("ltr") == "v1"
+    registry.activate("ltr", "v2")
+    caller_gone_while_the_reload_fails(
+        client, lambda request, holder: admin._swap_or_undo(request, holder, home, "ltr", before, "activate"),
+        lambda: registry.active_version("ltr") == "v1")
     assert ModelRegistry(home.paths.models).active_version("ltr") == "v1"
 
 
 def test_a_rules_change_whose_caller_is_gone_is_still_put_back_when_it_cannot_be_served(
         client: TestClient, home: Settings) -> None:
-    import asyncio
-    import threading
-    from types import SimpleNamespace
-
-    holder = client.app.state.stores[client.app.state.default_store].holder  # type: ignore[attr-defined]
     path = home.paths.base / "rules.yaml"
     path.write_text("hide: [P1]\n")
-    release = threading.Event()
-
-    def broken_reload():  # type: ignore[no-untyped-def]
-        release.wait(5)
-        raise RuntimeError("the synonyms file is broken")
-
-    async def scenario() -> None:
-        request = SimpleNamespace(app=client.app)
-        task = asyncio.ensure_future(admin._replace_file(request, holder, home, path, "hide: [P2]\n"))
-        await asyncio.sleep(0.1)
-        task.cancel()  # the caller is gone while the served unit is made again
-        release.set()
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if path.read_text() == "hide: [P1]\n":
-                break
-
-    real = holder.reload
-    holder.reload = broken_reload
-    try:
-        asyncio.run(scenario())
-    finally:
-        holder.reload = real
+    caller_gone_while_the_reload_fails(
+        client, lambda request, holder: admin._replace_file(request, holder, home, path, "hide: [P2]\n"),
+        lambda: path.read_text() == "hide: [P1]\n")
     assert path.read_text() == "hide: [P1]\n"  # put back: the call changed nothing
