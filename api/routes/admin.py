@@ -6,9 +6,9 @@ import asyncio
 import hmac
 import json
 import os
+from collections.abc import Coroutine
 from contextlib import ExitStack
 from pathlib import Path
-from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Query, Request

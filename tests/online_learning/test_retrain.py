@@ -308,7 +308,13 @@ def test_the_filter_report_counts_only_the_windows_clicks_without_an_impression(
     import pandas as pd
 
     from online_learning.consumers.base import Delivered
-    from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem
+    from online_learning.events import (
+        INTERACTIONS_TOPIC,
+        RANKINGS_TOPIC,
+        InteractionEvent,
+        RankingEvent,
+        ShownItem,
+    )
     from online_learning.retrain import impressions
 
     t0, batch = datetime(2026, 11, 1, tzinfo=UTC), []

@@ -136,7 +136,13 @@ def test_the_experiments_and_guards_searches_judge_a_shoppers_volume_a_day_at_a_
     from online_learning.analysis import searches as searches_table
     from online_learning.consumers.base import Delivered
     from online_learning.consumers.log_sink import ParquetLogSink
-    from online_learning.events import INTERACTIONS_TOPIC, RANKINGS_TOPIC, InteractionEvent, RankingEvent, ShownItem
+    from online_learning.events import (
+        INTERACTIONS_TOPIC,
+        RANKINGS_TOPIC,
+        InteractionEvent,
+        RankingEvent,
+        ShownItem,
+    )
 
     t0, batch = datetime(2026, 11, 1, tzinfo=UTC), []
     plan = [("loyal", day, 30) for day in range(5)] + [("bot", 2, 120)] + [(f"u{i}", day, 5) for i in range(5)
