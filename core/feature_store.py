@@ -258,10 +258,21 @@ class OnlineFeatureReader:
             self._refreshing.difference_update(rows)
         return {**entries, **newer}
 
+    def _stale(self, cached: dict[str, tuple[float, dict[str, Any], np.ndarray] | None], now: float) -> list[str]:
+        """The products of ``cached`` (their entries, None: never read) read longer than ``product_ttl`` ago and
+        not being read again already. Under the lock."""
+        return [p for p, entry in cached.items() if entry is not None and now - entry[0] > self.product_ttl
+                and p not in self._refreshing]
+
+    def _read_into_cache(self, product_ids: list[str], timeout: float | None) -> None:
+        """Read the rows of ``product_ids`` from the store and cache them as of the read's start (:meth:`_store`:
+        never over a row a later read cached)."""
+        started = time.monotonic()
+        self._store(self._read_products(product_ids, timeout), started)
+
     def _refresh(self, product_ids: list[str], timeout: float | None = None) -> None:
         try:
-            started = time.monotonic()
-            self._store(self._read_products(product_ids, timeout), started)
+            self._read_into_cache(product_ids, timeout)
         except StoreUnavailable:  # the stale rows keep serving; the next access retries
             with self._lock:
                 self._refreshing.difference_update(product_ids)
@@ -277,8 +288,7 @@ class OnlineFeatureReader:
         for start in range(0, len(product_ids), batch):
             chunk = list(product_ids[start : start + batch])
             try:
-                started = time.monotonic()
-                self._store(self._read_products(chunk, timeout=60.0), started)
+                self._read_into_cache(chunk, 60.0)
             except StoreUnavailable:
                 failed += chunk
             except Exception:  # noqa: BLE001 - logged; tried again with the rest
@@ -300,8 +310,7 @@ class OnlineFeatureReader:
         with self._lock:
             get = self._cache.get
             cached = {p: get(p) for p in product_ids}
-            stale = [p for p, e in cached.items() if e is not None and now - e[0] > self.product_ttl
-                     and p not in self._refreshing]
+            stale = self._stale(cached, now)
             self._refreshing.update(stale)
         missing = [p for p, entry in cached.items() if entry is None]
         self.hits += len(product_ids) - len(missing)
@@ -373,8 +382,7 @@ class OnlineFeatureReader:
                 product_ids = list(self._cache)
         for start in range(0, len(product_ids), CHUNK):
             chunk = list(dict.fromkeys(product_ids[start : start + CHUNK]))
-            started = time.monotonic()
-            self._store(self._read_products(chunk, timeout=BACKGROUND_READ_S), started)
+            self._read_into_cache(chunk, BACKGROUND_READ_S)
         self.changes += 1
 
     def refresh_stale(self, product_ids: Sequence[str]) -> int:
@@ -386,14 +394,12 @@ class OnlineFeatureReader:
         now, started = time.monotonic(), time.perf_counter()
         with self._lock:
             get = self._cache.get
-            stale = [p for p in dict.fromkeys(product_ids) if (entry := get(p)) is not None
-                     and now - entry[0] > self.product_ttl and p not in self._refreshing]
+            stale = self._stale({p: get(p) for p in product_ids}, now)
         read = 0
         for start in range(0, len(stale), CHUNK):
             chunk = stale[start : start + CHUNK]
             try:
-                begun = time.monotonic()
-                self._store(self._read_products(chunk, timeout=BACKGROUND_READ_S), begun)
+                self._read_into_cache(chunk, BACKGROUND_READ_S)
             except StoreUnavailable as err:  # the stale rows keep serving; the next call reads them
                 logger.warning("re-reading %d stale product rows stopped after %d: %s", len(stale), read, err)
                 break
