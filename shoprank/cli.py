@@ -37,16 +37,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "home", None) is not None:  # an empty --home "$HOME_DIR" is an error, not the default home
         if not str(args.home).strip():
             raise InvalidInput("--home is empty: give the artifact home's folder (or leave --home out)")
-        if (problem := home_problem(Path(args.home))) is not None:
-            raise InvalidInput(f"--home {args.home} {problem}: give the artifact home's folder")
         updates["home"] = Path(args.home)
     if getattr(args, "no_progress", False):
         updates["progress"] = False
     if getattr(args, "log_level", None) is not None:  # the flag overrides the environment, as every flag does
         updates["log_level"] = args.log_level
     settings = settings.model_copy(update=updates) if updates else settings
-    if "home" not in updates and (problem := home_problem(settings.home)) is not None:  # SHOPRANK_HOME, the config
-        raise InvalidInput(f"the artifact home {settings.home} (SHOPRANK_HOME) {problem}: give a folder")
+    if (problem := home_problem(settings.home)) is not None:  # --home, else SHOPRANK_HOME or the config file's
+        given = f"--home {args.home}" if "home" in updates else f"the artifact home {settings.home} (SHOPRANK_HOME)"
+        raise InvalidInput(f"{given} {problem}: give the artifact home's folder")
     if getattr(args, "store", None) is not None:  # the command's own --store (index, keys create): it checks it
         if getattr(args, "global_store", None) not in (None, args.store):
             raise InvalidInput(f"shoprank --store {args.global_store!r} and the command's --store {args.store!r} "
