@@ -244,3 +244,16 @@ def test_other_scripts_are_corrected_as_words_but_a_cjk_run_is_kept() -> None:
     analyzer = Analyzer(vocabulary)
     assert analyzer.analyze("дрелль аккумуляторная").text == "дрель аккумуляторная"  # one edit: a typo
     assert analyzer.analyze("電動ドリラ").text == "電動ドリラ"  # one character from 電動ドリル, but a different phrase
+
+
+def test_the_channel_weight_benchmark_slips_unlikely_into_unknown_words() -> None:
+    from benchmarks.slip_weights import unlikely_pairs
+
+    titles = ["Heavy Duty Miter Saw", "Garden Hose Reel Cart", "Cordless Drill Driver Kit", "Oak Log"] * 20
+    vocabulary = Vocabulary.build(titles)
+    pairs = unlikely_pairs(titles, vocabulary, count=80)
+    assert len(pairs) > 40 and not any("oak log" in spelt for _, spelt in pairs)  # no word of 5+ letters
+    for typed, spelt in pairs:
+        [(slip, word)] = [(a, b) for a, b in zip(typed.split(), spelt.split()) if a != b]
+        assert not vocabulary.knows(slip) and slip_weight(slip, word) == UNLIKELY, (slip, word)
+    assert pairs == unlikely_pairs(titles, vocabulary, count=80)  # a fixed seed
