@@ -267,11 +267,19 @@ class ModelRegistry:
         history = _rollback_history(self._state(role))
         return history[-1] if history else None
 
-    def rollback(self, role: str, check: Callable[[str], object] | None = None) -> ModelVersion:
+    def rollback(self, role: str, check: Callable[[str], object] | None = None,
+                 expected: str | None = None) -> ModelVersion:
         """Re-activate the version that was active before the current one, if its files are intact and
-        ``check`` (called with it, e.g. :func:`serving.loading.check_loads`) does not raise."""
+        ``check`` (called with it, e.g. :func:`serving.loading.check_loads`) does not raise. With ``expected``
+        (the version a caller judged), :class:`~core.errors.Conflict` unless it is still the active one: a
+        version activated meanwhile is not rolled back onto the one judged."""
         with self._lock(role):
             state = self._state(role)
+            if expected is not None and state["version"] != expected:
+                now = state["version"] or "no version"
+                raise Conflict(f"{role} {expected} is no longer the active version: {now} was activated after "
+                               f"{expected} was judged; nothing was rolled back: run `shoprank guard` again to "
+                               f"judge {now}")
             history = _rollback_history(state)
             if not history:
                 raise InvalidInput(f"{role} has no earlier active version to roll back to")

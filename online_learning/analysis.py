@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from online_learning.stats import (
     min_sample_size,
     sign_test,
 )
-from online_learning.traffic_filter import FilterConfig, clean, shopper_ids
+from online_learning.traffic_filter import Cleaned, FilterConfig, clean, shopper_ids
 from retrieval.vocabulary import normalize
 
 RATES = (("ctr", "clicked"), ("add_to_cart_rate", "carted"), ("purchase_rate", "bought"),
@@ -38,25 +39,34 @@ SEARCH_COLUMNS = ["request_id", "timestamp", "user_id", "session_id", "query", "
                   "zero_results", "is_degraded"]  # :func:`searches`' rows, also when there is none
 
 
-def _cleaned_by_day(rankings: pd.DataFrame, interactions: pd.DataFrame,
-                    filters: FilterConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The traffic filters applied one UTC day of searches at a time, each with the interactions on its searches,
-    as the nightly retrain applies them to its window: a shopper's volume and clicks are judged per day, so
-    an honest shopper of 35 searches a day is not dropped from an experiment's or the guard's months of
-    searches for passing ``max_searches`` over all of them. An interaction on no logged search is left out, as
-    the filters leave it out."""
-    days = pd.to_datetime(rankings["timestamp"], utc=True).dt.floor("D")
-    on_day = {}
+def cleaned_by_day(rankings: pd.DataFrame, interactions: pd.DataFrame, filters: FilterConfig) -> Cleaned:
+    """The traffic filters (:func:`~online_learning.traffic_filter.clean`) applied one UTC day of searches at a
+    time, each with the interactions on its searches, as the nightly retrain, the experiments and the guard read
+    the log: a shopper's volume and clicks are judged per day, so an honest shopper of 35 searches a day is not
+    dropped from months of searches for passing ``max_searches`` over all of them. A search belongs to the day
+    it was first logged (one logged as two ranking events stays whole). An interaction on no logged search is
+    left out, as the filters leave it out, and counted as ``no_impression``; the days' exclusions are summed,
+    and a shopper anomalous on several days is named once, with its first day's reason."""
+    times = pd.to_datetime(rankings["timestamp"], utc=True)
+    days = times.groupby(rankings["request_id"].to_numpy(), dropna=False).transform("min").dt.floor("D")
+    on_day: dict = {}
+    excluded: Counter = Counter()
     if not interactions.empty:  # each interaction with the day of its search, read once
         day_of = pd.Series(days.to_numpy(), index=rankings["request_id"].to_numpy())
         day_of = day_of[~day_of.index.duplicated()]
-        on_day = dict(tuple(interactions.groupby(interactions["request_id"].map(day_of), sort=False)))
+        their_day = interactions["request_id"].map(day_of)
+        excluded["no_impression"] = int(their_day.isna().sum())
+        on_day = dict(tuple(interactions.groupby(their_day, sort=False)))
     kept: list[tuple[pd.DataFrame, pd.DataFrame]] = []
+    anomalous: dict[str, str] = {}
     for day, searched in rankings.groupby(days, sort=True):
         cleaned = clean(searched, on_day.get(day, interactions.iloc[:0]), filters)
         kept.append((cleaned.rankings, cleaned.interactions))
-    return (pd.concat([r for r, _ in kept], ignore_index=True),
-            pd.concat([i for _, i in kept], ignore_index=True))
+        excluded.update(cleaned.excluded)
+        for who, why in cleaned.anomalous.items():
+            anomalous.setdefault(who, why)
+    return Cleaned(pd.concat([r for r, _ in kept], ignore_index=True),
+                   pd.concat([i for _, i in kept], ignore_index=True), +excluded, anomalous)
 
 
 def searches(log_root: Path, experiment: str | None = None, filters: FilterConfig | None = FilterConfig(),
@@ -75,7 +85,8 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
         return pd.DataFrame(columns=SEARCH_COLUMNS)
     interactions = read_log(log_root, "interactions", since=since)
     if filters is not None and not rankings.empty:
-        rankings, interactions = _cleaned_by_day(rankings, interactions, filters)
+        cleaned = cleaned_by_day(rankings, interactions, filters)
+        rankings, interactions = cleaned.rankings, cleaned.interactions
     for column in ("session_id", "searched", "filters"):  # absent from logs written before they were logged
         if column not in rankings:
             rankings = rankings.assign(**{column: None})
@@ -338,15 +349,16 @@ class InterleavingResult:
 def interleaved_searches(log_root: Path, experiment: str,
                          filters: FilterConfig | None = FilterConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The shown rows (with their ``team``) of ``experiment``'s interleaved searches and the clicks on
-    them, after the same traffic filters as :func:`searches` (None: every logged event counts)."""
+    them, after the same traffic filters as :func:`searches`, one UTC day at a time (None: every logged event
+    counts)."""
     rankings = searches_only(read_log(log_root, "rankings"))
     if rankings.empty or "team" not in rankings:
         return pd.DataFrame(columns=["request_id", "product_id", "team"]), pd.DataFrame(
             columns=["request_id", "product_id"])
     rankings = rankings[(rankings["experiment"] == experiment) & rankings["team"].notna()]
     interactions = read_log(log_root, "interactions")
-    if filters is not None and not rankings.empty:
-        cleaned = clean(rankings, interactions, filters)
+    if filters is not None and not rankings.empty:  # one UTC day at a time, as the A/B path reads it
+        cleaned = cleaned_by_day(rankings, interactions, filters)
         rankings, interactions = cleaned.rankings, cleaned.interactions
     clicks = (interactions[interactions["type"] == "click"][["request_id", "product_id"]] if not interactions.empty
               else pd.DataFrame(columns=["request_id", "product_id"]))

@@ -3,9 +3,11 @@
 1. Read the offline event log (Parquet, from the log sink) for the window
    since the last retrain (or ``--since``) until ``--settle-minutes`` ago (the CLI's
    default: an hour, so the last searches' clicks and purchases have arrived); nothing
-   new: exit "up to date"; searches but no click, cart or purchase among them: "no engagement"
-   (nothing registered, so the next run reads them again); no search logged at all (a wrong
-   home, or no sink ever ran): "no event log"; too few searches showing 2 or more products
+   new: exit "up to date"; fewer than ``min_searches`` after the traffic filters (step 5): "too few new
+   searches", or "too few searches after the filters" when enough were logged and the filters dropped
+   them (both with the logged count and the filter report); searches but no click, cart or purchase among
+   them: "no engagement" (nothing registered, so the next run reads them again); no search logged at all (a
+   wrong home, or no sink ever ran): "no event log"; too few searches showing 2 or more products
    still in the index to learn from: "too few usable searches".
 2. Join impressions with interactions: each shown product of each search gets
    its engagement (0 none, 1 click, 2 add to cart, 3 purchase).
@@ -17,7 +19,8 @@
    rebuilt by the served first stage (the log keeps none; :func:`logged_ranking_data`)
    and store features joined point-in-time from Feast at the search's own timestamp.
 5. Before anything is learnt, the traffic filters (:mod:`online_learning.traffic_filter`)
-   drop clicks without an impression, repeats and anomalous shoppers, counted by reason.
+   drop clicks without an impression, repeats and anomalous shoppers, counted by reason, one UTC day
+   of searches at a time as promote and guard apply them.
 6. Train an unbiased LambdaMART candidate on the earliest 64% of searches,
    early-stopped on the IPS-DCG@10 of the next 16%; compare it with the
    active model on the latest 20%, which neither saw (IPS-DCG@10 of both; no judged
@@ -51,9 +54,10 @@ from core.feature_store import FeatureBatch
 from core.query import Query
 from core.registry import ModelRegistry, ServedModel
 from core.settings import Settings
+from online_learning.analysis import cleaned_by_day
 from online_learning.consumers.log_sink import log_files, read_log, searches_only
 from online_learning.propensity import fit_position_model
-from online_learning.traffic_filter import FilterConfig, clean, engagement
+from online_learning.traffic_filter import FilterConfig, engagement
 from ranking.features import RANK_FEATURES, LtrFeaturizer
 from ranking.lambdamart import BASE_FEATURES, LambdaMART, LambdaMARTConfig, RankingData
 from retrieval.hybrid import Retriever
@@ -89,8 +93,10 @@ class RetrainConfig:
 def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | None,
                 filters: FilterConfig | None = FilterConfig(), client: Client | None = None) -> tuple[pd.DataFrame, dict]:
     """Shown products with engagement labels, one row per (search, position), and what the
-    traffic filters excluded (``filters`` None: nothing is filtered). With ``client``, the log's
-    Parquet files are read on its Dask workers."""
+    traffic filters excluded (``filters`` None: nothing is filtered), applied one UTC day at a time
+    (:func:`online_learning.analysis.cleaned_by_day`, as promote and guard apply them), with the number of
+    searches they dropped (``excluded_searches``). With ``client``, the log's Parquet files are read on its
+    Dask workers."""
     rankings = read_log(root, "rankings", RANKING_COLUMNS, since, until, client)
     if rankings.empty:
         return rankings, {}
@@ -110,8 +116,12 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
         interactions = interactions[ids.isin(set(rankings["request_id"])) | (made & ~ids.isin(listed))]
     report: dict = {}
     if filters is not None and not rankings.empty:
-        cleaned = clean(rankings, interactions, filters)
-        rankings, interactions, report = cleaned.rankings.copy(), cleaned.interactions, cleaned.report()
+        # a shopper judged per day: over a long window (a first run, a --since backfill) a loyal shopper's
+        # searches would pass max_searches all together
+        cleaned = cleaned_by_day(rankings, interactions, filters)
+        dropped = rankings["request_id"].nunique() - cleaned.rankings["request_id"].nunique()
+        rankings, interactions = cleaned.rankings.copy(), cleaned.interactions
+        report = {"excluded_searches": int(dropped), **cleaned.report()}
     rankings["engagement"] = engagement(rankings, interactions, LEVEL)
     rankings["clicked"] = (rankings["engagement"] > 0).astype(int)
     return rankings.sort_values(["timestamp", "request_id", "position"], ignore_index=True), report
@@ -162,10 +172,12 @@ def logged_ranking_data(featurizer: LtrFeaturizer, shown: pd.DataFrame, store_fr
     rows, labels, sizes, qids, positions = [], [], [], [], []
     names = featurizer.store_names
     ranker = first_stage if set(featurizer.names) & set(RANK_FEATURES) else None
-    offset = 0
+    # ``store_frame`` holds one row per row of ``shown``, in its order: each search's rows are picked by their
+    # row numbers, as a search's rows need not be next to each other (one logged as two ranking events with
+    # another search between them)
+    shown = shown.reset_index(drop=True)
     for request_id, group in shown.groupby("request_id", sort=False):
-        part = store_frame.iloc[offset : offset + len(group)] if store_frame is not None else None
-        offset += len(group)
+        part = store_frame.iloc[group.index.to_numpy()] if store_frame is not None else None
         candidates = _candidates(featurizer.index, group)
         if len(candidates) < 2:
             continue
@@ -223,8 +235,8 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             return {"status": "skipped", "reason": "another retrain is running"}
         # the window first: a bad --since/--until is an error (exit 2) whatever the log holds
         registry = ModelRegistry(settings.paths.models)
-        since = _utc(config.since) if config.since else _last_window_end(registry)
-        until = _utc(config.until) if config.until else None
+        since = _utc(config.since, "since") if config.since else _last_window_end(registry)
+        until = _utc(config.until, "until") if config.until else None
         if since is not None and until is not None and since >= until:
             raise InvalidInput(f"since {since.isoformat()} is not before until {until.isoformat()}")
         names = list(active.model.names) if active else list(BASE_FEATURES)  # type: ignore[attr-defined]
@@ -237,7 +249,11 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
                     "(settings.paths.event_log): check SHOPRANK_HOME, and that the log sink (`shoprank consume "
                     "sink`) or `shoprank events import --spool` runs before the retrain"}
         if until is None and config.settle_minutes > 0:
-            until = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=config.settle_minutes)
+            try:
+                until = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=config.settle_minutes)
+            except ValueError:  # pandas' times span about 292 years
+                raise InvalidInput(f"settle_minutes={config.settle_minutes} reaches further back than pandas' times "
+                                   "go; pass at most 525600 (a year)") from None
             if since is not None and since >= until:
                 return {"status": "up to date", "new_searches": 0, "since": since.isoformat(),
                         "until": until.isoformat(), "settle_minutes": config.settle_minutes}
@@ -245,14 +261,16 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             shown, filtered = impressions(settings.paths.event_log, since, until,
                                           FilterConfig() if config.filter_traffic else None, client)
         searches = shown["request_id"].nunique() if not shown.empty else 0
-        if searches < config.min_searches:
-            return {"status": "too few new searches" if searches else "up to date", "new_searches": int(searches),
-                    "min_searches": config.min_searches, "since": since.isoformat() if since is not None else None}
+        logged = searches + filtered.get("excluded_searches", 0)  # counted before the filters
+        since_text = since.isoformat() if since is not None else None
+        if searches < config.min_searches:  # nothing registered: the next run reads these searches again
+            return _too_few(int(searches), int(logged), filtered, config.min_searches, since_text)
         clicks = int(shown["clicked"].sum())
         if not clicks:  # nothing to learn from, nothing registered: the next run reads these searches again
-            return {"status": "no engagement", "new_searches": int(searches),
-                    "since": since.isoformat() if since is not None else None,
-                    "reason": "no shown product of the window's searches was clicked, carted or bought"}
+            return {"status": "no engagement", "new_searches": int(searches), "logged_searches": int(logged),
+                    "since": since_text, "filtered": filtered,
+                    "reason": "no shown product of the window's searches was clicked, carted or bought"
+                              + (" (after the traffic filters: see `filtered`)" if filtered else "")}
         started = time.perf_counter()
         position_model = fit_position_model(shown[["query", "product_id", "position", "clicked"]], config.max_position)
         featurizer = replace(featurizer, names=names)
@@ -263,7 +281,7 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
         usable = len(data.groups)  # a search showing fewer than 2 products still indexed ranks nothing
         if usable < config.min_searches:  # nothing registered: the next run reads these searches again
             return {"status": "too few usable searches", "usable_searches": usable, "new_searches": int(searches),
-                    "min_searches": config.min_searches, "since": since.isoformat() if since is not None else None,
+                    "min_searches": config.min_searches, "since": since_text,
                     "reason": f"too few usable searches: {usable} of {searches} logged searches show 2 or more "
                               f"products still in the index, fewer than --min-searches {config.min_searches} (a "
                               "product deleted from the catalog, or not indexed here, cannot be featurized)"}
@@ -290,9 +308,31 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
                 "filtered": filtered}
 
 
-def _utc(text: str) -> pd.Timestamp:
-    """An ISO 8601 time as a UTC timestamp (no offset: UTC)."""
-    stamp = pd.Timestamp(text)
+def _too_few(searches: int, logged: int, filtered: dict, min_searches: int, since: str | None) -> dict:
+    """The outcome of a window with fewer than ``min_searches`` searches after the traffic filters: "up to date"
+    when none was logged, "too few searches after the filters" when the filters dropped enough of the
+    ``logged`` ones to fall below, else "too few new searches"."""
+    out = {"new_searches": searches, "logged_searches": logged, "min_searches": min_searches, "since": since}
+    if not logged:
+        return {"status": "up to date", **out}
+    if logged < min_searches:
+        return {"status": "too few new searches", **out, "filtered": filtered}
+    return {"status": "too few searches after the filters", **out, "filtered": filtered,
+            "reason": f"the traffic filters dropped {logged - searches} of the window's {logged} logged searches "
+                      f"(see `filtered`: an anomalous shopper's volume, clicks or conversions), leaving {searches}, "
+                      f"fewer than --min-searches {min_searches}: check the shoppers they name (a storefront that "
+                      "sends one user id for every visitor reads as one anomalous shopper); `--no-filter` "
+                      "measures what the filters do"}
+
+
+def _utc(text: str, name: str) -> pd.Timestamp:
+    """An ISO 8601 time as a UTC timestamp (no offset: UTC); :class:`InvalidInput` naming ``name`` when pandas
+    cannot read it."""
+    try:
+        stamp = pd.Timestamp(text)
+    except ValueError:  # e.g. an ISO week date, which Python reads and pandas does not
+        raise InvalidInput(f"{name} {text!r} is not an ISO 8601 time pandas reads (2026-12-01 or "
+                           "2026-12-01T08:00:00)") from None
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 

@@ -42,8 +42,9 @@ class ClickAttack:
             body = found.json()
             shown = [item["product_id"] for item in body["items"]]
             rank = shown.index(self.product) + 1 if self.product in shown else None
-            click = {"event_id": f"attack-{number}", "request_id": body["request_id"], "type": "click",
-                     "product_id": self.product, "position": rank or 1, "user_id": bot}
+            # the event id names the search (its request id), so another run's clicks are not taken for retries
+            click = {"event_id": f"{body['request_id']}-attack-click", "request_id": body["request_id"],
+                     "type": "click", "product_id": self.product, "position": rank or 1, "user_id": bot}
             posted = client.post(f"{base_url}/v1/events", json=[click])
             if posted.status_code != 202:
                 raise httpx.HTTPError(f"events {posted.status_code}")

@@ -2,10 +2,12 @@
 
 ``make run`` serves this catalog on a fresh machine (no data needed), and the
 test suite uses small versions of it. Products are built from a small taxonomy
-(department > product type, with brands and attributes); queries name a product
-type with zero to two attributes, and judgments grade products by how well they
-match: 8 exact (type and every attribute), 5 right type with an attribute wrong,
-2 same department, 0 otherwise. Everything here is synthetic and says so.
+(department > product type, with brands and attributes); queries name one of a
+product type's nouns with zero to two attributes (a quarter also a brand), and
+judgments grade products by how well they match: 8 exact (type, noun and every
+attribute or brand the query names), 5 right type and noun with an attribute or
+the brand wrong, 4 right type with another noun, 2 same department, 0 otherwise.
+Everything here is synthetic and says so.
 """
 
 from __future__ import annotations

@@ -38,8 +38,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ArmStats:
+    """One arm's figures: searches, the searches with a click / cart / purchase, the events themselves."""
+
     searches: int = 0
-    clicks: int = 0
+    clicked: int = 0  # searches with at least one click
+    carted: int = 0
+    bought: int = 0
+    clicks: int = 0  # click events (a search may have several)
     carts: int = 0
     purchases: int = 0
     revenue: float = 0.0
@@ -48,12 +53,16 @@ class ArmStats:
     latency_ms: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
+        """Rates are shares of searches with at least one click / cart / purchase (as the replay's and `report
+        ab`'s); ``*_per_search`` count the events."""
         n = max(1, self.searches)
         lat = np.asarray(self.latency_ms, dtype=float)
         lat = lat[np.isfinite(lat)]
         p50, p95 = np.percentile(lat, [50, 95]) if len(lat) else (np.nan, np.nan)  # none: null in the report
-        return {"searches": self.searches, "ctr": round(self.clicks / n, 4), "cart_rate": round(self.carts / n, 4),
-                "purchase_rate": round(self.purchases / n, 4), "revenue": round(self.revenue, 2),
+        return {"searches": self.searches, "ctr": round(self.clicked / n, 4), "cart_rate": round(self.carted / n, 4),
+                "purchase_rate": round(self.bought / n, 4), "clicks_per_search": round(self.clicks / n, 4),
+                "carts_per_search": round(self.carts / n, 4), "purchases_per_search": round(self.purchases / n, 4),
+                "revenue": round(self.revenue, 2),
                 "true_ndcg@10": round(float(np.mean(self.true_ndcg or [np.nan])), 4),
                 "judged_ndcg@10": round(float(np.mean(self.judged_ndcg or [np.nan])), 4),
                 "latency_p50_ms": round(float(p50), 1), "latency_p95_ms": round(float(p95), 1)}
@@ -114,32 +123,42 @@ class TrafficSimulator:
         known = rows >= 0
         grades_map = self.dataset.qrels.get(qid, {})
         grades = np.array([grades_map.get(p, 0) for p in shown], dtype=float)
-        propensity = np.zeros(len(shown))
-        if known.any():
-            propensity[known] = purchase_propensity(self.world, np.full(known.sum(), u), rows[known])
+        propensity = self._propensity(u, rows)
         stock = np.where(known, self.in_stock[np.maximum(rows, 0)], False)
         actions = self.click_model.simulate(np.random.default_rng(rng.randrange(2**32)), grades, propensity, stock)
         self._post_events(client, body["request_id"], user_id, shown, rows, actions)
-        judged_products = [p for p in grades_map if p in self.row_of]
-        all_rows = np.array([self.row_of[p] for p in judged_products])
-        all_grades = np.array([grades_map[p] for p in judged_products], dtype=float)
-        all_prop = purchase_propensity(self.world, np.full(len(all_rows), u), all_rows) if len(all_rows) else np.zeros(0)
-        true_ndcg = ndcg(self.click_model.true_gains(grades, propensity), self.click_model.true_gains(all_grades, all_prop))
+        # the ideal list holds every judged product, those the world does not hold as the served list counts them
+        # (propensity 0), so neither NDCG exceeds 1
+        all_rows = np.array([self.row_of.get(p, -1) for p in grades_map], dtype=np.int64)
+        all_grades = np.array(list(grades_map.values()), dtype=float)
+        true_ndcg = ndcg(self.click_model.true_gains(grades, propensity),
+                         self.click_model.true_gains(all_grades, self._propensity(u, all_rows)))
         arm = body.get("arm") or "all"
+        kinds = Counter(kind for _, kind in actions)
         with self._lock:
             stats = self.stats[arm]
             stats.searches += 1
-            stats.clicks += sum(1 for _, kind in actions if kind == "click")
-            stats.carts += sum(1 for _, kind in actions if kind == "add_to_cart")
-            stats.purchases += sum(1 for _, kind in actions if kind == "purchase")
+            stats.clicked += int(kinds["click"] > 0)
+            stats.carted += int(kinds["add_to_cart"] > 0)
+            stats.bought += int(kinds["purchase"] > 0)
+            stats.clicks += kinds["click"]
+            stats.carts += kinds["add_to_cart"]
+            stats.purchases += kinds["purchase"]
             stats.revenue += sum(float(self.prices[rows[p]]) for p, kind in actions if kind == "purchase")
             stats.true_ndcg.append(true_ndcg)
             stats.judged_ndcg.append(ndcg(grades, all_grades))
             stats.latency_ms.append(latency)
             self.sessions[number] = {"user_id": str(user_id), "query_id": str(qid), "arm": arm,
                                      "true_ndcg@10": float(true_ndcg),
-                                     "purchased": int(any(kind == "purchase" for _, kind in actions)),
-                                     "clicked": int(any(kind == "click" for _, kind in actions))}
+                                     "purchased": int(kinds["purchase"] > 0), "clicked": int(kinds["click"] > 0)}
+
+    def _propensity(self, u: int, rows: np.ndarray) -> np.ndarray:
+        """User ``u``'s purchase propensity for each product row; 0 for a product the world does not hold (-1)."""
+        out = np.zeros(len(rows))
+        known = rows >= 0
+        if known.any():
+            out[known] = purchase_propensity(self.world, np.full(known.sum(), u), rows[known])
+        return out
 
     def _search(self, client: httpx.Client, text: str, user_id: str, session_id: str) -> tuple[dict, float] | None:  # type: ignore[type-arg]
         """The search's response body and its latency in ms; None (the error counted) when it failed."""
@@ -160,7 +179,8 @@ class TrafficSimulator:
 
     def _post_events(self, client: httpx.Client, request_id: str, user_id: str, shown: list[str],
                      rows: np.ndarray, actions: list[tuple[int, str]]) -> None:
-        """The shopper's actions as interaction events (a purchase with its revenue)."""
+        """The shopper's actions as interaction events (a purchase with its revenue); a failed post is counted in
+        the run's errors."""
         events = []
         for position, kind in actions:
             event = {"event_id": f"{request_id}-{position + 1}-{kind}", "request_id": request_id,
@@ -168,11 +188,17 @@ class TrafficSimulator:
             if kind == "purchase":
                 event["revenue"] = float(self.prices[rows[position]])
             events.append(event)
-        if events:
+        if not events:
+            return
+        try:
             posted = client.post(f"{self.base_url}/v1/events", json=events)
-            if posted.status_code != 202:
-                with self._lock:
-                    self.errors[f"events {posted.status_code}"] += 1
+        except httpx.HTTPError as err:  # counted like a failed search: the run and its report go on
+            with self._lock:
+                self.errors[f"events {type(err).__name__}"] += 1
+            return
+        if posted.status_code != 202:
+            with self._lock:
+                self.errors[f"events {posted.status_code}"] += 1
 
     def run(self, sessions: int, concurrency: int = 4, start: int = 0, progress: bool = True,
             attack: ClickAttack | None = None) -> dict:
@@ -189,7 +215,7 @@ class TrafficSimulator:
                 future.result()
         total = ArmStats()
         for stats in self.stats.values():
-            for name in ("searches", "clicks", "carts", "purchases", "revenue"):
+            for name in ("searches", "clicked", "carted", "bought", "clicks", "carts", "purchases", "revenue"):
                 setattr(total, name, getattr(total, name) + getattr(stats, name))
             total.true_ndcg += stats.true_ndcg
             total.judged_ndcg += stats.judged_ndcg

@@ -10,7 +10,8 @@ around them, so this module builds one, seeded and reproducible:
   column is used as is.
 - **Brands**: an existing ``brand`` column, else the title's first word when it
   starts at least ``min_brand_products`` titles.
-- **Prices** (log-normal per category), **stock** (a share out of stock),
+- **Prices** (the catalog's ``price`` column when every product has one, else
+  log-normal per category), **stock** (a share out of stock),
   **promotions** (a share promoted, with discount and campaign window) and a
   hidden **quality** per product.
 - **Users** with hidden preferences (a Dirichlet mix over categories, a budget
@@ -74,7 +75,8 @@ def derive_taxonomy(titles: list[str], vectors: np.ndarray, config: WorldConfig)
     for c in range(k):
         counts = Counter(w for t, a in zip(titles, category) if a == c for w in set(_words(t)))
         size = max(1, int((category == c).sum()))
-        ranked = sorted(counts, key=lambda w: -(counts[w] / size) * np.log(len(titles) / (1 + overall[w])))
+        # ties in alphabetical order: the counts' order is a set's, which differs between processes
+        ranked = sorted(counts, key=lambda w: (-(counts[w] / size) * np.log(len(titles) / (1 + overall[w])), w))
         names.append(" ".join(ranked[:2]).title() or f"Category {c}")
     d = max(1, min(config.departments, k // 2))
     dep = faiss.Kmeans(vectors.shape[1], d, niter=20, seed=config.seed, spherical=True, verbose=False)
@@ -132,11 +134,17 @@ class StoreWorld:
         return self._prefs
 
 
-def _prices(rng: np.random.Generator, products: pd.DataFrame, n_categories: int) -> np.ndarray:
-    if "price" in products.columns and products["price"].notna().all():
-        return products["price"].to_numpy(dtype=float)
+def _prices(rng: np.random.Generator, category: np.ndarray, n_categories: int,
+            catalog: pd.Series | None) -> np.ndarray:
+    """Each product's price: the ``catalog``'s when every product has one, else log-normal per category.
+
+    The made-up prices are drawn either way, so the rest of the world (stock, promotions, users) is the
+    same with or without the catalog's prices.
+    """
     base = rng.lognormal(3.4, 1.0, n_categories)
-    raw = base[products["category_id"].to_numpy()] * rng.lognormal(0.0, 0.45, len(products))
+    raw = base[category] * rng.lognormal(0.0, 0.45, len(category))
+    if catalog is not None and catalog.notna().all():
+        return catalog.to_numpy(dtype=float)
     return np.maximum(0.97, np.floor(raw) + 0.97)
 
 
@@ -154,7 +162,7 @@ def build_world(products: pd.DataFrame, vectors: np.ndarray, config: WorldConfig
     out["category"] = [names[c] for c in category]
     out["department_id"] = departments[category].astype(np.int64)
     out["brand"] = derive_brands(products.reset_index(drop=True), config.min_brand_products).to_numpy()
-    out["price"] = _prices(rng, out, len(names))
+    out["price"] = _prices(rng, category, len(names), products["price"] if "price" in products.columns else None)
     out["quantity"] = np.where(rng.random(len(out)) < config.out_of_stock_share, 0, rng.geometric(0.05, len(out)))
     out["in_stock"] = out["quantity"] > 0
     promoted = rng.random(len(out)) < config.promoted_share
@@ -206,8 +214,8 @@ def purchase_propensity(world: StoreWorld, user_rows: np.ndarray, product_rows: 
     categories = products["category_id"].to_numpy()[product_rows]
     cat_pref = np.minimum(prefs[user_rows, categories] * prefs.shape[1], 5.0)
     medians = products.groupby("category_id")["price"].median().reindex(range(prefs.shape[1])).fillna(1.0).to_numpy()
-    price = products["price"].to_numpy()[product_rows]
-    target = users["hidden_budget"].to_numpy()[user_rows] * medians[categories]
+    price = np.maximum(products["price"].to_numpy()[product_rows], 0.01)  # a catalog's free product: a cent
+    target = np.maximum(users["hidden_budget"].to_numpy()[user_rows] * medians[categories], 0.01)
     fit = np.exp(-0.5 * (np.log(price / target) / 0.6) ** 2)
     brands = products["brand"].to_numpy()[product_rows]
     favourite = users["hidden_brands"].to_numpy()[user_rows]

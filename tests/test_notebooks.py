@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -76,3 +77,41 @@ def test_the_notebook_names_the_test_the_package_runs() -> None:
     notebook = nbformat.read(ROOT / "notebooks" / "ab_review.ipynb", as_version=4)
     text = " ".join(c.source for c in notebook.cells if c.cell_type == "markdown").replace("\n", " ")
     assert "z-test" not in text and "Student's t-test" in text and "smaller arm's shoppers less one" in text
+
+
+def _run_until_searches(monkeypatch: pytest.MonkeyPatch, **environ: str) -> dict:  # type: ignore[type-arg]
+    """The notebook's first two code cells (settings, then the searches), in this process: its namespace."""
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    notebook = nbformat.read(ROOT / "notebooks" / "ab_review.ipynb", as_version=4)
+    namespace: dict = {}  # type: ignore[type-arg]
+    for source in [c.source for c in notebook.cells if c.cell_type == "code"][:2]:
+        exec(compile(source, "ab_review.ipynb", "exec"), namespace)
+    return namespace
+
+
+def test_the_notebook_stops_on_a_log_without_the_experiment_or_arm(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped experiment or arm stops at the searches with an error naming it (before: a KeyError cells
+    later, or figures of an arm no search has); by default the notebook reads the artifact home's log."""
+    from core.errors import InvalidInput
+    from core.settings import get_settings
+
+    write_experiment_log(tmp_path / "log", searches=40)
+    log = {"SHOPRANK_LOG_ROOT": str(tmp_path / "log")}
+    assert len(_run_until_searches(monkeypatch, **log, SHOPRANK_EXPERIMENT="nb-test")["table"]) == 40
+    with pytest.raises(InvalidInput, match=r"TREATMENT 'treatmnet' is not an arm of experiment 'nb-test'; its "
+                                           r"logged arms are \['control', 'treatment'\]"):
+        _run_until_searches(monkeypatch, **log, SHOPRANK_TREATMENT="treatmnet")
+    monkeypatch.delenv("SHOPRANK_TREATMENT")
+    with pytest.raises(InvalidInput, match="no logged searches of experiment 'nb-tset' in .*log"):
+        _run_until_searches(monkeypatch, **log, SHOPRANK_EXPERIMENT="nb-tset")
+    monkeypatch.delenv("SHOPRANK_LOG_ROOT")
+    monkeypatch.delenv("SHOPRANK_STORE", raising=False)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(InvalidInput, match=f"in {re.escape(str((tmp_path / 'home' / 'event_log').resolve()))}:"):
+            _run_until_searches(monkeypatch, SHOPRANK_HOME=str(tmp_path / "home"), SHOPRANK_EXPERIMENT="nb-test")
+    finally:
+        monkeypatch.delenv("SHOPRANK_HOME")
+        get_settings.cache_clear()

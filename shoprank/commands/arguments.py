@@ -1,4 +1,4 @@
-"""argparse types shared by the commands: depths, shares, files and names, checked with a message
+"""argparse types shared by the commands: depths, shares, files, names and times, checked with a message
 that names the bad value and what is allowed. Counts and sizes (``count``, ``positive``,
 ``positive_number``, ``whole_at_least``, ``random_seed``) are in :mod:`core.arguments`, which the standalone
 trainers use too."""
@@ -50,6 +50,17 @@ def days(text: str) -> int:
     return value
 
 
+MAX_MINUTES = 525_600  # a year: pandas' timedeltas hold about 292
+
+
+def minutes(text: str) -> float:
+    """argparse type for a span in minutes: a number from 0 to 525600 (a year)."""
+    value = number(text)
+    if not 0 <= value <= MAX_MINUTES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes from 0 to {MAX_MINUTES} (a year)")
+    return value
+
+
 def out_file(text: str) -> str:
     """argparse type for a file a command writes: not a folder, in a folder that exists."""
     path = Path(text)
@@ -84,12 +95,16 @@ def in_file(text: str) -> str:
 
 
 def timestamp(text: str) -> str:
-    """argparse type for a point in time: ISO 8601 (a date, or a date and time; no offset: UTC)."""
+    """argparse type for a point in time: ISO 8601 (a date, or a date and time; no offset: UTC) that both Python
+    and pandas read (the commands read it with pandas, which reads no ISO week date such as ``2026-W44-1``)."""
     from datetime import datetime
+
+    import pandas as pd
 
     try:
         datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (2026-12-01 or 2026-12-01T08:00:00)") \
-            from None
+        pd.Timestamp(text)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (2026-12-01 or 2026-12-01T08:00:00; "
+                                         "no week date such as 2026-W44-1)") from None
     return text

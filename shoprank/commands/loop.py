@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.arguments import count, non_negative_number, positive, random_seed
+from core.arguments import count, positive, random_seed
 from core.errors import Conflict, InvalidInput, NotFound, NotReady
 from core.files import finite
 from core.settings import Settings
-from shoprank.commands.arguments import days, out_file, timestamp
+from shoprank.commands.arguments import days, minutes, out_file, timestamp
 
 if TYPE_CHECKING:
     from online_learning.consumers.streaming_features import StreamingFeatures
@@ -69,22 +69,49 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _simulate_base_url(url: str) -> str:
+    """``--base-url`` when it is an http(s) URL with a host, else :class:`InvalidInput` naming what to give."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidInput(f"--base-url {url!r} is not an http:// or https:// URL with a host: give the server's "
+                           "address with its scheme, e.g. --base-url http://127.0.0.1:8000")
+    return url
+
+
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from evaluation.dataset import load_dataset
     from simulation.simulator import TrafficSimulator
     from simulation.world import StoreWorld
 
-    simulator = TrafficSimulator(args.base_url, StoreWorld.load(settings.paths.world), load_dataset(args.dataset),
+    base_url = _simulate_base_url(args.base_url)
+    given = (("--attack-query", args.attack_query), ("--attack-bots", args.attack_bots),
+             ("--attack-searches", args.attack_searches))
+    attack_options = [flag for flag, value in given if value not in (None, [])]
+    if not args.attack_product and attack_options:
+        raise InvalidInput(f"{', '.join(attack_options)} without --attack-product: name the product the bots click "
+                           "(--attack-product ID), or leave the attack options out")
+    if args.attack_product and not args.attack_query:
+        raise InvalidInput("--attack-product needs at least one --attack-query")
+    simulator = TrafficSimulator(base_url, StoreWorld.load(settings.paths.world), load_dataset(args.dataset),
                                  args.split, seed=args.seed)
     attack = None
     if args.attack_product:
         from simulation.attack import ClickAttack
 
-        if not args.attack_query:
-            raise InvalidInput("--attack-product needs at least one --attack-query")
-        attack = ClickAttack(args.attack_product, args.attack_query, args.attack_bots, args.attack_searches)
+        sizes = {"bots": args.attack_bots, "searches": args.attack_searches}  # left out: ClickAttack's defaults
+        attack = ClickAttack(args.attack_product, args.attack_query,
+                             **{name: n for name, n in sizes.items() if n is not None})
     report = simulator.run(args.sessions, args.concurrency, start=args.start, progress=settings.progress,
                            attack=attack)
+    if not report["overall"]["searches"]:  # a server out of reach, or one that refused every search
+        raise NotReady(f"none of the {args.sessions} simulated searches succeeded at --base-url {base_url} (errors: "
+                       f"{report['errors']}): start the server there (`shoprank serve`) or pass the URL it "
+                       "listens on")
     if args.out:
         Path(args.out).write_text(json.dumps(finite(report), indent=2, allow_nan=False))
     print(json.dumps(finite({k: v for k, v in report.items() if k != "sessions_detail"}), indent=2, allow_nan=False))
@@ -246,8 +273,9 @@ def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
     decision = check_regression(searches(settings.paths.event_log), active.version, previous)
     out = {"active": active.version, "previous": previous, "decision": decision.action, "reasons": decision.reasons,
            "details": decision.details}
-    if args.apply and decision.action == "rollback":
-        out["rolled_back_to"] = registry.rollback("ltr", lambda version: check_loads(settings, "ltr", version)).version
+    if args.apply and decision.action == "rollback":  # refused (409) if another version was activated meanwhile
+        out["rolled_back_to"] = registry.rollback("ltr", lambda version: check_loads(settings, "ltr", version),
+                                                  expected=active.version).version
         push_state(settings)
     print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
     return 0
@@ -400,16 +428,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=out_file, default=None)
     p.add_argument("--attack-product", default=None, help="SIMULATED attack: bots click this product id ...")
     p.add_argument("--attack-query", action="append", default=[], help="... for this query (repeat for several)")
-    p.add_argument("--attack-bots", type=positive, default=1, help="bot users sharing the attack (1, or a swarm)")
-    p.add_argument("--attack-searches", type=count, default=300, help="attack searches in all")
+    p.add_argument("--attack-bots", type=positive, default=None,
+                   help="bot users sharing the attack (default 1, or a swarm)")
+    p.add_argument("--attack-searches", type=count, default=None, help="attack searches in all (default 300)")
     p.set_defaults(handler=cmd_simulate)
 
     p = sub.add_parser("retrain", help="train and register a LambdaMART candidate from logged traffic")
     p.add_argument("--since", type=timestamp, default=None, help="ISO 8601 (default: the end of the last retrain's "
                    "window)")
     p.add_argument("--until", type=timestamp, default=None, help="ISO 8601 (default: --settle-minutes ago)")
-    p.add_argument("--settle-minutes", type=non_negative_number, default=60.0, help="without --until, leave the last "
-                   "MINUTES of searches to the next run, so their late clicks and purchases are in (default 60)")
+    p.add_argument("--settle-minutes", type=minutes, default=60.0, help="without --until, leave the last "
+                   "MINUTES of searches to the next run, so their late clicks and purchases are in (default 60, "
+                   "at most 525600: a year)")
     p.add_argument("--min-searches", type=positive, default=200)
     p.add_argument("--no-filter", action="store_true",
                    help="learn from every logged event (no traffic filters): only to measure what they do")

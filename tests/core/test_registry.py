@@ -203,3 +203,18 @@ def test_a_registration_that_dies_leaves_no_version_behind(tmp_path: Path, monke
     monkeypatch.setattr(core.registry, "checksums", real)
     assert registry.register("ltr", model_folder(tmp_path, "b"), base_model="lightgbm").version == "v1"
     assert sorted(p.name for p in (tmp_path / "models" / "ltr").iterdir() if p.is_dir()) == ["v1"]
+
+
+def test_a_rollback_of_a_judged_version_is_refused_once_another_is_active(tmp_path: Path) -> None:
+    """The guard judges the active version, then rolls back: before, a version activated meanwhile was the one
+    rolled back, onto the version just judged to have regressed."""
+    registry = ModelRegistry(tmp_path / "models")
+    for name in ("a", "b", "c"):
+        registry.register("ltr", model_folder(tmp_path, name), base_model="lgbm", activate=name != "c")
+    judged = registry.active_version("ltr")  # v2, against v1
+    registry.activate("ltr", "v3")  # meanwhile: a promotion
+    with pytest.raises(Conflict, match="ltr v2 is no longer the active version: v3 was activated after v2 was "
+                                       "judged; nothing was rolled back: run `shoprank guard` again to judge v3"):
+        registry.rollback("ltr", expected=judged)
+    assert registry.state("ltr") == {"version": "v3", "history": ["v1", "v2"]}
+    assert registry.rollback("ltr", expected="v3").version == "v2"  # still the active one: rolled back

@@ -174,3 +174,28 @@ def test_report_replay_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert out["true_ndcg@10"]["treatment"] > out["true_ndcg@10"]["control"]
     assert main(["report", "replay", str(first), str(bad)]) == 2
     assert "sessions_detail" in capsys.readouterr().err
+
+
+def test_guard_apply_leaves_a_version_activated_while_it_judged(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """v2 regressed against v1; while the guard reads the log, a promotion activates v3. Before, the guard rolled
+    v3 back onto v2, the version it had just judged to have regressed."""
+    import online_learning.analysis
+
+    registry = ModelRegistry(home / "models")
+    v1 = registry.get("ltr", "v1").path  # a copy of it as v3: a model that loads
+    registry.register("ltr", v1, base_model="lightgbm", move=False)  # type: ignore[arg-type]
+    served_log(home / "event_log", {"v1": 0.10, "v2": 0.02}, per_version=500)
+    read = online_learning.analysis.searches
+
+    def searches_while_v3_is_promoted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        table = read(*args, **kwargs)
+        registry.activate("ltr", "v3")
+        return table
+
+    monkeypatch.setattr(online_learning.analysis, "searches", searches_while_v3_is_promoted)
+    assert main(["guard", "--apply"]) == 2
+    err = capsys.readouterr().err
+    assert "ltr v2 is no longer the active version: v3 was activated after v2 was judged" in err, err
+    assert "run `shoprank guard` again" in err
+    assert registry.state("ltr") == {"version": "v3", "history": ["v1", "v2"]}  # before: v2 active again

@@ -346,3 +346,100 @@ def test_the_filter_report_counts_only_the_windows_clicks_without_an_impression(
                                 None)
     assert shown["request_id"].nunique() == 10 and int(shown["clicked"].sum()) == 10
     assert report["excluded_interactions"] == {"no_impression": 1}, report
+
+
+def log_searches(root: Path, plan: list[tuple[str, int, int]], seconds_apart: int = 60) -> None:
+    """Per (shopper, day, searches): that many searches of "drill" by the shopper on that day of November 2026,
+    each showing products a, b and c, every third one clicked on a."""
+    from datetime import UTC, datetime, timedelta
+
+    from online_learning.consumers.base import Delivered
+    from online_learning.events import (
+        INTERACTIONS_TOPIC,
+        RANKINGS_TOPIC,
+        InteractionEvent,
+        RankingEvent,
+        ShownItem,
+    )
+
+    t0, batch = datetime(2026, 11, 1, tzinfo=UTC), []
+    for who, day, count in plan:
+        for n in range(count):
+            request, when = f"{who}-{day}-{n}", t0 + timedelta(days=day, seconds=seconds_apart * n)
+            batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
+                event_id=request, request_id=request, timestamp=when, user_id=who, query="drill", pipeline="full",
+                items=[ShownItem(product_id=p, position=i + 1) for i, p in enumerate("abc")])))
+            if n % 3 == 0:
+                batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+                    type="click", event_id=f"c-{request}", request_id=request, timestamp=when, user_id=who,
+                    product_id="a", position=1)))
+    ParquetLogSink(root)(batch)
+
+
+def test_the_retrain_judges_a_shoppers_volume_one_utc_day_at_a_time(tmp_path: Path) -> None:
+    """A loyal shopper: 30 searches a day for 5 days, against max_searches 100. Before, a window of all five days
+    (a first run, a catch-up, a --since backfill) judged the 150 together and dropped every one as
+    `anomalous:volume`, while promote and guard kept them; a bot's 120 in one day still goes."""
+    from online_learning.retrain import impressions
+    from online_learning.traffic_filter import FilterConfig
+
+    log_searches(tmp_path / "log", [("loyal", day, 30) for day in range(5)] + [("bot", 2, 120)])
+    shown, report = impressions(tmp_path / "log", None, None, FilterConfig(max_searches=100))
+    kept = shown.drop_duplicates("request_id").groupby("user_id").size()
+    assert kept.get("loyal") == 150 and "bot" not in kept, report
+    assert report["anomalous"] == {"bot": "volume"} and report["excluded_searches"] == 120
+
+
+def test_a_window_the_filters_empty_says_so_with_their_report(tmp_path: Path, settings: Settings) -> None:
+    """A storefront that sends one user id ("guest") for every visitor: 2,010 searches in a day, one anomalous
+    shopper. Before: "up to date" with new_searches 0 and no filter report, as if nothing had been logged."""
+    home = settings.model_copy(update={"home": tmp_path})
+    log_searches(home.paths.event_log, [("guest", 0, 2010)], seconds_apart=30)
+    featurizer = None  # never read: each run ends before featurizing
+    result = retrain(home, featurizer, None, RetrainConfig(min_searches=200))  # type: ignore[arg-type]
+    assert result["status"] == "too few searches after the filters", result
+    assert (result["new_searches"], result["logged_searches"]) == (0, 2010)
+    assert result["filtered"]["anomalous"] == {"guest": "volume"} and result["filtered"]["excluded_searches"] == 2010
+    assert "traffic filters dropped 2010 of the window's 2010 logged searches" in result["reason"]
+    # fewer logged than --min-searches: too few whatever the filters do, with what they dropped all the same
+    few = retrain(home, featurizer, None, RetrainConfig(min_searches=3000))  # type: ignore[arg-type]
+    assert few["status"] == "too few new searches" and few["logged_searches"] == 2010
+    assert few["filtered"]["excluded_searches"] == 2010
+    assert ModelRegistry(home.paths.models).versions("ltr") == []
+
+
+def test_times_pandas_cannot_read_are_the_runs_error(tmp_path: Path, settings: Settings) -> None:
+    """Before: a ValueError (an ISO week date, which Python reads) and an OutOfBoundsTimedelta, not InvalidInput."""
+    home = settings.model_copy(update={"home": tmp_path})
+    log_searches(home.paths.event_log, [("u1", 0, 3)])
+    with pytest.raises(InvalidInput, match="since '2026-W44-1' is not an ISO 8601 time"):
+        retrain(home, None, None, RetrainConfig(since="2026-W44-1"))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="settle_minutes=1000000000.0 .* at most 525600"):
+        retrain(home, None, None, RetrainConfig(settle_minutes=1e9))  # type: ignore[arg-type]
+
+
+def test_store_features_go_to_their_rows_when_a_searchs_rows_are_apart(  # type: ignore[no-untyped-def]
+        fake_index) -> None:
+    """One search logged as two ranking events (pages 1 and 2) with another search between them, in the time
+    order impressions() returns. Before, the store features were sliced by a running offset, as if each search's
+    rows were next to each other, and six of the nine rows got another product's."""
+    import json
+
+    import pandas as pd
+
+    from online_learning.retrain import logged_ranking_data
+    from ranking.features import LtrFeaturizer
+
+    p = [fake_index.product_id(d) for d in range(9)]
+    t0, rows = pd.Timestamp("2026-11-01T00:00:00Z"), []
+    for request, minute, products, first in (("r1", 0, p[0:3], 1), ("r2", 1, p[3:6], 1), ("r1", 2, p[6:9], 4)):
+        for j, product in enumerate(products):
+            rows.append({"request_id": request, "timestamp": t0 + pd.Timedelta(minutes=minute), "query": "drill",
+                         "user_id": "u1", "product_id": product, "position": first + j, "scores": json.dumps({}),
+                         "engagement": int(j == 0)})
+    shown = pd.DataFrame(rows)
+    store = pd.DataFrame({"product_number": [float(p.index(row["product_id"])) for row in rows]})  # row by row
+    featurizer = LtrFeaturizer(fake_index, lambda text: np.ones(64, dtype=np.float32), None, ["product_number"])
+    data, _ = logged_ranking_data(featurizer, shown, store)
+    assert data.query_ids == ["r1", "r2"] and data.groups == [6, 3]
+    assert data.features[:, 0].tolist() == [0, 1, 2, 6, 7, 8, 3, 4, 5]  # each row its own product's

@@ -542,7 +542,7 @@ def test_commands_with_bad_arguments_or_files_end_in_one_error_line(tmp_path: Pa
         (["artifacts", "push", "--url", "bogus://x"], "cannot be opened"),
         (["features", "materialize"], "run `shoprank features build"),
         (["retrain", "--since", "yesterday"], "not an ISO 8601 time"),
-        (["retrain", "--settle-minutes", "-5"], "'-5' is not a number >= 0"),
+        (["retrain", "--settle-minutes", "-5"], "'-5' is not a number of minutes from 0 to 525600"),
         (["serve", "--port", "70000"], "--port 70000: Input should be less than or equal to 65535"),
         (["serve", "--catalog", "/nonexistent.csv"], "--catalog /nonexistent.csv: no such file"),
         (["--log-level", "loud", "config", "show"], "invalid choice: 'LOUD'"),

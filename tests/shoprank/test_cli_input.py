@@ -293,3 +293,14 @@ def test_a_failed_pull_of_a_one_process_server_is_one_error_line(home: Path, tmp
 def test_a_consumer_bootstrap_that_is_no_address_is_refused(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = refused(capsys, "consume", "sink", "--bootstrap", "not a host", "--idle-exit", "2")
     assert "error: --bootstrap: 'not a host' of 'not a host' is not HOST[:PORT]" in err
+
+
+def test_retrain_times_pandas_cannot_read_are_refused(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An ISO week date (which Python reads and pandas does not) and a settle time past pandas' timedeltas. Before:
+    a traceback and exit 1 once the run read them."""
+    err = refused(capsys, "retrain", "--since", "2026-W44-1")
+    assert "argument --since: '2026-W44-1' is not an ISO 8601 time" in err
+    err = refused(capsys, "retrain", "--until", "2026-W45-1")
+    assert "argument --until: '2026-W45-1' is not an ISO 8601 time" in err
+    err = refused(capsys, "retrain", "--settle-minutes", "1e9")
+    assert "argument --settle-minutes: '1e9' is not a number of minutes from 0 to 525600" in err
