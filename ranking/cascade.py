@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cache
 
 import numpy as np
 
@@ -79,9 +80,18 @@ class ScoreStage:
         return replace(self, depth=min(self.depth, self.shed_depth), shed_depth=0)
 
     def rows_for(self, candidates: Candidates) -> int:
-        """How many of ``candidates`` the stage scores (its depth, the adaptive one when set)."""
+        """How many of ``candidates`` the stage scores: its depth, the adaptive one when set (decided on
+        ``candidates`` as the first stage's list; a :class:`Cascade` decides it on its first stage's list
+        before any stage runs: :meth:`settled`)."""
         depth = self.adaptive(candidates, self.depth) if self.adaptive is not None else self.depth
         return min(depth, len(candidates))
+
+    def settled(self, agreement: float) -> ScoreStage:
+        """The stage for a search whose first stage agrees ``agreement`` (:func:`first_stage_agreement`
+        with the adaptive depth's window): its adaptive depth decided (unchanged without one)."""
+        if self.adaptive is None:
+            return self
+        return replace(self, depth=self.adaptive.depth_for(agreement, self.depth), adaptive=None)
 
     def __call__(self, query: Query, candidates: Candidates) -> Candidates:
         depth = self.rows_for(candidates)
@@ -101,14 +111,18 @@ class ScoreStage:
         return None if scores is None else rerank_head(candidates, depth, self.name, scores)
 
 
-def first_stage_agreement(candidates: Candidates, window: int = 10) -> float:
+def first_stage_agreement(candidates: Candidates, window: int = 10, positions: np.ndarray | None = None) -> float:
     """Share of the fused top ``window`` that BM25 and the dense search both rank within their own
-    top ``window`` (0 when the candidates carry no per-source ranks)."""
+    top ``window`` (0 when the candidates carry no per-source ranks). ``candidates``: the first stage's
+    list in its order, or some of its rows with their ``positions`` in it (1 = top: a training list's
+    rows, :func:`ranking.features.first_stage_position`); the share is of the top rows they hold."""
     bm25, dense = candidates.ranks.get("bm25"), candidates.ranks.get("dense")
-    n = min(window, len(candidates))
+    place = np.arange(1, len(candidates) + 1) if positions is None else np.asarray(positions)
+    top = (place > 0) & (place <= window)
+    n = int(top.sum())
     if bm25 is None or dense is None or n == 0:
         return 0.0
-    b, d = np.asarray(bm25[:n]), np.asarray(dense[:n])
+    b, d = np.asarray(bm25)[top], np.asarray(dense)[top]
     return float(((b > 0) & (b <= window) & (d > 0) & (d <= window)).sum() / n)
 
 
@@ -122,10 +136,22 @@ class AdaptiveDepth:
     threshold: float
     window: int = 10
 
-    def __call__(self, candidates: Candidates, depth: int) -> int:
-        if first_stage_agreement(candidates, self.window) >= self.threshold:
-            return min(depth, self.confident)
-        return depth
+    def depth_for(self, agreement: float, depth: int) -> int:
+        """The depth of a stage of ``depth`` for a search whose first stage agrees ``agreement``."""
+        return min(depth, self.confident) if agreement >= self.threshold else depth
+
+    def __call__(self, candidates: Candidates, depth: int, positions: np.ndarray | None = None) -> int:
+        """The depth for the first stage's list ``candidates`` (``positions``: see :func:`first_stage_agreement`)."""
+        return self.depth_for(first_stage_agreement(candidates, self.window, positions), depth)
+
+
+def settle_depths(stages: Sequence[Stage], first: Candidates) -> list[Stage]:
+    """``stages`` with each adaptive depth decided on the first stage's list ``first`` (its agreement worked out
+    once a search), not on the order a stage before it left: every stage decides on the same list, the fused
+    top 10 the settings describe, and a training list's featurizer can decide the same."""
+    agreement = cache(lambda window: first_stage_agreement(first, window))
+    return [stage.settled(agreement(stage.adaptive.window)) if isinstance(stage, ScoreStage) and stage.adaptive
+            else stage for stage in stages]
 
 
 @dataclass(frozen=True)
@@ -178,12 +204,13 @@ class Cascade:
         return replace(query, text=analysis.text or query.text, analysis=analysis)
 
     def _apply(self, query: Query, candidates: Candidates, timings: dict[str, float]) -> Ranked:
-        """Run the stages; a stage that times out or fails is skipped (the previous
+        """Run the stages over the first stage's list ``candidates`` (each adaptive depth decided on it:
+        :func:`settle_depths`); a stage that times out or fails is skipped (the previous
         order stands) and named in ``degraded``, as is one that scored fewer rows than it would
         because the search was shed; never an exception for a slow model."""
         degraded: list[str] = []
         notes: dict[str, list[str]] = {}
-        for stage in self.stages:
+        for stage in settle_depths(self.stages, candidates):
             name = getattr(stage, "name", "stage")
             now = time.monotonic()
             shallow_note = ""  # a shed stage cut short: said once it ran (a timeout says so instead)

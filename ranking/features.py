@@ -28,6 +28,7 @@ import numpy as np
 
 from core.feature_store import FeatureBatch
 from core.query import Query
+from ranking.cascade import AdaptiveDepth
 from ranking.lambdamart import BASE_FEATURES
 from ranking.relevance import RELEVANCE_FEATURES, CatalogText, relevance_features
 from retrieval.index import ProductIndex
@@ -88,6 +89,24 @@ def first_stage_rank(candidates: Candidates) -> np.ndarray:
     single = [name for name in ("bm25", "dense") if name in ranks]
     return np.asarray(ranks[single[0]]) if len(single) == 1 else np.arange(1, len(candidates) + 1)
 
+
+def first_stage_position(candidates: Candidates, fused_depth: int = 0) -> np.ndarray:
+    """Each row's position in the first stage's served list (1 = top), the place a cascade stage counts its
+    depth in: :func:`first_stage_rank`, save for a row below the fused list (fused rank 0: only a deeper read
+    found it), which follows every fused row, in the list's order. The fused list then ends at the deepest
+    fused row the list holds, and holds at least ``fused_depth`` rows (``retrieval.depth``: one source
+    returned that many). Exact for the first stage's list and for rows of it down to its last fused row (a
+    served training list, every negative kept); rows a list lacks above a row below the fused list (sampled
+    negatives) or past its deepest fused row (judged lists) put that row higher than it was served."""
+    rank = first_stage_rank(candidates).astype(np.int64)
+    below = rank <= 0
+    if not below.any():
+        return rank
+    position = rank.copy()
+    position[below] = max(int(rank.max()), fused_depth) + np.arange(1, int(below.sum()) + 1)
+    return position
+
+
 @dataclass
 class LtrFeaturizer:
     """Feature rows for (query, user, candidate) triples, in ``names`` order.
@@ -99,11 +118,17 @@ class LtrFeaturizer:
         names: The model's features (see the module docstring for the groups).
         student, teacher: ``score(query, titles)`` of the served cross-encoders;
             used only for rows a cascade stage did not score already, among the
-            rows each scores when served, by served rank (a training list's rows
-            keep theirs): the first stage's top ``student_depth``, and the top
-            ``teacher_depth`` of the order the student leaves (the first stage's
-            when no student is served); the other rows are NaN, as LambdaMART sees
-            them in serving.
+            rows each scores when served, by served position (a training list's
+            rows keep their served ranks: :func:`first_stage_position`): the first
+            stage's top ``student_depth``, and the top ``teacher_depth`` of the
+            order the student leaves (the first stage's when no student is
+            served); the other rows are NaN, as LambdaMART sees them in serving.
+        student_adaptive, teacher_adaptive: The served stages' query-adaptive
+            depths (None: always their depth), decided as the served cascade
+            decides them, on the first stage's agreement over the list's rows
+            (:func:`ranking.cascade.settle_depths`).
+        fused_depth: The first stage's ``retrieval.depth``, a floor on where a
+            row below its fused list is served (:func:`first_stage_position`).
     """
 
     index: ProductIndex
@@ -114,6 +139,9 @@ class LtrFeaturizer:
     teacher: object | None = None
     student_depth: int | None = None
     teacher_depth: int | None = None
+    student_adaptive: AdaptiveDepth | None = None
+    teacher_adaptive: AdaptiveDepth | None = None
+    fused_depth: int = 0
 
     @property
     def store_names(self) -> list[str]:
@@ -133,35 +161,42 @@ class LtrFeaturizer:
             scores[missing] = scorer.score(query, titles)  # type: ignore[attr-defined]
         return scores
 
+    @staticmethod
+    def _depth(depth: int, adaptive: AdaptiveDepth | None, candidates: Candidates, position: np.ndarray) -> int:
+        """A served stage's depth for a search whose first stage served ``candidates`` at ``position``."""
+        return adaptive(candidates, depth, position) if adaptive is not None else depth
+
     def _student_rows(self, candidates: Candidates) -> np.ndarray:
-        """The rows the served student scores: the first stage's top ``student_depth``, by served rank
-        (no depth set: every row)."""
+        """The rows the served student scores: the first stage's top ``student_depth`` (adaptive), by served
+        position (no depth set: every row)."""
         if self.student_depth is None:
             return np.ones(len(candidates), dtype=bool)
-        rank = first_stage_rank(candidates)
-        return (rank > 0) & (rank <= self.student_depth)
+        position = first_stage_position(candidates, self.fused_depth)
+        return position <= self._depth(self.student_depth, self.student_adaptive, candidates, position)
 
     def _teacher_rows(self, candidates: Candidates, student: np.ndarray) -> np.ndarray:
-        """The rows the served teacher scores: the top ``teacher_depth`` of the order it is given, counted in
-        served ranks. That order is the first stage's, with the rows it ranks within ``student_depth``
-        re-ordered by the student's score when a student is served before it (as
-        :func:`ranking.cascade.rerank_head` re-orders the cascade's head): those rows take the ranks they
+        """The rows the served teacher scores: the top ``teacher_depth`` (adaptive) of the order it is given,
+        counted in served positions. That order is the first stage's, with the rows it places within the
+        student's depth re-ordered by the student's score when a student is served before it (as
+        :func:`ranking.cascade.rerank_head` re-orders the cascade's head): those rows take the positions they
         hold, in the student's order; every other row keeps its own. A training list holds only some served
-        rows (sampled negatives, judged products retrieved deep), so served ranks, not places in the list, say
-        which rows are scored, and a row served below both depths never is; where the list lacks some of the
-        student's rows, it cannot tell where the student put them, and its own fill the ranks they hold. With
-        a student deeper than the teacher, those are not the first stage's top rows. No depth set: every row."""
+        rows (sampled negatives, judged products retrieved deep), so served positions, not places in the list,
+        say which rows are scored, and a row served below both depths never is; where the list lacks some of
+        the student's rows, it cannot tell where the student put them, and its own fill the positions they
+        hold. With a student deeper than the teacher, those are not the first stage's top rows. No depth set:
+        every row."""
         if self.teacher_depth is None:
             return np.ones(len(candidates), dtype=bool)
-        rank = first_stage_rank(candidates)
-        slot = rank.copy()
+        position = first_stage_position(candidates, self.fused_depth)
+        slot = position.copy()
         if self.student_depth and np.isfinite(student).any():  # a student is served before the teacher
-            head = np.flatnonzero((rank > 0) & (rank <= self.student_depth))
-            head = head[np.argsort(rank[head], kind="stable")]  # the served order
+            depth = self._depth(self.student_depth, self.student_adaptive, candidates, position)
+            head = np.flatnonzero(position <= depth)
+            head = head[np.argsort(position[head], kind="stable")]  # the served order
             # the row positions as the documents of a list, so the order the student leaves names the rows
             order = Candidates(head, [candidates.product_ids[i] for i in head], "first", {}, {})
-            slot[order.reorder("student", student[head]).docs] = rank[head]
-        return (slot > 0) & (slot <= self.teacher_depth)
+            slot[order.reorder("student", student[head]).docs] = position[head]
+        return slot <= self._depth(self.teacher_depth, self.teacher_adaptive, candidates, position)
 
     def _bm25(self, query: Query, candidates: Candidates) -> np.ndarray:
         """Each candidate's BM25 score: the first stage's where its BM25 run holds the row (the

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +27,7 @@ from core.registry import ServedModel
 from core.settings import RankingSettings, Settings
 from ranking.batching import MicroBatcher
 from ranking.cache import CachedScorer, SharedQueryVectors, TierCounts, model_tag
-from ranking.cascade import Cascade, ScoreStage
+from ranking.cascade import Cascade, Ranked, ScoreStage
 from ranking.facts import CatalogFacts, by_price
 from ranking.features import LtrFeaturizer
 from ranking.rules import RulesConfig, RulesStage
@@ -181,12 +181,15 @@ class SearchEngine:
         """A featurizer of features ``names`` (:func:`ranking.features.feature_names`); ``score_missing``:
         the cross-encoders score the rows within their depths no stage scored (training lists), else
         their scores are only read from the candidates, as a served pipeline reads them."""
-        return featurizer_for(self.index, self.dense, self.models, names, self.settings.ranking, score_missing)
+        return featurizer_for(self.index, self.dense, self.models, names, self.settings.ranking, score_missing,
+                              fused_depth=self.settings.retrieval.depth)
 
     def pipeline(self, name: str) -> Retriever:
         if name in self.pipelines.named:
             return self.pipelines.named[name]
         if name in PIPELINES:
+            if name == "ltr" and self.ltr is not None:
+                self._ltr_turned_off(self.ltr.version)
             raise NotReady(
                 f"pipeline {name!r} needs a trained model that is not registered; train it with "
                 "`shoprank train reranker|student|ltr --dataset DIR`"
@@ -197,8 +200,17 @@ class SearchEngine:
         if pipeline != "full":
             return self.pipeline(pipeline)  # type: ignore[return-value]  # every pipeline is a Cascade
         if ltr not in self.pipelines.full:
+            self._ltr_turned_off(ltr)
             raise NotReady(f"LambdaMART {ltr} is not loaded; loaded: {sorted(v for v in self.pipelines.full if v)}")
         return self.pipelines.full[ltr]
+
+    def _ltr_turned_off(self, version: str | None) -> None:
+        """Raise :class:`NotReady` naming the cause when LambdaMART ``version`` is loaded but no pipeline serves
+        it because ``ranking.ltr_depth`` is 0."""
+        loaded = [m.version for m in (self.ltr, *self.models.ltr_versions) if m is not None]
+        if version in loaded and not self.settings.ranking.ltr_depth:
+            raise NotReady(f"LambdaMART {version} is loaded but not served: ranking.ltr_depth is 0, so no pipeline "
+                           "runs it; set SHOPRANK_RANKING__LTR_DEPTH > 0 (default 200) to serve it")
 
     def search(self, query: Query | str, k: int, pipeline: str = DEFAULT, offset: int = 0,
                use_cache: bool = False, ltr: str | None = None) -> SearchResult:
@@ -234,19 +246,8 @@ class SearchEngine:
         need = k + offset if query.sort == "relevance" else max(k + offset, self.settings.serving.sort_depth)
         # the rule of the query as searched (a rule may match its corrected text only): read to its farthest pin
         deep = max(need, self.rules.farthest_place(cascade.analyze(query)) if self.rules is not None else 0)
-        ranked = cascade.run(query, deep)
-        fetched, limit = max(deep, cascade.first_stage_depth), min(self.index.count, MAX_FETCH)
-        rows = ranked.first_stage_rows  # of the last read (which need not be the one kept)
-        while len(ranked.candidates) < deep and rows >= fetched and fetched < limit:
-            # the rules left rows out (hidden, out of stock) and the first stage has more: read deeper, so the
-            # page is full while more exist (a read that shows no more rows goes deeper still: a block of hidden
-            # rows at the top left page 1 empty while later pages, read deeper, had rows), and a pin_at place
-            # past them is held whichever page is asked for
-            fetched = min(limit, 2 * fetched)
-            deeper = cascade.run(query, fetched)
-            rows = deeper.first_stage_rows
-            if len(deeper.candidates) > len(ranked.candidates):
-                ranked = deeper
+        ranked = read_deep_enough(lambda depth: cascade.run(query, depth), deep, max(deep, cascade.first_stage_depth),
+                                  min(self.index.count, MAX_FETCH))
         if query.sort != "relevance":
             ranked = replace(ranked, candidates=self._by_price(ranked.candidates, query.sort))
         page = ranked.candidates.take(slice(offset, offset + k))
@@ -266,7 +267,10 @@ class SearchEngine:
         (no query: a storefront's category page), ordered by ``order`` (``ranking.facts.ORDERS``).
         Most popular first gets the business rules on its first rows, as a search does (out of
         stock, promotions); the price orders stay strict, out-of-stock products hidden only
-        with ``out_of_stock: hide``. Facets count the whole listing."""
+        with ``out_of_stock: hide``. Every page is a slice of one list: the rules run over the
+        listing's first rows whatever the page (their stock read now may drop some), the rest
+        follow as listed, and a page reads deeper until it is full. The total counts that list;
+        facets count the whole listing."""
         assert self.facts is not None and self.rules is not None
         key = ("browse", order, filters, facets, k, offset, self.facts_version())
         if use_cache and (hit := self.caches.results.get(key)) is not None:
@@ -276,18 +280,28 @@ class SearchEngine:
         rows = self.facts.listing(filters, order, hide_out_of_stock=hide)
         if len(hidden := self.rules.hidden_docs()):  # products the rules hide everywhere
             rows = rows[~np.isin(rows, hidden)]
-        head = rows[: max(self.rules.depth, offset + k)]
-        ids = [self.index.product_id(int(d)) for d in head.tolist()]
-        score = -np.arange(len(head), dtype=np.float64)  # the listing's order, as a score the rules can move
-        listed = Candidates(head, ids, "browse", {"browse": score}, {"browse": np.arange(1, len(head) + 1)})
-        timings = {"browse": time.perf_counter() - started}
-        notes: dict[str, list[str]] = {}
-        if order == "popular":
-            started = time.perf_counter()
-            ruled = self.rules(Query("", filters=filters), listed)
-            listed, notes, timings["rules"] = ruled.candidates, dict(ruled.notes), time.perf_counter() - started
-        page = listed.take(slice(offset, offset + k))
-        result = SearchResult(page, "browse", len(rows), timings, {p: notes[p] for p in page.product_ids if p in notes},
+        rules = self.rules
+
+        def listed(depth: int) -> Ranked:
+            """The listing's first ``depth`` rows, most popular first with the rules over their head."""
+            head = rows[:depth]
+            ids = [self.index.product_id(int(d)) for d in head.tolist()]
+            score = -np.arange(len(head), dtype=np.float64)  # the listing's order, as a score the rules can move
+            out = Candidates(head, ids, "browse", {"browse": score}, {"browse": np.arange(1, len(head) + 1)})
+            timings = {"browse": time.perf_counter() - started}
+            if order != "popular":
+                return Ranked(out, timings, first_stage_rows=len(head))
+            ruled_at = time.perf_counter()
+            ruled = rules(Query("", filters=filters), out)
+            timings["rules"] = time.perf_counter() - ruled_at
+            return Ranked(ruled.candidates, timings, notes=dict(ruled.notes), first_stage_rows=len(head))
+
+        ranked = read_deep_enough(listed, offset + k, max(rules.depth, offset + k), len(rows))
+        notes, page = ranked.notes, ranked.candidates.take(slice(offset, offset + k))
+        # the rules drop rows (sold out now) from the rows read only: the rows below follow as listed
+        total = len(rows) - (ranked.first_stage_rows - len(ranked.candidates))
+        result = SearchResult(page, "browse", total, ranked.timings,
+                              {p: notes[p] for p in page.product_ids if p in notes},
                               facets=self._browse_facets(filters, rows, facets) if facets else None)
         if use_cache:
             self.caches.results.put(key, result)
@@ -402,6 +416,24 @@ class SearchEngine:
 
 MAX_FETCH = 10_000  # the most first-stage rows a page may read when the rules leave rows out (and the deepest
 # rung the hybrid reads its sources to past retrieval.depth: HybridRetriever.read_depth)
+
+
+def read_deep_enough(read: Callable[[int], Ranked], need: int, fetched: int, limit: int) -> Ranked:
+    """``read(fetched)``: a ranked list of the first ``fetched`` rows of a first stage or a listing, the rules
+    applied. When the rules left rows out (hidden, out of stock) so it holds fewer than ``need`` rows and the
+    first stage has more, it reads deeper, twice as deep each time and at most ``limit`` rows, so the page is
+    full while more exist (a read that shows no more rows goes deeper still: a block of hidden rows at the top
+    left page 1 empty while later pages, read deeper, had rows), and a pin_at place past them is held whichever
+    page is asked for. The read that holds the most rows is kept."""
+    ranked = read(fetched)
+    rows = ranked.first_stage_rows  # of the last read (which need not be the one kept)
+    while len(ranked.candidates) < need and rows >= fetched and fetched < limit:
+        fetched = min(limit, 2 * fetched)
+        deeper = read(fetched)
+        rows = deeper.first_stage_rows
+        if len(deeper.candidates) > len(ranked.candidates):
+            ranked = deeper
+    return ranked
 
 
 def rules_path(settings: Settings) -> Path:

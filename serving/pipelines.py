@@ -70,19 +70,32 @@ class Pipelines:
     ltr_stages: dict[str | None, LtrStage]
 
 
+def adaptive_depths(ranking: RankingSettings) -> dict[str, AdaptiveDepth | None]:
+    """Each cross-encoder stage's query-adaptive depth (None: always its depth), by stage: what the served
+    stages and the featurizer of training lists both decide by."""
+    def rule(confident: int) -> AdaptiveDepth | None:
+        return AdaptiveDepth(confident, ranking.confident_agreement) if confident else None
+
+    return {"student": rule(ranking.student_depth_confident), "teacher": rule(ranking.teacher_depth_confident)}
+
+
 def featurizer_for(index: ProductIndex, dense: DenseRetriever, models: Models, names: Sequence[str],
-                   ranking: RankingSettings, score_missing: bool = True) -> LtrFeaturizer:
+                   ranking: RankingSettings, score_missing: bool = True, fused_depth: int = 0) -> LtrFeaturizer:
     """The LambdaMART featurizer of features ``names`` over this index, query encoder, store and
-    cross-encoders. ``score_missing``: the cross-encoders score the rows within their depths that
-    no stage scored (training lists); off in served pipelines, where the cross-encoder stages ran
-    first and a row they left unscored (shed under overload, a timeout, a shallower adaptive
-    depth) stays missing, as LambdaMART learnt rows below the depth."""
+    cross-encoders. ``score_missing``: the cross-encoders score the rows that the served stages
+    score (their depths, adaptive as served) and no stage scored (training lists); off in served
+    pipelines, where the cross-encoder stages ran first and a row they left unscored (shed under
+    overload, a timeout) stays missing, as LambdaMART learnt rows below the depth. ``fused_depth``:
+    the first stage's ``retrieval.depth`` (:func:`ranking.features.first_stage_position`)."""
     reader = models.features
     store = (lambda query, pids: reader.fetch(pids, query.user_id, query.deadline)) if reader else None
     scorer = (lambda served: served.model if served and score_missing else None)
+    adaptive = adaptive_depths(ranking)
     return LtrFeaturizer(index, lambda text: dense.embed([text])[0], store, list(names),
                          scorer(models.student), scorer(models.teacher),
-                         student_depth=ranking.student_depth, teacher_depth=ranking.teacher_depth)
+                         student_depth=ranking.student_depth, teacher_depth=ranking.teacher_depth,
+                         student_adaptive=adaptive["student"], teacher_adaptive=adaptive["teacher"],
+                         fused_depth=fused_depth)
 
 
 def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retriever, models: Models,
@@ -106,20 +119,17 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
     named: dict[str, Retriever] = {name: cascade(name, [], 0, first)
                                    for name, first in (("bm25", bm25), ("dense", dense), ("hybrid", hybrid))}
 
-    def adaptive(stage: ScoreStage, confident: int) -> ScoreStage:
-        """``stage`` scoring only ``confident`` candidates when the first stage is confident (0: always its depth)."""
-        return replace(stage, adaptive=AdaptiveDepth(confident, rk.confident_agreement)) if confident else stage
-
+    adaptive = adaptive_depths(rk)
     stages: list[Stage] = []
     if models.student and rk.student_depth:
-        stages.append(adaptive(cross_encoder_stage("student", models.student, rk.student_depth),
-                               rk.student_depth_confident))
+        stages.append(replace(cross_encoder_stage("student", models.student, rk.student_depth),
+                              adaptive=adaptive["student"]))
     if models.teacher:
         named["rerank"] = cascade("rerank", [cross_encoder_stage("teacher", models.teacher, rk.rerank_depth)],
                                   rk.rerank_depth)
         if rk.teacher_depth:
-            stages.append(adaptive(cross_encoder_stage("teacher", models.teacher, rk.teacher_depth),
-                                   rk.teacher_depth_confident))
+            stages.append(replace(cross_encoder_stage("teacher", models.teacher, rk.teacher_depth),
+                                  adaptive=adaptive["teacher"]))
     if stages:
         named["cascade"] = cascade("cascade", list(stages), rk.first_stage_depth)
     depth = rk.first_stage_depth if stages else rk.rerank_depth

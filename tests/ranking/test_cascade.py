@@ -264,3 +264,32 @@ def test_adaptive_depth_scores_less_where_the_first_stage_agrees() -> None:
     stage(Query("drill"), agree)
     stage(Query("drill"), differ)
     assert seen == [5, 20]
+
+
+def test_every_adaptive_stage_decides_its_depth_on_the_first_stages_fused_top_10() -> None:
+    """BM25 and dense agree on the fused top 10 (confident) and on none of the rows below it, which a student
+    lifts to the top: the teacher behind it still scores its confident depth, decided on the fused top 10 the
+    settings describe, as the student did (before, it decided on the student's order: its full depth)."""
+    from ranking.cascade import first_stage_agreement
+
+    class Agreeing(ListRetriever):
+        def search(self, query: str, k: int) -> Candidates:
+            listed = candidates(20)
+            sources = np.r_[np.arange(1, 11), np.zeros(10, dtype=np.int64)]  # rows 11..20: neither source's top
+            return replace(listed, ranks={**listed.ranks, "bm25": sources, "dense": sources})
+
+    scored: dict[str, list[int]] = {"student": [], "teacher": []}
+
+    def stage(name: str, depth: int, score) -> ScoreStage:  # type: ignore[no-untyped-def]
+        def counted(query: str, docs: np.ndarray, deadline: float | None) -> np.ndarray:
+            scored[name].append(len(docs))
+            return score(query, docs, deadline)
+        return ScoreStage(name, counted, depth, adaptive=AdaptiveDepth(confident=depth // 2, threshold=0.5))
+
+    first = Agreeing().search("q", 20)
+    assert first_stage_agreement(first) == 1.0 and first_stage_agreement(first.take(np.arange(19, -1, -1))) == 0.0
+    student = stage("student", 40, reverse_score)  # confident: its top 20 (every row), the deepest rows first
+    teacher = stage("teacher", 10, lambda q, d, t: -d.astype(np.float32))
+    ranked = Cascade("c", Agreeing(), [student, teacher], first_stage_depth=20).run("q", 20).candidates
+    assert scored == {"student": [20], "teacher": [5]}
+    assert ranked.product_ids[:5] == ["p15", "p16", "p17", "p18", "p19"]  # the student's top 5, by the teacher

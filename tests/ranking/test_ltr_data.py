@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from core.query import Query
 from core.settings import Settings
@@ -257,8 +258,10 @@ def test_a_cross_encoder_score_in_training_follows_the_served_rank_not_the_place
 
 def test_a_row_below_the_fused_list_gets_the_features_rank_gives_it(fake_index: ProductIndex) -> None:
     """A row the first stage lists below its fused list (only a deeper read found it) has no fused rank:
-    LambdaMART's ``rank_rrf`` puts it below every fused row and no cross-encoder score is filled in for it,
-    in a served list as for the same product given to ``rank`` (a training list's rows), not its place."""
+    LambdaMART's ``rank_rrf`` puts it below every fused row, in a served list as for the same product given
+    to ``rank`` (a training list's rows); a cross-encoder score is filled in for it where the served stage
+    scores it, within its depth of the served list's positions (before, never: served, it was scored)."""
+    from ranking.cascade import Cascade, ScoreStage
     from ranking.features import LtrFeaturizer
     from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
     from tests.fakes import HashingEncoder
@@ -279,8 +282,12 @@ def test_a_row_below_the_fused_list_gets_the_features_rank_gives_it(fake_index: 
     np.testing.assert_array_equal(served, trained)
     below = listed.scores["rrf"] == 0
     assert below[:100].any() and not below[:20].any()  # rows past the fused list within the student's depth
-    assert np.isinf(served[below, 1]).all() and np.isnan(served[below, 0]).all()
-    assert (served[~below, 1] > 0).all() and (served[:20, 0] == 1.0).all()
+    assert np.isinf(served[below, 1]).all() and (served[~below, 1] > 0).all()
+    # the student's top 100 of the served list, rows below the fused list among them, as the served stage scores
+    cascade = Cascade("cascade", hybrid, [ScoreStage("student", lambda text, docs, deadline: np.ones(len(docs)), 100)],
+                      first_stage_depth=120).search("cordless drill", 120)
+    assert cascade.docs[np.isfinite(cascade.scores["student"])].tolist() == listed.docs[:100].tolist()
+    assert (served[:100, 0] == 1.0).all() and np.isnan(served[100:, 0]).all()
 
 
 class _Ones:
@@ -386,3 +393,58 @@ def test_the_teacher_scores_in_training_a_list_with_gaps_by_served_rank(fake_ind
     gapped = listed.take(np.array([50, 4, 29, 35, 0, 24]))
     assert sorted(first_stage_rank(gapped).tolist()) == [1, 5, 25, 30, 36, 51]
     assert teacher_ranks(gapped, 30, 10) == served_ranks(gapped, [student, teacher(10)]) == [25, 30]
+
+
+class _Hashed:
+    """A cross-encoder stand-in: a score per (query, title) from a hash, the same at every call."""
+
+    precision = "fp32"
+
+    def score(self, query: str, titles: list[str], deadline: float | None = None) -> np.ndarray:
+        import hashlib
+
+        return np.array([int.from_bytes(hashlib.md5(f"{query}|{t}".encode()).digest()[:4], "little") / 2**32
+                         for t in titles], np.float32)
+
+    def score_pairs(self, queries: list[str], titles: list[str], deadline: float | None = None) -> np.ndarray:
+        return np.concatenate([self.score(q, [t]) for q, t in zip(queries, titles)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("retrieval, ranking, depths", [
+    ({}, {}, {5, 20}),  # the defaults: the teacher's query-adaptive depth, 5 where BM25 and dense agree
+    ({}, {"student_depth": 30}, {5, 20}),  # behind an adaptive student, deciding on the fused top 10 too
+    ({"depth": 5}, {"teacher_depth_confident": 0}, {20}),  # a 5-deep fusion: rows below it within the depth
+])
+def test_the_cross_encoder_scores_of_a_training_list_are_those_of_the_rows_the_served_cascade_scores(
+        fake_index: ProductIndex, settings: Settings, retrieval: dict, ranking: dict, depths: set[int]) -> None:
+    """``shoprank train ltr``'s featurizer fills in a cross-encoder's score for the rows the served stage scores:
+    its query-adaptive depth (on by default) decided on the first stage's fused top 10 as the served cascade
+    decides it, and the served list's top positions, rows below the fused list among them. Before, it filled
+    the full depths (rows a confident search serves with no score: NaN, which LambdaMART only learnt for rows
+    below the depth) and only rows with a fused rank."""
+    from core.registry import ServedModel
+    from serving.pipelines import Models
+    from tests.fakes import HashingEncoder
+
+    home = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update=retrieval),
+                                       "ranking": settings.ranking.model_copy(update=ranking)})
+    engine = assemble(fake_index, HashingEncoder(), home, Models(teacher=ServedModel("reranker", "v1", _Hashed()),
+                                                                 student=ServedModel("student", "v1", _Hashed())))
+    try:
+        first, served_depths, below = engine.pipeline("hybrid"), set(), 0
+        for text in ("cordless drill", "garden hose", "ceiling fan", "toilet seat", "led light bulb", "paint"):
+            top = first.search(text, 1).product_ids[0]
+            (training,) = served_lists([Group("q", text, {top: 1})], first, fake_index, depth=60, negatives=None,
+                                       progress=False)
+            served = engine.pipeline("cascade").run(Query(text), 60).candidates
+            for stage in ("student", "teacher") if home.ranking.student_depth else ("teacher",):
+                trained = ranking_data([training], engine.featurizer([stage]), None, {}, progress=False).features[:, 0]
+                expected = {p for p, s in zip(served.product_ids, served.scores[stage]) if np.isfinite(s)}
+                got = {p for p, s in zip(training.candidates.product_ids, trained) if np.isfinite(s)}
+                assert got == expected, (text, stage)
+            teacher = np.isfinite(served.scores["teacher"])
+            served_depths.add(int(teacher.sum()))
+            below += int((served.ranks["rrf"][teacher] == 0).sum())
+        assert served_depths == depths and (below > 0) == (home.retrieval.depth == 5)
+    finally:
+        engine.close()

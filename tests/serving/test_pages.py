@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from core.query import Filters
 from core.settings import Settings
 from ranking.rules import RulesConfig
 from retrieval.embedding_cache import EmbeddingCache
@@ -100,5 +103,51 @@ def test_a_pin_past_the_first_page_is_at_its_place_on_every_page_for_a_query_the
                 walked = [p for offset in range(0, 220, k) for p in engine.search(query, k, offset=offset).candidates
                           .product_ids][:220]
                 assert walked == one, (query, k)
+    finally:
+        engine.close()
+
+
+class _SoldOutNow:
+    """Product facts whose stock read now (what the rules read) says ``sold_out`` are out of stock, while the
+    facts as last built (``known``: what the listing was made from) do not know it yet."""
+
+    def __init__(self, facts, sold_out: set[str]) -> None:  # type: ignore[no-untyped-def]
+        self.facts, self.sold_out = facts, sold_out
+
+    def known(self, candidates):  # type: ignore[no-untyped-def]
+        return self.facts.known(candidates)
+
+    def __call__(self, candidates):  # type: ignore[no-untyped-def]
+        read = self.facts(candidates)
+        stock = np.where([p in self.sold_out for p in candidates.product_ids], 0.0, read.in_stock)
+        return replace(read, in_stock=stock.astype(read.in_stock.dtype))
+
+
+def test_listing_pages_are_one_list_when_the_rules_drop_products_sold_out_since_the_listing_was_built(
+        tmp_path: Path, settings: Settings, demo_products: pd.DataFrame) -> None:
+    """Two products in a listing's first rows sold out since the facts were last built: the rules (stock read
+    now, ``out_of_stock: hide``) drop them. Every page is a slice of one list, the rules over the listing's first
+    rows whatever the page: the pages are full, each product is on one of them, and the total counts what they
+    show (before, each page ran the rules over a head as deep as it asked: pages came back short, the products
+    past them were on no page, and the total counted the dropped ones)."""
+    encoder = HashingEncoder()
+    index = ProductIndex.build(tmp_path / "index", demo_products, encoder, settings.retrieval,
+                               EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim), progress=False)
+    home = settings.model_copy(update={"home": tmp_path})
+    home.paths.rules.parent.mkdir(parents=True, exist_ok=True)
+    RulesConfig(out_of_stock="hide").save(home.paths.rules)
+    engine = assemble(index, encoder, home)
+    try:
+        listed = engine.browse(Filters(), 300).candidates.product_ids
+        assert engine.rules is not None and engine.rules.depth == 100 and len(listed) > 150
+        sold_out = set(listed[10:12])
+        engine.rules = replace(engine.rules, facts=_SoldOutNow(engine.facts, sold_out))
+        one = engine.browse(Filters(), 300)
+        shown = one.candidates.product_ids
+        assert set(shown) == set(listed) - sold_out
+        for k in (10, 7):
+            pages = [engine.browse(Filters(), k, offset) for offset in range(0, len(shown), k)]
+            assert [p for page in pages for p in page.candidates.product_ids] == shown, k
+            assert {page.total_candidates for page in pages} == {one.total_candidates} == {len(listed) - 2}
     finally:
         engine.close()

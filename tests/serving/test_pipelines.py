@@ -15,6 +15,7 @@ from core.registry import ServedModel
 from core.settings import Settings
 from ranking.cascade import Noted, ScoreStage
 from ranking.rules import RulesConfig, RulesStage
+from retrieval.index import ProductIndex
 from retrieval.types import Candidates
 from serving.pipelines import Models, Pipelines, build_pipelines, ranked_by
 
@@ -192,3 +193,26 @@ def test_a_role_asked_for_by_several_pipelines_gets_one_micro_batcher() -> None:
     # before: a batcher (and its thread, and its hold on the model) per call, the extras never stopped
     assert len(stages.batchers) == 1 and batchers() == before + 1
     stages.batchers["reranker"].close()
+
+
+def test_a_lambdamart_ltr_depth_0_turns_off_is_named_with_the_setting_when_asked_for(
+        fake_index: ProductIndex, settings: Settings) -> None:
+    """With ``ranking.ltr_depth`` 0 a registered LambdaMART is loaded (``versions`` names it) but no pipeline runs
+    it: the ``ltr`` pipeline and a search asking for its version say so and what to set (before: "not
+    registered" and "not loaded"). A version never loaded is still said to be not loaded."""
+    from core.errors import NotReady
+    from serving.engine import assemble
+    from tests.fakes import HashingEncoder
+
+    off = settings.model_copy(update={"ranking": settings.ranking.model_copy(update={"ltr_depth": 0})})
+    engine = assemble(fake_index, HashingEncoder(), off, Models(ltr=ServedModel("ltr", "v7", ReadsOnly())))
+    try:
+        assert engine.versions["ltr"] == "v7" and engine.search("drill", 3).candidates.product_ids
+        for ask in (lambda: engine.pipeline("ltr"), lambda: engine.search("drill", 3, ltr="v7")):
+            with pytest.raises(NotReady, match=r"LambdaMART v7 is loaded but not served: ranking\.ltr_depth is 0.*"
+                                               r"set SHOPRANK_RANKING__LTR_DEPTH > 0"):
+                ask()
+        with pytest.raises(NotReady, match="LambdaMART v8 is not loaded"):
+            engine.search("drill", 3, ltr="v8")
+    finally:
+        engine.close()
