@@ -18,17 +18,24 @@ enough to rank when asked.
 
 from __future__ import annotations
 
-import heapq
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from retrieval.analyzer import Analyzer
-from retrieval.vocabulary import JOINING_WORDS, TOKEN, UNIT_WORDS, common, normalize, word_char
+from retrieval.vocabulary import (
+    JOINING_WORDS,
+    TOKEN,
+    UNIT_WORDS,
+    common,
+    normalize,
+    visible,
+    word_char,
+)
 
 # words a phrase neither begins nor ends with: joining words, and units (``cu ft``, ``18 volt``)
 JOINING = JOINING_WORDS | UNIT_WORDS | {"w"}
@@ -36,6 +43,7 @@ SHORT = 4  # prefixes up to this many characters have their best phrases ready
 LOGGED, CATALOG = 1, 0  # the rank of a source: logged searches before catalog phrases
 
 
+@lru_cache(maxsize=1 << 16)  # read again for every phrase a call looks at
 def singular(word: str) -> str:
     """``drills`` -> ``drill``, ``boxes`` -> ``box`` (not ``glass``, ``corded``): a plural and its singular
     are one suggestion."""
@@ -98,7 +106,12 @@ class Suggester:
         self.best = best
         self.short: dict[str, list[int]] = {}  # prefix -> its best phrases, best first
         self.lead: dict[str, list[int]] = {}  # the same among the phrases that start with it
-        for position in sorted(range(len(self.keys)), key=self._order, reverse=True):
+        ranked = sorted(range(len(self.keys)), key=self._order, reverse=True)
+        self._rank = np.empty(len(ranked), dtype=np.int64)  # each entry's place in that order
+        self._rank[ranked] = np.arange(len(ranked))
+        self._pid = np.array([pid for pid, _ in self.entries], dtype=np.int64)
+        self._leads = np.array([start == 0 for _, start in self.entries], dtype=bool)
+        for position in ranked:
             key, (pid, start) = self.keys[position], self.entries[position]
             for length in range(1, min(SHORT, len(key)) + 1):
                 for ready in (self.short, self.lead) if start == 0 else (self.short,):
@@ -114,30 +127,30 @@ class Suggester:
         source, weight = self.ranks[pid]
         return source, -start, weight
 
-    def _top(self, positions: Iterable[int], k: int) -> list[int]:
-        """The best ``k`` distinct phrases among the entries at ``positions``, best first."""
-        chosen: list[int] = []
-        seen: set[int] = set()
-        for position in sorted(positions, key=self._order, reverse=True):
-            pid = self.entries[position][0]
-            if pid not in seen:
-                seen.add(pid)
-                chosen.append(pid)
-                if len(chosen) == k:
-                    break
-        return chosen
+    def _ordered(self, prefix: str, leading: bool) -> np.ndarray:
+        """Every phrase with a key that starts with ``prefix`` (``leading``: phrases that start with it, not from a
+        later word), best first: each at its best entry, in the order the ready lists of short prefixes have."""
+        lo = bisect_left(self.keys, prefix)
+        hi = bisect_left(self.keys, prefix + "\U0010ffff", lo)
+        keep = self._leads[lo:hi] if leading else slice(None)
+        pids = self._pid[lo:hi][keep][np.argsort(self._rank[lo:hi][keep], kind="stable")]
+        _, at = np.unique(pids, return_index=True)  # each phrase's first (best) entry
+        return pids[np.sort(at)]
 
     def _find(self, prefix: str, k: int, leading: bool) -> list[int]:
         """The best ``k`` phrases with a key that starts with ``prefix`` (``leading``: phrases that
         start with it, not from a later word)."""
         if len(prefix) <= SHORT and k <= self.best:
             return (self.lead if leading else self.short).get(prefix, [])[:k]
-        lo = bisect_left(self.keys, prefix)
-        hi = bisect_left(self.keys, prefix + "\U0010ffff", lo)
-        positions = [p for p in range(lo, hi) if self.entries[p][1] == 0] if leading else range(lo, hi)
-        if len(positions) <= 4 * k:
-            return self._top(positions, k)
-        return self._top(heapq.nlargest(8 * k, positions, key=self._order), k)  # the best entries, then distinct
+        return self._ordered(prefix, leading)[:k].tolist()
+
+    def _ranked(self, prefix: str, leading: bool, first: int) -> Iterator[int]:
+        """Every phrase with a key that starts with ``prefix``, best first: the best ``first`` found by
+        :meth:`_find`, the others ranked only when they are asked for."""
+        found = self._find(prefix, first, leading)
+        yield from found
+        if len(found) == first:
+            yield from self._ordered(prefix, leading)[first:].tolist()
 
     def suggest(self, typed: str, k: int = 8, holding: Callable[[list[str]], int] | None = None) -> list[Suggestion]:
         """Up to ``k`` phrases for ``typed`` (as the shopper typed it: the last word may be partial).
@@ -145,31 +158,63 @@ class Suggester:
         completed (``bosch cordless dr`` -> ``bosch cordless drill``), fewest words kept first: only a
         phrase that repeats none of the kept words and, with ``holding`` (how many products hold all of some
         words), whose words some product holds with the last kept word (no ``ceiling fan faucet``: no product
-        holds ``fan`` and ``faucet``); such a catalog suggestion weighs the products holding all its words."""
+        holds ``fan`` and ``faucet``); such a catalog suggestion weighs the products holding all its words, and
+        the completions of the same kept words come by the weight they show."""
+        typed = visible(typed)
         words = TOKEN.findall(normalize(typed))
         end = " " if ended(typed) else ""
         found: dict[str, Suggestion] = {}  # by its words' singulars: "drills" after "drill" is not new
         for drop in range(len(words)):
-            kept = " ".join(words[:drop])
-            for pid in self._find(" ".join(words[drop:]) + end, 2 * k, leading=drop > 0):
-                text = f"{kept} {self.phrases[pid]}" if kept else self.phrases[pid]
-                typed = {singular(w) for w in words[:drop]}  # a completion repeats none of the words kept
-                if kept and (any(singular(w) in typed for w in self.phrases[pid].split(" ")) or (
-                        holding is not None and not holding([words[drop - 1], *self.phrases[pid].split(" ")]))):
-                    continue
-                source, weight = self.ranks[pid]
-                if kept and source != LOGGED and holding is not None:  # not the completing phrase's own weight
-                    weight = holding(text.split(" "))
-                found.setdefault(" ".join(map(singular, text.split(" "))),
-                                 Suggestion(text, "searches" if source == LOGGED else "catalog", weight))
+            found.update(self._completions(words, drop, end, k, holding, found))
             if len(found) >= k:
                 break
         return list(found.values())[:k]
 
+    def _completions(self, words: list[str], drop: int, end: str, k: int, holding: Callable[[list[str]], int] | None,
+                     found: Mapping[str, Suggestion]) -> dict[str, Suggestion]:
+        """The suggestions that keep ``words[:drop]`` and complete the rest, none of ``found`` (by their words'
+        singulars): of the phrases that complete it, best first, the first ``2 * k``, then the next ones until
+        with ``found`` ``k`` pass the checks of :meth:`suggest` (a check may throw most of them away) or none is
+        left."""
+        kept = " ".join(words[:drop])
+        typed = {singular(w) for w in words[:drop]}  # a completion repeats none of the words kept
+        group: dict[str, Suggestion] = {}
+        if kept and holding is not None and not holding([words[drop - 1]]):
+            return group  # no product holds the last kept word: none holds it with a completion
+        leads: dict[str, bool] = {}  # a phrase's first word -> whether some product holds it with the last kept word
+
+        def fit(phrase: list[str]) -> bool:
+            if any(singular(w) in typed for w in phrase):
+                return False
+            if holding is None:
+                return True
+            if phrase[0] not in leads:  # many phrases share it: where most fail (the whole check reads it again)
+                leads[phrase[0]] = bool(holding([words[drop - 1], phrase[0]]))
+            return leads[phrase[0]] and (len(phrase) == 1 or bool(holding([words[drop - 1], *phrase])))
+
+        for looked, pid in enumerate(self._ranked(" ".join(words[drop:]) + end, drop > 0, 2 * k), 1):
+            phrase = self.phrases[pid].split(" ")
+            if not kept or fit(phrase):
+                text = f"{kept} {self.phrases[pid]}" if kept else self.phrases[pid]
+                source, weight = self.ranks[pid]
+                if kept and source != LOGGED and holding is not None:  # not the completing phrase's own weight
+                    weight = holding(text.split(" "))
+                key = " ".join(map(singular, text.split(" ")))
+                if key not in found:
+                    group.setdefault(key, Suggestion(text, "searches" if source == LOGGED else "catalog", weight))
+            if looked >= 2 * k and len(found) + len(group) >= k:  # the best 2 * k, then more until k are found
+                break
+        if kept:  # by the weight shown, searched texts first (sorted() keeps the order of equal weights)
+            return dict(sorted(group.items(), key=lambda item: (item[1].source == "searches", item[1].weight),
+                               reverse=True))
+        return group
+
 
 def ended(typed: str) -> bool:
     """Whether the shopper finished the last word: the text ends with a space or a mark that is no
-    letter or digit (``1/2"``, ``3/4 in.``), not in the middle of a word."""
+    letter or digit (``1/2"``, ``3/4 in.``), not in the middle of a word. An invisible format character ends
+    nothing (``cordl`` and a soft hyphen: :func:`~retrieval.vocabulary.normalize` deletes it)."""
+    typed = visible(typed)
     return not typed or not word_char(typed[-1])
 
 
@@ -178,6 +223,7 @@ def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int, spelli
     none match and the last word has 4+ letters, that word read as a whole one, spelling-corrected
     (``cordlss`` -> ``cordless``). ``spelling``: ``retrieval.spelling`` (off: no word is corrected, as a
     search then corrects none)."""
+    typed = visible(typed)  # a soft hyphen or a direction mark typed last ends no word, and splits none
     vocabulary = analyzer.vocabulary
 
     @lru_cache(maxsize=512)
@@ -188,13 +234,15 @@ def suggest(suggester: Suggester, analyzer: Analyzer, typed: str, k: int, spelli
 
     count = (lambda words: len(holding(tuple(words)))) if vocabulary.postings else None
     found = suggester.suggest(as_searched(analyzer, typed, spelling), k, count)
-    words = typed.split()
-    if not found and words and len(words[-1]) >= 4 and not ended(typed):
+    if found:
+        return found
+    words = TOKEN.findall(normalize(typed))  # the words as read, not as split at spaces ("drills." is "drills")
+    if words and len(words[-1]) >= 4 and not ended(typed):
         whole = analyzer.analyze(typed, spelling=spelling, equivalents=False)  # a one-way synonym, corrected
         if whole.rewrites and whole.text:
             found = suggester.suggest(whole.text, k, count)
-    if not found and words and singular(words[-1].lower()) != words[-1].lower():  # "drills": the phrases of "drill"
-        one = " ".join([*words[:-1], singular(words[-1].lower())]) + (" " if ended(typed) else "")
+    if not found and words and singular(words[-1]) != words[-1]:  # "drills": the phrases of "drill"
+        one = " ".join([*words[:-1], singular(words[-1])]) + (" " if ended(typed) else "")
         found = suggester.suggest(as_searched(analyzer, one, spelling), k, count)
     return found
 

@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 import regex
 
-VERSION = 6  # bump when normalize() or the vocabulary file changes: indexes record it and are rebuilt
+VERSION = 7  # bump when normalize() or the vocabulary file changes: indexes record it and are rebuilt
 
 _UNITS = [  # (pattern after a number, canonical unit)
     # NFKC reads ″ as ′′: two primes (or two closing quotes) are inches, one is feet
     # a unit word ends where the word does, or at a dimension's x or a number (12 inchx24, 2 feet6 in)
     (r'(?:"|”|″|′′|’’|\'\'|inch(?:e?s)?(?![a-wyz])|in\b\.?)', "in"),
-    (r"(?:'|’|′|f(?:ee|oo)ts?(?![a-wyz])|ft\b\.?)", "ft"),
+    # an apostrophe and s is no foot but a plural or a decade (2x4's, 1950's)
+    (r"(?:'(?!s\b)|’(?!s\b)|′|f(?:ee|oo)ts?(?![a-wyz])|ft\b\.?)", "ft"),
     (r"(?:sq\.?\s*ft\b\.?|square\s+f(?:ee|oo)t)", "sq ft"),
     (r"(?:cu\.?\s*ft\b\.?|cubic\s+f(?:ee|oo)t)", "cu ft"),
     (r"(?:lbs?\b\.?|pounds?\b)", "lb"),
@@ -75,6 +76,7 @@ _INVISIBLE = regex.compile(r"\p{Cf}")
 _THOUSANDS = re.compile(r"(?<![\d.,/])\d{1,3}(?:,\d{3})+(?!\d|,\d)")
 _LATIN_MARK = re.compile(r"(?<=[a-z\u00c0-\u024f])[\u0300-\u036f]+")  # accents on a Latin letter, decomposed
 _VULGAR_AFTER_DIGIT = re.compile(r"(\d)([\u00bc-\u00be\u2150-\u215e])")  # 1½, 7¼
+_DIGIT = re.compile(r"\d")
 _DIMENSION_AFTER_UNIT = re.compile(r"\b(" + "|".join(re.escape(u) for u in UNITS) + r") x\s*(?=\d)")
 
 
@@ -95,11 +97,17 @@ def word_char(char: str) -> bool:
     return _WORD_CHAR.fullmatch(char) is not None
 
 
+def visible(text: str) -> str:
+    """``text`` without its invisible format characters (a soft hyphen, a zero-width joiner, a direction mark);
+    a zero-width space is a space."""
+    return _INVISIBLE.sub("", text.replace("\u200b", " "))
+
+
 def fold(text: str) -> str:
     """Case and Latin accents folded (``Größe`` -> ``grosse``, ``Café`` -> ``cafe``); letters of other scripts
     (Cyrillic, Greek, CJK, Devanagari, Thai) kept as they are, with their combining marks, so their words
     stay whole and searchable."""
-    text = _INVISIBLE.sub("", text.replace("\u200b", " "))
+    text = visible(text)
     text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
     return unicodedata.normalize("NFC", _LATIN_MARK.sub("", text))
 
@@ -112,14 +120,24 @@ def normalize(text: str) -> str:
     text = re.sub(r"(?<![\w.])\.(\d)", r"0.\1", text)  # .5 in -> 0.5 in
     text = re.sub(r"(\d)\s*-\s*(\d+/\d+)", r"\1 \2", text)  # 1-1/2 -> 1 1/2
     text = re.sub(r"(\d)\s*/\s*(\d)", r"\1/\2", text)
-    text = re.sub(r"(\d)\s*x\s*(?=\d)", r"\1 x ", text)  # 2x4 -> 2 x 4
-    for pattern, unit in _UNIT_RES:
-        text = pattern.sub(lambda m, u=unit: f"{m.group(1)} {u} ", text)
-    text = _DIMENSION_AFTER_UNIT.sub(r"\1 x ", text)  # 12"x24" -> 12 in x 24 in
+    text = _units(text)
     text = text.replace("&", " and ")
     text = re.sub(r"(?<!\d)[./]|[./](?!\d)", " ", text)  # keep . and / only between digits
     text = _NOT_WORD.sub(" ", text)  # letters, marks and digits of any script, . and / between digits
+    # again without the symbols: a unit or dimension they stood in (1/2 (inch), 18, v, 000x.5) reads as one typed
+    # without them, so a normalized text normalizes to itself
+    text = _units(re.sub(r"\s+", " ", text))
     return re.sub(r"\s+", " ", text).strip()
+
+
+def _units(text: str) -> str:
+    """Dimensions and the units after a number spelled one way (``2x4`` -> ``2 x 4``, ``1/2"`` -> ``1/2 in``)."""
+    if not _DIGIT.search(text):  # every pattern needs a digit, which most queries lack
+        return text
+    text = re.sub(r"(\d)\s*x\s*(?=\d)", r"\1 x ", text)  # 2x4 -> 2 x 4
+    for pattern, unit in _UNIT_RES:
+        text = pattern.sub(lambda m, u=unit: f"{m.group(1)} {u} ", text)
+    return _DIMENSION_AFTER_UNIT.sub(r"\1 x ", text)  # 12"x24" -> 12 in x 24 in
 
 
 def tokenize(text: str) -> list[str]:

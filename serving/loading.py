@@ -44,7 +44,7 @@ from serving.indexing import (
 )
 from serving.pipelines import Models
 from serving.router import ExperimentRouter, load_router
-from serving.suggestions import suggester
+from serving.suggestions import hidden_products, suggester
 
 if TYPE_CHECKING:
     from core.hardware import Cpu
@@ -371,7 +371,7 @@ def open_served(settings: Settings, previous: Served | None = None, encoder: Enc
     engine = open_engine(settings, ltr_versions=router.ltr_versions, encoder=encoder, index=index,
                          analyzer=synonyms.analyzer if synonyms is not None else None)
     # the catalog's suggestion phrases, worked out in the background (a hot swap reuses them)
-    hidden = frozenset(engine.rules.config.hide) if engine.rules is not None else frozenset()
+    hidden = hidden_products(engine)  # as the suggest route reads them: the first calls find it built
     threading.Thread(target=suggester, args=(engine.index, settings.paths.suggestions, False, hidden),
                      name="suggest-warm", daemon=True).start()
     # ready (or swapped in) once the product rows are in memory: before that, searches read them themselves

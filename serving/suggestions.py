@@ -16,13 +16,20 @@ import logging
 import threading
 import time
 import weakref
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from core.files import write_text_atomic
 from retrieval.index import ProductIndex
 from retrieval.suggest import JOINING, Suggester, Suggestion, catalog_phrases
 from retrieval.suggest import suggest as suggest_with
 from retrieval.vocabulary import TOKEN, normalize
+
+if TYPE_CHECKING:
+    from serving.engine import SearchEngine
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +38,8 @@ _making_lock = threading.Lock()
 # index -> ((its writes, the searched file's state), its catalog phrases, the suggester made from them)
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _making: weakref.WeakSet = weakref.WeakSet()  # indexes whose suggester is being made again
+# product facts -> ((their build, the rules' hide), the products hidden from the suggestions)
+_hidden: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def file_state(path: Path) -> tuple[int, int]:
@@ -125,27 +134,57 @@ def _catalog(index: ProductIndex, hidden: frozenset[str]) -> dict[str, int]:
 
 
 def _not_only_hidden(index: ProductIndex, searches: dict[str, int], hidden: frozenset[str]) -> dict[str, int]:
-    """``searches`` without the texts that name only hidden products: every word of the text is in a hidden
-    product's title, and no other live product's title holds them all (a recalled model's name)."""
-    if not hidden or not searches:
+    """``searches`` without the texts that name only products no shopper finds: every word of the text is in the
+    title of a hidden or a deleted product (a recalled model's name, a product taken out of the catalog), and no
+    live product's title that is not hidden holds them all."""
+    if not searches:
         return searches
-    live = index.live_products()
-    is_hidden = live["product_id"].isin(hidden)
+    products = index.products
+    gone = ~products["live"].to_numpy(dtype=bool) | products["product_id"].isin(hidden).to_numpy(dtype=bool)
+    if not gone.any():
+        return searches
 
+    @lru_cache(maxsize=None)  # an updated product's deleted rows repeat its title
     def words(text: str) -> frozenset[str]:
         return frozenset(w for w in TOKEN.findall(normalize(text)) if w not in JOINING)
 
-    gone = [words(t) for t in live.loc[is_hidden, "title"].tolist()]
-    named = {text: w for text in searches if (w := words(text)) and any(w <= title for title in gone)}
+    texts = {text: w for text in searches if (w := words(text))}
+    titles = products["title"].tolist()
+
+    def holding(rows: np.ndarray, wanted: frozenset[str]) -> dict[str, set[int]]:  # word -> the rows holding it
+        held: dict[str, set[int]] = {w: set() for w in wanted}
+        for row in rows.tolist():
+            for word in words(titles[row]) & wanted:
+                held[word].add(row)
+        return held
+
+    in_gone = holding(np.flatnonzero(gone), frozenset().union(*texts.values()))
+    named = {text: w for text, w in texts.items() if set.intersection(*(in_gone[x] for x in w))}
     if not named:
         return searches
-    wanted = frozenset().union(*named.values())
-    holding: dict[str, set[int]] = {w: set() for w in wanted}  # word -> the visible titles that hold it
-    for row, title in enumerate(live.loc[~is_hidden, "title"].tolist()):
-        for word in words(title) & wanted:
-            holding[word].add(row)
-    only_hidden = {text for text, w in named.items() if not set.intersection(*(holding[x] for x in w))}
-    return {text: n for text, n in searches.items() if text not in only_hidden}
+    in_shown = holding(np.flatnonzero(~gone), frozenset().union(*named.values()))
+    only_gone = {text for text, w in named.items() if not set.intersection(*(in_shown[x] for x in w))}
+    return {text: n for text, n in searches.items() if text not in only_gone}
+
+
+def hidden_products(engine: SearchEngine) -> frozenset[str]:
+    """The products a search never shows, whose titles give no suggestion: those the business rules hide
+    everywhere (``hide``) and, with ``out_of_stock: hide``, the live products out of stock as the product facts
+    were last built. Worked out once a build of the facts: a stock change is another set, so another suggester."""
+    rules = engine.rules
+    if rules is None:
+        return frozenset()
+    if rules.config.out_of_stock != "hide" or engine.facts is None:
+        return frozenset(rules.config.hide)
+    key = (engine.facts.version, tuple(rules.config.hide))
+    kept = _hidden.get(engine.facts)
+    if kept is None or kept[0] != key:
+        products, stocked = engine.index.products, engine.facts.table().stocked
+        rows = min(len(products), len(stocked))
+        out = products["live"].to_numpy(dtype=bool)[:rows] & ~stocked[:rows]
+        kept = (key, frozenset(rules.config.hide) | frozenset(products["product_id"].to_numpy()[:rows][out].tolist()))
+        _hidden[engine.facts] = kept
+    return kept[1]
 
 
 def suggest(index: ProductIndex, searched: Path, typed: str, k: int,

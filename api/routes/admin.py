@@ -35,7 +35,7 @@ from core.settings import Settings
 from online_learning.experiments import Experiment
 from ranking.rules import RulesConfig
 from retrieval.synonyms import Synonyms
-from serving.engine import SearchEngine, rules_path
+from serving.engine import SearchEngine, read_rules, rules_path
 from serving.indexing import synonyms_target
 from serving.loading import SWAPPABLE, check_loads, push_state
 from serving.router import save_router_config
@@ -210,7 +210,9 @@ def _rules_state(settings: Settings, engine: SearchEngine, config: RulesConfig |
 
 @router.get("/rules", response_model=RulesState, summary="The store's business rules")
 def get_rules(holder: HolderDep, settings: SettingsDep) -> RulesState:
-    return _rules_state(settings, holder.get().engine)
+    """The rules as saved: a PUT answered by another server process is shown at once (each process serves
+    the file within ``serving.reload_poll_s``)."""
+    return _rules_state(settings, holder.get().engine, read_rules(settings))
 
 
 @router.put("/rules", response_model=RulesState, summary="Replace the business rules (pins, hides, redirects)")

@@ -8,6 +8,7 @@ import logging
 import time
 from dataclasses import replace
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote_to_bytes
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
@@ -50,6 +51,7 @@ from ranking.cascade import SHED_CAUSES
 from retrieval.types import Candidates
 from serving.engine import SearchEngine
 from serving.loading import Served
+from serving.suggestions import hidden_products
 from serving.suggestions import suggest as suggest_for
 
 ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: UNKNOWN_STORE, 422: INVALID, 429: RATE_LIMITED,
@@ -227,18 +229,19 @@ def suggest(
 ) -> SuggestResponse:
     """Phrases that start with the typed text: texts shoppers searched, then phrases of the catalog's titles
     (the words before the last one spelling-corrected as a search would correct them)."""
-    _only_known(request, ("q", "k"))
+    _query_string(request, ("q", "k"))
     started = time.perf_counter()
     engine = served.engine
-    hidden = frozenset(engine.rules.config.hide) if engine.rules is not None else frozenset()
-    settings = current(request).settings
-    found = suggest_for(engine.index, settings.paths.suggestions, q, k, hidden, settings.retrieval.spelling)
+    settings = current(request).settings  # no phrase only products a search hides hold (out of stock, with hide)
+    found = suggest_for(engine.index, settings.paths.suggestions, q, k, hidden_products(engine),
+                        settings.retrieval.spelling)
     return SuggestResponse(query=q, took_ms=round((time.perf_counter() - started) * 1e3, 3),
                            suggestions=[SuggestionItem(text=s.text, source=s.source, weight=s.weight) for s in found])
 
 
 SEARCH_PARAMETERS = ("q", "k", "offset", "user_id", "session_id", "explain", "rewrite", "category", "brand",
                      "min_price", "max_price", "in_stock", "facets", "sort")
+SEARCH_LISTS = ("category", "brand", "facets")  # the parameters given once for each value
 
 
 @router.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search products (quick tries)")
@@ -268,7 +271,7 @@ def search_get(
     sort: Annotated[Literal["relevance", "price_asc", "price_desc"],
                     Query(description="relevance, price_asc or price_desc")] = "relevance",
 ) -> SearchResponse:
-    _only_known(request, SEARCH_PARAMETERS)
+    _query_string(request, SEARCH_PARAMETERS, SEARCH_LISTS)
     filters = {name: value for name, value in (("category", category), ("brand", brand), ("min_price", min_price),
                                                 ("max_price", max_price), ("in_stock", in_stock)) if value is not None}
     try:  # the query string's parameters, checked as the POST body is (a 422 naming each)
@@ -280,16 +283,64 @@ def search_get(
     return _respond(served, body, request, key)
 
 
-def _only_known(request: Request, allowed: tuple[str, ...]) -> None:
-    """A 422 naming each query-string parameter the route does not take (``max-price`` for ``max_price``):
-    never left out silently, which would answer as if it were not there (an unfiltered list). A cache-buster
-    (``_``) and a campaign's tags (``utm_*``) that links carry are let through."""
-    unknown = sorted(name for name in set(request.query_params) - set(allowed)
-                     if name != "_" and not name.startswith("utm_"))  # a cache-buster, a campaign's tags: not ours
-    if unknown:
-        raise RequestValidationError([
-            {"type": "extra_forbidden", "loc": ("query", name), "input": request.query_params.get(name),
-             "msg": f"not a parameter of {request.url.path}; it takes {', '.join(allowed)}"} for name in unknown])
+def _query_string(request: Request, allowed: tuple[str, ...], lists: tuple[str, ...] = ()) -> None:
+    """A 422 for a query string the route would read otherwise than it was sent, naming each parameter: one the
+    route does not take (``max-price`` for ``max_price``: left out, it would answer as if it were not there, an
+    unfiltered list), one whose bytes are not UTF-8 (read as U+FFFD: a search for another text), one of one value
+    given more than once (only the last would count). ``lists``: the parameters given once for each value
+    (``category=a&category=b``). A cache-buster (``_``) and a campaign's tags (``utm_*``) that links carry are
+    let through, whatever they hold."""
+    errors: list[dict[str, Any]] = []
+    unknown: dict[str, str] = {}
+    given: dict[str, list[str]] = {}
+    for name, value in _raw_parameters(request.scope.get("query_string", b"")):
+        if isinstance(name, UnicodeDecodeError):
+            errors.append(_not_utf8(name, "the name"))
+            continue
+        if name == "_" or name.startswith("utm_"):  # a cache-buster, a campaign's tags: not ours
+            continue
+        shown = value if isinstance(value, str) else value.object.decode("utf-8", "backslashreplace")
+        if name not in allowed:
+            unknown[name] = shown
+        elif isinstance(value, UnicodeDecodeError):
+            errors.append(_not_utf8(value, "", name))
+        else:
+            given.setdefault(name, []).append(value)
+    errors += [{"type": "extra_forbidden", "loc": ("query", name), "input": unknown[name],
+                "msg": f"not a parameter of {request.url.path}; it takes {', '.join(allowed)}"}
+               for name in sorted(unknown)]
+    errors += [{"type": "too_many", "loc": ("query", name), "input": tuple(values),
+                "msg": f"given {len(values)} times; it takes one value: send {name} once"}
+               for name, values in given.items() if len(values) > 1 and name not in lists]
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def _raw_parameters(query: bytes) -> list[tuple[str | UnicodeDecodeError, str | UnicodeDecodeError]]:
+    """The query string's (name, value) pairs as sent, each percent-decoded and read as UTF-8, or the error
+    of one that is not; ``+`` is a space, as the framework reads it."""
+    pairs: list[tuple[str | UnicodeDecodeError, str | UnicodeDecodeError]] = []
+    for part in query.split(b"&"):
+        if part:
+            name, _, value = part.partition(b"=")
+            pairs.append((_utf8(name), _utf8(value)))
+    return pairs
+
+
+def _utf8(raw: bytes) -> str | UnicodeDecodeError:
+    try:
+        return unquote_to_bytes(raw.replace(b"+", b" ")).decode()
+    except UnicodeDecodeError as error:
+        return error
+
+
+def _not_utf8(error: UnicodeDecodeError, whose: str, name: str | None = None) -> dict[str, Any]:
+    """The error of a query-string parameter (or, ``whose`` "the name", its name) whose bytes, percent-decoded,
+    are not UTF-8: the first bad byte, as a JSON body's is named (:func:`api.errors.unreadable_body`)."""
+    sent = error.object.decode("utf-8", "backslashreplace")
+    return {"type": "unicode_decode", "loc": ("query", name if name is not None else sent), "input": sent,
+            "msg": f"{whose + ': ' if whose else ''}byte {error.start} (0x{error.object[error.start]:02x}) is not "
+                   f"valid UTF-8 ({error.reason}); send the text as UTF-8, percent-encoded (é as %C3%A9)"}
 
 
 def _as_parameters(errors: list[Any]) -> list[Any]:

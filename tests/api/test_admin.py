@@ -242,3 +242,14 @@ def test_a_rules_change_whose_caller_is_gone_is_still_put_back_when_it_cannot_be
         client, lambda request, holder: admin._replace_file(request, holder, home, path, "hide: [P2]\n"),
         lambda: path.read_text() == "hide: [P1]\n")
     assert path.read_text() == "hide: [P1]\n"  # put back: the call changed nothing
+
+
+def test_the_rules_are_shown_as_saved_while_this_process_still_serves_the_earlier_ones(
+        client: TestClient, home: Settings) -> None:
+    from serving.engine import rules_path
+
+    path = rules_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("hide: [P1]\n")  # as another server process's PUT saves them
+    shown = client.get("/v1/admin/rules", headers=AUTH).json()
+    assert shown["rules"]["hide"] == ["P1"] and shown["path"] == str(path)

@@ -371,6 +371,74 @@ def test_suggestions_as_the_shopper_types(client: TestClient, settings: Settings
         path.unlink()
 
 
+def test_suggestions_leave_out_what_only_products_out_of_stock_hold_when_the_rules_hide_them(  # type: ignore
+        tmp_path) -> None:
+    """``out_of_stock: hide`` hides them from every search: their phrases are no suggestion either (before: only
+    the rules' hide list was left out, and 'acme' offered phrases whose search found none of its products)."""
+    import pandas as pd
+
+    from core.service_settings import ApiSettings
+    from retrieval.catalog import read_catalog
+    from retrieval.embedding_cache import EmbeddingCache
+    from retrieval.index import ProductIndex
+    from tests.fakes import HashingEncoder
+
+    rows = [{"product_id": f"A{i:02d}", "title": f"Acme Turbo Widget {i}", "brand": "Acme", "in_stock": False}
+            for i in range(6)]
+    rows += [{"product_id": f"B{i:02d}", "title": f"Bosco Plain Widget {i}", "brand": "Bosco", "in_stock": True}
+             for i in range(6)]
+    pd.DataFrame(rows).to_csv(tmp_path / "c.csv", index=False)
+    products, _ = read_catalog(tmp_path / "c.csv")
+    home = Settings(home=tmp_path / "home", progress=False, api=ApiSettings(admin_token="s3cret"))
+    encoder = HashingEncoder()
+    index = ProductIndex.build(tmp_path / "index", products, encoder, home.retrieval,
+                               EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim), progress=False)
+    admin = {"Authorization": "Bearer s3cret"}
+    with ready_client(app_on(home, index, encoder)) as client:
+        def offered(typed: str) -> list[str]:
+            return [s["text"] for s in client.get("/v1/suggest", params={"q": typed}).json()["suggestions"]]
+
+        def eventually(typed: str, done) -> list[str]:  # type: ignore[no-untyped-def]
+            deadline = time.monotonic() + 20  # the suggester in use answers while the next one is made
+            while not done(found := offered(typed)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return found
+
+        assert "acme turbo widget" in eventually("acm", lambda f: "acme turbo widget" in f)
+        assert client.put("/v1/admin/rules", json={"out_of_stock": "hide"}, headers=admin).status_code == 200
+        assert eventually("acm", lambda f: not f) == []
+        assert "widget" in offered("wid") and "turbo widget" not in offered("tur")  # in stock: still offered
+        assert client.put("/v1/admin/rules", json={"out_of_stock": "demote"}, headers=admin).status_code == 200
+        assert "acme turbo widget" in eventually("acm", lambda f: "acme turbo widget" in f)
+
+
+def test_a_query_string_not_utf8_is_422_naming_the_parameter_and_the_byte(client: TestClient) -> None:
+    """Not read as U+FFFD (a search for another text): a 422 naming the parameter and the byte, as a JSON body's bad
+    byte is named (before: 200, for the text with U+FFFD)."""
+    for url, message in (("/v1/suggest?q=dri%FF", "q: byte 3 (0xff) is not valid UTF-8 (invalid start byte)"),
+                         ("/v1/suggest?q=dri%ED%A0%80", "q: byte 3 (0xed) is not valid UTF-8"),  # half a pair
+                         ("/v1/search?q=dri%FFll&k=1", "q: byte 3 (0xff) is not valid UTF-8"),
+                         ("/v1/search?q=drill&category=%C3", "category: byte 0 (0xc3) is not valid UTF-8"),
+                         ("/v1/suggest?q=dri&%FF=1", r"\xff: the name: byte 0 (0xff) is not valid UTF-8")):
+        refused = client.get(url)
+        assert refused.status_code == 422 and refused.json()["message"].startswith(message), (url, refused.text)
+    assert client.get("/v1/suggest", params={"q": "caf\u00e9 dr"}).json()["query"] == "caf\u00e9 dr"
+    assert client.get("/v1/suggest?q=dri&utm_source=%FF").status_code == 200  # a campaign's tags: not ours
+
+
+def test_a_parameter_of_one_value_given_twice_is_422_a_list_parameter_is_given_once_a_value(
+        client: TestClient) -> None:
+    """Not the last of the values, silently (before: q=dri&q=cor suggested for 'cor')."""
+    for url, message in (("/v1/suggest?q=dri&q=cor", "q: given 2 times; it takes one value: send q once"),
+                         ("/v1/search?q=drill&sort=price_asc&sort=relevance", "sort: given 2 times")):
+        refused = client.get(url)
+        assert refused.status_code == 422 and refused.json()["message"].startswith(message), (url, refused.text)
+    listed = client.get("/v1/search", params=[("q", "drill"), ("category", "Tools > Drills"),
+                                              ("category", "Tools > Saws"), ("facets", "brand"), ("facets", "price")])
+    assert listed.status_code == 200, listed.text
+    assert client.get("/v1/suggest?q=dri&_=1&_=2").status_code == 200  # a cache-buster: not ours
+
+
 def test_get_search_takes_the_same_filters_and_facets(client: TestClient) -> None:
     posted = client.post("/v1/search", json={"query": "drill", "k": 5, "facets": ["brand", "price"], "filters": {
         "category": ["Tools > Drills", "Tools > Saws"], "max_price": 200, "in_stock": True}}).json()

@@ -6,7 +6,9 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,7 +18,7 @@ from online_learning.consumers.base import Delivered
 from online_learning.consumers.log_sink import ParquetLogSink
 from online_learning.events import RANKINGS_TOPIC, RankingEvent, ShownItem
 from retrieval.index import ProductIndex
-from serving.suggestions import suggest, suggester, write_searched
+from serving.suggestions import hidden_products, suggest, suggester, write_searched
 from tests.helpers import run_cli
 
 NOW = datetime.now(UTC)
@@ -124,6 +126,48 @@ def test_searched_texts_that_name_only_hidden_products_are_not_offered(tmp_path:
         assert normalize_text(own) in {s.text for s in again.suggest(normalize_text(own)[:4], 20)}
     elsewhere = suggester(fake_index, path, wait=True, hidden=frozenset(products["product_id"][1:2]))
     assert shared in {s.text for s in elsewhere.suggest("pai", 20)}
+
+
+def test_searched_texts_that_name_only_deleted_products_are_not_offered(tmp_path: Path,
+                                                                        fake_index: ProductIndex) -> None:
+    """A deleted product is found by no search, as a hidden one is not (before: its name was still offered)."""
+    products = fake_index.live_products()
+    own = normalize_text(" ".join(str(products.iloc[0]["title"]).split()[:3]))
+    path = tmp_path / "searches.json"
+    write_searched(path, {own: 9, "paint": 5})
+    assert own in {s.text for s in suggester(fake_index, path, wait=True).suggest(own[:4], 20)}
+    holders = products.loc[products["title"].map(lambda t: set(words_of(own)) <= set(words_of(t))), "product_id"]
+    assert fake_index.delete(holders.tolist())[0] == len(holders)
+    offered = suggester(fake_index, path, wait=True)
+    assert own not in {s.text for s in offered.suggest(own[:4], 20)} and "paint" in {
+        s.text for s in offered.suggest("pai", 20)}
+
+
+def test_with_out_of_stock_hide_the_products_out_of_stock_are_hidden_from_the_suggestions(
+        fake_index: ProductIndex) -> None:
+    """What a search hides, as the product facts were last built: a stock change (a new build of the facts) is
+    another set, so the suggester is made again (before: only the rules' own hide list)."""
+    from ranking.rules import RulesConfig
+
+    ids = fake_index.products["product_id"].tolist()
+    stocked = np.ones(len(ids), dtype=bool)
+    stocked[:3] = False
+
+    class Facts:  # a build of the product facts (ranking.facts.CatalogFacts)
+        version = 1
+
+        def table(self) -> SimpleNamespace:
+            return SimpleNamespace(stocked=stocked.copy())
+
+    facts = Facts()
+    engine = SimpleNamespace(index=fake_index, facts=facts, rules=SimpleNamespace(
+        config=RulesConfig(out_of_stock="hide", hide=[ids[5]])))
+    assert hidden_products(engine) == frozenset(ids[:3]) | {ids[5]}  # type: ignore[arg-type]
+    stocked[0], stocked[4], facts.version = True, False, 2  # a stock change: built again
+    assert hidden_products(engine) == {ids[1], ids[2], ids[4], ids[5]}  # type: ignore[arg-type]
+    engine.rules.config = RulesConfig(out_of_stock="demote", hide=[ids[5]])
+    assert hidden_products(engine) == {ids[5]}  # type: ignore[arg-type]
+    assert hidden_products(SimpleNamespace(rules=None)) == frozenset()  # type: ignore[arg-type]
 
 
 def normalize_text(text: str) -> str:
