@@ -40,6 +40,7 @@ from retrieval.vocabulary import (
 # words a phrase neither begins nor ends with: joining words, and units (``cu ft``, ``18 volt``)
 JOINING = JOINING_WORDS | UNIT_WORDS | {"w"}
 SHORT = 4  # prefixes up to this many characters have their best phrases ready
+LOOK_AT_MOST = 32  # completions of kept words looked at per suggestion asked for, at most: a bound on a call
 LOGGED, CATALOG = 1, 0  # the rank of a source: logged searches before catalog phrases
 
 
@@ -174,8 +175,8 @@ class Suggester:
                      found: Mapping[str, Suggestion]) -> dict[str, Suggestion]:
         """The suggestions that keep ``words[:drop]`` and complete the rest, none of ``found`` (by their words'
         singulars): of the phrases that complete it, best first, the first ``2 * k``, then the next ones until
-        with ``found`` ``k`` pass the checks of :meth:`suggest` (a check may throw most of them away) or none is
-        left."""
+        with ``found`` ``k`` pass the checks of :meth:`suggest` (a check may throw most of them away), none is
+        left, or ``LOOK_AT_MOST * k`` were looked at (a rare kept word before one letter: ``esprit s``)."""
         kept = " ".join(words[:drop])
         typed = {singular(w) for w in words[:drop]}  # a completion repeats none of the words kept
         group: dict[str, Suggestion] = {}
@@ -202,8 +203,8 @@ class Suggester:
                 key = " ".join(map(singular, text.split(" ")))
                 if key not in found:
                     group.setdefault(key, Suggestion(text, "searches" if source == LOGGED else "catalog", weight))
-            if looked >= 2 * k and len(found) + len(group) >= k:  # the best 2 * k, then more until k are found
-                break
+            if looked >= 2 * k and (len(found) + len(group) >= k or looked >= LOOK_AT_MOST * k):
+                break  # the best 2 * k, then more until k are found (or LOOK_AT_MOST * k were looked at)
         if kept:  # by the weight shown, searched texts first (sorted() keeps the order of equal weights)
             return dict(sorted(group.items(), key=lambda item: (item[1].source == "searches", item[1].weight),
                                reverse=True))
