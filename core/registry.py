@@ -268,11 +268,12 @@ class ModelRegistry:
         return history[-1] if history else None
 
     def rollback(self, role: str, check: Callable[[str], object] | None = None,
-                 expected: str | None = None) -> ModelVersion:
+                 expected: str | None = None, onto: str | None = None) -> ModelVersion:
         """Re-activate the version that was active before the current one, if its files are intact and
         ``check`` (called with it, e.g. :func:`serving.loading.check_loads`) does not raise. With ``expected``
         (the version a caller judged), :class:`~core.errors.Conflict` unless it is still the active one: a
-        version activated meanwhile is not rolled back onto the one judged."""
+        version activated meanwhile is not rolled back onto the one judged; with ``onto`` (the version it was
+        judged against), unless that is the one the rollback re-activates."""
         with self._lock(role):
             state = self._state(role)
             if expected is not None and state["version"] != expected:
@@ -284,6 +285,9 @@ class ModelRegistry:
             if not history:
                 raise InvalidInput(f"{role} has no earlier active version to roll back to")
             previous = history[-1]
+            if onto is not None and previous != onto:  # activations since the judgment changed the history
+                raise Conflict(f"{role} would roll back to {previous}, not to {onto}, which {expected or 'it'} was "
+                               f"judged against; nothing was rolled back: run `shoprank guard` again")
             self.verify(role, previous)
             if check is not None:
                 check(previous)  # refused like an activation: nothing points at a version that does not load

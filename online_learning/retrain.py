@@ -93,16 +93,24 @@ class RetrainConfig:
 def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | None,
                 filters: FilterConfig | None = FilterConfig(), client: Client | None = None) -> tuple[pd.DataFrame, dict]:
     """Shown products with engagement labels, one row per (search, position), and what the
-    traffic filters excluded (``filters`` None: nothing is filtered), applied one UTC day at a time
-    (:func:`online_learning.analysis.cleaned_by_day`, as promote and guard apply them), with the number of
-    searches they dropped (``excluded_searches``). With ``client``, the log's Parquet files are read on its
-    Dask workers."""
-    rankings = read_log(root, "rankings", RANKING_COLUMNS, since, until, client)
+    traffic filters excluded (``filters`` None: nothing is filtered), applied one whole UTC day at a time
+    (:func:`online_learning.analysis.cleaned_by_day`, as promote and guard apply them; the report counts the
+    whole days), with the number of the window's searches they dropped (``excluded_searches``). With
+    ``client``, the log's Parquet files are read on its Dask workers."""
+    # the filters judge whole UTC days, as promote and guard read them: a window that starts or ends within a day
+    # (the last run's end, --settle-minutes) reads the rest of its days for them, then keeps its own searches
+    day_since = since.floor("D") - pd.Timedelta(1, "us") if since is not None else None
+    day_until = until.floor("D") + pd.Timedelta(days=1) if until is not None else None
+    wide = filters is not None
+    rankings = read_log(root, "rankings", RANKING_COLUMNS, day_since if wide else since, day_until if wide else until,
+                        client)
     if rankings.empty:
         return rankings, {}
     rankings["timestamp"] = pd.to_datetime(rankings["timestamp"], utc=True)
-    rankings = rankings[_within(rankings["timestamp"], since, until)]
-    listed = set(rankings["request_id"])  # every list the window logged
+    if not wide:
+        day_since, day_until = since, until
+    rankings = rankings[_within(rankings["timestamp"], day_since, day_until)]
+    listed = set(rankings["request_id"])  # every list the days logged
     # lists sorted by price show what the shopper ordered, not what ranks best, and listings and
     # recommendation shelves answer no query: they teach nothing here
     rankings = searches_only(rankings)
@@ -111,17 +119,23 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
     interactions = read_log(root, "interactions", client=client)
     if not interactions.empty:  # the window's: on its searches, and made in it on no list it logged (a click
         # without an impression, for the filters); not those on earlier nights' lists, sorted lists or listings
-        made = _within(pd.to_datetime(interactions["timestamp"], utc=True), since, until)
+        made = _within(pd.to_datetime(interactions["timestamp"], utc=True), day_since, day_until)
         ids = interactions["request_id"]
         interactions = interactions[ids.isin(set(rankings["request_id"])) | (made & ~ids.isin(listed))]
     report: dict = {}
     if filters is not None and not rankings.empty:
         # a shopper judged per day: over a long window (a first run, a --since backfill) a loyal shopper's
         # searches would pass max_searches all together
+        window = set(rankings.loc[_within(rankings["timestamp"], since, until), "request_id"])
         cleaned = cleaned_by_day(rankings, interactions, filters)
-        dropped = rankings["request_id"].nunique() - cleaned.rankings["request_id"].nunique()
-        rankings, interactions = cleaned.rankings.copy(), cleaned.interactions
-        report = {"excluded_searches": int(dropped), **cleaned.report()}
+        rankings, interactions = cleaned.rankings, cleaned.interactions
+        # the window's own searches, and what is on them or made in it on no list
+        rankings = rankings[rankings["request_id"].isin(window)].copy()
+        if not interactions.empty:
+            made = _within(pd.to_datetime(interactions["timestamp"], utc=True), since, until)
+            ids = interactions["request_id"]
+            interactions = interactions[ids.isin(window) | (made & ~ids.isin(listed))]
+        report = {"excluded_searches": len(window) - int(rankings["request_id"].nunique()), **cleaned.report()}
     rankings["engagement"] = engagement(rankings, interactions, LEVEL)
     rankings["clicked"] = (rankings["engagement"] > 0).astype(int)
     return rankings.sort_values(["timestamp", "request_id", "position"], ignore_index=True), report

@@ -26,7 +26,7 @@ from core.files import write_text_atomic
 from retrieval.index import ProductIndex
 from retrieval.suggest import JOINING, Suggester, Suggestion, catalog_phrases
 from retrieval.suggest import suggest as suggest_with
-from retrieval.vocabulary import TOKEN, normalize
+from retrieval.vocabulary import TOKEN, common, normalize
 
 if TYPE_CHECKING:
     from serving.engine import SearchEngine
@@ -162,8 +162,18 @@ def _not_only_hidden(index: ProductIndex, searches: dict[str, int], hidden: froz
     named = {text: w for text, w in texts.items() if set.intersection(*(in_gone[x] for x in w))}
     if not named:
         return searches
-    in_shown = holding(np.flatnonzero(~gone), frozenset().union(*named.values()))
-    only_gone = {text for text, w in named.items() if not set.intersection(*(in_shown[x] for x in w))}
+    postings = index.vocabulary.postings
+
+    def shown_holding(wanted: frozenset[str]) -> bool:
+        """Whether a shown product's title holds every word of ``wanted``: the titles read are only those the
+        vocabulary's postings (live products, by stem: a superset) name for all of them, not the whole catalog."""
+        rows = np.flatnonzero(~gone)
+        if postings:
+            for word in wanted:
+                rows = common(rows, index.vocabulary.docs_of(word))
+        return any(wanted <= words(titles[row]) for row in rows.tolist())
+
+    only_gone = {text for text, w in named.items() if not shown_holding(w)}
     return {text: n for text, n in searches.items() if text not in only_gone}
 
 

@@ -190,6 +190,8 @@ class RulesState(BaseModel):
                                "not hold (a pin of one adds nothing until it is indexed).")
     unmatched: list[str] = Field(default_factory=list, description="Boost values no product has (exact values, "
                                  "as filters and facets name them), e.g. \"brand 'dewalt'\".")
+    file_error: str | None = Field(None, description="Why the saved file cannot be read (a hand edit): the rules "
+                                   "shown are then those this process serves.")
 
 
 def _rules_state(settings: Settings, engine: SearchEngine, config: RulesConfig | None = None) -> RulesState:
@@ -211,8 +213,12 @@ def _rules_state(settings: Settings, engine: SearchEngine, config: RulesConfig |
 @router.get("/rules", response_model=RulesState, summary="The store's business rules")
 def get_rules(holder: HolderDep, settings: SettingsDep) -> RulesState:
     """The rules as saved: a PUT answered by another server process is shown at once (each process serves
-    the file within ``serving.reload_poll_s``)."""
-    return _rules_state(settings, holder.get().engine, read_rules(settings))
+    the file within ``serving.reload_poll_s``). A saved file that cannot be read: the rules served, and why."""
+    engine = holder.get().engine
+    try:
+        return _rules_state(settings, engine, read_rules(settings))
+    except InvalidInput as error:  # the reload keeps serving the rules read last: show those
+        return _rules_state(settings, engine).model_copy(update={"file_error": str(error)})
 
 
 @router.put("/rules", response_model=RulesState, summary="Replace the business rules (pins, hides, redirects)")

@@ -275,7 +275,7 @@ def cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
            "details": decision.details}
     if args.apply and decision.action == "rollback":  # refused (409) if another version was activated meanwhile
         out["rolled_back_to"] = registry.rollback("ltr", lambda version: check_loads(settings, "ltr", version),
-                                                  expected=active.version).version
+                                                  expected=active.version, onto=previous).version
         push_state(settings)
     print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
     return 0

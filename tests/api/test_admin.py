@@ -253,3 +253,7 @@ def test_the_rules_are_shown_as_saved_while_this_process_still_serves_the_earlie
     path.write_text("hide: [P1]\n")  # as another server process's PUT saves them
     shown = client.get("/v1/admin/rules", headers=AUTH).json()
     assert shown["rules"]["hide"] == ["P1"] and shown["path"] == str(path)
+    path.write_text("hide: [P1\n")  # a hand edit that is no YAML: the rules served, and why
+    broken = client.get("/v1/admin/rules", headers=AUTH)
+    assert broken.status_code == 200 and broken.json()["rules"]["hide"] == [], broken.text
+    assert "not YAML" in broken.json()["file_error"] and str(path) in broken.json()["file_error"]

@@ -218,3 +218,19 @@ def test_a_rollback_of_a_judged_version_is_refused_once_another_is_active(tmp_pa
         registry.rollback("ltr", expected=judged)
     assert registry.state("ltr") == {"version": "v3", "history": ["v1", "v2"]}
     assert registry.rollback("ltr", expected="v3").version == "v2"  # still the active one: rolled back
+
+
+def test_a_rollback_is_refused_when_it_would_not_land_on_the_version_the_judged_one_was_compared_with(
+        tmp_path: Path) -> None:
+    """Judged v2 against v1; meanwhile v3, then v2 again, were activated: v2 is still active, but a rollback would
+    land on v3, which nothing compared."""
+    registry = ModelRegistry(tmp_path / "models")
+    for name in ("a", "b", "c"):
+        registry.register("ltr", model_folder(tmp_path, name), base_model="lgbm", activate=name != "c")
+    judged, against = registry.active_version("ltr"), registry.previous("ltr")
+    registry.activate("ltr", "v3")
+    registry.activate("ltr", "v2")
+    with pytest.raises(Conflict, match="ltr would roll back to v3, not to v1, which v2 was judged against"):
+        registry.rollback("ltr", expected=judged, onto=against)
+    assert registry.state("ltr")["version"] == "v2"
+    assert registry.rollback("ltr", expected="v2", onto="v3").version == "v3"

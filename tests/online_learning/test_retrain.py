@@ -390,6 +390,24 @@ def test_the_retrain_judges_a_shoppers_volume_one_utc_day_at_a_time(tmp_path: Pa
     assert report["anomalous"] == {"bot": "volume"} and report["excluded_searches"] == 120
 
 
+def test_a_window_that_ends_within_a_day_judges_its_shoppers_on_the_whole_day(tmp_path: Path) -> None:
+    """A bot's 120 searches on one day, a minute apart, against max_searches 100, read by two windows split at
+    00:59:30: before, each window saw 60 and kept them all, while promote and guard (whole days) drop all 120."""
+    import pandas as pd
+
+    from online_learning.retrain import impressions
+    from online_learning.traffic_filter import FilterConfig
+
+    log_searches(tmp_path / "log", [("bot", 0, 120), ("loyal", 0, 30)])
+    split = pd.Timestamp("2026-11-01T00:59:30", tz="UTC")
+    for since, until in ((None, split), (split, None)):
+        shown, report = impressions(tmp_path / "log", since, until, FilterConfig(max_searches=100))
+        kept = shown.drop_duplicates("request_id").groupby("user_id").size()
+        assert "bot" not in kept and report["anomalous"] == {"bot": "volume"}, (since, report)
+        assert report["excluded_searches"] == 60  # the window's own: 60 of the bot's searches fall in each
+    assert kept.get("loyal", 0) == 0 and len(impressions(tmp_path / "log", None, split, None)[0]) == 90 * 3
+
+
 def test_a_window_the_filters_empty_says_so_with_their_report(tmp_path: Path, settings: Settings) -> None:
     """A storefront that sends one user id ("guest") for every visitor: 2,010 searches in a day, one anomalous
     shopper. Before: "up to date" with new_searches 0 and no filter report, as if nothing had been logged."""
