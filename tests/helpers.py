@@ -148,6 +148,32 @@ def demo_traffic(engine: SearchEngine, searches: int = 300, users: int = 20) -> 
     return batch
 
 
+def log_daily_searches(root: Path, plan: list[tuple[str, int, int]], seconds_apart: int = 60,
+                       experiment: str | None = None) -> None:
+    """Logs to the Parquet event log at ``root``, per (shopper, day, searches): that many searches of "drill" by
+    the shopper on that day of November 2026, ``seconds_apart``, every third one clicked. Each shows products a,
+    b and c (the click on a); with ``experiment``, interleaved: p<n % 7> by the control, q<n % 7> by the
+    treatment (the click on the treatment's)."""
+    from online_learning.consumers.log_sink import ParquetLogSink
+
+    t0, batch = datetime(2026, 11, 1, tzinfo=UTC), []
+    for who, day, count in plan:
+        for n in range(count):
+            request, when = f"{who}-{day}-{n}", t0 + timedelta(days=day, seconds=seconds_apart * n)
+            items = ([ShownItem(product_id=p, position=i + 1) for i, p in enumerate("abc")] if experiment is None
+                     else [ShownItem(product_id=f"p{n % 7}", position=1, team="control"),
+                           ShownItem(product_id=f"q{n % 7}", position=2, team="treatment")])
+            batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
+                event_id=request, request_id=request, timestamp=when, user_id=who, query="drill", pipeline="full",
+                items=items, **({"experiment": experiment, "arm": "interleaved"} if experiment else {}))))
+            if n % 3 == 0:
+                clicked = items[-1] if experiment else items[0]
+                batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
+                    type="click", event_id=f"c-{request}", request_id=request, timestamp=when, user_id=who,
+                    product_id=clicked.product_id, position=clicked.position)))
+    ParquetLogSink(root)(batch)
+
+
 def register_ltr(root: Path, scratch: Path, count: int, broken: tuple[int, ...] = (),
                  params: dict[str, object] | None = None) -> list[str]:
     """``count`` tiny LambdaMART versions that load (on features this server fills: bm25, dense) registered in

@@ -9,6 +9,7 @@ import pytest
 from online_learning.analysis import compare_arms, searches, segments
 from online_learning.promotion import Policy, decide_ab
 from online_learning.report import render
+from tests.helpers import log_daily_searches
 from tests.test_notebooks import write_experiment_log
 
 
@@ -507,34 +508,11 @@ def test_interleaving_judges_a_shoppers_volume_one_utc_day_at_a_time(tmp_path: P
     """A loyal shopper: 30 interleaved searches a day for 5 days, against max_searches 100. Before, the experiment's
     150 were judged together and every one dropped as `anomalous:volume` (their votes lost), while the A/B path
     judges a day at a time; a bot's 120 in one day still goes."""
-    from datetime import UTC, datetime, timedelta
-
     from online_learning.analysis import interleaved_searches
-    from online_learning.consumers.base import Delivered
-    from online_learning.consumers.log_sink import ParquetLogSink
-    from online_learning.events import (
-        INTERACTIONS_TOPIC,
-        RANKINGS_TOPIC,
-        InteractionEvent,
-        RankingEvent,
-        ShownItem,
-    )
     from online_learning.traffic_filter import FilterConfig
 
-    t0, batch = datetime(2026, 11, 1, tzinfo=UTC), []
-    for who, day, count in [("loyal", day, 30) for day in range(5)] + [("bot", 2, 120)]:
-        for n in range(count):
-            request, when = f"{who}-{day}-{n}", t0 + timedelta(days=day, minutes=n)
-            items = [ShownItem(product_id=f"p{n % 7}", position=1, team="control"),
-                     ShownItem(product_id=f"q{n % 7}", position=2, team="treatment")]
-            batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
-                event_id=request, request_id=request, timestamp=when, user_id=who, query="drill", pipeline="full",
-                experiment="il", arm="interleaved", items=items)))
-            if n % 3 == 0:
-                batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
-                    type="click", event_id=f"c-{request}", request_id=request, timestamp=when, user_id=who,
-                    product_id=f"q{n % 7}", position=2)))
-    ParquetLogSink(tmp_path / "log")(batch)
+    log_daily_searches(tmp_path / "log", [("loyal", day, 30) for day in range(5)] + [("bot", 2, 120)],
+                       experiment="il")
     rankings, clicks = interleaved_searches(tmp_path / "log", "il", FilterConfig(max_searches=100))
     kept = rankings.drop_duplicates("request_id").groupby("user_id").size()
     assert kept.get("loyal") == 150 and "bot" not in kept

@@ -15,7 +15,7 @@ from online_learning.consumers.log_sink import ParquetLogSink
 from online_learning.retrain import RetrainConfig, retrain
 from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
 from serving.engine import assemble
-from tests.helpers import demo_traffic
+from tests.helpers import demo_traffic, log_daily_searches
 
 pytestmark = pytest.mark.slow
 
@@ -348,34 +348,6 @@ def test_the_filter_report_counts_only_the_windows_clicks_without_an_impression(
     assert report["excluded_interactions"] == {"no_impression": 1}, report
 
 
-def log_searches(root: Path, plan: list[tuple[str, int, int]], seconds_apart: int = 60) -> None:
-    """Per (shopper, day, searches): that many searches of "drill" by the shopper on that day of November 2026,
-    each showing products a, b and c, every third one clicked on a."""
-    from datetime import UTC, datetime, timedelta
-
-    from online_learning.consumers.base import Delivered
-    from online_learning.events import (
-        INTERACTIONS_TOPIC,
-        RANKINGS_TOPIC,
-        InteractionEvent,
-        RankingEvent,
-        ShownItem,
-    )
-
-    t0, batch = datetime(2026, 11, 1, tzinfo=UTC), []
-    for who, day, count in plan:
-        for n in range(count):
-            request, when = f"{who}-{day}-{n}", t0 + timedelta(days=day, seconds=seconds_apart * n)
-            batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
-                event_id=request, request_id=request, timestamp=when, user_id=who, query="drill", pipeline="full",
-                items=[ShownItem(product_id=p, position=i + 1) for i, p in enumerate("abc")])))
-            if n % 3 == 0:
-                batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
-                    type="click", event_id=f"c-{request}", request_id=request, timestamp=when, user_id=who,
-                    product_id="a", position=1)))
-    ParquetLogSink(root)(batch)
-
-
 def test_the_retrain_judges_a_shoppers_volume_one_utc_day_at_a_time(tmp_path: Path) -> None:
     """A loyal shopper: 30 searches a day for 5 days, against max_searches 100. Before, a window of all five days
     (a first run, a catch-up, a --since backfill) judged the 150 together and dropped every one as
@@ -383,7 +355,7 @@ def test_the_retrain_judges_a_shoppers_volume_one_utc_day_at_a_time(tmp_path: Pa
     from online_learning.retrain import impressions
     from online_learning.traffic_filter import FilterConfig
 
-    log_searches(tmp_path / "log", [("loyal", day, 30) for day in range(5)] + [("bot", 2, 120)])
+    log_daily_searches(tmp_path / "log", [("loyal", day, 30) for day in range(5)] + [("bot", 2, 120)])
     shown, report = impressions(tmp_path / "log", None, None, FilterConfig(max_searches=100))
     kept = shown.drop_duplicates("request_id").groupby("user_id").size()
     assert kept.get("loyal") == 150 and "bot" not in kept, report
@@ -398,7 +370,7 @@ def test_a_window_that_ends_within_a_day_judges_its_shoppers_on_the_whole_day(tm
     from online_learning.retrain import impressions
     from online_learning.traffic_filter import FilterConfig
 
-    log_searches(tmp_path / "log", [("bot", 0, 120), ("loyal", 0, 30)])
+    log_daily_searches(tmp_path / "log", [("bot", 0, 120), ("loyal", 0, 30)])
     split = pd.Timestamp("2026-11-01T00:59:30", tz="UTC")
     for since, until in ((None, split), (split, None)):
         shown, report = impressions(tmp_path / "log", since, until, FilterConfig(max_searches=100))
@@ -412,7 +384,7 @@ def test_a_window_the_filters_empty_says_so_with_their_report(tmp_path: Path, se
     """A storefront that sends one user id ("guest") for every visitor: 2,010 searches in a day, one anomalous
     shopper. Before: "up to date" with new_searches 0 and no filter report, as if nothing had been logged."""
     home = settings.model_copy(update={"home": tmp_path})
-    log_searches(home.paths.event_log, [("guest", 0, 2010)], seconds_apart=30)
+    log_daily_searches(home.paths.event_log, [("guest", 0, 2010)], seconds_apart=30)
     featurizer = None  # never read: each run ends before featurizing
     result = retrain(home, featurizer, None, RetrainConfig(min_searches=200))  # type: ignore[arg-type]
     assert result["status"] == "too few searches after the filters", result
@@ -429,7 +401,7 @@ def test_a_window_the_filters_empty_says_so_with_their_report(tmp_path: Path, se
 def test_times_pandas_cannot_read_are_the_runs_error(tmp_path: Path, settings: Settings) -> None:
     """Before: a ValueError (an ISO week date, which Python reads) and an OutOfBoundsTimedelta, not InvalidInput."""
     home = settings.model_copy(update={"home": tmp_path})
-    log_searches(home.paths.event_log, [("u1", 0, 3)])
+    log_daily_searches(home.paths.event_log, [("u1", 0, 3)])
     with pytest.raises(InvalidInput, match="since '2026-W44-1' is not an ISO 8601 time"):
         retrain(home, None, None, RetrainConfig(since="2026-W44-1"))  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="settle_minutes=1000000000.0 .* at most 525600"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from online_learning.traffic_filter import FilterConfig, clean, engagement
+from tests.helpers import log_daily_searches
 
 
 def searches(rows: list[tuple[str, str, str, list[str]]]) -> pd.DataFrame:
@@ -131,33 +132,10 @@ def test_the_experiments_and_guards_searches_judge_a_shoppers_volume_a_day_at_a_
     """A loyal shopper: 30 searches a day for 5 days, against max_searches 100. Judged over all of them (150)
     they were dropped from the A/B and guard tables while the nightly retrain learnt from each night's 30; a
     bot's 120 in one day still goes."""
-    from datetime import UTC, datetime, timedelta
-
     from online_learning.analysis import searches as searches_table
-    from online_learning.consumers.base import Delivered
-    from online_learning.consumers.log_sink import ParquetLogSink
-    from online_learning.events import (
-        INTERACTIONS_TOPIC,
-        RANKINGS_TOPIC,
-        InteractionEvent,
-        RankingEvent,
-        ShownItem,
-    )
 
-    t0, batch = datetime(2026, 11, 1, tzinfo=UTC), []
-    plan = [("loyal", day, 30) for day in range(5)] + [("bot", 2, 120)] + [(f"u{i}", day, 5) for i in range(5)
-                                                                            for day in range(5)]
-    for who, day, count in plan:
-        for n in range(count):
-            request, when = f"{who}-{day}-{n}", t0 + timedelta(days=day, minutes=n)
-            batch.append(Delivered(RANKINGS_TOPIC, 0, len(batch), RankingEvent(
-                event_id=request, request_id=request, timestamp=when, user_id=who, query="drill", pipeline="full",
-                items=[ShownItem(product_id=p, position=i + 1) for i, p in enumerate("abc")])))
-            if n % 3 == 0:
-                batch.append(Delivered(INTERACTIONS_TOPIC, 0, len(batch), InteractionEvent(
-                    type="click", event_id=f"c-{request}", request_id=request, timestamp=when, user_id=who,
-                    product_id="a", position=1)))
-    ParquetLogSink(tmp_path / "log")(batch)
+    log_daily_searches(tmp_path / "log", [("loyal", day, 30) for day in range(5)] + [("bot", 2, 120)]
+                       + [(f"u{i}", day, 5) for i in range(5) for day in range(5)])
     table = searches_table(tmp_path / "log", filters=FilterConfig(max_searches=100))
     kept = table.groupby("user_id").size()
     assert kept["loyal"] == 150 and "bot" not in kept and kept["u0"] == 25
