@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
-from core.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound, NotReady
 from core.files import write_text_atomic
 from core.settings import Settings
 
@@ -123,7 +125,8 @@ def apply(settings: Settings) -> list[str]:
     objects = [*repo.entities, *repo.data_sources, *repo.feature_views, *repo.on_demand_feature_views,
                *repo.feature_services]
     _, gone, _, _ = extract_objects_for_apply_delete(store.project, store.registry, repo)
-    store.apply(objects, objects_to_delete=gone, partial=False)
+    with _online_store_reachable(settings):
+        store.apply(objects, objects_to_delete=gone, partial=False)
     names = sorted({o.name for o in objects})
     logger.info("applied %d Feast objects to %s", len(objects), store.config.registry.path)
     return names
@@ -140,4 +143,19 @@ def materialize(settings: Settings, end: datetime | None = None) -> None:
     if not store.list_feature_views():  # nothing applied: a materialize would write nothing and say done
         raise NotFound(f"the feature store at {features_dir(settings)} has no feature views: run `shoprank features "
                        "apply` first")
-    store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end or datetime.now(UTC))
+    with _online_store_reachable(settings):
+        store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end or datetime.now(UTC))
+
+
+@contextmanager
+def _online_store_reachable(settings: Settings) -> Iterator[None]:
+    """:class:`NotReady` naming the Redis URL and its setting when the Redis online store cannot be reached, not
+    the client's traceback."""
+    import redis
+
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+        raise NotReady(f"the Redis online store at {settings.features.redis_url} cannot be reached ({error}): start "
+                       "Redis there, set SHOPRANK_FEATURES__REDIS_URL to where it listens, or use "
+                       "--online-store sqlite") from None

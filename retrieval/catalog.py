@@ -21,6 +21,7 @@ import logging
 import math
 import re
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +277,7 @@ def _read(path: Path, kind: str) -> pd.DataFrame:
         if nul:
             raise CatalogError(f"{path} line {nul[1]}: a NUL byte (\\x00) at offset {nul[0]}, which a CSV reader "
                                "cuts a value at; remove it (or save the file as UTF-8, not UTF-16)")
+        _check_header(path)  # pandas reads a repeated name as "title.1": a second title kept as an attribute
         # index_col=False: rows ending in a delimiter the header lacks are read as written, not shifted by one
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -298,14 +300,53 @@ def _read(path: Path, kind: str) -> pd.DataFrame:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line, object_pairs_hook=_object_of_unique_keys)
                 except json.JSONDecodeError as err:
                     raise CatalogError(f"{path} line {number}: invalid JSON ({err.msg})") from err
+                except _RepeatedKey as err:  # json.loads keeps the last value: the first is lost unsaid
+                    raise CatalogError(f"{path} line {number}: column {err.key!r} is named twice in one object; "
+                                       "name each column once") from None
                 if not isinstance(record, dict):
                     raise CatalogError(f"{path} line {number}: expected a JSON object per line")
                 records.append(record)
         frame = pd.DataFrame(records, dtype=object)  # values as written (no float column for ints with a null)
     return frame
+
+
+class _RepeatedKey(Exception):
+    """A JSON object names ``key`` twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object_of_unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The JSON object of ``pairs``, or :class:`_RepeatedKey` when a key repeats (``object_pairs_hook``)."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return record
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a CSV whose header (its first row that is not blank, as pandas reads it) names a column twice;
+    blank names are left to pandas, which numbers them."""
+    limit = csv.field_size_limit(MAX_FIELD_CHARS)
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = next((row for row in csv.reader(handle) if row), [])
+    finally:
+        csv.field_size_limit(limit)
+    counts = Counter(name for name in header if name.strip())
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    if repeated:
+        raise CatalogError(f"{path}: column(s) {repeated} are named more than once in the header; a catalog names "
+                           "each column once: rename or remove the repeats")
 
 
 def _checked_rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -330,8 +371,8 @@ def _checked_rows(path: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def _rows_cut_to_header(path: Path) -> pd.DataFrame:
-    """The CSV read from its :func:`_checked_rows`, as every CSV is read (repeated and blank column names
-    named as pandas names them)."""
+    """The CSV read from its :func:`_checked_rows`, as every CSV is read (blank column names named as pandas
+    names them; a repeated name is refused before, by :func:`_check_header`)."""
     header, body = _checked_rows(path)
     cut = io.StringIO()
     csv.writer(cut).writerows([header, *body])

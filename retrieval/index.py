@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from core import __version__
-from core.errors import Conflict, NotFound, NotReady
+from core.errors import Conflict, InvalidInput, NotFound, NotReady
 from core.files import fsync_path, write_text_atomic
 from core.settings import RetrievalSettings
 from retrieval.analyzer import Analyzer, english_words
@@ -443,8 +443,14 @@ class ProductIndex:
     # -- writes -----------------------------------------------------------------
     def upsert(self, incoming: pd.DataFrame, encoder: Encoder, cache: VectorCache,
                progress: bool = False) -> UpsertReport:
-        """Add new products and update existing ones without a full rebuild."""
+        """Add new products and update existing ones without a full rebuild; a batch naming a product id twice is
+        refused (:class:`~core.errors.InvalidInput`) before anything is written."""
         self._check_encoder(encoder)
+        ids = incoming["product_id"]
+        repeated = ids[ids.duplicated()].unique().tolist()  # each would be added as a live row of its own
+        if repeated:
+            raise InvalidInput(f"the upsert batch names {len(repeated)} product id(s) more than once (first: "
+                               f"{repeated[:5]!r}); send each product once per batch")
         # the columns the file gave (read_catalog records them): a product keeps what a file without a column
         # (a price feed of product_id, title, price) does not say, its description included
         given = set(incoming.attrs.get("given") or incoming.columns)

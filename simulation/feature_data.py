@@ -46,7 +46,9 @@ def product_tables(world: StoreWorld) -> dict[str, pd.DataFrame]:
 
 def popularity_snapshots(world: StoreWorld, seed: int = 0, every_days: int = 7) -> pd.DataFrame:
     """Per-product counts over trailing 7 and 30 days, every ``every_days`` days back from the history's last
-    day (a snapshot on that day too, so the last days are counted).
+    day (a snapshot on that day too, so the last days are counted). Each is stamped when its counts are complete,
+    so a point-in-time join never reads a purchase made after the search: a snapshot counts the days before its
+    midnight, and the last one the days through its own, stamped at the history's last purchase.
 
     A snapshot has a row for each product with purchases in its 30 days, and a row of zeros for each product
     the snapshot before counted that has none now: a point-in-time join reads a product's latest row, so a
@@ -67,17 +69,22 @@ def popularity_snapshots(world: StoreWorld, seed: int = 0, every_days: int = 7) 
     snapshots = pd.date_range(end, end - pd.Timedelta(days=world.config.history_days), freq=f"-{every_days}D")[::-1]
     counts = [f"{kind}_{window}d" for window in (7, 30) for kind in ("impressions", "clicks", "purchases")]
     rows, counted = [], set()
+    last = history["event_timestamp"].max()
     for snapshot in snapshots:
+        # a snapshot counts the days before it, as of its midnight; the last one counts its own day too, as of the
+        # history's last purchase: no point-in-time read sees a purchase made after it
+        through = snapshot + pd.Timedelta(days=1) if snapshot == end else snapshot
         sums = []
         for window in (7, 30):
-            part = daily[(daily["day"] <= snapshot) & (daily["day"] > snapshot - pd.Timedelta(days=window))]
+            part = daily[(daily["day"] < through) & (daily["day"] >= through - pd.Timedelta(days=window))]
             window_sums = part.groupby("product_id")[["impressions", "clicks", "purchases"]].sum()
             sums.append(window_sums.rename(columns=lambda c, w=window: f"{c}_{w}d"))
         snap = pd.concat(sums, axis=1)
         quiet = sorted(counted - set(snap.index))  # counted by the snapshot before, nothing now: zeros
         snap = snap.reindex([*snap.index, *quiet], columns=counts).fillna(0)
         counted = set(snap.index[snap["purchases_30d"] > 0])
-        rows.append(snap.rename_axis("product_id").reset_index().assign(event_timestamp=snapshot))
+        rows.append(snap.rename_axis("product_id").reset_index().assign(
+            event_timestamp=last if snapshot == end else snapshot))
     merged = pd.concat(rows, ignore_index=True)
     for column in counts:
         merged[column] = merged[column].astype("int64")

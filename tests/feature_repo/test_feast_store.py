@@ -546,3 +546,14 @@ def test_a_warm_up_read_slower_than_read_timeout_does_not_rest_the_store(sqlite_
         assert out["failed"] == []
     finally:
         reader.close()
+
+
+def test_a_materialize_into_a_redis_out_of_reach_names_the_url_and_its_setting(sqlite_settings: Settings) -> None:
+    """Before: the Redis client's traceback, naming neither the setting nor what to do."""
+    from core.errors import NotReady
+
+    settings = sqlite_settings.model_copy(update={
+        "features": FeatureSettings(online_store="redis", redis_url=f"127.0.0.1:{free_port()}")})
+    with pytest.raises(NotReady, match=r"Redis online store at 127\.0\.0\.1:\d+ cannot be reached .* "
+                                       "SHOPRANK_FEATURES__REDIS_URL"):
+        feast_repo.materialize(settings)

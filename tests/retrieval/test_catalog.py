@@ -123,6 +123,20 @@ def test_files_that_do_not_read_are_named_with_what_to_do(tmp_path: Path) -> Non
         read_catalog(write_csv(tmp_path / "live.csv", "product_id,title,live\nP1,Drill,no\n"))
 
 
+def test_a_column_named_twice_is_refused_not_renamed_or_overwritten(tmp_path: Path) -> None:
+    # pandas would read the second title as an attribute "title.1"; a BOM is not part of the first name
+    (tmp_path / "two.csv").write_bytes("\ufeffproduct_id,title,price,title,product_id\nP1,Drill,9,Wrench,P7\n"
+                                       .encode("utf-8"))
+    with pytest.raises(CatalogError, match=r"two\.csv: column\(s\) \['product_id', 'title'\] are named more than once"):
+        read_catalog(tmp_path / "two.csv")
+    products, _ = read_catalog(write_csv(tmp_path / "blank.csv", "product_id,title,,\nP1,Drill,,\n"))
+    assert products["title"].tolist() == ["Drill"]  # blank names are not names a catalog repeats
+    (tmp_path / "c.jsonl").write_text('{"product_id": "P1", "title": "Drill", "spec": {"w": 1}}\n'
+                                      '{"product_id": "P2", "title": "Saw", "title": "Wrench"}\n')
+    with pytest.raises(CatalogError, match=r"c\.jsonl line 2: column 'title' is named twice"):
+        read_catalog(tmp_path / "c.jsonl")
+
+
 def test_catalog_hash_ignores_order_and_attributes() -> None:
     a = pd.DataFrame({"product_id": ["1", "2"], "title": ["A", "B"], "description": ["", ""], "price": [1, 2]})
     b = a.iloc[::-1].assign(price=[5, 6])
@@ -151,7 +165,8 @@ def test_catalogs_as_other_tools_write_them_are_read_as_written(tmp_path: Path) 
     later = write_csv(tmp_path / "l.csv", "product_id,title,price\nP1,Drill,9\nP2,Saw,5,\n")  # a later row's
     assert read_catalog(later)[0]["product_id"].tolist() == ["P1", "P2"]  # before: "does not read as CSV"
     twice = write_csv(tmp_path / "t2.csv", "product_id,title,title,price\nP1,Drill,x,9\nP2,Saw,y,5,\n")
-    assert list(read_catalog(twice)[0].columns[:4]) == ["product_id", "title", "title.1", "price"]  # as pandas
+    with pytest.raises(CatalogError, match=r"t2\.csv: column\(s\) \['title'\] are named more than once"):
+        read_catalog(twice)  # before: a second title read as the attribute "title.1", as pandas names it
     blank = write_csv(tmp_path / "b.csv", "product_id,title,price\nP1,Drill,9\n\nP2,Saw,5,oops\n")
     with pytest.raises(CatalogError, match=r"b\.csv row 2: 4 fields"):  # rows as pandas counts them
         read_catalog(blank)

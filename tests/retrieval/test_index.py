@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.errors import Conflict
+from core.errors import Conflict, InvalidInput
 from core.settings import Settings
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.hybrid import BM25Retriever, DenseRetriever, HybridRetriever
@@ -70,6 +70,19 @@ def test_upsert_updates_in_place_and_delete(tmp_path: Path, settings: Settings) 
     assert "z" not in DenseRetriever(index, encoder).search("ceiling fan", 10).product_ids
     reloaded = ProductIndex.load(tmp_path / "idx", settings.retrieval)
     assert reloaded.count == 4 and reloaded.doc_of("z") is None
+
+
+def test_an_upsert_batch_naming_a_product_twice_is_refused_before_anything_is_written(
+        tmp_path: Path, settings: Settings) -> None:
+    index, encoder, cache = build(tmp_path, settings, ROWS)
+    before = (index.generation, index.manifest.rows, len(encoder.encoded))
+    batch = catalog([("a", "red hammer"), ("a", "blue wrench"), ("n", "ceiling fan"), ("n", "floor lamp"),
+                     ("z", "garden rake")])
+    with pytest.raises(InvalidInput, match=r"2 product id\(s\) more than once .*\['a', 'n'\].*once per batch"):
+        index.upsert(batch, encoder, cache)
+    assert (index.generation, index.manifest.rows, len(encoder.encoded)) == before
+    assert index.live_product_ids() == ["a", "b", "c", "d"]
+    assert index.delete(["a"]) == (1, []) and index.doc_of("a") is None
 
 
 def test_compaction_drops_dead_rows_without_reencoding(tmp_path: Path, settings: Settings) -> None:

@@ -30,7 +30,9 @@ def test_simulated_popularity_counts_the_last_day_and_zeroes_quiet_products() ->
     history = pd.DataFrame({"user_id": ["u1", "u2"], "product_id": ["QUIET", "BUSY"],
                             "event_timestamp": [end - pd.Timedelta(days=55), end + pd.Timedelta(hours=9)]})
     snapshots = popularity_snapshots(SimpleNamespace(history=history, config=SimpleNamespace(history_days=60)))
-    assert snapshots["event_timestamp"].max() == end  # a snapshot on the history's last day
+    # a snapshot on the history's last day, stamped at its last purchase: a point-in-time read before 09:00 that
+    # day does not see it (it had been stamped at midnight, counting the purchase of 09:00)
+    assert snapshots["event_timestamp"].max() == end + pd.Timedelta(hours=9)
     busy = snapshots[snapshots["product_id"] == "BUSY"]
     assert busy[["purchases_7d", "purchases_30d"]].values.tolist() == [[1, 1]]
     quiet = snapshots[snapshots["product_id"] == "QUIET"].set_index("event_timestamp")["purchases_30d"]
