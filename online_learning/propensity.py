@@ -28,6 +28,10 @@ class PositionModel:
     theta: np.ndarray            # examination per position (index 0 = position 1), theta[0] = 1
     gamma: dict[tuple[str, str], float]
     iterations: int
+    # positions after the first whose examination came out at or above the first's, so 1 (clipped): many of them
+    # and the position-bias correction is off; position 1 then mostly shows products rarely clicked anywhere
+    # (pins, a fixed product on top), which the model reads as position 1 looked at less
+    clipped: int = 0
 
     def propensity(self, positions: np.ndarray) -> np.ndarray:
         idx = np.clip(np.asarray(positions, dtype=int) - 1, 0, len(self.theta) - 1)
@@ -62,6 +66,7 @@ def fit_position_model(impressions: pd.DataFrame, max_position: int = 10, iterat
         theta, gamma = np.clip(new_theta, 1e-3, 1.0), new_gamma
         if change < tol:
             break
-    theta = np.clip(theta / theta[0], 0.02, 1.0)
+    relative = theta / theta[0]
+    theta = np.clip(relative, 0.02, 1.0)
     keys = [tuple(p.split("\x1f", 1)) for p in pairs]
-    return PositionModel(theta, dict(zip(keys, gamma.tolist())), iteration)
+    return PositionModel(theta, dict(zip(keys, gamma.tolist())), iteration, int((relative[1:] >= 1.0).sum()))

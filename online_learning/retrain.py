@@ -317,9 +317,16 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
                     "config": asdict(config), "lightgbm": asdict(lgb_config)},
             metrics=metrics | {"clicks": clicks, "searches": int(searches),
                                "seconds": round(time.perf_counter() - started, 1), "filtered": filtered})
-        return {"status": "registered", "version": entry.version, "parent": entry.parent,
-                "window": window, "metrics": entry.metrics, "propensities": entry.params["propensities"],
-                "filtered": filtered}
+        out = {"status": "registered", "version": entry.version, "parent": entry.parent,
+               "window": window, "metrics": entry.metrics, "propensities": entry.params["propensities"],
+               "filtered": filtered}
+        if position_model.clipped >= (len(position_model.theta) - 1) / 2:
+            out["warning"] = (f"{position_model.clipped} of the {len(position_model.theta) - 1} positions after the "
+                              "first came out examined at least as often as position 1 (propensity 1): the position-"
+                              "bias correction is mostly off. Position 1 then mostly shows products rarely clicked "
+                              "anywhere (pins, a fixed product on top); the candidate learnt clicks as logged")
+            logger.warning("retrain: %s", out["warning"])
+        return out
 
 
 def _too_few(searches: int, logged: int, filtered: dict, min_searches: int, since: str | None) -> dict:

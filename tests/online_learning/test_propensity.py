@@ -24,6 +24,22 @@ def test_em_recovers_true_position_bias() -> None:
     assert model.theta[0] == 1.0
     np.testing.assert_allclose(model.theta, true_theta, atol=0.05)
     assert model.propensity(np.array([1, 3, 20])).tolist() == [1.0, model.theta[2], model.theta[9]]
+    assert model.clipped == 0
+
+
+def test_a_product_pinned_first_everywhere_is_counted_as_clipped_examination() -> None:
+    """Position 1 always shows a product never clicked (a pin): EM reads its lack of clicks as position 1 looked at
+    less, and every later position comes out at 1. The model counts them, for the retrain's warning."""
+    rng = np.random.default_rng(0)
+    true_theta = 1.0 / np.arange(1, 11)
+    rows = []
+    for request in range(3000):  # 200 products of attractiveness 0.3 below the pin, over 20 queries
+        query, shown = f"q{rng.integers(20)}", ["pin", *(f"d{d}" for d in rng.choice(200, size=9, replace=False))]
+        for position, d in enumerate(shown, start=1):
+            clicked = d != "pin" and rng.random() < true_theta[position - 1] * 0.3
+            rows.append((query, d, position, int(clicked)))
+    model = fit_position_model(pd.DataFrame(rows, columns=["query", "product_id", "position", "clicked"]))
+    assert model.clipped >= 5 and (model.theta[1:] == 1.0).sum() == model.clipped
 
 
 def test_no_iterations_gives_the_starting_model() -> None:
