@@ -99,16 +99,14 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
     ``client``, the log's Parquet files are read on its Dask workers."""
     # the filters judge whole UTC days, as promote and guard read them: a window that starts or ends within a day
     # (the last run's end, --settle-minutes) reads the rest of its days for them, then keeps its own searches
-    day_since = since.floor("D") - pd.Timedelta(1, "us") if since is not None else None
-    day_until = until.floor("D") + pd.Timedelta(days=1) if until is not None else None
-    wide = filters is not None
-    rankings = read_log(root, "rankings", RANKING_COLUMNS, day_since if wide else since, day_until if wide else until,
-                        client)
+    day_since, day_until = since, until
+    if filters is not None:
+        day_since = since.floor("D") - pd.Timedelta(1, "us") if since is not None else None
+        day_until = until.floor("D") + pd.Timedelta(days=1) if until is not None else None
+    rankings = read_log(root, "rankings", RANKING_COLUMNS, day_since, day_until, client)
     if rankings.empty:
         return rankings, {}
     rankings["timestamp"] = pd.to_datetime(rankings["timestamp"], utc=True)
-    if not wide:
-        day_since, day_until = since, until
     rankings = rankings[_within(rankings["timestamp"], day_since, day_until)]
     listed = set(rankings["request_id"])  # every list the days logged
     # lists sorted by price show what the shopper ordered, not what ranks best, and listings and
@@ -116,12 +114,8 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
     rankings = searches_only(rankings)
     rankings = rankings[rankings["product_id"].notna() & rankings["sort"].isna()]
     rankings = rankings.drop(columns=["sort", "pipeline"])
-    interactions = read_log(root, "interactions", client=client)
-    if not interactions.empty:  # the window's: on its searches, and made in it on no list it logged (a click
-        # without an impression, for the filters); not those on earlier nights' lists, sorted lists or listings
-        made = _within(pd.to_datetime(interactions["timestamp"], utc=True), day_since, day_until)
-        ids = interactions["request_id"]
-        interactions = interactions[ids.isin(set(rankings["request_id"])) | (made & ~ids.isin(listed))]
+    interactions = _on_or_unlisted(read_log(root, "interactions", client=client), set(rankings["request_id"]),
+                                   listed, day_since, day_until)
     report: dict = {}
     if filters is not None and not rankings.empty:
         # a shopper judged per day: over a long window (a first run, a --since backfill) a loyal shopper's
@@ -131,14 +125,23 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
         rankings, interactions = cleaned.rankings, cleaned.interactions
         # the window's own searches, and what is on them or made in it on no list
         rankings = rankings[rankings["request_id"].isin(window)].copy()
-        if not interactions.empty:
-            made = _within(pd.to_datetime(interactions["timestamp"], utc=True), since, until)
-            ids = interactions["request_id"]
-            interactions = interactions[ids.isin(window) | (made & ~ids.isin(listed))]
+        interactions = _on_or_unlisted(interactions, window, listed, since, until)
         report = {"excluded_searches": len(window) - int(rankings["request_id"].nunique()), **cleaned.report()}
     rankings["engagement"] = engagement(rankings, interactions, LEVEL)
     rankings["clicked"] = (rankings["engagement"] > 0).astype(int)
     return rankings.sort_values(["timestamp", "request_id", "position"], ignore_index=True), report
+
+
+def _on_or_unlisted(interactions: pd.DataFrame, searches: set, listed: set, since: pd.Timestamp | None,
+                    until: pd.Timestamp | None) -> pd.DataFrame:
+    """The interactions on ``searches``, and those made from ``since`` to ``until`` on no list the log holds
+    (``listed``: a click without an impression, for the filters); not those on earlier nights' lists, sorted lists
+    or listings."""
+    if interactions.empty:
+        return interactions
+    made = _within(pd.to_datetime(interactions["timestamp"], utc=True), since, until)
+    ids = interactions["request_id"]
+    return interactions[ids.isin(searches) | (made & ~ids.isin(listed))]
 
 
 def _within(times: pd.Series, since: pd.Timestamp | None, until: pd.Timestamp | None) -> pd.Series:

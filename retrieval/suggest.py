@@ -138,20 +138,18 @@ class Suggester:
         _, at = np.unique(pids, return_index=True)  # each phrase's first (best) entry
         return pids[np.sort(at)]
 
-    def _find(self, prefix: str, k: int, leading: bool) -> list[int]:
-        """The best ``k`` phrases with a key that starts with ``prefix`` (``leading``: phrases that
-        start with it, not from a later word)."""
-        if len(prefix) <= SHORT and k <= self.best:
-            return (self.lead if leading else self.short).get(prefix, [])[:k]
-        return self._ordered(prefix, leading)[:k].tolist()
-
     def _ranked(self, prefix: str, leading: bool, first: int) -> Iterator[int]:
-        """Every phrase with a key that starts with ``prefix``, best first: the best ``first`` found by
-        :meth:`_find`, the others ranked only when they are asked for."""
-        found = self._find(prefix, first, leading)
-        yield from found
-        if len(found) == first:
-            yield from self._ordered(prefix, leading)[first:].tolist()
+        """Every phrase with a key that starts with ``prefix`` (``leading``: phrases that start with it, not from a
+        later word), best first: a short prefix's best ``first`` from its ready list, the others (and every phrase
+        of a longer prefix) ranked once, only when they are asked for."""
+        rest = 0
+        if len(prefix) <= SHORT and first <= self.best:
+            ready = (self.lead if leading else self.short).get(prefix, [])[:first]
+            yield from ready
+            if len(ready) < first:  # the ready list holds every phrase of a prefix with fewer than ``best``
+                return
+            rest = first
+        yield from self._ordered(prefix, leading)[rest:].tolist()
 
     def suggest(self, typed: str, k: int = 8, holding: Callable[[list[str]], int] | None = None) -> list[Suggestion]:
         """Up to ``k`` phrases for ``typed`` (as the shopper typed it: the last word may be partial).

@@ -162,12 +162,12 @@ def _not_only_hidden(index: ProductIndex, searches: dict[str, int], hidden: froz
     named = {text: w for text, w in texts.items() if set.intersection(*(in_gone[x] for x in w))}
     if not named:
         return searches
-    postings = index.vocabulary.postings
+    postings, shown = index.vocabulary.postings, np.flatnonzero(~gone)
 
     def shown_holding(wanted: frozenset[str]) -> bool:
         """Whether a shown product's title holds every word of ``wanted``: the titles read are only those the
         vocabulary's postings (live products, by stem: a superset) name for all of them, not the whole catalog."""
-        rows = np.flatnonzero(~gone)
+        rows = shown
         if postings:
             for word in wanted:
                 rows = common(rows, index.vocabulary.docs_of(word))
