@@ -96,7 +96,7 @@ def mine_negatives(groups: Sequence[Group], retriever: Retriever, index: Product
                    depth: int = 30, seed: int = 0, progress: bool = True) -> None:
     """Fill each group's ``mined`` with up to ``negatives`` products from the top ``depth``."""
     rng = random.Random(seed)
-    titles = index.products.set_index("product_id")["title"]
+    titles = index.live_products().set_index("product_id")["title"]  # an updated product's old rows are not live
     for group in tqdm(groups, disable=not progress, desc="mine negatives", unit="q"):
         judged_titles = {normalise_title(titles[p]) for p in group.judged if p in titles.index}
         pool = [p for p in retriever.search(group.query, depth).product_ids

@@ -10,10 +10,11 @@ from core.query import Query
 from core.settings import Settings
 from ranking.features import RANK_FEATURES, feature_names
 from ranking.relevance import RELEVANCE_FEATURES
-from ranking.training.data import Group
+from ranking.training.data import Group, mine_negatives
 from ranking.training.ltr_data import entity_rows, judged_lists, ranking_data, served_lists
 from retrieval.encoder import Encoder
 from retrieval.index import ProductIndex
+from retrieval.types import Candidates
 from serving.engine import assemble
 
 
@@ -36,11 +37,25 @@ def test_judged_lists_hold_judged_products_and_mined_negatives(settings: Setting
     assert lists[0].candidates.product_ids == [hits[0], hits[1], hits[5]] and ranks.tolist() == [1, 2, 6]
 
 
+def test_negatives_are_mined_from_an_index_with_updated_products(real_index: ProductIndex) -> None:
+    """An updated product keeps its old row, no longer live, beside its new one: its title is the new one."""
+    products = real_index.products.copy()
+    first = products["product_id"].iat[0]
+    products = pd.concat([products, products.iloc[[0]].assign(title="the new title")], ignore_index=True)
+    products.loc[0, "live"] = False
+    index = type("Updated", (), {"products": products,
+                                 "live_products": lambda self: products[products["live"]].drop(columns="live")})()
+    retriever = type("Fixed", (), {"search": lambda self, query, depth: Candidates(
+        np.arange(3), [first, *products["product_id"].iloc[1:3]], "hybrid", {}, {})})()
+    group = Group("q1", "query", {str(products["product_id"].iat[1]): 3})
+    mine_negatives([group], retriever, index, negatives=5, progress=False)  # type: ignore[arg-type]
+    assert sorted(group.mined) == sorted([first, products["product_id"].iat[2]])
+
+
 def test_a_row_the_fused_list_lacks_ranks_below_all_of_it() -> None:
     """LightGBM reads NaN as 0 where training had no missing value: a fused rank is never missing
     in a served list, so a given product the fused list lacks is ranked at infinity, not above the top."""
     from ranking.features import LtrFeaturizer
-    from retrieval.types import Candidates
 
     def candidates(ranks: dict[str, list[int]]) -> Candidates:
         scores = {name: np.zeros(2, np.float32) for name in ranks}
