@@ -38,6 +38,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -468,7 +469,7 @@ class ProductIndex:
                     for column in changed:
                         if column not in self.products.columns:
                             self.products[column] = None
-                        self.products.at[row, column] = item[column]
+                        _set_cell(self.products, row, column, item[column])
                     attr_only += bool(changed)
                     unchanged += not changed
                     continue
@@ -604,6 +605,23 @@ def _finish_commit(path: Path, manifest: Manifest, after_crash: bool = False) ->
     if moved and after_crash:
         logger.warning("index %s: a write committed but died before it moved in its files; %d moved in now",
                        path, moved)
+
+
+def _set_cell(frame: pd.DataFrame, row: int, column: str, value: object) -> None:
+    """``frame.at[row, column] = value``, the column first widened to a type that holds ``value`` where its own
+    does not (a decimal price into a column of whole ones: float; any other mix: object), as a full rebuild
+    from the updated catalog would read it; pandas warns on such a write, and will refuse it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            frame.at[row, column] = value
+        return
+    except (FutureWarning, TypeError, ValueError):
+        pass
+    numbers = [frame[column].dtype, pd.Series([value]).dtype]
+    wider = all(isinstance(t, np.dtype) and t.kind in "iuf" for t in numbers)  # else a mix: object, as read
+    frame[column] = frame[column].astype(np.result_type(*numbers) if wider else object)
+    frame.at[row, column] = value
 
 
 def _same(a: object, b: object) -> bool:

@@ -292,6 +292,29 @@ def test_an_upsert_changes_only_the_columns_its_file_gives(tmp_path: Path, setti
     assert pd.isna(index.live_products().set_index("product_id").loc["P3", "price"])
 
 
+def test_an_upsert_of_a_value_its_column_type_cannot_hold_widens_the_column(tmp_path: Path,
+                                                                            settings: Settings) -> None:
+    """A decimal price into whole ones is kept as written, through a save, as a rebuild from the updated catalog
+    would read it (pandas warned on such a write, and will refuse it)."""
+    from retrieval.catalog import read_catalog
+
+    full = tmp_path / "full.csv"
+    full.write_text("product_id,title,price\nP1,Cordless drill,99\nP2,Garden hose,30\n")
+    encoder = HashingEncoder()
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", encoder.dim)
+    index = ProductIndex.build(tmp_path / "idx", read_catalog(full)[0], encoder, settings.retrieval, cache,
+                               progress=False)
+    feed = tmp_path / "feed.csv"
+    feed.write_text("product_id,title,price\nP1,Cordless drill,89.99\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        report = index.upsert(read_catalog(feed)[0], encoder, cache)
+    assert report.updated_attributes == 1
+    index.save()
+    rows = ProductIndex.load(tmp_path / "idx", settings.retrieval).live_products().set_index("product_id")
+    assert rows.loc["P1", "price"] == 89.99 and rows.loc["P2", "price"] == 30
+
+
 def test_a_filter_on_a_fact_only_deleted_products_had_is_refused(tmp_path: Path, settings: Settings) -> None:
     from core.errors import InvalidInput
     from core.query import Filters
