@@ -14,7 +14,10 @@ free. Once the split is even within the margin no connection is closed, so a ste
 costs a few reconnects, not one per busy moment.
 
 A slot is claimed with a lock on its bytes, held for the life of the process (a process
-that dies frees it); a slot whose process is gone is skipped.
+that dies frees it); a slot whose process is gone is skipped. A process publishes its count
+when it serves a request, with the number in flight and when its answered connections all
+age out of the window: a peer reads the count until then and the number in flight after, so
+a process whose clients left is not taken for a busy one because it has served nothing since.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 from core.processes import alive
 
 SLOTS = 64
-SLOT_BYTES = 16  # pid, connections served: two int64
+SLOT_BYTES = 32  # pid, connections served, of them in flight, when the others age out (monotonic ns): four int64
 LIVENESS_S = 1.0  # how often the peers' processes are checked for being alive
 CONNECTION_WINDOW_S = 2.0  # a connection idle this long no longer counts as served here
 
@@ -48,8 +51,8 @@ class LoadTable:
             os.ftruncate(self._fd, SLOTS * SLOT_BYTES)
         self.slot = self._claim()
         self._map = mmap.mmap(self._fd, SLOTS * SLOT_BYTES)
-        self._rows = np.frombuffer(self._map, dtype=np.int64).reshape(SLOTS, 2)
-        self._rows[self.slot] = (os.getpid(), 0)
+        self._rows = np.frombuffer(self._map, dtype=np.int64).reshape(SLOTS, SLOT_BYTES // 8)
+        self._rows[self.slot] = (os.getpid(), 0, 0, 0)
         self._peers: list[int] = []
         self._checked = 0.0
 
@@ -63,8 +66,11 @@ class LoadTable:
         os.close(self._fd)
         raise RuntimeError(f"all {SLOTS} slots of {self.path} are held: more server processes than it can balance")
 
-    def publish(self, connections: int) -> None:
-        self._rows[self.slot, 1] = connections
+    def publish(self, connections: int, in_flight: int = 0, idle_at: float | None = None) -> None:
+        """This process serves ``connections``, ``in_flight`` of them with a request in flight; the others count
+        until ``idle_at`` (``time.monotonic()``; None: a connection window from now)."""
+        idle_at = time.monotonic() + CONNECTION_WINDOW_S if idle_at is None else idle_at
+        self._rows[self.slot, 1:] = (connections, in_flight, int(idle_at * 1e9))
 
     def least_busy_peer(self) -> int | None:
         """Connections served by the least busy other live process; None when there is none."""
@@ -75,10 +81,11 @@ class LoadTable:
             self._checked = now
         if not self._peers:
             return None
-        return int(self._rows[self._peers, 1].min())
+        rows = self._rows[self._peers]
+        return int(np.where(rows[:, 3] > int(now * 1e9), rows[:, 1], rows[:, 2]).min())
 
     def close(self) -> None:
-        self._rows[self.slot] = (0, 0)
+        self._rows[self.slot] = (0, 0, 0, 0)
         del self._rows
         self._map.close()
         os.close(self._fd)  # releases the slot's lock
@@ -108,7 +115,7 @@ class Balancer:
         with self._lock:
             self._last[connection] = math.inf
             self._prune(time.monotonic())
-            self.table.publish(len(self._last))
+            self._publish()
 
     def leave(self, connection: Hashable | None) -> bool:
         """One request on ``connection`` answered; True when it should close (this process serves more
@@ -124,8 +131,13 @@ class Balancer:
             if close:
                 del self._last[connection]
                 self.closed += 1
-            self.table.publish(len(self._last))
+            self._publish()
             return close
+
+    def _publish(self) -> None:
+        answered = [t for t in self._last.values() if t != math.inf]
+        self.table.publish(len(self._last), len(self._last) - len(answered),  # type: ignore[union-attr]
+                           max(answered) + self.window_s if answered else 0.0)
 
     def _prune(self, now: float) -> None:
         if now - self._pruned < self.window_s / 4:

@@ -23,13 +23,15 @@ from serving.loading import Served
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER = """
-import sys
+import sys, time
 from pathlib import Path
 from api.balance import LoadTable
 table = LoadTable(Path(sys.argv[1]))
 print(table.slot, flush=True)
-for line in sys.stdin:  # each line: the requests in flight to publish; end of input: leave
-    table.publish(int(line))
+for line in sys.stdin:  # each line: the connections to publish [in flight, seconds until the others age out]
+    connections, *rest = line.split()
+    idle_at = time.monotonic() + float(rest[1]) if rest else None
+    table.publish(int(connections), int(rest[0]) if rest else 0, idle_at)
     print("ok", flush=True)
 """
 
@@ -48,8 +50,12 @@ def peer(path: Path) -> Iterator[subprocess.Popen[str]]:
             process.wait(timeout=10)
 
 
-def publish(process: subprocess.Popen[str], connections: int) -> None:
-    process.stdin.write(f"{connections}\n")  # type: ignore[union-attr]
+def publish(process: subprocess.Popen[str], connections: int, in_flight: int | None = None,
+            idle_in_s: float = 0.0) -> None:
+    """The peer serves ``connections`` (``in_flight`` of them in flight, the others counting for ``idle_in_s``;
+    None: all counting for a connection window)."""
+    line = f"{connections}" if in_flight is None else f"{connections} {in_flight} {idle_in_s}"
+    process.stdin.write(line + "\n")  # type: ignore[union-attr]
     process.stdin.flush()  # type: ignore[union-attr]
     assert process.stdout.readline().strip() == "ok"  # type: ignore[union-attr]
 
@@ -82,6 +88,23 @@ def test_the_process_serving_more_connections_hands_them_back_until_the_split_is
         publish(other, 5)
         assert answer(mine, 5, 6) == [False, False]  # the peer is the busier one
     assert answer(mine, 7) == [False], "a peer that has left still counted"
+    mine.close()
+
+
+def test_a_peer_whose_clients_left_counts_only_its_requests_in_flight(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A process publishes when it serves a request: once its clients leave it serves none, and its last count
+    must not keep it looking busy (its peers would never hand connections back)."""
+    monkeypatch.setattr(balance, "LIVENESS_S", 0.0)
+    path = tmp_path / "connections.bin"
+    with peer(path) as other:
+        mine = Balancer(LoadTable(path), margin=1)
+        publish(other, 6, in_flight=0, idle_in_s=10.0)  # six connections answered just now
+        assert answer(mine, 1, 2) == [False, False]
+        publish(other, 6, in_flight=0, idle_in_s=-0.5)  # the last of them answered longer than the window ago
+        assert answer(mine, 1, 2) == [True, False]  # 2 against 0: one goes back
+        publish(other, 6, in_flight=2, idle_in_s=-0.5)  # two slow searches still in flight there
+        assert answer(mine, 2, 3) == [False, False]  # 2 against 2
     mine.close()
 
 
