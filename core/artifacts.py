@@ -9,6 +9,9 @@ the searched texts behind query suggestions, the products shoppers act on togeth
 and logs stay on each machine, and so does what is not whole yet: an index build
 under way (``<name>.building``, and the ``<name>.old`` it replaces), an index save
 before its commit, a pull's partial download (a pull removes those a pull cut off left).
+A pull records each file it puts in place, and one that stops (a file changed in the store
+while it was read, the process killed) leaves its record (``.artifacts.pulling.json``) for
+the next: what it fetched is the store's, not work done here, and the next pull updates it.
 
 The store holds the files at their home-relative paths and one ``MANIFEST.json``
 (path -> sha256). :meth:`ArtifactStore.push` uploads the files whose digest the
@@ -78,6 +81,7 @@ _STATE_PARTS = ("models/*/active.json", "experiments/current.json", "rules/rules
 STATE = (*_STATE_PARTS, *(f"stores/*/{part}" for part in _STATE_PARTS))
 LOCAL = ".artifacts.json"  # digests of the files this home last pushed or pulled
 LOCK = ".artifacts.lock"  # held while this home pushes or pulls
+PULLING = ".artifacts.pulling.json"  # what a pull puts in place (path -> sha256), until it has recorded it in LOCAL
 
 
 @dataclass(frozen=True)
@@ -478,9 +482,14 @@ class ArtifactStore:
         moved = size = same = kept = 0
         clashes: set[str] = set()
         wanted: list[tuple[str, str]] = []
+        cut_off = self._cut_off_pull()
         for rel, digest in remote.items():
             target = self.home / rel
             if target.is_file():
+                if rel in cut_off and _dirty(target, state.get(rel)) and file_digest(target) == cut_off[rel]:
+                    # put in place by a pull killed before it recorded it: the store's copy then, not work done here
+                    stat = target.stat()
+                    state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": cut_off[rel]}
                 if not _dirty(target, state.get(rel)):  # as the last transfer left it
                     if digest in (state[rel]["sha256"], state[rel].get("merged")):  # the key file: merged already
                         same += 1
@@ -507,6 +516,27 @@ class ArtifactStore:
         # pointers last (active.json, the experiment, the rules, deleted.json): a reader during the pull, or
         # after one that failed, never sees a version active whose files are not all here yet
         wanted = sorted(set(wanted) - set(skipped), key=lambda item: (_is_pointer(item[0]), item[0]))
+        if wanted:
+            write_text_atomic(self.home / PULLING, json.dumps(cut_off | dict(wanted)))
+        try:
+            moved, size = self._fetch(wanted, state)
+            self._drop_deleted_versions(remote, state)
+        finally:  # what was put in place is recorded, the pull stopped or not: else the next pull would take those
+            # files for work done here and keep them, the store moving on, and a push would publish them back
+            self._save_local_state(state)
+            (self.home / PULLING).unlink(missing_ok=True)
+        if moved or kept:
+            logger.info("pulled %d files (%d bytes) from %s; %d unchanged, %d changed here and kept", moved, size,
+                        self.url, same, kept)
+        if clashes:
+            logger.warning("model versions registered here and in %s under the same names, with other files: %s; "
+                           "this home keeps its own, and cannot push them", self.url, sorted(clashes))
+        return Transfer(moved, size, same, kept, tuple(sorted(clashes)))
+
+    def _fetch(self, wanted: list[tuple[str, str]], state: dict[str, Any]) -> tuple[int, int]:
+        """Download ``wanted`` (path, sha256) in order, each into a temporary file and then in place, recording
+        each in ``state``; the files and bytes moved."""
+        moved = size = 0
         for rel, digest in wanted:
             target = self.home / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -535,15 +565,18 @@ class ArtifactStore:
             state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
             moved += 1
             size += stat.st_size
-        self._drop_deleted_versions(remote, state)
-        self._save_local_state(state)
-        if moved or kept:
-            logger.info("pulled %d files (%d bytes) from %s; %d unchanged, %d changed here and kept", moved, size,
-                        self.url, same, kept)
-        if clashes:
-            logger.warning("model versions registered here and in %s under the same names, with other files: %s; "
-                           "this home keeps its own, and cannot push them", self.url, sorted(clashes))
-        return Transfer(moved, size, same, kept, tuple(sorted(clashes)))
+        return moved, size
+
+    def _cut_off_pull(self) -> dict[str, str]:
+        """What a pull killed before its end was putting in place (path -> sha256): a file left with that digest
+        is the store's copy that pull fetched, not work done here."""
+        try:
+            record = json.loads((self.home / PULLING).read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return {}
+        if not isinstance(record, dict):
+            return {}
+        return {rel: digest for rel, digest in record.items() if isinstance(digest, str)}
 
     def _changed(self, rel: str) -> NotReady:
         """The error of a pull that found ``rel`` gone from the store, or not as its manifest entry says: a
@@ -566,12 +599,14 @@ class ArtifactStore:
 
     def _check_entry(self, rel: str) -> None:
         """A manifest entry names a file in the home: a relative path without '..' (else the pull would write
-        outside it). Read as written (a part of the home may be a link to another disk)."""
+        outside it), control characters or the home's own transfer records. Read as written (a part of the home
+        may be a link to another disk)."""
         path = PurePosixPath(rel)
-        if path.is_absolute() or ".." in path.parts or not path.parts or path == PurePosixPath("."):
+        if path.is_absolute() or ".." in path.parts or not path.parts or path == PurePosixPath(".") \
+                or any(ord(c) < 32 or ord(c) == 127 for c in rel) or rel in (LOCAL, LOCK, PULLING):
             raise InvalidInput(f"{self.url}/{MANIFEST} names {rel!r}, which is not a file in an artifact home "
-                               "(an absolute path or one with '..'): nothing was pulled; push the store again "
-                               "from a trusted home")
+                               "(an absolute path, one with '..' or a control character, or this home's own "
+                               "transfer records): nothing was pulled; push the store again from a trusted home")
 
     def _drop_deleted_versions(self, remote: dict[str, str], state: dict[str, Any]) -> None:
         """Remove the local copies of model versions the registry lists as deleted and the store

@@ -215,6 +215,35 @@ def test_a_file_that_left_the_store_during_a_pull_is_refused(tmp_path: Path) -> 
         ArtifactStore(url, tmp_path / "b").pull()  # before: FileNotFoundError
 
 
+@pytest.mark.parametrize("how", ["failed", "killed"])
+def test_the_files_a_pull_that_stopped_put_in_place_are_updated_by_the_next(tmp_path: Path, how: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pull that stops (a file changed in the store while it was read; the process killed before it recorded
+    anything) leaves the files it fetched as the store's: the next pull updates them once the store moves on,
+    and a push does not publish them back. Before, they read as work done here, kept at every pull."""
+    url = f"file://{tmp_path / 'store'}"
+    builder = ArtifactStore(url, make_home(tmp_path / "a"))
+    builder.push()
+    model = tmp_path / "store" / "models" / "ltr" / "v1" / "model.txt"
+    model.write_text("half written")  # the index's file comes first, then this one fails its digest
+    replica = ArtifactStore(url, tmp_path / "b")
+    (tmp_path / "b").mkdir()
+    if how == "killed":  # nothing recorded after the files were put in place
+        monkeypatch.setattr(replica, "_save_local_state", lambda state: (_ for _ in ()).throw(SystemExit(9)))
+    with pytest.raises((NotReady, SystemExit)):
+        replica.pull()
+    monkeypatch.undo()
+    vectors = tmp_path / "b" / "indexes" / "default" / "fp" / "vectors.npy"
+    assert vectors.read_bytes() == b"\x01" * 5000
+    model.write_text("trees")
+    (tmp_path / "a" / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x02" * 6000)  # a rebuilt index
+    builder.push()
+    pulled = ArtifactStore(url, tmp_path / "b").pull()
+    assert vectors.read_bytes() == b"\x02" * 6000 and pulled.kept == 0
+    assert ArtifactStore(url, tmp_path / "b").push().files == 0
+    assert not (tmp_path / "b" / ".artifacts.pulling.json").exists()
+
+
 def test_a_damaged_record_of_digests_is_read_again_from_the_files(tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     url = f"file://{tmp_path / 'store'}"
@@ -348,7 +377,7 @@ def test_a_manifest_or_deleted_list_naming_files_outside_the_home_is_refused(tmp
     ArtifactStore(url, make_home(tmp_path / "a")).push()
     manifest = json.loads((store / MANIFEST).read_text())
     (store / "escaped.txt").write_text("x")
-    for bad in ("../escaped.txt", str(tmp_path / "abs.txt")):
+    for bad in ("../escaped.txt", str(tmp_path / "abs.txt"), "rules/a\x00b.yaml", ".artifacts.json"):
         (store / MANIFEST).write_text(json.dumps({**manifest, bad: "0" * 64}))
         home = tmp_path / "b"
         home.mkdir(exist_ok=True)
