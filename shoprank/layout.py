@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import httpx
 
@@ -62,9 +63,30 @@ class Layout:
 
     @classmethod
     def from_json(cls, data: dict) -> Layout:  # type: ignore[type-arg]
-        layout = cls(data["port"], list(data["replicas"]), data["redis_port"], data["broker_port"])
-        layout.pieces = {k: Piece(**v) for k, v in data["pieces"].items()}
+        """The layout a state file holds; a field missing or of another type (a file edited by hand) is a
+        KeyError or TypeError naming it."""
+        ports = {name: _typed(data[name], int, name) for name in ("port", "redis_port", "broker_port")}
+        replicas = [_typed(port, int, "replicas") for port in _typed(data["replicas"], list, "replicas")]
+        layout = cls(ports["port"], replicas, ports["redis_port"], ports["broker_port"])
+        for name, fields in _typed(data["pieces"], dict, "pieces").items():
+            piece = Piece(**_typed(fields, dict, f"pieces.{name}"))
+            checks = [(piece.name, str, "name"), (piece.argv, list, "argv"), (piece.port, (int, type(None)), "port"),
+                      (piece.pid, (int, type(None)), "pid"), (piece.env, dict, "env"),
+                      (piece.started, (str, type(None)), "started")]
+            for value, kind, field_name in checks:
+                _typed(value, kind, f"pieces.{name}.{field_name}")
+            for value, kind, field_name in [(a, str, "argv") for a in piece.argv] + [(v, str, "env")
+                                                                                     for v in piece.env.values()]:
+                _typed(value, kind, f"pieces.{name}.{field_name}")
+            layout.pieces[name] = piece
         return layout
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
+    """``value``, when of ``kind`` (a flag is not a number); else a TypeError naming the field."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise TypeError(f"{name} is {value!r}")
+    return value
 
 
 def haproxy_config(layout: Layout, check_interval_ms: int = 1000) -> str:

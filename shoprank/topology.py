@@ -274,15 +274,18 @@ class Topology:
         check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True, check=False)
         if check.returncode != 0:
             raise Conflict(f"haproxy rejected {config}: {check.stdout}{check.stderr}")
-        if not port_free(self.layout.port):  # else another server's answers would pass for HAProxy's
-            raise Conflict(f"port {self.layout.port} on 127.0.0.1 is in use, so HAProxy cannot listen on it: stop "
-                           "what listens there (a `make run`?), or give the topology another port (--port)")
+        self._check_port()  # again: taken while the replicas started
         process = self._spawn(Piece("haproxy", [binary, "-db", "-f", str(config)], self.layout.port))
         wait_port(self.layout.port, process, 20, "haproxy")
         time.sleep(0.2)
         if process.poll() is not None:
             raise NotReady(f"haproxy exited with code {process.returncode} after it started; see "
                            f"{self.folder / 'haproxy.log'}")
+
+    def _check_port(self) -> None:
+        if not port_free(self.layout.port):  # else another server's answers would pass for HAProxy's
+            raise Conflict(f"port {self.layout.port} on 127.0.0.1 is in use, so HAProxy cannot listen on it: stop "
+                           "what listens there (a `make run`?), or give the topology another port (--port)")
 
     # -- the whole topology -------------------------------------------------------------------
 
@@ -307,6 +310,7 @@ class Topology:
                                "start times (an older ShopRank wrote it), so nothing tells they are the pieces "
                                "rather than processes that took their ids: stop those that are yourself (kill -TERM "
                                "-PID), then `shoprank cluster down` forgets them all without signalling any")
+        self._check_port()  # before any piece starts (and the index builds), not once they all have
         started = time.monotonic()
         try:
             self.start_redis()

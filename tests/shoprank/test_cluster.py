@@ -373,6 +373,9 @@ def test_haproxy_refuses_a_port_another_server_holds(settings: Settings, tmp_pat
         cluster = Topology(settings.model_copy(update={"home": tmp_path}), replicas=1, port=port)
         with pytest.raises(Conflict, match=f"port {port} on 127.0.0.1 is in use"):
             cluster.start_haproxy()
+        cluster.start_redis = lambda: pytest.fail("a piece started before the port was checked")  # type: ignore
+        with pytest.raises(Conflict, match=f"port {port} on 127.0.0.1 is in use"):
+            cluster.up()  # before: found once Redis, the broker, the index and the replicas had started
     assert "haproxy" not in cluster.layout.pieces  # nothing was started
 
 

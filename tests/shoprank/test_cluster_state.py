@@ -85,14 +85,24 @@ def test_a_state_file_without_start_times_signals_nothing_and_says_so(home: Path
     assert not state.is_file()  # forgotten: `up` starts a topology now
 
 
-@pytest.mark.parametrize("text", ["", "{broken", '{"port": 18080}', "[]"])
+EDITED = {"port": 18080, "replicas": [18081], "redis_port": 18082, "broker_port": 18083,
+          "pieces": {"redis": {"name": "redis", "argv": ["redis-server"], "port": 18082, "pid": 1, "env": {},
+                               "started": "1"}}}
+
+
+@pytest.mark.parametrize("text", ["", "{broken", '{"port": 18080}', "[]", json.dumps({**EDITED, "pieces": []}),
+                                  json.dumps({**EDITED, "pieces": {"redis": {**EDITED["pieces"]["redis"],
+                                                                             "pid": "123"}}}),
+                                  json.dumps({**EDITED, "replicas": "18081"}), json.dumps({**EDITED, "port": True})])
 def test_a_damaged_state_file_is_named_not_a_traceback(home: Path, text: str,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     state = home / "cluster" / "state.json"
     state.parent.mkdir(parents=True)
     state.write_text(text)
     for verb in ("status", "down", "up"):
-        code, _, err = run_cli(capsys, "cluster", verb)  # before: JSONDecodeError, KeyError 'replicas', TypeError
+        # before: JSONDecodeError, KeyError 'replicas', TypeError; with the right keys edited by hand, an
+        # AttributeError ("pieces": []), or a TypeError comparing a pid of text
+        code, _, err = run_cli(capsys, "cluster", verb)
         assert code == 2 and "Traceback" not in err, (verb, err)
         assert err.strip().startswith(f"error: {state} is not a topology's state") and "move it away" in err, err
     assert state.read_text() == text
