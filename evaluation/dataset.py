@@ -11,8 +11,11 @@ Any folder in this format works; nothing here is specific to one dataset.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
+import re
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -63,16 +66,40 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     if not path.is_file():
         raise NotFound(f"{path} does not exist; a dataset folder needs products.csv, queries.csv and judgments.csv")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # index_col=False: rows ending in a delimiter the header lacks are read as written, not shifted by one
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
     except pd.errors.EmptyDataError:
         raise InvalidInput(f"{path} is empty: it needs a header of {', '.join(required)} and a row a line") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise InvalidInput(f"{path} is not a UTF-8 CSV file ({str(error).splitlines()[0][:200]}); save it as CSV "
-                           "in UTF-8") from None
+    except pd.errors.ParserError as error:
+        longer = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
+        if longer:
+            raise InvalidInput(f"{path} line {longer[2]} has more fields than the header ({longer[3]}, not "
+                               f"{longer[1]}): quote a value that holds a comma, or remove the trailing comma"
+                               ) from None
+        raise InvalidInput(f"{path} does not read as CSV ({str(error).splitlines()[0][:200]})") from None
+    except UnicodeDecodeError as error:
+        raise InvalidInput(f"{path} is not a UTF-8 CSV file ({error}); save it as CSV in UTF-8") from None
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        _check_extra_fields(path, len(frame.columns))  # pandas cut the longer rows to the header: a value lost
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise InvalidInput(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
     return frame
+
+
+def _check_extra_fields(path: Path, width: int) -> None:
+    """Refuse a row with more fields than the header's ``width`` when an extra field holds a value (a trailing
+    comma, an empty extra field, is read as the rest of the row)."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        rows = csv.reader(handle)
+        for row in rows:
+            extra = [value for value in row[width:] if value.strip()]
+            if extra:
+                raise InvalidInput(f"{path} line {rows.line_num} has more fields than the header ({len(row)}, not "
+                                   f"{width}; extra: {extra[:3]!r}): quote a value that holds a comma, or fix the "
+                                   "header")
 
 
 def _grades(frame: pd.DataFrame, path: Path) -> pd.Series:
@@ -87,6 +114,26 @@ def _grades(frame: pd.DataFrame, path: Path) -> pd.Series:
     return numeric.astype(int)
 
 
+def _known(judgments: pd.DataFrame, queries: pd.DataFrame, products: pd.DataFrame,
+           folder: Path) -> tuple[pd.DataFrame, int]:
+    """The judgments naming a query of queries.csv and a product of products.csv, and how many others were
+    dropped; :class:`InvalidInput` naming the first unknown ids when none is left."""
+    query_known = judgments["query_id"].isin(set(queries["query_id"]))
+    product_known = judgments["product_id"].isin(set(products["product_id"]))
+    known = query_known & product_known
+    dropped = int((~known).sum())
+    if dropped:
+        unknown = "; ".join(f"{column} {ids} not in {file}" for column, file, ids in (
+            ("query_id", "queries.csv", judgments["query_id"][~query_known].unique()[:5].tolist()),
+            ("product_id", "products.csv", judgments["product_id"][~product_known].unique()[:5].tolist())) if ids)
+        if dropped == len(judgments):
+            raise InvalidInput(f"{folder}/judgments.csv: all {dropped} judgment(s) name an unknown query or product "
+                               f"({unknown}); a judgment names a query_id of queries.csv and a product_id of "
+                               "products.csv")
+        logger.warning("%s: dropped %d judgment(s) naming an unknown query or product (%s)", folder, dropped, unknown)
+    return judgments[known], dropped
+
+
 def load_dataset(path: str | Path) -> EvalDataset:
     """Read and check a dataset folder.
 
@@ -97,6 +144,7 @@ def load_dataset(path: str | Path) -> EvalDataset:
         raise NotFound(f"dataset folder {folder} does not exist")
     products, _ = read_catalog(folder / "products.csv")
     queries = _read_csv(folder / "queries.csv", ("query_id", "query"))
+    queries["query_id"] = queries["query_id"].str.strip()  # as the catalog reads product ids
     twice = queries["query_id"][queries["query_id"].duplicated()].unique().tolist()
     if twice:
         raise InvalidInput(f"{folder / 'queries.csv'}: query_id {twice[:5]} given more than once; each query needs "
@@ -105,13 +153,9 @@ def load_dataset(path: str | Path) -> EvalDataset:
         queries["split"] = ""
     judgments = _read_csv(folder / "judgments.csv", ("query_id", "product_id", "grade"))
     judgments["grade"] = _grades(judgments, folder / "judgments.csv")
-    known = judgments["query_id"].isin(set(queries["query_id"])) & judgments["product_id"].isin(
-        set(products["product_id"])
-    )
-    dropped = int((~known).sum())
-    if dropped:
-        logger.warning("%s: dropped %d judgment(s) naming an unknown query or product", folder, dropped)
-    judgments = judgments[known]
+    for column in ("query_id", "product_id"):
+        judgments[column] = judgments[column].str.strip()
+    judgments, dropped = _known(judgments, queries, products, folder)
     twice = judgments[judgments.duplicated(["query_id", "product_id"], keep=False)]
     if len(twice):  # which grade holds is not ours to choose: the last one would, silently
         first = twice.iloc[0]

@@ -76,6 +76,7 @@ class EvalResult:
     subset: str = "all"
     # metric -> query id -> unrounded value, for the queries the metric averages (not printed)
     per_query: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+    label: str | None = None  # the name a saved result was saved under (:meth:`save`), read back by :meth:`load`
 
     def to_json(self) -> dict[str, object]:
         out = {"dataset": self.dataset, "mode": self.mode, "pipeline": self.pipeline, "split": self.split,
@@ -104,7 +105,9 @@ class EvalResult:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise InvalidInput(f"{path} is not a result saved by 'shoprank evaluate --save' ({err})") from err
         metrics = {k: math.nan if (v := data.pop(k)) is None else v for k in list(data) if k in per_query}
-        return cls(**fixed, metrics=metrics, latency_ms=latency, details=data, per_query=per_query)
+        label = payload.get("label")
+        return cls(**fixed, metrics=metrics, latency_ms=latency, details=data, per_query=per_query,
+                   label=label if isinstance(label, str) else None)
 
 
 def _mean(values: list[float]) -> float:
@@ -145,9 +148,7 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
         selected = [(qid, query) for qid, query in selected if qid in members]
     unslipped = 0
     if typos:
-        typed = [(qid, slipped(qid, query)) for qid, query in selected]
-        selected = [(qid, text) for qid, text in typed if text is not None]
-        unslipped = len(typed) - len(selected)
+        selected, unslipped = _typed_with_slips(selected, limit)
     selected = selected[:limit]  # within the subset, of the queries searched
     order = list(RERANK_METRICS if mode == "rerank" else RETRIEVAL_METRICS)
     per_query: dict[str, dict[str, float]] = {metric: {} for metric in order}
@@ -175,11 +176,28 @@ def evaluate(dataset: EvalDataset, index: ProductIndex, pipeline: Retriever, pip
                     "depth": depth}
     if typos:
         details["typos"] = {"slipped": len(selected), "left_out": unslipped}
+    details["dropped_judgments"] = dataset.dropped_judgments
     details["dataset_digest"] = dataset.digest
     return EvalResult(dataset=dataset.name, mode=mode, pipeline=pipeline_name, split=split,
                       queries=len(per_query["ndcg@10"]), skipped=skipped, metrics=metrics,
                       latency_ms=_percentiles(latency), details=details, subset=subset,
                       per_query=per_query)
+
+
+def _typed_with_slips(selected: list[tuple[str, str]], limit: int | None) -> tuple[list[tuple[str, str]], int]:
+    """The first ``limit`` of the ``selected`` queries that a slip can hit, typed with it, and how many were
+    left out on the way (so the two counts cover the same queries)."""
+    typed: list[tuple[str, str]] = []
+    left_out = 0
+    for qid, query in selected:
+        if limit is not None and len(typed) >= limit:
+            break
+        text = slipped(qid, query)
+        if text is None:
+            left_out += 1
+        else:
+            typed.append((qid, text))
+    return typed, left_out
 
 
 def given_order(qid: str, docs: Iterable[int | None]) -> list[int]:

@@ -49,6 +49,7 @@ def add_typo(query: str, rng: random.Random) -> str:
         return query
     i = rng.choice(slippable)
     kinds = [k for k in KINDS if k != "join" or (i + 1 < len(words) and words[i + 1].isalpha())]
+    spaced = " ".join(words).lower()  # the query as the slipped text is spaced: one space between words
     for _ in range(10):
         kind = rng.choice(kinds)
         if kind == "join":
@@ -56,7 +57,7 @@ def add_typo(query: str, rng: random.Random) -> str:
         else:
             out = words[:i] + [_slip(words[i].lower(), kind, rng)] + words[i + 1 :]
         text = " ".join(out)
-        if text.lower() != query.lower():
+        if text.lower() != spaced:
             return text
     return query
 
@@ -65,4 +66,4 @@ def slipped(query_id: str, query: str) -> str | None:
     """``query`` as typed with one slip, drawn by a generator seeded with its id (the same at every run);
     None when it has no word a slip can hit."""
     text = add_typo(query, random.Random(zlib.crc32(b"typo:" + query_id.encode())))
-    return None if text == query else text
+    return None if text.lower().split() == query.lower().split() else text

@@ -155,6 +155,8 @@ class BM25Index:
         searcher = self._searcher
         if limit <= 0:  # tantivy panics on a limit of 0, and its PanicException is no Exception
             return Hits.empty()
+        # tantivy sets aside 16 bytes a result asked for before it searches: a limit of 10**10 aborts the process
+        limit = min(limit, max(1, searcher.num_docs))
         result = searcher.search(query, limit, count=False)
         if not result.hits:
             return Hits.empty()

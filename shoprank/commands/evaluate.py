@@ -12,6 +12,17 @@ from core.files import finite
 from core.settings import Settings
 from shoprank.commands.arguments import at_least_100, fraction, out_file
 
+MAX_DEPTH = 100_000  # the metrics read at most 1,000 results deep: a deeper search only costs time and memory
+
+
+def depth(text: str) -> int:
+    """argparse type for ``--depth``: a whole number from 100 (Recall@100 reads that deep) to :data:`MAX_DEPTH`."""
+    value = at_least_100(text)
+    if value > MAX_DEPTH:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_DEPTH}: pass a depth from 100 to {MAX_DEPTH} "
+                                         "(the metrics read at most 1000 results deep)")
+    return value
+
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     """One pipeline's metrics; with ``--compare B`` also B's, and B - A per metric, paired over queries."""
@@ -60,9 +71,19 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     from evaluation.harness import EvalResult
 
     first, second = EvalResult.load(args.first), EvalResult.load(args.second)
-    first.pipeline, second.pipeline = args.first.stem, args.second.stem
+    first.pipeline, second.pipeline = column_names((args.first, args.second),
+                                                   (first.label or first.pipeline, second.label or second.pipeline))
     print_comparison(first, second, compare_results(first, second, saved=True), args.json)
     return 0
+
+
+def column_names(paths: tuple[Path, Path], labels: tuple[str, str]) -> tuple[str, str]:
+    """The names two saved runs are shown under: their files' names; where the two are one name
+    (``a/bm25.json``, ``b/bm25.json``), the labels they were saved under, or else each file's folder and name."""
+    for names in ((paths[0].stem, paths[1].stem), labels, tuple(f"{p.parent.name}/{p.stem}" for p in paths)):
+        if names[0] != names[1]:
+            return names[0], names[1]
+    return f"{paths[0].stem} (A)", f"{paths[1].stem} (B)"  # one file twice
 
 
 def print_comparison(first, second, comparison, as_json: bool) -> None:  # type: ignore[no-untyped-def]
@@ -112,8 +133,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--save", type=lambda text: Path(out_file(text)), default=None, metavar="FILE",
                    help="write the --pipeline result with its per-query values to FILE, for 'shoprank compare'")
-    p.add_argument("--depth", type=at_least_100, default=1000, help="results per query in retrieval mode (100 "
-                   "or more: Recall@100 is one of the metrics; Recall@1000 counts what the depth holds)")
+    p.add_argument("--depth", type=depth, default=1000, help="results per query in retrieval mode (100 to "
+                   f"{MAX_DEPTH}: Recall@100 is one of the metrics; Recall@1000 counts what the depth holds)")
     p.add_argument("--limit", type=positive, default=None, help="only the first N queries")
     p.add_argument("--recall-threshold", type=fraction, default=0.6, help="relevant: grade >= ceil(F*max), F in (0, 1]")
     p.add_argument("--mrr-threshold", type=fraction, default=0.75, help="MRR hit: grade >= ceil(F*max), F in (0, 1]")

@@ -121,3 +121,32 @@ def test_typos_measure_a_slip_on_the_same_queries(env_home: Path, demo_dir: Path
     code, out, err = run_cli(capsys, "compare", str(tmp_path / "typed.json"), str(tmp_path / "slipped.json"), "--json")
     assert code == 0, err
     assert json.loads(out)["queries"] == slipped["queries"]  # paired on the queries that slipped
+
+
+def test_two_saved_runs_of_one_file_name_are_told_apart(cli_home: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """a/bm25.json and b/bm25.json (one pipeline, two settings) had both columns named 'bm25'."""
+    from evaluation.harness import EvalResult
+
+    def run(values: list[float]) -> EvalResult:
+        return EvalResult(dataset="d", mode="retrieval", pipeline="bm25", split=None, queries=2, skipped=0,
+                          metrics={"ndcg@10": sum(values) / 2}, latency_ms={},
+                          per_query={"ndcg@10": dict(zip(("q1", "q2"), values))})
+
+    run([0.5, 1.0]).save(tmp_path / "a" / "bm25.json")
+    run([0.25, 1.0]).save(tmp_path / "b" / "bm25.json")
+    code, out, err = run_cli(capsys, "compare", str(tmp_path / "a" / "bm25.json"), str(tmp_path / "b" / "bm25.json"))
+    assert code == 0, err
+    assert "first: a/bm25\n" in out and "second: b/bm25\n" in out and "comparison: b/bm25 - a/bm25 on 2" in out
+    run([0.5, 1.0]).save(tmp_path / "c" / "bm25.json", label="bm25 deep")
+    code, out, err = run_cli(capsys, "compare", str(tmp_path / "a" / "bm25.json"), str(tmp_path / "c" / "bm25.json"))
+    assert code == 0 and "comparison: bm25 deep - bm25 on 2" in out
+
+
+def test_a_depth_past_what_the_metrics_read_is_refused(cli_home: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """--depth 10000000000 had aborted the process: tantivy sets aside 16 bytes a result asked for."""
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--dataset", str(tmp_path), "--mode", "retrieval", "--depth", "10000000000"])
+    assert ("argument --depth: '10000000000' is more than 100000: pass a depth from 100 to 100000"
+            in capsys.readouterr().err)

@@ -177,3 +177,71 @@ def test_bad_grades_are_named(tmp_path: Path) -> None:
     (folder / "judgments.csv").write_text("query_id,product_id,grade\nq1,p0,3\nq1,p1,1\nq1,p0,0\n")
     with pytest.raises(InvalidInput, match=r"judges query 'q1' and product 'p0' 2 times \(grades \[3, 0\]\)"):
         load_dataset(folder)
+
+
+def test_ids_are_read_as_the_catalog_reads_them(tmp_path: Path) -> None:
+    """The catalog reader strips spaces around a product id: a judgment of "p2 " judges p2, not an unknown
+    product silently left out (which had raised NDCG); judgments that all name unknown ids are named so."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "products.csv").write_text("product_id,title\np1,cordless drill\np2,drill kit\np3,garden hose\n")
+    (folder / "queries.csv").write_text("query_id,query\n q1 ,drill\n")
+    (folder / "judgments.csv").write_text("query_id,product_id,grade\nq1,p1,2\nq1 ,p2 ,2\nq1, p3,0\n")
+    dataset = load_dataset(folder)
+    assert dataset.qrels == {"q1": {"p1": 2, "p2": 2, "p3": 0}} and dataset.dropped_judgments == 0
+    assert dataset.select(None) == [("q1", "drill")]
+    (folder / "judgments.csv").write_text("query_id,product_id,grade\nq1,p9,2\nq7,p1,1\nq1,p8,0\n")
+    with pytest.raises(InvalidInput, match=r"judgments.csv: all 3 judgment\(s\) name an unknown query or product "
+                                           r"\(query_id \['q7'\] not in queries.csv; product_id \['p9', 'p8'\] not in "
+                                           r"products.csv\)"):
+        load_dataset(folder)
+
+
+def test_rows_longer_than_the_header_are_read_as_written_or_named(tmp_path: Path) -> None:
+    """A trailing comma on every row had shifted the columns by one (pandas took the first as the index), and a
+    row longer than the others was reported as a file that is not UTF-8."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "products.csv").write_text("product_id,title\np1,cordless drill\np2,hammer\np3,garden hose\n")
+    (folder / "queries.csv").write_text("query_id,query\nq1,drill,\nq2,hose,\n")
+    (folder / "judgments.csv").write_text("query_id,product_id,grade\nq1,p1,2,\nq1,p2,0,\nq2,p3,1,\n")
+    dataset = load_dataset(folder)
+    assert dataset.select(None) == [("q1", "drill"), ("q2", "hose")]
+    assert dataset.qrels == {"q1": {"p1": 2, "p2": 0}, "q2": {"p3": 1}}
+    (folder / "queries.csv").write_text("query_id,query\nq1,drill\nq2,hose,\n")
+    with pytest.raises(InvalidInput, match=r"queries.csv line 3 has more fields than the header \(3, not 2\)"):
+        load_dataset(folder)
+    (folder / "queries.csv").write_text("query_id,query\nq1,drill, 1/2 in\nq2,hose\n")  # pandas drops ' 1/2 in'
+    with pytest.raises(InvalidInput, match=r"queries.csv line 2 has more fields than the header \(3, not 2; "
+                                           r"extra: \[' 1/2 in'\]\)"):
+        load_dataset(folder)
+    (folder / "queries.csv").write_bytes(b"query_id,query\nq1,dr\xffill\n")
+    with pytest.raises(InvalidInput, match="queries.csv is not a UTF-8 CSV file"):
+        load_dataset(folder)
+
+
+class Fixed:
+    """A pipeline returning the same products for every query."""
+
+    def __init__(self, index: FakeIndex, pids: list[str]) -> None:
+        self.index, self.pids = index, pids
+
+    def search(self, query: str, k: int) -> Candidates:
+        hits = Hits.of([self.index.doc_of(p) for p in self.pids], [-i for i in range(len(self.pids))])
+        return Candidates.from_hits(hits, "fixed", list(self.pids))
+
+
+def test_typos_count_the_queries_left_out_among_those_the_limit_reaches(tmp_path: Path) -> None:
+    """--limit 1 searches q2 (q1 has no word a slip can hit, so it is left out): q3 and q4, past the limit,
+    were counted as left out too."""
+    folder = write_dataset(tmp_path / "ds")
+    pd.DataFrame({"query_id": ["q1", "q2", "q3", "q4"], "query": ["2x4", "cordless drill", "8 ft", "1/2 in"]}).to_csv(
+        folder / "queries.csv", index=False)
+    index = FakeIndex([f"p{i}" for i in range(6)])
+    result = evaluate(load_dataset(folder), index, Fixed(index, ["p0", "p1"]), "fixed",  # type: ignore[arg-type]
+                      "retrieval", limit=1, typos=True, progress=False)
+    assert result.details["typos"] == {"slipped": 1, "left_out": 1}
+    assert result.details["dropped_judgments"] == 1  # q4's judgment of p9
+    unlimited = evaluate(load_dataset(folder), index, Fixed(index, ["p0", "p1"]), "fixed",  # type: ignore[arg-type]
+                         "retrieval", typos=True, progress=False)
+    assert unlimited.details["typos"] == {"slipped": 1, "left_out": 3}

@@ -61,3 +61,15 @@ def test_an_evaluation_query_slips_the_same_way_at_every_run() -> None:
     assert all(text is not None and text != "cordless drill kit" for text in first.values())
     assert len(set(first.values())) > 10  # drawn by each query's id, not one slip for all
     assert slipped("q1", "2x4 8 ft") is None  # nothing to slip: left out, not searched as typed
+
+
+@pytest.mark.parametrize("query", ["wall  lantern", "coffee  mug", " shelving unit", "garden hose "])
+def test_a_query_spaced_oddly_still_slips_a_letter(query: str) -> None:
+    """The slipped text is spaced one space a word: compared with the query as typed, a swap of two like
+    letters ("wall" -> "wall") had counted as a slip when the query held two spaces or an outer one."""
+    words = query.split()
+    for seed in range(300):
+        out = add_typo(query, random.Random(seed))
+        assert out.lower().split() != words
+        text = slipped(f"q{seed}", query)
+        assert text is not None and text.lower().split() != words

@@ -154,3 +154,25 @@ def test_a_long_run_of_chinese_or_thai_is_indexed_whole(tmp_path: Path) -> None:
     longest = "电" * 85  # 255 bytes: the longest token indexed
     bm25 = BM25Index.build(tmp_path / "bm25-long", [(0, longest, ""), (1, longest + "钻", "")])
     assert bm25.search(longest, 5).docs.tolist() == [0]
+
+
+def test_a_search_deeper_than_the_index_asks_tantivy_for_what_it_holds(bm25: BM25Index) -> None:
+    """tantivy sets aside 16 bytes a result asked for before it searches: a limit of 10**12 aborted the process
+    (``shoprank evaluate --pipeline bm25 --depth 10000000000``), which no ``except`` catches."""
+    searcher, asked = bm25._searcher, []
+
+    class Recording:  # refuses what tantivy would abort on, so the test fails without killing the process
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(searcher, name)
+
+        def search(self, query, limit: int, count: bool):  # type: ignore[no-untyped-def]
+            asked.append(limit)
+            if limit > len(TITLES):
+                raise ValueError(f"asked tantivy for {limit} results of {len(TITLES)}")
+            return searcher.search(query, limit, count=count)
+
+    expected = bm25.search("cordless drills", 10).docs.tolist()
+    bm25._searcher = Recording()  # type: ignore[assignment]
+    assert bm25.search("cordless drills", 10**12).docs.tolist() == expected
+    assert bm25.score("cordless drills", [0, 5]).tolist()[1] == 0.0
+    assert asked and max(asked) <= len(TITLES)
