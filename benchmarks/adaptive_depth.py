@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware
+from benchmarks.common import command, hardware
 from core.query import Query
 from core.settings import get_settings
 from evaluation.compare import compare_results
@@ -69,12 +69,12 @@ def agreements(dataset_dir: Path, split: str, limit: int | None) -> dict[str, fl
 
 def evaluate(args: argparse.Namespace, name: str, env: dict[str, str], out: Path) -> EvalResult:
     """One ``shoprank evaluate --save`` run of the served pipeline under ``env``."""
-    command = [sys.executable, "-m", "shoprank.cli", "--no-progress", "evaluate", "--dataset", str(args.dataset),
-               "--split", args.split, "--mode", "retrieval", "--pipeline", "full", "--save", str(out), "--json"]
+    argv = [sys.executable, "-m", "shoprank.cli", "--no-progress", "evaluate", "--dataset", str(args.dataset),
+            "--split", args.split, "--mode", "retrieval", "--pipeline", "full", "--save", str(out), "--json"]
     if args.limit:
-        command += ["--limit", str(args.limit)]
+        argv += ["--limit", str(args.limit)]
     started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
     print(f"  {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return EvalResult.load(out)
 
@@ -102,7 +102,7 @@ def main() -> None:
     if depth <= 0:
         sys.exit(f"the {args.stage} stage is off (depth 0); set its depth (SHOPRANK_RANKING__{args.stage.upper()}_DEPTH)")
     key = f"SHOPRANK_RANKING__{args.stage.upper()}_DEPTH"
-    print(f"CPU: {hardware()}")
+    print(f"CPU: {hardware()}\ncommand: {command()}")
     print(f"home {settings.home}, split {args.split}, {args.stage} depth {depth}, reference depth {args.reference_depth}")
     agree = agreements(args.dataset, args.split, args.limit)
     work = args.out.with_suffix("")  # each variant's evaluation, in a folder named after --out

@@ -39,15 +39,30 @@ def percentiles(seconds: Sequence[float]) -> dict[str, float]:
         "mean": round(float(ms.mean()), 2)}
 
 
-def time_each(items: Sequence, fn: Callable, warmup: int = 10) -> list[float]:
+def time_each(items: Sequence, fn: Callable, warmup: int = 10,
+              before: Callable[[], object] | None = None) -> list[float]:
+    """Seconds of ``fn(item)`` for every item, after ``fn`` ran on the first ``warmup`` items untimed.
+    ``before``: run before each call, outside the timer; pass one that empties whatever ``fn`` keeps
+    (e.g. :func:`empty_caches`), or the warm-up's items are timed as cache hits."""
     for item in items[:warmup]:
         fn(item)
     out = []
     for item in items:
+        if before is not None:
+            before()
         started = time.perf_counter()
         fn(item)
         out.append(time.perf_counter() - started)
     return out
+
+
+def empty_caches(engine: SearchEngine) -> None:
+    """Forget the results, first-stage lists, cross-encoder scores and query vectors ``engine`` keeps in
+    memory, so that its next search is cold (a query no search has seen: it is encoded again). Call it
+    outside the timer; an engine with a score store (``serving.score_store``) still reads the store."""
+    engine.clear_caches()
+    if engine.caches.query_vectors is not None:
+        engine.caches.query_vectors.clear()
 
 
 def rss_gib() -> float:

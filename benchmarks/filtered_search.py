@@ -18,9 +18,10 @@ in order: what a search engine that filters its results, not its search, can sho
 Categories are the facts the server filters on (feature store, else catalog). Prints JSON with
 the CPU, the command, the figures and per-search latency of each way (p50 / p95 / p99 ms), whole
 and of the first stage; BM25 alone under a filter both ways (tantivy matching the allowed rows, or
-reading every match), and a rebuild of the catalog facts. For latencies, run it with
-``SHOPRANK_SERVING__SCORE_STORE=memory``, so that no search reads cross-encoder scores an earlier
-run stored.
+reading every match), and a rebuild of the catalog facts. Every search is cold: the engine's caches
+are emptied before it (untimed), and it runs without a score store (``serving.score_store`` memory),
+so no search reads a query vector, first-stage list or score that the query's other searches or an
+earlier run kept.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware, percentiles, served_engine, time_each  # noqa: E402
+from benchmarks.common import empty_caches, hardware, percentiles, served_engine, time_each  # noqa: E402
 from core.hardware import limit_math_threads  # noqa: E402
 from core.query import Filters, Query  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--pipeline", default="full")
     args = parser.parse_args()
     settings = Settings(progress=False, **({"home": args.home} if args.home else {}))
+    # cold means cold: no shared score store behind the caches empty_caches() empties
+    settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"score_store": "memory"})})
     math_threads = limit_math_threads(settings.serving.math_threads)  # as `shoprank serve` runs
     dataset = load_dataset(args.dataset)
     engine = served_engine(settings, dataset.products)
@@ -81,12 +84,14 @@ def main() -> None:
         if own is None:
             continue
         other = rng.choice([n for n in names if n != own])
+        empty_caches(engine)
         started = time.perf_counter()
         result = engine.search(Query(text), depth, pipeline=args.pipeline)
         seconds["after"].append(time.perf_counter() - started)
         first_stage["after"].append(result.timings["first_stage"])
         unfiltered = result.candidates.product_ids
         for name, wanted in (("own", own), ("other", other)):
+            empty_caches(engine)  # else the unfiltered search's query vector (and scores) are read, not made
             started = time.perf_counter()
             result = engine.search(Query(text, filters=Filters(category=wanted)), 100, pipeline=args.pipeline)
             seconds["within"].append(time.perf_counter() - started)

@@ -53,7 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware, percentiles, time_each
+from benchmarks.common import command, hardware, percentiles, time_each
 from core.query import Query
 from core.settings import get_settings
 from evaluation.compare import paired_bootstrap
@@ -241,7 +241,8 @@ def main() -> None:
     vectors = engine.hybrid.dense.embed(texts)
     dense_runs = index.dense.batch_search(vectors, args.depth)
     bm25_runs = index.bm25.batch_search(texts, args.depth)
-    print(f"CPU: {hardware()}\n{len(selected)} queries, runs in {time.perf_counter() - started:.0f} s; "
+    print(f"CPU: {hardware()}\ncommand: {command()}\n"
+          f"{len(selected)} queries, runs in {time.perf_counter() - started:.0f} s; "
           f"served: rrf k={settings.retrieval.rrf_k} w=1", flush=True)
     relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
     hit = grade_threshold(Thresholds().mrr, dataset.max_grade)

@@ -42,11 +42,18 @@ TOKEN = "load-admin"
 LUA = r"""
 local queries = {}
 for line in io.lines("%(queries)s") do queries[#queries + 1] = line end
+local threads = {}
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
 local counter = 0
 request = function()
+  -- each wrk thread walks its own stride of the queries (and users): no two threads send the same bodies
+  local n = counter * %(threads)d + id
   counter = counter + 1
-  local q = queries[(counter %% #queries) + 1]
-  local body = '{"query": ' .. q .. ', "k": 10, "user_id": "load-' .. (counter %% 500) .. '"}'
+  local q = queries[(n %% #queries) + 1]
+  local body = '{"query": ' .. q .. ', "k": 10, "user_id": "load-' .. (n %% 500) .. '"}'
   return wrk.format("POST", "/v1/search", {["Content-Type"] = "application/json"}, body)
 end
 local bad = 0
@@ -60,6 +67,14 @@ done = function(summary, latency, requests)
     summary.errors.timeout, summary.errors.status))
 end
 """
+
+
+def search_script(work: Path, queries: Path, threads: int) -> Path:
+    """The wrk script posting ``queries`` (one JSON string a line) for a run with ``threads`` wrk threads
+    (``-t``, which must match: each thread sends every ``threads``-th query)."""
+    script = work / f"search-{threads}.lua"
+    script.write_text(LUA % {"queries": queries, "threads": threads})
+    return script
 
 
 def main() -> None:
@@ -79,23 +94,25 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="shoprank-load-"))
     queries = pd.read_csv(args.dataset / "queries.csv", dtype=str)
     queries = queries[queries.get("split", "dev") == "dev"]["query"] if "split" in queries else queries["query"]
-    (work / "queries.txt").write_text("\n".join(json.dumps(q) for q in queries))
-    (work / "search.lua").write_text(LUA % {"queries": work / "queries.txt"})
+    queries_txt = work / "queries.txt"
+    queries_txt.write_text("\n".join(json.dumps(q) for q in queries))
     server = subprocess.Popen([sys.executable, "-m", "shoprank.cli", "serve", "--port", str(port)], env=env,
                               stdout=open(work / "server.log", "wb"), stderr=subprocess.STDOUT)
     results: dict[str, object] = {"hardware": hardware(), "command": command(), "levels": {}}
     try:
         wait_ready(base)
         results["served"] = httpx.get(f"{base}/v1/admin/models", headers={"Authorization": f"Bearer {TOKEN}"}).json()["served"]
-        subprocess.run(["wrk", "-t1", "-c1", f"-d{args.warmup}s", "-s", str(work / "search.lua"), base],
-                       capture_output=True)
+        subprocess.run(["wrk", "-t1", "-c1", f"-d{args.warmup}s", "-s", str(search_script(work, queries_txt, 1)),
+                        base], capture_output=True)
         for i, level in enumerate(args.levels):
             swapper = None
             if args.swap and i == len(args.levels) - 1:
                 swapper = threading.Thread(target=swap_twice, args=(base, args.swap, args.seconds), daemon=True)
                 swapper.start()
-            out = subprocess.run(["wrk", f"-t{min(level, 2)}", f"-c{level}", f"-d{args.seconds}s", "--timeout", "10s",
-                                  "-s", str(work / "search.lua"), base], capture_output=True, text=True).stdout
+            threads = min(level, 2)
+            out = subprocess.run(["wrk", f"-t{threads}", f"-c{level}", f"-d{args.seconds}s", "--timeout", "10s",
+                                  "-s", str(search_script(work, queries_txt, threads)), base],
+                                 capture_output=True, text=True).stdout
             match = re.search(r"RESULT requests=(\d+) seconds=([\d.]+) p50=([\d.]+) p95=([\d.]+) p99=([\d.]+) "
                               r"errors=(\d+) non2xx=(\d+)", out)
             if not match:

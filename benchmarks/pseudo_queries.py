@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import command, hardware  # noqa: E402
 from ranking.training.data import Group, read_examples, write_examples  # noqa: E402
 
 QUALIFIER = re.compile(r"(?<![\d/.]) in (?=[a-z])| with | for | - |\(|, ")
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{group.query!r:45} <- {payload['texts'][next(iter(group.judged))]}")
     payload["train"] = [*payload["train"], *groups]
     write_examples(args.out, "biencoder", payload)  # it writes the format and kind itself
-    print(json.dumps({"judged_groups": len(payload["train"]) - len(groups), "pseudo_groups": len(groups),
+    ran = command() if argv is None else " ".join(["python", "benchmarks/pseudo_queries.py", *argv])
+    print(json.dumps({"hardware": hardware(), "command": ran,
+                      "judged_groups": len(payload["train"]) - len(groups), "pseudo_groups": len(groups),
                       "out": str(args.out)}))
     return 0
 

@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--shoppers", type=int, default=200_000)
     parser.add_argument("--calls", type=int, default=500)
     args = parser.parse_args()
+    if args.calls < 1:
+        parser.error(f"--calls {args.calls}: pass at least 1")
     settings = Settings(progress=False, **({"home": args.home} if args.home else {}))
     dataset = load_dataset(args.dataset)
     engine = served_engine(settings, dataset.products)
@@ -120,7 +122,11 @@ def main() -> None:
     table = neighbours(synthetic_actions(products, args.shoppers), min_shoppers=2, top=50)
     counting_s = time.perf_counter() - started
     rng = np.random.default_rng(1)
-    seeds = [products[i] for i in rng.choice(len(products), args.calls, replace=False)]
+    calls = min(args.calls, len(products))  # distinct seeds: at most one per live product
+    if calls < args.calls:
+        print(f"--calls {args.calls} exceeds the {len(products)} live products: timing {calls} calls per kind, "
+              "one per product", file=sys.stderr)
+    seeds = [products[i] for i in rng.choice(len(products), calls, replace=False)]
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "together.json"
         write_together(path, {"bought": table, "viewed": {}})
@@ -144,6 +150,7 @@ def main() -> None:
         "synthetic_log": {"shoppers": args.shoppers, "products_with_neighbours": len(table),
                           "pairs_kept": sum(map(len, table.values())), "counting_s": round(counting_s, 2),
                           "timed_seeds_with_neighbours": len(popular)},
+        "calls_per_kind": calls,
         "ms": {kind: percentiles(s) for kind, s in seconds.items()},
     }, indent=2))
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import hardware
-from benchmarks.load_test import LUA
+from benchmarks.load_test import search_script
 from core.settings import get_settings
 from online_learning.local_broker import free_port
 from shoprank.topology import Topology
@@ -58,8 +58,12 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
     return total
 
 
-def wrk(base: str, script: Path, level: int, seconds: int) -> dict[str, float | int]:
-    command = ["wrk", f"-t{min(level, 2)}", f"-c{level}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), base]
+def wrk(base: str, work: Path, level: int, seconds: int) -> dict[str, float | int]:
+    """Searches at ``level`` connections for ``seconds``, posting the queries of ``work``/queries.txt
+    (one JSON string a line), each of wrk's threads its own share of them."""
+    threads = min(level, 2)
+    script = search_script(work, work / "queries.txt", threads)
+    command = ["wrk", f"-t{threads}", f"-c{level}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), base]
     out = subprocess.run(command, capture_output=True, text=True, check=False).stdout
     match = RESULT.search(out)
     if not match:
@@ -89,8 +93,6 @@ def main() -> None:
     queries = pd.read_csv(args.dataset / "queries.csv", dtype=str)
     queries = queries[queries["split"] == "dev"]["query"] if "split" in queries else queries["query"]
     (work / "queries.txt").write_text("\n".join(json.dumps(q) for q in queries))
-    script = work / "search.lua"
-    script.write_text(LUA % {"queries": work / "queries.txt"})
     os.environ.update({"SHOPRANK_HOME": str(home), "SHOPRANK_CATALOG": str(args.dataset / "products.csv"),
                        "SHOPRANK_SERVING__RESULTS_CACHE_SIZE": "0"})
     get_settings.cache_clear()
@@ -103,12 +105,12 @@ def main() -> None:
         try:
             base = topology.layout.base_url
             results["served"] = next(p["versions"] for n, p in up["pieces"].items() if n.startswith("replica-"))  # type: ignore[union-attr]
-            wrk(base, script, 2, args.warmup)
+            wrk(base, work, 2, args.warmup)
             processes = replica_processes(topology)
             levels = {}
             for level in args.levels:
                 before = cpu_seconds(processes)
-                figures = wrk(base, script, level, args.seconds)
+                figures = wrk(base, work, level, args.seconds)
                 figures["replica_cpu_ms_per_search"] = round(1000 * (cpu_seconds(processes) - before)
                                                              / max(1, int(figures["requests"])), 2)
                 levels[level] = figures

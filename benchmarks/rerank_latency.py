@@ -23,7 +23,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import command, hardware, peak_rss_gib, percentiles, rss_gib, time_each  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    command,
+    empty_caches,
+    hardware,
+    peak_rss_gib,
+    percentiles,
+    rss_gib,
+    time_each,
+)
 from core.hardware import limit_math_threads  # noqa: E402
 from core.registry import ModelRegistry  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -41,9 +49,7 @@ def uncached(engine, pipeline: str, queries: list[str]) -> list[float]:  # type:
         engine.search(query, 10, pipeline=pipeline, use_cache=False)
     out = []
     for query in queries:
-        engine.clear_caches()
-        if engine.caches.query_vectors is not None:
-            engine.caches.query_vectors.clear()
+        empty_caches(engine)
         started = time.perf_counter()
         engine.search(query, 10, pipeline=pipeline, use_cache=False)
         out.append(time.perf_counter() - started)

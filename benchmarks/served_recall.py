@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import hardware
+from core.errors import NotReady
 from core.settings import get_settings
 from evaluation.compare import compare
 from evaluation.dataset import load_dataset
@@ -64,7 +65,10 @@ def main() -> None:
     dataset = load_dataset(args.dataset)
     relevant = grade_threshold(Thresholds().recall, dataset.max_grade)
     engine = open_engine(settings, dataset.products)
-    pipeline = engine.pipeline(args.pipeline)
+    try:
+        pipeline = engine.pipeline(args.pipeline)
+    except NotReady as err:  # the home has no such model: say so, with the fix, not a traceback
+        parser.exit(2, f"{parser.prog}: error: {err} (or pass another --pipeline)\n")
     reranked = settings.ranking.ltr_depth
     lists = []
     for qid, query in tqdm(dataset.select(args.split)[: args.limit], desc="served lists", unit="q"):

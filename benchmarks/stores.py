@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import hardware, wait_ready  # noqa: E402
-from benchmarks.load_test import LUA  # noqa: E402
 from benchmarks.replicas import wrk  # noqa: E402
 from online_learning.local_broker import free_port  # noqa: E402
 from serving.indexing import build_index_in_child  # noqa: E402
@@ -121,16 +120,14 @@ def main() -> None:
     rss = result["rss_gib"]
     result["extra_store_gib"] = {"small (2,000 products)": round(rss["default+small"] - rss["default"], 3),  # type: ignore[index]
                                  "big (54,667 products)": round(rss["default+small+big"] - rss["default+small"], 3)}  # type: ignore[index]
-    (work / "queries.txt").write_text("\n".join(json.dumps(q) for q in queries))
-    script = work / "search.lua"
-    script.write_text(LUA % {"queries": work / "queries.txt"})
+    (work / "queries.txt").write_text("\n".join(json.dumps(q) for q in queries))  # wrk's (replicas.wrk)
     home = work / "home-2"
     process, url = serve(home, catalog, work / "serve-load.log")
     latency: dict[str, object] = {}
     try:
         warm(url, ["default", "small", "big"], queries)
-        wrk(url, script, 2, 5)
-        latency["alone"] = wrk(url, script, 8, args.seconds)
+        wrk(url, work, 2, 5)
+        latency["alone"] = wrk(url, work, 8, args.seconds)
         stop = threading.Event()
 
         def swaps() -> None:
@@ -156,7 +153,7 @@ def main() -> None:
             stop.clear()
             thread = threading.Thread(target=job, daemon=True)
             thread.start()
-            latency[name] = wrk(url, script, 8, args.seconds)
+            latency[name] = wrk(url, work, 8, args.seconds)
             stop.set()
             thread.join(timeout=300)
         default_versions = httpx.get(f"{url}/v1/search", params={"q": "drill"}).json()["versions"]

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from benchmarks.common import hardware  # noqa: E402
+from benchmarks.common import command, hardware  # noqa: E402
 
 
 def _rss_mib() -> int:
@@ -55,7 +55,7 @@ def main() -> None:
                          "--limit 8 --layers 1) or register one")
     timer = threading.Timer
     api.state.threading.Timer = lambda s, f, *a, **k: timer(1.0, f, *a, **k)  # type: ignore[attr-defined]
-    print(f"CPU: {hardware()}", flush=True)
+    print(f"CPU: {hardware()}\ncommand: {command()}", flush=True)
     rows = []
     auth = {"Authorization": "Bearer swap-memory"}
     with TestClient(create_app(settings)) as client:
