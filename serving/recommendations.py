@@ -99,7 +99,8 @@ def recommend(engine: SearchEngine, together: Path, kind: str, product_ids: list
     many times; a ``for_you`` shelf, a shopper's own, is never cached).
 
     Raises:
-        NotFound: ``product_ids`` were given and none of them is in the index.
+        NotFound: ``product_ids`` were given and none of them is in the index (for ``for_you``, only
+            without a ``user_id``: the shopper's shelf is served, the ids listed in ``unknown``).
     """
     assert engine.facts is not None
     # the facts' build too: a shelf made before a live stock or price change is not served after it
@@ -119,7 +120,8 @@ def _recommend(engine: SearchEngine, together: Path, kind: str, product_ids: lis
     started = time.perf_counter()
     index, facts = engine.index, engine.facts
     seeds, unknown = _docs(index, product_ids)
-    if product_ids and not seeds:
+    # a shopper's shelf starts from their recent purchases too: seeds all deleted serve it, listed as unknown
+    if product_ids and not seeds and (kind != "for_you" or user_id is None):
         raise NotFound(f"product_ids {unknown[:10]} are not products of the index {index.path.parent.name!r} "
                        f"({index.count} products); name live product ids")
     hidden, gone = _docs(index, list(exclude))

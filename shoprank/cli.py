@@ -339,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as err:  # a folder that cannot be made or written (a read-only disk, /proc): one line, not a trace
         logger.debug("the command failed", exc_info=True)
-        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        where = f"{err.filename}: " if err.filename else ""  # an error of no file: no empty name before it
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
 
 

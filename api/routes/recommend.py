@@ -23,7 +23,8 @@ KeyDep = Annotated[ApiKey | None, Depends(require("search"))]
 
 @router.post("/recommend", response_model=RecommendResponse,
              responses={**ERRORS, 404: {"model": ErrorBody, "description": "None of the seed products is in the "
-                                        "catalog, or a store this server does not serve (under /v1/stores/{store}/)"}},
+                                        "catalog (for_you with a user_id serves the shopper's shelf instead), or a "
+                                        "store this server does not serve (under /v1/stores/{store}/)"}},
              summary="Recommended products: similar, bought or viewed together, for a shopper")
 def recommend(body: RecommendRequest, served: ServedDep, request: Request, key: KeyDep) -> RecommendResponse:
     """The products of ``kind`` for the seed products (and the shopper), within the filters, the seeds

@@ -11,6 +11,7 @@ from pathlib import Path
 from core.arguments import number, whole, whole_at_least
 from core.paths import INDEX_NAME
 from ranking.training.data import Fold
+from retrieval.encoder import BUNDLED
 
 at_least_100 = whole_at_least(100)  # a retrieval depth: the metrics read 100 deep
 
@@ -68,6 +69,30 @@ def out_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is a folder; name a file to write")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r}: its folder {str(path.parent)!r} does not exist")
+    return text
+
+
+def out_folder(text: str) -> Path:
+    """argparse type for a folder a command writes files into: not a file, made (with its parents) where none is."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; name a folder to write")
+    above = next(parent for parent in path.absolute().parents if parent.exists())
+    if not above.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: {str(above)!r} is a file, not a folder; name a folder to write")
+    return path
+
+
+def base_model(text: str) -> str:
+    """argparse type for the model a trainer starts from: ``minilm`` (the bundled all-MiniLM-L6-v2) or a model
+    folder with its config and fast tokenizer (``config.json``, ``tokenizer.json``), as a trained model's holds."""
+    if text == BUNDLED:
+        return text
+    missing = [name for name in ("config.json", "tokenizer.json") if not (Path(text) / name).is_file()]
+    if missing:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'minilm' (the bundled MiniLM) nor a model folder "
+                                         f"(no {' or '.join(missing)} there); give 'minilm' or a folder with "
+                                         "config.json and tokenizer.json")
     return text
 
 

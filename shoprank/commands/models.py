@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from core.errors import Conflict
 from core.registry import ROLES, ModelRegistry
 from core.settings import Settings
 from online_learning.experiments import served_versions
-from shoprank.commands.train_biencoder import fold_served
+from shoprank.commands.train_biencoder import MODEL_FILES, fold_served
+from shoprank.commands.training import missing_files
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -30,11 +32,17 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _check_servable(settings: Settings, role: str, version: str, action: str) -> None:
     """Refuse a version that must not be served: for a served role one that is damaged or does not load,
-    for the bi-encoder one trained without a fold of the queries (``--hold-out``, recorded as ``held_out``)."""
+    for the bi-encoder one trained without a fold of the queries (``--hold-out``, recorded as ``held_out``)
+    or one whose folder lacks a file the encoder loads."""
     if role == "biencoder":
-        held_out = ModelRegistry(settings.paths.models).get(role, version).params.get("held_out")
+        entry = ModelRegistry(settings.paths.models).get(role, version)
+        held_out = entry.params.get("held_out")
         if held_out:
             raise fold_served(held_out, f"{action} biencoder {version}, a model")
+        missing = missing_files(Path(entry.path), MODEL_FILES)  # type: ignore[arg-type]
+        if missing:
+            raise Conflict(f"biencoder {version} does not load: no {' and '.join(missing)} in {entry.path}; "
+                           f"cannot {action} it, the active version keeps serving")
     else:
         from serving.loading import check_loads
 

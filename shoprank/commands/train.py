@@ -27,7 +27,7 @@ from evaluation.dataset import EvalDataset, load_dataset
 from ranking.training.data import add_precision_argument
 from retrieval.encoder import BUNDLED
 from shoprank.commands import train_biencoder, train_ltr
-from shoprank.commands.arguments import run_name
+from shoprank.commands.arguments import base_model, run_name
 from shoprank.commands.training import (
     add_elsewhere_arguments,
     base_label,
@@ -57,21 +57,31 @@ def _register(settings: Settings, role: str, folder: Path, base: str, data_hash:
     return entry.to_json()
 
 
+# what registering a reranker trained elsewhere reads: its summary and best epoch's model (the ONNX export loads
+# the weights and score head, serving reads the fast tokenizer)
+RERANKER_FILES = ("train_summary.json", "best/config.json", "best/model.safetensors|best/pytorch_model.bin",
+                  "best/score_head.pt", "best/tokenizer.json")
+
+
 def cmd_train_reranker(args: argparse.Namespace, settings: Settings) -> int:
     work = Path(args.work_dir) if args.work_dir else settings.paths.training(f"reranker-{args.run_name}")
     check_work_folder(work, settings)
-    outcome = trained(args, settings, work, "reranker", _train_reranker_here, needs=("train_summary.json", "best/"),
+    outcome = trained(args, settings, work, "reranker", _train_reranker_here, needs=RERANKER_FILES,
                       keys=("best", "seconds", "dev_groups", "history"))
     if outcome is None:  # --export: written, not trained
         return 0
-    summary, params = outcome
-    folder = work / "registered"
-    shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(work / "best", folder)
-    metrics = {f"dev_sample_{k}": v for k, v in summary["best"].items() if k != "score"}
-    metrics |= {"train_seconds": summary["seconds"], "dev_sample_queries": summary["dev_groups"]}
-    entry = _register(settings, args.role, folder, base_label(args, summary), summary.get("data_hash", ""),
-                      params, metrics, args.activate)
+    summary, params, work = outcome
+    try:
+        folder = work / "registered"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(work / "best", folder)
+        metrics = {f"dev_sample_{k}": v for k, v in summary["best"].items() if k != "score"}
+        metrics |= {"train_seconds": summary["seconds"], "dev_sample_queries": summary["dev_groups"]}
+        entry = _register(settings, args.role, folder, base_label(args, summary), summary.get("data_hash", ""),
+                          params, metrics, args.activate)
+    finally:
+        if args.trained is not None:  # this run's copy of the folder trained elsewhere
+            shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"registered": entry, "history": summary["history"]}, indent=2))
     return 0
 
@@ -188,8 +198,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--dev-split", default="dev")
     p.add_argument("--dev-queries", type=positive, default=400, help="dev sample for model selection")
-    p.add_argument("--base", default=None, help="'minilm' (bundled, default) or a model folder, such as a "
-                   "fine-tuned bi-encoder's")
+    p.add_argument("--base", type=base_model, default=None, help="'minilm' (bundled, default) or a model folder, "
+                   "such as a fine-tuned bi-encoder's")
     p.add_argument("--role", default="reranker", choices=("reranker", "student"))
     p.add_argument("--layers", type=positive, default=6)
     p.add_argument("--epochs", type=positive, default=3)

@@ -20,7 +20,7 @@ from evaluation.dataset import EvalDataset, load_dataset
 from ranking.training.biencoder import TeacherScores
 from ranking.training.data import Group, add_precision_argument
 from retrieval.encoder import BUNDLED
-from shoprank.commands.arguments import fold, run_name, share
+from shoprank.commands.arguments import base_model, fold, run_name, share
 from shoprank.commands.training import (
     add_elsewhere_arguments,
     base_label,
@@ -29,24 +29,33 @@ from shoprank.commands.training import (
     trained,
 )
 
+# what the served bi-encoder loads (retrieval.encoder): a sentence-transformers folder's config and modules,
+# its weights and the fast tokenizer
+MODEL_FILES = ("config.json", "modules.json", "model.safetensors|pytorch_model.bin", "tokenizer.json")
+
 
 def cmd_train_biencoder(args: argparse.Namespace, settings: Settings) -> int:
     if args.activate and getattr(args, "hold_out", None) is not None:
         raise fold_served(args.hold_out)
     work = settings.paths.training(f"biencoder-{args.run_name}")
-    outcome = trained(args, settings, work, "biencoder", _train_biencoder_here, needs=("train_summary.json",))
+    outcome = trained(args, settings, work, "biencoder", _train_biencoder_here,
+                      needs=("train_summary.json", *MODEL_FILES))
     if outcome is None:  # --export: written, not trained
         return 0
-    summary, params = outcome
+    summary, params, folder = outcome
     # the fold it was trained without: this run's --hold-out, or for one trained elsewhere (--trained) the
     # fold its training recorded
     held_out = params.get("held_out") or getattr(args, "hold_out", None)
-    if args.activate and held_out:  # refused before anything is registered
-        raise fold_served(held_out)
     registry = ModelRegistry(settings.paths.models)
-    entry = registry.register("biencoder", work, base_model=base_label(args, summary),
-                              training_data=summary.get("data_hash", ""), params=params,
-                              metrics={"train": {k: v for k, v in summary.items() if k != "config"}})
+    try:
+        if args.activate and held_out:  # refused before anything is registered
+            raise fold_served(held_out)
+        entry = registry.register("biencoder", folder, base_model=base_label(args, summary),
+                                  training_data=summary.get("data_hash", ""), params=params,
+                                  metrics={"train": {k: v for k, v in summary.items() if k != "config"}})
+    finally:
+        if args.trained is not None:  # this run's copy of the folder trained elsewhere (registered: moved)
+            shutil.rmtree(folder, ignore_errors=True)
     if args.activate or (registry.active("biencoder") is None and not held_out):
         registry.activate("biencoder", entry.version)  # the first one, unless a fold model
     print(json.dumps({"registered": entry.to_json()}, indent=2))
@@ -139,7 +148,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("biencoder", help="fine-tune the bi-encoder (MNRL + hard negatives)")
     p.add_argument("--dataset", required=True, type=Path)
     p.add_argument("--split", default="train")
-    p.add_argument("--base", default=None, help="'minilm' (bundled, default) or a model folder")
+    p.add_argument("--base", type=base_model, default=None, help="'minilm' (bundled, default) or a model folder")
     p.add_argument("--epochs", type=positive, default=1)
     p.add_argument("--lr", type=positive_number, default=2e-5)
     p.add_argument("--batch-size", type=positive, default=64)

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 from core.arguments import count, positive, random_seed
 from core.compute import check_scheduler, dask_client
 from core.errors import InvalidInput
+from core.files import write_text_atomic
 from core.registry import ModelRegistry
 from core.settings import Settings
 from evaluation.dataset import load_dataset
 from ranking.lambdamart import GAINS, OBJECTIVES, TUNABLE
-from shoprank.commands.arguments import run_name
+from shoprank.commands.arguments import out_folder, run_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -191,7 +192,10 @@ def _save_data(folder: Path, parts: dict[str, RankingData], meta: dict[str, Any]
 
     for name, data in parts.items():
         save_ranking_data(folder / f"{name}.npz", data)
-    (folder / "lists.json").write_text(json.dumps(meta, indent=2))
+    write_text_atomic(folder / "lists.json", json.dumps(meta, indent=2))  # whole or not at all: --from-data reads it
+
+
+META_KEYS = {"depth", "parent", "training_data"}  # what training and registering read of lists.json
 
 
 def _load_data(folder: Path) -> tuple[dict[str, RankingData], dict[str, Any]]:
@@ -204,6 +208,8 @@ def _load_data(folder: Path) -> tuple[dict[str, RankingData], dict[str, Any]]:
                            f"shoprank train ltr --dataset D --save-data {folder}")
     try:
         meta = json.loads((folder / "lists.json").read_text())
+        if not isinstance(meta, dict) or not META_KEYS <= set(meta):
+            raise ValueError(f"lists.json is not a JSON object with {', '.join(sorted(META_KEYS))}")
         return {n: load_ranking_data(folder / f"{n}.npz") for n in ("train", "dev")}, meta
     except (ValueError, OSError, KeyError) as error:  # a file of something else (numpy raises ValueError)
         raise InvalidInput(f"--from-data {folder}: its files are not what `shoprank train ltr --save-data` writes "
@@ -338,7 +344,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--param", type=tunable, action="append", default=[], metavar="NAME=VALUE",
                    help=f"a LightGBM setting, repeatable: {', '.join(TUNABLE)}")
     rows = p.add_mutually_exclusive_group()  # rows read back are already saved: one or the other
-    rows.add_argument("--save-data", type=Path, default=None, metavar="FOLDER",
+    rows.add_argument("--save-data", type=out_folder, default=None, metavar="FOLDER",
                       help="also write the train and dev feature rows there (for --from-data and "
                            "benchmarks/ltr_search.py)")
     rows.add_argument("--from-data", type=Path, default=None, metavar="FOLDER",

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +18,7 @@ from core.registry import ModelRegistry, ModelVersion
 from core.settings import Settings
 from evaluation.dataset import EvalDataset
 from retrieval.encoder import BUNDLED
+from shoprank.commands.arguments import out_file
 
 if TYPE_CHECKING:  # serving loads FAISS: imported where used, after `shoprank serve` set its OpenMP threads
     from serving.engine import SearchEngine
@@ -67,7 +70,7 @@ def add_elsewhere_arguments(p: argparse.ArgumentParser, kind: str, written: str,
     on another machine from the ``written`` examples, with Python packages ``needs`` there."""
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to train: auto (a CUDA GPU when torch sees one, default), cpu or cuda")
-    p.add_argument("--export", type=Path, default=None, metavar="FILE",
+    p.add_argument("--export", type=lambda text: Path(out_file(text)), default=None, metavar="FILE",
                    help=f"mine the negatives and write {written} to FILE (gzipped JSON) instead of training: "
                         f"`python -m ranking.training.{kind} FILE --out FOLDER` trains from it on any machine with "
                         f"{needs} (a GPU box)")
@@ -87,22 +90,33 @@ def check_work_folder(work: Path, settings: Settings) -> None:
         raise InvalidInput(f"the work folder {work} is a file: give a folder")
 
 
+def missing_files(folder: Path, needs: tuple[str, ...]) -> list[str]:
+    """The names of ``needs`` that ``folder`` does not hold: a name ending in / is a folder, ``a|b`` either file."""
+    def held(name: str) -> bool:
+        if name.endswith("/"):
+            return (folder / name).is_dir()
+        return any((folder / one).is_file() for one in name.split("|"))
+
+    return [name.replace("|", " or ") for name in needs if not held(name)]
+
+
 def trained(args: argparse.Namespace, settings: Settings, work: Path, kind: str,
             train_here: Callable[[argparse.Namespace, Settings, Path], dict | None],
-            needs: tuple[str, ...], keys: tuple[str, ...] = ()) -> tuple[dict, dict] | None:
-    """The training summary and manifest params of a ``kind`` model in ``work``: trained elsewhere
-    from an --export file (--trained, its folder copied there), or trained here; None with --export."""
+            needs: tuple[str, ...], keys: tuple[str, ...] = ()) -> tuple[dict, dict, Path] | None:
+    """The training summary, manifest params and folder of a ``kind`` model: trained here into ``work``, or
+    trained elsewhere from an --export file (--trained), its folder copied into one of this run's own under
+    ``<home>/training/`` (never ``work``, where a local run of the name keeps its checkpoint), which the caller
+    removes once registered; None with --export."""
     if args.trained is None:
         summary = train_here(args, settings, work)
-        return None if summary is None else (summary, dict(summary["config"]) | {"split": args.split})
-    missing = [name for name in needs  # a name ending in / is a folder
-               if not ((args.trained / name).is_dir() if name.endswith("/") else (args.trained / name).is_file())]
+        return None if summary is None else (summary, dict(summary["config"]) | {"split": args.split}, work)
+    missing = missing_files(args.trained, needs)
     if missing:
         raise InvalidInput(f"--trained {args.trained}: no {' and '.join(missing)} there; give the folder that "
                            f"`python -m ranking.training.{kind} FILE --out FOLDER` wrote")
-    given, into = args.trained.resolve(), work.resolve()
-    if given == into or into in given.parents or given in into.parents:  # the copy would remove what it copies
-        raise InvalidInput(f"--trained {args.trained} is (or holds, or is inside) this command's work folder {work}: "
+    copy = settings.paths.training(f"{kind}-trained-{os.getpid()}-{time.time_ns()}")
+    if copy.resolve().is_relative_to(args.trained.resolve()):  # the copy would copy itself
+        raise InvalidInput(f"--trained {args.trained} holds this command's work folder {copy.parent}: "
                            "give the folder the training wrote, anywhere else")
     try:
         summary = json.loads((args.trained / "train_summary.json").read_text())
@@ -112,7 +126,6 @@ def trained(args: argparse.Namespace, settings: Settings, work: Path, kind: str,
     if not isinstance(summary, dict) or not set(keys) <= set(summary):
         raise InvalidInput(f"--trained {args.trained}: train_summary.json is not a summary `python -m ranking.training."
                            f"{kind}` writes (a JSON object with {', '.join(keys) or 'its figures'})")
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(args.trained, work)
+    shutil.copytree(args.trained, copy)
     params = {k: v for k, v in summary.get("config", {}).items() if k != "base_model"}  # a path over there
-    return summary, params | {"trained_on": summary.get("device"), "split": args.split}
+    return summary, params | {"trained_on": summary.get("device"), "split": args.split}, copy

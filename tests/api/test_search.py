@@ -594,6 +594,9 @@ def test_recommendations_for_a_product_page_a_cart_and_a_shopper(  # type: ignor
     assert cart["seeds"] == [seed] and cart["unknown"] == ["P-deleted", "P-gone"] and len(cart["items"]) == 3
     popular = recommend(kind="for_you", user_id="nobody", k=5)  # no history, no seed: the most popular
     assert popular["seeds"] == [] and {i["source"] for i in popular["items"]} == {"popular"}
+    gone = recommend(kind="for_you", user_id="nobody", product_ids=["P-deleted"], k=5)  # before: 404, not the shelf
+    assert [i["product_id"] for i in gone["items"]] == [i["product_id"] for i in popular["items"]]
+    assert gone["seeds"] == [] and gone["unknown"] == ["P-deleted"]
     for body, status, named in (({"kind": "similar"}, 422, "product_ids"), ({"product_ids": ["P-none"]}, 404, "P-none"),
                                 ({"kind": "trending", "product_ids": [seed]}, 422, "kind"),
                                 ({"kind": "for_you"}, 422, "user_id"),

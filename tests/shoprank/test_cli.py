@@ -373,7 +373,7 @@ def test_biencoder_exported_trained_elsewhere_and_registered(fresh_home: Path, d
     assert entry["version"] == "v1" and entry["training_data"] == summary["data_hash"]
     assert entry["params"]["trained_on"] == "cpu" and entry["params"]["batch_size"] == 4
     code, _, err = run_cli(capsys, "train", "biencoder", "--dataset", str(demo_dir), "--trained", str(tmp_path))
-    assert code == 2 and "no train_summary.json there" in err
+    assert code == 2 and "no train_summary.json and config.json and modules.json" in err  # and the model's files
 
 
 def test_reranker_exported_trained_elsewhere_and_registered(fresh_home: Path, demo_dir: Path, tmp_path: Path,
@@ -415,7 +415,8 @@ def test_reranker_exported_trained_elsewhere_and_registered(fresh_home: Path, de
     assert entry["metrics"]["dev_sample_ndcg@10"] == epoch["ndcg@10"]
     assert (fresh_home / "models" / "reranker" / "v1").is_dir()
     code, _, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--trained", str(tmp_path))
-    assert code == 2 and "no train_summary.json and best/ there" in err
+    assert code == 2 and "no train_summary.json and best/config.json and" in err
+    assert not list(fresh_home.glob("training/reranker-trained-*"))  # the copy registered, then removed
 
     # the registered teacher teaches a student: its pool's teacher scores are kept for a rerun on the same data
     student = ("train", "student", "--dataset", str(demo_dir), "--limit", "4", "--layers", "1", "--epochs", "1",

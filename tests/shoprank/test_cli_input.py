@@ -36,6 +36,8 @@ def test_training_folders_stay_inside_the_home_and_a_summary_is_checked(home: Pa
     (victim / "keep.txt").write_text("important")
     trained = tmp_path / "trained"
     (trained / "best").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "score_head.pt", "tokenizer.json"):
+        (trained / "best" / name).write_text("{}")
     (trained / "train_summary.json").write_text("nope")
     dataset = tmp_path / "dataset"  # not read: every refusal comes first
     err = refused(capsys, "train", "reranker", "--dataset", str(dataset), "--trained", str(trained),
@@ -52,6 +54,55 @@ def test_training_folders_stay_inside_the_home_and_a_summary_is_checked(home: Pa
     assert "is not a summary" in refused(capsys, "train", "reranker", "--dataset", str(dataset), "--trained",
                                          str(trained))
     assert (victim / "keep.txt").read_text() == "important"
+
+
+def test_a_base_or_a_trained_folder_that_holds_no_model_is_refused_before_the_dataset_is_read(
+        home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a traceback (or `error: : ...`) once the dataset was read and the negatives mined."""
+    from shoprank.commands.arguments import base_model
+
+    dataset = tmp_path / "dataset"  # not read: every refusal comes first
+    for kind in ("reranker", "biencoder"):
+        for base in (tmp_path, tmp_path / "no-such-folder"):
+            err = refused(capsys, "train", kind, "--dataset", str(dataset), "--base", str(base))
+            assert f"{str(base)!r} is neither 'minilm' (the bundled MiniLM) nor a model folder (no config.json" in err
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (model / name).write_text("{}")
+    assert base_model("minilm") == "minilm" and base_model(str(model)) == str(model)
+    trained = tmp_path / "trained"
+    (trained / "best").mkdir(parents=True)
+    (trained / "train_summary.json").write_text("{}")
+    err = refused(capsys, "train", "reranker", "--dataset", str(dataset), "--trained", str(trained))
+    assert ("no best/config.json and best/model.safetensors or best/pytorch_model.bin and best/score_head.pt and "
+            "best/tokenizer.json there") in err
+
+
+def test_an_output_path_of_the_wrong_kind_is_refused_before_the_dataset_is_read(
+        home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: refused by the write, after the lists were built or the negatives mined."""
+    dataset = tmp_path / "dataset"  # not read: every refusal comes first
+    for kind in ("reranker", "biencoder"):
+        err = refused(capsys, "train", kind, "--dataset", str(dataset), "--export", str(tmp_path))
+        assert f"argument --export: {str(tmp_path)!r} is a folder; name a file to write" in err
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for folder, said in ((afile, "is a file"), (afile / "rows", f"{str(afile)!r} is a file, not a folder")):
+        err = refused(capsys, "train", "ltr", "--dataset", str(dataset), "--save-data", str(folder))
+        assert f"argument --save-data: {str(folder)!r}" in err and said in err
+
+
+def test_an_error_of_no_file_is_one_line_without_an_empty_name(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from shoprank.commands import models
+
+    def fails(*args: object) -> int:
+        raise OSError("no file named model.safetensors in folder /gpu/out")  # as transformers raises it
+
+    monkeypatch.setattr(models, "cmd_list", fails)
+    code, _, err = run_cli(capsys, "models", "list")
+    assert code == 1 and err == "error: no file named model.safetensors in folder /gpu/out\n"  # before: "error: : no"
 
 
 def test_files_of_the_wrong_kind_are_named(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
