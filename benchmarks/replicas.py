@@ -6,6 +6,8 @@ are posted through HAProxy with wrk at each concurrency level for ``--seconds``,
 and the topology is stopped. Prints per level searches/s, p50/p95/p99, failed
 requests, and per replica count the CPU seconds the replicas spent per search and
 each replica's resident memory: the inputs of the sizing estimate in docs/deploy.md.
+Each count's levels start once the replicas' work at start (suggestions, catalog facts) is
+done: their CPU idle for a second (``settled_s``: how long after ``up`` that was).
 The results cache is off (``SHOPRANK_SERVING__RESULTS_CACHE_SIZE=0``): every search
 is ranked.
 
@@ -26,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -56,6 +59,18 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
             times = proc.cpu_times()
             total += times.user + times.system
     return total
+
+
+def settle(processes: list[psutil.Process], quiet_s: float = 0.05, longest_s: float = 180.0) -> float:
+    """Seconds until the replicas' work at start (the suggestions' catalog phrases, the catalog facts) is done:
+    their CPU over one second under ``quiet_s`` (at most ``longest_s``), so the first level measures searches."""
+    started = time.monotonic()
+    while time.monotonic() - started < longest_s:
+        before = cpu_seconds(processes)
+        time.sleep(1.0)
+        if cpu_seconds(processes) - before < quiet_s:
+            break
+    return round(time.monotonic() - started, 1)
 
 
 def wrk(base: str, work: Path, level: int, seconds: int) -> dict[str, float | int]:
@@ -105,8 +120,9 @@ def main() -> None:
         try:
             base = topology.layout.base_url
             results["served"] = next(p["versions"] for n, p in up["pieces"].items() if n.startswith("replica-"))  # type: ignore[union-attr]
-            wrk(base, work, 2, args.warmup)
             processes = replica_processes(topology)
+            settled = settle(processes)
+            wrk(base, work, 2, args.warmup)
             levels = {}
             for level in args.levels:
                 before = cpu_seconds(processes)
@@ -117,7 +133,7 @@ def main() -> None:
             rss = [round(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**30, 2)
                    for proc in processes]
             results["runs"][count] = {"levels": levels, "rss_gib_per_replica": rss,  # type: ignore[index]
-                                      "startup_s": up["seconds"]}
+                                      "startup_s": up["seconds"], "settled_s": settled}
         finally:
             topology.down()
         print(json.dumps({count: results["runs"][count]}), file=sys.stderr)  # type: ignore[index]
