@@ -74,10 +74,21 @@ def peak_rss_gib() -> float:
 
 
 def wait_ready(base: str, timeout: float = 900) -> None:
-    """Wait until the API at ``base`` answers /readyz with 200 (a cold start encodes the catalog)."""
+    """Wait until the API at ``base`` answers /readyz with 200 (a cold start encodes the catalog), then until
+    every one of its processes is ready (``shoprank_ready 1`` in /metrics): /readyz answers for the process
+    that takes the call, and a search sent to a process still loading gets a 503."""
+    import httpx
+
     from shoprank.layout import wait_ready as until_ready
 
+    started = time.monotonic()
     until_ready(base, timeout, what=f"the API at {base}", poll=1.0)
+    while time.monotonic() - started < timeout:
+        metrics = httpx.get(f"{base}/metrics", timeout=10).text
+        if any(line.split()[-1] in ("1", "1.0") for line in metrics.splitlines() if line.startswith("shoprank_ready")):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"the API at {base} had not every process ready after {timeout:.0f} s")
 
 
 class ShoprankProcess:
