@@ -99,7 +99,12 @@ class ServedHolder:
             try:
                 stamp = self._stamp()  # type: ignore[misc]
                 served = self._served
-                if stamp in (served.generation if served is not None else None, failed):
+                if stamp != failed:  # the state moved on from the one that failed: a return to it is tried again
+                    failed = None
+                if served is not None and stamp == served.generation:
+                    self.reload_error = None  # back on the state it serves (a rollback after a failed swap)
+                    continue
+                if stamp == failed:
                     continue
                 new, replaced = self._swap(self._load, unless=stamp)
                 if new is not replaced:  # this watcher swapped (not a swap through this process meanwhile)
@@ -115,7 +120,8 @@ class ServedHolder:
                 error = f"{type(err).__name__}: {err}"
                 if error != self.reload_error:  # logged once, not at every poll while it lasts
                     logger.exception("reading or loading the shared serving state failed; the loaded models keep "
-                                     "serving, and it is tried again every %.1f s", self._poll_s)
+                                     "serving: the state is read again every %.1f s, and a state that did not load "
+                                     "is loaded again once it changes", self._poll_s)
                 self.reload_error = error
                 if stamp is not None:  # the state was read, and what it names did not load
                     failed = stamp

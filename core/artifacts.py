@@ -637,7 +637,8 @@ class ArtifactStore:
                 for pointer in root.glob("*/active.json"):
                     try:
                         named.add(root / pointer.parent.name / str(registry.active_version(pointer.parent.name)))
-                    except (OSError, ValueError, KeyError, TypeError):  # unreadable: pushed as it is, named nothing
+                    # unreadable (a Conflict naming the file): pushed as it is, named nothing
+                    except (OSError, ValueError, KeyError, TypeError, Conflict):
                         continue
                 try:
                     config = json.loads((root.parent / "experiments" / "current.json").read_text())

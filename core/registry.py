@@ -26,7 +26,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,18 @@ class ModelVersion:
         out = asdict(self)
         out.pop("path")
         return out
+
+
+def _read_version(manifest: Path) -> ModelVersion:
+    """The version a registered folder's manifest describes; fields a newer ShopRank added are left out, and a
+    manifest that does not read is a :class:`~core.errors.Conflict` naming it (not a listing's traceback)."""
+    try:
+        data = json.loads(manifest.read_text())
+        known = {f.name for f in fields(ModelVersion)} - {"path"}
+        return ModelVersion(**{k: v for k, v in data.items() if k in known}, path=manifest.parent)
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as error:
+        raise Conflict(f"{manifest} is not a model manifest ({type(error).__name__}: {error}); restore it from the "
+                       "artifact store (`shoprank artifacts pull`) or delete the version's folder") from None
 
 
 @dataclass(frozen=True)
@@ -153,9 +165,7 @@ class ModelRegistry:
 
     def versions(self, role: str) -> list[ModelVersion]:
         _check_role(role)
-        found = []
-        for manifest in (self.root / role).glob("v*/manifest.json"):
-            found.append(ModelVersion(**json.loads(manifest.read_text()), path=manifest.parent))
+        found = [_read_version(manifest) for manifest in (self.root / role).glob("v*/manifest.json")]
         return sorted(found, key=lambda v: int(v.version[1:]))
 
     def get(self, role: str, version: str) -> ModelVersion:
@@ -166,11 +176,21 @@ class ModelRegistry:
         if not manifest.is_file():
             known = [v.version for v in self.versions(role)]
             raise NotFound(f"{role} version {version!r} is not registered; registered: {known or 'none'}")
-        return ModelVersion(**json.loads(manifest.read_text()), path=manifest.parent)
+        return _read_version(manifest)
 
     def _state(self, role: str) -> dict[str, Any]:
         file = self.root / role / "active.json"
-        return json.loads(file.read_text()) if file.is_file() else {"version": None, "history": []}
+        if not file.is_file():
+            return {"version": None, "history": []}
+        try:
+            state = json.loads(file.read_text())
+            if isinstance(state, dict) and isinstance(state.get("history", []), list) \
+                    and isinstance(state.get("version"), (str, type(None))):
+                return {"version": state.get("version"), "history": list(state.get("history", []))}
+        except (ValueError, UnicodeDecodeError):
+            pass
+        raise Conflict(f"{file} is not an active-version file (a JSON object naming 'version' and its 'history'): "
+                       f"write it again with `shoprank models activate {role} VERSION`")
 
     def active_version(self, role: str) -> str | None:
         """The active version's name, without reading its manifest (cheap enough to poll)."""
@@ -221,8 +241,9 @@ class ModelRegistry:
         """Remove ``version`` and its files. The active version is refused (:class:`~core.errors.Conflict`:
         activate another first); an earlier active one leaves the rollback history. The manifest is
         kept in ``deleted.json``, and the name is not given to a later model."""
-        entry = self.get(role, version)
+        self.get(role, version)
         with self._lock(role):
+            entry = self.get(role, version)  # still registered: another delete (a prune) may have taken it
             state = self._state(role)
             if state["version"] == version:
                 raise Conflict(f"{role} {version} is the active version and cannot be deleted; "

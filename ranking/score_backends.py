@@ -106,7 +106,8 @@ class RedisScoreStore(ScoreStore):
         import redis
 
         self.url = url
-        self.ttl = int(ttl_s) or None
+        # whole seconds (Redis EX), rounded up: a TTL under a second is 1 s, not "never" (only 0 is)
+        self.ttl = max(1, int(-(-ttl_s // 1))) if ttl_s > 0 else None
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         # the writer waits longer than a search would; an outage still fails it within seconds
         self.writer = redis.Redis.from_url(url, socket_timeout=max(timeout_s, 2.0),

@@ -3,9 +3,10 @@
 Nightly, after retraining (``shoprank warm-scores``; docs/learning_loop.md): the most
 searched queries of the event log (:func:`online_learning.analysis.head_queries`)
 go through the served pipeline's query analyzer and first stage, and the top
-``depth`` candidates of each are scored by every registered cross-encoder the served
-cascade runs (the student only with ``ranking.student_depth`` > 0; neither when the served
-LambdaMART does not read its score, as that pipeline skips its stage) and written to the score
+``depth`` candidates of each are scored by every registered cross-encoder a served
+cascade runs (the student only with ``ranking.student_depth`` > 0; neither when no served
+LambdaMART, the active one or an experiment arm's or the shadow's the engine loads, reads its
+score, as their pipelines skip its stage) and written to the score
 store (``serving.score_store``), with each query's bi-encoder vector and first-stage list
 (``serving.shared_first_stage``), so a search for a head query neither scores, nor encodes,
 nor retrieves. Pairs the store already holds are read, not scored again,
@@ -67,7 +68,10 @@ def warm_scores(engine: SearchEngine, queries: Sequence[str], depth: int, progre
         raise NotReady("no registered cross-encoder is served, so no score would be stored; train one with "
                        "`shoprank train reranker|student --dataset DIR`")
     cascade: Cascade = engine.pipeline("full")  # type: ignore[assignment]  # every pipeline is a Cascade
-    scorers, skipped = _store_scorers(engine, store, cascade)
+    scorers, skipped = _store_scorers(engine, store, list(engine.pipelines.full.values()))
+    if skipped and not scorers:  # loaded, and no served search reads their scores: why, not "train one"
+        raise NotReady("no served search reads a cross-encoder's scores, so none would be stored: "
+                       + "; ".join(skipped))
     if not scorers:
         raise NotReady("no registered cross-encoder is served, so no score would be stored; train one with "
                        "`shoprank train reranker|student --dataset DIR`")
@@ -93,16 +97,17 @@ def warm_scores(engine: SearchEngine, queries: Sequence[str], depth: int, progre
 
 
 def _store_scorers(engine: SearchEngine, store: ScoreStore,
-                   cascade: Cascade) -> tuple[list[tuple[str, CachedScorer]], list[str]]:
-    """A scorer writing to ``store`` for each served cross-encoder the served ``cascade`` runs, and why any
-    other loaded one is left out (its cascade depth is 0, the served LambdaMART does not read its score so
-    the pipeline skips its stage, or it is not a registered model folder)."""
+                   cascades: Sequence[Cascade]) -> tuple[list[tuple[str, CachedScorer]], list[str]]:
+    """A scorer writing to ``store`` for each served cross-encoder one of the served ``cascades`` runs (the
+    active LambdaMART's, and those of the experiment arms and the shadow), and why any other loaded one is
+    left out (its cascade depth is 0, no served LambdaMART reads its score so every such pipeline skips its
+    stage, or it is not a registered model folder)."""
     rk = engine.settings.ranking
     scorers: list[tuple[str, CachedScorer]] = []
     skipped: list[str] = []
     depths = {"student": ("student_depth", rk.student_depth), "reranker": ("teacher_depth", rk.teacher_depth)}
     stages = {"student": "student", "reranker": "teacher"}  # a role's stage in the cascade
-    run = {getattr(stage, "name", "") for stage in cascade.stages}
+    run = {getattr(stage, "name", "") for cascade in cascades for stage in cascade.stages}
     for served in (engine.student, engine.teacher):
         if served is None:
             continue
@@ -111,9 +116,9 @@ def _store_scorers(engine: SearchEngine, store: ScoreStore,
             # loaded but no search runs it (its cascade depth is 0): its scores would never be read
             skipped.append(f"{served.role}:{served.version} (not in the served cascade: ranking.{setting} is 0)")
             continue
-        if stages[served.role] not in run:  # the served LambdaMART never reads its score (serving.pipelines)
-            skipped.append(f"{served.role}:{served.version} (not in the served cascade: the served LambdaMART "
-                           "does not read its score)")
+        if stages[served.role] not in run:  # no served LambdaMART reads its score (serving.pipelines)
+            skipped.append(f"{served.role}:{served.version} (not in a served cascade: no served LambdaMART "
+                           "reads its score)")
             continue
         tag = served_tag(served, rk)
         if tag is None:

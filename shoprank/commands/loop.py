@@ -141,6 +141,7 @@ def cmd_warm_scores(args: argparse.Namespace, settings: Settings) -> int:
 
     from online_learning.analysis import head_queries
     from serving.loading import open_engine
+    from serving.router import load_router
     from serving.warm import warm_scores
 
     if args.queries < 1 or args.depth < 1:
@@ -151,7 +152,10 @@ def cmd_warm_scores(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"warmed": 0, "reason": f"no logged searches in {settings.paths.event_log} (the log "
                           "sink, or `shoprank events import --spool` without Kafka, fills it)"}))
         return 0
-    engine = open_engine(settings, warm_features=False)  # the served index, analyzer and active models
+    router = load_router(settings.paths)  # the experiment's arms and the shadow: their searches read scores too
+    router.close()
+    # the served index, analyzer and active models, and the LambdaMART versions the experiment serves
+    engine = open_engine(settings, ltr_versions=router.ltr_versions, warm_features=False)
     try:
         ttl = settings.serving.score_store_ttl_days
         pruned = engine.caches.store.prune(ttl * 86400) if ttl and engine.caches.store else 0

@@ -110,6 +110,39 @@ def test_a_server_whose_first_load_failed_comes_up_once_the_shared_state_changes
     assert followed == ["ltr", "ltr"]  # the activations it followed: nothing -> g2, g2 -> g3
 
 
+def test_a_state_that_failed_to_load_is_loaded_when_it_comes_back() -> None:
+    """g2 fails to load once (memory short beside the served models), is rolled back to g1, then activated
+    again: the process follows. Before, it kept g2 as failed and served g1 for good, with the old error shown."""
+    shared = {"generation": "g1"}
+    failures = ["g2"]
+
+    def load(previous: Served | None) -> Served:
+        if shared["generation"] in failures:
+            failures.remove(shared["generation"])
+            raise MemoryError("both cross-encoders loaded side by side")
+        unit = SimpleNamespace(versions={"reranker": shared["generation"]}, close=lambda: None,
+                               carry_counts=lambda previous: None)
+        return Served(unit, SimpleNamespace(close=lambda: None), shared["generation"])  # type: ignore[arg-type]
+
+    def until(done, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 10
+        while not done():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+
+    holder = ServedHolder(load, stamp=lambda: shared["generation"], poll_s=0.02)
+    holder.start()
+    assert holder.ready.wait(10)
+    shared["generation"] = "g2"
+    until(lambda: holder.reload_error is not None, "the failed load was not reported")
+    assert holder.get().generation == "g1"
+    shared["generation"] = "g1"  # rolled back
+    until(lambda: holder.reload_error is None, "the error stayed after the rollback to what it serves")
+    shared["generation"] = "g2"  # activated again, memory freed
+    until(lambda: holder.get().generation == "g2", "the process never followed the state back to g2")
+    holder.stop()
+
+
 def _closing_units(closed: list[str], generation: dict[str, str], loading: threading.Event | None = None,
                    release: threading.Event | None = None):  # type: ignore[no-untyped-def]
     """A load of units named by ``generation["now"]`` that note their close in ``closed``; with ``loading`` and

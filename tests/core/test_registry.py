@@ -161,6 +161,44 @@ def test_a_version_deleted_while_it_is_verified_is_not_activated(tmp_path: Path,
     assert registry.active("ltr").version == "v1"  # type: ignore[union-attr]  # never a pointer to a deleted one
 
 
+def test_a_version_deleted_twice_at_once_is_deleted_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prune and a delete of one version: the second finds it gone (NotFound), and deleted.json lists it once.
+    Before, it wrote a second record and failed on the folder with a FileNotFoundError."""
+    registry = ModelRegistry(tmp_path / "models")
+    registry.register("student", model_folder(tmp_path, "a"), base_model="minilm")
+    registry.register("student", model_folder(tmp_path, "b"), base_model="minilm", activate=True)
+    lock = registry._lock
+
+    def deleted_meanwhile(role: str):  # type: ignore[no-untyped-def]
+        monkeypatch.setattr(registry, "_lock", lock)
+        registry.delete(role, "v1")  # the other command, done just before this one takes the lock
+        return lock(role)
+
+    monkeypatch.setattr(registry, "_lock", deleted_meanwhile)
+    with pytest.raises(NotFound, match="'v1' is not registered"):
+        registry.delete("student", "v1")
+    assert [entry["version"] for entry in registry.deleted("student")] == ["v1"]
+
+
+@pytest.mark.parametrize("manifest, active", [('{"role": "ltr", "version": "v1", "created": "x", "base_model": "m", '
+                                               '"signature": "a field of a newer release"}', None),
+                                              ("{half written", None), (None, "{half written"), (None, "[]")])
+def test_registry_files_that_do_not_read_are_named_not_a_traceback(tmp_path: Path, manifest: str | None,
+                                                                   active: str | None) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    registry.register("ltr", model_folder(tmp_path, "a"), base_model="lightgbm", activate=True)
+    if manifest is not None:
+        (tmp_path / "models" / "ltr" / "v1" / "manifest.json").write_text(manifest)
+    if active is not None:
+        (tmp_path / "models" / "ltr" / "active.json").write_text(active)
+    if manifest and "newer" in manifest:  # a field this release does not know is left out
+        assert [v.version for v in registry.versions("ltr")] == ["v1"]
+        return
+    broken = "manifest.json is not a model manifest" if manifest else "active.json is not an active-version file"
+    with pytest.raises(Conflict, match=broken):
+        registry.versions("ltr") if manifest else registry.active_version("ltr")
+
+
 def test_a_rollback_goes_to_another_version_that_loads(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path / "models")
     for name in "abc":

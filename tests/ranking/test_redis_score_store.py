@@ -76,6 +76,16 @@ def test_redis_store_is_shared_and_expires(redis_port: tuple[int, subprocess.Pop
     b.close()
 
 
+def test_a_ttl_under_a_second_is_one_second_not_never() -> None:
+    """Only a TTL of 0 keeps scores for good; a fraction of a second is rounded up (before: int() made it 0)."""
+    ttl = {}
+    for days in (0, 0.00001, 1.5):
+        store = RedisScoreStore("redis://127.0.0.1:1/0", ttl_s=days * 86400)  # never reached: nothing is written
+        ttl[days] = store.ttl
+        store.close()
+    assert ttl == {0: None, 0.00001: 1, 1.5: 129600}
+
+
 def test_searches_keep_scoring_when_redis_stops(redis_port: tuple[int, subprocess.Popen], tmp_path: Path) -> None:
     port, server = redis_port
     store = RedisScoreStore(f"redis://127.0.0.1:{port}/0", timeout_s=0.05, retry_s=0.3)

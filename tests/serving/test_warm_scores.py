@@ -176,20 +176,48 @@ def test_a_night_without_logged_searches_warms_nothing_and_is_no_failure(  # typ
     assert code == 0 and json.loads(out)["warmed"] == 0 and "no logged searches" in json.loads(out)["reason"], err
 
 
-def test_a_cross_encoder_the_served_pipeline_skips_is_not_warmed() -> None:
+def test_a_cross_encoder_the_served_pipelines_skip_is_not_warmed_and_the_job_says_why() -> None:
     """A LambdaMART that does not read the teacher's score skips the teacher's stage (serving.pipelines): its
-    scores would never be read, so warming leaves it out and says why."""
+    scores would never be read, so warming leaves it out and says why (before: "train one", of a model that was
+    registered and active). An experiment arm's LambdaMART that reads it runs the stage: then it is warmed."""
     from types import SimpleNamespace
 
+    from core.errors import NotReady
     from core.registry import ServedModel
     from core.settings import Settings
     from ranking.cascade import Cascade
-    from serving.warm import _store_scorers
+    from serving.warm import _store_scorers, warm_scores
 
     settings = Settings(ranking={"teacher_depth": 20})
     engine = SimpleNamespace(settings=settings, student=None, teacher=ServedModel("reranker", "v1", None))
-    stages = [SimpleNamespace(name="ltr"), SimpleNamespace(name="rules")]
-    skipping = Cascade("full", first=None, stages=stages)  # type: ignore[arg-type]
-    scorers, skipped = _store_scorers(engine, None, skipping)  # type: ignore[arg-type]
-    assert scorers == [] and skipped == [
-        "reranker:v1 (not in the served cascade: the served LambdaMART does not read its score)"]
+    skipping = Cascade("full", first=None, stages=[SimpleNamespace(name="ltr"), SimpleNamespace(name="rules")])
+    scorers, skipped = _store_scorers(engine, None, [skipping])  # type: ignore[arg-type]
+    assert scorers == [] and skipped == ["reranker:v1 (not in a served cascade: no served LambdaMART reads its score)"]
+    arm = Cascade("full", first=None, stages=[SimpleNamespace(name="teacher"), SimpleNamespace(name="ltr")])
+    _, skipped = _store_scorers(engine, None, [skipping, arm])  # type: ignore[arg-type]
+    assert skipped == ["reranker:v1 (not a registered model folder)"]  # it passed the check: the arm runs it
+    engine.caches = SimpleNamespace(store=object())  # type: ignore[attr-defined]
+    engine.pipeline = lambda name: skipping  # type: ignore[attr-defined]
+    engine.pipelines = SimpleNamespace(full={None: skipping})  # type: ignore[attr-defined]
+    with pytest.raises(NotReady, match=r"no served search reads a cross-encoder's scores.*reranker:v1 \(not in a"):
+        warm_scores(engine, ["drill"], 10)  # type: ignore[arg-type]
+
+
+def test_the_nightly_job_loads_the_lambdamart_versions_the_experiment_serves(  # type: ignore[no-untyped-def]
+        warm_home: Settings, monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An arm's (or the shadow's) LambdaMART may read a cross-encoder's score that the active one does not: the
+    job opens the engine with them, so their pipelines count (before: the active LambdaMART's only)."""
+    import serving.loading
+    from serving.router import save_router_config
+
+    save_router_config(warm_home.paths, None, "v7")  # a shadow version
+    opened: list[tuple[str, ...]] = []
+
+    def refuse(settings, ltr_versions=(), **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(tuple(ltr_versions))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(serving.loading, "open_engine", refuse)
+    with pytest.raises(RuntimeError, match="stop here"):
+        run_cli(capsys, "warm-scores", "--queries", "3")
+    assert opened == [("v7",)]
