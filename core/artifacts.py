@@ -195,16 +195,23 @@ class ArtifactStore:
 
     def _local_state(self) -> dict[str, Any]:
         """The digests of this home's files at its last push or pull; only a cache: one that cannot be read is
-        empty (every file is hashed again)."""
+        empty (every file is hashed again). The files a pull killed before its end put in place are in it, as
+        the store's copies that pull fetched (:meth:`_cut_off_pull`), not work done here, for a push as for a
+        pull."""
         file = self.home / LOCAL
-        if not file.is_file():
-            return {}
-        try:
-            state = json.loads(file.read_text())
-        except (ValueError, UnicodeDecodeError) as error:
-            logger.warning("%s cannot be read (%s): this home's files are hashed again", file, error)
-            return {}
-        return state if isinstance(state, dict) else {}
+        state: Any = {}
+        if file.is_file():
+            try:
+                state = json.loads(file.read_text())
+            except (ValueError, UnicodeDecodeError) as error:
+                logger.warning("%s cannot be read (%s): this home's files are hashed again", file, error)
+        state = state if isinstance(state, dict) else {}
+        for rel, digest in self._cut_off_pull().items():
+            target = self.home / rel
+            if target.is_file() and _dirty(target, state.get(rel)) and file_digest(target) == digest:
+                stat = target.stat()
+                state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+        return state
 
     def _save_local_state(self, state: dict[str, Any]) -> None:
         write_text_atomic(self.home / LOCAL, json.dumps(state))
@@ -393,6 +400,7 @@ class ArtifactStore:
             if self.fs.exists(f"{self.root}/{rel}"):
                 self.fs.rm_file(f"{self.root}/{rel}")
         self._save_local_state(state)
+        (self.home / PULLING).unlink(missing_ok=True)  # what a killed pull put in place is recorded now
         logger.info("pushed %d files (%d bytes) to %s; %d unchanged; %d files removed (of deleted model versions, "
                     "or not shared)", moved, size, self.url, same, len(dropped))
         if fixed:
@@ -482,14 +490,9 @@ class ArtifactStore:
         moved = size = same = kept = 0
         clashes: set[str] = set()
         wanted: list[tuple[str, str]] = []
-        cut_off = self._cut_off_pull()
         for rel, digest in remote.items():
             target = self.home / rel
             if target.is_file():
-                if rel in cut_off and _dirty(target, state.get(rel)) and file_digest(target) == cut_off[rel]:
-                    # put in place by a pull killed before it recorded it: the store's copy then, not work done here
-                    stat = target.stat()
-                    state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": cut_off[rel]}
                 if not _dirty(target, state.get(rel)):  # as the last transfer left it
                     if digest in (state[rel]["sha256"], state[rel].get("merged")):  # the key file: merged already
                         same += 1
@@ -516,8 +519,8 @@ class ArtifactStore:
         # pointers last (active.json, the experiment, the rules, deleted.json): a reader during the pull, or
         # after one that failed, never sees a version active whose files are not all here yet
         wanted = sorted(set(wanted) - set(skipped), key=lambda item: (_is_pointer(item[0]), item[0]))
-        if wanted:
-            write_text_atomic(self.home / PULLING, json.dumps(cut_off | dict(wanted)))
+        if wanted:  # what a pull killed before it records them put in place (the state holds those of the last)
+            write_text_atomic(self.home / PULLING, json.dumps(dict(wanted)))
         try:
             moved, size = self._fetch(wanted, state)
             self._drop_deleted_versions(remote, state)
@@ -601,9 +604,9 @@ class ArtifactStore:
         """A manifest entry names a file in the home: a relative path without '..' (else the pull would write
         outside it), control characters or the home's own transfer records. Read as written (a part of the home
         may be a link to another disk)."""
-        path = PurePosixPath(rel)
+        path = PurePosixPath(rel)  # as written, normalised: './.artifacts.json' names the record itself
         if path.is_absolute() or ".." in path.parts or not path.parts or path == PurePosixPath(".") \
-                or any(ord(c) < 32 or ord(c) == 127 for c in rel) or rel in (LOCAL, LOCK, PULLING):
+                or any(ord(c) < 32 or ord(c) == 127 for c in rel) or str(path) in (LOCAL, LOCK, PULLING):
             raise InvalidInput(f"{self.url}/{MANIFEST} names {rel!r}, which is not a file in an artifact home "
                                "(an absolute path, one with '..' or a control character, or this home's own "
                                "transfer records): nothing was pulled; push the store again from a trusted home")

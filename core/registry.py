@@ -190,7 +190,8 @@ class ModelRegistry:
         except (ValueError, UnicodeDecodeError):
             pass
         raise Conflict(f"{file} is not an active-version file (a JSON object naming 'version' and its 'history'): "
-                       f"write it again with `shoprank models activate {role} VERSION`")
+                       f"move it away (the role then has no active version), then `shoprank models activate {role} "
+                       "VERSION`")
 
     def active_version(self, role: str) -> str | None:
         """The active version's name, without reading its manifest (cheap enough to poll)."""

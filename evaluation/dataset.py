@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import re
-import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import InvalidInput, NotFound
-from retrieval.catalog import read_catalog
+from retrieval.catalog import read_catalog, read_csv_text
 
 logger = logging.getLogger(__name__)
 
@@ -66,40 +64,17 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     if not path.is_file():
         raise NotFound(f"{path} does not exist; a dataset folder needs products.csv, queries.csv and judgments.csv")
     try:
-        # index_col=False: rows ending in a delimiter the header lacks are read as written, not shifted by one
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", pd.errors.ParserWarning)
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+        frame = read_csv_text(path)  # as a catalog is read: a row longer than the header is named, or read
     except pd.errors.EmptyDataError:
         raise InvalidInput(f"{path} is empty: it needs a header of {', '.join(required)} and a row a line") from None
-    except pd.errors.ParserError as error:
-        longer = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
-        if longer:
-            raise InvalidInput(f"{path} line {longer[2]} has more fields than the header ({longer[3]}, not "
-                               f"{longer[1]}): quote a value that holds a comma, or remove the trailing comma"
-                               ) from None
-        raise InvalidInput(f"{path} does not read as CSV ({str(error).splitlines()[0][:200]})") from None
     except UnicodeDecodeError as error:
         raise InvalidInput(f"{path} is not a UTF-8 CSV file ({error}); save it as CSV in UTF-8") from None
-    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
-        _check_extra_fields(path, len(frame.columns))  # pandas cut the longer rows to the header: a value lost
+    except (pd.errors.ParserError, csv.Error) as error:
+        raise InvalidInput(f"{path} does not read as CSV ({str(error).splitlines()[0][:200]})") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise InvalidInput(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
     return frame
-
-
-def _check_extra_fields(path: Path, width: int) -> None:
-    """Refuse a row with more fields than the header's ``width`` when an extra field holds a value (a trailing
-    comma, an empty extra field, is read as the rest of the row)."""
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        rows = csv.reader(handle)
-        for row in rows:
-            extra = [value for value in row[width:] if value.strip()]
-            if extra:
-                raise InvalidInput(f"{path} line {rows.line_num} has more fields than the header ({len(row)}, not "
-                                   f"{width}; extra: {extra[:3]!r}): quote a value that holds a comma, or fix the "
-                                   "header")
 
 
 def _grades(frame: pd.DataFrame, path: Path) -> pd.Series:

@@ -270,26 +270,34 @@ def _not_utf8(path: Path) -> tuple[int, int, bytes, str] | None:
             offset, newlines = offset + len(block), newlines + block.count(b"\n")
 
 
+def read_csv_text(path: Path) -> pd.DataFrame:
+    """A CSV file's values as text, as every CSV ShopRank reads (a catalog, an evaluation dataset's queries and
+    judgments): a NUL byte, a column named twice and a row whose fields past the header's hold a value are
+    refused (:class:`CatalogError`, naming the line or row); a row ending in delimiters the header lacks is read
+    as written. pandas' own errors (an empty file, a quote never closed, text that is not UTF-8) pass through."""
+    # pandas cuts a value at a NUL byte (a false duplicate id, a shortened title): refused before it reads
+    nul = _nul_byte(path)
+    if nul:
+        raise CatalogError(f"{path} line {nul[1]}: a NUL byte (\\x00) at offset {nul[0]}, which a CSV reader "
+                           "cuts a value at; remove it (or save the file as UTF-8, not UTF-16)")
+    _check_header(path)  # pandas reads a repeated name as "title.1": a second title kept as an attribute
+    # index_col=False: rows ending in a delimiter the header lacks are read as written, not shifted by one
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+    except pd.errors.ParserError as err:
+        if "fields in line" not in str(err):  # not a later row longer than the first ones
+            raise
+        return _rows_cut_to_header(path)  # a row whose extra fields hold values is named
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        _checked_rows(path)  # a row whose extra fields hold values is refused, by its number
+    return frame
+
+
 def _read(path: Path, kind: str) -> pd.DataFrame:
     if kind == "CSV":
-        # pandas cuts a value at a NUL byte (a false duplicate id, a shortened title): refused before it reads
-        nul = _nul_byte(path)
-        if nul:
-            raise CatalogError(f"{path} line {nul[1]}: a NUL byte (\\x00) at offset {nul[0]}, which a CSV reader "
-                               "cuts a value at; remove it (or save the file as UTF-8, not UTF-16)")
-        _check_header(path)  # pandas reads a repeated name as "title.1": a second title kept as an attribute
-        # index_col=False: rows ending in a delimiter the header lacks are read as written, not shifted by one
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", pd.errors.ParserWarning)
-                frame = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
-        except pd.errors.ParserError as err:
-            if "fields in line" not in str(err):  # not a later row longer than the first ones
-                raise
-            frame = _rows_cut_to_header(path)  # a row whose extra fields hold values is named
-        else:
-            if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
-                _checked_rows(path)  # a row whose extra fields hold values is refused, by its number
+        frame = read_csv_text(path)
     elif kind == "Parquet":
         # nullable types: an integer id column with a null stays exact (not float64: 2**53 + 1 would change)
         frame = pd.read_parquet(path, dtype_backend="numpy_nullable")

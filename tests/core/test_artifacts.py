@@ -238,6 +238,8 @@ def test_the_files_a_pull_that_stopped_put_in_place_are_updated_by_the_next(tmp_
     model.write_text("trees")
     (tmp_path / "a" / "indexes" / "default" / "fp" / "vectors.npy").write_bytes(b"\x02" * 6000)  # a rebuilt index
     builder.push()
+    assert ArtifactStore(url, tmp_path / "b").push().files == 0  # a push first: the old copy is not published back
+    assert (tmp_path / "store" / "indexes" / "default" / "fp" / "vectors.npy").read_bytes() == b"\x02" * 6000
     pulled = ArtifactStore(url, tmp_path / "b").pull()
     assert vectors.read_bytes() == b"\x02" * 6000 and pulled.kept == 0
     assert ArtifactStore(url, tmp_path / "b").push().files == 0
@@ -377,7 +379,8 @@ def test_a_manifest_or_deleted_list_naming_files_outside_the_home_is_refused(tmp
     ArtifactStore(url, make_home(tmp_path / "a")).push()
     manifest = json.loads((store / MANIFEST).read_text())
     (store / "escaped.txt").write_text("x")
-    for bad in ("../escaped.txt", str(tmp_path / "abs.txt"), "rules/a\x00b.yaml", ".artifacts.json"):
+    for bad in ("../escaped.txt", str(tmp_path / "abs.txt"), "rules/a\x00b.yaml", ".artifacts.json",
+                "./.artifacts.pulling.json"):
         (store / MANIFEST).write_text(json.dumps({**manifest, bad: "0" * 64}))
         home = tmp_path / "b"
         home.mkdir(exist_ok=True)
