@@ -38,7 +38,7 @@ import random
 import shutil
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import httpx
@@ -188,7 +188,7 @@ def summary(result: dict) -> dict:
             "metrics": {k: x for k, x in (result.get("metrics") or {}).items() if k != "filtered"},
             "excluded": filtered.get("excluded_interactions", {}),
             "excluded_shoppers": filtered.get("excluded_shoppers", 0),
-            "anomalous_by_reason": dict(Counter(filtered.get("anomalous", {}).values()))}
+            "anomalous_by_reason": filtered.get("anomalous_by_reason", {})}
 
 
 def retrain_all(days: dict[str, tuple[dict, list[dict]]], settings: Settings, args: argparse.Namespace,

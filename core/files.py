@@ -75,6 +75,16 @@ def exclusive(path: Path) -> Iterator[None]:
         yield
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` (and a line end) to ``path`` (made, with its folder, if missing), holding the lock of
+    :func:`exclusive` shared: a rewrite of the file under :func:`exclusive` (read, filtered, replaced: ``events
+    forget`` and ``prune``) loses none of it, as the append waits for it and then opens the new file. Appends
+    do not wait for each other; taking the lock costs microseconds when none waits."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with holding(path.with_name(f"{path.name}.lock"), shared=True), path.open("a") as handle:
+        handle.write(line + "\n")
+
+
 @contextmanager
 def holding(lock_file: Path, shared: bool = False, missing_ok: bool = False) -> Iterator[bool]:
     """Hold ``fcntl.flock`` on ``lock_file`` (made, with its folder, if missing), waiting while another process

@@ -51,6 +51,7 @@ class ImportReport:
     written: int = 0  # new events in the log (publish: appended to the spool)
     forgotten: int = 0  # events of shoppers erased since (online_learning.forget_list): not written
     duplicates: int = 0  # already in the log (an earlier import, or live traffic)
+    undated: int = 0  # valid events without a timestamp: stamped with the time of the import (as the API does)
     first: str | None = None
     last: str | None = None
     errors: list[str] = field(default_factory=list)  # the first MAX_ERRORS, "line N: field: message (got value)"
@@ -179,6 +180,10 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
             _write(report, pending, sink, publish, forget)
             pending = []
     _write(report, pending, sink, publish, forget)
+    if report.undated:
+        logger.warning("%s: %d events gave no timestamp and were stamped with the time of this import (%s): send "
+                       "when each happened, as the log, the retrain windows and erasures go by it",
+                       path, report.undated, report.last)
     return report
 
 
@@ -197,6 +202,7 @@ def _check(report: ImportReport, n: int, line: str | ValueError,
         # only a server's spool holds the time a server received an event; a file's would count for erasures
         event = event.model_copy(update={"received": None})
     report.valid += 1
+    report.undated += "timestamp" not in event.model_fields_set  # the model's default: now
     if isinstance(event, RankingEvent):
         report.rankings += 1
     else:

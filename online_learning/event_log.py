@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import IO
 
 from core.errors import Conflict
-from core.files import write_text_atomic
+from core.files import append_line, write_text_atomic
 from online_learning.events import InteractionEvent, RankingEvent, key_of, topic_of
 
 logger = logging.getLogger(__name__)
@@ -405,10 +405,10 @@ class EventLog:
         again, never loses them."""
         if not damaged:
             return
-        with open(self.folder / "corrupt.jsonl", "a") as handle:
-            for segment, offset, line in damaged:
-                handle.write(json.dumps({"segment": segment, "offset": offset,
-                                         "value": line.decode(errors="backslashreplace")}) + "\n")
+        # under the file's lock, shared: `events forget` and `prune` rewrite it (core.files.append_line)
+        append_line(self.folder / "corrupt.jsonl", "\n".join(
+            json.dumps({"segment": segment, "offset": offset, "value": line.decode(errors="backslashreplace")})
+            for segment, offset, line in damaged))
         self.quarantined += len(damaged)
         logger.warning("%d lines of the event spool %s are not events (a crash mid-write?): copied to %s and "
                        "passed over (%d so far)", len(damaged), self.folder, self.folder / "corrupt.jsonl",

@@ -233,6 +233,20 @@ def without_erased(profiles: pd.DataFrame, forgotten: Path) -> pd.DataFrame:
     return profiles[kept].reset_index(drop=True)
 
 
+def _not_erased(events: pd.DataFrame, erasures: ForgetList | None) -> pd.DataFrame:
+    """The logged ``events`` less those of a user or session the erasure list holds, dated at or before its
+    erasure (as :meth:`ForgetList.erased` judges an event; the log keeps no time of receipt)."""
+    if erasures is None or not len(erasures) or events.empty:
+        return events
+    erased = pd.Series(False, index=events.index)
+    for column, kind in (("user_id", "user"), ("session_id", "session")):
+        if column in events:
+            ids = events[column].dropna().astype(str)
+            until = pd.to_datetime(ids.map({i: erasures.erased_at(i, kind) for i in ids.unique()}), utc=True)
+            erased |= events["timestamp"] <= until.reindex(events.index)  # NaT (no erasure): False
+    return events[~erased]
+
+
 def _products_in(table: Path) -> set[str]:
     """The products of the offline table at ``table`` (none when there is no such file)."""
     if not table.is_file():
@@ -259,12 +273,26 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
     simulated world wrote are replaced); returns this build's rows per table. ``state``: the streaming
     consumer's state, which counts the same events (:func:`online_learning.consumers.streaming_features.seed_state`),
     so its next push of a product or a shopper adds to what the tables hold. ``forgotten``: the erasure list,
-    whose shoppers' profile rows are not kept (:func:`without_erased`)."""
+    whose shoppers' events and profile rows are not kept (:func:`without_erased`); its lock is held (shared:
+    :meth:`ForgetList.reading`) from reading the log until the state is seeded and the tables written, so an
+    erasure listed meanwhile waits, and then finds their rows where this build put them."""
+    if forgotten is None:
+        return _write_catalog_tables(products, log_root, folder, now, state, None)
+    erasures = ForgetList(forgotten)
+    with erasures.reading():
+        return _write_catalog_tables(products, log_root, folder, now, state, erasures)
+
+
+def _write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, now: datetime, state: Path | None,
+                          erasures: ForgetList | None) -> dict[str, int]:
+    """:func:`write_catalog_tables`, the erasure list's lock held (``erasures``: None, no list)."""
     stamp = now - timedelta(seconds=1)  # every row's time: before the materialize that follows reads up to now
     tables = product_tables(products, stamp)
     since = pd.Timestamp(now) - pd.Timedelta(days=30)
     rankings = _logged(log_root, "rankings", ["product_id", "timestamp"], since)
-    logged = _logged(log_root, "interactions", ["product_id", "user_id", "type", "timestamp"])
+    # an erasure listed before this build held the list's lock may not have reached the log yet: not counted
+    logged = _not_erased(_logged(log_root, "interactions", ["product_id", "user_id", "session_id", "type",
+                                                            "timestamp"]), erasures)
     interactions = logged[logged["timestamp"] > since]
     # every logged purchase: the consumer's state keeps each one until ``events prune`` drops its day from the log
     purchases = logged[logged["type"] == "purchase"]
@@ -297,8 +325,8 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
     tables["user_profile"] = user_profiles(purchases, attributes.drop_duplicates("product_id", keep="last"), stamp)
     for name in tables:
         rows = attribute_rows if name == "product_attributes" else kept(name)
-        if name == "user_profile" and forgotten is not None:
-            rows = without_erased(rows, forgotten)
+        if name == "user_profile" and erasures is not None:
+            rows = without_erased(rows, erasures.path)
         write_table(rows, folder, name)
     readme.write_text(
         "# Offline feature tables\n\nFrom the store's own data (`shoprank features build --from-catalog`): the "

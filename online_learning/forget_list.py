@@ -95,6 +95,18 @@ class ForgetList:
         assert key is not None, "no key yet: nothing was listed"
         return hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
 
+    def pseudonym(self, shopper: str) -> str | None:
+        """A shopper's name in what is kept where an erasure does not reach (a model's metrics: the traffic filters'
+        report): ``shopper:`` and 16 hex digits of the HMAC of ``"shopper:<id>"`` under the list's key, so it names
+        no one in clear and matches no entry of the list; None (name no one) while there is no key (no erasure
+        yet: this makes none) or it cannot be read. The owner of the key finds a shopper's with this method."""
+        try:
+            key = self._secret()
+        except OSError:
+            return None
+        return None if key is None else "shopper:" + hmac.new(key, f"shopper:{shopper}".encode(),
+                                                                hashlib.sha256).hexdigest()[:16]
+
     def add(self, users: Iterable[str], sessions: Iterable[str], at: datetime) -> int:
         """List ``users`` and ``sessions`` as erased at ``at`` (appended and fsynced); returns how many.
 
@@ -182,9 +194,10 @@ class ForgetList:
         self.refresh()
         return len(self._until)
 
-    def erased_at(self, user_id: str) -> datetime | None:
-        """When the shopper ``user_id`` was last erased (None: never), as last read (:meth:`refresh`)."""
-        return self._until.get(self.digest("user", user_id)) if self._until else None
+    def erased_at(self, user_id: str, kind: str = "user") -> datetime | None:
+        """When the shopper ``user_id`` (``kind`` "session": the session id) was last erased (None: never), as
+        last read (:meth:`refresh`)."""
+        return self._until.get(self.digest(kind, user_id)) if self._until else None
 
     def erased(self, event: RankingEvent | InteractionEvent) -> bool:
         """Whether ``event`` belongs to an erased shopper and happened, or reached a server, at or before the

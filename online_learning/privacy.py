@@ -29,7 +29,11 @@ broker's own retention.
 
 :func:`prune` (``shoprank events prune --keep-days N``) removes the event log's days older than
 N days, the streaming state's purchases as old (their shoppers' profiles pushed again without
-them), the shadow-scoring records as old and, without Kafka, the spool's lines as old.
+them), the shadow-scoring records, the dead letters and the spool's lines set aside as old and,
+without Kafka, the spool's lines as old.
+
+A dead letter, shadow-scoring or set-aside spool file is appended to by running processes: each append holds
+the file's lock shared (:func:`core.files.append_line`), and a rewrite here holds it alone.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import sqlite3
 from collections.abc import Callable, Collection
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.files import fsync_path, write_text_atomic
+from core.files import exclusive, fsync_path, write_text_atomic
 from core.paths import Home
 from online_learning.consumers.log_sink import log_files, place, unplaced, writing
 from online_learning.consumers.streaming_features import mark_dirty, open_state
@@ -94,6 +98,9 @@ class PruneReport:
     purchases: int = 0
     profiles: str = "none"
     shadow_records: int = 0
+    dead_letters: int = 0
+    spool_set_aside: int = 0  # lines of corrupt.jsonl (the spool's lines set aside as not events)
+    undated: int = 0  # dead letters and set-aside lines with no time to go by (no event time, no "time"): kept
     spool_events: int = 0
     spool_open: int = 0
 
@@ -148,11 +155,13 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
         if report.feature_rows and not dry_run:
             _replace(offline, table.filter(pa.array(~theirs)), keep_empty=True)
     for path in sorted((paths.base / "dead_letters").glob("*.jsonl")):
-        report.dead_letters += _drop_lines(path, lambda line: _names(line, users, sessions), dry_run)
+        report.dead_letters += _drop_appended(path, lambda line: _names(line, users, sessions), dry_run)
     for path in sorted(paths.shadow.glob("*.jsonl")):
-        report.shadow_records += _drop_lines(path, lambda line: json.loads(line).get("user_id") in users, dry_run)
-    for path in sorted(paths.event_spool.glob("slot-*/corrupt.jsonl")):  # with Kafka or not: never shipped
-        report.spool_set_aside += _drop_lines(path, lambda line: _mentions(line, users, sessions), dry_run)
+        report.shadow_records += _drop_appended(path, lambda line: json.loads(line).get("user_id") in users,
+                                                dry_run)
+    # with Kafka or not: never shipped (the spool's shipper appends to it under its lock, as to the files above)
+    for path in sorted(paths.event_spool.glob("slot-*/corrupt.jsonl")):
+        report.spool_set_aside += _drop_appended(path, lambda line: _mentions(line, users, sessions), dry_run)
     if not kafka:
         def theirs(event: dict) -> bool:
             found = [f"user {event.get('user_id')}"] if event.get("user_id") in users else []
@@ -171,7 +180,8 @@ def forget(paths: Home, users: Collection[str], sessions: Collection[str], at: d
 def prune(paths: Home, keep_days: int, now: datetime, dry_run: bool = False,
           push: PushDirty | None = None, kafka: bool = False) -> PruneReport:
     """Remove the event log's days before ``now - keep_days`` (UTC days), the streaming state's purchases,
-    the shadow-scoring records and, without ``kafka``, the spool's lines older than that."""
+    the shadow-scoring records, the dead letters and the spool's lines set aside (by :func:`_when`; a line with
+    no time is kept and counted) and, without ``kafka``, the spool's lines older than that."""
     first: date = (now - timedelta(days=keep_days)).date()
     report = PruneReport(first.isoformat())
     with nullcontext() if dry_run else writing(paths.event_log):  # no sink writes in a day while it is removed
@@ -191,8 +201,21 @@ def prune(paths: Home, keep_days: int, now: datetime, dry_run: bool = False,
     report.purchases = len(old)
     report.profiles = _drop_purchases(paths.streaming_state, old, dry_run, push, "pushed again")
     for path in sorted(paths.shadow.glob("*.jsonl")):
-        report.shadow_records += _drop_lines(path, lambda line: json.loads(line).get("time", 0) < cutoff.timestamp(),
-                                             dry_run)
+        report.shadow_records += _drop_appended(
+            path, lambda line: json.loads(line).get("time", 0) < cutoff.timestamp(), dry_run)
+    undated = 0
+
+    def expired(line: str, spooled: bool) -> bool:
+        nonlocal undated
+        when = _when(line, spooled)
+        undated += when is None
+        return when is not None and when < cutoff
+
+    for path in sorted((paths.base / "dead_letters").glob("*.jsonl")):
+        report.dead_letters += _drop_appended(path, lambda line: expired(line, False), dry_run)
+    for path in sorted(paths.event_spool.glob("slot-*/corrupt.jsonl")):
+        report.spool_set_aside += _drop_appended(path, lambda line: expired(line, True), dry_run)
+    report.undated = undated
     if not kafka:
         def old(event: dict) -> bool:
             return "timestamp" in event and datetime.fromisoformat(event["timestamp"]) < cutoff
@@ -304,6 +327,34 @@ def _drop_purchases(state: Path, purchases: dict[str, str], dry_run: bool, push:
     return f"{len(users)} {done} in the online store"
 
 
+def _when(line: str, spooled: bool) -> datetime | None:
+    """When a dead letter (``spooled``: a spool line set aside, whose value is a whole spool line) happened: its
+    event's ``timestamp`` (no offset: UTC) when its value reads as one, else when it was written (``time``: the
+    dead letters written since it is kept), else None."""
+    record = None
+    try:
+        record = json.loads(line)
+        event = json.loads(record.get("value") or "")
+        stamp = datetime.fromisoformat((event["value"] if spooled else event)["timestamp"])
+        return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+    except (ValueError, KeyError, TypeError, AttributeError):  # damaged, or not an event
+        pass
+    at = record.get("time") if isinstance(record, dict) else None
+    try:
+        return datetime.fromtimestamp(at, UTC) if isinstance(at, int | float) else None
+    except (OverflowError, OSError, ValueError):  # out of the clock's range
+        return None
+
+
+def _drop_appended(path: Path, drop: Callable[[str], bool], dry_run: bool) -> int:
+    """:func:`_drop_lines` on a file processes append to (dead letters, shadow records), holding its lock alone
+    (:func:`core.files.exclusive`) from the read until the file is replaced, so no line
+    appended meanwhile is lost: an append waits meanwhile (a search never does: shadow records are written in
+    the background). A dry run, which writes nothing, takes no lock."""
+    with nullcontext() if dry_run else exclusive(path):
+        return _drop_lines(path, drop, dry_run)
+
+
 def _drop_lines(path: Path, drop: Callable[[str], bool], dry_run: bool) -> int:
     """Remove the JSON lines of ``path`` that ``drop`` names (a line that is not JSON stays); returns how many."""
     kept, dropped = [], 0
@@ -388,6 +439,11 @@ def _names(line: str, users: set[str], sessions: set[str]) -> bool:
         event = json.loads(value)
     except ValueError:
         event = None
-    if isinstance(event, dict):
-        return event.get("user_id") in users or event.get("session_id") in sessions
+    if isinstance(event, dict):  # an id sent as a number (refused, so dead-lettered) matches its text
+        return _text(event.get("user_id")) in users or _text(event.get("session_id")) in sessions
     return any(json.dumps(i) in value for i in (*users, *sessions))
+
+
+def _text(value: object) -> str | None:
+    """A dead letter's id as text (``12345`` as ``"12345"``); None for none, or one that is no single value."""
+    return None if value is None or isinstance(value, dict | list) else str(value)

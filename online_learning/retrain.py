@@ -40,6 +40,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +57,7 @@ from core.registry import ModelRegistry, ServedModel
 from core.settings import Settings
 from online_learning.analysis import cleaned_by_day
 from online_learning.consumers.log_sink import log_files, read_log, searches_only
+from online_learning.forget_list import ForgetList
 from online_learning.propensity import fit_position_model
 from online_learning.traffic_filter import FilterConfig, engagement
 from ranking.features import RANK_FEATURES, LtrFeaturizer
@@ -91,9 +93,11 @@ class RetrainConfig:
 
 
 def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | None,
-                filters: FilterConfig | None = FilterConfig(), client: Client | None = None) -> tuple[pd.DataFrame, dict]:
+                filters: FilterConfig | None = FilterConfig(), client: Client | None = None,
+                name: Callable[[str], str | None] = lambda who: None) -> tuple[pd.DataFrame, dict]:
     """Shown products with engagement labels, one row per (search, position), and what the
-    traffic filters excluded (``filters`` None: nothing is filtered), applied one whole UTC day at a time
+    traffic filters excluded (``filters`` None: nothing is filtered; shoppers named by ``name``, as
+    :meth:`~online_learning.traffic_filter.Cleaned.report` names them), applied one whole UTC day at a time
     (:func:`online_learning.analysis.cleaned_by_day`, as promote and guard apply them; the report counts the
     whole days), with the number of the window's searches they dropped (``excluded_searches``). With
     ``client``, the log's Parquet files are read on its Dask workers."""
@@ -126,7 +130,7 @@ def impressions(root: Path, since: pd.Timestamp | None, until: pd.Timestamp | No
         # the window's own searches, and what is on them or made in it on no list
         rankings = rankings[rankings["request_id"].isin(window)].copy()
         interactions = _on_or_unlisted(interactions, window, listed, since, until)
-        report = {"excluded_searches": len(window) - int(rankings["request_id"].nunique()), **cleaned.report()}
+        report = {"excluded_searches": len(window) - int(rankings["request_id"].nunique()), **cleaned.report(name)}
     rankings["engagement"] = engagement(rankings, interactions, LEVEL)
     rankings["clicked"] = (rankings["engagement"] > 0).astype(int)
     return rankings.sort_values(["timestamp", "request_id", "position"], ignore_index=True), report
@@ -275,8 +279,10 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
                 return {"status": "up to date", "new_searches": 0, "since": since.isoformat(),
                         "until": until.isoformat(), "settle_minutes": config.settle_minutes}
         with dask_client(settings.compute) as client:  # None (in this process) unless compute.scheduler is set
+            # the report goes into the model's metrics, which an erasure does not reach: no shopper in clear
             shown, filtered = impressions(settings.paths.event_log, since, until,
-                                          FilterConfig() if config.filter_traffic else None, client)
+                                          FilterConfig() if config.filter_traffic else None, client,
+                                          ForgetList(settings.paths.forgotten).pseudonym)
         searches = shown["request_id"].nunique() if not shown.empty else 0
         logged = searches + filtered.get("excluded_searches", 0)  # counted before the filters
         since_text = since.isoformat() if since is not None else None
@@ -344,9 +350,10 @@ def _too_few(searches: int, logged: int, filtered: dict, min_searches: int, sinc
     return {"status": "too few searches after the filters", **out, "filtered": filtered,
             "reason": f"the traffic filters dropped {logged - searches} of the window's {logged} logged searches "
                       f"(see `filtered`: an anomalous shopper's volume, clicks or conversions), leaving {searches}, "
-                      f"fewer than --min-searches {min_searches}: check the shoppers they name (a storefront that "
-                      "sends one user id for every visitor reads as one anomalous shopper); `--no-filter` "
-                      "measures what the filters do"}
+                      f"fewer than --min-searches {min_searches}: check the shoppers they count "
+                      "(`anomalous_by_reason`; named by a keyed hash, ForgetList.pseudonym: a storefront that "
+                      "sends one user id for every visitor reads as one anomalous shopper); `--no-filter` measures "
+                      "what the filters do"}
 
 
 def _utc(text: str, name: str) -> pd.Timestamp:

@@ -33,6 +33,7 @@ benchmarks/RESULTS.md); every exclusion is reported by reason.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,9 +61,16 @@ class Cleaned:
     excluded: Counter = field(default_factory=Counter)
     anomalous: dict[str, str] = field(default_factory=dict)  # shopper or key -> why
 
-    def report(self) -> dict[str, object]:
+    def report(self, name: Callable[[str], str | None] = lambda who: None) -> dict[str, object]:
+        """What was dropped, to print or keep: interactions and anomalous shoppers (and API keys) by reason, and
+        up to 20 of them named: a key by its id (``key:<id>``), a shopper by ``name(its id)``, or not at all when
+        that is None (the default). A report is kept where an erasure does not reach (a model's metrics), so it
+        names no shopper in clear: pass a keyed hash (:meth:`online_learning.forget_list.ForgetList.pseudonym`)."""
+        named = ((who if who.startswith("key:") and why == "all_shoppers_anomalous" else name(who), why)
+                 for who, why in self.anomalous.items())
         return {"excluded_interactions": dict(self.excluded), "excluded_shoppers": len(self.anomalous),
-                "anomalous": dict(sorted(self.anomalous.items())[:20])}
+                "anomalous_by_reason": dict(Counter(self.anomalous.values())),
+                "anomalous": dict(sorted((who, why) for who, why in named if who is not None)[:20])}
 
 
 def shopper_ids(frame: pd.DataFrame, column: str) -> pd.Series:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau
 
+from core.files import append_line
 from core.paths import Home
 from core.query import Query
 from online_learning.experiments import Experiment, assign, read_config, team_draft, write_config
@@ -201,10 +202,9 @@ class ExperimentRouter:
                       "served_ms": (None if served.result.cached
                                     else round(sum(served.result.timings.values()) * 1e3, 2)),
                       "shadow_ms": round(seconds * 1e3, 2), "shadow_top10": b, "served_top10": a}
-            if self.shadow_dir is not None:
-                self.shadow_dir.mkdir(parents=True, exist_ok=True)
-                with (self.shadow_dir / f"{self.shadow}.jsonl").open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
+            if self.shadow_dir is not None:  # in the background: a rewrite by `events forget` or `prune` makes
+                # this wait (the time it reads and writes the file); a search never does (shadow_queue)
+                append_line(self.shadow_dir / f"{self.shadow}.jsonl", json.dumps(record))
             self.shadow_done += 1
         except Exception:  # noqa: BLE001 - shadow never affects serving
             logger.exception("shadow scoring failed")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import NotReady
+from core.files import append_line
 from online_learning.events import InteractionEvent, RankingEvent, parse
 from online_learning.forget_list import ForgetList, filtered
 from online_learning.kafka_clients import open_client
@@ -243,12 +244,10 @@ class ConsumerLoop:
             self._dead.clear()
         self._dead.add(where)
         self.invalid += 1
-        self.dead_letters.parent.mkdir(parents=True, exist_ok=True)
-        with self.dead_letters.open("a") as handle:
-            handle.write(json.dumps({"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                                     "error": str(err)[:500],
-                                     "value": None if record.value is None else record.value.decode(errors="replace")})
-                         + "\n")
+        # "time" (when it was written): what `events prune` goes by when the value holds no event time
+        append_line(self.dead_letters, json.dumps({
+            "topic": record.topic, "partition": record.partition, "offset": record.offset, "error": str(err)[:500],
+            "value": None if record.value is None else record.value.decode(errors="replace"), "time": time.time()}))
 
     @staticmethod
     def _close(client):  # type: ignore[no-untyped-def]

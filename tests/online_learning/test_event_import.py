@@ -62,6 +62,21 @@ def test_valid_events_go_to_the_log_and_bad_lines_are_named(tmp_path: Path) -> N
     assert (again.written, again.duplicates) == (0, 5) and len(read_log(tmp_path / "log", "rankings")) == 6
 
 
+def test_events_without_a_timestamp_are_counted_and_warned_of(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """An event without a timestamp gets the time of the import, as a live one gets the API's: before, silently,
+    as if every such past event had happened now."""
+    rows = history()
+    del rows[1]["timestamp"], rows[2]["timestamp"]
+    source = write_jsonl(tmp_path / "history.jsonl", rows, bad=False)
+    assert import_events(source, tmp_path / "log", progress=False, dry_run=True).undated == 2
+    with caplog.at_level("WARNING", "online_learning.event_import"):
+        report = import_events(source, tmp_path / "log", progress=False)
+    assert (report.undated, report.written) == (2, 5) and "2 events gave no timestamp" in caplog.text
+    assert import_events(write_jsonl(tmp_path / "dated.jsonl", history()), tmp_path / "log2",
+                         progress=False).undated == 0
+
+
 def test_strict_and_dry_runs_write_nothing_and_arrays_and_gzip_read(tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "history.jsonl", history())
     strict = import_events(source, tmp_path / "log", strict=True, progress=False)

@@ -346,6 +346,44 @@ def test_an_erased_shopper_leaves_no_profile_row_in_the_tables_history(tmp_path:
     assert set(pd.read_parquet(folder / "user_profile.parquet")["user_id"]) == {"u2"}
 
 
+def test_an_erasure_while_a_build_runs_puts_none_of_the_shoppers_purchases_back(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`events forget` landing after the build read the log and before it seeded the streaming state: before, the
+    build seeded the erased shopper's purchases back (it held no lock of the erasure list, and read no list).
+    Now the erasure waits for the build; a shopper listed before the build, whose log rows a running `forget`
+    has not erased yet (it lists first), is left out."""
+    import sqlite3
+    import threading
+    from contextlib import closing
+
+    import online_learning.feature_tables as feature_tables
+    from online_learning.forget_list import ForgetList
+    from online_learning.privacy import forget
+
+    paths = Settings(home=tmp_path, progress=False).paths
+    log_of_a_store(paths.event_log)
+    seed, erasing = feature_tables.seed_state, threading.Thread(target=forget, args=(paths, ["u1"], [], NOW))
+
+    def seeded_after_an_erasure(*args):  # type: ignore[no-untyped-def]
+        erasing.start()
+        erasing.join(timeout=3)  # before: done by then; now it waits for the build
+        return seed(*args)
+
+    def buyers(state: Path) -> set[str]:
+        with closing(sqlite3.connect(state)) as db:
+            return {user for (user,) in db.execute("SELECT user_id FROM purchases")}
+
+    monkeypatch.setattr(feature_tables, "seed_state", seeded_after_an_erasure)
+    write_catalog_tables(CATALOG, paths.event_log, tmp_path / "f1", NOW, paths.streaming_state, paths.forgotten)
+    erasing.join()
+    assert buyers(paths.streaming_state) == {"u2"}
+    monkeypatch.setattr(feature_tables, "seed_state", seed)
+    ForgetList(paths.forgotten).add(["u2"], [], datetime.now(UTC))  # listed; its log rows not erased yet
+    write_catalog_tables(CATALOG, paths.event_log, tmp_path / "f2", NOW, tmp_path / "state.sqlite", paths.forgotten)
+    assert buyers(tmp_path / "state.sqlite") == set()
+    assert set(pd.read_parquet(tmp_path / "f2" / "user_profile.parquet")["user_id"]) == set()
+
+
 def test_a_build_from_the_catalog_replaces_a_simulated_worlds_tables(tmp_path: Path) -> None:
     from online_learning.feature_tables import write_table
 
@@ -436,7 +474,12 @@ def test_the_running_profile_after_every_purchase_is_the_profile_of_all_the_purc
     import random
     from collections import Counter
 
-    from online_learning.consumers.streaming_features import RECENT_ITEMS, TOP_CATEGORIES, RunningProfile, profile_of
+    from online_learning.consumers.streaming_features import (
+        RECENT_ITEMS,
+        TOP_CATEGORIES,
+        RunningProfile,
+        profile_of,
+    )
 
     def defined(bought: list[tuple[str, int, float]]) -> dict[str, object]:
         shares = Counter(c for _, c, _ in bought if c >= 0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from core.files import append_line
 from core.paths import Home
 from core.settings import get_settings
 from online_learning.consumers.base import ConsumerLoop, Delivered
@@ -761,3 +762,92 @@ def test_an_event_a_server_received_before_the_erasure_is_dropped_whatever_its_t
                                   "received": "1999-01-01T00:00:00Z"}) + "\n")
     report = import_events(source, tmp_path / "log", progress=False, forget=forgotten)
     assert report.written == 1 and report.forgotten == 0
+
+
+def test_lines_appended_while_forget_rewrites_their_file_are_kept(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consumer appends a dead letter, a server a shadow record, while `forget` rewrites the file without the
+    erased shopper's lines: before, a line appended between the rewrite's read and its replace was lost. Each
+    append now holds the file's lock shared and the rewrite holds it alone: the append waits, then lands in the
+    new file."""
+    import threading
+    from types import SimpleNamespace
+
+    import online_learning.privacy as privacy
+
+    paths = Home(tmp_path)
+    dead, shadow = paths.dead_letters("sink"), paths.shadow / "v2.jsonl"
+    loop = ConsumerLoop("localhost:1", "g", [], lambda batch: None, dead)
+
+    def letter(offset: int, user: str) -> None:
+        record = SimpleNamespace(topic="t", partition=0, offset=offset,
+                                 value=json.dumps({"type": "click", "user_id": user}).encode())
+        loop._dead_letter(record, ValueError("not an event"))
+
+    letter(0, "u1")
+    letter(1, "u2")
+    append_line(shadow, json.dumps({"time": 1.0, "user_id": "u1"}))
+    rewrite, appending = privacy.write_text_atomic, []
+
+    def rewrite_while_appending(path: Path, text: str) -> None:
+        late = (lambda: letter(2, "u3")) if path == dead else (
+            lambda: append_line(shadow, json.dumps({"time": 2.0, "user_id": "u3"})))
+        appending.append(threading.Thread(target=late))
+        appending[-1].start()
+        appending[-1].join(timeout=0.5)  # before: appended by then, to the file about to be replaced
+        rewrite(path, text)
+
+    monkeypatch.setattr(privacy, "write_text_atomic", rewrite_while_appending)
+    report = forget(paths, ["u1"], [], T0)
+    for thread in appending:
+        thread.join()
+    assert (report.dead_letters, report.shadow_records, len(appending)) == (1, 1, 2)
+    letters = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert [json.loads(one["value"])["user_id"] for one in letters] == ["u2", "u3"] and "time" in letters[0]
+    assert [json.loads(line)["user_id"] for line in shadow.read_text().splitlines()] == ["u3"]
+
+
+def test_forget_matches_an_id_a_dead_letter_holds_as_a_number(tmp_path: Path) -> None:
+    """An event sent with a number for its user or session id is refused (a dead letter): before, `forget --user
+    12345` compared the number with the text and left it."""
+    paths = Home(tmp_path)
+    dead = paths.dead_letters("sink")
+    dead.parent.mkdir(parents=True)
+    values = [{"type": "purchase", "user_id": 12345}, {"type": "click", "user_id": None, "session_id": 77},
+              {"type": "click", "user_id": 123456, "session_id": [77]}]
+    dead.write_text("".join(json.dumps({"topic": "t", "value": json.dumps(v)}) + "\n" for v in values))
+    assert forget(paths, ["12345"], ["77"], T0).dead_letters == 2
+    assert [json.loads(json.loads(line)["value"]) for line in dead.read_text().splitlines()] == values[2:]
+
+
+def test_prune_removes_the_dead_letters_and_set_aside_spool_lines_older_than_the_window(tmp_path: Path) -> None:
+    """Before, `events prune` kept dead letters and the spool's lines set aside (corrupt.jsonl) for ever. It goes by
+    the event's timestamp when the value reads as an event, else by the line's own ``time`` (a dead letter
+    written now has one), else keeps the line and counts it."""
+    paths = Home(tmp_path)
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(days=40), now - timedelta(days=1)
+    dead = paths.dead_letters("sink")
+    dead.parent.mkdir(parents=True)
+
+    def letter(value: str, **more: float) -> str:
+        return json.dumps({"topic": "t", "value": value, **more}) + "\n"
+
+    dead.write_text(letter(json.dumps({"type": "click", "timestamp": old.isoformat(), "quantity": "lots"}))
+                    + letter(json.dumps({"type": "click", "timestamp": recent.isoformat()}), time=old.timestamp())
+                    + letter('{"user_id": "u1", cut', time=old.timestamp())
+                    + letter('{"user_id": "u1", cut', time=recent.timestamp())
+                    + letter('{"user_id": "u1", cut'))  # no time at all: kept, counted
+    aside = paths.event_spool / "slot-0" / "corrupt.jsonl"
+    aside.parent.mkdir(parents=True)
+    spooled = [json.dumps({"topic": "t", "value": {"user_id": "u1", "timestamp": at.isoformat()}})
+               for at in (old, recent)]
+    aside.write_text("".join(json.dumps({"segment": 1, "offset": n, "value": value}) + "\n" for n, value in
+                             enumerate([*spooled, '\x00{"topic": "t", "value": {"user_id": "u1"'])))
+    dry = prune(paths, 30, now, dry_run=True)
+    assert (dry.dead_letters, dry.spool_set_aside, dry.undated) == (2, 1, 2)
+    assert len(dead.read_text().splitlines()) == 5  # a dry run removes nothing
+    assert prune(paths, 30, now) == dry
+    assert [json.loads(line).get("time") for line in dead.read_text().splitlines()] == [old.timestamp(),
+                                                                                         recent.timestamp(), None]
+    assert [json.loads(line)["offset"] for line in aside.read_text().splitlines()] == [1, 2]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from core.errors import InvalidInput
 from core.registry import ModelRegistry, ServedModel
 from core.settings import Settings
 from online_learning.consumers.log_sink import ParquetLogSink
+from online_learning.forget_list import ForgetList
 from online_learning.retrain import RetrainConfig, retrain
 from ranking.lambdamart import LambdaMART, LambdaMARTConfig, RankingData
 from serving.engine import assemble
@@ -359,7 +362,8 @@ def test_the_retrain_judges_a_shoppers_volume_one_utc_day_at_a_time(tmp_path: Pa
     shown, report = impressions(tmp_path / "log", None, None, FilterConfig(max_searches=100))
     kept = shown.drop_duplicates("request_id").groupby("user_id").size()
     assert kept.get("loyal") == 150 and "bot" not in kept, report
-    assert report["anomalous"] == {"bot": "volume"} and report["excluded_searches"] == 120
+    assert report["anomalous_by_reason"] == {"volume": 1} and report["excluded_searches"] == 120
+    assert report["anomalous"] == {}  # named by no one's id unless a keyed hash is given
 
 
 def test_a_window_that_ends_within_a_day_judges_its_shoppers_on_the_whole_day(tmp_path: Path) -> None:
@@ -375,21 +379,29 @@ def test_a_window_that_ends_within_a_day_judges_its_shoppers_on_the_whole_day(tm
     for since, until in ((None, split), (split, None)):
         shown, report = impressions(tmp_path / "log", since, until, FilterConfig(max_searches=100))
         kept = shown.drop_duplicates("request_id").groupby("user_id").size()
-        assert "bot" not in kept and report["anomalous"] == {"bot": "volume"}, (since, report)
+        assert "bot" not in kept and report["anomalous_by_reason"] == {"volume": 1}, (since, report)
         assert report["excluded_searches"] == 60  # the window's own: 60 of the bot's searches fall in each
     assert kept.get("loyal", 0) == 0 and len(impressions(tmp_path / "log", None, split, None)[0]) == 90 * 3
 
 
 def test_a_window_the_filters_empty_says_so_with_their_report(tmp_path: Path, settings: Settings) -> None:
     """A storefront that sends one user id ("guest") for every visitor: 2,010 searches in a day, one anomalous
-    shopper. Before: "up to date" with new_searches 0 and no filter report, as if nothing had been logged."""
+    shopper. Before: "up to date" with new_searches 0 and no filter report, as if nothing had been logged.
+    The report (kept in a registered model's metrics, where an erasure does not reach) names the shopper by a
+    keyed hash only; before, by its id in clear."""
     home = settings.model_copy(update={"home": tmp_path})
     log_daily_searches(home.paths.event_log, [("guest", 0, 2010)], seconds_apart=30)
     featurizer = None  # never read: each run ends before featurizing
     result = retrain(home, featurizer, None, RetrainConfig(min_searches=200))  # type: ignore[arg-type]
     assert result["status"] == "too few searches after the filters", result
     assert (result["new_searches"], result["logged_searches"]) == (0, 2010)
-    assert result["filtered"]["anomalous"] == {"guest": "volume"} and result["filtered"]["excluded_searches"] == 2010
+    assert result["filtered"]["anomalous_by_reason"] == {"volume": 1} and result["filtered"]["anomalous"] == {}
+    assert result["filtered"]["excluded_searches"] == 2010 and "guest" not in json.dumps(result)
+    erasures = ForgetList(home.paths.forgotten)
+    erasures.add(["someone-else"], [], datetime.now(UTC))  # the list's key now exists
+    named = retrain(home, featurizer, None, RetrainConfig(min_searches=200))  # type: ignore[arg-type]
+    assert named["filtered"]["anomalous"] == {erasures.pseudonym("guest"): "volume"}, named
+    assert "guest" not in json.dumps(named) and erasures.pseudonym("guest").startswith("shopper:")
     assert "traffic filters dropped 2010 of the window's 2010 logged searches" in result["reason"]
     # fewer logged than --min-searches: too few whatever the filters do, with what they dropped all the same
     few = retrain(home, featurizer, None, RetrainConfig(min_searches=3000))  # type: ignore[arg-type]

@@ -79,6 +79,21 @@ def test_a_key_whose_shoppers_are_all_anomalous_is_excluded() -> None:
     assert out.anomalous["key:k-bad"] == "all_shoppers_anomalous"
 
 
+def test_the_report_names_api_keys_and_no_shopper_in_clear() -> None:
+    """The report is kept in a registered model's metrics, where an erasure does not reach: a shopper appears only
+    as its ``name`` (a keyed hash), or not at all; an API key by its id. Before, up to 20 ids in clear."""
+    ranks = searches([("r1", "bot1", "hose", ["x"]), ("r2", "bot2", "hose", ["x"]), ("r3", "u1", "hose", ["x"])])
+    ranks["key_id"] = ranks["request_id"].map({"r1": "k-bad", "r2": "k-bad", "r3": "k-good"})
+    out = clean(ranks, actions([("r1", "bot1", "x", "click")]), FilterConfig(max_searches=0))
+    report = out.report()
+    keys = {"key:k-bad": "all_shoppers_anomalous", "key:k-good": "all_shoppers_anomalous"}  # every shopper is
+    assert report["anomalous"] == keys, report
+    assert report["anomalous_by_reason"] == {"volume": 3, "all_shoppers_anomalous": 2}
+    assert report["excluded_shoppers"] == 5 and "bot1" not in str(report) and "u1" not in str(report)
+    named = out.report(lambda who: f"h-{who[-1]}" if who != "u1" else None)
+    assert named["anomalous"] == {"h-1": "volume", "h-2": "volume", **keys}, named
+
+
 def test_a_swarm_clicking_one_product_for_one_query_is_excluded_unless_it_converts() -> None:
     honest = [(f"h{i}", f"u{i}", "hose", ["a", "b", "c"]) for i in range(300)]
     swarm = [(f"s{i}", f"bot{i % 50}", "hose", ["a", "b", "x"]) for i in range(100)]

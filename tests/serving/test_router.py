@@ -109,6 +109,27 @@ def test_shadow_logs_a_diff_without_touching_the_response(tmp_path: Path) -> Non
     assert record["served_ms"] is None and pages[0]["served_ms"] == 1.0  # a cached page's time is unknown, not 0
 
 
+def test_a_shadow_record_waits_for_a_rewrite_of_its_file_and_the_search_does_not(tmp_path: Path) -> None:
+    """`events forget` / `prune` rewrite a shadow file holding its lock alone: before, the router appended with a
+    plain open, so a record written between the rewrite's read and its replace was lost. The append (in the
+    background) waits for the lock; the search does not."""
+    import time
+
+    from core.files import exclusive
+
+    router = ExperimentRouter(None, shadow="v2", shadow_dir=tmp_path)
+    with exclusive(tmp_path / "v2.jsonl"):  # as a rewrite holds it
+        started = time.perf_counter()
+        routed = router.search(FakeEngine(), Query("drill", "u1"), 5, 0, "u1", False)  # type: ignore[arg-type]
+        assert routed.result.candidates.product_ids == ["a", "b", "c", "d", "e"]
+        assert time.perf_counter() - started < 0.2
+        time.sleep(0.3)
+        assert not (tmp_path / "v2.jsonl").exists() and router.shadow_done == 0
+    router.drain()
+    router.close()
+    assert router.shadow_done == 1 and len((tmp_path / "v2.jsonl").read_text().splitlines()) == 1
+
+
 def test_router_config_round_trip(tmp_path: Path) -> None:
     save_router_config(Home(tmp_path), EXP, "v3")
     router = load_router(Home(tmp_path))
