@@ -519,8 +519,9 @@ class ArtifactStore:
         # pointers last (active.json, the experiment, the rules, deleted.json): a reader during the pull, or
         # after one that failed, never sees a version active whose files are not all here yet
         wanted = sorted(set(wanted) - set(skipped), key=lambda item: (_is_pointer(item[0]), item[0]))
-        if wanted:  # what a pull killed before it records them put in place (the state holds those of the last)
-            write_text_atomic(self.home / PULLING, json.dumps(dict(wanted)))
+        if wanted:  # what a pull killed before it records them puts in place; a pull killed before this one
+            # left its record, which the state saved at this one's end takes over: both until then
+            write_text_atomic(self.home / PULLING, json.dumps(self._cut_off_pull() | dict(wanted)))
         try:
             moved, size = self._fetch(wanted, state)
             self._drop_deleted_versions(remote, state)

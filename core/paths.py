@@ -22,9 +22,9 @@ Everything ShopRank builds or records goes under ``settings.home`` (git-ignored,
       rules/rules.yaml                        business rules: pins, hides, redirects (PUT /v1/admin/rules)
       rules/synonyms.txt                      synonyms when retrieval.synonyms names no file (PUT /v1/admin/synonyms)
       privacy/forgotten.jsonl                 shoppers erased, hashed, and when (shoprank events forget)
-      shadow/<version>.jsonl                  shadow-scoring records
+      shadow/<version>.jsonl                  shadow-scoring records (and .lock: appends share it, forget and prune not)
       streaming/state.sqlite                  the streaming feature consumer's state
-      dead_letters/<consumer>.jsonl           events a consumer could not read
+      dead_letters/<consumer>.jsonl           events a consumer could not read (and .lock, as shadow records')
       training/<run>/                         work folders of training runs
       work/encode/<run>/                      vector shards of a catalog encoded on Dask (removed when done)
       keys.json                               API keys (hashed; shoprank keys create|list|revoke)

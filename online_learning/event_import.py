@@ -181,9 +181,9 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
             pending = []
     _write(report, pending, sink, publish, forget)
     if report.undated:
-        logger.warning("%s: %d events gave no timestamp and were stamped with the time of this import (%s): send "
+        logger.warning("%s: %d events gave no timestamp and were stamped with the time of this import: send "
                        "when each happened, as the log, the retrain windows and erasures go by it",
-                       path, report.undated, report.last)
+                       path, report.undated)
     return report
 
 

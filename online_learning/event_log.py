@@ -400,15 +400,17 @@ class EventLog:
 
     def _set_aside(self, damaged: list[tuple[int, int, bytes]]) -> None:
         """Copy the spool lines that are not events to ``corrupt.jsonl`` in the spool folder, one JSON object
-        each: the segment, the byte offset of the line in it, and the line (``value``; bytes that are not
-        UTF-8 as ``\\xNN``). Done before the position moves past them: a crash between the two copies them
+        each: the segment, the byte offset of the line in it, the line (``value``; bytes that are not UTF-8
+        as ``\\xNN``) and when it was set aside (``time``: what `events prune` goes by, as such a line seldom
+        reads as an event). Done before the position moves past them: a crash between the two copies them
         again, never loses them."""
         if not damaged:
             return
+        now = time.time()
         # under the file's lock, shared: `events forget` and `prune` rewrite it (core.files.append_line)
         append_line(self.folder / "corrupt.jsonl", "\n".join(
-            json.dumps({"segment": segment, "offset": offset, "value": line.decode(errors="backslashreplace")})
-            for segment, offset, line in damaged))
+            json.dumps({"segment": segment, "offset": offset, "value": line.decode(errors="backslashreplace"),
+                        "time": now}) for segment, offset, line in damaged))
         self.quarantined += len(damaged)
         logger.warning("%d lines of the event spool %s are not events (a crash mid-write?): copied to %s and "
                        "passed over (%d so far)", len(damaged), self.folder, self.folder / "corrupt.jsonl",

@@ -273,26 +273,33 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
     simulated world wrote are replaced); returns this build's rows per table. ``state``: the streaming
     consumer's state, which counts the same events (:func:`online_learning.consumers.streaming_features.seed_state`),
     so its next push of a product or a shopper adds to what the tables hold. ``forgotten``: the erasure list,
-    whose shoppers' events and profile rows are not kept (:func:`without_erased`); its lock is held (shared:
-    :meth:`ForgetList.reading`) from reading the log until the state is seeded and the tables written, so an
-    erasure listed meanwhile waits, and then finds their rows where this build put them."""
+    whose shoppers' events and profile rows are not kept (:func:`without_erased`). The log is read first; then
+    the list's lock is held (shared: :meth:`ForgetList.reading`) while the events of the shoppers it lists are
+    left out and until the state is seeded and the tables written, so an erasure listed meanwhile waits, and
+    then finds their rows where this build put them, and one listed during the read has its events left out.
+    (The read, the longest part, holds no erasure up, nor the consumers an erasure waiting would hold up.)"""
+    since = pd.Timestamp(now) - pd.Timedelta(days=30)
+    rankings = _logged(log_root, "rankings", ["product_id", "timestamp"], since)
+    logged = _logged(log_root, "interactions", ["product_id", "user_id", "session_id", "type", "timestamp"])
+    read = (rankings, logged, first_logged_day(log_root))
     if forgotten is None:
-        return _write_catalog_tables(products, log_root, folder, now, state, None)
+        return _write_catalog_tables(products, read, folder, now, state, None)
     erasures = ForgetList(forgotten)
     with erasures.reading():
-        return _write_catalog_tables(products, log_root, folder, now, state, erasures)
+        return _write_catalog_tables(products, read, folder, now, state, erasures)
 
 
-def _write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, now: datetime, state: Path | None,
+def _write_catalog_tables(products: pd.DataFrame, read: tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp | None],
+                          folder: Path, now: datetime, state: Path | None,
                           erasures: ForgetList | None) -> dict[str, int]:
-    """:func:`write_catalog_tables`, the erasure list's lock held (``erasures``: None, no list)."""
+    """:func:`write_catalog_tables` once the log is read (``read``: its rankings of the last 30 days, every
+    interaction, its first day), the erasure list's lock held (``erasures``: None, no list)."""
+    rankings, logged, first_logged = read
     stamp = now - timedelta(seconds=1)  # every row's time: before the materialize that follows reads up to now
     tables = product_tables(products, stamp)
     since = pd.Timestamp(now) - pd.Timedelta(days=30)
-    rankings = _logged(log_root, "rankings", ["product_id", "timestamp"], since)
     # an erasure listed before this build held the list's lock may not have reached the log yet: not counted
-    logged = _not_erased(_logged(log_root, "interactions", ["product_id", "user_id", "session_id", "type",
-                                                            "timestamp"]), erasures)
+    logged = _not_erased(logged, erasures)
     interactions = logged[logged["timestamp"] > since]
     # every logged purchase: the consumer's state keeps each one until ``events prune`` drops its day from the log
     purchases = logged[logged["type"] == "purchase"]
@@ -312,7 +319,7 @@ def _write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, 
     folder.mkdir(parents=True, exist_ok=True)
     readme = folder / "README.md"
     simulated = readme.is_file() and "SIMULATED" in readme.read_text(encoding="utf-8")
-    first_day = first_logged_day(log_root) or pd.Timestamp(stamp)
+    first_day = first_logged or pd.Timestamp(stamp)
 
     def kept(name: str) -> pd.DataFrame:  # this build's rows after the builds' before (a simulated world's go)
         frame = tables[name]

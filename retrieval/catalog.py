@@ -353,8 +353,8 @@ def _check_header(path: Path) -> None:
     counts = Counter(name for name in header if name.strip())
     repeated = sorted(name for name, count in counts.items() if count > 1)
     if repeated:
-        raise CatalogError(f"{path}: column(s) {repeated} are named more than once in the header; a catalog names "
-                           "each column once: rename or remove the repeats")
+        raise CatalogError(f"{path}: column(s) {repeated} are named more than once in the header; a CSV file "
+                           "names each column once: rename or remove the repeats")
 
 
 def _checked_rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -365,7 +365,7 @@ def _checked_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
             rows = csv.reader(handle)
-            header = next(rows, [])
+            header = next((row for row in rows if row), [])  # blank lines before it left out, as pandas does
             body = []
             for number, row in enumerate((row for row in rows if row), start=1):
                 extra = [field for field in row[len(header):] if field.strip()]

@@ -851,3 +851,24 @@ def test_prune_removes_the_dead_letters_and_set_aside_spool_lines_older_than_the
     assert [json.loads(line).get("time") for line in dead.read_text().splitlines()] == [old.timestamp(),
                                                                                          recent.timestamp(), None]
     assert [json.loads(line)["offset"] for line in aside.read_text().splitlines()] == [1, 2]
+
+
+def test_a_line_the_spool_set_aside_is_pruned_by_when_it_was_set_aside(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipper sets a line aside because it does not read as an event (torn, garbled), so its value seldom
+    dates it: it records when it set it aside. Before, every such line was kept for good as undated."""
+    from types import SimpleNamespace
+
+    import online_learning.event_log as event_log
+
+    paths = Home(tmp_path)
+    folder = paths.event_spool / "slot-0"
+    now = datetime.now(UTC)
+    shipper = SimpleNamespace(folder=folder, quarantined=0)
+    monkeypatch.setattr(event_log, "time", SimpleNamespace(time=lambda: (now - timedelta(days=40)).timestamp()))
+    EventLog._set_aside(shipper, [(1, 0, b'{"topic": "t", "value": {"user_id": "alice", "ti')])  # type: ignore[arg-type]
+    monkeypatch.undo()
+    EventLog._set_aside(shipper, [(1, 50, b'\x00garbled')])  # type: ignore[arg-type]
+    report = prune(paths, 30, now)
+    assert (report.spool_set_aside, report.undated) == (1, 0)
+    assert [json.loads(line)["offset"] for line in (folder / "corrupt.jsonl").read_text().splitlines()] == [50]

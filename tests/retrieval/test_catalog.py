@@ -285,3 +285,14 @@ def test_the_products_hash_covers_every_column_in_any_row_order_and_survives_par
     assert catalog_hash(pricier) == catalog_hash(products) and products_hash(pricier) != products_hash(products)
     assert products_hash(products.assign(brand=["Dewalt", None, "Bosch"])) != products_hash(products)
     assert products_hash(products.assign(quantity=products["quantity"].astype("Int64"))) == products_hash(products)
+
+
+def test_a_blank_line_before_the_header_does_not_make_the_header_empty(tmp_path: Path) -> None:
+    """A later row ending in delimiters is read through the rows cut to the header; a blank first line had been
+    taken for the header, so every row was 'longer than the header'."""
+    from retrieval.catalog import read_csv_text
+
+    path = tmp_path / "queries.csv"
+    path.write_text("\nquery_id,query\nq1,drill\nq2,hose,,\n")
+    frame = read_csv_text(path)
+    assert list(frame.columns) == ["query_id", "query"] and frame.values.tolist() == [["q1", "drill"], ["q2", "hose"]]
