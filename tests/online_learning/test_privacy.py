@@ -866,7 +866,8 @@ def test_a_line_the_spool_set_aside_is_pruned_by_when_it_was_set_aside(tmp_path:
     now = datetime.now(UTC)
     shipper = SimpleNamespace(folder=folder, quarantined=0)
     monkeypatch.setattr(event_log, "time", SimpleNamespace(time=lambda: (now - timedelta(days=40)).timestamp()))
-    EventLog._set_aside(shipper, [(1, 0, b'{"topic": "t", "value": {"user_id": "alice", "ti')])  # type: ignore[arg-type]
+    torn = b'{"topic": "t", "value": {"user_id": "alice", "ti'
+    EventLog._set_aside(shipper, [(1, 0, torn)])  # type: ignore[arg-type]
     monkeypatch.undo()
     EventLog._set_aside(shipper, [(1, 50, b'\x00garbled')])  # type: ignore[arg-type]
     report = prune(paths, 30, now)
