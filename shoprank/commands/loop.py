@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -400,10 +401,16 @@ def cmd_report_replay(args: argparse.Namespace, settings: Settings) -> int:
             raise InvalidInput(f"{path} has no 'sessions_detail': write it with `shoprank simulate ... --out FILE`")
         detail = report["sessions_detail"]
         if not isinstance(detail, dict) or not all(
-                str(n).isdigit() and isinstance(s, dict) and {"true_ndcg@10", "purchased", "clicked"} <= set(s)
-                for n, s in detail.items()):
+                str(n).isdecimal() and str(n).isascii() and isinstance(s, dict)
+                and {"true_ndcg@10", "purchased", "clicked"} <= set(s) for n, s in detail.items()):
             raise InvalidInput(f"{path}: 'sessions_detail' is not session number -> its true_ndcg@10, purchased and "
                                "clicked, as `shoprank simulate ... --out FILE` writes")
+        for n, session in detail.items():  # numbers, as the simulator writes them: else a traceback, or no CI
+            for metric in ("true_ndcg@10", "purchased", "clicked"):
+                value = session[metric]
+                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                    raise InvalidInput(f"{path}: session {n}'s {metric} is {value!r}, not a finite number as "
+                                       "`shoprank simulate ... --out FILE` writes")
         reports.append(report)
     out = compare_replays(*reports)
     out["first"], out["second"] = str(args.first), str(args.second)

@@ -174,6 +174,16 @@ def test_report_replay_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert out["true_ndcg@10"]["treatment"] > out["true_ndcg@10"]["control"]
     assert main(["report", "replay", str(first), str(bad)]) == 2
     assert "sessions_detail" in capsys.readouterr().err
+    # a hand-edited value, or a session number int() refuses: one line naming it (before: a traceback, or a CI of
+    # null for a whole metric)
+    for session, value, named in (("3", "x", "session 3's true_ndcg@10 is 'x'"), ("3", None, "session 3's"),
+                                  ("3", [0.5], "session 3's"), ("²", 0.5, "'sessions_detail' is not")):
+        edited = replay(base, bought)
+        edited["sessions_detail"][session] = {**edited["sessions_detail"]["3"], "true_ndcg@10": value}
+        bad.write_text(json.dumps(edited))
+        assert main(["report", "replay", str(first), str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert named in err and "Traceback" not in err, err
 
 
 def test_guard_apply_leaves_a_version_activated_while_it_judged(home: Path, monkeypatch: pytest.MonkeyPatch,
