@@ -71,8 +71,13 @@ def exclusive(path: Path) -> Iterator[None]:
     """Hold the lock of ``path`` (:func:`holding` ``<path>.lock`` beside it): for a change that reads a file,
     decides and writes it back, so that a change made by another in between is not overwritten unseen. Each
     writer must take it; readers need not (the file is written whole, :func:`write_text_atomic`)."""
-    with holding(path.with_name(f"{path.name}.lock")):
+    with holding(_lock_of(path)):
         yield
+
+
+def _lock_of(path: Path) -> Path:
+    """The lock beside ``path`` that :func:`exclusive` holds alone and :func:`append_line` shared."""
+    return path.with_name(f"{path.name}.lock")
 
 
 def append_line(path: Path, line: str) -> None:
@@ -81,7 +86,7 @@ def append_line(path: Path, line: str) -> None:
     forget`` and ``prune``) loses none of it, as the append waits for it and then opens the new file. Appends
     do not wait for each other; taking the lock costs microseconds when none waits."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with holding(path.with_name(f"{path.name}.lock"), shared=True), path.open("a") as handle:
+    with holding(_lock_of(path), shared=True), path.open("a") as handle:
         handle.write(line + "\n")
 
 

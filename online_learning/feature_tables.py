@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -279,9 +280,9 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
     then finds their rows where this build put them, and one listed during the read has its events left out.
     (The read, the longest part, holds no erasure up, nor the consumers an erasure waiting would hold up.)"""
     since = pd.Timestamp(now) - pd.Timedelta(days=30)
-    rankings = _logged(log_root, "rankings", ["product_id", "timestamp"], since)
-    logged = _logged(log_root, "interactions", ["product_id", "user_id", "session_id", "type", "timestamp"])
-    read = (rankings, logged, first_logged_day(log_root))
+    read = _LogRead(since, _logged(log_root, "rankings", ["product_id", "timestamp"], since),
+                    _logged(log_root, "interactions", ["product_id", "user_id", "session_id", "type", "timestamp"]),
+                    first_logged_day(log_root))
     if forgotten is None:
         return _write_catalog_tables(products, read, folder, now, state, None)
     erasures = ForgetList(forgotten)
@@ -289,17 +290,25 @@ def write_catalog_tables(products: pd.DataFrame, log_root: Path, folder: Path, n
         return _write_catalog_tables(products, read, folder, now, state, erasures)
 
 
-def _write_catalog_tables(products: pd.DataFrame, read: tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp | None],
-                          folder: Path, now: datetime, state: Path | None,
+@dataclass(frozen=True)
+class _LogRead:
+    """What a catalog build reads of the event log before it takes the erasure list's lock."""
+
+    since: pd.Timestamp  # the start of the last 30 days
+    rankings: pd.DataFrame  # since then
+    logged: pd.DataFrame  # every interaction
+    first_day: pd.Timestamp | None  # the log's first day (None: nothing logged)
+
+
+def _write_catalog_tables(products: pd.DataFrame, read: _LogRead, folder: Path, now: datetime, state: Path | None,
                           erasures: ForgetList | None) -> dict[str, int]:
-    """:func:`write_catalog_tables` once the log is read (``read``: its rankings of the last 30 days, every
-    interaction, its first day), the erasure list's lock held (``erasures``: None, no list)."""
-    rankings, logged, first_logged = read
+    """:func:`write_catalog_tables` once the log is ``read``, the erasure list's lock held (``erasures``: None,
+    no list)."""
+    since, rankings = read.since, read.rankings
     stamp = now - timedelta(seconds=1)  # every row's time: before the materialize that follows reads up to now
     tables = product_tables(products, stamp)
-    since = pd.Timestamp(now) - pd.Timedelta(days=30)
     # an erasure listed before this build held the list's lock may not have reached the log yet: not counted
-    logged = _not_erased(logged, erasures)
+    logged = _not_erased(read.logged, erasures)
     interactions = logged[logged["timestamp"] > since]
     # every logged purchase: the consumer's state keeps each one until ``events prune`` drops its day from the log
     purchases = logged[logged["type"] == "purchase"]
@@ -319,7 +328,7 @@ def _write_catalog_tables(products: pd.DataFrame, read: tuple[pd.DataFrame, pd.D
     folder.mkdir(parents=True, exist_ok=True)
     readme = folder / "README.md"
     simulated = readme.is_file() and "SIMULATED" in readme.read_text(encoding="utf-8")
-    first_day = first_logged or pd.Timestamp(stamp)
+    first_day = read.first_day or pd.Timestamp(stamp)
 
     def kept(name: str) -> pd.DataFrame:  # this build's rows after the builds' before (a simulated world's go)
         frame = tables[name]

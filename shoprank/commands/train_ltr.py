@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +29,7 @@ from core.settings import Settings
 from evaluation.dataset import load_dataset
 from ranking.lambdamart import GAINS, OBJECTIVES, TUNABLE
 from shoprank.commands.arguments import out_folder, run_name
+from shoprank.commands.training import own_training_folder
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -278,7 +277,7 @@ def _register(args: argparse.Namespace, settings: Settings, model: LambdaMART, m
               params: dict[str, object], train_rows: int) -> None:
     """Save the model, register it with its parameters and metrics, activate it when asked (or first)."""
     # a folder of this run's own: two runs of one --run-name at once never register each other's model
-    work = settings.paths.training(f"ltr-{args.run_name}-{os.getpid()}-{time.time_ns()}")
+    work = own_training_folder(settings, f"ltr-{args.run_name}")
     model.save(work)
     registry = ModelRegistry(settings.paths.models)
     try:

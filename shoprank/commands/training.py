@@ -90,6 +90,12 @@ def check_work_folder(work: Path, settings: Settings) -> None:
         raise InvalidInput(f"the work folder {work} is a file: give a folder")
 
 
+def own_training_folder(settings: Settings, name: str) -> Path:
+    """A work folder under ``<home>/training/`` named ``name`` and this process and moment, so no other run,
+    nor a local run's checkpoint (``<kind>-<run name>``), is in it; the caller removes it when done."""
+    return settings.paths.training(f"{name}-{os.getpid()}-{time.time_ns()}")
+
+
 def missing_files(folder: Path, needs: tuple[str, ...]) -> list[str]:
     """The names of ``needs`` that ``folder`` does not hold: a name ending in / is a folder, ``a|b`` either file."""
     def held(name: str) -> bool:
@@ -114,7 +120,7 @@ def trained(args: argparse.Namespace, settings: Settings, work: Path, kind: str,
     if missing:
         raise InvalidInput(f"--trained {args.trained}: no {' and '.join(missing)} there; give the folder that "
                            f"`python -m ranking.training.{kind} FILE --out FOLDER` wrote")
-    copy = settings.paths.training(f"{kind}-trained-{os.getpid()}-{time.time_ns()}")
+    copy = own_training_folder(settings, f"{kind}-trained")
     if copy.resolve().is_relative_to(args.trained.resolve()):  # the copy would copy itself
         raise InvalidInput(f"--trained {args.trained} holds this command's work folder {copy.parent}: "
                            "give the folder the training wrote, anywhere else")
