@@ -351,8 +351,9 @@ def _too_few(searches: int, logged: int, filtered: dict, min_searches: int, sinc
             "reason": f"the traffic filters dropped {logged - searches} of the window's {logged} logged searches "
                       f"(see `filtered`: an anomalous shopper's volume, clicks or conversions), leaving {searches}, "
                       f"fewer than --min-searches {min_searches}: check the shoppers they count "
-                      "(`anomalous_by_reason`; named by a keyed hash, ForgetList.pseudonym: a storefront that "
-                      "sends one user id for every visitor reads as one anomalous shopper); `--no-filter` measures "
+                      "(`anomalous_by_reason`; named by a keyed hash, `shoprank events pseudonym --user ID`: a "
+                      "storefront that sends one user id for every visitor reads as one anomalous shopper); "
+                      "`--no-filter` measures "
                       "what the filters do"}
 
 

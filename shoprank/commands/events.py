@@ -119,6 +119,20 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_pseudonym(args: argparse.Namespace, settings: Settings) -> int:
+    """The name a model's metrics give each shopper (the traffic filters' report), to find one there."""
+    from online_learning.forget_list import ForgetList
+
+    users = _ids(args.user, "--user")
+    if not users:
+        raise InvalidInput("name the shopper: --user ID (repeat for several)")
+    name = ForgetList(settings.paths.forgotten).pseudonym
+    print(json.dumps({"pseudonyms": {user: name(user) for user in users},
+                      "note": None if name(users[0]) else "no erasure has made the list's key yet: model metrics "
+                      "name no shopper"}, indent=2))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     events = sub.add_parser("events", help="import historical events (searches shown, clicks, carts, purchases); "
                             "erase a shopper's; keep the log to a window")
@@ -148,8 +162,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-file", help="user ids, one a line")
     p.add_argument("--dry-run", action="store_true", help="only count what would be erased")
     p.set_defaults(handler=cmd_forget)
-    p = verbs.add_parser("prune", help="remove the event log's days, the streaming state's purchases and the shadow "
-                         "records older than --keep-days (a retention policy; run it nightly)")
+    p = verbs.add_parser("prune", help="remove the event log's days, the streaming state's purchases, the shadow "
+                         "records, dead letters and set-aside spool lines older than --keep-days (a retention "
+                         "policy; run it nightly)")
     p.add_argument("--keep-days", type=int, required=True, help="days kept, counted back from today (UTC)")
     p.add_argument("--dry-run", action="store_true", help="only count what would be removed")
     p.set_defaults(handler=cmd_prune)
+    p = verbs.add_parser("pseudonym", help="the name a model's metrics give a shopper (the traffic filters' report "
+                         "names shoppers by a hash keyed with the erasure list's key), to find one there")
+    p.add_argument("--user", action="append", help="a user id (repeat for several)")
+    p.set_defaults(handler=cmd_pseudonym)

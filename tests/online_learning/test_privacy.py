@@ -559,6 +559,12 @@ def test_prune_keeps_the_window_and_the_commands_report(tmp_path: Path, monkeypa
         assert code == 2 and "--user ID" in err
         code, out, err = run_cli(capsys, "events", "forget", "--user", "x" * 129)
         assert code == 2 and "1..128 characters" in err
+        # the name a model's metrics give a shopper, now that the erasure made the list's key
+        code, out, err = run_cli(capsys, "events", "pseudonym", "--user", "u7")
+        expected = ForgetList(paths.forgotten).pseudonym("u7")
+        assert code == 0 and expected and json.loads(out)["pseudonyms"] == {"u7": expected}, err
+        code, out, err = run_cli(capsys, "events", "pseudonym")
+        assert code == 2 and "--user ID" in err
     finally:
         get_settings.cache_clear()
 
