@@ -17,7 +17,8 @@ The store holds the files at their home-relative paths and one ``MANIFEST.json``
 (path -> sha256). :meth:`ArtifactStore.push` uploads the files whose digest the
 manifest does not have yet, then writes the manifest; :meth:`ArtifactStore.pull`
 downloads the files whose digest differs from the last pull (each into a temporary
-file, then renamed, so a reader never sees half a file), the pointers (active versions,
+file, then renamed, so a reader never sees half a file; an index's files into a copy of its folder,
+moved in whole, so a reader never sees a new manifest beside old data), the pointers (active versions,
 the experiment, the rules) last, so none points at files not pulled yet. Model folders are
 immutable once registered, so a pull after a swap moves the small ``active.json``
 and any new version. Replicas pull at start and on every ``serving.reload_poll_s``
@@ -64,7 +65,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from core.errors import Conflict, InvalidInput, NotFound, NotReady
-from core.files import holding, write_text_atomic
+from core.files import (
+    exclusive,
+    holding,
+    recover_folder,
+    replace_folder,
+    staging_of,
+    write_text_atomic,
+)
 from core.keys import KeyStore
 from core.registry import VERSION, ModelRegistry, file_digest
 
@@ -101,6 +109,7 @@ class Transfer:
 
 
 VERSION_FOLDER = re.compile(r"^((?:stores/[^/]+/)?models/[^/]+/v[0-9]+)/")
+INDEX_FOLDER = re.compile(r"^((?:stores/[^/]+/)?indexes/[^/]+/[^/]+)/")  # an index (one encoder's), pulled whole
 
 
 def _version_of(rel: str) -> str | None:
@@ -150,6 +159,14 @@ def _shared(rel: str) -> bool:
     name = PurePosixPath(rel).name
     pull = name.startswith(".") and name.endswith(".pull")
     return not (name.endswith((".tmp", ".lock")) or pull or _UNSHARED.match(rel))
+
+
+def _link(source: str, target: str) -> None:
+    """``target`` made a hard link of ``source`` (a copy where the file system has none to make)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _dirty(path: Path, recorded: dict[str, Any] | None) -> bool:
@@ -539,37 +556,79 @@ class ArtifactStore:
 
     def _fetch(self, wanted: list[tuple[str, str]], state: dict[str, Any]) -> tuple[int, int]:
         """Download ``wanted`` (path, sha256) in order, each into a temporary file and then in place, recording
-        each in ``state``; the files and bytes moved."""
+        each in ``state``; the files and bytes moved. An index's files come first, each index moved in whole
+        (:meth:`_fetch_index`)."""
         moved = size = 0
+        indexes: dict[str, list[tuple[str, str]]] = {}
         for rel, digest in wanted:
+            if found := INDEX_FOLDER.match(rel):
+                indexes.setdefault(found.group(1), []).append((rel, digest))
+        for prefix, files in sorted(indexes.items()):
+            done = self._fetch_index(prefix, files, state)
+            moved, size = moved + len(files), size + done
+        for rel, digest in wanted:
+            if INDEX_FOLDER.match(rel):
+                continue
             target = self.home / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.pull")
-            try:
-                self.fs.get_file(f"{self.root}/{rel}", str(tmp))
-            except FileNotFoundError:  # a push removed it meanwhile
-                tmp.unlink(missing_ok=True)
-                raise self._changed(rel) from None
-            if file_digest(tmp) != digest:
-                tmp.unlink()
-                raise self._changed(rel)
-            if rel.endswith(KEYS):  # the API keys' hashes: the owner's only, as where they were made
-                os.chmod(tmp, 0o600)
+            tmp = self._download(rel, digest, target)
             if rel == KEYS and target.is_file():  # merged, not replaced
                 changed = self._merge_pulled_keys(tmp, target)
                 tmp.unlink()
-                stat = target.stat()
-                state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_digest(target),
-                              "merged": digest}
+                self._record(state, rel, digest, merged=True)
                 moved += changed
-                size += stat.st_size if changed else 0
+                size += target.stat().st_size if changed else 0
                 continue
             os.replace(tmp, target)
-            stat = target.stat()
-            state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+            size += self._record(state, rel, digest)
             moved += 1
-            size += stat.st_size
         return moved, size
+
+    def _fetch_index(self, prefix: str, files: list[tuple[str, str]], state: dict[str, Any]) -> int:
+        """Fetch the files of the index folder ``prefix`` into a copy of it (``<fp>.building``, its other files
+        linked, not copied) and move that in whole, as a build does (:func:`core.files.replace_folder`), holding
+        the index's write lock (no build or write of it meanwhile); the bytes moved. A pull cut off leaves the
+        index as it was (never a new manifest beside old data files, or the reverse), and a swap cut off is
+        finished by the next pull or load (:func:`core.files.recover_folder`)."""
+        folder = self.home / prefix
+        staging = staging_of(folder)
+        with exclusive(folder):
+            recover_folder(folder, lambda path: (path / "manifest.json").is_file())
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                if folder.is_dir():
+                    shutil.copytree(folder, staging, symlinks=True, copy_function=_link)
+                for rel, digest in files:
+                    target = staging / rel[len(prefix) + 1:]
+                    os.replace(self._download(rel, digest, target), target)
+                replace_folder(folder)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return sum(self._record(state, rel, digest) for rel, digest in files)
+
+    def _download(self, rel: str, digest: str, target: Path) -> Path:
+        """The store's ``rel`` in a temporary file beside ``target`` (made with its folder), its digest checked."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.pull")
+        try:
+            self.fs.get_file(f"{self.root}/{rel}", str(tmp))
+        except FileNotFoundError:  # a push removed it meanwhile
+            tmp.unlink(missing_ok=True)
+            raise self._changed(rel) from None
+        if file_digest(tmp) != digest:
+            tmp.unlink()
+            raise self._changed(rel)
+        if rel.endswith(KEYS):  # the API keys' hashes: the owner's only, as where they were made
+            os.chmod(tmp, 0o600)
+        return tmp
+
+    def _record(self, state: dict[str, Any], rel: str, digest: str, merged: bool = False) -> int:
+        """Record the store's ``rel`` (sha256 ``digest``) as pulled into this home (``merged``: the key file, merged
+        with this home's: its digest is its own); its size."""
+        stat = (self.home / rel).stat()
+        state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+        if merged:
+            state[rel] |= {"sha256": file_digest(self.home / rel), "merged": digest}
+        return stat.st_size
 
     def _cut_off_pull(self) -> dict[str, str]:
         """What a pull killed before its end was putting in place (path -> sha256): a file left with that digest

@@ -1,6 +1,6 @@
 """Files written whole: a reader (another process, a replica's pull) sees the old file or the new one; and
-one change of a file at a time across processes (:func:`exclusive`). JSON written for other tools is strict
-(:func:`finite`)."""
+one change of a file at a time across processes (:func:`exclusive`). Folders replaced whole
+(:func:`replace_folder`). JSON written for other tools is strict (:func:`finite`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import errno
 import fcntl
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -126,3 +127,40 @@ def holding(lock_file: Path, shared: bool = False, missing_ok: bool = False) -> 
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         os.close(handle)
+
+
+def staging_of(path: Path) -> Path:
+    """The folder (``<path>.building``) where the next whole folder for ``path`` is made, for
+    :func:`replace_folder` to move in."""
+    return path.with_name(path.name + ".building")
+
+
+def replace_folder(path: Path) -> None:
+    """Move the folder made at :func:`staging_of` ``path`` in at ``path``; the folder there is put aside as
+    ``<path>.old``, not deleted, until the new one is in its place: a process that dies between the two renames
+    leaves both whole, and :func:`recover_folder` puts one of them back. Hold ``path``'s lock
+    (:func:`exclusive`) while it is made and moved in."""
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    staging_of(path).rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(path: Path, whole: Callable[[Path], bool]) -> Path | None:
+    """Finish or undo a :func:`replace_folder` that a process dying cut short (hold ``path``'s lock): with no
+    ``whole`` folder at ``path``, the new one (:func:`staging_of`) is moved in if whole, else the old one it was
+    replacing (``<path>.old``); an old folder left beside a whole one is deleted. The folder moved in, if any."""
+    moved = None
+    if not whole(path):
+        for folder in (staging_of(path), path.with_name(path.name + ".old")):
+            if whole(folder):
+                shutil.rmtree(path, ignore_errors=True)  # a folder that is not whole is none
+                folder.rename(path)
+                moved = folder
+                break
+    old = path.with_name(path.name + ".old")
+    if old.exists() and whole(path):
+        shutil.rmtree(old, ignore_errors=True)
+    return moved

@@ -50,7 +50,7 @@ import pandas as pd
 
 from core import __version__
 from core.errors import Conflict, InvalidInput, NotFound, NotReady
-from core.files import fsync_path, write_text_atomic
+from core.files import fsync_path, recover_folder, replace_folder, staging_of, write_text_atomic
 from core.settings import RetrievalSettings
 from retrieval.analyzer import Analyzer, english_words
 from retrieval.bm25 import BM25Index
@@ -217,7 +217,7 @@ class ProductIndex:
                 created, rewritten without its dead rows); default now.
         """
         started = time.perf_counter()
-        staging = path.with_name(path.name + ".building")
+        staging = staging_of(path)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         products = products.reset_index(drop=True).copy()
@@ -237,14 +237,7 @@ class ProductIndex:
         index.manifest.build_seconds = round(time.perf_counter() - started, 2)
         index.save()
         del index, bm25, dense
-        # the old folder is put aside, not deleted, until the new one is in its place: a process that dies
-        # between the two renames leaves both whole, and recover() puts one of them back
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            path.rename(old)
-        staging.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(path)  # the old folder put aside until the new one is in: recover() puts one back
         logger.info("built index %s: %d products in %.1f s", path, len(products), time.perf_counter() - started)
         return cls.load(path, settings)
 
@@ -254,20 +247,12 @@ class ProductIndex:
         :func:`write_lock`): with no index at ``path``, the finished build (``<name>.building``) is moved in,
         else the index it was replacing (``<name>.old``); an old folder left beside an index is deleted.
         True when an index was moved back in."""
-        staging, old = path.with_name(path.name + ".building"), path.with_name(path.name + ".old")
-        moved = False
-        if not (path / MANIFEST).is_file():
-            for folder, what in ((staging, "the finished build"), (old, "the index it was replacing")):
-                if _complete(folder):
-                    shutil.rmtree(path, ignore_errors=True)  # a folder without a manifest is no index
-                    folder.rename(path)
-                    logger.warning("index %s: a build was cut short while it moved folders; %s (%s) is served",
-                                   path, what, folder.name)
-                    moved = True
-                    break
-        if old.exists() and (path / MANIFEST).is_file():
-            shutil.rmtree(old, ignore_errors=True)
-        return moved
+        moved = recover_folder(path, _complete)
+        if moved is not None:
+            what = "the finished build" if moved == staging_of(path) else "the index it was replacing"
+            logger.warning("index %s: a build was cut short while it moved folders; %s (%s) is served",
+                           path, what, moved.name)
+        return moved is not None
 
     @classmethod
     def load(cls, path: Path, settings: RetrievalSettings) -> ProductIndex:

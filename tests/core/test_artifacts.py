@@ -582,21 +582,77 @@ def test_a_pull_cut_off_leaves_no_partial_file_for_a_push_to_publish(tmp_path: P
     get_file = store.fs.get_file
 
     def cut_off(remote: str, local: str, **kwargs: object) -> None:
-        if remote.endswith("vectors.npy"):
-            Path(local).write_bytes(b"\x01" * 100)  # part of it arrived
+        if remote.endswith("model.txt"):
+            Path(local).write_bytes(b"tr")  # part of it arrived
             raise ConnectionError("connection reset")
         get_file(remote, local, **kwargs)
 
     monkeypatch.setattr(store.fs, "get_file", cut_off)
     with pytest.raises(ConnectionError):
         store.pull()
-    folder = replica / "indexes" / "default" / "fp"
+    folder = replica / "models" / "ltr" / "v1"
     left = [p.name for p in folder.iterdir()]
     assert left and all(name.endswith(".pull") for name in left)
     assert store.push().files == 0  # the partial download is not shared
     monkeypatch.undo()
-    assert ArtifactStore(url, replica).pull().files == 3
-    assert [p.name for p in folder.iterdir()] == ["vectors.npy"]  # and the next pull removes it
+    assert ArtifactStore(url, replica).pull().files == 2  # the index came whole before the cut
+    assert [p.name for p in folder.iterdir()] == ["model.txt"]  # and the next pull removes it
+
+
+def _write_index(folder: Path, fill: bytes) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("manifest.json", "products.parquet", "vectors.f32", "bm25/meta.json"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_bytes(fill * 100)
+
+
+@pytest.mark.parametrize("cut", ["download", "swap"])
+def test_an_index_is_pulled_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
+    """A pull cut off while it fetched an index's files (or between the two renames that move it in) leaves the
+    index as it was: before, the files fetched before the cut were in place, a new manifest beside old data."""
+    url = f"file://{tmp_path / 'store'}"
+    job, replica = tmp_path / "job", tmp_path / "replica"
+    index = Path("indexes") / "default" / "fp"
+    _write_index(job / index, b"1")
+    ArtifactStore(url, job).push()
+    ArtifactStore(url, replica).pull()
+    _write_index(job / index, b"2")  # rebuilt: every file changes
+    (job / index / "bm25" / "segment.idx").write_bytes(b"new")
+    ArtifactStore(url, job).push()
+    store = ArtifactStore(url, replica)
+    if cut == "download":
+        get_file = store.fs.get_file
+
+        def cut_off(remote: str, local: str, **kwargs: object) -> None:
+            if remote.endswith("vectors.f32"):
+                raise ConnectionError("connection reset")
+            get_file(remote, local, **kwargs)
+
+        monkeypatch.setattr(store.fs, "get_file", cut_off)
+    else:
+        import core.artifacts
+
+        def killed(path: Path) -> None:
+            path.rename(path.with_name(path.name + ".old"))
+            raise SystemExit(9)
+
+        monkeypatch.setattr(core.artifacts, "replace_folder", killed)
+    with pytest.raises((ConnectionError, SystemExit)):
+        store.pull()
+    if cut == "swap":  # no index in place: a load finishes the swap (ProductIndex.recover), or the next pull
+        assert not (replica / index).exists()
+        assert (replica / "indexes" / "default" / "fp.old" / "manifest.json").read_bytes() == b"1" * 100
+    else:
+        held = {p.relative_to(replica / index): p.read_bytes() for p in (replica / index).rglob("*") if p.is_file()}
+        assert held == {Path(name): b"1" * 100 for name in ("manifest.json", "products.parquet", "vectors.f32",
+                                                          "bm25/meta.json")}
+    assert not (replica / "indexes" / "default" / "fp.building").exists()
+    monkeypatch.undo()
+    assert ArtifactStore(url, replica).pull().files == 5
+    assert sorted(p.name for p in (replica / "indexes" / "default").iterdir()) == ["fp", "fp.lock"]
+    assert (replica / index / "vectors.f32").read_bytes() == b"2" * 100
+    assert (replica / index / "bm25" / "segment.idx").read_bytes() == b"new"
+    assert ArtifactStore(url, replica).push().files == 0 and ArtifactStore(url, replica).pull().files == 0
 
 
 def _index_rebuilt_and_swap_made(tmp_path: Path, fill: bytes) -> tuple[str, Path, Path]:
@@ -730,7 +786,7 @@ def test_a_pull_skips_what_an_older_push_published_and_no_push_shares(tmp_path: 
     pulled = ArtifactStore(f"file://{store}", replica)
     assert pulled.pull().files == 1
     assert sorted(str(p.relative_to(replica)) for p in replica.rglob("*") if p.is_file()) == [
-        ".artifacts.json", ".artifacts.lock", "indexes/default/fp/vectors.npy"]
+        ".artifacts.json", ".artifacts.lock", "indexes/default/fp.lock", "indexes/default/fp/vectors.npy"]
     again = pulled.pull()
     assert (again.files, again.unchanged) == (0, 1)
 
