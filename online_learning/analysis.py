@@ -75,7 +75,8 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
     older days are not read), after the traffic filters (:mod:`online_learning.traffic_filter`;
     None: every logged event counts), so the promotion policy and the guard cannot be steered by
     the traffic the retrain job ignores. With ``shelves``, one row per listing and recommendation
-    shelf shown instead (``pipeline`` says which)."""
+    shelf shown instead (``pipeline`` says which). The later pages of a search are its own row's
+    (:func:`_pages_folded`)."""
     rankings = searches_only(read_log(log_root, "rankings", since=since), shelves)
     if since is not None and not rankings.empty:
         rankings = rankings[pd.to_datetime(rankings["timestamp"], utc=True) > since]
@@ -87,14 +88,14 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
     if filters is not None and not rankings.empty:
         cleaned = cleaned_by_day(rankings, interactions, filters)
         rankings, interactions = cleaned.rankings, cleaned.interactions
-    for column in ("session_id", "searched", "filters"):  # absent from logs written before they were logged
+    for column in ("session_id", "searched", "filters", "sort"):  # absent from logs written before they were logged
         if column not in rankings:
             rankings = rankings.assign(**{column: None})
     per_search = rankings.groupby("request_id").agg(
         timestamp=("timestamp", "first"), user_id=("user_id", "first"), session_id=("session_id", "first"),
         query=("query", "first"), searched=("searched", "first"), filters=("filters", "first"),
-        arm=("arm", "first"), pipeline=("pipeline", "first"), latency_ms=("latency_ms", "first"),
-        shown=("shown", "first"),
+        sort=("sort", "first"), arm=("arm", "first"), pipeline=("pipeline", "first"),
+        latency_ms=("latency_ms", "first"), shown=("shown", "first"), first_shown=("position", "min"),
         degraded=("degraded", "first"), models=("models", "first")).reset_index()
     for kind, column in (("click", "clicked"), ("add_to_cart", "carted"), ("purchase", "bought")):
         hits = interactions[interactions["type"] == kind].groupby("request_id").size() if not interactions.empty else pd.Series(dtype=int)
@@ -107,7 +108,39 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
     per_search["timestamp"] = pd.to_datetime(per_search["timestamp"], utc=True)
     for column in ("user_id", "session_id"):  # a blank id ("", in logs written before ingestion read it as none)
         per_search[column] = shopper_ids(per_search, column)
-    return per_search.sort_values("timestamp", ignore_index=True)
+    per_search = _pages_folded(per_search.sort_values("timestamp", ignore_index=True))
+    return per_search.drop(columns=["sort", "first_shown"])
+
+
+PAGE_GAP = pd.Timedelta(minutes=30)  # the longest a shopper reads a page of results before asking for the next
+
+
+def _pages_folded(per_search: pd.DataFrame) -> pd.DataFrame:
+    """:func:`searches`' rows (by time) with each later page of results (one whose first row was shown below
+    position 1) folded into the search whose first page the same shopper (user, else session) was shown last,
+    for the same text, filters, order, pipeline and arm, at most :data:`PAGE_GAP` before: a shopper paging
+    through a query made one search, and a click on page 2 is that search's. A later page with no such first
+    page (an anonymous shopper's, or one whose first page is before the log's window) stays a row of its own.
+    A page asked for past the last result shows nothing, and logs no position: it reads as a search that
+    showed nothing."""
+    later = (per_search["first_shown"] > 1).to_numpy()
+    if not later.any():
+        return per_search
+    who = per_search["user_id"].fillna(per_search["session_id"])
+    keys = [who, searched_text(per_search), *(per_search[c].astype(str) for c in ("filters", "sort", "pipeline", "arm"))]
+    first = per_search["first_shown"] == 1
+    anchors = pd.DataFrame({"request_id": per_search["request_id"].where(first),
+                            "timestamp": per_search["timestamp"].where(first)})
+    anchors = anchors.groupby(keys, dropna=True).ffill()  # per row: the last first page of its search so far
+    folded = later & anchors["request_id"].notna().to_numpy() & \
+        (per_search["timestamp"] - anchors["timestamp"] <= PAGE_GAP).to_numpy()
+    target = per_search["request_id"].where(~folded, anchors["request_id"])
+    credit = per_search.groupby(target).agg(clicked=("clicked", "max"), carted=("carted", "max"),
+                                            bought=("bought", "max"), revenue=("revenue", "sum"))
+    kept = per_search[~folded].copy()
+    for column in credit.columns:
+        kept[column] = kept["request_id"].map(credit[column]).to_numpy()
+    return kept.reset_index(drop=True)
 
 
 def searched_text(rows: pd.DataFrame) -> pd.Series:

@@ -140,3 +140,37 @@ def test_blank_shopper_ids_of_older_logs_are_read_as_none(tmp_path: Path) -> Non
     per_search = searches(tmp_path / "log", filters=None)
     assert per_search["user_id"].isna().all() and per_search["session_id"].isna().all()
     assert shopper(per_search).nunique() == 3  # each anonymous search its own shopper, not one named ""
+
+
+def test_a_shopper_paging_through_a_query_made_one_search(tmp_path: Path) -> None:
+    """Pages 2 and 3 of a search fold into its first page (counted once, the click on page 2 credited to it);
+    before, each page read as a search of its own: 3 searches, a third of them clicked."""
+    events: list[Delivered] = []
+
+    def page(n: int, user: str | None, first: int, minutes: float, text: str = "drill", click: bool = False,
+             sort: str | None = None) -> None:
+        when = NOW - timedelta(hours=2) + timedelta(minutes=minutes)
+        events.append(Delivered(RANKINGS_TOPIC, 0, len(events), RankingEvent(
+            event_id=f"r{n}", request_id=f"r{n}", timestamp=when, user_id=user, query=text, pipeline="full",
+            sort=sort, items=[ShownItem(product_id=f"P{j}", position=j) for j in range(first, first + 10)])))
+        if click:
+            events.append(Delivered(INTERACTIONS_TOPIC, 0, len(events), InteractionEvent(
+                type="click", event_id=f"c{n}", request_id=f"r{n}", timestamp=when + timedelta(seconds=5),
+                user_id=user, product_id=f"P{first}", position=first)))
+
+    page(1, "u1", 1, 0)
+    page(2, "u1", 11, 1, click=True)
+    page(3, "u1", 21, 2)
+    page(4, "u2", 11, 3)  # u2 never saw page 1 (in this log): a search of its own
+    page(5, None, 11, 4)  # an anonymous shopper's page 2: no search to fold it into
+    page(6, "u1", 1, 5, sort="price_asc")  # the same text sorted by price: another search,
+    page(7, "u1", 11, 6, sort="price_asc")  # with its own page 2
+    page(8, "u1", 11, 60)  # an hour after u1's last relevance-ranked first page: a search of its own
+    ParquetLogSink(tmp_path / "log")([e for e in events if e.topic == RANKINGS_TOPIC])
+    ParquetLogSink(tmp_path / "log")([e for e in events if e.topic == INTERACTIONS_TOPIC])
+    table = searches(tmp_path / "log", filters=None)
+    assert list(table["request_id"]) == ["r1", "r4", "r5", "r6", "r8"]
+    assert list(table["clicked"]) == [1, 0, 0, 0, 0]
+    assert "first_shown" not in table and "sort" not in table
+    drill = search_terms(table).set_index("text").loc["drill"]
+    assert (drill["searches"], drill["ctr"], drill["zero_result_rate"]) == (5, 0.2, 0.0)
