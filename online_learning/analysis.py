@@ -127,7 +127,8 @@ def _pages_folded(per_search: pd.DataFrame) -> pd.DataFrame:
     if not later.any():
         return per_search
     who = per_search["user_id"].fillna(per_search["session_id"])
-    keys = [who, searched_text(per_search), *(per_search[c].astype(str) for c in ("filters", "sort", "pipeline", "arm"))]
+    same = ("filters", "sort", "pipeline", "arm")
+    keys = [who, searched_text(per_search), *(per_search[column].astype(str) for column in same)]
     first = per_search["first_shown"] == 1
     anchors = pd.DataFrame({"request_id": per_search["request_id"].where(first),
                             "timestamp": per_search["timestamp"].where(first)})
