@@ -151,7 +151,8 @@ class RankingSettings(BaseModel):
                                                                "bf16 on a CPU with AMX when that package is installed, "
                                                                "else int8 where the CPU has int8 kernels (AMX, AVX-512 "
                                                                "VNNI, AVX2), fp32 elsewhere (/healthz says which).")
-    max_length: int = Field(40, ge=8, le=512, description="Token cap of a (query, title) pair.")
+    max_length: int = Field(40, ge=8, le=512, description="Token cap of a (query, title) pair (a cross-encoder "
+                            "trained at a shorter --max-length is served at that).")
     batch_size: int = Field(32, ge=1, le=1024, description="Pairs per ONNX Runtime call of a cross-encoder.")
     threads: int = Field(0, ge=0, le=64, description="ONNX Runtime threads of each served model (the "
                          "cross-encoders and the query encoder) in one server process. 0: the usable cores "

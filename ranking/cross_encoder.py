@@ -129,6 +129,7 @@ class CrossEncoderScorer:
         self.tokenizer = _PairTokenizer(model_dir, max_length)
         self.model_dir = model_dir
         self.precision = precision
+        self.max_length = max_length
         self.batch_size = batch_size
 
     def score_pairs(self, queries: Sequence[str], texts: Sequence[str], deadline: float | None = None) -> np.ndarray:

@@ -112,7 +112,7 @@ def served_tag(served: ServedModel, ranking: RankingSettings) -> str | None:
     """The score-store name of a served cross-encoder (None: not registered, memory tier only)."""
     precision = getattr(served.model, "precision", ranking.precision)  # resolved (ranking.precision may be auto)
     return model_tag(served.role, served.version, getattr(served.model, "model_dir", None), precision,
-                     ranking.max_length)
+                     getattr(served.model, "max_length", ranking.max_length))  # resolved (served_max_length)
 
 
 @dataclass

@@ -80,6 +80,18 @@ def teacher_cost_warning(cpu: Cpu, precision: str, teacher_depth: int) -> str | 
             "docs/operations.md, 'On a CPU without VNNI or AMX'")
 
 
+def served_max_length(settings: Settings, entry: ModelVersion) -> int:
+    """The token cap of the (query, title) pairs a registered cross-encoder scores when served:
+    ``ranking.max_length``, or the length it was trained at where that is shorter (pairs longer than any it
+    learnt from)."""
+    trained = entry.params.get("max_length")
+    if isinstance(trained, int) and not isinstance(trained, bool) and 0 < trained < settings.ranking.max_length:
+        logger.info("%s %s is served at the %d tokens it was trained at (ranking.max_length %d)", entry.role,
+                    entry.version, trained, settings.ranking.max_length)
+        return trained
+    return settings.ranking.max_length
+
+
 def load_cross_encoder(settings: Settings, role: str, spec: str | None = None) -> ServedModel | None:
     """The configured version (or ``spec``) of ``role`` (reranker|student), on ONNX Runtime."""
     from ranking.cross_encoder import CrossEncoderScorer
@@ -88,8 +100,8 @@ def load_cross_encoder(settings: Settings, role: str, spec: str | None = None) -
     entry = _entry(settings, role, spec or (rk.reranker if role == "reranker" else rk.student))
     if entry is None or entry.path is None:
         return None
-    scorer = CrossEncoderScorer(Path(entry.path), served_precision(settings), max_length=rk.max_length,
-                                batch_size=rk.batch_size, threads=server_threads(settings))
+    scorer = CrossEncoderScorer(Path(entry.path), served_precision(settings), max_length=served_max_length(
+        settings, entry), batch_size=rk.batch_size, threads=server_threads(settings))
     logger.info("loaded %s %s (%s)", role, entry.version, scorer.precision)
     if role == "reranker":
         from core.hardware import cpu

@@ -65,6 +65,7 @@ class RerankerConfig:
     device: str = "auto"  # auto: a CUDA GPU when torch sees one, else the CPU
     # the forward pass in "fp32" or "bf16" (autocast); "auto": bf16 on a CPU with AMX or AVX-512 BF16, else fp32
     precision: str = "auto"
+    queries: str = "typed"  # typed: as the dataset spells them; analyzed: as the served stages score them
 
 
 def load_model(base: str, layers: int):  # type: ignore[no-untyped-def]

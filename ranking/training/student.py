@@ -48,12 +48,16 @@ class StudentConfig:
     seed: int = 13
     max_grade: int = 8
     ensemble: float = 0.0  # weight of LambdaMART in the target (0: the teacher alone)
+    queries: str = "typed"  # typed: as the dataset spells them; analyzed: as the served stages score them
 
 
 def teacher_pool(groups: Sequence[Group], candidates: dict[str, list[str]], teacher_dir: Path,
-                 titles: dict[str, str], out: Path, chunk: int = 200, progress: bool = True) -> pd.DataFrame:
+                 titles: dict[str, str], out: Path, chunk: int = 200, progress: bool = True,
+                 max_length: int = 40) -> pd.DataFrame:
     """Teacher scores of every (query, judged or candidate product) pair, cached in ``out`` (a part per
-    ``chunk`` queries, each written whole, so a rerun scores only the parts not yet written)."""
+    ``chunk`` queries, each written whole, so a rerun scores only the parts not yet written). ``max_length``:
+    the token cap the teacher is served at (:func:`serving.loading.served_max_length`), so the targets are
+    the scores serving gives."""
     from tqdm.auto import tqdm
 
     from ranking.cross_encoder import CrossEncoderScorer
@@ -65,7 +69,7 @@ def teacher_pool(groups: Sequence[Group], candidates: dict[str, list[str]], teac
         part = parts_dir / f"{start:07d}.parquet"
         if part.is_file():
             continue
-        scorer = scorer or CrossEncoderScorer(teacher_dir, precision="fp32")
+        scorer = scorer or CrossEncoderScorer(teacher_dir, precision="fp32", max_length=max_length)
         rows = []
         for group in groups[start : start + chunk]:
             products = list(dict.fromkeys([*group.judged, *candidates.get(group.qid, [])]))

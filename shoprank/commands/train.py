@@ -88,7 +88,7 @@ def cmd_train_reranker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _train_reranker_here(args: argparse.Namespace, settings: Settings, work: Path) -> dict | None:
     """Mine the negatives, then train into ``work`` (its summary), or with --export write the examples (None)."""
-    from ranking.training.data import groups_from, mine_negatives
+    from ranking.training.data import as_served, groups_from, mine_negatives
     from ranking.training.reranker import RerankerConfig, save_examples, train_reranker
     from retrieval.encoder import resolve_model_dir
 
@@ -97,13 +97,16 @@ def _train_reranker_here(args: argparse.Namespace, settings: Settings, work: Pat
     config = RerankerConfig(base_model=base, layers=args.layers, epochs=args.epochs, lr=args.lr,
                             batch_groups=args.batch_groups, max_length=args.max_length,
                             negatives=args.negatives, seed=args.seed, max_grade=dataset.max_grade, loss=args.loss,
-                            device=args.device, precision=args.precision)
+                            device=args.device, precision=args.precision, queries=args.queries)
     train = groups_from(dataset, args.split, 1)[: args.limit]
     dev = dev_sample(dataset, args.dev_split, args.dev_queries)  # before the mining: a split without one is refused
-    if config.negatives:
+    if config.negatives or config.queries == "analyzed":
         engine = first_stage(settings, dataset)
-        mine_negatives(train, engine.pipeline("hybrid"), engine.index, config.negatives, seed=args.seed,
-                       progress=settings.progress)
+        if config.negatives:
+            mine_negatives(train, engine.pipeline("hybrid"), engine.index, config.negatives, seed=args.seed,
+                           progress=settings.progress)
+        if config.queries == "analyzed":  # after mining: the first stage analyzes the query itself
+            train, dev = as_served(train, engine.pipeline("hybrid")), as_served(dev, engine.pipeline("hybrid"))
     titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))
     if args.export is not None:
         save_examples(args.export, config, train, dev, titles)
@@ -116,8 +119,9 @@ def _train_reranker_here(args: argparse.Namespace, settings: Settings, work: Pat
 
 
 def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
-    from ranking.training.data import data_hash, groups_from
+    from ranking.training.data import as_served, data_hash, groups_from
     from ranking.training.student import StudentConfig, ensemble_pool, teacher_pool, train_student
+    from serving.loading import served_max_length
 
     dataset = load_dataset(args.dataset)
     registry = ModelRegistry(settings.paths.models)
@@ -125,7 +129,8 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
                             "no active reranker to distil from; train one with `shoprank train reranker`")
     config = StudentConfig(teacher=str(teacher.path), layers=args.layers, epochs=args.epochs, lr=args.lr,
                            batch_groups=args.batch_groups, max_length=args.max_length, pool_depth=args.pool_depth,
-                           seed=args.seed, max_grade=dataset.max_grade, ensemble=args.ensemble)
+                           seed=args.seed, max_grade=dataset.max_grade, ensemble=args.ensemble,
+                           queries=args.queries)
     if not 0.0 <= args.ensemble <= 1.0:
         raise InvalidInput(f"--ensemble {args.ensemble} is not a weight within [0, 1]")
     train = groups_from(dataset, args.split, 1)[: args.limit]
@@ -133,11 +138,15 @@ def cmd_train_student(args: argparse.Namespace, settings: Settings) -> int:
     engine = first_stage(settings, dataset)
     hybrid = engine.pipeline("hybrid")
     candidates = {g.qid: hybrid.search(g.query, args.pool_depth).product_ids for g in train}
+    if config.queries == "analyzed":  # the first stage analyzes the query itself
+        train, dev = as_served(train, hybrid), as_served(dev, hybrid)
     titles = dict(zip(dataset.products["product_id"], dataset.products["title"]))
+    length = served_max_length(settings, teacher)  # the teacher's scores as serving gives them
     # the teacher's scores of these queries' candidates: kept for a run on the same queries and catalog only
     pool_dir = settings.paths.training(f"pool-{teacher.role}-{teacher.version}-{args.split}-d{args.pool_depth}-"
-                                       f"{data_hash(train)}-{dataset.digest[:12]}")
-    pool = teacher_pool(train, candidates, teacher.path, titles, pool_dir, progress=settings.progress)
+                                       f"L{length}-{data_hash(train)}-{dataset.digest[:12]}")
+    pool = teacher_pool(train, candidates, teacher.path, titles, pool_dir, progress=settings.progress,
+                        max_length=length)
     ltr = None
     if args.ensemble:
         ltr = registry.active("ltr")
@@ -190,6 +199,12 @@ def _ltr_scores(settings: Settings, dataset: EvalDataset, first: SearchEngine, d
     return rank
 
 
+def add_queries_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queries", choices=("typed", "analyzed"), default="typed",
+                        help="train on each query as the dataset spells it (typed, default) or as the served "
+                             "cross-encoders score it (analyzed: normalized, spelling corrected)")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a model and register it")
     kinds = train.add_subparsers(dest="kind", required=True)
@@ -208,6 +223,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=positive, default=40)
     p.add_argument("--negatives", type=count, default=4, help="mined hard negatives per query")
     p.add_argument("--loss", choices=("pairwise", "listnet"), default="pairwise")
+    add_queries_argument(p)
     add_precision_argument(p, "auto")
     add_elsewhere_arguments(p, "reranker", "the training examples, the dev sample and the titles",
                             "torch and transformers")
@@ -230,6 +246,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-groups", type=positive, default=8)
     p.add_argument("--max-length", type=positive, default=40)
     p.add_argument("--pool-depth", type=positive, default=10, help="first-stage candidates per query in the pool")
+    add_queries_argument(p)
     p.add_argument("--ensemble", type=float, default=0.0,
                    help="weight of the active LambdaMART in the distillation target, 0-1 (0: the teacher alone)")
     p.add_argument("--seed", type=random_seed, default=13)

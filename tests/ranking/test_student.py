@@ -108,3 +108,25 @@ def test_a_run_killed_while_writing_the_teacher_scores_leaves_no_part(  # type: 
     monkeypatch.setattr(pyarrow.parquet, "write_table", real_write)
     pool = teacher_pool(groups, {}, tmp_path / "teacher", titles, tmp_path, progress=False)
     assert pool["product_id"].tolist() == ["p1", "p2"] and pool["teacher"].tolist() == [0.0, 1.0]
+
+
+def test_the_teacher_pool_scores_at_the_length_the_teacher_is_served_at(  # type: ignore[no-untyped-def]
+        tmp_path, monkeypatch) -> None:
+    """Before: the pool's teacher truncated pairs at 48 tokens, the served one at ``ranking.max_length`` (40):
+    targets on long titles were scores serving never gives."""
+    import ranking.cross_encoder
+    from ranking.training.student import teacher_pool
+
+    made: list[dict] = []
+
+    class Teacher:
+        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            made.append(kwargs)
+
+        def score(self, query: str, titles: list[str]) -> np.ndarray:
+            return np.zeros(len(titles), dtype=np.float32)
+
+    monkeypatch.setattr(ranking.cross_encoder, "CrossEncoderScorer", Teacher)
+    teacher_pool([Group("q1", "drill", {"p1": 3})], {}, tmp_path / "teacher", {"p1": "drill"}, tmp_path,
+                 progress=False, max_length=24)
+    assert made == [{"precision": "fp32", "max_length": 24}]

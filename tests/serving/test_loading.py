@@ -246,3 +246,32 @@ def test_a_lambdamart_names_each_model_served_otherwise_than_in_its_training() -
     assert trained_otherwise(reads_teacher, alone, None) == ["ltr v6 was trained with encoder a+b; this server serves a"]
     unknown = ServedModel("ltr", "v7", SimpleNamespace(names=["teacher"]))  # retrained from the event log: not said
     assert trained_otherwise(unknown, alone, None) == []
+
+
+def test_a_cross_encoder_is_never_served_longer_pairs_than_it_was_trained_on(  # type: ignore[no-untyped-def]
+        tmp_path) -> None:
+    """Before: a reranker trained with ``--max-length 16`` was served at ``ranking.max_length`` (40)."""
+    from core.registry import ModelVersion, ServedModel
+    from core.settings import Settings
+    from serving.engine import served_tag
+    from serving.loading import served_max_length
+
+    settings = Settings()
+    assert settings.ranking.max_length == 40
+
+    def entry(**params: object) -> ModelVersion:
+        return ModelVersion(role="reranker", version="v1", created="", base_model="minilm", params=params)
+
+    assert served_max_length(settings, entry(max_length=16)) == 16
+    assert served_max_length(settings, entry(max_length=64)) == 40  # the operator's cap holds
+    assert served_max_length(settings, entry()) == served_max_length(settings, entry(max_length="x")) == 40
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"model.onnx": "ab"}, "created": "now"}))
+
+    class Scorer:
+        precision, model_dir, max_length = "int8", tmp_path, 16
+
+    tag = served_tag(ServedModel("reranker", "v1", Scorer()), settings.ranking)
+    assert tag is not None and tag == served_tag(ServedModel("reranker", "v1", Scorer()), settings.ranking)
+    Scorer.max_length = 40
+    assert served_tag(ServedModel("reranker", "v1", Scorer()), settings.ranking) != tag  # scores of other pairs

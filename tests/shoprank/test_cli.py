@@ -392,6 +392,14 @@ def test_reranker_exported_trained_elsewhere_and_registered(fresh_home: Path, de
     assert len(train) == 8 and all(len(g.mined) == 2 and not set(g.mined) & set(g.judged) for g in train)
     assert len(dev) == 5 and all(len(set(g.judged.values())) > 1 for g in dev)
     assert not (fresh_home / "models" / "reranker").exists()  # exported, not trained
+    analyzed = tmp_path / "analyzed.json.gz"  # the queries as the served cross-encoders score them
+    code, _, err = run_cli(capsys, "train", "reranker", "--dataset", str(demo_dir), "--limit", "8", "--negatives",
+                           "0", "--dev-queries", "5", "--queries", "analyzed", "--export", str(analyzed))
+    assert code == 0, err
+    config_a, train_a, dev_a, _ = load_examples(analyzed)
+    assert config_a.queries == "analyzed" and config.queries == "typed"
+    changed = {g.query: a.query for g, a in zip([*train, *dev], [*train_a, *dev_a]) if g.query != a.query}
+    assert changed and all(typed.lower() != typed or "-" in typed or "." in typed for typed in changed), changed
     from ranking.training.biencoder import load_examples as load_biencoder_examples
 
     with pytest.raises(ValueError, match="holds reranker examples, not biencoder ones"):
