@@ -8,6 +8,7 @@ take (not UTF-8, an integer of thousands of digits, nesting thousands deep).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -91,6 +92,16 @@ def _describe(error: dict) -> str:
 # one escape of a JSON string, read left to right: \\uXXXX (its code in group 1) or a backslash and the character
 # it escapes (so an escaped backslash is one escape, and the text after it is no escape)
 _ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
+
+
+def not_utf8(body: bytes) -> str | None:
+    """What is wrong with a JSON ``body`` in UTF-16 or UTF-32, which Python's JSON reader takes (by its first
+    bytes) but the checks of a body's bytes cannot read (:func:`lone_surrogate`, :func:`read_body`'s): JSON
+    exchanged between systems is UTF-8 (RFC 8259); None for UTF-8 (a byte-order mark allowed)."""
+    encoding = json.detect_encoding(body) if body else "utf-8"
+    if encoding in ("utf-8", "utf-8-sig"):
+        return None
+    return f"body: JSON in {encoding.upper()} (by its first bytes); send it in UTF-8 (RFC 8259)"
 
 
 def lone_surrogate(body: bytes) -> str | None:

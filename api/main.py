@@ -175,8 +175,9 @@ async def _request_context(request: Request, call_next: Callable[[Request], Awai
         except ClientDisconnect:  # gone before its body arrived: nothing to answer, but logged and counted
             oversized, response = None, Response(status_code=CLIENT_CLOSED)
         if response is None and not oversized and request.method in ("POST", "PUT", "PATCH") and \
-                "json" in request.headers.get("content-type", ""):
-            problem = errors.lone_surrogate(await request.body())
+                "json" in request.headers.get("content-type", "").lower():  # a media type is any case
+            body = await request.body()
+            problem = errors.not_utf8(body) or errors.lone_surrogate(body)
         try:
             if response is None and oversized:
                 response = errors.too_large(request, oversized)

@@ -103,6 +103,8 @@ def recommend(engine: SearchEngine, together: Path, kind: str, product_ids: list
             without a ``user_id``: the shopper's shelf is served, the ids listed in ``unknown``).
     """
     assert engine.facts is not None
+    # an id given twice is one seed, one exclusion and one unknown id (and one shelf in the cache)
+    product_ids, exclude = list(dict.fromkeys(product_ids)), tuple(dict.fromkeys(exclude))
     # the facts' build too: a shelf made before a live stock or price change is not served after it
     key = ("recommend", kind, tuple(product_ids), k, filters, tuple(exclude), fill, file_state(together),
            engine.facts_version())
@@ -167,7 +169,7 @@ def _recommend(engine: SearchEngine, together: Path, kind: str, product_ids: lis
     return Recommendation(page, [found_by[p][0] for p in page.product_ids], [found_by[p][1] for p in page.product_ids],
                           [index.product_id(d) for d in seeds],
                           {p: ruled.notes[p] for p in page.product_ids if p in ruled.notes}, timings, degraded,
-                          unknown + gone)
+                          list(dict.fromkeys(unknown + gone)))
 
 
 def _docs(index: ProductIndex, product_ids: list[str]) -> tuple[list[int], list[str]]:

@@ -306,7 +306,7 @@ def _query_string(request: Request, allowed: tuple[str, ...], lists: tuple[str, 
             errors.append(_not_utf8(value, "", name))
         else:
             given.setdefault(name, []).append(value)
-    errors += [{"type": "extra_forbidden", "loc": ("query", name), "input": unknown[name],
+    errors += [{"type": "extra_forbidden", "loc": ("query", name or "''"), "input": unknown[name],  # ?=5: ''
                 "msg": f"not a parameter of {request.url.path}; it takes {', '.join(allowed)}"}
                for name in sorted(unknown)]
     errors += [{"type": "too_many", "loc": ("query", name), "input": tuple(values),

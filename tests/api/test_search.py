@@ -80,6 +80,25 @@ def test_values_json_cannot_carry_are_422_naming_them(client: TestClient, path: 
     assert response.json()["error"] == "invalid_request"
 
 
+@pytest.mark.parametrize(("body", "headers", "named"), [
+    ('{"query": "drill \\ud800", "k": 1}'.encode(), {"content-type": "application/JSON"}, "half of a UTF-16"),
+    ('{"query": "drill \\ud800", "k": 1}'.encode(), {"content-type": "Application/Json; charset=utf-8"},
+     "half of a UTF-16"),
+    ('{"query": "drill \\ud800", "k": 1}'.encode(), {}, "Content-Type: application/json"),  # no type: not JSON
+    ('{"query": "drill", "k": 1}'.encode("utf-16"), {"content-type": "application/json"}, "JSON in UTF-16"),
+    ('{"query": "drill \\ud800", "k": 1}'.encode("utf-32-le"), {"content-type": "application/json"},
+     "JSON in UTF-32-LE"),
+])
+def test_a_json_body_the_checks_of_its_bytes_cannot_read_is_422(client: TestClient, body: bytes,
+                                                               headers: dict[str, str], named: str) -> None:
+    """Before: a media type spelt in capitals, or a body in UTF-16 or UTF-32 (which the JSON reader takes), passed
+    the check of escaped half surrogate pairs; the search then failed logging its query: a 500."""
+    sent = client.post("/v1/search", content=body, headers=headers)
+    assert sent.status_code == 422 and named in sent.json()["message"], sent.text
+    assert client.post("/v1/search", content=b'{"query": "drill", "k": 1}',
+                       headers={"content-type": "application/JSON"}).status_code == 200
+
+
 def test_a_body_not_sent_as_json_is_told_the_content_type(client: TestClient) -> None:
     sent = client.post("/v1/search", content=b'{"query": "drill"}', headers={"content-type": "text/plain"})
     assert sent.status_code == 422 and "Content-Type: application/json" in sent.json()["message"]
@@ -592,6 +611,10 @@ def test_recommendations_for_a_product_page_a_cart_and_a_shopper(  # type: ignor
             path.unlink()
     cart = recommend(product_ids=[seed, "P-deleted"], exclude=["P-gone"], k=3)  # a cart older than the catalog
     assert cart["seeds"] == [seed] and cart["unknown"] == ["P-deleted", "P-gone"] and len(cart["items"]) == 3
+    twice = recommend(product_ids=[seed, "P-deleted", seed, "P-deleted"], exclude=["P-deleted", "P-gone", "P-gone"],
+                      k=3)  # an id given twice is one (before: "unknown" named P-deleted three times)
+    assert twice["unknown"] == ["P-deleted", "P-gone"] and twice["seeds"] == [seed]
+    assert [i["product_id"] for i in twice["items"]] == [i["product_id"] for i in cart["items"]]
     popular = recommend(kind="for_you", user_id="nobody", k=5)  # no history, no seed: the most popular
     assert popular["seeds"] == [] and {i["source"] for i in popular["items"]} == {"popular"}
     gone = recommend(kind="for_you", user_id="nobody", product_ids=["P-deleted"], k=5)  # before: 404, not the shelf
@@ -944,6 +967,8 @@ def test_a_parameter_a_route_does_not_take_and_a_value_of_another_type_are_refus
         wrong.json()["message"], wrong.text
     assert client.get("/v1/search", params={"q": "drill", "max_price": "20"}).status_code == 200
     assert client.get("/v1/search", params={"q": "drill", "_": "1733", "utm_source": "mail"}).status_code == 200
+    nameless = client.get("/v1/search?q=drill&=5")  # before: named "body"
+    assert nameless.status_code == 422 and nameless.json()["message"].startswith("'': not a parameter of /v1/search")
     assert "limit: not a parameter of /v1/suggest; it takes q, k" in \
         client.get("/v1/suggest", params={"q": "dri", "limit": "3"}).json()["message"]
     for body in ({"query": "drill", "k": True}, {"query": "drill", "k": "5"}, {"query": "drill", "explain": 1},
