@@ -77,7 +77,8 @@ def _read_version(manifest: Path) -> ModelVersion:
 class ServedModel:
     """A registered model loaded for use: its role, version and the loaded object; ``trained_with``: for a
     LambdaMART, the encoder and model versions whose lists and scores it was trained on (its registry entry's
-    ``served_models``, and ``second_encoder_weight`` when a second bi-encoder was served; empty when unknown)."""
+    ``served_models``, ``second_encoder_weight`` when a second bi-encoder was served, and the ``student_depth``
+    its lists were made with; empty when unknown)."""
 
     role: str
     version: str

@@ -120,8 +120,9 @@ def load_ltr(settings: Settings, spec: str | None = None) -> ServedModel | None:
         return None
     models = entry.params.get("served_models")
     trained = dict(models) if isinstance(models, dict) else {}
-    if trained and "second_encoder_weight" in entry.params:
-        trained["second_encoder_weight"] = entry.params["second_encoder_weight"]
+    for key in ("second_encoder_weight", "student_depth"):
+        if trained and key in entry.params:
+            trained[key] = entry.params[key]
     return ServedModel("ltr", entry.version, LambdaMART.load(Path(entry.path)), trained)
 
 

@@ -140,7 +140,7 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
         if not rk.ltr_depth:
             break
         model: LambdaMART = served.model  # type: ignore[assignment]
-        before[served.version] = _read_by(stages, model, served.version, rk.ltr_depth)
+        before[served.version] = _read_by(stages, model, served.version, rk.ltr_depth, served.trained_with)
         warn_unserved_scores(model, served.version, before[served.version])
         stage = LtrStage(model, featurizer_for(bm25.index, dense, models, model.names, rk, score_missing=False),
                          rk.ltr_depth)
@@ -154,12 +154,22 @@ def build_pipelines(bm25: BM25Retriever, dense: DenseRetriever, hybrid: Retrieve
     return Pipelines(named, full, ltr_stages)
 
 
-def _read_by(stages: list[Stage], model: LambdaMART, version: str, ltr_depth: int) -> list[Stage]:
-    """The cross-encoder stages worth running before ``model``: those whose score it reads, and
-    any deeper than its own depth (their order below it is served as they left it)."""
+def _read_by(stages: list[Stage], model: LambdaMART, version: str, ltr_depth: int,
+             trained_with: dict[str, object] | None = None) -> list[Stage]:
+    """The cross-encoder stages worth running before ``model``: those whose score it reads, any deeper than its
+    own depth (their order below it is served as they left it), and a student deeper than a teacher kept after
+    it where LambdaMART's lists were made with the student run (``trained_with``'s ``student_depth``,
+    :class:`~core.registry.ServedModel`): the student's order picked the rows the teacher scored in them, and
+    skipped, the teacher would score the top of the fused list instead."""
+    def read(stage: Stage) -> bool:
+        return stage.depth > ltr_depth or model.reads(stage.name)
+
+    picked_by_student = int((trained_with or {}).get("student_depth") or 0) > 0
     kept: list[Stage] = []
-    for cross in stages:
-        if cross.depth > ltr_depth or model.reads(cross.name):
+    for n, cross in enumerate(stages):
+        orders = cross.name == "student" and picked_by_student and any(
+            read(later) and later.depth < cross.depth for later in stages[n + 1:])
+        if read(cross) or orders:
             kept.append(cross)
             continue
         logger.info("LambdaMART %s does not read the %s score: its pipelines skip that stage "

@@ -115,6 +115,8 @@ def _build_data(args: argparse.Namespace, settings: Settings,
     meta = {"split": args.split, "dev_split": args.dev_split, "lists": args.lists, "depth": depth,
             "below_depth": args.below_depth, "negatives": negatives, "feature_groups": groups_wanted,
             "feature_service": settings.features.service if store else None, "served_models": engine.versions,
+            # the student picked the teacher's rows of each list (serving keeps it for them: build_pipelines)
+            "student_depth": settings.ranking.student_depth if engine.student else 0,
             "parent": f"reranker:{engine.teacher.version}" if engine.teacher else None,
             "training_data": data_hash(train), "dataset": dataset.digest} | (
                 {"fold_encoders": [spec for _, spec in folds]} if folds else {}) | (

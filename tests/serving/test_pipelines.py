@@ -126,6 +126,28 @@ def test_cross_encoder_stages_lambdamart_never_reads_are_left_out_of_its_pipelin
     assert names(5)["ltr"] == ["student", "teacher", "ltr"]
 
 
+def test_a_student_that_picked_the_teachers_rows_in_training_is_run_for_them() -> None:
+    """A LambdaMART that reads the teacher's score but not the student's, trained with the student served: the
+    teacher scored the top of the student's order in its lists, so the student runs before the teacher (before:
+    it was skipped, and the teacher scored the top of the fused list). Trained without a student run (or not
+    known), the student stays skipped: the teacher scored the top of the fused list then."""
+    def stages(trained_with: dict[str, object]) -> list[str]:
+        ltr = ServedModel("ltr", "v5", ReadsOnly("teacher"), trained_with)
+        models = Models(teacher=READERS.teacher, student=READERS.student, ltr=ltr)
+        rules = RulesStage(RulesConfig(), lambda c: None, depth=0)  # type: ignore[arg-type, return-value]
+        first = AgreeingRetriever()
+        settings = Settings(ranking={"student_depth": 20, "teacher_depth": 10, "ltr_depth": 200})
+        built = build_pipelines(SimpleNamespace(index=SimpleNamespace(analyzer=None)), first, first,  # type: ignore[arg-type]
+                                models, rules, settings, lambda name, served, depth:  # type: ignore[arg-type]
+                                ScoreStage(name, lambda q, d, t=None: np.zeros(len(d)), depth))
+        return [s.name for s in built.named["full"].stages]
+
+    trained = {"encoder": "e", "reranker": "v1", "student": "v4"}
+    assert stages(trained | {"student_depth": 20}) == ["student", "teacher", "ltr", "rules"]
+    # the student loaded in training but not run (student_depth 0, the default), or not known: it stays skipped
+    assert stages(trained | {"student_depth": 0}) == stages(trained) == stages({}) == ["teacher", "ltr", "rules"]
+
+
 def test_a_search_names_the_models_its_pipeline_runs() -> None:
     built = readers_pipelines()
     assert ranked_by(built.named["hybrid"], READERS) == {}

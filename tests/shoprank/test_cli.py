@@ -217,7 +217,7 @@ def test_train_ltr_again_from_saved_rows_with_other_settings(fresh_home: Path, d
     again = json.loads(out)["registered"]  # the saved lists, features and data hash; the new settings
     assert again["params"]["num_leaves"] == 7 and again["params"]["learning_rate"] == 0.2
     assert built["params"]["num_leaves"] == 31
-    for key in ("features", "lists", "depth", "feature_groups", "served_models"):
+    for key in ("features", "lists", "depth", "feature_groups", "served_models", "student_depth"):
         assert again["params"][key] == built["params"][key], key
     assert again["metrics"]["train_rows"] == built["metrics"]["train_rows"]
     assert again["training_data"] == built["training_data"]
