@@ -137,7 +137,8 @@ def test_a_student_that_picked_the_teachers_rows_in_training_is_run_for_them() -
         rules = RulesStage(RulesConfig(), lambda c: None, depth=0)  # type: ignore[arg-type, return-value]
         first = AgreeingRetriever()
         settings = Settings(ranking={"student_depth": 20, "teacher_depth": 10, "ltr_depth": 200})
-        built = build_pipelines(SimpleNamespace(index=SimpleNamespace(analyzer=None)), first, first,  # type: ignore[arg-type]
+        bm25 = SimpleNamespace(index=SimpleNamespace(analyzer=None))
+        built = build_pipelines(bm25, first, first,  # type: ignore[arg-type]
                                 models, rules, settings, lambda name, served, depth:  # type: ignore[arg-type]
                                 ScoreStage(name, lambda q, d, t=None: np.zeros(len(d)), depth))
         return [s.name for s in built.named["full"].stages]
