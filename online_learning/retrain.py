@@ -2,7 +2,8 @@
 
 1. Read the offline event log (Parquet, from the log sink) for the window
    since the last retrain (or ``--since``) until ``--settle-minutes`` ago (the CLI's
-   default: an hour, so the last searches' clicks and purchases have arrived); nothing
+   default: an hour, so the last searches' clicks and purchases have arrived; 0: now), or
+   ``--until``, never later than now (a search stamped ahead of the clock waits for a later run); nothing
    new: exit "up to date"; fewer than ``min_searches`` after the traffic filters (step 5): "too few new
    searches", or "too few searches after the filters" when enough were logged and the filters dropped
    them (both with the logged count and the filter report); searches but no click, cart or purchase among
@@ -28,8 +29,9 @@
    parent model, propensities, metrics). Registering never activates: the experiment
    and the promotion policy decide.
 
-One run at a time (a file lock); a crash before registration leaves nothing
-behind, and the next run redoes the window.
+One run at a time (a file lock); a crash before registration registers nothing, and the next run
+redoes the window and removes the candidate folder the crashed run may have saved
+(``<home>/training/retrain-*``), so nothing of it stays behind.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+RETRAIN_FOLDER = "retrain-"  # a run's candidate, saved under the home's training folder until it is registered
 LEVEL = {"click": 1, "add_to_cart": 2, "purchase": 3}
 # what the filters, the labels and the features read of a logged ranking (not its models, latency, ...)
 RANKING_COLUMNS = ("event_id", "request_id", "timestamp", "user_id", "session_id", "key_id", "query", "product_id",
@@ -88,7 +91,7 @@ class RetrainConfig:
     filter_traffic: bool = True  # online_learning.traffic_filter before anything is learnt
     # without ``until``: the window ends this long before now, so the clicks and purchases of its last searches
     # have arrived (late through a spool or a slow broker, or a purchase after a long visit); the next run reads
-    # the searches left out then
+    # the searches left out then. The window never ends after now, 0 included (searches stamped ahead of the clock)
     settle_minutes: float = 0.0
 
 
@@ -254,30 +257,32 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return {"status": "skipped", "reason": "another retrain is running"}
+        _remove_unregistered(settings)
         # the window first: a bad --since/--until is an error (exit 2) whatever the log holds
         registry = ModelRegistry(settings.paths.models)
-        since = _utc(config.since, "since") if config.since else _last_window_end(registry)
-        until = _utc(config.until, "until") if config.until else None
-        if since is not None and until is not None and since >= until:
-            raise InvalidInput(f"since {since.isoformat()} is not before until {until.isoformat()}")
+        since, until = _window(registry, config)
         names = list(active.model.names) if active else list(BASE_FEATURES)  # type: ignore[attr-defined]
         if active is not None and first_stage is None and set(names) & set(RANK_FEATURES):
             return {"status": "skipped", "reason": f"the active LambdaMART {active.version} reads the first stage's "
                     f"ranks ({', '.join(RANK_FEATURES)}), which the impression log does not keep: give retrain the "
                     "served first stage to rebuild them (`shoprank retrain` does)"}
-        if not log_files(settings.paths.event_log, "rankings"):  # not "up to date": nothing was ever logged here
-            return {"status": "no event log", "reason": f"no search is logged in {settings.paths.event_log} "
-                    "(settings.paths.event_log): check SHOPRANK_HOME, and that the log sink (`shoprank consume "
-                    "sink`) or `shoprank events import --spool` runs before the retrain"}
-        if until is None and config.settle_minutes > 0:
-            try:
-                until = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=config.settle_minutes)
-            except ValueError:  # pandas' times span about 292 years
-                raise InvalidInput(f"settle_minutes={config.settle_minutes} reaches further back than pandas' times "
-                                   "go; pass at most 525600 (a year)") from None
-            if since is not None and since >= until:
-                return {"status": "up to date", "new_searches": 0, "since": since.isoformat(),
-                        "until": until.isoformat(), "settle_minutes": config.settle_minutes}
+        missing = _no_event_log(settings)
+        if missing is not None:
+            return missing
+        # the window never ends after now (less the settle time without --until), --settle-minutes 0 included:
+        # events may be stamped up to 24 hours ahead of the clock (online_learning.events.MAX_AHEAD), and a window
+        # ending at such a search would record tomorrow as its end, so the next runs would skip every search logged
+        # before then as learnt. Such a search waits for a run after its time.
+        now = pd.Timestamp.now(tz="UTC")
+        try:
+            latest = now - pd.Timedelta(minutes=config.settle_minutes) if until is None else now
+        except ValueError:  # pandas' times span about 292 years
+            raise InvalidInput(f"settle_minutes={config.settle_minutes} reaches further back than pandas' times "
+                               "go; pass at most 525600 (a year)") from None
+        until = latest if until is None else min(until, latest)
+        if since is not None and since >= until:
+            return {"status": "up to date", "new_searches": 0, "since": since.isoformat(),
+                    "until": until.isoformat(), "settle_minutes": config.settle_minutes}
         with dask_client(settings.compute) as client:  # None (in this process) unless compute.scheduler is set
             # the report goes into the model's metrics, which an erasure does not reach: no shopper in clear
             shown, filtered = impressions(settings.paths.event_log, since, until,
@@ -315,8 +320,8 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
             raise InvalidInput(f"LightGBM could not learn from the {usable} usable searches since {start}: {error}; "
                                "retrain on more traffic (--min-searches, --since)") from None
         window = {"since": str(since) if since is not None else None, "until": str(shown["timestamp"].max())}
-        work = settings.paths.training(f"retrain-{hashlib.sha1(str(window).encode()).hexdigest()[:10]}")
-        shutil.rmtree(work, ignore_errors=True)
+        # registering moves the folder into the registry; one left by a run killed before that, the next removes
+        work = settings.paths.training(f"{RETRAIN_FOLDER}{hashlib.sha1(str(window).encode()).hexdigest()[:10]}")
         candidate.save(work)
         entry = registry.register(
             "ltr", work, base_model="lightgbm-ips-lambdarank", parent=active.version if active else None,
@@ -336,6 +341,42 @@ def retrain(settings: Settings, featurizer: LtrFeaturizer, active: ServedModel |
                               "anywhere (pins, a fixed product on top); the candidate learnt clicks as logged")
             logger.warning("retrain: %s", out["warning"])
         return out
+
+
+def no_event_log(settings: Settings, config: RetrainConfig = RetrainConfig()) -> dict | None:
+    """:func:`retrain`'s "no event log" outcome when no search is logged in ``settings.paths.event_log``, else None,
+    after the same check of the given window (:class:`InvalidInput`: ``since`` not before ``until``), which is
+    the run's error whatever the log holds. ``shoprank retrain`` asks before it opens the served engine: opening it
+    in a home without an index (a mistyped SHOPRANK_HOME) builds a demo store and its index there first."""
+    _window(ModelRegistry(settings.paths.models), config)
+    return _no_event_log(settings)
+
+
+def _no_event_log(settings: Settings) -> dict | None:
+    """The "no event log" outcome when the event log holds no ranking file, else None: not "up to date", as
+    nothing was ever logged here."""
+    if log_files(settings.paths.event_log, "rankings"):
+        return None
+    return {"status": "no event log", "reason": f"no search is logged in {settings.paths.event_log} "
+            "(settings.paths.event_log): check SHOPRANK_HOME, and that the log sink (`shoprank consume "
+            "sink`) or `shoprank events import --spool` runs before the retrain"}
+
+
+def _window(registry: ModelRegistry, config: RetrainConfig) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """The window as given: from ``config.since``, else the end of the last run's (``registry``), to
+    ``config.until`` (None: not given); :class:`InvalidInput` when its start is not before its end."""
+    since = _utc(config.since, "since") if config.since else _last_window_end(registry)
+    until = _utc(config.until, "until") if config.until else None
+    if since is not None and until is not None and since >= until:
+        raise InvalidInput(f"since {since.isoformat()} is not before until {until.isoformat()}")
+    return since, until
+
+
+def _remove_unregistered(settings: Settings) -> None:
+    """Delete the candidate folders of runs killed after saving their candidate and before registering it (which
+    moves the folder into the registry). Called under the retrain lock: no other run is writing one now."""
+    for left in settings.paths.training(RETRAIN_FOLDER).parent.glob(f"{RETRAIN_FOLDER}*"):
+        shutil.rmtree(left, ignore_errors=True)
 
 
 def _too_few(searches: int, logged: int, filtered: dict, min_searches: int, since: str | None) -> dict:

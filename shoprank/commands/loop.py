@@ -120,13 +120,17 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
-    from online_learning.retrain import RetrainConfig, retrain
+    from online_learning.retrain import RetrainConfig, no_event_log, retrain
     from serving.loading import open_engine
 
     config = RetrainConfig(since=args.since, until=args.until, min_searches=args.min_searches,
                            filter_traffic=not args.no_filter, settle_minutes=args.settle_minutes)
-    engine = open_engine(settings, batch=True)  # the served index, query encoder and first stage, the active models
-    result = retrain(settings, engine.featurizer([]), engine.ltr, config, engine.hybrid)
+    # the log before the engine: opening it in a home without an index (a mistyped SHOPRANK_HOME) builds a demo
+    # store and its index there, minutes and about 100 MB, only to be told "no event log" after
+    result = no_event_log(settings, config)
+    if result is None:
+        engine = open_engine(settings, batch=True)  # the served index, query encoder and first stage, active models
+        result = retrain(settings, engine.featurizer([]), engine.ltr, config, engine.hybrid)
     print(json.dumps(result, indent=2, default=str))
     return 1 if result["status"] == "no event log" else 0  # a wrong home or a sink that never ran fails the job
 
@@ -217,7 +221,11 @@ def cmd_recommendations(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
-    """Decide on the running experiment; with ``--apply``, activate its winner and stop it."""
+    """Decide on the running experiment; with ``--apply``, activate its winner and stop it.
+
+    With no experiment running, the decision is "none running" (exit 0): a nightly ``promote --apply`` stopped the
+    experiment it promoted, and the nights after, until the next one starts, are not failures of the job. Another
+    experiment than the one named running is the command's error (exit 2): the job names the wrong one."""
     from core.files import exclusive
     from core.registry import ModelRegistry
     from online_learning.analysis import interleaving, searches
@@ -229,9 +237,15 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     policy = Policy(sequential=not args.single_look)
     config = settings.paths.experiment_config
     experiment, shadow = read_config(config)
-    if experiment is None or experiment.name != args.experiment:
-        raise InvalidInput(f"experiment {args.experiment!r} is not the running one "
-                           f"({experiment.name if experiment else 'none running'})")
+    if experiment is None:
+        print(json.dumps({"experiment": args.experiment, "decision": "none running",
+                          "reasons": [f"no experiment is running (none in {config}): nothing to decide on or "
+                                      "activate; `promote --apply` stops the experiment it promotes, and `PUT "
+                                      "/v1/admin/experiment` starts the next"]}, indent=2))
+        return 0
+    if experiment.name != args.experiment:
+        raise InvalidInput(f"experiment {args.experiment!r} is not the running one ({experiment.name!r} is): name "
+                           "the running experiment with --experiment")
     control = experiment.control
     if experiment.mode == "ab":
         decision, treatment = decide_experiment(searches(settings.paths.event_log, experiment.name), experiment,

@@ -504,6 +504,38 @@ def test_promote_apply_refuses_a_winner_that_does_not_load(loop_home, capsys) ->
     assert read_config(home.experiment_config) == (experiment, None)
 
 
+def test_a_nightly_promote_apply_passes_the_nights_after_its_promotion(loop_home,  # type: ignore[no-untyped-def]
+                                                                       capsys) -> None:
+    """Before: the night after `promote --apply` promoted and stopped the experiment, and every night after until the
+    next one started, the same cron line failed (exit 2, "is not the running one (none running)")."""
+    import json
+
+    from core.registry import ModelRegistry
+    from online_learning.experiments import Arm, Experiment, read_config
+    from serving.router import save_router_config
+    from tests.helpers import run_cli
+
+    home = loop_home()
+    registry = ModelRegistry(home.models)
+    save_router_config(home, Experiment(name="nb-test", arms={"control": Arm(ltr="v1"), "treatment": Arm(ltr="v2")}),
+                       None)
+    nightly = ("promote", "--experiment", "nb-test", "--apply", "--single-look")
+    code, out, err = run_cli(capsys, *nightly)
+    assert code == 0 and json.loads(out)["activated"] == {"ltr": "v2"}, err
+    for _ in range(2):  # the nights after: nothing to decide on, nothing changed, not a failure
+        code, out, err = run_cli(capsys, *nightly)
+        decided = json.loads(out)
+        assert code == 0 and decided["decision"] == "none running" and decided["experiment"] == "nb-test", err
+        assert "no experiment is running" in decided["reasons"][0] and "activated" not in decided
+        assert registry.active("ltr").version == "v2" and read_config(home.experiment_config) == (None, None)
+    # another experiment running than the one the job names is still the job's error
+    save_router_config(home, Experiment(name="next", arms={"control": Arm(ltr="v2"), "treatment": Arm(ltr="v3")}),
+                       None)
+    code, out, err = run_cli(capsys, *nightly)
+    assert code == 2 and "experiment 'nb-test' is not the running one ('next' is)" in err and not out
+    assert registry.active("ltr").version == "v2"
+
+
 def test_interleaving_judges_a_shoppers_volume_one_utc_day_at_a_time(tmp_path: Path) -> None:
     """A loyal shopper: 30 interleaved searches a day for 5 days, against max_searches 100. Before, the experiment's
     150 were judged together and every one dropped as `anomalous:volume` (their votes lost), while the A/B path

@@ -68,6 +68,31 @@ def test_a_crash_registers_nothing_and_the_rerun_completes(setup, monkeypatch: p
     assert served_retrain(settings, engine)["version"] == "v1"
 
 
+def test_a_candidate_saved_and_never_registered_is_removed_by_the_next_run(  # type: ignore[no-untyped-def]
+        setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed after saving its candidate and before registering it (which moves the folder into the
+    registry). Before, its `training/retrain-<hash>` folder stayed for good once the next run's window differed
+    (more searches logged meanwhile): a crash left it behind."""
+    import pandas as pd
+
+    settings, engine = setup  # 300 searches, a minute apart from 2026-11-01 00:00 UTC
+    training = settings.paths.training("retrain").parent
+
+    def killed(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise SystemExit(137)  # as `kill -9` leaves it: the folder saved, nothing registered
+
+    monkeypatch.setattr(ModelRegistry, "register", killed)
+    halfway = pd.Timestamp("2026-11-01T02:29:30+00:00")
+    with pytest.raises(SystemExit):
+        served_retrain(settings, engine, settle_minutes=(pd.Timestamp.now(tz="UTC") - halfway).total_seconds() / 60)
+    left = [p.name for p in training.glob("retrain-*")]
+    assert len(left) == 1 and ModelRegistry(settings.paths.models).versions("ltr") == []
+    monkeypatch.undo()
+    again = served_retrain(settings, engine)  # the whole log now: another window, another folder name
+    assert again["status"] == "registered" and again["metrics"]["searches"] == 300
+    assert list(training.glob("retrain-*")) == [], left  # before: the killed run's folder was still there
+
+
 def test_one_run_at_a_time(setup) -> None:  # type: ignore[no-untyped-def]
     settings, engine = setup
     with open(settings.home / "retrain.lock", "w") as held:
@@ -87,6 +112,40 @@ def test_the_last_searches_wait_for_the_next_run_to_settle(setup) -> None:  # ty
     assert pd.Timestamp(first["window"]["until"]) < halfway
     second = served_retrain(settings, engine)
     assert second["status"] == "registered" and second["metrics"]["searches"] == 150  # the rest, once settled
+
+
+def test_a_search_stamped_ahead_of_the_clock_does_not_end_the_window_in_the_future(  # type: ignore[no-untyped-def]
+        setup) -> None:
+    """Events may be stamped up to 24 hours ahead of the clock (online_learning.events.MAX_AHEAD). Before, with
+    --settle-minutes 0 the window ended at the last logged search, such a one: tomorrow was recorded as the window's
+    end, and every search logged before then was skipped as learnt ("up to date")."""
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from online_learning.consumers.base import Delivered
+    from online_learning.events import RANKINGS_TOPIC, RankingEvent, ShownItem
+
+    settings, engine = setup  # 300 searches, a minute apart from 2026-11-01 00:00 UTC
+    now = datetime.now(UTC)
+    shown = [ShownItem(product_id=engine.index.product_id(d), position=d + 1) for d in range(3)]
+    ParquetLogSink(settings.paths.event_log)([Delivered(RANKINGS_TOPIC, 1, 0, RankingEvent(
+        event_id="ahead", request_id="ahead", timestamp=now + timedelta(hours=12), user_id="u1", query="drill",
+        pipeline="full", items=shown))])
+    first = served_retrain(settings, engine, settle_minutes=0)
+    assert first["status"] == "registered" and first["metrics"]["searches"] == 300  # not the one ahead
+    assert pd.Timestamp(first["window"]["until"]) <= pd.Timestamp(now)  # before: 12 hours from now
+    # the day's traffic, logged after that run, stamped before now: the next run learns it
+    day = now - timedelta(days=1) - datetime(2026, 11, 1, tzinfo=UTC)
+    later = []
+    for delivered in demo_traffic(engine):
+        event = delivered.event
+        later.append(Delivered(delivered.topic, 2, delivered.offset, event.model_copy(update={
+            "event_id": f"d-{event.event_id}", "request_id": f"d-{event.request_id}",
+            "timestamp": event.timestamp + day})))
+    ParquetLogSink(settings.paths.event_log)(later)
+    second = served_retrain(settings, engine, settle_minutes=0)
+    assert second["status"] == "registered" and second["metrics"]["searches"] == 300, second  # before: "up to date"
 
 
 def test_logged_queries_are_featurized_as_searched(fake_index) -> None:  # type: ignore[no-untyped-def]
@@ -235,6 +294,58 @@ def test_a_home_without_an_event_log_is_told_and_fails_the_command(  # type: ign
         retrain(home, featurizer, None, RetrainConfig(since="2026-12-01", until="2026-11-01"))
     code, _, err = run_cli(capsys, "retrain", "--since", "2026-12-01", "--until", "2026-11-01")
     assert code == 2 and "is not before until" in err
+
+
+def test_a_home_without_an_event_log_is_told_before_the_engine_is_opened(  # type: ignore[no-untyped-def]
+        cli_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: `shoprank retrain` opened the served engine first, which in a home without an index (a mistyped
+    SHOPRANK_HOME) builds a demo store and its index (about 100 MB), then said "no event log"."""
+    import serving.loading
+    from core.settings import get_settings
+    from tests.helpers import run_cli
+
+    opened: list[object] = []
+
+    def open_engine(settings, batch=False):  # type: ignore[no-untyped-def]
+        opened.append(settings.home)
+        raise AssertionError("the engine was opened for a home without an event log")
+
+    monkeypatch.setattr(serving.loading, "open_engine", open_engine)
+    code, out, err = run_cli(capsys, "retrain")
+    assert code == 1 and json.loads(out)["status"] == "no event log", err
+    paths = get_settings().paths
+    assert opened == [] and not paths.demo.exists() and not paths.indexes.exists()
+    # a bad window is still the command's error (2), told before the log is
+    code, _, err = run_cli(capsys, "retrain", "--since", "2026-12-01", "--until", "2026-11-01")
+    assert code == 2 and "is not before until" in err and opened == []
+
+
+@pytest.mark.parametrize(("retrain_exit", "warm_exit", "fails"), [(1, 0, True), (2, 0, True), (0, 1, True),
+                                                                (0, 0, False)])
+def test_the_documented_cron_line_fails_when_retrain_fails(tmp_path: Path, retrain_exit: int, warm_exit: int,
+                                                           fails: bool) -> None:
+    """docs/learning_loop.md's nightly line, run by sh as cron runs it, with a `shoprank` that exits as given. Before,
+    `retrain; warm-scores` exited with warm-scores' status alone: a retrain's "no event log" (1) went unreported."""
+    import re
+    import subprocess
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "learning_loop.md").read_text()
+    lines = [m.group(1) for m in re.finditer(r"^(?:\S+\s+){5}(cd .*shoprank retrain.*)$", docs, re.MULTILINE)]
+    assert len(lines) == 1, lines
+    fake = tmp_path / "srv" / ".venv" / "bin" / "shoprank"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(f"""#!/bin/sh
+echo "$*" >> {tmp_path}/ran
+case " $* " in *" retrain "*) exit {retrain_exit};; *" warm-scores "*) exit {warm_exit};; esac
+exit 3
+""")
+    fake.chmod(0o755)
+    line = lines[0].replace("/srv/shoprank/artifacts", str(tmp_path / "home")).replace("/srv/shoprank",
+                                                                                       str(tmp_path / "srv"))
+    code = subprocess.run(["/bin/sh", "-c", line], timeout=30).returncode
+    assert (code != 0) is fails, (line, code)
+    ran = (tmp_path / "ran").read_text().splitlines()
+    assert len(ran) == 2 and ran[0].startswith("retrain") and "warm-scores" in ran[1]  # warm-scores runs whatever
 
 
 def test_searches_whose_products_left_the_index_are_counted_as_unusable(  # type: ignore[no-untyped-def]
