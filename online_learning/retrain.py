@@ -411,10 +411,16 @@ def _utc(text: str, name: str) -> pd.Timestamp:
 
 def _last_window_end(registry: ModelRegistry) -> pd.Timestamp | None:
     """Where the newest LambdaMART's logs ended, registered or deleted since (a candidate an experiment
-    rejected): the next retrain reads from there, never a window a run already learnt."""
-    manifests = [v.params for v in registry.versions("ltr")] + [d.get("params") or {} for d in registry.deleted("ltr")]
-    windows = [(params.get("data_window") or {}).get("until") for params in manifests]
-    stamps = [pd.Timestamp(w) for w in windows if w]
+    rejected): the next retrain reads from there, never a window a run already learnt. A window recorded as
+    ending after its model was registered (a run from before the window was kept from ending after now, which
+    a search stamped ahead of the clock made it do) ends at the registration: what was logged after it was not
+    learnt, and is read by the next run."""
+    manifests = [(v.params, v.created) for v in registry.versions("ltr")] + [
+        (d.get("params") or {}, d.get("created")) for d in registry.deleted("ltr")]
+    stamps = []
+    for params, created in manifests:
+        if until := (params.get("data_window") or {}).get("until"):
+            stamps.append(min(_utc(until, "until"), _utc(created, "created")) if created else _utc(until, "until"))
     return max(stamps) if stamps else None
 
 

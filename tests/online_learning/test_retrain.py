@@ -148,6 +148,27 @@ def test_a_search_stamped_ahead_of_the_clock_does_not_end_the_window_in_the_futu
     assert second["status"] == "registered" and second["metrics"]["searches"] == 300, second  # before: "up to date"
 
 
+def test_a_window_recorded_as_ending_after_its_registration_ends_there(  # type: ignore[no-untyped-def]
+        tmp_path) -> None:
+    """A model registered by a run from before the window was kept from ending after now recorded tomorrow as its
+    end: the next runs read from its registration instead (before: "up to date" until tomorrow)."""
+    import pandas as pd
+
+    from core.registry import ModelRegistry
+    from online_learning.retrain import _last_window_end
+
+    registry = ModelRegistry(tmp_path / "models")
+    for name, until in (("v1", "2026-11-01T10:00:00+00:00"), ("v2", "2099-01-01T00:00:00+00:00")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.txt").write_text(name)
+        registry.register("ltr", folder, base_model="lightgbm", params={"data_window": {"until": until}})
+    created = pd.Timestamp(registry.get("ltr", "v2").created)
+    assert _last_window_end(registry) == created  # before: 2099
+    registry.delete("ltr", "v2")  # a rejected candidate's window counts as well, its registration too
+    assert _last_window_end(registry) == created
+
+
 def test_logged_queries_are_featurized_as_searched(fake_index) -> None:  # type: ignore[no-untyped-def]
     import json
 
