@@ -435,8 +435,8 @@ def _names(line: str, users: set[str], sessions: set[str]) -> bool:
     """Whether a dead letter holds one of the ids: its event's ``user_id`` / ``session_id`` when the event
     is JSON, else any of the ids as a JSON string anywhere in it."""
     value = json.loads(line).get("value", "")
-    try:
-        event = json.loads(value)
+    try:  # a number as it was written (1e20, not Python's 1e+20): the text a shopper's id was sent as
+        event = json.loads(value, parse_int=str, parse_float=str)
     except ValueError:
         event = None
     if isinstance(event, dict):  # an id sent as a number (refused, so dead-lettered) matches its text
