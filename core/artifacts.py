@@ -161,6 +161,17 @@ def _shared(rel: str) -> bool:
     return not (name.endswith((".tmp", ".lock")) or pull or _UNSHARED.match(rel))
 
 
+INDEX_MANIFEST = "manifest.json"  # an index folder's commit point (retrieval.index), written last
+
+
+def _whole_index(folder: Path) -> bool:
+    """Whether ``folder`` holds an index whose manifest reads (as ``retrieval.index`` checks a finished build)."""
+    try:
+        return isinstance(json.loads((folder / INDEX_MANIFEST).read_text()), dict)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
 def _link(source: str, target: str) -> None:
     """``target`` made a hard link of ``source`` (a copy where the file system has none to make)."""
     try:
@@ -506,6 +517,7 @@ class ArtifactStore:
                 leftover.unlink(missing_ok=True)
         moved = size = same = kept = 0
         clashes: set[str] = set()
+        changed_indexes: set[str] = set()  # index folders with a file changed here
         wanted: list[tuple[str, str]] = []
         for rel, digest in remote.items():
             target = self.home / rel
@@ -524,8 +536,18 @@ class ArtifactStore:
                     kept += 1
                     if (version := _version_of(rel)) is not None:
                         clashes.add(version)
+                    if found := INDEX_FOLDER.match(rel):
+                        changed_indexes.add(found.group(1))
                     continue
             wanted.append((rel, digest))
+        # an index changed here (an upsert on this replica) is kept whole: none of the store's files join it
+        held = [(rel, d) for rel, d in wanted
+                if (found := INDEX_FOLDER.match(rel)) and found.group(1) in changed_indexes]
+        if held:
+            kept += len(held)
+            wanted = [item for item in wanted if item not in held]
+            logger.warning("indexes changed here and in %s: %s; this home keeps its own whole (push it, or delete it "
+                           "here and pull to take the store's)", self.url, sorted(changed_indexes))
         # a model version registered here under a name the store holds keeps every file of its own: none of the
         # store's is added to it (another model's weights beside this one's, unseen by its checksums); and a
         # version this home deleted is not fetched back (its next push removes it from the store)
@@ -587,17 +609,22 @@ class ArtifactStore:
         """Fetch the files of the index folder ``prefix`` into a copy of it (``<fp>.building``, its other files
         linked, not copied) and move that in whole, as a build does (:func:`core.files.replace_folder`), holding
         the index's write lock (no build or write of it meanwhile); the bytes moved. A pull cut off leaves the
-        index as it was (never a new manifest beside old data files, or the reverse), and a swap cut off is
-        finished by the next pull or load (:func:`core.files.recover_folder`)."""
+        index as it was (never a new manifest beside old data files, or the reverse; its copy gets the manifest
+        last, so a copy cut off is never taken for a finished one), and a swap cut off is finished by the next
+        pull or load (:func:`core.files.recover_folder`). A folder that is a link is staged and swapped beside
+        the folder it points at. An index with a file changed here is not fetched at all (:meth:`_pull`)."""
         folder = self.home / prefix
         staging = staging_of(folder)
         with exclusive(folder):
-            recover_folder(folder, lambda path: (path / "manifest.json").is_file())
+            if (moved := recover_folder(folder, _whole_index)) is not None:
+                logger.warning("index %s: a build or pull was cut short while it moved folders; %s is served",
+                               folder, moved.name)
             shutil.rmtree(staging, ignore_errors=True)
             try:
                 if folder.is_dir():
                     shutil.copytree(folder, staging, symlinks=True, copy_function=_link)
-                for rel, digest in files:
+                # the manifest last: a copy cut off before its end is never taken for a finished one
+                for rel, digest in sorted(files, key=lambda item: item[0].endswith(f"/{INDEX_MANIFEST}")):
                     target = staging / rel[len(prefix) + 1:]
                     os.replace(self._download(rel, digest, target), target)
                 replace_folder(folder)

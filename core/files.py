@@ -131,36 +131,52 @@ def holding(lock_file: Path, shared: bool = False, missing_ok: bool = False) -> 
 
 def staging_of(path: Path) -> Path:
     """The folder (``<path>.building``) where the next whole folder for ``path`` is made, for
-    :func:`replace_folder` to move in."""
-    return path.with_name(path.name + ".building")
+    :func:`replace_folder` to move in: beside the folder a link at ``path`` points at (on its disk)."""
+    real = _real(path)
+    return real.with_name(real.name + ".building")
 
 
 def replace_folder(path: Path) -> None:
-    """Move the folder made at :func:`staging_of` ``path`` in at ``path``; the folder there is put aside as
-    ``<path>.old``, not deleted, until the new one is in its place: a process that dies between the two renames
-    leaves both whole, and :func:`recover_folder` puts one of them back. Hold ``path``'s lock
-    (:func:`exclusive`) while it is made and moved in."""
-    old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    staging_of(path).rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    """Move the folder made at :func:`staging_of` ``path`` in at ``path`` (at the folder a link there points
+    at: the link stays); the folder there is put aside as ``<path>.old``, not deleted, until the new one is in
+    its place: a process that dies between the two renames leaves both whole, and :func:`recover_folder` puts
+    one of them back. Hold ``path``'s lock (:func:`exclusive`) while it is made and moved in."""
+    real = _real(path)
+    old = real.with_name(real.name + ".old")
+    _remove(old)
+    if real.exists():
+        real.rename(old)
+    staging_of(path).rename(real)
+    _remove(old)
 
 
 def recover_folder(path: Path, whole: Callable[[Path], bool]) -> Path | None:
     """Finish or undo a :func:`replace_folder` that a process dying cut short (hold ``path``'s lock): with no
     ``whole`` folder at ``path``, the new one (:func:`staging_of`) is moved in if whole, else the old one it was
     replacing (``<path>.old``); an old folder left beside a whole one is deleted. The folder moved in, if any."""
+    real = _real(path)
+    old = real.with_name(real.name + ".old")
     moved = None
-    if not whole(path):
-        for folder in (staging_of(path), path.with_name(path.name + ".old")):
+    if not whole(real):
+        for folder in (staging_of(path), old):
             if whole(folder):
-                shutil.rmtree(path, ignore_errors=True)  # a folder that is not whole is none
-                folder.rename(path)
+                _remove(real)  # a folder that is not whole is none
+                folder.rename(real)
                 moved = folder
                 break
-    old = path.with_name(path.name + ".old")
-    if old.exists() and whole(path):
-        shutil.rmtree(old, ignore_errors=True)
+    if old.exists() and whole(real):
+        _remove(old)
     return moved
+
+
+def _real(path: Path) -> Path:
+    """``path``, or the folder a link there points at (which need not exist: a swap cut short)."""
+    return path.resolve() if path.is_symlink() else path
+
+
+def _remove(path: Path) -> None:
+    """Delete the folder ``path`` (a link there: the link alone), if there is one."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)

@@ -849,3 +849,79 @@ def test_a_key_file_merged_within_one_tick_of_the_clock_is_published_with_its_ow
     ArtifactStore(url, replica).pull()  # before: NotReady, sha256 differs from MANIFEST.json
     assert KeyStore(replica / "keys.json").verify(key) is None
     assert '"revoked": "2024-01-01T00:00:00+00:00"' in (replica / "keys.json").read_text()  # the earlier time
+
+
+def test_a_linked_index_folder_stays_linked_and_pulls_again(tmp_path: Path) -> None:
+    """An index folder that is a link to another disk: the pull stages and swaps beside the folder it points at,
+    and the link stays (before: the link was moved aside as fp.old, which no pull could remove: every later pull
+    failed with NotADirectoryError)."""
+    url = f"file://{tmp_path / 'store'}"
+    job, replica = tmp_path / "job", tmp_path / "replica"
+    index = Path("indexes") / "default" / "fp"
+    _write_index(job / index, b"1")
+    ArtifactStore(url, job).push()
+    disk = tmp_path / "disk" / "fp"
+    disk.mkdir(parents=True)
+    (replica / index).parent.mkdir(parents=True)
+    (replica / index).symlink_to(disk, target_is_directory=True)
+    ArtifactStore(url, replica).pull()
+    _write_index(job / index, b"2")
+    ArtifactStore(url, job).push()
+    assert ArtifactStore(url, replica).pull().files == 4
+    assert (replica / index).is_symlink() and (disk / "vectors.f32").read_bytes() == b"2" * 100
+    assert sorted(p.name for p in (replica / index).parent.iterdir()) == ["fp", "fp.lock"]
+    assert sorted(p.name for p in disk.parent.iterdir()) == ["fp"]
+
+
+def test_a_first_pull_killed_mid_index_leaves_nothing_taken_for_a_finished_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest is fetched last: a pull killed before it leaves a copy no recovery serves (before: the
+    manifest came first in name order, and a load moved the half index in as a finished build)."""
+    import shutil
+
+    from core.artifacts import _whole_index
+    from core.files import recover_folder, staging_of
+
+    url = f"file://{tmp_path / 'store'}"
+    index = Path("indexes") / "default" / "fp"
+    _write_index(tmp_path / "job" / index, b"1")
+    ArtifactStore(url, tmp_path / "job").push()
+    store = ArtifactStore(url, tmp_path / "replica")
+    get_file, rmtree = store.fs.get_file, shutil.rmtree
+
+    def killed(remote: str, local: str, **kwargs: object) -> None:
+        if remote.endswith("vectors.f32"):
+            raise SystemExit(9)
+        get_file(remote, local, **kwargs)
+
+    monkeypatch.setattr(store.fs, "get_file", killed)
+    monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: None if str(path).endswith(".building")
+                        else rmtree(path, *a, **k))  # killed: nothing after the kill runs
+    with pytest.raises(SystemExit):
+        store.pull()
+    monkeypatch.undo()
+    folder = tmp_path / "replica" / index
+    assert staging_of(folder).is_dir() and not (staging_of(folder) / "manifest.json").exists()
+    assert recover_folder(folder, _whole_index) is None and not folder.exists()
+    ArtifactStore(url, tmp_path / "replica").pull()
+    assert (folder / "vectors.f32").read_bytes() == b"1" * 100 and not staging_of(folder).exists()
+
+
+def test_an_index_changed_here_is_kept_whole(tmp_path: Path) -> None:
+    """A replica's own change to an index (an upsert rewrote its manifest and products) and a rebuild in the
+    store: the pull keeps this home's index whole (before: the local manifest beside the store's vectors)."""
+    url = f"file://{tmp_path / 'store'}"
+    job, replica = tmp_path / "job", tmp_path / "replica"
+    index = Path("indexes") / "default" / "fp"
+    _write_index(job / index, b"1")
+    ArtifactStore(url, job).push()
+    ArtifactStore(url, replica).pull()
+    for name in ("manifest.json", "products.parquet"):
+        (replica / index / name).write_bytes(b"L" * 100)
+    _write_index(job / index, b"2")
+    ArtifactStore(url, job).push()
+    pulled = ArtifactStore(url, replica).pull()
+    held = {p.relative_to(replica / index).as_posix(): p.read_bytes()[:1] for p in (replica / index).rglob("*")
+            if p.is_file()}
+    assert held == {"manifest.json": b"L", "products.parquet": b"L", "vectors.f32": b"1", "bm25/meta.json": b"1"}
+    assert (pulled.files, pulled.kept) == (0, 4)
