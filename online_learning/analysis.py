@@ -108,7 +108,7 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
     per_search["timestamp"] = pd.to_datetime(per_search["timestamp"], utc=True)
     for column in ("user_id", "session_id"):  # a blank id ("", in logs written before ingestion read it as none)
         per_search[column] = shopper_ids(per_search, column)
-    per_search = _pages_folded(per_search.sort_values("timestamp", ignore_index=True))
+    per_search = _pages_folded(per_search.sort_values("timestamp", kind="stable", ignore_index=True))
     return per_search.drop(columns=["sort", "first_shown"])
 
 
@@ -116,29 +116,39 @@ PAGE_GAP = pd.Timedelta(minutes=30)  # the longest a shopper reads a page of res
 
 
 def _pages_folded(per_search: pd.DataFrame) -> pd.DataFrame:
-    """:func:`searches`' rows (by time) with each later page of results (one whose first row was shown below
-    position 1) folded into the search whose first page the same shopper (user, else session) was shown last,
-    for the same text, filters, order, pipeline and arm, at most :data:`PAGE_GAP` before: a shopper paging
-    through a query made one search, and a click on page 2 is that search's. A later page with no such first
-    page (an anonymous shopper's, or one whose first page is before the log's window) stays a row of its own.
-    A page asked for past the last result shows nothing, and logs no position: it reads as a search that
-    showed nothing."""
+    """:func:`searches`' rows with each later page of results (one whose first row was shown below position 1)
+    folded into the search the same shopper (user, else session) was paging through: the last one for the
+    same text, filters, order, pipeline and arm whose previous page was shown at most :data:`PAGE_GAP` before.
+    A shopper paging through a query made one search, and a click on page 2 is that search's. A later page
+    with no such search before it (its first page is before the log's window) starts one of its own; an
+    anonymous shopper's pages are searches of their own. A page asked for past the last result shows nothing
+    and logs no position: it reads as a search that showed nothing."""
     later = (per_search["first_shown"] > 1).to_numpy()
     if not later.any():
         return per_search
-    who = per_search["user_id"].fillna(per_search["session_id"])
-    same = ("filters", "sort", "pipeline", "arm")
-    keys = [who, searched_text(per_search), *(per_search[column].astype(str) for column in same)]
-    first = per_search["first_shown"] == 1
-    anchors = pd.DataFrame({"request_id": per_search["request_id"].where(first),
-                            "timestamp": per_search["timestamp"].where(first)})
-    anchors = anchors.groupby(keys, dropna=True).ffill()  # per row: the last first page of its search so far
-    folded = later & anchors["request_id"].notna().to_numpy() & \
-        (per_search["timestamp"] - anchors["timestamp"] <= PAGE_GAP).to_numpy()
-    target = per_search["request_id"].where(~folded, anchors["request_id"])
-    credit = per_search.groupby(target).agg(clicked=("clicked", "max"), carted=("carted", "max"),
-                                            bought=("bought", "max"), revenue=("revenue", "sum"))
-    kept = per_search[~folded].copy()
+    # by time, each page after the one before it when logged in the same instant
+    rows = per_search.sort_values(["timestamp", "first_shown"], kind="stable", ignore_index=True)
+    later = (rows["first_shown"] > 1).to_numpy()
+    who = rows["user_id"].fillna(rows["session_id"])
+    key = who + "\x1f" + searched_text(rows)
+    for column in ("filters", "sort", "pipeline", "arm"):
+        key = key + "\x1f" + rows[column].astype(str)
+    involved = key.notna().to_numpy() & key.isin(set(key[later].dropna())).to_numpy()
+    ids, keys = rows["request_id"].to_numpy(), key.to_numpy()
+    times, target = pd.to_datetime(rows["timestamp"], utc=True).dt.tz_localize(None).to_numpy(), ids.copy()
+    paging: dict[str, tuple[str, np.datetime64]] = {}  # key -> (the search, when its latest page was shown)
+    gap = PAGE_GAP.to_timedelta64()
+    for n in np.flatnonzero(involved):
+        search = paging.get(keys[n])
+        if later[n] and search is not None and times[n] - search[1] <= gap:
+            target[n] = search[0]
+            paging[keys[n]] = (search[0], times[n])
+        else:  # a first page, or a later one with no search to continue: a search
+            paging[keys[n]] = (ids[n], times[n])
+    folded = target != ids
+    credit = rows.groupby(pd.Series(target, index=rows.index)).agg(clicked=("clicked", "max"), carted=("carted", "max"),
+                                      bought=("bought", "max"), revenue=("revenue", "sum"))
+    kept = rows[~folded].copy()
     for column in credit.columns:
         kept[column] = kept["request_id"].map(credit[column]).to_numpy()
     return kept.reset_index(drop=True)
@@ -148,7 +158,8 @@ def searched_text(rows: pd.DataFrame) -> pd.Series:
     """What each logged search searched: the analyzer's output (``searched``), else (an imported event,
     or a log from before that column) the typed text normalized as the analyzer normalizes it, so
     ``Garden HOSE`` and ``garden hose`` count as one text."""
-    typed = rows["query"].astype(str).map(lambda q: " ".join(normalize(q).split()))
+    queries = rows["query"].astype(str)
+    typed = queries.map({q: " ".join(normalize(q).split()) for q in queries.unique()})  # each text once
     return (rows["searched"].fillna(typed) if "searched" in rows else typed).astype(str).str.strip()
 
 

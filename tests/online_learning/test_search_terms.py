@@ -166,11 +166,15 @@ def test_a_shopper_paging_through_a_query_made_one_search(tmp_path: Path) -> Non
     page(6, "u1", 1, 5, sort="price_asc")  # the same text sorted by price: another search,
     page(7, "u1", 11, 6, sort="price_asc")  # with its own page 2
     page(8, "u1", 11, 60)  # an hour after u1's last relevance-ranked first page: a search of its own
+    page(10, "u3", 1, 70)  # pages 1 and 2 logged in the same instant (page 2's id sorts first)
+    page(9, "u3", 11, 70)
+    for n, minutes in enumerate((80, 100, 120, 141)):  # a page every 20 minutes, 61 after the first
+        page(11 + n, "u4", 1 + 10 * n, minutes, click=n == 3)
     ParquetLogSink(tmp_path / "log")([e for e in events if e.topic == RANKINGS_TOPIC])
     ParquetLogSink(tmp_path / "log")([e for e in events if e.topic == INTERACTIONS_TOPIC])
     table = searches(tmp_path / "log", filters=None)
-    assert list(table["request_id"]) == ["r1", "r4", "r5", "r6", "r8"]
-    assert list(table["clicked"]) == [1, 0, 0, 0, 0]
+    assert list(table["request_id"]) == ["r1", "r4", "r5", "r6", "r8", "r10", "r11"]
+    assert list(table["clicked"]) == [1, 0, 0, 0, 0, 0, 1]
     assert "first_shown" not in table and "sort" not in table
     drill = search_terms(table).set_index("text").loc["drill"]
-    assert (drill["searches"], drill["ctr"], drill["zero_result_rate"]) == (5, 0.2, 0.0)
+    assert (drill["searches"], drill["ctr"], drill["zero_result_rate"]) == (7, 2 / 7, 0.0)
