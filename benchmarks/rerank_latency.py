@@ -37,7 +37,7 @@ from core.registry import ModelRegistry  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from evaluation.dataset import load_dataset  # noqa: E402
 from ranking.cross_encoder import CrossEncoderScorer  # noqa: E402
-from serving.loading import open_engine, warm_store_features  # noqa: E402
+from serving.loading import open_engine, served_max_length, warm_store_features  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 
@@ -98,8 +98,8 @@ def main() -> None:
             layers = entry.params.get("layers", "?")
             scores = {}
             for precision in sorted(args.precisions, key=lambda p: p != "fp32"):  # fp32 first: the reference
-                scorer = CrossEncoderScorer(Path(entry.path), precision, max_length=settings.ranking.max_length,
-                                            batch_size=settings.ranking.batch_size, threads=args.threads)
+                scorer = CrossEncoderScorer(Path(entry.path), precision, batch_size=settings.ranking.batch_size,
+                                            max_length=served_max_length(settings, entry), threads=args.threads)
                 seconds = time_each(queries, lambda q, s=scorer: s.score(q, lists[q]))
                 name = f"{role}:{entry.version} ({layers} layers, {precision})"
                 models[name] = percentiles(seconds)

@@ -435,12 +435,14 @@ def _names(line: str, users: set[str], sessions: set[str]) -> bool:
     """Whether a dead letter holds one of the ids: its event's ``user_id`` / ``session_id`` when the event
     is JSON, else any of the ids as a JSON string anywhere in it."""
     value = json.loads(line).get("value", "")
-    try:  # a number as it was written (1e20, not Python's 1e+20): the text a shopper's id was sent as
-        event = json.loads(value, parse_int=str, parse_float=str)
+    try:  # an id sent as a number (refused, so dead-lettered) matches its text as it was written (1e20) and as
+        # Python writes the number (1e+20)
+        events = [json.loads(value, parse_int=str, parse_float=str), json.loads(value)]
     except ValueError:
-        event = None
-    if isinstance(event, dict):  # an id sent as a number (refused, so dead-lettered) matches its text
-        return _text(event.get("user_id")) in users or _text(event.get("session_id")) in sessions
+        events = []
+    if all(isinstance(event, dict) for event in events) and events:
+        return any(_text(event.get("user_id")) in users or _text(event.get("session_id")) in sessions
+                   for event in events)
     return any(json.dumps(i) in value for i in (*users, *sessions))
 
 

@@ -56,8 +56,8 @@ def teacher_pool(groups: Sequence[Group], candidates: dict[str, list[str]], teac
                  max_length: int = 40) -> pd.DataFrame:
     """Teacher scores of every (query, judged or candidate product) pair, cached in ``out`` (a part per
     ``chunk`` queries, each written whole, so a rerun scores only the parts not yet written). ``max_length``:
-    the token cap the teacher is served at (:func:`serving.loading.served_max_length`), so the targets are
-    the scores serving gives."""
+    the token cap the teacher is served at (:func:`serving.loading.served_max_length`), so the targets score
+    the pairs serving scores (in fp32: the served int8 or bf16 scores stay within a rounding of them)."""
     from tqdm.auto import tqdm
 
     from ranking.cross_encoder import CrossEncoderScorer

@@ -828,6 +828,9 @@ def test_forget_matches_an_id_a_dead_letter_holds_as_a_number(tmp_path: Path) ->
         '{"type": "click", "user_id": 1e20}', '{"type": "click", "user_id": 2.50}')))
     assert forget(paths, ["1e20", "2.50"], [], T0).dead_letters == 2  # as written (before: 1e+20 and 2.5)
     assert dead.read_text() == ""
+    dead.write_text("".join(json.dumps({"topic": "t", "value": v}) + "\n" for v in (
+        '{"type": "click", "user_id": 1e20}', '{"type": "click", "user_id": 2.50}')))
+    assert forget(paths, ["1e+20", "2.5"], [], T0).dead_letters == 2  # and as Python writes the number
 
 
 def test_prune_removes_the_dead_letters_and_set_aside_spool_lines_older_than_the_window(tmp_path: Path) -> None:
