@@ -175,6 +175,8 @@ class EventLog:
         self.shipped = 0
         self.ship_failures = 0
         self.quarantined = 0  # spool lines that are not events, copied to corrupt.jsonl and passed over
+        # where this process has shipped to: ahead of shipped.json while a full disk keeps it from being written
+        self._shipped_at: tuple[int, int] | None = None
         self._producer = None
         self.orphan_pending = 0  # events in spool slots no live process holds, not shipped yet
         self._backlog = self._unshipped() if kafka is not None else 0  # left by an earlier run
@@ -195,6 +197,8 @@ class EventLog:
         return sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("segment-*.jsonl"))
 
     def _position(self) -> tuple[int, int]:
+        if self._shipped_at is not None:
+            return self._shipped_at
         file = self.folder / "shipped.json"
         if file.is_file():
             data = json.loads(file.read_text())
@@ -391,8 +395,15 @@ class EventLog:
         elif not damaged:
             return 0
         self._set_aside(damaged)
-        self._save_position(next_segment, next_offset)
+        self._shipped_at = (next_segment, next_offset)  # the broker has them: this process never sends them again
         self.shipped += len(records)
+        try:
+            self._save_position(next_segment, next_offset)
+        except OSError as error:  # a full disk: the position is kept here until it can be written (after a crash
+            # meanwhile, the batches since the last one written are sent again: the consumers drop them by id)
+            logger.warning("the event spool %s could not record where it has shipped to (%s); it goes on from "
+                           "there and records it at its next batch", self.folder, error)
+            return len(records)
         for s in self._segments():
             if s < next_segment:
                 self._path(s).unlink(missing_ok=True)

@@ -72,13 +72,16 @@ def _in_utc(value: datetime, info: ValidationInfo) -> datetime:
     """A timestamp in UTC (one without an offset is read as UTC). One far ahead of this clock is refused
     where an event is taken in (the API, ``events import`` of a file): the streaming features count windows
     back from the latest event, so it would empty every count. An event read back from the spool, Kafka or
-    the log (validated with the context :data:`STORED`) was checked when it came in; checking it again
-    against another machine's clock, a few minutes behind, would refuse an event the API accepted."""
+    the log (validated with the context :data:`STORED`) was checked when it came in against that machine's
+    clock, which may run ahead of this one: it is refused only past twice the allowance (one that no
+    ShopRank took in: another producer's, which would stop the streaming features and the log's readers)."""
     value = _utc(value, "timestamp")
     if value < EARLIEST:
         raise ValueError(f"timestamp {value.isoformat()} is before 1970; send when the event happened (ISO 8601)")
-    if not (info.context or {}).get("stored") and value > datetime.now(UTC) + MAX_AHEAD:
-        raise ValueError(f"timestamp {value.isoformat()} is more than 24 hours ahead of the server's clock "
+    stored = (info.context or {}).get("stored")
+    if value > datetime.now(UTC) + (2 * MAX_AHEAD if stored else MAX_AHEAD):
+        raise ValueError(f"timestamp {value.isoformat()} is more than {48 if stored else 24} hours ahead of the "
+                         f"{'reading machine' if stored else 'server'}'s clock "
                          f"({datetime.now(UTC).isoformat(timespec='seconds')}); send when the event happened "
                          "(ISO 8601; no offset means UTC)")
     return value

@@ -251,7 +251,9 @@ def read_file(path: Path | str, columns: Sequence[str] | None = None) -> pd.Data
 
 def log_files(root: Path, kind: str, since: pd.Timestamp | None = None,
               until: pd.Timestamp | None = None) -> list[Path]:
-    """The Parquet files of ``kind``, in path order, without the days wholly outside ``(since, until]``."""
+    """The Parquet files of ``kind``, in path order, without the days wholly outside ``(since, until]``, nor
+    those after the last day pandas' times hold (2262-04-11: written by a ShopRank that took in any timestamp
+    from a topic, they would stop every reader; logged as left out, never deleted)."""
     if kind not in ("rankings", "interactions"):
         raise ValueError(f"log kind {kind!r} is not one of 'rankings', 'interactions'")
     first = _utc_day(since)
@@ -261,8 +263,15 @@ def log_files(root: Path, kind: str, since: pd.Timestamp | None = None,
         day = next((p.removeprefix("date=") for p in file.parts if p.startswith("date=")), None)
         if day is not None and ((first and day < first) or (last and day > last)):
             continue
+        if day is not None and day > LAST_DAY:
+            logger.warning("event log file %s is dated after %s, the last day pandas' times hold: left out (move "
+                           "it out of the log)", file, LAST_DAY)
+            continue
         files.append(file)
     return files
+
+
+LAST_DAY = f"{pd.Timestamp.max:%Y-%m-%d}"  # the last day a log partition may be read for
 
 
 def _utc_day(when: pd.Timestamp | None) -> str | None:

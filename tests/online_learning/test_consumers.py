@@ -556,3 +556,25 @@ def test_a_topic_recreated_under_the_consumer_is_read_again_from_its_start(broke
     consume_across(broker, tmp_path, loop, sink, first, second, delete_topics, 60)
     assert_complete(sink_root, batch)
     assert loop.topic_resets >= 1
+
+
+def test_a_log_partition_dated_past_pandas_times_is_left_out_by_its_readers(tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A file a ShopRank that took any timestamp from a topic wrote under date=3000-01-01: before, every reader
+    of the log (retrain, recommendations, reports) failed on it with OutOfBoundsDatetime."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from online_learning.consumers.log_sink import log_files
+
+    delivered = [Delivered(INTERACTIONS_TOPIC, 0, i, InteractionEvent(
+        type="click", event_id=f"e{i}", request_id=f"r{i}", product_id="P1", timestamp=T0)) for i in range(3)]
+    ParquetLogSink(tmp_path / "log")(delivered)
+    [written] = list((tmp_path / "log").rglob("*.parquet"))
+    far = tmp_path / "log" / "interactions" / "date=3000-01-01" / written.name
+    far.parent.mkdir(parents=True)
+    table = pq.read_table(written)
+    stamps = pa.array([datetime(3000, 1, 1, tzinfo=UTC)] * len(table), pa.timestamp("us", tz="UTC"))
+    pq.write_table(table.set_column(table.schema.get_field_index("timestamp"), "timestamp", stamps), far)
+    assert len(read_log(tmp_path / "log", "interactions")) == 3 and far.is_file()
+    assert far not in log_files(tmp_path / "log", "interactions") and "date=3000-01-01" in caplog.text

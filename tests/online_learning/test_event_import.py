@@ -218,6 +218,13 @@ def test_an_accepted_event_is_read_back_on_a_machine_whose_clock_is_behind(tmp_p
         events.parse(ahead.model_dump_json())  # taken in here: checked against this clock
     assert import_events(spool, tmp_path / "log", progress=False, stored=True).written == 1
     assert import_events(tmp_path / "events.jsonl", tmp_path / "log2", progress=False).invalid == 1
+    # one no ShopRank took in (another producer's record on the topic), past twice the allowance: refused, so a
+    # dead letter (before: taken, its year-3000 partition stopped every reader of the log and the streaming
+    # features' clock)
+    for far in (timedelta(hours=49), timedelta(days=365 * 900)):
+        late = ahead.model_copy(update={"timestamp": datetime.now(UTC) + far}).model_dump_json()
+        with pytest.raises(ValueError, match="48 hours ahead of the reading machine's clock"):
+            events.parse(late, stored=True)
 
 
 def test_a_folder_laid_out_like_a_spool_is_checked_as_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -274,3 +281,14 @@ def test_json_nested_too_deep_is_an_invalid_file_or_line(tmp_path: Path) -> None
     (spool / "segment-00000000.jsonl").write_text(f'{{"topic": "t", "value": {deep}}}\n')
     report = import_events(spool, tmp_path / "log", progress=False)
     assert report.invalid == 1 and "not a spool record" in report.errors[0]
+
+
+def test_a_spool_line_after_zeros_a_crash_left_is_imported_as_the_shipper_ships_it(tmp_path: Path) -> None:
+    """Zeros where a crash lost an earlier line's bytes run into the next line's start: the shipper reads the
+    event after them; before, `events import --spool` refused that line, and the event never reached the log."""
+    from online_learning.event_import import spool_lines
+
+    record = {"topic": "shoprank.interactions", "key": "u1", "value": {"type": "click", "event_id": "z1"}}
+    (tmp_path / "segment-00000001.jsonl").write_bytes(b"\0" * 7 + json.dumps(record).encode() + b"\n")
+    [(n, line)] = list(spool_lines(tmp_path))
+    assert n == 1 and json.loads(line) == record["value"], line  # type: ignore[arg-type]

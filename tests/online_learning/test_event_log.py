@@ -331,3 +331,48 @@ def test_the_shipper_sends_only_what_an_fsync_covered(tmp_path: Path) -> None:
     log.append([click(3)])  # fsynced, and e2 with it
     assert [r["event_id"] for r in log._read_batch(*log._position())[0]] == ["e1", "e2", "e3"]
     log.close()
+
+
+def test_a_position_the_disk_cannot_record_is_kept_and_nothing_is_sent_twice(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk refused shipped.json after the broker took a batch: before, the shipper read the position from
+    the file again and sent the same batch every round until the disk had room (14 copies of an event in a run);
+    now it goes on from where it shipped to, and records it once it can."""
+    import errno
+
+    sent: list[str] = []
+
+    class Producer:
+        def send(self, topic: str, key: bytes, value: bytes):  # type: ignore[no-untyped-def]
+            sent.append(json.loads(value)["event_id"])
+            return self
+
+        def get(self, timeout: float | None = None) -> None:
+            return None
+
+        def flush(self, timeout: float | None = None) -> None:
+            return None
+
+        def close(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    refused = []
+    save = EventLog._save_position
+
+    def full(self: EventLog, segment: int, offset: int) -> None:
+        if len(refused) < 3:
+            refused.append((segment, offset))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(self, segment, offset)
+
+    monkeypatch.setattr(EventLog, "_connect", lambda self: Producer())
+    monkeypatch.setattr(EventLog, "_save_position", full)
+    log = EventLog(tmp_path / "spool", KafkaSettings("127.0.0.1:9", send_timeout=1.0))
+    try:
+        for start, end in ((0, 30), (30, 40), (40, 45), (45, 50)):
+            log.append([click(i) for i in range(start, end)])
+            assert log.drain(timeout=30), f"{log.pending()} events still spooled"
+    finally:
+        log.close()
+    assert sent == [f"e{i}" for i in range(50)] and len(refused) == 3
+    assert json.loads((tmp_path / "spool" / "shipped.json").read_text())["offset"] > 0
