@@ -236,16 +236,17 @@ class _StoreContext:
         from ranking.training.ltr_data import assign_users
         from simulation.world import StoreWorld
 
+        command = f"shoprank --store {settings.store}" if settings.store else "shoprank"  # this store's commands
         if not (feast_repo.features_dir(settings) / "registry.db").is_file():
-            raise InvalidInput("the store feature group reads the feature store, which is not built here: run "
-                               "`shoprank features build`, `features apply` and `features materialize`, or pass "
-                               "--no-store-features")
+            raise InvalidInput(f"the store feature group reads the feature store, which is not built here: run "
+                               f"`{command} features build`, `{command} features apply` and `{command} features "
+                               "materialize`, or pass --no-store-features")
         store = feast_repo.open_store(settings)
         try:
             service = store.get_feature_service(settings.features.service)
         except Exception as error:  # noqa: BLE001 - Feast's FeatureServiceNotFoundException, among others
             raise InvalidInput(f"feature service {settings.features.service!r} is not in the feature store ({error}); "
-                               "run `shoprank features apply`, or pass --no-store-features") from None
+                               f"run `{command} features apply`, or pass --no-store-features") from None
         names = [f.name for p in service.feature_view_projections for f in p.features]
         world = StoreWorld.load(settings.paths.world)
         users = assign_users(groups, world.users["user_id"].tolist(), seed)

@@ -163,6 +163,10 @@ def test_evaluate_json_on_demo_store(env_home: Path, demo_dir: Path, capsys: pyt
 
 def test_train_ltr_on_served_and_judged_lists_registers(fresh_home: Path, demo_dir: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    (fresh_home / "stores" / "garden").mkdir(parents=True)  # another store, its feature store not built
+    code, _, err = run_cli(capsys, "--store", "garden", "train", "ltr", "--dataset", str(demo_dir))
+    assert code == 2 and "run `shoprank --store garden features build`, `shoprank --store garden features apply`" \
+        in err, err  # the commands of the store it was given (before: without --store, another store's)
     code, out, err = run_cli(capsys, "train", "ltr", "--dataset", str(demo_dir), "--no-store-features")
     assert code == 0, err
     entry = json.loads(out)["registered"]
