@@ -162,6 +162,7 @@ def _shared(rel: str) -> bool:
 
 
 INDEX_MANIFEST = "manifest.json"  # an index folder's commit point (retrieval.index), written last
+_SAID: set[tuple[str, str, tuple[str, ...]]] = set()  # warnings said in this process: once per store manifest
 
 
 def _whole_index(folder: Path) -> bool:
@@ -199,6 +200,10 @@ class ArtifactStore:
             raise InvalidInput(f"artifact store URL {url!r} cannot be opened ({error}); give a URL fsspec knows, "
                                "e.g. file:///mnt/shared/shoprank or s3://bucket/shoprank") from None
         self.home = home
+        self.wait = True  # a pull waits for an index being written here (pull(wait=False): leaves it for later)
+        self._kept_late = 0  # a pull's files of indexes found changed here once their lock was held
+        self._manifest_digest = ""  # of the store manifest a pull read: what a warning is said once for
+        self.pulled_indexes: list[str] = []  # the index folders (home-relative) the last pull moved in
 
     # -- manifests ---------------------------------------------------------------------------
 
@@ -489,11 +494,15 @@ class ArtifactStore:
         self.fs.pipe_file(tmp, data)
         os.replace(tmp, path)
 
-    def pull(self) -> Transfer:
+    def pull(self, wait: bool = True) -> Transfer:
         """Download the files whose digest in the store differs from this home's copy. A file
         changed here since the last transfer (a swap made here and not yet pushed, a model
         built here) is kept, at every pull: a pull never overwrites local work. A store without a manifest (a
-        mistyped URL, one never pushed to) is refused (:class:`NotFound`), never taken for an empty one."""
+        mistyped URL, one never pushed to) is refused (:class:`NotFound`), never taken for an empty one.
+        ``wait`` False (a server's reload tick): an index being built or written here is left for a later pull,
+        not waited for while this home's transfer lock is held (an admin change through a replica pushes under
+        it)."""
+        self.wait, self._kept_late, self.pulled_indexes = wait, 0, []
         with self._transfer():
             return self._pull()
 
@@ -515,6 +524,7 @@ class ArtifactStore:
         for folder in {(self.home / rel).parent for rel in remote}:
             for leftover in folder.glob(".*.pull"):
                 leftover.unlink(missing_ok=True)
+        self._manifest_digest = hashlib.sha256(json.dumps(remote, sort_keys=True).encode()).hexdigest()
         moved = size = same = kept = 0
         clashes: set[str] = set()
         changed_indexes: set[str] = set()  # index folders with a file changed here
@@ -546,8 +556,7 @@ class ArtifactStore:
         if held:
             kept += len(held)
             wanted = [item for item in wanted if item not in held]
-            logger.warning("indexes changed here and in %s: %s; this home keeps its own whole (push it, or delete it "
-                           "here and pull to take the store's)", self.url, sorted(changed_indexes))
+            self._keep_changed(changed_indexes)
         # a model version registered here under a name the store holds keeps every file of its own: none of the
         # store's is added to it (another model's weights beside this one's, unseen by its checksums); and a
         # version this home deleted is not fetched back (its next push removes it from the store)
@@ -563,14 +572,15 @@ class ArtifactStore:
             write_text_atomic(self.home / PULLING, json.dumps(self._cut_off_pull() | dict(wanted)))
         try:
             moved, size = self._fetch(wanted, state)
+            kept += self._kept_late
             self._drop_deleted_versions(remote, state)
         finally:  # what was put in place is recorded, the pull stopped or not: else the next pull would take those
             # files for work done here and keep them, the store moving on, and a push would publish them back
             self._save_local_state(state)
             (self.home / PULLING).unlink(missing_ok=True)
-        if moved or kept:
-            logger.info("pulled %d files (%d bytes) from %s; %d unchanged, %d changed here and kept", moved, size,
-                        self.url, same, kept)
+        if moved or kept:  # a kept file alone: said at every reload tick of a replica, so not at INFO
+            logger.log(logging.INFO if moved else logging.DEBUG, "pulled %d files (%d bytes) from %s; %d unchanged, "
+                       "%d changed here and kept", moved, size, self.url, same, kept)
         if clashes:
             logger.warning("model versions registered here and in %s under the same names, with other files: %s; "
                            "this home keeps its own, and cannot push them", self.url, sorted(clashes))
@@ -587,7 +597,10 @@ class ArtifactStore:
                 indexes.setdefault(found.group(1), []).append((rel, digest))
         for prefix, files in sorted(indexes.items()):
             done = self._fetch_index(prefix, files, state)
+            if done is None:  # kept as it is here (counted), or left for a later pull
+                continue
             moved, size = moved + len(files), size + done
+            self.pulled_indexes.append(prefix)
         for rel, digest in wanted:
             if INDEX_FOLDER.match(rel):
                 continue
@@ -605,20 +618,29 @@ class ArtifactStore:
             moved += 1
         return moved, size
 
-    def _fetch_index(self, prefix: str, files: list[tuple[str, str]], state: dict[str, Any]) -> int:
+    def _fetch_index(self, prefix: str, files: list[tuple[str, str]], state: dict[str, Any]) -> int | None:
         """Fetch the files of the index folder ``prefix`` into a copy of it (``<fp>.building``, its other files
         linked, not copied) and move that in whole, as a build does (:func:`core.files.replace_folder`), holding
         the index's write lock (no build or write of it meanwhile); the bytes moved. A pull cut off leaves the
         index as it was (never a new manifest beside old data files, or the reverse; its copy gets the manifest
         last, so a copy cut off is never taken for a finished one), and a swap cut off is finished by the next
         pull or load (:func:`core.files.recover_folder`). A folder that is a link is staged and swapped beside
-        the folder it points at. An index with a file changed here is not fetched at all (:meth:`_pull`)."""
+        the folder it points at. An index with a file changed here is not fetched at all (:meth:`_pull`, and
+        again once its lock is held: a write may have finished meanwhile), nor one being written here when
+        ``wait`` is off (a server's pull): None then."""
         folder = self.home / prefix
         staging = staging_of(folder)
-        with exclusive(folder):
+        with exclusive(folder, wait=self.wait) as held:
+            if not held:  # a build or write of it under way here: the next pull takes it
+                logger.info("index %s is being written here: pulled at a later pull", folder)
+                return None
             if (moved := recover_folder(folder, _whole_index)) is not None:
                 logger.warning("index %s: a build or pull was cut short while it moved folders; %s is served",
                                folder, moved.name)
+            if self._changed_here(prefix, state):  # by a write that finished while this pull waited for it
+                self._keep_changed([prefix])
+                self._kept_late += len(files)
+                return None
             shutil.rmtree(staging, ignore_errors=True)
             try:
                 if folder.is_dir():
@@ -631,6 +653,24 @@ class ArtifactStore:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return sum(self._record(state, rel, digest) for rel, digest in files)
+
+    def _changed_here(self, prefix: str, state: dict[str, Any]) -> bool:
+        """Whether a file of the index folder ``prefix`` that a push shares is not the copy the last transfer
+        left (changed or added here)."""
+        folder = self.home / prefix
+        return folder.is_dir() and any(
+            _dirty(path, state.get(rel)) for path in folder.rglob("*")
+            if path.is_file() and _shared(rel := f"{prefix}/{path.relative_to(folder).as_posix()}"))
+
+    def _keep_changed(self, prefixes: Iterable[str]) -> None:
+        """Say (once per store manifest, not at every reload tick) that the indexes ``prefixes`` changed here are
+        kept whole, none of the store's files joining them."""
+        said = (self.url, self._manifest_digest, tuple(sorted(prefixes)))
+        if said in _SAID:
+            return
+        _SAID.add(said)
+        logger.warning("indexes changed here and in %s: %s; this home keeps its own whole (push it, or delete it "
+                       "here and pull to take the store's)", self.url, sorted(prefixes))
 
     def _download(self, rel: str, digest: str, target: Path) -> Path:
         """The store's ``rel`` in a temporary file beside ``target`` (made with its folder), its digest checked."""

@@ -68,12 +68,13 @@ def write_text_atomic(path: Path, text: str | bytes | None, durable: bool = Fals
 
 
 @contextmanager
-def exclusive(path: Path) -> Iterator[None]:
+def exclusive(path: Path, wait: bool = True) -> Iterator[bool]:
     """Hold the lock of ``path`` (:func:`holding` ``<path>.lock`` beside it): for a change that reads a file,
     decides and writes it back, so that a change made by another in between is not overwritten unseen. Each
-    writer must take it; readers need not (the file is written whole, :func:`write_text_atomic`)."""
-    with holding(_lock_of(path)):
-        yield
+    writer must take it; readers need not (the file is written whole, :func:`write_text_atomic`). Yields
+    whether it is held (``wait`` False: only if free at once)."""
+    with holding(_lock_of(path), wait=wait) as held:
+        yield held
 
 
 def _lock_of(path: Path) -> Path:
@@ -92,10 +93,11 @@ def append_line(path: Path, line: str) -> None:
 
 
 @contextmanager
-def holding(lock_file: Path, shared: bool = False, missing_ok: bool = False) -> Iterator[bool]:
+def holding(lock_file: Path, shared: bool = False, missing_ok: bool = False, wait: bool = True) -> Iterator[bool]:
     """Hold ``fcntl.flock`` on ``lock_file`` (made, with its folder, if missing), waiting while another process
-    or thread holds it. ``shared``: a lock many may hold at once, that waits only for (and holds off) the one
-    who holds it alone: readers that must not see a change half made, while each writer holds it alone.
+    or thread holds it (``wait`` False: held only if free at once, else nothing is held). ``shared``: a lock many
+    may hold at once, that waits only for (and holds off) the one who holds it alone: readers that must not see a
+    change half made, while each writer holds it alone.
 
     The file is opened for reading and writing: on NFS, Linux makes ``flock`` a lock of the file's bytes,
     which a process holds alone only on a file it opened for writing. A process that may not write it, nor
@@ -120,7 +122,11 @@ def holding(lock_file: Path, shared: bool = False, missing_ok: bool = False) -> 
         yield False
         return
     try:
-        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:  # another holds it, and this one does not wait
+            yield False
+            return
         try:
             yield True
         finally:

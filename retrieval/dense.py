@@ -37,10 +37,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import mmap
 import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import faiss
 import numpy as np
@@ -119,6 +121,7 @@ class DenseIndex:
         self.live = live
         self.settings = settings
         self._vectors: np.ndarray | None = None
+        self._vectors_file: BinaryIO | None = None  # the vectors file this index reads (_open_vectors)
         self._half: faiss.IndexScalarQuantizer | None = None  # flat_scan fp16: the half-precision copy
         self._half_lock = threading.Lock()
         self._selector: tuple[faiss.IDSelector, np.ndarray] | None = None
@@ -164,7 +167,9 @@ class DenseIndex:
         meta = json.loads((path / "dense.json").read_text())
         index = faiss.read_index(str(path / "faiss.index")) if meta["kind"] != "flat" else None
         dense = cls(path, meta["kind"], int(meta["dim"]), np.load(path / "live.npy"), settings, index)
-        stored = (path / VECTORS).stat().st_size // (4 * dense.dim) if dense.dim else 0
+        dense._open_vectors()
+        held = dense._vectors_file.fileno()  # type: ignore[union-attr]
+        stored = os.fstat(held).st_size // (4 * dense.dim) if dense.dim else 0
         if stored < len(dense.live):  # appended rows lost with the disk's cache (a power cut), say
             raise NotReady(f"index {path}: {VECTORS} holds the vectors of {stored} of its {len(dense.live)} "
                            f"committed rows; {rebuild_advice(path)}")
@@ -187,6 +192,14 @@ class DenseIndex:
             handle.flush()
             os.fsync(handle.fileno())  # on disk before the manifest that counts these rows commits them
         self._vectors = None
+        self._open_vectors()
+
+    def _open_vectors(self) -> None:
+        """Hold the vectors file open: the rows this index reads are those of the file it loaded (or wrote), also
+        once another process has swapped its folder (an artifact pull, a rebuild) and the path names another
+        index's file. Read by path, a server's first read of them after such a swap (a recommendation shelf,
+        rerank-mode scoring) took the new file's rows for the old catalog's."""
+        self._vectors_file = (self.path / VECTORS).open("rb")
 
     def add(self, vectors: np.ndarray) -> range:
         """Append vectors as new live rows; returns their row numbers."""
@@ -224,12 +237,16 @@ class DenseIndex:
         query), memory-mapped otherwise (only rerank-mode scoring reads them). Only the rows the live mask
         counts are read: a write that did not finish may have appended more."""
         if self._vectors is None or len(self._vectors) != len(self.live):
-            shape = (len(self.live), self.dim)
-            if self.kind == "flat":
-                self._vectors = np.fromfile(self.path / VECTORS, dtype=np.float32, count=shape[0] * shape[1])
-                self._vectors = self._vectors.reshape(shape)
-            else:
-                self._vectors = np.memmap(self.path / VECTORS, dtype=np.float32, mode="r", shape=shape)
+            shape, count = (len(self.live), self.dim), len(self.live) * self.dim
+            if self._vectors_file is None:
+                self._open_vectors()
+            if not count:
+                self._vectors = np.zeros(shape, dtype=np.float32)
+            else:  # through the file held open (not its path), without moving its offset: threads read at once
+                held = self._vectors_file.fileno()  # type: ignore[union-attr]
+                mapped = mmap.mmap(held, count * 4, access=mmap.ACCESS_READ)
+                rows = np.frombuffer(mapped, dtype=np.float32, count=count).reshape(shape)
+                self._vectors = rows.copy() if self.kind == "flat" else rows
         return self._vectors
 
     def _select(self, allow: np.ndarray | None) -> tuple[faiss.IDSelector | None, object, np.ndarray]:

@@ -333,10 +333,15 @@ def artifact_store(settings: Settings) -> ArtifactStore | None:
     return ArtifactStore(settings.artifacts_url, settings.home)
 
 
-def pull_artifacts(settings: Settings) -> None:
-    """Bring this home up to date with the artifact store, if one is configured."""
+def pull_artifacts(settings: Settings, wait: bool = True) -> None:
+    """Bring this home up to date with the artifact store, if one is configured (``wait`` False: an index being
+    written here is left for a later pull, :meth:`~core.artifacts.ArtifactStore.pull`)."""
     if (store := artifact_store(settings)) is not None:
-        store.pull()
+        store.pull(wait)
+        if store.pulled_indexes and not wait:  # a server's reload tick: what it serves stays the index it loaded
+            logger.warning("pulled the indexes %s from %s: this server serves the index it loaded until it is "
+                           "restarted (kill -HUP restarts its processes one at a time, none answering 503)",
+                           store.pulled_indexes, store.url)
 
 
 def push_state(settings: Settings) -> None:

@@ -925,3 +925,41 @@ def test_an_index_changed_here_is_kept_whole(tmp_path: Path) -> None:
             if p.is_file()}
     assert held == {"manifest.json": b"L", "products.parquet": b"L", "vectors.f32": b"1", "bm25/meta.json": b"1"}
     assert (pulled.files, pulled.kept) == (0, 4)
+
+
+def test_an_index_written_here_while_a_pull_waits_for_it_is_kept_and_a_server_does_not_wait(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A pull decides which files changed here before it takes the index's lock: an upsert that finished while
+    it waited for the lock was overwritten (or mixed with the store's files, an index that no longer loaded).
+    A server's pull (``wait=False``) leaves an index being written for a later pull instead of waiting with the
+    home's transfer lock held (an admin change through the replica waited for the whole write)."""
+    from core.files import exclusive
+
+    url = f"file://{tmp_path / 'store'}"
+    job, replica = tmp_path / "job", tmp_path / "replica"
+    index = Path("indexes") / "default" / "fp"
+    _write_index(job / index, b"1")
+    ArtifactStore(url, job).push()
+    ArtifactStore(url, replica).pull()
+    _write_index(job / index, b"2")
+    ArtifactStore(url, job).push()
+    with exclusive(replica / index):  # a write of it under way here
+        assert ArtifactStore(url, replica).pull(wait=False).files == 0  # before: waited for the write
+    assert (replica / index / "vectors.f32").read_bytes() == b"1" * 100
+    store = ArtifactStore(url, replica)
+    fetch = store._fetch
+
+    def upserted_meanwhile(wanted, state):  # type: ignore[no-untyped-def]
+        (replica / index / "products.parquet").write_bytes(b"U" * 100)  # the write this pull waited for
+        return fetch(wanted, state)
+
+    monkeypatch.setattr(store, "_fetch", upserted_meanwhile)
+    caplog.clear()
+    pulled = store.pull()
+    assert (pulled.files, pulled.kept) == (0, 4)
+    held = {p.name: p.read_bytes()[:1] for p in (replica / index).rglob("*") if p.is_file()}
+    assert held == {"manifest.json": b"1", "products.parquet": b"U", "vectors.f32": b"1", "meta.json": b"1"}
+    monkeypatch.undo()
+    for _ in range(3):  # a replica's reload ticks: said once for this store manifest, not at every tick
+        assert ArtifactStore(url, replica).pull(wait=False).kept == 4
+    assert caplog.text.count("this home keeps its own whole") == 1

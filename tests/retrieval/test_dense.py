@@ -128,3 +128,22 @@ def test_a_filter_keeping_rows_far_from_the_query_still_returns_k_of_them(tmp_pa
     np.testing.assert_allclose(hits.scores, vectors[exact] @ vectors[0], rtol=1e-5)
     assert sorted(dense.search(vectors[0], 100, allow).docs.tolist()) == allowed.tolist()  # all 49, no more
 
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_an_index_reads_its_own_vectors_after_its_folder_is_swapped(tmp_path: Path, kind: str) -> None:
+    """A server's index, its folder swapped by another process (an artifact pull, a rebuild) before its first
+    read of the exact vectors: before, the read went by path and took the new index's rows (an hnsw index's
+    recommendation shelf answered with another catalog's products, or failed: mmap length beyond the file)."""
+    import shutil
+
+    old, new = unit_vectors(300, 8, seed=1), unit_vectors(200, 8, seed=2)
+    folder = tmp_path / "fp"
+    DenseIndex.build(folder, old, SETTINGS, kind=kind).save()
+    served = DenseIndex.load(folder, SETTINGS)
+    DenseIndex.build(tmp_path / "fp.building", new, SETTINGS, kind=kind).save()
+    folder.rename(tmp_path / "fp.old")  # the swap, as core.files.replace_folder makes it
+    (tmp_path / "fp.building").rename(folder)
+    shutil.rmtree(tmp_path / "fp.old")
+    np.testing.assert_array_equal(served.vectors, old)
+    np.testing.assert_array_equal(DenseIndex.load(folder, SETTINGS).vectors, new)
