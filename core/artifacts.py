@@ -643,12 +643,16 @@ class ArtifactStore:
                 return None
             shutil.rmtree(staging, ignore_errors=True)
             try:
-                if folder.is_dir():
-                    shutil.copytree(folder, staging, symlinks=True, copy_function=_link)
-                # the manifest last: a copy cut off before its end is never taken for a finished one
-                for rel, digest in sorted(files, key=lambda item: item[0].endswith(f"/{INDEX_MANIFEST}")):
+                if folder.is_dir():  # all but the manifest, which comes last: a copy cut off before its end has
+                    # none, and is never taken for a finished index
+                    shutil.copytree(folder, staging, symlinks=True, copy_function=_link,
+                                    ignore=lambda at, names: [INDEX_MANIFEST] if at == str(folder) else [])
+                manifest = f"{prefix}/{INDEX_MANIFEST}"
+                for rel, digest in sorted(files, key=lambda item: item[0] == manifest):
                     target = staging / rel[len(prefix) + 1:]
                     os.replace(self._download(rel, digest, target), target)
+                if manifest not in dict(files) and (folder / INDEX_MANIFEST).is_file():  # this home's, unchanged
+                    _link(str(folder / INDEX_MANIFEST), str(staging / INDEX_MANIFEST))
                 replace_folder(folder)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

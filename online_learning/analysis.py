@@ -128,7 +128,7 @@ def _pages_folded(per_search: pd.DataFrame) -> pd.DataFrame:
         return per_search
     # by time, each page after the one before it when logged in the same instant
     rows = per_search.sort_values(["timestamp", "first_shown"], kind="stable", ignore_index=True)
-    later = (rows["first_shown"] > 1).to_numpy()
+    later, first = (rows["first_shown"] > 1).to_numpy(), (rows["first_shown"] == 1).to_numpy()
     who = rows["user_id"].fillna(rows["session_id"])
     key = who + "\x1f" + searched_text(rows)
     for column in ("filters", "sort", "pipeline", "arm"):
@@ -143,8 +143,10 @@ def _pages_folded(per_search: pd.DataFrame) -> pd.DataFrame:
         if later[n] and search is not None and times[n] - search[1] <= gap:
             target[n] = search[0]
             paging[keys[n]] = (search[0], times[n])
-        else:  # a first page, or a later one with no search to continue: a search
+        elif first[n] or later[n]:  # a first page, or a later one with no search to continue: a search
             paging[keys[n]] = (ids[n], times[n])
+        # a page that showed nothing (past the last result: no position) is a row of its own, and the search
+        # the shopper pages through stays the one it was
     folded = target != ids
     credit = rows.groupby(pd.Series(target, index=rows.index)).agg(clicked=("clicked", "max"), carted=("carted", "max"),
                                       bought=("bought", "max"), revenue=("revenue", "sum"))

@@ -264,8 +264,8 @@ def open_index(settings: Settings, encoder: Encoder, products: pd.DataFrame | No
         return ensure_index(settings, products, path, encoder)
     path = index_path(settings, encoder)
     missing = not (path / "manifest.json").is_file()
-    if missing and any((path.with_name(path.name + end) / "manifest.json").is_file() for end in (".old", ".building")):
-        with building(path):  # a build cut short while it moved folders: its old or its new index is served
+    if missing:  # a build or pull cut short while it moved folders (beside the folder a link at path points at):
+        with building(path):  # its old or its new index is served
             missing = not (path / "manifest.json").is_file()
     if missing and settings.store and not settings.catalog:
         raise NotReady(f"store {settings.store!r} has no index for encoder {encoder.name}: build it with "

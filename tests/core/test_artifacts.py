@@ -599,11 +599,16 @@ def test_a_pull_cut_off_leaves_no_partial_file_for_a_push_to_publish(tmp_path: P
     assert [p.name for p in folder.iterdir()] == ["model.txt"]  # and the next pull removes it
 
 
+def _manifest(fill: bytes) -> bytes:
+    """An index manifest of 100 bytes: a JSON object, as a whole index's reads."""
+    return b'{"fill": "' + fill * 88 + b'"}'
+
+
 def _write_index(folder: Path, fill: bytes) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("manifest.json", "products.parquet", "vectors.f32", "bm25/meta.json"):
         (folder / name).parent.mkdir(exist_ok=True)
-        (folder / name).write_bytes(fill * 100)
+        (folder / name).write_bytes(_manifest(fill) if name == "manifest.json" else fill * 100)
 
 
 @pytest.mark.parametrize("cut", ["download", "swap"])
@@ -641,11 +646,11 @@ def test_an_index_is_pulled_whole_or_not_at_all(tmp_path: Path, monkeypatch: pyt
         store.pull()
     if cut == "swap":  # no index in place: a load finishes the swap (ProductIndex.recover), or the next pull
         assert not (replica / index).exists()
-        assert (replica / "indexes" / "default" / "fp.old" / "manifest.json").read_bytes() == b"1" * 100
+        assert (replica / "indexes" / "default" / "fp.old" / "manifest.json").read_bytes() == _manifest(b"1")
     else:
         held = {p.relative_to(replica / index): p.read_bytes() for p in (replica / index).rglob("*") if p.is_file()}
-        assert held == {Path(name): b"1" * 100 for name in ("manifest.json", "products.parquet", "vectors.f32",
-                                                          "bm25/meta.json")}
+        assert held == {Path("manifest.json"): _manifest(b"1")} | {
+            Path(name): b"1" * 100 for name in ("products.parquet", "vectors.f32", "bm25/meta.json")}
     assert not (replica / "indexes" / "default" / "fp.building").exists()
     monkeypatch.undo()
     assert ArtifactStore(url, replica).pull().files == 5
@@ -905,6 +910,20 @@ def test_a_first_pull_killed_mid_index_leaves_nothing_taken_for_a_finished_index
     assert recover_folder(folder, _whole_index) is None and not folder.exists()
     ArtifactStore(url, tmp_path / "replica").pull()
     assert (folder / "vectors.f32").read_bytes() == b"1" * 100 and not staging_of(folder).exists()
+    # an update cut off the same way: its copy of the index holds no manifest either (before: the old one,
+    # linked in first, so a load after the index was deleted took the mix of old and new files for an index)
+    _write_index(tmp_path / "job" / index, b"2")
+    ArtifactStore(url, tmp_path / "job").push()
+    store = ArtifactStore(url, tmp_path / "replica")
+    get_file = store.fs.get_file
+    monkeypatch.setattr(store.fs, "get_file", killed)
+    monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: None if str(path).endswith(".building")
+                        else rmtree(path, *a, **k))
+    with pytest.raises(SystemExit):
+        store.pull()
+    monkeypatch.undo()
+    assert staging_of(folder).is_dir() and not (staging_of(folder) / "manifest.json").exists()
+    assert (folder / "manifest.json").read_bytes() == _manifest(b"1")
 
 
 def test_an_index_changed_here_is_kept_whole(tmp_path: Path) -> None:
@@ -957,8 +976,9 @@ def test_an_index_written_here_while_a_pull_waits_for_it_is_kept_and_a_server_do
     caplog.clear()
     pulled = store.pull()
     assert (pulled.files, pulled.kept) == (0, 4)
-    held = {p.name: p.read_bytes()[:1] for p in (replica / index).rglob("*") if p.is_file()}
-    assert held == {"manifest.json": b"1", "products.parquet": b"U", "vectors.f32": b"1", "meta.json": b"1"}
+    held = {p.name: p.read_bytes() for p in (replica / index).rglob("*") if p.is_file()}
+    assert held == {"manifest.json": _manifest(b"1"), "products.parquet": b"U" * 100, "vectors.f32": b"1" * 100,
+                    "meta.json": b"1" * 100}
     monkeypatch.undo()
     for _ in range(3):  # a replica's reload ticks: said once for this store manifest, not at every tick
         assert ArtifactStore(url, replica).pull(wait=False).kept == 4

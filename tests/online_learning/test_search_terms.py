@@ -148,11 +148,11 @@ def test_a_shopper_paging_through_a_query_made_one_search(tmp_path: Path) -> Non
     events: list[Delivered] = []
 
     def page(n: int, user: str | None, first: int, minutes: float, text: str = "drill", click: bool = False,
-             sort: str | None = None) -> None:
+             sort: str | None = None, shown: int = 10) -> None:
         when = NOW - timedelta(hours=2) + timedelta(minutes=minutes)
         events.append(Delivered(RANKINGS_TOPIC, 0, len(events), RankingEvent(
             event_id=f"r{n}", request_id=f"r{n}", timestamp=when, user_id=user, query=text, pipeline="full",
-            sort=sort, items=[ShownItem(product_id=f"P{j}", position=j) for j in range(first, first + 10)])))
+            sort=sort, items=[ShownItem(product_id=f"P{j}", position=j) for j in range(first, first + shown)])))
         if click:
             events.append(Delivered(INTERACTIONS_TOPIC, 0, len(events), InteractionEvent(
                 type="click", event_id=f"c{n}", request_id=f"r{n}", timestamp=when + timedelta(seconds=5),
@@ -170,11 +170,15 @@ def test_a_shopper_paging_through_a_query_made_one_search(tmp_path: Path) -> Non
     page(9, "u3", 11, 70)
     for n, minutes in enumerate((80, 100, 120, 141)):  # a page every 20 minutes, 61 after the first
         page(11 + n, "u4", 1 + 10 * n, minutes, click=n == 3)
+    page(20, "u5", 1, 150)  # pages 1 and 2, a page past the last result, then page 2 again and a click:
+    page(21, "u5", 11, 151)
+    page(22, "u5", 21, 152, shown=0)  # its own row, showing nothing (before: it took over the search,
+    page(23, "u5", 11, 153, click=True)  # and the click)
     ParquetLogSink(tmp_path / "log")([e for e in events if e.topic == RANKINGS_TOPIC])
     ParquetLogSink(tmp_path / "log")([e for e in events if e.topic == INTERACTIONS_TOPIC])
     table = searches(tmp_path / "log", filters=None)
-    assert list(table["request_id"]) == ["r1", "r4", "r5", "r6", "r8", "r10", "r11"]
-    assert list(table["clicked"]) == [1, 0, 0, 0, 0, 0, 1]
+    assert list(table["request_id"]) == ["r1", "r4", "r5", "r6", "r8", "r10", "r11", "r20", "r22"]
+    assert list(table["clicked"]) == [1, 0, 0, 0, 0, 0, 1, 1, 0]
     assert "first_shown" not in table and "sort" not in table
     drill = search_terms(table).set_index("text").loc["drill"]
-    assert (drill["searches"], drill["ctr"], drill["zero_result_rate"]) == (7, 2 / 7, 0.0)
+    assert (drill["searches"], drill["ctr"], drill["zero_result_rate"]) == (9, 3 / 9, 1 / 9)

@@ -186,12 +186,18 @@ def test_store_features_a_down_store_could_not_give_are_read_once_it_answers() -
     assert calls == [["P1", "P2"], ["P1", "P2"]] and refreshed == [True]  # read again, then the facts rebuilt
 
 
+@pytest.mark.parametrize("linked", [False, True])
 @pytest.mark.parametrize("left", [".building", ".old"])
 def test_a_compaction_killed_between_its_renames_serves_the_stores_index(  # type: ignore[no-untyped-def]
-        tmp_path, settings, monkeypatch, caplog, left) -> None:
+        tmp_path, settings, monkeypatch, caplog, left, linked) -> None:
     """A build puts the old folder aside before it moves the new one in: killed between the two, the next
-    start serves the finished build (or, without it, the old index), never the demo catalog built anew."""
+    start serves the finished build (or, without it, the old index), never the demo catalog built anew. An
+    index folder that is a link (to another disk) is swapped beside the folder it points at, and found there
+    (before: the start looked beside the link only, and built the demo catalog or, on a replica, refused)."""
+    import shutil
     from pathlib import Path
+
+    from core.files import staging_of
 
     from serving import indexing
     from tests.fakes import HashingEncoder
@@ -202,6 +208,12 @@ def test_a_compaction_killed_between_its_renames_serves_the_stores_index(  # typ
     path = indexing.index_path(home, encoder)
     index = indexing.build_index(home, catalog([("a", "cordless drill"), ("b", "interior paint"),
                                                 ("c", "garden hose")]), path, encoder)
+    if linked:
+        real = tmp_path / "disk" / path.name
+        real.parent.mkdir()
+        path.rename(real)
+        path.symlink_to(real, target_is_directory=True)
+        index = indexing.ProductIndex.load(path, indexing.retrieval_settings(home))
     index.delete(["b"])
 
     class Killed(BaseException):
@@ -220,13 +232,14 @@ def test_a_compaction_killed_between_its_renames_serves_the_stores_index(  # typ
     monkeypatch.undo()
     assert not path.exists()
     if left == ".old":  # the staging folder gone as well: the index it was replacing
-        import shutil
-
-        shutil.rmtree(path.with_name(path.name + ".building"))
+        shutil.rmtree(staging_of(path))
+    if linked:  # a replica of an artifact store, which builds nothing: the index found or a refusal
+        home = home.model_copy(update={"artifacts_url": f"file://{tmp_path / 'store'}"})
     with caplog.at_level("WARNING", logger="retrieval.index"):
         served = indexing.open_index(home, encoder)  # before: the demo catalog, built in place of the store's
     assert served.live_product_ids() == ["a", "c"] and "cut short" in caplog.text
-    assert not path.with_name(path.name + ".old").exists()
+    assert not staging_of(path).with_name(staging_of(path).name.replace(".building", ".old")).exists()
+    assert path.is_symlink() == linked
 
 
 def test_a_lambdamart_names_each_model_served_otherwise_than_in_its_training() -> None:
