@@ -204,6 +204,7 @@ class ArtifactStore:
         self._kept_late = 0  # a pull's files of indexes found changed here once their lock was held
         self._manifest_digest = ""  # of the store manifest a pull read: what a warning is said once for
         self.pulled_indexes: list[str] = []  # the index folders (home-relative) the last pull moved in
+        self._listed: set[str] = set()  # the files the store's manifest lists, as the pull under way read it
 
     # -- manifests ---------------------------------------------------------------------------
 
@@ -427,6 +428,12 @@ class ArtifactStore:
         # that no push shares (an index build's folder, a pull's partial download)
         deleted = tuple(prefix for prefix, folder in self._deleted_versions().items() if not folder.exists())
         dropped = [rel for rel in remote if (deleted and rel.startswith(deleted)) or not _shared(rel)]
+        # an index this push publishes anew is published whole: the store's files of it this home no longer has (a
+        # rebuilt index's old BM25 segments) leave the store, else every replica's copy would gather them
+        published = {found.group(1) for rel in uploaded if (found := INDEX_FOLDER.match(rel))}
+        here = {rel for _, rel in files}
+        dropped += [rel for rel in remote if rel not in here and rel not in dropped
+                    and (found := INDEX_FOLDER.match(rel)) and found.group(1) in published]
         if uploaded or dropped:  # the manifest first: a reader never sees an entry whose file is gone
             self._write_manifest(self._updated_manifest(remote, uploaded, dropped))
         for rel in dropped:
@@ -435,7 +442,7 @@ class ArtifactStore:
         self._save_local_state(state)
         (self.home / PULLING).unlink(missing_ok=True)  # what a killed pull put in place is recorded now
         logger.info("pushed %d files (%d bytes) to %s; %d unchanged; %d files removed (of deleted model versions, "
-                    "or not shared)", moved, size, self.url, same, len(dropped))
+                    "not shared, or gone from an index published anew)", moved, size, self.url, same, len(dropped))
         if fixed:
             logger.warning("%d files of this home's that %s holds had other sha256 in its %s (an entry lost to pushes "
                            "that overlapped); their entries were put right: %s", len(fixed), self.url, MANIFEST,
@@ -525,6 +532,7 @@ class ArtifactStore:
             for leftover in folder.glob(".*.pull"):
                 leftover.unlink(missing_ok=True)
         self._manifest_digest = hashlib.sha256(json.dumps(remote, sort_keys=True).encode()).hexdigest()
+        self._listed = set(remote)
         moved = size = same = kept = 0
         clashes: set[str] = set()
         changed_indexes: set[str] = set()  # index folders with a file changed here
@@ -647,6 +655,7 @@ class ArtifactStore:
                     # none, and is never taken for a finished index
                     shutil.copytree(folder, staging, symlinks=True, copy_function=_link,
                                     ignore=lambda at, names: [INDEX_MANIFEST] if at == str(folder) else [])
+                    self._drop_unlisted(prefix, staging, state)
                 manifest = f"{prefix}/{INDEX_MANIFEST}"
                 for rel, digest in sorted(files, key=lambda item: item[0] == manifest):
                     target = staging / rel[len(prefix) + 1:]
@@ -657,6 +666,15 @@ class ArtifactStore:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return sum(self._record(state, rel, digest) for rel, digest in files)
+
+    def _drop_unlisted(self, prefix: str, staging: Path, state: dict[str, Any]) -> None:
+        """Delete from the copy ``staging`` of the index folder ``prefix`` the files a push shares that the store
+        no longer lists (a rebuilt index's old BM25 segments; the copy holds nothing changed here)."""
+        for path in sorted(staging.rglob("*")):
+            rel = f"{prefix}/{path.relative_to(staging).as_posix()}"
+            if path.is_file() and _shared(rel) and rel not in self._listed:
+                path.unlink()
+                state.pop(rel, None)
 
     def _changed_here(self, prefix: str, state: dict[str, Any]) -> bool:
         """Whether a file of the index folder ``prefix`` that a push shares is not the copy the last transfer

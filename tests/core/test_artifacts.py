@@ -983,3 +983,27 @@ def test_an_index_written_here_while_a_pull_waits_for_it_is_kept_and_a_server_do
     for _ in range(3):  # a replica's reload ticks: said once for this store manifest, not at every tick
         assert ArtifactStore(url, replica).pull(wait=False).kept == 4
     assert caplog.text.count("this home keeps its own whole") == 1
+
+
+def test_a_rebuilt_index_leaves_its_old_files_behind_in_no_store_and_no_replica(tmp_path: Path) -> None:
+    """A rebuild's index has other BM25 segment files than the one before: before, the push kept the old ones'
+    manifest entries and files, and every replica's copy of the index gathered them, rebuild after rebuild."""
+    url = f"file://{tmp_path / 'store'}"
+    job, replica = tmp_path / "job", tmp_path / "replica"
+    index = Path("indexes") / "default" / "fp"
+    _write_index(job / index, b"1")
+    (job / index / "bm25" / "old.idx").write_bytes(b"old")
+    ArtifactStore(url, job).push()
+    ArtifactStore(url, replica).pull()
+    _write_index(job / index, b"2")  # the rebuild: the old segment gone, a new one
+    (job / index / "bm25" / "old.idx").unlink()
+    (job / index / "bm25" / "new.idx").write_bytes(b"new")
+    ArtifactStore(url, job).push()
+    listed = json.loads((tmp_path / "store" / MANIFEST).read_text())
+    assert f"{index.as_posix()}/bm25/new.idx" in listed and f"{index.as_posix()}/bm25/old.idx" not in listed
+    assert not (tmp_path / "store" / index / "bm25" / "old.idx").exists()
+    assert ArtifactStore(url, replica).pull().files == 5
+    assert sorted(p.name for p in (replica / index / "bm25").iterdir()) == ["meta.json", "new.idx"]
+    assert ArtifactStore(url, replica).push().files == 0 and ArtifactStore(url, job).pull().files == 0
+    state = json.loads((replica / ".artifacts.json").read_text())
+    assert not any(rel.endswith("old.idx") for rel in state)
