@@ -557,3 +557,17 @@ def test_a_materialize_into_a_redis_out_of_reach_names_the_url_and_its_setting(s
     with pytest.raises(NotReady, match=r"Redis online store at 127\.0\.0\.1:\d+ cannot be reached .* "
                                        "SHOPRANK_FEATURES__REDIS_URL"):
         feast_repo.materialize(settings)
+
+
+def test_a_redis_that_hangs_fails_a_command_within_its_timeout() -> None:
+    """The Redis connection string ShopRank gives Feast: 1 s socket timeouts and no retry of a timed-out command
+    (redis-py's default retried it 3 times with backoff: a price update to a hung Redis took 15 s, not 1);
+    a URL's own settings stay."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    from core.feast_repo import _with_timeouts
+
+    _, params = RedisOnlineStore._parse_connection_string(_with_timeouts("127.0.0.1:6379,db=2"))
+    assert params == {"db": 2, "socket_connect_timeout": 1, "socket_timeout": 1, "retry": None}
+    _, own = RedisOnlineStore._parse_connection_string(_with_timeouts("127.0.0.1:6379,socket_timeout=5"))
+    assert own == {"socket_timeout": 5, "socket_connect_timeout": 1, "retry": None}
