@@ -85,8 +85,12 @@ def historical_features(store: FeatureStore, service: str, entities: pd.DataFram
     out = frame.merge(answers, on=keys, how="left")  # a left merge keeps the rows' order
     features = out.drop(columns=keys)
     lost = int(features.isna().all(axis=1).sum())
-    if lost:
-        logger.info("Feast returned no features for %d of %d rows (kept as missing)", lost, len(frame))
+    if lost:  # most rows without any: the feature tables are stamped after the time the rows are joined at (a
+        # catalog-built store beside an older simulated world): the model would learn store features as missing
+        logger.log(logging.WARNING if 2 * lost > len(frame) else logging.INFO, "Feast returned no features for %d "
+                   "of %d rows (kept as missing)%s", lost, len(frame), "; are the feature tables newer than the "
+                   "time the rows are joined at? (`features build --from-catalog` beside an older simulated world: "
+                   "train with --no-store-features)" if 2 * lost > len(frame) else "")
     return features.reset_index(drop=True)
 
 

@@ -463,3 +463,32 @@ def test_the_cross_encoder_scores_of_a_training_list_are_those_of_the_rows_the_s
         assert served_depths == depths and (below > 0) == (home.retrieval.depth == 5)
     finally:
         engine.close()
+
+
+def test_rows_the_feature_store_has_nothing_for_are_warned_of_when_most_are(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Feature tables stamped after the time training rows are joined at (a catalog-built store beside an older
+    simulated world) give every row no store feature: before, one INFO line said so, and LambdaMART learnt the
+    store features as always missing."""
+    import logging
+    from types import SimpleNamespace
+
+    from ranking.training.ltr_data import ROW, historical_features
+
+    def store(found: int):  # type: ignore[no-untyped-def]
+        def joined(entity_df: pd.DataFrame, features: object) -> SimpleNamespace:
+            out = entity_df.copy()
+            out["price"] = [1.0 if i < found else np.nan for i in range(len(out))]
+            return SimpleNamespace(to_df=lambda: out[[ROW, "price"]])
+
+        return SimpleNamespace(get_historical_features=joined, get_feature_service=lambda name: name)
+
+    rows = pd.DataFrame({"product_id": ["a", "b", "c"], "user_id": ["u"] * 3,
+                         "event_timestamp": pd.Timestamp("2026-11-01", tz="UTC")})
+    with caplog.at_level(logging.INFO, logger="ranking.training.ltr_data"):
+        assert historical_features(store(0), "ranker", rows)["price"].isna().all()
+        historical_features(store(2), "ranker", rows)
+    levels = [(r.levelname, r.getMessage()[:44]) for r in caplog.records]
+    assert levels == [("WARNING", "Feast returned no features for 3 of 3 rows ("),
+                      ("INFO", "Feast returned no features for 1 of 3 rows (")]
+    assert "--no-store-features" in caplog.records[0].getMessage()
