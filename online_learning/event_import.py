@@ -156,8 +156,9 @@ def import_events(path: Path, log_root: Path, store: str | None = None, batch: i
     writes a few files per batch, a shuffled one a file for every hour the batch spans. The events
     of shoppers ``forget`` lists as erased after them are counted and left out. ``stored``: ``path`` is
     this store's own event spool (``events import --spool``), whose events a server accepted, so their
-    timestamps are not checked against this machine's clock again; any other file or folder is checked
-    (no more than 24 hours ahead), though it be laid out like a spool."""
+    timestamps are checked against this machine's clock only past twice the allowance (48 hours ahead: a
+    server whose clock ran further ahead had its events refused here too); any other file or folder is
+    checked against the allowance (no more than 24 hours ahead), though it be laid out like a spool."""
     report = ImportReport(str(path))
     if forget is not None:
         forget.refresh()  # for a dry run's count; each batch written reads it again (_write)

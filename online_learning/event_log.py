@@ -61,6 +61,20 @@ class KafkaSettings:
     send_timeout: float = 10.0
 
 
+Damaged = tuple[int, int, bytes]  # a spool line that is not an event: its segment, byte offset and bytes
+
+
+@dataclass(frozen=True)
+class Unrecorded:
+    """How far an :class:`EventLog` of a spool slot shipped beyond what its ``shipped.json`` says (a full disk
+    refused it): what :meth:`EventLog.adopt_orphans` keeps of a slot it shipped and gives to the next log it
+    opens for it, which would otherwise go on from the file and send again what the broker took."""
+
+    recorded: str | None  # the slot's shipped.json then (None: no file); changed since: this is stale
+    at: tuple[int, int]  # the (segment, offset) shipped to
+    aside: tuple[Damaged, ...] = ()  # lines passed over as not events that corrupt.jsonl does not hold yet
+
+
 def hold_slot(root: Path, name: str) -> IO[str] | None:
     """The lock of the spool folder ``name`` under ``root``, held (closing the handle lets it go), or None
     when a live process holds it."""
@@ -114,6 +128,14 @@ def _holds_unshipped(folder: Path) -> bool:
     return False
 
 
+def _recorded(folder: Path) -> str | None:
+    """The text of the spool slot ``folder``'s shipped.json (None: no file), to tell whether it changed."""
+    try:
+        return (folder / "shipped.json").read_text()
+    except FileNotFoundError:
+        return None
+
+
 def _slot_number(folder: Path) -> int:
     try:
         return int(folder.name.removeprefix("slot-"))
@@ -144,10 +166,13 @@ class EventLog:
         kafka: Broker to ship to, or None to keep the log on disk only.
         store: The store whose events these are (its own topics); None: the default store.
         sync_interval: Seconds between background fsyncs of non-durable appends.
+        resume: Where an earlier log of this folder in this process shipped to that it could not record
+            (:meth:`unrecorded`): shipping goes on from there.
     """
 
     def __init__(self, folder: Path, kafka: KafkaSettings | None = None, sync_interval: float = 0.1,
-                 batch: int = 500, store: str | None = None, adopt_every_s: float = 30.0) -> None:
+                 batch: int = 500, store: str | None = None, adopt_every_s: float = 30.0,
+                 resume: Unrecorded | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.store = store
@@ -176,10 +201,17 @@ class EventLog:
         self.ship_failures = 0
         self.quarantined = 0  # spool lines that are not events, copied to corrupt.jsonl and passed over
         # where this process has shipped to: ahead of shipped.json while a full disk keeps it from being written
-        self._shipped_at: tuple[int, int] | None = None
+        self._shipped_at: tuple[int, int] | None = resume.at if resume else None
+        # the lines passed over as not events that a full disk kept out of corrupt.jsonl: set aside at a later
+        # round, and until then shipped.json stays before the first of them (:meth:`_record`)
+        self._aside: list[Damaged] = list(resume.aside) if resume else []
+        self._unsaved = resume is not None  # shipped.json is behind _shipped_at (or before lines in _aside)
+        self._retry_at = 0.0  # the monotonic time from which a round with nothing to send records it again
         self._producer = None
         self.orphan_pending = 0  # events in spool slots no live process holds, not shipped yet
-        self._backlog = self._unshipped() if kafka is not None else 0  # left by an earlier run
+        self._adopted: dict[Path, Unrecorded] = {}  # per slot adopted: where it shipped to, not recorded there
+        # left by an earlier run (the lines kept to set aside are not set aside yet: pending, as those after them)
+        self._backlog = self._unshipped() + len(self._aside) if kafka is not None else 0
         self._threads = [threading.Thread(target=self._sync_loop, name="event-log-sync", daemon=True)]
         if kafka is not None:
             self._threads.append(threading.Thread(target=self._ship_loop, name="event-log-ship", daemon=True))
@@ -392,29 +424,59 @@ class EventLog:
             self._producer.flush(timeout=self.kafka.send_timeout if self.kafka else 10)
             for future in futures:
                 future.get(timeout=0)  # raises if any send failed: position not advanced
-        elif not damaged:
-            return 0
-        self._set_aside(damaged)
+        elif not damaged and not (self._unsaved and time.monotonic() >= self._retry_at):
+            return 0  # nothing new, and nothing left to record (or not yet time to try again)
         self._shipped_at = (next_segment, next_offset)  # the broker has them: this process never sends them again
         self.shipped += len(records)
+        self._aside += damaged
+        self._record()
+        return len(records)
+
+    def _record(self) -> None:
+        """Set aside the lines passed over that are not set aside yet (:meth:`_set_aside`), record the position
+        shipped to (``shipped.json``) and remove the segments before it. A full disk that refuses the lines keeps
+        them here, and the position recorded no further than the first of them (after a crash meanwhile they
+        are read again, never lost, and the events after them are sent again: the consumers drop them by id);
+        one that refuses the position keeps it here. Whatever the broker took is not sent again: the rounds go
+        on from :attr:`_shipped_at`, and one with nothing new tries this again after 5 s."""
+        self._unsaved = True
+        if self._aside:
+            try:
+                self._set_aside(self._aside)
+                self._aside = []
+            except OSError as error:
+                logger.warning("%d lines of the event spool %s that are not events could not be copied to %s (%s); "
+                               "they are kept here and copied at a later round", len(self._aside), self.folder,
+                               self.folder / "corrupt.jsonl", error)
+        assert self._shipped_at is not None
+        segment, offset = self._aside[0][:2] if self._aside else self._shipped_at
         try:
-            self._save_position(next_segment, next_offset)
+            self._save_position(segment, offset)
         except OSError as error:  # a full disk: the position is kept here until it can be written (after a crash
             # meanwhile, the batches since the last one written are sent again: the consumers drop them by id)
             logger.warning("the event spool %s could not record where it has shipped to (%s); it goes on from "
-                           "there and records it at its next batch", self.folder, error)
-            return len(records)
+                           "there and records it at a later round", self.folder, error)
+            self._retry_at = time.monotonic() + 5.0
+            return
+        self._unsaved = bool(self._aside)
+        self._retry_at = time.monotonic() + 5.0
         for s in self._segments():
-            if s < next_segment:
+            if s < segment:
                 self._path(s).unlink(missing_ok=True)
-        return len(records)
+
+    def unrecorded(self) -> Unrecorded | None:
+        """Where this log shipped to beyond what its ``shipped.json`` says, with the lines it passed over and
+        could not set aside; None when the file says it all. For one that is closed (the ship thread stopped)."""
+        if not self._unsaved or self._shipped_at is None:
+            return None
+        return Unrecorded(_recorded(self.folder), self._shipped_at, tuple(self._aside))
 
     def _set_aside(self, damaged: list[tuple[int, int, bytes]]) -> None:
         """Copy the spool lines that are not events to ``corrupt.jsonl`` in the spool folder, one JSON object
         each: the segment, the byte offset of the line in it, the line (``value``; bytes that are not UTF-8
         as ``\\xNN``) and when it was set aside (``time``: what `events prune` goes by, as such a line seldom
-        reads as an event). Done before the position moves past them: a crash between the two copies them
-        again, never loses them."""
+        reads as an event). Done before the recorded position moves past them: a crash between the two copies
+        them again, never loses them; a disk that refuses them (OSError) leaves that to :meth:`_record`."""
         if not damaged:
             return
         now = time.time()
@@ -471,18 +533,27 @@ class EventLog:
                     self.orphan_pending = 0  # (and counts) the orphans: one process, not each
                     return 0
                 continue
+            # where this process shipped the slot to at an earlier round that a full disk kept out of its
+            # shipped.json: gone on from, so what the broker took is not sent again every round
+            kept = self._adopted.pop(folder, None)
             try:
+                if kept is not None and kept.recorded != _recorded(folder):
+                    kept = None  # another process shipped it since and recorded where to: the file says
                 if not _holds_unshipped(folder):  # a look at sizes: no producer opened for an empty slot
                     continue
-                orphan = EventLog(folder, self.kafka, store=self.store, adopt_every_s=0)
+                orphan = EventLog(folder, self.kafka, store=self.store, adopt_every_s=0, resume=kept)
                 try:
-                    before = orphan.pending()
-                    if before:
+                    if orphan.pending():
                         orphan.drain(drain_s)
-                        shipped += before - orphan.pending()
-                        left += orphan.pending()
+                    shipped += orphan.shipped  # counted by the log: its ship thread may be done before a look
+                    left += orphan.pending()
                 finally:
-                    orphan.close()
+                    try:
+                        orphan.close()  # records the position if the disk has room now
+                    finally:
+                        unrecorded = orphan.unrecorded()
+                        if unrecorded is not None:
+                            self._adopted[folder] = unrecorded
             finally:
                 lock.close()
         self.orphan_pending = left
@@ -505,6 +576,12 @@ class EventLog:
             self._new_data.notify_all()
         for thread in self._threads:
             thread.join(timeout=5)
+        if self._unsaved and not any(thread.is_alive() for thread in self._threads):
+            try:  # a last try at recording where it shipped to (the ship thread is done: no round meanwhile)
+                self._record()
+            except OSError as error:
+                logger.warning("the event spool %s could not record where it shipped to at close (%s)", self.folder,
+                               error)
         with self._lock:
             os.fsync(self._file.fileno())
             self._file.close()

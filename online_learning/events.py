@@ -73,8 +73,9 @@ def _in_utc(value: datetime, info: ValidationInfo) -> datetime:
     where an event is taken in (the API, ``events import`` of a file): the streaming features count windows
     back from the latest event, so it would empty every count. An event read back from the spool, Kafka or
     the log (validated with the context :data:`STORED`) was checked when it came in against that machine's
-    clock, which may run ahead of this one: it is refused only past twice the allowance (one that no
-    ShopRank took in: another producer's, which would stop the streaming features and the log's readers)."""
+    clock, which may run ahead of this one: it is refused only past twice the allowance. That refuses one
+    that no ShopRank took in (another producer's, which would stop the streaming features and the log's
+    readers), and also the events of a server whose clock ran more than that far ahead of this one's."""
     value = _utc(value, "timestamp")
     if value < EARLIEST:
         raise ValueError(f"timestamp {value.isoformat()} is before 1970; send when the event happened (ISO 8601)")
@@ -192,5 +193,8 @@ def key_of(event: RankingEvent | InteractionEvent) -> str:
 
 def parse(raw: bytes | str, stored: bool = False) -> RankingEvent | InteractionEvent:
     """The event of the JSON ``raw``. ``stored``: an event read back (the consumers, ``events import --spool``),
-    accepted before: its timestamp is not checked against this machine's clock (:func:`_in_utc`)."""
+    accepted before against the clock of the server that took it in: its timestamp is refused only when it is
+    more than twice the allowance (48 hours) ahead of this machine's clock (:func:`_in_utc`). That refuses
+    another producer's record dated years ahead, and also the events of a server whose clock ran more than
+    48 hours fast (or of a reader whose clock runs that far behind): they are dead letters."""
     return EVENT.validate_json(raw, context=STORED if stored else None)

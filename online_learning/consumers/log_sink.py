@@ -31,10 +31,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -250,20 +252,23 @@ def read_file(path: Path | str, columns: Sequence[str] | None = None) -> pd.Data
 
 
 def log_files(root: Path, kind: str, since: pd.Timestamp | None = None,
-              until: pd.Timestamp | None = None) -> list[Path]:
+              until: pd.Timestamp | None = None, readable_only: bool = True) -> list[Path]:
     """The Parquet files of ``kind``, in path order, without the days wholly outside ``(since, until]``, nor
-    those after the last day pandas' times hold (2262-04-11: written by a ShopRank that took in any timestamp
-    from a topic, they would stop every reader; logged as left out, never deleted)."""
+    (``readable_only``) those after the last day pandas' times hold (2262-04-11: written by a ShopRank that took
+    in any timestamp from a topic, they would stop every reader; logged as left out, never deleted). A
+    ``date=`` folder whose name is not a day (``YYYY-MM-DD``) is listed, whatever the window. ``readable_only``
+    False lists those late days too, for a reader that does not make pandas times of the rows (``events forget``
+    erases a shopper's rows there with pyarrow)."""
     if kind not in ("rankings", "interactions"):
         raise ValueError(f"log kind {kind!r} is not one of 'rankings', 'interactions'")
     first = _utc_day(since)
     last = _utc_day(until)
     files = []
     for file in sorted((root / kind).rglob("*.parquet")):
-        day = next((p.removeprefix("date=") for p in file.parts if p.startswith("date=")), None)
+        day = next((_day(p.removeprefix("date=")) for p in file.parts if p.startswith("date=")), None)
         if day is not None and ((first and day < first) or (last and day > last)):
             continue
-        if day is not None and day > LAST_DAY:
+        if readable_only and day is not None and day > _LAST:
             logger.warning("event log file %s is dated after %s, the last day pandas' times hold: left out (move "
                            "it out of the log)", file, LAST_DAY)
             continue
@@ -272,10 +277,27 @@ def log_files(root: Path, kind: str, since: pd.Timestamp | None = None,
 
 
 LAST_DAY = f"{pd.Timestamp.max:%Y-%m-%d}"  # the last day a log partition may be read for
+_LAST = date.fromisoformat(LAST_DAY)
+_DAY = re.compile(r"([0-9]{4,})-([0-9]{2})-([0-9]{2})")
 
 
-def _utc_day(when: pd.Timestamp | None) -> str | None:
+def _day(name: str) -> date | None:
+    """The day a ``date=`` folder's ``name`` says (``YYYY-MM-DD``), None when it says none (``latest``, a
+    misspelled day: compared as text before, it was left out as a day after the last). A year past 9999, which
+    Python's dates do not hold, reads as their last day: after any window and after :data:`LAST_DAY`."""
+    match = _DAY.fullmatch(name)
+    if match is None:
+        return None
+    if int(match[1]) > 9999:
+        return date.max if 1 <= int(match[2]) <= 12 and 1 <= int(match[3]) <= 31 else None
+    try:
+        return date.fromisoformat(name)
+    except ValueError:  # no such day (2025-02-30)
+        return None
+
+
+def _utc_day(when: pd.Timestamp | None) -> date | None:
     if when is None:
         return None
     when = pd.Timestamp(when)
-    return f"{(when.tz_localize('UTC') if when.tzinfo is None else when.tz_convert('UTC')):%Y-%m-%d}"
+    return (when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")).date()

@@ -8,7 +8,7 @@ resulting *absolute* values (7/30-day counts, smoothed CTR; a user's top
 categories, usual price and recent items) to Feast's push sources
 ``popularity_push`` and ``user_activity_push``.
 
-The windows end at the events' clock (the latest event's time), by UTC day. When
+The windows end at the events' clock (the latest event's time, never past the wall clock), by UTC day. When
 the clock enters a new day, the products with counts on the days that leave a
 window are pushed too, though they had no new event: the online store keeps a
 row until it is pushed again, so their 7- and 30-day counts drop there as they
@@ -165,15 +165,19 @@ def seed_history(state: Path, purchases: pd.DataFrame, prefix: str) -> int:
 def _add(db: sqlite3.Connection, counts: Counter[tuple[str, str, str]], purchases: list[tuple[str, str, str, str]],
          latest: object | None) -> None:
     """Add daily ``counts`` ((product, day, column) -> n), ``purchases`` (user, product, time, event id) and move
-    the state's clock to ``latest`` (inside the caller's transaction)."""
+    the state's clock to ``latest``, never past the wall clock (inside the caller's transaction): a client's
+    clock may run up to a day ahead (:data:`online_learning.events.MAX_AHEAD`), and one such event would end
+    every window a day early, unlike the feature tables training reads (their windows end at the wall clock);
+    it is counted on its own day, which the windows reach when the day comes."""
     for (product, day, column), n in counts.items():
         db.execute(f"INSERT INTO daily (product_id, day, {column}) VALUES (?, ?, ?) "
                    f"ON CONFLICT (product_id, day) DO UPDATE SET {column} = {column} + excluded.{column}",
                    (product, day, n))
     db.executemany("INSERT OR IGNORE INTO purchases VALUES (?, ?, ?, ?)", purchases)
     if latest is not None:
+        latest = min(pd.Timestamp(latest), pd.Timestamp.now(tz="UTC"))
         db.execute("INSERT INTO clock VALUES (0, ?) ON CONFLICT (id) DO UPDATE SET now = max(now, excluded.now)",
-                   (pd.Timestamp(latest).isoformat(),))
+                   (latest.isoformat(),))
 
 
 def _clock_day(db: sqlite3.Connection) -> date | None:

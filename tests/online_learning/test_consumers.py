@@ -578,3 +578,50 @@ def test_a_log_partition_dated_past_pandas_times_is_left_out_by_its_readers(tmp_
     pq.write_table(table.set_column(table.schema.get_field_index("timestamp"), "timestamp", stamps), far)
     assert len(read_log(tmp_path / "log", "interactions")) == 3 and far.is_file()
     assert far not in log_files(tmp_path / "log", "interactions") and "date=3000-01-01" in caplog.text
+
+
+def test_a_log_partition_is_left_out_by_the_day_its_name_says_not_by_its_text(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The names were compared as text with the last day: ``date=latest`` (read before) was left out as a day
+    after 2262-04-11, and ``date=10000-01-01`` was read. Only a name that is a day after it is left out now (a
+    year past 9999 too); ``readable_only=False`` (``events forget``, which reads with pyarrow) lists them all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from online_learning.consumers.log_sink import log_files
+
+    root = tmp_path / "log"
+    names = ["date=2262-04-11", "date=2262-04-12", "date=10000-01-01", "date=2025-02-30", "date=latest"]
+    for name in names:
+        (root / "interactions" / name / "hour=00").mkdir(parents=True)
+        pq.write_table(pa.table({"event_id": ["e1"]}), root / "interactions" / name / "hour=00" / "a.parquet")
+    listed = [f.parts[-3] for f in log_files(root, "interactions")]
+    assert listed == ["date=2025-02-30", "date=2262-04-11", "date=latest"]  # sorted paths; no day: listed
+    assert "date=2262-04-12" in caplog.text and "date=10000-01-01" in caplog.text and "latest" not in caplog.text
+    assert [f.parts[-3] for f in log_files(root, "interactions", readable_only=False)] == sorted(names)
+    # the window goes by the days too; a name that says no day is listed whatever the window
+    window = log_files(root, "interactions", pd.Timestamp("2262-04-01"), pd.Timestamp("2262-04-11"))
+    assert [f.parts[-3] for f in window] == ["date=2025-02-30", "date=2262-04-11", "date=latest"]
+
+
+def test_an_event_stamped_ahead_of_the_clock_does_not_end_the_windows_early(tmp_path: Path) -> None:
+    """A client's clock may run up to a day ahead: before, one such event moved the state's clock to tomorrow,
+    and every product's 7-day window lost the day that then left it (served 0 impressions for a product the
+    feature tables training reads count 5 for)."""
+    online: dict[str, dict] = {}
+    now = datetime.now(UTC)
+
+    def shown(product: str, when: datetime, n: int) -> list[Delivered]:
+        return [Delivered(RANKINGS_TOPIC, 0, 0, RankingEvent(
+            event_id=f"{product}-{when:%j%H}-{i}", request_id=f"{product}-{when:%j%H}-{i}", timestamp=when,
+            query="q", pipeline="full", items=[ShownItem(product_id=product, position=1)])) for i in range(n)]
+
+    features = StreamingFeatures(tmp_path / "state.sqlite", {},
+                                 lambda source, frame: online.update({r["product_id"]: r for r in frame.to_dict(
+                                     "records")}))
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    features(shown("p1", today - timedelta(days=6), 5))  # the first day of today's 7-day window
+    features(shown("p3", now - timedelta(seconds=1), 1))
+    assert online["p1"]["impressions_7d"] == 5
+    features(shown("p2", today + timedelta(days=1, minutes=1), 1))  # stamped tomorrow, by a shopper's device
+    assert online["p1"]["impressions_7d"] == 5 and features._now() <= pd.Timestamp.now(tz="UTC")

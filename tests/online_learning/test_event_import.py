@@ -227,6 +227,32 @@ def test_an_accepted_event_is_read_back_on_a_machine_whose_clock_is_behind(tmp_p
             events.parse(late, stored=True)
 
 
+def test_the_words_say_a_server_whose_clock_ran_fast_has_its_events_refused_when_read_back(tmp_path: Path) -> None:
+    """An event read back is refused past 48 hours ahead of the reading machine's clock, whoever stamped it: a
+    server whose clock ran that fast took it in (checked against its own clock), and it is a dead letter all the
+    same. The docstrings said a stored timestamp was "not checked against this machine's clock", and the
+    operations guide that only a record no ShopRank took in was refused."""
+    import inspect
+
+    import online_learning.consumers.base as base
+    import online_learning.event_import as event_import
+    import online_learning.events as events
+
+    stamped = events.InteractionEvent(type="click", event_id="e1", request_id="r1", product_id="p1").model_copy(
+        update={"timestamp": datetime.now(UTC) + timedelta(hours=49)})  # "now" by a server clock 49 h fast
+    spool = tmp_path / "event_spool"
+    log = EventLog(spool)
+    log.append([stamped])  # as that server's spool holds it
+    log.close()
+    report = import_events(spool, tmp_path / "log", progress=False, stored=True)
+    assert (report.written, report.invalid) == (0, 1)
+    for words in (events.parse.__doc__, event_import.import_events.__doc__, inspect.getsource(base)):
+        assert "not checked against this" not in " ".join(str(words).split())
+    assert "48 hours" in str(events.parse.__doc__) and "48 hours" in str(event_import.import_events.__doc__)
+    guide = " ".join((Path(__file__).parents[2] / "docs" / "operations.md").read_text().split())
+    assert "the events a ShopRank server took in while its clock ran more than 48 hours ahead" in guide
+
+
 def test_a_folder_laid_out_like_a_spool_is_checked_as_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """Only this store's own spool holds events a server accepted: an export from another engine in a folder of

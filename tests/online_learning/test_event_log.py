@@ -376,3 +376,85 @@ def test_a_position_the_disk_cannot_record_is_kept_and_nothing_is_sent_twice(tmp
         log.close()
     assert sent == [f"e{i}" for i in range(50)] and len(refused) == 3
     assert json.loads((tmp_path / "spool" / "shipped.json").read_text())["offset"] > 0
+
+
+def test_lines_a_full_disk_keeps_out_of_corrupt_jsonl_are_kept_and_the_batch_is_not_sent_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lines that are not events are copied to ``corrupt.jsonl`` after the broker took the batch: before, a full
+    disk that refused the copy raised before the position moved, and the batch went out again at every back-off.
+    Now the lines are kept here and copied at a later round, and ``shipped.json`` stays before them until then (a
+    crash meanwhile reads them again: they are never lost)."""
+    import errno
+
+    import online_learning.event_log as event_log
+
+    def line(i: int) -> bytes:
+        return json.dumps({"topic": INTERACTIONS_TOPIC, "key": "u1", "event_id": f"e{i}",
+                           "value": click(i).model_dump(mode="json")}).encode() + b"\n"
+
+    damaged = b"not an event\n"
+    (tmp_path / "segment-00000001.jsonl").write_bytes(line(1) + damaged + line(3))
+    log = EventLog(tmp_path, None)  # no ship thread: the rounds are driven here
+    log.kafka = KafkaSettings("broker:9092")
+    producer = _Producer()
+    monkeypatch.setattr(log, "_connect", lambda: producer)
+    real_append = event_log.append_line
+
+    def full(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(event_log, "append_line", full)
+    try:
+        log._ship_once()  # before: OSError here, and e1, e3 sent again at every round
+        log.append([click(4)])
+        log._ship_once()
+        assert producer.sent == ["e1", "e3", "e4"] and not (tmp_path / "corrupt.jsonl").exists()
+        assert json.loads((tmp_path / "shipped.json").read_text()) == {"segment": 1, "offset": len(line(1))}
+        assert (tmp_path / "segment-00000001.jsonl").is_file() and log.quarantined == 0
+        monkeypatch.setattr(event_log, "append_line", real_append)  # room again
+        log._retry_at = 0.0  # a round with nothing new tries again after 5 s: now
+        assert log._ship_once() == 0 and producer.sent == ["e1", "e3", "e4"]
+        kept = [json.loads(kept) for kept in (tmp_path / "corrupt.jsonl").read_text().splitlines()]
+        assert [(k["segment"], k["offset"], k["value"].encode()) for k in kept] == [(1, len(line(1)), damaged)]
+        assert json.loads((tmp_path / "shipped.json").read_text())["segment"] == 2 and log.quarantined == 1
+        assert not (tmp_path / "segment-00000001.jsonl").exists()  # shipped and set aside: removed
+    finally:
+        log.close()
+
+
+def test_an_adopted_slot_whose_position_a_full_disk_refuses_is_not_sent_again_every_round(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each adoption round opened a new log of the orphan slot and closed it, and with it where it had shipped
+    to: with ``shipped.json`` refused by a full disk, every round (30 s) sent the slot's whole backlog again. The
+    adopter now keeps that position per slot for its next log of it, as long as the slot's file is unchanged."""
+    import errno
+
+    from online_learning.event_log import _holds_unshipped
+
+    root = tmp_path / "event_spool"
+    dead = EventLog(root / "slot-1")  # a server process that died with 5 events not shipped
+    dead.append([click(i) for i in range(5)])
+    dead.close()
+    producer = _Producer()
+    monkeypatch.setattr(EventLog, "_connect", lambda self: producer)
+    save, room = EventLog._save_position, []
+
+    def full(self: EventLog, segment: int, offset: int) -> None:
+        if not room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(self, segment, offset)
+
+    monkeypatch.setattr(EventLog, "_save_position", full)
+    live = EventLog(root / "slot-0", KafkaSettings("broker:9092", send_timeout=1.0), adopt_every_s=0)
+    try:
+        assert [live.adopt_orphans(drain_s=5) for _ in range(3)] == [5, 0, 0]  # before: 5 at every round
+        assert producer.sent == [f"e{i}" for i in range(5)] and live.orphan_pending == 0
+        # another process shipped the slot meanwhile and recorded where to: its file says, not what was kept
+        (root / "slot-1" / "shipped.json").write_text(json.dumps({"segment": 1, "offset": 0}))
+        assert live.adopt_orphans(drain_s=5) == 5 and live.adopt_orphans(drain_s=5) == 0
+        room.append(True)
+        assert live.adopt_orphans(drain_s=5) == 0  # the position kept is recorded now: the slot is done
+        assert not _holds_unshipped(root / "slot-1") and not live._adopted
+    finally:
+        live.close()
+    assert len(producer.sent) == 10

@@ -833,6 +833,41 @@ def test_forget_matches_an_id_a_dead_letter_holds_as_a_number(tmp_path: Path) ->
     assert forget(paths, ["1e+20", "2.5"], [], T0).dead_letters == 2  # and as Python writes the number
 
 
+def test_forget_matches_a_numeric_id_in_a_dead_letter_python_cannot_read_all_of(tmp_path: Path) -> None:
+    """Python refuses an integer of over 4,300 digits: one anywhere in a dead letter's event failed the read of
+    its numbers as numbers, and the read of them as written was dropped with it, so ``user_id: 12345`` in that
+    event was no longer matched (only an id written as a JSON string was looked for)."""
+    paths = Home(tmp_path)
+    dead = paths.dead_letters("sink")
+    dead.parent.mkdir(parents=True)
+    values = ['{"type": "click", "user_id": 12345, "position": %s}' % ("9" * 5000),
+              '{"type": "click", "user_id": 678, "position": %s}' % ("9" * 5000)]
+    dead.write_text("".join(json.dumps({"topic": "t", "value": v}) + "\n" for v in values))
+    assert forget(paths, ["12345"], [], T0).dead_letters == 1
+    assert [json.loads(line)["value"] for line in dead.read_text().splitlines()] == values[1:]
+
+
+def test_forget_erases_a_shopper_in_a_log_partition_dated_past_pandas_times(tmp_path: Path) -> None:
+    """The log's readers leave out the days after 2262-04-11 (pandas' last), as a file there stops them: forget
+    listed the files the same way and left a shopper's rows there. It reads and rewrites with pyarrow, which holds
+    those times, so it erases them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = Home(tmp_path)
+    files = []
+    for day, year in (("2026-11-01", 2026), ("3000-01-01", 3000)):
+        file = paths.event_log / "rankings" / f"date={day}" / "hour=00" / "t-p0-1.parquet"
+        file.parent.mkdir(parents=True)
+        stamps = pa.array([datetime(year, 1, 1, tzinfo=UTC)] * 2, pa.timestamp("us", tz="UTC"))
+        pq.write_table(pa.table({"event_id": ["r1", "r2"], "user_id": ["u1", "u2"], "session_id": ["s1", "s2"],
+                                 "timestamp": stamps}), file)
+        files.append(file)
+    report = forget(paths, ["u1"], [], T0)
+    assert report.log_rows["rankings"] == 2 and report.log_files == 2 and report.not_found == []
+    assert [pq.read_table(f).column("user_id").to_pylist() for f in files] == [["u2"], ["u2"]]
+
+
 def test_prune_removes_the_dead_letters_and_set_aside_spool_lines_older_than_the_window(tmp_path: Path) -> None:
     """Before, `events prune` kept dead letters and the spool's lines set aside (corrupt.jsonl) for ever. It goes by
     the event's timestamp when the value reads as an event, else by the line's own ``time`` (a dead letter
