@@ -35,7 +35,6 @@ from api.schemas import TOO_LARGE
 from api.state import ServedHolder
 from api.stores import StoreRuntime, in_store, other_stores, ready_to_serve
 from core import __version__
-from core.errors import NotReady
 from core.keys import KeyStore
 from core.settings import Settings, get_settings
 from online_learning.event_log import EventLog, KafkaSettings, claim_spool
@@ -95,11 +94,9 @@ def _open_runtime(settings: Settings, store: str | None, loader: Loader, metrics
         return loader(store_settings, previous)
 
     def stamp() -> str:
-        if store is None:  # swaps and experiments published by other replicas or the CLI; an index being
-            try:  # written here is pulled at a later tick, not waited for
-                pull_artifacts(settings, wait=False)
-            except NotReady as error:  # a push landed while this pull read the store: the next tick pulls again
-                logger.warning("pulling from the artifact store: %s", error.message)
+        if store is None:  # swaps and experiments published by other replicas or the CLI (an error is logged once
+            # and shown by /readyz until a tick pulls again); an index being written here is left for a later tick
+            pull_artifacts(settings, wait=False)
         return generation(store_settings)
 
     def followed(role: str) -> None:  # a swap made elsewhere (the CLI, cron, another process) reached this one

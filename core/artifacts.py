@@ -395,6 +395,7 @@ class ArtifactStore:
         uploaded: dict[str, str] = {}
         kept: list[str] = []
         fixed: list[str] = []
+        in_store = {found.group(1) for rel in remote if (found := INDEX_FOLDER.match(rel))}  # the indexes it holds
         for path, rel in files:
             if rel == KEYS:  # merged with the store's copy as it is now: a revocation pushed through another home
                 # during this push's uploads (minutes for an index) stays
@@ -404,6 +405,10 @@ class ArtifactStore:
             digest = digests[rel]
             if remote.get(rel) == digest:
                 same += 1
+                continue
+            if rel in clean and rel not in remote and rel in state and (found := INDEX_FOLDER.match(rel)) \
+                    and found.group(1) in in_store:  # another home published this index anew without this file:
+                kept.append(rel)  # not published back (this home is behind the store)
                 continue
             if rel in clean and rel in remote and state.get(rel, {}).get("store_differs") == remote[rel]:
                 kept.append(rel)  # the store's copy under this entry was read at an earlier push: another file
@@ -428,9 +433,10 @@ class ArtifactStore:
         # that no push shares (an index build's folder, a pull's partial download)
         deleted = tuple(prefix for prefix, folder in self._deleted_versions().items() if not folder.exists())
         dropped = [rel for rel in remote if (deleted and rel.startswith(deleted)) or not _shared(rel)]
-        # an index this push publishes anew is published whole: the store's files of it this home no longer has (a
-        # rebuilt index's old BM25 segments) leave the store, else every replica's copy would gather them
-        published = {found.group(1) for rel in uploaded if (found := INDEX_FOLDER.match(rel))}
+        # an index this push publishes anew (a file of it changed here) is published whole: the store's files of it
+        # this home no longer has (a rebuilt index's old BM25 segments) leave the store, else every replica's copy
+        # would gather them. A home behind the store (its index unchanged here) drops nothing of it
+        published = {found.group(1) for rel in uploaded if rel not in clean and (found := INDEX_FOLDER.match(rel))}
         here = {rel for _, rel in files}
         dropped += [rel for rel in remote if rel not in here and rel not in dropped
                     and (found := INDEX_FOLDER.match(rel)) and found.group(1) in published]
@@ -650,12 +656,13 @@ class ArtifactStore:
                 self._kept_late += len(files)
                 return None
             shutil.rmtree(staging, ignore_errors=True)
+            unlisted: list[str] = []
             try:
                 if folder.is_dir():  # all but the manifest, which comes last: a copy cut off before its end has
                     # none, and is never taken for a finished index
                     shutil.copytree(folder, staging, symlinks=True, copy_function=_link,
                                     ignore=lambda at, names: [INDEX_MANIFEST] if at == str(folder) else [])
-                    self._drop_unlisted(prefix, staging, state)
+                    unlisted = self._drop_unlisted(prefix, staging)
                 manifest = f"{prefix}/{INDEX_MANIFEST}"
                 for rel, digest in sorted(files, key=lambda item: item[0] == manifest):
                     target = staging / rel[len(prefix) + 1:]
@@ -665,16 +672,20 @@ class ArtifactStore:
                 replace_folder(folder)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
+        for rel in unlisted:  # gone from the index now (not before: a pull that fails keeps the folder that holds
+            state.pop(rel, None)  # them, and their records)
         return sum(self._record(state, rel, digest) for rel, digest in files)
 
-    def _drop_unlisted(self, prefix: str, staging: Path, state: dict[str, Any]) -> None:
+    def _drop_unlisted(self, prefix: str, staging: Path) -> list[str]:
         """Delete from the copy ``staging`` of the index folder ``prefix`` the files a push shares that the store
-        no longer lists (a rebuilt index's old BM25 segments; the copy holds nothing changed here)."""
+        no longer lists (a rebuilt index's old BM25 segments; the copy holds nothing changed here); their paths."""
+        dropped = []
         for path in sorted(staging.rglob("*")):
             rel = f"{prefix}/{path.relative_to(staging).as_posix()}"
             if path.is_file() and _shared(rel) and rel not in self._listed:
                 path.unlink()
-                state.pop(rel, None)
+                dropped.append(rel)
+        return dropped
 
     def _changed_here(self, prefix: str, state: dict[str, Any]) -> bool:
         """Whether a file of the index folder ``prefix`` that a push shares is not the copy the last transfer

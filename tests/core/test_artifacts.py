@@ -1007,3 +1007,52 @@ def test_a_rebuilt_index_leaves_its_old_files_behind_in_no_store_and_no_replica(
     assert ArtifactStore(url, replica).push().files == 0 and ArtifactStore(url, job).pull().files == 0
     state = json.loads((replica / ".artifacts.json").read_text())
     assert not any(rel.endswith("old.idx") for rel in state)
+
+
+def test_a_home_behind_the_store_neither_drops_nor_publishes_back_an_index_rebuilt_elsewhere(
+        tmp_path: Path) -> None:
+    """The nightly job pulled, then the index was rebuilt and pushed from another home; the job's full push
+    (its index unchanged since its pull): before, it uploaded its old segment again, took the index for one it
+    published anew, and dropped the new build's segments from the store (replicas could no longer open BM25)."""
+    url = f"file://{tmp_path / 'store'}"
+    builder, job, replica = tmp_path / "builder", tmp_path / "job", tmp_path / "replica"
+    index = Path("indexes") / "default" / "fp"
+    _write_index(builder / index, b"1")
+    (builder / index / "bm25" / "seg1.idx").write_bytes(b"seg1")
+    ArtifactStore(url, builder).push()
+    ArtifactStore(url, job).pull()
+    _write_index(builder / index, b"2")  # rebuilt elsewhere: another segment
+    (builder / index / "bm25" / "seg1.idx").unlink()
+    (builder / index / "bm25" / "seg2.idx").write_bytes(b"seg2")
+    ArtifactStore(url, builder).push()
+    ArtifactStore(url, job).push()  # behind the store
+    listed = {rel for rel in json.loads((tmp_path / "store" / MANIFEST).read_text()) if "/bm25/" in rel}
+    assert listed == {f"{index.as_posix()}/bm25/meta.json", f"{index.as_posix()}/bm25/seg2.idx"}
+    ArtifactStore(url, replica).pull()
+    assert sorted(p.name for p in (replica / index / "bm25").iterdir()) == ["meta.json", "seg2.idx"]
+    assert ArtifactStore(url, job).pull().files == 5  # the job catches up: the store's index, whole
+    assert sorted(p.name for p in (job / index / "bm25").iterdir()) == ["meta.json", "seg2.idx"]
+
+
+def test_a_pull_that_fails_keeps_the_records_of_the_index_it_leaves_as_it_was(tmp_path: Path) -> None:
+    """A pull of a rebuilt index stopped by a file changed in the store while it was read: before, it dropped
+    the records of the old files it had left out of its copy, so every later pull took the index for one changed
+    here and kept the old one for good."""
+    url = f"file://{tmp_path / 'store'}"
+    job, replica = tmp_path / "job", tmp_path / "replica"
+    index = Path("indexes") / "default" / "fp"
+    _write_index(job / index, b"1")
+    (job / index / "bm25" / "seg1.idx").write_bytes(b"seg1")
+    ArtifactStore(url, job).push()
+    ArtifactStore(url, replica).pull()
+    _write_index(job / index, b"2")
+    (job / index / "bm25" / "seg1.idx").unlink()
+    ArtifactStore(url, job).push()
+    vectors = tmp_path / "store" / index / "vectors.f32"
+    vectors.write_bytes(b"half written")
+    with pytest.raises(NotReady):
+        ArtifactStore(url, replica).pull()
+    vectors.write_bytes(b"2" * 100)
+    pulled = ArtifactStore(url, replica).pull()
+    assert (pulled.files, pulled.kept) == (4, 0) and (replica / index / "vectors.f32").read_bytes() == b"2" * 100
+    assert not (replica / index / "bm25" / "seg1.idx").exists()
