@@ -615,12 +615,7 @@ def _write_index(folder: Path, fill: bytes) -> None:
 def test_an_index_is_pulled_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
     """A pull cut off while it fetched an index's files (or between the two renames that move it in) leaves the
     index as it was: before, the files fetched before the cut were in place, a new manifest beside old data."""
-    url = f"file://{tmp_path / 'store'}"
-    job, replica = tmp_path / "job", tmp_path / "replica"
-    index = Path("indexes") / "default" / "fp"
-    _write_index(job / index, b"1")
-    ArtifactStore(url, job).push()
-    ArtifactStore(url, replica).pull()
+    url, job, replica, index = _index_pulled(tmp_path)
     _write_index(job / index, b"2")  # rebuilt: every file changes
     (job / index / "bm25" / "segment.idx").write_bytes(b"new")
     ArtifactStore(url, job).push()
@@ -929,12 +924,7 @@ def test_a_first_pull_killed_mid_index_leaves_nothing_taken_for_a_finished_index
 def test_an_index_changed_here_is_kept_whole(tmp_path: Path) -> None:
     """A replica's own change to an index (an upsert rewrote its manifest and products) and a rebuild in the
     store: the pull keeps this home's index whole (before: the local manifest beside the store's vectors)."""
-    url = f"file://{tmp_path / 'store'}"
-    job, replica = tmp_path / "job", tmp_path / "replica"
-    index = Path("indexes") / "default" / "fp"
-    _write_index(job / index, b"1")
-    ArtifactStore(url, job).push()
-    ArtifactStore(url, replica).pull()
+    url, job, replica, index = _index_pulled(tmp_path)
     for name in ("manifest.json", "products.parquet"):
         (replica / index / name).write_bytes(b"L" * 100)
     _write_index(job / index, b"2")
@@ -954,12 +944,7 @@ def test_an_index_written_here_while_a_pull_waits_for_it_is_kept_and_a_server_do
     home's transfer lock held (an admin change through the replica waited for the whole write)."""
     from core.files import exclusive
 
-    url = f"file://{tmp_path / 'store'}"
-    job, replica = tmp_path / "job", tmp_path / "replica"
-    index = Path("indexes") / "default" / "fp"
-    _write_index(job / index, b"1")
-    ArtifactStore(url, job).push()
-    ArtifactStore(url, replica).pull()
+    url, job, replica, index = _index_pulled(tmp_path)
     _write_index(job / index, b"2")
     ArtifactStore(url, job).push()
     with exclusive(replica / index):  # a write of it under way here
@@ -985,16 +970,24 @@ def test_an_index_written_here_while_a_pull_waits_for_it_is_kept_and_a_server_do
     assert caplog.text.count("this home keeps its own whole") == 1
 
 
-def test_a_rebuilt_index_leaves_its_old_files_behind_in_no_store_and_no_replica(tmp_path: Path) -> None:
-    """A rebuild's index has other BM25 segment files than the one before: before, the push kept the old ones'
-    manifest entries and files, and every replica's copy of the index gathered them, rebuild after rebuild."""
+def _index_pulled(tmp_path: Path, segment: str | None = None) -> tuple[str, Path, Path, Path]:
+    """The store's url, a job home and a replica home, and the index folder (home-relative): the job's index
+    (fill 1, and the BM25 segment file ``segment``, if any) pushed, and pulled by the replica."""
     url = f"file://{tmp_path / 'store'}"
     job, replica = tmp_path / "job", tmp_path / "replica"
     index = Path("indexes") / "default" / "fp"
     _write_index(job / index, b"1")
-    (job / index / "bm25" / "old.idx").write_bytes(b"old")
+    if segment:
+        (job / index / "bm25" / segment).write_bytes(segment.encode())
     ArtifactStore(url, job).push()
     ArtifactStore(url, replica).pull()
+    return url, job, replica, index
+
+
+def test_a_rebuilt_index_leaves_its_old_files_behind_in_no_store_and_no_replica(tmp_path: Path) -> None:
+    """A rebuild's index has other BM25 segment files than the one before: before, the push kept the old ones'
+    manifest entries and files, and every replica's copy of the index gathered them, rebuild after rebuild."""
+    url, job, replica, index = _index_pulled(tmp_path, "old.idx")
     _write_index(job / index, b"2")  # the rebuild: the old segment gone, a new one
     (job / index / "bm25" / "old.idx").unlink()
     (job / index / "bm25" / "new.idx").write_bytes(b"new")
@@ -1038,13 +1031,7 @@ def test_a_pull_that_fails_keeps_the_records_of_the_index_it_leaves_as_it_was(tm
     """A pull of a rebuilt index stopped by a file changed in the store while it was read: before, it dropped
     the records of the old files it had left out of its copy, so every later pull took the index for one changed
     here and kept the old one for good."""
-    url = f"file://{tmp_path / 'store'}"
-    job, replica = tmp_path / "job", tmp_path / "replica"
-    index = Path("indexes") / "default" / "fp"
-    _write_index(job / index, b"1")
-    (job / index / "bm25" / "seg1.idx").write_bytes(b"seg1")
-    ArtifactStore(url, job).push()
-    ArtifactStore(url, replica).pull()
+    url, job, replica, index = _index_pulled(tmp_path, "seg1.idx")
     _write_index(job / index, b"2")
     (job / index / "bm25" / "seg1.idx").unlink()
     ArtifactStore(url, job).push()
