@@ -162,7 +162,7 @@ def _shared(rel: str) -> bool:
 
 
 INDEX_MANIFEST = "manifest.json"  # an index folder's commit point (retrieval.index), written last
-_SAID: set[tuple[str, str, tuple[str, ...]]] = set()  # warnings said in this process: once per store manifest
+_SAID: set[tuple[str, str, str]] = set()  # warnings said in this process: once per store manifest
 
 
 def _whole_index(folder: Path) -> bool:
@@ -243,8 +243,7 @@ class ArtifactStore:
         for rel, digest in self._cut_off_pull().items():
             target = self.home / rel
             if target.is_file() and _dirty(target, state.get(rel)) and file_digest(target) == digest:
-                stat = target.stat()
-                state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+                self._record(state, rel, digest)
         return state
 
     def _save_local_state(self, state: dict[str, Any]) -> None:
@@ -541,7 +540,6 @@ class ArtifactStore:
         self._listed = set(remote)
         moved = size = same = kept = 0
         clashes: set[str] = set()
-        changed_indexes: set[str] = set()  # index folders with a file changed here
         wanted: list[tuple[str, str]] = []
         for rel, digest in remote.items():
             target = self.home / rel
@@ -551,8 +549,7 @@ class ArtifactStore:
                         same += 1
                         continue
                 elif file_digest(target) == digest:  # changed here, to what the store holds
-                    stat = target.stat()
-                    state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+                    self._record(state, rel, digest)
                     same += 1
                     continue
                 elif rel != KEYS:  # changed here since the last transfer: not ours to clobber, now or at the next pull
@@ -560,17 +557,8 @@ class ArtifactStore:
                     kept += 1
                     if (version := _version_of(rel)) is not None:
                         clashes.add(version)
-                    if found := INDEX_FOLDER.match(rel):
-                        changed_indexes.add(found.group(1))
                     continue
             wanted.append((rel, digest))
-        # an index changed here (an upsert on this replica) is kept whole: none of the store's files join it
-        held = [(rel, d) for rel, d in wanted
-                if (found := INDEX_FOLDER.match(rel)) and found.group(1) in changed_indexes]
-        if held:
-            kept += len(held)
-            wanted = [item for item in wanted if item not in held]
-            self._keep_changed(changed_indexes)
         # a model version registered here under a name the store holds keeps every file of its own: none of the
         # store's is added to it (another model's weights beside this one's, unseen by its checksums); and a
         # version this home deleted is not fetched back (its next push removes it from the store)
@@ -639,9 +627,9 @@ class ArtifactStore:
         index as it was (never a new manifest beside old data files, or the reverse; its copy gets the manifest
         last, so a copy cut off is never taken for a finished one), and a swap cut off is finished by the next
         pull or load (:func:`core.files.recover_folder`). A folder that is a link is staged and swapped beside
-        the folder it points at. An index with a file changed here is not fetched at all (:meth:`_pull`, and
-        again once its lock is held: a write may have finished meanwhile), nor one being written here when
-        ``wait`` is off (a server's pull): None then."""
+        the folder it points at. An index with a file changed here (checked once its lock is held: a write may
+        have finished while this pull waited) is not fetched at all, nor one being written here when ``wait``
+        is off (a server's pull): None then."""
         folder = self.home / prefix
         staging = staging_of(folder)
         with exclusive(folder, wait=self.wait) as held:
@@ -651,8 +639,8 @@ class ArtifactStore:
             if (moved := recover_folder(folder, _whole_index)) is not None:
                 logger.warning("index %s: a build or pull was cut short while it moved folders; %s is served",
                                folder, moved.name)
-            if self._changed_here(prefix, state):  # by a write that finished while this pull waited for it
-                self._keep_changed([prefix])
+            if self._changed_here(prefix, state):  # an upsert here, maybe one that finished while this pull waited
+                self._keep_changed(prefix)
                 self._kept_late += len(files)
                 return None
             shutil.rmtree(staging, ignore_errors=True)
@@ -695,15 +683,15 @@ class ArtifactStore:
             _dirty(path, state.get(rel)) for path in folder.rglob("*")
             if path.is_file() and _shared(rel := f"{prefix}/{path.relative_to(folder).as_posix()}"))
 
-    def _keep_changed(self, prefixes: Iterable[str]) -> None:
-        """Say (once per store manifest, not at every reload tick) that the indexes ``prefixes`` changed here are
-        kept whole, none of the store's files joining them."""
-        said = (self.url, self._manifest_digest, tuple(sorted(prefixes)))
+    def _keep_changed(self, prefix: str) -> None:
+        """Say (once per store manifest, not at every reload tick) that the index ``prefix`` changed here is kept
+        whole, none of the store's files joining it."""
+        said = (self.url, self._manifest_digest, prefix)
         if said in _SAID:
             return
         _SAID.add(said)
-        logger.warning("indexes changed here and in %s: %s; this home keeps its own whole (push it, or delete it "
-                       "here and pull to take the store's)", self.url, sorted(prefixes))
+        logger.warning("index %s changed here and in %s; this home keeps its own whole (push it, or delete it here "
+                       "and pull to take the store's)", prefix, self.url)
 
     def _download(self, rel: str, digest: str, target: Path) -> Path:
         """The store's ``rel`` in a temporary file beside ``target`` (made with its folder), its digest checked."""
@@ -722,8 +710,8 @@ class ArtifactStore:
         return tmp
 
     def _record(self, state: dict[str, Any], rel: str, digest: str, merged: bool = False) -> int:
-        """Record the store's ``rel`` (sha256 ``digest``) as pulled into this home (``merged``: the key file, merged
-        with this home's: its digest is its own); its size."""
+        """Record this home's ``rel`` as the store's copy (sha256 ``digest``), as pulled (``merged``: the key file,
+        merged with this home's: its digest is its own); its size."""
         stat = (self.home / rel).stat()
         state[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
         if merged:

@@ -108,27 +108,25 @@ def searches(log_root: Path, experiment: str | None = None, filters: FilterConfi
     per_search["timestamp"] = pd.to_datetime(per_search["timestamp"], utc=True)
     for column in ("user_id", "session_id"):  # a blank id ("", in logs written before ingestion read it as none)
         per_search[column] = shopper_ids(per_search, column)
-    per_search = _pages_folded(per_search.sort_values("timestamp", kind="stable", ignore_index=True))
+    # by time, a later page after the one before it when logged in the same instant
+    per_search = _pages_folded(per_search.sort_values(["timestamp", "first_shown"], kind="stable", ignore_index=True))
     return per_search.drop(columns=["sort", "first_shown"])
 
 
 PAGE_GAP = pd.Timedelta(minutes=30)  # the longest a shopper reads a page of results before asking for the next
 
 
-def _pages_folded(per_search: pd.DataFrame) -> pd.DataFrame:
-    """:func:`searches`' rows with each later page of results (one whose first row was shown below position 1)
-    folded into the search the same shopper (user, else session) was paging through: the last one for the
-    same text, filters, order, pipeline and arm whose previous page was shown at most :data:`PAGE_GAP` before.
-    A shopper paging through a query made one search, and a click on page 2 is that search's. A later page
-    with no such search before it (its first page is before the log's window) starts one of its own; an
-    anonymous shopper's pages are searches of their own. A page asked for past the last result shows nothing
-    and logs no position: it reads as a search that showed nothing."""
-    later = (per_search["first_shown"] > 1).to_numpy()
-    if not later.any():
-        return per_search
-    # by time, each page after the one before it when logged in the same instant
-    rows = per_search.sort_values(["timestamp", "first_shown"], kind="stable", ignore_index=True)
+def _pages_folded(rows: pd.DataFrame) -> pd.DataFrame:
+    """:func:`searches`' rows (by time, then first position) with each later page of results (one whose first
+    row was shown below position 1) folded into the search the same shopper (user, else session) was paging
+    through: the last one for the same text, filters, order, pipeline and arm whose previous page was shown at
+    most :data:`PAGE_GAP` before. A shopper paging through a query made one search, and a click on page 2 is
+    that search's. A later page with no such search before it (its first page is before the log's window)
+    starts one of its own; an anonymous shopper's pages are searches of their own. A page asked for past the
+    last result shows nothing and logs no position: it reads as a search that showed nothing."""
     later, first = (rows["first_shown"] > 1).to_numpy(), (rows["first_shown"] == 1).to_numpy()
+    if not later.any():
+        return rows
     who = rows["user_id"].fillna(rows["session_id"])
     key = who + "\x1f" + searched_text(rows)
     for column in ("filters", "sort", "pipeline", "arm"):
@@ -148,8 +146,8 @@ def _pages_folded(per_search: pd.DataFrame) -> pd.DataFrame:
         # a page that showed nothing (past the last result: no position) is a row of its own, and the search
         # the shopper pages through stays the one it was
     folded = target != ids
-    credit = rows.groupby(pd.Series(target, index=rows.index)).agg(clicked=("clicked", "max"), carted=("carted", "max"),
-                                      bought=("bought", "max"), revenue=("revenue", "sum"))
+    credit = rows.groupby(pd.Series(target, index=rows.index)).agg(
+        clicked=("clicked", "max"), carted=("carted", "max"), bought=("bought", "max"), revenue=("revenue", "sum"))
     kept = rows[~folded].copy()
     for column in credit.columns:
         kept[column] = kept["request_id"].map(credit[column]).to_numpy()

@@ -577,11 +577,7 @@ class EventLog:
         for thread in self._threads:
             thread.join(timeout=5)
         if self._unsaved and not any(thread.is_alive() for thread in self._threads):
-            try:  # a last try at recording where it shipped to (the ship thread is done: no round meanwhile)
-                self._record()
-            except OSError as error:
-                logger.warning("the event spool %s could not record where it shipped to at close (%s)", self.folder,
-                               error)
+            self._record()  # a last try at recording where it shipped to (the ship thread is done: no round meanwhile)
         with self._lock:
             os.fsync(self._file.fileno())
             self._file.close()

@@ -394,8 +394,7 @@ def _too_few(searches: int, logged: int, filtered: dict, min_searches: int, sinc
                       f"fewer than --min-searches {min_searches}: check the shoppers they count "
                       "(`anomalous_by_reason`; named by a keyed hash, `shoprank events pseudonym --user ID`: a "
                       "storefront that sends one user id for every visitor reads as one anomalous shopper); "
-                      "`--no-filter` measures "
-                      "what the filters do"}
+                      "`--no-filter` measures what the filters do"}
 
 
 def _utc(text: str, name: str) -> pd.Timestamp:
@@ -420,7 +419,8 @@ def _last_window_end(registry: ModelRegistry) -> pd.Timestamp | None:
     stamps = []
     for params, created in manifests:
         if until := (params.get("data_window") or {}).get("until"):
-            stamps.append(min(_utc(until, "until"), _utc(created, "created")) if created else _utc(until, "until"))
+            end = _utc(until, "until")
+            stamps.append(min(end, _utc(created, "created")) if created else end)
     return max(stamps) if stamps else None
 
 
